@@ -1,0 +1,135 @@
+"""Backbone registry: one entry per backbone, one builder.
+
+Each entry says how to build the convolutional trunk, which layers are the multi-scale taps, which
+layer Grad-CAM should look at and how pixels are normalised. Adding a backbone is one entry.
+Backbones are built on our own input tensor so the final model is one flat graph (no nested
+base model), which is what lets Grad-CAM reach the taps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Callable
+
+import keras
+from keras import layers
+
+# Per-channel ImageNet statistics for the "torch" normalisation used by DenseNet.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="core")
+class PixelNormalization(layers.Layer):
+    """Raw 0-255 RGB -> what a backbone expects. Inside the model, so callers never normalise."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("torch", "caffe", "unit", "none"):
+            raise ValueError(f"Unknown normalisation mode: {mode}")
+        self.mode = mode
+
+    def call(self, inputs):
+        ops = keras.ops
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=inputs.dtype)
+            std = ops.convert_to_tensor(_IMAGENET_STD, dtype=inputs.dtype)
+            return (inputs / 255.0 - mean) / std
+        if self.mode == "caffe":
+            bgr = ops.flip(inputs, axis=-1)
+            return bgr - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=inputs.dtype)
+        if self.mode == "unit":
+            return inputs / 255.0
+        return inputs
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable  # (input_tensor, weights) -> keras.Model built on that tensor
+    taps: tuple[str, ...]  # multi-scale feature layers, shallow to deep
+    cam_layer: str  # layer Grad-CAM differentiates against
+    normalization: str  # PixelNormalization mode
+    pretrained: bool = True  # has ImageNet weights
+
+
+def _application(constructor):
+    def build(input_tensor, weights):
+        return constructor(include_top=False, weights=weights, input_tensor=input_tensor)
+    return build
+
+
+def _small_cnn(input_tensor, weights):
+    """The four-layer CNN baseline that published BreakHis projects compare against."""
+    if weights not in (None, "none"):
+        raise ValueError("small_cnn has no pretrained weights")
+    x = input_tensor
+    for i, filters in enumerate((32, 64, 128, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn_block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"cnn_block{i}_bn")(x)
+        x = layers.Activation("relu", name=f"cnn_block{i}_out")(x)
+        x = layers.MaxPooling2D(2, name=f"cnn_block{i}_pool")(x)
+    return keras.Model(input_tensor, x, name="small_cnn")
+
+
+BACKBONES = {
+    b.name: b
+    for b in (
+        Backbone("densenet121", _application(keras.applications.DenseNet121),
+                 ("conv3_block12_concat", "conv4_block24_concat", "conv5_block16_concat"),
+                 "conv5_block16_concat", "torch"),
+        Backbone("resnet50", _application(keras.applications.ResNet50),
+                 ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+                 "conv5_block3_out", "caffe"),
+        Backbone("vgg19", _application(keras.applications.VGG19),
+                 ("block3_conv4", "block4_conv4", "block5_conv4"), "block5_conv4", "caffe"),
+        # EfficientNet carries its own rescaling layers, so it takes raw pixels.
+        Backbone("efficientnetb0", _application(keras.applications.EfficientNetB0),
+                 ("block3b_add", "block5c_add", "top_activation"), "top_activation", "none"),
+        Backbone("small_cnn", _small_cnn,
+                 ("cnn_block2_out", "cnn_block3_out", "cnn_block4_out"), "cnn_block4_out", "unit",
+                 pretrained=False),
+    )
+}
+DEFAULT_BACKBONE = "densenet121"
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def build_trunk(name: str, input_tensor, weights: str | None = "imagenet"):
+    """Build backbone `name` on `input_tensor`; returns (tap tensors, description of the weights).
+
+    weights: "imagenet" (default; when it cannot be downloaded, warn and fall back to random
+    init), None / "none" for random init, or a path to a local weights file.
+    """
+    backbone = get_backbone(name)
+    normalized = PixelNormalization(backbone.normalization, name="pixel_normalization")(input_tensor)
+    if not backbone.pretrained or weights in (None, "none"):
+        trunk, described = backbone.build(normalized, None), "random initialisation"
+    elif weights == "imagenet":
+        try:
+            trunk, described = backbone.build(normalized, "imagenet"), "ImageNet"
+        except Exception as error:  # Offline, proxy, or corrupt cache: keep going, loudly.
+            message = (
+                f"Could not load ImageNet weights for {name} ({type(error).__name__}: {error}). "
+                "Continuing from random initialisation; pass --weights PATH to use a local file."
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            print(f"WARNING: {message}", flush=True)
+            trunk, described = backbone.build(normalized, None), "random initialisation (ImageNet unavailable)"
+    else:
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"Weights file not found: {weights}")
+        trunk, described = backbone.build(normalized, weights), f"local file {os.path.basename(weights)}"
+    return [trunk.get_layer(tap).output for tap in backbone.taps], described

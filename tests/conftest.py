@@ -1,0 +1,36 @@
+"""Shared fixtures: the real BreakHis samples and manifest, and a synthetic learnable data set."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "breakhis"
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The 22 real BreakHis images (shared/ in CI, or the bundled copies in assets/)."""
+    for candidate in (SHARED / "samples", REPO / "assets" / "samples"):
+        if candidate.is_dir():
+            return candidate
+    pytest.fail("No BreakHis samples found in ../shared/breakhis/samples or assets/samples")
+
+
+@pytest.fixture(scope="session")
+def manifest_path() -> Path:
+    for candidate in (SHARED / "manifest.csv", REPO / "assets" / "breakhis_manifest.csv"):
+        if candidate.is_file():
+            return candidate
+    pytest.fail("No BreakHis manifest found")
+
+
+@pytest.fixture(scope="session")
+def synthetic_breakhis(tmp_path_factory) -> Path:
+    """96 synthetic images: 8 subtypes x 3 cases x 4 images, BreakHis layout and names."""
+    from tests.synthetic_data import write_synthetic_breakhis
+
+    return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"))
