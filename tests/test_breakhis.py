@@ -1,0 +1,234 @@
+"""BreakHis names, folder indexing in any layout, the full manifest, and the dataset CLI."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core import dataset
+from core.breakhis import (
+    COLUMNS, index_folder, load_manifest, main as breakhis_main, parse_name, parse_synthetic_name,
+    summarize, synthetic_name,
+)
+from core.labels import MAGNIFICATIONS, SUBTYPES
+
+
+@pytest.mark.parametrize("filename, expected", [
+    ("SOB_B_A-14-22549AB-40-001.png", ("benign", "adenosis", "40X", "14-22549AB", "14-22549", "SOB_B_A_14-22549AB")),
+    ("SOB_M_DC-14-2523-400-010.png", ("malignant", "ductal_carcinoma", "400X", "14-2523", "14-2523", "SOB_M_DC_14-2523")),
+    ("SOB_B_PT-14-21998AB-100-005.png", ("benign", "phyllodes_tumor", "100X", "14-21998AB", "14-21998", "SOB_B_PT_14-21998AB")),
+    ("SOB_B_TA-14-3411F-200-012.png", ("benign", "tubular_adenoma", "200X", "14-3411F", "14-3411", "SOB_B_TA_14-3411F")),
+    ("data/x/SOB_M_LC-14-13412-40-007.tif", ("malignant", "lobular_carcinoma", "40X", "14-13412", "14-13412", "SOB_M_LC_14-13412")),
+    ("sob_m_mc-14-10147-40-001.PNG", ("malignant", "mucinous_carcinoma", "40X", "14-10147", "14-10147", "SOB_M_MC_14-10147")),
+])
+def test_parse_name(filename, expected):
+    name = parse_name(filename)
+    assert (name.label, name.subtype, name.magnification, name.slide, name.case, name.slide_folder) == expected
+
+
+@pytest.mark.parametrize("filename", [
+    "SOB_B_DC-14-2523-400-010.png",  # Ductal carcinoma is not benign.
+    "SOB_M_X-14-2523-400-010.png",   # Unknown subtype code.
+    "SOB_B_A-14-22549AB-40-001.txt",
+    "SOB_B_A-14-22549AB-001.png",    # No magnification.
+    "holiday.png",
+    synthetic_name("adenosis", "dcgan", 0, 1),
+])
+def test_non_breakhis_names(filename):
+    assert parse_name(filename) is None
+
+
+def test_synthetic_names_round_trip():
+    name = synthetic_name("papillary_carcinoma", "style gan/v2", 7, 12)
+    assert name == "SYN_PC-style_gan_v2-7-00012.png"
+    assert parse_synthetic_name(name) == "papillary_carcinoma"
+    assert parse_synthetic_name("SOB_M_PC-14-9146-40-001.png") is None
+
+
+@pytest.fixture(scope="module")
+def samples(samples_dir):
+    return index_folder(samples_dir)
+
+
+def test_index_real_samples(samples):
+    images = samples.images
+    assert samples.skipped == []
+    assert list(images.columns) == COLUMNS and len(images) == 22
+    assert set(images["subtype"]) == set(SUBTYPES)
+    assert set(images["magnification"]) == set(MAGNIFICATIONS)
+    assert not images["synthetic"].any()
+    assert all(Path(p).is_file() for p in images["path"])
+
+
+def _copy_layouts(samples_dir: Path, root: Path) -> dict[str, Path]:
+    """The same 22 files as Kaggle's doubled archive, one flat folder, and one folder per class."""
+    files = sorted(samples_dir.rglob("*.png"))
+    layouts = {name: root / name for name in ("kaggle", "flat", "by_class")}
+    shutil.copytree(samples_dir / "BreaKHis_v1", layouts["kaggle"] / "BreaKHis_v1" / "BreaKHis_v1")
+    for path in files:
+        (layouts["flat"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, layouts["flat"] / path.name)
+        folder = layouts["by_class"] / parse_name(path.name).subtype
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    return layouts
+
+
+def _labels(images: pd.DataFrame) -> pd.DataFrame:
+    table = images.assign(path=images["path"].map(lambda p: Path(p).name))
+    return table.sort_values("path").reset_index(drop=True)
+
+
+def test_layouts_index_identically(samples, samples_dir, tmp_path):
+    reference = _labels(samples.images)
+    for name, folder in _copy_layouts(samples_dir, tmp_path).items():
+        result = index_folder(folder)
+        assert result.skipped == [], name
+        pd.testing.assert_frame_equal(_labels(result.images), reference, obj=name)
+
+
+def test_bad_files_are_skipped_with_reasons(samples_dir, tmp_path):
+    good = sorted(samples_dir.rglob("*.png"))
+    folder = tmp_path / "messy"
+    folder.mkdir()
+    for path in good[:3]:
+        shutil.copy(path, folder / path.name)
+    data = good[3].read_bytes()
+    (folder / "README.txt").write_text("BreakHis notes")
+    (folder / "SOB_B_A-14-22549AB-40-901.png").write_bytes(b"")
+    (folder / "SOB_B_A-14-22549AB-40-902.png").write_bytes(data[: len(data) // 2])
+    (folder / "SOB_B_A-14-22549AB-40-903.png").write_text("just text, named like an image")
+    (folder / "holiday.png").write_bytes(data)
+    (folder / "copy").mkdir()
+    shutil.copy(good[0], folder / "copy" / good[0].name)
+    (folder / ".DS_Store").write_bytes(b"\x00")
+
+    result = index_folder(folder)  # Must not raise.
+    assert len(result.images) == 3
+    reasons = {Path(path).name: reason for path, reason in result.skipped}
+    assert reasons["README.txt"] == "not an image file name"
+    assert reasons["SOB_B_A-14-22549AB-40-901.png"] == "empty file"
+    assert reasons["SOB_B_A-14-22549AB-40-902.png"].startswith("unreadable image")
+    assert reasons["SOB_B_A-14-22549AB-40-903.png"].startswith("unreadable image")
+    assert reasons["holiday.png"] == "name is not a BreakHis image name"
+    assert reasons[good[0].name].startswith("duplicate of")
+    assert ".DS_Store" not in reasons and len(reasons) == 6
+    assert "6 files skipped" in result.summary()
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        index_folder(tmp_path / "nope")
+
+
+@pytest.fixture(scope="module")
+def manifest(manifest_path):
+    return load_manifest(manifest_path)
+
+
+def test_manifest_counts(manifest):
+    summary = summarize(manifest)
+    assert summary["images"] == 7909
+    assert summary["by_class"] == {"benign": 2480, "malignant": 5429}
+    assert summary["by_subtype"] == {
+        "adenosis": 444, "fibroadenoma": 1014, "phyllodes_tumor": 453, "tubular_adenoma": 569,
+        "ductal_carcinoma": 3451, "lobular_carcinoma": 626, "mucinous_carcinoma": 792, "papillary_carcinoma": 560,
+    }
+    assert summary["by_magnification"] == {"40X": 1995, "100X": 2081, "200X": 2013, "400X": 1820}
+    assert summary["slides"] == 82 and summary["cases"] == 70 and summary["synthetic"] == 0
+    assert manifest["path"].is_unique
+
+
+def test_every_sample_agrees_with_its_manifest_row(samples, samples_dir, manifest):
+    by_name = manifest.assign(name=manifest["path"].map(lambda p: Path(p).name)).set_index("name")
+    breast = samples_dir / "BreaKHis_v1" / "histology_slides" / "breast"
+    for row in samples.images.itertuples(index=False):
+        name = Path(row.path).name
+        expected = by_name.loc[name]
+        for column in ("label", "subtype", "magnification", "slide", "slide_folder", "case"):
+            assert getattr(row, column) == expected[column], (name, column)
+        assert Path(row.path).relative_to(breast).as_posix() == expected["path"]
+
+
+def test_manifest_root_and_disagreeing_rows(manifest_path, tmp_path):
+    rooted = load_manifest(manifest_path, root="/data/breakhis")
+    assert rooted["path"].iloc[0].startswith("/data/breakhis/benign/")
+    bad = pd.read_csv(manifest_path).head(3)
+    bad.loc[0, "label"] = "malignant"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="disagrees"):
+        load_manifest(tmp_path / "bad.csv")
+
+
+def test_breakhis_cli_writes_csv(samples_dir, tmp_path, capsys):
+    breakhis_main([str(samples_dir), "--csv", str(tmp_path / "index.csv")])
+    assert "22 images indexed" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "index.csv")) == 22
+
+
+# --- python -m core.dataset ------------------------------------------------------------------
+
+def test_dataset_index_command(samples_dir, tmp_path, capsys):
+    assert dataset.main(["index", str(samples_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "22 images indexed" in out and "Partial or different" in out and "images 22 (full: 7909)" in out
+    (tmp_path / "empty").mkdir()
+    assert dataset.main(["index", str(tmp_path / "empty")]) == 1
+    assert "No BreakHis images" in capsys.readouterr().err
+    assert dataset.main(["index", str(tmp_path / "missing")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_full_manifest_is_reported_complete(manifest):
+    assert dataset.completeness(summarize(manifest)).startswith("Complete")
+
+
+def test_download_without_network_fails_fast_with_manual_steps(tmp_path, capsys, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(dataset.socket, "create_connection", unreachable)
+    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot reach www.kaggle.com" in err
+    assert "Manual steps" in err and "ambarish/breakhis" in err and f"python -m core.breakhis {tmp_path / 'bh'}" in err
+
+
+class _Connection:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_kagglehub_error_gives_manual_steps(tmp_path, capsys, monkeypatch):
+    import kagglehub
+
+    def no_credentials(handle, *args, **kwargs):
+        raise PermissionError("401 Unauthorized: missing Kaggle credentials")
+
+    monkeypatch.setattr(dataset.socket, "create_connection", lambda *a, **k: _Connection())
+    monkeypatch.setattr(kagglehub, "dataset_download", no_credentials)
+    monkeypatch.delenv("KAGGLEHUB_CACHE", raising=False)
+    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 1
+    err = capsys.readouterr().err
+    assert "PermissionError" in err and "401" in err and "Manual steps" in err
+    assert "KAGGLEHUB_CACHE" not in dataset.os.environ  # Restored after the attempt.
+
+
+def test_download_success_indexes_into_dest(samples_dir, tmp_path, capsys, monkeypatch):
+    import kagglehub
+
+    def fake_download(handle, *args, **kwargs):
+        assert handle == "ambarish/breakhis"
+        target = Path(dataset.os.environ["KAGGLEHUB_CACHE"]) / "datasets" / "ambarish" / "breakhis" / "versions" / "4"
+        shutil.copytree(samples_dir / "BreaKHis_v1", target / "BreaKHis_v1" / "BreaKHis_v1")
+        return str(target)
+
+    monkeypatch.setattr(dataset.socket, "create_connection", lambda *a, **k: _Connection())
+    monkeypatch.setattr(kagglehub, "dataset_download", fake_download)
+    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 0
+    out = capsys.readouterr().out
+    assert "22 images indexed" in out and str(tmp_path / "bh" / "kagglehub") in out
