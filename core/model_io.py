@@ -1,0 +1,248 @@
+"""Model folders: `model.keras` + `card.json`, written and read in exactly one way.
+
+The card says what the model is (backbone, hierarchy, labels, preprocessing, training data,
+metrics) and carries the SHA-256 of `model.keras`, so a model that was swapped, truncated or
+tampered with is refused before Keras ever deserialises it. Loading uses Keras' safe mode
+(no arbitrary code from the file) and never compiles: prediction does not need an optimizer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.backbones import get_backbone  # Importing core.backbones registers PixelNormalization.
+from core.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
+from core.model import output_sizes
+from core.preprocess import DESCRIPTION
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO / "models" / "default"
+MODEL_FILE, CARD_FILE = "model.keras", "card.json"
+REQUIRED_CARD_KEYS = ("backbone", "hierarchy", "input_size", "sha256")
+
+
+class ModelFolderError(Exception):
+    """A model folder that cannot be used; str(error) is a message for the user."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def labels_block() -> dict:
+    """The label order a model was trained with; a loaded card must agree with core.labels."""
+    return {"classes": list(CLASSES), "subtypes": list(SUBTYPES),
+            "subtypes_by_class": {c: list(s) for c, s in SUBTYPES_BY_CLASS.items()}}
+
+
+def _versions() -> dict:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write then rename, so a reader (the app) never sees half a card."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+        temporary = handle.name
+    os.replace(temporary, path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict) -> Path:
+    """Save `model` and its card into `folder`; returns the folder.
+
+    The caller gives what only it knows (name, backbone, hierarchy, weights_init, demo, training,
+    metrics); this fills what must be true of the saved file: sha256, versions, labels,
+    input_size, preprocessing and the creation time.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ("backbone", "hierarchy"):
+        if key not in card:
+            raise ValueError(f"The model card needs {key!r}")
+    input_size = int(model.input_shape[1])
+    if card.get("input_size") not in (None, input_size):
+        raise ValueError(f"Card input_size {card['input_size']} does not match the model ({input_size})")
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as staging:
+        staged = Path(staging) / MODEL_FILE
+        model.save(staged)
+        checksum = sha256_of(staged)
+        os.replace(staged, folder / MODEL_FILE)
+    full_card = {
+        "name": card.get("name", folder.name),
+        **card,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input_size": input_size,
+        "labels": labels_block(),
+        "preprocessing": {
+            "description": DESCRIPTION.format(size=input_size),
+            "normalization": get_backbone(card["backbone"]).normalization,
+        },
+        "demo": bool(card.get("demo", False)),
+        "sha256": checksum,
+        "versions": _versions(),
+    }
+    _write_json_atomic(folder / CARD_FILE, full_card)
+    return folder
+
+
+def read_card(folder: str | os.PathLike) -> dict:
+    """The card of a model folder, checked for shape but without loading the model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"Model folder not found: {folder}")
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise ModelFolderError(f"{folder} has no {CARD_FILE}: it is not a model folder")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"The model card {card_path} is not valid JSON ({error})") from None
+    if not isinstance(card, dict):
+        raise ModelFolderError(f"The model card {card_path} is not a JSON object")
+    missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
+    if missing:
+        raise ModelFolderError(f"The model card {card_path} lacks {', '.join(missing)}")
+    if card.get("labels", labels_block()) != labels_block():
+        raise ModelFolderError(
+            f"The model in {folder} was trained with a different label order than this app uses; "
+            "its outputs would be misread, so it is refused")
+    return card
+
+
+def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
+    model_path = Path(folder) / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelFolderError(f"{Path(folder)} has a card but no {MODEL_FILE}")
+    if sha256_of(model_path) != card["sha256"]:
+        raise ModelFolderError(
+            f"{model_path}: model file does not match its card - it may be corrupt or tampered")
+
+
+def load_model_folder(folder: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """(model, card) from a model folder, after checking the card and the checksum."""
+    folder = Path(folder)
+    card = read_card(folder)
+    verify_checksum(folder, card)
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for unreadable archives.
+        raise ModelFolderError(
+            f"Keras could not load {folder / MODEL_FILE} ({type(error).__name__}: {error})") from None
+    _check_model_matches_card(model, card, folder)
+    return model, card
+
+
+def _check_model_matches_card(model: keras.Model, card: dict, folder: Path) -> None:
+    try:
+        expected = output_sizes(card["hierarchy"])
+    except ValueError as error:
+        raise ModelFolderError(f"{folder}: {error}") from None
+    actual = {name: int(tensor.shape[-1]) for name, tensor in zip(model.output_names, model.outputs)}
+    if actual != expected:
+        raise ModelFolderError(f"{folder}: the model outputs {actual} do not match a "
+                               f"{card['hierarchy']} model {expected}")
+    if int(model.input_shape[1]) != int(card["input_size"]):
+        raise ModelFolderError(f"{folder}: the model input {model.input_shape[1:3]} does not match "
+                               f"the card's input_size {card['input_size']}")
+
+
+def update_card(folder: str | os.PathLike, **fields) -> dict:
+    """Add or replace card fields (e.g. metrics) without touching model.keras.
+
+    The checksum covers model.keras only, so the card stays valid; it is verified first so a
+    tampered model is never re-blessed.
+    """
+    card = read_card(folder)
+    verify_checksum(folder, card)
+    card.update(fields)
+    _write_json_atomic(Path(folder) / CARD_FILE, card)
+    return card
+
+
+def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
+    """Zip a verified model folder (model.keras + card.json) for download or sharing."""
+    folder, dest_zip = Path(folder), Path(dest_zip)
+    verify_checksum(folder, read_card(folder))
+    dest_zip.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in (MODEL_FILE, CARD_FILE):
+            archive.write(folder / name, arcname=f"{folder.name}/{name}")
+    return dest_zip
+
+
+def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Path:
+    """Unpack an exported model zip under dest_root and verify it; returns the model folder."""
+    zip_path, dest_root = Path(zip_path), Path(dest_root)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = [n for n in archive.namelist() if Path(n).name in (MODEL_FILE, CARD_FILE)]
+            folders = {Path(n).parent for n in names}
+            if len(names) != 2 or len(folders) != 1:
+                raise ModelFolderError(f"{zip_path.name} is not an exported model folder")
+            folder_name = next(iter(folders)).name
+            target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                with archive.open(name) as source, open(target / Path(name).name, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    except zipfile.BadZipFile:
+        raise ModelFolderError(f"{zip_path.name} is not a zip file") from None
+    verify_checksum(target, read_card(target))
+    return target
+
+
+def find_model_folders(*roots: str | os.PathLike) -> list[Path]:
+    """Every folder under the roots (or a root itself) that holds a card.json, sorted."""
+    found = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for card_path in root.rglob(CARD_FILE):
+            relative = card_path.parent.relative_to(root).parts
+            if not any(part.startswith(".") for part in relative):
+                found.add(card_path.parent)
+    return sorted(found)
+
+
+def card_summary(card: dict) -> str:
+    """One line for a model picker: what it is, how it was trained, how good it is."""
+    parts = [card.get("name", "unnamed model"),
+             f"{card.get('backbone', '?')} {card.get('hierarchy', '?')}, {card.get('input_size', '?')} px"]
+    training = card.get("training") or {}
+    if training.get("split_protocol"):
+        parts.append(f"{training['split_protocol']} split")
+    accuracy = ((card.get("metrics") or {}).get("stage1") or {}).get("accuracy")
+    if accuracy is not None:
+        parts.append(f"stage-1 test accuracy {accuracy:.3f}")
+    if card.get("created"):
+        parts.append(f"created {card['created'][:10]}")
+    text = " | ".join(parts)
+    return f"DEMO - not validated | {text}" if card.get("demo") else text

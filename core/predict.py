@@ -1,0 +1,228 @@
+"""Images -> hierarchical predictions with a refer-to-pathologist flag.
+
+A `Predictor` wraps one loaded model folder. It preprocesses with `core.preprocess` (the one
+transform used in training), runs a compiled forward pass, and turns the heads into a
+`Prediction`: stage 1 (benign/malignant), stage 2 (subtype within the chosen class) and a
+`refer` flag whenever the joint confidence is low or the model is a demo. Flat 8-subtype models
+are read the same way, so the rest of the app never needs to know which kind it has.
+
+    python -m core.predict IMG... [--model DIR] [--json] [--tta] [--threshold 0.7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from core.labels import CLASSES, FLAT_OUTPUT, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS, pretty
+from core.model import HIERARCHICAL
+from core.model_io import DEFAULT_MODEL_DIR, ModelFolderError, load_model_folder
+from core.preprocess import batch_for_model
+
+DEFAULT_REFER_THRESHOLD = 0.7
+DEMO_REASON = "demo model: not validated"
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's result. `confidence` = p(label) * p(subtype | label)."""
+
+    stage1: dict[str, float]
+    label: str
+    stage2: dict[str, float]  # subtypes of `label`, from the head stage 1 chose
+    other_stage2: dict[str, float]  # subtypes of the other class, for context
+    subtype: str
+    confidence: float
+    refer: bool
+    refer_reasons: list[str]
+    tta: bool = False
+
+    @property
+    def p_label(self) -> float:
+        return self.stage1[self.label]
+
+    @property
+    def p_subtype(self) -> float:
+        return self.stage2[self.subtype]
+
+    def subtype_probabilities(self) -> dict[str, float]:
+        """Joint p(subtype) = p(class) * p(subtype | class) over all 8 subtypes (sums to 1)."""
+        within = {**self.stage2, **self.other_stage2}
+        return {s: self.stage1[c] * within[s] for c in CLASSES for s in SUBTYPES_BY_CLASS[c]}
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "p_label": self.p_label, "p_subtype": self.p_subtype}
+
+    def summary(self) -> str:
+        flag = "REFER: " + "; ".join(self.refer_reasons) if self.refer else "no referral flag"
+        return (f"{self.label} ({self.p_label:.2f}) | {pretty(self.subtype)} ({self.p_subtype:.2f}) | "
+                f"confidence {self.confidence:.2f} | {flag}")
+
+
+def _dihedral_views(images):
+    """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image."""
+    mirrored = tf.reverse(images, axis=[2])
+    return tf.concat([tf.image.rot90(view, k) for view in (images, mirrored) for k in range(4)], axis=0)
+
+
+class Predictor:
+    """A loaded model, ready to predict. Create once (Predictor.load) and share between threads."""
+
+    def __init__(self, model, card: dict, folder: str | os.PathLike | None = None, batch_size: int = 32):
+        self.model, self.card = model, card
+        self.folder = Path(folder) if folder else None
+        self.hierarchy = card["hierarchy"]
+        self.backbone = card["backbone"]
+        self.input_size = int(card["input_size"])
+        self.is_demo = bool(card.get("demo", False))
+        self.batch_size = batch_size
+        # One lock per model: Streamlit sessions share the predictor, and Keras layers and
+        # tf.function tracing are not safe to enter from two threads at once.
+        self.lock = threading.RLock()
+        spec = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
+        self._forward = tf.function(self._heads, input_signature=spec)
+        self._forward_tta = tf.function(self._heads_tta, input_signature=spec)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike = DEFAULT_MODEL_DIR, **options) -> "Predictor":
+        """Load and verify a model folder once (raises ModelFolderError with a clear message)."""
+        model, card = load_model_folder(folder)
+        return cls(model, card, folder, **options)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name") or (self.folder.name if self.folder else "model")
+
+    def _heads(self, images):
+        return self.model(images, training=False)
+
+    def _heads_tta(self, images):
+        outputs = self.model(_dihedral_views(images), training=False)
+        return {name: tf.reduce_mean(tf.reshape(p, (8, -1, p.shape[-1])), axis=0) for name, p in outputs.items()}
+
+    def model_input(self, images: list[np.ndarray]) -> np.ndarray:
+        """Validated uint8 RGB images -> the model's float batch (the shared preprocessing)."""
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                    or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                shape = getattr(image, "shape", None)
+                raise ValueError(f"Image {i} must be a uint8 RGB array (H, W, 3), got "
+                                 f"{type(image).__name__} {getattr(image, 'dtype', '')} {shape}")
+        return batch_for_model(images, self.input_size)
+
+    def probabilities(self, images: list[np.ndarray], tta: bool = False) -> dict[str, np.ndarray]:
+        """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches."""
+        if len(images) == 0:
+            return {}
+        forward = self._forward_tta if tta else self._forward
+        per_pass = max(1, self.batch_size // 8) if tta else self.batch_size
+        chunks = []
+        for start in range(0, len(images), per_pass):
+            batch = tf.constant(self.model_input(images[start:start + per_pass]))
+            with self.lock:
+                chunks.append({name: p.numpy() for name, p in forward(batch).items()})
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+    def predict(self, images: list[np.ndarray], tta: bool = False,
+                refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> list[Prediction]:
+        """One Prediction per uint8 RGB image (any size: the whole field is resized)."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        return self.interpret(self.probabilities(list(images), tta), refer_threshold, tta)
+
+    def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+                  tta: bool = False) -> list[Prediction]:
+        """Head outputs -> Predictions (shared with Grad-CAM's single-pass diagnosis)."""
+        if not 0.0 <= refer_threshold <= 1.0:
+            raise ValueError(f"refer_threshold must be between 0 and 1, not {refer_threshold}")
+        if not outputs:
+            return []
+        count = len(next(iter(outputs.values())))
+        return [self._prediction(outputs, i, refer_threshold, tta) for i in range(count)]
+
+    def _class_probabilities(self, outputs, i) -> tuple[dict, dict]:
+        """(p(class), {class: p(subtype | class)}) for image i, hierarchical or flat."""
+        if self.hierarchy == HIERARCHICAL:
+            stage1 = dict(zip(CLASSES, map(float, outputs[STAGE1_OUTPUT][i])))
+            within = {c: dict(zip(SUBTYPES_BY_CLASS[c], map(float, outputs[STAGE2_OUTPUTS[c]][i])))
+                      for c in CLASSES}
+            return stage1, within
+        joint = dict(zip(SUBTYPES, map(float, outputs[FLAT_OUTPUT][i])))
+        stage1 = {c: sum(joint[s] for s in SUBTYPES_BY_CLASS[c]) for c in CLASSES}
+        within = {c: {s: joint[s] / stage1[c] if stage1[c] > 0 else 1.0 / len(SUBTYPES_BY_CLASS[c])
+                      for s in SUBTYPES_BY_CLASS[c]} for c in CLASSES}
+        return stage1, within
+
+    def _prediction(self, outputs, i, threshold, tta) -> Prediction:
+        stage1, within = self._class_probabilities(outputs, i)
+        label = max(CLASSES, key=stage1.get)
+        other = CLASSES[1 - CLASSES.index(label)]
+        stage2 = within[label]
+        subtype = max(stage2, key=stage2.get)
+        confidence = stage1[label] * stage2[subtype]
+        reasons = []
+        if stage1[label] < threshold:
+            reasons.append(f"stage 1 uncertain ({stage1[label]:.2f})")
+        if stage2[subtype] < threshold:
+            reasons.append(f"subtype uncertain ({stage2[subtype]:.2f})")
+        if confidence < threshold and not reasons:
+            reasons.append(f"combined confidence {confidence:.2f} below {threshold:.2f}")
+        if self.is_demo:
+            reasons.append(DEMO_REASON)
+        return Prediction(stage1, label, stage2, within[other], subtype, confidence,
+                          bool(reasons), reasons, tta)
+
+
+def _text_line(name: str, prediction: Prediction) -> str:
+    return f"{name}\t{prediction.summary()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify BreakHis-style histopathology images.")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_REFER_THRESHOLD,
+                        help="refer when p(class) * p(subtype) is below this (default 0.7)")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold must be between 0 and 1")
+
+    from core.images import ImageError, load_image  # Only the CLI reads files.
+
+    try:
+        predictor = Predictor.load(args.model)
+    except ModelFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.images:
+        name = os.path.basename(path)
+        try:
+            loaded = load_image(path, name)
+        except (ImageError, OSError) as error:
+            failed += 1
+            print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
+                  flush=True)
+            continue
+        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold)[0]
+        if args.json:
+            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name,
+                              "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
+        else:
+            warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
+            print(_text_line(name, prediction) + warnings, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

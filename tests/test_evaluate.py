@@ -1,0 +1,168 @@
+"""Evaluation of a (tiny, really trained) run: every block names its split protocol and size, the
+numbers are consistent with each other, and a moved dataset is found again by file name."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.breakhis import index_folder
+from core.evaluate import evaluate_run, main, patient_table, recall_favouring_threshold
+from core.images import load_image
+from core.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
+from core.model import build_classifier
+from core.model_io import load_model_folder, save_model_folder
+from core.preprocess import batch_for_model
+from core.splits import PATIENT, make_split
+
+SIZE = 64
+
+
+def _fit_tiny_model(train: pd.DataFrame) -> keras.Model:
+    """A few epochs of plain keras fit: stage 1 (colour) is learnable, stage 2 partly."""
+    keras.utils.set_random_seed(0)
+    model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=SIZE)
+    for layer in model.layers:  # 48 steps are too few for the default 0.99 moving-statistics momentum.
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5
+    images = batch_for_model([load_image(p).rgb for p in train["path"]], SIZE)
+    targets = {"stage1": np.array([CLASSES.index(c) for c in train["label"]])}
+    weights = {"stage1": np.ones(len(train), np.float32)}
+    for label in CLASSES:
+        own = (train["label"] == label).to_numpy()
+        targets[f"{label}_subtype"] = np.array([subtype_index(s) if o else 0 for s, o in zip(train["subtype"], own)])
+        weights[f"{label}_subtype"] = own.astype(np.float32)
+    model.compile(keras.optimizers.Adam(1e-3), loss={name: "sparse_categorical_crossentropy" for name in targets})
+    model.fit(images, targets, sample_weight=weights, epochs=12, batch_size=8, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_breakhis, tmp_path_factory):
+    split = make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0)
+    run = tmp_path_factory.mktemp("run")
+    split.to_csv(run / "split.csv", index=False)
+    card = {"name": "tiny-run", "backbone": "small_cnn", "hierarchy": "hierarchical", "demo": True,
+            "training": {"split_protocol": PATIENT}}
+    save_model_folder(_fit_tiny_model(split[split["split"] == "train"]), run / "model", card)
+    return run
+
+
+@pytest.fixture(scope="module")
+def metrics(run_dir):
+    return evaluate_run(run_dir)
+
+
+def _blocks(value, path=""):
+    """Every metric block (a dict with numbers computed on some data) with its location."""
+    if isinstance(value, dict):
+        if any(k in value for k in ("accuracy", "threshold", "stage1")) and "data" in value:
+            yield path, value
+        for key, child in value.items():
+            yield from _blocks(child, f"{path}/{key}")
+
+
+def test_every_block_carries_protocol_and_size(metrics):
+    blocks = list(_blocks(metrics))
+    paths = {p for p, _ in blocks}
+    assert {"/stage1", "/subtype8", "/stage2/benign", "/stage2/malignant", "/patient/stage1",
+            "/patient/subtype8", "/patient/patient_recognition_rate", "/per_magnification/40X/stage1",
+            "/malignant_threshold/decision", "/malignant_threshold/recall_favouring/on_split",
+            "/malignant_threshold/recall_favouring/selected_on"} <= paths
+    for path, block in blocks:
+        data = block["data"]
+        assert data["protocol"] == PATIENT and data["images"] > 0 and data["cases"] > 0, path
+    assert metrics["data"] == {"split": "test", "protocol": PATIENT, "level": "image", "images": 32, "cases": 8}
+    assert metrics["patient"]["stage1"]["data"]["level"] == "patient"
+    assert metrics["malignant_threshold"]["recall_favouring"]["selected_on"]["data"]["split"] == "val"
+
+
+def test_numbers_are_consistent(metrics):
+    for path, block in _blocks(metrics):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall"):
+            if key in block:
+                assert 0.0 <= block[key] <= 1.0, (path, key)
+        if "confusion_matrix" in block:
+            assert np.sum(block["confusion_matrix"]["matrix"]) == block["data"]["images"] or \
+                block["data"]["level"] == "patient" and np.sum(block["confusion_matrix"]["matrix"]) == block["data"]["cases"]
+    assert np.sum(metrics["stage1"]["confusion_matrix"]["matrix"]) == 32
+    assert np.sum(metrics["stage2"]["benign"]["confusion_matrix"]["matrix"]) == 16
+    assert np.sum(metrics["patient"]["subtype8"]["confusion_matrix"]["matrix"]) == 8
+    assert len(metrics["subtype8"]["confusion_matrix"]["matrix"]) == len(SUBTYPES)
+    assert sum(m["stage1"]["data"]["images"] for m in metrics["per_magnification"].values()) == 32
+    # The tiny model really learned stage 1 (benign and malignant differ strongly in colour).
+    assert metrics["stage1"]["accuracy"] >= 0.75
+    assert metrics["stage1"]["roc_auc"]["macro"] >= 0.75
+    favouring = metrics["malignant_threshold"]["recall_favouring"]
+    assert favouring["selected_on"]["malignant_recall"] >= 0.95
+    assert favouring["threshold"] <= 1.0 and metrics["not_evaluated"] == {"missing": 0, "unreadable": 0, "examples": []}
+
+
+def test_outputs_written_and_card_updated_with_valid_checksum(metrics, run_dir):
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["stage1"]["accuracy"] == metrics["stage1"]["accuracy"]
+    assert on_disk["stage1"]["roc_curves"]["malignant"]["fpr"][0] == 0.0
+    _, card = load_model_folder(run_dir / "model")  # still passes the checksum
+    assert card["metrics"]["stage1"]["accuracy"] == metrics["stage1"]["accuracy"]
+    assert "roc_curves" not in card["metrics"]["stage1"]
+    report = (run_dir / "report.html").read_text()
+    assert report.count("plotly.js v") == 1 and report.count("Plotly.newPlot") == 8
+    assert "DEMO model" in report and PATIENT in report
+
+
+def test_moved_dataset_is_found_by_file_name(metrics, run_dir, synthetic_breakhis, tmp_path):
+    moved = tmp_path / "moved_run"
+    moved.mkdir()
+    split = pd.read_csv(run_dir / "split.csv")
+    split["path"] = "/nowhere/" + split["path"].map(lambda p: p.rsplit("/", 1)[-1])
+    split.to_csv(moved / "split.csv", index=False)
+    (moved / "model").symlink_to(run_dir / "model")
+    with pytest.raises(ValueError, match="--data"):
+        evaluate_run(moved, write=False)
+    again = evaluate_run(moved, data_dir=synthetic_breakhis, write=False)
+    assert again["stage1"]["confusion_matrix"] == metrics["stage1"]["confusion_matrix"]
+
+
+def test_cli_prints_a_summary(run_dir, synthetic_breakhis, capsys):
+    assert main([str(run_dir), "--data", str(synthetic_breakhis), "--split", "val", "--threshold", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "val split, patient-wise, 32 images, 8 cases" in out and "stage 1" in out
+    assert main([str(run_dir / "missing")]) == 2
+    assert "split.csv not found" in capsys.readouterr().err
+
+
+def test_flat_models_are_evaluated_the_same_way(run_dir, tmp_path):
+    flat_run = tmp_path / "flat_run"
+    flat_run.mkdir()
+    (flat_run / "split.csv").write_bytes((run_dir / "split.csv").read_bytes())
+    model, _ = build_classifier("small_cnn", "flat", weights=None, input_size=SIZE)
+    save_model_folder(model, flat_run / "model", {"backbone": "small_cnn", "hierarchy": "flat"})
+    flat = evaluate_run(flat_run, write=False)
+    assert flat["hierarchy"] == "flat" and np.sum(flat["subtype8"]["confusion_matrix"]["matrix"]) == 32
+    assert np.sum(flat["stage2"]["malignant"]["confusion_matrix"]["matrix"]) == 16
+    assert 0.0 <= flat["patient"]["stage1"]["accuracy"] <= 1.0
+
+
+def test_recall_favouring_threshold_is_the_largest_reaching_the_target():
+    scores = np.array([0.2, 0.9, 0.7, 0.8])
+    assert recall_favouring_threshold(scores, 0.75) == 0.7  # 3 of 4 at >= 0.7
+    assert recall_favouring_threshold(scores, 0.5) == 0.8
+    assert recall_favouring_threshold(scores, 1.0) == 0.2
+    assert recall_favouring_threshold(np.array([]), 0.95) is None
+
+
+def test_patient_level_averages_probabilities_per_case():
+    def row(case, p_malignant, subtype="ductal_carcinoma"):
+        joint = {f"p_{s}": (p_malignant if s == subtype else (1 - p_malignant) if s == "adenosis" else 0.0)
+                 for s in SUBTYPES}
+        return {"case": case, "subtype": subtype, "label": "malignant", "protocol": PATIENT,
+                "pred_label": "malignant" if p_malignant >= 0.5 else "benign",
+                "pred_subtype": subtype if p_malignant >= 0.5 else "adenosis",
+                "p_benign": 1 - p_malignant, "p_malignant": p_malignant, **joint}
+    cases = patient_table(pd.DataFrame([row("a", 0.9), row("a", 0.4), row("b", 0.3), row("b", 0.45)]))
+    assert cases["pred_label"].tolist() == ["malignant", "benign"]  # means 0.65 and 0.375
+    assert cases["pred_subtype"].tolist() == ["ductal_carcinoma", "adenosis"]
+    assert cases["n_images"].tolist() == [2, 2] and cases["correct_stage1"].tolist() == [0.5, 0.0]
+    assert set(SUBTYPES_BY_CLASS["benign"]) & set(cases["pred_subtype"]) == {"adenosis"}

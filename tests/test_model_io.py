@@ -1,0 +1,138 @@
+"""Model folders: a saved model comes back identical, and anything wrong with a folder is refused
+with a message a user can act on (never a Keras traceback)."""
+
+import datetime
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from core.labels import SUBTYPES
+from core.model import build_classifier
+from core.model_io import (CARD_FILE, MODEL_FILE, ModelFolderError, card_summary, export_zip,
+                           find_model_folders, import_zip, load_model_folder, read_card,
+                           save_model_folder, sha256_of, update_card)
+
+SIZE = 64
+
+
+def _card(**extra):
+    return {"name": "tiny", "backbone": "small_cnn", "hierarchy": "hierarchical",
+            "weights_init": "random initialisation", "demo": False,
+            "training": {"data_source": "synthetic", "split_protocol": "patient-wise"}, **extra}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=SIZE)
+    return model
+
+
+@pytest.fixture
+def folder(tmp_path, tiny_model):
+    return save_model_folder(tiny_model, tmp_path / "tiny", _card())
+
+
+def test_round_trip_gives_identical_predictions_and_a_complete_card(folder, tiny_model):
+    images = np.random.default_rng(0).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    loaded, card = load_model_folder(folder)
+    before, after = tiny_model(images, training=False), loaded(images, training=False)
+    for name in ("stage1", "benign_subtype", "malignant_subtype"):
+        np.testing.assert_array_equal(np.asarray(before[name]), np.asarray(after[name]))
+    assert card["sha256"] == sha256_of(folder / MODEL_FILE)
+    assert card["input_size"] == SIZE and card["labels"]["subtypes"] == list(SUBTYPES)
+    assert "64x64" in card["preprocessing"]["description"]
+    assert card["preprocessing"]["normalization"] == "unit"  # small_cnn's mode, from the registry
+    assert {"tensorflow", "keras"} <= set(card["versions"])
+    assert datetime.datetime.fromisoformat(card["created"]).tzinfo is not None
+    assert card["training"]["split_protocol"] == "patient-wise" and card["demo"] is False
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_tampered_model_file_is_refused(folder):
+    data = bytearray((folder / MODEL_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="does not match its card - it may be corrupt or tampered"):
+        load_model_folder(folder)
+
+
+def test_missing_folder_and_missing_files_have_clear_errors(tmp_path, folder):
+    with pytest.raises(ModelFolderError, match="Model folder not found"):
+        load_model_folder(tmp_path / "nope")
+    (folder / MODEL_FILE).unlink()
+    with pytest.raises(ModelFolderError, match="no model.keras"):
+        load_model_folder(folder)
+    (folder / CARD_FILE).unlink()
+    with pytest.raises(ModelFolderError, match="not a model folder"):
+        load_model_folder(folder)
+
+
+def test_bad_cards_are_refused(folder):
+    card = json.loads((folder / CARD_FILE).read_text())
+    (folder / CARD_FILE).write_text("{not json")
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
+        load_model_folder(folder)
+    (folder / CARD_FILE).write_text(json.dumps({k: v for k, v in card.items() if k != "sha256"}))
+    with pytest.raises(ModelFolderError, match="lacks sha256"):
+        load_model_folder(folder)
+    swapped = dict(card, labels={**card["labels"], "subtypes": list(reversed(SUBTYPES))})
+    (folder / CARD_FILE).write_text(json.dumps(swapped))
+    with pytest.raises(ModelFolderError, match="different label order"):
+        load_model_folder(folder)
+    (folder / CARD_FILE).write_text(json.dumps(dict(card, hierarchy="flat")))
+    with pytest.raises(ModelFolderError, match="do not match a flat model"):
+        load_model_folder(folder)
+
+
+def test_unloadable_model_with_a_matching_checksum_is_a_clear_error(folder):
+    (folder / MODEL_FILE).write_bytes(b"this is not a keras archive")
+    card = json.loads((folder / CARD_FILE).read_text())
+    (folder / CARD_FILE).write_text(json.dumps(dict(card, sha256=sha256_of(folder / MODEL_FILE))))
+    with pytest.raises(ModelFolderError, match="Keras could not load"):
+        load_model_folder(folder)
+
+
+def test_update_card_keeps_the_checksum_valid_and_refuses_tampered_models(folder):
+    update_card(folder, metrics={"stage1": {"accuracy": 0.9}})
+    _, card = load_model_folder(folder)
+    assert card["metrics"]["stage1"]["accuracy"] == 0.9
+    (folder / MODEL_FILE).write_bytes((folder / MODEL_FILE).read_bytes() + b"x")
+    with pytest.raises(ModelFolderError, match="tampered"):
+        update_card(folder, metrics={})
+
+
+def test_export_zip_holds_both_files_and_imports_back(folder, tmp_path):
+    archive = export_zip(folder, tmp_path / "out" / "tiny.zip")
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["tiny/card.json", "tiny/model.keras"]
+    imported = import_zip(archive, tmp_path / "imported")
+    assert sha256_of(imported / MODEL_FILE) == sha256_of(folder / MODEL_FILE)
+    load_model_folder(imported)
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(ModelFolderError, match="not a zip file"):
+        import_zip(tmp_path / "junk.zip", tmp_path / "imported2")
+
+
+def test_save_requires_backbone_and_a_consistent_input_size(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="backbone"):
+        save_model_folder(tiny_model, tmp_path / "a", {"hierarchy": "hierarchical"})
+    with pytest.raises(ValueError, match="input_size"):
+        save_model_folder(tiny_model, tmp_path / "b", _card(input_size=224))
+
+
+def test_find_model_folders_lists_card_folders_sorted(tmp_path):
+    for relative in ("models/default", "runs/b/model", "runs/a/model", "runs/.hidden/model"):
+        (tmp_path / relative).mkdir(parents=True)
+        (tmp_path / relative / CARD_FILE).write_text("{}")
+    (tmp_path / "runs" / "no_card").mkdir()
+    found = find_model_folders(tmp_path / "models", tmp_path / "runs", tmp_path / "missing")
+    assert found == [tmp_path / "models/default", tmp_path / "runs/a/model", tmp_path / "runs/b/model"]
+
+
+def test_card_summary_marks_demo_models(folder):
+    card = read_card(folder)
+    assert "DEMO" not in card_summary(card) and "small_cnn hierarchical" in card_summary(card)
+    summary = card_summary(dict(card, demo=True, metrics={"stage1": {"accuracy": 0.8123}}))
+    assert summary.startswith("DEMO") and "0.812" in summary
