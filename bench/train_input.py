@@ -1,0 +1,131 @@
+"""Is the input pipeline fast enough to keep training busy? Prints one JSON object.
+
+    python bench/train_input.py [--backbone densenet121] [--batch-size 16] [--steps 2] [--images 96]
+
+Measures, on this machine:
+- the input pipeline (core.pipeline.make_dataset with augmentation) in images/s, on the real
+  BreakHis samples (700x460 PNGs) repeated, or synthetic PNGs of that size when they are absent:
+  the first epoch (read + decode + resize + augment) and a cached epoch (augment only);
+- the training step (train_on_batch of the real model at the real input size) in images/s,
+  timed over a few steps after a warm-up step (mixed float16 on GPU, as core.train does).
+The goal is pipeline >= 5x the training step, so the accelerator never waits for data. The
+headline ratio uses the first (uncached) epoch, the worst case. The two are timed one after
+the other; during real CPU training they share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from core.breakhis import index_folder  # noqa: E402
+from core.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
+from core.model import build_classifier  # noqa: E402
+from core.pipeline import make_dataset  # noqa: E402
+from core.train import compile_model  # noqa: E402
+
+GOAL = 5.0
+SAMPLES = (REPO.parent / "shared" / "breakhis" / "samples", REPO / "assets" / "samples")
+
+
+def image_table(n: int, workdir: Path) -> tuple[pd.DataFrame, str]:
+    """n rows: the real samples repeated, or synthetic 700x460 PNGs when there are none."""
+    for folder in SAMPLES:
+        if folder.is_dir():
+            real = index_folder(folder).images
+            if len(real):
+                rows = real.iloc[np.arange(n) % len(real)].reset_index(drop=True)
+                return rows, f"{len(real)} real BreakHis samples from {folder}, repeated to {n}"
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(16):
+        path = workdir / f"synthetic_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (460, 700, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    rows = pd.DataFrame({"path": [paths[i % 16] for i in range(n)], "subtype": [SUBTYPES[i % 8] for i in range(n)]})
+    return rows, f"16 synthetic 700x460 PNGs (no real samples found), repeated to {n}"
+
+
+def pipeline_rates(table: pd.DataFrame, batch_size: int, input_size: int) -> dict:
+    """images/s of an augmented training dataset: first epoch (decoding) and a cached epoch."""
+    dataset = make_dataset(table, "hierarchical", batch_size, training=True, augment=True,
+                           input_size=input_size, cache=True)
+    rates = {}
+    for epoch in ("first_epoch", "cached_epoch"):
+        start, count = time.perf_counter(), 0
+        for images, _, _ in dataset:
+            count += int(images.shape[0])
+        rates[f"{epoch}_images_per_s"] = count / (time.perf_counter() - start)
+    return rates
+
+
+def train_step_rate(backbone: str, batch, steps: int, input_size: int) -> dict:
+    """images/s of train_on_batch after one warm-up step (which traces the graph)."""
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if on_gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model, _ = build_classifier(backbone, "hierarchical", None, input_size)
+    compile_model(model, "hierarchical", 1e-4)
+    images, targets, weights = batch
+    start = time.perf_counter()
+    model.train_on_batch(images, targets, sample_weight=weights)
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(images, targets, sample_weight=weights)
+    seconds = time.perf_counter() - start
+    return {"train_step_images_per_s": steps * int(images.shape[0]) / seconds,
+            "seconds_per_step": seconds / steps, "warmup_step_s": warmup, "mixed_precision": on_gpu}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="densenet121")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up")
+    parser.add_argument("--images", type=int, default=96, help="images per pipeline epoch")
+    parser.add_argument("--input-size", type=int, default=INPUT_SIZE)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.steps < 1 or args.images < args.batch_size:
+        parser.error("need batch size >= 1, steps >= 1 and images >= batch size")
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        table, source = image_table(args.images, Path(workdir))
+        pipeline = pipeline_rates(table, args.batch_size, args.input_size)
+        batch = next(iter(make_dataset(table, "hierarchical", args.batch_size, augment=True,
+                                       input_size=args.input_size, cache=False)))
+    training = train_step_rate(args.backbone, batch, args.steps, args.input_size)
+    ratio = pipeline["first_epoch_images_per_s"] / training["train_step_images_per_s"]
+    ratio_cached = pipeline["cached_epoch_images_per_s"] / training["train_step_images_per_s"]
+    gpus = tf.config.list_logical_devices("GPU")
+    result = {
+        "device": f"{len(gpus)} GPU(s), {os.cpu_count()} CPU cores" if gpus else f"CPU only, {os.cpu_count()} cores",
+        "backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
+        "images_source": source,
+        "pipeline": {k: round(v, 1) for k, v in pipeline.items()},
+        "training": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in training.items()},
+        "ratio": round(ratio, 2), "ratio_cached": round(ratio_cached, 2), "goal": GOAL,
+        "meets_goal": bool(ratio >= GOAL), "meets_goal_cached": bool(ratio_cached >= GOAL),
+        "total_seconds": round(time.perf_counter() - began, 1),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

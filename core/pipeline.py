@@ -1,0 +1,233 @@
+"""tf.data input pipeline: image table -> (pixels, targets, sample weights) batches for Keras.
+
+Per element: read + decode -> core.preprocess.to_model_input (the only resize) -> cache.
+Then, per epoch: shuffle -> batch -> augment (vectorised over the batch) -> prefetch.
+Decoding and resizing happen once (they dominate the cost for 700x460 PNGs); augmentation runs
+on model-size batches, so it is cheap enough to keep up with the accelerator.
+
+Hierarchical targets: stage 1 (benign/malignant) and one stage-2 head per class. A stage-2 head
+only learns from images of its own class: its sample weight is 0 for the other class.
+Synthetic (GAN) rows are ordinary rows with synthetic=True and take the same path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from core.labels import (CLASSES, CLASS_OF_SUBTYPE, FLAT_OUTPUT, INPUT_SIZE, MAGNIFICATIONS, STAGE1_OUTPUT,
+                         STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index)
+from core.model import FLAT, HIERARCHICAL, output_sizes
+from core.preprocess import to_model_input
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Augmentation strengths. HED values follow Tellez et al. 2018 ("HED-light": +-5 %).
+BRIGHTNESS = 0.08  # max additive shift, fraction of 255
+CONTRAST = 0.15  # contrast factor in [1 - c, 1 + c]
+SATURATION = 0.15  # saturation factor in [1 - s, 1 + s]
+HED_SCALE = 0.05  # per-stain multiplicative jitter
+HED_SHIFT = 0.05  # per-stain additive jitter (optical-density units)
+
+# Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB) in optical density,
+# as used by skimage.color.rgb2hed.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                         [0.07, 0.99, 0.11],
+                         [0.27, 0.57, 0.78]], np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+
+# --- table helpers -------------------------------------------------------------------------
+
+def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFrame:
+    """Rows at one magnification ("40X", "40x", "40" or 40), or all rows for "all"/None."""
+    if magnification is None or str(magnification).strip().lower() == "all":
+        return images
+    text = str(magnification).strip().upper()
+    wanted = text if text.endswith("X") else f"{text}X"
+    if wanted not in MAGNIFICATIONS:
+        raise ValueError(f"Unknown magnification {magnification!r}; use 'all' or one of {list(MAGNIFICATIONS)}")
+    return images[images["magnification"] == wanted]
+
+
+def targets_and_weights(images: pd.DataFrame, hierarchy: str = HIERARCHICAL,
+                        subtype_weights: dict | None = None) -> tuple[dict, dict]:
+    """One-hot targets and sample weights (dicts keyed by model output), as float32 arrays.
+
+    subtype_weights (e.g. core.balance.class_weights) multiply every head's weight; unknown
+    subtypes are an error, missing ones weigh 1.
+    """
+    output_sizes(hierarchy)  # validates the hierarchy name
+    subtypes = images["subtype"].tolist()
+    unknown = sorted(set(subtypes) - set(SUBTYPES))
+    if unknown:
+        raise ValueError(f"Unknown subtype(s) in the image table: {unknown}")
+    subtype_weights = subtype_weights or {}
+    bad = sorted(set(subtype_weights) - set(SUBTYPES))
+    if bad:
+        raise ValueError(f"subtype_weights has unknown subtype(s): {bad}")
+    base = np.array([subtype_weights.get(s, 1.0) for s in subtypes], np.float32)
+    n = len(subtypes)
+    if hierarchy == FLAT:
+        onehot = np.zeros((n, len(SUBTYPES)), np.float32)
+        onehot[np.arange(n), [SUBTYPES.index(s) for s in subtypes]] = 1.0
+        return {FLAT_OUTPUT: onehot}, {FLAT_OUTPUT: base}
+    classes = np.array([CLASS_OF_SUBTYPE[s] for s in subtypes])
+    targets = {STAGE1_OUTPUT: np.zeros((n, len(CLASSES)), np.float32)}
+    targets[STAGE1_OUTPUT][np.arange(n), [CLASSES.index(c) for c in classes]] = 1.0
+    weights = {STAGE1_OUTPUT: base}
+    for label, output in STAGE2_OUTPUTS.items():
+        own = classes == label
+        onehot = np.zeros((n, len(SUBTYPES_BY_CLASS[label])), np.float32)
+        # Other-class rows get a valid (first-subtype) target; their weight 0 removes them.
+        onehot[np.arange(n), [subtype_index(s) if c == label else 0 for s, c in zip(subtypes, classes)]] = 1.0
+        targets[output] = onehot
+        weights[output] = np.where(own, base, 0.0).astype(np.float32)
+    return targets, weights
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+def _decode_with_pillow(path) -> np.ndarray:
+    """TIFF (and odd modes) via the app's own loader; tf.io.decode_image has no TIFF decoder."""
+    from core.images import load_image
+
+    path = np.asarray(path).item()
+    return load_image(path.decode() if isinstance(path, bytes) else str(path)).rgb
+
+
+def decode_image(path, tiff: bool = True) -> tf.Tensor:
+    """File path (string tensor) -> uint8 RGB (H, W, 3). PNG/JPEG/BMP/GIF in TF, TIFF via Pillow.
+
+    tiff=False leaves the Python (Pillow) branch out of the graph: pure-TF graphs are what
+    tf.distribute can rewrite and parallelise freely, so tables without TIFFs use that.
+    """
+    def other():
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    if not tiff:
+        return other()
+
+    def pillow():
+        image = tf.numpy_function(_decode_with_pillow, [path], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    is_tiff = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.tiff?")
+    return tf.cond(is_tiff, pillow, other)
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+def rgb_to_hed(rgb):
+    """RGB 0..255 -> stain concentrations (H, E, D) via optical density. Any leading shape."""
+    density = -tf.math.log((tf.cast(rgb, tf.float32) + 1.0) / 256.0)
+    return tf.tensordot(density, HED_FROM_RGB, axes=1)
+
+
+def hed_to_rgb(hed):
+    """Inverse of rgb_to_hed (exact up to float error), clipped to 0..255."""
+    density = tf.tensordot(hed, RGB_FROM_HED, axes=1)
+    return tf.clip_by_value(256.0 * tf.exp(-density) - 1.0, 0.0, 255.0)
+
+
+def hed_jitter(images, scale, shift):
+    """Per-image stain jitter: each HED channel -> channel * scale + shift.
+
+    images: (B, H, W, 3) float 0..255; scale, shift: (B, 3). scale 1, shift 0 is the identity.
+    """
+    hed = rgb_to_hed(images)
+    return hed_to_rgb(hed * scale[:, None, None, :] + shift[:, None, None, :])
+
+
+def _where_per_image(mask, if_true, if_false):
+    return tf.where(mask[:, None, None, None], if_true, if_false)
+
+
+def augment(images, seed):
+    """Random flips, 90-degree rotations, brightness/contrast/saturation and HED stain jitter.
+
+    images: one (S, S, 3) image or a batch (B, S, S, 3), float 0..255, square (model input).
+    seed: int tensor of shape (2,); each image in a batch gets its own random draw.
+    Returns float32 in [0, 255] with the input's shape.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    single = images.shape.rank == 3
+    batch = images[None] if single else images
+    n = tf.shape(batch)[0]
+    u = tf.random.stateless_uniform([n, 13], seed=seed)  # one row of draws per image
+    # The 8 symmetries of the square = optional transpose x optional left-right x up-down flip.
+    batch = _where_per_image(u[:, 0] < 0.5, tf.transpose(batch, [0, 2, 1, 3]), batch)
+    batch = _where_per_image(u[:, 1] < 0.5, tf.reverse(batch, axis=[2]), batch)
+    batch = _where_per_image(u[:, 2] < 0.5, tf.reverse(batch, axis=[1]), batch)
+    # Stain variation between labs/scanners, in stain space rather than RGB.
+    scale = 1.0 + HED_SCALE * (2.0 * u[:, 3:6] - 1.0)
+    shift = HED_SHIFT * (2.0 * u[:, 6:9] - 1.0)
+    batch = hed_jitter(batch, scale, shift)
+    # Photometric jitter (per image).
+    brightness = 255.0 * BRIGHTNESS * (2.0 * u[:, 9] - 1.0)
+    batch = batch + brightness[:, None, None, None]
+    contrast = 1.0 + CONTRAST * (2.0 * u[:, 10] - 1.0)
+    mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
+    batch = (batch - mean) * contrast[:, None, None, None] + mean
+    saturation = 1.0 + SATURATION * (2.0 * u[:, 11] - 1.0)
+    grey = tf.reduce_sum(batch * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    batch = grey + (batch - grey) * saturation[:, None, None, None]
+    batch = tf.clip_by_value(batch, 0.0, 255.0)
+    return batch[0] if single else batch
+
+
+_augment_batch = augment  # make_dataset's `augment` argument shadows the function name
+
+
+# --- the dataset ---------------------------------------------------------------------------
+
+def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size: int = 32,
+                 training: bool = False, augment: bool = False, input_size: int = INPUT_SIZE,
+                 cache=True, subtype_weights: dict | None = None, shuffle_seed: int = 0) -> tf.data.Dataset:
+    """Batches of (images float32 [B, S, S, 3] in 0..255, targets dict, sample-weights dict).
+
+    training: shuffle every epoch. augment: random augmentation (after the cache, so it differs
+    every epoch). cache: True (memory), False, or a file path prefix (for data larger than RAM).
+    With augmentation the cache holds uint8 pixels (4x less memory; the +-0.5 rounding is far
+    below the augmentation noise); without it, the exact float32 model input.
+    """
+    if images is None or len(images) == 0:
+        raise ValueError("No images to build a dataset from (empty table; check the folder or filters)")
+    missing = {"path", "subtype"} - set(images.columns)
+    if missing:
+        raise ValueError(f"Image table lacks column(s) {sorted(missing)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    table = images.reset_index(drop=True)
+    if training:  # A full random order up front, so a bounded shuffle buffer is enough later.
+        table = table.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)
+    targets, weights = targets_and_weights(table, hierarchy, subtype_weights)
+    augment_images = bool(augment)
+    paths = table["path"].astype(str).tolist()
+    has_tiff = any(p.lower().endswith((".tif", ".tiff")) for p in paths)
+
+    def load(path, target, weight):
+        pixels = to_model_input(decode_image(path, tiff=has_tiff), input_size)
+        pixels = tf.cast(tf.round(pixels), tf.uint8) if augment_images else pixels
+        return pixels, target, weight
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, targets, weights))
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    if isinstance(cache, (str, os.PathLike)) and os.fspath(cache):
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        dataset = dataset.cache(os.fspath(cache))
+    elif cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(min(len(table), 2048), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augment_images:
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, seed: (_augment_batch(tf.cast(batch[0], tf.float32), seed), batch[1], batch[2]),
+            num_parallel_calls=AUTOTUNE, deterministic=not training)
+    return dataset.prefetch(AUTOTUNE)

@@ -1,0 +1,186 @@
+"""The training progress stream: one JSON object per line, written by training, read by the app.
+
+A line-per-event file is the simplest thing a separate process (the Streamlit page following a
+run) can poll safely: appends are atomic enough for one writer, and a reader that finds a
+half-written last line just skips it and sees it complete on the next poll. Keras is imported
+only by `keras_callback`, so the app can read progress without loading TensorFlow.
+
+Events (fields as they apply): start, epoch_begin, step, epoch_end, end, error, each with
+"event" and "time" (unix seconds); see CONTRACT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+EVENTS = ("start", "epoch_begin", "step", "epoch_end", "end", "error")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+def _plain(value):
+    """JSON-safe copy: numpy scalars -> Python numbers, NaN/inf -> None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar or 0-d array
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+class ProgressWriter:
+    """Appends events to `path` (one JSON line each) and optionally echoes them to stdout."""
+
+    def __init__(self, path: str | os.PathLike, echo_stdout: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.echo_stdout = echo_stdout
+        self._lock = threading.RLock()  # re-entrant: a signal handler may emit mid-emit
+
+    def emit(self, event: str, **fields) -> dict:
+        """Write one event now (flushed, so a reader polling the file sees it at once)."""
+        if event not in EVENTS:
+            raise ValueError(f"Unknown progress event {event!r}; expected one of {EVENTS}")
+        record = {"event": event, "time": round(time.time(), 3), **_plain(fields)}
+        line = json.dumps(record, allow_nan=False) + "\n"
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as stream:
+                stream.write(line)
+                stream.flush()
+            if self.echo_stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        return record
+
+
+def read_progress(path: str | os.PathLike) -> list[dict]:
+    """All complete events in the file; [] if it does not exist yet.
+
+    Lines that are not JSON objects (a partially written last line, or stray output) are skipped.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            events.append(record)
+    return events
+
+
+def latest_state(events: list[dict]) -> dict:
+    """Summary of a run from its events, for a progress bar, a status line and learning curves.
+
+    status: "not started" (no events), "running", or the final status of the "end" event
+    ("completed", "failed", "cancelled"). history has one metrics dict per finished epoch.
+    """
+    state = {
+        "status": "not started", "epoch": 0, "epochs": None, "step": 0, "steps": None,
+        "metrics": {}, "history": [], "message": None, "error": None, "model_dir": None,
+        "started": None, "updated": None, "elapsed": None, "fraction": 0.0,
+    }
+    for event in events:
+        kind = event.get("event")
+        state["updated"] = event.get("time", state["updated"])
+        for key in ("epochs", "steps", "message", "model_dir"):
+            if event.get(key) is not None:
+                state[key] = event[key]
+        if kind == "start":
+            state.update(status="running", started=event.get("time"))
+        elif kind == "epoch_begin":
+            state.update(epoch=event.get("epoch", state["epoch"]), step=0)
+        elif kind == "step":
+            state["step"] = event.get("step", state["step"])
+            state["metrics"] = event.get("metrics") or state["metrics"]
+        elif kind == "epoch_end":
+            metrics = event.get("metrics") or {}
+            state.update(epoch=event.get("epoch", state["epoch"]), metrics=metrics)
+            state["history"].append({"epoch": event.get("epoch"), **metrics})
+        elif kind == "error":
+            state["error"] = event.get("message")
+        elif kind == "end":
+            state["status"] = event.get("status", "completed")
+            state["metrics"] = event.get("metrics") or state["metrics"]
+    if state["started"] is not None and state["updated"] is not None:
+        state["elapsed"] = round(state["updated"] - state["started"], 3)
+    state["fraction"] = _fraction_done(state)
+    return state
+
+
+def _fraction_done(state: dict) -> float:
+    """0..1 for a progress bar: finished epochs plus the part of the current one."""
+    if state["status"] == "completed":
+        return 1.0
+    epochs = state["epochs"] or 0
+    if epochs <= 0:
+        return 0.0
+    done = len(state["history"])
+    if state["steps"] and state["epoch"] > done:
+        done += min(state["step"] / state["steps"], 1.0)
+    return max(0.0, min(done / epochs, 1.0))
+
+
+def metric_floats(logs) -> dict:
+    """Keras logs (tensors, numpy scalars) -> {name: float}; non-numeric entries dropped."""
+    out = {}
+    for key, value in (logs or {}).items():
+        try:
+            out[key] = float(value.numpy() if hasattr(value, "numpy") else value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def keras_callback(writer: ProgressWriter, epochs: int, steps: int, phase: str, min_interval: float = 1.0):
+    """A Keras callback writing epoch_begin, step (at most every min_interval s) and epoch_end."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.last = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            writer.emit("epoch_begin", epoch=epoch + 1, epochs=epochs, steps=steps, message=phase)
+
+        def _step(self, batch, logs):
+            if time.time() - self.last >= min_interval:
+                self.last = time.time()
+                writer.emit("step", step=batch + 1, steps=steps, metrics=metric_floats(logs), message=phase)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._step(batch, logs)
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self._step(batch, {})  # predict logs hold the outputs, not metrics
+
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = metric_floats(logs)
+            if "learning_rate" not in metrics:  # ReduceLROnPlateau usually adds it
+                metrics["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+            writer.emit("epoch_end", epoch=epoch + 1, epochs=epochs, steps=steps, metrics=metrics)
+
+    return Progress()

@@ -1,0 +1,201 @@
+"""Training: it learns (held-out accuracy), writes a complete run folder and a progress stream,
+can be cancelled with SIGTERM, and runs under MirroredStrategy on two logical CPU devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.progress import ProgressWriter, latest_state, read_progress
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=6, patience=6)
+
+
+def heldout_stage1_accuracy(run_dir: Path) -> float:
+    """Stage-1 accuracy of the SAVED model on the run's test cases (never seen in training)."""
+    from core.model_io import load_model_folder
+    from core.pipeline import make_dataset
+
+    split = pd.read_csv(run_dir / "split.csv")
+    test = split[split["split"] == "test"]
+    model, card = load_model_folder(run_dir / "model")
+    dataset = make_dataset(test, card["hierarchy"], 16, input_size=card["input_size"], cache=False)
+    predicted = model.predict(dataset, verbose=0)["stage1"].argmax(1)
+    return float(np.mean(predicted == (test["label"] == "malignant").to_numpy()))
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return read_progress(run_dir / "progress.jsonl")
+
+
+# --- the progress stream (no TensorFlow) ---------------------------------------------------
+
+def test_progress_stream_round_trip_and_partial_last_line(tmp_path, capsys):
+    path = tmp_path / "run" / "progress.jsonl"
+    writer = ProgressWriter(path)
+    writer.emit("start", epochs=2, steps=5)
+    writer.emit("epoch_begin", epoch=1, epochs=2, steps=5)
+    writer.emit("step", step=3, steps=5, metrics={"loss": np.float32(0.5)})
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["metrics"]["loss"] == 0.5  # echoed
+    state = latest_state(read_progress(path))
+    assert state["status"] == "running" and state["epoch"] == 1 and state["step"] == 3
+    assert state["fraction"] == pytest.approx(0.3)
+    writer.emit("epoch_end", epoch=1, epochs=2, metrics={"loss": 0.4, "val_loss": float("nan")})
+    with open(path, "a") as stream:
+        stream.write('{"event": "epoch_beg')  # a writer caught mid-line
+    events = read_progress(path)
+    assert [e["event"] for e in events] == ["start", "epoch_begin", "step", "epoch_end"]
+    state = latest_state(events)
+    assert state["history"] == [{"epoch": 1, "loss": 0.4, "val_loss": None}] and state["fraction"] == 0.5
+    with pytest.raises(ValueError, match="Unknown progress event"):
+        writer.emit("finish")
+    assert read_progress(tmp_path / "missing.jsonl") == []
+    assert latest_state([])["status"] == "not started"
+
+
+def test_progress_final_states():
+    failed = latest_state([{"event": "start", "time": 1.0}, {"event": "error", "time": 2.0, "message": "boom"},
+                           {"event": "end", "time": 3.0, "status": "failed", "message": "boom"}])
+    assert failed["status"] == "failed" and failed["error"] == "boom" and failed["elapsed"] == 2.0
+    done = latest_state([{"event": "start", "time": 1.0, "epochs": 4},
+                         {"event": "end", "time": 5.0, "status": "completed", "model_dir": "runs/x/model"}])
+    assert done["status"] == "completed" and done["fraction"] == 1.0 and done["model_dir"] == "runs/x/model"
+
+
+# --- training ------------------------------------------------------------------------------
+
+def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path):
+    from core.splits import assert_no_case_leakage
+    from core.train import train
+
+    run = tmp_path / "finetune"
+    result = train(dict(data=str(synthetic_breakhis), out=str(run), echo_stdout=False, **TINY))
+    assert result["status"] == "completed"
+    assert heldout_stage1_accuracy(run) >= 0.95
+
+    for name in ("config.json", "split.csv", "history.csv", "progress.jsonl", "model/model.keras", "model/card.json"):
+        assert (run / name).is_file(), name
+    split = pd.read_csv(run / "split.csv")
+    assert len(split) == 96 and set(split["split"]) == {"train", "val", "test"}
+    assert set(split["protocol"]) == {"patient-wise"}
+    assert_no_case_leakage(split)
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == result["epochs_run"] and {"loss", "val_loss", "stage1_accuracy"} <= set(history)
+
+    card = json.loads((run / "model" / "card.json").read_text())
+    training = card["training"]
+    assert card["backbone"] == "small_cnn" and card["hierarchy"] == "hierarchical" and card["input_size"] == 64
+    assert card["demo"] is True  # fewer than 200 training images
+    assert training["counts"]["train"] == (split["split"] == "train").sum()
+    assert training["mode"] == "finetune" and "HED" in training["augmentation"]
+    assert sum(training["by_subtype"].values()) == training["counts"]["train"]
+    assert {"data_source", "split_protocol", "synthetic_by_subtype", "epochs", "balance", "magnification"} <= set(training)
+
+    events = events_of(run)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "error" not in kinds
+    epoch_ends = [e for e in events if e["event"] == "epoch_end"]
+    assert len(epoch_ends) == result["epochs_run"]
+    assert {"loss", "val_loss", "stage1_accuracy", "learning_rate"} <= set(epoch_ends[-1]["metrics"])
+    assert events[-1]["status"] == "completed" and Path(events[-1]["model_dir"]) == run / "model"
+    assert events[-1]["metrics"]["val_stage1_accuracy"] >= 0.9
+    state = latest_state(events)
+    assert state["status"] == "completed" and len(state["history"]) == result["epochs_run"]
+    if (run / "metrics.json").exists():  # written by core.evaluate when it is available
+        assert json.loads((run / "metrics.json").read_text())["stage1_accuracy"] >= 0.95
+
+
+def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
+    from core.train import train
+
+    run = tmp_path / "fast"
+    result = train(dict(data=str(synthetic_breakhis), out=str(run), mode="fast", balance="class_weights",
+                        evaluate=False, echo_stdout=False, **TINY))
+    assert heldout_stage1_accuracy(run) >= 0.95
+    card = json.loads((run / "model" / "card.json").read_text())
+    assert card["training"]["mode"] == "fast" and "without augmentation" in card["training"]["augmentation"]
+    assert card["training"]["balance"] == "class_weights"
+    messages = [e.get("message", "") for e in events_of(run)]
+    assert any("extracting features" in m for m in messages)
+    assert result["epochs_run"] >= 1 and not (run / "metrics.json").exists()
+
+
+def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_path, capsys):
+    from core.train import main
+
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r1")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["--data", str(synthetic_breakhis), "--out", str(tmp_path / "r2"), "--backbone", "alexnet"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "progress.jsonl").write_text("")
+    assert main(["--data", str(synthetic_breakhis), "--out", str(tmp_path / "r3")]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    # A failure after the run started is reported in the stream: error + end failed.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert main(["--data", str(empty), "--out", str(tmp_path / "r4"), "--backbone", "small_cnn"]) == 2
+    events = events_of(tmp_path / "r4")
+    assert [e["event"] for e in events] == ["error", "end"] and events[-1]["status"] == "failed"
+    assert "No BreakHis images" in events[-1]["message"]
+
+
+def test_sigterm_cancels_a_running_training(synthetic_breakhis, tmp_path):
+    run = tmp_path / "cancel"
+    command = [sys.executable, "-m", "core.train", "--data", str(synthetic_breakhis), "--out", str(run),
+               "--backbone", "small_cnn", "--weights", "none", "--input-size", "32", "--batch-size", "16",
+               "--epochs", "1000", "--patience", "1000"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.time() + 180
+        while not any(e["event"] == "epoch_end" for e in events_of(run)):
+            assert process.poll() is None, "training ended before it could be cancelled"
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    events = events_of(run)
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "cancelled"
+    assert latest_state(events)["status"] == "cancelled"
+    assert not (run / "model").exists()
+    stdout_events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert stdout_events[-1]["status"] == "cancelled"  # the same stream on stdout
+
+
+DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from core.train import train
+    result = train(dict(data=sys.argv[1], out=sys.argv[2], strategy="mirrored", devices="/cpu:0,/cpu:1",
+                        evaluate=False, echo_stdout=False, **json.loads(sys.argv[3])))
+    print("RESULT " + json.dumps(result))
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpus_learns(synthetic_breakhis, tmp_path):
+    run = tmp_path / "mirrored"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    settings = {**TINY, "epochs": 4}  # each epoch costs more here: two replicas share two busy cores
+    done = subprocess.run([sys.executable, "-c", DISTRIBUTED, str(synthetic_breakhis), str(run), json.dumps(settings)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((run / "model" / "card.json").read_text())
+    distribution = card["training"]["distribution"]
+    assert distribution["strategy"] == "MirroredStrategy" and distribution["replicas"] == 2
+    assert heldout_stage1_accuracy(run) >= 0.95
