@@ -61,6 +61,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
         temporary = handle.name
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; a card is meant to be read
     os.replace(temporary, path)
 
 
@@ -91,7 +92,9 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict)
         raise ValueError(f"Card input_size {card['input_size']} does not match the model ({input_size})")
     with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as staging:
         staged = Path(staging) / MODEL_FILE
-        model.save(staged)
+        # An uncompiled view of the same layers: the file holds weights, not optimizer state
+        # (Adam's two moment copies would triple a DenseNet121 file to ~100 MB).
+        keras.Model(model.inputs, model.output, name=model.name).save(staged)
         checksum = sha256_of(staged)
         os.replace(staged, folder / MODEL_FILE)
     full_card = {

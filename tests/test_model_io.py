@@ -136,3 +136,17 @@ def test_card_summary_marks_demo_models(folder):
     assert "DEMO" not in card_summary(card) and "small_cnn hierarchical" in card_summary(card)
     summary = card_summary(dict(card, demo=True, metrics={"stage1": {"accuracy": 0.8123}}))
     assert summary.startswith("DEMO") and "0.812" in summary
+
+
+def test_saved_file_holds_weights_not_optimizer_state(tmp_path):
+    """A compiled, trained model must not drag Adam's moments into the file (3x the size)."""
+    model, _ = build_classifier("small_cnn", weights=None, input_size=64)
+    model.compile("adam", loss={name: "categorical_crossentropy" for name in model.output_names})
+    images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    targets = {name: np.eye(out.shape[-1])[np.zeros(4, int)] for name, out in model(images).items()}
+    model.fit(images, targets, verbose=0)
+    folder = save_model_folder(model, tmp_path / "m", {"backbone": "small_cnn", "hierarchy": "hierarchical"})
+    weight_bytes = sum(np.asarray(w).nbytes for w in model.weights)
+    assert (folder / "model.keras").stat().st_size < 1.2 * weight_bytes
+    loaded, _ = load_model_folder(folder)
+    assert isinstance(loaded.output, dict) and set(loaded.output) == set(model.output)
