@@ -40,7 +40,7 @@ from core.model import build_classifier, feature_extractor, head_model, output_s
 from core.model_io import save_model_folder
 from core.pipeline import make_dataset, select_magnification, targets_and_weights
 from core.progress import ProgressWriter, keras_callback, metric_floats
-from core.splits import make_split
+from core.splits import make_split, patient_kfold
 
 MODES = ("finetune", "fast")
 SPLITS = {"patient-wise": "patient-wise", "image-level": "image-level (leaky)",
@@ -68,6 +68,8 @@ class TrainConfig:
     balance: str = "none"
     synthetic_dir: str | None = None
     split: str = "patient-wise"
+    folds: int = 0  # >= 2: patient-wise k-fold cross-validation, this run trains fold `fold`
+    fold: int = 0
     magnification: str = "all"
     seed: int = 0
     demo: bool = False
@@ -89,7 +91,11 @@ def prepare_data(config: TrainConfig) -> dict:
     if len(images) == 0:
         raise ValueError(f"No BreakHis images found in {config.data} (magnification {config.magnification}); "
                          f"{len(index.skipped)} files skipped")
-    split = make_split(images, protocol=SPLITS[config.split], seed=config.seed)
+    if config.folds:
+        split = patient_kfold(images, k=config.folds, seed=config.seed)[config.fold]
+        split["protocol"] = f"patient-wise {config.folds}-fold CV (fold {config.fold})"
+    else:
+        split = make_split(images, protocol=SPLITS[config.split], seed=config.seed)
     train, subtype_weights = apply_strategy(split[split["split"] == "train"], config.balance,
                                             synthetic_dir=config.synthetic_dir, seed=config.seed)
     synthetic = train[train["synthetic"].astype(bool)].drop_duplicates("path")
@@ -238,7 +244,7 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
         "input_size": config.input_size, "weights_init": weights_used,
         "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
         "training": {
-            "data_source": str(config.data), "split_protocol": SPLITS[config.split],
+            "data_source": str(config.data), "split_protocol": str(data["split"]["protocol"].iloc[0]),
             "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
             "by_subtype": _counts(train), "synthetic_by_subtype": _counts(train[train["synthetic"].astype(bool)]),
             "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
@@ -364,6 +370,8 @@ def _validate(config: TrainConfig) -> None:
         problems.append("epochs and batch size must be >= 1 and input size >= 32")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
+    if config.folds and (config.folds < 2 or not 0 <= config.fold < config.folds or config.split != "patient-wise"):
+        problems.append("--folds needs >= 2 folds, 0 <= --fold < --folds and the patient-wise split")
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:
@@ -384,6 +392,8 @@ def parse_args(argv=None) -> TrainConfig:
     parser.add_argument("--balance", default="none", choices=STRATEGIES)
     parser.add_argument("--synthetic-dir", help="GAN images for --balance synthetic")
     parser.add_argument("--split", default="patient-wise", choices=sorted(SPLITS))
+    parser.add_argument("--folds", type=int, default=0, help="patient-wise k-fold CV: number of folds")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is the test set (0-based)")
     parser.add_argument("--magnification", default="all", help="all, 40X, 100X, 200X or 400X")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--demo", action="store_true", help="mark the model as a demo model in its card")

@@ -129,6 +129,23 @@ def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
     assert result["epochs_run"] >= 1 and not (run / "metrics.json").exists()
 
 
+def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
+    from core.breakhis import index_folder
+    from core.splits import assert_no_case_leakage, patient_kfold
+    from core.train import train
+
+    run = tmp_path / "fold1"
+    train(dict(data=str(synthetic_breakhis), out=str(run), mode="fast", folds=3, fold=1,
+               evaluate=False, echo_stdout=False, **dict(TINY, epochs=2)))
+    split = pd.read_csv(run / "split.csv", dtype={"case": str})
+    assert_no_case_leakage(split)
+    assert set(split["protocol"]) == {"patient-wise 3-fold CV (fold 1)"}
+    expected = patient_kfold(index_folder(synthetic_breakhis).images, k=3, seed=0)[1]
+    assert set(split.loc[split["split"] == "test", "case"]) == set(expected.loc[expected["split"] == "test", "case"])
+    card = json.loads((run / "model" / "card.json").read_text())
+    assert card["training"]["split_protocol"] == "patient-wise 3-fold CV (fold 1)"
+
+
 def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_path, capsys):
     from core.train import main
 
