@@ -1,0 +1,323 @@
+"""Reporting results: the case table and case-level calls, their CSV, the diagnosis report
+(PDF/PNG with the Grad-CAM overlays) and evaluation tables that carry their protocol and data size.
+
+Downloads are built in memory and handed to the browser; nothing is written to disk on the
+server. The report is drawn with Pillow (its bundled scalable font), so it needs no extra
+dependency and renders the same on any machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from core.labels import CLASSES, SUBTYPES_BY_CLASS, pretty
+
+PAGE = (1240, 1754)  # A4 at 150 dpi
+MARGIN = 70
+INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
+DISCLAIMER = ("Research use only. Not a medical device. Every result must be reviewed by a "
+              "pathologist; heat maps show where the model looked, not where disease is.")
+
+
+TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
+                 "confidence", "refer for review", "reasons", "notes", "error", "model"]
+
+
+def results_table(results: list, badge: str) -> pd.DataFrame:
+    """The case table: one row per image (errors included, so nothing disappears silently).
+
+    results: app_state.ImageResult list; badge: app_state.model_badge(card), "DEMO · ..." for a demo.
+    """
+    rows = []
+    for r in results:
+        row = {"file": r.name, "case": r.case or "", "magnification": r.magnification}
+        if r.ok:
+            p = r.prediction
+            row.update({
+                "p_benign": round(float(p.stage1["benign"]), 4),
+                "p_malignant": round(float(p.stage1["malignant"]), 4),
+                "call": p.label, "subtype": pretty(p.subtype),
+                "p_subtype": round(float(p.stage2[p.subtype]), 4),
+                "confidence": round(float(p.confidence), 4),
+                "refer for review": "YES" if r.refer else "no",
+                "reasons": "; ".join(r.refer_reasons),
+                "notes": "; ".join(r.notes), "error": "",
+            })
+        else:
+            row.update({"call": "", "refer for review": "", "error": r.error})
+        row["model"] = badge
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def case_calls(results: list, refer_threshold: float = 0.7) -> pd.DataFrame:
+    """One call per case: mean stage-1 probability, then the mean subtype within that class.
+
+    Images whose names carry no case id are pooled as one uploaded case.
+    """
+    groups: dict[str, list] = {}
+    for r in results:
+        if r.ok:
+            groups.setdefault(r.case or "uploaded images (no case id in names)", []).append(r)
+    rows = []
+    for case, members in groups.items():
+        p_class = {c: sum(float(m.prediction.stage1[c]) for m in members) / len(members) for c in CLASSES}
+        label = max(p_class, key=p_class.get)
+        p_subtype = {s: sum(float(_branch(m, label)[s]) for m in members) / len(members)
+                     for s in SUBTYPES_BY_CLASS[label]}
+        subtype = max(p_subtype, key=p_subtype.get)
+        agreeing = sum(m.prediction.label == label for m in members)
+        confidence = p_class[label] * p_subtype[subtype]
+        reasons = []
+        if confidence < refer_threshold:
+            reasons.append(f"case confidence {confidence:.2f} below {refer_threshold:.2f}")
+        if agreeing < len(members):
+            reasons.append(f"images disagree ({agreeing}/{len(members)} say {label})")
+        if any(m.refer for m in members):
+            reasons.append("an image is flagged")
+        rows.append({
+            "case": case, "images": len(members), "call": label,
+            "p_malignant": round(p_class["malignant"], 4), "subtype": pretty(subtype),
+            "p_subtype": round(p_subtype[subtype], 4), "confidence": round(confidence, 4),
+            "refer for review": "YES" if reasons else "no", "reasons": "; ".join(reasons),
+        })
+    return pd.DataFrame(rows)
+
+
+def _branch(result, label: str) -> dict:
+    """Stage-2 probabilities of class `label`'s branch, chosen or not."""
+    p = result.prediction
+    return p.stage2 if p.label == label else p.other_stage2
+
+
+def results_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    # Pillow's bundled font is scalable when FreeType is present; no system fonts needed.
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if draw.textlength(candidate, font=font) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    return lines + ([line] if line else [])
+
+
+class _Page:
+    """A white page with a cursor; each method draws one block and moves the cursor down."""
+
+    def __init__(self):
+        self.image = Image.new("RGB", PAGE, "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.y = MARGIN
+
+    def text(self, text: str, size: int = 24, colour=INK, gap: int = 8) -> None:
+        font = _font(size)
+        for line in _wrap(self.draw, text, font, PAGE[0] - 2 * MARGIN):
+            self.draw.text((MARGIN, self.y), line, fill=colour, font=font)
+            self.y += int(size * 1.3)
+        self.y += gap
+
+    def banner(self, text: str, colour) -> None:
+        font = _font(28)
+        self.draw.rectangle((MARGIN, self.y, PAGE[0] - MARGIN, self.y + 50), fill=colour)
+        self.draw.text((MARGIN + 16, self.y + 10), text, fill="white", font=font)
+        self.y += 66
+
+    def images(self, panels: list[tuple[str, np.ndarray]]) -> None:
+        width = (PAGE[0] - 2 * MARGIN - 20 * (len(panels) - 1)) // len(panels)
+        tallest = 0
+        for i, (caption, rgb) in enumerate(panels):
+            picture = Image.fromarray(rgb)
+            picture.thumbnail((width, width))
+            x = MARGIN + i * (width + 20)
+            self.image.paste(picture, (x, self.y))
+            self.draw.text((x, self.y + picture.height + 6), caption, fill=MUTED, font=_font(20))
+            tallest = max(tallest, picture.height)
+        self.y += tallest + 44
+
+    def bars(self, title: str, probabilities: dict[str, float], highlight: str) -> None:
+        self.text(title, size=24, colour=ACCENT, gap=2)
+        font, full = _font(22), PAGE[0] - 2 * MARGIN - 420
+        for name, p in probabilities.items():
+            colour = ACCENT if name == highlight else (170, 190, 200)
+            self.draw.text((MARGIN, self.y), pretty(name), fill=INK, font=font)
+            self.draw.rectangle((MARGIN + 320, self.y + 4, MARGIN + 320 + int(full * p), self.y + 24),
+                                fill=colour)
+            self.draw.text((MARGIN + 330 + full, self.y), f"{p:.3f}", fill=INK, font=font)
+            self.y += 32
+        self.y += 10
+
+    def table(self, frame: pd.DataFrame, columns: list[str]) -> None:
+        font = _font(20)
+        widths = (PAGE[0] - 2 * MARGIN) // len(columns)
+        for i, column in enumerate(columns):
+            self.draw.text((MARGIN + i * widths, self.y), column, fill=ACCENT, font=font)
+        self.y += 30
+        for _, row in frame.iterrows():
+            for i, column in enumerate(columns):
+                value = str(row.get(column, ""))[:28]
+                self.draw.text((MARGIN + i * widths, self.y), value, fill=INK, font=font)
+            self.y += 28
+        self.y += 12
+
+
+def _header(page: _Page, model: dict) -> None:
+    page.text("Breast histopathology - decision-support report", size=36, colour=ACCENT, gap=4)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page.text(f"Generated {stamp} | model {model['name']} ({model['backbone']}, {model['hierarchy']}), "
+              f"trained on {model['data']}, {model['protocol']} split", size=20, colour=MUTED)
+    if model["demo"]:
+        page.banner("DEMO MODEL - not validated, results are not a diagnosis", ALERT)
+
+
+def _image_page(result, overlays: tuple[np.ndarray, np.ndarray], model: dict) -> Image.Image:
+    page = _Page()
+    _header(page, model)
+    p = result.prediction
+    page.text(f"{result.name}", size=28, gap=2)
+    page.text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
+              f"({result.magnification_source})", size=20, colour=MUTED)
+    call = f"{pretty(p.label)} - {pretty(p.subtype)} (confidence {p.confidence:.2f})"
+    page.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
+    page.images([("Image", result.image.rgb),
+                 (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
+                 (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
+    page.bars("Stage 1: benign vs malignant", p.stage1, p.label)
+    page.bars(f"Stage 2: {pretty(p.label)} subtypes", p.stage2, p.subtype)
+    for reason in result.refer_reasons:
+        page.text(f"Review: {reason}", size=20, colour=ALERT, gap=0)
+    for note in result.notes:
+        page.text(f"Note: {note}", size=20, colour=MUTED, gap=0)
+    page.y = PAGE[1] - MARGIN - 60
+    page.text(DISCLAIMER, size=18, colour=MUTED)
+    return page.image
+
+
+def _summary_page(cases: pd.DataFrame, errors: list[str], model: dict) -> Image.Image:
+    page = _Page()
+    _header(page, model)
+    page.text("Case-level calls", size=28, colour=ACCENT)
+    if len(cases):
+        page.table(cases, ["case", "images", "call", "subtype", "confidence", "refer for review"])
+    for error in errors:
+        page.text(f"Not analysed: {error}", size=20, colour=ALERT, gap=0)
+    page.y = PAGE[1] - MARGIN - 60
+    page.text(DISCLAIMER, size=18, colour=MUTED)
+    return page.image
+
+
+def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
+                 model: dict, fmt: str = "pdf") -> bytes:
+    """A summary page plus one page per analysed image. fmt "pdf" (multi-page) or "png" (stacked).
+
+    results: app_state.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
+    model: app_state.describe_model(card).
+    """
+    pages = [_summary_page(cases, [r.error for r in results if r.error], model)]
+    pages += [_image_page(r, overlays[r.digest], model) for r in results if r.ok]
+    buffer = io.BytesIO()
+    if fmt == "pdf":
+        pages[0].save(buffer, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
+    elif fmt == "png":
+        sheet = Image.new("RGB", (PAGE[0], PAGE[1] * len(pages)), "white")
+        for i, page in enumerate(pages):
+            sheet.paste(page, (0, i * PAGE[1]))
+        sheet.save(buffer, format="PNG", optimize=True)
+    else:
+        raise ValueError(f"Report format must be 'pdf' or 'png', not {fmt!r}")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- evaluation tables
+
+_BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
+    ("Stage 1: benign vs malignant", ("stage1",)),
+    ("Stage 2: benign subtypes (true class given)", ("stage2", "benign")),
+    ("Stage 2: malignant subtypes (true class given)", ("stage2", "malignant")),
+    ("End to end: 8 subtypes", ("subtype8",)),
+    ("Patient level: benign vs malignant", ("patient", "stage1")),
+    ("Patient level: 8 subtypes", ("patient", "subtype8")),
+)
+
+
+def metric_block(metrics: dict, path: tuple[str, ...]) -> dict | None:
+    block = metrics
+    for key in path:
+        block = block.get(key) if isinstance(block, dict) else None
+    return block if isinstance(block, dict) and "accuracy" in block else None
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per stage (and end to end), each with its split, protocol and data size."""
+    rows = []
+    for label, path in _BLOCKS:
+        block = metric_block(metrics, path)
+        if block is None:
+            continue
+        data = block.get("data") or {}
+        auc = (block.get("roc_auc") or {}).get("macro")
+        rows.append({
+            "what": label, "accuracy": block["accuracy"], "balanced accuracy": block.get("balanced_accuracy"),
+            "macro F1": block.get("macro_f1"), "macro ROC AUC": auc,
+            "split": data.get("split"), "protocol": data.get("protocol"), "level": data.get("level"),
+            "images": data.get("images"), "cases": data.get("cases"),
+        })
+    return pd.DataFrame(rows).round(4)
+
+
+def protocol_line(metrics: dict) -> str:
+    """The sentence that must accompany every number: which split, which protocol, how much data."""
+    data = metrics.get("data") or {}
+    if not data:
+        return "Split protocol and data size unknown: treat these numbers with care."
+    leaky = "image-level" in str(data.get("protocol", ""))
+    return (f"Computed on the {data.get('split', '?')} split, {data.get('protocol', '?')} protocol, "
+            f"{data.get('images', '?')} images from {data.get('cases', '?')} cases."
+            + (" Image-level splits put the same patient in training and test: optimistic." if leaky else ""))
+
+
+def protocol_kind(protocol: str) -> str:
+    """'patient-wise' or 'image-level' for a free-text protocol description."""
+    return "patient-wise" if "patient" in str(protocol).lower() else "image-level"
+
+
+def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: str) -> pd.DataFrame:
+    """Published results next to the active model's, each marked by its split protocol."""
+    table = reference.copy()
+    table["protocol kind"] = table["protocol"].map(protocol_kind)
+    rows = []
+    if metrics and metric_block(metrics, ("stage1",)):
+        data = metrics.get("data") or {}
+        ours = {"source": "this app (active model)", "model": model_name, "protocol": data.get("protocol"),
+                "note": f"{data.get('split')} split, {data.get('images')} images, {data.get('cases')} cases"}
+        stage1, subtype8 = metrics["stage1"], metric_block(metrics, ("subtype8",)) or {}
+        rows += [{**ours, "task": "binary", "metric": "accuracy", "value": round(stage1["accuracy"], 4)},
+                 {**ours, "task": "binary", "metric": "malignant recall",
+                  "value": round(stage1["per_class"]["malignant"]["recall"], 4)}]
+        if subtype8:
+            rows += [{**ours, "task": "8-class", "metric": "accuracy", "value": round(subtype8["accuracy"], 4)},
+                     {**ours, "task": "8-class", "metric": "macro F1", "value": round(subtype8["macro_f1"], 4)}]
+        patient = metric_block(metrics, ("patient", "stage1"))
+        if patient:
+            rows.append({**ours, "task": "binary", "metric": "patient-level accuracy",
+                         "value": round(patient["accuracy"], 4)})
+    if rows:
+        mine = pd.DataFrame(rows)
+        mine["protocol kind"] = mine["protocol"].map(protocol_kind)
+        table = pd.concat([mine, table], ignore_index=True)
+    table["value"] = table["value"].astype(str)
+    return table[["protocol kind", "source", "model", "task", "metric", "value", "protocol", "note"]]

@@ -1,0 +1,101 @@
+"""Dataset: class balance of BreakHis (or a scanned folder), before and after each balancing strategy."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import app_state, dataset_views
+from core.breakhis import index_folder, load_manifest, summarize
+from core.labels import SUBTYPES, pretty
+from core.splits import PATIENT, make_split
+
+app_state.require_router()
+
+MANIFEST, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
+
+
+@st.cache_data(show_spinner="Reading the manifest...")
+def manifest_images():
+    return load_manifest(app_state.MANIFEST)
+
+
+@st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
+def folder_images(folder: str):
+    result = index_folder(folder)
+    return result.images, result.summary()
+
+
+@st.cache_data(show_spinner="Applying the balancing strategies...", max_entries=8)
+def balanced(images, synthetic_dir: str | None):
+    split = make_split(images, protocol=PATIENT, seed=0)
+    train = split[split["split"] == "train"]
+    return train, dataset_views.balanced_versions(train, synthetic_dir)
+
+
+st.title("Dataset")
+source = st.radio("Source", [MANIFEST, FOLDER], horizontal=True, key="dataset_source")
+if source == MANIFEST:
+    images = manifest_images()
+    st.caption("All 7,909 BreakHis v1 images, listed by the bundled manifest (assets/breakhis_manifest.csv).")
+    thumbnail_source = folder_images(str(app_state.SAMPLES_DIR))[0]
+else:
+    folder = st.text_input("Dataset folder on the server", key="dataset_folder",
+                           placeholder="/data/BreaKHis_v1").strip()
+    if not folder:
+        st.info("Name a folder that holds BreakHis images (any layout; labels come from file names).")
+        st.stop()
+    if not Path(folder).is_dir():
+        st.error(f"Folder not found: {folder}")
+        st.stop()
+    images, scan_summary = folder_images(folder)
+    with st.expander("Scan report"):
+        st.text(scan_summary)
+    if images.empty:
+        st.warning("No BreakHis-named images found in that folder.")
+        st.stop()
+    thumbnail_source = images
+
+counts = summarize(images)
+metrics = st.columns(5)
+metrics[0].metric("Images", f"{counts['images']:,}")
+metrics[1].metric("Cases (patients)", counts["cases"])
+metrics[2].metric("Slides", counts["slides"])
+metrics[3].metric("Subtype imbalance", f"{dataset_views.imbalance_ratio(images, 'subtype'):.1f} : 1",
+                  help="Largest subtype over smallest subtype.")
+metrics[4].metric("Class imbalance", f"{dataset_views.imbalance_ratio(images, 'label'):.1f} : 1",
+                  help="Malignant over benign (or the reverse).")
+
+views, balancing, thumbnails = st.tabs(["Class balance", "After balancing", "Thumbnails"])
+with views:
+    left, right = st.columns(2)
+    left.plotly_chart(dataset_views.class_figure(images), key="class_figure")
+    right.plotly_chart(dataset_views.subtype_figure(images), key="subtype_figure")
+    left.plotly_chart(dataset_views.magnification_figure(images), key="magnification_figure")
+    right.plotly_chart(dataset_views.case_figure(images), key="case_figure")
+
+with balancing:
+    synthetic = app_state.synthetic_folder()
+    try:
+        train, versions = balanced(images, synthetic)
+    except ValueError as problem:  # Too few cases to split patient-wise.
+        st.warning(f"Cannot show balancing for this data: {problem}")
+    else:
+        st.caption(f"Balancing applies to the training split only: patient-wise split (seed 0), "
+                   f"{len(train):,} training images from {train['case'].nunique()} cases. Class "
+                   "weights leave the data unchanged and reweight the loss; the bars show the "
+                   "weighted (effective) counts.")
+        st.plotly_chart(dataset_views.strategy_figure(versions), key="strategy_figure")
+        st.dataframe(dataset_views.strategy_summary(versions), hide_index=True)
+        if synthetic:
+            st.caption(f"GAN fill uses the synthetic images in {synthetic}.")
+
+with thumbnails:
+    if source == MANIFEST:
+        st.caption("The full archive is not bundled; thumbnails come from the bundled real samples.")
+    chosen = dataset_views.thumbnails(thumbnail_source, per_subtype=4)
+    for subtype in SUBTYPES:
+        st.markdown(f"**{pretty(subtype)}**")
+        if chosen[subtype]:
+            st.image(chosen[subtype], width=160, caption=[Path(p).name for p in chosen[subtype]])
+        else:
+            st.caption("No image file available for this subtype.")

@@ -1,0 +1,135 @@
+"""Diagnose: upload images or pick samples; stage 1, stage 2, heat maps, case table, downloads."""
+
+import pandas as pd
+import streamlit as st
+
+from core import app_state, report
+from core.explain import METHODS, overlay
+from core.labels import pretty
+
+app_state.require_router()
+
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
+
+st.title("Diagnose")
+predictor = app_state.require_predictor()
+model = app_state.describe_model(predictor.card)
+if predictor.is_demo:
+    st.error("DEMO model: it demonstrates the app and has no valid accuracy. Its output is not a "
+             "diagnosis.", icon=":material/warning:")
+
+inputs, settings = st.columns([3, 2], gap="large")
+with inputs:
+    uploads = st.file_uploader("Microscopy images (PNG, JPG or TIFF)", accept_multiple_files=True,
+                               key="uploads", help="Kept in memory only; never saved on the server.")
+    samples = app_state.sample_items()
+    chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples")
+with settings:
+    method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
+                          key="method")
+    opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
+    threshold = st.slider("Refer for review below confidence", 0.5, 0.99, 0.7, 0.01, key="threshold",
+                          help="Confidence = p(class) x p(subtype | class).")
+    tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key="tta")
+    magnification = st.selectbox("Magnification of images whose names do not state it",
+                                 app_state.magnification_options(), key="magnification")
+
+items = [(f.name, f.getvalue()) for f in uploads or []] + [(samples[s].name, samples[s].read_bytes())
+                                                           for s in chosen]
+if not items:
+    st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis.")
+    st.stop()
+
+with st.spinner("Classifying..."):
+    results = app_state.diagnose_in_session(predictor, items, tta=tta, refer_threshold=threshold,
+                                            magnification=magnification)
+for failed in (r for r in results if r.error):
+    st.error(failed.error, icon=":material/block:")
+analysed = [r for r in results if r.ok]
+table = report.results_table(results, app_state.model_badge(predictor.card))
+cases = report.case_calls(results, threshold)
+
+if len(results) > 1:
+    st.subheader("Case table")
+    st.dataframe(table, hide_index=True)
+    st.subheader("Case-level call")
+    st.caption("Mean stage-1 probability over the case's images, then the most probable subtype "
+               "of that class. Cases come from BreakHis-style file names.")
+    st.dataframe(cases, hide_index=True)
+
+
+def probabilities(values: dict[str, float], column: str) -> None:
+    frame = pd.DataFrame({column: [pretty(k) for k in values], "probability": list(values.values())})
+    st.dataframe(frame, hide_index=True, column_config={"probability": PROBABILITY})
+
+
+def heat_maps(result) -> tuple | None:
+    try:
+        return app_state.explanations(predictor, result, method)
+    except Exception as problem:  # Heat maps are an aid; a failure must not hide the result.
+        st.warning(f"Heat maps unavailable for this image ({type(problem).__name__}: {problem}).")
+        return None
+
+
+def show(result, index: int) -> None:
+    p = result.prediction
+    with st.container(border=True):
+        st.markdown(f"#### {result.name}")
+        demo = "DEMO model · " if predictor.is_demo else ""
+        st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · confidence "
+                    f"**{p.confidence:.2f}** · magnification {result.magnification} "
+                    f"({result.magnification_source})")
+        if result.refer:
+            st.error("Refer for review: " + "; ".join(result.refer_reasons), icon=":material/flag:")
+        else:
+            st.success(f"Confidence {p.confidence:.2f} is above the review threshold {threshold:.2f}.")
+        for warning in result.warnings:
+            st.warning(warning, icon=":material/report:")
+        columns = st.columns(3)
+        columns[0].image(result.image.rgb, caption="Image", width="stretch")
+        maps = heat_maps(result)
+        if maps:
+            name = METHOD_NAMES.get(method, method)
+            for column, stage, explanation in zip(columns[1:], ("Stage 1", "Stage 2"), maps):
+                column.image(overlay(result.image.rgb, explanation.heatmap, opacity), width="stretch",
+                             caption=f"{stage} {name}: {pretty(explanation.target)}")
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Stage 1: benign or malignant**")
+            probabilities(p.stage1, "class")
+        with right:
+            st.markdown(f"**Stage 2: {pretty(p.label).lower()} subtype**")
+            probabilities(p.stage2, "subtype")
+            if st.toggle("Show the other branch", key=f"other_{index}"):
+                st.caption("Subtype probabilities of the class stage 1 did not choose (for context).")
+                probabilities(p.other_stage2, "other subtype")
+        if result.notes:
+            st.caption("Notes: " + "; ".join(result.notes))
+
+
+for index, result in enumerate(analysed):
+    show(result, index)
+
+if analysed:
+    st.subheader("Downloads")
+    st.caption("Built in memory; nothing is stored on the server.")
+    left, right = st.columns(2)
+    left.download_button("Results (CSV)", report.results_csv(table), "breakhis_results.csv",
+                         "text/csv", key="download_csv")
+    with right:
+        fmt = st.radio("Report format", ["pdf", "png"], horizontal=True, key="report_format",
+                       format_func=str.upper)
+        if st.button("Prepare report", key="prepare_report"):
+            with st.spinner("Drawing the report..."):
+                overlays = {}
+                for result in analysed:
+                    maps = heat_maps(result)
+                    if maps:
+                        overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, opacity) for m in maps)
+                if len(overlays) == len(analysed):
+                    st.session_state["_report"] = (fmt, report.build_report(results, overlays, cases, model, fmt))
+        prepared = st.session_state.get("_report")
+        if prepared:
+            st.download_button(f"Report ({prepared[0].upper()})", prepared[1], f"breakhis_report.{prepared[0]}",
+                               "application/pdf" if prepared[0] == "pdf" else "image/png", key="download_report")

@@ -1,0 +1,131 @@
+"""Model performance: the active model's card, metrics with their protocol, curves, and the literature."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import app_state, report
+from core.labels import pretty
+
+app_state.require_router()
+
+LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=10, r=10, t=50, b=10))
+
+st.title("Model performance")
+folder = app_state.active_model()
+if not folder:
+    st.error("No model is available. Put a model folder in models/ or train one on the Retrain page.")
+    st.stop()
+try:
+    card = app_state.model_card(folder)
+except Exception as problem:
+    st.error(f"The active model cannot be read: {problem}")
+    st.stop()
+info = app_state.describe_model(card)
+training = card.get("training") or {}
+
+
+def beside_model(name: str) -> Path | None:
+    """A run file kept in the model folder (bundled models) or its run folder (runs/NAME/model)."""
+    return next((d / name for d in (Path(folder), Path(folder).parent) if (d / name).is_file()), None)
+
+
+metrics_file, history_file = beside_model("metrics.json"), beside_model("history.csv")
+metrics = json.loads(metrics_file.read_text()) if metrics_file else card.get("metrics") or {}
+
+st.subheader("Model card")
+left, right = st.columns(2)
+left.markdown(f"**{info['name']}**" + (" · :red-badge[DEMO]" if info["demo"] else ""))
+left.markdown(f"Backbone {info['backbone']} ({info['hierarchy']}), input {card.get('input_size')} px, "
+              f"initial weights: {card.get('weights_init', 'unknown')}")
+counts = training.get("counts") or {}
+sizes = " · ".join(f"{split} {counts[split]}" for split in ("train", "val", "test") if split in counts) or "unknown"
+right.markdown(f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}; images {sizes}  \n"
+               f"Mode {training.get('mode', '?')}, {training.get('epochs', '?')} epochs, "
+               f"balancing {training.get('balance', 'none')}, magnification {training.get('magnification', 'all')}")
+with st.expander("Full card (JSON)"):
+    st.json(card, expanded=False)
+
+if info["demo"]:
+    st.error("This is the DEMO model. It exists to show how the app works and has NO valid accuracy: "
+             "it was not trained and evaluated on enough real data. No performance numbers are shown "
+             "for it; compare against the published results below only after training a real model.",
+             icon=":material/warning:")
+elif not report.metric_block(metrics, ("stage1",)):
+    st.warning("This model has no evaluation yet. Run `python -m core.evaluate RUN` on its run folder.")
+else:
+    st.subheader("Metrics per stage and end to end")
+    st.caption(report.protocol_line(metrics))
+    st.dataframe(report.metrics_table(metrics), hide_index=True)
+
+    st.subheader("Confusion matrices")
+    columns = st.columns(2)
+    for column, (title, path) in zip(columns * 2, [("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
+                                                   ("Patient level: stage 1", ("patient", "stage1"))]):
+        block = report.metric_block(metrics, path)
+        if block and "confusion_matrix" in block:
+            matrix = block["confusion_matrix"]
+            labels = [pretty(name) for name in matrix["labels"]]
+            figure = px.imshow(pd.DataFrame(matrix["matrix"], index=labels, columns=labels), text_auto=True,
+                               color_continuous_scale="Teal", labels=dict(x="Predicted", y="True", color="Images"),
+                               title=f"{title} ({block['data'].get('images')} images, {block['data'].get('protocol')})")
+            column.plotly_chart(figure.update_layout(**LAYOUT), key=f"confusion_{'_'.join(path)}")
+
+    st.subheader("ROC curves")
+    curves_found = False
+    columns = st.columns(2)
+    for column, (title, path) in zip(columns, [("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",))]):
+        block = report.metric_block(metrics, path) or {}
+        if block.get("roc_curves"):
+            curves_found = True
+            figure = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                                          line=dict(dash="dot", color="#9aa7ad")))
+            aucs = (block.get("roc_auc") or {}).get("per_class") or {}
+            for name, curve in block["roc_curves"].items():
+                auc = aucs.get(name)
+                figure.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines",
+                                   name=f"{pretty(name)} (AUC {auc:.3f})" if auc is not None else pretty(name))
+            figure.update_layout(title=f"{title} ({block['data'].get('images')} images)", xaxis_title="False positive rate",
+                                 yaxis_title="True positive rate", **LAYOUT)
+            column.plotly_chart(figure, key=f"roc_{'_'.join(path)}")
+    if not curves_found:
+        st.caption("ROC curve points are kept in the run's metrics.json, which is not next to this model.")
+
+    per_magnification = metrics.get("per_magnification") or {}
+    if per_magnification:
+        st.subheader("Per magnification")
+        st.dataframe(pd.DataFrame([{"magnification": m, "stage 1 accuracy": b["stage1"]["accuracy"],
+                                    "malignant recall": b["stage1"].get("malignant_recall"),
+                                    "8-subtype accuracy": b["subtype8"]["accuracy"],
+                                    "images": b["stage1"]["data"]["images"], "protocol": b["stage1"]["data"]["protocol"]}
+                                   for m, b in per_magnification.items()]).round(4), hide_index=True)
+
+if history_file:
+    st.subheader("Training curves")
+    st.caption(f"Loss and metrics per epoch on the training split ({counts.get('train', '?')} images) and, "
+               f"for 'val_' curves, the validation split ({counts.get('val', '?')} images); "
+               f"{info['protocol']} protocol.")
+    history = pd.read_csv(history_file)
+    if "epoch" not in history:
+        history.insert(0, "epoch", range(1, len(history) + 1))
+    long = history.melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
+    losses = long[long["metric"].str.contains("loss")]
+    others = long[~long["metric"].str.contains("loss") & ~long["metric"].isin(["learning_rate", "lr"])]
+    left, right = st.columns(2)
+    left.plotly_chart(px.line(losses, x="epoch", y="value", color="metric", title="Loss").update_layout(**LAYOUT),
+                      key="history_loss")
+    if len(others):
+        right.plotly_chart(px.line(others, x="epoch", y="value", color="metric", title="Metrics")
+                           .update_layout(**LAYOUT), key="history_metrics")
+
+st.subheader("Published BreakHis results")
+st.caption("Image-level splits let images of one patient fall in both training and test, which inflates "
+           "accuracy; patient-wise results are the honest comparison. Numbers across protocols are not "
+           "comparable.")
+reference = pd.read_csv(app_state.REFERENCE_RESULTS)
+ours = None if info["demo"] else metrics
+st.dataframe(report.comparison_table(reference, ours, info["name"]), hide_index=True)

@@ -1,0 +1,183 @@
+"""Retrain: launch `python -m core.train` in the background, follow it live, cancel it, adopt the model."""
+
+import datetime
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import app_state, jobs, report
+from core.backbones import BACKBONES, DEFAULT_BACKBONE
+from core.balance import STRATEGIES
+from core.labels import INPUT_SIZE, MAGNIFICATIONS
+from core.model_io import ModelFolderError, read_card
+
+app_state.require_router()
+
+SPLITS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
+          "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
+MODES = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only)"}
+
+
+@st.cache_resource(show_spinner=False)
+def visible_gpus() -> list[str]:
+    import tensorflow as tf
+
+    return [device.name for device in tf.config.list_physical_devices("GPU")]
+
+
+def show_devices() -> None:
+    gpus = visible_gpus()
+    if gpus:
+        st.success(f"TensorFlow sees {len(gpus)} GPU(s): {', '.join(gpus)}.", icon=":material/memory:")
+    else:
+        st.warning("TensorFlow sees no GPU: training will run on the CPU. Use fast mode, a small "
+                   "backbone or few epochs, or expect hours for fine-tuning.", icon=":material/memory:")
+
+
+def launch_form() -> None:
+    synthetic = app_state.synthetic_folder()
+    with st.form("retrain"):
+        data = st.text_input("Data folder (BreakHis images, any layout)", key="train_data").strip()
+        left, right = st.columns(2)
+        backbone = left.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(DEFAULT_BACKBONE),
+                                  key="train_backbone")
+        mode = right.radio("Mode", list(MODES), format_func=MODES.get, key="train_mode")
+        epochs = left.number_input("Epochs", 1, 500, 10, key="train_epochs")
+        strategies = [s for s in STRATEGIES if s != "synthetic" or synthetic]
+        balance = right.selectbox("Balancing", strategies, key="train_balance")
+        split = left.radio("Split protocol", list(SPLITS), format_func=SPLITS.get, key="train_split")
+        with st.expander("Advanced"):
+            a, b = st.columns(2)
+            input_size = a.number_input("Input size (pixels)", 32, 512, INPUT_SIZE, key="train_input_size")
+            batch_size = b.number_input("Batch size", 1, 256, 32, key="train_batch_size")
+            weights = a.selectbox("Initial weights", ["imagenet", "none"], key="train_weights",
+                                  help="ImageNet weights need a local Keras cache; offline, training "
+                                       "starts from random weights and says so.")
+            magnification = b.selectbox("Magnification", ["all", *MAGNIFICATIONS], key="train_magnification")
+            seed = a.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+            name = b.text_input("Run name (optional)", key="train_name").strip()
+        submitted = st.form_submit_button("Start training", type="primary")
+    if not submitted:
+        return
+    if not data or not Path(data).is_dir():
+        st.error(f"Data folder not found: {data or '(empty)'}")
+        return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^\w.-]", "_", name) or f"{stamp}-{backbone}-{mode}"
+    run_dir = jobs.runs_dir() / name
+    command = jobs.build_command(data, run_dir, backbone=backbone, mode=mode, epochs=epochs, balance=balance,
+                                 split=split, batch_size=batch_size, input_size=input_size, weights=weights,
+                                 magnification=magnification, seed=seed,
+                                 synthetic_dir=synthetic if balance == "synthetic" else None)
+    settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
+                "split": split, "input_size": int(input_size), "batch_size": int(batch_size)}
+    try:
+        jobs.start_job(command, run_dir, settings)
+    except jobs.JobError as problem:
+        st.error(str(problem))
+        return
+    st.rerun()
+
+
+def split_sizes(job: jobs.Job) -> str:
+    """What the live numbers are computed on (from the run's config.json once training starts)."""
+    try:
+        config = json.loads((Path(job.run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "Training metrics on the training split; 'val_' metrics on the validation split."
+    counts = config.get("counts", {})
+    return (f"Training metrics on the training split ({counts.get('train', '?')} images), 'val_' metrics on the "
+            f"validation split ({counts.get('val', '?')} images); {config.get('split', '?')} protocol.")
+
+
+def curves(history: list[dict]) -> None:
+    if not history:
+        return
+    frame = pd.DataFrame(history).melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
+    losses = frame[frame["metric"].str.contains("loss")]
+    scores = frame[~frame["metric"].str.contains("loss") & ~frame["metric"].isin(["learning_rate", "lr"])]
+    left, right = st.columns(2)
+    for column, part, title in ((left, losses, "Loss"), (right, scores, "Accuracy and other metrics")):
+        if len(part):
+            figure = px.line(part, x="epoch", y="value", color="metric", markers=True, title=title)
+            column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")
+
+
+@st.fragment(run_every=2)
+def follow(job: jobs.Job) -> None:
+    """Live view of the running job, polled every 2 s without rerunning the whole page."""
+    state = jobs.progress(job)
+    status, explanation = jobs.job_status(job, state)
+    if status != jobs.RUNNING:
+        st.rerun(scope="app")
+    epoch_text = f"epoch {state['epoch']} of {state['epochs']}" if state["epochs"] else "starting"
+    step_text = f", step {state['step']} of {state['steps']}" if state["steps"] else ""
+    st.progress(state["fraction"], text=f"Training: {epoch_text}{step_text}")
+    if state["metrics"]:
+        st.caption(" · ".join(f"{k} {v:.4f}" for k, v in state["metrics"].items() if isinstance(v, (int, float))))
+    st.caption(split_sizes(job))
+    curves(state["history"])
+    with st.expander("Log", expanded=False):
+        st.code(jobs.log_tail(job) or "(no output yet)", language=None)
+    if job.cancel_requested:
+        st.info("Cancel requested; waiting for the training process to stop.")
+        if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
+            jobs.cancel_job(job, force=True)
+    elif st.button("Cancel training", key="cancel_job"):
+        jobs.cancel_job(job)
+        st.rerun(scope="fragment")
+
+
+def finished(job: jobs.Job, status: str, explanation: str) -> None:
+    state = jobs.progress(job)
+    model_dir = Path(job.run_dir) / "model"
+    if status == jobs.COMPLETED:
+        st.success(f"Training completed: {job.run_dir}. {explanation}")
+        st.caption(split_sizes(job))
+        curves(state["history"])
+        metrics_path = Path(job.run_dir) / "metrics.json"
+        try:
+            card = read_card(model_dir)
+        except ModelFolderError as problem:
+            st.error(f"The run finished but its model cannot be used: {problem}")
+            card = None
+        if card is not None and card.get("demo"):
+            st.warning("This run is marked DEMO (too little training data, or --demo): its numbers are "
+                       "not a valid accuracy.", icon=":material/warning:")
+        if metrics_path.is_file():
+            st.markdown("**Evaluation on the held-out test split**")
+            metrics = json.loads(metrics_path.read_text())
+            st.dataframe(report.metrics_table(metrics), hide_index=True)
+            st.caption(report.protocol_line(metrics))
+        else:
+            st.info("No evaluation was written (no test images, or evaluation failed: see the log).")
+        if card is not None:
+            if app_state.active_model() == str(model_dir.resolve()):
+                st.success("This model is the active model.")
+            else:
+                st.button("Make this the active model", type="primary", key="adopt_model",
+                          on_click=app_state.set_active_model, args=(str(model_dir),))
+    else:
+        st.error(f"Training {status}: {explanation} The active model was not changed.")
+    with st.expander("Log", expanded=status != jobs.COMPLETED):
+        st.code(jobs.log_tail(job, 80) or "(empty log)", language=None)
+    st.button("Start a new training job", key="clear_job", on_click=jobs.clear_job)
+
+
+st.title("Retrain")
+show_devices()
+job = jobs.read_job()
+if job is None:
+    launch_form()
+else:
+    status, explanation = jobs.job_status(job, jobs.progress(job))
+    st.caption(f"Job {Path(job.run_dir).name}: " + ", ".join(f"{k} {v}" for k, v in job.settings.items()))
+    if status == jobs.RUNNING:
+        follow(job)
+    else:
+        finished(job, status, explanation)

@@ -1,0 +1,118 @@
+"""Shared pieces of the app tests: tiny model folders, bad-input files, and an AppTest factory.
+
+The app finds its models through BREAKHIS_DEFAULT_MODEL / BREAKHIS_MODEL_DIRS / BREAKHIS_RUNS_DIR
+(core.app_state), so tests point it at small_cnn models at input 64 in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "app.py")
+APP_TIMEOUT = 180  # seconds per AppTest run: the first run imports TensorFlow on a shared CPU
+
+
+def make_model_folder(folder: Path, demo: bool = True, name: str = "tiny-demo", metrics: dict | None = None,
+                      hierarchy: str = "hierarchical") -> Path:
+    """An untrained small_cnn at input 64, saved the one official way (core.model_io)."""
+    import keras
+
+    from core.model import build_classifier
+    from core.model_io import save_model_folder
+
+    keras.utils.set_random_seed(0)
+    model, weights = build_classifier("small_cnn", hierarchy, weights=None, input_size=64)
+    card = {"name": name, "backbone": "small_cnn", "hierarchy": hierarchy, "weights_init": weights,
+            "demo": demo, "training": {"data_source": "synthetic test data", "split_protocol": "patient-wise",
+                                       "counts": {"train": 60, "val": 18, "test": 18}, "mode": "finetune",
+                                       "epochs": 1}}
+    if metrics is not None:
+        card["metrics"] = metrics
+    return save_model_folder(model, folder, card)
+
+
+def app_environment(models_root: Path, default: Path, runs: Path) -> dict:
+    return {"BREAKHIS_MODEL_DIRS": f"{models_root}{os.pathsep}{runs}",
+            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs)}
+
+
+def run_app_like_the_server(patch) -> None:
+    """Make AppTest run app.py (the st.navigation router) on every run, as the server does.
+
+    AppTest (streamlit 1.67) resets PagesManager.uses_pages_directory before each run; because
+    this repo has a pages/ folder, every run after the first then starts in legacy pages-folder
+    mode. The pages recover from that (core.app_state.require_router reruns through app.py),
+    but the rerun drops one-shot button clicks. The server keeps the flag False after the first
+    st.navigation call; this does the same for AppTest.
+    """
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class ServerLikePagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    patch.setattr(app_test, "PagesManager", ServerLikePagesManager)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tissue_like(size=(96, 128)) -> np.ndarray:
+    """Pink/purple textured pixels (H&E-like colours with structure)."""
+    rng = np.random.default_rng(0)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    blobs = (np.sin(xx / 5.0) + np.cos(yy / 7.0) > 0.3)[..., None]
+    image = np.where(blobs, [150, 70, 160], [235, 175, 210]).astype(np.float32)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def decompression_bomb() -> bytes:
+    """A valid PNG header that declares 100000 x 100000 pixels (10 gigapixels), tiny on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def bad_inputs() -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, what the app must say or do): every bad input the issue lists."""
+    tissue = tissue_like()
+    sixteen = io.BytesIO()
+    Image.fromarray(tissue[..., 0].astype(np.uint16) * 257).save(sixteen, format="PNG")
+    cmyk = io.BytesIO()
+    Image.fromarray(tissue).convert("CMYK").save(cmyk, format="JPEG")
+    rgba = np.dstack([tissue, np.full(tissue.shape[:2], 200, np.uint8)])
+    huge = np.tile(tissue, (48, 40, 1))  # 4608 x 5120: above the working size, downscaled
+    photo = np.zeros((120, 160, 3), np.uint8)
+    photo[..., 1] = np.linspace(40, 220, 160, dtype=np.uint8)[None, :]  # a green gradient "photo"
+    photo[..., 2] = 60
+    return {
+        "notes.txt": (b"This is a text file, not a histology image.\n", "error"),
+        "truncated.png": (png_bytes(tissue)[:400], "error"),
+        "bomb.png": (decompression_bomb(), "error"),
+        "deep16.png": (sixteen.getvalue(), "note"),
+        "cmyk.jpg": (cmyk.getvalue(), "note"),
+        "rgba.png": (png_bytes(rgba), "note"),
+        "gray.png": (png_bytes(tissue[..., 0]), "note"),
+        "tiny.png": (png_bytes(np.zeros((1, 1, 3), np.uint8)), "error"),
+        "large.png": (png_bytes(huge), "note"),
+        "wrong_extension.jpg": (png_bytes(tissue), "note"),
+        "empty.png": (b"", "error"),
+        "holiday_photo.png": (png_bytes(photo), "warning"),
+    }

@@ -1,0 +1,71 @@
+"""Class-balance views of the bundled BreakHis manifest, before and after each balancing strategy."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import dataset_views
+from core.breakhis import index_folder, load_manifest, synthetic_name
+from core.labels import SUBTYPES
+from core.splits import PATIENT, make_split
+
+
+@pytest.fixture(scope="module")
+def manifest(manifest_path):
+    return load_manifest(manifest_path)
+
+
+@pytest.fixture(scope="module")
+def train(manifest):
+    split = make_split(manifest, protocol=PATIENT, seed=0)
+    return split[split["split"] == "train"]
+
+
+def test_imbalance_ratios_of_breakhis(manifest):
+    # 3,451 ductal carcinoma vs 444 adenosis images; 5,429 malignant vs 2,480 benign.
+    assert dataset_views.imbalance_ratio(manifest, "subtype") == pytest.approx(3451 / 444)
+    assert dataset_views.imbalance_ratio(manifest, "label") == pytest.approx(5429 / 2480)
+
+
+def test_figures_count_every_image(manifest):
+    assert sum(dataset_views.class_figure(manifest).data[0].y) + sum(
+        dataset_views.class_figure(manifest).data[1].y) == len(manifest)
+    heat = dataset_views.magnification_figure(manifest).data[0].z
+    assert np.asarray(heat).sum() == len(manifest) and np.asarray(heat).shape == (8, 4)
+    subtypes = dataset_views.subtype_figure(manifest)
+    assert sum(sum(trace.y) for trace in subtypes.data) == len(manifest)
+    cases = dataset_views.case_figure(manifest).data[0]
+    assert sum(cases.y) == len(manifest) and len(cases.y) == manifest.groupby(["case", "subtype"]).ngroups
+
+
+def test_each_strategy_changes_the_balance_as_it_should(train):
+    versions = dataset_views.balanced_versions(train)
+    assert list(versions) == ["none", "class_weights", "oversample", "undersample"]  # no GAN folder
+    summary = dataset_views.strategy_summary(versions).set_index("strategy")
+    assert summary.loc["As is", "training images"] == len(train)
+    assert summary.loc["As is", "subtype imbalance (max/min)"] > 5
+    assert summary.loc["Class weights", "subtype imbalance (max/min)"] == pytest.approx(1.0)
+    assert summary.loc["Class weights", "training images"] == len(train)
+    assert summary.loc["Oversampling", "subtype imbalance (max/min)"] == pytest.approx(1.0)
+    assert summary.loc["Oversampling", "training images"] > len(train)
+    assert summary.loc["Undersampling", "training images"] < len(train)
+    figure = dataset_views.strategy_figure(versions)
+    assert {annotation.text for annotation in figure.layout.annotations} == {
+        "As is", "Class weights", "Oversampling", "Undersampling"}
+
+
+def test_gan_fill_appears_only_with_a_synthetic_folder(train, tmp_path):
+    tile = np.full((64, 64, 3), (200, 120, 180), np.uint8)
+    for n in range(5):
+        Image.fromarray(tile).save(tmp_path / synthetic_name("adenosis", "test-gan", 0, n))
+    versions = dataset_views.balanced_versions(train, synthetic_dir=tmp_path)
+    assert "synthetic" in versions
+    summary = dataset_views.strategy_summary(versions).set_index("strategy")
+    assert summary.loc["GAN fill", "synthetic images"] == 5
+    assert summary.loc["GAN fill", "training images"] == len(train) + 5
+
+
+def test_thumbnails_exist_for_every_subtype_of_the_bundled_samples(samples_dir):
+    chosen = dataset_views.thumbnails(index_folder(samples_dir).images, per_subtype=2)
+    assert set(chosen) == set(SUBTYPES)
+    assert all(1 <= len(paths) <= 2 for paths in chosen.values())

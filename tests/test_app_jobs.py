@@ -1,0 +1,106 @@
+"""Background training jobs: one at a time, state on disk, stale pids detected, cancel by group."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core import jobs
+from core.progress import ProgressWriter
+from core.train import parse_args
+
+SLEEPER = [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"]
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_command_is_what_core_train_parses(tmp_path):
+    command = jobs.build_command("/data/breakhis", tmp_path / "run", backbone="small_cnn", mode="fast",
+                                 epochs=3, balance="oversample", split="image-level", batch_size=8,
+                                 input_size=64, weights="none", magnification="40X", seed=5)
+    assert command[:3] == [sys.executable, "-m", "core.train"]
+    config = parse_args(command[3:])
+    assert (config.data, config.out, config.backbone, config.mode) == ("/data/breakhis", str(tmp_path / "run"),
+                                                                       "small_cnn", "fast")
+    assert (config.epochs, config.balance, config.split, config.batch_size) == (3, "oversample", "image-level", 8)
+    assert (config.input_size, config.weights, config.magnification, config.seed) == (64, "none", "40X", 5)
+
+
+def test_one_job_at_a_time_and_cancel_stops_the_process_group(tmp_path):
+    job = jobs.start_job(SLEEPER, tmp_path / "run1", {"what": "sleeper"}, root=tmp_path)
+    try:
+        on_disk = json.loads((tmp_path / jobs.JOB_FILE_NAME).read_text())
+        assert on_disk["pid"] == job.pid and on_disk["run_dir"] == str(tmp_path / "run1")
+        assert jobs.is_alive(jobs.read_job(tmp_path))
+        assert jobs.job_status(job, {"status": "not started"})[0] == jobs.RUNNING
+        with pytest.raises(jobs.JobError, match="already running"):
+            jobs.start_job(SLEEPER, tmp_path / "run2", {}, root=tmp_path)
+        with pytest.raises(jobs.JobError, match="still running"):
+            jobs.clear_job(tmp_path)
+        assert wait_until(lambda: "working" in jobs.log_tail(job))
+        jobs.cancel_job(job, root=tmp_path)
+        assert wait_until(lambda: not jobs.is_alive(job))
+        reread = jobs.read_job(tmp_path)
+        assert reread.cancel_requested is not None
+        status, message = jobs.job_status(reread, {"status": "not started"})
+        assert status == jobs.CANCELLED and "cancelled" in message
+        jobs.clear_job(tmp_path)
+        assert jobs.read_job(tmp_path) is None
+    finally:
+        jobs.cancel_job(job, root=tmp_path, force=True)
+
+
+def test_a_dead_pid_without_an_end_event_is_stale_not_running(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    job = jobs.Job(pid=finished.pid, run_dir=str(tmp_path / "run"), started=time.time(), command=[],
+                   log=str(tmp_path / "none.log"), settings={})
+    assert not jobs.is_alive(job)
+    status, message = jobs.job_status(job, {"status": "running"})
+    assert status == jobs.STALE and "never reported an end" in message
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_job(tmp_path):
+    other = subprocess.Popen(SLEEPER)
+    try:
+        job = jobs.Job(pid=other.pid, run_dir=str(tmp_path), started=time.time(), command=[], log="",
+                       settings={}, proc_start="1")  # the job's process started at another time
+        assert not jobs.is_alive(job)
+        job.proc_start = jobs._proc_start_time(other.pid)
+        assert jobs.is_alive(job)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_status_comes_from_the_runs_progress_stream(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    run = tmp_path / "run"
+    job = jobs.Job(pid=finished.pid, run_dir=str(run), started=time.time(), command=[], log="", settings={})
+    writer = ProgressWriter(run / "progress.jsonl", echo_stdout=False)
+    writer.emit("start", epochs=2, steps=3)
+    writer.emit("epoch_end", epoch=1, epochs=2, metrics={"loss": 0.5})
+    assert jobs.progress(job)["history"] == [{"epoch": 1, "loss": 0.5}]
+    writer.emit("error", message="ValueError: boom")
+    writer.emit("end", status="failed", message="ValueError: boom")
+    status, message = jobs.job_status(job, jobs.progress(job))
+    assert status == jobs.FAILED and "boom" in message
+
+
+def test_a_corrupt_job_file_means_no_job_and_a_busy_run_folder_is_refused(tmp_path):
+    (tmp_path / jobs.JOB_FILE_NAME).write_text("{not json")
+    assert jobs.read_job(tmp_path) is None
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "model.keras").write_text("x")
+    with pytest.raises(jobs.JobError, match="already exists"):
+        jobs.start_job(SLEEPER, tmp_path / "taken", {}, root=tmp_path)

@@ -1,0 +1,213 @@
+"""Every page through streamlit.testing.v1.AppTest, with tiny small_cnn models at input 64.
+
+Models: a DEMO model as the default and an evaluated (non-demo) run, found through the
+BREAKHIS_* environment variables the app documents.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_helpers import (APP, APP_TIMEOUT, app_environment, bad_inputs, make_model_folder,
+                               run_app_like_the_server)
+
+PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
+         "pages/performance.py": "Model performance", "pages/retrain.py": "Retrain"}
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory, synthetic_breakhis):
+    """models/default (DEMO) plus runs/evaluated (a real core.evaluate run on synthetic data)."""
+    from core.breakhis import index_folder
+    from core.evaluate import evaluate_run, without_curves
+    from core.model_io import update_card
+    from core.splits import PATIENT, make_split
+
+    root = tmp_path_factory.mktemp("app")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    run = root / "runs" / "evaluated"
+    make_model_folder(run / "model", demo=False, name="evaluated-run")
+    make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0).to_csv(run / "split.csv", index=False)
+    results = evaluate_run(run, write=False)
+    (run / "metrics.json").write_text(json.dumps(results))
+    update_card(run / "model", metrics=without_curves(results))
+    pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.5], "val_loss": [2.1, 1.8]}).to_csv(run / "history.csv", index=False)
+    make_model_folder(root / "runs" / "copy" / "model", demo=True)  # same name as the default
+    generator = root / "models" / "gan-generator"  # not a classifier: must not be offered
+    generator.mkdir()
+    (generator / "card.json").write_text(json.dumps({"kind": "gan_generator", "name": "gan"}))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        run_app_like_the_server(patch)
+        yield {"default": default.resolve(), "evaluated": (run / "model").resolve(), "runs": root / "runs"}
+
+
+@pytest.fixture
+def app(environment) -> AppTest:
+    return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def tables(app, column: str) -> list[pd.DataFrame]:
+    """The displayed tables that have `column` (display tables carry no key in AppTest)."""
+    return [frame.value for frame in app.dataframe if column in frame.value.columns]
+
+
+def test_navigation_reaches_every_page(app, environment):
+    for page, title in PAGES.items():
+        app.switch_page(page).run()
+        assert not app.exception, f"{page}: {app.exception}"
+        assert app.title[0].value == title
+        assert app.selectbox(key="model_picker").value == str(environment["default"])  # sidebar on every page
+
+
+def test_a_page_run_without_the_router_reruns_through_app_py(environment, monkeypatch):
+    """Plain AppTest runs pages/ files alone after the first run (legacy pages-folder mode, as the
+    server does on a deep link right after it starts); require_router must bring app.py back."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    monkeypatch.setattr(app_test, "PagesManager", PagesManager)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception and app.title[0].value == "Dataset"
+    assert app.selectbox(key="model_picker").value == str(environment["default"])  # app.py ran
+    samples = app.switch_page("pages/diagnose.py").run().multiselect(key="samples")
+    samples.set_value(samples.options[:1]).run()
+    assert not app.exception
+    assert "DEMO" in texts(app.sidebar.markdown) and len(app.image) == 3
+
+
+def test_reruns_keep_the_shared_models_keras_state(app):
+    """Streamlit would call keras.backend.clear_session() after every run (slow, and unsafe under
+    a model other sessions are using); app.py turns that off."""
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute("app_test_probe", 42)
+    app.run()
+    app.switch_page("pages/dataset.py").run()
+    assert global_state.get_global_attribute("app_test_probe") == 42
+
+
+def test_sidebar_shows_the_demo_model_and_switches_models(app, environment):
+    assert "DEMO" in texts(app.sidebar.markdown)
+    picker = app.selectbox(key="model_picker")
+    assert picker.options == ["DEMO · tiny-demo (small_cnn) · models/default",
+                              "DEMO · tiny-demo (small_cnn) · runs/copy/model",
+                              "evaluated-run (small_cnn) · runs/evaluated/model"]
+    picker.set_value(str(environment["runs"] / "copy" / "model")).run()  # same name, other folder
+    app.run()
+    assert app.session_state["active_model"] == str((environment["runs"] / "copy" / "model").resolve())
+    app.selectbox(key="model_picker").set_value(str(environment["evaluated"])).run()
+    assert "DEMO" not in texts(app.sidebar.markdown)
+    assert "evaluated-run" in texts(app.sidebar.markdown)
+    app.switch_page("pages/performance.py").run()  # the choice survives a page switch
+    assert "evaluated-run" in texts(app.markdown)
+
+
+def test_diagnosing_a_bundled_sample(app):
+    samples = app.multiselect(key="samples")
+    sample = next(option for option in samples.options if "SOB_M_DC-14-2523" in option)
+    samples.set_value([sample]).run()
+    assert not app.exception
+    assert "DEMO model" in texts(app.error)
+    [stage1], [stage2] = tables(app, "class"), tables(app, "subtype")
+    assert set(stage1["class"]) == {"Benign", "Malignant"} and len(stage2) == 4
+    assert stage1["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+    assert stage2["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+    captions = [caption for image in app.image for caption in image.captions]
+    assert captions[0] == "Image"
+    assert captions[1].startswith("Stage 1 Grad-CAM: ") and captions[2].startswith("Stage 2 Grad-CAM: ")
+    assert "Refer for review" in texts(app.error)  # demo model: always flagged
+    assert "magnification 40X (file name)" in texts(app.markdown)
+
+    app.toggle(key="other_0").set_value(True).run()
+    [other] = tables(app, "other subtype")
+    assert other["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+    assert not set(other["other subtype"]) & set(stage2["subtype"])
+    app.selectbox(key="method").set_value("gradcam++").run()
+    captions = [caption for image in app.image for caption in image.captions]
+    assert captions[1].startswith("Stage 1 Grad-CAM++: ") and captions[2].startswith("Stage 2 Grad-CAM++: ")
+
+    app.button(key="prepare_report").click().run()
+    assert not app.exception
+    assert app.download_button(key="download_report").label == "Report (PDF)"
+    assert app.download_button(key="download_csv").label == "Results (CSV)"
+
+
+def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app, samples_dir):
+    real = next(samples_dir.rglob("SOB_B_F-14-9133-40-001.png"))
+    files = [(name, data, "application/octet-stream") for name, (data, _) in bad_inputs().items()]
+    files.append((real.name, real.read_bytes(), "image/png"))
+    app.file_uploader(key="uploads").set_value(files).run()
+    assert not app.exception
+    errors, warnings = texts(app.error), texts(app.warning)
+    for name, (_, expected) in bad_inputs().items():
+        if expected == "error":
+            assert f"'{name}'" in errors, name
+    assert "text file" in errors and "decompression bomb" in errors and "truncated" in errors
+    assert "empty (0 bytes)" in errors and "1x1 pixels" in errors
+    assert "Out of distribution" in warnings
+    [table] = tables(app, "file")
+    assert len(table) == len(files)
+    assert table.set_index("file").loc["rgba.png", "notes"].startswith("RGBA image")
+    assert (table["error"] != "").sum() == 5
+    assert tables(app, "images")[0]["images"].sum() == 8  # the 8 readable ones
+    app.file_uploader(key="uploads").set_value(None).run()  # and it still serves afterwards
+    assert "Upload one or more images" in texts(app.info)
+
+
+def test_dataset_page_shows_balance_views(app, synthetic_breakhis):
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception
+    assert app.metric[0].value == "7,909"
+    assert app.metric[3].value == f"{3451 / 444:.1f} : 1"
+    assert len(app.get("plotly_chart")) == 5  # four views + the strategy comparison
+    [strategies] = tables(app, "strategy")
+    assert list(strategies["strategy"]) == ["As is", "Class weights", "Oversampling", "Undersampling"]
+    assert len(app.image) == 8  # thumbnails: one row per subtype from the bundled samples
+
+    app.radio(key="dataset_source").set_value("Scan a dataset folder").run()
+    app.text_input(key="dataset_folder").set_value("/no/such/folder").run()
+    assert "Folder not found" in texts(app.error)
+    app.text_input(key="dataset_folder").set_value(str(synthetic_breakhis)).run()
+    assert not app.exception
+    assert app.metric[0].value == "96"
+
+
+def test_performance_of_a_demo_model_says_it_has_no_valid_accuracy(app):
+    app.switch_page("pages/performance.py").run()
+    assert "NO valid accuracy" in texts(app.error)
+    assert not tables(app, "what")  # no metrics table
+    [comparison] = tables(app, "protocol kind")
+    assert set(comparison["protocol kind"]) == {"image-level", "patient-wise"}
+    assert "this app (active model)" not in set(comparison["source"])
+
+
+def test_performance_of_an_evaluated_model_shows_metrics_with_their_protocol(app, environment):
+    app.selectbox(key="model_picker").set_value(str(environment["evaluated"])).run()
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception
+    [table] = tables(app, "what")
+    assert table["what"].iloc[0] == "Stage 1: benign vs malignant"
+    assert set(table["protocol"]) == {"patient-wise"} and (table["images"] > 0).all()
+    assert "patient-wise protocol" in texts(app.caption)
+    charts = {chart.proto.id for chart in app.get("plotly_chart")}
+    assert len(charts) >= 6  # 3 confusion matrices, 2 ROC panels, training curves
+    [comparison] = tables(app, "protocol kind")
+    ours = comparison[comparison["source"] == "this app (active model)"]
+    assert len(ours) >= 4 and set(ours["protocol kind"]) == {"patient-wise"}
+
+
+def test_retrain_page_says_where_training_runs(app):
+    app.switch_page("pages/retrain.py").run()
+    assert not app.exception
+    device_line = texts(app.warning) + texts(app.success)
+    assert "training will run on the CPU" in device_line or "GPU(s)" in device_line
+    assert app.button(key="FormSubmitter:retrain-Start training") is not None

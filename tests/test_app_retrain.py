@@ -1,0 +1,121 @@
+"""Retrain page through AppTest: a real `python -m core.train` job on the synthetic data set is
+launched, followed, cancelled, failed and completed; only a completed job can become the active model."""
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+START = "FormSubmitter:retrain-Start training"
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        run_app_like_the_server(patch)
+        yield {"default": str(default.resolve()), "runs": root / "runs", "root": root}
+
+
+@pytest.fixture
+def app(environment):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/retrain.py").run()
+    yield app
+    job = jobs.read_job(environment["runs"])
+    if job is not None:  # never leave a training process behind, nor a job for the next test
+        jobs.cancel_job(job, environment["runs"], force=True)
+        deadline = time.time() + 30
+        while jobs.is_alive(job) and time.time() < deadline:
+            time.sleep(0.2)
+        jobs.clear_job(environment["runs"])
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def launch(app, data: Path, name: str, epochs: int) -> None:
+    app.text_input(key="train_data").set_value(str(data))
+    app.selectbox(key="train_backbone").set_value("small_cnn")
+    app.number_input(key="train_epochs").set_value(epochs)
+    app.number_input(key="train_input_size").set_value(64)
+    app.number_input(key="train_batch_size").set_value(16)
+    app.selectbox(key="train_weights").set_value("none")
+    app.text_input(key="train_name").set_value(name)
+    app.button(key=START).click().run()
+    assert not app.exception
+
+
+def poll(app, condition, timeout: float = 240.0) -> None:
+    """Rerun the page (as the fragment's timer would) until `condition()` holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            app.run()  # render the state the condition saw
+            assert not app.exception
+            return
+        app.run()
+        assert not app.exception
+        time.sleep(1.0)
+    pytest.fail(f"timed out; log:\n{jobs.log_tail(jobs.read_job()) if jobs.read_job() else ''}")
+
+
+def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
+    launch(app, synthetic_breakhis, "cancel-me", epochs=200)
+    job = jobs.read_job(environment["runs"])
+    assert job is not None and jobs.is_alive(job)
+    assert job.command[1:3] == ["-m", "core.train"] and "--input-size" in job.command
+    assert job.run_dir == str(environment["runs"] / "cancel-me")
+    assert app.get("progress"), "a live progress bar"
+
+    second_tab = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    second_tab.switch_page("pages/retrain.py").run()
+    assert second_tab.button(key="cancel_job").label == "Cancel training"  # the job lives on disk
+    assert not any(button.key == START for button in second_tab.button)  # one job at a time
+
+    poll(app, lambda: jobs.progress(job)["status"] == "running")
+    app.button(key="cancel_job").click().run()
+    poll(app, lambda: not jobs.is_alive(job), timeout=180)
+    assert "Training cancelled" in texts(app.error)
+    assert "The active model was not changed" in texts(app.error)
+    assert not any(button.key == "adopt_model" for button in app.button)
+    assert app.session_state["active_model"] == environment["default"]
+    assert not (environment["runs"] / "cancel-me" / "model" / "model.keras").exists()
+    app.button(key="clear_job").click().run()
+    assert jobs.read_job(environment["runs"]) is None
+    assert any(button.key == START for button in app.button)
+
+
+def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
+    empty = environment["root"] / "no-images"
+    empty.mkdir()
+    launch(app, empty, "fails", epochs=1)
+    poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])), timeout=240)
+    errors = texts(app.error)
+    assert "Training failed" in errors and "No BreakHis images found" in errors
+    assert not any(button.key == "adopt_model" for button in app.button)
+    assert app.session_state["active_model"] == environment["default"]
+    app.button(key="clear_job").click().run()
+
+
+def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(app, environment,
+                                                                             synthetic_breakhis):
+    launch(app, synthetic_breakhis, "completes", epochs=1)
+    poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])))
+    assert "Training completed" in texts(app.success), jobs.log_tail(jobs.read_job(environment["runs"]))
+    metrics = [frame.value for frame in app.dataframe if "what" in frame.value.columns]
+    assert metrics and metrics[0]["what"].iloc[0] == "Stage 1: benign vs malignant"
+    assert set(metrics[0]["protocol"]) == {"patient-wise"}
+    app.button(key="adopt_model").click().run()
+    model_dir = str((environment["runs"] / "completes" / "model").resolve())
+    assert app.session_state["active_model"] == model_dir
+    assert "This model is the active model." in texts(app.success)
+    assert "completes" in texts(app.sidebar.markdown)

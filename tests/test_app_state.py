@@ -1,0 +1,136 @@
+"""The Diagnose page's logic without Streamlit: reading (name, bytes) items, predicting, case calls,
+heat maps and the downloadable report."""
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core import app_state, report
+from core.labels import CLASSES, SUBTYPES_BY_CLASS
+from tests.app_helpers import bad_inputs, make_model_folder, tissue_like, png_bytes
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from core.predict import Predictor
+
+    return Predictor.load(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def sample_items(samples_dir):
+    paths = sorted(samples_dir.rglob("*.png"))
+    chosen = [p for p in paths if "SOB_M_PC-14-9146" in p.name] + [p for p in paths if "SOB_B_A-14-22549AB-40" in p.name]
+    assert len(chosen) == 3
+    return [(p.name, p.read_bytes()) for p in chosen]
+
+
+def test_real_samples_get_a_full_hierarchical_diagnosis(predictor, sample_items):
+    results = app_state.diagnose(predictor, sample_items, refer_threshold=0.7)
+    assert [r.error for r in results] == [None] * 3
+    for result in results:
+        p = result.prediction
+        assert sum(p.stage1.values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(p.stage2.values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(p.stage2) == set(SUBTYPES_BY_CLASS[p.label])
+        assert set(p.other_stage2) == set(SUBTYPES_BY_CLASS[CLASSES[1 - CLASSES.index(p.label)]])
+        assert result.magnification_source == "file name"
+        assert "demo model: not validated" in result.refer_reasons  # a demo model always refers
+    assert [r.case for r in results] == ["14-9146", "14-9146", "14-22549"]
+    assert {r.magnification for r in results} == {"40X", "400X"}
+
+
+def test_every_bad_input_gets_a_clear_outcome_and_the_rest_still_runs(predictor, sample_items):
+    bad = bad_inputs()
+    results = app_state.diagnose(predictor, [(n, d) for n, (d, _) in bad.items()] + sample_items[:1])
+    by_name = {r.name: r for r in results}
+    for name, (_, expected) in bad.items():
+        result = by_name[name]
+        if expected == "error":
+            assert not result.ok and result.error and name in result.error, name
+        else:
+            assert result.ok, f"{name}: {result.error}"
+            if expected == "note":
+                assert result.notes, name
+            else:
+                assert any("Out of distribution" in w for w in result.warnings)
+                assert result.refer
+    assert "text file" in by_name["notes.txt"].error
+    assert "decompression bomb" in by_name["bomb.png"].error
+    assert "truncated" in by_name["truncated.png"].error
+    assert "empty" in by_name["empty.png"].error
+    assert "1x1" in by_name["tiny.png"].error
+    assert "contains PNG" in " ".join(by_name["wrong_extension.jpg"].notes)
+    assert "16-bit" in " ".join(by_name["deep16.png"].notes)
+    assert "downscaled" in " ".join(by_name["large.png"].notes)
+    assert by_name[sample_items[0][0]].ok
+
+
+def test_magnification_comes_from_the_name_else_from_the_user(predictor):
+    assert app_state.magnification_from_name("SOB_B_F-14-9133-400-001.png") == "400X"
+    assert app_state.magnification_from_name("slide7_100x.tif") == "100X"
+    assert app_state.magnification_from_name("x1400 field.png") is None
+    assert app_state.magnification_from_name("scan.png") is None
+    results = app_state.diagnose(predictor, [("scan.png", png_bytes(tissue_like())),
+                                             ("b_200X.png", png_bytes(tissue_like()))], magnification="40X")
+    assert (results[0].magnification, results[0].magnification_source) == ("40X", "chosen by user")
+    assert (results[1].magnification, results[1].magnification_source) == ("200X", "file name")
+
+
+def test_a_name_without_an_image_extension_is_read_by_content_with_a_note(predictor):
+    result = app_state.diagnose(predictor, [("scan.dat", png_bytes(tissue_like()))])[0]
+    assert result.ok and "'.dat'" in result.notes[0]
+
+
+def test_case_calls_pool_images_per_case(predictor, sample_items):
+    extra = [("field.png", png_bytes(tissue_like())), ("other.png", png_bytes(tissue_like()[::-1]))]
+    results = app_state.diagnose(predictor, sample_items + extra + [("bad.png", b"")])
+    cases = report.case_calls(results, refer_threshold=0.7).set_index("case")
+    assert cases.loc["14-9146", "images"] == 2
+    assert cases.loc["14-22549", "images"] == 1
+    assert cases.loc["uploaded images (no case id in names)", "images"] == 2
+    members = [r for r in results if r.case == "14-9146"]
+    expected = np.mean([r.prediction.stage1["malignant"] for r in members])
+    assert cases.loc["14-9146", "p_malignant"] == pytest.approx(expected, abs=1e-4)
+    assert cases.loc["14-9146", "call"] == ("malignant" if expected >= 0.5 else "benign")
+    assert set(cases["refer for review"]) == {"YES"}  # an untrained demo model is never confident
+    table = report.results_table(results, app_state.model_badge(predictor.card))
+    assert list(table.columns) == report.TABLE_COLUMNS
+    assert len(table) == 6 and table["model"].str.startswith("DEMO").all()
+    assert table.loc[table["file"] == "bad.png", "error"].item().endswith("is empty (0 bytes).")
+
+
+def test_heat_maps_explain_the_shown_prediction_at_image_size(predictor, sample_items):
+    result = app_state.diagnose(predictor, sample_items[:1])[0]
+    stage1, stage2 = app_state.explanations(predictor, result, "gradcam")
+    assert stage1.heatmap.shape == stage2.heatmap.shape == result.image.rgb.shape[:2]
+    assert (stage1.target, stage2.target) == (result.prediction.label, result.prediction.subtype)
+    assert 0.0 <= stage1.heatmap.min() and stage1.heatmap.max() <= 1.0
+
+
+def test_report_pdf_and_png_have_one_page_per_image_plus_a_summary(predictor, sample_items):
+    from core.explain import overlay
+
+    results = app_state.diagnose(predictor, sample_items[:2] + [("broken.png", b"nope")])
+    overlays = {}
+    for result in results:
+        if result.ok:
+            maps = app_state.explanations(predictor, result, "gradcam")
+            overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, 0.5) for m in maps)
+    model = app_state.describe_model(predictor.card)
+    cases = report.case_calls(results)
+    pdf = report.build_report(results, overlays, cases, model, "pdf")
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 3
+    png = Image.open(io.BytesIO(report.build_report(results, overlays, cases, model, "png")))
+    assert png.size == (report.PAGE[0], 3 * report.PAGE[1])
+    first_page = np.asarray(png.crop((0, 0, *report.PAGE)))
+    assert (np.abs(first_page.astype(int) - report.ALERT).sum(axis=-1) < 10).any()  # the DEMO banner
+    with pytest.raises(ValueError):
+        report.build_report(results, overlays, cases, model, "docx")
+    table = report.results_table(results, app_state.model_badge(predictor.card))
+    csv = pd.read_csv(io.BytesIO(report.results_csv(table)))
+    assert len(csv) == 3 and csv["error"].notna().sum() == 1

@@ -1,0 +1,138 @@
+"""End to end in a real browser: `streamlit run app.py` on localhost, headless Chromium uploads a
+real BreakHis sample through the real upload widget and waits for the diagnosis and both overlays.
+
+Skips only when Debian's chromium is absent (CI installs it; never `playwright install`).
+A screenshot is saved to tests/artifacts/diagnose_e2e.png.
+"""
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.app_helpers import REPO, app_environment, make_model_folder
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+@contextlib.contextmanager
+def streamlit_server(root: Path, environment: dict | None = None):
+    """`streamlit run app.py` on a free localhost port; by default with a tiny DEMO model."""
+    if environment is None:
+        default = make_model_folder(root / "models" / "default", demo=True)
+        environment = app_environment(root / "models", default, root / "runs")
+    port = free_port()
+    env = {**os.environ, **environment, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(root / "streamlit.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1800})
+        finally:
+            browser.close()
+
+
+def upload_and_wait(page, sample: Path, timeout_ms: int = 180_000) -> float:
+    """Upload through the real widget; seconds until both heat-map overlays are displayed."""
+    start = time.perf_counter()
+    page.locator('input[type="file"]').set_input_files(str(sample))
+    for caption in ("Stage 1 Grad-CAM", "Stage 2 Grad-CAM"):
+        page.get_by_text(caption, exact=False).first.wait_for(state="visible", timeout=timeout_ms)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                 .filter(img => img.complete && img.naturalWidth > 0).length >= 3""", timeout=timeout_ms)
+    return time.perf_counter() - start
+
+
+def test_upload_a_sample_and_see_the_diagnosis_and_overlays(tmp_path, samples_dir):
+    sample = next(samples_dir.rglob("SOB_M_DC-14-2523-40-010.png"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(tmp_path) as url, browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Diagnose").wait_for(timeout=180_000)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("DEMO").first.wait_for(timeout=120_000)  # the active model's badge
+        seconds = upload_and_wait(page, sample)
+        body = page.locator("body").inner_text()
+        assert sample.name in body
+        assert "Stage 1: benign or malignant" in body and "Refer for review" in body
+        assert "magnification 40X (file name)" in body
+        page.get_by_role("button", name="Results (CSV)").wait_for(timeout=120_000)
+        page.wait_for_function(  # the probability tables have drawn (canvas grids)
+            """() => document.querySelectorAll('[data-testid="stDataFrame"] canvas').length >= 2""",
+            timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "diagnose_e2e.png"), full_page=True)
+
+        page.get_by_role("link", name="Model performance").click()  # the router keeps the sidebar
+        page.get_by_role("heading", name="Model performance").wait_for(timeout=120_000)
+        page.get_by_text(re.compile("has NO valid accuracy")).wait_for(timeout=120_000)  # case-sensitive
+        assert sidebar.get_by_text("DEMO").first.is_visible()
+    assert (ARTIFACTS / "diagnose_e2e.png").stat().st_size > 10_000
+    print(f"upload to both overlays: {seconds:.2f} s")
+
+
+def test_a_deep_link_right_after_start_still_gets_the_router(tmp_path):
+    """First request of a fresh server is /dataset: Streamlit would run pages/dataset.py alone."""
+    with streamlit_server(tmp_path) as url, browser_page() as page:
+        page.goto(f"{url}/dataset", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Dataset").wait_for(timeout=180_000)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Active model").wait_for(timeout=120_000)
+        assert sidebar.get_by_role("link", name="Model performance").is_visible()  # our navigation
+        page.get_by_role("link", name="Retrain").click()
+        page.get_by_role("heading", name="Retrain").wait_for(timeout=120_000)
+        assert sidebar.get_by_text("Active model").is_visible()
