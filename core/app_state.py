@@ -361,3 +361,25 @@ def diagnose_in_session(predictor: Predictor, items: list[tuple[str, bytes]], **
         st.session_state["_diagnosis"] = cached
         st.session_state.pop("_report", None)
     return cached[1]
+
+
+_SHOWN_UPLOADS, _EARLIER_UPLOADS = "_shown_uploads", "_earlier_uploads"
+
+
+def uploads_across_pages(uploader_was_shown: bool, current: list[tuple[str, bytes]]) -> tuple[list, list]:
+    """(all uploaded items to diagnose, those carried over from an earlier visit of the page).
+
+    Streamlit empties a page's file uploader when the user visits another page. So that nothing
+    the user uploaded is lost, the images shown last stay in this session's memory (never on
+    disk) and come back with the page until the user forgets them.
+    """
+    state = st.session_state
+    if not uploader_was_shown:  # first run of the page since it was (re)opened
+        state[_EARLIER_UPLOADS] = state.get(_SHOWN_UPLOADS, [])
+    earlier = [item for item in state.get(_EARLIER_UPLOADS, []) if item not in current]
+    state[_SHOWN_UPLOADS] = current + earlier
+    return current + earlier, earlier
+
+
+def forget_earlier_uploads() -> None:
+    st.session_state[_EARLIER_UPLOADS] = []

@@ -21,8 +21,18 @@ if predictor.is_demo:
 
 inputs, settings = st.columns([3, 2], gap="large")
 with inputs:
+    uploader_was_shown = "uploads" in st.session_state
     uploads = st.file_uploader("Microscopy images (PNG, JPG or TIFF)", accept_multiple_files=True,
                                key="uploads", help="Kept in memory only; never saved on the server.")
+    uploaded, earlier = app_state.uploads_across_pages(uploader_was_shown,
+                                                       [(f.name, f.getvalue()) for f in uploads or []])
+    if earlier:
+        note, forget = st.columns([4, 1], vertical_alignment="center")
+        note.caption(f"Still here from before you visited another page (in memory only): "
+                     f"{', '.join(name for name, _ in earlier)}")
+        if forget.button("Forget them", key="forget_uploads"):
+            app_state.forget_earlier_uploads()
+            st.rerun()
     samples = app_state.sample_items()
     chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples")
 with settings:
@@ -35,8 +45,7 @@ with settings:
     magnification = st.selectbox("Magnification of images whose names do not state it",
                                  app_state.magnification_options(), key="magnification")
 
-items = [(f.name, f.getvalue()) for f in uploads or []] + [(samples[s].name, samples[s].read_bytes())
-                                                           for s in chosen]
+items = uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen]
 if not items:
     st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis.")
     st.stop()

@@ -163,6 +163,20 @@ def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app
     assert "Upload one or more images" in texts(app.info)
 
 
+def test_uploads_survive_a_visit_to_another_page_until_forgotten(app, samples_dir):
+    real = next(samples_dir.rglob("SOB_B_F-14-9133-40-001.png"))
+    app.file_uploader(key="uploads").set_value([(real.name, real.read_bytes(), "image/png")]).run()
+    assert real.name in texts(app.markdown)
+    app.switch_page("pages/dataset.py").run()
+    app.switch_page("pages/diagnose.py").run()
+    assert not app.exception
+    assert real.name in texts(app.markdown) and real.name in texts(app.caption)  # diagnosed again
+    app.slider(key="opacity").set_value(0.6).run()  # an ordinary rerun keeps them too
+    assert real.name in texts(app.markdown)
+    app.button(key="forget_uploads").click().run()
+    assert real.name not in texts(app.markdown)
+
+
 def test_dataset_page_shows_balance_views(app, synthetic_breakhis):
     app.switch_page("pages/dataset.py").run()
     assert not app.exception
