@@ -1,0 +1,341 @@
+"""Is the GAN any good? KID/FID and memorisation in the classifier's feature space, and the ablation.
+
+Distances are measured with the classifier's own backbone (the pooled last tap of
+core.model.feature_extractor), because "realistic" only matters as far as the classifier can
+tell. Every number is reported with the number of images behind it, next to two references: two
+independent draws of real patches (the noise floor) and an untrained generator (the ceiling).
+Features are divided by the RMS of the subtype's real features, so KID's cubic kernel does not
+depend on the backbone's arbitrary scale: read a KID against the references in its own row; it is
+not comparable with published Inception-feature KIDs.
+
+    python -m core.gan_quality evaluate --model models/gan-default --data DIR [--features MODEL_DIR]
+    python -m core.gan_quality ablation --data DIR --gan runs/gan-X/model --out runs/ablation-X ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+from core import gan
+from core.labels import INPUT_SIZE, SUBTYPES
+from core.model import build_classifier, feature_extractor
+from core.model_io import DEFAULT_MODEL_DIR, ModelFolderError, load_model_folder
+from core.preprocess import to_model_input
+
+QUALITY_DIR = "quality"  # inside the generator folder: quality.json and the closest pairs
+
+
+@dataclasses.dataclass
+class Features:
+    """uint8 images -> pooled last-tap features of a classifier (resized by the one resize)."""
+
+    model: keras.Model
+    input_size: int
+    description: str
+
+    def __call__(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        out = [np.asarray(self.model(to_model_input(images[i:i + batch_size], self.input_size), training=False))
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+
+
+def load_features(source: str | None = None, input_size: int | None = None) -> Features:
+    """A classifier model folder (default: models/default), or "backbone:NAME" (random weights)."""
+    source = source or str(DEFAULT_MODEL_DIR)
+    if source.startswith("backbone:"):
+        name = source.split(":", 1)[1]
+        model, weights = build_classifier(name, weights=None, input_size=input_size or INPUT_SIZE)
+        description = f"{name} backbone, {weights} (no classifier training)"
+    else:
+        model, card = load_model_folder(source)
+        description = f"classifier {card.get('name', Path(source).name)} ({card.get('backbone')})"
+    last_tap = keras.Model(model.inputs, feature_extractor(model).outputs[-1])
+    return Features(last_tap, int(model.input_shape[1]), description)
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subset_size: int = 100, subsets: int = 50, seed: int = 0) -> dict:
+    """Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel), mean and std over subsets.
+
+    With fewer images than subset_size, subsets take 3/4 of the smaller set, so they still differ
+    and the std says how much the estimate moves with the images drawn.
+    """
+    smaller = min(len(real), len(fake))
+    if smaller < 2:
+        raise ValueError(f"KID needs at least 2 images per set (got {len(real)} real, {len(fake)} synthetic)")
+    m = subset_size if smaller >= subset_size else max(2, (3 * smaller) // 4)
+    rng, dim, values = np.random.default_rng(seed), real.shape[1], []
+    for _ in range(subsets):
+        x = real[rng.choice(len(real), m, replace=False)]
+        y = fake[rng.choice(len(fake), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / dim + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off_diagonal = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(off_diagonal - 2.0 * kxy.mean())
+    return {"kid": float(np.mean(values)), "kid_std": float(np.std(values)),
+            "n_real": int(len(real)), "n_synthetic": int(len(fake)), "subset_size": int(m)}
+
+
+def fid(real: np.ndarray, fake: np.ndarray) -> float | None:
+    """Frechet distance, or None when there are too few images for a full-rank covariance."""
+    from scipy import linalg
+
+    if min(len(real), len(fake)) <= real.shape[1]:
+        return None
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2.0 * np.real(covmean)))
+
+
+def nearest_real(fake: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each synthetic feature vector: index of and Euclidean distance to the nearest real one."""
+    squared = (fake ** 2).sum(1)[:, None] + (real ** 2).sum(1)[None] - 2.0 * fake @ real.T
+    index = squared.argmin(1)
+    return index, np.sqrt(np.maximum(squared[np.arange(len(fake)), index], 0.0))
+
+
+def real_neighbour_distance(real: np.ndarray, sources: list[str]) -> float:
+    """Median distance from a real patch to the nearest real patch of ANOTHER image: what 'close' means."""
+    sources = np.asarray(sources)
+    squared = (real ** 2).sum(1)[:, None] + (real ** 2).sum(1)[None] - 2.0 * real @ real.T
+    squared[sources[:, None] == sources[None]] = np.inf
+    nearest = squared.min(1)
+    finite = nearest[np.isfinite(nearest)]
+    return float(np.median(np.sqrt(np.maximum(finite, 0.0)))) if len(finite) else float("nan")
+
+
+def memorisation(fake_feats, real_feats, real_sources) -> dict:
+    """Nearest real training patch per synthetic image, and the distances relative to real-real."""
+    index, distance = nearest_real(fake_feats, real_feats)
+    scale = real_neighbour_distance(real_feats, real_sources)
+    return {"nearest": index, "distance": distance, "real_to_real_median": scale,
+            "min_distance": float(distance.min()), "median_distance": float(np.median(distance)),
+            "min_ratio": float(distance.min() / scale) if scale and np.isfinite(scale) else None}
+
+
+def _patches(images, config: gan.GanConfig, per_subtype: int, seed: int):
+    """About per_subtype real patches of one subtype's images, drawn like the GAN's training data."""
+    per_image = max(1, -(-per_subtype // len(images)))
+    patches, _, sources = gan.real_patches(images, dataclasses.replace(config, patches_per_image=per_image), seed)
+    return patches[:per_subtype], sources[:per_subtype]
+
+
+def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for rank, (i, j) in enumerate(order):
+        names = (f"{subtype}_{rank}_synthetic.png", f"{subtype}_{rank}_real.png")
+        Image.fromarray(fakes[i]).save(out / names[0])
+        Image.fromarray(reals[j]).save(out / names[1])
+        pairs.append({"synthetic": names[0], "real": names[1], "distance": float(distances[i])})
+    return pairs
+
+
+def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, seed: int = 1,
+                       pairs: int = 4, write: bool = True) -> dict:
+    """KID (and FID where n allows), references and memorisation per subtype; saved into the folder."""
+    generator, card = gan.load_generator(model_dir)
+    config = gan.GanConfig.from_dict(card["config"])
+    keras.utils.set_random_seed(seed)  # the untrained reference is the same at every evaluation
+    untrained = gan.build_generator(config)  # same architecture, random weights: the ceiling
+    images = gan.training_images(data_dir, config)
+    # Memorisation is checked against the very patches the generator was trained on (same crops).
+    pool, pool_labels, pool_sources = gan.real_patches(images, config, seed=config.seed)
+    report = {"features": features.description, "feature_dim": None, "images_per_set": n, "seed": seed,
+              "real_set": "patches of the generator's own training images" if config.split == "none"
+              else f"patches of the {config.split} train split (the images the generator saw)",
+              "subtypes": {}, "pairs": {}}
+    out = Path(model_dir) / QUALITY_DIR
+    for subtype in config.subtypes:
+        rows = images[images["subtype"] == subtype]
+        real, _ = _patches(rows, config, n, seed)
+        real_again, _ = _patches(rows, config, n, seed + 1000)
+        fake = gan.generate(generator, subtype, n, seed=seed)
+        in_pool = np.flatnonzero(pool_labels == SUBTYPES.index(subtype))
+        f_real, f_again, f_fake, f_untrained, f_pool = (features(x) for x in (
+            real, real_again, fake, gan.generate(untrained, subtype, n, seed=seed), pool[in_pool]))
+        scale = np.sqrt(np.mean(f_real ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
+        f_real, f_again, f_fake, f_untrained, f_pool = (
+            f / scale for f in (f_real, f_again, f_fake, f_untrained, f_pool))
+        memo = memorisation(f_fake, f_pool, [pool_sources[i] for i in in_pool])
+        report["feature_dim"] = int(f_real.shape[1])
+        report["subtypes"][subtype] = {
+            "real_images": int(len(rows)), **kid(f_real, f_fake, seed=seed), "fid": fid(f_real, f_fake),
+            "kid_real_vs_real": kid(f_real, f_again, seed=seed)["kid"],
+            "kid_untrained_generator": kid(f_real, f_untrained, seed=seed)["kid"],
+            "memorisation": {"training_patches": int(len(in_pool)),
+                             **{k: v for k, v in memo.items() if k not in ("nearest", "distance")}},
+        }
+        closest = np.argsort(memo["distance"])[:pairs]
+        if write:
+            order = [(int(i), int(memo["nearest"][i])) for i in closest]
+            report["pairs"][subtype] = _save_pairs(out, subtype, fake, pool[in_pool], order, memo["distance"])
+    if write:
+        (out / "quality.json").write_text(json.dumps(report, indent=2))
+        summary = {s: {k: r[k] for k in ("kid", "kid_std", "n_real", "n_synthetic", "real_images", "fid",
+                                         "kid_real_vs_real", "kid_untrained_generator")}
+                   for s, r in report["subtypes"].items()}
+        card["quality"] = {"features": features.description, "real_set": report["real_set"], "kid": summary}
+        (Path(model_dir) / "card.json").write_text(json.dumps(card, indent=2))  # checksum covers model.keras
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"features: {report['features']} (dim {report['feature_dim']}); real set: {report['real_set']}",
+             f"{'subtype':22} {'KID':>9} {'+-':>8} {'real/real':>10} {'untrained':>10} {'n real/syn':>11} "
+             f"{'imgs':>5} {'FID':>8} {'min NN/real-real':>17}"]
+    for subtype, r in report["subtypes"].items():
+        ratio = r["memorisation"]["min_ratio"]
+        lines.append(f"{subtype:22} {r['kid']:9.4f} {r['kid_std']:8.4f} {r['kid_real_vs_real']:10.4f} "
+                     f"{r['kid_untrained_generator']:10.4g} {r['n_real']:>5}/{r['n_synthetic']:<5} "
+                     f"{r['real_images']:5d} {'n/a' if r['fid'] is None else format(r['fid'], '8.2f'):>8} "
+                     f"{'n/a' if ratio is None else format(ratio, '.3f'):>17}")
+    return "\n".join(lines)
+
+
+def _classifier_train_counts(data_dir, split: str, seed: int, magnification: str) -> tuple[dict, int]:
+    """Per-subtype counts of the classifier's train split, computed exactly as core.train does."""
+    from core.breakhis import index_folder
+    from core.pipeline import select_magnification
+    from core.splits import make_split
+    from core.train import SPLITS
+
+    images = select_magnification(index_folder(data_dir).images, magnification)
+    train = make_split(images, protocol=SPLITS[split], seed=seed).query("split == 'train'")
+    counts = train["subtype"].value_counts()
+    return {s: int(counts.get(s, 0)) for s in SUBTYPES}, int(counts.max())
+
+
+def _leak_check(card: dict, data, split: str, seed: int, magnification: str) -> str | None:
+    """Why this generator may have seen the classifier's val/test images, or None."""
+    from core.train import SPLITS
+
+    used = card.get("config") or {}
+    source = (card.get("training") or {}).get("data_source")
+    if used.get("split", "none") == "none":
+        return "the generator was trained on all images, including the classifier's val/test images"
+    if source is None or Path(source).resolve() != Path(data).resolve():
+        return f"the generator was trained on {source}, not on {data}, so its split is not this one"
+    if (SPLITS.get(used["split"]), used.get("split_seed"), used.get("magnification", "all")) != (
+            SPLITS[split], seed, magnification):
+        return (f"the generator used split {used['split']} seed {used.get('split_seed')} magnification "
+                f"{used.get('magnification', 'all')}, the classifier {split} seed {seed} "
+                f"magnification {magnification}")
+    return None
+
+
+def _summary(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = json.loads((run_dir / "model" / "card.json").read_text())
+    per_class = metrics["subtype8"]["per_class"]
+    return {"macro_f1": metrics["subtype8"]["macro_f1"], "subtype_accuracy": metrics["subtype_accuracy"],
+            "stage1_accuracy": metrics["stage1_accuracy"], "test_images": metrics["images"],
+            "recall": {s: per_class[s]["recall"] if per_class.get(s, {}).get("support") else None
+                       for s in SUBTYPES},  # no test image of a subtype: recall is undefined, not 0
+            "support": {s: int(per_class[s]["support"]) if s in per_class else 0 for s in SUBTYPES},
+            "synthetic_by_subtype": card["training"].get("synthetic_by_subtype", {})}
+
+
+def ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **train_options) -> dict:
+    """The same classifier on the same split, trained with balance "none" and with GAN fill."""
+    from core.train import TrainConfig, train
+
+    out = Path(out)
+    _, card = gan.load_generator(gan_dir)
+    options = {"split": "patient-wise", "seed": 0, "magnification": "all", **train_options}
+    leak = _leak_check(card, data, options["split"], options["seed"], options["magnification"])
+    if leak and not allow_leak:
+        raise ValueError(f"Refusing the ablation: {leak}. Train the GAN with the classifier's --split/--seed "
+                         "(python -m core.gan train --split ...), or pass --allow-gan-leak to run it anyway.")
+    subtypes = list(subtypes or card["subtypes"])
+    unknown = sorted(set(subtypes) - set(card["subtypes"]))
+    if unknown:
+        raise ValueError(f"The generator was not trained on {unknown}; it knows {card['subtypes']}")
+    counts, target = _classifier_train_counts(data, options["split"], options["seed"], options["magnification"])
+    need = {s: max(0, target - counts[s]) for s in subtypes}
+    written = gan.fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
+    runs = {}
+    for balance in ("none", "synthetic"):
+        config = TrainConfig(data=str(data), out=str(out / balance), balance=balance,
+                             synthetic_dir=str(out / "synthetic") if balance == "synthetic" else None, **options)
+        train(config)
+        runs[balance] = _summary(out / balance)
+    splits = [gan_free_split(out / b) for b in runs]
+    result = {"gan": str(gan_dir), "gan_leak": leak, "filled_subtypes": subtypes, "synthetic_written": written,
+              "train_counts_before": counts, "same_split": bool(splits[0].equals(splits[1])),
+              "options": {k: v for k, v in options.items()}, "runs": runs}
+    (out / "ablation.json").write_text(json.dumps(result, indent=2))
+    (out / "ablation.md").write_text(format_ablation(result) + "\n")
+    return result
+
+
+def gan_free_split(run_dir: Path):
+    """The real rows of a run's split.csv (path, split), sorted: equal iff the splits are equal."""
+    import pandas as pd
+
+    split = pd.read_csv(run_dir / "split.csv")
+    real = split[~split["synthetic"].astype(bool)]
+    return real[["path", "split"]].sort_values("path").reset_index(drop=True)
+
+
+def format_ablation(result: dict) -> str:
+    none, synthetic = result["runs"]["none"], result["runs"]["synthetic"]
+    lines = [f"Ablation on the same split (identical: {result['same_split']}); GAN {result['gan']}",
+             f"filled subtypes: {', '.join(result['filled_subtypes'])}"
+             + (f"; WARNING: {result['gan_leak']}" if result["gan_leak"] else ""),
+             "", "| | no GAN fill | GAN fill |", "|---|---|---|",
+             f"| subtype macro-F1 | {none['macro_f1']:.3f} | {synthetic['macro_f1']:.3f} |",
+             f"| subtype accuracy | {none['subtype_accuracy']:.3f} | {synthetic['subtype_accuracy']:.3f} |",
+             f"| stage-1 accuracy | {none['stage1_accuracy']:.3f} | {synthetic['stage1_accuracy']:.3f} |"]
+    for s in SUBTYPES:
+        a, b = none["recall"][s], synthetic["recall"][s]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        added = synthetic["synthetic_by_subtype"].get(s, 0)
+        lines.append(f"| recall {s} (test n={none['support'][s]}, +{added} synthetic) | {fmt(a)} | {fmt(b)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    e = commands.add_parser("evaluate", help="KID/FID and memorisation of a generator, per subtype")
+    e.add_argument("--model", required=True, help="generator folder")
+    e.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
+    e.add_argument("--features", help='classifier model folder (default models/default) or "backbone:NAME"')
+    e.add_argument("--n", type=int, default=64, help="images per set (real and synthetic) per subtype")
+    e.add_argument("--seed", type=int, default=1)
+    a = commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")
+    a.add_argument("--data", required=True)
+    a.add_argument("--gan", required=True, help="generator folder trained on the same split")
+    a.add_argument("--out", required=True)
+    a.add_argument("--subtypes", nargs="+", choices=SUBTYPES, help="subtypes to fill (default: all it knows)")
+    a.add_argument("--allow-gan-leak", action="store_true", help="run even if the GAN saw val/test images")
+    for flag, kind in (("backbone", str), ("hierarchy", str), ("mode", str), ("epochs", int), ("batch-size", int),
+                       ("input-size", int), ("weights", str), ("split", str), ("magnification", str), ("seed", int)):
+        a.add_argument("--" + flag, type=kind)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            features = load_features(args.features)
+            print(format_report(evaluate_generator(args.model, args.data, features, args.n, args.seed)))
+            return 0
+        names = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
+                 "magnification", "seed")
+        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        result = ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)
+        print(format_ablation(result))
+        return 0
+    except (ValueError, OSError, ModelFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""GAN gallery: synthetic patches per subtype next to real ones, interpolation, KID and memorisation."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core import app_state, gan
+from core.breakhis import index_folder, synthetic_name
+from core.gan_quality import QUALITY_DIR
+from core.labels import pretty
+
+
+def generator_folders() -> list[str]:
+    """Generator folders (card kind gan_generator) under the app's model roots."""
+    found = []
+    for root in app_state.model_roots():
+        for card in sorted(Path(root).rglob("card.json")) if Path(root).is_dir() else []:
+            try:
+                kind = json.loads(card.read_text()).get("kind")
+            except (OSError, ValueError):
+                continue
+            if kind == gan.GENERATOR_KIND:
+                found.append(str(card.parent.resolve()))
+    return sorted(set(found), key=lambda f: (Path(f).name != "gan-default", f))
+
+
+def _short(folder: str) -> str:
+    """models/gan-default, runs/gan-x/model: short, and still tells two folders apart."""
+    try:
+        return str(Path(folder).relative_to(app_state.REPO))
+    except ValueError:
+        return folder
+
+
+def _stamp(folder: str) -> float:
+    return max((Path(folder) / n).stat().st_mtime for n in ("model.keras", "card.json"))
+
+
+@st.cache_resource(show_spinner="Loading the generator...", max_entries=2)
+def load(folder: str, stamp: float):
+    return gan.load_generator(folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def synthetic(folder: str, stamp: float, subtype: str, n: int, seed: int) -> np.ndarray:
+    return gan.generate(load(folder, stamp)[0], subtype, n, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def interpolation(folder: str, stamp: float, subtype: str, seeds: tuple[int, int], steps: int) -> np.ndarray:
+    """Straight line between two seeds' noise vectors: smooth change = no lookup table of copies."""
+    generator, card = load(folder, stamp)
+    start, end = (gan.noise_for(s, 1, card["latent_dim"])[0] for s in seeds)
+    weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    return gan.generate(generator, subtype, steps, noise=(1 - weights) * start + weights * end)
+
+
+@st.cache_data(show_spinner="Cropping real patches...", max_entries=16)
+def real(subtype: str, config: dict, n: int) -> np.ndarray | None:
+    """Real patches of the bundled samples, cropped and resized like the generator's training data."""
+    if not app_state.SAMPLES_DIR.is_dir():
+        return None
+    images = index_folder(app_state.SAMPLES_DIR).images
+    images = images[images["subtype"] == subtype]
+    if images.empty:
+        return None
+    settings = gan.GanConfig.from_dict({**config, "subtypes": [subtype], "patches_per_image": -(-n // len(images))})
+    patches, _, _ = gan.real_patches(images, settings, seed=0)
+    return patches[np.random.default_rng(0).permutation(len(patches))[:n]]
+
+
+def sample_zip(batches: dict[str, np.ndarray], name: str, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for subtype, images in batches.items():
+            for i, image in enumerate(images):
+                png = io.BytesIO()
+                Image.fromarray(image).save(png, format="PNG")
+                archive.writestr(synthetic_name(subtype, name, seed, i), png.getvalue())
+    return buffer.getvalue()
+
+
+st.title("GAN gallery")
+st.caption("Synthetic histology patches from a class-conditional GAN. They may only ever enter "
+           "TRAINING (the 'synthetic' balancing strategy), never validation, test or diagnosis.")
+folders = generator_folders()
+if not folders:
+    st.info("No GAN generator found in models/ or runs/. Train one with "
+            "`python -m core.gan train --data DIR --out runs/gan-NAME --subtypes adenosis phyllodes_tumor`.")
+    st.stop()
+folder = st.selectbox("Generator", folders, key="gan_model", format_func=_short)
+try:
+    stamp = _stamp(folder)
+    generator, card = load(folder, stamp)
+except (OSError, gan.GeneratorFolderError) as problem:
+    st.error(f"This generator folder cannot be used: {problem}")
+    st.stop()
+
+training = card.get("training", {})
+by_subtype = training.get("images_by_subtype", {})
+st.markdown(f"**{card['name']}**: {card['image_size']} px patches, {training.get('steps', '?')} training steps on "
+            f"{sum(by_subtype.values())} real images from `{training.get('data_source', '?')}` "
+            f"(split: {training.get('split', '?')}).")
+if sum(by_subtype.values()) < 100:
+    st.warning("Trained on very few real images: a demonstration of the pipeline, not a useful generator.")
+
+controls = st.columns([3, 1, 1])
+subtypes = controls[0].multiselect("Subtypes", card["subtypes"], default=card["subtypes"][:4], key="gan_subtypes",
+                                   format_func=pretty)
+seed = int(controls[1].number_input("Seed", 0, 10**6, 0, key="gan_seed"))
+n = int(controls[2].slider("Images per subtype", 2, 12, 6, key="gan_n"))
+
+batches = {}
+for subtype in subtypes:
+    batches[subtype] = synthetic(folder, stamp, subtype, n, seed)
+    st.subheader(f"{pretty(subtype)}  ({by_subtype.get(subtype, 0)} real training images)")
+    left, right = st.columns(2)
+    real_patches = real(subtype, card.get("config", {}), n)
+    if real_patches is None:
+        left.info("No bundled real sample of this subtype to compare with.")
+    else:
+        left.image(gan.grid([real_patches]), caption="Real patches (bundled samples)", width="stretch")
+    right.image(gan.grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
+
+if batches:
+    archive = sample_zip(batches, card["name"], seed)
+    total = sum(len(b) for b in batches.values())
+    st.download_button(f"Download this batch ({total} PNGs, zip)", archive, file_name=f"{card['name']}-seed{seed}.zip",
+                       mime="application/zip", key="gan_download")
+    first = next(iter(batches))
+    st.caption(f"File names mark them synthetic, e.g. {synthetic_name(first, card['name'], seed, 0)}")
+
+st.header("Latent interpolation")
+row = st.columns(4)
+subtype = row[0].selectbox("Subtype", card["subtypes"], key="gan_interp_subtype", format_func=pretty)
+seed_a = int(row[1].number_input("From seed", 0, 10**6, 1, key="gan_seed_a"))
+seed_b = int(row[2].number_input("To seed", 0, 10**6, 2, key="gan_seed_b"))
+steps = int(row[3].slider("Steps", 3, 10, 7, key="gan_steps"))
+st.image(gan.grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
+         caption=f"{pretty(subtype)}: seed {seed_a} -> seed {seed_b}", width="stretch")
+
+st.header("Quality (KID) and memorisation")
+quality_file = Path(folder) / QUALITY_DIR / "quality.json"
+if not quality_file.is_file():
+    st.info(f"Not measured yet. Run `python -m core.gan_quality evaluate --model {folder} --data DIR`.")
+    st.stop()
+quality = json.loads(quality_file.read_text())
+st.caption(f"Features: {quality['features']} (dimension {quality['feature_dim']}). Real set: {quality['real_set']}. "
+           "Lower KID is closer to real; compare with real-vs-real (noise floor) and an untrained generator.")
+rows = [{"subtype": pretty(s), "KID": r["kid"], "KID std": r["kid_std"], "real vs real": r["kid_real_vs_real"],
+         "untrained generator": r["kid_untrained_generator"], "real patches": r["n_real"],
+         "synthetic images": r["n_synthetic"], "real source images": r["real_images"],
+         "FID": "n/a (too few images)" if r["fid"] is None else f"{r['fid']:.2f}",
+         "closest / real-real distance": r["memorisation"]["min_ratio"]}
+        for s, r in quality["subtypes"].items()]
+st.dataframe(pd.DataFrame(rows), hide_index=True)
+st.subheader("Closest synthetic-real pairs")
+st.caption("For every synthetic image, its nearest real training patch in feature space. A distance near 0 "
+           "(ratio to the typical real-to-real distance near 0) would mean a copied training patch.")
+scale = {s: r["memorisation"]["real_to_real_median"] for s, r in quality["subtypes"].items()}
+for subtype_name, pairs in quality.get("pairs", {}).items():
+    columns = st.columns(len(pairs) or 1)
+    for column, pair in zip(columns, pairs):
+        images = [Path(folder) / QUALITY_DIR / pair[k] for k in ("synthetic", "real")]
+        if all(p.is_file() for p in images):
+            ratio = pair["distance"] / scale[subtype_name] if scale.get(subtype_name) else float("nan")
+            column.image([str(p) for p in images], caption=["synthetic", "nearest real"], width=96)
+            column.caption(f"{pretty(subtype_name)}: distance {pair['distance']:.3g} ({ratio:.2f} x real-real)")

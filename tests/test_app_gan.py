@@ -1,0 +1,99 @@
+"""The GAN gallery page through AppTest, with a tiny generator (32 px) found via BREAKHIS_MODEL_DIRS."""
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_helpers import APP_TIMEOUT, REPO
+
+PAGE = str(REPO / "pages" / "gan_gallery.py")
+PAIR = ("adenosis", "ductal_carcinoma")
+
+
+@pytest.fixture(scope="module")
+def generator_root(tmp_path_factory, synthetic_breakhis):
+    """models/gan-tiny: an (untrained) generator saved as training saves it, with its quality report."""
+    import dataclasses
+
+    from core import gan, gan_quality
+
+    root = tmp_path_factory.mktemp("models")
+    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, image_size=32, width=32, latent_dim=16)
+    card = {"name": config.name, "image_size": 32, "latent_dim": 16, "subtypes": list(PAIR),
+            "config": dataclasses.asdict(config),
+            "training": {"data_source": str(synthetic_breakhis), "split": "none", "steps": 0,
+                         "images_by_subtype": {"adenosis": 12, "ductal_carcinoma": 12}}}
+    folder = gan.save_generator(gan.build_generator(config), root / "gan-tiny", card)
+    features = gan_quality.load_features("backbone:small_cnn", input_size=64)
+    gan_quality.evaluate_generator(folder, synthetic_breakhis, features, n=8, pairs=2)
+    return root
+
+
+def page(monkeypatch, root) -> AppTest:
+    monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(root))
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(root / "no-runs"))
+    return AppTest.from_file(PAGE, default_timeout=APP_TIMEOUT).run()
+
+
+def synthetic_image(app, seed):
+    return next(image for image in app.image if f"Synthetic, seed {seed}" in image.captions)
+
+
+def test_gallery_shows_real_and_synthetic_per_subtype_with_kid_and_pairs(monkeypatch, generator_root):
+    app = page(monkeypatch, generator_root)
+    assert not app.exception, app.exception
+    assert app.title[0].value == "GAN gallery"
+    assert [s.value.split("  ")[0] for s in app.subheader][:2] == ["Adenosis", "Ductal carcinoma"]
+    captions = [c for image in app.image for c in image.captions]
+    assert captions.count("Real patches (bundled samples)") == 2  # assets/samples has both subtypes
+    assert sum("Synthetic, seed 0" in c for c in captions) == 2
+    assert any("seed 1 -> seed 2" in c for c in captions)  # latent interpolation
+    kid = app.dataframe[0].value
+    assert list(kid["subtype"]) == ["Adenosis", "Ductal carcinoma"]
+    assert set(kid["real patches"]) == {8} and set(kid["synthetic images"]) == {8}
+    assert kid["KID"].notna().all()
+    assert captions.count("nearest real") == 4  # two closest pairs per subtype
+    assert app.download_button[0].label == "Download this batch (12 PNGs, zip)"
+
+
+def test_seed_control_changes_the_synthetic_images(monkeypatch, generator_root):
+    app = page(monkeypatch, generator_root)
+    before = synthetic_image(app, 0).value
+    app.number_input(key="gan_seed").set_value(7).run()
+    assert not app.exception
+    after = synthetic_image(app, 7).value
+    assert after != before
+    assert any("SYN_A-gan_tiny-7-00000.png" in c.value for c in app.caption)
+    app.number_input(key="gan_seed").set_value(0).run()
+    assert synthetic_image(app, 0).value == before  # same seed, same images
+
+
+def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
+    app = page(monkeypatch, tmp_path)
+    assert not app.exception
+    assert "python -m core.gan train" in app.info[0].value
+
+
+def test_a_tampered_generator_is_refused_with_a_message(monkeypatch, generator_root, tmp_path):
+    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-bad")
+    with open(tmp_path / "gan-bad" / "model.keras", "ab") as handle:
+        handle.write(b"x")
+    app = page(monkeypatch, tmp_path)
+    assert not app.exception
+    assert "checksum" in app.error[0].value
+
+
+def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):
+    from tests.app_helpers import APP, make_model_folder, run_app_like_the_server
+
+    default = make_model_folder(tmp_path / "default")
+    monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(default))
+    monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(generator_root))
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/gan_gallery.py").run()
+    assert not app.exception, app.exception
+    assert app.title[0].value == "GAN gallery"
+    assert len(app.image) >= 3

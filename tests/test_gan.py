@@ -1,0 +1,161 @@
+"""The conditional GAN: shapes, learning, resume, sampling names, folders and fill."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core import gan
+from core.breakhis import index_folder, parse_name, parse_synthetic_name
+from core.labels import SUBTYPES
+
+TINY = dict(image_size=32, width=64, latent_dim=32, batch_size=16, patches_per_image=4,
+            sample_every=1000, checkpoint_every=1000, log_every=1)
+PAIR = ("adenosis", "ductal_carcinoma")  # benign pink vs malignant purple in the synthetic set
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(synthetic_breakhis, tmp_path_factory):
+    """A few steps of training: enough for a real generator folder."""
+    out = tmp_path_factory.mktemp("gan") / "gan-tiny"
+    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
+    return gan.train(config, synthetic_breakhis, out)
+
+
+def test_generator_output_shape_and_range_for_each_subtype():
+    config = gan.GanConfig(**TINY)
+    generator = gan.build_generator(config)
+    noise = gan.noise_for(0, 3, config.latent_dim)
+    raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
+    for subtype, images in raw.items():
+        assert images.shape == (3, 32, 32, 3)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        assert gan.generate(generator, subtype, 3, seed=0).dtype == np.uint8
+    # The subtype is an input that matters: same noise, different subtype, different image.
+    assert np.abs(raw["adenosis"] - raw["ductal_carcinoma"]).mean() > 1e-4
+    # Deterministic per seed, and image i does not depend on how many are drawn.
+    first_two = gan.generate(generator, "adenosis", 2, seed=3)
+    assert np.array_equal(gan.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
+    large = gan.build_generator(gan.GanConfig(image_size=128, width=64))
+    assert large.output_shape == (None, 128, 128, 3)
+    assert gan.build_discriminator(gan.GanConfig(image_size=128, width=64)).output_shape == (None, 1)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="image_size"):
+        gan.GanConfig(image_size=100)
+    with pytest.raises(ValueError, match="subtypes"):
+        gan.GanConfig(subtypes=("cancer",))
+    with pytest.raises(ValueError, match="crop_scale"):
+        gan.GanConfig(crop_scale=(0.9, 0.2))
+
+
+def _mean_colour(images):
+    return np.asarray(images, np.float64).reshape(-1, 3).mean(0)
+
+
+def test_short_training_learns_each_subtypes_colour(synthetic_breakhis, tmp_path):
+    """Proof of learning: per-subtype mean-colour gap to the real patches shrinks, and by subtype."""
+    config = gan.GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
+    images = gan.training_images(synthetic_breakhis, config)
+    patches, labels, _ = gan.real_patches(images, config, seed=0)
+    real = {s: _mean_colour(patches[labels == SUBTYPES.index(s)]) for s in PAIR}
+    untrained = gan.build_generator(config)
+    model_dir = gan.train(config, synthetic_breakhis, tmp_path / "run")
+    trained, _ = gan.load_generator(model_dir)
+    for subtype, other in (PAIR, PAIR[::-1]):
+        before = np.linalg.norm(_mean_colour(gan.generate(untrained, subtype, 64)) - real[subtype])
+        after_colour = _mean_colour(gan.generate(trained, subtype, 64))
+        after = np.linalg.norm(after_colour - real[subtype])
+        assert after < 0.5 * before, (subtype, before, after)
+        assert after < np.linalg.norm(after_colour - real[other]), f"{subtype} looks like {other}"
+    grids = sorted((tmp_path / "run" / "samples").glob("step_*.png"))
+    assert grids and grids[-1].name == "step_000150.png"
+
+
+def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_path):
+    import itertools
+
+    out = tmp_path / "run"
+    config = gan.GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
+    calls = itertools.count()
+    gan.train(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # e.g. SIGTERM after 3 steps
+    with pytest.raises(FileExistsError, match="--resume"):
+        gan.train(config, synthetic_breakhis, out)
+    model_dir = gan.train(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
+    events = _events(out)
+    assert [e["step"] for e in events if e["event"] == "start"] == [0, 3]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    assert [e["status"] for e in events if e["event"] == "end"] == ["cancelled", "completed"]
+    _, card = gan.load_generator(model_dir)
+    assert card["training"]["steps"] == 6 and card["training"]["resumed_from_step"] == 3
+    assert card["subtypes"] == ["adenosis"]  # the configuration came from the run folder
+
+
+def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_path):
+    config = gan.GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
+    generator, card = gan.load_generator(gan.train(config, synthetic_breakhis, tmp_path / "run"))
+    assert card["precision"] == "mixed_float16"
+    assert all(w.dtype == "float32" for w in generator.weights)
+    assert generator.layers[-1].compute_dtype == "float32"
+
+
+def test_only_the_train_split_is_learned_from(synthetic_breakhis):
+    from core.splits import make_split
+
+    config = gan.GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
+    used = set(gan.training_images(synthetic_breakhis, config)["path"])
+    split = make_split(index_folder(synthetic_breakhis).images, protocol="patient-wise", seed=0)
+    train = set(split.loc[split["split"] == "train", "path"])
+    assert used and used <= train
+    assert used.isdisjoint(split.loc[split["split"] != "train", "path"])
+
+
+def test_sample_cli_names_count_and_never_breakhis(tiny_generator, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert gan.main(["sample", "--model", str(tiny_generator), "--subtype", "adenosis", "--n", "7",
+                     "--seed", "5", "--out", str(out)]) == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 7
+    for path in files:
+        assert path.name.startswith("SYN_A-gan_tiny-5-")  # "-" separates fields, so it is replaced
+        assert parse_synthetic_name(path.name) == "adenosis"
+        assert parse_name(path.name) is None
+    assert len(index_folder(out).images) == 0  # the real indexer never takes them for BreakHis images
+    assert gan.main(["sample", "--model", str(tiny_generator), "--subtype", "fibroadenoma", "--n", "2",
+                     "--out", str(out)]) == 2
+    assert "not trained on 'fibroadenoma'" in capsys.readouterr().err
+    assert gan.main(["sample", "--model", str(tmp_path), "--subtype", "adenosis", "--out", str(out)]) == 2
+    assert "not a generator folder" in capsys.readouterr().err
+
+
+def test_fill_folder_feeds_balance_synthetic_fill(tiny_generator, tmp_path):
+    from core.balance import find_synthetic_images
+
+    written = gan.fill_folder_from_generator(tiny_generator, list(PAIR), {"adenosis": 5, "ductal_carcinoma": 2},
+                                             tmp_path / "fill")
+    assert written == {"adenosis": 5, "ductal_carcinoma": 2}
+    found = find_synthetic_images(tmp_path / "fill")
+    assert found["subtype"].value_counts().to_dict() == {"adenosis": 5, "ductal_carcinoma": 2}
+    assert found["synthetic"].all()
+
+
+def test_generator_folder_is_verified(tiny_generator, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_generator, copy)
+    with open(copy / "model.keras", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(gan.GeneratorFolderError, match="checksum"):
+        gan.load_generator(copy)
+    with pytest.raises(gan.GeneratorFolderError, match="not a generator folder"):
+        gan.load_generator(tmp_path / "missing")
+    card = json.loads((tiny_generator / "card.json").read_text())
+    (copy / "card.json").write_text(json.dumps({**card, "kind": "classifier"}))
+    with pytest.raises(gan.GeneratorFolderError, match="not a GAN generator"):
+        gan.load_generator(copy)

@@ -1,0 +1,135 @@
+"""GAN quality measures: KID/FID behave as distances, memorisation finds copies, the ablation runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core import gan, gan_quality
+from core.labels import SUBTYPES
+
+TINY = dict(image_size=32, width=32, latent_dim=16, batch_size=8, patches_per_image=2,
+            sample_every=1000, checkpoint_every=1000, log_every=10)
+PAIR = ("adenosis", "ductal_carcinoma")
+
+
+@pytest.fixture(scope="module")
+def features():
+    return gan_quality.load_features("backbone:small_cnn", input_size=64)
+
+
+@pytest.fixture(scope="module")
+def imbalanced(synthetic_breakhis, tmp_path_factory):
+    """The synthetic set with half of the adenosis images removed: a minority subtype to fill."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("imbalanced")
+    shutil.copytree(synthetic_breakhis, root, dirs_exist_ok=True)
+    for path in sorted(root.rglob("SOB_B_A-*.png")):
+        if int(path.stem.rsplit("-", 1)[1]) > 2:
+            path.unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_generator(imbalanced, tmp_path_factory):
+    """A generator trained (briefly) on the patient-wise seed-0 train split only."""
+    config = gan.GanConfig(name="gan-split", subtypes=PAIR, steps=3, split="patient-wise", split_seed=0, **TINY)
+    return gan.train(config, imbalanced, tmp_path_factory.mktemp("gan") / "run")
+
+
+def test_kid_is_about_zero_for_the_same_distribution_and_positive_for_a_shift():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 32))
+    same = rng.normal(size=(300, 32))
+    shifted = rng.normal(size=(300, 32)) + 0.5
+    against_itself = gan_quality.kid(real, real)
+    against_shift = gan_quality.kid(real, shifted)
+    assert against_shift["kid"] > 0.05
+    # ~0 up to subset noise (a set against itself dips slightly below 0: its subsets overlap).
+    assert abs(against_itself["kid"]) < 0.1 * against_shift["kid"]
+    assert abs(gan_quality.kid(real, same)["kid"]) < 0.05 * against_shift["kid"]
+    assert against_itself["n_real"] == 300 and against_itself["subset_size"] == 100
+    with pytest.raises(ValueError, match="at least 2"):
+        gan_quality.kid(real[:1], shifted)
+
+
+def test_fid_only_where_the_sample_count_allows():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(200, 8))
+    assert gan_quality.fid(real[:8], real[:8]) is None  # n <= feature dim: covariance is singular
+    assert abs(gan_quality.fid(real, real)) < 1e-6
+    assert gan_quality.fid(real, rng.normal(size=(200, 8)) + 1.0) > 5.0
+
+
+def test_memorisation_finds_an_exact_copy_at_distance_zero(synthetic_breakhis, features):
+    config = gan.GanConfig(subtypes=("adenosis",), **TINY)
+    patches, _, sources = gan.real_patches(gan.training_images(synthetic_breakhis, config), config, seed=0)
+    rng = np.random.default_rng(0)
+    synthetic = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    synthetic[4] = patches[7]  # a memorised training patch
+    result = gan_quality.memorisation(features(synthetic), features(patches), sources)
+    assert result["nearest"][4] == 7
+    assert result["distance"][4] < 1e-3 * result["real_to_real_median"]
+    assert int(np.argmin(result["distance"])) == 4
+    assert result["min_ratio"] < 1e-3
+    assert np.delete(result["distance"], 4).min() > 0.05 * result["real_to_real_median"]
+
+
+def test_evaluate_generator_reports_counts_pairs_and_keeps_the_folder_valid(split_generator, imbalanced, features):
+    report = gan_quality.evaluate_generator(split_generator, imbalanced, features, n=12, pairs=2)
+    assert set(report["subtypes"]) == set(PAIR)
+    for subtype, row in report["subtypes"].items():
+        assert row["n_real"] == 12 and row["n_synthetic"] == 12
+        assert row["fid"] is None  # 12 images cannot support a 128-d covariance
+        assert row["kid_untrained_generator"] is not None and np.isfinite(row["kid"])
+        assert len(report["pairs"][subtype]) == 2
+        for pair in report["pairs"][subtype]:
+            assert (split_generator / gan_quality.QUALITY_DIR / pair["synthetic"]).is_file()
+    assert "train split" in report["real_set"]
+    _, card = gan.load_generator(split_generator)  # the card update did not break the checksum
+    assert set(card["quality"]["kid"]) == set(PAIR)
+    saved = json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text())
+    assert saved["images_per_set"] == 12
+    assert "adenosis" in gan_quality.format_report(report)
+
+
+def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imbalanced, tmp_path):
+    import shutil
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(split_generator, leaky)
+    card = json.loads((leaky / "card.json").read_text())
+    card["config"]["split"] = "none"  # as if trained on every image, test images included
+    (leaky / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="Refusing the ablation"):
+        gan_quality.ablation(imbalanced, leaky, tmp_path / "ablation")
+    code = gan_quality.main(["ablation", "--data", str(imbalanced), "--gan", str(split_generator),
+                             "--out", str(tmp_path / "ablation"), "--split", "patient-wise", "--seed", "3"])
+    assert code == 2  # a different split seed than the generator's is refused as well
+
+
+def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced, tmp_path):
+    counts, target = gan_quality._classifier_train_counts(imbalanced, "patient-wise", 0, "all")
+    smallest = min(PAIR, key=counts.get)
+    assert counts[smallest] < target, "the fixture must leave a subtype to fill"
+    result = gan_quality.ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest],
+                                  backbone="small_cnn", weights="none", input_size=64, epochs=1, batch_size=16)
+    assert result["same_split"] and result["gan_leak"] is None
+    none, filled = result["runs"]["none"], result["runs"]["synthetic"]
+    assert filled["synthetic_by_subtype"] == {smallest: target - counts[smallest]}
+    assert sum(none["synthetic_by_subtype"].values()) == 0
+    for run in (none, filled):
+        assert 0.0 <= run["macro_f1"] <= 1.0
+        assert set(run["recall"]) == set(SUBTYPES)
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "macro-F1" in table and f"recall {smallest}" in table
+
+
+def test_evaluate_cli_prints_the_table_and_refuses_a_non_generator(split_generator, imbalanced, tmp_path, capsys):
+    args = ["evaluate", "--data", str(imbalanced), "--features", "backbone:small_cnn", "--n", "6"]
+    assert gan_quality.main(args + ["--model", str(split_generator)]) == 0
+    out = capsys.readouterr().out
+    assert "adenosis" in out and "6/6" in out
+    assert gan_quality.main(args + ["--model", str(tmp_path)]) == 2
+    assert "not a generator folder" in capsys.readouterr().err
