@@ -35,7 +35,7 @@ import tensorflow as tf
 from core.backbones import BACKBONES
 from core.balance import STRATEGIES, apply_strategy
 from core.breakhis import index_folder
-from core.labels import INPUT_SIZE
+from core.labels import INPUT_SIZE, SUBTYPES
 from core.model import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
 from core.model_io import save_model_folder
 from core.pipeline import make_dataset, select_magnification, targets_and_weights
@@ -67,6 +67,7 @@ class TrainConfig:
     weights: str | None = "imagenet"  # "imagenet", "none"/None, or a weights file
     balance: str = "none"
     synthetic_dir: str | None = None
+    synthetic_subtypes: list[str] | None = None  # which subtypes GAN fill may top up (None: all minority)
     split: str = "patient-wise"
     folds: int = 0  # >= 2: patient-wise k-fold cross-validation, this run trains fold `fold`
     fold: int = 0
@@ -97,7 +98,8 @@ def prepare_data(config: TrainConfig) -> dict:
     else:
         split = make_split(images, protocol=SPLITS[config.split], seed=config.seed)
     train, subtype_weights = apply_strategy(split[split["split"] == "train"], config.balance,
-                                            synthetic_dir=config.synthetic_dir, seed=config.seed)
+                                            synthetic_dir=config.synthetic_dir, subtypes=config.synthetic_subtypes,
+                                            seed=config.seed)
     synthetic = train[train["synthetic"].astype(bool)].drop_duplicates("path")
     if len(synthetic):  # split.csv lists every image the run used, GAN images as train
         synthetic = synthetic.assign(split="train", protocol=split["protocol"].iloc[0])
@@ -391,6 +393,8 @@ def parse_args(argv=None) -> TrainConfig:
     parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file")
     parser.add_argument("--balance", default="none", choices=STRATEGIES)
     parser.add_argument("--synthetic-dir", help="GAN images for --balance synthetic")
+    parser.add_argument("--synthetic-subtypes", nargs="+", choices=SUBTYPES, metavar="SUBTYPE",
+                        help="subtypes GAN fill may top up (default: every subtype below the largest)")
     parser.add_argument("--split", default="patient-wise", choices=sorted(SPLITS))
     parser.add_argument("--folds", type=int, default=0, help="patient-wise k-fold CV: number of folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test set (0-based)")

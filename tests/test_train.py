@@ -146,6 +146,36 @@ def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
     assert card["training"]["split_protocol"] == "patient-wise 3-fold CV (fold 1)"
 
 
+def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_path):
+    from PIL import Image
+
+    from core.breakhis import synthetic_name
+    from core.train import train
+    from tests.synthetic_data import synthetic_image, write_synthetic_breakhis
+
+    rng = np.random.default_rng(0)
+    gan_dir = tmp_path / "synthetic"
+    gan_dir.mkdir()
+    for subtype in ("adenosis", "phyllodes_tumor"):
+        for n in range(12):
+            Image.fromarray(synthetic_image(subtype, rng)).save(gan_dir / synthetic_name(subtype, "test-gan", 0, n))
+    data = write_synthetic_breakhis(tmp_path / "imbalanced")
+    for minority in ("adenosis", "phyllodes_tumor"):  # half their images: both become minorities
+        for path in data.rglob(f"*/{minority}/*/*/*-00[34].png"):
+            path.unlink()
+    run = tmp_path / "gan-fill"
+    train(dict(data=str(data), out=str(run), mode="fast", balance="synthetic",
+               synthetic_dir=str(gan_dir), synthetic_subtypes=["adenosis"], evaluate=False,
+               echo_stdout=False, **dict(TINY, epochs=1)))
+    card = json.loads((run / "model" / "card.json").read_text())
+    assert set(card["training"]["synthetic_by_subtype"]) == {"adenosis"}
+    assert card["training"]["synthetic_by_subtype"]["adenosis"] > 0
+    split = pd.read_csv(run / "split.csv")
+    synthetic = split[split["synthetic"].astype(bool)]
+    assert len(synthetic) > 0 and set(synthetic["split"]) == {"train"}  # never in val or test
+    assert set(synthetic["subtype"]) == {"adenosis"}
+
+
 def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_path, capsys):
     from core.train import main
 
