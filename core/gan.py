@@ -7,7 +7,7 @@ augmentation (DiffAugment, Zhao et al. 2020) of real and fake images alike, beca
 discriminator that sees only a few hundred real patches memorises them otherwise.
 Real patches come from the same index (core.breakhis), the same decoding (core.images) and the
 same resize (core.preprocess) as the classifier; with crop scale 1.0 a patch is exactly the
-classifier's view of the whole field.
+classifier's view of the whole field. Generator folders (save, verify, load, sample): core.gan_io.
 
     python -m core.gan train --data DIR --out runs/gan-NAME --subtypes adenosis phyllodes_tumor --steps 5000
     python -m core.gan sample --model runs/gan-NAME/model --subtype adenosis --n 200 --out DIR
@@ -21,23 +21,20 @@ import json
 import signal
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
-from PIL import Image
 
-from core.breakhis import index_folder, synthetic_name
+from core.breakhis import index_folder
+from core.gan_io import noise_for, run_cli_command, save_generator, save_sample_grid, write_samples
 from core.labels import SUBTYPES
-from core.model_io import ModelFolderError, labels_block, sha256_of
 from core.preprocess import to_model_input
 from core.progress import ProgressWriter
 
 SIZES = (32, 64, 128, 256)
-GENERATOR_KIND = "gan_generator"  # card kind: keeps generator and classifier folders apart
 _SN = layers.SpectralNormalization
 
 
@@ -211,37 +208,6 @@ def training_images(data_dir, config: GanConfig):
     return images.reset_index(drop=True)
 
 
-def to_uint8(images) -> np.ndarray:
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def noise_for(seed: int, n: int, latent_dim: int) -> np.ndarray:
-    """Noise for images 0..n-1 of a seed; image i is the same whatever n is."""
-    return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
-
-
-def generate(generator: keras.Model, subtype: str, n: int, seed: int = 0, batch_size: int = 64,
-             noise: np.ndarray | None = None) -> np.ndarray:
-    """n uint8 images of a subtype; deterministic for a seed."""
-    if subtype not in SUBTYPES:
-        raise ValueError(f"Unknown subtype {subtype!r}; choose from {list(SUBTYPES)}")
-    noise = noise_for(seed, n, generator.inputs[0].shape[-1]) if noise is None else noise
-    labels = np.full((len(noise), 1), SUBTYPES.index(subtype), np.int32)
-    out = [generator([noise[i:i + batch_size], labels[i:i + batch_size]], training=False)
-           for i in range(0, len(noise), batch_size)]
-    return to_uint8(np.concatenate([np.asarray(o) for o in out])) if out else np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def grid(rows: list[np.ndarray]) -> np.ndarray:
-    """List of [n,S,S,3] uint8 rows -> one image with a 2-px gap."""
-    n, size = rows[0].shape[0], rows[0].shape[1]
-    canvas = np.full((len(rows) * (size + 2), n * (size + 2), 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            canvas[r * (size + 2):r * (size + 2) + size, c * (size + 2):c * (size + 2) + size] = image
-    return canvas
-
-
 class GanTrainer:
     """Models, optimisers, checkpoint and the jitted hinge-loss step."""
 
@@ -373,7 +339,8 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
         if step % config.log_every == 0 or step == config.steps:
             progress.emit("step", epoch=1, epochs=1, step=step, steps=config.steps, metrics=metrics)
         if step % config.sample_every == 0 or step == config.steps:
-            save_sample_grid(trainer.average, config, fixed_noise, out_dir / "samples" / f"step_{step:06d}.png")
+            grid_path = out_dir / "samples" / f"step_{step:06d}.png"
+            save_sample_grid(trainer.average, config.subtypes, fixed_noise, grid_path)
         if step % config.checkpoint_every == 0:
             trainer.manager.save(checkpoint_number=step)
     trainer.manager.save(checkpoint_number=step)
@@ -385,72 +352,6 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     model_dir = save_generator(trainer.average, out_dir / "model", card)  # float32: same on any machine
     progress.emit("end", status=status, step=step, steps=config.steps, metrics=metrics, model_dir=str(model_dir))
     return model_dir
-
-
-class GeneratorFolderError(ModelFolderError):
-    """A generator folder is missing, corrupt or tampered with (message is shown to the user)."""
-
-
-def save_generator(generator: keras.Model, folder, card: dict) -> Path:
-    """folder/model.keras + folder/card.json; the card pins the model file's sha256."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    generator.save(folder / "model.keras")
-    card = {**card, "kind": GENERATOR_KIND, "labels": labels_block(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sha256": sha256_of(folder / "model.keras"),
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
-    return folder
-
-
-def load_generator(folder) -> tuple[keras.Model, dict]:
-    """(generator, card), after checking the card and the model file's checksum (safe_mode)."""
-    folder = Path(folder)
-    model_path, card_path = folder / "model.keras", folder / "card.json"
-    if not model_path.is_file() or not card_path.is_file():
-        raise GeneratorFolderError(f"{folder} is not a generator folder (needs model.keras and card.json)")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise GeneratorFolderError(f"{card_path} is not valid JSON: {error}") from None
-    if card.get("kind") != GENERATOR_KIND:
-        raise GeneratorFolderError(f"{folder} holds a {card.get('kind', 'classifier')!r}, not a GAN generator")
-    if card.get("sha256") != sha256_of(model_path):
-        raise GeneratorFolderError(f"{model_path} does not match the checksum in its card (changed or corrupt)")
-    try:
-        generator = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad archive.
-        raise GeneratorFolderError(f"Cannot load {model_path}: {type(error).__name__}: {error}") from None
-    return generator, card
-
-
-def save_sample_grid(generator, config: GanConfig, noise: np.ndarray, path: Path) -> None:
-    """Same noise at every save, one row per subtype, so grids show progress over training."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid([generate(generator, s, len(noise), noise=noise) for s in config.subtypes])).save(path)
-
-
-def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0) -> list[Path]:
-    """n PNGs named SYN_<code>-<generator>-<seed>-<i>.png (never a BreakHis name)."""
-    generator, card = load_generator(model_dir)
-    if subtype not in card["subtypes"]:
-        raise ValueError(f"Generator {card['name']!r} was not trained on {subtype!r}; it knows {card['subtypes']}")
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(generate(generator, subtype, n, seed)):
-        paths.append(out_dir / synthetic_name(subtype, card["name"], seed, i))
-        Image.fromarray(image).save(paths[-1])
-    return paths
-
-
-def fill_folder_from_generator(model_dir, subtypes, counts, out_dir, seed: int = 0) -> dict[str, int]:
-    """Write counts[subtype] (or one int for all) synthetic images per subtype for balance.synthetic_fill."""
-    counts = counts if isinstance(counts, dict) else {s: int(counts) for s in subtypes}
-    return {s: len(write_samples(model_dir, s, int(counts.get(s, 0)), out_dir, seed)) for s in subtypes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -478,21 +379,24 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "sample":
-            paths = write_samples(args.model, args.subtype, args.n, args.out, args.seed)
-            print(f"wrote {len(paths)} images to {args.out}")
-            return 0
-        fields = {f.name for f in dataclasses.fields(GanConfig)}
-        options = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-        config = GanConfig(**{**options, "name": args.name or Path(args.out).name})
-        cancelled = []
-        signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
-        train(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled))
-        return 0
-    except (ValueError, OSError, ModelFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_cli_command(lambda: _sample(args) if args.command == "sample" else _train(args))
+
+
+def _sample(args) -> int:
+    paths = write_samples(args.model, args.subtype, args.n, args.out, args.seed)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return 0
+
+
+def _train(args) -> int:
+    """Train from the CLI; SIGTERM (e.g. a cancelled job) stops cleanly after the current step."""
+    fields = {f.name for f in dataclasses.fields(GanConfig)}
+    options = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    config = GanConfig(**{**options, "name": args.name or Path(args.out).name})
+    cancelled = []
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
+    train(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled))
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ import keras
 import numpy as np
 from PIL import Image
 
-from core import gan
+from core import gan, gan_io
 from core.labels import INPUT_SIZE, SUBTYPES
 from core.model import build_classifier, feature_extractor
-from core.model_io import DEFAULT_MODEL_DIR, ModelFolderError, load_model_folder
+from core.model_io import DEFAULT_MODEL_DIR, load_model_folder
 from core.preprocess import to_model_input
 
 QUALITY_DIR = "quality"  # inside the generator folder: quality.json and the closest pairs
@@ -141,7 +141,7 @@ def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list
 def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, seed: int = 1,
                        pairs: int = 4, write: bool = True) -> dict:
     """KID (and FID where n allows), references and memorisation per subtype; saved into the folder."""
-    generator, card = gan.load_generator(model_dir)
+    generator, card = gan_io.load_generator(model_dir)
     config = gan.GanConfig.from_dict(card["config"])
     keras.utils.set_random_seed(seed)  # the untrained reference is the same at every evaluation
     untrained = gan.build_generator(config)  # same architecture, random weights: the ceiling
@@ -157,10 +157,10 @@ def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, see
         rows = images[images["subtype"] == subtype]
         real, _ = _patches(rows, config, n, seed)
         real_again, _ = _patches(rows, config, n, seed + 1000)
-        fake = gan.generate(generator, subtype, n, seed=seed)
+        fake = gan_io.generate(generator, subtype, n, seed=seed)
         in_pool = np.flatnonzero(pool_labels == SUBTYPES.index(subtype))
         f_real, f_again, f_fake, f_untrained, f_pool = (features(x) for x in (
-            real, real_again, fake, gan.generate(untrained, subtype, n, seed=seed), pool[in_pool]))
+            real, real_again, fake, gan_io.generate(untrained, subtype, n, seed=seed), pool[in_pool]))
         scale = np.sqrt(np.mean(f_real ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
         f_real, f_again, f_fake, f_untrained, f_pool = (
             f / scale for f in (f_real, f_again, f_fake, f_untrained, f_pool))
@@ -248,7 +248,7 @@ def ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **trai
     from core.train import TrainConfig, train
 
     out = Path(out)
-    _, card = gan.load_generator(gan_dir)
+    _, card = gan_io.load_generator(gan_dir)
     options = {"split": "patient-wise", "seed": 0, "magnification": "all", **train_options}
     leak = _leak_check(card, data, options["split"], options["seed"], options["magnification"])
     if leak and not allow_leak:
@@ -260,7 +260,7 @@ def ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **trai
         raise ValueError(f"The generator was not trained on {unknown}; it knows {card['subtypes']}")
     counts, target = _classifier_train_counts(data, options["split"], options["seed"], options["magnification"])
     need = {s: max(0, target - counts[s]) for s in subtypes}
-    written = gan.fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
+    written = gan_io.fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
     runs = {}
     for balance in ("none", "synthetic"):
         config = TrainConfig(data=str(data), out=str(out / balance), balance=balance,
@@ -321,20 +321,21 @@ def main(argv: list[str] | None = None) -> int:
                        ("input-size", int), ("weights", str), ("split", str), ("magnification", str), ("seed", int)):
         a.add_argument("--" + flag, type=kind)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "evaluate":
-            features = load_features(args.features)
-            print(format_report(evaluate_generator(args.model, args.data, features, args.n, args.seed)))
-            return 0
-        names = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
-                 "magnification", "seed")
-        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-        result = ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)
-        print(format_ablation(result))
-        return 0
-    except (ValueError, OSError, ModelFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return gan_io.run_cli_command(lambda: _evaluate(args) if args.command == "evaluate" else _ablation(args))
+
+
+def _evaluate(args) -> int:
+    features = load_features(args.features)
+    print(format_report(evaluate_generator(args.model, args.data, features, args.n, args.seed)))
+    return 0
+
+
+def _ablation(args) -> int:
+    names = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
+             "magnification", "seed")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    print(format_ablation(ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)))
+    return 0
 
 
 if __name__ == "__main__":

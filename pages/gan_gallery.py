@@ -10,10 +10,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import app_state, gan
+from core import app_state, gan, gan_io
 from core.breakhis import index_folder, synthetic_name
 from core.gan_quality import QUALITY_DIR
 from core.labels import pretty
+
+app_state.require_router()
 
 
 def generator_folders() -> list[str]:
@@ -25,7 +27,7 @@ def generator_folders() -> list[str]:
                 kind = json.loads(card.read_text()).get("kind")
             except (OSError, ValueError):
                 continue
-            if kind == gan.GENERATOR_KIND:
+            if kind == gan_io.GENERATOR_KIND:
                 found.append(str(card.parent.resolve()))
     return sorted(set(found), key=lambda f: (Path(f).name != "gan-default", f))
 
@@ -44,21 +46,21 @@ def _stamp(folder: str) -> float:
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)
 def load(folder: str, stamp: float):
-    return gan.load_generator(folder)
+    return gan_io.load_generator(folder)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def synthetic(folder: str, stamp: float, subtype: str, n: int, seed: int) -> np.ndarray:
-    return gan.generate(load(folder, stamp)[0], subtype, n, seed)
+    return gan_io.generate(load(folder, stamp)[0], subtype, n, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def interpolation(folder: str, stamp: float, subtype: str, seeds: tuple[int, int], steps: int) -> np.ndarray:
     """Straight line between two seeds' noise vectors: smooth change = no lookup table of copies."""
     generator, card = load(folder, stamp)
-    start, end = (gan.noise_for(s, 1, card["latent_dim"])[0] for s in seeds)
+    start, end = (gan_io.noise_for(s, 1, card["latent_dim"])[0] for s in seeds)
     weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-    return gan.generate(generator, subtype, steps, noise=(1 - weights) * start + weights * end)
+    return gan_io.generate(generator, subtype, steps, noise=(1 - weights) * start + weights * end)
 
 
 @st.cache_data(show_spinner="Cropping real patches...", max_entries=16)
@@ -98,7 +100,7 @@ folder = st.selectbox("Generator", folders, key="gan_model", format_func=_short)
 try:
     stamp = _stamp(folder)
     generator, card = load(folder, stamp)
-except (OSError, gan.GeneratorFolderError) as problem:
+except (OSError, gan_io.GeneratorFolderError) as problem:
     st.error(f"This generator folder cannot be used: {problem}")
     st.stop()
 
@@ -125,8 +127,8 @@ for subtype in subtypes:
     if real_patches is None:
         left.info("No bundled real sample of this subtype to compare with.")
     else:
-        left.image(gan.grid([real_patches]), caption="Real patches (bundled samples)", width="stretch")
-    right.image(gan.grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
+        left.image(gan_io.grid([real_patches]), caption="Real patches (bundled samples)", width="stretch")
+    right.image(gan_io.grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
 
 if batches:
     archive = sample_zip(batches, card["name"], seed)
@@ -142,7 +144,7 @@ subtype = row[0].selectbox("Subtype", card["subtypes"], key="gan_interp_subtype"
 seed_a = int(row[1].number_input("From seed", 0, 10**6, 1, key="gan_seed_a"))
 seed_b = int(row[2].number_input("To seed", 0, 10**6, 2, key="gan_seed_b"))
 steps = int(row[3].slider("Steps", 3, 10, 7, key="gan_steps"))
-st.image(gan.grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
+st.image(gan_io.grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
          caption=f"{pretty(subtype)}: seed {seed_a} -> seed {seed_b}", width="stretch")
 
 st.header("Quality (KID) and memorisation")

@@ -16,7 +16,7 @@ def generator_root(tmp_path_factory, synthetic_breakhis):
     """models/gan-tiny: an (untrained) generator saved as training saves it, with its quality report."""
     import dataclasses
 
-    from core import gan, gan_quality
+    from core import gan, gan_io, gan_quality
 
     root = tmp_path_factory.mktemp("models")
     config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, image_size=32, width=32, latent_dim=16)
@@ -24,7 +24,7 @@ def generator_root(tmp_path_factory, synthetic_breakhis):
             "config": dataclasses.asdict(config),
             "training": {"data_source": str(synthetic_breakhis), "split": "none", "steps": 0,
                          "images_by_subtype": {"adenosis": 12, "ductal_carcinoma": 12}}}
-    folder = gan.save_generator(gan.build_generator(config), root / "gan-tiny", card)
+    folder = gan_io.save_generator(gan.build_generator(config), root / "gan-tiny", card)
     features = gan_quality.load_features("backbone:small_cnn", input_size=64)
     gan_quality.evaluate_generator(folder, synthetic_breakhis, features, n=8, pairs=2)
     return root

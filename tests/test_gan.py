@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from core import gan
+from core import gan, gan_io
 from core.breakhis import index_folder, parse_name, parse_synthetic_name
 from core.labels import SUBTYPES
 
@@ -29,17 +29,17 @@ def tiny_generator(synthetic_breakhis, tmp_path_factory):
 def test_generator_output_shape_and_range_for_each_subtype():
     config = gan.GanConfig(**TINY)
     generator = gan.build_generator(config)
-    noise = gan.noise_for(0, 3, config.latent_dim)
+    noise = gan_io.noise_for(0, 3, config.latent_dim)
     raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
     for subtype, images in raw.items():
         assert images.shape == (3, 32, 32, 3)
         assert images.min() >= -1.0 and images.max() <= 1.0
-        assert gan.generate(generator, subtype, 3, seed=0).dtype == np.uint8
+        assert gan_io.generate(generator, subtype, 3, seed=0).dtype == np.uint8
     # The subtype is an input that matters: same noise, different subtype, different image.
     assert np.abs(raw["adenosis"] - raw["ductal_carcinoma"]).mean() > 1e-4
     # Deterministic per seed, and image i does not depend on how many are drawn.
-    first_two = gan.generate(generator, "adenosis", 2, seed=3)
-    assert np.array_equal(gan.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
+    first_two = gan_io.generate(generator, "adenosis", 2, seed=3)
+    assert np.array_equal(gan_io.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
     large = gan.build_generator(gan.GanConfig(image_size=128, width=64))
     assert large.output_shape == (None, 128, 128, 3)
     assert gan.build_discriminator(gan.GanConfig(image_size=128, width=64)).output_shape == (None, 1)
@@ -66,10 +66,10 @@ def test_short_training_learns_each_subtypes_colour(synthetic_breakhis, tmp_path
     real = {s: _mean_colour(patches[labels == SUBTYPES.index(s)]) for s in PAIR}
     untrained = gan.build_generator(config)
     model_dir = gan.train(config, synthetic_breakhis, tmp_path / "run")
-    trained, _ = gan.load_generator(model_dir)
+    trained, _ = gan_io.load_generator(model_dir)
     for subtype, other in (PAIR, PAIR[::-1]):
-        before = np.linalg.norm(_mean_colour(gan.generate(untrained, subtype, 64)) - real[subtype])
-        after_colour = _mean_colour(gan.generate(trained, subtype, 64))
+        before = np.linalg.norm(_mean_colour(gan_io.generate(untrained, subtype, 64)) - real[subtype])
+        after_colour = _mean_colour(gan_io.generate(trained, subtype, 64))
         after = np.linalg.norm(after_colour - real[subtype])
         assert after < 0.5 * before, (subtype, before, after)
         assert after < np.linalg.norm(after_colour - real[other]), f"{subtype} looks like {other}"
@@ -91,14 +91,14 @@ def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_pat
     assert [e["step"] for e in events if e["event"] == "start"] == [0, 3]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert [e["status"] for e in events if e["event"] == "end"] == ["cancelled", "completed"]
-    _, card = gan.load_generator(model_dir)
+    _, card = gan_io.load_generator(model_dir)
     assert card["training"]["steps"] == 6 and card["training"]["resumed_from_step"] == 3
     assert card["subtypes"] == ["adenosis"]  # the configuration came from the run folder
 
 
 def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_path):
     config = gan.GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
-    generator, card = gan.load_generator(gan.train(config, synthetic_breakhis, tmp_path / "run"))
+    generator, card = gan_io.load_generator(gan.train(config, synthetic_breakhis, tmp_path / "run"))
     assert card["precision"] == "mixed_float16"
     assert all(w.dtype == "float32" for w in generator.weights)
     assert generator.layers[-1].compute_dtype == "float32"
@@ -136,8 +136,8 @@ def test_sample_cli_names_count_and_never_breakhis(tiny_generator, tmp_path, cap
 def test_fill_folder_feeds_balance_synthetic_fill(tiny_generator, tmp_path):
     from core.balance import find_synthetic_images
 
-    written = gan.fill_folder_from_generator(tiny_generator, list(PAIR), {"adenosis": 5, "ductal_carcinoma": 2},
-                                             tmp_path / "fill")
+    written = gan_io.fill_folder_from_generator(tiny_generator, list(PAIR), {"adenosis": 5, "ductal_carcinoma": 2},
+                                                tmp_path / "fill")
     assert written == {"adenosis": 5, "ductal_carcinoma": 2}
     found = find_synthetic_images(tmp_path / "fill")
     assert found["subtype"].value_counts().to_dict() == {"adenosis": 5, "ductal_carcinoma": 2}
@@ -151,11 +151,11 @@ def test_generator_folder_is_verified(tiny_generator, tmp_path):
     shutil.copytree(tiny_generator, copy)
     with open(copy / "model.keras", "ab") as handle:
         handle.write(b"tampered")
-    with pytest.raises(gan.GeneratorFolderError, match="checksum"):
-        gan.load_generator(copy)
-    with pytest.raises(gan.GeneratorFolderError, match="not a generator folder"):
-        gan.load_generator(tmp_path / "missing")
+    with pytest.raises(gan_io.GeneratorFolderError, match="checksum"):
+        gan_io.load_generator(copy)
+    with pytest.raises(gan_io.GeneratorFolderError, match="not a generator folder"):
+        gan_io.load_generator(tmp_path / "missing")
     card = json.loads((tiny_generator / "card.json").read_text())
     (copy / "card.json").write_text(json.dumps({**card, "kind": "classifier"}))
-    with pytest.raises(gan.GeneratorFolderError, match="not a GAN generator"):
-        gan.load_generator(copy)
+    with pytest.raises(gan_io.GeneratorFolderError, match="not a GAN generator"):
+        gan_io.load_generator(copy)

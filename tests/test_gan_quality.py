@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from core import gan, gan_quality
+from core import gan, gan_io, gan_quality
 from core.labels import SUBTYPES
 
 TINY = dict(image_size=32, width=32, latent_dim=16, batch_size=8, patches_per_image=2,
@@ -87,7 +87,7 @@ def test_evaluate_generator_reports_counts_pairs_and_keeps_the_folder_valid(spli
         for pair in report["pairs"][subtype]:
             assert (split_generator / gan_quality.QUALITY_DIR / pair["synthetic"]).is_file()
     assert "train split" in report["real_set"]
-    _, card = gan.load_generator(split_generator)  # the card update did not break the checksum
+    _, card = gan_io.load_generator(split_generator)  # the card update did not break the checksum
     assert set(card["quality"]["kid"]) == set(PAIR)
     saved = json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text())
     assert saved["images_per_set"] == 12
