@@ -191,7 +191,6 @@ def fit_fast(model, data, config, run_dir, writer, strategy):
     callbacks = _callbacks(run_dir, writer, config, steps, has_val, "training heads")
     history = heads.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
                         verbose=0, shuffle=False)
-    set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
     return history
 
 
@@ -304,6 +303,8 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     epochs_run = len(history.get(monitor, []))
     summary = {"epochs": epochs_run, "best_epoch": int(np.argmin(history[monitor])) + 1 if epochs_run else None}
     distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config)
+    if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw
+        set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
     validation = validate_final(model, data["val"], config, strategy)
     if mixed:  # save a float32 copy: portable to CPU-only machines
         keras.mixed_precision.set_global_policy("float32")

@@ -127,6 +127,16 @@ def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
     messages = [e.get("message", "") for e in events_of(run)]
     assert any("extracting features" in m for m in messages)
     assert result["epochs_run"] >= 1 and not (run / "metrics.json").exists()
+    # The frozen backbone keeps the statistics its features were computed with (random init here:
+    # mean 0, variance 1); only the head's BatchNorm layers are recalibrated.
+    from core.model_io import load_model_folder
+
+    model, _ = load_model_folder(run / "model")
+    backbone_bn, head_bn = model.get_layer("cnn_block1_bn"), model.get_layer("branch0_bn_in")
+    np.testing.assert_array_equal(np.asarray(backbone_bn.moving_mean), 0.0)
+    np.testing.assert_array_equal(np.asarray(backbone_bn.moving_variance), 1.0)
+    assert np.abs(np.asarray(head_bn.moving_mean)).max() > 0
+    assert model.get_layer("cnn_block1_conv").trainable  # saved unfrozen for later fine-tuning
 
 
 def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
