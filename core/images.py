@@ -264,10 +264,11 @@ def load_image(source, name: str | None = None, check_histology: bool = True) ->
 
 
 # --- H&E heuristic -----------------------------------------------------------------------------
-# Standard Ruifrok-Johnston stain vectors (optical density of haematoxylin, eosin, DAB).
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+# Standard Ruifrok-Johnston stain vectors (optical density of haematoxylin, eosin, DAB), unit
+# rows. The one stain model of the project: the training pipeline's HED jitter uses it too.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 # Thresholds measured on the 22 real BreakHis samples (worst case in brackets) and on synthetic
 # non-histology images: stained fraction of tissue 0.56, pink-purple share 0.50, structure 0.64.

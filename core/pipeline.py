@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from core.images import HED_FROM_RGB, RGB_FROM_HED, load_image
 from core.labels import (CLASSES, CLASS_OF_SUBTYPE, FLAT_OUTPUT, INPUT_SIZE, MAGNIFICATIONS, STAGE1_OUTPUT,
                          STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index)
 from core.model import FLAT, HIERARCHICAL, output_sizes
@@ -30,14 +31,12 @@ BRIGHTNESS = 0.08  # max additive shift, fraction of 255
 CONTRAST = 0.15  # contrast factor in [1 - c, 1 + c]
 SATURATION = 0.15  # saturation factor in [1 - s, 1 + s]
 HED_SCALE = 0.05  # per-stain multiplicative jitter
-HED_SHIFT = 0.05  # per-stain additive jitter (optical-density units)
+HED_SHIFT = 0.02  # per-stain additive jitter (log10 optical-density units, as core.images)
 
-# Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB) in optical density,
-# as used by skimage.color.rgb2hed.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                         [0.07, 0.99, 0.11],
-                         [0.27, 0.57, 0.78]], np.float32)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+# The stain model is core.images' (Ruifrok & Johnston vectors, log10 optical density).
+_RGB_FROM_HED = RGB_FROM_HED.astype(np.float32)
+_HED_FROM_RGB = HED_FROM_RGB.astype(np.float32)
+_LN10 = float(np.log(10.0))
 
 
 # --- table helpers -------------------------------------------------------------------------
@@ -93,10 +92,9 @@ def targets_and_weights(images: pd.DataFrame, hierarchy: str = HIERARCHICAL,
 
 def _decode_with_pillow(path) -> np.ndarray:
     """TIFF (and odd modes) via the app's own loader; tf.io.decode_image has no TIFF decoder."""
-    from core.images import load_image
-
     path = np.asarray(path).item()
-    return load_image(path.decode() if isinstance(path, bytes) else str(path)).rgb
+    # Dataset images: skip the per-image H&E heuristic (~20 ms), its warning is discarded here.
+    return load_image(path.decode() if isinstance(path, bytes) else str(path), check_histology=False).rgb
 
 
 def decode_image(path, tiff: bool = True) -> tf.Tensor:
@@ -124,14 +122,14 @@ def decode_image(path, tiff: bool = True) -> tf.Tensor:
 
 def rgb_to_hed(rgb):
     """RGB 0..255 -> stain concentrations (H, E, D) via optical density. Any leading shape."""
-    density = -tf.math.log((tf.cast(rgb, tf.float32) + 1.0) / 256.0)
-    return tf.tensordot(density, HED_FROM_RGB, axes=1)
+    density = -tf.math.log((tf.cast(rgb, tf.float32) + 1.0) / 256.0) / _LN10
+    return tf.tensordot(density, _HED_FROM_RGB, axes=1)
 
 
 def hed_to_rgb(hed):
     """Inverse of rgb_to_hed (exact up to float error), clipped to 0..255."""
-    density = tf.tensordot(hed, RGB_FROM_HED, axes=1)
-    return tf.clip_by_value(256.0 * tf.exp(-density) - 1.0, 0.0, 255.0)
+    density = tf.tensordot(hed, _RGB_FROM_HED, axes=1)
+    return tf.clip_by_value(256.0 * tf.exp(-density * _LN10) - 1.0, 0.0, 255.0)
 
 
 def hed_jitter(images, scale, shift):

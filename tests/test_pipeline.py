@@ -161,3 +161,12 @@ def test_file_cache_and_training_shuffle(table, tmp_path):
     order = make_dataset(table, batch_size=96, input_size=SIZE, training=True)
     labels = [next(iter(order))[1]["stage1"].numpy().argmax(1) for _ in range(2)]
     assert not np.array_equal(labels[0], labels[1])  # ... in a new order
+
+
+def test_hed_jitter_uses_the_same_stain_model_as_the_histology_check(samples_dir):
+    """One stain model: the augmentation's HED space is core.images' colour deconvolution."""
+    from core.images import hed_concentrations, load_image
+    from core.pipeline import rgb_to_hed
+
+    rgb = load_image(next(samples_dir.rglob("*.png")), check_histology=False).rgb[:64, :64]
+    np.testing.assert_allclose(np.asarray(rgb_to_hed(rgb)), hed_concentrations(rgb), atol=1e-4)
