@@ -35,7 +35,7 @@ class Heads:
     """The trainable layers after the backbone, created once, applicable to any pooled inputs."""
 
     def __init__(self, hierarchy: str, n_taps: int = 3, branch_units: int = 256,
-                 head_units: int = 256, dropout: float = 0.5, l2: float = 1e-4, create: bool = True,
+                 head_units: int = 256, dropout: float = 0.5, l2: float = 1e-4,
                  model: keras.Model | None = None):
         self.hierarchy, self.n_taps = hierarchy, n_taps
         self.sizes = output_sizes(hierarchy)
@@ -63,7 +63,7 @@ class Heads:
     @classmethod
     def of(cls, model: keras.Model, hierarchy: str) -> "Heads":
         """The head layers of an already built model (shared weights)."""
-        return cls(hierarchy, model=model)
+        return cls(hierarchy, n_taps=tap_count(model), model=model)
 
     def __call__(self, pooled: list) -> dict:
         branches = [bn_out(dense(bn_in(x))) for x, (bn_in, dense, bn_out) in zip(pooled, self.branches)]
@@ -87,15 +87,20 @@ def build_classifier(backbone: str = "densenet121", hierarchy: str = HIERARCHICA
     return model, weights_used
 
 
-def feature_extractor(model: keras.Model, n_taps: int = 3) -> keras.Model:
+def tap_count(model: keras.Model) -> int:
+    """Number of multi-scale taps of a built classifier (its tap{i}_pool layers)."""
+    return sum(1 for layer in model.layers if layer.name.startswith("tap") and layer.name.endswith("_pool"))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
     """Image -> pooled tap features (the frozen part in fast mode)."""
-    return keras.Model(model.inputs, [model.get_layer(f"tap{i}_pool").output for i in range(n_taps)])
+    return keras.Model(model.inputs, [model.get_layer(f"tap{i}_pool").output for i in range(tap_count(model))])
 
 
 def head_model(model: keras.Model, hierarchy: str) -> keras.Model:
     """Pooled features -> outputs, sharing the head weights with `model` (fast mode trains this)."""
     pooled_inputs = [keras.Input(model.get_layer(f"tap{i}_pool").output.shape[1:], name=f"tap{i}_features")
-                     for i in range(3)]
+                     for i in range(tap_count(model))]
     return keras.Model(pooled_inputs, Heads.of(model, hierarchy)(pooled_inputs), name="heads")
 
 
