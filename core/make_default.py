@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from core.model_io import DEFAULT_MODEL_DIR, load_model_folder
-from core.train import TrainConfig, train
+from core.train import CANCELLED_EXIT, Cancelled, TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_SAMPLES = REPO / "assets" / "samples"
@@ -48,7 +49,7 @@ def make_default(data: str | None, demo: bool, out: Path = DEFAULT_MODEL_DIR, fo
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="full BreakHis folder (any layout core.breakhis indexes)")
@@ -56,8 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     args = parser.parse_args(argv)
-    print(f"Installed {make_default(args.data, args.demo, args.out, args.force)}")
+    try:
+        print(f"Installed {make_default(args.data, args.demo, args.out, args.force)}")
+    except Cancelled:
+        return CANCELLED_EXIT  # the existing default model is untouched
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
