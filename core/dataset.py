@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from core.breakhis import index_folder, summarize
+from core.labels import CLASSES
 
 KAGGLE_DATASET = "ambarish/breakhis"
 KAGGLE_HOST = ("www.kaggle.com", 443)
@@ -79,11 +80,13 @@ def download(dest: str | os.PathLike) -> Path:
 def completeness(summary: dict) -> str:
     """One line saying whether an index matches the full BreakHis, and if not, how it differs."""
     found = {"images": summary["images"], "slides": summary["slides"], "cases": summary["cases"],
-             **{c: summary["by_class"].get(c, 0) for c in ("benign", "malignant")}}
+             **{c: summary["by_class"].get(c, 0) for c in CLASSES}}
     differences = [f"{key} {found[key]} (full: {value})" for key, value in FULL_BREAKHIS.items()
                    if found[key] != value]
     if not differences:
-        return "Complete: matches the full BreakHis (7,909 images, 82 slides, 70 patients)."
+        full = FULL_BREAKHIS
+        return (f"Complete: matches the full BreakHis ({full['images']:,} images, {full['slides']} slides, "
+                f"{full['cases']} patients).")
     return "Partial or different from the full BreakHis: " + ", ".join(differences) + "."
 
 

@@ -36,7 +36,8 @@ st.title("Dataset")
 source = st.radio("Source", [MANIFEST, FOLDER], horizontal=True, key="dataset_source")
 if source == MANIFEST:
     images = manifest_images()
-    st.caption("All 7,909 BreakHis v1 images, listed by the bundled manifest (assets/breakhis_manifest.csv).")
+    st.caption(f"All {len(images):,} BreakHis v1 images, listed by the bundled manifest "
+               "(assets/breakhis_manifest.csv).")
     thumbnail_source = folder_images(str(app_state.SAMPLES_DIR))[0]
 else:
     folder = st.text_input("Dataset folder on the server", key="dataset_folder",
