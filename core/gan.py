@@ -54,7 +54,7 @@ class GanConfig:
     # Which real images: as core.train picks them (magnification filter, then split with its seed);
     # with a split only its train images are used, so no val/test image reaches the classifier.
     magnification: str = "all"
-    split: str = "none"
+    split: str = "patient-wise"  # "none" learns from every image, the classifier's val/test ones too
     split_seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 250
@@ -173,7 +173,7 @@ def real_patches(images, config: GanConfig, seed: int = 0):
     patches, labels, sources = [], [], []
     for row in images.itertuples(index=False):
         try:
-            rgb = load_image(row.path).rgb
+            rgb = load_image(row.path, check_histology=False).rgb  # known dataset images: skip the check
         except ImageError as error:
             print(f"WARNING: skipping {row.path}: {error}", file=sys.stderr)
             continue
@@ -319,6 +319,10 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     trainer = GanTrainer(config, out_dir / "checkpoints")
     step = start_step = trainer.restore()
     patches, labels, _ = real_patches(images, config, seed=config.seed)
+    unreadable = [s for s in config.subtypes if not (labels == SUBTYPES.index(s)).any()]
+    if unreadable:
+        raise ValueError(f"No readable training images for subtypes {unreadable} (see the warnings above); "
+                         "fix or remove those files, or leave the subtypes out (--subtypes)")
     by_subtype = {s: int((images["subtype"] == s).sum()) for s in config.subtypes}
     progress.emit("start", step=step, steps=config.steps, epochs=1, images_by_subtype=by_subtype, message=(
         f"GAN {config.name}: {len(images)} images -> {len(patches)} patches of {config.image_size}px, "
@@ -346,7 +350,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     trainer.manager.save(checkpoint_number=step)
     card = {"name": config.name, "image_size": config.image_size, "latent_dim": config.latent_dim,
             "subtypes": list(config.subtypes), "precision": trainer.precision, "config": dataclasses.asdict(config),
-            "training": {"data_source": str(data_dir), "split": config.split, "images_by_subtype": by_subtype,
+            "training": {"data_source": str(Path(data_dir).resolve()), "split": config.split, "images_by_subtype": by_subtype,
                          "patches": int(len(patches)), "steps": step, "resumed_from_step": start_step,
                          "seconds_this_session": round(time.time() - started, 1)}}
     model_dir = save_generator(trainer.average, out_dir / "model", card)  # float32: same on any machine
@@ -365,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--crop-scale", type=float, nargs=2, default=GanConfig.crop_scale, metavar=("LOW", "HIGH"),
                    help="crop side as a fraction of the field (1 = the classifier's whole-field view)")
     t.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed_float16"))
-    t.add_argument("--split", default="none", help='"none" (all images), or patient-wise / image-level: learn '
-                   "only from that split's train images (give the classifier's --split, its --seed as "
-                   "--split-seed, and its --magnification)")
+    t.add_argument("--split", default=GanConfig.split, help="patient-wise / image-level: learn only from that "
+                   "split's train images (give the classifier's --split, its --seed as --split-seed, and its "
+                   '--magnification); "none": all images, val/test included, which core.train refuses '
+                   "unless --allow-gan-leak")
     for field in dataclasses.fields(GanConfig):  # the plain numbers and strings, as --kebab-case options
         if field.name not in ("name", "subtypes", "crop_scale", "precision", "split"):
             t.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)

@@ -101,12 +101,19 @@ def nearest_real(fake: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.nda
     return index, np.sqrt(np.maximum(squared[np.arange(len(fake)), index], 0.0))
 
 
-def real_neighbour_distance(real: np.ndarray, sources: list[str]) -> float:
-    """Median distance from a real patch to the nearest real patch of ANOTHER image: what 'close' means."""
+def real_neighbour_distance(real: np.ndarray, sources: list[str], block: int = 1024) -> float:
+    """Median distance from a real patch to the nearest real patch of ANOTHER image: what 'close' means.
+
+    Row blocks of the distance matrix: memory is block x N, not N x N (N is tens of thousands).
+    """
     sources = np.asarray(sources)
-    squared = (real ** 2).sum(1)[:, None] + (real ** 2).sum(1)[None] - 2.0 * real @ real.T
-    squared[sources[:, None] == sources[None]] = np.inf
-    nearest = squared.min(1)
+    norms = (real ** 2).sum(1)
+    nearest = np.empty(len(real))
+    for start in range(0, len(real), block):
+        rows = slice(start, start + block)
+        squared = norms[rows, None] + norms[None] - 2.0 * real[rows] @ real.T
+        squared[sources[rows, None] == sources[None]] = np.inf
+        nearest[rows] = squared.min(1)
     finite = nearest[np.isfinite(nearest)]
     return float(np.median(np.sqrt(np.maximum(finite, 0.0)))) if len(finite) else float("nan")
 
@@ -120,11 +127,20 @@ def memorisation(fake_feats, real_feats, real_sources) -> dict:
             "min_ratio": float(distance.min() / scale) if scale and np.isfinite(scale) else None}
 
 
-def _patches(images, config: gan.GanConfig, per_subtype: int, seed: int):
-    """About per_subtype real patches of one subtype's images, drawn like the GAN's training data."""
-    per_image = max(1, -(-per_subtype // len(images)))
-    patches, _, sources = gan.real_patches(images, dataclasses.replace(config, patches_per_image=per_image), seed)
-    return patches[:per_subtype], sources[:per_subtype]
+def _real_sets(sources: list[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two draws of up to n of these patches (positions) for KID, disjoint by source image.
+
+    Source images are shuffled (seeded) and dealt alternately to the two sets, so both span many
+    patients rather than the first few in path order; each set is a seeded sample of its patches.
+    """
+    rng = np.random.default_rng(seed)
+    names = np.asarray(sources)
+    images = rng.permutation(np.unique(names))
+    if len(images) < 2:  # one image: split its patches instead
+        order = rng.permutation(len(names))
+        return order[:len(order) // 2][:n], order[len(order) // 2:][:n]
+    first = np.isin(names, images[0::2])
+    return tuple(rng.permutation(np.flatnonzero(mask))[:n] for mask in (first, ~first))
 
 
 def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list[dict]:
@@ -155,12 +171,12 @@ def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, see
     out = Path(model_dir) / QUALITY_DIR
     for subtype in config.subtypes:
         rows = images[images["subtype"] == subtype]
-        real, _ = _patches(rows, config, n, seed)
-        real_again, _ = _patches(rows, config, n, seed + 1000)
-        fake = gan_io.generate(generator, subtype, n, seed=seed)
         in_pool = np.flatnonzero(pool_labels == SUBTYPES.index(subtype))
-        f_real, f_again, f_fake, f_untrained, f_pool = (features(x) for x in (
-            real, real_again, fake, gan_io.generate(untrained, subtype, n, seed=seed), pool[in_pool]))
+        real, real_again = _real_sets([pool_sources[i] for i in in_pool], n, seed)
+        fake = gan_io.generate(generator, subtype, n, seed=seed)
+        f_fake, f_untrained, f_pool = (features(x) for x in (
+            fake, gan_io.generate(untrained, subtype, n, seed=seed), pool[in_pool]))
+        f_real, f_again = f_pool[real], f_pool[real_again]  # already computed: no second decoding
         scale = np.sqrt(np.mean(f_real ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
         f_real, f_again, f_fake, f_untrained, f_pool = (
             f / scale for f in (f_real, f_again, f_fake, f_untrained, f_pool))
@@ -204,31 +220,12 @@ def _classifier_train_counts(data_dir, split: str, seed: int, magnification: str
     """Per-subtype counts of the classifier's train split, computed exactly as core.train does."""
     from core.breakhis import index_folder
     from core.pipeline import select_magnification
-    from core.splits import make_split
-    from core.train import SPLITS
+    from core.splits import make_split, normalise_protocol
 
     images = select_magnification(index_folder(data_dir).images, magnification)
-    train = make_split(images, protocol=SPLITS[split], seed=seed).query("split == 'train'")
+    train = make_split(images, protocol=normalise_protocol(split), seed=seed).query("split == 'train'")
     counts = train["subtype"].value_counts()
     return {s: int(counts.get(s, 0)) for s in SUBTYPES}, int(counts.max())
-
-
-def _leak_check(card: dict, data, split: str, seed: int, magnification: str) -> str | None:
-    """Why this generator may have seen the classifier's val/test images, or None."""
-    from core.train import SPLITS
-
-    used = card.get("config") or {}
-    source = (card.get("training") or {}).get("data_source")
-    if used.get("split", "none") == "none":
-        return "the generator was trained on all images, including the classifier's val/test images"
-    if source is None or Path(source).resolve() != Path(data).resolve():
-        return f"the generator was trained on {source}, not on {data}, so its split is not this one"
-    if (SPLITS.get(used["split"]), used.get("split_seed"), used.get("magnification", "all")) != (
-            SPLITS[split], seed, magnification):
-        return (f"the generator used split {used['split']} seed {used.get('split_seed')} magnification "
-                f"{used.get('magnification', 'all')}, the classifier {split} seed {seed} "
-                f"magnification {magnification}")
-    return None
 
 
 def _summary(run_dir: Path) -> dict:
@@ -250,7 +247,8 @@ def ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **trai
     out = Path(out)
     _, card = gan_io.load_generator(gan_dir)
     options = {"split": "patient-wise", "seed": 0, "magnification": "all", **train_options}
-    leak = _leak_check(card, data, options["split"], options["seed"], options["magnification"])
+    leak = gan_io.leak_check(gan_io.provenance_of(card), data, options["split"], options["seed"],
+                             options["magnification"], options.get("folds", 0))
     if leak and not allow_leak:
         raise ValueError(f"Refusing the ablation: {leak}. Train the GAN with the classifier's --split/--seed "
                          "(python -m core.gan train --split ...), or pass --allow-gan-leak to run it anyway.")
@@ -263,7 +261,7 @@ def ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **trai
     written = gan_io.fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
     runs = {}
     for balance in ("none", "synthetic"):
-        config = TrainConfig(data=str(data), out=str(out / balance), balance=balance,
+        config = TrainConfig(data=str(data), out=str(out / balance), balance=balance, allow_gan_leak=allow_leak,
                              synthetic_dir=str(out / "synthetic") if balance == "synthetic" else None, **options)
         train(config)
         runs[balance] = _summary(out / balance)

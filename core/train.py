@@ -35,6 +35,7 @@ import tensorflow as tf
 from core.backbones import BACKBONES
 from core.balance import STRATEGIES, apply_strategy
 from core.breakhis import index_folder
+from core.gan_io import check_synthetic_folder
 from core.labels import INPUT_SIZE, SUBTYPES
 from core.model import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
 from core.model_io import save_model_folder
@@ -68,6 +69,7 @@ class TrainConfig:
     balance: str = "none"
     synthetic_dir: str | None = None
     synthetic_subtypes: list[str] | None = None  # which subtypes GAN fill may top up (None: all minority)
+    allow_gan_leak: bool = False  # use GAN images even if their generator may have seen val/test images
     split: str = "patient-wise"
     folds: int = 0  # >= 2: patient-wise k-fold cross-validation, this run trains fold `fold`
     fold: int = 0
@@ -97,6 +99,14 @@ def prepare_data(config: TrainConfig) -> dict:
         split["protocol"] = f"patient-wise {config.folds}-fold CV (fold {config.fold})"
     else:
         split = make_split(images, protocol=SPLITS[config.split], seed=config.seed)
+    if config.balance == "synthetic" and config.synthetic_dir and not config.allow_gan_leak:
+        problems = check_synthetic_folder(config.synthetic_dir, config.data, config.split, config.seed,
+                                          config.magnification, config.folds)
+        if problems:
+            raise ValueError(f"Refusing the GAN images in {config.synthetic_dir}: " + "; ".join(problems)
+                             + ". Train the GAN on this run's training split (python -m core.gan train --split "
+                             "SPLIT --split-seed SEED --magnification MAG on the same --data), or pass "
+                             "--allow-gan-leak (allow_gan_leak=True) to use them anyway.")
     train, subtype_weights = apply_strategy(split[split["split"] == "train"], config.balance,
                                             synthetic_dir=config.synthetic_dir, subtypes=config.synthetic_subtypes,
                                             seed=config.seed)
@@ -396,6 +406,8 @@ def parse_args(argv=None) -> TrainConfig:
     parser.add_argument("--synthetic-dir", help="GAN images for --balance synthetic")
     parser.add_argument("--synthetic-subtypes", nargs="+", choices=SUBTYPES, metavar="SUBTYPE",
                         help="subtypes GAN fill may top up (default: every subtype below the largest)")
+    parser.add_argument("--allow-gan-leak", action="store_true",
+                        help="use --synthetic-dir images even if their generator may have seen val/test images")
     parser.add_argument("--split", default="patient-wise", choices=sorted(SPLITS))
     parser.add_argument("--folds", type=int, default=0, help="patient-wise k-fold CV: number of folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test set (0-based)")

@@ -119,8 +119,8 @@ def test_sample_cli_names_count_and_never_breakhis(tiny_generator, tmp_path, cap
     out = tmp_path / "samples"
     assert gan.main(["sample", "--model", str(tiny_generator), "--subtype", "adenosis", "--n", "7",
                      "--seed", "5", "--out", str(out)]) == 0
-    files = sorted(out.iterdir())
-    assert len(files) == 7
+    files = sorted(out.glob("SYN_*"))
+    assert len(files) == 7 and (out / gan_io.PROVENANCE_FILE).is_file()
     for path in files:
         assert path.name.startswith("SYN_A-gan_tiny-5-")  # "-" separates fields, so it is replaced
         assert parse_synthetic_name(path.name) == "adenosis"
@@ -159,3 +159,59 @@ def test_generator_folder_is_verified(tiny_generator, tmp_path):
     (copy / "card.json").write_text(json.dumps({**card, "kind": "classifier"}))
     with pytest.raises(gan_io.GeneratorFolderError, match="not a GAN generator"):
         gan_io.load_generator(copy)
+    reordered = {**card["labels"], "subtypes": card["labels"]["subtypes"][::-1]}
+    (copy / "card.json").write_text(json.dumps({**card, "labels": reordered}))
+    shutil.copy(tiny_generator / "model.keras", copy / "model.keras")
+    with pytest.raises(gan_io.GeneratorFolderError, match="different label order"):
+        gan_io.load_generator(copy)  # the subtype embedding is indexed by the label order
+
+
+def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_path):
+    card = json.loads((tiny_generator / "card.json").read_text())
+    gan_io.write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
+    gan_io.write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
+    recorded = gan_io.read_provenance(tmp_path / "out")
+    assert list(recorded) == ["gan_tiny"]  # keyed by the name as it appears in the file names
+    record = recorded["gan_tiny"]
+    assert record["generator"] == "gan-tiny"
+    assert record["sha256"] == card["sha256"] and record["split"] == "patient-wise"
+    assert record["split_seed"] == 0 and record["magnification"] == "all"
+    assert record["data_source"] == card["training"]["data_source"]
+    impostor = json.loads((tmp_path / "out" / gan_io.PROVENANCE_FILE).read_text())
+    impostor["generators"]["gan_tiny"]["sha256"] = "0" * 64  # another model under the same name
+    (tmp_path / "out" / gan_io.PROVENANCE_FILE).write_text(json.dumps(impostor))
+    with pytest.raises(ValueError, match="another generator named"):
+        gan_io.write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
+
+
+def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path, monkeypatch):
+    import core.images
+
+    original = core.images.load_image
+
+    def unreadable_adenosis(path, *args, **kwargs):
+        if "SOB_B_A-" in str(path):
+            raise core.images.ImageError(f"{path}: cannot decode")
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(core.images, "load_image", unreadable_adenosis)
+    config = gan.GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
+    with pytest.raises(ValueError, match=r"No readable training images for subtypes \['adenosis'\]"):
+        gan.train(config, synthetic_breakhis, tmp_path / "run")
+
+
+def test_the_default_split_keeps_val_and_test_images_out(synthetic_breakhis):
+    assert gan.GanConfig().split == "patient-wise"
+    everything = gan.training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR, split="none"))
+    assert len(gan.training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR))) < len(everything)
+
+
+def test_bulk_patches_skip_the_histology_check(synthetic_breakhis, monkeypatch):
+    import core.images
+
+    calls = []
+    original = core.images.load_image
+    monkeypatch.setattr(core.images, "load_image", lambda *a, **k: calls.append(k) or original(*a, **k))
+    config = gan.GanConfig(subtypes=("adenosis",), **TINY)
+    gan.real_patches(gan.training_images(synthetic_breakhis, config).head(2), config)
+    assert calls == [{"check_histology": False}] * 2

@@ -76,11 +76,44 @@ def test_memorisation_finds_an_exact_copy_at_distance_zero(synthetic_breakhis, f
     assert np.delete(result["distance"], 4).min() > 0.05 * result["real_to_real_median"]
 
 
+def _old_real_neighbour_distance(real, sources):
+    """The full N x N formula that real_neighbour_distance computes in row blocks."""
+    sources = np.asarray(sources)
+    squared = (real ** 2).sum(1)[:, None] + (real ** 2).sum(1)[None] - 2.0 * real @ real.T
+    squared[sources[:, None] == sources[None]] = np.inf
+    nearest = squared.min(1)
+    finite = nearest[np.isfinite(nearest)]
+    return float(np.median(np.sqrt(np.maximum(finite, 0.0))))
+
+
+def test_real_neighbour_distance_in_blocks_equals_the_full_matrix():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(53, 7))
+    sources = [f"image{i // 4}" for i in range(53)]
+    expected = _old_real_neighbour_distance(real, sources)
+    for block in (1, 5, 16, 1024):
+        assert gan_quality.real_neighbour_distance(real, sources, block=block) == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(gan_quality.real_neighbour_distance(real[:3], ["one"] * 3))  # no other image to compare
+
+
+def test_kid_real_sets_are_seeded_and_disjoint_by_source_image():
+    sources = [f"image{i % 10}" for i in range(200)]  # path order would give the first images only
+    first, second = gan_quality._real_sets(sources, 40, seed=1)
+    assert len(first) == len(second) == 40
+    assert not {sources[i] for i in first} & {sources[i] for i in second}
+    assert len({sources[i] for i in first}) == 5  # every image of its half, not the first few
+    again = gan_quality._real_sets(sources, 40, seed=1)
+    assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
+    one, other = gan_quality._real_sets(["only"] * 6, 40, seed=0)  # one image: its patches are split
+    assert len(one) == len(other) == 3 and not set(one) & set(other)
+
+
 def test_evaluate_generator_reports_counts_pairs_and_keeps_the_folder_valid(split_generator, imbalanced, features):
     report = gan_quality.evaluate_generator(split_generator, imbalanced, features, n=12, pairs=2)
     assert set(report["subtypes"]) == set(PAIR)
     for subtype, row in report["subtypes"].items():
-        assert row["n_real"] == 12 and row["n_synthetic"] == 12
+        # Real sets come from the generator's own patch pool (images x patches_per_image), up to n.
+        assert 2 <= row["n_real"] <= 12 and row["n_synthetic"] == 12
         assert row["fid"] is None  # 12 images cannot support a 128-d covariance
         assert row["kid_untrained_generator"] is not None and np.isfinite(row["kid"])
         assert len(report["pairs"][subtype]) == 2
@@ -109,6 +142,44 @@ def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imba
     assert code == 2  # a different split seed than the generator's is refused as well
 
 
+def test_training_refuses_gan_images_that_may_have_seen_test_images(split_generator, imbalanced, tmp_path):
+    import shutil
+
+    from core.train import TrainConfig, prepare_data
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(split_generator, leaky)
+    card = json.loads((leaky / "card.json").read_text())
+    card["config"]["split"] = "none"  # as if trained on every image, test images included
+    (leaky / "card.json").write_text(json.dumps(card))
+    gan_io.write_samples(leaky, "adenosis", 3, tmp_path / "leaky-images")
+    options = dict(data=str(imbalanced), out=str(tmp_path / "run"), balance="synthetic")
+    with pytest.raises(ValueError, match="trained on all images.*--allow-gan-leak"):
+        prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images")))
+    allowed = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images"), allow_gan_leak=True))
+    assert allowed["train"]["synthetic"].astype(bool).sum() > 0
+
+    gan_io.write_samples(split_generator, "adenosis", 3, tmp_path / "matching")
+    matching = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "matching")))
+    assert matching["train"]["synthetic"].astype(bool).sum() > 0  # same data, protocol, seed, magnification
+    for mismatch, message in ((dict(seed=2), "seed 0"), (dict(folds=3), "3-fold"),
+                              (dict(magnification="40X"), "magnification all")):
+        with pytest.raises(ValueError, match=message):
+            prepare_data(TrainConfig(**{**options, **mismatch}, synthetic_dir=str(tmp_path / "matching")))
+
+    (tmp_path / "matching" / gan_io.PROVENANCE_FILE).unlink()  # SYN_ images of unknown origin
+    with pytest.raises(ValueError, match="no provenance.json"):
+        prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "matching")))
+
+
+def test_leak_check_accepts_every_spelling_of_the_same_protocol(imbalanced):
+    record = {"split": "patient", "split_seed": 0, "magnification": "all", "data_source": str(imbalanced)}
+    for spelling in ("patient-wise", "patient"):
+        assert gan_io.leak_check(record, imbalanced, spelling, 0, "all") is None
+    assert "split patient" in gan_io.leak_check(record, imbalanced, "image-level", 0, "all")
+    assert "not on" in gan_io.leak_check({**record, "data_source": "elsewhere"}, imbalanced, "patient", 0, "all")
+
+
 def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced, tmp_path):
     counts, target = gan_quality._classifier_train_counts(imbalanced, "patient-wise", 0, "all")
     smallest = min(PAIR, key=counts.get)
@@ -130,6 +201,6 @@ def test_evaluate_cli_prints_the_table_and_refuses_a_non_generator(split_generat
     args = ["evaluate", "--data", str(imbalanced), "--features", "backbone:small_cnn", "--n", "6"]
     assert gan_quality.main(args + ["--model", str(split_generator)]) == 0
     out = capsys.readouterr().out
-    assert "adenosis" in out and "6/6" in out
+    assert "adenosis" in out and "/6 " in out  # n real (at most the pool allows) / 6 synthetic
     assert gan_quality.main(args + ["--model", str(tmp_path)]) == 2
     assert "not a generator folder" in capsys.readouterr().err

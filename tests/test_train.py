@@ -175,7 +175,7 @@ def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_pat
             path.unlink()
     run = tmp_path / "gan-fill"
     train(dict(data=str(data), out=str(run), mode="fast", balance="synthetic",
-               synthetic_dir=str(gan_dir), synthetic_subtypes=["adenosis"], evaluate=False,
+               synthetic_dir=str(gan_dir), synthetic_subtypes=["adenosis"], evaluate=False, allow_gan_leak=True,
                echo_stdout=False, **dict(TINY, epochs=1)))
     card = json.loads((run / "model" / "card.json").read_text())
     assert set(card["training"]["synthetic_by_subtype"]) == {"adenosis"}
