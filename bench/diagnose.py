@@ -129,8 +129,9 @@ def main(argv=None) -> int:
         "tf_keras_vis_route_ratio": round(statistics.median(reference) / forward_median, 3) if reference else None,
         "repeats": args.repeats, "warmup": args.warmup, "image": image.name,
         "image_size": list(load_image(image).rgb.shape[:2]), "model": model_description,
-        "diagnosis": "load_image -> one compiled pass: stage 1 + stage 2 probabilities and both Grad-CAMs "
-                     "(one forward, one tape) -> heatmaps resized to the original image",
+        "diagnosis": "load_image -> core.explain.diagnose -> explain_stages (the app's heat-map path): one "
+                     "compiled pass, stage 1 + stage 2 probabilities and both Grad-CAMs (one forward, one "
+                     "tape) -> heatmaps resized to the original image",
         "device": f"GPU: {gpus[0].name}" if gpus else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -101,13 +102,20 @@ def _load_predictor(folder: str, stamp: float) -> Predictor:
 
 def _warm_up(predictor: Predictor) -> None:
     """Trace the prediction and Grad-CAM graphs now, behind the loading spinner, so the first
-    upload is as fast as the next ones (DenseNet121 on CPU: ~10 s of tracing otherwise)."""
-    from core.explain import explain
+    upload is as fast as the next ones (DenseNet121 on CPU: ~10 s of tracing otherwise).
+
+    The Grad-CAM part is best effort: a model that predicts but cannot be explained must still
+    give predictions (the page then says why the heat maps are missing).
+    """
+    from core.explain import explain_stages
 
     blank = np.full((predictor.input_size, predictor.input_size, 3), 200, np.uint8)
     prediction = predictor.predict([blank])[0]
-    explain(predictor, blank, stage="stage1", method="gradcam", target=prediction.label)
-    explain(predictor, blank, stage="stage2", method="gradcam", target=prediction.subtype)
+    try:
+        explain_stages(predictor, blank, "gradcam", prediction.label, prediction.subtype)
+    except Exception as problem:  # noqa: BLE001 - explained again (with a message) on first use
+        logging.getLogger(__name__).warning("Grad-CAM warm-up failed for %s: %s: %s", predictor.name,
+                                            type(problem).__name__, problem)
 
 
 def get_predictor(folder: str) -> Predictor:
@@ -211,16 +219,33 @@ def diagnose(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
 
     `magnification` is the user's choice for images whose names carry none.
     """
+    results, outputs = classify(predictor, items, tta)
+    return interpret(predictor, results, outputs, tta, refer_threshold, magnification)
+
+
+def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False) -> tuple[list, dict]:
+    """The expensive part of `diagnose`: read every item, run the model once on the readable ones.
+
+    Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}).
+    """
     results = [read_item(name, data) for name, data in items]
+    readable = [r for r in results if r.image is not None]
+    return results, predictor.probabilities([r.image.rgb for r in readable], tta=tta)
+
+
+def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta: bool = False,
+              refer_threshold: float = 0.7, magnification: str = NOT_STATED) -> list[ImageResult]:
+    """The cheap part of `diagnose`: model outputs -> predictions, refer flags, magnifications.
+
+    Works on copies, so the same `classify` output can be interpreted again with other settings.
+    """
+    results = [dataclasses.replace(r, notes=list(r.notes), warnings=list(r.warnings)) for r in read]
     readable = [r for r in results if r.image is not None]
     for result in readable:
         if result.magnification_source != "file name" and magnification != NOT_STATED:
             result.magnification, result.magnification_source = magnification, "chosen by user"
-    if readable:
-        predictions = predictor.predict([r.image.rgb for r in readable], tta=tta,
-                                        refer_threshold=refer_threshold)
-        for result, prediction in zip(readable, predictions):
-            result.prediction = prediction
+    for result, prediction in zip(readable, predictor.interpret(outputs, refer_threshold, tta)):
+        result.prediction = prediction
     trained_at = describe_model(predictor.card)["magnification"]
     for result in readable:
         if trained_at not in (None, "all") and result.magnification not in (NOT_STATED, trained_at):
@@ -261,18 +286,22 @@ def explanations(predictor: Predictor, result: ImageResult, method: str) -> tupl
     what the page says. Remembered in this session only (not st.cache_data), so one user's
     images are never kept for another.
     """
-    from core.explain import explain
+    from core.explain import explain_stages
 
     p = result.prediction
     cache = st.session_state.setdefault(_CAM_CACHE_KEY, {})
-    key = (id(predictor), result.digest, method, p.label, p.subtype)
+    key = (model_identity(predictor), result.digest, method, p.label, p.subtype)
     if key not in cache:
         if len(cache) >= _CAM_CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        rgb = result.image.rgb
-        cache[key] = (explain(predictor, rgb, stage="stage1", method=method, target=p.label),
-                      explain(predictor, rgb, stage="stage2", method=method, target=p.subtype))
+        cache[key] = explain_stages(predictor, result.image.rgb, method, p.label, p.subtype)
     return cache[key]
+
+
+def model_identity(predictor: Predictor) -> tuple[str, str]:
+    """(model folder, card sha256): stable across reloads, unlike id(), which Python reuses."""
+    folder = str(predictor.folder.resolve()) if predictor.folder else f"in-memory model {id(predictor)}"
+    return folder, str(predictor.card.get("sha256", ""))
 
 
 # ---------------------------------------------------------------- session glue
@@ -349,18 +378,23 @@ def require_predictor() -> Predictor:
 
 
 def diagnose_in_session(predictor: Predictor, items: list[tuple[str, bytes]], **options) -> list[ImageResult]:
-    """`diagnose`, remembered for this session until the inputs or settings change.
+    """`diagnose`, with the model outputs remembered for this session.
 
-    Moving the opacity slider reruns the page; this keeps that from re-running the model.
+    Only the model run is cached (keyed by model, items and TTA); the refer threshold and the
+    magnification are applied on every run, so moving those controls never re-runs the model.
     """
-    key = (id(predictor), tuple((n, hashlib.sha256(d).hexdigest()) for n, d in items),
-           tuple(sorted(options.items())))
-    cached = st.session_state.get("_diagnosis")
+    tta = bool(options.pop("tta", False))
+    key = (model_identity(predictor), tuple((n, hashlib.sha256(d).hexdigest()) for n, d in items), tta)
+    cached = st.session_state.get("_model_outputs")
     if cached is None or cached[0] != key:
-        cached = (key, diagnose(predictor, items, **options))
-        st.session_state["_diagnosis"] = cached
+        cached = (key, *classify(predictor, items, tta))
+        st.session_state["_model_outputs"] = cached
+    results = interpret(predictor, cached[1], cached[2], tta, **options)
+    settings = (key, tuple(sorted(options.items())))
+    if st.session_state.get("_diagnosis_settings") != settings:  # a prepared report is now stale
+        st.session_state["_diagnosis_settings"] = settings
         st.session_state.pop("_report", None)
-    return cached[1]
+    return results
 
 
 _SHOWN_UPLOADS, _EARLIER_UPLOADS = "_shown_uploads", "_earlier_uploads"

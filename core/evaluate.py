@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
-import json
 import math
 import os
 import sys
@@ -24,8 +23,8 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from core.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS, pretty
-from core.model_io import ModelFolderError, update_card
-from core.predict import Predictor
+from core.model_io import ModelFolderError, update_card, write_json_atomic
+from core.predict import Predictor, case_decision
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
 PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
@@ -68,7 +67,7 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32
         chunk, images = [], []
         for row in rows.iloc[start:start + batch_size].itertuples(index=False):
             try:
-                images.append(load_image(row.path).rgb)
+                images.append(load_image(row.path, check_histology=False).rgb)
                 chunk.append(row._asdict())
             except (ImageError, OSError):
                 unreadable.append(row.path)
@@ -165,9 +164,11 @@ def patient_table(table: pd.DataFrame) -> pd.DataFrame:
     cases["label"] = grouped["label"].first().to_numpy()
     cases["protocol"] = grouped["protocol"].first().to_numpy()
     cases["n_images"] = grouped.size().to_numpy()
-    cases["pred_label"] = np.asarray(CLASSES)[cases[_columns("p", CLASSES)].to_numpy().argmax(axis=1)]
-    cases["pred_subtype"] = [max(SUBTYPES_BY_CLASS[c], key=lambda s: row[f"p_{s}"])
-                             for c, (_, row) in zip(cases["pred_label"], cases.iterrows())]
+    # The app's case rule (core.predict.case_decision), on p(class) and p(subtype | class).
+    decisions = [case_decision(zip(rows[_columns("p", CLASSES)].to_numpy(), rows[_columns("w", SUBTYPES)].to_numpy()))
+                 for _, rows in grouped]
+    cases["pred_label"] = [d.label for d in decisions]
+    cases["pred_subtype"] = [d.subtype for d in decisions]
     return cases
 
 
@@ -343,7 +344,7 @@ def write_report(results: dict, path: Path) -> None:
 
 
 def write_outputs(run_dir: Path, results: dict) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(run_dir / "metrics.json", results)
     update_card(run_dir / "model", metrics=without_curves(results))
     write_report(results, run_dir / "report.html")
 

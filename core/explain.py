@@ -223,24 +223,75 @@ def explain(predictor: Predictor, rgb: np.ndarray, stage: str = "stage1", method
     return Explanation(heatmap, label if stage == "stage1" else subtype, stage, method, note)
 
 
+def explain_stages(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam",
+                   label: str | None = None, subtype: str | None = None) -> tuple[Explanation, Explanation]:
+    """(stage-1, stage-2) maps of `label` and `subtype` (default: the predicted ones).
+
+    This is what the app shows per image. For Grad-CAM it is ONE compiled pass with both targets
+    (the pass computes both stages' maps anyway); the other methods run once per stage.
+    """
+    return _explain_stages(predictor, rgb, method, label, subtype)[1]
+
+
+def _explain_stages(predictor, rgb, method, label, subtype, refer_threshold=DEFAULT_REFER_THRESHOLD):
+    """(Prediction or None, (stage-1, stage-2) Explanations); the prediction comes free with Grad-CAM."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if label is not None and label not in CLASSES:
+        raise ValueError(f"Stage-1 target must be one of {CLASSES}, not {label!r}")
+    if subtype is not None and subtype not in CLASS_OF_SUBTYPE:
+        raise ValueError(f"Stage-2 target must be one of {SUBTYPES}, not {subtype!r}")
+    if label is not None and subtype is not None and CLASS_OF_SUBTYPE[subtype] != label:
+        raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
+    explainer = _explainer(predictor)
+    seed = predictor.model_input([rgb])
+    size = rgb.shape[:2]
+    if method == "gradcam":
+        if label is None and subtype is not None:
+            label = CLASS_OF_SUBTYPE[subtype]
+        class_target = CLASSES.index(label) if label is not None else -1
+        subtype_target = SUBTYPES_BY_CLASS[label].index(subtype) if subtype is not None else -1
+        with predictor.lock:
+            probabilities, chosen_class, chosen_subtype, cam1, cam2 = explainer.gradcam_pass(
+                tf.constant(seed), tf.constant(class_target), tf.constant(subtype_target))
+        prediction = predictor.interpret({k: v.numpy() for k, v in probabilities.items()}, refer_threshold)[0]
+        chosen_label = CLASSES[int(chosen_class)]
+        names = (chosen_label, SUBTYPES_BY_CLASS[chosen_label][int(chosen_subtype)])
+        maps = tuple(_explanation(cam, size, name, stage, method)
+                     for cam, name, stage in zip((cam1, cam2), names, STAGES))
+        return prediction, maps
+    prediction = None
+    if label is None or subtype is None:
+        prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
+        label = label or prediction.label
+        if subtype is None:
+            within = prediction.stage2 if label == prediction.label else prediction.other_stage2
+            subtype = max(within, key=within.get)
+    maps = []
+    for stage in STAGES:
+        with predictor.lock:
+            cam = _tf_keras_vis_cam(explainer, seed, stage, method, label, subtype)
+        maps.append(_explanation(cam, size, label if stage == "stage1" else subtype, stage, method))
+    return prediction, tuple(maps)
+
+
+def _explanation(cam, size, target: str, stage: str, method: str) -> Explanation:
+    heatmap, note = to_heatmap(cam, size)
+    return Explanation(heatmap, target, stage, method, note)
+
+
 def diagnose(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam",
              refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> Diagnosis:
-    """Prediction plus both stages' maps. With Grad-CAM this is ONE forward pass in total."""
-    if method != "gradcam":
+    """Prediction plus both stages' maps, through `explain_stages` (the app's path).
+
+    With Grad-CAM this is ONE forward pass in total: the prediction comes from the same pass.
+    """
+    if method == "gradcam":
+        prediction, maps = _explain_stages(predictor, rgb, method, None, None, refer_threshold)
+    else:
         prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
-        return Diagnosis(prediction, {stage: explain(predictor, rgb, stage, method,
-                                                     prediction.label if stage == "stage1" else prediction.subtype)
-                                      for stage in STAGES})
-    explainer = _explainer(predictor)
-    seed = tf.constant(predictor.model_input([rgb]))
-    with predictor.lock:
-        probabilities, _, _, cam1, cam2 = explainer.gradcam_pass(seed, tf.constant(-1), tf.constant(-1))
-    prediction = predictor.interpret({k: v.numpy() for k, v in probabilities.items()}, refer_threshold)[0]
-    explanations = {}
-    for stage, cam, name in (("stage1", cam1, prediction.label), ("stage2", cam2, prediction.subtype)):
-        heatmap, note = to_heatmap(cam, rgb.shape[:2])
-        explanations[stage] = Explanation(heatmap, name, stage, method, note)
-    return Diagnosis(prediction, explanations)
+        maps = explain_stages(predictor, rgb, method, prediction.label, prediction.subtype)
+    return Diagnosis(prediction, dict(zip(STAGES, maps)))
 
 
 def _turbo_lut() -> np.ndarray:

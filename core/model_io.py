@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from core.backbones import get_backbone  # Importing core.backbones registers PixelNormalization.
 from core.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
-from core.model import output_sizes
+from core.model import cam_layer, output_sizes
 from core.preprocess import DESCRIPTION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,8 +56,9 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write then rename, so a reader (the app) never sees half a card."""
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write then rename, so a reader (the app) never sees half a card or metrics file."""
+    path = Path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
         temporary = handle.name
@@ -111,7 +112,7 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict)
         "sha256": checksum,
         "versions": _versions(),
     }
-    _write_json_atomic(folder / CARD_FILE, full_card)
+    write_json_atomic(folder / CARD_FILE, full_card)
     return folder
 
 
@@ -174,6 +175,22 @@ def _check_model_matches_card(model: keras.Model, card: dict, folder: Path) -> N
     if int(model.input_shape[1]) != int(card["input_size"]):
         raise ModelFolderError(f"{folder}: the model input {model.input_shape[1:3]} does not match "
                                f"the card's input_size {card['input_size']}")
+    _check_explainable(model, card, folder)
+
+
+def _check_explainable(model: keras.Model, card: dict, folder: Path) -> None:
+    """The app draws Grad-CAM from the backbone's CAM layer: refuse a model that lacks it now,
+    with a message, rather than crash on the first heat map."""
+    try:
+        get_backbone(card["backbone"])
+    except ValueError as error:
+        raise ModelFolderError(f"{folder}: the card's backbone is not usable ({error})") from None
+    layer = cam_layer(card["backbone"])
+    try:
+        model.get_layer(layer)
+    except ValueError:
+        raise ModelFolderError(f"{folder}: the model has no layer {layer!r}, which Grad-CAM needs for a "
+                               f"{card['backbone']} backbone; the card's backbone may be wrong") from None
 
 
 def update_card(folder: str | os.PathLike, **fields) -> dict:
@@ -185,7 +202,7 @@ def update_card(folder: str | os.PathLike, **fields) -> dict:
     card = read_card(folder)
     verify_checksum(folder, card)
     card.update(fields)
-    _write_json_atomic(Path(folder) / CARD_FILE, card)
+    write_json_atomic(Path(folder) / CARD_FILE, card)
     return card
 
 

@@ -67,6 +67,48 @@ class Prediction:
                 f"confidence {self.confidence:.2f} | {flag}")
 
 
+@dataclasses.dataclass
+class CaseDecision:
+    """One case's call from several images (see `case_decision`)."""
+
+    label: str
+    subtype: str
+    p_class: dict[str, float]  # mean p(class) over the images
+    p_subtype: dict[str, float]  # mean p(subtype | label) over the images, subtypes of `label`
+
+    @property
+    def confidence(self) -> float:
+        return self.p_class[self.label] * self.p_subtype[self.subtype]
+
+
+def case_decision(members) -> CaseDecision:
+    """THE case-level rule (app case table and patient-level evaluation both use it).
+
+    Mean stage-1 probability over the images -> class; then subtype = argmax of the mean
+    p(subtype | class) within that class, i.e. the same stage 1 -> stage 2 hierarchy as one
+    image. members: Predictions, or (p(class) in CLASSES order, p(subtype | its class) in
+    SUBTYPES order) pairs of arrays.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("case_decision needs at least one image")
+    stage1, within = [], []
+    for member in members:
+        if isinstance(member, Prediction):
+            both = {**member.stage2, **member.other_stage2}
+            stage1.append([member.stage1[c] for c in CLASSES])
+            within.append([both[s] for s in SUBTYPES])
+        else:
+            class_p, subtype_p = member
+            stage1.append(np.asarray(class_p, float).reshape(len(CLASSES)))
+            within.append(np.asarray(subtype_p, float).reshape(len(SUBTYPES)))
+    mean_class = dict(zip(CLASSES, map(float, np.mean(stage1, axis=0))))
+    mean_within = dict(zip(SUBTYPES, map(float, np.mean(within, axis=0))))
+    label = max(CLASSES, key=mean_class.get)
+    p_subtype = {s: mean_within[s] for s in SUBTYPES_BY_CLASS[label]}
+    return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
+
+
 def _dihedral_views(images):
     """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image."""
     mirrored = tf.reverse(images, axis=[2])

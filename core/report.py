@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from core.labels import CLASSES, SUBTYPES_BY_CLASS, pretty
+from core.labels import pretty
+from core.predict import case_decision
 
 PAGE = (1240, 1754)  # A4 at 150 dpi
 MARGIN = 70
@@ -56,7 +57,7 @@ def results_table(results: list, badge: str) -> pd.DataFrame:
 
 
 def case_calls(results: list, refer_threshold: float = 0.7) -> pd.DataFrame:
-    """One call per case: mean stage-1 probability, then the mean subtype within that class.
+    """One call per case by core.predict.case_decision (the rule patient-level evaluation uses).
 
     Images whose names carry no case id are pooled as one uploaded case.
     """
@@ -66,13 +67,10 @@ def case_calls(results: list, refer_threshold: float = 0.7) -> pd.DataFrame:
             groups.setdefault(r.case or "uploaded images (no case id in names)", []).append(r)
     rows = []
     for case, members in groups.items():
-        p_class = {c: sum(float(m.prediction.stage1[c]) for m in members) / len(members) for c in CLASSES}
-        label = max(p_class, key=p_class.get)
-        p_subtype = {s: sum(float(_branch(m, label)[s]) for m in members) / len(members)
-                     for s in SUBTYPES_BY_CLASS[label]}
-        subtype = max(p_subtype, key=p_subtype.get)
+        decision = case_decision([m.prediction for m in members])
+        label, subtype, p_class, p_subtype = decision.label, decision.subtype, decision.p_class, decision.p_subtype
         agreeing = sum(m.prediction.label == label for m in members)
-        confidence = p_class[label] * p_subtype[subtype]
+        confidence = decision.confidence
         reasons = []
         if confidence < refer_threshold:
             reasons.append(f"case confidence {confidence:.2f} below {refer_threshold:.2f}")
@@ -87,12 +85,6 @@ def case_calls(results: list, refer_threshold: float = 0.7) -> pd.DataFrame:
             "refer for review": "YES" if reasons else "no", "reasons": "; ".join(reasons),
         })
     return pd.DataFrame(rows)
-
-
-def _branch(result, label: str) -> dict:
-    """Stage-2 probabilities of class `label`'s branch, chosen or not."""
-    p = result.prediction
-    return p.stage2 if p.label == label else p.other_stage2
 
 
 def results_csv(table: pd.DataFrame) -> bytes:

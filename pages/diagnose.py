@@ -129,6 +129,7 @@ if analysed:
     with right:
         fmt = st.radio("Report format", ["pdf", "png"], horizontal=True, key="report_format",
                        format_func=str.upper)
+        controls = (fmt, method, opacity)  # what the report is drawn with
         if st.button("Prepare report", key="prepare_report"):
             with st.spinner("Drawing the report..."):
                 overlays = {}
@@ -136,9 +137,16 @@ if analysed:
                     maps = heat_maps(result)
                     if maps:
                         overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, opacity) for m in maps)
-                if len(overlays) == len(analysed):
-                    st.session_state["_report"] = (fmt, report.build_report(results, overlays, cases, model, fmt))
+                missing = [r.name for r in analysed if r.digest not in overlays]
+                if missing:
+                    st.session_state.pop("_report", None)
+                    st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
+                             icon=":material/block:")
+                else:
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, fmt))
         prepared = st.session_state.get("_report")
-        if prepared:
-            st.download_button(f"Report ({prepared[0].upper()})", prepared[1], f"breakhis_report.{prepared[0]}",
-                               "application/pdf" if prepared[0] == "pdf" else "image/png", key="download_report")
+        if prepared and prepared[0] == controls:
+            st.download_button(f"Report ({fmt.upper()})", prepared[1], f"breakhis_report.{fmt}",
+                               "application/pdf" if fmt == "pdf" else "image/png", key="download_report")
+        elif prepared:
+            st.caption("The format, heat-map method or opacity changed: prepare the report again.")

@@ -35,7 +35,15 @@ def beside_model(name: str) -> Path | None:
 
 
 metrics_file, history_file = beside_model("metrics.json"), beside_model("history.csv")
-metrics = json.loads(metrics_file.read_text()) if metrics_file else card.get("metrics") or {}
+metrics = None
+if metrics_file:
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as problem:
+        st.warning(f"{metrics_file} could not be read ({type(problem).__name__}: {problem}); showing the "
+                   "metrics stored in the model card instead.")
+if not isinstance(metrics, dict):
+    metrics = card.get("metrics") or {}
 
 st.subheader("Model card")
 left, right = st.columns(2)

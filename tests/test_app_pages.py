@@ -139,6 +139,11 @@ def test_diagnosing_a_bundled_sample(app):
     assert not app.exception
     assert app.download_button(key="download_report").label == "Report (PDF)"
     assert app.download_button(key="download_csv").label == "Results (CSV)"
+    app.slider(key="opacity").set_value(0.8).run()  # the prepared report no longer matches the page
+    assert "download_report" not in [b.key for b in app.get("download_button")]
+    assert "prepare the report again" in texts(app.caption)
+    app.slider(key="opacity").set_value(0.45).run()
+    assert app.download_button(key="download_report").label == "Report (PDF)"
 
 
 def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app, samples_dir):
@@ -217,6 +222,21 @@ def test_performance_of_an_evaluated_model_shows_metrics_with_their_protocol(app
     [comparison] = tables(app, "protocol kind")
     ours = comparison[comparison["source"] == "this app (active model)"]
     assert len(ours) >= 4 and set(ours["protocol kind"]) == {"patient-wise"}
+
+
+def test_a_corrupt_metrics_file_gets_a_warning_and_the_card_metrics(app, environment):
+    metrics = environment["evaluated"].parent / "metrics.json"
+    good = metrics.read_text()
+    try:
+        metrics.write_text(good[: len(good) // 2])  # e.g. a half-written file
+        app.selectbox(key="model_picker").set_value(str(environment["evaluated"])).run()
+        app.switch_page("pages/performance.py").run()
+        assert not app.exception
+        assert "could not be read" in texts(app.warning)
+        [table] = tables(app, "what")  # still shown, from the model card
+        assert table["what"].iloc[0] == "Stage 1: benign vs malignant"
+    finally:
+        metrics.write_text(good)
 
 
 def test_retrain_page_says_where_training_runs(app):

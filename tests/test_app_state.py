@@ -134,3 +134,56 @@ def test_report_pdf_and_png_have_one_page_per_image_plus_a_summary(predictor, sa
     table = report.results_table(results, app_state.model_badge(predictor.card))
     csv = pd.read_csv(io.BytesIO(report.results_csv(table)))
     assert len(csv) == 3 and csv["error"].notna().sum() == 1
+
+
+def test_app_heat_maps_take_one_gradcam_pass_and_match_per_stage_maps(predictor, sample_items, monkeypatch):
+    from core import explain as ex
+
+    result = app_state.diagnose(predictor, sample_items[1:2])[0]
+    explainer = ex._explainer(predictor)
+    calls, original = [], explainer.gradcam_pass
+    monkeypatch.setattr(explainer, "gradcam_pass", lambda *args: calls.append(args) or original(*args))
+    monkeypatch.setattr(app_state.st, "session_state", {})
+    stage1, stage2 = app_state.explanations(predictor, result, "gradcam")
+    assert len(calls) == 1
+    app_state.explanations(predictor, result, "gradcam")
+    assert len(calls) == 1  # remembered in the session
+    p, rgb = result.prediction, result.image.rgb
+    np.testing.assert_allclose(stage1.heatmap, ex.explain(predictor, rgb, "stage1", "gradcam", p.label).heatmap,
+                               atol=1e-5)
+    np.testing.assert_allclose(stage2.heatmap, ex.explain(predictor, rgb, "stage2", "gradcam", p.subtype).heatmap,
+                               atol=1e-5)
+
+
+def test_moving_the_threshold_or_magnification_does_not_rerun_the_model(predictor, sample_items, monkeypatch):
+    monkeypatch.setattr(app_state.st, "session_state", {})
+    runs, original = [], predictor.probabilities
+    monkeypatch.setattr(predictor, "probabilities", lambda *a, **k: runs.append(a) or original(*a, **k))
+    items = sample_items[:1] + [("field.png", png_bytes(tissue_like()))]
+    strict = app_state.diagnose_in_session(predictor, items, tta=False, refer_threshold=0.99,
+                                           magnification="not stated")
+    lenient = app_state.diagnose_in_session(predictor, items, tta=False, refer_threshold=0.0,
+                                            magnification="200X")
+    assert len(runs) == 1
+    assert all(any("uncertain" in reason for reason in r.refer_reasons) for r in strict)
+    assert not any("uncertain" in reason for r in lenient for reason in r.refer_reasons)
+    assert (strict[1].magnification, lenient[1].magnification) == ("not stated", "200X")
+    assert strict[0].prediction.stage1 == lenient[0].prediction.stage1
+    app_state.diagnose_in_session(predictor, items, tta=True, refer_threshold=0.0, magnification="200X")
+    assert len(runs) == 2  # TTA changes the model run
+
+
+def test_model_identity_is_the_folder_and_card_checksum(predictor):
+    folder, sha = app_state.model_identity(predictor)
+    assert folder == str(predictor.folder.resolve()) and sha == predictor.card["sha256"] and len(sha) == 64
+
+
+def test_a_failing_heat_map_warm_up_does_not_stop_predictions(predictor, monkeypatch):
+    from core import explain as ex
+
+    def broken(*args, **kwargs):
+        raise ValueError("no CAM layer")
+
+    monkeypatch.setattr(ex, "explain_stages", broken)
+    app_state._warm_up(predictor)  # logs, does not raise
+    assert app_state.diagnose(predictor, [("field.png", png_bytes(tissue_like()))])[0].ok

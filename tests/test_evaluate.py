@@ -160,9 +160,43 @@ def test_patient_level_averages_probabilities_per_case():
         return {"case": case, "subtype": subtype, "label": "malignant", "protocol": PATIENT,
                 "pred_label": "malignant" if p_malignant >= 0.5 else "benign",
                 "pred_subtype": subtype if p_malignant >= 0.5 else "adenosis",
-                "p_benign": 1 - p_malignant, "p_malignant": p_malignant, **joint}
+                "p_benign": 1 - p_malignant, "p_malignant": p_malignant, **joint,
+                **{f"w_{s}": 1.0 if s in (subtype, "adenosis") else 0.0 for s in SUBTYPES}}
     cases = patient_table(pd.DataFrame([row("a", 0.9), row("a", 0.4), row("b", 0.3), row("b", 0.45)]))
     assert cases["pred_label"].tolist() == ["malignant", "benign"]  # means 0.65 and 0.375
     assert cases["pred_subtype"].tolist() == ["ductal_carcinoma", "adenosis"]
     assert cases["n_images"].tolist() == [2, 2] and cases["correct_stage1"].tolist() == [0.5, 0.0]
     assert set(SUBTYPES_BY_CLASS["benign"]) & set(cases["pred_subtype"]) == {"adenosis"}
+
+
+def test_app_case_calls_and_patient_level_evaluation_use_one_rule():
+    """Mean p(class) -> class; then the mean p(subtype | class). Here the mean JOINT probability
+    would pick ductal carcinoma, the hierarchical rule picks lobular carcinoma."""
+    from core.app_state import ImageResult
+    from core.predict import Prediction, case_decision
+    from core.report import case_calls
+
+    def prediction(p_malignant, malignant_within):
+        stage1 = {"benign": 1 - p_malignant, "malignant": p_malignant}
+        malignant = dict(zip(SUBTYPES_BY_CLASS["malignant"], malignant_within))
+        benign = dict(zip(SUBTYPES_BY_CLASS["benign"], [0.25] * 4))
+        label = max(stage1, key=stage1.get)
+        stage2, other = (malignant, benign) if label == "malignant" else (benign, malignant)
+        subtype = max(stage2, key=stage2.get)
+        return Prediction(stage1, label, stage2, other, subtype, stage1[label] * stage2[subtype], False, [])
+
+    images = [prediction(0.9, [0.9, 0.1, 0.0, 0.0]), prediction(0.2, [0.0, 1.0, 0.0, 0.0])]
+    decision = case_decision(images)
+    assert (decision.label, decision.subtype) == ("malignant", SUBTYPES_BY_CLASS["malignant"][1])
+    assert decision.p_class["malignant"] == pytest.approx(0.55)
+    calls = case_calls([ImageResult(f"{i}.png", str(i), prediction=p, case="a") for i, p in enumerate(images)])
+    rows = [{"case": "a", "subtype": "lobular_carcinoma", "label": "malignant", "protocol": PATIENT,
+             "pred_label": p.label, "pred_subtype": p.subtype, **{f"p_{c}": p.stage1[c] for c in CLASSES},
+             **{f"p_{s}": v for s, v in p.subtype_probabilities().items()},
+             **{f"w_{s}": {**p.stage2, **p.other_stage2}[s] for s in SUBTYPES}} for p in images]
+    cases = patient_table(pd.DataFrame(rows))
+    assert calls["call"].tolist() == cases["pred_label"].tolist() == ["malignant"]
+    assert cases["pred_subtype"].tolist() == [decision.subtype]
+    assert calls["subtype"].tolist() == ["Lobular carcinoma"] and calls["p_subtype"].item() == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="at least one"):
+        case_decision([])

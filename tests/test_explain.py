@@ -114,3 +114,37 @@ def test_overlay_blends_a_turbo_coloured_map(sample):
 def test_an_empty_map_is_zero_with_a_note():
     heatmap, note = ex.to_heatmap(np.zeros((4, 4), np.float32), (46, 70))
     assert heatmap.shape == (46, 70) and not heatmap.any() and "empty" in note
+
+
+def _count_gradcam_passes(predictor, monkeypatch) -> list:
+    explainer = ex._explainer(predictor)
+    calls, original = [], explainer.gradcam_pass
+
+    def counted(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(explainer, "gradcam_pass", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_explain_stages_gives_the_per_stage_maps(predictor, sample, method, monkeypatch):
+    prediction = predictor.predict([sample])[0]
+    calls = _count_gradcam_passes(predictor, monkeypatch)
+    stage1, stage2 = ex.explain_stages(predictor, sample, method, prediction.label, prediction.subtype)
+    assert len(calls) == (1 if method == "gradcam" else 0)  # ONE pass gives both stages
+    assert (stage1.stage, stage2.stage) == ex.STAGES
+    assert (stage1.target, stage2.target) == (prediction.label, prediction.subtype)
+    np.testing.assert_allclose(stage1.heatmap, ex.explain(predictor, sample, "stage1", method,
+                                                          prediction.label).heatmap, atol=1e-5)
+    np.testing.assert_allclose(stage2.heatmap, ex.explain(predictor, sample, "stage2", method,
+                                                          prediction.subtype).heatmap, atol=1e-5)
+    with pytest.raises(ValueError, match="not a subtype"):
+        ex.explain_stages(predictor, sample, method, "benign", "lobular_carcinoma")
+
+
+def test_diagnose_runs_one_gradcam_pass(predictor, sample, monkeypatch):
+    calls = _count_gradcam_passes(predictor, monkeypatch)
+    ex.diagnose(predictor, sample)
+    assert len(calls) == 1

@@ -150,3 +150,22 @@ def test_saved_file_holds_weights_not_optimizer_state(tmp_path):
     assert (folder / "model.keras").stat().st_size < 1.2 * weight_bytes
     loaded, _ = load_model_folder(folder)
     assert isinstance(loaded.output, dict) and set(loaded.output) == set(model.output)
+
+
+def test_a_model_that_cannot_be_explained_is_refused_with_a_message(tmp_path, tiny_model):
+    wrong = save_model_folder(tiny_model, tmp_path / "wrong", _card(backbone="densenet121"))
+    with pytest.raises(ModelFolderError, match="no layer 'conv5_block16_concat'.*densenet121"):
+        load_model_folder(wrong)
+    unknown = save_model_folder(tiny_model, tmp_path / "unknown", _card())
+    update_card(unknown, backbone="resnet9000")  # the checksum still matches
+    with pytest.raises(ModelFolderError, match="backbone is not usable.*resnet9000"):
+        load_model_folder(unknown)
+
+
+def test_write_json_atomic_leaves_a_complete_readable_file(tmp_path):
+    from core.model_io import write_json_atomic
+
+    target = tmp_path / "metrics.json"
+    write_json_atomic(target, {"accuracy": np.float32(0.5), "n": 3})
+    assert json.loads(target.read_text()) == {"accuracy": 0.5, "n": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
