@@ -24,6 +24,8 @@ SPLITS = ("train", "val", "test")
 # Which split gets a subtype first when it has too few cases for all three.
 _PRIORITY = ("train", "test", "val")
 _ALIASES = {"patient": PATIENT, "patient-wise": PATIENT, "image": IMAGE, "image-level": IMAGE}
+# Every spelling normalise_protocol accepts (CLI and full names).
+PROTOCOL_NAMES = tuple(sorted({*_ALIASES, *PROTOCOLS}))
 
 
 def normalise_protocol(protocol: str) -> str:

@@ -37,15 +37,14 @@ from core.balance import STRATEGIES, apply_strategy
 from core.breakhis import index_folder
 from core.gan_io import check_synthetic_folder
 from core.labels import INPUT_SIZE, SUBTYPES
-from core.model import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
+from core.model import (FLAT, HIERARCHICAL, build_classifier, feature_extractor, head_model, output_sizes,
+                        set_backbone_trainable)
 from core.model_io import save_model_folder
 from core.pipeline import make_dataset, select_magnification, targets_and_weights
 from core.progress import ProgressWriter, keras_callback, metric_floats
-from core.splits import make_split, patient_kfold
+from core.splits import PATIENT, PROTOCOL_NAMES, make_split, normalise_protocol, patient_kfold
 
 MODES = ("finetune", "fast")
-SPLITS = {"patient-wise": "patient-wise", "image-level": "image-level (leaky)",
-          "image-level (leaky)": "image-level (leaky)"}
 DEMO_BELOW_TRAIN_IMAGES = 200
 CANCELLED_EXIT = 128 + signal.SIGTERM
 
@@ -98,7 +97,7 @@ def prepare_data(config: TrainConfig) -> dict:
         split = patient_kfold(images, k=config.folds, seed=config.seed)[config.fold]
         split["protocol"] = f"patient-wise {config.folds}-fold CV (fold {config.fold})"
     else:
-        split = make_split(images, protocol=SPLITS[config.split], seed=config.seed)
+        split = make_split(images, protocol=config.split, seed=config.seed)
     if config.balance == "synthetic" and config.synthetic_dir and not config.allow_gan_leak:
         problems = check_synthetic_folder(config.synthetic_dir, config.data, config.split, config.seed,
                                           config.magnification, config.folds)
@@ -375,15 +374,16 @@ def _validate(config: TrainConfig) -> None:
     problems = []
     if config.backbone not in BACKBONES:
         problems.append(f"unknown backbone {config.backbone!r} (choose from {sorted(BACKBONES)})")
-    for name, value, allowed in (("hierarchy", config.hierarchy, ("hierarchical", "flat")), ("mode", config.mode, MODES),
-                                 ("split", config.split, tuple(SPLITS)), ("balance", config.balance, STRATEGIES)):
+    for name, value, allowed in (("hierarchy", config.hierarchy, (HIERARCHICAL, FLAT)), ("mode", config.mode, MODES),
+                                 ("split", config.split, PROTOCOL_NAMES), ("balance", config.balance, STRATEGIES)):
         if value not in allowed:
             problems.append(f"{name} must be one of {list(allowed)}, not {value!r}")
     if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:
         problems.append("epochs and batch size must be >= 1 and input size >= 32")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
-    if config.folds and (config.folds < 2 or not 0 <= config.fold < config.folds or config.split != "patient-wise"):
+    if config.folds and (config.folds < 2 or not 0 <= config.fold < config.folds
+                         or config.split not in PROTOCOL_NAMES or normalise_protocol(config.split) != PATIENT):
         problems.append("--folds needs >= 2 folds, 0 <= --fold < --folds and the patient-wise split")
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
@@ -396,7 +396,7 @@ def parse_args(argv=None) -> TrainConfig:
     parser.add_argument("--data", required=True, help="BreakHis folder (any layout)")
     parser.add_argument("--out", required=True, help="run folder to create, e.g. runs/NAME")
     parser.add_argument("--backbone", default="densenet121")
-    parser.add_argument("--hierarchy", default="hierarchical", choices=("hierarchical", "flat"))
+    parser.add_argument("--hierarchy", default=HIERARCHICAL, choices=(HIERARCHICAL, FLAT))
     parser.add_argument("--mode", default="finetune", choices=MODES)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -408,7 +408,7 @@ def parse_args(argv=None) -> TrainConfig:
                         help="subtypes GAN fill may top up (default: every subtype below the largest)")
     parser.add_argument("--allow-gan-leak", action="store_true",
                         help="use --synthetic-dir images even if their generator may have seen val/test images")
-    parser.add_argument("--split", default="patient-wise", choices=sorted(SPLITS))
+    parser.add_argument("--split", default="patient-wise", choices=("patient-wise", "image-level"))
     parser.add_argument("--folds", type=int, default=0, help="patient-wise k-fold CV: number of folds")
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test set (0-based)")
     parser.add_argument("--magnification", default="all", help="all, 40X, 100X, 200X or 400X")
