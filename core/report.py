@@ -313,3 +313,17 @@ def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: 
         table = pd.concat([mine, table], ignore_index=True)
     table["value"] = table["value"].astype(str)
     return table[["protocol kind", "source", "model", "task", "metric", "value", "protocol", "note"]]
+
+
+def training_curves(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per-epoch history (history.csv or the progress stream) -> long tables to plot, by panel.
+
+    Losses and scores live on different scales, so they get separate panels; the learning rate
+    is a setting, not a result, and is left out.
+    """
+    if "epoch" not in history:
+        history = history.assign(epoch=range(1, len(history) + 1))
+    long = history.melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
+    is_loss = long["metric"].str.contains("loss")
+    scores = long[~is_loss & ~long["metric"].isin(["learning_rate", "lr"])]
+    return {"Loss": long[is_loss], "Metrics": scores}

@@ -117,18 +117,11 @@ if history_file:
     st.caption(f"Loss and metrics per epoch on the training split ({counts.get('train', '?')} images) and, "
                f"for 'val_' curves, the validation split ({counts.get('val', '?')} images); "
                f"{info['protocol']} protocol.")
-    history = pd.read_csv(history_file)
-    if "epoch" not in history:
-        history.insert(0, "epoch", range(1, len(history) + 1))
-    long = history.melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
-    losses = long[long["metric"].str.contains("loss")]
-    others = long[~long["metric"].str.contains("loss") & ~long["metric"].isin(["learning_rate", "lr"])]
     left, right = st.columns(2)
-    left.plotly_chart(px.line(losses, x="epoch", y="value", color="metric", title="Loss").update_layout(**LAYOUT),
-                      key="history_loss")
-    if len(others):
-        right.plotly_chart(px.line(others, x="epoch", y="value", color="metric", title="Metrics")
-                           .update_layout(**LAYOUT), key="history_metrics")
+    for column, (title, part) in zip((left, right), report.training_curves(pd.read_csv(history_file)).items()):
+        if len(part):
+            figure = px.line(part, x="epoch", y="value", color="metric", title=title)
+            column.plotly_chart(figure.update_layout(**LAYOUT), key=f"history_{title.lower()}")
 
 st.subheader("Published BreakHis results")
 st.caption("Image-level splits let images of one patient fall in both training and test, which inflates "

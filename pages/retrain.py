@@ -98,11 +98,8 @@ def split_sizes(job: jobs.Job) -> str:
 def curves(history: list[dict]) -> None:
     if not history:
         return
-    frame = pd.DataFrame(history).melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
-    losses = frame[frame["metric"].str.contains("loss")]
-    scores = frame[~frame["metric"].str.contains("loss") & ~frame["metric"].isin(["learning_rate", "lr"])]
     left, right = st.columns(2)
-    for column, part, title in ((left, losses, "Loss"), (right, scores, "Accuracy and other metrics")):
+    for column, (title, part) in zip((left, right), report.training_curves(pd.DataFrame(history)).items()):
         if len(part):
             figure = px.line(part, x="epoch", y="value", color="metric", markers=True, title=title)
             column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")

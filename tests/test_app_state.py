@@ -187,3 +187,17 @@ def test_a_failing_heat_map_warm_up_does_not_stop_predictions(predictor, monkeyp
     monkeypatch.setattr(ex, "explain_stages", broken)
     app_state._warm_up(predictor)  # logs, does not raise
     assert app_state.diagnose(predictor, [("field.png", png_bytes(tissue_like()))])[0].ok
+
+
+def test_training_curves_split_losses_from_scores_and_drop_the_learning_rate():
+    import pandas as pd
+
+    from core.report import training_curves
+
+    history = pd.DataFrame({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "stage1_accuracy": [0.6, 0.9],
+                            "learning_rate": [1e-3, 1e-4]})
+    panels = training_curves(history)  # history.csv has no epoch column: numbered from 1
+    assert list(panels) == ["Loss", "Metrics"]
+    assert set(panels["Loss"]["metric"]) == {"loss", "val_loss"}
+    assert set(panels["Metrics"]["metric"]) == {"stage1_accuracy"}
+    assert sorted(panels["Loss"]["epoch"].unique()) == [1, 2]
