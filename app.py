@@ -2,19 +2,19 @@
 
     streamlit run app.py
 
-Pages live in pages/, one file each; shared logic lives in core/ (app_state for the pages).
+Pages live in pages/, one file each; their logic lives in core/app (session for Streamlit glue).
 Works offline with the bundled default model (models/default) and samples (assets/samples).
 Optional environment variables: BREAKHIS_DEFAULT_MODEL, BREAKHIS_MODEL_DIRS, BREAKHIS_RUNS_DIR,
-BREAKHIS_SYNTHETIC_DIR (see core/app_state.py).
+BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py).
 """
 
 import streamlit as st
 
-from core import app_state
+from core.app import registry, session
 
 st.set_page_config(page_title="BreakHis decision support", page_icon=":material/biotech:",
                    layout="wide")
-app_state.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
+session.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
 
 navigation = st.navigation([
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
@@ -28,30 +28,30 @@ navigation = st.navigation([
 def model_label(folder: str) -> str:
     """Badge plus where the folder is: labels must be unique (the widget keeps the label, and a
     retrained copy of a model often has the same name)."""
-    where = app_state.short_location(folder)
+    where = registry.short_location(folder)
     try:
-        return f"{app_state.model_badge(app_state.model_card(folder))} · {where}"
+        return f"{registry.model_badge(session.model_card(folder))} · {where}"
     except Exception as problem:  # A broken folder stays listed, with why it cannot be used.
         return f"{where} (unusable: {problem})"
 
 
 with st.sidebar:
     st.subheader("Active model")
-    models = app_state.available_models()
+    models = registry.available_models()
     if not models:
         st.error("No model found in models/ or runs/. Train one on the Retrain page.")
-        st.session_state.pop(app_state.ACTIVE_MODEL_KEY, None)
+        st.session_state.pop(session.ACTIVE_MODEL_KEY, None)
     else:
-        if app_state.active_model() not in models:
-            app_state.set_active_model(models[0])
+        if session.active_model() not in models:
+            session.set_active_model(models[0])
         # The choice lives in a plain session key: widget state does not survive page switches
         # under st.navigation, and the Retrain page can change the active model too.
-        st.session_state["model_picker"] = app_state.active_model()
+        st.session_state["model_picker"] = session.active_model()
         folder = st.selectbox("Model", models, format_func=model_label, key="model_picker",
                               help="Models found in models/ and runs/.",
-                              on_change=lambda: app_state.set_active_model(st.session_state["model_picker"]))
+                              on_change=lambda: session.set_active_model(st.session_state["model_picker"]))
         try:
-            info = app_state.describe_model(app_state.model_card(folder))
+            info = registry.describe_model(session.model_card(folder))
         except Exception as problem:
             st.error(f"This model folder cannot be used: {problem}")
         else:

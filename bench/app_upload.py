@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from core.paths import REPO
 
 
 def tiny_model(folder: Path) -> Path:
-    from tests.app_helpers import make_model_folder
+    from core.app.testing import make_model_folder
 
     return make_model_folder(folder, demo=True, name="bench-tiny")
 
@@ -36,7 +35,7 @@ def bare_forward_seconds(model_dir: Path, rgb, repeats: int = 20) -> dict[str, f
     Predictor.probabilities) and a plain eager Keras call on the preprocessed batch."""
     import tensorflow as tf
 
-    from core.predict import Predictor
+    from core.model.predict import Predictor
 
     predictor = Predictor.load(model_dir)
     batch = tf.constant(predictor.model_input([rgb]))
@@ -56,11 +55,10 @@ def bare_forward_seconds(model_dir: Path, rgb, repeats: int = 20) -> dict[str, f
 
 def upload_seconds(samples: list[Path], timeout: float) -> tuple[list[float], float]:
     """Per upload: seconds for the app run that reads, predicts and draws both overlays."""
+    import pytest
     from streamlit.testing.v1 import AppTest
 
-    import pytest
-
-    from tests.app_helpers import run_app_like_the_server
+    from core.app.testing import run_app_like_the_server
 
     with pytest.MonkeyPatch.context() as patch:
         run_app_like_the_server(patch)  # rerun app.py each time, as the server does
@@ -84,7 +82,7 @@ def upload_seconds(samples: list[Path], timeout: float) -> tuple[list[float], fl
 
 def browser_seconds(model_dir: Path, samples: list[Path]) -> dict:
     """The same in a real browser: `streamlit run app.py` + headless Chromium (tests' helpers)."""
-    from tests.test_browser_e2e import browser_page, streamlit_server, upload_and_wait
+    from tests.test_browser_e2e import browser_page, streamlit_server
 
     environment = {"BREAKHIS_DEFAULT_MODEL": str(model_dir), "BREAKHIS_MODEL_DIRS": str(model_dir.parent),
                    "BREAKHIS_RUNS_DIR": tempfile.mkdtemp()}
@@ -115,7 +113,7 @@ def main() -> int:
                         help="also time a real browser (needs /usr/bin/chromium)")
     args = parser.parse_args()
 
-    from core.images import load_image
+    from core.data.images import load_image
 
     model_dir, note = Path(args.model), ""
     if not (model_dir / "model.keras").is_file():

@@ -21,19 +21,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from core.explain import _explainer, diagnose  # noqa: E402
-from core.images import load_image  # noqa: E402
-from core.labels import INPUT_SIZE  # noqa: E402
-from core.model import build_classifier  # noqa: E402
-from core.model_io import DEFAULT_MODEL_DIR  # noqa: E402
-from core.predict import Predictor  # noqa: E402
+from core.data.images import load_image
+from core.data.labels import INPUT_SIZE
+from core.model.cam import _explainer, explain
+from core.model.classifier import build_classifier
+from core.model.predict import Predictor
+from core.paths import DEFAULT_MODEL_DIR, REPO
 
 GOAL = 1.5
 
@@ -60,8 +58,8 @@ def tf_keras_vis_diagnosis(predictor: Predictor, path: Path) -> None:
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from core.explain import to_heatmap
-    from core.labels import SUBTYPES_BY_CLASS
+    from core.data.labels import SUBTYPES_BY_CLASS
+    from core.model.cam import to_heatmap
 
     rgb = load_image(path).rgb
     prediction = predictor.predict([rgb])[0]
@@ -98,7 +96,7 @@ def main(argv=None) -> int:
 
     def one_diagnosis():
         rgb = load_image(image).rgb
-        diagnosis = diagnose(predictor, rgb)
+        diagnosis = explain(predictor, rgb)
         assert diagnosis.explanations["stage2"].heatmap.shape == rgb.shape[:2]
 
     def one_forward():
@@ -129,7 +127,7 @@ def main(argv=None) -> int:
         "tf_keras_vis_route_ratio": round(statistics.median(reference) / forward_median, 3) if reference else None,
         "repeats": args.repeats, "warmup": args.warmup, "image": image.name,
         "image_size": list(load_image(image).rgb.shape[:2]), "model": model_description,
-        "diagnosis": "load_image -> core.explain.diagnose -> explain_stages (the app's heat-map path): one "
+        "diagnosis": "load_image -> core.model.cam.explain (the app's heat-map path): one "
                      "compiled pass, stage 1 + stage 2 probabilities and both Grad-CAMs (one forward, one "
                      "tape) -> heatmaps resized to the original image",
         "device": f"GPU: {gpus[0].name}" if gpus else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",

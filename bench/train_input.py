@@ -3,11 +3,11 @@
     python bench/train_input.py [--backbone densenet121] [--batch-size 16] [--steps 2] [--images 96]
 
 Measures, on this machine:
-- the input pipeline (core.pipeline.make_dataset with augmentation) in images/s, on the real
+- the input pipeline (core.data.pipeline.make_dataset with augmentation) in images/s, on the real
   BreakHis samples (700x460 PNGs) repeated, or synthetic PNGs of that size when they are absent:
   the first epoch (read + decode + resize + augment) and a cached epoch (augment only);
 - the training step (train_on_batch of the real model at the real input size) in images/s,
-  timed over a few steps after a warm-up step (mixed float16 on GPU, as core.train does).
+  timed over a few steps after a warm-up step (mixed float16 on GPU, as core.training.fit does).
 The goal is pipeline >= 5x the training step, so the accelerator never waits for data. The
 headline ratio uses the first (uncached) epoch, the worst case. The two are timed one after
 the other; during real CPU training they share the cores.
@@ -18,24 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-
-from core.breakhis import index_folder  # noqa: E402
-from core.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
-from core.model import build_classifier  # noqa: E402
-from core.pipeline import make_dataset  # noqa: E402
-from core.train import compile_model  # noqa: E402
+from core.data.breakhis import index_folder
+from core.data.labels import INPUT_SIZE, SUBTYPES
+from core.data.pipeline import make_dataset
+from core.model.classifier import build_classifier
+from core.paths import REPO
+from core.training.fit import compile_model
 
 GOAL = 5.0
 SAMPLES = (REPO.parent / "shared" / "breakhis" / "samples", REPO / "assets" / "samples")

@@ -4,19 +4,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import app_state, dataset_views
-from core.breakhis import index_folder, load_manifest, summarize
-from core.labels import SUBTYPES, pretty
-from core.splits import PATIENT, make_split
+from core.app import dataset_views, registry, session
+from core.data.breakhis import index_folder, load_manifest, summarize
+from core.data.labels import SUBTYPES, pretty
+from core.data.splits import PATIENT, make_split
+from core.paths import MANIFEST, SAMPLES_DIR
 
-app_state.require_router()
+session.require_router()
 
-MANIFEST, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
+FULL_SET, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
 
 
 @st.cache_data(show_spinner="Reading the manifest...")
 def manifest_images():
-    return load_manifest(app_state.MANIFEST)
+    return load_manifest(MANIFEST)
 
 
 @st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
@@ -33,12 +34,12 @@ def balanced(images, synthetic_dir: str | None):
 
 
 st.title("Dataset")
-source = st.radio("Source", [MANIFEST, FOLDER], horizontal=True, key="dataset_source")
-if source == MANIFEST:
+source = st.radio("Source", [FULL_SET, FOLDER], horizontal=True, key="dataset_source")
+if source == FULL_SET:
     images = manifest_images()
     st.caption(f"All {len(images):,} BreakHis v1 images, listed by the bundled manifest "
                "(assets/breakhis_manifest.csv).")
-    thumbnail_source = folder_images(str(app_state.SAMPLES_DIR))[0]
+    thumbnail_source = folder_images(str(SAMPLES_DIR))[0]
 else:
     folder = st.text_input("Dataset folder on the server", key="dataset_folder",
                            placeholder="/data/BreaKHis_v1").strip()
@@ -75,7 +76,7 @@ with views:
     right.plotly_chart(dataset_views.case_figure(images), key="case_figure")
 
 with balancing:
-    synthetic = app_state.synthetic_folder()
+    synthetic = registry.synthetic_folder()
     try:
         train, versions = balanced(images, synthetic)
     except ValueError as problem:  # Too few cases to split patient-wise.
@@ -91,7 +92,7 @@ with balancing:
             st.caption(f"GAN fill uses the synthetic images in {synthetic}.")
 
 with thumbnails:
-    if source == MANIFEST:
+    if source == FULL_SET:
         st.caption("The full archive is not bundled; thumbnails come from the bundled real samples.")
     chosen = dataset_views.thumbnails(thumbnail_source, per_subtype=4)
     for subtype in SUBTYPES:

@@ -3,18 +3,19 @@
 import pandas as pd
 import streamlit as st
 
-from core import app_state, report
-from core.explain import METHODS, overlay
-from core.labels import pretty
+from core.app import registry, report, session
+from core.data.labels import pretty
+from core.model.cam import METHODS, overlay
+from core.model.predict import DEFAULT_REFER_THRESHOLD
 
-app_state.require_router()
+session.require_router()
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
 
 st.title("Diagnose")
-predictor = app_state.require_predictor()
-model = app_state.describe_model(predictor.card)
+predictor = session.require_predictor()
+model = registry.describe_model(predictor.card)
 if predictor.is_demo:
     st.error("DEMO model: it demonstrates the app and has no valid accuracy. Its output is not a "
              "diagnosis.", icon=":material/warning:")
@@ -24,26 +25,26 @@ with inputs:
     uploader_was_shown = "uploads" in st.session_state
     uploads = st.file_uploader("Microscopy images (PNG, JPG or TIFF)", accept_multiple_files=True,
                                key="uploads", help="Kept in memory only; never saved on the server.")
-    uploaded, earlier = app_state.uploads_across_pages(uploader_was_shown,
+    uploaded, earlier = session.uploads_across_pages(uploader_was_shown,
                                                        [(f.name, f.getvalue()) for f in uploads or []])
     if earlier:
         note, forget = st.columns([4, 1], vertical_alignment="center")
         note.caption(f"Still here from before you visited another page (in memory only): "
                      f"{', '.join(name for name, _ in earlier)}")
         if forget.button("Forget them", key="forget_uploads"):
-            app_state.forget_earlier_uploads()
+            session.forget_earlier_uploads()
             st.rerun()
-    samples = app_state.sample_items()
+    samples = registry.sample_items()
     chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples")
 with settings:
     method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
                           key="method")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
-    threshold = st.slider("Refer for review below confidence", 0.5, 0.99, 0.7, 0.01, key="threshold",
+    threshold = st.slider("Refer for review below confidence", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01, key="threshold",
                           help="Confidence = p(class) x p(subtype | class).")
     tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key="tta")
     magnification = st.selectbox("Magnification of images whose names do not state it",
-                                 app_state.magnification_options(), key="magnification")
+                                 registry.magnification_options(), key="magnification")
 
 items = uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen]
 if not items:
@@ -51,12 +52,12 @@ if not items:
     st.stop()
 
 with st.spinner("Classifying..."):
-    results = app_state.diagnose_in_session(predictor, items, tta=tta, refer_threshold=threshold,
+    results = session.diagnose_in_session(predictor, items, tta=tta, refer_threshold=threshold,
                                             magnification=magnification)
 for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
 analysed = [r for r in results if r.ok]
-table = report.results_table(results, app_state.model_badge(predictor.card))
+table = report.results_table(results, registry.model_badge(predictor.card))
 cases = report.case_calls(results, threshold)
 
 if len(results) > 1:
@@ -75,7 +76,7 @@ def probabilities(values: dict[str, float], column: str) -> None:
 
 def heat_maps(result) -> tuple | None:
     try:
-        return app_state.explanations(predictor, result, method)
+        return session.explanations(predictor, result, method)
     except Exception as problem:  # Heat maps are an aid; a failure must not hide the result.
         st.warning(f"Heat maps unavailable for this image ({type(problem).__name__}: {problem}).")
         return None

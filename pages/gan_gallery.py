@@ -10,70 +10,49 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import app_state, gan, gan_io
-from core.breakhis import index_folder, synthetic_name
-from core.gan_quality import QUALITY_DIR
-from core.labels import pretty
+from core.app import registry, session
+from core.data.breakhis import index_folder, synthetic_name
+from core.data.labels import pretty
+from core.gan.model import GanConfig
+from core.gan.quality import QUALITY_DIR
+from core.gan.sampling import generate, grid, noise_for
+from core.gan.train import real_patches
+from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
+from core.paths import SAMPLES_DIR
 
-app_state.require_router()
-
-
-def generator_folders() -> list[str]:
-    """Generator folders (card kind gan_generator) under the app's model roots."""
-    found = []
-    for root in app_state.model_roots():
-        for card in sorted(Path(root).rglob("card.json")) if Path(root).is_dir() else []:
-            try:
-                kind = json.loads(card.read_text()).get("kind")
-            except (OSError, ValueError):
-                continue
-            if kind == gan_io.GENERATOR_KIND:
-                found.append(str(card.parent.resolve()))
-    return sorted(set(found), key=lambda f: (Path(f).name != "gan-default", f))
-
-
-def _short(folder: str) -> str:
-    """models/gan-default, runs/gan-x/model: short, and still tells two folders apart."""
-    try:
-        return str(Path(folder).relative_to(app_state.REPO))
-    except ValueError:
-        return folder
-
-
-def _stamp(folder: str) -> float:
-    return max((Path(folder) / n).stat().st_mtime for n in ("model.keras", "card.json"))
+session.require_router()
 
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)
 def load(folder: str, stamp: float):
-    return gan_io.load_generator(folder)
+    return load_model_folder(folder, kind=GENERATOR)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def synthetic(folder: str, stamp: float, subtype: str, n: int, seed: int) -> np.ndarray:
-    return gan_io.generate(load(folder, stamp)[0], subtype, n, seed)
+    return generate(load(folder, stamp)[0], subtype, n, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def interpolation(folder: str, stamp: float, subtype: str, seeds: tuple[int, int], steps: int) -> np.ndarray:
     """Straight line between two seeds' noise vectors: smooth change = no lookup table of copies."""
     generator, card = load(folder, stamp)
-    start, end = (gan_io.noise_for(s, 1, card["latent_dim"])[0] for s in seeds)
+    start, end = (noise_for(s, 1, card["latent_dim"])[0] for s in seeds)
     weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-    return gan_io.generate(generator, subtype, steps, noise=(1 - weights) * start + weights * end)
+    return generate(generator, subtype, steps, noise=(1 - weights) * start + weights * end)
 
 
 @st.cache_data(show_spinner="Cropping real patches...", max_entries=16)
 def real(subtype: str, config: dict, n: int) -> np.ndarray | None:
     """Real patches of the bundled samples, cropped and resized like the generator's training data."""
-    if not app_state.SAMPLES_DIR.is_dir():
+    if not SAMPLES_DIR.is_dir():
         return None
-    images = index_folder(app_state.SAMPLES_DIR).images
+    images = index_folder(SAMPLES_DIR).images
     images = images[images["subtype"] == subtype]
     if images.empty:
         return None
-    settings = gan.GanConfig.from_dict({**config, "subtypes": [subtype], "patches_per_image": -(-n // len(images))})
-    patches, _, _ = gan.real_patches(images, settings, seed=0)
+    settings = GanConfig.from_dict({**config, "subtypes": [subtype], "patches_per_image": -(-n // len(images))})
+    patches, _, _ = real_patches(images, settings, seed=0)
     return patches[np.random.default_rng(0).permutation(len(patches))[:n]]
 
 
@@ -91,16 +70,16 @@ def sample_zip(batches: dict[str, np.ndarray], name: str, seed: int) -> bytes:
 st.title("GAN gallery")
 st.caption("Synthetic histology patches from a class-conditional GAN. They may only ever enter "
            "TRAINING (the 'synthetic' balancing strategy), never validation, test or diagnosis.")
-folders = generator_folders()
+folders = registry.generator_folders()
 if not folders:
     st.info("No GAN generator found in models/ or runs/. Train one with "
-            "`python -m core.gan train --data DIR --out runs/gan-NAME --subtypes adenosis phyllodes_tumor`.")
+            "`python -m core gan train --data DIR --out runs/gan-NAME --subtypes adenosis phyllodes_tumor`.")
     st.stop()
-folder = st.selectbox("Generator", folders, key="gan_model", format_func=_short)
+folder = st.selectbox("Generator", folders, key="gan_model", format_func=registry.short_location)
 try:
-    stamp = _stamp(folder)
+    stamp = registry.stamp(folder)
     generator, card = load(folder, stamp)
-except (OSError, gan_io.GeneratorFolderError) as problem:
+except ModelFolderError as problem:
     st.error(f"This generator folder cannot be used: {problem}")
     st.stop()
 
@@ -123,12 +102,12 @@ for subtype in subtypes:
     batches[subtype] = synthetic(folder, stamp, subtype, n, seed)
     st.subheader(f"{pretty(subtype)}  ({by_subtype.get(subtype, 0)} real training images)")
     left, right = st.columns(2)
-    real_patches = real(subtype, card.get("config", {}), n)
-    if real_patches is None:
+    shown_real = real(subtype, card.get("config", {}), n)
+    if shown_real is None:
         left.info("No bundled real sample of this subtype to compare with.")
     else:
-        left.image(gan_io.grid([real_patches]), caption="Real patches (bundled samples)", width="stretch")
-    right.image(gan_io.grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
+        left.image(grid([shown_real]), caption="Real patches (bundled samples)", width="stretch")
+    right.image(grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
 
 if batches:
     archive = sample_zip(batches, card["name"], seed)
@@ -144,13 +123,13 @@ subtype = row[0].selectbox("Subtype", card["subtypes"], key="gan_interp_subtype"
 seed_a = int(row[1].number_input("From seed", 0, 10**6, 1, key="gan_seed_a"))
 seed_b = int(row[2].number_input("To seed", 0, 10**6, 2, key="gan_seed_b"))
 steps = int(row[3].slider("Steps", 3, 10, 7, key="gan_steps"))
-st.image(gan_io.grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
+st.image(grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
          caption=f"{pretty(subtype)}: seed {seed_a} -> seed {seed_b}", width="stretch")
 
 st.header("Quality (KID) and memorisation")
 quality_file = Path(folder) / QUALITY_DIR / "quality.json"
 if not quality_file.is_file():
-    st.info(f"Not measured yet. Run `python -m core.gan_quality evaluate --model {folder} --data DIR`.")
+    st.info(f"Not measured yet. Run `python -m core gan evaluate --model {folder} --data DIR`.")
     st.stop()
 quality = json.loads(quality_file.read_text())
 st.caption(f"Features: {quality['features']} (dimension {quality['feature_dim']}). Real set: {quality['real_set']}. "

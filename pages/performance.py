@@ -5,27 +5,27 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
-from core import app_state, report
-from core.labels import pretty
+from core.app import performance, registry, session
+from core.paths import REFERENCE_RESULTS
+from core.training.figures import confusion_figure, roc_figure
 
-app_state.require_router()
+session.require_router()
 
 LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=10, r=10, t=50, b=10))
 
 st.title("Model performance")
-folder = app_state.active_model()
+folder = session.active_model()
 if not folder:
     st.error("No model is available. Put a model folder in models/ or train one on the Retrain page.")
     st.stop()
 try:
-    card = app_state.model_card(folder)
+    card = session.model_card(folder)
 except Exception as problem:
     st.error(f"The active model cannot be read: {problem}")
     st.stop()
-info = app_state.describe_model(card)
+info = registry.describe_model(card)
 training = card.get("training") or {}
 
 
@@ -63,43 +63,29 @@ if info["demo"]:
              "it was not trained and evaluated on enough real data. No performance numbers are shown "
              "for it; compare against the published results below only after training a real model.",
              icon=":material/warning:")
-elif not report.metric_block(metrics, ("stage1",)):
-    st.warning("This model has no evaluation yet. Run `python -m core.evaluate RUN` on its run folder.")
+elif not performance.metric_block(metrics, ("stage1",)):
+    st.warning("This model has no evaluation yet. Run `python -m core evaluate RUN` on its run folder.")
 else:
     st.subheader("Metrics per stage and end to end")
-    st.caption(report.protocol_line(metrics))
-    st.dataframe(report.metrics_table(metrics), hide_index=True)
+    st.caption(performance.protocol_line(metrics))
+    st.dataframe(performance.metrics_table(metrics), hide_index=True)
 
     st.subheader("Confusion matrices")
     columns = st.columns(2)
     for column, (title, path) in zip(columns * 2, [("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
                                                    ("Patient level: stage 1", ("patient", "stage1"))]):
-        block = report.metric_block(metrics, path)
+        block = performance.metric_block(metrics, path)
         if block and "confusion_matrix" in block:
-            matrix = block["confusion_matrix"]
-            labels = [pretty(name) for name in matrix["labels"]]
-            figure = px.imshow(pd.DataFrame(matrix["matrix"], index=labels, columns=labels), text_auto=True,
-                               color_continuous_scale="Teal", labels=dict(x="Predicted", y="True", color="Images"),
-                               title=f"{title} ({block['data'].get('images')} images, {block['data'].get('protocol')})")
-            column.plotly_chart(figure.update_layout(**LAYOUT), key=f"confusion_{'_'.join(path)}")
+            column.plotly_chart(confusion_figure(block, title), key=f"confusion_{'_'.join(path)}")
 
     st.subheader("ROC curves")
     curves_found = False
     columns = st.columns(2)
     for column, (title, path) in zip(columns, [("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",))]):
-        block = report.metric_block(metrics, path) or {}
+        block = performance.metric_block(metrics, path) or {}
         if block.get("roc_curves"):
             curves_found = True
-            figure = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
-                                          line=dict(dash="dot", color="#9aa7ad")))
-            aucs = (block.get("roc_auc") or {}).get("per_class") or {}
-            for name, curve in block["roc_curves"].items():
-                auc = aucs.get(name)
-                figure.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines",
-                                   name=f"{pretty(name)} (AUC {auc:.3f})" if auc is not None else pretty(name))
-            figure.update_layout(title=f"{title} ({block['data'].get('images')} images)", xaxis_title="False positive rate",
-                                 yaxis_title="True positive rate", **LAYOUT)
-            column.plotly_chart(figure, key=f"roc_{'_'.join(path)}")
+            column.plotly_chart(roc_figure(block, title), key=f"roc_{'_'.join(path)}")
     if not curves_found:
         st.caption("ROC curve points are kept in the run's metrics.json, which is not next to this model.")
 
@@ -118,7 +104,7 @@ if history_file:
                f"for 'val_' curves, the validation split ({counts.get('val', '?')} images); "
                f"{info['protocol']} protocol.")
     left, right = st.columns(2)
-    for column, (title, part) in zip((left, right), report.training_curves(pd.read_csv(history_file)).items()):
+    for column, (title, part) in zip((left, right), performance.training_curves(pd.read_csv(history_file)).items()):
         if len(part):
             figure = px.line(part, x="epoch", y="value", color="metric", title=title)
             column.plotly_chart(figure.update_layout(**LAYOUT), key=f"history_{title.lower()}")
@@ -127,6 +113,6 @@ st.subheader("Published BreakHis results")
 st.caption("Image-level splits let images of one patient fall in both training and test, which inflates "
            "accuracy; patient-wise results are the honest comparison. Numbers across protocols are not "
            "comparable.")
-reference = pd.read_csv(app_state.REFERENCE_RESULTS)
+reference = pd.read_csv(REFERENCE_RESULTS)
 ours = None if info["demo"] else metrics
-st.dataframe(report.comparison_table(reference, ours, info["name"]), hide_index=True)
+st.dataframe(performance.comparison_table(reference, ours, info["name"]), hide_index=True)

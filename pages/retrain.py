@@ -1,5 +1,6 @@
-"""Retrain: launch `python -m core.train` in the background, follow it live, cancel it, adopt the model."""
+"""Retrain: launch `python -m core train` in the background, follow it live, cancel it, adopt the model."""
 
+import dataclasses
 import datetime
 import json
 import re
@@ -10,17 +11,18 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import app_state, jobs, report
-from core.backbones import BACKBONES, DEFAULT_BACKBONE
-from core.balance import STRATEGIES
-from core.labels import INPUT_SIZE, MAGNIFICATIONS
-from core.model_io import ModelFolderError, read_card
+from core.app import jobs, performance, registry, session
+from core.model.folders import ModelFolderError, read_card
+from core.options import choices_of
+from core.paths import runs_dir
+from core.training.config import TrainConfig
 
-app_state.require_router()
+session.require_router()
 
 SPLITS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
           "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
 MODES = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only)"}
+DEFAULTS = TrainConfig(data="", out="")
 
 
 @st.cache_resource(show_spinner=False)
@@ -40,26 +42,32 @@ def show_devices() -> None:
 
 
 def launch_form() -> None:
-    synthetic = app_state.synthetic_folder()
+    """Every default and choice comes from TrainConfig, the one definition of a run's options."""
+    synthetic = registry.synthetic_folder()
+
+    def pick(widget, label, name, **kwargs):
+        options = list(choices_of(TrainConfig, name))
+        return widget(label, options, index=options.index(getattr(DEFAULTS, name)), key=f"train_{name}", **kwargs)
+
     with st.form("retrain"):
         data = st.text_input("Data folder (BreakHis images, any layout)", key="train_data").strip()
         left, right = st.columns(2)
-        backbone = left.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(DEFAULT_BACKBONE),
-                                  key="train_backbone")
-        mode = right.radio("Mode", list(MODES), format_func=MODES.get, key="train_mode")
-        epochs = left.number_input("Epochs", 1, 500, 10, key="train_epochs")
-        strategies = [s for s in STRATEGIES if s != "synthetic" or synthetic]
-        balance = right.selectbox("Balancing", strategies, key="train_balance")
-        split = left.radio("Split protocol", list(SPLITS), format_func=SPLITS.get, key="train_split")
+        backbone = pick(left.selectbox, "Backbone", "backbone")
+        mode = pick(right.radio, "Mode", "mode", format_func=MODES.get)
+        epochs = left.number_input("Epochs", 1, 500, DEFAULTS.epochs, key="train_epochs")
+        strategies = [s for s in choices_of(TrainConfig, "balance") if s != "synthetic" or synthetic]
+        balance = right.selectbox("Balancing", strategies, index=strategies.index(DEFAULTS.balance), key="train_balance")
+        split = pick(left.radio, "Split protocol", "split", format_func=SPLITS.get)
         with st.expander("Advanced"):
             a, b = st.columns(2)
-            input_size = a.number_input("Input size (pixels)", 32, 512, INPUT_SIZE, key="train_input_size")
-            batch_size = b.number_input("Batch size", 1, 256, 32, key="train_batch_size")
+            input_size = a.number_input("Input size (pixels)", 32, 512, DEFAULTS.input_size, key="train_input_size")
+            batch_size = b.number_input("Batch size", 1, 256, DEFAULTS.batch_size, key="train_batch_size")
             weights = a.selectbox("Initial weights", ["imagenet", "none"], key="train_weights",
+                                  index=["imagenet", "none"].index(DEFAULTS.weights),
                                   help="ImageNet weights need a local Keras cache; offline, training "
                                        "starts from random weights and says so.")
-            magnification = b.selectbox("Magnification", ["all", *MAGNIFICATIONS], key="train_magnification")
-            seed = a.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+            magnification = pick(b.selectbox, "Magnification", "magnification")
+            seed = a.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
             name = b.text_input("Run name (optional)", key="train_name").strip()
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
@@ -69,15 +77,15 @@ def launch_form() -> None:
         return
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^\w.-]", "_", name) or f"{stamp}-{backbone}-{mode}"
-    run_dir = jobs.runs_dir() / name
-    command = jobs.build_command(data, run_dir, backbone=backbone, mode=mode, epochs=epochs, balance=balance,
-                                 split=split, batch_size=batch_size, input_size=input_size, weights=weights,
-                                 magnification=magnification, seed=seed,
-                                 synthetic_dir=synthetic if balance == "synthetic" else None)
+    run_dir = runs_dir() / name
+    config = dataclasses.replace(DEFAULTS, data=data, out=str(run_dir), backbone=backbone, mode=mode,
+                                 epochs=int(epochs), balance=balance, split=split, batch_size=int(batch_size),
+                                 input_size=int(input_size), weights=weights, magnification=magnification,
+                                 seed=int(seed), synthetic_dir=synthetic if balance == "synthetic" else None)
     settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
                 "split": split, "input_size": int(input_size), "batch_size": int(batch_size)}
     try:
-        jobs.start_job(command, run_dir, settings)
+        jobs.start_job(jobs.build_command(config), run_dir, settings)
     except jobs.JobError as problem:
         st.error(str(problem))
         return
@@ -99,7 +107,7 @@ def curves(history: list[dict]) -> None:
     if not history:
         return
     left, right = st.columns(2)
-    for column, (title, part) in zip((left, right), report.training_curves(pd.DataFrame(history)).items()):
+    for column, (title, part) in zip((left, right), performance.training_curves(pd.DataFrame(history)).items()):
         if len(part):
             figure = px.line(part, x="epoch", y="value", color="metric", markers=True, title=title)
             column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")
@@ -149,16 +157,16 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         if metrics_path.is_file():
             st.markdown("**Evaluation on the held-out test split**")
             metrics = json.loads(metrics_path.read_text())
-            st.dataframe(report.metrics_table(metrics), hide_index=True)
-            st.caption(report.protocol_line(metrics))
+            st.dataframe(performance.metrics_table(metrics), hide_index=True)
+            st.caption(performance.protocol_line(metrics))
         else:
             st.info("No evaluation was written (no test images, or evaluation failed: see the log).")
         if card is not None:
-            if app_state.active_model() == str(model_dir.resolve()):
+            if session.active_model() == str(model_dir.resolve()):
                 st.success("This model is the active model.")
             else:
                 st.button("Make this the active model", type="primary", key="adopt_model",
-                          on_click=app_state.set_active_model, args=(str(model_dir),))
+                          on_click=session.set_active_model, args=(str(model_dir),))
     else:
         st.error(f"Training {status}: {explanation} The active model was not changed.")
     with st.expander("Log", expanded=status != jobs.COMPLETED):

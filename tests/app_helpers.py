@@ -1,13 +1,12 @@
-"""Shared pieces of the app tests: tiny model folders, bad-input files, and an AppTest factory.
+"""Shared pieces of the app tests: bad-input files, plus core.app.testing's model folders and AppTest patch.
 
 The app finds its models through BREAKHIS_DEFAULT_MODEL / BREAKHIS_MODEL_DIRS / BREAKHIS_RUNS_DIR
-(core.app_state), so tests point it at small_cnn models at input 64 in a temporary folder.
+(core.app.registry), so tests point it at small_cnn models at input 64 in a temporary folder.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -15,54 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.app.testing import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
 APP_TIMEOUT = 180  # seconds per AppTest run: the first run imports TensorFlow on a shared CPU
-
-
-def make_model_folder(folder: Path, demo: bool = True, name: str = "tiny-demo", metrics: dict | None = None,
-                      hierarchy: str = "hierarchical") -> Path:
-    """An untrained small_cnn at input 64, saved the one official way (core.model_io)."""
-    import keras
-
-    from core.model import build_classifier
-    from core.model_io import save_model_folder
-
-    keras.utils.set_random_seed(0)
-    model, weights = build_classifier("small_cnn", hierarchy, weights=None, input_size=64)
-    card = {"name": name, "backbone": "small_cnn", "hierarchy": hierarchy, "weights_init": weights,
-            "demo": demo, "training": {"data_source": "synthetic test data", "split_protocol": "patient-wise",
-                                       "counts": {"train": 60, "val": 18, "test": 18}, "mode": "finetune",
-                                       "epochs": 1}}
-    if metrics is not None:
-        card["metrics"] = metrics
-    return save_model_folder(model, folder, card)
-
-
-def app_environment(models_root: Path, default: Path, runs: Path) -> dict:
-    return {"BREAKHIS_MODEL_DIRS": f"{models_root}{os.pathsep}{runs}",
-            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs)}
-
-
-def run_app_like_the_server(patch) -> None:
-    """Make AppTest run app.py (the st.navigation router) on every run, as the server does.
-
-    AppTest (streamlit 1.67) resets PagesManager.uses_pages_directory before each run; because
-    this repo has a pages/ folder, every run after the first then starts in legacy pages-folder
-    mode. The pages recover from that (core.app_state.require_router reruns through app.py),
-    but the rerun drops one-shot button clicks. The server keeps the flag False after the first
-    st.navigation call; this does the same for AppTest.
-    """
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-
-    class ServerLikePagesManager(PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    patch.setattr(app_test, "PagesManager", ServerLikePagesManager)
-
 
 # ---------------------------------------------------------------- bad inputs
 

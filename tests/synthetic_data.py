@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.labels import CODE_OF_SUBTYPE, CLASS_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES
+from core.data.labels import CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES
 
 _BASE_COLOUR = {"benign": (236, 170, 200), "malignant": (120, 60, 150)}
 

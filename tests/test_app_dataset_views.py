@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import dataset_views
-from core.breakhis import index_folder, load_manifest, synthetic_name
-from core.labels import SUBTYPES
-from core.splits import PATIENT, make_split
+from core.app import dataset_views
+from core.data.breakhis import index_folder, load_manifest, synthetic_name
+from core.data.labels import SUBTYPES
+from core.data.splits import PATIENT, make_split
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,17 @@ def generator_root(tmp_path_factory, synthetic_breakhis):
     """models/gan-tiny: an (untrained) generator saved as training saves it, with its quality report."""
     import dataclasses
 
-    from core import gan, gan_io, gan_quality
+    from core.gan import model as gan
+    from core.gan import quality as gan_quality
+    from core.model.folders import GENERATOR, save_model_folder
 
     root = tmp_path_factory.mktemp("models")
     config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, image_size=32, width=32, latent_dim=16)
     card = {"name": config.name, "image_size": 32, "latent_dim": 16, "subtypes": list(PAIR),
             "config": dataclasses.asdict(config),
-            "training": {"data_source": str(synthetic_breakhis), "split": "none", "steps": 0,
+            "training": {"data_source": synthetic_breakhis.name, "split": "none", "steps": 0,
                          "images_by_subtype": {"adenosis": 12, "ductal_carcinoma": 12}}}
-    folder = gan_io.save_generator(gan.build_generator(config), root / "gan-tiny", card)
+    folder = save_model_folder(gan.build_generator(config), root / "gan-tiny", card, kind=GENERATOR)
     features = gan_quality.load_features("backbone:small_cnn", input_size=64)
     gan_quality.evaluate_generator(folder, synthetic_breakhis, features, n=8, pairs=2)
     return root
@@ -72,7 +74,7 @@ def test_seed_control_changes_the_synthetic_images(monkeypatch, generator_root):
 def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
     app = page(monkeypatch, tmp_path)
     assert not app.exception
-    assert "python -m core.gan train" in app.info[0].value
+    assert "python -m core gan train" in app.info[0].value
 
 
 def test_a_tampered_generator_is_refused_with_a_message(monkeypatch, generator_root, tmp_path):
@@ -81,7 +83,7 @@ def test_a_tampered_generator_is_refused_with_a_message(monkeypatch, generator_r
         handle.write(b"x")
     app = page(monkeypatch, tmp_path)
     assert not app.exception
-    assert "checksum" in app.error[0].value
+    assert "does not match its card" in app.error[0].value
 
 
 def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):

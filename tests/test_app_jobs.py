@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from core import jobs
-from core.progress import ProgressWriter
-from core.train import parse_args
+from core.app import jobs
+from core.cli import build_parser
+from core.options import from_args
+from core.training.config import TrainConfig
+from core.training.progress import ProgressWriter
 
 SLEEPER = [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"]
 
@@ -24,11 +26,13 @@ def wait_until(condition, timeout=30.0):
 
 
 def test_the_command_is_what_core_train_parses(tmp_path):
-    command = jobs.build_command("/data/breakhis", tmp_path / "run", backbone="small_cnn", mode="fast",
-                                 epochs=3, balance="oversample", split="image-level", batch_size=8,
-                                 input_size=64, weights="none", magnification="40X", seed=5)
-    assert command[:3] == [sys.executable, "-m", "core.train"]
-    config = parse_args(command[3:])
+    wanted = TrainConfig(data="/data/breakhis", out=str(tmp_path / "run"), backbone="small_cnn", mode="fast",
+                         epochs=3, balance="oversample", split="image-level", batch_size=8,
+                         input_size=64, weights="none", magnification="40X", seed=5, evaluate=False)
+    command = jobs.build_command(wanted)
+    assert command[:4] == [sys.executable, "-m", "core", "train"]
+    config = from_args(TrainConfig, build_parser().parse_args(command[3:]))
+    assert config == wanted  # every option survives the trip through the command line
     assert (config.data, config.out, config.backbone, config.mode) == ("/data/breakhis", str(tmp_path / "run"),
                                                                        "small_cnn", "fast")
     assert (config.epochs, config.balance, config.split, config.batch_size) == (3, "oversample", "image-level", 8)

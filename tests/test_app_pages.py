@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import (APP, APP_TIMEOUT, app_environment, bad_inputs, make_model_folder,
-                               run_app_like_the_server)
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, bad_inputs, make_model_folder, run_app_like_the_server
 
 PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
          "pages/performance.py": "Model performance", "pages/retrain.py": "Retrain"}
@@ -19,11 +18,11 @@ PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, synthetic_breakhis):
-    """models/default (DEMO) plus runs/evaluated (a real core.evaluate run on synthetic data)."""
-    from core.breakhis import index_folder
-    from core.evaluate import evaluate_run, without_curves
-    from core.model_io import update_card
-    from core.splits import PATIENT, make_split
+    """models/default (DEMO) plus runs/evaluated (a real core.training.evaluate run on synthetic data)."""
+    from core.data.breakhis import index_folder
+    from core.data.splits import PATIENT, make_split
+    from core.model.folders import update_card
+    from core.training.evaluate import evaluate_run, without_curves
 
     root = tmp_path_factory.mktemp("app")
     default = make_model_folder(root / "models" / "default", demo=True)

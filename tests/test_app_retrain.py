@@ -1,4 +1,4 @@
-"""Retrain page through AppTest: a real `python -m core.train` job on the synthetic data set is
+"""Retrain page through AppTest: a real `python -m core train` job on the synthetic data set is
 launched, followed, cancelled, failed and completed; only a completed job can become the active model."""
 
 import time
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
+from core.app import jobs
 from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
 
 START = "FormSubmitter:retrain-Start training"
@@ -72,7 +72,7 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     launch(app, synthetic_breakhis, "cancel-me", epochs=200)
     job = jobs.read_job(environment["runs"])
     assert job is not None and jobs.is_alive(job)
-    assert job.command[1:3] == ["-m", "core.train"] and "--input-size" in job.command
+    assert job.command[1:4] == ["-m", "core", "train"] and "--input-size" in job.command
     assert job.run_dir == str(environment["runs"] / "cancel-me")
     assert app.get("progress"), "a live progress bar"
 

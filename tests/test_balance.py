@@ -7,13 +7,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.balance import (
-    STRATEGIES, apply_strategy, balance_preview, class_weights, find_synthetic_images, oversample,
-    synthetic_fill, undersample,
+from core.data.balance import (
+    STRATEGIES,
+    apply_strategy,
+    balance_preview,
+    class_weights,
+    find_synthetic_images,
+    oversample,
+    synthetic_fill,
+    undersample,
 )
-from core.breakhis import load_manifest, synthetic_name
-from core.labels import SUBTYPES
-from core.splits import assert_no_case_leakage, make_split
+from core.data.breakhis import load_manifest, synthetic_name
+from core.data.labels import SUBTYPES
+from core.data.splits import assert_no_case_leakage, make_split
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import dataset
-from core.breakhis import (
-    COLUMNS, index_folder, load_manifest, main as breakhis_main, parse_name, parse_synthetic_name,
-    summarize, synthetic_name,
+from core.cli import main as cli
+from core.data import download as dataset
+from core.data.breakhis import (
+    COLUMNS,
+    index_folder,
+    load_manifest,
+    parse_name,
+    parse_synthetic_name,
+    summarize,
+    synthetic_name,
 )
-from core.labels import MAGNIFICATIONS, SUBTYPES
+from core.data.labels import MAGNIFICATIONS, SUBTYPES
 
 
 @pytest.mark.parametrize("filename, expected", [
@@ -162,21 +168,21 @@ def test_manifest_root_and_disagreeing_rows(manifest_path, tmp_path):
 
 
 def test_breakhis_cli_writes_csv(samples_dir, tmp_path, capsys):
-    breakhis_main([str(samples_dir), "--csv", str(tmp_path / "index.csv")])
+    assert cli(["index", str(samples_dir), "--csv", str(tmp_path / "index.csv")]) == 0
     assert "22 images indexed" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "index.csv")) == 22
 
 
-# --- python -m core.dataset ------------------------------------------------------------------
+# --- python -m core index / download -----------------------------------------------------------
 
 def test_dataset_index_command(samples_dir, tmp_path, capsys):
-    assert dataset.main(["index", str(samples_dir)]) == 0
+    assert cli(["index", str(samples_dir)]) == 0
     out = capsys.readouterr().out
     assert "22 images indexed" in out and "Partial or different" in out and "images 22 (full: 7909)" in out
     (tmp_path / "empty").mkdir()
-    assert dataset.main(["index", str(tmp_path / "empty")]) == 1
+    assert cli(["index", str(tmp_path / "empty")]) == 2  # a user error, like every command's
     assert "No BreakHis images" in capsys.readouterr().err
-    assert dataset.main(["index", str(tmp_path / "missing")]) == 1
+    assert cli(["index", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -189,10 +195,10 @@ def test_download_without_network_fails_fast_with_manual_steps(tmp_path, capsys,
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(dataset.socket, "create_connection", unreachable)
-    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 1
+    assert cli(["download", "--dest", str(tmp_path / "bh")]) == 1
     err = capsys.readouterr().err
     assert "Cannot reach www.kaggle.com" in err
-    assert "Manual steps" in err and "ambarish/breakhis" in err and f"python -m core.breakhis {tmp_path / 'bh'}" in err
+    assert "Manual steps" in err and "ambarish/breakhis" in err and f"python -m core index {tmp_path / 'bh'}" in err
 
 
 class _Connection:
@@ -212,7 +218,7 @@ def test_download_kagglehub_error_gives_manual_steps(tmp_path, capsys, monkeypat
     monkeypatch.setattr(dataset.socket, "create_connection", lambda *a, **k: _Connection())
     monkeypatch.setattr(kagglehub, "dataset_download", no_credentials)
     monkeypatch.delenv("KAGGLEHUB_CACHE", raising=False)
-    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 1
+    assert cli(["download", "--dest", str(tmp_path / "bh")]) == 1
     err = capsys.readouterr().err
     assert "PermissionError" in err and "401" in err and "Manual steps" in err
     assert "KAGGLEHUB_CACHE" not in dataset.os.environ  # Restored after the attempt.
@@ -229,6 +235,6 @@ def test_download_success_indexes_into_dest(samples_dir, tmp_path, capsys, monke
 
     monkeypatch.setattr(dataset.socket, "create_connection", lambda *a, **k: _Connection())
     monkeypatch.setattr(kagglehub, "dataset_download", fake_download)
-    assert dataset.main(["download", "--dest", str(tmp_path / "bh")]) == 0
+    assert cli(["download", "--dest", str(tmp_path / "bh")]) == 0
     out = capsys.readouterr().out
     assert "22 images indexed" in out and str(tmp_path / "bh" / "kagglehub") in out

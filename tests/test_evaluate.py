@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.breakhis import index_folder
-from core.evaluate import evaluate_run, main, patient_table, recall_favouring_threshold
-from core.images import load_image
-from core.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
-from core.model import build_classifier
-from core.model_io import load_model_folder, save_model_folder
-from core.preprocess import batch_for_model
-from core.splits import PATIENT, make_split
+from core.cli import main as cli
+from core.data.breakhis import index_folder
+from core.data.images import load_image
+from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
+from core.data.preprocess import batch_for_model
+from core.data.splits import PATIENT, make_split
+from core.model.classifier import build_classifier
+from core.model.folders import load_model_folder, save_model_folder
+from core.training.evaluate import evaluate_run, patient_table, recall_favouring_threshold
 
 SIZE = 64
 
@@ -126,10 +127,10 @@ def test_moved_dataset_is_found_by_file_name(metrics, run_dir, synthetic_breakhi
 
 
 def test_cli_prints_a_summary(run_dir, synthetic_breakhis, capsys):
-    assert main([str(run_dir), "--data", str(synthetic_breakhis), "--split", "val", "--threshold", "0.3"]) == 0
+    assert cli(["evaluate", str(run_dir), "--data", str(synthetic_breakhis), "--split", "val", "--threshold", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "val split, patient-wise, 32 images, 8 cases" in out and "stage 1" in out
-    assert main([str(run_dir / "missing")]) == 2
+    assert cli(["evaluate", str(run_dir / "missing")]) == 2
     assert "split.csv not found" in capsys.readouterr().err
 
 
@@ -172,9 +173,9 @@ def test_patient_level_averages_probabilities_per_case():
 def test_app_case_calls_and_patient_level_evaluation_use_one_rule():
     """Mean p(class) -> class; then the mean p(subtype | class). Here the mean JOINT probability
     would pick ductal carcinoma, the hierarchical rule picks lobular carcinoma."""
-    from core.app_state import ImageResult
-    from core.predict import Prediction, case_decision
-    from core.report import case_calls
+    from core.app.report import case_calls
+    from core.app.service import ImageResult
+    from core.model.predict import Prediction, case_decision
 
     def prediction(p_malignant, malignant_within):
         stage1 = {"benign": 1 - p_malignant, "malignant": p_malignant}

@@ -5,9 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from core import gan, gan_io
-from core.breakhis import index_folder, parse_name, parse_synthetic_name
-from core.labels import SUBTYPES
+from core import gan
+from core.cli import main as cli
+from core.data.breakhis import index_folder, parse_name, parse_synthetic_name
+from core.data.labels import SUBTYPES
+from core.data.synthetic import PROVENANCE_FILE, read_provenance
+from core.gan.sampling import fill_folder_from_generator, noise_for
+from core.gan.train import real_patches, training_images
+from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
 
 TINY = dict(image_size=32, width=64, latent_dim=32, batch_size=16, patches_per_image=4,
             sample_every=1000, checkpoint_every=1000, log_every=1)
@@ -23,23 +28,23 @@ def tiny_generator(synthetic_breakhis, tmp_path_factory):
     """A few steps of training: enough for a real generator folder."""
     out = tmp_path_factory.mktemp("gan") / "gan-tiny"
     config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
-    return gan.train(config, synthetic_breakhis, out)
+    return gan.train_gan(config, synthetic_breakhis, out)
 
 
 def test_generator_output_shape_and_range_for_each_subtype():
     config = gan.GanConfig(**TINY)
     generator = gan.build_generator(config)
-    noise = gan_io.noise_for(0, 3, config.latent_dim)
+    noise = noise_for(0, 3, config.latent_dim)
     raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
     for subtype, images in raw.items():
         assert images.shape == (3, 32, 32, 3)
         assert images.min() >= -1.0 and images.max() <= 1.0
-        assert gan_io.generate(generator, subtype, 3, seed=0).dtype == np.uint8
+        assert gan.generate(generator, subtype, 3, seed=0).dtype == np.uint8
     # The subtype is an input that matters: same noise, different subtype, different image.
     assert np.abs(raw["adenosis"] - raw["ductal_carcinoma"]).mean() > 1e-4
     # Deterministic per seed, and image i does not depend on how many are drawn.
-    first_two = gan_io.generate(generator, "adenosis", 2, seed=3)
-    assert np.array_equal(gan_io.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
+    first_two = gan.generate(generator, "adenosis", 2, seed=3)
+    assert np.array_equal(gan.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
     large = gan.build_generator(gan.GanConfig(image_size=128, width=64))
     assert large.output_shape == (None, 128, 128, 3)
     assert gan.build_discriminator(gan.GanConfig(image_size=128, width=64)).output_shape == (None, 1)
@@ -61,15 +66,15 @@ def _mean_colour(images):
 def test_short_training_learns_each_subtypes_colour(synthetic_breakhis, tmp_path):
     """Proof of learning: per-subtype mean-colour gap to the real patches shrinks, and by subtype."""
     config = gan.GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
-    images = gan.training_images(synthetic_breakhis, config)
-    patches, labels, _ = gan.real_patches(images, config, seed=0)
+    images, _ = training_images(synthetic_breakhis, config)
+    patches, labels, _ = real_patches(images, config, seed=0)
     real = {s: _mean_colour(patches[labels == SUBTYPES.index(s)]) for s in PAIR}
     untrained = gan.build_generator(config)
-    model_dir = gan.train(config, synthetic_breakhis, tmp_path / "run")
-    trained, _ = gan_io.load_generator(model_dir)
+    model_dir = gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
+    trained, _ = load_model_folder(model_dir, kind=GENERATOR)
     for subtype, other in (PAIR, PAIR[::-1]):
-        before = np.linalg.norm(_mean_colour(gan_io.generate(untrained, subtype, 64)) - real[subtype])
-        after_colour = _mean_colour(gan_io.generate(trained, subtype, 64))
+        before = np.linalg.norm(_mean_colour(gan.generate(untrained, subtype, 64)) - real[subtype])
+        after_colour = _mean_colour(gan.generate(trained, subtype, 64))
         after = np.linalg.norm(after_colour - real[subtype])
         assert after < 0.5 * before, (subtype, before, after)
         assert after < np.linalg.norm(after_colour - real[other]), f"{subtype} looks like {other}"
@@ -83,32 +88,32 @@ def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_pat
     out = tmp_path / "run"
     config = gan.GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
     calls = itertools.count()
-    gan.train(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # e.g. SIGTERM after 3 steps
+    gan.train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # e.g. SIGTERM after 3 steps
     with pytest.raises(FileExistsError, match="--resume"):
-        gan.train(config, synthetic_breakhis, out)
-    model_dir = gan.train(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
+        gan.train_gan(config, synthetic_breakhis, out)
+    model_dir = gan.train_gan(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
     events = _events(out)
     assert [e["step"] for e in events if e["event"] == "start"] == [0, 3]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert [e["status"] for e in events if e["event"] == "end"] == ["cancelled", "completed"]
-    _, card = gan_io.load_generator(model_dir)
+    _, card = load_model_folder(model_dir, kind=GENERATOR)
     assert card["training"]["steps"] == 6 and card["training"]["resumed_from_step"] == 3
     assert card["subtypes"] == ["adenosis"]  # the configuration came from the run folder
 
 
 def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_path):
     config = gan.GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
-    generator, card = gan_io.load_generator(gan.train(config, synthetic_breakhis, tmp_path / "run"))
+    generator, card = load_model_folder(gan.train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
     assert card["precision"] == "mixed_float16"
     assert all(w.dtype == "float32" for w in generator.weights)
     assert generator.layers[-1].compute_dtype == "float32"
 
 
 def test_only_the_train_split_is_learned_from(synthetic_breakhis):
-    from core.splits import make_split
+    from core.data.splits import make_split
 
     config = gan.GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
-    used = set(gan.training_images(synthetic_breakhis, config)["path"])
+    used = set(training_images(synthetic_breakhis, config)[0]["path"])
     split = make_split(index_folder(synthetic_breakhis).images, protocol="patient-wise", seed=0)
     train = set(split.loc[split["split"] == "train", "path"])
     assert used and used <= train
@@ -117,26 +122,26 @@ def test_only_the_train_split_is_learned_from(synthetic_breakhis):
 
 def test_sample_cli_names_count_and_never_breakhis(tiny_generator, tmp_path, capsys):
     out = tmp_path / "samples"
-    assert gan.main(["sample", "--model", str(tiny_generator), "--subtype", "adenosis", "--n", "7",
+    assert cli(["gan", "sample", "--model", str(tiny_generator), "--subtype", "adenosis", "--n", "7",
                      "--seed", "5", "--out", str(out)]) == 0
     files = sorted(out.glob("SYN_*"))
-    assert len(files) == 7 and (out / gan_io.PROVENANCE_FILE).is_file()
+    assert len(files) == 7 and (out / PROVENANCE_FILE).is_file()
     for path in files:
         assert path.name.startswith("SYN_A-gan_tiny-5-")  # "-" separates fields, so it is replaced
         assert parse_synthetic_name(path.name) == "adenosis"
         assert parse_name(path.name) is None
     assert len(index_folder(out).images) == 0  # the real indexer never takes them for BreakHis images
-    assert gan.main(["sample", "--model", str(tiny_generator), "--subtype", "fibroadenoma", "--n", "2",
+    assert cli(["gan", "sample", "--model", str(tiny_generator), "--subtype", "fibroadenoma", "--n", "2",
                      "--out", str(out)]) == 2
     assert "not trained on 'fibroadenoma'" in capsys.readouterr().err
-    assert gan.main(["sample", "--model", str(tmp_path), "--subtype", "adenosis", "--out", str(out)]) == 2
-    assert "not a generator folder" in capsys.readouterr().err
+    assert cli(["gan", "sample", "--model", str(tmp_path), "--subtype", "adenosis", "--out", str(out)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
 
 
 def test_fill_folder_feeds_balance_synthetic_fill(tiny_generator, tmp_path):
-    from core.balance import find_synthetic_images
+    from core.data.synthetic import find_synthetic_images
 
-    written = gan_io.fill_folder_from_generator(tiny_generator, list(PAIR), {"adenosis": 5, "ductal_carcinoma": 2},
+    written = fill_folder_from_generator(tiny_generator, list(PAIR), {"adenosis": 5, "ductal_carcinoma": 2},
                                                 tmp_path / "fill")
     assert written == {"adenosis": 5, "ductal_carcinoma": 2}
     found = find_synthetic_images(tmp_path / "fill")
@@ -151,67 +156,68 @@ def test_generator_folder_is_verified(tiny_generator, tmp_path):
     shutil.copytree(tiny_generator, copy)
     with open(copy / "model.keras", "ab") as handle:
         handle.write(b"tampered")
-    with pytest.raises(gan_io.GeneratorFolderError, match="checksum"):
-        gan_io.load_generator(copy)
-    with pytest.raises(gan_io.GeneratorFolderError, match="not a generator folder"):
-        gan_io.load_generator(tmp_path / "missing")
+    with pytest.raises(ModelFolderError, match="does not match its card"):
+        load_model_folder(copy, kind=GENERATOR)
+    with pytest.raises(ModelFolderError, match="Model folder not found"):
+        load_model_folder(tmp_path / "missing", kind=GENERATOR)
     card = json.loads((tiny_generator / "card.json").read_text())
     (copy / "card.json").write_text(json.dumps({**card, "kind": "classifier"}))
-    with pytest.raises(gan_io.GeneratorFolderError, match="not a GAN generator"):
-        gan_io.load_generator(copy)
+    with pytest.raises(ModelFolderError, match="not a GAN generator"):
+        load_model_folder(copy, kind=GENERATOR)
     reordered = {**card["labels"], "subtypes": card["labels"]["subtypes"][::-1]}
     (copy / "card.json").write_text(json.dumps({**card, "labels": reordered}))
     shutil.copy(tiny_generator / "model.keras", copy / "model.keras")
-    with pytest.raises(gan_io.GeneratorFolderError, match="different label order"):
-        gan_io.load_generator(copy)  # the subtype embedding is indexed by the label order
+    with pytest.raises(ModelFolderError, match="different label order"):
+        load_model_folder(copy, kind=GENERATOR)  # the subtype embedding is indexed by the label order
 
 
 def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_path):
     card = json.loads((tiny_generator / "card.json").read_text())
-    gan_io.write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
-    gan_io.write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
-    recorded = gan_io.read_provenance(tmp_path / "out")
+    gan.write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
+    gan.write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
+    recorded = read_provenance(tmp_path / "out")
     assert list(recorded) == ["gan_tiny"]  # keyed by the name as it appears in the file names
     record = recorded["gan_tiny"]
     assert record["generator"] == "gan-tiny"
-    assert record["sha256"] == card["sha256"] and record["split"] == "patient-wise"
-    assert record["split_seed"] == 0 and record["magnification"] == "all"
+    assert record["sha256"] == card["sha256"] and record["split"]["protocol"] == "patient-wise"
+    assert record["split"]["seed"] == 0 and record["split"]["magnification"] == "all"
+    assert record["fingerprint"] == card["training"]["data_fingerprint"]
     assert record["data_source"] == card["training"]["data_source"]
-    impostor = json.loads((tmp_path / "out" / gan_io.PROVENANCE_FILE).read_text())
+    impostor = json.loads((tmp_path / "out" / PROVENANCE_FILE).read_text())
     impostor["generators"]["gan_tiny"]["sha256"] = "0" * 64  # another model under the same name
-    (tmp_path / "out" / gan_io.PROVENANCE_FILE).write_text(json.dumps(impostor))
+    (tmp_path / "out" / PROVENANCE_FILE).write_text(json.dumps(impostor))
     with pytest.raises(ValueError, match="another generator named"):
-        gan_io.write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
+        gan.write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
 
 
 def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path, monkeypatch):
-    import core.images
+    import core.data.images
 
-    original = core.images.load_image
+    original = core.data.images.load_image
 
     def unreadable_adenosis(path, *args, **kwargs):
         if "SOB_B_A-" in str(path):
-            raise core.images.ImageError(f"{path}: cannot decode")
+            raise core.data.images.ImageError(f"{path}: cannot decode")
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(core.images, "load_image", unreadable_adenosis)
+    monkeypatch.setattr(core.data.images, "load_image", unreadable_adenosis)
     config = gan.GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
     with pytest.raises(ValueError, match=r"No readable training images for subtypes \['adenosis'\]"):
-        gan.train(config, synthetic_breakhis, tmp_path / "run")
+        gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
 
 
 def test_the_default_split_keeps_val_and_test_images_out(synthetic_breakhis):
     assert gan.GanConfig().split == "patient-wise"
-    everything = gan.training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR, split="none"))
-    assert len(gan.training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR))) < len(everything)
+    everything, _ = training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR, split="none"))
+    assert len(training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR))[0]) < len(everything)
 
 
 def test_bulk_patches_skip_the_histology_check(synthetic_breakhis, monkeypatch):
-    import core.images
+    import core.data.images
 
     calls = []
-    original = core.images.load_image
-    monkeypatch.setattr(core.images, "load_image", lambda *a, **k: calls.append(k) or original(*a, **k))
+    original = core.data.images.load_image
+    monkeypatch.setattr(core.data.images, "load_image", lambda *a, **k: calls.append(k) or original(*a, **k))
     config = gan.GanConfig(subtypes=("adenosis",), **TINY)
-    gan.real_patches(gan.training_images(synthetic_breakhis, config).head(2), config)
+    real_patches(training_images(synthetic_breakhis, config)[0].head(2), config)
     assert calls == [{"check_histology": False}] * 2

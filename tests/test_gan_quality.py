@@ -5,8 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from core import gan, gan_io, gan_quality
-from core.labels import SUBTYPES
+from core import gan
+from core.cli import main as cli
+from core.data.labels import SUBTYPES
+from core.data.selection import SplitSpec, select_images
+from core.data.synthetic import PROVENANCE_FILE, leak_check
+from core.gan import quality as gan_quality
+from core.gan.train import real_patches, training_images
+from core.model.folders import GENERATOR, load_model_folder
 
 TINY = dict(image_size=32, width=32, latent_dim=16, batch_size=8, patches_per_image=2,
             sample_every=1000, checkpoint_every=1000, log_every=10)
@@ -35,7 +41,7 @@ def imbalanced(synthetic_breakhis, tmp_path_factory):
 def split_generator(imbalanced, tmp_path_factory):
     """A generator trained (briefly) on the patient-wise seed-0 train split only."""
     config = gan.GanConfig(name="gan-split", subtypes=PAIR, steps=3, split="patient-wise", split_seed=0, **TINY)
-    return gan.train(config, imbalanced, tmp_path_factory.mktemp("gan") / "run")
+    return gan.train_gan(config, imbalanced, tmp_path_factory.mktemp("gan") / "run")
 
 
 def test_kid_is_about_zero_for_the_same_distribution_and_positive_for_a_shift():
@@ -64,7 +70,7 @@ def test_fid_only_where_the_sample_count_allows():
 
 def test_memorisation_finds_an_exact_copy_at_distance_zero(synthetic_breakhis, features):
     config = gan.GanConfig(subtypes=("adenosis",), **TINY)
-    patches, _, sources = gan.real_patches(gan.training_images(synthetic_breakhis, config), config, seed=0)
+    patches, _, sources = real_patches(training_images(synthetic_breakhis, config)[0], config, seed=0)
     rng = np.random.default_rng(0)
     synthetic = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     synthetic[4] = patches[7]  # a memorised training patch
@@ -120,7 +126,7 @@ def test_evaluate_generator_reports_counts_pairs_and_keeps_the_folder_valid(spli
         for pair in report["pairs"][subtype]:
             assert (split_generator / gan_quality.QUALITY_DIR / pair["synthetic"]).is_file()
     assert "train split" in report["real_set"]
-    _, card = gan_io.load_generator(split_generator)  # the card update did not break the checksum
+    _, card = load_model_folder(split_generator, kind=GENERATOR)  # the card update did not break the checksum
     assert set(card["quality"]["kid"]) == set(PAIR)
     saved = json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text())
     assert saved["images_per_set"] == 12
@@ -133,11 +139,11 @@ def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imba
     leaky = tmp_path / "leaky"
     shutil.copytree(split_generator, leaky)
     card = json.loads((leaky / "card.json").read_text())
-    card["config"]["split"] = "none"  # as if trained on every image, test images included
+    card["training"]["split_spec"]["protocol"] = "none"  # as if trained on every image, test images included
     (leaky / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="Refusing the ablation"):
-        gan_quality.ablation(imbalanced, leaky, tmp_path / "ablation")
-    code = gan_quality.main(["ablation", "--data", str(imbalanced), "--gan", str(split_generator),
+        gan.run_ablation(imbalanced, leaky, tmp_path / "ablation")
+    code = cli(["gan", "ablation", "--data", str(imbalanced), "--gan", str(split_generator),
                              "--out", str(tmp_path / "ablation"), "--split", "patient-wise", "--seed", "3"])
     assert code == 2  # a different split seed than the generator's is refused as well
 
@@ -145,21 +151,22 @@ def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imba
 def test_training_refuses_gan_images_that_may_have_seen_test_images(split_generator, imbalanced, tmp_path):
     import shutil
 
-    from core.train import TrainConfig, prepare_data
+    from core.training.config import TrainConfig
+    from core.training.fit import prepare_data
 
     leaky = tmp_path / "leaky"
     shutil.copytree(split_generator, leaky)
     card = json.loads((leaky / "card.json").read_text())
-    card["config"]["split"] = "none"  # as if trained on every image, test images included
+    card["training"]["split_spec"]["protocol"] = "none"  # as if trained on every image, test images included
     (leaky / "card.json").write_text(json.dumps(card))
-    gan_io.write_samples(leaky, "adenosis", 3, tmp_path / "leaky-images")
+    gan.write_samples(leaky, "adenosis", 3, tmp_path / "leaky-images")
     options = dict(data=str(imbalanced), out=str(tmp_path / "run"), balance="synthetic")
     with pytest.raises(ValueError, match="trained on all images.*--allow-gan-leak"):
         prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images")))
     allowed = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images"), allow_gan_leak=True))
     assert allowed["train"]["synthetic"].astype(bool).sum() > 0
 
-    gan_io.write_samples(split_generator, "adenosis", 3, tmp_path / "matching")
+    gan.write_samples(split_generator, "adenosis", 3, tmp_path / "matching")
     matching = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "matching")))
     assert matching["train"]["synthetic"].astype(bool).sum() > 0  # same data, protocol, seed, magnification
     for mismatch, message in ((dict(seed=2), "seed 0"), (dict(folds=3), "3-fold"),
@@ -167,24 +174,27 @@ def test_training_refuses_gan_images_that_may_have_seen_test_images(split_genera
         with pytest.raises(ValueError, match=message):
             prepare_data(TrainConfig(**{**options, **mismatch}, synthetic_dir=str(tmp_path / "matching")))
 
-    (tmp_path / "matching" / gan_io.PROVENANCE_FILE).unlink()  # SYN_ images of unknown origin
+    (tmp_path / "matching" / PROVENANCE_FILE).unlink()  # SYN_ images of unknown origin
     with pytest.raises(ValueError, match="no provenance.json"):
         prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "matching")))
 
 
 def test_leak_check_accepts_every_spelling_of_the_same_protocol(imbalanced):
-    record = {"split": "patient", "split_seed": 0, "magnification": "all", "data_source": str(imbalanced)}
+    fingerprint = select_images(imbalanced, SplitSpec(), report_skipped=False).fingerprint
+    record = {"split": SplitSpec("patient").to_dict(), "fingerprint": fingerprint, "data_source": "imbalanced"}
     for spelling in ("patient-wise", "patient"):
-        assert gan_io.leak_check(record, imbalanced, spelling, 0, "all") is None
-    assert "split patient" in gan_io.leak_check(record, imbalanced, "image-level", 0, "all")
-    assert "not on" in gan_io.leak_check({**record, "data_source": "elsewhere"}, imbalanced, "patient", 0, "all")
+        assert leak_check(record, fingerprint, SplitSpec(spelling)) is None
+    assert "split patient" in leak_check(record, fingerprint, SplitSpec("image-level"))
+    assert "not on" in leak_check({**record, "fingerprint": "elsewhere"}, fingerprint, SplitSpec("patient"))
 
 
 def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced, tmp_path):
-    counts, target = gan_quality._classifier_train_counts(imbalanced, "patient-wise", 0, "all")
+    train = select_images(imbalanced, SplitSpec("patient-wise", 0, "all"), report_skipped=False).part("train")
+    counts = train["subtype"].value_counts().to_dict()
+    target = max(counts.values())
     smallest = min(PAIR, key=counts.get)
     assert counts[smallest] < target, "the fixture must leave a subtype to fill"
-    result = gan_quality.ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest],
+    result = gan.run_ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest],
                                   backbone="small_cnn", weights="none", input_size=64, epochs=1, batch_size=16)
     assert result["same_split"] and result["gan_leak"] is None
     none, filled = result["runs"]["none"], result["runs"]["synthetic"]
@@ -199,8 +209,8 @@ def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced
 
 def test_evaluate_cli_prints_the_table_and_refuses_a_non_generator(split_generator, imbalanced, tmp_path, capsys):
     args = ["evaluate", "--data", str(imbalanced), "--features", "backbone:small_cnn", "--n", "6"]
-    assert gan_quality.main(args + ["--model", str(split_generator)]) == 0
+    assert cli(["gan", *args] + ["--model", str(split_generator)]) == 0
     out = capsys.readouterr().out
     assert "adenosis" in out and "/6 " in out  # n real (at most the pool allows) / 6 synthetic
-    assert gan_quality.main(args + ["--model", str(tmp_path)]) == 2
-    assert "not a generator folder" in capsys.readouterr().err
+    assert cli(["gan", *args] + ["--model", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err

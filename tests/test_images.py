@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import (
-    MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, ImageError, LoadedImage, histology_check, load_image,
-)
+from core.data.histology import histology_check
+from core.data.images import MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, ImageError, LoadedImage, load_image
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

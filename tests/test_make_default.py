@@ -1,11 +1,12 @@
 """The default-model recipe script refuses to overwrite without --force, with a message, not a traceback."""
 
-from core.make_default import DEMO_RECIPE, RECIPE, main
+from core.cli import main as cli
+from core.training.recipes import DEMO_RECIPE, RECIPE
 
 
 def test_existing_default_is_kept_without_force(tmp_path, capsys):
     (tmp_path / "card.json").write_text("{}")
-    assert main(["--demo", "--out", str(tmp_path)]) == 2
+    assert cli(["make-default", "--demo", "--out", str(tmp_path)]) == 2
     assert "pass --force" in capsys.readouterr().err
     assert (tmp_path / "card.json").read_text() == "{}"
 

@@ -1,13 +1,13 @@
 """The backbone registry and the multi-scale hierarchical model."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 
-from core import backbones
-from core.backbones import BACKBONES, PixelNormalization, get_backbone
-from core.labels import SUBTYPES_BY_CLASS
-from core.model import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
+from core.data.labels import SUBTYPES_BY_CLASS
+from core.model import backbones
+from core.model.backbones import BACKBONES, PixelNormalization, get_backbone
+from core.model.classifier import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
 
 
 def test_registry_lists_the_required_backbones():

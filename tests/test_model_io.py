@@ -8,11 +8,21 @@ import zipfile
 import numpy as np
 import pytest
 
-from core.labels import SUBTYPES
-from core.model import build_classifier
-from core.model_io import (CARD_FILE, MODEL_FILE, ModelFolderError, card_summary, export_zip,
-                           find_model_folders, import_zip, load_model_folder, read_card,
-                           save_model_folder, sha256_of, update_card)
+from core.data.labels import SUBTYPES
+from core.model.classifier import build_classifier
+from core.model.folders import (
+    CARD_FILE,
+    MODEL_FILE,
+    ModelFolderError,
+    export_zip,
+    find_model_folders,
+    import_zip,
+    load_model_folder,
+    read_card,
+    save_model_folder,
+    sha256_of,
+    update_card,
+)
 
 SIZE = 64
 
@@ -131,11 +141,34 @@ def test_find_model_folders_lists_card_folders_sorted(tmp_path):
     assert found == [tmp_path / "models/default", tmp_path / "runs/a/model", tmp_path / "runs/b/model"]
 
 
-def test_card_summary_marks_demo_models(folder):
+def test_the_model_badge_marks_demo_models(folder):
+    from core.app.registry import describe_model, model_badge
+
     card = read_card(folder)
-    assert "DEMO" not in card_summary(card) and "small_cnn hierarchical" in card_summary(card)
-    summary = card_summary(dict(card, demo=True, metrics={"stage1": {"accuracy": 0.8123}}))
-    assert summary.startswith("DEMO") and "0.812" in summary
+    assert "DEMO" not in model_badge(card) and model_badge(card) == "tiny (small_cnn)"
+    assert model_badge(dict(card, demo=True)).startswith("DEMO · tiny")
+    assert describe_model(card)["sha256"] == card["sha256"] and describe_model(card)["protocol"] == "patient-wise"
+
+
+def test_one_folder_format_for_every_kind(tmp_path, folder):
+    from core.gan.model import GanConfig, build_generator
+    from core.model.folders import CLASSIFIER, GENERATOR
+
+    config = GanConfig(image_size=32, width=16, latent_dim=8)
+    generator = save_model_folder(build_generator(config), tmp_path / "generator",
+                                  {"image_size": 32, "latent_dim": 8, "subtypes": list(SUBTYPES)}, kind=GENERATOR)
+    model, card = load_model_folder(generator, kind=GENERATOR)
+    assert card["kind"] == GENERATOR and card["sha256"] == sha256_of(generator / MODEL_FILE)
+    assert model.output_shape == (None, 32, 32, 3) and "preprocessing" not in card
+    assert read_card(folder)["kind"] == CLASSIFIER
+    with pytest.raises(ModelFolderError, match="holds a GAN generator, not a classifier"):
+        load_model_folder(generator)
+    with pytest.raises(ModelFolderError, match="holds a classifier, not a GAN generator"):
+        load_model_folder(folder, kind=GENERATOR)
+    with pytest.raises(ValueError, match="'latent_dim'"):
+        save_model_folder(build_generator(config), tmp_path / "bad", {"image_size": 32, "subtypes": []}, kind=GENERATOR)
+    assert find_model_folders(tmp_path, kind=GENERATOR) == [generator]
+    assert find_model_folders(tmp_path, kind=CLASSIFIER) == [folder]
 
 
 def test_saved_file_holds_weights_not_optimizer_state(tmp_path):
@@ -163,7 +196,7 @@ def test_a_model_that_cannot_be_explained_is_refused_with_a_message(tmp_path, ti
 
 
 def test_write_json_atomic_leaves_a_complete_readable_file(tmp_path):
-    from core.model_io import write_json_atomic
+    from core.jsonfile import write_json_atomic
 
     target = tmp_path / "metrics.json"
     write_json_atomic(target, {"accuracy": np.float32(0.5), "n": 3})

@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from core.breakhis import index_folder
-from core.labels import CLASS_OF_SUBTYPE, SUBTYPES, SUBTYPES_BY_CLASS
-from core.pipeline import (augment, decode_image, hed_jitter, hed_to_rgb, make_dataset, rgb_to_hed,
-                           select_magnification, targets_and_weights)
+from core.data.augment import augment, hed_jitter, hed_to_rgb, rgb_to_hed
+from core.data.breakhis import index_folder
+from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.pipeline import decode_image, make_dataset, targets_and_weights
+from core.data.selection import select_magnification
 
 SIZE = 64
 
@@ -32,8 +33,8 @@ def test_batches_have_model_shapes_dtypes_and_ranges(table):
 
 
 def test_untouched_pipeline_equals_the_shared_preprocessing(table):
-    """The pipeline must feed the model exactly what prediction does (core.preprocess)."""
-    from core.preprocess import to_model_input
+    """The pipeline must feed the model exactly what prediction does (core.data.preprocess)."""
+    from core.data.preprocess import to_model_input
 
     images, _, _ = next(iter(make_dataset(table.iloc[:3], batch_size=3, input_size=SIZE)))
     rgb = np.asarray(Image.open(table["path"].iloc[1]).convert("RGB"))
@@ -164,9 +165,9 @@ def test_file_cache_and_training_shuffle(table, tmp_path):
 
 
 def test_hed_jitter_uses_the_same_stain_model_as_the_histology_check(samples_dir):
-    """One stain model: the augmentation's HED space is core.images' colour deconvolution."""
-    from core.images import hed_concentrations, load_image
-    from core.pipeline import rgb_to_hed
+    """One stain model: the augmentation's HED space is core.data.stain's colour deconvolution."""
+    from core.data.images import load_image
+    from core.data.stain import hed_concentrations
 
     rgb = load_image(next(samples_dir.rglob("*.png")), check_histology=False).rgb[:64, :64]
     np.testing.assert_allclose(np.asarray(rgb_to_hed(rgb)), hed_concentrations(rgb), atol=1e-4)

@@ -3,11 +3,18 @@
 import pandas as pd
 import pytest
 
-from core.breakhis import index_folder, load_manifest
-from core.labels import SUBTYPES
-from core.splits import (
-    IMAGE, PATIENT, PROTOCOLS, assert_no_case_leakage, case_table, describe_split, make_split,
-    patient_kfold, shared_cases,
+from core.data.breakhis import index_folder, load_manifest
+from core.data.labels import SUBTYPES
+from core.data.splits import (
+    IMAGE,
+    PATIENT,
+    PROTOCOLS,
+    assert_no_case_leakage,
+    case_table,
+    describe_split,
+    make_split,
+    patient_kfold,
+    shared_cases,
 )
 
 

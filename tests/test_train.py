@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.progress import ProgressWriter, latest_state, read_progress
+from core.training.progress import ProgressWriter, latest_state, read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=6, patience=6)
@@ -22,10 +22,12 @@ TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, 
 
 def heldout_stage1_accuracy(run_dir: Path) -> float:
     """Stage-1 accuracy of the SAVED model on the run's test cases (never seen in training)."""
-    from core.model_io import load_model_folder
-    from core.pipeline import make_dataset
+    from core.data.pipeline import make_dataset
+    from core.model.folders import load_model_folder
+    from core.training.evaluate import read_split
 
-    split = pd.read_csv(run_dir / "split.csv")
+    split, missing = read_split(run_dir)  # paths in split.csv are relative to the data folder
+    assert not missing
     test = split[split["split"] == "test"]
     model, card = load_model_folder(run_dir / "model")
     dataset = make_dataset(test, card["hierarchy"], 16, input_size=card["input_size"], cache=False)
@@ -74,8 +76,8 @@ def test_progress_final_states():
 # --- training ------------------------------------------------------------------------------
 
 def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path):
-    from core.splits import assert_no_case_leakage
-    from core.train import train
+    from core.data.splits import assert_no_case_leakage
+    from core.training.fit import train
 
     run = tmp_path / "finetune"
     result = train(dict(data=str(synthetic_breakhis), out=str(run), echo_stdout=False, **TINY))
@@ -87,6 +89,7 @@ def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path)
     split = pd.read_csv(run / "split.csv")
     assert len(split) == 96 and set(split["split"]) == {"train", "val", "test"}
     assert set(split["protocol"]) == {"patient-wise"}
+    assert not any(Path(p).is_absolute() for p in split["path"])  # portable: relative to the data folder
     assert_no_case_leakage(split)
     history = pd.read_csv(run / "history.csv")
     assert len(history) == result["epochs_run"] and {"loss", "val_loss", "stage1_accuracy"} <= set(history)
@@ -99,6 +102,9 @@ def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path)
     assert training["mode"] == "finetune" and "HED" in training["augmentation"]
     assert sum(training["by_subtype"].values()) == training["counts"]["train"]
     assert {"data_source", "split_protocol", "synthetic_by_subtype", "epochs", "balance", "magnification"} <= set(training)
+    assert training["data_source"] == synthetic_breakhis.name  # no absolute build path in the card
+    assert training["split"]["images"]["test"] == (split["split"] == "test").sum()  # describe_split, recorded
+    assert training["split"]["shared_cases"] == 0 and not training["split"]["leaky"]
 
     events = events_of(run)
     kinds = [e["event"] for e in events]
@@ -110,12 +116,12 @@ def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path)
     assert events[-1]["metrics"]["val_stage1_accuracy"] >= 0.9
     state = latest_state(events)
     assert state["status"] == "completed" and len(state["history"]) == result["epochs_run"]
-    if (run / "metrics.json").exists():  # written by core.evaluate when it is available
+    if (run / "metrics.json").exists():  # written by core.training.evaluate when it is available
         assert json.loads((run / "metrics.json").read_text())["stage1_accuracy"] >= 0.95
 
 
 def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
-    from core.train import train
+    from core.training.fit import train
 
     run = tmp_path / "fast"
     result = train(dict(data=str(synthetic_breakhis), out=str(run), mode="fast", balance="class_weights",
@@ -129,7 +135,7 @@ def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
     assert result["epochs_run"] >= 1 and not (run / "metrics.json").exists()
     # The frozen backbone keeps the statistics its features were computed with (random init here:
     # mean 0, variance 1); only the head's BatchNorm layers are recalibrated.
-    from core.model_io import load_model_folder
+    from core.model.folders import load_model_folder
 
     model, _ = load_model_folder(run / "model")
     backbone_bn, head_bn = model.get_layer("cnn_block1_bn"), model.get_layer("branch0_bn_in")
@@ -140,9 +146,9 @@ def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
 
 
 def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
-    from core.breakhis import index_folder
-    from core.splits import assert_no_case_leakage, patient_kfold
-    from core.train import train
+    from core.data.breakhis import index_folder
+    from core.data.splits import assert_no_case_leakage, patient_kfold
+    from core.training.fit import train
 
     run = tmp_path / "fold1"
     train(dict(data=str(synthetic_breakhis), out=str(run), mode="fast", folds=3, fold=1,
@@ -159,8 +165,8 @@ def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
 def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_path):
     from PIL import Image
 
-    from core.breakhis import synthetic_name
-    from core.train import train
+    from core.data.breakhis import synthetic_name
+    from core.training.fit import train
     from tests.synthetic_data import synthetic_image, write_synthetic_breakhis
 
     rng = np.random.default_rng(0)
@@ -187,21 +193,21 @@ def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_pat
 
 
 def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_path, capsys):
-    from core.train import main
+    from core.cli import main as cli
 
-    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r1")]) == 2
+    assert cli(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r1")]) == 2
     assert "data folder not found" in capsys.readouterr().err
-    assert main(["--data", str(synthetic_breakhis), "--out", str(tmp_path / "r2"), "--backbone", "alexnet"]) == 2
-    assert "unknown backbone" in capsys.readouterr().err
+    assert cli(["train", "--data", str(synthetic_breakhis), "--out", str(tmp_path / "r2"), "--backbone", "alexnet"]) == 2
+    assert "invalid choice: 'alexnet'" in capsys.readouterr().err
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "progress.jsonl").write_text("")
-    assert main(["--data", str(synthetic_breakhis), "--out", str(tmp_path / "r3")]) == 2
+    assert cli(["train", "--data", str(synthetic_breakhis), "--out", str(tmp_path / "r3")]) == 2
     assert "already holds a training run" in capsys.readouterr().err
     # A failure after the run started is reported in the stream: error + end failed.
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
-    assert main(["--data", str(empty), "--out", str(tmp_path / "r4"), "--backbone", "small_cnn"]) == 2
+    assert cli(["train", "--data", str(empty), "--out", str(tmp_path / "r4"), "--backbone", "small_cnn"]) == 2
     events = events_of(tmp_path / "r4")
     assert [e["event"] for e in events] == ["error", "end"] and events[-1]["status"] == "failed"
     assert "No BreakHis images" in events[-1]["message"]
@@ -209,7 +215,7 @@ def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_pat
 
 def test_sigterm_cancels_a_running_training(synthetic_breakhis, tmp_path):
     run = tmp_path / "cancel"
-    command = [sys.executable, "-m", "core.train", "--data", str(synthetic_breakhis), "--out", str(run),
+    command = [sys.executable, "-m", "core", "train", "--data", str(synthetic_breakhis), "--out", str(run),
                "--backbone", "small_cnn", "--weights", "none", "--input-size", "32", "--batch-size", "16",
                "--epochs", "1000", "--patience", "1000"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -238,7 +244,7 @@ DISTRIBUTED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from core.train import train
+    from core.training.fit import train
     result = train(dict(data=sys.argv[1], out=sys.argv[2], strategy="mirrored", devices="/cpu:0,/cpu:1",
                         evaluate=False, echo_stdout=False, **json.loads(sys.argv[3])))
     print("RESULT " + json.dumps(result))

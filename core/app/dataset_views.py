@@ -1,0 +1,132 @@
+"""Class-balance views of an image table (plotly figures), before and after balancing.
+
+The tables come from core.data.breakhis (manifest or scanned folder) and the balanced versions from
+core.data.balance.balance_preview, so what the Dataset page shows is exactly what training would use.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+
+from core.data import balance
+from core.data.breakhis import subtype_counts
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, pretty
+
+CLASS_COLOURS = {"benign": "#4c9a8a", "malignant": "#b5525c"}
+SUBTYPE_ORDER = [pretty(s) for s in SUBTYPES]
+STRATEGY_TITLES = {
+    "none": "As is", "class_weights": "Class weights", "oversample": "Oversampling",
+    "undersample": "Undersampling", "synthetic": "GAN fill",
+}
+_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), height=360)
+
+
+def imbalance_ratio(images: pd.DataFrame, column: str = "subtype") -> float:
+    """Largest over smallest group size (1.0 is balanced)."""
+    return _ratio(images[column].value_counts())
+
+
+def _ratio(counts: pd.Series) -> float:
+    counts = counts[counts > 0]
+    return float(counts.max() / counts.min()) if len(counts) else float("nan")
+
+
+def class_figure(images: pd.DataFrame, title: str = "Benign vs malignant"):
+    counts = images["label"].value_counts().reindex(CLASSES, fill_value=0)
+    frame = pd.DataFrame({"Class": [pretty(c) for c in CLASSES], "Images": counts.values,
+                          "class": list(CLASSES)})
+    figure = px.bar(frame, x="Class", y="Images", color="class", color_discrete_map=CLASS_COLOURS,
+                    text="Images", title=title)
+    return figure.update_layout(showlegend=False, **_LAYOUT)
+
+
+def subtype_figure(images: pd.DataFrame, title: str = "Images per subtype"):
+    real = images[~images["synthetic"].astype(bool)] if "synthetic" in images else images
+    table = pd.DataFrame({"subtype": list(SUBTYPES), "real": subtype_counts(real).to_numpy()})
+    table["class"], table["Subtype"] = table["subtype"].map(CLASS_OF_SUBTYPE), table["subtype"].map(pretty)
+    figure = px.bar(table, x="Subtype", y="real", color="class", color_discrete_map=CLASS_COLOURS,
+                    category_orders={"Subtype": SUBTYPE_ORDER}, text="real", title=title,
+                    labels={"real": "Images", "class": "Class"})
+    return figure.update_layout(**_LAYOUT)
+
+
+def magnification_figure(images: pd.DataFrame, title: str = "Magnification x subtype"):
+    """Heat map of image counts: a gap at one magnification shows up at a glance."""
+    table = pd.crosstab(images["subtype"], images["magnification"])
+    table = table.reindex(index=list(SUBTYPES), columns=list(MAGNIFICATIONS), fill_value=0)
+    table.index = [pretty(s) for s in table.index]
+    figure = px.imshow(table, text_auto=True, color_continuous_scale="Teal", aspect="auto",
+                       labels=dict(x="Magnification", y="Subtype", color="Images"), title=title)
+    return figure.update_layout(**_LAYOUT)
+
+
+def case_figure(images: pd.DataFrame, title: str = "Images per case (patient)"):
+    """One dot per case: a few heavy cases dominate BreakHis, which is why splits are patient-wise."""
+    per_case = images.groupby(["case", "subtype"]).size().rename("Images").reset_index()
+    per_case["Subtype"] = per_case["subtype"].map(pretty)
+    figure = px.strip(per_case, x="Subtype", y="Images", hover_data=["case"],
+                      category_orders={"Subtype": SUBTYPE_ORDER}, title=title)
+    return figure.update_traces(marker_color="#2b6f8e").update_layout(**_LAYOUT)
+
+
+def balanced_versions(train: pd.DataFrame, synthetic_dir: str | Path | None = None,
+                      seed: int = 0) -> dict[str, pd.DataFrame]:
+    """strategy -> core.data.balance.balance_preview of the training table (what training would use).
+
+    GAN fill is included only when a folder of synthetic images is given.
+    """
+    folder = str(synthetic_dir) if synthetic_dir else None
+    return {strategy: balance.balance_preview(train, strategy, synthetic_dir=folder, seed=seed)
+            for strategy in balance.STRATEGIES if strategy != "synthetic" or folder}
+
+
+def strategy_figure(previews: dict[str, pd.DataFrame]):
+    """Subtype counts after each strategy, side by side (effective, weighted counts for class weights)."""
+    frames = []
+    for strategy, preview in previews.items():
+        frame = pd.DataFrame({"subtype": preview.index,
+                              "real": (preview["after"] - preview["synthetic_added"]) * preview["weight"],
+                              "synthetic": preview["synthetic_added"] * preview["weight"]})
+        frame["class"], frame["Subtype"] = frame["subtype"].map(CLASS_OF_SUBTYPE), frame["subtype"].map(pretty)
+        frame["Strategy"] = STRATEGY_TITLES.get(strategy, strategy)
+        frames.append(frame)
+    long = pd.concat(frames).melt(id_vars=["Strategy", "Subtype", "class"], value_vars=["real", "synthetic"],
+                                  var_name="Source", value_name="Images")
+    long = long[long["Images"] > 0]
+    figure = px.bar(long, x="Subtype", y="Images", color="class", pattern_shape="Source",
+                    facet_col="Strategy", color_discrete_map=CLASS_COLOURS,
+                    category_orders={"Subtype": SUBTYPE_ORDER, "Source": ["real", "synthetic"]},
+                    title="Training images per subtype after each balancing strategy")
+    figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    return figure.update_layout(**{**_LAYOUT, "height": 420})
+
+
+def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per strategy: how many images, how imbalanced (as the loss sees it), how many synthetic."""
+    rows = []
+    for strategy, preview in previews.items():
+        by_class = preview["effective"].groupby(preview.index.map(CLASS_OF_SUBTYPE)).sum()
+        rows.append({
+            "strategy": STRATEGY_TITLES.get(strategy, strategy),
+            "training images": int(preview["after"].sum()),
+            "synthetic images": int(preview["synthetic_added"].sum()),
+            "subtype imbalance (max/min)": round(_ratio(preview["effective"]), 2),
+            "class imbalance (max/min)": round(_ratio(by_class), 2),
+            "how": "loss weights, data unchanged" if strategy == "class_weights" else "resampled table",
+        })
+    return pd.DataFrame(rows)
+
+
+def thumbnails(images: pd.DataFrame, per_subtype: int = 4, seed: int = 0) -> dict[str, list[str]]:
+    """Up to `per_subtype` existing image files per subtype (files may be absent for the manifest)."""
+    chosen: dict[str, list[str]] = {}
+    rng = random.Random(seed)
+    for subtype in SUBTYPES:
+        paths = images.loc[images["subtype"] == subtype, "path"].tolist()
+        rng.shuffle(paths)
+        chosen[subtype] = [p for p in paths[: per_subtype * 5] if Path(p).is_file()][:per_subtype]
+    return chosen

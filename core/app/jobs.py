@@ -1,0 +1,194 @@
+"""One background training job at a time, with its state on disk.
+
+The Retrain page launches `python -m core train ...` as its own process group (never a thread in
+the Streamlit script), so a page reload, a second browser tab or a restarted server all see the
+same job through `runs/.job.json`. The job file records the pid and the process start time, so
+a pid that died (or was reused by an unrelated process) is detected as stale instead of being
+shown as "running" forever. Progress itself comes from the run's progress.jsonl (core.training.progress).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.jsonfile import read_json, write_json_atomic
+from core.options import to_argv
+from core.paths import REPO, runs_dir
+from core.training.progress import FINAL_STATUSES, latest_state, read_progress
+
+JOB_FILE_NAME = ".job.json"
+LOG_NAME = "train.log"
+RUNNING, COMPLETED, FAILED, CANCELLED, STALE = "running", "completed", "failed", "cancelled", "stale"
+
+# Popen objects of the jobs this server started, shared by all sessions: polling them reaps the
+# child, so a finished job never lingers as a zombie that os.kill(pid, 0) would call alive.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class JobError(RuntimeError):
+    """A job cannot be started or controlled; the message is shown to the user."""
+
+
+@dataclasses.dataclass
+class Job:
+    pid: int
+    run_dir: str
+    started: float
+    command: list[str]
+    log: str
+    settings: dict
+    proc_start: str | None = None  # /proc start time, guards against pid reuse
+    cancel_requested: float | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_command(config) -> list[str]:
+    """`python -m core train ...` for a core.training.config.TrainConfig (the only way the app trains)."""
+    return [sys.executable, "-m", "core", "train", *to_argv(config)]
+
+
+def _job_file(root: Path) -> Path:
+    return root / JOB_FILE_NAME
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Kernel start time of a process (Linux), or None where /proc is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counted after the ")" that closes the command name.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _proc_is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def is_alive(job: Job) -> bool:
+    """True while the job's own process is running (not a zombie, not a reused pid)."""
+    child = _CHILDREN.get(job.pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(job.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # Exists but belongs to someone else: not our job.
+        return False
+    if _proc_is_zombie(job.pid):
+        return False
+    if job.proc_start is not None:
+        return _proc_start_time(job.pid) == job.proc_start
+    return True
+
+
+def read_job(root: Path | None = None) -> Job | None:
+    """The current (or last) job, or None. A corrupt job file is treated as no job."""
+    path = _job_file(Path(root or runs_dir()))
+    try:
+        return Job(**read_json(path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_job(job: Job, root: Path) -> None:
+    write_json_atomic(_job_file(root), job.to_json())  # a reader never sees half a file
+
+
+def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
+              root: Path | None = None) -> Job:
+    """Launch the training process in its own session; refuse while another job runs."""
+    root = Path(root or runs_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    with open(root / ".job.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # Two tabs pressing Start at once: one wins.
+        current = read_job(root)
+        if current is not None and is_alive(current):
+            raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
+                           "Wait for it or cancel it first.")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise JobError(f"Run folder {run_dir} already exists and is not empty.")
+        log_path = root / ".job_logs" / f"{run_dir.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env)
+        _CHILDREN[process.pid] = process
+        job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
+                  log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid))
+        _write_job(job, root)
+    return job
+
+
+def cancel_job(job: Job, root: Path | None = None, force: bool = False) -> None:
+    """SIGTERM (or SIGKILL when forced) to the job's whole process group."""
+    root = Path(root or runs_dir())
+    if not is_alive(job):
+        return
+    job.cancel_requested = job.cancel_requested or time.time()
+    _write_job(job, root)
+    try:
+        os.killpg(job.pid, signal.SIGKILL if force else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def clear_job(root: Path | None = None) -> None:
+    """Forget a finished job (its run folder stays). Refuses while it runs."""
+    root = Path(root or runs_dir())
+    job = read_job(root)
+    if job is not None and is_alive(job):
+        raise JobError("The job is still running; cancel it first.")
+    _job_file(root).unlink(missing_ok=True)
+
+
+def progress(job: Job) -> dict:
+    """The run's progress summary (core.training.progress.latest_state of its progress.jsonl)."""
+    return latest_state(read_progress(Path(job.run_dir) / "progress.jsonl"))
+
+
+def job_status(job: Job, state: dict) -> tuple[str, str]:
+    """(status, explanation) from the process state and the run's progress summary.
+
+    A process that is gone without a final "end" event was killed or crashed: "stale" (or
+    "cancelled" when the user asked for it), and never a usable model.
+    """
+    if is_alive(job):
+        return RUNNING, "Training is running."
+    if state.get("status") in FINAL_STATUSES:
+        status = state["status"]
+        detail = state.get("error") or state.get("message") or ""
+        return status, f"Training {status}." + (f" {detail}" if detail and status != COMPLETED else "")
+    if job.cancel_requested:
+        return CANCELLED, "Training was cancelled before it reported an end."
+    return STALE, (f"The training process (pid {job.pid}) is gone but never reported an end: it was "
+                   "killed or crashed. See the log.")
+
+
+def log_tail(job: Job, lines: int = 40) -> str:
+    """Last lines of the job's log (stdout and stderr of the training process)."""
+    try:
+        with open(job.log, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            size = log.tell()
+            log.seek(max(0, size - 64_000))
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

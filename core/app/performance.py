@@ -1,0 +1,102 @@
+"""What the Model performance page shows, as tables: metrics per stage with their protocol and data
+size, the active model next to the published BreakHis results, and training curves.
+
+A BreakHis number without its split protocol is not comparable to anything, so every row here
+carries its split, protocol, level and counts.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+_BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
+    ("Stage 1: benign vs malignant", ("stage1",)),
+    ("Stage 2: benign subtypes (true class given)", ("stage2", "benign")),
+    ("Stage 2: malignant subtypes (true class given)", ("stage2", "malignant")),
+    ("End to end: 8 subtypes", ("subtype8",)),
+    ("Patient level: benign vs malignant", ("patient", "stage1")),
+    ("Patient level: 8 subtypes", ("patient", "subtype8")),
+)
+
+
+def metric_block(metrics: dict, path: tuple[str, ...]) -> dict | None:
+    block = metrics
+    for key in path:
+        block = block.get(key) if isinstance(block, dict) else None
+    return block if isinstance(block, dict) and "accuracy" in block else None
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per stage (and end to end), each with its split, protocol and data size."""
+    rows = []
+    for label, path in _BLOCKS:
+        block = metric_block(metrics, path)
+        if block is None:
+            continue
+        data = block.get("data") or {}
+        auc = (block.get("roc_auc") or {}).get("macro")
+        rows.append({
+            "what": label, "accuracy": block["accuracy"], "balanced accuracy": block.get("balanced_accuracy"),
+            "macro F1": block.get("macro_f1"), "macro ROC AUC": auc,
+            "split": data.get("split"), "protocol": data.get("protocol"), "level": data.get("level"),
+            "images": data.get("images"), "cases": data.get("cases"),
+        })
+    return pd.DataFrame(rows).round(4)
+
+
+def protocol_line(metrics: dict) -> str:
+    """The sentence that must accompany every number: which split, which protocol, how much data."""
+    data = metrics.get("data") or {}
+    if not data:
+        return "Split protocol and data size unknown: treat these numbers with care."
+    leaky = "image-level" in str(data.get("protocol", ""))
+    return (f"Computed on the {data.get('split', '?')} split, {data.get('protocol', '?')} protocol, "
+            f"{data.get('images', '?')} images from {data.get('cases', '?')} cases."
+            + (" Image-level splits put the same patient in training and test: optimistic." if leaky else ""))
+
+
+def protocol_kind(protocol: str) -> str:
+    """'patient-wise' or 'image-level' for a free-text protocol description."""
+    return "patient-wise" if "patient" in str(protocol).lower() else "image-level"
+
+
+def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: str) -> pd.DataFrame:
+    """Published results next to the active model's, each marked by its split protocol."""
+    table = reference.copy()
+    table["protocol kind"] = table["protocol"].map(protocol_kind)
+    rows = []
+    if metrics and metric_block(metrics, ("stage1",)):
+        data = metrics.get("data") or {}
+        ours = {"source": "this app (active model)", "model": model_name, "protocol": data.get("protocol"),
+                "note": f"{data.get('split')} split, {data.get('images')} images, {data.get('cases')} cases"}
+        stage1, subtype8 = metrics["stage1"], metric_block(metrics, ("subtype8",)) or {}
+        rows += [{**ours, "task": "binary", "metric": "accuracy", "value": round(stage1["accuracy"], 4)},
+                 {**ours, "task": "binary", "metric": "malignant recall",
+                  "value": round(stage1["per_class"]["malignant"]["recall"], 4)}]
+        if subtype8:
+            rows += [{**ours, "task": "8-class", "metric": "accuracy", "value": round(subtype8["accuracy"], 4)},
+                     {**ours, "task": "8-class", "metric": "macro F1", "value": round(subtype8["macro_f1"], 4)}]
+        patient = metric_block(metrics, ("patient", "stage1"))
+        if patient:
+            rows.append({**ours, "task": "binary", "metric": "patient-level accuracy",
+                         "value": round(patient["accuracy"], 4)})
+    if rows:
+        mine = pd.DataFrame(rows)
+        mine["protocol kind"] = mine["protocol"].map(protocol_kind)
+        table = pd.concat([mine, table], ignore_index=True)
+    table["value"] = table["value"].astype(str)
+    return table[["protocol kind", "source", "model", "task", "metric", "value", "protocol", "note"]]
+
+
+def training_curves(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per-epoch history (history.csv or the progress stream) -> long tables to plot, by panel.
+
+    Losses and scores live on different scales, so they get separate panels; the learning rate
+    is a setting, not a result, and is left out.
+    """
+    if "epoch" not in history:
+        history = history.assign(epoch=range(1, len(history) + 1))
+    long = history.melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
+    is_loss = long["metric"].str.contains("loss")
+    scores = long[~is_loss & ~long["metric"].isin(["learning_rate", "lr"])]
+    return {"Loss": long[is_loss], "Metrics": scores}

@@ -1,0 +1,122 @@
+"""What the app can show: model folders, bundled samples, GAN images, and how to describe a model.
+
+No Streamlit here (core.app.session wraps these in caches). Environment variables (all optional):
+  BREAKHIS_DEFAULT_MODEL  model folder active when a session starts (default models/default)
+  BREAKHIS_MODEL_DIRS     os.pathsep-separated folders searched for models (default models:runs)
+  BREAKHIS_RUNS_DIR       where Retrain writes runs and the job file (default runs)
+  BREAKHIS_SYNTHETIC_DIR  GAN images for the "GAN fill" strategy (default data/synthetic)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
+from core.data.labels import MAGNIFICATIONS, pretty
+from core.model.folders import CARD_FILE, CLASSIFIER, GENERATOR, MODEL_FILE, find_model_folders
+from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
+
+NOT_STATED = "not stated"
+_MAGNIFICATION_IN_NAME = re.compile(r"(?<![0-9])(40|100|200|400)\s*[xX](?![a-zA-Z])")
+
+
+def model_roots() -> list[Path]:
+    configured = os.environ.get("BREAKHIS_MODEL_DIRS")
+    if configured:
+        return [Path(p) for p in configured.split(os.pathsep) if p]
+    return [MODELS_DIR, runs_dir()]
+
+
+def default_model() -> Path:
+    configured = os.environ.get("BREAKHIS_DEFAULT_MODEL")
+    folder = Path(configured) if configured else Path(DEFAULT_MODEL_DIR)
+    return folder if folder.is_absolute() else REPO / folder
+
+
+def _folders(kind: str) -> list[str]:
+    """Model folders of one kind under the roots, resolved, sorted, no duplicates."""
+    found = find_model_folders(*[root for root in model_roots() if root.is_dir()], kind=kind)
+    return list(dict.fromkeys(str(Path(folder).resolve()) for folder in found))
+
+
+def available_models() -> list[str]:
+    """Classifier folders the user can switch between, the default first. A folder whose card
+    cannot be read stays listed, so the sidebar can say why it cannot be used."""
+    default = [str(default_model().resolve())] if (default_model() / MODEL_FILE).is_file() else []
+    return list(dict.fromkeys(default + _folders(CLASSIFIER)))
+
+
+def generator_folders() -> list[str]:
+    """GAN generator folders under the same roots, the bundled one (named like it) first."""
+    return sorted(_folders(GENERATOR), key=lambda folder: (Path(folder).name != DEFAULT_GENERATOR_DIR.name, folder))
+
+
+def short_location(folder: str) -> str:
+    """models/default, runs/NAME/model, ... (relative to the repo or the runs folder when inside)."""
+    path = Path(folder).resolve()
+    for base in (REPO, runs_dir().resolve().parent):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
+def stamp(folder: str) -> float:
+    """Changes when a model folder is rewritten, so a cache never serves a stale model."""
+    try:
+        return max((Path(folder) / name).stat().st_mtime for name in (MODEL_FILE, CARD_FILE))
+    except OSError:
+        return 0.0
+
+
+def describe_model(card: dict) -> dict:
+    """The sidebar's and the report's few lines about a model."""
+    training = card.get("training") or {}
+    counts = training.get("counts") or {}
+    return {
+        "name": card.get("name", "unnamed model"),
+        "backbone": card.get("backbone", "?"),
+        "hierarchy": card.get("hierarchy", "?"),
+        "demo": bool(card.get("demo")),
+        "data": training.get("data_source", "unknown data"),
+        "protocol": training.get("split_protocol", "unknown protocol"),
+        "images": sum(int(v) for v in counts.values() if isinstance(v, (int, float))),
+        "magnification": training.get("magnification", "all"),
+        "sha256": card.get("sha256", ""),
+        "created": card.get("created", ""),
+    }
+
+
+def model_badge(card: dict) -> str:
+    """Short label every prediction carries: 'DEMO · name (backbone)' for a demo model."""
+    info = describe_model(card)
+    return ("DEMO · " if info["demo"] else "") + f"{info['name']} ({info['backbone']})"
+
+
+def sample_items() -> dict[str, Path]:
+    """Bundled real samples: display name -> path."""
+    paths = sorted(p for p in SAMPLES_DIR.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return {f"{pretty(parse_name(p.name).subtype)} · {p.name}" if parse_name(p.name) else p.name: p
+            for p in paths}
+
+
+def synthetic_folder() -> str | None:
+    """The GAN images folder, only when it exists and holds GAN images."""
+    folder = Path(os.environ.get("BREAKHIS_SYNTHETIC_DIR") or REPO / "data" / "synthetic")
+    if folder.is_dir() and any(parse_synthetic_name(p.name) for p in folder.rglob("SYN_*.png")):
+        return str(folder)
+    return None
+
+
+def magnification_options() -> list[str]:
+    return [NOT_STATED, *MAGNIFICATIONS]
+
+
+def magnification_from_name(name: str) -> str | None:
+    """40X ... 400X from a BreakHis name, or from a '200x'-style token in any other name."""
+    parsed = parse_name(name)
+    if parsed is not None:
+        return parsed.magnification
+    match = _MAGNIFICATION_IN_NAME.search(Path(name).stem)
+    return f"{match.group(1)}X" if match else None

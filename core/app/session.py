@@ -1,0 +1,195 @@
+"""Streamlit glue shared by the pages: cached models, per-session memory, the active model.
+
+Everything here needs a Streamlit session; the logic it wraps lives in core.app.registry (what
+can be shown) and core.app.service (the diagnosis), which are tested without Streamlit. One
+loaded model serves every session (st.cache_resource; Predictor is thread-safe); everything a
+user uploads or sees stays in that user's session state, never in a shared cache or on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core.app import registry, service
+from core.model.cam import explain
+from core.model.folders import ModelFolderError, read_card
+from core.model.predict import Predictor
+
+# ---------------------------------------------------------------- models
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=4)
+def _load_predictor(folder: str, stamp: float) -> Predictor:
+    # One instance per model folder for the whole server: Predictor is thread-safe.
+    predictor = Predictor.load(folder)
+    _warm_up(predictor)
+    return predictor
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """Trace the prediction and Grad-CAM graphs now, behind the loading spinner, so the first
+    upload is as fast as the next ones (DenseNet121 on CPU: ~10 s of tracing otherwise).
+
+    The Grad-CAM part is best effort: a model that predicts but cannot be explained must still
+    give predictions (the page then says why the heat maps are missing).
+    """
+    blank = np.full((predictor.input_size, predictor.input_size, 3), 200, np.uint8)
+    predictor.predict([blank])
+    try:
+        explain(predictor, blank, "gradcam")
+    except Exception as problem:  # noqa: BLE001 - explained again (with a message) on first use
+        logging.getLogger(__name__).warning("Grad-CAM warm-up failed for %s: %s: %s", predictor.name,
+                                            type(problem).__name__, problem)
+
+
+def get_predictor(folder: str) -> Predictor:
+    """Cached, shared predictor; raises the loader's clear error for a bad folder."""
+    return _load_predictor(str(Path(folder).resolve()), registry.stamp(folder))
+
+
+# ---------------------------------------------------------------- explanations
+
+_CAM_CACHE_KEY = "_explanations"
+_CAM_CACHE_SIZE = 64
+
+
+def explanations(predictor: Predictor, result: service.ImageResult, method: str) -> tuple:
+    """(stage-1, stage-2) Explanation of one image's predicted class and subtype.
+
+    The targets come from the shown prediction (which may use TTA), so the maps always explain
+    what the page says. Remembered in this session only (not st.cache_data), so one user's
+    images are never kept for another.
+    """
+    p = result.prediction
+    cache = st.session_state.setdefault(_CAM_CACHE_KEY, {})
+    key = (model_identity(predictor), result.digest, method, p.label, p.subtype)
+    if key not in cache:
+        if len(cache) >= _CAM_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        maps = explain(predictor, result.image.rgb, method, p.label, p.subtype).explanations
+        cache[key] = (maps["stage1"], maps["stage2"])
+    return cache[key]
+
+
+def model_identity(predictor: Predictor) -> tuple[str, str]:
+    """(model folder, card sha256): stable across reloads, unlike id(), which Python reuses."""
+    folder = str(predictor.folder.resolve()) if predictor.folder else f"in-memory model {id(predictor)}"
+    return folder, str(predictor.card.get("sha256", ""))
+
+
+# ---------------------------------------------------------------- session glue
+
+def keep_keras_state() -> None:
+    """Stop Streamlit from calling keras.backend.clear_session() after every script run.
+
+    Streamlit does that to free models a script rebuilds on each run. This app builds none: its
+    models are loaded once (st.cache_resource) and shared by all sessions. Clearing TensorFlow's
+    kernel cache under them made the next prediction about 10x slower (DenseNet121 on CPU,
+    0.15 s -> 1.0-1.7 s, plus a 0.4 s garbage collection per rerun) and could race with another
+    session's prediction. Why a private hook: Streamlit has no public option for this (only
+    runner.postScriptGC, which is about gc.collect); streamlit is pinned (requirements.txt) and
+    the hook is checked by name, so an upgrade that renames it only loses the speed-up.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = lambda: None
+
+
+def require_router() -> None:
+    """Make sure a page runs inside app.py's st.navigation (its sidebar and model choice).
+
+    Streamlit treats a pages/ folder next to the entrypoint as a legacy multipage app until the
+    first st.navigation call. When the first request after a server start is a deep link
+    (e.g. /retrain), it runs pages/retrain.py alone and stays in that mode. Every page calls
+    this first: it records what st.navigation itself records, then reruns through app.py.
+    Why a private flag: the public way out is to rename pages/, which the project layout keeps;
+    st.navigation sets exactly this flag itself (streamlit/commands/navigation.py).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+ACTIVE_MODEL_KEY = "active_model"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _card(folder: str, stamp: float) -> dict:
+    return read_card(folder)
+
+
+def model_card(folder: str) -> dict:
+    """The card of a model folder without loading the model (cheap, for the sidebar)."""
+    return _card(folder, registry.stamp(folder))
+
+
+def active_model() -> str | None:
+    return st.session_state.get(ACTIVE_MODEL_KEY)
+
+
+def set_active_model(folder: str) -> None:
+    """Make `folder` this session's active model (a button callback, before widgets render)."""
+    st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
+
+
+def require_predictor() -> Predictor:
+    """The active model's predictor, or a clear message and a stopped page."""
+    folder = active_model()
+    if not folder:
+        st.error("No model is available. Put a model folder in models/ (or train one on the "
+                 "Retrain page) and reload.")
+        st.stop()
+    try:
+        return get_predictor(folder)
+    except ModelFolderError as problem:
+        st.error(f"The active model cannot be used: {problem}. Choose another model in the sidebar.")
+        st.stop()
+
+
+def diagnose_in_session(predictor: Predictor, items: list[tuple[str, bytes]], **options) -> list[service.ImageResult]:
+    """`core.app.service.diagnose_items`, with the model outputs remembered for this session.
+
+    Only the model run is cached (keyed by model, items and TTA); the refer threshold and the
+    magnification are applied on every run, so moving those controls never re-runs the model.
+    """
+    tta = bool(options.pop("tta", False))
+    key = (model_identity(predictor), tuple((n, hashlib.sha256(d).hexdigest()) for n, d in items), tta)
+    cached = st.session_state.get("_model_outputs")
+    if cached is None or cached[0] != key:
+        cached = (key, *service.classify(predictor, items, tta))
+        st.session_state["_model_outputs"] = cached
+    results = service.interpret(predictor, cached[1], cached[2], tta, **options)
+    settings = (key, tuple(sorted(options.items())))
+    if st.session_state.get("_diagnosis_settings") != settings:  # a prepared report is now stale
+        st.session_state["_diagnosis_settings"] = settings
+        st.session_state.pop("_report", None)
+    return results
+
+
+_SHOWN_UPLOADS, _EARLIER_UPLOADS = "_shown_uploads", "_earlier_uploads"
+
+
+def uploads_across_pages(uploader_was_shown: bool, current: list[tuple[str, bytes]]) -> tuple[list, list]:
+    """(all uploaded items to diagnose, those carried over from an earlier visit of the page).
+
+    Streamlit empties a page's file uploader when the user visits another page. So that nothing
+    the user uploaded is lost, the images shown last stay in this session's memory (never on
+    disk) and come back with the page until the user forgets them.
+    """
+    state = st.session_state
+    if not uploader_was_shown:  # first run of the page since it was (re)opened
+        state[_EARLIER_UPLOADS] = state.get(_SHOWN_UPLOADS, [])
+    earlier = [item for item in state.get(_EARLIER_UPLOADS, []) if item not in current]
+    state[_SHOWN_UPLOADS] = current + earlier
+    return current + earlier, earlier
+
+
+def forget_earlier_uploads() -> None:
+    st.session_state[_EARLIER_UPLOADS] = []

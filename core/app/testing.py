@@ -1,0 +1,55 @@
+"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing).
+
+A throwaway model folder (an untrained small_cnn, saved the one official way), the environment
+that points the app at given model folders, and the AppTest patch that makes every run go
+through app.py's router as the server's runs do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_model_folder(folder: Path, demo: bool = True, name: str = "tiny-demo", metrics: dict | None = None,
+                      hierarchy: str = "hierarchical") -> Path:
+    """An untrained small_cnn at input 64, saved the one official way (core.model.folders)."""
+    import keras
+
+    from core.model.classifier import build_classifier
+    from core.model.folders import save_model_folder
+
+    keras.utils.set_random_seed(0)
+    model, weights = build_classifier("small_cnn", hierarchy, weights=None, input_size=64)
+    card = {"name": name, "backbone": "small_cnn", "hierarchy": hierarchy, "weights_init": weights,
+            "demo": demo, "training": {"data_source": "synthetic test data", "split_protocol": "patient-wise",
+                                       "counts": {"train": 60, "val": 18, "test": 18}, "mode": "finetune",
+                                       "epochs": 1}}
+    if metrics is not None:
+        card["metrics"] = metrics
+    return save_model_folder(model, folder, card)
+
+
+def app_environment(models_root: Path, default: Path, runs: Path) -> dict:
+    return {"BREAKHIS_MODEL_DIRS": f"{models_root}{os.pathsep}{runs}",
+            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs)}
+
+
+def run_app_like_the_server(patch) -> None:
+    """Make AppTest run app.py (the st.navigation router) on every run, as the server does.
+
+    AppTest (streamlit 1.67) resets PagesManager.uses_pages_directory before each run; because
+    this repo has a pages/ folder, every run after the first then starts in legacy pages-folder
+    mode. The pages recover from that (core.app.session.require_router reruns through app.py),
+    but the rerun drops one-shot button clicks. The server keeps the flag False after the first
+    st.navigation call; this does the same for AppTest.
+    """
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class ServerLikePagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    patch.setattr(app_test, "PagesManager", ServerLikePagesManager)

@@ -1,0 +1,299 @@
+"""The one command line: `python -m core <command>` (or `breakhis <command>` after `pip install -e .`).
+
+    index FOLDER          count a BreakHis folder, list skipped files, compare with the full set
+    download --dest DIR   fetch BreakHis from Kaggle (kagglehub), then index it
+    train ...             train a classifier into a run folder (options: core.training.config)
+    evaluate RUN          evaluate a run on its held-out split
+    predict IMAGE...      classify images with a model folder
+    make-default          reproduce the bundled default model
+    gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
+    export-model / import-model          move a model folder between machines as a zip
+
+Exit codes are the same for every command: 0 done, 1 failed (including some inputs that could
+not be processed), 2 a usage or user error (bad option, missing folder, unusable model), 130
+interrupted, 143 cancelled by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from core.paths import DEFAULT_MODEL_DIR
+
+OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
+
+
+def _index(args) -> int:
+    from core.data.download import DatasetError, report
+
+    try:
+        report(args.folder)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR
+    if args.csv:
+        from core.data.breakhis import index_folder
+
+        index_folder(args.folder).images.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return OK
+
+
+def _download(args) -> int:
+    from core.data.download import DatasetError, download, manual_steps, report
+
+    try:
+        path = download(args.dest)
+    except DatasetError as error:
+        print(f"error: {error}\n{manual_steps(args.dest)}", file=sys.stderr)
+        return FAILED
+    print(f"Downloaded to {path}")
+    report(path)
+    print(f"Train with: python -m core train --data {path} --out runs/NAME")
+    return OK
+
+
+def _train(args) -> int:
+    from core.options import from_args
+    from core.training.config import TrainConfig
+    from core.training.fit import train
+
+    train(from_args(TrainConfig, args))
+    return OK
+
+
+def _evaluate(args) -> int:
+    from core.training.evaluate import evaluate_run
+
+    results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall)
+    data = results["data"]
+    print(f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, {data['cases']} cases")
+    for name, block in (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]),
+                        ("patients stage 1", results["patient"]["stage1"])):
+        print(f"  {name:17s} accuracy {block['accuracy']:.3f}  balanced {block['balanced_accuracy']:.3f}  "
+              f"macro F1 {block['macro_f1']:.3f}")
+    favouring = results["malignant_threshold"]["recall_favouring"]
+    if favouring["threshold"] is not None:
+        print(f"  recall-favouring threshold {favouring['threshold']:.3f} (target {favouring['target_recall']} on val): "
+              f"malignant recall {favouring['on_split']['malignant_recall']:.3f}, "
+              f"benign recall {favouring['on_split']['benign_recall']}")
+    skipped = results["not_evaluated"]
+    if skipped["missing"] or skipped["unreadable"]:
+        print(f"  WARNING: {skipped['missing']} images missing, {skipped['unreadable']} unreadable "
+              f"(e.g. {', '.join(skipped['examples'][:3])})")
+    print(f"wrote {Path(args.run) / 'metrics.json'}, {Path(args.run) / 'report.html'}")
+    return OK
+
+
+def _predict(args) -> int:
+    from core.data.images import ImageError, load_image
+    from core.model.predict import Predictor
+
+    predictor = Predictor.load(args.model)
+    failed = 0
+    for path in args.images:
+        name = os.path.basename(path)
+        try:
+            loaded = load_image(path, name)
+        except (ImageError, OSError) as error:
+            failed += 1
+            print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
+                  flush=True)
+            continue
+        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold)[0]
+        if args.json:
+            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name,
+                              "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
+        else:
+            warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
+            print(f"{name}\t{prediction.summary()}{warnings}", flush=True)
+    return FAILED if failed else OK
+
+
+def _make_default(args) -> int:
+    from core.training.recipes import make_default
+
+    print(f"Installed {make_default(args.data, args.demo, args.out, args.force)}")
+    return OK
+
+
+def _gan_train(args) -> int:
+    """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator."""
+    from core.gan.model import GanConfig
+    from core.gan.train import train_gan
+    from core.options import from_args
+
+    config = from_args(GanConfig, args, name=args.name if args.name != "gan" else Path(args.out).name)
+    cancelled = []
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
+    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled))
+    return CANCELLED if cancelled else OK
+
+
+def _gan_sample(args) -> int:
+    from core.gan.sampling import write_samples
+
+    paths = write_samples(args.model, args.subtype, args.n, args.out, args.seed)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return OK
+
+
+def _gan_evaluate(args) -> int:
+    from core.gan.quality import evaluate_generator, format_report, load_features
+
+    print(format_report(evaluate_generator(args.model, args.data, load_features(args.features), args.n, args.seed)))
+    return OK
+
+
+def _gan_ablation(args) -> int:
+    from core.gan.ablation import format_ablation, run_ablation
+
+    names = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
+             "magnification", "seed")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    print(format_ablation(run_ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)))
+    return OK
+
+
+def _export_model(args) -> int:
+    from core.model.folders import export_zip
+
+    print(f"wrote {export_zip(args.model, args.zip)}")
+    return OK
+
+
+def _import_model(args) -> int:
+    from core.model.folders import import_zip
+
+    print(f"imported {import_zip(args.zip, args.dest)} (checksum verified)")
+    return OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.data.labels import SUBTYPES
+    from core.model.predict import DEFAULT_REFER_THRESHOLD
+
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
+                                     epilog="Exit codes: 0 done, 1 failed, 2 usage or user error.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    index = command("index", _index, "index a BreakHis folder and print its counts and skipped files")
+    index.add_argument("folder")
+    index.add_argument("--csv", help="also write the index to this CSV file")
+    download = command("download", _download, "fetch BreakHis with kagglehub (network + Kaggle account), then index it")
+    download.add_argument("--dest", required=True, help="folder to keep the dataset in")
+
+    train = command("train", _train, "train the classifier; writes a run folder")
+    _add_dataclass_options(train, "core.training.config", "TrainConfig")
+
+    evaluate = command("evaluate", _evaluate, "evaluate a training run on its held-out split")
+    evaluate.add_argument("run", help="run folder (split.csv + model/)")
+    evaluate.add_argument("--data", help="dataset folder: find the images again by file name")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--threshold", type=float, default=None, help="p(malignant) decision threshold (0.5)")
+    evaluate.add_argument("--target-recall", type=float, default=0.95,
+                          help="malignant recall the recall-favouring threshold must reach on val")
+
+    predict = command("predict", _predict, "classify BreakHis-style histopathology images")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF)")
+    predict.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    predict.add_argument("--threshold", type=_unit_interval, default=DEFAULT_REFER_THRESHOLD,
+                         help=f"refer when p(class) or p(subtype) is below this (default {DEFAULT_REFER_THRESHOLD})")
+
+    default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
+    source = default.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="BreakHis folder (any layout)")
+    source.add_argument("--demo", action="store_true", help="train the bundled demo on assets/samples")
+    default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    default.add_argument("--force", action="store_true", help="replace an existing model folder")
+
+    gan = command("gan", None, "the conditional GAN: train, sample, evaluate, ablation")
+    gan_commands = gan.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
+    gan_train = gan_commands.add_parser("train", help="train or resume a conditional GAN")
+    gan_train.set_defaults(handler=_gan_train)
+    gan_train.add_argument("--data", required=True, help="BreakHis folder (any layout)")
+    gan_train.add_argument("--out", required=True, help="run folder, e.g. runs/gan-NAME")
+    gan_train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+    _add_dataclass_options(gan_train, "core.gan.model", "GanConfig")
+    sample = gan_commands.add_parser("sample", help="write synthetic images from a generator folder")
+    sample.set_defaults(handler=_gan_sample)
+    sample.add_argument("--model", required=True)
+    sample.add_argument("--subtype", required=True, choices=SUBTYPES)
+    sample.add_argument("--n", type=int, default=100)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", required=True)
+    quality = gan_commands.add_parser("evaluate", help="KID/FID and memorisation of a generator, per subtype")
+    quality.set_defaults(handler=_gan_evaluate)
+    quality.add_argument("--model", required=True, help="generator folder")
+    quality.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
+    quality.add_argument("--features", help='classifier model folder (default models/default) or "backbone:NAME"')
+    quality.add_argument("--n", type=int, default=64, help="images per set (real and synthetic) per subtype")
+    quality.add_argument("--seed", type=int, default=1)
+    ablation = gan_commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")
+    ablation.set_defaults(handler=_gan_ablation)
+    ablation.add_argument("--data", required=True)
+    ablation.add_argument("--gan", required=True, help="generator folder trained on the same split")
+    ablation.add_argument("--out", required=True)
+    ablation.add_argument("--subtypes", nargs="+", choices=SUBTYPES, help="subtypes to fill (default: all it knows)")
+    ablation.add_argument("--allow-gan-leak", action="store_true", help="run even if the GAN saw val/test images")
+    for flag, kind in (("backbone", str), ("hierarchy", str), ("mode", str), ("epochs", int), ("batch-size", int),
+                       ("input-size", int), ("weights", str), ("split", str), ("magnification", str), ("seed", int)):
+        ablation.add_argument("--" + flag, type=kind, help="as for train")
+
+    export = command("export-model", _export_model, "zip a verified model folder")
+    export.add_argument("model", help="model folder")
+    export.add_argument("zip", help="zip file to write")
+    imported = command("import-model", _import_model, "unpack and verify an exported model zip")
+    imported.add_argument("zip")
+    imported.add_argument("--dest", default="runs/imported", help="folder to unpack into (default runs/imported)")
+    return parser
+
+
+def _add_dataclass_options(parser, module: str, name: str) -> None:
+    import importlib
+
+    from core.options import add_arguments
+
+    add_arguments(parser, getattr(importlib.import_module(module), name))
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse printed the usage error (code 2) or the help (code 0)
+        return int(stop.code or 0)
+    from core.model.folders import ModelFolderError
+    from core.training.fit import Cancelled
+
+    try:
+        return args.handler(args)
+    except Cancelled:
+        return CANCELLED
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ModelFolderError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return USER_ERROR
+    except Exception:  # anything else is a failure of ours: show everything
+        traceback.print_exc()
+        return FAILED

@@ -1,0 +1,85 @@
+"""Training-time augmentation, vectorised over a batch of model-size images.
+
+Histology has no up or left, so the 8 symmetries of the square are free data; stain colour
+varies between labs and scanners, so stains are jittered in HED space (the project's one stain
+model, core.data.stain) rather than in RGB; brightness, contrast and saturation vary per scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from core.data.stain import HED_FROM_RGB, RGB_FROM_HED
+
+# Augmentation strengths. HED values follow Tellez et al. 2018 ("HED-light": +-5 %).
+BRIGHTNESS = 0.08  # max additive shift, fraction of 255
+CONTRAST = 0.15  # contrast factor in [1 - c, 1 + c]
+SATURATION = 0.15  # saturation factor in [1 - s, 1 + s]
+HED_SCALE = 0.05  # per-stain multiplicative jitter
+HED_SHIFT = 0.02  # per-stain additive jitter (log10 optical-density units, as core.data.stain)
+
+# The stain model is core.data.images' (Ruifrok & Johnston vectors, log10 optical density).
+_RGB_FROM_HED = RGB_FROM_HED.astype(np.float32)
+_HED_FROM_RGB = HED_FROM_RGB.astype(np.float32)
+_LN10 = float(np.log(10.0))
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+def rgb_to_hed(rgb):
+    """RGB 0..255 -> stain concentrations (H, E, D) via optical density. Any leading shape."""
+    density = -tf.math.log((tf.cast(rgb, tf.float32) + 1.0) / 256.0) / _LN10
+    return tf.tensordot(density, _HED_FROM_RGB, axes=1)
+
+
+def hed_to_rgb(hed):
+    """Inverse of rgb_to_hed (exact up to float error), clipped to 0..255."""
+    density = tf.tensordot(hed, _RGB_FROM_HED, axes=1)
+    return tf.clip_by_value(256.0 * tf.exp(-density * _LN10) - 1.0, 0.0, 255.0)
+
+
+def hed_jitter(images, scale, shift):
+    """Per-image stain jitter: each HED channel -> channel * scale + shift.
+
+    images: (B, H, W, 3) float 0..255; scale, shift: (B, 3). scale 1, shift 0 is the identity.
+    """
+    hed = rgb_to_hed(images)
+    return hed_to_rgb(hed * scale[:, None, None, :] + shift[:, None, None, :])
+
+
+def _where_per_image(mask, if_true, if_false):
+    return tf.where(mask[:, None, None, None], if_true, if_false)
+
+
+def augment(images, seed):
+    """Random flips, 90-degree rotations, brightness/contrast/saturation and HED stain jitter.
+
+    images: one (S, S, 3) image or a batch (B, S, S, 3), float 0..255, square (model input).
+    seed: int tensor of shape (2,); each image in a batch gets its own random draw.
+    Returns float32 in [0, 255] with the input's shape.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    single = images.shape.rank == 3
+    batch = images[None] if single else images
+    n = tf.shape(batch)[0]
+    u = tf.random.stateless_uniform([n, 13], seed=seed)  # one row of draws per image
+    # The 8 symmetries of the square = optional transpose x optional left-right x up-down flip.
+    batch = _where_per_image(u[:, 0] < 0.5, tf.transpose(batch, [0, 2, 1, 3]), batch)
+    batch = _where_per_image(u[:, 1] < 0.5, tf.reverse(batch, axis=[2]), batch)
+    batch = _where_per_image(u[:, 2] < 0.5, tf.reverse(batch, axis=[1]), batch)
+    # Stain variation between labs/scanners, in stain space rather than RGB.
+    scale = 1.0 + HED_SCALE * (2.0 * u[:, 3:6] - 1.0)
+    shift = HED_SHIFT * (2.0 * u[:, 6:9] - 1.0)
+    batch = hed_jitter(batch, scale, shift)
+    # Photometric jitter (per image).
+    brightness = 255.0 * BRIGHTNESS * (2.0 * u[:, 9] - 1.0)
+    batch = batch + brightness[:, None, None, None]
+    contrast = 1.0 + CONTRAST * (2.0 * u[:, 10] - 1.0)
+    mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
+    batch = (batch - mean) * contrast[:, None, None, None] + mean
+    saturation = 1.0 + SATURATION * (2.0 * u[:, 11] - 1.0)
+    grey = tf.reduce_sum(batch * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    batch = grey + (batch - grey) * saturation[:, None, None, None]
+    batch = tf.clip_by_value(batch, 0.0, 255.0)
+    return batch[0] if single else batch

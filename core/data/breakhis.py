@@ -1,0 +1,191 @@
+"""BreakHis file names and dataset folders -> one tidy table of images.
+
+BreakHis file names carry every label we need (`SOB_B_A-14-22549AB-40-001.png` is a benign
+adenosis, slide 14-22549AB of case 14-22549, at 40X), so indexing relies on names, not on folder
+layout. That makes the original archive, Kaggle's doubled `BreaKHis_v1/BreaKHis_v1/...` and flat
+or class-per-folder copies index the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, SUBTYPE_CODES, SUBTYPES
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+COLUMNS = ["path", "label", "subtype", "magnification", "slide", "slide_folder", "case", "synthetic"]
+
+_NAME = re.compile(
+    r"^SOB_(?P<cls>[BM])_(?P<code>[A-Z]+)-(?P<case>\d+-\d+)(?P<letters>[A-Z]*)"
+    r"-(?P<mag>\d+)-(?P<seq>\d+)\.(?P<ext>png|jpe?g|tiff?)$",
+    re.IGNORECASE,
+)
+# GAN output: SYN_<code>-<generator>-<seed>-<n>.png. The SYN prefix can never match _NAME, so a
+# synthetic image is never mistaken for (or collides with) a real BreakHis image.
+_SYNTHETIC = re.compile(r"^SYN_(?P<code>[A-Z]+)-(?P<generator>[\w.]+)-\d+-\d+\.png$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageName:
+    label: str
+    subtype: str
+    magnification: str
+    slide: str
+    case: str
+
+    @property
+    def slide_folder(self) -> str:
+        """Slide folder as in the archive. Keyed with the subtype: slide 14-13412 has two."""
+        return f"SOB_{self.label[0].upper()}_{CODE_OF_SUBTYPE[self.subtype]}_{self.slide}"
+
+
+def parse_name(filename: str) -> ImageName | None:
+    """Labels from a BreakHis file name, or None when the name is not a BreakHis name."""
+    match = _NAME.match(os.path.basename(filename))
+    if not match:
+        return None
+    subtype = SUBTYPE_CODES.get(match["code"].upper())
+    label = CLASS_CODES[match["cls"].upper()]
+    if subtype is None or CLASS_OF_SUBTYPE[subtype] != label:
+        return None
+    case = match["case"]
+    return ImageName(label, subtype, f"{int(match['mag'])}X", case + match["letters"].upper(), case)
+
+
+def safe_generator_name(generator) -> str:
+    """A generator's name as it appears in its images' file names."""
+    return re.sub(r"[^\w.]", "_", str(generator))
+
+
+def synthetic_name(subtype: str, generator: str, seed: int, n: int) -> str:
+    """File name for a GAN image: marked synthetic and disjoint from BreakHis names."""
+    return f"SYN_{CODE_OF_SUBTYPE[subtype]}-{safe_generator_name(generator)}-{seed}-{n:05d}.png"
+
+
+def parse_synthetic_name(filename: str) -> str | None:
+    """Subtype of a GAN image from its name, or None."""
+    match = _SYNTHETIC.match(os.path.basename(filename))
+    return SUBTYPE_CODES.get(match["code"].upper()) if match else None
+
+
+def synthetic_generator(filename: str) -> str | None:
+    """Name of the generator that made a GAN image (as written by `synthetic_name`), or None."""
+    match = _SYNTHETIC.match(os.path.basename(filename))
+    return match["generator"] if match else None
+
+
+@dataclasses.dataclass
+class IndexResult:
+    """Indexed images plus what was skipped and why, so nothing is dropped silently."""
+
+    images: pd.DataFrame
+    skipped: list[tuple[str, str]]
+
+    def summary(self, examples: int = 5) -> str:
+        lines = [f"{len(self.images)} images indexed, {len(self.skipped)} files skipped"]
+        by_reason: dict[str, list[str]] = {}
+        for path, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(path)
+        for reason, paths in sorted(by_reason.items()):
+            lines.append(f"  {len(paths)} {reason}, e.g. " + ", ".join(paths[:examples]))
+        return "\n".join(lines)
+
+
+def _readable(path: Path) -> str | None:
+    """Reason the file cannot be used as an image, or None. Reads the header only (fast)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # Pillow raises many types for bad files.
+        return f"unreadable image ({type(error).__name__})"
+    return None
+
+
+def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexResult:
+    """Index every BreakHis image under `root`, any layout, recursively.
+
+    Hidden files are ignored; other files that are not recognisable BreakHis images are
+    reported in `skipped` with the reason, never raised.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Dataset folder not found: {root}")
+    rows, skipped, seen = [], [], {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            path = Path(dirpath) / filename
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((str(path), "not an image file name"))
+                continue
+            name = parse_name(filename)
+            if name is None:
+                skipped.append((str(path), "name is not a BreakHis image name"))
+                continue
+            if filename in seen:  # Same image twice (e.g. a copy in a class folder).
+                skipped.append((str(path), f"duplicate of {seen[filename]}"))
+                continue
+            reason = _readable(path) if check_readable else None
+            if reason:
+                skipped.append((str(path), reason))
+                continue
+            seen[filename] = str(path)
+            rows.append(_row(str(path), name))
+    return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped)
+
+
+def _row(path: str, name: ImageName, synthetic: bool = False) -> dict:
+    return {
+        "path": path, "label": name.label, "subtype": name.subtype,
+        "magnification": name.magnification, "slide": name.slide,
+        "slide_folder": name.slide_folder, "case": name.case, "synthetic": synthetic,
+    }
+
+
+def load_manifest(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The full-dataset manifest as the same table `index_folder` returns.
+
+    Labels are parsed from the file names (the manifest's own columns are cross-checked), so the
+    manifest and a scanned folder can never disagree. `root` makes paths absolute.
+    """
+    manifest = pd.read_csv(csv_path)
+    rows = []
+    for record in manifest.itertuples(index=False):
+        name = parse_name(record.path)
+        if name is None or (name.label, name.subtype, name.magnification) != (
+            record.label, record.subtype, record.magnification
+        ):
+            raise ValueError(f"Manifest row disagrees with its file name: {record.path}")
+        path = str(Path(root) / record.path) if root else record.path
+        rows.append(_row(path, name))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summarize(images: pd.DataFrame) -> dict:
+    """Counts that describe a data set (used in model cards and the dataset page)."""
+    return {
+        "images": int(len(images)),
+        "by_class": {k: int(v) for k, v in images["label"].value_counts().sort_index().items()},
+        "by_subtype": {k: int(v) for k, v in images["subtype"].value_counts().sort_index().items()},
+        "by_magnification": {
+            k: int(v) for k, v in images["magnification"].value_counts().sort_index().items()
+        },
+        "slides": int(images["slide_folder"].nunique()),
+        "cases": int(images["case"].nunique()),
+        "synthetic": int(images["synthetic"].sum()) if "synthetic" in images else 0,
+    }
+
+
+def subtype_counts(images: pd.DataFrame) -> pd.Series:
+    """Images per subtype in SUBTYPES order, 0 where a subtype is absent."""
+    return images["subtype"].value_counts().reindex(list(SUBTYPES), fill_value=0).astype(int)

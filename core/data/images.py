@@ -1,0 +1,266 @@
+"""Safe loading of user-supplied images into uint8 RGB, with notes on every conversion.
+
+Uploads come from anywhere: 16-bit scanner TIFFs, CMYK JPEGs, PNGs with transparency, phone
+photos rotated by EXIF, renamed files, truncated downloads, decompression bombs. Each case is
+either converted (and the conversion written into `notes`, so the report can say what was done)
+or rejected with an `ImageError` whose text is shown to the user as is. The H&E heuristic
+(core.data.histology) adds an out-of-distribution warning for images that do not look like
+stained tissue; it never blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.data.histology import histology_check
+
+# Decompression-bomb guard (~90 MP, Pillow's own default): checked from the header, before decoding.
+MAX_PIXELS = 89_478_485
+MAX_FILE_BYTES = 300 * 1024 * 1024
+MIN_SIDE = 32
+# Larger images are downscaled for processing (the model sees 224 px anyway); noted when done.
+WORKING_MAX_SIDE = 4096
+
+_EXTENSION_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+    ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
+}
+_ORIENTATION_TAG = 0x0112
+
+
+class ImageError(ValueError):
+    """A user-facing reason why an image cannot be used; str(error) is shown in the app."""
+
+
+@dataclasses.dataclass
+class LoadedImage:
+    rgb: np.ndarray  # uint8, H x W x 3
+    name: str
+    original_mode: str
+    original_size: tuple[int, int]  # (width, height) as stored in the file
+    notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _read_bytes(source, name: str) -> bytes:
+    """Bytes of an upload or a file, with clear errors for missing, empty and huge files."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"'{name}': file not found.")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"'{name}' is larger than {MAX_FILE_BYTES // 2**20} MB; refusing to load it.")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif hasattr(source, "getvalue") or hasattr(source, "read"):  # Streamlit UploadedFile, BytesIO.
+        data = source.getvalue() if hasattr(source, "getvalue") else source.read()
+    else:
+        raise ImageError(f"'{name}': expected image bytes or a file path, got {type(source).__name__}.")
+    if len(data) == 0:
+        raise ImageError(f"'{name}' is empty (0 bytes).")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"'{name}' is larger than {MAX_FILE_BYTES // 2**20} MB; refusing to load it.")
+    return data
+
+
+def _not_an_image_message(data: bytes, name: str) -> str:
+    """Say what the file looks like, so 'not an image' is actionable."""
+    head = data[:1024]
+    if head.startswith(b"%PDF"):
+        kind = "a PDF document"
+    elif head.startswith(b"PK\x03\x04"):
+        kind = "a ZIP archive (or an Office document)"
+    elif b"\x00" not in head and all(32 <= b < 127 or b in b"\r\n\t" for b in head):
+        kind = "a text file"
+    else:
+        kind = "not a supported image format"
+    return f"'{name}' is {kind}, not an image. Upload a PNG, JPEG or TIFF microscopy image."
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    """Open lazily (header only) and apply the size guards before any pixel is decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"'{name}' declares an enormous size (over {2 * MAX_PIXELS / 1e6:.0f} megapixels); "
+            "refused as a possible decompression bomb."
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(_not_an_image_message(data, name)) from None
+    except Exception as error:  # Pillow raises many types for corrupt headers.
+        raise ImageError(f"'{name}' could not be read as an image ({error}).") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"'{name}' is {width}x{height} = {width * height / 1e6:.0f} megapixels, above the "
+            f"{MAX_PIXELS / 1e6:.0f} MP limit (possible decompression bomb). Export a smaller image."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"'{name}' is only {width}x{height} pixels; at least {MIN_SIDE} pixels per side are "
+            "needed for a microscopy field of view."
+        )
+    return image
+
+
+def _format_note(image: Image.Image, name: str) -> list[str]:
+    """Content decides the decoder; a misleading extension is only noted."""
+    expected = _EXTENSION_FORMATS.get(Path(name).suffix.lower())
+    if expected and image.format and image.format != expected:
+        return [f"file is named '{Path(name).suffix}' but contains {image.format}; decoded as {image.format}"]
+    return []
+
+
+def _decode(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
+    """First frame, fully decoded (JPEG at reduced scale when far above the working size)."""
+    notes = []
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        image.seek(0)
+        notes.append(f"multi-frame {image.format} ({frames} frames): the first frame is used")
+    if image.format == "JPEG" and max(image.size) > 2 * WORKING_MAX_SIDE:
+        ratio = WORKING_MAX_SIDE / max(image.size)
+        image.draft(image.mode, (int(image.width * ratio) + 1, int(image.height * ratio) + 1))
+    try:
+        image.load()
+    except Exception as error:  # Truncated or corrupt pixel data.
+        raise ImageError(
+            f"'{name}' is truncated or corrupt and cannot be decoded ({error}). "
+            "Re-export or re-download the file."
+        ) from None
+    return image, notes
+
+
+def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Rotate/flip as the camera intended (EXIF orientation), so heatmaps match what users see."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:
+        return image, ["EXIF metadata unreadable; orientation left as stored"]
+    if orientation in (None, 1):
+        return image, []
+    try:
+        return ImageOps.exif_transpose(image), [f"rotated/flipped upright using EXIF orientation {orientation}"]
+    except Exception:
+        return image, [f"EXIF orientation {orientation} could not be applied; left as stored"]
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
+    """High bit-depth pixels -> 0..255 by scaling (never clipping), with a note saying how."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return values * 255.0, "32-bit float image (0..1) scaled to 8-bit RGB"
+    if low < 0 or (mode == "F" and high > 255.0):
+        span = high - low if high > low else 1.0
+        return (values - low) * (255.0 / span), f"{mode} image (range {low:g}..{high:g}) rescaled to 8-bit RGB"
+    if mode == "F":
+        return values, "32-bit float image (0..255) converted to 8-bit RGB"
+    # Unsigned integers: scale by the bit depth actually used (12-bit cameras store in 16 bits).
+    bits = max(8, int(high).bit_length())
+    depth = "16-bit" if mode.startswith("I;16") else "32-bit"
+    return values * (255.0 / (2**bits - 1)), f"{depth} grayscale ({bits}-bit values) scaled to 8-bit RGB"
+
+
+def _composite_on_white(image: Image.Image) -> tuple[Image.Image, str]:
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() == 255:
+        return rgba.convert("RGB"), f"{image.mode} image: fully opaque alpha channel dropped"
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB"), (
+        f"{image.mode} image: transparent areas composited on white"
+    )
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Every Pillow mode -> RGB, saying what was done."""
+    mode = image.mode
+    if mode == "RGB":
+        return image, []
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in image.info):
+        rgb, note = _composite_on_white(image)
+        return rgb, (["palette image converted to RGB"] if mode == "P" else []) + [note]
+    if mode.startswith("I") or mode == "F":
+        scaled, note = _scale_to_uint8(np.asarray(image), mode)
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray] * 3, axis=-1)), [note]
+    notes = {
+        "L": "8-bit grayscale converted to RGB (three equal channels)",
+        "1": "1-bit black-and-white image converted to RGB",
+        "P": "palette image converted to RGB",
+        "CMYK": "CMYK image converted to RGB",
+        "YCbCr": "YCbCr image converted to RGB",
+        "LAB": "Lab image converted to RGB",
+        "HSV": "HSV image converted to RGB",
+    }
+    try:
+        return image.convert("RGB"), [notes.get(mode, f"{mode} image converted to RGB")]
+    except Exception as error:
+        raise ImageError(f"Images in mode {mode} are not supported ({error}).") from None
+
+
+def _limit_size(image: Image.Image, notes: list[str]) -> Image.Image:
+    if max(image.size) <= WORKING_MAX_SIDE:
+        return image
+    before = image.size
+    image = image.copy()
+    image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.LANCZOS)
+    notes.append(f"downscaled from {before[0]}x{before[1]} to {image.width}x{image.height} for processing")
+    return image
+
+
+def _decode_to_rgb(data: bytes, name: str) -> tuple[np.ndarray, str, tuple[int, int], list[str]]:
+    """Header guards, first frame, EXIF orientation, mode and size: the whole conversion chain."""
+    with _open(data, name) as image:
+        original_mode, original_size = image.mode, image.size
+        notes = _format_note(image, name)
+        decoded, decode_notes = _decode(image, name)
+        notes += decode_notes
+        if decoded.size != original_size:
+            notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")
+        oriented, orientation_notes = _apply_orientation(decoded)
+        rgb_image, mode_notes = _to_rgb(oriented)
+        notes += orientation_notes + mode_notes
+        rgb_image = _limit_size(rgb_image, notes)
+        rgb = np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))
+    return rgb, original_mode, original_size, notes
+
+
+def load_image(source, name: str | None = None, check_histology: bool = True) -> LoadedImage:
+    """Load an upload (bytes, file-like) or a path as uint8 RGB; raise ImageError with a reason.
+
+    Conversions are listed in `notes`; an image that does not look like H&E histology gets an
+    out-of-distribution entry in `warnings` (predictions on it should not be trusted).
+    check_histology=False skips that check (~20 ms) for bulk loading of known dataset images.
+    """
+    if name is None:
+        name = Path(source).name if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
+    data = _read_bytes(source, name)
+    try:
+        rgb, original_mode, original_size, notes = _decode_to_rgb(data, name)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"'{name}' is too large to decode in the available memory.") from None
+    except Exception as error:  # Any decoder failure is a bad file, never a crash.
+        raise ImageError(f"'{name}' could not be decoded ({type(error).__name__}: {error}).") from None
+    loaded = LoadedImage(rgb, name, original_mode, original_size, notes)
+    if not check_histology:
+        return loaded
+    looks_like_histology, score, reason = histology_check(rgb)
+    if not looks_like_histology:
+        loaded.warnings.append(
+            f"Out of distribution: this does not look like an H&E-stained histology image ({reason}; "
+            f"score {score:.2f}). The model was trained on BreakHis H&E slides; its output on this "
+            "image is not meaningful."
+        )
+    return loaded

@@ -1,0 +1,126 @@
+"""Which real images a run learns from and which it is measured on: one function for every user.
+
+Classifier training, the GAN (which may only learn from the classifier's training patients), the
+GAN quality report and the ablation all call `select_images` with a `SplitSpec`, so "trained on
+the classifier's train split" means exactly the same images everywhere, k-fold runs included.
+The data set is identified by a fingerprint of its file names, not by a path, so a run can be
+checked against a generator trained on another machine with the data in another folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from core.data.breakhis import IndexResult, index_folder
+from core.data.labels import MAGNIFICATIONS
+from core.data.splits import PATIENT, assert_no_case_leakage, make_split, normalise_protocol, patient_kfold
+
+NO_SPLIT = "none"  # every image is a training image (a GAN for demonstrations only)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """How a folder's images become train/val/test: the protocol, its seed, the magnification
+    filter and, for k-fold cross-validation, the number of folds and which fold is the test set."""
+
+    protocol: str = PATIENT
+    seed: int = 0
+    magnification: str = "all"
+    folds: int = 0
+    fold: int = 0
+
+    def __post_init__(self):
+        if self.protocol != NO_SPLIT:
+            object.__setattr__(self, "protocol", normalise_protocol(self.protocol))
+        if self.folds and (self.folds < 2 or not 0 <= self.fold < self.folds or self.protocol != PATIENT):
+            raise ValueError("k-fold needs >= 2 folds, 0 <= fold < folds and the patient-wise protocol")
+
+    @property
+    def label(self) -> str:
+        """The protocol as every split.csv row and metric block records it."""
+        if self.folds:
+            return f"{PATIENT} {self.folds}-fold CV (fold {self.fold})"
+        return "none: every image is a training image" if self.protocol == NO_SPLIT else self.protocol
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Selection:
+    """A folder's images with their split, what was skipped while indexing, and the data's fingerprint."""
+
+    split: pd.DataFrame
+    skipped: list[tuple[str, str]]
+    fingerprint: str
+
+    def part(self, name: str) -> pd.DataFrame:
+        return self.split[self.split["split"] == name]
+
+
+def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFrame:
+    """Rows at one magnification ("40X", "40x", "40" or 40), or all rows for "all"/None."""
+    if magnification is None or str(magnification).strip().lower() == "all":
+        return images
+    text = str(magnification).strip().upper()
+    wanted = text if text.endswith("X") else f"{text}X"
+    if wanted not in MAGNIFICATIONS:
+        raise ValueError(f"Unknown magnification {magnification!r}; use 'all' or one of {list(MAGNIFICATIONS)}")
+    return images[images["magnification"] == wanted]
+
+
+def fingerprint(images: pd.DataFrame) -> str:
+    """Identity of a data set that survives moving it: a hash of its sorted file names."""
+    names = sorted(os.path.basename(path) for path in images["path"])
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def split_table(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+    """`images` at the spec's magnification, with "split" and "protocol" columns; no case in two splits."""
+    images = select_magnification(images, spec.magnification)
+    if len(images) == 0:
+        raise ValueError(f"No images at magnification {spec.magnification}")
+    if spec.protocol == NO_SPLIT:
+        split = images.assign(split="train")
+    elif spec.folds:
+        split = patient_kfold(images, k=spec.folds, seed=spec.seed)[spec.fold]
+    else:
+        split = make_split(images, protocol=spec.protocol, seed=spec.seed)
+    split["protocol"] = spec.label
+    if spec.protocol == PATIENT:
+        assert_no_case_leakage(split)
+    return split
+
+
+def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Selection:
+    """Index `data_dir` (any layout) and split it by `spec`; skipped files are reported on stderr."""
+    index: IndexResult = index_folder(data_dir)
+    if index.skipped and report_skipped:
+        print(index.summary(), file=sys.stderr, flush=True)
+    if len(index.images) == 0:
+        raise ValueError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
+    return Selection(split_table(index.images, spec), index.skipped, fingerprint(index.images))
+
+
+def relative_to_data(table: pd.DataFrame, data_dir) -> pd.DataFrame:
+    """The table with paths under `data_dir` made relative to it (what a run's split.csv records),
+    so a run folder stays valid when the data set moves; paths outside it (GAN images) stay as they are."""
+    root = Path(data_dir).resolve()
+
+    def relative(path: str) -> str:
+        resolved = Path(path).resolve()
+        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+
+    return table.assign(path=table["path"].map(relative))
+
+
+def resolve_paths(table: pd.DataFrame, data_dir) -> pd.DataFrame:
+    """Inverse of `relative_to_data`: relative paths are joined to `data_dir`, absolute ones kept."""
+    root = Path(data_dir)
+    return table.assign(path=[str(root / p) if not Path(p).is_absolute() else p for p in table["path"]])

@@ -1,0 +1,92 @@
+"""Does GAN fill help the classifier? The same classifier on the same split, with and without it.
+
+    python -m core gan ablation --data DIR --gan runs/gan-X/model --out runs/ablation-X [--subtypes ...]
+
+Both arms are ordinary training runs (core.training.fit) on the split the generator learned from;
+a generator that saw other patients (core.data.synthetic.leak_check) is refused unless asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.data.labels import SUBTYPES
+from core.data.selection import select_images
+from core.data.synthetic import leak_check, provenance_of
+from core.gan.sampling import fill_folder_from_generator
+from core.jsonfile import read_json, write_json_atomic
+from core.model.folders import GENERATOR, read_card
+from core.training.config import TrainConfig
+from core.training.fit import train
+
+
+def _summary(run_dir: Path) -> dict:
+    metrics = read_json(run_dir / "metrics.json")
+    card = read_card(run_dir / "model")
+    per_class = metrics["subtype8"]["per_class"]
+    return {"macro_f1": metrics["subtype8"]["macro_f1"], "subtype_accuracy": metrics["subtype_accuracy"],
+            "stage1_accuracy": metrics["stage1_accuracy"], "test_images": metrics["images"],
+            "recall": {s: per_class[s]["recall"] if per_class.get(s, {}).get("support") else None
+                       for s in SUBTYPES},  # no test image of a subtype: recall is undefined, not 0
+            "support": {s: int(per_class[s]["support"]) if s in per_class else 0 for s in SUBTYPES},
+            "synthetic_by_subtype": card["training"].get("synthetic_by_subtype", {})}
+
+
+def run_ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **train_options) -> dict:
+    """The same classifier on the same split, trained with balance "none" and with GAN fill."""
+    out = Path(out)
+    card = read_card(gan_dir, kind=GENERATOR)
+    options = {"split": "patient-wise", "seed": 0, "magnification": "all", **train_options}
+    spec = TrainConfig(data=str(data), out=str(out), **options).split_spec()
+    selection = select_images(data, spec, report_skipped=False)
+    leak = leak_check(provenance_of(card), selection.fingerprint, spec)
+    if leak and not allow_leak:
+        raise ValueError(f"Refusing the ablation: {leak}. Train the GAN with the classifier's --split/--seed "
+                         "(python -m core gan train --split ...), or pass --allow-gan-leak to run it anyway.")
+    subtypes = list(subtypes or card["subtypes"])
+    unknown = sorted(set(subtypes) - set(card["subtypes"]))
+    if unknown:
+        raise ValueError(f"The generator was not trained on {unknown}; it knows {card['subtypes']}")
+    train_counts = selection.part("train")["subtype"].value_counts()
+    counts, target = {s: int(train_counts.get(s, 0)) for s in SUBTYPES}, int(train_counts.max())
+    need = {s: max(0, target - counts[s]) for s in subtypes}
+    written = fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
+    runs = {}
+    for balance in ("none", "synthetic"):
+        config = TrainConfig(data=str(data), out=str(out / balance), balance=balance, allow_gan_leak=allow_leak,
+                             synthetic_dir=str(out / "synthetic") if balance == "synthetic" else None, **options)
+        train(config)
+        runs[balance] = _summary(out / balance)
+    splits = [gan_free_split(out / b) for b in runs]
+    result = {"gan": str(gan_dir), "gan_leak": leak, "filled_subtypes": subtypes, "synthetic_written": written,
+              "train_counts_before": counts, "same_split": bool(splits[0].equals(splits[1])),
+              "options": {k: v for k, v in options.items()}, "runs": runs}
+    write_json_atomic(out / "ablation.json", result)
+    (out / "ablation.md").write_text(format_ablation(result) + "\n")
+    return result
+
+
+def gan_free_split(run_dir: Path):
+    """The real rows of a run's split.csv (path, split), sorted: equal iff the splits are equal."""
+    split = pd.read_csv(run_dir / "split.csv")
+    real = split[~split["synthetic"].astype(bool)]
+    return real[["path", "split"]].sort_values("path").reset_index(drop=True)
+
+
+def format_ablation(result: dict) -> str:
+    none, synthetic = result["runs"]["none"], result["runs"]["synthetic"]
+    lines = [f"Ablation on the same split (identical: {result['same_split']}); GAN {result['gan']}",
+             f"filled subtypes: {', '.join(result['filled_subtypes'])}"
+             + (f"; WARNING: {result['gan_leak']}" if result["gan_leak"] else ""),
+             "", "| | no GAN fill | GAN fill |", "|---|---|---|",
+             f"| subtype macro-F1 | {none['macro_f1']:.3f} | {synthetic['macro_f1']:.3f} |",
+             f"| subtype accuracy | {none['subtype_accuracy']:.3f} | {synthetic['subtype_accuracy']:.3f} |",
+             f"| stage-1 accuracy | {none['stage1_accuracy']:.3f} | {synthetic['stage1_accuracy']:.3f} |"]
+    for s in SUBTYPES:
+        a, b = none["recall"][s], synthetic["recall"][s]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        added = synthetic["synthetic_by_subtype"].get(s, 0)
+        lines.append(f"| recall {s} (test n={none['support'][s]}, +{added} synthetic) | {fmt(a)} | {fmt(b)} |")
+    return "\n".join(lines)

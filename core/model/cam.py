@@ -1,0 +1,278 @@
+"""Class activation maps per stage: where the model looked for benign/malignant and for the subtype.
+
+Maps are computed on the model input (the whole field squashed to a square, see core.data.preprocess)
+and resized straight back onto the ORIGINAL image, so they line up with what the user uploaded.
+All methods explain pre-softmax scores (logits): a saturated softmax has near-zero gradients.
+
+- "gradcam": our own compiled single pass (one forward, one tape, both stages at once). It is
+  the same computation as tf-keras-vis' Gradcam (tests check they agree) without its per-call
+  model rebuilding and eager execution, which made a diagnosis several times a forward pass.
+- "gradcam++", "scorecam": tf-keras-vis. Score-CAM uses the `SCORECAM_MAX_N` most varied
+  channels (Faster Score-CAM) to stay affordable on a CPU.
+Nothing is cloned: the logit models share the predictor's weights and are built once per predictor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.scorecam import Scorecam
+from tf_keras_vis.utils.scores import CategoricalScore
+
+from core.data.labels import (
+    CLASS_OF_SUBTYPE,
+    CLASSES,
+    FLAT_OUTPUT,
+    HIERARCHICAL,
+    STAGE1_OUTPUT,
+    STAGE2_OUTPUTS,
+    SUBTYPES,
+    SUBTYPES_BY_CLASS,
+    output_sizes,
+)
+from core.model.classifier import cam_layer
+from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
+
+METHODS = ("gradcam", "gradcam++", "scorecam")
+STAGES = ("stage1", "stage2")
+SCORECAM_MAX_N = 32
+# Flat model: indices of each class's subtypes in the 8-way output (benign first, as in SUBTYPES).
+_FLAT_CLASS_INDICES = [[SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]] for c in CLASSES]
+
+
+@dataclasses.dataclass
+class Explanation:
+    heatmap: np.ndarray  # float32 (H, W) in [0, 1], original image size
+    target: str  # class (stage 1) or subtype (stage 2) explained
+    stage: str
+    method: str
+    note: str = ""  # e.g. when the map is empty
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """A prediction and the heat maps that explain its two stages."""
+
+    prediction: Prediction
+    explanations: dict[str, Explanation]  # "stage1", "stage2"
+
+
+class _Logits(layers.Layer):
+    """Pre-softmax output of a softmax Dense layer, sharing that layer's weights (no copy)."""
+
+    def __init__(self, dense: layers.Dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, inputs):
+        logits = ops.matmul(inputs, self.dense.kernel)
+        return logits + self.dense.bias if self.dense.use_bias else logits
+
+
+class _Explainer:
+    """Per-predictor graph pieces, built once: logit models, the compiled Grad-CAM pass, and
+    tf-keras-vis visualizers."""
+
+    def __init__(self, predictor: Predictor):
+        model = predictor.model  # No reference to the predictor itself: it is the cache's weak key.
+        self.hierarchical = predictor.hierarchy == HIERARCHICAL
+        self.output_names = list(output_sizes(predictor.hierarchy))
+        self.cam_layer = cam_layer(predictor.backbone)
+        logits = {name: _Logits(model.get_layer(name), name=f"{name}_logits")(model.get_layer(name).input)
+                  for name in self.output_names}
+        self.logit_models = {name: keras.Model(model.inputs, tensor) for name, tensor in logits.items()}
+        features = model.get_layer(self.cam_layer).output
+        self._features_and_logits = keras.Model(model.inputs, [features, logits])
+        self.channels = int(features.shape[-1])
+        self._visualizers: dict = {}
+        spec = tf.TensorSpec([1, predictor.input_size, predictor.input_size, 3], tf.float32)
+        target = tf.TensorSpec([], tf.int32)
+        self.gradcam_pass = tf.function(self._gradcam_pass, input_signature=[spec, target, target])
+
+    def _class_and_head_logits(self, logits):
+        """(class logits (1, 2), per-class subtype logits (1, 2, 4)) for either hierarchy."""
+        if self.hierarchical:
+            heads = tf.stack([logits[STAGE2_OUTPUTS[c]] for c in CLASSES], axis=1)
+            return logits[STAGE1_OUTPUT], heads
+        heads = tf.gather(logits[FLAT_OUTPUT], _FLAT_CLASS_INDICES, axis=-1)
+        # log sum exp of a class's subtype logits: its softmax is p(class) = sum of p(subtype).
+        return tf.reduce_logsumexp(heads, axis=-1), heads
+
+    def _gradcam_pass(self, image, class_target, subtype_target):
+        """One forward pass -> probabilities, chosen targets and both stages' Grad-CAMs.
+
+        A target of -1 means "the predicted one"; the subtype is searched in the head of the
+        class target (stage 1's pick by default), as the hierarchy does at inference.
+        """
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(image)
+            features, logits = self._features_and_logits([image], training=False)
+            class_logits, head_logits = self._class_and_head_logits(logits)
+            chosen_class = tf.where(class_target >= 0, class_target,
+                                    tf.argmax(class_logits[0], output_type=tf.int32))
+            chosen_head = head_logits[0, chosen_class]
+            chosen_subtype = tf.where(subtype_target >= 0, subtype_target,
+                                      tf.argmax(chosen_head, output_type=tf.int32))
+            class_score = class_logits[0, chosen_class]
+            subtype_score = chosen_head[chosen_subtype]
+        cams = [_gradcam(features, tape.gradient(score, features)) for score in (class_score, subtype_score)]
+        del tape
+        probabilities = {name: tf.nn.softmax(value) for name, value in logits.items()}
+        return probabilities, chosen_class, chosen_subtype, cams[0][0], cams[1][0]
+
+    def visualizer(self, output_name: str, method: str):
+        key = (output_name, method)
+        if key not in self._visualizers:
+            model = self.logit_models[output_name]
+            if method == "scorecam":  # Score-CAM calls model.predict, which would print progress bars.
+                model = keras.Model(model.inputs, model.outputs)
+                model.predict = functools.partial(model.predict, verbose=0)
+            kind = GradcamPlusPlus if method == "gradcam++" else Scorecam
+            self._visualizers[key] = kind(model)  # No model_modifier, so tf-keras-vis clones nothing.
+        return self._visualizers[key]
+
+
+def _gradcam(features, gradients):
+    """Grad-CAM: channel weights = spatial mean of the gradients; ReLU of the weighted sum."""
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+
+
+_EXPLAINERS: "weakref.WeakKeyDictionary[Predictor, _Explainer]" = weakref.WeakKeyDictionary()
+_EXPLAINERS_LOCK = threading.Lock()
+
+
+def _explainer(predictor: Predictor) -> _Explainer:
+    with _EXPLAINERS_LOCK:
+        if predictor not in _EXPLAINERS:
+            _EXPLAINERS[predictor] = _Explainer(predictor)
+        return _EXPLAINERS[predictor]
+
+
+def to_heatmap(cam, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Low-resolution CAM (h, w) -> (float32 (H, W) in [0, 1], note) at size = (H, W)."""
+    cam = tf.convert_to_tensor(cam, tf.float32)[..., None]
+    resized = tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
+    low, high = float(resized.min()), float(resized.max())
+    if not np.isfinite(high) or high - low < 1e-12:
+        return np.zeros(size, np.float32), "empty map: no region raises this score"
+    return ((resized - low) / (high - low)).astype(np.float32), ""
+
+
+def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: str, label: str, subtype: str):
+    """Grad-CAM++ / Score-CAM of one stage's target through tf-keras-vis -> (h, w) CAM."""
+    if explainer.hierarchical:
+        output = STAGE1_OUTPUT if stage == "stage1" else STAGE2_OUTPUTS[label]
+        index = CLASSES.index(label) if stage == "stage1" else SUBTYPES_BY_CLASS[label].index(subtype)
+        score = CategoricalScore([index])
+    elif stage == "stage2":
+        output, score = FLAT_OUTPUT, CategoricalScore([SUBTYPES.index(subtype)])
+    else:
+        output, members = FLAT_OUTPUT, _FLAT_CLASS_INDICES[CLASSES.index(label)]
+        if method == "scorecam":  # Score-CAM scores softmax outputs: p(class) = sum of p(subtype).
+            def score(outputs):
+                return tf.reduce_sum(tf.gather(outputs, members, axis=-1), axis=-1)
+        else:
+            def score(outputs):
+                return tf.reduce_logsumexp(tf.gather(outputs, members, axis=-1), axis=-1)
+    options = dict(penultimate_layer=explainer.cam_layer, seek_penultimate_conv_layer=False,
+                   expand_cam=False, normalize_cam=False)
+    if method == "scorecam":
+        options["max_N"] = min(SCORECAM_MAX_N, explainer.channels)
+    cam = explainer.visualizer(output, method)(score, model_input, **options)
+    return np.asarray(cam)[0]
+
+
+def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if label is not None and label not in CLASSES:
+        raise ValueError(f"Stage-1 target must be one of {CLASSES}, not {label!r}")
+    if subtype is not None and subtype not in CLASS_OF_SUBTYPE:
+        raise ValueError(f"Stage-2 target must be one of {SUBTYPES}, not {subtype!r}")
+    if label is not None and subtype is not None and CLASS_OF_SUBTYPE[subtype] != label:
+        raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
+
+
+def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
+            subtype: str | None = None, refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> Diagnosis:
+    """The prediction plus both stages' heat maps: stage 1 of `label`, stage 2 of `subtype`.
+
+    Targets default to the predicted class and subtype (a subtype alone implies its class). With
+    Grad-CAM this is ONE compiled pass in total, which also gives the prediction; Grad-CAM++ and
+    Score-CAM run through tf-keras-vis once per stage after a forward pass.
+    """
+    _check_targets(method, label, subtype)
+    explainer = _explainer(predictor)
+    model_input = predictor.model_input([rgb])
+    size = rgb.shape[:2]
+    if label is None and subtype is not None:
+        label = CLASS_OF_SUBTYPE[subtype]
+    if method == "gradcam":
+        class_target = CLASSES.index(label) if label is not None else -1
+        subtype_target = SUBTYPES_BY_CLASS[label].index(subtype) if subtype is not None else -1
+        with predictor.lock:
+            probabilities, chosen_class, chosen_subtype, cam1, cam2 = explainer.gradcam_pass(
+                tf.constant(model_input), tf.constant(class_target), tf.constant(subtype_target))
+        prediction = predictor.interpret({k: v.numpy() for k, v in probabilities.items()}, refer_threshold)[0]
+        label = CLASSES[int(chosen_class)]
+        cams, targets = (cam1, cam2), (label, SUBTYPES_BY_CLASS[label][int(chosen_subtype)])
+    else:
+        prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
+        label = label or prediction.label
+        if subtype is None:
+            within = prediction.stage2 if label == prediction.label else prediction.other_stage2
+            subtype = max(within, key=within.get)
+        targets = (label, subtype)
+        with predictor.lock:
+            cams = [_tf_keras_vis_cam(explainer, model_input, stage, method, label, subtype) for stage in STAGES]
+    maps = {}
+    for stage, cam, target in zip(STAGES, cams, targets):
+        heatmap, note = to_heatmap(cam, size)
+        maps[stage] = Explanation(heatmap, target, stage, method, note)
+    return Diagnosis(prediction, maps)
+
+
+def _turbo_lut() -> np.ndarray:
+    """256-entry Turbo colormap (perceptual rainbow) from its polynomial fit (Ruofei Du / Google)."""
+    x = np.linspace(0.0, 1.0, 256)
+    powers = np.stack([x ** k for k in range(6)], axis=1)
+    coefficients = np.array([
+        [0.13572138, 0.09140261, 0.10667330],
+        [4.61539260, 2.19418839, 12.64194608],
+        [-42.66032258, 4.84296658, -60.58204836],
+        [132.13108234, -14.18503333, 110.36276771],
+        [-152.94239396, 4.27729857, -89.90310912],
+        [59.28637943, 2.82956604, 27.34824973],
+    ])
+    return np.round(np.clip(powers @ coefficients, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+TURBO = _turbo_lut()
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> uint8 RGB through the Turbo colormap."""
+    indices = np.round(np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255).astype(np.intp)
+    return TURBO[indices]
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Blend the colourised heatmap over the image (heatmap resized to the image if needed)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"overlay needs an RGB image (H, W, 3), got shape {rgb.shape}")
+    if heatmap.shape != rgb.shape[:2]:
+        heatmap, _ = to_heatmap(heatmap, rgb.shape[:2])
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(heatmap).astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)

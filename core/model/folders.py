@@ -1,0 +1,250 @@
+"""Model folders: `model.keras` + `card.json`, written and read in exactly one way for every kind.
+
+A card says what the model is (its `kind`: a classifier or a GAN generator; labels; for a
+classifier its backbone, hierarchy, input size and preprocessing; training data; metrics) and
+carries the SHA-256 of `model.keras`, so a model that was swapped, truncated or tampered with is
+refused before Keras ever deserialises it. Loading uses Keras' safe mode (no arbitrary code from
+the file) and never compiles: prediction and sampling need no optimizer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
+from core.data.preprocess import DESCRIPTION
+from core.jsonfile import read_json, write_json_atomic
+from core.model.backbones import get_backbone  # Importing core.model.backbones registers PixelNormalization.
+from core.model.classifier import cam_layer
+
+MODEL_FILE, CARD_FILE = "model.keras", "card.json"
+CLASSIFIER, GENERATOR = "classifier", "gan_generator"
+# What each kind's card must say; cards written before kinds existed are classifiers.
+REQUIRED_CARD_KEYS = {CLASSIFIER: ("backbone", "hierarchy", "input_size", "sha256"),
+                      GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256")}
+KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator"}
+
+
+class ModelFolderError(Exception):
+    """A model folder that cannot be used; str(error) is a message for the user."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def labels_block() -> dict:
+    """The label order a model was trained with; a loaded card must agree with core.data.labels."""
+    return {"classes": list(CLASSES), "subtypes": list(SUBTYPES),
+            "subtypes_by_class": {c: list(s) for c, s in SUBTYPES_BY_CLASS.items()}}
+
+
+def _versions() -> dict:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def card_kind(card: dict) -> str:
+    return card.get("kind", CLASSIFIER)
+
+
+def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict, kind: str = CLASSIFIER) -> Path:
+    """Save `model` and its card into `folder`; returns the folder.
+
+    The caller gives what only it knows (name, training, metrics; for a classifier backbone and
+    hierarchy); this fills what must be true of the saved file: kind, sha256, versions, labels,
+    the creation time and, for a classifier, input_size and preprocessing.
+    """
+    if kind not in REQUIRED_CARD_KEYS:
+        raise ValueError(f"Unknown model kind {kind!r}; choose one of {sorted(REQUIRED_CARD_KEYS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [key for key in REQUIRED_CARD_KEYS[kind] if key not in card and key not in ("sha256", "input_size")]
+    if missing:
+        raise ValueError(f"The model card needs {', '.join(map(repr, missing))}")
+    extra = {}
+    if kind == CLASSIFIER:
+        input_size = int(model.input_shape[1])
+        if card.get("input_size") not in (None, input_size):
+            raise ValueError(f"Card input_size {card['input_size']} does not match the model ({input_size})")
+        extra = {"input_size": input_size,
+                 "preprocessing": {"description": DESCRIPTION.format(size=input_size),
+                                   "normalization": get_backbone(card["backbone"]).normalization},
+                 "demo": bool(card.get("demo", False))}
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as staging:
+        staged = Path(staging) / MODEL_FILE
+        # An uncompiled view of the same layers: the file holds weights, not optimizer state
+        # (Adam's two moment copies would triple a DenseNet121 file to ~100 MB).
+        keras.Model(model.inputs, model.output, name=model.name).save(staged)
+        checksum = sha256_of(staged)
+        os.replace(staged, folder / MODEL_FILE)
+    full_card = {"kind": kind, "name": card.get("name", folder.name), **card,
+                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "labels": labels_block(), **extra, "sha256": checksum, "versions": _versions()}
+    write_json_atomic(folder / CARD_FILE, full_card)
+    return folder
+
+
+def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
+    """The card of a model folder (of `kind`, when given), checked for shape without loading the model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"Model folder not found: {folder}")
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise ModelFolderError(f"{folder} has no {CARD_FILE}: it is not a model folder")
+    try:
+        card = read_json(card_path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelFolderError(f"The model card {card_path} is not valid JSON ({error})") from None
+    if not isinstance(card, dict):
+        raise ModelFolderError(f"The model card {card_path} is not a JSON object")
+    found = card_kind(card)
+    if found not in REQUIRED_CARD_KEYS:
+        raise ModelFolderError(f"{folder} holds a model of unknown kind {found!r}")
+    if kind is not None and found != kind:
+        raise ModelFolderError(f"{folder} holds a {KIND_NAMES[found]}, not a {KIND_NAMES[kind]}")
+    missing = [key for key in REQUIRED_CARD_KEYS[found] if key not in card]
+    if missing:
+        raise ModelFolderError(f"The model card {card_path} lacks {', '.join(missing)}")
+    if card.get("labels", labels_block()) != labels_block():
+        raise ModelFolderError(
+            f"The model in {folder} was trained with a different label order than this app uses; "
+            "its outputs would be misread, so it is refused")
+    return card
+
+
+def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
+    model_path = Path(folder) / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelFolderError(f"{Path(folder)} has a card but no {MODEL_FILE}")
+    if sha256_of(model_path) != card["sha256"]:
+        raise ModelFolderError(
+            f"{model_path}: model file does not match its card - it may be corrupt or tampered")
+
+
+def load_model_folder(folder: str | os.PathLike, kind: str = CLASSIFIER) -> tuple[keras.Model, dict]:
+    """(model, card) from a model folder of `kind`, after checking the card and the checksum."""
+    folder = Path(folder)
+    card = read_card(folder, kind)
+    verify_checksum(folder, card)
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for unreadable archives.
+        raise ModelFolderError(
+            f"Keras could not load {folder / MODEL_FILE} ({type(error).__name__}: {error})") from None
+    if kind == CLASSIFIER:
+        _check_classifier_matches_card(model, card, folder)
+    return model, card
+
+
+def _check_classifier_matches_card(model: keras.Model, card: dict, folder: Path) -> None:
+    try:
+        expected = output_sizes(card["hierarchy"])
+    except ValueError as error:
+        raise ModelFolderError(f"{folder}: {error}") from None
+    actual = {name: int(tensor.shape[-1]) for name, tensor in zip(model.output_names, model.outputs)}
+    if actual != expected:
+        raise ModelFolderError(f"{folder}: the model outputs {actual} do not match a "
+                               f"{card['hierarchy']} model {expected}")
+    if int(model.input_shape[1]) != int(card["input_size"]):
+        raise ModelFolderError(f"{folder}: the model input {model.input_shape[1:3]} does not match "
+                               f"the card's input_size {card['input_size']}")
+    # The app draws Grad-CAM from the backbone's CAM layer: refuse a model that lacks it now,
+    # with a message, rather than crash on the first heat map.
+    try:
+        layer = cam_layer(card["backbone"])
+    except ValueError as error:
+        raise ModelFolderError(f"{folder}: the card's backbone is not usable ({error})") from None
+    try:
+        model.get_layer(layer)
+    except ValueError:
+        raise ModelFolderError(f"{folder}: the model has no layer {layer!r}, which Grad-CAM needs for a "
+                               f"{card['backbone']} backbone; the card's backbone may be wrong") from None
+
+
+def update_card(folder: str | os.PathLike, **fields) -> dict:
+    """Add or replace card fields (e.g. metrics) without touching model.keras.
+
+    The checksum covers model.keras only, so the card stays valid; it is verified first so a
+    tampered model is never re-blessed.
+    """
+    card = read_card(folder)
+    verify_checksum(folder, card)
+    card.update(fields)
+    write_json_atomic(Path(folder) / CARD_FILE, card)
+    return card
+
+
+def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
+    """Zip a verified model folder (model.keras + card.json) to move it to another machine."""
+    folder, dest_zip = Path(folder), Path(dest_zip)
+    verify_checksum(folder, read_card(folder))
+    dest_zip.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in (MODEL_FILE, CARD_FILE):
+            archive.write(folder / name, arcname=f"{folder.name}/{name}")
+    return dest_zip
+
+
+def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Path:
+    """Unpack an exported model zip under dest_root and verify it; returns the model folder."""
+    zip_path, dest_root = Path(zip_path), Path(dest_root)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = [n for n in archive.namelist() if Path(n).name in (MODEL_FILE, CARD_FILE)]
+            folders = {Path(n).parent for n in names}
+            if len(names) != 2 or len(folders) != 1:
+                raise ModelFolderError(f"{zip_path.name} is not an exported model folder")
+            folder_name = next(iter(folders)).name
+            target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
+            if target.exists() and any(target.iterdir()):
+                raise ModelFolderError(f"{target} already exists; import into another folder")
+            target.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                with archive.open(name) as source, open(target / Path(name).name, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    except zipfile.BadZipFile:
+        raise ModelFolderError(f"{zip_path.name} is not a zip file") from None
+    verify_checksum(target, read_card(target))
+    return target
+
+
+def find_model_folders(*roots: str | os.PathLike, kind: str | None = None) -> list[Path]:
+    """Every folder under the roots (or a root itself) that holds a card.json (of `kind`), sorted.
+
+    With a kind, a folder whose card cannot be read stays listed (its kind is unknown), so the app
+    can say why it cannot be used instead of hiding it.
+    """
+    found = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for card_path in root.rglob(CARD_FILE):
+            relative = card_path.parent.relative_to(root).parts
+            if any(part.startswith(".") for part in relative):
+                continue
+            if kind is not None:
+                try:
+                    if card_kind(read_json(card_path)) != kind:
+                        continue
+                except (OSError, ValueError, AttributeError):
+                    pass
+            found.add(card_path.parent)
+    return sorted(found)

@@ -1,0 +1,229 @@
+"""Images -> hierarchical predictions with a refer-to-pathologist flag.
+
+A `Predictor` wraps one loaded model folder. It preprocesses with `core.data.preprocess` (the one
+transform used in training), runs a compiled forward pass, and turns the heads into a
+`Prediction`: stage 1 (benign/malignant), stage 2 (subtype within the chosen class) and a
+`refer` flag whenever the joint confidence is low or the model is a demo. Flat 8-subtype models
+are read the same way, so the rest of the app never needs to know which kind it has.
+
+    python -m core predict IMG... [--model DIR] [--json] [--tta] [--threshold T]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from core.data.labels import (
+    CLASSES,
+    FLAT_OUTPUT,
+    HIERARCHICAL,
+    STAGE1_OUTPUT,
+    STAGE2_OUTPUTS,
+    SUBTYPES,
+    SUBTYPES_BY_CLASS,
+    pretty,
+)
+from core.data.preprocess import batch_for_model
+from core.model.folders import load_model_folder
+from core.paths import DEFAULT_MODEL_DIR
+
+DEFAULT_REFER_THRESHOLD = 0.7
+DEMO_REASON = "demo model: not validated"
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's result. `confidence` = p(label) * p(subtype | label)."""
+
+    stage1: dict[str, float]
+    label: str
+    stage2: dict[str, float]  # subtypes of `label`, from the head stage 1 chose
+    other_stage2: dict[str, float]  # subtypes of the other class, for context
+    subtype: str
+    confidence: float
+    refer: bool
+    refer_reasons: list[str]
+    tta: bool = False
+
+    @property
+    def p_label(self) -> float:
+        return self.stage1[self.label]
+
+    @property
+    def p_subtype(self) -> float:
+        return self.stage2[self.subtype]
+
+    def subtype_probabilities(self) -> dict[str, float]:
+        """Joint p(subtype) = p(class) * p(subtype | class) over all 8 subtypes (sums to 1)."""
+        within = {**self.stage2, **self.other_stage2}
+        return {s: self.stage1[c] * within[s] for c in CLASSES for s in SUBTYPES_BY_CLASS[c]}
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "p_label": self.p_label, "p_subtype": self.p_subtype}
+
+    def summary(self) -> str:
+        flag = "REFER: " + "; ".join(self.refer_reasons) if self.refer else "no referral flag"
+        return (f"{self.label} ({self.p_label:.2f}) | {pretty(self.subtype)} ({self.p_subtype:.2f}) | "
+                f"confidence {self.confidence:.2f} | {flag}")
+
+
+@dataclasses.dataclass
+class CaseDecision:
+    """One case's call from several images (see `case_decision`)."""
+
+    label: str
+    subtype: str
+    p_class: dict[str, float]  # mean p(class) over the images
+    p_subtype: dict[str, float]  # mean p(subtype | label) over the images, subtypes of `label`
+
+    @property
+    def confidence(self) -> float:
+        return self.p_class[self.label] * self.p_subtype[self.subtype]
+
+
+def case_decision(members) -> CaseDecision:
+    """THE case-level rule (app case table and patient-level evaluation both use it).
+
+    Mean stage-1 probability over the images -> class; then subtype = argmax of the mean
+    p(subtype | class) within that class, i.e. the same stage 1 -> stage 2 hierarchy as one
+    image. members: Predictions, or (p(class) in CLASSES order, p(subtype | its class) in
+    SUBTYPES order) pairs of arrays.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("case_decision needs at least one image")
+    stage1, within = [], []
+    for member in members:
+        if isinstance(member, Prediction):
+            both = {**member.stage2, **member.other_stage2}
+            stage1.append([member.stage1[c] for c in CLASSES])
+            within.append([both[s] for s in SUBTYPES])
+        else:
+            class_p, subtype_p = member
+            stage1.append(np.asarray(class_p, float).reshape(len(CLASSES)))
+            within.append(np.asarray(subtype_p, float).reshape(len(SUBTYPES)))
+    mean_class = dict(zip(CLASSES, map(float, np.mean(stage1, axis=0))))
+    mean_within = dict(zip(SUBTYPES, map(float, np.mean(within, axis=0))))
+    label = max(CLASSES, key=mean_class.get)
+    p_subtype = {s: mean_within[s] for s in SUBTYPES_BY_CLASS[label]}
+    return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
+
+
+def _dihedral_views(images):
+    """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image."""
+    mirrored = tf.reverse(images, axis=[2])
+    return tf.concat([tf.image.rot90(view, k) for view in (images, mirrored) for k in range(4)], axis=0)
+
+
+class Predictor:
+    """A loaded model, ready to predict. Create once (Predictor.load) and share between threads."""
+
+    def __init__(self, model, card: dict, folder: str | os.PathLike | None = None, batch_size: int = 32):
+        self.model, self.card = model, card
+        self.folder = Path(folder) if folder else None
+        self.hierarchy = card["hierarchy"]
+        self.backbone = card["backbone"]
+        self.input_size = int(card["input_size"])
+        self.is_demo = bool(card.get("demo", False))
+        self.batch_size = batch_size
+        # One lock per model: Streamlit sessions share the predictor, and Keras layers and
+        # tf.function tracing are not safe to enter from two threads at once.
+        self.lock = threading.RLock()
+        spec = [tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)]
+        self._forward = tf.function(self._heads, input_signature=spec)
+        self._forward_tta = tf.function(self._heads_tta, input_signature=spec)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike = DEFAULT_MODEL_DIR, **options) -> "Predictor":
+        """Load and verify a model folder once (raises ModelFolderError with a clear message)."""
+        model, card = load_model_folder(folder)
+        return cls(model, card, folder, **options)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name") or (self.folder.name if self.folder else "model")
+
+    def _heads(self, images):
+        return self.model(images, training=False)
+
+    def _heads_tta(self, images):
+        outputs = self.model(_dihedral_views(images), training=False)
+        return {name: tf.reduce_mean(tf.reshape(p, (8, -1, p.shape[-1])), axis=0) for name, p in outputs.items()}
+
+    def model_input(self, images: list[np.ndarray]) -> np.ndarray:
+        """Validated uint8 RGB images -> the model's float batch (the shared preprocessing)."""
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                    or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                shape = getattr(image, "shape", None)
+                raise ValueError(f"Image {i} must be a uint8 RGB array (H, W, 3), got "
+                                 f"{type(image).__name__} {getattr(image, 'dtype', '')} {shape}")
+        return batch_for_model(images, self.input_size)
+
+    def probabilities(self, images: list[np.ndarray], tta: bool = False) -> dict[str, np.ndarray]:
+        """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches."""
+        if len(images) == 0:
+            return {}
+        forward = self._forward_tta if tta else self._forward
+        per_pass = max(1, self.batch_size // 8) if tta else self.batch_size
+        chunks = []
+        for start in range(0, len(images), per_pass):
+            batch = tf.constant(self.model_input(images[start:start + per_pass]))
+            with self.lock:
+                chunks.append({name: p.numpy() for name, p in forward(batch).items()})
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+    def predict(self, images: list[np.ndarray], tta: bool = False,
+                refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> list[Prediction]:
+        """One Prediction per uint8 RGB image (any size: the whole field is resized)."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        return self.interpret(self.probabilities(list(images), tta), refer_threshold, tta)
+
+    def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+                  tta: bool = False) -> list[Prediction]:
+        """Head outputs -> Predictions (shared with Grad-CAM's single-pass diagnosis)."""
+        if not 0.0 <= refer_threshold <= 1.0:
+            raise ValueError(f"refer_threshold must be between 0 and 1, not {refer_threshold}")
+        if not outputs:
+            return []
+        count = len(next(iter(outputs.values())))
+        return [self._prediction(outputs, i, refer_threshold, tta) for i in range(count)]
+
+    def _class_probabilities(self, outputs, i) -> tuple[dict, dict]:
+        """(p(class), {class: p(subtype | class)}) for image i, hierarchical or flat."""
+        if self.hierarchy == HIERARCHICAL:
+            stage1 = dict(zip(CLASSES, map(float, outputs[STAGE1_OUTPUT][i])))
+            within = {c: dict(zip(SUBTYPES_BY_CLASS[c], map(float, outputs[STAGE2_OUTPUTS[c]][i])))
+                      for c in CLASSES}
+            return stage1, within
+        joint = dict(zip(SUBTYPES, map(float, outputs[FLAT_OUTPUT][i])))
+        stage1 = {c: sum(joint[s] for s in SUBTYPES_BY_CLASS[c]) for c in CLASSES}
+        within = {c: {s: joint[s] / stage1[c] if stage1[c] > 0 else 1.0 / len(SUBTYPES_BY_CLASS[c])
+                      for s in SUBTYPES_BY_CLASS[c]} for c in CLASSES}
+        return stage1, within
+
+    def _prediction(self, outputs, i, threshold, tta) -> Prediction:
+        stage1, within = self._class_probabilities(outputs, i)
+        label = max(CLASSES, key=stage1.get)
+        other = CLASSES[1 - CLASSES.index(label)]
+        stage2 = within[label]
+        subtype = max(stage2, key=stage2.get)
+        confidence = stage1[label] * stage2[subtype]
+        reasons = []
+        if stage1[label] < threshold:
+            reasons.append(f"stage 1 uncertain ({stage1[label]:.2f})")
+        if stage2[subtype] < threshold:
+            reasons.append(f"subtype uncertain ({stage2[subtype]:.2f})")
+        if confidence < threshold and not reasons:
+            reasons.append(f"combined confidence {confidence:.2f} below {threshold:.2f}")
+        if self.is_demo:
+            reasons.append(DEMO_REASON)
+        return Prediction(stage1, label, stage2, within[other], subtype, confidence,
+                          bool(reasons), reasons, tta)

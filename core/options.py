@@ -1,0 +1,108 @@
+"""Settings dataclasses as the one source of options: the CLI, job commands and forms derive from them.
+
+A field declared with `option(default, help, choices=...)` becomes `--kebab-case` on the command
+line (`add_arguments`), turns back into the same command line (`to_argv`, used by the Retrain
+page to launch a job) and gives a form its default and choices (`choices_of`). Defaults,
+choices and help therefore cannot drift apart between the CLI, the app and the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+_REQUIRED = dataclasses.MISSING
+
+
+def option(default: Any = _REQUIRED, help: str = "", choices: tuple | None = None,
+           nargs: str | None = None, cli: bool = True, metavar: str | None = None):
+    """A dataclass field with what the command line needs to know about it."""
+    metadata = {"help": help, "choices": choices, "nargs": nargs, "cli": cli, "metavar": metavar}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag(name: str, default=None) -> str:
+    """--kebab-case; a switch that is on by default is turned off with --no-kebab-case."""
+    return ("--no-" if default is True else "--") + name.replace("_", "-")
+
+
+def _fields(cls, skip=()) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False) and f.name not in skip]
+
+
+def choices_of(cls, name: str) -> tuple | None:
+    """The allowed values of a field, or None if any value goes."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("choices")
+
+
+def default_of(cls, name: str):
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _value_type(field: dataclasses.Field, default):
+    if isinstance(default, bool):
+        return None
+    sample = default[0] if isinstance(default, (tuple, list)) and default else default
+    if isinstance(sample, (int, float)) and not isinstance(sample, bool):
+        return type(sample)
+    text = str(field.type)
+    if "float" in text:
+        return float
+    if "int" in text and "str" not in text:
+        return int
+    return str
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One `--kebab-case` argument per option field of `cls` (booleans become switches)."""
+    for field in _fields(cls, skip):
+        default = default_of(cls, field.name)
+        meta, kwargs = field.metadata, {}
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if isinstance(default, bool):
+            kwargs["action"] = "store_false" if default else "store_true"
+        else:
+            kwargs["type"] = _value_type(field, default)
+            if meta.get("nargs"):
+                kwargs["nargs"] = meta["nargs"]
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+        help_text = meta.get("help", "")
+        if not required and not isinstance(default, bool) and default not in (None, (), []):
+            shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+            help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"
+        parser.add_argument(flag(field.name, default), dest=field.name, required=required, default=default,
+                            help=help_text.replace("%", "%%"), **kwargs)
+
+
+def from_args(cls, args: argparse.Namespace, **overrides):
+    """The settings object from parsed arguments (fields the parser did not define keep defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**values, **overrides})
+
+
+def to_argv(settings) -> list[str]:
+    """The command-line arguments that recreate `settings`: required fields, then changed ones."""
+    cls, argv = type(settings), []
+    for field in _fields(cls):
+        value, default = getattr(settings, field.name), default_of(cls, field.name)
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if not required and (value == default or (isinstance(value, (list, tuple)) and
+                                                  isinstance(default, (list, tuple)) and list(value) == list(default))):
+            continue
+        if isinstance(default, bool):
+            argv.append(flag(field.name, default))  # a switch only appears when it differs from its default
+        elif isinstance(value, (list, tuple)):
+            argv += [flag(field.name), *map(str, value)]
+        else:
+            argv += [flag(field.name), "none" if value is None else str(value)]
+    return argv

@@ -1,0 +1,34 @@
+"""Where things live: the repository's folders and bundled files, defined once.
+
+Every module that needs a bundled file (samples, manifest, published results, default models)
+or the runs folder takes it from here. `portable` turns a path into what a model card may record:
+relative to the repository when inside it, else just the folder's name, so a card never carries
+one machine's absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "assets"
+SAMPLES_DIR = ASSETS / "samples"
+MANIFEST = ASSETS / "breakhis_manifest.csv"
+REFERENCE_RESULTS = ASSETS / "reference_results.csv"
+MODELS_DIR = REPO / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "default"
+DEFAULT_GENERATOR_DIR = MODELS_DIR / "gan-default"
+
+
+def runs_dir() -> Path:
+    """Where training runs (and the app's job file) go: BREAKHIS_RUNS_DIR, default runs/."""
+    return Path(os.environ.get("BREAKHIS_RUNS_DIR") or REPO / "runs")
+
+
+def portable(path: str | os.PathLike) -> str:
+    """A path as a card records it: 'assets/samples' inside the repository, else the folder name."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO):
+        return resolved.relative_to(REPO).as_posix() or "."
+    return resolved.name

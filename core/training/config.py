@@ -1,0 +1,85 @@
+"""The one definition of a training run's settings.
+
+`python -m core train` builds its options from these fields, the Retrain page takes its
+defaults and choices from them and launches `python -m core train` with `to_argv(config)`, and
+recipes (core.training.recipes) override a few of them. Nothing else defines a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from core.data.balance import STRATEGIES
+from core.data.labels import HIERARCHICAL, HIERARCHIES, INPUT_SIZE, MAGNIFICATIONS, SUBTYPES
+from core.data.selection import SplitSpec
+from core.data.splits import PATIENT, PROTOCOL_NAMES, normalise_protocol
+from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
+from core.options import option
+
+MODES = ("finetune", "fast")
+STRATEGY_NAMES = ("auto", "mirrored", "default")
+SPLIT_CHOICES = ("patient-wise", "image-level")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str = option(help="BreakHis folder (any layout)")
+    out: str = option(help="run folder to create, e.g. runs/NAME")
+    backbone: str = option(DEFAULT_BACKBONE, "backbone from the registry", choices=tuple(BACKBONES))
+    hierarchy: str = option(HIERARCHICAL, "stage 1 + stage 2 heads, or one flat 8-subtype head", choices=HIERARCHIES)
+    mode: str = option("finetune", "finetune: the whole network; fast: frozen backbone, features once, "
+                       "heads trained", choices=MODES)
+    epochs: int = option(20, "maximum epochs (early stopping may end sooner)")
+    batch_size: int = option(32, "images per step")
+    input_size: int = option(INPUT_SIZE, "model input side in pixels")
+    weights: str = option("imagenet", "imagenet, none, or a local weights file")
+    balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
+    synthetic_dir: str | None = option(None, "GAN images for --balance synthetic")
+    synthetic_subtypes: list[str] | None = option(None, "subtypes GAN fill may top up (default: every subtype "
+                                                  "below the largest)", choices=SUBTYPES, nargs="+", metavar="SUBTYPE")
+    allow_gan_leak: bool = option(False, "use --synthetic-dir images even if their generator may have seen "
+                                  "val/test images")
+    split: str = option(PATIENT, "split protocol (image-level is leaky: for comparison only)", choices=SPLIT_CHOICES)
+    folds: int = option(0, "patient-wise k-fold cross-validation: number of folds (0: one train/val/test split)")
+    fold: int = option(0, "with --folds: which fold is the test set (0-based)")
+    magnification: str = option("all", "all, or one of " + ", ".join(MAGNIFICATIONS), choices=("all", *MAGNIFICATIONS))
+    seed: int = option(0, "split, shuffling and initialisation seed")
+    demo: bool = option(False, "mark the model as a demo model in its card")
+    learning_rate: float | None = option(None, "default: 1e-4 when fine-tuning pretrained weights, else 1e-3")
+    patience: int = option(5, "early-stopping patience (epochs)")
+    strategy: str = option("auto", "tf.distribute strategy (TF_CONFIG set: multi-worker)", choices=STRATEGY_NAMES)
+    devices: str | None = option(None, "comma-separated devices for MirroredStrategy, e.g. /gpu:0,/gpu:1")
+    cache: str = option("memory", "decoded-image cache: memory, none, or a file path prefix")
+    evaluate: bool = option(True, "evaluate on the test split after training")
+    echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)
+
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(self.split, self.seed, self.magnification, self.folds, self.fold)
+
+    @property
+    def weights_or_none(self) -> str | None:
+        return None if self.weights in (None, "none", "None") else self.weights
+
+
+def validate(config: TrainConfig) -> None:
+    """All setting problems at once, in words, before anything is written."""
+    problems = []
+    if config.backbone not in BACKBONES:
+        problems.append(f"unknown backbone {config.backbone!r} (choose from {sorted(BACKBONES)})")
+    for name, value, allowed in (("hierarchy", config.hierarchy, HIERARCHIES), ("mode", config.mode, MODES),
+                                 ("split", config.split, PROTOCOL_NAMES), ("balance", config.balance, STRATEGIES),
+                                 ("strategy", config.strategy, STRATEGY_NAMES)):
+        if value not in allowed:
+            problems.append(f"{name} must be one of {list(allowed)}, not {value!r}")
+    if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:
+        problems.append("epochs and batch size must be >= 1 and input size >= 32")
+    if not Path(config.data).is_dir():
+        problems.append(f"data folder not found: {config.data}")
+    if config.folds and (config.folds < 2 or not 0 <= config.fold < config.folds
+                         or config.split not in PROTOCOL_NAMES or normalise_protocol(config.split) != PATIENT):
+        problems.append("--folds needs >= 2 folds, 0 <= --fold < --folds and the patient-wise split")
+    if config.balance == "synthetic" and not config.synthetic_dir:
+        problems.append("--balance synthetic needs --synthetic-dir")
+    if problems:
+        raise ValueError("Invalid training settings: " + "; ".join(problems))

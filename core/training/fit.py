@@ -1,0 +1,330 @@
+"""Train the classifier on a BreakHis folder and write a complete run folder.
+
+    python -m core train --data DIR --out runs/NAME [--backbone densenet121] [--mode finetune|fast] ...
+
+index the folder (skipped files reported) -> magnification filter -> split (patient-wise by
+default; core.data.selection) -> balance the training part -> build + compile inside a tf.distribute scope -> fit with
+early stopping (best weights restored), LR reduction on plateau, best checkpoint, history.csv and
+the progress stream -> BatchNorm recalibration -> runs/NAME/model (model + card) -> evaluation
+on the test split. SIGTERM ends the run with a "cancelled" event and exit status 143.
+
+finetune: the whole network learns, with augmentation (mixed float16 on GPU).
+fast: the backbone is frozen; pooled multi-scale features of every train/val image are computed
+ONCE (so without augmentation) and only the heads train on them. The heads are the full model's
+own layers, so the full model has them afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from core.data.balance import apply_strategy
+from core.data.breakhis import subtype_counts
+from core.data.labels import INPUT_SIZE, output_sizes
+from core.data.pipeline import make_dataset, targets_and_weights
+from core.data.selection import relative_to_data, select_images
+from core.data.splits import assert_no_case_leakage, describe_split
+from core.data.synthetic import check_synthetic_folder
+from core.jsonfile import write_json_atomic
+from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
+from core.model.folders import save_model_folder
+from core.paths import portable
+from core.training.config import TrainConfig, validate
+from core.training.progress import ProgressWriter, keras_callback, metric_floats
+
+DEMO_BELOW_TRAIN_IMAGES = 200
+CANCELLED_EXIT = 128 + signal.SIGTERM
+
+
+class Cancelled(BaseException):
+    """Raised by the SIGTERM handler. A BaseException (like KeyboardInterrupt), so no library's
+    `except Exception` can swallow it."""
+
+
+def prepare_data(config: TrainConfig) -> dict:
+    """Index, select and split (core.data.selection), check GAN images, balance the training part."""
+    spec = config.split_spec()
+    selection = select_images(config.data, spec)
+    split = selection.split
+    if config.balance == "synthetic" and config.synthetic_dir and not config.allow_gan_leak:
+        problems = check_synthetic_folder(config.synthetic_dir, selection.fingerprint, spec)
+        if problems:
+            raise ValueError(f"Refusing the GAN images in {config.synthetic_dir}: " + "; ".join(problems)
+                             + ". Train the GAN on this run's training split (python -m core gan train --split "
+                             "SPLIT --split-seed SEED --magnification MAG [--folds K --fold I] on the same data), "
+                             "or pass --allow-gan-leak (allow_gan_leak=True) to use them anyway.")
+    train, subtype_weights = apply_strategy(selection.part("train"), config.balance,
+                                            synthetic_dir=config.synthetic_dir, subtypes=config.synthetic_subtypes,
+                                            seed=config.seed)
+    synthetic = train[train["synthetic"].astype(bool)].drop_duplicates("path")
+    if len(synthetic):  # split.csv lists every image the run used, GAN images as train
+        synthetic = synthetic.assign(split="train", protocol=split["protocol"].iloc[0])
+        split = pd.concat([split, synthetic], ignore_index=True)
+    assert_no_case_leakage(split)  # also: no synthetic image outside the training split
+    return {"split": split, "train": train, "val": split[split["split"] == "val"],
+            "test": split[split["split"] == "test"], "subtype_weights": subtype_weights,
+            "skipped": selection.skipped, "fingerprint": selection.fingerprint}
+
+
+def choose_strategy(name: str = "auto", devices: str | None = None) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored for >1 GPU or when asked, else default."""
+    if name not in ("auto", "default", "mirrored"):
+        raise ValueError(f"Unknown strategy {name!r}; use auto, mirrored or default")
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+    if name == "mirrored" or device_list or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy(devices=device_list)
+    return tf.distribute.get_strategy()
+
+
+def compile_model(model, hierarchy: str, learning_rate: float) -> None:
+    """Adam + cross-entropy per output; weighted accuracies, so stage 2 ignores the other class."""
+    outputs = list(output_sizes(hierarchy))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss={name: keras.losses.CategoricalCrossentropy() for name in outputs},
+                  weighted_metrics={name: [keras.metrics.CategoricalAccuracy(name="accuracy")] for name in outputs})
+
+
+def _callbacks(run_dir: Path, writer, config, steps: int, has_val: bool, phase: str) -> list:
+    monitor = "val_loss" if has_val else "loss"
+    return [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, config.patience // 2),
+                                          min_lr=1e-6),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor=monitor,
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        keras_callback(writer, config.epochs, steps, phase),  # last: sees the learning rate in the logs
+    ]
+
+
+def fit_finetune(model, data, config, run_dir, writer, strategy):
+    """The whole network, on augmented images decoded once and cached."""
+    cache = {"memory": True, "none": False}.get(config.cache, config.cache)
+    common = dict(hierarchy=config.hierarchy, batch_size=config.batch_size, input_size=config.input_size)
+    train_ds = make_dataset(data["train"], training=True, augment=True, shuffle_seed=config.seed,
+                            subtype_weights=data["subtype_weights"], cache=cache, **common)
+    val_ds = make_dataset(data["val"], cache=bool(cache), **common) if len(data["val"]) else None
+    steps = math.ceil(len(data["train"]) / config.batch_size)
+    callbacks = _callbacks(run_dir, writer, config, steps, val_ds is not None, "training")
+    return model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                     verbose=0, shuffle=False)
+
+
+def _features(extractor, tables: list[pd.DataFrame], config, writer) -> list[tuple]:
+    """Pooled tap features of each table's rows, computed in one pass, once per distinct image
+    (val rows and oversampled duplicates cost nothing extra)."""
+    unique = pd.concat(tables).drop_duplicates("path").reset_index(drop=True)
+    steps = math.ceil(len(unique) / config.batch_size)
+    message = f"extracting features of {len(unique)} images"
+    writer.emit("epoch_begin", epoch=0, epochs=config.epochs, steps=steps, message=message)
+    dataset = make_dataset(unique, config.hierarchy, config.batch_size, input_size=config.input_size, cache=False)
+    features = extractor.predict(dataset, verbose=0, callbacks=[keras_callback(writer, config.epochs, steps, message)])
+    row_of = {path: i for i, path in enumerate(unique["path"])}
+    rows = [np.array([row_of[p] for p in table["path"]], dtype=np.int64) for table in tables]
+    return [tuple(np.asarray(f)[r] for f in features) for r in rows]
+
+
+def fit_fast(model, data, config, run_dir, writer, strategy):
+    """Frozen backbone: features once, then only the (shared) head layers train on them."""
+    set_backbone_trainable(model, False)
+    with strategy.scope():
+        heads = head_model(model, config.hierarchy)
+        compile_model(heads, config.hierarchy, config.learning_rate)
+        extractor = feature_extractor(model)
+    has_val = len(data["val"]) > 0
+    features = _features(extractor, [data["train"], data["val"]] if has_val else [data["train"]], config, writer)
+
+    def dataset(table, table_features, training, subtype_weights=None):
+        targets, weights = targets_and_weights(table, config.hierarchy, subtype_weights)
+        ds = tf.data.Dataset.from_tensor_slices((table_features, targets, weights))
+        if training:
+            ds = ds.shuffle(len(table), seed=config.seed, reshuffle_each_iteration=True)
+        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    train_ds = dataset(data["train"], features[0], True, data["subtype_weights"])
+    val_ds = dataset(data["val"], features[1], False) if has_val else None
+    steps = math.ceil(len(data["train"]) / config.batch_size)
+    callbacks = _callbacks(run_dir, writer, config, steps, has_val, "training heads")
+    history = heads.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                        verbose=0, shuffle=False)
+    return history
+
+
+def recalibrate_batchnorm(model, images: pd.DataFrame, config, max_batches: int = 50) -> int:
+    """Set BatchNorm moving statistics to the mean batch statistics of the un-augmented training
+    images under the final weights ("precise BN"); returns the number of batches used.
+
+    With momentum 0.99 the moving averages need hundreds of steps to catch up; small data (a demo
+    run, the few steps of a fast-mode head) gives far fewer, and the saved model would normalise
+    with stale statistics. Frozen layers (fast mode's backbone) run in inference mode and keep theirs.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    if not layers or len(images) == 0:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    dataset = make_dataset(images.drop_duplicates("path"), config.hierarchy, config.batch_size, training=True,
+                           input_size=config.input_size, cache=False, shuffle_seed=config.seed)
+    used = 0
+    try:
+        for used, (batch, _, _) in enumerate(dataset.take(max_batches), start=1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / used  # a running mean over batches
+            model(batch, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return used
+
+
+def validate_final(model, val: pd.DataFrame, config, strategy) -> dict:
+    """val_* metrics of the weights being saved (after the recalibration)."""
+    if len(val) == 0:
+        return {}
+    if not getattr(model, "compiled", False):  # fast mode compiled only the head model
+        with strategy.scope():
+            compile_model(model, config.hierarchy, config.learning_rate)
+    dataset = make_dataset(val, config.hierarchy, config.batch_size, input_size=config.input_size, cache=False)
+    return {f"val_{k}": v for k, v in metric_floats(model.evaluate(dataset, verbose=0, return_dict=True)).items()}
+
+
+def _counts(table: pd.DataFrame) -> dict:
+    return {k: int(v) for k, v in subtype_counts(table).items() if v}
+
+
+def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
+    train = data["train"]
+    augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
+                    if config.mode == "fast" else
+                    "random flips, 90-degree rotations, brightness/contrast/saturation, HED stain jitter")
+    return {
+        "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
+        "input_size": config.input_size, "weights_init": weights_used,
+        "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
+        "training": {
+            "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
+            "split_protocol": str(data["split"]["protocol"].iloc[0]),
+            "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
+            "split": describe_split(data["split"]),
+            "by_subtype": _counts(train), "synthetic_by_subtype": _counts(train[train["synthetic"].astype(bool)]),
+            "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
+            "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
+            "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
+            "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
+            "distribution": distribution, "validation": validation,
+        },
+    }
+
+
+def _evaluate(run_dir: Path) -> dict:
+    """core.training.evaluate on the test split -> the headline numbers. A failure fails the run:
+    a model whose evaluation broke must not look like a finished, measured one."""
+    from core.training.evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(run_dir)
+    except Exception as error:
+        raise RuntimeError(f"the model in {run_dir / 'model'} was saved, but its evaluation failed "
+                           f"({type(error).__name__}: {error}); re-run python -m core evaluate {run_dir}") from error
+    return {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
+    keras.utils.set_random_seed(config.seed)
+    data = prepare_data(config)
+    relative_to_data(data["split"], config.data).to_csv(run_dir / "split.csv", index=False)
+    strategy = choose_strategy(config.strategy, config.devices)
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    mixed = config.mode == "finetune" and on_gpu
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    with strategy.scope():
+        model, weights_used = build_classifier(config.backbone, config.hierarchy, config.weights, config.input_size)
+        if config.learning_rate is None:
+            pretrained = config.mode == "finetune" and not weights_used.startswith("random")
+            config.learning_rate = 1e-4 if pretrained else 1e-3
+        if config.mode == "finetune":
+            compile_model(model, config.hierarchy, config.learning_rate)
+    kind = type(strategy).__name__
+    distribution = {"strategy": "none" if kind.startswith("_Default") else kind,
+                    "replicas": int(strategy.num_replicas_in_sync), "mixed_precision": mixed, "gpu": on_gpu}
+    counts = {name: int(len(data[name])) for name in ("train", "val", "test")}
+    settings = {**dataclasses.asdict(config), "weights_init": weights_used, "distribution": distribution,
+                "counts": counts, "skipped_files": len(data["skipped"])}
+    write_json_atomic(run_dir / "config.json", settings)
+    writer.emit("start", epochs=config.epochs, steps=math.ceil(counts["train"] / config.batch_size), counts=counts,
+                message=f"{config.mode} {config.backbone}: {counts['train']} training images, "
+                        f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}",
+                config=settings)
+
+    history = (fit_fast if config.mode == "fast" else fit_finetune)(model, data, config, run_dir, writer, strategy).history
+    monitor = "val_loss" if "val_loss" in history else "loss"
+    epochs_run = len(history.get(monitor, []))
+    summary = {"epochs": epochs_run, "best_epoch": int(np.argmin(history[monitor])) + 1 if epochs_run else None}
+    distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config)
+    if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw
+        set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
+    validation = validate_final(model, data["val"], config, strategy)
+    if mixed:  # save a float32 copy: portable to CPU-only machines
+        keras.mixed_precision.set_global_policy("float32")
+        portable, _ = build_classifier(config.backbone, config.hierarchy, None, config.input_size)
+        portable.set_weights(model.get_weights())
+        model = portable
+    card = model_card(config, data, weights_used, summary, distribution, validation)
+    model_dir = save_model_folder(model, run_dir / "model", card)
+    metrics = {**validation, **(_evaluate(run_dir) if config.evaluate and counts["test"] else {})}
+    return {"status": "completed", "model_dir": str(model_dir), "metrics": metrics, "epochs_run": epochs_run, **summary}
+
+
+def train(config: TrainConfig | dict) -> dict:
+    """Run one training job; returns a summary. On SIGTERM raises Cancelled, on failure re-raises,
+    in both cases after writing the final events, so the caller and the stream both know."""
+    config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
+    config.input_size = config.input_size or INPUT_SIZE
+    config.weights = config.weights_or_none
+    validate(config)
+    run_dir = Path(config.out)
+    if (run_dir / "progress.jsonl").exists() or (run_dir / "model").exists():
+        raise FileExistsError(f"{run_dir} already holds a training run; choose a new --out folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.data = str(Path(config.data).resolve())  # split.csv paths stay valid from any directory
+    writer = ProgressWriter(run_dir / "progress.jsonl", echo_stdout=config.echo_stdout)
+    previous_handler, previous_policy = None, keras.mixed_precision.global_policy()
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        result = _run(config, run_dir, writer)
+        writer.emit("end", status="completed", model_dir=result["model_dir"], metrics=result["metrics"],
+                    epoch=result["epochs_run"], epochs=config.epochs,
+                    message=f"best epoch {result['best_epoch']} of {result['epochs_run']}")
+        return result
+    except (Cancelled, KeyboardInterrupt) as stop:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
+        reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
+        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
+        raise
+    except BaseException as error:
+        message = f"{type(error).__name__}: {error}"
+        writer.emit("error", message=message)
+        writer.emit("end", status="failed", message=message)
+        raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled("SIGTERM")

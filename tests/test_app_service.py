@@ -1,0 +1,202 @@
+"""The diagnosis service and the Diagnose page's logic without Streamlit: reading (name, bytes) items,
+predicting, case calls, heat maps and the downloadable report."""
+
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.app import performance, registry, report, service, session
+from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
+from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_like
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from core.model.predict import Predictor
+
+    return Predictor.load(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def sample_items(samples_dir):
+    paths = sorted(samples_dir.rglob("*.png"))
+    chosen = [p for p in paths if "SOB_M_PC-14-9146" in p.name] + [p for p in paths if "SOB_B_A-14-22549AB-40" in p.name]
+    assert len(chosen) == 3
+    return [(p.name, p.read_bytes()) for p in chosen]
+
+
+def test_real_samples_get_a_full_hierarchical_diagnosis(predictor, sample_items):
+    results = service.diagnose_items(predictor, sample_items, refer_threshold=0.7)
+    assert [r.error for r in results] == [None] * 3
+    for result in results:
+        p = result.prediction
+        assert sum(p.stage1.values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(p.stage2.values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(p.stage2) == set(SUBTYPES_BY_CLASS[p.label])
+        assert set(p.other_stage2) == set(SUBTYPES_BY_CLASS[CLASSES[1 - CLASSES.index(p.label)]])
+        assert result.magnification_source == "file name"
+        assert "demo model: not validated" in result.refer_reasons  # a demo model always refers
+    assert [r.case for r in results] == ["14-9146", "14-9146", "14-22549"]
+    assert {r.magnification for r in results} == {"40X", "400X"}
+
+
+def test_every_bad_input_gets_a_clear_outcome_and_the_rest_still_runs(predictor, sample_items):
+    bad = bad_inputs()
+    results = service.diagnose_items(predictor, [(n, d) for n, (d, _) in bad.items()] + sample_items[:1])
+    by_name = {r.name: r for r in results}
+    for name, (_, expected) in bad.items():
+        result = by_name[name]
+        if expected == "error":
+            assert not result.ok and result.error and name in result.error, name
+        else:
+            assert result.ok, f"{name}: {result.error}"
+            if expected == "note":
+                assert result.notes, name
+            else:
+                assert any("Out of distribution" in w for w in result.warnings)
+                assert result.refer
+    assert "text file" in by_name["notes.txt"].error
+    assert "decompression bomb" in by_name["bomb.png"].error
+    assert "truncated" in by_name["truncated.png"].error
+    assert "empty" in by_name["empty.png"].error
+    assert "1x1" in by_name["tiny.png"].error
+    assert "contains PNG" in " ".join(by_name["wrong_extension.jpg"].notes)
+    assert "16-bit" in " ".join(by_name["deep16.png"].notes)
+    assert "downscaled" in " ".join(by_name["large.png"].notes)
+    assert by_name[sample_items[0][0]].ok
+
+
+def test_magnification_comes_from_the_name_else_from_the_user(predictor):
+    assert registry.magnification_from_name("SOB_B_F-14-9133-400-001.png") == "400X"
+    assert registry.magnification_from_name("slide7_100x.tif") == "100X"
+    assert registry.magnification_from_name("x1400 field.png") is None
+    assert registry.magnification_from_name("scan.png") is None
+    results = service.diagnose_items(predictor, [("scan.png", png_bytes(tissue_like())),
+                                             ("b_200X.png", png_bytes(tissue_like()))], magnification="40X")
+    assert (results[0].magnification, results[0].magnification_source) == ("40X", "chosen by user")
+    assert (results[1].magnification, results[1].magnification_source) == ("200X", "file name")
+
+
+def test_a_name_without_an_image_extension_is_read_by_content_with_a_note(predictor):
+    result = service.diagnose_items(predictor, [("scan.dat", png_bytes(tissue_like()))])[0]
+    assert result.ok and "'.dat'" in result.notes[0]
+
+
+def test_case_calls_pool_images_per_case(predictor, sample_items):
+    extra = [("field.png", png_bytes(tissue_like())), ("other.png", png_bytes(tissue_like()[::-1]))]
+    results = service.diagnose_items(predictor, sample_items + extra + [("bad.png", b"")])
+    cases = report.case_calls(results, refer_threshold=0.7).set_index("case")
+    assert cases.loc["14-9146", "images"] == 2
+    assert cases.loc["14-22549", "images"] == 1
+    assert cases.loc["uploaded images (no case id in names)", "images"] == 2
+    members = [r for r in results if r.case == "14-9146"]
+    expected = np.mean([r.prediction.stage1["malignant"] for r in members])
+    assert cases.loc["14-9146", "p_malignant"] == pytest.approx(expected, abs=1e-4)
+    assert cases.loc["14-9146", "call"] == ("malignant" if expected >= 0.5 else "benign")
+    assert set(cases["refer for review"]) == {"YES"}  # an untrained demo model is never confident
+    table = report.results_table(results, registry.model_badge(predictor.card))
+    assert list(table.columns) == report.TABLE_COLUMNS
+    assert len(table) == 6 and table["model"].str.startswith("DEMO").all()
+    assert table.loc[table["file"] == "bad.png", "error"].item().endswith("is empty (0 bytes).")
+
+
+def test_heat_maps_explain_the_shown_prediction_at_image_size(predictor, sample_items):
+    result = service.diagnose_items(predictor, sample_items[:1])[0]
+    stage1, stage2 = session.explanations(predictor, result, "gradcam")
+    assert stage1.heatmap.shape == stage2.heatmap.shape == result.image.rgb.shape[:2]
+    assert (stage1.target, stage2.target) == (result.prediction.label, result.prediction.subtype)
+    assert 0.0 <= stage1.heatmap.min() and stage1.heatmap.max() <= 1.0
+
+
+def test_report_pdf_and_png_have_one_page_per_image_plus_a_summary(predictor, sample_items):
+    from core.model.cam import overlay
+
+    results = service.diagnose_items(predictor, sample_items[:2] + [("broken.png", b"nope")])
+    overlays = {}
+    for result in results:
+        if result.ok:
+            maps = session.explanations(predictor, result, "gradcam")
+            overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, 0.5) for m in maps)
+    model = registry.describe_model(predictor.card)
+    cases = report.case_calls(results)
+    pdf = report.build_report(results, overlays, cases, model, "pdf")
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) == 3
+    png = Image.open(io.BytesIO(report.build_report(results, overlays, cases, model, "png")))
+    assert png.size == (report.PAGE[0], 3 * report.PAGE[1])
+    first_page = np.asarray(png.crop((0, 0, *report.PAGE)))
+    assert (np.abs(first_page.astype(int) - report.ALERT).sum(axis=-1) < 10).any()  # the DEMO banner
+    with pytest.raises(ValueError):
+        report.build_report(results, overlays, cases, model, "docx")
+    table = report.results_table(results, registry.model_badge(predictor.card))
+    csv = pd.read_csv(io.BytesIO(report.results_csv(table)))
+    assert len(csv) == 3 and csv["error"].notna().sum() == 1
+
+
+def test_app_heat_maps_take_one_gradcam_pass_and_match_per_stage_maps(predictor, sample_items, monkeypatch):
+    from core.model import cam as ex
+
+    result = service.diagnose_items(predictor, sample_items[1:2])[0]
+    explainer = ex._explainer(predictor)
+    calls, original = [], explainer.gradcam_pass
+    monkeypatch.setattr(explainer, "gradcam_pass", lambda *args: calls.append(args) or original(*args))
+    monkeypatch.setattr(session.st, "session_state", {})
+    stage1, stage2 = session.explanations(predictor, result, "gradcam")
+    assert len(calls) == 1
+    session.explanations(predictor, result, "gradcam")
+    assert len(calls) == 1  # remembered in the session
+    p, rgb = result.prediction, result.image.rgb
+    maps = ex.explain(predictor, rgb, "gradcam", p.label, p.subtype).explanations
+    np.testing.assert_allclose(stage1.heatmap, maps["stage1"].heatmap, atol=1e-5)
+    np.testing.assert_allclose(stage2.heatmap, maps["stage2"].heatmap, atol=1e-5)
+
+
+def test_moving_the_threshold_or_magnification_does_not_rerun_the_model(predictor, sample_items, monkeypatch):
+    monkeypatch.setattr(session.st, "session_state", {})
+    runs, original = [], predictor.probabilities
+    monkeypatch.setattr(predictor, "probabilities", lambda *a, **k: runs.append(a) or original(*a, **k))
+    items = sample_items[:1] + [("field.png", png_bytes(tissue_like()))]
+    strict = session.diagnose_in_session(predictor, items, tta=False, refer_threshold=0.99,
+                                           magnification="not stated")
+    lenient = session.diagnose_in_session(predictor, items, tta=False, refer_threshold=0.0,
+                                            magnification="200X")
+    assert len(runs) == 1
+    assert all(any("uncertain" in reason for reason in r.refer_reasons) for r in strict)
+    assert not any("uncertain" in reason for r in lenient for reason in r.refer_reasons)
+    assert (strict[1].magnification, lenient[1].magnification) == ("not stated", "200X")
+    assert strict[0].prediction.stage1 == lenient[0].prediction.stage1
+    session.diagnose_in_session(predictor, items, tta=True, refer_threshold=0.0, magnification="200X")
+    assert len(runs) == 2  # TTA changes the model run
+
+
+def test_model_identity_is_the_folder_and_card_checksum(predictor):
+    folder, sha = session.model_identity(predictor)
+    assert folder == str(predictor.folder.resolve()) and sha == predictor.card["sha256"] and len(sha) == 64
+
+
+def test_a_failing_heat_map_warm_up_does_not_stop_predictions(predictor, monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        raise ValueError("no CAM layer")
+
+    monkeypatch.setattr(session, "explain", broken)
+    session._warm_up(predictor)  # logs, does not raise
+    assert len(calls) == 1  # the warm-up did try the heat maps
+    assert service.diagnose_items(predictor, [("field.png", png_bytes(tissue_like()))])[0].ok
+
+
+def test_training_curves_split_losses_from_scores_and_drop_the_learning_rate():
+    import pandas as pd
+
+    history = pd.DataFrame({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "stage1_accuracy": [0.6, 0.9],
+                            "learning_rate": [1e-3, 1e-4]})
+    panels = performance.training_curves(history)  # history.csv has no epoch column: numbered from 1
+    assert list(panels) == ["Loss", "Metrics"]
+    assert set(panels["Loss"]["metric"]) == {"loss", "val_loss"}
+    assert set(panels["Metrics"]["metric"]) == {"stage1_accuracy"}
+    assert sorted(panels["Loss"]["epoch"].unique()) == [1, 2]

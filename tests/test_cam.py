@@ -1,0 +1,149 @@
+"""Class activation maps: right size (the ORIGINAL image's), right range, right target, every
+method, and our single-pass Grad-CAM computes exactly what tf-keras-vis' Gradcam computes."""
+
+import numpy as np
+import pytest
+from tf_keras_vis.gradcam import Gradcam
+from tf_keras_vis.utils.scores import CategoricalScore
+
+from core.data.images import load_image
+from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
+from core.model import cam as ex
+from core.model.classifier import build_classifier
+from core.model.folders import save_model_folder
+from core.model.predict import Predictor
+
+SIZE = 64
+
+
+def _predictor(tmp_path_factory, hierarchy):
+    model, _ = build_classifier("small_cnn", hierarchy, weights=None, input_size=SIZE)
+    card = {"name": f"tiny-{hierarchy}", "backbone": "small_cnn", "hierarchy": hierarchy}
+    return Predictor.load(save_model_folder(model, tmp_path_factory.mktemp(hierarchy) / "model", card))
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    return _predictor(tmp_path_factory, "hierarchical")
+
+
+@pytest.fixture(scope="module")
+def sample(samples_dir):
+    """A real 700x460 BreakHis image."""
+    image = load_image(next(iter(sorted(samples_dir.rglob("SOB_M_DC-*.png"))))).rgb
+    assert image.shape == (460, 700, 3)
+    return image
+
+
+@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("stage", ex.STAGES)
+def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage, method):
+    explanation = ex.explain(predictor, sample, method).explanations[stage]
+    heatmap = explanation.heatmap
+    assert heatmap.shape == (460, 700) and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert heatmap.max() == pytest.approx(1.0) or explanation.note  # normalised, or says why not
+    prediction = predictor.predict([sample])[0]
+    assert explanation.target == (prediction.label if stage == "stage1" else prediction.subtype)
+    assert (explanation.stage, explanation.method) == (stage, method)
+
+
+def test_single_pass_gradcam_equals_tf_keras_vis_gradcam(predictor, sample):
+    explainer = ex._explainer(predictor)
+    model_input = predictor.model_input([sample])
+    _, label_index, subtype_index, cam1, cam2 = explainer.gradcam_pass(model_input, -1, -1)
+    label = CLASSES[int(label_index)]
+    for output, index, ours in (("stage1", int(label_index), cam1),
+                                (f"{label}_subtype", int(subtype_index), cam2)):
+        reference = Gradcam(explainer.logit_models[output])(
+            CategoricalScore([index]), model_input, penultimate_layer=explainer.cam_layer,
+            seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
+        assert np.asarray(ours).shape == np.asarray(reference)[0].shape == (8, 8)  # cnn_block4_out at 64 px
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_explicit_targets_change_the_map(predictor, sample):
+    lobular = ex.explain(predictor, sample, "gradcam", subtype="lobular_carcinoma").explanations["stage2"]
+    fibro = ex.explain(predictor, sample, "gradcam", subtype="fibroadenoma").explanations["stage2"]
+    assert (lobular.target, fibro.target) == ("lobular_carcinoma", "fibroadenoma")
+    assert not np.allclose(lobular.heatmap, fibro.heatmap)
+    benign = ex.explain(predictor, sample, "gradcam++", label="benign").explanations["stage1"]
+    assert benign.target == "benign"
+    with pytest.raises(ValueError, match="Stage-2 target"):
+        ex.explain(predictor, sample, subtype="benign")
+    with pytest.raises(ValueError, match="Stage-1 target"):
+        ex.explain(predictor, sample, label="lobular_carcinoma")
+    with pytest.raises(ValueError, match="method must be"):
+        ex.explain(predictor, sample, method="lime")
+
+
+def test_explain_is_the_prediction_plus_both_maps(predictor, sample):
+    diagnosis = ex.explain(predictor, sample)
+    expected = predictor.predict([sample])[0]
+    assert (diagnosis.prediction.label, diagnosis.prediction.subtype) == (expected.label, expected.subtype)
+    np.testing.assert_allclose(list(diagnosis.prediction.stage1.values()), list(expected.stage1.values()), atol=1e-5)
+    assert diagnosis.explanations["stage1"].target == expected.label
+    assert diagnosis.explanations["stage2"].target == expected.subtype
+    explicit = ex.explain(predictor, sample, label=expected.label, subtype=expected.subtype)
+    np.testing.assert_allclose(diagnosis.explanations["stage2"].heatmap, explicit.explanations["stage2"].heatmap,
+                               atol=1e-5)
+
+
+def test_flat_models_explain_both_stages(tmp_path_factory, sample):
+    flat = _predictor(tmp_path_factory, "flat")
+    prediction = flat.predict([sample])[0]
+    for method in ("gradcam", "scorecam"):
+        stage1, stage2 = ex.explain(flat, sample, method).explanations.values()
+        assert stage1.target == prediction.label and stage2.target in SUBTYPES_BY_CLASS[prediction.label]
+        assert stage1.heatmap.shape == stage2.heatmap.shape == (460, 700)
+
+
+def test_overlay_blends_a_turbo_coloured_map(sample):
+    heatmap = np.tile(np.linspace(0, 1, 700, dtype=np.float32), (460, 1))
+    blended = ex.overlay(sample, heatmap, alpha=0.4)
+    assert blended.shape == sample.shape and blended.dtype == np.uint8
+    np.testing.assert_array_equal(ex.overlay(sample, heatmap, alpha=0.0), sample)
+    np.testing.assert_array_equal(ex.overlay(sample, heatmap, alpha=1.0), ex.colorize(heatmap))
+    assert ex.overlay(sample, np.ones((7, 7), np.float32)).shape == sample.shape  # resized to fit
+    low, middle, high = ex.TURBO[32], ex.TURBO[128], ex.TURBO[240]
+    assert low.argmax() == 2 and middle.argmax() == 1 and high.argmax() == 0  # blue -> green -> red
+    with pytest.raises(ValueError, match="alpha"):
+        ex.overlay(sample, heatmap, alpha=2)
+
+
+def test_an_empty_map_is_zero_with_a_note():
+    heatmap, note = ex.to_heatmap(np.zeros((4, 4), np.float32), (46, 70))
+    assert heatmap.shape == (46, 70) and not heatmap.any() and "empty" in note
+
+
+def _count_gradcam_passes(predictor, monkeypatch) -> list:
+    explainer = ex._explainer(predictor)
+    calls, original = [], explainer.gradcam_pass
+
+    def counted(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(explainer, "gradcam_pass", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_explicit_targets_give_the_per_stage_maps_of_the_prediction(predictor, sample, method, monkeypatch):
+    prediction = predictor.predict([sample])[0]
+    calls = _count_gradcam_passes(predictor, monkeypatch)
+    stage1, stage2 = ex.explain(predictor, sample, method, prediction.label, prediction.subtype).explanations.values()
+    assert len(calls) == (1 if method == "gradcam" else 0)  # ONE pass gives both stages
+    assert (stage1.stage, stage2.stage) == ex.STAGES
+    assert (stage1.target, stage2.target) == (prediction.label, prediction.subtype)
+    default = ex.explain(predictor, sample, method).explanations  # targets default to the prediction
+    np.testing.assert_allclose(stage1.heatmap, default["stage1"].heatmap, atol=1e-5)
+    np.testing.assert_allclose(stage2.heatmap, default["stage2"].heatmap, atol=1e-5)
+    with pytest.raises(ValueError, match="not a subtype"):
+        ex.explain(predictor, sample, method, "benign", "lobular_carcinoma")
+
+
+def test_explain_runs_one_gradcam_pass(predictor, sample, monkeypatch):
+    calls = _count_gradcam_passes(predictor, monkeypatch)
+    ex.explain(predictor, sample)
+    assert len(calls) == 1
