@@ -55,6 +55,12 @@ sizes = " · ".join(f"{split} {counts[split]}" for split in ("train", "val", "te
 right.markdown(f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}; images {sizes}  \n"
                f"Mode {training.get('mode', '?')}, {training.get('epochs', '?')} epochs, "
                f"balancing {training.get('balance', 'none')}, magnification {training.get('magnification', 'all')}")
+split = training.get("split") or {}
+if split.get("images"):
+    with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
+        st.dataframe(performance.split_table(split), hide_index=True)
+        if split.get("shared_cases"):
+            st.error(f"{split['shared_cases']} case(s) are in more than one split: the figures are optimistic.")
 with st.expander("Full card (JSON)"):
     st.json(card, expanded=False)
 

@@ -200,3 +200,15 @@ def test_training_curves_split_losses_from_scores_and_drop_the_learning_rate():
     assert set(panels["Loss"]["metric"]) == {"loss", "val_loss"}
     assert set(panels["Metrics"]["metric"]) == {"stage1_accuracy"}
     assert sorted(panels["Loss"]["epoch"].unique()) == [1, 2]
+
+
+def test_the_split_table_shows_what_each_split_holds(synthetic_breakhis):
+    from core.data.breakhis import index_folder
+    from core.data.splits import PATIENT, describe_split, make_split
+
+    split = make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0)
+    table = performance.split_table(describe_split(split)).set_index("split")
+    assert table["images"].sum() == len(split) == 96
+    assert table.loc["test", "cases"] == split.loc[split["split"] == "test", "case"].nunique()
+    assert (table["synthetic images"] == 0).all()
+    assert (table["missing subtypes"] == "none").all()  # 3 cases per subtype: one in every split

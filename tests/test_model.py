@@ -84,7 +84,10 @@ def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch):
     with pytest.warns(RuntimeWarning, match="Could not load ImageNet weights"):
         model, weights = build_classifier("densenet121", weights="imagenet")
     assert "ImageNet unavailable" in weights
-    assert model.get_layer("conv5_block16_concat") is not None
+    # ...and the model is the whole multi-scale DenseNet121, not a stand-in: its last dense block
+    # (1024 channels at 7x7 for 224 px input) feeds the third tap.
+    assert tuple(model.get_layer("conv5_block16_concat").output.shape[1:]) == (7, 7, 1024)
+    assert model.get_layer("tap2_pool").input.shape[-1] == 1024
 
 
 def test_missing_local_weights_file_is_a_clear_error(tmp_path):

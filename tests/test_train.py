@@ -213,6 +213,26 @@ def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_pat
     assert "No BreakHis images" in events[-1]["message"]
 
 
+def test_a_failed_evaluation_fails_the_run(synthetic_breakhis, tmp_path, monkeypatch, capsys):
+    """The model is saved, but a run whose evaluation broke must not end "completed" (exit 1)."""
+    import core.training.evaluate
+    from core.cli import main as cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("stage1")
+
+    monkeypatch.setattr(core.training.evaluate, "evaluate_run", broken)
+    run = tmp_path / "evaluation-fails"
+    code = cli(["train", "--data", str(synthetic_breakhis), "--out", str(run), "--epochs", "1",
+                *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "epochs"]])
+    assert code == 1
+    end = events_of(run)[-1]
+    assert end["event"] == "end" and end["status"] == "failed"
+    assert "saved, but its evaluation failed" in end["message"] and "KeyError" in end["message"]
+    assert (run / "model" / "model.keras").is_file()  # what was trained is kept, for a re-evaluation
+    assert "python -m core evaluate" in capsys.readouterr().err
+
+
 def test_sigterm_cancels_a_running_training(synthetic_breakhis, tmp_path):
     run = tmp_path / "cancel"
     command = [sys.executable, "-m", "core", "train", "--data", str(synthetic_breakhis), "--out", str(run),

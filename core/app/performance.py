@@ -100,3 +100,13 @@ def training_curves(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
     is_loss = long["metric"].str.contains("loss")
     scores = long[~is_loss & ~long["metric"].isin(["learning_rate", "lr"])]
     return {"Loss": long[is_loss], "Metrics": scores}
+
+
+def split_table(description: dict) -> pd.DataFrame:
+    """core.data.splits.describe_split (recorded in the card) as one row per split: images, cases,
+    and the subtypes a split lacks (a metric over a split without a subtype cannot speak for it)."""
+    return pd.DataFrame([{"split": split, "images": description["images"].get(split, 0),
+                          "cases": description.get("cases", {}).get(split, 0),
+                          "synthetic images": description.get("synthetic", {}).get(split, 0),
+                          "missing subtypes": ", ".join(description.get("missing_subtypes", {}).get(split, [])) or "none"}
+                         for split in ("train", "val", "test")])
