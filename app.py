@@ -57,8 +57,11 @@ with st.sidebar:
         else:
             if info["demo"]:
                 st.badge("DEMO", icon=":material/warning:", color="red")
-                st.caption("Bundled demo model: it shows how the app works. Its predictions are "
+                st.caption("Demo model: it shows how the app works. Its predictions are "
                            "not a diagnosis and it has no valid accuracy.")
+            elif info["limited"]:
+                st.badge("LIMITED DATA", icon=":material/warning:", color="orange")
+                st.caption(f"{info['evidence'].capitalize()}. Measured: {info['measured'] or 'not evaluated'}.")
             st.markdown(f"**{info['name']}**  \n"
                         f"Backbone: {info['backbone']} ({info['hierarchy']})  \n"
                         f"Trained on: {info['data']}  \n"

@@ -2,7 +2,9 @@
 
     index FOLDER          count a BreakHis folder, list skipped files, compare with the full set
     download --dest DIR   fetch BreakHis from Kaggle (kagglehub), then index it
-    train ...             train a classifier into a run folder (options: core.training.config)
+    train ...             train a classifier into a run folder (options: core.training.config);
+                          with --folds k and no --fold: k-fold cross-validation
+    compare ...           train several backbones / input sizes on the same split, one table
     evaluate RUN          evaluate a run on its held-out split
     predict IMAGE...      classify images with a model folder
     make-default          reproduce the bundled default model
@@ -68,6 +70,16 @@ def _train(args) -> int:
     return OK
 
 
+def _compare(args) -> int:
+    from core.options import from_args
+    from core.training.compare import compare, format_comparison
+    from core.training.config import TrainConfig
+
+    config = from_args(TrainConfig, args)
+    print(format_comparison(compare(config, args.backbones, args.input_sizes)))
+    return OK
+
+
 def _evaluate(args) -> int:
     from core.training.evaluate import evaluate_run
 
@@ -119,7 +131,7 @@ def _predict(args) -> int:
 def _make_default(args) -> int:
     from core.training.recipes import make_default
 
-    print(f"Installed {make_default(args.data, args.demo, args.out, args.force)}")
+    print(f"Installed {make_default(args.data, args.recipe, args.out, args.force, args.cross_validate)}")
     return OK
 
 
@@ -197,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, "train the classifier; writes a run folder")
     _add_dataclass_options(train, "core.training.config", "TrainConfig")
 
+    compared = command("compare", _compare, "train several backbones / input sizes on the same split, one table")
+    compared.add_argument("--backbones", nargs="+", required=True, help="registry names, e.g. small_cnn densenet121")
+    compared.add_argument("--input-sizes", nargs="+", type=int, help="input sizes to try (default: --input-size)")
+    _add_dataclass_options(compared, "core.training.config", "TrainConfig")
+
     evaluate = command("evaluate", _evaluate, "evaluate a training run on its held-out split")
     evaluate.add_argument("run", help="run folder (split.csv + model/)")
     evaluate.add_argument("--data", help="dataset folder: find the images again by file name")
@@ -214,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"refer when p(class) or p(subtype) is below this (default {DEFAULT_REFER_THRESHOLD})")
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
-    source = default.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="BreakHis folder (any layout)")
-    source.add_argument("--demo", action="store_true", help="train the bundled demo on assets/samples")
+    default.add_argument("--data", required=True, help="BreakHis folder (any layout)")
+    default.add_argument("--recipe", choices=("full", "limited"),
+                         help="full: ImageNet + the whole BreakHis; limited: from scratch on a small set "
+                              "(default: chosen by the number of images)")
+    default.add_argument("--cross-validate", type=int, default=0, metavar="K",
+                         help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     default.add_argument("--force", action="store_true", help="replace an existing model folder")
 

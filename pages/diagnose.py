@@ -16,6 +16,9 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 st.title("Diagnose")
 predictor = session.require_predictor()
 model = registry.describe_model(predictor.card)
+if model["limited"] and not predictor.is_demo:
+    st.warning(f"LIMITED DATA model: {model['evidence']}. Measured: {model['measured'] or 'not evaluated'}. "
+               "Every call needs a pathologist's review.", icon=":material/warning:")
 if predictor.is_demo:
     st.error("DEMO model: it demonstrates the app and has no valid accuracy. Its output is not a "
              "diagnosis.", icon=":material/warning:")
@@ -58,14 +61,15 @@ for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
 analysed = [r for r in results if r.ok]
 table = report.results_table(results, registry.model_badge(predictor.card))
-cases = report.case_calls(results, threshold)
+cases = report.case_calls(results, threshold, predictor.case_threshold)
 
 if len(results) > 1:
     st.subheader("Case table")
     st.dataframe(table, hide_index=True)
     st.subheader("Case-level call")
-    st.caption("Mean stage-1 probability over the case's images, then the most probable subtype "
-               "of that class. Cases come from BreakHis-style file names.")
+    st.caption(f"Mean p(malignant) over the case's images, called malignant from {predictor.case_threshold:.2f} "
+               "(the threshold this model's evaluation chose on validation patients), then the most probable "
+               "subtype of that class. Cases come from BreakHis-style file names.")
     st.dataframe(cases, hide_index=True)
 
 
@@ -86,7 +90,7 @@ def show(result, index: int) -> None:
     p = result.prediction
     with st.container(border=True):
         st.markdown(f"#### {result.name}")
-        demo = "DEMO model · " if predictor.is_demo else ""
+        demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · confidence "
                     f"**{p.confidence:.2f}** · magnification {result.magnification} "
                     f"({result.magnification_source})")

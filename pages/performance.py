@@ -47,7 +47,11 @@ if not isinstance(metrics, dict):
 
 st.subheader("Model card")
 left, right = st.columns(2)
-left.markdown(f"**{info['name']}**" + (" · :red-badge[DEMO]" if info["demo"] else ""))
+left.markdown(f"**{info['name']}**" + (" · :red-badge[DEMO]" if info["demo"] else "")
+              + (" · :orange-badge[LIMITED DATA]" if info["limited"] and not info["demo"] else ""))
+if info["evidence"]:
+    left.caption(f"{info['evidence'].capitalize()}; by magnification: "
+                 + ", ".join(f"{m} {n}" for m, n in (card.get("evidence") or {}).get("by_magnification", {}).items()))
 left.markdown(f"Backbone {info['backbone']} ({info['hierarchy']}), input {card.get('input_size')} px, "
               f"initial weights: {card.get('weights_init', 'unknown')}")
 counts = training.get("counts") or {}
@@ -72,6 +76,20 @@ if info["demo"]:
 elif not performance.metric_block(metrics, ("stage1",)):
     st.warning("This model has no evaluation yet. Run `python -m core evaluate RUN` on its run folder.")
 else:
+    if metrics.get("intervals"):
+        st.subheader("Headline figures with 95% intervals, next to the baselines")
+        st.caption(performance.protocol_line(metrics) + " Intervals: percentile bootstrap over whole patients "
+                   "(2,000 resamples); the baselines are fitted on the same training images and scored on the "
+                   "same test cases. A model that does not beat the colour/texture baseline has learnt little "
+                   "beyond colour and texture.")
+        st.dataframe(performance.intervals_table(metrics), hide_index=True)
+    cv_file = beside_model("cv.json")
+    if cv_file:
+        cv = json.loads(cv_file.read_text())
+        st.subheader(f"Cross-validation: {cv['protocol']}")
+        st.caption("Every patient is a test patient in exactly one fold, so the figure does not hang on one split. "
+                   "Mean +- sample standard deviation over the folds.")
+        st.dataframe(performance.cross_validation_table(cv), hide_index=True)
     st.subheader("Metrics per stage and end to end")
     st.caption(performance.protocol_line(metrics))
     st.dataframe(performance.metrics_table(metrics), hide_index=True)

@@ -101,6 +101,39 @@ def test_numbers_are_consistent(metrics):
     assert favouring["threshold"] <= 1.0 and metrics["not_evaluated"] == {"missing": 0, "unreadable": 0, "examples": []}
 
 
+def test_headline_metrics_carry_bootstrap_intervals_over_cases(metrics):
+    for level, cases in (("image", 8), ("patient", 8)):
+        block = metrics["intervals"][level]
+        assert block["cases"] == cases and "over cases" in block["method"]
+        for name in ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1"):
+            interval = block[name]
+            assert interval["low"] <= interval["value"] <= interval["high"], (level, name)
+            assert interval["resamples"] > 1500  # a few resamples may lack a class
+    assert metrics["intervals"]["image"]["stage1_accuracy"]["value"] == metrics["stage1"]["accuracy"]
+    assert metrics["intervals"]["patient"]["stage1_accuracy"]["value"] == metrics["patient"]["stage1"]["accuracy"]
+    assert metrics["validation"]["data"]["split"] == "val" and 0 <= metrics["validation"]["stage1_accuracy"] <= 1
+
+
+def test_baselines_are_scored_on_the_same_cases_and_the_cnn_is_compared(metrics):
+    majority, colour = metrics["baselines"]["majority"], metrics["baselines"]["colour_texture"]
+    for baseline in (majority, colour):
+        assert baseline["data"] == metrics["data"]  # the same held-out images and cases
+        assert "stage1_accuracy" in baseline["intervals"]["patient"]
+    # Half the synthetic images are benign: always calling one class is right half the time.
+    assert majority["stage1_accuracy"] == pytest.approx(0.5) and majority["stage1_balanced_accuracy"] == 0.5
+    # Colour separates the synthetic classes, so the colour/texture baseline learns them.
+    assert colour["stage1_accuracy"] >= 0.9 and colour["stage1_accuracy"] > majority["stage1_accuracy"]
+
+
+def test_the_case_threshold_is_chosen_on_validation_cases_and_used(metrics, run_dir):
+    rule = metrics["case_threshold"]
+    assert 0.0 < rule["threshold"] < 1.0 and rule["selected_on"]["split"] == "val"
+    assert rule["balanced_accuracy_on_validation"] >= 0.75  # the tiny model separates the colours
+    assert rule["selected_on"]["level"] == "patient" and metrics["patient"]["malignant_threshold"] == rule["threshold"]
+    _, card = load_model_folder(run_dir / "model")
+    assert card["thresholds"]["case_malignant"] == rule["threshold"]
+
+
 def test_outputs_written_and_card_updated_with_valid_checksum(metrics, run_dir):
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["stage1"]["accuracy"] == metrics["stage1"]["accuracy"]

@@ -109,6 +109,19 @@ def test_augment_single_image_symmetries_and_per_image_draws():
     np.testing.assert_array_equal(augment(batch, tf.constant([5, 6])).numpy(), outs)
 
 
+def test_zoom_crops_vary_the_scale_and_strength_zero_keeps_the_colours():
+    values = np.linspace(0.0, 255.0, SIZE, dtype=np.float32)
+    ramp = tf.constant(np.broadcast_to(values[None, None, :, None], (8, SIZE, SIZE, 3)).copy())  # varies along x
+    geometry_only = augment(ramp, tf.constant([1, 2]), strength=0.0).numpy()
+    for image in geometry_only:  # a flip or rotation of the ramp: the same values, nothing else
+        np.testing.assert_allclose(np.sort(image[..., 0].ravel()), np.sort(ramp[0, ..., 0].numpy().ravel()), atol=1e-3)
+    zoomed = augment(ramp, tf.constant([1, 2]), strength=0.0, zoom=0.5).numpy()
+    spans = zoomed[..., 0].max(axis=(1, 2)) - zoomed[..., 0].min(axis=(1, 2))
+    assert (spans >= 0.5 * 255 - 2).all() and (spans <= 255 + 1e-3).all()  # crops of half the field or more
+    assert (spans < 0.98 * 255).mean() > 0.5  # and most images are really cropped
+    assert zoomed.shape == ramp.shape
+
+
 def test_hed_round_trip_and_jitter():
     rgb = tf.random.stateless_uniform([2, 16, 16, 3], seed=[0, 1], maxval=255.0)
     np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(rgb)).numpy(), rgb.numpy(), atol=0.05)

@@ -162,6 +162,25 @@ def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
     assert card["training"]["split_protocol"] == "patient-wise 3-fold CV (fold 1)"
 
 
+def test_folds_without_a_fold_cross_validate_every_case_once(synthetic_breakhis, tmp_path):
+    from core.training.fit import train
+
+    result = train(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), mode="fast", folds=3,
+                        echo_stdout=False, **dict(TINY, epochs=3)))
+    tested = []
+    for fold in range(3):
+        split = pd.read_csv(tmp_path / "cv" / f"fold-{fold}" / "split.csv", dtype={"case": str})
+        tested += split.loc[split["split"] == "test", "case"].unique().tolist()
+    assert sorted(tested) == sorted(set(tested)) and len(tested) == 24  # every case tested exactly once
+    summary = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    accuracy = summary["mean_std"]["model"]["image_stage1_accuracy"]
+    per_fold = [f["image_stage1_accuracy"] for f in summary["per_fold"]["model"]]
+    assert accuracy["folds"] == 3 and accuracy["mean"] == pytest.approx(np.mean(per_fold))
+    assert accuracy["mean"] >= 0.9  # heads on a random small_cnn's features still learn the colour signal
+    assert set(summary["mean_std"]) == {"model", "majority", "colour_texture"}
+    assert "+-" in (tmp_path / "cv" / "cv.md").read_text() and result["cv"]["folds"] == 3
+
+
 def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_path):
     from PIL import Image
 

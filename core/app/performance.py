@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.training.intervals import format_interval
+
+HEADLINE_NAMES = {"stage1_accuracy": "stage-1 accuracy", "stage1_balanced_accuracy": "stage-1 balanced accuracy",
+                  "malignant_recall": "malignant recall", "stage1_auc": "stage-1 ROC AUC",
+                  "subtype_macro_f1": "subtype macro-F1 (8 classes)"}
+
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 1: benign vs malignant", ("stage1",)),
     ("Stage 2: benign subtypes (true class given)", ("stage2", "benign")),
@@ -60,6 +66,38 @@ def protocol_kind(protocol: str) -> str:
     return "patient-wise" if "patient" in str(protocol).lower() else "image-level"
 
 
+def intervals_table(metrics: dict) -> pd.DataFrame:
+    """Headline figures with their 95% bootstrap intervals over cases, image- and patient-level, for
+    the model and each baseline scored on the same held-out cases (core.training.evaluate)."""
+    columns = {"model": metrics, **{b["name"]: b for b in (metrics.get("baselines") or {}).values()}}
+    rows = []
+    for level in ("image", "patient"):
+        for key, name in HEADLINE_NAMES.items():
+            row = {"level": level, "metric": name}
+            for column, source in columns.items():
+                row[column] = format_interval(((source.get("intervals") or {}).get(level) or {}).get(key))
+            block = (metrics.get("intervals") or {}).get(level) or {}
+            row["computed on"] = f"{block.get('rows', '?')} {'images' if level == 'image' else 'case rows'}, " \
+                                 f"{block.get('cases', '?')} cases"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cross_validation_table(cv: dict) -> pd.DataFrame:
+    """core.training.crossval's summary as rows: metric, then mean +- std for the model and each baseline."""
+    from core.training.crossval import HEADLINE
+
+    rows = []
+    for level in ("image", "patient"):
+        for key in HEADLINE:
+            row = {"level": level, "metric": HEADLINE_NAMES[key]}
+            for column, summary in cv["mean_std"].items():
+                figure = summary.get(f"{level}_{key}")
+                row[column] = f"{figure['mean']:.3f} +- {figure['std']:.3f}" if figure else "n/a"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: str) -> pd.DataFrame:
     """Published results next to the active model's, each marked by its split protocol."""
     table = reference.copy()
@@ -70,16 +108,23 @@ def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: 
         ours = {"source": "this app (active model)", "model": model_name, "protocol": data.get("protocol"),
                 "note": f"{data.get('split')} split, {data.get('images')} images, {data.get('cases')} cases"}
         stage1, subtype8 = metrics["stage1"], metric_block(metrics, ("subtype8",)) or {}
-        rows += [{**ours, "task": "binary", "metric": "accuracy", "value": round(stage1["accuracy"], 4)},
+        image, patients = ((metrics.get("intervals") or {}).get(level) or {} for level in ("image", "patient"))
+
+        def value(number, interval=None):  # with its 95% interval over cases when the metrics have one
+            return format_interval(interval, 4) if interval else round(number, 4)
+
+        rows += [{**ours, "task": "binary", "metric": "accuracy",
+                  "value": value(stage1["accuracy"], image.get("stage1_accuracy"))},
                  {**ours, "task": "binary", "metric": "malignant recall",
-                  "value": round(stage1["per_class"]["malignant"]["recall"], 4)}]
+                  "value": value(stage1["per_class"]["malignant"]["recall"], image.get("malignant_recall"))}]
         if subtype8:
             rows += [{**ours, "task": "8-class", "metric": "accuracy", "value": round(subtype8["accuracy"], 4)},
-                     {**ours, "task": "8-class", "metric": "macro F1", "value": round(subtype8["macro_f1"], 4)}]
+                     {**ours, "task": "8-class", "metric": "macro F1",
+                      "value": value(subtype8["macro_f1"], image.get("subtype_macro_f1"))}]
         patient = metric_block(metrics, ("patient", "stage1"))
         if patient:
             rows.append({**ours, "task": "binary", "metric": "patient-level accuracy",
-                         "value": round(patient["accuracy"], 4)})
+                         "value": value(patient["accuracy"], patients.get("stage1_accuracy"))})
     if rows:
         mine = pd.DataFrame(rows)
         mine["protocol kind"] = mine["protocol"].map(protocol_kind)

@@ -70,10 +70,21 @@ def stamp(folder: str) -> float:
         return 0.0
 
 
+def measured_accuracy(card: dict) -> str | None:
+    """'patient-level accuracy 0.78 (95% CI 0.56-1.00, 9 test patients)' from the card's evaluation."""
+    patient = ((card.get("metrics") or {}).get("intervals") or {}).get("patient") or {}
+    block = patient.get("stage1_accuracy")
+    if not block or block.get("value") is None:
+        return None
+    interval = f"95% CI {block['low']:.2f}-{block['high']:.2f}, " if block.get("low") is not None else ""
+    return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{patient.get('cases', '?')} test patients)"
+
+
 def describe_model(card: dict) -> dict:
     """The sidebar's and the report's few lines about a model."""
     training = card.get("training") or {}
     counts = training.get("counts") or {}
+    evidence = card.get("evidence") or {}
     return {
         "name": card.get("name", "unnamed model"),
         "backbone": card.get("backbone", "?"),
@@ -85,13 +96,21 @@ def describe_model(card: dict) -> dict:
         "magnification": training.get("magnification", "all"),
         "sha256": card.get("sha256", ""),
         "created": card.get("created", ""),
+        "limited": bool(evidence.get("limited")),
+        "evidence": evidence.get("statement"),
+        "measured": measured_accuracy(card),
     }
 
 
 def model_badge(card: dict) -> str:
-    """Short label every prediction carries: 'DEMO · name (backbone)' for a demo model."""
+    """Short label every prediction carries: 'DEMO · name (backbone)' for a demo model, and for a
+    model trained on limited data 'LIMITED DATA · name (backbone) · <its measured accuracy>'."""
     info = describe_model(card)
-    return ("DEMO · " if info["demo"] else "") + f"{info['name']} ({info['backbone']})"
+    if info["demo"]:
+        return f"DEMO · {info['name']} ({info['backbone']})"
+    if info["limited"]:
+        return f"LIMITED DATA · {info['name']} ({info['backbone']})" + (f" · {info['measured']}" if info["measured"] else "")
+    return f"{info['name']} ({info['backbone']})"
 
 
 def sample_items() -> dict[str, Path]:

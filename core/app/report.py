@@ -56,8 +56,10 @@ def results_table(results: list, badge: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> pd.DataFrame:
-    """One call per case by core.model.predict.case_decision (the rule patient-level evaluation uses).
+def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+               malignant_threshold: float = 0.5) -> pd.DataFrame:
+    """One call per case by core.model.predict.case_decision (the rule patient-level evaluation uses),
+    malignant from `malignant_threshold` on (the model's validated case threshold, Predictor.case_threshold).
 
     Images whose names carry no case id are pooled as one uploaded case.
     """
@@ -67,7 +69,7 @@ def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD) 
             groups.setdefault(r.case or "uploaded images (no case id in names)", []).append(r)
     rows = []
     for case, members in groups.items():
-        decision = case_decision([m.prediction for m in members])
+        decision = case_decision([m.prediction for m in members], malignant_threshold)
         label, subtype, p_class, p_subtype = decision.label, decision.subtype, decision.p_class, decision.p_subtype
         agreeing = sum(m.prediction.label == label for m in members)
         confidence = decision.confidence
@@ -174,6 +176,9 @@ def _header(page: _Page, model: dict) -> None:
               f"trained on {model['data']}, {model['protocol']} split", size=20, colour=MUTED)
     if model["demo"]:
         page.banner("DEMO MODEL - not validated, results are not a diagnosis", ALERT)
+    elif model.get("limited"):
+        page.banner("LIMITED DATA MODEL - not a diagnosis", ALERT)
+        page.text(f"{model['evidence']}; {model['measured'] or 'not evaluated'}.", size=20, colour=ALERT)
 
 
 def _image_page(result, overlays: tuple[np.ndarray, np.ndarray], model: dict) -> Image.Image:

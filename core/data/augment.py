@@ -52,34 +52,52 @@ def _where_per_image(mask, if_true, if_false):
     return tf.where(mask[:, None, None, None], if_true, if_false)
 
 
-def augment(images, seed):
-    """Random flips, 90-degree rotations, brightness/contrast/saturation and HED stain jitter.
+def augment(images, seed, strength: float = 1.0, zoom: float = 1.0):
+    """Random flips, 90-degree rotations, zoom crops, brightness/contrast/saturation and HED stain jitter.
 
     images: one (S, S, 3) image or a batch (B, S, S, 3), float 0..255, square (model input).
     seed: int tensor of shape (2,); each image in a batch gets its own random draw.
+    strength: multiplies every photometric and stain jitter (0: geometry only; 1: the defaults above).
+    zoom: each image is cropped to a random square of side zoom..1 of the field, anywhere in it, and
+    resized back (1: no crops); this varies the scale, as other magnifications and scanners do.
     Returns float32 in [0, 255] with the input's shape.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     single = images.shape.rank == 3
     batch = images[None] if single else images
     n = tf.shape(batch)[0]
-    u = tf.random.stateless_uniform([n, 13], seed=seed)  # one row of draws per image
+    u = tf.random.stateless_uniform([n, 15], seed=seed)  # one row of draws per image
     # The 8 symmetries of the square = optional transpose x optional left-right x up-down flip.
     batch = _where_per_image(u[:, 0] < 0.5, tf.transpose(batch, [0, 2, 1, 3]), batch)
     batch = _where_per_image(u[:, 1] < 0.5, tf.reverse(batch, axis=[2]), batch)
     batch = _where_per_image(u[:, 2] < 0.5, tf.reverse(batch, axis=[1]), batch)
+    if zoom < 1.0:
+        side = zoom + (1.0 - zoom) * u[:, 12]
+        top, left = (1.0 - side) * u[:, 13], (1.0 - side) * u[:, 14]
+        boxes = tf.stack([top, left, top + side, left + side], axis=1)
+        batch = tf.image.crop_and_resize(batch, boxes, tf.range(n), tf.shape(batch)[1:3], method="bilinear")
     # Stain variation between labs/scanners, in stain space rather than RGB.
-    scale = 1.0 + HED_SCALE * (2.0 * u[:, 3:6] - 1.0)
-    shift = HED_SHIFT * (2.0 * u[:, 6:9] - 1.0)
+    scale = 1.0 + strength * HED_SCALE * (2.0 * u[:, 3:6] - 1.0)
+    shift = strength * HED_SHIFT * (2.0 * u[:, 6:9] - 1.0)
     batch = hed_jitter(batch, scale, shift)
     # Photometric jitter (per image).
-    brightness = 255.0 * BRIGHTNESS * (2.0 * u[:, 9] - 1.0)
+    brightness = 255.0 * strength * BRIGHTNESS * (2.0 * u[:, 9] - 1.0)
     batch = batch + brightness[:, None, None, None]
-    contrast = 1.0 + CONTRAST * (2.0 * u[:, 10] - 1.0)
+    contrast = 1.0 + strength * CONTRAST * (2.0 * u[:, 10] - 1.0)
     mean = tf.reduce_mean(batch, axis=[1, 2], keepdims=True)
     batch = (batch - mean) * contrast[:, None, None, None] + mean
-    saturation = 1.0 + SATURATION * (2.0 * u[:, 11] - 1.0)
+    saturation = 1.0 + strength * SATURATION * (2.0 * u[:, 11] - 1.0)
     grey = tf.reduce_sum(batch * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
     batch = grey + (batch - grey) * saturation[:, None, None, None]
     batch = tf.clip_by_value(batch, 0.0, 255.0)
     return batch[0] if single else batch
+
+
+def describe(strength: float = 1.0, zoom: float = 1.0) -> str:
+    """What a run's augmentation did, for its model card."""
+    parts = ["random flips and 90-degree rotations"]
+    if zoom < 1.0:
+        parts.append(f"random square crops of {zoom:.0%}-100% of the field, resized back")
+    if strength > 0:
+        parts.append(f"brightness/contrast/saturation and HED stain jitter at {strength:g}x the default strength")
+    return ", ".join(parts)

@@ -110,11 +110,12 @@ def decode_image(path, tiff: bool = True) -> tf.Tensor:
 
 def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size: int = 32,
                  training: bool = False, augment: bool = False, input_size: int = INPUT_SIZE,
-                 cache=True, subtype_weights: dict | None = None, shuffle_seed: int = 0) -> tf.data.Dataset:
+                 cache=True, subtype_weights: dict | None = None, shuffle_seed: int = 0,
+                 augment_strength: float = 1.0, zoom: float = 1.0) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, targets dict, sample-weights dict).
 
     training: shuffle every epoch. augment: random augmentation (after the cache, so it differs
-    every epoch). cache: True (memory), False, or a file path prefix (for data larger than RAM).
+    every epoch; augment_strength and zoom as core.data.augment.augment). cache: True (memory), False, or a file path prefix (for data larger than RAM).
     With augmentation the cache holds uint8 pixels (4x less memory; the +-0.5 rounding is far
     below the augmentation noise); without it, the exact float32 model input.
     """
@@ -151,6 +152,7 @@ def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size
     if augment_images:
         seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, seed: (augment_batch(tf.cast(batch[0], tf.float32), seed), batch[1], batch[2]),
+            lambda batch, seed: (augment_batch(tf.cast(batch[0], tf.float32), seed, augment_strength, zoom),
+                                 batch[1], batch[2]),
             num_parallel_calls=AUTOTUNE, deterministic=not training)
     return dataset.prefetch(AUTOTUNE)

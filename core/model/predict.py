@@ -87,12 +87,13 @@ class CaseDecision:
         return self.p_class[self.label] * self.p_subtype[self.subtype]
 
 
-def case_decision(members) -> CaseDecision:
+def case_decision(members, malignant_threshold: float = 0.5) -> CaseDecision:
     """THE case-level rule (app case table and patient-level evaluation both use it).
 
-    Mean stage-1 probability over the images -> class; then subtype = argmax of the mean
-    p(subtype | class) within that class, i.e. the same stage 1 -> stage 2 hierarchy as one
-    image. members: Predictions, or (p(class) in CLASSES order, p(subtype | its class) in
+    Mean stage-1 probability over the images -> malignant when it reaches `malignant_threshold`
+    (the validated case threshold of the model card; 0.5 without one); then subtype = argmax of
+    the mean p(subtype | class) within that class, i.e. the same stage 1 -> stage 2 hierarchy as
+    one image. members: Predictions, or (p(class) in CLASSES order, p(subtype | its class) in
     SUBTYPES order) pairs of arrays.
     """
     members = list(members)
@@ -110,7 +111,7 @@ def case_decision(members) -> CaseDecision:
             within.append(np.asarray(subtype_p, float).reshape(len(SUBTYPES)))
     mean_class = dict(zip(CLASSES, map(float, np.mean(stage1, axis=0))))
     mean_within = dict(zip(SUBTYPES, map(float, np.mean(within, axis=0))))
-    label = max(CLASSES, key=mean_class.get)
+    label = "malignant" if mean_class["malignant"] >= malignant_threshold else "benign"
     p_subtype = {s: mean_within[s] for s in SUBTYPES_BY_CLASS[label]}
     return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
 
@@ -131,6 +132,8 @@ class Predictor:
         self.backbone = card["backbone"]
         self.input_size = int(card["input_size"])
         self.is_demo = bool(card.get("demo", False))
+        # Case-level p(malignant) threshold chosen on validation cases at evaluation (core.training.evaluate).
+        self.case_threshold = float((card.get("thresholds") or {}).get("case_malignant", 0.5))
         self.batch_size = batch_size
         # One lock per model: Streamlit sessions share the predictor, and Keras layers and
         # tf.function tracing are not safe to enter from two threads at once.

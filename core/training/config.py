@@ -34,6 +34,8 @@ class TrainConfig:
     batch_size: int = option(32, "images per step")
     input_size: int = option(INPUT_SIZE, "model input side in pixels")
     weights: str = option("imagenet", "imagenet, none, or a local weights file")
+    augment_strength: float = option(1.0, "multiplies the stain and photometric jitter of finetune mode (0: off)")
+    zoom: float = option(1.0, "random square crops of zoom..1 of the field, resized back (1: no crops)")
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
     synthetic_dir: str | None = option(None, "GAN images for --balance synthetic")
     synthetic_subtypes: list[str] | None = option(None, "subtypes GAN fill may top up (default: every subtype "
@@ -42,7 +44,7 @@ class TrainConfig:
                                   "val/test images")
     split: str = option(PATIENT, "split protocol (image-level is leaky: for comparison only)", choices=SPLIT_CHOICES)
     folds: int = option(0, "patient-wise k-fold cross-validation: number of folds (0: one train/val/test split)")
-    fold: int = option(0, "with --folds: which fold is the test set (0-based)")
+    fold: int | None = option(None, "with --folds: train only this fold (0-based); without it, every fold")
     magnification: str = option("all", "all, or one of " + ", ".join(MAGNIFICATIONS), choices=("all", *MAGNIFICATIONS))
     seed: int = option(0, "split, shuffling and initialisation seed")
     demo: bool = option(False, "mark the model as a demo model in its card")
@@ -55,7 +57,12 @@ class TrainConfig:
     echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)
 
     def split_spec(self) -> SplitSpec:
-        return SplitSpec(self.split, self.seed, self.magnification, self.folds, self.fold)
+        return SplitSpec(self.split, self.seed, self.magnification, self.folds, self.fold or 0)
+
+    @property
+    def all_folds(self) -> bool:
+        """--folds k without --fold: a cross-validation of every fold (core.training.crossval)."""
+        return bool(self.folds) and self.fold is None
 
     @property
     def weights_or_none(self) -> str | None:
@@ -74,11 +81,15 @@ def validate(config: TrainConfig) -> None:
             problems.append(f"{name} must be one of {list(allowed)}, not {value!r}")
     if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:
         problems.append("epochs and batch size must be >= 1 and input size >= 32")
+    if not (0.1 <= config.zoom <= 1.0 and config.augment_strength >= 0):
+        problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
-    if config.folds and (config.folds < 2 or not 0 <= config.fold < config.folds
+    if config.folds and (config.folds < 2 or not 0 <= (config.fold or 0) < config.folds
                          or config.split not in PROTOCOL_NAMES or normalise_protocol(config.split) != PATIENT):
         problems.append("--folds needs >= 2 folds, 0 <= --fold < --folds and the patient-wise split")
+    if config.fold is not None and not config.folds:
+        problems.append("--fold needs --folds")
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:

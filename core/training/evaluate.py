@@ -20,13 +20,15 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from core.data.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.selection import resolve_paths
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import update_card
 from core.model.predict import Predictor, case_decision
 from core.paths import portable
+from core.training.baselines import BASELINES
 from core.training.figures import confusion_figure, roc_figure, scope_text
+from core.training.intervals import headline_intervals, point_metrics
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
 PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
@@ -62,27 +64,43 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
     return table[exists].reset_index(drop=True), table.loc[~exists, "path"].tolist()
 
 
+def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarray) -> pd.DataFrame:
+    """`rows` plus pred_label, pred_subtype, p_<class>, p_<subtype> (joint) and w_<subtype>
+    (p(subtype | its class)) columns, from p(class) (N, 2) and p(subtype | class) (N, 8, SUBTYPES
+    order). The one place that turns probabilities into image-level calls, for models and baselines."""
+    frame = rows.reset_index(drop=True).copy()
+    labels = np.asarray(CLASSES)[np.asarray(p_class).argmax(axis=1)]
+    own = {c: [SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]] for c in CLASSES}
+    frame["pred_label"] = labels
+    frame["pred_subtype"] = [SUBTYPES[own[c][int(np.argmax(within[i, own[c]]))]] for i, c in enumerate(labels)]
+    for j, c in enumerate(CLASSES):
+        frame[f"p_{c}"] = p_class[:, j]
+    for k, s in enumerate(SUBTYPES):
+        frame[f"p_{s}"] = p_class[:, CLASSES.index(CLASS_OF_SUBTYPE[s])] * within[:, k]
+        frame[f"w_{s}"] = within[:, k]
+    return frame
+
+
 def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32) -> tuple[pd.DataFrame, list[str]]:
-    """Predict every row; adds pred_label, pred_subtype, p_<class>, p_<subtype> (joint) and
-    w_<subtype> (p(subtype | its class)) columns. Returns (table, unreadable paths)."""
+    """Predict every row (see `predictions_frame`); returns (table, unreadable paths)."""
     from core.data.images import ImageError, load_image
 
-    records, unreadable = [], []
+    kept, p_class, within, unreadable = [], [], [], []
     for start in range(0, len(rows), batch_size):
-        chunk, images = [], []
-        for row in rows.iloc[start:start + batch_size].itertuples(index=False):
+        images = []
+        for position, path in enumerate(rows["path"].iloc[start:start + batch_size], start=start):
             try:
-                images.append(load_image(row.path, check_histology=False).rgb)
-                chunk.append(row._asdict())
+                images.append(load_image(path, check_histology=False).rgb)
+                kept.append(position)
             except (ImageError, OSError):
-                unreadable.append(row.path)
-        for row, prediction in zip(chunk, predictor.predict(images)):
-            within = {**prediction.stage2, **prediction.other_stage2}
-            records.append({**row, "pred_label": prediction.label, "pred_subtype": prediction.subtype,
-                            **{f"p_{c}": prediction.stage1[c] for c in CLASSES},
-                            **{f"p_{s}": p for s, p in prediction.subtype_probabilities().items()},
-                            **{f"w_{s}": within[s] for s in SUBTYPES}})
-    return pd.DataFrame(records), unreadable
+                unreadable.append(path)
+        for prediction in predictor.predict(images):
+            both = {**prediction.stage2, **prediction.other_stage2}
+            p_class.append([prediction.stage1[c] for c in CLASSES])
+            within.append([both[s] for s in SUBTYPES])
+    if not kept:
+        return rows.iloc[:0].assign(pred_label=[], pred_subtype=[]), unreadable
+    return predictions_frame(rows.iloc[kept], np.array(p_class), np.array(within)), unreadable
 
 
 def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
@@ -159,7 +177,7 @@ def stage2_blocks(table: pd.DataFrame, split: str) -> dict:
     return blocks
 
 
-def patient_table(table: pd.DataFrame) -> pd.DataFrame:
+def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5) -> pd.DataFrame:
     """One row per case (and tumour type): mean probabilities, then stage 1 -> stage 2 decisions."""
     table = table.assign(correct_stage1=(table["label"] == table["pred_label"]).astype(float),
                          correct_subtype8=(table["subtype"] == table["pred_subtype"]).astype(float))
@@ -170,17 +188,17 @@ def patient_table(table: pd.DataFrame) -> pd.DataFrame:
     cases["protocol"] = grouped["protocol"].first().to_numpy()
     cases["n_images"] = grouped.size().to_numpy()
     # The app's case rule (core.model.predict.case_decision), on p(class) and p(subtype | class).
-    decisions = [case_decision(zip(rows[_columns("p", CLASSES)].to_numpy(), rows[_columns("w", SUBTYPES)].to_numpy()))
-                 for _, rows in grouped]
+    decisions = [case_decision(zip(rows[_columns("p", CLASSES)].to_numpy(), rows[_columns("w", SUBTYPES)].to_numpy()),
+                               malignant_threshold) for _, rows in grouped]
     cases["pred_label"] = [d.label for d in decisions]
     cases["pred_subtype"] = [d.subtype for d in decisions]
     return cases
 
 
-def patient_blocks(table: pd.DataFrame, split: str) -> dict:
-    cases = patient_table(table)
+def patient_blocks(table: pd.DataFrame, split: str, malignant_threshold: float = 0.5) -> dict:
+    cases = patient_table(table, malignant_threshold)
     data = scope(cases, split, level="patient")
-    return {"note": PATIENT_NOTE,
+    return {"note": PATIENT_NOTE, "malignant_threshold": malignant_threshold,
             "stage1": stage1_block(cases, data), "subtype8": subtype8_block(cases, data),
             # BreakHis' own patient score: the share of a patient's images classified correctly, averaged.
             "patient_recognition_rate": {"data": data,
@@ -244,14 +262,91 @@ def threshold_blocks(table, val_table, split, threshold, target_recall) -> dict:
     return blocks
 
 
+def case_threshold(val_table: pd.DataFrame | None) -> dict:
+    """The case-level p(malignant) threshold, chosen on validation PATIENTS: the one with the best
+    balanced accuracy over the validation cases (Youden's J), ties broken towards 0.5, candidates
+    being the midpoints between the cases' mean p(malignant). A recall target alone was tried and
+    rejected: with a few validation cases its threshold is set by the single least confident
+    malignant case and turned every benign case malignant. 0.5 when validation lacks a class."""
+    cases = patient_table(val_table) if val_table is not None and len(val_table) else None
+    if cases is None or cases["label"].nunique() < 2:
+        return {"threshold": 0.5, "selected_on": None,
+                "reason": "no validation cases of both classes to choose it on: the default 0.5"}
+    scores = np.sort(cases["p_malignant"].to_numpy())
+    candidates = np.unique(np.concatenate([[0.5], (scores[1:] + scores[:-1]) / 2.0]))
+    malignant = (cases["label"] == "malignant").to_numpy()
+
+    def balanced(threshold):
+        called = cases["p_malignant"].to_numpy() >= threshold
+        return 0.5 * (called[malignant].mean() + (~called[~malignant]).mean())
+
+    best = max(candidates, key=lambda c: (round(balanced(c), 12), -abs(c - 0.5)))
+    return {"threshold": float(best), "selected_on": scope(cases, "val", level="patient"),
+            "balanced_accuracy_on_validation": float(balanced(best)),
+            "rule": "best balanced accuracy over the validation cases, ties towards 0.5"}
+
+
+def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, threshold: float = 0.5,
+          target_recall: float = 0.95) -> dict:
+    """Every metric block for one set of predictions on `split` (a model's or a baseline's), with
+    bootstrap intervals over cases; thresholds are chosen on `val_table`, never on `split`."""
+    data = scope(evaluated, split)
+    stage1, subtype8 = stage1_block(evaluated, data), subtype8_block(evaluated, data)
+    cases_rule = case_threshold(val_table)
+    patient = patient_blocks(evaluated, split, cases_rule["threshold"])
+    thresholds = threshold_blocks(evaluated, val_table, split, threshold, target_recall)
+    results = {
+        "split": split, "protocol": data["protocol"], "images": data["images"], "cases": data["cases"],
+        "stage1_accuracy": stage1["accuracy"], "stage1_balanced_accuracy": stage1["balanced_accuracy"],
+        "stage1_auc": stage1["roc_auc"]["per_class"].get("malignant"),
+        "subtype_accuracy": subtype8["accuracy"], "subtype_macro_f1": subtype8["macro_f1"],
+        "malignant_recall": thresholds["decision"]["malignant_recall"],
+        "patient_stage1_accuracy": patient["stage1"]["accuracy"], "data": data,
+        "stage1": stage1, "stage2": stage2_blocks(evaluated, split), "subtype8": subtype8,
+        "patient": patient, "per_magnification": magnification_blocks(evaluated, split),
+        "malignant_threshold": thresholds, "case_threshold": cases_rule,
+        "intervals": {"image": headline_intervals(evaluated, "image"),
+                      "patient": headline_intervals(patient_table(evaluated, cases_rule["threshold"]), "patient")},
+    }
+    if val_table is not None and len(val_table):
+        results["validation"] = {"data": scope(val_table, "val"), **point_metrics(val_table)}
+    return results
+
+
+def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_recall: float) -> dict:
+    """Each baseline (core.training.baselines), fitted on the run's training images and scored on
+    the same held-out images, cases and thresholds rule as the model."""
+    train = table[(table["split"] == "train") & ~table.get("synthetic", pd.Series(False, index=table.index)).astype(bool)]
+    scored = {}
+    for name, kind in BASELINES.items():
+        baseline = kind().fit(train)
+
+        def predicted(rows):
+            p_class, within, kept = baseline.predict(rows)
+            return predictions_frame(rows.iloc[kept], p_class, within) if len(kept) else None
+
+        val_rows = table[table["split"] == "val"]
+        evaluated = predicted(table[table["split"] == split])
+        if evaluated is None:
+            continue
+        full = score(evaluated, predicted(val_rows) if split != "val" and len(val_rows) else None, split, threshold,
+                     target_recall)
+        scored[name] = {"name": kind.name, **{k: full[k] for k in (
+            "data", "stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "malignant_recall", "subtype_macro_f1",
+            "patient_stage1_accuracy", "intervals", "case_threshold")}}
+    return scored
+
+
 # ---------------------------------------------------------------- run
 
 def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: float | None = None,
-                 target_recall: float = 0.95, batch_size: int = 32, write: bool = True) -> dict:
+                 target_recall: float = 0.95, batch_size: int = 32, write: bool = True,
+                 baselines: bool = True) -> dict:
     """Evaluate RUN/model on RUN/split.csv's `split`; writes metrics.json, card metrics, report.html.
 
     recall_threshold: p(malignant) decision threshold reported as the operating point
-    (default 0.5); a recall-favouring threshold reaching `target_recall` is chosen on "val".
+    (default 0.5); recall-favouring image and case thresholds reaching `target_recall` are chosen
+    on "val". baselines: also score the majority and colour/texture baselines on the same cases.
     """
     run_dir = Path(run_dir)
     threshold = 0.5 if recall_threshold is None else float(recall_threshold)
@@ -269,26 +364,16 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     if split != "val" and (table["split"] == "val").any():
         val_table, unreadable_val = predict_table(predictor, table[table["split"] == "val"], batch_size)
         unreadable += unreadable_val
-    data = scope(evaluated, split)
-    stage1, subtype8 = stage1_block(evaluated, data), subtype8_block(evaluated, data)
-    patient = patient_blocks(evaluated, split)
-    thresholds = threshold_blocks(evaluated, val_table, split, threshold, target_recall)
     results = {
         "run": portable(run_dir), "model": predictor.name, "hierarchy": predictor.hierarchy,
         "demo_model": predictor.is_demo,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "split": split, "protocol": data["protocol"], "images": data["images"], "cases": data["cases"],
-        "stage1_accuracy": stage1["accuracy"], "stage1_balanced_accuracy": stage1["balanced_accuracy"],
-        "subtype_accuracy": subtype8["accuracy"], "subtype_macro_f1": subtype8["macro_f1"],
-        "malignant_recall": thresholds["decision"]["malignant_recall"],
-        "patient_stage1_accuracy": patient["stage1"]["accuracy"],
-        "data": data,
+        **score(evaluated, val_table, split, threshold, target_recall),
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
-        "stage1": stage1, "stage2": stage2_blocks(evaluated, split), "subtype8": subtype8,
-        "patient": patient, "per_magnification": magnification_blocks(evaluated, split),
-        "malignant_threshold": thresholds,
     }
+    if baselines and (table["split"] == "train").any():
+        results["baselines"] = baseline_scores(table, split, threshold, target_recall)
     if write:
         write_outputs(run_dir, results)
     return results
@@ -319,6 +404,10 @@ def write_report(results: dict, path: Path) -> None:
 
 
 def write_outputs(run_dir: Path, results: dict) -> None:
+    """metrics.json, the card's metrics and its validated case threshold, report.html."""
     write_json_atomic(run_dir / "metrics.json", results)
-    update_card(run_dir / "model", metrics=without_curves(results))
+    update_card(run_dir / "model", metrics=without_curves(results),
+                thresholds={"case_malignant": results["case_threshold"]["threshold"],
+                            "case_malignant_selection": {k: v for k, v in results["case_threshold"].items()
+                                                         if k != "threshold"}})
     write_report(results, run_dir / "report.html")

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from core.data.augment import describe as describe_augmentation
 from core.data.balance import apply_strategy
 from core.data.breakhis import subtype_counts
 from core.data.labels import INPUT_SIZE, output_sizes
@@ -43,6 +44,8 @@ from core.training.config import TrainConfig, validate
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
 DEMO_BELOW_TRAIN_IMAGES = 200
+# The full BreakHis has 70 patients; a model that saw far fewer is labelled "limited data" wherever it predicts.
+LIMITED_BELOW_PATIENTS = 60
 CANCELLED_EXIT = 128 + signal.SIGTERM
 
 
@@ -114,7 +117,8 @@ def fit_finetune(model, data, config, run_dir, writer, strategy):
     cache = {"memory": True, "none": False}.get(config.cache, config.cache)
     common = dict(hierarchy=config.hierarchy, batch_size=config.batch_size, input_size=config.input_size)
     train_ds = make_dataset(data["train"], training=True, augment=True, shuffle_seed=config.seed,
-                            subtype_weights=data["subtype_weights"], cache=cache, **common)
+                            subtype_weights=data["subtype_weights"], cache=cache,
+                            augment_strength=config.augment_strength, zoom=config.zoom, **common)
     val_ds = make_dataset(data["val"], cache=bool(cache), **common) if len(data["val"]) else None
     steps = math.ceil(len(data["train"]) / config.batch_size)
     callbacks = _callbacks(run_dir, writer, config, steps, val_ds is not None, "training")
@@ -203,15 +207,27 @@ def _counts(table: pd.DataFrame) -> dict:
     return {k: int(v) for k, v in subtype_counts(table).items() if v}
 
 
+def evidence(split: pd.DataFrame, weights_used: str) -> dict:
+    """What the model's figures rest on: real images and patients behind the run, by magnification."""
+    real = split[~split["synthetic"].astype(bool)]
+    patients = int(real["case"].nunique())
+    return {"images": int(len(real)), "patients": patients, "weights_init": weights_used,
+            "by_magnification": {m: int(n) for m, n in real["magnification"].value_counts().sort_index().items()},
+            "limited": patients < LIMITED_BELOW_PATIENTS,
+            "statement": (f"trained {'from scratch' if weights_used.startswith('random') else 'from ' + weights_used}"
+                          f" on {len(real)} real images of {patients} patients"
+                          + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
+
+
 def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
     train = data["train"]
     augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
-                    if config.mode == "fast" else
-                    "random flips, 90-degree rotations, brightness/contrast/saturation, HED stain jitter")
+                    if config.mode == "fast" else describe_augmentation(config.augment_strength, config.zoom))
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
         "input_size": config.input_size, "weights_init": weights_used,
         "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
+        "evidence": evidence(data["split"], weights_used),
         "training": {
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
@@ -294,6 +310,10 @@ def train(config: TrainConfig | dict) -> dict:
     config.input_size = config.input_size or INPUT_SIZE
     config.weights = config.weights_or_none
     validate(config)
+    if config.all_folds:  # --folds k without --fold: every fold, then the cross-validation summary
+        from core.training.crossval import cross_validate
+
+        return cross_validate(config)
     run_dir = Path(config.out)
     if (run_dir / "progress.jsonl").exists() or (run_dir / "model").exists():
         raise FileExistsError(f"{run_dir} already holds a training run; choose a new --out folder")

@@ -1,0 +1,90 @@
+"""Which backbone (and input size) learns best? The same split, the same options, one table.
+
+    python -m core compare --data DIR --out runs/compare --backbones small_cnn densenet121 \\
+        [--input-sizes 128 224] [other train options]
+
+Every candidate is an ordinary run folder OUT/<backbone>-<size> trained on the same patient-wise
+split (the split depends only on the data, protocol and seed). The choice is made on the
+VALIDATION split; test figures, with their bootstrap intervals over cases, are shown next to it
+for the record, with the majority and colour/texture baselines on the same test cases.
+Writes OUT/comparison.csv, OUT/comparison.md and OUT/comparison.html (plotly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from core.jsonfile import read_json
+from core.training.intervals import format_interval
+
+VALIDATION = ("stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")
+TEST = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
+
+
+def _row(name: str, metrics: dict, seconds: float | None, epochs: int | None) -> dict:
+    validation = metrics.get("validation") or {}
+    row = {"candidate": name, **{f"val {k}": validation.get(k) for k in VALIDATION}}
+    for level in ("image", "patient"):
+        for key in TEST:
+            row[f"test {level} {key}"] = (metrics["intervals"][level].get(key) or {}).get("value")
+            row[f"test {level} {key} (95% CI)"] = format_interval(metrics["intervals"][level].get(key))
+    data = metrics["data"]
+    return {**row, "test images": data["images"], "test cases": data["cases"], "protocol": data["protocol"],
+            "training seconds": None if seconds is None else round(seconds, 1), "epochs": epochs}
+
+
+def compare(config, backbones: list[str], input_sizes: list[int] | None = None) -> pd.DataFrame:
+    """Train every (backbone, input size) on config's split; returns and writes the comparison."""
+    from core.training.fit import train
+
+    out = Path(config.out)
+    if (out / "comparison.csv").exists():
+        raise FileExistsError(f"{out} already holds a comparison; choose a new --out folder")
+    rows, metrics = [], None
+    for backbone in backbones:
+        for size in input_sizes or [config.input_size]:
+            name = f"{backbone}-{size}"
+            started = time.perf_counter()
+            result = train(dataclasses.replace(config, backbone=backbone, input_size=size, out=str(out / name)))
+            metrics = read_json(out / name / "metrics.json")
+            rows.append(_row(name, metrics, time.perf_counter() - started, result["epochs_run"]))
+    for name, baseline in (metrics.get("baselines") or {}).items():  # the same test cases for every run
+        rows.append(_row(f"baseline: {baseline['name']}", baseline, None, None))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(format_comparison(table) + "\n", encoding="utf-8")
+    comparison_figure(table).write_html(out / "comparison.html", include_plotlyjs=True)
+    return table
+
+
+def format_comparison(table: pd.DataFrame) -> str:
+    columns = ["candidate", "val stage1_balanced_accuracy", "val subtype_macro_f1",
+               "test patient stage1_accuracy (95% CI)", "test image stage1_balanced_accuracy (95% CI)",
+               "test image stage1_auc (95% CI)", "test image subtype_macro_f1 (95% CI)", "training seconds"]
+    shown = table[columns].copy()
+    for column in ("val stage1_balanced_accuracy", "val subtype_macro_f1"):
+        shown[column] = shown[column].map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}")
+    shown["training seconds"] = shown["training seconds"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    first = table.iloc[0]
+    header = (f"Same split for every candidate ({first['protocol']}); chosen on validation, test shown for the "
+              f"record: {first['test images']} test images of {first['test cases']} cases.")
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in values) + " |" for values in shown.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def comparison_figure(table: pd.DataFrame):
+    """Validation balanced accuracy and macro-F1 per candidate, and the test values with intervals."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for key, title in (("val stage1_balanced_accuracy", "validation: stage-1 balanced accuracy"),
+                       ("val subtype_macro_f1", "validation: subtype macro-F1"),
+                       ("test patient stage1_accuracy", "test: patient-level stage-1 accuracy")):
+        figure.add_bar(name=title, x=table["candidate"], y=table[key])
+    return figure.update_layout(barmode="group", template="plotly_white", yaxis_range=[0, 1],
+                                title="Candidates on the same patient-wise split")

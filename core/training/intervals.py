@@ -1,0 +1,129 @@
+"""How sure is a metric computed on a handful of patients? Bootstrap intervals over cases.
+
+Images of one patient are not independent (near-duplicate fields of the same tumour), so the
+resampling unit is the case: each resample draws cases with replacement and keeps all their
+images. A resample is a vector of case counts, so every metric below is computed for all
+resamples at once as weighted sums (an evaluation has tens of these intervals; per-resample
+loops over scikit-learn took minutes). Written here rather than with scipy.stats.bootstrap
+because that resamples rows, not clusters, and cannot skip resamples where a metric is
+undefined (an AUC of a resample without benign cases); here those are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.data.labels import SUBTYPES
+
+N_RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _accuracy(w, t):
+    return _ratio(w @ (t["label"] == t["pred_label"]), w.sum(1))
+
+
+def _balanced_accuracy(w, t):
+    recalls = [_ratio(w @ ((t["label"] == c) & (t["pred_label"] == c)), w @ (t["label"] == c))
+               for c in np.unique(t["label"])]
+    return np.nanmean(np.stack(recalls), axis=0) if recalls else np.full(len(w), np.nan)
+
+
+def _malignant_recall(w, t):
+    malignant = t["label"] == "malignant"
+    return _ratio(w @ (malignant & (t["pred_label"] == "malignant")), w @ malignant)
+
+
+def _auc(w, t):
+    """Weighted Mann-Whitney AUC of p(malignant), ties counted half, for every weight row."""
+    order = np.argsort(t["p_malignant"], kind="stable")
+    scores, positive = t["p_malignant"][order], (t["label"] == "malignant")[order]
+    w = w[:, order]
+    negative_weight = w * ~positive
+    # Per group of tied scores: negatives in lower groups count 1, negatives in the same group 1/2.
+    _, first, counts = np.unique(scores, return_index=True, return_counts=True)
+    tie_group = np.repeat(np.arange(len(first)), counts)
+    group_negative = np.zeros((len(w), len(first)))
+    np.add.at(group_negative.T, tie_group, negative_weight.T)
+    before_group = np.cumsum(group_negative, axis=1) - group_negative
+    wins = before_group[:, tie_group] + 0.5 * group_negative[:, tie_group]
+    pairs = (w * positive).sum(1) * negative_weight.sum(1)
+    return _ratio((w * positive * wins).sum(1), pairs)
+
+
+def _macro_f1(w, t):
+    """Macro F1 over the subtypes present (by true label) in each resample, as scikit-learn's."""
+    scores, present = [], []
+    for s in SUBTYPES:
+        truth, called = t["subtype"] == s, t["pred_subtype"] == s
+        tp, fp, fn = w @ (truth & called), w @ (~truth & called), w @ (truth & ~called)
+        scores.append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0))
+        present.append(w @ truth > 0)
+    scores, present = np.stack(scores), np.stack(present)
+    return _ratio((scores * present).sum(0), present.sum(0))
+
+
+# name -> metric(weights (R, N), columns of the table as arrays) -> (R,)
+HEADLINE_METRICS = {"stage1_accuracy": _accuracy, "stage1_balanced_accuracy": _balanced_accuracy,
+                    "malignant_recall": _malignant_recall, "stage1_auc": _auc, "subtype_macro_f1": _macro_f1}
+COLUMNS = ("label", "pred_label", "p_malignant", "subtype", "pred_subtype")
+
+
+def _arrays(table: pd.DataFrame) -> dict:
+    return {c: table[c].to_numpy() for c in COLUMNS}
+
+
+def point_metrics(table: pd.DataFrame) -> dict:
+    """The headline metrics of a table of predictions (None where undefined)."""
+    arrays, ones = _arrays(table), np.ones((1, len(table)))
+    values = {name: float(metric(ones, arrays)[0]) for name, metric in HEADLINE_METRICS.items()}
+    return {name: (None if np.isnan(v) else v) for name, v in values.items()}
+
+
+def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """Every headline metric with its percentile interval over resamples of whole cases."""
+    codes, cases = pd.factorize(table["case"])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(cases), size=(n_resamples, len(cases))) if len(cases) > 1 else np.zeros((0, 1), int)
+    case_counts = np.zeros((len(picks), len(cases)))
+    np.add.at(case_counts, (np.arange(len(picks))[:, None], picks), 1.0)
+    weights = case_counts[:, codes]  # (R, images): how often each image's case was drawn
+    arrays, point = _arrays(table), point_metrics(table)
+    tail = (1.0 - LEVEL) / 2.0 * 100.0
+    out = {"level": level_name, "cases": int(len(cases)), "rows": int(len(table)), "confidence": LEVEL,
+           "resamples_requested": n_resamples,
+           "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
+    for name, metric in HEADLINE_METRICS.items():
+        values = metric(weights, arrays) if len(weights) else np.array([])
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, [tail, 100.0 - tail]) if len(values) else (None, None)
+        out[name] = {"value": point[name], "low": None if low is None else float(low),
+                     "high": None if high is None else float(high), "resamples": int(len(values)),
+                     "undefined": int(len(weights) - len(values))}
+    return out
+
+
+def fold_summary(per_fold: list[dict]) -> dict:
+    """Mean and standard deviation across folds of every number all folds report."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    keys = [k for k in per_fold[0] if all(number(f.get(k)) for f in per_fold)]
+    return {k: {"mean": float(np.mean([f[k] for f in per_fold])),
+                "std": float(np.std([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0,
+                "folds": len(per_fold)} for k in keys}
+
+
+def format_interval(block: dict | None, digits: int = 3) -> str:
+    """'0.812 (95% CI 0.640-0.930)', or 'n/a' when undefined."""
+    if not block or block.get("value") is None:
+        return "n/a"
+    if block.get("low") is None:
+        return f"{block['value']:.{digits}f}"
+    return f"{block['value']:.{digits}f} (95% CI {block['low']:.{digits}f}-{block['high']:.{digits}f})"

@@ -1,0 +1,73 @@
+"""Bootstrap intervals over cases: the vectorised metrics equal scikit-learn's, resampling is by
+whole cases, and the intervals cover what they should."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from core.data.labels import SUBTYPES
+from core.training.intervals import HEADLINE_METRICS, _arrays, fold_summary, format_interval, headline_intervals
+
+
+def _table(n_cases=12, per_case=5, skill=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for case in range(n_cases):
+        subtype = SUBTYPES[case % len(SUBTYPES)]
+        label = "malignant" if SUBTYPES.index(subtype) >= 4 else "benign"
+        for _ in range(per_case):
+            right = rng.random() < skill
+            p = rng.uniform(0.55, 1.0) if right else rng.uniform(0.0, 0.45)
+            p_malignant = round(p if label == "malignant" else 1 - p, 1)  # rounding makes ties
+            pred_label = "malignant" if p_malignant >= 0.5 else "benign"
+            pred_subtype = subtype if rng.random() < skill else SUBTYPES[rng.integers(len(SUBTYPES))]
+            rows.append({"case": f"c{case}", "label": label, "pred_label": pred_label, "p_malignant": p_malignant,
+                         "subtype": subtype, "pred_subtype": pred_subtype})
+    return pd.DataFrame(rows)
+
+
+def test_weighted_metrics_equal_scikit_learn_on_an_explicit_resample():
+    table = _table()
+    rng = np.random.default_rng(1)
+    counts = np.bincount(rng.integers(0, 12, 12), minlength=12).astype(float)
+    weights = counts[pd.factorize(table["case"])[0]][None]
+    resampled = table.loc[table.index.repeat(weights[0].astype(int))]  # the same resample, written out
+    arrays = _arrays(table)
+    truth_m = resampled["label"] == "malignant"
+    expected = {
+        "stage1_accuracy": skm.accuracy_score(resampled["label"], resampled["pred_label"]),
+        "stage1_balanced_accuracy": skm.balanced_accuracy_score(resampled["label"], resampled["pred_label"]),
+        "malignant_recall": skm.recall_score(truth_m, resampled["pred_label"] == "malignant"),
+        "stage1_auc": skm.roc_auc_score(truth_m, resampled["p_malignant"]),
+        "subtype_macro_f1": skm.f1_score(resampled["subtype"], resampled["pred_subtype"], average="macro",
+                                         labels=sorted(set(resampled["subtype"])), zero_division=0),
+    }
+    for name, metric in HEADLINE_METRICS.items():
+        assert metric(weights, arrays)[0] == pytest.approx(expected[name], abs=1e-9), name
+
+
+def test_intervals_resample_cases_and_narrow_with_more_of_them():
+    small, large = headline_intervals(_table(n_cases=8), "image"), headline_intervals(_table(n_cases=64), "image")
+    for name in HEADLINE_METRICS:
+        block = small[name]
+        assert block["low"] <= block["value"] <= block["high"], name
+        assert block["resamples"] + block["undefined"] == 2000
+    width = lambda block: block["high"] - block["low"]  # noqa: E731
+    assert width(large["stage1_accuracy"]) < 0.6 * width(small["stage1_accuracy"])
+    assert small["cases"] == 8 and small["rows"] == 40
+    one_case = headline_intervals(_table(n_cases=1), "patient")
+    assert one_case["stage1_accuracy"]["low"] is None and one_case["stage1_accuracy"]["value"] is not None
+    assert format_interval(small["stage1_accuracy"]).count("95% CI") == 1
+
+
+def test_an_undefined_auc_is_skipped_and_counted():
+    table = _table(n_cases=3)  # cases 0-2: benign subtypes only -> no AUC anywhere
+    block = headline_intervals(table, "image")["stage1_auc"]
+    assert block["value"] is None and block["resamples"] == 0 and block["undefined"] == 2000
+
+
+def test_fold_summary_is_mean_and_sample_std():
+    summary = fold_summary([{"acc": 0.5, "n": 3, "flag": True}, {"acc": 0.7, "n": 5, "flag": False}])
+    assert summary["acc"]["mean"] == pytest.approx(0.6) and summary["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert "flag" not in summary and summary["n"]["folds"] == 2
