@@ -5,6 +5,8 @@
     train ...             train a classifier into a run folder (options: core.training.config);
                           with --folds k and no --fold: k-fold cross-validation
     compare ...           train several backbones / input sizes on the same split, one table
+    ensemble ...          several trained classifiers as one model, evaluated with its members
+    calibrate RUN         refit each head's temperature on the validation split, then re-evaluate
     evaluate RUN          evaluate a run on its held-out split
     predict IMAGE...      classify images with a model folder
     make-default          reproduce the bundled default model
@@ -77,6 +79,29 @@ def _compare(args) -> int:
 
     config = from_args(TrainConfig, args)
     print(format_comparison(compare(config, args.backbones, args.input_sizes)))
+    return OK
+
+
+def _calibrate(args) -> int:
+    from core.training.calibrate import calibrate_run
+    from core.training.evaluate import evaluate_run
+
+    block = calibrate_run(args.run, args.data)
+    for split, measured in block["measured"].items():
+        for head, m in measured["heads"].items():
+            print(f"{split:4s} {head:18s} T={block['temperatures'].get(head, 1.0):.3f}  ECE {m['ece_before']:.3f} -> "
+                  f"{m['ece_after']:.3f}  Brier {m['brier_before']:.3f} -> {m['brier_after']:.3f}  ({m['images']} images)")
+    evaluate_run(args.run, args.data)  # metrics, thresholds and report with the new calibration
+    print(f"updated {Path(args.run) / 'model' / 'card.json'} and re-evaluated {args.run}")
+    return OK
+
+
+def _ensemble(args) -> int:
+    from core.training.ensembles import ensemble_run
+
+    folder = ensemble_run(args.members, args.out, args.name)
+    print(f"wrote the ensemble {folder}" + (f" and its evaluation {Path(args.out) / 'metrics.json'}"
+                                           if (Path(args.out) / "metrics.json").is_file() else ""))
     return OK
 
 
@@ -213,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     compared.add_argument("--backbones", nargs="+", required=True, help="registry names, e.g. small_cnn densenet121")
     compared.add_argument("--input-sizes", nargs="+", type=int, help="input sizes to try (default: --input-size)")
     _add_dataclass_options(compared, "core.training.config", "TrainConfig")
+
+    calibrate = command("calibrate", _calibrate, "refit the temperature of each head on a run's validation split")
+    calibrate.add_argument("run", help="run folder (split.csv + model/)")
+    calibrate.add_argument("--data", help="dataset folder: find the images again by file name")
+
+    ensemble = command("ensemble", _ensemble, "several classifier folders as one model (mean of calibrated probabilities)")
+    ensemble.add_argument("--members", nargs="+", required=True, help="classifier model folders")
+    ensemble.add_argument("--out", required=True, help="run folder to create (OUT/model is the ensemble)")
+    ensemble.add_argument("--name", help="ensemble name (default: the --out folder name)")
 
     evaluate = command("evaluate", _evaluate, "evaluate a training run on its held-out split")
     evaluate.add_argument("run", help="run folder (split.csv + model/)")

@@ -16,7 +16,9 @@ from core.data.preprocess import batch_for_model
 from core.data.splits import PATIENT, make_split
 from core.model.classifier import build_classifier
 from core.model.folders import load_model_folder, save_model_folder
-from core.training.evaluate import evaluate_run, patient_table, recall_favouring_threshold
+from core.training.evaluate import evaluate_run
+from core.training.metrics import patient_table
+from core.training.thresholds import recall_favouring_threshold
 
 SIZE = 64
 

@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 
 from core.data.breakhis import index_folder
-from core.data.selection import (NO_SPLIT, SplitSpec, fingerprint, relative_to_data, resolve_paths, select_images,
-                                 split_table)
+from core.data.selection import (
+    NO_SPLIT,
+    SplitSpec,
+    fingerprint,
+    relative_to_data,
+    resolve_paths,
+    select_images,
+    split_table,
+)
 from core.data.splits import PATIENT, patient_kfold
 
 

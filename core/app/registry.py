@@ -15,7 +15,8 @@ from pathlib import Path
 
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
 from core.data.labels import MAGNIFICATIONS, pretty
-from core.model.folders import CARD_FILE, CLASSIFIER, GENERATOR, MODEL_FILE, find_model_folders
+from core.jsonfile import read_json
+from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, GENERATOR, MODEL_FILE, card_kind, find_model_folders
 from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
 
 NOT_STATED = "not stated"
@@ -35,17 +36,27 @@ def default_model() -> Path:
     return folder if folder.is_absolute() else REPO / folder
 
 
-def _folders(kind: str) -> list[str]:
-    """Model folders of one kind under the roots, resolved, sorted, no duplicates."""
-    found = find_model_folders(*[root for root in model_roots() if root.is_dir()], kind=kind)
-    return list(dict.fromkeys(str(Path(folder).resolve()) for folder in found))
+def _folders(kind) -> list[str]:
+    """Model folders of a kind (or kinds) under the roots, resolved, sorted, no duplicates; the
+    members stored inside an ensemble folder are left out (the ensemble stands for them)."""
+    found = [Path(f).resolve() for f in find_model_folders(*[root for root in model_roots() if root.is_dir()], kind=kind)]
+    ensembles = [f for f in found if _is_ensemble(f)]
+    kept = [f for f in found if not any(e != f and f.is_relative_to(e) for e in ensembles)]
+    return list(dict.fromkeys(str(f) for f in kept))
+
+
+def _is_ensemble(folder: Path) -> bool:
+    try:
+        return card_kind(read_json(folder / CARD_FILE)) == ENSEMBLE
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def available_models() -> list[str]:
     """Classifier folders the user can switch between, the default first. A folder whose card
     cannot be read stays listed, so the sidebar can say why it cannot be used."""
-    default = [str(default_model().resolve())] if (default_model() / MODEL_FILE).is_file() else []
-    return list(dict.fromkeys(default + _folders(CLASSIFIER)))
+    default = [str(default_model().resolve())] if (default_model() / CARD_FILE).is_file() else []
+    return list(dict.fromkeys(default + _folders((CLASSIFIER, ENSEMBLE))))
 
 
 def generator_folders() -> list[str]:
@@ -64,10 +75,8 @@ def short_location(folder: str) -> str:
 
 def stamp(folder: str) -> float:
     """Changes when a model folder is rewritten, so a cache never serves a stale model."""
-    try:
-        return max((Path(folder) / name).stat().st_mtime for name in (MODEL_FILE, CARD_FILE))
-    except OSError:
-        return 0.0
+    files = [Path(folder) / name for name in (MODEL_FILE, CARD_FILE)]
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
 def measured_accuracy(card: dict) -> str | None:

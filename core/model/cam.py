@@ -211,6 +211,8 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
     Score-CAM run through tf-keras-vis once per stage after a forward pass.
     """
     _check_targets(method, label, subtype)
+    if getattr(predictor, "members", None):
+        return _explain_ensemble(predictor, rgb, method, label, subtype, refer_threshold)
     explainer = _explainer(predictor)
     model_input = predictor.model_input([rgb])
     size = rgb.shape[:2]
@@ -238,6 +240,22 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
     for stage, cam, target in zip(STAGES, cams, targets):
         heatmap, note = to_heatmap(cam, size)
         maps[stage] = Explanation(heatmap, target, stage, method, note)
+    return Diagnosis(prediction, maps)
+
+
+def _explain_ensemble(ensemble, rgb, method, label, subtype, refer_threshold) -> Diagnosis:
+    """The ensemble's prediction, and per stage the mean of its members' maps of the ensemble's
+    targets (each member's map normalised to [0, 1] first, so no member dominates by scale)."""
+    prediction = ensemble.predict([rgb], refer_threshold=refer_threshold)[0]
+    label = label or prediction.label
+    if subtype is None:
+        within = prediction.stage2 if label == prediction.label else prediction.other_stage2
+        subtype = max(within, key=within.get)
+    members = [explain(member, rgb, method, label, subtype).explanations for member in ensemble.members]
+    maps = {}
+    for stage, target in zip(STAGES, (label, subtype)):
+        heatmap, note = to_heatmap(np.mean([m[stage].heatmap for m in members], axis=0), rgb.shape[:2])
+        maps[stage] = Explanation(heatmap, target, stage, method, note or f"mean of {len(members)} members' maps")
     return Diagnosis(prediction, maps)
 
 

@@ -29,11 +29,13 @@ from core.model.backbones import get_backbone  # Importing core.model.backbones 
 from core.model.classifier import cam_layer
 
 MODEL_FILE, CARD_FILE = "model.keras", "card.json"
-CLASSIFIER, GENERATOR = "classifier", "gan_generator"
-# What each kind's card must say; cards written before kinds existed are classifiers.
+CLASSIFIER, GENERATOR, ENSEMBLE = "classifier", "gan_generator", "ensemble"
+# What each kind's card must say; cards written before kinds existed are classifiers. An ensemble
+# folder holds only its card, which lists its member classifier folders and their checksums.
 REQUIRED_CARD_KEYS = {CLASSIFIER: ("backbone", "hierarchy", "input_size", "sha256"),
-                      GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256")}
-KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator"}
+                      GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256"),
+                      ENSEMBLE: ("members", "hierarchy")}
+KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator", ENSEMBLE: "ensemble of classifiers"}
 
 
 class ModelFolderError(Exception):
@@ -185,7 +187,8 @@ def update_card(folder: str | os.PathLike, **fields) -> dict:
     tampered model is never re-blessed.
     """
     card = read_card(folder)
-    verify_checksum(folder, card)
+    if card_kind(card) != ENSEMBLE:  # an ensemble's members are verified when it is loaded
+        verify_checksum(folder, card)
     card.update(fields)
     write_json_atomic(Path(folder) / CARD_FILE, card)
     return card
@@ -225,8 +228,9 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
     return target
 
 
-def find_model_folders(*roots: str | os.PathLike, kind: str | None = None) -> list[Path]:
-    """Every folder under the roots (or a root itself) that holds a card.json (of `kind`), sorted.
+def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> list[Path]:
+    """Every folder under the roots (or a root itself) that holds a card.json (of `kind`, or one of
+    several kinds), sorted.
 
     With a kind, a folder whose card cannot be read stays listed (its kind is unknown), so the app
     can say why it cannot be used instead of hiding it.
@@ -242,7 +246,7 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | None = None) -> li
                 continue
             if kind is not None:
                 try:
-                    if card_kind(read_json(card_path)) != kind:
+                    if card_kind(read_json(card_path)) not in ((kind,) if isinstance(kind, str) else kind):
                         continue
                 except (OSError, ValueError, AttributeError):
                     pass

@@ -30,7 +30,8 @@ from core.data.labels import (
     pretty,
 )
 from core.data.preprocess import batch_for_model
-from core.model.folders import load_model_folder
+from core.model.calibration import apply_temperature
+from core.model.folders import ENSEMBLE, card_kind, load_model_folder, read_card
 from core.paths import DEFAULT_MODEL_DIR
 
 DEFAULT_REFER_THRESHOLD = 0.7
@@ -50,6 +51,9 @@ class Prediction:
     refer: bool
     refer_reasons: list[str]
     tta: bool = False
+    # How much the ensemble members or the 8 test-time views disagree (see `uncertainty_of`); None
+    # for a single model without test-time augmentation.
+    uncertainty: dict | None = None
 
     @property
     def p_label(self) -> float:
@@ -116,6 +120,20 @@ def case_decision(members, malignant_threshold: float = 0.5) -> CaseDecision:
     return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
 
 
+VIEWS = "@views"  # suffix of the per-view (TTA) or per-member (ensemble) outputs: (N, views, k)
+
+
+def uncertainty_of(class_views: np.ndarray, source: str) -> dict:
+    """Disagreement of the views' p(class) (views, 2): the spread (standard deviation) of
+    p(malignant), and the mutual information between the prediction and the view (BALD, in nats):
+    entropy of the mean minus the mean entropy."""
+    p = np.clip(np.asarray(class_views, np.float64), 1e-12, 1.0)
+    mean = p.mean(axis=0)
+    mutual = float(-(mean * np.log(mean)).sum() + (p * np.log(p)).sum(axis=1).mean())
+    return {"p_malignant_spread": float(p[:, CLASSES.index("malignant")].std()),
+            "mutual_information": max(mutual, 0.0), "views": int(len(p)), "source": source}
+
+
 def _dihedral_views(images):
     """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image."""
     mirrored = tf.reverse(images, axis=[2])
@@ -125,7 +143,8 @@ def _dihedral_views(images):
 class Predictor:
     """A loaded model, ready to predict. Create once (Predictor.load) and share between threads."""
 
-    def __init__(self, model, card: dict, folder: str | os.PathLike | None = None, batch_size: int = 32):
+    def __init__(self, model, card: dict, folder: str | os.PathLike | None = None, batch_size: int = 32,
+                 calibrated: bool = True):
         self.model, self.card = model, card
         self.folder = Path(folder) if folder else None
         self.hierarchy = card["hierarchy"]
@@ -134,6 +153,11 @@ class Predictor:
         self.is_demo = bool(card.get("demo", False))
         # Case-level p(malignant) threshold chosen on validation cases at evaluation (core.training.evaluate).
         self.case_threshold = float((card.get("thresholds") or {}).get("case_malignant", 0.5))
+        # Per-head temperatures fitted on validation (core.training.calibrate); {} = raw softmax.
+        self.temperatures = dict((card.get("calibration") or {}).get("temperatures") or {}) if calibrated else {}
+        # Above this spread of p(malignant) across views/members a prediction is referred (chosen
+        # on validation by core.training.evaluate); None until the model has been evaluated so.
+        self.uncertainty_threshold = ((card.get("thresholds") or {}).get("uncertainty") or {}).get("p_malignant_spread")
         self.batch_size = batch_size
         # One lock per model: Streamlit sessions share the predictor, and Keras layers and
         # tf.function tracing are not safe to enter from two threads at once.
@@ -144,7 +168,12 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: str | os.PathLike = DEFAULT_MODEL_DIR, **options) -> "Predictor":
-        """Load and verify a model folder once (raises ModelFolderError with a clear message)."""
+        """Load and verify a model folder once (raises ModelFolderError with a clear message).
+        An ensemble folder gives a core.model.ensemble.EnsemblePredictor."""
+        if cls is Predictor and card_kind(read_card(folder)) == ENSEMBLE:
+            from core.model.ensemble import EnsemblePredictor
+
+            return EnsemblePredictor.load(folder, **options)
         model, card = load_model_folder(folder)
         return cls(model, card, folder, **options)
 
@@ -156,8 +185,13 @@ class Predictor:
         return self.model(images, training=False)
 
     def _heads_tta(self, images):
+        """Mean of the 8 views per head, and every view (N, 8, k) for the uncertainty."""
         outputs = self.model(_dihedral_views(images), training=False)
-        return {name: tf.reduce_mean(tf.reshape(p, (8, -1, p.shape[-1])), axis=0) for name, p in outputs.items()}
+        views = {name: tf.reshape(p, (8, -1, p.shape[-1])) for name, p in outputs.items()}
+        return {**{name: tf.reduce_mean(v, axis=0) for name, v in views.items()},
+                **{name + VIEWS: tf.transpose(v, [1, 0, 2]) for name, v in views.items()}}
+
+    uncertainty_source = "test-time views"
 
     def model_input(self, images: list[np.ndarray]) -> np.ndarray:
         """Validated uint8 RGB images -> the model's float batch (the shared preprocessing)."""
@@ -189,15 +223,32 @@ class Predictor:
             images = [images]
         return self.interpret(self.probabilities(list(images), tta), refer_threshold, tta)
 
+    def calibrate(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw head outputs -> calibrated probabilities (temperature scaling per head, from the card;
+        per-view outputs with their head's temperature)."""
+        def scaled(name, p):
+            temperature = self.temperatures.get(name.removesuffix(VIEWS))
+            return apply_temperature(p, temperature) if temperature else np.asarray(p)
+
+        return {name: scaled(name, p) for name, p in outputs.items()}
+
     def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float = DEFAULT_REFER_THRESHOLD,
                   tta: bool = False) -> list[Prediction]:
-        """Head outputs -> Predictions (shared with Grad-CAM's single-pass diagnosis)."""
+        """Raw head outputs -> calibrated Predictions (shared with Grad-CAM's single-pass diagnosis)."""
         if not 0.0 <= refer_threshold <= 1.0:
             raise ValueError(f"refer_threshold must be between 0 and 1, not {refer_threshold}")
         if not outputs:
             return []
+        outputs = self.calibrate(outputs)
         count = len(next(iter(outputs.values())))
         return [self._prediction(outputs, i, refer_threshold, tta) for i in range(count)]
+
+    def _class_views(self, outputs, i) -> np.ndarray | None:
+        """p(class) of every view of image i (views, 2), or None without views."""
+        views = outputs.get((STAGE1_OUTPUT if self.hierarchy == HIERARCHICAL else FLAT_OUTPUT) + VIEWS)
+        if views is None or self.hierarchy == HIERARCHICAL:
+            return None if views is None else views[i]
+        return np.stack([views[i][:, [SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]]].sum(1) for c in CLASSES], 1)
 
     def _class_probabilities(self, outputs, i) -> tuple[dict, dict]:
         """(p(class), {class: p(subtype | class)}) for image i, hierarchical or flat."""
@@ -226,7 +277,13 @@ class Predictor:
             reasons.append(f"subtype uncertain ({stage2[subtype]:.2f})")
         if confidence < threshold and not reasons:
             reasons.append(f"combined confidence {confidence:.2f} below {threshold:.2f}")
+        views = self._class_views(outputs, i)
+        uncertainty = uncertainty_of(views, self.uncertainty_source) if views is not None else None
+        if uncertainty and self.uncertainty_threshold is not None \
+                and uncertainty["p_malignant_spread"] > self.uncertainty_threshold:
+            reasons.append(f"{uncertainty['source']} disagree (p(malignant) spread "
+                           f"{uncertainty['p_malignant_spread']:.2f} > {self.uncertainty_threshold:.2f})")
         if self.is_demo:
             reasons.append(DEMO_REASON)
         return Prediction(stage1, label, stage2, within[other], subtype, confidence,
-                          bool(reasons), reasons, tta)
+                          bool(reasons), reasons, tta, uncertainty)

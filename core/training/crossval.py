@@ -5,7 +5,8 @@
 With a test set of a handful of patients one split's figure hangs on which patients it drew;
 k folds test every case exactly once (core.data.splits.patient_kfold). Each fold is an ordinary
 run folder OUT/fold-i (model, metrics, baselines); OUT/cv.json and OUT/cv.md hold each fold's
-headline figures and their mean +- sample standard deviation, the model next to its baselines.
+headline figures and their mean +- sample standard deviation, the model next to its baselines;
+OUT/ensemble is the k fold models as one ensemble model (core.model.ensemble).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from core.jsonfile import read_json, write_json_atomic
+from core.model.ensemble import save_ensemble
 from core.training.intervals import fold_summary
 
 HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
@@ -51,7 +53,11 @@ def cross_validate(config) -> dict:
                             **{name: fold_summary(rows) for name, rows in per_fold["baselines"].items()}}}
     write_json_atomic(out / "cv.json", summary)
     (out / "cv.md").write_text(format_cv(summary) + "\n", encoding="utf-8")
-    return {"status": "completed", "cv": summary, "model_dir": None, "epochs_run": sum(r["epochs"] for r in runs)}
+    # The fold models together: an ensemble whose accuracy estimate is this cross-validation.
+    ensemble = save_ensemble([Path(run["run"]) / "model" for run in runs], out / "ensemble", name=f"{out.name}-ensemble",
+                             evaluation=f"{summary['protocol']}: each member tested on its own held-out fold",
+                             cross_validation=summary["mean_std"]["model"])
+    return {"status": "completed", "cv": summary, "model_dir": str(ensemble), "epochs_run": sum(r["epochs"] for r in runs)}
 
 
 def format_cv(summary: dict) -> str:

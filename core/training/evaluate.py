@@ -1,4 +1,4 @@
-"""Evaluate a training run on its held-out split: per stage, end to end, per patient, per magnification.
+"""Evaluate a training run on its held-out split: the model, its baselines and, for an ensemble, its members.
 
 Every metric block says which split, which split protocol (patient-wise or leaky image-level)
 and how many images and cases it was computed on, because a BreakHis number without its protocol
@@ -12,27 +12,36 @@ from __future__ import annotations
 
 import datetime
 import html
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
-from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.selection import resolve_paths
 from core.jsonfile import read_json, write_json_atomic
+from core.model.calibration import reliability
 from core.model.folders import update_card
-from core.model.predict import Predictor, case_decision
+from core.model.predict import Predictor
 from core.paths import portable
 from core.training.baselines import BASELINES
 from core.training.figures import confusion_figure, roc_figure, scope_text
 from core.training.intervals import headline_intervals, point_metrics
+from core.training.metrics import (
+    PATIENT_NOTE,
+    columns_of,
+    magnification_blocks,
+    patient_blocks,
+    patient_table,
+    scope,
+    stage1_block,
+    stage2_blocks,
+    subtype8_block,
+)
+from core.training.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
-PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
-                "the few cases with two), then the usual decision rule")
 
 
 # ---------------------------------------------------------------- data
@@ -81,11 +90,12 @@ def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarra
     return frame
 
 
-def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32) -> tuple[pd.DataFrame, list[str]]:
-    """Predict every row (see `predictions_frame`); returns (table, unreadable paths)."""
+def raw_outputs(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32,
+                tta: bool = False) -> tuple[dict, list[int], list[str]]:
+    """The model's raw head outputs for every readable row: ({head: (n, k)}, positions kept, unreadable)."""
     from core.data.images import ImageError, load_image
 
-    kept, p_class, within, unreadable = [], [], [], []
+    chunks, kept, unreadable = [], [], []
     for start in range(0, len(rows), batch_size):
         images = []
         for position, path in enumerate(rows["path"].iloc[start:start + batch_size], start=start):
@@ -94,196 +104,26 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32
                 kept.append(position)
             except (ImageError, OSError):
                 unreadable.append(path)
-        for prediction in predictor.predict(images):
-            both = {**prediction.stage2, **prediction.other_stage2}
-            p_class.append([prediction.stage1[c] for c in CLASSES])
-            within.append([both[s] for s in SUBTYPES])
+        if images:
+            chunks.append(predictor.probabilities(images, tta))
+    outputs = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]} if chunks else {}
+    return outputs, kept, unreadable
+
+
+def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32,
+                  tta: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Predict every row with the predictor's calibration (see `predictions_frame`); -> (table, unreadable).
+    With views (an ensemble, or tta), an "uncertainty" column holds each image's p(malignant) spread."""
+    outputs, kept, unreadable = raw_outputs(predictor, rows, batch_size, tta)
     if not kept:
         return rows.iloc[:0].assign(pred_label=[], pred_subtype=[]), unreadable
-    return predictions_frame(rows.iloc[kept], np.array(p_class), np.array(within)), unreadable
-
-
-def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
-    """What a metric block was computed on."""
-    protocols = sorted(set(table["protocol"].astype(str))) if len(table) else []
-    return {"split": split, "protocol": ", ".join(protocols) or "unknown protocol", "level": level,
-            "images": int(table["n_images"].sum()) if "n_images" in table else int(len(table)),
-            "cases": int(table["case"].nunique()) if len(table) else 0}
-
-
-# ---------------------------------------------------------------- metrics
-
-def _rounded(values) -> list[float]:
-    return [round(float(v), 4) for v in values]
-
-
-def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data: dict) -> dict:
-    """Accuracy, balanced accuracy, macro P/R/F1, per-class report, confusion matrix, OvR ROC."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    present = [label for label in labels if label in set(y_true)]
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=present, average="macro", zero_division=0)
-    report = skm.classification_report(y_true, y_pred, labels=list(labels), output_dict=True, zero_division=0)
-    aucs, curves = {}, {}
-    for i, label in enumerate(labels):
-        positive = y_true == label
-        if positive.all() or not positive.any():
-            aucs[label] = None  # Undefined without both positives and negatives.
-            continue
-        aucs[label] = float(skm.roc_auc_score(positive, scores[:, i]))
-        fpr, tpr, _ = skm.roc_curve(positive, scores[:, i])
-        curves[label] = {"fpr": _rounded(fpr), "tpr": _rounded(tpr)}
-    defined = [v for v in aucs.values() if v is not None]
-    return {
-        "data": data,
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present])),
-        "macro_precision": float(precision), "macro_recall": float(recall), "macro_f1": float(f1),
-        "classes_evaluated": present,
-        "per_class": {label: {k: float(report[label][k]) for k in ("precision", "recall", "f1-score", "support")}
-                      for label in labels},
-        "confusion_matrix": {"labels": list(labels),
-                             "matrix": skm.confusion_matrix(y_true, y_pred, labels=list(labels)).tolist(),
-                             "rows": "true", "columns": "predicted"},
-        "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
-        "roc_curves": curves,
-    }
-
-
-def _columns(prefix: str, names) -> list[str]:
-    return [f"{prefix}_{n}" for n in names]
-
-
-def stage1_block(table: pd.DataFrame, data: dict) -> dict:
-    return classification_block(table["label"], table["pred_label"], table[_columns("p", CLASSES)].to_numpy(),
-                                CLASSES, data)
-
-
-def subtype8_block(table: pd.DataFrame, data: dict) -> dict:
-    return classification_block(table["subtype"], table["pred_subtype"], table[_columns("p", SUBTYPES)].to_numpy(),
-                                SUBTYPES, data)
-
-
-def stage2_blocks(table: pd.DataFrame, split: str) -> dict:
-    """Each stage-2 head alone, on the images of its own (true) class."""
-    blocks = {"note": "subtype within the TRUE class: the stage-2 head alone, stage-1 errors excluded"}
-    for label in CLASSES:
-        rows = table[table["label"] == label]
-        if len(rows):
-            scores = rows[_columns("w", SUBTYPES_BY_CLASS[label])].to_numpy()
-            predicted = np.asarray(SUBTYPES_BY_CLASS[label])[scores.argmax(axis=1)]
-            blocks[label] = classification_block(rows["subtype"], predicted, scores, SUBTYPES_BY_CLASS[label],
-                                                 scope(rows, split))
-    return blocks
-
-
-def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5) -> pd.DataFrame:
-    """One row per case (and tumour type): mean probabilities, then stage 1 -> stage 2 decisions."""
-    table = table.assign(correct_stage1=(table["label"] == table["pred_label"]).astype(float),
-                         correct_subtype8=(table["subtype"] == table["pred_subtype"]).astype(float))
-    grouped = table.groupby(["case", "subtype"], sort=True)
-    averaged = _columns("p", CLASSES) + _columns("p", SUBTYPES) + ["correct_stage1", "correct_subtype8"]
-    cases = grouped[averaged].mean().reset_index()
-    cases["label"] = grouped["label"].first().to_numpy()
-    cases["protocol"] = grouped["protocol"].first().to_numpy()
-    cases["n_images"] = grouped.size().to_numpy()
-    # The app's case rule (core.model.predict.case_decision), on p(class) and p(subtype | class).
-    decisions = [case_decision(zip(rows[_columns("p", CLASSES)].to_numpy(), rows[_columns("w", SUBTYPES)].to_numpy()),
-                               malignant_threshold) for _, rows in grouped]
-    cases["pred_label"] = [d.label for d in decisions]
-    cases["pred_subtype"] = [d.subtype for d in decisions]
-    return cases
-
-
-def patient_blocks(table: pd.DataFrame, split: str, malignant_threshold: float = 0.5) -> dict:
-    cases = patient_table(table, malignant_threshold)
-    data = scope(cases, split, level="patient")
-    return {"note": PATIENT_NOTE, "malignant_threshold": malignant_threshold,
-            "stage1": stage1_block(cases, data), "subtype8": subtype8_block(cases, data),
-            # BreakHis' own patient score: the share of a patient's images classified correctly, averaged.
-            "patient_recognition_rate": {"data": data,
-                                         "stage1": float(cases["correct_stage1"].mean()),
-                                         "subtype8": float(cases["correct_subtype8"].mean())}}
-
-
-def _headline(block: dict) -> dict:
-    keys = ("data", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
-    return {**{k: block[k] for k in keys}, "roc_auc_macro": block["roc_auc"]["macro"]}
-
-
-def magnification_blocks(table: pd.DataFrame, split: str) -> dict:
-    blocks = {}
-    for magnification in MAGNIFICATIONS:
-        rows = table[table["magnification"] == magnification]
-        if len(rows):
-            data = scope(rows, split)
-            stage1 = stage1_block(rows, data)
-            blocks[magnification] = {"stage1": {**_headline(stage1),
-                                                "malignant_recall": stage1["per_class"]["malignant"]["recall"]},
-                                     "subtype8": _headline(subtype8_block(rows, data))}
-    return blocks
-
-
-def at_threshold(table: pd.DataFrame, threshold: float, data: dict) -> dict:
-    """Call malignant when p(malignant) >= threshold: sensitivity, specificity, precision."""
-    called = table["p_malignant"].to_numpy() >= threshold
-    malignant = (table["label"] == "malignant").to_numpy()
-    def share(numerator, denominator):
-        return float(numerator / denominator) if denominator else None
-    return {"data": data, "threshold": float(threshold),
-            "malignant_recall": share((called & malignant).sum(), malignant.sum()),
-            "benign_recall": share((~called & ~malignant).sum(), (~malignant).sum()),
-            "malignant_precision": share((called & malignant).sum(), called.sum()),
-            "called_malignant": int(called.sum())}
-
-
-def recall_favouring_threshold(scores: np.ndarray, target: float) -> float | None:
-    """The LARGEST threshold whose malignant recall is >= target (scores of malignant images)."""
-    if len(scores) == 0:
-        return None
-    needed = math.ceil(target * len(scores) - 1e-9)
-    return float(np.sort(scores)[::-1][max(needed, 1) - 1])
-
-
-def threshold_blocks(table, val_table, split, threshold, target_recall) -> dict:
-    blocks = {"decision": at_threshold(table, threshold, scope(table, split))}
-    if val_table is None or not (val_table["label"] == "malignant").any():
-        blocks["recall_favouring"] = {"target_recall": target_recall, "threshold": None,
-                                      "reason": "no validation images of malignant tumours to choose it on"}
-        return blocks
-    chosen = recall_favouring_threshold(
-        val_table.loc[val_table["label"] == "malignant", "p_malignant"].to_numpy(), target_recall)
-    blocks["recall_favouring"] = {
-        "target_recall": target_recall, "threshold": chosen,
-        "selection": "largest threshold with malignant recall >= target on the validation split",
-        "selected_on": at_threshold(val_table, chosen, scope(val_table, "val")),
-        "on_split": at_threshold(table, chosen, scope(table, split)),
-    }
-    return blocks
-
-
-def case_threshold(val_table: pd.DataFrame | None) -> dict:
-    """The case-level p(malignant) threshold, chosen on validation PATIENTS: the one with the best
-    balanced accuracy over the validation cases (Youden's J), ties broken towards 0.5, candidates
-    being the midpoints between the cases' mean p(malignant). A recall target alone was tried and
-    rejected: with a few validation cases its threshold is set by the single least confident
-    malignant case and turned every benign case malignant. 0.5 when validation lacks a class."""
-    cases = patient_table(val_table) if val_table is not None and len(val_table) else None
-    if cases is None or cases["label"].nunique() < 2:
-        return {"threshold": 0.5, "selected_on": None,
-                "reason": "no validation cases of both classes to choose it on: the default 0.5"}
-    scores = np.sort(cases["p_malignant"].to_numpy())
-    candidates = np.unique(np.concatenate([[0.5], (scores[1:] + scores[:-1]) / 2.0]))
-    malignant = (cases["label"] == "malignant").to_numpy()
-
-    def balanced(threshold):
-        called = cases["p_malignant"].to_numpy() >= threshold
-        return 0.5 * (called[malignant].mean() + (~called[~malignant]).mean())
-
-    best = max(candidates, key=lambda c: (round(balanced(c), 12), -abs(c - 0.5)))
-    return {"threshold": float(best), "selected_on": scope(cases, "val", level="patient"),
-            "balanced_accuracy_on_validation": float(balanced(best)),
-            "rule": "best balanced accuracy over the validation cases, ties towards 0.5"}
+    predictions = predictor.interpret(outputs)
+    p_class = np.array([[p.stage1[c] for c in CLASSES] for p in predictions])
+    within = np.array([[{**p.stage2, **p.other_stage2}[s] for s in SUBTYPES] for p in predictions])
+    frame = predictions_frame(rows.iloc[kept], p_class, within)
+    if predictions[0].uncertainty is not None:
+        frame["uncertainty"] = [p.uncertainty["p_malignant_spread"] for p in predictions]
+    return frame, unreadable
 
 
 def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, threshold: float = 0.5,
@@ -300,6 +140,8 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
         "stage1_accuracy": stage1["accuracy"], "stage1_balanced_accuracy": stage1["balanced_accuracy"],
         "stage1_auc": stage1["roc_auc"]["per_class"].get("malignant"),
         "subtype_accuracy": subtype8["accuracy"], "subtype_macro_f1": subtype8["macro_f1"],
+        "stage1_ece": reliability(evaluated[columns_of("p", CLASSES)].to_numpy(),
+                                  evaluated["label"].map(CLASSES.index).to_numpy())["ece"],
         "malignant_recall": thresholds["decision"]["malignant_recall"],
         "patient_stage1_accuracy": patient["stage1"]["accuracy"], "data": data,
         "stage1": stage1, "stage2": stage2_blocks(evaluated, split), "subtype8": subtype8,
@@ -331,10 +173,15 @@ def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_re
             continue
         full = score(evaluated, predicted(val_rows) if split != "val" and len(val_rows) else None, split, threshold,
                      target_recall)
-        scored[name] = {"name": kind.name, **{k: full[k] for k in (
-            "data", "stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "malignant_recall", "subtype_macro_f1",
-            "patient_stage1_accuracy", "intervals", "case_threshold")}}
+        scored[name] = {"name": kind.name, **compact(full)}
     return scored
+
+
+def compact(full: dict) -> dict:
+    """The headline part of `score`'s results (for baselines and ensemble members)."""
+    return {k: full[k] for k in ("data", "stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "malignant_recall",
+                                 "subtype_macro_f1", "stage1_ece", "patient_stage1_accuracy", "intervals",
+                                 "case_threshold")}
 
 
 # ---------------------------------------------------------------- run
@@ -366,12 +213,25 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         unreadable += unreadable_val
     results = {
         "run": portable(run_dir), "model": predictor.name, "hierarchy": predictor.hierarchy,
-        "demo_model": predictor.is_demo,
+        "demo_model": predictor.is_demo, "calibration": predictor.card.get("calibration"),
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **score(evaluated, val_table, split, threshold, target_recall),
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
     }
+    views = getattr(predictor, "members", None) is not None  # an ensemble has views without TTA
+    val_rows, rows = table[table["split"] == "val"], table[table["split"] == split]
+    with_views = val_table if views else (predict_table(predictor, val_rows, batch_size, tta=True)[0]
+                                          if val_table is not None else None)
+    rule = uncertainty_threshold(with_views, predictor.uncertainty_source)
+    if rule:
+        tested = evaluated if views else predict_table(predictor, rows, batch_size, tta=True)[0]
+        results["uncertainty"] = {**rule, "needs_tta": not views, "on_split": flagged_block(
+            tested, rule["p_malignant_spread"], split)}
+    if views:  # every member on the same held-out images and cases as the ensemble
+        results["members"] = [{"name": member.name, "backbone": member.backbone, **compact(score(
+            predict_table(member, rows, batch_size)[0], predict_table(member, val_rows, batch_size)[0]
+            if val_table is not None else None, split, threshold, target_recall))} for member in predictor.members]
     if baselines and (table["split"] == "train").any():
         results["baselines"] = baseline_scores(table, split, threshold, target_recall)
     if write:
@@ -406,8 +266,9 @@ def write_report(results: dict, path: Path) -> None:
 def write_outputs(run_dir: Path, results: dict) -> None:
     """metrics.json, the card's metrics and its validated case threshold, report.html."""
     write_json_atomic(run_dir / "metrics.json", results)
-    update_card(run_dir / "model", metrics=without_curves(results),
-                thresholds={"case_malignant": results["case_threshold"]["threshold"],
-                            "case_malignant_selection": {k: v for k, v in results["case_threshold"].items()
-                                                         if k != "threshold"}})
+    thresholds = {"case_malignant": results["case_threshold"]["threshold"],
+                  "case_malignant_selection": {k: v for k, v in results["case_threshold"].items() if k != "threshold"}}
+    if results.get("uncertainty"):
+        thresholds["uncertainty"] = {k: v for k, v in results["uncertainty"].items() if k != "on_split"}
+    update_card(run_dir / "model", metrics=without_curves(results), thresholds=thresholds)
     write_report(results, run_dir / "report.html")

@@ -1,0 +1,59 @@
+"""Ensemble run folders: several trained classifiers as one model (core.model.ensemble).
+
+    python -m core ensemble --members runs/a/model runs/b/model --out runs/a-plus-b
+
+Members trained on the same split (different backbones, or seeds) share their held-out cases, so
+the ensemble run gets that split and is evaluated like any run: the ensemble and every member on
+the same test images (core.training.evaluate). The fold models of a k-fold cross-validation
+(core.training.crossval) each held out different patients, so that ensemble has no common
+held-out cases: its card points to the cross-validation, which is the estimate of its accuracy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from core.model.ensemble import save_ensemble
+
+
+def _run_of(member: Path) -> Path:
+    """The run folder of a member model folder (runs/NAME/model -> runs/NAME)."""
+    return member.parent if (member.parent / "split.csv").is_file() else member
+
+
+def shared_split(members: list[Path]) -> pd.DataFrame | None:
+    """The members' common split.csv, or None when they were not all trained on the same split."""
+    splits = []
+    for member in members:
+        csv = _run_of(member) / "split.csv"
+        if not csv.is_file():
+            return None
+        splits.append(pd.read_csv(csv).sort_values("path").reset_index(drop=True)[["path", "split"]])
+    return splits[0] if all(s.equals(splits[0]) for s in splits[1:]) else None
+
+
+def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, **card_fields) -> Path:
+    """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation."""
+    members, out = [Path(m) for m in members], Path(out)
+    if (out / "model").exists():
+        raise FileExistsError(f"{out} already holds a model; choose a new --out folder")
+    common = shared_split(members)
+    if common is not None:
+        source = _run_of(members[0])
+        out.mkdir(parents=True, exist_ok=True)
+        for name_ in ("split.csv", "config.json"):
+            if (source / name_).is_file():
+                shutil.copy2(source / name_, out / name_)
+        card_fields.setdefault("evaluation", "the ensemble and each member on the members' common held-out split")
+    else:
+        card_fields.setdefault("evaluation", "members held out different cases (e.g. k-fold): no common test set; "
+                                             "see the cross-validation for the accuracy estimate")
+    folder = save_ensemble(members, out / "model", name=name or out.name, **card_fields)
+    if common is not None and evaluate and (common["split"] == "test").any():
+        from core.training.evaluate import evaluate_run
+
+        evaluate_run(out)
+    return folder

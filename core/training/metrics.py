@@ -1,0 +1,137 @@
+"""Metric blocks of a table of predictions: per stage, end to end, per patient, per magnification.
+
+Every block says which split, which split protocol (patient-wise or leaky image-level) and how
+many images and cases it was computed on, because a BreakHis number without its protocol is not
+comparable to anything. The table is core.training.evaluate.predictions_frame's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from core.data.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.model.predict import case_decision
+
+PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
+                "the few cases with two), then the usual decision rule")
+
+
+def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
+    """What a metric block was computed on."""
+    protocols = sorted(set(table["protocol"].astype(str))) if len(table) else []
+    return {"split": split, "protocol": ", ".join(protocols) or "unknown protocol", "level": level,
+            "images": int(table["n_images"].sum()) if "n_images" in table else int(len(table)),
+            "cases": int(table["case"].nunique()) if len(table) else 0}
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
+def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data: dict) -> dict:
+    """Accuracy, balanced accuracy, macro P/R/F1, per-class report, confusion matrix, OvR ROC."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    present = [label for label in labels if label in set(y_true)]
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=present, average="macro", zero_division=0)
+    report = skm.classification_report(y_true, y_pred, labels=list(labels), output_dict=True, zero_division=0)
+    aucs, curves = {}, {}
+    for i, label in enumerate(labels):
+        positive = y_true == label
+        if positive.all() or not positive.any():
+            aucs[label] = None  # Undefined without both positives and negatives.
+            continue
+        aucs[label] = float(skm.roc_auc_score(positive, scores[:, i]))
+        fpr, tpr, _ = skm.roc_curve(positive, scores[:, i])
+        curves[label] = {"fpr": _rounded(fpr), "tpr": _rounded(tpr)}
+    defined = [v for v in aucs.values() if v is not None]
+    return {
+        "data": data,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present])),
+        "macro_precision": float(precision), "macro_recall": float(recall), "macro_f1": float(f1),
+        "classes_evaluated": present,
+        "per_class": {label: {k: float(report[label][k]) for k in ("precision", "recall", "f1-score", "support")}
+                      for label in labels},
+        "confusion_matrix": {"labels": list(labels),
+                             "matrix": skm.confusion_matrix(y_true, y_pred, labels=list(labels)).tolist(),
+                             "rows": "true", "columns": "predicted"},
+        "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
+        "roc_curves": curves,
+    }
+
+
+def columns_of(prefix: str, names) -> list[str]:
+    return [f"{prefix}_{n}" for n in names]
+
+
+def stage1_block(table: pd.DataFrame, data: dict) -> dict:
+    return classification_block(table["label"], table["pred_label"], table[columns_of("p", CLASSES)].to_numpy(),
+                                CLASSES, data)
+
+
+def subtype8_block(table: pd.DataFrame, data: dict) -> dict:
+    return classification_block(table["subtype"], table["pred_subtype"], table[columns_of("p", SUBTYPES)].to_numpy(),
+                                SUBTYPES, data)
+
+
+def stage2_blocks(table: pd.DataFrame, split: str) -> dict:
+    """Each stage-2 head alone, on the images of its own (true) class."""
+    blocks = {"note": "subtype within the TRUE class: the stage-2 head alone, stage-1 errors excluded"}
+    for label in CLASSES:
+        rows = table[table["label"] == label]
+        if len(rows):
+            scores = rows[columns_of("w", SUBTYPES_BY_CLASS[label])].to_numpy()
+            predicted = np.asarray(SUBTYPES_BY_CLASS[label])[scores.argmax(axis=1)]
+            blocks[label] = classification_block(rows["subtype"], predicted, scores, SUBTYPES_BY_CLASS[label],
+                                                 scope(rows, split))
+    return blocks
+
+
+def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5) -> pd.DataFrame:
+    """One row per case (and tumour type): mean probabilities, then stage 1 -> stage 2 decisions."""
+    table = table.assign(correct_stage1=(table["label"] == table["pred_label"]).astype(float),
+                         correct_subtype8=(table["subtype"] == table["pred_subtype"]).astype(float))
+    grouped = table.groupby(["case", "subtype"], sort=True)
+    averaged = columns_of("p", CLASSES) + columns_of("p", SUBTYPES) + ["correct_stage1", "correct_subtype8"]
+    cases = grouped[averaged].mean().reset_index()
+    cases["label"] = grouped["label"].first().to_numpy()
+    cases["protocol"] = grouped["protocol"].first().to_numpy()
+    cases["n_images"] = grouped.size().to_numpy()
+    # The app's case rule (core.model.predict.case_decision), on p(class) and p(subtype | class).
+    decisions = [case_decision(zip(rows[columns_of("p", CLASSES)].to_numpy(), rows[columns_of("w", SUBTYPES)].to_numpy()),
+                               malignant_threshold) for _, rows in grouped]
+    cases["pred_label"] = [d.label for d in decisions]
+    cases["pred_subtype"] = [d.subtype for d in decisions]
+    return cases
+
+
+def patient_blocks(table: pd.DataFrame, split: str, malignant_threshold: float = 0.5) -> dict:
+    cases = patient_table(table, malignant_threshold)
+    data = scope(cases, split, level="patient")
+    return {"note": PATIENT_NOTE, "malignant_threshold": malignant_threshold,
+            "stage1": stage1_block(cases, data), "subtype8": subtype8_block(cases, data),
+            # BreakHis' own patient score: the share of a patient's images classified correctly, averaged.
+            "patient_recognition_rate": {"data": data,
+                                         "stage1": float(cases["correct_stage1"].mean()),
+                                         "subtype8": float(cases["correct_subtype8"].mean())}}
+
+
+def _headline(block: dict) -> dict:
+    keys = ("data", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+    return {**{k: block[k] for k in keys}, "roc_auc_macro": block["roc_auc"]["macro"]}
+
+
+def magnification_blocks(table: pd.DataFrame, split: str) -> dict:
+    blocks = {}
+    for magnification in MAGNIFICATIONS:
+        rows = table[table["magnification"] == magnification]
+        if len(rows):
+            data = scope(rows, split)
+            stage1 = stage1_block(rows, data)
+            blocks[magnification] = {"stage1": {**_headline(stage1),
+                                                "malignant_recall": stage1["per_class"]["malignant"]["recall"]},
+                                     "subtype8": _headline(subtype8_block(rows, data))}
+    return blocks

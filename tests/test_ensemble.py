@@ -1,0 +1,103 @@
+"""Ensembles and uncertainty: members on the same split averaged after calibration, every member
+and the ensemble evaluated on the same cases, disagreement as a refer reason, mean heat maps."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core.model.predict import Predictor
+
+TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=3, patience=3,
+            echo_stdout=False)
+
+
+@pytest.fixture(scope="module")
+def ensemble(synthetic_breakhis, tmp_path_factory):
+    """Three small models on the same patient-wise split (three seeds of initialisation only)."""
+    from core.training.ensembles import ensemble_run
+    from core.training.fit import train
+
+    root = tmp_path_factory.mktemp("ensemble")
+    members = []
+    for seed in (0, 1, 2):
+        # The split seed stays 0: the same split; training randomness differs through the run folder order.
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        run = root / f"member{seed}"
+        train(dict(data=str(synthetic_breakhis), out=str(run), seed=0, learning_rate=10 ** -(2.5 + seed / 2), **TINY))
+        members.append(run / "model")
+    ensemble_run(members, root / "ens")
+    return root / "ens"
+
+
+def test_the_ensemble_and_each_member_are_evaluated_on_the_same_cases(ensemble):
+    metrics = json.loads((ensemble / "metrics.json").read_text())
+    assert len(metrics["members"]) == 3
+    for member in metrics["members"]:
+        assert member["data"] == metrics["data"]  # same held-out images and cases
+    median = lambda key: float(np.median([m[key] for m in metrics["members"]]))  # noqa: E731
+    assert metrics["subtype_macro_f1"] >= median("subtype_macro_f1") - 1e-9
+    assert metrics["stage1_ece"] <= median("stage1_ece") + 1e-9
+    assert metrics["uncertainty"]["source"] == "ensemble members" and not metrics["uncertainty"]["needs_tta"]
+    card = json.loads((ensemble / "model" / "card.json").read_text())
+    assert card["kind"] == "ensemble" and card["thresholds"]["uncertainty"]["p_malignant_spread"] >= 0
+
+
+def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagreement(ensemble, samples_dir):
+    from core.data.images import load_image
+
+    predictor = Predictor.load(ensemble / "model")
+    assert type(predictor).__name__ == "EnsemblePredictor" and len(predictor.members) == 3
+    rgb = load_image(sorted(samples_dir.rglob("*.png"))[0]).rgb
+    prediction = predictor.predict([rgb])[0]
+    members = [m.predict([rgb])[0] for m in predictor.members]
+    expected = np.mean([m.stage1["malignant"] for m in members])
+    assert prediction.stage1["malignant"] == pytest.approx(expected, abs=1e-5)
+    assert prediction.uncertainty["views"] == 3 and prediction.uncertainty["source"] == "ensemble members"
+    spread = np.std([m.stage1["malignant"] for m in members])
+    assert prediction.uncertainty["p_malignant_spread"] == pytest.approx(spread, abs=1e-5)
+    predictor.uncertainty_threshold = -1.0  # any spread is more than allowed: a refer reason
+    assert any("ensemble members disagree" in r for r in predictor.predict([rgb])[0].refer_reasons), spread
+    predictor.uncertainty_threshold = 1.0  # no spread can exceed it: no such reason
+    assert not any("disagree" in r for r in predictor.predict([rgb])[0].refer_reasons)
+
+
+def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_dir):
+    from core.data.images import load_image
+    from core.model.cam import explain, to_heatmap
+
+    predictor = Predictor.load(ensemble / "model")
+    rgb = load_image(sorted(samples_dir.rglob("*.png"))[1]).rgb
+    diagnosis = explain(predictor, rgb)
+    p = diagnosis.prediction
+    maps = [explain(m, rgb, "gradcam", p.label, p.subtype).explanations["stage2"].heatmap for m in predictor.members]
+    expected, _ = to_heatmap(np.mean(maps, axis=0), rgb.shape[:2])
+    np.testing.assert_allclose(diagnosis.explanations["stage2"].heatmap, expected, atol=1e-5)
+    assert diagnosis.explanations["stage1"].target == p.label
+
+
+def test_a_swapped_member_is_refused(ensemble, tmp_path):
+    import shutil
+
+    from core.model.folders import ModelFolderError
+
+    copy = tmp_path / "ens"
+    shutil.copytree(ensemble.parent, copy)
+    card = json.loads((copy / "ens" / "model" / "card.json").read_text())
+    card["members"][0]["sha256"] = "0" * 64
+    (copy / "ens" / "model" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFolderError, match="not the model this ensemble was built from"):
+        Predictor.load(copy / "ens" / "model")
+
+
+def test_test_time_views_give_a_single_model_its_uncertainty(ensemble, samples_dir):
+    from core.data.images import load_image
+
+    member = Predictor.load(ensemble / "model").members[0]
+    rgb = load_image(sorted(samples_dir.rglob("*.png"))[2]).rgb
+    assert member.predict([rgb])[0].uncertainty is None  # one view: nothing to disagree
+    with_views = member.predict([rgb], tta=True)[0]
+    assert with_views.uncertainty["views"] == 8 and with_views.uncertainty["source"] == "test-time views"
+    assert 0.0 <= with_views.uncertainty["p_malignant_spread"] <= 0.5 and with_views.uncertainty["mutual_information"] >= 0
