@@ -6,6 +6,7 @@
                           with --folds k and no --fold: k-fold cross-validation
     compare ...           train several backbones / input sizes on the same split, one table
     ensemble ...          several trained classifiers as one model, evaluated with its members
+    tune ...              hyper-parameter search with KerasTuner, each trial a run scored on validation
     calibrate RUN         refit each head's temperature on the validation split, then re-evaluate
     evaluate RUN          evaluate a run on its held-out split
     predict IMAGE...      classify images with a model folder
@@ -74,11 +75,12 @@ def _train(args) -> int:
 
 def _compare(args) -> int:
     from core.options import from_args
-    from core.training.compare import compare, format_comparison
+    from core.training.compare import candidates, compare, format_comparison
     from core.training.config import TrainConfig
 
     config = from_args(TrainConfig, args)
-    print(format_comparison(compare(config, args.backbones, args.input_sizes)))
+    pairs = candidates(args.backbones, args.input_sizes, args.candidates, config.input_size)
+    print(format_comparison(compare(config, pairs)))
     return OK
 
 
@@ -93,6 +95,17 @@ def _calibrate(args) -> int:
                   f"{m['ece_after']:.3f}  Brier {m['brier_before']:.3f} -> {m['brier_after']:.3f}  ({m['images']} images)")
     evaluate_run(args.run, args.data)  # metrics, thresholds and report with the new calibration
     print(f"updated {Path(args.run) / 'model' / 'card.json'} and re-evaluated {args.run}")
+    return OK
+
+
+def _tune(args) -> int:
+    from core.options import from_args
+    from core.training.config import TrainConfig
+    from core.training.tuning import OBJECTIVE, tune
+
+    best = tune(from_args(TrainConfig, args, baselines=False), args.max_trials, args.search)
+    print(best["trials"].to_string(index=False))
+    print(f"best: trial {best['trial']} ({OBJECTIVE} {best[OBJECTIVE]:.3f}) -> {best['run']}: {best['settings']}")
     return OK
 
 
@@ -235,13 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(train, "core.training.config", "TrainConfig")
 
     compared = command("compare", _compare, "train several backbones / input sizes on the same split, one table")
-    compared.add_argument("--backbones", nargs="+", required=True, help="registry names, e.g. small_cnn densenet121")
+    compared.add_argument("--backbones", nargs="+", help="registry names, e.g. small_cnn densenet121")
     compared.add_argument("--input-sizes", nargs="+", type=int, help="input sizes to try (default: --input-size)")
+    compared.add_argument("--candidates", nargs="+", metavar="BACKBONE@SIZE", help="single pairs, e.g. densenet121@128")
     _add_dataclass_options(compared, "core.training.config", "TrainConfig")
 
     calibrate = command("calibrate", _calibrate, "refit the temperature of each head on a run's validation split")
     calibrate.add_argument("run", help="run folder (split.csv + model/)")
     calibrate.add_argument("--data", help="dataset folder: find the images again by file name")
+
+    tune = command("tune", _tune, "hyper-parameter search (KerasTuner); every trial a run, scored on validation")
+    tune.add_argument("--max-trials", type=int, default=10)
+    tune.add_argument("--search", choices=("random", "grid"), default="random")
+    _add_dataclass_options(tune, "core.training.config", "TrainConfig")
 
     ensemble = command("ensemble", _ensemble, "several classifier folders as one model (mean of calibrated probabilities)")
     ensemble.add_argument("--members", nargs="+", required=True, help="classifier model folders")

@@ -132,9 +132,7 @@ if analysed:
     left.download_button("Results (CSV)", report.results_csv(table), "breakhis_results.csv",
                          "text/csv", key="download_csv")
     with right:
-        fmt = st.radio("Report format", ["pdf", "png"], horizontal=True, key="report_format",
-                       format_func=str.upper)
-        controls = (fmt, method, opacity)  # what the report is drawn with
+        controls = (method, opacity)  # what the report is drawn with
         if st.button("Prepare report", key="prepare_report"):
             with st.spinner("Drawing the report..."):
                 overlays = {}
@@ -148,10 +146,10 @@ if analysed:
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, fmt))
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model))
         prepared = st.session_state.get("_report")
         if prepared and prepared[0] == controls:
-            st.download_button(f"Report ({fmt.upper()})", prepared[1], f"breakhis_report.{fmt}",
-                               "application/pdf" if fmt == "pdf" else "image/png", key="download_report")
+            st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",
+                               key="download_report")
         elif prepared:
-            st.caption("The format, heat-map method or opacity changed: prepare the report again.")
+            st.caption("The heat-map method or opacity changed: prepare the report again.")

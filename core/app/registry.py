@@ -106,6 +106,7 @@ def describe_model(card: dict) -> dict:
         "sha256": card.get("sha256", ""),
         "created": card.get("created", ""),
         "limited": bool(evidence.get("limited")),
+        "calibrated": bool((card.get("calibration") or {}).get("temperatures")),
         "evidence": evidence.get("statement"),
         "measured": measured_accuracy(card),
     }

@@ -1,9 +1,10 @@
-"""The diagnosis report: the case table and case-level calls, their CSV, and the PDF/PNG report
-with the Grad-CAM overlays.
+"""The diagnosis report: the case table and case-level calls, their CSV, and the PDF report.
 
-Downloads are built in memory and handed to the browser; nothing is written to disk on the
-server. The report is drawn with Pillow (its bundled scalable font), so it needs no extra
-dependency and renders the same on any machine.
+The PDF is a real document (fpdf2): selectable, searchable text for every number, a summary page
+with the model's identity (name, backbone, card date, SHA-256, training data, split protocol,
+DEMO / LIMITED DATA) and the case-level calls, then per image the original and both stages'
+overlays, the calibrated probabilities, confidence, uncertainty and every refer reason.
+Downloads are built in memory and handed to the browser; nothing is written to disk on the server.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import io
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from fpdf import FPDF
+from PIL import Image
 
 from core.data.labels import pretty
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision
 
-PAGE = (1240, 1754)  # A4 at 150 dpi
-MARGIN = 70
 INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
+WIDTH = 180  # mm of A4 between the margins
 DISCLAIMER = ("Research use only. Not a medical device. Every result must be reviewed by a "
               "pathologist; heat maps show where the model looked, not where disease is.")
 
@@ -93,147 +94,140 @@ def results_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False).encode("utf-8")
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    # Pillow's bundled font is scalable when FreeType is present; no system fonts needed.
-    return ImageFont.load_default(size=size)
+def _latin1(text) -> str:
+    """fpdf2's built-in fonts are Latin-1; anything else (arrows, non-Latin file names) is replaced
+    visibly rather than dropped, so the PDF never fails on an odd character."""
+    return str(text).replace("\u2192", "->").replace("\u2013", "-").encode("latin-1", "replace").decode("latin-1")
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        candidate = f"{line} {word}".strip()
-        if draw.textlength(candidate, font=font) <= width or not line:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-    return lines + ([line] if line else [])
+class _Report(FPDF):
+    def __init__(self, model: dict):
+        super().__init__(format="A4", unit="mm")
+        self.model = model
+        self.set_margins(15, 15, 15)
+        self.set_auto_page_break(True, margin=18)
+        self.set_title("Breast histopathology decision-support report")
+        self.set_creator("BreakHis decision-support app")
 
+    def footer(self):
+        self.set_y(-14)
+        self.set_font("helvetica", size=7)
+        self.set_text_color(*MUTED)
+        self.multi_cell(0, 3.2, _latin1(f"{DISCLAIMER}  Page {self.page_no()}."), align="C", new_x="LMARGIN", new_y="NEXT")
 
-class _Page:
-    """A white page with a cursor; each method draws one block and moves the cursor down."""
+    def heading(self, text: str, size: int = 15, colour=ACCENT):
+        self.set_font("helvetica", "B", size)
+        self.set_text_color(*colour)
+        self.multi_cell(0, size * 0.5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.ln(1)
 
-    def __init__(self):
-        self.image = Image.new("RGB", PAGE, "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.y = MARGIN
+    def line_text(self, text: str, size: float = 9, colour=INK, style: str = ""):
+        self.set_font("helvetica", style, size)
+        self.set_text_color(*colour)
+        self.multi_cell(0, size * 0.48, _latin1(text), new_x="LMARGIN", new_y="NEXT")
 
-    def text(self, text: str, size: int = 24, colour=INK, gap: int = 8) -> None:
-        font = _font(size)
-        for line in _wrap(self.draw, text, font, PAGE[0] - 2 * MARGIN):
-            self.draw.text((MARGIN, self.y), line, fill=colour, font=font)
-            self.y += int(size * 1.3)
-        self.y += gap
+    def banner(self, text: str, colour):
+        self.set_fill_color(*colour)
+        self.set_text_color(255, 255, 255)
+        self.set_font("helvetica", "B", 11)
+        self.multi_cell(0, 7, _latin1(text), fill=True, new_x="LMARGIN", new_y="NEXT")
+        self.ln(2)
 
-    def banner(self, text: str, colour) -> None:
-        font = _font(28)
-        self.draw.rectangle((MARGIN, self.y, PAGE[0] - MARGIN, self.y + 50), fill=colour)
-        self.draw.text((MARGIN + 16, self.y + 10), text, fill="white", font=font)
-        self.y += 66
+    def table(self, header: list[str], rows: list[list], widths: list[float] | None = None):
+        self.set_font("helvetica", size=8)
+        self.set_text_color(*INK)
+        self.set_fill_color(255, 255, 255)  # banners leave their colour behind
+        self.set_draw_color(*MUTED)
+        with super().table(col_widths=widths, text_align="LEFT", line_height=4.2, cell_fill_color=(240, 245, 247),
+                           cell_fill_mode="ROWS") as grid:
+            grid.row([_latin1(h) for h in header])
+            for values in rows:
+                grid.row([_latin1(v) for v in values])
+        self.ln(2)
 
-    def images(self, panels: list[tuple[str, np.ndarray]]) -> None:
-        width = (PAGE[0] - 2 * MARGIN - 20 * (len(panels) - 1)) // len(panels)
-        tallest = 0
+    def pictures(self, panels: list[tuple[str, np.ndarray]]):
+        width = (WIDTH - 4 * (len(panels) - 1)) / len(panels)
+        top, tallest = self.get_y(), 0.0
         for i, (caption, rgb) in enumerate(panels):
             picture = Image.fromarray(rgb)
-            picture.thumbnail((width, width))
-            x = MARGIN + i * (width + 20)
-            self.image.paste(picture, (x, self.y))
-            self.draw.text((x, self.y + picture.height + 6), caption, fill=MUTED, font=_font(20))
-            tallest = max(tallest, picture.height)
-        self.y += tallest + 44
-
-    def bars(self, title: str, probabilities: dict[str, float], highlight: str) -> None:
-        self.text(title, size=24, colour=ACCENT, gap=2)
-        font, full = _font(22), PAGE[0] - 2 * MARGIN - 420
-        for name, p in probabilities.items():
-            colour = ACCENT if name == highlight else (170, 190, 200)
-            self.draw.text((MARGIN, self.y), pretty(name), fill=INK, font=font)
-            self.draw.rectangle((MARGIN + 320, self.y + 4, MARGIN + 320 + int(full * p), self.y + 24),
-                                fill=colour)
-            self.draw.text((MARGIN + 330 + full, self.y), f"{p:.3f}", fill=INK, font=font)
-            self.y += 32
-        self.y += 10
-
-    def table(self, frame: pd.DataFrame, columns: list[str]) -> None:
-        font = _font(20)
-        widths = (PAGE[0] - 2 * MARGIN) // len(columns)
-        for i, column in enumerate(columns):
-            self.draw.text((MARGIN + i * widths, self.y), column, fill=ACCENT, font=font)
-        self.y += 30
-        for _, row in frame.iterrows():
-            for i, column in enumerate(columns):
-                value = str(row.get(column, ""))[:28]
-                self.draw.text((MARGIN + i * widths, self.y), value, fill=INK, font=font)
-            self.y += 28
-        self.y += 12
+            picture.thumbnail((640, 640))  # ~180 dpi at this width: sharp in print, a small file
+            jpeg = io.BytesIO()
+            picture.save(jpeg, format="JPEG", quality=90)
+            height = width * picture.height / picture.width
+            x = self.l_margin + i * (width + 4)
+            self.image(jpeg, x=x, y=top, w=width)
+            self.set_xy(x, top + height + 1)
+            self.set_font("helvetica", size=7)
+            self.set_text_color(*MUTED)
+            self.multi_cell(width, 3, _latin1(caption))
+            tallest = max(tallest, height)
+        self.set_xy(self.l_margin, top + tallest + 9)
 
 
-def _header(page: _Page, model: dict) -> None:
-    page.text("Breast histopathology - decision-support report", size=36, colour=ACCENT, gap=4)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page.text(f"Generated {stamp} | model {model['name']} ({model['backbone']}, {model['hierarchy']}), "
-              f"trained on {model['data']}, {model['protocol']} split", size=20, colour=MUTED)
+def _identity(pdf: _Report) -> None:
+    model = pdf.model
+    pdf.heading("Breast histopathology - decision-support report")
+    pdf.line_text(f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", 8, MUTED)
     if model["demo"]:
-        page.banner("DEMO MODEL - not validated, results are not a diagnosis", ALERT)
+        pdf.banner("DEMO MODEL - not validated; the results are not a diagnosis", ALERT)
     elif model.get("limited"):
-        page.banner("LIMITED DATA MODEL - not a diagnosis", ALERT)
-        page.text(f"{model['evidence']}; {model['measured'] or 'not evaluated'}.", size=20, colour=ALERT)
+        pdf.banner("LIMITED DATA MODEL - not a diagnosis", ALERT)
+    pdf.table(["model", "value"], [
+        ["name", model["name"]], ["backbone", f"{model['backbone']} ({model['hierarchy']})"],
+        ["model card created", model.get("created") or "unknown"], ["SHA-256 of the model file", model.get("sha256") or "n/a"],
+        ["training data", model.get("evidence") or model["data"]], ["split protocol", model["protocol"]],
+        ["measured accuracy", model.get("measured") or "not evaluated"],
+        ["probabilities", "calibrated (temperature scaling on the validation split)" if model.get("calibrated")
+         else "raw softmax outputs (not calibrated)"]], widths=[45, 135])
 
 
-def _image_page(result, overlays: tuple[np.ndarray, np.ndarray], model: dict) -> Image.Image:
-    page = _Page()
-    _header(page, model)
-    p = result.prediction
-    page.text(f"{result.name}", size=28, gap=2)
-    page.text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
-              f"({result.magnification_source})", size=20, colour=MUTED)
-    call = f"{pretty(p.label)} - {pretty(p.subtype)} (confidence {p.confidence:.2f})"
-    page.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
-    page.images([("Image", result.image.rgb),
-                 (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
-                 (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
-    page.bars("Stage 1: benign vs malignant", p.stage1, p.label)
-    page.bars(f"Stage 2: {pretty(p.label)} subtypes", p.stage2, p.subtype)
-    for reason in result.refer_reasons:
-        page.text(f"Review: {reason}", size=20, colour=ALERT, gap=0)
-    for note in result.notes:
-        page.text(f"Note: {note}", size=20, colour=MUTED, gap=0)
-    page.y = PAGE[1] - MARGIN - 60
-    page.text(DISCLAIMER, size=18, colour=MUTED)
-    return page.image
-
-
-def _summary_page(cases: pd.DataFrame, errors: list[str], model: dict) -> Image.Image:
-    page = _Page()
-    _header(page, model)
-    page.text("Case-level calls", size=28, colour=ACCENT)
+def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str]) -> None:
+    pdf.add_page()
+    _identity(pdf)
+    pdf.heading("Case-level calls", 12)
     if len(cases):
-        page.table(cases, ["case", "images", "call", "subtype", "confidence", "refer for review"])
+        columns = ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer for review", "reasons"]
+        pdf.table(columns, [[row.get(c, "") for c in columns] for _, row in cases.iterrows()],
+                  widths=[24, 13, 17, 26, 18, 18, 16, 48])
     for error in errors:
-        page.text(f"Not analysed: {error}", size=20, colour=ALERT, gap=0)
-    page.y = PAGE[1] - MARGIN - 60
-    page.text(DISCLAIMER, size=18, colour=MUTED)
-    return page.image
+        pdf.line_text(f"Not analysed: {error}", 8, ALERT)
+
+
+def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -> None:
+    p = result.prediction
+    pdf.add_page()
+    pdf.heading(result.name, 12, INK)
+    pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
+                  f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
+    call = f"{pretty(p.label)} - {pretty(p.subtype)} (confidence {p.confidence:.3f})"
+    pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
+    pdf.pictures([("Image", result.image.rgb), (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
+                  (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
+    pdf.heading("Stage 1: benign or malignant", 10)
+    pdf.table(["class", "probability"], [[pretty(c), f"{v:.3f}"] for c, v in p.stage1.items()], widths=[60, 40])
+    pdf.heading(f"Stage 2: {pretty(p.label).lower()} subtypes", 10)
+    pdf.table(["subtype", "probability"], [[pretty(s), f"{v:.3f}"] for s, v in p.stage2.items()], widths=[60, 40])
+    confidence = f"Confidence p(class) x p(subtype | class) = {p.confidence:.3f}"
+    if p.uncertainty:
+        confidence += (f"; uncertainty: p(malignant) spread {p.uncertainty['p_malignant_spread']:.3f} across "
+                       f"{p.uncertainty['views']} {p.uncertainty['source']}")
+    pdf.line_text(confidence, 9)
+    for reason in result.refer_reasons:
+        pdf.line_text(f"Review: {reason}", 9, ALERT)
+    for note in result.notes:
+        pdf.line_text(f"Note: {note}", 8, MUTED)
 
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
-                 model: dict, fmt: str = "pdf") -> bytes:
-    """A summary page plus one page per analysed image. fmt "pdf" (multi-page) or "png" (stacked).
+                 model: dict) -> bytes:
+    """The PDF: a summary page, then one page per analysed image.
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
     model: core.app.registry.describe_model(card).
     """
-    pages = [_summary_page(cases, [r.error for r in results if r.error], model)]
-    pages += [_image_page(r, overlays[r.digest], model) for r in results if r.ok]
-    buffer = io.BytesIO()
-    if fmt == "pdf":
-        pages[0].save(buffer, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
-    elif fmt == "png":
-        sheet = Image.new("RGB", (PAGE[0], PAGE[1] * len(pages)), "white")
-        for i, page in enumerate(pages):
-            sheet.paste(page, (0, i * PAGE[1]))
-        sheet.save(buffer, format="PNG", optimize=True)
-    else:
-        raise ValueError(f"Report format must be 'pdf' or 'png', not {fmt!r}")
-    return buffer.getvalue()
+    pdf = _Report(model)
+    _summary_page(pdf, cases, [r.error for r in results if r.error])
+    for result in results:
+        if result.ok:
+            _image_page(pdf, result, overlays[result.digest])
+    return bytes(pdf.output())

@@ -1,7 +1,7 @@
 """Which backbone (and input size) learns best? The same split, the same options, one table.
 
     python -m core compare --data DIR --out runs/compare --backbones small_cnn densenet121 \\
-        [--input-sizes 128 224] [other train options]
+        [--input-sizes 128 224] [--candidates densenet121@160 ...] [other train options]
 
 Every candidate is an ordinary run folder OUT/<backbone>-<size> trained on the same patient-wise
 split (the split depends only on the data, protocol and seed). The choice is made on the
@@ -37,7 +37,19 @@ def _row(name: str, metrics: dict, seconds: float | None, epochs: int | None) ->
             "training seconds": None if seconds is None else round(seconds, 1), "epochs": epochs}
 
 
-def compare(config, backbones: list[str], input_sizes: list[int] | None = None) -> pd.DataFrame:
+def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named: list[str] | None,
+               default_size: int) -> list[tuple[str, int]]:
+    """(backbone, input size) pairs: every backbone at every size, plus 'backbone@size' names."""
+    pairs = [(b, s) for b in backbones or [] for s in input_sizes or [default_size]]
+    for name in named or []:
+        backbone, _, size = name.partition("@")
+        pairs.append((backbone, int(size) if size else default_size))
+    if not pairs:
+        raise ValueError("Name the candidates: --backbones (and --input-sizes) or --candidates BACKBONE@SIZE ...")
+    return pairs
+
+
+def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     """Train every (backbone, input size) on config's split; returns and writes the comparison."""
     from core.training.fit import train
 
@@ -45,13 +57,12 @@ def compare(config, backbones: list[str], input_sizes: list[int] | None = None) 
     if (out / "comparison.csv").exists():
         raise FileExistsError(f"{out} already holds a comparison; choose a new --out folder")
     rows, metrics = [], None
-    for backbone in backbones:
-        for size in input_sizes or [config.input_size]:
-            name = f"{backbone}-{size}"
-            started = time.perf_counter()
-            result = train(dataclasses.replace(config, backbone=backbone, input_size=size, out=str(out / name)))
-            metrics = read_json(out / name / "metrics.json")
-            rows.append(_row(name, metrics, time.perf_counter() - started, result["epochs_run"]))
+    for backbone, size in pairs:
+        name = f"{backbone}-{size}"
+        started = time.perf_counter()
+        result = train(dataclasses.replace(config, backbone=backbone, input_size=size, out=str(out / name)))
+        metrics = read_json(out / name / "metrics.json")
+        rows.append(_row(name, metrics, time.perf_counter() - started, result["epochs_run"]))
     for name, baseline in (metrics.get("baselines") or {}).items():  # the same test cases for every run
         rows.append(_row(f"baseline: {baseline['name']}", baseline, None, None))
     table = pd.DataFrame(rows)

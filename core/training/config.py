@@ -34,6 +34,9 @@ class TrainConfig:
     batch_size: int = option(32, "images per step")
     input_size: int = option(INPUT_SIZE, "model input side in pixels")
     weights: str = option("imagenet", "imagenet, none, or a local weights file")
+    head_units: int = option(256, "width of each multi-scale branch and head layer")
+    dropout: float = option(0.5, "dropout before each head's output layer")
+    l2: float = option(1e-4, "L2 weight penalty of the branch layers")
     augment_strength: float = option(1.0, "multiplies the stain and photometric jitter of finetune mode (0: off)")
     zoom: float = option(1.0, "random square crops of zoom..1 of the field, resized back (1: no crops)")
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
@@ -49,11 +52,14 @@ class TrainConfig:
     seed: int = option(0, "split, shuffling and initialisation seed")
     demo: bool = option(False, "mark the model as a demo model in its card")
     learning_rate: float | None = option(None, "default: 1e-4 when fine-tuning pretrained weights, else 1e-3")
-    patience: int = option(5, "early-stopping patience (epochs)")
+    patience: int = option(5, "early-stopping patience (epochs); half of it for halving the learning rate")
+    early_stopping: bool = option(True, "stop when the validation loss stalls and keep the best epoch (off: "
+                                  "a fixed number of epochs, for validation sets too small to choose an epoch)")
     strategy: str = option("auto", "tf.distribute strategy (TF_CONFIG set: multi-worker)", choices=STRATEGY_NAMES)
     devices: str | None = option(None, "comma-separated devices for MirroredStrategy, e.g. /gpu:0,/gpu:1")
     cache: str = option("memory", "decoded-image cache: memory, none, or a file path prefix")
-    evaluate: bool = option(True, "evaluate on the test split after training")
+    evaluate: bool = option(True, "calibrate on the validation split and evaluate on the test split after training")
+    baselines: bool = option(True, "also score the majority and colour/texture baselines in the evaluation")
     echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)
 
     def split_spec(self) -> SplitSpec:

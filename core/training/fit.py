@@ -54,6 +54,12 @@ class Cancelled(BaseException):
     `except Exception` can swallow it."""
 
 
+def head_options(config: TrainConfig) -> dict:
+    """The head's shape and regularisation (core.model.classifier.Heads) from the run's settings."""
+    return {"branch_units": config.head_units, "head_units": config.head_units, "dropout": config.dropout,
+            "l2": config.l2}
+
+
 def prepare_data(config: TrainConfig) -> dict:
     """Index, select and split (core.data.selection), check GAN images, balance the training part."""
     spec = config.split_spec()
@@ -100,16 +106,23 @@ def compile_model(model, hierarchy: str, learning_rate: float) -> None:
 
 
 def _callbacks(run_dir: Path, writer, config, steps: int, has_val: bool, phase: str) -> list:
-    monitor = "val_loss" if has_val else "loss"
-    return [
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True),
+    """Early stopping and LR reduction on the validation loss; or, with early_stopping off, a fixed
+    schedule: the LR halves when the TRAINING loss stalls and the last epoch's weights are kept.
+    (With a validation split of a few patients, its loss jumps by a factor of five from one epoch to
+    the next, and "best on validation" picks an epoch by chance.)"""
+    monitor = "val_loss" if has_val and config.early_stopping else "loss"
+    callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, config.patience // 2),
                                           min_lr=1e-6),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor=monitor,
-                                        save_best_only=True, save_weights_only=True),
+                                        save_best_only=config.early_stopping, save_weights_only=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
         keras_callback(writer, config.epochs, steps, phase),  # last: sees the learning rate in the logs
     ]
+    if config.early_stopping:
+        callbacks.insert(0, keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
+                                                          restore_best_weights=True))
+    return callbacks
 
 
 def fit_finetune(model, data, config, run_dir, writer, strategy):
@@ -255,27 +268,28 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
             "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
             "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
             "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
+            "head": head_options(config),
             "distribution": distribution, "validation": validation,
         },
     }
 
 
-def _after_training(run_dir: Path, what: str, command: str):
+def _after_training(run_dir: Path, what: str, command: str, **options):
     """Calibration, then evaluation, of the saved model. A failure fails the run: a model whose
     calibration or evaluation broke must not look like a finished, measured one."""
     from core.training.calibrate import calibrate_run
     from core.training.evaluate import evaluate_run
 
     try:
-        return (calibrate_run if what == "calibration" else evaluate_run)(run_dir)
+        return (calibrate_run if what == "calibration" else evaluate_run)(run_dir, **options)
     except Exception as error:
         raise RuntimeError(f"the model in {run_dir / 'model'} was saved, but its {what} failed "
                            f"({type(error).__name__}: {error}); re-run python -m core {command} {run_dir}") from error
 
 
-def _evaluate(run_dir: Path) -> dict:
+def _evaluate(run_dir: Path, baselines: bool) -> dict:
     """core.training.evaluate on the test split -> the headline numbers."""
-    result = _after_training(run_dir, "evaluation", "evaluate")
+    result = _after_training(run_dir, "evaluation", "evaluate", baselines=baselines)
     return {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -289,7 +303,8 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     with strategy.scope():
-        model, weights_used = build_classifier(config.backbone, config.hierarchy, config.weights, config.input_size)
+        model, weights_used = build_classifier(config.backbone, config.hierarchy, config.weights, config.input_size,
+                                               **head_options(config))
         if config.learning_rate is None:
             pretrained = config.mode == "finetune" and not weights_used.startswith("random")
             config.learning_rate = 1e-4 if pretrained else 1e-3
@@ -310,21 +325,22 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     history = (fit_fast if config.mode == "fast" else fit_finetune)(model, data, config, run_dir, writer, strategy).history
     monitor = "val_loss" if "val_loss" in history else "loss"
     epochs_run = len(history.get(monitor, []))
-    summary = {"epochs": epochs_run, "best_epoch": int(np.argmin(history[monitor])) + 1 if epochs_run else None}
+    kept = (int(np.argmin(history[monitor])) + 1 if config.early_stopping else epochs_run) if epochs_run else None
+    summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping}
     distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config)
     if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw
         set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
     validation = validate_final(model, data["val"], config, strategy)
     if mixed:  # save a float32 copy: portable to CPU-only machines
         keras.mixed_precision.set_global_policy("float32")
-        portable, _ = build_classifier(config.backbone, config.hierarchy, None, config.input_size)
+        portable, _ = build_classifier(config.backbone, config.hierarchy, None, config.input_size, **head_options(config))
         portable.set_weights(model.get_weights())
         model = portable
     card = model_card(config, data, weights_used, summary, distribution, validation)
     model_dir = save_model_folder(model, run_dir / "model", card)
     if config.evaluate and counts["val"]:
         _after_training(run_dir, "calibration", "calibrate")
-    metrics = {**validation, **(_evaluate(run_dir) if config.evaluate and counts["test"] else {})}
+    metrics = {**validation, **(_evaluate(run_dir, config.baselines) if config.evaluate and counts["test"] else {})}
     return {"status": "completed", "model_dir": str(model_dir), "metrics": metrics, "epochs_run": epochs_run, **summary}
 
 
@@ -352,7 +368,7 @@ def train(config: TrainConfig | dict) -> dict:
         result = _run(config, run_dir, writer)
         writer.emit("end", status="completed", model_dir=result["model_dir"], metrics=result["metrics"],
                     epoch=result["epochs_run"], epochs=config.epochs,
-                    message=f"best epoch {result['best_epoch']} of {result['epochs_run']}")
+                    message=f"kept epoch {result['best_epoch']} of {result['epochs_run']}")
         return result
     except (Cancelled, KeyboardInterrupt) as stop:
         if previous_handler is not None:

@@ -1,0 +1,81 @@
+"""Hyper-parameter search with KerasTuner, where every trial is an ordinary training run.
+
+    python -m core tune --data DIR --out runs/search --max-trials 12 [--search random|grid] [train options]
+
+KerasTuner's oracle proposes learning rate, dropout, L2, head width, balancing and augmentation
+strength; each trial trains a run folder OUT/trials/<id> with its own progress stream
+(core.training.fit), is scored on the patient-wise VALIDATION split (never on test), and the
+oracle keeps its state in OUT/tuner, so a search that stopped resumes where it left off. The best
+trial is copied to OUT/best, a normal run folder; OUT/search.csv lists every trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import keras_tuner as kt
+import pandas as pd
+
+from core.jsonfile import read_json
+
+OBJECTIVE = "val_stage1_balanced_accuracy"  # stage 1 is the decision; balanced, as malignant dominates
+
+# name -> how KerasTuner draws it (hp: a keras_tuner.HyperParameters)
+SPACE = {
+    "learning_rate": lambda hp: hp.Choice("learning_rate", [1e-4, 3e-4, 1e-3, 3e-3]),
+    "dropout": lambda hp: hp.Choice("dropout", [0.2, 0.35, 0.5]),
+    "l2": lambda hp: hp.Choice("l2", [1e-5, 1e-4, 1e-3]),
+    "head_units": lambda hp: hp.Choice("head_units", [64, 128, 256]),
+    "balance": lambda hp: hp.Choice("balance", ["class_weights", "oversample", "none"]),
+    "augment_strength": lambda hp: hp.Choice("augment_strength", [0.5, 1.0, 2.0]),
+}
+
+
+def validation_score(run_dir: Path) -> float:
+    """The trial's objective from its evaluation (metrics.json's validation block)."""
+    value = (read_json(run_dir / "metrics.json").get("validation") or {}).get(OBJECTIVE.removeprefix("val_"))
+    return 0.0 if value is None else float(value)
+
+
+class RunTuner(kt.Tuner):
+    """A Tuner whose trials are core.training.fit runs instead of model.fit calls."""
+
+    def __init__(self, config, space: dict, **kwargs):
+        self.config, self.space = config, space
+        super().__init__(**kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        from core.training.fit import train
+
+        settings = {name: draw(trial.hyperparameters) for name, draw in self.space.items()}
+        run_dir = Path(self.config.out) / "trials" / trial.trial_id
+        if run_dir.exists() and not (run_dir / "metrics.json").is_file():
+            shutil.rmtree(run_dir)  # a trial interrupted half way is trained again
+        if not (run_dir / "metrics.json").is_file():
+            train(dataclasses.replace(self.config, out=str(run_dir), **settings))
+        return {OBJECTIVE: validation_score(run_dir)}
+
+
+def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
+    """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+    out = Path(config.out)
+    space = space or SPACE
+    objective = kt.Objective(OBJECTIVE, direction="max")
+    oracle = (kt.oracles.GridSearchOracle(objective=objective, max_trials=max_trials, seed=seed) if search == "grid"
+              else kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed))
+    tuner = RunTuner(config, space, oracle=oracle, directory=str(out), project_name="tuner", overwrite=False)
+    tuner.search()
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        score = trial.metrics.get_best_value(OBJECTIVE) if trial.metrics.exists(OBJECTIVE) else None
+        rows.append({"trial": trial.trial_id, "status": trial.status, OBJECTIVE: score, **trial.hyperparameters.values})
+    table = pd.DataFrame(rows).sort_values(OBJECTIVE, ascending=False, na_position="last")
+    table.to_csv(out / "search.csv", index=False)
+    best = tuner.oracle.get_best_trials(1)[0]
+    best_dir = out / "best"
+    shutil.rmtree(best_dir, ignore_errors=True)
+    shutil.copytree(out / "trials" / best.trial_id, best_dir)
+    return {"trial": best.trial_id, "settings": best.hyperparameters.values, OBJECTIVE: best.score,
+            "run": str(best_dir), "trials": table}

@@ -1,0 +1,27 @@
+"""Hyper-parameter search: each trial is a run scored on validation, the search resumes, and with a
+deliberately bad learning rate in the space the best trial beats it."""
+
+import pandas as pd
+
+from core.training.config import TrainConfig
+from core.training.tuning import OBJECTIVE, tune
+
+
+def test_the_best_trial_beats_a_bad_learning_rate_and_the_search_resumes(synthetic_breakhis, tmp_path):
+    config = TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "search"), backbone="small_cnn",
+                         weights="none", input_size=64, batch_size=16, epochs=4, patience=4, baselines=False,
+                         echo_stdout=False)
+    space = {"learning_rate": lambda hp: hp.Choice("learning_rate", [1e-7, 3e-3])}  # 1e-7 learns nothing
+    best = tune(config, max_trials=2, search="grid", space=space)
+    trials = best["trials"].set_index("learning_rate")
+    assert len(trials) == 2 and best["settings"]["learning_rate"] == 3e-3
+    assert trials.loc[3e-3, OBJECTIVE] > trials.loc[1e-7, OBJECTIVE] + 0.2
+    runs = sorted((tmp_path / "search" / "trials").iterdir())
+    assert len(runs) == 2 and all((run / "progress.jsonl").is_file() and (run / "model" / "card.json").is_file()
+                                  for run in runs)
+    assert (tmp_path / "search" / "best" / "metrics.json").is_file()  # the best trial as a normal run
+    assert len(pd.read_csv(tmp_path / "search" / "search.csv")) == 2
+    mtimes = {run.name: (run / "progress.jsonl").stat().st_mtime for run in runs}
+    again = tune(config, max_trials=2, search="grid", space=space)  # resumed: nothing is trained twice
+    assert again["trial"] == best["trial"]
+    assert {run.name: (run / "progress.jsonl").stat().st_mtime for run in runs} == mtimes
