@@ -20,6 +20,7 @@ navigation = st.navigation([
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/bar_chart:"),
     st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
+    st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:"),
     st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
     st.Page("pages/gan_gallery.py", title="GAN gallery", icon=":material/auto_awesome:"),
 ])

@@ -1,12 +1,16 @@
 """How long does one diagnosis take, compared with one bare DenseNet121 forward pass?
 
-A diagnosis is what the app does per image: load the file -> stage 1 + stage 2 prediction ->
-Grad-CAM for both stages, resized onto the original image. The goal is <= 1.5x one bare
-DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px, batch 1). Both are
-timed in the same process, interleaved, after warm-up; medians are reported. For reference it
-also times the straightforward route (predict, then tf-keras-vis Gradcam per stage).
+A diagnosis is what the app does per image: load the file (decode + H&E check) -> stage 1 + stage 2
+prediction, calibrated -> Grad-CAM for both stages, resized onto the original image. The goal is
+<= 1.5x one bare DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px,
+batch 1), both timed in this process, interleaved, after warm-up; medians of several repeats.
+Each step is also timed alone, with its share of the diagnosis. An ensemble of k DenseNet121
+members is timed against k bare forwards.
 
-    python bench/diagnose.py [--model DIR] [--image PNG] [--repeats 20] [--out FILE.json]
+The classifier is a calibrated hierarchical DenseNet121 (the full-data recipe's architecture; random
+weights: speed does not depend on them) unless --model names a folder.
+
+    python bench/diagnose.py [--model DIR] [--image PNG] [--repeats 30] [--ensemble 3] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -26,113 +30,108 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.data.histology import histology_check
 from core.data.images import load_image
 from core.data.labels import INPUT_SIZE
-from core.model.cam import _explainer, explain
+from core.model.cam import _explainer, explain, to_heatmap
 from core.model.classifier import build_classifier
+from core.model.ensemble import EnsemblePredictor
 from core.model.predict import Predictor
-from core.paths import DEFAULT_MODEL_DIR, REPO
+from core.paths import SAMPLES_DIR
 
 GOAL = 1.5
 
 
-def default_image() -> Path:
-    for root in (REPO.parent / "shared" / "breakhis" / "samples", REPO / "assets" / "samples"):
-        found = sorted(root.rglob("*.png")) if root.is_dir() else []
-        if found:
-            return found[0]
-    raise SystemExit("No sample image found; pass --image")
-
-
-def load_predictor(folder: str | None) -> tuple[Predictor, str]:
-    folder = Path(folder) if folder else DEFAULT_MODEL_DIR
-    if (folder / "card.json").is_file():
-        return Predictor.load(folder), str(folder)
+def densenet_predictor(seed: int = 0) -> Predictor:
+    keras.utils.set_random_seed(seed)
     model, _ = build_classifier("densenet121", "hierarchical", weights=None, input_size=INPUT_SIZE)
-    card = {"name": "bench", "backbone": "densenet121", "hierarchy": "hierarchical", "input_size": INPUT_SIZE}
-    return Predictor(model, card), "densenet121 hierarchical, weights=None (no model folder found)"
+    card = {"name": f"bench-densenet121-{seed}", "backbone": "densenet121", "hierarchy": "hierarchical",
+            "input_size": INPUT_SIZE, "sha256": f"bench{seed}",
+            "calibration": {"temperatures": {"stage1": 1.7, "benign_subtype": 1.3, "malignant_subtype": 1.4}}}
+    return Predictor(model, card)
 
 
-def tf_keras_vis_diagnosis(predictor: Predictor, path: Path) -> None:
-    """The straightforward route, for comparison: predict, then tf-keras-vis Gradcam per stage."""
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    from core.data.labels import SUBTYPES_BY_CLASS
-    from core.model.cam import to_heatmap
-
-    rgb = load_image(path).rgb
-    prediction = predictor.predict([rgb])[0]
-    explainer = _explainer(predictor)
-    seed = predictor.model_input([rgb])
-    for output, index in (("stage1", ("benign", "malignant").index(prediction.label)),
-                          (f"{prediction.label}_subtype", SUBTYPES_BY_CLASS[prediction.label].index(prediction.subtype))):
-        cam = Gradcam(explainer.logit_models[output])(CategoricalScore([index]), seed, penultimate_layer=explainer.cam_layer,
-                                                     seek_penultimate_conv_layer=False, expand_cam=False)
-        to_heatmap(np.asarray(cam)[0], rgb.shape[:2])
-
-
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+def median_time(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help=f"model folder (default {DEFAULT_MODEL_DIR} when present)")
+    parser.add_argument("--model", help="model folder (default: a calibrated DenseNet121 built here)")
     parser.add_argument("--image", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reference-repeats", type=int, default=5, help="tf-keras-vis route (0 to skip)")
+    parser.add_argument("--ensemble", type=int, default=3, help="members of the ensemble timed (0 to skip)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    image = args.image or default_image()
+    image = args.image or sorted(SAMPLES_DIR.rglob("*.png"))[0]
+    predictor = Predictor.load(args.model) if args.model else densenet_predictor()
 
-    predictor, model_description = load_predictor(args.model)
     densenet = keras.applications.DenseNet121(weights=None)
     bare = tf.function(lambda x: densenet(x, training=False))
     batch = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32"))
+    rgb = load_image(image).rgb
+    explainer = _explainer(predictor)
+    model_input = predictor.model_input([rgb])
 
-    def one_diagnosis():
-        rgb = load_image(image).rgb
-        diagnosis = explain(predictor, rgb)
-        assert diagnosis.explanations["stage2"].heatmap.shape == rgb.shape[:2]
+    steps = {  # each step of a diagnosis alone, on the same image
+        "decode": lambda: load_image(image, check_histology=False),
+        "histology_check": lambda: histology_check(rgb),
+        "resize_to_model_input": lambda: predictor.model_input([rgb]),
+        "forward_gradcam_pass": lambda: explainer.gradcam_pass(tf.constant(model_input), tf.constant(-1),
+                                                               tf.constant(-1)),
+        "heatmaps_to_image_size": lambda: [to_heatmap(np.ones((7, 7), np.float32), rgb.shape[:2]) for _ in range(2)],
+    }
 
-    def one_forward():
+    def diagnosis():
+        loaded = load_image(image)
+        result = explain(predictor, loaded.rgb)
+        assert result.explanations["stage2"].heatmap.shape == loaded.rgb.shape[:2]
+
+    def forward():
         bare(batch).numpy()
 
     for _ in range(args.warmup):
-        one_diagnosis(), one_forward()
-    diagnosis_times, forward_times, load_times = [], [], []
-    for _ in range(args.repeats):  # Interleaved, so both see the same machine load.
-        diagnosis_times.append(timed(one_diagnosis))
-        forward_times.append(timed(one_forward))
-        load_times.append(timed(lambda: load_image(image)))
-    reference = []
-    if args.reference_repeats:
-        tf_keras_vis_diagnosis(predictor, image)  # warm-up
-        reference = [timed(lambda: tf_keras_vis_diagnosis(predictor, image)) for _ in range(args.reference_repeats)]
-
-    diagnosis_median = statistics.median(diagnosis_times)
-    forward_median = statistics.median(forward_times)
-    ratio = diagnosis_median / forward_median
-    gpus = tf.config.list_physical_devices("GPU")
+        diagnosis(), forward(), [step() for step in steps.values()]
+    rounds = [(median_time(diagnosis, 3), median_time(forward, 3)) for _ in range(max(1, args.repeats // 3))]
+    diagnosis_s = statistics.median(d for d, _ in rounds)  # interleaved rounds: both see the same load
+    forward_s = statistics.median(f for _, f in rounds)
+    ratios = [d / f for d, f in rounds]
+    step_s = {name: median_time(step, args.repeats) for name, step in steps.items()}
     result = {
-        "diagnosis_s": round(diagnosis_median, 4),
-        "densenet121_forward_s": round(forward_median, 4),
-        "ratio": round(ratio, 3), "goal": GOAL, "meets_goal": bool(ratio <= GOAL),
-        "load_image_s": round(statistics.median(load_times), 4),
-        "tf_keras_vis_route_s": round(statistics.median(reference), 4) if reference else None,
-        "tf_keras_vis_route_ratio": round(statistics.median(reference) / forward_median, 3) if reference else None,
-        "repeats": args.repeats, "warmup": args.warmup, "image": image.name,
-        "image_size": list(load_image(image).rgb.shape[:2]), "model": model_description,
-        "diagnosis": "load_image -> core.model.cam.explain (the app's heat-map path): one "
-                     "compiled pass, stage 1 + stage 2 probabilities and both Grad-CAMs (one forward, one "
-                     "tape) -> heatmaps resized to the original image",
-        "device": f"GPU: {gpus[0].name}" if gpus else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "diagnosis_s": round(diagnosis_s, 4), "densenet121_forward_s": round(forward_s, 4),
+        "ratio": round(diagnosis_s / forward_s, 3), "ratio_per_round": {"min": round(min(ratios), 3),
+                                                                      "median": round(statistics.median(ratios), 3),
+                                                                      "max": round(max(ratios), 3)},
+        "goal": GOAL, "meets_goal": bool(diagnosis_s / forward_s <= GOAL),
+        "steps_s": {k: round(v, 4) for k, v in step_s.items()},
+        "steps_share_of_diagnosis": {k: round(v / diagnosis_s, 3) for k, v in step_s.items()},
+        "calibrated": bool(predictor.temperatures), "repeats": args.repeats, "warmup": args.warmup,
+        "image": image.name, "image_size": list(rgb.shape[:2]), "model": predictor.name,
+        "diagnosis": "core.data.images.load_image (decode + H&E check) -> core.model.cam.explain: one compiled pass "
+                     "(stage 1 + stage 2 probabilities and both Grad-CAMs), calibrated -> heat maps at image size",
+        "device": f"GPU: {tf.config.list_physical_devices('GPU')[0].name}" if tf.config.list_physical_devices("GPU")
+                  else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    if args.ensemble > 1:
+        members = [densenet_predictor(seed) for seed in range(args.ensemble)]
+        ensemble = EnsemblePredictor(members, {"hierarchy": "hierarchical", "backbone": "ensemble", "name": "bench"})
+
+        def ensemble_diagnosis():
+            explain(ensemble, load_image(image).rgb)
+
+        ensemble_diagnosis()
+        ensemble_s = median_time(ensemble_diagnosis, max(3, args.repeats // 3))
+        k_forward_s = median_time(lambda: [forward() for _ in range(args.ensemble)], max(3, args.repeats // 3))
+        result["ensemble"] = {"members": args.ensemble, "diagnosis_s": round(ensemble_s, 4),
+                              "k_bare_forwards_s": round(k_forward_s, 4), "ratio": round(ensemble_s / k_forward_s, 3),
+                              "meets_goal": bool(ensemble_s / k_forward_s <= GOAL)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

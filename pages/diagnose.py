@@ -91,9 +91,18 @@ def show(result, index: int) -> None:
     with st.container(border=True):
         st.markdown(f"#### {result.name}")
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
-        st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · confidence "
+        calibrated = "calibrated " if model["calibrated"] else ""
+        st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · {calibrated}confidence "
                     f"**{p.confidence:.2f}** · magnification {result.magnification} "
                     f"({result.magnification_source})")
+        if p.uncertainty:
+            limit = predictor.uncertainty_threshold
+            st.caption(f"Uncertainty: p(malignant) spread {p.uncertainty['p_malignant_spread']:.3f} across "
+                       f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
+                       f"{p.uncertainty['mutual_information']:.3f} nats)"
+                       + (f"; referred above {limit:.3f}, chosen on validation." if limit is not None else "."))
+        elif not getattr(predictor, "members", None):
+            st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
         if result.refer:
             st.error("Refer for review: " + "; ".join(result.refer_reasons), icon=":material/flag:")
         else:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.app import performance, registry, session
 from core.paths import REFERENCE_RESULTS
-from core.training.figures import confusion_figure, roc_figure
+from core.training.figures import confusion_figure, reliability_figure, roc_figure
 
 session.require_router()
 
@@ -90,6 +90,28 @@ else:
         st.caption("Every patient is a test patient in exactly one fold, so the figure does not hang on one split. "
                    "Mean +- sample standard deviation over the folds.")
         st.dataframe(performance.cross_validation_table(cv), hide_index=True)
+    calibration = metrics.get("calibration") or card.get("calibration")
+    if calibration and calibration.get("measured"):
+        st.subheader("Calibration")
+        st.caption(f"{calibration['method']}; temperatures "
+                   + ", ".join(f"{head} {t:.2f}" for head, t in calibration["temperatures"].items())
+                   + f". ECE over {calibration.get('ece_bins', 15)} confidence bins; each stage-2 head is judged on "
+                   "the images of its own class.")
+        st.dataframe(performance.calibration_table(calibration), hide_index=True)
+        st.plotly_chart(reliability_figure(calibration), key="reliability")
+    uncertainty = metrics.get("uncertainty")
+    if uncertainty:
+        st.subheader("Uncertainty flag")
+        split_block = uncertainty["on_split"]
+        st.caption(f"Refer when the p(malignant) spread across {uncertainty['source']} exceeds "
+                   f"{uncertainty['p_malignant_spread']:.3f} ({uncertainty['rule']}; "
+                   f"{'needs test-time augmentation' if uncertainty.get('needs_tta') else 'always on'}). On the "
+                   f"{split_block['data']['split']} split: {split_block['flagged']} of {split_block['data']['images']} "
+                   f"images flagged; stage-1 error rate {performance.rate(split_block['stage1_error_rate_flagged'])} "
+                   f"flagged vs {performance.rate(split_block['stage1_error_rate_not_flagged'])} not flagged.")
+    if metrics.get("members"):
+        st.subheader("The ensemble and its members, on the same test cases")
+        st.dataframe(performance.members_table(metrics), hide_index=True)
     st.subheader("Metrics per stage and end to end")
     st.caption(performance.protocol_line(metrics))
     st.dataframe(performance.metrics_table(metrics), hide_index=True)

@@ -155,3 +155,30 @@ def split_table(description: dict) -> pd.DataFrame:
                           "synthetic images": description.get("synthetic", {}).get(split, 0),
                           "missing subtypes": ", ".join(description.get("missing_subtypes", {}).get(split, [])) or "none"}
                          for split in ("train", "val", "test")])
+
+
+def calibration_table(calibration: dict) -> pd.DataFrame:
+    """ECE and Brier per head and split, before and after temperature scaling, with the image counts."""
+    rows = []
+    for split, measured in (calibration.get("measured") or {}).items():
+        for head, m in measured["heads"].items():
+            rows.append({"split": split, "head": head, "temperature": round(calibration["temperatures"].get(head, 1.0), 3),
+                         "ECE before": round(m["ece_before"], 4), "ECE after": round(m["ece_after"], 4),
+                         "Brier before": round(m["brier_before"], 4), "Brier after": round(m["brier_after"], 4),
+                         "images": m["images"], "protocol": measured["data"]["protocol"]})
+    return pd.DataFrame(rows)
+
+
+def members_table(metrics: dict) -> pd.DataFrame:
+    """The ensemble and each member: headline figures with intervals, on the same held-out cases."""
+    sources = [("ensemble", metrics)] + [(f"member: {m['name']} ({m['backbone']})", m) for m in metrics["members"]]
+    rows = []
+    for name, source in sources:
+        image = (source.get("intervals") or {}).get("image") or {}
+        rows.append({"model": name, **{HEADLINE_NAMES[k]: format_interval(image.get(k)) for k in HEADLINE_NAMES},
+                     "stage-1 ECE": round(source["stage1_ece"], 4) if source.get("stage1_ece") is not None else None})
+    return pd.DataFrame(rows)
+
+
+def rate(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -202,61 +202,83 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
         raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
 
 
+def _gradcam_pass(predictor: Predictor, rgb: np.ndarray, label: str | None, subtype: str | None):
+    """One compiled pass of one model -> (raw outputs, chosen class, chosen subtype, stage-1 CAM, stage-2 CAM)."""
+    class_target = CLASSES.index(label) if label is not None else -1
+    subtype_target = SUBTYPES_BY_CLASS[label].index(subtype) if subtype is not None else -1
+    with predictor.lock:
+        probabilities, chosen_class, chosen_subtype, cam1, cam2 = _explainer(predictor).gradcam_pass(
+            tf.constant(predictor.model_input([rgb])), tf.constant(class_target), tf.constant(subtype_target))
+    chosen = CLASSES[int(chosen_class)]
+    return ({k: v.numpy() for k, v in probabilities.items()}, chosen, SUBTYPES_BY_CLASS[chosen][int(chosen_subtype)],
+            cam1, cam2)
+
+
+def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> tuple[str, str]:
+    """The (class, subtype) to explain: the given ones, else the prediction's (within the class)."""
+    label = label or prediction.label
+    if subtype is None:
+        within = prediction.stage2 if label == prediction.label else prediction.other_stage2
+        subtype = max(within, key=within.get)
+    return label, subtype
+
+
+def _maps(cams, targets, method: str, size) -> dict[str, Explanation]:
+    maps = {}
+    for stage, cam, target in zip(STAGES, cams, targets):
+        heatmap, note = to_heatmap(cam, size)
+        maps[stage] = Explanation(heatmap, target, stage, method, note)
+    return maps
+
+
 def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
             subtype: str | None = None, refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> Diagnosis:
     """The prediction plus both stages' heat maps: stage 1 of `label`, stage 2 of `subtype`.
 
     Targets default to the predicted class and subtype (a subtype alone implies its class). With
     Grad-CAM this is ONE compiled pass in total, which also gives the prediction; Grad-CAM++ and
-    Score-CAM run through tf-keras-vis once per stage after a forward pass.
+    Score-CAM run through tf-keras-vis once per stage after a forward pass. An ensemble explains
+    with the mean of its members' maps (see `_explain_ensemble`).
     """
     _check_targets(method, label, subtype)
-    if getattr(predictor, "members", None):
-        return _explain_ensemble(predictor, rgb, method, label, subtype, refer_threshold)
-    explainer = _explainer(predictor)
-    model_input = predictor.model_input([rgb])
-    size = rgb.shape[:2]
     if label is None and subtype is not None:
         label = CLASS_OF_SUBTYPE[subtype]
+    if getattr(predictor, "members", None):
+        return _explain_ensemble(predictor, rgb, method, label, subtype, refer_threshold)
     if method == "gradcam":
-        class_target = CLASSES.index(label) if label is not None else -1
-        subtype_target = SUBTYPES_BY_CLASS[label].index(subtype) if subtype is not None else -1
-        with predictor.lock:
-            probabilities, chosen_class, chosen_subtype, cam1, cam2 = explainer.gradcam_pass(
-                tf.constant(model_input), tf.constant(class_target), tf.constant(subtype_target))
-        prediction = predictor.interpret({k: v.numpy() for k, v in probabilities.items()}, refer_threshold)[0]
-        label = CLASSES[int(chosen_class)]
-        cams, targets = (cam1, cam2), (label, SUBTYPES_BY_CLASS[label][int(chosen_subtype)])
-    else:
-        prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
-        label = label or prediction.label
-        if subtype is None:
-            within = prediction.stage2 if label == prediction.label else prediction.other_stage2
-            subtype = max(within, key=within.get)
-        targets = (label, subtype)
-        with predictor.lock:
-            cams = [_tf_keras_vis_cam(explainer, model_input, stage, method, label, subtype) for stage in STAGES]
-    maps = {}
-    for stage, cam, target in zip(STAGES, cams, targets):
-        heatmap, note = to_heatmap(cam, size)
-        maps[stage] = Explanation(heatmap, target, stage, method, note)
-    return Diagnosis(prediction, maps)
+        outputs, chosen, chosen_subtype, cam1, cam2 = _gradcam_pass(predictor, rgb, label, subtype)
+        prediction = predictor.interpret(outputs, refer_threshold)[0]
+        return Diagnosis(prediction, _maps((cam1, cam2), (chosen, chosen_subtype), method, rgb.shape[:2]))
+    prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
+    targets = _targets(prediction, label, subtype)
+    explainer, model_input = _explainer(predictor), predictor.model_input([rgb])
+    with predictor.lock:
+        cams = [_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES]
+    return Diagnosis(prediction, _maps(cams, targets, method, rgb.shape[:2]))
 
 
 def _explain_ensemble(ensemble, rgb, method, label, subtype, refer_threshold) -> Diagnosis:
     """The ensemble's prediction, and per stage the mean of its members' maps of the ensemble's
-    targets (each member's map normalised to [0, 1] first, so no member dominates by scale)."""
-    prediction = ensemble.predict([rgb], refer_threshold=refer_threshold)[0]
-    label = label or prediction.label
-    if subtype is None:
-        within = prediction.stage2 if label == prediction.label else prediction.other_stage2
-        subtype = max(within, key=within.get)
-    members = [explain(member, rgb, method, label, subtype).explanations for member in ensemble.members]
-    maps = {}
-    for stage, target in zip(STAGES, (label, subtype)):
-        heatmap, note = to_heatmap(np.mean([m[stage].heatmap for m in members], axis=0), rgb.shape[:2])
-        maps[stage] = Explanation(heatmap, target, stage, method, note or f"mean of {len(members)} members' maps")
-    return Diagnosis(prediction, maps)
+    targets (each member's map normalised to [0, 1] first, so no member dominates by scale).
+
+    With Grad-CAM each member's one pass gives its probabilities and its maps of its own pick; only a
+    member whose pick differs from the ensemble's targets runs a second pass, for those targets.
+    """
+    if method != "gradcam":
+        prediction = ensemble.predict([rgb], refer_threshold=refer_threshold)[0]
+        targets = _targets(prediction, label, subtype)
+        maps = [explain(member, rgb, method, *targets).explanations for member in ensemble.members]
+        cams = [np.mean([m[stage].heatmap for m in maps], axis=0) for stage in STAGES]
+        return Diagnosis(prediction, _maps(cams, targets, method, rgb.shape[:2]))
+    passes = [_gradcam_pass(member, rgb, label, subtype) for member in ensemble.members]
+    combined = ensemble.combine([member.calibrate(p[0]) for member, p in zip(ensemble.members, passes)])
+    prediction = ensemble.interpret(combined, refer_threshold)[0]
+    targets = _targets(prediction, label, subtype)
+    passes = [p if p[1:3] == targets else _gradcam_pass(member, rgb, *targets)
+              for member, p in zip(ensemble.members, passes)]
+    size = rgb.shape[:2]
+    cams = [np.mean([to_heatmap(p[3 + stage], size)[0] for p in passes], axis=0) for stage in range(2)]
+    return Diagnosis(prediction, _maps(cams, targets, method, size))
 
 
 def _turbo_lut() -> np.ndarray:

@@ -81,7 +81,11 @@ class EnsemblePredictor(Predictor):
         """Mean of the members' calibrated head outputs, plus every member's as the views (N, members, k)."""
         if len(images) == 0:
             return {}
-        outputs = [member.calibrate(member.probabilities(images, tta)) for member in self.members]
+        return self.combine([member.calibrate(member.probabilities(images, tta)) for member in self.members])
+
+    @staticmethod
+    def combine(outputs: list[dict]) -> dict[str, np.ndarray]:
+        """The members' calibrated outputs -> their mean per head, and each member's as a view."""
         heads = [name for name in outputs[0] if not name.endswith(VIEWS)]
         stacked = {name: np.stack([o[name] for o in outputs], axis=1) for name in heads}
         return {**{name: v.mean(axis=1) for name, v in stacked.items()},

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
-from core.data.selection import resolve_paths
+from core.data.selection import fingerprint, resolve_paths
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import reliability
 from core.model.folders import update_card
@@ -144,6 +144,8 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
                                   evaluated["label"].map(CLASSES.index).to_numpy())["ece"],
         "malignant_recall": thresholds["decision"]["malignant_recall"],
         "patient_stage1_accuracy": patient["stage1"]["accuracy"], "data": data,
+        # Which images exactly: runs are only compared on the same held-out images (core.app.comparison).
+        "test_set": {"fingerprint": fingerprint(evaluated), "cases": sorted(map(str, evaluated["case"].unique()))},
         "stage1": stage1, "stage2": stage2_blocks(evaluated, split), "subtype8": subtype8,
         "patient": patient, "per_magnification": magnification_blocks(evaluated, split),
         "malignant_threshold": thresholds, "case_threshold": cases_rule,

@@ -41,3 +41,20 @@ def roc_figure(block: dict, title: str) -> go.Figure:
                            name=f"{pretty(label)} (AUC {auc:.3f})" if auc is not None else pretty(label))
     return figure.update_layout(title=f"{title} ({scope_text(block.get('data'))})", xaxis_title="false positive rate",
                                 yaxis_title="true positive rate", **LAYOUT)
+
+
+def reliability_figure(calibration: dict, split: str = "test") -> go.Figure:
+    """Reliability diagram of each head on `split`: accuracy against confidence per bin, before and
+    after temperature scaling, against the diagonal of perfect calibration (core.training.calibrate)."""
+    measured = (calibration.get("measured") or {}).get(split) or {}
+    figure = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                                  line=dict(dash="dot", color="#9aa7ad")))
+    for head, m in (measured.get("heads") or {}).items():
+        for when, dash in (("before", "dot"), ("after", "solid")):
+            bins = m[f"reliability_{when}"]
+            points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
+            figure.add_scatter(x=[c for c, _ in points], y=[a for _, a in points], mode="lines+markers",
+                               line=dict(dash=dash), name=f"{head} {when} (ECE {m[f'ece_{when}']:.3f})")
+    return figure.update_layout(title=f"Reliability on the {split} split ({scope_text(measured.get('data'))})",
+                                xaxis_title="confidence (top-label probability)", yaxis_title="accuracy",
+                                xaxis_range=[0, 1], yaxis_range=[0, 1], **LAYOUT)

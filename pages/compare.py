@@ -1,0 +1,54 @@
+"""Compare models: trained runs side by side, only on the same split protocol and test cases."""
+
+import plotly.express as px
+import streamlit as st
+
+from core.app import comparison, registry, session
+
+session.require_router()
+
+st.title("Compare models")
+folders = registry.available_models()
+labels = {folder: f"{registry.short_location(folder)}" for folder in folders}
+chosen = st.multiselect("Models to compare", folders, format_func=labels.get, key="compare_models",
+                        default=folders[:2])
+if len(chosen) < 2:
+    st.info("Pick two or more models. Runs are compared only on the same held-out images.")
+    st.stop()
+
+runs = []
+for folder in chosen:
+    try:
+        runs.append(comparison.load_run(folder))
+    except Exception as problem:  # a broken folder is named, the others are still compared
+        st.error(f"{labels[folder]} cannot be read: {problem}")
+groups = comparison.comparable_groups(runs)
+unevaluated = groups.pop(None, [])
+if unevaluated:
+    st.warning("Not evaluated, so not compared: " + ", ".join(run.name for run in unevaluated))
+if len(groups) > 1:
+    st.warning("These models were evaluated on different test images (another split, seed or data set), so "
+               "their numbers are not comparable: each group below is shown on its own.", icon=":material/warning:")
+
+for index, ((protocol, _), members) in enumerate(groups.items()):
+    st.subheader(f"Group {index + 1}: {len(members)} model(s) on the same {protocol} test images")
+    st.dataframe(comparison.metrics_side_by_side(members), hide_index=True)
+    differences = comparison.config_differences(members)
+    if len(members) > 1:
+        st.markdown("**Where their settings differ**")
+        if len(differences):
+            st.dataframe(differences.astype(str), hide_index=True)
+        else:
+            st.caption("Same settings.")
+    long = comparison.curves(members)
+    if len(long):
+        figure = px.line(long, x="epoch", y="value", color="model", line_dash="metric", facet_col="metric",
+                         facet_col_wrap=2, title="Training curves (training split; val_ on the validation split)")
+        st.plotly_chart(figure.update_layout(template="plotly_white", height=520), key=f"compare_curves_{index}")
+    columns = st.columns(len(members))
+    for column, run in zip(columns, members):
+        if session.active_model() == str(run.folder):
+            column.success(f"{run.name} is active")
+        else:
+            column.button(f"Make {run.name} active", key=f"activate_{index}_{run.name}",
+                          on_click=session.set_active_model, args=(run.folder,))
