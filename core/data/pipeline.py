@@ -35,6 +35,7 @@ from core.data.labels import (
     subtype_index,
 )
 from core.data.preprocess import to_model_input
+from core.data.stain import StainNormalizer
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -111,11 +112,12 @@ def decode_image(path, tiff: bool = True) -> tf.Tensor:
 def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size: int = 32,
                  training: bool = False, augment: bool = False, input_size: int = INPUT_SIZE,
                  cache=True, subtype_weights: dict | None = None, shuffle_seed: int = 0,
-                 augment_strength: float = 1.0, zoom: float = 1.0) -> tf.data.Dataset:
+                 augment_strength: float = 1.0, zoom: float = 1.0, normalizer=None) -> tf.data.Dataset:
     """Batches of (images float32 [B, S, S, 3] in 0..255, targets dict, sample-weights dict).
 
     training: shuffle every epoch. augment: random augmentation (after the cache, so it differs
-    every epoch; augment_strength and zoom as core.data.augment.augment). cache: True (memory), False, or a file path prefix (for data larger than RAM).
+    every epoch; augment_strength and zoom as core.data.augment.augment). normalizer: a fitted
+    core.data.stain.StainNormalizer applied to each image at model size, before the cache (so once). cache: True (memory), False, or a file path prefix (for data larger than RAM).
     With augmentation the cache holds uint8 pixels (4x less memory; the +-0.5 rounding is far
     below the augmentation noise); without it, the exact float32 model input.
     """
@@ -134,8 +136,13 @@ def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size
     paths = table["path"].astype(str).tolist()
     has_tiff = any(p.lower().endswith((".tif", ".tiff")) for p in paths)
 
+    normalise = normalizer is not None and normalizer.method != "none"
+
     def load(path, target, weight):
         pixels = to_model_input(decode_image(path, tiff=has_tiff), input_size)
+        if normalise:  # the prediction path's normaliser, on the same uint8 model-size image
+            pixels = tf.numpy_function(lambda rgb: normalizer(rgb)[0], [tf.cast(tf.round(pixels), tf.uint8)], tf.uint8)
+            pixels = tf.cast(tf.ensure_shape(pixels, [input_size, input_size, 3]), tf.float32)
         pixels = tf.cast(tf.round(pixels), tf.uint8) if augment_images else pixels
         return pixels, target, weight
 
@@ -156,3 +163,14 @@ def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size
                                  batch[1], batch[2]),
             num_parallel_calls=AUTOTUNE, deterministic=not training)
     return dataset.prefetch(AUTOTUNE)
+
+
+def fit_normalizer(method: str, images: pd.DataFrame, seed: int = 0, most: int = 64) -> StainNormalizer:
+    """A stain normaliser fitted to (a seeded sample of) these images, e.g. a run's training split:
+    the default reference, which brings every image to the training data's stain appearance."""
+    if method == "none":
+        return StainNormalizer("none")
+    real = images[~images["synthetic"].astype(bool)] if "synthetic" in images else images
+    chosen = real.sample(most, random_state=seed) if len(real) > most else real
+    pictures = [load_image(path, check_histology=False).rgb for path in chosen["path"]]
+    return StainNormalizer.fit(method, pictures, f"the training split: {len(pictures)} images")

@@ -19,6 +19,7 @@ from keras import layers
 from core.data.labels import MAGNIFICATIONS, SUBTYPES
 from core.data.selection import SplitSpec
 from core.data.splits import PATIENT
+from core.data.stain import STAIN_METHODS
 from core.options import option
 
 SIZES = (32, 64, 128, 256)
@@ -54,6 +55,8 @@ class GanConfig:
     checkpoint_every: int = option(250, "steps between checkpoints")
     log_every: int = option(10, "steps between progress events")
     seed: int = option(0, "noise and crop seed")
+    stain_norm: str = option("none", "stain normalisation of the real images before cropping (fitted to them)",
+                             choices=STAIN_METHODS)
     precision: str = option("auto", "auto: mixed_float16 on a GPU, float32 on the CPU",
                             choices=("auto", "float32", "mixed_float16"))
     ema: float = option(0.99, "the saved generator is this moving average of the trained weights")

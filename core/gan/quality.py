@@ -22,6 +22,7 @@ from PIL import Image
 
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.preprocess import to_model_input
+from core.data.stain import StainNormalizer
 from core.gan.model import GanConfig, build_generator
 from core.gan.sampling import generate
 from core.gan.train import real_patches, training_images
@@ -163,7 +164,8 @@ def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, see
     untrained = build_generator(config)  # same architecture, random weights: the ceiling
     images, _ = training_images(data_dir, config)
     # Memorisation is checked against the very patches the generator was trained on (same crops).
-    pool, pool_labels, pool_sources = real_patches(images, config, seed=config.seed)
+    normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))  # the generator's own real data
+    pool, pool_labels, pool_sources = real_patches(images, config, seed=config.seed, normalizer=normalizer)
     report = {"features": features.description, "feature_dim": None, "images_per_set": n, "seed": seed,
               "real_set": "patches of the generator's own training images" if config.split == "none"
               else f"patches of the {config.split_spec().label} train split (the images the generator saw)",

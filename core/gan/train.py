@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.data.labels import SUBTYPES
+from core.data.pipeline import fit_normalizer
 from core.data.preprocess import to_model_input
 from core.data.selection import select_images
 from core.gan.model import GanConfig, build_discriminator, build_generator, diff_augment
@@ -30,11 +31,12 @@ from core.paths import portable
 from core.training.progress import ProgressWriter
 
 
-def real_patches(images, config: GanConfig, seed: int = 0):
+def real_patches(images, config: GanConfig, seed: int = 0, normalizer=None):
     """Random crops of each image -> (uint8 patches [N,S,S,3], subtype indices [N], source paths).
 
     A crop keeps the field's aspect ratio (side = scale x field) and is resized by the one resize,
-    so crop scale 1.0 reproduces exactly what the classifier sees.
+    so crop scale 1.0 reproduces exactly what the classifier sees. A stain normaliser
+    (core.data.stain, the classifier's own kind) is applied to each whole field before cropping.
     """
     from core.data.images import ImageError, load_image
 
@@ -46,6 +48,8 @@ def real_patches(images, config: GanConfig, seed: int = 0):
         except ImageError as error:
             print(f"WARNING: skipping {row.path}: {error}", file=sys.stderr)
             continue
+        if normalizer is not None:
+            rgb = normalizer(rgb)[0]
         height, width = rgb.shape[:2]
         for _ in range(config.patches_per_image):
             scale = rng.uniform(*config.crop_scale)
@@ -181,7 +185,8 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     images, fingerprint = training_images(data_dir, config)
     trainer = GanTrainer(config, out_dir / "checkpoints")
     step = start_step = trainer.restore()
-    patches, labels, _ = real_patches(images, config, seed=config.seed)
+    normalizer = fit_normalizer(config.stain_norm, images, config.seed)
+    patches, labels, _ = real_patches(images, config, seed=config.seed, normalizer=normalizer)
     unreadable = [s for s in config.subtypes if not (labels == SUBTYPES.index(s)).any()]
     if unreadable:
         raise ValueError(f"No readable training images for subtypes {unreadable} (see the warnings above); "
@@ -213,6 +218,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     trainer.manager.save(checkpoint_number=step)
     card = {"name": config.name, "image_size": config.image_size, "latent_dim": config.latent_dim,
             "subtypes": list(config.subtypes), "precision": trainer.precision, "config": dataclasses.asdict(config),
+            "stain_normalization": normalizer.to_dict(),
             "training": {"data_source": portable(data_dir), "data_fingerprint": fingerprint,
                          "split": config.split_spec().label, "split_spec": config.split_spec().to_dict(),
                          "images_by_subtype": by_subtype, "patches": int(len(patches)), "steps": step,

@@ -63,6 +63,7 @@ class EnsemblePredictor(Predictor):
         self.case_threshold = float(thresholds.get("case_malignant", 0.5))
         self.temperatures = {}  # the members calibrate themselves
         self.uncertainty_threshold = (thresholds.get("uncertainty") or {}).get("p_malignant_spread")
+        self.normalizer = members[0].normalizer  # each member normalises its own input; shown as the first's
 
     @classmethod
     def load(cls, folder, **options) -> "EnsemblePredictor":

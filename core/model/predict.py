@@ -30,6 +30,7 @@ from core.data.labels import (
     pretty,
 )
 from core.data.preprocess import batch_for_model
+from core.data.stain import StainNormalizer
 from core.model.calibration import apply_temperature
 from core.model.folders import ENSEMBLE, card_kind, load_model_folder, read_card
 from core.paths import DEFAULT_MODEL_DIR
@@ -158,6 +159,8 @@ class Predictor:
         # Above this spread of p(malignant) across views/members a prediction is referred (chosen
         # on validation by core.training.evaluate); None until the model has been evaluated so.
         self.uncertainty_threshold = ((card.get("thresholds") or {}).get("uncertainty") or {}).get("p_malignant_spread")
+        # Stain normalisation fitted at training (core.data.stain), applied after the one resize.
+        self.normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))
         self.batch_size = batch_size
         # One lock per model: Streamlit sessions share the predictor, and Keras layers and
         # tf.function tracing are not safe to enter from two threads at once.
@@ -201,7 +204,10 @@ class Predictor:
                 shape = getattr(image, "shape", None)
                 raise ValueError(f"Image {i} must be a uint8 RGB array (H, W, 3), got "
                                  f"{type(image).__name__} {getattr(image, 'dtype', '')} {shape}")
-        return batch_for_model(images, self.input_size)
+        batch = batch_for_model(images, self.input_size)
+        if self.normalizer.method == "none":
+            return batch
+        return np.stack([self.normalizer(np.round(b).astype(np.uint8))[0] for b in batch]).astype(np.float32)
 
     def probabilities(self, images: list[np.ndarray], tta: bool = False) -> dict[str, np.ndarray]:
         """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches."""

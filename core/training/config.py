@@ -14,6 +14,7 @@ from core.data.balance import STRATEGIES
 from core.data.labels import HIERARCHICAL, HIERARCHIES, INPUT_SIZE, MAGNIFICATIONS, SUBTYPES
 from core.data.selection import SplitSpec
 from core.data.splits import PATIENT, PROTOCOL_NAMES, normalise_protocol
+from core.data.stain import STAIN_METHODS
 from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.options import option
 
@@ -39,6 +40,8 @@ class TrainConfig:
     l2: float = option(1e-4, "L2 weight penalty of the branch layers")
     augment_strength: float = option(1.0, "multiplies the stain and photometric jitter of finetune mode (0: off)")
     zoom: float = option(1.0, "random square crops of zoom..1 of the field, resized back (1: no crops)")
+    stain_norm: str = option("none", "stain normalisation, fitted to the training split (the card keeps it; "
+                             "prediction applies it)", choices=STAIN_METHODS)
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
     synthetic_dir: str | None = option(None, "GAN images for --balance synthetic")
     synthetic_subtypes: list[str] | None = option(None, "subtypes GAN fill may top up (default: every subtype "

@@ -32,7 +32,7 @@ from core.data.augment import describe as describe_augmentation
 from core.data.balance import apply_strategy
 from core.data.breakhis import subtype_counts
 from core.data.labels import INPUT_SIZE, output_sizes
-from core.data.pipeline import make_dataset, targets_and_weights
+from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage, describe_split
 from core.data.synthetic import check_synthetic_folder
@@ -82,7 +82,9 @@ def prepare_data(config: TrainConfig) -> dict:
     assert_no_case_leakage(split)  # also: no synthetic image outside the training split
     return {"split": split, "train": train, "val": split[split["split"] == "val"],
             "test": split[split["split"] == "test"], "subtype_weights": subtype_weights,
-            "skipped": selection.skipped, "fingerprint": selection.fingerprint}
+            "skipped": selection.skipped, "fingerprint": selection.fingerprint,
+            "normalizer": fit_normalizer(config.stain_norm, selection.part("train"), config.seed)}
+
 
 
 def choose_strategy(name: str = "auto", devices: str | None = None) -> tf.distribute.Strategy:
@@ -125,14 +127,19 @@ def _callbacks(run_dir: Path, writer, config, steps: int, has_val: bool, phase: 
     return callbacks
 
 
+def _dataset(table: pd.DataFrame, config, data: dict, **options):
+    """core.data.pipeline.make_dataset with the run's hierarchy, batch, input size and stain normaliser."""
+    return make_dataset(table, config.hierarchy, config.batch_size, input_size=config.input_size,
+                        normalizer=data["normalizer"], **options)
+
+
 def fit_finetune(model, data, config, run_dir, writer, strategy):
     """The whole network, on augmented images decoded once and cached."""
     cache = {"memory": True, "none": False}.get(config.cache, config.cache)
-    common = dict(hierarchy=config.hierarchy, batch_size=config.batch_size, input_size=config.input_size)
-    train_ds = make_dataset(data["train"], training=True, augment=True, shuffle_seed=config.seed,
-                            subtype_weights=data["subtype_weights"], cache=cache,
-                            augment_strength=config.augment_strength, zoom=config.zoom, **common)
-    val_ds = make_dataset(data["val"], cache=bool(cache), **common) if len(data["val"]) else None
+    train_ds = _dataset(data["train"], config, data, training=True, augment=True, shuffle_seed=config.seed,
+                        subtype_weights=data["subtype_weights"], cache=cache,
+                        augment_strength=config.augment_strength, zoom=config.zoom)
+    val_ds = _dataset(data["val"], config, data, cache=bool(cache)) if len(data["val"]) else None
     steps = math.ceil(len(data["train"]) / config.batch_size)
     follow_batch_statistics(model, steps)
     callbacks = _callbacks(run_dir, writer, config, steps, val_ds is not None, "training")
@@ -156,14 +163,14 @@ def follow_batch_statistics(model, steps_per_epoch: int) -> float:
     return momentum
 
 
-def _features(extractor, tables: list[pd.DataFrame], config, writer) -> list[tuple]:
+def _features(extractor, tables: list[pd.DataFrame], config, data, writer) -> list[tuple]:
     """Pooled tap features of each table's rows, computed in one pass, once per distinct image
     (val rows and oversampled duplicates cost nothing extra)."""
     unique = pd.concat(tables).drop_duplicates("path").reset_index(drop=True)
     steps = math.ceil(len(unique) / config.batch_size)
     message = f"extracting features of {len(unique)} images"
     writer.emit("epoch_begin", epoch=0, epochs=config.epochs, steps=steps, message=message)
-    dataset = make_dataset(unique, config.hierarchy, config.batch_size, input_size=config.input_size, cache=False)
+    dataset = _dataset(unique, config, data, cache=False)
     features = extractor.predict(dataset, verbose=0, callbacks=[keras_callback(writer, config.epochs, steps, message)])
     row_of = {path: i for i, path in enumerate(unique["path"])}
     rows = [np.array([row_of[p] for p in table["path"]], dtype=np.int64) for table in tables]
@@ -178,7 +185,7 @@ def fit_fast(model, data, config, run_dir, writer, strategy):
         compile_model(heads, config.hierarchy, config.learning_rate)
         extractor = feature_extractor(model)
     has_val = len(data["val"]) > 0
-    features = _features(extractor, [data["train"], data["val"]] if has_val else [data["train"]], config, writer)
+    features = _features(extractor, [data["train"], data["val"]] if has_val else [data["train"]], config, data, writer)
 
     def dataset(table, table_features, training, subtype_weights=None):
         targets, weights = targets_and_weights(table, config.hierarchy, subtype_weights)
@@ -196,7 +203,7 @@ def fit_fast(model, data, config, run_dir, writer, strategy):
     return history
 
 
-def recalibrate_batchnorm(model, images: pd.DataFrame, config, max_batches: int = 50) -> int:
+def recalibrate_batchnorm(model, images: pd.DataFrame, config, data: dict, max_batches: int = 50) -> int:
     """Set BatchNorm moving statistics to the mean batch statistics of the un-augmented training
     images under the final weights ("precise BN"); returns the number of batches used.
 
@@ -208,8 +215,8 @@ def recalibrate_batchnorm(model, images: pd.DataFrame, config, max_batches: int 
     if not layers or len(images) == 0:
         return 0
     momenta = [layer.momentum for layer in layers]
-    dataset = make_dataset(images.drop_duplicates("path"), config.hierarchy, config.batch_size, training=True,
-                           input_size=config.input_size, cache=False, shuffle_seed=config.seed)
+    dataset = _dataset(images.drop_duplicates("path"), config, data, training=True, cache=False,
+                       shuffle_seed=config.seed)
     used = 0
     try:
         for used, (batch, _, _) in enumerate(dataset.take(max_batches), start=1):
@@ -222,14 +229,14 @@ def recalibrate_batchnorm(model, images: pd.DataFrame, config, max_batches: int 
     return used
 
 
-def validate_final(model, val: pd.DataFrame, config, strategy) -> dict:
+def validate_final(model, val: pd.DataFrame, config, data: dict, strategy) -> dict:
     """val_* metrics of the weights being saved (after the recalibration)."""
     if len(val) == 0:
         return {}
     if not getattr(model, "compiled", False):  # fast mode compiled only the head model
         with strategy.scope():
             compile_model(model, config.hierarchy, config.learning_rate)
-    dataset = make_dataset(val, config.hierarchy, config.batch_size, input_size=config.input_size, cache=False)
+    dataset = _dataset(val, config, data, cache=False)
     return {f"val_{k}": v for k, v in metric_floats(model.evaluate(dataset, verbose=0, return_dict=True)).items()}
 
 
@@ -258,6 +265,7 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
         "input_size": config.input_size, "weights_init": weights_used,
         "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
         "evidence": evidence(data["split"], weights_used),
+        "stain_normalization": data["normalizer"].to_dict(),
         "training": {
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
@@ -327,10 +335,10 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     epochs_run = len(history.get(monitor, []))
     kept = (int(np.argmin(history[monitor])) + 1 if config.early_stopping else epochs_run) if epochs_run else None
     summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping}
-    distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config)
+    distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config, data)
     if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw
         set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
-    validation = validate_final(model, data["val"], config, strategy)
+    validation = validate_final(model, data["val"], config, data, strategy)
     if mixed:  # save a float32 copy: portable to CPU-only machines
         keras.mixed_precision.set_global_policy("float32")
         portable, _ = build_classifier(config.backbone, config.hierarchy, None, config.input_size, **head_options(config))
