@@ -201,6 +201,17 @@ def _gan_evaluate(args) -> int:
     return OK
 
 
+def _gan_compare(args) -> int:
+    from core.gan.quality import compare_generators, format_comparison
+    from core.jsonfile import write_json_atomic
+
+    result = compare_generators(args.model, args.against, args.data, args.n, args.seed)
+    print(format_comparison(result))
+    if args.out:
+        write_json_atomic(args.out, result)
+    return OK
+
+
 def _gan_ablation(args) -> int:
     from core.gan.ablation import format_ablation, run_ablation
 
@@ -312,9 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     quality.set_defaults(handler=_gan_evaluate)
     quality.add_argument("--model", required=True, help="generator folder")
     quality.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
-    quality.add_argument("--features", help='classifier model folder (default models/default) or "backbone:NAME"')
+    quality.add_argument("--features", help='KID feature space: "imagenet" (default; the default classifier when '
+                         'offline), a classifier model folder, or "backbone:NAME"')
     quality.add_argument("--n", type=int, default=64, help="images per set (real and synthetic) per subtype")
     quality.add_argument("--seed", type=int, default=1)
+    versus = gan_commands.add_parser("compare", help="two generators' classifier-free distances on the same real set")
+    versus.set_defaults(handler=_gan_compare)
+    versus.add_argument("--model", required=True, help="the new generator folder")
+    versus.add_argument("--against", required=True, help="the generator folder to compare with (e.g. the old one)")
+    versus.add_argument("--data", required=True, help="the BreakHis folder the new generator was trained on")
+    versus.add_argument("--n", type=int, default=64)
+    versus.add_argument("--seed", type=int, default=1)
+    versus.add_argument("--out", type=Path, help="also write the JSON here")
     ablation = gan_commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")
     ablation.set_defaults(handler=_gan_ablation)
     ablation.add_argument("--data", required=True)

@@ -141,6 +141,18 @@ rows = [{"subtype": pretty(s), "KID": r["kid"], "KID std": r["kid_std"], "real v
          "closest / real-real distance": r["memorisation"]["min_ratio"]}
         for s, r in quality["subtypes"].items()]
 st.dataframe(pd.DataFrame(rows), hide_index=True)
+free = [{"subtype": pretty(s), "distance": name.replace("_", " "), "synthetic": d["synthetic"],
+         "real vs real (floor)": d["real_vs_real"], "untrained generator (ceiling)": d["untrained_generator"]}
+        for s, r in quality["subtypes"].items() for name, d in (r.get("classifier_free") or {}).items()]
+if free:
+    st.subheader("Distances that need no classifier")
+    st.caption("Per subtype, real vs synthetic patches: H&E stain densities (sliced Wasserstein), the radially "
+               "averaged power spectrum (structure and periodic artefacts) and local binary patterns (texture). "
+               "Each next to two real sets' distance (floor) and an untrained generator's (ceiling).")
+    st.dataframe(pd.DataFrame(free), hide_index=True)
+    peaks = [f"{pretty(s)} at {f} cycles/px" for s, r in quality["subtypes"].items()
+             for f, p in (r.get("upsampling_peaks") or {}).items() if p["peak"]]
+    st.caption("Up-sampling checkerboard peaks in the spectrum: " + (", ".join(peaks) if peaks else "none found."))
 st.subheader("Closest synthetic-real pairs")
 st.caption("For every synthetic image, its nearest real training patch in feature space. A distance near 0 "
            "(ratio to the typical real-to-real distance near 0) would mean a copied training patch.")

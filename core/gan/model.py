@@ -35,6 +35,9 @@ class GanConfig:
     image_size: int = option(128, "patch side in pixels", choices=SIZES)
     latent_dim: int = option(64, "noise dimensions")
     width: int = option(128, "channels at 4x4, halved per doubling of resolution (min 16)")
+    upsampling: str = option("bilinear", "how each generator block doubles the resolution before its convolution: "
+                             "bilinear (smooth, no checkerboard) or nearest (blocky; the first generators)",
+                             choices=("bilinear", "nearest"))
     steps: int = option(2000, "training steps (with --resume: the total to reach)")
     batch_size: int = option(16, "patches per step")
     lr_g: float = option(2e-4, "generator learning rate")
@@ -83,6 +86,7 @@ class GanConfig:
     def from_dict(cls, values: dict) -> "GanConfig":
         """From JSON (a run's config.json or a card's "config"): lists back to tuples."""
         names = {f.name for f in dataclasses.fields(cls)}
+        values = {"upsampling": "nearest", **values}  # saved before the option existed: nearest was the only kind
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
@@ -119,7 +123,9 @@ def build_generator(config: GanConfig) -> keras.Model:
     x = layers.Dense(4 * 4 * channels[0], use_bias=False)(x)
     x = _conditional_norm(layers.Reshape((4, 4, channels[0]))(x), embedding, channels[0])
     for filters in channels[1:]:
-        x = layers.UpSampling2D(2, interpolation="nearest")(x)
+        # Resize, then convolve (Odena et al. 2016): no transposed convolution, whose uneven overlap
+        # paints checkerboards. Bilinear rather than nearest resizing also avoids the 2-pixel blocks.
+        x = layers.UpSampling2D(2, interpolation=config.upsampling)(x)
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = _conditional_norm(x, embedding, filters)
     image = layers.Conv2D(3, 3, padding="same", activation="tanh", dtype="float32", name="rgb")(x)

@@ -23,6 +23,7 @@ from PIL import Image
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.preprocess import to_model_input
 from core.data.stain import StainNormalizer
+from core.gan.distances import classifier_free, upsampling_peaks
 from core.gan.model import GanConfig, build_generator
 from core.gan.sampling import generate
 from core.gan.train import real_patches, training_images
@@ -49,8 +50,21 @@ class Features:
 
 
 def load_features(source: str | None = None, input_size: int | None = None) -> Features:
-    """A classifier model folder (default: models/default), or "backbone:NAME" (random weights)."""
-    source = source or str(DEFAULT_MODEL_DIR)
+    """The feature space of KID: "imagenet" (ImageNet DenseNet121, where its weights can be loaded;
+    otherwise, saying so, the default classifier), a classifier model folder, or "backbone:NAME"
+    (random weights). The description names the space, since KIDs in different spaces do not compare."""
+    source = source or "imagenet"
+    if source == "imagenet":
+        try:
+            network = keras.applications.DenseNet121(weights="imagenet", include_top=False, pooling="avg",
+                                                     input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+        except Exception as error:  # offline: no weights to download
+            print(f"WARNING: ImageNet weights unavailable ({type(error).__name__}); KID uses the default classifier's "
+                  "features instead", flush=True)
+            return load_features(str(DEFAULT_MODEL_DIR), input_size)
+        inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
+        scaled = keras.applications.densenet.preprocess_input(inputs)
+        return Features(keras.Model(inputs, network(scaled)), INPUT_SIZE, "ImageNet DenseNet121 (pooled)")
     if source.startswith("backbone:"):
         name = source.split(":", 1)[1]
         model, weights = build_classifier(name, weights=None, input_size=input_size or INPUT_SIZE)
@@ -177,14 +191,18 @@ def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, see
         real, real_again = _real_sets([pool_sources[i] for i in in_pool], n, seed)
         fake = generate(generator, subtype, n, seed=seed)
         f_fake, f_untrained, f_pool = (features(x) for x in (
-            fake, generate(untrained, subtype, n, seed=seed), pool[in_pool]))
+            fake, generate(untrained, subtype, n, seed=seed), pool[in_pool]))  # untrained: same seed, same images
         f_real, f_again = f_pool[real], f_pool[real_again]  # already computed: no second decoding
         scale = np.sqrt(np.mean(f_real ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
         f_real, f_again, f_fake, f_untrained, f_pool = (
             f / scale for f in (f_real, f_again, f_fake, f_untrained, f_pool))
         memo = memorisation(f_fake, f_pool, [pool_sources[i] for i in in_pool])
         report["feature_dim"] = int(f_real.shape[1])
+        untrained_images = generate(untrained, subtype, n, seed=seed)
         report["subtypes"][subtype] = {
+            "classifier_free": classifier_free(pool[in_pool][real], pool[in_pool][real_again], fake, untrained_images,
+                                               seed),
+            "upsampling_peaks": upsampling_peaks(pool[in_pool][real], fake, config.image_size),
             "real_images": int(len(rows)), **kid(f_real, f_fake, seed=seed), "fid": fid(f_real, f_fake),
             "kid_real_vs_real": kid(f_real, f_again, seed=seed)["kid"],
             "kid_untrained_generator": kid(f_real, f_untrained, seed=seed)["kid"],
@@ -198,7 +216,7 @@ def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, see
     if write:
         write_json_atomic(out / "quality.json", report)
         summary = {s: {k: r[k] for k in ("kid", "kid_std", "n_real", "n_synthetic", "real_images", "fid",
-                                         "kid_real_vs_real", "kid_untrained_generator")}
+                                         "kid_real_vs_real", "kid_untrained_generator", "classifier_free")}
                    for s, r in report["subtypes"].items()}
         update_card(model_dir, quality={"features": features.description, "real_set": report["real_set"],
                                         "kid": summary})
@@ -215,4 +233,57 @@ def format_report(report: dict) -> str:
                      f"{r['kid_untrained_generator']:10.4g} {r['n_real']:>5}/{r['n_synthetic']:<5} "
                      f"{r['real_images']:5d} {'n/a' if r['fid'] is None else format(r['fid'], '8.2f'):>8} "
                      f"{'n/a' if ratio is None else format(ratio, '.3f'):>17}")
+    return "\n".join(lines)
+
+
+def compare_generators(new_dir, old_dir, data_dir, n: int = 64, seed: int = 1) -> dict:
+    """Two generators on the SAME real patches (the new generator's training images and crops):
+    per subtype each classifier-free distance of both, the floor and the ceiling, and whether the
+    new one halves the old one's distance (the goal) and shows no up-sampling peak."""
+    new, new_card = load_model_folder(new_dir, kind=GENERATOR)
+    old, old_card = load_model_folder(old_dir, kind=GENERATOR)
+    config = GanConfig.from_dict(new_card["config"])
+    keras.utils.set_random_seed(seed)
+    untrained = build_generator(config)
+    images, _ = training_images(data_dir, config)
+    normalizer = StainNormalizer.from_dict(new_card.get("stain_normalization"))
+    pool, labels, sources = real_patches(images, config, seed=config.seed, normalizer=normalizer)
+    result = {"new": new_card["name"], "old": old_card["name"], "images_per_set": n,
+              "real_set": f"patches of {new_card['name']}'s training images", "subtypes": {}}
+    for subtype in [s for s in config.subtypes if s in old_card["subtypes"]]:
+        in_pool = np.flatnonzero(labels == SUBTYPES.index(subtype))
+        real, real_again = _real_sets([sources[i] for i in in_pool], n, seed)
+        real, real_again = pool[in_pool][real], pool[in_pool][real_again]
+        fakes = {"new": generate(new, subtype, n, seed=seed), "old": generate(old, subtype, n, seed=seed)}
+        if fakes["old"].shape[1:] != real.shape[1:]:  # a generator of another patch size: compare at this one
+            fakes["old"] = np.stack([np.round(to_model_input(f, real.shape[1]).numpy()).astype(np.uint8)
+                                     for f in fakes["old"]])
+        scores = {name: classifier_free(real, real_again, fake, generate(untrained, subtype, n, seed=seed), seed)
+                  for name, fake in fakes.items()}
+        result["subtypes"][subtype] = {
+            "distances": {metric: {"new": scores["new"][metric]["synthetic"], "old": scores["old"][metric]["synthetic"],
+                                   "real_vs_real": scores["new"][metric]["real_vs_real"],
+                                   "untrained_generator": scores["new"][metric]["untrained_generator"],
+                                   "at_most_half_of_old": scores["new"][metric]["synthetic"]
+                                   <= 0.5 * scores["old"][metric]["synthetic"]}
+                          for metric in scores["new"]},
+            "upsampling_peaks": {name: upsampling_peaks(real, fake, config.image_size) for name, fake in fakes.items()},
+        }
+    result["goal_met"] = all(d["at_most_half_of_old"] for s in result["subtypes"].values()
+                             for d in s["distances"].values())
+    result["new_has_upsampling_peak"] = any(p["peak"] for s in result["subtypes"].values()
+                                            for p in s["upsampling_peaks"]["new"].values())
+    return result
+
+
+def format_comparison(result: dict) -> str:
+    lines = [f"{result['new']} vs {result['old']} on the same real set ({result['real_set']}, {result['images_per_set']} "
+             "per set); lower is closer to real", "",
+             "| subtype | distance | new | old | real vs real | untrained | new <= old/2 |", "|---|---|---|---|---|---|---|"]
+    for subtype, row in result["subtypes"].items():
+        for metric, d in row["distances"].items():
+            lines.append(f"| {subtype} | {metric} | {d['new']:.4f} | {d['old']:.4f} | {d['real_vs_real']:.4f} | "
+                         f"{d['untrained_generator']:.4f} | {'yes' if d['at_most_half_of_old'] else 'NO'} |")
+    lines += ["", f"goal met on every subtype and distance: {result['goal_met']}; up-sampling peak in the new "
+              f"generator's spectrum: {result['new_has_upsampling_peak']}"]
     return "\n".join(lines)

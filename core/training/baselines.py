@@ -3,7 +3,7 @@
 - majority: every image gets the training split's most common class and, within it, subtype.
 - colour/texture: multinomial logistic regression (scikit-learn) on hand-made features of each
   field: colour histograms, H&E stain densities (core.data.stain), local binary pattern
-  histograms and gradient statistics (scikit-image), standardised, classes weighted. If a CNN
+  histograms (core.data.texture) and gradient statistics, standardised, classes weighted. If a CNN
   does not beat this, it has learnt little more than colour and texture.
 
 Both return, per image, p(class) and p(subtype | class), the same quantities a Predictor gives,
@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from PIL import Image
-from skimage.feature import local_binary_pattern
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -23,15 +22,10 @@ from sklearn.preprocessing import StandardScaler
 from core.data.images import ImageError, load_image
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.stain import hed_concentrations
+from core.data.texture import lbp_histogram
 
 THUMBNAIL = 256  # features are computed at one scale, whatever the file's size
 LBP_SETTINGS = ((8, 1.0), (16, 2.0))  # (neighbours, radius): uniform patterns, rotation invariant
-
-
-def lbp_histogram(gray: np.ndarray, neighbours: int, radius: float) -> np.ndarray:
-    """Normalised histogram of rotation-invariant uniform local binary patterns (P + 2 bins)."""
-    codes = local_binary_pattern(gray, neighbours, radius, method="uniform")
-    return np.bincount(codes.astype(np.int64).ravel(), minlength=neighbours + 2)[: neighbours + 2] / codes.size
 
 
 def image_features(rgb: np.ndarray) -> np.ndarray:
@@ -44,7 +38,7 @@ def image_features(rgb: np.ndarray) -> np.ndarray:
     stains = hed_concentrations(pixels).reshape(-1, 3)
     stain_stats = np.concatenate([stains.mean(0), stains.std(0), np.percentile(stains[:, :2], [10, 50, 90], axis=0).ravel()])
     gray = pixels.mean(axis=-1)
-    texture = np.concatenate([lbp_histogram(gray.astype(np.uint8), p, r) for p, r in LBP_SETTINGS])
+    texture = np.concatenate([lbp_histogram(gray, p, r) for p, r in LBP_SETTINGS])
     gy, gx = np.gradient(gray)
     magnitude = np.hypot(gx, gy)
     gradient = np.array([magnitude.mean(), magnitude.std(), np.percentile(magnitude, 90)]) / 255.0

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from core.model.classifier import build_classifier, feature_extractor, head_mode
 from core.model.folders import save_model_folder
 from core.paths import portable
 from core.training.config import TrainConfig, validate
+from core.training.multiworker import fit_multiworker
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
 DEMO_BELOW_TRAIN_IMAGES = 200
@@ -52,6 +55,17 @@ CANCELLED_EXIT = 128 + signal.SIGTERM
 class Cancelled(BaseException):
     """Raised by the SIGTERM handler. A BaseException (like KeyboardInterrupt), so no library's
     `except Exception` can swallow it."""
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 (first 16 hex digits) of the trainable weights' bytes: the same on workers that agree.
+    (BatchNorm moving statistics are each worker's own estimate from its share of the batches.)"""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.trainable_weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight, np.float32)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def head_options(config: TrainConfig) -> dict:
@@ -330,15 +344,23 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
                         f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}",
                 config=settings)
 
-    history = (fit_fast if config.mode == "fast" else fit_finetune)(model, data, config, run_dir, writer, strategy).history
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker:
+        follow_batch_statistics(model, math.ceil(counts["train"] / config.batch_size))
+        history = fit_multiworker(model, data, config, run_dir, writer, strategy, _dataset).history
+    else:
+        history = (fit_fast if config.mode == "fast" else fit_finetune)(model, data, config, run_dir, writer,
+                                                                        strategy).history
+    trained = weights_fingerprint(model)  # equal on every worker of a multi-worker run
     monitor = "val_loss" if "val_loss" in history else "loss"
     epochs_run = len(history.get(monitor, []))
     kept = (int(np.argmin(history[monitor])) + 1 if config.early_stopping else epochs_run) if epochs_run else None
-    summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping}
-    distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config, data)
+    summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping and not multiworker}
+    if not multiworker:  # both run the model outside strategy.run, which a multi-worker model cannot
+        distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config, data)
     if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw
         set_backbone_trainable(model, True)  # saved unfrozen, ready to be fine-tuned later
-    validation = validate_final(model, data["val"], config, data, strategy)
+    validation = {} if multiworker else validate_final(model, data["val"], config, data, strategy)
     if mixed:  # save a float32 copy: portable to CPU-only machines
         keras.mixed_precision.set_global_policy("float32")
         portable, _ = build_classifier(config.backbone, config.hierarchy, None, config.input_size, **head_options(config))
@@ -349,7 +371,8 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     if config.evaluate and counts["val"]:
         _after_training(run_dir, "calibration", "calibrate")
     metrics = {**validation, **(_evaluate(run_dir, config.baselines) if config.evaluate and counts["test"] else {})}
-    return {"status": "completed", "model_dir": str(model_dir), "metrics": metrics, "epochs_run": epochs_run, **summary}
+    return {"status": "completed", "model_dir": str(model_dir), "metrics": metrics, "epochs_run": epochs_run,
+            "weights_fingerprint": trained, **summary}
 
 
 def train(config: TrainConfig | dict) -> dict:
@@ -363,19 +386,23 @@ def train(config: TrainConfig | dict) -> dict:
         from core.training.crossval import cross_validate
 
         return cross_validate(config)
-    run_dir = Path(config.out)
+    chief, worker = is_chief()
+    run_dir = Path(config.out) if chief else Path(tempfile.mkdtemp(prefix=f"breakhis-worker{worker}-"))
     if (run_dir / "progress.jsonl").exists() or (run_dir / "model").exists():
         raise FileExistsError(f"{run_dir} already holds a training run; choose a new --out folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     config.data = str(Path(config.data).resolve())  # split.csv paths stay valid from any directory
+    if not chief:  # evaluation and calibration are the chief's; this worker only trains in step
+        config.evaluate, config.out = False, str(run_dir)
     writer = ProgressWriter(run_dir / "progress.jsonl", echo_stdout=config.echo_stdout)
     previous_handler, previous_policy = None, keras.mixed_precision.global_policy()
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
     try:
         result = _run(config, run_dir, writer)
-        writer.emit("end", status="completed", model_dir=result["model_dir"], metrics=result["metrics"],
-                    epoch=result["epochs_run"], epochs=config.epochs,
+        writer.emit("end", status="completed", model_dir=result["model_dir"] if chief else None,
+                    metrics=result["metrics"], epoch=result["epochs_run"], epochs=config.epochs,
+                    weights_fingerprint=result.get("weights_fingerprint"), worker=worker,
                     message=f"kept epoch {result['best_epoch']} of {result['epochs_run']}")
         return result
     except (Cancelled, KeyboardInterrupt) as stop:
@@ -393,6 +420,23 @@ def train(config: TrainConfig | dict) -> dict:
         keras.mixed_precision.set_global_policy(previous_policy)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+        if not chief:  # a non-chief worker leaves nothing behind: the chief's run folder is the run
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def is_chief() -> tuple[bool, int]:
+    """(does this process write the run folder, its worker index). Without TF_CONFIG there is one
+    process, the chief; under MultiWorkerMirroredStrategy the chief is the "chief" task, or worker 0
+    when the cluster has none (TensorFlow's own convention)."""
+    import json
+
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True, 0
+    task = spec.get("task") or {}
+    kind, index = task.get("type", "chief"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})), index
 
 
 def _raise_cancelled(signum, frame):
