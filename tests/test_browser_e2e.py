@@ -136,3 +136,25 @@ def test_a_deep_link_right_after_start_still_gets_the_router(tmp_path):
         page.get_by_role("link", name="Retrain").click()
         page.get_by_role("heading", name="Retrain").wait_for(timeout=120_000)
         assert sidebar.get_by_text("Active model").is_visible()
+
+
+def test_the_gan_gallery_shows_real_and_synthetic_patches(tmp_path):
+    """The bundled generator in the gallery; the screenshot is kept as tests/artifacts/gan_gallery.png."""
+    models = REPO / "models"
+    environment = {"BREAKHIS_MODEL_DIRS": str(models), "BREAKHIS_DEFAULT_MODEL": str(models / "default"),
+                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs")}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(tmp_path, environment) as url, browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Diagnose").wait_for(timeout=180_000)
+        page.get_by_role("link", name="GAN gallery").click()
+        page.get_by_role("heading", name="GAN gallery").wait_for(timeout=120_000)
+        page.get_by_text("Real patches (bundled samples)").first.wait_for(timeout=120_000)
+        page.get_by_text("Synthetic, seed 0").first.wait_for(timeout=120_000)
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                     .filter(img => img.complete && img.naturalWidth > 0).length >= 8""", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "gan_gallery.png"), full_page=True)
+        assert "Distances that need no classifier" in page.locator("body").inner_text() or \
+            "Not measured yet" in page.locator("body").inner_text()
+    assert (ARTIFACTS / "gan_gallery.png").stat().st_size > 20_000

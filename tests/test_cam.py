@@ -51,7 +51,8 @@ def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage
 def test_single_pass_gradcam_equals_tf_keras_vis_gradcam(predictor, sample):
     explainer = ex._explainer(predictor)
     model_input = predictor.model_input([sample])
-    _, label_index, subtype_index, cam1, cam2 = explainer.gradcam_pass(model_input, -1, -1)
+    _, label_indices, subtype_indices, cams1, cams2 = explainer.gradcam_pass(model_input, [-1], [-1])
+    label_index, subtype_index, cam1, cam2 = label_indices[0], subtype_indices[0], cams1[0], cams2[0]
     label = CLASSES[int(label_index)]
     for output, index, ours in (("stage1", int(label_index), cam1),
                                 (f"{label}_subtype", int(subtype_index), cam2)):
@@ -147,3 +148,15 @@ def test_explain_runs_one_gradcam_pass(predictor, sample, monkeypatch):
     calls = _count_gradcam_passes(predictor, monkeypatch)
     ex.explain(predictor, sample)
     assert len(calls) == 1
+
+
+def test_a_batch_of_images_gets_each_image_s_own_maps(predictor, sample):
+    """One batched pass gives every image the maps it gets alone (images do not interact)."""
+    images = [sample, sample[::-1].copy(), sample[:, ::-1].copy()]
+    outputs, labels, subtypes, cams1, cams2 = ex.gradcam_batch(predictor, images)
+    assert cams1.shape[0] == cams2.shape[0] == 3 and outputs["stage1"].shape == (3, 2)
+    for i, image in enumerate(images):
+        alone = ex.explain(predictor, image)
+        assert (alone.prediction.label, alone.prediction.subtype) == (labels[i], subtypes[i])
+        heatmap, _ = ex.to_heatmap(cams2[i], image.shape[:2])
+        np.testing.assert_allclose(heatmap, alone.explanations["stage2"].heatmap, atol=1e-4)

@@ -93,12 +93,12 @@ class _Explainer:
         self._features_and_logits = keras.Model(model.inputs, [features, logits])
         self.channels = int(features.shape[-1])
         self._visualizers: dict = {}
-        spec = tf.TensorSpec([1, predictor.input_size, predictor.input_size, 3], tf.float32)
-        target = tf.TensorSpec([], tf.int32)
+        spec = tf.TensorSpec([None, predictor.input_size, predictor.input_size, 3], tf.float32)
+        target = tf.TensorSpec([None], tf.int32)
         self.gradcam_pass = tf.function(self._gradcam_pass, input_signature=[spec, target, target])
 
     def _class_and_head_logits(self, logits):
-        """(class logits (1, 2), per-class subtype logits (1, 2, 4)) for either hierarchy."""
+        """(class logits (N, 2), per-class subtype logits (N, 2, 4)) for either hierarchy."""
         if self.hierarchical:
             heads = tf.stack([logits[STAGE2_OUTPUTS[c]] for c in CLASSES], axis=1)
             return logits[STAGE1_OUTPUT], heads
@@ -106,27 +106,28 @@ class _Explainer:
         # log sum exp of a class's subtype logits: its softmax is p(class) = sum of p(subtype).
         return tf.reduce_logsumexp(heads, axis=-1), heads
 
-    def _gradcam_pass(self, image, class_target, subtype_target):
-        """One forward pass -> probabilities, chosen targets and both stages' Grad-CAMs.
+    def _gradcam_pass(self, images, class_target, subtype_target):
+        """One forward pass of a batch -> probabilities, chosen targets and both stages' Grad-CAMs.
 
         A target of -1 means "the predicted one"; the subtype is searched in the head of the
-        class target (stage 1's pick by default), as the hierarchy does at inference.
+        class target (stage 1's pick by default), as the hierarchy does at inference. Images of a
+        batch do not interact (inference mode), so the gradient of the summed scores is each
+        image's own gradient: a batch costs one forward and one backward pass for all its images.
         """
         with tf.GradientTape(persistent=True) as tape:
-            tape.watch(image)
-            features, logits = self._features_and_logits([image], training=False)
+            tape.watch(images)
+            features, logits = self._features_and_logits([images], training=False)
             class_logits, head_logits = self._class_and_head_logits(logits)
-            chosen_class = tf.where(class_target >= 0, class_target,
-                                    tf.argmax(class_logits[0], output_type=tf.int32))
-            chosen_head = head_logits[0, chosen_class]
+            chosen_class = tf.where(class_target >= 0, class_target, tf.argmax(class_logits, axis=1, output_type=tf.int32))
+            chosen_head = tf.gather(head_logits, chosen_class, batch_dims=1)
             chosen_subtype = tf.where(subtype_target >= 0, subtype_target,
-                                      tf.argmax(chosen_head, output_type=tf.int32))
-            class_score = class_logits[0, chosen_class]
-            subtype_score = chosen_head[chosen_subtype]
+                                      tf.argmax(chosen_head, axis=1, output_type=tf.int32))
+            class_score = tf.reduce_sum(tf.gather(class_logits, chosen_class, batch_dims=1))
+            subtype_score = tf.reduce_sum(tf.gather(chosen_head, chosen_subtype, batch_dims=1))
         cams = [_gradcam(features, tape.gradient(score, features)) for score in (class_score, subtype_score)]
         del tape
         probabilities = {name: tf.nn.softmax(value) for name, value in logits.items()}
-        return probabilities, chosen_class, chosen_subtype, cams[0][0], cams[1][0]
+        return probabilities, chosen_class, chosen_subtype, cams[0], cams[1]
 
     def visualizer(self, output_name: str, method: str):
         key = (output_name, method)
@@ -202,16 +203,32 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
         raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
 
 
+def gradcam_batch(predictor: Predictor, images: list[np.ndarray], labels=None, subtypes=None):
+    """Grad-CAM of both stages for a list of images in compiled batches ->
+    (raw outputs {head: (N, k)}, chosen classes, chosen subtypes, stage-1 CAMs, stage-2 CAMs (N, h, w)).
+    labels / subtypes: per image the targets (None: each image's predicted class / subtype)."""
+    labels, subtypes = labels or [None] * len(images), subtypes or [None] * len(images)
+    class_targets = [CLASSES.index(c) if c is not None else -1 for c in labels]
+    subtype_targets = [SUBTYPES_BY_CLASS[c].index(s) if s is not None else -1 for c, s in zip(labels, subtypes)]
+    explainer, chunks = _explainer(predictor), []
+    for start in range(0, len(images), predictor.batch_size):
+        part = slice(start, start + predictor.batch_size)
+        batch = tf.constant(predictor.model_input(images[part]))
+        with predictor.lock:
+            probabilities, chosen_class, chosen_subtype, cam1, cam2 = explainer.gradcam_pass(
+                batch, tf.constant(class_targets[part], tf.int32), tf.constant(subtype_targets[part], tf.int32))
+        chunks.append(({k: v.numpy() for k, v in probabilities.items()}, chosen_class.numpy(), chosen_subtype.numpy(),
+                       cam1.numpy(), cam2.numpy()))
+    outputs = {name: np.concatenate([c[0][name] for c in chunks]) for name in chunks[0][0]}
+    chosen = [CLASSES[int(i)] for c in chunks for i in c[1]]
+    chosen_subtypes = [SUBTYPES_BY_CLASS[label][int(i)] for label, i in zip(chosen, [i for c in chunks for i in c[2]])]
+    return outputs, chosen, chosen_subtypes, np.concatenate([c[3] for c in chunks]), np.concatenate([c[4] for c in chunks])
+
+
 def _gradcam_pass(predictor: Predictor, rgb: np.ndarray, label: str | None, subtype: str | None):
-    """One compiled pass of one model -> (raw outputs, chosen class, chosen subtype, stage-1 CAM, stage-2 CAM)."""
-    class_target = CLASSES.index(label) if label is not None else -1
-    subtype_target = SUBTYPES_BY_CLASS[label].index(subtype) if subtype is not None else -1
-    with predictor.lock:
-        probabilities, chosen_class, chosen_subtype, cam1, cam2 = _explainer(predictor).gradcam_pass(
-            tf.constant(predictor.model_input([rgb])), tf.constant(class_target), tf.constant(subtype_target))
-    chosen = CLASSES[int(chosen_class)]
-    return ({k: v.numpy() for k, v in probabilities.items()}, chosen, SUBTYPES_BY_CLASS[chosen][int(chosen_subtype)],
-            cam1, cam2)
+    """One image: (raw outputs, chosen class, chosen subtype, stage-1 CAM, stage-2 CAM)."""
+    outputs, chosen, chosen_subtypes, cams1, cams2 = gradcam_batch(predictor, [rgb], [label], [subtype])
+    return outputs, chosen[0], chosen_subtypes[0], cams1[0], cams2[0]
 
 
 def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> tuple[str, str]:
