@@ -110,13 +110,15 @@ def show(result, index: int) -> None:
         for warning in result.warnings:
             st.warning(warning, icon=":material/report:")
         columns = st.columns(3)
-        columns[0].image(result.image.rgb, caption="Image", width="stretch")
+        # Shown at display size (core.app.service.DISPLAY_MAX_SIDE) and sent as JPEG: a PNG of each
+        # full-size image and overlay cost more to encode and send than the diagnosis itself.
+        columns[0].image(result.display, caption="Image", width="stretch", output_format="JPEG")
         maps = heat_maps(result)
         if maps:
             name = METHOD_NAMES.get(method, method)
             for column, stage, explanation in zip(columns[1:], ("Stage 1", "Stage 2"), maps):
-                column.image(overlay(result.image.rgb, explanation.heatmap, opacity), width="stretch",
-                             caption=f"{stage} {name}: {pretty(explanation.target)}")
+                column.image(overlay(result.display, explanation.heatmap, opacity), width="stretch",
+                             caption=f"{stage} {name}: {pretty(explanation.target)}", output_format="JPEG")
         left, right = st.columns(2)
         with left:
             st.markdown("**Stage 1: benign or malignant**")
@@ -148,7 +150,7 @@ if analysed:
                 for result in analysed:
                     maps = heat_maps(result)
                     if maps:
-                        overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, opacity) for m in maps)
+                        overlays[result.digest] = tuple(overlay(result.display, m.heatmap, opacity) for m in maps)
                 missing = [r.name for r in analysed if r.digest not in overlays]
                 if missing:
                     st.session_state.pop("_report", None)

@@ -103,10 +103,13 @@ def test_case_calls_pool_images_per_case(predictor, sample_items):
     assert table.loc[table["file"] == "bad.png", "error"].item().endswith("is empty (0 bytes).")
 
 
-def test_heat_maps_explain_the_shown_prediction_at_image_size(predictor, sample_items):
+def test_heat_maps_explain_the_shown_prediction_at_display_size(predictor, sample_items):
     result = service.diagnose_items(predictor, sample_items[:1])[0]
     stage1, stage2 = session.explanations(predictor, result, "gradcam")
-    assert stage1.heatmap.shape == stage2.heatmap.shape == result.image.rgb.shape[:2]
+    height, width = result.image.rgb.shape[:2]
+    assert max(result.display.shape[:2]) == min(service.DISPLAY_MAX_SIDE, max(height, width))
+    assert abs(result.display.shape[0] / result.display.shape[1] - height / width) < 0.01  # same aspect ratio
+    assert stage1.heatmap.shape == stage2.heatmap.shape == result.display.shape[:2]
     assert (stage1.target, stage2.target) == (result.prediction.label, result.prediction.subtype)
     assert 0.0 <= stage1.heatmap.min() and stage1.heatmap.max() <= 1.0
 
@@ -142,28 +145,72 @@ def test_the_pdf_report_is_a_searchable_document_with_the_calls_and_the_model_id
     assert len(csv) == 3 and csv["error"].notna().sum() == 1
 
 
-def test_app_heat_maps_take_one_gradcam_pass_and_match_per_stage_maps(predictor, sample_items, monkeypatch):
+def count_gradcam_passes(predictor, monkeypatch) -> list:
     from core.model import cam as ex
 
-    result = service.diagnose_items(predictor, sample_items[1:2])[0]
     explainer = ex._explainer(predictor)
     calls, original = [], explainer.gradcam_pass
-    monkeypatch.setattr(explainer, "gradcam_pass", lambda *args: calls.append(args) or original(*args))
+    monkeypatch.setattr(explainer, "gradcam_pass", lambda *args: calls.append(len(args[0])) or original(*args))
+    return calls
+
+
+def test_a_diagnosis_with_both_heat_maps_is_one_batched_pass_for_all_images(predictor, sample_items, monkeypatch):
+    from core.model import cam as ex
+
     monkeypatch.setattr(session.st, "session_state", {})
-    stage1, stage2 = session.explanations(predictor, result, "gradcam")
-    assert len(calls) == 1
-    session.explanations(predictor, result, "gradcam")
-    assert len(calls) == 1  # remembered in the session
-    p, rgb = result.prediction, result.image.rgb
-    maps = ex.explain(predictor, rgb, "gradcam", p.label, p.subtype).explanations
-    np.testing.assert_allclose(stage1.heatmap, maps["stage1"].heatmap, atol=1e-5)
-    np.testing.assert_allclose(stage2.heatmap, maps["stage2"].heatmap, atol=1e-5)
+    calls = count_gradcam_passes(predictor, monkeypatch)
+    results = service.diagnose_items(predictor, sample_items)
+    maps = [session.explanations(predictor, result, "gradcam") for result in results]
+    assert calls == [3]  # one pass of the 3 images gave the predictions and all six maps
+    expected = predictor.predict([r.image.rgb for r in results])
+    for result, prediction, (stage1, stage2) in zip(results, expected, maps):
+        assert result.prediction.stage1 == pytest.approx(prediction.stage1, abs=1e-5)
+        alone = ex.explain(predictor, result.image.rgb, "gradcam", size=result.display.shape[:2]).explanations
+        np.testing.assert_allclose(stage1.heatmap, alone["stage1"].heatmap, atol=1e-4)
+        np.testing.assert_allclose(stage2.heatmap, alone["stage2"].heatmap, atol=1e-4)
+
+
+def test_with_tta_the_maps_explain_the_tta_prediction(predictor, sample_items, monkeypatch):
+    monkeypatch.setattr(session.st, "session_state", {})
+    for result in service.diagnose_items(predictor, sample_items, tta=True):
+        stage1, stage2 = session.explanations(predictor, result, "gradcam")
+        assert (stage1.target, stage2.target) == (result.prediction.label, result.prediction.subtype)
+        assert result.prediction.uncertainty["views"] == 8
+
+
+def test_the_shared_queue_batches_concurrent_sessions_and_isolates_a_failing_request(predictor, sample_items):
+    import threading
+
+    from core.data.images import load_image
+
+    images = [load_image(data, name=name).rgb for name, data in sample_items]
+    alone = [service.gradcam_diagnosis(predictor, [image])[0]["stage1"][0] for image in images]
+    batches = service.BatchQueue(window_s=0.5)
+    requests = [[images[0]], [images[1], images[2]], [np.zeros((8, 8, 3), np.float32)]]  # the last is not uint8
+    answers, barrier = [None] * 3, threading.Barrier(3)
+
+    def session_thread(i):
+        barrier.wait()
+        try:
+            answers[i] = batches.run(predictor, requests[i])
+        except ValueError as problem:
+            answers[i] = problem
+
+    threads = [threading.Thread(target=session_thread, args=(i,)) for i in range(3)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert isinstance(answers[2], ValueError) and "uint8" in str(answers[2])
+    np.testing.assert_allclose(answers[0][0]["stage1"][0], alone[0], atol=1e-5)
+    np.testing.assert_allclose(answers[1][0]["stage1"], np.stack(alone[1:]), atol=1e-5)
+    assert len(answers[1][1]) == 2
+    answer = batches.run(predictor, images)  # the worker survived the failure
+    assert batches.batches_run == 3  # after the shared batch failed: each good request alone, then this one
+    np.testing.assert_allclose(answer[0]["stage1"], np.stack(alone), atol=1e-5)
 
 
 def test_moving_the_threshold_or_magnification_does_not_rerun_the_model(predictor, sample_items, monkeypatch):
     monkeypatch.setattr(session.st, "session_state", {})
-    runs, original = [], predictor.probabilities
-    monkeypatch.setattr(predictor, "probabilities", lambda *a, **k: runs.append(a) or original(*a, **k))
+    runs = count_gradcam_passes(predictor, monkeypatch)
     items = sample_items[:1] + [("field.png", png_bytes(tissue_like()))]
     strict = session.diagnose_in_session(predictor, items, tta=False, refer_threshold=0.99,
                                            magnification="not stated")

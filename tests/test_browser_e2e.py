@@ -49,8 +49,9 @@ def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 120.0) 
 
 
 @contextlib.contextmanager
-def streamlit_server(root: Path, environment: dict | None = None):
-    """`streamlit run app.py` on a free localhost port; by default with a tiny DEMO model."""
+def streamlit_server(root: Path, environment: dict | None = None, started: dict | None = None):
+    """`streamlit run app.py` on a free localhost port; by default with a tiny DEMO model.
+    `started`, if given, receives the server's Popen as "process" (the benchmarks read its memory)."""
     if environment is None:
         default = make_model_folder(root / "models" / "default", demo=True)
         environment = app_environment(root / "models", default, root / "runs")
@@ -62,6 +63,8 @@ def streamlit_server(root: Path, environment: dict | None = None):
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    if started is not None:
+        started["process"] = process
     try:
         wait_for_health(url, process)
         yield url

@@ -5,8 +5,14 @@ import numpy as np
 from PIL import Image
 
 from core.data.stain import hed_shift
-from core.gan.distances import (classifier_free, hed_sliced_wasserstein, lbp_distance, spectrum_distance,
-                                upsampling_frequencies, upsampling_peaks)
+from core.gan.distances import (
+    classifier_free,
+    hed_sliced_wasserstein,
+    lbp_distance,
+    spectrum_distance,
+    upsampling_frequencies,
+    upsampling_peaks,
+)
 
 
 def _fields(samples_dir, n=16, size=64, seed=0):

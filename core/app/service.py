@@ -1,21 +1,37 @@
 """The diagnosis service: uploaded (name, bytes) items -> one result per image, never an exception.
 
 Importable and tested without Streamlit: the Diagnose page, the benchmarks and the tests call it
-the same way. Each item is read by the safe loader (core.data.images), which turns bad files
-into messages; the model runs once per batch of readable images; the outputs are interpreted
-separately, so moving a threshold never re-runs the model. Uploaded bytes stay in memory.
+the same way. Each item is read once by the safe loader (core.data.images), which turns bad files
+into messages, and shrunk once to the size the page shows. The model work of a request (the
+prediction AND both stages' Grad-CAMs, core.model.cam.gradcam_diagnosis) is one batched pass,
+shared with the requests of other sessions that arrive at the same moment (`BatchQueue`). The
+outputs are interpreted separately, so moving a threshold never re-runs the model. Uploaded bytes
+stay in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from core.app.registry import NOT_STATED, describe_model, magnification_from_name
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name
 from core.data.images import ImageError, LoadedImage, load_image
+from core.model.cam import Explanation, RawCams, gradcam_diagnosis
 from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
+
+# The longest side of the images the page shows (about the width of one of its three columns on
+# a 4K screen): heat maps, overlays and page images are made at this size, not at full size.
+DISPLAY_MAX_SIDE = 640
 
 
 @dataclasses.dataclass
@@ -25,7 +41,10 @@ class ImageResult:
     name: str
     digest: str
     image: LoadedImage | None = None
+    display: np.ndarray | None = None  # the image at the size the page shows (<= DISPLAY_MAX_SIDE)
     prediction: Prediction | None = None
+    gradcam: RawCams | None = None  # from the same pass as the prediction; None if it failed
+    gradcam_error: str | None = None
     error: str | None = None
     magnification: str = NOT_STATED
     magnification_source: str = "not stated"
@@ -44,6 +63,25 @@ class ImageResult:
     @property
     def refer_reasons(self) -> list[str]:
         return list(self.prediction.refer_reasons) + self.warnings if self.ok else []
+
+    def gradcam_maps(self) -> tuple[Explanation, Explanation] | None:
+        """(stage 1, stage 2) Grad-CAM of the shown prediction at display size, or None when the
+        pass had other targets (then the caller explains again)."""
+        p, cams = self.prediction, self.gradcam
+        if p is None or cams is None or (cams.label, cams.subtype) != (p.label, p.subtype):
+            return None
+        maps = cams.explanations(self.display.shape[:2])
+        return maps["stage1"], maps["stage2"]
+
+
+def display_size(rgb: np.ndarray) -> np.ndarray:
+    """The image shrunk (never enlarged) so its longest side is at most DISPLAY_MAX_SIDE."""
+    height, width = rgb.shape[:2]
+    scale = DISPLAY_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def extension_note(name: str) -> str | None:
@@ -65,6 +103,7 @@ def read_item(name: str, data: bytes) -> ImageResult:
     except Exception as problem:  # A decoder bug must not take the app down.
         result.error = f"'{name}' could not be read as an image ({type(problem).__name__})."
         return result
+    result.display = display_size(result.image.rgb)
     note = extension_note(name)
     result.notes = ([note] if note else []) + list(result.image.notes)
     result.warnings = list(result.image.warnings)
@@ -86,14 +125,101 @@ def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bo
     return interpret(predictor, results, outputs, tta, refer_threshold, magnification)
 
 
-def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False) -> tuple[list, dict]:
-    """The expensive part of `diagnose_items`: read every item, run the model once on the readable ones.
+def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
+             batches: "BatchQueue | None" = None) -> tuple[list, dict]:
+    """The expensive part of `diagnose_items`: read every item, then one model pass for the readable
+    ones (through the shared queue), which gives the head outputs and both stages' Grad-CAMs.
 
-    Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}).
+    Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}). If Grad-CAM
+    cannot run on this model, the prediction still comes (from a plain forward) with the reason.
     """
     results = [read_item(name, data) for name, data in items]
     readable = [r for r in results if r.image is not None]
-    return results, predictor.probabilities([r.image.rgb for r in readable], tta=tta)
+    if not readable:
+        return results, {}
+    images = [r.image.rgb for r in readable]
+    try:
+        outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta)
+    except Exception as problem:  # noqa: BLE001 - heat maps are an aid; the prediction must still come
+        logging.getLogger(__name__).warning("Grad-CAM failed for %s: %s: %s", predictor.name,
+                                            type(problem).__name__, problem)
+        outputs, cams = predictor.probabilities(images, tta=tta), [None] * len(readable)
+        for result in readable:
+            result.gradcam_error = f"{type(problem).__name__}: {problem}"
+    for result, raw in zip(readable, cams):
+        result.gradcam = raw
+    return results, outputs
+
+
+class BatchQueue:
+    """One worker thread that runs the model for every session: requests for the same model that
+    wait at the same moment run as ONE batch (one forward and gradient for all their images).
+
+    Batching takes no extra wait beyond `window_s` (a few ms) for a lone request: while one batch
+    runs, the next requests queue up and form the next batch. If a shared batch fails, each of its
+    requests runs alone, so one session's bad input never breaks or delays another's results.
+    """
+
+    def __init__(self, window_s: float = 0.005, max_images: int = 64):
+        self.window_s, self.max_images = window_s, max_images
+        self._requests: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches_run = 0  # how many model batches ran (the tests and benchmarks read it)
+
+    def run(self, predictor: Predictor, images: list[np.ndarray], tta: bool = False) -> tuple[dict, list]:
+        """gradcam_diagnosis(predictor, images, tta), batched with other waiting requests."""
+        future: Future = Future()
+        self._ensure_worker()
+        self._requests.put((predictor, list(images), bool(tta), future))
+        return future.result()
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="diagnosis-batches", daemon=True)
+                self._worker.start()
+
+    def _serve(self) -> None:
+        while True:
+            waiting = [self._requests.get()]
+            deadline = time.monotonic() + self.window_s
+            while sum(len(r[1]) for r in waiting) < self.max_images:
+                try:
+                    waiting.append(self._requests.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            groups: dict = {}
+            for request in waiting:
+                groups.setdefault((id(request[0]), request[2]), []).append(request)
+            for group in groups.values():
+                try:
+                    self._run_group(group)
+                except BaseException as problem:  # noqa: BLE001 - the worker must outlive any request
+                    for *_, future in group:
+                        if not future.done():
+                            future.set_exception(problem)
+
+    def _run_group(self, group: list) -> None:
+        predictor, tta = group[0][0], group[0][2]
+        try:
+            outputs, cams = gradcam_diagnosis(predictor, [image for r in group for image in r[1]], tta)
+            self.batches_run += 1
+        except Exception as problem:  # noqa: BLE001 - handed to the caller; in a shared batch, find whose
+            if len(group) == 1:
+                group[0][3].set_exception(problem)
+                return
+            for request in group:  # each alone: only the request that fails gets the error
+                self._run_group([request])
+            return
+        start = 0
+        for _, images, _, future in group:
+            part = slice(start, start + len(images))
+            future.set_result(({name: value[part] for name, value in outputs.items()}, cams[part]))
+            start += len(images)
+
+
+SHARED_QUEUE = BatchQueue()
 
 
 def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta: bool = False,

@@ -58,19 +58,25 @@ _CAM_CACHE_SIZE = 64
 
 
 def explanations(predictor: Predictor, result: service.ImageResult, method: str) -> tuple:
-    """(stage-1, stage-2) Explanation of one image's predicted class and subtype.
+    """(stage-1, stage-2) Explanation of one image's shown class and subtype, at display size.
 
-    The targets come from the shown prediction (which may use TTA), so the maps always explain
-    what the page says. Remembered in this session only (not st.cache_data), so one user's
-    images are never kept for another.
+    Grad-CAM of the shown prediction comes from the diagnosis pass itself (no model work here).
+    Other methods, or targets the pass did not explain, run now and are remembered in this
+    session only (not st.cache_data), so one user's images are never kept for another.
     """
     p = result.prediction
+    from_the_pass = result.gradcam_maps() if method == "gradcam" else None
+    if from_the_pass is not None:
+        return from_the_pass
+    if method == "gradcam" and result.gradcam_error:
+        raise RuntimeError(result.gradcam_error)
     cache = st.session_state.setdefault(_CAM_CACHE_KEY, {})
     key = (model_identity(predictor), result.digest, method, p.label, p.subtype)
     if key not in cache:
         if len(cache) >= _CAM_CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        maps = explain(predictor, result.image.rgb, method, p.label, p.subtype).explanations
+        maps = explain(predictor, result.image.rgb, method, p.label, p.subtype,
+                       size=result.display.shape[:2]).explanations
         cache[key] = (maps["stage1"], maps["stage2"])
     return cache[key]
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+from PIL import Image
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
@@ -225,10 +226,64 @@ def gradcam_batch(predictor: Predictor, images: list[np.ndarray], labels=None, s
     return outputs, chosen, chosen_subtypes, np.concatenate([c[3] for c in chunks]), np.concatenate([c[4] for c in chunks])
 
 
-def _gradcam_pass(predictor: Predictor, rgb: np.ndarray, label: str | None, subtype: str | None):
-    """One image: (raw outputs, chosen class, chosen subtype, stage-1 CAM, stage-2 CAM)."""
-    outputs, chosen, chosen_subtypes, cams1, cams2 = gradcam_batch(predictor, [rgb], [label], [subtype])
-    return outputs, chosen[0], chosen_subtypes[0], cams1[0], cams2[0]
+@dataclasses.dataclass
+class RawCams:
+    """One image's low-resolution Grad-CAMs of its two targets, one CAM per model (an ensemble's
+    members): kept small, and resized only to the size that is shown."""
+
+    label: str
+    subtype: str
+    stage1: list[np.ndarray]
+    stage2: list[np.ndarray]
+
+    def explanations(self, size: tuple[int, int], method: str = "gradcam") -> dict[str, Explanation]:
+        """{stage: Explanation} at `size`; several models' maps are averaged after each is scaled to [0, 1]."""
+        maps = {}
+        for stage, cams, target in zip(STAGES, (self.stage1, self.stage2), (self.label, self.subtype)):
+            heatmap, note = to_heatmap(cams[0], size)
+            if len(cams) > 1:  # the mean of the members' [0, 1] maps, scaled to [0, 1] again
+                heatmap, note = to_heatmap(np.mean([to_heatmap(cam, size)[0] for cam in cams], axis=0), size)
+            maps[stage] = Explanation(heatmap, target, stage, method, note)
+        return maps
+
+
+def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool = False,
+                      labels: list | None = None, subtypes: list | None = None) -> tuple[dict, list[RawCams]]:
+    """(head outputs for `predictor.interpret`, per image the Grad-CAMs of its targets), for a batch.
+
+    Targets default to each image's prediction (TTA's when `tta`). A single model without TTA
+    needs ONE compiled pass for everything; an ensemble one pass per member. TTA predicts first
+    and then runs one pass per model aimed at the TTA targets. A model's pass is repeated only
+    for images whose prediction it did not pick itself (TTA, the ensemble's vote, or calibration
+    changing a flat model's class).
+    """
+    members = getattr(predictor, "members", None) or [predictor]
+    count = len(images)
+    if count == 0:
+        return {}, []
+    labels, subtypes = labels or [None] * count, subtypes or [None] * count
+    passes = None if tta else [gradcam_batch(member, images, labels, subtypes) for member in members]
+    if tta:
+        outputs = predictor.probabilities(images, tta=True)
+    elif len(members) == 1:
+        outputs = passes[0][0]
+    else:
+        outputs = predictor.combine([member.calibrate(p[0]) for member, p in zip(members, passes)])
+    targets = [_targets(prediction, label, subtype)
+               for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]
+    if passes is None:
+        passes = [gradcam_batch(member, images, [t[0] for t in targets], [t[1] for t in targets]) for member in members]
+    cams = []  # per member: (stage-1 CAMs, stage-2 CAMs), lists over images
+    for member, (_, chosen, chosen_subtypes, cams1, cams2) in zip(members, passes):
+        cams1, cams2 = list(cams1), list(cams2)
+        wrong = [i for i in range(count) if (chosen[i], chosen_subtypes[i]) != targets[i]]
+        if wrong:
+            *_, again1, again2 = gradcam_batch(member, [images[i] for i in wrong], [targets[i][0] for i in wrong],
+                                               [targets[i][1] for i in wrong])
+            for i, cam1, cam2 in zip(wrong, again1, again2):
+                cams1[i], cams2[i] = cam1, cam2
+        cams.append((cams1, cams2))
+    return outputs, [RawCams(*targets[i], [c[0][i] for c in cams], [c[1][i] for c in cams]) for i in range(count)]
 
 
 def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> tuple[str, str]:
@@ -241,60 +296,35 @@ def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> 
 
 
 def _maps(cams, targets, method: str, size) -> dict[str, Explanation]:
-    maps = {}
-    for stage, cam, target in zip(STAGES, cams, targets):
-        heatmap, note = to_heatmap(cam, size)
-        maps[stage] = Explanation(heatmap, target, stage, method, note)
-    return maps
+    return RawCams(*targets, [cams[0]], [cams[1]]).explanations(size, method)
 
 
 def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
-            subtype: str | None = None, refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> Diagnosis:
+            subtype: str | None = None, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+            size: tuple[int, int] | None = None) -> Diagnosis:
     """The prediction plus both stages' heat maps: stage 1 of `label`, stage 2 of `subtype`.
 
     Targets default to the predicted class and subtype (a subtype alone implies its class). With
     Grad-CAM this is ONE compiled pass in total, which also gives the prediction; Grad-CAM++ and
     Score-CAM run through tf-keras-vis once per stage after a forward pass. An ensemble explains
-    with the mean of its members' maps (see `_explain_ensemble`).
+    with the mean of its members' maps. Maps are at `size` (default: the image's own size).
     """
     _check_targets(method, label, subtype)
     if label is None and subtype is not None:
         label = CLASS_OF_SUBTYPE[subtype]
-    if getattr(predictor, "members", None):
-        return _explain_ensemble(predictor, rgb, method, label, subtype, refer_threshold)
+    size = size or rgb.shape[:2]
     if method == "gradcam":
-        outputs, chosen, chosen_subtype, cam1, cam2 = _gradcam_pass(predictor, rgb, label, subtype)
-        prediction = predictor.interpret(outputs, refer_threshold)[0]
-        return Diagnosis(prediction, _maps((cam1, cam2), (chosen, chosen_subtype), method, rgb.shape[:2]))
+        outputs, cams = gradcam_diagnosis(predictor, [rgb], labels=[label], subtypes=[subtype])
+        return Diagnosis(predictor.interpret(outputs, refer_threshold)[0], cams[0].explanations(size, method))
     prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
     targets = _targets(prediction, label, subtype)
+    if getattr(predictor, "members", None):
+        maps = [explain(member, rgb, method, *targets, size=size).explanations for member in predictor.members]
+        cams = [np.mean([m[stage].heatmap for m in maps], axis=0) for stage in STAGES]
+        return Diagnosis(prediction, _maps(cams, targets, method, size))
     explainer, model_input = _explainer(predictor), predictor.model_input([rgb])
     with predictor.lock:
         cams = [_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES]
-    return Diagnosis(prediction, _maps(cams, targets, method, rgb.shape[:2]))
-
-
-def _explain_ensemble(ensemble, rgb, method, label, subtype, refer_threshold) -> Diagnosis:
-    """The ensemble's prediction, and per stage the mean of its members' maps of the ensemble's
-    targets (each member's map normalised to [0, 1] first, so no member dominates by scale).
-
-    With Grad-CAM each member's one pass gives its probabilities and its maps of its own pick; only a
-    member whose pick differs from the ensemble's targets runs a second pass, for those targets.
-    """
-    if method != "gradcam":
-        prediction = ensemble.predict([rgb], refer_threshold=refer_threshold)[0]
-        targets = _targets(prediction, label, subtype)
-        maps = [explain(member, rgb, method, *targets).explanations for member in ensemble.members]
-        cams = [np.mean([m[stage].heatmap for m in maps], axis=0) for stage in STAGES]
-        return Diagnosis(prediction, _maps(cams, targets, method, rgb.shape[:2]))
-    passes = [_gradcam_pass(member, rgb, label, subtype) for member in ensemble.members]
-    combined = ensemble.combine([member.calibrate(p[0]) for member, p in zip(ensemble.members, passes)])
-    prediction = ensemble.interpret(combined, refer_threshold)[0]
-    targets = _targets(prediction, label, subtype)
-    passes = [p if p[1:3] == targets else _gradcam_pass(member, rgb, *targets)
-              for member, p in zip(ensemble.members, passes)]
-    size = rgb.shape[:2]
-    cams = [np.mean([to_heatmap(p[3 + stage], size)[0] for p in passes], axis=0) for stage in range(2)]
     return Diagnosis(prediction, _maps(cams, targets, method, size))
 
 
@@ -318,7 +348,7 @@ TURBO = _turbo_lut()
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """(H, W) values in [0, 1] -> uint8 RGB through the Turbo colormap."""
-    indices = np.round(np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255).astype(np.intp)
+    indices = (np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)  # rounded
     return TURBO[indices]
 
 
@@ -331,5 +361,7 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndar
         raise ValueError(f"overlay needs an RGB image (H, W, 3), got shape {rgb.shape}")
     if heatmap.shape != rgb.shape[:2]:
         heatmap, _ = to_heatmap(heatmap, rgb.shape[:2])
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(heatmap).astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    # PIL's blend works in uint8 in C: half the time of the same sum in NumPy floats (the page draws
+    # two overlays per image on every rerun), within 1 grey level of it.
+    return np.asarray(Image.blend(Image.fromarray(np.ascontiguousarray(rgb, np.uint8)),
+                                  Image.fromarray(colorize(heatmap)), float(alpha)))
