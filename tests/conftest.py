@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "breakhis"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_in_a_temporary_folder(tmp_path_factory):
+    """Fast mode's on-disk feature cache never touches the user's ~/.cache during tests."""
+    os.environ["BREAKHIS_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_cache"))
+
+
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The 22 real BreakHis images (shared/ in CI, or the bundled copies in assets/)."""

@@ -145,6 +145,28 @@ def test_fast_mode_with_class_weights_learns(synthetic_breakhis, tmp_path):
     assert model.get_layer("cnn_block1_conv").trainable  # saved unfrozen for later fine-tuning
 
 
+def test_a_second_fast_run_reads_every_feature_from_the_cache_and_still_learns(synthetic_breakhis, tmp_path,
+                                                                             monkeypatch):
+    from core.training.fit import train
+
+    monkeypatch.setenv("BREAKHIS_FEATURE_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "first"
+    train(dict(data=str(synthetic_breakhis), out=str(first), mode="fast", evaluate=False, echo_stdout=False, **TINY))
+    cached = json.loads((first / "model" / "card.json").read_text())["training"]["feature_cache"]
+    assert cached["read"] == 0 and cached["extracted"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == cached["extracted"]
+    second = tmp_path / "second"  # other head settings: the frozen backbone's features are the same
+    train(dict(data=str(synthetic_breakhis), out=str(second), mode="fast", evaluate=False, echo_stdout=False,
+               **{**TINY, "head_units": 32, "dropout": 0.2, "learning_rate": 3e-3}))
+    again = json.loads((second / "model" / "card.json").read_text())["training"]["feature_cache"]
+    assert again == {**cached, "read": cached["extracted"], "extracted": 0}
+    assert heldout_stage1_accuracy(second) >= 0.95
+    other_size = tmp_path / "other_size"  # other preprocessing: nothing may be reused
+    train(dict(data=str(synthetic_breakhis), out=str(other_size), mode="fast", evaluate=False, echo_stdout=False,
+               **{**TINY, "input_size": TINY.get("input_size", 64) + 16}))
+    assert json.loads((other_size / "model" / "card.json").read_text())["training"]["feature_cache"]["read"] == 0
+
+
 def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
     from core.data.breakhis import index_folder
     from core.data.splits import assert_no_case_leakage, patient_kfold

@@ -61,6 +61,8 @@ class TrainConfig:
     strategy: str = option("auto", "tf.distribute strategy (TF_CONFIG set: multi-worker)", choices=STRATEGY_NAMES)
     devices: str | None = option(None, "comma-separated devices for MirroredStrategy, e.g. /gpu:0,/gpu:1")
     cache: str = option("memory", "decoded-image cache: memory, none, or a file path prefix")
+    feature_cache: bool = option(True, "fast mode: keep the frozen backbone's features on disk (BREAKHIS_FEATURE_CACHE, "
+                                 "default ~/.cache/breakhis/features) and reuse them in later runs")
     evaluate: bool = option(True, "calibrate on the validation split and evaluate on the test split after training")
     baselines: bool = option(True, "also score the majority and colour/texture baselines in the evaluation")
     echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)

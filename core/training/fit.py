@@ -30,48 +30,28 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core.data.augment import describe as describe_augmentation
 from core.data.balance import apply_strategy
-from core.data.breakhis import subtype_counts
 from core.data.labels import INPUT_SIZE, output_sizes
 from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
-from core.data.splits import assert_no_case_leakage, describe_split
+from core.data.splits import assert_no_case_leakage
 from core.data.synthetic import check_synthetic_folder
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
 from core.paths import portable
 from core.training.config import TrainConfig, validate
-from core.training.multiworker import fit_multiworker
+from core.training.feature_cache import FeatureCache, content_digest, extractor_key
+from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
+from core.training.runcard import head_options, model_card
 
-DEMO_BELOW_TRAIN_IMAGES = 200
-# The full BreakHis has 70 patients; a model that saw far fewer is labelled "limited data" wherever it predicts.
-LIMITED_BELOW_PATIENTS = 60
 CANCELLED_EXIT = 128 + signal.SIGTERM
 
 
 class Cancelled(BaseException):
     """Raised by the SIGTERM handler. A BaseException (like KeyboardInterrupt), so no library's
     `except Exception` can swallow it."""
-
-
-def weights_fingerprint(model) -> str:
-    """SHA-256 (first 16 hex digits) of the trainable weights' bytes: the same on workers that agree.
-    (BatchNorm moving statistics are each worker's own estimate from its share of the batches.)"""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for weight in model.trainable_weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight, np.float32)).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def head_options(config: TrainConfig) -> dict:
-    """The head's shape and regularisation (core.model.classifier.Heads) from the run's settings."""
-    return {"branch_units": config.head_units, "head_units": config.head_units, "dropout": config.dropout,
-            "l2": config.l2}
 
 
 def prepare_data(config: TrainConfig) -> dict:
@@ -178,17 +158,33 @@ def follow_batch_statistics(model, steps_per_epoch: int) -> float:
 
 
 def _features(extractor, tables: list[pd.DataFrame], config, data, writer) -> list[tuple]:
-    """Pooled tap features of each table's rows, computed in one pass, once per distinct image
-    (val rows and oversampled duplicates cost nothing extra)."""
+    """Pooled tap features of each table's rows, computed once per distinct image (val rows and
+    oversampled duplicates cost nothing extra) and, with config.feature_cache, read from the
+    on-disk cache where an earlier run computed them (core.training.feature_cache)."""
     unique = pd.concat(tables).drop_duplicates("path").reset_index(drop=True)
-    steps = math.ceil(len(unique) / config.batch_size)
-    message = f"extracting features of {len(unique)} images"
+    cache = FeatureCache(extractor_key(extractor, config.input_size, data["normalizer"].to_dict())) \
+        if config.feature_cache else None
+    digests = [content_digest(path) for path in unique["path"]] if cache else []
+    stored = [cache.get(digest) for digest in digests] if cache else [None] * len(unique)
+    missing = [i for i, features in enumerate(stored) if features is None]
+    steps = max(1, math.ceil(len(missing) / config.batch_size))
+    message = f"extracting features of {len(missing)} images" + (
+        f" ({len(unique) - len(missing)} read from the feature cache)" if cache else "")
     writer.emit("epoch_begin", epoch=0, epochs=config.epochs, steps=steps, message=message)
-    dataset = _dataset(unique, config, data, cache=False)
-    features = extractor.predict(dataset, verbose=0, callbacks=[keras_callback(writer, config.epochs, steps, message)])
+    if missing:
+        dataset = _dataset(unique.iloc[missing], config, data, cache=False)
+        extracted = extractor.predict(dataset, verbose=0,
+                                      callbacks=[keras_callback(writer, config.epochs, steps, message)])
+        for row, i in enumerate(missing):
+            stored[i] = tuple(np.asarray(tap[row]) for tap in extracted)
+            if cache:
+                cache.put(digests[i], stored[i])
+    data["feature_cache"] = ({"folder": portable(cache.folder), "read": len(unique) - len(missing),
+                              "extracted": len(missing)} if cache else None)
+    features = [np.stack([image[tap] for image in stored]) for tap in range(len(stored[0]))]
     row_of = {path: i for i, path in enumerate(unique["path"])}
     rows = [np.array([row_of[p] for p in table["path"]], dtype=np.int64) for table in tables]
-    return [tuple(np.asarray(f)[r] for f in features) for r in rows]
+    return [tuple(f[r] for f in features) for r in rows]
 
 
 def fit_fast(model, data, config, run_dir, writer, strategy):
@@ -252,48 +248,6 @@ def validate_final(model, val: pd.DataFrame, config, data: dict, strategy) -> di
             compile_model(model, config.hierarchy, config.learning_rate)
     dataset = _dataset(val, config, data, cache=False)
     return {f"val_{k}": v for k, v in metric_floats(model.evaluate(dataset, verbose=0, return_dict=True)).items()}
-
-
-def _counts(table: pd.DataFrame) -> dict:
-    return {k: int(v) for k, v in subtype_counts(table).items() if v}
-
-
-def evidence(split: pd.DataFrame, weights_used: str) -> dict:
-    """What the model's figures rest on: real images and patients behind the run, by magnification."""
-    real = split[~split["synthetic"].astype(bool)]
-    patients = int(real["case"].nunique())
-    return {"images": int(len(real)), "patients": patients, "weights_init": weights_used,
-            "by_magnification": {m: int(n) for m, n in real["magnification"].value_counts().sort_index().items()},
-            "limited": patients < LIMITED_BELOW_PATIENTS,
-            "statement": (f"trained {'from scratch' if weights_used.startswith('random') else 'from ' + weights_used}"
-                          f" on {len(real)} real images of {patients} patients"
-                          + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
-
-
-def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
-    train = data["train"]
-    augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
-                    if config.mode == "fast" else describe_augmentation(config.augment_strength, config.zoom))
-    return {
-        "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
-        "input_size": config.input_size, "weights_init": weights_used,
-        "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
-        "evidence": evidence(data["split"], weights_used),
-        "stain_normalization": data["normalizer"].to_dict(),
-        "training": {
-            "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
-            "split_protocol": str(data["split"]["protocol"].iloc[0]),
-            "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
-            "split": describe_split(data["split"]),
-            "by_subtype": _counts(train), "synthetic_by_subtype": _counts(train[train["synthetic"].astype(bool)]),
-            "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
-            "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
-            "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
-            "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
-            "head": head_options(config),
-            "distribution": distribution, "validation": validation,
-        },
-    }
 
 
 def _after_training(run_dir: Path, what: str, command: str, **options):
@@ -422,21 +376,6 @@ def train(config: TrainConfig | dict) -> dict:
             signal.signal(signal.SIGTERM, previous_handler)
         if not chief:  # a non-chief worker leaves nothing behind: the chief's run folder is the run
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def is_chief() -> tuple[bool, int]:
-    """(does this process write the run folder, its worker index). Without TF_CONFIG there is one
-    process, the chief; under MultiWorkerMirroredStrategy the chief is the "chief" task, or worker 0
-    when the cluster has none (TensorFlow's own convention)."""
-    import json
-
-    try:
-        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except ValueError:
-        return True, 0
-    task = spec.get("task") or {}
-    kind, index = task.get("type", "chief"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})), index
 
 
 def _raise_cancelled(signum, frame):

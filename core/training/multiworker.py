@@ -7,15 +7,19 @@ pipeline in the loop TensorFlow's own multi-worker guide uses: strategy.run per 
 per-example loss averaged over the global batch, gradients all-reduced by the strategy. It trains
 a fixed number of epochs (no early stopping: validation is not distributed here) and writes the
 same progress events and history.csv as Model.fit. Only the chief writes the run folder
-(core.training.fit.is_chief); each worker computes the same weights.
+(is_chief, below); each worker computes the same weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from types import SimpleNamespace
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -64,3 +68,25 @@ def fit_multiworker(model, data, config, run_dir, writer, strategy, dataset) -> 
                     metrics={"loss": history["loss"][-1], "learning_rate": config.learning_rate})
     pd.DataFrame({"epoch": range(len(history["loss"])), **history}).to_csv(run_dir / "history.csv", index=False)
     return SimpleNamespace(history=history)
+
+
+def is_chief() -> tuple[bool, int]:
+    """(does this process write the run folder, its worker index). Without TF_CONFIG there is one
+    process, the chief; under MultiWorkerMirroredStrategy the chief is the "chief" task, or worker 0
+    when the cluster has none (TensorFlow's own convention)."""
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True, 0
+    task = spec.get("task") or {}
+    kind, index = task.get("type", "chief"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in (spec.get("cluster") or {})), index
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 (first 16 hex digits) of the trainable weights' bytes: the same on workers that agree.
+    (BatchNorm moving statistics are each worker's own estimate from its share of the batches.)"""
+    digest = hashlib.sha256()
+    for weight in model.trainable_weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight, np.float32)).tobytes())
+    return digest.hexdigest()[:16]

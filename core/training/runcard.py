@@ -1,0 +1,71 @@
+"""The card of a training run: what the model is, what it was trained on, and how.
+
+Written once by core.training.fit after training; the app (core.app.registry) and the evaluation
+read it. Paths in it are relative to the data root (core.paths.portable), so cards move between
+machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.data.augment import describe as describe_augmentation
+from core.data.breakhis import subtype_counts
+from core.data.splits import describe_split
+from core.paths import portable
+
+DEMO_BELOW_TRAIN_IMAGES = 200
+# The full BreakHis has 70 patients; a model that saw far fewer is labelled "limited data" wherever it predicts.
+LIMITED_BELOW_PATIENTS = 60
+
+
+def head_options(config) -> dict:
+    """The head's shape and regularisation (core.model.classifier.Heads) from the run's settings."""
+    return {"branch_units": config.head_units, "head_units": config.head_units, "dropout": config.dropout,
+            "l2": config.l2}
+
+
+def _counts(table: pd.DataFrame) -> dict:
+    return {k: int(v) for k, v in subtype_counts(table).items() if v}
+
+
+def evidence(split: pd.DataFrame, weights_used: str) -> dict:
+    """What the model's figures rest on: real images and patients behind the run, by magnification."""
+    real = split[~split["synthetic"].astype(bool)]
+    patients = int(real["case"].nunique())
+    return {"images": int(len(real)), "patients": patients, "weights_init": weights_used,
+            "by_magnification": {m: int(n) for m, n in real["magnification"].value_counts().sort_index().items()},
+            "limited": patients < LIMITED_BELOW_PATIENTS,
+            "statement": (f"trained {'from scratch' if weights_used.startswith('random') else 'from ' + weights_used}"
+                          f" on {len(real)} real images of {patients} patients"
+                          + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
+
+
+def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
+    train = data["train"]
+    augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
+                    if config.mode == "fast" else describe_augmentation(config.augment_strength, config.zoom))
+    return {
+        "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
+        "input_size": config.input_size, "weights_init": weights_used,
+        "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
+        "evidence": evidence(data["split"], weights_used),
+        "stain_normalization": data["normalizer"].to_dict(),
+        "training": {
+            "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
+            "split_protocol": str(data["split"]["protocol"].iloc[0]),
+            "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
+            "split": describe_split(data["split"]),
+            "by_subtype": _counts(train), "synthetic_by_subtype": _counts(train[train["synthetic"].astype(bool)]),
+            "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
+            "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
+            "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
+            "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
+            "head": head_options(config), "feature_cache": data.get("feature_cache"),
+            "distribution": distribution, "validation": validation,
+        },
+    }
+
+
