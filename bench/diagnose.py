@@ -5,12 +5,14 @@ prediction, calibrated -> Grad-CAM for both stages, resized onto the original im
 <= 1.5x one bare DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px,
 batch 1), both timed in this process, interleaved, after warm-up; medians of several repeats.
 Each step is also timed alone, with its share of the diagnosis. An ensemble of k DenseNet121
-members is timed against k bare forwards.
+members is timed against k bare forwards. With --stain-norm (default macenko), the same model with
+a normaliser fitted to the bundled samples is timed against it: normalisation may add <= 20 %.
 
 The classifier is a calibrated hierarchical DenseNet121 (the full-data recipe's architecture; random
 weights: speed does not depend on them) unless --model names a folder.
 
-    python bench/diagnose.py [--model DIR] [--image PNG] [--repeats 30] [--ensemble 3] [--out FILE.json]
+    python bench/diagnose.py [--model DIR] [--image PNG] [--repeats 30] [--ensemble 3] [--stain-norm macenko]
+                             [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import tensorflow as tf
 from core.data.histology import histology_check
 from core.data.images import load_image
 from core.data.labels import INPUT_SIZE
+from core.data.stain import STAIN_METHODS, StainNormalizer
 from core.model.cam import _explainer, explain, to_heatmap
 from core.model.classifier import build_classifier
 from core.model.ensemble import EnsemblePredictor
@@ -40,6 +43,7 @@ from core.model.predict import Predictor
 from core.paths import SAMPLES_DIR
 
 GOAL = 1.5
+STAIN_GOAL = 0.20  # normalisation may add at most 20 % to a diagnosis
 
 
 def densenet_predictor(seed: int = 0) -> Predictor:
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--ensemble", type=int, default=3, help="members of the ensemble timed (0 to skip)")
+    parser.add_argument("--stain-norm", choices=STAIN_METHODS, default="macenko",
+                        help="also time the diagnosis with this stain normalisation (none to skip)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     image = args.image or sorted(SAMPLES_DIR.rglob("*.png"))[0]
@@ -119,6 +125,24 @@ def main(argv=None) -> int:
                   else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    if args.stain_norm != "none":  # the same model with a stain normaliser fitted to the samples
+        samples = [load_image(path, check_histology=False).rgb for path in sorted(SAMPLES_DIR.rglob("*.png"))]
+        normalised = Predictor(predictor.model, {**predictor.card, "stain_normalization": StainNormalizer.fit(
+            args.stain_norm, samples, "the bundled samples").to_dict()})
+
+        def normalised_diagnosis():
+            explain(normalised, load_image(image).rgb)
+
+        normalised_diagnosis()
+        pairs = [(median_time(normalised_diagnosis, 3), median_time(diagnosis, 3))
+                 for _ in range(max(1, args.repeats // 3))]
+        with_s, without_s = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        result["stain_normalization"] = {
+            "method": args.stain_norm, "diagnosis_s": round(with_s, 4), "without_s": round(without_s, 4),
+            "added_share": round(with_s / without_s - 1, 3), "goal_added_share": STAIN_GOAL,
+            "meets_goal": bool(with_s / without_s - 1 <= STAIN_GOAL),
+            "normalise_step_s": round(median_time(lambda: normalised.normalizer(
+                predictor.model_input([rgb])[0].round().astype(np.uint8)), args.repeats), 4)}
     if args.ensemble > 1:
         members = [densenet_predictor(seed) for seed in range(args.ensemble)]
         ensemble = EnsemblePredictor(members, {"hierarchy": "hierarchical", "backbone": "ensemble", "name": "bench"})

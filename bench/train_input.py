@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from core.data.breakhis import index_folder
 from core.data.labels import INPUT_SIZE, SUBTYPES
-from core.data.pipeline import make_dataset
+from core.data.pipeline import fit_normalizer, make_dataset
+from core.data.stain import STAIN_METHODS
 from core.model.classifier import build_classifier
 from core.paths import REPO
 from core.training.fit import compile_model
@@ -58,10 +59,10 @@ def image_table(n: int, workdir: Path) -> tuple[pd.DataFrame, str]:
     return rows, f"16 synthetic 700x460 PNGs (no real samples found), repeated to {n}"
 
 
-def pipeline_rates(table: pd.DataFrame, batch_size: int, input_size: int) -> dict:
+def pipeline_rates(table: pd.DataFrame, batch_size: int, input_size: int, normalizer=None) -> dict:
     """images/s of an augmented training dataset: first epoch (decoding) and a cached epoch."""
     dataset = make_dataset(table, "hierarchical", batch_size, training=True, augment=True,
-                           input_size=input_size, cache=True)
+                           input_size=input_size, cache=True, normalizer=normalizer)
     rates = {}
     for epoch in ("first_epoch", "cached_epoch"):
         start, count = time.perf_counter(), 0
@@ -97,13 +98,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up")
     parser.add_argument("--images", type=int, default=96, help="images per pipeline epoch")
     parser.add_argument("--input-size", type=int, default=INPUT_SIZE)
+    parser.add_argument("--stain-norm", choices=STAIN_METHODS, default="none",
+                        help="stain normalisation in the pipeline, fitted to the images (as training does)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or args.images < args.batch_size:
         parser.error("need batch size >= 1, steps >= 1 and images >= batch size")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         table, source = image_table(args.images, Path(workdir))
-        pipeline = pipeline_rates(table, args.batch_size, args.input_size)
+        normalizer = fit_normalizer(args.stain_norm, table.drop_duplicates("path"))
+        pipeline = pipeline_rates(table, args.batch_size, args.input_size, normalizer)
         batch = next(iter(make_dataset(table, "hierarchical", args.batch_size, augment=True,
                                        input_size=args.input_size, cache=False)))
     training = train_step_rate(args.backbone, batch, args.steps, args.input_size)
@@ -113,6 +117,7 @@ def main(argv=None) -> dict:
     result = {
         "device": f"{len(gpus)} GPU(s), {os.cpu_count()} CPU cores" if gpus else f"CPU only, {os.cpu_count()} cores",
         "backbone": args.backbone, "input_size": args.input_size, "batch_size": args.batch_size,
+        "stain_normalization": args.stain_norm,
         "images_source": source,
         "pipeline": {k: round(v, 1) for k, v in pipeline.items()},
         "training": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in training.items()},
