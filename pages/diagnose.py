@@ -16,6 +16,7 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 st.title("Diagnose")
 predictor = session.require_predictor()
 model = registry.describe_model(predictor.card)
+normalizer = predictor.normalizer  # fitted at training (core.data.stain); "none" for most models
 if model["limited"] and not predictor.is_demo:
     st.warning(f"LIMITED DATA model: {model['evidence']}. Measured: {model['measured'] or 'not evaluated'}. "
                "Every call needs a pathologist's review.", icon=":material/warning:")
@@ -109,10 +110,17 @@ def show(result, index: int) -> None:
             st.success(f"Confidence {p.confidence:.2f} is above the review threshold {threshold:.2f}.")
         for warning in result.warnings:
             st.warning(warning, icon=":material/report:")
+        picture, picture_caption = result.display, "Image"
+        if normalizer.method != "none":
+            st.caption(f"Stain normalisation used: {normalizer.method} to {normalizer.fitted_on or 'its reference'}; "
+                       "the H&E check ran on the original image.")
+            if st.toggle("Show the image after stain normalisation (what the model saw)", key=f"stain_{index}"):
+                picture, note = normalizer(result.display)
+                picture_caption = "After stain normalisation" + (f" ({note})" if note else "")
         columns = st.columns(3)
         # Shown at display size (core.app.service.DISPLAY_MAX_SIDE) and sent as JPEG: a PNG of each
         # full-size image and overlay cost more to encode and send than the diagnosis itself.
-        columns[0].image(result.display, caption="Image", width="stretch", output_format="JPEG")
+        columns[0].image(picture, caption=picture_caption, width="stretch", output_format="JPEG")
         maps = heat_maps(result)
         if maps:
             name = METHOD_NAMES.get(method, method)

@@ -68,7 +68,10 @@ def launch_form() -> None:
                                        "starts from random weights and says so.")
             magnification = pick(b.selectbox, "Magnification", "magnification")
             seed = a.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
-            name = b.text_input("Run name (optional)", key="train_name").strip()
+            stain_norm = pick(b.selectbox, "Stain normalisation", "stain_norm",
+                              help="Fitted to the training split; the model card keeps it and every prediction "
+                                   "applies it (for images from other labs' scanners and stains).")
+            name = a.text_input("Run name (optional)", key="train_name").strip()
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
@@ -81,9 +84,10 @@ def launch_form() -> None:
     config = dataclasses.replace(DEFAULTS, data=data, out=str(run_dir), backbone=backbone, mode=mode,
                                  epochs=int(epochs), balance=balance, split=split, batch_size=int(batch_size),
                                  input_size=int(input_size), weights=weights, magnification=magnification,
-                                 seed=int(seed), synthetic_dir=synthetic if balance == "synthetic" else None)
+                                 seed=int(seed), stain_norm=stain_norm,
+                                 synthetic_dir=synthetic if balance == "synthetic" else None)
     settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
-                "split": split, "input_size": int(input_size), "batch_size": int(batch_size)}
+                "split": split, "input_size": int(input_size), "batch_size": int(batch_size), "stain_norm": stain_norm}
     try:
         jobs.start_job(jobs.build_command(config), run_dir, settings)
     except jobs.JobError as problem:

@@ -34,6 +34,8 @@ def environment(tmp_path_factory, synthetic_breakhis):
     update_card(run / "model", metrics=without_curves(results))
     pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.5], "val_loss": [2.1, 1.8]}).to_csv(run / "history.csv", index=False)
     make_model_folder(root / "runs" / "copy" / "model", demo=True)  # same name as the default
+    stained = make_model_folder(root / "runs" / "stained" / "model", demo=False, name="stain-normalised")
+    update_card(stained, stain_normalization=stain_normalizer(synthetic_breakhis).to_dict())
     generator = root / "models" / "gan-generator"  # not a classifier: must not be offered
     generator.mkdir()
     (generator / "card.json").write_text(json.dumps({"kind": "gan_generator", "name": "gan"}))
@@ -41,7 +43,16 @@ def environment(tmp_path_factory, synthetic_breakhis):
         for key, value in app_environment(root / "models", default, root / "runs").items():
             patch.setenv(key, value)
         run_app_like_the_server(patch)
-        yield {"default": default.resolve(), "evaluated": (run / "model").resolve(), "runs": root / "runs"}
+        yield {"default": default.resolve(), "evaluated": (run / "model").resolve(), "runs": root / "runs",
+               "stained": stained.resolve()}
+
+
+def stain_normalizer(data):
+    from core.data.images import load_image
+    from core.data.stain import StainNormalizer
+
+    pictures = [load_image(path, check_histology=False).rgb for path in sorted(data.rglob("*.png"))[:8]]
+    return StainNormalizer.fit("macenko", pictures, "8 training images")
 
 
 @pytest.fixture
@@ -99,7 +110,8 @@ def test_sidebar_shows_the_demo_model_and_switches_models(app, environment):
     picker = app.selectbox(key="model_picker")
     assert picker.options == ["DEMO · tiny-demo (small_cnn) · models/default",
                               "DEMO · tiny-demo (small_cnn) · runs/copy/model",
-                              "evaluated-run (small_cnn) · runs/evaluated/model"]
+                              "evaluated-run (small_cnn) · runs/evaluated/model",
+                              "stain-normalised (small_cnn) · runs/stained/model"]
     picker.set_value(str(environment["runs"] / "copy" / "model")).run()  # same name, other folder
     app.run()
     assert app.session_state["active_model"] == str((environment["runs"] / "copy" / "model").resolve())
@@ -108,6 +120,20 @@ def test_sidebar_shows_the_demo_model_and_switches_models(app, environment):
     assert "evaluated-run" in texts(app.sidebar.markdown)
     app.switch_page("pages/performance.py").run()  # the choice survives a page switch
     assert "evaluated-run" in texts(app.markdown)
+
+
+def test_a_stain_normalised_model_says_so_and_shows_what_it_saw(app, environment):
+    app.selectbox(key="model_picker").set_value(str(environment["stained"])).run()
+    samples = app.multiselect(key="samples")
+    samples.set_value([next(o for o in samples.options if "SOB_M_DC-14-2523" in o)]).run()
+    assert not app.exception
+    assert "Stain normalisation used: macenko to 8 training images" in texts(app.caption)
+    original = app.image[0]
+    assert [c for c in original.captions] == ["Image"]
+    app.toggle(key="stain_0").set_value(True).run()
+    assert app.image[0].captions[0].startswith("After stain normalisation")
+    assert app.image[0].proto.imgs[0].url != original.proto.imgs[0].url  # another picture
+    assert app.image[1].captions[0].startswith("Stage 1 Grad-CAM")
 
 
 def test_diagnosing_a_bundled_sample(app):
@@ -137,6 +163,7 @@ def test_diagnosing_a_bundled_sample(app):
     app.button(key="prepare_report").click().run()
     assert not app.exception
     assert app.download_button(key="download_report").label == "Report (PDF)"
+    assert "Stain normalisation used" not in texts(app.caption)  # this model has none
     assert app.download_button(key="download_csv").label == "Results (CSV)"
     app.slider(key="opacity").set_value(0.8).run()  # the prepared report no longer matches the page
     assert "download_report" not in [b.key for b in app.get("download_button")]
