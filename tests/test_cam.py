@@ -42,7 +42,8 @@ def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage
     heatmap = explanation.heatmap
     assert heatmap.shape == (460, 700) and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
-    assert heatmap.max() == pytest.approx(1.0) or explanation.note  # normalised, or says why not
+    # scaled to [0, 1] at CAM resolution, then resized: the peak is 1 up to the interpolation
+    assert heatmap.max() == pytest.approx(1.0, abs=0.01) or explanation.note  # normalised, or says why not
     prediction = predictor.predict([sample])[0]
     assert explanation.target == (prediction.label if stage == "stage1" else prediction.subtype)
     assert (explanation.stage, explanation.method) == (stage, method)

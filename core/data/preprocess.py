@@ -6,6 +6,8 @@ values stay 0-255 float32 because normalisation lives inside the model (core.mod
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,6 +26,15 @@ def to_model_input(rgb, size: int = INPUT_SIZE):
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(size: int):
+    """to_model_input for one uint8 image of any size, traced once per model size: the same ops
+    without eager dispatch (about 1 ms of a 2.5 ms resize on a CPU)."""
+    return tf.function(lambda image: to_model_input(image, size), autograph=False,
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+
+
 def batch_for_model(images: list[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
     """A list of uint8 RGB arrays of any sizes -> one (N, size, size, 3) float32 batch."""
-    return np.stack([to_model_input(image, size).numpy() for image in images])
+    resize = _compiled(int(size))
+    return np.stack([resize(np.asarray(image, np.uint8)).numpy() for image in images])
