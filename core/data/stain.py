@@ -42,6 +42,21 @@ def tissue_share(rgb: np.ndarray) -> float:
     return float((optical_density(np.asarray(rgb)).sum(axis=-1) > 0.3).mean())
 
 
+def _macenko():
+    """torchstain's NumPy Macenko with one change, for speed: the per-pixel stain concentrations
+    are the pseudo-inverse of the 3x2 stain matrix times the optical densities, the same least-
+    squares solution torchstain gets from np.linalg.lstsq with one right-hand side per pixel
+    (two thirds of a normalisation: 17 -> 6 ms at 224 px). torchstain is pinned; the override
+    uses the name its class gives the private method, and tests compare it with the original."""
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    class Macenko(NumpyMacenkoNormalizer):
+        def _NumpyMacenkoNormalizer__find_concentration(self, OD, HE):  # noqa: N802, N803 - torchstain's names
+            return np.linalg.pinv(HE) @ np.reshape(OD, (-1, 3)).T
+
+    return Macenko()
+
+
 class StainNormalizer:
     """One fitted normaliser: `normalizer(rgb) -> (normalised uint8 RGB, note or None)`.
 
@@ -58,9 +73,9 @@ class StainNormalizer:
     def _build(self):
         if self.method == "none":
             return None
-        from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
+        from torchstain.numpy.normalizers import NumpyReinhardNormalizer
 
-        normalizer = NumpyMacenkoNormalizer() if self.method == "macenko" else NumpyReinhardNormalizer()
+        normalizer = _macenko() if self.method == "macenko" else NumpyReinhardNormalizer()
         if self.method == "macenko" and self.reference:
             normalizer.HERef = np.array(self.reference["stain_matrix"])
             normalizer.maxCRef = np.array(self.reference["max_concentrations"])
