@@ -99,7 +99,9 @@ def describe_model(card: dict) -> dict:
         "backbone": card.get("backbone", "?"),
         "hierarchy": card.get("hierarchy", "?"),
         "demo": bool(card.get("demo")),
-        "data": training.get("data_source", "unknown data"),
+        "data": (f"{evidence['images']} real images of {evidence['patients']} patients (folder "
+                 f"'{training.get('data_source', '?')}')" if evidence.get("images") else
+                 training.get("data_source", "unknown data")),
         "protocol": training.get("split_protocol", "unknown protocol"),
         "images": sum(int(v) for v in counts.values() if isinstance(v, (int, float))),
         "magnification": training.get("magnification", "all"),
