@@ -29,6 +29,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+
 from core.paths import REPO, SAMPLES_DIR  # noqa: E402
 
 GOAL = 3.0
@@ -200,10 +202,7 @@ def main(argv=None) -> int:
             result["browser"] = {"driver": "streamlit run app.py + headless Chromium, one page per session",
                                  **figures, "server_peak_memory_mb": peak_memory_mb(started["process"].pid)}
             browser.close()
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

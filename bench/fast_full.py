@@ -29,6 +29,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+
 from core.paths import MANIFEST, REPO  # noqa: E402
 
 GOAL_S = 20 * 60
@@ -111,10 +113,7 @@ def main(argv=None) -> int:
         "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)",
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "tensorflow": tf.__version__},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

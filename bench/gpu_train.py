@@ -16,7 +16,6 @@ few steps, and says so: a CPU figure is not comparable with the goal.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 from PIL import Image  # noqa: E402
 
 from core.data.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
@@ -111,10 +111,7 @@ def main(argv=None) -> int:
         "meets_goal": bool(gpus) and bool(best) and best["images_per_s"] >= GOAL,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
