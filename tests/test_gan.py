@@ -221,3 +221,49 @@ def test_bulk_patches_skip_the_histology_check(synthetic_breakhis, monkeypatch):
     config = gan.GanConfig(subtypes=("adenosis",), **TINY)
     real_patches(training_images(synthetic_breakhis, config)[0].head(2), config)
     assert calls == [{"check_histology": False}] * 2
+
+
+def test_the_discriminator_sees_how_much_each_group_of_images_differs():
+    """GroupSpread: a group of identical images gets a spread channel of ~0, a varied group a
+    clearly positive one, so a generator that ignores its noise can be told apart from real data."""
+    from core.gan.model import GROUP, GroupSpread
+
+    rng = np.random.default_rng(0)
+    same = np.repeat(rng.normal(size=(1, 8, 8, 5)), GROUP, axis=0).astype(np.float32)
+    varied = rng.normal(size=(GROUP, 8, 8, 5)).astype(np.float32)
+    out = np.asarray(GroupSpread()(np.concatenate([same, varied])))
+    assert out.shape == (2 * GROUP, 8, 8, 6)
+    assert np.allclose(out[..., :5], np.concatenate([same, varied]))  # the features pass unchanged
+    assert out[:GROUP, ..., 5].max() < 1e-3 and out[GROUP:, ..., 5].min() > 0.5
+
+
+def test_balanced_batches_come_in_groups_of_one_subtype():
+    from core.gan.model import GROUP
+    from core.gan.train import _balanced_batches
+
+    labels = np.array([0] * 50 + [4] * 5 + [7] * 2)  # imbalanced, as BreakHis is
+    batches = _balanced_batches(labels, [SUBTYPES[0], SUBTYPES[4], SUBTYPES[7]], 16, np.random.default_rng(0))
+    drawn = np.concatenate([labels[next(batches)] for _ in range(200)]).reshape(-1, GROUP)
+    assert (drawn == drawn[:, :1]).all()  # every group one subtype
+    shares = np.bincount(drawn[:, 0], minlength=8)[[0, 4, 7]] / len(drawn)
+    assert np.all(np.abs(shares - 1 / 3) < 0.06)  # the minority subtypes as often as the majority
+    with pytest.raises(ValueError, match="batch_size"):
+        gan.GanConfig(batch_size=18)
+
+
+def test_mode_seeking_training_keeps_the_noise_in_the_images(synthetic_breakhis, tmp_path):
+    """The same short training with and without the mode-seeking term: with it, images of
+    different noises for one subtype differ clearly more (a collapsing generator draws one image
+    per subtype), and the subtype colour is still learnt."""
+    spread, colour = {}, {}
+    for weight in (0.0, 1.0):
+        config = gan.GanConfig(name="seek", subtypes=PAIR, steps=60, lr_g=1e-3, lr_d=1e-3, mode_seeking=weight,
+                               **TINY)
+        trained, _ = load_model_folder(gan.train_gan(config, synthetic_breakhis, tmp_path / f"run{weight}"),
+                                       kind=GENERATOR)
+        images = {s: gan.generate(trained, s, 16, seed=1).astype(np.float64) for s in PAIR}
+        spread[weight] = np.mean([np.abs(x - x.mean(axis=0)).mean() for x in images.values()])
+        colour[weight] = {s: _mean_colour(x) for s, x in images.items()}
+    assert spread[1.0] > 1.3 * spread[0.0], spread  # seen: about 2.1 without, 4 to 5 with
+    benign, malignant = colour[1.0][PAIR[0]], colour[1.0][PAIR[1]]
+    assert benign.mean() > malignant.mean()  # pink benign lighter than purple malignant, as in the data

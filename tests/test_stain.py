@@ -106,5 +106,9 @@ def test_with_normalisation_calls_change_on_fewer_stain_shifted_images(synthetic
         accuracy[method] = np.mean([p.label == t for p, t in zip(predictor.predict(images), test["label"])])
     assert card["stain_normalization"]["reference"] and "training split" in card["stain_normalization"]["fitted_on"]
     assert accuracy["reinhard"] >= 0.75  # still a working model (the stripes carry the class)
-    changed = {m: r["all shifts"]["stage1_changed"] for m, r in reports.items()}
-    assert changed["reinhard"] < changed["none"], changed
+    shifted = {m: r["all shifts"] for m, r in reports.items()}
+    # The final call (the subtype, which follows the stage-1 call) is what a pathologist reads; stage 1
+    # alone is so easy here that neither model may flip it on some machines (then both count 0).
+    assert shifted["reinhard"]["subtype_changed"] < shifted["none"]["subtype_changed"], shifted
+    assert shifted["reinhard"]["stage1_changed"] <= shifted["none"]["stage1_changed"], shifted
+    assert shifted["reinhard"]["mean_abs_change_p_malignant"] < shifted["none"]["mean_abs_change_p_malignant"]

@@ -15,7 +15,9 @@ def test_the_best_trial_beats_a_bad_learning_rate_and_the_search_resumes(synthet
     best = tune(config, max_trials=2, search="grid", space=space)
     trials = best["trials"].set_index("learning_rate")
     assert len(trials) == 2 and best["settings"]["learning_rate"] == 3e-3
-    assert trials.loc[3e-3, OBJECTIVE] > trials.loc[1e-7, OBJECTIVE] + 0.2
+    # 1e-7 leaves the random initial weights, whose score on these strongly coloured classes is luck
+    # (0.5 to 0.8 seen); a working rate separates the held-out cases.
+    assert trials.loc[3e-3, OBJECTIVE] >= 0.95 and trials.loc[3e-3, OBJECTIVE] > trials.loc[1e-7, OBJECTIVE]
     runs = sorted((tmp_path / "search" / "trials").iterdir())
     assert len(runs) == 2 and all((run / "progress.jsonl").is_file() and (run / "model" / "card.json").is_file()
                                   for run in runs)

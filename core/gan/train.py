@@ -23,7 +23,7 @@ from core.data.labels import SUBTYPES
 from core.data.pipeline import fit_normalizer
 from core.data.preprocess import to_model_input
 from core.data.selection import select_images
-from core.gan.model import GanConfig, build_discriminator, build_generator, diff_augment
+from core.gan.model import GROUP, GanConfig, build_discriminator, build_generator, diff_augment
 from core.gan.sampling import noise_for, save_sample_grid
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
@@ -116,7 +116,7 @@ class GanTrainer:
         """One discriminator and one generator update; real in [-1, 1]."""
         batch = tf.shape(real)[0]
         seed = tf.stack([tf.cast(self.step, tf.int32), tf.constant(self.config.seed)])
-        seeds = tf.random.experimental.stateless_split(seed, 4)
+        seeds = tf.random.experimental.stateless_split(seed, 5)
         noise = tf.random.stateless_normal([batch, self.config.latent_dim], seeds[0])
         with tf.GradientTape() as tape:
             fake = self.generator([noise, labels], training=True)
@@ -127,10 +127,19 @@ class GanTrainer:
         grads = tape.gradient(scaled, self.discriminator.trainable_variables)
         self.d_opt.apply(grads, self.discriminator.trainable_variables)
         noise = tf.random.stateless_normal([batch, self.config.latent_dim], seeds[3])
+        other_noise = tf.random.stateless_normal([batch, self.config.latent_dim], seeds[4])
         with tf.GradientTape() as tape:
             fake = self.generator([noise, labels], training=True)
             d_fake_g = self.discriminator([diff_augment(fake, seeds[2]), labels], training=True)
             g_loss = -tf.reduce_mean(d_fake_g)
+            if self.config.mode_seeking:
+                # Mode seeking (Mao et al. 2019, MSGAN): images of two noises for the same subtypes
+                # must differ in proportion to the noises; without it the generator learnt to ignore
+                # its noise and drew one image per subtype.
+                other = self.generator([other_noise, labels], training=True)
+                images_apart = tf.reduce_mean(tf.abs(tf.cast(fake, tf.float32) - tf.cast(other, tf.float32)), [1, 2, 3])
+                noise_apart = tf.reduce_mean(tf.abs(noise - other_noise), axis=1)
+                g_loss += self.config.mode_seeking * tf.reduce_mean(noise_apart / (images_apart + 1e-5))
             scaled = self.g_opt.scale_loss(g_loss)
         grads = tape.gradient(scaled, self.generator.trainable_variables)
         self.g_opt.apply(grads, self.generator.trainable_variables)
@@ -142,10 +151,12 @@ class GanTrainer:
 
 
 def _balanced_batches(labels: np.ndarray, subtypes, batch_size: int, rng: np.random.Generator):
-    """Index batches with subtypes drawn uniformly, so minority subtypes train as often as others."""
+    """Index batches with subtypes drawn uniformly, so minority subtypes train as often as others,
+    in groups of GROUP patches of one subtype: the discriminator's minibatch spread
+    (core.gan.model.GroupSpread) then measures variety WITHIN a subtype, where collapse happens."""
     pools = [np.flatnonzero(labels == SUBTYPES.index(s)) for s in subtypes]
     while True:
-        picks = rng.integers(0, len(pools), batch_size)
+        picks = np.repeat(rng.integers(0, len(pools), -(-batch_size // GROUP)), GROUP)[:batch_size]
         yield np.array([rng.choice(pools[p]) for p in picks])
 
 
