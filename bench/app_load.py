@@ -139,6 +139,21 @@ def peak_memory_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def cpu_seconds(match) -> float:
+    """User + system CPU seconds of every live process whose /proc entry `match(pid, command)` accepts."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, text = stat.parent.name, stat.read_text()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if match(pid, command):
+            fields = text[text.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def summary(per_round: list[tuple[list[float], float]], core_s: float, images: int) -> dict:
     sessions = [s for seconds, _ in per_round for s in seconds]
     wall = statistics.median(w for _, w in per_round)
@@ -198,8 +213,24 @@ def main(argv=None) -> int:
         started: dict = {}
         with streamlit_server(Path(tempfile.mkdtemp()), environment, started) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            figures = measure(lambda groups: browser_round(url, browser, groups, args.timeout))
+            server = str(started["process"].pid)
+            processes = {"server": lambda pid, command: pid == server,
+                         "chromium": lambda pid, command: "chrom" in command.split(" ")[0]}
+            cpu: dict = {}
+
+            def timed_round(groups):
+                """A browser round, and where the CPU went: the app's server or Chromium's pages."""
+                before = {name: cpu_seconds(match) for name, match in processes.items()}
+                result_ = browser_round(url, browser, groups, args.timeout)
+                for name, match in processes.items():
+                    cpu.setdefault(len(groups), {}).setdefault(name, []).append(cpu_seconds(match) - before[name])
+                return result_
+
+            figures = measure(timed_round)
+            for n, used in cpu.items():  # median over the timed rounds (the warm-up round is the first)
+                figures[str(n)]["cpu_s"] = {name: round(statistics.median(v[1:] or v), 2) for name, v in used.items()}
             result["browser"] = {"driver": "streamlit run app.py + headless Chromium, one page per session",
+                                 "cpu_s": "CPU seconds per round, from page load to all pictures shown",
                                  **figures, "server_peak_memory_mb": peak_memory_mb(started["process"].pid)}
             browser.close()
     emit(result, args.out)

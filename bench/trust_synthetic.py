@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,9 +24,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 
+from core.paths import REPO  # noqa: E402
 from core.training.calibrate import calibrate_run  # noqa: E402
 from core.training.ensembles import ensemble_run  # noqa: E402
 from core.training.fit import train  # noqa: E402
+
+sys.path.insert(0, str(REPO))  # tests/synthetic_data.py, the tests' own learnable set
 from tests.synthetic_data import write_synthetic_breakhis  # noqa: E402
 
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=6, patience=6,
