@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trust_synthetic.json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="trust-"))
-    data = write_synthetic_breakhis(work / "data", images_per_case=2, cases_per_subtype=25, mislabelled=0.2, seed=3)
+    per_case, per_subtype, mislabelled = 2, 25, 0.2
+    data = write_synthetic_breakhis(work / "data", images_per_case=per_case, cases_per_subtype=per_subtype,
+                                    mislabelled=mislabelled, seed=3)
     members = []
     for seed, learning_rate in ((0, 3e-3), (1, 1e-3), (2, 3e-4)):
         run = work / f"member{seed}"
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
     calibration = calibrate_run(members[0])["measured"]["test"]
     ensemble_run([run / "model" for run in members], work / "ensemble")
     metrics = json.loads((work / "ensemble" / "metrics.json").read_text())
-    emit({"data": {"images": 400, "cases": 200, "mislabelled_cases": 0.2, "protocol": "patient-wise",
+    cases = per_subtype * 8
+    emit({"data": {"images": cases * per_case, "cases": cases, "mislabelled_cases": mislabelled, "protocol": "patient-wise",
                    "test": calibration["data"]},
           "calibration_of_member0_on_test": calibration["heads"],
           "temperatures": json.loads((members[0] / "model" / "card.json").read_text())["calibration"]["temperatures"],
