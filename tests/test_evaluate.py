@@ -236,3 +236,18 @@ def test_app_case_calls_and_patient_level_evaluation_use_one_rule():
     assert calls["subtype"].tolist() == ["Lobular carcinoma"] and calls["p_subtype"].item() == pytest.approx(0.55)
     with pytest.raises(ValueError, match="at least one"):
         case_decision([])
+
+
+def test_the_eight_view_uncertainty_uses_at_most_a_few_hundred_images_per_split():
+    """TTA runs 8 forwards an image: a full split is capped, at random but reproducibly."""
+    import pandas as pd
+
+    from core.training.evaluate import VIEWS_MOST, for_views
+
+    rows = pd.DataFrame({"path": [f"{i}.png" for i in range(VIEWS_MOST + 250)]})
+    drawn = for_views(rows)
+    assert len(drawn) == VIEWS_MOST and drawn["path"].is_unique
+    assert drawn.equals(for_views(rows))  # the same images every evaluation
+    assert len(set(drawn.index) - set(range(VIEWS_MOST))) > 0  # not simply the first ones
+    small = rows.head(10)
+    assert for_views(small).equals(small)

@@ -110,6 +110,18 @@ def raw_outputs(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32,
     return outputs, kept, unreadable
 
 
+VIEWS_MOST = 400  # images per split that the 8-view (TTA) uncertainty is measured on
+
+
+def for_views(rows: pd.DataFrame, most: int = VIEWS_MOST) -> pd.DataFrame:
+    """At most `most` images of a split, drawn at random (seed 0), for the 8-view uncertainty.
+
+    Eight forward passes per image over a full BreakHis validation and test split (3,200
+    images) took most of a CPU fast-mode run; a threshold on a spread and a flagged share are
+    estimated well from a few hundred images, and the block records how many were used."""
+    return rows if len(rows) <= most else rows.sample(n=most, random_state=0)
+
+
 def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32,
                   tta: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Predict every row with the predictor's calibration (see `predictions_frame`); -> (table, unreadable).
@@ -223,11 +235,12 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     }
     views = getattr(predictor, "members", None) is not None  # an ensemble has views without TTA
     val_rows, rows = table[table["split"] == "val"], table[table["split"] == split]
-    with_views = val_table if views else (predict_table(predictor, val_rows, batch_size, tta=True)[0]
+    with_views = val_table if views else (predict_table(predictor, for_views(val_rows), batch_size, tta=True)[0]
                                           if val_table is not None else None)
     rule = uncertainty_threshold(with_views, predictor.uncertainty_source)
     if rule:
-        tested = evaluated if views else predict_table(predictor, rows, batch_size, tta=True)[0]
+        rule["fitted_on_images"] = len(with_views)
+        tested = evaluated if views else predict_table(predictor, for_views(rows), batch_size, tta=True)[0]
         results["uncertainty"] = {**rule, "needs_tta": not views, "on_split": flagged_block(
             tested, rule["p_malignant_spread"], split)}
     if views:  # every member on the same held-out images and cases as the ensemble
