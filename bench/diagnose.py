@@ -18,7 +18,6 @@ weights: speed does not depend on them) unless --model names a folder.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.histology import histology_check
 from core.data.images import load_image
@@ -157,11 +157,7 @@ def main(argv=None) -> int:
         result["ensemble"] = {"members": args.ensemble, "diagnosis_s": round(ensemble_s, 4),
                               "k_bare_forwards_s": round(k_forward_s, 4), "ratio": round(ensemble_s / k_forward_s, 3),
                               "meets_goal": bool(ensemble_s / k_forward_s <= GOAL)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

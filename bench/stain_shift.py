@@ -13,12 +13,13 @@ fitted to the unshifted images (a reference from the lab the model is used in). 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.breakhis import index_folder
 from core.data.images import load_image
@@ -57,11 +58,7 @@ def main(argv=None) -> int:
         "with_normalisation": shift_report(with_normalizer(predictor, normalizer), images),
         "shifts": list(SHIFTS),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     if args.plot:
         import plotly.graph_objects as go
 

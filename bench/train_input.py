@@ -16,7 +16,6 @@ the other; during real CPU training they share the cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.breakhis import index_folder
 from core.data.labels import INPUT_SIZE, SUBTYPES
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         "meets_goal": bool(ratio >= GOAL), "meets_goal_cached": bool(ratio_cached >= GOAL),
         "total_seconds": round(time.perf_counter() - began, 1),
     }
-    print(json.dumps(result, indent=2))
+    emit(result)
     return result
 
 
