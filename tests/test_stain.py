@@ -111,4 +111,7 @@ def test_with_normalisation_calls_change_on_fewer_stain_shifted_images(synthetic
     # alone is so easy here that neither model may flip it on some machines (then both count 0).
     assert shifted["reinhard"]["subtype_changed"] < shifted["none"]["subtype_changed"], shifted
     assert shifted["reinhard"]["stage1_changed"] <= shifted["none"]["stage1_changed"], shifted
-    assert shifted["reinhard"]["mean_abs_change_p_malignant"] < shifted["none"]["mean_abs_change_p_malignant"]
+    # p(malignant) itself can sit at 1 - 1e-7 for both models here (a CI run compared 2e-7 with 1e-9),
+    # so the size of the change is measured on the whole subtype distribution, which does not saturate.
+    assert (shifted["reinhard"]["mean_subtype_distribution_shift"]
+            < shifted["none"]["mean_subtype_distribution_shift"]), shifted
