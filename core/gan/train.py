@@ -194,6 +194,9 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
 
 def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop) -> Path:
     images, fingerprint = training_images(data_dir, config)
+    # The same config gives the same generator whatever ran before in the process (weight init
+    # drew from Keras's global seed, so a test's outcome depended on the tests before it).
+    keras.utils.set_random_seed(config.seed)
     trainer = GanTrainer(config, out_dir / "checkpoints")
     step = start_step = trainer.restore()
     normalizer = fit_normalizer(config.stain_norm, images, config.seed)
