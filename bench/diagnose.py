@@ -89,8 +89,7 @@ def main(argv=None) -> int:
         "decode": lambda: load_image(image, check_histology=False),
         "histology_check": lambda: histology_check(rgb),
         "resize_to_model_input": lambda: predictor.model_input([rgb]),
-        "forward_gradcam_pass": lambda: explainer.gradcam_pass(tf.constant(model_input), tf.constant([-1]),
-                                                               tf.constant([-1])),
+        "forward_gradcam_pass": lambda: explainer.gradcam_pass(tf.constant(model_input)),
         "heatmaps_to_image_size": lambda: [to_heatmap(np.random.rand(7, 7).astype(np.float32), rgb.shape[:2])
                                            for _ in range(2)],
     }

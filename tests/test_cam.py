@@ -49,19 +49,20 @@ def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage
     assert (explanation.stage, explanation.method) == (stage, method)
 
 
-def test_single_pass_gradcam_equals_tf_keras_vis_gradcam(predictor, sample):
+def test_single_pass_gradcam_equals_tf_keras_vis_gradcam_for_every_target(predictor, sample):
     explainer = ex._explainer(predictor)
     model_input = predictor.model_input([sample])
-    _, label_indices, subtype_indices, cams1, cams2 = explainer.gradcam_pass(model_input, [-1], [-1])
-    label_index, subtype_index, cam1, cam2 = label_indices[0], subtype_indices[0], cams1[0], cams2[0]
-    label = CLASSES[int(label_index)]
-    for output, index, ours in (("stage1", int(label_index), cam1),
-                                (f"{label}_subtype", int(subtype_index), cam2)):
+    _, cams = explainer.gradcam_pass(model_input)
+    assert cams.shape[:2] == (1, len(ex.CAM_TARGETS)) == (1, 10)
+    for label, subtype in ex.CAM_TARGETS:
+        output, index = (("stage1", CLASSES.index(label)) if subtype is None
+                         else (f"{label}_subtype", SUBTYPES_BY_CLASS[label].index(subtype)))
         reference = Gradcam(explainer.logit_models[output])(
             CategoricalScore([index]), model_input, penultimate_layer=explainer.cam_layer,
             seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
-        assert np.asarray(ours).shape == np.asarray(reference)[0].shape == (8, 8)  # cnn_block4_out at 64 px
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference)[0], rtol=1e-4, atol=1e-6)
+        ours = ex.cam_of(cams.numpy(), label, subtype)[0]
+        assert ours.shape == np.asarray(reference)[0].shape == (8, 8)  # cnn_block4_out at 64 px
+        np.testing.assert_allclose(ours, np.asarray(reference)[0], rtol=1e-4, atol=1e-6)
 
 
 def test_explicit_targets_change_the_map(predictor, sample):
@@ -154,10 +155,10 @@ def test_explain_runs_one_gradcam_pass(predictor, sample, monkeypatch):
 def test_a_batch_of_images_gets_each_image_s_own_maps(predictor, sample):
     """One batched pass gives every image the maps it gets alone (images do not interact)."""
     images = [sample, sample[::-1].copy(), sample[:, ::-1].copy()]
-    outputs, labels, subtypes, cams1, cams2 = ex.gradcam_batch(predictor, images)
-    assert cams1.shape[0] == cams2.shape[0] == 3 and outputs["stage1"].shape == (3, 2)
+    outputs, cams = ex.gradcam_diagnosis(predictor, images)
+    assert len(cams) == 3 and outputs["stage1"].shape == (3, 2)
     for i, image in enumerate(images):
         alone = ex.explain(predictor, image)
-        assert (alone.prediction.label, alone.prediction.subtype) == (labels[i], subtypes[i])
-        heatmap, _ = ex.to_heatmap(cams2[i], image.shape[:2])
+        assert (alone.prediction.label, alone.prediction.subtype) == (cams[i].label, cams[i].subtype)
+        heatmap, _ = ex.to_heatmap(cams[i].stage2[0], image.shape[:2])
         np.testing.assert_allclose(heatmap, alone.explanations["stage2"].heatmap, atol=1e-4)

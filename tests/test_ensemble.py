@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from core.data.labels import CLASSES
 from core.model.predict import Predictor
 
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=3, patience=3,
@@ -64,13 +65,25 @@ def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagree
     assert not any("disagree" in r for r in predictor.predict([rgb])[0].refer_reasons)
 
 
-def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_dir):
+def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_dir, monkeypatch):
     from core.data.images import load_image
+    from core.model import cam
     from core.model.cam import explain, to_heatmap
 
     predictor = Predictor.load(ensemble / "model")
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[1]).rgb
+    passes = []
+    for member in predictor.members:  # count each member's compiled passes
+        explainer = cam._explainer(member)
+        monkeypatch.setattr(explainer, "gradcam_pass",
+                            lambda batch, run=explainer.gradcam_pass: passes.append(len(batch)) or run(batch))
     diagnosis = explain(predictor, rgb)
+    other = next(c for c in CLASSES if c != diagnosis.prediction.label)
+    assert explain(predictor, rgb, "gradcam", other).explanations["stage1"].target == other
+    # One pass per member, for the vote's targets and for targets no member predicted: each pass
+    # holds every target's map.
+    assert passes == [1] * 6
+    monkeypatch.undo()
     p = diagnosis.prediction
     maps = [explain(m, rgb, "gradcam", p.label, p.subtype).explanations["stage2"].heatmap for m in predictor.members]
     expected, _ = to_heatmap(np.mean(maps, axis=0), rgb.shape[:2])

@@ -4,7 +4,8 @@ Maps are computed on the model input (the whole field squashed to a square, see 
 and resized straight back onto the ORIGINAL image, so they line up with what the user uploaded.
 All methods explain pre-softmax scores (logits): a saturated softmax has near-zero gradients.
 
-- "gradcam": our own compiled single pass (one forward, one tape, both stages at once). It is
+- "gradcam": our own compiled single pass (one forward, one tape, the maps of every class and
+  subtype at once, so an ensemble or TTA picks its targets without a second pass). It is
   the same computation as tf-keras-vis' Gradcam (tests check they agree) without its per-call
   model rebuilding and eager execution, which made a diagnosis several times a forward pass.
 - "gradcam++", "scorecam": tf-keras-vis. Score-CAM uses the `SCORECAM_MAX_N` most varied
@@ -47,6 +48,10 @@ STAGES = ("stage1", "stage2")
 SCORECAM_MAX_N = 32
 # Flat model: indices of each class's subtypes in the 8-way output (benign first, as in SUBTYPES).
 _FLAT_CLASS_INDICES = [[SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]] for c in CLASSES]
+# What a Grad-CAM can explain, in the order of the compiled pass's maps: each class (stage 1),
+# then each class's subtypes (stage 2, searched in that class's head).
+CAM_TARGETS = [(c, None) for c in CLASSES] + [(c, s) for c in CLASSES for s in SUBTYPES_BY_CLASS[c]]
+_CAM_INDEX = {target: i for i, target in enumerate(CAM_TARGETS)}
 
 
 @dataclasses.dataclass
@@ -95,8 +100,7 @@ class _Explainer:
         self.channels = int(features.shape[-1])
         self._visualizers: dict = {}
         spec = tf.TensorSpec([None, predictor.input_size, predictor.input_size, 3], tf.float32)
-        target = tf.TensorSpec([None], tf.int32)
-        self.gradcam_pass = tf.function(self._gradcam_pass, input_signature=[spec, target, target])
+        self.gradcam_pass = tf.function(self._gradcam_pass, input_signature=[spec])
 
     def _class_and_head_logits(self, logits):
         """(class logits (N, 2), per-class subtype logits (N, 2, 4)) for either hierarchy."""
@@ -107,28 +111,24 @@ class _Explainer:
         # log sum exp of a class's subtype logits: its softmax is p(class) = sum of p(subtype).
         return tf.reduce_logsumexp(heads, axis=-1), heads
 
-    def _gradcam_pass(self, images, class_target, subtype_target):
-        """One forward pass of a batch -> probabilities, chosen targets and both stages' Grad-CAMs.
+    def _gradcam_pass(self, images):
+        """One forward pass of a batch -> (probabilities, Grad-CAMs of every target (N, 10, h, w)).
 
-        A target of -1 means "the predicted one"; the subtype is searched in the head of the
-        class target (stage 1's pick by default), as the hierarchy does at inference. Images of a
-        batch do not interact (inference mode), so the gradient of the summed scores is each
-        image's own gradient: a batch costs one forward and one backward pass for all its images.
+        Maps of all CAM_TARGETS, not only of the predicted ones: each extra map is one backward pass
+        through the head alone (from the logits to the CAM layer), a few per cent of the forward, so
+        the targets can be picked afterwards (after an ensemble's vote, test-time augmentation or
+        calibration) without a second forward. Images of a batch do not interact (inference mode),
+        so the gradient of a score summed over the batch is each image's own gradient.
         """
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(images)
             features, logits = self._features_and_logits([images], training=False)
             class_logits, head_logits = self._class_and_head_logits(logits)
-            chosen_class = tf.where(class_target >= 0, class_target, tf.argmax(class_logits, axis=1, output_type=tf.int32))
-            chosen_head = tf.gather(head_logits, chosen_class, batch_dims=1)
-            chosen_subtype = tf.where(subtype_target >= 0, subtype_target,
-                                      tf.argmax(chosen_head, axis=1, output_type=tf.int32))
-            class_score = tf.reduce_sum(tf.gather(class_logits, chosen_class, batch_dims=1))
-            subtype_score = tf.reduce_sum(tf.gather(chosen_head, chosen_subtype, batch_dims=1))
-        cams = [_gradcam(features, tape.gradient(score, features)) for score in (class_score, subtype_score)]
+            scores = tf.concat([class_logits, tf.reshape(head_logits, [tf.shape(head_logits)[0], -1])], axis=1)
+            totals = tf.unstack(tf.reduce_sum(scores, axis=0), num=len(CAM_TARGETS))
+        cams = tf.stack([_gradcam(features, tape.gradient(total, features)) for total in totals], axis=1)
         del tape
-        probabilities = {name: tf.nn.softmax(value) for name, value in logits.items()}
-        return probabilities, chosen_class, chosen_subtype, cams[0], cams[1]
+        return {name: tf.nn.softmax(value) for name, value in logits.items()}, cams
 
     def visualizer(self, output_name: str, method: str):
         key = (output_name, method)
@@ -208,26 +208,22 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
         raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
 
 
-def gradcam_batch(predictor: Predictor, images: list[np.ndarray], labels=None, subtypes=None):
-    """Grad-CAM of both stages for a list of images in compiled batches ->
-    (raw outputs {head: (N, k)}, chosen classes, chosen subtypes, stage-1 CAMs, stage-2 CAMs (N, h, w)).
-    labels / subtypes: per image the targets (None: each image's predicted class / subtype)."""
-    labels, subtypes = labels or [None] * len(images), subtypes or [None] * len(images)
-    class_targets = [CLASSES.index(c) if c is not None else -1 for c in labels]
-    subtype_targets = [SUBTYPES_BY_CLASS[c].index(s) if s is not None else -1 for c, s in zip(labels, subtypes)]
+def gradcam_batch(predictor: Predictor, images: list[np.ndarray]) -> tuple[dict, np.ndarray]:
+    """Compiled passes over a list of images in batches ->
+    (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w))."""
     explainer, chunks = _explainer(predictor), []
     for start in range(0, len(images), predictor.batch_size):
-        part = slice(start, start + predictor.batch_size)
-        batch = tf.constant(predictor.model_input(images[part]))
+        batch = tf.constant(predictor.model_input(images[start:start + predictor.batch_size]))
         with predictor.lock:
-            probabilities, chosen_class, chosen_subtype, cam1, cam2 = explainer.gradcam_pass(
-                batch, tf.constant(class_targets[part], tf.int32), tf.constant(subtype_targets[part], tf.int32))
-        chunks.append(({k: v.numpy() for k, v in probabilities.items()}, chosen_class.numpy(), chosen_subtype.numpy(),
-                       cam1.numpy(), cam2.numpy()))
+            probabilities, cams = explainer.gradcam_pass(batch)
+        chunks.append(({k: v.numpy() for k, v in probabilities.items()}, cams.numpy()))
     outputs = {name: np.concatenate([c[0][name] for c in chunks]) for name in chunks[0][0]}
-    chosen = [CLASSES[int(i)] for c in chunks for i in c[1]]
-    chosen_subtypes = [SUBTYPES_BY_CLASS[label][int(i)] for label, i in zip(chosen, [i for c in chunks for i in c[2]])]
-    return outputs, chosen, chosen_subtypes, np.concatenate([c[3] for c in chunks]), np.concatenate([c[4] for c in chunks])
+    return outputs, np.concatenate([c[1] for c in chunks])
+
+
+def cam_of(cams: np.ndarray, label: str, subtype: str | None = None) -> np.ndarray:
+    """From gradcam_batch's maps (N, 10, h, w): the maps of class `label`, or of its `subtype`."""
+    return cams[:, _CAM_INDEX[(label, subtype)]]
 
 
 @dataclasses.dataclass
@@ -255,18 +251,17 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
                       labels: list | None = None, subtypes: list | None = None) -> tuple[dict, list[RawCams]]:
     """(head outputs for `predictor.interpret`, per image the Grad-CAMs of its targets), for a batch.
 
-    Targets default to each image's prediction (TTA's when `tta`). A single model without TTA
-    needs ONE compiled pass for everything; an ensemble one pass per member. TTA predicts first
-    and then runs one pass per model aimed at the TTA targets. A model's pass is repeated only
-    for images whose prediction it did not pick itself (TTA, the ensemble's vote, or calibration
-    changing a flat model's class).
+    Targets default to each image's prediction (TTA's when `tta`). Each model runs ONE compiled
+    pass, which gives its probabilities and the maps of every target; the targets are picked
+    afterwards from the final probabilities (the ensemble's mean, TTA's, calibrated ones), so no
+    model ever runs a second pass. TTA adds its 8-view forward.
     """
     members = getattr(predictor, "members", None) or [predictor]
     count = len(images)
     if count == 0:
         return {}, []
     labels, subtypes = labels or [None] * count, subtypes or [None] * count
-    passes = None if tta else [gradcam_batch(member, images, labels, subtypes) for member in members]
+    passes = [gradcam_batch(member, images) for member in members]
     if tta:
         outputs = predictor.probabilities(images, tta=True)
     elif len(members) == 1:
@@ -275,19 +270,9 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
         outputs = predictor.combine([member.calibrate(p[0]) for member, p in zip(members, passes)])
     targets = [_targets(prediction, label, subtype)
                for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]
-    if passes is None:
-        passes = [gradcam_batch(member, images, [t[0] for t in targets], [t[1] for t in targets]) for member in members]
-    cams = []  # per member: (stage-1 CAMs, stage-2 CAMs), lists over images
-    for member, (_, chosen, chosen_subtypes, cams1, cams2) in zip(members, passes):
-        cams1, cams2 = list(cams1), list(cams2)
-        wrong = [i for i in range(count) if (chosen[i], chosen_subtypes[i]) != targets[i]]
-        if wrong:
-            *_, again1, again2 = gradcam_batch(member, [images[i] for i in wrong], [targets[i][0] for i in wrong],
-                                               [targets[i][1] for i in wrong])
-            for i, cam1, cam2 in zip(wrong, again1, again2):
-                cams1[i], cams2[i] = cam1, cam2
-        cams.append((cams1, cams2))
-    return outputs, [RawCams(*targets[i], [c[0][i] for c in cams], [c[1][i] for c in cams]) for i in range(count)]
+    return outputs, [RawCams(label, subtype, [cam_of(cams, label)[i] for _, cams in passes],
+                             [cam_of(cams, label, subtype)[i] for _, cams in passes])
+                     for i, (label, subtype) in enumerate(targets)]
 
 
 def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> tuple[str, str]:
