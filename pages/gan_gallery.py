@@ -90,6 +90,8 @@ st.markdown(f"**{card['name']}**: {card['image_size']} px patches, {training.get
             f"(split: {training.get('split', '?')}).")
 if sum(by_subtype.values()) < 100:
     st.warning("Trained on very few real images: a demonstration of the pipeline, not a useful generator.")
+if card.get("limitations"):  # what whoever bundled it measured and says of it
+    st.warning(card["limitations"])
 
 controls = st.columns([3, 1, 1])
 subtypes = controls[0].multiselect("Subtypes", card["subtypes"], default=card["subtypes"][:4], key="gan_subtypes",
