@@ -162,3 +162,19 @@ def test_a_batch_of_images_gets_each_image_s_own_maps(predictor, sample):
         assert (alone.prediction.label, alone.prediction.subtype) == (cams[i].label, cams[i].subtype)
         heatmap, _ = ex.to_heatmap(cams[i].stage2[0], image.shape[:2])
         np.testing.assert_allclose(heatmap, alone.explanations["stage2"].heatmap, atol=1e-4)
+
+
+def test_with_tta_one_pass_over_the_8_views_gives_tta_outputs_and_the_image_s_own_maps(predictor, sample, monkeypatch):
+    images = [sample, sample[::-1].copy()]
+    calls = _count_gradcam_passes(predictor, monkeypatch)
+    outputs, cams = ex.gradcam_diagnosis(predictor, images, tta=True)
+    assert [len(args[0]) for args in calls] == [16]  # ONE pass: 8 views of each of the 2 images
+    expected = predictor.probabilities(images, tta=True)
+    assert set(outputs) == set(expected)  # the means and every view (the uncertainty)
+    for name, value in expected.items():
+        np.testing.assert_allclose(outputs[name], value, atol=1e-5)
+    _, plain = ex.gradcam_diagnosis(predictor, images, labels=[c.label for c in cams],
+                                    subtypes=[c.subtype for c in cams])
+    for with_tta, without in zip(cams, plain):  # the maps are the unrotated image's
+        np.testing.assert_allclose(with_tta.stage1[0], without.stage1[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(with_tta.stage2[0], without.stage2[0], rtol=1e-4, atol=1e-6)

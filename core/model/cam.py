@@ -41,7 +41,7 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer
-from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
+from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor, dihedral_views, mean_over_views
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 STAGES = ("stage1", "stage2")
@@ -208,14 +208,19 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
         raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
 
 
-def gradcam_batch(predictor: Predictor, images: list[np.ndarray]) -> tuple[dict, np.ndarray]:
+def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = False) -> tuple[dict, np.ndarray]:
     """Compiled passes over a list of images in batches ->
-    (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w))."""
-    explainer, chunks = _explainer(predictor), []
-    for start in range(0, len(images), predictor.batch_size):
-        batch = tf.constant(predictor.model_input(images[start:start + predictor.batch_size]))
+    (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w)).
+    tta: each pass runs over the 8 test-time views (core.model.predict.dihedral_views): the outputs
+    are their mean (and each view, for the uncertainty) and the maps are view 0's, the image itself,
+    so test-time augmentation costs no forward beyond its 8 views."""
+    explainer, chunks, per_pass = _explainer(predictor), [], predictor.images_per_pass(tta)
+    for start in range(0, len(images), per_pass):
+        batch = tf.constant(predictor.model_input(images[start:start + per_pass]))
         with predictor.lock:
-            probabilities, cams = explainer.gradcam_pass(batch)
+            probabilities, cams = explainer.gradcam_pass(dihedral_views(batch) if tta else batch)
+        if tta:
+            probabilities, cams = mean_over_views(probabilities), cams[:len(batch)]
         chunks.append(({k: v.numpy() for k, v in probabilities.items()}, cams.numpy()))
     outputs = {name: np.concatenate([c[0][name] for c in chunks]) for name in chunks[0][0]}
     return outputs, np.concatenate([c[1] for c in chunks])
@@ -252,21 +257,19 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
     """(head outputs for `predictor.interpret`, per image the Grad-CAMs of its targets), for a batch.
 
     Targets default to each image's prediction (TTA's when `tta`). Each model runs ONE compiled
-    pass, which gives its probabilities and the maps of every target; the targets are picked
-    afterwards from the final probabilities (the ensemble's mean, TTA's, calibrated ones), so no
-    model ever runs a second pass. TTA adds its 8-view forward.
+    pass (over the 8 views with TTA), which gives its probabilities and the maps of every target;
+    the targets are picked afterwards from the final probabilities (the ensemble's mean, TTA's,
+    calibrated ones), so no model ever runs a second pass.
     """
     members = getattr(predictor, "members", None) or [predictor]
     count = len(images)
     if count == 0:
         return {}, []
     labels, subtypes = labels or [None] * count, subtypes or [None] * count
-    passes = [gradcam_batch(member, images) for member in members]
-    if tta:
-        outputs = predictor.probabilities(images, tta=True)
-    elif len(members) == 1:
+    passes = [gradcam_batch(member, images, tta) for member in members]
+    if len(members) == 1:
         outputs = passes[0][0]
-    else:
+    else:  # as EnsemblePredictor.probabilities: the mean of the calibrated members
         outputs = predictor.combine([member.calibrate(p[0]) for member, p in zip(members, passes)])
     targets = [_targets(prediction, label, subtype)
                for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]

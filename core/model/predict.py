@@ -135,10 +135,19 @@ def uncertainty_of(class_views: np.ndarray, source: str) -> dict:
             "mutual_information": max(mutual, 0.0), "views": int(len(p)), "source": source}
 
 
-def _dihedral_views(images):
-    """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image."""
+def dihedral_views(images):
+    """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image, view-major;
+    the first N are the images themselves."""
     mirrored = tf.reverse(images, axis=[2])
     return tf.concat([tf.image.rot90(view, k) for view in (images, mirrored) for k in range(4)], axis=0)
+
+
+def mean_over_views(outputs: dict) -> dict:
+    """Head outputs of a dihedral_views batch {name: (8N, k)} -> the mean of the 8 views per head
+    (N, k), and every view (N, 8, k) under name + VIEWS for the uncertainty."""
+    views = {name: tf.reshape(p, (8, -1, p.shape[-1])) for name, p in outputs.items()}
+    return {**{name: tf.reduce_mean(v, axis=0) for name, v in views.items()},
+            **{name + VIEWS: tf.transpose(v, [1, 0, 2]) for name, v in views.items()}}
 
 
 class Predictor:
@@ -189,10 +198,11 @@ class Predictor:
 
     def _heads_tta(self, images):
         """Mean of the 8 views per head, and every view (N, 8, k) for the uncertainty."""
-        outputs = self.model(_dihedral_views(images), training=False)
-        views = {name: tf.reshape(p, (8, -1, p.shape[-1])) for name, p in outputs.items()}
-        return {**{name: tf.reduce_mean(v, axis=0) for name, v in views.items()},
-                **{name + VIEWS: tf.transpose(v, [1, 0, 2]) for name, v in views.items()}}
+        return mean_over_views(self.model(dihedral_views(images), training=False))
+
+    def images_per_pass(self, tta: bool = False) -> int:
+        """Images per compiled call: batch_size model inputs, which TTA's 8 views each fill 8 of."""
+        return max(1, self.batch_size // 8) if tta else self.batch_size
 
     uncertainty_source = "test-time views"
 
@@ -214,7 +224,7 @@ class Predictor:
         if len(images) == 0:
             return {}
         forward = self._forward_tta if tta else self._forward
-        per_pass = max(1, self.batch_size // 8) if tta else self.batch_size
+        per_pass = self.images_per_pass(tta)
         chunks = []
         for start in range(0, len(images), per_pass):
             batch = tf.constant(self.model_input(images[start:start + per_pass]))
