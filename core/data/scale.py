@@ -1,0 +1,124 @@
+"""Physical scale: microns per pixel (mpp) of an image, resampling to a scale, and the tile grid.
+
+A model sees tissue at one physical scale. Slides state theirs (OpenSlide's mpp properties); a
+BreakHis field states only its magnification, so its scale is estimated here, once, for every
+caller (training tiles, slides, the GAN, the Diagnose page).
+
+BreakHis fields (700x460 px) were captured through 4x, 10x, 20x and 40x objectives, named by the
+total magnification 40X, 100X, 200X and 400X. The data set's paper gives no calibrated pixel size,
+so the figure used here is the whole-slide-scanner equivalent of each objective: a "40x" scan is
+about 0.25 um/px and a "20x" scan about 0.5 um/px (Sellaro et al., J Pathol Inform 2013), so
+
+    mpp = 0.25 * 400 / magnification:  40X 2.5, 100X 1.0, 200X 0.5, 400X 0.25 um/px
+
+(a 200X field is then 350 x 230 um; carcinoma nuclei of 8-12 um are 16-24 px across at 200X,
+which is what the images show). It is an estimate to within perhaps 30 %, used only to bring
+images to a common scale, never to measure.
+
+Copies of BreakHis fields that were shrunk keep their field of view: a 500x328 copy has 700/500
+times the original mpp, and a 224x224 copy (squashed from 700x460 by its publisher) is anisotropic
+(700/224 across, 460/224 down), which `field_mpp` reports so that `to_scale` restores the aspect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from core.data.breakhis import parse_name
+
+BREAKHIS_FIELD = (700, 460)  # (width, height) of an original BreakHis field
+REFERENCE_MAGNIFICATION, REFERENCE_MPP = 400, 0.25  # a 40x objective ~ 0.25 um/px (see above)
+
+
+def magnification_mpp(magnification: str | int) -> float:
+    """'200X' (or 200) -> the estimated microns per pixel of an original BreakHis field."""
+    value = int(str(magnification).upper().removesuffix("X"))
+    if value <= 0:
+        raise ValueError(f"magnification must be positive, not {magnification!r}")
+    return REFERENCE_MPP * REFERENCE_MAGNIFICATION / value
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Microns per pixel across (x) and down (y) an image, and where the figure comes from."""
+
+    x: float
+    y: float
+    source: str  # "slide metadata", "file name (200X, 224x224 copy of a 700x460 field)", "chosen by user", ...
+
+    @property
+    def isotropic(self) -> bool:
+        return math.isclose(self.x, self.y, rel_tol=0.02)
+
+    @property
+    def mean(self) -> float:
+        return math.sqrt(self.x * self.y)
+
+
+def field_mpp(magnification: str | int, width: int, height: int, source: str = "magnification") -> Scale:
+    """Scale of a BreakHis field (or a shrunk copy of one) of this size at this magnification.
+
+    A size of the original field's aspect (700x460, 500x328, ...) is a uniform copy; a square one
+    is taken as a squashed copy of a 700x460 field (the published 224x224 sets); any other size
+    is taken at the original field's pixel size (a crop, or a camera of the same pixel pitch).
+    """
+    base = magnification_mpp(magnification)
+    field_w, field_h = BREAKHIS_FIELD
+    if math.isclose(width / height, field_w / field_h, rel_tol=0.02):
+        return Scale(base * field_w / width, base * field_h / height, f"{source}, {width}x{height} field")
+    if width == height and width < field_h:
+        return Scale(base * field_w / width, base * field_h / height,
+                     f"{source}, {width}x{height} copy squashed from {field_w}x{field_h}")
+    return Scale(base, base, f"{source}, original pixel size")
+
+
+def image_scale(name: str, width: int, height: int, magnification: str | None = None) -> Scale | None:
+    """The scale of an image from the magnification in its BreakHis name, else from the one given
+    (the user's choice); None when neither states one."""
+    parsed = parse_name(name)
+    if parsed is not None:
+        return field_mpp(parsed.magnification, width, height, f"file name ({parsed.magnification})")
+    if magnification and str(magnification).upper().endswith("X"):
+        return field_mpp(magnification, width, height, f"chosen by user ({magnification})")
+    return None
+
+
+def scaled_size(width: int, height: int, scale: Scale, target_mpp: float) -> tuple[int, int]:
+    """(width, height) of the image resampled to target_mpp (at least 1 x 1)."""
+    return (max(1, round(width * scale.x / target_mpp)), max(1, round(height * scale.y / target_mpp)))
+
+
+def to_scale(rgb: np.ndarray, scale: Scale, target_mpp: float) -> np.ndarray:
+    """Resample a uint8 RGB image ONCE to target_mpp in both directions (restoring a squashed copy's
+    aspect). Shrinking uses Pillow's antialiased box/Lanczos filter; enlarging bicubic."""
+    height, width = rgb.shape[:2]
+    size = scaled_size(width, height, scale, target_mpp)
+    if size == (width, height):
+        return rgb
+    enlarging = size[0] * size[1] > width * height
+    method = Image.Resampling.BICUBIC if enlarging else Image.Resampling.LANCZOS
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).resize(size, method))
+
+
+def tile_origins(length: int, tile: int, stride: int) -> list[int]:
+    """Top-left coordinates along one axis of a grid of `tile`-long windows `stride` apart that cover
+    [0, length): the last window is moved back to end at the edge (never padded past it), and a
+    length shorter than a tile gives one window at 0 (the caller pads)."""
+    if tile <= 0 or stride <= 0:
+        raise ValueError(f"tile and stride must be positive, not {tile} and {stride}")
+    if length <= tile:
+        return [0]
+    origins = list(range(0, length - tile + 1, stride))
+    if origins[-1] + tile < length:
+        origins.append(length - tile)
+    return origins
+
+
+def tile_grid(width: int, height: int, tile: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """(x, y) top-left corners of the tiles covering a width x height image, row by row."""
+    stride = stride or tile
+    return [(x, y) for y in tile_origins(height, tile, stride) for x in tile_origins(width, tile, stride)]

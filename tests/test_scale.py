@@ -1,0 +1,57 @@
+"""Physical scale: BreakHis magnification -> microns per pixel, aspect restoration, the tile grid."""
+
+import numpy as np
+import pytest
+
+from core.data.scale import field_mpp, image_scale, magnification_mpp, scaled_size, tile_grid, tile_origins, to_scale
+
+
+def test_magnification_figures_follow_the_objective():
+    assert [magnification_mpp(m) for m in ("40X", "100X", "200X", "400X")] == [2.5, 1.0, 0.5, 0.25]
+    with pytest.raises(ValueError):
+        magnification_mpp("0X")
+
+
+def test_copies_keep_the_field_of_view():
+    original = field_mpp("200X", 700, 460)
+    shrunk = field_mpp("200X", 500, 328)
+    squashed = field_mpp("200X", 224, 224)
+    assert original.isotropic and (original.x, original.y) == (0.5, 0.5)
+    assert shrunk.isotropic and shrunk.x == pytest.approx(0.7)
+    assert not squashed.isotropic
+    assert squashed.x == pytest.approx(0.5 * 700 / 224) and squashed.y == pytest.approx(0.5 * 460 / 224)
+    # All three at one target scale: the same field size in pixels, the aspect of the original field.
+    target = squashed.x
+    sizes = {scaled_size(w, h, s, target) for (w, h), s in
+             (((700, 460), original), ((500, 328), shrunk), ((224, 224), squashed))}
+    assert sizes == {(224, 147)}
+
+
+def test_image_scale_from_name_or_choice():
+    named = image_scale("SOB_B_A-14-22549AB-40-001.png", 700, 460)
+    assert named.x == 2.5 and "file name" in named.source
+    assert image_scale("photo.png", 700, 460) is None
+    chosen = image_scale("photo.png", 700, 460, "400X")
+    assert chosen.x == 0.25 and "chosen by user" in chosen.source
+
+
+def test_to_scale_restores_the_aspect_of_a_squashed_copy():
+    rgb = np.zeros((224, 224, 3), np.uint8)
+    rgb[:, :112] = 255  # left half white
+    out = to_scale(rgb, field_mpp("200X", 224, 224), field_mpp("200X", 224, 224).x)
+    assert out.shape == (147, 224, 3)
+    assert out[:, :100].min() > 250 and out[:, 124:].max() < 5
+
+
+def test_tile_grid_covers_the_image_without_padding_past_it():
+    assert tile_origins(10, 4, 4) == [0, 4, 6]
+    assert tile_origins(8, 4, 2) == [0, 2, 4]
+    assert tile_origins(3, 4, 4) == [0]
+    grid = tile_grid(10, 8, 4)
+    covered = np.zeros((8, 10), bool)
+    for x, y in grid:
+        assert x + 4 <= 10 and y + 4 <= 8
+        covered[y:y + 4, x:x + 4] = True
+    assert covered.all()
+    with pytest.raises(ValueError):
+        tile_origins(10, 0, 1)
