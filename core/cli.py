@@ -14,34 +14,34 @@
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
 
-Exit codes are the same for every command: 0 done, 1 failed (including some inputs that could
-not be processed), 2 a usage or user error (bad option, missing folder, unusable model), 130
-interrupted, 143 cancelled by SIGTERM.
+Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
+not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:
+bad option, missing folder, unusable model; the message alone), 130 interrupted, 143 cancelled
+by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
+from core.errors import Cancelled, DatasetError, ImageError, UserInputError
 from core.paths import DEFAULT_MODEL_DIR
+
+log = logging.getLogger("core.cli")
 
 OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
 
 
 def _index(args) -> int:
-    from core.data.download import DatasetError, report
+    from core.data.download import report
 
-    try:
-        report(args.folder)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USER_ERROR
+    report(args.folder)  # a DatasetError (no folder, no images) is the user's: exit 2
     if args.csv:
         from core.data.breakhis import index_folder
 
@@ -51,7 +51,7 @@ def _index(args) -> int:
 
 
 def _download(args) -> int:
-    from core.data.download import DatasetError, download, manual_steps, report
+    from core.data.download import download, manual_steps, report
 
     try:
         path = download(args.dest)
@@ -142,7 +142,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from core.data.images import ImageError, load_image
+    from core.data.images import load_image
     from core.model.predict import Predictor
 
     predictor = Predictor.load(args.model)
@@ -375,18 +375,21 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse printed the usage error (code 2) or the help (code 0)
         return int(stop.code or 0)
-    from core.model.folders import ModelFolderError
-    from core.training.fit import Cancelled
-
+    # Warnings of every module (logging) and the traceback of a failure go to stderr for this command.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     try:
         return args.handler(args)
     except Cancelled:
         return CANCELLED
     except KeyboardInterrupt:
         return INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ModelFolderError) as error:
+    except UserInputError as error:  # the user's input, not the program: the message is enough
         print(f"error: {error}", file=sys.stderr, flush=True)
         return USER_ERROR
-    except Exception:  # anything else is a failure of ours: show everything
-        traceback.print_exc()
+    except Exception:  # anything else is a failure of ours: log everything
+        log.exception("python -m core %s failed", args.command)
         return FAILED
+    finally:
+        logging.getLogger().removeHandler(handler)

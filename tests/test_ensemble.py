@@ -94,7 +94,7 @@ def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_
 def test_a_swapped_member_is_refused(ensemble, tmp_path):
     import shutil
 
-    from core.model.folders import ModelFolderError
+    from core.errors import ModelFolderError
 
     copy = tmp_path / "ens"
     shutil.copytree(ensemble.parent, copy)

@@ -16,8 +16,9 @@ import numpy as np
 import streamlit as st
 
 from core.app import registry, service
+from core.errors import ModelFolderError
 from core.model.cam import explain
-from core.model.folders import ModelFolderError, read_card
+from core.model.folders import read_card
 from core.model.predict import Predictor
 
 # ---------------------------------------------------------------- models

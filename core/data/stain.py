@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import UserInputError
+
 # Standard Ruifrok-Johnston stain vectors (optical density of haematoxylin, eosin, DAB), unit rows.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
@@ -105,7 +107,7 @@ class StainNormalizer:
                 tiles.append(np.asarray(tile.resize((_REFERENCE_THUMBNAIL, _REFERENCE_THUMBNAIL),
                                                     Image.Resampling.BILINEAR)))
         if not tiles:
-            raise ValueError("No reference image has enough stained tissue to fit a stain normaliser on")
+            raise UserInputError("No reference image has enough stained tissue to fit a stain normaliser on")
         mosaic = np.concatenate(tiles, axis=0)
         fitted = cls(method)
         fitted._normalizer.fit(mosaic)

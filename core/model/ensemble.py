@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import write_json_atomic
-from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, ModelFolderError, labels_block, read_card
+from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, labels_block, read_card
 from core.model.predict import VIEWS, Predictor
 
 
@@ -26,11 +27,11 @@ def save_ensemble(members: list, folder, name: str | None = None, **fields) -> P
     """Write an ensemble card for these classifier folders (verified, one hierarchy); returns the folder."""
     folder = Path(folder)
     if len(members) < 2:
-        raise ValueError("An ensemble needs at least two member models")
+        raise UserInputError("An ensemble needs at least two member models")
     cards = [read_card(member, CLASSIFIER) for member in members]
     hierarchies = {card["hierarchy"] for card in cards}
     if len(hierarchies) != 1:
-        raise ValueError(f"Ensemble members must share one hierarchy, not {sorted(hierarchies)}")
+        raise UserInputError(f"Ensemble members must share one hierarchy, not {sorted(hierarchies)}")
     folder.mkdir(parents=True, exist_ok=True)
     backbones = sorted({card["backbone"] for card in cards})
     card = {"kind": ENSEMBLE, "name": name or folder.name, "hierarchy": hierarchies.pop(),

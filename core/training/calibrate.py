@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.labels import CLASSES, FLAT_OUTPUT, HIERARCHICAL, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, subtype_index
+from core.errors import UserInputError
 from core.model.calibration import ECE_BINS, apply_temperature, brier, fit_temperature, reliability
 from core.model.folders import update_card
 from core.model.predict import Predictor
@@ -64,7 +65,7 @@ def calibrate_run(run_dir, data_dir=None, batch_size: int = 32) -> dict:
             rows = rows.iloc[kept].reset_index(drop=True)
             parts[split] = (rows, outputs, head_targets(rows, predictor.hierarchy))
     if "val" not in parts:
-        raise ValueError(f"{run_dir} has no readable validation images to fit temperatures on")
+        raise UserInputError(f"{run_dir} has no readable validation images to fit temperatures on")
     rows, outputs, targets = parts["val"]
     temperatures = {head: fit_temperature(outputs[head][own], truth) for head, (own, truth) in targets.items()
                     if own.any()}

@@ -15,6 +15,7 @@ from core.data.labels import HIERARCHICAL, HIERARCHIES, INPUT_SIZE, MAGNIFICATIO
 from core.data.selection import SplitSpec
 from core.data.splits import PATIENT, PROTOCOL_NAMES, normalise_protocol
 from core.data.stain import STAIN_METHODS
+from core.errors import UserInputError
 from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.options import option
 
@@ -104,4 +105,4 @@ def validate(config: TrainConfig) -> None:
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:
-        raise ValueError("Invalid training settings: " + "; ".join(problems))
+        raise UserInputError("Invalid training settings: " + "; ".join(problems))

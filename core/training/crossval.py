@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.jsonfile import read_json, write_json_atomic
 from core.model.ensemble import save_ensemble
+from core.paths import refuse_existing_run
 from core.training.intervals import fold_summary
 
 HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
@@ -35,8 +36,7 @@ def cross_validate(config) -> dict:
     from core.training.fit import train
 
     out = Path(config.out)
-    if (out / "cv.json").exists():
-        raise FileExistsError(f"{out} already holds a cross-validation; choose a new --out folder")
+    refuse_existing_run(out, ("cv.json",), holds="a cross-validation")
     runs = []
     for fold in range(config.folds):
         result = train(dataclasses.replace(config, fold=fold, out=str(out / f"fold-{fold}")))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.model.ensemble import save_ensemble
+from core.paths import refuse_existing_run
 
 
 def _run_of(member: Path) -> Path:
@@ -38,8 +39,7 @@ def shared_split(members: list[Path]) -> pd.DataFrame | None:
 def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, **card_fields) -> Path:
     """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation."""
     members, out = [Path(m) for m in members], Path(out)
-    if (out / "model").exists():
-        raise FileExistsError(f"{out} already holds a model; choose a new --out folder")
+    refuse_existing_run(out, ("model",), holds="a model")
     common = shared_split(members)
     if common is not None:
         source = _run_of(members[0])

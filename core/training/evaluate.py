@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, resolve_paths
+from core.errors import UserInputError
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import reliability
 from core.model.folders import update_card
@@ -55,11 +56,11 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
     """
     csv = run_dir / "split.csv"
     if not csv.is_file():
-        raise FileNotFoundError(f"{csv} not found: is {run_dir} a training run folder?")
+        raise UserInputError(f"{csv} not found: is {run_dir} a training run folder?")
     table = pd.read_csv(csv)
     missing_columns = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing_columns:
-        raise ValueError(f"{csv} lacks the column(s) {', '.join(missing_columns)}")
+        raise UserInputError(f"{csv} lacks the column(s) {', '.join(missing_columns)}")
     if "protocol" not in table.columns:
         table["protocol"] = "unknown protocol"
     if data_dir is not None:
@@ -212,15 +213,15 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     run_dir = Path(run_dir)
     threshold = 0.5 if recall_threshold is None else float(recall_threshold)
     if not 0.0 <= threshold <= 1.0 or not 0.0 < target_recall <= 1.0:
-        raise ValueError("thresholds and target recall must be in [0, 1]")
+        raise UserInputError("thresholds and target recall must be in [0, 1]")
     table, missing = read_split(run_dir, data_dir)
     if split not in set(table["split"]):
-        raise ValueError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
+        raise UserInputError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
                          f"({len(missing)} listed images not found; pass --data DIR to find them by name)")
     predictor = Predictor.load(run_dir / "model")
     evaluated, unreadable = predict_table(predictor, table[table["split"] == split], batch_size)
     if evaluated.empty:
-        raise ValueError(f"None of the {split!r} images could be read")
+        raise UserInputError(f"None of the {split!r} images could be read")
     val_table = None
     if split != "val" and (table["split"] == "val").any():
         val_table, unreadable_val = predict_table(predictor, table[table["split"] == "val"], batch_size)
