@@ -24,7 +24,7 @@ from common import emit  # noqa: E402 - bench/common.py (the script's own folder
 from core.data.breakhis import index_folder
 from core.data.images import load_image
 from core.data.stain import StainNormalizer
-from core.model.predict import Predictor
+from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 from core.training.robustness import SHIFTS, shift_report, with_normalizer
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
 
-    predictor = Predictor.load(args.model)
+    predictor = load_predictor(args.model)
     table = index_folder(args.data).images
     test_cases = ((predictor.card.get("metrics") or {}).get("test_set") or {}).get("cases")
     if test_cases and not args.all_images:

@@ -65,11 +65,19 @@ def _download(args) -> int:
 
 
 def _train(args) -> int:
+    """One run; with --folds k and no --fold, the cross-validation of every fold."""
     from core.options import from_args
     from core.training.config import TrainConfig
-    from core.training.fit import train
 
-    train(from_args(TrainConfig, args))
+    config = from_args(TrainConfig, args)
+    if config.all_folds:
+        from core.training.crossval import cross_validate
+
+        cross_validate(config)
+    else:
+        from core.training.fit import train
+
+        train(config)
     return OK
 
 
@@ -143,9 +151,9 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     from core.data.images import load_image
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    predictor = Predictor.load(args.model)
+    predictor = load_predictor(args.model)
     failed = 0
     for path in args.images:
         name = os.path.basename(path)

@@ -15,9 +15,9 @@ from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_l
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    return Predictor.load(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
+    return load_predictor(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
 
 
 @pytest.fixture(scope="module")

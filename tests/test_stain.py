@@ -68,12 +68,12 @@ def test_the_pipeline_and_the_predictor_normalise_the_same_way(samples_dir, tmp_
     from core.data.breakhis import index_folder
     from core.data.pipeline import make_dataset
     from core.model.folders import update_card
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
     normalizer = StainNormalizer.fit("macenko", fields[:4])
     folder = make_model_folder(tmp_path / "model")
     update_card(folder, stain_normalization=normalizer.to_dict())
-    predictor = Predictor.load(folder)
+    predictor = load_predictor(folder)
     assert predictor.normalizer.method == "macenko"
     table = index_folder(samples_dir).images.head(3)
     batch, _, _ = next(iter(make_dataset(table, batch_size=3, input_size=64, cache=False, normalizer=normalizer)))
@@ -86,7 +86,7 @@ def test_the_pipeline_and_the_predictor_normalise_the_same_way(samples_dir, tmp_
 def test_with_normalisation_calls_change_on_fewer_stain_shifted_images(synthetic_breakhis, tmp_path):
     """Two models on the synthetic set, one trained with Reinhard normalisation: under stain and
     brightness shifts of the held-out images, the normalised model's calls change less often."""
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
     from core.training.evaluate import read_split
     from core.training.fit import train
     from core.training.robustness import shift_report
@@ -98,7 +98,7 @@ def test_with_normalisation_calls_change_on_fewer_stain_shifted_images(synthetic
                    batch_size=16, epochs=6, patience=6, stain_norm=method, baselines=False, echo_stdout=False))
         card = json.loads((run / "model" / "card.json").read_text())
         assert card["stain_normalization"]["method"] == method
-        predictor = Predictor.load(run / "model")
+        predictor = load_predictor(run / "model")
         table, _ = read_split(run)
         test = table[table["split"] == "test"]
         images = [load_image(p).rgb for p in test["path"]]

@@ -185,10 +185,10 @@ def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
 
 
 def test_folds_without_a_fold_cross_validate_every_case_once(synthetic_breakhis, tmp_path):
-    from core.training.fit import train
+    from core.training.crossval import cross_validate
 
-    result = train(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), mode="fast", folds=3,
-                        echo_stdout=False, **dict(TINY, epochs=3)))
+    result = cross_validate(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), mode="fast", folds=3,
+                                 echo_stdout=False, **dict(TINY, epochs=3)))
     tested = []
     for fold in range(3):
         split = pd.read_csv(tmp_path / "cv" / f"fold-{fold}" / "split.csv", dtype={"case": str})
@@ -323,3 +323,19 @@ def test_mirrored_strategy_on_two_logical_cpus_learns(synthetic_breakhis, tmp_pa
     distribution = card["training"]["distribution"]
     assert distribution["strategy"] == "MirroredStrategy" and distribution["replicas"] == 2
     assert heldout_stage1_accuracy(run) >= 0.95
+
+
+def test_train_trains_one_run_and_the_cli_sends_every_fold_to_cross_validation(synthetic_breakhis, tmp_path,
+                                                                              monkeypatch):
+    import core.training.crossval
+    from core.cli import main as cli
+    from core.errors import UserInputError
+    from core.training.fit import train
+
+    with pytest.raises(UserInputError, match="cross_validate"):
+        train(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), folds=3))
+    assert not (tmp_path / "cv").exists()  # refused before anything was written
+    called = []
+    monkeypatch.setattr(core.training.crossval, "cross_validate", lambda config: called.append(config))
+    assert cli(["train", "--data", str(synthetic_breakhis), "--out", str(tmp_path / "cv"), "--folds", "3"]) == 0
+    assert [(c.folds, c.fold) for c in called] == [(3, None)]

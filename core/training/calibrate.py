@@ -19,7 +19,7 @@ from core.data.labels import CLASSES, FLAT_OUTPUT, HIERARCHICAL, STAGE1_OUTPUT, 
 from core.errors import UserInputError
 from core.model.calibration import ECE_BINS, apply_temperature, brier, fit_temperature, reliability
 from core.model.folders import update_card
-from core.model.predict import Predictor
+from core.model.loading import load_predictor
 from core.training.evaluate import raw_outputs, read_split
 from core.training.metrics import scope
 
@@ -56,7 +56,7 @@ def calibrate_run(run_dir, data_dir=None, batch_size: int = 32) -> dict:
     """Fit, measure and store the temperatures of RUN/model; returns the card's calibration block."""
     run_dir = Path(run_dir)
     table, _ = read_split(run_dir, data_dir)
-    predictor = Predictor.load(run_dir / "model", calibrated=False)
+    predictor = load_predictor(run_dir / "model", calibrated=False)
     parts = {}
     for split in ("val", "test"):
         rows = table[table["split"] == split]

@@ -81,6 +81,15 @@ class TrainConfig:
         return None if self.weights in (None, "none", "None") else self.weights
 
 
+def checked(config: TrainConfig | dict) -> TrainConfig:
+    """A copy of the settings with the run-time defaults filled in, validated (UserInputError)."""
+    config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
+    config.input_size = config.input_size or INPUT_SIZE
+    config.weights = config.weights_or_none
+    validate(config)
+    return config
+
+
 def validate(config: TrainConfig) -> None:
     """All setting problems at once, in words, before anything is written."""
     problems = []

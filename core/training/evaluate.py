@@ -24,6 +24,7 @@ from core.errors import UserInputError
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import reliability
 from core.model.folders import update_card
+from core.model.loading import load_predictor
 from core.model.predict import Predictor
 from core.paths import portable
 from core.training.baselines import BASELINES
@@ -218,7 +219,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     if split not in set(table["split"]):
         raise UserInputError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
                          f"({len(missing)} listed images not found; pass --data DIR to find them by name)")
-    predictor = Predictor.load(run_dir / "model")
+    predictor = load_predictor(run_dir / "model")
     evaluated, unreadable = predict_table(predictor, table[table["split"] == split], batch_size)
     if evaluated.empty:
         raise UserInputError(f"None of the {split!r} images could be read")
@@ -234,7 +235,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
     }
-    views = getattr(predictor, "members", None) is not None  # an ensemble has views without TTA
+    views = len(predictor.members) > 1  # an ensemble's members are views without TTA
     val_rows, rows = table[table["split"] == "val"], table[table["split"] == split]
     with_views = val_table if views else (predict_table(predictor, for_views(val_rows), batch_size, tta=True)[0]
                                           if val_table is not None else None)

@@ -31,7 +31,7 @@ import pandas as pd
 import tensorflow as tf
 
 from core.data.balance import apply_strategy
-from core.data.labels import INPUT_SIZE, output_sizes
+from core.data.labels import output_sizes
 from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage
@@ -41,7 +41,7 @@ from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
 from core.paths import portable, refuse_existing_run
-from core.training.config import TrainConfig, validate
+from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
@@ -328,16 +328,13 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
 
 
 def train(config: TrainConfig | dict) -> dict:
-    """Run one training job; returns a summary. On SIGTERM raises Cancelled, on failure re-raises,
-    in both cases after writing the final events, so the caller and the stream both know."""
-    config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
-    config.input_size = config.input_size or INPUT_SIZE
-    config.weights = config.weights_or_none
-    validate(config)
-    if config.all_folds:  # --folds k without --fold: every fold, then the cross-validation summary
-        from core.training.crossval import cross_validate
-
-        return cross_validate(config)
+    """Train exactly one run (one split, or one fold of a k-fold split); returns a summary. On
+    SIGTERM raises Cancelled, on failure re-raises, in both cases after writing the final events,
+    so the caller and the stream both know. Every fold in one go: core.training.crossval."""
+    config = checked(config)
+    if config.all_folds:
+        raise UserInputError(f"--folds {config.folds} without --fold is a cross-validation of every fold: "
+                             "run core.training.crossval.cross_validate (python -m core train does)")
     chief, worker = is_chief()
     run_dir = Path(config.out) if chief else Path(tempfile.mkdtemp(prefix=f"breakhis-worker{worker}-"))
     refuse_existing_run(run_dir, ("progress.jsonl", "model"))

@@ -23,6 +23,7 @@ from core.model.backbones import DEFAULT_BACKBONE
 from core.model.folders import load_model_folder, update_card
 from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
+from core.training.crossval import cross_validate as cross_validation
 from core.training.fit import train
 
 # A recipe names every setting that decides the model, so a later change of a TrainConfig default
@@ -58,7 +59,7 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     extras = [run_dir / "history.csv", run_dir / "metrics.json"]
     if cross_validate:
         cv_dir = run_dir.with_name(run_dir.name + f"-cv{cross_validate}")
-        train(TrainConfig(data=str(data), out=str(cv_dir), folds=cross_validate, **RECIPES[recipe]))
+        cross_validation(TrainConfig(data=str(data), out=str(cv_dir), folds=cross_validate, **RECIPES[recipe]))
         extras += [cv_dir / "cv.json", cv_dir / "cv.md"]
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
