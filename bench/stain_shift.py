@@ -1,5 +1,5 @@
 """Robustness to other labs' staining: how often do a model's calls change under controlled stain
-shifts, with and without stain normalisation? (core.training.robustness)
+shifts, with and without stain normalisation? (core.evaluation.robustness)
 
     python bench/stain_shift.py [--model models/default] [--data DIR] [--method macenko|reinhard]
                                 [--out bench/results/stain_shift.json] [--plot bench/results/stain_shift.html]
@@ -24,9 +24,9 @@ from common import emit  # noqa: E402 - bench/common.py (the script's own folder
 from core.data.breakhis import index_folder
 from core.data.images import load_image
 from core.data.stain import StainNormalizer
+from core.evaluation.robustness import SHIFTS, shift_report, with_normalizer
 from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from core.training.robustness import SHIFTS, shift_report, with_normalizer
 
 
 def main(argv=None) -> int:

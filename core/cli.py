@@ -93,8 +93,8 @@ def _compare(args) -> int:
 
 
 def _calibrate(args) -> int:
+    from core.evaluation.evaluate import evaluate_run
     from core.training.calibrate import calibrate_run
-    from core.training.evaluate import evaluate_run
 
     block = calibrate_run(args.run, args.data)
     for split, measured in block["measured"].items():
@@ -127,7 +127,7 @@ def _ensemble(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.training.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run
 
     results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall)
     data = results["data"]

@@ -8,8 +8,8 @@ import plotly.express as px
 import streamlit as st
 
 from core.app import performance, registry, session
+from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
 from core.paths import REFERENCE_RESULTS
-from core.training.figures import confusion_figure, reliability_figure, roc_figure
 
 session.require_router()
 

@@ -18,11 +18,11 @@ PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, synthetic_breakhis):
-    """models/default (DEMO) plus runs/evaluated (a real core.training.evaluate run on synthetic data)."""
+    """models/default (DEMO) plus runs/evaluated (a real core.evaluation.evaluate run on synthetic data)."""
     from core.data.breakhis import index_folder
     from core.data.splits import PATIENT, make_split
+    from core.evaluation.evaluate import evaluate_run, without_curves
     from core.model.folders import update_card
-    from core.training.evaluate import evaluate_run, without_curves
 
     root = tmp_path_factory.mktemp("app")
     default = make_model_folder(root / "models" / "default", demo=True)

@@ -86,10 +86,10 @@ def test_the_pipeline_and_the_predictor_normalise_the_same_way(samples_dir, tmp_
 def test_with_normalisation_calls_change_on_fewer_stain_shifted_images(synthetic_breakhis, tmp_path):
     """Two models on the synthetic set, one trained with Reinhard normalisation: under stain and
     brightness shifts of the held-out images, the normalised model's calls change less often."""
+    from core.evaluation.evaluate import read_split
+    from core.evaluation.robustness import shift_report
     from core.model.loading import load_predictor
-    from core.training.evaluate import read_split
     from core.training.fit import train
-    from core.training.robustness import shift_report
 
     reports, accuracy = {}, {}
     for method in ("none", "reinhard"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.training.intervals import format_interval
+from core.evaluation.intervals import format_interval
 
 HEADLINE_NAMES = {"stage1_accuracy": "stage-1 accuracy", "stage1_balanced_accuracy": "stage-1 balanced accuracy",
                   "malignant_recall": "malignant recall", "stage1_auc": "stage-1 ROC AUC",
@@ -68,7 +68,7 @@ def protocol_kind(protocol: str) -> str:
 
 def intervals_table(metrics: dict) -> pd.DataFrame:
     """Headline figures with their 95% bootstrap intervals over cases, image- and patient-level, for
-    the model and each baseline scored on the same held-out cases (core.training.evaluate)."""
+    the model and each baseline scored on the same held-out cases (core.evaluation.evaluate)."""
     columns = {"model": metrics, **{b["name"]: b for b in (metrics.get("baselines") or {}).values()}}
     rows = []
     for level in ("image", "patient"):

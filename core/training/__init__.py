@@ -1,12 +1,13 @@
 """core.training: from a folder of images to an evaluated model folder.
 
 config (TrainConfig: the one definition of a run's options), fit (the training job), progress
-(the JSON-lines stream the app follows), evaluate (protocol-labelled metrics), figures (plots of
-them), recipes (how the bundled default model is made).
+(the JSON-lines stream the app follows), calibrate (temperatures on the validation split),
+crossval, compare, tuning and ensembles (runs made of runs), recipes (how the bundled default
+model is made). Evaluating a run is core.evaluation's job.
 """
 
+from core.evaluation.evaluate import evaluate_run
 from core.training.config import TrainConfig
-from core.training.evaluate import evaluate_run
 from core.training.fit import Cancelled, train
 from core.training.progress import ProgressWriter, latest_state, read_progress
 from core.training.recipes import make_default

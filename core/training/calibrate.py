@@ -17,11 +17,11 @@ import pandas as pd
 
 from core.data.labels import CLASSES, FLAT_OUTPUT, HIERARCHICAL, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, subtype_index
 from core.errors import UserInputError
+from core.evaluation.evaluate import raw_outputs, read_split
+from core.evaluation.metrics import scope
 from core.model.calibration import ECE_BINS, apply_temperature, brier, fit_temperature, reliability
 from core.model.folders import update_card
 from core.model.loading import load_predictor
-from core.training.evaluate import raw_outputs, read_split
-from core.training.metrics import scope
 
 
 def head_targets(rows: pd.DataFrame, hierarchy: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

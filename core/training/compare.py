@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserInputError
+from core.evaluation.intervals import format_interval
 from core.jsonfile import read_json
 from core.paths import refuse_existing_run
-from core.training.intervals import format_interval
 
 VALIDATION = ("stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")
 TEST = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")

@@ -4,7 +4,7 @@
 
 Members trained on the same split (different backbones, or seeds) share their held-out cases, so
 the ensemble run gets that split and is evaluated like any run: the ensemble and every member on
-the same test images (core.training.evaluate). The fold models of a k-fold cross-validation
+the same test images (core.evaluation.evaluate). The fold models of a k-fold cross-validation
 (core.training.crossval) each held out different patients, so that ensemble has no common
 held-out cases: its card points to the cross-validation, which is the estimate of its accuracy.
 """
@@ -53,7 +53,7 @@ def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = T
                                              "see the cross-validation for the accuracy estimate")
     folder = save_ensemble(members, out / "model", name=name or out.name, **card_fields)
     if common is not None and evaluate and (common["split"] == "test").any():
-        from core.training.evaluate import evaluate_run
+        from core.evaluation.evaluate import evaluate_run
 
         evaluate_run(out)
     return folder

@@ -251,8 +251,8 @@ def validate_final(model, val: pd.DataFrame, config, data: dict, strategy) -> di
 def _after_training(run_dir: Path, what: str, command: str, **options):
     """Calibration, then evaluation, of the saved model. A failure fails the run: a model whose
     calibration or evaluation broke must not look like a finished, measured one."""
+    from core.evaluation.evaluate import evaluate_run
     from core.training.calibrate import calibrate_run
-    from core.training.evaluate import evaluate_run
 
     try:
         return (calibrate_run if what == "calibration" else evaluate_run)(run_dir, **options)
@@ -262,7 +262,7 @@ def _after_training(run_dir: Path, what: str, command: str, **options):
 
 
 def _evaluate(run_dir: Path, baselines: bool) -> dict:
-    """core.training.evaluate on the test split -> the headline numbers."""
+    """core.evaluation.evaluate on the test split -> the headline numbers."""
     result = _after_training(run_dir, "evaluation", "evaluate", baselines=baselines)
     return {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

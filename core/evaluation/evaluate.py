@@ -21,16 +21,10 @@ import pandas as pd
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, resolve_paths
 from core.errors import UserInputError
-from core.jsonfile import read_json, write_json_atomic
-from core.model.calibration import reliability
-from core.model.folders import update_card
-from core.model.loading import load_predictor
-from core.model.predict import Predictor
-from core.paths import portable
-from core.training.baselines import BASELINES
-from core.training.figures import confusion_figure, roc_figure, scope_text
-from core.training.intervals import headline_intervals, point_metrics
-from core.training.metrics import (
+from core.evaluation.baselines import BASELINES
+from core.evaluation.figures import confusion_figure, roc_figure, scope_text
+from core.evaluation.intervals import headline_intervals, point_metrics
+from core.evaluation.metrics import (
     PATIENT_NOTE,
     columns_of,
     magnification_blocks,
@@ -41,7 +35,13 @@ from core.training.metrics import (
     stage2_blocks,
     subtype8_block,
 )
-from core.training.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
+from core.evaluation.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
+from core.jsonfile import read_json, write_json_atomic
+from core.model.calibration import reliability
+from core.model.folders import update_card
+from core.model.loading import load_predictor
+from core.model.predict import Predictor
+from core.paths import portable
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
 
@@ -172,7 +172,7 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
 
 
 def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_recall: float) -> dict:
-    """Each baseline (core.training.baselines), fitted on the run's training images and scored on
+    """Each baseline (core.evaluation.baselines), fitted on the run's training images and scored on
     the same held-out images, cases and thresholds rule as the model."""
     train = table[(table["split"] == "train") & ~table.get("synthetic", pd.Series(False, index=table.index)).astype(bool)]
     scored = {}
