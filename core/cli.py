@@ -94,7 +94,7 @@ def _compare(args) -> int:
 
 def _calibrate(args) -> int:
     from core.evaluation.evaluate import evaluate_run
-    from core.training.calibrate import calibrate_run
+    from core.training.calibrate_run import calibrate_run
 
     block = calibrate_run(args.run, args.data)
     for split, measured in block["measured"].items():
@@ -118,7 +118,7 @@ def _tune(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from core.training.ensembles import ensemble_run
+    from core.training.ensemble_run import ensemble_run
 
     folder = ensemble_run(args.members, args.out, args.name)
     print(f"wrote the ensemble {folder}" + (f" and its evaluation {Path(args.out) / 'metrics.json'}"

@@ -62,7 +62,7 @@ right.markdown(f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}
 split = training.get("split") or {}
 if split.get("images"):
     with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
-        st.dataframe(performance.split_table(split), hide_index=True)
+        st.dataframe(performance.split_summary(split), hide_index=True)
         if split.get("shared_cases"):
             st.error(f"{split['shared_cases']} case(s) are in more than one split: the figures are optimistic.")
 with st.expander("Full card (JSON)"):

@@ -260,7 +260,7 @@ def test_the_split_table_shows_what_each_split_holds(synthetic_breakhis):
     from core.data.splits import PATIENT, describe_split, make_split
 
     split = make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0)
-    table = performance.split_table(describe_split(split)).set_index("split")
+    table = performance.split_summary(describe_split(split)).set_index("split")
     assert table["images"].sum() == len(split) == 96
     assert table.loc["test", "cases"] == split.loc[split["split"] == "test", "case"].nunique()
     assert (table["synthetic images"] == 0).all()

@@ -16,7 +16,7 @@ TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, 
 @pytest.fixture(scope="module")
 def ensemble(synthetic_breakhis, tmp_path_factory):
     """Three small models on the same patient-wise split (three seeds of initialisation only)."""
-    from core.training.ensembles import ensemble_run
+    from core.training.ensemble_run import ensemble_run
     from core.training.fit import train
 
     root = tmp_path_factory.mktemp("ensemble")

@@ -147,7 +147,7 @@ def training_curves(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"Loss": long[is_loss], "Metrics": scores}
 
 
-def split_table(description: dict) -> pd.DataFrame:
+def split_summary(description: dict) -> pd.DataFrame:
     """core.data.splits.describe_split (recorded in the card) as one row per split: images, cases,
     and the subtypes a split lacks (a metric over a split without a subtype cannot speak for it)."""
     return pd.DataFrame([{"split": split, "images": description["images"].get(split, 0),

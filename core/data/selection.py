@@ -83,7 +83,7 @@ def fingerprint(images: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def split_table(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+def assign_splits(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     """`images` at the spec's magnification, with "split" and "protocol" columns; no case in two splits."""
     images = select_magnification(images, spec.magnification)
     if len(images) == 0:
@@ -107,7 +107,7 @@ def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Sel
         log.warning(index.summary())
     if len(index.images) == 0:
         raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
-    return Selection(split_table(index.images, spec), index.skipped, fingerprint(index.images))
+    return Selection(assign_splits(index.images, spec), index.skipped, fingerprint(index.images))
 
 
 def relative_to_data(table: pd.DataFrame, data_dir) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """core.training: from a folder of images to an evaluated model folder.
 
 config (TrainConfig: the one definition of a run's options), fit (the training job), progress
-(the JSON-lines stream the app follows), calibrate (temperatures on the validation split),
-crossval, compare, tuning and ensembles (runs made of runs), recipes (how the bundled default
+(the JSON-lines stream the app follows), calibrate_run (temperatures on the validation split),
+crossval, compare, tuning and ensemble_run (runs made of runs), recipes (how the bundled default
 model is made). Evaluating a run is core.evaluation's job.
 """
 

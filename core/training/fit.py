@@ -252,7 +252,7 @@ def _after_training(run_dir: Path, what: str, command: str, **options):
     """Calibration, then evaluation, of the saved model. A failure fails the run: a model whose
     calibration or evaluation broke must not look like a finished, measured one."""
     from core.evaluation.evaluate import evaluate_run
-    from core.training.calibrate import calibrate_run
+    from core.training.calibrate_run import calibrate_run
 
     try:
         return (calibrate_run if what == "calibration" else evaluate_run)(run_dir, **options)
