@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
     import pytest
 
-    from core.app.testing import run_app_like_the_server
+    from tests.app_testing import run_app_like_the_server
 
     with pytest.MonkeyPatch.context() as patch:
         run_app_like_the_server(patch)
