@@ -64,7 +64,7 @@ def test_blank_and_odd_fields_come_back_unchanged_with_a_note(fields):
 
 
 def test_the_pipeline_and_the_predictor_normalise_the_same_way(samples_dir, tmp_path, fields):
-    from core.app.testing import make_model_folder
+    from tests.app_testing import make_model_folder
     from core.data.breakhis import index_folder
     from core.data.pipeline import make_dataset
     from core.model.folders import update_card
