@@ -23,7 +23,7 @@ from common import emit  # noqa: E402 - bench/common.py (the script's own folder
 
 from core.data.breakhis import index_folder
 from core.data.images import load_image
-from core.data.stain import StainNormalizer
+from core.data.stain import get_normalizer
 from core.evaluation.robustness import SHIFTS, shift_report, with_normalizer
 from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
         table = held_out if len(held_out) else table
     images = [load_image(path, check_histology=False).rgb for path in table["path"]]
     own = predictor.normalizer.method != "none"
-    normalizer = predictor.normalizer if own else StainNormalizer.fit(args.method, images, "the unshifted images")
-    plain = with_normalizer(predictor, StainNormalizer("none"))
+    normalizer = predictor.normalizer if own else get_normalizer(args.method).fit(images, "the unshifted images")
+    plain = with_normalizer(predictor, get_normalizer("none"))
     result = {
         "model": predictor.name, "images": len(images), "cases": int(table["case"].nunique()),
         "held_out_only": bool(test_cases and not args.all_images and len(table) < len(index_folder(args.data).images)),

@@ -49,10 +49,10 @@ def environment(tmp_path_factory, synthetic_breakhis):
 
 def stain_normalizer(data):
     from core.data.images import load_image
-    from core.data.stain import StainNormalizer
+    from core.data.stain import get_normalizer
 
     pictures = [load_image(path, check_histology=False).rgb for path in sorted(data.rglob("*.png"))[:8]]
-    return StainNormalizer.fit("macenko", pictures, "8 training images")
+    return get_normalizer("macenko").fit(pictures, "8 training images")
 
 
 @pytest.fixture
