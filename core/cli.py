@@ -36,6 +36,9 @@ from core.paths import DEFAULT_MODEL_DIR
 log = logging.getLogger("core.cli")
 
 OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
+# The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
+ABLATION_OPTIONS = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
+                    "magnification", "seed")
 
 
 def _index(args) -> int:
@@ -223,9 +226,7 @@ def _gan_compare(args) -> int:
 def _gan_ablation(args) -> int:
     from core.gan.ablation import format_ablation, run_ablation
 
-    names = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
-             "magnification", "seed")
-    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ABLATION_OPTIONS if getattr(args, k) is not None}
     print(format_ablation(run_ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)))
     return OK
 
@@ -350,9 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--out", required=True)
     ablation.add_argument("--subtypes", nargs="+", choices=SUBTYPES, help="subtypes to fill (default: all it knows)")
     ablation.add_argument("--allow-gan-leak", action="store_true", help="run even if the GAN saw val/test images")
-    for flag, kind in (("backbone", str), ("hierarchy", str), ("mode", str), ("epochs", int), ("batch-size", int),
-                       ("input-size", int), ("weights", str), ("split", str), ("magnification", str), ("seed", int)):
-        ablation.add_argument("--" + flag, type=kind, help="as for train")
+    _add_dataclass_options(ablation, "core.training.config", "TrainConfig", only=ABLATION_OPTIONS, unset=True)
 
     export = command("export-model", _export_model, "zip a verified model folder")
     export.add_argument("model", help="model folder")
@@ -363,12 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_dataclass_options(parser, module: str, name: str) -> None:
+def _add_dataclass_options(parser, module: str, name: str, **which) -> None:
+    """The options of a settings dataclass (core.options), imported only when the parser is built."""
     import importlib
 
     from core.options import add_arguments
 
-    add_arguments(parser, getattr(importlib.import_module(module), name))
+    add_arguments(parser, getattr(importlib.import_module(module), name), **which)
 
 
 def _unit_interval(text: str) -> float:

@@ -29,8 +29,9 @@ def flag(name: str, default=None) -> str:
     return ("--no-" if default is True else "--") + name.replace("_", "-")
 
 
-def _fields(cls, skip=()) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False) and f.name not in skip]
+def _fields(cls, skip=(), only=None) -> list[dataclasses.Field]:
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", False) and f.name not in skip]
+    return fields if only is None else [f for f in fields if f.name in only]
 
 
 def choices_of(cls, name: str) -> tuple | None:
@@ -59,12 +60,23 @@ def _value_type(field: dataclasses.Field, default):
     return str
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One `--kebab-case` argument per option field of `cls` (booleans become switches)."""
-    for field in _fields(cls, skip):
+def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), only=None, unset: bool = False) -> None:
+    """One `--kebab-case` argument per option field of `cls` (booleans become switches).
+
+    `only` picks some fields; `unset` makes every picked option optional with the value None when
+    not given, for a command that passes only what the user set on to code with its own defaults
+    (the GAN ablation's classifier runs)."""
+    for field in _fields(cls, skip, only):
         default = default_of(cls, field.name)
         meta, kwargs = field.metadata, {}
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if unset and not isinstance(default, bool):
+            kwargs = {"type": _value_type(field, default), "choices": meta.get("choices"), "nargs": meta.get("nargs"),
+                      "metavar": meta.get("metavar")}
+            parser.add_argument(flag(field.name), dest=field.name, default=None,
+                                help=f"{meta.get('help', '')} (default: as for train)".replace("%", "%%"),
+                                **{k: v for k, v in kwargs.items() if v is not None})
+            continue
         if isinstance(default, bool):
             kwargs["action"] = "store_false" if default else "store_true"
         else:

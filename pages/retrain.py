@@ -1,9 +1,5 @@
 """Retrain: launch `python -m core train` in the background, follow it live, cancel it, adopt the model."""
 
-import dataclasses
-import datetime
-import json
-import re
 import time
 from pathlib import Path
 
@@ -11,19 +7,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import jobs, performance, registry, session
-from core.errors import JobError, ModelFolderError
+from core.app import jobs, performance, registry, retrain, run_files, session
+from core.errors import JobError, ModelFolderError, UserInputError
 from core.model.folders import read_card
-from core.options import choices_of
 from core.paths import runs_dir
-from core.training.config import TrainConfig
 
 session.require_router()
-
-SPLITS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
-          "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
-MODES = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only)"}
-DEFAULTS = TrainConfig(data="", out="")
 
 
 @st.cache_resource(show_spinner=False)
@@ -43,55 +32,44 @@ def show_devices() -> None:
 
 
 def launch_form() -> None:
-    """Every default and choice comes from TrainConfig, the one definition of a run's options."""
+    """Every default and choice comes from TrainConfig through core.app.retrain; this only lays out widgets."""
     synthetic = registry.synthetic_folder()
 
     def pick(widget, label, name, **kwargs):
-        options = list(choices_of(TrainConfig, name))
-        return widget(label, options, index=options.index(getattr(DEFAULTS, name)), key=f"train_{name}", **kwargs)
+        return widget(label, retrain.choices(name, synthetic), index=retrain.default_index(name, synthetic),
+                      key=f"train_{name}", **kwargs)
+
+    def number(column, label, name, low, high):
+        return column.number_input(label, low, high, getattr(retrain.DEFAULTS, name), key=f"train_{name}")
 
     with st.form("retrain"):
-        data = st.text_input("Data folder (BreakHis images, any layout)", key="train_data").strip()
+        values = {"data": st.text_input("Data folder (BreakHis images, any layout)", key="train_data")}
         left, right = st.columns(2)
-        backbone = pick(left.selectbox, "Backbone", "backbone")
-        mode = pick(right.radio, "Mode", "mode", format_func=MODES.get)
-        epochs = left.number_input("Epochs", 1, 500, DEFAULTS.epochs, key="train_epochs")
-        strategies = [s for s in choices_of(TrainConfig, "balance") if s != "synthetic" or synthetic]
-        balance = right.selectbox("Balancing", strategies, index=strategies.index(DEFAULTS.balance), key="train_balance")
-        split = pick(left.radio, "Split protocol", "split", format_func=SPLITS.get)
+        values["backbone"] = pick(left.selectbox, "Backbone", "backbone")
+        values["mode"] = pick(right.radio, "Mode", "mode", format_func=retrain.MODE_LABELS.get)
+        values["epochs"] = number(left, "Epochs", "epochs", 1, 500)
+        values["balance"] = pick(right.selectbox, "Balancing", "balance")
+        values["split"] = pick(left.radio, "Split protocol", "split", format_func=retrain.SPLIT_LABELS.get)
         with st.expander("Advanced"):
             a, b = st.columns(2)
-            input_size = a.number_input("Input size (pixels)", 32, 512, DEFAULTS.input_size, key="train_input_size")
-            batch_size = b.number_input("Batch size", 1, 256, DEFAULTS.batch_size, key="train_batch_size")
-            weights = a.selectbox("Initial weights", ["imagenet", "none"], key="train_weights",
-                                  index=["imagenet", "none"].index(DEFAULTS.weights),
-                                  help="ImageNet weights need a local Keras cache; offline, training "
-                                       "starts from random weights and says so.")
-            magnification = pick(b.selectbox, "Magnification", "magnification")
-            seed = a.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="train_seed")
-            stain_norm = pick(b.selectbox, "Stain normalisation", "stain_norm",
-                              help="Fitted to the training split; the model card keeps it and every prediction "
-                                   "applies it (for images from other labs' scanners and stains).")
-            name = a.text_input("Run name (optional)", key="train_name").strip()
+            values["input_size"] = number(a, "Input size (pixels)", "input_size", 32, 512)
+            values["batch_size"] = number(b, "Batch size", "batch_size", 1, 256)
+            values["weights"] = pick(a.selectbox, "Initial weights", "weights",
+                                     help="ImageNet weights need a local Keras cache; offline, training "
+                                          "starts from random weights and says so.")
+            values["magnification"] = pick(b.selectbox, "Magnification", "magnification")
+            values["seed"] = number(a, "Seed", "seed", 0, 2**31 - 1)
+            values["stain_norm"] = pick(b.selectbox, "Stain normalisation", "stain_norm",
+                                        help="Fitted to the training split; the model card keeps it and every "
+                                             "prediction applies it (for images from other labs' scanners and stains).")
+            name = a.text_input("Run name (optional)", key="train_name")
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
-    if not data or not Path(data).is_dir():
-        st.error(f"Data folder not found: {data or '(empty)'}")
-        return
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^\w.-]", "_", name) or f"{stamp}-{backbone}-{mode}"
-    run_dir = runs_dir() / name
-    config = dataclasses.replace(DEFAULTS, data=data, out=str(run_dir), backbone=backbone, mode=mode,
-                                 epochs=int(epochs), balance=balance, split=split, batch_size=int(batch_size),
-                                 input_size=int(input_size), weights=weights, magnification=magnification,
-                                 seed=int(seed), stain_norm=stain_norm,
-                                 synthetic_dir=synthetic if balance == "synthetic" else None)
-    settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
-                "split": split, "input_size": int(input_size), "batch_size": int(batch_size), "stain_norm": stain_norm}
     try:
-        jobs.start_job(jobs.build_command(config), run_dir, settings)
-    except JobError as problem:
+        config = retrain.training_config(values, runs_dir(), synthetic, name)
+        jobs.start_job(jobs.build_command(config), config.out, retrain.shown_settings(config))
+    except (UserInputError, JobError) as problem:
         st.error(str(problem))
         return
     st.rerun()
@@ -99,9 +77,8 @@ def launch_form() -> None:
 
 def split_sizes(job: jobs.Job) -> str:
     """What the live numbers are computed on (from the run's config.json once training starts)."""
-    try:
-        config = json.loads((Path(job.run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    config, _ = run_files.read_json_file(Path(job.run_dir) / "config.json")  # not there yet, or damaged
+    if config is None:
         return "Training metrics on the training split; 'val_' metrics on the validation split."
     counts = config.get("counts", {})
     return (f"Training metrics on the training split ({counts.get('train', '?')} images), 'val_' metrics on the "
@@ -150,7 +127,7 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         st.success(f"Training completed: {job.run_dir}. {explanation}")
         st.caption(split_sizes(job))
         curves(state["history"])
-        metrics_path = Path(job.run_dir) / "metrics.json"
+        metrics, problem = run_files.read_json_file(Path(job.run_dir) / "metrics.json")
         try:
             card = read_card(model_dir)
         except ModelFolderError as problem:
@@ -159,11 +136,12 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         if card is not None and card.get("demo"):
             st.warning("This run is marked DEMO (too little training data, or --demo): its numbers are "
                        "not a valid accuracy.", icon=":material/warning:")
-        if metrics_path.is_file():
+        if metrics is not None:
             st.markdown("**Evaluation on the held-out test split**")
-            metrics = json.loads(metrics_path.read_text())
             st.dataframe(performance.metrics_table(metrics), hide_index=True)
             st.caption(performance.protocol_line(metrics))
+        elif problem:
+            st.warning(f"The evaluation cannot be shown: {problem}")
         else:
             st.info("No evaluation was written (no test images, or evaluation failed: see the log).")
         if card is not None:

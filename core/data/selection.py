@@ -19,11 +19,30 @@ import pandas as pd
 
 from core.data.breakhis import IndexResult, index_folder
 from core.data.labels import MAGNIFICATIONS
-from core.data.splits import PATIENT, assert_no_case_leakage, make_split, normalise_protocol, patient_kfold
+from core.data.splits import (
+    PATIENT,
+    PROTOCOL_NAMES,
+    assert_no_case_leakage,
+    make_split,
+    normalise_protocol,
+    patient_kfold,
+)
 from core.errors import UserInputError
 
 log = logging.getLogger(__name__)
 NO_SPLIT = "none"  # every image is a training image (a GAN for demonstrations only)
+MAGNIFICATION_CHOICES = ("all", *MAGNIFICATIONS)  # every --magnification option's choices
+
+
+def kfold_problem(folds: int, fold: int | None, protocol: str) -> str | None:
+    """The one k-fold rule, or None when the settings keep it: >= 2 folds, 0 <= fold < folds, the
+    patient-wise protocol, and no fold without folds. SplitSpec and TrainConfig both ask it."""
+    if not folds:
+        return None if fold is None else "a fold (--fold) needs a number of folds (--folds)"
+    patient_wise = protocol in PROTOCOL_NAMES and normalise_protocol(protocol) == PATIENT
+    if folds < 2 or not 0 <= (fold or 0) < folds or not patient_wise:
+        return "k-fold needs >= 2 folds (--folds), 0 <= fold (--fold) < folds and the patient-wise protocol (--split)"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +59,9 @@ class SplitSpec:
     def __post_init__(self):
         if self.protocol != NO_SPLIT:
             object.__setattr__(self, "protocol", normalise_protocol(self.protocol))
-        if self.folds and (self.folds < 2 or not 0 <= self.fold < self.folds or self.protocol != PATIENT):
-            raise UserInputError("k-fold needs >= 2 folds, 0 <= fold < folds and the patient-wise protocol")
+        problem = kfold_problem(self.folds, self.fold or None, self.protocol)  # fold 0 is also "no fold"
+        if problem:
+            raise UserInputError(problem)
 
     @property
     def label(self) -> str:

@@ -27,6 +27,8 @@ _PRIORITY = ("train", "test", "val")
 _ALIASES = {"patient": PATIENT, "patient-wise": PATIENT, "image": IMAGE, "image-level": IMAGE}
 # Every spelling normalise_protocol accepts (CLI and full names).
 PROTOCOL_NAMES = tuple(sorted({*_ALIASES, *PROTOCOLS}))
+# The command-line spellings of PROTOCOLS: the choices of every --split option (train, GAN, forms).
+SPLIT_CHOICES = ("patient-wise", "image-level")
 
 
 def normalise_protocol(protocol: str) -> str:

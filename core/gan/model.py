@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from core.data.labels import MAGNIFICATIONS, SUBTYPES
-from core.data.selection import SplitSpec
-from core.data.splits import PATIENT
+from core.data.labels import SUBTYPES
+from core.data.selection import MAGNIFICATION_CHOICES, NO_SPLIT, SplitSpec
+from core.data.splits import PATIENT, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
 from core.options import option
@@ -48,10 +48,10 @@ class GanConfig:
     patches_per_image: int = option(32, "random crops taken from each real image")
     # Which real images: the classifier's selection (core.data.selection), so with a split only
     # its train images are used and no val/test patient reaches the GAN.
-    magnification: str = option("all", "as the classifier's --magnification", choices=("all", *MAGNIFICATIONS))
+    magnification: str = option("all", "as the classifier's --magnification", choices=MAGNIFICATION_CHOICES)
     split: str = option(PATIENT, "learn only from this split's train images (the classifier's --split); "
                         '"none": from every image, val/test included, which classifier training refuses '
-                        "unless --allow-gan-leak", choices=("patient-wise", "image-level", "none"))
+                        "unless --allow-gan-leak", choices=(*SPLIT_CHOICES, NO_SPLIT))
     split_seed: int = option(0, "the classifier's --seed")
     folds: int = option(0, "the classifier's --folds (k-fold runs)")
     fold: int = option(0, "the classifier's --fold")

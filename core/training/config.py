@@ -12,16 +12,16 @@ from pathlib import Path
 
 from core.data.balance import STRATEGIES
 from core.data.labels import HIERARCHICAL, HIERARCHIES, INPUT_SIZE, MAGNIFICATIONS, SUBTYPES
-from core.data.selection import SplitSpec
-from core.data.splits import PATIENT, PROTOCOL_NAMES, normalise_protocol
+from core.data.selection import MAGNIFICATION_CHOICES, SplitSpec, kfold_problem
+from core.data.splits import PATIENT, PROTOCOL_NAMES, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
 from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.options import option
 
 MODES = ("finetune", "fast")
+NAMED_WEIGHTS = ("imagenet", "none")  # --weights also takes a local weights file; a form offers these two
 STRATEGY_NAMES = ("auto", "mirrored", "default")
-SPLIT_CHOICES = ("patient-wise", "image-level")
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class TrainConfig:
     epochs: int = option(20, "maximum epochs (early stopping may end sooner)")
     batch_size: int = option(32, "images per step")
     input_size: int = option(INPUT_SIZE, "model input side in pixels")
-    weights: str = option("imagenet", "imagenet, none, or a local weights file")
+    weights: str = option("imagenet", "imagenet, none, or a local weights file")  # forms offer NAMED_WEIGHTS
     head_units: int = option(256, "width of each multi-scale branch and head layer")
     dropout: float = option(0.5, "dropout before each head's output layer")
     l2: float = option(1e-4, "L2 weight penalty of the branch layers")
@@ -52,7 +52,7 @@ class TrainConfig:
     split: str = option(PATIENT, "split protocol (image-level is leaky: for comparison only)", choices=SPLIT_CHOICES)
     folds: int = option(0, "patient-wise k-fold cross-validation: number of folds (0: one train/val/test split)")
     fold: int | None = option(None, "with --folds: train only this fold (0-based); without it, every fold")
-    magnification: str = option("all", "all, or one of " + ", ".join(MAGNIFICATIONS), choices=("all", *MAGNIFICATIONS))
+    magnification: str = option("all", "all, or one of " + ", ".join(MAGNIFICATIONS), choices=MAGNIFICATION_CHOICES)
     seed: int = option(0, "split, shuffling and initialisation seed")
     demo: bool = option(False, "mark the model as a demo model in its card")
     learning_rate: float | None = option(None, "default: 1e-4 when fine-tuning pretrained weights, else 1e-3")
@@ -106,11 +106,9 @@ def validate(config: TrainConfig) -> None:
         problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
-    if config.folds and (config.folds < 2 or not 0 <= (config.fold or 0) < config.folds
-                         or config.split not in PROTOCOL_NAMES or normalise_protocol(config.split) != PATIENT):
-        problems.append("--folds needs >= 2 folds, 0 <= --fold < --folds and the patient-wise split")
-    if config.fold is not None and not config.folds:
-        problems.append("--fold needs --folds")
+    kfold = kfold_problem(config.folds, config.fold, config.split)
+    if kfold:
+        problems.append(kfold)
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:

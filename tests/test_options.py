@@ -1,0 +1,87 @@
+"""One source of options: every command line flag, form choice and rule derives from the settings dataclasses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.data.selection import MAGNIFICATION_CHOICES, NO_SPLIT, SplitSpec, kfold_problem
+from core.data.splits import SPLIT_CHOICES
+from core.errors import UserInputError
+from core.options import choices_of
+
+
+def _actions(parser, *path):
+    for name in path:  # walk down the sub-commands
+        parser = next(a for a in parser._actions if a.dest in ("command", "gan_command")).choices[name]
+    return {a.dest: a for a in parser._actions}
+
+
+def test_the_ablation_takes_its_classifier_flags_from_train_config():
+    from core.cli import ABLATION_OPTIONS, build_parser
+    from core.training.config import TrainConfig
+
+    parser = build_parser()
+    ablation, train = _actions(parser, "gan", "ablation"), _actions(parser, "train")
+    for name in ABLATION_OPTIONS:
+        assert ablation[name].choices == train[name].choices == choices_of(TrainConfig, name), name
+        assert ablation[name].default is None  # unset: the runs keep TrainConfig's own defaults
+        assert ablation[name].help.startswith(train[name].help.split(" (default")[0])
+    args = parser.parse_args(["gan", "ablation", "--data", "d", "--gan", "g", "--out", "o", "--epochs", "3"])
+    assert args.epochs == 3 and args.backbone is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["gan", "ablation", "--data", "d", "--gan", "g", "--out", "o", "--backbone", "alexnet"])
+
+
+def test_split_and_magnification_choices_have_one_source():
+    from core.gan.model import GanConfig
+    from core.training.config import TrainConfig
+
+    assert choices_of(TrainConfig, "split") == SPLIT_CHOICES
+    assert choices_of(GanConfig, "split") == (*SPLIT_CHOICES, NO_SPLIT)
+    assert choices_of(TrainConfig, "magnification") == choices_of(GanConfig, "magnification") == MAGNIFICATION_CHOICES
+
+
+@pytest.mark.parametrize("folds, fold, split, ok", [(0, None, "patient-wise", True), (3, 2, "patient-wise", True),
+                                                    (3, None, "patient-wise", True), (1, 0, "patient-wise", False),
+                                                    (3, 3, "patient-wise", False), (3, 0, "image-level", False),
+                                                    (0, 1, "patient-wise", False)])
+def test_the_k_fold_rule_is_the_same_for_a_split_and_a_training_run(folds, fold, split, ok, tmp_path):
+    from core.training.config import TrainConfig, validate
+
+    assert (kfold_problem(folds, fold, split) is None) == ok
+    config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), folds=folds, fold=fold, split=split)
+    if ok:
+        validate(config)
+        SplitSpec(split, 0, "all", folds, fold or 0)
+    else:
+        with pytest.raises(UserInputError, match="fold"):
+            validate(config)
+        with pytest.raises(UserInputError, match="fold"):
+            SplitSpec(split, 0, "all", folds, fold or 0)
+
+
+def test_the_retrain_form_builds_the_run_the_cli_would_parse(tmp_path):
+    import datetime
+
+    from core.app import jobs, retrain
+    from core.cli import build_parser
+    from core.options import from_args
+    from core.training.config import TrainConfig
+
+    assert retrain.choices("backbone") == list(choices_of(TrainConfig, "backbone"))
+    assert "synthetic" not in retrain.choices("balance") and "synthetic" in retrain.choices("balance", "gan/")
+    assert retrain.choices("weights")[retrain.default_index("weights")] == TrainConfig.weights
+    values = {"data": f" {tmp_path} ", "backbone": "small_cnn", "epochs": 3.0, "weights": "none", "split": "image-level"}
+    config = retrain.training_config(values, tmp_path / "runs", name="my run/1")
+    assert config.out == str(tmp_path / "runs" / "my_run_1") and config.data == str(tmp_path) and config.epochs == 3
+    command = jobs.build_command(config)
+    assert from_args(TrainConfig, build_parser().parse_args(command[3:])) == config
+    assert retrain.shown_settings(config)["split"] == "image-level"
+    named = retrain.training_config({"data": str(tmp_path)}, tmp_path, now=datetime.datetime(2026, 1, 2, 3, 4, 5))
+    assert Path(named.out).name == f"20260102-030405-{TrainConfig.backbone}-{TrainConfig.mode}"
+    with pytest.raises(UserInputError, match="data folder not found"):
+        retrain.training_config({"data": str(tmp_path / "nowhere")}, tmp_path)
+    with pytest.raises(TypeError, match="not TrainConfig fields"):
+        retrain.training_config({"data": str(tmp_path), "colour": "red"}, tmp_path)
