@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.paths import REPO, SAMPLES_DIR  # noqa: E402
 
@@ -181,7 +180,7 @@ def main(argv=None) -> int:
     result = {"bench": "app_load", "model": card.get("name"), "backbone": card.get("backbone"),
               "input_size": card.get("input_size"), "images_per_session": PER_SESSION,
               "core_definition": "load_image + cam.explain per image, one after the other (warm)",
-              "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}}
+              "machine": machine()}
 
     def measure(run_round) -> dict:
         figures = {}
@@ -233,8 +232,7 @@ def main(argv=None) -> int:
                                  "cpu_s": "CPU seconds per round, from page load to all pictures shown",
                                  **figures, "server_peak_memory_mb": peak_memory_mb(started["process"].pid)}
             browser.close()
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.histology import histology_check
 from core.data.images import load_image
 from core.data.labels import INPUT_SIZE
-from core.data.stain import STAIN_METHODS, StainNormalizer
-from core.model.cam import _explainer, explain, to_heatmap
+from core.data.stain import STAIN_METHODS, get_normalizer
+from core.model.cam import explain, explainer_for, to_heatmap
 from core.model.classifier import build_classifier
 from core.model.ensemble import EnsemblePredictor
 from core.model.loading import load_predictor
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     bare = tf.function(lambda x: densenet(x, training=False))
     batch = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32"))
     rgb = load_image(image).rgb
-    explainer = _explainer(predictor)
+    explainer = explainer_for(predictor)
     model_input = predictor.model_input([rgb])
 
     steps = {  # each step of a diagnosis alone, on the same image
@@ -124,12 +124,12 @@ def main(argv=None) -> int:
                      "(stage 1 + stage 2 probabilities and both Grad-CAMs), calibrated -> heat maps at image size",
         "device": f"GPU: {tf.config.list_physical_devices('GPU')[0].name}" if tf.config.list_physical_devices("GPU")
                   else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": machine(),
     }
     if args.stain_norm != "none":  # the same model with a stain normaliser fitted to the samples
         samples = [load_image(path, check_histology=False).rgb for path in sorted(SAMPLES_DIR.rglob("*.png"))]
-        normalised = Predictor(predictor.model, {**predictor.card, "stain_normalization": StainNormalizer.fit(
-            args.stain_norm, samples, "the bundled samples").to_dict()})
+        normalised = Predictor(predictor.model, {**predictor.card, "stain_normalization": get_normalizer(
+            args.stain_norm).fit(samples, "the bundled samples").to_dict()})
 
         def normalised_diagnosis():
             explain(normalised, load_image(image).rgb)
@@ -157,8 +157,7 @@ def main(argv=None) -> int:
         result["ensemble"] = {"members": args.ensemble, "diagnosis_s": round(ensemble_s, 4),
                               "k_bare_forwards_s": round(k_forward_s, 4), "ratio": round(ensemble_s / k_forward_s, 3),
                               "meets_goal": bool(ensemble_s / k_forward_s <= GOAL)}
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.paths import MANIFEST, REPO  # noqa: E402
 
@@ -111,10 +110,9 @@ def main(argv=None) -> int:
         "run": "python -m core train --mode fast --backbone densenet121 --weights none --balance class_weights "
                f"--epochs {args.epochs} (index, patient-wise split, features, heads, calibration, test evaluation)",
         "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)",
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "tensorflow": tf.__version__},
+        "machine": machine(),
     }
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 from PIL import Image  # noqa: E402
 
 from core.data.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
@@ -109,10 +108,9 @@ def main(argv=None) -> int:
         "cached after the first pass", "sweep": sweep, "best_images_per_s": best and best["images_per_s"],
         "best_batch_size": best and best["batch_size"], "goal_images_per_s": GOAL,
         "meets_goal": bool(gpus) and bool(best) and best["images_per_s"] >= GOAL,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+        "machine": machine(),
     }
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ for folder in chosen:
         runs.append(comparison.load_run(folder))
     except Exception as problem:  # a broken folder is named, the others are still compared
         st.error(f"{labels[folder]} cannot be read: {problem}")
+        continue
+    for problem in runs[-1].problems:
+        st.warning(problem)
 groups = comparison.comparable_groups(runs)
 unevaluated = groups.pop(None, [])
 if unevaluated:

@@ -161,14 +161,13 @@ if analysed:
                         overlays[result.digest] = tuple(overlay(result.display, m.heatmap, opacity) for m in maps)
                 missing = [r.name for r in analysed if r.digest not in overlays]
                 if missing:
-                    st.session_state.pop("_report", None)
+                    session.drop_report()
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model))
-        prepared = st.session_state.get("_report")
-        if prepared and prepared[0] == controls:
-            st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",
-                               key="download_report")
-        elif prepared:
+                    session.keep_report(controls, report.build_report(results, overlays, cases, model))
+        pdf, stale = session.prepared_report(controls)
+        if pdf is not None:
+            st.download_button("Report (PDF)", pdf, "breakhis_report.pdf", "application/pdf", key="download_report")
+        elif stale:
             st.caption("The heat-map method or opacity changed: prepare the report again.")

@@ -252,19 +252,28 @@ def test_performance_of_an_evaluated_model_shows_metrics_with_their_protocol(app
     assert len(ours) >= 4 and set(ours["protocol kind"]) == {"patient-wise"}
 
 
-def test_a_corrupt_metrics_file_gets_a_warning_and_the_card_metrics(app, environment):
-    metrics = environment["evaluated"].parent / "metrics.json"
-    good = metrics.read_text()
+def test_damaged_run_files_get_a_warning_each_and_the_card_metrics(app, environment):
+    run = environment["evaluated"].parent
+    metrics, history, cv = run / "metrics.json", run / "history.csv", run / "cv.json"
+    good, good_history = metrics.read_text(), history.read_text()
     try:
         metrics.write_text(good[: len(good) // 2])  # e.g. a half-written file
+        history.write_text("")  # an empty table
+        cv.write_text("[]")  # JSON, but not a cross-validation summary
         app.selectbox(key="model_picker").set_value(str(environment["evaluated"])).run()
         app.switch_page("pages/performance.py").run()
         assert not app.exception
-        assert "could not be read" in texts(app.warning)
+        warnings = texts(app.warning)
+        for name in ("metrics.json", "history.csv", "cv.json"):
+            assert f"{name} could not be read" in warnings, warnings
+        assert "showing the metrics stored in the model card instead" in warnings
         [table] = tables(app, "what")  # still shown, from the model card
         assert table["what"].iloc[0] == "Stage 1: benign vs malignant"
+        assert not any(s.value.startswith("Training curves") for s in app.subheader)
     finally:
         metrics.write_text(good)
+        history.write_text(good_history)
+        cv.unlink()
 
 
 def test_retrain_page_says_where_training_runs(app):

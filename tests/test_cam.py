@@ -17,6 +17,9 @@ SIZE = 64
 
 
 def _predictor(tmp_path_factory, hierarchy):
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same untrained weights every run: its maps are not empty
     model, _ = build_classifier("small_cnn", hierarchy, weights=None, input_size=SIZE)
     card = {"name": f"tiny-{hierarchy}", "backbone": "small_cnn", "hierarchy": hierarchy}
     return load_predictor(save_model_folder(model, tmp_path_factory.mktemp(hierarchy) / "model", card))
@@ -42,15 +45,25 @@ def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage
     heatmap = explanation.heatmap
     assert heatmap.shape == (460, 700) and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
-    # scaled to [0, 1] at CAM resolution, then resized: the peak is 1 up to the interpolation
-    assert heatmap.max() == pytest.approx(1.0, abs=0.01) or explanation.note  # normalised, or says why not
+    # scaled to [0, 1] at CAM resolution, then resized: the peak is 1 up to the interpolation. No
+    # "or a note": an empty map must fail here (the empty case has its own test below).
+    assert explanation.note == "" and heatmap.max() == pytest.approx(1.0, abs=0.01)
+    assert 0.0 < heatmap.mean() < 1.0  # a map, not a constant
     prediction = predictor.predict([sample])[0]
     assert explanation.target == (prediction.label if stage == "stage1" else prediction.subtype)
     assert (explanation.stage, explanation.method) == (stage, method)
 
 
+def test_a_flat_cam_becomes_an_empty_map_that_says_so():
+    for flat in (np.zeros((7, 7)), np.full((7, 7), 3.0), np.full((7, 7), np.nan)):
+        heatmap, note = ex.to_heatmap(flat, (46, 70))
+        assert heatmap.shape == (46, 70) and not heatmap.any() and note.startswith("empty map")
+    heatmap, note = ex.to_heatmap(np.arange(49.0).reshape(7, 7), (46, 70))
+    assert note == "" and heatmap.max() == pytest.approx(1.0, abs=0.02) and heatmap.min() == pytest.approx(0.0, abs=0.02)
+
+
 def test_single_pass_gradcam_equals_tf_keras_vis_gradcam_for_every_target(predictor, sample):
-    explainer = ex._explainer(predictor)
+    explainer = ex.explainer_for(predictor)
     model_input = predictor.model_input([sample])
     _, cams = explainer.gradcam_pass(model_input)
     assert cams.shape[:2] == (1, len(ex.CAM_TARGETS)) == (1, 10)
@@ -120,7 +133,7 @@ def test_an_empty_map_is_zero_with_a_note():
 
 
 def _count_gradcam_passes(predictor, monkeypatch) -> list:
-    explainer = ex._explainer(predictor)
+    explainer = ex.explainer_for(predictor)
     calls, original = [], explainer.gradcam_pass
 
     def counted(*args):

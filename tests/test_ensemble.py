@@ -74,7 +74,7 @@ def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[1]).rgb
     passes = []
     for member in predictor.members:  # count each member's compiled passes
-        explainer = cam._explainer(member)
+        explainer = cam.explainer_for(member)
         monkeypatch.setattr(explainer, "gradcam_pass",
                             lambda batch, run=explainer.gradcam_pass: passes.append(len(batch)) or run(batch))
     diagnosis = explain(predictor, rgb)

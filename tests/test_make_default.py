@@ -1,7 +1,12 @@
-"""The default-model recipes: refuse to overwrite without --force, and the data picks the recipe."""
+"""The default-model recipes: refuse to overwrite without --force, the data picks the recipe, and
+make-default trains exactly the recipe it names."""
+
+import pandas as pd
+import pytest
 
 from core.cli import main as cli
-from core.training.recipes import FULL, LIMITED, choose_recipe
+from core.errors import UserInputError
+from core.training import recipes
 
 
 def test_existing_default_is_kept_without_force(tmp_path, samples_dir, capsys):
@@ -11,8 +16,38 @@ def test_existing_default_is_kept_without_force(tmp_path, samples_dir, capsys):
     assert (tmp_path / "card.json").read_text() == "{}"
 
 
-def test_the_limited_recipe_trains_from_scratch_and_the_full_one_from_imagenet(samples_dir):
-    assert FULL["weights"] == "imagenet" and FULL["backbone"] == "densenet121" and FULL["split"] == "patient-wise"
-    assert LIMITED["weights"] == "none" and LIMITED["split"] == "patient-wise" and LIMITED["zoom"] < 1
-    assert LIMITED["hierarchy"] == FULL["hierarchy"] == "hierarchical"
-    assert choose_recipe(samples_dir) == "limited"  # 22 images are far from the full 7,909
+def test_the_number_of_images_picks_the_recipe(tmp_path, manifest_path, samples_dir):
+    """Below FULL_SET_MIN_IMAGES BreakHis images the limited recipe, from it on the full one (empty
+    files with BreakHis names: the choice counts images, it does not read them)."""
+    names = pd.read_csv(manifest_path)["path"].map(lambda p: p.rsplit("/", 1)[-1])
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in names[: recipes.FULL_SET_MIN_IMAGES - 1]:
+        (folder / name).touch()
+    assert recipes.choose_recipe(folder) == "limited"
+    (folder / names[recipes.FULL_SET_MIN_IMAGES - 1]).touch()
+    assert recipes.choose_recipe(folder) == "full"
+    assert recipes.choose_recipe(samples_dir) == "limited"  # the 22 bundled samples
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes.RECIPES))
+def test_make_default_trains_the_named_recipe_and_nothing_else(recipe, tmp_path, samples_dir, monkeypatch):
+    from core.training.config import validate
+
+    trained = []
+
+    def capture(config):
+        trained.append(config)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(recipes, "train", capture)
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(KeyboardInterrupt):
+        recipes.make_default(samples_dir, recipe, tmp_path / "model")
+    [config] = trained
+    assert {k: getattr(config, k) for k in recipes.RECIPES[recipe]} == recipes.RECIPES[recipe]
+    assert config.data == str(samples_dir) and f"default-{recipe}-" in config.out
+    validate(config)  # every recipe is a valid run
+    with pytest.raises(UserInputError, match="Unknown recipe"):
+        recipes.make_default(samples_dir, "huge", tmp_path / "model")
+    assert not (tmp_path / "model").exists()  # nothing installed

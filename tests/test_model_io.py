@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from core.data.labels import SUBTYPES
+from core.digests import file_sha256
 from core.errors import ModelFolderError
 from core.model.classifier import build_classifier
 from core.model.folders import (
@@ -20,7 +21,6 @@ from core.model.folders import (
     load_model_folder,
     read_card,
     save_model_folder,
-    sha256_of,
     update_card,
 )
 
@@ -50,7 +50,7 @@ def test_round_trip_gives_identical_predictions_and_a_complete_card(folder, tiny
     before, after = tiny_model(images, training=False), loaded(images, training=False)
     for name in ("stage1", "benign_subtype", "malignant_subtype"):
         np.testing.assert_array_equal(np.asarray(before[name]), np.asarray(after[name]))
-    assert card["sha256"] == sha256_of(folder / MODEL_FILE)
+    assert card["sha256"] == file_sha256(folder / MODEL_FILE)
     assert card["input_size"] == SIZE and card["labels"]["subtypes"] == list(SUBTYPES)
     assert "64x64" in card["preprocessing"]["description"]
     assert card["preprocessing"]["normalization"] == "unit"  # small_cnn's mode, from the registry
@@ -99,7 +99,7 @@ def test_bad_cards_are_refused(folder):
 def test_unloadable_model_with_a_matching_checksum_is_a_clear_error(folder):
     (folder / MODEL_FILE).write_bytes(b"this is not a keras archive")
     card = json.loads((folder / CARD_FILE).read_text())
-    (folder / CARD_FILE).write_text(json.dumps(dict(card, sha256=sha256_of(folder / MODEL_FILE))))
+    (folder / CARD_FILE).write_text(json.dumps(dict(card, sha256=file_sha256(folder / MODEL_FILE))))
     with pytest.raises(ModelFolderError, match="Keras could not load"):
         load_model_folder(folder)
 
@@ -118,7 +118,7 @@ def test_export_zip_holds_both_files_and_imports_back(folder, tmp_path):
     with zipfile.ZipFile(archive) as opened:
         assert sorted(opened.namelist()) == ["tiny/card.json", "tiny/model.keras"]
     imported = import_zip(archive, tmp_path / "imported")
-    assert sha256_of(imported / MODEL_FILE) == sha256_of(folder / MODEL_FILE)
+    assert file_sha256(imported / MODEL_FILE) == file_sha256(folder / MODEL_FILE)
     load_model_folder(imported)
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(ModelFolderError, match="not a zip file"):
@@ -158,7 +158,7 @@ def test_one_folder_format_for_every_kind(tmp_path, folder):
     generator = save_model_folder(build_generator(config), tmp_path / "generator",
                                   {"image_size": 32, "latent_dim": 8, "subtypes": list(SUBTYPES)}, kind=GENERATOR)
     model, card = load_model_folder(generator, kind=GENERATOR)
-    assert card["kind"] == GENERATOR and card["sha256"] == sha256_of(generator / MODEL_FILE)
+    assert card["kind"] == GENERATOR and card["sha256"] == file_sha256(generator / MODEL_FILE)
     assert model.output_shape == (None, 32, 32, 3) and "preprocessing" not in card
     assert read_card(folder)["kind"] == CLASSIFIER
     with pytest.raises(ModelFolderError, match="holds a GAN generator, not a classifier"):

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.evaluation.intervals import format_interval
-from core.jsonfile import read_json
+from core.app.run_files import read_run_files
+from core.evaluation.intervals import HEADLINE, format_interval
 from core.model.folders import read_card
-
-HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
 
 
 @dataclasses.dataclass
@@ -28,6 +26,7 @@ class Run:
     metrics: dict | None
     history: pd.DataFrame | None
     config: dict | None
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def test_set(self) -> tuple[str, str] | None:
@@ -37,19 +36,12 @@ class Run:
         return str(self.metrics.get("protocol")), self.metrics["test_set"]["fingerprint"]
 
 
-def _beside(folder: Path, name: str) -> Path | None:
-    """A run's file: in the model folder (bundled models) or its run folder (runs/NAME/model)."""
-    return next((d / name for d in (folder, folder.parent) if (d / name).is_file()), None)
-
-
 def load_run(folder: str) -> Run:
-    folder_path = Path(folder)
-    card = read_card(folder_path)
-    metrics_file, history_file, config_file = (_beside(folder_path, n) for n in ("metrics.json", "history.csv",
-                                                                                 "config.json"))
-    metrics = read_json(metrics_file) if metrics_file else card.get("metrics")
-    return Run(str(folder_path), card.get("name", folder_path.name), card, metrics,
-               pd.read_csv(history_file) if history_file else None, read_json(config_file) if config_file else None)
+    """A model folder and its run's files; a damaged file is left out and named in `problems`."""
+    card = read_card(folder)
+    files = read_run_files(folder, card)
+    return Run(str(Path(folder)), card.get("name", Path(folder).name), card, files.metrics or None, files.history,
+               files.config, files.problems)
 
 
 def comparable_groups(runs: list[Run]) -> dict[tuple | None, list[Run]]:

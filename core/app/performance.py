@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.evaluation.intervals import format_interval
-
-HEADLINE_NAMES = {"stage1_accuracy": "stage-1 accuracy", "stage1_balanced_accuracy": "stage-1 balanced accuracy",
-                  "malignant_recall": "malignant recall", "stage1_auc": "stage-1 ROC AUC",
-                  "subtype_macro_f1": "subtype macro-F1 (8 classes)"}
+from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 1: benign vs malignant", ("stage1",)),
@@ -85,8 +81,6 @@ def intervals_table(metrics: dict) -> pd.DataFrame:
 
 def cross_validation_table(cv: dict) -> pd.DataFrame:
     """core.training.crossval's summary as rows: metric, then mean +- std for the model and each baseline."""
-    from core.training.crossval import HEADLINE
-
     rows = []
     for level in ("image", "patient"):
         for key in HEADLINE:
@@ -182,3 +176,70 @@ def members_table(metrics: dict) -> pd.DataFrame:
 
 def rate(value) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+# --- the Model performance page's sections, as data (the page lays them out) --------------------
+CONFUSION_PANELS = (("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
+                    ("Patient level: stage 1", ("patient", "stage1")))
+ROC_PANELS = (("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",)))
+
+
+def card_summary(card: dict, info: dict) -> dict[str, str]:
+    """The model card in four lines (core.app.registry.describe_model gives `info`): its name and
+    badges, the evidence behind it, the model, and what it was trained on under which protocol."""
+    training = card.get("training") or {}
+    counts = training.get("counts") or {}
+    sizes = " · ".join(f"{split} {counts[split]}" for split in ("train", "val", "test") if split in counts) or "unknown"
+    evidence = ""
+    if info["evidence"]:
+        evidence = (f"{info['evidence'].capitalize()}; by magnification: "
+                    + ", ".join(f"{m} {n}" for m, n in (card.get("evidence") or {}).get("by_magnification", {}).items()))
+    return {"title": f"**{info['name']}**" + (" · :red-badge[DEMO]" if info["demo"] else "")
+                     + (" · :orange-badge[LIMITED DATA]" if info["limited"] and not info["demo"] else ""),
+            "evidence": evidence,
+            "model": f"Backbone {info['backbone']} ({info['hierarchy']}), input {card.get('input_size')} px, "
+                     f"initial weights: {card.get('weights_init', 'unknown')}",
+            "training": f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}; images {sizes}  \n"
+                        f"Mode {training.get('mode', '?')}, {training.get('epochs', '?')} epochs, "
+                        f"balancing {training.get('balance', 'none')}, "
+                        f"magnification {training.get('magnification', 'all')}"}
+
+
+def calibration_caption(calibration: dict) -> str:
+    return (f"{calibration['method']}; temperatures "
+            + ", ".join(f"{head} {t:.2f}" for head, t in calibration["temperatures"].items())
+            + f". ECE over {calibration.get('ece_bins', 15)} confidence bins; each stage-2 head is judged on "
+            "the images of its own class.")
+
+
+def uncertainty_caption(uncertainty: dict) -> str:
+    """The uncertainty flag's rule and how its flagged images fared on the split it was measured on."""
+    on_split = uncertainty["on_split"]
+    return (f"Refer when the p(malignant) spread across {uncertainty['source']} exceeds "
+            f"{uncertainty['p_malignant_spread']:.3f} ({uncertainty['rule']}; "
+            f"{'needs test-time augmentation' if uncertainty.get('needs_tta') else 'always on'}). On the "
+            f"{on_split['data']['split']} split: {on_split['flagged']} of {on_split['data']['images']} "
+            f"images flagged; stage-1 error rate {rate(on_split['stage1_error_rate_flagged'])} "
+            f"flagged vs {rate(on_split['stage1_error_rate_not_flagged'])} not flagged.")
+
+
+def per_magnification_table(metrics: dict) -> pd.DataFrame:
+    """Stage-1 and 8-subtype figures per magnification, each with its image count and protocol."""
+    return pd.DataFrame([{"magnification": m, "stage 1 accuracy": b["stage1"]["accuracy"],
+                          "malignant recall": b["stage1"].get("malignant_recall"),
+                          "8-subtype accuracy": b["subtype8"]["accuracy"],
+                          "images": b["stage1"]["data"]["images"], "protocol": b["stage1"]["data"]["protocol"]}
+                         for m, b in (metrics.get("per_magnification") or {}).items()]).round(4)
+
+
+def panels(metrics: dict, which: tuple, needs: str) -> list[tuple[str, tuple, dict]]:
+    """(title, path, block) of the metric blocks in `which` that hold `needs` (a confusion matrix,
+    ROC curve points)."""
+    found = [(title, path, metric_block(metrics, path) or {}) for title, path in which]
+    return [(title, path, block) for title, path, block in found if block.get(needs)]
+
+
+def history_caption(card: dict, protocol: str) -> str:
+    counts = (card.get("training") or {}).get("counts") or {}
+    return (f"Loss and metrics per epoch on the training split ({counts.get('train', '?')} images) and, "
+            f"for 'val_' curves, the validation split ({counts.get('val', '?')} images); {protocol} protocol.")

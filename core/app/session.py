@@ -177,8 +177,28 @@ def diagnose_in_session(predictor: Predictor, items: list[tuple[str, bytes]], **
     settings = (key, tuple(sorted(options.items())))
     if st.session_state.get("_diagnosis_settings") != settings:  # a prepared report is now stale
         st.session_state["_diagnosis_settings"] = settings
-        st.session_state.pop("_report", None)
+        drop_report()
     return results
+
+
+_REPORT = "_report"  # (what it was drawn with, the PDF bytes): this session's prepared report
+
+
+def keep_report(drawn_with: tuple, pdf: bytes) -> None:
+    st.session_state[_REPORT] = (drawn_with, pdf)
+
+
+def drop_report() -> None:
+    """Forget the prepared report (the diagnosis it shows changed, or preparing it failed)."""
+    st.session_state.pop(_REPORT, None)
+
+
+def prepared_report(drawn_with: tuple) -> tuple[bytes | None, bool]:
+    """(the PDF prepared with these controls or None, whether one exists for other controls)."""
+    prepared = st.session_state.get(_REPORT)
+    if prepared is None:
+        return None, False
+    return (prepared[1], False) if prepared[0] == drawn_with else (None, True)
 
 
 _SHOWN_UPLOADS, _EARLIER_UPLOADS = "_shown_uploads", "_earlier_uploads"

@@ -116,14 +116,14 @@ def _format_note(image: Image.Image, name: str) -> list[str]:
     return []
 
 
-def _decode(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
+def _decode(image: Image.Image, data: bytes, name: str) -> tuple[Image.Image, list[str]]:
     """First frame, fully decoded (JPEG at reduced scale when far above the working size)."""
     notes = []
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         image.seek(0)
         notes.append(f"multi-frame {image.format} ({frames} frames): the first frame is used")
-    fast = _decode_plain_png(image)
+    fast = _decode_plain_png(image, data)
     if fast is not None:
         return fast, notes
     if image.format == "JPEG" and max(image.size) > 2 * WORKING_MAX_SIDE:
@@ -139,12 +139,12 @@ def _decode(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
     return image, notes
 
 
-def _decode_plain_png(image: Image.Image) -> Image.Image | None:
+def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
     """An 8-bit RGB PNG without transparency (every BreakHis scan) decoded by TensorFlow's libpng:
     lossless, so bit-identical to Pillow's decoder (tests check), and about a third faster, which
     matters in a diagnosis of ~50 ms (bench/diagnose.py). Anything else, or any problem: None,
-    and Pillow decodes it with its own checks and messages."""
-    data = getattr(image.fp, "getvalue", lambda: b"")()
+    and Pillow decodes it with its own checks and messages. `data` is the file's bytes, which the
+    caller has (Pillow's private `image.fp` is not read)."""
     if image.format != "PNG" or image.mode != "RGB" or "transparency" in image.info or len(data) < 33 \
             or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != 2:
         return None
@@ -243,7 +243,7 @@ def _decode_to_rgb(data: bytes, name: str) -> tuple[np.ndarray, str, tuple[int, 
     with _open(data, name) as image:
         original_mode, original_size = image.mode, image.size
         notes = _format_note(image, name)
-        decoded, decode_notes = _decode(image, name)
+        decoded, decode_notes = _decode(image, data, name)
         notes += decode_notes
         if decoded.size != original_size:
             notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")

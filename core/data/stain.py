@@ -73,39 +73,33 @@ class StainNormalizer:
 
     `transform` never raises on an image: a nearly white field, or one whose stains cannot be
     separated, comes back unchanged with a note saying so. `to_dict` / `from_dict` store a fitted
-    normaliser in a model card. A subclass says how to build its torchstain object, how to load
-    and read back its reference, and how to apply it.
+    normaliser in a model card. A subclass names its torchstain object (`_build`), the reference
+    attributes a fit sets on it (`_reference`: card key -> attribute) and how to apply it.
     """
 
     method = "none"
+    _reference: dict[str, str] = {}
 
     def __init__(self, reference: dict | None = None, fitted_on: str = ""):
         self.reference, self.fitted_on = reference or {}, fitted_on
         self._engine = self._build()
-        if self.reference:
-            self._load(self._engine, self.reference)
+        for key, attribute in self._reference.items() if self.reference else ():
+            setattr(self._engine, attribute, np.array(self.reference[key]))
 
-    # --- what a method defines ---------------------------------------------------------------
     def _build(self):
         return None
-
-    def _load(self, engine, reference: dict) -> None:
-        pass
-
-    def _read(self, engine) -> dict:
-        return {}
 
     def _apply(self, engine, rgb: np.ndarray) -> np.ndarray:
         return rgb
 
-    # --- the same for every method -----------------------------------------------------------
     def fit(self, images: list[np.ndarray], description: str = "") -> "StainNormalizer":
         """Fit to one or several reference fields (as one mosaic of thumbnails; blank ones left out)."""
         if self._engine is None:
             return self
         mosaic = _reference_mosaic(images)
         self._engine.fit(mosaic)
-        self.reference = self._read(self._engine)
+        self.reference = {key: np.asarray(getattr(self._engine, attribute)).tolist()
+                          for key, attribute in self._reference.items()}
         self.fitted_on = description or f"{len(mosaic) // _REFERENCE_THUMBNAIL} reference images"
         return self
 
@@ -160,15 +154,10 @@ class MacenkoNormalizer(StainNormalizer):
     """Macenko et al. (2009): the image's own H and E vectors, mapped onto the reference's."""
 
     method = "macenko"
+    _reference = {"stain_matrix": "HERef", "max_concentrations": "maxCRef"}
 
     def _build(self):
         return fast_macenko()
-
-    def _load(self, engine, reference):
-        engine.HERef, engine.maxCRef = np.array(reference["stain_matrix"]), np.array(reference["max_concentrations"])
-
-    def _read(self, engine):
-        return {"stain_matrix": engine.HERef.tolist(), "max_concentrations": np.asarray(engine.maxCRef).tolist()}
 
     def _apply(self, engine, rgb):
         return engine.normalize(rgb, stains=False)[0]
@@ -178,18 +167,12 @@ class ReinhardNormalizer(StainNormalizer):
     """Reinhard et al. (2001): the mean and spread of each Lab channel matched to the reference's."""
 
     method = "reinhard"
+    _reference = {"lab_means": "target_means", "lab_stds": "target_stds"}
 
     def _build(self):
         from torchstain.numpy.normalizers import NumpyReinhardNormalizer
 
         return NumpyReinhardNormalizer()
-
-    def _load(self, engine, reference):
-        engine.target_means, engine.target_stds = np.array(reference["lab_means"]), np.array(reference["lab_stds"])
-
-    def _read(self, engine):
-        return {"lab_means": np.asarray(engine.target_means).tolist(),
-                "lab_stds": np.asarray(engine.target_stds).tolist()}
 
     def _apply(self, engine, rgb):
         return engine.normalize(rgb)

@@ -29,7 +29,7 @@ def _accuracy(w, t):
     return _ratio(w @ (t["label"] == t["pred_label"]), w.sum(1))
 
 
-def _balanced_accuracy(w, t):
+def _balanced_accuracy(w, t):  # every resample at once; metrics.balanced_accuracy is the one-table form
     recalls = [_ratio(w @ ((t["label"] == c) & (t["pred_label"] == c)), w @ (t["label"] == c))
                for c in np.unique(t["label"])]
     return np.nanmean(np.stack(recalls), axis=0) if recalls else np.full(len(w), np.nan)
@@ -72,6 +72,12 @@ def _macro_f1(w, t):
 # name -> metric(weights (R, N), columns of the table as arrays) -> (R,)
 HEADLINE_METRICS = {"stage1_accuracy": _accuracy, "stage1_balanced_accuracy": _balanced_accuracy,
                     "malignant_recall": _malignant_recall, "stage1_auc": _auc, "subtype_macro_f1": _macro_f1}
+# The headline figures, in the order every table of them uses (evaluation, cross-validation,
+# comparisons, the app), and the words the app shows for them.
+HEADLINE = tuple(HEADLINE_METRICS)
+HEADLINE_NAMES = {"stage1_accuracy": "stage-1 accuracy", "stage1_balanced_accuracy": "stage-1 balanced accuracy",
+                  "malignant_recall": "malignant recall", "stage1_auc": "stage-1 ROC AUC",
+                  "subtype_macro_f1": "subtype macro-F1 (8 classes)"}
 COLUMNS = ("label", "pred_label", "p_malignant", "subtype", "pred_subtype")
 
 

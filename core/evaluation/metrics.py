@@ -26,6 +26,13 @@ def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
             "cases": int(table["case"].nunique()) if len(table) else 0}
 
 
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean recall over the classes present in y_true (scikit-learn's balanced_accuracy_score, which
+    also warns about predicted-only classes, a normal case here: a subtype absent from a test split)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+
+
 def _rounded(values) -> list[float]:
     return [round(float(v), 4) for v in values]
 
@@ -50,7 +57,7 @@ def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data
     return {
         "data": data,
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present])),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "macro_precision": float(precision), "macro_recall": float(recall), "macro_f1": float(f1),
         "classes_evaluated": present,
         "per_class": {label: {k: float(report[label][k]) for k in ("precision", "recall", "f1-score", "support")}

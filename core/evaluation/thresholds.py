@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from core.evaluation.metrics import patient_table, scope
+from core.evaluation.metrics import balanced_accuracy, patient_table, scope
 
 
 def at_threshold(table: pd.DataFrame, threshold: float, data: dict) -> dict:
@@ -69,8 +69,7 @@ def case_threshold(val_table: pd.DataFrame | None) -> dict:
     malignant = (cases["label"] == "malignant").to_numpy()
 
     def balanced(threshold):
-        called = cases["p_malignant"].to_numpy() >= threshold
-        return 0.5 * (called[malignant].mean() + (~called[~malignant]).mean())
+        return balanced_accuracy(malignant, cases["p_malignant"].to_numpy() >= threshold)
 
     best = max(candidates, key=lambda c: (round(balanced(c), 12), -abs(c - 0.5)))
     return {"threshold": float(best), "selected_on": scope(cases, "val", level="patient"),

@@ -153,7 +153,8 @@ _EXPLAINERS: "weakref.WeakKeyDictionary[Predictor, _Explainer]" = weakref.WeakKe
 _EXPLAINERS_LOCK = threading.Lock()
 
 
-def _explainer(predictor: Predictor) -> _Explainer:
+def explainer_for(predictor: Predictor) -> _Explainer:
+    """The one compiled Grad-CAM pass of a predictor (built once, shared by every thread)."""
     with _EXPLAINERS_LOCK:
         if predictor not in _EXPLAINERS:
             _EXPLAINERS[predictor] = _Explainer(predictor)
@@ -215,7 +216,7 @@ def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = Fa
     tta: each pass runs over the 8 test-time views (core.model.views.dihedral_views): the outputs
     are their mean (and each view, for the uncertainty) and the maps are view 0's, the image itself,
     so test-time augmentation costs no forward beyond its 8 views."""
-    explainer, chunks, per_pass = _explainer(predictor), [], predictor.images_per_pass(tta)
+    explainer, chunks, per_pass = explainer_for(predictor), [], predictor.images_per_pass(tta)
     for start in range(0, len(images), per_pass):
         batch = tf.constant(predictor.model_input(images[start:start + per_pass]))
         with predictor.lock:
@@ -305,7 +306,7 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
     targets = _targets(prediction, label, subtype)
     cams = []  # per member, both stages' CAMs of the prediction's targets
     for member in predictor.members:
-        explainer, model_input = _explainer(member), member.model_input([rgb])
+        explainer, model_input = explainer_for(member), member.model_input([rgb])
         with member.lock:
             cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES])
     return Diagnosis(prediction, RawCams(*targets, [c[0] for c in cams], [c[1] for c in cams]).explanations(size, method))

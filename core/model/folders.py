@@ -10,7 +10,6 @@ the file) and never compiles: prediction and sampling need no optimizer.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import platform
 import shutil
@@ -24,6 +23,7 @@ import tensorflow as tf
 
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
 from core.data.preprocess import DESCRIPTION
+from core.digests import file_sha256
 from core.errors import ModelFolderError
 from core.jsonfile import read_json, write_json_atomic
 from core.model.backbones import get_backbone  # Importing core.model.backbones registers PixelNormalization.
@@ -37,14 +37,6 @@ REQUIRED_CARD_KEYS = {CLASSIFIER: ("backbone", "hierarchy", "input_size", "sha25
                       GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256"),
                       ENSEMBLE: ("members", "hierarchy")}
 KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator", ENSEMBLE: "ensemble of classifiers"}
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def labels_block() -> dict:
@@ -90,7 +82,7 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict,
         # An uncompiled view of the same layers: the file holds weights, not optimizer state
         # (Adam's two moment copies would triple a DenseNet121 file to ~100 MB).
         keras.Model(model.inputs, model.output, name=model.name).save(staged)
-        checksum = sha256_of(staged)
+        checksum = file_sha256(staged)
         os.replace(staged, folder / MODEL_FILE)
     full_card = {"kind": kind, "name": card.get("name", folder.name), **card,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -132,7 +124,7 @@ def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
     model_path = Path(folder) / MODEL_FILE
     if not model_path.is_file():
         raise ModelFolderError(f"{Path(folder)} has a card but no {MODEL_FILE}")
-    if sha256_of(model_path) != card["sha256"]:
+    if file_sha256(model_path) != card["sha256"]:
         raise ModelFolderError(
             f"{model_path}: model file does not match its card - it may be corrupt or tampered")
 

@@ -19,19 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserInputError
-from core.evaluation.intervals import format_interval
+from core.evaluation.intervals import HEADLINE, format_interval
 from core.jsonfile import read_json
 from core.paths import refuse_existing_run
-
-VALIDATION = ("stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")
-TEST = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
 
 
 def _row(name: str, metrics: dict, seconds: float | None, epochs: int | None) -> dict:
     validation = metrics.get("validation") or {}
-    row = {"candidate": name, **{f"val {k}": validation.get(k) for k in VALIDATION}}
+    row = {"candidate": name, **{f"val {k}": validation.get(k) for k in HEADLINE}}
     for level in ("image", "patient"):
-        for key in TEST:
+        for key in HEADLINE:
             row[f"test {level} {key}"] = (metrics["intervals"][level].get(key) or {}).get("value")
             row[f"test {level} {key} (95% CI)"] = format_interval(metrics["intervals"][level].get(key))
     data = metrics["data"]

@@ -15,14 +15,12 @@ import dataclasses
 from pathlib import Path
 
 from core.errors import UserInputError
-from core.evaluation.intervals import fold_summary
+from core.evaluation.intervals import HEADLINE, fold_summary
 from core.jsonfile import read_json, write_json_atomic
 from core.model.ensemble import save_ensemble
 from core.paths import refuse_existing_run
 from core.training.config import TrainConfig, checked
 from core.training.fit import train
-
-HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
 
 
 def fold_figures(metrics: dict) -> dict:

@@ -17,7 +17,6 @@ content-addressed cache (tf.data's cache is keyed by a file name and is rebuilt 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.preprocess import DESCRIPTION as PREPROCESSING
+from core.digests import file_sha256, weights_sha256
 
 
 def cache_root() -> Path:
@@ -33,22 +33,14 @@ def cache_root() -> Path:
 
 
 def content_digest(path) -> str:
-    """SHA-256 of a file's bytes (first 32 hex digits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:32]
+    """An image's cache key: the SHA-256 of its bytes (first 32 hex digits)."""
+    return file_sha256(path)[:32]
 
 
 def extractor_key(extractor, input_size: int, normalizer: dict | None) -> str:
     """Digest of the extractor's weights and the preprocessing its input went through."""
-    digest = hashlib.sha256()
-    for weight in extractor.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight, np.float32)).tobytes())
     settings = {"preprocessing": PREPROCESSING.format(size=input_size), "normalizer": normalizer or {}}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:32]
+    return weights_sha256(extractor.weights, json.dumps(settings, sort_keys=True, default=str).encode())[:32]
 
 
 class FeatureCache:

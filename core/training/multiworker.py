@@ -12,18 +12,17 @@ same progress events and history.csv as Model.fit. Only the chief writes the run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from types import SimpleNamespace
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from core.data.labels import output_sizes
+from core.digests import weights_sha256
 
 
 def fit_multiworker(model, data, config, run_dir, writer, strategy, dataset) -> SimpleNamespace:
@@ -86,7 +85,4 @@ def is_chief() -> tuple[bool, int]:
 def weights_fingerprint(model) -> str:
     """SHA-256 (first 16 hex digits) of the trainable weights' bytes: the same on workers that agree.
     (BatchNorm moving statistics are each worker's own estimate from its share of the batches.)"""
-    digest = hashlib.sha256()
-    for weight in model.trainable_weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight, np.float32)).tobytes())
-    return digest.hexdigest()[:16]
+    return weights_sha256(model.trainable_weights)[:16]

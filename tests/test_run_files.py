@@ -1,0 +1,47 @@
+"""Run files beside a model: read when sound, named in a sentence when damaged, never a traceback."""
+
+import json
+
+import pandas as pd
+
+from core.app.run_files import read_csv_file, read_json_file, read_run_files, run_file
+
+
+def test_a_run_file_is_found_in_the_model_folder_or_its_run_folder(tmp_path):
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    assert run_file(model, "metrics.json") is None
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    assert run_file(model, "metrics.json") == tmp_path / "run" / "metrics.json"
+    (model / "metrics.json").write_text("{}")  # a bundled model keeps its files inside
+    assert run_file(model, "metrics.json") == model / "metrics.json"
+
+
+def test_damaged_files_become_sentences_and_sound_ones_values(tmp_path):
+    assert read_json_file(None) == (None, None) and read_json_file(tmp_path / "missing.json") == (None, None)
+    for name, text, why in (("cut.json", '{"a": ', "JSONDecodeError"), ("list.json", "[1]", "holds a list"),
+                            ("bytes.json", b"\xff\xfe\x00", "UnicodeDecodeError")):
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        value, problem = read_json_file(tmp_path / name)
+        assert value is None and name in problem and why in problem, problem
+    (tmp_path / "ok.json").write_text(json.dumps({"a": 1}))
+    assert read_json_file(tmp_path / "ok.json") == ({"a": 1}, None)
+    (tmp_path / "empty.csv").write_text("")
+    table, problem = read_csv_file(tmp_path / "empty.csv")
+    assert table is None and "empty.csv could not be read (EmptyDataError" in problem
+
+
+def test_a_damaged_metrics_file_falls_back_to_the_cards_metrics(tmp_path):
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    card = {"metrics": {"stage1": {"accuracy": 0.9}}}
+    files = read_run_files(model, card)
+    assert files.metrics == card["metrics"] and files.problems == [] and files.history is None
+    (tmp_path / "run" / "metrics.json").write_text('{"stage1": ')
+    pd.DataFrame({"epoch": [1], "loss": [0.5]}).to_csv(tmp_path / "run" / "history.csv", index=False)
+    files = read_run_files(model, card)
+    assert files.metrics == card["metrics"] and list(files.history["loss"]) == [0.5]
+    [problem] = files.problems
+    assert "metrics.json could not be read" in problem and "stored in the model card instead" in problem
+    (tmp_path / "run" / "metrics.json").write_text('{"stage1": {"accuracy": 0.7}}')
+    assert read_run_files(model, card).metrics == {"stage1": {"accuracy": 0.7}}
