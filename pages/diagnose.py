@@ -112,7 +112,7 @@ def show(result, index: int) -> None:
                        f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
                        f"{figure(p.uncertainty['mutual_information'])} nats)"
                        + (f"; referred above {figure(limit)}, {registry.uncertainty_rule(predictor.card)}." if limit is not None else "."))
-        elif not getattr(predictor, "members", None):
+        elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
         if result.refer:  # the image's warnings are shown once, below, not repeated in this line
             reasons = list(p.refer_reasons) + (["see the image warning below"] if result.warnings else [])

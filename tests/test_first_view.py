@@ -43,9 +43,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    return Predictor.load(model_dir)
+    return load_predictor(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_the_cli_prints_not_analysed_for_a_photo(tmp_path, model_dir):
 # --- uncertainty figures and their threshold ----------------------------------------------------
 
 def test_the_uncertainty_threshold_flags_a_stated_share_of_validation():
-    from core.training.thresholds import UNCERTAIN_SHARE, uncertainty_threshold
+    from core.evaluation.thresholds import UNCERTAIN_SHARE, uncertainty_threshold
 
     rng = np.random.default_rng(0)
     spread = rng.exponential(0.002, 400)

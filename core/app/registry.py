@@ -92,7 +92,7 @@ def measured_accuracy(card: dict) -> str | None:
 
 def subtype_reliability(card: dict) -> tuple[bool, str]:
     """(shown as the headline?, why): a subtype head whose measured macro-F1 is below the colour/texture
-    baseline's (core.training.baselines, same test split) is no better than a few colour and texture
+    baseline's (core.evaluation.baselines, same test split) is no better than a few colour and texture
     statistics, so its subtype is shown as 'not reliable for this model' instead of as a finding."""
     metrics = card.get("metrics") or {}
     model_f1 = metrics.get("subtype_macro_f1")
