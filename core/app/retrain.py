@@ -32,19 +32,20 @@ def choices(name: str, synthetic_dir: str | None = None) -> list:
     return [o for o in options if o != "synthetic" or synthetic_dir] if name == "balance" else options
 
 
-def default_index(name: str, synthetic_dir: str | None = None) -> int:
-    return choices(name, synthetic_dir).index(getattr(DEFAULTS, name))
+def default_index(name: str, synthetic_dir: str | None = None, defaults: TrainConfig = DEFAULTS) -> int:
+    """Where `defaults` (TrainConfig's, or core.training.recipes.launch_defaults') sits in the choices."""
+    return choices(name, synthetic_dir).index(getattr(defaults, name))
 
 
 def training_config(values: dict, runs_root, synthetic_dir: str | None = None, name: str = "",
-                    now: datetime.datetime | None = None) -> TrainConfig:
-    """The form's values (TrainConfig field -> value) as a checked run in RUNS_ROOT/NAME (a
-    UserInputError lists every problem); an empty name becomes time-backbone-mode."""
+                    now: datetime.datetime | None = None, defaults: TrainConfig = DEFAULTS) -> TrainConfig:
+    """The form's values (TrainConfig field -> value) on top of `defaults` as a checked run in
+    RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TypeError(f"not TrainConfig fields: {unknown}")
-    config = dataclasses.replace(DEFAULTS, **{k: int(v) if isinstance(getattr(DEFAULTS, k), int)
+    config = dataclasses.replace(defaults, **{k: int(v) if isinstance(getattr(defaults, k), int)
                                               and not isinstance(v, bool) else v for k, v in values.items()})
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^\w.-]", "_", name.strip()) or f"{stamp}-{config.backbone}-{config.mode}"
