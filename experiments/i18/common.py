@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from core.data.images import load_image  # noqa: E402
 from core.data.labels import CLASSES, SUBTYPES  # noqa: E402
 from core.data.selection import SplitSpec, select_images  # noqa: E402
-from core.model.tiling import scale_of, scaled_field  # noqa: E402
+from tiling import scale_of, scaled_field  # noqa: E402
 
 DATA = Path(os.environ.get("I18_DATA", ROOT / "../shared/breakhis/real")).resolve()
 CACHE = Path(os.environ.get("I18_CACHE", Path.home() / ".cache" / "breakhis" / "i18"))

@@ -28,7 +28,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from common import CACHE, RESULTS, ROOT, frame, protocols, record, score_tables, summarise
 from core.data.images import load_image
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
-from core.model.fusion import FeatureHead, fuse
+from fusion import FeatureHead, fuse
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 W_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
