@@ -26,6 +26,12 @@ def runs_dir() -> Path:
     return Path(os.environ.get("BREAKHIS_RUNS_DIR") or REPO / "runs")
 
 
+def data_dir() -> Path:
+    """Where the app keeps its database and (only if enabled) kept images: BREAKHIS_DATA_DIR,
+    default data/ (git-ignored). Created by the store on first start, not here."""
+    return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
+
+
 def portable(path: str | os.PathLike) -> str:
     """A path as a card records it: 'assets/samples' inside the repository, else the folder name."""
     resolved = Path(path).resolve()
