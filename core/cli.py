@@ -13,6 +13,8 @@
     make-default          reproduce the bundled default model
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
+    db upgrade|status     the app's database (core.store): create or migrate it, show its schema
+    users add|list|set    local accounts (`users add NAME --role admin`; the password is prompted)
 
 Exit codes are the same for every command: 0 done, 1 failed (including some inputs that could
 not be processed), 2 a usage or user error (bad option, missing folder, unusable model), 130
@@ -352,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     imported = command("import-model", _import_model, "unpack and verify an exported model zip")
     imported.add_argument("zip")
     imported.add_argument("--dest", default="runs/imported", help="folder to unpack into (default runs/imported)")
+
+    from core.store.commands import add_store_commands
+
+    add_store_commands(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ one, so timing does not tell which names exist.
 from __future__ import annotations
 
 import datetime
-import logging
+import functools
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -19,29 +19,17 @@ from sqlalchemy import func, select
 from core.errors import UserInputError
 from core.store.audit import Store
 from core.store.models import User, utc_now
+from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
 
-ROLES = ("pathologist", "admin")
-# What each role may do (the pages check these; admin may do everything a pathologist may).
-PERMISSIONS = {
-    "pathologist": {"diagnose", "slides", "review", "own_history", "dataset", "performance", "gallery"},
-    "admin": {"diagnose", "slides", "review", "own_history", "dataset", "performance", "gallery",
-              "retrain", "compare", "activate_model", "accounts", "audit"},
-}
 MAX_FAILURES, LOCK_SECONDS = 5, 60
 MIN_PASSWORD_LENGTH = 8
 SYSTEM = "system"  # the user named in rows nobody signed in for (the CLI on the machine itself)
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
-log = logging.getLogger(__name__)
 
 
 class SignInError(UserInputError):
     """Wrong name or password, a locked or disabled account: the message is safe to show."""
-
-
-def can(role: str | None, action: str) -> bool:
-    return action in PERMISSIONS.get(role or "", set())
 
 
 def _check_new(name: str, password: str | None, role: str) -> None:
@@ -111,7 +99,7 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
     with store.session() as session, session.begin():
         user = session.scalar(select(User).where(User.name == name).with_for_update())
         if user is None or user.password_hash is None:
-            _verify(_DUMMY_HASH, password)
+            _verify(_dummy_hash(), password)
             outcome, message = "unknown account" if user is None else "sso-only account", None
         elif user.locked_until is not None and user.locked_until > now:
             outcome = "locked"
@@ -143,6 +131,11 @@ def sso_account(store: Store, name: str) -> dict | None:
     with store.session() as session:
         user = session.scalar(select(User).where(User.name == name))
         return {"name": user.name, "role": user.role} if user is not None and user.active else None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("not the password of anyone")
 
 
 def _verify(stored_hash: str, password: str) -> bool:
