@@ -67,7 +67,7 @@ def store_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def store(store_url):
-    from core.store import Store
+    from core.store.audit import Store
 
     opened = Store.open(store_url)
     yield opened

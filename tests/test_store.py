@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import delete, text, update
 from sqlalchemy.exc import DBAPIError
 
-from core.store import AppendOnlyError, Store, StoreError
 from core.store import accounts, db
+from core.store.audit import AppendOnlyError, Store
+from core.store.db import StoreError
 from core.store.db import current_revision, make_engine, revisions, upgrade
 from core.store.models import AuditEvent
 

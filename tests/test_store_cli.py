@@ -5,7 +5,8 @@ import getpass
 import pytest
 
 from core.cli import main
-from core.store import Store, accounts
+from core.store import accounts
+from core.store.audit import Store
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@
     images    the content-addressed image store (only when BREAKHIS_KEEP_IMAGES is set)
 
 The app, the CLI (`python -m core db upgrade`, `python -m core users add`) and the tests all open
-the database through `Store.open()`, so they see the same schema. Nothing here imports Streamlit.
+the database through `core.store.audit.Store.open()`, so they see the same schema. Nothing here
+imports Streamlit or TensorFlow; the store sits below core.app and above the model layers. Thin on
+purpose, like the other packages: import the module you need.
 """
-
-from core.store.audit import KINDS, AppendOnlyError, Store, app_version
-from core.store.db import StoreError, database_url
-
-__all__ = ["KINDS", "AppendOnlyError", "Store", "StoreError", "app_version", "database_url"]

@@ -10,7 +10,7 @@ import getpass
 
 
 def _open():
-    from core.store import Store
+    from core.store.audit import Store
 
     return Store.open()
 
@@ -38,7 +38,9 @@ def _db_status(args) -> int:
 def _new_password(name: str) -> str:
     password = getpass.getpass(f"Password for {name}: ")
     if getpass.getpass("Repeat it: ") != password:
-        raise ValueError("the two passwords differ; nothing was changed")
+        from core.errors import UserInputError
+
+        raise UserInputError("the two passwords differ; nothing was changed")
     return password
 
 
