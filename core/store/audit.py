@@ -110,7 +110,7 @@ class Store:
 
     def events(self, kinds=None, user: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, image_sha256: str | None = None,
-               refers_to: int | None = None, ids=None, limit: int | None = None, newest_first: bool = True) -> list[dict]:
+               refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None, newest_first: bool = True) -> list[dict]:
         """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive."""
         query = select(AuditEvent)
         if kinds:
@@ -125,6 +125,8 @@ class Store:
             query = query.where(AuditEvent.image_sha256 == image_sha256)
         if refers_to is not None:
             query = query.where(AuditEvent.refers_to == refers_to)
+        if refers_to_any is not None:
+            query = query.where(AuditEvent.refers_to.in_(list(refers_to_any)))
         if ids is not None:
             query = query.where(AuditEvent.id.in_(list(ids)))
         query = query.order_by(AuditEvent.id.desc() if newest_first else AuditEvent.id)
