@@ -3,12 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import registry, report, session
+from core.app import records, registry, report, session
 from core.data.labels import pretty
 from core.model.cam import METHODS, overlay
 from core.model.predict import DEFAULT_REFER_THRESHOLD
 
 session.require_router()
+session.require("diagnose")
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
@@ -58,10 +59,12 @@ if not items:
 with st.spinner("Classifying..."):
     results = session.diagnose_in_session(predictor, items, tta=tta, refer_threshold=threshold,
                                             magnification=magnification)
+audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
+    predictor, tta, method, threshold, magnification))  # one audit row per shown result
 for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
 analysed = [r for r in results if r.ok]
-table = report.results_table(results, registry.model_badge(predictor.card))
+table = report.results_table(results, registry.model_badge(predictor.card), audit_ids)
 cases = report.case_calls(results, threshold, predictor.case_threshold)
 
 if len(results) > 1:
@@ -139,6 +142,7 @@ def show(result, index: int) -> None:
                 probabilities(p.other_stage2, "other subtype")
         if result.notes:
             st.caption("Notes: " + "; ".join(result.notes))
+        session.review_form(audit_ids.get(records.audit_key(result)), index)
 
 
 for index, result in enumerate(analysed):
@@ -165,7 +169,7 @@ if analysed:
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model))
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, audit_ids))
         prepared = st.session_state.get("_report")
         if prepared and prepared[0] == controls:
             st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",

@@ -22,6 +22,7 @@ from core.model.folders import GENERATOR, load_model_folder
 from core.paths import SAMPLES_DIR
 
 session.require_router()
+session.require("gallery")
 
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)

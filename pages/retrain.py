@@ -19,6 +19,7 @@ from core.paths import runs_dir
 from core.training.config import TrainConfig
 
 session.require_router()
+session.require("retrain")
 
 SPLITS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
           "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}

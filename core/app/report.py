@@ -27,13 +27,15 @@ DISCLAIMER = ("Research use only. Not a medical device. Every result must be rev
 
 
 TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
-                 "confidence", "refer for review", "reasons", "notes", "error", "model"]
+                 "confidence", "refer for review", "reasons", "notes", "error", "model", "audit id"]
 
 
-def results_table(results: list, badge: str) -> pd.DataFrame:
+def results_table(results: list, badge: str, audit_ids: dict | None = None) -> pd.DataFrame:
     """The case table: one row per image (errors included, so nothing disappears silently).
 
-    results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card).
+    results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card);
+    audit_ids: core.app.records.record_diagnosis's {(name, sha256): audit id}, the row each result
+    was recorded as.
     """
     rows = []
     for r in results:
@@ -53,6 +55,7 @@ def results_table(results: list, badge: str) -> pd.DataFrame:
         else:
             row.update({"call": "", "refer for review": "", "error": r.error})
         row["model"] = badge
+        row["audit id"] = (audit_ids or {}).get((r.name, r.sha256), "")
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -193,10 +196,12 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str]) -> None:
         pdf.line_text(f"Not analysed: {error}", 8, ALERT)
 
 
-def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -> None:
+def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], audit_id: int | None = None) -> None:
     p = result.prediction
     pdf.add_page()
     pdf.heading(result.name, 12, INK)
+    if audit_id is not None:
+        pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this result)", 8, MUTED)
     pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
                   f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
     call = f"{pretty(p.label)} - {pretty(p.subtype)} (confidence {p.confidence:.3f})"
@@ -219,7 +224,7 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -
 
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
-                 model: dict) -> bytes:
+                 model: dict, audit_ids: dict | None = None) -> bytes:
     """The PDF: a summary page, then one page per analysed image.
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
@@ -229,5 +234,5 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
     _summary_page(pdf, cases, [r.error for r in results if r.error])
     for result in results:
         if result.ok:
-            _image_page(pdf, result, overlays[result.digest])
+            _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)))
     return bytes(pdf.output())
