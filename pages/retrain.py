@@ -95,6 +95,7 @@ def launch_form() -> None:
     except JobError as problem:
         st.error(str(problem))
         return
+    session.audit("retrain_launched", str(run_dir), settings=settings)
     st.rerun()
 
 
@@ -139,14 +140,17 @@ def follow(job: jobs.Job) -> None:
         st.info("Cancel requested; waiting for the training process to stop.")
         if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
             jobs.cancel_job(job, force=True)
+            session.audit("retrain_cancelled", job.run_dir, force=True)
     elif st.button("Cancel training", key="cancel_job"):
         jobs.cancel_job(job)
+        session.audit("retrain_cancelled", job.run_dir, force=False)
         st.rerun(scope="fragment")
 
 
 def finished(job: jobs.Job, status: str, explanation: str) -> None:
     state = jobs.progress(job)
     model_dir = Path(job.run_dir) / "model"
+    session.audit("retrain_finished", job.run_dir, once=True, status=status, explanation=explanation)
     if status == jobs.COMPLETED:
         st.success(f"Training completed: {job.run_dir}. {explanation}")
         st.caption(split_sizes(job))

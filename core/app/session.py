@@ -382,3 +382,12 @@ def review_form(audit_id: int | None, index: int) -> None:
                     st.error(str(problem))
                 else:
                     st.success(f"Review saved (audit #{saved}).")
+
+
+def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
+    """Record one event by the signed-in user (e.g. retraining launched). once=True: not when a row
+    of this kind and subject already exists (a finished run seen again by a later page run)."""
+    if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
+        return None
+    user = current_user() or {"name": "unknown"}
+    return store().record(kind, user["name"], subject, details=details)
