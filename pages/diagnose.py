@@ -157,7 +157,7 @@ def show(result, index: int) -> None:
                 probabilities(p.other_stage2, "other subtype")
         if result.notes:
             st.caption("Notes: " + "; ".join(result.notes))
-        session.review_form(audit_ids.get(records.audit_key(result)), index)
+        session.review_form(audit_ids.get(records.audit_key(result)), f"dx_{index}")
 
 
 for index, result in enumerate(analysed):

@@ -4,12 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from core.app import session
-from core.data.labels import CLASSES, SUBTYPES, pretty
+from core.data.labels import pretty
 from core.store import reviews
 from core.store.images import ImageStore, keeping_images
 
 session.require_router()
-user = session.require("review")
+session.require("review")
 store = session.store()
 
 st.title("Review queue")
@@ -37,23 +37,7 @@ for row in queued[:50]:
             st.image(kept, width=320)
         elif not keeping_images():
             st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")
-        with st.form(f"review_{row['id']}"):
-            verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{row['id']}")
-            label = st.selectbox("Class", [None, *CLASSES], format_func=lambda c: pretty(c) if c else "(unchanged)",
-                                 key=f"label_{row['id']}")
-            subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=lambda c: pretty(c) if c else "(unchanged)",
-                                   key=f"subtype_{row['id']}")
-            comment = st.text_input("Comment", key=f"comment_{row['id']}")
-            if st.form_submit_button("Save review"):
-                try:
-                    if verdict == "agree":
-                        review_id = reviews.review(store, user["name"], row["id"], comment=comment)
-                    else:
-                        review_id = reviews.review(store, user["name"], row["id"], label, subtype, comment)
-                except ValueError as problem:
-                    st.error(str(problem))
-                else:
-                    st.success(f"Review saved (audit #{review_id}).")
+        session.review_form(row["id"], f"queue_{row['id']}")
 
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")

@@ -356,32 +356,31 @@ def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, 
     return ids
 
 
-def review_form(audit_id: int | None, index: int) -> None:
-    """Agree or correct one Diagnose result (a new audit row referring to it), with a comment."""
+def review_form(audit_id: int | None, key: str) -> None:
+    """Agree or correct one result (a new audit row referring to it), with a comment: the form of
+    each Diagnose result and of each Review queue entry."""
     from core.data.labels import CLASSES, SUBTYPES, pretty
     from core.store import reviews
 
     if audit_id is None:
         return
-    with st.expander(f"Review (audit #{audit_id})"):
-        with st.form(f"diagnose_review_{index}"):
-            verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"dx_verdict_{index}")
-            label = st.selectbox("Class", [None, *CLASSES], format_func=lambda c: pretty(c) if c else "(unchanged)",
-                                 key=f"dx_label_{index}")
-            subtype = st.selectbox("Subtype", [None, *SUBTYPES], key=f"dx_subtype_{index}",
-                                   format_func=lambda c: pretty(c) if c else "(unchanged)")
-            comment = st.text_input("Comment", key=f"dx_comment_{index}")
-            if st.form_submit_button("Save review"):
-                user = require("review")
-                try:
-                    if verdict == "agree":
-                        saved = reviews.review(store(), user["name"], audit_id, comment=comment)
-                    else:
-                        saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
-                except ValueError as problem:
-                    st.error(str(problem))
+    unchanged = lambda c: pretty(c) if c else "(unchanged)"  # noqa: E731
+    with st.expander(f"Review (audit #{audit_id})"), st.form(f"review_{key}"):
+        verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
+        label = st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
+        subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
+        comment = st.text_input("Comment", key=f"comment_{key}")
+        if st.form_submit_button("Save review"):
+            user = require("review")
+            try:
+                if verdict == "agree":
+                    saved = reviews.review(store(), user["name"], audit_id, comment=comment)
                 else:
-                    st.success(f"Review saved (audit #{saved}).")
+                    saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
+            except ValueError as problem:
+                st.error(str(problem))
+            else:
+                st.success(f"Review saved (audit #{saved}).")
 
 
 def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
