@@ -15,6 +15,7 @@
     export-model / import-model          move a model folder between machines as a zip
     db upgrade|status     the app's database (core.store): create or migrate it, show its schema
     users add|list|set    local accounts (`users add NAME --role admin`; the password is prompted)
+    reviews export OUT    reviewed kept images as a training folder (train --reviewed-dir OUT)
 
 Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
 not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:

@@ -78,6 +78,9 @@ def launch_form() -> None:
                               help="Fitted to the training split; the model card keeps it and every prediction "
                                    "applies it (for images from other labs' scanners and stains).")
             name = a.text_input("Run name (optional)", key="train_name").strip()
+            reviewed = st.text_input("Reviewed images to add to the training split only (optional)",
+                                     key="train_reviewed", help="A folder exported from the reviews "
+                                     "(core.store.reviews.export_training_folder); validation and test never change.").strip()
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
@@ -92,7 +95,8 @@ def launch_form() -> None:
                                  epochs=int(epochs), balance=balance, split=split, batch_size=int(batch_size),
                                  input_size=int(input_size), weights=weights, magnification=magnification,
                                  seed=int(seed), stain_norm=stain_norm,
-                                 synthetic_dir=synthetic if balance == "synthetic" else None)
+                                 synthetic_dir=synthetic if balance == "synthetic" else None,
+                                 reviewed_dir=reviewed or None)
     settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
                 "split": split, "input_size": int(input_size), "batch_size": int(batch_size), "stain_norm": stain_norm}
     try:

@@ -2,6 +2,7 @@
 store and the training export, on SQLite and PostgreSQL."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,23 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     damaged = kept.path(hashlib.sha256(items[0][1]).hexdigest())
     damaged.write_bytes(b"changed")
     assert kept.get(hashlib.sha256(items[0][1]).hexdigest()) is None
+
+
+def test_reviewed_images_join_the_training_split_only(synthetic_breakhis, tmp_path):
+    import shutil
+
+    from core.training.config import TrainConfig
+    from core.training.fit import prepare_data
+
+    options = dict(data=str(synthetic_breakhis), out=str(tmp_path / "run"))
+    plain = prepare_data(TrainConfig(**options))
+    held_out = plain["test"].iloc[0]
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    shutil.copy(held_out["path"], reviewed / Path(held_out["path"]).name)  # a test patient: must stay out
+    new_patient = plain["train"].iloc[0]
+    shutil.copy(new_patient["path"], reviewed / Path(new_patient["path"]).name.replace(new_patient["case"], "0-77"))
+    added = prepare_data(TrainConfig(**options, reviewed_dir=str(reviewed)))
+    assert len(added["train"]) == len(plain["train"]) + 1 and "0-77" in set(added["train"]["case"])
+    assert added["val"]["path"].tolist() == plain["val"]["path"].tolist()
+    assert added["test"]["path"].tolist() == plain["test"]["path"].tolist()  # the held-out patient's copy left out

@@ -1,4 +1,4 @@
-"""The store's commands for `python -m core`: `db upgrade|status` and `users add|list|set`.
+"""The store's commands for `python -m core`: `db upgrade|status`, `users add|list|set`, `reviews export`.
 
 Run on the machine itself, so their audit rows name the user "system". Passwords are prompted
 (getpass: not echoed, not in the shell history or the process list), never taken as arguments.
@@ -73,6 +73,16 @@ def _users_set(args) -> int:
     return 0
 
 
+def _reviews_export(args) -> int:
+    from core.store.reviews import export_training_folder
+
+    summary = export_training_folder(_open(), args.out)
+    print(f"wrote {summary['written']} reviewed images to {summary['folder']} (skipped: "
+          f"{summary['skipped']['not kept']} not kept, {summary['skipped']['no subtype']} without a subtype); "
+          f"train with --reviewed-dir {summary['folder']}")
+    return 0
+
+
 def add_store_commands(commands) -> None:
     """Add `db` and `users` to the CLI's sub-parsers."""
     from core.store.roles import ROLES
@@ -99,3 +109,9 @@ def add_store_commands(commands) -> None:
     state.add_argument("--enable", action="store_true")
     state.add_argument("--disable", action="store_true")
     change.add_argument("--password", action="store_true", help="prompt for a new password (also lifts a lock)")
+
+    reviewed = commands.add_parser("reviews", help="pathologists' reviews: export the reviewed kept images")
+    review_commands = reviewed.add_subparsers(dest="reviews_command", required=True, metavar="REVIEWS_COMMAND")
+    export = review_commands.add_parser("export", help="reviewed images (BREAKHIS_KEEP_IMAGES) as a training folder")
+    export.set_defaults(handler=_reviews_export)
+    export.add_argument("out", help="a new, empty folder")
