@@ -84,3 +84,14 @@ def test_first_start_then_sign_in_roles_and_audit(environment):
     kinds = [e["kind"] for e in store.events()]
     assert kinds.count("sign_in") == 2 and kinds.count("sign_in_failed") == accounts.MAX_FAILURES + 1
     store.close()
+
+
+def test_a_damaged_database_gives_a_clear_message_and_is_not_overwritten(environment, tmp_path, monkeypatch):
+    damaged = tmp_path / "data" / "breakhis.db"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"garbage, not SQLite" * 50)
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(damaged.parent))
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not app.exception
+    assert any("database cannot be used" in e.value and "not an SQLite database" in e.value for e in app.error)
+    assert not app.file_uploader and damaged.read_bytes() == b"garbage, not SQLite" * 50
