@@ -231,13 +231,13 @@ def _unsupported(name: str, head: bytes) -> SlideError:
 def _open_tiffslide(source, name: str, mpp, magnification, notes) -> TiffSlideReader:
     import tiffslide
 
-    try:
+    try:  # tifffile reads pages lazily: a damaged file can fail at open or at its first page
         handle = tiffslide.TiffSlide(source)
+        width, height = handle.dimensions
+        found = _metadata_scale(handle.properties, "tiffslide")
     except Exception as error:  # noqa: BLE001 - tiffslide/tifffile raise many types for bad files
         raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt "
                          f"({type(error).__name__}: {error}).") from None
-    width, height = handle.dimensions
-    found = _metadata_scale(handle.properties, "tiffslide")
     try:
         scale = _resolve_scale(found, name, width, height, mpp, magnification)
     except SlideError:
