@@ -117,3 +117,19 @@ def test_slide_threshold_is_chosen_on_validation_cases():
     chosen = choose_slide_threshold(table)  # shares: a 0.25, b 0.25, c 0.75 -> between 0.25 and 0.75
     assert chosen["threshold"] == pytest.approx(0.5) and chosen["selected_on"]["cases"] == 3
     assert choose_slide_threshold(table[table.case != "a"])["reason"].startswith("no validation cases")
+
+
+def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
+    from core.app.slides import analyse_upload, should_tile
+    from tests.app_helpers import png_bytes
+    from tests.slide_data import mosaic
+
+    card = bundled.card
+    assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (700, 460), None) is None  # a field
+    assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (2800, 1840), None) is None  # a copy of one
+    assert should_tile(card, "biopsy.png", (3000, 3000), None) is None  # scale unknown: not guessed
+    reason = should_tile(card, "biopsy.png", (4900, 1840), "200X")
+    assert reason and "28 tiles" in reason and "350x230 um" in reason
+    rgb, _ = mosaic()
+    result = analyse_upload(bundled, "biopsy.png", png_bytes(rgb), "200X")
+    assert len(result.tiles) == 8 and result.call["tissue_tiles"] == 8

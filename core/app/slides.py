@@ -111,3 +111,12 @@ def downloads(result, opacity: float = 0.5) -> list[tuple[str, bytes, str, str]]
             ("Tiles (CSV)", tiles_csv(result).encode(), f"{stem}_tiles.csv", "text/csv"),
             ("Malignant regions (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
              f"{stem}_malignant.geojson", "application/geo+json")]
+
+
+def analyse_upload(predictor, name: str, data: bytes, magnification: str | None, settings=None):
+    """An upload much larger than the model's field, analysed as tiles (core.slide) from memory."""
+    from core.slide.predictor import SlidePredictor, TileSettings
+    from core.slide.reader import open_slide
+
+    with open_slide(data, name=name, magnification=magnification) as reader:
+        return SlidePredictor(predictor, settings or TileSettings(top_k=3)).predict(reader)
