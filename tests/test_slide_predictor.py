@@ -126,6 +126,7 @@ def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
 
     card = bundled.card
     assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (700, 460), None) is None  # a field
+    assert should_tile(card, "SOB_M_DC-14-2523-40-010.png", (700, 460), None) is None  # a 40X field too
     assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (2800, 1840), None) is None  # a copy of one
     assert should_tile(card, "biopsy.png", (3000, 3000), None) is None  # scale unknown: not guessed
     reason = should_tile(card, "biopsy.png", (4900, 1840), "200X")

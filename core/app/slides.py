@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.breakhis import parse_name
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import image_scale, model_scale, tile_origins
 from core.slide.export import geojson, heatmap_png, tiles_csv
@@ -51,7 +52,13 @@ def tiles_needed(card: dict, name: str, size: tuple[int, int], magnification: st
 
 
 def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> str | None:
-    """A sentence saying why this upload is analysed as tiles, or None to diagnose it whole."""
+    """A sentence saying why this upload is analysed as tiles, or None to diagnose it whole.
+
+    A BreakHis-named image is a field, what the model was trained on (at whatever magnification:
+    models trained on all of them see whole fields of each), so it is never tiled; another image
+    is tiled when it spans TILE_AN_UPLOAD_FROM tiles or more at the model's scale."""
+    if parse_name(name) is not None:
+        return None
     count = tiles_needed(card, name, size, magnification)
     if count is None or count < TILE_AN_UPLOAD_FROM:
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -42,14 +43,15 @@ class TileSettings:
     tta: bool = option(False, "test-time augmentation per tile (8 views: 8x the time; gives the spread)")
     map_side: int = option(1024, "long side of the thumbnail and the stitched maps, in pixels")
     max_tiles: int = option(100_000, "a slide needing more tiles than this is refused")
+    readers: int = option(2, "threads decoding tiles ahead of the model")
 
     def __post_init__(self):
         if not 0.0 <= self.overlap <= 0.9:
             raise ValueError(f"overlap must be between 0 and 0.9, not {self.overlap}")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ValueError(f"min_tissue must be between 0 and 1, not {self.min_tissue}")
-        if self.batch_size < 1 or self.top_k < 0 or self.map_side < 16:
-            raise ValueError("batch_size >= 1, top_k >= 0 and map_side >= 16 are needed")
+        if self.batch_size < 1 or self.top_k < 0 or self.map_side < 16 or self.readers < 1:
+            raise ValueError("batch_size >= 1, top_k >= 0, map_side >= 16 and readers >= 1 are needed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,13 +156,25 @@ class SlidePredictor:
             raise SlideError(f"No tissue found in '{reader.name}': every tile is background (glass) by the "
                              f"tissue mask (optical density at most {mask.mean():.0%} tissue). Nothing to analyse.")
         outputs, t0 = [], time.perf_counter()
-        for start in range(0, len(chosen), s.batch_size):
-            if cancelled is not None and cancelled():
-                raise Cancelled(f"slide '{reader.name}' cancelled after {start} of {len(chosen)} tiles")
-            batch = [self.read_tile(reader, plan, i) for i in chosen[start:start + s.batch_size]]
-            outputs.append(self.predictor.probabilities(batch, tta=s.tta))
-            if progress is not None:
-                progress(min(start + s.batch_size, len(chosen)), len(chosen))
+        batches = [chosen[start:start + s.batch_size] for start in range(0, len(chosen), s.batch_size)]
+        # Tiles are decoded in threads (OpenSlide and NumPy release the GIL) while the model runs
+        # on the previous batch: reading costs time only where it is slower than the model.
+        threads = s.readers if reader.thread_safe else 1
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tile-reader") as pool:
+            def read(indices):
+                return [pool.submit(self.read_tile, reader, plan, int(i)) for i in indices]
+
+            ahead = read(batches[0])
+            for k in range(len(batches)):
+                if cancelled is not None and cancelled():
+                    for future in ahead:
+                        future.cancel()
+                    raise Cancelled(f"slide '{reader.name}' cancelled after {k * s.batch_size} of {len(chosen)} tiles")
+                batch = [future.result() for future in ahead]
+                ahead = read(batches[k + 1]) if k + 1 < len(batches) else []
+                outputs.append(self.predictor.probabilities(batch, tta=s.tta))
+                if progress is not None:
+                    progress(min((k + 1) * s.batch_size, len(chosen)), len(chosen))
         timings["tiles_s"] = time.perf_counter() - t0
         merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
         predictions = self.predictor.interpret(merged, tta=s.tta)

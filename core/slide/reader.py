@@ -42,6 +42,7 @@ class SlideReader:
     """A slide (or image) open for reading. Coordinates are level-0 pixels (x, y); sizes (w, h)."""
 
     backend = "?"
+    thread_safe = True  # regions may be read from several threads at once (OpenSlide's C library, NumPy)
 
     def __init__(self, name: str, level_dimensions, level_downsamples, scale: Scale, notes=()):
         self.name = name
@@ -153,6 +154,7 @@ class OpenSlideReader(SlideReader):
 
 class TiffSlideReader(SlideReader):
     backend = "tiffslide"
+    thread_safe = False  # one tifffile handle: regions are read one at a time
 
     def __init__(self, name: str, handle, scale: Scale, notes=()):
         super().__init__(name, handle.level_dimensions, handle.level_downsamples, scale, notes)
