@@ -7,8 +7,9 @@ tiles, so the slide costs one forward per tile plus k Grad-CAM passes.
 
 A tile is what one model input covers: card["scale"]["tile_px"] pixels at its mpp
 (core.data.scale.model_scale), i.e. tile_px * model_mpp / slide_mpp level-0 pixels. It is read
-from the coarsest pyramid level that is not coarser than the model's scale and resized ONCE,
-straight to the model's input square (core.data.preprocess, as in training). Stride = tile x
+from the coarsest pyramid level that is still at least as fine as the model INPUT (tile_px
+squashed to input_size: a 700x460 field into 128x128 is 2.7 x 1.8 um/px at 200X) and resized
+ONCE, straight to the model's input square (core.data.preprocess, antialiased, as in training). Stride = tile x
 (1 - overlap). Tiles whose footprint is less than `min_tissue` tissue (core.slide.tissue, on a
 low-resolution overview) are skipped. Maps are stitched at a thumbnail's resolution, overlapping
 tiles averaged.
@@ -115,7 +116,10 @@ class SlidePredictor:
         width, height = reader.dimensions
         mpp, (tile_w, tile_h) = self.scale["mpp"], self.scale["tile_px"]
         size = (max(1, round(tile_w * mpp / reader.scale.x)), max(1, round(tile_h * mpp / reader.scale.y)))
-        level = reader.best_level(min(mpp / reader.scale.x, mpp / reader.scale.y))
+        # The model sees tile_px squashed to input_size: the coarsest level that is still at least
+        # as fine as that input is read (decoding a finer one only to shrink it costs the time).
+        seen = self.predictor.input_size / min(tile_w, tile_h)
+        level = reader.best_level(min(mpp / reader.scale.x, mpp / reader.scale.y) / max(seen, 1e-9))
         d = reader.level_downsamples[level]
         read_size = (max(1, round(size[0] / d)), max(1, round(size[1] / d)))
         stride = [max(1, round(s * (1.0 - self.settings.overlap))) for s in size]
