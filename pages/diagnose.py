@@ -111,7 +111,7 @@ def show(result, index: int) -> None:
                        f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
                        f"{p.uncertainty['mutual_information']:.3f} nats)"
                        + (f"; referred above {limit:.3f}, chosen on validation." if limit is not None else "."))
-        elif not getattr(predictor, "members", None):
+        elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
         if result.refer:
             st.error("Refer for review: " + "; ".join(result.refer_reasons), icon=":material/flag:")

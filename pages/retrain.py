@@ -12,7 +12,8 @@ import plotly.express as px
 import streamlit as st
 
 from core.app import jobs, performance, registry, session
-from core.model.folders import ModelFolderError, read_card
+from core.errors import JobError, ModelFolderError
+from core.model.folders import read_card
 from core.options import choices_of
 from core.paths import runs_dir
 from core.training.config import TrainConfig
@@ -90,7 +91,7 @@ def launch_form() -> None:
                 "split": split, "input_size": int(input_size), "batch_size": int(batch_size), "stain_norm": stain_norm}
     try:
         jobs.start_job(jobs.build_command(config), run_dir, settings)
-    except jobs.JobError as problem:
+    except JobError as problem:
         st.error(str(problem))
         return
     st.rerun()

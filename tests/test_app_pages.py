@@ -18,11 +18,11 @@ PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, synthetic_breakhis):
-    """models/default (DEMO) plus runs/evaluated (a real core.training.evaluate run on synthetic data)."""
+    """models/default (DEMO) plus runs/evaluated (a real core.evaluation.evaluate run on synthetic data)."""
     from core.data.breakhis import index_folder
     from core.data.splits import PATIENT, make_split
+    from core.evaluation.evaluate import evaluate_run, without_curves
     from core.model.folders import update_card
-    from core.training.evaluate import evaluate_run, without_curves
 
     root = tmp_path_factory.mktemp("app")
     default = make_model_folder(root / "models" / "default", demo=True)
@@ -49,10 +49,10 @@ def environment(tmp_path_factory, synthetic_breakhis):
 
 def stain_normalizer(data):
     from core.data.images import load_image
-    from core.data.stain import StainNormalizer
+    from core.data.stain import get_normalizer
 
     pictures = [load_image(path, check_histology=False).rgb for path in sorted(data.rglob("*.png"))[:8]]
-    return StainNormalizer.fit("macenko", pictures, "8 training images")
+    return get_normalizer("macenko").fit(pictures, "8 training images")
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_l
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    return Predictor.load(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
+    return load_predictor(make_model_folder(tmp_path_factory.mktemp("models") / "tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,7 @@ def test_the_split_table_shows_what_each_split_holds(synthetic_breakhis):
     from core.data.splits import PATIENT, describe_split, make_split
 
     split = make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0)
-    table = performance.split_table(describe_split(split)).set_index("split")
+    table = performance.split_summary(describe_split(split)).set_index("split")
     assert table["images"].sum() == len(split) == 96
     assert table.loc["test", "cases"] == split.loc[split["split"] == "test", "case"].nunique()
     assert (table["synthetic images"] == 0).all()

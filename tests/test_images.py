@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from core.data.histology import histology_check
-from core.data.images import MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, ImageError, LoadedImage, load_image
+from core.data.images import MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, LoadedImage, load_image
+from core.errors import ImageError
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, SUBTYPE_CODES, SUBTYPES
+from core.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 COLUMNS = ["path", "label", "subtype", "magnification", "slide", "slide_folder", "case", "synthetic"]
@@ -117,7 +118,7 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Dataset folder not found: {root}")
+        raise DatasetError(f"Dataset folder not found: {root}")
     rows, skipped, seen = [], [], {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

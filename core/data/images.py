@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.data.histology import histology_check
+from core.errors import ImageError
 
 # Decompression-bomb guard (~90 MP, Pillow's own default): checked from the header, before decoding.
 MAX_PIXELS = 89_478_485
@@ -32,10 +33,6 @@ _EXTENSION_FORMATS = {
     ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
 }
 _ORIENTATION_TAG = 0x0112
-
-
-class ImageError(ValueError):
-    """A user-facing reason why an image cannot be used; str(error) is shown in the app."""
 
 
 @dataclasses.dataclass

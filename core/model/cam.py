@@ -41,7 +41,8 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer
-from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor, dihedral_views, mean_over_views
+from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
+from core.model.views import dihedral_views, mean_over_views
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 STAGES = ("stage1", "stage2")
@@ -211,7 +212,7 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
 def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = False) -> tuple[dict, np.ndarray]:
     """Compiled passes over a list of images in batches ->
     (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w)).
-    tta: each pass runs over the 8 test-time views (core.model.predict.dihedral_views): the outputs
+    tta: each pass runs over the 8 test-time views (core.model.views.dihedral_views): the outputs
     are their mean (and each view, for the uncertainty) and the maps are view 0's, the image itself,
     so test-time augmentation costs no forward beyond its 8 views."""
     explainer, chunks, per_pass = _explainer(predictor), [], predictor.images_per_pass(tta)
@@ -261,16 +262,12 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
     the targets are picked afterwards from the final probabilities (the ensemble's mean, TTA's,
     calibrated ones), so no model ever runs a second pass.
     """
-    members = getattr(predictor, "members", None) or [predictor]
     count = len(images)
     if count == 0:
         return {}, []
     labels, subtypes = labels or [None] * count, subtypes or [None] * count
-    passes = [gradcam_batch(member, images, tta) for member in members]
-    if len(members) == 1:
-        outputs = passes[0][0]
-    else:  # as EnsemblePredictor.probabilities: the mean of the calibrated members
-        outputs = predictor.combine([member.calibrate(p[0]) for member, p in zip(members, passes)])
+    passes = [gradcam_batch(member, images, tta) for member in predictor.members]
+    outputs = predictor.merge([p[0] for p in passes])  # as predictor.probabilities would give them
     targets = [_targets(prediction, label, subtype)
                for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]
     return outputs, [RawCams(label, subtype, [cam_of(cams, label)[i] for _, cams in passes],
@@ -285,10 +282,6 @@ def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> 
         within = prediction.stage2 if label == prediction.label else prediction.other_stage2
         subtype = max(within, key=within.get)
     return label, subtype
-
-
-def _maps(cams, targets, method: str, size) -> dict[str, Explanation]:
-    return RawCams(*targets, [cams[0]], [cams[1]]).explanations(size, method)
 
 
 def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
@@ -310,14 +303,12 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
         return Diagnosis(predictor.interpret(outputs, refer_threshold)[0], cams[0].explanations(size, method))
     prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
     targets = _targets(prediction, label, subtype)
-    if getattr(predictor, "members", None):
-        maps = [explain(member, rgb, method, *targets, size=size).explanations for member in predictor.members]
-        cams = [np.mean([m[stage].heatmap for m in maps], axis=0) for stage in STAGES]
-        return Diagnosis(prediction, _maps(cams, targets, method, size))
-    explainer, model_input = _explainer(predictor), predictor.model_input([rgb])
-    with predictor.lock:
-        cams = [_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES]
-    return Diagnosis(prediction, _maps(cams, targets, method, size))
+    cams = []  # per member, both stages' CAMs of the prediction's targets
+    for member in predictor.members:
+        explainer, model_input = _explainer(member), member.model_input([rgb])
+        with member.lock:
+            cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES])
+    return Diagnosis(prediction, RawCams(*targets, [c[0] for c in cams], [c[1] for c in cams]).explanations(size, method))
 
 
 def _turbo_lut() -> np.ndarray:

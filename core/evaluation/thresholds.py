@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from core.training.metrics import patient_table, scope
+from core.evaluation.metrics import patient_table, scope
 
 
 def at_threshold(table: pd.DataFrame, threshold: float, data: dict) -> dict:
