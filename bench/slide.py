@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import emit  # noqa: E402
 
+from core.model.loading import load_predictor  # noqa: E402
 from core.model.predict import Predictor  # noqa: E402
 from core.paths import DEFAULT_MODEL_DIR  # noqa: E402
 from core.slide.predictor import SlidePredictor, TileSettings  # noqa: E402
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument("--skip-densenet", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    bundled = Predictor.load(DEFAULT_MODEL_DIR)
+    bundled = load_predictor(DEFAULT_MODEL_DIR)
     with tempfile.TemporaryDirectory(prefix="bench_slide_") as tmp:
         folder = Path(tmp)
         slide = repeated_mosaic(folder / "throughput.tif", 4)  # 32 fields, 112 tiles

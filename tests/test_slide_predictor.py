@@ -9,7 +9,7 @@ import pytest
 
 from core.data.scale import model_scale
 from core.errors import Cancelled, UserInputError
-from core.model.predict import Predictor
+from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR
 from core.slide.call import choose_slide_threshold
 from core.slide.export import geojson, heatmap_rgb, malignant_regions, tiles_csv, write_outputs
@@ -20,7 +20,7 @@ from tests.slide_data import FIELD, write_mosaic, write_pyramid
 
 @pytest.fixture(scope="module")
 def bundled():
-    return Predictor.load(DEFAULT_MODEL_DIR)
+    return load_predictor(DEFAULT_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")

@@ -47,9 +47,9 @@ class SlideJob:
 @functools.lru_cache(maxsize=2)
 def _predictor(model: str):
     """The model, loaded once per process (a Dask worker keeps it for every slide it runs)."""
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    return Predictor.load(model)
+    return load_predictor(model)
 
 
 def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:

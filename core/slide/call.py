@@ -81,9 +81,9 @@ def validate_slide_threshold(model_dir, data_dir) -> dict:
     from core.data.selection import SplitSpec, select_images
     from core.errors import UserInputError
     from core.model.folders import update_card
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    predictor = Predictor.load(model_dir)
+    predictor = load_predictor(model_dir)
     training = predictor.card.get("training") or {}
     spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
                      magnification=training.get("magnification", "all"))
