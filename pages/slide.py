@@ -59,7 +59,8 @@ if kept is None and state.get("_slide_request") == key:
         state.pop("_slide_request", None)
         state["_slide_cancelled_key"] = key
 
-    st.button("Cancel", key="slide_cancel", on_click=cancel,
+    cancel_slot = st.empty()  # shown only while the tiles run
+    cancel_slot.button("Cancel", key="slide_cancel", on_click=cancel,
               help="Stops after the current batch of tiles; nothing of this run is kept.")
     bar = st.progress(0.0, text="Reading the slide and its tissue mask...")
     try:
@@ -71,6 +72,7 @@ if kept is None and state.get("_slide_request") == key:
         st.error(str(problem), icon=":material/block:")
         st.stop()
     bar.empty()
+    cancel_slot.empty()
     state.pop("_slide_request", None)
     old = state.pop("_slide_result", None)
     if old is not None:
