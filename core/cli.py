@@ -153,10 +153,15 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
+    from core.app.registry import subtype_reliability
+    from core.data.histology import NOT_ANALYSED
     from core.data.images import load_image
     from core.model.loading import load_predictor
 
     predictor = load_predictor(args.model)
+    reliable, subtype_note = subtype_reliability(predictor.card)
+    if not reliable:
+        logging.getLogger(__name__).warning("%s", subtype_note)
     failed = 0
     for path in args.images:
         name = os.path.basename(path)
@@ -167,13 +172,18 @@ def _predict(args) -> int:
             print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
                   flush=True)
             continue
+        if loaded.not_histology:  # no call on what is not H&E tissue (core.data.histology)
+            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": loaded.not_histology,
+                              "model": predictor.name}) if args.json
+                  else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
+            continue
         prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold)[0]
         if args.json:
-            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name,
+            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "subtype_reliable": reliable,
                               "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
         else:
             warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
-            print(f"{name}\t{prediction.summary()}{warnings}", flush=True)
+            print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
     return FAILED if failed else OK
 
 

@@ -62,13 +62,13 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "notes.txt": (b"This is a text file, not a histology image.\n", "error"),
         "truncated.png": (png_bytes(tissue)[:400], "error"),
         "bomb.png": (decompression_bomb(), "error"),
-        "deep16.png": (sixteen.getvalue(), "note"),
+        "deep16.png": (sixteen.getvalue(), "not histology"),  # greyscale: decoded with a note, no call
         "cmyk.jpg": (cmyk.getvalue(), "note"),
         "rgba.png": (png_bytes(rgba), "note"),
-        "gray.png": (png_bytes(tissue[..., 0]), "note"),
+        "gray.png": (png_bytes(tissue[..., 0]), "not histology"),
         "tiny.png": (png_bytes(np.zeros((1, 1, 3), np.uint8)), "error"),
         "large.png": (png_bytes(huge), "note"),
         "wrong_extension.jpg": (png_bytes(tissue), "note"),
         "empty.png": (b"", "error"),
-        "holiday_photo.png": (png_bytes(photo), "warning"),
+        "holiday_photo.png": (png_bytes(photo), "not histology"),
     }

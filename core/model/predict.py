@@ -76,10 +76,14 @@ class Prediction:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "p_label": self.p_label, "p_subtype": self.p_subtype}
 
-    def summary(self) -> str:
+    def summary(self, subtype_reliable: bool = True) -> str:
+        """One line for the CLI; an unreliable subtype head (core.app.registry.subtype_reliability)
+        prints its subtype as such rather than as a finding."""
         flag = "REFER: " + "; ".join(self.refer_reasons) if self.refer else "no referral flag"
-        return (f"{self.label} ({self.p_label:.2f}) | {pretty(self.subtype)} ({self.p_subtype:.2f}) | "
-                f"confidence {self.confidence:.2f} | {flag}")
+        subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
+        if not subtype_reliable:
+            subtype = f"subtype not reliable for this model (most probable: {subtype})"
+        return f"{self.label} ({self.p_label:.2f}) | {subtype} | confidence {self.confidence:.2f} | {flag}"
 
 
 @dataclasses.dataclass
@@ -123,6 +127,12 @@ def case_decision(members, malignant_threshold: float = 0.5) -> CaseDecision:
     label = "malignant" if mean_class["malignant"] >= malignant_threshold else "benign"
     p_subtype = {s: mean_within[s] for s in SUBTYPES_BY_CLASS[label]}
     return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
+
+
+def figure(value: float) -> str:
+    """A spread or threshold at 3 significant digits: spreads are often below 0.01, where a fixed
+    2 decimals shows "0.00 > 0.00" and hides which of the two is larger."""
+    return f"{value:.3g}"
 
 
 class Predictor:
@@ -288,7 +298,7 @@ class Predictor:
         if uncertainty and self.uncertainty_threshold is not None \
                 and uncertainty["p_malignant_spread"] > self.uncertainty_threshold:
             reasons.append(f"{uncertainty['source']} disagree (p(malignant) spread "
-                           f"{uncertainty['p_malignant_spread']:.2f} > {self.uncertainty_threshold:.2f})")
+                           f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
         if self.is_demo:
             reasons.append(DEMO_REASON)
         return Prediction(stage1, label, stage2, within[other], subtype, confidence,

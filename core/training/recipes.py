@@ -37,7 +37,14 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
                batch_size=32, weights="none", balance="class_weights", split="patient-wise", patience=6, seed=0,
                zoom=0.6, augment_strength=2.0, early_stopping=False)
 RECIPES = {"full": FULL, "limited": LIMITED}
-FULL_SET_MIN_IMAGES = 5000  # BreakHis has 7,909; far fewer images cannot support the full recipe
+FULL_SET_MIN_IMAGES = 5000
+
+
+def launch_defaults(gpu: bool) -> TrainConfig:
+    """What Retrain's form starts from on this machine: TrainConfig's defaults (the full recipe's
+    DenseNet121 fine-tuning at 224 px) with a GPU; without one the "limited" recipe, which trains the
+    bundled model on 2 CPU cores, because a DenseNet fine-tune on a CPU takes hours per epoch."""
+    return TrainConfig(data="", out="") if gpu else TrainConfig(data="", out="", **LIMITED)  # BreakHis has 7,909; far fewer images cannot support the full recipe
 
 
 def choose_recipe(data) -> str:
