@@ -5,7 +5,7 @@
 Pages live in pages/, one file each; their logic lives in core/app (session for Streamlit glue).
 Works offline with the bundled default model (models/default) and samples (assets/samples).
 Optional environment variables: BREAKHIS_DEFAULT_MODEL, BREAKHIS_MODEL_DIRS, BREAKHIS_RUNS_DIR,
-BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py).
+BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app/slides.py).
 """
 
 import streamlit as st
@@ -26,6 +26,7 @@ if user is None:
 
 navigation = st.navigation([page for page, action in [
     (st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True), "diagnose"),
+    (st.Page("pages/slide.py", title="Slide", icon=":material/grid_view:"), "slides"),
     (st.Page("pages/review.py", title="Review queue", icon=":material/rate_review:"), "review"),
     (st.Page("pages/dataset.py", title="Dataset", icon=":material/bar_chart:"), "dataset"),
     (st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"), "performance"),

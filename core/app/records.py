@@ -10,6 +10,8 @@ printed result can be traced back to its row. No image bytes are ever put in a r
 
 from __future__ import annotations
 
+import json
+
 from core.app.registry import describe_model
 from core.store.audit import Store
 
@@ -66,7 +68,8 @@ def record_diagnosis(store: Store, user: str, results: list, predictor, settings
 def record_slide(store: Store, user: str, name: str, sha256: str, predictor, summary: dict, settings: dict) -> int:
     """One row for a whole-slide run: `summary` is the slide's calls/probabilities/refer reasons."""
     identity = model_identity(predictor)
+    plain = json.loads(json.dumps(summary, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     return store.record("slide", user, name, image_sha256=sha256, model=identity["model"],
                         model_sha256=identity["model_sha256"],
-                        details={**summary, "members": identity["members"], "demo": identity["demo"],
+                        details={**plain, "members": identity["members"], "demo": identity["demo"],
                                  "settings": settings})

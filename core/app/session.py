@@ -356,6 +356,17 @@ def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, 
     return ids
 
 
+def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, settings: dict) -> int:
+    """Record a slide (or tiled upload) run once per model, file and settings; its audit id."""
+    from core.app import records
+
+    key = ("_audited_slide", model_identity(predictor), name, sha256, tuple(sorted(settings.items())))
+    if key not in st.session_state:
+        user = current_user() or {"name": "unknown"}
+        st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary, settings)
+    return st.session_state[key]
+
+
 def review_form(audit_id: int | None, key: str) -> None:
     """Agree or correct one result (a new audit row referring to it), with a comment: the form of
     each Diagnose result and of each Review queue entry."""
