@@ -3,12 +3,16 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import registry, report, session
+from core.app import records, registry, report, session, slides
+from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
-from core.model.cam import METHODS, overlay
-from core.model.predict import DEFAULT_REFER_THRESHOLD
+from core.errors import UserInputError
+from core.model.cam import COLOUR_SCALE, METHODS, colour_bar, overlay
+from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
+from core.slide.export import heatmap_rgb
 
 session.require_router()
+session.require("diagnose")
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
@@ -60,18 +64,32 @@ with st.spinner("Classifying..."):
                                             magnification=magnification)
 for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
+for refused in (r for r in results if r.not_histology):
+    st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
+               "it does not count in its case.", icon=":material/block:")
+# Uploads much larger than the field the model was trained on are analysed as tiles at its scale
+# (core.slide), not squashed into one input; they leave the per-image table, cases and report.
+stated = None if magnification == registry.NOT_STATED else magnification
+reasons = [slides.should_tile(predictor.card, r.name, r.image.original_size, stated) if r.ok else None
+           for r in results]
+tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
+results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]
-table = report.results_table(results, registry.model_badge(predictor.card))
-cases = report.case_calls(results, threshold, predictor.case_threshold)
+audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
+    predictor, tta, method, threshold, magnification))  # one audit row per shown result
+table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids)
+cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
 
 if len(results) > 1:
     st.subheader("Case table")
-    st.dataframe(table, hide_index=True)
+    st.dataframe(report.shown_table(table), hide_index=True,
+                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
     st.subheader("Case-level call")
     st.caption(f"Mean p(malignant) over the case's images, called malignant from {predictor.case_threshold:.2f} "
                "(the threshold this model's evaluation chose on validation patients), then the most probable "
                "subtype of that class. Cases come from BreakHis-style file names.")
-    st.dataframe(cases, hide_index=True)
+    st.dataframe(cases, hide_index=True,
+                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
 
 
 def probabilities(values: dict[str, float], column: str) -> None:
@@ -93,19 +111,24 @@ def show(result, index: int) -> None:
         st.markdown(f"#### {result.name}")
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         calibrated = "calibrated " if model["calibrated"] else ""
-        st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · {calibrated}confidence "
+        subtype = pretty(p.subtype) if model["subtype_reliable"] else f"subtype {registry.SUBTYPE_NOT_RELIABLE}"
+        st.markdown(f"{demo}**{pretty(p.label)}**, {subtype} · {calibrated}confidence "
                     f"**{p.confidence:.2f}** · magnification {result.magnification} "
                     f"({result.magnification_source})")
+        if not model["subtype_reliable"]:
+            st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
+                       f"({p.p_subtype:.2f}), is shown below for context only.")
         if p.uncertainty:
             limit = predictor.uncertainty_threshold
-            st.caption(f"Uncertainty: p(malignant) spread {p.uncertainty['p_malignant_spread']:.3f} across "
+            st.caption(f"Uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
-                       f"{p.uncertainty['mutual_information']:.3f} nats)"
-                       + (f"; referred above {limit:.3f}, chosen on validation." if limit is not None else "."))
-        elif not getattr(predictor, "members", None):
+                       f"{figure(p.uncertainty['mutual_information'])} nats)"
+                       + (f"; referred above {figure(limit)}, {registry.uncertainty_rule(predictor.card)}." if limit is not None else "."))
+        elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
-        if result.refer:
-            st.error("Refer for review: " + "; ".join(result.refer_reasons), icon=":material/flag:")
+        if result.refer:  # the image's warnings are shown once, below, not repeated in this line
+            reasons = list(p.refer_reasons) + (["see the image warning below"] if result.warnings else [])
+            st.error("Refer for review: " + "; ".join(reasons), icon=":material/flag:")
         else:
             st.success(f"Confidence {p.confidence:.2f} is above the review threshold {threshold:.2f}.")
         for warning in result.warnings:
@@ -125,8 +148,12 @@ def show(result, index: int) -> None:
         if maps:
             name = METHOD_NAMES.get(method, method)
             for column, stage, explanation in zip(columns[1:], ("Stage 1", "Stage 2"), maps):
+                note = f" ({explanation.note})" if explanation.note else ""
                 column.image(overlay(result.display, explanation.heatmap, opacity), width="stretch",
-                             caption=f"{stage} {name}: {pretty(explanation.target)}", output_format="JPEG")
+                             caption=f"{stage} {name}: {pretty(explanation.target)}{note}", output_format="JPEG")
+            scale_bar, scale_text = st.columns([1, 2], vertical_alignment="center")
+            scale_bar.image(colour_bar(), caption="low -> high", width="stretch")
+            scale_text.caption(COLOUR_SCALE)
         left, right = st.columns(2)
         with left:
             st.markdown("**Stage 1: benign or malignant**")
@@ -139,10 +166,40 @@ def show(result, index: int) -> None:
                 probabilities(p.other_stage2, "other subtype")
         if result.notes:
             st.caption("Notes: " + "; ".join(result.notes))
+        session.review_form(audit_ids.get(records.audit_key(result)), f"dx_{index}")
+
+
+def show_tiled(result, reason: str, data: bytes) -> None:
+    with st.container(border=True):
+        st.markdown(f"#### {result.name}")
+        st.info(reason + " The Slide page shows the same analysis with every tile.", icon=":material/grid_view:")
+        key = ("_tiled", session.model_identity(predictor), result.digest, stated)
+        if key not in st.session_state:  # this session only: the upload stays in its memory
+            with st.spinner("Analysing the tiles..."):
+                try:
+                    st.session_state[key] = slides.analyse_upload(predictor, result.name, data, stated)
+                except UserInputError as problem:
+                    st.session_state[key] = str(problem)
+        tiles = st.session_state[key]
+        if isinstance(tiles, str):
+            st.error(tiles, icon=":material/block:")
+            return
+        demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
+        call = tiles.call
+        audit_id = session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **call},
+                                       {"magnification": stated, "opacity": opacity})
+        st.caption(f"Audit #{audit_id}")
+        st.markdown(f"{demo}Call over the tiles: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
+                    f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
+        st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}).")
+        st.image(heatmap_rgb(tiles, opacity), caption="p(malignant) per tile over the image", width="stretch",
+                 output_format="JPEG")
 
 
 for index, result in enumerate(analysed):
     show(result, index)
+for result, reason, data in tiled:
+    show_tiled(result, reason, data)
 
 if analysed:
     st.subheader("Downloads")
@@ -151,7 +208,12 @@ if analysed:
     left.download_button("Results (CSV)", report.results_csv(table), "breakhis_results.csv",
                          "text/csv", key="download_csv")
     with right:
-        controls = (method, opacity)  # what the report is drawn with
+        ids = st.columns(3)
+        details = report.ReportDetails(
+            patient_id=ids[0].text_input("Patient id", key="report_patient").strip(),
+            specimen_id=ids[1].text_input("Specimen id", key="report_specimen").strip(),
+            reviewer=ids[2].text_input("Reviewing pathologist", key="report_reviewer").strip())
+        controls = (method, opacity, details)  # what the report is drawn with
         if st.button("Prepare report", key="prepare_report"):
             with st.spinner("Drawing the report..."):
                 overlays = {}
@@ -165,10 +227,11 @@ if analysed:
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model))
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, details,
+                                                                                 audit_ids))
         prepared = st.session_state.get("_report")
         if prepared and prepared[0] == controls:
             st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",
                                key="download_report")
         elif prepared:
-            st.caption("The heat-map method or opacity changed: prepare the report again.")
+            st.caption("The heat-map method, opacity or report details changed: prepare the report again.")

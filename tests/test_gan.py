@@ -10,9 +10,10 @@ from core.cli import main as cli
 from core.data.breakhis import index_folder, parse_name, parse_synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.synthetic import PROVENANCE_FILE, read_provenance
+from core.errors import ModelFolderError, UserInputError
 from core.gan.sampling import fill_folder_from_generator, noise_for
 from core.gan.train import real_patches, training_images
-from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
+from core.model.folders import GENERATOR, load_model_folder
 
 TINY = dict(image_size=32, width=64, latent_dim=32, batch_size=16, patches_per_image=4,
             sample_every=1000, checkpoint_every=1000, log_every=1)
@@ -89,7 +90,7 @@ def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_pat
     config = gan.GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
     calls = itertools.count()
     gan.train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # e.g. SIGTERM after 3 steps
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UserInputError, match="--resume"):
         gan.train_gan(config, synthetic_breakhis, out)
     model_dir = gan.train_gan(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
     events = _events(out)

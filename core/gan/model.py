@@ -20,6 +20,7 @@ from core.data.labels import MAGNIFICATIONS, SUBTYPES
 from core.data.selection import SplitSpec
 from core.data.splits import PATIENT
 from core.data.stain import STAIN_METHODS
+from core.errors import UserInputError
 from core.options import option
 
 SIZES = (32, 64, 128, 256)
@@ -69,16 +70,16 @@ class GanConfig:
     def __post_init__(self):
         unknown = [s for s in self.subtypes if s not in SUBTYPES]
         if unknown or not self.subtypes:
-            raise ValueError(f"Unknown or no subtypes {unknown}; choose from {list(SUBTYPES)}")
+            raise UserInputError(f"Unknown or no subtypes {unknown}; choose from {list(SUBTYPES)}")
         if self.image_size not in SIZES:
-            raise ValueError(f"image_size must be one of {SIZES}, not {self.image_size}")
+            raise UserInputError(f"image_size must be one of {SIZES}, not {self.image_size}")
         low, high = self.crop_scale
         if self.batch_size % GROUP:
-            raise ValueError(f"batch_size must be a multiple of {GROUP} (groups of one subtype), got {self.batch_size}")
+            raise UserInputError(f"batch_size must be a multiple of {GROUP} (groups of one subtype), got {self.batch_size}")
         if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+            raise UserInputError(f"ema must be in [0, 1), got {self.ema}")
         if not 0.05 <= low <= high <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0.05 <= low <= high <= 1, got {self.crop_scale}")
+            raise UserInputError(f"crop_scale must satisfy 0.05 <= low <= high <= 1, got {self.crop_scale}")
         self.subtypes, self.crop_scale = tuple(self.subtypes), (float(low), float(high))
         self.split_spec()  # an impossible split (e.g. bad folds) fails here, before any work
 

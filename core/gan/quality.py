@@ -23,6 +23,7 @@ from PIL import Image
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.preprocess import to_model_input
 from core.data.stain import StainNormalizer
+from core.errors import UserInputError
 from core.gan.distances import classifier_free, upsampling_peaks
 from core.gan.model import GanConfig, build_generator
 from core.gan.sampling import generate
@@ -84,7 +85,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subset_size: int = 100, subsets: int
     """
     smaller = min(len(real), len(fake))
     if smaller < 2:
-        raise ValueError(f"KID needs at least 2 images per set (got {len(real)} real, {len(fake)} synthetic)")
+        raise UserInputError(f"KID needs at least 2 images per set (got {len(real)} real, {len(fake)} synthetic)")
     m = subset_size if smaller >= subset_size else max(2, (3 * smaller) // 4)
     rng, dim, values = np.random.default_rng(seed), real.shape[1], []
     for _ in range(subsets):

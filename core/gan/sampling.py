@@ -17,6 +17,7 @@ from PIL import Image
 from core.data.breakhis import synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.synthetic import provenance_of, record_provenance
+from core.errors import UserInputError
 from core.model.folders import GENERATOR, load_model_folder
 
 
@@ -33,7 +34,7 @@ def generate(generator: keras.Model, subtype: str, n: int, seed: int = 0, batch_
              noise: np.ndarray | None = None) -> np.ndarray:
     """n uint8 images of a subtype; deterministic for a seed."""
     if subtype not in SUBTYPES:
-        raise ValueError(f"Unknown subtype {subtype!r}; choose from {list(SUBTYPES)}")
+        raise UserInputError(f"Unknown subtype {subtype!r}; choose from {list(SUBTYPES)}")
     noise = noise_for(seed, n, generator.inputs[0].shape[-1]) if noise is None else noise
     labels = np.full((len(noise), 1), SUBTYPES.index(subtype), np.int32)
     out = [generator([noise[i:i + batch_size], labels[i:i + batch_size]], training=False)
@@ -61,9 +62,9 @@ def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0) -> li
     """n PNGs named SYN_<code>-<generator>-<seed>-<i>.png (never a BreakHis name)."""
     generator, card = load_model_folder(model_dir, kind=GENERATOR)
     if subtype not in card["subtypes"]:
-        raise ValueError(f"Generator {card['name']!r} was not trained on {subtype!r}; it knows {card['subtypes']}")
+        raise UserInputError(f"Generator {card['name']!r} was not trained on {subtype!r}; it knows {card['subtypes']}")
     if n < 0:
-        raise ValueError("n must be >= 0")
+        raise UserInputError("n must be >= 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_provenance(out_dir, provenance_of(card))

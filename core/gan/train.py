@@ -23,6 +23,7 @@ from core.data.labels import SUBTYPES
 from core.data.pipeline import fit_normalizer
 from core.data.preprocess import to_model_input
 from core.data.selection import select_images
+from core.errors import UserInputError
 from core.gan.model import GROUP, GanConfig, build_discriminator, build_generator, diff_augment
 from core.gan.sampling import noise_for, save_sample_grid
 from core.jsonfile import read_json, write_json_atomic
@@ -60,7 +61,7 @@ def real_patches(images, config: GanConfig, seed: int = 0, normalizer=None):
             labels.append(SUBTYPES.index(row.subtype))
             sources.append(row.path)
     if not patches:
-        raise ValueError("No readable images to make patches from")
+        raise UserInputError("No readable images to make patches from")
     return np.stack(patches), np.array(labels, np.int32), sources
 
 
@@ -72,7 +73,7 @@ def training_images(data_dir, config: GanConfig):
     images = images[images["subtype"].isin(config.subtypes)]
     missing = sorted(set(config.subtypes) - set(images["subtype"]))
     if missing:
-        raise ValueError(f"No training images for subtypes {missing} in {data_dir}")
+        raise UserInputError(f"No training images for subtypes {missing} in {data_dir}")
     return images.reset_index(drop=True), selection.fingerprint
 
 
@@ -177,7 +178,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     """
     out_dir, config_path = Path(out_dir), Path(out_dir) / "config.json"
     if config_path.exists() and not resume:
-        raise FileExistsError(f"{out_dir} already holds a GAN run; pass --resume or choose another --out")
+        raise UserInputError(f"{out_dir} already holds a GAN run; pass --resume or choose another --out")
     if resume:
         if not config_path.exists():
             raise FileNotFoundError(f"Nothing to resume in {out_dir} (no config.json)")
@@ -203,7 +204,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     patches, labels, _ = real_patches(images, config, seed=config.seed, normalizer=normalizer)
     unreadable = [s for s in config.subtypes if not (labels == SUBTYPES.index(s)).any()]
     if unreadable:
-        raise ValueError(f"No readable training images for subtypes {unreadable} (see the warnings above); "
+        raise UserInputError(f"No readable training images for subtypes {unreadable} (see the warnings above); "
                          "fix or remove those files, or leave the subtypes out (--subtypes)")
     by_subtype = {s: int((images["subtype"] == s).sum()) for s in config.subtypes}
     progress.emit("start", step=step, steps=config.steps, epochs=1, images_by_subtype=by_subtype, message=(

@@ -1,4 +1,5 @@
-"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing).
+"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing); test
+support, so it lives under tests/ and the product never imports it.
 
 A throwaway model folder (an untrained small_cnn, saved the one official way), the environment
 that points the app at given model folders, and the AppTest patch that makes every run go
@@ -31,8 +32,11 @@ def make_model_folder(folder: Path, demo: bool = True, name: str = "tiny-demo", 
 
 
 def app_environment(models_root: Path, default: Path, runs: Path) -> dict:
+    """The app pointed at these models, with its database in a folder next to `runs`, in single-user
+    local mode (the sign-in tests switch it off: tests/test_app_signin.py)."""
     return {"BREAKHIS_MODEL_DIRS": f"{models_root}{os.pathsep}{runs}",
-            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs)}
+            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs),
+            "BREAKHIS_DATA_DIR": str(Path(runs).parent / "data"), "BREAKHIS_SINGLE_USER": "1"}
 
 
 def run_app_like_the_server(patch) -> None:
