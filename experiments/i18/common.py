@@ -3,7 +3,7 @@
 The splits are the project's own (core.data.selection): the patient-wise split seed 0 (train 457 /
 val 112 / test 188) and the patient-wise 5-fold CV seed 0, so every probe is scored on the same
 patients as `python -m core train` and `make-default`. Scoring goes through
-core.training.evaluate.score (the same metrics, case rule and bootstrap intervals over patients).
+core.evaluation.evaluate.score (the same metrics, case rule and bootstrap intervals over patients).
 """
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ def fields(table: pd.DataFrame, mpp: float) -> dict[str, np.ndarray]:
 
 
 def frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarray) -> pd.DataFrame:
-    from core.training.evaluate import predictions_frame
+    from core.evaluation.evaluate import predictions_frame
     return predictions_frame(rows, p_class, within)
 
 
 def joint_to_hier(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from core.training.baselines import _class_and_within
+    from core.evaluation.baselines import _class_and_within
     return _class_and_within(joint)
 
 
 def score_tables(test: pd.DataFrame, val: pd.DataFrame | None) -> dict:
     """Headline figures (image and patient level, with intervals) of one protocol's predictions."""
-    from core.training.evaluate import score
+    from core.evaluation.evaluate import score
     full = score(test, val, "test")
     out = {"images": int(len(test)), "cases": int(test["case"].nunique())}
     for level in ("image", "patient"):

@@ -4,7 +4,7 @@ On the 757 real images a small CNN trained from scratch learns stage 1 (benign/m
 the subtypes, which colour, stain and texture statistics separate better (README, issue 18). A
 model card with a "fusion" block therefore adds a `FeatureHead` to the CNN:
 
-    image -> core.training.baselines.image_features (colour histograms, HED stain statistics,
+    image -> core.evaluation.baselines.image_features (colour histograms, HED stain statistics,
              LBP texture, gradients) -> standardise -> multinomial logistic regression
           -> p(class) and p(subtype | class) of the features
 
@@ -38,7 +38,7 @@ SMOOTHING = 1e-3  # a subtype absent from the training patients keeps a sliver o
 def _features(images: list[np.ndarray]) -> np.ndarray:
     # The baseline's own features: one definition for the baseline the model must beat and the
     # fused model that uses them.
-    from core.training.baselines import image_features
+    from core.evaluation.baselines import image_features
 
     return np.stack([image_features(np.asarray(rgb, np.uint8)) for rgb in images])
 
@@ -53,7 +53,7 @@ class FeatureHead:
     intercept: np.ndarray
     classes: list[str]  # subtypes seen in training, in the regression's order
     c: float
-    features: str = "colour_texture v1 (core.training.baselines.image_features)"
+    features: str = "colour_texture v1 (core.evaluation.baselines.image_features)"
 
     @classmethod
     def fit(cls, x: np.ndarray, subtypes, c: float = 0.1, sample_weight=None) -> "FeatureHead":

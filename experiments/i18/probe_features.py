@@ -18,7 +18,7 @@ import numpy as np
 from common import CACHE, fields, frame, joint_to_hier, protocols, record, score_tables, summarise
 from core.data.labels import SUBTYPES
 from handcrafted import FEATURES_VERSION, field_features
-from core.training.baselines import image_features
+from core.evaluation.baselines import image_features
 from core.data.images import load_image
 
 

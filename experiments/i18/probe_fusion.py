@@ -42,8 +42,8 @@ def cnn_outputs(model_dir: Path, rows, key: str) -> tuple[np.ndarray, np.ndarray
         stored = np.load(cache)
         if list(stored["names"]) == names:
             return stored["p_class"], stored["within"]
-    from core.model.predict import Predictor
-    predictor = Predictor.load(model_dir)
+    from core.model.loading import load_predictor
+    predictor = load_predictor(model_dir)
     images = [load_image(p, check_histology=False).rgb for p in rows["path"]]
     out = predictor.calibrate(predictor.probabilities(images))
     within = np.zeros((len(rows), len(SUBTYPES)))
