@@ -56,7 +56,7 @@ def write_one(store: Store, session: int, n: int) -> tuple[float, list[int]]:
     return elapsed, ids
 
 
-def load(store: Store, sessions: int, seconds: float) -> dict:
+def load(store: Store, sessions: int, seconds: float, think_s: float) -> dict:
     latencies, confirmed, errors = [], [], []
     lock, stop = threading.Lock(), time.monotonic() + seconds
 
@@ -73,7 +73,7 @@ def load(store: Store, sessions: int, seconds: float) -> dict:
                 latencies.append(elapsed)
                 confirmed.extend(ids)
             n += 1
-            time.sleep(0.05)  # a user's think time between actions; keeps the load a load, not a flood
+            time.sleep(think_s)  # the model pass and the user's reading between two diagnoses
 
     threads = [threading.Thread(target=session_loop, args=(s,)) for s in range(sessions)]
     for thread in threads:
@@ -82,7 +82,7 @@ def load(store: Store, sessions: int, seconds: float) -> dict:
         thread.join()
     stored = {e["id"] for e in store.events(ids=confirmed)} if confirmed else set()
     ms = np.asarray(latencies) * 1000
-    return {"sessions": sessions, "seconds": seconds, "diagnoses": len(latencies), "rows_confirmed": len(confirmed),
+    return {"sessions": sessions, "seconds": seconds, "think_s": think_s, "diagnoses": len(latencies), "rows_confirmed": len(confirmed),
             "rows_missing": len(set(confirmed) - stored), "errors": len(errors), "error_examples": errors[:3],
             "write_ms": {"p50": round(float(np.percentile(ms, 50)), 2), "p95": round(float(np.percentile(ms, 95)), 2),
                          "max": round(float(ms.max()), 2)} if len(ms) else None}
@@ -130,16 +130,20 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--url", help="database URL (default: a new SQLite file in a temporary folder)")
+    parser.add_argument("--think-s", type=float, default=1.0,
+                        help="pause of each session between two diagnoses: a Diagnose request is the model's "
+                             "pass (about 0.3-1 s on a CPU, bench/diagnose.py) plus the reading of its result")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="audit-load-")
     url = args.url or f"sqlite:///{folder}/breakhis.db"
     store = Store.open(url)
-    baseline = load(store, 1, min(5.0, args.seconds))
-    loaded = load(store, args.sessions, args.seconds)
+    baseline = load(store, 1, min(5.0, args.seconds), args.think_s)
+    loaded = load(store, args.sessions, args.seconds, args.think_s)
+    flood = load(store, args.sessions, min(10.0, args.seconds), 0.05)  # a stress test, beyond any real use
     store.close()
     result = {"bench": "audit_load", "database": store.engine.dialect.name, "goal": "p95 audit write <= 20 ms on SQLite",
-              "baseline_one_session": baseline, "load": loaded, "crash": crash(url, 2.0)}
+              "baseline_one_session": baseline, "load": loaded, "flood_20_per_s_per_session": flood, "crash": crash(url, 2.0)}
     emit(result, args.out)
     crashed = result["crash"]
     good = loaded["errors"] == 0 and loaded["rows_missing"] == 0 and crashed["confirmed"] > 0 and crashed["missing"] == 0
