@@ -11,6 +11,7 @@ from core.gan.sampling import generate, grid
 from core.model.folders import GENERATOR, load_model_folder
 
 session.require_router()
+session.require("gallery")
 
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)

@@ -15,6 +15,7 @@ from core.paths import runs_dir
 from core.training.recipes import launch_defaults
 
 session.require_router()
+session.require("retrain")
 
 
 @st.cache_resource(show_spinner=False)
@@ -68,6 +69,10 @@ def launch_form() -> None:
                                         help="Fitted to the training split; the model card keeps it and every "
                                              "prediction applies it (for images from other labs' scanners and stains).")
             name = a.text_input("Run name (optional)", key="train_name")
+            values["reviewed_dir"] = st.text_input(
+                "Reviewed images to add to the training split only (optional)", key="train_reviewed",
+                help="A folder exported from the reviews (core.store.reviews.export_training_folder); validation "
+                     "and test never change.").strip() or None
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
@@ -81,6 +86,7 @@ def launch_form() -> None:
     except (UserInputError, JobError) as problem:
         st.error(str(problem))
         return
+    session.audit("retrain_launched", config.out, settings=retrain.shown_settings(config))
     st.rerun()
 
 
@@ -124,14 +130,17 @@ def follow(job: jobs.Job) -> None:
         st.info("Cancel requested; waiting for the training process to stop.")
         if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
             jobs.cancel_job(job, force=True)
+            session.audit("retrain_cancelled", job.run_dir, force=True)
     elif st.button("Cancel training", key="cancel_job"):
         jobs.cancel_job(job)
+        session.audit("retrain_cancelled", job.run_dir, force=False)
         st.rerun(scope="fragment")
 
 
 def finished(job: jobs.Job, status: str, explanation: str) -> None:
     state = jobs.progress(job)
     model_dir = Path(job.run_dir) / "model"
+    session.audit("retrain_finished", job.run_dir, once=True, status=status, explanation=explanation)
     if status == jobs.COMPLETED:
         st.success(f"Training completed: {job.run_dir}.")  # the explanation only repeats it
         st.caption(split_sizes(job))
