@@ -7,13 +7,13 @@ deconvolution (core.data.stain, the project's one stain model). Its settings are
 never fitted per run, so synthetic and real patches, and two generators, are counted by the same
 rule; they are stated in microns and converted with the patches' scale.
 
-How they were set (once, on real 64-px patches at 1.5625 um/px of the real set's training split,
-by eye on grids with the detections drawn, `python -m core gan nuclei-check`): nuclei of breast
-tissue are 5-12 um across (lymphocytes to carcinoma cells), hence radii 2.5-6 um; the threshold is
-the LoG response (hematoxylin optical density) at which stroma and eosin-stained collagen are
-mostly free of detections while separate dark nuclei are counted: 0.04 marked most of the
-stroma, 0.15 missed most nuclei of benign tissue. Confluent nuclei (a dark band of epithelium)
-count as few blobs: the count compares sets, it is no cell count.
+Radii: nuclei of breast tissue are 5-12 um across (lymphocytes to carcinoma cells), hence 2.5-6 um.
+The threshold (LoG response in hematoxylin optical density) was chosen once and is kept fixed.
+Checked by eye on 64-px real patches of the training split at 1.5625 um/px with the detections
+drawn (`overlay`): it marks the dark nuclei of epithelium and stroma and leaves eosin-pink
+collagen and lumina mostly empty, but it also fires on dark fibre texture in the grey-toned fields
+of one lab, and confluent nuclei count as few blobs. So the count compares two sets of patches by
+one rule; it is no cell count.
 """
 
 from __future__ import annotations
