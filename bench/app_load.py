@@ -47,9 +47,9 @@ def core_seconds(model_dir: Path, paths: list[Path], repeats: int = 3) -> dict[s
     """Median seconds of the core's diagnosis (load + explain: prediction and both maps) per image."""
     from core.data.images import load_image
     from core.model.cam import explain
-    from core.model.predict import Predictor
+    from core.model.loading import load_predictor
 
-    predictor = Predictor.load(model_dir)
+    predictor = load_predictor(model_dir)
 
     def diagnose(path):
         explain(predictor, load_image(path.read_bytes(), name=path.name).rgb)
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
     import pytest
 
-    from core.app.testing import run_app_like_the_server
+    from tests.app_testing import run_app_like_the_server
 
     with pytest.MonkeyPatch.context() as patch:
         run_app_like_the_server(patch)

@@ -39,6 +39,7 @@ from core.data.stain import STAIN_METHODS, StainNormalizer
 from core.model.cam import _explainer, explain, to_heatmap
 from core.model.classifier import build_classifier
 from core.model.ensemble import EnsemblePredictor
+from core.model.loading import load_predictor
 from core.model.predict import Predictor
 from core.paths import SAMPLES_DIR
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     image = args.image or sorted(SAMPLES_DIR.rglob("*.png"))[0]
-    predictor = Predictor.load(args.model) if args.model else densenet_predictor()
+    predictor = load_predictor(args.model) if args.model else densenet_predictor()
 
     densenet = keras.applications.DenseNet121(weights=None)
     bare = tf.function(lambda x: densenet(x, training=False))

@@ -1,5 +1,5 @@
 """Robustness to other labs' staining: how often do a model's calls change under controlled stain
-shifts, with and without stain normalisation? (core.training.robustness)
+shifts, with and without stain normalisation? (core.evaluation.robustness)
 
     python bench/stain_shift.py [--model models/default] [--data DIR] [--method macenko|reinhard]
                                 [--out bench/results/stain_shift.json] [--plot bench/results/stain_shift.html]
@@ -23,10 +23,10 @@ from common import emit  # noqa: E402 - bench/common.py (the script's own folder
 
 from core.data.breakhis import index_folder
 from core.data.images import load_image
-from core.data.stain import StainNormalizer
-from core.model.predict import Predictor
+from core.data.stain import get_normalizer
+from core.evaluation.robustness import SHIFTS, shift_report, with_normalizer
+from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from core.training.robustness import SHIFTS, shift_report, with_normalizer
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
 
-    predictor = Predictor.load(args.model)
+    predictor = load_predictor(args.model)
     table = index_folder(args.data).images
     test_cases = ((predictor.card.get("metrics") or {}).get("test_set") or {}).get("cases")
     if test_cases and not args.all_images:
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
         table = held_out if len(held_out) else table
     images = [load_image(path, check_histology=False).rgb for path in table["path"]]
     own = predictor.normalizer.method != "none"
-    normalizer = predictor.normalizer if own else StainNormalizer.fit(args.method, images, "the unshifted images")
-    plain = with_normalizer(predictor, StainNormalizer("none"))
+    normalizer = predictor.normalizer if own else get_normalizer(args.method).fit(images, "the unshifted images")
+    plain = with_normalizer(predictor, get_normalizer("none"))
     result = {
         "model": predictor.name, "images": len(images), "cases": int(table["case"].nunique()),
         "held_out_only": bool(test_cases and not args.all_images and len(table) < len(index_folder(args.data).images)),

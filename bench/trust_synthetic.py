@@ -6,8 +6,8 @@ ensemble of three small models against each of its members on the same held-out 
 
 The set (tests/synthetic_data.py) overlaps: a fifth of the cases look like the other class, so no
 model gets everything right and calibration has something to fix. Every model is trained by
-core.training.fit.train, calibrated by core.training.calibrate.calibrate_run and combined by
-core.training.ensembles.ensemble_run: the same code as `python -m core train / calibrate /
+core.training.fit.train, calibrated by core.training.calibrate_run.calibrate_run and combined by
+core.training.ensemble_run.ensemble_run: the same code as `python -m core train / calibrate /
 ensemble`. Patient-wise split (seed 0); counts are in the output. Prints JSON.
 """
 
@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.paths import REPO  # noqa: E402
-from core.training.calibrate import calibrate_run  # noqa: E402
-from core.training.ensembles import ensemble_run  # noqa: E402
+from core.training.calibrate_run import calibrate_run  # noqa: E402
+from core.training.ensemble_run import ensemble_run  # noqa: E402
 from core.training.fit import train  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # tests/synthetic_data.py, the tests' own learnable set

@@ -14,34 +14,34 @@
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
 
-Exit codes are the same for every command: 0 done, 1 failed (including some inputs that could
-not be processed), 2 a usage or user error (bad option, missing folder, unusable model), 130
-interrupted, 143 cancelled by SIGTERM.
+Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
+not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:
+bad option, missing folder, unusable model; the message alone), 130 interrupted, 143 cancelled
+by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
+from core.errors import Cancelled, DatasetError, ImageError, UserInputError
 from core.paths import DEFAULT_MODEL_DIR
+
+log = logging.getLogger("core.cli")
 
 OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
 
 
 def _index(args) -> int:
-    from core.data.download import DatasetError, report
+    from core.data.download import report
 
-    try:
-        report(args.folder)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USER_ERROR
+    report(args.folder)  # a DatasetError (no folder, no images) is the user's: exit 2
     if args.csv:
         from core.data.breakhis import index_folder
 
@@ -51,7 +51,7 @@ def _index(args) -> int:
 
 
 def _download(args) -> int:
-    from core.data.download import DatasetError, download, manual_steps, report
+    from core.data.download import download, manual_steps, report
 
     try:
         path = download(args.dest)
@@ -65,11 +65,19 @@ def _download(args) -> int:
 
 
 def _train(args) -> int:
+    """One run; with --folds k and no --fold, the cross-validation of every fold."""
     from core.options import from_args
     from core.training.config import TrainConfig
-    from core.training.fit import train
 
-    train(from_args(TrainConfig, args))
+    config = from_args(TrainConfig, args)
+    if config.all_folds:
+        from core.training.crossval import cross_validate
+
+        cross_validate(config)
+    else:
+        from core.training.fit import train
+
+        train(config)
     return OK
 
 
@@ -85,8 +93,8 @@ def _compare(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from core.training.calibrate import calibrate_run
-    from core.training.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run
+    from core.training.calibrate_run import calibrate_run
 
     block = calibrate_run(args.run, args.data)
     for split, measured in block["measured"].items():
@@ -110,7 +118,7 @@ def _tune(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from core.training.ensembles import ensemble_run
+    from core.training.ensemble_run import ensemble_run
 
     folder = ensemble_run(args.members, args.out, args.name)
     print(f"wrote the ensemble {folder}" + (f" and its evaluation {Path(args.out) / 'metrics.json'}"
@@ -119,7 +127,7 @@ def _ensemble(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.training.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run
 
     results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall)
     data = results["data"]
@@ -142,10 +150,15 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from core.data.images import ImageError, load_image
-    from core.model.predict import Predictor
+    from core.app.registry import subtype_reliability
+    from core.data.histology import NOT_ANALYSED
+    from core.data.images import load_image
+    from core.model.loading import load_predictor
 
-    predictor = Predictor.load(args.model)
+    predictor = load_predictor(args.model)
+    reliable, subtype_note = subtype_reliability(predictor.card)
+    if not reliable:
+        logging.getLogger(__name__).warning("%s", subtype_note)
     failed = 0
     for path in args.images:
         name = os.path.basename(path)
@@ -156,13 +169,18 @@ def _predict(args) -> int:
             print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
                   flush=True)
             continue
+        if loaded.not_histology:  # no call on what is not H&E tissue (core.data.histology)
+            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": loaded.not_histology,
+                              "model": predictor.name}) if args.json
+                  else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
+            continue
         prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold)[0]
         if args.json:
-            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name,
+            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "subtype_reliable": reliable,
                               "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
         else:
             warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
-            print(f"{name}\t{prediction.summary()}{warnings}", flush=True)
+            print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
     return FAILED if failed else OK
 
 
@@ -381,18 +399,21 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse printed the usage error (code 2) or the help (code 0)
         return int(stop.code or 0)
-    from core.model.folders import ModelFolderError
-    from core.training.fit import Cancelled
-
+    # Warnings of every module (logging) and the traceback of a failure go to stderr for this command.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     try:
         return args.handler(args)
     except Cancelled:
         return CANCELLED
     except KeyboardInterrupt:
         return INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ModelFolderError) as error:
+    except UserInputError as error:  # the user's input, not the program: the message is enough
         print(f"error: {error}", file=sys.stderr, flush=True)
         return USER_ERROR
-    except Exception:  # anything else is a failure of ours: show everything
-        traceback.print_exc()
+    except Exception:  # anything else is a failure of ours: log everything
+        log.exception("python -m core %s failed", args.command)
         return FAILED
+    finally:
+        logging.getLogger().removeHandler(handler)

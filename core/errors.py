@@ -3,8 +3,11 @@
     BreakhisError          every error the project raises on purpose
       UserInputError       bad input from the person at the keyboard: a file, a folder, an option.
                            The CLI exits 2 with the message alone; the app shows the message.
-      ModelFolderError     a model folder that is missing, damaged or of the wrong kind
-                           (also a UserInputError: the user named the folder).
+        ModelFolderError   a model folder that is missing, damaged or of the wrong kind
+                           (the user named the folder).
+        ImageError         an image file that cannot be used (empty, truncated, a bomb, not an image).
+        DatasetError       a data set that cannot be fetched or has no BreakHis images.
+        JobError           a training job that cannot be started or controlled from the app.
     Cancelled              a run stopped on request (SIGTERM, the Retrain page's cancel button).
 
 Anything else is a bug: the CLI exits 1 and logs the traceback. UserInputError is a ValueError too,
@@ -24,6 +27,18 @@ class UserInputError(BreakhisError, ValueError):
 
 class ModelFolderError(UserInputError):
     """A model folder is missing, damaged, tampered with or of the wrong kind."""
+
+
+class ImageError(UserInputError):
+    """A user-facing reason why an image cannot be used; str(error) is shown in the app."""
+
+
+class DatasetError(UserInputError):
+    """A user-facing reason the data set could not be fetched or indexed."""
+
+
+class JobError(UserInputError):
+    """A background job cannot be started or controlled; the message is shown to the user."""
 
 
 class Cancelled(BaseException):

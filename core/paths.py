@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.errors import UserInputError
+
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets"
 SAMPLES_DIR = ASSETS / "samples"
@@ -24,6 +26,20 @@ DEFAULT_GENERATOR_DIR = MODELS_DIR / "gan-default"
 def runs_dir() -> Path:
     """Where training runs (and the app's job file) go: BREAKHIS_RUNS_DIR, default runs/."""
     return Path(os.environ.get("BREAKHIS_RUNS_DIR") or REPO / "runs")
+
+
+def refuse_existing_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: str = "a training run",
+                        hint: str = "choose a new --out folder", error: type[UserInputError] = UserInputError) -> Path:
+    """`folder` as a Path, for a new run; `error` when it already holds one: any of `markers` (names
+    inside it) exists, or, without markers, it is a folder that is not empty. Every command that
+    creates a run folder (training, cross-validation, comparison, ensemble, the default model, a
+    job) checks here, so none overwrites another's results."""
+    folder = Path(folder)
+    taken = any((folder / name).exists() for name in markers) if markers else \
+        folder.is_dir() and any(folder.iterdir())
+    if taken:
+        raise error(f"{folder} already holds {holds}; {hint}")
+    return folder
 
 
 def portable(path: str | os.PathLike) -> str:

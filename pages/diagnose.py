@@ -4,9 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from core.app import registry, report, session
+from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
-from core.model.cam import METHODS, overlay
-from core.model.predict import DEFAULT_REFER_THRESHOLD
+from core.model.cam import COLOUR_SCALE, METHODS, colour_bar, overlay
+from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
 
 session.require_router()
 
@@ -60,18 +61,23 @@ with st.spinner("Classifying..."):
                                             magnification=magnification)
 for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
+for refused in (r for r in results if r.not_histology):
+    st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
+               "it does not count in its case.", icon=":material/block:")
 analysed = [r for r in results if r.ok]
-table = report.results_table(results, registry.model_badge(predictor.card))
-cases = report.case_calls(results, threshold, predictor.case_threshold)
+table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"])
+cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
 
 if len(results) > 1:
     st.subheader("Case table")
-    st.dataframe(table, hide_index=True)
+    st.dataframe(report.shown_table(table), hide_index=True,
+                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
     st.subheader("Case-level call")
     st.caption(f"Mean p(malignant) over the case's images, called malignant from {predictor.case_threshold:.2f} "
                "(the threshold this model's evaluation chose on validation patients), then the most probable "
                "subtype of that class. Cases come from BreakHis-style file names.")
-    st.dataframe(cases, hide_index=True)
+    st.dataframe(cases, hide_index=True,
+                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
 
 
 def probabilities(values: dict[str, float], column: str) -> None:
@@ -93,19 +99,24 @@ def show(result, index: int) -> None:
         st.markdown(f"#### {result.name}")
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         calibrated = "calibrated " if model["calibrated"] else ""
-        st.markdown(f"{demo}**{pretty(p.label)}**, {pretty(p.subtype)} · {calibrated}confidence "
+        subtype = pretty(p.subtype) if model["subtype_reliable"] else f"subtype {registry.SUBTYPE_NOT_RELIABLE}"
+        st.markdown(f"{demo}**{pretty(p.label)}**, {subtype} · {calibrated}confidence "
                     f"**{p.confidence:.2f}** · magnification {result.magnification} "
                     f"({result.magnification_source})")
+        if not model["subtype_reliable"]:
+            st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
+                       f"({p.p_subtype:.2f}), is shown below for context only.")
         if p.uncertainty:
             limit = predictor.uncertainty_threshold
-            st.caption(f"Uncertainty: p(malignant) spread {p.uncertainty['p_malignant_spread']:.3f} across "
+            st.caption(f"Uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
-                       f"{p.uncertainty['mutual_information']:.3f} nats)"
-                       + (f"; referred above {limit:.3f}, chosen on validation." if limit is not None else "."))
-        elif not getattr(predictor, "members", None):
+                       f"{figure(p.uncertainty['mutual_information'])} nats)"
+                       + (f"; referred above {figure(limit)}, {registry.uncertainty_rule(predictor.card)}." if limit is not None else "."))
+        elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
-        if result.refer:
-            st.error("Refer for review: " + "; ".join(result.refer_reasons), icon=":material/flag:")
+        if result.refer:  # the image's warnings are shown once, below, not repeated in this line
+            reasons = list(p.refer_reasons) + (["see the image warning below"] if result.warnings else [])
+            st.error("Refer for review: " + "; ".join(reasons), icon=":material/flag:")
         else:
             st.success(f"Confidence {p.confidence:.2f} is above the review threshold {threshold:.2f}.")
         for warning in result.warnings:
@@ -125,8 +136,12 @@ def show(result, index: int) -> None:
         if maps:
             name = METHOD_NAMES.get(method, method)
             for column, stage, explanation in zip(columns[1:], ("Stage 1", "Stage 2"), maps):
+                note = f" ({explanation.note})" if explanation.note else ""
                 column.image(overlay(result.display, explanation.heatmap, opacity), width="stretch",
-                             caption=f"{stage} {name}: {pretty(explanation.target)}", output_format="JPEG")
+                             caption=f"{stage} {name}: {pretty(explanation.target)}{note}", output_format="JPEG")
+            scale_bar, scale_text = st.columns([1, 2], vertical_alignment="center")
+            scale_bar.image(colour_bar(), caption="low -> high", width="stretch")
+            scale_text.caption(COLOUR_SCALE)
         left, right = st.columns(2)
         with left:
             st.markdown("**Stage 1: benign or malignant**")
@@ -151,7 +166,12 @@ if analysed:
     left.download_button("Results (CSV)", report.results_csv(table), "breakhis_results.csv",
                          "text/csv", key="download_csv")
     with right:
-        controls = (method, opacity)  # what the report is drawn with
+        ids = st.columns(3)
+        details = report.ReportDetails(
+            patient_id=ids[0].text_input("Patient id", key="report_patient").strip(),
+            specimen_id=ids[1].text_input("Specimen id", key="report_specimen").strip(),
+            reviewer=ids[2].text_input("Reviewing pathologist", key="report_reviewer").strip())
+        controls = (method, opacity, details)  # what the report is drawn with
         if st.button("Prepare report", key="prepare_report"):
             with st.spinner("Drawing the report..."):
                 overlays = {}
@@ -165,10 +185,10 @@ if analysed:
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model))
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, details))
         prepared = st.session_state.get("_report")
         if prepared and prepared[0] == controls:
             st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",
                                key="download_report")
         elif prepared:
-            st.caption("The heat-map method or opacity changed: prepare the report again.")
+            st.caption("The heat-map method, opacity or report details changed: prepare the report again.")

@@ -13,11 +13,12 @@ from PIL import Image
 from core.app import registry, session
 from core.data.breakhis import index_folder, synthetic_name
 from core.data.labels import pretty
+from core.errors import ModelFolderError
 from core.gan.model import GanConfig
 from core.gan.quality import QUALITY_DIR
 from core.gan.sampling import generate, grid, noise_for
 from core.gan.train import real_patches
-from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
+from core.model.folders import GENERATOR, load_model_folder
 from core.paths import SAMPLES_DIR
 
 session.require_router()

@@ -8,8 +8,8 @@ import plotly.express as px
 import streamlit as st
 
 from core.app import performance, registry, session
+from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
 from core.paths import REFERENCE_RESULTS
-from core.training.figures import confusion_figure, reliability_figure, roc_figure
 
 session.require_router()
 
@@ -62,7 +62,7 @@ right.markdown(f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}
 split = training.get("split") or {}
 if split.get("images"):
     with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
-        st.dataframe(performance.split_table(split), hide_index=True)
+        st.dataframe(performance.split_summary(split), hide_index=True)
         if split.get("shared_cases"):
             st.error(f"{split['shared_cases']} case(s) are in more than one split: the figures are optimistic.")
 with st.expander("Full card (JSON)"):

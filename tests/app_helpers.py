@@ -1,4 +1,4 @@
-"""Shared pieces of the app tests: bad-input files, plus core.app.testing's model folders and AppTest patch.
+"""Shared pieces of the app tests: bad-input files, plus tests.app_testing's model folders and AppTest patch.
 
 The app finds its models through BREAKHIS_DEFAULT_MODEL / BREAKHIS_MODEL_DIRS / BREAKHIS_RUNS_DIR
 (core.app.registry), so tests point it at small_cnn models at input 64 in a temporary folder.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.app.testing import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
+from tests.app_testing import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -62,13 +62,13 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "notes.txt": (b"This is a text file, not a histology image.\n", "error"),
         "truncated.png": (png_bytes(tissue)[:400], "error"),
         "bomb.png": (decompression_bomb(), "error"),
-        "deep16.png": (sixteen.getvalue(), "note"),
+        "deep16.png": (sixteen.getvalue(), "not histology"),  # greyscale: decoded with a note, no call
         "cmyk.jpg": (cmyk.getvalue(), "note"),
         "rgba.png": (png_bytes(rgba), "note"),
-        "gray.png": (png_bytes(tissue[..., 0]), "note"),
+        "gray.png": (png_bytes(tissue[..., 0]), "not histology"),
         "tiny.png": (png_bytes(np.zeros((1, 1, 3), np.uint8)), "error"),
         "large.png": (png_bytes(huge), "note"),
         "wrong_extension.jpg": (png_bytes(tissue), "note"),
         "empty.png": (b"", "error"),
-        "holiday_photo.png": (png_bytes(photo), "warning"),
+        "holiday_photo.png": (png_bytes(photo), "not histology"),
     }

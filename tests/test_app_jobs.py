@@ -9,6 +9,7 @@ import pytest
 
 from core.app import jobs
 from core.cli import build_parser
+from core.errors import JobError
 from core.options import from_args
 from core.training.config import TrainConfig
 from core.training.progress import ProgressWriter
@@ -46,9 +47,9 @@ def test_one_job_at_a_time_and_cancel_stops_the_process_group(tmp_path):
         assert on_disk["pid"] == job.pid and on_disk["run_dir"] == str(tmp_path / "run1")
         assert jobs.is_alive(jobs.read_job(tmp_path))
         assert jobs.job_status(job, {"status": "not started"})[0] == jobs.RUNNING
-        with pytest.raises(jobs.JobError, match="already running"):
+        with pytest.raises(JobError, match="already running"):
             jobs.start_job(SLEEPER, tmp_path / "run2", {}, root=tmp_path)
-        with pytest.raises(jobs.JobError, match="still running"):
+        with pytest.raises(JobError, match="still running"):
             jobs.clear_job(tmp_path)
         assert wait_until(lambda: "working" in jobs.log_tail(job))
         jobs.cancel_job(job, root=tmp_path)
@@ -106,5 +107,5 @@ def test_a_corrupt_job_file_means_no_job_and_a_busy_run_folder_is_refused(tmp_pa
     assert jobs.read_job(tmp_path) is None
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "model.keras").write_text("x")
-    with pytest.raises(jobs.JobError, match="already exists"):
+    with pytest.raises(JobError, match="already exists"):
         jobs.start_job(SLEEPER, tmp_path / "taken", {}, root=tmp_path)

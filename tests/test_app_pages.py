@@ -18,11 +18,11 @@ PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, synthetic_breakhis):
-    """models/default (DEMO) plus runs/evaluated (a real core.training.evaluate run on synthetic data)."""
+    """models/default (DEMO) plus runs/evaluated (a real core.evaluation.evaluate run on synthetic data)."""
     from core.data.breakhis import index_folder
     from core.data.splits import PATIENT, make_split
+    from core.evaluation.evaluate import evaluate_run, without_curves
     from core.model.folders import update_card
-    from core.training.evaluate import evaluate_run, without_curves
 
     root = tmp_path_factory.mktemp("app")
     default = make_model_folder(root / "models" / "default", demo=True)
@@ -49,10 +49,10 @@ def environment(tmp_path_factory, synthetic_breakhis):
 
 def stain_normalizer(data):
     from core.data.images import load_image
-    from core.data.stain import StainNormalizer
+    from core.data.stain import get_normalizer
 
     pictures = [load_image(path, check_histology=False).rgb for path in sorted(data.rglob("*.png"))[:8]]
-    return StainNormalizer.fit("macenko", pictures, "8 training images")
+    return get_normalizer("macenko").fit(pictures, "8 training images")
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_a_page_run_without_the_router_reruns_through_app_py(environment, monkey
     samples = app.switch_page("pages/diagnose.py").run().multiselect(key="samples")
     samples.set_value(samples.options[:1]).run()
     assert not app.exception
-    assert "DEMO" in texts(app.sidebar.markdown) and len(app.image) == 3
+    assert "DEMO" in texts(app.sidebar.markdown) and len(app.image) == 4  # the image, two heat maps, their colour scale
 
 
 def test_reruns_keep_the_shared_models_keras_state(app):
@@ -184,12 +184,14 @@ def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app
             assert f"'{name}'" in errors, name
     assert "text file" in errors and "decompression bomb" in errors and "truncated" in errors
     assert "empty (0 bytes)" in errors and "1x1 pixels" in errors
-    assert "Out of distribution" in warnings
+    assert "holiday_photo.png: not analysed: not H&E tissue" in warnings
     [table] = tables(app, "file")
     assert len(table) == len(files)
     assert table.set_index("file").loc["rgba.png", "notes"].startswith("RGBA image")
     assert (table["error"] != "").sum() == 5
-    assert tables(app, "images")[0]["images"].sum() == 8  # the 8 readable ones
+    assert set(table.loc[table["call"] == "not analysed: not H&E tissue", "file"]) == {
+        "deep16.png", "gray.png", "holiday_photo.png"}
+    assert tables(app, "images")[0]["images"].sum() == 5  # the readable H&E ones only
     app.file_uploader(key="uploads").set_value(None).run()  # and it still serves afterwards
     assert "Upload one or more images" in texts(app.info)
 
@@ -276,5 +278,9 @@ def test_retrain_page_says_where_training_runs(app):
     if gpus:  # what the page says must be what TensorFlow sees on this machine
         assert f"TensorFlow sees {len(gpus)} GPU(s)" in texts(app.success)
     else:
-        assert "training will run on the CPU" in texts(app.warning) and not texts(app.success)
+        assert "training runs on the CPU" in texts(app.info) and not texts(app.success)
+        # ... and the form starts from what a CPU can train (the bundled model's recipe), not a
+        # DenseNet121 fine-tune at 224 px under a warning
+        assert app.selectbox(key="train_backbone").value == "small_cnn"
+        assert app.number_input(key="train_input_size").value == 128
     assert app.button(key="FormSubmitter:retrain-Start training").label == "Start training"

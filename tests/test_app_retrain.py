@@ -94,10 +94,23 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     assert any(button.key == START for button in app.button)
 
 
-def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
-    empty = environment["root"] / "no-images"
+def test_a_folder_without_breakhis_images_gets_a_hint_before_any_job_starts(app, environment):
+    app.button(key=START).click().run()  # nothing typed
+    assert "Enter the folder that holds the BreakHis images" in texts(app.error)
+    assert "(empty)" not in texts(app.error)
+    empty = environment["root"] / "no-breakhis-names"
     empty.mkdir()
-    launch(app, empty, "fails", epochs=1)
+    (empty / "holiday.png").write_bytes(b"not a slide")
+    launch(app, empty, "never-starts", epochs=1)
+    assert "holds no BreakHis images (1 other files)" in texts(app.error)
+    assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "never-starts").exists()
+
+
+def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
+    unreadable = environment["root"] / "unreadable-images"  # BreakHis names, but not images
+    unreadable.mkdir()
+    (unreadable / "SOB_B_A-14-22549AB-40-001.png").write_bytes(b"not a png")
+    launch(app, unreadable, "fails", epochs=1)
     poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])), timeout=240)
     errors = texts(app.error)
     assert "Training failed" in errors and "No BreakHis images found" in errors
@@ -110,7 +123,7 @@ def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(ap
                                                                              synthetic_breakhis):
     launch(app, synthetic_breakhis, "completes", epochs=1)
     poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])))
-    assert "Training completed" in texts(app.success), jobs.log_tail(jobs.read_job(environment["runs"]))
+    assert texts(app.success).count("Training completed") == 1, jobs.log_tail(jobs.read_job(environment["runs"]))
     metrics = [frame.value for frame in app.dataframe if "what" in frame.value.columns]
     assert metrics and metrics[0]["what"].iloc[0] == "Stage 1: benign vs malignant"
     assert set(metrics[0]["protocol"]) == {"patient-wise"}

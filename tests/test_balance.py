@@ -20,6 +20,7 @@ from core.data.balance import (
 from core.data.breakhis import load_manifest, synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.splits import assert_no_case_leakage, make_split
+from core.errors import UserInputError
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_find_synthetic_images(gan_dir):
     assert len(found) == 35 and found["synthetic"].all() and (found["case"] == "synthetic").all()
     assert found["subtype"].value_counts().to_dict() == {"adenosis": 30, "lobular_carcinoma": 5}
     assert (found.loc[found["subtype"] == "adenosis", "label"] == "benign").all()
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserInputError, match="not found"):
         find_synthetic_images(gan_dir / "missing")
 
 

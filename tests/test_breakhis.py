@@ -18,6 +18,7 @@ from core.data.breakhis import (
     synthetic_name,
 )
 from core.data.labels import MAGNIFICATIONS, SUBTYPES
+from core.errors import DatasetError
 
 
 @pytest.mark.parametrize("filename, expected", [
@@ -124,7 +125,7 @@ def test_bad_files_are_skipped_with_reasons(samples_dir, tmp_path):
 
 
 def test_missing_folder_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(DatasetError, match="not found"):
         index_folder(tmp_path / "nope")
 
 

@@ -58,9 +58,9 @@ def overconfident_run(tmp_path_factory):
 
 
 def test_an_overconfident_model_is_better_calibrated_on_held_out_cases(overconfident_run):
+    from core.evaluation.evaluate import evaluate_run
     from core.model.folders import read_card
-    from core.training.calibrate import calibrate_run
-    from core.training.evaluate import evaluate_run
+    from core.training.calibrate_run import calibrate_run
 
     before = evaluate_run(overconfident_run, baselines=False, write=False)
     block = calibrate_run(overconfident_run)

@@ -11,7 +11,7 @@ from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
 from core.model import cam as ex
 from core.model.classifier import build_classifier
 from core.model.folders import save_model_folder
-from core.model.predict import Predictor
+from core.model.loading import load_predictor
 
 SIZE = 64
 
@@ -19,7 +19,7 @@ SIZE = 64
 def _predictor(tmp_path_factory, hierarchy):
     model, _ = build_classifier("small_cnn", hierarchy, weights=None, input_size=SIZE)
     card = {"name": f"tiny-{hierarchy}", "backbone": "small_cnn", "hierarchy": hierarchy}
-    return Predictor.load(save_model_folder(model, tmp_path_factory.mktemp(hierarchy) / "model", card))
+    return load_predictor(save_model_folder(model, tmp_path_factory.mktemp(hierarchy) / "model", card))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.data.labels import CLASSES
-from core.model.predict import Predictor
+from core.model.loading import load_predictor
 
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=3, patience=3,
             echo_stdout=False)
@@ -16,7 +16,7 @@ TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, 
 @pytest.fixture(scope="module")
 def ensemble(synthetic_breakhis, tmp_path_factory):
     """Three small models on the same patient-wise split (three seeds of initialisation only)."""
-    from core.training.ensembles import ensemble_run
+    from core.training.ensemble_run import ensemble_run
     from core.training.fit import train
 
     root = tmp_path_factory.mktemp("ensemble")
@@ -49,7 +49,7 @@ def test_the_ensemble_and_each_member_are_evaluated_on_the_same_cases(ensemble):
 def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagreement(ensemble, samples_dir):
     from core.data.images import load_image
 
-    predictor = Predictor.load(ensemble / "model")
+    predictor = load_predictor(ensemble / "model")
     assert type(predictor).__name__ == "EnsemblePredictor" and len(predictor.members) == 3
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[0]).rgb
     prediction = predictor.predict([rgb])[0]
@@ -70,7 +70,7 @@ def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_
     from core.model import cam
     from core.model.cam import explain, to_heatmap
 
-    predictor = Predictor.load(ensemble / "model")
+    predictor = load_predictor(ensemble / "model")
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[1]).rgb
     passes = []
     for member in predictor.members:  # count each member's compiled passes
@@ -94,7 +94,7 @@ def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_
 def test_a_swapped_member_is_refused(ensemble, tmp_path):
     import shutil
 
-    from core.model.folders import ModelFolderError
+    from core.errors import ModelFolderError
 
     copy = tmp_path / "ens"
     shutil.copytree(ensemble.parent, copy)
@@ -102,13 +102,13 @@ def test_a_swapped_member_is_refused(ensemble, tmp_path):
     card["members"][0]["sha256"] = "0" * 64
     (copy / "ens" / "model" / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelFolderError, match="not the model this ensemble was built from"):
-        Predictor.load(copy / "ens" / "model")
+        load_predictor(copy / "ens" / "model")
 
 
 def test_test_time_views_give_a_single_model_its_uncertainty(ensemble, samples_dir):
     from core.data.images import load_image
 
-    member = Predictor.load(ensemble / "model").members[0]
+    member = load_predictor(ensemble / "model").members[0]
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[2]).rgb
     assert member.predict([rgb])[0].uncertainty is None  # one view: nothing to disagree
     with_views = member.predict([rgb], tta=True)[0]

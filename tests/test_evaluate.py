@@ -14,11 +14,11 @@ from core.data.images import load_image
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
 from core.data.preprocess import batch_for_model
 from core.data.splits import PATIENT, make_split
+from core.evaluation.evaluate import evaluate_run
+from core.evaluation.metrics import patient_table
+from core.evaluation.thresholds import recall_favouring_threshold
 from core.model.classifier import build_classifier
 from core.model.folders import load_model_folder, save_model_folder
-from core.training.evaluate import evaluate_run
-from core.training.metrics import patient_table
-from core.training.thresholds import recall_favouring_threshold
 
 SIZE = 64
 
@@ -242,7 +242,7 @@ def test_the_eight_view_uncertainty_uses_at_most_a_few_hundred_images_per_split(
     """TTA runs 8 forwards an image: a full split is capped, at random but reproducibly."""
     import pandas as pd
 
-    from core.training.evaluate import VIEWS_MOST, for_views
+    from core.evaluation.evaluate import VIEWS_MOST, for_views
 
     rows = pd.DataFrame({"path": [f"{i}.png" for i in range(VIEWS_MOST + 250)]})
     drawn = for_views(rows)

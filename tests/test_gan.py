@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from core import gan
 from core.cli import main as cli
 from core.data.breakhis import index_folder, parse_name, parse_synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.synthetic import PROVENANCE_FILE, read_provenance
 from core.errors import UserInputError
+from core.gan.model import GanConfig, build_discriminator, build_generator
 from core.gan.patches import PatchSampler
-from core.gan.sampling import fill_folder_from_generator, noise_map
-from core.gan.train import training_fields, training_images
+from core.gan.sampling import fill_folder_from_generator, generate, noise_map, write_samples
+from core.gan.train import build_gan, train_gan, training_fields, training_images
 from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
 
 # Synthetic fields are 96x64 "fields" (tests/synthetic_data.py): at 4 um/px the 200X and 400X ones
@@ -31,13 +31,13 @@ def _events(run_dir):
 def tiny_generator(synthetic_breakhis, tmp_path_factory):
     """A few steps of training: enough for a real generator folder."""
     out = tmp_path_factory.mktemp("gan") / "gan-tiny"
-    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
-    return gan.train_gan(config, synthetic_breakhis, out)
+    config = GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
+    return train_gan(config, synthetic_breakhis, out)
 
 
 def test_generator_is_fully_convolutional_and_conditional():
-    config = gan.GanConfig(**TINY)
-    generator = gan.build_generator(config)
+    config = GanConfig(**TINY)
+    generator = build_generator(config)
     noise = noise_map(0, 3, 16, 16, config.latent_dim)
     raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
     for subtype, images in raw.items():
@@ -46,10 +46,10 @@ def test_generator_is_fully_convolutional_and_conditional():
     # The subtype is an input that matters: same noise, different subtype, different image.
     assert np.abs(raw["adenosis"] - raw["ductal_carcinoma"]).mean() > 1e-4
     # Any canvas: a field-size image from the same network, cropped from whole noise cells.
-    field = gan.generate(generator, "adenosis", 2, seed=3, size=(100, 60))
+    field = generate(generator, "adenosis", 2, seed=3, size=(100, 60))
     assert field.shape == (2, 60, 100, 3) and field.dtype == np.uint8
-    assert np.array_equal(gan.generate(generator, "adenosis", 5, seed=3, size=(100, 60))[:2], field)  # per seed
-    discriminator = gan.build_discriminator(config)
+    assert np.array_equal(generate(generator, "adenosis", 5, seed=3, size=(100, 60))[:2], field)  # per seed
+    discriminator = build_discriminator(config)
     assert discriminator.output_shape == (None, 1)
     assert np.asarray(discriminator([np.zeros((2, 40, 24, 3)), np.zeros((2, 1), np.int32)])).shape == (2, 1)
 
@@ -58,8 +58,8 @@ def test_a_large_canvas_is_its_patches_without_seams():
     """Fully convolutional with reflect padding and batch statistics at inference: the middle of a
     canvas drawn from a crop of a noise map equals the same pixels of the canvas from the whole map,
     so a field-size image is seamless patches, and no frame is painted inside it."""
-    config = gan.GanConfig(**TINY)
-    generator = gan.build_generator(config)
+    config = GanConfig(**TINY)
+    generator = build_generator(config)
     noise = noise_map(1, 1, 144, 144, config.latent_dim)  # 18 x 18 cells
     whole = np.asarray(generator([noise, np.zeros((1, 1), np.int32)]))
     part = np.asarray(generator([noise[:, 2:16, 3:17], np.zeros((1, 1), np.int32)]))  # 112 x 112 px
@@ -72,13 +72,13 @@ def test_a_large_canvas_is_its_patches_without_seams():
 
 def test_config_rejects_bad_values():
     with pytest.raises(UserInputError, match="image_size"):
-        gan.GanConfig(image_size=100)
+        GanConfig(image_size=100)
     with pytest.raises(UserInputError, match="subtypes"):
-        gan.GanConfig(subtypes=("cancer",))
+        GanConfig(subtypes=("cancer",))
     with pytest.raises(UserInputError, match="holdout"):
-        gan.GanConfig(holdout=0.6)
+        GanConfig(holdout=0.6)
     with pytest.raises(UserInputError, match="loss"):
-        gan.GanConfig(loss="wasserstein")
+        GanConfig(loss="wasserstein")
 
 
 def _mean_colour(images):
@@ -93,14 +93,14 @@ def _real_patches(data, config, subtype, n=128):
 def test_short_training_learns_each_subtypes_colour_through_fit(synthetic_breakhis, tmp_path):
     """Proof of learning: per-subtype mean-colour gap to the real patches shrinks, and by subtype;
     the discriminator's loss (the epoch's running mean) falls below its chance value (hinge: 2)."""
-    config = gan.GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
+    config = GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
     real = {s: _mean_colour(_real_patches(synthetic_breakhis, config, s)) for s in PAIR}
-    untrained = gan.build_generator(config)
-    model_dir = gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
+    untrained = build_generator(config)
+    model_dir = train_gan(config, synthetic_breakhis, tmp_path / "run")
     trained, _ = load_model_folder(model_dir, kind=GENERATOR)
     for subtype, other in (PAIR, PAIR[::-1]):
-        before = np.linalg.norm(_mean_colour(gan.generate(untrained, subtype, 64, size=16)) - real[subtype])
-        after_colour = _mean_colour(gan.generate(trained, subtype, 64, size=16))
+        before = np.linalg.norm(_mean_colour(generate(untrained, subtype, 64, size=16)) - real[subtype])
+        after_colour = _mean_colour(generate(trained, subtype, 64, size=16))
         after = np.linalg.norm(after_colour - real[subtype])
         assert after < 0.5 * before, (subtype, before, after)
         assert after < np.linalg.norm(after_colour - real[other]), f"{subtype} looks like {other}"
@@ -113,8 +113,8 @@ def test_short_training_learns_each_subtypes_colour_through_fit(synthetic_breakh
 def test_the_gan_is_a_keras_model_trained_by_fit():
     import keras
 
-    config = gan.GanConfig(**TINY)
-    model = gan.build_gan(config)
+    config = GanConfig(**TINY)
+    model = build_gan(config)
     assert isinstance(model, keras.Model) and model.adversarial_loss is not None
     real = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
     history = model.fit(real, np.zeros((16, 1), np.int32), batch_size=16, epochs=2, verbose=0)
@@ -127,12 +127,12 @@ def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_pat
     import itertools
 
     out = tmp_path / "run"
-    config = gan.GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
+    config = GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
     calls = itertools.count()
-    gan.train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # checked after each step: 4
+    train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # checked after each step: 4
     with pytest.raises(UserInputError, match="--resume"):
-        gan.train_gan(config, synthetic_breakhis, out)
-    model_dir = gan.train_gan(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
+        train_gan(config, synthetic_breakhis, out)
+    model_dir = train_gan(GanConfig(steps=6), synthetic_breakhis, out, resume=True)
     events = _events(out)
     assert [e["step"] for e in events if e["event"] == "start"] == [0, 4]
     assert len([e for e in events if e["event"] == "step"]) == 6  # 4 + 2 steps, none repeated
@@ -143,8 +143,8 @@ def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_pat
 
 
 def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_path):
-    config = gan.GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
-    generator, card = load_model_folder(gan.train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
+    config = GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
+    generator, card = load_model_folder(train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
     assert card["precision"] == "mixed_float16"
     assert all(w.dtype == "float32" for w in generator.weights)
     assert generator.layers[-1].compute_dtype == "float32"
@@ -153,7 +153,7 @@ def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_p
 def test_only_the_train_split_is_learned_from(synthetic_breakhis):
     from core.data.splits import make_split
 
-    config = gan.GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
+    config = GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
     used = set(training_images(synthetic_breakhis, config)[0]["path"])
     split = make_split(index_folder(synthetic_breakhis).images, protocol="patient-wise", seed=0)
     train = set(split.loc[split["split"] == "train", "path"])
@@ -214,8 +214,8 @@ def test_generator_folder_is_verified(tiny_generator, tmp_path):
 
 def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_path):
     card = json.loads((tiny_generator / "card.json").read_text())
-    gan.write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
-    gan.write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
+    write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
+    write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
     recorded = read_provenance(tmp_path / "out")
     assert list(recorded) == ["gan_tiny"]  # keyed by the name as it appears in the file names
     record = recorded["gan_tiny"]
@@ -228,7 +228,7 @@ def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_pat
     impostor["generators"]["gan_tiny"]["sha256"] = "0" * 64  # another model under the same name
     (tmp_path / "out" / PROVENANCE_FILE).write_text(json.dumps(impostor))
     with pytest.raises(ValueError, match="another generator named"):
-        gan.write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
+        write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
 
 
 def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path, monkeypatch):
@@ -242,15 +242,15 @@ def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(core.data.images, "load_image", unreadable_adenosis)
-    config = gan.GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
+    config = GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
     with pytest.raises(UserInputError, match=r"No usable training images for subtypes \['adenosis'\]"):
-        gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
+        train_gan(config, synthetic_breakhis, tmp_path / "run")
 
 
 def test_the_default_split_keeps_val_and_test_images_out(synthetic_breakhis):
-    assert gan.GanConfig().split == "patient-wise"
-    everything, _ = training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR, split="none"))
-    assert len(training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR))[0]) < len(everything)
+    assert GanConfig().split == "patient-wise"
+    everything, _ = training_images(synthetic_breakhis, GanConfig(subtypes=PAIR, split="none"))
+    assert len(training_images(synthetic_breakhis, GanConfig(subtypes=PAIR))[0]) < len(everything)
 
 
 def test_bulk_fields_skip_the_histology_check(synthetic_breakhis, monkeypatch):
@@ -260,7 +260,7 @@ def test_bulk_fields_skip_the_histology_check(synthetic_breakhis, monkeypatch):
     calls = []
     original = core.data.images.load_image
     monkeypatch.setattr(core.data.images, "load_image", lambda *a, **k: calls.append(k) or original(*a, **k))
-    config = gan.GanConfig(subtypes=("adenosis",), **TINY)
+    config = GanConfig(subtypes=("adenosis",), **TINY)
     load_fields(training_images(synthetic_breakhis, config)[0].head(2), config.mpp, config.image_size)
     assert calls == [{"check_histology": False}] * 2
 

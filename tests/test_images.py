@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.histology import histology_check
-from core.data.images import MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, ImageError, LoadedImage, load_image
+from core.data.histology import NOT_HISTOLOGY, histology_check
+from core.data.images import MAX_PIXELS, MIN_SIDE, WORKING_MAX_SIDE, LoadedImage, load_image
+from core.errors import ImageError
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -252,9 +253,9 @@ def test_huge_jpeg_is_decoded_at_reduced_scale():
 def test_every_real_sample_looks_like_histology(sample_paths):
     failures = {}
     for path in sample_paths:
-        ok, score, reason = histology_check(load_image(path).rgb)
-        if not ok or not 0.2 < score <= 1.0:  # Non-histology images score below 0.2.
-            failures[path.name] = (score, reason)
+        verdict = histology_check(load_image(path).rgb)
+        if not verdict.typical or not 0.2 < verdict.score <= 1.0:  # Non-histology images score below 0.2.
+            failures[path.name] = (verdict.score, verdict.reason)
     assert failures == {}
 
 
@@ -294,20 +295,21 @@ def _non_histology(kind: str) -> np.ndarray:
     ("pink noise", "looks like noise"),
 ])
 def test_non_histology_images_fail_with_reason(kind, reason):
-    ok, score, message = histology_check(_non_histology(kind))
-    assert not ok and reason in message
-    assert score < 0.2
+    verdict = histology_check(_non_histology(kind))
+    assert verdict.status == NOT_HISTOLOGY and reason in verdict.reason
+    assert verdict.score < 0.2
 
 
 def test_greyscale_histology_is_flagged(tissue):
     gray = np.repeat(np.asarray(Image.fromarray(tissue).convert("L"))[..., None], 3, axis=-1)
-    ok, _, reason = histology_check(gray)
-    assert not ok and "no stain colour" in reason
+    verdict = histology_check(gray)
+    assert verdict.status == NOT_HISTOLOGY and "no stain colour" in verdict.reason
 
 
-def test_load_image_warns_but_never_fails_on_ood():
+def test_load_image_decodes_but_marks_what_is_not_histology():
     loaded = load_image(_encode(Image.fromarray(_non_histology("green foliage"))), name="garden.png")
     assert loaded.rgb.shape == (300, 400, 3)
-    assert len(loaded.warnings) == 1 and loaded.warnings[0].startswith("Out of distribution")
-    assert load_image(_encode(Image.fromarray(_non_histology("green foliage"))), name="g.png",
-                      check_histology=False).warnings == []
+    assert "not H&E pink/purple" in loaded.not_histology and loaded.warnings == []
+    unchecked = load_image(_encode(Image.fromarray(_non_histology("green foliage"))), name="g.png",
+                           check_histology=False)
+    assert unchecked.not_histology is None and unchecked.warnings == []

@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from core.data.labels import SUBTYPES
-from core.training.intervals import HEADLINE_METRICS, _arrays, fold_summary, format_interval, headline_intervals
+from core.evaluation.intervals import HEADLINE_METRICS, _arrays, fold_summary, format_interval, headline_intervals
 
 
 def _table(n_cases=12, per_case=5, skill=0.8, seed=0):

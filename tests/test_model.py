@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from core.data.labels import SUBTYPES_BY_CLASS
+from core.errors import UserInputError
 from core.model import backbones
 from core.model.backbones import BACKBONES, PixelNormalization, get_backbone
 from core.model.classifier import build_classifier, feature_extractor, head_model, output_sizes, set_backbone_trainable
@@ -70,7 +71,7 @@ def test_pixel_normalization_matches_keras_applications(mode, reference):
     np.testing.assert_allclose(ours, reference(pixels.copy()), rtol=1e-4, atol=1e-3)
 
 
-def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch):
+def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch, caplog):
     """Offline: a clear warning and random init, never a crash (no network is touched)."""
     original = BACKBONES["densenet121"]
 
@@ -81,8 +82,9 @@ def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch):
 
     monkeypatch.setitem(BACKBONES, "densenet121", backbones.Backbone(
         original.name, offline_build, original.taps, original.cam_layer, original.normalization))
-    with pytest.warns(RuntimeWarning, match="Could not load ImageNet weights"):
+    with caplog.at_level("WARNING", logger="core.model.backbones"):
         model, weights = build_classifier("densenet121", weights="imagenet")
+    assert "Could not load ImageNet weights" in caplog.text
     assert "ImageNet unavailable" in weights
     # ...and the model is the whole multi-scale DenseNet121, not a stand-in: its last dense block
     # (1024 channels at 7x7 for 224 px input) feeds the third tap.
@@ -91,5 +93,5 @@ def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch):
 
 
 def test_missing_local_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Weights file not found"):
+    with pytest.raises(UserInputError, match="Weights file not found"):
         build_classifier("densenet121", weights=str(tmp_path / "nope.h5"))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from core.data.labels import SUBTYPES
+from core.errors import ModelFolderError
 from core.model.classifier import build_classifier
 from core.model.folders import (
     CARD_FILE,
     MODEL_FILE,
-    ModelFolderError,
     export_zip,
     find_model_folders,
     import_zip,

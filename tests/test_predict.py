@@ -15,7 +15,8 @@ from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.preprocess import batch_for_model
 from core.model.classifier import build_classifier
 from core.model.folders import save_model_folder
-from core.model.predict import DEMO_REASON, Predictor
+from core.model.loading import load_predictor
+from core.model.predict import DEMO_REASON
 
 SIZE = 64
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(folder):
-    return Predictor.load(folder)
+    return load_predictor(folder)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_batching_keeps_order(predictor, images):
 def test_stage2_comes_from_the_head_stage1_picks(tmp_path_factory, stage1_logits, expected_label, expected_subtype):
     folder = _save(tmp_path_factory, "hierarchical", biases={
         "stage1": stage1_logits, "benign_subtype": [0, 0, 0, 20], "malignant_subtype": [0, 20, 0, 0]})
-    p = Predictor.load(folder).predict([np.zeros((80, 120, 3), np.uint8)])[0]
+    p = load_predictor(folder).predict([np.zeros((80, 120, 3), np.uint8)])[0]
     assert (p.label, p.subtype) == (expected_label, expected_subtype)
     assert list(p.stage2) == list(SUBTYPES_BY_CLASS[expected_label])
     other = CLASSES[1 - CLASSES.index(expected_label)]
@@ -88,7 +89,7 @@ def test_flat_model_sums_classes_and_renormalises_subtypes(tmp_path_factory):
     # (0.625 sat exactly on one and printed 0.62 or 0.63 depending on float error).
     wanted = np.array([0.05, 0.05, 0.05, 0.05, 0.48, 0.22, 0.05, 0.05])
     folder = _save(tmp_path_factory, "flat", biases={"subtype8": np.log(wanted)})
-    p = Predictor.load(folder).predict([np.zeros((70, 90, 3), np.uint8)])[0]
+    p = load_predictor(folder).predict([np.zeros((70, 90, 3), np.uint8)])[0]
     assert p.label == "malignant" and p.stage1["malignant"] == pytest.approx(0.8, abs=1e-5)
     assert p.subtype == "ductal_carcinoma" and p.p_subtype == pytest.approx(0.6, abs=1e-5)
     assert p.other_stage2["adenosis"] == pytest.approx(0.25, abs=1e-5)
@@ -118,7 +119,7 @@ def test_refer_on_low_confidence_and_always_for_demo_models(predictor, images, t
     p = predictor.predict(images[:1], refer_threshold=1.0)[0]
     assert p.refer and p.refer_reasons[0].startswith("stage 1 uncertain (")
     assert not predictor.predict(images[:1], refer_threshold=0.0)[0].refer
-    demo = Predictor.load(_save(tmp_path_factory, "hierarchical", demo=True))
+    demo = load_predictor(_save(tmp_path_factory, "hierarchical", demo=True))
     assert demo.is_demo
     flagged = demo.predict(images[:1], refer_threshold=0.0)[0]
     assert flagged.refer and flagged.refer_reasons == [DEMO_REASON]
@@ -184,3 +185,16 @@ def test_cli_runs_as_a_module_with_json_lines(folder, samples_dir, tmp_path):
     assert result.returncode == 1 and len(records) == 2
     assert records[0]["file"] == real.name and 0 <= records[0]["confidence"] <= 1
     assert records[1]["file"] == "empty.png" and "empty" in records[1]["error"]
+
+
+def test_one_factory_loads_each_kind_and_refuses_a_generator(predictor, folder, tmp_path):
+    from core.errors import ModelFolderError
+    from core.model.predict import Predictor
+
+    assert type(predictor) is Predictor and predictor.members == [predictor]  # a single model is its own member
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / "card.json").write_text(json.dumps({"kind": "gan_generator", "image_size": 64, "latent_dim": 8,
+                                                     "subtypes": ["adenosis"], "sha256": "0" * 64}))
+    with pytest.raises(ModelFolderError, match="GAN generator, which cannot classify images"):
+        load_predictor(generator)

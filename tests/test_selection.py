@@ -9,11 +9,11 @@ from core.data.breakhis import index_folder
 from core.data.selection import (
     NO_SPLIT,
     SplitSpec,
+    assign_splits,
     fingerprint,
     relative_to_data,
     resolve_paths,
     select_images,
-    split_table,
 )
 from core.data.splits import PATIENT, patient_kfold
 
@@ -32,13 +32,13 @@ def test_a_spec_normalises_protocols_and_refuses_impossible_folds():
 def test_k_fold_selection_is_the_splitters_own_fold(synthetic_breakhis):
     images = index_folder(synthetic_breakhis).images
     for fold in range(3):
-        selected = split_table(images, SplitSpec(folds=3, fold=fold, seed=4))
+        selected = assign_splits(images, SplitSpec(folds=3, fold=fold, seed=4))
         expected = patient_kfold(images, k=3, seed=4)[fold]
         assert selected["split"].tolist() == expected["split"].tolist()
         assert set(selected["protocol"]) == {f"patient-wise 3-fold CV (fold {fold})"}
-    everything = split_table(images, SplitSpec(NO_SPLIT))
+    everything = assign_splits(images, SplitSpec(NO_SPLIT))
     assert set(everything["split"]) == {"train"} and len(everything) == len(images)
-    at_40x = split_table(images, SplitSpec(magnification="40X"))
+    at_40x = assign_splits(images, SplitSpec(magnification="40X"))
     assert set(at_40x["magnification"]) == {"40X"}
 
 

@@ -23,8 +23,8 @@ TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, 
 def heldout_stage1_accuracy(run_dir: Path) -> float:
     """Stage-1 accuracy of the SAVED model on the run's test cases (never seen in training)."""
     from core.data.pipeline import make_dataset
+    from core.evaluation.evaluate import read_split
     from core.model.folders import load_model_folder
-    from core.training.evaluate import read_split
 
     split, missing = read_split(run_dir)  # paths in split.csv are relative to the data folder
     assert not missing
@@ -116,7 +116,7 @@ def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path)
     assert events[-1]["metrics"]["val_stage1_accuracy"] >= 0.9
     state = latest_state(events)
     assert state["status"] == "completed" and len(state["history"]) == result["epochs_run"]
-    if (run / "metrics.json").exists():  # written by core.training.evaluate when it is available
+    if (run / "metrics.json").exists():  # written by core.evaluation.evaluate when it is available
         assert json.loads((run / "metrics.json").read_text())["stage1_accuracy"] >= 0.95
 
 
@@ -185,10 +185,10 @@ def test_patient_kfold_run_tests_on_its_fold_only(synthetic_breakhis, tmp_path):
 
 
 def test_folds_without_a_fold_cross_validate_every_case_once(synthetic_breakhis, tmp_path):
-    from core.training.fit import train
+    from core.training.crossval import cross_validate
 
-    result = train(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), mode="fast", folds=3,
-                        echo_stdout=False, **dict(TINY, epochs=3)))
+    result = cross_validate(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), mode="fast", folds=3,
+                                 echo_stdout=False, **dict(TINY, epochs=3)))
     tested = []
     for fold in range(3):
         split = pd.read_csv(tmp_path / "cv" / f"fold-{fold}" / "split.csv", dtype={"case": str})
@@ -256,13 +256,13 @@ def test_bad_settings_give_a_clear_error_not_a_crash(synthetic_breakhis, tmp_pat
 
 def test_a_failed_evaluation_fails_the_run(synthetic_breakhis, tmp_path, monkeypatch, capsys):
     """The model is saved, but a run whose evaluation broke must not end "completed" (exit 1)."""
-    import core.training.evaluate
+    import core.evaluation.evaluate
     from core.cli import main as cli
 
     def broken(*args, **kwargs):
         raise KeyError("stage1")
 
-    monkeypatch.setattr(core.training.evaluate, "evaluate_run", broken)
+    monkeypatch.setattr(core.evaluation.evaluate, "evaluate_run", broken)
     run = tmp_path / "evaluation-fails"
     code = cli(["train", "--data", str(synthetic_breakhis), "--out", str(run), "--epochs", "1",
                 *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "epochs"]])
@@ -323,3 +323,19 @@ def test_mirrored_strategy_on_two_logical_cpus_learns(synthetic_breakhis, tmp_pa
     distribution = card["training"]["distribution"]
     assert distribution["strategy"] == "MirroredStrategy" and distribution["replicas"] == 2
     assert heldout_stage1_accuracy(run) >= 0.95
+
+
+def test_train_trains_one_run_and_the_cli_sends_every_fold_to_cross_validation(synthetic_breakhis, tmp_path,
+                                                                              monkeypatch):
+    import core.training.crossval
+    from core.cli import main as cli
+    from core.errors import UserInputError
+    from core.training.fit import train
+
+    with pytest.raises(UserInputError, match="cross_validate"):
+        train(dict(data=str(synthetic_breakhis), out=str(tmp_path / "cv"), folds=3))
+    assert not (tmp_path / "cv").exists()  # refused before anything was written
+    called = []
+    monkeypatch.setattr(core.training.crossval, "cross_validate", lambda config: called.append(config))
+    assert cli(["train", "--data", str(synthetic_breakhis), "--out", str(tmp_path / "cv"), "--folds", "3"]) == 0
+    assert [(c.folds, c.fold) for c in called] == [(3, None)]

@@ -4,9 +4,8 @@ registry (which models, generators and samples exist; how to describe a model), 
 diagnosis of uploaded files), report (case table, CSV and the downloadable report), performance
 (metric tables with their protocol), dataset_views (class-balance figures), jobs (one background
 training process). Only session, the per-session glue, imports Streamlit: import it from pages.
+
+Thin on purpose: import the module you need, e.g. `from core.app.service import diagnose_items`.
+Importing the package loads nothing else, so a light module (the progress stream, the jobs
+code) never pulls in TensorFlow.
 """
-
-from core.app.registry import available_models, describe_model, generator_folders, model_badge
-from core.app.service import ImageResult, diagnose_items
-
-__all__ = ["ImageResult", "available_models", "describe_model", "diagnose_items", "generator_folders", "model_badge"]

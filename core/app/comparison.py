@@ -1,7 +1,7 @@
 """Trained models side by side, only where the comparison is fair.
 
 Two evaluations are comparable when they were computed on the same held-out images (the
-fingerprint of the test images, core.training.evaluate) under the same split protocol; anything
+fingerprint of the test images, core.evaluation.evaluate) under the same split protocol; anything
 else is grouped apart and marked, never mixed into one table. Next to the metrics: the training
 curves overlaid and the settings in which the runs differ.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.evaluation.intervals import format_interval
 from core.jsonfile import read_json
 from core.model.folders import read_card
-from core.training.intervals import format_interval
 
 HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
 

@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from core.errors import JobError
 from core.jsonfile import read_json, write_json_atomic
 from core.options import to_argv
-from core.paths import REPO, runs_dir
+from core.paths import REPO, refuse_existing_run, runs_dir
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
 JOB_FILE_NAME = ".job.json"
@@ -30,10 +31,6 @@ RUNNING, COMPLETED, FAILED, CANCELLED, STALE = "running", "completed", "failed",
 # Popen objects of the jobs this server started, shared by all sessions: polling them reaps the
 # child, so a finished job never lingers as a zombie that os.kill(pid, 0) would call alive.
 _CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-class JobError(RuntimeError):
-    """A job cannot be started or controlled; the message is shown to the user."""
 
 
 @dataclasses.dataclass
@@ -120,8 +117,8 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
                            "Wait for it or cancel it first.")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise JobError(f"Run folder {run_dir} already exists and is not empty.")
+        refuse_existing_run(run_dir, holds="files: it already exists", hint="choose another run name",
+                            error=JobError)
         log_path = root / ".job_logs" / f"{run_dir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}

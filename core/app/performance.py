@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.training.intervals import format_interval
+from core.evaluation.intervals import format_interval
 
 HEADLINE_NAMES = {"stage1_accuracy": "stage-1 accuracy", "stage1_balanced_accuracy": "stage-1 balanced accuracy",
                   "malignant_recall": "malignant recall", "stage1_auc": "stage-1 ROC AUC",
@@ -68,7 +68,7 @@ def protocol_kind(protocol: str) -> str:
 
 def intervals_table(metrics: dict) -> pd.DataFrame:
     """Headline figures with their 95% bootstrap intervals over cases, image- and patient-level, for
-    the model and each baseline scored on the same held-out cases (core.training.evaluate)."""
+    the model and each baseline scored on the same held-out cases (core.evaluation.evaluate)."""
     columns = {"model": metrics, **{b["name"]: b for b in (metrics.get("baselines") or {}).values()}}
     rows = []
     for level in ("image", "patient"):
@@ -147,7 +147,7 @@ def training_curves(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"Loss": long[is_loss], "Metrics": scores}
 
 
-def split_table(description: dict) -> pd.DataFrame:
+def split_summary(description: dict) -> pd.DataFrame:
     """core.data.splits.describe_split (recorded in the card) as one row per split: images, cases,
     and the subtypes a split lacks (a metric over a split without a subtype cannot speak for it)."""
     return pd.DataFrame([{"split": split, "images": description["images"].get(split, 0),

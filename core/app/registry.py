@@ -20,6 +20,7 @@ from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, GENERATOR, MODEL
 from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
 
 NOT_STATED = "not stated"
+SUBTYPE_NOT_RELIABLE = "not reliable for this model"
 _MAGNIFICATION_IN_NAME = re.compile(r"(?<![0-9])(40|100|200|400)\s*[xX](?![a-zA-Z])")
 
 
@@ -89,6 +90,33 @@ def measured_accuracy(card: dict) -> str | None:
     return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{patient.get('cases', '?')} test patients)"
 
 
+def subtype_reliability(card: dict) -> tuple[bool, str]:
+    """(shown as the headline?, why): a subtype head whose measured macro-F1 is below the colour/texture
+    baseline's (core.evaluation.baselines, same test split) is no better than a few colour and texture
+    statistics, so its subtype is shown as 'not reliable for this model' instead of as a finding."""
+    metrics = card.get("metrics") or {}
+    model_f1 = metrics.get("subtype_macro_f1")
+    baseline_f1 = ((metrics.get("baselines") or {}).get("colour_texture") or {}).get("subtype_macro_f1")
+    if model_f1 is None or baseline_f1 is None:
+        return True, "subtype accuracy not compared with a baseline for this model"
+    data = metrics.get("data") or {}
+    size = f"{data.get('images', '?')} test images of {data.get('cases', '?')} patients"
+    if model_f1 < baseline_f1:
+        return False, (f"subtype: {SUBTYPE_NOT_RELIABLE} (subtype macro-F1 {model_f1:.2f} on {size}, below the "
+                       f"colour/texture baseline's {baseline_f1:.2f})")
+    return True, f"subtype macro-F1 {model_f1:.2f} on {size} (colour/texture baseline {baseline_f1:.2f})"
+
+
+def subtype_shown(subtype: str, reliable: bool) -> str:
+    """The subtype as tables and reports print it: demoted, but still visible, when not reliable."""
+    return pretty(subtype) if reliable else f"{SUBTYPE_NOT_RELIABLE} (most probable: {pretty(subtype)})"
+
+
+def uncertainty_rule(card: dict) -> str:
+    """How the model's uncertainty threshold was chosen, for the caption next to it."""
+    return (((card.get("thresholds") or {}).get("uncertainty") or {}).get("rule")) or "chosen on validation"
+
+
 def describe_model(card: dict) -> dict:
     """The sidebar's and the report's few lines about a model."""
     training = card.get("training") or {}
@@ -111,6 +139,8 @@ def describe_model(card: dict) -> dict:
         "calibrated": bool((card.get("calibration") or {}).get("temperatures")),
         "evidence": evidence.get("statement"),
         "measured": measured_accuracy(card),
+        "subtype_reliable": subtype_reliability(card)[0],
+        "subtype_note": subtype_reliability(card)[1],
     }
 
 

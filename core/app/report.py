@@ -9,6 +9,7 @@ Downloads are built in memory and handed to the browser; nothing is written to d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 
@@ -17,8 +18,11 @@ import pandas as pd
 from fpdf import FPDF
 from PIL import Image
 
+from core.app.registry import subtype_shown
+from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
-from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision
+from core.model.cam import COLOUR_SCALE, colour_bar
+from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
 
 INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
 WIDTH = 180  # mm of A4 between the margins
@@ -28,46 +32,62 @@ DISCLAIMER = ("Research use only. Not a medical device. Every result must be rev
 
 TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
                  "confidence", "refer for review", "reasons", "notes", "error", "model"]
+# What the page shows first, so the refer reasons are never off-screen to the right; the CSV keeps
+# every column in TABLE_COLUMNS' order.
+SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer for review", "reasons"]
 
 
-def results_table(results: list, badge: str) -> pd.DataFrame:
+def results_table(results: list, badge: str, subtype_reliable: bool = True) -> pd.DataFrame:
     """The case table: one row per image (errors included, so nothing disappears silently).
 
-    results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card).
+    results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card);
+    subtype_reliable: core.app.registry.subtype_reliability(card)[0].
     """
     rows = []
     for r in results:
-        row = {"file": r.name, "case": r.case or "", "magnification": r.magnification}
+        row = dict.fromkeys(TABLE_COLUMNS, "")  # never None/NaN: an empty cell reads as empty
+        row.update({"file": r.name, "case": r.case or "", "magnification": r.magnification})
         if r.ok:
             p = r.prediction
             row.update({
                 "p_benign": round(float(p.stage1["benign"]), 4),
                 "p_malignant": round(float(p.stage1["malignant"]), 4),
-                "call": p.label, "subtype": pretty(p.subtype),
+                "call": p.label, "subtype": subtype_shown(p.subtype, subtype_reliable),
                 "p_subtype": round(float(p.stage2[p.subtype]), 4),
                 "confidence": round(float(p.confidence), 4),
                 "refer for review": "YES" if r.refer else "no",
                 "reasons": "; ".join(r.refer_reasons),
                 "notes": "; ".join(r.notes), "error": "",
             })
-        else:
-            row.update({"call": "", "refer for review": "", "error": r.error})
+        elif r.error:
+            row.update({"call": "not analysed: unreadable", "error": r.error})
+        else:  # not H&E tissue (core.data.histology): no call, no subtype, no probabilities
+            row.update({"call": NOT_ANALYSED, "reasons": r.not_histology, "notes": "; ".join(r.notes)})
         row["model"] = badge
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The case table as the page shows it: the call and its refer reasons first."""
+    return table[SHOWN_FIRST + [c for c in table.columns if c not in SHOWN_FIRST]]
+
+
 def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
-               malignant_threshold: float = 0.5) -> pd.DataFrame:
+               malignant_threshold: float = 0.5, subtype_reliable: bool = True) -> pd.DataFrame:
     """One call per case by core.model.predict.case_decision (the rule patient-level evaluation uses),
     malignant from `malignant_threshold` on (the model's validated case threshold, Predictor.case_threshold).
 
     Images whose names carry no case id are pooled as one uploaded case.
     """
     groups: dict[str, list] = {}
+    left_out: dict[str, int] = {}  # images of a case that got no call because they are not H&E tissue
     for r in results:
+        case = r.case or "uploaded images (no case id in names)"
         if r.ok:
-            groups.setdefault(r.case or "uploaded images (no case id in names)", []).append(r)
+            groups.setdefault(case, []).append(r)
+        elif r.not_histology:
+            left_out[case] = left_out.get(case, 0) + 1
     rows = []
     for case, members in groups.items():
         decision = case_decision([m.prediction for m in members], malignant_threshold)
@@ -81,9 +101,11 @@ def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
             reasons.append(f"images disagree ({agreeing}/{len(members)} say {label})")
         if any(m.refer for m in members):
             reasons.append("an image is flagged")
+        if left_out.get(case):
+            reasons.append(f"{left_out[case]} image(s) not analysed (not H&E tissue), not counted")
         rows.append({
             "case": case, "images": len(members), "call": label,
-            "p_malignant": round(p_class["malignant"], 4), "subtype": pretty(subtype),
+            "p_malignant": round(p_class["malignant"], 4), "subtype": subtype_shown(subtype, subtype_reliable),
             "p_subtype": round(p_subtype[subtype], 4), "confidence": round(confidence, 4),
             "refer for review": "YES" if reasons else "no", "reasons": "; ".join(reasons),
         })
@@ -133,8 +155,29 @@ class _Report(FPDF):
         self.multi_cell(0, 7, _latin1(text), fill=True, new_x="LMARGIN", new_y="NEXT")
         self.ln(2)
 
+    def fitted_widths(self, header: list[str], widths: list[float]) -> list[float]:
+        """Column widths (mm, same total) in which every header word fits whole: fpdf2 wraps at
+        spaces but breaks a word wider than its column mid-word ("confiden/ce"). Columns too narrow
+        for their longest word are widened; the others give up width in proportion to theirs."""
+        padding = 2 * self.c_margin + 1.5
+        style = self.font_style
+        self.set_font(style="B")  # headers are set in bold
+        needed = [max(self.get_string_width(word) for word in _latin1(h).split() or [""]) + padding for h in header]
+        self.set_font(style=style)
+        total = sum(widths)
+        fixed = [max(w, n) for w, n in zip(widths, needed)]
+        spare = [w for w, n in zip(widths, needed) if w > n]
+        excess = sum(fixed) - total
+        if excess > 0 and spare:
+            give = [max(0.0, w - n) for w, n in zip(widths, needed)]
+            share = min(1.0, excess / max(sum(give), 1e-9))
+            fixed = [f - g * share for f, g in zip(fixed, give)]
+        return fixed
+
     def table(self, header: list[str], rows: list[list], widths: list[float] | None = None):
         self.set_font("helvetica", size=8)
+        if widths:
+            widths = self.fitted_widths(header, widths)
         self.set_text_color(*INK)
         self.set_fill_color(255, 255, 255)  # banners leave their colour behind
         self.set_draw_color(*MUTED)
@@ -164,6 +207,19 @@ class _Report(FPDF):
         self.set_xy(self.l_margin, top + tallest + 9)
 
 
+    def colour_scale(self):
+        """The heat maps' colour bar and what its colours mean (core.model.cam.COLOUR_SCALE)."""
+        png = io.BytesIO()
+        Image.fromarray(colour_bar(256, 8)).save(png, format="PNG")
+        top = self.get_y()
+        self.image(png, x=self.l_margin, y=top, w=50, h=3)
+        self.set_xy(self.l_margin + 53, top - 0.5)
+        self.set_font("helvetica", size=7)
+        self.set_text_color(*MUTED)
+        self.multi_cell(WIDTH - 53, 3, _latin1(COLOUR_SCALE), new_x="LMARGIN", new_y="NEXT")
+        self.ln(2)
+
+
 def _identity(pdf: _Report) -> None:
     model = pdf.model
     pdf.heading("Breast histopathology - decision-support report")
@@ -181,9 +237,37 @@ def _identity(pdf: _Report) -> None:
          else "raw softmax outputs (not calibrated)"]], widths=[45, 135])
 
 
-def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str]) -> None:
+@dataclasses.dataclass
+class ReportDetails:
+    """Who and what the report is about, typed on the page; blanks print as lines to fill by hand."""
+
+    patient_id: str = ""
+    specimen_id: str = ""
+    reviewer: str = ""
+
+
+def _details(pdf: _Report, details: ReportDetails) -> None:
+    blank = "_" * 28
+    pdf.table(["report", "value"], [["patient id", details.patient_id or blank],
+                                    ["specimen id", details.specimen_id or blank],
+                                    ["reviewing pathologist", details.reviewer or blank]], widths=[45, 135])
+
+
+def _sign_off(pdf: _Report) -> None:
+    """The pathologist's own conclusion and signature: the model's calls are not the report's."""
+    pdf.heading("Pathologist's review and sign-off", 12)
+    pdf.line_text("Agree with the model's calls: yes / no (corrections below)", 9)
+    for _ in range(3):
+        pdf.line_text("_" * 96, 9, MUTED)
+    pdf.ln(2)
+    pdf.line_text(f"Signed: {'_' * 34}   Date: {'_' * 16}", 9)
+
+
+def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused: list[tuple[str, str]],
+                  details: ReportDetails) -> None:
     pdf.add_page()
     _identity(pdf)
+    _details(pdf, details)
     pdf.heading("Case-level calls", 12)
     if len(cases):
         columns = ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer for review", "reasons"]
@@ -191,6 +275,10 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str]) -> None:
                   widths=[24, 13, 17, 26, 18, 18, 16, 48])
     for error in errors:
         pdf.line_text(f"Not analysed: {error}", 8, ALERT)
+    for name, reason in refused:
+        pdf.line_text(f"{name}: {NOT_ANALYSED} ({reason}); no call, not counted in its case.", 8, ALERT)
+    pdf.ln(2)
+    _sign_off(pdf)
 
 
 def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -> None:
@@ -199,17 +287,21 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -
     pdf.heading(result.name, 12, INK)
     pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
                   f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
-    call = f"{pretty(p.label)} - {pretty(p.subtype)} (confidence {p.confidence:.3f})"
+    reliable = pdf.model.get("subtype_reliable", True)
+    call = f"{pretty(p.label)} - {subtype_shown(p.subtype, reliable)} (confidence {p.confidence:.3f})"
     pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
     pdf.pictures([("Image", result.image.rgb), (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
                   (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
+    pdf.colour_scale()
     pdf.heading("Stage 1: benign or malignant", 10)
     pdf.table(["class", "probability"], [[pretty(c), f"{v:.3f}"] for c, v in p.stage1.items()], widths=[60, 40])
     pdf.heading(f"Stage 2: {pretty(p.label).lower()} subtypes", 10)
+    if not reliable:
+        pdf.line_text(pdf.model["subtype_note"], 8, ALERT)
     pdf.table(["subtype", "probability"], [[pretty(s), f"{v:.3f}"] for s, v in p.stage2.items()], widths=[60, 40])
     confidence = f"Confidence p(class) x p(subtype | class) = {p.confidence:.3f}"
     if p.uncertainty:
-        confidence += (f"; uncertainty: p(malignant) spread {p.uncertainty['p_malignant_spread']:.3f} across "
+        confidence += (f"; uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']}")
     pdf.line_text(confidence, 9)
     for reason in result.refer_reasons:
@@ -219,14 +311,16 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -
 
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
-                 model: dict) -> bytes:
-    """The PDF: a summary page, then one page per analysed image.
+                 model: dict, details: ReportDetails | None = None) -> bytes:
+    """The PDF: a summary page (with the patient/specimen ids, reviewer and a sign-off block), then
+    one page per analysed image.
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
     model: core.app.registry.describe_model(card).
     """
     pdf = _Report(model)
-    _summary_page(pdf, cases, [r.error for r in results if r.error])
+    _summary_page(pdf, cases, [r.error for r in results if r.error],
+                  [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails())
     for result in results:
         if result.ok:
             _image_page(pdf, result, overlays[result.digest])

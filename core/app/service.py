@@ -46,11 +46,17 @@ class ImageResult:
     gradcam: RawCams | None = None  # from the same pass as the prediction; None if it failed
     gradcam_error: str | None = None
     error: str | None = None
+    not_histology: str | None = None  # why the image is not H&E tissue; then it gets no call
     magnification: str = NOT_STATED
     magnification_source: str = "not stated"
     case: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def analysable(self) -> bool:
+        """Readable and H&E tissue: the images the model runs on."""
+        return self.image is not None and self.not_histology is None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +109,7 @@ def read_item(name: str, data: bytes) -> ImageResult:
     except Exception as problem:  # A decoder bug must not take the app down.
         result.error = f"'{name}' could not be read as an image ({type(problem).__name__})."
         return result
+    result.not_histology = result.image.not_histology
     result.display = display_size(result.image.rgb)
     note = extension_note(name)
     result.notes = ([note] if note else []) + list(result.image.notes)
@@ -134,7 +141,7 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     cannot run on this model, the prediction still comes (from a plain forward) with the reason.
     """
     results = [read_item(name, data) for name, data in items]
-    readable = [r for r in results if r.image is not None]
+    readable = [r for r in results if r.analysable]
     if not readable:
         return results, {}
     images = [r.image.rgb for r in readable]
@@ -229,7 +236,7 @@ def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta:
     Works on copies, so the same `classify` output can be interpreted again with other settings.
     """
     results = [dataclasses.replace(r, notes=list(r.notes), warnings=list(r.warnings)) for r in read]
-    readable = [r for r in results if r.image is not None]
+    readable = [r for r in results if r.analysable]
     for result in readable:
         if result.magnification_source != "file name" and magnification != NOT_STATED:
             result.magnification, result.magnification_source = magnification, "chosen by user"

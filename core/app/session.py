@@ -16,8 +16,10 @@ import numpy as np
 import streamlit as st
 
 from core.app import registry, service
+from core.errors import ModelFolderError
 from core.model.cam import explain
-from core.model.folders import ModelFolderError, read_card
+from core.model.folders import read_card
+from core.model.loading import load_predictor
 from core.model.predict import Predictor
 
 # ---------------------------------------------------------------- models
@@ -25,7 +27,7 @@ from core.model.predict import Predictor
 @st.cache_resource(show_spinner="Loading model...", max_entries=4)
 def _load_predictor(folder: str, stamp: float) -> Predictor:
     # One instance per model folder for the whole server: Predictor is thread-safe.
-    predictor = Predictor.load(folder)
+    predictor = load_predictor(folder)
     _warm_up(predictor)
     return predictor
 

@@ -7,6 +7,8 @@ model, core.data.stain) rather than in RGB; brightness, contrast and saturation 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 
@@ -48,8 +50,26 @@ def hed_jitter(images, scale, shift):
     return hed_to_rgb(hed * scale[:, None, None, :] + shift[:, None, None, :])
 
 
-def _where_per_image(mask, if_true, if_false):
-    return tf.where(mask[:, None, None, None], if_true, if_false)
+# (transpose, left-right mirror, up-down flip): the 8 symmetries of the square, the identity first.
+SYMMETRIES = tuple(itertools.product((False, True), repeat=3))
+
+
+def _maybe(when, transform, batch):
+    """transform(batch) where `when` holds: a Python bool for the whole batch, or a (B,) bool tensor
+    choosing per image."""
+    if isinstance(when, bool):
+        return transform(batch) if when else batch
+    return tf.where(when[:, None, None, None], transform(batch), batch)
+
+
+def dihedral(batch, transpose, mirror, flip):
+    """One of the 8 symmetries of the square for each image of a square batch (B, S, S, C):
+    optional transpose, then left-right mirror, then up-down flip. Each choice is a Python bool (the
+    same symmetry for the batch: the test-time views, core.model.views) or a (B,) bool tensor (one
+    per image: training augmentation), so training and test time use the same 8 symmetries."""
+    batch = _maybe(transpose, lambda b: tf.transpose(b, [0, 2, 1, 3]), batch)
+    batch = _maybe(mirror, lambda b: tf.reverse(b, axis=[2]), batch)
+    return _maybe(flip, lambda b: tf.reverse(b, axis=[1]), batch)
 
 
 def augment(images, seed, strength: float = 1.0, zoom: float = 1.0):
@@ -67,10 +87,7 @@ def augment(images, seed, strength: float = 1.0, zoom: float = 1.0):
     batch = images[None] if single else images
     n = tf.shape(batch)[0]
     u = tf.random.stateless_uniform([n, 15], seed=seed)  # one row of draws per image
-    # The 8 symmetries of the square = optional transpose x optional left-right x up-down flip.
-    batch = _where_per_image(u[:, 0] < 0.5, tf.transpose(batch, [0, 2, 1, 3]), batch)
-    batch = _where_per_image(u[:, 1] < 0.5, tf.reverse(batch, axis=[2]), batch)
-    batch = _where_per_image(u[:, 2] < 0.5, tf.reverse(batch, axis=[1]), batch)
+    batch = dihedral(batch, u[:, 0] < 0.5, u[:, 1] < 0.5, u[:, 2] < 0.5)  # one of the 8 per image
     if zoom < 1.0:
         side = zoom + (1.0 - zoom) * u[:, 12]
         top, left = (1.0 - side) * u[:, 13], (1.0 - side) * u[:, 14]

@@ -17,6 +17,7 @@ import pandas as pd
 from core.data.breakhis import subtype_counts
 from core.data.labels import SUBTYPES
 from core.data.synthetic import find_synthetic_images
+from core.errors import UserInputError
 
 STRATEGIES = ("none", "class_weights", "oversample", "undersample", "synthetic")
 
@@ -67,7 +68,7 @@ def undersample(train_df: pd.DataFrame, target: int | str = "second_largest", se
     elif isinstance(target, (int, np.integer)) and target > 0:
         cap = int(target)
     else:
-        raise ValueError(f"Undersampling target must be 'second_largest', 'smallest' or a positive int, got {target!r}.")
+        raise UserInputError(f"Undersampling target must be 'second_largest', 'smallest' or a positive int, got {target!r}.")
     rng = np.random.default_rng(seed)
     subtypes = train_df["subtype"].to_numpy()
     keep = []
@@ -93,7 +94,7 @@ def synthetic_fill(train_df: pd.DataFrame, synthetic_dir: str | Path, subtypes=N
         subtypes = [s for s in SUBTYPES if counts.get(s, 0) < goal]
     unknown = sorted(set(subtypes) - set(SUBTYPES))
     if unknown:
-        raise ValueError(f"Unknown subtype(s) {unknown}; choose from {list(SUBTYPES)}.")
+        raise UserInputError(f"Unknown subtype(s) {unknown}; choose from {list(SUBTYPES)}.")
 
     rng = np.random.default_rng(seed)
     used = set(train_df["path"])
@@ -122,7 +123,7 @@ def apply_strategy(train_df: pd.DataFrame, strategy: str, synthetic_dir=None, su
                    seed: int = 0) -> tuple[pd.DataFrame, dict[str, float] | None]:
     """Training table after `strategy`, plus subtype weights for "class_weights" (else None)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown balancing strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+        raise UserInputError(f"Unknown balancing strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     _training_only(train_df)
     if strategy == "class_weights":
         return train_df.reset_index(drop=True), class_weights(train_df)
@@ -132,7 +133,7 @@ def apply_strategy(train_df: pd.DataFrame, strategy: str, synthetic_dir=None, su
         return undersample(train_df, seed=seed), None
     if strategy == "synthetic":
         if synthetic_dir is None:
-            raise ValueError("The 'synthetic' strategy needs a folder of GAN images (synthetic_dir / --synthetic-dir).")
+            raise UserInputError("The 'synthetic' strategy needs a folder of GAN images (synthetic_dir / --synthetic-dir).")
         return synthetic_fill(train_df, synthetic_dir, subtypes=subtypes, seed=seed), None
     return train_df.reset_index(drop=True), None
 

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, SUBTYPE_CODES, SUBTYPES
+from core.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 COLUMNS = ["path", "label", "subtype", "magnification", "slide", "slide_folder", "case", "synthetic"]
@@ -109,6 +110,23 @@ def _readable(path: Path) -> str | None:
     return None
 
 
+def folder_problem(folder: str) -> str | None:
+    """Why a folder typed into a form cannot be trained on (None when it can): said before a job is
+    launched, with what to type instead, rather than failing minutes later in the job's log."""
+    if not folder.strip():
+        return ("Enter the folder that holds the BreakHis images: the Kaggle download (e.g. "
+                "data/BreaKHis_v1) or any folder of files named like SOB_B_A-14-22549AB-40-001.png, in "
+                "any layout (e.g. ../shared/breakhis/real).")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return f"Data folder not found: {folder} (paths are on the server, relative to {Path.cwd()})."
+    found = index_folder(path, check_readable=False)
+    if not len(found.images):
+        return (f"{folder} holds no BreakHis images ({len(found.skipped)} other files): names must follow "
+                "BreakHis, e.g. SOB_B_A-14-22549AB-40-001.png.")
+    return None
+
+
 def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexResult:
     """Index every BreakHis image under `root`, any layout, recursively.
 
@@ -117,7 +135,7 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Dataset folder not found: {root}")
+        raise DatasetError(f"Dataset folder not found: {root}")
     rows, skipped, seen = [], [], {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

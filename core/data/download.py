@@ -14,16 +14,13 @@ from pathlib import Path
 
 from core.data.breakhis import index_folder, summarize
 from core.data.labels import CLASSES
+from core.errors import DatasetError
 
 KAGGLE_DATASET = "ambarish/breakhis"
 KAGGLE_HOST = ("www.kaggle.com", 443)
 PROBE_TIMEOUT_S = 5.0
 # The complete BreakHis v1 (SOB images), as in the shared manifest.
 FULL_BREAKHIS = {"images": 7909, "benign": 2480, "malignant": 5429, "slides": 82, "cases": 70}
-
-
-class DatasetError(RuntimeError):
-    """A user-facing reason the dataset could not be fetched or indexed."""
 
 
 def manual_steps(dest: str | os.PathLike) -> str:
@@ -90,10 +87,7 @@ def completeness(summary: dict) -> str:
 
 def report(folder: str | os.PathLike) -> dict:
     """Index a folder, print the summary and the skipped files; raise if nothing was found."""
-    try:
-        result = index_folder(folder)
-    except FileNotFoundError as error:
-        raise DatasetError(str(error)) from None
+    result = index_folder(folder)  # DatasetError for a missing folder
     print(result.summary())
     summary = summarize(result.images)
     if summary["images"] == 0:

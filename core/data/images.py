@@ -4,8 +4,8 @@ Uploads come from anywhere: 16-bit scanner TIFFs, CMYK JPEGs, PNGs with transpar
 photos rotated by EXIF, renamed files, truncated downloads, decompression bombs. Each case is
 either converted (and the conversion written into `notes`, so the report can say what was done)
 or rejected with an `ImageError` whose text is shown to the user as is. The H&E heuristic
-(core.data.histology) adds an out-of-distribution warning for images that do not look like
-stained tissue; it never blocks.
+(core.data.histology) marks images that are clearly not stained tissue (`not_histology`: callers
+give them no call) and warns on atypical ones; decoding itself never depends on it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core.data.histology import histology_check
+from core.errors import ImageError
 
 # Decompression-bomb guard (~90 MP, Pillow's own default): checked from the header, before decoding.
 MAX_PIXELS = 89_478_485
@@ -34,10 +35,6 @@ _EXTENSION_FORMATS = {
 _ORIENTATION_TAG = 0x0112
 
 
-class ImageError(ValueError):
-    """A user-facing reason why an image cannot be used; str(error) is shown in the app."""
-
-
 @dataclasses.dataclass
 class LoadedImage:
     rgb: np.ndarray  # uint8, H x W x 3
@@ -46,6 +43,8 @@ class LoadedImage:
     original_size: tuple[int, int]  # (width, height) as stored in the file
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # Set when the image is clearly not H&E tissue (core.data.histology): it gets no call at all.
+    not_histology: str | None = None
 
 
 def _read_bytes(source, name: str) -> bytes:
@@ -261,8 +260,8 @@ def _decode_to_rgb(data: bytes, name: str) -> tuple[np.ndarray, str, tuple[int, 
 def load_image(source, name: str | None = None, check_histology: bool = True) -> LoadedImage:
     """Load an upload (bytes, file-like) or a path as uint8 RGB; raise ImageError with a reason.
 
-    Conversions are listed in `notes`; an image that does not look like H&E histology gets an
-    out-of-distribution entry in `warnings` (predictions on it should not be trusted).
+    Conversions are listed in `notes`; an image that is clearly not H&E tissue gets its reason in
+    `not_histology` (callers give it no call), an atypical H&E image a `warnings` entry.
     check_histology=False skips that check (~20 ms) for bulk loading of known dataset images.
     """
     if name is None:
@@ -279,11 +278,12 @@ def load_image(source, name: str | None = None, check_histology: bool = True) ->
     loaded = LoadedImage(rgb, name, original_mode, original_size, notes)
     if not check_histology:
         return loaded
-    looks_like_histology, score, reason = histology_check(rgb)
-    if not looks_like_histology:
+    verdict = histology_check(rgb)
+    if not verdict.analysable:
+        loaded.not_histology = f"{verdict.reason}; score {verdict.score:.2f}"
+    elif not verdict.typical:
         loaded.warnings.append(
-            f"Out of distribution: this does not look like an H&E-stained histology image ({reason}; "
-            f"score {score:.2f}). The model was trained on BreakHis H&E slides; its output on this "
-            "image is not meaningful."
+            f"Atypical for H&E histology ({verdict.reason}; score {verdict.score:.2f}). The model was "
+            "trained on BreakHis H&E slides; check the call against the image."
         )
     return loaded

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +20,9 @@ import pandas as pd
 from core.data.breakhis import IndexResult, index_folder
 from core.data.labels import MAGNIFICATIONS
 from core.data.splits import PATIENT, assert_no_case_leakage, make_split, normalise_protocol, patient_kfold
+from core.errors import UserInputError
 
+log = logging.getLogger(__name__)
 NO_SPLIT = "none"  # every image is a training image (a GAN for demonstrations only)
 
 
@@ -39,7 +41,7 @@ class SplitSpec:
         if self.protocol != NO_SPLIT:
             object.__setattr__(self, "protocol", normalise_protocol(self.protocol))
         if self.folds and (self.folds < 2 or not 0 <= self.fold < self.folds or self.protocol != PATIENT):
-            raise ValueError("k-fold needs >= 2 folds, 0 <= fold < folds and the patient-wise protocol")
+            raise UserInputError("k-fold needs >= 2 folds, 0 <= fold < folds and the patient-wise protocol")
 
     @property
     def label(self) -> str:
@@ -71,7 +73,7 @@ def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFr
     text = str(magnification).strip().upper()
     wanted = text if text.endswith("X") else f"{text}X"
     if wanted not in MAGNIFICATIONS:
-        raise ValueError(f"Unknown magnification {magnification!r}; use 'all' or one of {list(MAGNIFICATIONS)}")
+        raise UserInputError(f"Unknown magnification {magnification!r}; use 'all' or one of {list(MAGNIFICATIONS)}")
     return images[images["magnification"] == wanted]
 
 
@@ -81,11 +83,11 @@ def fingerprint(images: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def split_table(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
+def assign_splits(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     """`images` at the spec's magnification, with "split" and "protocol" columns; no case in two splits."""
     images = select_magnification(images, spec.magnification)
     if len(images) == 0:
-        raise ValueError(f"No images at magnification {spec.magnification}")
+        raise UserInputError(f"No images at magnification {spec.magnification}")
     if spec.protocol == NO_SPLIT:
         split = images.assign(split="train")
     elif spec.folds:
@@ -102,10 +104,10 @@ def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Sel
     """Index `data_dir` (any layout) and split it by `spec`; skipped files are reported on stderr."""
     index: IndexResult = index_folder(data_dir)
     if index.skipped and report_skipped:
-        print(index.summary(), file=sys.stderr, flush=True)
+        log.warning(index.summary())
     if len(index.images) == 0:
-        raise ValueError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
-    return Selection(split_table(index.images, spec), index.skipped, fingerprint(index.images))
+        raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
+    return Selection(assign_splits(index.images, spec), index.skipped, fingerprint(index.images))
 
 
 def relative_to_data(table: pd.DataFrame, data_dir) -> pd.DataFrame:

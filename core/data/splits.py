@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.labels import SUBTYPES
+from core.errors import UserInputError
 
 PATIENT = "patient-wise"
 IMAGE = "image-level (leaky)"
@@ -34,7 +35,7 @@ def normalise_protocol(protocol: str) -> str:
         return protocol
     if protocol in _ALIASES:
         return _ALIASES[protocol]
-    raise ValueError(f"Unknown split protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
+    raise UserInputError(f"Unknown split protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
 
 
 def _check_input(images: pd.DataFrame, val_fraction: float, test_fraction: float) -> None:
@@ -170,7 +171,7 @@ def patient_kfold(images: pd.DataFrame, k: int = 5, seed: int = 0, val_fraction:
     _check_input(images, val_fraction, 0.0)
     cases = case_table(images)
     if not 2 <= k <= len(cases):
-        raise ValueError(f"k must be between 2 and the number of cases ({len(cases)}), got {k}.")
+        raise UserInputError(f"k must be between 2 and the number of cases ({len(cases)}), got {k}.")
     rng = np.random.default_rng(seed)
     fold_of = _kfold_assignment(cases, k, rng)
     # val_fraction is of the whole data; the remaining cases are (k-1)/k of it.

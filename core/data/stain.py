@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import UserInputError
+
 # Standard Ruifrok-Johnston stain vectors (optical density of haematoxylin, eosin, DAB), unit rows.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
@@ -37,11 +39,15 @@ def hed_concentrations(rgb: np.ndarray) -> np.ndarray:
 # PyTorch needed): a maintained implementation of both, fitted and applied on uint8 RGB. Chosen over
 # staintools (needs spams, unmaintained), HistomicsTK and TIAToolbox (hundreds of MB, heavy compiled
 # dependencies) for an app that must install in minutes; Vahadane is left out for that reason.
-# What is ours: fitting to several reference images at once, and the fall-back for blank fields.
+# What is ours: fitting to several reference images at once, the fall-back for blank fields, and
+# one class per method with fit/transform behind get_normalizer(name) (TIAToolbox's shape).
 
-STAIN_METHODS = ("none", "macenko", "reinhard")
 _MIN_TISSUE_FOR_NORMALISATION = 0.05  # below this share of stained pixels a field is "nearly white"
 _REFERENCE_THUMBNAIL = 128  # reference images are fitted as one mosaic of thumbnails this size
+
+
+class UnknownStainMethod(UserInputError):
+    """A stain normalisation name that is not in NORMALIZERS."""
 
 
 def tissue_share(rgb: np.ndarray) -> float:
@@ -49,12 +55,98 @@ def tissue_share(rgb: np.ndarray) -> float:
     return float((summed_optical_density(np.asarray(rgb)) > 0.3).mean())
 
 
-def _macenko():
+def _reference_mosaic(images: list[np.ndarray]) -> np.ndarray:
+    """Thumbnails of the reference fields with enough tissue, stacked into one image to fit on."""
+    from PIL import Image
+
+    tiles = [np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize(
+        (_REFERENCE_THUMBNAIL, _REFERENCE_THUMBNAIL), Image.Resampling.BILINEAR))
+        for rgb in images if tissue_share(rgb) >= _MIN_TISSUE_FOR_NORMALISATION]
+    if not tiles:
+        raise UserInputError("No reference image has enough stained tissue to fit a stain normaliser on")
+    return np.concatenate(tiles, axis=0)
+
+
+class StainNormalizer:
+    """The identity ("none"), and the base of every fitted normaliser (TIAToolbox's shape):
+    `fit(images)` on reference fields, `transform(rgb) -> (uint8 RGB, note or None)`.
+
+    `transform` never raises on an image: a nearly white field, or one whose stains cannot be
+    separated, comes back unchanged with a note saying so. `to_dict` / `from_dict` store a fitted
+    normaliser in a model card. A subclass says how to build its torchstain object, how to load
+    and read back its reference, and how to apply it.
+    """
+
+    method = "none"
+
+    def __init__(self, reference: dict | None = None, fitted_on: str = ""):
+        self.reference, self.fitted_on = reference or {}, fitted_on
+        self._engine = self._build()
+        if self.reference:
+            self._load(self._engine, self.reference)
+
+    # --- what a method defines ---------------------------------------------------------------
+    def _build(self):
+        return None
+
+    def _load(self, engine, reference: dict) -> None:
+        pass
+
+    def _read(self, engine) -> dict:
+        return {}
+
+    def _apply(self, engine, rgb: np.ndarray) -> np.ndarray:
+        return rgb
+
+    # --- the same for every method -----------------------------------------------------------
+    def fit(self, images: list[np.ndarray], description: str = "") -> "StainNormalizer":
+        """Fit to one or several reference fields (as one mosaic of thumbnails; blank ones left out)."""
+        if self._engine is None:
+            return self
+        mosaic = _reference_mosaic(images)
+        self._engine.fit(mosaic)
+        self.reference = self._read(self._engine)
+        self.fitted_on = description or f"{len(mosaic) // _REFERENCE_THUMBNAIL} reference images"
+        return self
+
+    def transform(self, rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
+        rgb = np.asarray(rgb, np.uint8)
+        if self._engine is None:
+            return rgb, None
+        if tissue_share(rgb) < _MIN_TISSUE_FOR_NORMALISATION:
+            return rgb, f"{self.method} stain normalisation skipped: the field is nearly white"
+        try:
+            with np.errstate(invalid="raise", divide="raise"):  # a flat field divides by a zero spread
+                normalised = np.asarray(self._apply(self._engine, rgb))
+        except (ValueError, np.linalg.LinAlgError, IndexError, FloatingPointError) as error:
+            return rgb, f"{self.method} stain normalisation skipped: stains could not be separated ({error})"
+        if not np.isfinite(normalised).all():
+            return rgb, f"{self.method} stain normalisation skipped: it gave undefined pixels"
+        return np.clip(normalised, 0, 255).astype(np.uint8), None
+
+    __call__ = transform
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "reference": self.reference, "fitted_on": self.fitted_on,
+                "implementation": "torchstain (NumPy backend)" if self._engine is not None else None}
+
+    @staticmethod
+    def from_dict(values: dict | None) -> "StainNormalizer":
+        """The normaliser a model card stores (no block: the identity)."""
+        values = values or {}
+        return get_normalizer(values.get("method", "none"), values.get("reference"), values.get("fitted_on", ""))
+
+
+def fast_macenko():
     """torchstain's NumPy Macenko with one change, for speed: the per-pixel stain concentrations
     are the pseudo-inverse of the 3x2 stain matrix times the optical densities, the same least-
     squares solution torchstain gets from np.linalg.lstsq with one right-hand side per pixel
-    (two thirds of a normalisation: 17 -> 6 ms at 224 px). torchstain is pinned; the override
-    uses the name its class gives the private method, and tests compare it with the original."""
+    (two thirds of a normalisation: 17 -> 6 ms at 224 px).
+
+    Why a private override: torchstain offers no public hook for the concentration step, only its
+    name-mangled private method. torchstain is pinned in requirements.txt, and tests/test_stain.py
+    checks that the method still exists under this name and that the results equal the original
+    class's, so an upgrade that renames it fails a test instead of silently going slow."""
     from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 
     class Macenko(NumpyMacenkoNormalizer):
@@ -64,84 +156,54 @@ def _macenko():
     return Macenko()
 
 
-class StainNormalizer:
-    """One fitted normaliser: `normalizer(rgb) -> (normalised uint8 RGB, note or None)`.
+class MacenkoNormalizer(StainNormalizer):
+    """Macenko et al. (2009): the image's own H and E vectors, mapped onto the reference's."""
 
-    It never raises on an image: a nearly white field, or one whose stains cannot be separated,
-    comes back unchanged with a note saying so. `to_dict`/`from_dict` store it in a model card.
-    """
-
-    def __init__(self, method: str = "none", reference: dict | None = None, fitted_on: str = ""):
-        if method not in STAIN_METHODS:
-            raise ValueError(f"Unknown stain normalisation {method!r}; choose one of {STAIN_METHODS}")
-        self.method, self.reference, self.fitted_on = method, reference or {}, fitted_on
-        self._normalizer = self._build()
+    method = "macenko"
 
     def _build(self):
-        if self.method == "none":
-            return None
+        return fast_macenko()
+
+    def _load(self, engine, reference):
+        engine.HERef, engine.maxCRef = np.array(reference["stain_matrix"]), np.array(reference["max_concentrations"])
+
+    def _read(self, engine):
+        return {"stain_matrix": engine.HERef.tolist(), "max_concentrations": np.asarray(engine.maxCRef).tolist()}
+
+    def _apply(self, engine, rgb):
+        return engine.normalize(rgb, stains=False)[0]
+
+
+class ReinhardNormalizer(StainNormalizer):
+    """Reinhard et al. (2001): the mean and spread of each Lab channel matched to the reference's."""
+
+    method = "reinhard"
+
+    def _build(self):
         from torchstain.numpy.normalizers import NumpyReinhardNormalizer
 
-        normalizer = _macenko() if self.method == "macenko" else NumpyReinhardNormalizer()
-        if self.method == "macenko" and self.reference:
-            normalizer.HERef = np.array(self.reference["stain_matrix"])
-            normalizer.maxCRef = np.array(self.reference["max_concentrations"])
-        elif self.reference:
-            normalizer.target_means = np.array(self.reference["lab_means"])
-            normalizer.target_stds = np.array(self.reference["lab_stds"])
-        return normalizer
+        return NumpyReinhardNormalizer()
 
-    @classmethod
-    def fit(cls, method: str, images: list[np.ndarray], description: str = "") -> "StainNormalizer":
-        """Fit to one or several reference fields (as one mosaic of thumbnails; blank ones left out)."""
-        if method == "none":
-            return cls("none")
-        from PIL import Image
+    def _load(self, engine, reference):
+        engine.target_means, engine.target_stds = np.array(reference["lab_means"]), np.array(reference["lab_stds"])
 
-        tiles = []
-        for rgb in images:
-            if tissue_share(rgb) >= _MIN_TISSUE_FOR_NORMALISATION:
-                tile = Image.fromarray(np.asarray(rgb, np.uint8))
-                tiles.append(np.asarray(tile.resize((_REFERENCE_THUMBNAIL, _REFERENCE_THUMBNAIL),
-                                                    Image.Resampling.BILINEAR)))
-        if not tiles:
-            raise ValueError("No reference image has enough stained tissue to fit a stain normaliser on")
-        mosaic = np.concatenate(tiles, axis=0)
-        fitted = cls(method)
-        fitted._normalizer.fit(mosaic)
-        if method == "macenko":
-            reference = {"stain_matrix": fitted._normalizer.HERef.tolist(),
-                         "max_concentrations": np.asarray(fitted._normalizer.maxCRef).tolist()}
-        else:
-            reference = {"lab_means": np.asarray(fitted._normalizer.target_means).tolist(),
-                         "lab_stds": np.asarray(fitted._normalizer.target_stds).tolist()}
-        return cls(method, reference, description or f"{len(tiles)} reference images")
+    def _read(self, engine):
+        return {"lab_means": np.asarray(engine.target_means).tolist(),
+                "lab_stds": np.asarray(engine.target_stds).tolist()}
 
-    def to_dict(self) -> dict:
-        return {"method": self.method, "reference": self.reference, "fitted_on": self.fitted_on,
-                "implementation": "torchstain (NumPy backend)" if self.method != "none" else None}
+    def _apply(self, engine, rgb):
+        return engine.normalize(rgb)
 
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "StainNormalizer":
-        values = values or {}
-        return cls(values.get("method", "none"), values.get("reference"), values.get("fitted_on", ""))
 
-    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
-        rgb = np.asarray(rgb, np.uint8)
-        if self._normalizer is None:
-            return rgb, None
-        if tissue_share(rgb) < _MIN_TISSUE_FOR_NORMALISATION:
-            return rgb, f"{self.method} stain normalisation skipped: the field is nearly white"
-        try:
-            with np.errstate(invalid="raise", divide="raise"):  # a flat field divides by a zero spread
-                normalised = self._normalizer.normalize(rgb) if self.method == "reinhard" else \
-                    self._normalizer.normalize(rgb, stains=False)[0]
-        except (ValueError, np.linalg.LinAlgError, IndexError, FloatingPointError) as error:
-            return rgb, f"{self.method} stain normalisation skipped: stains could not be separated ({error})"
-        normalised = np.asarray(normalised)
-        if not np.isfinite(normalised).all():
-            return rgb, f"{self.method} stain normalisation skipped: it gave undefined pixels"
-        return np.clip(normalised, 0, 255).astype(np.uint8), None
+NORMALIZERS = {cls.method: cls for cls in (StainNormalizer, MacenkoNormalizer, ReinhardNormalizer)}
+STAIN_METHODS = tuple(NORMALIZERS)  # the choices of every --stain-norm option
+
+
+def get_normalizer(method: str, reference: dict | None = None, fitted_on: str = "") -> StainNormalizer:
+    """The normaliser registered under `method`: unfitted, or with a reference stored in a card."""
+    if method not in NORMALIZERS:
+        raise UnknownStainMethod(f"Unknown stain normalisation {method!r}; choose one of {STAIN_METHODS}")
+    return NORMALIZERS[method](reference, fitted_on)
 
 
 def hed_shift(rgb: np.ndarray, scale=(1.0, 1.0, 1.0), shift=(0.0, 0.0, 0.0)) -> np.ndarray:

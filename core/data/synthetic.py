@@ -16,6 +16,7 @@ import pandas as pd
 from core.data.breakhis import COLUMNS, parse_synthetic_name, safe_generator_name, synthetic_generator
 from core.data.labels import CLASS_OF_SUBTYPE
 from core.data.selection import NO_SPLIT, SplitSpec
+from core.errors import UserInputError
 from core.jsonfile import read_json, write_json_atomic
 
 PROVENANCE_FILE = "provenance.json"
@@ -26,7 +27,7 @@ def find_synthetic_images(synthetic_dir: str | Path) -> pd.DataFrame:
     """GAN images under a folder (recursively), recognised by their SYN_<code>-... names."""
     folder = Path(synthetic_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Synthetic image folder not found: {folder}")
+        raise UserInputError(f"Synthetic image folder not found: {folder}")
     rows = []
     for path in sorted(folder.rglob("SYN_*")):
         subtype = parse_synthetic_name(path.name)
@@ -52,7 +53,7 @@ def record_provenance(out_dir: Path, record: dict) -> None:
     known = read_provenance(out_dir) if (Path(out_dir) / PROVENANCE_FILE).is_file() else {}
     name = safe_generator_name(record["generator"])
     if name in known and known[name].get("sha256") != record["sha256"]:
-        raise ValueError(f"{out_dir} already holds images of another generator named {record['generator']!r}; "
+        raise UserInputError(f"{out_dir} already holds images of another generator named {record['generator']!r}; "
                          "write these into a fresh folder")
     known[name] = record
     write_json_atomic(Path(out_dir) / PROVENANCE_FILE, {"generators": known})
@@ -64,9 +65,9 @@ def read_provenance(folder) -> dict[str, dict]:
     try:
         generators = read_json(path)["generators"]
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"Cannot read the synthetic images' provenance {path}: {error}") from None
+        raise UserInputError(f"Cannot read the synthetic images' provenance {path}: {error}") from None
     if not isinstance(generators, dict):
-        raise ValueError(f"{path} is not a provenance file (no generators table)")
+        raise UserInputError(f"{path} is not a provenance file (no generators table)")
     return generators
 
 

@@ -3,7 +3,7 @@
 Local binary pattern histograms (scikit-image) describe micro-texture; the radially averaged power
 spectrum describes how much structure there is at each spatial frequency, and exposes periodic
 artefacts (the checkerboard of an up-sampling generator is a peak at its up-sampling frequency).
-Used by the colour/texture baseline (core.training.baselines) and the GAN quality report.
+Used by the colour/texture baseline (core.evaluation.baselines) and the GAN quality report.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import pandas as pd
 from core.data.labels import SUBTYPES
 from core.data.selection import select_images
 from core.data.synthetic import leak_check, provenance_of
+from core.errors import UserInputError
 from core.gan.sampling import fill_folder_from_generator
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, read_card
@@ -43,12 +44,12 @@ def run_ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **
     selection = select_images(data, spec, report_skipped=False)
     leak = leak_check(provenance_of(card), selection.fingerprint, spec)
     if leak and not allow_leak:
-        raise ValueError(f"Refusing the ablation: {leak}. Train the GAN with the classifier's --split/--seed "
+        raise UserInputError(f"Refusing the ablation: {leak}. Train the GAN with the classifier's --split/--seed "
                          "(python -m core gan train --split ...), or pass --allow-gan-leak to run it anyway.")
     subtypes = list(subtypes or card["subtypes"])
     unknown = sorted(set(subtypes) - set(card["subtypes"]))
     if unknown:
-        raise ValueError(f"The generator was not trained on {unknown}; it knows {card['subtypes']}")
+        raise UserInputError(f"The generator was not trained on {unknown}; it knows {card['subtypes']}")
     train_counts = selection.part("train")["subtype"].value_counts()
     counts, target = {s: int(train_counts.get(s, 0)) for s in SUBTYPES}, int(train_counts.max())
     need = {s: max(0, target - counts[s]) for s in subtypes}

@@ -2,25 +2,11 @@
 
 backbones (the registry: one entry per backbone), classifier (the multi-scale hierarchical model),
 folders (model.keras + card.json, one format for classifiers and generators), predict (Predictor,
-the case-level rule), cam (Grad-CAM / Grad-CAM++ / Score-CAM per stage, overlays).
+the case-level rule), views (test-time views and their uncertainty), calibration (temperature
+scaling, ECE, Brier), ensemble (a Predictor made of member classifiers), loading (load_predictor:
+the one factory, keyed by the card's kind), cam (Grad-CAM / Grad-CAM++ / Score-CAM per stage).
+
+Thin on purpose: import the module you need, e.g. `from core.model.loading import load_predictor`.
+Importing the package loads nothing else, so a light module (the progress stream, the jobs
+code) never pulls in TensorFlow.
 """
-
-from core.model.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone
-from core.model.cam import METHODS, Diagnosis, Explanation, explain, overlay
-from core.model.classifier import build_classifier
-from core.model.folders import (
-                                CLASSIFIER,
-                                GENERATOR,
-                                ModelFolderError,
-                                load_model_folder,
-                                read_card,
-                                save_model_folder,
-                                update_card,
-)
-from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor, case_decision
-
-__all__ = [
-    "BACKBONES", "CLASSIFIER", "DEFAULT_BACKBONE", "DEFAULT_REFER_THRESHOLD", "GENERATOR", "METHODS", "Diagnosis",
-    "Explanation", "ModelFolderError", "Prediction", "Predictor", "build_classifier", "case_decision", "explain",
-    "get_backbone", "load_model_folder", "overlay", "read_card", "save_model_folder", "update_card",
-]

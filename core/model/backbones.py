@@ -9,12 +9,16 @@ base model), which is what lets Grad-CAM reach the taps.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import warnings
 from typing import Callable
 
 import keras
 from keras import layers
+
+from core.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 # Per-channel ImageNet statistics for the "torch" normalisation used by DenseNet.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,7 +72,7 @@ def _application(constructor):
 def _small_cnn(input_tensor, weights):
     """The four-layer CNN baseline that published BreakHis projects compare against."""
     if weights not in (None, "none"):
-        raise ValueError("small_cnn has no pretrained weights")
+        raise UserInputError("small_cnn has no pretrained weights")
     x = input_tensor
     for i, filters in enumerate((32, 64, 128, 128), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn_block{i}_conv")(x)
@@ -104,7 +108,7 @@ def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+        raise UserInputError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
 def build_trunk(name: str, input_tensor, weights: str | None = "imagenet"):
@@ -125,11 +129,10 @@ def build_trunk(name: str, input_tensor, weights: str | None = "imagenet"):
                 f"Could not load ImageNet weights for {name} ({type(error).__name__}: {error}). "
                 "Continuing from random initialisation; pass --weights PATH to use a local file."
             )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            print(f"WARNING: {message}", flush=True)
+            log.warning(message)
             trunk, described = backbone.build(normalized, None), "random initialisation (ImageNet unavailable)"
     else:
         if not os.path.exists(weights):
-            raise FileNotFoundError(f"Weights file not found: {weights}")
+            raise UserInputError(f"Weights file not found: {weights}")
         trunk, described = backbone.build(normalized, weights), f"local file {os.path.basename(weights)}"
     return [trunk.get_layer(tap).output for tap in backbone.taps], described

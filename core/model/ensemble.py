@@ -4,7 +4,7 @@ backbones (or seeds) trained on the same split.
 The ensemble folder holds only a card (kind "ensemble") listing its members, relative to itself,
 with the SHA-256 of each member's model file, so a swapped member is refused at load. Prediction
 averages the members' CALIBRATED probabilities (each member applies its own temperatures); how
-much the members disagree is the prediction's uncertainty (core.model.predict.uncertainty_of);
+much the members disagree is the prediction's uncertainty (core.model.views.uncertainty_of);
 a heat map of an ensemble is the mean of its members' maps (core.model.cam).
 """
 
@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import datetime
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import write_json_atomic
-from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, ModelFolderError, labels_block, read_card
-from core.model.predict import VIEWS, Predictor
+from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, labels_block, read_card
+from core.model.predict import Predictor
+from core.model.views import mean_over_members
 
 
 def save_ensemble(members: list, folder, name: str | None = None, **fields) -> Path:
     """Write an ensemble card for these classifier folders (verified, one hierarchy); returns the folder."""
     folder = Path(folder)
     if len(members) < 2:
-        raise ValueError("An ensemble needs at least two member models")
+        raise UserInputError("An ensemble needs at least two member models")
     cards = [read_card(member, CLASSIFIER) for member in members]
     hierarchies = {card["hierarchy"] for card in cards}
     if len(hierarchies) != 1:
-        raise ValueError(f"Ensemble members must share one hierarchy, not {sorted(hierarchies)}")
+        raise UserInputError(f"Ensemble members must share one hierarchy, not {sorted(hierarchies)}")
     folder.mkdir(parents=True, exist_ok=True)
     backbones = sorted({card["backbone"] for card in cards})
     card = {"kind": ENSEMBLE, "name": name or folder.name, "hierarchy": hierarchies.pop(),
@@ -47,47 +48,46 @@ def save_ensemble(members: list, folder, name: str | None = None, **fields) -> P
 
 
 class EnsemblePredictor(Predictor):
-    """Predictor over several member Predictors; the app, evaluation and Grad-CAM use it like one model."""
+    """A Predictor whose `members` are classifiers: the app, evaluation and Grad-CAM use it like one model."""
 
     uncertainty_source = "ensemble members"
 
     def __init__(self, members: list[Predictor], card: dict, folder=None, batch_size: int = 32):
-        self.members, self.model, self.card = members, None, card
-        self.folder = Path(folder) if folder else None
-        self.hierarchy, self.backbone = card["hierarchy"], card.get("backbone", "ensemble")
-        self.input_size = max(member.input_size for member in members)
-        self.is_demo = bool(card.get("demo")) or any(member.is_demo for member in members)
-        self.batch_size = batch_size
-        self.lock = threading.RLock()
-        thresholds = card.get("thresholds") or {}
-        self.case_threshold = float(thresholds.get("case_malignant", 0.5))
-        self.temperatures = {}  # the members calibrate themselves
-        self.uncertainty_threshold = (thresholds.get("uncertainty") or {}).get("p_malignant_spread")
-        self.normalizer = members[0].normalizer  # each member normalises its own input; shown as the first's
+        self._members = list(members)
+        # No model of its own, and no temperatures: each member applies its own calibration.
+        super().__init__(None, card, folder, batch_size, calibrated=False)
 
     @classmethod
-    def load(cls, folder, **options) -> "EnsemblePredictor":
+    def from_folder(cls, folder, **options) -> "EnsemblePredictor":
+        """Load an ensemble folder and every member classifier, refusing a member whose model file
+        is not the one the ensemble was built from."""
         folder = Path(folder)
         card = read_card(folder, ENSEMBLE)
         members = []
         for member in card["members"]:
-            predictor = Predictor.load(folder / member["path"])
+            predictor = Predictor.from_folder(folder / member["path"])
             if predictor.card.get("sha256") != member.get("sha256"):
                 raise ModelFolderError(f"{folder}: member {member['path']} is not the model this ensemble was built "
                                        "from (its checksum differs)")
             members.append(predictor)
         return cls(members, card, folder, **options)
 
+    @property
+    def members(self) -> list[Predictor]:
+        return self._members
+
+    def _input_size(self, card: dict) -> int:
+        return max(member.input_size for member in self._members)  # each member resizes for itself
+
+    def _normalizer(self, card: dict):
+        return self._members[0].normalizer  # each member normalises its own input; shown as the first's
+
     def probabilities(self, images: list[np.ndarray], tta: bool = False) -> dict[str, np.ndarray]:
         """Mean of the members' calibrated head outputs, plus every member's as the views (N, members, k)."""
         if len(images) == 0:
             return {}
-        return self.combine([member.calibrate(member.probabilities(images, tta)) for member in self.members])
+        return self.merge([member.probabilities(images, tta) for member in self._members])
 
-    @staticmethod
-    def combine(outputs: list[dict]) -> dict[str, np.ndarray]:
-        """The members' calibrated outputs -> their mean per head, and each member's as a view."""
-        heads = [name for name in outputs[0] if not name.endswith(VIEWS)]
-        stacked = {name: np.stack([o[name] for o in outputs], axis=1) for name in heads}
-        return {**{name: v.mean(axis=1) for name, v in stacked.items()},
-                **{name + VIEWS: v for name, v in stacked.items()}}
+    def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
+        """The members' raw outputs -> the mean of their calibrated outputs, each member's as a view."""
+        return mean_over_members([member.calibrate(o) for member, o in zip(self._members, member_outputs)])

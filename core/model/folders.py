@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
 from core.data.preprocess import DESCRIPTION
+from core.errors import ModelFolderError
 from core.jsonfile import read_json, write_json_atomic
 from core.model.backbones import get_backbone  # Importing core.model.backbones registers PixelNormalization.
 from core.model.classifier import cam_layer
@@ -36,10 +37,6 @@ REQUIRED_CARD_KEYS = {CLASSIFIER: ("backbone", "hierarchy", "input_size", "sha25
                       GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256"),
                       ENSEMBLE: ("members", "hierarchy")}
 KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator", ENSEMBLE: "ensemble of classifiers"}
-
-
-class ModelFolderError(Exception):
-    """A model folder that cannot be used; str(error) is a message for the user."""
 
 
 def sha256_of(path: str | os.PathLike) -> str:

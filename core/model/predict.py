@@ -1,10 +1,13 @@
 """Images -> hierarchical predictions with a refer-to-pathologist flag.
 
-A `Predictor` wraps one loaded model folder. It preprocesses with `core.data.preprocess` (the one
+A `Predictor` wraps one loaded classifier folder. It preprocesses with `core.data.preprocess` (the one
 transform used in training), runs a compiled forward pass, and turns the heads into a
 `Prediction`: stage 1 (benign/malignant), stage 2 (subtype within the chosen class) and a
 `refer` flag whenever the joint confidence is low or the model is a demo. Flat 8-subtype models
-are read the same way, so the rest of the app never needs to know which kind it has.
+are read the same way, so the rest of the app never needs to know which kind it has. An
+ensemble (core.model.ensemble) is a Predictor too, whose `members` are classifiers; a single
+model's `members` are `[itself]`, so Grad-CAM and evaluation treat both alike. Load either with
+core.model.loading.load_predictor, which picks the class from the card's kind.
 
     python -m core predict IMG... [--model DIR] [--json] [--tta] [--threshold T]
 """
@@ -32,7 +35,8 @@ from core.data.labels import (
 from core.data.preprocess import batch_for_model
 from core.data.stain import StainNormalizer
 from core.model.calibration import apply_temperature
-from core.model.folders import ENSEMBLE, card_kind, load_model_folder, read_card
+from core.model.folders import load_model_folder
+from core.model.views import VIEWS, dihedral_views, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
 
 DEFAULT_REFER_THRESHOLD = 0.7
@@ -72,10 +76,14 @@ class Prediction:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "p_label": self.p_label, "p_subtype": self.p_subtype}
 
-    def summary(self) -> str:
+    def summary(self, subtype_reliable: bool = True) -> str:
+        """One line for the CLI; an unreliable subtype head (core.app.registry.subtype_reliability)
+        prints its subtype as such rather than as a finding."""
         flag = "REFER: " + "; ".join(self.refer_reasons) if self.refer else "no referral flag"
-        return (f"{self.label} ({self.p_label:.2f}) | {pretty(self.subtype)} ({self.p_subtype:.2f}) | "
-                f"confidence {self.confidence:.2f} | {flag}")
+        subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
+        if not subtype_reliable:
+            subtype = f"subtype not reliable for this model (most probable: {subtype})"
+        return f"{self.label} ({self.p_label:.2f}) | {subtype} | confidence {self.confidence:.2f} | {flag}"
 
 
 @dataclasses.dataclass
@@ -121,55 +129,35 @@ def case_decision(members, malignant_threshold: float = 0.5) -> CaseDecision:
     return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
 
 
-VIEWS = "@views"  # suffix of the per-view (TTA) or per-member (ensemble) outputs: (N, views, k)
-
-
-def uncertainty_of(class_views: np.ndarray, source: str) -> dict:
-    """Disagreement of the views' p(class) (views, 2): the spread (standard deviation) of
-    p(malignant), and the mutual information between the prediction and the view (BALD, in nats):
-    entropy of the mean minus the mean entropy."""
-    p = np.clip(np.asarray(class_views, np.float64), 1e-12, 1.0)
-    mean = p.mean(axis=0)
-    mutual = float(-(mean * np.log(mean)).sum() + (p * np.log(p)).sum(axis=1).mean())
-    return {"p_malignant_spread": float(p[:, CLASSES.index("malignant")].std()),
-            "mutual_information": max(mutual, 0.0), "views": int(len(p)), "source": source}
-
-
-def dihedral_views(images):
-    """(N,S,S,3) -> (8N,S,S,3): the 4 rotations of the image and of its mirror image, view-major;
-    the first N are the images themselves."""
-    mirrored = tf.reverse(images, axis=[2])
-    return tf.concat([tf.image.rot90(view, k) for view in (images, mirrored) for k in range(4)], axis=0)
-
-
-def mean_over_views(outputs: dict) -> dict:
-    """Head outputs of a dihedral_views batch {name: (8N, k)} -> the mean of the 8 views per head
-    (N, k), and every view (N, 8, k) under name + VIEWS for the uncertainty."""
-    views = {name: tf.reshape(p, (8, -1, p.shape[-1])) for name, p in outputs.items()}
-    return {**{name: tf.reduce_mean(v, axis=0) for name, v in views.items()},
-            **{name + VIEWS: tf.transpose(v, [1, 0, 2]) for name, v in views.items()}}
+def figure(value: float) -> str:
+    """A spread or threshold at 3 significant digits: spreads are often below 0.01, where a fixed
+    2 decimals shows "0.00 > 0.00" and hides which of the two is larger."""
+    return f"{value:.3g}"
 
 
 class Predictor:
-    """A loaded model, ready to predict. Create once (Predictor.load) and share between threads."""
+    """A loaded classifier, ready to predict. Create once (core.model.loading.load_predictor) and
+    share between threads."""
+
+    uncertainty_source = "test-time views"
 
     def __init__(self, model, card: dict, folder: str | os.PathLike | None = None, batch_size: int = 32,
                  calibrated: bool = True):
         self.model, self.card = model, card
         self.folder = Path(folder) if folder else None
         self.hierarchy = card["hierarchy"]
-        self.backbone = card["backbone"]
-        self.input_size = int(card["input_size"])
-        self.is_demo = bool(card.get("demo", False))
-        # Case-level p(malignant) threshold chosen on validation cases at evaluation (core.training.evaluate).
-        self.case_threshold = float((card.get("thresholds") or {}).get("case_malignant", 0.5))
-        # Per-head temperatures fitted on validation (core.training.calibrate); {} = raw softmax.
+        self.backbone = card.get("backbone", "?")
+        self.input_size = self._input_size(card)
+        self.is_demo = bool(card.get("demo", False)) or any(m.is_demo for m in self.members if m is not self)
+        thresholds = card.get("thresholds") or {}
+        # Case-level p(malignant) threshold chosen on validation cases at evaluation (core.evaluation.evaluate).
+        self.case_threshold = float(thresholds.get("case_malignant", 0.5))
+        # Per-head temperatures fitted on validation (core.evaluation.calibration); {} = raw softmax.
         self.temperatures = dict((card.get("calibration") or {}).get("temperatures") or {}) if calibrated else {}
         # Above this spread of p(malignant) across views/members a prediction is referred (chosen
-        # on validation by core.training.evaluate); None until the model has been evaluated so.
-        self.uncertainty_threshold = ((card.get("thresholds") or {}).get("uncertainty") or {}).get("p_malignant_spread")
-        # Stain normalisation fitted at training (core.data.stain), applied after the one resize.
-        self.normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))
+        # on validation by core.evaluation.evaluate); None until the model has been evaluated so.
+        self.uncertainty_threshold = (thresholds.get("uncertainty") or {}).get("p_malignant_spread")
+        self.normalizer = self._normalizer(card)
         self.batch_size = batch_size
         # One lock per model: Streamlit sessions share the predictor, and Keras layers and
         # tf.function tracing are not safe to enter from two threads at once.
@@ -179,15 +167,24 @@ class Predictor:
         self._forward_tta = tf.function(self._heads_tta, input_signature=spec)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike = DEFAULT_MODEL_DIR, **options) -> "Predictor":
-        """Load and verify a model folder once (raises ModelFolderError with a clear message).
-        An ensemble folder gives a core.model.ensemble.EnsemblePredictor."""
-        if cls is Predictor and card_kind(read_card(folder)) == ENSEMBLE:
-            from core.model.ensemble import EnsemblePredictor
-
-            return EnsemblePredictor.load(folder, **options)
+    def from_folder(cls, folder: str | os.PathLike = DEFAULT_MODEL_DIR, **options) -> "Predictor":
+        """Load and verify a classifier folder (raises ModelFolderError with a clear message)."""
         model, card = load_model_folder(folder)
         return cls(model, card, folder, **options)
+
+    @property
+    def members(self) -> list["Predictor"]:
+        """The classifiers whose outputs this predictor combines: a single model is its own one member."""
+        return [self]
+
+    @staticmethod
+    def _input_size(card: dict) -> int:
+        return int(card["input_size"])
+
+    @staticmethod
+    def _normalizer(card: dict) -> StainNormalizer:
+        """Stain normalisation fitted at training (core.data.stain), applied after the one resize."""
+        return StainNormalizer.from_dict(card.get("stain_normalization"))
 
     @property
     def name(self) -> str:
@@ -203,8 +200,6 @@ class Predictor:
     def images_per_pass(self, tta: bool = False) -> int:
         """Images per compiled call: batch_size model inputs, which TTA's 8 views each fill 8 of."""
         return max(1, self.batch_size // 8) if tta else self.batch_size
-
-    uncertainty_source = "test-time views"
 
     def model_input(self, images: list[np.ndarray]) -> np.ndarray:
         """Validated uint8 RGB images -> the model's float batch (the shared preprocessing)."""
@@ -238,6 +233,11 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
         return self.interpret(self.probabilities(list(images), tta), refer_threshold, tta)
+
+    def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
+        """The members' raw head outputs (in `members` order) -> this predictor's raw outputs. One
+        model: its own. (An ensemble averages its calibrated members, core.model.ensemble.)"""
+        return member_outputs[0]
 
     def calibrate(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw head outputs -> calibrated probabilities (temperature scaling per head, from the card;
@@ -298,7 +298,7 @@ class Predictor:
         if uncertainty and self.uncertainty_threshold is not None \
                 and uncertainty["p_malignant_spread"] > self.uncertainty_threshold:
             reasons.append(f"{uncertainty['source']} disagree (p(malignant) spread "
-                           f"{uncertainty['p_malignant_spread']:.2f} > {self.uncertainty_threshold:.2f})")
+                           f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
         if self.is_demo:
             reasons.append(DEMO_REASON)
         return Prediction(stage1, label, stage2, within[other], subtype, confidence,

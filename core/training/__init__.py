@@ -1,15 +1,11 @@
 """core.training: from a folder of images to an evaluated model folder.
 
 config (TrainConfig: the one definition of a run's options), fit (the training job), progress
-(the JSON-lines stream the app follows), evaluate (protocol-labelled metrics), figures (plots of
-them), recipes (how the bundled default model is made).
+(the JSON-lines stream the app follows), calibrate_run (temperatures on the validation split),
+crossval, compare, tuning and ensemble_run (runs made of runs), recipes (how the bundled default
+model is made). Evaluating a run is core.evaluation's job.
+
+Thin on purpose: import the module you need, e.g. `from core.training.fit import train`.
+Importing the package loads nothing else, so a light module (the progress stream, the jobs
+code) never pulls in TensorFlow.
 """
-
-from core.training.config import TrainConfig
-from core.training.evaluate import evaluate_run
-from core.training.fit import Cancelled, train
-from core.training.progress import ProgressWriter, latest_state, read_progress
-from core.training.recipes import make_default
-
-__all__ = ["Cancelled", "ProgressWriter", "TrainConfig", "evaluate_run", "latest_state", "make_default",
-           "read_progress", "train"]

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.errors import UserInputError
+from core.evaluation.intervals import format_interval
 from core.jsonfile import read_json
-from core.training.intervals import format_interval
+from core.paths import refuse_existing_run
 
 VALIDATION = ("stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")
 TEST = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
@@ -45,7 +47,7 @@ def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named
         backbone, _, size = name.partition("@")
         pairs.append((backbone, int(size) if size else default_size))
     if not pairs:
-        raise ValueError("Name the candidates: --backbones (and --input-sizes) or --candidates BACKBONE@SIZE ...")
+        raise UserInputError("Name the candidates: --backbones (and --input-sizes) or --candidates BACKBONE@SIZE ...")
     return pairs
 
 
@@ -54,8 +56,7 @@ def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     from core.training.fit import train
 
     out = Path(config.out)
-    if (out / "comparison.csv").exists():
-        raise FileExistsError(f"{out} already holds a comparison; choose a new --out folder")
+    refuse_existing_run(out, ("comparison.csv",), holds="a comparison")
     rows, metrics = [], None
     for backbone, size in pairs:
         name = f"{backbone}-{size}"

@@ -15,6 +15,7 @@ from core.data.labels import HIERARCHICAL, HIERARCHIES, INPUT_SIZE, MAGNIFICATIO
 from core.data.selection import SplitSpec
 from core.data.splits import PATIENT, PROTOCOL_NAMES, normalise_protocol
 from core.data.stain import STAIN_METHODS
+from core.errors import UserInputError
 from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.options import option
 
@@ -80,6 +81,15 @@ class TrainConfig:
         return None if self.weights in (None, "none", "None") else self.weights
 
 
+def checked(config: TrainConfig | dict) -> TrainConfig:
+    """A copy of the settings with the run-time defaults filled in, validated (UserInputError)."""
+    config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
+    config.input_size = config.input_size or INPUT_SIZE
+    config.weights = config.weights_or_none
+    validate(config)
+    return config
+
+
 def validate(config: TrainConfig) -> None:
     """All setting problems at once, in words, before anything is written."""
     problems = []
@@ -104,4 +114,4 @@ def validate(config: TrainConfig) -> None:
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:
-        raise ValueError("Invalid training settings: " + "; ".join(problems))
+        raise UserInputError("Invalid training settings: " + "; ".join(problems))

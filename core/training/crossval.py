@@ -1,6 +1,6 @@
 """Patient-wise k-fold cross-validation: every fold in one command, then mean and spread.
 
-    python -m core train --data DIR --out runs/cv --folds 5 [other options]
+    python -m core train --data DIR --out runs/cv --folds 5 [other options]   (no --fold)
 
 With a test set of a handful of patients one split's figure hangs on which patients it drew;
 k folds test every case exactly once (core.data.splits.patient_kfold). Each fold is an ordinary
@@ -14,9 +14,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from core.errors import UserInputError
+from core.evaluation.intervals import fold_summary
 from core.jsonfile import read_json, write_json_atomic
 from core.model.ensemble import save_ensemble
-from core.training.intervals import fold_summary
+from core.paths import refuse_existing_run
+from core.training.config import TrainConfig, checked
+from core.training.fit import train
 
 HEADLINE = ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1")
 
@@ -30,13 +34,14 @@ def fold_figures(metrics: dict) -> dict:
     return figures
 
 
-def cross_validate(config) -> dict:
-    """Train and evaluate every fold of a TrainConfig with --folds k; returns the summary."""
-    from core.training.fit import train
-
+def cross_validate(config: TrainConfig | dict) -> dict:
+    """Train and evaluate every fold of a TrainConfig with --folds k (and no --fold), each by
+    core.training.fit.train; returns the summary."""
+    config = checked(config)
+    if not config.all_folds:
+        raise UserInputError("A cross-validation needs --folds k (at least 2) and no --fold")
     out = Path(config.out)
-    if (out / "cv.json").exists():
-        raise FileExistsError(f"{out} already holds a cross-validation; choose a new --out folder")
+    refuse_existing_run(out, ("cv.json",), holds="a cross-validation")
     runs = []
     for fold in range(config.folds):
         result = train(dataclasses.replace(config, fold=fold, out=str(out / f"fold-{fold}")))

@@ -31,27 +31,23 @@ import pandas as pd
 import tensorflow as tf
 
 from core.data.balance import apply_strategy
-from core.data.labels import INPUT_SIZE, output_sizes
+from core.data.labels import output_sizes
 from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage
 from core.data.synthetic import check_synthetic_folder
+from core.errors import BreakhisError, Cancelled, UserInputError
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
-from core.paths import portable
-from core.training.config import TrainConfig, validate
+from core.paths import portable, refuse_existing_run
+from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 from core.training.runcard import head_options, model_card
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
-
-
-class Cancelled(BaseException):
-    """Raised by the SIGTERM handler. A BaseException (like KeyboardInterrupt), so no library's
-    `except Exception` can swallow it."""
 
 
 def prepare_data(config: TrainConfig) -> dict:
@@ -62,7 +58,7 @@ def prepare_data(config: TrainConfig) -> dict:
     if config.balance == "synthetic" and config.synthetic_dir and not config.allow_gan_leak:
         problems = check_synthetic_folder(config.synthetic_dir, selection.fingerprint, spec)
         if problems:
-            raise ValueError(f"Refusing the GAN images in {config.synthetic_dir}: " + "; ".join(problems)
+            raise UserInputError(f"Refusing the GAN images in {config.synthetic_dir}: " + "; ".join(problems)
                              + ". Train the GAN on this run's training split (python -m core gan train --split "
                              "SPLIT --split-seed SEED --magnification MAG [--folds K --fold I] on the same data), "
                              "or pass --allow-gan-leak (allow_gan_leak=True) to use them anyway.")
@@ -84,7 +80,7 @@ def prepare_data(config: TrainConfig) -> dict:
 def choose_strategy(name: str = "auto", devices: str | None = None) -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG is set, Mirrored for >1 GPU or when asked, else default."""
     if name not in ("auto", "default", "mirrored"):
-        raise ValueError(f"Unknown strategy {name!r}; use auto, mirrored or default")
+        raise UserInputError(f"Unknown strategy {name!r}; use auto, mirrored or default")
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
@@ -255,18 +251,18 @@ def validate_final(model, val: pd.DataFrame, config, data: dict, strategy) -> di
 def _after_training(run_dir: Path, what: str, command: str, **options):
     """Calibration, then evaluation, of the saved model. A failure fails the run: a model whose
     calibration or evaluation broke must not look like a finished, measured one."""
-    from core.training.calibrate import calibrate_run
-    from core.training.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run
+    from core.training.calibrate_run import calibrate_run
 
     try:
         return (calibrate_run if what == "calibration" else evaluate_run)(run_dir, **options)
     except Exception as error:
-        raise RuntimeError(f"the model in {run_dir / 'model'} was saved, but its {what} failed "
+        raise BreakhisError(f"the model in {run_dir / 'model'} was saved, but its {what} failed "
                            f"({type(error).__name__}: {error}); re-run python -m core {command} {run_dir}") from error
 
 
 def _evaluate(run_dir: Path, baselines: bool) -> dict:
-    """core.training.evaluate on the test split -> the headline numbers."""
+    """core.evaluation.evaluate on the test split -> the headline numbers."""
     result = _after_training(run_dir, "evaluation", "evaluate", baselines=baselines)
     return {f"test_{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -332,20 +328,16 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
 
 
 def train(config: TrainConfig | dict) -> dict:
-    """Run one training job; returns a summary. On SIGTERM raises Cancelled, on failure re-raises,
-    in both cases after writing the final events, so the caller and the stream both know."""
-    config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
-    config.input_size = config.input_size or INPUT_SIZE
-    config.weights = config.weights_or_none
-    validate(config)
-    if config.all_folds:  # --folds k without --fold: every fold, then the cross-validation summary
-        from core.training.crossval import cross_validate
-
-        return cross_validate(config)
+    """Train exactly one run (one split, or one fold of a k-fold split); returns a summary. On
+    SIGTERM raises Cancelled, on failure re-raises, in both cases after writing the final events,
+    so the caller and the stream both know. Every fold in one go: core.training.crossval."""
+    config = checked(config)
+    if config.all_folds:
+        raise UserInputError(f"--folds {config.folds} without --fold is a cross-validation of every fold: "
+                             "run core.training.crossval.cross_validate (python -m core train does)")
     chief, worker = is_chief()
     run_dir = Path(config.out) if chief else Path(tempfile.mkdtemp(prefix=f"breakhis-worker{worker}-"))
-    if (run_dir / "progress.jsonl").exists() or (run_dir / "model").exists():
-        raise FileExistsError(f"{run_dir} already holds a training run; choose a new --out folder")
+    refuse_existing_run(run_dir, ("progress.jsonl", "model"))
     run_dir.mkdir(parents=True, exist_ok=True)
     config.data = str(Path(config.data).resolve())  # split.csv paths stay valid from any directory
     if not chief:  # evaluation and calibration are the chief's; this worker only trains in step

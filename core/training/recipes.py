@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from core.data.breakhis import index_folder
+from core.errors import UserInputError
 from core.model.backbones import DEFAULT_BACKBONE
 from core.model.folders import load_model_folder, update_card
-from core.paths import DEFAULT_MODEL_DIR, runs_dir
+from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
+from core.training.crossval import cross_validate as cross_validation
 from core.training.fit import train
 
 # A recipe names every setting that decides the model, so a later change of a TrainConfig default
@@ -35,7 +37,14 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
                batch_size=32, weights="none", balance="class_weights", split="patient-wise", patience=6, seed=0,
                zoom=0.6, augment_strength=2.0, early_stopping=False)
 RECIPES = {"full": FULL, "limited": LIMITED}
-FULL_SET_MIN_IMAGES = 5000  # BreakHis has 7,909; far fewer images cannot support the full recipe
+FULL_SET_MIN_IMAGES = 5000
+
+
+def launch_defaults(gpu: bool) -> TrainConfig:
+    """What Retrain's form starts from on this machine: TrainConfig's defaults (the full recipe's
+    DenseNet121 fine-tuning at 224 px) with a GPU; without one the "limited" recipe, which trains the
+    bundled model on 2 CPU cores, because a DenseNet fine-tune on a CPU takes hours per epoch."""
+    return TrainConfig(data="", out="") if gpu else TrainConfig(data="", out="", **LIMITED)  # BreakHis has 7,909; far fewer images cannot support the full recipe
 
 
 def choose_recipe(data) -> str:
@@ -46,18 +55,18 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
                  cross_validate: int = 0) -> Path:
     """Train with the recipe (and optionally cross-validate it), then install the model folder."""
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    if not force:
+        refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
     recipe = recipe or choose_recipe(data)
     if recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        raise UserInputError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     run_dir = runs_dir() / f"default-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(TrainConfig(data=str(data), out=str(run_dir), **RECIPES[recipe]))
     load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
     extras = [run_dir / "history.csv", run_dir / "metrics.json"]
     if cross_validate:
         cv_dir = run_dir.with_name(run_dir.name + f"-cv{cross_validate}")
-        train(TrainConfig(data=str(data), out=str(cv_dir), folds=cross_validate, **RECIPES[recipe]))
+        cross_validation(TrainConfig(data=str(data), out=str(cv_dir), folds=cross_validate, **RECIPES[recipe]))
         extras += [cv_dir / "cv.json", cv_dir / "cv.md"]
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)

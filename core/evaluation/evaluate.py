@@ -20,15 +20,11 @@ import pandas as pd
 
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, resolve_paths
-from core.jsonfile import read_json, write_json_atomic
-from core.model.calibration import reliability
-from core.model.folders import update_card
-from core.model.predict import Predictor
-from core.paths import portable
-from core.training.baselines import BASELINES
-from core.training.figures import confusion_figure, roc_figure, scope_text
-from core.training.intervals import headline_intervals, point_metrics
-from core.training.metrics import (
+from core.errors import UserInputError
+from core.evaluation.baselines import BASELINES
+from core.evaluation.figures import confusion_figure, roc_figure, scope_text
+from core.evaluation.intervals import headline_intervals, point_metrics
+from core.evaluation.metrics import (
     PATIENT_NOTE,
     columns_of,
     magnification_blocks,
@@ -39,7 +35,13 @@ from core.training.metrics import (
     stage2_blocks,
     subtype8_block,
 )
-from core.training.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
+from core.evaluation.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
+from core.jsonfile import read_json, write_json_atomic
+from core.model.calibration import reliability
+from core.model.folders import update_card
+from core.model.loading import load_predictor
+from core.model.predict import Predictor
+from core.paths import portable
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
 
@@ -55,11 +57,11 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
     """
     csv = run_dir / "split.csv"
     if not csv.is_file():
-        raise FileNotFoundError(f"{csv} not found: is {run_dir} a training run folder?")
+        raise UserInputError(f"{csv} not found: is {run_dir} a training run folder?")
     table = pd.read_csv(csv)
     missing_columns = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing_columns:
-        raise ValueError(f"{csv} lacks the column(s) {', '.join(missing_columns)}")
+        raise UserInputError(f"{csv} lacks the column(s) {', '.join(missing_columns)}")
     if "protocol" not in table.columns:
         table["protocol"] = "unknown protocol"
     if data_dir is not None:
@@ -170,7 +172,7 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
 
 
 def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_recall: float) -> dict:
-    """Each baseline (core.training.baselines), fitted on the run's training images and scored on
+    """Each baseline (core.evaluation.baselines), fitted on the run's training images and scored on
     the same held-out images, cases and thresholds rule as the model."""
     train = table[(table["split"] == "train") & ~table.get("synthetic", pd.Series(False, index=table.index)).astype(bool)]
     scored = {}
@@ -212,15 +214,15 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     run_dir = Path(run_dir)
     threshold = 0.5 if recall_threshold is None else float(recall_threshold)
     if not 0.0 <= threshold <= 1.0 or not 0.0 < target_recall <= 1.0:
-        raise ValueError("thresholds and target recall must be in [0, 1]")
+        raise UserInputError("thresholds and target recall must be in [0, 1]")
     table, missing = read_split(run_dir, data_dir)
     if split not in set(table["split"]):
-        raise ValueError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
+        raise UserInputError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
                          f"({len(missing)} listed images not found; pass --data DIR to find them by name)")
-    predictor = Predictor.load(run_dir / "model")
+    predictor = load_predictor(run_dir / "model")
     evaluated, unreadable = predict_table(predictor, table[table["split"] == split], batch_size)
     if evaluated.empty:
-        raise ValueError(f"None of the {split!r} images could be read")
+        raise UserInputError(f"None of the {split!r} images could be read")
     val_table = None
     if split != "val" and (table["split"] == "val").any():
         val_table, unreadable_val = predict_table(predictor, table[table["split"] == "val"], batch_size)
@@ -233,7 +235,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
     }
-    views = getattr(predictor, "members", None) is not None  # an ensemble has views without TTA
+    views = len(predictor.members) > 1  # an ensemble's members are views without TTA
     val_rows, rows = table[table["split"] == "val"], table[table["split"] == split]
     with_views = val_table if views else (predict_table(predictor, for_views(val_rows), batch_size, tta=True)[0]
                                           if val_table is not None else None)

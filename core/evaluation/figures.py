@@ -45,7 +45,7 @@ def roc_figure(block: dict, title: str) -> go.Figure:
 
 def reliability_figure(calibration: dict, split: str = "test") -> go.Figure:
     """Reliability diagram of each head on `split`: accuracy against confidence per bin, before and
-    after temperature scaling, against the diagonal of perfect calibration (core.training.calibrate)."""
+    after temperature scaling, against the diagonal of perfect calibration (core.training.calibrate_run)."""
     measured = (calibration.get("measured") or {}).get(split) or {}
     figure = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
                                   line=dict(dash="dot", color="#9aa7ad")))

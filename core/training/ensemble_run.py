@@ -4,7 +4,7 @@
 
 Members trained on the same split (different backbones, or seeds) share their held-out cases, so
 the ensemble run gets that split and is evaluated like any run: the ensemble and every member on
-the same test images (core.training.evaluate). The fold models of a k-fold cross-validation
+the same test images (core.evaluation.evaluate). The fold models of a k-fold cross-validation
 (core.training.crossval) each held out different patients, so that ensemble has no common
 held-out cases: its card points to the cross-validation, which is the estimate of its accuracy.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.model.ensemble import save_ensemble
+from core.paths import refuse_existing_run
 
 
 def _run_of(member: Path) -> Path:
@@ -38,8 +39,7 @@ def shared_split(members: list[Path]) -> pd.DataFrame | None:
 def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, **card_fields) -> Path:
     """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation."""
     members, out = [Path(m) for m in members], Path(out)
-    if (out / "model").exists():
-        raise FileExistsError(f"{out} already holds a model; choose a new --out folder")
+    refuse_existing_run(out, ("model",), holds="a model")
     common = shared_split(members)
     if common is not None:
         source = _run_of(members[0])
@@ -53,7 +53,7 @@ def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = T
                                              "see the cross-validation for the accuracy estimate")
     folder = save_ensemble(members, out / "model", name=name or out.name, **card_fields)
     if common is not None and evaluate and (common["split"] == "test").any():
-        from core.training.evaluate import evaluate_run
+        from core.evaluation.evaluate import evaluate_run
 
         evaluate_run(out)
     return folder

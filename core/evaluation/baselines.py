@@ -7,7 +7,7 @@
   does not beat this, it has learnt little more than colour and texture.
 
 Both return, per image, p(class) and p(subtype | class), the same quantities a Predictor gives,
-so core.training.evaluate scores them with the same code and the same case-level rule.
+so core.evaluation.evaluate scores them with the same code and the same case-level rule.
 """
 
 from __future__ import annotations

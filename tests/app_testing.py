@@ -1,4 +1,5 @@
-"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing).
+"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing); test
+support, so it lives under tests/ and the product never imports it.
 
 A throwaway model folder (an untrained small_cnn, saved the one official way), the environment
 that points the app at given model folders, and the AppTest patch that makes every run go

@@ -2,7 +2,7 @@
 
 Every block says which split, which split protocol (patient-wise or leaky image-level) and how
 many images and cases it was computed on, because a BreakHis number without its protocol is not
-comparable to anything. The table is core.training.evaluate.predictions_frame's.
+comparable to anything. The table is core.evaluation.evaluate.predictions_frame's.
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from core.data.labels import CLASSES, FLAT_OUTPUT, HIERARCHICAL, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, subtype_index
+from core.errors import UserInputError
+from core.evaluation.evaluate import raw_outputs, read_split
+from core.evaluation.metrics import scope
 from core.model.calibration import ECE_BINS, apply_temperature, brier, fit_temperature, reliability
 from core.model.folders import update_card
-from core.model.predict import Predictor
-from core.training.evaluate import raw_outputs, read_split
-from core.training.metrics import scope
+from core.model.loading import load_predictor
 
 
 def head_targets(rows: pd.DataFrame, hierarchy: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -55,7 +56,7 @@ def calibrate_run(run_dir, data_dir=None, batch_size: int = 32) -> dict:
     """Fit, measure and store the temperatures of RUN/model; returns the card's calibration block."""
     run_dir = Path(run_dir)
     table, _ = read_split(run_dir, data_dir)
-    predictor = Predictor.load(run_dir / "model", calibrated=False)
+    predictor = load_predictor(run_dir / "model", calibrated=False)
     parts = {}
     for split in ("val", "test"):
         rows = table[table["split"] == split]
@@ -64,7 +65,7 @@ def calibrate_run(run_dir, data_dir=None, batch_size: int = 32) -> dict:
             rows = rows.iloc[kept].reset_index(drop=True)
             parts[split] = (rows, outputs, head_targets(rows, predictor.hierarchy))
     if "val" not in parts:
-        raise ValueError(f"{run_dir} has no readable validation images to fit temperatures on")
+        raise UserInputError(f"{run_dir} has no readable validation images to fit temperatures on")
     rows, outputs, targets = parts["val"]
     temperatures = {head: fit_temperature(outputs[head][own], truth) for head, (own, truth) in targets.items()
                     if own.any()}

@@ -1,0 +1,218 @@
+"""What a pathologist sees first on Diagnose must not mislead (issue 20).
+
+A photo gets no call anywhere (page, CLI, CSV, PDF, case call) while real tissue is still analysed;
+the uncertainty flag's figures tell its two numbers apart and it flags a stated share of
+validation; a subtype head below the colour/texture baseline is demoted; the case table shows its
+refer reasons, heat maps carry a colour scale and no padding frame; a corrupt file's row is empty,
+not "None"; the PDF has patient, specimen, reviewer and sign-off fields and unbroken headers.
+"""
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+from streamlit.testing.v1 import AppTest
+
+from core.app import registry, report, service
+from core.data.histology import NOT_ANALYSED, histology_check
+from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, make_model_folder, png_bytes, run_app_like_the_server
+
+REAL = REPO.parent / "shared" / "breakhis" / "real"
+# The bundled model's measured figures (models/default/card.json): subtype macro-F1 below the
+# colour/texture baseline's on the same 188 test images of 9 patients.
+WEAK_SUBTYPES = {"subtype_macro_f1": 0.02, "data": {"images": 188, "cases": 9},
+                 "baselines": {"colour_texture": {"subtype_macro_f1": 0.17}}}
+
+
+def astronaut() -> bytes:
+    return png_bytes(skimage_data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("first-view") / "weak-subtypes", demo=False,
+                             name="weak-subtypes", metrics=WEAK_SUBTYPES)
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    from core.model.loading import load_predictor
+
+    return load_predictor(model_dir)
+
+
+@pytest.fixture(scope="module")
+def sample(samples_dir):
+    path = sorted(samples_dir.rglob("SOB_B_A-14-22549AB-40-*.png"))[0]
+    return path.name, path.read_bytes()
+
+
+# --- a photo is not analysed, real tissue is ----------------------------------------------------
+
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea", "immunohistochemistry", "retina"])
+def test_photos_and_other_stains_are_not_histology(photo):
+    verdict = histology_check(np.asarray(getattr(skimage_data, photo)())[..., :3])
+    assert not verdict.analysable, verdict
+
+
+def test_real_tissue_is_never_refused():
+    paths = sorted(REAL.rglob("*.png"))[::8]  # every 8th of the 757 real images, all patients' sources
+    assert len(paths) > 80
+    refused = {p.name: v.reason for p in paths if not (v := histology_check(np.asarray(Image.open(p).convert("RGB")))).analysable}
+    assert refused == {}
+
+
+def test_a_photo_gets_no_call_no_heat_map_and_no_case_contribution(predictor, sample):
+    results = service.diagnose_items(predictor, [sample, ("astronaut.png", astronaut()), ("broken.png", b"x")])
+    photo = results[1]
+    assert photo.error is None and not photo.ok and photo.prediction is None and photo.gradcam is None
+    assert "not H&E pink/purple" in photo.not_histology
+    table = report.results_table(results, registry.model_badge(predictor.card))
+    row = table.set_index("file").loc["astronaut.png"]
+    assert row["call"] == NOT_ANALYSED and row["subtype"] == "" and row["p_malignant"] == ""
+    assert row["reasons"] == photo.not_histology
+    cases = report.case_calls(results)
+    assert cases["images"].sum() == 1  # only the real sample counts
+
+
+def test_the_cli_prints_not_analysed_for_a_photo(tmp_path, model_dir):
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(astronaut())
+    done = subprocess.run([sys.executable, "-m", "core", "predict", str(photo), "--model", str(model_dir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [l for l in done.stdout.splitlines() if l.startswith("astronaut.png")][0]
+    assert f"\t{NOT_ANALYSED} (colours are not H&E" in line
+    assert "benign" not in line and "malignant" not in line and "confidence" not in line
+
+
+# --- uncertainty figures and their threshold ----------------------------------------------------
+
+def test_the_uncertainty_threshold_flags_a_stated_share_of_validation():
+    from core.evaluation.thresholds import UNCERTAIN_SHARE, uncertainty_threshold
+
+    rng = np.random.default_rng(0)
+    spread = rng.exponential(0.002, 400)
+    wrong = rng.random(400) < 0.3  # errors everywhere: Youden's J picked a tiny spread here
+    table = pd.DataFrame({"uncertainty": spread, "label": "benign",
+                          "pred_label": np.where(wrong, "malignant", "benign"), "case": "1-1", "protocol": "patient-wise"})
+    rule = uncertainty_threshold(table, "test-time views")
+    flagged = (spread > rule["p_malignant_spread"]).mean()
+    assert abs(flagged - UNCERTAIN_SHARE) < 0.01 and rule["flagged_share_on_validation"] == pytest.approx(flagged)
+    assert f"{UNCERTAIN_SHARE:.0%} most uncertain validation images" in rule["rule"]
+
+
+def test_an_uncertainty_refer_reason_tells_its_two_figures_apart(predictor, sample):
+    rgb = np.asarray(Image.open(io.BytesIO(sample[1])).convert("RGB"))
+    outputs = predictor.probabilities([rgb], tta=True)
+    spread = predictor.interpret(outputs, 0.5, tta=True)[0].uncertainty["p_malignant_spread"]
+    assert 0 < spread < 0.05  # an untrained model: tiny spreads, the case the issue saw
+    kept = predictor.uncertainty_threshold
+    try:
+        predictor.uncertainty_threshold = spread * 0.9
+        reasons = predictor.interpret(outputs, 0.5, tta=True)[0].refer_reasons
+    finally:
+        predictor.uncertainty_threshold = kept
+    [reason] = [r for r in reasons if "spread" in r]
+    shown, limit = map(float, re.search(r"spread ([0-9.e-]+) > ([0-9.e-]+)", reason).groups())
+    assert shown > limit and shown == pytest.approx(spread, rel=0.01)
+
+
+# --- subtype demotion ---------------------------------------------------------------------------
+
+def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, sample):
+    reliable, note = registry.subtype_reliability(predictor.card)
+    assert not reliable and "0.02" in note and "0.17" in note and "188 test images of 9 patients" in note
+    assert registry.subtype_reliability({"metrics": {**WEAK_SUBTYPES, "subtype_macro_f1": 0.3}})[0]
+    results = service.diagnose_items(predictor, [sample])
+    table = report.results_table(results, "badge", subtype_reliable=False)
+    assert table["subtype"].iloc[0].startswith("not reliable for this model (most probable: ")
+    cases = report.case_calls(results, subtype_reliable=False)
+    assert cases["subtype"].iloc[0].startswith("not reliable for this model")
+    assert "subtype not reliable for this model" in results[0].prediction.summary(subtype_reliable=False)
+
+
+# --- heat maps ----------------------------------------------------------------------------------
+
+def test_a_padding_frame_is_left_out_of_the_heat_map_and_said():
+    from core.model.cam import to_heatmap
+
+    cam = np.zeros((16, 16), np.float32)
+    cam[:, 0] = cam[:, -1] = 5.0  # a frame, as zero padding draws on real stage-2 maps
+    cam[6:9, 6:9] = 1.0  # a weak tissue finding
+    heatmap, note = to_heatmap(cam, (160, 160))
+    assert "bright frame along the image border" in note
+    assert heatmap[:, :8].max() < heatmap[70:90, 70:90].max()  # the finding, not the border, is brightest
+    inner = np.zeros((16, 16), np.float32)
+    inner[3:6, 10:13] = 1.0
+    unchanged, note = to_heatmap(inner, (160, 160))
+    assert note == "" and unchanged.max() == pytest.approx(1.0)
+
+
+def test_the_colour_bar_runs_from_the_low_to_the_high_colour():
+    from core.model.cam import colorize, colour_bar
+
+    bar = colour_bar(256, 10)
+    assert bar.shape == (10, 256, 3)
+    assert (bar[0, 0] == colorize(np.zeros((1, 1)))[0, 0]).all() and (bar[0, -1] == colorize(np.ones((1, 1)))[0, 0]).all()
+
+
+# --- the PDF ------------------------------------------------------------------------------------
+
+def test_the_pdf_has_identification_and_sign_off_fields_and_whole_headers(predictor, sample):
+    from pypdf import PdfReader
+
+    results = service.diagnose_items(predictor, [sample, ("astronaut.png", astronaut())])
+    overlays = {results[0].digest: (results[0].display, results[0].display)}
+    cases = report.case_calls(results)
+    details = report.ReportDetails(patient_id="P-0042", specimen_id="S-17-0311", reviewer="Dr. Ana Lima")
+    pdf = report.build_report(results, overlays, cases, registry.describe_model(predictor.card), details)
+    first = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    assert "P-0042" in first and "S-17-0311" in first and "Dr. Ana Lima" in first
+    assert "sign-off" in first and "Signed:" in first and "Date:" in first
+    header = next(line for line in first.splitlines() if line.startswith("case images"))
+    assert header.split() == ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer", "for",
+                              "review", "reasons"]  # no word broken across lines ("p_malignan t")
+    assert f"astronaut.png: {NOT_ANALYSED}" in first
+    blank = report.build_report(results, overlays, cases, registry.describe_model(predictor.card))
+    assert "patient id ____" in PdfReader(io.BytesIO(blank)).pages[0].extract_text()
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app_env(model_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(model_dir.parent, model_dir, runs).items():
+            patch.setenv(key, value)
+        run_app_like_the_server(patch)
+        yield
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_the_diagnose_page_first_view(app_env, sample):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/diagnose.py").run()
+    files = [(sample[0], sample[1], "image/png"), ("astronaut.png", astronaut(), "image/png"),
+             ("broken.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")]
+    app.file_uploader(key="uploads").set_value(files).run()
+    assert not app.exception
+    assert f"astronaut.png: {NOT_ANALYSED}" in texts(app.warning)
+    headlines = [m for m in texts(app.markdown).splitlines() if "confidence" in m]
+    assert len(headlines) == 1 and "subtype not reliable for this model" in headlines[0]  # the photo has none
+    assert "astronaut.png" not in texts(app.markdown)  # no result card, no heat map for the photo
+    table = next(frame.value for frame in app.dataframe if "file" in frame.value.columns)
+    assert list(table.columns[:6]) == report.SHOWN_FIRST  # the refer reasons are not off-screen
+    assert not table.isna().any().any() and "None" not in table.astype(str).to_numpy()
+    assert "Heat-map colour scale" in texts(app.caption)
