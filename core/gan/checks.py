@@ -96,7 +96,8 @@ def real_vs_real(real: RealPatches) -> dict:
 
 def judge(generators: dict, untrained, real: RealPatches) -> dict:
     """Each generator (name -> core.gan.sampling.Generator) on the same real patches; `untrained`
-    is a Generator with random weights (every distance's ceiling)."""
+    is a Generator with random weights (every distance's ceiling). A subtype without a held-out
+    field and a training field is listed under "not_judged"."""
     draw = lambda g, s: g.patches(s, real.n, real.size, real.mpp, real.seed)  # noqa: E731
     ceiling = {s: draw(untrained, s) for s in real.subtypes}
     result = {"scale": {"mpp": real.mpp, "patch_px": real.size}, "patches_per_set": real.n, "seed": real.seed,
@@ -104,7 +105,8 @@ def judge(generators: dict, untrained, real: RealPatches) -> dict:
               "real_set": "patches of held-out fields of the training patients (never seen by the new generator)"}
     for name, generator in generators.items():
         fakes = {s: draw(generator, s) for s in real.subtypes if s in generator.subtypes}
-        result["generators"][name] = {"name": generator.name, **judge_one(fakes, ceiling, real)}
+        result["generators"][name] = {"name": generator.name, **judge_one(fakes, ceiling, real),
+                                      "not_judged": [s for s in generator.subtypes if s not in real.subtypes]}
     return result
 
 
