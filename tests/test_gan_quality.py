@@ -171,7 +171,7 @@ def test_evaluate_writes_every_check_on_held_out_fields_and_keeps_the_folder_val
     _, card = load_model_folder(split_generator, kind=GENERATOR)  # the card update did not break the checksum
     assert set(card["quality"]["two_sample_accuracy"]) == {"ductal_carcinoma", "malignant"}
     saved = json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text())
-    assert saved["patches_per_set"] == 8 and (split_generator / gan_quality.QUALITY_DIR / "patches.png").is_file()
+    assert saved["patches_per_set"] == 8 and (split_generator / gan_quality.QUALITY_DIR / "patches.jpg").is_file()
     table = format_judgement(result)
     assert f"{report['classes']['malignant']['two_sample']['accuracy']:.3f}" in table and "All goals met" in table
 

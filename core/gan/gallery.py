@@ -47,7 +47,12 @@ def synthetic_patches(generator, subtype: str, n: int, seed: int = 0) -> np.ndar
 def load_quality(folder) -> dict | None:
     """The folder's measured checks, None when not measured (a damaged file raises ValueError or OSError)."""
     path = Path(folder) / QUALITY_FILE
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    quality = read_json(path)
+    if not isinstance(quality, dict) or "generators" not in quality:
+        raise ValueError("a report of an earlier `gan evaluate`, without the checks of core.gan.checks")
+    return quality
 
 
 def verdict(quality: dict) -> tuple[bool, str]:

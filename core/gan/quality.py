@@ -217,7 +217,7 @@ def evaluate_generator(model_dir, data_dir, features: Features | None = None, n:
                               out if write else None)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(comparison_sheet(real, {"generator": generator})).save(out / "patches.png")
+        Image.fromarray(comparison_sheet(real, {"generator": generator})).save(out / "patches.jpg", quality=85)
         write_json_atomic(out / "quality.json", result)
         report = result["generators"]["generator"]
         update_card(model_dir, quality={
