@@ -74,10 +74,11 @@ def test_seed_control_changes_the_synthetic_images(monkeypatch, generator_root):
 
 def test_a_damaged_quality_report_gives_a_message(monkeypatch, generator_root, tmp_path):
     shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-tiny")
-    (tmp_path / "gan-tiny" / "quality" / "quality.json").write_text("{not json")
-    app = page(monkeypatch, tmp_path)
-    assert not app.exception
-    assert "cannot be read" in app.error[0].value
+    for content, message in (("{not json", "cannot be read"), ('{"subtypes": {}}', "earlier `gan evaluate`")):
+        (tmp_path / "gan-tiny" / "quality" / "quality.json").write_text(content)
+        app = page(monkeypatch, tmp_path)
+        assert not app.exception
+        assert message in app.error[0].value
 
 
 def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
