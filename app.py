@@ -5,7 +5,7 @@
 Pages live in pages/, one file each; their logic lives in core/app (session for Streamlit glue).
 Works offline with the bundled default model (models/default) and samples (assets/samples).
 Optional environment variables: BREAKHIS_DEFAULT_MODEL, BREAKHIS_MODEL_DIRS, BREAKHIS_RUNS_DIR,
-BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py).
+BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app/slides.py).
 """
 
 import streamlit as st
@@ -18,6 +18,7 @@ session.keep_keras_state()  # cached models are shared; Streamlit must not clear
 
 navigation = st.navigation([
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
+    st.Page("pages/slide.py", title="Slide", icon=":material/grid_view:"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/bar_chart:"),
     st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
     st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:"),

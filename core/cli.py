@@ -10,6 +10,9 @@
     calibrate RUN         refit each head's temperature on the validation split, then re-evaluate
     evaluate RUN          evaluate a run on its held-out split
     predict IMAGE...      classify images with a model folder
+    slide PATH --out DIR  a whole-slide image or large field analysed as tiles (core.slide)
+    slides DIR --out DIR  every slide of a folder, on a Dask cluster (--scheduler) or a local one
+    slide-threshold MODEL --data DIR   choose the slide-call threshold on validation, into the card
     make-default          reproduce the bundled default model
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
@@ -184,6 +187,47 @@ def _predict(args) -> int:
     return FAILED if failed else OK
 
 
+def _slide_options(args) -> dict:
+    from core.options import from_args
+    from core.slide.predictor import TileSettings
+    from core.slide.tissue import TissueSettings
+
+    return {"tiles": from_args(TileSettings, args), "tissue": from_args(TissueSettings, args),
+            "mpp": args.mpp, "magnification": args.magnification}
+
+
+def _slide(args) -> int:
+    from core.slide.batch import SlideJob, analyse_slide
+
+    def progress(done, total):
+        print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
+
+    row = analyse_slide(SlideJob(args.path, args.out, args.model, **_slide_options(args)), progress)
+    print(file=sys.stderr)
+    if row["error"]:
+        print(f"error: {row['error']}", file=sys.stderr)
+        return USER_ERROR
+    print(json.dumps(row))
+    return OK
+
+
+def _slides(args) -> int:
+    from core.slide.batch import BATCH_TABLE, run_batch
+
+    table = run_batch(args.folder, args.out, args.model, scheduler=args.scheduler, workers=args.workers,
+                      serial=args.serial, **_slide_options(args))
+    print(table.to_string(index=False))
+    print(f"wrote {Path(args.out) / BATCH_TABLE}")
+    return FAILED if (table["error"].fillna("") != "").any() else OK
+
+
+def _slide_threshold(args) -> int:
+    from core.slide.call import validate_slide_threshold
+
+    print(json.dumps(validate_slide_threshold(args.model, args.data), indent=1))
+    return OK
+
+
 def _make_default(args) -> int:
     from core.training.recipes import make_default
 
@@ -316,6 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     predict.add_argument("--threshold", type=_unit_interval, default=DEFAULT_REFER_THRESHOLD,
                          help=f"refer when p(class) or p(subtype) is below this (default {DEFAULT_REFER_THRESHOLD})")
+
+    for name, handler, text, target in (
+            ("slide", _slide, "analyse one whole-slide image or large image as tiles at the model's scale", "path"),
+            ("slides", _slides, "analyse every slide of a folder on a Dask cluster (a local one by default)", "folder")):
+        sub = command(name, handler, text)
+        sub.add_argument(target)
+        sub.add_argument("--out", required=True, help="output folder")
+        sub.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder")
+        sub.add_argument("--mpp", type=float, help="microns per pixel, for a file that does not state it")
+        sub.add_argument("--magnification", help="e.g. 200X, for a plain image whose name does not state it")
+        _add_dataclass_options(sub, "core.slide.predictor", "TileSettings")
+        _add_dataclass_options(sub, "core.slide.tissue", "TissueSettings")
+        if name == "slides":
+            sub.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
+            sub.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
+            sub.add_argument("--serial", action="store_true", help="no cluster: one slide after the other")
+    threshold = command("slide-threshold", _slide_threshold,
+                        "choose the slide-call threshold on the model's validation patients; writes it into the card")
+    threshold.add_argument("model", help="model folder")
+    threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
     default.add_argument("--data", required=True, help="BreakHis folder (any layout)")

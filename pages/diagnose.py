@@ -3,11 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import registry, report, session
+from core.app import registry, report, session, slides
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
+from core.errors import UserInputError
 from core.model.cam import COLOUR_SCALE, METHODS, colour_bar, overlay
 from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
+from core.slide.export import heatmap_rgb
 
 session.require_router()
 
@@ -64,6 +66,13 @@ for failed in (r for r in results if r.error):
 for refused in (r for r in results if r.not_histology):
     st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
                "it does not count in its case.", icon=":material/block:")
+# Uploads much larger than the field the model was trained on are analysed as tiles at its scale
+# (core.slide), not squashed into one input; they leave the per-image table, cases and report.
+stated = None if magnification == registry.NOT_STATED else magnification
+reasons = [slides.should_tile(predictor.card, r.name, r.image.original_size, stated) if r.ok else None
+           for r in results]
+tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
+results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]
 table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"])
 cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
@@ -156,8 +165,34 @@ def show(result, index: int) -> None:
             st.caption("Notes: " + "; ".join(result.notes))
 
 
+def show_tiled(result, reason: str, data: bytes) -> None:
+    with st.container(border=True):
+        st.markdown(f"#### {result.name}")
+        st.info(reason + " The Slide page shows the same analysis with every tile.", icon=":material/grid_view:")
+        key = ("_tiled", session.model_identity(predictor), result.digest, stated)
+        if key not in st.session_state:  # this session only: the upload stays in its memory
+            with st.spinner("Analysing the tiles..."):
+                try:
+                    st.session_state[key] = slides.analyse_upload(predictor, result.name, data, stated)
+                except UserInputError as problem:
+                    st.session_state[key] = str(problem)
+        tiles = st.session_state[key]
+        if isinstance(tiles, str):
+            st.error(tiles, icon=":material/block:")
+            return
+        demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
+        call = tiles.call
+        st.markdown(f"{demo}Call over the tiles: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
+                    f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
+        st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}).")
+        st.image(heatmap_rgb(tiles, opacity), caption="p(malignant) per tile over the image", width="stretch",
+                 output_format="JPEG")
+
+
 for index, result in enumerate(analysed):
     show(result, index)
+for result, reason, data in tiled:
+    show_tiled(result, reason, data)
 
 if analysed:
     st.subheader("Downloads")

@@ -166,3 +166,33 @@ def test_the_gan_gallery_shows_real_and_synthetic_patches(tmp_path):
         page.screenshot(path=str(ARTIFACTS / "gan_gallery.png"), full_page=True)
         assert "Distances that need no classifier" in page.locator("body").inner_text()  # the bundled one is measured
     assert (ARTIFACTS / "gan_gallery.png").stat().st_size > 20_000
+
+
+def test_the_slide_page_shows_a_heat_map_and_opens_a_tile(tmp_path):
+    """A large image uploaded on the Slide page with the bundled model: the call, the plotly heat
+    map, the top tile with both Grad-CAMs; screenshot in tests/artifacts/slide_e2e.png."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.slide_data import mosaic
+
+    models = REPO / "models"
+    environment = {"BREAKHIS_MODEL_DIRS": str(models), "BREAKHIS_DEFAULT_MODEL": str(models / "default"),
+                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs"), "BREAKHIS_SLIDE_DIRS": ""}
+    rgb, _ = mosaic()
+    upload = tmp_path / "SOB_M_MC-14-19979-200-900.tif"  # a TIFF upload: read with tiffslide from memory
+    Image.fromarray(np.ascontiguousarray(rgb[460:1380, 700:4200])).save(upload, compression="tiff_deflate")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with streamlit_server(tmp_path, environment) as url, browser_page() as page:
+        page.goto(f"{url}/slide", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Slide").wait_for(timeout=180_000)
+        page.locator('input[type="file"]').set_input_files(str(upload))
+        page.get_by_role("button", name="Analyse slide").click(timeout=120_000)
+        page.get_by_text("Slide call", exact=False).first.wait_for(timeout=180_000)
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
+        for caption in ("Tile at full resolution", "Stage 1 Grad-CAM", "Stage 2 Grad-CAM"):
+            page.get_by_text(caption, exact=False).first.wait_for(timeout=120_000)
+        page.get_by_role("button", name="Malignant regions (GeoJSON, QuPath)").wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "slide_e2e.png"), full_page=True)
+        assert "LIMITED DATA" in page.locator("body").inner_text()
+    assert (ARTIFACTS / "slide_e2e.png").stat().st_size > 20_000

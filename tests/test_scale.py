@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from core.data.scale import field_mpp, image_scale, magnification_mpp, scaled_size, tile_grid, tile_origins, to_scale
+from core.data.scale import (
+    field_mpp,
+    image_scale,
+    magnification_mpp,
+    model_scale,
+    scaled_size,
+    tile_grid,
+    tile_origins,
+    to_scale,
+)
 
 
 def test_magnification_figures_follow_the_objective():
@@ -55,3 +64,31 @@ def test_tile_grid_covers_the_image_without_padding_past_it():
     assert covered.all()
     with pytest.raises(ValueError):
         tile_origins(10, 0, 1)
+
+
+def test_model_scale_reads_the_card_or_derives_it_from_the_training_images():
+    stated = {"scale": {"mpp": 1.5625, "tile_px": [128, 128], "source": "a tile model"}}
+    assert model_scale(stated) == {"mpp": 1.5625, "tile_px": [128, 128], "source": "a tile model"}
+    at_400x = model_scale({"training": {"magnification": "400X"}})
+    assert at_400x["mpp"] == 0.25 and at_400x["tile_px"] == [700, 460] and "estimated" in at_400x["source"]
+    counted = model_scale({"training": {"magnification": "all"},
+                           "evidence": {"by_magnification": {"40X": 45, "200X": 641, "400X": 40}}})
+    assert counted["mpp"] == 0.5 and "641 of 726" in counted["source"]
+    assert model_scale({})["mpp"] == 0.5 and "200X assumed" in model_scale({})["source"]
+    with pytest.raises(ValueError, match="invalid"):
+        model_scale({"scale": {"mpp": 0, "tile_px": [700, 460]}})
+
+
+def test_training_writes_the_whole_field_scale_into_the_card():
+    import pandas as pd
+
+    from core.training.runcard import training_scale
+
+    class Config:
+        magnification = "all"
+
+    train = pd.DataFrame({"magnification": ["100X", "100X", "40X", "200X"], "synthetic": [False, False, False, True]})
+    scale = training_scale(Config, train)
+    assert scale["mpp"] == 1.0 and scale["tile_px"] == [700, 460]  # synthetic images do not count
+    Config.magnification = "40X"
+    assert training_scale(Config, train)["mpp"] == 2.5

@@ -118,7 +118,7 @@ def _format_note(image: Image.Image, name: str) -> list[str]:
     return []
 
 
-def _decode(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
+def _decode(image: Image.Image, name: str, max_side: int | None = WORKING_MAX_SIDE) -> tuple[Image.Image, list[str]]:
     """First frame, fully decoded (JPEG at reduced scale when far above the working size)."""
     notes = []
     frames = getattr(image, "n_frames", 1)
@@ -128,8 +128,8 @@ def _decode(image: Image.Image, name: str) -> tuple[Image.Image, list[str]]:
     fast = _decode_plain_png(image)
     if fast is not None:
         return fast, notes
-    if image.format == "JPEG" and max(image.size) > 2 * WORKING_MAX_SIDE:
-        ratio = WORKING_MAX_SIDE / max(image.size)
+    if max_side is not None and image.format == "JPEG" and max(image.size) > 2 * max_side:
+        ratio = max_side / max(image.size)
         image.draft(image.mode, (int(image.width * ratio) + 1, int(image.height * ratio) + 1))
     try:
         image.load()
@@ -230,45 +230,47 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
         raise ImageError(f"Images in mode {mode} are not supported ({error}).") from None
 
 
-def _limit_size(image: Image.Image, notes: list[str]) -> Image.Image:
-    if max(image.size) <= WORKING_MAX_SIDE:
+def _limit_size(image: Image.Image, notes: list[str], max_side: int | None = WORKING_MAX_SIDE) -> Image.Image:
+    if max_side is None or max(image.size) <= max_side:
         return image
     before = image.size
     image = image.copy()
-    image.thumbnail((WORKING_MAX_SIDE, WORKING_MAX_SIDE), Image.Resampling.LANCZOS)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     notes.append(f"downscaled from {before[0]}x{before[1]} to {image.width}x{image.height} for processing")
     return image
 
 
-def _decode_to_rgb(data: bytes, name: str) -> tuple[np.ndarray, str, tuple[int, int], list[str]]:
+def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SIDE) -> tuple[np.ndarray, str, tuple[int, int], list[str]]:
     """Header guards, first frame, EXIF orientation, mode and size: the whole conversion chain."""
     with _open(data, name) as image:
         original_mode, original_size = image.mode, image.size
         notes = _format_note(image, name)
-        decoded, decode_notes = _decode(image, name)
+        decoded, decode_notes = _decode(image, name, max_side)
         notes += decode_notes
         if decoded.size != original_size:
             notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")
         oriented, orientation_notes = _apply_orientation(decoded)
         rgb_image, mode_notes = _to_rgb(oriented)
         notes += orientation_notes + mode_notes
-        rgb_image = _limit_size(rgb_image, notes)
+        rgb_image = _limit_size(rgb_image, notes, max_side)
         rgb = np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))
     return rgb, original_mode, original_size, notes
 
 
-def load_image(source, name: str | None = None, check_histology: bool = True) -> LoadedImage:
+def load_image(source, name: str | None = None, check_histology: bool = True,
+               max_side: int | None = WORKING_MAX_SIDE) -> LoadedImage:
     """Load an upload (bytes, file-like) or a path as uint8 RGB; raise ImageError with a reason.
 
     Conversions are listed in `notes`; an image that is clearly not H&E tissue gets its reason in
     `not_histology` (callers give it no call), an atypical H&E image a `warnings` entry.
     check_histology=False skips that check (~20 ms) for bulk loading of known dataset images.
+    max_side=None keeps the full resolution (core.slide tiles large images at their own scale).
     """
     if name is None:
         name = Path(source).name if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
     data = _read_bytes(source, name)
     try:
-        rgb, original_mode, original_size, notes = _decode_to_rgb(data, name)
+        rgb, original_mode, original_size, notes = _decode_to_rgb(data, name, max_side)
     except ImageError:
         raise
     except MemoryError:

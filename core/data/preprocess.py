@@ -34,7 +34,18 @@ def _compiled(size: int):
                        input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_batch(size: int):
+    """to_model_input for a stack of same-size uint8 images (a slide's tiles): one call per batch."""
+    return tf.function(lambda images: to_model_input(images, size), autograph=False,
+                       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+
+
 def batch_for_model(images: list[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
-    """A list of uint8 RGB arrays of any sizes -> one (N, size, size, 3) float32 batch."""
+    """A list of uint8 RGB arrays of any sizes -> one (N, size, size, 3) float32 batch. Images of one
+    size (tiles) are resized in one call: the same op per image, without a call per image."""
+    shapes = {np.shape(image) for image in images}
+    if len(images) > 1 and len(shapes) == 1:
+        return _compiled_batch(int(size))(np.stack(images).astype(np.uint8, copy=False)).numpy()
     resize = _compiled(int(size))
     return np.stack([resize(np.asarray(image, np.uint8)).numpy() for image in images])

@@ -15,6 +15,14 @@ about 0.25 um/px and a "20x" scan about 0.5 um/px (Sellaro et al., J Pathol Info
 which is what the images show). It is an estimate to within perhaps 30 %, used only to bring
 images to a common scale, never to measure.
 
+The scale a classifier sees is written into its card as `card["scale"] = {"mpp", "tile_px",
+"source"}`: one model input covers tile_px = [w, h] pixels at mpp um/px, resized to the input
+square. Every model trained here so far sees a WHOLE BreakHis field, so its tile is the field,
+700 x 460 px, at its training magnification's mpp (the dominant one when trained on "all": the
+bundled model, 641 of 757 images at 200X, is [700, 460] at 0.5 um/px, i.e. 350 x 230 um per
+input). `model_scale` reads the card's figure, or derives it that way for older cards and says
+"estimated" in its source.
+
 Copies of BreakHis fields that were shrunk keep their field of view: a 500x328 copy has 700/500
 times the original mpp, and a 224x224 copy (squashed from 700x460 by its publisher) is anisotropic
 (700/224 across, 460/224 down), which `field_mpp` reports so that `to_scale` restores the aspect.
@@ -122,3 +130,41 @@ def tile_grid(width: int, height: int, tile: int, stride: int | None = None) -> 
     """(x, y) top-left corners of the tiles covering a width x height image, row by row."""
     stride = stride or tile
     return [(x, y) for y in tile_origins(height, tile, stride) for x in tile_origins(width, tile, stride)]
+
+
+def whole_field_scale(magnifications, source: str) -> dict:
+    """The card's "scale" block of a model that sees whole BreakHis fields: the field [700, 460]
+    at the mpp of `magnifications` (one "200X", or {magnification: image count}: the dominant one)."""
+    if isinstance(magnifications, dict):
+        counted = {str(m): int(n) for m, n in magnifications.items() if int(n) > 0}
+        if not counted:
+            raise ValueError("no magnification counts to derive a scale from")
+        dominant = max(counted, key=lambda m: (counted[m], m))
+        share = f"{counted[dominant]} of {sum(counted.values())} training images at {dominant}"
+    else:
+        dominant, share = str(magnifications).upper(), f"all training images at {str(magnifications).upper()}"
+    return {"mpp": magnification_mpp(dominant), "tile_px": list(BREAKHIS_FIELD),
+            "source": f"{source}: a whole {BREAKHIS_FIELD[0]}x{BREAKHIS_FIELD[1]} BreakHis field at {dominant} "
+                      f"({share}; mpp = {REFERENCE_MPP} x {REFERENCE_MAGNIFICATION} / magnification)"}
+
+
+def model_scale(card: dict) -> dict:
+    """{"mpp", "tile_px": [w, h], "source"}: the physical scale a classifier's input covers.
+
+    The card's own "scale" when it has one; else estimated from what it was trained on: its
+    training magnification, or with "all" the dominant magnification of its images (the card's
+    evidence counts), else 200X (most of BreakHis' own pipelines and of the real set)."""
+    stated = card.get("scale")
+    if stated:
+        mpp, tile = float(stated["mpp"]), [int(v) for v in stated["tile_px"]]
+        if mpp <= 0 or len(tile) != 2 or min(tile) < 1:
+            raise ValueError(f"the model card's scale is invalid: {stated}")
+        return {"mpp": mpp, "tile_px": tile, "source": str(stated.get("source", "model card"))}
+    training = card.get("training") or {}
+    magnification = str(training.get("magnification") or "all")
+    if magnification.lower() != "all":
+        return whole_field_scale(magnification, "estimated from the card's training magnification")
+    counts = (card.get("evidence") or {}).get("by_magnification")
+    if counts:
+        return whole_field_scale(counts, "estimated from the card's training images")
+    return whole_field_scale("200X", "estimated (the card states no magnification; 200X assumed)")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from core.data.augment import describe as describe_augmentation
 from core.data.breakhis import subtype_counts
+from core.data.scale import whole_field_scale
 from core.data.splits import describe_split
 from core.paths import portable
 
@@ -43,6 +44,14 @@ def evidence(split: pd.DataFrame, weights_used: str) -> dict:
                           + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
 
 
+def training_scale(config, train: pd.DataFrame) -> dict:
+    """card["scale"]: every model trained here sees whole fields (core.data.scale.model_scale)."""
+    if str(config.magnification).lower() != "all":
+        return whole_field_scale(config.magnification, "trained on whole fields")
+    real = train[~train["synthetic"].astype(bool)] if "synthetic" in train else train
+    return whole_field_scale(real["magnification"].value_counts().to_dict() or "200X", "trained on whole fields")
+
+
 def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
     train = data["train"]
     augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
@@ -52,6 +61,7 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
         "input_size": config.input_size, "weights_init": weights_used,
         "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
         "evidence": evidence(data["split"], weights_used),
+        "scale": training_scale(config, train),
         "stain_normalization": data["normalizer"].to_dict(),
         "training": {
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],

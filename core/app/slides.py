@@ -1,0 +1,129 @@
+"""What the Slide page (and Diagnose, for very large uploads) needs from core.slide, without Streamlit.
+
+Server-side slides come from the folders in BREAKHIS_SLIDE_DIRS (os.pathsep-separated): whole
+slides are gigabytes and browsers upload at most a few hundred megabytes. Uploads are read from
+memory (core.slide.reader.open_slide on bytes) and never written to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from core.data.breakhis import parse_name
+from core.data.labels import SUBTYPES, pretty
+from core.data.scale import image_scale, model_scale, tile_origins
+from core.slide.export import geojson, heatmap_png, tiles_csv
+from core.slide.reader import SlideError, slide_files
+
+TILE_AN_UPLOAD_FROM = 4  # tiles at the model's scale: an upload this large is analysed as tiles
+
+
+def slide_dirs() -> list[Path]:
+    configured = os.environ.get("BREAKHIS_SLIDE_DIRS", "")
+    return [Path(p).expanduser() for p in configured.split(os.pathsep) if p.strip()]
+
+
+def server_slides() -> dict[str, Path]:
+    """{"folder/name": path} of every slide in the configured folders (unreadable folders skipped)."""
+    found = {}
+    for folder in slide_dirs():
+        try:
+            for path in slide_files(folder):
+                found[f"{folder.name}/{path.relative_to(folder).as_posix()}"] = path
+        except (SlideError, OSError) as problem:
+            logging.getLogger(__name__).warning("slide folder %s skipped: %s", folder, problem)
+    return found
+
+
+def tiles_needed(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> int | None:
+    """How many model tiles an image of `size` (w, h) spans at the model's scale; None when its
+    scale is unknown (no magnification in the name or chosen)."""
+    scale = image_scale(name, size[0], size[1], magnification)
+    if scale is None:
+        return None
+    model = model_scale(card)
+    tile_w = max(1, round(model["tile_px"][0] * model["mpp"] / scale.x))
+    tile_h = max(1, round(model["tile_px"][1] * model["mpp"] / scale.y))
+    return len(tile_origins(size[0], tile_w, tile_w)) * len(tile_origins(size[1], tile_h, tile_h))
+
+
+def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> str | None:
+    """A sentence saying why this upload is analysed as tiles, or None to diagnose it whole.
+
+    A BreakHis-named image is a field, what the model was trained on (at whatever magnification:
+    models trained on all of them see whole fields of each), so it is never tiled; another image
+    is tiled when it spans TILE_AN_UPLOAD_FROM tiles or more at the model's scale."""
+    if parse_name(name) is not None:
+        return None
+    count = tiles_needed(card, name, size, magnification)
+    if count is None or count < TILE_AN_UPLOAD_FROM:
+        return None
+    model = model_scale(card)
+    um = [round(v * model["mpp"]) for v in model["tile_px"]]
+    return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
+            f"({um[0]}x{um[1]} um): it is analysed as {count} tiles at the model's scale instead of being "
+            "squashed into one input.")
+
+
+def heatmap_figure(result, opacity: float = 0.5):
+    """Plotly figure: the thumbnail, p(malignant) over it at `opacity`, tile centres to click."""
+    import plotly.graph_objects as go
+
+    d = result.map_downsample
+    h, w = result.thumbnail.shape[:2]
+    figure = go.Figure(go.Image(z=result.thumbnail, x0=0, dx=d, y0=0, dy=d, hoverinfo="skip", name="slide"))
+    figure.add_trace(go.Heatmap(z=np.where(np.isfinite(result.p_malignant), result.p_malignant, None),
+                                x0=d / 2, dx=d, y0=d / 2, dy=d, zmin=0, zmax=1, colorscale="Turbo",
+                                opacity=opacity, colorbar={"title": "p(malignant)"}, hoverinfo="skip",
+                                name="p(malignant)"))
+    tiles = result.tiles
+    figure.add_trace(go.Scatter(
+        x=tiles["x"] + tiles["width"] / 2, y=tiles["y"] + tiles["height"] / 2, mode="markers",
+        marker={"size": 7, "color": "rgba(255,255,255,0.35)", "line": {"width": 1, "color": "black"}},
+        customdata=tiles.index.to_numpy(), name="tiles",
+        text=[f"tile {t.tile}: p(malignant) {t.p_malignant:.2f}, {pretty(t.subtype)}" for t in tiles.itertuples()],
+        hovertemplate="%{text}<extra></extra>"))
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=min(720, max(320, int(720 * h / w))),
+                         xaxis={"visible": False, "range": [0, w * d]},
+                         yaxis={"visible": False, "range": [h * d, 0], "scaleanchor": "x"},
+                         showlegend=False, dragmode="zoom")
+    return figure
+
+
+def tile_label(result, row: int) -> str:
+    t = result.tiles.loc[row]
+    return (f"tile {int(t.tile)} at ({int(t.x)}, {int(t.y)}): p(malignant) {t.p_malignant:.2f}, "
+            f"{pretty(t.subtype)}" + (" · refer" if t.refer else ""))
+
+
+def subtype_legend(result) -> dict[str, float]:
+    """Share of analysed tissue (map pixels) per predicted subtype, for the subtype map's caption."""
+    values = result.subtype[result.subtype >= 0]
+    if values.size == 0:
+        return {}
+    counts = np.bincount(values, minlength=len(SUBTYPES)) / values.size
+    return {pretty(s): float(c) for s, c in zip(SUBTYPES, counts) if c > 0}
+
+
+def downloads(result, opacity: float = 0.5) -> list[tuple[str, bytes, str, str]]:
+    """(label, data, file name, mime) of the heat map, the tiles table and the GeoJSON."""
+    import json
+
+    stem = Path(result.name).stem
+    return [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
+            ("Tiles (CSV)", tiles_csv(result).encode(), f"{stem}_tiles.csv", "text/csv"),
+            ("Malignant regions (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
+             f"{stem}_malignant.geojson", "application/geo+json")]
+
+
+def analyse_upload(predictor, name: str, data: bytes, magnification: str | None, settings=None):
+    """An upload much larger than the model's field, analysed as tiles (core.slide) from memory."""
+    from core.slide.predictor import SlidePredictor, TileSettings
+    from core.slide.reader import open_slide
+
+    with open_slide(data, name=name, magnification=magnification) as reader:
+        return SlidePredictor(predictor, settings or TileSettings(top_k=3)).predict(reader)

@@ -1,0 +1,115 @@
+"""Slides from a file or a folder to output folders: one process, or many on a Dask cluster.
+
+    python -m core slide PATH --out DIR            one slide or image -> DIR/{heatmap.png, tiles.csv, ...}
+    python -m core slides DIR --out DIR [--scheduler tcp://HOST:8786] [--workers 2]
+
+A batch's tasks are slides (a slide is thousands of tiles; one task per slide keeps each
+worker's reads local and its model batches full). `--scheduler` uses an existing Dask cluster
+(every worker must see the slide paths and the model folder); without it a LocalCluster of
+`--workers` single-threaded processes on 127.0.0.1 is started and closed. Each worker process
+loads the model once (`_predictor`, cached per process), whichever slides it gets. The
+per-slide work is `analyse_slide`, the same function the serial run calls, so the results are
+the same file for file. Each slide's folder is complete only once its summary.json exists;
+`slides.csv` (one row per slide, errors included) is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from core.slide.export import SUMMARY, write_outputs
+from core.slide.predictor import SlidePredictor, TileSettings
+from core.slide.reader import SlideError, open_slide, slide_files
+from core.slide.tissue import TissueSettings
+
+log = logging.getLogger(__name__)
+BATCH_TABLE = "slides.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlideJob:
+    """Everything a worker needs to analyse one slide (picklable: paths and settings only)."""
+
+    path: str
+    out_dir: str
+    model: str
+    tiles: TileSettings = TileSettings()
+    tissue: TissueSettings = TissueSettings()
+    mpp: float | None = None
+    magnification: str | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def _predictor(model: str):
+    """The model, loaded once per process (a Dask worker keeps it for every slide it runs)."""
+    from core.model.loading import load_predictor
+
+    return load_predictor(model)
+
+
+def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
+    """One slide -> its output folder; returns the batch table's row (an unusable slide: its error)."""
+    row = {"slide": Path(job.path).name, "out": job.out_dir}
+    try:
+        with open_slide(job.path, mpp=job.mpp, magnification=job.magnification) as reader:
+            result = SlidePredictor(_predictor(job.model), job.tiles, job.tissue).predict(reader, progress, cancelled)
+    except SlideError as error:
+        return {**row, "error": str(error)}
+    write_outputs(result, job.out_dir)
+    call = result.call
+    return {**row, "label": call["label"], "malignant_share": call["malignant_share"],
+            "threshold": call["threshold"], "tissue_tiles": call["tissue_tiles"],
+            "mean_p_malignant": call["mean_p_malignant"], "error": ""}
+
+
+def slide_jobs(folder, out_dir, model: str, **options) -> list[SlideJob]:
+    files = slide_files(folder)
+    if not files:
+        raise SlideError(f"'{folder}' has no slides or images (looked for {', '.join(('.svs', '.ndpi', '.tif', '.png', '...'))}).")
+    out = Path(out_dir)
+    stems = [f.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for f in files]
+    return [SlideJob(str(f), str(out / stem), model, **options) for f, stem in zip(files, stems)]
+
+
+def run_serial(jobs: list[SlideJob]) -> list[dict]:
+    return [analyse_slide(job) for job in jobs]
+
+
+def run_dask(jobs: list[SlideJob], scheduler: str | None = None, workers: int = 2) -> list[dict]:
+    """The jobs on a Dask cluster; results in the jobs' order."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+    try:
+        with Client(cluster if cluster is not None else scheduler) as client:
+            futures = client.map(analyse_slide, jobs, pure=False)
+            return client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers: int = 2,
+              serial: bool = False, **options) -> pd.DataFrame:
+    """Every slide of `folder` -> OUT/<slide>/ and OUT/slides.csv (written last)."""
+    jobs = slide_jobs(folder, out_dir, model, **options)
+    rows = run_serial(jobs) if serial else run_dask(jobs, scheduler, workers)
+    table = pd.DataFrame(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / (BATCH_TABLE + ".partial")
+    table.to_csv(partial, index=False)
+    partial.replace(out / BATCH_TABLE)
+    return table
+
+
+def is_complete(slide_out: str | Path) -> bool:
+    return (Path(slide_out) / SUMMARY).is_file()

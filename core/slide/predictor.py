@@ -1,0 +1,271 @@
+"""The patch predictor: a slide -> tiles at the model's scale -> the shared Predictor -> stitched maps.
+
+TIAToolbox's shape: `SlidePredictor(predictor, settings).predict(reader)` owns the tiling and the
+merging; the model pass is the app's own Predictor (same resize, stain normalisation,
+calibration, refer rule), fed in batches, and Grad-CAM (core.model.cam) runs only for the top-k
+tiles, so the slide costs one forward per tile plus k Grad-CAM passes.
+
+A tile is what one model input covers: card["scale"]["tile_px"] pixels at its mpp
+(core.data.scale.model_scale), i.e. tile_px * model_mpp / slide_mpp level-0 pixels. It is read
+from the coarsest pyramid level that is still at least as fine as the model INPUT (tile_px
+squashed to input_size: a 700x460 field into 128x128 is 2.7 x 1.8 um/px at 200X) and resized
+ONCE, straight to the model's input square (core.data.preprocess, antialiased, as in training). Stride = tile x
+(1 - overlap). Tiles whose footprint is less than `min_tissue` tissue (core.slide.tissue, on a
+low-resolution overview) are skipped. Maps are stitched at a thumbnail's resolution, overlapping
+tiles averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from core.data.labels import CLASSES, SUBTYPES
+from core.data.scale import model_scale, tile_origins
+from core.errors import Cancelled
+from core.options import option
+from core.slide.call import slide_call
+from core.slide.reader import SlideError, SlideReader
+from core.slide.tissue import TissueMasker, TissueSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSettings:
+    overlap: float = option(0.0, "share of a tile that neighbouring tiles overlap (0 = none, 0.5 = half)")
+    min_tissue: float = option(0.25, "share of a tile's area that must be tissue for it to be analysed")
+    batch_size: int = option(32, "tiles per model pass")
+    top_k: int = option(6, "most suspicious tiles kept with both stages' Grad-CAM")
+    tta: bool = option(False, "test-time augmentation per tile (8 views: 8x the time; gives the spread)")
+    map_side: int = option(1024, "long side of the thumbnail and the stitched maps, in pixels")
+    max_tiles: int = option(100_000, "a slide needing more tiles than this is refused")
+    readers: int = option(2, "threads decoding tiles ahead of the model")
+
+    def __post_init__(self):
+        if not 0.0 <= self.overlap <= 0.9:
+            raise ValueError(f"overlap must be between 0 and 0.9, not {self.overlap}")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"min_tissue must be between 0 and 1, not {self.min_tissue}")
+        if self.batch_size < 1 or self.top_k < 0 or self.map_side < 16 or self.readers < 1:
+            raise ValueError("batch_size >= 1, top_k >= 0, map_side >= 16 and readers >= 1 are needed")
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one slide are: level-0 origins and size, the level they are read at."""
+
+    origins: list[tuple[int, int]]  # level-0 top-left corners, row by row
+    size: tuple[int, int]  # level-0 (w, h) of one tile
+    level: int
+    read_size: tuple[int, int]  # (w, h) read at `level`, then resized to the model input
+    model_scale: dict
+
+    def level0_box(self, i: int) -> tuple[int, int, int, int]:
+        (x, y), (w, h) = self.origins[i], self.size
+        return x, y, x + w, y + h
+
+
+@dataclasses.dataclass
+class TopTile:
+    index: int  # row of SlideResult.tiles
+    image: np.ndarray  # the tile as read (read_size), what the model saw before its resize
+    cams: object  # core.model.cam.RawCams: stage 1 and stage 2 Grad-CAMs
+
+
+@dataclasses.dataclass
+class SlideResult:
+    name: str
+    dimensions: tuple[int, int]
+    slide_scale: object  # core.data.scale.Scale of level 0
+    plan: TilePlan
+    tiles: pd.DataFrame  # one row per analysed (tissue) tile
+    thumbnail: np.ndarray  # uint8 RGB, level 0 / map_downsample
+    map_downsample: float
+    tissue: np.ndarray  # bool, thumbnail size
+    p_malignant: np.ndarray  # float32, thumbnail size, NaN where no tile was analysed
+    subtype: np.ndarray  # int8 index into SUBTYPES, -1 where no tile
+    uncertainty: np.ndarray  # float32 stage-1 entropy (bits), NaN where no tile
+    top: list[TopTile]
+    call: dict
+    model: dict  # name, limited / demo flags, as Diagnose shows them
+    timings: dict
+    notes: list[str]
+
+
+def binary_entropy_bits(p: np.ndarray) -> np.ndarray:
+    """Stage-1 uncertainty of a tile: 0 when certain, 1 at p(malignant) = 0.5."""
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+class SlidePredictor:
+    """Tiles a slide at the model's scale and merges the tile predictions into maps and a call."""
+
+    def __init__(self, predictor, settings: TileSettings = TileSettings(),
+                 tissue: TissueSettings = TissueSettings()):
+        self.predictor, self.settings, self.tissue_settings = predictor, settings, tissue
+        self.scale = model_scale(predictor.card)
+
+    # -- tiling ---------------------------------------------------------------------------------
+    def plan(self, reader: SlideReader) -> TilePlan:
+        width, height = reader.dimensions
+        mpp, (tile_w, tile_h) = self.scale["mpp"], self.scale["tile_px"]
+        size = (max(1, round(tile_w * mpp / reader.scale.x)), max(1, round(tile_h * mpp / reader.scale.y)))
+        # The model sees tile_px squashed to input_size: the coarsest level that is still at least
+        # as fine as that input is read (decoding a finer one only to shrink it costs the time).
+        seen = self.predictor.input_size / min(tile_w, tile_h)
+        level = reader.best_level(min(mpp / reader.scale.x, mpp / reader.scale.y) / max(seen, 1e-9))
+        d = reader.level_downsamples[level]
+        read_size = (max(1, round(size[0] / d)), max(1, round(size[1] / d)))
+        stride = [max(1, round(s * (1.0 - self.settings.overlap))) for s in size]
+        origins = [(x, y) for y in tile_origins(height, size[1], stride[1])
+                   for x in tile_origins(width, size[0], stride[0])]
+        return TilePlan(origins, size, level, read_size, self.scale)
+
+    def tissue(self, reader: SlideReader) -> tuple[np.ndarray, float]:
+        """(tissue mask, its downsample from level 0) on an overview at about mask_mpp."""
+        downsample = max(1.0, self.tissue_settings.mask_mpp / reader.scale.mean)
+        overview = reader.overview(downsample)
+        return TissueMasker(self.tissue_settings).fit_transform(overview, reader.scale.mean * downsample), downsample
+
+    @staticmethod
+    def _share(mask: np.ndarray, downsample: float, box) -> float:
+        x0, y0, x1, y1 = (v / downsample for v in box)
+        window = mask[int(y0):max(int(y0) + 1, math.ceil(y1)), int(x0):max(int(x0) + 1, math.ceil(x1))]
+        return float(window.mean()) if window.size else 0.0
+
+    def read_tile(self, reader: SlideReader, plan: TilePlan, i: int) -> np.ndarray:
+        return reader.read_region(plan.origins[i], plan.level, plan.read_size)
+
+    # -- the run --------------------------------------------------------------------------------
+    def predict(self, reader: SlideReader, progress: Callable[[int, int], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> SlideResult:
+        """Analyse every tissue tile of `reader`. progress(done, total) after each batch; when
+        cancelled() turns true the run stops with core.errors.Cancelled (nothing is returned)."""
+        s, timings, started = self.settings, {}, time.perf_counter()
+        plan = self.plan(reader)
+        if len(plan.origins) > s.max_tiles:
+            raise SlideError(f"'{reader.name}' needs {len(plan.origins):,} tiles at the model's scale, more than "
+                             f"the limit of {s.max_tiles:,}; raise max_tiles or analyse a region.")
+        mask, mask_downsample = self.tissue(reader)
+        timings["tissue_mask_s"] = time.perf_counter() - started
+        shares = np.array([self._share(mask, mask_downsample, plan.level0_box(i)) for i in range(len(plan.origins))])
+        chosen = np.flatnonzero(shares >= max(s.min_tissue, 1e-9))
+        if len(chosen) == 0:
+            raise SlideError(f"No tissue found in '{reader.name}': every tile is background (glass) by the "
+                             f"tissue mask (optical density at most {mask.mean():.0%} tissue). Nothing to analyse.")
+        outputs, t0 = [], time.perf_counter()
+        batches = [chosen[start:start + s.batch_size] for start in range(0, len(chosen), s.batch_size)]
+        # Tiles are decoded in threads (OpenSlide and NumPy release the GIL) while the model runs
+        # on the previous batch: reading costs time only where it is slower than the model.
+        threads = s.readers if reader.thread_safe else 1
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tile-reader") as pool:
+            def read(indices):
+                return [pool.submit(self.read_tile, reader, plan, int(i)) for i in indices]
+
+            ahead = read(batches[0])
+            for k in range(len(batches)):
+                if cancelled is not None and cancelled():
+                    for future in ahead:
+                        future.cancel()
+                    raise Cancelled(f"slide '{reader.name}' cancelled after {k * s.batch_size} of {len(chosen)} tiles")
+                batch = [future.result() for future in ahead]
+                ahead = read(batches[k + 1]) if k + 1 < len(batches) else []
+                outputs.append(self.predictor.probabilities(batch, tta=s.tta))
+                if progress is not None:
+                    progress(min((k + 1) * s.batch_size, len(chosen)), len(chosen))
+        timings["tiles_s"] = time.perf_counter() - t0
+        merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+        predictions = self.predictor.interpret(merged, tta=s.tta)
+        tiles = self._table(plan, chosen, shares, predictions)
+        t0 = time.perf_counter()
+        maps = self._stitch(reader, plan, tiles, mask, mask_downsample)
+        top = self._top(reader, plan, tiles)
+        timings["stitch_and_cams_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - started
+        card = self.predictor.card
+        evidence = card.get("evidence") or {}
+        model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
+                 "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", "")}
+        notes = list(reader.notes) + [
+            f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
+            f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "
+            f"the model's scale: {self.scale['source']}), read at level {plan.level}"]
+        return SlideResult(reader.name, reader.dimensions, reader.scale, plan, tiles, maps["thumbnail"],
+                           maps["downsample"], maps["tissue"], maps["p_malignant"], maps["subtype"],
+                           maps["uncertainty"], top, slide_call(tiles, card), model, timings, notes)
+
+    def _table(self, plan, chosen, shares, predictions) -> pd.DataFrame:
+        rows = []
+        for i, prediction in zip(chosen, predictions):
+            x0, y0, x1, y1 = plan.level0_box(i)
+            spread = (prediction.uncertainty or {}).get("p_malignant_spread")
+            rows.append({"tile": int(i), "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
+                         "tissue": round(float(shares[i]), 4),
+                         **{f"p_{c}": prediction.stage1[c] for c in CLASSES},
+                         "label": prediction.label, "subtype": prediction.subtype,
+                         "p_subtype": prediction.p_subtype, "confidence": prediction.confidence,
+                         "entropy_bits": float(binary_entropy_bits(prediction.stage1["malignant"])),
+                         "p_malignant_spread": np.nan if spread is None else float(spread),
+                         "refer": prediction.refer, "refer_reasons": "; ".join(prediction.refer_reasons),
+                         **{f"joint_{t}": v for t, v in prediction.subtype_probabilities().items()}})
+        return pd.DataFrame(rows)
+
+    def _stitch(self, reader, plan, tiles, mask, mask_downsample) -> dict:
+        """Thumbnail-resolution maps; where tiles overlap their values are averaged."""
+        width, height = reader.dimensions
+        d = max(1.0, max(width, height) / self.settings.map_side)
+        thumbnail = reader.overview(d)
+        h, w = thumbnail.shape[:2]
+        total = np.zeros((h, w), np.float32)
+        entropy = np.zeros((h, w), np.float32)
+        joint = np.zeros((h, w, len(SUBTYPES)), np.float32)
+        count = np.zeros((h, w), np.float32)
+        joint_columns = [f"joint_{t}" for t in SUBTYPES]
+        for row in tiles.itertuples(index=False):
+            x0, y0 = int(row.x / d), int(row.y / d)
+            x1, y1 = max(x0 + 1, math.ceil((row.x + row.width) / d)), max(y0 + 1, math.ceil((row.y + row.height) / d))
+            total[y0:y1, x0:x1] += row.p_malignant
+            entropy[y0:y1, x0:x1] += row.entropy_bits
+            joint[y0:y1, x0:x1] += np.array([getattr(row, c) for c in joint_columns], np.float32)
+            count[y0:y1, x0:x1] += 1
+        covered = count > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_map = np.where(covered, total / count, np.nan).astype(np.float32)
+            uncertainty = np.where(covered, entropy / count, np.nan).astype(np.float32)
+        subtype = np.where(covered, joint.argmax(axis=-1), -1).astype(np.int8)
+        rows = np.minimum((np.arange(h) * d / mask_downsample).astype(int), mask.shape[0] - 1)
+        cols = np.minimum((np.arange(w) * d / mask_downsample).astype(int), mask.shape[1] - 1)
+        return {"thumbnail": thumbnail, "downsample": d, "tissue": mask[rows][:, cols], "p_malignant": p_map,
+                "subtype": subtype, "uncertainty": uncertainty}
+
+    def _top(self, reader, plan, tiles) -> list[TopTile]:
+        """The k tiles of highest p(malignant), each with both stages' Grad-CAM (one pass for all)."""
+        from core.model.cam import gradcam_diagnosis
+
+        k = min(self.settings.top_k, len(tiles))
+        if k == 0:
+            return []
+        rows = tiles.sort_values(["p_malignant", "tile"], ascending=[False, True]).index[:k]
+        images = [self.read_tile(reader, plan, int(tiles.at[r, "tile"])) for r in rows]
+        _, cams = gradcam_diagnosis(self.predictor, images)
+        return [TopTile(int(r), image, cam) for r, image, cam in zip(rows, images, cams)]
+
+    def explain_tile(self, reader: SlideReader, plan: TilePlan, i: int, level0: bool = True):
+        """(tile image, core.model.cam.Diagnosis) of tile i: the image at full (level-0) resolution
+        when `level0`, with both stages' Grad-CAM resized onto it."""
+        from core.model.cam import explain, to_heatmap
+
+        seen = self.read_tile(reader, plan, i)
+        diagnosis = explain(self.predictor, seen)
+        if not level0 or plan.level == 0:
+            return seen, diagnosis
+        full = reader.read_region(plan.origins[i], 0, plan.size)
+        for explanation in diagnosis.explanations.values():
+            explanation.heatmap, _ = to_heatmap(explanation.heatmap, full.shape[:2])
+        return full, diagnosis

@@ -1,0 +1,70 @@
+"""Where the tissue is: Otsu's threshold on optical density, on a low-resolution overview.
+
+Glass transmits nearly all light; stained tissue absorbs some in at least one channel. Optical
+density OD = -log10(I / 255) turns that into a number that is ~0 on glass and grows with the
+stain, the same on any scanner's white level. The mask is computed on an overview of a few
+microns per pixel (TissueSettings.mask_mpp), never on level 0.
+
+The threshold is Otsu's, clipped to [min_od, max_od]: the floor keeps an empty slide empty
+(Otsu always splits something, even scanner noise), the ceiling keeps a field that is ALL
+tissue whole (there Otsu would split dark nuclei from pale stroma and drop the stroma) and keeps
+pale tissue in: 0.08 is well above glass (~0.01) and about the median OD of the palest BreakHis
+fields (0.07-0.09; with the earlier 0.15 half of the test mosaic's benign fields were lost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from skimage.filters import threshold_otsu
+from skimage.morphology import remove_small_holes, remove_small_objects
+
+from core.options import option
+
+
+@dataclasses.dataclass(frozen=True)
+class TissueSettings:
+    mask_mpp: float = option(8.0, "microns per pixel of the tissue mask's overview")
+    min_od: float = option(0.05, "optical density below which a pixel is never tissue (glass is ~0.02)")
+    max_od: float = option(0.08, "optical density above which a pixel is always tissue (pale BreakHis "
+                           "fields have a median of ~0.07)")
+    min_area_um2: float = option(2500.0, "tissue pieces smaller than this are dropped and holes smaller than "
+                                 "this filled (um^2; 2500 = 50 x 50 um)")
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float32: the strongest absorption over the three channels."""
+    intensity = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
+    return (-np.log10(intensity)).max(axis=-1)
+
+
+class TissueMasker:
+    """fit: the threshold of one overview; transform: its mask (TIAToolbox's masker shape)."""
+
+    def __init__(self, settings: TissueSettings = TissueSettings()):
+        self.settings = settings
+        self.threshold_: float | None = None
+
+    def fit(self, rgb: np.ndarray) -> "TissueMasker":
+        od = optical_density(rgb)
+        s = self.settings
+        if float(od.max()) <= s.min_od or float(od.max() - od.min()) < 1e-6:
+            self.threshold_ = s.min_od  # all glass, or one flat colour: nothing for Otsu to split
+        else:
+            self.threshold_ = float(np.clip(threshold_otsu(od), s.min_od, s.max_od))
+        return self
+
+    def transform(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
+        """Boolean (H, W) tissue mask of an overview at `mpp` microns per pixel."""
+        if self.threshold_ is None:
+            raise RuntimeError("TissueMasker.fit must run before transform")
+        mask = optical_density(rgb) > self.threshold_
+        smallest = int(self.settings.min_area_um2 / (mpp * mpp))
+        if smallest >= 1 and mask.any():
+            mask = remove_small_objects(mask, max_size=smallest)
+            mask = remove_small_holes(mask, max_size=smallest)
+        return mask
+
+    def fit_transform(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
+        return self.fit(rgb).transform(rgb, mpp)

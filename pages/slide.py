@@ -1,0 +1,128 @@
+"""Slide: a whole-slide image or large field as tiles at the model's scale; heat map, tiles, call."""
+
+import streamlit as st
+
+from core.app import registry, session, slides
+from core.data.labels import pretty
+from core.model.cam import overlay
+from core.slide.predictor import SlidePredictor, TileSettings
+from core.slide.reader import SlideError, open_slide
+
+session.require_router()
+state = st.session_state
+
+st.title("Slide")
+predictor = session.require_predictor()
+model = registry.describe_model(predictor.card)
+if predictor.is_demo:
+    st.error("DEMO model: it demonstrates the app and has no valid accuracy. Its heat map is not a diagnosis.",
+             icon=":material/warning:")
+elif model["limited"]:
+    st.warning(f"LIMITED DATA model: {model['evidence']}. Measured: {model['measured'] or 'not evaluated'}. "
+               "Every call needs a pathologist's review.", icon=":material/warning:")
+
+source, options = st.columns([3, 2], gap="large")
+with source:
+    found = slides.server_slides()
+    chosen = st.selectbox("Slide on the server (folders in BREAKHIS_SLIDE_DIRS)", ["(none)", *found], key="slide_pick",
+                          help="Whole slides are too large for a browser upload; put them in a configured folder.")
+    upload = st.file_uploader("...or upload an image or small slide (PNG, JPEG, TIFF)", key="slide_upload",
+                              type=["png", "jpg", "jpeg", "tif", "tiff", "svs"],
+                              help="Kept in memory only; never saved on the server.")
+with options:
+    overlap = st.slider("Tile overlap", 0.0, 0.75, 0.0, 0.25, key="slide_overlap")
+    min_tissue = st.slider("Least tissue in a tile to analyse it", 0.05, 1.0, 0.25, 0.05, key="slide_tissue")
+    magnification = st.selectbox("Magnification, if the file does not state its resolution",
+                                 registry.magnification_options(), key="slide_magnification")
+    top_k = st.number_input("Most suspicious tiles to explain", 1, 24, 6, key="slide_top_k")
+
+if upload is not None:
+    item, name = upload.getvalue(), upload.name
+elif chosen != "(none)":
+    item, name = str(found[chosen]), chosen
+else:
+    st.info("Choose a slide on the server or upload an image to analyse it as tiles.")
+    st.stop()
+
+settings = TileSettings(overlap=overlap, min_tissue=min_tissue, top_k=int(top_k))
+stated = None if magnification == registry.NOT_STATED else magnification
+identity = item if isinstance(item, str) else f"upload:{name}:{len(item)}"
+key = (session.model_identity(predictor), identity, settings, stated)
+
+if st.button("Analyse slide", type="primary", key="slide_start"):
+    state["_slide_request"] = key
+kept = state.get("_slide_result")
+if kept is not None and kept[0] != key:
+    kept = None
+if kept is None and state.get("_slide_request") == key:
+    def cancel():
+        state.pop("_slide_request", None)
+        state["_slide_cancelled_key"] = key
+
+    cancel_slot = st.empty()  # shown only while the tiles run
+    cancel_slot.button("Cancel", key="slide_cancel", on_click=cancel,
+              help="Stops after the current batch of tiles; nothing of this run is kept.")
+    bar = st.progress(0.0, text="Reading the slide and its tissue mask...")
+    try:
+        reader = open_slide(item, name=name, magnification=stated)
+        result = SlidePredictor(predictor, settings).predict(
+            reader, progress=lambda done, total: bar.progress(done / total, text=f"{done} of {total} tissue tiles"))
+    except SlideError as problem:
+        state.pop("_slide_request", None)
+        st.error(str(problem), icon=":material/block:")
+        st.stop()
+    bar.empty()
+    cancel_slot.empty()
+    state.pop("_slide_request", None)
+    old = state.pop("_slide_result", None)
+    if old is not None:
+        old[1].close()
+    kept = state["_slide_result"] = (key, reader, result)
+if kept is None:
+    if state.get("_slide_cancelled_key") == key:
+        st.info("Cancelled: nothing of that run was kept.")
+    st.stop()
+
+_, reader, result = kept
+call = result.call
+with st.container(border=True):
+    badge = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
+    st.markdown(f"#### {result.name}")
+    st.markdown(f"{badge}Slide call: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
+                f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
+    st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}). " + " · ".join(result.notes))
+
+opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")
+event = st.plotly_chart(slides.heatmap_figure(result, opacity), on_select="rerun", selection_mode="points",
+                        key="slide_map", width="stretch")
+legend = slides.subtype_legend(result)
+if legend:
+    st.caption("Subtype map (share of analysed tissue): "
+               + ", ".join(f"{k} {v:.0%}" for k, v in sorted(legend.items(), key=lambda kv: -kv[1])))
+
+top_rows = [t.index for t in result.top]
+rows = top_rows + [r for r in result.tiles.index if r not in top_rows]
+picked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata") is not None]
+if picked:
+    state["slide_tile"] = int(picked[0][0] if isinstance(picked[0], list) else picked[0])
+row = st.selectbox("Tile (the most suspicious first; or click one on the map)", rows, key="slide_tile",
+                   format_func=lambda r: slides.tile_label(result, r))
+cams_key = ("_slide_tile_cams", key, row)
+if state.get("_slide_tile_view", (None,))[0] != cams_key:
+    with st.spinner("Explaining the tile..."):
+        state["_slide_tile_view"] = (cams_key, *SlidePredictor(predictor, settings).explain_tile(
+            reader, result.plan, int(result.tiles.at[row, "tile"])))
+_, image, diagnosis = state["_slide_tile_view"]
+columns = st.columns(3)
+columns[0].image(image, caption=f"Tile at full resolution ({image.shape[1]}x{image.shape[0]} px)",
+                 width="stretch", output_format="JPEG")
+for column, (stage, explanation) in zip(columns[1:], diagnosis.explanations.items()):
+    column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
+                 caption=f"{'Stage 1' if stage == 'stage1' else 'Stage 2'} Grad-CAM: {pretty(explanation.target)}")
+st.caption(diagnosis.prediction.summary())
+
+st.subheader("Downloads")
+st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "
+           "imports into QuPath (File > Import objects) as 'Malignant' annotations.")
+for column, (label, data, filename, mime) in zip(st.columns(3), slides.downloads(result, opacity)):
+    column.download_button(label, data, filename, mime, key=f"slide_download_{filename}")

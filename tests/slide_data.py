@@ -1,0 +1,67 @@
+"""Small pyramidal slides for the slide tests, written with tifffile (no downloads).
+
+A generic tiled TIFF as OpenSlide's generic-TIFF format wants it: a tiled level 0 and tiled
+reduced levels (NewSubfileType 1) in the main IFD chain, resolution in pixels per centimetre
+(OpenSlide and tiffslide turn it into mpp-x / mpp-y).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from tests.conftest import SHARED
+
+# Real 200X BreakHis fields (700x460 originals) from different patients. They are ones the bundled
+# model calls correctly as whole fields, so the mosaic test checks tiling, stitching and export
+# (that a tile reproduces its field's call in place), not the model's accuracy.
+BENIGN_FIELDS = ("SOB_B_A-14-29960CD-200-007.png", "SOB_B_TA-14-16184-200-025.png",
+                 "SOB_B_F-14-25197-200-032.png", "SOB_B_PT-14-29315EF-200-013.png")
+MALIGNANT_FIELDS = ("SOB_M_LC-14-13412-200-003.png", "SOB_M_MC-14-18842D-200-016.png",
+                    "SOB_M_MC-14-19979-200-013.png", "SOB_M_MC-14-19979-200-004.png")
+FIELD = (700, 460)
+MOSAIC_MPP = 0.5  # 200X fields at the scale of core.data.scale
+
+
+def write_pyramid(path: Path, rgb: np.ndarray, mpp: float | None = 0.5, levels: int = 3,
+                  tile: int = 256, compression: str = "jpeg") -> Path:
+    """Write `rgb` as a tiled pyramid of `levels` levels (each half the previous)."""
+    with tifffile.TiffWriter(path) as writer:
+        level = rgb
+        for i in range(levels):
+            extra = {}
+            if mpp:
+                per_cm = 1e4 / (mpp * 2 ** i)
+                extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+            writer.write(level, tile=(tile, tile), photometric="rgb", compression=compression,
+                         subfiletype=0 if i == 0 else 1, **extra)
+            level = np.asarray(Image.fromarray(level).reduce(2))
+    return path
+
+
+def _field(name: str) -> np.ndarray:
+    found = next((SHARED / "real").rglob(name), None)
+    assert found is not None, f"{name} missing from ../shared/breakhis/real"
+    return np.asarray(Image.open(found).convert("RGB"))
+
+
+def mosaic() -> tuple[np.ndarray, dict]:
+    """(rgb, regions): benign fields 2x2 on the left, malignant 2x2 on the right, white glass
+    around and between, laid on the 700x460 field grid. regions: {label: (x0, y0, x1, y1)}."""
+    w, h = FIELD
+    rgb = np.full((4 * h, 7 * w, 3), 255, np.uint8)
+    regions = {}
+    for label, names, column in (("benign", BENIGN_FIELDS, 1), ("malignant", MALIGNANT_FIELDS, 4)):
+        for i, name in enumerate(names):
+            x, y = (column + i % 2) * w, (1 + i // 2) * h
+            rgb[y:y + h, x:x + w] = _field(name)
+        regions[label] = (column * w, h, (column + 2) * w, 3 * h)
+    return rgb, regions
+
+
+def write_mosaic(path: Path) -> tuple[Path, dict]:
+    rgb, regions = mosaic()
+    return write_pyramid(path, rgb, MOSAIC_MPP, levels=3), regions

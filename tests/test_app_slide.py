@@ -1,0 +1,59 @@
+"""The Slide page through AppTest: a server-side slide analysed with the bundled model, its call,
+heat map, a picked tile with both Grad-CAMs, downloads; a bad slide gets a message."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.paths import DEFAULT_MODEL_DIR
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, run_app_like_the_server
+from tests.conftest import SHARED
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+@pytest.fixture(scope="module")
+def slide_dirs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server_slides")
+    field = np.asarray(Image.open(next((SHARED / "real").rglob("SOB_M_MC-14-18842D-200-016.png"))).convert("RGB"))
+    Image.fromarray(np.concatenate([field, field[::-1]], axis=0)).save(folder / "SOB_M_MC-14-18842D-200-901.png")
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
+    with pytest.MonkeyPatch.context() as patch:
+        env = app_environment(DEFAULT_MODEL_DIR.parent, DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("runs"))
+        for key, value in {**env, "BREAKHIS_SLIDE_DIRS": str(folder)}.items():
+            patch.setenv(key, value)
+        run_app_like_the_server(patch)
+        yield folder
+
+
+def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    assert not app.exception and app.title[0].value == "Slide"
+    assert "LIMITED DATA" in texts(app.warning)
+    pick = app.selectbox(key="slide_pick")
+    pick.set_value(next(o for o in pick.options if o.endswith("901.png"))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception, app.exception
+    shown = texts(app.markdown)
+    assert "Slide call" in shown and "of 2 tissue tiles" in shown
+    assert "share of tissue tiles" in texts(app.caption)
+    assert len(app.image) == 3  # the tile and its two Grad-CAMs
+    tiles = app.selectbox(key="slide_tile")
+    tiles.set_value(tiles.options[-1]).run()
+    assert not app.exception and len(app.image) == 3
+    app.slider(key="slide_opacity").set_value(0.8).run()
+    assert not app.exception and "Slide call" in texts(app.markdown)  # kept, not re-run
+
+
+def test_a_broken_slide_gets_a_message(slide_dirs):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    pick = app.selectbox(key="slide_pick")
+    pick.set_value(next(o for o in pick.options if o.endswith("broken.tif"))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception
+    assert "corrupt" in texts(app.error) or "not a slide" in texts(app.error)

@@ -1,0 +1,54 @@
+"""`python -m core slide` / `slides`: output files, exit codes, and a 2-worker Dask cluster on
+127.0.0.1 giving the same files as the serial run."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.cli import main as cli
+from tests.conftest import REPO
+from tests.slide_data import write_mosaic
+
+
+@pytest.fixture(scope="module")
+def slide_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slides")
+    write_mosaic(folder / "mosaic.tif")
+    # A plain image of twice a 200X field's width: two tiles, its scale from the name.
+    field = next((REPO.parent / "shared" / "breakhis" / "real").rglob("SOB_M_MC-14-19979-200-013.png"))
+    rgb = np.asarray(Image.open(field).convert("RGB"))
+    Image.fromarray(np.concatenate([rgb, rgb[:, ::-1]], axis=1)).save(folder / "SOB_M_MC-14-19979-200-099.png")
+    (folder / "notes.tif").write_text("not a slide\n")
+    return folder
+
+
+def test_one_slide_writes_every_output(slide_folder, tmp_path, capsys):
+    assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(tmp_path), "--top-k", "1"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["label"] in ("benign", "malignant") and row["tissue_tiles"] == 8
+    assert {p.name for p in tmp_path.iterdir()} == {"heatmap.png", "tiles.csv", "malignant.geojson", "summary.json"}
+    assert Image.open(tmp_path / "heatmap.png").size[0] == 1024
+
+
+def test_a_bad_slide_is_a_user_error(slide_folder, tmp_path, capsys):
+    assert cli(["slide", str(slide_folder / "notes.tif"), "--out", str(tmp_path)]) == 2
+    assert "text file" in capsys.readouterr().err and not (tmp_path / "summary.json").exists()
+
+
+def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout's core
+    serial, dask = tmp_path / "serial", tmp_path / "dask"
+    assert cli(["slides", str(slide_folder), "--out", str(serial), "--serial", "--top-k", "1"]) == 1  # notes.tif
+    assert cli(["slides", str(slide_folder), "--out", str(dask), "--workers", "2", "--top-k", "1"]) == 1
+    table = pd.read_csv(dask / "slides.csv")
+    assert list(table["slide"]) == ["SOB_M_MC-14-19979-200-099.png", "mosaic.tif", "notes.tif"]
+    assert table["error"].fillna("").str.contains("text file").tolist() == [False, False, True]
+    assert table.loc[0, "tissue_tiles"] == 2
+    for name in ("SOB_M_MC-14-19979-200-099", "mosaic"):
+        for file in ("tiles.csv", "malignant.geojson", "heatmap.png"):
+            assert (dask / name / file).read_bytes() == (serial / name / file).read_bytes(), (name, file)
+    shutil.rmtree(tmp_path)

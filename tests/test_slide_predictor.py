@@ -1,0 +1,140 @@
+"""The patch predictor on a mosaic of real BreakHis fields: mask, maps, call, exports, bad slides."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.data.scale import model_scale
+from core.errors import Cancelled, UserInputError
+from core.model.loading import load_predictor
+from core.paths import DEFAULT_MODEL_DIR
+from core.slide.call import choose_slide_threshold
+from core.slide.export import geojson, heatmap_rgb, malignant_regions, tiles_csv, write_outputs
+from core.slide.predictor import SlidePredictor, TileSettings
+from core.slide.reader import open_slide
+from tests.slide_data import FIELD, write_mosaic, write_pyramid
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_predictor(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    return write_mosaic(tmp_path_factory.mktemp("mosaic") / "mosaic.tif")
+
+
+@pytest.fixture(scope="module")
+def result(bundled, mosaic):
+    with open_slide(mosaic[0]) as slide:
+        return SlidePredictor(bundled, TileSettings(top_k=2)).predict(slide)
+
+
+def _region_mean(result, region):
+    x0, y0, x1, y1 = (round(v / result.map_downsample) for v in region)
+    return float(np.nanmean(result.p_malignant[y0:y1, x0:x1]))
+
+
+def test_the_bundled_models_scale_is_a_200x_field(bundled):
+    scale = model_scale(bundled.card)
+    assert scale["tile_px"] == list(FIELD) and scale["mpp"] == 0.5 and "641 of 757" in scale["source"]
+
+
+def test_tiles_cover_the_tissue_and_skip_the_glass(result, mosaic):
+    _, regions = mosaic
+    assert len(result.plan.origins) == 28 and len(result.tiles) == 8  # the 8 fields, nothing else
+    inside = [any(r[0] <= t.x and t.x + t.width <= r[2] and r[1] <= t.y and t.y + t.height <= r[3]
+                  for r in regions.values()) for t in result.tiles.itertuples()]
+    assert all(inside)
+    d = result.map_downsample
+    assert not result.tissue[: int(400 / d)].any()  # the glass margin
+    assert np.isnan(result.p_malignant[: int(400 / d)]).all()
+
+
+def test_heat_map_is_higher_over_the_malignant_fields(result, mosaic):
+    _, regions = mosaic
+    assert _region_mean(result, regions["malignant"]) > _region_mean(result, regions["benign"]) + 0.2
+    assert result.call["label"] == "malignant" and result.call["tissue_tiles"] == 8
+    assert "share of tissue tiles" in result.call["rule"]
+
+
+def test_tile_coordinates_round_trip_to_level0(result, mosaic, bundled):
+    """A tile's CSV coordinates (level 0) read back give its p(malignant): exactly at the level it
+    was read at, and within resampling noise from level 0 itself (the field put there)."""
+    rows = pd.read_csv(io.StringIO(tiles_csv(result)))
+    row = rows.sort_values("p_malignant").iloc[-1]
+    plan = result.plan
+    assert plan.level == 1 and plan.read_size == (350, 230)  # 2.7 x 1.8 um/px input: the 1 um/px level
+    with open_slide(mosaic[0]) as slide:
+        seen = slide.read_region((int(row.x), int(row.y)), plan.level, plan.read_size)
+        full = slide.read_region((int(row.x), int(row.y)), 0, (int(row.width), int(row.height)))
+    assert bundled.predict([seen])[0].stage1["malignant"] == pytest.approx(row.p_malignant, abs=1e-4)
+    assert bundled.predict([full])[0].stage1["malignant"] == pytest.approx(row.p_malignant, abs=0.05)
+
+
+def test_top_tiles_have_both_grad_cams(result):
+    assert len(result.top) == 2
+    top = result.top[0]
+    assert result.tiles.at[top.index, "p_malignant"] == result.tiles["p_malignant"].max()
+    maps = top.cams.explanations(top.image.shape[:2])
+    assert set(maps) == {"stage1", "stage2"} and maps["stage1"].heatmap.shape == top.image.shape[:2]
+
+
+def test_geojson_polygons_lie_in_the_malignant_region(result, mosaic):
+    x0, y0, x1, y1 = mosaic[1]["malignant"]
+    collection = json.loads(json.dumps(geojson(result)))
+    assert collection["type"] == "FeatureCollection" and collection["features"]
+    for feature in collection["features"]:
+        assert feature["properties"]["classification"]["name"] == "Malignant"
+        for x, y in feature["geometry"]["coordinates"][0]:
+            assert x0 <= x <= x1 and y0 <= y <= y1
+    assert sum(p.area for p in malignant_regions(result)) == pytest.approx(
+        (result.tiles["label"] == "malignant").sum() * FIELD[0] * FIELD[1])
+
+
+def test_outputs_are_written_summary_last(result, tmp_path):
+    paths = write_outputs(result, tmp_path)
+    assert json.loads(paths["summary"].read_text())["call"]["label"] == "malignant"
+    assert not list(tmp_path.glob("*.partial"))
+    assert heatmap_rgb(result).shape == result.thumbnail.shape
+
+
+def test_cancel_stops_with_nothing_returned(bundled, mosaic):
+    with open_slide(mosaic[0]) as slide, pytest.raises(Cancelled):
+        SlidePredictor(bundled, TileSettings(batch_size=2)).predict(slide, cancelled=lambda: True)
+
+
+def test_a_slide_without_tissue_says_so(bundled, tmp_path):
+    path = write_pyramid(tmp_path / "glass.tif", np.full((920, 1400, 3), 246, np.uint8), mpp=0.5, levels=2)
+    with open_slide(path) as slide, pytest.raises(UserInputError, match="No tissue"):
+        SlidePredictor(bundled).predict(slide)
+
+
+def test_slide_threshold_is_chosen_on_validation_cases():
+    table = pd.DataFrame({"case": ["a"] * 4 + ["b"] * 4 + ["c"] * 4,
+                          "label": ["benign"] * 4 + ["malignant"] * 8,
+                          "p_malignant": [0.1, 0.2, 0.6, 0.3, 0.9, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.1]})
+    chosen = choose_slide_threshold(table)  # shares: a 0.25, b 0.25, c 0.75 -> between 0.25 and 0.75
+    assert chosen["threshold"] == pytest.approx(0.5) and chosen["selected_on"]["cases"] == 3
+    assert choose_slide_threshold(table[table.case != "a"])["reason"].startswith("no validation cases")
+
+
+def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
+    from core.app.slides import analyse_upload, should_tile
+    from tests.app_helpers import png_bytes
+    from tests.slide_data import mosaic
+
+    card = bundled.card
+    assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (700, 460), None) is None  # a field
+    assert should_tile(card, "SOB_M_DC-14-2523-40-010.png", (700, 460), None) is None  # a 40X field too
+    assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (2800, 1840), None) is None  # a copy of one
+    assert should_tile(card, "biopsy.png", (3000, 3000), None) is None  # scale unknown: not guessed
+    reason = should_tile(card, "biopsy.png", (4900, 1840), "200X")
+    assert reason and "28 tiles" in reason and "350x230 um" in reason
+    rgb, _ = mosaic()
+    result = analyse_upload(bundled, "biopsy.png", png_bytes(rgb), "200X")
+    assert len(result.tiles) == 8 and result.call["tissue_tiles"] == 8

@@ -1,0 +1,93 @@
+"""Reading slides and images: every level through OpenSlide and tiffslide, scale, bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import UserInputError
+from core.slide.reader import SlideError, open_slide
+from core.slide.tissue import TissueMasker, optical_density
+from tests.slide_data import write_pyramid
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory):
+    """1536x1024 px at 0.5 um/px, three levels: a pink block of 'tissue' on white glass."""
+    rgb = np.full((1024, 1536, 3), 255, np.uint8)
+    rgb[200:700, 300:1100] = (190, 90, 170)
+    path = write_pyramid(tmp_path_factory.mktemp("slide") / "block.tif", rgb, mpp=0.5)
+    return path, rgb
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_every_level_opens_with_its_scale(small_slide, backend):
+    path, rgb = small_slide
+    with open_slide(path, backend=backend) as slide:
+        assert slide.backend == backend
+        assert slide.level_dimensions == [(1536, 1024), (768, 512), (384, 256)]
+        assert slide.scale.x == pytest.approx(0.5) and slide.scale.source == "slide metadata"
+        for level, d in enumerate(slide.level_downsamples):
+            region = slide.read_region((256, 128), level, (64, 48))
+            assert region.shape == (48, 64, 3) and region.dtype == np.uint8
+            assert slide.level_scale(level).x == pytest.approx(0.5 * d)
+        # Level 0 pixels come back in place (JPEG tiles: within a few grey levels).
+        inside = slide.read_region((400, 300), 0, (32, 32)).astype(int)
+        assert np.abs(inside - rgb[300:332, 400:432]).max() < 12
+
+
+def test_regions_past_the_edge_are_white_and_outside_is_an_error(small_slide):
+    with open_slide(small_slide[0]) as slide:
+        edge = slide.read_region((1500, 1000), 0, (100, 100))
+        assert edge.shape == (100, 100, 3) and (edge[40:, :] == 255).all()
+        with pytest.raises(SlideError, match="outside"):
+            slide.read_region((5000, 0), 0, (10, 10))
+        with pytest.raises(SlideError, match="levels 0-2"):
+            slide.read_region((0, 0), 7, (10, 10))
+
+
+def test_best_level_never_enlarges(small_slide):
+    with open_slide(small_slide[0]) as slide:
+        assert slide.best_level(1.0) == 0 and slide.best_level(3.0) == 1 and slide.best_level(100) == 2
+
+
+def test_overview_and_tissue_mask_exclude_the_glass(small_slide):
+    with open_slide(small_slide[0]) as slide:
+        overview = slide.overview(8.0)
+        assert overview.shape == (128, 192, 3)
+        mask = TissueMasker().fit_transform(overview, mpp=4.0)
+    truth = np.zeros((128, 192), bool)
+    truth[25:87, 38:137] = True  # the block, at 1/8
+    assert mask[truth].mean() > 0.95 and mask[~truth].mean() < 0.02
+
+
+def test_empty_glass_has_no_tissue():
+    glass = np.full((64, 64, 3), 250, np.uint8)
+    assert not TissueMasker().fit_transform(glass, mpp=8.0).any()
+    assert optical_density(glass).max() < 0.02
+
+
+def test_plain_image_takes_its_scale_from_the_name(tmp_path):
+    path = tmp_path / "SOB_M_DC-14-2523-400-010.png"
+    Image.fromarray(np.full((460, 700, 3), 200, np.uint8)).save(path)
+    with open_slide(path) as slide:
+        assert slide.backend == "image" and slide.dimensions == (700, 460)
+        assert slide.scale.x == pytest.approx(0.25)
+    with open_slide(path.read_bytes(), name="upload.png", magnification="100X") as slide:
+        assert slide.scale.x == pytest.approx(1.0) and "chosen by user" in slide.scale.source
+
+
+def test_bad_inputs_get_clear_messages(tmp_path, small_slide):
+    (tmp_path / "notes.tif").write_text("this is not a slide at all\n")
+    (tmp_path / "empty.svs").write_bytes(b"")
+    data = small_slide[0].read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    unscaled = write_pyramid(tmp_path / "unscaled.tif", np.full((256, 256, 3), 200, np.uint8), mpp=None, levels=1)
+    cases = {"notes.tif": "text file", "empty.svs": "empty", "missing.svs": "not found",
+             "cut.tif": "truncated or corrupt", "unscaled.tif": "no resolution"}
+    for name, expected in cases.items():
+        with pytest.raises(UserInputError, match=expected):
+            open_slide(tmp_path / name)
+    with open_slide(unscaled, mpp=0.5) as slide:  # the user's mpp makes it usable
+        assert slide.scale.source == "chosen by user (mpp)"
+    with pytest.raises(SlideError, match="folder"):
+        open_slide(tmp_path)
