@@ -105,7 +105,8 @@ for subtype in subtypes:
     else:
         left.image(grid([shown_real]), caption="Real patches (bundled samples, same scale)", width="stretch")
     right.image(grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
-    st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic field-size image ({pretty(subtype)})")
+    size = "field-size (a 200X field)" if generator.spatial else "at this generator's own size"
+    st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic image {size} ({pretty(subtype)})")
 
 if batches:
     archive = sample_zip(batches, card["name"], seed)

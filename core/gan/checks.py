@@ -102,7 +102,7 @@ def judge(generators: dict, untrained, real: RealPatches) -> dict:
     ceiling = {s: draw(untrained, s) for s in real.subtypes}
     result = {"scale": {"mpp": real.mpp, "patch_px": real.size}, "patches_per_set": real.n, "seed": real.seed,
               "goals": GOALS, "real_vs_real": real_vs_real(real), "generators": {},
-              "real_set": "patches of held-out fields of the training patients (never seen by the new generator)"}
+              "real_set": "patches of the training patients' held-out fields (kept out of the texture GAN's training)"}
     for name, generator in generators.items():
         fakes = {s: draw(generator, s) for s in real.subtypes if s in generator.subtypes}
         result["generators"][name] = {"name": generator.name, **judge_one(fakes, ceiling, real),
