@@ -257,3 +257,14 @@ def test_evaluate_cli_prints_the_checks_and_refuses_a_non_generator(split_genera
     assert "Two-sample test accuracy" in out and "| ductal_carcinoma |" in out
     assert cli(["gan", *args] + ["--model", str(tmp_path)]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_evaluate_with_features_adds_kid_memorisation_and_closest_pairs(split_generator, imbalanced, features):
+    result = gan_quality.evaluate_generator(split_generator, imbalanced, features, n=8, pairs=2)
+    row = result["generators"]["generator"]["subtypes"]["ductal_carcinoma"]
+    assert np.isfinite(row["kid"]["kid"]) and row["kid"]["n_real"] == row["kid"]["n_synthetic"] == 8
+    assert row["kid"]["fid"] is None  # 8 patches cannot support a full-rank covariance
+    assert row["memorisation"]["training_patches"] == 8 and row["memorisation"]["min_ratio"] is not None
+    pairs = result["generators"]["generator"]["pairs"]["ductal_carcinoma"]
+    assert len(pairs) == 2 and all((split_generator / gan_quality.QUALITY_DIR / p["synthetic"]).is_file() for p in pairs)
+    assert "| ductal_carcinoma |" in gan_quality.format_kid(result["generators"]["generator"])

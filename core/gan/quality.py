@@ -147,6 +147,17 @@ def memorisation(fake_feats, real_feats, real_sources) -> dict:
             "min_ratio": float(distance.min() / scale) if scale and np.isfinite(scale) else None}
 
 
+def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for rank, (i, j) in enumerate(order):
+        names = (f"{subtype}_{rank}_synthetic.png", f"{subtype}_{rank}_real.png")
+        Image.fromarray(fakes[i]).save(out / names[0])
+        Image.fromarray(reals[j]).save(out / names[1])
+        pairs.append({"synthetic": names[0], "real": names[1], "distance": float(distances[i])})
+    return pairs
+
+
 def judged_config(card: dict) -> GanConfig:
     """The real set a generator is judged on: its own scale, patch size, split and held-out fields.
     A generator from before the texture GAN (no "mpp" in its card) is judged at the texture GAN's

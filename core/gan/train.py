@@ -20,7 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.data.labels import SUBTYPES
 from core.data.pipeline import fit_normalizer
 from core.data.selection import select_images
 from core.errors import UserInputError
