@@ -11,20 +11,30 @@ BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app
 import streamlit as st
 
 from core.app import registry, session
+from core.store.roles import can
 
 st.set_page_config(page_title="BreakHis decision support", page_icon=":material/biotech:",
                    layout="wide")
 session.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
 
-navigation = st.navigation([
-    st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
-    st.Page("pages/slide.py", title="Slide", icon=":material/grid_view:"),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/bar_chart:"),
-    st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
-    st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:"),
-    st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
-    st.Page("pages/gan_gallery.py", title="GAN gallery", icon=":material/auto_awesome:"),
-])
+# Signed out, the only page is the sign-in page (core.app.session.sign_in_page); signed in, the
+# pages the user's role may open (core.store.roles). Each restricted page checks the role again.
+user = session.current_user()
+if user is None:
+    st.navigation([st.Page(session.sign_in_page, title="Sign in", icon=":material/login:")]).run()
+    st.stop()
+
+navigation = st.navigation([page for page, action in [
+    (st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True), "diagnose"),
+    (st.Page("pages/slide.py", title="Slide", icon=":material/grid_view:"), "slides"),
+    (st.Page("pages/review.py", title="Review queue", icon=":material/rate_review:"), "review"),
+    (st.Page("pages/dataset.py", title="Dataset", icon=":material/bar_chart:"), "dataset"),
+    (st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"), "performance"),
+    (st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:"), "compare"),
+    (st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"), "retrain"),
+    (st.Page("pages/gan_gallery.py", title="GAN gallery", icon=":material/auto_awesome:"), "gallery"),
+    (st.Page("pages/audit.py", title="Audit log", icon=":material/history:"), "audit"),
+] if can(user["role"], action)])
 
 
 def model_label(folder: str) -> str:
@@ -38,6 +48,12 @@ def model_label(folder: str) -> str:
 
 
 with st.sidebar:
+    if session.single_user_mode():
+        st.warning("Single-user local mode (BREAKHIS_SINGLE_USER): no sign-in; everything is recorded as "
+                   "'local'.", icon=":material/person:")
+    else:
+        st.caption(f"Signed in as **{user['name']}** ({user['role']})")
+        st.button("Sign out", key="sign_out", on_click=session.sign_out)
     st.subheader("Active model")
     models = registry.available_models()
     if not models:
@@ -45,7 +61,7 @@ with st.sidebar:
         st.session_state.pop(session.ACTIVE_MODEL_KEY, None)
     else:
         if session.active_model() not in models:
-            session.set_active_model(models[0])
+            session.set_active_model(models[0], audited=False)
         # The choice lives in a plain session key: widget state does not survive page switches
         # under st.navigation, and the Retrain page can change the active model too.
         st.session_state["model_picker"] = session.active_model()

@@ -16,6 +16,9 @@
     make-default          reproduce the bundled default model
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
+    db upgrade|status     the app's database (core.store): create or migrate it, show its schema
+    users add|list|set    local accounts (`users add NAME --role admin`; the password is prompted)
+    reviews export OUT    reviewed kept images as a training folder (train --reviewed-dir OUT)
 
 Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
 not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:
@@ -440,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     imported = command("import-model", _import_model, "unpack and verify an exported model zip")
     imported.add_argument("zip")
     imported.add_argument("--dest", default="runs/imported", help="folder to unpack into (default runs/imported)")
+
+    from core.store.commands import add_store_commands
+
+    add_store_commands(commands)
     return parser
 
 

@@ -28,6 +28,12 @@ def runs_dir() -> Path:
     return Path(os.environ.get("BREAKHIS_RUNS_DIR") or REPO / "runs")
 
 
+def data_dir() -> Path:
+    """Where the app keeps its database and (only if enabled) kept images: BREAKHIS_DATA_DIR,
+    default data/ (git-ignored). Created by the store on first start, not here."""
+    return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
+
+
 def refuse_existing_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: str = "a training run",
                         hint: str = "choose a new --out folder", error: type[UserInputError] = UserInputError) -> Path:
     """`folder` as a Path, for a new run; `error` when it already holds one: any of `markers` (names

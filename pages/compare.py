@@ -6,6 +6,7 @@ import streamlit as st
 from core.app import comparison, registry, session
 
 session.require_router()
+session.require("compare")
 
 st.title("Compare models")
 folders = registry.available_models()

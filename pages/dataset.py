@@ -11,6 +11,7 @@ from core.data.splits import PATIENT, make_split
 from core.paths import MANIFEST, SAMPLES_DIR
 
 session.require_router()
+session.require("dataset")
 
 FULL_SET, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
 

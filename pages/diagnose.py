@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import registry, report, session, slides
+from core.app import records, registry, report, session, slides
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.errors import UserInputError
@@ -12,6 +12,7 @@ from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
 from core.slide.export import heatmap_rgb
 
 session.require_router()
+session.require("diagnose")
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
@@ -74,7 +75,9 @@ reasons = [slides.should_tile(predictor.card, r.name, r.image.original_size, sta
 tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
 results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]
-table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"])
+audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
+    predictor, tta, method, threshold, magnification))  # one audit row per shown result
+table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids)
 cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
 
 if len(results) > 1:
@@ -163,6 +166,7 @@ def show(result, index: int) -> None:
                 probabilities(p.other_stage2, "other subtype")
         if result.notes:
             st.caption("Notes: " + "; ".join(result.notes))
+        session.review_form(audit_ids.get(records.audit_key(result)), f"dx_{index}")
 
 
 def show_tiled(result, reason: str, data: bytes) -> None:
@@ -182,6 +186,9 @@ def show_tiled(result, reason: str, data: bytes) -> None:
             return
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         call = tiles.call
+        audit_id = session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **call},
+                                       {"magnification": stated, "opacity": opacity})
+        st.caption(f"Audit #{audit_id}")
         st.markdown(f"{demo}Call over the tiles: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
                     f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
         st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}).")
@@ -220,7 +227,8 @@ if analysed:
                     st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
                              icon=":material/block:")
                 else:
-                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, details))
+                    st.session_state["_report"] = (controls, report.build_report(results, overlays, cases, model, details,
+                                                                                 audit_ids))
         prepared = st.session_state.get("_report")
         if prepared and prepared[0] == controls:
             st.download_button("Report (PDF)", prepared[1], "breakhis_report.pdf", "application/pdf",

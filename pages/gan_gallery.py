@@ -16,6 +16,7 @@ from core.gan import gallery
 from core.gan.sampling import Generator, grid
 
 session.require_router()
+session.require("gallery")
 
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)

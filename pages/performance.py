@@ -12,6 +12,7 @@ from core.evaluation.figures import confusion_figure, reliability_figure, roc_fi
 from core.paths import REFERENCE_RESULTS
 
 session.require_router()
+session.require("performance")
 
 LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=10, r=10, t=50, b=10))
 

@@ -21,6 +21,7 @@ from core.training.config import TrainConfig
 from core.training.recipes import launch_defaults
 
 session.require_router()
+session.require("retrain")
 
 SPLITS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
           "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
@@ -77,6 +78,9 @@ def launch_form() -> None:
                               help="Fitted to the training split; the model card keeps it and every prediction "
                                    "applies it (for images from other labs' scanners and stains).")
             name = a.text_input("Run name (optional)", key="train_name").strip()
+            reviewed = st.text_input("Reviewed images to add to the training split only (optional)",
+                                     key="train_reviewed", help="A folder exported from the reviews "
+                                     "(core.store.reviews.export_training_folder); validation and test never change.").strip()
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
@@ -91,7 +95,8 @@ def launch_form() -> None:
                                  epochs=int(epochs), balance=balance, split=split, batch_size=int(batch_size),
                                  input_size=int(input_size), weights=weights, magnification=magnification,
                                  seed=int(seed), stain_norm=stain_norm,
-                                 synthetic_dir=synthetic if balance == "synthetic" else None)
+                                 synthetic_dir=synthetic if balance == "synthetic" else None,
+                                 reviewed_dir=reviewed or None)
     settings = {"data": data, "backbone": backbone, "mode": mode, "epochs": int(epochs), "balance": balance,
                 "split": split, "input_size": int(input_size), "batch_size": int(batch_size), "stain_norm": stain_norm}
     try:
@@ -99,6 +104,7 @@ def launch_form() -> None:
     except JobError as problem:
         st.error(str(problem))
         return
+    session.audit("retrain_launched", str(run_dir), settings=settings)
     st.rerun()
 
 
@@ -143,14 +149,17 @@ def follow(job: jobs.Job) -> None:
         st.info("Cancel requested; waiting for the training process to stop.")
         if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
             jobs.cancel_job(job, force=True)
+            session.audit("retrain_cancelled", job.run_dir, force=True)
     elif st.button("Cancel training", key="cancel_job"):
         jobs.cancel_job(job)
+        session.audit("retrain_cancelled", job.run_dir, force=False)
         st.rerun(scope="fragment")
 
 
 def finished(job: jobs.Job, status: str, explanation: str) -> None:
     state = jobs.progress(job)
     model_dir = Path(job.run_dir) / "model"
+    session.audit("retrain_finished", job.run_dir, once=True, status=status, explanation=explanation)
     if status == jobs.COMPLETED:
         st.success(f"Training completed: {job.run_dir}.")  # the explanation only repeats it
         st.caption(split_sizes(job))

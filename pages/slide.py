@@ -1,5 +1,7 @@
 """Slide: a whole-slide image or large field as tiles at the model's scale; heat map, tiles, call."""
 
+import hashlib
+
 import streamlit as st
 
 from core.app import registry, session, slides
@@ -9,6 +11,7 @@ from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide
 
 session.require_router()
+session.require("slides")
 state = st.session_state
 
 st.title("Slide")
@@ -85,6 +88,11 @@ if kept is None:
 
 _, reader, result = kept
 call = result.call
+# One audit row per run shown (an upload's bytes are hashed; a server slide is named by its path).
+audit_id = session.audit_slide(
+    predictor, name, hashlib.sha256(item).hexdigest() if isinstance(item, bytes) else None, dict(call),
+    {"overlap": overlap, "min_tissue": min_tissue, "top_k": int(top_k), "magnification": stated})
+st.caption(f"Audit #{audit_id}")
 with st.container(border=True):
     badge = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
     st.markdown(f"#### {result.name}")

@@ -32,8 +32,11 @@ def make_model_folder(folder: Path, demo: bool = True, name: str = "tiny-demo", 
 
 
 def app_environment(models_root: Path, default: Path, runs: Path) -> dict:
+    """The app pointed at these models, with its database in a folder next to `runs`, in single-user
+    local mode (the sign-in tests switch it off: tests/test_app_signin.py)."""
     return {"BREAKHIS_MODEL_DIRS": f"{models_root}{os.pathsep}{runs}",
-            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs)}
+            "BREAKHIS_DEFAULT_MODEL": str(default), "BREAKHIS_RUNS_DIR": str(runs),
+            "BREAKHIS_DATA_DIR": str(Path(runs).parent / "data"), "BREAKHIS_SINGLE_USER": "1"}
 
 
 def run_app_like_the_server(patch) -> None:

@@ -40,3 +40,35 @@ def synthetic_breakhis(tmp_path_factory) -> Path:
     from tests.synthetic_data import write_synthetic_breakhis
 
     return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"))
+
+
+# ---------------------------------------------------------------- the store, on SQLite and PostgreSQL
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throw-away PostgreSQL server for the whole run (tests/store_servers.py)."""
+    from tests.store_servers import PostgresServer, postgres_bin
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql; .ci/run does)")
+    server = PostgresServer(bin_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty database of each kind: every store test runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'breakhis.db'}"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture
+def store(store_url):
+    from core.store.audit import Store
+
+    opened = Store.open(store_url)
+    yield opened
+    opened.close()

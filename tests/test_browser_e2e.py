@@ -147,7 +147,8 @@ def test_the_gan_gallery_shows_real_and_synthetic_patches(tmp_path):
     """The bundled generator in the gallery; the screenshot is kept as tests/artifacts/gan_gallery.png."""
     models = REPO / "models"
     environment = {"BREAKHIS_MODEL_DIRS": str(models), "BREAKHIS_DEFAULT_MODEL": str(models / "default"),
-                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs")}
+                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs"), "BREAKHIS_DATA_DIR": str(tmp_path / "data"),
+                   "BREAKHIS_SINGLE_USER": "1"}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with streamlit_server(tmp_path, environment) as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")

@@ -31,17 +31,18 @@ DISCLAIMER = ("Research use only. Not a medical device. Every result must be rev
 
 
 TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
-                 "confidence", "refer for review", "reasons", "notes", "error", "model"]
+                 "confidence", "refer for review", "reasons", "notes", "error", "model", "audit id"]
 # What the page shows first, so the refer reasons are never off-screen to the right; the CSV keeps
 # every column in TABLE_COLUMNS' order.
 SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer for review", "reasons"]
 
 
-def results_table(results: list, badge: str, subtype_reliable: bool = True) -> pd.DataFrame:
+def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None) -> pd.DataFrame:
     """The case table: one row per image (errors included, so nothing disappears silently).
 
     results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card);
-    subtype_reliable: core.app.registry.subtype_reliability(card)[0].
+    subtype_reliable: core.app.registry.subtype_reliability(card)[0]; audit_ids:
+    core.app.records.record_diagnosis's {(name, sha256): audit id}, the row each result was recorded as.
     """
     rows = []
     for r in results:
@@ -64,6 +65,7 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True) -> p
         else:  # not H&E tissue (core.data.histology): no call, no subtype, no probabilities
             row.update({"call": NOT_ANALYSED, "reasons": r.not_histology, "notes": "; ".join(r.notes)})
         row["model"] = badge
+        row["audit id"] = (audit_ids or {}).get((r.name, r.sha256), "")
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -281,10 +283,12 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused:
     _sign_off(pdf)
 
 
-def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -> None:
+def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], audit_id: int | None = None) -> None:
     p = result.prediction
     pdf.add_page()
     pdf.heading(result.name, 12, INK)
+    if audit_id is not None:
+        pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this result)", 8, MUTED)
     pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
                   f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
     reliable = pdf.model.get("subtype_reliable", True)
@@ -311,9 +315,9 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray]) -
 
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
-                 model: dict, details: ReportDetails | None = None) -> bytes:
+                 model: dict, details: ReportDetails | None = None, audit_ids: dict | None = None) -> bytes:
     """The PDF: a summary page (with the patient/specimen ids, reviewer and a sign-off block), then
-    one page per analysed image.
+    one page per analysed image, each with its audit id when given.
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
     model: core.app.registry.describe_model(card).
@@ -323,5 +327,5 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
                   [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails())
     for result in results:
         if result.ok:
-            _image_page(pdf, result, overlays[result.digest])
+            _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)))
     return bytes(pdf.output())

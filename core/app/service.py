@@ -52,6 +52,7 @@ class ImageResult:
     case: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    sha256: str = ""  # of the uploaded bytes, in full: what the audit trail records
 
     @property
     def analysable(self) -> bool:
@@ -100,7 +101,8 @@ def extension_note(name: str) -> str | None:
 
 def read_item(name: str, data: bytes) -> ImageResult:
     """Load one (name, bytes) item into an ImageResult, never raising for bad input."""
-    result = ImageResult(name=name, digest=hashlib.sha256(data).hexdigest()[:16])
+    sha256 = hashlib.sha256(data).hexdigest()
+    result = ImageResult(name=name, digest=sha256[:16], sha256=sha256)
     try:
         result.image = load_image(data, name=name)
     except ImageError as problem:

@@ -142,9 +142,15 @@ def active_model() -> str | None:
     return st.session_state.get(ACTIVE_MODEL_KEY)
 
 
-def set_active_model(folder: str) -> None:
-    """Make `folder` this session's active model (a button callback, before widgets render)."""
+def set_active_model(folder: str, audited: bool = True) -> None:
+    """Make `folder` this session's active model (a button callback, before widgets render).
+    A choice the user made is an audit row (not the default picked for a new session)."""
     st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
+    if audited:
+        user = current_user() or {"name": "unknown"}
+        card = model_card(folder)
+        store().record("model_activated", user["name"], registry.short_location(folder),
+                       model=card.get("name"), model_sha256=card.get("sha256"), details={"scope": "session"})
 
 
 def require_predictor() -> Predictor:
@@ -201,3 +207,197 @@ def uploads_across_pages(uploader_was_shown: bool, current: list[tuple[str, byte
 
 def forget_earlier_uploads() -> None:
     st.session_state[_EARLIER_UPLOADS] = []
+
+
+# ---------------------------------------------------------------- sign-in, roles and the audit trail
+# The logic lives in core.store (accounts, audit, reviews) and core.app.records; this is the glue.
+
+USER_KEY, SEEN_KEY = "_signed_in", "_last_seen"
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(url: str):
+    from core.store.audit import Store
+
+    return Store.open(url)  # migrates on the first start; one engine for every session
+
+
+def store():
+    """The deployment's store, or a clear message and a stopped page (damaged, read-only, newer)."""
+    from core.store.db import StoreError, database_url
+
+    try:
+        return _open_store(database_url())
+    except StoreError as problem:
+        st.error(f"The app's database cannot be used: {problem}", icon=":material/database:")
+        st.stop()
+
+
+def single_user_mode() -> bool:
+    """BREAKHIS_SINGLE_USER=1: one local user, no sign-in (a workstation), shown as a banner."""
+    import os
+
+    from core.store.images import ENABLED_VALUES
+
+    return os.environ.get("BREAKHIS_SINGLE_USER", "").strip().lower() in ENABLED_VALUES
+
+
+def session_minutes() -> float:
+    """Idle minutes before a session must sign in again: BREAKHIS_SESSION_MINUTES (default 30)."""
+    import os
+
+    return float(os.environ.get("BREAKHIS_SESSION_MINUTES") or 30)
+
+
+def sso_configured() -> bool:
+    """Whether the deployment's secrets configure Streamlit's OpenID Connect sign-in ([auth])."""
+    try:
+        return "auth" in st.secrets and bool(st.secrets["auth"].get("cookie_secret"))
+    except Exception:  # noqa: BLE001 - no secrets file at all: no single sign-on
+        return False
+
+
+def current_user() -> dict | None:
+    """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
+
+    A session idle for longer than session_minutes() is signed out (the audit trail says so).
+    """
+    import time
+
+    if single_user_mode():
+        return {"name": "local", "role": "admin"}
+    user = st.session_state.get(USER_KEY)
+    if user is None and sso_configured() and st.user.is_logged_in:
+        from core.store.accounts import sso_account
+
+        user = sso_account(store(), str(st.user.get("email") or ""))
+        if user is not None:
+            store().record("sign_in", user["name"], details={"method": "oidc"})
+            st.session_state[USER_KEY] = user
+    if user is None:
+        return None
+    now = time.monotonic()
+    if now - st.session_state.get(SEEN_KEY, now) > session_minutes() * 60:
+        sign_out(reason="session expired")
+        return None
+    st.session_state[SEEN_KEY] = now
+    return user
+
+
+def sign_out(reason: str = "signed out") -> None:
+    user = st.session_state.pop(USER_KEY, None)
+    st.session_state.pop(SEEN_KEY, None)
+    for key in [k for k in st.session_state if not str(k).startswith("$$")]:
+        del st.session_state[key]  # nothing a user saw stays for the next one
+    if user:
+        store().record("sign_out", user["name"], details={"reason": reason})
+
+
+def require(action: str) -> dict:
+    """The signed-in user if their role may do `action`; else a message and a stopped page (a deep
+    link to a page the role may not open renders nothing of it)."""
+    from core.store.roles import can
+
+    user = current_user()
+    if user is None:
+        st.warning("Please sign in.")
+        st.stop()
+    if not can(user["role"], action):
+        st.error("Your role cannot open this page. Ask an administrator.", icon=":material/lock:")
+        st.stop()
+    return user
+
+
+def sign_in_page() -> None:
+    """The only page a signed-out visitor sees: the form, single sign-on, or the first start."""
+    from core.store.accounts import SignInError, has_accounts
+    from core.store.accounts import sign_in as check
+
+    st.title("Sign in")
+    if sso_configured():
+        st.button("Sign in with your organisation", on_click=st.login, key="sso_sign_in")
+    if not has_accounts(store()) and not sso_configured():
+        st.info("First start: no account exists yet. On this machine, create the first administrator with\n\n"
+                "    python -m core users add NAME --role admin\n\n(the password is prompted), then reload. "
+                "For a single-user workstation, start the app with BREAKHIS_SINGLE_USER=1 instead.")
+        return
+    with st.form("sign_in"):
+        name = st.text_input("Name", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        try:
+            user = check(store(), name.strip(), password)
+        except SignInError as problem:
+            st.error(str(problem), icon=":material/block:")
+        else:
+            st.session_state[USER_KEY] = user
+            st.rerun()
+
+
+def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, bytes]], settings: dict) -> dict:
+    """Record what the page shows (once per distinct model, images and settings) and keep the
+    images when the deployment enables it; {records.audit_key(result): audit id}."""
+    from core.app import records
+    from core.store.images import ImageStore, keeping_images
+
+    key = (model_identity(predictor), tuple(records.audit_key(r) for r in results), tuple(sorted(settings.items())))
+    done = st.session_state.get("_audited")
+    if done and done[0] == key:
+        return done[1]
+    user = current_user() or {"name": "unknown"}
+    ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
+    if keeping_images():
+        kept, analysed = ImageStore(), {r.sha256 for r in results if r.ok}
+        for _, data in items:
+            if hashlib.sha256(data).hexdigest() in analysed:
+                kept.put(data)
+    st.session_state["_audited"] = (key, ids)
+    return ids
+
+
+def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, settings: dict) -> int:
+    """Record a slide (or tiled upload) run once per model, file and settings; its audit id."""
+    from core.app import records
+
+    key = ("_audited_slide", model_identity(predictor), name, sha256, tuple(sorted(settings.items())))
+    if key not in st.session_state:
+        user = current_user() or {"name": "unknown"}
+        st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary, settings)
+    return st.session_state[key]
+
+
+def review_form(audit_id: int | None, key: str) -> None:
+    """Agree or correct one result (a new audit row referring to it), with a comment: the form of
+    each Diagnose result and of each Review queue entry."""
+    from core.data.labels import CLASSES, SUBTYPES, pretty
+    from core.store import reviews
+
+    if audit_id is None:
+        return
+    unchanged = lambda c: pretty(c) if c else "(unchanged)"  # noqa: E731
+    with st.expander(f"Review (audit #{audit_id})"), st.form(f"review_{key}"):
+        verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
+        label = st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
+        subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
+        comment = st.text_input("Comment", key=f"comment_{key}")
+        if st.form_submit_button("Save review"):
+            user = require("review")
+            try:
+                if verdict == "agree":
+                    saved = reviews.review(store(), user["name"], audit_id, comment=comment)
+                else:
+                    saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
+            except ValueError as problem:
+                st.error(str(problem))
+            else:
+                st.success(f"Review saved (audit #{saved}).")
+
+
+def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
+    """Record one event by the signed-in user (e.g. retraining launched). once=True: not when a row
+    of this kind and subject already exists (a finished run seen again by a later page run)."""
+    if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
+        return None
+    user = current_user() or {"name": "unknown"}
+    return store().record(kind, user["name"], subject, details=details)

@@ -45,6 +45,8 @@ class TrainConfig:
                              "prediction applies it)", choices=STAIN_METHODS)
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
     synthetic_dir: str | None = option(None, "GAN images for --balance synthetic")
+    reviewed_dir: str | None = option(None, "pathologist-reviewed images exported by the app "
+                                      "(core.store.reviews), added to the training split only")
     synthetic_subtypes: list[str] | None = option(None, "subtypes GAN fill may top up (default: every subtype "
                                                   "below the largest)", choices=SUBTYPES, nargs="+", metavar="SUBTYPE")
     allow_gan_leak: bool = option(False, "use --synthetic-dir images even if their generator may have seen "

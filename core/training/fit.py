@@ -17,6 +17,7 @@ own layers, so the full model has them afterwards.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -31,6 +32,7 @@ import pandas as pd
 import tensorflow as tf
 
 from core.data.balance import apply_strategy
+from core.data.breakhis import index_folder
 from core.data.labels import output_sizes
 from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
@@ -48,6 +50,7 @@ from core.training.progress import ProgressWriter, keras_callback, metric_floats
 from core.training.runcard import head_options, model_card
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
+log = logging.getLogger(__name__)
 
 
 def prepare_data(config: TrainConfig) -> dict:
@@ -62,7 +65,9 @@ def prepare_data(config: TrainConfig) -> dict:
                              + ". Train the GAN on this run's training split (python -m core gan train --split "
                              "SPLIT --split-seed SEED --magnification MAG [--folds K --fold I] on the same data), "
                              "or pass --allow-gan-leak (allow_gan_leak=True) to use them anyway.")
-    train, subtype_weights = apply_strategy(selection.part("train"), config.balance,
+    if config.reviewed_dir:
+        split = add_reviewed(split, config.reviewed_dir)
+    train, subtype_weights = apply_strategy(split[split["split"] == "train"], config.balance,
                                             synthetic_dir=config.synthetic_dir, subtypes=config.synthetic_subtypes,
                                             seed=config.seed)
     synthetic = train[train["synthetic"].astype(bool)].drop_duplicates("path")
@@ -75,6 +80,18 @@ def prepare_data(config: TrainConfig) -> dict:
             "skipped": selection.skipped, "fingerprint": selection.fingerprint,
             "normalizer": fit_normalizer(config.stain_norm, selection.part("train"), config.seed)}
 
+
+
+def add_reviewed(split: pd.DataFrame, folder: str) -> pd.DataFrame:
+    """The split plus the reviewed images of `folder` as training images (core.store.reviews'
+    export, BreakHis names). One whose patient is in validation or test is left out (logged), so
+    the held-out splits stay patient-disjoint and are never changed."""
+    reviewed = index_folder(folder).images
+    held_out = set(split.loc[split["split"] != "train", "case"])
+    kept = reviewed[~reviewed["case"].isin(held_out)].assign(split="train", protocol=split["protocol"].iloc[0])
+    if len(kept) < len(reviewed):
+        log.warning("%d reviewed image(s) left out: their patients are in validation or test", len(reviewed) - len(kept))
+    return pd.concat([split, kept], ignore_index=True)
 
 
 def choose_strategy(name: str = "auto", devices: str | None = None) -> tf.distribute.Strategy:

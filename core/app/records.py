@@ -1,0 +1,75 @@
+"""What the audit trail keeps of a diagnosis or a slide run, built from the service's results.
+
+One row per analysed image: who, when (the store stamps UTC), the file name and the SHA-256 of
+its bytes, the model's name and weights SHA-256 (card["sha256"], checked when the folder loads;
+each ensemble member's too), the app version (the store), the calls with their calibrated
+probabilities, the refer reasons, and the settings that produced them (TTA, heat-map method,
+stain normalisation, thresholds). The returned ids go on the page, the CSV and the PDF, so a
+printed result can be traced back to its row. No image bytes are ever put in a row.
+"""
+
+from __future__ import annotations
+
+import json
+
+from core.app.registry import describe_model
+from core.store.audit import Store
+
+
+def model_identity(predictor) -> dict:
+    """Name, weights SHA-256 and (for an ensemble) each member's, of the model that made a call."""
+    members = [m for m in getattr(predictor, "members", []) if m is not predictor]
+    return {"model": predictor.name, "model_sha256": str(predictor.card.get("sha256", "")) or None,
+            "members": [{"name": m.name, "sha256": m.card.get("sha256")} for m in members],
+            "demo": bool(predictor.card.get("demo")), "calibrated": describe_model(predictor.card)["calibrated"]}
+
+
+def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float, magnification: str) -> dict:
+    """The settings a diagnosis ran with, as recorded."""
+    return {"tta": bool(tta), "cam_method": method, "stain_normalisation": predictor.normalizer.method,
+            "refer_threshold": round(float(refer_threshold), 4), "magnification_default": magnification,
+            "case_threshold": predictor.case_threshold}
+
+
+def _rounded(probabilities: dict) -> dict:
+    return {k: round(float(v), 6) for k, v in probabilities.items()}
+
+
+def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -> dict:
+    """The audit row (store.record_many's dict) of one analysed ImageResult."""
+    p = result.prediction
+    details = {"call": p.label, "subtype": p.subtype, "stage1": _rounded(p.stage1), "stage2": _rounded(p.stage2),
+               "other_stage2": _rounded(p.other_stage2), "confidence": round(float(p.confidence), 6),
+               "refer": bool(result.refer), "refer_reasons": list(result.refer_reasons),
+               "uncertainty": p.uncertainty, "magnification": result.magnification,
+               "magnification_source": result.magnification_source, "case": result.case,
+               "demo": identity["demo"], "calibrated": identity["calibrated"], "members": identity["members"],
+               "settings": settings}
+    return {"kind": kind, "subject": result.name, "image_sha256": result.sha256, "model": identity["model"],
+            "model_sha256": identity["model_sha256"], "details": details}
+
+
+def audit_key(result) -> tuple[str, str]:
+    """How a shown result finds its audit id: (file name, SHA-256 of its bytes)."""
+    return result.name, result.sha256
+
+
+def record_diagnosis(store: Store, user: str, results: list, predictor, settings: dict,
+                     kind: str = "diagnosis") -> dict[tuple[str, str], int]:
+    """Append one row per analysed result, in one transaction; {audit_key(result): audit id}."""
+    analysed = [r for r in results if r.ok]
+    if not analysed:
+        return {}
+    identity = model_identity(predictor)
+    rows = [{**image_row(r, identity, settings, kind), "user": user} for r in analysed]
+    return dict(zip((audit_key(r) for r in analysed), store.record_many(rows)))
+
+
+def record_slide(store: Store, user: str, name: str, sha256: str, predictor, summary: dict, settings: dict) -> int:
+    """One row for a whole-slide run: `summary` is the slide's calls/probabilities/refer reasons."""
+    identity = model_identity(predictor)
+    plain = json.loads(json.dumps(summary, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    return store.record("slide", user, name, image_sha256=sha256, model=identity["model"],
+                        model_sha256=identity["model_sha256"],
+                        details={**plain, "members": identity["members"], "demo": identity["demo"],
+                                 "settings": settings})

@@ -1,0 +1,16 @@
+"""core.store: the database behind sign-in, the audit trail and the pathologists' reviews.
+
+    db        which database (SQLite under BREAKHIS_DATA_DIR, or BREAKHIS_DATABASE_URL), its
+              settings, the Alembic migrations, and clear refusals (damaged, read-only, newer)
+    models    the tables (SQLAlchemy 2): users, and the append-only audit trail
+    audit     Store: open + migrate, append an audit row, read the trail back (filters, CSV)
+    accounts  argon2 passwords, roles and what they may do, the lock after repeated failures
+    records   the audit row of a diagnosis / slide run, built from the service's results
+    reviews   agree/correct a result, the review queue, a case's history, the training export
+    images    the content-addressed image store (only when BREAKHIS_KEEP_IMAGES is set)
+
+The app, the CLI (`python -m core db upgrade`, `python -m core users add`) and the tests all open
+the database through `core.store.audit.Store.open()`, so they see the same schema. Nothing here
+imports Streamlit or TensorFlow; the store sits below core.app and above the model layers. Thin on
+purpose, like the other packages: import the module you need.
+"""

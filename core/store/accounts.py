@@ -1,0 +1,145 @@
+"""Local accounts: argon2 password hashes, two roles, and a lock after repeated failures.
+
+Why argon2-cffi: it is the maintained binding of the Password Hashing Competition winner, with
+parameters that it can raise later (`needs_rehash` upgrades old hashes at the next sign-in).
+Every sign-in (success or failure) and every account change is an audit row; no password or
+hash is ever logged, shown or put in an audit row. An unknown name costs the same hash as a known
+one, so timing does not tell which names exist.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+
+from core.errors import UserInputError
+from core.store.audit import Store
+from core.store.models import User, utc_now
+from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
+
+MAX_FAILURES, LOCK_SECONDS = 5, 60
+MIN_PASSWORD_LENGTH = 8
+SYSTEM = "system"  # the user named in rows nobody signed in for (the CLI on the machine itself)
+
+_hasher = PasswordHasher()
+
+
+class SignInError(UserInputError):
+    """Wrong name or password, a locked or disabled account: the message is safe to show."""
+
+
+def _check_new(name: str, password: str | None, role: str) -> None:
+    if not name or len(name) > 120 or name != name.strip() or name == SYSTEM:
+        raise UserInputError(f"account name {name!r} is not allowed (1-120 characters, no outer spaces, "
+                             f"not '{SYSTEM}')")
+    if role not in ROLES:
+        raise UserInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+        raise UserInputError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def has_accounts(store: Store) -> bool:
+    with store.session() as session:
+        return bool(session.scalar(select(func.count()).select_from(User)))
+
+
+def list_accounts(store: Store) -> list[dict]:
+    """Accounts without their hashes (for the accounts page and `users list`)."""
+    with store.session() as session:
+        return [{"name": u.name, "role": u.role, "active": u.active, "sso_only": u.password_hash is None,
+                 "created_at": u.created_at, "last_sign_in": u.last_sign_in, "locked_until": u.locked_until}
+                for u in session.scalars(select(User).order_by(User.name))]
+
+
+def add_account(store: Store, name: str, password: str | None, role: str, by: str = SYSTEM) -> None:
+    """Create an account (password None: single sign-on only). Audited as an account change by `by`."""
+    _check_new(name, password, role)
+    with store.session() as session, session.begin():
+        if session.scalar(select(User).where(User.name == name)):
+            raise UserInputError(f"an account named {name!r} already exists")
+        session.add(User(name=name, role=role, active=True, failed_sign_ins=0,
+                         password_hash=_hasher.hash(password) if password is not None else None))
+    store.record("account", by, name, details={"change": "created", "role": role})
+
+
+def change_account(store: Store, name: str, by: str, *, role: str | None = None, active: bool | None = None,
+                   password: str | None = None) -> None:
+    """Change role, enable/disable, or set a new password (which also lifts a lock). Audited."""
+    changes = {}
+    with store.session() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise UserInputError(f"no account named {name!r}")
+        if role is not None and role != user.role:
+            _check_new(name, None, role)
+            changes["role"] = [user.role, role]
+            user.role = role
+        if active is not None and active != user.active:
+            changes["active"] = [user.active, active]
+            user.active = active
+        if password is not None:
+            _check_new(name, password, user.role)
+            user.password_hash, user.failed_sign_ins, user.locked_until = _hasher.hash(password), 0, None
+            changes["password"] = "changed"  # never the password or its hash
+    if changes:
+        store.record("account", by, name, details={"change": "updated", **changes})
+
+
+def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None) -> dict:
+    """Check a name and password. Returns {"name", "role"}; raises SignInError with a safe message.
+
+    After MAX_FAILURES wrong passwords in a row the account is locked for LOCK_SECONDS (a correct
+    password during the lock is refused too, so guessing gains nothing).
+    """
+    now = now or utc_now()
+    with store.session() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name).with_for_update())
+        if user is None or user.password_hash is None:
+            _verify(_dummy_hash(), password)
+            outcome, message = "unknown account" if user is None else "sso-only account", None
+        elif user.locked_until is not None and user.locked_until > now:
+            outcome = "locked"
+            message = (f"Too many failed sign-ins: this account is locked until "
+                       f"{user.locked_until:%H:%M:%S} UTC. Try again later.")
+        elif not _verify(user.password_hash, password):
+            user.failed_sign_ins += 1
+            outcome, message = "wrong password", None
+            if user.failed_sign_ins >= MAX_FAILURES:
+                user.locked_until, user.failed_sign_ins = now + datetime.timedelta(seconds=LOCK_SECONDS), 0
+                outcome = "wrong password; locked"
+                message = f"Too many failed sign-ins: the account is locked for {LOCK_SECONDS} seconds."
+        elif not user.active:
+            outcome, message = "disabled", "This account is disabled. Ask an administrator."
+        else:
+            if _hasher.check_needs_rehash(user.password_hash):
+                user.password_hash = _hasher.hash(password)
+            user.failed_sign_ins, user.locked_until, user.last_sign_in = 0, None, now
+            outcome, role = "ok", user.role
+    if outcome != "ok":
+        store.record("sign_in_failed", name[:120], details={"reason": outcome})
+        raise SignInError(message or "Wrong name or password.")
+    store.record("sign_in", name, details={"method": "password"})
+    return {"name": name, "role": role}
+
+
+def sso_account(store: Store, name: str) -> dict | None:
+    """The active account an identity provider's user maps to (by e-mail or name), or None."""
+    with store.session() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        return {"name": user.name, "role": user.role} if user is not None and user.active else None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("not the password of anyone")
+
+
+def _verify(stored_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False

@@ -1,0 +1,151 @@
+"""The Store: one open database, and its append-only audit trail.
+
+`Store.open()` opens (and migrates) the deployment's database; `record()` appends one audit row
+and returns its id, the number a printed report carries; `events()` / `frame()` / `csv()` read
+the trail back with the admin page's filters. There is no method that changes or removes a row,
+and the session refuses it too (`_refuse_audit_changes`); on top of that the migration installs a
+database trigger, so even a hand-written UPDATE fails. A correction is a new row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib.metadata
+import json
+import logging
+import tomllib
+
+import pandas as pd
+from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.paths import REPO
+from core.store.db import StoreError, make_engine, upgrade
+from core.store.models import AuditEvent, utc_now
+
+log = logging.getLogger(__name__)
+
+# What the trail records (the admin page filters on these).
+KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out", "model_activated",
+         "retrain_launched", "retrain_finished", "retrain_cancelled", "account")
+COLUMNS = ["id", "at", "kind", "user", "subject", "image_sha256", "model", "model_sha256", "app_version",
+           "refers_to", "details"]
+
+
+@functools.cache
+def app_version() -> str:
+    """The installed package's version (pyproject.toml when run from a checkout)."""
+    try:
+        return importlib.metadata.version("breakhis-assistant")
+    except importlib.metadata.PackageNotFoundError:
+        return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+class AppendOnlyError(RuntimeError):
+    """Code tried to change or delete an audit row: a bug, never a user action."""
+
+
+def _refuse_audit_changes(session, _context, _instances) -> None:
+    deleted = any(isinstance(o, AuditEvent) for o in session.deleted)
+    modified = any(isinstance(o, AuditEvent) and session.is_modified(o) for o in session.dirty)
+    if deleted or modified:
+        raise AppendOnlyError("audit rows are append-only: record a new row instead")
+
+
+def _refuse_bulk_audit_changes(state) -> None:
+    if (state.is_update or state.is_delete) and any(
+            m.class_ is AuditEvent for m in state.all_mappers):
+        raise AppendOnlyError("audit rows are append-only: record a new row instead")
+
+
+class Store:
+    """The database of accounts, audit trail and reviews (thread-safe: one session per call)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        event.listen(self.sessions, "before_flush", _refuse_audit_changes)
+        event.listen(self.sessions, "do_orm_execute", _refuse_bulk_audit_changes)
+
+    @classmethod
+    def open(cls, url: str | None = None) -> "Store":
+        """Open and migrate the deployment's database (StoreError, nothing changed, if unusable)."""
+        engine = make_engine(url)
+        upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    # ------------------------------------------------------------ writing
+
+    def record(self, kind: str, user: str, subject: str | None = None, *, image_sha256: str | None = None,
+               model: str | None = None, model_sha256: str | None = None, refers_to: int | None = None,
+               details: dict | None = None, at: datetime.datetime | None = None) -> int:
+        """Append one audit row (committed before this returns) and return its id."""
+        return self.record_many([dict(kind=kind, user=user, subject=subject, image_sha256=image_sha256, model=model,
+                                      model_sha256=model_sha256, refers_to=refers_to, details=details, at=at)])[0]
+
+    def record_many(self, rows: list[dict]) -> list[int]:
+        """Append several rows in one transaction (a diagnosis of many images): all or none."""
+        for row in rows:
+            if row["kind"] not in KINDS:
+                raise ValueError(f"unknown audit kind {row['kind']!r}; one of {', '.join(KINDS)}")
+        events = [AuditEvent(**{**row, "details": row.get("details") or {}, "at": row.get("at") or utc_now(),
+                                "app_version": app_version()}) for row in rows]
+        try:
+            with self.sessions.begin() as session:
+                session.add_all(events)
+                session.flush()
+                return [e.id for e in events]
+        except DBAPIError as problem:
+            raise StoreError(f"the audit record could not be written: {problem.orig}") from None
+
+    # ------------------------------------------------------------ reading
+
+    def events(self, kinds=None, user: str | None = None, since: datetime.datetime | None = None,
+               until: datetime.datetime | None = None, image_sha256: str | None = None,
+               refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None, newest_first: bool = True) -> list[dict]:
+        """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive."""
+        query = select(AuditEvent)
+        if kinds:
+            query = query.where(AuditEvent.kind.in_([kinds] if isinstance(kinds, str) else list(kinds)))
+        if user:
+            query = query.where(AuditEvent.user == user)
+        if since is not None:
+            query = query.where(AuditEvent.at >= since)
+        if until is not None:
+            query = query.where(AuditEvent.at < until)
+        if image_sha256:
+            query = query.where(AuditEvent.image_sha256 == image_sha256)
+        if refers_to is not None:
+            query = query.where(AuditEvent.refers_to == refers_to)
+        if refers_to_any is not None:
+            query = query.where(AuditEvent.refers_to.in_(list(refers_to_any)))
+        if ids is not None:
+            query = query.where(AuditEvent.id.in_(list(ids)))
+        query = query.order_by(AuditEvent.id.desc() if newest_first else AuditEvent.id)
+        if limit:
+            query = query.limit(limit)
+        with self.session() as session:
+            return [{c: getattr(e, c) for c in COLUMNS} for e in session.scalars(query)]
+
+    def event(self, audit_id: int) -> dict | None:
+        found = self.events(ids=[audit_id])
+        return found[0] if found else None
+
+    def frame(self, **filters) -> pd.DataFrame:
+        """The filtered trail as a table (details flattened to JSON text), for the page and the CSV."""
+        rows = self.events(**filters)
+        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame["at"] = [r["at"].isoformat(timespec="milliseconds") for r in rows]
+        frame["details"] = [json.dumps(r["details"], sort_keys=True) for r in rows]
+        return frame
+
+    def csv(self, **filters) -> bytes:
+        return self.frame(**filters).to_csv(index=False).encode("utf-8")

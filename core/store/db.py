@@ -1,0 +1,136 @@
+"""Opening the database: which one, its SQLite settings, the migrations, and clear refusals.
+
+SQLite (one file under BREAKHIS_DATA_DIR, created on first start) unless BREAKHIS_DATABASE_URL
+names another database, e.g. postgresql+psycopg://user@host/breakhis. Opening always migrates to
+the newest schema this code knows (Alembic), so the app and `python -m core db upgrade` agree.
+What is never done: altering a database stamped by a newer version of the app, or touching a file
+that is not a readable, writable SQLite database. Those are refused with a StoreError that says
+what is wrong and what to do, before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from core.errors import UserInputError
+from core.paths import data_dir
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_FILE = "breakhis.db"
+BUSY_TIMEOUT_MS = 10_000  # concurrent writers wait this long for SQLite's one write lock
+log = logging.getLogger(__name__)
+
+
+class StoreError(UserInputError):
+    """The database the deployment points at cannot be used as it is (damaged, read-only, from a
+    newer version, unreachable). The message says why; nothing was changed."""
+
+
+def database_url() -> str:
+    """BREAKHIS_DATABASE_URL, or the SQLite file in the data folder."""
+    named = os.environ.get("BREAKHIS_DATABASE_URL")
+    if named:
+        return named
+    return f"sqlite:///{data_dir() / SQLITE_FILE}"
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    # WAL: readers never block the writer and a killed server loses no committed row. FULL
+    # synchronous: a commit the page confirmed is on disk even after a power cut, not only a crash.
+    cursor = connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={BUSY_TIMEOUT_MS}"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a file we could not use without damaging or overwriting it."""
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as problem:
+            raise StoreError(f"cannot create the data folder {path.parent}: {problem}. "
+                             "Set BREAKHIS_DATA_DIR to a writable folder.") from None
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(f"the data folder {path.parent} is not writable. "
+                             "Set BREAKHIS_DATA_DIR to a writable folder.")
+        return
+    if not path.is_file():
+        raise StoreError(f"the database path {path} is not a file.")
+    if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise StoreError(f"the database file {path} (or its folder) is read-only. The app needs to write "
+                         "its audit trail there: make it writable or set BREAKHIS_DATA_DIR; nothing was changed.")
+    with path.open("rb") as handle:
+        header = handle.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise StoreError(f"the database file {path} is not an SQLite database (damaged or another file). "
+                         "It was left untouched: restore it from a backup, or move it away to start a new one.")
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode."""
+    url = url or database_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            _check_sqlite_file(Path(parsed.database))
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def revisions() -> tuple[set[str], str]:
+    """(every revision this code knows, the newest)."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    return {r.revision for r in script.walk_revisions()}, script.get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Migrate to the newest schema; refuse (StoreError, no change) a database from a newer version."""
+    known, head = revisions()
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        current = current_revision(engine)
+        if current is not None and current not in known:
+            raise StoreError(f"the database {url} was written by a newer version of the app (schema revision "
+                             f"{current}; this version knows up to {head}). It was not changed: upgrade the app, "
+                             "or point BREAKHIS_DATA_DIR / BREAKHIS_DATABASE_URL at another database.")
+        if current != head:
+            with engine.begin() as connection:
+                command.upgrade(_alembic_config(connection), "head")
+            log.info("store %s migrated from %s to %s", url, current, head)
+    except StoreError:
+        raise
+    except OperationalError as problem:
+        raise StoreError(f"the database {url} cannot be opened: {problem.orig}. Nothing was changed.") from None
+    except DatabaseError as problem:
+        raise StoreError(f"the database {url} is damaged or not a database ({problem.orig}). It was left "
+                         "untouched: restore it from a backup, or move it away to start a new one.") from None
+    return head

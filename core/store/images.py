@@ -1,0 +1,57 @@
+"""The content-addressed image store: kept only when the deployment switches it on.
+
+By default no uploaded image touches the disk; the audit trail keeps the SHA-256 of its bytes
+only, and review happens while the image is on screen. With BREAKHIS_KEEP_IMAGES=1 each analysed
+image is written once, named by its SHA-256 (data/images/ab/abcdef...), so the review queue can
+show it later and reviewed images can be exported for training. The same bytes are stored once
+however often they are uploaded, and a file's name is its checksum, so a damaged copy is detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from core.paths import data_dir
+
+ENABLED_VALUES = ("1", "true", "yes", "on")
+
+
+def keeping_images() -> bool:
+    """Whether the deployment enabled keeping images (BREAKHIS_KEEP_IMAGES)."""
+    return os.environ.get("BREAKHIS_KEEP_IMAGES", "").strip().lower() in ENABLED_VALUES
+
+
+class ImageStore:
+    """Bytes by SHA-256 under `root` (default: the data folder's images/)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root else data_dir() / "images"
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (once) and return its SHA-256; written atomically (temp file + rename)."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        target = self.path(sha256)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, target)
+        return sha256
+
+    def get(self, sha256: str) -> bytes | None:
+        """The bytes, or None if not kept (or if the file no longer matches its checksum)."""
+        target = self.path(sha256)
+        if not target.is_file():
+            return None
+        data = target.read_bytes()
+        return data if hashlib.sha256(data).hexdigest() == sha256 else None

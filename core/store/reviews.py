@@ -1,0 +1,136 @@
+"""Pathologists' reviews: agree or correct a result, the review queue, a case's history, the export.
+
+A review is an audit row (kind "review") that refers to the diagnosis or slide row it reviews:
+"agree", or a corrected class and/or subtype, with a comment. A later review of the same result is
+another row; the newest one is the result's current review, and all of them stay in its history.
+Reviewed images that were kept (core.store.images) export as a folder the BreakHis indexer reads
+(SOB_<class>_<subtype>-<case>-<magnification>-<n>.png) with a provenance file naming each review,
+which Retrain can add to the training split.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from core.data.breakhis import IMAGE_EXTENSIONS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES
+from core.errors import UserInputError
+from core.store.audit import Store
+from core.store.images import ImageStore
+
+REVIEWABLE = ("diagnosis", "slide")
+MAX_COMMENT = 2000
+QUEUE_SCAN = 2000  # the newest results the queue looks through
+PROVENANCE = "provenance.csv"
+
+
+def review(store: Store, user: str, audit_id: int, label: str | None = None, subtype: str | None = None,
+           comment: str = "") -> int:
+    """Record a review of result `audit_id`: no label/subtype means "agree"; else the correction.
+
+    A corrected subtype implies its class; a corrected class alone keeps the subtype open (None).
+    Returns the review's own audit id.
+    """
+    target = store.event(audit_id)
+    if target is None or target["kind"] not in REVIEWABLE:
+        raise UserInputError(f"audit row {audit_id} is not a diagnosis or slide result")
+    if subtype is not None:
+        if subtype not in SUBTYPES:
+            raise UserInputError(f"unknown subtype {subtype!r}")
+        if label is not None and CLASS_OF_SUBTYPE[subtype] != label:
+            raise UserInputError(f"subtype {subtype} is not a {label} subtype")
+        label = CLASS_OF_SUBTYPE[subtype]
+    if label is not None and label not in CLASSES:
+        raise UserInputError(f"unknown class {label!r}")
+    call = target["details"]
+    agree = label is None or (label == call.get("call") and subtype in (None, call.get("subtype")))
+    final_label = call.get("call") if label is None else label
+    final_subtype = (call.get("subtype") if label in (None, call.get("call")) else None) if subtype is None else subtype
+    details = {"agree": agree, "label": final_label, "subtype": final_subtype,
+               "model_call": [call.get("call"), call.get("subtype")], "comment": (comment or "")[:MAX_COMMENT]}
+    return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
+                        model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
+                        details=details)
+
+
+def latest_reviews(store: Store, audit_ids) -> dict[int, dict]:
+    """{result id: its newest review row} for the results that have one."""
+    newest: dict[int, dict] = {}
+    for row in store.events(kinds="review", refers_to_any=list(audit_ids), newest_first=False):
+        newest[row["refers_to"]] = row
+    return newest
+
+
+def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> list[dict]:
+    """Results to review: referred and unreviewed first, then unreviewed, newest first within each."""
+    results = store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN)
+    reviews = latest_reviews(store, [r["id"] for r in results])
+    rows = []
+    for result in results:
+        reviewed = reviews.get(result["id"])
+        if reviewed and not include_reviewed:
+            continue
+        rows.append({**result, "review": reviewed})
+    rows.sort(key=lambda r: (r["review"] is not None, not r["details"].get("refer"), -r["id"]))
+    return rows[:limit]
+
+
+def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
+    """Every call and review of one case (BreakHis case id) or one image, oldest first."""
+    if image_sha256:
+        return store.events(kinds=[*REVIEWABLE, "review"], image_sha256=image_sha256, newest_first=False)
+    if not case:
+        raise UserInputError("name a case or an image")
+    calls = [r for r in store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN, newest_first=False)
+             if r["details"].get("case") == case]
+    reviews = store.events(kinds="review", newest_first=False, refers_to_any=[r["id"] for r in calls])
+    return sorted(calls + reviews, key=lambda r: r["id"])
+
+
+def export_training_folder(store: Store, out: str | Path, images: ImageStore | None = None) -> dict:
+    """Write every reviewed, kept image with its reviewed labels as a BreakHis-named PNG/JPEG copy.
+
+    Only reviews that settle a subtype are exported (a class-only correction leaves the subtype
+    unknown). Returns counts; the provenance file lists file, review id, result id, reviewer, time,
+    the model's call and the reviewed labels, and the image's SHA-256.
+    """
+    images = images or ImageStore()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserInputError(f"{out} is not empty; choose a new folder for the export")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {r["id"]: r for r in store.events(kinds=list(REVIEWABLE))}
+    reviews = latest_reviews(store, list(results))
+    written, skipped = [], {"not kept": 0, "no subtype": 0}
+    for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
+        result, subtype = results[result_id], rev["details"]["subtype"]
+        if subtype is None:
+            skipped["no subtype"] += 1
+            continue
+        data = images.get(result["image_sha256"] or "0" * 64)
+        if data is None:
+            skipped["not kept"] += 1
+            continue
+        magnification = result["details"].get("magnification")
+        magnification = magnification if magnification in MAGNIFICATIONS else "200X"
+        case = _case_id(result)
+        suffix = Path(result["subject"] or "").suffix.lower()
+        name = (f"SOB_{rev['details']['label'][0].upper()}_{CODE_OF_SUBTYPE[subtype]}-{case}-"
+                f"{magnification[:-1]}-{number:03d}{suffix if suffix in IMAGE_EXTENSIONS else '.png'}")
+        (out / name).write_bytes(data)
+        written.append({"file": name, "review_id": rev["id"], "result_id": result_id, "reviewer": rev["user"],
+                        "reviewed_at": rev["at"].isoformat(), "model_call": "/".join(map(str, rev["details"]["model_call"])),
+                        "label": rev["details"]["label"], "subtype": subtype, "agree": rev["details"]["agree"],
+                        "image_sha256": result["image_sha256"], "original_name": result["subject"]})
+    with (out / PROVENANCE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(written[0]) if written else ["file"])
+        writer.writeheader()
+        writer.writerows(written)
+    return {"written": len(written), "skipped": skipped, "folder": str(out)}
+
+
+def _case_id(result: dict) -> str:
+    """The BreakHis case id when the name carried one, else one per image ('0-<result id>', a year
+    no BreakHis case has): an image of unknown patient never joins another patient in a split."""
+    return result["details"].get("case") or f"0-{result['id']}"

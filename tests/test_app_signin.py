@@ -1,0 +1,97 @@
+"""Sign-in, roles and the audit trail through AppTest (SQLite): signed out only the sign-in page
+renders; a wrong password is refused and the lock engages; a pathologist cannot open Retrain or the
+audit log, even by the page's path; a diagnosis is recorded and carries its audit id; no password
+or hash is ever shown, and no image is written unless the deployment enabled it."""
+
+import hashlib
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.store import accounts
+from core.store.audit import Store
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signin")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        patch.delenv("BREAKHIS_SINGLE_USER")
+        patch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
+        run_app_like_the_server(patch)
+        yield root
+
+
+def everything_shown(app: AppTest) -> str:
+    parts = [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success", "title")
+             for e in getattr(app, kind)]
+    return "\n".join(parts)
+
+
+def sign_in(app: AppTest, name: str, password: str) -> AppTest:
+    app.text_input(key="sign_in_name").input(name)
+    app.text_input(key="sign_in_password").input(password)
+    return app.button[0].click().run()  # the form's submit button, the page's only one
+
+
+def test_first_start_then_sign_in_roles_and_audit(environment):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert "First start" in everything_shown(app) and "python -m core users add" in everything_shown(app)
+    assert not app.file_uploader  # nothing of the Diagnose page
+
+    store = Store.open()
+    accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    accounts.add_account(store, "boss", PASSWORD, "admin")
+
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert [t.value for t in app.title] == ["Sign in"] and not app.exception
+    app = sign_in(app, "pat", "wrong password!")
+    assert "Wrong name or password" in everything_shown(app) and [t.value for t in app.title] == ["Sign in"]
+    for _ in range(accounts.MAX_FAILURES - 1):
+        app = sign_in(app, "pat", "wrong password!")
+    assert "locked" in everything_shown(app)
+    app = sign_in(app, "pat", PASSWORD)  # the right password during the lock: still refused
+    assert "locked" in everything_shown(app) and [t.value for t in app.title] == ["Sign in"]
+    accounts.change_account(store, "pat", "boss", password=PASSWORD)  # an admin lifts the lock
+
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "pat", PASSWORD)
+    assert [t.value for t in app.title] == ["Diagnose"] and "Signed in as **pat** (pathologist)" in everything_shown(app)
+    for page in ("pages/retrain.py", "pages/audit.py", "pages/compare.py"):  # not registered for this role:
+        with pytest.raises(ValueError, match="Could not find a navigation page"):  # no URL reaches them
+            app.switch_page(page)
+    app.switch_page("pages/diagnose.py").run()
+    sample = app.multiselect(key="samples").options[0]
+    app.multiselect(key="samples").select(sample).run()
+    assert not app.exception
+    diagnosis = store.events(kinds="diagnosis")
+    assert len(diagnosis) == 1 and diagnosis[0]["user"] == "pat" and sample.endswith(diagnosis[0]["subject"])
+    assert f"Review (audit #{diagnosis[0]['id']})" in [e.label for e in app.expander]
+    app.run()  # a rerun with the same settings records nothing new
+    assert len(store.events(kinds="diagnosis")) == 1
+    assert not (environment / "data" / "images").exists()  # no image on disk unless enabled
+
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "boss", PASSWORD)
+    app.switch_page("pages/audit.py").run()
+    assert "Audit log" in [t.value for t in app.title] and not app.exception
+    shown = everything_shown(app) + "".join(d.value.to_csv() for d in app.dataframe)
+    assert "sign_in_failed" in shown and PASSWORD not in shown and "argon2" not in shown
+    kinds = [e["kind"] for e in store.events()]
+    assert kinds.count("sign_in") == 2 and kinds.count("sign_in_failed") == accounts.MAX_FAILURES + 1
+    store.close()
+
+
+def test_a_damaged_database_gives_a_clear_message_and_is_not_overwritten(environment, tmp_path, monkeypatch):
+    damaged = tmp_path / "data" / "breakhis.db"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"garbage, not SQLite" * 50)
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(damaged.parent))
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not app.exception
+    assert any("database cannot be used" in e.value and "not an SQLite database" in e.value for e in app.error)
+    assert not app.file_uploader and damaged.read_bytes() == b"garbage, not SQLite" * 50

@@ -1,0 +1,175 @@
+"""The store on SQLite and on a real PostgreSQL server: migrations, the append-only audit trail,
+accounts and the lock, refusals of damaged, read-only and newer databases, concurrent writers."""
+
+import datetime
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, text, update
+from sqlalchemy.exc import DBAPIError
+
+from core.store import accounts, db
+from core.store.audit import AppendOnlyError, Store
+from core.store.db import StoreError
+from core.store.db import current_revision, make_engine, revisions, upgrade
+from core.store.models import AuditEvent
+
+
+def test_open_migrates_to_head_and_sqlite_uses_wal(store, store_url):
+    _, head = revisions()
+    assert current_revision(store.engine) == head
+    Store.open(store_url).close()  # a second open is a no-op, not a failure
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_record_and_read_back_with_filters(store):
+    first = store.record("diagnosis", "ann", "a.png", image_sha256="a" * 64, model="m", model_sha256="b" * 64,
+                         details={"call": "malignant", "p": {"malignant": 0.9}})
+    second = store.record("review", "bob", "a.png", refers_to=first, details={"stage1": "agree"})
+    store.record("sign_in", "bob")
+    assert second > first
+    rows = store.events(kinds="diagnosis")
+    assert [r["id"] for r in rows] == [first]
+    assert rows[0]["details"]["p"]["malignant"] == 0.9 and rows[0]["at"].tzinfo is not None
+    assert rows[0]["app_version"]
+    assert [r["id"] for r in store.events(user="bob", kinds=["review", "sign_in"], newest_first=False)][0] == second
+    assert [r["id"] for r in store.events(refers_to=first)] == [second]
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    assert store.events(since=later) == []
+    csv = store.csv(kinds="diagnosis").decode()
+    assert csv.splitlines()[0].startswith("id,at,kind,user") and '"{""call"": ""malignant""' in csv
+    with pytest.raises(ValueError, match="unknown audit kind"):
+        store.record("made_up", "ann")
+
+
+def test_audit_rows_cannot_be_changed_by_the_orm_or_by_sql(store):
+    audit_id = store.record("diagnosis", "ann", "a.png", details={"call": "benign"})
+    with store.session() as session:
+        row = session.get(AuditEvent, audit_id)
+        row.details = {"call": "malignant"}
+        with pytest.raises(AppendOnlyError):
+            session.commit()
+    with store.session() as session:
+        session.delete(session.get(AuditEvent, audit_id))
+        with pytest.raises(AppendOnlyError):
+            session.commit()
+    with store.session() as session, pytest.raises(AppendOnlyError):
+        session.execute(update(AuditEvent).values(user="mallory"))
+    with store.session() as session, pytest.raises(AppendOnlyError):
+        session.execute(delete(AuditEvent))
+    # Below the ORM: the database trigger refuses a hand-written statement.
+    for statement in ("UPDATE audit SET \"user\" = 'mallory'", "DELETE FROM audit"):
+        with store.engine.connect() as connection, pytest.raises(DBAPIError, match="append-only"):
+            connection.execute(text(statement))
+    assert store.event(audit_id)["details"] == {"call": "benign"} and store.event(audit_id)["user"] == "ann"
+
+
+def test_accounts_sign_in_lock_and_changes(store):
+    assert not accounts.has_accounts(store)
+    accounts.add_account(store, "admin1", "correct horse", "admin")
+    with pytest.raises(ValueError, match="already exists"):
+        accounts.add_account(store, "admin1", "another pass", "admin")
+    with pytest.raises(ValueError, match="at least 8"):
+        accounts.add_account(store, "short", "1234", "pathologist")
+    with pytest.raises(ValueError, match="role"):
+        accounts.add_account(store, "x", "long enough", "superuser")
+    assert accounts.sign_in(store, "admin1", "correct horse") == {"name": "admin1", "role": "admin"}
+    with pytest.raises(accounts.SignInError, match="Wrong name or password"):
+        accounts.sign_in(store, "nobody", "correct horse")
+    now = datetime.datetime.now(datetime.UTC)
+    for _ in range(accounts.MAX_FAILURES - 1):
+        with pytest.raises(accounts.SignInError, match="Wrong name or password"):
+            accounts.sign_in(store, "admin1", "wrong", now)
+    with pytest.raises(accounts.SignInError, match="locked for 60 seconds"):
+        accounts.sign_in(store, "admin1", "wrong", now)
+    with pytest.raises(accounts.SignInError, match="locked until"):  # even the right password, during the lock
+        accounts.sign_in(store, "admin1", "correct horse", now + datetime.timedelta(seconds=30))
+    assert accounts.sign_in(store, "admin1", "correct horse", now + datetime.timedelta(seconds=61))["role"] == "admin"
+    accounts.change_account(store, "admin1", "admin1", active=False)
+    with pytest.raises(accounts.SignInError, match="disabled"):
+        accounts.sign_in(store, "admin1", "correct horse")
+    failures = store.events(kinds="sign_in_failed")
+    assert len(failures) == accounts.MAX_FAILURES + 3 and {f["details"]["reason"] for f in failures} >= {
+        "unknown account", "wrong password", "wrong password; locked", "locked", "disabled"}
+    changes = store.events(kinds="account", newest_first=False)
+    assert [c["details"]["change"] for c in changes] == ["created", "updated"]
+    # No password or hash in any audit row or listing.
+    dump = store.csv() + repr(accounts.list_accounts(store)).encode()
+    assert b"correct horse" not in dump and b"argon2" not in dump
+
+
+def test_roles_permissions():
+    assert accounts.can("admin", "retrain") and accounts.can("admin", "diagnose")
+    assert accounts.can("pathologist", "review")
+    for action in ("retrain", "activate_model", "audit", "accounts", "compare"):
+        assert not accounts.can("pathologist", action)
+    assert not accounts.can(None, "diagnose")
+
+
+def test_concurrent_writers_lose_nothing(store):
+    errors, ids = [], []
+
+    def write(worker):
+        try:
+            for n in range(15):
+                ids.append(store.record("diagnosis", f"user{worker}", f"{worker}-{n}.png"))
+        except Exception as problem:  # noqa: BLE001 - collected and asserted below
+            errors.append(problem)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(ids)) == 120 and len(store.events(kinds="diagnosis")) == 120
+
+
+def test_a_newer_database_is_refused_and_left_unchanged(store, store_url):
+    store.record("sign_in", "ann")
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(StoreError, match="newer version of the app.*9999"):
+        Store.open(store_url)
+    assert current_revision(store.engine) == "9999" and len(store.events()) == 1
+
+
+def test_damaged_and_read_only_sqlite_files_are_refused_untouched(tmp_path, monkeypatch):
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        Store.open(f"sqlite:///{damaged}")
+    assert damaged.read_bytes() == b"this is not a database" * 100
+    # A real SQLite header over a damaged body: caught when the migration reads it.
+    good = tmp_path / "good.db"
+    Store.open(f"sqlite:///{good}").close()
+    body = bytearray(good.read_bytes())
+    body[100:4096] = b"\xff" * (4096 - 100)
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(bytes(body))
+    with pytest.raises(StoreError, match="damaged|cannot be opened"):
+        upgrade(make_engine(f"sqlite:///{broken}"))
+    assert broken.read_bytes() == bytes(body)
+    read_only = tmp_path / "ro" / "breakhis.db"
+    read_only.parent.mkdir()
+    sqlite3.connect(read_only).close()
+    read_only.chmod(0o444)
+    if os.geteuid() == 0:  # root may write anything (CI runs as root): let the check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(db.os, "access", lambda p, mode: real_access(p, mode) and Path(p) != read_only)
+    before = read_only.read_bytes()
+    with pytest.raises(StoreError, match="read-only"):
+        Store.open(f"sqlite:///{read_only}")
+    assert read_only.read_bytes() == before
+
+
+def test_sqlite_file_and_folder_created_on_first_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path / "fresh" / "data"))
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    Store.open().close()
+    assert (tmp_path / "fresh" / "data" / "breakhis.db").is_file()

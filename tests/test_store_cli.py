@@ -1,0 +1,55 @@
+"""`python -m core db ...` and `users ...` on both databases: passwords prompted, never arguments."""
+
+import getpass
+
+import pytest
+
+from core.cli import main
+from core.store import accounts
+from core.store.audit import Store
+
+
+@pytest.fixture
+def cli_store(store_url, monkeypatch):
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", store_url)
+    return store_url
+
+
+def prompts(monkeypatch, *answers):
+    replies = iter(answers)
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(replies))
+
+
+def test_db_upgrade_then_users_add_and_sign_in(cli_store, monkeypatch, capsys):
+    assert main(["db", "upgrade"]) == 0
+    assert "schema empty -> 0001" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0 and "up to date" in capsys.readouterr().out
+    prompts(monkeypatch, "s3cret-pass", "s3cret-pass")
+    assert main(["users", "add", "chief", "--role", "admin"]) == 0
+    prompts(monkeypatch, "one-password", "another-one")
+    assert main(["users", "add", "pat", "--role", "pathologist"]) == 2
+    assert "differ" in capsys.readouterr().err
+    assert main(["users", "add", "pat", "s3cret-pass"]) == 2  # no password argument exists
+    store = Store.open(cli_store)
+    assert accounts.sign_in(store, "chief", "s3cret-pass")["role"] == "admin"
+    assert [a["name"] for a in accounts.list_accounts(store)] == ["chief"]
+    assert store.events(kinds="account")[0]["user"] == "system"
+    prompts(monkeypatch, "new-password", "new-password")
+    assert main(["users", "set", "chief", "--role", "pathologist", "--password"]) == 0
+    assert accounts.sign_in(store, "chief", "new-password")["role"] == "pathologist"
+    capsys.readouterr()
+    assert main(["users", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "chief\tpathologist\tactive" in listed and "argon2" not in listed and "new-password" not in listed
+    store.close()
+
+
+def test_db_upgrade_refuses_a_newer_database(cli_store, capsys):
+    from sqlalchemy import text
+
+    store = Store.open(cli_store)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    store.close()
+    assert main(["db", "upgrade"]) == 2
+    assert "newer version of the app" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Audit rows of real diagnoses, reviews and corrections, the queue, a case's history, the kept-image
+store and the training export, on SQLite and PostgreSQL."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from core.app import records, service
+from core.data.breakhis import index_folder
+from core.store import reviews
+from core.store.images import ImageStore, keeping_images
+from tests.app_helpers import make_model_folder
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from core.model.loading import load_predictor
+
+    return load_predictor(make_model_folder(tmp_path_factory.mktemp("models") / "tiny", demo=False))
+
+
+@pytest.fixture(scope="module")
+def diagnosed(predictor, samples_dir):
+    paths = sorted(samples_dir.rglob("*.png"))
+    chosen = [p for p in paths if "SOB_M_PC-14-9146" in p.name][:2] + [p for p in paths if "SOB_B_A-14-22549AB" in p.name][:1]
+    items = [(p.name, p.read_bytes()) for p in chosen] + [("broken.png", b"not an image")]
+    return items, service.diagnose_items(predictor, items, refer_threshold=0.99)
+
+
+def test_a_diagnosis_is_recorded_with_everything_the_issue_names(store, predictor, diagnosed):
+    items, results = diagnosed
+    settings = records.diagnosis_settings(predictor, tta=False, method="gradcam", refer_threshold=0.99,
+                                          magnification="not stated")
+    ids = records.record_diagnosis(store, "ann", results, predictor, settings)
+    assert len(ids) == 3  # the unreadable file is no diagnosis
+    name, data = items[0]
+    row = store.event(ids[(name, hashlib.sha256(data).hexdigest())])
+    p = results[0].prediction
+    assert row["user"] == "ann" and row["subject"] == name and row["image_sha256"] == hashlib.sha256(data).hexdigest()
+    assert row["model"] == predictor.name and row["model_sha256"] == predictor.card["sha256"] and len(row["model_sha256"]) == 64
+    assert row["app_version"] and row["at"].tzinfo is not None
+    details = row["details"]
+    assert details["call"] == p.label and details["stage1"]["malignant"] == pytest.approx(p.stage1["malignant"], abs=1e-6)
+    assert details["refer"] is True and details["refer_reasons"] == results[0].refer_reasons
+    assert details["settings"] == {**settings} and details["settings"]["stain_normalisation"] == "none"
+    assert details["case"] == "14-9146" and details["demo"] is False
+
+
+def test_review_queue_history_and_corrections_are_new_rows(store, predictor, diagnosed):
+    items, results = diagnosed
+    settings = records.diagnosis_settings(predictor, False, "gradcam", 0.99, "not stated")
+    ids = list(records.record_diagnosis(store, "ann", results, predictor, settings).values())
+    unflagged = service.diagnose_items(predictor, items[:1], refer_threshold=0.0)
+    assert not unflagged[0].refer
+    calm = records.record_diagnosis(store, "ann", unflagged, predictor, {**settings, "refer_threshold": 0.0})
+    queued = reviews.queue(store)
+    assert [r["id"] for r in queued] == sorted(ids, reverse=True) + list(calm.values())  # the referred first
+    first = store.event(ids[0])
+    model_call = first["details"]["call"]
+    other = "benign" if model_call == "malignant" else "malignant"
+    agree = reviews.review(store, "bob", ids[0], comment="looks right")
+    assert store.event(agree)["details"]["agree"] is True
+    correction = reviews.review(store, "bob", ids[0], subtype="fibroadenoma" if other == "benign" else "lobular_carcinoma",
+                                comment="on second look")
+    latest = reviews.latest_reviews(store, [ids[0]])[ids[0]]
+    assert latest["id"] == correction and latest["details"]["label"] == other and latest["details"]["agree"] is False
+    assert store.event(agree)["details"]["comment"] == "looks right"  # the earlier review is untouched
+    assert ids[0] not in [r["id"] for r in reviews.queue(store)]
+    assert ids[0] in [r["id"] for r in reviews.queue(store, include_reviewed=True)]
+    case_rows = reviews.history(store, case="14-9146")
+    assert [r["kind"] for r in case_rows].count("review") == 2 and len(case_rows) == 2 + 2 + 1  # 2 calls, 1 repeat
+    assert list(calm.values())[0] in [r["id"] for r in case_rows]
+    with pytest.raises(ValueError, match="not a malignant subtype"):
+        reviews.review(store, "bob", ids[0], label="malignant", subtype="fibroadenoma")
+    with pytest.raises(ValueError, match="not a diagnosis"):
+        reviews.review(store, "bob", agree)
+
+
+def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store, predictor, diagnosed, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
+    assert not keeping_images()
+    monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    assert keeping_images()
+    items, results = diagnosed
+    kept = ImageStore(tmp_path / "images")
+    for name, data in items[:2]:
+        assert kept.put(data) == hashlib.sha256(data).hexdigest()
+        assert kept.put(data) == hashlib.sha256(data).hexdigest()  # stored once
+    assert len(list((tmp_path / "images").rglob("*"))) == 4  # 2 folders, 2 files
+    ids = records.record_diagnosis(store, "ann", results, predictor,
+                                   records.diagnosis_settings(predictor, False, "gradcam", 0.9, "not stated"))
+    by_name = {name: audit_id for (name, _), audit_id in ids.items()}
+    first, second, third = (by_name[n] for n, _ in items[:3])
+    reviews.review(store, "bob", first, subtype="lobular_carcinoma")
+    flipped = "benign" if store.event(second)["details"]["call"] == "malignant" else "malignant"
+    reviews.review(store, "bob", second, label=flipped)  # the class corrected alone: subtype open, not exported
+    reviews.review(store, "bob", third)  # agreed, but its image was not kept
+    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1}
+    indexed = index_folder(tmp_path / "export").images
+    assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "lobular_carcinoma"
+    assert indexed.iloc[0]["case"] == "14-9146"
+    provenance = (tmp_path / "export" / reviews.PROVENANCE).read_text()
+    assert "bob" in provenance and hashlib.sha256(items[0][1]).hexdigest() in provenance
+    with pytest.raises(ValueError, match="not empty"):
+        reviews.export_training_folder(store, tmp_path / "export", kept)
+    damaged = kept.path(hashlib.sha256(items[0][1]).hexdigest())
+    damaged.write_bytes(b"changed")
+    assert kept.get(hashlib.sha256(items[0][1]).hexdigest()) is None
+
+
+def test_reviewed_images_join_the_training_split_only(synthetic_breakhis, tmp_path):
+    import shutil
+
+    from core.training.config import TrainConfig
+    from core.training.fit import prepare_data
+
+    options = dict(data=str(synthetic_breakhis), out=str(tmp_path / "run"))
+    plain = prepare_data(TrainConfig(**options))
+    held_out = plain["test"].iloc[0]
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    shutil.copy(held_out["path"], reviewed / Path(held_out["path"]).name)  # a test patient: must stay out
+    new_patient = plain["train"].iloc[0]
+    shutil.copy(new_patient["path"], reviewed / Path(new_patient["path"]).name.replace(new_patient["case"], "0-77"))
+    added = prepare_data(TrainConfig(**options, reviewed_dir=str(reviewed)))
+    assert len(added["train"]) == len(plain["train"]) + 1 and "0-77" in set(added["train"]["case"])
+    assert added["val"]["path"].tolist() == plain["val"]["path"].tolist()
+    assert added["test"]["path"].tolist() == plain["test"]["path"].tolist()  # the held-out patient's copy left out
