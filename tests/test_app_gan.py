@@ -32,6 +32,7 @@ def generator_root(tmp_path_factory, synthetic_breakhis):
 
 
 def page(monkeypatch, root) -> AppTest:
+    monkeypatch.setenv("BREAKHIS_SINGLE_USER", "1")  # the explicit single-user mode: no sign-in
     monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(root))
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(root / "no-runs"))
     return AppTest.from_file(PAGE, default_timeout=APP_TIMEOUT).run()
@@ -100,6 +101,7 @@ def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):
     from tests.app_helpers import APP, make_model_folder, run_app_like_the_server
 
     default = make_model_folder(tmp_path / "default")
+    monkeypatch.setenv("BREAKHIS_SINGLE_USER", "1")
     monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(default))
     monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(generator_root))
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
