@@ -263,18 +263,23 @@ def _gan_sample(args) -> int:
 
 
 def _gan_evaluate(args) -> int:
-    from core.gan.quality import evaluate_generator, format_report, load_features
+    from core.gan.checks import format_judgement
+    from core.gan.quality import evaluate_generator, format_kid, load_features
 
-    print(format_report(evaluate_generator(args.model, args.data, load_features(args.features), args.n, args.seed)))
+    features = load_features(args.features) if args.features else None
+    result = evaluate_generator(args.model, args.data, features, args.n, args.seed)
+    print(format_judgement(result))
+    print(format_kid(result["generators"]["generator"]))
     return OK
 
 
 def _gan_compare(args) -> int:
-    from core.gan.quality import compare_generators, format_comparison
+    from core.gan.checks import format_judgement
+    from core.gan.quality import compare_generators
     from core.jsonfile import write_json_atomic
 
-    result = compare_generators(args.model, args.against, args.data, args.n, args.seed)
-    print(format_comparison(result))
+    result = compare_generators(args.model, args.against, args.data, args.n, args.seed, args.sheet)
+    print(format_judgement(result))
     if args.out:
         write_json_atomic(args.out, result)
     return OK
@@ -405,22 +410,23 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True)
-    quality = gan_commands.add_parser("evaluate", help="KID/FID and memorisation of a generator, per subtype")
+    quality = gan_commands.add_parser("evaluate", help="two-sample test, nuclei and distances of a generator (+ KID)")
     quality.set_defaults(handler=_gan_evaluate)
     quality.add_argument("--model", required=True, help="generator folder")
     quality.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
-    quality.add_argument("--features", help='KID feature space: "imagenet" (default; the default classifier when '
-                         'offline), a classifier model folder, or "backbone:NAME"')
-    quality.add_argument("--n", type=int, default=64, help="images per set (real and synthetic) per subtype")
+    quality.add_argument("--features", help='also KID and memorisation in this feature space: "imagenet" (the '
+                         'default classifier when offline), a classifier model folder, or "backbone:NAME"')
+    quality.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
     quality.add_argument("--seed", type=int, default=1)
-    versus = gan_commands.add_parser("compare", help="two generators' classifier-free distances on the same real set")
+    versus = gan_commands.add_parser("compare", help="two generators' checks on the same real patches")
     versus.set_defaults(handler=_gan_compare)
     versus.add_argument("--model", required=True, help="the new generator folder")
     versus.add_argument("--against", required=True, help="the generator folder to compare with (e.g. the old one)")
     versus.add_argument("--data", required=True, help="the BreakHis folder the new generator was trained on")
-    versus.add_argument("--n", type=int, default=64)
+    versus.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
     versus.add_argument("--seed", type=int, default=1)
     versus.add_argument("--out", type=Path, help="also write the JSON here")
+    versus.add_argument("--sheet", type=Path, help="also write a PNG of real | new | old patches per subtype")
     ablation = gan_commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")
     ablation.set_defaults(handler=_gan_ablation)
     ablation.add_argument("--data", required=True)

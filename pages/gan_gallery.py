@@ -1,119 +1,117 @@
-"""GAN gallery: synthetic patches per subtype next to real ones, interpolation, KID and memorisation."""
+"""GAN gallery: what the measured checks say, then real and synthetic tissue at the same scale."""
+
+import io
+import zipfile
 
 import numpy as np
+import pandas as pd
 import streamlit as st
+from PIL import Image
 
-from core.app import gan_gallery, registry, session
+from core.app import registry, session
 from core.data.breakhis import synthetic_name
 from core.data.labels import pretty
 from core.errors import ModelFolderError
-from core.gan.sampling import generate, grid
-from core.model.folders import GENERATOR, load_model_folder
+from core.gan import gallery
+from core.gan.sampling import Generator, grid
 
 session.require_router()
 session.require("gallery")
 
 
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=2)
-def load(folder: str, stamp: float):
-    return load_model_folder(folder, kind=GENERATOR)
+def load(folder: str, stamp: float) -> Generator:
+    return Generator.load(folder)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def synthetic(folder: str, stamp: float, subtype: str, n: int, seed: int) -> np.ndarray:
-    return generate(load(folder, stamp)[0], subtype, n, seed)
+    return gallery.synthetic_patches(load(folder, stamp), subtype, n, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def interpolation(folder: str, stamp: float, subtype: str, seeds: tuple[int, int], steps: int) -> np.ndarray:
-    generator, card = load(folder, stamp)
-    return generate(generator, subtype, steps, noise=gan_gallery.interpolation_noise(card["latent_dim"], seeds, steps))
+def field(folder: str, stamp: float, subtype: str, seed: int) -> np.ndarray:
+    return load(folder, stamp).fields(subtype, 1, seed)[0]
 
 
 @st.cache_data(show_spinner="Cropping real patches...", max_entries=16)
-def real(subtype: str, config: dict, n: int) -> np.ndarray | None:
-    return gan_gallery.real_patches_of(subtype, config, n)
+def real(folder: str, stamp: float, subtype: str, n: int) -> np.ndarray | None:
+    return gallery.real_patches(load(folder, stamp), subtype, n)
+
+
+def sample_zip(batches: dict[str, np.ndarray], name: str, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for subtype, images in batches.items():
+            for i, image in enumerate(images):
+                png = io.BytesIO()
+                Image.fromarray(image).save(png, format="PNG")
+                archive.writestr(synthetic_name(subtype, name, seed, i), png.getvalue())
+    return buffer.getvalue()
 
 
 st.title("GAN gallery")
-st.caption("Synthetic histology patches from a class-conditional GAN. They may only ever enter "
-           "TRAINING (the 'synthetic' balancing strategy), never validation, test or diagnosis.")
+st.caption("Synthetic histology from a class-conditional GAN. It may only ever enter TRAINING (the 'synthetic' "
+           "balancing strategy), never validation, test or diagnosis.")
 folders = registry.generator_folders()
 if not folders:
     st.info("No GAN generator found in models/ or runs/. Train one with "
-            "`python -m core gan train --data DIR --out runs/gan-NAME --subtypes adenosis phyllodes_tumor`.")
+            "`python -m core gan train --data DIR --out runs/gan-NAME`.")
     st.stop()
 folder = st.selectbox("Generator", folders, key="gan_model", format_func=registry.short_location)
 try:
     stamp = registry.stamp(folder)
-    generator, card = load(folder, stamp)
+    generator = load(folder, stamp)
 except ModelFolderError as problem:
     st.error(f"This generator folder cannot be used: {problem}")
     st.stop()
+card = generator.card
+training = card.get("training", {})
+by_subtype = training.get("images_by_subtype", {})
+st.markdown(f"**{card['name']}**: {training.get('steps', '?')} training steps on {sum(by_subtype.values())} real "
+            f"images from `{training.get('data_source', '?')}` (split: {training.get('split', '?')}).")
+if card.get("limitations"):  # what whoever bundled it measured and says of it
+    st.warning(card["limitations"])
 
-by_subtype = card.get("training", {}).get("images_by_subtype", {})
-text, warnings = gan_gallery.summary(card)
-st.markdown(text)
-for warning in warnings:
-    st.warning(warning)
+st.header("What the measurements say")
+try:
+    quality = gallery.load_quality(folder)
+except (OSError, ValueError) as problem:
+    quality = None
+    st.error(f"The quality report of this generator cannot be read ({problem}); run `gan evaluate` again.")
+if quality is None:
+    st.info(f"Not measured yet: the pictures below are unjudged. Run `python -m core gan evaluate --model {folder} "
+            "--data DIR`.")
+else:
+    met, text = gallery.verdict(quality)
+    (st.success if met else st.warning)(("Meets the goals. " if met else "Does NOT meet the goals: synthetic tissue "
+                                         "is told apart from real. ") + text)
+    st.dataframe(pd.DataFrame(gallery.check_rows(quality)), hide_index=True)
+    st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
+               "on the other half. Distances are divided by the real-vs-real floor (goal <= 2).")
 
 controls = st.columns([3, 1, 1])
 subtypes = controls[0].multiselect("Subtypes", card["subtypes"], default=card["subtypes"][:4], key="gan_subtypes",
                                    format_func=pretty)
 seed = int(controls[1].number_input("Seed", 0, 10**6, 0, key="gan_seed"))
-n = int(controls[2].slider("Images per subtype", 2, 12, 6, key="gan_n"))
-
+n = int(controls[2].slider("Patches per subtype", 2, 12, 6, key="gan_n"))
 batches = {}
 for subtype in subtypes:
     batches[subtype] = synthetic(folder, stamp, subtype, n, seed)
     st.subheader(f"{pretty(subtype)}  ({by_subtype.get(subtype, 0)} real training images)")
     left, right = st.columns(2)
-    shown_real = real(subtype, card.get("config", {}), n)
+    shown_real = real(folder, stamp, subtype, n)
     if shown_real is None:
-        left.info("No bundled real sample of this subtype to compare with.")
+        left.info("No bundled real sample of this subtype at this scale to compare with.")
     else:
-        left.image(grid([shown_real]), caption="Real patches (bundled samples)", width="stretch")
+        left.image(grid([shown_real]), caption="Real patches (bundled samples, same scale)", width="stretch")
     right.image(grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
+    size = "field-size (a 200X field)" if generator.spatial else "at this generator's own size"
+    st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic image {size} ({pretty(subtype)})")
 
 if batches:
-    archive = gan_gallery.sample_zip(batches, card["name"], seed)
+    archive = sample_zip(batches, card["name"], seed)
     total = sum(len(b) for b in batches.values())
     st.download_button(f"Download this batch ({total} PNGs, zip)", archive, file_name=f"{card['name']}-seed{seed}.zip",
                        mime="application/zip", key="gan_download")
-    first = next(iter(batches))
-    st.caption(f"File names mark them synthetic, e.g. {synthetic_name(first, card['name'], seed, 0)}")
-
-st.header("Latent interpolation")
-row = st.columns(4)
-subtype = row[0].selectbox("Subtype", card["subtypes"], key="gan_interp_subtype", format_func=pretty)
-seed_a = int(row[1].number_input("From seed", 0, 10**6, 1, key="gan_seed_a"))
-seed_b = int(row[2].number_input("To seed", 0, 10**6, 2, key="gan_seed_b"))
-steps = int(row[3].slider("Steps", 3, 10, 7, key="gan_steps"))
-st.image(grid([interpolation(folder, stamp, subtype, (seed_a, seed_b), steps)]),
-         caption=f"{pretty(subtype)}: seed {seed_a} -> seed {seed_b}", width="stretch")
-
-st.header("Quality (KID) and memorisation")
-report, problem = gan_gallery.quality_report(folder)
-if report is None:
-    if problem:
-        st.warning(f"The quality report cannot be shown: {problem}")
-    else:
-        st.info(f"Not measured yet. Run `python -m core gan evaluate --model {folder} --data DIR`.")
-    st.stop()
-st.caption(report["caption"] + " Lower KID is closer to real; compare with real-vs-real (noise floor) and an "
-           "untrained generator.")
-st.dataframe(report["kid"], hide_index=True)
-if len(report["classifier_free"]):
-    st.subheader("Distances that need no classifier")
-    st.caption("Per subtype, real vs synthetic patches: H&E stain densities (sliced Wasserstein), the radially "
-               "averaged power spectrum (structure and periodic artefacts) and local binary patterns (texture). "
-               "Each next to two real sets' distance (floor) and an untrained generator's (ceiling).")
-    st.dataframe(report["classifier_free"], hide_index=True)
-    st.caption(report["peaks"])
-st.subheader("Closest synthetic-real pairs")
-st.caption("For every synthetic image, its nearest real training patch in feature space. A distance near 0 "
-           "(ratio to the typical real-to-real distance near 0) would mean a copied training patch.")
-for shown in report["pairs"].values():
-    for column, (images, caption) in zip(st.columns(len(shown) or 1), shown):
-        column.image(images, caption=["synthetic", "nearest real"], width=96)
-        column.caption(caption)
+    st.caption(f"File names mark them synthetic, e.g. {synthetic_name(next(iter(batches)), card['name'], seed, 0)}")

@@ -13,7 +13,7 @@ PAIR = ("adenosis", "ductal_carcinoma")
 
 @pytest.fixture(scope="module")
 def generator_root(tmp_path_factory, synthetic_breakhis):
-    """models/gan-tiny: an (untrained) generator saved as training saves it, with its quality report."""
+    """models/gan-tiny: an (untrained) texture generator saved as training saves it, with its checks."""
     import dataclasses
 
     from core.gan import model as gan
@@ -21,18 +21,18 @@ def generator_root(tmp_path_factory, synthetic_breakhis):
     from core.model.folders import GENERATOR, save_model_folder
 
     root = tmp_path_factory.mktemp("models")
-    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, image_size=32, width=32, latent_dim=16)
-    card = {"name": config.name, "image_size": 32, "latent_dim": 16, "subtypes": list(PAIR),
+    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, image_size=16, width=16, latent_dim=8, mpp=4.0)
+    card = {"name": config.name, "image_size": 16, "latent_dim": 8, "mpp": 4.0, "subtypes": list(PAIR),
             "config": dataclasses.asdict(config),
-            "training": {"data_source": synthetic_breakhis.name, "split": "none", "steps": 0,
-                         "images_by_subtype": {"adenosis": 12, "ductal_carcinoma": 12}}}
+            "training": {"data_source": synthetic_breakhis.name, "split": "patient-wise", "steps": 0,
+                         "images_by_subtype": {"adenosis": 12, "ductal_carcinoma": 12}, "held_out_images": []}}
     folder = save_model_folder(gan.build_generator(config), root / "gan-tiny", card, kind=GENERATOR)
-    features = gan_quality.load_features("backbone:small_cnn", input_size=64)
-    gan_quality.evaluate_generator(folder, synthetic_breakhis, features, n=8, pairs=2)
+    gan_quality.evaluate_generator(folder, synthetic_breakhis, n=8)
     return root
 
 
 def page(monkeypatch, root) -> AppTest:
+    monkeypatch.setenv("BREAKHIS_SINGLE_USER", "1")  # the explicit single-user mode: no sign-in
     monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(root))
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(root / "no-runs"))
     return AppTest.from_file(PAGE, default_timeout=APP_TIMEOUT).run()
@@ -42,20 +42,22 @@ def synthetic_image(app, seed):
     return next(image for image in app.image if f"Synthetic, seed {seed}" in image.captions)
 
 
-def test_gallery_shows_real_and_synthetic_per_subtype_with_kid_and_pairs(monkeypatch, generator_root):
+def test_gallery_says_what_was_measured_then_shows_real_and_synthetic_at_one_scale(monkeypatch, generator_root):
     app = page(monkeypatch, generator_root)
     assert not app.exception, app.exception
     assert app.title[0].value == "GAN gallery"
-    assert [s.value.split("  ")[0] for s in app.subheader][:2] == ["Adenosis", "Ductal carcinoma"]
+    # An untrained generator fails the goals, and the page says so in words before any picture.
+    assert "Does NOT meet the goals" in app.warning[0].value and "held-out fields" in app.warning[0].value
+    assert "trained on some of these held-out fields" in app.warning[0].value  # its card kept none out
+    checks = app.dataframe[0].value
+    assert list(checks["set"])[:2] == ["benign (class)", "malignant (class)"]
+    assert {"Adenosis", "Ductal carcinoma"} <= set(checks["set"])
+    assert not checks["goal met"].any()
+    assert [s.value.split("  ")[0] for s in app.subheader] == ["Adenosis", "Ductal carcinoma"]
     captions = [c for image in app.image for c in image.captions]
-    assert captions.count("Real patches (bundled samples)") == 2  # assets/samples has both subtypes
+    assert captions.count("Real patches (bundled samples, same scale)") == 2  # assets/samples has both
     assert sum("Synthetic, seed 0" in c for c in captions) == 2
-    assert any("seed 1 -> seed 2" in c for c in captions)  # latent interpolation
-    kid = app.dataframe[0].value
-    assert list(kid["subtype"]) == ["Adenosis", "Ductal carcinoma"]
-    assert set(kid["real patches"]) == {8} and set(kid["synthetic images"]) == {8}
-    assert kid["KID"].notna().all()
-    assert captions.count("nearest real") == 4  # two closest pairs per subtype
+    assert sum("field-size (a 200X field)" in c for c in captions) == 2
     assert app.download_button[0].label == "Download this batch (12 PNGs, zip)"
 
 
@@ -69,6 +71,15 @@ def test_seed_control_changes_the_synthetic_images(monkeypatch, generator_root):
     assert any("SYN_A-gan_tiny-7-00000.png" in c.value for c in app.caption)
     app.number_input(key="gan_seed").set_value(0).run()
     assert synthetic_image(app, 0).value == before  # same seed, same images
+
+
+def test_a_damaged_quality_report_gives_a_message(monkeypatch, generator_root, tmp_path):
+    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-tiny")
+    for content, message in (("{not json", "cannot be read"), ('{"subtypes": {}}', "earlier `gan evaluate`")):
+        (tmp_path / "gan-tiny" / "quality" / "quality.json").write_text(content)
+        app = page(monkeypatch, tmp_path)
+        assert not app.exception
+        assert message in app.error[0].value
 
 
 def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
@@ -104,6 +115,7 @@ def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):
     from tests.app_helpers import APP, make_model_folder, run_app_like_the_server
 
     default = make_model_folder(tmp_path / "default")
+    monkeypatch.setenv("BREAKHIS_SINGLE_USER", "1")
     monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(default))
     monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(generator_root))
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))

@@ -5,17 +5,20 @@ import json
 import numpy as np
 import pytest
 
-from core import gan
 from core.cli import main as cli
 from core.data.breakhis import index_folder, parse_name, parse_synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.synthetic import PROVENANCE_FILE, read_provenance
-from core.errors import ModelFolderError, UserInputError
-from core.gan.sampling import fill_folder_from_generator, noise_for
-from core.gan.train import real_patches, training_images
-from core.model.folders import GENERATOR, load_model_folder
+from core.errors import UserInputError
+from core.gan.model import GanConfig, build_discriminator, build_generator
+from core.gan.patches import PatchSampler
+from core.gan.sampling import fill_folder_from_generator, generate, noise_map, write_samples
+from core.gan.train import build_gan, train_gan, training_fields, training_images
+from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
 
-TINY = dict(image_size=32, width=64, latent_dim=32, batch_size=16, patches_per_image=4,
+# Synthetic fields are 96x64 "fields" (tests/synthetic_data.py): at 4 um/px the 200X and 400X ones
+# are 88x58 and 44x29 px (40X and 100X would be enlarged and are left out, as the real 40X are).
+TINY = dict(image_size=16, width=32, d_width=8, latent_dim=8, batch_size=16, mpp=4.0, holdout=0.0,
             sample_every=1000, checkpoint_every=1000, log_every=1)
 PAIR = ("adenosis", "ductal_carcinoma")  # benign pink vs malignant purple in the synthetic set
 
@@ -28,83 +31,120 @@ def _events(run_dir):
 def tiny_generator(synthetic_breakhis, tmp_path_factory):
     """A few steps of training: enough for a real generator folder."""
     out = tmp_path_factory.mktemp("gan") / "gan-tiny"
-    config = gan.GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
-    return gan.train_gan(config, synthetic_breakhis, out)
+    config = GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
+    return train_gan(config, synthetic_breakhis, out)
 
 
-def test_generator_output_shape_and_range_for_each_subtype():
-    config = gan.GanConfig(**TINY)
-    generator = gan.build_generator(config)
-    noise = noise_for(0, 3, config.latent_dim)
+def test_generator_is_fully_convolutional_and_conditional():
+    config = GanConfig(**TINY)
+    generator = build_generator(config)
+    noise = noise_map(0, 3, 16, 16, config.latent_dim)
     raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
     for subtype, images in raw.items():
-        assert images.shape == (3, 32, 32, 3)
+        assert images.shape == (3, 16, 16, 3)
         assert images.min() >= -1.0 and images.max() <= 1.0
-        assert gan.generate(generator, subtype, 3, seed=0).dtype == np.uint8
     # The subtype is an input that matters: same noise, different subtype, different image.
     assert np.abs(raw["adenosis"] - raw["ductal_carcinoma"]).mean() > 1e-4
-    # Deterministic per seed, and image i does not depend on how many are drawn.
-    first_two = gan.generate(generator, "adenosis", 2, seed=3)
-    assert np.array_equal(gan.generate(generator, "adenosis", 5, seed=3)[:2], first_two)
-    large = gan.build_generator(gan.GanConfig(image_size=128, width=64))
-    assert large.output_shape == (None, 128, 128, 3)
-    assert gan.build_discriminator(gan.GanConfig(image_size=128, width=64)).output_shape == (None, 1)
+    # Any canvas: a field-size image from the same network, cropped from whole noise cells.
+    field = generate(generator, "adenosis", 2, seed=3, size=(100, 60))
+    assert field.shape == (2, 60, 100, 3) and field.dtype == np.uint8
+    assert np.array_equal(generate(generator, "adenosis", 5, seed=3, size=(100, 60))[:2], field)  # per seed
+    discriminator = build_discriminator(config)
+    assert discriminator.output_shape == (None, 1)
+    assert np.asarray(discriminator([np.zeros((2, 40, 24, 3)), np.zeros((2, 1), np.int32)])).shape == (2, 1)
+
+
+def test_a_large_canvas_is_its_patches_without_seams():
+    """Fully convolutional with reflect padding and batch statistics at inference: the middle of a
+    canvas drawn from a crop of a noise map equals the same pixels of the canvas from the whole map,
+    so a field-size image is seamless patches, and no frame is painted inside it."""
+    config = GanConfig(**TINY)
+    generator = build_generator(config)
+    noise = noise_map(1, 1, 144, 144, config.latent_dim)  # 18 x 18 cells
+    whole = np.asarray(generator([noise, np.zeros((1, 1), np.int32)]))
+    part = np.asarray(generator([noise[:, 2:16, 3:17], np.zeros((1, 1), np.int32)]))  # 112 x 112 px
+    border = 48  # the receptive field: about 5.6 cells (two 3x3 convolutions and a resize per stage)
+    inside = part[:, border:-border, border:-border]
+    same = whole[:, 16 + border:128 - border, 24 + border:136 - border]
+    assert np.abs(inside - same).max() < 1e-4
+    assert np.abs(part - whole[:, 16:128, 24:136]).max() > 1e-3  # the border does differ: the test can fail
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="image_size"):
-        gan.GanConfig(image_size=100)
-    with pytest.raises(ValueError, match="subtypes"):
-        gan.GanConfig(subtypes=("cancer",))
-    with pytest.raises(ValueError, match="crop_scale"):
-        gan.GanConfig(crop_scale=(0.9, 0.2))
+    with pytest.raises(UserInputError, match="image_size"):
+        GanConfig(image_size=100)
+    with pytest.raises(UserInputError, match="subtypes"):
+        GanConfig(subtypes=("cancer",))
+    with pytest.raises(UserInputError, match="holdout"):
+        GanConfig(holdout=0.6)
+    with pytest.raises(UserInputError, match="loss"):
+        GanConfig(loss="wasserstein")
 
 
 def _mean_colour(images):
     return np.asarray(images, np.float64).reshape(-1, 3).mean(0)
 
 
-def test_short_training_learns_each_subtypes_colour(synthetic_breakhis, tmp_path):
-    """Proof of learning: per-subtype mean-colour gap to the real patches shrinks, and by subtype."""
-    config = gan.GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
-    images, _ = training_images(synthetic_breakhis, config)
-    patches, labels, _ = real_patches(images, config, seed=0)
-    real = {s: _mean_colour(patches[labels == SUBTYPES.index(s)]) for s in PAIR}
-    untrained = gan.build_generator(config)
-    model_dir = gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
+def _real_patches(data, config, subtype, n=128):
+    train, _, _ = training_fields(data, config)
+    return PatchSampler(train, config.image_size, [subtype]).patches(subtype, n, 0)[0]
+
+
+def test_short_training_learns_each_subtypes_colour_through_fit(synthetic_breakhis, tmp_path):
+    """Proof of learning: per-subtype mean-colour gap to the real patches shrinks, and by subtype;
+    the discriminator's loss (the epoch's running mean) falls below its chance value (hinge: 2)."""
+    config = GanConfig(name="learn", subtypes=PAIR, steps=150, lr_g=1e-3, lr_d=1e-3, **TINY)
+    real = {s: _mean_colour(_real_patches(synthetic_breakhis, config, s)) for s in PAIR}
+    untrained = build_generator(config)
+    model_dir = train_gan(config, synthetic_breakhis, tmp_path / "run")
     trained, _ = load_model_folder(model_dir, kind=GENERATOR)
     for subtype, other in (PAIR, PAIR[::-1]):
-        before = np.linalg.norm(_mean_colour(gan.generate(untrained, subtype, 64)) - real[subtype])
-        after_colour = _mean_colour(gan.generate(trained, subtype, 64))
+        before = np.linalg.norm(_mean_colour(generate(untrained, subtype, 64, size=16)) - real[subtype])
+        after_colour = _mean_colour(generate(trained, subtype, 64, size=16))
         after = np.linalg.norm(after_colour - real[subtype])
         assert after < 0.5 * before, (subtype, before, after)
         assert after < np.linalg.norm(after_colour - real[other]), f"{subtype} looks like {other}"
+    losses = [e["metrics"]["d_loss"] for e in _events(tmp_path / "run") if e["event"] == "step"]
+    assert losses[0] > 1.95 and losses[-1] < 1.85, (losses[0], losses[-1])  # seen: 2.00 -> 1.71
     grids = sorted((tmp_path / "run" / "samples").glob("step_*.png"))
     assert grids and grids[-1].name == "step_000150.png"
+
+
+def test_the_gan_is_a_keras_model_trained_by_fit():
+    import keras
+
+    config = GanConfig(**TINY)
+    model = build_gan(config)
+    assert isinstance(model, keras.Model) and model.adversarial_loss is not None
+    real = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
+    history = model.fit(real, np.zeros((16, 1), np.int32), batch_size=16, epochs=2, verbose=0)
+    assert set(history.history) >= {"d_loss", "g_loss", "d_real", "d_fake"} and model.steps_done == 2
+    with pytest.raises(UserInputError, match="Unknown GAN loss"):
+        model.compile(model.g_optimizer, model.d_optimizer, loss="l2")
 
 
 def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_path):
     import itertools
 
     out = tmp_path / "run"
-    config = gan.GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
+    config = GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
     calls = itertools.count()
-    gan.train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # e.g. SIGTERM after 3 steps
+    train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # checked after each step: 4
     with pytest.raises(UserInputError, match="--resume"):
-        gan.train_gan(config, synthetic_breakhis, out)
-    model_dir = gan.train_gan(gan.GanConfig(steps=6), synthetic_breakhis, out, resume=True)
+        train_gan(config, synthetic_breakhis, out)
+    model_dir = train_gan(GanConfig(steps=6), synthetic_breakhis, out, resume=True)
     events = _events(out)
-    assert [e["step"] for e in events if e["event"] == "start"] == [0, 3]
-    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in events if e["event"] == "start"] == [0, 4]
+    assert len([e for e in events if e["event"] == "step"]) == 6  # 4 + 2 steps, none repeated
     assert [e["status"] for e in events if e["event"] == "end"] == ["cancelled", "completed"]
     _, card = load_model_folder(model_dir, kind=GENERATOR)
-    assert card["training"]["steps"] == 6 and card["training"]["resumed_from_step"] == 3
+    assert card["training"]["steps"] == 6 and card["training"]["resumed_from_step"] == 4
     assert card["subtypes"] == ["adenosis"]  # the configuration came from the run folder
 
 
 def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_path):
-    config = gan.GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
-    generator, card = load_model_folder(gan.train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
+    config = GanConfig(name="mixed", subtypes=("adenosis",), steps=2, precision="mixed_float16", **TINY)
+    generator, card = load_model_folder(train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
     assert card["precision"] == "mixed_float16"
     assert all(w.dtype == "float32" for w in generator.weights)
     assert generator.layers[-1].compute_dtype == "float32"
@@ -113,7 +153,7 @@ def test_mixed_precision_path_trains_and_saves_float32(synthetic_breakhis, tmp_p
 def test_only_the_train_split_is_learned_from(synthetic_breakhis):
     from core.data.splits import make_split
 
-    config = gan.GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
+    config = GanConfig(subtypes=PAIR, split="patient-wise", split_seed=0, **TINY)
     used = set(training_images(synthetic_breakhis, config)[0]["path"])
     split = make_split(index_folder(synthetic_breakhis).images, protocol="patient-wise", seed=0)
     train = set(split.loc[split["split"] == "train", "path"])
@@ -174,8 +214,8 @@ def test_generator_folder_is_verified(tiny_generator, tmp_path):
 
 def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_path):
     card = json.loads((tiny_generator / "card.json").read_text())
-    gan.write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
-    gan.write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
+    write_samples(tiny_generator, "adenosis", 2, tmp_path / "out")
+    write_samples(tiny_generator, "ductal_carcinoma", 1, tmp_path / "out")  # same generator: one entry
     recorded = read_provenance(tmp_path / "out")
     assert list(recorded) == ["gan_tiny"]  # keyed by the name as it appears in the file names
     record = recorded["gan_tiny"]
@@ -188,7 +228,7 @@ def test_samples_carry_the_provenance_of_their_generator(tiny_generator, tmp_pat
     impostor["generators"]["gan_tiny"]["sha256"] = "0" * 64  # another model under the same name
     (tmp_path / "out" / PROVENANCE_FILE).write_text(json.dumps(impostor))
     with pytest.raises(ValueError, match="another generator named"):
-        gan.write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
+        write_samples(tiny_generator, "adenosis", 1, tmp_path / "out")
 
 
 def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path, monkeypatch):
@@ -202,69 +242,74 @@ def test_a_subtype_without_readable_images_is_named(synthetic_breakhis, tmp_path
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(core.data.images, "load_image", unreadable_adenosis)
-    config = gan.GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
-    with pytest.raises(ValueError, match=r"No readable training images for subtypes \['adenosis'\]"):
-        gan.train_gan(config, synthetic_breakhis, tmp_path / "run")
+    config = GanConfig(name="broken", subtypes=PAIR, steps=1, **TINY)
+    with pytest.raises(UserInputError, match=r"No usable training images for subtypes \['adenosis'\]"):
+        train_gan(config, synthetic_breakhis, tmp_path / "run")
 
 
 def test_the_default_split_keeps_val_and_test_images_out(synthetic_breakhis):
-    assert gan.GanConfig().split == "patient-wise"
-    everything, _ = training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR, split="none"))
-    assert len(training_images(synthetic_breakhis, gan.GanConfig(subtypes=PAIR))[0]) < len(everything)
+    assert GanConfig().split == "patient-wise"
+    everything, _ = training_images(synthetic_breakhis, GanConfig(subtypes=PAIR, split="none"))
+    assert len(training_images(synthetic_breakhis, GanConfig(subtypes=PAIR))[0]) < len(everything)
 
 
-def test_bulk_patches_skip_the_histology_check(synthetic_breakhis, monkeypatch):
+def test_bulk_fields_skip_the_histology_check(synthetic_breakhis, monkeypatch):
     import core.data.images
+    from core.gan.patches import load_fields
 
     calls = []
     original = core.data.images.load_image
     monkeypatch.setattr(core.data.images, "load_image", lambda *a, **k: calls.append(k) or original(*a, **k))
-    config = gan.GanConfig(subtypes=("adenosis",), **TINY)
-    real_patches(training_images(synthetic_breakhis, config)[0].head(2), config)
+    config = GanConfig(subtypes=("adenosis",), **TINY)
+    load_fields(training_images(synthetic_breakhis, config)[0].head(2), config.mpp, config.image_size)
     assert calls == [{"check_histology": False}] * 2
 
 
-def test_the_discriminator_sees_how_much_each_group_of_images_differs():
-    """GroupSpread: a group of identical images gets a spread channel of ~0, a varied group a
-    clearly positive one, so a generator that ignores its noise can be told apart from real data."""
-    from core.gan.model import GROUP, GroupSpread
+def test_fields_come_at_one_scale_and_coarser_ones_are_left_out(tmp_path):
+    """A 224x224 squashed 200X copy gets its aspect back (224 x 147 at 1.5625 um/px, the 700x460
+    field's 350 x 230 um); a 40X field (2.5 um/px) would be enlarged, so it is skipped and says why."""
+    import pandas as pd
+    from PIL import Image
+
+    from core.gan.patches import load_fields
+
+    paths = {"SOB_B_A-14-22549AB-200-001.png": (224, 224), "SOB_B_A-14-22549AB-40-001.png": (700, 460)}
+    for name, size in paths.items():
+        Image.new("RGB", size, (200, 120, 180)).save(tmp_path / name)
+    images = pd.DataFrame({"path": [str(tmp_path / n) for n in paths], "subtype": ["adenosis"] * 2,
+                           "magnification": ["200X", "40X"]})
+    fields = load_fields(images, 1.5625, 64)
+    assert [f.shape for f in fields.images] == [(147, 224, 3)]
+    assert "coarser (2.50 um/px)" in fields.skipped[str(tmp_path / "SOB_B_A-14-22549AB-40-001.png")]
+
+
+def test_held_out_fields_and_balanced_patch_batches():
+    from core.gan.patches import Fields, holdout_split
 
     rng = np.random.default_rng(0)
-    same = np.repeat(rng.normal(size=(1, 8, 8, 5)), GROUP, axis=0).astype(np.float32)
-    varied = rng.normal(size=(GROUP, 8, 8, 5)).astype(np.float32)
-    out = np.asarray(GroupSpread()(np.concatenate([same, varied])))
-    assert out.shape == (2 * GROUP, 8, 8, 6)
-    assert np.allclose(out[..., :5], np.concatenate([same, varied]))  # the features pass unchanged
-    assert out[:GROUP, ..., 5].max() < 1e-3 and out[GROUP:, ..., 5].min() > 0.5
+    labels = np.array([0] * 10 + [4] * 3 + [7] * 1, np.int32)  # imbalanced, as BreakHis is
+    fields = Fields([rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in labels], labels,
+                    [f"f{i}" for i in range(len(labels))])
+    train, held = holdout_split(fields, 0.2, seed=0)
+    assert not set(train.paths) & set(held.paths) and len(train.paths) + len(held.paths) == 14
+    assert [held.count(SUBTYPES[i]) for i in (0, 4, 7)] == [2, 1, 0]  # at least one, none of a lone field
+    sampler = PatchSampler(train, 16, [SUBTYPES[i] for i in (0, 4, 7)])
+    patches, batch_labels = sampler.batch(np.random.default_rng(1), 3000)
+    assert patches.shape == (3000, 16, 16, 3)
+    shares = np.bincount(batch_labels[:, 0], minlength=8)[[0, 4, 7]] / 3000
+    assert np.all(np.abs(shares - 1 / 3) < 0.04)  # the minority subtypes as often as the majority
 
 
-def test_balanced_batches_come_in_groups_of_one_subtype():
-    from core.gan.model import GROUP
-    from core.gan.train import _balanced_batches
+def test_augmentation_is_differentiable_and_views_keep_the_pixels():
+    import tensorflow as tf
 
-    labels = np.array([0] * 50 + [4] * 5 + [7] * 2)  # imbalanced, as BreakHis is
-    batches = _balanced_batches(labels, [SUBTYPES[0], SUBTYPES[4], SUBTYPES[7]], 16, np.random.default_rng(0))
-    drawn = np.concatenate([labels[next(batches)] for _ in range(200)]).reshape(-1, GROUP)
-    assert (drawn == drawn[:, :1]).all()  # every group one subtype
-    shares = np.bincount(drawn[:, 0], minlength=8)[[0, 4, 7]] / len(drawn)
-    assert np.all(np.abs(shares - 1 / 3) < 0.06)  # the minority subtypes as often as the majority
-    with pytest.raises(ValueError, match="batch_size"):
-        gan.GanConfig(batch_size=18)
+    from core.gan.augment import diff_augment, dihedral
 
-
-def test_mode_seeking_training_keeps_the_noise_in_the_images(synthetic_breakhis, tmp_path):
-    """The same short training with and without the mode-seeking term: with it, images of
-    different noises for one subtype differ clearly more (a collapsing generator draws one image
-    per subtype), and the subtype colour is still learnt."""
-    spread, colour = {}, {}
-    for weight in (0.0, 1.0):
-        config = gan.GanConfig(name="seek", subtypes=PAIR, steps=60, lr_g=1e-3, lr_d=1e-3, mode_seeking=weight,
-                               **TINY)
-        trained, _ = load_model_folder(gan.train_gan(config, synthetic_breakhis, tmp_path / f"run{weight}"),
-                                       kind=GENERATOR)
-        images = {s: gan.generate(trained, s, 16, seed=1).astype(np.float64) for s in PAIR}
-        spread[weight] = np.mean([np.abs(x - x.mean(axis=0)).mean() for x in images.values()])
-        colour[weight] = {s: _mean_colour(x) for s, x in images.items()}
-    assert spread[1.0] > 1.3 * spread[0.0], spread  # seen: about 2.1 without, 4 to 5 with
-    benign, malignant = colour[1.0][PAIR[0]], colour[1.0][PAIR[1]]
-    assert benign.mean() > malignant.mean()  # pink benign lighter than purple malignant, as in the data
+    images = tf.random.stateless_uniform([4, 16, 16, 3], [0, 1], -1, 1)
+    views = dihedral(images, tf.constant([3, 4]))
+    assert np.allclose(np.sort(np.asarray(views).ravel()), np.sort(np.asarray(images).ravel()))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        out = diff_augment(images, tf.constant([5, 6]))
+        total = tf.reduce_sum(out)
+    assert out.shape == images.shape and float(tf.reduce_sum(tf.abs(tape.gradient(total, images)))) > 0

@@ -1,20 +1,27 @@
-"""GAN quality measures: KID/FID behave as distances, memorisation finds copies, the ablation runs."""
+"""GAN quality: the two-sample test and nuclei count can fail and pass, KID/FID behave as distances,
+memorisation finds copies, `gan evaluate` writes its checks, the ablation runs."""
 
 import json
 
 import numpy as np
 import pytest
 
-from core import gan
 from core.cli import main as cli
 from core.data.labels import SUBTYPES
 from core.data.selection import SplitSpec, select_images
 from core.data.synthetic import PROVENANCE_FILE, leak_check
+from core.gan import nuclei
 from core.gan import quality as gan_quality
-from core.gan.train import real_patches, training_images
+from core.gan.ablation import run_ablation
+from core.gan.model import GanConfig
+from core.gan.patches import PatchSampler
+from core.gan.sampling import write_samples
+from core.gan.train import train_gan, training_fields
+from core.gan.two_sample import two_sample_test
 from core.model.folders import GENERATOR, load_model_folder
 
-TINY = dict(image_size=32, width=32, latent_dim=16, batch_size=8, patches_per_image=2,
+# At 8 um/px the synthetic set's 100X and 200X "fields" (96x64) are 87x58 and 44x29 px.
+TINY = dict(image_size=16, width=16, d_width=8, latent_dim=8, batch_size=8, mpp=8.0,
             sample_every=1000, checkpoint_every=1000, log_every=10)
 PAIR = ("adenosis", "ductal_carcinoma")
 
@@ -40,8 +47,8 @@ def imbalanced(synthetic_breakhis, tmp_path_factory):
 @pytest.fixture(scope="module")
 def split_generator(imbalanced, tmp_path_factory):
     """A generator trained (briefly) on the patient-wise seed-0 train split only."""
-    config = gan.GanConfig(name="gan-split", subtypes=PAIR, steps=3, split="patient-wise", split_seed=0, **TINY)
-    return gan.train_gan(config, imbalanced, tmp_path_factory.mktemp("gan") / "run")
+    config = GanConfig(name="gan-split", subtypes=PAIR, steps=3, split="patient-wise", split_seed=0, **TINY)
+    return train_gan(config, imbalanced, tmp_path_factory.mktemp("gan") / "run")
 
 
 def test_kid_is_about_zero_for_the_same_distribution_and_positive_for_a_shift():
@@ -69,17 +76,61 @@ def test_fid_only_where_the_sample_count_allows():
 
 
 def test_memorisation_finds_an_exact_copy_at_distance_zero(synthetic_breakhis, features):
-    config = gan.GanConfig(subtypes=("adenosis",), **TINY)
-    patches, _, sources = real_patches(training_images(synthetic_breakhis, config)[0], config, seed=0)
+    config = GanConfig(subtypes=("adenosis",), holdout=0.0, **TINY)
+    train, _, _ = training_fields(synthetic_breakhis, config)
+    patches, sources = PatchSampler(train, 16, ["adenosis"]).patches("adenosis", 24, 0)
     rng = np.random.default_rng(0)
-    synthetic = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    synthetic = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     synthetic[4] = patches[7]  # a memorised training patch
     result = gan_quality.memorisation(features(synthetic), features(patches), sources)
-    assert result["nearest"][4] == 7
+    assert np.array_equal(patches[result["nearest"][4]], patches[7])
     assert result["distance"][4] < 1e-3 * result["real_to_real_median"]
     assert int(np.argmin(result["distance"])) == 4
-    assert result["min_ratio"] < 1e-3
     assert np.delete(result["distance"], 4).min() > 0.05 * result["real_to_real_median"]
+
+
+def _stripes(n, period, rng, size=16):
+    """Noisy pink stripes of one period: a toy 'tissue' whose texture a critic can learn."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for _ in range(n):
+        phase = rng.uniform(0, period)
+        wave = (np.sin(2 * np.pi * (xx + yy + phase) / period) > 0)[..., None]
+        out.append(np.clip(np.where(wave, [230, 160, 200], [150, 90, 160]) + rng.normal(0, 20, (size, size, 3)), 0, 255))
+    return np.asarray(out, np.uint8)
+
+
+def test_two_sample_test_tells_different_sets_apart_and_not_equal_ones():
+    """The learning claim of the test: near-perfect on a texture difference, at chance on two
+    draws of one distribution (its interval covers 0.5, the p-value is not small)."""
+    rng = np.random.default_rng(0)
+    real, same, other = _stripes(96, 6, rng), _stripes(96, 6, rng), _stripes(96, 3, rng)
+    groups = [f"field{i // 8}" for i in range(96)]
+    apart = two_sample_test(real, other, groups, seed=0)
+    assert apart["accuracy"] > 0.9 and apart["p_value"] < 1e-6 and apart["split"] == "by source image"
+    alike = two_sample_test(real, same, groups, seed=0)
+    assert alike["ci95"][0] < 0.5 < alike["ci95"][1] and alike["p_value"] > 0.01, alike
+    assert apart["n_scored"] == alike["n_scored"] == 96  # half of 96 real + half of 96 synthetic
+    with pytest.raises(ValueError, match="at least 8"):
+        two_sample_test(real[:4], other[:4])
+
+
+def test_nuclei_are_counted_by_size_in_microns():
+    """Dark hematoxylin-blue disks of nucleus size on pink are counted one each; disks far smaller
+    than a nucleus and a blank patch give none; the radius comes back in microns."""
+    from skimage.draw import disk
+
+    mpp, centres = 1.0, [(12, 12), (12, 40), (40, 20), (44, 50)]
+    patch = np.full((64, 64, 3), (235, 190, 215), np.uint8)
+    tiny = patch.copy()
+    for centre in centres:
+        patch[disk(centre, 4)] = (70, 50, 140)  # r = 4 um
+        tiny[disk(centre, 1)] = (70, 50, 140)  # r = 1 um: no nucleus
+    assert list(nuclei.count(np.stack([patch, tiny, np.full_like(patch, 235)]), mpp)) == [4, 0, 0]
+    result = nuclei.compare(np.stack([patch] * 3), np.stack([tiny] * 3), mpp)
+    assert result["real_per_patch"] == 4 and result["synthetic_per_patch"] == 0 and not result["within_tolerance"]
+    assert 2.5 <= result["real_radius_um"] <= 6.0
+    assert nuclei.compare(np.stack([patch] * 3), np.stack([patch] * 3), mpp)["within_tolerance"]
 
 
 def _old_real_neighbour_distance(real, sources):
@@ -102,38 +153,27 @@ def test_real_neighbour_distance_in_blocks_equals_the_full_matrix():
     assert np.isnan(gan_quality.real_neighbour_distance(real[:3], ["one"] * 3))  # no other image to compare
 
 
-def test_kid_real_sets_are_seeded_and_disjoint_by_source_image():
-    sources = [f"image{i % 10}" for i in range(200)]  # path order would give the first images only
-    first, second = gan_quality._real_sets(sources, 40, seed=1)
-    assert len(first) == len(second) == 40
-    assert not {sources[i] for i in first} & {sources[i] for i in second}
-    assert len({sources[i] for i in first}) == 5  # every image of its half, not the first few
-    again = gan_quality._real_sets(sources, 40, seed=1)
-    assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
-    one, other = gan_quality._real_sets(["only"] * 6, 40, seed=0)  # one image: its patches are split
-    assert len(one) == len(other) == 3 and not set(one) & set(other)
+def test_evaluate_writes_every_check_on_held_out_fields_and_keeps_the_folder_valid(split_generator, imbalanced):
+    from core.gan.checks import format_judgement
 
-
-def test_evaluate_generator_reports_counts_pairs_and_keeps_the_folder_valid(split_generator, imbalanced, features):
-    report = gan_quality.evaluate_generator(split_generator, imbalanced, features, n=12, pairs=2)
-    assert set(report["subtypes"]) == set(PAIR)
-    for subtype, row in report["subtypes"].items():
-        # Real sets come from the generator's own patch pool (images x patches_per_image), up to n.
-        assert 2 <= row["n_real"] <= 12 and row["n_synthetic"] == 12
-        assert row["fid"] is None  # 12 images cannot support a 128-d covariance
-        assert row["kid_untrained_generator"] is not None and np.isfinite(row["kid"])
-        assert len(report["pairs"][subtype]) == 2
-        for pair in report["pairs"][subtype]:
-            assert (split_generator / gan_quality.QUALITY_DIR / pair["synthetic"]).is_file()
-    assert "train split" in report["real_set"]
+    result = gan_quality.evaluate_generator(split_generator, imbalanced, n=8)
+    report = result["generators"]["generator"]
+    # The imbalanced set leaves adenosis one usable training field: none to hold out, so it is not judged.
+    assert set(report["subtypes"]) == {"ductal_carcinoma"} and report["not_judged"] == ["adenosis"]
+    assert set(report["classes"]) == {"malignant"}
+    for row in report["subtypes"].values():
+        assert row["two_sample"]["n_scored"] >= 8 and 0.0 <= row["two_sample"]["accuracy"] <= 1.0
+        assert row["two_sample"]["goal"] == 0.85 and row["held_out_images"] >= 1
+        assert set(row["distances"]) == {"hed_sliced_wasserstein", "power_spectrum", "lbp"}
+        assert row["nuclei"]["n_real"] == row["nuclei"]["n_synthetic"] == 8
+    assert report["meets_all_goals"] is False  # three training steps are far from real tissue
+    assert result["saw_held_out_fields"] is False  # its card lists the fields it kept out
     _, card = load_model_folder(split_generator, kind=GENERATOR)  # the card update did not break the checksum
-    assert set(card["quality"]["kid"]) == set(PAIR)
+    assert set(card["quality"]["two_sample_accuracy"]) == {"ductal_carcinoma", "malignant"}
     saved = json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text())
-    assert saved["images_per_set"] == 12
-    table = gan_quality.format_report(report).splitlines()
-    for subtype, row in report["subtypes"].items():  # one line per subtype, carrying its own numbers
-        [line] = [line for line in table if line.startswith(subtype)]
-        assert f"{row['kid']:9.4f}" in line and f"{row['n_real']:>5}/{row['n_synthetic']:<5}" in line
+    assert saved["patches_per_set"] == 8 and (split_generator / gan_quality.QUALITY_DIR / "patches.jpg").is_file()
+    table = format_judgement(result)
+    assert f"{report['classes']['malignant']['two_sample']['accuracy']:.3f}" in table and "All goals met" in table
 
 
 def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imbalanced, tmp_path):
@@ -145,7 +185,7 @@ def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imba
     card["training"]["split_spec"]["protocol"] = "none"  # as if trained on every image, test images included
     (leaky / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="Refusing the ablation"):
-        gan.run_ablation(imbalanced, leaky, tmp_path / "ablation")
+        run_ablation(imbalanced, leaky, tmp_path / "ablation")
     code = cli(["gan", "ablation", "--data", str(imbalanced), "--gan", str(split_generator),
                              "--out", str(tmp_path / "ablation"), "--split", "patient-wise", "--seed", "3"])
     assert code == 2  # a different split seed than the generator's is refused as well
@@ -162,14 +202,14 @@ def test_training_refuses_gan_images_that_may_have_seen_test_images(split_genera
     card = json.loads((leaky / "card.json").read_text())
     card["training"]["split_spec"]["protocol"] = "none"  # as if trained on every image, test images included
     (leaky / "card.json").write_text(json.dumps(card))
-    gan.write_samples(leaky, "adenosis", 3, tmp_path / "leaky-images")
+    write_samples(leaky, "adenosis", 3, tmp_path / "leaky-images")
     options = dict(data=str(imbalanced), out=str(tmp_path / "run"), balance="synthetic")
     with pytest.raises(ValueError, match="trained on all images.*--allow-gan-leak"):
         prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images")))
     allowed = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "leaky-images"), allow_gan_leak=True))
     assert allowed["train"]["synthetic"].astype(bool).sum() > 0
 
-    gan.write_samples(split_generator, "adenosis", 3, tmp_path / "matching")
+    write_samples(split_generator, "adenosis", 3, tmp_path / "matching")
     matching = prepare_data(TrainConfig(**options, synthetic_dir=str(tmp_path / "matching")))
     assert matching["train"]["synthetic"].astype(bool).sum() > 0  # same data, protocol, seed, magnification
     for mismatch, message in ((dict(seed=2), "seed 0"), (dict(folds=3), "3-fold"),
@@ -197,7 +237,7 @@ def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced
     target = max(counts.values())
     smallest = min(PAIR, key=counts.get)
     assert counts[smallest] < target, "the fixture must leave a subtype to fill"
-    result = gan.run_ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest],
+    result = run_ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest],
                                   backbone="small_cnn", weights="none", input_size=64, epochs=1, batch_size=16)
     assert result["same_split"] and result["gan_leak"] is None
     none, filled = result["runs"]["none"], result["runs"]["synthetic"]
@@ -210,10 +250,21 @@ def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced
     assert "macro-F1" in table and f"recall {smallest}" in table
 
 
-def test_evaluate_cli_prints_the_table_and_refuses_a_non_generator(split_generator, imbalanced, tmp_path, capsys):
-    args = ["evaluate", "--data", str(imbalanced), "--features", "backbone:small_cnn", "--n", "6"]
+def test_evaluate_cli_prints_the_checks_and_refuses_a_non_generator(split_generator, imbalanced, tmp_path, capsys):
+    args = ["evaluate", "--data", str(imbalanced), "--n", "8"]
     assert cli(["gan", *args] + ["--model", str(split_generator)]) == 0
     out = capsys.readouterr().out
-    assert "adenosis" in out and "/6 " in out  # n real (at most the pool allows) / 6 synthetic
+    assert "Two-sample test accuracy" in out and "| ductal_carcinoma |" in out
     assert cli(["gan", *args] + ["--model", str(tmp_path)]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def test_evaluate_with_features_adds_kid_memorisation_and_closest_pairs(split_generator, imbalanced, features):
+    result = gan_quality.evaluate_generator(split_generator, imbalanced, features, n=8, pairs=2)
+    row = result["generators"]["generator"]["subtypes"]["ductal_carcinoma"]
+    assert np.isfinite(row["kid"]["kid"]) and row["kid"]["n_real"] == row["kid"]["n_synthetic"] == 8
+    assert row["kid"]["fid"] is None  # 8 patches cannot support a full-rank covariance
+    assert row["memorisation"]["training_patches"] == 8 and row["memorisation"]["min_ratio"] is not None
+    pairs = result["generators"]["generator"]["pairs"]["ductal_carcinoma"]
+    assert len(pairs) == 2 and all((split_generator / gan_quality.QUALITY_DIR / p["synthetic"]).is_file() for p in pairs)
+    assert "| ductal_carcinoma |" in gan_quality.format_kid(result["generators"]["generator"])

@@ -1,8 +1,12 @@
-"""core.gan: a class-conditional GAN that synthesises patches of minority subtypes for training.
+"""core.gan: a class-conditional texture GAN that draws H&E tissue per subtype at one physical scale.
 
-model (settings and the two networks), train (patches, the hinge-loss step, the training loop),
-sampling (images, grids and SYN_ folders with provenance), quality (KID/FID, memorisation),
-ablation (the classifier with and without GAN fill on the same split).
+model (settings and the two fully convolutional networks), layers (reflect padding, conditional
+norm), patches (real fields at the GAN's scale, held-out fields, random patches), augment
+(DiffAugment and the dihedral views), train (the keras.Model with train_step, fit() and its
+callbacks), sampling (patches, field-size canvases, SYN_ folders with provenance), and how good it
+is: two_sample (a classifier told to tell real from synthetic), nuclei (hematoxylin blob counts),
+distances (stain, spectrum, texture), checks (the goals, judged on held-out real patches), quality
+(`gan evaluate` / `gan compare`, KID, memorisation), ablation (the classifier with and without GAN fill).
 
 Lazy on purpose: `from core import gan; gan.train_gan(...)` works, but each name is imported
 from its module only when first used (PEP 562), so importing the package loads no TensorFlow.

@@ -1,10 +1,16 @@
-"""A class-conditional GAN for histology patches per subtype: its settings and its two networks.
+"""A texture GAN for H&E tissue per subtype, at one physical scale: its settings and its two networks.
 
-Design (small data, small compute): a DCGAN-style generator conditioned by a subtype embedding
-(with the noise, and as conditional batch norm in every block); a projection discriminator
-(Miyato & Koyama 2018) with spectral normalisation on its weights; hinge loss (core.gan.train);
-and differentiable augmentation (DiffAugment, Zhao et al. 2020) of real and fake images alike,
-because a discriminator that sees only a few hundred real patches memorises them otherwise.
+Tissue at a fixed microscope scale is a texture (nuclei, stroma fibres, gland lumina repeating
+with no up or left), so the generator is a spatial GAN (Jetchev et al. 2016; PSGAN, Bergmann et
+al. 2017): fully convolutional from a map of noise, one noise cell per UPSCALE pixels, with no
+dense bottleneck (which paints one layout and a frame). A larger noise map draws a larger canvas,
+e.g. a whole BreakHis field for the classifier. Each stage up-samples bilinearly and convolves
+(3x3, reflect padding), and every normalisation is conditioned on the subtype.
+
+The discriminator is fully convolutional too, with spectral normalisation (Miyato et al. 2018) and a
+projection of the subtype (Miyato & Koyama 2018); loss and augmentation are in core.gan.train and
+core.gan.augment. FastGAN (Liu et al. 2021) was the other reference: its skip-layer excitation
+pools over the whole image, which would make a canvas depend on its size, so it is left out.
 """
 
 from __future__ import annotations
@@ -12,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from core.data.labels import SUBTYPES
@@ -21,9 +25,15 @@ from core.data.selection import MAGNIFICATION_CHOICES, NO_SPLIT, SplitSpec
 from core.data.splits import PATIENT, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
+from core.gan.layers import conditional_norm, conv
 from core.options import option
 
-SIZES = (32, 64, 128, 256)
+UPSCALE = 8  # output pixels per noise cell: three 2x stages
+LOSSES = ("hinge", "non_saturating")
+# The GAN's scale: the coarsest scale every 200X field of the real set has, i.e. the 224x224 copies'
+# horizontal pixel (0.5 um/px x 700/224). Finer would up-sample those 599 copies (blur the
+# majority of the data); coarser would shrink nuclei (8-12 um) below 5-8 px. See core.gan.patches.
+GAN_MPP = 1.5625
 _SN = layers.SpectralNormalization
 
 
@@ -33,19 +43,19 @@ class GanConfig:
 
     name: str = option("gan", "generator name used in file names (default: the --out folder name)")
     subtypes: tuple[str, ...] = option(SUBTYPES, "subtypes to learn", choices=SUBTYPES, nargs="+")
-    image_size: int = option(128, "patch side in pixels", choices=SIZES)
-    latent_dim: int = option(64, "noise dimensions")
-    width: int = option(128, "channels at 4x4, halved per doubling of resolution (min 16)")
-    upsampling: str = option("bilinear", "how each generator block doubles the resolution before its convolution: "
-                             "bilinear (smooth, no checkerboard) or nearest (blocky; the first generators)",
-                             choices=("bilinear", "nearest"))
-    steps: int = option(2000, "training steps (with --resume: the total to reach)")
-    batch_size: int = option(16, "patches per step")
+    mpp: float = option(GAN_MPP, "microns per pixel of every patch (fields are resampled to it, never enlarged)")
+    image_size: int = option(64, f"training patch side in pixels (a multiple of {UPSCALE})")
+    latent_dim: int = option(32, "noise channels per noise cell (one cell per 8x8 output pixels)")
+    width: int = option(128, "generator channels at the noise resolution, halved per up-sampling stage")
+    d_width: int = option(32, "discriminator channels at full resolution, doubled per down-sampling")
+    steps: int = option(6000, "training steps (with --resume: the total to reach)")
+    batch_size: int = option(32, "patches per step")
     lr_g: float = option(2e-4, "generator learning rate")
     lr_d: float = option(2e-4, "discriminator learning rate")
-    crop_scale: tuple[float, float] = option((0.5, 1.0), "crop side as a fraction of the field (1 1: the "
-                                             "classifier's whole-field view)", nargs=2, metavar="FRACTION")
-    patches_per_image: int = option(32, "random crops taken from each real image")
+    loss: str = option("hinge", "adversarial loss", choices=LOSSES)
+    ema: float = option(0.999, "the saved generator is this moving average of the trained weights")
+    holdout: float = option(0.2, "share of each subtype's training images kept out of GAN training, as the real "
+                            "set of the two-sample test (at least one image of a subtype with two or more)")
     # Which real images: the classifier's selection (core.data.selection), so with a split only
     # its train images are used and no val/test patient reaches the GAN.
     magnification: str = option("all", "as the classifier's --magnification", choices=MAGNIFICATION_CHOICES)
@@ -55,32 +65,29 @@ class GanConfig:
     split_seed: int = option(0, "the classifier's --seed")
     folds: int = option(0, "the classifier's --folds (k-fold runs)")
     fold: int = option(0, "the classifier's --fold")
-    sample_every: int = option(250, "steps between sample grids")
-    checkpoint_every: int = option(250, "steps between checkpoints")
+    sample_every: int = option(500, "steps between sample grids")
+    checkpoint_every: int = option(250, "steps between checkpoints (and Keras epochs)")
     log_every: int = option(10, "steps between progress events")
-    seed: int = option(0, "noise and crop seed")
-    stain_norm: str = option("none", "stain normalisation of the real images before cropping (fitted to them)",
-                             choices=STAIN_METHODS)
+    seed: int = option(0, "noise, crop and weight seed")
+    stain_norm: str = option("none", "stain normalisation of the real fields (fitted to them)", choices=STAIN_METHODS)
     precision: str = option("auto", "auto: mixed_float16 on a GPU, float32 on the CPU",
                             choices=("auto", "float32", "mixed_float16"))
-    ema: float = option(0.99, "the saved generator is this moving average of the trained weights")
-    mode_seeking: float = option(0.0, "weight of the mode-seeking term (MSGAN) that keeps images of different "
-                                 "noises apart (0: off; older generators)")
 
     def __post_init__(self):
         unknown = [s for s in self.subtypes if s not in SUBTYPES]
         if unknown or not self.subtypes:
             raise UserInputError(f"Unknown or no subtypes {unknown}; choose from {list(SUBTYPES)}")
-        if self.image_size not in SIZES:
-            raise UserInputError(f"image_size must be one of {SIZES}, not {self.image_size}")
-        low, high = self.crop_scale
-        if self.batch_size % GROUP:
-            raise UserInputError(f"batch_size must be a multiple of {GROUP} (groups of one subtype), got {self.batch_size}")
+        if self.image_size % UPSCALE or not 16 <= self.image_size <= 256:
+            raise UserInputError(f"image_size must be a multiple of {UPSCALE} from 16 to 256, not {self.image_size}")
         if not 0.0 <= self.ema < 1.0:
             raise UserInputError(f"ema must be in [0, 1), got {self.ema}")
-        if not 0.05 <= low <= high <= 1.0:
-            raise UserInputError(f"crop_scale must satisfy 0.05 <= low <= high <= 1, got {self.crop_scale}")
-        self.subtypes, self.crop_scale = tuple(self.subtypes), (float(low), float(high))
+        if not 0.0 <= self.holdout < 0.5:
+            raise UserInputError(f"holdout must be in [0, 0.5), got {self.holdout}")
+        if self.mpp <= 0 or self.steps < 0 or self.batch_size < 2 or self.checkpoint_every < 1:
+            raise UserInputError("mpp must be positive, steps >= 0, batch_size >= 2 and checkpoint_every >= 1")
+        if self.loss not in LOSSES:
+            raise UserInputError(f"loss must be one of {LOSSES}, not {self.loss!r}")
+        self.subtypes = tuple(self.subtypes)
         self.split_spec()  # an impossible split (e.g. bad folds) fails here, before any work
 
     def split_spec(self) -> SplitSpec:
@@ -91,108 +98,48 @@ class GanConfig:
     def from_dict(cls, values: dict) -> "GanConfig":
         """From JSON (a run's config.json or a card's "config"): lists back to tuples."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {"upsampling": "nearest", **values}  # saved before the option existed: nearest was the only kind
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
-def _channels(config: GanConfig) -> list[int]:
-    """Channels per resolution 4, 8, ..., image_size."""
-    levels = int(np.log2(config.image_size)) - 1
-    return [max(16, config.width >> i) for i in range(levels)]
-
-
-def _conditional_norm(x, embedding, filters: int):
-    """Conditional batch norm: normalise, then a per-subtype scale and shift (BigGAN-style).
-
-    Built from stock layers so the saved generator loads in Keras safe mode; scale starts near 1.
-    """
-    x = layers.BatchNormalization(center=False, scale=False)(x)
-    small = keras.initializers.RandomNormal(stddev=0.1 / np.sqrt(embedding.shape[-1]))
-    scale = layers.Dense(filters, kernel_initializer=small, bias_initializer="ones")(embedding)
-    shift = layers.Dense(filters, kernel_initializer=small)(embedding)
-    x = layers.Multiply()([x, layers.Reshape((1, 1, filters))(scale)])
-    return layers.ReLU()(layers.Add()([x, layers.Reshape((1, 1, filters))(shift)]))
-
-
 def build_generator(config: GanConfig) -> keras.Model:
-    """(noise, subtype index into SUBTYPES) -> RGB in [-1, 1] at image_size."""
-    noise = keras.Input((config.latent_dim,), name="noise")
+    """(noise map [N, h, w, latent_dim], subtype index into SUBTYPES [N, 1]) -> RGB in [-1, 1] of
+    [N, 8h, 8w, 3]: any h and w, so one network draws a training patch or a whole field."""
+    noise = keras.Input((None, None, config.latent_dim), name="noise")
     label = keras.Input((1,), dtype="int32", name="subtype")
-    # Unit-scale embedding and non-zero projections: a zero or tiny start leaves the subtype
-    # path with no gradient, and the generator then ignores the subtype for thousands of steps.
+    # Unit-scale embedding: a tiny start leaves the subtype path without gradient for thousands of steps.
     unit = keras.initializers.RandomNormal(stddev=1.0)
-    embedding = layers.Embedding(len(SUBTYPES), 32, embeddings_initializer=unit, name="subtype_embedding")(label)
-    embedding = layers.Flatten()(embedding)
-    channels = _channels(config)
-    x = layers.Concatenate()([noise, embedding])
-    x = layers.Dense(4 * 4 * channels[0], use_bias=False)(x)
-    x = _conditional_norm(layers.Reshape((4, 4, channels[0]))(x), embedding, channels[0])
-    for filters in channels[1:]:
-        # Resize, then convolve (Odena et al. 2016): no transposed convolution, whose uneven overlap
-        # paints checkerboards. Bilinear rather than nearest resizing also avoids the 2-pixel blocks.
-        x = layers.UpSampling2D(2, interpolation=config.upsampling)(x)
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = _conditional_norm(x, embedding, filters)
-    image = layers.Conv2D(3, 3, padding="same", activation="tanh", dtype="float32", name="rgb")(x)
+    embedding = layers.Flatten()(layers.Embedding(len(SUBTYPES), 32, embeddings_initializer=unit,
+                                                  name="subtype_embedding")(label))
+    x = noise
+    stages = UPSCALE.bit_length() - 1
+    for stage in range(stages + 1):
+        filters = max(16, config.width >> stage)
+        if stage:
+            # Resize then convolve (Odena et al. 2016): no transposed convolution, whose uneven
+            # overlap paints checkerboards (the first bundled generator had them).
+            x = layers.UpSampling2D(2, interpolation="bilinear")(x)
+        x = conditional_norm(conv(x, filters), embedding, filters)
+        x = conditional_norm(conv(x, filters), embedding, filters)
+    image = conv(x, 3, activation="tanh", name="rgb", dtype="float32")
     return keras.Model([noise, label], image, name="generator")
 
 
-GROUP = 4  # patches of one subtype next to each other in a batch (core.gan.train._balanced_batches)
-
-
-class GroupSpread(layers.Layer):
-    """Minibatch standard deviation (Karras et al. 2018, ProGAN) over groups of GROUP images: one
-    extra channel holding how much the group's features differ. A generator that ignores its
-    noise makes identical images, which this channel exposes to the discriminator; without it
-    the first bilinear generators collapsed to one image per subtype within 1,000 steps."""
-
-    def call(self, x):
-        shape = tf.shape(x)
-        group = GROUP if x.shape[0] is None or x.shape[0] % GROUP == 0 else 1  # batches are whole groups
-        grouped = tf.reshape(tf.cast(x, tf.float32), [-1, group, shape[1], shape[2], shape[3]])  # consecutive
-        spread = tf.sqrt(tf.math.reduce_variance(grouped, axis=1) + 1e-8)  # [N/group, H, W, C]
-        spread = tf.repeat(tf.reduce_mean(spread, axis=[1, 2, 3], keepdims=True), group, axis=0)  # [N, 1, 1, 1]
-        spread = tf.tile(spread, [1, shape[1], shape[2], 1])
-        return tf.concat([x, tf.cast(spread, x.dtype)], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], input_shape[-1] + 1)
-
-
 def build_discriminator(config: GanConfig) -> keras.Model:
-    """(image in [-1, 1], subtype) -> realness score; projection term = <embed(y), features>."""
-    image = keras.Input((config.image_size, config.image_size, 3), name="image")
+    """(image in [-1, 1] of any size, subtype) -> realness score per image.
+
+    Three stride-2 stages (a receptive field of about 50 px, several nuclei and a gland's edge),
+    global average pooling, then an unconditional score plus the projection <embed(y), features>.
+    """
+    image = keras.Input((None, None, 3), name="image")
     label = keras.Input((1,), dtype="int32", name="subtype")
-    channels = _channels(config)[::-1]
-    x = _SN(layers.Conv2D(channels[0], 3, padding="same"))(image)
-    x = layers.LeakyReLU(0.2)(x)
-    for filters in channels[1:]:
-        x = _SN(layers.Conv2D(filters, 4, strides=2, padding="same"))(x)
-        x = layers.LeakyReLU(0.2)(x)
-    x = GroupSpread(name="group_spread")(x)
+    width = config.d_width
+    x = layers.LeakyReLU(0.2)(_SN(layers.Conv2D(width, 3, padding="same"))(image))
+    for stage in range(1, 4):
+        x = layers.LeakyReLU(0.2)(_SN(layers.Conv2D(width << stage, 4, strides=2, padding="same"))(x))
+    x = layers.LeakyReLU(0.2)(_SN(layers.Conv2D(width << 3, 3, padding="same"))(x))
     features = layers.GlobalAveragePooling2D(dtype="float32")(x)
     unconditional = _SN(layers.Dense(1, dtype="float32"))(features)
     # No spectral norm on the embedding: Keras' wrapper casts outputs to the (int) input dtype.
-    class_vector = layers.Flatten()(layers.Embedding(len(SUBTYPES), channels[-1] + 1, dtype="float32")(label))
+    class_vector = layers.Flatten()(layers.Embedding(len(SUBTYPES), width << 3, dtype="float32")(label))
     projection = layers.Dot(axes=1)([class_vector, features])
     return keras.Model([image, label], layers.Add()([unconditional, projection]), name="discriminator")
-
-
-def diff_augment(images, seed):
-    """Colour, translation and cutout, differentiable, applied to real and fake alike."""
-    batch, size = tf.shape(images)[0], images.shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    rand = [tf.random.stateless_uniform([batch, 1, 1, 1], seeds[i]) for i in range(3)]
-    # Mild colour changes only: stain colour is what tells subtypes and labs apart.
-    images = images + (rand[0] - 0.5) * 0.2  # brightness
-    mean = tf.reduce_mean(images, axis=-1, keepdims=True)
-    images = (images - mean) * (rand[1] * 0.6 + 0.7) + mean  # saturation
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - mean) * (rand[2] * 0.6 + 0.7) + mean  # contrast
-    shift = tf.random.stateless_uniform([batch, 2], seeds[3], -size // 8, size // 8 + 1, tf.int32)
-    images = tf.map_fn(lambda a: tf.roll(a[0], a[1], axis=[0, 1]), (images, shift),
-                       fn_output_signature=images.dtype)  # translation (wrap-around)
-    centre = tf.random.stateless_uniform([batch, 1, 1, 2], seeds[4], 0, size, tf.int32)
-    grid = tf.stack(tf.meshgrid(tf.range(size), tf.range(size), indexing="ij"), axis=-1)[None]
-    inside = tf.reduce_all(tf.abs(grid - centre) < size // 4, axis=-1, keepdims=True)
-    return images * (1.0 - tf.cast(inside, images.dtype))  # cutout of a half-size square

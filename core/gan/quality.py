@@ -1,19 +1,22 @@
-"""Is the GAN any good? KID/FID and memorisation in the classifier's feature space.
+"""Is the GAN any good? The checks of core.gan.checks, plus KID/FID and memorisation in a
+classifier's feature space, as `gan evaluate` (one generator) and `gan compare` (two, same real patches).
 
-Distances are measured with the classifier's own backbone (the pooled last tap of
+    python -m core gan evaluate --model models/gan-default --data DIR [--features MODEL_DIR]
+    python -m core gan compare --model runs/gan-NEW/model --against models/gan-default --data DIR
+
+KID (optional, --features) is measured with the classifier's own backbone (the pooled last tap of
 core.model.feature_extractor), because "realistic" only matters as far as the classifier can
 tell. Every number is reported with the number of images behind it, next to two references: two
 independent draws of real patches (the noise floor) and an untrained generator (the ceiling).
 Features are divided by the RMS of the subtype's real features, so KID's cubic kernel does not
 depend on the backbone's arbitrary scale: read a KID against the references in its own row; it is
 not comparable with published Inception-feature KIDs.
-
-    python -m core gan evaluate --model models/gan-default --data DIR [--features MODEL_DIR]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import keras
@@ -23,15 +26,16 @@ from PIL import Image
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.preprocess import to_model_input
 from core.data.stain import StainNormalizer
-from core.errors import UserInputError
-from core.gan.distances import classifier_free, upsampling_peaks
+from core.gan.checks import RealPatches, judge
 from core.gan.model import GanConfig, build_generator
-from core.gan.sampling import generate
-from core.gan.train import real_patches, training_images
+from core.gan.sampling import Generator, grid
+from core.gan.train import training_fields
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor
-from core.model.folders import GENERATOR, load_model_folder, update_card
+from core.model.folders import load_model_folder, update_card
 from core.paths import DEFAULT_MODEL_DIR
+
+log = logging.getLogger(__name__)
 
 QUALITY_DIR = "quality"  # inside the generator folder: quality.json and the closest pairs
 
@@ -60,8 +64,8 @@ def load_features(source: str | None = None, input_size: int | None = None) -> F
             network = keras.applications.DenseNet121(weights="imagenet", include_top=False, pooling="avg",
                                                      input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
         except Exception as error:  # offline: no weights to download
-            print(f"WARNING: ImageNet weights unavailable ({type(error).__name__}); KID uses the default classifier's "
-                  "features instead", flush=True)
+            log.warning("ImageNet weights unavailable (%s); KID uses the default classifier's features instead",
+                        type(error).__name__)
             return load_features(str(DEFAULT_MODEL_DIR), input_size)
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
         scaled = keras.applications.densenet.preprocess_input(inputs)
@@ -85,7 +89,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subset_size: int = 100, subsets: int
     """
     smaller = min(len(real), len(fake))
     if smaller < 2:
-        raise UserInputError(f"KID needs at least 2 images per set (got {len(real)} real, {len(fake)} synthetic)")
+        raise ValueError(f"KID needs at least 2 images per set (got {len(real)} real, {len(fake)} synthetic)")
     m = subset_size if smaller >= subset_size else max(2, (3 * smaller) // 4)
     rng, dim, values = np.random.default_rng(seed), real.shape[1], []
     for _ in range(subsets):
@@ -143,22 +147,6 @@ def memorisation(fake_feats, real_feats, real_sources) -> dict:
             "min_ratio": float(distance.min() / scale) if scale and np.isfinite(scale) else None}
 
 
-def _real_sets(sources: list[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two draws of up to n of these patches (positions) for KID, disjoint by source image.
-
-    Source images are shuffled (seeded) and dealt alternately to the two sets, so both span many
-    patients rather than the first few in path order; each set is a seeded sample of its patches.
-    """
-    rng = np.random.default_rng(seed)
-    names = np.asarray(sources)
-    images = rng.permutation(np.unique(names))
-    if len(images) < 2:  # one image: split its patches instead
-        order = rng.permutation(len(names))
-        return order[:len(order) // 2][:n], order[len(order) // 2:][:n]
-    first = np.isin(names, images[0::2])
-    return tuple(rng.permutation(np.flatnonzero(mask))[:n] for mask in (first, ~first))
-
-
 def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     pairs = []
@@ -170,121 +158,126 @@ def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list
     return pairs
 
 
-def evaluate_generator(model_dir, data_dir, features: Features, n: int = 64, seed: int = 1,
-                       pairs: int = 4, write: bool = True) -> dict:
-    """KID (and FID where n allows), references and memorisation per subtype; saved into the folder."""
-    generator, card = load_model_folder(model_dir, kind=GENERATOR)
+def judged_config(card: dict) -> GanConfig:
+    """The real set a generator is judged on: its own scale, patch size, split and held-out fields.
+    A generator from before the texture GAN (no "mpp" in its card) is judged at the texture GAN's
+    default scale and patch size, on the same split and held-out fields a new one would hold out."""
     config = GanConfig.from_dict(card["config"])
-    keras.utils.set_random_seed(seed)  # the untrained reference is the same at every evaluation
-    untrained = build_generator(config)  # same architecture, random weights: the ceiling
-    images, _ = training_images(data_dir, config)
-    # Memorisation is checked against the very patches the generator was trained on (same crops).
-    normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))  # the generator's own real data
-    pool, pool_labels, pool_sources = real_patches(images, config, seed=config.seed, normalizer=normalizer)
-    report = {"features": features.description, "feature_dim": None, "images_per_set": n, "seed": seed,
-              "real_set": "patches of the generator's own training images" if config.split == "none"
-              else f"patches of the {config.split_spec().label} train split (the images the generator saw)",
-              "subtypes": {}, "pairs": {}}
+    if "mpp" not in card:
+        config = dataclasses.replace(config, mpp=GanConfig.mpp, image_size=GanConfig.image_size)
+    return config
+
+
+def untrained_generator(config: GanConfig) -> Generator:
+    """The same architecture with random weights (seeded): every distance's ceiling."""
+    keras.utils.set_random_seed(0)
+    card = {"name": "untrained", "subtypes": list(SUBTYPES), "mpp": config.mpp, "image_size": config.image_size}
+    return Generator(build_generator(config), card)
+
+
+def real_patches_for(card: dict, data_dir, n: int, seed: int) -> RealPatches:
+    """Held-out and training-field patches of the generator's own data (and stain normalisation)."""
+    config = judged_config(card)
+    normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))
+    train, held, _ = training_fields(data_dir, config, normalizer)
+    return RealPatches(train, held, config.image_size, config.mpp, n, seed)
+
+
+def saw_held_out(card: dict, real: RealPatches) -> bool:
+    """Whether the generator trained on any of the held-out fields (e.g. one trained before holding out)."""
+    kept_out = set(card.get("training", {}).get("held_out_images", []))
+    return any(Path(p).name not in kept_out for _, paths in real.held.values() for p in paths)
+
+
+def _kid_and_memorisation(generator: Generator, untrained: Generator, real: RealPatches, features: Features,
+                          report: dict, pairs: int, out: Path | None) -> None:
+    """KID against the held-out patches (floor: training-field patches), memorisation against the
+    training-field patches, added to each subtype of the report; closest pairs saved into out."""
+    for subtype, row in report["subtypes"].items():
+        held = real.held[subtype][0]
+        fake = generator.patches(subtype, real.n, real.size, real.mpp, real.seed)
+        ceiling = untrained.patches(subtype, real.n, real.size, real.mpp, real.seed)
+        f_held, f_train, f_fake, f_untrained = (features(x) for x in (held, real.train[subtype], fake, ceiling))
+        scale = np.sqrt(np.mean(f_held ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
+        f_held, f_train, f_fake, f_untrained = (f / scale for f in (f_held, f_train, f_fake, f_untrained))
+        memo = memorisation(f_fake, f_train, [f"train-{i}" for i in range(len(f_train))])
+        row["kid"] = {**kid(f_held, f_fake, seed=real.seed), "fid": fid(f_held, f_fake),
+                      "real_vs_real": kid(f_held, f_train, seed=real.seed)["kid"],
+                      "untrained_generator": kid(f_held, f_untrained, seed=real.seed)["kid"],
+                      "features": features.description, "feature_dim": int(f_held.shape[1])}
+        row["memorisation"] = {"training_patches": int(len(f_train)),
+                               **{k: v for k, v in memo.items() if k not in ("nearest", "distance")}}
+        if out is not None:
+            order = [(int(i), int(memo["nearest"][i])) for i in np.argsort(memo["distance"])[:pairs]]
+            report.setdefault("pairs", {})[subtype] = _save_pairs(out, subtype, fake, real.train[subtype], order,
+                                                                  memo["distance"])
+
+
+def evaluate_generator(model_dir, data_dir, features: Features | None = None, n: int = 128, seed: int = 1,
+                       pairs: int = 4, write: bool = True) -> dict:
+    """Every check of core.gan.checks for one generator (and KID/memorisation with `features`);
+    with write, saved as quality/quality.json in its folder and summarised in its card."""
+    generator = Generator.load(model_dir)
+    real = real_patches_for(generator.card, data_dir, n, seed)
+    untrained = untrained_generator(judged_config(generator.card))
+    result = judge({"generator": generator}, untrained, real)
+    result["saw_held_out_fields"] = saw_held_out(generator.card, real)
     out = Path(model_dir) / QUALITY_DIR
-    for subtype in config.subtypes:
-        rows = images[images["subtype"] == subtype]
-        in_pool = np.flatnonzero(pool_labels == SUBTYPES.index(subtype))
-        real, real_again = _real_sets([pool_sources[i] for i in in_pool], n, seed)
-        fake = generate(generator, subtype, n, seed=seed)
-        f_fake, f_untrained, f_pool = (features(x) for x in (
-            fake, generate(untrained, subtype, n, seed=seed), pool[in_pool]))  # untrained: same seed, same images
-        f_real, f_again = f_pool[real], f_pool[real_again]  # already computed: no second decoding
-        scale = np.sqrt(np.mean(f_real ** 2)) or 1.0  # KID's cubic kernel must not depend on feature scale
-        f_real, f_again, f_fake, f_untrained, f_pool = (
-            f / scale for f in (f_real, f_again, f_fake, f_untrained, f_pool))
-        memo = memorisation(f_fake, f_pool, [pool_sources[i] for i in in_pool])
-        report["feature_dim"] = int(f_real.shape[1])
-        untrained_images = generate(untrained, subtype, n, seed=seed)
-        report["subtypes"][subtype] = {
-            "classifier_free": classifier_free(pool[in_pool][real], pool[in_pool][real_again], fake, untrained_images,
-                                               seed),
-            "upsampling_peaks": upsampling_peaks(pool[in_pool][real], fake, config.image_size),
-            "real_images": int(len(rows)), **kid(f_real, f_fake, seed=seed), "fid": fid(f_real, f_fake),
-            "kid_real_vs_real": kid(f_real, f_again, seed=seed)["kid"],
-            "kid_untrained_generator": kid(f_real, f_untrained, seed=seed)["kid"],
-            "memorisation": {"training_patches": int(len(in_pool)),
-                             **{k: v for k, v in memo.items() if k not in ("nearest", "distance")}},
-        }
-        closest = np.argsort(memo["distance"])[:pairs]
-        if write:
-            order = [(int(i), int(memo["nearest"][i])) for i in closest]
-            report["pairs"][subtype] = _save_pairs(out, subtype, fake, pool[in_pool], order, memo["distance"])
+    if features is not None:
+        _kid_and_memorisation(generator, untrained, real, features, result["generators"]["generator"], pairs,
+                              out if write else None)
     if write:
-        write_json_atomic(out / "quality.json", report)
-        summary = {s: {k: r[k] for k in ("kid", "kid_std", "n_real", "n_synthetic", "real_images", "fid",
-                                         "kid_real_vs_real", "kid_untrained_generator", "classifier_free")}
-                   for s, r in report["subtypes"].items()}
-        update_card(model_dir, quality={"features": features.description, "real_set": report["real_set"],
-                                        "kid": summary})
-    return report
-
-
-def format_report(report: dict) -> str:
-    lines = [f"features: {report['features']} (dim {report['feature_dim']}); real set: {report['real_set']}",
-             f"{'subtype':22} {'KID':>9} {'+-':>8} {'real/real':>10} {'untrained':>10} {'n real/syn':>11} "
-             f"{'imgs':>5} {'FID':>8} {'min NN/real-real':>17}"]
-    for subtype, r in report["subtypes"].items():
-        ratio = r["memorisation"]["min_ratio"]
-        lines.append(f"{subtype:22} {r['kid']:9.4f} {r['kid_std']:8.4f} {r['kid_real_vs_real']:10.4f} "
-                     f"{r['kid_untrained_generator']:10.4g} {r['n_real']:>5}/{r['n_synthetic']:<5} "
-                     f"{r['real_images']:5d} {'n/a' if r['fid'] is None else format(r['fid'], '8.2f'):>8} "
-                     f"{'n/a' if ratio is None else format(ratio, '.3f'):>17}")
-    return "\n".join(lines)
-
-
-def compare_generators(new_dir, old_dir, data_dir, n: int = 64, seed: int = 1) -> dict:
-    """Two generators on the SAME real patches (the new generator's training images and crops):
-    per subtype each classifier-free distance of both, the floor and the ceiling, and whether the
-    new one halves the old one's distance (the goal) and shows no up-sampling peak."""
-    new, new_card = load_model_folder(new_dir, kind=GENERATOR)
-    old, old_card = load_model_folder(old_dir, kind=GENERATOR)
-    config = GanConfig.from_dict(new_card["config"])
-    keras.utils.set_random_seed(seed)
-    untrained = build_generator(config)
-    images, _ = training_images(data_dir, config)
-    normalizer = StainNormalizer.from_dict(new_card.get("stain_normalization"))
-    pool, labels, sources = real_patches(images, config, seed=config.seed, normalizer=normalizer)
-    result = {"new": new_card["name"], "old": old_card["name"], "images_per_set": n,
-              "real_set": f"patches of {new_card['name']}'s training images", "subtypes": {}}
-    for subtype in [s for s in config.subtypes if s in old_card["subtypes"]]:
-        in_pool = np.flatnonzero(labels == SUBTYPES.index(subtype))
-        real, real_again = _real_sets([sources[i] for i in in_pool], n, seed)
-        real, real_again = pool[in_pool][real], pool[in_pool][real_again]
-        fakes = {"new": generate(new, subtype, n, seed=seed), "old": generate(old, subtype, n, seed=seed)}
-        if fakes["old"].shape[1:] != real.shape[1:]:  # a generator of another patch size: compare at this one
-            fakes["old"] = np.stack([np.round(to_model_input(f, real.shape[1]).numpy()).astype(np.uint8)
-                                     for f in fakes["old"]])
-        scores = {name: classifier_free(real, real_again, fake, generate(untrained, subtype, n, seed=seed), seed)
-                  for name, fake in fakes.items()}
-        result["subtypes"][subtype] = {
-            "distances": {metric: {"new": scores["new"][metric]["synthetic"], "old": scores["old"][metric]["synthetic"],
-                                   "real_vs_real": scores["new"][metric]["real_vs_real"],
-                                   "untrained_generator": scores["new"][metric]["untrained_generator"],
-                                   "at_most_half_of_old": scores["new"][metric]["synthetic"]
-                                   <= 0.5 * scores["old"][metric]["synthetic"]}
-                          for metric in scores["new"]},
-            "upsampling_peaks": {name: upsampling_peaks(real, fake, config.image_size) for name, fake in fakes.items()},
-        }
-    result["goal_met"] = all(d["at_most_half_of_old"] for s in result["subtypes"].values()
-                             for d in s["distances"].values())
-    result["new_has_upsampling_peak"] = any(p["peak"] for s in result["subtypes"].values()
-                                            for p in s["upsampling_peaks"]["new"].values())
+        out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(comparison_sheet(real, {"generator": generator})).save(out / "patches.jpg", quality=85)
+        write_json_atomic(out / "quality.json", result)
+        report = result["generators"]["generator"]
+        update_card(model_dir, quality={
+            "real_set": result["real_set"], "scale": result["scale"], "meets_all_goals": report["meets_all_goals"],
+            "saw_held_out_fields": result["saw_held_out_fields"],
+            "two_sample_accuracy": {**{c: r["two_sample"]["accuracy"] for c, r in report["classes"].items()},
+                                    **{s: r["two_sample"]["accuracy"] for s, r in report["subtypes"].items()}}})
     return result
 
 
-def format_comparison(result: dict) -> str:
-    lines = [f"{result['new']} vs {result['old']} on the same real set ({result['real_set']}, {result['images_per_set']} "
-             "per set); lower is closer to real", "",
-             "| subtype | distance | new | old | real vs real | untrained | new <= old/2 |", "|---|---|---|---|---|---|---|"]
-    for subtype, row in result["subtypes"].items():
-        for metric, d in row["distances"].items():
-            lines.append(f"| {subtype} | {metric} | {d['new']:.4f} | {d['old']:.4f} | {d['real_vs_real']:.4f} | "
-                         f"{d['untrained_generator']:.4f} | {'yes' if d['at_most_half_of_old'] else 'NO'} |")
-    lines += ["", f"goal met on every subtype and distance: {result['goal_met']}; up-sampling peak in the new "
-              f"generator's spectrum: {result['new_has_upsampling_peak']}"]
+def compare_generators(new_dir, old_dir, data_dir, n: int = 128, seed: int = 1, sheet: Path | None = None) -> dict:
+    """Two generators judged on the SAME real patches (the new generator's held-out fields), in one
+    run of one code path; with `sheet`, a picture of real | new | old patches per subtype."""
+    new, old = Generator.load(new_dir), Generator.load(old_dir)
+    real = real_patches_for(new.card, data_dir, n, seed)
+    result = judge({"new": new, "old": old}, untrained_generator(judged_config(new.card)), real)
+    result["saw_held_out_fields"] = {"new": saw_held_out(new.card, real), "old": saw_held_out(old.card, real)}
+    if sheet is not None:
+        Path(sheet).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(comparison_sheet(real, {"new": new, "old": old})).save(sheet)
+    return result
+
+
+def format_kid(report: dict) -> str:
+    """The KID table of one generator's report (empty without --features)."""
+    rows = [(s, r["kid"]) for s, r in report["subtypes"].items() if "kid" in r]
+    if not rows:
+        return ""
+    lines = [f"KID in {rows[0][1]['features']} (lower is closer; floor: held-out vs training-field patches)", "",
+             "| subtype | KID | +- | real vs real | untrained | min NN / real-real |", "|---|---|---|---|---|---|"]
+    for subtype, k in rows:
+        ratio = report["subtypes"][subtype]["memorisation"]["min_ratio"]
+        lines.append(f"| {subtype} | {k['kid']:.4f} | {k['kid_std']:.4f} | {k['real_vs_real']:.4f} | "
+                     f"{k['untrained_generator']:.4g} | {'n/a' if ratio is None else format(ratio, '.3f')} |")
     return "\n".join(lines)
+
+
+def comparison_sheet(real: RealPatches, generators: dict, per_set: int = 6, gap: int = 6) -> np.ndarray:
+    """One row per subtype: per_set held-out real patches, then per_set of each generator, at one scale."""
+    rows = []
+    for subtype in real.subtypes:
+        row = [real.held[subtype][0][:per_set]]
+        for generator in generators.values():
+            if subtype in generator.subtypes:
+                row.append(generator.patches(subtype, per_set, real.size, real.mpp, real.seed))
+            else:
+                row.append(np.full((per_set, real.size, real.size, 3), 255, np.uint8))
+        pieces = []
+        for images in row:
+            pieces += [grid([images]), np.full((real.size + 2, gap, 3), 255, np.uint8)]
+        rows.append(np.concatenate(pieces, axis=1))
+    return np.concatenate(rows, axis=0) if rows else np.zeros((1, 1, 3), np.uint8)

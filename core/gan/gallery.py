@@ -1,0 +1,94 @@
+"""What the GAN gallery page shows, without Streamlit: real and synthetic patches at one scale, a
+field-size synthetic image, and the measured checks (quality/quality.json) as plain sentences.
+
+The page must not let pictures speak louder than the numbers: `verdict` says in words whether the
+generator met the goals of core.gan.checks, on what data, so a stakeholder reads that before
+looking at the images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from core.data.labels import pretty
+from core.gan.checks import GOALS
+from core.jsonfile import read_json
+from core.paths import SAMPLES_DIR
+
+QUALITY_FILE = Path("quality") / "quality.json"
+
+
+def real_patches(generator, subtype: str, n: int, samples_dir=SAMPLES_DIR, seed: int = 0) -> np.ndarray | None:
+    """n patches of the bundled real samples of a subtype at the generator's judged scale and size
+    (None when there is no usable sample of it): the same tissue area as the synthetic patches."""
+    from core.data.breakhis import index_folder
+    from core.gan.patches import PatchSampler, load_fields
+    from core.gan.quality import judged_config
+
+    if not Path(samples_dir).is_dir():
+        return None
+    config = judged_config(generator.card)
+    images = index_folder(samples_dir).images
+    fields = load_fields(images[images["subtype"] == subtype], config.mpp, config.image_size)
+    if not fields.count(subtype):
+        return None
+    return PatchSampler(fields, config.image_size, [subtype]).patches(subtype, n, seed)[0]
+
+
+def synthetic_patches(generator, subtype: str, n: int, seed: int = 0) -> np.ndarray:
+    from core.gan.quality import judged_config
+
+    config = judged_config(generator.card)
+    return generator.patches(subtype, n, config.image_size, config.mpp, seed)
+
+
+def load_quality(folder) -> dict | None:
+    """The folder's measured checks, None when not measured (a damaged file raises ValueError or OSError)."""
+    path = Path(folder) / QUALITY_FILE
+    if not path.is_file():
+        return None
+    quality = read_json(path)
+    if not isinstance(quality, dict) or "generators" not in quality:
+        raise ValueError("a report of an earlier `gan evaluate`, without the checks of core.gan.checks")
+    return quality
+
+
+def verdict(quality: dict) -> tuple[bool, str]:
+    """(all goals met, one paragraph saying what the numbers say)."""
+    report = next(iter(quality["generators"].values()))
+    classes = report["classes"]
+    worst = max(r["two_sample"]["accuracy"] for r in classes.values())
+    failed = [pretty(s) for s, r in report["subtypes"].items() if not r["two_sample"]["meets_goal"]]
+    nuclei_off = [pretty(s) for s, r in report["subtypes"].items() if not r["nuclei"]["within_tolerance"]]
+    scale = quality["scale"]
+    text = (f"Measured on {quality['patches_per_set']} real patches per subtype from held-out fields "
+            f"({scale['patch_px']} px at {scale['mpp']} um/px). A classifier tells synthetic from real tissue with "
+            f"accuracy up to {worst:.2f} per class (0.5 = indistinguishable; goal <= {GOALS['two_sample_class']}). "
+            f"Subtypes above their goal ({GOALS['two_sample_subtype']}): {', '.join(failed) or 'none'}. "
+            f"Nuclei count off by more than {GOALS['nuclei_tolerance']:.0%}: {', '.join(nuclei_off) or 'none'}.")
+    if quality.get("saw_held_out_fields"):
+        text += " This generator trained on some of these held-out fields, which flatters it."
+    return bool(report["meets_all_goals"]), text
+
+
+def check_rows(quality: dict) -> list[dict]:
+    """One table row per class and subtype: two-sample accuracy with interval, nuclei and distances."""
+    report = next(iter(quality["generators"].values()))
+    rows = []
+    for name, r in report["classes"].items():
+        t = r["two_sample"]
+        rows.append({"set": f"{name} (class)", "two-sample accuracy": round(t["accuracy"], 3),
+                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "goal met": t["meets_goal"]})
+    for subtype, r in report["subtypes"].items():
+        t, n = r["two_sample"], r["nuclei"]
+        distances = {f"{k.replace('_', ' ')} / floor": round(d["synthetic"] / max(d["real_vs_real"], 1e-12), 2)
+                     for k, d in r["distances"].items()}
+        rows.append({"set": pretty(subtype), "two-sample accuracy": round(t["accuracy"], 3),
+                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}",
+                     "goal met": bool(t["meets_goal"] and n["within_tolerance"]
+                                      and all(d["meets_goal"] for d in r["distances"].values())),
+                     "nuclei / patch (real)": f"{n['synthetic_per_patch']:.1f} ({n['real_per_patch']:.1f})",
+                     **distances, "held-out images": r["held_out_images"]})
+    return rows
