@@ -97,20 +97,6 @@ def test_a_tampered_generator_is_refused_with_a_message(monkeypatch, generator_r
     assert "does not match its card" in app.error[0].value
 
 
-@pytest.mark.parametrize("damage", ["{\"features\": \"imag", "[1, 2]", "{\"subtypes\": {\"adenosis\": {}}}"])
-def test_a_damaged_quality_report_gets_a_message_and_the_gallery_still_shows(monkeypatch, generator_root, tmp_path,
-                                                                             damage):
-    from core.gan.quality import QUALITY_DIR
-
-    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-tiny")
-    (tmp_path / "gan-tiny" / QUALITY_DIR / "quality.json").write_text(damage)  # cut short, not an object, old
-    app = page(monkeypatch, tmp_path)
-    assert not app.exception, app.exception
-    assert any("quality.json" in w.value and "cannot be shown" in w.value for w in app.warning)
-    assert sum("Synthetic, seed 0" in c for image in app.image for c in image.captions) == 2
-    assert not app.dataframe  # no half-built KID table
-
-
 def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):
     from tests.app_helpers import APP, make_model_folder, run_app_like_the_server
 
