@@ -179,7 +179,8 @@ def test_the_slide_page_shows_a_heat_map_and_opens_a_tile(tmp_path):
 
     models = REPO / "models"
     environment = {"BREAKHIS_MODEL_DIRS": str(models), "BREAKHIS_DEFAULT_MODEL": str(models / "default"),
-                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs"), "BREAKHIS_SLIDE_DIRS": ""}
+                   "BREAKHIS_RUNS_DIR": str(tmp_path / "runs"), "BREAKHIS_SLIDE_DIRS": "", "BREAKHIS_SINGLE_USER": "1",
+                   "BREAKHIS_DATA_DIR": str(tmp_path / "data")}
     rgb, _ = mosaic()
     upload = tmp_path / "SOB_M_MC-14-19979-200-900.tif"  # a TIFF upload: read with tiffslide from memory
     Image.fromarray(np.ascontiguousarray(rgb[460:1380, 700:4200])).save(upload, compression="tiff_deflate")

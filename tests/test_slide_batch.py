@@ -3,6 +3,8 @@
 
 import json
 import shutil
+import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,10 @@ def test_a_bad_slide_is_a_user_error(slide_folder, tmp_path, capsys):
 
 def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout's core
+    # Dask's worker processes are spawned, and spawn re-imports the parent's __main__ module: after an
+    # AppTest in the same session that is app.py, which cannot run in a worker. The CLI's __main__ is
+    # core.__main__; here a bare module stands in for pytest's.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     serial, dask = tmp_path / "serial", tmp_path / "dask"
     assert cli(["slides", str(slide_folder), "--out", str(serial), "--serial", "--top-k", "1"]) == 1  # notes.tif
     assert cli(["slides", str(slide_folder), "--out", str(dask), "--workers", "2", "--top-k", "1"]) == 1
