@@ -122,6 +122,7 @@ def describe_model(card: dict) -> dict:
     training = card.get("training") or {}
     counts = training.get("counts") or {}
     evidence = card.get("evidence") or {}
+    subtype_reliable, subtype_note = subtype_reliability(card)
     return {
         "name": card.get("name", "unnamed model"),
         "backbone": card.get("backbone", "?"),
@@ -139,8 +140,8 @@ def describe_model(card: dict) -> dict:
         "calibrated": bool((card.get("calibration") or {}).get("temperatures")),
         "evidence": evidence.get("statement"),
         "measured": measured_accuracy(card),
-        "subtype_reliable": subtype_reliability(card)[0],
-        "subtype_note": subtype_reliability(card)[1],
+        "subtype_reliable": subtype_reliable,
+        "subtype_note": subtype_note,
     }
 
 

@@ -168,11 +168,10 @@ class _Report(FPDF):
         self.set_font(style=style)
         total = sum(widths)
         fixed = [max(w, n) for w, n in zip(widths, needed)]
-        spare = [w for w, n in zip(widths, needed) if w > n]
+        give = [max(0.0, w - n) for w, n in zip(widths, needed)]  # what a wide-enough column can spare
         excess = sum(fixed) - total
-        if excess > 0 and spare:
-            give = [max(0.0, w - n) for w, n in zip(widths, needed)]
-            share = min(1.0, excess / max(sum(give), 1e-9))
+        if excess > 0 and sum(give) > 0:
+            share = min(1.0, excess / sum(give))
             fixed = [f - g * share for f, g in zip(fixed, give)]
         return fixed
 

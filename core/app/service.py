@@ -46,13 +46,17 @@ class ImageResult:
     gradcam: RawCams | None = None  # from the same pass as the prediction; None if it failed
     gradcam_error: str | None = None
     error: str | None = None
-    not_histology: str | None = None  # why the image is not H&E tissue; then it gets no call
     magnification: str = NOT_STATED
     magnification_source: str = "not stated"
     case: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     sha256: str = ""  # of the uploaded bytes, in full: what the audit trail records
+
+    @property
+    def not_histology(self) -> str | None:
+        """Why the image is not H&E tissue (core.data.histology); then it gets no call."""
+        return self.image.not_histology if self.image is not None else None
 
     @property
     def analysable(self) -> bool:
@@ -111,7 +115,6 @@ def read_item(name: str, data: bytes) -> ImageResult:
     except Exception as problem:  # A decoder bug must not take the app down.
         result.error = f"'{name}' could not be read as an image ({type(problem).__name__})."
         return result
-    result.not_histology = result.image.not_histology
     result.display = display_size(result.image.rgb)
     note = extension_note(name)
     result.notes = ([note] if note else []) + list(result.image.notes)
