@@ -79,7 +79,11 @@ def _train(args) -> int:
     from core.training.config import TrainConfig
 
     config = from_args(TrainConfig, args)
-    if config.all_folds:
+    if config.pipeline == "fields":  # TensorFlow-free: runs under KERAS_BACKEND=jax as well
+        from core.training.field_run import cross_validate_fields, train_fields
+
+        cross_validate_fields(config, config.final_model) if config.all_folds else train_fields(config)
+    elif config.all_folds:
         from core.training.crossval import cross_validate
 
         cross_validate(config)

@@ -151,8 +151,10 @@ def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
     if image.format != "PNG" or image.mode != "RGB" or "transparency" in image.info or len(data) < 33 \
             or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != 2:
         return None
-    import tensorflow as tf  # the app and every training path have it loaded already
-
+    try:  # the app has TensorFlow loaded already; training under JAX may run where it is not installed
+        import tensorflow as tf
+    except ImportError:
+        return None
     try:
         pixels = tf.io.decode_png(data, channels=3).numpy()
     except Exception:  # noqa: BLE001 - truncated or corrupt: Pillow says so in words

@@ -31,6 +31,12 @@ MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 # Squashing rather than cropping keeps the whole field visible and lets Grad-CAM maps be
 # resized straight back onto the original image.
 INPUT_SIZE = 224
+# What core.data.preprocess does (written into every model card); TensorFlow-free so that a card can
+# be written where only JAX is installed.
+PREPROCESSING = (
+    "RGB, whole image resized (bilinear, antialiased) to {size}x{size}, float32 in [0, 255]; "
+    "per-backbone normalisation is a layer inside the model"
+)
 
 # Names of the model outputs. Hierarchical models have the three heads; flat models have one.
 STAGE1_OUTPUT = "stage1"

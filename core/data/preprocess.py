@@ -11,12 +11,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from core.data.labels import INPUT_SIZE
-
-DESCRIPTION = (
-    "RGB, whole image resized (bilinear, antialiased) to {size}x{size}, float32 in [0, 255]; "
-    "per-backbone normalisation is a layer inside the model"
-)
+from core.data.labels import INPUT_SIZE, PREPROCESSING as DESCRIPTION  # noqa: F401 - re-exported
 
 
 def to_model_input(rgb, size: int = INPUT_SIZE):

@@ -14,6 +14,7 @@ import datetime
 import html
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,9 +40,10 @@ from core.evaluation.thresholds import case_threshold, flagged_block, threshold_
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import reliability
 from core.model.folders import update_card
-from core.model.loading import load_predictor
-from core.model.predict import Predictor
 from core.paths import portable
+
+if TYPE_CHECKING:  # the Predictor needs TensorFlow; scoring does not (core.training.field_fit under JAX)
+    from core.model.predict import Predictor
 
 REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split")
 
@@ -219,6 +221,8 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     if split not in set(table["split"]):
         raise UserInputError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
                          f"({len(missing)} listed images not found; pass --data DIR to find them by name)")
+    from core.model.loading import load_predictor
+
     predictor = load_predictor(run_dir / "model")
     evaluated, unreadable = predict_table(predictor, table[table["split"] == split], batch_size)
     if evaluated.empty:

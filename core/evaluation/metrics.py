@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from core.data.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
-from core.model.predict import case_decision
+from core.model.decisions import case_decision
 
 PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
                 "the few cases with two), then the usual decision rule")

@@ -23,7 +23,6 @@ import weakref
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
 from PIL import Image
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
@@ -40,9 +39,10 @@ from core.data.labels import (
     SUBTYPES_BY_CLASS,
     output_sizes,
 )
-from core.model.classifier import cam_layer
-from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
-from core.model.views import dihedral_views, mean_over_views
+from core.model.classifier import cam_layer, head_logits
+from core.model.predict import Prediction, Predictor
+from core.data.fields import view_boxes
+from core.model.views import dihedral_views, mean_over_crops, mean_over_views
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 STAGES = ("stage1", "stage2")
@@ -72,18 +72,6 @@ class Diagnosis:
     explanations: dict[str, Explanation]  # "stage1", "stage2"
 
 
-class _Logits(layers.Layer):
-    """Pre-softmax output of a softmax Dense layer, sharing that layer's weights (no copy)."""
-
-    def __init__(self, dense: layers.Dense, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = dense
-
-    def call(self, inputs):
-        logits = ops.matmul(inputs, self.dense.kernel)
-        return logits + self.dense.bias if self.dense.use_bias else logits
-
-
 class _Explainer:
     """Per-predictor graph pieces, built once: logit models, the compiled Grad-CAM pass, and
     tf-keras-vis visualizers."""
@@ -93,8 +81,7 @@ class _Explainer:
         self.hierarchical = predictor.hierarchy == HIERARCHICAL
         self.output_names = list(output_sizes(predictor.hierarchy))
         self.cam_layer = cam_layer(predictor.backbone)
-        logits = {name: _Logits(model.get_layer(name), name=f"{name}_logits")(model.get_layer(name).input)
-                  for name in self.output_names}
+        logits = head_logits(model, self.output_names)
         self.logit_models = {name: keras.Model(model.inputs, tensor) for name, tensor in logits.items()}
         features = model.get_layer(self.cam_layer).output
         self._features_and_logits = keras.Model(model.inputs, [features, logits])
@@ -201,14 +188,15 @@ def to_heatmap(cam, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     return np.asarray(scaled.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR), np.float32), border
 
 
-def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: str, label: str, subtype: str):
+def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: str, label: str, subtype: str,
+                      views=None):
     """Grad-CAM++ / Score-CAM of one stage's target through tf-keras-vis -> (h, w) CAM."""
     if explainer.hierarchical:
         output = STAGE1_OUTPUT if stage == "stage1" else STAGE2_OUTPUTS[label]
         index = CLASSES.index(label) if stage == "stage1" else SUBTYPES_BY_CLASS[label].index(subtype)
-        score = CategoricalScore([index])
+        score = CategoricalScore(index)  # one index for every input (a field model's crops)
     elif stage == "stage2":
-        output, score = FLAT_OUTPUT, CategoricalScore([SUBTYPES.index(subtype)])
+        output, score = FLAT_OUTPUT, CategoricalScore(SUBTYPES.index(subtype))
     else:
         output, members = FLAT_OUTPUT, _FLAT_CLASS_INDICES[CLASSES.index(label)]
         if method == "scorecam":  # Score-CAM scores softmax outputs: p(class) = sum of p(subtype).
@@ -221,8 +209,10 @@ def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: st
                    expand_cam=False, normalize_cam=False)
     if method == "scorecam":
         options["max_N"] = min(SCORECAM_MAX_N, explainer.channels)
-    cam = explainer.visualizer(output, method)(score, model_input, **options)
-    return np.asarray(cam)[0]
+    cam = np.asarray(explainer.visualizer(output, method)(score, model_input, **options))
+    if views is not None and len(cam) > 1:  # a field model's crops -> one map of the field
+        return stitch_crop_maps(cam[:, None], views)[0, 0]
+    return cam[0]
 
 
 def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
@@ -236,22 +226,50 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
         raise ValueError(f"Subtype {subtype!r} is not a subtype of {label!r}")
 
 
-def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = False) -> tuple[dict, np.ndarray]:
+def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = False,
+                  tiles: bool = False) -> tuple[dict, np.ndarray]:
     """Compiled passes over a list of images in batches ->
     (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w)).
     tta: each pass runs over the 8 test-time views (core.model.views.dihedral_views): the outputs
     are their mean (and each view, for the uncertainty) and the maps are view 0's, the image itself,
-    so test-time augmentation costs no forward beyond its 8 views."""
-    explainer, chunks, per_pass = explainer_for(predictor), [], predictor.images_per_pass(tta)
+    so test-time augmentation costs no forward beyond its 8 views. A field model's crops are
+    averaged the same way and their maps stitched back into one map of the field."""
+    tta = predictor.uses_tta(tta)
+    crops = predictor.crops_per_image(tiles)
+    explainer, chunks, per_pass = explainer_for(predictor), [], predictor.images_per_pass(tta, tiles)
     for start in range(0, len(images), per_pass):
-        batch = tf.constant(predictor.model_input(images[start:start + per_pass]))
+        batch = tf.constant(predictor.model_input(images[start:start + per_pass], tiles))
         with predictor.lock:
             probabilities, cams = explainer.gradcam_pass(dihedral_views(batch) if tta else batch)
         if tta:
             probabilities, cams = mean_over_views(probabilities), cams[:len(batch)]
-        chunks.append(({k: v.numpy() for k, v in probabilities.items()}, cams.numpy()))
+        probabilities = mean_over_crops({k: v.numpy() for k, v in probabilities.items()}, crops)
+        cams = cams.numpy()
+        chunks.append((probabilities, stitch_crop_maps(cams, predictor.views) if crops > 1 else cams))
     outputs = {name: np.concatenate([c[0][name] for c in chunks]) for name in chunks[0][0]}
     return outputs, np.concatenate([c[1] for c in chunks])
+
+
+def stitch_crop_maps(maps: np.ndarray, views) -> np.ndarray:
+    """Maps of each field's crops (N*C, T, h, w), crop-major per field -> one map per field
+    (N, T, H', W') over the restored field (views.field_px): each crop's map resized onto its box
+    at four times the maps' own resolution, overlaps averaged. The field covers the whole image, so the
+    stitched map is drawn over the image as it is shown."""
+    count, targets, h, w = maps.shape
+    crops, (field_w, field_h) = views.crops, views.field_px
+    boxes = view_boxes(field_h, field_w, views.crop_px, crops)
+    scale = 4.0 * h / boxes[0, 2]
+    height, width = max(1, round(field_h * scale)), max(1, round(field_w * scale))
+    per_field = maps.reshape(-1, crops, targets, h, w)
+    canvas = np.zeros((len(per_field), height, width, targets), np.float32)
+    weight = np.zeros((height, width, 1), np.float32)
+    for c, (y0, x0, side, _) in enumerate(boxes):
+        top, left = round(y0 * scale), round(x0 * scale)
+        size = (min(round(side * scale), height - top), min(round(side * scale), width - left))
+        resized = tf.image.resize(np.transpose(per_field[:, c], (0, 2, 3, 1)), size, method="bilinear").numpy()
+        canvas[:, top:top + size[0], left:left + size[1]] += resized
+        weight[top:top + size[0], left:left + size[1]] += 1.0
+    return np.transpose(canvas / np.maximum(weight, 1.0), (0, 3, 1, 2))
 
 
 def cam_of(cams: np.ndarray, label: str, subtype: str | None = None) -> np.ndarray:
@@ -283,7 +301,8 @@ class RawCams:
 
 
 def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool = False,
-                      labels: list | None = None, subtypes: list | None = None) -> tuple[dict, list[RawCams]]:
+                      labels: list | None = None, subtypes: list | None = None,
+                      tiles: bool = False) -> tuple[dict, list[RawCams]]:
     """(head outputs for `predictor.interpret`, per image the Grad-CAMs of its targets), for a batch.
 
     Targets default to each image's prediction (TTA's when `tta`). Each model runs ONE compiled
@@ -295,7 +314,7 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
     if count == 0:
         return {}, []
     labels, subtypes = labels or [None] * count, subtypes or [None] * count
-    passes = [gradcam_batch(member, images, tta) for member in predictor.members]
+    passes = [gradcam_batch(member, images, tta, tiles) for member in predictor.members]
     outputs = predictor.merge([p[0] for p in passes])  # as predictor.probabilities would give them
     targets = [_targets(prediction, label, subtype)
                for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]
@@ -314,7 +333,7 @@ def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> 
 
 
 def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
-            subtype: str | None = None, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+            subtype: str | None = None, refer_threshold: float | None = None,
             size: tuple[int, int] | None = None) -> Diagnosis:
     """The prediction plus both stages' heat maps: stage 1 of `label`, stage 2 of `subtype`.
 
@@ -336,7 +355,8 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
     for member in predictor.members:
         explainer, model_input = explainer_for(member), member.model_input([rgb])
         with member.lock:
-            cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets) for stage in STAGES])
+            cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets, views=member.views)
+                         for stage in STAGES])
     return Diagnosis(prediction, RawCams(*targets, [c[0] for c in cams], [c[1] for c in cams]).explanations(size, method))
 
 

@@ -103,3 +103,25 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 def cam_layer(backbone: str) -> str:
     """Layer name Grad-CAM should use for this backbone."""
     return get_backbone(backbone).cam_layer
+
+
+@keras.saving.register_keras_serializable(package="core")
+class HeadLogits(layers.Layer):
+    """Pre-softmax output of a softmax Dense head, sharing that layer's weights (no copy): Grad-CAM
+    differentiates logits, and the field recipe's 8-subtype loss is a softmax over both stage-2
+    heads' logits."""
+
+    def __init__(self, dense: layers.Dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, inputs):
+        logits = keras.ops.matmul(inputs, self.dense.kernel)
+        return logits + self.dense.bias if self.dense.use_bias else logits
+
+
+def head_logits(model: keras.Model, names) -> dict:
+    """{head name: its logits tensor} on the model's graph, for the heads `names`."""
+    return {name: HeadLogits(model.get_layer(name), name=f"{name}_logits")(model.get_layer(name).input)
+            for name in names}
+

@@ -13,16 +13,17 @@ import datetime
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
-from core.data.preprocess import DESCRIPTION
+from core.data.fields import ViewSpec
+from core.data.labels import PREPROCESSING as DESCRIPTION
 from core.digests import file_sha256
 from core.errors import ModelFolderError
 from core.jsonfile import read_json, write_json_atomic
@@ -46,8 +47,15 @@ def labels_block() -> dict:
 
 
 def _versions() -> dict:
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    """Library versions and the Keras backend that wrote the file (a model trained under JAX loads
+    under TensorFlow: the .keras file holds weights, not backend code)."""
+    versions = {"keras": keras.__version__, "keras_backend": keras.backend.backend(), "numpy": np.__version__,
+                "python": platform.python_version()}
+    for name in ("tensorflow", "jax"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = module.__version__
+    return versions
 
 
 def card_kind(card: dict) -> str:
@@ -74,7 +82,8 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict,
         if card.get("input_size") not in (None, input_size):
             raise ValueError(f"Card input_size {card['input_size']} does not match the model ({input_size})")
         extra = {"input_size": input_size,
-                 "preprocessing": {"description": DESCRIPTION.format(size=input_size),
+                 "preprocessing": {"description": (ViewSpec.from_card(card).describe() if card.get("views")
+                                                   else DESCRIPTION.format(size=input_size)),
                                    "normalization": get_backbone(card["backbone"]).normalization},
                  "demo": bool(card.get("demo", False))}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as staging:

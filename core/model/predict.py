@@ -30,110 +30,23 @@ from core.data.labels import (
     STAGE2_OUTPUTS,
     SUBTYPES,
     SUBTYPES_BY_CLASS,
-    pretty,
 )
+from core.data.fields import ViewSpec, restore_field
+from core.data.keras_augment import field_inputs
 from core.data.preprocess import batch_for_model
 from core.data.stain import StainNormalizer
 from core.model.calibration import apply_temperature
+from core.model.decisions import (  # noqa: F401 - re-exported: the Predictor's result types
+    DEFAULT_REFER_THRESHOLD,
+    DEMO_REASON,
+    CaseDecision,
+    Prediction,
+    case_decision,
+    figure,
+)
 from core.model.folders import load_model_folder
-from core.model.views import VIEWS, dihedral_views, mean_over_views, uncertainty_of
+from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
-
-DEFAULT_REFER_THRESHOLD = 0.7
-DEMO_REASON = "demo model: not validated"
-
-
-@dataclasses.dataclass
-class Prediction:
-    """One image's result. `confidence` = p(label) * p(subtype | label)."""
-
-    stage1: dict[str, float]
-    label: str
-    stage2: dict[str, float]  # subtypes of `label`, from the head stage 1 chose
-    other_stage2: dict[str, float]  # subtypes of the other class, for context
-    subtype: str
-    confidence: float
-    refer: bool
-    refer_reasons: list[str]
-    tta: bool = False
-    # How much the ensemble members or the 8 test-time views disagree (see `uncertainty_of`); None
-    # for a single model without test-time augmentation.
-    uncertainty: dict | None = None
-
-    @property
-    def p_label(self) -> float:
-        return self.stage1[self.label]
-
-    @property
-    def p_subtype(self) -> float:
-        return self.stage2[self.subtype]
-
-    def subtype_probabilities(self) -> dict[str, float]:
-        """Joint p(subtype) = p(class) * p(subtype | class) over all 8 subtypes (sums to 1)."""
-        within = {**self.stage2, **self.other_stage2}
-        return {s: self.stage1[c] * within[s] for c in CLASSES for s in SUBTYPES_BY_CLASS[c]}
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "p_label": self.p_label, "p_subtype": self.p_subtype}
-
-    def summary(self, subtype_reliable: bool = True) -> str:
-        """One line for the CLI; an unreliable subtype head (core.app.registry.subtype_reliability)
-        prints its subtype as such rather than as a finding."""
-        flag = "REFER: " + "; ".join(self.refer_reasons) if self.refer else "no referral flag"
-        subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
-        if not subtype_reliable:
-            subtype = f"subtype not reliable for this model (most probable: {subtype})"
-        return f"{self.label} ({self.p_label:.2f}) | {subtype} | confidence {self.confidence:.2f} | {flag}"
-
-
-@dataclasses.dataclass
-class CaseDecision:
-    """One case's call from several images (see `case_decision`)."""
-
-    label: str
-    subtype: str
-    p_class: dict[str, float]  # mean p(class) over the images
-    p_subtype: dict[str, float]  # mean p(subtype | label) over the images, subtypes of `label`
-
-    @property
-    def confidence(self) -> float:
-        return self.p_class[self.label] * self.p_subtype[self.subtype]
-
-
-def case_decision(members, malignant_threshold: float = 0.5) -> CaseDecision:
-    """THE case-level rule (app case table and patient-level evaluation both use it).
-
-    Mean stage-1 probability over the images -> malignant when it reaches `malignant_threshold`
-    (the validated case threshold of the model card; 0.5 without one); then subtype = argmax of
-    the mean p(subtype | class) within that class, i.e. the same stage 1 -> stage 2 hierarchy as
-    one image. members: Predictions, or (p(class) in CLASSES order, p(subtype | its class) in
-    SUBTYPES order) pairs of arrays.
-    """
-    members = list(members)
-    if not members:
-        raise ValueError("case_decision needs at least one image")
-    stage1, within = [], []
-    for member in members:
-        if isinstance(member, Prediction):
-            both = {**member.stage2, **member.other_stage2}
-            stage1.append([member.stage1[c] for c in CLASSES])
-            within.append([both[s] for s in SUBTYPES])
-        else:
-            class_p, subtype_p = member
-            stage1.append(np.asarray(class_p, float).reshape(len(CLASSES)))
-            within.append(np.asarray(subtype_p, float).reshape(len(SUBTYPES)))
-    mean_class = dict(zip(CLASSES, map(float, np.mean(stage1, axis=0))))
-    mean_within = dict(zip(SUBTYPES, map(float, np.mean(within, axis=0))))
-    label = "malignant" if mean_class["malignant"] >= malignant_threshold else "benign"
-    p_subtype = {s: mean_within[s] for s in SUBTYPES_BY_CLASS[label]}
-    return CaseDecision(label, max(p_subtype, key=p_subtype.get), mean_class, p_subtype)
-
-
-def figure(value: float) -> str:
-    """A spread or threshold at 3 significant digits: spreads are often below 0.01, where a fixed
-    2 decimals shows "0.00 > 0.00" and hides which of the two is larger."""
-    return f"{value:.3g}"
-
 
 class Predictor:
     """A loaded classifier, ready to predict. Create once (core.model.loading.load_predictor) and
@@ -158,6 +71,11 @@ class Predictor:
         # on validation by core.evaluation.evaluate); None until the model has been evaluated so.
         self.uncertainty_threshold = (thresholds.get("uncertainty") or {}).get("p_malignant_spread")
         self.normalizer = self._normalizer(card)
+        # A field model's declared views (core.data.fields.ViewSpec): crops along the restored field x
+        # symmetries, always; None for whole-field models (one resized input, TTA on request).
+        self.views = ViewSpec.from_card(card)
+        # Per-stage referral thresholds chosen on validation (core.evaluation.referral), if any.
+        self.referral = (card.get("thresholds") or {}).get("referral") or None
         self.batch_size = batch_size
         # One lock per model: Streamlit sessions share the predictor, and Keras layers and
         # tf.function tracing are not safe to enter from two threads at once.
@@ -197,42 +115,68 @@ class Predictor:
         """Mean of the 8 views per head, and every view (N, 8, k) for the uncertainty."""
         return mean_over_views(self.model(dihedral_views(images), training=False))
 
-    def images_per_pass(self, tta: bool = False) -> int:
-        """Images per compiled call: batch_size model inputs, which TTA's 8 views each fill 8 of."""
-        return max(1, self.batch_size // 8) if tta else self.batch_size
+    def uses_tta(self, tta: bool = False) -> bool:
+        """Test-time symmetries: on request, and always for a model whose card declares them."""
+        return bool(tta or (self.views is not None and self.views.dihedral))
 
-    def model_input(self, images: list[np.ndarray]) -> np.ndarray:
-        """Validated uint8 RGB images -> the model's float batch (the shared preprocessing)."""
+    def crops_per_image(self, tiles: bool = False) -> int:
+        """Model inputs per image before symmetries: a field model's crops; a tile (already at the
+        model's scale, core.slide) or a whole-field model's image is one."""
+        return self.views.crops if self.views is not None and not tiles else 1
+
+    def images_per_pass(self, tta: bool = False, tiles: bool = False) -> int:
+        """Images per compiled call: batch_size model inputs, which each image's crops and TTA's 8
+        views fill several of."""
+        per_image = self.crops_per_image(tiles) * (8 if self.uses_tta(tta) else 1)
+        return max(1, self.batch_size // per_image)
+
+    def model_input(self, images: list[np.ndarray], tiles: bool = False) -> np.ndarray:
+        """Validated uint8 RGB images -> the model's float batch (the shared preprocessing): a field
+        model's crops of each restored field (crops_per_image rows per image, in order), a tile
+        resized whole by the same crop op, or a whole-field model's one resize."""
         for i, image in enumerate(images):
             if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
                     or image.shape[2] != 3 or min(image.shape[:2]) < 1:
                 shape = getattr(image, "shape", None)
                 raise ValueError(f"Image {i} must be a uint8 RGB array (H, W, 3), got "
                                  f"{type(image).__name__} {getattr(image, 'dtype', '')} {shape}")
-        batch = batch_for_model(images, self.input_size)
+        if self.views is not None:
+            batch = self._view_input(images, tiles)
+        else:
+            batch = batch_for_model(images, self.input_size)
         if self.normalizer.method == "none":
             return batch
         return np.stack([self.normalizer(np.round(b).astype(np.uint8))[0] for b in batch]).astype(np.float32)
 
-    def probabilities(self, images: list[np.ndarray], tta: bool = False) -> dict[str, np.ndarray]:
-        """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches."""
+    def _view_input(self, images: list[np.ndarray], tiles: bool) -> np.ndarray:
+        if tiles:  # each tile is one view: resized whole, by the op that made the training crops
+            groups = [images] if len({image.shape for image in images}) == 1 else [[image] for image in images]
+            return np.concatenate([field_inputs(np.stack(group), dataclasses.replace(
+                self.views, crops=1, crop_px=max(group[0].shape[:2]))) for group in groups])
+        fields = np.stack([restore_field(image, self.views.field_px) for image in images])
+        return field_inputs(fields, self.views)
+
+    def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False) -> dict[str, np.ndarray]:
+        """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches (the mean over
+        an image's views; every view under name + VIEWS when there are several)."""
         if len(images) == 0:
             return {}
+        tta = self.uses_tta(tta)
         forward = self._forward_tta if tta else self._forward
-        per_pass = self.images_per_pass(tta)
+        per_pass, crops = self.images_per_pass(tta, tiles), self.crops_per_image(tiles)
         chunks = []
         for start in range(0, len(images), per_pass):
-            batch = tf.constant(self.model_input(images[start:start + per_pass]))
+            batch = tf.constant(self.model_input(images[start:start + per_pass], tiles))
             with self.lock:
-                chunks.append({name: p.numpy() for name, p in forward(batch).items()})
+                chunks.append(mean_over_crops({name: p.numpy() for name, p in forward(batch).items()}, crops))
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def predict(self, images: list[np.ndarray], tta: bool = False,
-                refer_threshold: float = DEFAULT_REFER_THRESHOLD) -> list[Prediction]:
-        """One Prediction per uint8 RGB image (any size: the whole field is resized)."""
+                refer_threshold: float | None = None, tiles: bool = False) -> list[Prediction]:
+        """One Prediction per uint8 RGB image (a field at any published size, or a slide's tile)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-        return self.interpret(self.probabilities(list(images), tta), refer_threshold, tta)
+        return self.interpret(self.probabilities(list(images), tta, tiles), refer_threshold, self.uses_tta(tta))
 
     def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
         """The members' raw head outputs (in `members` order) -> this predictor's raw outputs. One
@@ -248,10 +192,20 @@ class Predictor:
 
         return {name: scaled(name, p) for name, p in outputs.items()}
 
-    def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+    def stage_thresholds(self, refer_threshold: float | None = None) -> tuple[float, float, str]:
+        """(stage-1 threshold, subtype threshold, where they come from): a threshold the user gives
+        applies to both stages; else the model's validated per-stage thresholds; else 0.7 for both."""
+        if refer_threshold is not None:
+            return float(refer_threshold), float(refer_threshold), "set by the user"
+        if self.referral:
+            return (float(self.referral["stage1"]["threshold"]), float(self.referral["subtype"]["threshold"]),
+                    f"chosen on {self.referral.get('selected_on', 'validation')}")
+        return DEFAULT_REFER_THRESHOLD, DEFAULT_REFER_THRESHOLD, "default (not validated for this model)"
+
+    def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float | None = None,
                   tta: bool = False) -> list[Prediction]:
         """Raw head outputs -> calibrated Predictions (shared with Grad-CAM's single-pass diagnosis)."""
-        if not 0.0 <= refer_threshold <= 1.0:
+        if refer_threshold is not None and not 0.0 <= refer_threshold <= 1.0:
             raise ValueError(f"refer_threshold must be between 0 and 1, not {refer_threshold}")
         if not outputs:
             return []
@@ -280,26 +234,33 @@ class Predictor:
         return stage1, within
 
     def _prediction(self, outputs, i, threshold, tta) -> Prediction:
+        """Per-stage referral: stage 1 when p(class) is below its threshold (or the views disagree
+        beyond the validated spread); the subtype when p(subtype | class) is below its own, or when
+        stage 1 is referred (the subtype depends on it). A demo model refers both."""
         stage1, within = self._class_probabilities(outputs, i)
         label = max(CLASSES, key=stage1.get)
         other = CLASSES[1 - CLASSES.index(label)]
         stage2 = within[label]
         subtype = max(stage2, key=stage2.get)
         confidence = stage1[label] * stage2[subtype]
-        reasons = []
-        if stage1[label] < threshold:
-            reasons.append(f"stage 1 uncertain ({stage1[label]:.2f})")
-        if stage2[subtype] < threshold:
-            reasons.append(f"subtype uncertain ({stage2[subtype]:.2f})")
-        if confidence < threshold and not reasons:
-            reasons.append(f"combined confidence {confidence:.2f} below {threshold:.2f}")
+        t1, t2, source = self.stage_thresholds(threshold)
+        first, second = [], []
+        if stage1[label] < t1:
+            first.append(f"stage 1 uncertain ({stage1[label]:.2f} < {t1:.2f})")
         views = self._class_views(outputs, i)
         uncertainty = uncertainty_of(views, self.uncertainty_source) if views is not None else None
         if uncertainty and self.uncertainty_threshold is not None \
                 and uncertainty["p_malignant_spread"] > self.uncertainty_threshold:
-            reasons.append(f"{uncertainty['source']} disagree (p(malignant) spread "
-                           f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
+            first.append(f"{uncertainty['source']} disagree (p(malignant) spread "
+                         f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
+        if stage2[subtype] < t2:
+            second.append(f"subtype uncertain ({stage2[subtype]:.2f} < {t2:.2f})")
         if self.is_demo:
-            reasons.append(DEMO_REASON)
+            first.append(DEMO_REASON)
+        referral = {"stage1": {"refer": bool(first), "reasons": first, "threshold": t1},
+                    "subtype": {"refer": bool(first or second), "threshold": t2,
+                                "reasons": second + (["stage 1 referred"] if first else [])},
+                    "thresholds_source": source}
+        reasons = first + second
         return Prediction(stage1, label, stage2, within[other], subtype, confidence,
-                          bool(reasons), reasons, tta, uncertainty)
+                          bool(reasons), reasons, tta, uncertainty, referral)

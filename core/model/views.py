@@ -51,3 +51,21 @@ def uncertainty_of(class_views: np.ndarray, source: str) -> dict:
     mutual = float(-(mean * np.log(mean)).sum() + (p * np.log(p)).sum(axis=1).mean())
     return {"p_malignant_spread": float(p[:, CLASSES.index("malignant")].std()),
             "mutual_information": max(mutual, 0.0), "views": int(len(p)), "source": source}
+
+
+def mean_over_crops(outputs: dict, crops: int) -> dict[str, np.ndarray]:
+    """Outputs of crops_per_image consecutive inputs per image {name: (N*C, k)} (and their views
+    (N*C, V, k)) -> per image: the mean (N, k), and every crop x view under name + VIEWS (N, C*V, k).
+    One crop: unchanged."""
+    if crops == 1:
+        return {name: np.asarray(p) for name, p in outputs.items()}
+    merged = {}
+    for name, p in sorted(outputs.items(), key=lambda item: not item[0].endswith(VIEWS)):
+        p = np.asarray(p)
+        if name.endswith(VIEWS):
+            merged[name] = p.reshape(-1, crops * p.shape[1], p.shape[-1])
+        else:
+            grouped = p.reshape(-1, crops, p.shape[-1])
+            merged[name] = grouped.mean(axis=1)
+            merged.setdefault(name + VIEWS, grouped)
+    return merged

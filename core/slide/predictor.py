@@ -176,7 +176,7 @@ class SlidePredictor:
                     raise Cancelled(f"slide '{reader.name}' cancelled after {k * s.batch_size} of {len(chosen)} tiles")
                 batch = [future.result() for future in ahead]
                 ahead = read(batches[k + 1]) if k + 1 < len(batches) else []
-                outputs.append(self.predictor.probabilities(batch, tta=s.tta))
+                outputs.append(self.predictor.probabilities(batch, tta=s.tta, tiles=True))
                 if progress is not None:
                     progress(min((k + 1) * s.batch_size, len(chosen)), len(chosen))
         timings["tiles_s"] = time.perf_counter() - t0
@@ -253,7 +253,7 @@ class SlidePredictor:
             return []
         rows = tiles.sort_values(["p_malignant", "tile"], ascending=[False, True]).index[:k]
         images = [self.read_tile(reader, plan, int(tiles.at[r, "tile"])) for r in rows]
-        _, cams = gradcam_diagnosis(self.predictor, images)
+        _, cams = gradcam_diagnosis(self.predictor, images, tiles=True)
         return [TopTile(int(r), image, cam) for r, image, cam in zip(rows, images, cams)]
 
     def explain_tile(self, reader: SlideReader, plan: TilePlan, i: int, level0: bool = True):

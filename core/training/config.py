@@ -20,6 +20,9 @@ from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.options import option
 
 MODES = ("finetune", "fast")
+# fields: whole fields in memory at ~1 um/px, random crops and augmentation as Keras layers, any Keras
+# backend (core.training.field_fit); tfdata: whole fields squashed to the input, tf.data, TensorFlow only.
+PIPELINES = ("tfdata", "fields")
 NAMED_WEIGHTS = ("imagenet", "none")  # --weights also takes a local weights file; a form offers these two
 STRATEGY_NAMES = ("auto", "mirrored", "default")
 
@@ -32,6 +35,9 @@ class TrainConfig:
     hierarchy: str = option(HIERARCHICAL, "stage 1 + stage 2 heads, or one flat 8-subtype head", choices=HIERARCHIES)
     mode: str = option("finetune", "finetune: the whole network; fast: frozen backbone, features once, "
                        "heads trained", choices=MODES)
+    pipeline: str = option("tfdata", "fields: fields in memory at ~1 um/px, random crops, augmentation as Keras "
+                           "layers, runs under KERAS_BACKEND=jax too; tfdata: whole fields squashed to the input "
+                           "(TensorFlow only)", choices=PIPELINES)
     epochs: int = option(20, "maximum epochs (early stopping may end sooner)")
     batch_size: int = option(32, "images per step")
     input_size: int = option(INPUT_SIZE, "model input side in pixels")
@@ -41,6 +47,12 @@ class TrainConfig:
     l2: float = option(1e-4, "L2 weight penalty of the branch layers")
     augment_strength: float = option(1.0, "multiplies the stain and photometric jitter of finetune mode (0: off)")
     zoom: float = option(1.0, "random square crops of zoom..1 of the field, resized back (1: no crops)")
+    crop_min: float = option(0.55, "fields pipeline: random square crops of crop_min..1 of the field's short side")
+    label_smoothing: float = option(0.1, "fields pipeline: label smoothing of both losses")
+    weight_decay: float = option(0.05, "fields pipeline: AdamW weight decay")
+    warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")
+    final_model: bool = option(True, "fields pipeline with --folds: then train one model on every patient, with "
+                               "the figures and thresholds of the pooled out-of-fold predictions")
     stain_norm: str = option("none", "stain normalisation, fitted to the training split (the card keeps it; "
                              "prediction applies it)", choices=STAIN_METHODS)
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
@@ -99,7 +111,8 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"unknown backbone {config.backbone!r} (choose from {sorted(BACKBONES)})")
     for name, value, allowed in (("hierarchy", config.hierarchy, HIERARCHIES), ("mode", config.mode, MODES),
                                  ("split", config.split, PROTOCOL_NAMES), ("balance", config.balance, STRATEGIES),
-                                 ("strategy", config.strategy, STRATEGY_NAMES)):
+                                 ("strategy", config.strategy, STRATEGY_NAMES),
+                                 ("pipeline", config.pipeline, PIPELINES)):
         if value not in allowed:
             problems.append(f"{name} must be one of {list(allowed)}, not {value!r}")
     if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:

@@ -180,7 +180,7 @@ def keras_callback(writer: ProgressWriter, epochs: int, steps: int, phase: str, 
         def on_epoch_end(self, epoch, logs=None):
             metrics = metric_floats(logs)
             if "learning_rate" not in metrics:  # ReduceLROnPlateau usually adds it
-                metrics["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+                metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # any backend
             writer.emit("epoch_end", epoch=epoch + 1, epochs=epochs, steps=steps, metrics=metrics)
 
     return Progress()

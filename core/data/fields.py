@@ -1,0 +1,160 @@
+"""Fields at one scale, held in memory: the input of the field recipe (core.training.field_fit).
+
+A BreakHis field is 700x460 px; its published copies differ (500x328 shrunk, 224x224 squashed).
+`restore_field` brings any of them back to the field's true aspect at FIELD_PX = 350x230 px, i.e.
+about 1 um/px for a 200X field (core.data.scale), so that the model sees cells at one size and
+never a squashed field. Training draws random square crops from these fields on the accelerator
+(core.data.keras_augment); prediction looks at `crops` squares of `crop_px` along the field
+(`view_boxes`), each resized to the model's input, the same crop-and-resize op as training.
+
+Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
+machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core.data.scale import BREAKHIS_FIELD
+from core.errors import DatasetError
+
+FIELD_PX = (350, 230)  # (width, height): a BreakHis field at half its original pixel count, ~1 um/px at 200X
+PACK_INDEX = "fields.csv"
+PACK_COLUMNS = ("file", "label", "subtype", "magnification", "case", "slide")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+    """How a field model looks at an image (written in its card as card["views"]).
+
+    crops squares of crop_px (at the field scale, FIELD_PX) spaced evenly along the field's long
+    side, each resized to input_size; with dihedral, each crop in its 8 symmetries too. Tiles of
+    a slide are already one crop each (core.slide): they get the dihedral views only."""
+
+    input_size: int
+    crop_px: int = 224
+    crops: int = 3
+    dihedral: bool = True
+    field_px: tuple[int, int] = FIELD_PX
+
+    def to_dict(self) -> dict:
+        return {"kind": "field", **dataclasses.asdict(self), "field_px": list(self.field_px)}
+
+    @classmethod
+    def from_card(cls, card: dict) -> "ViewSpec | None":
+        views = card.get("views")
+        if not views or views.get("kind") != "field":
+            return None
+        return cls(int(views["input_size"]), int(views["crop_px"]), int(views["crops"]), bool(views["dihedral"]),
+                   tuple(int(v) for v in views["field_px"]))
+
+    @property
+    def views_per_image(self) -> int:
+        return self.crops * (8 if self.dihedral else 1)
+
+    def describe(self) -> str:
+        sym = " x 8 dihedral symmetries" if self.dihedral else ""
+        return (f"field restored to its aspect at {self.field_px[0]}x{self.field_px[1]} px (~1 um/px at 200X); "
+                f"{self.crops} crops of {self.crop_px} px along it{sym}, each resized to {self.input_size} px; "
+                "the mean softmax of these views")
+
+
+def restore_field(rgb: np.ndarray, field_px: tuple[int, int] = FIELD_PX) -> np.ndarray:
+    """uint8 RGB field of any published size -> the field at field_px, aspect restored.
+
+    A square image smaller than a field is a squashed copy of a 700x460 field (the 224x224 sets):
+    it is stretched back. Any other image keeps its aspect and is resized so that its short side is
+    the field's short side (700x460 and 500x328 become exactly 350x230); a portrait image is turned
+    to landscape first, so that every field has the same shape."""
+    image = Image.fromarray(np.asarray(rgb, np.uint8))
+    width, height = image.size
+    if height > width:
+        image, (width, height) = image.transpose(Image.Transpose.ROTATE_90), (height, width)
+    if width == height and width < BREAKHIS_FIELD[1]:
+        size = field_px
+    else:
+        short = field_px[1]
+        size = (max(short, round(width * short / height)), short)
+    resized = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    if size != field_px:  # a field of another aspect: the central field_px window (or padded by reflection)
+        resized = _fit_width(np.asarray(resized), field_px[0])
+        return resized
+    return np.asarray(resized, np.uint8)
+
+
+def _fit_width(array: np.ndarray, width: int) -> np.ndarray:
+    """Centre-crop (or reflect-pad) an (H, W', 3) array to width W, so every field stacks."""
+    have = array.shape[1]
+    if have >= width:
+        start = (have - width) // 2
+        return np.ascontiguousarray(array[:, start:start + width])
+    pad = width - have
+    return np.pad(array, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), mode="reflect")
+
+
+def view_boxes(height: int, width: int, crop_px: int, crops: int) -> np.ndarray:
+    """(crops, 4) boxes [y0, x0, side, side] in pixels: squares of crop_px (at most the short side),
+    centred across the short side and spaced evenly along the long side, ends included."""
+    side = min(crop_px, height, width)
+    y_room, x_room = height - side, width - side
+    along = np.linspace(0.0, 1.0, crops) if crops > 1 else np.array([0.5])
+    if x_room >= y_room:
+        return np.stack([np.full(crops, y_room / 2), along * x_room, np.full(crops, side), np.full(crops, side)], 1)
+    return np.stack([along * y_room, np.full(crops, x_room / 2), np.full(crops, side), np.full(crops, side)], 1)
+
+
+def load_fields(paths, workers: int = 4) -> np.ndarray:
+    """Image files -> (N, H, W, 3) uint8 fields at FIELD_PX (decoded once, in threads)."""
+    from core.data.images import load_image  # the project's safe decoder (modes, bit depths, EXIF)
+
+    def one(path):
+        return restore_field(load_image(Path(path).read_bytes(), name=str(path)).rgb)
+
+    paths = list(paths)
+    if not paths:
+        return np.zeros((0, FIELD_PX[1], FIELD_PX[0], 3), np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(one, paths)))
+
+
+def pack_fields(table: pd.DataFrame, out: str | Path, quality: int = 92) -> Path:
+    """Write an indexed table's images as JPEG fields at FIELD_PX plus fields.csv: the training set
+    in a form that travels (757 fields ~ 20 MB) to a machine without the data set or TensorFlow."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = load_fields(table["path"])
+    rows = []
+    for i, (field, row) in enumerate(zip(fields, table.itertuples(index=False))):
+        name = f"{i:05d}_{Path(row.path).stem}.jpg"
+        Image.fromarray(field).save(out / name, quality=quality, subsampling=0)
+        rows.append({"file": name, **{c: getattr(row, c) for c in PACK_COLUMNS[1:]}})
+    pd.DataFrame(rows, columns=list(PACK_COLUMNS)).to_csv(out / PACK_INDEX, index=False)
+    return out
+
+
+def is_pack(folder: str | Path) -> bool:
+    return (Path(folder) / PACK_INDEX).is_file()
+
+
+def read_pack(folder: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table, fields) of a pack_fields folder; the table has the index's columns plus `path`."""
+    folder = Path(folder)
+    try:
+        table = pd.read_csv(folder / PACK_INDEX, dtype=str)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{folder / PACK_INDEX} is not a readable field pack ({error})") from None
+    missing = [c for c in PACK_COLUMNS if c not in table]
+    if missing:
+        raise DatasetError(f"{folder / PACK_INDEX} lacks the columns {missing}")
+    fields = np.stack([np.asarray(Image.open(io.BytesIO((folder / f).read_bytes())).convert("RGB"))
+                       for f in table["file"]]) if len(table) else np.zeros((0, FIELD_PX[1], FIELD_PX[0], 3), np.uint8)
+    if fields.shape[1:3] != (FIELD_PX[1], FIELD_PX[0]):
+        raise DatasetError(f"{folder}: fields are {fields.shape[1:3]}, not {FIELD_PX[::-1]}")
+    return table.assign(path=[str(folder / f) for f in table["file"]]), fields

@@ -1,0 +1,189 @@
+"""The field recipe's training: whole fields in memory, augmentation on the accelerator, any backend.
+
+    KERAS_BACKEND=jax python -m core train --pipeline fields --data DIR --out runs/NAME
+
+Why this recipe (issue 25): squashing a 700x460 field into a 128-px square threw away the cells'
+size and shape; the model here sees random square crops of 55-100 % of the field's short side at
+~1 um/px (core.data.fields), resized to its input, in the 8 symmetries, with H&E stain jitter
+(core.data.keras_augment.FieldAugmentation, the training model's first layer, so it runs where
+the model runs). One ResNet-18 with the project's hierarchical heads learns stage 1 and the 8
+subtypes together: class-weighted cross-entropy with label smoothing on stage 1, and on the
+8-way softmax of both stage-2 heads' logits (whose within-class softmax is exactly what the saved
+heads output), subtypes drawn by 1/sqrt(count); AdamW with warm-up then cosine decay.
+
+Nothing here imports TensorFlow: the sampler is a keras.utils.PyDataset over numpy arrays, the
+loss and augmentation are keras.ops, and prediction for evaluation (`predict_views`) runs the
+model through Keras, so `fit` runs under Keras' JAX backend on a machine without TensorFlow; the
+saved .keras file loads under TensorFlow for the app (tests/test_field_recipe.py checks both).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from core.data.fields import ViewSpec
+from core.data.keras_augment import FieldAugmentation, field_inputs
+from core.data.labels import CLASSES, CLASS_OF_SUBTYPE, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.model.classifier import build_classifier, head_logits
+from core.training.progress import keras_callback
+
+HEADS = (STAGE1_OUTPUT, STAGE2_OUTPUTS["benign"], STAGE2_OUTPUTS["malignant"])
+SUBTYPE_LOGITS = "subtype8_logits"
+DEFAULT_LEARNING_RATE = 2e-3  # the recipe's AdamW peak, for a network trained from scratch
+STAGE1_LOGITS = "stage1_logits"
+
+
+def sampling(subtypes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probability of drawing each image, stage-1 class weights (2,), subtype weights (8,)).
+
+    Images are drawn with probability proportional to 1/sqrt(count of their subtype), so a
+    subtype's share of the batches grows as sqrt(count); the loss weights then make each class
+    and each subtype count equally in expectation (weights ~ 1 / its drawn share, mean 1)."""
+    subtypes = np.asarray(subtypes)
+    counts = {s: int((subtypes == s).sum()) for s in SUBTYPES}
+    draw = np.array([1.0 / math.sqrt(counts[s]) for s in subtypes])
+    draw /= draw.sum()
+    drawn_subtype = np.array([draw[subtypes == s].sum() for s in SUBTYPES])
+    present = drawn_subtype > 0
+    subtype_weights = np.where(present, 1.0 / np.maximum(drawn_subtype, 1e-12), 0.0)
+    subtype_weights *= present.sum() / max((subtype_weights * drawn_subtype).sum() * present.sum(), 1e-12)
+    drawn_class = np.array([drawn_subtype[[SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]]].sum() for c in CLASSES])
+    class_weights = np.where(drawn_class > 0, 1.0 / np.maximum(drawn_class, 1e-12), 0.0)
+    class_weights /= (class_weights * drawn_class).sum()
+    return draw, class_weights.astype(np.float32), subtype_weights.astype(np.float32)
+
+
+def targets(subtypes) -> dict[str, np.ndarray]:
+    """Integer targets of the training model's two logit outputs."""
+    subtypes = list(subtypes)
+    return {STAGE1_LOGITS: np.array([CLASSES.index(CLASS_OF_SUBTYPE[s]) for s in subtypes], np.int32),
+            SUBTYPE_LOGITS: np.array([SUBTYPES.index(s) for s in subtypes], np.int32)}
+
+
+class FieldBatches(keras.utils.PyDataset):
+    """`steps` batches per epoch of fields drawn with `probabilities` (with replacement), seeded by
+    (seed, epoch, step): the same run draws the same batches on any backend."""
+
+    def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
+                 probabilities: np.ndarray | None = None):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.fields, self.targets = fields, targets(subtypes)
+        self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
+        self.probabilities = probabilities
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, step):
+        rng = np.random.default_rng([self.seed, self.epoch, step])
+        index = rng.choice(len(self.fields), self.batch_size, p=self.probabilities)
+        return self.fields[index], {name: value[index] for name, value in self.targets.items()}
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
+@keras.saving.register_keras_serializable(package="core")
+class SmoothedWeightedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy from logits against integer targets, with label smoothing and a weight per
+    true class (Keras' own losses take class weights only for single-output models)."""
+
+    def __init__(self, class_weights, label_smoothing: float = 0.1, name="smoothed_weighted_ce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        k = len(self.class_weights)
+        onehot = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), k)
+        target = onehot * (1.0 - self.label_smoothing) + self.label_smoothing / k
+        ce = -ops.sum(target * ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1), axis=-1)
+        return ce * ops.sum(onehot * ops.convert_to_tensor(self.class_weights), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "class_weights": self.class_weights, "label_smoothing": self.label_smoothing}
+
+
+def training_model(classifier: keras.Model, field_shape: tuple[int, int], augment_strength: float,
+                   crop_min: float, seed: int) -> keras.Model:
+    """uint8 fields -> FieldAugmentation -> the classifier's head logits {stage 1, 8 subtypes}. The
+    layers are the classifier's own, so training this model trains the classifier (saved alone)."""
+    logits = head_logits(classifier, HEADS)
+    subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS)([logits[HEADS[1]], logits[HEADS[2]]])
+    heads = keras.Model(classifier.inputs, {STAGE1_LOGITS: logits[HEADS[0]], SUBTYPE_LOGITS: subtype8},
+                        name="head_logits")
+    fields = keras.Input((*field_shape, 3), dtype="uint8", name="field")
+    size = int(classifier.input_shape[1])
+    augmented = FieldAugmentation(size, crop_min, augment_strength, seed, name="augment")(fields)
+    outputs = heads(augmented)
+    return keras.Model(fields, {STAGE1_LOGITS: outputs[STAGE1_LOGITS], SUBTYPE_LOGITS: outputs[SUBTYPE_LOGITS]},
+                       name="field_training")
+
+
+def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
+    """Linear warm-up to `learning_rate`, then cosine decay to zero over the remaining steps."""
+    warmup = min(warmup_steps, max(total_steps // 4, 1))
+    return keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
+                                                  warmup_target=learning_rate, warmup_steps=warmup)
+
+
+def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
+    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
+    (a TrainConfig); -> (classifier, history summary)."""
+    keras.utils.set_random_seed(config.seed)
+    classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
+                                                config.input_size, branch_units=config.head_units,
+                                                head_units=config.head_units, dropout=config.dropout, l2=config.l2)
+    draw, class_weights, subtype_weights = sampling(subtypes)
+    steps = max(1, math.ceil(len(fields) / config.batch_size))
+    total = steps * config.epochs
+    model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed)
+    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
+    model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total, config.warmup_steps),
+                                                   weight_decay=config.weight_decay, clipnorm=5.0),
+                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
+                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
+    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw)
+    callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
+    started = time.perf_counter()
+    history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
+    seconds = time.perf_counter() - started
+    losses = [float(v) for v in history.get("loss", [])]
+    return classifier, {"epochs": len(losses), "steps": total, "seconds": round(seconds, 1),
+                        "images_per_s": round(total * config.batch_size / max(seconds, 1e-9), 1),
+                        "final_loss": losses[-1] if losses else None, "loss": losses,
+                        "weights_init": weights_used, "backend": keras.backend.backend()}
+
+
+def dihedral_numpy(batch: np.ndarray) -> np.ndarray:
+    """(B, S, S, C) -> (8B, S, S, C): the 8 symmetries, symmetry-major, the identity first."""
+    views = []
+    for transpose in (False, True):
+        for flip_lr in (False, True):
+            for flip_ud in (False, True):
+                v = batch.transpose(0, 2, 1, 3) if transpose else batch
+                v = v[:, :, ::-1] if flip_lr else v
+                views.append(v[:, ::-1] if flip_ud else v)
+    return np.concatenate(views)
+
+
+def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8) -> dict:
+    """Head outputs of fields under a model's declared views, on any backend: {head: (N, k)} (the
+    mean softmax over the views). The TensorFlow Predictor computes the same (tested)."""
+    out = {name: [] for name in HEADS}
+    for start in range(0, len(fields), batch_fields):
+        crops = field_inputs(fields[start:start + batch_fields], spec)
+        views = dihedral_numpy(crops) if spec.dihedral else crops
+        n = len(crops) // spec.crops
+        probs = classifier.predict_on_batch(views)
+        for name in HEADS:
+            p = np.asarray(ops.convert_to_numpy(probs[name]), np.float64)
+            # rows: symmetry-major, then field, then crop -> (symmetries, n, crops, k)
+            p = p.reshape(-1, n, spec.crops, p.shape[-1])
+            out[name].append(p.mean(axis=(0, 2)))
+    return {name: np.concatenate(chunks) for name, chunks in out.items()}

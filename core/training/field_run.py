@@ -1,0 +1,216 @@
+"""Runs of the field recipe: one split, or a patient-wise cross-validation and a final model.
+
+    python -m core train --pipeline fields --data DIR --out runs/NAME [--folds 5]
+
+One split: fit on the training patients, fit the temperatures and the per-stage referral
+thresholds (core.evaluation.referral) on the validation patients, score the test patients.
+With --folds k: every fold's model is tested on its held-out patients; the pooled out-of-fold
+predictions (every patient tested exactly once, by a model that never saw it) give the figures
+(per fold and pooled, with patient-bootstrap intervals), the temperatures and the thresholds;
+then, unless --no-final-model, ONE model is trained on every patient (OUT/model), and its card
+carries those figures and thresholds, saying which images its weights learnt from and which
+its figures were measured on. TensorFlow-free like core.training.field_fit: runs under JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from core.data.breakhis import index_folder, subtype_counts
+from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
+from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
+from core.data.selection import fingerprint, select_magnification
+from core.data.splits import PATIENT, make_split, patient_kfold
+from core.errors import UserInputError
+from core.evaluation.evaluate import predictions_frame, score
+from core.evaluation.intervals import fold_summary
+from core.evaluation.referral import referral_figures, referral_thresholds
+from core.evaluation.thresholds import case_threshold
+from core.jsonfile import write_json_atomic
+from core.model.calibration import apply_temperature, fit_temperature
+from core.model.folders import save_model_folder
+from core.paths import portable, refuse_existing_run
+from core.training.config import checked
+from core.training.field_fit import fit_fields, predict_views
+from core.training.progress import ProgressWriter
+from core.training.runcard import LIMITED_BELOW_PATIENTS
+
+CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
+
+
+def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table, fields) of a BreakHis folder or a field pack (core.data.fields.pack_fields), real
+    images only, of the run's magnification."""
+    if is_pack(config.data):
+        table, fields = read_pack(config.data)
+    else:
+        table = index_folder(config.data).images
+        table = table[~table["synthetic"].astype(bool)].reset_index(drop=True)
+        fields = None
+    keep = select_magnification(table, config.magnification).index
+    table = table.loc[keep].reset_index(drop=True)
+    if len(table) == 0:
+        raise UserInputError(f"No real images of magnification {config.magnification} in {config.data}")
+    fields = load_fields(table["path"]) if fields is None else fields[keep.to_numpy()]
+    return table, fields
+
+
+def view_spec(config) -> ViewSpec:
+    return ViewSpec(config.input_size, CROP_PX, CROPS, True)
+
+
+def calibrate(raw: dict, table: pd.DataFrame) -> dict:
+    """Temperature per head, fitted by NLL on these rows' true classes and subtypes."""
+    label = table["label"].map(CLASSES.index).to_numpy()
+    temperatures = {STAGE1_OUTPUT: fit_temperature(raw[STAGE1_OUTPUT], label)}
+    for c in CLASSES:
+        mine = (table["label"] == c).to_numpy()
+        within = table.loc[mine, "subtype"].map(SUBTYPES_BY_CLASS[c].index).to_numpy()
+        temperatures[STAGE2_OUTPUTS[c]] = fit_temperature(raw[STAGE2_OUTPUTS[c]][mine], within) if mine.any() else 1.0
+    return temperatures
+
+
+def frame(rows: pd.DataFrame, raw: dict, temperatures: dict) -> pd.DataFrame:
+    """Calibrated predictions table (core.evaluation.evaluate.predictions_frame) of raw head outputs."""
+    p = {name: apply_temperature(value, temperatures[name]) for name, value in raw.items()}
+    within = np.concatenate([p[STAGE2_OUTPUTS[c]] for c in CLASSES], axis=1)  # SUBTYPES order
+    return predictions_frame(rows, p[STAGE1_OUTPUT], within)
+
+
+def _rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
+    return table.assign(split=split, protocol=protocol)
+
+
+def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on) -> dict:
+    patients, images = int(trained_on["case"].nunique()), int(len(trained_on))
+    spec = view_spec(config)
+    return {
+        "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
+        "input_size": config.input_size, "weights_init": history["weights_init"], "demo": False,
+        "views": spec.to_dict(),
+        "scale": {"mpp": 1.0, "tile_px": [CROP_PX, CROP_PX],
+                  "source": "field recipe: fields restored to 350x230 px (~1 um/px at 200X), 224-px views"},
+        "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
+        "evidence": {"images": images, "patients": patients, "weights_init": history["weights_init"],
+                     "by_magnification": {m: int(n) for m, n in trained_on["magnification"].value_counts().items()},
+                     "limited": patients < LIMITED_BELOW_PATIENTS, "figures_measured_on": figures_on,
+                     "statement": (f"weights learnt from {images} real images of {patients} patients (from scratch); "
+                                   f"figures measured on {figures_on}"
+                                   + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))},
+        "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
+                     "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in
+                                                                           subtype_counts(trained_on).items() if v},
+                     "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
+                     "images_per_s": history["images_per_s"], "batch_size": config.batch_size,
+                     "learning_rate": config.learning_rate, "seed": config.seed,
+                     "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out")},
+                     "augmentation": "field crops of {:.0%}-100% of the short side, 8 symmetries, H&E jitter in "
+                                     "optical density, brightness/contrast, blur/noise (core.data.keras_augment)"
+                                     .format(config.crop_min)},
+        "calibration": {"method": "temperature scaling per head (Guo et al. 2017)", "temperatures": temperatures,
+                        "fitted_on": figures_on},
+        "thresholds": {"case_malignant": case_rule["threshold"], "case_malignant_selection": case_rule,
+                       "referral": referral},
+        "metrics": metrics,
+    }
+
+
+def _selection_figures(predictions: pd.DataFrame, name: str) -> tuple[dict, dict, dict]:
+    referral = referral_thresholds(predictions, name)
+    referral["figures"] = referral_figures(predictions, referral)
+    return referral, case_threshold(predictions), score(predictions, None, "test")
+
+
+def train_fields(config) -> dict:
+    """One split: fit on train, calibrate and choose thresholds on val, score test (see module)."""
+    config = checked(config)
+    out = Path(config.out)
+    refuse_existing_run(out, ("progress.jsonl", "model"))
+    writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+    table, fields = load_field_data(config)
+    split = make_split(table, config.split, seed=config.seed)["split"].to_numpy()
+    train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    writer.emit("start", epochs=config.epochs, counts={"train": len(train), "val": len(val), "test": len(test)},
+                message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields")
+    classifier, history = fit_fields(fields[train], table["subtype"].iloc[train], config, writer)
+    spec = view_spec(config)
+    raw_val, raw_test = (predict_views(classifier, fields[i], spec) for i in (val, test))
+    temperatures = calibrate(raw_val, table.iloc[val])
+    val_frame = frame(_rows(table.iloc[val], "val", PATIENT), raw_val, temperatures)
+    test_frame = frame(_rows(table.iloc[test], "test", PATIENT), raw_test, temperatures)
+    referral = referral_thresholds(val_frame, f"validation split ({len(val)} images, "
+                                              f"{table['case'].iloc[val].nunique()} patients)")
+    referral["figures_on_test"] = referral_figures(test_frame, referral)
+    metrics = score(test_frame, val_frame, "test")
+    write_json_atomic(out / "metrics.json", metrics)
+    figures_on = f"the test split ({len(test)} images, {table['case'].iloc[test].nunique()} patients)"
+    card = _card(config, table, table.iloc[train], history, temperatures, referral, case_threshold(val_frame),
+                 metrics, figures_on)
+    model_dir = save_model_folder(classifier, out / "model", card)
+    writer.emit("end", status="completed", model_dir=str(model_dir), epoch=history["epochs"], epochs=config.epochs,
+                message=f"trained in {history['seconds']:.0f} s")
+    return {"status": "completed", "model_dir": str(model_dir), "metrics": metrics, "epochs_run": history["epochs"]}
+
+
+def cross_validate_fields(config, final_model: bool = True) -> dict:
+    """Patient-wise k-fold CV with pooled out-of-fold figures and thresholds, then (final_model) one
+    model on every patient carrying them (see module)."""
+    config = checked(config)
+    out = Path(config.out)
+    refuse_existing_run(out, ("cv.json", "model"), holds="a cross-validation")
+    writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+    table, fields = load_field_data(config)
+    protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
+    folds = patient_kfold(table, config.folds, config.seed)
+    spec, raws, per_fold, seconds = view_spec(config), [], [], []
+    writer.emit("start", epochs=config.epochs * (config.folds + int(final_model)),
+                message=f"fields {config.backbone} on {keras.backend.backend()}: {config.folds}-fold CV of "
+                        f"{len(table)} fields, {table['case'].nunique()} patients")
+    for k, assigned in enumerate(folds):
+        held = np.flatnonzero(assigned["split"].to_numpy() == "test")
+        seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
+        fold_config = dataclasses.replace(config, seed=config.seed + k)
+        classifier, history = fit_fields(fields[seen], table["subtype"].iloc[seen], fold_config, writer, f"fold {k}")
+        seconds.append(history["seconds"])
+        raw = predict_views(classifier, fields[held], spec)
+        raws.append((held, raw))
+        save_model_folder(classifier, out / f"fold-{k}" / "model", _card(
+            dataclasses.replace(config, out=str(out / f"fold-{k}")), table, table.iloc[seen], history,
+            {name: 1.0 for name in raw}, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
+        fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, {name: 1.0 for name in raw})
+        fold_frame.assign(fold=k).to_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv", index=False)
+        fold_score = score(fold_frame, None, "test")
+        per_fold.append({"fold": k, "test_images": int(len(held)), "test_cases": int(table["case"].iloc[held].nunique()),
+                         **{f"image_{n}": fold_score["intervals"]["image"][n]["value"]
+                            for n in ("stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")},
+                         "train_seconds": history["seconds"]})
+    order = np.concatenate([held for held, _ in raws])
+    raw = {name: np.concatenate([r[name] for _, r in raws]) for name in raws[0][1]}
+    rows = _rows(table.iloc[order], "test", protocol)
+    temperatures = calibrate(raw, rows)
+    pooled = frame(rows, raw, temperatures)
+    pooled.to_csv(out / "oof_predictions.csv", index=False)
+    name = f"pooled out-of-fold predictions of {config.folds}-fold CV ({len(pooled)} images, {pooled['case'].nunique()} patients)"
+    referral, case_rule, metrics = _selection_figures(pooled, name)
+    summary = {"folds": config.folds, "protocol": protocol, "backbone": config.backbone,
+               "input_size": config.input_size, "backend": keras.backend.backend(), "per_fold": {"model": per_fold},
+               "mean_std": {"model": fold_summary(per_fold)}, "pooled": metrics, "referral": referral,
+               "temperatures": temperatures, "train_seconds": seconds}
+    write_json_atomic(out / "cv.json", summary)
+    write_json_atomic(out / "metrics.json", metrics)
+    result = {"status": "completed", "cv": summary, "epochs_run": config.epochs * config.folds}
+    if final_model:
+        started = time.perf_counter()
+        classifier, history = fit_fields(fields, table["subtype"], config, writer, "final model")
+        card = _card(config, table, table, history, temperatures, referral, case_rule, metrics, name)
+        result["model_dir"] = str(save_model_folder(classifier, out / "model", card))
+        result["final_seconds"] = round(time.perf_counter() - started, 1)
+    writer.emit("end", status="completed", model_dir=result.get("model_dir"), epochs=config.epochs,
+                message=f"{config.folds}-fold CV in {sum(seconds):.0f} s of training")
+    return result
