@@ -49,7 +49,7 @@ def server(tmp_path_factory):
     for name, role in (("pat", "pathologist"), ("boss", "admin"), ("carl", "pathologist")):
         accounts.add_account(store, name, PASSWORD, role)
     with streamlit_server(root, environment) as url:
-        yield {"url": url, "store": store, "data": data}
+        yield {"url": url, "store": store, "data": data, "log": root / "streamlit.log"}
     store.close()
 
 
@@ -83,8 +83,8 @@ def sign_in(page, url: str, name: str) -> dict:
     """Sign in through the form; the session cookie the page then holds."""
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_role("heading", name="Sign in").wait_for(timeout=WAIT_MS)
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("textbox", name="Name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Diagnose").wait_for(timeout=WAIT_MS)
     page.wait_for_function(f"() => document.cookie.includes('{COOKIE}=')", timeout=WAIT_MS)
@@ -125,6 +125,8 @@ def test_a_reload_keeps_the_user_on_the_same_page_until_sign_out(server, page):
     sign_in_page_shown(page)
     refused = store.events(kinds="sign_in_failed", user="pat", limit=1)
     assert refused[0]["details"] == {"method": "session cookie", "reason": "revoked"}
+    log = server["log"].read_text(errors="replace")  # neither the token nor the key is ever logged
+    assert cookie["value"] not in log and sessions.signing_key(server["data"]).decode() not in log
 
 
 @browser_only

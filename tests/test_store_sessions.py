@@ -62,8 +62,14 @@ def test_a_tampered_token_or_another_key_is_refused(people):
 def test_expired_idle_and_unknown_sessions_are_refused(people):
     _, token = sessions.start(people, "pat", KEY, NOW)
     late = minutes(60 * sessions.MAX_HOURS + 1)
-    assert sessions.read_token(token, KEY, late) == (None, "expired")
+    assert sessions.read_token(token, KEY, late)[1] == "expired"
     assert sessions.resume(people, token, KEY, 10_000, late).reason == "expired"
+    # The token's second of expiry, before the row's own (exp is whole seconds): expired all the same.
+    _, token = sessions.start(people, "pat", KEY, NOW.replace(microsecond=500_000))
+    at_exp = NOW + datetime.timedelta(hours=sessions.MAX_HOURS, microseconds=100_000)
+    expired = sessions.resume(people, token, KEY, 10_000, at_exp)
+    assert (expired.user, expired.reason, expired.name) == (None, "expired", "pat")
+    assert sessions.resume(people, token, KEY, 10_000, NOW).reason == "revoked"  # and revoked from then on
     # A token signed with the right key for a session the database never issued.
     forged = sessions.make_token(KEY, "made-up id", minutes(60))
     assert sessions.resume(people, forged, KEY, IDLE, minutes(1)).reason == "unknown"
@@ -139,3 +145,24 @@ def test_the_signing_key_is_made_once_private_and_can_come_from_the_environment(
     with pytest.raises(sessions.SessionKeyError, match="at least 32") as refused:
         sessions.signing_key(tmp_path / "data")
     assert "short" not in str(refused.value)  # the message never holds the key
+
+
+def test_a_database_from_before_sessions_upgrades_and_keeps_its_accounts(store_url):
+    from alembic import command
+
+    from core.store.db import _alembic_config, current_revision, make_engine, upgrade
+
+    engine = make_engine(store_url)
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "0001")  # the schema of the previous release
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (name, role, active, created_at, failed_sign_ins) "
+                                   "VALUES ('old', 'admin', true, '2026-12-01 00:00:00+00:00', 0)")
+    assert current_revision(engine) == "0001"
+    assert upgrade(engine) == "0002"
+    from core.store.audit import Store
+
+    store = Store(engine)
+    row, token = sessions.start(store, "old", KEY, NOW)
+    assert sessions.resume(store, token, KEY, IDLE, minutes(1)).user == {"name": "old", "role": "admin"}
+    engine.dispose()

@@ -103,7 +103,9 @@ def make_token(key: bytes, session_id: str, expires: datetime.datetime) -> str:
 
 
 def read_token(token: str, key: bytes, now: datetime.datetime | None = None) -> tuple[str | None, str]:
-    """(session id, "ok") for a well-signed, unexpired token; else (None, "tampered" | "expired")."""
+    """(session id, "ok") for a well-signed, unexpired token; (session id, "expired") for a
+    well-signed, expired one (its row is revoked and its account named in the audit row); else
+    (None, "tampered")."""
     now = now or utc_now()
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _TOKEN.match(token):
         return None, "tampered"
@@ -115,7 +117,7 @@ def read_token(token: str, key: bytes, now: datetime.datetime | None = None) -> 
     if not isinstance(claims["jti"], str) or not isinstance(claims["exp"], int | float):
         return None, "tampered"
     if claims["exp"] <= now.timestamp():
-        return None, "expired"
+        return claims["jti"], "expired"
     return claims["jti"], "ok"
 
 
@@ -165,6 +167,9 @@ def resume(store: Store, token: str, key: bytes, idle_minutes: float, now: datet
     now = now or utc_now()
     session_id, reason = read_token(token, key, now)
     checked = check(store, digest(session_id), idle_minutes, now) if session_id else Check(None, reason)
+    if reason == "expired" and checked.reason in ("ok", "idle"):  # the token's exp is the row's, cut to the second
+        revoke(store, checked.session, reason, now)
+        checked = Check(None, reason, checked.session, checked.name)
     if checked.user is not None:
         store.record("session_resumed", checked.user["name"], details={"method": "session cookie"})
     else:
