@@ -17,8 +17,17 @@ import streamlit as st
 
 from core.app import registry, service
 from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py call session.*
-    USER_KEY, current_user, require, session_minutes, sign_in_page, sign_out, single_user_mode, sso_configured,
-    store, sync_cookie)
+    USER_KEY,
+    current_user,
+    require,
+    session_minutes,
+    sign_in_page,
+    sign_out,
+    single_user_mode,
+    sso_configured,
+    store,
+    sync_cookie,
+)
 from core.errors import ModelFolderError
 from core.model.cam import explain
 from core.model.folders import read_card
