@@ -19,7 +19,8 @@ session.keep_keras_state()  # cached models are shared; Streamlit must not clear
 
 # Signed out, the only page is the sign-in page (core.app.session.sign_in_page); signed in, the
 # pages the user's role may open (core.store.roles). Each restricted page checks the role again.
-user = session.current_user()
+user = session.current_user()  # after a reload: resumed from the session cookie, if it still holds
+session.sync_cookie()  # writes the cookie after a sign-in, removes it after a sign-out
 if user is None:
     st.navigation([st.Page(session.sign_in_page, title="Sign in", icon=":material/login:")]).run()
     st.stop()

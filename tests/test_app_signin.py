@@ -1,7 +1,8 @@
 """Sign-in, roles and the audit trail through AppTest (SQLite): signed out only the sign-in page
 renders; a wrong password is refused and the lock engages; a pathologist cannot open Retrain or the
 audit log, even by the page's path; a diagnosis is recorded and carries its audit id; no password
-or hash is ever shown, and no image is written unless the deployment enabled it."""
+or hash is ever shown, and no image is written unless the deployment enabled it; an open session
+is signed out when its account is disabled or it idles (the browser's reload: test_browser_signin)."""
 
 
 import pytest
@@ -94,3 +95,34 @@ def test_a_damaged_database_gives_a_clear_message_and_is_not_overwritten(environ
     assert not app.exception
     assert any("database cannot be used" in e.value and "not an SQLite database" in e.value for e in app.error)
     assert not app.file_uploader and damaged.read_bytes() == b"garbage, not SQLite" * 50
+
+
+def test_an_open_session_is_signed_out_when_revoked_or_idle(environment, monkeypatch):
+    """No reload needed: the next page run re-reads the session row (core.app.signin.CHECK_SECONDS)."""
+    import datetime
+
+    from core.app import signin
+    from core.store.models import WebSession
+
+    monkeypatch.setattr(signin, "CHECK_SECONDS", 0)
+    store = Store.open()
+    accounts.add_account(store, "dora", PASSWORD, "pathologist")
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "dora", PASSWORD)
+    assert "Signed in as **dora** (pathologist)" in everything_shown(app)
+    accounts.change_account(store, "dora", "system", role="admin")  # the role is re-read, not remembered
+    assert "Signed in as **dora** (admin)" in everything_shown(app.run())
+    accounts.change_account(store, "dora", "system", active=False)
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"] and not app.exception
+    assert store.events(kinds="sign_out", user="dora", limit=1)[0]["details"] == {"reason": "session revoked"}
+
+    accounts.change_account(store, "dora", "system", active=True)
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "dora", PASSWORD)
+    assert "Signed in as **dora**" in everything_shown(app)
+    with store.session() as session, session.begin():  # nobody used it for longer than the idle limit
+        row = session.get(WebSession, app.session_state[signin.SESSION_KEY])
+        row.last_seen -= datetime.timedelta(minutes=signin.session_minutes() + 1)
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"]
+    assert store.events(kinds="sign_out", user="dora", limit=1)[0]["details"] == {"reason": "session expired"}
+    store.close()

@@ -22,7 +22,7 @@ def prompts(monkeypatch, *answers):
 
 def test_db_upgrade_then_users_add_and_sign_in(cli_store, monkeypatch, capsys):
     assert main(["db", "upgrade"]) == 0
-    assert "schema empty -> 0001" in capsys.readouterr().out
+    assert "schema empty -> 0002" in capsys.readouterr().out  # every migration, 0002 (sessions) the newest
     assert main(["db", "upgrade"]) == 0 and "up to date" in capsys.readouterr().out
     prompts(monkeypatch, "s3cret-pass", "s3cret-pass")
     assert main(["users", "add", "chief", "--role", "admin"]) == 0

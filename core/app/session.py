@@ -16,6 +16,18 @@ import numpy as np
 import streamlit as st
 
 from core.app import registry, service
+from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py call session.*
+    USER_KEY,
+    current_user,
+    require,
+    session_minutes,
+    sign_in_page,
+    sign_out,
+    single_user_mode,
+    sso_configured,
+    store,
+    sync_cookie,
+)
 from core.errors import ModelFolderError
 from core.model.cam import explain
 from core.model.folders import read_card
@@ -230,129 +242,8 @@ def forget_earlier_uploads() -> None:
 
 
 # ---------------------------------------------------------------- sign-in, roles and the audit trail
-# The logic lives in core.store (accounts, audit, reviews) and core.app.records; this is the glue.
-
-USER_KEY, SEEN_KEY = "_signed_in", "_last_seen"
-
-
-@st.cache_resource(show_spinner=False)
-def _open_store(url: str):
-    from core.store.audit import Store
-
-    return Store.open(url)  # migrates on the first start; one engine for every session
-
-
-def store():
-    """The deployment's store, or a clear message and a stopped page (damaged, read-only, newer)."""
-    from core.store.db import StoreError, database_url
-
-    try:
-        return _open_store(database_url())
-    except StoreError as problem:
-        st.error(f"The app's database cannot be used: {problem}", icon=":material/database:")
-        st.stop()
-
-
-def single_user_mode() -> bool:
-    """BREAKHIS_SINGLE_USER=1: one local user, no sign-in (a workstation), shown as a banner."""
-    import os
-
-    from core.store.images import ENABLED_VALUES
-
-    return os.environ.get("BREAKHIS_SINGLE_USER", "").strip().lower() in ENABLED_VALUES
-
-
-def session_minutes() -> float:
-    """Idle minutes before a session must sign in again: BREAKHIS_SESSION_MINUTES (default 30)."""
-    import os
-
-    return float(os.environ.get("BREAKHIS_SESSION_MINUTES") or 30)
-
-
-def sso_configured() -> bool:
-    """Whether the deployment's secrets configure Streamlit's OpenID Connect sign-in ([auth])."""
-    try:
-        return "auth" in st.secrets and bool(st.secrets["auth"].get("cookie_secret"))
-    except Exception:  # noqa: BLE001 - no secrets file at all: no single sign-on
-        return False
-
-
-def current_user() -> dict | None:
-    """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
-
-    A session idle for longer than session_minutes() is signed out (the audit trail says so).
-    """
-    import time
-
-    if single_user_mode():
-        return {"name": "local", "role": "admin"}
-    user = st.session_state.get(USER_KEY)
-    if user is None and sso_configured() and st.user.is_logged_in:
-        from core.store.accounts import sso_account
-
-        user = sso_account(store(), str(st.user.get("email") or ""))
-        if user is not None:
-            store().record("sign_in", user["name"], details={"method": "oidc"})
-            st.session_state[USER_KEY] = user
-    if user is None:
-        return None
-    now = time.monotonic()
-    if now - st.session_state.get(SEEN_KEY, now) > session_minutes() * 60:
-        sign_out(reason="session expired")
-        return None
-    st.session_state[SEEN_KEY] = now
-    return user
-
-
-def sign_out(reason: str = "signed out") -> None:
-    user = st.session_state.pop(USER_KEY, None)
-    st.session_state.pop(SEEN_KEY, None)
-    for key in [k for k in st.session_state if not str(k).startswith("$$")]:
-        del st.session_state[key]  # nothing a user saw stays for the next one
-    if user:
-        store().record("sign_out", user["name"], details={"reason": reason})
-
-
-def require(action: str) -> dict:
-    """The signed-in user if their role may do `action`; else a message and a stopped page (a deep
-    link to a page the role may not open renders nothing of it)."""
-    from core.store.roles import can
-
-    user = current_user()
-    if user is None:
-        st.warning("Please sign in.")
-        st.stop()
-    if not can(user["role"], action):
-        st.error("Your role cannot open this page. Ask an administrator.", icon=":material/lock:")
-        st.stop()
-    return user
-
-
-def sign_in_page() -> None:
-    """The only page a signed-out visitor sees: the form, single sign-on, or the first start."""
-    from core.store.accounts import SignInError, has_accounts
-    from core.store.accounts import sign_in as check
-
-    st.title("Sign in")
-    if sso_configured():
-        st.button("Sign in with your organisation", on_click=st.login, key="sso_sign_in")
-    if not has_accounts(store()) and not sso_configured():
-        st.info("First start: no account exists yet. On this machine, create the first administrator with\n\n"
-                "    python -m core users add NAME --role admin\n\n(the password is prompted), then reload. "
-                "For a single-user workstation, start the app with BREAKHIS_SINGLE_USER=1 instead.")
-        return
-    with st.form("sign_in"):
-        name = st.text_input("Name", key="sign_in_name")
-        password = st.text_input("Password", type="password", key="sign_in_password")
-        submitted = st.form_submit_button("Sign in")
-    if submitted:
-        try:
-            user = check(store(), name.strip(), password)
-        except SignInError as problem:
-            st.error(str(problem), icon=":material/block:")
-        else:
-            st.session_state[USER_KEY] = user
-            st.rerun()
+# Sign-in's glue is core.app.signin (the pages call it through these names); the logic lives in
+# core.store (accounts, sessions, audit, reviews) and core.app.records; this is the audit glue.
 
 
 def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, bytes]], settings: dict) -> dict:

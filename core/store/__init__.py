@@ -2,9 +2,10 @@
 
     db        which database (SQLite under BREAKHIS_DATA_DIR, or BREAKHIS_DATABASE_URL), its
               settings, the Alembic migrations, and clear refusals (damaged, read-only, newer)
-    models    the tables (SQLAlchemy 2): users, and the append-only audit trail
+    models    the tables (SQLAlchemy 2): users, sign-in sessions, and the append-only audit trail
     audit     Store: open + migrate, append an audit row, read the trail back (filters, CSV)
     accounts  argon2 passwords, roles and what they may do, the lock after repeated failures
+    sessions  sign-ins a reload resumes: signed, expiring tokens (PyJWT) bound to revocable rows
     records   the audit row of a diagnosis / slide run, built from the service's results
     reviews   agree/correct a result, the review queue, a case's history, the training export
     images    the content-addressed image store (only when BREAKHIS_KEEP_IMAGES is set)

@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 
 from core.errors import UserInputError
+from core.store import sessions
 from core.store.audit import Store
 from core.store.models import User, utc_now
 from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
@@ -68,8 +69,11 @@ def add_account(store: Store, name: str, password: str | None, role: str, by: st
 
 def change_account(store: Store, name: str, by: str, *, role: str | None = None, active: bool | None = None,
                    password: str | None = None) -> None:
-    """Change role, enable/disable, or set a new password (which also lifts a lock). Audited."""
-    changes = {}
+    """Change role, enable/disable, or set a new password (which also lifts a lock). Audited.
+
+    Disabling the account or setting a new password revokes all its sign-in sessions (a browser's
+    cookie is refused from then on); a role change needs none: every page run reads the role anew."""
+    changes, revoked = {}, 0
     with store.session() as session, session.begin():
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
@@ -85,8 +89,13 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
             _check_new(name, password, user.role)
             user.password_hash, user.failed_sign_ins, user.locked_until = _hasher.hash(password), 0, None
             changes["password"] = "changed"  # never the password or its hash
+        if "password" in changes or changes.get("active") == [True, False]:
+            why = "password changed" if "password" in changes else "account disabled"
+            revoked = sessions.revoke_all(session, user.id, why)
     if changes:
         store.record("account", by, name, details={"change": "updated", **changes})
+    if revoked:
+        store.record("session_revoked", by, name, details={"reason": why, "sessions": revoked})
 
 
 def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None) -> dict:

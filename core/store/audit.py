@@ -28,8 +28,8 @@ from core.store.models import AuditEvent, utc_now
 log = logging.getLogger(__name__)
 
 # What the trail records (the admin page filters on these).
-KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out", "model_activated",
-         "retrain_launched", "retrain_finished", "retrain_cancelled", "account")
+KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out", "session_resumed",
+         "session_revoked", "model_activated", "retrain_launched", "retrain_finished", "retrain_cancelled", "account")
 COLUMNS = ["id", "at", "kind", "user", "subject", "image_sha256", "model", "model_sha256", "app_version",
            "refers_to", "details"]
 

@@ -1,9 +1,10 @@
-"""The store's tables as SQLAlchemy 2 models: accounts and the append-only audit trail.
+"""The store's tables as SQLAlchemy 2 models: accounts, sign-in sessions and the append-only audit trail.
 
-Two tables. `users` is ordinary mutable state (a password change updates the row) and every change
+Three tables. `users` is ordinary mutable state (a password change updates the row) and every change
 to it is also written to the audit trail. `audit` is append-only: one row per thing that happened
 (a diagnosis, a slide run, a review, a sign-in, a model activation, a retraining, an account
-change). A review or correction is a new row pointing at the row it reviews (`refers_to`), so the
+change). `sessions` holds one row per sign-in that a browser may resume after a reload
+(core.store.sessions: revoked, never deleted). A review or correction is a new row pointing at the row it reviews (`refers_to`), so the
 history of a result is the rows that refer to it, and nothing is ever rewritten. The schema itself
 is created by the Alembic migrations in core/store/migrations, never by `create_all`.
 """
@@ -73,3 +74,18 @@ class AuditEvent(Base):
     app_version: Mapped[str | None] = mapped_column(String(40), nullable=True)
     refers_to: Mapped[int | None] = mapped_column(ForeignKey("audit.id"), nullable=True, index=True)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class WebSession(Base):
+    """One sign-in a browser may resume (core.store.sessions). `id` is the SHA-256 of the random
+    session id the signed cookie carries; a revoked row stays (revoked_at, why) and is never reused."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime, default=utc_now)
+    last_seen: Mapped[datetime.datetime] = mapped_column(UTCDateTime, default=utc_now)
+    expires_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -1,0 +1,211 @@
+"""Streamlit glue of sign-in: the store, the signed-in user, sign-out, roles, the sign-in page, and
+the session cookie that lets a reload keep the user signed in.
+
+The logic lives in core.store (accounts, sessions, audit) and core.app.cookies; this module only
+connects it to a Streamlit session. core.app.session re-exports these names for the pages.
+
+A sign-in (password or single sign-on) starts a database session row and writes its signed token
+into a cookie (sync_cookie, called by app.py on every run). A reload opens a new Streamlit session
+with empty memory: current_user() then reads the cookie (st.context.cookies) and resumes the row
+if it still holds. Every run checks the row again (at most every CHECK_SECONDS): a session revoked
+elsewhere (sign-out in another tab, an account disabled, a new password) or idle for longer than
+BREAKHIS_SESSION_MINUTES signs this one out too. The role is the account's current role, read from
+the database at each check, never from the cookie.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import streamlit as st
+
+from core.app import cookies
+
+USER_KEY = "_signed_in"
+SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
+COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to write ("" removes), a refused one
+CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes effect within this)
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(url: str):
+    from core.store.audit import Store
+
+    return Store.open(url)  # migrates on the first start; one engine for every session
+
+
+def store():
+    """The deployment's store, or a clear message and a stopped page (damaged, read-only, newer)."""
+    from core.store.db import StoreError, database_url
+
+    try:
+        return _open_store(database_url())
+    except StoreError as problem:
+        st.error(f"The app's database cannot be used: {problem}", icon=":material/database:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _signing_key(folder: str) -> bytes:
+    from core.store.sessions import signing_key
+
+    return signing_key(folder)
+
+
+def session_key() -> bytes:
+    """The key that signs session cookies (core.store.sessions.signing_key), or a message and a stop."""
+    from core.paths import data_dir
+    from core.store.sessions import SessionKeyError
+
+    try:
+        return _signing_key(str(data_dir()))
+    except SessionKeyError as problem:
+        st.error(f"Sign-in cannot start: {problem}", icon=":material/key:")
+        st.stop()
+
+
+def single_user_mode() -> bool:
+    """BREAKHIS_SINGLE_USER=1: one local user, no sign-in (a workstation), shown as a banner."""
+    from core.store.images import ENABLED_VALUES
+
+    return os.environ.get("BREAKHIS_SINGLE_USER", "").strip().lower() in ENABLED_VALUES
+
+
+def session_minutes() -> float:
+    """Idle minutes before a session must sign in again: BREAKHIS_SESSION_MINUTES (default 30)."""
+    return float(os.environ.get("BREAKHIS_SESSION_MINUTES") or 30)
+
+
+def sso_configured() -> bool:
+    """Whether the deployment's secrets configure Streamlit's OpenID Connect sign-in ([auth])."""
+    try:
+        return "auth" in st.secrets and bool(st.secrets["auth"].get("cookie_secret"))
+    except Exception:  # noqa: BLE001 - no secrets file at all: no single sign-on
+        return False
+
+
+def _signed_in(user: dict) -> None:
+    """A fresh sign-in: a new session row, and its token for the browser's cookie (sync_cookie)."""
+    from core.store.sessions import start
+
+    row, token = start(store(), user["name"], session_key())
+    st.session_state.update({USER_KEY: user, SESSION_KEY: row, CHECKED_KEY: time.monotonic(), COOKIE_TODO: token})
+
+
+def _browser_token() -> str | None:
+    """The session cookie the browser sent when it opened this page (None outside a browser)."""
+    token = st.context.cookies.get(cookies.COOKIE)
+    return token if isinstance(token, str) and token else None
+
+
+def _resume_from_cookie() -> dict | None:
+    """After a reload: the user of a cookie whose session still holds (audited either way)."""
+    from core.store.sessions import digest, resume
+
+    token = _browser_token()
+    if token is None or st.session_state.get(SPENT_COOKIE) == digest(token):
+        return None
+    checked = resume(store(), token, session_key(), session_minutes())
+    if checked.user is None:
+        st.session_state.update({SPENT_COOKIE: digest(token), COOKIE_TODO: ""})  # and the browser forgets it
+        return None
+    st.session_state.update({USER_KEY: checked.user, SESSION_KEY: checked.session, CHECKED_KEY: time.monotonic()})
+    return checked.user
+
+
+def current_user() -> dict | None:
+    """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
+
+    A session idle for longer than session_minutes(), or revoked, is signed out (audited)."""
+    if single_user_mode():
+        return {"name": "local", "role": "admin"}
+    user = st.session_state.get(USER_KEY)
+    if user is None:
+        user = _resume_from_cookie()
+    if user is None and sso_configured() and st.user.is_logged_in:
+        from core.store.accounts import sso_account
+
+        user = sso_account(store(), str(st.user.get("email") or ""))
+        if user is not None:
+            store().record("sign_in", user["name"], details={"method": "oidc"})
+            _signed_in(user)
+    if user is None:
+        return None
+    if time.monotonic() - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
+        from core.store.sessions import check
+
+        checked = check(store(), st.session_state.get(SESSION_KEY) or "", session_minutes())
+        if checked.user is None:
+            sign_out(reason="session expired" if checked.reason in ("idle", "expired") else f"session {checked.reason}")
+            return None
+        user = checked.user  # the account's current role
+        st.session_state.update({USER_KEY: user, CHECKED_KEY: time.monotonic()})
+    return user
+
+
+def sign_out(reason: str = "signed out") -> None:
+    """Forget everything of this session, revoke its row and remove the browser's cookie."""
+    from core.store.sessions import digest, revoke
+
+    user, row = st.session_state.get(USER_KEY), st.session_state.get(SESSION_KEY)
+    for key in [k for k in st.session_state if not str(k).startswith("$$")]:
+        del st.session_state[key]  # nothing a user saw stays for the next one
+    if row:
+        revoke(store(), row, reason)
+    token = _browser_token()  # the cookie this page was opened with must not sign it in again
+    st.session_state.update({COOKIE_TODO: "", **({SPENT_COOKIE: digest(token)} if token else {})})
+    if user:
+        store().record("sign_out", user["name"], details={"reason": reason})
+
+
+def sync_cookie() -> None:
+    """Write (after a sign-in) or remove (after a sign-out or a refused cookie) the browser's
+    session cookie; app.py calls this on every run, right after current_user()."""
+    if COOKIE_TODO in st.session_state:
+        from core.store.sessions import MAX_HOURS
+
+        token = st.session_state.pop(COOKIE_TODO)
+        st.html(cookies.cookie_script(token or None, MAX_HOURS * 3600), unsafe_allow_javascript=True)
+
+
+def require(action: str) -> dict:
+    """The signed-in user if their role may do `action`; else a message and a stopped page (a deep
+    link to a page the role may not open renders nothing of it)."""
+    from core.store.roles import can
+
+    user = current_user()
+    if user is None:
+        st.warning("Please sign in.")
+        st.stop()
+    if not can(user["role"], action):
+        st.error("Your role cannot open this page. Ask an administrator.", icon=":material/lock:")
+        st.stop()
+    return user
+
+
+def sign_in_page() -> None:
+    """The only page a signed-out visitor sees: the form, single sign-on, or the first start."""
+    from core.store.accounts import SignInError, has_accounts
+    from core.store.accounts import sign_in as check
+
+    st.title("Sign in")
+    if sso_configured():
+        st.button("Sign in with your organisation", on_click=st.login, key="sso_sign_in")
+    if not has_accounts(store()) and not sso_configured():
+        st.info("First start: no account exists yet. On this machine, create the first administrator with\n\n"
+                "    python -m core users add NAME --role admin\n\n(the password is prompted), then reload. "
+                "For a single-user workstation, start the app with BREAKHIS_SINGLE_USER=1 instead.")
+        return
+    with st.form("sign_in"):
+        name = st.text_input("Name", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        try:
+            user = check(store(), name.strip(), password)
+        except SignInError as problem:
+            st.error(str(problem), icon=":material/block:")
+        else:
+            _signed_in(user)
+            st.rerun()

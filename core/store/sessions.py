@@ -1,0 +1,200 @@
+"""Sign-in sessions that survive a page reload: a signed, expiring token bound to a database row.
+
+The browser keeps a cookie holding a token; the token carries only a random session id (`jti`)
+and its expiry (`exp`), signed with HMAC-SHA256. Everything else comes from the database at every
+use: the `sessions` row (who, created, last seen, revoked) and the account's `users` row (still
+active, its role). So:
+
+- a pathologist's cookie never opens an admin page: the role is the account's, read from the
+  database, never from the token (a token with extra claims gains nothing);
+- sign-out revokes the row, and disabling an account or setting a new password revokes all of that
+  account's rows (`revoke_all`, called by core.store.accounts in the same transaction): a copied
+  cookie is refused afterwards although it is still validly signed;
+- idle expiry is the app's rule (BREAKHIS_SESSION_MINUTES) checked against the row's `last_seen`,
+  and a token never lives longer than MAX_HOURS whatever the activity.
+
+The row's key is the SHA-256 of the session id, not the id: a copy of the database alone cannot be
+turned into a cookie (that also needs the signing key, kept elsewhere).
+
+Why PyJWT: a maintained, widely reviewed, pure-Python implementation of a standard token format
+(RFC 7519); decoding pins the algorithm (no "none", no algorithm confusion) and requires the
+claims we rely on. itsdangerous would sign as well, but its expiry is a timestamp the caller must
+remember to check (`max_age` at load time), while a JWT carries its `exp` and is a format an
+auditor or a reverse proxy already knows.
+
+The signing key: BREAKHIS_SESSION_KEY (at least 32 characters) if set, else the file
+BREAKHIS_DATA_DIR/session.key, 32 random bytes written on first start with mode 0600. It is never
+in the repository, never logged, and neither is a token; replacing the key signs everyone out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+import jwt
+from sqlalchemy import select, update
+
+from core.paths import data_dir
+from core.store.audit import Store
+from core.store.models import User, WebSession, utc_now
+
+MAX_HOURS = 12  # a token and its cookie last one working day at most, however active the user is
+TOUCH_SECONDS = 30  # `last_seen` is written at most this often (idle expiry is checked to that precision)
+KEY_FILE, KEY_ENV, MIN_KEY_CHARS = "session.key", "BREAKHIS_SESSION_KEY", 32
+ALGORITHM = "HS256"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")  # a compact JWT, nothing else
+MAX_TOKEN_CHARS = 512
+
+
+class SessionKeyError(RuntimeError):
+    """The signing key cannot be read or created (the message says where; it never holds the key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The outcome of checking a token or a session: `user` {"name", "role"} when it holds, else
+    None and `reason` says why (tampered, expired, unknown, revoked, idle, disabled)."""
+
+    user: dict | None
+    reason: str
+    session: str | None = None  # the row's key (a digest, safe to keep in server memory)
+    name: str | None = None  # the account the row belongs to, when known (for the audit row)
+
+
+def signing_key(folder: Path | None = None) -> bytes:
+    """BREAKHIS_SESSION_KEY, else the data folder's key file (created with mode 0600 if absent)."""
+    named = os.environ.get(KEY_ENV, "")
+    if named:
+        if len(named) < MIN_KEY_CHARS:
+            raise SessionKeyError(f"{KEY_ENV} must have at least {MIN_KEY_CHARS} characters")
+        return named.encode("utf-8")
+    path = Path(folder or data_dir()) / KEY_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(handle, "w") as file:
+                file.write(secrets.token_hex(32))
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # a copy restored with looser permissions is tightened
+        key = path.read_text().strip()
+    except OSError as problem:
+        raise SessionKeyError(f"the session key file {path} cannot be used: {problem.strerror}") from None
+    if len(key) < MIN_KEY_CHARS:
+        raise SessionKeyError(f"the session key file {path} is damaged (too short): remove it to make a new one")
+    return key.encode("utf-8")
+
+
+def digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+def make_token(key: bytes, session_id: str, expires: datetime.datetime) -> str:
+    return jwt.encode({"jti": session_id, "exp": int(expires.timestamp())}, key, algorithm=ALGORITHM)
+
+
+def read_token(token: str, key: bytes, now: datetime.datetime | None = None) -> tuple[str | None, str]:
+    """(session id, "ok") for a well-signed, unexpired token; (session id, "expired") for a
+    well-signed, expired one (its row is revoked and its account named in the audit row); else
+    (None, "tampered")."""
+    now = now or utc_now()
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _TOKEN.match(token):
+        return None, "tampered"
+    try:  # exp is compared below with `now` (so that tests can move the clock); its presence is required here
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM],
+                            options={"require": ["exp", "jti"], "verify_exp": False})
+    except jwt.InvalidTokenError:
+        return None, "tampered"
+    if not isinstance(claims["jti"], str) or not isinstance(claims["exp"], int | float):
+        return None, "tampered"
+    if claims["exp"] <= now.timestamp():
+        return claims["jti"], "expired"
+    return claims["jti"], "ok"
+
+
+def start(store: Store, name: str, key: bytes, now: datetime.datetime | None = None) -> tuple[str, str]:
+    """A new session row for account `name`: (its key, the token for the cookie). The token is
+    returned to be written once into the browser; it is never stored or logged."""
+    now = now or utc_now()
+    session_id = secrets.token_urlsafe(32)
+    expires = now + datetime.timedelta(hours=MAX_HOURS)
+    with store.session() as session, session.begin():
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise ValueError(f"no account named {name!r}")
+        session.add(WebSession(id=digest(session_id), user_id=user.id, created_at=now, last_seen=now,
+                               expires_at=expires))
+    return digest(session_id), make_token(key, session_id, expires)
+
+
+def check(store: Store, session_key: str, idle_minutes: float, now: datetime.datetime | None = None) -> Check:
+    """Whether the session still holds, with the account's current name and role; notes the use.
+
+    Refused (and revoked from then on, so that a later check says "revoked"): idle for longer than
+    `idle_minutes`, past its expiry, or its account disabled."""
+    now = now or utc_now()
+    with store.session() as session, session.begin():
+        row = session.get(WebSession, session_key, with_for_update=True)
+        if row is None:
+            return Check(None, "unknown")
+        user = session.get(User, row.user_id)
+        name = user.name if user is not None else None
+        if row.revoked_at is not None:
+            return Check(None, "revoked", session_key, name)
+        reason = ("disabled" if user is None or not user.active else
+                  "expired" if row.expires_at <= now else
+                  "idle" if now - row.last_seen > datetime.timedelta(minutes=idle_minutes) else "ok")
+        if reason != "ok":
+            row.revoked_at, row.revoked_reason = now, reason
+            return Check(None, reason, session_key, name)
+        if now - row.last_seen >= datetime.timedelta(seconds=TOUCH_SECONDS):
+            row.last_seen = now
+        return Check({"name": user.name, "role": user.role}, "ok", session_key, name)
+
+
+def resume(store: Store, token: str, key: bytes, idle_minutes: float, now: datetime.datetime | None = None) -> Check:
+    """Sign in from a cookie's token after a reload. Audited: "session_resumed", or a
+    "sign_in_failed" row saying why the cookie was refused (never the token itself)."""
+    now = now or utc_now()
+    session_id, reason = read_token(token, key, now)
+    checked = check(store, digest(session_id), idle_minutes, now) if session_id else Check(None, reason)
+    if reason == "expired" and checked.reason in ("ok", "idle"):  # the token's exp is the row's, cut to the second
+        revoke(store, checked.session, reason, now)
+        checked = Check(None, reason, checked.session, checked.name)
+    if checked.user is not None:
+        store.record("session_resumed", checked.user["name"], details={"method": "session cookie"})
+    else:
+        store.record("sign_in_failed", checked.name or "unknown",
+                     details={"method": "session cookie", "reason": checked.reason})
+    return checked
+
+
+def revoke(store: Store, session_key: str, reason: str, now: datetime.datetime | None = None) -> bool:
+    """Revoke one session (sign-out); whether it was still live."""
+    with store.session() as session, session.begin():
+        done = session.execute(update(WebSession).where(WebSession.id == session_key, WebSession.revoked_at.is_(None))
+                               .values(revoked_at=now or utc_now(), revoked_reason=reason[:40]))
+        return bool(done.rowcount)
+
+
+def revoke_all(session, user_id: int, reason: str, now: datetime.datetime | None = None) -> int:
+    """Revoke every live session of an account inside the caller's transaction; how many."""
+    done = session.execute(update(WebSession).where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
+                           .values(revoked_at=now or utc_now(), revoked_reason=reason[:40]))
+    return done.rowcount or 0
+
+
+def live_sessions(store: Store, name: str) -> int:
+    """How many unrevoked sessions an account has (for `users list` and the tests)."""
+    with store.session() as session:
+        return len(session.scalars(select(WebSession.id).join(User, User.id == WebSession.user_id)
+                                   .where(User.name == name, WebSession.revoked_at.is_(None))).all())
