@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
-    predict.add_argument("--threshold", type=_unit_interval, default=DEFAULT_REFER_THRESHOLD,
-                         help=f"refer when p(class) or p(subtype) is below this (default {DEFAULT_REFER_THRESHOLD})")
+    predict.add_argument("--threshold", type=_unit_interval, default=None,
+                         help="refer a stage when its probability is below this (default: the model's per-stage "
+                              f"thresholds chosen on validation; {DEFAULT_REFER_THRESHOLD} for a model without them)")
 
     for name, handler, text, target in (
             ("slide", _slide, "analyse one whole-slide image or large image as tiles at the model's scale", "path"),

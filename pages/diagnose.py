@@ -48,8 +48,13 @@ with settings:
     method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
                           key="method")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
-    threshold = st.slider("Refer for review below confidence", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01, key="threshold",
-                          help="Confidence = p(class) x p(subtype | class).")
+    stage1_t, subtype_t, source = predictor.stage_thresholds()
+    st.caption(f"Referral: stage 1 below p(class) {stage1_t:.2f}, subtype below p(subtype | class) "
+               f"{subtype_t:.2f} ({source}).")
+    threshold = None
+    if st.toggle("Use my own referral threshold for both stages", key="own_threshold"):
+        threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
+                              key="threshold")
     tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key="tta")
     magnification = st.selectbox("Magnification of images whose names do not state it",
                                  registry.magnification_options(), key="magnification")
@@ -126,11 +131,8 @@ def show(result, index: int) -> None:
                        + (f"; referred above {figure(limit)}, {registry.uncertainty_rule(predictor.card)}." if limit is not None else "."))
         elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
-        if result.refer:  # the image's warnings are shown once, below, not repeated in this line
-            reasons = list(p.refer_reasons) + (["see the image warning below"] if result.warnings else [])
-            st.error("Refer for review: " + "; ".join(reasons), icon=":material/flag:")
-        else:
-            st.success(f"Confidence {p.confidence:.2f} is above the review threshold {threshold:.2f}.")
+        for line, refer in report.referral_lines(p, result.warnings):  # per stage, with reasons and thresholds
+            (st.error if refer else st.success)(line, icon=":material/flag:" if refer else ":material/check:")
         for warning in result.warnings:
             st.warning(warning, icon=":material/report:")
         picture, picture_caption = result.display, "Image"

@@ -114,15 +114,17 @@ def test_a_case_call_is_the_mean_of_its_images_not_their_vote():
     or the median would say benign); subtype ductal carcinoma at 0.7; confidence 0.6 x 0.7 = 0.42."""
     results = [_image("14-1", 0.45), _image("14-1", 0.45), _image("14-1", 0.9), _image("14-2", 0.2, refer=True),
                service.ImageResult(name="bad.png", digest="x", error="unreadable", case="14-1")]
-    cases = report.case_calls(results, refer_threshold=0.4).set_index("case")
+    cases = report.case_calls(results, refer_threshold=0.65).set_index("case")
     first = cases.loc["14-1"]
     assert (first["images"], first["call"], first["subtype"]) == (3, "malignant", "Ductal carcinoma")
     assert (first["p_malignant"], first["p_subtype"], first["confidence"]) == (0.6, 0.7, 0.42)
-    assert first["refer for review"] == "YES" and first["reasons"] == "images disagree (1/3 say malignant)"
+    assert first["refer for review"] == "YES" and first["reasons"] == ("case stage 1 uncertain: p(malignant) 0.60 "
+                                                                       "below 0.65; images disagree (1/3 say malignant)")
     second = cases.loc["14-2"]
     assert (second["call"], second["p_malignant"], second["confidence"]) == ("benign", 0.2, 0.32)
-    assert second["reasons"] == "case confidence 0.32 below 0.40; an image is flagged"
-    assert report.case_calls(results, 0.4, malignant_threshold=0.65).loc[0, "call"] == "benign"  # the validated one
+    # per stage: p(benign) 0.8 passes 0.65; p(adenosis | benign) 0.4 does not
+    assert second["reasons"] == "case subtype uncertain: p(Adenosis) 0.40 below 0.65; an image is flagged"
+    assert report.case_calls(results, 0.65, malignant_threshold=0.65).loc[0, "call"] == "benign"  # the validated one
 
 
 def test_heat_maps_explain_the_shown_prediction_at_display_size(predictor, sample_items):

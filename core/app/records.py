@@ -24,10 +24,13 @@ def model_identity(predictor) -> dict:
             "demo": bool(predictor.card.get("demo")), "calibrated": describe_model(predictor.card)["calibrated"]}
 
 
-def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float, magnification: str) -> dict:
-    """The settings a diagnosis ran with, as recorded."""
-    return {"tta": bool(tta), "cam_method": method, "stain_normalisation": predictor.normalizer.method,
-            "refer_threshold": round(float(refer_threshold), 4), "magnification_default": magnification,
+def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
+    """The settings a diagnosis ran with, as recorded (the referral thresholds actually used per stage)."""
+    stage1, subtype, source = predictor.stage_thresholds(refer_threshold)
+    return {"tta": bool(predictor.uses_tta(tta)), "cam_method": method, "stain_normalisation": predictor.normalizer.method,
+            "refer_threshold": None if refer_threshold is None else round(float(refer_threshold), 4),
+            "refer_thresholds": {"stage1": round(stage1, 4), "subtype": round(subtype, 4), "source": source},
+            "magnification_default": magnification,
             "case_threshold": predictor.case_threshold}
 
 
@@ -41,6 +44,7 @@ def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -
     details = {"call": p.label, "subtype": p.subtype, "stage1": _rounded(p.stage1), "stage2": _rounded(p.stage2),
                "other_stage2": _rounded(p.other_stage2), "confidence": round(float(p.confidence), 6),
                "refer": bool(result.refer), "refer_reasons": list(result.refer_reasons),
+               "refer_stage1": bool(p.refer_stage1), "refer_subtype": bool(p.refer_subtype),
                "uncertainty": p.uncertainty, "magnification": result.magnification,
                "magnification_source": result.magnification_source, "case": result.case,
                "demo": identity["demo"], "calibrated": identity["calibrated"], "members": identity["members"],

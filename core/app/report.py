@@ -31,10 +31,29 @@ DISCLAIMER = ("Research use only. Not a medical device. Every result must be rev
 
 
 TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
-                 "confidence", "refer for review", "reasons", "notes", "error", "model", "audit id"]
+                 "confidence", "refer for review", "refer stage 1", "refer subtype", "reasons", "notes", "error",
+                 "model", "audit id"]
 # What the page shows first, so the refer reasons are never off-screen to the right; the CSV keeps
 # every column in TABLE_COLUMNS' order.
-SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer for review", "reasons"]
+SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer stage 1", "refer subtype", "reasons"]
+
+
+def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, bool]]:
+    """[(sentence, referred)] for stage 1 and the subtype: the flag, its reasons and its threshold
+    (the page, the PDF); the image's warnings also send it to review."""
+    lines = []
+    for stage, name, value in (("stage1", "Stage 1", prediction.p_label), ("subtype", "Subtype", prediction.p_subtype)):
+        block = (prediction.referral or {}).get(stage)
+        if block is None:
+            lines.append((f"{name}: " + ("refer for review" if prediction.refer else "not referred"), prediction.refer))
+            continue
+        if block["refer"]:
+            lines.append((f"{name}: refer for review ({'; '.join(block['reasons'])})", True))
+        else:
+            lines.append((f"{name}: not referred (p {value:.2f} >= threshold {block['threshold']:.2f})", False))
+    if warnings:
+        lines.append(("Refer for review: see the image warning below", True))
+    return lines
 
 
 def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None) -> pd.DataFrame:
@@ -57,6 +76,8 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
                 "p_subtype": round(float(p.stage2[p.subtype]), 4),
                 "confidence": round(float(p.confidence), 4),
                 "refer for review": "YES" if r.refer else "no",
+                "refer stage 1": "YES" if p.refer_stage1 else "no",
+                "refer subtype": "YES" if p.refer_subtype else "no",
                 "reasons": "; ".join(r.refer_reasons),
                 "notes": "; ".join(r.notes), "error": "",
             })
@@ -75,7 +96,7 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[SHOWN_FIRST + [c for c in table.columns if c not in SHOWN_FIRST]]
 
 
-def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
+def case_calls(results: list, refer_threshold: float | None = None,
                malignant_threshold: float = 0.5, subtype_reliable: bool = True) -> pd.DataFrame:
     """One call per case by core.model.predict.case_decision (the rule patient-level evaluation uses),
     malignant from `malignant_threshold` on (the model's validated case threshold, Predictor.case_threshold).
@@ -97,8 +118,11 @@ def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
         agreeing = sum(m.prediction.label == label for m in members)
         confidence = decision.confidence
         reasons = []
-        if confidence < refer_threshold:
-            reasons.append(f"case confidence {confidence:.2f} below {refer_threshold:.2f}")
+        first, second = (refer_threshold, refer_threshold) if refer_threshold is not None else _thresholds(members)
+        if p_class[label] < first:
+            reasons.append(f"case stage 1 uncertain: p({label}) {p_class[label]:.2f} below {first:.2f}")
+        if p_subtype[subtype] < second:
+            reasons.append(f"case subtype uncertain: p({pretty(subtype)}) {p_subtype[subtype]:.2f} below {second:.2f}")
         if agreeing < len(members):
             reasons.append(f"images disagree ({agreeing}/{len(members)} say {label})")
         if any(m.refer for m in members):
@@ -112,6 +136,13 @@ def case_calls(results: list, refer_threshold: float = DEFAULT_REFER_THRESHOLD,
             "refer for review": "YES" if reasons else "no", "reasons": "; ".join(reasons),
         })
     return pd.DataFrame(rows)
+
+
+def _thresholds(members) -> tuple[float, float]:
+    """The (stage 1, subtype) referral thresholds the case's images were judged by (their model's)."""
+    referral = members[0].prediction.referral or {}
+    return tuple(float(referral.get(stage, {}).get("threshold", DEFAULT_REFER_THRESHOLD))
+                 for stage in ("stage1", "subtype"))
 
 
 def results_csv(table: pd.DataFrame) -> bytes:
@@ -307,8 +338,8 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
         confidence += (f"; uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']}")
     pdf.line_text(confidence, 9)
-    for reason in result.refer_reasons:
-        pdf.line_text(f"Review: {reason}", 9, ALERT)
+    for line, referred in referral_lines(p, result.warnings):
+        pdf.line_text(line, 9, ALERT if referred else INK)
     for note in result.notes:
         pdf.line_text(f"Note: {note}", 8, MUTED)
 

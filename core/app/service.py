@@ -128,7 +128,7 @@ def read_item(name: str, data: bytes) -> ImageResult:
 
 
 def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
-                   refer_threshold: float = DEFAULT_REFER_THRESHOLD, magnification: str = NOT_STATED) -> list[ImageResult]:
+                   refer_threshold: float | None = None, magnification: str = NOT_STATED) -> list[ImageResult]:
     """Read and classify every item in one batch; bad items get a message, not an exception.
 
     `magnification` is the user's choice for images whose names carry none.
@@ -235,7 +235,7 @@ SHARED_QUEUE = BatchQueue()
 
 
 def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta: bool = False,
-              refer_threshold: float = DEFAULT_REFER_THRESHOLD, magnification: str = NOT_STATED) -> list[ImageResult]:
+              refer_threshold: float | None = None, magnification: str = NOT_STATED) -> list[ImageResult]:
     """The cheap part of `diagnose_items`: model outputs -> predictions, refer flags, magnifications.
 
     Works on copies, so the same `classify` output can be interpreted again with other settings.
