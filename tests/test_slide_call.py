@@ -106,13 +106,15 @@ def test_the_rule_is_chosen_above_every_benign_score_with_a_margin():
             _run([[0.9, 0.3, 0.3], [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]], [(0, 0)])]
     chosen = choose_slide_rule(benign + foci)
     candidates = {(c["kind"], c["min_size"]): c for c in chosen["candidates"]}
-    assert candidates[("region", 1)]["min_mean_p"] == pytest.approx(0.62 + MARGIN)
-    assert candidates[("region", 2)]["min_mean_p"] == pytest.approx(0.575 + MARGIN)
-    assert candidates[("region", 3)]["min_mean_p"] == pytest.approx(0.5 + MARGIN)  # benign never reached 3 tiles
-    # Every candidate keeps the benign mosaic benign; region 1 catches every focus, on it.
+    # Halfway between the benign maximum and the weakest focus caught (0.875), at least the margin above.
+    assert candidates[("region", 1)]["min_mean_p"] == pytest.approx((0.62 + 0.875) / 2)
+    assert candidates[("region", 2)]["min_mean_p"] == pytest.approx((0.575 + 0.875) / 2)
+    assert candidates[("region", 3)]["min_mean_p"] == pytest.approx(0.5 + MARGIN)  # no focus and no benign of 3
     assert all(c["specificity"] == 1.0 for c in chosen["candidates"] if c["usable"])
-    assert chosen["rule"] == SlideRule("region", 1.0, round(0.62 + MARGIN, 4))
-    assert chosen["figures"]["localised"]["all"] == 1.0
+    assert candidates[("region", 1)]["sensitivity"]["all"] == 1.0 and candidates[("region", 2)]["sensitivity"]["1"] == 0
+    # Region 1 and 2 both catch the 2-field focus (the target): the larger size wins the tie.
+    assert chosen["rule"] == SlideRule("region", 2.0, round((0.575 + 0.875) / 2, 4))
+    assert chosen["figures"]["localised"]["target"] == 1.0
 
 
 def test_a_top_k_rule_that_fires_off_the_focus_is_not_localised():
@@ -120,6 +122,7 @@ def test_a_top_k_rule_that_fires_off_the_focus_is_not_localised():
     focus = [_run([[0.58, 0.3], [0.3, 0.9]], [(1, 1)])]
     candidates = {(c["kind"], c["min_size"]): c for c in choose_slide_rule(benign + focus)["candidates"]}
     top2 = candidates[("top_k", 2)]
+    assert top2["min_mean_p"] == pytest.approx(max(0.5 + MARGIN, (0.5 + 0.74) / 2))  # benign top-2 is 0.3: floor 0.5
     assert top2["sensitivity"]["1"] == 1.0 and top2["localised"]["1"] == 1.0  # the top 2 include the focus
     # A false region somewhere else in a focus mosaic raises the region threshold above it.
     noisy = [_run([[0.88, 0.3, 0.3], [0.3, 0.3, 0.9]], [(1, 2)])]
@@ -206,3 +209,27 @@ def test_a_benign_mosaic_is_called_benign_and_says_no_region_qualified(bundled, 
     assert result.tiles["p_malignant"].max() >= 0.5  # the suspicious 0.54 field is there ...
     assert result.call["statement"].startswith("No region qualified")  # ... and did not make a region
     assert json.loads(json.dumps(summary(result), default=float))["call"]["region"] is None
+
+
+def test_the_threshold_command_writes_the_rule_into_a_copy_of_the_card(tmp_path):
+    import shutil
+
+    from core.cli import main
+    from core.model.folders import read_card, update_card, verify_checksum
+    from core.paths import DEFAULT_MODEL_DIR
+    from core.slide.choose import validate_slide_rule
+
+    model = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    thresholds = dict(read_card(model)["thresholds"])
+    thresholds.pop("slide_rule", None)
+    update_card(model, thresholds=thresholds)
+    assert slide_rule_of(read_card(model))[0] == DEFAULT_RULE
+    entry = validate_slide_rule(model, SHARED / "real", repeats=1, benign_mosaics=2, grid=(3, 3))
+    card_after = read_card(model)
+    verify_checksum(model, card_after)  # the model file is untouched
+    rule, where, validation = slide_rule_of(card_after)
+    assert rule == SlideRule.from_dict(entry) and "chosen on mosaics of validation patients" in where
+    on = validation["selected_on"]
+    assert on["split"] == "val" and on["mosaics"] == 2 + 3 * on["malignant_patients"]
+    assert validation["specificity"] == 1.0 and set(validation["sensitivity"]) >= {"1", "2", "4"}
+    assert main(["slide-threshold", str(model), "--data", str(tmp_path)]) == 2  # not the model's data: a message
