@@ -137,5 +137,6 @@ st.caption(diagnosis.prediction.summary())
 st.subheader("Downloads")
 st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "
            "imports into QuPath (File > Import objects) as 'Malignant' annotations, the driving region first.")
-for column, (label, data, filename, mime) in zip(st.columns(3), slides.downloads(result, opacity)):
+files = slides.downloads(result, opacity, model, audit_id)
+for column, (label, data, filename, mime) in zip(st.columns(len(files)), files):
     column.download_button(label, data, filename, mime, key=f"slide_download_{filename}")

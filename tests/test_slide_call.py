@@ -1,6 +1,7 @@
 """The slide call as a detection rule: regions on synthetic tile grids, the top-k rule, the choice of
 the rule on mosaics, the mosaic builder, and real mosaics with a small focus through the bundled model."""
 
+import io
 import json
 
 import numpy as np
@@ -155,6 +156,16 @@ def bundled():
     return load_predictor(DEFAULT_MODEL_DIR)
 
 
+def pdf_text(bundled, result) -> str:
+    from pypdf import PdfReader
+
+    from core.app.registry import describe_model
+    from core.app.report import build_slide_report
+
+    pdf = build_slide_report(result, describe_model(bundled.card), audit_id=7)
+    return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
 def _analyse(bundled, mosaic):
     from core.slide.predictor import SlidePredictor, TileSettings
     from core.slide.reader import open_slide
@@ -196,8 +207,11 @@ def test_a_small_focus_in_benign_tissue_is_called_malignant_on_the_focus(bundled
     assert driving[truth].all() and (driving & truth).sum() >= (driving & ~truth).sum()  # the focus, mostly
     feature = geojson(result)["features"][0]
     assert feature["properties"]["drives_call"] and feature["properties"]["tiles"] == region["tiles"]
-    first = pd.read_csv(__import__("io").StringIO(tiles_csv(result))).head(len(region["tiles"]))
+    first = pd.read_csv(io.StringIO(tiles_csv(result))).head(len(region["tiles"]))
     assert first["drives_call"].all() and sorted(first["tile"]) == sorted(region["tiles"])
+    text = pdf_text(bundled, result)
+    assert f"Malignant - driving region 1: {len(region['tiles'])} tile(s)" in text
+    assert "Tiles of the driving region" in text and f"{region['mean_p_malignant']:.2f}" in text
 
 
 def test_a_benign_mosaic_is_called_benign_and_says_no_region_qualified(bundled, tmp_path):
@@ -209,6 +223,8 @@ def test_a_benign_mosaic_is_called_benign_and_says_no_region_qualified(bundled, 
     assert result.tiles["p_malignant"].max() >= 0.5  # the suspicious 0.54 field is there ...
     assert result.call["statement"].startswith("No region qualified")  # ... and did not make a region
     assert json.loads(json.dumps(summary(result), default=float))["call"]["region"] is None
+    text = pdf_text(bundled, result)
+    assert "Benign - no region qualified" in text and "most suspicious region (it did not qualify)" in text
 
 
 def test_the_threshold_command_writes_the_rule_into_a_copy_of_the_card(tmp_path):

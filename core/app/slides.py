@@ -16,6 +16,7 @@ import numpy as np
 from core.data.breakhis import parse_name
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import image_scale, model_scale, tile_origins
+from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
 from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
 from core.slide.reader import SlideError, slide_files
 
@@ -112,25 +113,6 @@ def region_outline_xy(result) -> list[tuple[list[float], list[float]]]:
     return rings
 
 
-def call_text(call: dict) -> tuple[str, str]:
-    """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
-    region = call.get("region")
-    if region:
-        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), mean p(malignant) "
-                 f"{region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
-    else:
-        where = "no region qualified"
-    headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "
-                f"{call['tissue_tiles']} tissue tiles have p(malignant) >= 0.5.")
-    validation = call.get("validation") or {}
-    figures = ""
-    if validation.get("sensitivity"):
-        sens = validation["sensitivity"]
-        figures = (f" On validation mosaics: sensitivity {', '.join(f'{sens[k]:.0%} ({k}-field foci)' for k in sens if k.isdigit())}"
-                   f", specificity {validation.get('specificity', float('nan')):.0%} (benign only).")
-    return headline, f"{call['statement']} Rule: {call['rule']} ({call['threshold_source']}).{figures}"
-
-
 def tile_label(result, row: int) -> str:
     t = result.tiles.loc[row]
     driving = driving_region(result)
@@ -148,12 +130,18 @@ def subtype_legend(result) -> dict[str, float]:
     return {pretty(s): float(c) for s, c in zip(SUBTYPES, counts) if c > 0}
 
 
-def downloads(result, opacity: float = 0.5) -> list[tuple[str, bytes, str, str]]:
-    """(label, data, file name, mime) of the heat map, the tiles table and the GeoJSON."""
+def downloads(result, opacity: float = 0.5, model: dict | None = None,
+              audit_id: int | None = None) -> list[tuple[str, bytes, str, str]]:
+    """(label, data, file name, mime) of the heat map, the tiles table, the GeoJSON and, given the
+    model's description (core.app.registry.describe_model), the PDF report."""
     import json
 
+    from core.app.report import build_slide_report
+
     stem = Path(result.name).stem
-    return [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
+    pdf = [] if model is None else [("Slide report (PDF)", build_slide_report(result, model, audit_id, opacity),
+                                     f"{stem}_report.pdf", "application/pdf")]
+    return pdf + [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
             ("Tiles (CSV)", tiles_csv(result).encode(), f"{stem}_tiles.csv", "text/csv"),
             ("Regions, the driving one first (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
              f"{stem}_malignant.geojson", "application/geo+json")]

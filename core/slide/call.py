@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from core.data.labels import pretty
+
 TILE_THRESHOLD = 0.5
 RULE_KINDS = ("region", "top_k")
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
@@ -195,3 +197,23 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
             "malignant_share": float(called.mean()) if len(p) else 0.0,
             "mean_p_malignant": float(p.mean()) if len(p) else float("nan")}
     return call, regions
+
+
+def call_text(call: dict) -> tuple[str, str]:
+    """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
+    region = call.get("region")
+    if region:
+        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), mean p(malignant) "
+                 f"{region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
+    else:
+        where = "no region qualified"
+    headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "
+                f"{call['tissue_tiles']} tissue tiles have p(malignant) >= "
+                f"{(call.get('rule_params') or {}).get('tile_threshold', TILE_THRESHOLD):g}.")
+    validation = call.get("validation") or {}
+    figures = ""
+    if validation.get("sensitivity"):
+        sens = validation["sensitivity"]
+        figures = (f" On validation mosaics: sensitivity {', '.join(f'{sens[k]:.0%} ({k}-field foci)' for k in sens if k.isdigit())}"
+                   f", specificity {validation.get('specificity', float('nan')):.0%} (benign only).")
+    return headline, f"{call['statement']} Rule: {call['rule']} ({call['threshold_source']}).{figures}"
