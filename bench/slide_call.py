@@ -2,7 +2,8 @@
 
 Mosaics (core.slide.mosaic) of `--rows` x `--cols` fields at the model's scale: benign-only ones,
 and ones whose connected malignant focus (one patient's fields) covers 10-25 % of the tissue.
-Each runs through the real SlidePredictor with the model card's slide rule (core.slide.call).
+Every other mosaic is offset by half a field (its fields straddle the tile grid). Each runs
+through the real SlidePredictor with the model card's slide rule (core.slide.call).
 Goal: every focus slide called malignant with its driving region on the focus, every benign-only
 slide called benign.
 
@@ -73,14 +74,16 @@ def main() -> int:
     rule, where, _ = slide_rule_of(predictor.card)
     with tempfile.TemporaryDirectory(prefix="slide-call-bench-") as folder:
         mosaics = [build_mosaic(Path(folder) / f"benign_{i}.tif", benign, focus=0, grid=(args.rows, args.cols),
-                                seed=args.seed * 1000 + i, mpp=scale["mpp"], slot=tuple(scale["tile_px"]), levels=2)
+                                seed=args.seed * 1000 + i, mpp=scale["mpp"], slot=tuple(scale["tile_px"]), levels=2,
+                                margin=0.5 if i % 2 else 1.0)
                    for i in range(args.benign)]
         for case in sorted(malignant["case"].unique()):
             for i in range(args.per_patient):
                 mosaics.append(build_mosaic(Path(folder) / f"focus_{case}_{i}.tif", benign, malignant,
                                             focus=int(rng.choice(sizes)), grid=(args.rows, args.cols),
                                             seed=args.seed * 1000 + 500 + len(mosaics), mpp=scale["mpp"],
-                                            slot=tuple(scale["tile_px"]), focus_case=case, levels=2))
+                                            slot=tuple(scale["tile_px"]), focus_case=case, levels=2,
+                                            margin=0.5 if i % 2 else 1.0))
         runs = run_mosaics(predictor, mosaics)
     rows = []
     for mosaic, run in zip(mosaics, runs):
@@ -89,8 +92,8 @@ def main() -> int:
         on_focus = positive and any(run.focus[position[r]] for r in regions[0].rows)
         rows.append({"mosaic": mosaic.path.name, "focus_fields": run.focus_fields, "focus_share": mosaic.focus_share,
                      "case": run.case, "called": "malignant" if positive else "benign", "on_focus": bool(on_focus),
-                     "driving_mean_p": regions[0].mean_p if positive else None,
-                     "best_region_mean_p": regions[0].mean_p if regions else None,
+                     "driving_score": regions[0].score if positive else None,
+                     "best_region_score": regions[0].score if regions else None,
                      "max_tile_p": float(run.tiles["p_malignant"].max())})
     focus = [r for r in rows if r["focus_fields"]]
     benign_rows = [r for r in rows if not r["focus_fields"]]

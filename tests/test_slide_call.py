@@ -55,12 +55,21 @@ def test_region_rule_needs_size_and_mean():
     positive, regions = apply_rule(SlideRule("region", 2, 0.65), tiles)
     assert positive and regions[0].qualified and sorted(regions[0].tiles) == [10, 11, 14, 15]
     assert regions[0].id == 1 and not regions[1].qualified  # the single tile is listed, second
-    assert not apply_rule(SlideRule("region", 2, 0.7), tiles)[0]  # mean 0.69 < 0.7
+    assert regions[0].score == pytest.approx(0.71)  # the core: its 2 most suspicious tiles
+    assert not apply_rule(SlideRule("region", 2, 0.72), tiles)[0]  # core 0.71 < 0.72
     assert not apply_rule(SlideRule("region", 5, 0.6), tiles)[0]  # 4 tiles < 5
     positive, regions = apply_rule(SlideRule("region", 1, 0.9), tiles)
     assert positive and regions[0].tiles == [0]
     # Half-overlapping tiles count a quarter each: 4 tiles are 1 tile area.
     assert not apply_rule(SlideRule("region", 2, 0.6), tiles, overlap=0.5)[0]
+
+
+def test_a_region_is_judged_by_its_core_not_diluted_by_its_border():
+    p = np.full((3, 5), 0.2)
+    p[1, :] = [0.55, 0.9, 0.88, 0.55, 0.55]  # a focus and the tiles straddling its border
+    positive, regions = apply_rule(SlideRule("region", 2, 0.8), grid_tiles(p))
+    assert positive and regions[0].mean_p < 0.8 and regions[0].score == pytest.approx(0.89)
+    assert not apply_rule(SlideRule("region", 3, 0.8), grid_tiles(p))[0]  # core of 3: 0.777
 
 
 def test_top_k_rule_takes_the_k_most_suspicious_tiles_anywhere():
@@ -107,8 +116,9 @@ def test_the_rule_is_chosen_above_every_benign_score_with_a_margin():
             _run([[0.9, 0.3, 0.3], [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]], [(0, 0)])]
     chosen = choose_slide_rule(benign + foci)
     candidates = {(c["kind"], c["min_size"]): c for c in chosen["candidates"]}
-    # Halfway between the benign maximum and the weakest focus caught (0.875), at least the margin above.
-    assert candidates[("region", 1)]["min_mean_p"] == pytest.approx((0.62 + 0.875) / 2)
+    # Halfway between the benign maximum and the weakest focus caught, at least the margin above it:
+    # cores of 1 tile: benign 0.62, foci 0.9, 0.95, 0.9; of 2 tiles: benign 0.575, the 2-field focus 0.875.
+    assert candidates[("region", 1)]["min_mean_p"] == pytest.approx((0.62 + 0.9) / 2)
     assert candidates[("region", 2)]["min_mean_p"] == pytest.approx((0.575 + 0.875) / 2)
     assert candidates[("region", 3)]["min_mean_p"] == pytest.approx(0.5 + MARGIN)  # no focus and no benign of 3
     assert all(c["specificity"] == 1.0 for c in chosen["candidates"] if c["usable"])

@@ -345,7 +345,7 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
     if audit_id is not None:
         pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this run)", 8, MUTED)
     driving = driving_region(result)
-    region = (f"driving region {driving.id}: {len(driving.tiles)} tile(s), mean p(malignant) {driving.mean_p:.2f}"
+    region = (f"driving region {driving.id}: {len(driving.tiles)} tile(s), score {driving.score:.2f}"
               if driving is not None else "no region qualified")
     pdf.banner(f"Slide call: {pretty(call['label'])} - {region}", ALERT if driving is not None else ACCENT)
     _, explained = call_text(call)

@@ -7,12 +7,14 @@ and the pathologist must be sent to that focus. So the call is not "most tiles a
 - a tile is suspicious when its calibrated p(malignant) >= `tile_threshold` (0.5, the image rule);
 - a region is a set of suspicious tiles connected on the tile grid (4-connectivity: tiles that
   share an edge; scipy.ndimage.label on the grid's rows and columns); its size is counted in tile
-  areas (tiles x (1 - overlap)^2, so that overlapping tiles do not inflate it), its score is the
-  mean p(malignant) of its tiles;
-- rule "region": the slide is malignant when a region has size >= `min_size` AND mean
-  p(malignant) >= `min_mean_p`; the driving region is the qualifying one of highest mean;
+  areas (tiles x (1 - overlap)^2, so that overlapping tiles do not inflate it);
+- rule "region": the slide is malignant when a region has size >= `min_size` AND the mean
+  p(malignant) of its n = ceil(min_size) most suspicious tiles (its "core") is >= `min_mean_p`.
+  The core, not the whole region's mean, so that a focus is not diluted by the tiles that straddle
+  its border or by suspicious benign tiles next to it; the driving region is the qualifying one of
+  highest core mean;
 - rule "top_k": malignant when the mean p(malignant) of the k = `min_size` most suspicious
-  tiles is >= `min_mean_p`; the driving "region" is those k tiles.
+  tiles anywhere is >= `min_mean_p`; the driving "region" is those k tiles.
 
 The rule and its thresholds come from card["thresholds"]["slide_rule"], chosen on mosaics of the
 model's validation patients (core.slide.choose: benign fields with small malignant foci).
@@ -23,6 +25,7 @@ validation; an old card's "slide_malignant_share" (the retired majority rule) is
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -53,7 +56,13 @@ class SlideRule:
             return (f"malignant when the mean calibrated p(malignant) of the {self.min_size:g} most suspicious "
                     f"tiles is >= {self.min_mean_p:.2f}")
         return (f"malignant when a region of connected tiles with p(malignant) >= {self.tile_threshold:g} "
-                f"covers >= {self.min_size:g} tile(s) with a mean calibrated p(malignant) >= {self.min_mean_p:.2f}")
+                f"covers >= {self.min_size:g} tile(s) and its {self.core} most suspicious tile(s) have a mean "
+                f"calibrated p(malignant) >= {self.min_mean_p:.2f}")
+
+    @property
+    def core(self) -> int:
+        """Tiles whose mean p(malignant) is compared with min_mean_p (a region rule's core; top-k's k)."""
+        return max(1, math.ceil(self.min_size - 1e-9))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,18 +88,26 @@ class Region:
     box: tuple[int, int, int, int]  # level-0 bounding box x0, y0, x1, y1
     qualified: bool = False
     kind: str = "region"  # "region" or "top_k"
+    p_desc: list[float] = dataclasses.field(default_factory=list)  # its tiles' p(malignant), highest first
+    score: float = float("nan")  # the mean its rule compares: core mean (region) or the k tiles' mean (top-k)
+
+    def core_mean(self, n: int) -> float:
+        """Mean p(malignant) of the region's n most suspicious tiles (all of them when it has fewer)."""
+        return float(np.mean(self.p_desc[:max(1, n)]))
 
     def to_dict(self, with_tiles: bool = True) -> dict:
         values = {"id": self.id, "kind": self.kind, "size_tiles": round(self.size, 3), "n_tiles": len(self.tiles),
                   "mean_p_malignant": round(self.mean_p, 4), "max_p_malignant": round(self.max_p, 4),
+                  "score": round(self.score, 4),
                   "box_level0": [int(v) for v in self.box], "qualified": self.qualified}
         return {**values, "tiles": [int(t) for t in self.tiles]} if with_tiles else values
 
     def describe(self) -> str:
         x0, y0, x1, y1 = self.box
         what = "the most suspicious tiles" if self.kind == "top_k" else "connected tiles"
-        return (f"region {self.id}: {len(self.tiles)} {what} (tiles {_tile_list(self.tiles)}), mean p(malignant) "
-                f"{self.mean_p:.2f}, max {self.max_p:.2f}, level-0 box ({x0}, {y0})-({x1}, {y1})")
+        return (f"region {self.id}: {len(self.tiles)} {what} (tiles {_tile_list(self.tiles)}), rule score "
+                f"{self.score:.2f}, mean p(malignant) {self.mean_p:.2f}, max {self.max_p:.2f}, level-0 box "
+                f"({x0}, {y0})-({x1}, {y1})")
 
 
 def _tile_list(tiles, most: int = 8) -> str:
@@ -114,7 +131,8 @@ def _region(rows_index, tiles: pd.DataFrame, cell: float, kind: str = "region") 
     box = (int(part["x"].min()), int(part["y"].min()), int((part["x"] + part["width"]).max()),
            int((part["y"] + part["height"]).max()))
     return Region(0, [int(r) for r in rows_index], [int(t) for t in part["tile"]], len(part) * cell,
-                  float(p.mean()), float(p.max()), box, kind=kind)
+                  float(p.mean()), float(p.max()), box, kind=kind, p_desc=sorted(p.tolist(), reverse=True),
+                  score=float(p.mean()))
 
 
 def find_regions(tiles: pd.DataFrame, tile_threshold: float = TILE_THRESHOLD, overlap: float = 0.0) -> list[Region]:
@@ -151,8 +169,9 @@ def apply_rule(rule: SlideRule, tiles: pd.DataFrame, overlap: float = 0.0) -> tu
             regions = [top, *regions]
     else:
         for region in regions:
-            region.qualified = region.size >= rule.min_size - 1e-9 and region.mean_p >= rule.min_mean_p
-        regions = sorted(regions, key=lambda r: not r.qualified)  # stable: highest mean first within each
+            region.score = region.core_mean(rule.core)
+            region.qualified = region.size >= rule.min_size - 1e-9 and region.score >= rule.min_mean_p
+        regions = sorted(regions, key=lambda r: (not r.qualified, -r.score, -r.size, r.tiles[0]))
         positive = bool(regions) and regions[0].qualified
     for i, region in enumerate(regions, start=1):
         region.id = i
@@ -203,8 +222,8 @@ def call_text(call: dict) -> tuple[str, str]:
     """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
     region = call.get("region")
     if region:
-        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), mean p(malignant) "
-                 f"{region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
+        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), score {region['score']:.2f}, "
+                 f"mean p(malignant) {region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
     else:
         where = "no region qualified"
     headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "

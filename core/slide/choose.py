@@ -8,8 +8,8 @@ fingerprint must match), its fields at the model's scale are laid into mosaics
 fields of one patient in benign tissue), and each mosaic runs through the real SlidePredictor.
 
 Candidates: the region rule with min_size 1, 2, 3, 4 tiles and the top-k rule with k 1, 2, 3, 4.
-For each, B is the highest score benign tissue reached (every region of a benign-only mosaic and
-every region of a focus mosaic that does not touch the focus; for top-k, the benign-only
+For each, B is the highest score (a region's core mean, core.slide.call) benign tissue reached (every region of a benign-only mosaic and
+every region of a focus mosaic with no tile holding any focus tissue; for top-k, the benign-only
 mosaics), at least the tile threshold 0.5. The threshold on the mean p(malignant) is B + MARGIN,
 or, when higher, halfway between B and the weakest focus that B + MARGIN catches (a maximum-margin
 choice: every focus caught at B + MARGIN is still caught, and benign tissue on unseen patients
@@ -42,6 +42,7 @@ SIZES = (1, 2, 3, 4)
 FOCI = (0, 1, 2, 4)  # malignant fields per 16-field validation mosaic (0: benign only)
 TARGET_FOCI = (2, 4)  # the foci the rule is chosen for
 MOST = 0.99  # a threshold above this would call nothing
+ON_FOCUS = 0.25  # a tile is on the focus when at least this share of it is malignant tissue
 
 
 @dataclasses.dataclass
@@ -49,9 +50,14 @@ class MosaicRun:
     """One mosaic's analysed tiles and its ground truth."""
 
     tiles: pd.DataFrame  # tile, row, col, x, y, width, height, p_malignant
-    focus: np.ndarray  # bool per tile: lies mostly on malignant fields
+    focus: np.ndarray  # bool per tile: at least ON_FOCUS of it on malignant fields
     focus_fields: int  # 0 for a benign-only mosaic
     case: str | None = None  # the focus's patient
+    near: np.ndarray | None = None  # bool per tile: holds ANY malignant tissue (default: `focus`)
+
+    def __post_init__(self):
+        if self.near is None:
+            self.near = self.focus
 
 
 def benign_scores(runs: list[MosaicRun], kind: str, size: int) -> list[float]:
@@ -64,15 +70,15 @@ def benign_scores(runs: list[MosaicRun], kind: str, size: int) -> list[float]:
             continue
         position = {label: i for i, label in enumerate(run.tiles.index)}
         for region in find_regions(run.tiles, TILE_THRESHOLD):
-            on_focus = any(run.focus[position[r]] for r in region.rows)
-            if region.size >= size and not on_focus:
-                scores.append(region.mean_p)
+            touches = any(run.near[position[r]] for r in region.rows)  # a tile partly on the focus is not benign
+            if region.size >= size and not touches:
+                scores.append(region.core_mean(size))
     return scores
 
 
 def focus_scores(runs: list[MosaicRun], kind: str, size: int) -> list[float]:
-    """Per focus mosaic, the best score ON the focus (0 when none): the highest mean of a region of
-    >= `size` tiles touching it; for top-k, the top-k mean when those tiles touch it."""
+    """Per focus mosaic, the best score ON the focus (0 when none): the highest core mean of a region
+    of >= `size` tiles touching it; for top-k, the top-k mean when those tiles touch it."""
     scores = []
     for run in runs:
         if run.focus_fields == 0:
@@ -83,7 +89,7 @@ def focus_scores(runs: list[MosaicRun], kind: str, size: int) -> list[float]:
             touches = any(run.focus[position[r]] for r in top)
             scores.append(float(run.tiles.loc[top, "p_malignant"].mean()) if touches else 0.0)
             continue
-        on = [r.mean_p for r in find_regions(run.tiles, TILE_THRESHOLD)
+        on = [r.core_mean(size) for r in find_regions(run.tiles, TILE_THRESHOLD)
               if r.size >= size and any(run.focus[position[t]] for t in r.rows)]
         scores.append(max(on, default=0.0))
     return scores
@@ -156,8 +162,9 @@ def run_mosaics(predictor, mosaics, settings=None) -> list[MosaicRun]:
             result = slide_predictor.predict(reader)
         tiles = result.tiles[["tile", "row", "col", "x", "y", "width", "height", "p_malignant"]]
         focus = mosaic.focus
-        runs.append(MosaicRun(tiles, mosaic.focus_tiles(tiles), len(focus),
-                              None if not len(focus) else str(focus["case"].iloc[0])))
+        runs.append(MosaicRun(tiles, mosaic.focus_tiles(tiles, least=ON_FOCUS), len(focus),
+                              None if not len(focus) else str(focus["case"].iloc[0]),
+                              mosaic.focus_tiles(tiles, least=1e-6)))
     return runs
 
 

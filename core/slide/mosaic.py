@@ -177,7 +177,8 @@ def build_mosaic(path, benign: pd.DataFrame, malignant: pd.DataFrame | None = No
 def mosaic_set(fields: pd.DataFrame, out_dir, card: dict, foci=(0, 1, 2, 4), repeats: int = 2,
                benign_mosaics: int = 12, grid: tuple[int, int] = (4, 4), seed: int = 0) -> list[Mosaic]:
     """Mosaics of the given patients' fields at the model's scale: `benign_mosaics` benign-only, and
-    for each focus size > 0 and each malignant patient, `repeats` mosaics with a focus of its fields."""
+    for each focus size > 0 and each malignant patient, `repeats` mosaics with a focus of its fields;
+    every other one with a half-field glass margin, its fields straddling the tile grid."""
     scale = model_scale(card)
     mpp, slot = scale["mpp"], tuple(scale["tile_px"])
     usable = fields_at_scale(fields, mpp)
@@ -192,6 +193,7 @@ def mosaic_set(fields: pd.DataFrame, out_dir, card: dict, foci=(0, 1, 2, 4), rep
     mosaics = []
     for k, (n, case, i) in enumerate(plan):
         name = f"mosaic_{k:03d}_focus{n}" + (f"_{case}_{i}" if case else f"_{i}") + ".tif"
+        # Every other mosaic is offset by half a field, so that its fields straddle the tile grid.
         mosaics.append(build_mosaic(out / name, benign, malignant, n, grid, seed=seed * 100_003 + k, mpp=mpp,
-                                    slot=slot, focus_case=case, levels=2))
+                                    slot=slot, focus_case=case, levels=2, margin=0.5 if k % 2 else 1.0))
     return mosaics
