@@ -63,7 +63,7 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
     write_outputs(result, job.out_dir)
     call = result.call
     region = call["region"] or {}
-    return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])),
+    return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])), "region_score": region.get("score"),
             "region_mean_p": region.get("mean_p_malignant"), "region_box": region.get("box_level0"),
             "rule": call["rule"], "tissue_tiles": call["tissue_tiles"], "malignant_share": call["malignant_share"],
             "mean_p_malignant": call["mean_p_malignant"], "error": ""}
