@@ -12,7 +12,7 @@
     predict IMAGE...      classify images with a model folder
     slide PATH --out DIR  a whole-slide image or large field analysed as tiles (core.slide)
     slides DIR --out DIR  every slide of a folder, on a Dask cluster (--scheduler) or a local one
-    slide-threshold MODEL --data DIR   choose the slide-call threshold on validation, into the card
+    slide-threshold MODEL --data DIR   choose the slide rule on mosaics of validation patients, into the card
     make-default          reproduce the bundled default model
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
@@ -232,9 +232,13 @@ def _slides(args) -> int:
 
 
 def _slide_threshold(args) -> int:
-    from core.slide.call import validate_slide_threshold
+    from core.slide.choose import validate_slide_rule
 
-    print(json.dumps(validate_slide_threshold(args.model, args.data), indent=1))
+    entry = validate_slide_rule(args.model, args.data, repeats=args.repeats, benign_mosaics=args.benign_mosaics,
+                                seed=args.seed, write=not args.dry_run)
+    print(json.dumps(entry, indent=1))
+    print(("not written (--dry-run)" if args.dry_run else f"wrote thresholds.slide_rule into {args.model}/card.json"),
+          file=sys.stderr)
     return OK
 
 
@@ -386,9 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
             sub.add_argument("--serial", action="store_true", help="no cluster: one slide after the other")
     threshold = command("slide-threshold", _slide_threshold,
-                        "choose the slide-call threshold on the model's validation patients; writes it into the card")
+                        "choose the slide rule on mosaics of the model's validation patients; writes it into the card")
     threshold.add_argument("model", help="model folder")
     threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
+    threshold.add_argument("--repeats", type=int, default=2, help="mosaics per focus size and malignant patient")
+    threshold.add_argument("--benign-mosaics", type=int, default=12, help="benign-only mosaics")
+    threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout")
+    threshold.add_argument("--dry-run", action="store_true", help="print the chosen rule; leave the card as it is")
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
     default.add_argument("--data", required=True, help="BreakHis folder (any layout)")

@@ -191,9 +191,9 @@ def show_tiled(result, reason: str, data: bytes) -> None:
         audit_id = session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **call},
                                        {"magnification": stated, "opacity": opacity})
         st.caption(f"Audit #{audit_id}")
-        st.markdown(f"{demo}Call over the tiles: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
-                    f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
-        st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}).")
+        headline, explained = slides.call_text(call)
+        st.markdown(demo + headline.replace("Slide call", "Call over the tiles"))
+        st.caption(explained)
         st.image(heatmap_rgb(tiles, opacity), caption="p(malignant) per tile over the image", width="stretch",
                  output_format="JPEG")
 

@@ -96,9 +96,12 @@ st.caption(f"Audit #{audit_id}")
 with st.container(border=True):
     badge = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
     st.markdown(f"#### {result.name}")
-    st.markdown(f"{badge}Slide call: **{pretty(call['label'])}** · {call['malignant_tiles']} of "
-                f"{call['tissue_tiles']} tissue tiles called malignant ({call['malignant_share']:.0%}).")
-    st.caption(f"Rule: {call['rule']} (threshold {call['threshold_source']}). " + " · ".join(result.notes))
+    headline, explained = slides.call_text(call)
+    st.markdown(badge + headline)
+    if call["region"] is None:
+        st.info("No region qualified for a malignant call; the most suspicious tiles are still listed first.",
+                icon=":material/check_circle:")
+    st.caption(explained + " " + " · ".join(result.notes))
 
 opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")
 event = st.plotly_chart(slides.heatmap_figure(result, opacity), on_select="rerun", selection_mode="points",
@@ -108,12 +111,14 @@ if legend:
     st.caption("Subtype map (share of analysed tissue): "
                + ", ".join(f"{k} {v:.0%}" for k, v in sorted(legend.items(), key=lambda kv: -kv[1])))
 
-top_rows = [t.index for t in result.top]
-rows = top_rows + [r for r in result.tiles.index if r not in top_rows]
+driving = slides.driving_region(result)
+first = (driving.rows if driving is not None else []) + [t.index for t in result.top]
+first = list(dict.fromkeys(first))
+rows = first + [r for r in result.tiles.index if r not in first]
 picked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata") is not None]
 if picked:
     state["slide_tile"] = int(picked[0][0] if isinstance(picked[0], list) else picked[0])
-row = st.selectbox("Tile (the most suspicious first; or click one on the map)", rows, key="slide_tile",
+row = st.selectbox("Tile (the driving region's first, then the most suspicious; or click one on the map)", rows, key="slide_tile",
                    format_func=lambda r: slides.tile_label(result, r))
 cams_key = ("_slide_tile_cams", key, row)
 if state.get("_slide_tile_view", (None,))[0] != cams_key:
@@ -131,6 +136,7 @@ st.caption(diagnosis.prediction.summary())
 
 st.subheader("Downloads")
 st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "
-           "imports into QuPath (File > Import objects) as 'Malignant' annotations.")
-for column, (label, data, filename, mime) in zip(st.columns(3), slides.downloads(result, opacity)):
+           "imports into QuPath (File > Import objects) as 'Malignant' annotations, the driving region first.")
+files = slides.downloads(result, opacity, model, audit_id)
+for column, (label, data, filename, mime) in zip(st.columns(len(files)), files):
     column.download_button(label, data, filename, mime, key=f"slide_download_{filename}")

@@ -1,18 +1,13 @@
-"""Small pyramidal slides for the slide tests, written with tifffile (no downloads).
-
-A generic tiled TIFF as OpenSlide's generic-TIFF format wants it: a tiled level 0 and tiled
-reduced levels (NewSubfileType 1) in the main IFD chain, resolution in pixels per centimetre
-(OpenSlide and tiffslide turn it into mpp-x / mpp-y).
-"""
+"""Small pyramidal slides for the slide tests (core.slide.mosaic.write_pyramid; no downloads)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 
+from core.slide.mosaic import write_pyramid  # noqa: F401 (the tests import it from here)
 from tests.conftest import SHARED
 
 # Real 200X BreakHis fields (700x460 originals) from different patients. They are ones the bundled
@@ -24,22 +19,6 @@ MALIGNANT_FIELDS = ("SOB_M_LC-14-13412-200-003.png", "SOB_M_MC-14-18842D-200-016
                     "SOB_M_MC-14-19979-200-013.png", "SOB_M_MC-14-19979-200-004.png")
 FIELD = (700, 460)
 MOSAIC_MPP = 0.5  # 200X fields at the scale of core.data.scale
-
-
-def write_pyramid(path: Path, rgb: np.ndarray, mpp: float | None = 0.5, levels: int = 3,
-                  tile: int = 256, compression: str = "jpeg") -> Path:
-    """Write `rgb` as a tiled pyramid of `levels` levels (each half the previous)."""
-    with tifffile.TiffWriter(path) as writer:
-        level = rgb
-        for i in range(levels):
-            extra = {}
-            if mpp:
-                per_cm = 1e4 / (mpp * 2 ** i)
-                extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-            writer.write(level, tile=(tile, tile), photometric="rgb", compression=compression,
-                         subfiletype=0 if i == 0 else 1, **extra)
-            level = np.asarray(Image.fromarray(level).reduce(2))
-    return path
 
 
 def _field(name: str) -> np.ndarray:

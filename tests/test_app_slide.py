@@ -40,7 +40,13 @@ def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
     assert not app.exception, app.exception
     shown = texts(app.markdown)
     assert "Slide call" in shown and "of 2 tissue tiles" in shown
-    assert "share of tissue tiles" in texts(app.caption)
+    assert "region of connected tiles" in texts(app.caption)
+    spec = app.get("plotly_chart")[0].proto.spec
+    if "driven by region" in shown:  # the region that drove the call is outlined on the map
+        assert '"driving region"' in spec
+    else:
+        assert "no region qualified" in shown and '"driving region"' not in spec
+        assert "No region qualified" in texts(app.info)
     assert len(app.image) == 3  # the tile and its two Grad-CAMs
     tiles = app.selectbox(key="slide_tile")
     tiles.set_value(tiles.options[-1]).run()

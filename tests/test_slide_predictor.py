@@ -11,7 +11,6 @@ from core.data.scale import model_scale
 from core.errors import Cancelled, UserInputError
 from core.model.loading import load_predictor
 from core.paths import DEFAULT_MODEL_DIR
-from core.slide.call import choose_slide_threshold
 from core.slide.export import geojson, heatmap_rgb, malignant_regions, tiles_csv, write_outputs
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import open_slide
@@ -59,7 +58,11 @@ def test_heat_map_is_higher_over_the_malignant_fields(result, mosaic):
     _, regions = mosaic
     assert _region_mean(result, regions["malignant"]) > _region_mean(result, regions["benign"]) + 0.2
     assert result.call["label"] == "malignant" and result.call["tissue_tiles"] == 8
-    assert "share of tissue tiles" in result.call["rule"]
+    assert "region of connected tiles" in result.call["rule"] and result.call["region"] is not None
+    x0, y0, x1, y1 = regions["malignant"]
+    for tile in result.call["region"]["tiles"]:  # the driving region lies on the malignant fields
+        box = result.plan.level0_box(tile)
+        assert x0 <= box[0] and box[2] <= x1 and y0 <= box[1] and box[3] <= y1
 
 
 def test_tile_coordinates_round_trip_to_level0(result, mosaic, bundled):
@@ -93,12 +96,16 @@ def test_geojson_polygons_lie_in_the_malignant_region(result, mosaic):
         for x, y in feature["geometry"]["coordinates"][0]:
             assert x0 <= x <= x1 and y0 <= y <= y1
     assert sum(p.area for p in malignant_regions(result)) == pytest.approx(
-        (result.tiles["label"] == "malignant").sum() * FIELD[0] * FIELD[1])
+        (result.tiles["p_malignant"] >= 0.5).sum() * FIELD[0] * FIELD[1])
+    assert collection["features"][0]["properties"]["name"] == "Driving region (slide call)"
 
 
 def test_outputs_are_written_summary_last(result, tmp_path):
     paths = write_outputs(result, tmp_path)
-    assert json.loads(paths["summary"].read_text())["call"]["label"] == "malignant"
+    written = json.loads(paths["summary"].read_text())
+    assert written["call"]["label"] == "malignant" and written["statement"].startswith("Malignant: driven by region 1")
+    first = pd.read_csv(paths["tiles"]).iloc[0]
+    assert first["drives_call"] and first["tile"] in written["call"]["region"]["tiles"]
     assert not list(tmp_path.glob("*.partial"))
     assert heatmap_rgb(result).shape == result.thumbnail.shape
 
@@ -112,15 +119,6 @@ def test_a_slide_without_tissue_says_so(bundled, tmp_path):
     path = write_pyramid(tmp_path / "glass.tif", np.full((920, 1400, 3), 246, np.uint8), mpp=0.5, levels=2)
     with open_slide(path) as slide, pytest.raises(UserInputError, match="No tissue"):
         SlidePredictor(bundled).predict(slide)
-
-
-def test_slide_threshold_is_chosen_on_validation_cases():
-    table = pd.DataFrame({"case": ["a"] * 4 + ["b"] * 4 + ["c"] * 4,
-                          "label": ["benign"] * 4 + ["malignant"] * 8,
-                          "p_malignant": [0.1, 0.2, 0.6, 0.3, 0.9, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.1]})
-    chosen = choose_slide_threshold(table)  # shares: a 0.25, b 0.25, c 0.75 -> between 0.25 and 0.75
-    assert chosen["threshold"] == pytest.approx(0.5) and chosen["selected_on"]["cases"] == 3
-    assert choose_slide_threshold(table[table.case != "a"])["reason"].startswith("no validation cases")
 
 
 def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):

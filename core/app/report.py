@@ -359,3 +359,43 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
         if result.ok:
             _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)))
     return bytes(pdf.output())
+
+
+def build_slide_report(result, model: dict, audit_id: int | None = None, opacity: float = 0.5) -> bytes:
+    """A slide's PDF: the model's identity, the call and the region that drove it (its tiles, its
+    outline on the heat map) or that no region qualified, the rule and its validation figures,
+    and the sign-off block. result: core.slide.predictor.SlideResult."""
+    from core.slide.call import call_text
+    from core.slide.export import driving_region, heatmap_rgb
+
+    call = result.call
+    pdf = _Report(model)
+    pdf.add_page()
+    _identity(pdf)
+    pdf.heading(f"Slide {result.name}", 12, INK)
+    if audit_id is not None:
+        pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this run)", 8, MUTED)
+    driving = driving_region(result)
+    region = (f"driving region {driving.id}: {len(driving.tiles)} tile(s), score {driving.score:.2f}"
+              if driving is not None else "no region qualified")
+    pdf.banner(f"Slide call: {pretty(call['label'])} - {region}", ALERT if driving is not None else ACCENT)
+    _, explained = call_text(call)
+    pdf.line_text(explained, 9)
+    pdf.ln(1)
+    caption = ("p(malignant) per tile; the driving region outlined (white)" if driving is not None
+               else "p(malignant) per tile; no region qualified, none outlined")
+    pdf.pictures([(caption, heatmap_rgb(result, opacity))])
+    pdf.colour_scale()
+    shown = driving if driving is not None else (result.regions[0] if result.regions else None)
+    if shown is not None:
+        pdf.heading(("Tiles of the driving region" if driving is not None
+                     else "Tiles of the most suspicious region (it did not qualify)"), 10)
+        part = result.tiles.loc[shown.rows].sort_values("p_malignant", ascending=False).head(40)
+        pdf.table(["tile", "x (level 0)", "y (level 0)", "p(malignant)", "subtype"],
+                  [[int(t.tile), int(t.x), int(t.y), f"{t.p_malignant:.3f}", pretty(t.subtype)]
+                   for t in part.itertuples()], widths=[20, 30, 30, 30, 70])
+    for note in result.notes:
+        pdf.line_text(f"Note: {note}", 8, MUTED)
+    pdf.ln(2)
+    _sign_off(pdf)
+    return bytes(pdf.output())

@@ -16,7 +16,8 @@ import numpy as np
 from core.data.breakhis import parse_name
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import image_scale, model_scale, tile_origins
-from core.slide.export import geojson, heatmap_png, tiles_csv
+from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
+from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
 from core.slide.reader import SlideError, slide_files
 
 TILE_AN_UPLOAD_FROM = 4  # tiles at the model's scale: an upload this large is analysed as tiles
@@ -87,6 +88,11 @@ def heatmap_figure(result, opacity: float = 0.5):
         customdata=tiles.index.to_numpy(), name="tiles",
         text=[f"tile {t.tile}: p(malignant) {t.p_malignant:.2f}, {pretty(t.subtype)}" for t in tiles.itertuples()],
         hovertemplate="%{text}<extra></extra>"))
+    for x, y in region_outline_xy(result):
+        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": "white", "width": 3}, hoverinfo="skip",
+                                    name="driving region"))
+        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": "black", "width": 1, "dash": "dot"},
+                                    hoverinfo="skip", name="driving region"))
     figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=min(720, max(320, int(720 * h / w))),
                          xaxis={"visible": False, "range": [0, w * d]},
                          yaxis={"visible": False, "range": [h * d, 0], "scaleanchor": "x"},
@@ -94,10 +100,25 @@ def heatmap_figure(result, opacity: float = 0.5):
     return figure
 
 
+def region_outline_xy(result) -> list[tuple[list[float], list[float]]]:
+    """Level-0 (x, y) rings of the driving region's outline, one per polygon part; [] when none qualified."""
+    driving = driving_region(result)
+    if driving is None:
+        return []
+    outline = region_outline(result, driving)
+    rings = []
+    for polygon in getattr(outline, "geoms", [outline]):
+        x, y = polygon.exterior.xy
+        rings.append(([float(v) for v in x], [float(v) for v in y]))
+    return rings
+
+
 def tile_label(result, row: int) -> str:
     t = result.tiles.loc[row]
+    driving = driving_region(result)
+    in_region = " · driving region" if driving is not None and row in driving.rows else ""
     return (f"tile {int(t.tile)} at ({int(t.x)}, {int(t.y)}): p(malignant) {t.p_malignant:.2f}, "
-            f"{pretty(t.subtype)}" + (" · refer" if t.refer else ""))
+            f"{pretty(t.subtype)}" + in_region + (" · refer" if t.refer else ""))
 
 
 def subtype_legend(result) -> dict[str, float]:
@@ -109,14 +130,20 @@ def subtype_legend(result) -> dict[str, float]:
     return {pretty(s): float(c) for s, c in zip(SUBTYPES, counts) if c > 0}
 
 
-def downloads(result, opacity: float = 0.5) -> list[tuple[str, bytes, str, str]]:
-    """(label, data, file name, mime) of the heat map, the tiles table and the GeoJSON."""
+def downloads(result, opacity: float = 0.5, model: dict | None = None,
+              audit_id: int | None = None) -> list[tuple[str, bytes, str, str]]:
+    """(label, data, file name, mime) of the heat map, the tiles table, the GeoJSON and, given the
+    model's description (core.app.registry.describe_model), the PDF report."""
     import json
 
+    from core.app.report import build_slide_report
+
     stem = Path(result.name).stem
-    return [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
+    pdf = [] if model is None else [("Slide report (PDF)", build_slide_report(result, model, audit_id, opacity),
+                                     f"{stem}_report.pdf", "application/pdf")]
+    return pdf + [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
             ("Tiles (CSV)", tiles_csv(result).encode(), f"{stem}_tiles.csv", "text/csv"),
-            ("Malignant regions (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
+            ("Regions, the driving one first (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
              f"{stem}_malignant.geojson", "application/geo+json")]
 
 

@@ -62,8 +62,10 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
         return {**row, "error": str(error)}
     write_outputs(result, job.out_dir)
     call = result.call
-    return {**row, "label": call["label"], "malignant_share": call["malignant_share"],
-            "threshold": call["threshold"], "tissue_tiles": call["tissue_tiles"],
+    region = call["region"] or {}
+    return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])), "region_score": region.get("score"),
+            "region_mean_p": region.get("mean_p_malignant"), "region_box": region.get("box_level0"),
+            "rule": call["rule"], "tissue_tiles": call["tissue_tiles"], "malignant_share": call["malignant_share"],
             "mean_p_malignant": call["mean_p_malignant"], "error": ""}
 
 

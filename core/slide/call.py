@@ -1,103 +1,238 @@
-"""The slide-level call: the share of tissue tiles called malignant, against a validated threshold.
+"""The slide-level call: a detection rule over connected regions of suspicious tiles.
 
-Rule: a tile is called malignant when its calibrated p(malignant) >= 0.5 (the image rule); the
-slide is malignant when the share of its tissue tiles called malignant reaches the threshold in
-card["thresholds"]["slide_malignant_share"]. A share, not a mean of probabilities, so that one
-small focus of carcinoma in a large benign slide still moves the call, and a threshold below 0.5
-says how small a focus is enough.
+A slide holding a malignant focus is a malignant slide, however much benign tissue surrounds it,
+and the pathologist must be sent to that focus. So the call is not "most tiles are malignant"
+(a BreakHis field is taken inside the lesion; a slide is not) but a detection:
 
-The threshold is chosen on the VALIDATION split of the model's own training data
-(`choose_slide_threshold`): BreakHis has no whole slides, so each validation patient stands for a
-slide and each of its fields for a tile (a whole-field model's tile IS a field,
-core.data.scale.model_scale). The threshold is the one with the best balanced accuracy over the
-validation patients, ties broken towards 0.5; without validation patients of both classes it is
-0.5, and the call says it was not chosen on validation.
+- a tile is suspicious when its calibrated p(malignant) >= `tile_threshold` (0.5, the image rule);
+- a region is a set of suspicious tiles connected on the tile grid (4-connectivity: tiles that
+  share an edge; scipy.ndimage.label on the grid's rows and columns); its size is counted in tile
+  areas (tiles x (1 - overlap)^2, so that overlapping tiles do not inflate it);
+- rule "region": the slide is malignant when a region has size >= `min_size` AND the mean
+  p(malignant) of its n = ceil(min_size) most suspicious tiles (its "core") is >= `min_mean_p`.
+  The core, not the whole region's mean, so that a focus is not diluted by the tiles that straddle
+  its border or by suspicious benign tiles next to it; the driving region is the qualifying one of
+  highest core mean;
+- rule "top_k": malignant when the mean p(malignant) of the k = `min_size` most suspicious
+  tiles anywhere is >= `min_mean_p`; the driving "region" is those k tiles.
+
+The rule and its thresholds come from card["thresholds"]["slide_rule"], chosen on mosaics of the
+model's validation patients (core.slide.choose: benign fields with small malignant foci).
+A card without one (older models) gets DEFAULT_RULE and the call says it was not chosen on
+validation; an old card's "slide_malignant_share" (the retired majority rule) is not used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
-TILE_RULE = "a tile is malignant when its calibrated p(malignant) >= 0.5"
-DEFAULT_SHARE = 0.5
+from core.data.labels import pretty
 
-
-def slide_threshold_of(card: dict) -> tuple[float, str]:
-    """(threshold, where it comes from) from a model card."""
-    thresholds = card.get("thresholds") or {}
-    if "slide_malignant_share" in thresholds:
-        selection = thresholds.get("slide_malignant_share_selection") or {}
-        on = selection.get("selected_on") or {}
-        where = (f"chosen on validation ({on.get('cases', '?')} patients as slides, {on.get('images', '?')} "
-                 f"fields as tiles)") if on else "from the model card"
-        return float(thresholds["slide_malignant_share"]), where
-    return DEFAULT_SHARE, "default 0.5: not chosen on validation for this model"
+TILE_THRESHOLD = 0.5
+RULE_KINDS = ("region", "top_k")
+FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
 
-def slide_call(tiles: pd.DataFrame, card: dict) -> dict:
-    """{"label", "malignant_share", "threshold", "rule", ...} for a slide's tissue tiles."""
-    threshold, where = slide_threshold_of(card)
-    called = tiles["p_malignant"].to_numpy() >= 0.5
-    share = float(called.mean()) if len(called) else 0.0
-    return {"label": "malignant" if share >= threshold else "benign", "malignant_share": share,
-            "threshold": threshold, "threshold_source": where, "tissue_tiles": int(len(called)),
-            "malignant_tiles": int(called.sum()), "mean_p_malignant": float(tiles["p_malignant"].mean()),
-            "rule": f"malignant when the share of tissue tiles called malignant ({TILE_RULE}) "
-                    f"is >= {threshold:.3g}"}
+@dataclasses.dataclass(frozen=True)
+class SlideRule:
+    kind: str = "region"
+    min_size: float = 2.0  # region: tile areas; top_k: k tiles
+    min_mean_p: float = 0.7
+    tile_threshold: float = TILE_THRESHOLD
+
+    def __post_init__(self):
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"slide rule kind must be one of {RULE_KINDS}, not {self.kind!r}")
+        if self.min_size <= 0 or not 0.0 <= self.min_mean_p <= 1.0:
+            raise ValueError(f"min_size > 0 and min_mean_p in [0, 1] are needed, not {self}")
+
+    def describe(self) -> str:
+        if self.kind == "top_k":
+            return (f"malignant when the mean calibrated p(malignant) of the {self.min_size:g} most suspicious "
+                    f"tiles is >= {self.min_mean_p:.2f}")
+        return (f"malignant when a region of connected tiles with p(malignant) >= {self.tile_threshold:g} "
+                f"covers >= {self.min_size:g} tile(s) and its {self.core} most suspicious tile(s) have a mean "
+                f"calibrated p(malignant) >= {self.min_mean_p:.2f}")
+
+    @property
+    def core(self) -> int:
+        """Tiles whose mean p(malignant) is compared with min_mean_p (a region rule's core; top-k's k)."""
+        return max(1, math.ceil(self.min_size - 1e-9))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SlideRule":
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
-def choose_slide_threshold(val_table: pd.DataFrame) -> dict:
-    """The share threshold from a validation table (columns case, label, p_malignant; one row per
-    field): best balanced accuracy over the cases, candidates the midpoints of their shares."""
-    if val_table is None or not len(val_table):
-        return {"threshold": DEFAULT_SHARE, "selected_on": None, "reason": "no validation images"}
-    table = val_table.assign(called=(val_table["p_malignant"].to_numpy() >= 0.5).astype(float))
-    cases = table.groupby("case").agg(share=("called", "mean"), label=("label", "first"), n=("called", "size"))
-    if cases["label"].nunique() < 2:
-        return {"threshold": DEFAULT_SHARE, "selected_on": None,
-                "reason": "no validation cases of both classes to choose it on: the default 0.5"}
-    shares = np.sort(cases["share"].unique())
-    candidates = np.unique(np.concatenate([[DEFAULT_SHARE], (shares[1:] + shares[:-1]) / 2.0]))
-    malignant = (cases["label"] == "malignant").to_numpy()
-
-    def balanced(threshold):
-        called = cases["share"].to_numpy() >= threshold
-        return 0.5 * (called[malignant].mean() + (~called[~malignant]).mean())
-
-    best = max(candidates, key=lambda c: (round(balanced(c), 12), -abs(c - DEFAULT_SHARE)))
-    return {"threshold": float(best), "balanced_accuracy_on_validation": float(balanced(best)),
-            "selected_on": {"split": "val", "level": "patient as slide, field as tile",
-                            "cases": int(len(cases)), "images": int(cases["n"].sum())},
-            "rule": "best balanced accuracy over the validation patients, ties towards 0.5"}
+DEFAULT_RULE = SlideRule()
 
 
-def validate_slide_threshold(model_dir, data_dir) -> dict:
-    """Choose the slide threshold on the model's validation split and write it into its card.
+@dataclasses.dataclass
+class Region:
+    """Connected suspicious tiles (or, for the top-k rule, the k most suspicious tiles)."""
 
-    The split is rebuilt from the card (protocol, seed, magnification) on `data_dir` and must have
-    the card's data fingerprint, so the images are the ones the model was validated on."""
-    from core.data.images import load_image
-    from core.data.selection import SplitSpec, select_images
-    from core.errors import UserInputError
-    from core.model.folders import update_card
-    from core.model.loading import load_predictor
+    id: int  # 1.. in the order shown; the driving region (if any) is 1
+    rows: list[int]  # index labels of the tiles table
+    tiles: list[int]  # tile numbers (the plan's indices)
+    size: float  # tile areas
+    mean_p: float
+    max_p: float
+    box: tuple[int, int, int, int]  # level-0 bounding box x0, y0, x1, y1
+    qualified: bool = False
+    kind: str = "region"  # "region" or "top_k"
+    p_desc: list[float] = dataclasses.field(default_factory=list)  # its tiles' p(malignant), highest first
+    score: float = float("nan")  # the mean its rule compares: core mean (region) or the k tiles' mean (top-k)
 
-    predictor = load_predictor(model_dir)
-    training = predictor.card.get("training") or {}
-    spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
-                     magnification=training.get("magnification", "all"))
-    selection = select_images(data_dir, spec, report_skipped=False)
-    expected = training.get("data_fingerprint")
-    if expected and selection.fingerprint != expected:
-        raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
-                             f"{selection.fingerprint}, the card says {expected}).")
-    val = selection.part("val").reset_index(drop=True)
-    images = [load_image(path, check_histology=False).rgb for path in val["path"]]
-    p = predictor.calibrate(predictor.probabilities(images))["stage1"][:, 1] if len(images) else []
-    chosen = choose_slide_threshold(val.assign(p_malignant=p))
-    thresholds = dict(predictor.card.get("thresholds") or {})
-    thresholds["slide_malignant_share"] = chosen["threshold"]
-    thresholds["slide_malignant_share_selection"] = {k: v for k, v in chosen.items() if k != "threshold"}
-    update_card(model_dir, thresholds=thresholds)
-    return chosen
+    def core_mean(self, n: int) -> float:
+        """Mean p(malignant) of the region's n most suspicious tiles (all of them when it has fewer)."""
+        return float(np.mean(self.p_desc[:max(1, n)]))
+
+    def to_dict(self, with_tiles: bool = True) -> dict:
+        values = {"id": self.id, "kind": self.kind, "size_tiles": round(self.size, 3), "n_tiles": len(self.tiles),
+                  "mean_p_malignant": round(self.mean_p, 4), "max_p_malignant": round(self.max_p, 4),
+                  "score": round(self.score, 4),
+                  "box_level0": [int(v) for v in self.box], "qualified": self.qualified}
+        return {**values, "tiles": [int(t) for t in self.tiles]} if with_tiles else values
+
+    def describe(self) -> str:
+        x0, y0, x1, y1 = self.box
+        what = "the most suspicious tiles" if self.kind == "top_k" else "connected tiles"
+        return (f"region {self.id}: {len(self.tiles)} {what} (tiles {_tile_list(self.tiles)}), rule score "
+                f"{self.score:.2f}, mean p(malignant) {self.mean_p:.2f}, max {self.max_p:.2f}, level-0 box "
+                f"({x0}, {y0})-({x1}, {y1})")
+
+
+def _tile_list(tiles, most: int = 8) -> str:
+    shown = ", ".join(str(int(t)) for t in tiles[:most])
+    return shown + (f", ... {len(tiles) - most} more" if len(tiles) > most else "")
+
+
+def grid_positions(tiles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of each tile on the tile grid: the table's own columns when it has them
+    (SlidePredictor writes them from the plan), else the ranks of its distinct y and x origins."""
+    if {"row", "col"} <= set(tiles.columns):
+        return tiles["row"].to_numpy(int), tiles["col"].to_numpy(int)
+    rows = np.searchsorted(np.unique(tiles["y"].to_numpy()), tiles["y"].to_numpy())
+    cols = np.searchsorted(np.unique(tiles["x"].to_numpy()), tiles["x"].to_numpy())
+    return rows, cols
+
+
+def _region(rows_index, tiles: pd.DataFrame, cell: float, kind: str = "region") -> Region:
+    part = tiles.loc[rows_index]
+    p = part["p_malignant"].to_numpy(float)
+    box = (int(part["x"].min()), int(part["y"].min()), int((part["x"] + part["width"]).max()),
+           int((part["y"] + part["height"]).max()))
+    return Region(0, [int(r) for r in rows_index], [int(t) for t in part["tile"]], len(part) * cell,
+                  float(p.mean()), float(p.max()), box, kind=kind, p_desc=sorted(p.tolist(), reverse=True),
+                  score=float(p.mean()))
+
+
+def find_regions(tiles: pd.DataFrame, tile_threshold: float = TILE_THRESHOLD, overlap: float = 0.0) -> list[Region]:
+    """The connected regions of tiles with p(malignant) >= tile_threshold, highest mean first."""
+    if not len(tiles):
+        return []
+    p = tiles["p_malignant"].to_numpy(float)
+    rows, cols = grid_positions(tiles)
+    grid = np.zeros((rows.max() + 1, cols.max() + 1), bool)
+    suspicious = p >= tile_threshold
+    grid[rows[suspicious], cols[suspicious]] = True
+    labels, count = ndimage.label(grid, structure=FOUR_CONNECTED)
+    tile_labels = np.where(suspicious, labels[rows, cols], 0)
+    cell = (1.0 - overlap) ** 2
+    regions = [_region(tiles.index[tile_labels == k], tiles, cell) for k in range(1, count + 1)]
+    return sorted(regions, key=lambda r: (-r.mean_p, -r.size, r.tiles[0]))
+
+
+def top_k_region(tiles: pd.DataFrame, k: int) -> Region | None:
+    if not len(tiles):
+        return None
+    order = tiles.sort_values(["p_malignant", "tile"], ascending=[False, True]).index[:max(1, int(k))]
+    return _region(order, tiles, 1.0, kind="top_k")
+
+
+def apply_rule(rule: SlideRule, tiles: pd.DataFrame, overlap: float = 0.0) -> tuple[bool, list[Region]]:
+    """(malignant, regions): the driving region first (id 1, qualified), then the other regions."""
+    regions = find_regions(tiles, rule.tile_threshold, overlap)
+    if rule.kind == "top_k":
+        top = top_k_region(tiles, int(rule.min_size))
+        positive = top is not None and top.mean_p >= rule.min_mean_p
+        if positive:
+            top.qualified = True
+            regions = [top, *regions]
+    else:
+        for region in regions:
+            region.score = region.core_mean(rule.core)
+            region.qualified = region.size >= rule.min_size - 1e-9 and region.score >= rule.min_mean_p
+        regions = sorted(regions, key=lambda r: (not r.qualified, -r.score, -r.size, r.tiles[0]))
+        positive = bool(regions) and regions[0].qualified
+    for i, region in enumerate(regions, start=1):
+        region.id = i
+    return positive, regions
+
+
+def slide_rule_of(card: dict) -> tuple[SlideRule, str, dict]:
+    """(rule, where it comes from, its validation figures) from a model card."""
+    stored = (card.get("thresholds") or {}).get("slide_rule")
+    if stored:
+        validation = stored.get("validation") or {}
+        on = validation.get("selected_on") or {}
+        where = (f"chosen on mosaics of validation patients ({on.get('mosaics', '?')} mosaics of "
+                 f"{on.get('patients', '?')} patients' fields)") if on else "from the model card"
+        return SlideRule.from_dict(stored), where, validation
+    old = " (the card's older majority threshold is not used)" if "slide_malignant_share" in (
+        card.get("thresholds") or {}) else ""
+    return DEFAULT_RULE, ("default rule, not chosen on validation for this model: run `python -m core "
+                          f"slide-threshold MODEL --data DIR`{old}"), {}
+
+
+def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[dict, list[Region]]:
+    """({"label", "rule", "region", "statement", ...}, regions with the driving one first)."""
+    rule, where, validation = slide_rule_of(card)
+    positive, regions = apply_rule(rule, tiles, overlap)
+    p = tiles["p_malignant"].to_numpy(float) if len(tiles) else np.zeros(0)
+    called = p >= rule.tile_threshold
+    driving = regions[0] if positive else None
+    if driving is not None:
+        statement = f"Malignant: driven by {driving.describe()}."
+    elif regions:
+        statement = (f"No region qualified ({rule.describe()}); the most suspicious was {regions[0].describe()}.")
+    else:
+        statement = f"No region qualified: no tile reached p(malignant) {rule.tile_threshold:g}."
+    figures = {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
+    call = {"label": "malignant" if positive else "benign", "rule": rule.describe(), "rule_params": rule.to_dict(),
+            "threshold_source": where, "validation": figures, "statement": statement,
+            "region": driving.to_dict() if driving is not None else None,
+            "closest_region": None if driving is not None or not regions else regions[0].to_dict(with_tiles=False),
+            "regions": len([r for r in regions if r.kind == "region"]),
+            "tissue_tiles": int(len(p)), "malignant_tiles": int(called.sum()),
+            "malignant_share": float(called.mean()) if len(p) else 0.0,
+            "mean_p_malignant": float(p.mean()) if len(p) else float("nan")}
+    return call, regions
+
+
+def call_text(call: dict) -> tuple[str, str]:
+    """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
+    region = call.get("region")
+    if region:
+        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), score {region['score']:.2f}, "
+                 f"mean p(malignant) {region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
+    else:
+        where = "no region qualified"
+    headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "
+                f"{call['tissue_tiles']} tissue tiles have p(malignant) >= "
+                f"{(call.get('rule_params') or {}).get('tile_threshold', TILE_THRESHOLD):g}.")
+    validation = call.get("validation") or {}
+    figures = ""
+    if validation.get("sensitivity"):
+        sens = validation["sensitivity"]
+        figures = (f" On validation mosaics: sensitivity {', '.join(f'{sens[k]:.0%} ({k}-field foci)' for k in sens if k.isdigit())}"
+                   f", specificity {validation.get('specificity', float('nan')):.0%} (benign only).")
+    return headline, f"{call['statement']} Rule: {call['rule']} ({call['threshold_source']}).{figures}"

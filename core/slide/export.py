@@ -1,7 +1,12 @@
 """A SlideResult's files: heat-map PNG over the thumbnail, tiles CSV, QuPath GeoJSON, summary JSON.
 
-GeoJSON: one FeatureCollection; each malignant region (the union of touching tiles called
-malignant, made with shapely) is a Feature whose geometry is in LEVEL-0 pixel coordinates, as
+Each names the region that drove the slide call (core.slide.call) first: the CSV lists its tiles
+first (column "region" = 1, "drives_call" true), the GeoJSON's first Feature is its outline
+(name "Driving region (slide call)"), summary.json's call has it under "region" with a
+"statement" (or says that no region qualified, and which came closest).
+
+GeoJSON: one FeatureCollection; each region (the union of the boxes of connected tiles with
+p(malignant) >= 0.5, made with shapely) is a Feature whose geometry is in LEVEL-0 pixel coordinates, as
 QuPath's "File > Import objects" expects for an image opened at full resolution, with
 properties {"objectType": "annotation", "classification": {"name": "Malignant", "color": [r, g,
 b]}} (the format QuPath 0.4+ writes and reads back) and the region's tile count and mean
@@ -19,18 +24,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from shapely import box, unary_union
 from shapely.geometry import mapping
 
 MALIGNANT_COLOR = [200, 0, 0]
 SUMMARY = "summary.json"
-CSV_COLUMNS = ["tile", "x", "y", "width", "height", "tissue", "p_benign", "p_malignant", "label", "subtype",
+DRIVING_NAME = "Driving region (slide call)"
+CSV_COLUMNS = ["tile", "region", "drives_call", "row", "col", "x", "y", "width", "height", "tissue", "p_benign", "p_malignant", "label", "subtype",
                "p_subtype", "confidence", "entropy_bits", "p_malignant_spread", "refer", "refer_reasons"]
 
 
 def heatmap_rgb(result, alpha: float = 0.5) -> np.ndarray:
-    """The thumbnail with p(malignant) in the Turbo colormap blended over the analysed tiles."""
+    """The thumbnail with p(malignant) in the Turbo colormap blended over the analysed tiles, and the
+    outline of the region that drove a malignant call (white with a black core)."""
     from core.model.cam import colorize
 
     if not 0.0 <= alpha <= 1.0:
@@ -38,8 +45,19 @@ def heatmap_rgb(result, alpha: float = 0.5) -> np.ndarray:
     thumbnail = result.thumbnail.astype(np.float32)
     covered = np.isfinite(result.p_malignant)[..., None]
     colored = colorize(np.nan_to_num(result.p_malignant)).astype(np.float32)
-    blended = np.where(covered, (1 - alpha) * thumbnail + alpha * colored, thumbnail)
-    return np.round(blended).astype(np.uint8)
+    blended = np.round(np.where(covered, (1 - alpha) * thumbnail + alpha * colored, thumbnail)).astype(np.uint8)
+    driving = driving_region(result)
+    if driving is None:
+        return blended
+    image = Image.fromarray(blended)
+    draw = ImageDraw.Draw(image)
+    outline = region_outline(result, driving)
+    width = max(2, round(max(image.size) / 300))
+    for polygon in getattr(outline, "geoms", [outline]):
+        ring = [(x / result.map_downsample, y / result.map_downsample) for x, y in polygon.exterior.coords]
+        draw.line(ring, fill=(255, 255, 255), width=width + 2, joint="curve")
+        draw.line(ring, fill=(0, 0, 0), width=max(1, width - 1), joint="curve")
+    return np.asarray(image)
 
 
 def heatmap_png(result, alpha: float = 0.5) -> bytes:
@@ -48,35 +66,54 @@ def heatmap_png(result, alpha: float = 0.5) -> bytes:
     return buffer.getvalue()
 
 
+def driving_region(result):
+    """The core.slide.call.Region that drove a malignant call, or None (benign: no region qualified)."""
+    regions = getattr(result, "regions", None) or []
+    return regions[0] if regions and regions[0].qualified and result.call.get("region") else None
+
+
+def ordered_tiles(result):
+    """The tiles table with the driving region's tiles first (most suspicious first), then the rest."""
+    tiles = result.tiles.copy()
+    driving = driving_region(result)
+    tiles["drives_call"] = tiles.index.isin(driving.rows) if driving is not None else False
+    if "region" not in tiles:
+        tiles["region"] = 0
+    return tiles.sort_values(["drives_call", "p_malignant", "tile"], ascending=[False, False, True])
+
+
 def tiles_csv(result) -> str:
-    """One row per analysed tile; x, y, width, height in level-0 pixels."""
-    return result.tiles[CSV_COLUMNS].to_csv(index=False, float_format="%.5f")
+    """One row per analysed tile, the driving region's first; x, y, width, height in level-0 pixels."""
+    tiles = ordered_tiles(result)
+    return tiles[[c for c in CSV_COLUMNS if c in tiles]].to_csv(index=False, float_format="%.5f")
+
+
+def region_outline(result, region):
+    """Shapely (Multi)Polygon (level-0 px): the union of the region's tile boxes."""
+    part = result.tiles.loc[region.rows]
+    return unary_union([box(r.x, r.y, r.x + r.width, r.y + r.height) for r in part.itertuples(index=False)])
 
 
 def malignant_regions(result) -> list:
-    """Shapely polygons (level-0 px) of the unions of malignant tiles."""
-    malignant = result.tiles[result.tiles["label"] == "malignant"]
-    boxes = [box(r.x, r.y, r.x + r.width, r.y + r.height) for r in malignant.itertuples(index=False)]
-    if not boxes:
-        return []
-    union = unary_union(boxes)
-    return list(getattr(union, "geoms", [union]))
+    """Shapely outlines (level-0 px) of the regions, the driving one first."""
+    return [region_outline(result, region) for region in (getattr(result, "regions", None) or [])]
 
 
 def geojson(result) -> dict:
-    """The malignant regions as a GeoJSON FeatureCollection QuPath imports as annotations."""
-    malignant = result.tiles[result.tiles["label"] == "malignant"]
+    """The regions as a GeoJSON FeatureCollection QuPath imports as annotations; the driving one first."""
+    driving = driving_region(result)
     features = []
-    for polygon in malignant_regions(result):
-        inside = [r for r in malignant.itertuples(index=False)
-                  if polygon.contains(box(r.x, r.y, r.x + r.width, r.y + r.height).centroid)]
+    for region in getattr(result, "regions", None) or []:
+        drives = region is driving
         features.append({
-            "type": "Feature", "geometry": mapping(polygon),
-            "properties": {"objectType": "annotation", "name": "Malignant (model)",
+            "type": "Feature", "geometry": mapping(region_outline(result, region)),
+            "properties": {"objectType": "annotation",
+                           "name": DRIVING_NAME if drives else f"Suspicious region {region.id} (model)",
                            "classification": {"name": "Malignant", "color": MALIGNANT_COLOR},
-                           "isLocked": False,
-                           "measurements": {"tiles": len(inside),
-                                            "mean p(malignant)": float(np.mean([r.p_malignant for r in inside]))}},
+                           "isLocked": False, "drives_call": drives, "region": region.id,
+                           "tiles": [int(t) for t in region.tiles],
+                           "measurements": {"tiles": len(region.tiles), "mean p(malignant)": region.mean_p,
+                                            "max p(malignant)": region.max_p}},
         })
     return {"type": "FeatureCollection", "features": features}
 
@@ -88,7 +125,7 @@ def summary(result) -> dict:
             "slide_mpp": {"x": result.slide_scale.x, "y": result.slide_scale.y, "source": result.slide_scale.source},
             "model_scale": plan.model_scale, "tile_level0_px": list(plan.size), "read_level": plan.level,
             "tiles_total": len(plan.origins), "tiles_analysed": int(len(result.tiles)),
-            "call": result.call, "model": result.model, "timings_s": result.timings, "notes": result.notes,
+            "call": result.call, "statement": result.call.get("statement"), "model": result.model, "timings_s": result.timings, "notes": result.notes,
             "top_tiles": [int(result.tiles.at[t.index, "tile"]) for t in result.top]}
 
 

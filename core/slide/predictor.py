@@ -30,7 +30,7 @@ from core.data.labels import CLASSES, SUBTYPES
 from core.data.scale import model_scale, tile_origins
 from core.errors import Cancelled
 from core.options import option
-from core.slide.call import slide_call
+from core.slide.call import Region, slide_call
 from core.slide.reader import SlideError, SlideReader
 from core.slide.tissue import TissueMasker, TissueSettings
 
@@ -69,6 +69,11 @@ class TilePlan:
         (x, y), (w, h) = self.origins[i], self.size
         return x, y, x + w, y + h
 
+    def grid_position(self, i: int) -> tuple[int, int]:
+        """(row, col) of tile i on the tile grid (the origins are row by row)."""
+        columns = len({x for x, _ in self.origins})
+        return divmod(i, columns)
+
 
 @dataclasses.dataclass
 class TopTile:
@@ -95,6 +100,7 @@ class SlideResult:
     model: dict  # name, limited / demo flags, as Diagnose shows them
     timings: dict
     notes: list[str]
+    regions: list[Region] = dataclasses.field(default_factory=list)  # core.slide.call: the driving one first
 
 
 def binary_entropy_bits(p: np.ndarray) -> np.ndarray:
@@ -189,6 +195,11 @@ class SlidePredictor:
         timings["stitch_and_cams_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
         card = self.predictor.card
+        call, regions = slide_call(tiles, card, s.overlap)
+        tiles["region"] = 0
+        for region in regions:
+            if region.kind == "region":
+                tiles.loc[region.rows, "region"] = region.id
         evidence = card.get("evidence") or {}
         model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
                  "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", "")}
@@ -198,14 +209,15 @@ class SlidePredictor:
             f"the model's scale: {self.scale['source']}), read at level {plan.level}"]
         return SlideResult(reader.name, reader.dimensions, reader.scale, plan, tiles, maps["thumbnail"],
                            maps["downsample"], maps["tissue"], maps["p_malignant"], maps["subtype"],
-                           maps["uncertainty"], top, slide_call(tiles, card), model, timings, notes)
+                           maps["uncertainty"], top, call, model, timings, notes, regions)
 
     def _table(self, plan, chosen, shares, predictions) -> pd.DataFrame:
         rows = []
         for i, prediction in zip(chosen, predictions):
             x0, y0, x1, y1 = plan.level0_box(i)
             spread = (prediction.uncertainty or {}).get("p_malignant_spread")
-            rows.append({"tile": int(i), "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
+            row, col = plan.grid_position(int(i))
+            rows.append({"tile": int(i), "row": row, "col": col, "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
                          "tissue": round(float(shares[i]), 4),
                          **{f"p_{c}": prediction.stage1[c] for c in CLASSES},
                          "label": prediction.label, "subtype": prediction.subtype,
