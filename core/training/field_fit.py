@@ -125,6 +125,20 @@ def training_model(classifier: keras.Model, field_shape: tuple[int, int], augmen
                        name="field_training")
 
 
+BN_MOMENTUM = 0.9  # PyTorch's 0.1
+
+
+def follow_batch_statistics(classifier: keras.Model, momentum: float = BN_MOMENTUM) -> int:
+    """Faster-moving batch-norm statistics (Keras' default momentum is 0.99): a run of a few hundred
+    steps from scratch ends with inference statistics hundreds of steps stale under 0.99, and the
+    model then predicts one class for everything (measured: training images at balanced accuracy
+    0.5 after 64 steps, 0.89 with subtype macro-F1 0.20 after 300, under 0.99)."""
+    layers = [layer for layer in classifier.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
 def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
     """Linear warm-up to `learning_rate`, then cosine decay to zero over the remaining steps."""
     warmup = min(warmup_steps, max(total_steps // 4, 1))
@@ -139,6 +153,7 @@ def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
                                                 head_units=config.head_units, dropout=config.dropout, l2=config.l2)
+    follow_batch_statistics(classifier)
     draw, class_weights, subtype_weights = sampling(subtypes)
     steps = max(1, math.ceil(len(fields) / config.batch_size))
     total = steps * config.epochs
