@@ -3,12 +3,13 @@
     python -m core make-default --data DIR [--recipe full|limited] [--cross-validate 5] [--force]
 
 "full" is for real users with the whole BreakHis set (7,909 images) and ImageNet weights: a
-fine-tuned multi-scale DenseNet121. "limited" is what ships in models/default: trained FROM
-SCRATCH on the 757 real images of 46 patients in ../shared/breakhis/real, with the backbone,
-input size and augmentation that measured best on validation (`python -m core compare`, see the
-README). Without --recipe the data decides: a folder far smaller than the full set gets "limited".
-Both run the ordinary training job and evaluation (with baselines), then install the model
-folder with its history, metrics and, when asked, the k-fold cross-validation summary.
+fine-tuned multi-scale DenseNet121. "field" is what ships in models/default, the default for small
+data sets: the field recipe (core.training.field_run: fields at ~1 um/px, random crops,
+augmentation as Keras layers, a ResNet-18 from scratch) cross-validated patient-wise, its figures,
+temperatures and per-stage referral thresholds from the pooled out-of-fold predictions, then ONE
+model trained on every patient. "limited" is the earlier small CNN on squashed whole fields, kept
+for comparison. Without --recipe the data decides: a folder far smaller than the full set gets
+"field". Each installs the model folder with its history, metrics and cross-validation summary.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from core.model.folders import load_model_folder, update_card
 from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
+from core.training.field_run import cross_validate_fields
 from core.training.fit import train
 
 # A recipe names every setting that decides the model, so a later change of a TrainConfig default
@@ -36,7 +38,13 @@ FULL = dict(backbone=DEFAULT_BACKBONE, hierarchy="hierarchical", mode="finetune"
 LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", input_size=128, epochs=30,
                batch_size=32, weights="none", balance="class_weights", split="patient-wise", patience=6, seed=0,
                zoom=0.6, augment_strength=2.0, early_stopping=False)
-RECIPES = {"full": FULL, "limited": LIMITED}
+# The field recipe at CPU scale (issue 25): half-width ResNet-18 at 128 px so that 5 folds and the
+# final model train on 2 CPU cores in about an hour (README, "The bundled model"); on a GPU,
+# --backbone resnet18 --input-size 224 --epochs 150 is the measured full-scale version.
+FIELD = dict(pipeline="fields", backbone="resnet18_half", weights="none", input_size=128, epochs=30, batch_size=64,
+             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0)
+FIELD_FOLDS = 5
+RECIPES = {"full": FULL, "field": FIELD, "limited": LIMITED}
 FULL_SET_MIN_IMAGES = 5000
 
 
@@ -48,7 +56,7 @@ def launch_defaults(gpu: bool) -> TrainConfig:
 
 
 def choose_recipe(data) -> str:
-    return "full" if len(index_folder(data, check_readable=False).images) >= FULL_SET_MIN_IMAGES else "limited"
+    return "full" if len(index_folder(data, check_readable=False).images) >= FULL_SET_MIN_IMAGES else "field"
 
 
 def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR, force: bool = False,
@@ -61,6 +69,10 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     if recipe not in RECIPES:
         raise UserInputError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     run_dir = runs_dir() / f"default-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if recipe == "field":
+        return install_field_run(cross_validate_fields(TrainConfig(data=str(data), out=str(run_dir),
+                                                                   folds=cross_validate or FIELD_FOLDS, **FIELD)),
+                                 run_dir, out)
     result = train(TrainConfig(data=str(data), out=str(run_dir), **RECIPES[recipe]))
     load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
     extras = [run_dir / "history.csv", run_dir / "metrics.json"]
@@ -77,6 +89,26 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     update_card(staging, recipe={"name": recipe, "settings": RECIPES[recipe], "cross_validation_folds": cross_validate,
                                  "command": f"python -m core make-default --data DATA --recipe {recipe}"
                                             + (f" --cross-validate {cross_validate}" if cross_validate else "")})
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def install_field_run(result: dict, run_dir: Path, out: Path) -> Path:
+    """A field-recipe cross-validation's final model -> `out`, with its cv.json, metrics.json and
+    out-of-fold predictions, and the command that made it in the card."""
+    run_dir, out = Path(run_dir), Path(out)
+    load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
+    staging = out.with_name(out.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(result["model_dir"], staging)
+    for extra in ("cv.json", "metrics.json", "oof_predictions.csv"):
+        if (run_dir / extra).exists():
+            shutil.copy2(run_dir / extra, staging / extra)
+    folds = result["cv"]["folds"]
+    update_card(staging, recipe={"name": "field", "settings": FIELD, "cross_validation_folds": folds,
+                                 "command": "python -m core make-default --data DATA --recipe field"
+                                            + (f" --cross-validate {folds}" if folds != FIELD_FOLDS else "")})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
