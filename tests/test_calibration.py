@@ -37,7 +37,7 @@ def overconfident_run(tmp_path_factory):
     too sure. 200 cases, so validation and test see about the same share of those errors."""
     from core.training.config import TrainConfig
     from core.training.fit import train
-    from tests.synthetic_data import write_synthetic_breakhis
+    from core.testing.synthetic import write_synthetic_breakhis
 
     data = write_synthetic_breakhis(tmp_path_factory.mktemp("mislabelled"), images_per_case=2, cases_per_subtype=25,
                                     mislabelled=0.2, seed=3)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.cli import main as cli
 from tests.conftest import REPO
-from tests.slide_data import write_mosaic
+from core.testing.slides import write_mosaic
 
 
 @pytest.fixture(scope="module")

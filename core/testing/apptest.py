@@ -1,9 +1,8 @@
-"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing); test
-support, so it lives under tests/ and the product never imports it.
+"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing).
 
 A throwaway model folder (an untrained small_cnn, saved the one official way), the environment
-that points the app at given model folders, and the AppTest patch that makes every run go
-through app.py's router as the server's runs do.
+that points the app at given model folders, the AppTest patch that makes every run go through
+app.py's router as the server's runs do, and signing an AppTest session in through the form.
 """
 
 from __future__ import annotations
@@ -57,3 +56,10 @@ def run_app_like_the_server(patch) -> None:
             PagesManager.uses_pages_directory = False
 
     patch.setattr(app_test, "PagesManager", ServerLikePagesManager)
+
+
+def sign_in(app, name: str, password: str):
+    """Fill the sign-in form of an AppTest session that shows it, submit it; the app after the rerun."""
+    app.text_input(key="sign_in_name").input(name)
+    app.text_input(key="sign_in_password").input(password)
+    return app.button[0].click().run()  # the form's submit button, the page's only one

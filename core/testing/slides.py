@@ -1,4 +1,4 @@
-"""Small pyramidal slides for the slide tests, written with tifffile (no downloads).
+"""Small pyramidal slides for the slide tests and bench/slide.py, written with tifffile (no downloads).
 
 A generic tiled TIFF as OpenSlide's generic-TIFF format wants it: a tiled level 0 and tiled
 reduced levels (NewSubfileType 1) in the main IFD chain, resolution in pixels per centimetre
@@ -13,7 +13,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from tests.conftest import SHARED
+from core.paths import REPO
+
+SHARED = REPO.parent / "shared" / "breakhis"  # ../shared/breakhis (README: reference data)
 
 # Real 200X BreakHis fields (700x460 originals) from different patients. They are ones the bundled
 # model calls correctly as whole fields, so the mosaic test checks tiling, stitching and export
