@@ -10,7 +10,7 @@ size: a warm-up (tracing, autotuning, filling the cache), then timed steps.
 Goal: >= 1,500 images/s on one H100/H200-class GPU. On a CPU it runs too, with small batches and
 few steps, and says so: a CPU figure is not comparable with the goal.
 
-    python bench/gpu_train.py [--batch-sizes 64 128 256] [--steps 30] [--images 2048] [--out FILE.json]
+    python bench/gpu_train.py [--batch-sizes 64 128 256] [--steps 30] [--images 2048] [--out FILE.json] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 from PIL import Image  # noqa: E402
 
 from core.data.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
@@ -88,7 +88,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10 if gpus else 2)
     parser.add_argument("--images", type=int, default=4096 if gpus else 64, help="images listed per pass")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_train.json")
+    add_smoke(parser)
     args = parser.parse_args(argv)
+    if args.smoke:  # batch 2, one step after one warm-up step
+        args.batch_sizes, args.steps, args.warmup, args.images = [2], 1, 1, 4
     if gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     sweep = []
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         "meets_goal": bool(gpus) and bool(best) and best["images_per_s"] >= GOAL,
         "machine": machine(),
     }
-    return emit(result, args.out)
+    return emit(result, args.out, args.smoke)
 
 
 if __name__ == "__main__":
