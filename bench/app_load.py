@@ -347,11 +347,11 @@ def browser_figures(args, environment: dict, measure, samples: list[Path]) -> di
                 profiler = Profiler(pid, raw, rate=200)
                 browser_round(url, browser, session_images(samples, 1, offset=5), args.timeout, profiler)
                 out["profile"] = {"upload": f"1 session x {PER_SESSION} images, py-spy at 200 Hz on the server "
-                                            "(all threads, idle ones left out) from the upload until the server is idle",
+                                            "(the thread holding the GIL) from the upload until the server is idle",
                                   "server_cpu_s": round(profiler.meter.used[0]["server"], 3),
                                   **profiling.summarise(raw.read_text(), 200), "busiest_threads": profiler.threads}
                 sampled = out["profile"].get("cpu_s_sampled", 0.0)
-                out["profile"]["cpu_s_not_in_python_threads"] = round(out["profile"]["server_cpu_s"] - sampled, 3)
+                out["profile"]["cpu_s_without_the_gil"] = round(out["profile"]["server_cpu_s"] - sampled, 3)
         browser.close()
     return out
 

@@ -42,10 +42,12 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def record(pid: int, out: Path, rate: int = 200):
-    """py-spy samples process `pid` (all threads, idle ones left out) while the block runs; the raw
+    """py-spy samples process `pid` while the block runs: the thread holding the GIL (--gil), so a
+    sample is CPU spent by Python code or by C code that keeps the GIL (gc, encoders); without --gil
+    py-spy counted a Streamlit server's waiting threads as busy (4 s sampled for 0.7 CPU-s). The raw
     (collapsed-stack) file is written to `out` when it ends."""
     command = ["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-               "--output", str(out), "--nonblocking", "--full-filenames"]
+               "--output", str(out), "--nonblocking", "--full-filenames", "--gil"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(1.0)  # attached before the work starts
     if process.poll() is not None:
