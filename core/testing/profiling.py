@@ -1,11 +1,8 @@
-"""Where a running process spends its CPU: py-spy samples every Python thread of it (a Streamlit
-server runs each session's script, the batch queue and the websocket in threads of their own, which
-cProfile does not see), and the samples are grouped by what the code was doing. Threads without
-Python frames (TensorFlow's compute pool) are not sampled: their CPU is the process's total (from
-/proc) less the sampled share, and thread_cpu() names the busiest threads. For bench/app_load.py.
-
-py-spy is a developer tool, not a requirement of the project: `pip install py-spy`.
-"""
+"""Where a running process spends its CPU: py-spy samples the process's threads (a Streamlit server
+runs each session's script, the batch queue and the websocket in threads of their own, which
+cProfile does not see), and the samples are grouped by what the code was doing. Work done without
+the GIL (TensorFlow's compute pool, mostly) is not sampled: it is the process's CPU (from /proc)
+less the sampled seconds; thread_cpu() names the busiest live threads. For bench/app_load.py."""
 
 from __future__ import annotations
 
