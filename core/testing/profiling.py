@@ -80,7 +80,17 @@ def busiest_threads(before: dict, after: dict, top: int = 8) -> list[dict]:
     return [{"tid": tid, "name": name, "cpu_s": round(s, 3)} for s, tid, name in sorted(used, reverse=True)[:top] if s > 0]
 
 
+AFTER_RUN = (  # what Streamlit does after every script run (streamlit.runtime.scriptrunner.script_runner)
+    ("Streamlit's keras.backend.clear_session after each run", "_clean_problem_modules ("),
+    ("Streamlit's gc.collect(2) after each run (runner.postScriptGC)", "ScriptRunner._on_script_finished ("),
+)
+
+
 def activity(stack: str) -> str:
+    leaf = stack.rsplit(";", 1)[-1]
+    for name, marker in AFTER_RUN:  # the collections have no Python frame: the caller is the leaf
+        if marker in (stack if marker.startswith("_clean") else leaf):
+            return name
     for name, markers in ACTIVITIES:
         if any(marker in stack for marker in markers):
             return name
