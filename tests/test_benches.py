@@ -80,3 +80,23 @@ def test_every_bench_runs_in_smoke_mode_and_ends_with_its_json(bench):
     assert result["bench"] == bench.stem and result["smoke"] is True
     assert result["machine"]["core"] == str(REPO / "core")  # this checkout's code, not another install's
     assert [key for key in EXPECTED.get(bench.stem, ()) if key not in result] == []
+
+
+def test_the_profile_groups_samples_by_what_the_server_was_doing():
+    from core.testing.profiling import summarise
+
+    runner = "run (/py/threading.py:1);_run_script (/sp/streamlit/runtime/scriptrunner/script_runner.py:9)"
+    raw = "\n".join([
+        f"{runner};ScriptRunner._on_script_finished (/sp/streamlit/runtime/scriptrunner/script_runner.py:1054) 6",
+        f"{runner};<module> (/r/pages/diagnose.py:5);explain (/r/core/model/cam.py:3);call (/sp/tensorflow/x.py:2) 3",
+        f"{runner};<module> (/r/pages/diagnose.py:5);image (/sp/streamlit/elements/image.py:7) 1",
+        "not a sample line",
+    ])
+    profile = summarise(raw, rate=100)
+    assert profile["samples"] == 10 and profile["cpu_s_sampled"] == 0.1
+    assert list(profile["by_activity"]) == ["Streamlit's gc.collect(2) after each run (runner.postScriptGC)",
+                                            "model pass (TensorFlow / Keras)",
+                                            "pictures encoded for the page (st.image)"]
+    assert profile["by_activity"]["model pass (TensorFlow / Keras)"] == {"cpu_s": 0.03, "share": 0.3}
+    inclusive = {f["function"]: f["cpu_s"] for f in profile["top_app_functions_inclusive"]}
+    assert inclusive == {"<module> (/r/pages/diagnose.py)": 0.04, "explain (/r/core/model/cam.py)": 0.03}
