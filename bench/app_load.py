@@ -109,7 +109,8 @@ def apptest_round(groups: list[list[Path]], timeout: float) -> tuple[list[float]
         app.run()
         seconds[i] = time.perf_counter() - start
         if app.exception or overlays_shown(app) != 2 * len(groups[i]):
-            errors.append(f"session {i}: {overlays_shown(app)} overlays ({app.exception})")
+            shown = [f"{e.message} {' '.join(e.stack_trace[-3:])}" for e in app.exception]
+            errors.append(f"session {i}: {overlays_shown(app)} overlays {shown}")
 
     threads = [threading.Thread(target=session, args=(i,)) for i in range(len(apps))]
     [t.start() for t in threads]
@@ -297,10 +298,11 @@ def main(argv=None) -> int:
 
     import pytest
 
-    from core.testing.apptest import run_app_like_the_server
+    from core.testing.apptest import run_app_like_the_server, run_apptests_concurrently
 
     with pytest.MonkeyPatch.context() as patch:
         run_app_like_the_server(patch)
+        run_apptests_concurrently(patch)
         result["apptest"] = {"driver": "streamlit.testing.v1.AppTest, one per signed-in session, concurrent threads",
                              **measure(lambda groups: apptest_round(groups, args.timeout)),
                              "process_peak_memory_mb": peak_memory_mb()}

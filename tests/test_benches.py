@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,42 @@ def test_the_profile_groups_samples_by_what_the_server_was_doing():
     assert profile["by_activity"]["model pass (TensorFlow / Keras)"] == {"cpu_s": 0.03, "share": 0.3}
     inclusive = {f["function"]: f["cpu_s"] for f in profile["top_app_functions_inclusive"]}
     assert inclusive == {"<module> (/r/pages/diagnose.py)": 0.04, "explain (/r/core/model/cam.py)": 0.03}
+
+
+SLOW_RUN_WAITING, FAST_RUN_ENDED = threading.Event(), threading.Event()
+
+
+def _two_forms():
+    import streamlit as st
+
+    import tests.test_benches as here
+
+    if st.session_state.get("slow"):
+        here.SLOW_RUN_WAITING.set()
+        assert here.FAST_RUN_ENDED.wait(60)  # the other session's run ends meanwhile
+    for name in ("first", "second"):
+        with st.form(name):
+            st.form_submit_button("Save")
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_concurrent_apptests_keep_their_forms_only_with_the_patch(patched, monkeypatch):
+    """bench/app_load.py runs AppTest sessions in threads; streamlit clears its runtime when any
+    one run ends, which breaks the others' forms unless core.testing.apptest patches that."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.testing.apptest import run_apptests_concurrently
+
+    if patched:
+        run_apptests_concurrently(monkeypatch)
+    slow, fast = AppTest.from_function(_two_forms, default_timeout=60), AppTest.from_function(_two_forms)
+    slow.session_state["slow"] = True
+    SLOW_RUN_WAITING.clear(), FAST_RUN_ENDED.clear()
+    thread = threading.Thread(target=slow.run)
+    thread.start()
+    assert SLOW_RUN_WAITING.wait(60)
+    fast.run()
+    FAST_RUN_ENDED.set()
+    thread.join()
+    assert not fast.exception
+    assert bool(slow.exception) is not patched  # without the patch: StreamlitDuplicateElementKey

@@ -63,3 +63,45 @@ def sign_in(app, name: str, password: str):
     app.text_input(key="sign_in_name").input(name)
     app.text_input(key="sign_in_password").input(password)
     return app.button[0].click().run()  # the form's submit button, the page's only one
+
+
+def run_apptests_concurrently(patch) -> None:
+    """Let several AppTests run at once in threads, as one server's sessions do (bench/app_load.py).
+
+    AppTest (streamlit 1.67) sets the process-wide Runtime._instance to a mock at the start of each
+    run and to None at its end. With sessions in threads, the first session to finish clears it
+    under the others: runtime.exists() turns False mid-script, st.form gives its submit button no
+    form id, and a page with two forms fails with StreamlitDuplicateElementKey. Here the clearing
+    waits for the last run that is still going.
+    """
+    import threading
+
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime import Runtime
+
+    lock, running = threading.Lock(), [0]
+
+    class LastOneClears(type(Runtime)):
+        def __setattr__(cls, name, value):
+            if name != "_instance":
+                return super().__setattr__(name, value)
+            with lock:
+                if value is not None or running[0] <= 1:  # the last run ending clears it
+                    Runtime._instance = value
+
+    class SharedRuntime(Runtime, metaclass=LastOneClears):
+        pass
+
+    original = app_test.AppTest._run
+
+    def counted_run(self, *args, **kwargs):
+        with lock:
+            running[0] += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    patch.setattr(app_test, "Runtime", SharedRuntime)
+    patch.setattr(app_test.AppTest, "_run", counted_run)
