@@ -81,6 +81,8 @@ def test_every_bench_runs_in_smoke_mode_and_ends_with_its_json(bench):
     assert result["bench"] == bench.stem and result["smoke"] is True
     assert result["machine"]["core"] == str(REPO / "core")  # this checkout's code, not another install's
     assert [key for key in EXPECTED.get(bench.stem, ()) if key not in result] == []
+    if bench.stem == "app_load" and os.path.exists("/usr/bin/chromium"):  # its Chromium sessions ran too
+        assert result["browser"]["1"]["server_cpu_s_per_upload"] > 0 and result["signed_in"] is True
 
 
 def test_the_profile_groups_samples_by_what_the_server_was_doing():
