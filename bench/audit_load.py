@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import CHECKOUT, add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.store.audit import Store  # noqa: E402

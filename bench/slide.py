@@ -33,10 +33,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import CHECKOUT, add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
-
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import CHECKOUT, add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.model.loading import load_predictor  # noqa: E402
 from core.model.predict import Predictor  # noqa: E402

@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
+from core.testing.synthetic import write_synthetic_breakhis  # noqa: E402 - the tests' own learnable set
 from core.training.calibrate_run import calibrate_run  # noqa: E402
 from core.training.ensemble_run import ensemble_run  # noqa: E402
-from core.testing.synthetic import write_synthetic_breakhis  # noqa: E402 - the tests' own learnable set
 from core.training.fit import train  # noqa: E402
 
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=6, patience=6,

@@ -125,8 +125,8 @@ def test_slide_threshold_is_chosen_on_validation_cases():
 
 def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     from core.app.slides import analyse_upload, should_tile
-    from tests.app_helpers import png_bytes
     from core.testing.slides import mosaic
+    from tests.app_helpers import png_bytes
 
     card = bundled.card
     assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (700, 460), None) is None  # a field
