@@ -1,6 +1,8 @@
 """Audit trail under load and after a crash: what the audit write adds, and that nothing confirmed is lost.
 
-    PYTHONPATH=$PWD python bench/audit_load.py [--sessions 8] [--seconds 20] [--url sqlite:///...]
+    python bench/audit_load.py [--sessions 8] [--seconds 20] [--url sqlite:///...] [--smoke]
+
+--smoke: 2 sessions for 1 s, the writer killed 0.3 s after its first write (seconds; CI).
 
 Load: `--sessions` threads for `--seconds`, each repeatedly writing one diagnosis of 3 images (one
 transaction of 3 rows with the details a real diagnosis records) and one review, as the Diagnose
@@ -29,9 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit  # noqa: E402
+from common import CHECKOUT, add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.store.audit import Store  # noqa: E402
 
@@ -102,7 +102,7 @@ while True:
 
 
 def crash(url: str, after_s: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}  # the child writes with this checkout's store
     child = subprocess.Popen([sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE, text=True, env=env)
     confirmed: list[int] = []
     reader = threading.Thread(target=lambda: confirmed.extend(int(line) for line in child.stdout), daemon=True)
@@ -125,7 +125,7 @@ def crash(url: str, after_s: float) -> dict:
             "integrity_check": integrity, "reopened": True}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -134,7 +134,11 @@ def main() -> int:
                         help="pause of each session between two diagnoses: a Diagnose request is the model's "
                              "pass (about 0.3-1 s on a CPU, bench/diagnose.py) plus the reading of its result")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    add_smoke(parser)
+    args = parser.parse_args(argv)
+    crash_after_s = 2.0
+    if args.smoke:
+        args.sessions, args.seconds, crash_after_s = 2, 1.0, 0.3
     folder = tempfile.mkdtemp(prefix="audit-load-")
     url = args.url or f"sqlite:///{folder}/breakhis.db"
     store = Store.open(url)
@@ -143,8 +147,8 @@ def main() -> int:
     flood = load(store, args.sessions, min(10.0, args.seconds), 0.05)  # a stress test, beyond any real use
     store.close()
     result = {"bench": "audit_load", "database": store.engine.dialect.name, "goal": "p95 audit write <= 20 ms on SQLite",
-              "baseline_one_session": baseline, "load": loaded, "flood_20_per_s_per_session": flood, "crash": crash(url, 2.0)}
-    emit(result, args.out)
+              "baseline_one_session": baseline, "load": loaded, "flood_20_per_s_per_session": flood, "crash": crash(url, crash_after_s)}
+    emit(result, args.out, args.smoke)
     crashed = result["crash"]
     good = loaded["errors"] == 0 and loaded["rows_missing"] == 0 and crashed["confirmed"] > 0 and crashed["missing"] == 0
     return 0 if good else 1

@@ -12,7 +12,9 @@ The classifier is a calibrated hierarchical DenseNet121 (the full-data recipe's 
 weights: speed does not depend on them) unless --model names a folder.
 
     python bench/diagnose.py [--model DIR] [--image PNG] [--repeats 30] [--ensemble 3] [--stain-norm macenko]
-                             [--out FILE.json]
+                             [--out FILE.json] [--smoke]
+
+--smoke: the bundled model, 3 repeats, no ensemble, no stain normalisation (seconds; CI).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.histology import histology_check
 from core.data.images import load_image
@@ -41,7 +43,7 @@ from core.model.classifier import build_classifier
 from core.model.ensemble import EnsemblePredictor
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
-from core.paths import SAMPLES_DIR
+from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 
 GOAL = 1.5
 STAIN_GOAL = 0.20  # normalisation may add at most 20 % to a diagnosis
@@ -75,7 +77,10 @@ def main(argv=None) -> int:
     parser.add_argument("--stain-norm", choices=STAIN_METHODS, default="macenko",
                         help="also time the diagnosis with this stain normalisation (none to skip)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    add_smoke(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.repeats, args.warmup, args.ensemble, args.stain_norm = str(DEFAULT_MODEL_DIR), 3, 1, 0, "none"
     image = args.image or sorted(SAMPLES_DIR.rglob("*.png"))[0]
     predictor = load_predictor(args.model) if args.model else densenet_predictor()
 
@@ -157,7 +162,7 @@ def main(argv=None) -> int:
         result["ensemble"] = {"members": args.ensemble, "diagnosis_s": round(ensemble_s, 4),
                               "k_bare_forwards_s": round(k_forward_s, 4), "ratio": round(ensemble_s / k_forward_s, 3),
                               "meets_goal": bool(ensemble_s / k_forward_s <= GOAL)}
-    return emit(result, args.out)
+    return emit(result, args.out, args.smoke)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ heads trained, calibrated and evaluated, end to end. Goal: <= 20 minutes on 2 co
 
 The set has the manifest's exact layout, names and counts per subtype, magnification, slide and
 case (../shared/breakhis/manifest.csv), each image a 700x460 PNG with a learnable synthetic
-signal per subtype (tests/synthetic_data.py; a smooth field plus fine noise, compressing like
+signal per subtype (core/testing/synthetic.py; a smooth field plus fine noise, compressing like
 the real scans). Then, with `python -m core train`'s own function:
 1. a fast run (backbone densenet121, patient-wise split, evaluation on), timed; its features go
    to a fresh on-disk feature cache (core.training.feature_cache);
@@ -11,7 +11,9 @@ the real scans). Then, with `python -m core train`'s own function:
 Weights are random ("none"): ImageNet weights cannot be downloaded here, and speed does not
 depend on them. Prints one JSON object (and writes --out).
 
-    python bench/fast_full.py [--work DIR] [--keep] [--epochs 15] [--out bench/results/fast_full.json]
+    python bench/fast_full.py [--work DIR] [--keep] [--epochs 15] [--out bench/results/fast_full.json] [--smoke]
+
+--smoke: one image of each of 3 slides per subtype (24), the small CNN at 64 px, 1 epoch (CI).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.paths import MANIFEST, REPO  # noqa: E402
 
@@ -40,8 +42,7 @@ def _write(rows: list[tuple[str, str, int]]) -> int:
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, str(REPO))
-    from tests.synthetic_data import synthetic_image
+    from core.testing.synthetic import synthetic_image
 
     for path, subtype, seed in rows:
         rng = np.random.default_rng(seed)
@@ -53,12 +54,15 @@ def _write(rows: list[tuple[str, str, int]]) -> int:
     return len(rows)
 
 
-def write_breakhis_shaped(root: Path, manifest: Path = MANIFEST) -> tuple[int, float]:
-    """One synthetic PNG per manifest row, at its original path; returns (count, seconds)."""
+def write_breakhis_shaped(root: Path, manifest: Path = MANIFEST, slides_per_subtype: int | None = None) -> tuple[int, float]:
+    """One synthetic PNG per manifest row (or one image of each of the first `slides_per_subtype`
+    slides of every subtype), at its original path; returns (count, seconds)."""
     import pandas as pd
 
     breast = root / "BreaKHis_v1" / "histology_slides" / "breast"
     table = pd.read_csv(manifest)
+    if slides_per_subtype:
+        table = table.groupby("slide").head(1).groupby("subtype").head(slides_per_subtype)
     rows = [(str(breast / path), subtype, i) for i, (path, subtype) in enumerate(zip(table["path"], table["subtype"]))]
     start = time.perf_counter()
     workers = max(1, os.cpu_count() or 1)
@@ -68,11 +72,11 @@ def write_breakhis_shaped(root: Path, manifest: Path = MANIFEST) -> tuple[int, f
     return written, time.perf_counter() - start
 
 
-def timed_run(data: Path, out: Path, epochs: int, **heads) -> tuple[float, dict]:
+def timed_run(data: Path, out: Path, epochs: int, backbone: dict, **heads) -> tuple[float, dict]:
     from core.training.fit import train
 
     start = time.perf_counter()
-    train(dict(data=str(data), out=str(out), mode="fast", backbone="densenet121", weights="none",
+    train(dict(data=str(data), out=str(out), mode="fast", **backbone, weights="none",
                epochs=epochs, batch_size=32, balance="class_weights", echo_stdout=False, **heads))
     seconds = time.perf_counter() - start
     card = json.loads((out / "model" / "card.json").read_text())
@@ -88,14 +92,18 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fast_full.json")
+    add_smoke(parser)
     args = parser.parse_args(argv)
+    backbone = {"backbone": "densenet121"}
+    if args.smoke:
+        args.epochs, backbone = 1, {"backbone": "small_cnn", "input_size": 64}
     work = args.work or Path(tempfile.mkdtemp(prefix="fast_full-"))
     os.environ["BREAKHIS_FEATURE_CACHE"] = str(work / "feature_cache")
     shutil.rmtree(work / "feature_cache", ignore_errors=True)
     try:
-        written, write_s = write_breakhis_shaped(work / "data")
-        first_s, first = timed_run(work / "data", work / "runs" / "first", args.epochs)
-        second_s, second = timed_run(work / "data", work / "runs" / "second", args.epochs,
+        written, write_s = write_breakhis_shaped(work / "data", slides_per_subtype=3 if args.smoke else None)
+        first_s, first = timed_run(work / "data", work / "runs" / "first", args.epochs, backbone)
+        second_s, second = timed_run(work / "data", work / "runs" / "second", args.epochs, backbone,
                                      head_units=128, dropout=0.3, learning_rate=3e-3)
     finally:
         if not args.keep:
@@ -107,12 +115,12 @@ def main(argv=None) -> int:
         "first_run_s": round(first_s, 1), "second_run_with_other_heads_s": round(second_s, 1),
         "goal_s": GOAL_S, "meets_goal": bool(first_s <= GOAL_S),
         "first": first, "second": second,
-        "run": "python -m core train --mode fast --backbone densenet121 --weights none --balance class_weights "
+        "run": f"python -m core train --mode fast --backbone {backbone['backbone']} --weights none --balance class_weights "
                f"--epochs {args.epochs} (index, patient-wise split, features, heads, calibration, test evaluation)",
         "device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)",
         "machine": machine(),
     }
-    return emit(result, args.out)
+    return emit(result, args.out, args.smoke)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ size: a warm-up (tracing, autotuning, filling the cache), then timed steps.
 Goal: >= 1,500 images/s on one H100/H200-class GPU. On a CPU it runs too, with small batches and
 few steps, and says so: a CPU figure is not comparable with the goal.
 
-    python bench/gpu_train.py [--batch-sizes 64 128 256] [--steps 30] [--images 2048] [--out FILE.json]
+    python bench/gpu_train.py [--batch-sizes 64 128 256] [--steps 30] [--images 2048] [--out FILE.json] [--smoke]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 from PIL import Image  # noqa: E402
 
 from core.data.labels import INPUT_SIZE, SUBTYPES  # noqa: E402
@@ -61,12 +61,14 @@ class StepTimes(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def throughput(table: pd.DataFrame, batch_size: int, steps: int, warmup: int) -> dict:
+def throughput(table: pd.DataFrame, batch_size: int, steps: int, warmup: int, backbone: str = "densenet121",
+               input_size: int = INPUT_SIZE) -> dict:
     """images/s over `steps` training steps after `warmup` steps, at this batch size."""
     keras.backend.clear_session()
-    model, _ = build_classifier("densenet121", "hierarchical", weights=None, input_size=INPUT_SIZE)
+    model, _ = build_classifier(backbone, "hierarchical", weights=None, input_size=input_size)
     compile_model(model, "hierarchical", 1e-4)
-    dataset = make_dataset(table, "hierarchical", batch_size, training=True, augment=True, cache=True).repeat()
+    dataset = make_dataset(table, "hierarchical", batch_size, training=True, augment=True, cache=True,
+                           input_size=input_size).repeat()
     timer = StepTimes()
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
@@ -88,7 +90,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10 if gpus else 2)
     parser.add_argument("--images", type=int, default=4096 if gpus else 64, help="images listed per pass")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_train.json")
+    add_smoke(parser)
     args = parser.parse_args(argv)
+    smoke = {"backbone": "small_cnn", "input_size": 64} if args.smoke else {}
+    if args.smoke:  # the small CNN at 64 px, batch 2, one step after one warm-up step
+        args.batch_sizes, args.steps, args.warmup, args.images = [2], 1, 1, 4
     if gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     sweep = []
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
         table = write_images(Path(folder), args.images)
         for batch_size in args.batch_sizes:
             try:
-                sweep.append(throughput(table, batch_size, args.steps, args.warmup))
+                sweep.append(throughput(table, batch_size, args.steps, args.warmup, **smoke))
             except tf.errors.ResourceExhaustedError:
                 sweep.append({"batch_size": batch_size, "error": "out of GPU memory"})
     best = max((s for s in sweep if "images_per_s" in s), key=lambda s: s["images_per_s"], default=None)
@@ -104,13 +110,13 @@ def main(argv=None) -> int:
               if gpus else f"CPU only ({os.cpu_count()} cores): NOT the goal's device, figures not comparable")
     result = {
         "bench": "gpu_train", "device": device, "mixed_precision": bool(gpus), "model": "hierarchical multi-scale "
-        "DenseNet121, 224 px, all layers trainable", "input": "make_dataset from disk: decode + resize + augment, "
+        + ("small CNN, 64 px (smoke)" if args.smoke else "DenseNet121, 224 px") + ", all layers trainable", "input": "make_dataset from disk: decode + resize + augment, "
         "cached after the first pass", "sweep": sweep, "best_images_per_s": best and best["images_per_s"],
         "best_batch_size": best and best["batch_size"], "goal_images_per_s": GOAL,
         "meets_goal": bool(gpus) and bool(best) and best["images_per_s"] >= GOAL,
         "machine": machine(),
     }
-    return emit(result, args.out)
+    return emit(result, args.out, args.smoke)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Slides: tile throughput vs the bare forward, memory on a large slide, Dask batch vs serial.
 
-1. Throughput. A slide of real 200X BreakHis fields (tests/slide_data.py's mosaic, repeated) is
+1. Throughput. A slide of real 200X BreakHis fields (core/testing/slides.py's mosaic, repeated) is
    analysed by core.slide.predictor.SlidePredictor (reading, tissue mask, the one resize,
    calibration, stitching; top-k Grad-CAM off, timed apart). The baseline, in the same run, is
    the model's bare batched forward (the compiled Predictor pass) on the same tiles, already
@@ -14,7 +14,10 @@
 3. Dask. --batch slides on a 2-worker LocalCluster (127.0.0.1) vs the same slides one after the
    other in this process: wall times (cluster start-up included and also given apart).
 
-    PYTHONPATH=$PWD python bench/slide.py [--side 20480] [--batch 4] [--out FILE.json]
+    python bench/slide.py [--side 20480] [--batch 4] [--out FILE.json] [--smoke]
+
+--smoke: the bundled model only, one repeat, a 2,048 px slide written in this process, 1 slide on
+the cluster, its start-up not timed apart (CI).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -30,18 +32,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import emit  # noqa: E402
+from common import CHECKOUT, add_smoke, emit, machine  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.model.loading import load_predictor  # noqa: E402
 from core.model.predict import Predictor  # noqa: E402
 from core.paths import DEFAULT_MODEL_DIR  # noqa: E402
 from core.slide.predictor import SlidePredictor, TileSettings  # noqa: E402
 from core.slide.reader import open_slide  # noqa: E402
-from tests.slide_data import FIELD, MOSAIC_MPP, mosaic, write_pyramid  # noqa: E402
+from core.testing.slides import FIELD, MOSAIC_MPP, mosaic, write_pyramid  # noqa: E402
 
 THROUGHPUT_GOAL, MEMORY_GOAL_GB = 0.8, 1.5
 
@@ -122,12 +123,15 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory(predictor: Predictor, side: int, folder: Path) -> dict:
+def memory(predictor: Predictor, side: int, folder: Path, child: bool = True) -> dict:
     path = folder / "large.tif"
     t0 = time.perf_counter()
-    child = multiprocessing.get_context("spawn").Process(target=_write_large, args=(str(path), side))
-    child.start()
-    child.join()
+    if child:  # written in a child process: the writing's memory is not this process's
+        writer = multiprocessing.get_context("spawn").Process(target=_write_large, args=(str(path), side))
+        writer.start()
+        writer.join()
+    else:
+        _write_large(str(path), side)
     written = time.perf_counter() - t0
     baseline = _rss()  # the loaded, warmed-up model (throughput ran first)
     peak, running = [baseline], True
@@ -151,7 +155,7 @@ def memory(predictor: Predictor, side: int, folder: Path) -> dict:
             "goal_gb": MEMORY_GOAL_GB, "meets_goal": above <= MEMORY_GOAL_GB}
 
 
-def dask_batch(count: int, folder: Path) -> dict:
+def dask_batch(count: int, folder: Path, time_startup: bool = True) -> dict:
     from core.slide.batch import run_dask, run_serial, slide_jobs
 
     slides = folder / "batch"
@@ -162,13 +166,15 @@ def dask_batch(count: int, folder: Path) -> dict:
     t0 = time.perf_counter()
     run_serial(jobs)
     serial = time.perf_counter() - t0
-    os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = str(CHECKOUT)  # the workers run this checkout's core, as this process does
     from dask.distributed import Client, LocalCluster
 
-    t0 = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, \
-            Client(cluster):
-        startup = time.perf_counter() - t0
+    startup = None
+    if time_startup:  # a cluster started only to time its start-up (run_dask starts its own)
+        t0 = time.perf_counter()
+        with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, \
+                Client(cluster):
+            startup = time.perf_counter() - t0
     jobs = slide_jobs(slides, folder / "dask", str(DEFAULT_MODEL_DIR))
     t0 = time.perf_counter()
     run_dask(jobs, workers=2)
@@ -176,31 +182,35 @@ def dask_batch(count: int, folder: Path) -> dict:
     same = all((folder / "serial" / f"slide{i}" / "tiles.csv").read_bytes()
                == (folder / "dask" / f"slide{i}" / "tiles.csv").read_bytes() for i in range(count))
     return {"slides": count, "tiles_per_slide": 16, "serial_s": round(serial, 2), "dask_2_workers_s": round(cluster_wall, 2),
-            "cluster_startup_s": round(startup, 2), "speedup": round(serial / cluster_wall, 2),
+            "cluster_startup_s": startup and round(startup, 2), "speedup": round(serial / cluster_wall, 2),
             "identical_tiles_csv": same, "note": "serial includes one model load in this process; each Dask worker "
             "loads the model once (TensorFlow import included in the cluster's time)"}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--side", type=int, default=20480)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-densenet", action="store_true")
     parser.add_argument("--out", type=Path)
+    add_smoke(parser)
     args = parser.parse_args()
+    copies = 4
+    if args.smoke:
+        args.side, args.batch, args.repeats, args.skip_densenet, copies = 2048, 1, 1, True, 1
     bundled = load_predictor(DEFAULT_MODEL_DIR)
     with tempfile.TemporaryDirectory(prefix="bench_slide_") as tmp:
         folder = Path(tmp)
-        slide = repeated_mosaic(folder / "throughput.tif", 4)  # 32 fields, 112 tiles
-        result = {"benchmark": "slide", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        slide = repeated_mosaic(folder / "throughput.tif", copies)  # 4 copies: 32 fields, 112 tiles
+        result = {"bench": "slide", "machine": machine(),
                   "throughput": [throughput(bundled, slide, args.repeats)]}
         if not args.skip_densenet:
             result["throughput"].append(throughput(densenet(), slide, max(2, args.repeats // 2)))
-        result["memory"] = memory(bundled, args.side, folder)
-        result["dask"] = dask_batch(args.batch, folder)
-    emit(result, args.out)
+        result["memory"] = memory(bundled, args.side, folder, child=not args.smoke)
+        result["dask"] = dask_batch(args.batch, folder, time_startup=not args.smoke)
+    return emit(result, args.out, args.smoke)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,11 +3,13 @@ shifts, with and without stain normalisation? (core.evaluation.robustness)
 
     python bench/stain_shift.py [--model models/default] [--data DIR] [--method macenko|reinhard]
                                 [--out bench/results/stain_shift.json] [--plot bench/results/stain_shift.html]
+                                [--smoke]
 
 Images: every BreakHis image under --data (default: the bundled samples), restricted to the model's
 held-out test cases when its card names them (--all-images to use every one). "With" normalisation
 is the model's own normaliser when it was trained with one; otherwise a normaliser of --method
 fitted to the unshifted images (a reference from the lab the model is used in). Prints JSON.
+--smoke: the first 3 images only (seconds; CI).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
-from core.data.breakhis import index_folder
-from core.data.images import load_image
-from core.data.stain import get_normalizer
-from core.evaluation.robustness import SHIFTS, shift_report, with_normalizer
-from core.model.loading import load_predictor
-from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
+from core.data.breakhis import index_folder  # noqa: E402
+from core.data.images import load_image  # noqa: E402
+from core.data.stain import get_normalizer  # noqa: E402
+from core.evaluation.robustness import SHIFTS, shift_report, with_normalizer  # noqa: E402
+from core.model.loading import load_predictor  # noqa: E402
+from core.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--all-images", action="store_true", help="do not restrict to the model's test cases")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
+    add_smoke(parser)
     args = parser.parse_args(argv)
 
     predictor = load_predictor(args.model)
@@ -45,12 +48,14 @@ def main(argv=None) -> int:
     if test_cases and not args.all_images:
         held_out = table[table["case"].astype(str).isin(test_cases)]
         table = held_out if len(held_out) else table
+    if args.smoke:
+        table = table.head(3)
     images = [load_image(path, check_histology=False).rgb for path in table["path"]]
     own = predictor.normalizer.method != "none"
     normalizer = predictor.normalizer if own else get_normalizer(args.method).fit(images, "the unshifted images")
     plain = with_normalizer(predictor, get_normalizer("none"))
     result = {
-        "model": predictor.name, "images": len(images), "cases": int(table["case"].nunique()),
+        "bench": "stain_shift", "model": predictor.name, "images": len(images), "cases": int(table["case"].nunique()),
         "held_out_only": bool(test_cases and not args.all_images and len(table) < len(index_folder(args.data).images)),
         "normalisation": {"method": normalizer.method, "reference": normalizer.fitted_on,
                           "model_trained_with_it": own},
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
         "with_normalisation": shift_report(with_normalizer(predictor, normalizer), images),
         "shifts": list(SHIFTS),
     }
-    emit(result, args.out)
+    emit(result, args.out, args.smoke)
     if args.plot:
         import plotly.graph_objects as go
 

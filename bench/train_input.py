@@ -1,6 +1,6 @@
 """Is the input pipeline fast enough to keep training busy? Prints one JSON object.
 
-    python bench/train_input.py [--backbone densenet121] [--batch-size 16] [--steps 2] [--images 96]
+    python bench/train_input.py [--backbone densenet121] [--batch-size 16] [--steps 2] [--images 96] [--smoke]
 
 Measures, on this machine:
 - the input pipeline (core.data.pipeline.make_dataset with augmentation) in images/s, on the real
@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from common import emit  # noqa: E402 - bench/common.py (the script's own folder)
+from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.data.breakhis import index_folder
 from core.data.labels import INPUT_SIZE, SUBTYPES
@@ -100,7 +100,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--input-size", type=int, default=INPUT_SIZE)
     parser.add_argument("--stain-norm", choices=STAIN_METHODS, default="none",
                         help="stain normalisation in the pipeline, fitted to the images (as training does)")
+    add_smoke(parser)
     args = parser.parse_args(argv)
+    if args.smoke:  # the small CNN at 64 px, batch 4, one step
+        args.backbone, args.batch_size, args.steps, args.images, args.input_size = "small_cnn", 4, 1, 8, 64
     if args.batch_size < 1 or args.steps < 1 or args.images < args.batch_size:
         parser.error("need batch size >= 1, steps >= 1 and images >= batch size")
     began = time.perf_counter()
@@ -125,7 +128,7 @@ def main(argv=None) -> dict:
         "meets_goal": bool(ratio >= GOAL), "meets_goal_cached": bool(ratio_cached >= GOAL),
         "total_seconds": round(time.perf_counter() - began, 1),
     }
-    emit(result)
+    emit(result, smoke=args.smoke)
     return result
 
 

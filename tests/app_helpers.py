@@ -1,4 +1,4 @@
-"""Shared pieces of the app tests: bad-input files, plus tests.app_testing's model folders and AppTest patch.
+"""Shared pieces of the app tests: bad-input files, plus core.testing.apptest's model folders and AppTest patch.
 
 The app finds its models through BREAKHIS_DEFAULT_MODEL / BREAKHIS_MODEL_DIRS / BREAKHIS_RUNS_DIR
 (core.app.registry), so tests point it at small_cnn models at input 64 in a temporary folder.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.app_testing import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
+from core.testing.apptest import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")

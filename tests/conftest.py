@@ -37,7 +37,7 @@ def manifest_path() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_breakhis(tmp_path_factory) -> Path:
     """96 synthetic images: 8 subtypes x 3 cases x 4 images, BreakHis layout and names."""
-    from tests.synthetic_data import write_synthetic_breakhis
+    from core.testing.synthetic import write_synthetic_breakhis
 
     return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"))
 

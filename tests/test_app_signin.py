@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import accounts
 from core.store.audit import Store
+from core.testing.apptest import sign_in
 from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
 
 PASSWORD = "a long enough password"
@@ -32,12 +33,6 @@ def everything_shown(app: AppTest) -> str:
     parts = [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success", "title")
              for e in getattr(app, kind)]
     return "\n".join(parts)
-
-
-def sign_in(app: AppTest, name: str, password: str) -> AppTest:
-    app.text_input(key="sign_in_name").input(name)
-    app.text_input(key="sign_in_password").input(password)
-    return app.button[0].click().run()  # the form's submit button, the page's only one
 
 
 def test_first_start_then_sign_in_roles_and_audit(environment):

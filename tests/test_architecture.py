@@ -17,7 +17,7 @@ def test_the_core_package_has_no_import_circles():
     assert circles(graph) == []
 
 
-LAYERS = ["data", "model", "evaluation", "training", "gan", "slide", "store", "app"]  # each imports only those before it
+LAYERS = ["data", "model", "evaluation", "training", "gan", "slide", "store", "app", "testing"]  # each imports only those before it
 TOP = {"core.cli", "core.__main__"}  # the command line may import anything
 
 
@@ -30,6 +30,16 @@ def test_no_package_imports_one_after_it():
     upward = [(a, b) for a, edges in import_graph(REPO).items() if a not in TOP for b in edges
               if _layer(b) is not None and (_layer(a) is None or _layer(b) > _layer(a))]
     assert upward == []
+
+
+def test_only_the_tests_and_benchmarks_import_the_testing_support():
+    """core.testing (AppTest and server drivers, synthetic data) is the last layer: no product module,
+    the command line included, imports it; the tests and bench/ do."""
+    graph = import_graph(REPO)
+    assert {"core.testing.apptest", "core.testing.server"} <= set(graph)  # the scan sees the package
+    product = [(a, b) for a, edges in graph.items() if not a.startswith("core.testing") for b in edges
+               if b.startswith("core.testing")]
+    assert product == []
 
 
 def test_the_scan_finds_a_circle_hidden_in_a_function(tmp_path):

@@ -8,73 +8,18 @@ A screenshot is saved to tests/artifacts/diagnose_e2e.png.
 import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import REPO, app_environment, make_model_folder
+from core.testing.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tests.app_helpers import REPO
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy")
-
-
-@contextlib.contextmanager
-def streamlit_server(root: Path, environment: dict | None = None, started: dict | None = None):
-    """`streamlit run app.py` on a free localhost port; by default with a tiny DEMO model.
-    `started`, if given, receives the server's Popen as "process" (the benchmarks read its memory)."""
-    if environment is None:
-        default = make_model_folder(root / "models" / "default", demo=True)
-        environment = app_environment(root / "models", default, root / "runs")
-    port = free_port()
-    env = {**os.environ, **environment, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(root / "streamlit.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    if started is not None:
-        started["process"] = process
-    try:
-        wait_for_health(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @contextlib.contextmanager
@@ -175,7 +120,7 @@ def test_the_slide_page_shows_a_heat_map_and_opens_a_tile(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from tests.slide_data import mosaic
+    from core.testing.slides import mosaic
 
     models = REPO / "models"
     environment = {"BREAKHIS_MODEL_DIRS": str(models), "BREAKHIS_DEFAULT_MODEL": str(models / "default"),

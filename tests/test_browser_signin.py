@@ -15,9 +15,9 @@ import pytest
 from core.app.cookies import COOKIE, cookie_script
 from core.store import accounts, sessions
 from core.store.audit import Store
+from core.testing.apptest import app_environment
+from core.testing.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from tests.app_helpers import make_model_folder
-from tests.app_testing import app_environment
-from tests.test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 PASSWORD = "a long enough password"
 WAIT_MS = 180_000

@@ -35,9 +35,9 @@ def overconfident_run(tmp_path_factory):
     """A briefly trained small model on a synthetic set where a fifth of the cases look like the other
     class (errors no model avoids), whose final logits are then multiplied by 6: the same calls, far
     too sure. 200 cases, so validation and test see about the same share of those errors."""
+    from core.testing.synthetic import write_synthetic_breakhis
     from core.training.config import TrainConfig
     from core.training.fit import train
-    from tests.synthetic_data import write_synthetic_breakhis
 
     data = write_synthetic_breakhis(tmp_path_factory.mktemp("mislabelled"), images_per_case=2, cases_per_subtype=25,
                                     mislabelled=0.2, seed=3)

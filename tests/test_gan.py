@@ -16,7 +16,7 @@ from core.gan.sampling import fill_folder_from_generator, generate, noise_map, w
 from core.gan.train import build_gan, train_gan, training_fields, training_images
 from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
 
-# Synthetic fields are 96x64 "fields" (tests/synthetic_data.py): at 4 um/px the 200X and 400X ones
+# Synthetic fields are 96x64 "fields" (core/testing/synthetic.py): at 4 um/px the 200X and 400X ones
 # are 88x58 and 44x29 px (40X and 100X would be enlarged and are left out, as the real 40X are).
 TINY = dict(image_size=16, width=32, d_width=8, latent_dim=8, batch_size=16, mpp=4.0, holdout=0.0,
             sample_every=1000, checkpoint_every=1000, log_every=1)

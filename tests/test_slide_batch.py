@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from core.cli import main as cli
+from core.testing.slides import write_mosaic
 from tests.conftest import REPO
-from tests.slide_data import write_mosaic
 
 
 @pytest.fixture(scope="module")

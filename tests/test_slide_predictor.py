@@ -14,7 +14,7 @@ from core.paths import DEFAULT_MODEL_DIR
 from core.slide.export import geojson, heatmap_rgb, malignant_regions, tiles_csv, write_outputs
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import open_slide
-from tests.slide_data import FIELD, write_mosaic, write_pyramid
+from core.testing.slides import FIELD, write_mosaic, write_pyramid
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_a_slide_without_tissue_says_so(bundled, tmp_path):
 
 def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     from core.app.slides import analyse_upload, should_tile
+    from core.testing.slides import mosaic
     from tests.app_helpers import png_bytes
-    from tests.slide_data import mosaic
 
     card = bundled.card
     assert should_tile(card, "SOB_M_DC-14-2523-200-010.png", (700, 460), None) is None  # a field

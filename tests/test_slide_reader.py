@@ -7,7 +7,7 @@ from PIL import Image
 from core.errors import UserInputError
 from core.slide.reader import SlideError, open_slide
 from core.slide.tissue import TissueMasker, optical_density
-from tests.slide_data import write_pyramid
+from core.testing.slides import write_pyramid
 
 
 @pytest.fixture(scope="module")

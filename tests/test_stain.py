@@ -94,7 +94,7 @@ def test_the_pipeline_and_the_predictor_normalise_the_same_way(samples_dir, tmp_
     from core.data.pipeline import make_dataset
     from core.model.folders import update_card
     from core.model.loading import load_predictor
-    from tests.app_testing import make_model_folder
+    from core.testing.apptest import make_model_folder
 
     normalizer = get_normalizer("macenko").fit(fields[:4])
     folder = make_model_folder(tmp_path / "model")

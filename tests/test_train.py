@@ -207,8 +207,8 @@ def test_gan_fill_tops_up_only_the_chosen_subtypes_of_the_training_split(tmp_pat
     from PIL import Image
 
     from core.data.breakhis import synthetic_name
+    from core.testing.synthetic import synthetic_image, write_synthetic_breakhis
     from core.training.fit import train
-    from tests.synthetic_data import synthetic_image, write_synthetic_breakhis
 
     rng = np.random.default_rng(0)
     gan_dir = tmp_path / "synthetic"

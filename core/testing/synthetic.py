@@ -3,6 +3,7 @@
 Benign and malignant differ strongly (stain colour and nucleus density) and each subtype has its
 own texture period, so a tiny model can learn stage 1 in a few epochs: a test of learning, not of
 running. File names follow BreakHis, so the real indexer, splitter and pipeline are exercised.
+Used by the tests and by bench/trust_synthetic.py and bench/fast_full.py.
 """
 
 from __future__ import annotations

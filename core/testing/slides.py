@@ -1,4 +1,4 @@
-"""Small pyramidal slides for the slide tests (core.slide.mosaic.write_pyramid; no downloads)."""
+"""Small pyramidal slides for the slide tests and bench/slide.py (core.slide.mosaic.write_pyramid; no downloads)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.paths import REPO
 from core.slide.mosaic import write_pyramid  # noqa: F401 (the tests import it from here)
-from tests.conftest import SHARED
+
+SHARED = REPO.parent / "shared" / "breakhis"  # ../shared/breakhis (README: reference data)
 
 # Real 200X BreakHis fields (700x460 originals) from different patients. They are ones the bundled
 # model calls correctly as whole fields, so the mosaic test checks tiling, stitching and export

@@ -1,9 +1,8 @@
-"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing); test
-support, so it lives under tests/ and the product never imports it.
+"""Driving the app without a browser, for the tests and the benchmarks (like streamlit.testing).
 
 A throwaway model folder (an untrained small_cnn, saved the one official way), the environment
-that points the app at given model folders, and the AppTest patch that makes every run go
-through app.py's router as the server's runs do.
+that points the app at given model folders, the AppTest patch that makes every run go through
+app.py's router as the server's runs do, and signing an AppTest session in through the form.
 """
 
 from __future__ import annotations
@@ -57,3 +56,52 @@ def run_app_like_the_server(patch) -> None:
             PagesManager.uses_pages_directory = False
 
     patch.setattr(app_test, "PagesManager", ServerLikePagesManager)
+
+
+def sign_in(app, name: str, password: str):
+    """Fill the sign-in form of an AppTest session that shows it, submit it; the app after the rerun."""
+    app.text_input(key="sign_in_name").input(name)
+    app.text_input(key="sign_in_password").input(password)
+    return app.button[0].click().run()  # the form's submit button, the page's only one
+
+
+def run_apptests_concurrently(patch) -> None:
+    """Let several AppTests run at once in threads, as one server's sessions do (bench/app_load.py).
+
+    AppTest (streamlit 1.67) sets the process-wide Runtime._instance to a mock at the start of each
+    run and to None at its end. With sessions in threads, the first session to finish clears it
+    under the others: runtime.exists() turns False mid-script, st.form gives its submit button no
+    form id, and a page with two forms fails with StreamlitDuplicateElementKey. Here the clearing
+    waits for the last run that is still going.
+    """
+    import threading
+
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime import Runtime
+
+    lock, running = threading.Lock(), [0]
+
+    class LastOneClears(type(Runtime)):
+        def __setattr__(cls, name, value):
+            if name != "_instance":
+                return super().__setattr__(name, value)
+            with lock:
+                if value is not None or running[0] <= 1:  # the last run ending clears it
+                    Runtime._instance = value
+
+    class SharedRuntime(Runtime, metaclass=LastOneClears):
+        pass
+
+    original = app_test.AppTest._run
+
+    def counted_run(self, *args, **kwargs):
+        with lock:
+            running[0] += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    patch.setattr(app_test, "Runtime", SharedRuntime)
+    patch.setattr(app_test.AppTest, "_run", counted_run)
