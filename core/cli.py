@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
     default.add_argument("--data", required=True, help="BreakHis folder (any layout)")
-    default.add_argument("--recipe", choices=("full", "limited"),
+    default.add_argument("--recipe", choices=("full", "field", "limited"),
                          help="full: ImageNet + the whole BreakHis; limited: from scratch on a small set "
                               "(default: chosen by the number of images)")
     default.add_argument("--cross-validate", type=int, default=0, metavar="K",

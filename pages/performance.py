@@ -23,6 +23,12 @@ def model_card(card: dict, info: dict) -> None:
         left.caption(summary["evidence"])
     left.markdown(summary["model"])
     right.markdown(summary["training"])
+    backend = performance.training_backend(card)
+    if backend:
+        right.caption(backend)
+    statement = (card.get("evidence") or {}).get("statement")
+    if statement:
+        left.caption(statement[0].upper() + statement[1:])
     split = (card.get("training") or {}).get("split") or {}
     if split.get("images"):
         with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
@@ -53,6 +59,22 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
         st.caption(performance.calibration_caption(calibration))
         st.dataframe(performance.calibration_table(calibration), hide_index=True)
         st.plotly_chart(reliability_figure(calibration), key="reliability")
+    referral = (card.get("thresholds") or {}).get("referral")
+    if referral and referral.get("stage1"):
+        st.subheader("Per-stage referral")
+        st.caption(performance.referral_caption(referral))
+        curves = performance.risk_coverage_frame(referral)
+        if len(curves):
+            figure = px.line(curves, x="share not referred", y="accuracy", color="stage", hover_data=["threshold"],
+                             title="Risk-coverage: accuracy of the images not referred")
+            for stage, name, colour in (("stage1", "stage 1", "#b03030"), ("subtype", "subtype", "#2b6f8e")):
+                chosen = referral[stage]
+                if chosen.get("accuracy") is not None:
+                    figure.add_scatter(x=[chosen["coverage"]], y=[chosen["accuracy"]], mode="markers",
+                                       marker=dict(size=12, color=colour, symbol="x"),
+                                       name=f"chosen {name} threshold {chosen['threshold']:.2f}")
+            figure.update_layout(**LAYOUT)
+            st.plotly_chart(figure, key="risk_coverage")
     if metrics.get("uncertainty"):
         st.subheader("Uncertainty flag")
         st.caption(performance.uncertainty_caption(metrics["uncertainty"]))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from core.data.fields import FIELD_PX, ViewSpec, pack_fields, read_pack, restore_field, view_boxes
-from core.data.keras_augment import FieldAugmentation, crop_and_resize, field_inputs
+from core.data.keras_augment import FieldAugmentation, crop_and_resize
 from core.data.labels import SUBTYPES
 from core.evaluation.referral import choose_threshold, referral_figures, referral_thresholds
 from core.training.field_fit import sampling
@@ -187,3 +187,33 @@ def test_weights_trained_under_jax_predict_the_same_under_tensorflow(pack, tmp_p
         assert np.abs(served[head] - trained[head]).max() < 1e-4
     assert served["stage1@views"].shape == (4, 24, 2)  # 3 crops x 8 symmetries, declared in the card
     assert ViewSpec.from_card(predictor.card).views_per_image == 24
+
+
+# ---------------------------------------------------------------- learning, through the CLI
+
+def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic_breakhis, tmp_path):
+    """`python -m core train --pipeline fields --folds 2`: every synthetic patient is tested by a model
+    that never saw it; the pooled out-of-fold stage-1 balanced accuracy is far above chance (0.5), and
+    the final model (all patients) carries the views, the referral thresholds and the CV's figures."""
+    from core.cli import main
+    from core.jsonfile import read_json
+    from core.model.loading import load_predictor
+
+    out = tmp_path / "cv"
+    code = main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out),
+                 "--folds", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "48",
+                 "--epochs", "10", "--batch-size", "8", "--warmup-steps", "10"])
+    assert code == 0
+    cv = read_json(out / "cv.json")
+    assert cv["pooled"]["stage1_balanced_accuracy"] >= 0.8
+    assert cv["pooled"]["data"]["cases"] == 24 and "pooled out-of-fold" in cv["pooled"]["protocol"]
+    assert set(cv["pooled"]["baselines"]) == {"majority", "colour_texture"}
+    predictor = load_predictor(out / "model")
+    card = predictor.card
+    assert card["views"]["crops"] == 3 and card["evidence"]["patients"] == 24
+    assert "out-of-fold" in card["evidence"]["figures_measured_on"]
+    stage1, subtype, source = predictor.stage_thresholds()
+    assert stage1 == card["thresholds"]["referral"]["stage1"]["threshold"] and "out-of-fold" in source
+    prediction = predictor.predict([np.asarray(Image.open(next(synthetic_breakhis.rglob("*.png"))).convert("RGB"))])[0]
+    assert set(prediction.referral) == {"stage1", "subtype", "thresholds_source"}
+    assert prediction.to_dict()["refer_stage1"] == prediction.refer_stage1

@@ -243,3 +243,40 @@ def history_caption(card: dict, protocol: str) -> str:
     counts = (card.get("training") or {}).get("counts") or {}
     return (f"Loss and metrics per epoch on the training split ({counts.get('train', '?')} images) and, "
             f"for 'val_' curves, the validation split ({counts.get('val', '?')} images); {protocol} protocol.")
+
+
+def referral_caption(referral: dict) -> str:
+    """The per-stage referral rule, where it was chosen, and what it does there."""
+    stage1, subtype = referral["stage1"], referral["subtype"]
+    figures = referral.get("figures") or {}
+    text = (f"Stage 1 is referred when calibrated p(class) < {stage1['threshold']:.3f}; the subtype when "
+            f"p(subtype | class) < {subtype['threshold']:.3f} (or stage 1 is referred). Chosen on "
+            f"{referral['selected_on']}: {referral['rule']}.")
+    if figures.get("stage1_referred_share") is not None:
+        text += (f" There, {figures['stage1_referred_share']:.0%} of images are referred for stage 1 and the rest "
+                 f"are {rate(figures['stage1_accuracy_unreferred'])} right; {figures['subtype_referred_share']:.0%} "
+                 f"are referred for the subtype, the rest {rate(figures['subtype_accuracy_unreferred'])} right.")
+    return text
+
+
+def risk_coverage_frame(referral: dict) -> pd.DataFrame:
+    """Both stages' risk-coverage curves (share not referred vs accuracy of those) for one plot."""
+    frames = []
+    for stage, name in (("stage1", "stage 1"), ("subtype", "subtype (of stage-1 unreferred)")):
+        curve = referral[stage].get("curve") or {}
+        if curve.get("coverage"):
+            frames.append(pd.DataFrame({"share not referred": curve["coverage"], "accuracy": curve["accuracy"],
+                                        "threshold": curve["threshold"], "stage": name}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def training_backend(card: dict) -> str:
+    """'Trained with Keras on jax (fields pipeline, 34 epochs in 820 s)' from the card, or ''."""
+    training = card.get("training") or {}
+    backend = training.get("backend") or (card.get("versions") or {}).get("keras_backend")
+    if not backend:
+        return ""
+    detail = f"{training.get('pipeline', 'tfdata')} pipeline"
+    if training.get("seconds"):
+        detail += f", {training.get('epochs', '?')} epochs in {training['seconds']:.0f} s"
+    return f"Trained with Keras on the {backend} backend ({detail})"

@@ -27,7 +27,7 @@ from core.app.registry import NOT_STATED, describe_model, magnification_from_nam
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name
 from core.data.images import ImageError, LoadedImage, load_image
 from core.model.cam import Explanation, RawCams, gradcam_diagnosis
-from core.model.predict import DEFAULT_REFER_THRESHOLD, Prediction, Predictor
+from core.model.predict import Prediction, Predictor
 
 # The longest side of the images the page shows (about the width of one of its three columns on
 # a 4K screen): heat maps, overlays and page images are made at this size, not at full size.

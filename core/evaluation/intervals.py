@@ -115,6 +115,15 @@ def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = 
     return out
 
 
+def fold_figures(metrics: dict) -> dict:
+    """One fold's image- and patient-level headline numbers (a model's or a baseline's)."""
+    figures = {"test_images": metrics["data"]["images"], "test_cases": metrics["data"]["cases"]}
+    for level in ("image", "patient"):
+        for name in HEADLINE:
+            figures[f"{level}_{name}"] = metrics["intervals"][level][name]["value"]
+    return figures
+
+
 def fold_summary(per_fold: list[dict]) -> dict:
     """Mean and standard deviation across folds of every number all folds report."""
     def number(value):

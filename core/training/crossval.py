@@ -15,21 +15,12 @@ import dataclasses
 from pathlib import Path
 
 from core.errors import UserInputError
-from core.evaluation.intervals import HEADLINE, fold_summary
+from core.evaluation.intervals import HEADLINE, fold_figures, fold_summary
 from core.jsonfile import read_json, write_json_atomic
 from core.model.ensemble import save_ensemble
 from core.paths import refuse_existing_run
 from core.training.config import TrainConfig, checked
 from core.training.fit import train
-
-
-def fold_figures(metrics: dict) -> dict:
-    """One fold's image- and patient-level headline numbers (a model's or a baseline's)."""
-    figures = {"test_images": metrics["data"]["images"], "test_cases": metrics["data"]["cases"]}
-    for level in ("image", "patient"):
-        for name in HEADLINE:
-            figures[f"{level}_{name}"] = metrics["intervals"][level][name]["value"]
-    return figures
 
 
 def cross_validate(config: TrainConfig | dict) -> dict:

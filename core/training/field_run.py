@@ -28,8 +28,9 @@ from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
 from core.errors import UserInputError
-from core.evaluation.evaluate import predictions_frame, score
-from core.evaluation.intervals import fold_summary
+from core.evaluation.baselines import BASELINES
+from core.evaluation.evaluate import compact, predictions_frame, score
+from core.evaluation.intervals import fold_figures, fold_summary
 from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
 from core.jsonfile import write_json_atomic
@@ -121,6 +122,24 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
     }
 
 
+def baseline_oof(table: pd.DataFrame, folds: list[pd.DataFrame], protocol: str) -> dict:
+    """Each baseline (core.evaluation.baselines) fitted on each fold's training patients and scored
+    on its held-out ones, pooled like the model's: the same folds, images and figures."""
+    scored = {}
+    for name, kind in BASELINES.items():
+        frames = []
+        for assigned in folds:
+            held = assigned["split"].to_numpy() == "test"
+            baseline = kind().fit(table[~held])
+            rows = _rows(table[held], "test", protocol)
+            p_class, within, kept = baseline.predict(rows)
+            if len(kept):
+                frames.append(predictions_frame(rows.iloc[kept], p_class, within))
+        if frames:
+            scored[name] = {"name": kind.name, **compact(score(pd.concat(frames, ignore_index=True), None, "test"))}
+    return scored
+
+
 def _selection_figures(predictions: pd.DataFrame, name: str) -> tuple[dict, dict, dict]:
     referral = referral_thresholds(predictions, name)
     referral["figures"] = referral_figures(predictions, referral)
@@ -186,10 +205,7 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
         fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, {name: 1.0 for name in raw})
         fold_frame.assign(fold=k).to_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv", index=False)
         fold_score = score(fold_frame, None, "test")
-        per_fold.append({"fold": k, "test_images": int(len(held)), "test_cases": int(table["case"].iloc[held].nunique()),
-                         **{f"image_{n}": fold_score["intervals"]["image"][n]["value"]
-                            for n in ("stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1")},
-                         "train_seconds": history["seconds"]})
+        per_fold.append({"fold": k, **fold_figures(fold_score), "train_seconds": history["seconds"]})
     order = np.concatenate([held for held, _ in raws])
     raw = {name: np.concatenate([r[name] for _, r in raws]) for name in raws[0][1]}
     rows = _rows(table.iloc[order], "test", protocol)
@@ -198,6 +214,7 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
     pooled.to_csv(out / "oof_predictions.csv", index=False)
     name = f"pooled out-of-fold predictions of {config.folds}-fold CV ({len(pooled)} images, {pooled['case'].nunique()} patients)"
     referral, case_rule, metrics = _selection_figures(pooled, name)
+    metrics["baselines"] = baseline_oof(table, folds, protocol)
     summary = {"folds": config.folds, "protocol": protocol, "backbone": config.backbone,
                "input_size": config.input_size, "backend": keras.backend.backend(), "per_fold": {"model": per_fold},
                "mean_std": {"model": fold_summary(per_fold)}, "pooled": metrics, "referral": referral,
