@@ -28,7 +28,7 @@ from keras import ops
 
 from core.data.fields import ViewSpec
 from core.data.keras_augment import FieldAugmentation, field_inputs
-from core.data.labels import CLASSES, CLASS_OF_SUBTYPE, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.classifier import build_classifier, head_logits
 from core.training.progress import keras_callback
 
@@ -70,8 +70,8 @@ class FieldBatches(keras.utils.PyDataset):
     (seed, epoch, step): the same run draws the same batches on any backend."""
 
     def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
-                 probabilities: np.ndarray | None = None):
-        super().__init__(workers=1, use_multiprocessing=False)
+                 probabilities: np.ndarray | None = None, workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False)  # workers > 1: threads fetch ahead
         self.fields, self.targets = fields, targets(subtypes)
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
         self.probabilities = probabilities
@@ -114,7 +114,8 @@ def training_model(classifier: keras.Model, field_shape: tuple[int, int], augmen
     """uint8 fields -> FieldAugmentation -> the classifier's head logits {stage 1, 8 subtypes}. The
     layers are the classifier's own, so training this model trains the classifier (saved alone)."""
     logits = head_logits(classifier, HEADS)
-    subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS)([logits[HEADS[1]], logits[HEADS[2]]])
+    # float32 like the softmax heads: under a mixed policy a bfloat16 Concatenate would round the logits
+    subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS, dtype="float32")([logits[HEADS[1]], logits[HEADS[2]]])
     heads = keras.Model(classifier.inputs, {STAGE1_LOGITS: logits[HEADS[0]], SUBTYPE_LOGITS: subtype8},
                         name="head_logits")
     fields = keras.Input((*field_shape, 3), dtype="uint8", name="field")
@@ -132,23 +133,39 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
                                                   warmup_target=learning_rate, warmup_steps=warmup)
 
 
-def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
-    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
-    (a TrainConfig); -> (classifier, history summary)."""
+def compile_training(model: keras.Model, config, class_weights, subtype_weights, total_steps: int) -> keras.Model:
+    """The recipe's optimizer and losses on a training_model (fit_fields and bench/gpu_train.py):
+    AdamW with warm-up then cosine decay, clipped gradients, smoothed class-weighted cross-entropy
+    on the stage-1 and 8-subtype logits."""
+    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
+    model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total_steps, config.warmup_steps),
+                                                   weight_decay=config.weight_decay, clipnorm=5.0),
+                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
+                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
+    return model
+
+
+def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
+                workers: int = 1) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
+    """(classifier, compiled training model, its batches, weights used) of a run with `config`'s
+    settings on (fields, subtypes); `steps` per epoch default to one pass over the fields."""
     keras.utils.set_random_seed(config.seed)
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
                                                 head_units=config.head_units, dropout=config.dropout, l2=config.l2)
     draw, class_weights, subtype_weights = sampling(subtypes)
-    steps = max(1, math.ceil(len(fields) / config.batch_size))
-    total = steps * config.epochs
+    steps = steps or max(1, math.ceil(len(fields) / config.batch_size))
     model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed)
-    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
-    model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total, config.warmup_steps),
-                                                   weight_decay=config.weight_decay, clipnorm=5.0),
-                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
-                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
-    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw)
+    compile_training(model, config, class_weights, subtype_weights, steps * config.epochs)
+    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers)
+    return classifier, model, batches, weights_used
+
+
+def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
+    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
+    (a TrainConfig); -> (classifier, history summary)."""
+    classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config)
+    steps, total = len(batches), len(batches) * config.epochs
     callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
     started = time.perf_counter()
     history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
