@@ -55,34 +55,25 @@ def probe(backend: str) -> dict:
 
 
 def detect(backends=None, timeout: float = 180.0) -> dict[str, dict]:
-    """{backend: probe(backend) or {"backend", "error"}} for each installed backend (or those named),
-    each probed in its own child process without preallocating GPU memory."""
+    """{backend: probe(backend), or {"backend", "error"}} for each installed backend (or those named),
+    each probed in its own child process (all at once), without preallocating GPU memory."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    children = {backend: subprocess.Popen([sys.executable, "-m", "core.backends", backend], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for backend in (backends or installed_backends())}
     found = {}
-    for backend in backends or installed_backends():
-        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_CPP_MIN_LOG_LEVEL": "3",
-               "JAX_PLATFORMS": ""}
+    for backend, child in children.items():
         try:
-            done = subprocess.run([sys.executable, "-m", "core.backends", backend], capture_output=True, text=True,
-                                  timeout=timeout, env=env, cwd=REPO)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            found[backend] = (json.loads(lines[-1]) if done.returncode == 0 and lines else
-                              {"backend": backend, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
+            out, err = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
             found[backend] = {"backend": backend, "error": f"no answer within {timeout:.0f} s"}
+            continue
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        found[backend] = (json.loads(lines[-1]) if child.returncode == 0 and lines else
+                          {"backend": backend, "error": (err.strip().splitlines() or ["failed"])[-1]})
     return found
-
-
-def describe(seen: dict) -> str:
-    """One line per backend: what it sees, in words."""
-    lines = []
-    for backend, info in seen.items():
-        if info.get("error"):
-            lines.append(f"{backend}: cannot be used here ({info['error']})")
-        elif info["gpus"]:
-            lines.append(f"{backend} {info['version']}: {len(info['gpus'])} GPU(s): {', '.join(info['gpus'])}")
-        else:
-            lines.append(f"{backend} {info['version']}: no GPU, trains on the CPU")
-    return "\n".join(lines) or "no Keras backend is installed"
 
 
 def backend_problem(backend: str, pipeline: str, installed=None) -> str | None:
