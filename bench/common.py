@@ -11,8 +11,12 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    """Where the numbers come from: Python, platform, CPU count and the versions of what is loaded."""
-    versions = {name: sys.modules[name].__version__ for name in ("tensorflow", "keras", "numpy") if name in sys.modules}
+    """Where the numbers come from: Python, platform, CPU count, the versions of what is loaded and the
+    Keras backend."""
+    versions = {name: sys.modules[name].__version__ for name in ("tensorflow", "keras", "jax", "numpy")
+                if name in sys.modules}
+    if "keras" in sys.modules:
+        versions["keras_backend"] = sys.modules["keras"].backend.backend()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(), **versions}
 
 

@@ -20,6 +20,8 @@ saved .keras file loads under TensorFlow for the app (tests/test_field_recipe.py
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
 
 import keras
@@ -133,6 +135,25 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
                                                   warmup_target=learning_rate, warmup_steps=warmup)
 
 
+def set_seed(seed: int) -> None:
+    """keras.utils.set_random_seed, minus its TensorFlow import under another backend (it imports
+    TensorFlow wherever it is installed, seconds and hundreds of MB for a JAX run that never uses it)."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # another Keras layout: the public call, TensorFlow import and all
+        keras.utils.set_random_seed(seed)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def compile_training(model: keras.Model, config, class_weights, subtype_weights, total_steps: int) -> keras.Model:
     """The recipe's optimizer and losses on a training_model (fit_fields and bench/gpu_train.py):
     AdamW with warm-up then cosine decay, clipped gradients, smoothed class-weighted cross-entropy
@@ -149,7 +170,7 @@ def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
                 workers: int = 1) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
     """(classifier, compiled training model, its batches, weights used) of a run with `config`'s
     settings on (fields, subtypes); `steps` per epoch default to one pass over the fields."""
-    keras.utils.set_random_seed(config.seed)
+    set_seed(config.seed)
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
                                                 head_units=config.head_units, dropout=config.dropout, l2=config.l2)
