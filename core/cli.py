@@ -340,7 +340,7 @@ def _import_model(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.data.labels import SUBTYPES
-    from core.model.predict import DEFAULT_REFER_THRESHOLD
+    from core.model.decisions import DEFAULT_REFER_THRESHOLD
 
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 failed, 2 usage or user error.")
