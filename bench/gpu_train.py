@@ -4,7 +4,7 @@ The real classifier (core.model.classifier: hierarchical multi-scale heads on De
 or ResNet-18 at 160 px, from scratch), the real training model and compile step
 (core.training.field_fit.prepare_fit: FieldAugmentation in front, AdamW, the smoothed weighted
 losses), fed by the real sampler (FieldBatches) over synthetic uint8 fields of 230x350 px held in
-memory, as `python -m core train --pipeline fields` trains. Mixed bfloat16 on a GPU. Per model and
+memory, as `python -m core train --pipeline fields` trains (mixed bfloat16 on a GPU). Per model and
 batch size: warm-up steps (compilation), then timed steps; and how much of a step the input side
 takes: one batch's fetch on the host (FieldBatches.__getitem__) and the augmentation layer alone
 on the device. With one loader thread (--workers 1) the fetch is serial with the step loop, so
@@ -42,7 +42,7 @@ from core.backends import installed_backends, probe  # noqa: E402
 from core.data.fields import FIELD_PX  # noqa: E402
 from core.data.labels import SUBTYPES  # noqa: E402
 from core.training.config import TrainConfig  # noqa: E402
-from core.training.field_fit import prepare_fit  # noqa: E402
+from core.training.field_fit import precision_for_device, prepare_fit  # noqa: E402
 
 GOAL, GOAL_MODEL = 2000.0, "densenet121@224"
 SMOKE = {"models": ["small_cnn@32"], "batch_sizes": [4], "steps": 2, "warmup": 1, "fields": 16}
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fields", type=int, help="distinct synthetic fields in memory (GPU 2048, CPU 64)")
     parser.add_argument("--workers", type=int, default=1, help="FieldBatches loader threads (1: in the loop)")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
-                        help="auto: mixed_bfloat16 on a GPU, float32 on a CPU")
+                        help="auto: as fit_fields trains, mixed_bfloat16 on a GPU, float32 on a CPU")
     parser.add_argument("--smoke", action="store_true", help="tiny: the small CNN at 32 px, batch 4, 2 steps")
     parser.add_argument("--compare-backends", action="store_true",
                         help="run the same settings under each installed Keras backend (child processes)")
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    precision = args.precision if args.precision != "auto" else ("mixed_bfloat16" if gpu else "float32")
+    precision = args.precision if args.precision != "auto" else precision_for_device()  # as training chooses
     keras.mixed_precision.set_global_policy(precision)
     fields, subtypes = synthetic_fields(args.fields)
     sweep = []

@@ -110,7 +110,8 @@ def test_head_logits_stay_float32_under_mixed_bfloat16():
     import keras
 
     from core.model.classifier import build_classifier
-    from core.training.field_fit import training_model
+    from core.training.config import TrainConfig
+    from core.training.field_fit import float32_copy, training_model
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -120,6 +121,14 @@ def test_head_logits_stay_float32_under_mixed_bfloat16():
         assert {k: keras.backend.standardize_dtype(t.dtype) for k, t in model.output.items()} == \
             {"stage1_logits": "float32", "subtype8_logits": "float32"}
         assert classifier.get_layer("branch0_dense").compute_dtype == "bfloat16"  # the policy did apply
+        config = TrainConfig(data="", out="", backbone="small_cnn", input_size=32, weights="none")
+        portable = float32_copy(classifier, config)  # what fit_fields saves after a mixed-precision run
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # the caller's policy is kept
+        assert {layer.compute_dtype for layer in portable.layers} == {"float32"}
+        assert all(np.array_equal(a, b) for a, b in zip(portable.get_weights(), classifier.get_weights()))
+        image = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+        low, full = classifier.predict_on_batch(image), portable.predict_on_batch(image)
+        assert np.allclose(np.asarray(low["stage1"], np.float32), full["stage1"], atol=0.05)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 

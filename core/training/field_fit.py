@@ -182,20 +182,49 @@ def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
     return classifier, model, batches, weights_used
 
 
+def precision_for_device() -> str:
+    """mixed_bfloat16 where the Keras backend in use sees a GPU (bench/gpu_train.py measures it), else float32."""
+    from core.backends import current_backend, probe
+
+    return "mixed_bfloat16" if probe(current_backend())["gpus"] else "float32"
+
+
+def float32_copy(classifier: keras.Model, config) -> keras.Model:
+    """The classifier rebuilt under the float32 policy with the same weights: a model trained in mixed
+    precision is saved portable to CPU-only machines."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        portable, _ = build_classifier(config.backbone, "hierarchical", None, config.input_size,
+                                       branch_units=config.head_units, head_units=config.head_units,
+                                       dropout=config.dropout, l2=config.l2)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    portable.set_weights(classifier.get_weights())
+    return portable
+
+
 def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
     """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
-    (a TrainConfig); -> (classifier, history summary)."""
-    classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config)
-    steps, total = len(batches), len(batches) * config.epochs
-    callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
-    started = time.perf_counter()
-    history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
-    seconds = time.perf_counter() - started
+    (a TrainConfig), in mixed bfloat16 on a GPU; -> (float32 classifier, history summary)."""
+    precision, previous = precision_for_device(), keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config)
+        steps, total = len(batches), len(batches) * config.epochs
+        callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
+        started = time.perf_counter()
+        history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
+        seconds = time.perf_counter() - started
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    if precision != "float32":
+        classifier = float32_copy(classifier, config)
     losses = [float(v) for v in history.get("loss", [])]
     return classifier, {"epochs": len(losses), "steps": total, "seconds": round(seconds, 1),
                         "images_per_s": round(total * config.batch_size / max(seconds, 1e-9), 1),
                         "final_loss": losses[-1] if losses else None, "loss": losses,
-                        "weights_init": weights_used, "backend": keras.backend.backend()}
+                        "weights_init": weights_used, "backend": keras.backend.backend(), "precision": precision}
 
 
 def dihedral_numpy(batch: np.ndarray) -> np.ndarray:
