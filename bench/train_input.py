@@ -1,4 +1,8 @@
-"""Is the input pipeline fast enough to keep training busy? Prints one JSON object.
+"""Is the tf.data input pipeline fast enough to keep training busy? Prints one JSON object.
+
+(The tf.data pipeline, `--pipeline tfdata`, TensorFlow only. The fields pipeline's input side,
+FieldBatches and the FieldAugmentation layer, is measured by bench/gpu_train.py as shares of a
+training step, under any Keras backend.)
 
     python bench/train_input.py [--backbone densenet121] [--batch-size 16] [--steps 2] [--images 96] [--smoke]
 

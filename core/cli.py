@@ -4,6 +4,8 @@
     download --dest DIR   fetch BreakHis from Kaggle (kagglehub), then index it
     train ...             train a classifier into a run folder (options: core.training.config);
                           with --folds k and no --fold: k-fold cross-validation
+    pack-fields --data DIR --out FOLDER   a BreakHis folder's real images as JPEG fields + fields.csv,
+                          the fields pipeline's data for a machine without the data set (--data FOLDER)
     compare ...           train several backbones / input sizes on the same split, one table
     ensemble ...          several trained classifiers as one model, evaluated with its members
     tune ...              hyper-parameter search with KerasTuner, each trial a run scored on validation
@@ -79,6 +81,11 @@ def _train(args) -> int:
     from core.training.config import TrainConfig
 
     config = from_args(TrainConfig, args)
+    from core.backends import backend_problem, current_backend
+
+    problem = backend_problem(current_backend(), config.pipeline)
+    if problem:
+        raise UserInputError(f"Cannot train here: {problem}.")
     if config.pipeline == "fields":  # TensorFlow-free: runs under KERAS_BACKEND=jax as well
         from core.training.field_run import cross_validate_fields, train_fields
 
@@ -91,6 +98,26 @@ def _train(args) -> int:
         from core.training.fit import train
 
         train(config)
+    return OK
+
+
+def _pack_fields(args) -> int:
+    """Index a BreakHis folder, keep its real images (of --magnification), write them as a field pack."""
+    from core.data.breakhis import index_folder
+    from core.data.fields import PACK_INDEX, is_pack, pack_fields
+    from core.data.selection import select_magnification
+
+    if is_pack(args.out):
+        raise UserInputError(f"{args.out} already holds a field pack ({PACK_INDEX}); choose another --out")
+    table = index_folder(args.data).images
+    table = table[~table["synthetic"].astype(bool)]
+    table = table.loc[select_magnification(table, args.magnification).index].reset_index(drop=True)
+    if table.empty:
+        raise UserInputError(f"No real images of magnification {args.magnification} in {args.data}")
+    folder = pack_fields(table, args.out, args.quality)
+    size = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
+    print(f"wrote {len(table)} fields of {table['case'].nunique()} patients to {folder} ({size:.1f} MiB); "
+          f"train with: python -m core train --pipeline fields --data {folder} --out runs/NAME")
     return OK
 
 
@@ -317,7 +344,7 @@ def _import_model(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.data.labels import SUBTYPES
-    from core.model.predict import DEFAULT_REFER_THRESHOLD
+    from core.model.decisions import DEFAULT_REFER_THRESHOLD
 
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 failed, 2 usage or user error.")
@@ -336,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", _train, "train the classifier; writes a run folder")
     _add_dataclass_options(train, "core.training.config", "TrainConfig")
+
+    from core.data.selection import MAGNIFICATION_CHOICES
+
+    packed = command("pack-fields", _pack_fields, "write a BreakHis folder's real images as a field pack (JPEG "
+                     "fields at 350x230 px + fields.csv) for `train --pipeline fields --data PACK`")
+    packed.add_argument("--data", required=True, help="BreakHis folder (any layout)")
+    packed.add_argument("--out", required=True, help="folder to write the pack into")
+    packed.add_argument("--magnification", default="all", choices=MAGNIFICATION_CHOICES)
+    packed.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
 
     compared = command("compare", _compare, "train several backbones / input sizes on the same split, one table")
     compared.add_argument("--backbones", nargs="+", help="registry names, e.g. small_cnn densenet121")

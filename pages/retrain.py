@@ -8,6 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from core.app import jobs, performance, registry, retrain, run_files, session
+from core.backends import job_environment
 from core.data.breakhis import folder_problem
 from core.errors import JobError, ModelFolderError, UserInputError
 from core.model.folders import read_card
@@ -18,27 +19,31 @@ session.require_router()
 session.require("retrain")
 
 
-@st.cache_resource(show_spinner=False)
-def visible_gpus() -> list[str]:
-    import tensorflow as tf
+@st.cache_resource(show_spinner="Asking each Keras backend what it sees...")
+def backends_seen() -> dict[str, dict]:
+    return retrain.backends_seen()
 
-    return [device.name for device in tf.config.list_physical_devices("GPU")]
+
+def any_gpu() -> bool:
+    return retrain.device_lines(backends_seen())[0]
 
 
 def show_devices() -> None:
-    gpus = visible_gpus()
-    if gpus:
-        st.success(f"TensorFlow sees {len(gpus)} GPU(s): {', '.join(gpus)}.", icon=":material/memory:")
+    gpu, lines = retrain.device_lines(backends_seen())
+    text = "  \n".join(lines)
+    if gpu:
+        st.success(text, icon=":material/memory:")
     else:
-        st.info("TensorFlow sees no GPU: training runs on the CPU, so the form starts from the settings "
-                "the bundled model was trained with on 2 CPU cores (small CNN from scratch at 128 px). "
-                "A DenseNet121 fine-tune at 224 px would take hours per epoch here.", icon=":material/memory:")
+        st.info(text + "  \nTraining runs on the CPU, so the form starts from the settings the bundled model was "
+                "trained with on 2 CPU cores (small CNN from scratch at 128 px). A DenseNet121 fine-tune at 224 px "
+                "would take hours per epoch here.", icon=":material/memory:")
 
 
 def launch_form() -> None:
     """Every default and choice comes from TrainConfig through core.app.retrain; this only lays out widgets."""
     synthetic = registry.synthetic_folder()
-    defaults = launch_defaults(bool(visible_gpus()))
+    defaults = launch_defaults(any_gpu())
+    backends = retrain.backend_choices(backends_seen())
 
     def pick(widget, label, name, **kwargs):
         return widget(label, retrain.choices(name, synthetic), index=retrain.default_index(name, synthetic, defaults),
@@ -56,6 +61,10 @@ def launch_form() -> None:
         values["epochs"] = number(left, "Epochs", "epochs", 1, 500)
         values["balance"] = pick(right.selectbox, "Balancing", "balance")
         values["split"] = pick(left.radio, "Split protocol", "split", format_func=retrain.SPLIT_LABELS.get)
+        values["pipeline"] = pick(right.radio, "Pipeline", "pipeline", format_func=retrain.PIPELINE_LABELS.get)
+        backend = left.selectbox("Keras backend", backends, key="train_backend",
+                                 help="The fields pipeline trains under TensorFlow or JAX; tf.data under TensorFlow "
+                                      "only. The model trained either way loads in the app.")
         with st.expander("Advanced"):
             a, b = st.columns(2)
             values["input_size"] = number(a, "Input size (pixels)", "input_size", 32, 512)
@@ -81,12 +90,13 @@ def launch_form() -> None:
         st.error(problem)
         return
     try:
-        config = retrain.training_config(values, runs_dir(), synthetic, name, defaults=defaults)
-        jobs.start_job(jobs.build_command(config), config.out, retrain.shown_settings(config))
+        config = retrain.training_config(values, runs_dir(), synthetic, name, defaults=defaults, backend=backend)
+        jobs.start_job(jobs.build_command(config), config.out, {**retrain.shown_settings(config), "backend": backend},
+                       environment=job_environment(backend))
     except (UserInputError, JobError) as problem:
         st.error(str(problem))
         return
-    session.audit("retrain_launched", config.out, settings=retrain.shown_settings(config))
+    session.audit("retrain_launched", config.out, settings={**retrain.shown_settings(config), "backend": backend})
     st.rerun()
 
 

@@ -106,6 +106,17 @@ def test_a_folder_without_breakhis_images_gets_a_hint_before_any_job_starts(app,
     assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "never-starts").exists()
 
 
+def test_the_page_shows_each_backend_and_refuses_jax_with_tfdata(app, environment, synthetic_breakhis):
+    shown = texts(app.info) + texts(app.success)
+    assert "tensorflow" in shown and "jax" in shown  # both are installed here: each says what it sees
+    assert app.selectbox(key="train_backend").options == ["tensorflow", "jax"]
+    app.selectbox(key="train_backend").set_value("jax")
+    app.radio(key="train_pipeline").set_value("tfdata")
+    launch(app, synthetic_breakhis, "jax-tfdata", epochs=1)
+    assert "TensorFlow only" in texts(app.error)
+    assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "jax-tfdata").exists()
+
+
 def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
     unreadable = environment["root"] / "unreadable-images"  # BreakHis names, but not images
     unreadable.mkdir()

@@ -43,6 +43,7 @@ class Job:
     settings: dict
     proc_start: str | None = None  # /proc start time, guards against pid reuse
     cancel_requested: float | None = None
+    environment: dict = dataclasses.field(default_factory=dict)  # what the job's environment adds (KERAS_BACKEND)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,8 +107,9 @@ def _write_job(job: Job, root: Path) -> None:
 
 
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
-              root: Path | None = None) -> Job:
-    """Launch the training process in its own session; refuse while another job runs."""
+              root: Path | None = None, environment: dict | None = None) -> Job:
+    """Launch the training process in its own session; refuse while another job runs. `environment`
+    is added to the process's (core.backends.job_environment: the Keras backend it trains with)."""
     root = Path(root or runs_dir())
     root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir)
@@ -121,14 +123,16 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
                             error=JobError)
         log_path = root / ".job_logs" / f"{run_dir.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        environment = dict(environment or {})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=env)
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
-                  log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid))
+                  log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),
+                  environment=environment)
         _write_job(job, root)
     return job
 

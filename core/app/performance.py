@@ -202,7 +202,19 @@ def card_summary(card: dict, info: dict) -> dict[str, str]:
             "training": f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}; images {sizes}  \n"
                         f"Mode {training.get('mode', '?')}, {training.get('epochs', '?')} epochs, "
                         f"balancing {training.get('balance', 'none')}, "
-                        f"magnification {training.get('magnification', 'all')}"}
+                        f"magnification {training.get('magnification', 'all')}" + backend_text(card)}
+
+
+def backend_text(card: dict) -> str:
+    """", trained with Keras backend X (version)" from the card (field runs record it), else ""."""
+    training = card.get("training") or {}
+    backend = training.get("backend") or (card.get("versions") or {}).get("keras_backend")
+    if not backend:
+        return ""
+    versions = card.get("versions") or {}
+    version = versions.get("jax") if backend == "jax" else versions.get("tensorflow")
+    return f"  \nTrained with Keras backend {backend}" + (f" {version}" if version else "") + \
+        (f", pipeline {training['pipeline']}" if training.get("pipeline") else "")
 
 
 def calibration_caption(calibration: dict) -> str:

@@ -12,6 +12,8 @@ import datetime
 import re
 from pathlib import Path
 
+from core.backends import backend_problem, detect, installed_backends
+from core.errors import UserInputError
 from core.options import choices_of
 from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
 
@@ -20,7 +22,37 @@ SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)
                 "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
 MODE_LABELS = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only)"}
 # What the job's caption shows of its run (the job file keeps them; the run's config.json has all).
-SHOWN = ("data", "backbone", "mode", "epochs", "balance", "split", "input_size", "batch_size", "stain_norm")
+SHOWN = ("data", "backbone", "pipeline", "mode", "epochs", "balance", "split", "input_size", "batch_size",
+         "stain_norm")
+PIPELINE_LABELS = {"tfdata": "tf.data: whole fields squashed to the input (TensorFlow only)",
+                   "fields": "Fields: crops at ~1 um/px, augmentation on the accelerator (TensorFlow or JAX)"}
+
+
+def backends_seen() -> dict[str, dict]:
+    """{backend: what it sees} for every installed Keras backend (core.backends.detect, in child
+    processes: the app's server holds no GPU)."""
+    return detect()
+
+
+def device_lines(seen: dict[str, dict]) -> tuple[bool, list[str]]:
+    """(any GPU seen, one sentence per backend) for the Retrain page."""
+    lines, any_gpu = [], False
+    for backend, info in seen.items():
+        if info.get("error"):
+            lines.append(f"{backend}: cannot be used here ({info['error']}).")
+        elif info["gpus"]:
+            any_gpu = True
+            lines.append(f"{backend} {info['version']} sees {len(info['gpus'])} GPU(s): {', '.join(info['gpus'])}.")
+        else:
+            lines.append(f"{backend} {info['version']} sees no GPU: it trains on the CPU.")
+    return any_gpu, lines or ["No Keras backend (TensorFlow or JAX) is installed: training cannot run here."]
+
+
+def backend_choices(seen: dict[str, dict] | None = None) -> list[str]:
+    """The backends a run can be launched with: installed, and (when probed) usable."""
+    if seen is None:
+        return installed_backends()
+    return [backend for backend, info in seen.items() if not info.get("error")]
 
 
 def choices(name: str, synthetic_dir: str | None = None) -> list:
@@ -38,9 +70,11 @@ def default_index(name: str, synthetic_dir: str | None = None, defaults: TrainCo
 
 
 def training_config(values: dict, runs_root, synthetic_dir: str | None = None, name: str = "",
-                    now: datetime.datetime | None = None, defaults: TrainConfig = DEFAULTS) -> TrainConfig:
+                    now: datetime.datetime | None = None, defaults: TrainConfig = DEFAULTS,
+                    backend: str | None = None) -> TrainConfig:
     """The form's values (TrainConfig field -> value) on top of `defaults` as a checked run in
-    RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode."""
+    RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode.
+    With `backend` (the Keras backend the job will train with), a pipeline it cannot run is refused."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -51,6 +85,9 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
     name = re.sub(r"[^\w.-]", "_", name.strip()) or f"{stamp}-{config.backbone}-{config.mode}"
     config = dataclasses.replace(config, data=str(config.data).strip(), out=str(Path(runs_root) / name),
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
+    problem = backend and backend_problem(backend, config.pipeline)
+    if problem:
+        raise UserInputError(f"Cannot launch this run: {problem}.")
     validate(config)
     return config
 

@@ -23,7 +23,6 @@ from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CL
 from core.data.selection import fingerprint, resolve_paths
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
-from core.evaluation.figures import confusion_figure, roc_figure, scope_text
 from core.evaluation.intervals import headline_intervals, point_metrics
 from core.evaluation.metrics import (
     PATIENT_NOTE,
@@ -269,6 +268,8 @@ def without_curves(value):
 
 def write_report(results: dict, path: Path) -> None:
     """One self-contained HTML page: plotly embedded once, every figure titled with its data scope."""
+    from core.evaluation.figures import confusion_figure, roc_figure, scope_text  # plotly: only for the report
+
     figures = [confusion_figure(results["stage1"], "Stage 1 (benign / malignant)"),
                roc_figure(results["stage1"], "Stage 1 ROC"),
                *[confusion_figure(results["stage2"][c], f"Stage 2, {c} head (true {c} images)")

@@ -122,6 +122,6 @@ class HeadLogits(layers.Layer):
 
 def head_logits(model: keras.Model, names) -> dict:
     """{head name: its logits tensor} on the model's graph, for the heads `names`."""
-    return {name: HeadLogits(model.get_layer(name), name=f"{name}_logits")(model.get_layer(name).input)
+    return {name: HeadLogits(model.get_layer(name), name=f"{name}_logits", dtype="float32")(model.get_layer(name).input)
             for name in names}
 

@@ -20,6 +20,8 @@ saved .keras file loads under TensorFlow for the app (tests/test_field_recipe.py
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
 
 import keras
@@ -28,7 +30,7 @@ from keras import ops
 
 from core.data.fields import ViewSpec
 from core.data.keras_augment import FieldAugmentation, field_inputs
-from core.data.labels import CLASSES, CLASS_OF_SUBTYPE, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.classifier import build_classifier, head_logits
 from core.training.progress import keras_callback
 
@@ -70,8 +72,8 @@ class FieldBatches(keras.utils.PyDataset):
     (seed, epoch, step): the same run draws the same batches on any backend."""
 
     def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
-                 probabilities: np.ndarray | None = None):
-        super().__init__(workers=1, use_multiprocessing=False)
+                 probabilities: np.ndarray | None = None, workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False)  # workers > 1: threads fetch ahead
         self.fields, self.targets = fields, targets(subtypes)
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
         self.probabilities = probabilities
@@ -114,7 +116,8 @@ def training_model(classifier: keras.Model, field_shape: tuple[int, int], augmen
     """uint8 fields -> FieldAugmentation -> the classifier's head logits {stage 1, 8 subtypes}. The
     layers are the classifier's own, so training this model trains the classifier (saved alone)."""
     logits = head_logits(classifier, HEADS)
-    subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS)([logits[HEADS[1]], logits[HEADS[2]]])
+    # float32 like the softmax heads: under a mixed policy a bfloat16 Concatenate would round the logits
+    subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS, dtype="float32")([logits[HEADS[1]], logits[HEADS[2]]])
     heads = keras.Model(classifier.inputs, {STAGE1_LOGITS: logits[HEADS[0]], SUBTYPE_LOGITS: subtype8},
                         name="head_logits")
     fields = keras.Input((*field_shape, 3), dtype="uint8", name="field")
@@ -146,33 +149,97 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
                                                   warmup_target=learning_rate, warmup_steps=warmup)
 
 
-def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
-    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
-    (a TrainConfig); -> (classifier, history summary)."""
-    keras.utils.set_random_seed(config.seed)
+def set_seed(seed: int) -> None:
+    """keras.utils.set_random_seed, minus its TensorFlow import under another backend (it imports
+    TensorFlow wherever it is installed, seconds and hundreds of MB for a JAX run that never uses it)."""
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # another Keras layout: the public call, TensorFlow import and all
+        keras.utils.set_random_seed(seed)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def compile_training(model: keras.Model, config, class_weights, subtype_weights, total_steps: int) -> keras.Model:
+    """The recipe's optimizer and losses on a training_model (fit_fields and bench/gpu_train.py):
+    AdamW with warm-up then cosine decay, clipped gradients, smoothed class-weighted cross-entropy
+    on the stage-1 and 8-subtype logits."""
+    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
+    model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total_steps, config.warmup_steps),
+                                                   weight_decay=config.weight_decay, clipnorm=5.0),
+                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
+                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
+    return model
+
+
+def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
+                workers: int = 1) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
+    """(classifier, compiled training model, its batches, weights used) of a run with `config`'s
+    settings on (fields, subtypes); `steps` per epoch default to one pass over the fields."""
+    set_seed(config.seed)
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
                                                 head_units=config.head_units, dropout=config.dropout, l2=config.l2)
     follow_batch_statistics(classifier)
     draw, class_weights, subtype_weights = sampling(subtypes)
-    steps = max(1, math.ceil(len(fields) / config.batch_size))
-    total = steps * config.epochs
+    steps = steps or max(1, math.ceil(len(fields) / config.batch_size))
     model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed)
-    learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
-    model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total, config.warmup_steps),
-                                                   weight_decay=config.weight_decay, clipnorm=5.0),
-                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
-                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
-    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw)
-    callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
-    started = time.perf_counter()
-    history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
-    seconds = time.perf_counter() - started
+    compile_training(model, config, class_weights, subtype_weights, steps * config.epochs)
+    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers)
+    return classifier, model, batches, weights_used
+
+
+def precision_for_device() -> str:
+    """mixed_bfloat16 where the Keras backend in use sees a GPU (bench/gpu_train.py measures it), else float32."""
+    from core.backends import current_backend, probe
+
+    return "mixed_bfloat16" if probe(current_backend())["gpus"] else "float32"
+
+
+def float32_copy(classifier: keras.Model, config) -> keras.Model:
+    """The classifier rebuilt under the float32 policy with the same weights: a model trained in mixed
+    precision is saved portable to CPU-only machines."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        portable, _ = build_classifier(config.backbone, "hierarchical", None, config.input_size,
+                                       branch_units=config.head_units, head_units=config.head_units,
+                                       dropout=config.dropout, l2=config.l2)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    portable.set_weights(classifier.get_weights())
+    return portable
+
+
+def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
+    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
+    (a TrainConfig), in mixed bfloat16 on a GPU; -> (float32 classifier, history summary)."""
+    precision, previous = precision_for_device(), keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config)
+        steps, total = len(batches), len(batches) * config.epochs
+        callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
+        started = time.perf_counter()
+        history = model.fit(batches, epochs=config.epochs, verbose=0, callbacks=callbacks).history
+        seconds = time.perf_counter() - started
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    if precision != "float32":
+        classifier = float32_copy(classifier, config)
     losses = [float(v) for v in history.get("loss", [])]
     return classifier, {"epochs": len(losses), "steps": total, "seconds": round(seconds, 1),
                         "images_per_s": round(total * config.batch_size / max(seconds, 1e-9), 1),
                         "final_loss": losses[-1] if losses else None, "loss": losses,
-                        "weights_init": weights_used, "backend": keras.backend.backend()}
+                        "weights_init": weights_used, "backend": keras.backend.backend(), "precision": precision}
 
 
 def dihedral_numpy(batch: np.ndarray) -> np.ndarray:

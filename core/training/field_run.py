@@ -108,7 +108,8 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                      "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in
                                                                            subtype_counts(trained_on).items() if v},
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
-                     "images_per_s": history["images_per_s"], "batch_size": config.batch_size,
+                     "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
+                     "batch_size": config.batch_size,
                      "learning_rate": config.learning_rate, "seed": config.seed,
                      "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out")},
                      "augmentation": "field crops of {:.0%}-100% of the short side, 8 symmetries, H&E jitter in "

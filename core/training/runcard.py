@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data.augment import describe as describe_augmentation
 from core.data.breakhis import subtype_counts
 from core.data.scale import whole_field_scale
 from core.data.splits import describe_split
@@ -20,6 +19,12 @@ from core.paths import portable
 DEMO_BELOW_TRAIN_IMAGES = 200
 # The full BreakHis has 70 patients; a model that saw far fewer is labelled "limited data" wherever it predicts.
 LIMITED_BELOW_PATIENTS = 60
+
+
+def _describe_augmentation(config) -> str:
+    from core.data.augment import describe  # TensorFlow: imported only by the tf.data runs that need it
+
+    return describe(config.augment_strength, config.zoom)
 
 
 def head_options(config) -> dict:
@@ -55,7 +60,7 @@ def training_scale(config, train: pd.DataFrame) -> dict:
 def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
     train = data["train"]
     augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
-                    if config.mode == "fast" else describe_augmentation(config.augment_strength, config.zoom))
+                    if config.mode == "fast" else _describe_augmentation(config))
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
         "input_size": config.input_size, "weights_init": weights_used,

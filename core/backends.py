@@ -1,0 +1,98 @@
+"""Which Keras backends are installed, what each one sees (GPUs), and which pipelines each runs.
+
+The fields pipeline (core.training.field_fit) runs under any Keras backend; the tfdata pipeline
+needs TensorFlow. Keras reads KERAS_BACKEND once, at its first import, so a run's backend is
+chosen by the environment of the process that trains (core.app.jobs passes it to the job).
+
+Detection runs in a child process (`python -m core.backends`): a JAX client takes most of a GPU's
+memory for itself once started, and the app's server must not hold a GPU that training needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from core.paths import REPO
+
+KERAS_BACKENDS = ("tensorflow", "jax")
+TENSORFLOW_ONLY_PIPELINES = ("tfdata",)
+ENVIRONMENT = "KERAS_BACKEND"
+
+
+def installed_backends() -> list[str]:
+    """The Keras backends importable here (without importing them)."""
+    return [name for name in KERAS_BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+def current_backend() -> str:
+    """The backend Keras uses in this process (as it would choose it: KERAS_BACKEND, else TensorFlow)."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    return os.environ.get(ENVIRONMENT, "tensorflow")
+
+
+def probe(backend: str) -> dict:
+    """What one backend sees, in this process: {backend, version, gpus: [names], devices: [names]}."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+        return {"backend": backend, "version": tf.__version__, "gpus": gpus,
+                "devices": [d.name for d in tf.config.list_physical_devices()]}
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        return {"backend": backend, "version": jax.__version__,
+                "gpus": [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip()
+                         for d in devices if d.platform != "cpu"],
+                "devices": [f"{d.platform}:{d.id}" for d in devices]}
+    raise ValueError(f"unknown Keras backend {backend!r} (one of {KERAS_BACKENDS})")
+
+
+def detect(backends=None, timeout: float = 180.0) -> dict[str, dict]:
+    """{backend: probe(backend), or {"backend", "error"}} for each installed backend (or those named),
+    each probed in its own child process (all at once), without preallocating GPU memory."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    children = {backend: subprocess.Popen([sys.executable, "-m", "core.backends", backend], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for backend in (backends or installed_backends())}
+    found = {}
+    for backend, child in children.items():
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            found[backend] = {"backend": backend, "error": f"no answer within {timeout:.0f} s"}
+            continue
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        found[backend] = (json.loads(lines[-1]) if child.returncode == 0 and lines else
+                          {"backend": backend, "error": (err.strip().splitlines() or ["failed"])[-1]})
+    return found
+
+
+def backend_problem(backend: str, pipeline: str, installed=None) -> str | None:
+    """Why `pipeline` cannot train under `backend` here, in words, or None."""
+    installed = installed_backends() if installed is None else installed
+    if backend not in KERAS_BACKENDS:
+        return f"unknown Keras backend {backend!r}: choose one of {list(KERAS_BACKENDS)}"
+    if backend not in installed:
+        return f"the Keras backend {backend} is not installed here"
+    if pipeline in TENSORFLOW_ONLY_PIPELINES and backend != "tensorflow":
+        return (f"the {pipeline} pipeline runs on TensorFlow only (tf.data); train with the fields pipeline "
+                f"under {backend}, or choose the tensorflow backend")
+    return None
+
+
+def job_environment(backend: str | None) -> dict[str, str]:
+    """What a training job's environment adds to choose its backend."""
+    return {ENVIRONMENT: backend} if backend else {}
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(sys.argv[1])))

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Train the fields pipeline on an offline GPU machine that has JAX but neither TensorFlow nor Keras
+# nor internet (Keras 3 on its JAX backend); bring back the model folder and the benchmark JSON.
+#
+# Here, with internet, from the repository root (once):
+#   scripts/gpu_machine.sh wheels                      # keras 3.15.1 + the deps such a machine lacks -> .whl/
+#   python -m core pack-fields --data DIR --out pack   # the real images as a field pack (~30 kB a field)
+# There, in a copy of the repository with .whl/ and the pack beside it:
+#   OUT=/somewhere scripts/gpu_machine.sh run pack [python -m core train options, e.g. --epochs 60 --folds 5]
+#
+# `run` installs .whl/*.whl into /tmp/site when Keras is missing (no index, no deps), sets
+# KERAS_BACKEND=jax, runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
+# `python -m core train --pipeline fields --data PACK --out $RUN ...`, and leaves in $OUT:
+#   gpu_train.json   the benchmark's JSON          train.log   the training's output
+#   run.tgz          the run folder (model/, metrics.json, cv.json, progress.jsonl, ...), split into
+#                    run.tgz.00, run.tgz.01, ... of 15 MiB when over 16 MiB: `cat run.tgz.* > run.tgz`
+# Unpack with `tar xzf run.tgz`: run/model is a model folder; a model trained under JAX loads under
+# TensorFlow (the app: `python -m core predict --model run/model IMAGE`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+KERAS_VERSION=3.15.1
+# What Keras needs beyond what the GPU machine holds (absl-py, h5py, ml-dtypes, numpy, packaging,
+# rich are there: /work/.library/device/KINDS.md); the project's own needs there (pandas, scipy,
+# scikit-learn, scikit-image, pillow) are there too.
+WHEELS="keras==$KERAS_VERSION namex optree"
+
+wheels() {
+    mkdir -p .whl
+    # shellcheck disable=SC2086
+    "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $WHEELS
+    echo "Keras' declared needs (each must be in .whl/ or on the GPU machine):"
+    unzip -p .whl/keras-*.whl '*/METADATA' | grep ^Requires-Dist | grep -v extra || true
+    du -ch .whl/*.whl | tail -1
+}
+
+run() {
+    local pack=${1:?usage: scripts/gpu_machine.sh run PACK [train options]}
+    shift
+    local out=${OUT:?set OUT to the folder whose files come back}
+    local run_dir=${RUN:-/tmp/gpu-run/run}
+    mkdir -p "$out" "$(dirname "$run_dir")"
+    export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+    if ! "$PYTHON" -c "import keras" 2>/dev/null; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    "$PYTHON" -c "import keras, jax; print('keras', keras.__version__, keras.backend.backend(), 'jax', jax.__version__, jax.devices())"
+    if [ "${BENCH_ARGS:-}" != skip ]; then
+        # shellcheck disable=SC2086
+        "$PYTHON" bench/gpu_train.py ${BENCH_ARGS:---models densenet121@224 --batch-sizes 256 512 --steps 20 --warmup 3} \
+            --out "$out/gpu_train.json" > /dev/null || echo "bench/gpu_train.py failed (exit $?)" >&2
+    fi
+    local status=0
+    "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$run_dir" "$@" \
+        > "$out/train.log" 2>&1 || status=$?
+    tail -n 5 "$out/train.log"
+    if [ -d "$run_dir" ]; then
+        tar czf "$out/run.tgz" -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
+        if [ "$(stat -c %s "$out/run.tgz")" -gt $((16 * 1024 * 1024)) ]; then
+            split -b 15m -d -a 2 "$out/run.tgz" "$out/run.tgz." && rm "$out/run.tgz"
+        fi
+    fi
+    ls -l "$out"
+    return $status
+}
+
+case "${1:-}" in
+    wheels) wheels ;;
+    run) shift; run "$@" ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
+esac
