@@ -11,7 +11,8 @@ Patients: `--split test` (default) takes the model's own test split (rebuilt fro
 `--data`: no patient the model or its slide rule has seen); `--split unseen` takes every patient
 of `--data` absent from ../shared/breakhis/manifest-listed real set (for a full BreakHis copy).
 
-    PYTHONPATH=$PWD python bench/slide_call.py --model models/default --data ../shared/breakhis/real
+    python bench/slide_call.py --model models/default --data ../shared/breakhis/real
+    python bench/slide_call.py --smoke     # 1 benign and 1 focus mosaic of 2x3 fields, one malignant patient
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np  # noqa: E402
-from common import emit, machine  # noqa: E402
+from common import add_smoke, emit, machine  # noqa: E402 - also puts this checkout's core first
 
 from core.data.breakhis import index_folder  # noqa: E402
 from core.data.scale import model_scale  # noqa: E402
@@ -54,7 +53,7 @@ def patients(args, predictor):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/default")
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", type=Path, default=SHARED_REAL)
     parser.add_argument("--split", choices=("test", "unseen"), default="test")
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--cols", type=int, default=5)
@@ -62,14 +61,17 @@ def main() -> int:
     parser.add_argument("--benign", type=int, default=10, help="benign-only mosaics")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path)
+    add_smoke(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.cols, args.per_patient, args.benign = 2, 3, 1, 1
 
     predictor = load_predictor(args.model)
     scale = model_scale(predictor.card)
     fields = fields_at_scale(patients(args, predictor), scale["mpp"])
     benign, malignant = fields[fields["label"] == "benign"], fields[fields["label"] == "malignant"]
     n = args.rows * args.cols
-    sizes = [k for k in range(1, n + 1) if 0.10 <= k / n <= 0.25]
+    sizes = [k for k in range(1, n + 1) if 0.10 <= k / n <= 0.25] or [1]
     rng = np.random.default_rng(args.seed)
     rule, where, _ = slide_rule_of(predictor.card)
     with tempfile.TemporaryDirectory(prefix="slide-call-bench-") as folder:
@@ -77,7 +79,7 @@ def main() -> int:
                                 seed=args.seed * 1000 + i, mpp=scale["mpp"], slot=tuple(scale["tile_px"]), levels=2,
                                 margin=0.5 if i % 2 else 1.0)
                    for i in range(args.benign)]
-        for case in sorted(malignant["case"].unique()):
+        for case in sorted(malignant["case"].unique())[:1 if args.smoke else None]:
             for i in range(args.per_patient):
                 mosaics.append(build_mosaic(Path(folder) / f"focus_{case}_{i}.tif", benign, malignant,
                                             focus=int(rng.choice(sizes)), grid=(args.rows, args.cols),
@@ -107,7 +109,7 @@ def main() -> int:
         "specificity": float(np.mean([r["called"] == "benign" for r in benign_rows])) if benign_rows else None,
         "goal_met": all(r["on_focus"] for r in focus) and all(r["called"] == "benign" for r in benign_rows),
         "mosaics": rows, "machine": machine()}
-    return emit(result, args.out)
+    return emit(result, args.out, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ def test_upload_a_sample_and_see_the_diagnosis_and_overlays(tmp_path, samples_di
         seconds = upload_and_wait(page, sample)
         # Each text is waited for (a time-out fails the test): the page streams its elements in, and
         # a single read of the text right after the overlays could come before the rest arrived.
-        for text in (sample.name, "Stage 1: benign or malignant", "Refer for review", "magnification 40X (file name)"):
+        for text in (sample.name, "Stage 1: benign or malignant", "Stage 1: refer for review", "magnification 40X (file name)"):
             page.get_by_text(text, exact=False).first.wait_for(timeout=120_000)
         body = page.locator("body").inner_text()
-        assert sample.name in body and "Refer for review" in body and "magnification 40X (file name)" in body
+        assert sample.name in body and "Stage 1: refer for review" in body and "magnification 40X (file name)" in body
         page.get_by_role("button", name="Results (CSV)").wait_for(timeout=120_000)
         page.wait_for_function(  # the probability tables have drawn (canvas grids)
             """() => document.querySelectorAll('[data-testid="stDataFrame"] canvas').length >= 2""",
