@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
 from core.data.fields import ViewSpec
+from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
 from core.data.labels import PREPROCESSING as DESCRIPTION
 from core.digests import file_sha256
 from core.errors import ModelFolderError

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from core.data.fields import ViewSpec, restore_field
+from core.data.keras_augment import field_inputs
 from core.data.labels import (
     CLASSES,
     FLAT_OUTPUT,
@@ -31,22 +33,14 @@ from core.data.labels import (
     SUBTYPES,
     SUBTYPES_BY_CLASS,
 )
-from core.data.fields import ViewSpec, restore_field
-from core.data.keras_augment import field_inputs
 from core.data.preprocess import batch_for_model
 from core.data.stain import StainNormalizer
 from core.model.calibration import apply_temperature
-from core.model.decisions import (  # noqa: F401 - re-exported: the Predictor's result types
-    DEFAULT_REFER_THRESHOLD,
-    DEMO_REASON,
-    CaseDecision,
-    Prediction,
-    case_decision,
-    figure,
-)
+from core.model.decisions import DEFAULT_REFER_THRESHOLD, DEMO_REASON, CaseDecision, Prediction, case_decision, figure  # noqa: F401 - re-exported: the Predictor's result types
 from core.model.folders import load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
+
 
 class Predictor:
     """A loaded classifier, ready to predict. Create once (core.model.loading.load_predictor) and
