@@ -139,7 +139,7 @@ def test_the_slide_page_shows_a_heat_map_and_opens_a_tile(tmp_path):
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=120_000)
         for caption in ("Tile at full resolution", "Stage 1 Grad-CAM", "Stage 2 Grad-CAM"):
             page.get_by_text(caption, exact=False).first.wait_for(timeout=120_000)
-        page.get_by_role("button", name="Malignant regions (GeoJSON, QuPath)").wait_for(timeout=120_000)
+        page.get_by_role("button", name="Regions, the driving one first (GeoJSON, QuPath)").wait_for(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "slide_e2e.png"), full_page=True)
         assert "LIMITED DATA" in page.locator("body").inner_text()
     assert (ARTIFACTS / "slide_e2e.png").stat().st_size > 20_000
