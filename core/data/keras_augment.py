@@ -64,14 +64,16 @@ def crop_and_resize(images, boxes, size: int):
     return rows(y0) * (1.0 - wy) + rows(y1) * wy
 
 
-def field_inputs(images: np.ndarray, spec: ViewSpec) -> np.ndarray:
+def field_inputs(images: np.ndarray, spec: ViewSpec, crop=None) -> np.ndarray:
     """Fields (N, H, W, 3) at the field scale -> the crops of every field, (N * crops, S, S, 3)
-    float32, crop-major within each field: the prediction views without the symmetries."""
+    float32, crop-major within each field: the prediction views without the symmetries. `crop`:
+    a compiled crop_and_resize(images, boxes) at spec.input_size (the Predictor's), else eager ops."""
     images = np.asarray(images)
     boxes = view_boxes(images.shape[1], images.shape[2], spec.crop_px, spec.crops)
     repeated = np.repeat(images.astype(np.float32), spec.crops, axis=0)
-    crops = crop_and_resize(ops.convert_to_tensor(repeated), np.tile(boxes, (len(images), 1)).astype(np.float32),
-                            spec.input_size)
+    tiled = np.tile(boxes, (len(images), 1)).astype(np.float32)
+    crops = crop(repeated, tiled) if crop is not None else crop_and_resize(ops.convert_to_tensor(repeated), tiled,
+                                                                           spec.input_size)
     return np.asarray(ops.convert_to_numpy(crops), np.float32)
 
 
