@@ -17,14 +17,14 @@ def test_existing_default_is_kept_without_force(tmp_path, samples_dir, capsys):
 
 
 def test_the_number_of_images_picks_the_recipe(tmp_path, manifest_path, samples_dir):
-    """Below FULL_SET_MIN_IMAGES BreakHis images the limited recipe, from it on the full one (empty
+    """Below FULL_SET_MIN_IMAGES BreakHis images the field recipe, from it on the full one (empty
     files with BreakHis names: the choice counts images, it does not read them)."""
     names = pd.read_csv(manifest_path)["path"].map(lambda p: p.rsplit("/", 1)[-1])
     folder = tmp_path / "data"
     folder.mkdir()
     for name in names[: recipes.FULL_SET_MIN_IMAGES - 1]:
         (folder / name).touch()
-    assert recipes.choose_recipe(folder) == "limited"
+    assert recipes.choose_recipe(folder) == "field"
     (folder / names[recipes.FULL_SET_MIN_IMAGES - 1]).touch()
     assert recipes.choose_recipe(folder) == "full"
     assert recipes.choose_recipe(samples_dir) == "limited"  # the 22 bundled samples

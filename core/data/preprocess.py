@@ -11,7 +11,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from core.data.labels import INPUT_SIZE  # noqa: F401 - re-exported
+from core.data.labels import INPUT_SIZE
+from core.data.labels import PREPROCESSING as DESCRIPTION  # noqa: F401 - re-exported (feature cache keys)
 
 
 def to_model_input(rgb, size: int = INPUT_SIZE):
