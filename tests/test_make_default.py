@@ -27,7 +27,7 @@ def test_the_number_of_images_picks_the_recipe(tmp_path, manifest_path, samples_
     assert recipes.choose_recipe(folder) == "field"
     (folder / names[recipes.FULL_SET_MIN_IMAGES - 1]).touch()
     assert recipes.choose_recipe(folder) == "full"
-    assert recipes.choose_recipe(samples_dir) == "limited"  # the 22 bundled samples
+    assert recipes.choose_recipe(samples_dir) == "field"  # the 22 bundled samples
 
 
 @pytest.mark.parametrize("recipe", sorted(recipes.RECIPES))
