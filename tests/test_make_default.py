@@ -41,6 +41,7 @@ def test_make_default_trains_the_named_recipe_and_nothing_else(recipe, tmp_path,
         raise KeyboardInterrupt  # stop before any training
 
     monkeypatch.setattr(recipes, "train", capture)
+    monkeypatch.setattr(recipes, "cross_validate_fields", capture)  # the field recipe cross-validates
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
     with pytest.raises(KeyboardInterrupt):
         recipes.make_default(samples_dir, recipe, tmp_path / "model")
