@@ -94,7 +94,9 @@ def test_flat_model_sums_classes_and_renormalises_subtypes(tmp_path_factory):
     assert p.subtype == "ductal_carcinoma" and p.p_subtype == pytest.approx(0.6, abs=1e-5)
     assert p.other_stage2["adenosis"] == pytest.approx(0.25, abs=1e-5)
     np.testing.assert_allclose([p.subtype_probabilities()[s] for s in SUBTYPES], wanted, atol=1e-5)
-    assert p.refer and p.refer_reasons == ["subtype uncertain (0.60)"]  # 0.8 * 0.6 = 0.48 < 0.7
+    # per stage: p(malignant) 0.8 passes 0.7, p(ductal | malignant) 0.6 does not
+    assert p.refer and p.refer_reasons == ["subtype uncertain (0.60 < 0.70)"]
+    assert not p.refer_stage1 and p.refer_subtype
 
 
 def test_tta_is_one_batched_pass_averaging_the_8_dihedral_views(predictor, images):

@@ -147,8 +147,8 @@ def test_gpu_train_smoke_under_jax(tmp_path):
     done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO, env=JAX,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert json.loads(done.stdout) == result  # the JSON printed is the JSON written
+    result = json.loads(done.stdout)
+    assert result["smoke"] is True and not out.exists()  # a smoke run's figures measure nothing: no file
     assert result["backend"] == "jax" and result["machine"]["keras_backend"] == "jax"
     assert result["sweep"][0]["images_per_s"] > 0 and result["best_images_per_s"] > 0
     assert result["heads_float32"] is True and result["meets_goal"] is False  # a CPU never meets a GPU goal
