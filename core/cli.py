@@ -278,6 +278,11 @@ def _make_default(args) -> int:
 
 def _gan_train(args) -> int:
     """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":  # its train_step is TensorFlow's (GradientTape, tf.random)
+        raise UserInputError(f"gan train runs under Keras' TensorFlow backend only (KERAS_BACKEND is "
+                             f"{keras.backend.backend()!r}): run it with KERAS_BACKEND=tensorflow")
     from core.gan.model import GanConfig
     from core.gan.train import train_gan
     from core.options import from_args

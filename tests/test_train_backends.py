@@ -153,3 +153,12 @@ def test_gpu_train_smoke_under_jax(tmp_path):
     assert result["sweep"][0]["images_per_s"] > 0 and result["best_images_per_s"] > 0
     assert result["heads_float32"] is True and result["meets_goal"] is False  # a CPU never meets a GPU goal
     assert "tensorflow" not in result["machine"]  # the JAX run never loaded TensorFlow
+
+
+def test_gan_train_under_jax_says_it_needs_tensorflow(tmp_path):
+    """The GAN's train_step is TensorFlow's: under KERAS_BACKEND=jax the command stops with a usage
+    error naming the backend to use, before reading any data."""
+    done = subprocess.run([sys.executable, "-m", "core", "gan", "train", "--data", str(tmp_path), "--out",
+                           str(tmp_path / "gan")], cwd=REPO, env=JAX, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "KERAS_BACKEND=tensorflow" in done.stderr
+    assert not (tmp_path / "gan").exists()
