@@ -39,14 +39,12 @@ import sys
 from pathlib import Path
 
 from core.errors import Cancelled, DatasetError, ImageError, UserInputError
+from core.options import add_dataclass_options
 from core.paths import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("core.cli")
 
 OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
-# The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
-ABLATION_OPTIONS = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
-                    "magnification", "seed")
 
 
 def _index(args) -> int:
@@ -276,63 +274,6 @@ def _make_default(args) -> int:
     return OK
 
 
-def _gan_train(args) -> int:
-    """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":  # its train_step is TensorFlow's (GradientTape, tf.random)
-        raise UserInputError(f"gan train runs under Keras' TensorFlow backend only (KERAS_BACKEND is "
-                             f"{keras.backend.backend()!r}): run it with KERAS_BACKEND=tensorflow")
-    from core.gan.model import GanConfig
-    from core.gan.train import train_gan
-    from core.options import from_args
-
-    config = from_args(GanConfig, args, name=args.name if args.name != "gan" else Path(args.out).name)
-    cancelled = []
-    signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
-    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled))
-    return CANCELLED if cancelled else OK
-
-
-def _gan_sample(args) -> int:
-    from core.gan.sampling import write_samples
-
-    paths = write_samples(args.model, args.subtype, args.n, args.out, args.seed)
-    print(f"wrote {len(paths)} images to {args.out}")
-    return OK
-
-
-def _gan_evaluate(args) -> int:
-    from core.gan.checks import format_judgement
-    from core.gan.quality import evaluate_generator, format_kid, load_features
-
-    features = load_features(args.features) if args.features else None
-    result = evaluate_generator(args.model, args.data, features, args.n, args.seed)
-    print(format_judgement(result))
-    print(format_kid(result["generators"]["generator"]))
-    return OK
-
-
-def _gan_compare(args) -> int:
-    from core.gan.checks import format_judgement
-    from core.gan.quality import compare_generators
-    from core.jsonfile import write_json_atomic
-
-    result = compare_generators(args.model, args.against, args.data, args.n, args.seed, args.sheet)
-    print(format_judgement(result))
-    if args.out:
-        write_json_atomic(args.out, result)
-    return OK
-
-
-def _gan_ablation(args) -> int:
-    from core.gan.ablation import format_ablation, run_ablation
-
-    options = {k: getattr(args, k) for k in ABLATION_OPTIONS if getattr(args, k) is not None}
-    print(format_ablation(run_ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)))
-    return OK
-
-
 def _export_model(args) -> int:
     from core.model.folders import export_zip
 
@@ -348,7 +289,6 @@ def _import_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.data.labels import SUBTYPES
     from core.model.decisions import DEFAULT_REFER_THRESHOLD
 
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
@@ -449,46 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     default.add_argument("--force", action="store_true", help="replace an existing model folder")
 
-    gan = command("gan", None, "the conditional GAN: train, sample, evaluate, ablation")
-    gan_commands = gan.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
-    gan_train = gan_commands.add_parser("train", help="train or resume a conditional GAN")
-    gan_train.set_defaults(handler=_gan_train)
-    gan_train.add_argument("--data", required=True, help="BreakHis folder (any layout)")
-    gan_train.add_argument("--out", required=True, help="run folder, e.g. runs/gan-NAME")
-    gan_train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
-    _add_dataclass_options(gan_train, "core.gan.model", "GanConfig")
-    sample = gan_commands.add_parser("sample", help="write synthetic images from a generator folder")
-    sample.set_defaults(handler=_gan_sample)
-    sample.add_argument("--model", required=True)
-    sample.add_argument("--subtype", required=True, choices=SUBTYPES)
-    sample.add_argument("--n", type=int, default=100)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", required=True)
-    quality = gan_commands.add_parser("evaluate", help="two-sample test, nuclei and distances of a generator (+ KID)")
-    quality.set_defaults(handler=_gan_evaluate)
-    quality.add_argument("--model", required=True, help="generator folder")
-    quality.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
-    quality.add_argument("--features", help='also KID and memorisation in this feature space: "imagenet" (the '
-                         'default classifier when offline), a classifier model folder, or "backbone:NAME"')
-    quality.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
-    quality.add_argument("--seed", type=int, default=1)
-    versus = gan_commands.add_parser("compare", help="two generators' checks on the same real patches")
-    versus.set_defaults(handler=_gan_compare)
-    versus.add_argument("--model", required=True, help="the new generator folder")
-    versus.add_argument("--against", required=True, help="the generator folder to compare with (e.g. the old one)")
-    versus.add_argument("--data", required=True, help="the BreakHis folder the new generator was trained on")
-    versus.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
-    versus.add_argument("--seed", type=int, default=1)
-    versus.add_argument("--out", type=Path, help="also write the JSON here")
-    versus.add_argument("--sheet", type=Path, help="also write a PNG of real | new | old patches per subtype")
-    ablation = gan_commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")
-    ablation.set_defaults(handler=_gan_ablation)
-    ablation.add_argument("--data", required=True)
-    ablation.add_argument("--gan", required=True, help="generator folder trained on the same split")
-    ablation.add_argument("--out", required=True)
-    ablation.add_argument("--subtypes", nargs="+", choices=SUBTYPES, help="subtypes to fill (default: all it knows)")
-    ablation.add_argument("--allow-gan-leak", action="store_true", help="run even if the GAN saw val/test images")
-    _add_dataclass_options(ablation, "core.training.config", "TrainConfig", only=ABLATION_OPTIONS, unset=True)
+    from core.gan.commands import add_gan_commands
+
+    add_gan_commands(command("gan", None, "the conditional GAN: train, sample, evaluate, ablation"))
 
     export = command("export-model", _export_model, "zip a verified model folder")
     export.add_argument("model", help="model folder")
@@ -505,11 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_dataclass_options(parser, module: str, name: str, **which) -> None:
     """The options of a settings dataclass (core.options), imported only when the parser is built."""
-    import importlib
-
-    from core.options import add_arguments
-
-    add_arguments(parser, getattr(importlib.import_module(module), name), **which)
+    add_dataclass_options(parser, module, name, **which)
 
 
 def _unit_interval(text: str) -> float:

@@ -118,3 +118,11 @@ def to_argv(settings) -> list[str]:
         else:
             argv += [flag(field.name), "none" if value is None else str(value)]
     return argv
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, module: str, name: str, **which) -> None:
+    """`add_arguments` for the settings dataclass `name` of `module`, imported only when a parser is
+    built (the CLI's help loads no TensorFlow)."""
+    import importlib
+
+    add_arguments(parser, getattr(importlib.import_module(module), name), **which)

@@ -19,7 +19,8 @@ def _actions(parser, *path):
 
 
 def test_the_ablation_takes_its_classifier_flags_from_train_config():
-    from core.cli import ABLATION_OPTIONS, build_parser
+    from core.cli import build_parser
+    from core.gan.commands import ABLATION_OPTIONS
     from core.training.config import TrainConfig
 
     parser = build_parser()
