@@ -84,6 +84,8 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     poll(app, lambda: jobs.progress(job)["status"] == "running")
     app.button(key="cancel_job").click().run()
     poll(app, lambda: not jobs.is_alive(job), timeout=180)
+    # the process may be gone a moment before the page's next run reads its last event: rerun until it does
+    poll(app, lambda: "Training cancelled" in texts(app.error), timeout=60)
     assert "Training cancelled" in texts(app.error)
     assert "The active model was not changed" in texts(app.error)
     assert not any(button.key == "adopt_model" for button in app.button)

@@ -217,3 +217,26 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     prediction = predictor.predict([np.asarray(Image.open(next(synthetic_breakhis.rglob("*.png"))).convert("RGB"))])[0]
     assert set(prediction.referral) == {"stage1", "subtype", "thresholds_source"}
     assert prediction.to_dict()["refer_stage1"] == prediction.refer_stage1
+
+
+def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path):
+    """SIGTERM (the Retrain page's cancel) mid-training: exit 143 and a final "cancelled" event, so
+    the page never waits on a dead run; no model folder."""
+    import signal
+    import time
+
+    from core.training.progress import read_progress
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "core", "train", "--pipeline", "fields", "--data", str(samples_dir),
+                                "--out", str(out), "--backbone", "resnet18_half", "--weights", "none",
+                                "--input-size", "48", "--epochs", "500", "--batch-size", "4"], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(e["event"] == "epoch_end" for e in read_progress(out / "progress.jsonl")):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    last = read_progress(out / "progress.jsonl")[-1]
+    assert last["event"] == "end" and last["status"] == "cancelled"
+    assert not (out / "model").exists()

@@ -14,7 +14,10 @@ its figures were measured on. TensorFlow-free like core.training.field_fit: runs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
-from core.errors import UserInputError
+from core.errors import Cancelled, UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.evaluate import compact, predictions_frame, score
 from core.evaluation.intervals import fold_figures, fold_summary
@@ -147,12 +150,45 @@ def _selection_figures(predictions: pd.DataFrame, name: str) -> tuple[dict, dict
     return referral, case_threshold(predictions), score(predictions, None, "test")
 
 
+def _raise_cancelled(signum, frame):
+    raise Cancelled("SIGTERM")
+
+
+@contextlib.contextmanager
+def final_events(writer: ProgressWriter):
+    """The run's last event whatever happens, as core.training.fit.train writes it: SIGTERM (the
+    Retrain page's cancel) -> "cancelled", an error -> "failed"; so the page never waits on a dead run."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        yield
+    except (Cancelled, KeyboardInterrupt) as stop:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
+        reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
+        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
+        raise
+    except BaseException as error:
+        writer.emit("error", message=f"{type(error).__name__}: {error}")
+        writer.emit("end", status="failed", message=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def train_fields(config) -> dict:
     """One split: fit on train, calibrate and choose thresholds on val, score test (see module)."""
     config = checked(config)
     out = Path(config.out)
     refuse_existing_run(out, ("progress.jsonl", "model"))
     writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+    with final_events(writer):
+        return _train_fields(config, out, writer)
+
+
+def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     table, fields = load_field_data(config)
     split = make_split(table, config.split, seed=config.seed)["split"].to_numpy()
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
@@ -185,6 +221,11 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
     out = Path(config.out)
     refuse_existing_run(out, ("cv.json", "model"), holds="a cross-validation")
     writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+    with final_events(writer):
+        return _cross_validate_fields(config, out, writer, final_model)
+
+
+def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_model: bool) -> dict:
     table, fields = load_field_data(config)
     protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
     folds = patient_kfold(table, config.folds, config.seed)
