@@ -14,10 +14,7 @@ its figures were measured on. TensorFlow-free like core.training.field_fit: runs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
-from core.errors import Cancelled, UserInputError
+from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.evaluate import compact, predictions_frame, score
 from core.evaluation.intervals import fold_figures, fold_summary
@@ -42,7 +39,7 @@ from core.model.folders import save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.config import checked
 from core.training.field_fit import fit_fields, predict_views
-from core.training.progress import ProgressWriter
+from core.training.progress import ProgressWriter, final_events
 from core.training.runcard import LIMITED_BELOW_PATIENTS
 
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
@@ -148,34 +145,6 @@ def _selection_figures(predictions: pd.DataFrame, name: str) -> tuple[dict, dict
     referral = referral_thresholds(predictions, name)
     referral["figures"] = referral_figures(predictions, referral)
     return referral, case_threshold(predictions), score(predictions, None, "test")
-
-
-def _raise_cancelled(signum, frame):
-    raise Cancelled("SIGTERM")
-
-
-@contextlib.contextmanager
-def final_events(writer: ProgressWriter):
-    """The run's last event whatever happens, as core.training.fit.train writes it: SIGTERM (the
-    Retrain page's cancel) -> "cancelled", an error -> "failed"; so the page never waits on a dead run."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_cancelled)
-    try:
-        yield
-    except (Cancelled, KeyboardInterrupt) as stop:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
-        reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
-        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
-        raise
-    except BaseException as error:
-        writer.emit("error", message=f"{type(error).__name__}: {error}")
-        writer.emit("end", status="failed", message=f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def train_fields(config) -> dict:

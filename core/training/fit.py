@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 from pathlib import Path
 
 import keras
@@ -38,7 +37,7 @@ from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage
 from core.data.synthetic import check_synthetic_folder
-from core.errors import BreakhisError, Cancelled, UserInputError
+from core.errors import BreakhisError, UserInputError
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
@@ -46,7 +45,7 @@ from core.paths import portable, refuse_existing_run
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
-from core.training.progress import ProgressWriter, keras_callback, metric_floats
+from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
 from core.training.runcard import head_options, model_card
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
@@ -360,34 +359,18 @@ def train(config: TrainConfig | dict) -> dict:
     if not chief:  # evaluation and calibration are the chief's; this worker only trains in step
         config.evaluate, config.out = False, str(run_dir)
     writer = ProgressWriter(run_dir / "progress.jsonl", echo_stdout=config.echo_stdout)
-    previous_handler, previous_policy = None, keras.mixed_precision.global_policy()
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
+    previous_policy = keras.mixed_precision.global_policy()
     try:
-        result = _run(config, run_dir, writer)
-        writer.emit("end", status="completed", model_dir=result["model_dir"] if chief else None,
-                    metrics=result["metrics"], epoch=result["epochs_run"], epochs=config.epochs,
-                    weights_fingerprint=result.get("weights_fingerprint"), worker=worker,
-                    message=f"kept epoch {result['best_epoch']} of {result['epochs_run']}")
-        return result
-    except (Cancelled, KeyboardInterrupt) as stop:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
-        reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
-        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
-        raise
-    except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
-        writer.emit("error", message=message)
-        writer.emit("end", status="failed", message=message)
-        raise
+        with final_events(writer):
+            result = _run(config, run_dir, writer)
+            writer.emit("end", status="completed", model_dir=result["model_dir"] if chief else None,
+                        metrics=result["metrics"], epoch=result["epochs_run"], epochs=config.epochs,
+                        weights_fingerprint=result.get("weights_fingerprint"), worker=worker,
+                        message=f"kept epoch {result['best_epoch']} of {result['epochs_run']}")
+            return result
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
         if not chief:  # a non-chief worker leaves nothing behind: the chief's run folder is the run
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _raise_cancelled(signum, frame):
-    raise Cancelled("SIGTERM")

@@ -11,13 +11,17 @@ Events (fields as they apply): start, epoch_begin, step, epoch_end, end, error, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+
+from core.errors import Cancelled
 
 EVENTS = ("start", "epoch_begin", "step", "epoch_end", "end", "error")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -184,3 +188,32 @@ def keras_callback(writer: ProgressWriter, epochs: int, steps: int, phase: str, 
             writer.emit("epoch_end", epoch=epoch + 1, epochs=epochs, steps=steps, metrics=metrics)
 
     return Progress()
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled("SIGTERM")
+
+
+@contextlib.contextmanager
+def final_events(writer: ProgressWriter):
+    """A run's last event whatever happens (every training command: core.training.fit.train, the
+    fields runs): SIGTERM (the Retrain page's cancel) raises Cancelled and ends the stream
+    "cancelled", an error "failed"; so the page never waits on a dead run."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        yield
+    except (Cancelled, KeyboardInterrupt) as stop:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
+        reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
+        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
+        raise
+    except BaseException as error:
+        writer.emit("error", message=f"{type(error).__name__}: {error}")
+        writer.emit("end", status="failed", message=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
