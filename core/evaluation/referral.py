@@ -55,17 +55,22 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float)
             "accuracy": float(best["accuracy"])}
 
 
+def stage_confidences(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(p(chosen class), stage 1 right, p(chosen subtype | class), subtype right) per image of a
+    predictions table (core.evaluation.evaluate.predictions_frame columns, calibrated)."""
+    stage1_conf = table[[f"p_{c}" for c in CLASSES]].to_numpy().max(axis=1)
+    within = np.array([table[f"w_{s}"].to_numpy() for s in SUBTYPES]).T
+    subtype_conf = within[np.arange(len(table)), [SUBTYPES.index(s) for s in table["pred_subtype"]]]
+    return (stage1_conf, (table["pred_label"] == table["label"]).to_numpy(), subtype_conf,
+            (table["pred_subtype"] == table["subtype"]).to_numpy())
+
+
 def referral_thresholds(table: pd.DataFrame, selected_on: str) -> dict:
     """Both stages' thresholds from a predictions table (core.evaluation.evaluate.predictions_frame
     columns, calibrated): {"stage1": {...}, "subtype": {...}, "selected_on": ...}."""
-    p_class = table[[f"p_{c}" for c in CLASSES]].to_numpy()
-    stage1_conf = p_class.max(axis=1)
-    stage1_ok = (table["pred_label"] == table["label"]).to_numpy()
+    stage1_conf, stage1_ok, subtype_conf, subtype_ok = stage_confidences(table)
     stage1 = choose_threshold(stage1_conf, stage1_ok, STAGE1_TARGET)
     kept = stage1_conf >= stage1["threshold"]
-    within = np.array([table[f"w_{s}"].to_numpy() for s in SUBTYPES]).T
-    subtype_conf = within[np.arange(len(table)), [SUBTYPES.index(s) for s in table["pred_subtype"]]]
-    subtype_ok = (table["pred_subtype"] == table["subtype"]).to_numpy()
     subtype = choose_threshold(subtype_conf[kept], subtype_ok[kept], SUBTYPE_TARGET)
     subtype["of"] = "images whose stage 1 is not referred"
     return {"stage1": stage1, "subtype": subtype, "selected_on": selected_on,
@@ -76,13 +81,9 @@ def referral_thresholds(table: pd.DataFrame, selected_on: str) -> dict:
 
 def referral_figures(table: pd.DataFrame, thresholds: dict) -> dict:
     """What the thresholds do on a predictions table: shares referred and accuracy of the rest."""
-    p_class = table[[f"p_{c}" for c in CLASSES]].to_numpy().max(axis=1)
-    keep1 = p_class >= thresholds["stage1"]["threshold"]
-    correct1 = (table["pred_label"] == table["label"]).to_numpy()
-    within = np.array([table[f"w_{s}"].to_numpy() for s in SUBTYPES]).T
-    conf2 = within[np.arange(len(table)), [SUBTYPES.index(s) for s in table["pred_subtype"]]]
+    conf1, correct1, conf2, correct2 = stage_confidences(table)
+    keep1 = conf1 >= thresholds["stage1"]["threshold"]
     keep2 = keep1 & (conf2 >= thresholds["subtype"]["threshold"])
-    correct2 = (table["pred_subtype"] == table["subtype"]).to_numpy()
     return {"images": int(len(table)), "stage1_referred_share": float(1 - keep1.mean()) if len(table) else None,
             "stage1_accuracy_unreferred": float(correct1[keep1].mean()) if keep1.any() else None,
             "subtype_referred_share": float(1 - keep2.mean()) if len(table) else None,
