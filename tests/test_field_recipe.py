@@ -1,8 +1,6 @@
 """The field recipe: fields at one scale, augmentation as Keras layers, backend-neutral training,
 views declared in the card, per-stage referral; a model trained under JAX predicts under TensorFlow."""
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,7 @@ from core.data.fields import FIELD_PX, ViewSpec, pack_fields, read_pack, restore
 from core.data.keras_augment import FieldAugmentation, crop_and_resize
 from core.data.labels import SUBTYPES
 from core.evaluation.referral import choose_threshold, referral_figures, referral_thresholds
+from core.testing.jax_process import run_under_jax
 from core.training.field_fit import sampling
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,11 +120,6 @@ def test_per_stage_thresholds_meet_their_target_where_they_were_chosen():
 
 _TRAIN_UNDER_JAX = """
 import json, sys
-class NoTensorFlow:  # this process is a machine without TensorFlow (the GPU machine): importing it fails
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tf_keras_vis"):
-            raise ImportError("no TensorFlow on this machine")
-sys.meta_path.insert(0, NoTensorFlow())
 import numpy as np, keras
 assert keras.backend.backend() == "jax"
 from core.data.fields import ViewSpec, read_pack
@@ -168,12 +162,8 @@ def test_weights_trained_under_jax_predict_the_same_under_tensorflow(pack, tmp_p
     """Train a few steps under KERAS_BACKEND=jax in a fresh process (TensorFlow never imported
     there), then load the folder here under TensorFlow: the Predictor's outputs over the card's
     views equal the JAX process's own, within 1e-4 (float32 rounding of two compilers)."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
     folder, expected = tmp_path / "model", tmp_path / "jax_outputs.npz"
-    done = subprocess.run([sys.executable, "-c", _TRAIN_UNDER_JAX, str(pack), str(folder), str(expected)], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_under_jax(_TRAIN_UNDER_JAX, pack, folder, expected)
     assert report == {"backend": "jax", "steps": 2, "tensorflow_loaded": False}
 
     from core.model.loading import load_predictor

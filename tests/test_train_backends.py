@@ -155,10 +155,23 @@ def test_gpu_train_smoke_under_jax(tmp_path):
     assert "tensorflow" not in result["machine"]  # the JAX run never loaded TensorFlow
 
 
-def test_gan_train_under_jax_says_it_needs_tensorflow(tmp_path):
-    """The GAN's train_step is TensorFlow's: under KERAS_BACKEND=jax the command stops with a usage
-    error naming the backend to use, before reading any data."""
+def test_gan_train_under_jax_refuses_float16_before_any_work(tmp_path):
+    """The GAN trains under JAX (tests/test_gan.py), but its stateless step keeps no loss scale:
+    mixed_float16 stops with a usage error naming mixed_bfloat16, before reading data or writing."""
     done = subprocess.run([sys.executable, "-m", "core", "gan", "train", "--data", str(tmp_path), "--out",
-                           str(tmp_path / "gan")], cwd=REPO, env=JAX, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "KERAS_BACKEND=tensorflow" in done.stderr
+                           str(tmp_path / "gan"), "--precision", "mixed_float16"], cwd=REPO, env=JAX,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "mixed_bfloat16" in done.stderr
     assert not (tmp_path / "gan").exists()
+
+
+@pytest.mark.parametrize("backend, gpus, expected", [("tensorflow", [], "float32"), ("jax", [], "float32"),
+                                                     ("tensorflow", ["GPU:0"], "mixed_float16"),
+                                                     ("jax", ["cuda:0 H200"], "mixed_bfloat16")])
+def test_gan_precision_auto_follows_the_backend_and_its_devices(monkeypatch, backend, gpus, expected):
+    import core.gan.train as gan_train
+
+    monkeypatch.setattr(gan_train, "current_backend", lambda: backend)
+    monkeypatch.setattr(gan_train, "probe", lambda name: {"backend": name, "gpus": gpus})
+    assert gan_train.gan_precision("auto") == expected
+    assert gan_train.gan_precision("float32") == "float32"

@@ -35,7 +35,6 @@ from core.data.labels import (
     subtype_index,
 )
 from core.data.preprocess import to_model_input
-from core.data.stain import StainNormalizer, get_normalizer
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -163,14 +162,3 @@ def make_dataset(images: pd.DataFrame, hierarchy: str = HIERARCHICAL, batch_size
                                  batch[1], batch[2]),
             num_parallel_calls=AUTOTUNE, deterministic=not training)
     return dataset.prefetch(AUTOTUNE)
-
-
-def fit_normalizer(method: str, images: pd.DataFrame, seed: int = 0, most: int = 64) -> StainNormalizer:
-    """A stain normaliser fitted to (a seeded sample of) these images, e.g. a run's training split:
-    the default reference, which brings every image to the training data's stain appearance."""
-    if method == "none":
-        return get_normalizer("none")
-    real = images[~images["synthetic"].astype(bool)] if "synthetic" in images else images
-    chosen = real.sample(most, random_state=seed) if len(real) > most else real
-    pictures = [load_image(path, check_histology=False).rgb for path in chosen["path"]]
-    return get_normalizer(method).fit(pictures, f"the training split: {len(pictures)} images")

@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 from core.data.labels import SUBTYPES
-from core.errors import UserInputError
 from core.options import add_dataclass_options
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
@@ -21,11 +20,6 @@ ABLATION_OPTIONS = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "in
 
 def _gan_train(args) -> int:
     """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":  # its train_step is TensorFlow's (GradientTape, tf.random)
-        raise UserInputError(f"gan train runs under Keras' TensorFlow backend only (KERAS_BACKEND is "
-                             f"{keras.backend.backend()!r}): run it with KERAS_BACKEND=tensorflow")
     from core.gan.model import GanConfig
     from core.gan.train import train_gan
     from core.options import from_args

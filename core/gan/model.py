@@ -70,8 +70,8 @@ class GanConfig:
     log_every: int = option(10, "steps between progress events")
     seed: int = option(0, "noise, crop and weight seed")
     stain_norm: str = option("none", "stain normalisation of the real fields (fitted to them)", choices=STAIN_METHODS)
-    precision: str = option("auto", "auto: mixed_float16 on a GPU, float32 on the CPU",
-                            choices=("auto", "float32", "mixed_float16"))
+    precision: str = option("auto", "auto: mixed precision on a GPU (float16 under TensorFlow, bfloat16 under JAX), "
+                            "float32 on the CPU", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
 
     def __post_init__(self):
         unknown = [s for s in self.subtypes if s not in SUBTYPES]

@@ -1,10 +1,10 @@
-"""Train the texture GAN the Keras way: a keras.Model with train_step, compile(loss=...) and fit().
+"""Train the texture GAN the Keras way: a keras.Model with train_step (core.gan.adversarial), fit().
 
     python -m core gan train --data DIR --out runs/gan-NAME --steps 6000 [--resume]
 
 The shape is keras-io's DCGAN example (a Model holding both networks, its own train_step and a
 compile that takes two optimisers and the loss); its exponential moving average of the generator
-follows keras-io's DDIM example. Everything around a step is a callback: checkpoints (resumable
+follows keras-io's DDIM example. It runs under Keras' TensorFlow or JAX backend. Everything around a step is a callback: checkpoints (resumable
 with --resume), sample grids, the progress stream (core.training.progress), and a stop request
 (SIGTERM from the CLI). Real patches come from core.gan.patches, at one physical scale.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from core.data.pipeline import fit_normalizer
+from core.backends import current_backend, probe
 from core.data.selection import select_images
+from core.data.stain_reference import fit_normalizer
 from core.errors import UserInputError
-from core.gan.augment import diff_augment
+from core.gan.adversarial import TextureGAN
 from core.gan.model import UPSCALE, GanConfig, build_discriminator, build_generator
 from core.gan.patches import PatchSampler, holdout_split, load_fields
 from core.gan.sampling import field_px, noise_map, save_sample_grid
@@ -32,98 +32,7 @@ from core.model.folders import GENERATOR, save_model_folder
 from core.paths import portable
 from core.training.progress import ProgressWriter, keras_callback
 
-MARGIN = 1  # noise cells drawn beyond a training patch on each side; the patch is a random crop of the larger canvas
 CHECKPOINT = "checkpoint.weights.h5"
-
-
-def _hinge(d_real, d_fake):
-    return tf.reduce_mean(tf.nn.relu(1.0 - d_real)) + tf.reduce_mean(tf.nn.relu(1.0 + d_fake)), -tf.reduce_mean(d_fake)
-
-
-def _non_saturating(d_real, d_fake):
-    return (tf.reduce_mean(tf.nn.softplus(-d_real)) + tf.reduce_mean(tf.nn.softplus(d_fake)),
-            tf.reduce_mean(tf.nn.softplus(-d_fake)))
-
-
-ADVERSARIAL_LOSSES = {"hinge": _hinge, "non_saturating": _non_saturating}  # -> (discriminator, generator) loss
-
-
-class TextureGAN(keras.Model):
-    """Generator, discriminator and the generator's moving average; one step updates D, then G.
-
-    The generator draws a canvas MARGIN noise cells larger than the patch on every side and the
-    discriminator sees a random patch-size crop of it, so patch borders are trained like interiors:
-    a field-size canvas from the same network then has no seams or frame.
-    """
-
-    def __init__(self, config: GanConfig, generator, discriminator, ema_generator, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
-        self.generator, self.discriminator, self.ema_generator = generator, discriminator, ema_generator
-        self.ema_generator.trainable = False
-        self.ema_generator.set_weights(self.generator.get_weights())
-        self.built = True  # its networks are built Functional models
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
-
-    def compile(self, g_optimizer, d_optimizer, loss: str = "hinge", **kwargs):
-        # The generator's optimiser is the model's `optimizer`: what Keras callbacks read a learning rate from.
-        super().compile(optimizer=g_optimizer, **kwargs)
-        if loss not in ADVERSARIAL_LOSSES:
-            raise UserInputError(f"Unknown GAN loss {loss!r}; choose one of {list(ADVERSARIAL_LOSSES)}")
-        self.g_optimizer, self.d_optimizer, self.adversarial_loss = g_optimizer, d_optimizer, ADVERSARIAL_LOSSES[loss]
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    @property
-    def steps_done(self) -> int:
-        return int(self.g_optimizer.iterations.numpy())
-
-    def call(self, inputs, training=False):
-        return self.ema_generator(inputs, training=training)
-
-    def _fakes(self, labels, seed):
-        """Generated patches: a canvas with MARGIN extra cells, cropped at a random offset."""
-        size, batch = self.config.image_size, tf.shape(labels)[0]
-        cells = size // UPSCALE + 2 * MARGIN
-        noise = tf.random.stateless_normal([batch, cells, cells, self.config.latent_dim], seed)
-        canvas = self.generator([noise, labels], training=True)
-        offset = tf.random.stateless_uniform([2], seed + 1, 0, 2 * MARGIN * UPSCALE + 1, tf.int32)
-        patch = canvas[:, offset[0]:offset[0] + size, offset[1]:offset[1] + size]
-        return tf.ensure_shape(tf.cast(patch, tf.float32), [None, size, size, 3])
-
-    def train_step(self, data):
-        real, labels = data
-        real = tf.cast(real, tf.float32) / 127.5 - 1.0  # uint8 patches -> [-1, 1]
-        step = tf.cast(self.g_optimizer.iterations, tf.int32)
-        seeds = tf.random.experimental.stateless_split(tf.stack([step, tf.constant(self.config.seed)]), 5)
-        with tf.GradientTape() as tape:
-            fake = self._fakes(labels, seeds[0])
-            d_real = tf.cast(self.discriminator([diff_augment(real, seeds[1]), labels], training=True), tf.float32)
-            d_fake = tf.cast(self.discriminator([diff_augment(fake, seeds[2]), labels], training=True), tf.float32)
-            d_loss, _ = self.adversarial_loss(d_real, d_fake)
-            scaled = self.d_optimizer.scale_loss(d_loss)
-        grads = tape.gradient(scaled, self.discriminator.trainable_variables)
-        self.d_optimizer.apply(grads, self.discriminator.trainable_variables)
-        with tf.GradientTape() as tape:
-            fake = self._fakes(labels, seeds[3])
-            d_fake_g = tf.cast(self.discriminator([diff_augment(fake, seeds[4]), labels], training=True), tf.float32)
-            _, g_loss = self.adversarial_loss(d_real, d_fake_g)
-            scaled = self.g_optimizer.scale_loss(g_loss)
-        grads = tape.gradient(scaled, self.generator.trainable_variables)
-        self.g_optimizer.apply(grads, self.generator.trainable_variables)
-        # Warm-up (as in TF's ExponentialMovingAverage num_updates): early on the average follows fast.
-        iterations = tf.cast(self.g_optimizer.iterations, tf.float32)
-        decay = tf.minimum(self.config.ema, (1.0 + iterations) / (10.0 + iterations))
-        for average, weight in zip(self.ema_generator.weights, self.generator.weights):
-            average.assign(decay * average + (1.0 - decay) * tf.cast(weight, average.dtype))
-        for name, value in (("d_loss", d_loss), ("g_loss", g_loss), ("d_real", tf.reduce_mean(d_real)),
-                            ("d_fake", tf.reduce_mean(d_fake))):
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
 
 class PatchBatches(keras.utils.PyDataset):
@@ -152,11 +61,21 @@ class RunCallbacks(keras.callbacks.Callback):
         self.config, self.out_dir, self.stop, self.cancelled = config, out_dir, stop, False
         self.fixed_noise = noise_map(config.seed + 12345, 8, config.image_size, config.image_size, config.latent_dim)
 
+    def on_train_begin(self, logs=None):
+        self.step = self.model.steps_done
+
+    def _sync(self):
+        # A JAX fit keeps the weights out of the model between epochs; bring them back before reading them.
+        if hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()
+
     def on_train_batch_end(self, batch, logs=None):
-        step = self.model.steps_done
+        self.step = step = self.step + 1  # counted here: reading the optimiser would sync JAX state every step
         if step % self.config.checkpoint_every == 0:
+            self._sync()
             self.model.save_weights(self.out_dir / CHECKPOINT)
         if step % self.config.sample_every == 0 or step == self.config.steps:
+            self._sync()
             save_sample_grid(self.model.ema_generator, self.config.subtypes, self.fixed_noise,
                              self.out_dir / "samples" / f"step_{step:06d}.png")
         if step >= self.config.steps:
@@ -165,13 +84,27 @@ class RunCallbacks(keras.callbacks.Callback):
             self.cancelled = self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        self._sync()
         self.model.save_weights(self.out_dir / CHECKPOINT)
+
+
+def gan_precision(requested: str) -> str:
+    """auto: mixed precision where the backend sees a GPU (float16 with loss scaling under
+    TensorFlow, bfloat16 under JAX, whose stateless step has no loss scale), else float32."""
+    backend = current_backend()
+    if requested == "mixed_float16" and backend == "jax":
+        raise UserInputError("mixed_float16 needs a loss scale, which the GAN's JAX step does not keep: "
+                             "use --precision mixed_bfloat16 (or auto) under JAX")
+    if requested != "auto":
+        return requested
+    if not probe(backend)["gpus"]:
+        return "float32"
+    return "mixed_bfloat16" if backend == "jax" else "mixed_float16"
 
 
 def build_gan(config: GanConfig) -> TextureGAN:
     """The compiled GAN (Adam with beta_1 0, as BigGAN; mixed precision on a GPU)."""
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    precision = config.precision if config.precision != "auto" else ("mixed_float16" if gpu else "float32")
+    precision = gan_precision(config.precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)  # only while building the trained networks
     try:
@@ -226,6 +159,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
         if not config_path.exists():
             raise UserInputError(f"Nothing to resume in {out_dir} (no config.json)")
         config = dataclasses.replace(GanConfig.from_dict(read_json(config_path)), steps=config.steps)
+    gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
     write_json_atomic(config_path, dataclasses.asdict(config))
     progress = ProgressWriter(out_dir / "progress.jsonl")
     try:
@@ -244,6 +178,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     gan = build_gan(config)
     if (out_dir / CHECKPOINT).exists():
         gan.load_weights(out_dir / CHECKPOINT)
+        gan.resume_randomness(gan.steps_done)
     step = start_step = gan.steps_done
     by_subtype = {s: train.count(s) for s in config.subtypes}
     progress.emit("start", step=step, steps=config.steps, epochs=math.ceil(config.steps / config.checkpoint_every),

@@ -33,9 +33,10 @@ import tensorflow as tf
 from core.data.balance import apply_strategy
 from core.data.breakhis import index_folder
 from core.data.labels import output_sizes
-from core.data.pipeline import fit_normalizer, make_dataset, targets_and_weights
+from core.data.pipeline import make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage
+from core.data.stain_reference import fit_normalizer
 from core.data.synthetic import check_synthetic_folder
 from core.errors import BreakhisError, UserInputError
 from core.jsonfile import write_json_atomic
