@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Train the fields pipeline on an offline GPU machine that has JAX but neither TensorFlow nor Keras
-# nor internet (Keras 3 on its JAX backend); bring back the model folder and the benchmark JSON.
+# Train on an offline GPU machine that has JAX but neither TensorFlow nor Keras nor internet (Keras 3
+# on its JAX backend); bring back the run folder and the benchmark JSON.
 #
 # Here, with internet, from the repository root (once):
 #   scripts/gpu_machine.sh wheels                      # keras 3.15.1 + the deps such a machine lacks -> .whl/
 #   python -m core pack-fields --data DIR --out pack   # the real images as a field pack (~30 kB a field)
 # There, in a copy of the repository with .whl/ and the pack beside it:
 #   OUT=/somewhere scripts/gpu_machine.sh run pack [python -m core train options, e.g. --epochs 60 --folds 5]
+#   OUT=/somewhere scripts/gpu_machine.sh gan pack [python -m core gan train options, e.g. --steps 20000]
 #
-# `run` installs .whl/*.whl into /tmp/site when Keras is missing (no index, no deps), sets
-# KERAS_BACKEND=jax, runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
-# `python -m core train --pipeline fields --data PACK --out $RUN ...`, and leaves in $OUT:
-#   gpu_train.json   the benchmark's JSON          train.log   the training's output
+# Both install .whl/*.whl into /tmp/site when Keras is missing (no index, no deps) and set
+# KERAS_BACKEND=jax. `run` runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
+# `python -m core train --pipeline fields --data PACK --out $RUN ...`; `gan` runs
+# `python -m core gan train --data PACK --out $RUN ...` (a pack's file names are BreakHis names, so
+# the GAN selects, splits and scales them as it does the images; its 100X fields are too coarse
+# at 350 px for the GAN's 1.5625 um/px and are left out, counted in the card). Both leave in $OUT:
+#   gpu_train.json   the benchmark's JSON (run)    train.log   the training's output
 #   run.tgz          the run folder (model/, metrics.json, cv.json, progress.jsonl, ...), split into
 #                    run.tgz.00, run.tgz.01, ... of 15 MiB when over 16 MiB: `cat run.tgz.* > run.tgz`
 # Unpack with `tar xzf run.tgz`: run/model is a model folder; a model trained under JAX loads under
-# TensorFlow (the app: `python -m core predict --model run/model IMAGE`).
+# TensorFlow (the app: `python -m core predict --model run/model IMAGE`; `python -m core gan evaluate`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -36,12 +40,8 @@ wheels() {
     du -ch .whl/*.whl | tail -1
 }
 
-run() {
-    local pack=${1:?usage: scripts/gpu_machine.sh run PACK [train options]}
-    shift
-    local out=${OUT:?set OUT to the folder whose files come back}
-    local run_dir=${RUN:-/tmp/gpu-run/run}
-    mkdir -p "$out" "$(dirname "$run_dir")"
+setup() {
+    mkdir -p "$OUT" "$(dirname "$RUN_DIR")"
     export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
     if ! "$PYTHON" -c "import keras" 2>/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -49,27 +49,51 @@ run() {
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
     "$PYTHON" -c "import keras, jax; print('keras', keras.__version__, keras.backend.backend(), 'jax', jax.__version__, jax.devices())"
+}
+
+bring_back() {  # the run folder as run.tgz (split under 16 MiB), then what $OUT holds
+    if [ -d "$RUN_DIR" ]; then
+        tar czf "$OUT/run.tgz" -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")"
+        if [ "$(stat -c %s "$OUT/run.tgz")" -gt $((16 * 1024 * 1024)) ]; then
+            split -b 15m -d -a 2 "$OUT/run.tgz" "$OUT/run.tgz." && rm "$OUT/run.tgz"
+        fi
+    fi
+    ls -l "$OUT"
+}
+
+run() {
+    local pack=${1:?usage: scripts/gpu_machine.sh run PACK [train options]}
+    shift
+    setup
     if [ "${BENCH_ARGS:-}" != skip ]; then
         # shellcheck disable=SC2086
         "$PYTHON" bench/gpu_train.py ${BENCH_ARGS:---models densenet121@224 --batch-sizes 256 512 --steps 20 --warmup 3} \
-            --out "$out/gpu_train.json" > /dev/null || echo "bench/gpu_train.py failed (exit $?)" >&2
+            --out "$OUT/gpu_train.json" > /dev/null || echo "bench/gpu_train.py failed (exit $?)" >&2
     fi
     local status=0
-    "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$run_dir" "$@" \
-        > "$out/train.log" 2>&1 || status=$?
-    tail -n 5 "$out/train.log"
-    if [ -d "$run_dir" ]; then
-        tar czf "$out/run.tgz" -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
-        if [ "$(stat -c %s "$out/run.tgz")" -gt $((16 * 1024 * 1024)) ]; then
-            split -b 15m -d -a 2 "$out/run.tgz" "$out/run.tgz." && rm "$out/run.tgz"
-        fi
-    fi
-    ls -l "$out"
+    "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$RUN_DIR" "$@" \
+        > "$OUT/train.log" 2>&1 || status=$?
+    tail -n 5 "$OUT/train.log"
+    bring_back
+    return $status
+}
+
+gan() {
+    local pack=${1:?usage: scripts/gpu_machine.sh gan PACK [gan train options]}
+    shift
+    setup
+    local status=0
+    "$PYTHON" -m core gan train --data "$pack" --out "$RUN_DIR" "$@" > "$OUT/train.log" 2>&1 || status=$?
+    tail -n 5 "$OUT/train.log"
+    bring_back
     return $status
 }
 
 case "${1:-}" in
     wheels) wheels ;;
-    run) shift; run "$@" ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    run | gan)
+        OUT=${OUT:?set OUT to the folder whose files come back}
+        RUN_DIR=${RUN:-/tmp/gpu-run/run}
+        command=$1; shift; "$command" "$@" ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -156,6 +156,9 @@ def test_a_field_pack_round_trips_its_fields_and_labels(pack, samples_dir):
     original = index_folder(samples_dir).images.head(10)
     assert table["subtype"].tolist() == original["subtype"].tolist()
     assert np.abs(fields.astype(float) - load_fields(original["path"]).astype(float)).mean() < 4.0  # JPEG q92
+    indexed = index_folder(pack).images  # its files keep their BreakHis names: the GAN and evaluate read a pack
+    assert sorted(indexed["case"]) == sorted(original["case"])
+    assert sorted(indexed["magnification"]) == sorted(original["magnification"])
 
 
 def test_weights_trained_under_jax_predict_the_same_under_tensorflow(pack, tmp_path):

@@ -131,8 +131,8 @@ def pack_fields(table: pd.DataFrame, out: str | Path, quality: int = 92) -> Path
     out.mkdir(parents=True, exist_ok=True)
     fields = load_fields(table["path"])
     rows = []
-    for i, (field, row) in enumerate(zip(fields, table.itertuples(index=False))):
-        name = f"{i:05d}_{Path(row.path).stem}.jpg"
+    for field, row in zip(fields, table.itertuples(index=False)):
+        name = f"{Path(row.path).stem}.jpg"  # its BreakHis name: index_folder (the GAN, evaluate) reads a pack too
         Image.fromarray(field).save(out / name, quality=quality, subsampling=0)
         rows.append({"file": name, **{c: getattr(row, c) for c in PACK_COLUMNS[1:]}})
     pd.DataFrame(rows, columns=list(PACK_COLUMNS)).to_csv(out / PACK_INDEX, index=False)
