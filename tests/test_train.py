@@ -101,6 +101,12 @@ def test_finetune_learns_and_writes_a_complete_run(synthetic_breakhis, tmp_path)
     assert training["counts"]["train"] == (split["split"] == "train").sum()
     assert training["mode"] == "finetune" and "HED" in training["augmentation"]
     assert sum(training["by_subtype"].values()) == training["counts"]["train"]
+    # What it says it learnt from is its train split, not every image of the folder (issue 25).
+    evidence, test = card["evidence"], split[split["split"] == "test"]
+    assert evidence["images"] == training["counts"]["train"] < len(split)
+    assert evidence["patients"] == split.loc[split["split"] == "train", "case"].nunique()
+    assert evidence["figures_measured_on"] == f"the test split ({len(test)} images, {test['case'].nunique()} patients)"
+    assert evidence["statement"].startswith(f"weights learnt from {evidence['images']} real images")
     assert {"data_source", "split_protocol", "synthetic_by_subtype", "epochs", "balance", "magnification"} <= set(training)
     assert training["data_source"] == synthetic_breakhis.name  # no absolute build path in the card
     assert training["split"]["images"]["test"] == (split["split"] == "test").sum()  # describe_split, recorded

@@ -40,7 +40,7 @@ from core.paths import portable, refuse_existing_run
 from core.training.config import checked
 from core.training.field_fit import fit_fields, predict_views
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import LIMITED_BELOW_PATIENTS
+from core.training.runcard import evidence
 
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
 
@@ -89,7 +89,6 @@ def _rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
 
 
 def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on) -> dict:
-    patients, images = int(trained_on["case"].nunique()), int(len(trained_on))
     spec = view_spec(config)
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
@@ -98,12 +97,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
         "scale": {"mpp": 1.0, "tile_px": [CROP_PX, CROP_PX],
                   "source": "field recipe: fields restored to 350x230 px (~1 um/px at 200X), 224-px views"},
         "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
-        "evidence": {"images": images, "patients": patients, "weights_init": history["weights_init"],
-                     "by_magnification": {m: int(n) for m, n in trained_on["magnification"].value_counts().items()},
-                     "limited": patients < LIMITED_BELOW_PATIENTS, "figures_measured_on": figures_on,
-                     "statement": (f"weights learnt from {images} real images of {patients} patients (from scratch); "
-                                   f"figures measured on {figures_on}"
-                                   + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))},
+        "evidence": evidence(trained_on, history["weights_init"], figures_on),
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
                      "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in
                                                                            subtype_counts(trained_on).items() if v},

@@ -37,16 +37,24 @@ def _counts(table: pd.DataFrame) -> dict:
     return {k: int(v) for k, v in subtype_counts(table).items() if v}
 
 
-def evidence(split: pd.DataFrame, weights_used: str) -> dict:
-    """What the model's figures rest on: real images and patients behind the run, by magnification."""
-    real = split[~split["synthetic"].astype(bool)]
+def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:
+    """What a model rests on, in the card and wherever it predicts: the real images and patients its
+    weights learnt from (not its validation or test patients) and what its figures were measured on."""
+    real = trained_on[~trained_on["synthetic"].astype(bool)] if "synthetic" in trained_on else trained_on
     patients = int(real["case"].nunique())
+    start = "from scratch" if weights_used.startswith("random") else "from " + weights_used
     return {"images": int(len(real)), "patients": patients, "weights_init": weights_used,
             "by_magnification": {m: int(n) for m, n in real["magnification"].value_counts().sort_index().items()},
-            "limited": patients < LIMITED_BELOW_PATIENTS,
-            "statement": (f"trained {'from scratch' if weights_used.startswith('random') else 'from ' + weights_used}"
-                          f" on {len(real)} real images of {patients} patients"
+            "limited": patients < LIMITED_BELOW_PATIENTS, "figures_measured_on": figures_on,
+            "statement": (f"weights learnt from {len(real)} real images of {patients} patients ({start}); "
+                          f"figures measured on {figures_on}"
                           + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
+
+
+def split_figures_on(split: pd.DataFrame, part: str = "test") -> str:
+    """'the test split (N images, M patients)' of a run's split table."""
+    rows = split[split["split"] == part]
+    return f"the {part} split ({len(rows)} images, {rows['case'].nunique()} patients)"
 
 
 def training_scale(config, train: pd.DataFrame) -> dict:
@@ -65,7 +73,7 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
         "input_size": config.input_size, "weights_init": weights_used,
         "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
-        "evidence": evidence(data["split"], weights_used),
+        "evidence": evidence(train, weights_used, split_figures_on(data["split"])),
         "scale": training_scale(config, train),
         "stain_normalization": data["normalizer"].to_dict(),
         "training": {
