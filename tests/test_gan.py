@@ -54,13 +54,21 @@ def test_generator_is_fully_convolutional_and_conditional():
     assert np.asarray(discriminator([np.zeros((2, 40, 24, 3)), np.zeros((2, 1), np.int32)])).shape == (2, 1)
 
 
-def test_a_large_canvas_is_its_patches_without_seams():
+@pytest.mark.parametrize("fine_noise", [False, True])
+def test_a_large_canvas_is_its_patches_without_seams(fine_noise):
     """Fully convolutional with reflect padding and batch statistics at inference: the middle of a
     canvas drawn from a crop of a noise map equals the same pixels of the canvas from the whole map,
-    so a field-size image is seamless patches, and no frame is painted inside it."""
-    config = GanConfig(**TINY)
+    so a field-size image is seamless patches, and no frame is painted inside it. With fine noise
+    too: it is read from the noise map, cell by cell, not drawn afresh."""
+    config = GanConfig(**TINY, fine_noise=fine_noise)
     generator = build_generator(config)
-    noise = noise_map(1, 1, 144, 144, config.latent_dim)  # 18 x 18 cells
+    injections = [layer for layer in generator.layers if type(layer).__name__ == "InjectNoise"]
+    assert len(injections) == (8 if fine_noise else 0)  # after each of the 2 convolutions of 4 stages
+    for layer in injections:  # as if trained: their weights start at zero
+        layer.weight.assign(np.full(layer.weight.shape, 0.5, np.float32))
+    channels = generator.inputs[0].shape[-1]
+    assert channels == config.latent_dim + (2 * (1 + 4 + 16 + 64) if fine_noise else 0)
+    noise = noise_map(1, 1, 144, 144, channels)  # 18 x 18 cells
     whole = np.asarray(generator([noise, np.zeros((1, 1), np.int32)]))
     part = np.asarray(generator([noise[:, 2:16, 3:17], np.zeros((1, 1), np.int32)]))  # 112 x 112 px
     border = 48  # the receptive field: about 5.6 cells (two 3x3 convolutions and a resize per stage)
@@ -68,6 +76,21 @@ def test_a_large_canvas_is_its_patches_without_seams():
     same = whole[:, 16 + border:128 - border, 24 + border:136 - border]
     assert np.abs(inside - same).max() < 1e-4
     assert np.abs(part - whole[:, 16:128, 24:136]).max() > 1e-3  # the border does differ: the test can fail
+    if fine_noise:  # the fine planes matter, and only where they were changed (locally)
+        changed = noise.copy()
+        changed[:, 9, 9, config.latent_dim:] = 0.0
+        other = np.asarray(generator([changed, np.zeros((1, 1), np.int32)]))
+        moved = np.abs(other - whole).max(axis=(0, 3))
+        assert moved[72:80, 72:80].max() > 1e-3 and moved[:24].max() < 1e-6
+
+
+def test_a_generator_with_fine_noise_trains_saves_and_samples(synthetic_breakhis, tmp_path):
+    config = GanConfig(name="fine", subtypes=("adenosis",), steps=2, fine_noise=True, **TINY)
+    generator, card = load_model_folder(train_gan(config, synthetic_breakhis, tmp_path / "run"), kind=GENERATOR)
+    assert card["config"]["fine_noise"] is True  # loaded in Keras safe mode: its layers are registered
+    field = generate(generator, "adenosis", 2, seed=3, size=(100, 60))
+    assert field.shape == (2, 60, 100, 3) and np.array_equal(generate(generator, "adenosis", 2, seed=3,
+                                                                      size=(100, 60)), field)
 
 
 def test_config_rejects_bad_values():

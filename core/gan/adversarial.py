@@ -19,7 +19,7 @@ from keras import ops
 
 from core.errors import UserInputError
 from core.gan.augment import diff_augment
-from core.gan.model import UPSCALE
+from core.gan.model import UPSCALE, noise_channels
 
 MARGIN = 1  # noise cells drawn beyond a training patch on each side; the patch is a random crop of the larger canvas
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
@@ -93,7 +93,7 @@ class TextureGAN(keras.Model):
         """Generated patches: a canvas with MARGIN extra cells, cropped at a random offset."""
         size, batch = self.config.image_size, ops.shape(labels)[0]
         cells = size // UPSCALE + 2 * MARGIN
-        noise = keras.random.normal((batch, cells, cells, self.config.latent_dim), seed=self.seed_generator)
+        noise = keras.random.normal((batch, cells, cells, noise_channels(self.config)), seed=self.seed_generator)
         canvas = ops.cast(self.generator([noise, labels], training=True), "float32")
         offset = keras.random.randint((2,), 0, 2 * MARGIN * UPSCALE + 1, seed=self.seed_generator, dtype="int32")
         return ops.slice(canvas, (0, offset[0], offset[1], 0), (batch, size, size, 3))

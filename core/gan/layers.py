@@ -1,10 +1,14 @@
-"""The generator's two building blocks that stock Keras lacks: reflect padding and subtype-conditional
-normalisation.
+"""The generator's building blocks that stock Keras lacks: reflect padding, subtype-conditional
+normalisation and noise injected at every resolution.
 
 Reflect padding is a layer of its own because Keras has only zero padding: zeros at the border of
 every 3x3 convolution teach a generator to paint a frame (the first generators had one), and a
 fully convolutional generator must draw the border of a patch like its middle, since a larger
-canvas puts that border in the middle. The layer is registered, so a saved generator still loads
+canvas puts that border in the middle. Fine noise (StyleGAN's per-pixel noise, Karras et al. 2019)
+gives each resolution its own randomness, so detail need not be painted as one motif per noise cell;
+it is read from extra channels of the generator's one noise map (packed per cell, unpacked by
+depth-to-space), so a canvas stays a deterministic, local function of its noise map: a field-size
+image is still its patches, without seams. The layers are registered, so a saved generator still loads
 in Keras safe mode (core.model.folders) once this module is imported (core.gan.sampling imports it).
 """
 
@@ -55,3 +59,54 @@ def conditional_norm(x, embedding, filters: int):
     shift = layers.Dense(filters, kernel_initializer=small)(embedding)
     x = layers.Multiply()([x, layers.Reshape((1, 1, filters))(scale)])
     return layers.LeakyReLU(0.2)(layers.Add()([x, layers.Reshape((1, 1, filters))(shift)]))
+
+
+@keras.saving.register_keras_serializable(package="breakhis_gan")
+class InjectNoise(layers.Layer):
+    """x (B, H, W, C) at `cells * factor` resolution + a learned per-channel weight (zero at start) x
+    one noise plane unpacked from channels [offset, offset + factor**2) of the noise map (B, h, w, K)."""
+
+    def __init__(self, offset: int, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.offset, self.factor = int(offset), int(factor)
+
+    def build(self, input_shape):
+        self.weight = self.add_weight(shape=(input_shape[0][-1],), initializer="zeros", name="weight")
+
+    def call(self, inputs):
+        x, noise = inputs
+        f = self.factor
+        packed = noise[..., self.offset:self.offset + f * f]  # (B, h, w, f*f): one value per output pixel
+        shape = ops.shape(packed)
+        plane = ops.reshape(packed, (shape[0], shape[1], shape[2], f, f))
+        plane = ops.reshape(ops.transpose(plane, (0, 1, 3, 2, 4)), (shape[0], shape[1] * f, shape[2] * f, 1))
+        return x + ops.cast(plane, x.dtype) * ops.cast(self.weight, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "offset": self.offset, "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="breakhis_gan")
+class Channels(layers.Layer):
+    """Channels [start, stop) of a tensor: the latent part of a noise map that also carries fine noise."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, x):
+        return x[..., self.start:self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+def fine_noise_channels(stages: int, convs_per_stage: int = 2) -> int:
+    """Noise-map channels that fine noise reads: one plane per convolution, 4**stage values per cell."""
+    return convs_per_stage * sum(4 ** stage for stage in range(stages + 1))

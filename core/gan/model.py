@@ -25,7 +25,7 @@ from core.data.selection import MAGNIFICATION_CHOICES, NO_SPLIT, SplitSpec
 from core.data.splits import PATIENT, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
-from core.gan.layers import conditional_norm, conv
+from core.gan.layers import Channels, InjectNoise, conditional_norm, conv, fine_noise_channels
 from core.options import option
 
 UPSCALE = 8  # output pixels per noise cell: three 2x stages
@@ -46,6 +46,8 @@ class GanConfig:
     mpp: float = option(GAN_MPP, "microns per pixel of every patch (fields are resampled to it, never enlarged)")
     image_size: int = option(64, f"training patch side in pixels (a multiple of {UPSCALE})")
     latent_dim: int = option(32, "noise channels per noise cell (one cell per 8x8 output pixels)")
+    fine_noise: bool = option(False, "also inject noise at every resolution, after each convolution (read from "
+                              "extra noise-map channels, so a large canvas is still its patches)")
     width: int = option(128, "generator channels at the noise resolution, halved per up-sampling stage")
     d_width: int = option(32, "discriminator channels at full resolution, doubled per down-sampling")
     steps: int = option(6000, "training steps (with --resume: the total to reach)")
@@ -101,25 +103,37 @@ class GanConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
+STAGES = UPSCALE.bit_length() - 1  # 2x up-sampling stages after the noise resolution
+
+
+def noise_channels(config: GanConfig) -> int:
+    """Channels of the generator's noise map: the latent, plus the fine noise's packed planes."""
+    return config.latent_dim + (fine_noise_channels(STAGES) if config.fine_noise else 0)
+
+
 def build_generator(config: GanConfig) -> keras.Model:
-    """(noise map [N, h, w, latent_dim], subtype index into SUBTYPES [N, 1]) -> RGB in [-1, 1] of
+    """(noise map [N, h, w, noise_channels], subtype index into SUBTYPES [N, 1]) -> RGB in [-1, 1] of
     [N, 8h, 8w, 3]: any h and w, so one network draws a training patch or a whole field."""
-    noise = keras.Input((None, None, config.latent_dim), name="noise")
+    noise = keras.Input((None, None, noise_channels(config)), name="noise")
     label = keras.Input((1,), dtype="int32", name="subtype")
     # Unit-scale embedding: a tiny start leaves the subtype path without gradient for thousands of steps.
     unit = keras.initializers.RandomNormal(stddev=1.0)
     embedding = layers.Flatten()(layers.Embedding(len(SUBTYPES), 32, embeddings_initializer=unit,
                                                   name="subtype_embedding")(label))
-    x = noise
-    stages = UPSCALE.bit_length() - 1
-    for stage in range(stages + 1):
+    x = Channels(0, config.latent_dim)(noise) if config.fine_noise else noise
+    offset = config.latent_dim
+    for stage in range(STAGES + 1):
         filters = max(16, config.width >> stage)
         if stage:
             # Resize then convolve (Odena et al. 2016): no transposed convolution, whose uneven
             # overlap paints checkerboards (the first bundled generator had them).
             x = layers.UpSampling2D(2, interpolation="bilinear")(x)
-        x = conditional_norm(conv(x, filters), embedding, filters)
-        x = conditional_norm(conv(x, filters), embedding, filters)
+        for _ in range(2):
+            x = conv(x, filters)
+            if config.fine_noise:
+                x = InjectNoise(offset, 2 ** stage)([x, noise])
+                offset += 4 ** stage
+            x = conditional_norm(x, embedding, filters)
     image = conv(x, 3, activation="tanh", name="rgb", dtype="float32")
     return keras.Model([noise, label], image, name="generator")
 

@@ -24,7 +24,7 @@ from core.data.selection import select_images
 from core.data.stain_reference import fit_normalizer
 from core.errors import UserInputError
 from core.gan.adversarial import TextureGAN
-from core.gan.model import UPSCALE, GanConfig, build_discriminator, build_generator
+from core.gan.model import UPSCALE, GanConfig, build_discriminator, build_generator, noise_channels
 from core.gan.patches import PatchSampler, holdout_split, load_fields
 from core.gan.sampling import field_px, noise_map, save_sample_grid
 from core.jsonfile import read_json, write_json_atomic
@@ -59,7 +59,8 @@ class RunCallbacks(keras.callbacks.Callback):
     def __init__(self, config: GanConfig, out_dir: Path, stop):
         super().__init__()
         self.config, self.out_dir, self.stop, self.cancelled = config, out_dir, stop, False
-        self.fixed_noise = noise_map(config.seed + 12345, 8, config.image_size, config.image_size, config.latent_dim)
+        self.fixed_noise = noise_map(config.seed + 12345, 8, config.image_size, config.image_size,
+                                     noise_channels(config))
 
     def on_train_begin(self, logs=None):
         self.step = self.model.steps_done
