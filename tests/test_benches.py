@@ -24,6 +24,7 @@ EXPECTED = {
     "audit_load": ("baseline_one_session", "load", "crash"),
     "diagnose": ("diagnosis_s", "ratio", "steps_s"),
     "fast_full": ("first_run_s", "second_run_with_other_heads_s"),
+    "gan_sample": ("generators", "meets_goal"),
     "gpu_train": ("sweep", "best_images_per_s"),
     "slide": ("throughput", "memory", "dask"),
     "stain_shift": ("without_normalisation", "with_normalisation"),
