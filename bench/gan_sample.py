@@ -19,9 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
-
 import numpy as np  # noqa: E402
+from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
 from core.gan.model import GanConfig, build_generator  # noqa: E402
 from core.gan.sampling import Generator, field_px  # noqa: E402

@@ -31,7 +31,7 @@ from core.data.scale import model_scale  # noqa: E402
 from core.model.loading import load_predictor  # noqa: E402
 from core.slide.call import apply_rule, slide_rule_of  # noqa: E402
 from core.slide.choose import run_mosaics  # noqa: E402
-from core.slide.mosaic import build_mosaic, fields_at_scale  # noqa: E402
+from core.slide.mosaic import build_mosaic, field_slot, fields_at_scale  # noqa: E402
 
 SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "breakhis" / "real"
 
@@ -75,7 +75,7 @@ def main() -> int:
     rule, where, _ = slide_rule_of(predictor.card)
     with tempfile.TemporaryDirectory(prefix="slide-call-bench-") as folder:
         mosaics = [build_mosaic(Path(folder) / f"benign_{i}.tif", benign, focus=0, grid=(args.rows, args.cols),
-                                seed=args.seed * 1000 + i, mpp=scale["mpp"], slot=tuple(scale["tile_px"]), levels=2,
+                                seed=args.seed * 1000 + i, mpp=scale["mpp"], slot=field_slot(fields, scale["mpp"]), levels=2,
                                 margin=0.5 if i % 2 else 1.0)
                    for i in range(args.benign)]
         for case in sorted(malignant["case"].unique())[:1 if args.smoke else None]:
@@ -83,7 +83,7 @@ def main() -> int:
                 mosaics.append(build_mosaic(Path(folder) / f"focus_{case}_{i}.tif", benign, malignant,
                                             focus=int(rng.choice(sizes)), grid=(args.rows, args.cols),
                                             seed=args.seed * 1000 + 500 + len(mosaics), mpp=scale["mpp"],
-                                            slot=tuple(scale["tile_px"]), focus_case=case, levels=2,
+                                            slot=field_slot(fields, scale["mpp"]), focus_case=case, levels=2,
                                             margin=0.5 if i % 2 else 1.0))
         runs = run_mosaics(predictor, mosaics)
     rows = []

@@ -210,6 +210,15 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     prediction = predictor.predict([np.asarray(Image.open(next(synthetic_breakhis.rglob("*.png"))).convert("RGB"))])[0]
     assert set(prediction.referral) == {"stage1", "subtype", "thresholds_source"}
     assert prediction.to_dict()["refer_stage1"] == prediction.refer_stage1
+    # The final model learnt from every patient: its slide rule is chosen on each fold's held-out
+    # patients, seen by that fold's model, on mosaics of whole fields at its 1 um/px.
+    assert main(["slide-threshold", str(out / "model"), "--data", str(synthetic_breakhis), "--repeats", "1",
+                 "--benign-mosaics", "2"]) == 0
+    validation = read_json(out / "model" / "card.json")["thresholds"]["slide_rule"]["validation"]
+    on = validation["selected_on"]
+    assert on["split"].startswith("held-out patients of 2 folds") and on["patients"] == 24
+    assert on["mosaics"] == 2 + 3 * on["malignant_patients"] and validation["specificity"] == 1.0
+    load_predictor(out / "model")  # the card's checksum still holds
 
 
 def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path):

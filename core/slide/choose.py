@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,32 +185,74 @@ def validation_fields(predictor, data_dir) -> pd.DataFrame:
     return selection.part("val").reset_index(drop=True)
 
 
+def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
+    """For the final model of a field-recipe cross-validation (run/model beside run/fold-k/model):
+    [(fold k's Predictor with the final model's pooled temperatures, fold k's held-out fields)],
+    rebuilt as the run built them (core.training.field_run); None for any other model."""
+    from core.data.selection import fingerprint
+    from core.data.splits import patient_kfold
+    from core.errors import UserInputError
+    from core.model.loading import load_predictor
+    from core.training.field_run import field_table
+
+    training = card.get("training") or {}
+    settings = training.get("settings") or {}
+    folds = sorted(Path(model_dir).resolve().parent.glob("fold-*/model"), key=lambda p: int(p.parent.name[5:]))
+    if training.get("pipeline") != "fields" or int(settings.get("folds") or 0) < 2 or len(folds) != settings["folds"]:
+        return None
+    table = field_table(data_dir, settings.get("magnification", "all"))
+    if training.get("data_fingerprint") and fingerprint(table) != training["data_fingerprint"]:
+        raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
+                             f"{fingerprint(table)}, the card says {training['data_fingerprint']}).")
+    temperatures = (card.get("calibration") or {}).get("temperatures") or {}
+    parts = []
+    for path, assigned in zip(folds, patient_kfold(table, settings["folds"], int(settings.get("seed", 0)))):
+        predictor = load_predictor(path)
+        predictor.temperatures = dict(temperatures)  # the calibration the final model was given, fitted on these
+        parts.append((predictor, table[assigned["split"].to_numpy() == "test"].reset_index(drop=True)))
+    return parts
+
+
 def validate_slide_rule(model_dir, data_dir, work_dir=None, repeats: int = 2, benign_mosaics: int = 12,
                         grid: tuple[int, int] = (4, 4), seed: int = 0, write: bool = True) -> dict:
-    """Choose the slide rule on mosaics of the model's validation patients; write it into the card."""
+    """Choose the slide rule on mosaics of patients the model never learnt from, and write it into
+    the card: the model's validation patients, or for a cross-validated final model (which learnt
+    from every patient) each fold's held-out patients seen by that fold's model, pooled (as its
+    temperatures and referral thresholds were chosen on the pooled out-of-fold predictions)."""
     from core.errors import UserInputError
     from core.model.folders import update_card
     from core.model.loading import load_predictor
     from core.slide.mosaic import fields_at_scale, mosaic_set
 
     predictor = load_predictor(model_dir)
-    val = validation_fields(predictor, data_dir)
-    foci = FOCI
+    parts = fold_parts(model_dir, predictor.card, data_dir)
+    split = "val" if parts is None else f"held-out patients of {len(parts)} folds, each by its fold's model (pooled)"
+    if parts is None:
+        parts = [(predictor, validation_fields(predictor, data_dir))]
+    per_part = benign_mosaics if len(parts) == 1 else -(-benign_mosaics // len(parts))
+    mpp, runs, used = model_scale(predictor.card)["mpp"], [], []
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="slide-rule-") as folder:
-        try:
-            mosaics = mosaic_set(val, folder, predictor.card, foci, repeats, benign_mosaics, grid, seed)
-        except ValueError as problem:
-            raise UserInputError(f"The slide rule cannot be chosen on this model's validation split: {problem}.")
-        runs = run_mosaics(predictor, mosaics)
+        for k, (part_predictor, fields) in enumerate(parts):
+            try:
+                mosaics = mosaic_set(fields, Path(folder) / f"part-{k}", part_predictor.card, FOCI, repeats, per_part,
+                                     grid, seed + k)
+            except ValueError as problem:
+                if len(parts) == 1:
+                    raise UserInputError(f"The slide rule cannot be chosen on this model's validation split: {problem}.")
+                continue  # a fold without benign or malignant fields at the scale adds no mosaics
+            runs += run_mosaics(part_predictor, mosaics)
+            used.append(fields_at_scale(fields, mpp))
+    if not runs:
+        raise UserInputError("The slide rule cannot be chosen: no fold has benign and malignant fields at the scale.")
     chosen = choose_slide_rule(runs)
-    used = fields_at_scale(val, model_scale(predictor.card)["mpp"])
+    used = pd.concat(used)
     figures = chosen["figures"]
     validation = {
-        "selected_on": {"split": "val", "patients": int(used["case"].nunique()),
+        "selected_on": {"split": split, "patients": int(used["case"].nunique()),
                         "benign_patients": int(used.loc[used["label"] == "benign", "case"].nunique()),
                         "malignant_patients": int(used.loc[used["label"] == "malignant", "case"].nunique()),
                         "fields": int(len(used)), "mosaics": len(runs), "grid": list(grid),
-                        "focus_fields": list(foci[1:]), "repeats": repeats, "seed": seed},
+                        "focus_fields": list(FOCI[1:]), "repeats": repeats, "seed": seed},
         "specificity": figures["specificity"], "sensitivity": figures["sensitivity"],
         "localised": figures["localised"], "mosaics_per_focus": figures["mosaics"],
         "benign_max": figures["benign_max"], "margin": MARGIN,

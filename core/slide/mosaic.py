@@ -3,9 +3,10 @@
 BreakHis has no whole slides, only fields taken inside each lesion. A slide-level rule (a
 malignant focus in benign tissue, core.slide.call) is checked on mosaics: fields of given
 patients placed edge to edge on a grid of slots at the model's scale (core.data.scale: a slot is
-card["scale"]["tile_px"] at its mpp, the whole 700x460 field at 200X; a field of that
-magnification, or a shrunk or squashed copy of one, is resampled once to it), with a glass margin
-around, written as a pyramidal tiled TIFF that OpenSlide and tiffslide open (`write_pyramid`).
+one whole 700x460 field of the commonest magnification at least as fine as the model's mpp, at
+that mpp: 700x460 px for a whole-field model at 200X, 350x230 for the field recipe's 1 um/px; a
+field of that magnification, or a shrunk or squashed copy of one, is resampled once to it), with
+a glass margin around, written as a pyramidal tiled TIFF that OpenSlide and tiffslide open (`write_pyramid`).
 
 `build_mosaic` places `focus` malignant fields of ONE patient (a focus is one tumour) as a
 connected blob (4-connected, grown from a random slot) or scattered, the other slots benign
@@ -28,7 +29,7 @@ from PIL import Image
 
 from core.data.breakhis import parse_name
 from core.data.images import load_image
-from core.data.scale import image_scale, magnification_mpp, model_scale, to_scale
+from core.data.scale import BREAKHIS_FIELD, Scale, image_scale, magnification_mpp, model_scale, scaled_size, to_scale
 
 GLASS = 242  # background grey of an empty slide (above the tissue mask's optical density)
 
@@ -51,15 +52,28 @@ def write_pyramid(path: Path, rgb: np.ndarray, mpp: float | None = 0.5, levels: 
     return Path(path)
 
 
-def fields_at_scale(table: pd.DataFrame, mpp: float) -> pd.DataFrame:
-    """The rows of a field table (columns path, label, case; BreakHis names) whose magnification
-    has the model's mpp: only those can fill a slot without enlarging a coarser field."""
-    def field_mpp(path) -> float | None:
-        parsed = parse_name(Path(path).name)
-        return magnification_mpp(parsed.magnification) if parsed is not None else None
+def _magnification(path) -> str | None:
+    parsed = parse_name(Path(path).name)
+    return parsed.magnification if parsed is not None else None
 
-    keep = [m is not None and abs(m - mpp) <= 0.02 * mpp for m in table["path"].map(field_mpp)]
-    return table[keep].reset_index(drop=True)
+
+def fields_at_scale(table: pd.DataFrame, mpp: float) -> pd.DataFrame:
+    """The rows of a field table (columns path, label, case; BreakHis names) that fill a mosaic at the
+    model's mpp: those of the commonest magnification whose fields are at least as fine as mpp
+    (shrunk to it, never enlarged), so every slot is the same piece of tissue. A whole-field model
+    at 0.5 um/px gets the 200X fields as they are; the field recipe at 1 um/px gets them halved."""
+    magnifications = table["path"].map(_magnification)
+    fine = magnifications[[m is not None and magnification_mpp(m) <= mpp * 1.02 for m in magnifications]]
+    if not len(fine):
+        return table.iloc[:0].reset_index(drop=True)
+    return table[magnifications == fine.value_counts().index[0]].reset_index(drop=True)
+
+
+def field_slot(fields: pd.DataFrame, mpp: float) -> tuple[int, int]:
+    """(width, height) of one mosaic slot: a whole BreakHis field of these fields' magnification at mpp."""
+    magnification = _magnification(fields["path"].iloc[0])
+    native = magnification_mpp(magnification)
+    return scaled_size(*BREAKHIS_FIELD, Scale(native, native, magnification), mpp)
 
 
 @functools.lru_cache(maxsize=512)
@@ -179,13 +193,13 @@ def mosaic_set(fields: pd.DataFrame, out_dir, card: dict, foci=(0, 1, 2, 4), rep
     """Mosaics of the given patients' fields at the model's scale: `benign_mosaics` benign-only, and
     for each focus size > 0 and each malignant patient, `repeats` mosaics with a focus of its fields;
     every other one with a half-field glass margin, its fields straddling the tile grid."""
-    scale = model_scale(card)
-    mpp, slot = scale["mpp"], tuple(scale["tile_px"])
+    mpp = model_scale(card)["mpp"]
     usable = fields_at_scale(fields, mpp)
     benign, malignant = usable[usable["label"] == "benign"], usable[usable["label"] == "malignant"]
     if not len(benign) or not len(malignant):
         raise ValueError(f"mosaics need benign and malignant fields at {mpp:g} um/px; found {len(benign)} benign "
                          f"and {len(malignant)} malignant")
+    slot = field_slot(usable, mpp)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = [(0, None, i) for i in range(benign_mosaics if 0 in foci else 0)]

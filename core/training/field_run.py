@@ -45,21 +45,30 @@ from core.training.runcard import evidence
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
 
 
+def _magnification_rows(table: pd.DataFrame, magnification: str, data) -> np.ndarray:
+    keep = select_magnification(table, magnification).index.to_numpy()
+    if not len(keep):
+        raise UserInputError(f"No real images of magnification {magnification} in {data}")
+    return keep
+
+
+def field_table(data, magnification: str = "all") -> pd.DataFrame:
+    """The images a fields run on a BreakHis folder learns from, in its order: real images only, of
+    the run's magnification. The slide rule rebuilds a run's folds from it."""
+    table = index_folder(data).images
+    table = table[~table["synthetic"].astype(bool)].reset_index(drop=True)
+    return table.loc[_magnification_rows(table, magnification, data)].reset_index(drop=True)
+
+
 def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table, fields) of a BreakHis folder or a field pack (core.data.fields.pack_fields), real
-    images only, of the run's magnification."""
+    """(table, fields) of a BreakHis folder (field_table, decoded) or a field pack
+    (core.data.fields.pack_fields), of the run's magnification."""
     if is_pack(config.data):
         table, fields = read_pack(config.data)
-    else:
-        table = index_folder(config.data).images
-        table = table[~table["synthetic"].astype(bool)].reset_index(drop=True)
-        fields = None
-    keep = select_magnification(table, config.magnification).index
-    table = table.loc[keep].reset_index(drop=True)
-    if len(table) == 0:
-        raise UserInputError(f"No real images of magnification {config.magnification} in {config.data}")
-    fields = load_fields(table["path"]) if fields is None else fields[keep.to_numpy()]
-    return table, fields
+        keep = _magnification_rows(table, config.magnification, config.data)
+        return table.loc[keep].reset_index(drop=True), fields[keep]
+    table = field_table(config.data, config.magnification)
+    return table, load_fields(table["path"])
 
 
 def view_spec(config) -> ViewSpec:
