@@ -16,12 +16,12 @@ from core.model.loading import load_predictor
 SIZE = 64
 
 
-def _predictor(tmp_path_factory, hierarchy):
+def _predictor(tmp_path_factory, hierarchy, backbone="small_cnn", size=SIZE):
     import keras
 
     keras.utils.set_random_seed(0)  # the same untrained weights every run: its maps are not empty
-    model, _ = build_classifier("small_cnn", hierarchy, weights=None, input_size=SIZE)
-    card = {"name": f"tiny-{hierarchy}", "backbone": "small_cnn", "hierarchy": hierarchy}
+    model, _ = build_classifier(backbone, hierarchy, weights=None, input_size=size)
+    card = {"name": f"tiny-{hierarchy}", "backbone": backbone, "hierarchy": hierarchy}
     return load_predictor(save_model_folder(model, tmp_path_factory.mktemp(hierarchy) / "model", card))
 
 
@@ -62,11 +62,21 @@ def test_a_flat_cam_becomes_an_empty_map_that_says_so():
     assert note == "" and heatmap.max() == pytest.approx(1.0, abs=0.02) and heatmap.min() == pytest.approx(0.0, abs=0.02)
 
 
-def test_single_pass_gradcam_equals_tf_keras_vis_gradcam_for_every_target(predictor, sample):
+@pytest.fixture(scope="module")
+def resnet_predictor(tmp_path_factory):
+    return _predictor(tmp_path_factory, "hierarchical", "resnet18_half", 128)
+
+
+@pytest.mark.parametrize("which", ["small_cnn", "resnet18_half"])
+def test_single_pass_gradcam_equals_tf_keras_vis_gradcam_for_every_target(predictor, resnet_predictor, sample, which):
+    """The small CNN's heads read earlier layers, so its whole pass is recorded; a ResNet's heads read
+    the CAM layer alone, so only they are (the backbone runs as a bare forward): the same maps."""
+    predictor = predictor if which == "small_cnn" else resnet_predictor
     explainer = ex.explainer_for(predictor)
+    assert (explainer._heads is None) == (which == "small_cnn")
     model_input = predictor.model_input([sample])
     _, cams = explainer.gradcam_pass(model_input)
-    assert cams.shape[:2] == (1, len(ex.CAM_TARGETS)) == (1, 10)
+    assert cams.shape[:2] == (1, len(ex.CAM_TARGETS)) == (1, 10) and float(np.max(cams)) > 0  # maps to compare
     for label, subtype in ex.CAM_TARGETS:
         output, index = (("stage1", CLASSES.index(label)) if subtype is None
                          else (f"{label}_subtype", SUBTYPES_BY_CLASS[label].index(subtype)))
@@ -74,7 +84,7 @@ def test_single_pass_gradcam_equals_tf_keras_vis_gradcam_for_every_target(predic
             CategoricalScore([index]), model_input, penultimate_layer=explainer.cam_layer,
             seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
         ours = ex.cam_of(cams.numpy(), label, subtype)[0]
-        assert ours.shape == np.asarray(reference)[0].shape == (8, 8)  # cnn_block4_out at 64 px
+        assert ours.shape == np.asarray(reference)[0].shape == ((8, 8) if which == "small_cnn" else (4, 4))
         np.testing.assert_allclose(ours, np.asarray(reference)[0], rtol=1e-4, atol=1e-6)
 
 

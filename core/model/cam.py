@@ -85,6 +85,10 @@ class _Explainer:
         self.logit_models = {name: keras.Model(model.inputs, tensor) for name, tensor in logits.items()}
         features = model.get_layer(self.cam_layer).output
         self._features_and_logits = keras.Model(model.inputs, [features, logits])
+        try:  # the heads as a model of the CAM layer alone: then only they are recorded for the gradients
+            self._backbone, self._heads = keras.Model(model.inputs, features), keras.Model(features, logits)
+        except ValueError:  # a head reads layers before the CAM layer (the small CNN): record the whole pass
+            self._backbone = self._heads = None
         self.channels = int(features.shape[-1])
         self._visualizers: dict = {}
         spec = tf.TensorSpec([None, predictor.input_size, predictor.input_size, 3], tf.float32)
@@ -106,11 +110,19 @@ class _Explainer:
         through the head alone (from the logits to the CAM layer), a few per cent of the forward, so
         the targets can be picked afterwards (after an ensemble's vote, test-time augmentation or
         calibration) without a second forward. Images of a batch do not interact (inference mode),
-        so the gradient of a score summed over the batch is each image's own gradient.
+        so the gradient of a score summed over the batch is each image's own gradient. Where the heads
+        read the CAM layer alone, the backbone runs outside the tape: the pass then costs a bare forward
+        plus the heads' backward.
         """
+        split = self._heads is not None
+        features = self._backbone([images], training=False) if split else None  # a bare forward, not recorded
         with tf.GradientTape(persistent=True) as tape:
-            tape.watch(images)
-            features, logits = self._features_and_logits([images], training=False)
+            if split:
+                tape.watch(features)
+                logits = self._heads(features, training=False)
+            else:
+                tape.watch(images)
+                features, logits = self._features_and_logits([images], training=False)
             class_logits, head_logits = self._class_and_head_logits(logits)
             scores = tf.concat([class_logits, tf.reshape(head_logits, [tf.shape(head_logits)[0], -1])], axis=1)
             totals = tf.unstack(tf.reduce_sum(scores, axis=0), num=len(CAM_TARGETS))
