@@ -70,9 +70,10 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
         raise UserInputError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     run_dir = runs_dir() / f"default-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     if recipe == "field":
-        return install_field_run(cross_validate_fields(TrainConfig(data=str(data), out=str(run_dir),
-                                                                   folds=cross_validate or FIELD_FOLDS, **FIELD)),
-                                 run_dir, out)
+        result = cross_validate_fields(TrainConfig(data=str(data), out=str(run_dir),
+                                                    folds=cross_validate or FIELD_FOLDS, **FIELD))
+        choose_slide_rule_of(result["model_dir"], data)  # with the fold models beside it, before installing
+        return install_field_run(result, run_dir, out)
     result = train(TrainConfig(data=str(data), out=str(run_dir), **RECIPES[recipe]))
     load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
     extras = [run_dir / "history.csv", run_dir / "metrics.json"]
@@ -92,6 +93,17 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
+
+
+def choose_slide_rule_of(model_dir, data) -> None:
+    """The slide rule of a cross-validated final model, chosen on its folds' held-out patients
+    (core.slide.choose); where mosaics cannot be made, the card keeps the default rule, which says so."""
+    from core.slide.choose import validate_slide_rule
+
+    try:
+        validate_slide_rule(model_dir, data)
+    except UserInputError as problem:
+        print(f"slide rule not chosen: {problem}")
 
 
 def install_field_run(result: dict, run_dir: Path, out: Path) -> Path:
