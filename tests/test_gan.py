@@ -38,7 +38,7 @@ def tiny_generator(synthetic_breakhis, tmp_path_factory):
 def test_generator_is_fully_convolutional_and_conditional():
     config = GanConfig(**TINY)
     generator = build_generator(config)
-    noise = noise_map(0, 3, 16, 16, config.latent_dim)
+    noise = noise_map(0, 3, 16, 16, generator.inputs[0].shape[-1])
     raw = {s: np.asarray(generator([noise, np.full((3, 1), i, np.int32)])) for i, s in enumerate(SUBTYPES)}
     for subtype, images in raw.items():
         assert images.shape == (3, 16, 16, 3)

@@ -46,8 +46,10 @@ class GanConfig:
     mpp: float = option(GAN_MPP, "microns per pixel of every patch (fields are resampled to it, never enlarged)")
     image_size: int = option(64, f"training patch side in pixels (a multiple of {UPSCALE})")
     latent_dim: int = option(32, "noise channels per noise cell (one cell per 8x8 output pixels)")
-    fine_noise: bool = option(False, "also inject noise at every resolution, after each convolution (read from "
-                              "extra noise-map channels, so a large canvas is still its patches)")
+    # On by default: on the real set it removed the 8-px periodic motif (docs/gan.md, issue 26).
+    fine_noise: bool = option(True, "inject noise at every resolution, after each convolution (read from extra "
+                              "noise-map channels, so a large canvas is still its patches); off: only the coarse "
+                              "noise map")
     width: int = option(128, "generator channels at the noise resolution, halved per up-sampling stage")
     d_width: int = option(32, "discriminator channels at full resolution, doubled per down-sampling")
     steps: int = option(6000, "training steps (with --resume: the total to reach)")
@@ -100,6 +102,7 @@ class GanConfig:
     def from_dict(cls, values: dict) -> "GanConfig":
         """From JSON (a run's config.json or a card's "config"): lists back to tuples."""
         names = {f.name for f in dataclasses.fields(cls)}
+        values = {"fine_noise": False, **values}  # a run saved before fine noise existed had none
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
