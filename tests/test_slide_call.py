@@ -101,6 +101,16 @@ def test_an_old_card_gets_the_default_rule_and_says_so():
     assert call["label"] == "malignant" and "slide-threshold" in call["threshold_source"]
 
 
+def test_a_benign_call_by_a_weak_rule_says_it_rules_nothing_out():
+    weak = card(kind="top_k", min_size=4, min_mean_p=0.98)
+    weak["thresholds"]["slide_rule"]["validation"]["localised"] = {"target": 0.01}
+    call, _ = slide_call(grid_tiles(np.array([[0.9, 0.2, 0.2]])), weak)
+    assert call["label"] == "benign" and "caught 1% of the 2-4-field foci" in call["statement"]
+    strong = card(kind="region", min_size=1, min_mean_p=0.6)
+    strong["thresholds"]["slide_rule"]["validation"]["localised"] = {"target": 0.9}
+    assert "rule out" not in slide_call(grid_tiles(np.array([[0.2, 0.2]])), strong)[0]["statement"]
+
+
 def _run(p, focus_cells=(), case="m"):
     tiles = grid_tiles(np.array(p, float))
     focus = np.zeros(len(tiles), bool)

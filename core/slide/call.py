@@ -73,6 +73,8 @@ class SlideRule:
 
 
 DEFAULT_RULE = SlideRule()
+# Below this share of validation foci caught (localised, 2-4 fields), a benign call says it rules nothing out.
+WEAK_RULE = 0.5
 
 
 @dataclasses.dataclass
@@ -206,6 +208,10 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
         statement = (f"No region qualified ({rule.describe()}); the most suspicious was {regions[0].describe()}.")
     else:
         statement = f"No region qualified: no tile reached p(malignant) {rule.tile_threshold:g}."
+    caught = (validation.get("localised") or {}).get("target")
+    if not positive and caught is not None and caught < WEAK_RULE:
+        statement += (f" This model's rule caught {caught:.0%} of the 2-4-field foci of its validation mosaics: "
+                      "a benign call does not rule out a malignant focus; read the map.")
     figures = {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
     call = {"label": "malignant" if positive else "benign", "rule": rule.describe(), "rule_params": rule.to_dict(),
             "threshold_source": where, "validation": figures, "statement": statement,

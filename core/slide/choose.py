@@ -198,8 +198,12 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
     training = card.get("training") or {}
     settings = training.get("settings") or {}
     folds = sorted(Path(model_dir).resolve().parent.glob("fold-*/model"), key=lambda p: int(p.parent.name[5:]))
-    if training.get("pipeline") != "fields" or int(settings.get("folds") or 0) < 2 or len(folds) != settings["folds"]:
+    if training.get("pipeline") != "fields" or int(settings.get("folds") or 0) < 2:
         return None
+    if len(folds) != settings["folds"]:  # its "validation" patients are patients it learnt from
+        raise UserInputError(f"{model_dir} learnt from every patient of a {settings['folds']}-fold cross-validation: "
+                             "its slide rule is chosen with the fold models beside it (RUN/fold-k/model); run "
+                             "slide-threshold on RUN/model before installing it elsewhere")
     table = field_table(data_dir, settings.get("magnification", "all"))
     if training.get("data_fingerprint") and fingerprint(table) != training["data_fingerprint"]:
         raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
