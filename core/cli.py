@@ -267,10 +267,23 @@ def _slide_threshold(args) -> int:
     return OK
 
 
+def _choose_slide_rule(model_dir, data) -> None:
+    """A cross-validated final model's slide rule, chosen while its fold models are beside it; where
+    mosaics cannot be made the card keeps the default rule, which says so."""
+    from core.slide.choose import validate_slide_rule
+
+    try:
+        validate_slide_rule(model_dir, data)
+    except UserInputError as problem:
+        print(f"slide rule not chosen: {problem}", file=sys.stderr)
+
+
 def _make_default(args) -> int:
     from core.training.recipes import make_default
 
-    print(f"Installed {make_default(args.data, args.recipe, args.out, args.force, args.cross_validate)}")
+    installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate,
+                             before_install=_choose_slide_rule)
+    print(f"Installed {installed}")
     return OK
 
 

@@ -19,7 +19,7 @@ The scale a classifier sees is written into its card as `card["scale"] = {"mpp",
 "source"}`: one model input covers tile_px = [w, h] pixels at mpp um/px, resized to the input
 square. Every model trained here so far sees a WHOLE BreakHis field, so its tile is the field,
 700 x 460 px, at its training magnification's mpp (the dominant one when trained on "all": the
-bundled model, 641 of 757 images at 200X, is [700, 460] at 0.5 um/px, i.e. 350 x 230 um per
+bundled model, 411 of its 457 training images at 200X, is [700, 460] at 0.5 um/px, i.e. 350 x 230 um per
 input). `model_scale` reads the card's figure, or derives it that way for older cards and says
 "estimated" in its source.
 

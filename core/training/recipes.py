@@ -60,8 +60,10 @@ def choose_recipe(data) -> str:
 
 
 def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR, force: bool = False,
-                 cross_validate: int = 0) -> Path:
-    """Train with the recipe (and optionally cross-validate it), then install the model folder."""
+                 cross_validate: int = 0, before_install=None) -> Path:
+    """Train with the recipe (and optionally cross-validate it), then install the model folder.
+    before_install(model_dir, data): for the field recipe, run on the final model while its fold
+    models are still beside it (the CLI chooses its slide rule there, core.slide.choose)."""
     out = Path(out)
     if not force:
         refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
@@ -72,7 +74,8 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     if recipe == "field":
         result = cross_validate_fields(TrainConfig(data=str(data), out=str(run_dir),
                                                     folds=cross_validate or FIELD_FOLDS, **FIELD))
-        choose_slide_rule_of(result["model_dir"], data)  # with the fold models beside it, before installing
+        if before_install is not None:
+            before_install(result["model_dir"], data)
         return install_field_run(result, run_dir, out)
     result = train(TrainConfig(data=str(data), out=str(run_dir), **RECIPES[recipe]))
     load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
@@ -93,17 +96,6 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
-
-
-def choose_slide_rule_of(model_dir, data) -> None:
-    """The slide rule of a cross-validated final model, chosen on its folds' held-out patients
-    (core.slide.choose); where mosaics cannot be made, the card keeps the default rule, which says so."""
-    from core.slide.choose import validate_slide_rule
-
-    try:
-        validate_slide_rule(model_dir, data)
-    except UserInputError as problem:
-        print(f"slide rule not chosen: {problem}")
 
 
 def install_field_run(result: dict, run_dir: Path, out: Path) -> Path:
