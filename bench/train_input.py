@@ -34,7 +34,8 @@ from common import add_smoke, emit  # noqa: E402 - bench/common.py (the script's
 from core.data.breakhis import index_folder
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.pipeline import make_dataset
-from core.data.stain import STAIN_METHODS, fit_normalizer
+from core.data.stain import STAIN_METHODS
+from core.data.stain_reference import fit_normalizer
 from core.model.classifier import build_classifier
 from core.paths import REPO
 from core.training.fit import compile_model
