@@ -222,67 +222,12 @@ def _predict(args) -> int:
     return FAILED if failed else OK
 
 
-def _slide_options(args) -> dict:
-    from core.options import from_args
-    from core.slide.predictor import TileSettings
-    from core.slide.tissue import TissueSettings
-
-    return {"tiles": from_args(TileSettings, args), "tissue": from_args(TissueSettings, args),
-            "mpp": args.mpp, "magnification": args.magnification}
-
-
-def _slide(args) -> int:
-    from core.slide.batch import SlideJob, analyse_slide
-
-    def progress(done, total):
-        print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
-
-    row = analyse_slide(SlideJob(args.path, args.out, args.model, **_slide_options(args)), progress)
-    print(file=sys.stderr)
-    if row["error"]:
-        print(f"error: {row['error']}", file=sys.stderr)
-        return USER_ERROR
-    print(json.dumps(row))
-    return OK
-
-
-def _slides(args) -> int:
-    from core.slide.batch import BATCH_TABLE, run_batch
-
-    table = run_batch(args.folder, args.out, args.model, scheduler=args.scheduler, workers=args.workers,
-                      serial=args.serial, **_slide_options(args))
-    print(table.to_string(index=False))
-    print(f"wrote {Path(args.out) / BATCH_TABLE}")
-    return FAILED if (table["error"].fillna("") != "").any() else OK
-
-
-def _slide_threshold(args) -> int:
-    from core.slide.choose import validate_slide_rule
-
-    entry = validate_slide_rule(args.model, args.data, repeats=args.repeats, benign_mosaics=args.benign_mosaics,
-                                seed=args.seed, write=not args.dry_run)
-    print(json.dumps(entry, indent=1))
-    print(("not written (--dry-run)" if args.dry_run else f"wrote thresholds.slide_rule into {args.model}/card.json"),
-          file=sys.stderr)
-    return OK
-
-
-def _choose_slide_rule(model_dir, data) -> None:
-    """A cross-validated final model's slide rule, chosen while its fold models are beside it; where
-    mosaics cannot be made the card keeps the default rule, which says so."""
-    from core.slide.choose import validate_slide_rule
-
-    try:
-        validate_slide_rule(model_dir, data)
-    except UserInputError as problem:
-        print(f"slide rule not chosen: {problem}", file=sys.stderr)
-
-
 def _make_default(args) -> int:
+    from core.slide.commands import choose_slide_rule
     from core.training.recipes import make_default
 
     installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate,
-                             before_install=_choose_slide_rule)
+                             before_install=choose_slide_rule)
     print(f"Installed {installed}")
     return OK
 
@@ -368,29 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refer a stage when its probability is below this (default: the model's per-stage "
                               f"thresholds chosen on validation; {DEFAULT_REFER_THRESHOLD} for a model without them)")
 
-    for name, handler, text, target in (
-            ("slide", _slide, "analyse one whole-slide image or large image as tiles at the model's scale", "path"),
-            ("slides", _slides, "analyse every slide of a folder on a Dask cluster (a local one by default)", "folder")):
-        sub = command(name, handler, text)
-        sub.add_argument(target)
-        sub.add_argument("--out", required=True, help="output folder")
-        sub.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder")
-        sub.add_argument("--mpp", type=float, help="microns per pixel, for a file that does not state it")
-        sub.add_argument("--magnification", help="e.g. 200X, for a plain image whose name does not state it")
-        _add_dataclass_options(sub, "core.slide.predictor", "TileSettings")
-        _add_dataclass_options(sub, "core.slide.tissue", "TissueSettings")
-        if name == "slides":
-            sub.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
-            sub.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
-            sub.add_argument("--serial", action="store_true", help="no cluster: one slide after the other")
-    threshold = command("slide-threshold", _slide_threshold,
-                        "choose the slide rule on mosaics of the model's validation patients; writes it into the card")
-    threshold.add_argument("model", help="model folder")
-    threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
-    threshold.add_argument("--repeats", type=int, default=2, help="mosaics per focus size and malignant patient")
-    threshold.add_argument("--benign-mosaics", type=int, default=12, help="benign-only mosaics")
-    threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout")
-    threshold.add_argument("--dry-run", action="store_true", help="print the chosen rule; leave the card as it is")
+    from core.slide.commands import add_slide_commands
+
+    add_slide_commands(command, str(DEFAULT_MODEL_DIR))
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
     default.add_argument("--data", required=True, help="BreakHis folder (any layout)")

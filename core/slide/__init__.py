@@ -7,7 +7,8 @@ the shared Predictor and Grad-CAM pass, stitches p(malignant), subtype and uncer
 top-k tiles), call (the slide call: connected regions of suspicious tiles, the driving region),
 export (heat-map PNG, tiles CSV, QuPath GeoJSON, the driving region first), batch (many slides on
 a Dask cluster, one model load per worker), mosaic (test slides of real fields with a malignant
-focus and its ground truth), choose (the slide rule chosen on mosaics of validation patients).
+focus and its ground truth), choose (the slide rule chosen on mosaics of validation patients, or
+of a cross-validation's held-out patients), commands (`python -m core slide / slides / slide-threshold`).
 
 Modules are imported directly (`from core.slide.reader import open_slide`): reading a slide
 needs no TensorFlow, so this package imports nothing itself.
