@@ -1,4 +1,5 @@
-"""Which Keras backends are installed, what each one sees (GPUs), and which pipelines each runs.
+"""Which Keras backends are installed, what each one sees (GPUs), which pipelines each runs, and
+seeding without loading TensorFlow under another backend.
 
 The fields pipeline (core.training.field_fit) runs under any Keras backend; the tfdata pipeline
 needs TensorFlow. Keras reads KERAS_BACKEND once, at its first import, so a run's backend is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -87,6 +89,28 @@ def backend_problem(backend: str, pipeline: str, installed=None) -> str | None:
         return (f"the {pipeline} pipeline runs on TensorFlow only (tf.data); train with the fields pipeline "
                 f"under {backend}, or choose the tensorflow backend")
     return None
+
+
+def set_seed(seed: int) -> None:
+    """keras.utils.set_random_seed, minus its TensorFlow import under another backend (it imports
+    TensorFlow wherever it is installed, seconds and hundreds of MB for a JAX run that never uses it)."""
+    import keras  # here: importing Keras loads its backend, which detection and the app's form do not need
+    import numpy as np
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # another Keras layout: the public call, TensorFlow import and all
+        keras.utils.set_random_seed(seed)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def job_environment(backend: str | None) -> dict[str, str]:

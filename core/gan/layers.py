@@ -105,8 +105,3 @@ class Channels(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "start": self.start, "stop": self.stop}
-
-
-def fine_noise_channels(stages: int, convs_per_stage: int = 2) -> int:
-    """Noise-map channels that fine noise reads: one plane per convolution, 4**stage values per cell."""
-    return convs_per_stage * sum(4 ** stage for stage in range(stages + 1))

@@ -25,7 +25,7 @@ from core.data.selection import MAGNIFICATION_CHOICES, NO_SPLIT, SplitSpec
 from core.data.splits import PATIENT, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
-from core.gan.layers import Channels, InjectNoise, conditional_norm, conv, fine_noise_channels
+from core.gan.layers import Channels, InjectNoise, conditional_norm, conv
 from core.options import option
 
 UPSCALE = 8  # output pixels per noise cell: three 2x stages
@@ -107,11 +107,14 @@ class GanConfig:
 
 
 STAGES = UPSCALE.bit_length() - 1  # 2x up-sampling stages after the noise resolution
+CONVS_PER_STAGE = 2
 
 
 def noise_channels(config: GanConfig) -> int:
-    """Channels of the generator's noise map: the latent, plus the fine noise's packed planes."""
-    return config.latent_dim + (fine_noise_channels(STAGES) if config.fine_noise else 0)
+    """Channels of the generator's noise map: the latent, plus the fine noise's packed planes (one per
+    convolution, 4**stage values per noise cell)."""
+    fine = CONVS_PER_STAGE * sum(4 ** stage for stage in range(STAGES + 1))
+    return config.latent_dim + (fine if config.fine_noise else 0)
 
 
 def build_generator(config: GanConfig) -> keras.Model:
@@ -131,7 +134,7 @@ def build_generator(config: GanConfig) -> keras.Model:
             # Resize then convolve (Odena et al. 2016): no transposed convolution, whose uneven
             # overlap paints checkerboards (the first bundled generator had them).
             x = layers.UpSampling2D(2, interpolation="bilinear")(x)
-        for _ in range(2):
+        for _ in range(CONVS_PER_STAGE):
             x = conv(x, filters)
             if config.fine_noise:
                 x = InjectNoise(offset, 2 ** stage)([x, noise])

@@ -4,9 +4,9 @@
 
 The shape is keras-io's DCGAN example (a Model holding both networks, its own train_step and a
 compile that takes two optimisers and the loss); its exponential moving average of the generator
-follows keras-io's DDIM example. It runs under Keras' TensorFlow or JAX backend. Everything around a step is a callback: checkpoints (resumable
-with --resume), sample grids, the progress stream (core.training.progress), and a stop request
-(SIGTERM from the CLI). Real patches come from core.gan.patches, at one physical scale.
+follows keras-io's DDIM example. It runs under Keras' TensorFlow or JAX backend. Everything around
+a step is a callback: checkpoints (resumable with --resume), sample grids, the progress stream
+(core.training.progress), and a stop request (SIGTERM from the CLI). Real patches come from core.gan.patches, at one physical scale.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from core.backends import current_backend, probe
+from core.backends import current_backend, probe, set_seed
 from core.data.selection import select_images
 from core.data.stain_reference import fit_normalizer
 from core.errors import UserInputError
@@ -175,7 +175,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     normalizer = fit_normalizer(config.stain_norm, training_images(data_dir, config)[0], config.seed)
     train, held, fingerprint = training_fields(data_dir, config, normalizer)
     # The same config gives the same networks whatever ran before in the process.
-    keras.utils.set_random_seed(config.seed)
+    set_seed(config.seed)
     gan = build_gan(config)
     if (out_dir / CHECKPOINT).exists():
         gan.load_weights(out_dir / CHECKPOINT)

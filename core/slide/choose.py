@@ -172,17 +172,23 @@ def run_mosaics(predictor, mosaics, settings=None) -> list[MosaicRun]:
 def validation_fields(predictor, data_dir) -> pd.DataFrame:
     """The model's validation images (path, label, case, ...), rebuilt from its card on `data_dir`."""
     from core.data.selection import SplitSpec, select_images
-    from core.errors import UserInputError
 
     training = predictor.card.get("training") or {}
     spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
                      magnification=training.get("magnification", "all"))
     selection = select_images(data_dir, spec, report_skipped=False)
-    expected = training.get("data_fingerprint")
-    if expected and selection.fingerprint != expected:
-        raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
-                             f"{selection.fingerprint}, the card says {expected}).")
+    _check_same_data(training, selection.fingerprint, data_dir)
     return selection.part("val").reset_index(drop=True)
+
+
+def _check_same_data(training: dict, found: str, data_dir) -> None:
+    """Mosaics are only of the data the card says the model was trained on (its fingerprint)."""
+    from core.errors import UserInputError
+
+    expected = training.get("data_fingerprint")
+    if expected and found != expected:
+        raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
+                             f"{found}, the card says {expected}).")
 
 
 def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
@@ -205,9 +211,7 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
                              "its slide rule is chosen with the fold models beside it (RUN/fold-k/model); run "
                              "slide-threshold on RUN/model before installing it elsewhere")
     table = field_table(data_dir, settings.get("magnification", "all"))
-    if training.get("data_fingerprint") and fingerprint(table) != training["data_fingerprint"]:
-        raise UserInputError(f"'{data_dir}' is not the data this model was trained on (fingerprint "
-                             f"{fingerprint(table)}, the card says {training['data_fingerprint']}).")
+    _check_same_data(training, fingerprint(table), data_dir)
     temperatures = (card.get("calibration") or {}).get("temperatures") or {}
     parts = []
     for path, assigned in zip(folds, patient_kfold(table, settings["folds"], int(settings.get("seed", 0)))):

@@ -20,14 +20,13 @@ saved .keras file loads under TensorFlow for the app (tests/test_field_recipe.py
 from __future__ import annotations
 
 import math
-import random
-import sys
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
+from core.backends import set_seed
 from core.data.fields import ViewSpec
 from core.data.keras_augment import FieldAugmentation, field_inputs
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
@@ -147,25 +146,6 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
     warmup = min(warmup_steps, max(total_steps // 4, 1))
     return keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
                                                   warmup_target=learning_rate, warmup_steps=warmup)
-
-
-def set_seed(seed: int) -> None:
-    """keras.utils.set_random_seed, minus its TensorFlow import under another backend (it imports
-    TensorFlow wherever it is installed, seconds and hundreds of MB for a JAX run that never uses it)."""
-    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
-        keras.utils.set_random_seed(seed)
-        return
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
-    except ImportError:  # another Keras layout: the public call, TensorFlow import and all
-        keras.utils.set_random_seed(seed)
-        return
-    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
-    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def compile_training(model: keras.Model, config, class_weights, subtype_weights, total_steps: int) -> keras.Model:

@@ -40,7 +40,7 @@ from core.paths import portable, refuse_existing_run
 from core.training.config import checked
 from core.training.field_fit import fit_fields, predict_views
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import evidence
+from core.training.runcard import evidence, split_figures_on
 
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
 
@@ -177,7 +177,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     referral["figures_on_test"] = referral_figures(test_frame, referral)
     metrics = score(test_frame, val_frame, "test")
     write_json_atomic(out / "metrics.json", metrics)
-    figures_on = f"the test split ({len(test)} images, {table['case'].iloc[test].nunique()} patients)"
+    figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, table.iloc[train], history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on)
     model_dir = save_model_folder(classifier, out / "model", card)
