@@ -13,8 +13,10 @@ from PIL import Image
 from core.data.fields import FIELD_PX, ViewSpec, pack_fields, read_pack, restore_field, view_boxes
 from core.data.keras_augment import FieldAugmentation, crop_and_resize
 from core.data.labels import SUBTYPES
+from core.errors import UserInputError
 from core.evaluation.referral import choose_threshold, referral_figures, referral_thresholds
 from core.testing.jax_process import run_under_jax
+from core.training.config import TrainConfig, checked
 from core.training.field_fit import sampling
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,3 +244,30 @@ def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path)
     last = read_progress(out / "progress.jsonl")[-1]
     assert last["event"] == "end" and last["status"] == "cancelled"
     assert not (out / "model").exists()
+
+
+def test_a_seed_ensemble_is_cross_validated_as_it_predicts(synthetic_breakhis, tmp_path):
+    """--members 2: each fold trains two seeds; the pooled out-of-fold figures, temperatures and
+    referral thresholds are those of the mean of the members' calibrated outputs, which is what the
+    final ensemble folder serves, and each seed's own figures stand beside them."""
+    from core.cli import main
+    from core.jsonfile import read_json
+    from core.model.loading import load_predictor
+
+    out = tmp_path / "cv"
+    assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out), "--folds", "2",
+                 "--members", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "48",
+                 "--epochs", "2", "--batch-size", "8", "--warmup-steps", "4"]) == 0
+    cv = read_json(out / "cv.json")
+    assert cv["members"] == 2 and len(cv["pooled_by_member"]) == 2 and len(cv["train_seconds"]) == 4
+    assert cv["pooled_by_member"][0] != cv["pooled_by_member"][1]  # two seeds, two models
+    ensemble = load_predictor(out / "ensemble")
+    members = [load_predictor(out / "model"), load_predictor(out / "member-1" / "model")]
+    assert [m.card["calibration"]["temperatures"] for m in members] == cv["member_temperatures"]
+    assert ensemble.card["thresholds"]["referral"] == cv["referral"]
+    assert ensemble.stage_thresholds()[:2] == (cv["referral"]["stage1"]["threshold"], cv["referral"]["subtype"]["threshold"])
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(synthetic_breakhis.rglob("*.png"))[:3]]
+    mean = np.mean([m.calibrate(m.probabilities(images))["stage1"] for m in members], axis=0)
+    assert np.allclose(ensemble.probabilities(images)["stage1"], mean, atol=1e-5)
+    with pytest.raises(UserInputError, match="cross-validation is what measures"):
+        checked(TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "x"), pipeline="fields", members=2))

@@ -10,41 +10,14 @@ a heat map of an ensemble is the mean of its members' maps (core.model.cam).
 
 from __future__ import annotations
 
-import datetime
-import os
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import ModelFolderError, UserInputError
-from core.jsonfile import write_json_atomic
-from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, labels_block, read_card
+from core.errors import ModelFolderError
+from core.model.folders import ENSEMBLE, read_card
 from core.model.predict import Predictor
 from core.model.views import mean_over_members
-
-
-def save_ensemble(members: list, folder, name: str | None = None, **fields) -> Path:
-    """Write an ensemble card for these classifier folders (verified, one hierarchy); returns the folder."""
-    folder = Path(folder)
-    if len(members) < 2:
-        raise UserInputError("An ensemble needs at least two member models")
-    cards = [read_card(member, CLASSIFIER) for member in members]
-    hierarchies = {card["hierarchy"] for card in cards}
-    if len(hierarchies) != 1:
-        raise UserInputError(f"Ensemble members must share one hierarchy, not {sorted(hierarchies)}")
-    folder.mkdir(parents=True, exist_ok=True)
-    backbones = sorted({card["backbone"] for card in cards})
-    card = {"kind": ENSEMBLE, "name": name or folder.name, "hierarchy": hierarchies.pop(),
-            "backbone": f"ensemble of {len(cards)} ({', '.join(backbones)})",
-            "members": [{"path": os.path.relpath(Path(member).resolve(), folder.resolve()), "name": c.get("name"),
-                         "backbone": c["backbone"], "input_size": c["input_size"], "sha256": c["sha256"]}
-                        for member, c in zip(members, cards)],
-            "demo": any(c.get("demo") for c in cards), "labels": labels_block(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "method": "mean of the members' calibrated probabilities; uncertainty = members' disagreement",
-            **fields}
-    write_json_atomic(folder / CARD_FILE, card)
-    return folder
 
 
 class EnsemblePredictor(Predictor):

@@ -53,6 +53,8 @@ class TrainConfig:
     warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")
     final_model: bool = option(True, "fields pipeline with --folds: then train one model on every patient, with "
                                "the figures and thresholds of the pooled out-of-fold predictions")
+    members: int = option(1, "fields pipeline: train this many models with different seeds and predict with their "
+                          "mean (a seed ensemble); with --folds, every fold's too, each seed's own figures beside it")
     stain_norm: str = option("none", "stain normalisation, fitted to the training split (the card keeps it; "
                              "prediction applies it)", choices=STAIN_METHODS)
     balance: str = option("none", "class-imbalance strategy for the training split", choices=STRATEGIES)
@@ -115,6 +117,9 @@ def validate(config: TrainConfig) -> None:
                                  ("pipeline", config.pipeline, PIPELINES)):
         if value not in allowed:
             problems.append(f"{name} must be one of {list(allowed)}, not {value!r}")
+    if config.members < 1 or (config.members > 1 and (config.pipeline != "fields" or not config.all_folds)):
+        problems.append("--members (a seed ensemble) takes a count >= 1, and more than one only with --pipeline "
+                        "fields and --folds (cross-validation is what measures the ensemble)")
     if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:
         problems.append("epochs and batch size must be >= 1 and input size >= 32")
     if not (0.1 <= config.zoom <= 1.0 and config.augment_strength >= 0):

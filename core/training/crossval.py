@@ -17,7 +17,7 @@ from pathlib import Path
 from core.errors import UserInputError
 from core.evaluation.intervals import HEADLINE, fold_figures, fold_summary
 from core.jsonfile import read_json, write_json_atomic
-from core.model.ensemble import save_ensemble
+from core.model.folders import save_ensemble
 from core.paths import refuse_existing_run
 from core.training.config import TrainConfig, checked
 from core.training.fit import train

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.model.ensemble import save_ensemble
+from core.model.folders import save_ensemble
 from core.paths import refuse_existing_run
 
 

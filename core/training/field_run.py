@@ -35,10 +35,10 @@ from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
 from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
-from core.model.folders import save_model_folder
+from core.model.folders import read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.config import checked
-from core.training.field_fit import fit_fields, predict_views
+from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.progress import ProgressWriter, final_events
 from core.training.runcard import evidence, split_figures_on
 
@@ -197,50 +197,90 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
         return _cross_validate_fields(config, out, writer, final_model)
 
 
+def member_seed(seed: int, member: int) -> int:
+    """Member m of a seed ensemble trains with seed + 1000 m: member 0 is the single model's run."""
+    return seed + 1000 * member
+
+
+def _fit_members(fields, subtypes, config, writer, phase: str) -> list[tuple[keras.Model, dict]]:
+    return [fit_fields(fields, subtypes, dataclasses.replace(config, seed=member_seed(config.seed, m)), writer,
+                       phase + (f", member {m}" if config.members > 1 else "")) for m in range(config.members)]
+
+
+def _member_folder(out: Path, m: int) -> Path:
+    return out if m == 0 else out / f"member-{m}"
+
+
+def _pooled(raws: list[tuple[np.ndarray, dict]]) -> dict:
+    return {name: np.concatenate([r[name] for _, r in raws]) for name in raws[0][1]}
+
+
 def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_model: bool) -> dict:
     table, fields = load_field_data(config)
     protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
     folds = patient_kfold(table, config.folds, config.seed)
-    spec, raws, per_fold, seconds = view_spec(config), [], [], []
-    writer.emit("start", epochs=config.epochs * (config.folds + int(final_model)),
+    spec, raws, per_fold, seconds = view_spec(config), [[] for _ in range(config.members)], [], []
+    ones = {name: 1.0 for name in HEADS}
+    writer.emit("start", epochs=config.epochs * (config.folds + int(final_model)) * config.members,
                 message=f"fields {config.backbone} on {keras.backend.backend()}: {config.folds}-fold CV of "
-                        f"{len(table)} fields, {table['case'].nunique()} patients")
+                        f"{len(table)} fields, {table['case'].nunique()} patients"
+                        + (f", {config.members} seeds per fold" if config.members > 1 else ""))
     for k, assigned in enumerate(folds):
         held = np.flatnonzero(assigned["split"].to_numpy() == "test")
         seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
         fold_config = dataclasses.replace(config, seed=config.seed + k)
-        classifier, history = fit_fields(fields[seen], table["subtype"].iloc[seen], fold_config, writer, f"fold {k}")
-        seconds.append(history["seconds"])
-        raw = predict_views(classifier, fields[held], spec)
-        raws.append((held, raw))
-        save_model_folder(classifier, out / f"fold-{k}" / "model", _card(
-            dataclasses.replace(config, out=str(out / f"fold-{k}")), table, table.iloc[seen], history,
-            {name: 1.0 for name in raw}, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
-        fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, {name: 1.0 for name in raw})
+        fold_raw = []
+        for m, (classifier, history) in enumerate(_fit_members(fields[seen], table["subtype"].iloc[seen], fold_config,
+                                                               writer, f"fold {k}")):
+            seconds.append(history["seconds"])
+            raw = predict_views(classifier, fields[held], spec)
+            raws[m].append((held, raw))
+            fold_raw.append(raw)
+            save_model_folder(classifier, _member_folder(out / f"fold-{k}", m) / "model", _card(
+                dataclasses.replace(config, out=str(out / f"fold-{k}")), table, table.iloc[seen], history,
+                ones, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
+        raw = {name: np.mean([r[name] for r in fold_raw], axis=0) for name in fold_raw[0]}
+        fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, ones)
         fold_frame.assign(fold=k).to_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv", index=False)
-        fold_score = score(fold_frame, None, "test")
-        per_fold.append({"fold": k, **fold_figures(fold_score), "train_seconds": history["seconds"]})
-    order = np.concatenate([held for held, _ in raws])
-    raw = {name: np.concatenate([r[name] for _, r in raws]) for name in raws[0][1]}
+        per_fold.append({"fold": k, **fold_figures(score(fold_frame, None, "test")),
+                         "train_seconds": sum(seconds[-config.members:])})
+    order = np.concatenate([held for held, _ in raws[0]])
     rows = _rows(table.iloc[order], "test", protocol)
-    temperatures = calibrate(raw, rows)
-    pooled = frame(rows, raw, temperatures)
+    member_raw = [_pooled(r) for r in raws]
+    temperatures = [calibrate(raw, rows) for raw in member_raw]
+    # A seed ensemble predicts like core.model.ensemble: the mean of its members' calibrated outputs.
+    calibrated = [{name: apply_temperature(raw[name], t[name]) for name in raw} for raw, t in zip(member_raw, temperatures)]
+    pooled = frame(rows, {name: np.mean([c[name] for c in calibrated], axis=0) for name in HEADS}, ones)
     pooled.to_csv(out / "oof_predictions.csv", index=False)
     name = f"pooled out-of-fold predictions of {config.folds}-fold CV ({len(pooled)} images, {pooled['case'].nunique()} patients)"
+    if config.members > 1:
+        name += f", mean of {config.members} seed models per fold"
     referral, case_rule, metrics = _selection_figures(pooled, name)
     metrics["baselines"] = baseline_oof(table, folds, protocol)
     summary = {"folds": config.folds, "protocol": protocol, "backbone": config.backbone,
                "input_size": config.input_size, "backend": keras.backend.backend(), "per_fold": {"model": per_fold},
                "mean_std": {"model": fold_summary(per_fold)}, "pooled": metrics, "referral": referral,
-               "temperatures": temperatures, "train_seconds": seconds}
+               "temperatures": temperatures[0], "train_seconds": seconds, "members": config.members}
+    if config.members > 1:  # each seed alone, on the same folds: what the ensemble adds
+        summary["member_temperatures"] = temperatures
+        summary["pooled_by_member"] = [compact(score(frame(rows, raw, t), None, "test"))
+                                       for raw, t in zip(member_raw, temperatures)]
     write_json_atomic(out / "cv.json", summary)
     write_json_atomic(out / "metrics.json", metrics)
-    result = {"status": "completed", "cv": summary, "epochs_run": config.epochs * config.folds}
+    result = {"status": "completed", "cv": summary, "epochs_run": config.epochs * config.folds * config.members}
     if final_model:
         started = time.perf_counter()
-        classifier, history = fit_fields(fields, table["subtype"], config, writer, "final model")
-        card = _card(config, table, table, history, temperatures, referral, case_rule, metrics, name)
-        result["model_dir"] = str(save_model_folder(classifier, out / "model", card))
+        members = _fit_members(fields, table["subtype"], config, writer, "final model")
+        folders = [save_model_folder(classifier, _member_folder(out, m) / "model", _card(
+            config, table, table, history, temperatures[m], referral, case_rule, metrics, name))
+            for m, (classifier, history) in enumerate(members)]
+        if config.members > 1:
+            folders = [save_ensemble(folders, out / "ensemble", name=f"{out.name} ({config.members} seeds)",
+                                     views=view_spec(config).to_dict(), evidence=read_card(folders[0])["evidence"],
+                                     thresholds={"case_malignant": case_rule["threshold"],
+                                                 "case_malignant_selection": case_rule, "referral": referral},
+                                     metrics=metrics, evaluation=name)]
+        result["model_dir"] = str(folders[0])
         result["final_seconds"] = round(time.perf_counter() - started, 1)
     writer.emit("end", status="completed", model_dir=result.get("model_dir"), epochs=config.epochs,
                 message=f"{config.folds}-fold CV in {sum(seconds):.0f} s of training")
