@@ -4,6 +4,7 @@ memorisation finds copies, `gan evaluate` writes its checks, the ablation runs."
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.cli import main as cli
@@ -19,6 +20,7 @@ from core.gan.sampling import write_samples
 from core.gan.train import train_gan, training_fields
 from core.gan.two_sample import two_sample_test
 from core.model.folders import GENERATOR, load_model_folder
+from core.training.config import TrainConfig, checked
 
 # At 8 um/px the synthetic set's 100X and 200X "fields" (96x64) are 87x58 and 44x29 px.
 TINY = dict(image_size=16, width=16, d_width=8, latent_dim=8, batch_size=8, mpp=8.0,
@@ -248,6 +250,31 @@ def test_ablation_trains_both_arms_on_the_same_split(split_generator, imbalanced
         assert set(run["recall"]) == set(SUBTYPES)
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "macro-F1" in table and f"recall {smallest}" in table
+
+
+def test_the_field_recipe_ablation_scores_each_subtype_with_intervals(split_generator, imbalanced, tmp_path):
+    """--pipeline fields: both arms are field-recipe runs on the generator's split, the GAN fields go
+    to the training part only, and each arm is scored on every validation and test patient with
+    per-subtype F1 and patient-bootstrap intervals."""
+    train = select_images(imbalanced, SplitSpec("patient-wise", 0, "all"), report_skipped=False).part("train")
+    counts = train["subtype"].value_counts().to_dict()
+    smallest = min(PAIR, key=counts.get)
+    result = run_ablation(imbalanced, split_generator, tmp_path / "ablation", subtypes=[smallest], pipeline="fields",
+                          backbone="resnet18_half", weights="none", input_size=48, epochs=1, batch_size=8)
+    assert result["same_split"] and result["gan_leak"] is None
+    none, filled = result["runs"]["none"], result["runs"]["synthetic"]
+    assert filled["synthetic_by_subtype"] == {smallest: max(counts.values()) - counts[smallest]}
+    assert none["synthetic_by_subtype"] == {}
+    split = pd.read_csv(tmp_path / "ablation" / "synthetic" / "split.csv")
+    assert set(split.loc[split["synthetic"].astype(bool), "split"]) == {"train"}  # never a scored image
+    for run in (none, filled):
+        assert "validation and test patients" in run["evaluated_on"]
+        for s, block in run["subtype_f1"].items():
+            if block["value"] is not None:
+                assert block["low"] <= block["value"] <= block["high"] and block["patients"] >= 1
+    assert "patient-bootstrap" in (tmp_path / "ablation" / "ablation.md").read_text()
+    with pytest.raises(ValueError, match="balances subtypes itself"):
+        checked(TrainConfig(data=str(imbalanced), out=str(tmp_path / "x"), pipeline="fields", balance="oversample"))
 
 
 def test_evaluate_cli_prints_the_checks_and_refuses_a_non_generator(split_generator, imbalanced, tmp_path, capsys):

@@ -108,3 +108,13 @@ def check_synthetic_folder(folder, fingerprint: str, spec: SplitSpec) -> list[st
         elif reason := leak_check(records[name], fingerprint, spec):
             problems.append(f"generator {name!r}: {reason}")
     return problems
+
+
+def refuse_leaky_folder(folder, fingerprint: str, spec: SplitSpec) -> None:
+    """UserInputError when a generator behind the folder may have seen the run's val/test patients."""
+    problems = check_synthetic_folder(folder, fingerprint, spec)
+    if problems:
+        raise UserInputError(f"Refusing the GAN images in {folder}: " + "; ".join(problems)
+                             + ". Train the GAN on this run's training split (python -m core gan train --split "
+                             "SPLIT --split-seed SEED --magnification MAG [--folds K --fold I] on the same data), "
+                             "or pass --allow-gan-leak (allow_gan_leak=True) to use them anyway.")

@@ -92,26 +92,56 @@ def point_metrics(table: pd.DataFrame) -> dict:
     return {name: (None if np.isnan(v) else v) for name, v in values.items()}
 
 
-def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
-    """Every headline metric with its percentile interval over resamples of whole cases."""
+def _case_weights(table: pd.DataFrame, n_resamples: int, seed: int) -> np.ndarray:
+    """(R, images): how often each image's case was drawn in each resample of whole cases."""
     codes, cases = pd.factorize(table["case"])
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(cases), size=(n_resamples, len(cases))) if len(cases) > 1 else np.zeros((0, 1), int)
     case_counts = np.zeros((len(picks), len(cases)))
     np.add.at(case_counts, (np.arange(len(picks))[:, None], picks), 1.0)
-    weights = case_counts[:, codes]  # (R, images): how often each image's case was drawn
-    arrays, point = _arrays(table), point_metrics(table)
+    return case_counts[:, codes]
+
+
+def _interval(values: np.ndarray, point: float | None, resamples: int) -> dict:
+    values = values[np.isfinite(values)]
     tail = (1.0 - LEVEL) / 2.0 * 100.0
-    out = {"level": level_name, "cases": int(len(cases)), "rows": int(len(table)), "confidence": LEVEL,
+    low, high = np.percentile(values, [tail, 100.0 - tail]) if len(values) else (None, None)
+    return {"value": point, "low": None if low is None else float(low), "high": None if high is None else float(high),
+            "resamples": int(len(values)), "undefined": int(resamples - len(values))}
+
+
+def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """Every headline metric with its percentile interval over resamples of whole cases."""
+    weights = _case_weights(table, n_resamples, seed)
+    arrays, point = _arrays(table), point_metrics(table)
+    out = {"level": level_name, "cases": int(table["case"].nunique()), "rows": int(len(table)), "confidence": LEVEL,
            "resamples_requested": n_resamples,
            "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
     for name, metric in HEADLINE_METRICS.items():
         values = metric(weights, arrays) if len(weights) else np.array([])
-        values = values[np.isfinite(values)]
-        low, high = np.percentile(values, [tail, 100.0 - tail]) if len(values) else (None, None)
-        out[name] = {"value": point[name], "low": None if low is None else float(low),
-                     "high": None if high is None else float(high), "resamples": int(len(values)),
-                     "undefined": int(len(weights) - len(values))}
+        out[name] = _interval(values, point[name], len(weights))
+    return out
+
+
+def subtype_f1_intervals(table: pd.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """{subtype: F1 (one subtype against the rest, as scikit-learn's per class) with its interval over
+    resamples of whole cases, and its true images and patients}; undefined (None) in a resample, or
+    at all, where the subtype has no true image: a subtype absent from the table gets no figure."""
+    weights, out = _case_weights(table, n_resamples, seed), {}
+    for s in SUBTYPES:
+        truth = (table["subtype"] == s).to_numpy()
+        called = (table["pred_subtype"] == s).to_numpy()
+        if not truth.any():
+            out[s] = {"value": None, "images": 0, "patients": 0}
+            continue
+
+        def f1(w):
+            tp, fp, fn = w @ (truth & called), w @ (~truth & called), w @ (truth & ~called)
+            return np.where(w @ truth > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), np.nan)
+
+        values = f1(weights) if len(weights) else np.array([])
+        out[s] = {**_interval(values, float(f1(np.ones((1, len(table))))[0]), len(weights)),
+                  "images": int(truth.sum()), "patients": int(table.loc[truth, "case"].nunique())}
     return out
 
 

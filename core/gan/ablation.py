@@ -1,9 +1,14 @@
 """Does GAN fill help the classifier? The same classifier on the same split, with and without it.
 
     python -m core gan ablation --data DIR --gan runs/gan-X/model --out runs/ablation-X [--subtypes ...]
+        [--pipeline fields]
 
-Both arms are ordinary training runs (core.training.fit) on the split the generator learned from;
-a generator that saw other patients (core.data.synthetic.leak_check) is refused unless asked.
+Both arms are ordinary training runs (core.training.fit, or the field recipe's core.training.field_run
+with --pipeline fields) on the split the generator learned from; a generator that saw other patients
+(core.data.synthetic.leak_check) is refused unless asked. The field recipe's arms are scored on
+every patient neither the classifier nor the generator saw (validation and test), with each
+subtype's F1 and a patient-bootstrap interval: with 2-4 patients for some subtypes, one split's
+difference means little without them.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from core.data.labels import SUBTYPES
 from core.data.selection import select_images
 from core.data.synthetic import leak_check, provenance_of
 from core.errors import UserInputError
+from core.evaluation.intervals import HEADLINE_NAMES, headline_intervals, subtype_f1_intervals
 from core.gan.sampling import fill_folder_from_generator
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, read_card
 from core.training.config import TrainConfig
+from core.training.field_run import train_fields
 from core.training.fit import train
 
 
@@ -33,6 +40,17 @@ def _summary(run_dir: Path) -> dict:
                        for s in SUBTYPES},  # no test image of a subtype: recall is undefined, not 0
             "support": {s: int(per_class[s]["support"]) if s in per_class else 0 for s in SUBTYPES},
             "synthetic_by_subtype": card["training"].get("synthetic_by_subtype", {})}
+
+
+def _fields_summary(run_dir: Path) -> dict:
+    """A fields arm on its validation and test patients together (calibration and referral, chosen on
+    validation, never change a call), with case-bootstrap intervals."""
+    table = pd.read_csv(run_dir / "predictions.csv")
+    card = read_card(run_dir / "model")
+    return {"evaluated_on": f"validation and test patients ({len(table)} images, {table['case'].nunique()} patients)",
+            "headline": headline_intervals(table, "image, patients resampled"), "subtype_f1": subtype_f1_intervals(table),
+            "synthetic_by_subtype": card["training"].get("synthetic_by_subtype", {}),
+            "train_seconds": card["training"]["seconds"]}
 
 
 def run_ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **train_options) -> dict:
@@ -55,17 +73,18 @@ def run_ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **
     need = {s: max(0, target - counts[s]) for s in subtypes}
     written = fill_folder_from_generator(gan_dir, subtypes, need, out / "synthetic", seed=options["seed"])
     runs = {}
+    fields = options.get("pipeline") == "fields"
     for balance in ("none", "synthetic"):
         config = TrainConfig(data=str(data), out=str(out / balance), balance=balance, allow_gan_leak=allow_leak,
                              synthetic_dir=str(out / "synthetic") if balance == "synthetic" else None, **options)
-        train(config)
-        runs[balance] = _summary(out / balance)
+        (train_fields if fields else train)(config)
+        runs[balance] = (_fields_summary if fields else _summary)(out / balance)
     splits = [gan_free_split(out / b) for b in runs]
     result = {"gan": str(gan_dir), "gan_leak": leak, "filled_subtypes": subtypes, "synthetic_written": written,
               "train_counts_before": counts, "same_split": bool(splits[0].equals(splits[1])),
               "options": {k: v for k, v in options.items()}, "runs": runs}
     write_json_atomic(out / "ablation.json", result)
-    (out / "ablation.md").write_text(format_ablation(result) + "\n")
+    (out / "ablation.md").write_text((format_fields_ablation if fields else format_ablation)(result) + "\n")
     return result
 
 
@@ -90,4 +109,28 @@ def format_ablation(result: dict) -> str:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         added = synthetic["synthetic_by_subtype"].get(s, 0)
         lines.append(f"| recall {s} (test n={none['support'][s]}, +{added} synthetic) | {fmt(a)} | {fmt(b)} |")
+    return "\n".join(lines)
+
+
+def format_fields_ablation(result: dict) -> str:
+    none, synthetic = result["runs"]["none"], result["runs"]["synthetic"]
+
+    def cell(block):
+        if block.get("value") is None:
+            return "n/a"
+        return f"{block['value']:.3f} [{block['low']:.2f}, {block['high']:.2f}]" if block.get("low") is not None \
+            else f"{block['value']:.3f}"
+
+    lines = [f"Ablation, field recipe, same split (identical: {result['same_split']}); GAN {result['gan']}; "
+             f"scored on {none['evaluated_on']}; 95 % patient-bootstrap intervals",
+             f"filled subtypes: {', '.join(result['filled_subtypes'])}"
+             + (f"; WARNING: {result['gan_leak']}" if result["gan_leak"] else ""),
+             "", "| | no GAN fill | GAN fill |", "|---|---|---|"]
+    for name in ("subtype_macro_f1", "stage1_balanced_accuracy", "stage1_auc"):
+        lines.append(f"| {HEADLINE_NAMES[name]} | {cell(none['headline'][name])} | {cell(synthetic['headline'][name])} |")
+    for s in SUBTYPES:
+        a, b = none["subtype_f1"][s], synthetic["subtype_f1"][s]
+        lines.append(f"| F1 {s} ({a['images']} images, {a['patients']} patients; "
+                     f"+{synthetic['synthetic_by_subtype'].get(s, 0)} synthetic) | {cell(a)} | {cell(b)} |")
+    lines.append(f"| training seconds | {none['train_seconds']:.0f} | {synthetic['train_seconds']:.0f} |")
     return "\n".join(lines)

@@ -14,8 +14,8 @@ from core.options import add_dataclass_options
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
-ABLATION_OPTIONS = ("backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights", "split",
-                    "magnification", "seed")
+ABLATION_OPTIONS = ("pipeline", "backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights",
+                    "dropout", "learning_rate", "split", "magnification", "seed")
 
 
 def _gan_train(args) -> int:
@@ -63,10 +63,11 @@ def _gan_compare(args) -> int:
 
 
 def _gan_ablation(args) -> int:
-    from core.gan.ablation import format_ablation, run_ablation
+    from core.gan.ablation import run_ablation
 
     options = {k: getattr(args, k) for k in ABLATION_OPTIONS if getattr(args, k) is not None}
-    print(format_ablation(run_ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)))
+    run_ablation(args.data, args.gan, args.out, args.subtypes, args.allow_gan_leak, **options)
+    print((Path(args.out) / "ablation.md").read_text())
     return 0
 
 

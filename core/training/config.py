@@ -129,6 +129,9 @@ def validate(config: TrainConfig) -> None:
     kfold = kfold_problem(config.folds, config.fold, config.split)
     if kfold:
         problems.append(kfold)
+    if config.pipeline == "fields" and config.balance not in ("none", "synthetic"):
+        problems.append("the fields pipeline balances subtypes itself (1/sqrt sampling, class-weighted losses); "
+                        "--balance takes none or synthetic there")
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:

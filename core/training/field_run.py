@@ -21,12 +21,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from core.data.balance import synthetic_fill
 from core.data.breakhis import index_folder, subtype_counts
-from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
+from core.data.fields import FIELD_PX, ViewSpec, is_pack, load_fields, read_pack, restore_field
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
+from core.data.synthetic import refuse_leaky_folder
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.evaluate import compact, predictions_frame, score
@@ -99,6 +102,7 @@ def _rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
 
 def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on) -> dict:
     spec = view_spec(config)
+    synthetic = trained_on["synthetic"].astype(bool).to_numpy()
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
         "input_size": config.input_size, "weights_init": history["weights_init"], "demo": False,
@@ -108,8 +112,9 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
         "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
         "evidence": evidence(trained_on, history["weights_init"], figures_on),
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
-                     "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in
-                                                                           subtype_counts(trained_on).items() if v},
+                     "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in subtype_counts(trained_on[~synthetic]).items() if v},
+                     "synthetic_by_subtype": {k: int(v) for k, v in subtype_counts(trained_on[synthetic]).items() if v},
+                     "synthetic_shortfall": dict(trained_on.attrs.get("shortfall", {})),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
                      "batch_size": config.batch_size,
@@ -160,13 +165,34 @@ def train_fields(config) -> dict:
         return _train_fields(config, out, writer)
 
 
+def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The training rows plus GAN images topping up minority subtypes (core.data.balance.synthetic_fill),
+    and the fields of the added images, restored like real ones; refused when a generator behind them
+    may have seen this run's validation or test patients (core.data.synthetic)."""
+    if not config.allow_gan_leak:
+        refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
+    filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
+                            subtypes=config.synthetic_subtypes, seed=config.seed)
+    # Our own generator's PNGs (core.gan.sampling.write_samples), at its scale: a coarse generator's
+    # field may be smaller than the upload checks' minimum, so they are decoded directly.
+    added = [restore_field(np.asarray(Image.open(path).convert("RGB")))
+             for path in filled.loc[filled["synthetic"].astype(bool), "path"]]
+    return filled, np.stack(added) if added else np.zeros((0, FIELD_PX[1], FIELD_PX[0], 3), np.uint8)
+
+
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     table, fields = load_field_data(config)
     split = make_split(table, config.split, seed=config.seed)["split"].to_numpy()
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
-    writer.emit("start", epochs=config.epochs, counts={"train": len(train), "val": len(val), "test": len(test)},
-                message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields")
-    classifier, history = fit_fields(fields[train], table["subtype"].iloc[train], config, writer)
+    trained_on, train_fields = table.iloc[train], fields[train]
+    if config.balance == "synthetic":
+        trained_on, added = gan_fill(config, table, train)
+        train_fields = np.concatenate([train_fields, added])
+    writer.emit("start", epochs=config.epochs, counts={"train": len(train), "val": len(val), "test": len(test),
+                                                        "synthetic": len(trained_on) - len(train)},
+                message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields"
+                        + (f" and {len(trained_on) - len(train)} GAN fields" if len(trained_on) > len(train) else ""))
+    classifier, history = fit_fields(train_fields, trained_on["subtype"], config, writer)
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec) for i in (val, test))
     temperatures = calibrate(raw_val, table.iloc[val])
@@ -177,8 +203,11 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     referral["figures_on_test"] = referral_figures(test_frame, referral)
     metrics = score(test_frame, val_frame, "test")
     write_json_atomic(out / "metrics.json", metrics)
+    pd.concat([val_frame, test_frame], ignore_index=True).to_csv(out / "predictions.csv", index=False)
+    used = pd.concat([table.assign(split=split), trained_on[trained_on["synthetic"].astype(bool)].assign(split="train")])
+    used[["path", "case", "subtype", "magnification", "synthetic", "split"]].to_csv(out / "split.csv", index=False)
     figures_on = split_figures_on(table.assign(split=split))
-    card = _card(config, table, table.iloc[train], history, temperatures, referral, case_threshold(val_frame),
+    card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on)
     model_dir = save_model_folder(classifier, out / "model", card)
     writer.emit("end", status="completed", model_dir=str(model_dir), epoch=history["epochs"], epochs=config.epochs,
@@ -216,6 +245,9 @@ def _pooled(raws: list[tuple[np.ndarray, dict]]) -> dict:
 
 
 def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_model: bool) -> dict:
+    if config.balance == "synthetic":
+        raise UserInputError("GAN fill in a cross-validation would need a generator per fold, trained without that "
+                             "fold's held-out patients; run it on one split (without --folds)")
     table, fields = load_field_data(config)
     protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
     folds = patient_kfold(table, config.folds, config.seed)

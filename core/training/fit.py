@@ -37,7 +37,7 @@ from core.data.pipeline import make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
 from core.data.splits import assert_no_case_leakage
 from core.data.stain_reference import fit_normalizer
-from core.data.synthetic import check_synthetic_folder
+from core.data.synthetic import refuse_leaky_folder
 from core.errors import BreakhisError, UserInputError
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
@@ -59,12 +59,7 @@ def prepare_data(config: TrainConfig) -> dict:
     selection = select_images(config.data, spec)
     split = selection.split
     if config.balance == "synthetic" and config.synthetic_dir and not config.allow_gan_leak:
-        problems = check_synthetic_folder(config.synthetic_dir, selection.fingerprint, spec)
-        if problems:
-            raise UserInputError(f"Refusing the GAN images in {config.synthetic_dir}: " + "; ".join(problems)
-                             + ". Train the GAN on this run's training split (python -m core gan train --split "
-                             "SPLIT --split-seed SEED --magnification MAG [--folds K --fold I] on the same data), "
-                             "or pass --allow-gan-leak (allow_gan_leak=True) to use them anyway.")
+        refuse_leaky_folder(config.synthetic_dir, selection.fingerprint, spec)
     if config.reviewed_dir:
         split = add_reviewed(split, config.reviewed_dir)
     train, subtype_weights = apply_strategy(split[split["split"] == "train"], config.balance,
