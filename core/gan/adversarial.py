@@ -22,7 +22,7 @@ from core.gan.augment import diff_augment
 from core.gan.model import UPSCALE, noise_channels
 
 MARGIN = 1  # noise cells drawn beyond a training patch on each side; the patch is a random crop of the larger canvas
-METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_rebuild")  # d_rebuild: the reconstruction's L1 (0 when off)
 
 
 def _hinge(d_real, d_fake):
@@ -98,25 +98,37 @@ class TextureGAN(keras.Model):
         offset = keras.random.randint((2,), 0, 2 * MARGIN * UPSCALE + 1, seed=self.seed_generator, dtype="int32")
         return ops.slice(canvas, (0, offset[0], offset[1], 0), (batch, size, size, 3))
 
+    def _discriminate(self, images, labels):
+        """D on augmented images: (score, the half-size rebuild or None, the augmented images)."""
+        seen = diff_augment(images, self.seed_generator)
+        out = self.discriminator([seen, labels], training=True)
+        score, rebuilt = out if isinstance(out, (list, tuple)) else (out, None)
+        return ops.cast(score, "float32"), rebuilt, seen
+
     def _score(self, images, labels):
-        return ops.cast(self.discriminator([diff_augment(images, self.seed_generator), labels], training=True),
-                        "float32")
+        return self._discriminate(images, labels)[0]
 
     def _discriminator_loss(self, real, labels):
-        d_real, d_fake = self._score(real, labels), self._score(self._fakes(labels), labels)
-        return self.adversarial_loss(d_real, d_fake)[0], (d_real, d_fake)
+        d_real, rebuilt, seen = self._discriminate(real, labels)
+        d_fake = self._score(self._fakes(labels), labels)
+        loss, rebuild = self.adversarial_loss(d_real, d_fake)[0], ops.zeros(())
+        if rebuilt is not None:  # FastGAN's self-supervision, on real patches only: what D saw, at half size
+            target = ops.average_pool(seen, 2, 2, padding="valid")
+            rebuild = ops.mean(ops.abs(ops.cast(rebuilt, "float32") - target))
+            loss = loss + self.config.reconstruction * rebuild
+        return loss, (d_real, d_fake, rebuild)
 
     def _generator_loss(self, labels, d_real):
         return self.adversarial_loss(d_real, self._score(self._fakes(labels), labels))[1], ()
 
-    def _after_step(self, d_loss, g_loss, d_real, d_fake):
+    def _after_step(self, d_loss, g_loss, d_real, d_fake, d_rebuild):
         """The moving average of the generator, then the metrics."""
         # Warm-up (as in TF's ExponentialMovingAverage num_updates): early on the average follows fast.
         iterations = ops.cast(self.g_optimizer.iterations, "float32")
         decay = ops.minimum(self.config.ema, (1.0 + iterations) / (10.0 + iterations))
         for average, weight in zip(self.ema_generator.weights, self.generator.weights):
             average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
-        for name, value in zip(METRICS, (d_loss, g_loss, ops.mean(d_real), ops.mean(d_fake))):
+        for name, value in zip(METRICS, (d_loss, g_loss, ops.mean(d_real), ops.mean(d_fake), d_rebuild)):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
@@ -138,10 +150,10 @@ class TextureGAN(keras.Model):
 
         real, labels = data
         real = ops.cast(real, "float32") / 127.5 - 1.0  # uint8 patches -> [-1, 1]
-        d_loss, (d_real, d_fake) = update(self.discriminator, self.d_optimizer,
-                                          lambda: self._discriminator_loss(real, labels))
+        d_loss, (d_real, d_fake, d_rebuild) = update(self.discriminator, self.d_optimizer,
+                                                     lambda: self._discriminator_loss(real, labels))
         g_loss, _ = update(self.generator, self.g_optimizer, lambda: self._generator_loss(labels, d_real))
-        return self._after_step(d_loss, g_loss, d_real, d_fake)
+        return self._after_step(d_loss, g_loss, d_real, d_fake, d_rebuild)
 
     def _jax_train_step(self, state, data):
         import jax
@@ -178,9 +190,9 @@ class TextureGAN(keras.Model):
 
         real, labels = data
         real = ops.cast(real, "float32") / 127.5 - 1.0
-        d_loss, (d_real, d_fake), values = update(self.discriminator, self.d_optimizer,
-                                                  lambda: self._discriminator_loss(real, labels), values)
+        d_loss, (d_real, d_fake, d_rebuild), values = update(self.discriminator, self.d_optimizer,
+                                                             lambda: self._discriminator_loss(real, labels), values)
         g_loss, _, values = update(self.generator, self.g_optimizer, lambda: self._generator_loss(labels, d_real),
                                    values)
-        logs, values = stateless(lambda: self._after_step(d_loss, g_loss, d_real, d_fake), values)
+        logs, values = stateless(lambda: self._after_step(d_loss, g_loss, d_real, d_fake, d_rebuild), values)
         return logs, tuple([values[id(v)] for v in group] for group in groups)

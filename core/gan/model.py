@@ -50,6 +50,9 @@ class GanConfig:
     fine_noise: bool = option(True, "inject noise at every resolution, after each convolution (read from extra "
                               "noise-map channels, so a large canvas is still its patches); off: only the coarse "
                               "noise map")
+    reconstruction: float = option(0.0, "weight of the discriminator's self-supervised reconstruction loss (FastGAN, "
+                                   "Liu et al. 2021): a small decoder rebuilds each real patch D sees at half size from "
+                                   "D's coarsest features, so D must describe the tissue, not memorise it; 0: off")
     width: int = option(128, "generator channels at the noise resolution, halved per up-sampling stage")
     d_width: int = option(32, "discriminator channels at full resolution, doubled per down-sampling")
     steps: int = option(6000, "training steps (with --resume: the total to reach)")
@@ -89,6 +92,8 @@ class GanConfig:
             raise UserInputError(f"holdout must be in [0, 0.5), got {self.holdout}")
         if self.mpp <= 0 or self.steps < 0 or self.batch_size < 2 or self.checkpoint_every < 1:
             raise UserInputError("mpp must be positive, steps >= 0, batch_size >= 2 and checkpoint_every >= 1")
+        if self.reconstruction < 0:
+            raise UserInputError(f"reconstruction must be >= 0, got {self.reconstruction}")
         if self.loss not in LOSSES:
             raise UserInputError(f"loss must be one of {LOSSES}, not {self.loss!r}")
         self.subtypes = tuple(self.subtypes)
@@ -102,7 +107,7 @@ class GanConfig:
     def from_dict(cls, values: dict) -> "GanConfig":
         """From JSON (a run's config.json or a card's "config"): lists back to tuples."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {"fine_noise": False, **values}  # a run saved before fine noise existed had none
+        values = {"fine_noise": False, "reconstruction": 0.0, **values}  # runs saved before these existed had none
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
@@ -145,7 +150,9 @@ def build_generator(config: GanConfig) -> keras.Model:
 
 
 def build_discriminator(config: GanConfig) -> keras.Model:
-    """(image in [-1, 1] of any size, subtype) -> realness score per image.
+    """(image in [-1, 1] of any size, subtype) -> realness score per image; with config.reconstruction,
+    also the image rebuilt at half size from the coarsest features (FastGAN's self-supervised decoder:
+    two resize-and-convolve stages from 1/8 to 1/2 of the input, an L1 target in core.gan.adversarial).
 
     Three stride-2 stages (a receptive field of about 50 px, several nuclei and a gland's edge),
     global average pooling, then an unconditional score plus the projection <embed(y), features>.
@@ -162,4 +169,12 @@ def build_discriminator(config: GanConfig) -> keras.Model:
     # No spectral norm on the embedding: Keras' wrapper casts outputs to the (int) input dtype.
     class_vector = layers.Flatten()(layers.Embedding(len(SUBTYPES), width << 3, dtype="float32")(label))
     projection = layers.Dot(axes=1)([class_vector, features])
-    return keras.Model([image, label], layers.Add()([unconditional, projection]), name="discriminator")
+    score = layers.Add()([unconditional, projection])
+    if not config.reconstruction:
+        return keras.Model([image, label], score, name="discriminator")
+    rebuilt = x
+    for stage in (2, 1):
+        rebuilt = layers.UpSampling2D(2, interpolation="bilinear")(rebuilt)
+        rebuilt = layers.LeakyReLU(0.2)(layers.Conv2D(width << stage, 3, padding="same")(rebuilt))
+    rebuilt = layers.Conv2D(3, 3, padding="same", activation="tanh", dtype="float32", name="rebuilt")(rebuilt)
+    return keras.Model([image, label], [score, rebuilt], name="discriminator")
