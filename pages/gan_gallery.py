@@ -90,6 +90,18 @@ else:
     st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
                "on the other half. Distances are divided by the real-vs-real floor (goal <= 2).")
 
+try:
+    ablation = gallery.load_ablation(folder)
+except (OSError, ValueError) as problem:
+    ablation = None
+    st.error(f"This generator's GAN-fill ablation cannot be read ({problem}); run `gan ablation` again.")
+if ablation is None:
+    st.info("Whether this generator's images help a classifier has not been measured: run `python -m core gan "
+            f"ablation --gan {folder} --data DIR --out runs/ablation-NAME --pipeline fields`.")
+else:
+    helped, text = gallery.ablation_sentence(ablation)
+    (st.success if helped else st.warning)(text)
+
 controls = st.columns([3, 1, 1])
 subtypes = controls[0].multiselect("Subtypes", card["subtypes"], default=card["subtypes"][:4], key="gan_subtypes",
                                    format_func=pretty)

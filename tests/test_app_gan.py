@@ -86,6 +86,29 @@ def test_a_damaged_quality_report_gives_a_message(monkeypatch, generator_root, t
         assert message in app.error[0].value
 
 
+def test_the_gallery_states_what_gan_fill_did_to_the_classifier(monkeypatch, generator_root, tmp_path):
+    """The GAN-fill ablation (core.gan.ablation) in words, whatever it showed; not run: the command."""
+    import json
+
+    app = page(monkeypatch, generator_root)
+    assert any("has not been measured" in i.value and "gan ablation" in i.value for i in app.info)
+    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-tiny")
+    arm = {"evaluated_on": "validation and test patients (300 images, 17 patients)",
+           "headline": {"subtype_macro_f1": {"value": 0.08, "low": 0.02, "high": 0.17}},
+           "subtype_f1": {"adenosis": {"value": 0.33, "patients": 2}}}
+    worse = {**arm, "headline": {"subtype_macro_f1": {"value": 0.04, "low": 0.01, "high": 0.09}},
+             "subtype_f1": {"adenosis": {"value": 0.0, "patients": 2}}}
+    result = {"filled_subtypes": ["adenosis"], "options": {"pipeline": "fields"}, "runs": {"none": arm, "synthetic": worse}}
+    (tmp_path / "gan-tiny" / "quality" / "ablation.json").write_text(json.dumps(result))
+    app = page(monkeypatch, tmp_path)
+    said = next(w.value for w in app.warning if "Does GAN fill help" in w.value)
+    assert "0.08 [0.02, 0.17] without, 0.04 [0.01, 0.09] with" in said and "Adenosis 0.33 -> 0.00 (2 patients)" in said
+    assert "did not help" in said
+    (tmp_path / "gan-tiny" / "quality" / "ablation.json").write_text("{broken")
+    app = page(monkeypatch, tmp_path)
+    assert not app.exception and any("ablation cannot be read" in e.value for e in app.error)
+
+
 def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
     app = page(monkeypatch, tmp_path)
     assert not app.exception

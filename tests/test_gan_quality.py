@@ -273,6 +273,7 @@ def test_the_field_recipe_ablation_scores_each_subtype_with_intervals(split_gene
             if block["value"] is not None:
                 assert block["low"] <= block["value"] <= block["high"] and block["patients"] >= 1
     assert "patient-bootstrap" in (tmp_path / "ablation" / "ablation.md").read_text()
+    assert json.loads((split_generator / "quality" / "ablation.json").read_text())["runs"] == result["runs"]
     with pytest.raises(ValueError, match="balances subtypes itself"):
         checked(TrainConfig(data=str(imbalanced), out=str(tmp_path / "x"), pipeline="fields", balance="oversample"))
 

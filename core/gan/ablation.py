@@ -22,6 +22,7 @@ from core.data.selection import select_images
 from core.data.synthetic import leak_check, provenance_of
 from core.errors import UserInputError
 from core.evaluation.intervals import HEADLINE_NAMES, headline_intervals, subtype_f1_intervals
+from core.gan.gallery import ABLATION_FILE
 from core.gan.sampling import fill_folder_from_generator
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, read_card
@@ -84,6 +85,7 @@ def run_ablation(data, gan_dir, out, subtypes=None, allow_leak: bool = False, **
               "train_counts_before": counts, "same_split": bool(splits[0].equals(splits[1])),
               "options": {k: v for k, v in options.items()}, "runs": runs}
     write_json_atomic(out / "ablation.json", result)
+    write_json_atomic(Path(gan_dir) / ABLATION_FILE, result)  # what the gallery states of this generator
     (out / "ablation.md").write_text((format_fields_ablation if fields else format_ablation)(result) + "\n")
     return result
 

@@ -18,6 +18,7 @@ from core.jsonfile import read_json
 from core.paths import SAMPLES_DIR
 
 QUALITY_FILE = Path("quality") / "quality.json"
+ABLATION_FILE = Path("quality") / "ablation.json"  # written by `gan ablation` (core.gan.ablation)
 
 
 def real_patches(generator, subtype: str, n: int, samples_dir=SAMPLES_DIR, seed: int = 0) -> np.ndarray | None:
@@ -92,3 +93,43 @@ def check_rows(quality: dict) -> list[dict]:
                      "nuclei / patch (real)": f"{n['synthetic_per_patch']:.1f} ({n['real_per_patch']:.1f})",
                      **distances, "held-out images": r["held_out_images"]})
     return rows
+
+
+def load_ablation(folder) -> dict | None:
+    """The generator's last GAN-fill ablation (None when never run; a damaged file raises ValueError
+    or OSError)."""
+    path = Path(folder) / ABLATION_FILE
+    if not path.is_file():
+        return None
+    result = read_json(path)
+    if not isinstance(result, dict) or set(result.get("runs", {})) != {"none", "synthetic"}:
+        raise ValueError("not the result of `gan ablation` (no 'none' and 'synthetic' runs)")
+    return result
+
+
+def _macro_f1(run: dict) -> tuple[float, str]:
+    """(value, 'value [low, high]' where an interval was measured) of an arm's subtype macro-F1."""
+    block = run.get("headline", {}).get("subtype_macro_f1")
+    if block:
+        return block["value"], f"{block['value']:.2f} [{block['low']:.2f}, {block['high']:.2f}]"
+    return run["macro_f1"], f"{run['macro_f1']:.2f}"
+
+
+def ablation_sentence(result: dict) -> tuple[bool, str]:
+    """(GAN fill raised the subtype macro-F1, what the ablation measured, in words)."""
+    none, filled = result["runs"]["none"], result["runs"]["synthetic"]
+    (before, before_text), (after, after_text) = _macro_f1(none), _macro_f1(filled)
+    where = none.get("evaluated_on") or f"the test split ({none.get('test_images', '?')} images)"
+    pipeline = "the field recipe" if result.get("options", {}).get("pipeline") == "fields" else "the classifier"
+    parts = []
+    for s in result["filled_subtypes"]:
+        a, b = none.get("subtype_f1", {}).get(s, {}), filled.get("subtype_f1", {}).get(s, {})
+        if a.get("value") is not None and b.get("value") is not None:
+            parts.append(f"{pretty(s)} {a['value']:.2f} -> {b['value']:.2f} ({a['patients']} patient{'s' if a['patients'] != 1 else ''})")
+    helped = after > before
+    text = (f"Does GAN fill help? Measured: {pipeline} trained twice on the same split, without and with this "
+            f"generator's images topping up {', '.join(pretty(s) for s in result['filled_subtypes'])}, scored on "
+            f"{where}: subtype macro-F1 {before_text} without, {after_text} with"
+            + (f"; F1 of the filled subtypes: {'; '.join(parts)}" if parts else "") + ". "
+            + ("It helped on this split." if helped else "It did not help on this split."))
+    return helped, text
