@@ -102,6 +102,9 @@ def test_config_rejects_bad_values():
         GanConfig(holdout=0.6)
     with pytest.raises(UserInputError, match="loss"):
         GanConfig(loss="wasserstein")
+    for bad in (dict(r1=-1.0), dict(reconstruction=-0.5)):
+        with pytest.raises(UserInputError, match="must be >= 0"):
+            GanConfig(**bad)
 
 
 def _mean_colour(images):
@@ -173,7 +176,7 @@ def test_the_gan_is_a_keras_model_trained_by_fit():
     real = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
     history = model.fit(real, np.zeros((16, 1), np.int32), batch_size=16, epochs=2, verbose=0)
     assert set(history.history) >= {"d_loss", "g_loss", "d_real", "d_fake"} and model.steps_done == 2
-    assert history.history["d_rebuild"] == [0.0, 0.0]  # no reconstruction head by default
+    assert history.history["d_rebuild"] == history.history["d_r1"] == [0.0, 0.0]  # neither on by default
     with pytest.raises(UserInputError, match="Unknown GAN loss"):
         model.compile(model.g_optimizer, model.d_optimizer, loss="l2")
 
@@ -212,6 +215,39 @@ def test_the_discriminator_learns_to_rebuild_real_patches(backend, capsys):
     assert report["backend"] == backend and report["rebuilt"] == [2, 16, 16, 3]
     first, last = np.mean(report["rebuild"][:2]), np.mean(report["rebuild"][-10:])
     assert last < 0.7 * first, report["rebuild"]
+
+
+_R1 = """
+import json
+import keras
+import numpy as np
+from core.gan.model import GanConfig
+from core.gan.train import build_gan
+real = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3)).astype(np.uint8)
+norms = {}
+for weight in (1e-4, 10.0):
+    keras.utils.set_random_seed(0)
+    config = GanConfig(image_size=16, width=32, d_width=8, latent_dim=8, batch_size=16, mpp=4.0, holdout=0.0, r1=weight)
+    history = build_gan(config).fit(real, np.zeros((64, 1), np.int32), batch_size=16, epochs=15, verbose=0).history
+    norms[str(weight)] = [float(v) for v in history["d_r1"]]
+print(json.dumps({"backend": keras.backend.backend(), "d_r1": norms}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_the_r1_penalty_flattens_the_discriminator_at_real_patches(backend, capsys):
+    """--r1: the same run with a strong penalty ends with a smaller gradient of D at real patches than
+    with a negligible one (D's gradient norm grows as it learns), under either backend's step."""
+    if backend == "jax":
+        from core.testing.jax_process import run_under_jax
+
+        report = run_under_jax(_R1)
+    else:
+        exec(compile(_R1, "r1", "exec"), {})
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    weak, strong = report["d_r1"]["0.0001"], report["d_r1"]["10.0"]
+    assert report["backend"] == backend and weak[-1] > 10 * weak[0]  # unpenalised, D steepens
+    assert np.mean(strong[-3:]) < 0.7 * np.mean(weak[-3:]), report
 
 
 def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_path):

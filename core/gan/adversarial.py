@@ -22,7 +22,8 @@ from core.gan.augment import diff_augment
 from core.gan.model import UPSCALE, noise_channels
 
 MARGIN = 1  # noise cells drawn beyond a training patch on each side; the patch is a random crop of the larger canvas
-METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_rebuild")  # d_rebuild: the reconstruction's L1 (0 when off)
+# d_rebuild: the reconstruction's L1; d_r1: mean squared gradient norm of D at real patches (each 0 when off)
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "d_rebuild", "d_r1")
 
 
 def _hinge(d_real, d_fake):
@@ -111,24 +112,47 @@ class TextureGAN(keras.Model):
     def _discriminator_loss(self, real, labels):
         d_real, rebuilt, seen = self._discriminate(real, labels)
         d_fake = self._score(self._fakes(labels), labels)
-        loss, rebuild = self.adversarial_loss(d_real, d_fake)[0], ops.zeros(())
+        loss, rebuild, r1 = self.adversarial_loss(d_real, d_fake)[0], ops.zeros(()), ops.zeros(())
         if rebuilt is not None:  # FastGAN's self-supervision, on real patches only: what D saw, at half size
             target = ops.average_pool(seen, 2, 2, padding="valid")
             rebuild = ops.mean(ops.abs(ops.cast(rebuilt, "float32") - target))
             loss = loss + self.config.reconstruction * rebuild
-        return loss, (d_real, d_fake, rebuild)
+        if self.config.r1:  # R1: D flat around the real data, so it cannot push G with steep, spurious gradients
+            gradient = ops.cast(self._input_gradient(seen, labels), "float32")
+            r1 = ops.mean(ops.sum(ops.square(gradient), axis=(1, 2, 3)))
+            loss = loss + 0.5 * self.config.r1 * r1
+        return loss, (d_real, d_fake, rebuild, r1)
+
+    def _input_gradient(self, images, labels):
+        """d(sum of D's scores)/d(images): the one place the step needs a gradient inside its loss, so
+        the one per-backend piece of it (a nested tape; jax.grad). D runs in inference mode here, so
+        spectral norm's power iteration is not stepped twice."""
+        def total(x):
+            out = self.discriminator([x, labels], training=False)
+            return ops.sum(ops.cast(out[0] if isinstance(out, (list, tuple)) else out, "float32"))
+
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return jax.grad(total)(images)
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            value = total(images)
+        return tape.gradient(value, images)
 
     def _generator_loss(self, labels, d_real):
         return self.adversarial_loss(d_real, self._score(self._fakes(labels), labels))[1], ()
 
-    def _after_step(self, d_loss, g_loss, d_real, d_fake, d_rebuild):
+    def _after_step(self, d_loss, g_loss, d_real, d_fake, d_rebuild, d_r1):
         """The moving average of the generator, then the metrics."""
         # Warm-up (as in TF's ExponentialMovingAverage num_updates): early on the average follows fast.
         iterations = ops.cast(self.g_optimizer.iterations, "float32")
         decay = ops.minimum(self.config.ema, (1.0 + iterations) / (10.0 + iterations))
         for average, weight in zip(self.ema_generator.weights, self.generator.weights):
             average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
-        for name, value in zip(METRICS, (d_loss, g_loss, ops.mean(d_real), ops.mean(d_fake), d_rebuild)):
+        for name, value in zip(METRICS, (d_loss, g_loss, ops.mean(d_real), ops.mean(d_fake), d_rebuild, d_r1)):
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
@@ -150,10 +174,10 @@ class TextureGAN(keras.Model):
 
         real, labels = data
         real = ops.cast(real, "float32") / 127.5 - 1.0  # uint8 patches -> [-1, 1]
-        d_loss, (d_real, d_fake, d_rebuild) = update(self.discriminator, self.d_optimizer,
-                                                     lambda: self._discriminator_loss(real, labels))
+        d_loss, (d_real, d_fake, *extras) = update(self.discriminator, self.d_optimizer,
+                                                   lambda: self._discriminator_loss(real, labels))
         g_loss, _ = update(self.generator, self.g_optimizer, lambda: self._generator_loss(labels, d_real))
-        return self._after_step(d_loss, g_loss, d_real, d_fake, d_rebuild)
+        return self._after_step(d_loss, g_loss, d_real, d_fake, *extras)
 
     def _jax_train_step(self, state, data):
         import jax
@@ -190,9 +214,9 @@ class TextureGAN(keras.Model):
 
         real, labels = data
         real = ops.cast(real, "float32") / 127.5 - 1.0
-        d_loss, (d_real, d_fake, d_rebuild), values = update(self.discriminator, self.d_optimizer,
-                                                             lambda: self._discriminator_loss(real, labels), values)
+        d_loss, (d_real, d_fake, *extras), values = update(self.discriminator, self.d_optimizer,
+                                                           lambda: self._discriminator_loss(real, labels), values)
         g_loss, _, values = update(self.generator, self.g_optimizer, lambda: self._generator_loss(labels, d_real),
                                    values)
-        logs, values = stateless(lambda: self._after_step(d_loss, g_loss, d_real, d_fake, d_rebuild), values)
+        logs, values = stateless(lambda: self._after_step(d_loss, g_loss, d_real, d_fake, *extras), values)
         return logs, tuple([values[id(v)] for v in group] for group in groups)

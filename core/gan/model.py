@@ -53,6 +53,8 @@ class GanConfig:
     reconstruction: float = option(0.0, "weight of the discriminator's self-supervised reconstruction loss (FastGAN, "
                                    "Liu et al. 2021): a small decoder rebuilds each real patch D sees at half size from "
                                    "D's coarsest features, so D must describe the tissue, not memorise it; 0: off")
+    r1: float = option(0.0, "R1 penalty weight gamma (Mescheder et al. 2018): gamma/2 x the squared gradient of D's score "
+                       "with respect to each real (augmented) patch, added to D's loss every step; 0: off")
     width: int = option(128, "generator channels at the noise resolution, halved per up-sampling stage")
     d_width: int = option(32, "discriminator channels at full resolution, doubled per down-sampling")
     steps: int = option(6000, "training steps (with --resume: the total to reach)")
@@ -92,8 +94,8 @@ class GanConfig:
             raise UserInputError(f"holdout must be in [0, 0.5), got {self.holdout}")
         if self.mpp <= 0 or self.steps < 0 or self.batch_size < 2 or self.checkpoint_every < 1:
             raise UserInputError("mpp must be positive, steps >= 0, batch_size >= 2 and checkpoint_every >= 1")
-        if self.reconstruction < 0:
-            raise UserInputError(f"reconstruction must be >= 0, got {self.reconstruction}")
+        if self.reconstruction < 0 or self.r1 < 0:
+            raise UserInputError(f"reconstruction and r1 must be >= 0, got {self.reconstruction} and {self.r1}")
         if self.loss not in LOSSES:
             raise UserInputError(f"loss must be one of {LOSSES}, not {self.loss!r}")
         self.subtypes = tuple(self.subtypes)
@@ -107,7 +109,7 @@ class GanConfig:
     def from_dict(cls, values: dict) -> "GanConfig":
         """From JSON (a run's config.json or a card's "config"): lists back to tuples."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {"fine_noise": False, "reconstruction": 0.0, **values}  # runs saved before these existed had none
+        values = {"fine_noise": False, "reconstruction": 0.0, "r1": 0.0, **values}  # runs saved before these existed had none
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
