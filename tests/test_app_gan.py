@@ -103,7 +103,12 @@ def test_the_gallery_states_what_gan_fill_did_to_the_classifier(monkeypatch, gen
     app = page(monkeypatch, tmp_path)
     said = next(w.value for w in app.warning if "Does GAN fill help" in w.value)
     assert "0.08 [0.02, 0.17] without, 0.04 [0.01, 0.09] with" in said and "Adenosis 0.33 -> 0.00 (2 patients)" in said
-    assert "did not help" in said
+    assert "No difference is shown: the intervals overlap (macro-F1 not higher with it)" in said
+    apart = {**worse, "headline": {"subtype_macro_f1": {"value": 0.40, "low": 0.30, "high": 0.50}}}
+    (tmp_path / "gan-tiny" / "quality" / "ablation.json").write_text(json.dumps({**result, "runs": {"none": arm,
+                                                                                               "synthetic": apart}}))
+    app = page(monkeypatch, tmp_path)
+    assert any("It helped on this split (the intervals are apart)" in s.value for s in app.success)
     (tmp_path / "gan-tiny" / "quality" / "ablation.json").write_text("{broken")
     app = page(monkeypatch, tmp_path)
     assert not app.exception and any("ablation cannot be read" in e.value for e in app.error)

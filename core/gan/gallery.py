@@ -107,29 +107,41 @@ def load_ablation(folder) -> dict | None:
     return result
 
 
-def _macro_f1(run: dict) -> tuple[float, str]:
-    """(value, 'value [low, high]' where an interval was measured) of an arm's subtype macro-F1."""
-    block = run.get("headline", {}).get("subtype_macro_f1")
-    if block:
-        return block["value"], f"{block['value']:.2f} [{block['low']:.2f}, {block['high']:.2f}]"
-    return run["macro_f1"], f"{run['macro_f1']:.2f}"
+def _macro_f1(run: dict) -> dict:
+    """An arm's subtype macro-F1 as {"value", "low", "high", "text"} (low/high None without an interval)."""
+    block = run.get("headline", {}).get("subtype_macro_f1") or {"value": run["macro_f1"], "low": None, "high": None}
+    text = f"{block['value']:.2f}" + (f" [{block['low']:.2f}, {block['high']:.2f}]" if block.get("low") is not None else "")
+    return {**block, "text": text}
+
+
+def _difference(before: dict, after: dict) -> tuple[bool, str]:
+    """(helped, the words): a difference is claimed only where the two intervals are apart."""
+    if before.get("low") is None or after.get("low") is None:
+        return after["value"] > before["value"], ("Higher with it" if after["value"] > before["value"]
+                                                  else "Not higher with it") + " (no interval was measured)."
+    if after["low"] > before["high"]:
+        return True, "It helped on this split (the intervals are apart)."
+    if after["high"] < before["low"]:
+        return False, "It hurt on this split (the intervals are apart)."
+    return False, (f"No difference is shown: the intervals overlap (macro-F1 "
+                   f"{'higher' if after['value'] > before['value'] else 'not higher'} with it).")
 
 
 def ablation_sentence(result: dict) -> tuple[bool, str]:
-    """(GAN fill raised the subtype macro-F1, what the ablation measured, in words)."""
+    """(GAN fill measurably raised the subtype macro-F1, what the ablation measured, in words)."""
     none, filled = result["runs"]["none"], result["runs"]["synthetic"]
-    (before, before_text), (after, after_text) = _macro_f1(none), _macro_f1(filled)
+    before, after = _macro_f1(none), _macro_f1(filled)
     where = none.get("evaluated_on") or f"the test split ({none.get('test_images', '?')} images)"
     pipeline = "the field recipe" if result.get("options", {}).get("pipeline") == "fields" else "the classifier"
     parts = []
     for s in result["filled_subtypes"]:
         a, b = none.get("subtype_f1", {}).get(s, {}), filled.get("subtype_f1", {}).get(s, {})
         if a.get("value") is not None and b.get("value") is not None:
-            parts.append(f"{pretty(s)} {a['value']:.2f} -> {b['value']:.2f} ({a['patients']} patient{'s' if a['patients'] != 1 else ''})")
-    helped = after > before
+            parts.append(f"{pretty(s)} {a['value']:.2f} -> {b['value']:.2f} "
+                         f"({a['patients']} patient{'s' if a['patients'] != 1 else ''})")
+    helped, verdict = _difference(before, after)
     text = (f"Does GAN fill help? Measured: {pipeline} trained twice on the same split, without and with this "
             f"generator's images topping up {', '.join(pretty(s) for s in result['filled_subtypes'])}, scored on "
-            f"{where}: subtype macro-F1 {before_text} without, {after_text} with"
-            + (f"; F1 of the filled subtypes: {'; '.join(parts)}" if parts else "") + ". "
-            + ("It helped on this split." if helped else "It did not help on this split."))
+            f"{where}: subtype macro-F1 {before['text']} without, {after['text']} with"
+            + (f"; F1 of the filled subtypes: {'; '.join(parts)}" if parts else "") + ". " + verdict)
     return helped, text
