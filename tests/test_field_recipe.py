@@ -256,8 +256,8 @@ def test_a_seed_ensemble_is_cross_validated_as_it_predicts(synthetic_breakhis, t
 
     out = tmp_path / "cv"
     assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out), "--folds", "2",
-                 "--members", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "48",
-                 "--epochs", "2", "--batch-size", "8", "--warmup-steps", "4"]) == 0
+                 "--members", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "32",
+                 "--epochs", "1", "--batch-size", "16", "--warmup-steps", "2"]) == 0
     cv = read_json(out / "cv.json")
     assert cv["members"] == 2 and len(cv["pooled_by_member"]) == 2 and len(cv["train_seconds"]) == 4
     assert cv["pooled_by_member"][0] != cv["pooled_by_member"][1]  # two seeds, two models
