@@ -50,6 +50,15 @@ def sample_zip(batches: dict[str, np.ndarray], name: str, seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def measured(load, folder: str, what: str, command: str) -> dict | None:
+    """A report of the generator (core.gan.gallery); a damaged one is said and treated as missing."""
+    try:
+        return load(folder)
+    except (OSError, ValueError) as problem:
+        st.error(f"{what} cannot be read ({problem}); run `{command}` again.")
+        return None
+
+
 st.title("GAN gallery")
 st.caption("Synthetic histology from a class-conditional GAN. It may only ever enter TRAINING (the 'synthetic' "
            "balancing strategy), never validation, test or diagnosis.")
@@ -74,11 +83,7 @@ if card.get("limitations"):  # what whoever bundled it measured and says of it
     st.warning(card["limitations"])
 
 st.header("What the measurements say")
-try:
-    quality = gallery.load_quality(folder)
-except (OSError, ValueError) as problem:
-    quality = None
-    st.error(f"The quality report of this generator cannot be read ({problem}); run `gan evaluate` again.")
+quality = measured(gallery.load_quality, folder, "The quality report of this generator", "gan evaluate")
 if quality is None:
     st.info(f"Not measured yet: the pictures below are unjudged. Run `python -m core gan evaluate --model {folder} "
             "--data DIR`.")
@@ -90,11 +95,7 @@ else:
     st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
                "on the other half. Distances are divided by the real-vs-real floor (goal <= 2).")
 
-try:
-    ablation = gallery.load_ablation(folder)
-except (OSError, ValueError) as problem:
-    ablation = None
-    st.error(f"This generator's GAN-fill ablation cannot be read ({problem}); run `gan ablation` again.")
+ablation = measured(gallery.load_ablation, folder, "This generator's GAN-fill ablation", "gan ablation")
 if ablation is None:
     st.info("Whether this generator's images help a classifier has not been measured: run `python -m core gan "
             f"ablation --gan {folder} --data DIR --out runs/ablation-NAME --pipeline fields`.")

@@ -110,11 +110,16 @@ def view_boxes(height: int, width: int, crop_px: int, crops: int) -> np.ndarray:
     return np.stack([along * y_room, np.full(crops, x_room / 2), np.full(crops, side), np.full(crops, side)], 1)
 
 
-def load_fields(paths, workers: int = 4) -> np.ndarray:
-    """Image files -> (N, H, W, 3) uint8 fields at FIELD_PX (decoded once, in threads)."""
+def load_fields(paths, workers: int = 4, own_images: bool = False) -> np.ndarray:
+    """Image files -> (N, H, W, 3) uint8 fields at FIELD_PX (decoded once, in threads). own_images:
+    files this project wrote (the GAN's samples, core.gan.sampling), decoded directly, since a coarse
+    generator's field may be smaller than the upload checks' minimum size."""
     from core.data.images import load_image  # the project's safe decoder (modes, bit depths, EXIF)
 
     def one(path):
+        if own_images:
+            with Image.open(path) as image:
+                return restore_field(np.asarray(image.convert("RGB")))
         return restore_field(load_image(Path(path).read_bytes(), name=str(path)).rgb)
 
     paths = list(paths)

@@ -57,14 +57,16 @@ def _auc(w, t):
     return _ratio((w * positive * wins).sum(1), pairs)
 
 
+def _subtype_f1(w, truth, called):
+    """Per resample: one subtype's F1 against the rest (0 where nothing is true or called) and whether
+    the resample has a true image of it."""
+    tp, fp, fn = w @ (truth & called), w @ (~truth & called), w @ (truth & ~called)
+    return np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0), w @ truth > 0
+
+
 def _macro_f1(w, t):
     """Macro F1 over the subtypes present (by true label) in each resample, as scikit-learn's."""
-    scores, present = [], []
-    for s in SUBTYPES:
-        truth, called = t["subtype"] == s, t["pred_subtype"] == s
-        tp, fp, fn = w @ (truth & called), w @ (~truth & called), w @ (truth & ~called)
-        scores.append(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0))
-        present.append(w @ truth > 0)
+    scores, present = zip(*(_subtype_f1(w, t["subtype"] == s, t["pred_subtype"] == s) for s in SUBTYPES))
     scores, present = np.stack(scores), np.stack(present)
     return _ratio((scores * present).sum(0), present.sum(0))
 
@@ -136,8 +138,8 @@ def subtype_f1_intervals(table: pd.DataFrame, n_resamples: int = N_RESAMPLES, se
             continue
 
         def f1(w):
-            tp, fp, fn = w @ (truth & called), w @ (~truth & called), w @ (truth & ~called)
-            return np.where(w @ truth > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), np.nan)
+            value, present = _subtype_f1(w, truth, called)
+            return np.where(present, value, np.nan)
 
         values = f1(weights) if len(weights) else np.array([])
         out[s] = {**_interval(values, float(f1(np.ones((1, len(table))))[0]), len(weights)),

@@ -99,12 +99,16 @@ class TextureGAN(keras.Model):
         offset = keras.random.randint((2,), 0, 2 * MARGIN * UPSCALE + 1, seed=self.seed_generator, dtype="int32")
         return ops.slice(canvas, (0, offset[0], offset[1], 0), (batch, size, size, 3))
 
+    def _outputs(self, images, labels, training: bool):
+        """D's (score as float32, the half-size rebuild or None without the reconstruction head)."""
+        out = self.discriminator([images, labels], training=training)
+        score, rebuilt = out if isinstance(out, (list, tuple)) else (out, None)
+        return ops.cast(score, "float32"), rebuilt
+
     def _discriminate(self, images, labels):
         """D on augmented images: (score, the half-size rebuild or None, the augmented images)."""
         seen = diff_augment(images, self.seed_generator)
-        out = self.discriminator([seen, labels], training=True)
-        score, rebuilt = out if isinstance(out, (list, tuple)) else (out, None)
-        return ops.cast(score, "float32"), rebuilt, seen
+        return *self._outputs(seen, labels, training=True), seen
 
     def _score(self, images, labels):
         return self._discriminate(images, labels)[0]
@@ -128,8 +132,7 @@ class TextureGAN(keras.Model):
         the one per-backend piece of it (a nested tape; jax.grad). D runs in inference mode here, so
         spectral norm's power iteration is not stepped twice."""
         def total(x):
-            out = self.discriminator([x, labels], training=False)
-            return ops.sum(ops.cast(out[0] if isinstance(out, (list, tuple)) else out, "float32"))
+            return ops.sum(self._outputs(x, labels, training=False)[0])
 
         if keras.backend.backend() == "jax":
             import jax

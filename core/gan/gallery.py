@@ -45,15 +45,22 @@ def synthetic_patches(generator, subtype: str, n: int, seed: int = 0) -> np.ndar
     return generator.patches(subtype, n, config.image_size, config.mpp, seed)
 
 
-def load_quality(folder) -> dict | None:
-    """The folder's measured checks, None when not measured (a damaged file raises ValueError or OSError)."""
-    path = Path(folder) / QUALITY_FILE
+def _read_report(folder, file: Path, valid, problem: str) -> dict | None:
+    """A measured report in the generator folder: None when there is none; a damaged one raises
+    ValueError (`problem` when it is JSON of another kind) or OSError."""
+    path = Path(folder) / file
     if not path.is_file():
         return None
-    quality = read_json(path)
-    if not isinstance(quality, dict) or "generators" not in quality:
-        raise ValueError("a report of an earlier `gan evaluate`, without the checks of core.gan.checks")
-    return quality
+    report = read_json(path)
+    if not isinstance(report, dict) or not valid(report):
+        raise ValueError(problem)
+    return report
+
+
+def load_quality(folder) -> dict | None:
+    """The folder's measured checks, None when not measured (a damaged file raises ValueError or OSError)."""
+    return _read_report(folder, QUALITY_FILE, lambda report: "generators" in report,
+                        "a report of an earlier `gan evaluate`, without the checks of core.gan.checks")
 
 
 def verdict(quality: dict) -> tuple[bool, str]:
@@ -98,13 +105,8 @@ def check_rows(quality: dict) -> list[dict]:
 def load_ablation(folder) -> dict | None:
     """The generator's last GAN-fill ablation (None when never run; a damaged file raises ValueError
     or OSError)."""
-    path = Path(folder) / ABLATION_FILE
-    if not path.is_file():
-        return None
-    result = read_json(path)
-    if not isinstance(result, dict) or set(result.get("runs", {})) != {"none", "synthetic"}:
-        raise ValueError("not the result of `gan ablation` (no 'none' and 'synthetic' runs)")
-    return result
+    return _read_report(folder, ABLATION_FILE, lambda report: set(report.get("runs", {})) == {"none", "synthetic"},
+                        "not the result of `gan ablation` (no 'none' and 'synthetic' runs)")
 
 
 def _macro_f1(run: dict) -> dict:

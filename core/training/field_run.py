@@ -21,11 +21,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from core.data.balance import synthetic_fill
-from core.data.breakhis import index_folder, subtype_counts
-from core.data.fields import FIELD_PX, ViewSpec, is_pack, load_fields, read_pack, restore_field
+from core.data.breakhis import index_folder
+from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
@@ -43,7 +42,7 @@ from core.paths import portable, refuse_existing_run
 from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import evidence, split_figures_on
+from core.training.runcard import counts_by_subtype, evidence, split_figures_on
 
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
 
@@ -112,8 +111,9 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
         "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
         "evidence": evidence(trained_on, history["weights_init"], figures_on),
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
-                     "data_fingerprint": fingerprint(table), "by_subtype": {k: int(v) for k, v in subtype_counts(trained_on[~synthetic]).items() if v},
-                     "synthetic_by_subtype": {k: int(v) for k, v in subtype_counts(trained_on[synthetic]).items() if v},
+                     "data_fingerprint": fingerprint(table),
+                     "by_subtype": counts_by_subtype(trained_on[~synthetic]),
+                     "synthetic_by_subtype": counts_by_subtype(trained_on[synthetic]),
                      "synthetic_shortfall": dict(trained_on.attrs.get("shortfall", {})),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
@@ -173,11 +173,7 @@ def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFra
         refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
     filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
                             subtypes=config.synthetic_subtypes, seed=config.seed)
-    # Our own generator's PNGs (core.gan.sampling.write_samples), at its scale: a coarse generator's
-    # field may be smaller than the upload checks' minimum, so they are decoded directly.
-    added = [restore_field(np.asarray(Image.open(path).convert("RGB")))
-             for path in filled.loc[filled["synthetic"].astype(bool), "path"]]
-    return filled, np.stack(added) if added else np.zeros((0, FIELD_PX[1], FIELD_PX[0], 3), np.uint8)
+    return filled, load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)
 
 
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:

@@ -33,7 +33,8 @@ def head_options(config) -> dict:
             "l2": config.l2}
 
 
-def _counts(table: pd.DataFrame) -> dict:
+def counts_by_subtype(table: pd.DataFrame) -> dict:
+    """{subtype: images} of the subtypes the table has (a card's by_subtype)."""
     return {k: int(v) for k, v in subtype_counts(table).items() if v}
 
 
@@ -81,7 +82,8 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
             "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
             "split": describe_split(data["split"]),
-            "by_subtype": _counts(train), "synthetic_by_subtype": _counts(train[train["synthetic"].astype(bool)]),
+            "by_subtype": counts_by_subtype(train),
+            "synthetic_by_subtype": counts_by_subtype(train[train["synthetic"].astype(bool)]),
             "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
             "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
             "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
