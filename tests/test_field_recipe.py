@@ -196,7 +196,7 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
 
     out = tmp_path / "cv"
     code = main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out),
-                 "--folds", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "48",
+                 "--folds", "2", "--backbone", "small_cnn", "--weights", "none", "--input-size", "48",
                  "--epochs", "10", "--batch-size", "8", "--warmup-steps", "10"])
     assert code == 0
     cv = read_json(out / "cv.json")
@@ -233,7 +233,7 @@ def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path)
 
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "core", "train", "--pipeline", "fields", "--data", str(samples_dir),
-                                "--out", str(out), "--backbone", "resnet18_half", "--weights", "none",
+                                "--out", str(out), "--backbone", "small_cnn", "--weights", "none",
                                 "--input-size", "48", "--epochs", "500", "--batch-size", "4"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -256,7 +256,7 @@ def test_a_seed_ensemble_is_cross_validated_as_it_predicts(synthetic_breakhis, t
 
     out = tmp_path / "cv"
     assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out), "--folds", "2",
-                 "--members", "2", "--backbone", "resnet18_half", "--weights", "none", "--input-size", "32",
+                 "--members", "2", "--backbone", "small_cnn", "--weights", "none", "--input-size", "32",
                  "--epochs", "1", "--batch-size", "16", "--warmup-steps", "2"]) == 0
     cv = read_json(out / "cv.json")
     assert cv["members"] == 2 and len(cv["pooled_by_member"]) == 2 and len(cv["train_seconds"]) == 4
