@@ -7,6 +7,13 @@ never a squashed field. Training draws random square crops from these fields on 
 (core.data.keras_augment); prediction looks at `crops` squares of `crop_px` along the field
 (`view_boxes`), each resized to the model's input, the same crop-and-resize op as training.
 
+A field of another magnification covers more (40X, 100X) or less (400X) tissue in the same pixels.
+With `physical` views (every model trained since they exist) a crop covers the same tissue at every
+magnification that the image states: crop_px at 200X, crop_px / 5 px at 40X (then resized up like
+every crop), the whole short side at 400X. The 757-image set is 85 % 200X, so a model has seen
+little else: measured on the held-out patients of three cross-validated models, 40X stage-1
+accuracy rose from 0.64-0.76 to 0.87-0.89 (45 images, 14 patients), 100X 0.71 -> 0.71-0.74.
+
 Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
 machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
 """
@@ -22,10 +29,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.data.scale import BREAKHIS_FIELD
+from core.data.scale import BREAKHIS_FIELD, magnification_mpp
 from core.errors import DatasetError
 
 FIELD_PX = (350, 230)  # (width, height): a BreakHis field at half its original pixel count, ~1 um/px at 200X
+FIELD_MAGNIFICATION = "200X"  # the magnification whose fields FIELD_PX puts at ~1 um/px
 PACK_INDEX = "fields.csv"
 PACK_COLUMNS = ("file", "label", "subtype", "magnification", "case", "slide")
 
@@ -43,6 +51,7 @@ class ViewSpec:
     crops: int = 3
     dihedral: bool = True
     field_px: tuple[int, int] = FIELD_PX
+    physical: bool = False  # crops of the same tissue at every stated magnification (crop_px at 200X)
 
     def to_dict(self) -> dict:
         return {"kind": "field", **dataclasses.asdict(self), "field_px": list(self.field_px)}
@@ -52,18 +61,41 @@ class ViewSpec:
         views = card.get("views")
         if not views or views.get("kind") != "field":
             return None
+        # Cards written before physical views predict as they were measured: crop_px at every magnification.
         return cls(int(views["input_size"]), int(views["crop_px"]), int(views["crops"]), bool(views["dihedral"]),
-                   tuple(int(v) for v in views["field_px"]))
+                   tuple(int(v) for v in views["field_px"]), bool(views.get("physical", False)))
 
     @property
     def views_per_image(self) -> int:
         return self.crops * (8 if self.dihedral else 1)
 
+    def crop_px_at(self, magnification=None) -> float:
+        """The crop side in field pixels for a field of this magnification ("40X", 400, None): with
+        physical views the same tissue as crop_px at 200X (at most the field's short side, view_boxes);
+        an unknown or unstated magnification is taken as 200X, the scale the field frame is built for."""
+        value = magnification_value(magnification)
+        if not self.physical or value is None:
+            return float(self.crop_px)
+        return self.crop_px * magnification_mpp(FIELD_MAGNIFICATION) / magnification_mpp(value)
+
+    def boxes(self, height: int, width: int, magnification=None) -> np.ndarray:
+        """(crops, 4) view boxes of one field (view_boxes at crop_px_at(magnification))."""
+        return view_boxes(height, width, self.crop_px_at(magnification), self.crops)
+
     def describe(self) -> str:
         sym = " x 8 dihedral symmetries" if self.dihedral else ""
+        scale = (f"crops of the same tissue at every stated magnification ({self.crop_px} px at 200X, "
+                 f"{self.crop_px_at('40X'):.0f} px at 40X; unstated: as 200X)" if self.physical
+                 else f"crops of {self.crop_px} px")
         return (f"field restored to its aspect at {self.field_px[0]}x{self.field_px[1]} px (~1 um/px at 200X); "
-                f"{self.crops} crops of {self.crop_px} px along it{sym}, each resized to {self.input_size} px; "
+                f"{self.crops} {scale} along it{sym}, each resized to {self.input_size} px; "
                 "the mean softmax of these views")
+
+
+def magnification_value(magnification) -> int | None:
+    """'40X', '40x', 40 -> 40; None, '', 'not stated' or anything else -> None (unknown)."""
+    text = str(magnification or "").strip().upper().removesuffix("X")
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def restore_field(rgb: np.ndarray, field_px: tuple[int, int] = FIELD_PX) -> np.ndarray:
@@ -99,7 +131,7 @@ def _fit_width(array: np.ndarray, width: int) -> np.ndarray:
     return np.pad(array, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)), mode="reflect")
 
 
-def view_boxes(height: int, width: int, crop_px: int, crops: int) -> np.ndarray:
+def view_boxes(height: int, width: int, crop_px: float, crops: int) -> np.ndarray:
     """(crops, 4) boxes [y0, x0, side, side] in pixels: squares of crop_px (at most the short side),
     centred across the short side and spaced evenly along the long side, ends included."""
     side = min(crop_px, height, width)

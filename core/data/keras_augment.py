@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.data.fields import ViewSpec, view_boxes
+from core.data.fields import ViewSpec
 from core.data.stain import HED_FROM_RGB, RGB_FROM_HED
 
 # Strengths of the field recipe (issue 25's measured recipe).
@@ -64,14 +64,18 @@ def crop_and_resize(images, boxes, size: int):
     return rows(y0) * (1.0 - wy) + rows(y1) * wy
 
 
-def field_inputs(images: np.ndarray, spec: ViewSpec, crop=None) -> np.ndarray:
+def field_inputs(images: np.ndarray, spec: ViewSpec, crop=None, magnifications=None) -> np.ndarray:
     """Fields (N, H, W, 3) at the field scale -> the crops of every field, (N * crops, S, S, 3)
     float32, crop-major within each field: the prediction views without the symmetries. `crop`:
-    a compiled crop_and_resize(images, boxes) at spec.input_size (the Predictor's), else eager ops."""
+    a compiled crop_and_resize(images, boxes) at spec.input_size (the Predictor's), else eager ops.
+    magnifications: each field's, for physical views (ViewSpec.crop_px_at); None: all as 200X."""
     images = np.asarray(images)
-    boxes = view_boxes(images.shape[1], images.shape[2], spec.crop_px, spec.crops)
+    magnifications = [None] * len(images) if magnifications is None else list(magnifications)
+    if len(magnifications) != len(images):
+        raise ValueError(f"{len(magnifications)} magnifications for {len(images)} fields")
     repeated = np.repeat(images.astype(np.float32), spec.crops, axis=0)
-    tiled = np.tile(boxes, (len(images), 1)).astype(np.float32)
+    tiled = np.concatenate([spec.boxes(images.shape[1], images.shape[2], m) for m in magnifications]
+                           or [np.zeros((0, 4))]).astype(np.float32)
     crops = crop(repeated, tiled) if crop is not None else crop_and_resize(ops.convert_to_tensor(repeated), tiled,
                                                                            spec.input_size)
     return np.asarray(ops.convert_to_numpy(crops), np.float32)

@@ -234,12 +234,16 @@ def dihedral_numpy(batch: np.ndarray) -> np.ndarray:
     return np.concatenate(views)
 
 
-def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8) -> dict:
+def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8,
+                  magnifications=None) -> dict:
     """Head outputs of fields under a model's declared views, on any backend: {head: (N, k)} (the
-    mean softmax over the views). The TensorFlow Predictor computes the same (tested)."""
+    mean softmax over the views; each field's magnification sets physical views' crop size). The
+    TensorFlow Predictor computes the same (tested)."""
     out = {name: [] for name in HEADS}
+    magnifications = [None] * len(fields) if magnifications is None else list(magnifications)
     for start in range(0, len(fields), batch_fields):
-        crops = field_inputs(fields[start:start + batch_fields], spec)
+        part = slice(start, start + batch_fields)
+        crops = field_inputs(fields[part], spec, magnifications=magnifications[part])
         views = dihedral_numpy(crops) if spec.dihedral else crops
         n = len(crops) // spec.crops
         probs = classifier.predict_on_batch(views)

@@ -74,7 +74,7 @@ def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def view_spec(config) -> ViewSpec:
-    return ViewSpec(config.input_size, CROP_PX, CROPS, True)
+    return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=True)
 
 
 def calibrate(raw: dict, table: pd.DataFrame) -> dict:
@@ -190,7 +190,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
                         + (f" and {len(trained_on) - len(train)} GAN fields" if len(trained_on) > len(train) else ""))
     classifier, history = fit_fields(train_fields, trained_on["subtype"], config, writer)
     spec = view_spec(config)
-    raw_val, raw_test = (predict_views(classifier, fields[i], spec) for i in (val, test))
+    raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
+                         for i in (val, test))
     temperatures = calibrate(raw_val, table.iloc[val])
     val_frame = frame(_rows(table.iloc[val], "val", PATIENT), raw_val, temperatures)
     test_frame = frame(_rows(table.iloc[test], "test", PATIENT), raw_test, temperatures)
@@ -261,7 +262,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         for m, (classifier, history) in enumerate(_fit_members(fields[seen], table["subtype"].iloc[seen], fold_config,
                                                                writer, f"fold {k}")):
             seconds.append(history["seconds"])
-            raw = predict_views(classifier, fields[held], spec)
+            raw = predict_views(classifier, fields[held], spec, magnifications=table["magnification"].iloc[held])
             raws[m].append((held, raw))
             fold_raw.append(raw)
             save_model_folder(classifier, _member_folder(out / f"fold-{k}", m) / "model", _card(

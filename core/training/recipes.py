@@ -3,13 +3,15 @@
     python -m core make-default --data DIR [--recipe full|limited] [--cross-validate 5] [--force]
 
 "full" is for real users with the whole BreakHis set (7,909 images) and ImageNet weights: a
-fine-tuned multi-scale DenseNet121. "field" is what ships in models/default, the default for small
-data sets: the field recipe (core.training.field_run: fields at ~1 um/px, random crops,
-augmentation as Keras layers, a ResNet-18 from scratch) cross-validated patient-wise, its figures,
-temperatures and per-stage referral thresholds from the pooled out-of-fold predictions, then ONE
-model trained on every patient. "limited" is the earlier small CNN on squashed whole fields, kept
-for comparison. Without --recipe the data decides: a folder far smaller than the full set gets
-"field". Each installs the model folder with its history, metrics and cross-validation summary.
+fine-tuned multi-scale DenseNet121. "field" is the default for small data sets: the field recipe
+(core.training.field_run: fields at ~1 um/px, random crops, augmentation as Keras layers, a
+ResNet-18 from scratch) cross-validated patient-wise, its figures, temperatures and per-stage
+referral thresholds from the pooled out-of-fold predictions, then ONE model trained on every
+patient. "limited" is the earlier small CNN on squashed whole fields; it is what models/default
+holds today, because the field recipe at CPU scale measured no better on the same folds
+(models/default/candidates.md). Without --recipe the data decides: a folder far smaller than the
+full set gets "field". Each installs the model folder with its history, metrics and
+cross-validation summary.
 """
 
 from __future__ import annotations
