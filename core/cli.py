@@ -188,7 +188,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from core.app.registry import subtype_reliability
+    from core.app.registry import magnification_from_name, subtype_reliability
     from core.data.histology import NOT_ANALYSED
     from core.data.images import load_image
     from core.model.loading import load_predictor
@@ -212,9 +212,14 @@ def _predict(args) -> int:
                               "model": predictor.name}) if args.json
                   else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
             continue
-        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold)[0]
+        found = magnification_from_name(name)  # the name's, as in the app; else --magnification
+        magnification, source = (found, "file name") if found else (args.magnification, "--magnification") \
+            if args.magnification else (None, "not stated")
+        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold,
+                                       magnifications=[magnification])[0]
         if args.json:
             print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "subtype_reliable": reliable,
+                              "magnification": magnification, "magnification_source": source,
                               "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
         else:
             warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
@@ -267,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, "train the classifier; writes a run folder")
     _add_dataclass_options(train, "core.training.config", "TrainConfig")
 
+    from core.data.labels import MAGNIFICATIONS
     from core.data.selection import MAGNIFICATION_CHOICES
 
     packed = command("pack-fields", _pack_fields, "write a BreakHis folder's real images as a field pack (JPEG "
@@ -309,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    predict.add_argument("--magnification", choices=MAGNIFICATIONS, default=None,
+                         help="of images whose names state none (a name's own wins); a field model with physical "
+                              "views looks at the same tissue at every magnification (unstated: as 200X)")
     predict.add_argument("--threshold", type=_unit_interval, default=None,
                          help="refer a stage when its probability is below this (default: the model's per-stage "
                               f"thresholds chosen on validation; {DEFAULT_REFER_THRESHOLD} for a model without them)")

@@ -133,14 +133,23 @@ def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bo
 
     `magnification` is the user's choice for images whose names carry none.
     """
-    results, outputs = classify(predictor, items, tta)
+    results, outputs = classify(predictor, items, tta, magnification=magnification)
     return interpret(predictor, results, outputs, tta, refer_threshold, magnification)
 
 
+def pass_magnification(predictor: Predictor, magnification: str = NOT_STATED) -> str | None:
+    """What the model pass needs of the user's magnification choice: the choice for a model whose
+    views depend on it (a field model's physical views), else None, so that moving the control
+    re-runs only such a model."""
+    return magnification if predictor.uses_magnification else None
+
+
 def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
-             batches: "BatchQueue | None" = None) -> tuple[list, dict]:
+             batches: "BatchQueue | None" = None, magnification: str = NOT_STATED) -> tuple[list, dict]:
     """The expensive part of `diagnose_items`: read every item, then one model pass for the readable
     ones (through the shared queue), which gives the head outputs and both stages' Grad-CAMs.
+    Each image's magnification (its file name's, else `magnification`, the user's choice) sizes a
+    field model's physical views.
 
     Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}). If Grad-CAM
     cannot run on this model, the prediction still comes (from a plain forward) with the reason.
@@ -150,12 +159,14 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     if not readable:
         return results, {}
     images = [r.image.rgb for r in readable]
+    magnifications = [r.magnification if r.magnification_source == "file name" else magnification for r in readable]
     try:
-        outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta)
+        outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta, magnifications)
     except Exception as problem:  # noqa: BLE001 - heat maps are an aid; the prediction must still come
         logging.getLogger(__name__).warning("Grad-CAM failed for %s: %s: %s", predictor.name,
                                             type(problem).__name__, problem)
-        outputs, cams = predictor.probabilities(images, tta=tta), [None] * len(readable)
+        outputs = predictor.probabilities(images, tta=tta, magnifications=magnifications)
+        cams = [None] * len(readable)
         for result in readable:
             result.gradcam_error = f"{type(problem).__name__}: {problem}"
     for result, raw in zip(readable, cams):
@@ -179,11 +190,13 @@ class BatchQueue:
         self._start_lock = threading.Lock()
         self.batches_run = 0  # how many model batches ran (the tests and benchmarks read it)
 
-    def run(self, predictor: Predictor, images: list[np.ndarray], tta: bool = False) -> tuple[dict, list]:
-        """gradcam_diagnosis(predictor, images, tta), batched with other waiting requests."""
+    def run(self, predictor: Predictor, images: list[np.ndarray], tta: bool = False,
+            magnifications=None) -> tuple[dict, list]:
+        """gradcam_diagnosis(predictor, images, tta, magnifications=...), batched with other waiting requests."""
         future: Future = Future()
         self._ensure_worker()
-        self._requests.put((predictor, list(images), bool(tta), future))
+        magnifications = [None] * len(images) if magnifications is None else list(magnifications)
+        self._requests.put((predictor, list(images), bool(tta), magnifications, future))
         return future.result()
 
     def _ensure_worker(self) -> None:
@@ -215,17 +228,18 @@ class BatchQueue:
     def _run_group(self, group: list) -> None:
         predictor, tta = group[0][0], group[0][2]
         try:
-            outputs, cams = gradcam_diagnosis(predictor, [image for r in group for image in r[1]], tta)
+            outputs, cams = gradcam_diagnosis(predictor, [image for r in group for image in r[1]], tta,
+                                              magnifications=[m for r in group for m in r[3]])
             self.batches_run += 1
         except Exception as problem:  # noqa: BLE001 - handed to the caller; in a shared batch, find whose
             if len(group) == 1:
-                group[0][3].set_exception(problem)
+                group[0][-1].set_exception(problem)
                 return
             for request in group:  # each alone: only the request that fails gets the error
                 self._run_group([request])
             return
         start = 0
-        for _, images, _, future in group:
+        for _, images, _, _, future in group:
             part = slice(start, start + len(images))
             future.set_result(({name: value[part] for name, value in outputs.items()}, cams[part]))
             start += len(images)

@@ -85,12 +85,12 @@ def explanations(predictor: Predictor, result: service.ImageResult, method: str)
     if method == "gradcam" and result.gradcam_error:
         raise RuntimeError(result.gradcam_error)
     cache = st.session_state.setdefault(_CAM_CACHE_KEY, {})
-    key = (model_identity(predictor), result.digest, method, p.label, p.subtype)
+    key = (model_identity(predictor), result.digest, method, p.label, p.subtype, result.magnification)
     if key not in cache:
         if len(cache) >= _CAM_CACHE_SIZE:
             cache.pop(next(iter(cache)))
-        maps = explain(predictor, result.image.rgb, method, p.label, p.subtype,
-                       size=result.display.shape[:2]).explanations
+        maps = explain(predictor, result.image.rgb, method, p.label, p.subtype, size=result.display.shape[:2],
+                       magnification=result.magnification).explanations
         cache[key] = (maps["stage1"], maps["stage2"])
     return cache[key]
 
@@ -182,14 +182,16 @@ def require_predictor() -> Predictor:
 def diagnose_in_session(predictor: Predictor, items: list[tuple[str, bytes]], **options) -> list[service.ImageResult]:
     """`core.app.service.diagnose_items`, with the model outputs remembered for this session.
 
-    Only the model run is cached (keyed by model, items and TTA); the refer threshold and the
-    magnification are applied on every run, so moving those controls never re-runs the model.
+    Only the model run is cached (keyed by model, items and TTA, and the chosen magnification for a
+    model whose views depend on it); the refer threshold and, for other models, the magnification
+    are applied on every run, so moving those controls never re-runs the model.
     """
     tta = bool(options.pop("tta", False))
-    key = (model_identity(predictor), tuple((n, hashlib.sha256(d).hexdigest()) for n, d in items), tta)
+    chosen = service.pass_magnification(predictor, options.get("magnification", service.NOT_STATED))
+    key = (model_identity(predictor), tuple((n, hashlib.sha256(d).hexdigest()) for n, d in items), tta, chosen)
     cached = st.session_state.get("_model_outputs")
     if cached is None or cached[0] != key:
-        cached = (key, *service.classify(predictor, items, tta))
+        cached = (key, *service.classify(predictor, items, tta, magnification=chosen or service.NOT_STATED))
         st.session_state["_model_outputs"] = cached
     results = service.interpret(predictor, cached[1], cached[2], tta, **options)
     settings = (key, tuple(sorted(options.items())))

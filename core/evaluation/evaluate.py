@@ -95,20 +95,24 @@ def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarra
 
 def raw_outputs(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32,
                 tta: bool = False) -> tuple[dict, list[int], list[str]]:
-    """The model's raw head outputs for every readable row: ({head: (n, k)}, positions kept, unreadable)."""
+    """The model's raw head outputs for every readable row: ({head: (n, k)}, positions kept, unreadable).
+    Each row's magnification (where the table has one) sizes a field model's physical views."""
     from core.data.images import ImageError, load_image
 
     chunks, kept, unreadable = [], [], []
+    stated = rows["magnification"] if "magnification" in rows else pd.Series([None] * len(rows), index=rows.index)
     for start in range(0, len(rows), batch_size):
-        images = []
-        for position, path in enumerate(rows["path"].iloc[start:start + batch_size], start=start):
+        images, magnifications = [], []
+        part = slice(start, start + batch_size)
+        for position, (path, magnification) in enumerate(zip(rows["path"].iloc[part], stated.iloc[part]), start=start):
             try:
                 images.append(load_image(path, check_histology=False).rgb)
+                magnifications.append(magnification)
                 kept.append(position)
             except (ImageError, OSError):
                 unreadable.append(path)
         if images:
-            chunks.append(predictor.probabilities(images, tta))
+            chunks.append(predictor.probabilities(images, tta, magnifications=magnifications))
     outputs = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]} if chunks else {}
     return outputs, kept, unreadable
 

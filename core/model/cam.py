@@ -28,7 +28,6 @@ from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
-from core.data.fields import view_boxes
 from core.data.labels import (
     CLASS_OF_SUBTYPE,
     CLASSES,
@@ -41,7 +40,7 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer, head_logits
-from core.model.predict import Prediction, Predictor
+from core.model.predict import Prediction, Predictor, per_image
 from core.model.views import dihedral_views, mean_over_crops, mean_over_views
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
@@ -201,7 +200,7 @@ def to_heatmap(cam, size: tuple[int, int]) -> tuple[np.ndarray, str]:
 
 
 def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: str, label: str, subtype: str,
-                      views=None):
+                      views=None, magnification=None):
     """Grad-CAM++ / Score-CAM of one stage's target through tf-keras-vis -> (h, w) CAM."""
     if explainer.hierarchical:
         output = STAGE1_OUTPUT if stage == "stage1" else STAGE2_OUTPUTS[label]
@@ -223,7 +222,7 @@ def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: st
         options["max_N"] = min(SCORECAM_MAX_N, explainer.channels)
     cam = np.asarray(explainer.visualizer(output, method)(score, model_input, **options))
     if views is not None and len(cam) > 1:  # a field model's crops -> one map of the field
-        return stitch_crop_maps(cam[:, None], views)[0, 0]
+        return stitch_crop_maps(cam[:, None], views, [magnification])[0, 0]
     return cam[0]
 
 
@@ -239,7 +238,7 @@ def _check_targets(method: str, label: str | None, subtype: str | None) -> None:
 
 
 def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = False,
-                  tiles: bool = False) -> tuple[dict, np.ndarray]:
+                  tiles: bool = False, magnifications=None) -> tuple[dict, np.ndarray]:
     """Compiled passes over a list of images in batches ->
     (raw outputs {head: (N, k)}, Grad-CAMs of every CAM_TARGETS entry (N, 10, h, w)).
     tta: each pass runs over the 8 test-time views (core.model.views.dihedral_views): the outputs
@@ -249,39 +248,44 @@ def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = Fa
     tta = predictor.uses_tta(tta)
     crops = predictor.crops_per_image(tiles)
     explainer, chunks, per_pass = explainer_for(predictor), [], predictor.images_per_pass(tta, tiles)
+    magnifications = per_image(magnifications, len(images))
     for start in range(0, len(images), per_pass):
-        batch = tf.constant(predictor.model_input(images[start:start + per_pass], tiles))
+        part = slice(start, start + per_pass)
+        batch = tf.constant(predictor.model_input(images[part], tiles, magnifications[part]))
         with predictor.lock:
             probabilities, cams = explainer.gradcam_pass(dihedral_views(batch) if tta else batch)
         if tta:
             probabilities, cams = mean_over_views(probabilities), cams[:len(batch)]
         probabilities = mean_over_crops({k: v.numpy() for k, v in probabilities.items()}, crops)
         cams = cams.numpy()
-        chunks.append((probabilities, stitch_crop_maps(cams, predictor.views) if crops > 1 else cams))
+        chunks.append((probabilities, stitch_crop_maps(cams, predictor.views, magnifications[part]) if crops > 1
+                       else cams))
     outputs = {name: np.concatenate([c[0][name] for c in chunks]) for name in chunks[0][0]}
     return outputs, np.concatenate([c[1] for c in chunks])
 
 
-def stitch_crop_maps(maps: np.ndarray, views) -> np.ndarray:
+def stitch_crop_maps(maps: np.ndarray, views, magnifications=None) -> np.ndarray:
     """Maps of each field's crops (N*C, T, h, w), crop-major per field -> one map per field
     (N, T, H', W') over the restored field (views.field_px): each crop's map resized onto its box
-    at four times the maps' own resolution, overlaps averaged. The field covers the whole image, so the
-    stitched map is drawn over the image as it is shown."""
+    (views.boxes at the field's magnification) at four times the maps' resolution at 200X, overlaps
+    averaged; tissue no crop saw stays 0. The field covers the whole image, so the stitched map is
+    drawn over the image as it is shown."""
     count, targets, h, w = maps.shape
     crops, (field_w, field_h) = views.crops, views.field_px
-    boxes = view_boxes(field_h, field_w, views.crop_px, crops)
-    scale = 4.0 * h / boxes[0, 2]
+    scale = 4.0 * h / views.boxes(field_h, field_w)[0, 2]
     height, width = max(1, round(field_h * scale)), max(1, round(field_w * scale))
     per_field = maps.reshape(-1, crops, targets, h, w)
     canvas = np.zeros((len(per_field), height, width, targets), np.float32)
-    weight = np.zeros((height, width, 1), np.float32)
-    for c, (y0, x0, side, _) in enumerate(boxes):
-        top, left = round(y0 * scale), round(x0 * scale)
-        size = (min(round(side * scale), height - top), min(round(side * scale), width - left))
-        resized = tf.image.resize(np.transpose(per_field[:, c], (0, 2, 3, 1)), size, method="bilinear").numpy()
-        canvas[:, top:top + size[0], left:left + size[1]] += resized
-        weight[top:top + size[0], left:left + size[1]] += 1.0
-    return np.transpose(canvas / np.maximum(weight, 1.0), (0, 3, 1, 2))
+    for f, magnification in enumerate(per_image(magnifications, len(per_field))):
+        weight = np.zeros((height, width, 1), np.float32)
+        for c, (y0, x0, side, _) in enumerate(views.boxes(field_h, field_w, magnification)):
+            top, left = round(y0 * scale), round(x0 * scale)
+            size = (max(1, min(round(side * scale), height - top)), max(1, min(round(side * scale), width - left)))
+            resized = tf.image.resize(np.transpose(per_field[f, c], (1, 2, 0)), size, method="bilinear").numpy()
+            canvas[f, top:top + size[0], left:left + size[1]] += resized
+            weight[top:top + size[0], left:left + size[1]] += 1.0
+        canvas[f] /= np.maximum(weight, 1.0)
+    return np.transpose(canvas, (0, 3, 1, 2))
 
 
 def cam_of(cams: np.ndarray, label: str, subtype: str | None = None) -> np.ndarray:
@@ -314,7 +318,7 @@ class RawCams:
 
 def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool = False,
                       labels: list | None = None, subtypes: list | None = None,
-                      tiles: bool = False) -> tuple[dict, list[RawCams]]:
+                      tiles: bool = False, magnifications=None) -> tuple[dict, list[RawCams]]:
     """(head outputs for `predictor.interpret`, per image the Grad-CAMs of its targets), for a batch.
 
     Targets default to each image's prediction (TTA's when `tta`). Each model runs ONE compiled
@@ -326,7 +330,7 @@ def gradcam_diagnosis(predictor: Predictor, images: list[np.ndarray], tta: bool 
     if count == 0:
         return {}, []
     labels, subtypes = labels or [None] * count, subtypes or [None] * count
-    passes = [gradcam_batch(member, images, tta, tiles) for member in predictor.members]
+    passes = [gradcam_batch(member, images, tta, tiles, magnifications) for member in predictor.members]
     outputs = predictor.merge([p[0] for p in passes])  # as predictor.probabilities would give them
     targets = [_targets(prediction, label, subtype)
                for prediction, label, subtype in zip(predictor.interpret(outputs), labels, subtypes)]
@@ -346,29 +350,31 @@ def _targets(prediction: Prediction, label: str | None, subtype: str | None) -> 
 
 def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", label: str | None = None,
             subtype: str | None = None, refer_threshold: float | None = None,
-            size: tuple[int, int] | None = None) -> Diagnosis:
+            size: tuple[int, int] | None = None, magnification: str | None = None) -> Diagnosis:
     """The prediction plus both stages' heat maps: stage 1 of `label`, stage 2 of `subtype`.
 
     Targets default to the predicted class and subtype (a subtype alone implies its class). With
     Grad-CAM this is ONE compiled pass in total, which also gives the prediction; Grad-CAM++ and
     Score-CAM run through tf-keras-vis once per stage after a forward pass. An ensemble explains
     with the mean of its members' maps. Maps are at `size` (default: the image's own size).
+    `magnification` ("40X"; None: unstated) sizes a field model's physical views.
     """
     _check_targets(method, label, subtype)
     if label is None and subtype is not None:
         label = CLASS_OF_SUBTYPE[subtype]
     size = size or rgb.shape[:2]
     if method == "gradcam":
-        outputs, cams = gradcam_diagnosis(predictor, [rgb], labels=[label], subtypes=[subtype])
+        outputs, cams = gradcam_diagnosis(predictor, [rgb], labels=[label], subtypes=[subtype],
+                                          magnifications=[magnification])
         return Diagnosis(predictor.interpret(outputs, refer_threshold)[0], cams[0].explanations(size, method))
-    prediction = predictor.predict([rgb], refer_threshold=refer_threshold)[0]
+    prediction = predictor.predict([rgb], refer_threshold=refer_threshold, magnifications=[magnification])[0]
     targets = _targets(prediction, label, subtype)
     cams = []  # per member, both stages' CAMs of the prediction's targets
     for member in predictor.members:
-        explainer, model_input = explainer_for(member), member.model_input([rgb])
+        explainer, model_input = explainer_for(member), member.model_input([rgb], magnifications=[magnification])
         with member.lock:
-            cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets, views=member.views)
-                         for stage in STAGES])
+            cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets, views=member.views,
+                                           magnification=magnification) for stage in STAGES])
     return Diagnosis(prediction, RawCams(*targets, [c[0] for c in cams], [c[1] for c in cams]).explanations(size, method))
 
 

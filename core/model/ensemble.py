@@ -55,11 +55,12 @@ class EnsemblePredictor(Predictor):
     def _normalizer(self, card: dict):
         return self._members[0].normalizer  # each member normalises its own input; shown as the first's
 
-    def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False) -> dict[str, np.ndarray]:
+    def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False,
+                      magnifications=None) -> dict[str, np.ndarray]:
         """Mean of the members' calibrated head outputs, plus every member's as the views (N, members, k)."""
         if len(images) == 0:
             return {}
-        return self.merge([member.probabilities(images, tta, tiles) for member in self._members])
+        return self.merge([member.probabilities(images, tta, tiles, magnifications) for member in self._members])
 
     def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
         """The members' raw outputs -> the mean of their calibrated outputs, each member's as a view."""

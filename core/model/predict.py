@@ -42,6 +42,14 @@ from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_v
 from core.paths import DEFAULT_MODEL_DIR
 
 
+def per_image(magnifications, count: int) -> list:
+    """One magnification (or None) per image: None for all when none were given."""
+    magnifications = [None] * count if magnifications is None else list(magnifications)
+    if len(magnifications) != count:
+        raise ValueError(f"{len(magnifications)} magnifications for {count} images")
+    return magnifications
+
+
 class Predictor:
     """A loaded classifier, ready to predict. Create once (core.model.loading.load_predictor) and
     share between threads."""
@@ -113,6 +121,11 @@ class Predictor:
         """Mean of the 8 views per head, and every view (N, 8, k) for the uncertainty."""
         return mean_over_views(self.model(dihedral_views(images), training=False))
 
+    @property
+    def uses_magnification(self) -> bool:
+        """Whether an image's magnification changes what the model sees (physical field views)."""
+        return any(m.views is not None and m.views.physical for m in self.members)
+
     def uses_tta(self, tta: bool = False) -> bool:
         """Test-time symmetries: on request, and always for a model whose card declares them."""
         return bool(tta or (self.views is not None and self.views.dihedral))
@@ -128,10 +141,11 @@ class Predictor:
         per_image = self.crops_per_image(tiles) * (8 if self.uses_tta(tta) else 1)
         return max(1, self.batch_size // per_image)
 
-    def model_input(self, images: list[np.ndarray], tiles: bool = False) -> np.ndarray:
+    def model_input(self, images: list[np.ndarray], tiles: bool = False, magnifications=None) -> np.ndarray:
         """Validated uint8 RGB images -> the model's float batch (the shared preprocessing): a field
-        model's crops of each restored field (crops_per_image rows per image, in order), a tile
-        resized whole by the same crop op, or a whole-field model's one resize."""
+        model's crops of each restored field (crops_per_image rows per image, in order; with
+        physical views sized by each image's magnification, None: unstated), a tile resized whole
+        by the same crop op, or a whole-field model's one resize."""
         for i, image in enumerate(images):
             if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
                     or image.shape[2] != 3 or min(image.shape[:2]) < 1:
@@ -139,42 +153,47 @@ class Predictor:
                 raise ValueError(f"Image {i} must be a uint8 RGB array (H, W, 3), got "
                                  f"{type(image).__name__} {getattr(image, 'dtype', '')} {shape}")
         if self.views is not None:
-            batch = self._view_input(images, tiles)
+            batch = self._view_input(images, tiles, magnifications)
         else:
             batch = batch_for_model(images, self.input_size)
         if self.normalizer.method == "none":
             return batch
         return np.stack([self.normalizer(np.round(b).astype(np.uint8))[0] for b in batch]).astype(np.float32)
 
-    def _view_input(self, images: list[np.ndarray], tiles: bool) -> np.ndarray:
+    def _view_input(self, images: list[np.ndarray], tiles: bool, magnifications=None) -> np.ndarray:
         if tiles:  # each tile is one view: resized whole, by the op that made the training crops
             groups = [images] if len({image.shape for image in images}) == 1 else [[image] for image in images]
             return np.concatenate([field_inputs(np.stack(group), dataclasses.replace(
                 self.views, crops=1, crop_px=max(group[0].shape[:2])), self._crop) for group in groups])
         fields = np.stack([restore_field(image, self.views.field_px) for image in images])
-        return field_inputs(fields, self.views, self._crop)
+        return field_inputs(fields, self.views, self._crop, magnifications)
 
-    def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False) -> dict[str, np.ndarray]:
+    def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False,
+                      magnifications=None) -> dict[str, np.ndarray]:
         """Raw head outputs {output name: (N, k)} for a list of RGB images, in batches (the mean over
-        an image's views; every view under name + VIEWS when there are several)."""
+        an image's views; every view under name + VIEWS when there are several). magnifications:
+        each image's ("200X", or None where unstated), which a field model's physical views use."""
         if len(images) == 0:
             return {}
         tta = self.uses_tta(tta)
         forward = self._forward_tta if tta else self._forward
         per_pass, crops = self.images_per_pass(tta, tiles), self.crops_per_image(tiles)
         chunks = []
+        magnifications = per_image(magnifications, len(images))
         for start in range(0, len(images), per_pass):
-            batch = tf.constant(self.model_input(images[start:start + per_pass], tiles))
+            part = slice(start, start + per_pass)
+            batch = tf.constant(self.model_input(images[part], tiles, magnifications[part]))
             with self.lock:
                 chunks.append(mean_over_crops({name: p.numpy() for name, p in forward(batch).items()}, crops))
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
-    def predict(self, images: list[np.ndarray], tta: bool = False,
-                refer_threshold: float | None = None, tiles: bool = False) -> list[Prediction]:
+    def predict(self, images: list[np.ndarray], tta: bool = False, refer_threshold: float | None = None,
+                tiles: bool = False, magnifications=None) -> list[Prediction]:
         """One Prediction per uint8 RGB image (a field at any published size, or a slide's tile)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-        return self.interpret(self.probabilities(list(images), tta, tiles), refer_threshold, self.uses_tta(tta))
+        return self.interpret(self.probabilities(list(images), tta, tiles, magnifications), refer_threshold,
+                              self.uses_tta(tta))
 
     def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
         """The members' raw head outputs (in `members` order) -> this predictor's raw outputs. One
