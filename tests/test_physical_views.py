@@ -102,8 +102,9 @@ def test_the_app_and_the_cli_pass_each_image_s_magnification(physical, field_40x
     alone = predictor.probabilities([rgb, rgb], magnifications=["40X", None])
     assert np.allclose(outputs["stage1"][0], alone["stage1"][0], atol=1e-5)
     assert np.allclose(outputs["stage1"][1], alone["stage1"][0], atol=1e-5)
-    _, unstated = service.classify(predictor, [("other.png", data)], batches=queue)
+    shown, unstated = service.classify(predictor, [("other.png", data)], batches=queue)
     assert np.allclose(unstated["stage1"][0], alone["stage1"][1], atol=1e-5)
+    assert any("looked at this field as 200X" in note for note in service.interpret(predictor, shown, unstated)[0].notes)
     assert service.pass_magnification(predictor, "40X") == "40X"
 
     renamed = tmp_path / "field.png"

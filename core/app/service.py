@@ -263,6 +263,9 @@ def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta:
         result.prediction = prediction
     trained_at = describe_model(predictor.card)["magnification"]
     for result in readable:
+        if predictor.uses_magnification and result.magnification == NOT_STATED:
+            result.notes.append("No magnification stated: the model looked at this field as 200X. Choose its "
+                                "magnification if it is another; the model then sees the same tissue as at 200X.")
         if trained_at not in (None, "all") and result.magnification not in (NOT_STATED, trained_at):
             result.warnings.append(f"The model was trained on {trained_at} images only; this image "
                                    f"is {result.magnification}.")
