@@ -12,7 +12,8 @@ With `physical` views (every model trained since they exist) a crop covers the s
 magnification that the image states: crop_px at 200X, crop_px / 5 px at 40X (then resized up like
 every crop), the whole short side at 400X. The 757-image set is 85 % 200X, so a model has seen
 little else: measured on the held-out patients of three cross-validated models, 40X stage-1
-accuracy rose from 0.64-0.76 to 0.87-0.89 (45 images, 14 patients), 100X 0.71 -> 0.71-0.74.
+accuracy rose from 0.64 / 0.76 / 0.64 to 0.89 / 0.87 / 0.71 (45 images, 14 patients), 100X
+0.71 -> 0.71-0.74 (README).
 
 Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
 machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
