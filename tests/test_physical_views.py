@@ -127,3 +127,27 @@ def test_a_model_without_physical_views_ignores_the_magnification(tmp_path, fiel
     _, rgb = field_40x
     assert not predictor.uses_magnification and service.pass_magnification(predictor, "40X") is None
     assert np.array_equal(predictor.model_input([rgb], magnifications=["40X"]), predictor.model_input([rgb]))
+
+
+def test_training_crops_cover_the_same_tissue_at_every_magnification():
+    """With each field's scale (field_scales), a 40X field's crops span a fifth of what a 200X
+    field's do, and a 400X field's the whole short side; the training model takes the scales as
+    its second input and learns through it."""
+    from core.data.keras_augment import FieldAugmentation
+    from core.training.field_fit import SCALE, field_scales, training_model
+
+    ramp = np.broadcast_to(np.linspace(0, 230, 350, dtype=np.float32)[None, :, None], (230, 350, 3))
+    fields = np.repeat(ramp[None].astype(np.uint8), 48, axis=0)  # a pixel's value: its x position x 230/350
+    scales = field_scales(["40X", "200X", "400X"] * 16)
+    assert np.allclose(scales[:3], [0.2, 1.0, 2.0])
+    out = np.asarray(FieldAugmentation(32, strength=0.0, seed=1)([fields, scales]))
+    # A crop's range of values is its side in x (turned or not), sampled at 32 pixel centres.
+    side = (out[..., 0].max(axis=(1, 2)) - out[..., 0].min(axis=(1, 2))) * 350 / 230 * 32 / 31
+    at_40x, at_200x, at_400x = side[0::3], side[1::3], side[2::3]
+    assert at_40x.max() <= 0.2 * 230 + 3
+    assert np.median(at_200x) > 0.55 * 230 and at_200x.max() <= 230 + 3
+    assert np.allclose(at_400x, 230, atol=3)  # every 400X crop is the whole short side
+
+    model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=32)
+    trainer = training_model(model, (230, 350), 0.0, 0.55, 0, physical=True)
+    assert SCALE in [t.name for t in trainer.inputs]

@@ -116,7 +116,9 @@ class FieldAugmentation(keras.layers.Layer):
 
     Active only in the training model (core.training.field_fit builds it in front of the
     classifier, which is saved without it); `strength` scales every jitter (0: crops and
-    symmetries only)."""
+    symmetries only). Called on (fields, scales), each field's crop side is also multiplied by its
+    scale (ViewSpec.crop_px_at / crop_px: 0.2 at 40X, 2 at 400X, at most the short side), so that
+    training crops cover the same tissue at every magnification, as physical views predict."""
 
     def __init__(self, size: int, crop_min: float = CROP_MIN, strength: float = 1.0, seed: int | None = None,
                  **kwargs):
@@ -128,11 +130,15 @@ class FieldAugmentation(keras.layers.Layer):
         return keras.random.uniform(shape, low, high, seed=self.generator)
 
     def call(self, fields):
+        fields, scales = fields if isinstance(fields, (list, tuple)) else (fields, None)
         images = ops.cast(fields, "float32")
         shape = ops.shape(images)
         batch = shape[0]
         height, width = ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
-        side = self._uniform((batch,), self.crop_min, 1.0) * ops.minimum(height, width)
+        short = ops.minimum(height, width)
+        side = self._uniform((batch,), self.crop_min, 1.0) * short
+        if scales is not None:
+            side = ops.minimum(side * ops.reshape(ops.cast(scales, "float32"), (-1,)), short)
         y0 = self._uniform((batch,)) * (height - side)
         x0 = self._uniform((batch,)) * (width - side)
         images = crop_and_resize(images, ops.stack([y0, x0, side, side], axis=1), self.size)
@@ -156,7 +162,9 @@ class FieldAugmentation(keras.layers.Layer):
         return ops.clip(images, 0.0, 255.0)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.size, self.size, 3)
+        fields = input_shape[0] if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)) \
+            else input_shape
+        return (fields[0], self.size, self.size, 3)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "crop_min": self.crop_min, "strength": self.strength,

@@ -37,6 +37,7 @@ HEADS = (STAGE1_OUTPUT, STAGE2_OUTPUTS["benign"], STAGE2_OUTPUTS["malignant"])
 SUBTYPE_LOGITS = "subtype8_logits"
 DEFAULT_LEARNING_RATE = 2e-3  # the recipe's AdamW peak, for a network trained from scratch
 STAGE1_LOGITS = "stage1_logits"
+FIELD, SCALE = "field", "field_scale"  # the training model's inputs (the scale only with physical crops)
 
 
 def sampling(subtypes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,9 +72,9 @@ class FieldBatches(keras.utils.PyDataset):
     (seed, epoch, step): the same run draws the same batches on any backend."""
 
     def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
-                 probabilities: np.ndarray | None = None, workers: int = 1):
+                 probabilities: np.ndarray | None = None, workers: int = 1, scales: np.ndarray | None = None):
         super().__init__(workers=workers, use_multiprocessing=False)  # workers > 1: threads fetch ahead
-        self.fields, self.targets = fields, targets(subtypes)
+        self.fields, self.targets, self.scales = fields, targets(subtypes), scales
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
         self.probabilities = probabilities
 
@@ -83,7 +84,8 @@ class FieldBatches(keras.utils.PyDataset):
     def __getitem__(self, step):
         rng = np.random.default_rng([self.seed, self.epoch, step])
         index = rng.choice(len(self.fields), self.batch_size, p=self.probabilities)
-        return self.fields[index], {name: value[index] for name, value in self.targets.items()}
+        inputs = self.fields[index] if self.scales is None else {FIELD: self.fields[index], SCALE: self.scales[index]}
+        return inputs, {name: value[index] for name, value in self.targets.items()}
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -111,20 +113,34 @@ class SmoothedWeightedCrossEntropy(keras.losses.Loss):
 
 
 def training_model(classifier: keras.Model, field_shape: tuple[int, int], augment_strength: float,
-                   crop_min: float, seed: int) -> keras.Model:
+                   crop_min: float, seed: int, physical: bool = False) -> keras.Model:
     """uint8 fields -> FieldAugmentation -> the classifier's head logits {stage 1, 8 subtypes}. The
-    layers are the classifier's own, so training this model trains the classifier (saved alone)."""
+    layers are the classifier's own, so training this model trains the classifier (saved alone).
+    physical: a second input, each field's crop scale (field_scales), for crops of the same tissue
+    at every magnification."""
     logits = head_logits(classifier, HEADS)
     # float32 like the softmax heads: under a mixed policy a bfloat16 Concatenate would round the logits
     subtype8 = keras.layers.Concatenate(name=SUBTYPE_LOGITS, dtype="float32")([logits[HEADS[1]], logits[HEADS[2]]])
     heads = keras.Model(classifier.inputs, {STAGE1_LOGITS: logits[HEADS[0]], SUBTYPE_LOGITS: subtype8},
                         name="head_logits")
-    fields = keras.Input((*field_shape, 3), dtype="uint8", name="field")
+    fields = keras.Input((*field_shape, 3), dtype="uint8", name=FIELD)
     size = int(classifier.input_shape[1])
-    augmented = FieldAugmentation(size, crop_min, augment_strength, seed, name="augment")(fields)
+    augment = FieldAugmentation(size, crop_min, augment_strength, seed, name="augment")
+    if physical:
+        scales = keras.Input((), dtype="float32", name=SCALE)
+        inputs, augmented = {FIELD: fields, SCALE: scales}, augment([fields, scales])
+    else:
+        inputs, augmented = fields, augment(fields)
     outputs = heads(augmented)
-    return keras.Model(fields, {STAGE1_LOGITS: outputs[STAGE1_LOGITS], SUBTYPE_LOGITS: outputs[SUBTYPE_LOGITS]},
+    return keras.Model(inputs, {STAGE1_LOGITS: outputs[STAGE1_LOGITS], SUBTYPE_LOGITS: outputs[SUBTYPE_LOGITS]},
                        name="field_training")
+
+
+def field_scales(magnifications) -> np.ndarray:
+    """Each field's crop scale for physical training crops: the tissue of a 200X crop at its
+    magnification (ViewSpec.crop_px_at / crop_px; an unknown one, e.g. a GAN field, as 200X)."""
+    reference = ViewSpec(1, crop_px=1, physical=True)
+    return np.array([reference.crop_px_at(m) for m in magnifications], np.float32)
 
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1
@@ -160,10 +176,11 @@ def compile_training(model: keras.Model, config, class_weights, subtype_weights,
     return model
 
 
-def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
-                workers: int = 1) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
+def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None, workers: int = 1,
+                magnifications=None) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
     """(classifier, compiled training model, its batches, weights used) of a run with `config`'s
-    settings on (fields, subtypes); `steps` per epoch default to one pass over the fields."""
+    settings on (fields, subtypes); `steps` per epoch default to one pass over the fields. With
+    config.physical_crops and the fields' magnifications, crops cover the same tissue at each."""
     set_seed(config.seed)
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
@@ -171,9 +188,11 @@ def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None,
     follow_batch_statistics(classifier)
     draw, class_weights, subtype_weights = sampling(subtypes)
     steps = steps or max(1, math.ceil(len(fields) / config.batch_size))
-    model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed)
+    scales = field_scales(magnifications) if config.physical_crops and magnifications is not None else None
+    model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed,
+                           physical=scales is not None)
     compile_training(model, config, class_weights, subtype_weights, steps * config.epochs)
-    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers)
+    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers, scales)
     return classifier, model, batches, weights_used
 
 
@@ -199,13 +218,16 @@ def float32_copy(classifier: keras.Model, config) -> keras.Model:
     return portable
 
 
-def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields") -> tuple[keras.Model, dict]:
-    """Train a new classifier on (fields, subtypes) with the recipe's settings in `config`
-    (a TrainConfig), in mixed bfloat16 on a GPU; -> (float32 classifier, history summary)."""
+def fit_fields(fields: np.ndarray, subtypes, config, writer=None, phase: str = "fields",
+               magnifications=None) -> tuple[keras.Model, dict]:
+    """Train a new classifier on (fields, subtypes) (of these magnifications, for physical crops)
+    with the recipe's settings in `config` (a TrainConfig), in mixed bfloat16 on a GPU;
+    -> (float32 classifier, history summary)."""
     precision, previous = precision_for_device(), keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config)
+        classifier, model, batches, weights_used = prepare_fit(fields, subtypes, config,
+                                                               magnifications=magnifications)
         steps, total = len(batches), len(batches) * config.epochs
         callbacks = [keras_callback(writer, config.epochs, steps, phase)] if writer is not None else []
         started = time.perf_counter()

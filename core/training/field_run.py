@@ -120,9 +120,10 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                      "batch_size": config.batch_size,
                      "learning_rate": config.learning_rate, "seed": config.seed,
                      "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out")},
-                     "augmentation": "field crops of {:.0%}-100% of the short side, 8 symmetries, H&E jitter in "
+                     "augmentation": "field crops of {:.0%}-100% of the short side{}, 8 symmetries, H&E jitter in "
                                      "optical density, brightness/contrast, blur/noise (core.data.keras_augment)"
-                                     .format(config.crop_min)},
+                                     .format(config.crop_min, " at 200X, of the same tissue at every magnification"
+                                             if config.physical_crops else "")},
         "calibration": {"method": "temperature scaling per head (Guo et al. 2017)", "temperatures": temperatures,
                         "fitted_on": figures_on},
         "thresholds": {"case_malignant": case_rule["threshold"], "case_malignant_selection": case_rule,
@@ -188,7 +189,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
                                                         "synthetic": len(trained_on) - len(train)},
                 message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields"
                         + (f" and {len(trained_on) - len(train)} GAN fields" if len(trained_on) > len(train) else ""))
-    classifier, history = fit_fields(train_fields, trained_on["subtype"], config, writer)
+    classifier, history = fit_fields(train_fields, trained_on["subtype"], config, writer,
+                                     magnifications=trained_on["magnification"])
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
                          for i in (val, test))
@@ -228,9 +230,10 @@ def member_seed(seed: int, member: int) -> int:
     return seed + 1000 * member
 
 
-def _fit_members(fields, subtypes, config, writer, phase: str) -> list[tuple[keras.Model, dict]]:
-    return [fit_fields(fields, subtypes, dataclasses.replace(config, seed=member_seed(config.seed, m)), writer,
-                       phase + (f", member {m}" if config.members > 1 else "")) for m in range(config.members)]
+def _fit_members(fields, rows: pd.DataFrame, config, writer, phase: str) -> list[tuple[keras.Model, dict]]:
+    return [fit_fields(fields, rows["subtype"], dataclasses.replace(config, seed=member_seed(config.seed, m)), writer,
+                       phase + (f", member {m}" if config.members > 1 else ""), rows["magnification"])
+            for m in range(config.members)]
 
 
 def _member_folder(out: Path, m: int) -> Path:
@@ -259,7 +262,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
         fold_config = dataclasses.replace(config, seed=config.seed + k)
         fold_raw = []
-        for m, (classifier, history) in enumerate(_fit_members(fields[seen], table["subtype"].iloc[seen], fold_config,
+        for m, (classifier, history) in enumerate(_fit_members(fields[seen], table.iloc[seen], fold_config,
                                                                writer, f"fold {k}")):
             seconds.append(history["seconds"])
             raw = predict_views(classifier, fields[held], spec, magnifications=table["magnification"].iloc[held])
@@ -299,7 +302,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
     result = {"status": "completed", "cv": summary, "epochs_run": config.epochs * config.folds * config.members}
     if final_model:
         started = time.perf_counter()
-        members = _fit_members(fields, table["subtype"], config, writer, "final model")
+        members = _fit_members(fields, table, config, writer, "final model")
         folders = [save_model_folder(classifier, _member_folder(out, m) / "model", _card(
             config, table, table, history, temperatures[m], referral, case_rule, metrics, name))
             for m, (classifier, history) in enumerate(members)]
