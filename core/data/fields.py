@@ -10,10 +10,9 @@ never a squashed field. Training draws random square crops from these fields on 
 A field of another magnification covers more (40X, 100X) or less (400X) tissue in the same pixels.
 With `physical` views (every model trained since they exist) a crop covers the same tissue at every
 magnification that the image states: crop_px at 200X, crop_px / 5 px at 40X (then resized up like
-every crop), the whole short side at 400X. The 757-image set is 85 % 200X, so a model has seen
-little else: measured on the held-out patients of three cross-validated models, 40X stage-1
-accuracy rose from 0.64 / 0.76 / 0.64 to 0.89 / 0.87 / 0.71 (45 images, 14 patients), 100X
-0.71 -> 0.71-0.74 (README).
+every crop), the whole short side at 400X. Training crops follow the same rule
+(core.data.keras_augment.FieldAugmentation with each field's scale), so a model learns tissue at
+one scale whatever the magnification it was photographed at (README, "Physical views").
 
 Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
 machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
