@@ -151,3 +151,14 @@ def test_training_crops_cover_the_same_tissue_at_every_magnification():
     model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=32)
     trainer = training_model(model, (230, 350), 0.0, 0.55, 0, physical=True)
     assert SCALE in [t.name for t in trainer.inputs]
+
+
+def test_one_switch_makes_a_field_run_train_and_predict_at_one_physical_scale():
+    """--physical-crops (off by default: measured no better) sets both the training crops and the
+    views its cards declare, so a model is never served at another scale than it learnt."""
+    from core.training.config import TrainConfig
+    from core.training.field_run import view_spec
+
+    base = dict(data="d", out="o", pipeline="fields", input_size=SIZE)
+    assert not TrainConfig(**base).physical_crops and not view_spec(TrainConfig(**base)).physical
+    assert view_spec(TrainConfig(**base, physical_crops=True)).physical

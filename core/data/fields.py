@@ -8,7 +8,7 @@ never a squashed field. Training draws random square crops from these fields on 
 (`view_boxes`), each resized to the model's input, the same crop-and-resize op as training.
 
 A field of another magnification covers more (40X, 100X) or less (400X) tissue in the same pixels.
-With `physical` views (every model trained since they exist) a crop covers the same tissue at every
+With `physical` views (a model trained with --physical-crops) a crop covers the same tissue at every
 magnification that the image states: crop_px at 200X, crop_px / 5 px at 40X (then resized up like
 every crop), the whole short side at 400X. Training crops follow the same rule
 (core.data.keras_augment.FieldAugmentation with each field's scale), so a model learns tissue at

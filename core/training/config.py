@@ -48,8 +48,9 @@ class TrainConfig:
     augment_strength: float = option(1.0, "multiplies the stain and photometric jitter of finetune mode (0: off)")
     zoom: float = option(1.0, "random square crops of zoom..1 of the field, resized back (1: no crops)")
     crop_min: float = option(0.55, "fields pipeline: random square crops of crop_min..1 of the field's short side")
-    physical_crops: bool = option(True, "fields pipeline: a training crop covers the same tissue at every "
-                                        "magnification (a fifth of the side at 40X), as the model's views predict")
+    physical_crops: bool = option(False, "fields pipeline: training crops and the model's views cover the same "
+                                         "tissue at every magnification (a fifth of the side at 40X); measured no "
+                                         "better on the 757 images (README, 'Physical views')")
     label_smoothing: float = option(0.1, "fields pipeline: label smoothing of both losses")
     weight_decay: float = option(0.05, "fields pipeline: AdamW weight decay")
     warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")

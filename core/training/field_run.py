@@ -74,7 +74,7 @@ def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def view_spec(config) -> ViewSpec:
-    return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=True)
+    return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=config.physical_crops)
 
 
 def calibrate(raw: dict, table: pd.DataFrame) -> dict:

@@ -44,7 +44,7 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
 # final model train on 2 CPU cores in about an hour (README, "The bundled model"); on a GPU,
 # --backbone resnet18 --input-size 224 --epochs 150 is the measured full-scale version.
 FIELD = dict(pipeline="fields", backbone="resnet18_half", weights="none", input_size=128, epochs=30, batch_size=64,
-             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=True)
+             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False)
 FIELD_FOLDS = 5
 RECIPES = {"full": FULL, "field": FIELD, "limited": LIMITED}
 FULL_SET_MIN_IMAGES = 5000
