@@ -25,6 +25,7 @@ from PIL import Image
 
 from core.app.registry import NOT_STATED, describe_model, magnification_from_name
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name
+from core.data.fields import per_image
 from core.data.images import ImageError, LoadedImage, load_image
 from core.model.cam import Explanation, RawCams, gradcam_diagnosis
 from core.model.predict import Prediction, Predictor
@@ -195,7 +196,7 @@ class BatchQueue:
         """gradcam_diagnosis(predictor, images, tta, magnifications=...), batched with other waiting requests."""
         future: Future = Future()
         self._ensure_worker()
-        magnifications = [None] * len(images) if magnifications is None else list(magnifications)
+        magnifications = per_image(magnifications, len(images))
         self._requests.put((predictor, list(images), bool(tta), magnifications, future))
         return future.result()
 

@@ -92,6 +92,14 @@ class ViewSpec:
                 "the mean softmax of these views")
 
 
+def per_image(magnifications, count: int) -> list:
+    """One magnification (or None, unstated) per image: None for all when none were given."""
+    magnifications = [None] * count if magnifications is None else list(magnifications)
+    if len(magnifications) != count:
+        raise ValueError(f"{len(magnifications)} magnifications for {count} images")
+    return magnifications
+
+
 def magnification_value(magnification) -> int | None:
     """'40X', '40x', 40 -> 40; None, '', 'not stated' or anything else -> None (unknown)."""
     text = str(magnification or "").strip().upper().removesuffix("X")

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.data.fields import ViewSpec
+from core.data.fields import ViewSpec, per_image
 from core.data.stain import HED_FROM_RGB, RGB_FROM_HED
 
 # Strengths of the field recipe (issue 25's measured recipe).
@@ -70,9 +70,7 @@ def field_inputs(images: np.ndarray, spec: ViewSpec, crop=None, magnifications=N
     a compiled crop_and_resize(images, boxes) at spec.input_size (the Predictor's), else eager ops.
     magnifications: each field's, for physical views (ViewSpec.crop_px_at); None: all as 200X."""
     images = np.asarray(images)
-    magnifications = [None] * len(images) if magnifications is None else list(magnifications)
-    if len(magnifications) != len(images):
-        raise ValueError(f"{len(magnifications)} magnifications for {len(images)} fields")
+    magnifications = per_image(magnifications, len(images))
     repeated = np.repeat(images.astype(np.float32), spec.crops, axis=0)
     tiled = np.concatenate([spec.boxes(images.shape[1], images.shape[2], m) for m in magnifications]
                            or [np.zeros((0, 4))]).astype(np.float32)

@@ -28,6 +28,7 @@ from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from core.data.fields import per_image
 from core.data.labels import (
     CLASS_OF_SUBTYPE,
     CLASSES,
@@ -40,7 +41,7 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer, head_logits
-from core.model.predict import Prediction, Predictor, per_image
+from core.model.predict import Prediction, Predictor
 from core.model.views import dihedral_views, mean_over_crops, mean_over_views
 
 METHODS = ("gradcam", "gradcam++", "scorecam")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from core.data.fields import ViewSpec, restore_field
+from core.data.fields import ViewSpec, per_image, restore_field
 from core.data.keras_augment import crop_and_resize, field_inputs
 from core.data.labels import (
     CLASSES,
@@ -40,14 +40,6 @@ from core.model.decisions import DEFAULT_REFER_THRESHOLD, DEMO_REASON, CaseDecis
 from core.model.folders import load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
-
-
-def per_image(magnifications, count: int) -> list:
-    """One magnification (or None) per image: None for all when none were given."""
-    magnifications = [None] * count if magnifications is None else list(magnifications)
-    if len(magnifications) != count:
-        raise ValueError(f"{len(magnifications)} magnifications for {count} images")
-    return magnifications
 
 
 class Predictor:

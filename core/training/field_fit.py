@@ -27,7 +27,7 @@ import numpy as np
 from keras import ops
 
 from core.backends import set_seed
-from core.data.fields import ViewSpec
+from core.data.fields import ViewSpec, per_image
 from core.data.keras_augment import FieldAugmentation, field_inputs
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.classifier import build_classifier, head_logits
@@ -262,7 +262,7 @@ def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, b
     mean softmax over the views; each field's magnification sets physical views' crop size). The
     TensorFlow Predictor computes the same (tested)."""
     out = {name: [] for name in HEADS}
-    magnifications = [None] * len(fields) if magnifications is None else list(magnifications)
+    magnifications = per_image(magnifications, len(fields))
     for start in range(0, len(fields), batch_fields):
         part = slice(start, start + batch_fields)
         crops = field_inputs(fields[part], spec, magnifications=magnifications[part])
