@@ -138,6 +138,13 @@ def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bo
     return interpret(predictor, results, outputs, tta, refer_threshold, magnification)
 
 
+def stated_magnification(result: ImageResult, chosen: str = NOT_STATED) -> tuple[str, str]:
+    """(magnification, source) of an image: its file name's, else the user's choice, else not stated."""
+    if result.magnification_source != "file name" and chosen != NOT_STATED:
+        return chosen, "chosen by user"
+    return result.magnification, result.magnification_source
+
+
 def pass_magnification(predictor: Predictor, magnification: str = NOT_STATED) -> str | None:
     """What the model pass needs of the user's magnification choice: the choice for a model whose
     views depend on it (a field model's physical views), else None, so that moving the control
@@ -160,7 +167,7 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     if not readable:
         return results, {}
     images = [r.image.rgb for r in readable]
-    magnifications = [r.magnification if r.magnification_source == "file name" else magnification for r in readable]
+    magnifications = [stated_magnification(r, magnification)[0] for r in readable]
     try:
         outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta, magnifications)
     except Exception as problem:  # noqa: BLE001 - heat maps are an aid; the prediction must still come
@@ -258,8 +265,7 @@ def interpret(predictor: Predictor, read: list[ImageResult], outputs: dict, tta:
     results = [dataclasses.replace(r, notes=list(r.notes), warnings=list(r.warnings)) for r in read]
     readable = [r for r in results if r.analysable]
     for result in readable:
-        if result.magnification_source != "file name" and magnification != NOT_STATED:
-            result.magnification, result.magnification_source = magnification, "chosen by user"
+        result.magnification, result.magnification_source = stated_magnification(result, magnification)
     for result, prediction in zip(readable, predictor.interpret(outputs, refer_threshold, tta)):
         result.prediction = prediction
     trained_at = describe_model(predictor.card)["magnification"]

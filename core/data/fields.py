@@ -73,10 +73,7 @@ class ViewSpec:
         """The crop side in field pixels for a field of this magnification ("40X", 400, None): with
         physical views the same tissue as crop_px at 200X (at most the field's short side, view_boxes);
         an unknown or unstated magnification is taken as 200X, the scale the field frame is built for."""
-        value = magnification_value(magnification)
-        if not self.physical or value is None:
-            return float(self.crop_px)
-        return self.crop_px * magnification_mpp(FIELD_MAGNIFICATION) / magnification_mpp(value)
+        return self.crop_px * (physical_scale(magnification) if self.physical else 1.0)
 
     def boxes(self, height: int, width: int, magnification=None) -> np.ndarray:
         """(crops, 4) view boxes of one field (view_boxes at crop_px_at(magnification))."""
@@ -98,6 +95,13 @@ def per_image(magnifications, count: int) -> list:
     if len(magnifications) != count:
         raise ValueError(f"{len(magnifications)} magnifications for {count} images")
     return magnifications
+
+
+def physical_scale(magnification) -> float:
+    """How much of a field's side holds the tissue of the same side at 200X: 0.2 at 40X, 2 at 400X;
+    1 for an unknown or unstated magnification (read as 200X, the scale the field frame is built for)."""
+    value = magnification_value(magnification)
+    return 1.0 if value is None else magnification_mpp(FIELD_MAGNIFICATION) / magnification_mpp(value)
 
 
 def magnification_value(magnification) -> int | None:

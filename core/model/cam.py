@@ -28,7 +28,7 @@ from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
-from core.data.fields import per_image
+from core.data.fields import per_image, view_boxes
 from core.data.labels import (
     CLASS_OF_SUBTYPE,
     CLASSES,
@@ -277,15 +277,17 @@ def stitch_crop_maps(maps: np.ndarray, views, magnifications=None) -> np.ndarray
     height, width = max(1, round(field_h * scale)), max(1, round(field_w * scale))
     per_field = maps.reshape(-1, crops, targets, h, w)
     canvas = np.zeros((len(per_field), height, width, targets), np.float32)
-    for f, magnification in enumerate(per_image(magnifications, len(per_field))):
+    sides = np.array([views.crop_px_at(m) for m in per_image(magnifications, len(per_field))])
+    for side_px in np.unique(sides):  # fields whose crops have the same boxes are resized in one call
+        fields = np.flatnonzero(sides == side_px)
         weight = np.zeros((height, width, 1), np.float32)
-        for c, (y0, x0, side, _) in enumerate(views.boxes(field_h, field_w, magnification)):
+        for c, (y0, x0, side, _) in enumerate(view_boxes(field_h, field_w, side_px, crops)):
             top, left = round(y0 * scale), round(x0 * scale)
             size = (max(1, min(round(side * scale), height - top)), max(1, min(round(side * scale), width - left)))
-            resized = tf.image.resize(np.transpose(per_field[f, c], (1, 2, 0)), size, method="bilinear").numpy()
-            canvas[f, top:top + size[0], left:left + size[1]] += resized
+            resized = tf.image.resize(np.transpose(per_field[fields, c], (0, 2, 3, 1)), size, method="bilinear")
+            canvas[fields, top:top + size[0], left:left + size[1]] += resized.numpy()
             weight[top:top + size[0], left:left + size[1]] += 1.0
-        canvas[f] /= np.maximum(weight, 1.0)
+        canvas[fields] /= np.maximum(weight, 1.0)
     return np.transpose(canvas, (0, 3, 1, 2))
 
 

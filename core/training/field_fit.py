@@ -27,7 +27,7 @@ import numpy as np
 from keras import ops
 
 from core.backends import set_seed
-from core.data.fields import ViewSpec, per_image
+from core.data.fields import ViewSpec, per_image, physical_scale
 from core.data.keras_augment import FieldAugmentation, field_inputs
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.classifier import build_classifier, head_logits
@@ -137,10 +137,9 @@ def training_model(classifier: keras.Model, field_shape: tuple[int, int], augmen
 
 
 def field_scales(magnifications) -> np.ndarray:
-    """Each field's crop scale for physical training crops: the tissue of a 200X crop at its
-    magnification (ViewSpec.crop_px_at / crop_px; an unknown one, e.g. a GAN field, as 200X)."""
-    reference = ViewSpec(1, crop_px=1, physical=True)
-    return np.array([reference.crop_px_at(m) for m in magnifications], np.float32)
+    """Each field's crop scale for physical training crops (core.data.fields.physical_scale, the
+    rule its views predict with; an unknown magnification, e.g. a GAN field's, as 200X)."""
+    return np.array([physical_scale(m) for m in magnifications], np.float32)
 
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1
