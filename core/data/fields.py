@@ -14,6 +14,14 @@ every crop), the whole short side at 400X. Training crops follow the same rule
 (core.data.keras_augment.FieldAugmentation with each field's scale), so a model learns tissue at
 one scale whatever the magnification it was photographed at (README, "Physical views").
 
+Resolution: 599 of the 757 real images here are copies a publisher squashed to 224x224 px, so a
+field restored from them holds 224 samples across; a full-size 700x460 source holds three times
+more horizontally. Trained on the mix, a model can learn sharpness as a shortcut (phyllodes tumour
+here comes only from full-size sources, and half the mucinous carcinoma) and then meets sharp
+fields everywhere: the full data set, other labs, slides. A model with `band_limit` views sees every
+field and slide tile at the squashed copies' detail (`band_limit`: down to it and back), in
+training and in prediction alike.
+
 Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
 machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
 """
@@ -34,6 +42,7 @@ from core.errors import DatasetError
 
 FIELD_PX = (350, 230)  # (width, height): a BreakHis field at half its original pixel count, ~1 um/px at 200X
 FIELD_MAGNIFICATION = "200X"  # the magnification whose fields FIELD_PX puts at ~1 um/px
+PUBLISHED_PX = (224, 224)  # (width, height) of the squashed copies most small BreakHis sets are made of
 PACK_INDEX = "fields.csv"
 PACK_COLUMNS = ("file", "label", "subtype", "magnification", "case", "slide")
 
@@ -52,6 +61,7 @@ class ViewSpec:
     dihedral: bool = True
     field_px: tuple[int, int] = FIELD_PX
     physical: bool = False  # crops of the same tissue at every stated magnification (crop_px at 200X)
+    band_limit: bool = False  # fields and tiles at the squashed copies' detail (band_limit), as trained
 
     def to_dict(self) -> dict:
         return {"kind": "field", **dataclasses.asdict(self), "field_px": list(self.field_px)}
@@ -63,7 +73,8 @@ class ViewSpec:
             return None
         # Cards written before physical views predict as they were measured: crop_px at every magnification.
         return cls(int(views["input_size"]), int(views["crop_px"]), int(views["crops"]), bool(views["dihedral"]),
-                   tuple(int(v) for v in views["field_px"]), bool(views.get("physical", False)))
+                   tuple(int(v) for v in views["field_px"]), bool(views.get("physical", False)),
+                   bool(views.get("band_limit", False)))
 
     @property
     def views_per_image(self) -> int:
@@ -79,12 +90,17 @@ class ViewSpec:
         """(crops, 4) view boxes of one field (view_boxes at crop_px_at(magnification))."""
         return view_boxes(height, width, self.crop_px_at(magnification), self.crops)
 
+    def detail(self, rgb: np.ndarray) -> np.ndarray:
+        """A restored field or a slide tile at the detail this model was trained at (band_limit)."""
+        return band_limit(rgb, self.field_px) if self.band_limit else rgb
+
     def describe(self) -> str:
         sym = " x 8 dihedral symmetries" if self.dihedral else ""
         scale = (f"crops of the same tissue at every stated magnification ({self.crop_px} px at 200X, "
                  f"{self.crop_px_at('40X'):.0f} px at 40X; unstated: as 200X)" if self.physical
                  else f"crops of {self.crop_px} px")
-        return (f"field restored to its aspect at {self.field_px[0]}x{self.field_px[1]} px (~1 um/px at 200X); "
+        detail = (f" at the detail of a {PUBLISHED_PX[0]}x{PUBLISHED_PX[1]} px copy" if self.band_limit else "")
+        return (f"field restored to its aspect at {self.field_px[0]}x{self.field_px[1]} px (~1 um/px at 200X){detail}; "
                 f"{self.crops} {scale} along it{sym}, each resized to {self.input_size} px; "
                 "the mean softmax of these views")
 
@@ -131,6 +147,31 @@ def restore_field(rgb: np.ndarray, field_px: tuple[int, int] = FIELD_PX) -> np.n
         resized = _fit_width(np.asarray(resized), field_px[0])
         return resized
     return np.asarray(resized, np.uint8)
+
+
+def band_limit(rgb: np.ndarray, field_px: tuple[int, int] = FIELD_PX,
+               published_px: tuple[int, int] = PUBLISHED_PX) -> np.ndarray:
+    """uint8 (H, W, 3) at the field scale (a restored field, or a slide tile at the model's scale)
+    -> the same shape with at most the detail a field published at published_px holds: resized down
+    (PIL's bilinear is antialiased when it shrinks) and back up. Measured on the bundled full-size
+    samples: a field and its squashed copy differ by 1.8-2.7 of 255 per pixel, 0.8-1.7 once both are
+    band-limited (tests/test_band_limit.py, three ways of squashing). Cheaper than it looks: a 224-px
+    view resized to a 128-px input keeps less than this detail anyway, but without an antialiasing
+    filter (core.data.keras_augment.crop_and_resize), so the finer detail came through as aliasing."""
+    height, width = rgb.shape[:2]
+    small = (max(1, round(width * published_px[0] / field_px[0])), max(1, round(height * published_px[1] / field_px[1])))
+    if small[0] >= width and small[1] >= height:
+        return rgb
+    image = Image.fromarray(np.asarray(rgb, np.uint8)).resize(small, Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None), np.uint8)
+
+
+def band_limit_all(fields: np.ndarray, workers: int = 4) -> np.ndarray:
+    """band_limit of every field of an (N, H, W, 3) stack (threads: PIL releases the GIL)."""
+    if not len(fields):
+        return fields
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(band_limit, fields)))
 
 
 def _fit_width(array: np.ndarray, width: int) -> np.ndarray:

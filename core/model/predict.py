@@ -154,10 +154,11 @@ class Predictor:
 
     def _view_input(self, images: list[np.ndarray], tiles: bool, magnifications=None) -> np.ndarray:
         if tiles:  # each tile is one view: resized whole, by the op that made the training crops
+            images = [self.views.detail(image) for image in images]
             groups = [images] if len({image.shape for image in images}) == 1 else [[image] for image in images]
             return np.concatenate([field_inputs(np.stack(group), dataclasses.replace(
                 self.views, crops=1, crop_px=max(group[0].shape[:2])), self._crop) for group in groups])
-        fields = np.stack([restore_field(image, self.views.field_px) for image in images])
+        fields = np.stack([self.views.detail(restore_field(image, self.views.field_px)) for image in images])
         return field_inputs(fields, self.views, self._crop, magnifications)
 
     def probabilities(self, images: list[np.ndarray], tta: bool = False, tiles: bool = False,

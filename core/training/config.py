@@ -51,6 +51,9 @@ class TrainConfig:
     physical_crops: bool = option(False, "fields pipeline: training crops and the model's views cover the same "
                                          "tissue at every magnification (a fifth of the side at 40X); measured no "
                                          "better on the 757 images (README, 'Physical views')")
+    band_limit: bool = option(False, "fields pipeline: every field (and, in prediction, every slide tile) at the "
+                                     "detail of the 224x224 px copies most small BreakHis sets are made of, so "
+                                     "that sharpness cannot stand for a source (core.data.fields.band_limit)")
     label_smoothing: float = option(0.1, "fields pipeline: label smoothing of both losses")
     weight_decay: float = option(0.05, "fields pipeline: AdamW weight decay")
     warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from core.data.balance import synthetic_fill
 from core.data.breakhis import index_folder
-from core.data.fields import ViewSpec, is_pack, load_fields, read_pack
+from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
@@ -64,17 +64,20 @@ def field_table(data, magnification: str = "all") -> pd.DataFrame:
 
 def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
     """(table, fields) of a BreakHis folder (field_table, decoded) or a field pack
-    (core.data.fields.pack_fields), of the run's magnification."""
+    (core.data.fields.pack_fields), of the run's magnification, at the detail the views declare."""
     if is_pack(config.data):
         table, fields = read_pack(config.data)
         keep = _magnification_rows(table, config.magnification, config.data)
-        return table.loc[keep].reset_index(drop=True), fields[keep]
-    table = field_table(config.data, config.magnification)
-    return table, load_fields(table["path"])
+        table, fields = table.loc[keep].reset_index(drop=True), fields[keep]
+    else:
+        table = field_table(config.data, config.magnification)
+        fields = load_fields(table["path"])
+    return table, band_limit_all(fields) if config.band_limit else fields
 
 
 def view_spec(config) -> ViewSpec:
-    return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=config.physical_crops)
+    return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=config.physical_crops,
+                    band_limit=config.band_limit)
 
 
 def calibrate(raw: dict, table: pd.DataFrame) -> dict:
@@ -174,7 +177,8 @@ def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFra
         refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
     filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
                             subtypes=config.synthetic_subtypes, seed=config.seed)
-    return filled, load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)
+    added = load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)
+    return filled, band_limit_all(added) if config.band_limit else added
 
 
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
