@@ -96,3 +96,15 @@ def test_training_fields_are_band_limited_from_a_folder_or_a_pack(samples_dir, t
     pack = pack_fields(field_table(samples_dir), tmp_path / "pack")
     packed = load_field_data(TrainConfig(data=str(pack), out="", pipeline="fields", band_limit=True))[1]
     assert np.abs(packed.astype(int) - fields).mean() < 2.0  # the same fields, through JPEG
+
+
+def test_the_source_shifts_make_a_published_copy_of_a_full_size_field_only(full_size):
+    from core.evaluation.robustness import SOURCE_SHIFTS
+
+    square = np.zeros((224, 224, 3), np.uint8)
+    for shift in SOURCE_SHIFTS.values():
+        copy = shift(full_size[0])
+        assert copy.shape == (224, 224, 3) and shift(square) is square
+        # restored like any squashed copy, it is the same field again, at less detail
+        assert restore_field(copy).shape == restore_field(full_size[0]).shape
+        assert np.abs(restore_field(copy).astype(int) - restore_field(full_size[0])).mean() < 12
