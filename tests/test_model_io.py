@@ -148,6 +148,10 @@ def test_the_model_badge_marks_demo_models(folder):
     assert "DEMO" not in model_badge(card) and model_badge(card) == "tiny (small_cnn)"
     assert model_badge(dict(card, demo=True)).startswith("DEMO · tiny")
     assert describe_model(card)["sha256"] == card["sha256"] and describe_model(card)["protocol"] == "patient-wise"
+    # A fields cross-validation's card has no split: its protocol and images are its metrics'.
+    cv = dict(card, training={}, metrics={"protocol": "patient-wise 5-fold cross-validation, pooled out-of-fold",
+                                          "images": 757})
+    assert describe_model(cv)["protocol"].startswith("patient-wise 5-fold") and describe_model(cv)["images"] == 757
 
 
 def test_one_folder_format_for_every_kind(tmp_path, folder):

@@ -122,6 +122,7 @@ def describe_model(card: dict) -> dict:
     training = card.get("training") or {}
     counts = training.get("counts") or {}
     evidence = card.get("evidence") or {}
+    metrics = card.get("metrics") or {}
     subtype_reliable, subtype_note = subtype_reliability(card)
     return {
         "name": card.get("name", "unnamed model"),
@@ -131,8 +132,9 @@ def describe_model(card: dict) -> dict:
         "data": (f"{evidence['images']} real images of {evidence['patients']} patients (folder "
                  f"'{training.get('data_source', '?')}')" if evidence.get("images") else
                  training.get("data_source", "unknown data")),
-        "protocol": training.get("split_protocol", "unknown protocol"),
-        "images": sum(int(v) for v in counts.values() if isinstance(v, (int, float))),
+        # A fields run's card states its protocol and images with its metrics (a cross-validation has no split)
+        "protocol": training.get("split_protocol") or metrics.get("protocol") or "unknown protocol",
+        "images": sum(int(v) for v in counts.values() if isinstance(v, (int, float))) or int(metrics.get("images") or 0),
         "magnification": training.get("magnification", "all"),
         "sha256": card.get("sha256", ""),
         "created": card.get("created", ""),
