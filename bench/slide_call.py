@@ -13,6 +13,10 @@ of `--data` absent from ../shared/breakhis/manifest-listed real set (for a full 
 
     python bench/slide_call.py --model models/default --data ../shared/breakhis/real
     python bench/slide_call.py --smoke     # 1 benign and 1 focus mosaic of 2x3 fields, one malignant patient
+
+The bundled models/default learnt from every patient of ../shared (its figures are its
+cross-validation's), so it has no test patients here: use --split unseen on a full BreakHis copy.
+--smoke without --model runs the machinery on models/small-cnn, which has a test split.
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ SHARED_REAL = Path(__file__).resolve().parents[2] / "shared" / "breakhis" / "rea
 def patients(args, predictor):
     if args.split == "test":
         from core.data.selection import SplitSpec, select_images
+        from core.training.runcard import cross_validation_folds
 
+        if cross_validation_folds(predictor.card):
+            raise SystemExit(f"{args.model} learnt from every patient of its {cross_validation_folds(predictor.card)}"
+                             "-fold cross-validation: it has no test patients here; its slide rule's figures on "
+                             "held-out patients are in its card (thresholds.slide_rule.validation); --split unseen "
+                             "takes the patients of a full BreakHis copy that are not in ../shared")
         training = predictor.card.get("training") or {}
         spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
                          magnification=training.get("magnification", "all"))
@@ -51,7 +61,7 @@ def patients(args, predictor):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/default")
+    parser.add_argument("--model", default=None, help="model folder (default: models/default)")
     parser.add_argument("--data", type=Path, default=SHARED_REAL)
     parser.add_argument("--split", choices=("test", "unseen"), default="test")
     parser.add_argument("--rows", type=int, default=4)
@@ -64,6 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.cols, args.per_patient, args.benign = 2, 3, 1, 1
+    args.model = args.model or ("models/small-cnn" if args.smoke else "models/default")
 
     predictor = load_predictor(args.model)
     scale = model_scale(predictor.card)

@@ -35,7 +35,8 @@ def show_devices() -> None:
         st.success(text, icon=":material/memory:")
     else:
         st.info(text + "  \nTraining runs on the CPU, so the form starts from the settings the bundled model was "
-                "trained with on 2 CPU cores (small CNN from scratch at 128 px). A DenseNet121 fine-tune at 224 px "
+                "made with on 2 CPU cores (the field recipe: a half-width ResNet-18 from scratch on 128-px views). "
+                "A DenseNet121 fine-tune at 224 px "
                 "would take hours per epoch here.", icon=":material/memory:")
 
 

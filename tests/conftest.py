@@ -9,6 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "breakhis"
+# The bundled whole-field model (the small CNN that was models/default before the field recipe): one tile
+# is one 200X field (700x460 px at 0.5 um/px), the scale the slide machinery's tests count tiles in.
+WHOLE_FIELD_MODEL = REPO / "models" / "small-cnn"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -291,6 +291,7 @@ def test_retrain_page_says_where_training_runs(app):
         assert "Training runs on the CPU" in texts(app.info)
         # ... and the form starts from what a CPU can train (the bundled model's recipe), not a
         # DenseNet121 fine-tune at 224 px under a warning
-        assert app.selectbox(key="train_backbone").value == "small_cnn"
+        assert app.selectbox(key="train_backbone").value == "resnet18_half"
+        assert app.radio(key="train_pipeline").value == "fields"
         assert app.number_input(key="train_input_size").value == 128
     assert app.button(key="FormSubmitter:retrain-Start training").label == "Start training"

@@ -43,7 +43,9 @@ def texts(elements) -> str:
 
 
 def launch(app, data: Path, name: str, epochs: int) -> None:
+    """A small whole-field run (the job's mechanics are under test, not a recipe)."""
     app.text_input(key="train_data").set_value(str(data))
+    app.radio(key="train_pipeline").set_value("tfdata")
     app.selectbox(key="train_backbone").set_value("small_cnn")
     app.number_input(key="train_epochs").set_value(epochs)
     app.number_input(key="train_input_size").set_value(64)

@@ -1,4 +1,5 @@
-"""The Slide page through AppTest: a server-side slide analysed with the bundled model, its call,
+"""The Slide page through AppTest: a server-side slide analysed with the bundled whole-field model
+(models/small-cnn, whose tiles are one 200X field each), its call,
 heat map, a picked tile with both Grad-CAMs, downloads; a bad slide gets a message."""
 
 import numpy as np
@@ -6,9 +7,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.paths import DEFAULT_MODEL_DIR
 from tests.app_helpers import APP, APP_TIMEOUT, app_environment, run_app_like_the_server
-from tests.conftest import SHARED
+from tests.conftest import SHARED, WHOLE_FIELD_MODEL
 
 
 def texts(elements) -> str:
@@ -22,7 +22,7 @@ def slide_dirs(tmp_path_factory):
     Image.fromarray(np.concatenate([field, field[::-1]], axis=0)).save(folder / "SOB_M_MC-14-18842D-200-901.png")
     (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
     with pytest.MonkeyPatch.context() as patch:
-        env = app_environment(DEFAULT_MODEL_DIR.parent, DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("runs"))
+        env = app_environment(WHOLE_FIELD_MODEL.parent, WHOLE_FIELD_MODEL, tmp_path_factory.mktemp("runs"))
         for key, value in {**env, "BREAKHIS_SLIDE_DIRS": str(folder)}.items():
             patch.setenv(key, value)
         run_app_like_the_server(patch)

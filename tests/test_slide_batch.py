@@ -1,5 +1,6 @@
 """`python -m core slide` / `slides`: output files, exit codes, and a 2-worker Dask cluster on
-127.0.0.1 giving the same files as the serial run."""
+127.0.0.1 giving the same files as the serial run. Tile counts are the whole-field model's
+(models/small-cnn: one 200X field per tile)."""
 
 import json
 import shutil
@@ -13,7 +14,7 @@ from PIL import Image
 
 from core.cli import main as cli
 from core.testing.slides import write_mosaic
-from tests.conftest import REPO
+from tests.conftest import REPO, WHOLE_FIELD_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def slide_folder(tmp_path_factory):
 
 
 def test_one_slide_writes_every_output(slide_folder, tmp_path, capsys):
-    assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(tmp_path), "--top-k", "1"]) == 0
+    assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(tmp_path), "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["label"] in ("benign", "malignant") and row["tissue_tiles"] == 8
     assert {p.name for p in tmp_path.iterdir()} == {"heatmap.png", "tiles.csv", "malignant.geojson", "summary.json"}
@@ -48,8 +50,10 @@ def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypat
     # core.__main__; here a bare module stands in for pytest's.
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     serial, dask = tmp_path / "serial", tmp_path / "dask"
-    assert cli(["slides", str(slide_folder), "--out", str(serial), "--serial", "--top-k", "1"]) == 1  # notes.tif
-    assert cli(["slides", str(slide_folder), "--out", str(dask), "--workers", "2", "--top-k", "1"]) == 1
+    assert cli(["slides", str(slide_folder), "--out", str(serial), "--serial", "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 1  # notes.tif
+    assert cli(["slides", str(slide_folder), "--out", str(dask), "--workers", "2", "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 1
     table = pd.read_csv(dask / "slides.csv")
     assert list(table["slide"]) == ["SOB_M_MC-14-19979-200-099.png", "mosaic.tif", "notes.tif"]
     assert table["error"].fillna("").str.contains("text file").tolist() == [False, False, True]

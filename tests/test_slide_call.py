@@ -1,5 +1,6 @@
 """The slide call as a detection rule: regions on synthetic tile grids, the top-k rule, the choice of
-the rule on mosaics, the mosaic builder, and real mosaics with a small focus through the bundled model."""
+the rule on mosaics, the mosaic builder, and real mosaics with a small focus through the bundled
+whole-field model (models/small-cnn: its slide rule was chosen on mosaics of its validation patients)."""
 
 import io
 import json
@@ -9,10 +10,10 @@ import pandas as pd
 import pytest
 
 from core.data.breakhis import parse_name
-from core.slide.call import DEFAULT_RULE, SlideRule, apply_rule, find_regions, slide_call, slide_rule_of
+from core.slide.call import DEFAULT_RULE, SlideRule, apply_rule, call_text, find_regions, slide_call, slide_rule_of
 from core.slide.choose import MARGIN, MosaicRun, choose_slide_rule
 from core.slide.mosaic import build_mosaic
-from tests.conftest import SHARED
+from tests.conftest import SHARED, WHOLE_FIELD_MODEL
 
 
 def grid_tiles(p: np.ndarray, w: int = 700, h: int = 460) -> pd.DataFrame:
@@ -152,7 +153,7 @@ def test_a_top_k_rule_that_fires_off_the_focus_is_not_localised():
 
 
 # -- real mosaics -----------------------------------------------------------------------------------
-# 200X fields of validation patients of the bundled model (its card's slide rule was chosen on
+# 200X fields of validation patients of the whole-field model (its card's slide rule was chosen on
 # mosaics of them). Benign: 14-3411, including the one field the model scores 0.54 (a suspicious
 # tile that must not make a region); the focus: two fields of 14-16196 (lobular, 0.92 and 0.93).
 BENIGN = ("SOB_B_TA-14-3411F-200-001.png", "SOB_B_TA-14-3411F-200-002.png", "SOB_B_TA-14-3411F-200-003.png",
@@ -171,9 +172,8 @@ def _fields(names, label):
 @pytest.fixture(scope="module")
 def bundled():
     from core.model.loading import load_predictor
-    from core.paths import DEFAULT_MODEL_DIR
 
-    return load_predictor(DEFAULT_MODEL_DIR)
+    return load_predictor(WHOLE_FIELD_MODEL)
 
 
 def pdf_text(bundled, result) -> str:
@@ -252,10 +252,9 @@ def test_the_threshold_command_writes_the_rule_into_a_copy_of_the_card(tmp_path)
 
     from core.cli import main
     from core.model.folders import read_card, update_card, verify_checksum
-    from core.paths import DEFAULT_MODEL_DIR
     from core.slide.choose import validate_slide_rule
 
-    model = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    model = shutil.copytree(WHOLE_FIELD_MODEL, tmp_path / "model")
     thresholds = dict(read_card(model)["thresholds"])
     thresholds.pop("slide_rule", None)
     update_card(model, thresholds=thresholds)
@@ -269,3 +268,23 @@ def test_the_threshold_command_writes_the_rule_into_a_copy_of_the_card(tmp_path)
     assert on["split"] == "val" and on["mosaics"] == 2 + 3 * on["malignant_patients"]
     assert validation["specificity"] == 1.0 and set(validation["sensitivity"]) >= {"1", "2", "4"}
     assert main(["slide-threshold", str(model), "--data", str(tmp_path)]) == 2  # not the model's data: a message
+
+
+def test_a_model_that_scores_benign_tissue_near_certain_makes_no_slide_call():
+    """No threshold keeps its benign validation tissue benign: the rule is "none", the slide is not
+    called, and the statement says why and points to the most suspicious region."""
+    benign = [_run([[0.996, 0.995, 0.997], [0.998, 0.996, 0.995]])]  # benign tissue scored near 1, everywhere
+    focus = [_run([[0.3, 0.3], [0.999, 0.3]], [(1, 0)])]
+    chosen = choose_slide_rule(benign + focus)
+    assert chosen["rule"].kind == "none" and not any(c["usable"] for c in chosen["candidates"])
+    assert chosen["figures"]["specificity"] == 1.0 and chosen["figures"]["sensitivity"]["all"] == 0.0
+    assert chosen["figures"]["benign_max"] == pytest.approx(0.9968, abs=1e-4)  # the lowest any candidate met (4 tiles)
+    none = {"thresholds": {"slide_rule": {**chosen["rule"].to_dict(),
+                                          "validation": {"selected_on": {"mosaics": 2, "patients": 2},
+                                                         "benign_max": chosen["figures"]["benign_max"]}}}}
+    call, regions = slide_call(grid_tiles(np.array([[0.2, 0.98, 0.97], [0.2, 0.2, 0.6]])), none)
+    assert call["label"] == "not called" and call["region"] is None
+    assert call["statement"].startswith("No slide call") and "p(malignant) 1.00 on its" in call["statement"]
+    assert "region 1: 3 connected tiles (tiles 1, 2, 5)" in call["statement"]  # the most suspicious, for review
+    headline, _ = call_text(call)
+    assert "Not called" in headline and "no slide call" in headline

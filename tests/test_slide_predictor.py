@@ -1,4 +1,5 @@
-"""The patch predictor on a mosaic of real BreakHis fields: mask, maps, call, exports, bad slides."""
+"""The patch predictor on a mosaic of real BreakHis fields: mask, maps, call, exports, bad slides.
+Tile counts are in the whole-field model's tiles (models/small-cnn: one 200X field per tile)."""
 
 import io
 import json
@@ -10,16 +11,16 @@ import pytest
 from core.data.scale import model_scale
 from core.errors import Cancelled, UserInputError
 from core.model.loading import load_predictor
-from core.paths import DEFAULT_MODEL_DIR
 from core.slide.export import geojson, heatmap_rgb, malignant_regions, tiles_csv, write_outputs
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import open_slide
 from core.testing.slides import FIELD, write_mosaic, write_pyramid
+from tests.conftest import WHOLE_FIELD_MODEL
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    return load_predictor(DEFAULT_MODEL_DIR)
+    return load_predictor(WHOLE_FIELD_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _region_mean(result, region):
     return float(np.nanmean(result.p_malignant[y0:y1, x0:x1]))
 
 
-def test_the_bundled_models_scale_is_a_200x_field(bundled):
+def test_the_whole_field_models_scale_is_a_200x_field(bundled):
     scale = model_scale(bundled.card)
     assert scale["tile_px"] == list(FIELD) and scale["mpp"] == 0.5 and "411 of 457" in scale["source"]  # its train split
 

@@ -365,7 +365,7 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
     """A slide's PDF: the model's identity, the call and the region that drove it (its tiles, its
     outline on the heat map) or that no region qualified, the rule and its validation figures,
     and the sign-off block. result: core.slide.predictor.SlideResult."""
-    from core.slide.call import call_text
+    from core.slide.call import NOT_CALLED, call_text
     from core.slide.export import driving_region, heatmap_rgb
 
     call = result.call
@@ -377,7 +377,8 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
         pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this run)", 8, MUTED)
     driving = driving_region(result)
     region = (f"driving region {driving.id}: {len(driving.tiles)} tile(s), score {driving.score:.2f}"
-              if driving is not None else "no region qualified")
+              if driving is not None else "no slide call for this model, read the map"
+              if call["label"] == NOT_CALLED else "no region qualified")
     pdf.banner(f"Slide call: {pretty(call['label'])} - {region}", ALERT if driving is not None else ACCENT)
     _, explained = call_text(call)
     pdf.line_text(explained, 9)

@@ -20,6 +20,9 @@ The rule and its thresholds come from card["thresholds"]["slide_rule"], chosen o
 model's validation patients (core.slide.choose: benign fields with small malignant foci).
 A card without one (older models) gets DEFAULT_RULE and the call says it was not chosen on
 validation; an old card's "slide_malignant_share" (the retired majority rule) is not used.
+Rule "none" is what the choice writes when no rule keeps the validation patients' benign tissue
+benign (the model scores some of it near 1): the slide is then "not called", and the statement
+says why and points to the map and the most suspicious region, which are still shown.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from scipy import ndimage
 from core.data.labels import pretty
 
 TILE_THRESHOLD = 0.5
-RULE_KINDS = ("region", "top_k")
+RULE_KINDS = ("region", "top_k", "none")
+NOT_CALLED = "not called"
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
 
 
@@ -52,6 +56,9 @@ class SlideRule:
             raise ValueError(f"min_size > 0 and min_mean_p in [0, 1] are needed, not {self}")
 
     def describe(self) -> str:
+        if self.kind == "none":
+            return ("no slide call: no rule kept this model's benign validation tissue benign (core.slide.choose), "
+                    "so suspicious tiles are shown for review but do not make a call")
         if self.kind == "top_k":
             return (f"malignant when the mean calibrated p(malignant) of the {self.min_size:g} most suspicious "
                     f"tiles is >= {self.min_mean_p:.2f}")
@@ -163,7 +170,12 @@ def top_k_region(tiles: pd.DataFrame, k: int) -> Region | None:
 def apply_rule(rule: SlideRule, tiles: pd.DataFrame, overlap: float = 0.0) -> tuple[bool, list[Region]]:
     """(malignant, regions): the driving region first (id 1, qualified), then the other regions."""
     regions = find_regions(tiles, rule.tile_threshold, overlap)
-    if rule.kind == "top_k":
+    if rule.kind == "none":  # never positive; the regions in order of their most suspicious tiles, for review
+        for region in regions:
+            region.score = region.core_mean(1)
+        regions = sorted(regions, key=lambda r: (-r.score, -r.size, r.tiles[0]))
+        positive = False
+    elif rule.kind == "top_k":
         top = top_k_region(tiles, int(rule.min_size))
         positive = top is not None and top.mean_p >= rule.min_mean_p
         if positive:
@@ -209,11 +221,18 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
     else:
         statement = f"No region qualified: no tile reached p(malignant) {rule.tile_threshold:g}."
     caught = (validation.get("localised") or {}).get("target")
-    if not positive and caught is not None and caught < WEAK_RULE:
+    if rule.kind == "none":
+        statement = (f"No slide call: this model scored benign tissue of patients it never saw as malignant with "
+                     f"near certainty (up to p(malignant) {validation.get('benign_max', float('nan')):.2f} on its "
+                     "validation mosaics), so no rule could keep benign slides benign. Read the map: "
+                     + (f"the most suspicious is {regions[0].describe()}." if regions else
+                        f"no tile reached p(malignant) {rule.tile_threshold:g}."))
+    elif not positive and caught is not None and caught < WEAK_RULE:
         statement += (f" This model's rule caught {caught:.0%} of the 2-4-field foci of its validation mosaics: "
                       "a benign call does not rule out a malignant focus; read the map.")
     figures = {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
-    call = {"label": "malignant" if positive else "benign", "rule": rule.describe(), "rule_params": rule.to_dict(),
+    label = "malignant" if positive else NOT_CALLED if rule.kind == "none" else "benign"
+    call = {"label": label, "rule": rule.describe(), "rule_params": rule.to_dict(),
             "threshold_source": where, "validation": figures, "statement": statement,
             "region": driving.to_dict() if driving is not None else None,
             "closest_region": None if driving is not None or not regions else regions[0].to_dict(with_tiles=False),
@@ -230,6 +249,8 @@ def call_text(call: dict) -> tuple[str, str]:
     if region:
         where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), score {region['score']:.2f}, "
                  f"mean p(malignant) {region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
+    elif call["label"] == NOT_CALLED:
+        where = "this model makes no slide call (why below); read the map"
     else:
         where = "no region qualified"
     headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "

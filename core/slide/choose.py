@@ -23,7 +23,9 @@ rule's false positive needs ADJACENT suspicious benign tiles, and more of them t
 size, while the top-k rule's benign maximum (the k highest of many more tiles) grows with the
 slide; the region rule also names a region. The cost, 1-field foci, is measured and recorded.
 The rule, the figures per focus size and every candidate's figures are written into
-card["thresholds"]["slide_rule"].
+card["thresholds"]["slide_rule"]. When every candidate's threshold would exceed MOST (benign tissue
+of unseen patients scored near 1), the rule is "none": slides are shown, not called
+(core.slide.call), with the lowest benign maximum any candidate met.
 """
 
 from __future__ import annotations
@@ -142,9 +144,10 @@ def choose_slide_rule(runs: list[MosaicRun], margin: float = MARGIN) -> dict:
             candidates.append({**rule.to_dict(), "benign_max": round(worst, 4), "usable": True,
                                **score_rule(rule, runs)})
     usable = [c for c in candidates if c["usable"]]
-    if not usable:
-        raise ValueError("no candidate rule keeps every benign validation mosaic benign below a threshold of "
-                         f"{MOST}: the model calls benign validation tissue malignant with near certainty")
+    if not usable:  # the model scores benign validation tissue near 1 however the rule looks: no call
+        rule = SlideRule("none", 1.0, 1.0)
+        figures = {**score_rule(rule, runs), "benign_max": round(min(c["benign_max"] for c in candidates), 4)}
+        return {"rule": rule, "figures": figures, "candidates": candidates}
     best = max(usable, key=lambda c: (round(c["localised"].get("target", 0.0), 9), c["kind"] == "region",
                                       c["min_size"]))
     rule = SlideRule(best["kind"], float(best["min_size"]), best["min_mean_p"])
@@ -200,11 +203,12 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
     from core.errors import UserInputError
     from core.model.loading import load_predictor
     from core.training.field_run import field_table
+    from core.training.runcard import cross_validation_folds
 
     training = card.get("training") or {}
     settings = training.get("settings") or {}
     folds = sorted(Path(model_dir).resolve().parent.glob("fold-*/model"), key=lambda p: int(p.parent.name[5:]))
-    if training.get("pipeline") != "fields" or int(settings.get("folds") or 0) < 2:
+    if not cross_validation_folds(card):
         return None
     if len(folds) != settings["folds"]:  # its "validation" patients are patients it learnt from
         raise UserInputError(f"{model_dir} learnt from every patient of a {settings['folds']}-fold cross-validation: "
@@ -267,7 +271,7 @@ def validate_slide_rule(model_dir, data_dir, work_dir=None, repeats: int = 2, be
         "how": "threshold = the highest mean p(malignant) benign validation tissue reached (>= 0.5) + the margin, "
                "or halfway from it to the weakest focus that catches, if higher (specificity 1.0 on validation); "
                "rule = the highest localised sensitivity on foci of 2 and 4 of 16 fields, ties to the region rule, "
-               "then to the larger size",
+               f"then to the larger size; none (no slide call) when every threshold would exceed {MOST}",
         "candidates": [{k: v for k, v in c.items() if k not in ("tile_threshold", "mosaics", "benign_mosaics")}
                        for c in chosen["candidates"]]}
     entry = {**chosen["rule"].to_dict(), "validation": validation}

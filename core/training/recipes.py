@@ -44,7 +44,7 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
 # final model train on 2 CPU cores in about an hour (README, "The bundled model"); on a GPU,
 # --backbone resnet18 --input-size 224 --epochs 150 is the measured full-scale version.
 FIELD = dict(pipeline="fields", backbone="resnet18_half", weights="none", input_size=128, epochs=30, batch_size=64,
-             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False)
+             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False, band_limit=True)
 FIELD_FOLDS = 5
 RECIPES = {"full": FULL, "field": FIELD, "limited": LIMITED}
 FULL_SET_MIN_IMAGES = 5000
@@ -52,9 +52,9 @@ FULL_SET_MIN_IMAGES = 5000
 
 def launch_defaults(gpu: bool) -> TrainConfig:
     """What Retrain's form starts from on this machine: TrainConfig's defaults (the full recipe's
-    DenseNet121 fine-tuning at 224 px) with a GPU; without one the "limited" recipe, which trains the
-    bundled model on 2 CPU cores, because a DenseNet fine-tune on a CPU takes hours per epoch."""
-    return TrainConfig(data="", out="") if gpu else TrainConfig(data="", out="", **LIMITED)  # BreakHis has 7,909; far fewer images cannot support the full recipe
+    DenseNet121 fine-tuning at 224 px) with a GPU; without one the field recipe the bundled model was
+    made with on 2 CPU cores, because a DenseNet fine-tune on a CPU takes hours per epoch."""
+    return TrainConfig(data="", out="") if gpu else TrainConfig(data="", out="", **FIELD)
 
 
 def choose_recipe(data) -> str:

@@ -52,6 +52,15 @@ def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> di
                           + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
 
 
+def cross_validation_folds(card: dict) -> int:
+    """k for the final model of a fields k-fold cross-validation (its weights learnt from every
+    patient; its figures are the folds' out-of-fold predictions), else 0: such a model has no
+    held-out split of its own to rebuild."""
+    training = card.get("training") or {}
+    folds = int((training.get("settings") or {}).get("folds") or 0)
+    return folds if training.get("pipeline") == "fields" and folds >= 2 else 0
+
+
 def split_figures_on(split: pd.DataFrame, part: str = "test") -> str:
     """'the test split (N images, M patients)' of a run's split table."""
     rows = split[split["split"] == part]
