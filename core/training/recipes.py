@@ -5,13 +5,12 @@
 "full" is for real users with the whole BreakHis set (7,909 images) and ImageNet weights: a
 fine-tuned multi-scale DenseNet121. "field" is the default for small data sets: the field recipe
 (core.training.field_run: fields at ~1 um/px, random crops, augmentation as Keras layers, a
-ResNet-18 from scratch) cross-validated patient-wise, its figures, temperatures and per-stage
-referral thresholds from the pooled out-of-fold predictions, then ONE model trained on every
-patient. "limited" is the earlier small CNN on squashed whole fields; it is what models/default
-holds today, because the field recipe at CPU scale measured no better on the same folds
-(models/default/candidates.md). Without --recipe the data decides: a folder far smaller than the
-full set gets "field". Each installs the model folder with its history, metrics and
-cross-validation summary.
+ResNet-18 from scratch, band-limited views) cross-validated patient-wise, its figures,
+temperatures and per-stage referral thresholds from the pooled out-of-fold predictions, then ONE
+model trained on every patient: what models/default holds. "limited" is the earlier small CNN on
+squashed whole fields (models/small-cnn). Without --recipe the data decides: a folder far smaller
+than the full set gets "field". Each installs the model folder with its history, metrics and
+cross-validation summary (models/default/candidates.md has every candidate measured).
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
                batch_size=32, weights="none", balance="class_weights", split="patient-wise", patience=6, seed=0,
                zoom=0.6, augment_strength=2.0, early_stopping=False)
 # The field recipe at CPU scale (issue 25): half-width ResNet-18 at 128 px so that 5 folds and the
-# final model train on 2 CPU cores in about an hour (README, "The bundled model"); on a GPU,
+# final model train on 2 CPU cores in about 20 minutes (README, "The bundled model"); band-limited
+# views, measured better on full-size fields (the form of every image a user brings); on a GPU,
 # --backbone resnet18 --input-size 224 --epochs 150 is the measured full-scale version.
 FIELD = dict(pipeline="fields", backbone="resnet18_half", weights="none", input_size=128, epochs=30, batch_size=64,
              dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False, band_limit=True)
