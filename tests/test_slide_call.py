@@ -288,3 +288,20 @@ def test_a_model_that_scores_benign_tissue_near_certain_makes_no_slide_call():
     assert "region 1: 3 connected tiles (tiles 1, 2, 5)" in call["statement"]  # the most suspicious, for review
     headline, _ = call_text(call)
     assert "Not called" in headline and "no slide call" in headline
+
+
+def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
+    """models/default's slide rule is "none" (benign tissue of its folds' held-out patients reached
+    p(malignant) 0.94+): a mosaic with a focus gets its map and tiles, "not called", and the PDF says so."""
+    from core.model.loading import load_predictor
+    from core.paths import DEFAULT_MODEL_DIR
+
+    default = load_predictor(DEFAULT_MODEL_DIR)
+    assert slide_rule_of(default.card)[0].kind == "none"
+    mosaic = build_mosaic(tmp_path / "focus.tif", _fields(BENIGN[:6], "benign"), _fields(FOCUS, "malignant"),
+                          focus=2, grid=(2, 4), seed=5, levels=2)
+    result = _analyse(default, mosaic)
+    assert result.call["label"] == "not called" and result.call["region"] is None
+    assert result.call["tissue_tiles"] == len(result.tiles) > 8  # 224-um tiles: more than one per field
+    assert result.call["statement"].startswith("No slide call") and "Read the map" in result.call["statement"]
+    assert "Not called - no slide call for this model" in pdf_text(default, result)
