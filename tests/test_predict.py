@@ -200,3 +200,11 @@ def test_one_factory_loads_each_kind_and_refuses_a_generator(predictor, folder, 
                                                      "subtypes": ["adenosis"], "sha256": "0" * 64}))
     with pytest.raises(ModelFolderError, match="GAN generator, which cannot classify images"):
         load_predictor(generator)
+
+
+def test_a_referral_reason_shows_the_probability_below_its_threshold():
+    from core.model.decisions import below
+
+    assert below(0.60, 0.70) == "0.60 < 0.70"
+    assert below(0.9753, 0.9762) == "0.975 < 0.976"  # not "0.98 < 0.98"
+    assert below(0.97621, 0.97623) == "0.9762 < 0.9762"  # at most 4 decimals

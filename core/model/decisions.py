@@ -122,3 +122,12 @@ def figure(value: float) -> str:
     """A spread or threshold at 3 significant digits: spreads are often below 0.01, where a fixed
     2 decimals shows "0.00 > 0.00" and hides which of the two is larger."""
     return f"{value:.3g}"
+
+
+def below(value: float, threshold: float) -> str:
+    """"0.975 < 0.976": a probability and the threshold it fell under, with the fewest decimals (2 to
+    4) that keep them apart; 2 fixed decimals showed "0.98 < 0.98" for a threshold like 0.976."""
+    digits = 2
+    while digits < 4 and f"{value:.{digits}f}" >= f"{threshold:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f} < {threshold:.{digits}f}"

@@ -36,7 +36,15 @@ from core.data.labels import (
 from core.data.preprocess import batch_for_model
 from core.data.stain import StainNormalizer
 from core.model.calibration import apply_temperature
-from core.model.decisions import DEFAULT_REFER_THRESHOLD, DEMO_REASON, CaseDecision, Prediction, case_decision, figure  # noqa: F401 - re-exported: the Predictor's result types
+from core.model.decisions import (  # noqa: F401 - re-exported: the Predictor's result types
+    DEFAULT_REFER_THRESHOLD,
+    DEMO_REASON,
+    CaseDecision,
+    Prediction,
+    below,
+    case_decision,
+    figure,
+)
 from core.model.folders import load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
@@ -256,7 +264,7 @@ class Predictor:
         t1, t2, source = self.stage_thresholds(threshold)
         first, second = [], []
         if stage1[label] < t1:
-            first.append(f"stage 1 uncertain ({stage1[label]:.2f} < {t1:.2f})")
+            first.append(f"stage 1 uncertain ({below(stage1[label], t1)})")
         views = self._class_views(outputs, i)
         uncertainty = uncertainty_of(views, self.uncertainty_source) if views is not None else None
         if uncertainty and self.uncertainty_threshold is not None \
@@ -264,7 +272,7 @@ class Predictor:
             first.append(f"{uncertainty['source']} disagree (p(malignant) spread "
                          f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
         if stage2[subtype] < t2:
-            second.append(f"subtype uncertain ({stage2[subtype]:.2f} < {t2:.2f})")
+            second.append(f"subtype uncertain ({below(stage2[subtype], t2)})")
         if self.is_demo:
             first.append(DEMO_REASON)
         referral = {"stage1": {"refer": bool(first), "reasons": first, "threshold": t1},
