@@ -10,8 +10,8 @@ with and without stain normalisation.
 
 Another source's copy of the same field is a shift too: most small BreakHis sets are copies squashed
 to 224x224 px (SOURCE_SHIFTS), and a model that learnt sharpness as a source's mark changes its call
-when a full-size field arrives as such a copy. `source_shift_cv` measures that on a cross-validation's
-fold models, each on its own held-out full-size fields.
+when a full-size field arrives as such a copy. core.training.field_run.source_shift_cv measures that on
+a cross-validation's fold models, each on its own held-out full-size fields.
 """
 
 from __future__ import annotations
@@ -43,43 +43,6 @@ SOURCE_SHIFTS = {
     "squashed copy 224x224 (bilinear)": lambda rgb: _squashed(rgb, Image.Resampling.BILINEAR),
     "squashed copy 224x224 (nearest)": lambda rgb: _squashed(rgb, Image.Resampling.NEAREST),
 }
-
-
-def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> dict:
-    """A fields cross-validation's fold models (RUN/fold-k/model, core.training.field_run), each on its
-    held-out fields of the full-size source, native and as squashed copies: shift_report per shift
-    over all folds' images, plus the stage-1 accuracy of the native and of each shifted version."""
-    from pathlib import Path
-
-    from core.data.images import load_image
-    from core.data.splits import patient_kfold
-    from core.model.folders import read_card
-    from core.model.loading import load_predictor
-    from core.training.field_run import field_table
-
-    run_dir = Path(run_dir)
-    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
-    table = field_table(data, settings.get("magnification", "all"))
-    per_fold, truth = [], []
-    for k, assigned in enumerate(patient_kfold(table, settings["folds"], settings["seed"])):
-        held = table[(assigned["split"].to_numpy() == "test")]
-        images = [load_image(Path(p).read_bytes(), name=str(p)).rgb for p in held["path"]]
-        keep = [i for i, rgb in enumerate(images) if rgb.shape[1::-1] == full_size]
-        if not keep:
-            continue
-        predictor = load_predictor(run_dir / f"fold-{k}" / "model")
-        images = [images[i] for i in keep]
-        labels = held["label"].iloc[keep].tolist()
-        report = shift_report(predictor, images, SOURCE_SHIFTS)
-        report["accuracy"] = {name: float(np.mean([r.label == y for r, y in zip(predictor.predict(
-            [shift(rgb) for rgb in images]), labels)])) for name, shift in {"native": lambda x: x, **SOURCE_SHIFTS}.items()}
-        per_fold.append((len(images), report))
-        truth += labels
-    total = sum(n for n, _ in per_fold)
-    pooled = {section: {key: float(sum(n * r[section][key] for n, r in per_fold) / total)
-                        for key in per_fold[0][1][section]} for section in per_fold[0][1]}
-    return {"images": total, "malignant": int(sum(y == "malignant" for y in truth)), "folds": len(per_fold),
-            "full_size": list(full_size), **pooled}
 
 
 def _contrast(rgb: np.ndarray, factor: float) -> np.ndarray:

@@ -321,3 +321,36 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
     writer.emit("end", status="completed", model_dir=result.get("model_dir"), epochs=config.epochs,
                 message=f"{config.folds}-fold CV in {sum(seconds):.0f} s of training")
     return result
+
+
+def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> dict:
+    """A fields cross-validation's fold models (RUN/fold-k/model, as _cross_validate_fields saves them), each on its
+    held-out fields of the full-size source, native and as squashed copies: shift_report per shift
+    over all folds' images, plus the stage-1 accuracy of the native and of each shifted version."""
+    from core.data.images import load_image
+    from core.evaluation.robustness import SOURCE_SHIFTS, shift_report
+    from core.model.loading import load_predictor
+
+    run_dir = Path(run_dir)
+    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
+    table = field_table(data, settings.get("magnification", "all"))
+    per_fold, truth = [], []
+    for k, assigned in enumerate(patient_kfold(table, settings["folds"], settings["seed"])):
+        held = table[(assigned["split"].to_numpy() == "test")]
+        images = [load_image(Path(p).read_bytes(), name=str(p)).rgb for p in held["path"]]
+        keep = [i for i, rgb in enumerate(images) if rgb.shape[1::-1] == full_size]
+        if not keep:
+            continue
+        predictor = load_predictor(run_dir / f"fold-{k}" / "model")
+        images = [images[i] for i in keep]
+        labels = held["label"].iloc[keep].tolist()
+        report = shift_report(predictor, images, SOURCE_SHIFTS)
+        report["accuracy"] = {name: float(np.mean([r.label == y for r, y in zip(predictor.predict(
+            [shift(rgb) for rgb in images]), labels)])) for name, shift in {"native": lambda x: x, **SOURCE_SHIFTS}.items()}
+        per_fold.append((len(images), report))
+        truth += labels
+    total = sum(n for n, _ in per_fold)
+    pooled = {section: {key: float(sum(n * r[section][key] for n, r in per_fold) / total)
+                        for key in per_fold[0][1][section]} for section in per_fold[0][1]}
+    return {"images": total, "malignant": int(sum(y == "malignant" for y in truth)), "folds": len(per_fold),
+            "full_size": list(full_size), **pooled}
