@@ -284,7 +284,7 @@ def test_a_model_that_scores_benign_tissue_near_certain_makes_no_slide_call():
                                                          "benign_max": chosen["figures"]["benign_max"]}}}}
     call, regions = slide_call(grid_tiles(np.array([[0.2, 0.98, 0.97], [0.2, 0.2, 0.6]])), none)
     assert call["label"] == "not called" and call["region"] is None
-    assert call["statement"].startswith("No slide call") and "p(malignant) 1.00 on its" in call["statement"]
+    assert call["statement"].startswith("No slide call") and "p(malignant) 1.00 or more under every" in call["statement"]
     assert "region 1: 3 connected tiles (tiles 1, 2, 5)" in call["statement"]  # the most suspicious, for review
     headline, _ = call_text(call)
     assert "Not called" in headline and "no slide call" in headline

@@ -223,8 +223,9 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
     caught = (validation.get("localised") or {}).get("target")
     if rule.kind == "none":
         statement = (f"No slide call: this model scored benign tissue of patients it never saw as malignant with "
-                     f"near certainty (up to p(malignant) {validation.get('benign_max', float('nan')):.2f} on its "
-                     "validation mosaics), so no rule could keep benign slides benign. Read the map: "
+                     f"near certainty (p(malignant) {validation.get('benign_max', float('nan')):.2f} or more under "
+                     "every candidate rule on its validation mosaics), so no rule could keep benign slides benign. "
+                     "Read the map: "
                      + (f"the most suspicious is {regions[0].describe()}." if regions else
                         f"no tile reached p(malignant) {rule.tile_threshold:g}."))
     elif not positive and caught is not None and caught < WEAK_RULE:
