@@ -16,11 +16,12 @@ one scale whatever the magnification it was photographed at (README, "Physical v
 
 Resolution: 599 of the 757 real images here are copies a publisher squashed to 224x224 px, so a
 field restored from them holds 224 samples across; a full-size 700x460 source holds three times
-more horizontally. Trained on the mix, a model can learn sharpness as a shortcut (phyllodes tumour
-here comes only from full-size sources, and half the mucinous carcinoma) and then meets sharp
-fields everywhere: the full data set, other labs, slides. A model with `band_limit` views sees every
-field and slide tile at the squashed copies' detail (`band_limit`: down to it and back), in
-training and in prediction alike.
+more horizontally, and so does every image of the full data set, another lab's camera or a slide.
+Trained on the mix, the field recipe was weakest on held-out full-size fields (and phyllodes
+tumour here comes only from full-size sources). A model with `band_limit` views sees every field
+and slide tile at the squashed copies' detail (`band_limit`: down to it and back), in training and
+in prediction alike; measured better on held-out full-size fields on two sets of folds (README,
+"The bundled model").
 
 Everything here is numpy and PIL: no TensorFlow, so the same code feeds training under JAX on a
 machine without TensorFlow (`pack_fields` / `read_pack`: JPEG fields, ~30 kB each).
@@ -157,7 +158,7 @@ def band_limit(rgb: np.ndarray, field_px: tuple[int, int] = FIELD_PX,
     samples: a field and its squashed copy differ by 1.8-2.7 of 255 per pixel, 0.8-1.7 once both are
     band-limited (tests/test_band_limit.py, three ways of squashing). Cheaper than it looks: a 224-px
     view resized to a 128-px input keeps less than this detail anyway, but without an antialiasing
-    filter (core.data.keras_augment.crop_and_resize), so the finer detail came through as aliasing."""
+    filter (core.data.keras_augment.crop_and_resize), through which the finer detail would alias."""
     height, width = rgb.shape[:2]
     small = (max(1, round(width * published_px[0] / field_px[0])), max(1, round(height * published_px[1] / field_px[1])))
     if small[0] >= width and small[1] >= height:
