@@ -108,3 +108,16 @@ def test_the_source_shifts_make_a_published_copy_of_a_full_size_field_only(full_
         # restored like any squashed copy, it is the same field again, at less detail
         assert restore_field(copy).shape == restore_field(full_size[0]).shape
         assert np.abs(restore_field(copy).astype(int) - restore_field(full_size[0])).mean() < 12
+
+
+def test_a_shift_report_with_labels_scores_each_version_from_its_own_predictions(limited, full_size):
+    from core.evaluation.robustness import SOURCE_SHIFTS, shift_report
+
+    _, predictor = limited
+    labels = ["malignant", "benign", "malignant", "benign"][:len(full_size)]
+    report = shift_report(predictor, full_size[:4], SOURCE_SHIFTS, labels)
+    assert set(report["stage1_accuracy"]) == {"unshifted", *SOURCE_SHIFTS}
+    shifted = predictor.predict([SOURCE_SHIFTS["squashed copy 224x224 (nearest)"](rgb) for rgb in full_size[:4]])
+    assert report["stage1_accuracy"]["squashed copy 224x224 (nearest)"] == pytest.approx(
+        np.mean([p.label == y for p, y in zip(shifted, labels)]))
+    assert "stage1_accuracy" not in shift_report(predictor, full_size[:2], SOURCE_SHIFTS)

@@ -59,14 +59,16 @@ def with_normalizer(predictor, normalizer: StainNormalizer):
     return normalised
 
 
-def shift_report(predictor, images: list[np.ndarray], shifts: dict | None = None) -> dict:
+def shift_report(predictor, images: list[np.ndarray], shifts: dict | None = None, labels=None) -> dict:
     """Per shift: share of images whose stage-1 / subtype call changed, mean |change of p(malignant)|,
-    mean total variation distance between the unshifted and shifted joint subtype distributions."""
+    mean total variation distance between the unshifted and shifted joint subtype distributions.
+    With the images' true `labels`, also "stage1_accuracy" of the unshifted and of each shifted set,
+    from the same predictions."""
     shifts = shifts or SHIFTS
     base = predictor.predict(images)
-    report = {}
+    report, predicted = {}, {"unshifted": base}
     for name, shift in shifts.items():
-        moved = predictor.predict([shift(rgb) for rgb in images])
+        moved = predicted[name] = predictor.predict([shift(rgb) for rgb in images])
         report[name] = {
             "stage1_changed": float(np.mean([a.label != b.label for a, b in zip(base, moved)])),
             "subtype_changed": float(np.mean([a.subtype != b.subtype for a, b in zip(base, moved)])),
@@ -78,6 +80,9 @@ def shift_report(predictor, images: list[np.ndarray], shifts: dict | None = None
         }
     report["all shifts"] = {key: float(np.mean([r[key] for r in report.values()]))
                             for key in next(iter(report.values()))}
+    if labels is not None:
+        report["stage1_accuracy"] = {name: float(np.mean([r.label == y for r, y in zip(results, labels)]))
+                                     for name, results in predicted.items()}
     return report
 
 

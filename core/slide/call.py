@@ -216,21 +216,20 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
     driving = regions[0] if positive else None
     if driving is not None:
         statement = f"Malignant: driven by {driving.describe()}."
-    elif regions:
-        statement = (f"No region qualified ({rule.describe()}); the most suspicious was {regions[0].describe()}.")
-    else:
-        statement = f"No region qualified: no tile reached p(malignant) {rule.tile_threshold:g}."
-    caught = (validation.get("localised") or {}).get("target")
-    if rule.kind == "none":
+    elif rule.kind == "none":
         statement = (f"No slide call: this model scored benign tissue of patients it never saw as malignant with "
                      f"near certainty (p(malignant) {validation.get('benign_max', float('nan')):.2f} or more under "
                      "every candidate rule on its validation mosaics), so no rule could keep benign slides benign. "
                      "Read the map: "
                      + (f"the most suspicious is {regions[0].describe()}." if regions else
                         f"no tile reached p(malignant) {rule.tile_threshold:g}."))
-    elif not positive and caught is not None and caught < WEAK_RULE:
-        statement += (f" This model's rule caught {caught:.0%} of the 2-4-field foci of its validation mosaics: "
-                      "a benign call does not rule out a malignant focus; read the map.")
+    else:
+        statement = (f"No region qualified ({rule.describe()}); the most suspicious was {regions[0].describe()}."
+                     if regions else f"No region qualified: no tile reached p(malignant) {rule.tile_threshold:g}.")
+        caught = (validation.get("localised") or {}).get("target")
+        if caught is not None and caught < WEAK_RULE:
+            statement += (f" This model's rule caught {caught:.0%} of the 2-4-field foci of its validation mosaics: "
+                          "a benign call does not rule out a malignant focus; read the map.")
     figures = {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
     label = "malignant" if positive else NOT_CALLED if rule.kind == "none" else "benign"
     call = {"label": label, "rule": rule.describe(), "rule_params": rule.to_dict(),

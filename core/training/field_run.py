@@ -325,8 +325,8 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
 
 def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> dict:
     """A fields cross-validation's fold models (RUN/fold-k/model, as _cross_validate_fields saves them), each on its
-    held-out fields of the full-size source, native and as squashed copies: shift_report per shift
-    over all folds' images, plus the stage-1 accuracy of the native and of each shifted version."""
+    held-out fields of the full-size source, unshifted and as squashed copies: shift_report per shift,
+    with the stage-1 accuracy of each version, pooled over all folds' images."""
     from core.data.images import load_image
     from core.evaluation.robustness import SOURCE_SHIFTS, shift_report
     from core.model.loading import load_predictor
@@ -344,10 +344,7 @@ def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> d
         predictor = load_predictor(run_dir / f"fold-{k}" / "model")
         images = [images[i] for i in keep]
         labels = held["label"].iloc[keep].tolist()
-        report = shift_report(predictor, images, SOURCE_SHIFTS)
-        report["accuracy"] = {name: float(np.mean([r.label == y for r, y in zip(predictor.predict(
-            [shift(rgb) for rgb in images]), labels)])) for name, shift in {"native": lambda x: x, **SOURCE_SHIFTS}.items()}
-        per_fold.append((len(images), report))
+        per_fold.append((len(images), shift_report(predictor, images, SOURCE_SHIFTS, labels)))
         truth += labels
     total = sum(n for n, _ in per_fold)
     pooled = {section: {key: float(sum(n * r[section][key] for n, r in per_fold) / total)
