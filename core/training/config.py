@@ -54,6 +54,9 @@ class TrainConfig:
     band_limit: bool = option(False, "fields pipeline: every field (and, in prediction, every slide tile) at the "
                                      "detail of the 224x224 px copies most small BreakHis sets are made of, so "
                                      "that sharpness cannot stand for a source (core.data.fields.band_limit)")
+    refit_subtypes: bool = option(False, "fields pipeline: after training, refit both subtype heads as class-balanced "
+                                         "logistic regressions on the network's features of the training fields' "
+                                         "views (core.training.head_refit)")
     label_smoothing: float = option(0.1, "fields pipeline: label smoothing of both losses")
     weight_decay: float = option(0.05, "fields pipeline: AdamW weight decay")
     warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")

@@ -255,22 +255,24 @@ def dihedral_numpy(batch: np.ndarray) -> np.ndarray:
     return np.concatenate(views)
 
 
-def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8,
-                  magnifications=None) -> dict:
-    """Head outputs of fields under a model's declared views, on any backend: {head: (N, k)} (the
-    mean softmax over the views; each field's magnification sets physical views' crop size). The
-    TensorFlow Predictor computes the same (tested)."""
-    out = {name: [] for name in HEADS}
+def view_batches(fields: np.ndarray, spec: ViewSpec, magnifications=None, batch_fields: int = 8):
+    """Yields (views, n): a model's declared views of up to `batch_fields` fields at a time, rows
+    symmetry-major, then field, then crop (each field's magnification sets physical views' size)."""
     magnifications = per_image(magnifications, len(fields))
     for start in range(0, len(fields), batch_fields):
         part = slice(start, start + batch_fields)
         crops = field_inputs(fields[part], spec, magnifications=magnifications[part])
-        views = dihedral_numpy(crops) if spec.dihedral else crops
-        n = len(crops) // spec.crops
+        yield (dihedral_numpy(crops) if spec.dihedral else crops), len(crops) // spec.crops
+
+
+def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8,
+                  magnifications=None) -> dict:
+    """Head outputs of fields under a model's declared views, on any backend: {head: (N, k)} (the
+    mean softmax over the views). The TensorFlow Predictor computes the same (tested)."""
+    out = {name: [] for name in HEADS}
+    for views, n in view_batches(fields, spec, magnifications, batch_fields):
         probs = classifier.predict_on_batch(views)
         for name in HEADS:
             p = np.asarray(ops.convert_to_numpy(probs[name]), np.float64)
-            # rows: symmetry-major, then field, then crop -> (symmetries, n, crops, k)
-            p = p.reshape(-1, n, spec.crops, p.shape[-1])
-            out[name].append(p.mean(axis=(0, 2)))
+            out[name].append(p.reshape(-1, n, spec.crops, p.shape[-1]).mean(axis=(0, 2)))  # (sym, n, crops, k)
     return {name: np.concatenate(chunks) for name, chunks in out.items()}

@@ -41,6 +41,7 @@ from core.model.folders import read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
+from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
 from core.training.runcard import counts_by_subtype, evidence, split_figures_on
 
@@ -78,6 +79,18 @@ def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
 def view_spec(config) -> ViewSpec:
     return ViewSpec(config.input_size, CROP_PX, CROPS, True, physical=config.physical_crops,
                     band_limit=config.band_limit)
+
+
+def fit_classifier(fields: np.ndarray, rows: pd.DataFrame, config, writer, phase: str = "fields"):
+    """fit_fields, then (config.refit_subtypes) the subtype heads refitted on the same fields' views;
+    -> (classifier, history), the refit's record in history["subtype_refit"]."""
+    classifier, history = fit_fields(fields, rows["subtype"], config, writer, phase, rows["magnification"])
+    if config.refit_subtypes:
+        started = time.perf_counter()
+        history["subtype_refit"] = refit_subtype_heads(classifier, fields, rows["subtype"], view_spec(config),
+                                                       rows["magnification"])
+        history["subtype_refit"]["seconds"] = round(time.perf_counter() - started, 1)
+    return classifier, history
 
 
 def calibrate(raw: dict, table: pd.DataFrame) -> dict:
@@ -120,7 +133,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                      "synthetic_shortfall": dict(trained_on.attrs.get("shortfall", {})),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
-                     "batch_size": config.batch_size,
+                     "batch_size": config.batch_size, "subtype_refit": history.get("subtype_refit"),
                      "learning_rate": config.learning_rate, "seed": config.seed,
                      "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out")},
                      "augmentation": "field crops of {:.0%}-100% of the short side{}, 8 symmetries, H&E jitter in "
@@ -193,8 +206,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
                                                         "synthetic": len(trained_on) - len(train)},
                 message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields"
                         + (f" and {len(trained_on) - len(train)} GAN fields" if len(trained_on) > len(train) else ""))
-    classifier, history = fit_fields(train_fields, trained_on["subtype"], config, writer,
-                                     magnifications=trained_on["magnification"])
+    classifier, history = fit_classifier(train_fields, trained_on, config, writer)
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
                          for i in (val, test))
@@ -235,8 +247,8 @@ def member_seed(seed: int, member: int) -> int:
 
 
 def _fit_members(fields, rows: pd.DataFrame, config, writer, phase: str) -> list[tuple[keras.Model, dict]]:
-    return [fit_fields(fields, rows["subtype"], dataclasses.replace(config, seed=member_seed(config.seed, m)), writer,
-                       phase + (f", member {m}" if config.members > 1 else ""), rows["magnification"])
+    return [fit_classifier(fields, rows, dataclasses.replace(config, seed=member_seed(config.seed, m)), writer,
+                           phase + (f", member {m}" if config.members > 1 else ""))
             for m in range(config.members)]
 
 

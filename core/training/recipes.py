@@ -41,10 +41,12 @@ LIMITED = dict(backbone="small_cnn", hierarchy="hierarchical", mode="finetune", 
                zoom=0.6, augment_strength=2.0, early_stopping=False)
 # The field recipe at CPU scale (issue 25): half-width ResNet-18 at 128 px so that 5 folds and the
 # final model train on 2 CPU cores in about 20 minutes (README, "The bundled model"); band-limited
-# views, measured better on full-size fields (the form of every image a user brings); on a GPU,
+# views, measured better on full-size fields (the form of every image a user brings); subtype heads
+# refitted as logistic regressions on the trained features (core.training.head_refit); on a GPU,
 # --backbone resnet18 --input-size 224 --epochs 150 is the measured full-scale version.
 FIELD = dict(pipeline="fields", backbone="resnet18_half", weights="none", input_size=128, epochs=30, batch_size=64,
-             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False, band_limit=True)
+             dropout=0.3, learning_rate=2e-3, split="patient-wise", seed=0, physical_crops=False, band_limit=True,
+             refit_subtypes=True)
 FIELD_FOLDS = 5
 RECIPES = {"full": FULL, "field": FIELD, "limited": LIMITED}
 FULL_SET_MIN_IMAGES = 5000
