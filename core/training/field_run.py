@@ -39,7 +39,7 @@ from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
-from core.training.config import checked
+from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
@@ -363,3 +363,34 @@ def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> d
                         for key in per_fold[0][1][section]} for section in per_fold[0][1]}
     return {"images": total, "malignant": int(sum(y == "malignant" for y in truth)), "folds": len(per_fold),
             "full_size": list(full_size), **pooled}
+
+
+def refit_cv(run_dir, data) -> dict:
+    """What --refit-subtypes adds to a fields cross-validation trained without it, on the SAME fold
+    models (RUN/fold-k/model): each fold's subtype heads refitted on its training patients' fields
+    (core.training.head_refit), its held-out fields scored before and after, pooled over all folds
+    (uncalibrated: a temperature does not move a head's argmax)."""
+    run_dir = Path(run_dir)
+    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(data=str(data), out=str(run_dir), **{k: v for k, v in settings.items() if k in known})
+    table, fields = load_field_data(config)
+    ones, raws = {name: 1.0 for name in HEADS}, {"before": [], "after": []}
+    order = []
+    for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
+        held = np.flatnonzero(assigned["split"].to_numpy() == "test")
+        seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
+        classifier = keras.saving.load_model(run_dir / f"fold-{k}" / "model" / "model.keras", compile=False)
+        spec, magnifications = view_spec(config), table["magnification"]
+        raws["before"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
+        refit_subtype_heads(classifier, fields[seen], table["subtype"].iloc[seen], spec, magnifications.iloc[seen])
+        raws["after"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
+        order.append(held)
+    rows = _rows(table.iloc[np.concatenate(order)], "test", f"{PATIENT} {config.folds}-fold cross-validation, pooled")
+    result = {"images": len(rows), "patients": int(rows["case"].nunique())}
+    for when, parts in raws.items():
+        figures = score(frame(rows, {name: np.concatenate([p[name] for p in parts]) for name in HEADS}, ones),
+                        None, "test")
+        result[when] = {key: figures[key] for key in ("stage1_balanced_accuracy", "subtype_accuracy", "subtype_macro_f1")}
+        result[when]["subtype_macro_f1_95ci"] = [figures["intervals"]["image"]["subtype_macro_f1"][b] for b in ("low", "high")]
+    return result
