@@ -17,7 +17,7 @@ server's CPU goes (core.testing.profiling).
     python bench/app_load.py [--sessions 1 4 8] [--browser] [--profile] [--model models/default]
                              [--rounds 2] [--out FILE.json] [--smoke]
 
---smoke: 1 session, 1 round (Chromium too where /usr/bin/chromium exists; seconds; CI).
+--smoke: 1 session, 1 round, no warm-up round (Chromium too where /usr/bin/chromium exists; seconds; CI).
 Prints one JSON object: per N, each session's seconds (p50, p95), the wall time, the core's time
 for the same images, the ratio, CPU seconds, and the peak memory.
 """
@@ -288,7 +288,8 @@ def main(argv=None) -> int:
     def measure(run_round) -> dict:
         figures = {}
         for n in args.sessions:
-            run_round(session_images(samples, n, offset=n))  # warm-up round: new batch shapes, first renders
+            if not args.smoke:  # warm-up round: new batch shapes, first renders (a smoke run's figures are not timings)
+                run_round(session_images(samples, n, offset=n))
             rounds = [run_round(session_images(samples, n, offset=n + r + 1)) for r in range(args.rounds)]
             images = [p for r in range(args.rounds) for g in session_images(samples, n, n + r + 1) for p in g]
             core_s = sum(core[p.name][0] for p in images) / args.rounds

@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.data.images import load_image  # noqa: E402
-from core.data.labels import CLASSES, SUBTYPES  # noqa: E402
 from core.data.selection import SplitSpec, select_images  # noqa: E402
 from tiling import scale_of, scaled_field  # noqa: E402
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from common import RESULTS
-from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
 
 
 def confidences(f):
