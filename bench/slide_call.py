@@ -48,8 +48,9 @@ def patients(args, predictor):
         folds = cross_validation_folds(predictor.card)
         if folds:
             raise SystemExit(f"{args.model} learnt from every patient of its {folds}-fold cross-validation: it has "
-                             "no test patients here; its slide rule's figures on held-out patients are in its card (thresholds.slide_rule.validation); --split unseen "
-                             "takes the patients of a full BreakHis copy that are not in ../shared")
+                             "no test patients here; its slide rule's figures on held-out patients are in its card "
+                             "(thresholds.slide_rule.validation); --split unseen takes the patients of a full "
+                             "BreakHis copy that are not in ../shared")
         training = predictor.card.get("training") or {}
         spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
                          magnification=training.get("magnification", "all"))

@@ -265,6 +265,13 @@ def view_batches(fields: np.ndarray, spec: ViewSpec, magnifications=None, batch_
         yield (dihedral_numpy(crops) if spec.dihedral else crops), len(crops) // spec.crops
 
 
+def by_field(rows, n: int, crops: int) -> np.ndarray:
+    """A view batch's outputs (view_batches' row order: symmetry-major, then field, then crop) ->
+    (n fields, views, k), float64."""
+    rows = np.asarray(rows, np.float64)
+    return rows.reshape(-1, n, crops, rows.shape[-1]).transpose(1, 0, 2, 3).reshape(n, -1, rows.shape[-1])
+
+
 def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8,
                   magnifications=None) -> dict:
     """Head outputs of fields under a model's declared views, on any backend: {head: (N, k)} (the
@@ -273,6 +280,5 @@ def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, b
     for views, n in view_batches(fields, spec, magnifications, batch_fields):
         probs = classifier.predict_on_batch(views)
         for name in HEADS:
-            p = np.asarray(ops.convert_to_numpy(probs[name]), np.float64)
-            out[name].append(p.reshape(-1, n, spec.crops, p.shape[-1]).mean(axis=(0, 2)))  # (sym, n, crops, k)
+            out[name].append(by_field(ops.convert_to_numpy(probs[name]), n, spec.crops).mean(axis=1))
     return {name: np.concatenate(chunks) for name, chunks in out.items()}

@@ -37,7 +37,7 @@ from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
 from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
-from core.model.folders import read_card, save_ensemble, save_model_folder
+from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
@@ -375,13 +375,12 @@ def refit_cv(run_dir, data) -> dict:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(data=str(data), out=str(run_dir), **{k: v for k, v in settings.items() if k in known})
     table, fields = load_field_data(config)
-    ones, raws = {name: 1.0 for name in HEADS}, {"before": [], "after": []}
-    order = []
+    spec, magnifications = view_spec(config), table["magnification"]
+    ones, raws, order = {name: 1.0 for name in HEADS}, {"before": [], "after": []}, []
     for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
         held = np.flatnonzero(assigned["split"].to_numpy() == "test")
         seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
-        classifier = keras.saving.load_model(run_dir / f"fold-{k}" / "model" / "model.keras", compile=False)
-        spec, magnifications = view_spec(config), table["magnification"]
+        classifier, _ = load_model_folder(run_dir / f"fold-{k}" / "model")
         raws["before"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
         refit_subtype_heads(classifier, fields[seen], table["subtype"].iloc[seen], spec, magnifications.iloc[seen])
         raws["after"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))

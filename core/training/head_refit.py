@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.data.fields import ViewSpec
 from core.data.labels import CLASSES, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
-from core.training.field_fit import view_batches
+from core.training.field_fit import by_field, view_batches
 
 FEATURES = "multiscale_concat"  # the layer every head reads (core.model.classifier.Heads)
 REFIT_C = 0.1  # L2 strength: of 0.003-1 on the three CVs, 0.1 and 1 were best and within 0.01 of each other
@@ -35,9 +35,7 @@ def view_features(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, m
     extractor = keras.Model(classifier.inputs, classifier.get_layer(FEATURES).output)
     chunks = []
     for views, n in view_batches(fields, spec, magnifications):
-        f = np.asarray(keras.ops.convert_to_numpy(extractor.predict_on_batch(views)), np.float64)
-        # rows: symmetry-major, then field, then crop -> (n, symmetries x crops, D)
-        chunks.append(f.reshape(-1, n, spec.crops, f.shape[-1]).transpose(1, 0, 2, 3).reshape(n, -1, f.shape[-1]))
+        chunks.append(by_field(keras.ops.convert_to_numpy(extractor.predict_on_batch(views)), n, spec.crops))
     return np.concatenate(chunks)
 
 
@@ -45,7 +43,8 @@ def fit_linear(features: np.ndarray, labels: np.ndarray, classes: list[str], c: 
     """(W (k, D), b (k,)) of a class-balanced multinomial regression on raw features, in `classes`
     order; a class absent from `labels` gets logit -30 (never chosen, as a head that never saw it)."""
     scaler = StandardScaler().fit(features)
-    present = [k for k in classes if k in set(labels)]
+    seen = set(labels)
+    present = [k for k in classes if k in seen]
     w, b = np.zeros((len(classes), features.shape[1])), np.full(len(classes), -30.0)
     if len(present) == 1:
         b[classes.index(present[0])] = 0.0
