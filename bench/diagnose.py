@@ -38,9 +38,10 @@ from core.data.histology import histology_check
 from core.data.images import load_image
 from core.data.labels import INPUT_SIZE
 from core.data.stain import STAIN_METHODS, get_normalizer
-from core.model.cam import explain, explainer_for, to_heatmap
+from core.model.cam import explain, explainer_for
 from core.model.classifier import build_classifier
 from core.model.ensemble import EnsemblePredictor
+from core.model.heatmap import to_heatmap
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
 from core.model.views import dihedral_views  # noqa: E402

@@ -7,7 +7,8 @@ from core.app import records, registry, report, session, slides
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.errors import UserInputError
-from core.model.cam import COLOUR_SCALE, METHODS, colour_bar, overlay
+from core.model.cam import METHODS
+from core.model.heatmap import COLOUR_SCALE, colour_bar, overlay
 from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
 from core.slide.export import heatmap_rgb
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.app import registry, session, slides
 from core.data.labels import pretty
-from core.model.cam import overlay
+from core.model.heatmap import overlay
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide
 

@@ -141,7 +141,7 @@ def test_heat_maps_explain_the_shown_prediction_at_display_size(predictor, sampl
 def test_the_pdf_report_is_a_searchable_document_with_the_calls_and_the_model_identity(predictor, sample_items):
     from pypdf import PdfReader
 
-    from core.model.cam import overlay
+    from core.model.heatmap import overlay
 
     results = service.diagnose_items(predictor, sample_items[:2] + [("broken.png", b"nope")])
     overlays = {}

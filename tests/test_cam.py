@@ -9,6 +9,7 @@ from tf_keras_vis.utils.scores import CategoricalScore
 from core.data.images import load_image
 from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
 from core.model import cam as ex
+from core.model import heatmap as hm
 from core.model.classifier import build_classifier
 from core.model.folders import save_model_folder
 from core.model.loading import load_predictor
@@ -56,9 +57,9 @@ def test_every_method_gives_an_original_size_map_in_0_1(predictor, sample, stage
 
 def test_a_flat_cam_becomes_an_empty_map_that_says_so():
     for flat in (np.zeros((7, 7)), np.full((7, 7), 3.0), np.full((7, 7), np.nan)):
-        heatmap, note = ex.to_heatmap(flat, (46, 70))
+        heatmap, note = hm.to_heatmap(flat, (46, 70))
         assert heatmap.shape == (46, 70) and not heatmap.any() and note.startswith("empty map")
-    heatmap, note = ex.to_heatmap(np.arange(49.0).reshape(7, 7), (46, 70))
+    heatmap, note = hm.to_heatmap(np.arange(49.0).reshape(7, 7), (46, 70))
     assert note == "" and heatmap.max() == pytest.approx(1.0, abs=0.02) and heatmap.min() == pytest.approx(0.0, abs=0.02)
 
 
@@ -93,11 +94,11 @@ def test_explicit_targets_change_the_map(predictor, sample):
     fibro = ex.explain(predictor, sample, "gradcam", subtype="fibroadenoma").explanations["stage2"]
     assert (lobular.target, fibro.target) == ("lobular_carcinoma", "fibroadenoma")
     # Compared where the target acts, on the low-resolution maps: the displayed maps of an untrained
-    # model may both be emptied by the padding-frame rule (core.model.cam.BORDER_RATIO).
+    # model may both be emptied by the padding-frame rule (core.model.heatmap.BORDER_RATIO).
     _, cams = ex.gradcam_batch(predictor, [sample])
     raw_lobular, raw_fibro = ex.cam_of(cams, "malignant", "lobular_carcinoma"), ex.cam_of(cams, "benign", "fibroadenoma")
     assert not np.allclose(raw_lobular, raw_fibro)
-    assert np.allclose(lobular.heatmap, ex.to_heatmap(raw_lobular[0], lobular.heatmap.shape)[0], atol=1e-5)
+    assert np.allclose(lobular.heatmap, hm.to_heatmap(raw_lobular[0], lobular.heatmap.shape)[0], atol=1e-5)
     benign = ex.explain(predictor, sample, "gradcam++", label="benign").explanations["stage1"]
     assert benign.target == "benign"
     with pytest.raises(ValueError, match="Stage-2 target"):
@@ -131,19 +132,19 @@ def test_flat_models_explain_both_stages(tmp_path_factory, sample):
 
 def test_overlay_blends_a_turbo_coloured_map(sample):
     heatmap = np.tile(np.linspace(0, 1, 700, dtype=np.float32), (460, 1))
-    blended = ex.overlay(sample, heatmap, alpha=0.4)
+    blended = hm.overlay(sample, heatmap, alpha=0.4)
     assert blended.shape == sample.shape and blended.dtype == np.uint8
-    np.testing.assert_array_equal(ex.overlay(sample, heatmap, alpha=0.0), sample)
-    np.testing.assert_array_equal(ex.overlay(sample, heatmap, alpha=1.0), ex.colorize(heatmap))
-    assert ex.overlay(sample, np.ones((7, 7), np.float32)).shape == sample.shape  # resized to fit
-    low, middle, high = ex.TURBO[32], ex.TURBO[128], ex.TURBO[240]
+    np.testing.assert_array_equal(hm.overlay(sample, heatmap, alpha=0.0), sample)
+    np.testing.assert_array_equal(hm.overlay(sample, heatmap, alpha=1.0), hm.colorize(heatmap))
+    assert hm.overlay(sample, np.ones((7, 7), np.float32)).shape == sample.shape  # resized to fit
+    low, middle, high = hm.TURBO[32], hm.TURBO[128], hm.TURBO[240]
     assert low.argmax() == 2 and middle.argmax() == 1 and high.argmax() == 0  # blue -> green -> red
     with pytest.raises(ValueError, match="alpha"):
-        ex.overlay(sample, heatmap, alpha=2)
+        hm.overlay(sample, heatmap, alpha=2)
 
 
 def test_an_empty_map_is_zero_with_a_note():
-    heatmap, note = ex.to_heatmap(np.zeros((4, 4), np.float32), (46, 70))
+    heatmap, note = hm.to_heatmap(np.zeros((4, 4), np.float32), (46, 70))
     assert heatmap.shape == (46, 70) and not heatmap.any() and "empty" in note
 
 
@@ -188,7 +189,7 @@ def test_a_batch_of_images_gets_each_image_s_own_maps(predictor, sample):
     for i, image in enumerate(images):
         alone = ex.explain(predictor, image)
         assert (alone.prediction.label, alone.prediction.subtype) == (cams[i].label, cams[i].subtype)
-        heatmap, _ = ex.to_heatmap(cams[i].stage2[0], image.shape[:2])
+        heatmap, _ = hm.to_heatmap(cams[i].stage2[0], image.shape[:2])
         np.testing.assert_allclose(heatmap, alone.explanations["stage2"].heatmap, atol=1e-4)
 
 

@@ -70,7 +70,8 @@ def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagree
 def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_dir, monkeypatch):
     from core.data.images import load_image
     from core.model import cam
-    from core.model.cam import explain, to_heatmap
+    from core.model.cam import explain
+    from core.model.heatmap import to_heatmap
 
     predictor = load_predictor(ensemble / "model")
     rgb = load_image(sorted(samples_dir.rglob("*.png"))[1]).rgb

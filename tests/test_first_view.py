@@ -149,7 +149,7 @@ def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, samp
 # --- heat maps ----------------------------------------------------------------------------------
 
 def test_a_padding_frame_is_left_out_of_the_heat_map_and_said():
-    from core.model.cam import to_heatmap
+    from core.model.heatmap import to_heatmap
 
     cam = np.zeros((16, 16), np.float32)
     cam[:, 0] = cam[:, -1] = 5.0  # a frame, as zero padding draws on real stage-2 maps
@@ -164,7 +164,7 @@ def test_a_padding_frame_is_left_out_of_the_heat_map_and_said():
 
 
 def test_the_colour_bar_runs_from_the_low_to_the_high_colour():
-    from core.model.cam import colorize, colour_bar
+    from core.model.heatmap import colorize, colour_bar
 
     bar = colour_bar(256, 10)
     assert bar.shape == (10, 256, 3)

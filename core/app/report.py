@@ -21,7 +21,7 @@ from PIL import Image
 from core.app.registry import subtype_shown
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
-from core.model.cam import COLOUR_SCALE, colour_bar
+from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
 
 INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
@@ -240,7 +240,7 @@ class _Report(FPDF):
 
 
     def colour_scale(self):
-        """The heat maps' colour bar and what its colours mean (core.model.cam.COLOUR_SCALE)."""
+        """The heat maps' colour bar and what its colours mean (core.model.heatmap.COLOUR_SCALE)."""
         png = io.BytesIO()
         Image.fromarray(colour_bar(256, 8)).save(png, format="PNG")
         top = self.get_y()

@@ -1,7 +1,8 @@
 """Class activation maps per stage: where the model looked for benign/malignant and for the subtype.
 
-Maps are computed on the model input (the whole field squashed to a square, see core.data.preprocess)
-and resized straight back onto the ORIGINAL image, so they line up with what the user uploaded.
+Maps are computed on the model's input views (a field model's crops, stitched back into one map of
+the field; a whole-field model's one input) and resized onto the ORIGINAL image by
+core.model.heatmap, so they line up with what the user uploaded.
 All methods explain pre-softmax scores (logits): a saturated softmax has near-zero gradients.
 
 - "gradcam": our own compiled single pass (one forward, one tape, the maps of every class and
@@ -23,7 +24,6 @@ import weakref
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
@@ -41,6 +41,7 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer, head_logits
+from core.model.heatmap import to_heatmap
 from core.model.predict import Prediction, Predictor
 from core.model.views import dihedral_views, mean_over_crops, mean_over_views
 
@@ -158,46 +159,6 @@ def explainer_for(predictor: Predictor) -> _Explainer:
         if predictor not in _EXPLAINERS:
             _EXPLAINERS[predictor] = _Explainer(predictor)
         return _EXPLAINERS[predictor]
-
-
-# A map whose outermost ring of cells is on average this many times brighter than the cells inside
-# is the convolutions' response to their zero padding, not tissue: measured on the bundled model
-# over 94 real images, 14 stage-2 maps (3 stage-1) drew such a frame, some with nothing inside.
-BORDER_RATIO = 2.0
-
-
-def _without_border_frame(cam: np.ndarray) -> tuple[np.ndarray, str]:
-    """Replace a padding frame (see BORDER_RATIO) by the ring just inside it, and say so."""
-    if min(cam.shape) < 4:
-        return cam, ""
-    ring = np.ones(cam.shape, bool)
-    ring[1:-1, 1:-1] = False
-    inside = float(cam[~ring].mean())
-    if float(cam[ring].mean()) <= BORDER_RATIO * max(inside, 0.0) or cam[ring].max() <= 0:
-        return cam, ""
-    share = float(cam[ring].sum() / max(cam.sum(), 1e-12))
-    cleaned = cam.copy()
-    cleaned[0], cleaned[-1] = cleaned[1], cleaned[-2]
-    cleaned[:, 0], cleaned[:, -1] = cleaned[:, 1], cleaned[:, -2]
-    return cleaned, (f"a bright frame along the image border ({share:.0%} of the map) was left out: it is the "
-                     "network's response to the padding at the edges, not tissue")
-
-
-def to_heatmap(cam, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """Low-resolution CAM (h, w) -> (float32 (H, W) in [0, 1], note) at size = (H, W).
-
-    A padding frame along the border is left out and noted (`_without_border_frame`). Scaled to
-    [0, 1] before the bilinear resize (which keeps values in that range), so the arithmetic is on
-    h x w values, not H x W. The resize is Pillow's bilinear filter on a float image: the same
-    values as tf.image.resize (half-pixel centres; within 1e-6) in half the time."""
-    cam = np.asarray(cam, np.float32)
-    cam, border = _without_border_frame(cam) if np.isfinite(cam).all() else (cam, "")
-    low, high = float(cam.min()), float(cam.max())
-    if not np.isfinite(high) or not np.isfinite(low) or high - low < 1e-12:
-        empty = "empty map: no region raises this score"
-        return np.zeros(size, np.float32), f"{empty} ({border})" if border else empty
-    scaled = Image.fromarray(np.ascontiguousarray((cam - low) / (high - low), np.float32))  # mode "F"
-    return np.asarray(scaled.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR), np.float32), border
 
 
 def _tf_keras_vis_cam(explainer: _Explainer, model_input, stage: str, method: str, label: str, subtype: str,
@@ -379,52 +340,3 @@ def explain(predictor: Predictor, rgb: np.ndarray, method: str = "gradcam", labe
             cams.append([_tf_keras_vis_cam(explainer, model_input, stage, method, *targets, views=member.views,
                                            magnification=magnification) for stage in STAGES])
     return Diagnosis(prediction, RawCams(*targets, [c[0] for c in cams], [c[1] for c in cams]).explanations(size, method))
-
-
-def _turbo_lut() -> np.ndarray:
-    """256-entry Turbo colormap (perceptual rainbow) from its polynomial fit (Ruofei Du / Google)."""
-    x = np.linspace(0.0, 1.0, 256)
-    powers = np.stack([x ** k for k in range(6)], axis=1)
-    coefficients = np.array([
-        [0.13572138, 0.09140261, 0.10667330],
-        [4.61539260, 2.19418839, 12.64194608],
-        [-42.66032258, 4.84296658, -60.58204836],
-        [132.13108234, -14.18503333, 110.36276771],
-        [-152.94239396, 4.27729857, -89.90310912],
-        [59.28637943, 2.82956604, 27.34824973],
-    ])
-    return np.round(np.clip(powers @ coefficients, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-TURBO = _turbo_lut()
-
-
-def colorize(heatmap: np.ndarray) -> np.ndarray:
-    """(H, W) values in [0, 1] -> uint8 RGB through the Turbo colormap."""
-    indices = (np.clip(np.nan_to_num(heatmap), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)  # rounded
-    return TURBO[indices]
-
-
-COLOUR_SCALE = ("Heat-map colour scale: dark blue = the lowest, dark red = the highest value of each map "
-                "(each map is scaled to its own range; the colours rank regions within one map, they are "
-                "not probabilities)")
-
-
-def colour_bar(width: int = 512, height: int = 14) -> np.ndarray:
-    """The Turbo colour scale from 0 (left) to 1 (right) as an RGB strip, shown with every heat map."""
-    return np.repeat(colorize(np.linspace(0.0, 1.0, width, dtype=np.float32))[None], height, axis=0)
-
-
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend the colourised heatmap over the image (heatmap resized to the image if needed)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"overlay needs an RGB image (H, W, 3), got shape {rgb.shape}")
-    if heatmap.shape != rgb.shape[:2]:
-        heatmap, _ = to_heatmap(heatmap, rgb.shape[:2])
-    # PIL's blend works in uint8 in C: half the time of the same sum in NumPy floats (the page draws
-    # two overlays per image on every rerun), within 1 grey level of it.
-    return np.asarray(Image.blend(Image.fromarray(np.ascontiguousarray(rgb, np.uint8)),
-                                  Image.fromarray(colorize(heatmap)), float(alpha)))

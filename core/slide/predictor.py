@@ -271,7 +271,8 @@ class SlidePredictor:
     def explain_tile(self, reader: SlideReader, plan: TilePlan, i: int, level0: bool = True):
         """(tile image, core.model.cam.Diagnosis) of tile i: the image at full (level-0) resolution
         when `level0`, with both stages' Grad-CAM resized onto it."""
-        from core.model.cam import explain, to_heatmap
+        from core.model.cam import explain
+        from core.model.heatmap import to_heatmap
 
         seen = self.read_tile(reader, plan, i)
         diagnosis = explain(self.predictor, seen)
