@@ -223,6 +223,28 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     load_predictor(out / "model")  # the card's checksum still holds
 
 
+def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synthetic_breakhis, tmp_path):
+    """What scripts/gpu_machine.sh runs there: `python -m core train --pipeline fields --data PACK
+    --folds 2 --refit-subtypes`, on a pack rather than a BreakHis folder. Each model's card counts the
+    pack's real images (a pack has no synthetic rows) and records the refit; it once failed after
+    the first fold on the pack's missing `synthetic` column, which only a run on a pack reaches."""
+    from core.cli import main
+    from core.data.breakhis import index_folder
+    from core.jsonfile import read_json
+
+    pack = pack_fields(index_folder(synthetic_breakhis).images, tmp_path / "pack")
+    out = tmp_path / "cv"
+    assert main(["train", "--pipeline", "fields", "--data", str(pack), "--out", str(out), "--folds", "2",
+                 "--backbone", "small_cnn", "--weights", "none", "--input-size", "32", "--epochs", "1",
+                 "--batch-size", "16", "--warmup-steps", "2", "--refit-subtypes"]) == 0
+    table, _ = read_pack(pack)
+    card = read_json(out / "model" / "card.json")
+    assert card["training"]["by_subtype"] == table["subtype"].value_counts().to_dict()
+    assert card["training"]["synthetic_by_subtype"] == {} and card["evidence"]["patients"] == table["case"].nunique()
+    assert set(card["training"]["subtype_refit"]["heads"]) == {"benign_subtype", "malignant_subtype"}
+    assert read_json(out / "cv.json")["pooled"]["data"]["cases"] == table["case"].nunique()
+
+
 def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path):
     """SIGTERM (the Retrain page's cancel) mid-training: exit 143 and a final "cancelled" event, so
     the page never waits on a dead run; no model folder."""

@@ -235,7 +235,9 @@ def is_pack(folder: str | Path) -> bool:
 
 
 def read_pack(folder: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table, fields) of a pack_fields folder; the table has the index's columns plus `path`."""
+    """(table, fields) of a pack_fields folder; the table has the index's columns plus `path`, and
+    `synthetic` False: a pack holds real fields only (pack-fields keeps the real images), and every
+    consumer of a BreakHis index (the run's card, the splits) reads that column."""
     folder = Path(folder)
     try:
         table = pd.read_csv(folder / PACK_INDEX, dtype=str)
@@ -248,4 +250,4 @@ def read_pack(folder: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
                        for f in table["file"]]) if len(table) else np.zeros((0, FIELD_PX[1], FIELD_PX[0], 3), np.uint8)
     if fields.shape[1:3] != (FIELD_PX[1], FIELD_PX[0]):
         raise DatasetError(f"{folder}: fields are {fields.shape[1:3]}, not {FIELD_PX[::-1]}")
-    return table.assign(path=[str(folder / f) for f in table["file"]]), fields
+    return table.assign(path=[str(folder / f) for f in table["file"]], synthetic=False), fields
