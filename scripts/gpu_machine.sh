@@ -51,9 +51,23 @@ setup() {
     "$PYTHON" -c "import keras, jax; print('keras', keras.__version__, keras.backend.backend(), 'jax', jax.__version__, jax.devices())"
 }
 
+# At most 8 files of 16 MiB come back from a lent machine, so run.tgz may take 5 pieces of 15 MiB
+# (beside gpu_train.json, train.log and left_out.txt). Five folds of a full-width ResNet-18 are ~45 MB
+# each: when the whole run is larger, its fold models stay there (the final model, cv.json, the
+# out-of-fold predictions and every card come back; slide-threshold and refit_cv need the fold models).
+MAX_BACK_MB=${MAX_BACK_MB:-75}
+
 bring_back() {  # the run folder as run.tgz (split under 16 MiB), then what $OUT holds
     if [ -d "$RUN_DIR" ]; then
-        tar czf "$OUT/run.tgz" -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")"
+        local name
+        name=$(basename "$RUN_DIR")
+        tar czf "$OUT/run.tgz" -C "$(dirname "$RUN_DIR")" "$name"
+        if [ "$(stat -c %s "$OUT/run.tgz")" -gt $((MAX_BACK_MB * 1024 * 1024)) ]; then
+            tar czf "$OUT/run.tgz" -C "$(dirname "$RUN_DIR")" --exclude="$name/fold-*/model/model.keras" \
+                --exclude="$name/fold-*/member-*/model/model.keras" "$name"
+            echo "run folder over $MAX_BACK_MB MB compressed: the fold models' model.keras files were left out" \
+                "(their cards, cv.json, the out-of-fold predictions and the final model came back)" | tee "$OUT/left_out.txt"
+        fi
         if [ "$(stat -c %s "$OUT/run.tgz")" -gt $((16 * 1024 * 1024)) ]; then
             split -b 15m -d -a 2 "$OUT/run.tgz" "$OUT/run.tgz." && rm "$OUT/run.tgz"
         fi
