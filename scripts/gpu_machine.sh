@@ -4,7 +4,8 @@
 #
 # Here, with internet, from the repository root (once):
 #   scripts/gpu_machine.sh wheels                      # keras 3.15.1 + the deps such a machine lacks -> .whl/
-#   python -m core pack-fields --data DIR --out pack   # the real images as a field pack (~30 kB a field)
+#   python -m core pack-fields --data DIR --out pack --quality 85   # the real images as a field pack (19 MiB
+#                                      # for 757 fields: with the checkout and .whl/ under a lent machine's 64 MiB)
 # There, in a copy of the repository with .whl/ and the pack beside it:
 #   OUT=/somewhere scripts/gpu_machine.sh run pack [python -m core train options, e.g. --epochs 60 --folds 5]
 #   OUT=/somewhere scripts/gpu_machine.sh gan pack [python -m core gan train options, e.g. --steps 20000]
