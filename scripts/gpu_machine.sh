@@ -11,7 +11,9 @@
 #   OUT=/somewhere scripts/gpu_machine.sh gan pack [python -m core gan train options, e.g. --steps 20000]
 #
 # Both install .whl/*.whl into /tmp/site when Keras is missing (no index, no deps) and set
-# KERAS_BACKEND=jax. `run` runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
+# KERAS_BACKEND=jax. The training gets TIME_LIMIT seconds (default 480), then SIGTERM, which stops it
+# cleanly (a GAN saves its generator and checkpoint for --resume; a fields run keeps the folds it
+# finished), so that what it made still comes back before a lent machine's 10-minute command limit. `run` runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
 # `python -m core train --pipeline fields --data PACK --out $RUN ...`; `gan` runs
 # `python -m core gan train --data PACK --out $RUN ...` (a pack's file names are BreakHis names, so
 # the GAN selects, splits and scales them as it does the images; its 100X fields are too coarse
@@ -86,7 +88,8 @@ run() {
             --out "$OUT/gpu_train.json" > /dev/null || echo "bench/gpu_train.py failed (exit $?)" >&2
     fi
     local status=0
-    "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$RUN_DIR" "$@" \
+    timeout --signal=TERM --kill-after=60 "$TIME_LIMIT" \
+        "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$RUN_DIR" "$@" \
         > "$OUT/train.log" 2>&1 || status=$?
     tail -n 5 "$OUT/train.log"
     bring_back
@@ -98,7 +101,8 @@ gan() {
     shift
     setup
     local status=0
-    "$PYTHON" -m core gan train --data "$pack" --out "$RUN_DIR" "$@" > "$OUT/train.log" 2>&1 || status=$?
+    timeout --signal=TERM --kill-after=60 "$TIME_LIMIT" \
+        "$PYTHON" -m core gan train --data "$pack" --out "$RUN_DIR" "$@" > "$OUT/train.log" 2>&1 || status=$?
     tail -n 5 "$OUT/train.log"
     bring_back
     return $status
@@ -109,6 +113,7 @@ case "${1:-}" in
     run | gan)
         OUT=${OUT:?set OUT to the folder whose files come back}
         RUN_DIR=${RUN:-/tmp/gpu-run/run}
+        TIME_LIMIT=${TIME_LIMIT:-480}
         command=$1; shift; "$command" "$@" ;;
     *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -306,6 +306,39 @@ def test_sigterm_cancels_a_running_training(synthetic_breakhis, tmp_path):
     assert stdout_events[-1]["status"] == "cancelled"  # the same stream on stdout
 
 
+
+def test_a_sigterm_swallowed_inside_keras_still_cancels_at_the_next_batch(tmp_path):
+    """Keras wraps its device-to-host copy of the logs in a bare `except: pass` (pythonify_logs);
+    under JAX the main thread waits there for nearly every step, so the handler's exception is
+    usually raised, and lost, inside it. Here the signal lands inside such a block on purpose: the
+    progress callback still stops the fit at that batch's end and the run ends "cancelled"."""
+    import keras
+
+    from core.errors import Cancelled
+    from core.training.progress import final_events, keras_callback, raise_if_cancelled
+
+    class SwallowedSignal(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                try:  # what Keras' bare except does to the exception the handler raises
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.5)  # the handler runs here, at the next bytecode
+                except:  # noqa: E722 - the point of the test
+                    pass
+
+    before = signal.getsignal(signal.SIGTERM)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    writer, batches = ProgressWriter(tmp_path / "progress.jsonl", echo_stdout=False), []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batches.append(batch))
+    with pytest.raises(Cancelled), final_events(writer):
+        model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=50, verbose=0,
+                  callbacks=[SwallowedSignal(), keras_callback(writer, 50, 8, "test"), counter])
+    assert batches == [0, 1]  # batch 2 ended in the progress callback, before the counter saw it
+    assert read_progress(tmp_path / "progress.jsonl")[-1]["status"] == "cancelled"
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+    raise_if_cancelled()  # and the request is cleared: the next run in this process is not cancelled
+
 DISTRIBUTED = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
