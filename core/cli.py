@@ -15,7 +15,7 @@
     slide PATH --out DIR  a whole-slide image or large field analysed as tiles (core.slide)
     slides DIR --out DIR  every slide of a folder, on a Dask cluster (--scheduler) or a local one
     slide-threshold MODEL --data DIR   choose the slide rule on mosaics of validation patients, into the card
-    make-default          reproduce the bundled default model
+    make-default          reproduce the bundled default model (--from-run RUN: install one trained elsewhere)
     gan train|sample|evaluate|ablation   the conditional GAN for minority subtypes
     export-model / import-model          move a model folder between machines as a zip
     db upgrade|status     the app's database (core.store): create or migrate it, show its schema
@@ -229,10 +229,16 @@ def _predict(args) -> int:
 
 def _make_default(args) -> int:
     from core.slide.commands import choose_slide_rule
-    from core.training.recipes import make_default
+    from core.training.recipes import install_run, make_default
 
-    installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate,
-                             before_install=choose_slide_rule)
+    if (args.data is None) == (args.from_run is None):
+        raise UserInputError("make-default needs --data (train it here) or --from-run RUN (install a run trained "
+                             "elsewhere), one of the two")
+    if args.from_run is not None:
+        installed = install_run(args.from_run, args.out, args.force, args.command)
+    else:
+        installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate,
+                                 before_install=choose_slide_rule)
     print(f"Installed {installed}")
     return OK
 
@@ -327,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_slide_commands(command, str(DEFAULT_MODEL_DIR))
 
     default = command("make-default", _make_default, "reproduce the bundled default model into models/default")
-    default.add_argument("--data", required=True, help="BreakHis folder (any layout)")
+    default.add_argument("--data", help="BreakHis folder (any layout)")
+    default.add_argument("--from-run", type=Path, metavar="RUN",
+                         help="install a fields cross-validation trained elsewhere (e.g. brought back from a GPU "
+                              "machine) instead of training; --command says what was run there")
+    default.add_argument("--command", help="with --from-run: the command that trained RUN, for the card")
     default.add_argument("--recipe", choices=("full", "field", "limited"),
                          help="full: ImageNet + the whole BreakHis; limited: from scratch on a small set "
                               "(default: chosen by the number of images)")

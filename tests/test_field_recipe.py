@@ -243,6 +243,17 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     assert card["training"]["synthetic_by_subtype"] == {} and card["evidence"]["patients"] == table["case"].nunique()
     assert set(card["training"]["subtype_refit"]["heads"]) == {"benign_subtype", "malignant_subtype"}
     assert read_json(out / "cv.json")["pooled"]["data"]["cases"] == table["case"].nunique()
+    # Brought back, it installs as make-default installs its own run, with the command that made it.
+    from core.model.loading import load_predictor
+
+    installed, ran = tmp_path / "default", "scripts/gpu_machine.sh run pack --folds 2 --refit-subtypes"
+    assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 0
+    recipe = load_predictor(installed).card["recipe"]
+    assert recipe["command"] == ran and recipe["cross_validation_folds"] == 2 and recipe["settings"]["refit_subtypes"]
+    assert read_json(installed / "cv.json") == read_json(out / "cv.json")
+    assert main(["make-default", "--from-run", str(out), "--out", str(installed)]) == 2  # never over a model unasked
+    assert main(["make-default", "--from-run", str(pack), "--out", str(tmp_path / "x")]) == 2  # a pack is not a run
+    assert main(["make-default", "--out", str(tmp_path / "x")]) == 2  # neither --data nor --from-run
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])

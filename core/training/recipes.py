@@ -21,8 +21,9 @@ from pathlib import Path
 
 from core.data.breakhis import index_folder
 from core.errors import UserInputError
+from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
-from core.model.folders import load_model_folder, update_card
+from core.model.folders import load_model_folder, read_card, update_card
 from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
@@ -102,9 +103,28 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     return out
 
 
-def install_field_run(result: dict, run_dir: Path, out: Path) -> Path:
+def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, command: str | None = None) -> Path:
+    """A fields cross-validation trained elsewhere (a GPU machine's `scripts/gpu_machine.sh run`,
+    brought back) -> `out`, as make-default installs its own run: the final model with its cv.json,
+    metrics.json and out-of-fold predictions. The card's recipe holds the run's own settings and
+    `command` (what was run there), not make-default's."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not force:
+        refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
+    if not (run_dir / "cv.json").is_file() or not (run_dir / "model" / "card.json").is_file():
+        raise UserInputError(f"{run_dir} is not a cross-validation run with a final model (it needs cv.json and "
+                             "model/: `python -m core train --pipeline fields --folds K` without --no-final-model)")
+    card = read_card(run_dir / "model")
+    folds = read_json(run_dir / "cv.json")["folds"]
+    recipe = {"name": "run", "settings": card.get("training", {}).get("settings", {}), "cross_validation_folds": folds,
+              "command": command or "not recorded (give it with --command)", "installed_from": run_dir.name}
+    return install_field_run({"model_dir": str(run_dir / "model"), "cv": {"folds": folds}}, run_dir, out, recipe)
+
+
+def install_field_run(result: dict, run_dir: Path, out: Path, recipe: dict | None = None) -> Path:
     """A field-recipe cross-validation's final model -> `out`, with its cv.json, metrics.json and
-    out-of-fold predictions, and the command that made it in the card."""
+    out-of-fold predictions, and the command that made it in the card (`recipe`; default: the
+    make-default command of the FIELD recipe)."""
     run_dir, out = Path(run_dir), Path(out)
     load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
     staging = out.with_name(out.name + ".new")
@@ -114,9 +134,10 @@ def install_field_run(result: dict, run_dir: Path, out: Path) -> Path:
         if (run_dir / extra).exists():
             shutil.copy2(run_dir / extra, staging / extra)
     folds = result["cv"]["folds"]
-    update_card(staging, recipe={"name": "field", "settings": FIELD, "cross_validation_folds": folds,
-                                 "command": "python -m core make-default --data DATA --recipe field"
-                                            + (f" --cross-validate {folds}" if folds != FIELD_FOLDS else "")})
+    update_card(staging, recipe=recipe or {
+        "name": "field", "settings": FIELD, "cross_validation_folds": folds,
+        "command": "python -m core make-default --data DATA --recipe field"
+                   + (f" --cross-validate {folds}" if folds != FIELD_FOLDS else "")})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
