@@ -13,7 +13,8 @@
 # Both install .whl/*.whl into /tmp/site when Keras is missing (no index, no deps) and set
 # KERAS_BACKEND=jax. The training gets TIME_LIMIT seconds (default 480), then SIGTERM, which stops it
 # cleanly (a GAN saves its generator and checkpoint for --resume; a fields run keeps the folds it
-# finished), so that what it made still comes back before a lent machine's 10-minute command limit. `run` runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
+# finished), so that what it made still comes back before a lent machine's 10-minute command limit.
+# `run` runs bench/gpu_train.py (BENCH_ARGS; BENCH_ARGS=skip to skip it), then
 # `python -m core train --pipeline fields --data PACK --out $RUN ...`; `gan` runs
 # `python -m core gan train --data PACK --out $RUN ...` (a pack's file names are BreakHis names, so
 # the GAN selects, splits and scales them as it does the images; its 100X fields are too coarse
@@ -21,8 +22,10 @@
 #   gpu_train.json   the benchmark's JSON (run)    train.log   the training's output
 #   run.tgz          the run folder (model/, metrics.json, cv.json, progress.jsonl, ...), split into
 #                    run.tgz.00, run.tgz.01, ... of 15 MiB when over 16 MiB: `cat run.tgz.* > run.tgz`
+#   left_out.txt     only when the fold models' weights were left out (see MAX_BACK_MB)
 # Unpack with `tar xzf run.tgz`: run/model is a model folder; a model trained under JAX loads under
-# TensorFlow (the app: `python -m core predict --model run/model IMAGE`; `python -m core gan evaluate`).
+# TensorFlow (the app: `python -m core predict --model run/model IMAGE`; `python -m core gan evaluate`;
+# `python -m core make-default --from-run run --command "..."` installs a fields run as models/default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -115,5 +118,5 @@ case "${1:-}" in
         RUN_DIR=${RUN:-/tmp/gpu-run/run}
         TIME_LIMIT=${TIME_LIMIT:-480}
         command=$1; shift; "$command" "$@" ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    *) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 2 ;;  # the header above, whatever its length
 esac

@@ -231,6 +231,7 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     from core.cli import main
     from core.data.breakhis import index_folder
     from core.jsonfile import read_json
+    from core.model.loading import load_predictor
 
     pack = pack_fields(index_folder(synthetic_breakhis).images, tmp_path / "pack")
     out = tmp_path / "cv"
@@ -244,8 +245,6 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     assert set(card["training"]["subtype_refit"]["heads"]) == {"benign_subtype", "malignant_subtype"}
     assert read_json(out / "cv.json")["pooled"]["data"]["cases"] == table["case"].nunique()
     # Brought back, it installs as make-default installs its own run, with the command that made it.
-    from core.model.loading import load_predictor
-
     installed, ran = tmp_path / "default", "scripts/gpu_machine.sh run pack --folds 2 --refit-subtypes"
     assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 0
     recipe = load_predictor(installed).card["recipe"]

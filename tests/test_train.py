@@ -306,7 +306,6 @@ def test_sigterm_cancels_a_running_training(synthetic_breakhis, tmp_path):
     assert stdout_events[-1]["status"] == "cancelled"  # the same stream on stdout
 
 
-
 def test_a_sigterm_swallowed_inside_keras_still_cancels_at_the_next_batch(tmp_path):
     """Keras wraps its device-to-host copy of the logs in a bare `except: pass` (pythonify_logs);
     under JAX the main thread waits there for nearly every step, so the handler's exception is
@@ -338,6 +337,7 @@ def test_a_sigterm_swallowed_inside_keras_still_cancels_at_the_next_batch(tmp_pa
     assert read_progress(tmp_path / "progress.jsonl")[-1]["status"] == "cancelled"
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
     raise_if_cancelled()  # and the request is cleared: the next run in this process is not cancelled
+
 
 DISTRIBUTED = textwrap.dedent("""
     import json, sys

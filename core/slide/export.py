@@ -28,6 +28,8 @@ from PIL import Image, ImageDraw
 from shapely import box, unary_union
 from shapely.geometry import mapping
 
+from core.model.heatmap import colorize
+
 MALIGNANT_COLOR = [200, 0, 0]
 SUMMARY = "summary.json"
 DRIVING_NAME = "Driving region (slide call)"
@@ -38,8 +40,6 @@ CSV_COLUMNS = ["tile", "region", "drives_call", "row", "col", "x", "y", "width",
 def heatmap_rgb(result, alpha: float = 0.5) -> np.ndarray:
     """The thumbnail with p(malignant) in the Turbo colormap blended over the analysed tiles, and the
     outline of the region that drove a malignant call (white with a black core)."""
-    from core.model.heatmap import colorize
-
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
     thumbnail = result.thumbnail.astype(np.float32)
