@@ -38,11 +38,17 @@ def test_the_ensemble_and_each_member_are_evaluated_on_the_same_cases(ensemble):
     assert len(metrics["members"]) == 3
     for member in metrics["members"]:
         assert member["data"] == metrics["data"]  # same held-out images and cases
-    median = lambda key: float(np.median([m[key] for m in metrics["members"]]))  # noqa: E731
-    # Not worse than the typical member: within one image's worth of macro-F1 (a tie of 0.366 vs
-    # 0.365 flipped with thread scheduling on a busy machine; a worse ensemble loses far more).
-    assert metrics["subtype_macro_f1"] >= median("subtype_macro_f1") - 0.02
-    assert metrics["stage1_ece"] <= median("stage1_ece") + 1e-9
+    # The ensemble serves the mean of its members' calibrated stage-1 probabilities, so on the same
+    # images its Brier score can be no worse than their mean Brier score (the score is convex): this
+    # fails if the members were scored on other cases or the ensemble did not average them. Counts
+    # such as macro-F1 have no such bound: three 3-epoch members flip with thread scheduling.
+    members_brier = np.mean([m["stage1_brier"] for m in metrics["members"]])
+    assert metrics["stage1_brier"] <= members_brier + 1e-9, (metrics["stage1_brier"], members_brier)
+    assert metrics["stage1_brier"] < max(m["stage1_brier"] for m in metrics["members"])  # members differ
+    from core.app.performance import members_table
+
+    shown = members_table(metrics)  # what the Model performance page lays out
+    assert shown["stage-1 Brier"].tolist() == [round(s["stage1_brier"], 4) for s in [metrics, *metrics["members"]]]
     assert metrics["uncertainty"]["source"] == "ensemble members" and not metrics["uncertainty"]["needs_tta"]
     card = json.loads((ensemble / "model" / "card.json").read_text())
     assert card["kind"] == "ensemble" and card["thresholds"]["uncertainty"]["p_malignant_spread"] >= 0

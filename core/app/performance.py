@@ -170,7 +170,8 @@ def members_table(metrics: dict) -> pd.DataFrame:
     for name, source in sources:
         image = (source.get("intervals") or {}).get("image") or {}
         rows.append({"model": name, **{HEADLINE_NAMES[k]: format_interval(image.get(k)) for k in HEADLINE_NAMES},
-                     "stage-1 ECE": round(source["stage1_ece"], 4) if source.get("stage1_ece") is not None else None})
+                     **{name: round(source[key], 4) if source.get(key) is not None else None
+                        for name, key in (("stage-1 ECE", "stage1_ece"), ("stage-1 Brier", "stage1_brier"))}})
     return pd.DataFrame(rows)
 
 

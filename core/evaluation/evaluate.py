@@ -37,7 +37,7 @@ from core.evaluation.metrics import (
 )
 from core.evaluation.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
 from core.jsonfile import read_json, write_json_atomic
-from core.model.calibration import reliability
+from core.model.calibration import brier, reliability
 from core.model.folders import update_card
 from core.paths import portable
 
@@ -151,6 +151,8 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
     bootstrap intervals over cases; thresholds are chosen on `val_table`, never on `split`."""
     data = scope(evaluated, split)
     stage1, subtype8 = stage1_block(evaluated, data), subtype8_block(evaluated, data)
+    stage1_p = evaluated[columns_of("p", CLASSES)].to_numpy()
+    stage1_truth = evaluated["label"].map(CLASSES.index).to_numpy()
     cases_rule = case_threshold(val_table)
     patient = patient_blocks(evaluated, split, cases_rule["threshold"])
     thresholds = threshold_blocks(evaluated, val_table, split, threshold, target_recall)
@@ -159,8 +161,10 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
         "stage1_accuracy": stage1["accuracy"], "stage1_balanced_accuracy": stage1["balanced_accuracy"],
         "stage1_auc": stage1["roc_auc"]["per_class"].get("malignant"),
         "subtype_accuracy": subtype8["accuracy"], "subtype_macro_f1": subtype8["macro_f1"],
-        "stage1_ece": reliability(evaluated[columns_of("p", CLASSES)].to_numpy(),
-                                  evaluated["label"].map(CLASSES.index).to_numpy())["ece"],
+        "stage1_ece": reliability(stage1_p, stage1_truth)["ece"],
+        # A proper score: an ensemble that averages its members' probabilities is never worse on it than
+        # their mean (convexity), which is what tests/test_ensemble.py checks exactly.
+        "stage1_brier": brier(stage1_p, stage1_truth),
         "malignant_recall": thresholds["decision"]["malignant_recall"],
         "patient_stage1_accuracy": patient["stage1"]["accuracy"], "data": data,
         # Which images exactly: runs are only compared on the same held-out images (core.app.comparison).
@@ -201,7 +205,7 @@ def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_re
 def compact(full: dict) -> dict:
     """The headline part of `score`'s results (for baselines and ensemble members)."""
     return {k: full[k] for k in ("data", "stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "malignant_recall",
-                                 "subtype_macro_f1", "stage1_ece", "patient_stage1_accuracy", "intervals",
+                                 "subtype_macro_f1", "stage1_ece", "stage1_brier", "patient_stage1_accuracy", "intervals",
                                  "case_threshold")}
 
 
