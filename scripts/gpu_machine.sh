@@ -51,6 +51,11 @@ wheels() {
 setup() {
     mkdir -p "$OUT" "$(dirname "$RUN_DIR")"
     export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+    # XLA's compiled programs on disk, keyed by the program: what every fold compiles alike (the
+    # prediction step) and a second command on the same warm machine load instead of compiling. The
+    # folds' training steps differ (class weights and schedule lengths are constants in them): in
+    # the CPU dry run each fold and the final model wrote their own entry.
+    export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
     if ! "$PYTHON" -c "import keras" 2>/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             .whl/*.whl
