@@ -91,13 +91,18 @@ def main(argv=None) -> int:
     batch = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32"))
     rgb = load_image(image).rgb
     explainer = explainer_for(predictor)
-    model_input = predictor.model_input([rgb])
+    # The bare batched forward of the SAME views the diagnosis runs (a field model's 3 crops x 8
+    # symmetries, a whole-field model's one input; TTA's 8 when on): the issue-25 goal's denominator.
+    member = predictor.members[0]
+    views = tf.constant(member.model_input([rgb]))
+    views = dihedral_views(views) if member.uses_tta() else views
 
     steps = {  # each step of a diagnosis alone, on the same image
         "decode": lambda: load_image(image, check_histology=False),
         "histology_check": lambda: histology_check(rgb),
         "resize_to_model_input": lambda: predictor.model_input([rgb]),
-        "forward_gradcam_pass": lambda: explainer.gradcam_pass(tf.constant(model_input)),
+        # the pass explain runs: over every view (the symmetries included), not the crops alone
+        "forward_gradcam_pass": lambda: explainer.gradcam_pass(views),
         "heatmaps_to_image_size": lambda: [to_heatmap(np.random.rand(7, 7).astype(np.float32), rgb.shape[:2])
                                            for _ in range(2)],
     }
@@ -110,11 +115,6 @@ def main(argv=None) -> int:
     def forward():
         bare(batch).numpy()
 
-    # The bare batched forward of the SAME views the diagnosis runs (a field model's 3 crops x 8
-    # symmetries, a whole-field model's one input; TTA's 8 when on): the issue-25 goal's denominator.
-    member = predictor.members[0]
-    views = tf.constant(member.model_input([rgb]))
-    views = dihedral_views(views) if member.uses_tta() else views
     bare_views = tf.function(lambda x: member.model(x, training=False))
 
     def forward_views():
