@@ -24,7 +24,8 @@
 #   gpu_train.json   the benchmark's JSON (run)    train.log   the training's output
 #   run.tgz          the run folder (model/, metrics.json, cv.json, progress.jsonl, ...), split into
 #                    run.tgz.00, run.tgz.01, ... of 15 MiB when over 16 MiB: `cat run.tgz.* > run.tgz`
-#   left_out.txt     only when the fold models' weights were left out (see MAX_BACK_MB)
+#   left_out.txt     only when something stayed there: the fold models' weights, then a GAN's checkpoint
+#                    (see MAX_BACK_MB)
 # Unpack with `tar xzf run.tgz`: run/model is a model folder; a model trained under JAX loads under
 # TensorFlow (the app: `python -m core predict --model run/model IMAGE`; `python -m core gan evaluate`;
 # `python -m core make-default --from-run run --command "..."` installs a fields run as models/default).
@@ -99,6 +100,16 @@ bring_back() {  # the run folder as run.tgz (split under 16 MiB), then what $OUT
     ls -l "$OUT"
 }
 
+# limited SECONDS GRACE LOG ARGS...: `python -m core ARGS` with its output in LOG, SIGTERM after SECONDS
+# (SIGKILL GRACE seconds later), then LOG's last lines; returns the command's exit status.
+limited() {
+    local seconds=$1 grace=$2 log=$3 status=0
+    shift 3
+    timeout --signal=TERM --kill-after="$grace" "$seconds" "$PYTHON" -m core "$@" > "$log" 2>&1 || status=$?
+    tail -n 5 "$log"
+    return $status
+}
+
 run() {
     local pack=${1:?usage: scripts/gpu_machine.sh run PACK [train options]}
     shift
@@ -109,10 +120,8 @@ run() {
             --out "$OUT/gpu_train.json" > /dev/null || echo "bench/gpu_train.py failed (exit $?)" >&2
     fi
     local status=0
-    timeout --signal=TERM --kill-after=60 "$TIME_LIMIT" \
-        "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$RUN_DIR" "$@" \
-        > "$OUT/train.log" 2>&1 || status=$?
-    tail -n 5 "$OUT/train.log"
+    limited "$TIME_LIMIT" 60 "$OUT/train.log" train --pipeline fields --weights none --data "$pack" \
+        --out "$RUN_DIR" "$@" || status=$?
     bring_back
     return $status
 }
@@ -122,9 +131,7 @@ gan() {
     shift
     setup
     local status=0
-    timeout --signal=TERM --kill-after=60 "$TIME_LIMIT" \
-        "$PYTHON" -m core gan train --data "$pack" --out "$RUN_DIR" "$@" > "$OUT/train.log" 2>&1 || status=$?
-    tail -n 5 "$OUT/train.log"
+    limited "$TIME_LIMIT" 60 "$OUT/train.log" gan train --data "$pack" --out "$RUN_DIR" "$@" || status=$?
     bring_back
     return $status
 }
@@ -140,17 +147,14 @@ both() {
     local status=0
     mkdir -p "$RUN_DIR"
     # shellcheck disable=SC2086
-    timeout --signal=TERM --kill-after=30 "${FIELDS_TIME:-300}" \
-        "$PYTHON" -m core train --pipeline fields --weights none --data "$pack" --out "$RUN_DIR/fields" \
+    limited "${FIELDS_TIME:-300}" 30 "$OUT/fields.log" train --pipeline fields --weights none --data "$pack" \
+        --out "$RUN_DIR/fields" \
         ${FIELDS_ARGS:---epochs 60 --folds 5 --backbone resnet18 --input-size 160 --band-limit --refit-subtypes} \
-        > "$OUT/fields.log" 2>&1 || status=$?
-    tail -n 5 "$OUT/fields.log"
+        || status=$?
     # shellcheck disable=SC2086
-    timeout --signal=TERM --kill-after=30 "${GAN_TIME:-180}" \
-        "$PYTHON" -m core gan train --data "$pack" --out "$RUN_DIR/gan" \
+    limited "${GAN_TIME:-180}" 30 "$OUT/gan.log" gan train --data "$pack" --out "$RUN_DIR/gan" \
         ${GAN_ARGS:---steps 20000 --image-size 64 --r1 100 --checkpoint-every 2000 --sample-every 2500} \
-        > "$OUT/gan.log" 2>&1 || status=$?
-    tail -n 5 "$OUT/gan.log"
+        || status=$?
     bring_back
     return $status
 }

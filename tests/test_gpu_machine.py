@@ -34,8 +34,9 @@ def both_runs(root: Path, fold_mb: float, checkpoint_mb: float) -> Path:
     return run
 
 
-def back(run: Path, out: Path, max_mb: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUT": str(out), "MAX_BACK_MB": str(max_mb)}
+def back(run: Path, out: Path, max_mb: int | None = None) -> subprocess.CompletedProcess:
+    """`OUT=out scripts/gpu_machine.sh back run` (MAX_BACK_MB: the script's default unless given)."""
+    env = {**os.environ, "OUT": str(out), **({"MAX_BACK_MB": str(max_mb)} if max_mb is not None else {})}
     return subprocess.run(["bash", str(SCRIPT), "back", str(run)], env=env, capture_output=True, text=True,
                           check=True)
 
@@ -64,8 +65,7 @@ def test_what_stays_on_the_machine_goes_largest_first(tmp_path, max_mb, folds_ba
 def test_an_archive_over_16_mib_comes_back_in_pieces_that_join(tmp_path):
     run = both_runs(tmp_path, fold_mb=9, checkpoint_mb=1)  # ~19.75 MB, under the 75 MB default
     out = tmp_path / "out"
-    subprocess.run(["bash", str(SCRIPT), "back", str(run)], env={**os.environ, "OUT": str(out)}, check=True,
-                   capture_output=True)
+    back(run, out)
     pieces = sorted(out.glob("run.tgz.*"))
     assert [p.name for p in pieces] == ["run.tgz.00", "run.tgz.01"] and not (out / "run.tgz").exists()
     assert all(p.stat().st_size <= 16 * MB for p in pieces)
