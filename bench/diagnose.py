@@ -94,15 +94,15 @@ def main(argv=None) -> int:
     # The bare batched forward of the SAME views the diagnosis runs (a field model's 3 crops x 8
     # symmetries, a whole-field model's one input; TTA's 8 when on): the issue-25 goal's denominator.
     member = predictor.members[0]
-    views = tf.constant(member.model_input([rgb]))
-    views = dihedral_views(views) if member.uses_tta() else views
+    crops = tf.constant(member.model_input([rgb]))
+    views = dihedral_views(crops) if member.uses_tta() else crops
 
     steps = {  # each step of a diagnosis alone, on the same image
         "decode": lambda: load_image(image, check_histology=False),
         "histology_check": lambda: histology_check(rgb),
         "resize_to_model_input": lambda: predictor.model_input([rgb]),
-        # the pass explain runs: over every view (the symmetries included), not the crops alone
-        "forward_gradcam_pass": lambda: explainer.gradcam_pass(views),
+        # the pass explain runs: over every view (the symmetries, compiled with it, included)
+        "forward_gradcam_pass": lambda: explainer.gradcam_pass(crops, member.uses_tta()),
         "heatmaps_to_image_size": lambda: [to_heatmap(np.random.rand(7, 7).astype(np.float32), rgb.shape[:2])
                                            for _ in range(2)],
     }

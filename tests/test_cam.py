@@ -197,7 +197,7 @@ def test_with_tta_one_pass_over_the_8_views_gives_tta_outputs_and_the_image_s_ow
     images = [sample, sample[::-1].copy()]
     calls = _count_gradcam_passes(predictor, monkeypatch)
     outputs, cams = ex.gradcam_diagnosis(predictor, images, tta=True)
-    assert [len(args[0]) for args in calls] == [16]  # ONE pass: 8 views of each of the 2 images
+    assert [(len(args[0]), args[1]) for args in calls] == [(2, True)]  # ONE pass: the 8 views of each of the 2 images
     expected = predictor.probabilities(images, tta=True)
     assert set(outputs) == set(expected)  # the means and every view (the uncertainty)
     for name, value in expected.items():

@@ -85,7 +85,8 @@ def test_an_ensemble_heat_map_is_the_mean_of_its_members_maps(ensemble, samples_
     for member in predictor.members:  # count each member's compiled passes
         explainer = cam.explainer_for(member)
         monkeypatch.setattr(explainer, "gradcam_pass",
-                            lambda batch, run=explainer.gradcam_pass: passes.append(len(batch)) or run(batch))
+                            lambda batch, tta=False, run=explainer.gradcam_pass: passes.append(len(batch))
+                            or run(batch, tta))
     diagnosis = explain(predictor, rgb)
     other = next(c for c in CLASSES if c != diagnosis.prediction.label)
     assert explain(predictor, rgb, "gradcam", other).explanations["stage1"].target == other

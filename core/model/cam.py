@@ -93,7 +93,14 @@ class _Explainer:
         self.channels = int(features.shape[-1])
         self._visualizers: dict = {}
         spec = tf.TensorSpec([None, predictor.input_size, predictor.input_size, 3], tf.float32)
-        self.gradcam_pass = tf.function(self._gradcam_pass, input_signature=[spec])
+        self._pass = tf.function(self._gradcam_pass, input_signature=[spec])
+        self._pass_tta = tf.function(self._gradcam_pass_tta, input_signature=[spec])
+
+    def gradcam_pass(self, images, tta: bool = False):
+        """The one compiled pass of a batch -> (probabilities, Grad-CAMs of every target (N, 10, h, w));
+        tta: over each image's 8 dihedral views in the same call -> (the views' mean and every view's
+        probabilities, the maps of the images themselves)."""
+        return (self._pass_tta if tta else self._pass)(images)
 
     def _class_and_head_logits(self, logits):
         """(class logits (N, 2), per-class subtype logits (N, 2, 4)) for either hierarchy."""
@@ -130,6 +137,13 @@ class _Explainer:
         cams = tf.stack([_gradcam(features, tape.gradient(total, features)) for total in totals], axis=1)
         del tape
         return {name: tf.nn.softmax(value) for name, value in logits.items()}, cams
+
+    def _gradcam_pass_tta(self, images):
+        """_gradcam_pass over the 8 dihedral views of each image, compiled with it (as
+        Predictor._forward_tta): run eagerly, the views' flips and means cost ~2.5 ms a diagnosis of
+        a field model, a tenth of its forward (bench/diagnose.py)."""
+        probabilities, cams = self._gradcam_pass(dihedral_views(images))
+        return mean_over_views(probabilities), cams[:tf.shape(images)[0]]
 
     def visualizer(self, output_name: str, method: str):
         key = (output_name, method)
@@ -215,9 +229,7 @@ def gradcam_batch(predictor: Predictor, images: list[np.ndarray], tta: bool = Fa
         part = slice(start, start + per_pass)
         batch = tf.constant(predictor.model_input(images[part], tiles, magnifications[part]))
         with predictor.lock:
-            probabilities, cams = explainer.gradcam_pass(dihedral_views(batch) if tta else batch)
-        if tta:
-            probabilities, cams = mean_over_views(probabilities), cams[:len(batch)]
+            probabilities, cams = explainer.gradcam_pass(batch, tta)
         probabilities = mean_over_crops({k: v.numpy() for k, v in probabilities.items()}, crops)
         cams = cams.numpy()
         chunks.append((probabilities, stitch_crop_maps(cams, predictor.views, magnifications[part]) if crops > 1
