@@ -83,6 +83,45 @@ def test_sampling_draws_by_inverse_sqrt_count_and_weights_balance_the_rest():
     assert benign * class_weights[0] == pytest.approx(malignant * class_weights[1])
 
 
+def test_class_weights_ride_on_the_batches_so_every_fold_compiles_the_same_training_step():
+    """Two folds with different patients: the same loss configuration (no per-fold constant in the
+    compiled step), and each drawn field's sample weight is its class's and subtype's weight."""
+    from core.training.field_fit import STAGE1_LOGITS, SUBTYPE_LOGITS, prepare_fit
+
+    fields = np.zeros((12, 46, 70, 3), np.uint8)
+    config = TrainConfig(data="x", out="y", pipeline="fields", backbone="small_cnn", weights="none", input_size=32,
+                         epochs=1, batch_size=6)
+    fold_a = ["ductal_carcinoma"] * 8 + ["adenosis"] * 4
+    fold_b = ["ductal_carcinoma"] * 3 + ["adenosis"] * 6 + ["mucinous_carcinoma"] * 3
+    prepared = [prepare_fit(fields, subtypes, config) for subtypes in (fold_a, fold_b)]
+    losses = [{name: loss.get_config() for name, loss in m.loss.items()} for _, m, _, _ in prepared]
+    assert losses[0] == losses[1] and set(losses[0]) == {STAGE1_LOGITS, SUBTYPE_LOGITS}
+    _, class_weights, subtype_weights = sampling(fold_b)
+    assert not np.allclose(subtype_weights, sampling(fold_a)[2])  # the folds' weights do differ
+    _, outputs, weights = prepared[1][2][0]
+    expected_class = class_weights[outputs[STAGE1_LOGITS]]
+    np.testing.assert_allclose(weights[STAGE1_LOGITS], expected_class)
+    np.testing.assert_allclose(weights[SUBTYPE_LOGITS], subtype_weights[outputs[SUBTYPE_LOGITS]])
+
+
+def test_view_batches_have_one_shape_and_the_padding_changes_no_prediction():
+    import keras
+
+    from core.model.classifier import build_classifier
+    from core.training.field_fit import predict_views, view_batches
+
+    keras.utils.set_random_seed(0)
+    classifier, _ = build_classifier("small_cnn", "hierarchical", None, 32)
+    spec = ViewSpec(input_size=32, crops=2, crop_px=40, field_px=(70, 46))
+    fields = np.stack([_field(70, 46, seed) for seed in range(5)])
+    assert {views.shape for views, _ in view_batches(fields, spec, batch_fields=4)} == {(4 * 2 * 8, 32, 32, 3)}
+    assert [n for _, n in view_batches(fields, spec, batch_fields=4)] == [4, 1]
+    padded, alone = predict_views(classifier, fields, spec, batch_fields=4), predict_views(classifier, fields, spec, 1)
+    for name, value in alone.items():
+        assert padded[name].shape == value.shape == (5, value.shape[1])
+        np.testing.assert_allclose(padded[name], value, atol=1e-5)
+
+
 def test_referral_keeps_the_largest_share_at_the_target_accuracy():
     """Hand-worked: 20 images, confidence 1.00 .. 0.62; the 4 least confident are wrong, plus one at 0.80."""
     confidence = np.linspace(1.0, 0.62, 20)

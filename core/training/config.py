@@ -60,6 +60,10 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "fields pipeline: label smoothing of both losses")
     weight_decay: float = option(0.05, "fields pipeline: AdamW weight decay")
     warmup_steps: int = option(100, "fields pipeline: linear warm-up steps before the cosine decay")
+    steps_per_epoch: int | None = option(None, "fields pipeline: optimizer steps per epoch for every fold and the "
+                                         "final model (default: one pass over each one's own fields). One number "
+                                         "makes them one compiled program, which XLA's cache then compiles once "
+                                         "(scripts/gpu_machine.sh), and trains each model for the same steps")
     final_model: bool = option(True, "fields pipeline with --folds: then train one model on every patient, with "
                                "the figures and thresholds of the pooled out-of-fold predictions")
     members: int = option(1, "fields pipeline: train this many models with different seeds and predict with their "
@@ -131,6 +135,8 @@ def validate(config: TrainConfig) -> None:
                         "fields and --folds (cross-validation is what measures the ensemble)")
     if config.epochs < 1 or config.batch_size < 1 or config.input_size < 32:
         problems.append("epochs and batch size must be >= 1 and input size >= 32")
+    if config.steps_per_epoch is not None and (config.steps_per_epoch < 1 or config.pipeline != "fields"):
+        problems.append("--steps-per-epoch takes a count >= 1, with --pipeline fields")
     if not (0.1 <= config.zoom <= 1.0 and config.augment_strength >= 0):
         problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
     if not Path(config.data).is_dir():

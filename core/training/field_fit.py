@@ -69,14 +69,18 @@ def targets(subtypes) -> dict[str, np.ndarray]:
 
 class FieldBatches(keras.utils.PyDataset):
     """`steps` batches per epoch of fields drawn with `probabilities` (with replacement), seeded by
-    (seed, epoch, step): the same run draws the same batches on any backend."""
+    (seed, epoch, step): the same run draws the same batches on any backend. `weights`: per output,
+    a weight per class (sampling's), sent as each drawn field's sample weight of that output."""
 
     def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
-                 probabilities: np.ndarray | None = None, workers: int = 1, scales: np.ndarray | None = None):
+                 probabilities: np.ndarray | None = None, workers: int = 1, scales: np.ndarray | None = None,
+                 weights: dict | None = None):
         super().__init__(workers=workers, use_multiprocessing=False)  # workers > 1: threads fetch ahead
         self.fields, self.targets, self.scales = fields, targets(subtypes), scales
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
         self.probabilities = probabilities
+        self.sample_weights = {name: np.asarray(weights[name], np.float32)[self.targets[name]]
+                               for name in self.targets} if weights else None
 
     def __len__(self):
         return self.steps
@@ -85,31 +89,33 @@ class FieldBatches(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, step])
         index = rng.choice(len(self.fields), self.batch_size, p=self.probabilities)
         inputs = self.fields[index] if self.scales is None else {FIELD: self.fields[index], SCALE: self.scales[index]}
-        return inputs, {name: value[index] for name, value in self.targets.items()}
+        outputs = {name: value[index] for name, value in self.targets.items()}
+        if self.sample_weights is None:
+            return inputs, outputs
+        return inputs, outputs, {name: value[index] for name, value in self.sample_weights.items()}
 
     def on_epoch_end(self):
         self.epoch += 1
 
 
 @keras.saving.register_keras_serializable(package="core")
-class SmoothedWeightedCrossEntropy(keras.losses.Loss):
-    """Cross-entropy from logits against integer targets, with label smoothing and a weight per
-    true class (Keras' own losses take class weights only for single-output models)."""
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy from logits against integer targets, with label smoothing. The class weights come
+    as each sample's weight (FieldBatches), not as constants of the loss: then the compiled training
+    step of every fold and of the final model is the same program, which XLA compiles once and its
+    cache serves to the rest (a fold's weights differ with its patients)."""
 
-    def __init__(self, class_weights, label_smoothing: float = 0.1, name="smoothed_weighted_ce", **kwargs):
+    def __init__(self, classes: int, label_smoothing: float = 0.1, name="smoothed_ce", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.class_weights = [float(w) for w in class_weights]
-        self.label_smoothing = float(label_smoothing)
+        self.classes, self.label_smoothing = int(classes), float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        k = len(self.class_weights)
-        onehot = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), k)
-        target = onehot * (1.0 - self.label_smoothing) + self.label_smoothing / k
-        ce = -ops.sum(target * ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1), axis=-1)
-        return ce * ops.sum(onehot * ops.convert_to_tensor(self.class_weights), axis=-1)
+        onehot = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), self.classes)
+        target = onehot * (1.0 - self.label_smoothing) + self.label_smoothing / self.classes
+        return -ops.sum(target * ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1), axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "class_weights": self.class_weights, "label_smoothing": self.label_smoothing}
+        return {**super().get_config(), "classes": self.classes, "label_smoothing": self.label_smoothing}
 
 
 def training_model(classifier: keras.Model, field_shape: tuple[int, int], augment_strength: float,
@@ -163,35 +169,37 @@ def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
                                                   warmup_target=learning_rate, warmup_steps=warmup)
 
 
-def compile_training(model: keras.Model, config, class_weights, subtype_weights, total_steps: int) -> keras.Model:
+def compile_training(model: keras.Model, config, total_steps: int) -> keras.Model:
     """The recipe's optimizer and losses on a training_model (fit_fields and bench/gpu_train.py):
-    AdamW with warm-up then cosine decay, clipped gradients, smoothed class-weighted cross-entropy
-    on the stage-1 and 8-subtype logits."""
+    AdamW with warm-up then cosine decay, clipped gradients, smoothed cross-entropy on the stage-1
+    and 8-subtype logits, weighted per class through the batches' sample weights (FieldBatches)."""
     learning_rate = config.learning_rate or DEFAULT_LEARNING_RATE
     model.compile(optimizer=keras.optimizers.AdamW(schedule(learning_rate, total_steps, config.warmup_steps),
                                                    weight_decay=config.weight_decay, clipnorm=5.0),
-                  loss={STAGE1_LOGITS: SmoothedWeightedCrossEntropy(class_weights, config.label_smoothing),
-                        SUBTYPE_LOGITS: SmoothedWeightedCrossEntropy(subtype_weights, config.label_smoothing)})
+                  loss={STAGE1_LOGITS: SmoothedCrossEntropy(len(CLASSES), config.label_smoothing),
+                        SUBTYPE_LOGITS: SmoothedCrossEntropy(len(SUBTYPES), config.label_smoothing)})
     return model
 
 
 def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None, workers: int = 1,
                 magnifications=None) -> tuple[keras.Model, keras.Model, FieldBatches, str]:
     """(classifier, compiled training model, its batches, weights used) of a run with `config`'s
-    settings on (fields, subtypes); `steps` per epoch default to one pass over the fields. With
-    config.physical_crops and the fields' magnifications, crops cover the same tissue at each."""
+    settings on (fields, subtypes); `steps` per epoch default to config.steps_per_epoch, else one pass
+    over the fields. With config.physical_crops and the fields' magnifications, crops cover the same
+    tissue at each."""
     set_seed(config.seed)
     classifier, weights_used = build_classifier(config.backbone, "hierarchical", config.weights_or_none,
                                                 config.input_size, branch_units=config.head_units,
                                                 head_units=config.head_units, dropout=config.dropout, l2=config.l2)
     follow_batch_statistics(classifier)
     draw, class_weights, subtype_weights = sampling(subtypes)
-    steps = steps or max(1, math.ceil(len(fields) / config.batch_size))
+    steps = steps or config.steps_per_epoch or max(1, math.ceil(len(fields) / config.batch_size))
     scales = field_scales(magnifications) if config.physical_crops and magnifications is not None else None
     model = training_model(classifier, fields.shape[1:3], config.augment_strength, config.crop_min, config.seed,
                            physical=scales is not None)
-    compile_training(model, config, class_weights, subtype_weights, steps * config.epochs)
-    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers, scales)
+    compile_training(model, config, steps * config.epochs)
+    batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers, scales,
+                           weights={STAGE1_LOGITS: class_weights, SUBTYPE_LOGITS: subtype_weights})
     return classifier, model, batches, weights_used
 
 
@@ -256,20 +264,26 @@ def dihedral_numpy(batch: np.ndarray) -> np.ndarray:
 
 
 def view_batches(fields: np.ndarray, spec: ViewSpec, magnifications=None, batch_fields: int = 8):
-    """Yields (views, n): a model's declared views of up to `batch_fields` fields at a time, rows
-    symmetry-major, then field, then crop (each field's magnification sets physical views' size)."""
+    """Yields (views, n): a model's declared views of `batch_fields` fields at a time, rows
+    symmetry-major, then field, then crop (each field's magnification sets physical views' size).
+    The last batch is padded with copies of its last field (by_field drops their rows), so that
+    every batch has one shape: a backend compiles the forward once, not again for each fold's
+    last batch. n: the batch's real fields."""
     magnifications = per_image(magnifications, len(fields))
     for start in range(0, len(fields), batch_fields):
-        part = slice(start, start + batch_fields)
-        crops = field_inputs(fields[part], spec, magnifications=magnifications[part])
-        yield (dihedral_numpy(crops) if spec.dihedral else crops), len(crops) // spec.crops
+        index = np.arange(start, min(start + batch_fields, len(fields)))
+        n, index = len(index), np.concatenate([index, np.full(batch_fields - len(index), index[-1])])
+        crops = field_inputs(fields[index], spec, magnifications=[magnifications[i] for i in index])
+        yield (dihedral_numpy(crops) if spec.dihedral else crops), n
 
 
-def by_field(rows, n: int, crops: int) -> np.ndarray:
+def by_field(rows, n: int, spec: ViewSpec) -> np.ndarray:
     """A view batch's outputs (view_batches' row order: symmetry-major, then field, then crop) ->
-    (n fields, views, k), float64."""
+    the first n fields' (n, views, k), float64."""
     rows = np.asarray(rows, np.float64)
-    return rows.reshape(-1, n, crops, rows.shape[-1]).transpose(1, 0, 2, 3).reshape(n, -1, rows.shape[-1])
+    fields, k = len(rows) // spec.views_per_image, rows.shape[-1]
+    per_field = rows.reshape(-1, fields, spec.crops, k).transpose(1, 0, 2, 3)
+    return per_field[:n].reshape(n, -1, k)
 
 
 def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, batch_fields: int = 8,
@@ -280,5 +294,5 @@ def predict_views(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, b
     for views, n in view_batches(fields, spec, magnifications, batch_fields):
         probs = classifier.predict_on_batch(views)
         for name in HEADS:
-            out[name].append(by_field(ops.convert_to_numpy(probs[name]), n, spec.crops).mean(axis=1))
+            out[name].append(by_field(ops.convert_to_numpy(probs[name]), n, spec).mean(axis=1))
     return {name: np.concatenate(chunks) for name, chunks in out.items()}

@@ -35,7 +35,7 @@ def view_features(classifier: keras.Model, fields: np.ndarray, spec: ViewSpec, m
     extractor = keras.Model(classifier.inputs, classifier.get_layer(FEATURES).output)
     chunks = []
     for views, n in view_batches(fields, spec, magnifications):
-        chunks.append(by_field(keras.ops.convert_to_numpy(extractor.predict_on_batch(views)), n, spec.crops))
+        chunks.append(by_field(keras.ops.convert_to_numpy(extractor.predict_on_batch(views)), n, spec))
     return np.concatenate(chunks)
 
 
