@@ -1,6 +1,7 @@
 """The field recipe: fields at one scale, augmentation as Keras layers, backend-neutral training,
 views declared in the card, per-stage referral; a model trained under JAX predicts under TensorFlow."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,11 @@ def test_class_weights_ride_on_the_batches_so_every_fold_compiles_the_same_train
     expected_class = class_weights[outputs[STAGE1_LOGITS]]
     np.testing.assert_allclose(weights[STAGE1_LOGITS], expected_class)
     np.testing.assert_allclose(weights[SUBTYPE_LOGITS], subtype_weights[outputs[SUBTYPE_LOGITS]])
+    assert [len(batches) for _, _, batches, _ in prepared] == [2, 2]  # one pass over 12 fields at batch 6
+    fixed = dataclasses.replace(config, steps_per_epoch=5)
+    assert len(prepare_fit(fields, fold_a, fixed)[2]) == len(prepare_fit(fields[:7], fold_a[:7], fixed)[2]) == 5
+    with pytest.raises(UserInputError, match="steps-per-epoch"):
+        checked(dataclasses.replace(fixed, pipeline="tfdata"))
 
 
 def test_view_batches_have_one_shape_and_the_padding_changes_no_prediction():
