@@ -4,7 +4,8 @@ A diagnosis is what the app does per image: load the file (decode + H&E check) -
 prediction, calibrated -> Grad-CAM for both stages, resized onto the original image. The goal is
 <= 1.5x one bare DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px,
 batch 1), both timed in this process, interleaved, after warm-up; medians of several repeats.
-Each step is also timed alone, with its share of the diagnosis. An ensemble of k DenseNet121
+Each step is also timed alone, with its share of the diagnosis, and the diagnosis from decoded pixels
+(explain alone: the model's side, without the file's decode and H&E check) against the same views' forward. An ensemble of k DenseNet121
 members is timed against k bare forwards. With --stain-norm (default macenko), the same model with
 a normaliser fitted to the bundled samples is timed against it: normalisation may add <= 20 %.
 
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
         result = explain(predictor, loaded.rgb)
         assert result.explanations["stage2"].heatmap.shape == loaded.rgb.shape[:2]
 
+    def from_pixels():  # the model's side alone, from decoded pixels: where the goal's overhead is not
+        explain(predictor, rgb)
+
     def forward():
         bare(batch).numpy()
 
@@ -123,8 +127,10 @@ def main(argv=None) -> int:
     for _ in range(args.warmup):
         diagnosis(), forward(), forward_views(), [step() for step in steps.values()]
     rounds = [(median_time(diagnosis, 3), median_time(forward, 3)) for _ in range(max(1, args.repeats // 3))]
-    same_views = [(median_time(diagnosis, 3), median_time(forward_views, 3)) for _ in range(max(1, args.repeats // 3))]
-    views_ratio = statistics.median(d / f for d, f in same_views)
+    same_views = [(median_time(diagnosis, 3), median_time(forward_views, 3), median_time(from_pixels, 3))
+                  for _ in range(max(1, args.repeats // 3))]
+    views_ratio = statistics.median(d / f for d, f, _ in same_views)
+    pixels_ratio = statistics.median(p / f for _, f, p in same_views)
     diagnosis_s = statistics.median(d for d, _ in rounds)  # interleaved rounds: both see the same load
     forward_s = statistics.median(f for _, f in rounds)
     ratios = [d / f for d, f in rounds]
@@ -136,8 +142,11 @@ def main(argv=None) -> int:
                                                                       "max": round(max(ratios), 3)},
         "goal": GOAL, "meets_goal": bool(diagnosis_s / forward_s <= GOAL),
         "views_per_image": int(views.shape[0]),
-        "same_views_forward_s": round(statistics.median(f for _, f in same_views), 4),
+        "same_views_forward_s": round(statistics.median(f for _, f, _ in same_views), 4),
         "ratio_to_same_views_forward": round(views_ratio, 3), "meets_same_views_goal": bool(views_ratio <= GOAL),
+        # not the goal (a diagnosis starts from the file): the same without decode and H&E check
+        "from_pixels_s": round(statistics.median(p for _, _, p in same_views), 4),
+        "from_pixels_ratio_to_same_views_forward": round(pixels_ratio, 3),
         "steps_s": {k: round(v, 4) for k, v in step_s.items()},
         "steps_share_of_diagnosis": {k: round(v / diagnosis_s, 3) for k, v in step_s.items()},
         "calibrated": bool(predictor.temperatures), "repeats": args.repeats, "warmup": args.warmup,
