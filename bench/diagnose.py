@@ -4,9 +4,9 @@ A diagnosis is what the app does per image: load the file (decode + H&E check) -
 prediction, calibrated -> Grad-CAM for both stages, resized onto the original image. The goal is
 <= 1.5x one bare DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px,
 batch 1), both timed in this process, interleaved, after warm-up; medians of several repeats.
-Each step is also timed alone, with its share of the diagnosis, and the diagnosis from decoded pixels
-(explain alone: the model's side, without the file's decode and H&E check) against the same views' forward. An ensemble of k DenseNet121
-members is timed against k bare forwards. With --stain-norm (default macenko), the same model with
+Each step is also timed alone, with its share of the diagnosis, and the diagnosis from decoded
+pixels (explain alone: the model's side, without the file's decode and H&E check) against the same
+views' forward. An ensemble of k DenseNet121 members is timed against k bare forwards. With --stain-norm (default macenko), the same model with
 a normaliser fitted to the bundled samples is timed against it: normalisation may add <= 20 %.
 
 The classifier is a calibrated hierarchical DenseNet121 (the full-data recipe's architecture; random

@@ -70,17 +70,17 @@ def targets(subtypes) -> dict[str, np.ndarray]:
 class FieldBatches(keras.utils.PyDataset):
     """`steps` batches per epoch of fields drawn with `probabilities` (with replacement), seeded by
     (seed, epoch, step): the same run draws the same batches on any backend. `weights`: per output,
-    a weight per class (sampling's), sent as each drawn field's sample weight of that output."""
+    a weight per class (sampling's), sent as each drawn field's sample weight of that output (the
+    losses carry none: SmoothedCrossEntropy)."""
 
     def __init__(self, fields: np.ndarray, subtypes, batch_size: int, steps: int, seed: int,
-                 probabilities: np.ndarray | None = None, workers: int = 1, scales: np.ndarray | None = None,
-                 weights: dict | None = None):
+                 probabilities: np.ndarray | None = None, workers: int = 1, scales: np.ndarray | None = None, *,
+                 weights: dict):
         super().__init__(workers=workers, use_multiprocessing=False)  # workers > 1: threads fetch ahead
         self.fields, self.targets, self.scales = fields, targets(subtypes), scales
         self.batch_size, self.steps, self.seed, self.epoch = batch_size, steps, seed, 0
         self.probabilities = probabilities
-        self.sample_weights = {name: np.asarray(weights[name], np.float32)[self.targets[name]]
-                               for name in self.targets} if weights else None
+        self.sample_weights = {name: np.asarray(weights[name], np.float32)[self.targets[name]] for name in self.targets}
 
     def __len__(self):
         return self.steps
@@ -89,10 +89,8 @@ class FieldBatches(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, step])
         index = rng.choice(len(self.fields), self.batch_size, p=self.probabilities)
         inputs = self.fields[index] if self.scales is None else {FIELD: self.fields[index], SCALE: self.scales[index]}
-        outputs = {name: value[index] for name, value in self.targets.items()}
-        if self.sample_weights is None:
-            return inputs, outputs
-        return inputs, outputs, {name: value[index] for name, value in self.sample_weights.items()}
+        return (inputs, {name: value[index] for name, value in self.targets.items()},
+                {name: value[index] for name, value in self.sample_weights.items()})
 
     def on_epoch_end(self):
         self.epoch += 1
