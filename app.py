@@ -11,6 +11,7 @@ BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app
 import streamlit as st
 
 from core.app import registry, session
+from core.data.labels import sentence
 from core.store.roles import can
 
 st.set_page_config(page_title="BreakHis decision support", page_icon=":material/biotech:",
@@ -80,7 +81,7 @@ with st.sidebar:
                            "not a diagnosis and it has no valid accuracy.")
             elif info["limited"]:
                 st.badge("LIMITED DATA", icon=":material/warning:", color="orange")
-                st.caption(f"{info['evidence'].capitalize()}. Measured: {info['measured'] or 'not evaluated'}.")
+                st.caption(f"{sentence(info['evidence'])}. Measured: {info['measured'] or 'not evaluated'}.")
             st.markdown(f"**{info['name']}**  \n"
                         f"Backbone: {info['backbone']} ({info['hierarchy']})  \n"
                         f"Trained on: {info['data']}  \n"

@@ -22,13 +22,7 @@ def model_card(card: dict, info: dict) -> None:
     if summary["evidence"]:
         left.caption(summary["evidence"])
     left.markdown(summary["model"])
-    right.markdown(summary["training"])
-    backend = performance.training_backend(card)
-    if backend:
-        right.caption(backend)
-    statement = (card.get("evidence") or {}).get("statement")
-    if statement:
-        left.caption(statement[0].upper() + statement[1:])
+    right.markdown(summary["training"])  # the evidence statement is in summary["evidence"], once
     split = (card.get("training") or {}).get("split") or {}
     if split.get("images"):
         with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):

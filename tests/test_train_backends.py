@@ -79,13 +79,41 @@ def test_the_job_trains_with_the_chosen_backend(tmp_path):
 
 
 def test_the_performance_page_names_the_backend_a_model_was_trained_with():
-    card = {"training": {"backend": "jax", "pipeline": "fields"}, "versions": {"keras_backend": "jax", "jax": "0.11.2"}}
-    assert "Trained with Keras backend jax 0.11.2, pipeline fields" in performance.backend_text(card)
+    card = {"training": {"backend": "jax", "pipeline": "fields", "seconds": 820.4, "epochs": 34},
+            "versions": {"keras_backend": "jax", "jax": "0.11.2"}}
+    assert performance.backend_text(card).strip() == "Trained with Keras backend jax 0.11.2 in 820 s"
     info = {"name": "m", "demo": False, "limited": False, "evidence": "", "backbone": "resnet18",
             "hierarchy": "hierarchical", "data": "pack", "protocol": "patient-wise"}
-    assert "Keras backend jax" in performance.card_summary(card, info)["training"]
+    training = performance.card_summary(card, info)["training"]
+    assert "Keras backend jax" in training and "Field recipe, 34 epochs" in training
     assert "backend tensorflow" in performance.backend_text({"versions": {"keras_backend": "tensorflow"}})
     assert performance.backend_text({}) == ""
+
+
+def test_the_model_card_of_a_cross_validated_field_model_shows_what_it_records_and_nothing_twice():
+    """A fields run's card has no train/val/test counts and no mode: the summary says what its weights
+    learnt from and its recipe, never 'images unknown' or 'Mode ?', and the evidence keeps 'CV'."""
+    from core.app.registry import describe_model
+
+    statement = "weights learnt from 757 real images of 46 patients; figures measured on 5-fold CV"
+    card = {"name": "m", "backbone": "resnet18_half", "hierarchy": "hierarchical", "input_size": 128,
+            "weights_init": "random initialisation", "metrics": {"protocol": "patient-wise 5-fold cross-validation"},
+            "evidence": {"images": 757, "patients": 46, "limited": True, "statement": statement,
+                         "by_magnification": {"100X": 31, "200X": 641, "400X": 40, "40X": 45}},
+            "training": {"pipeline": "fields", "backend": "tensorflow", "epochs": 30, "seconds": 139.0,
+                         "data_source": "real", "subtype_refit": {"C": 0.1},
+                         "settings": {"mode": "finetune", "batch_size": 64, "band_limit": True, "balance": "none"}}}
+    summary = performance.card_summary(card, describe_model(card))
+    text = " ".join(summary.values())
+    assert "unknown" not in text and "?" not in text and "Mode" not in text
+    assert "; weights learnt from 757 images" in summary["training"]
+    assert "Field recipe, 30 epochs, batch 64, band-limited fields, subtype heads refitted" in summary["training"]
+    assert summary["training"].count("30 epochs") == 1
+    assert summary["evidence"].startswith("Weights learnt from 757") and "5-fold CV" in summary["evidence"]
+    assert summary["evidence"].endswith("by magnification: 40X 45, 100X 31, 200X 641, 400X 40")
+    split_card = {"training": {"counts": {"train": 400, "val": 100, "test": 200}, "mode": "finetune", "epochs": 8}}
+    split = performance.card_summary(split_card, describe_model(split_card))["training"]
+    assert "; images train 400 · val 100 · test 200" in split and "Mode finetune, 8 epochs" in split
 
 
 def test_pack_fields_round_trip(samples_dir, tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.data.fields import magnification_value
+from core.data.labels import sentence
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
@@ -187,35 +189,56 @@ ROC_PANELS = (("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",
 
 def card_summary(card: dict, info: dict) -> dict[str, str]:
     """The model card in four lines (core.app.registry.describe_model gives `info`): its name and
-    badges, the evidence behind it, the model, and what it was trained on under which protocol."""
+    badges, the evidence behind it, the model, and what it was trained on under which protocol,
+    with which recipe and backend. A part the card does not record is left out, not shown as '?'."""
     training = card.get("training") or {}
     counts = training.get("counts") or {}
-    sizes = " · ".join(f"{split} {counts[split]}" for split in ("train", "val", "test") if split in counts) or "unknown"
+    learnt = (card.get("evidence") or {}).get("images")
+    if counts:
+        sizes = "; images " + " · ".join(f"{split} {counts[split]}" for split in ("train", "val", "test") if split in counts)
+    else:  # a cross-validated run's final model learns from every image; its figures are out-of-fold
+        sizes = f"; weights learnt from {learnt} images" if learnt else ""
     evidence = ""
     if info["evidence"]:
-        evidence = (f"{info['evidence'].capitalize()}; by magnification: "
-                    + ", ".join(f"{m} {n}" for m, n in (card.get("evidence") or {}).get("by_magnification", {}).items()))
+        by_magnification = (card.get("evidence") or {}).get("by_magnification", {})
+        evidence = (f"{sentence(info['evidence'])}; by magnification: "
+                    + ", ".join(f"{m} {by_magnification[m]}" for m in sorted(
+                        by_magnification, key=lambda m: (magnification_value(m) or 10**6, m))))
     return {"title": f"**{info['name']}**" + (" · :red-badge[DEMO]" if info["demo"] else "")
                      + (" · :orange-badge[LIMITED DATA]" if info["limited"] and not info["demo"] else ""),
             "evidence": evidence,
             "model": f"Backbone {info['backbone']} ({info['hierarchy']}), input {card.get('input_size')} px, "
                      f"initial weights: {card.get('weights_init', 'unknown')}",
-            "training": f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}; images {sizes}  \n"
-                        f"Mode {training.get('mode', '?')}, {training.get('epochs', '?')} epochs, "
-                        f"balancing {training.get('balance', 'none')}, "
-                        f"magnification {training.get('magnification', 'all')}" + backend_text(card)}
+            "training": f"Trained on {info['data']}  \nSplit protocol: {info['protocol']}{sizes}  \n"
+                        + recipe_text(training) + backend_text(card)}
+
+
+def recipe_text(training: dict) -> str:
+    """'Field recipe, 30 epochs, batch 64, ...' or 'Mode finetune, 30 epochs, ...': what the card records."""
+    value = {**(training.get("settings") or {}), **training}.get
+    if value("pipeline") == "fields":
+        parts = ["Field recipe", f"{value('epochs')} epochs" if value("epochs") else "",
+                 f"batch {value('batch_size')}" if value("batch_size") else "",
+                 "band-limited fields" if value("band_limit") else "",
+                 "subtype heads refitted" if value("subtype_refit") or value("refit_subtypes") else ""]
+    else:
+        parts = [f"mode {value('mode')}" if value("mode") else "", f"{value('epochs')} epochs" if value("epochs") else ""]
+    parts += [f"balancing {value('balance') or 'none'}", f"magnification {value('magnification') or 'all'}",
+              f"{value('pipeline')} pipeline" if value("pipeline") and value("pipeline") != "fields" else ""]
+    return sentence(", ".join(part for part in parts if part))
 
 
 def backend_text(card: dict) -> str:
-    """", trained with Keras backend X (version)" from the card (field runs record it), else ""."""
+    """A line break and 'Trained with Keras backend X version in S s' from the card (field runs
+    record it), else ''."""
     training = card.get("training") or {}
     backend = training.get("backend") or (card.get("versions") or {}).get("keras_backend")
     if not backend:
         return ""
     versions = card.get("versions") or {}
     version = versions.get("jax") if backend == "jax" else versions.get("tensorflow")
-    return f"  \nTrained with Keras backend {backend}" + (f" {version}" if version else "") + \
-        (f", pipeline {training['pipeline']}" if training.get("pipeline") else "")
+    return (f"  \nTrained with Keras backend {backend}" + (f" {version}" if version else "")
+            + (f" in {training['seconds']:.0f} s" if training.get("seconds") else ""))
 
 
 def calibration_caption(calibration: dict) -> str:
@@ -282,14 +305,3 @@ def risk_coverage_frame(referral: dict) -> pd.DataFrame:
                                         "threshold": curve["threshold"], "stage": name}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-
-def training_backend(card: dict) -> str:
-    """'Trained with Keras on jax (fields pipeline, 34 epochs in 820 s)' from the card, or ''."""
-    training = card.get("training") or {}
-    backend = training.get("backend") or (card.get("versions") or {}).get("keras_backend")
-    if not backend:
-        return ""
-    detail = f"{training.get('pipeline', 'tfdata')} pipeline"
-    if training.get("seconds"):
-        detail += f", {training.get('epochs', '?')} epochs in {training['seconds']:.0f} s"
-    return f"Trained with Keras on the {backend} backend ({detail})"

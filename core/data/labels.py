@@ -63,3 +63,9 @@ def pretty(name: str) -> str:
 def subtype_index(subtype: str) -> int:
     """Index of a subtype within its own class's four subtypes (stage-2 target)."""
     return SUBTYPES_BY_CLASS[CLASS_OF_SUBTYPE[subtype]].index(subtype)
+
+
+def sentence(text: str) -> str:
+    """The text with its first letter in upper case and the rest as written (str.capitalize would
+    also lower the rest: '5-fold CV' -> '5-fold cv')."""
+    return text[:1].upper() + text[1:]
