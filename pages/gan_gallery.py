@@ -120,7 +120,7 @@ for subtype in subtypes:
         left.image(grid([shown_real]), caption="Real patches (bundled samples, same scale)", width="stretch")
     right.image(grid([batches[subtype]]), caption=f"Synthetic, seed {seed}", width="stretch")
     size = "field-size (a 200X field)" if generator.spatial else "at this generator's own size"
-    st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic image {size} ({pretty(subtype)})")
+    st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic {pretty(subtype).lower()} image, {size}")
 
 if batches:
     archive = sample_zip(batches, card["name"], seed)

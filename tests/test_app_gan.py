@@ -57,6 +57,11 @@ def test_gallery_says_what_was_measured_then_shows_real_and_synthetic_at_one_sca
     assert list(checks["set"])[:2] == ["benign (class)", "malignant (class)"]
     assert {"Adenosis", "Ductal carcinoma"} <= set(checks["set"])
     assert not checks["goal met"].any()
+    assert not checks.isna().any().any()  # nuclei and distances are per subtype: the class rows say so
+    classes = checks.set_index("set").loc[["benign (class)", "malignant (class)"]]
+    assert (classes["nuclei / patch (real)"] == "per subtype").all()
+    subtypes = checks.set_index("set")["held-out images"]
+    assert classes["held-out images"].tolist() == [subtypes["Adenosis"], subtypes["Ductal carcinoma"]]
     assert [s.value.split("  ")[0] for s in app.subheader] == ["Adenosis", "Ductal carcinoma"]
     captions = [c for image in app.image for c in image.captions]
     assert captions.count("Real patches (bundled samples, same scale)") == 2  # assets/samples has both

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.labels import pretty
+from core.data.labels import SUBTYPES_BY_CLASS, pretty
 from core.gan.checks import GOALS
 from core.jsonfile import read_json
 from core.paths import SAMPLES_DIR
@@ -82,13 +82,16 @@ def verdict(quality: dict) -> tuple[bool, str]:
 
 
 def check_rows(quality: dict) -> list[dict]:
-    """One table row per class and subtype: two-sample accuracy with interval, nuclei and distances."""
+    """One table row per class and subtype: two-sample accuracy with interval, nuclei and distances
+    (measured per subtype: the class rows say so)."""
     report = next(iter(quality["generators"].values()))
     rows = []
     for name, r in report["classes"].items():
         t = r["two_sample"]
         rows.append({"set": f"{name} (class)", "two-sample accuracy": round(t["accuracy"], 3),
-                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "goal met": t["meets_goal"]})
+                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "goal met": t["meets_goal"],
+                     "held-out images": sum(report["subtypes"][s]["held_out_images"]
+                                            for s in SUBTYPES_BY_CLASS.get(name, ()) if s in report["subtypes"])})
     for subtype, r in report["subtypes"].items():
         t, n = r["two_sample"], r["nuclei"]
         distances = {f"{k.replace('_', ' ')} / floor": round(d["synthetic"] / max(d["real_vs_real"], 1e-12), 2)
@@ -99,7 +102,8 @@ def check_rows(quality: dict) -> list[dict]:
                                       and all(d["meets_goal"] for d in r["distances"].values())),
                      "nuclei / patch (real)": f"{n['synthetic_per_patch']:.1f} ({n['real_per_patch']:.1f})",
                      **distances, "held-out images": r["held_out_images"]})
-    return rows
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # nuclei and distances are per subtype:
+    return [{key: row.get(key, "per subtype") for key in columns} for row in rows]  # no bare "None" in class rows
 
 
 def load_ablation(folder) -> dict | None:
