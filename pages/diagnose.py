@@ -116,11 +116,10 @@ def show(result, index: int) -> None:
     with st.container(border=True):
         st.markdown(f"#### {result.name}")
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
-        calibrated = "calibrated " if model["calibrated"] else ""
-        subtype = pretty(p.subtype) if model["subtype_reliable"] else f"subtype {registry.SUBTYPE_NOT_RELIABLE}"
-        st.markdown(f"{demo}**{pretty(p.label)}**, {subtype} · {calibrated}confidence "
-                    f"**{p.confidence:.2f}** · magnification {result.magnification} "
-                    f"({result.magnification_source})")
+        stage1, subtype = registry.stage_calls(p, model["subtype_reliable"])
+        calibrated = " (calibrated probabilities)" if model["calibrated"] else ""
+        st.markdown(f"{demo}**{stage1}** · {subtype} · magnification {result.magnification} "
+                    f"({result.magnification_source}){calibrated}")
         if not model["subtype_reliable"]:
             st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
                        f"({p.p_subtype:.2f}), is shown below for context only.")

@@ -161,6 +161,8 @@ def test_the_pdf_report_is_a_searchable_document_with_the_calls_and_the_model_id
         p = result.prediction
         assert result.name in text and f"{p.stage1[p.label]:.3f}" in text
         assert pretty(p.label) in text and pretty(p.subtype) in text
+        stage1, _ = registry.stage_calls(p, model["subtype_reliable"])
+        assert stage1 == f"{pretty(p.label)} (p {p.p_label:.2f})" and stage1 in text  # its own p, not the product
     assert "Not analysed" in text and "broken.png" in text
     assert "14-9146" in text and cases.loc[cases["case"] == "14-9146", "call"].item() in text
     assert all(len(page.images) == 4 for page in reader.pages[1:])  # image, both overlays, colour bar

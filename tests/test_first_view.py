@@ -216,8 +216,10 @@ def test_the_diagnose_page_first_view(app_env, sample):
     app.file_uploader(key="uploads").set_value(files).run()
     assert not app.exception
     assert f"astronaut.png: {NOT_ANALYSED}" in texts(app.warning)
-    headlines = [m for m in texts(app.markdown).splitlines() if "confidence" in m]
+    headlines = [m for m in texts(app.markdown).splitlines() if " · magnification " in m]
     assert len(headlines) == 1 and "subtype not reliable for this model" in headlines[0]  # the photo has none
+    # each stage with its own probability, not p(class) x p(subtype | class) beside the class call
+    assert re.search(r"\*\*(Benign|Malignant) \(p 0\.\d\d\)\*\*", headlines[0]) and "confidence" not in headlines[0]
     assert "astronaut.png" not in texts(app.markdown)  # no result card, no heat map for the photo
     table = next(frame.value for frame in app.dataframe if "file" in frame.value.columns)
     assert list(table.columns[:len(report.SHOWN_FIRST)]) == report.SHOWN_FIRST  # refer reasons not off-screen

@@ -112,6 +112,16 @@ def subtype_shown(subtype: str, reliable: bool) -> str:
     return pretty(subtype) if reliable else f"{SUBTYPE_NOT_RELIABLE} (most probable: {pretty(subtype)})"
 
 
+def stage_calls(prediction, reliable: bool) -> tuple[str, str]:
+    """The two calls, each with its own probability: ('Benign (p 0.85)', 'Fibroadenoma (p 0.62 within
+    benign)'); an unreliable subtype is demoted. Not the joint p(class) x p(subtype | class): next to a
+    confident, correct stage-1 call, a low product reads as doubt about the class."""
+    p = prediction
+    subtype = (f"{pretty(p.subtype)} (p {p.p_subtype:.2f} within {p.label})" if reliable
+               else f"subtype {SUBTYPE_NOT_RELIABLE}")
+    return f"{pretty(p.label)} (p {p.p_label:.2f})", subtype
+
+
 def uncertainty_rule(card: dict) -> str:
     """How the model's uncertainty threshold was chosen, for the caption next to it."""
     return (((card.get("thresholds") or {}).get("uncertainty") or {}).get("rule")) or "chosen on validation"

@@ -18,7 +18,7 @@ import pandas as pd
 from fpdf import FPDF
 from PIL import Image
 
-from core.app.registry import subtype_shown
+from core.app.registry import stage_calls, subtype_shown
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.model.heatmap import COLOUR_SCALE, colour_bar
@@ -322,7 +322,7 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
     pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
                   f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
     reliable = pdf.model.get("subtype_reliable", True)
-    call = f"{pretty(p.label)} - {subtype_shown(p.subtype, reliable)} (confidence {p.confidence:.3f})"
+    call = " - ".join(stage_calls(p, reliable))
     pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
     pdf.pictures([("Image", result.image.rgb), (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
                   (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
