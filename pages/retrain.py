@@ -76,13 +76,14 @@ def launch_form() -> None:
             values["magnification"] = pick(b.selectbox, "Magnification", "magnification")
             values["seed"] = number(a, "Seed", "seed", 0, 2**31 - 1)
             values["stain_norm"] = pick(b.selectbox, "Stain normalisation", "stain_norm",
-                                        help="Fitted to the training split; the model card keeps it and every "
-                                             "prediction applies it (for images from other labs' scanners and stains).")
+                                        help="tf.data pipeline: fitted to the training split; the model card keeps it "
+                                             "and every prediction applies it (for images from other labs' scanners "
+                                             "and stains). The fields pipeline jitters the stains instead.")
             name = a.text_input("Run name (optional)", key="train_name")
             values["reviewed_dir"] = st.text_input(
                 "Reviewed images to add to the training split only (optional)", key="train_reviewed",
-                help="A folder exported from the reviews (core.store.reviews.export_training_folder); validation "
-                     "and test never change.").strip() or None
+                help="A folder exported from the reviews (core.store.reviews.export_training_folder), tf.data "
+                     "pipeline; validation and test never change.").strip() or None
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return

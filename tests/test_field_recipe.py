@@ -110,6 +110,20 @@ def test_class_weights_ride_on_the_batches_so_every_fold_compiles_the_same_train
         checked(dataclasses.replace(fixed, pipeline="tfdata"))
 
 
+@pytest.mark.parametrize("setting, named", [
+    ({"mode": "fast"}, "--mode fast"), ({"hierarchy": "flat"}, "--hierarchy flat"),
+    ({"stain_norm": "macenko"}, "--stain-norm"), ({"zoom": 0.5}, "--zoom"),
+    ({"reviewed_dir": "reviewed"}, "--reviewed-dir"), ({"folds": 5, "fold": 1}, "--fold")])
+def test_the_fields_pipeline_refuses_what_it_would_ignore(tmp_path, setting, named):
+    """Each of these shapes a tf.data run and would be dropped by the field recipe without a word (a
+    Retrain form's 'fast' mode or reviewed images, a stain normaliser the card would not carry)."""
+    config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), pipeline="fields")
+    checked(config)  # the recipe's own settings pass
+    with pytest.raises(UserInputError, match="fields pipeline does not take " + named):
+        checked(dataclasses.replace(config, **setting))
+    checked(dataclasses.replace(config, **setting, pipeline="tfdata"))  # where they apply, they pass
+
+
 def test_view_batches_have_one_shape_and_the_padding_changes_no_prediction():
     import keras
 

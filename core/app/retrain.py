@@ -20,7 +20,7 @@ from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
 DEFAULTS = TrainConfig(data="", out="")
 SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
                 "image-level": "Image-level (leaky: the same patient in train and test; for comparison only)"}
-MODE_LABELS = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only)"}
+MODE_LABELS = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen backbone, heads only; tf.data pipeline)"}
 # What the job's caption shows of its run (the job file keeps them; the run's config.json has all).
 SHOWN = ("data", "backbone", "pipeline", "mode", "epochs", "balance", "split", "input_size", "batch_size",
          "stain_norm")

@@ -147,6 +147,17 @@ def validate(config: TrainConfig) -> None:
     if config.pipeline == "fields" and config.balance not in ("none", "synthetic"):
         problems.append("the fields pipeline balances subtypes itself (1/sqrt sampling, class-weighted losses); "
                         "--balance takes none or synthetic there")
+    if config.pipeline == "fields":  # what the fields recipe would otherwise ignore without a word
+        ignored = [what for unused, what in (
+            (config.mode != "finetune", "--mode fast (it trains the whole network)"),
+            (config.hierarchy != HIERARCHICAL, "--hierarchy flat (it learns both stages and the 8 subtypes together)"),
+            (config.stain_norm != "none", "--stain-norm (it jitters the stains instead; every field normalised "
+                                          "measured worse: models/default/candidates.md)"),
+            (config.zoom != 1.0, "--zoom (its crops are set by --crop-min)"),
+            (config.reviewed_dir, "--reviewed-dir (reviewed images train with --pipeline tfdata)"),
+            (config.fold is not None, "--fold (with --folds it runs every fold)")) if unused]
+        if ignored:
+            problems.append("the fields pipeline does not take " + "; ".join(ignored))
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
     if problems:
