@@ -113,10 +113,10 @@ def test_class_weights_ride_on_the_batches_so_every_fold_compiles_the_same_train
 @pytest.mark.parametrize("setting, named", [
     ({"mode": "fast"}, "--mode fast"), ({"hierarchy": "flat"}, "--hierarchy flat"),
     ({"stain_norm": "macenko"}, "--stain-norm"), ({"zoom": 0.5}, "--zoom"),
-    ({"reviewed_dir": "reviewed"}, "--reviewed-dir"), ({"folds": 5, "fold": 1}, "--fold")])
+    ({"folds": 5, "fold": 1}, "--fold")])
 def test_the_fields_pipeline_refuses_what_it_would_ignore(tmp_path, setting, named):
     """Each of these shapes a tf.data run and would be dropped by the field recipe without a word (a
-    Retrain form's 'fast' mode or reviewed images, a stain normaliser the card would not carry)."""
+    Retrain form's 'fast' mode, a stain normaliser the card would not carry)."""
     config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), pipeline="fields")
     checked(config)  # the recipe's own settings pass
     with pytest.raises(UserInputError, match="fields pipeline does not take " + named):
@@ -370,3 +370,41 @@ def test_a_seed_ensemble_is_cross_validated_as_it_predicts(synthetic_breakhis, t
     assert np.allclose(ensemble.probabilities(images)["stage1"], mean, atol=1e-5)
     with pytest.raises(UserInputError, match="cross-validation is what measures"):
         checked(TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "x"), pipeline="fields", members=2))
+
+
+def test_reviewed_images_train_every_model_that_is_not_tested_on_their_patient(synthetic_breakhis, tmp_path):
+    """`--reviewed-dir` with the fields recipe (the Retrain form's default pipeline): a reviewed image of
+    a new patient trains every fold and the final model; one of a patient in the data trains only the
+    models that are not tested on that patient; the out-of-fold figures stay those of the data."""
+    import shutil
+
+    from core.cli import main
+    from core.data.breakhis import index_folder
+    from core.jsonfile import read_json
+
+    images = index_folder(synthetic_breakhis).images
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    known, other = images.iloc[0], images.iloc[-1]
+    shutil.copy(known["path"], reviewed / Path(known["path"]).name)  # a patient of the data set
+    shutil.copy(other["path"], reviewed / Path(other["path"]).name.replace(other["case"], "0-77"))  # a new one
+    common = ["--pipeline", "fields", "--data", str(synthetic_breakhis), "--backbone", "small_cnn", "--weights", "none",
+              "--input-size", "32", "--epochs", "1", "--batch-size", "16", "--warmup-steps", "2",
+              "--reviewed-dir", str(reviewed)]
+    out = tmp_path / "cv"
+    assert main(["train", *common, "--out", str(out), "--folds", "2"]) == 0
+    folds = [read_json(out / f"fold-{k}" / "model" / "card.json") for k in range(2)]
+    held = [set(pd.read_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv")["case"]) for k in range(2)]
+    assert [card["training"]["reviewed_images"] for card in folds] == [1 if known["case"] in h else 2 for h in held]
+    final = read_json(out / "model" / "card.json")
+    assert final["training"]["reviewed_images"] == 2
+    assert final["evidence"]["images"] == len(images) + 2 and final["evidence"]["patients"] == images["case"].nunique() + 1
+    assert read_json(out / "cv.json")["pooled"]["data"]["images"] == len(images)  # tested on the data only
+
+    one = tmp_path / "one"  # one split: validation and test unchanged, the known patient's copy only if it trains
+    assert main(["train", *common, "--out", str(one)]) == 0
+    split = pd.read_csv(one / "split.csv")
+    plain = split[~split["path"].str.startswith(str(reviewed))]
+    assert len(plain) == len(images) and set(split.loc[split["path"].str.startswith(str(reviewed)), "split"]) == {"train"}
+    trains_known = plain.loc[plain["case"] == known["case"], "split"].eq("train").all()
+    assert read_json(one / "model" / "card.json")["training"]["reviewed_images"] == (2 if trains_known else 1)

@@ -154,7 +154,6 @@ def validate(config: TrainConfig) -> None:
             (config.stain_norm != "none", "--stain-norm (it jitters the stains instead; every field normalised "
                                           "measured worse: models/default/candidates.md)"),
             (config.zoom != 1.0, "--zoom (its crops are set by --crop-min)"),
-            (config.reviewed_dir, "--reviewed-dir (reviewed images train with --pipeline tfdata)"),
             (config.fold is not None, "--fold (with --folds it runs every fold)")) if unused]
         if ignored:
             problems.append("the fields pipeline does not take " + "; ".join(ignored))

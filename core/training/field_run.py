@@ -22,13 +22,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from core.data.balance import synthetic_fill
 from core.data.breakhis import index_folder
 from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
 from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
-from core.data.synthetic import refuse_leaky_folder
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.evaluate import compact, predictions_frame, score
@@ -39,6 +37,7 @@ from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
+from core.training.additions import ReviewedFields, gan_fill, reviewed_count
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
@@ -131,6 +130,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                      "by_subtype": counts_by_subtype(trained_on[~synthetic]),
                      "synthetic_by_subtype": counts_by_subtype(trained_on[synthetic]),
                      "synthetic_shortfall": dict(trained_on.attrs.get("shortfall", {})),
+                     "reviewed_images": reviewed_count(trained_on),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
                      "batch_size": config.batch_size, "subtype_refit": history.get("subtype_refit"),
@@ -182,18 +182,6 @@ def train_fields(config) -> dict:
         return _train_fields(config, out, writer)
 
 
-def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """The training rows plus GAN images topping up minority subtypes (core.data.balance.synthetic_fill),
-    and the fields of the added images, restored like real ones; refused when a generator behind them
-    may have seen this run's validation or test patients (core.data.synthetic)."""
-    if not config.allow_gan_leak:
-        refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
-    filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
-                            subtypes=config.synthetic_subtypes, seed=config.seed)
-    added = load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)
-    return filled, band_limit_all(added) if config.band_limit else added
-
-
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     table, fields = load_field_data(config)
     split = make_split(table, config.split, seed=config.seed)["split"].to_numpy()
@@ -202,10 +190,15 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     if config.balance == "synthetic":
         trained_on, added = gan_fill(config, table, train)
         train_fields = np.concatenate([train_fields, added])
+    synthetic = len(trained_on) - len(train)
+    trained_on, train_fields = ReviewedFields(config).added_to(trained_on, train_fields, table["case"].iloc[
+        np.concatenate([val, test])])
+    reviewed = reviewed_count(trained_on)
     writer.emit("start", epochs=config.epochs, counts={"train": len(train), "val": len(val), "test": len(test),
-                                                        "synthetic": len(trained_on) - len(train)},
+                                                        "synthetic": synthetic, "reviewed": reviewed},
                 message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields"
-                        + (f" and {len(trained_on) - len(train)} GAN fields" if len(trained_on) > len(train) else ""))
+                        + (f" and {synthetic} GAN fields" if synthetic else "")
+                        + (f" and {reviewed} reviewed images" if reviewed else ""))
     classifier, history = fit_classifier(train_fields, trained_on, config, writer)
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
@@ -219,7 +212,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     metrics = score(test_frame, val_frame, "test")
     write_json_atomic(out / "metrics.json", metrics)
     pd.concat([val_frame, test_frame], ignore_index=True).to_csv(out / "predictions.csv", index=False)
-    used = pd.concat([table.assign(split=split), trained_on[trained_on["synthetic"].astype(bool)].assign(split="train")])
+    added = trained_on["synthetic"].astype(bool) | (trained_on["reviewed"].eq(True) if "reviewed" in trained_on else False)
+    used = pd.concat([table.assign(split=split), trained_on[added].assign(split="train")])
     used[["path", "case", "subtype", "magnification", "synthetic", "split"]].to_csv(out / "split.csv", index=False)
     figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
@@ -265,6 +259,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         raise UserInputError("GAN fill in a cross-validation would need a generator per fold, trained without that "
                              "fold's held-out patients; run it on one split (without --folds)")
     table, fields = load_field_data(config)
+    reviewed = ReviewedFields(config)
     protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
     folds = patient_kfold(table, config.folds, config.seed)
     spec, raws, per_fold, seconds = view_spec(config), [[] for _ in range(config.members)], [], []
@@ -277,15 +272,15 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         held = np.flatnonzero(assigned["split"].to_numpy() == "test")
         seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
         fold_config = dataclasses.replace(config, seed=config.seed + k)
+        fold_rows, fold_fields = reviewed.added_to(table.iloc[seen], fields[seen], table["case"].iloc[held])
         fold_raw = []
-        for m, (classifier, history) in enumerate(_fit_members(fields[seen], table.iloc[seen], fold_config,
-                                                               writer, f"fold {k}")):
+        for m, (classifier, history) in enumerate(_fit_members(fold_fields, fold_rows, fold_config, writer, f"fold {k}")):
             seconds.append(history["seconds"])
             raw = predict_views(classifier, fields[held], spec, magnifications=table["magnification"].iloc[held])
             raws[m].append((held, raw))
             fold_raw.append(raw)
             save_model_folder(classifier, _member_folder(out / f"fold-{k}", m) / "model", _card(
-                dataclasses.replace(config, out=str(out / f"fold-{k}")), table, table.iloc[seen], history,
+                dataclasses.replace(config, out=str(out / f"fold-{k}")), table, fold_rows, history,
                 ones, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
         raw = {name: np.mean([r[name] for r in fold_raw], axis=0) for name in fold_raw[0]}
         fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, ones)
@@ -318,9 +313,10 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
     result = {"status": "completed", "cv": summary, "epochs_run": config.epochs * config.folds * config.members}
     if final_model:
         started = time.perf_counter()
-        members = _fit_members(fields, table, config, writer, "final model")
+        final_rows, final_fields = reviewed.added_to(table, fields)
+        members = _fit_members(final_fields, final_rows, config, writer, "final model")
         folders = [save_model_folder(classifier, _member_folder(out, m) / "model", _card(
-            config, table, table, history, temperatures[m], referral, case_rule, metrics, name))
+            config, table, final_rows, history, temperatures[m], referral, case_rule, metrics, name))
             for m, (classifier, history) in enumerate(members)]
         if config.members > 1:
             folders = [save_ensemble(folders, out / "ensemble", name=f"{out.name} ({config.members} seeds)",

@@ -31,7 +31,6 @@ import pandas as pd
 import tensorflow as tf
 
 from core.data.balance import apply_strategy
-from core.data.breakhis import index_folder
 from core.data.labels import output_sizes
 from core.data.pipeline import make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
@@ -43,6 +42,7 @@ from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
 from core.paths import portable, refuse_existing_run
+from core.training.additions import reviewed_for_training
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
@@ -78,14 +78,11 @@ def prepare_data(config: TrainConfig) -> dict:
 
 
 def add_reviewed(split: pd.DataFrame, folder: str) -> pd.DataFrame:
-    """The split plus the reviewed images of `folder` as training images (core.store.reviews'
-    export, BreakHis names). One whose patient is in validation or test is left out (logged), so
-    the held-out splits stay patient-disjoint and are never changed."""
-    reviewed = index_folder(folder).images
+    """The split plus the reviewed images of `folder` as training images
+    (core.training.additions.reviewed_for_training: none of a validation or test patient), so the
+    held-out splits stay patient-disjoint and are never changed."""
     held_out = set(split.loc[split["split"] != "train", "case"])
-    kept = reviewed[~reviewed["case"].isin(held_out)].assign(split="train", protocol=split["protocol"].iloc[0])
-    if len(kept) < len(reviewed):
-        log.warning("%d reviewed image(s) left out: their patients are in validation or test", len(reviewed) - len(kept))
+    kept = reviewed_for_training(folder, held_out).assign(split="train", protocol=split["protocol"].iloc[0])
     return pd.concat([split, kept], ignore_index=True)
 
 

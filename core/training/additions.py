@@ -1,0 +1,76 @@
+"""Images a run adds to its training patients only, never to validation, test or a fold's held-out
+patients: images a pathologist reviewed (the review queue's export, `--reviewed-dir`) and, in the
+fields recipe, GAN images topping up minority subtypes (`--balance synthetic`).
+
+TensorFlow-free (the fields recipe runs under JAX); the tf.data pipeline (core.training.fit) and the
+fields recipe (core.training.field_run) take reviewed images through the same rule.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from core.data.balance import synthetic_fill
+from core.data.breakhis import index_folder
+from core.data.fields import band_limit_all, load_fields
+from core.data.selection import fingerprint
+from core.data.synthetic import refuse_leaky_folder
+from core.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+def reviewed_for_training(folder, held_out_cases) -> pd.DataFrame:
+    """The reviewed images of `folder` (BreakHis names, as core.store.reviews exports them, with the
+    reviewed class and subtype) that may train: one whose patient is held out is left out (logged),
+    so that held-out patients stay unseen."""
+    reviewed = index_folder(folder).images
+    if reviewed.empty:
+        raise UserInputError(f"No reviewed images in {folder} (export them with `python -m core reviews export`)")
+    kept = reviewed[~reviewed["case"].isin(set(held_out_cases))].reset_index(drop=True)
+    if len(kept) < len(reviewed):
+        log.warning("%d reviewed image(s) left out: their patients are held out", len(reviewed) - len(kept))
+    return kept
+
+
+class ReviewedFields:
+    """A fields run's reviewed images, decoded once (at the run's detail) and added to each model's
+    training fields without the patients that model is tested on."""
+
+    def __init__(self, config):
+        self.rows = reviewed_for_training(config.reviewed_dir, ()) if config.reviewed_dir else None
+        self.fields = None
+        if self.rows is not None:
+            fields = load_fields(self.rows["path"])
+            self.fields = band_limit_all(fields) if config.band_limit else fields
+
+    def added_to(self, rows: pd.DataFrame, fields: np.ndarray, held_out_cases=()) -> tuple[pd.DataFrame, np.ndarray]:
+        """(rows, fields) of a model's training patients plus the reviewed images of other patients."""
+        if self.rows is None:
+            return rows, fields
+        keep = ~self.rows["case"].isin(set(held_out_cases)).to_numpy()
+        if not keep.all():
+            log.warning("%d reviewed image(s) left out of this model: their patients are held out", (~keep).sum())
+        combined = pd.concat([rows, self.rows[keep].assign(split="train", reviewed=True)], ignore_index=True)
+        combined.attrs = dict(rows.attrs)  # a GAN fill's shortfall, for the card
+        return combined, np.concatenate([fields, self.fields[keep]]) if keep.any() else fields
+
+
+def reviewed_count(rows: pd.DataFrame) -> int:
+    """How many of a model's training rows came from the reviews."""
+    return int(rows["reviewed"].eq(True).sum()) if "reviewed" in rows else 0
+
+
+def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The training rows plus GAN images topping up minority subtypes (core.data.balance.synthetic_fill),
+    and the fields of the added images, restored like real ones; refused when a generator behind them
+    may have seen this run's validation or test patients (core.data.synthetic)."""
+    if not config.allow_gan_leak:
+        refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
+    filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
+                            subtypes=config.synthetic_subtypes, seed=config.seed)
+    added = load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)
+    return filled, band_limit_all(added) if config.band_limit else added
