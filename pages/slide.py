@@ -72,6 +72,8 @@ if kept is None and state.get("_slide_request") == key:
             reader, progress=lambda done, total: bar.progress(done / total, text=f"{done} of {total} tissue tiles"))
     except SlideError as problem:
         state.pop("_slide_request", None)
+        bar.empty()  # no progress bar or Cancel button left under the message
+        cancel_slot.empty()
         st.error(str(problem), icon=":material/block:")
         st.stop()
     bar.empty()

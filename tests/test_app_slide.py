@@ -63,3 +63,4 @@ def test_a_broken_slide_gets_a_message(slide_dirs):
     app.button(key="slide_start").click().run()
     assert not app.exception
     assert "corrupt" in texts(app.error) or "not a slide" in texts(app.error)
+    assert "slide_cancel" not in [b.key for b in app.button] and not app.get("progress")  # nothing left running
