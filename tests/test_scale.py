@@ -34,6 +34,10 @@ def test_copies_keep_the_field_of_view():
     sizes = {scaled_size(w, h, s, target) for (w, h), s in
              (((700, 460), original), ((500, 328), shrunk), ((224, 224), squashed))}
     assert sizes == {(224, 147)}
+    # Larger than a field, of its aspect (a 3x3 mosaic of fields, a 3:2 camera frame): not an enlarged
+    # copy but tissue at the original pixel size, or a slide tile would cover 3x (9x) the tissue.
+    for size in ((2100, 1380), (6000, 4000)):
+        assert (field_mpp("200X", *size).x, field_mpp("200X", *size).y) == (0.5, 0.5)
 
 
 def test_image_scale_from_name_or_choice():

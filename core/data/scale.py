@@ -70,13 +70,15 @@ class Scale:
 def field_mpp(magnification: str | int, width: int, height: int, source: str = "magnification") -> Scale:
     """Scale of a BreakHis field (or a shrunk copy of one) of this size at this magnification.
 
-    A size of the original field's aspect (700x460, 500x328, ...) is a uniform copy; a square one
-    is taken as a squashed copy of a 700x460 field (the published 224x224 sets); any other size
-    is taken at the original field's pixel size (a crop, or a camera of the same pixel pitch).
+    A size of the original field's aspect, at most its size (700x460, 500x328, ...), is a uniform
+    copy; a square one is taken as a squashed copy of a 700x460 field (the published 224x224 sets);
+    any other size is taken at the original field's pixel size (a crop, a mosaic, or a camera of the
+    same pixel pitch). Nobody publishes enlarged fields: a larger image of the field's aspect (a 3x3
+    mosaic of fields, a 3:2 camera frame) read as one would be given a fraction of its true scale.
     """
     base = magnification_mpp(magnification)
     field_w, field_h = BREAKHIS_FIELD
-    if math.isclose(width / height, field_w / field_h, rel_tol=0.02):
+    if width <= field_w and math.isclose(width / height, field_w / field_h, rel_tol=0.02):
         return Scale(base * field_w / width, base * field_h / height, f"{source}, {width}x{height} field")
     if width == height and width < field_h:
         return Scale(base * field_w / width, base * field_h / height,
