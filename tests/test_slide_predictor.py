@@ -134,6 +134,15 @@ def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     assert should_tile(card, "biopsy.png", (3000, 3000), None) is None  # scale unknown: not guessed
     reason = should_tile(card, "biopsy.png", (4900, 1840), "200X")
     assert reason and "28 tiles" in reason and "350x230 um" in reason
+    # A field recipe's tiles are 224-um views of its 350x230-um field: a plain 200X field is 4 of them,
+    # and still one field, diagnosed whole; twice its size in each direction is tiled.
+    from core.data.fields import ViewSpec
+
+    field_model = {"views": ViewSpec(128, 224, 3, True).to_dict(),
+                   "scale": {"mpp": 1.0, "tile_px": [224, 224], "source": "field recipe"}}
+    assert should_tile(field_model, "field.png", (700, 460), "200X") is None
+    reason = should_tile(field_model, "field.png", (1400, 920), "200X")
+    assert reason and "(350x230 um)" in reason and "12 tiles" in reason
     rgb, _ = mosaic()
     result = analyse_upload(bundled, "biopsy.png", png_bytes(rgb), "200X")
     assert len(result.tiles) == 8 and result.call["tissue_tiles"] == 8

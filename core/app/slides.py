@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.breakhis import parse_name
+from core.data.fields import ViewSpec
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import image_scale, model_scale, tile_origins
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
@@ -40,16 +41,30 @@ def server_slides() -> dict[str, Path]:
     return found
 
 
-def tiles_needed(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> int | None:
-    """How many model tiles an image of `size` (w, h) spans at the model's scale; None when its
-    scale is unknown (no magnification in the name or chosen)."""
+def _spans(card: dict, name: str, size: tuple[int, int], magnification: str | None,
+           window_px: list[int]) -> int | None:
+    """How many windows of window_px pixels at the model's mpp an image of `size` (w, h) spans; None
+    when its scale is unknown (no magnification in the name or chosen)."""
     scale = image_scale(name, size[0], size[1], magnification)
     if scale is None:
         return None
-    model = model_scale(card)
-    tile_w = max(1, round(model["tile_px"][0] * model["mpp"] / scale.x))
-    tile_h = max(1, round(model["tile_px"][1] * model["mpp"] / scale.y))
-    return len(tile_origins(size[0], tile_w, tile_w)) * len(tile_origins(size[1], tile_h, tile_h))
+    mpp = model_scale(card)["mpp"]
+    width = max(1, round(window_px[0] * mpp / scale.x))
+    height = max(1, round(window_px[1] * mpp / scale.y))
+    return len(tile_origins(size[0], width, width)) * len(tile_origins(size[1], height, height))
+
+
+def tiles_needed(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> int | None:
+    """How many model tiles an image of `size` (w, h) spans at the model's scale; None when its
+    scale is unknown (no magnification in the name or chosen)."""
+    return _spans(card, name, size, magnification, model_scale(card)["tile_px"])
+
+
+def trained_field_px(card: dict) -> list[int]:
+    """The field a model was trained on, in pixels at its mpp: a field recipe's restored field
+    (350x230 at ~1 um/px), of which its tiles are 224-px views; else its tile, the whole field."""
+    views = ViewSpec.from_card(card)
+    return list(views.field_px) if views is not None else list(model_scale(card)["tile_px"])
 
 
 def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> str | None:
@@ -57,17 +72,18 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
 
     A BreakHis-named image is a field, what the model was trained on (at whatever magnification:
     models trained on all of them see whole fields of each), so it is never tiled; another image
-    is tiled when it spans TILE_AN_UPLOAD_FROM tiles or more at the model's scale."""
+    is tiled when it spans TILE_AN_UPLOAD_FROM of the model's training fields or more at the model's
+    scale (fields, not a field model's 224-px views: a plain 200X field spans 4 of those)."""
     if parse_name(name) is not None:
         return None
-    count = tiles_needed(card, name, size, magnification)
-    if count is None or count < TILE_AN_UPLOAD_FROM:
+    field = trained_field_px(card)
+    fields = _spans(card, name, size, magnification, field)
+    if fields is None or fields < TILE_AN_UPLOAD_FROM:
         return None
-    model = model_scale(card)
-    um = [round(v * model["mpp"]) for v in model["tile_px"]]
+    um = [round(v * model_scale(card)["mpp"]) for v in field]
     return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
-            f"({um[0]}x{um[1]} um): it is analysed as {count} tiles at the model's scale instead of being "
-            "squashed into one input.")
+            f"({um[0]}x{um[1]} um): it is analysed as {tiles_needed(card, name, size, magnification)} tiles at "
+            "the model's scale instead of being squashed into one input.")
 
 
 def heatmap_figure(result, opacity: float = 0.5):
