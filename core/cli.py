@@ -188,13 +188,16 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from core.app.registry import magnification_from_name, subtype_reliability
+    from core.app.registry import describe_model, magnification_from_name, model_badge, subtype_reliability
     from core.data.histology import NOT_ANALYSED
     from core.data.images import load_image
     from core.model.loading import load_predictor
 
     predictor = load_predictor(args.model)
     reliable, subtype_note = subtype_reliability(predictor.card)
+    badge, info = model_badge(predictor.card), describe_model(predictor.card)
+    if info["demo"] or info["limited"]:  # labelled wherever it predicts: here once, and in every JSON record
+        logging.getLogger(__name__).warning("%s: %s", badge, info["evidence"] or "demo model, no valid accuracy")
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     failed = 0
@@ -209,7 +212,7 @@ def _predict(args) -> int:
             continue
         if loaded.not_histology:  # no call on what is not H&E tissue (core.data.histology)
             print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": loaded.not_histology,
-                              "model": predictor.name}) if args.json
+                              "model": predictor.name, "model_badge": badge}) if args.json
                   else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
             continue
         found = magnification_from_name(name)  # the name's, as in the app; else --magnification
@@ -218,7 +221,8 @@ def _predict(args) -> int:
         prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold,
                                        magnifications=[magnification])[0]
         if args.json:
-            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "subtype_reliable": reliable,
+            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "model_badge": badge,
+                              "model_limited": info["limited"], "subtype_reliable": reliable,
                               "magnification": magnification, "magnification_source": source,
                               "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
         else:

@@ -208,3 +208,20 @@ def test_a_referral_reason_shows_the_probability_below_its_threshold():
     assert below(0.60, 0.70) == "0.60 < 0.70"
     assert below(0.9753, 0.9762) == "0.975 < 0.976"  # not "0.98 < 0.98"
     assert below(0.97621, 0.97623) == "0.9762 < 0.9762"  # at most 4 decimals
+
+
+def test_the_cli_labels_a_limited_model_wherever_it_predicts(folder, samples_dir, capsys, caplog):
+    """The bundled model learnt from 46 patients: every JSON record and the log say LIMITED DATA and
+    what the weights learnt from; a model without that evidence is not labelled so."""
+    from core.paths import DEFAULT_MODEL_DIR
+
+    real = sorted(samples_dir.rglob("*.png"))[0]
+    assert cli(["predict", str(real), "--json", "--model", str(DEFAULT_MODEL_DIR)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model_badge"].startswith("LIMITED DATA · ") and record["model_limited"] is True
+    assert "LIMITED DATA" in caplog.text and "weights learnt from " in caplog.text
+    caplog.clear()
+    assert cli(["predict", str(real), "--json", "--model", str(folder)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model_badge"] == "tiny-hierarchical (small_cnn)" and record["model_limited"] is False
+    assert "LIMITED DATA" not in caplog.text
