@@ -34,6 +34,8 @@ def test_one_slide_writes_every_output(slide_folder, tmp_path, capsys):
                 "--model", str(WHOLE_FIELD_MODEL)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["label"] in ("benign", "malignant") and row["tissue_tiles"] == 8
+    card = json.loads((WHOLE_FIELD_MODEL / "card.json").read_text())  # labelled where it predicts
+    assert (row["model"], row["model_limited"]) == (card["name"], card["evidence"]["limited"]) and row["model_limited"]
     assert {p.name for p in tmp_path.iterdir()} == {"heatmap.png", "tiles.csv", "malignant.geojson", "summary.json"}
     assert Image.open(tmp_path / "heatmap.png").size[0] == 1024
 

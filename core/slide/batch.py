@@ -66,7 +66,8 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
     return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])), "region_score": region.get("score"),
             "region_mean_p": region.get("mean_p_malignant"), "region_box": region.get("box_level0"),
             "rule": call["rule"], "tissue_tiles": call["tissue_tiles"], "malignant_share": call["malignant_share"],
-            "mean_p_malignant": call["mean_p_malignant"], "error": ""}
+            "mean_p_malignant": call["mean_p_malignant"], "model": result.model["name"],
+            "model_limited": result.model["limited"], "model_demo": result.model["demo"], "error": ""}
 
 
 def slide_jobs(folder, out_dir, model: str, **options) -> list[SlideJob]:
