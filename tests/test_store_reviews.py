@@ -129,3 +129,13 @@ def test_reviewed_images_join_the_training_split_only(synthetic_breakhis, tmp_pa
     assert len(added["train"]) == len(plain["train"]) + 1 and "0-77" in set(added["train"]["case"])
     assert added["val"]["path"].tolist() == plain["val"]["path"].tolist()
     assert added["test"]["path"].tolist() == plain["test"]["path"].tolist()  # the held-out patient's copy left out
+
+
+def test_an_empty_reviewed_folder_is_refused_in_words(tmp_path):
+    """A --reviewed-dir without images (a wrong folder, an export not run) is said, not trained around."""
+    from core.errors import UserInputError
+    from core.training.additions import reviewed_for_training
+
+    (tmp_path / "reviewed").mkdir()
+    with pytest.raises(UserInputError, match="No reviewed images in"):
+        reviewed_for_training(tmp_path / "reviewed", ())
