@@ -137,6 +137,13 @@ def test_an_uncertainty_refer_reason_tells_its_two_figures_apart(predictor, samp
 def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, sample):
     reliable, note = registry.subtype_reliability(predictor.card)
     assert not reliable and "0.02" in note and "0.17" in note and "188 test images of 9 patients" in note
+    # A cross-validated card's figures are out-of-fold, and say so (not "test").
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    bundled = read_json(DEFAULT_MODEL_DIR / "card.json")
+    assert "out-of-fold images of" in registry.subtype_reliability(bundled)[1]
+    assert registry.measured_accuracy(bundled).endswith("patients, each tested out of fold)")
     assert registry.subtype_reliability({"metrics": {**WEAK_SUBTYPES, "subtype_macro_f1": 0.3}})[0]
     results = service.diagnose_items(predictor, [sample])
     table = report.results_table(results, "badge", subtype_reliable=False)

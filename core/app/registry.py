@@ -80,14 +80,24 @@ def stamp(folder: str) -> float:
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
+def tested(metrics: dict) -> str:
+    """How the card's figures saw their images: 'test' (a held-out split) or 'out-of-fold' (a
+    cross-validation: every patient tested once, by a model that never saw it)."""
+    protocol = str(metrics.get("protocol") or (metrics.get("data") or {}).get("protocol") or "")
+    return "out-of-fold" if "out-of-fold" in protocol else "test"
+
+
 def measured_accuracy(card: dict) -> str | None:
     """'patient-level accuracy 0.78 (95% CI 0.56-1.00, 9 test patients)' from the card's evaluation."""
-    patient = ((card.get("metrics") or {}).get("intervals") or {}).get("patient") or {}
+    metrics = card.get("metrics") or {}
+    patient = (metrics.get("intervals") or {}).get("patient") or {}
     block = patient.get("stage1_accuracy")
     if not block or block.get("value") is None:
         return None
     interval = f"95% CI {block['low']:.2f}-{block['high']:.2f}, " if block.get("low") is not None else ""
-    return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{patient.get('cases', '?')} test patients)"
+    cases = patient.get("cases", "?")
+    who = f"{cases} test patients" if tested(metrics) == "test" else f"{cases} patients, each tested out of fold"
+    return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{who})"
 
 
 def subtype_reliability(card: dict) -> tuple[bool, str]:
@@ -100,7 +110,7 @@ def subtype_reliability(card: dict) -> tuple[bool, str]:
     if model_f1 is None or baseline_f1 is None:
         return True, "subtype accuracy not compared with a baseline for this model"
     data = metrics.get("data") or {}
-    size = f"{data.get('images', '?')} test images of {data.get('cases', '?')} patients"
+    size = f"{data.get('images', '?')} {tested(metrics)} images of {data.get('cases', '?')} patients"
     if model_f1 < baseline_f1:
         return False, (f"subtype: {SUBTYPE_NOT_RELIABLE} (subtype macro-F1 {model_f1:.2f} on {size}, below the "
                        f"colour/texture baseline's {baseline_f1:.2f})")
