@@ -295,3 +295,28 @@ def test_retrain_page_says_where_training_runs(app):
         assert app.radio(key="train_pipeline").value == "fields"
         assert app.number_input(key="train_input_size").value == 128
     assert app.button(key="FormSubmitter:retrain-Start training").label == "Start training"
+
+
+def test_the_model_list_leaves_out_a_fields_cross_validations_fold_models(tmp_path, monkeypatch):
+    """RUN/fold-k/model of a fields CV is uncalibrated and has no figures: the run's final model stands
+    for it in the selector. A tf.data CV's folds are whole evaluated runs and stay."""
+    from pathlib import Path
+
+    from core.app import registry
+
+    def card(folder, pipeline):
+        folder.mkdir(parents=True)
+        (folder / "card.json").write_text(json.dumps({"name": folder.parent.name, "training": {"pipeline": pipeline}}))
+
+    runs = tmp_path / "runs"
+    for run, pipeline in (("cv", "fields"), ("tf", "tfdata")):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "cv.json").write_text("{}")
+        card(runs / run / "fold-0" / "model", pipeline)
+    card(runs / "cv" / "fold-1" / "member-1" / "model", "fields")
+    card(runs / "cv" / "model", "fields")
+    card(runs / "single" / "fold-0" / "model", "fields")  # a folder named so, outside a CV: listed
+    monkeypatch.setenv("BREAKHIS_MODEL_DIRS", str(runs))
+    monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(tmp_path / "none"))
+    listed = {str(Path(f).relative_to(runs.resolve())) for f in registry.available_models()}
+    assert listed == {"cv/model", "tf/fold-0/model", "single/fold-0/model"}

@@ -53,11 +53,28 @@ def _is_ensemble(folder: Path) -> bool:
         return False
 
 
+def is_fields_fold_model(folder: str | os.PathLike) -> bool:
+    """A fields cross-validation's fold model (RUN/fold-k/model, or a seed member under it): kept for
+    the run's slide rule and refits, uncalibrated and without figures of its own; the run's final
+    model, calibrated on every fold's held-out patients, stands for them. (A tf.data CV's folds are
+    whole evaluated runs and stay listed.)"""
+    folder = Path(folder)
+    fold = next((p for p in (folder.parent, folder.parent.parent) if re.fullmatch(r"fold-\d+", p.name)), None)
+    if fold is None or not (fold.parent / "cv.json").is_file():
+        return False
+    try:
+        return (read_json(folder / CARD_FILE).get("training") or {}).get("pipeline") == "fields"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def available_models() -> list[str]:
-    """Classifier folders the user can switch between, the default first. A folder whose card
-    cannot be read stays listed, so the sidebar can say why it cannot be used."""
+    """Classifier folders the user can switch between, the default first, without a fields
+    cross-validation's fold models. A folder whose card cannot be read stays listed, so the sidebar
+    can say why it cannot be used."""
     default = [str(default_model().resolve())] if (default_model() / CARD_FILE).is_file() else []
-    return list(dict.fromkeys(default + _folders((CLASSIFIER, ENSEMBLE))))
+    found = [f for f in _folders((CLASSIFIER, ENSEMBLE)) if not is_fields_fold_model(f)]
+    return list(dict.fromkeys(default + found))
 
 
 def generator_folders() -> list[str]:
