@@ -320,3 +320,21 @@ def test_the_model_list_leaves_out_a_fields_cross_validations_fold_models(tmp_pa
     monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(tmp_path / "none"))
     listed = {str(Path(f).relative_to(runs.resolve())) for f in registry.available_models()}
     assert listed == {"cv/model", "tf/fold-0/model", "single/fold-0/model"}
+
+
+def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_path, monkeypatch):
+    """The two bundled classifiers were measured on different images (a 5-fold CV's out-of-fold images,
+    one patient-wise test split): two groups of one model each, with the warning, and no exception."""
+    from tests.app_helpers import REPO
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/compare.py").run()
+    assert not app.exception, app.exception
+    assert "not comparable" in " ".join(w.value for w in app.warning)
+    groups = [s.value for s in app.subheader if s.value.startswith("Group ")]
+    assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
+    assert any("out-of-fold" in g for g in groups)
+    assert len([frame for frame in app.dataframe if "metric" in frame.value.columns]) == 2
