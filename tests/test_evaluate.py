@@ -170,12 +170,18 @@ def test_moved_dataset_is_found_by_file_name(metrics, run_dir, synthetic_breakhi
     assert again["stage1"]["confusion_matrix"] == metrics["stage1"]["confusion_matrix"]
 
 
-def test_cli_prints_a_summary(run_dir, synthetic_breakhis, capsys):
+def test_cli_prints_a_summary(run_dir, synthetic_breakhis, capsys, tmp_path):
     assert cli(["evaluate", str(run_dir), "--data", str(synthetic_breakhis), "--split", "val", "--threshold", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "val split, patient-wise, 32 images, 8 cases" in out and "stage 1" in out
     assert cli(["evaluate", str(run_dir / "missing")]) == 2
     assert "split.csv not found" in capsys.readouterr().err
+    cv = tmp_path / "a-cross-validation"  # no split of its own: said so, not "is it a run folder?"
+    cv.mkdir()
+    (cv / "cv.json").write_text("{}")
+    for command in ("evaluate", "calibrate"):
+        assert cli([command, str(cv)]) == 2
+        assert "is a cross-validation: its figures are in cv.json" in capsys.readouterr().err
 
 
 def test_flat_models_are_evaluated_the_same_way(run_dir, tmp_path):

@@ -57,6 +57,10 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
     evaluated after the dataset moved, or on another machine, still works.
     """
     csv = run_dir / "split.csv"
+    if not csv.is_file() and (run_dir / "cv.json").is_file():
+        raise UserInputError(f"{run_dir} is a cross-validation: its figures are in cv.json (every patient tested "
+                             "by a fold model that never saw it), and it has no held-out split of its own to evaluate "
+                             "or recalibrate on.")
     if not csv.is_file():
         raise UserInputError(f"{csv} not found: is {run_dir} a training run folder?")
     table = pd.read_csv(csv)
