@@ -187,6 +187,22 @@ def _evaluate(args) -> int:
     return OK
 
 
+def _image_paths(paths: list[str]) -> list[str]:
+    """The images to predict: each file as given, each folder's images (its tree, sorted; hidden
+    files and other files left out). A folder without images stays, for its error line."""
+    from core.data.breakhis import IMAGE_EXTENSIONS
+
+    expanded = []
+    for path in paths:
+        if not os.path.isdir(path):
+            expanded.append(path)
+            continue
+        found = sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        expanded.extend(found or [path])
+    return expanded
+
+
 def _predict(args) -> int:
     from core.app.registry import describe_model, magnification_from_name, model_badge, subtype_reliability
     from core.data.histology import NOT_ANALYSED
@@ -201,9 +217,11 @@ def _predict(args) -> int:
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     failed = 0
-    for path in args.images:
+    for path in _image_paths(args.images):
         name = os.path.basename(path)
         try:
+            if os.path.isdir(path):
+                raise ImageError(f"'{name}' is a folder without images (PNG, JPEG, TIFF).")
             loaded = load_image(path, name)
         except (ImageError, OSError) as error:
             failed += 1
@@ -321,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="malignant recall the recall-favouring threshold must reach on val")
 
     predict = command("predict", _predict, "classify BreakHis-style histopathology images")
-    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF)")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF), or folders of them")
     predict.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")

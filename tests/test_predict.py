@@ -225,3 +225,23 @@ def test_the_cli_labels_a_limited_model_wherever_it_predicts(folder, samples_dir
     record = json.loads(capsys.readouterr().out)
     assert record["model_badge"] == "tiny-hierarchical (small_cnn)" and record["model_limited"] is False
     assert "LIMITED DATA" not in caplog.text
+
+
+def test_the_cli_predicts_every_image_of_a_folder(folder, samples_dir, tmp_path, capsys):
+    """`predict scans/`: each image of the folder's tree, sorted, hidden and other files left out; a
+    folder without images is an error line that says so, not 'file not found'."""
+    import shutil
+
+    scans, empty = tmp_path / "scans", tmp_path / "empty"
+    (scans / "day2").mkdir(parents=True)
+    (scans / ".cache").mkdir()
+    empty.mkdir()
+    real = sorted(samples_dir.rglob("*.png"))[:2]
+    shutil.copy(real[0], scans / real[0].name)
+    shutil.copy(real[1], scans / "day2" / real[1].name)
+    shutil.copy(real[1], scans / ".cache" / "thumb.png")
+    (scans / "notes.txt").write_text("not an image")
+    assert cli(["predict", str(scans), str(empty), "--model", str(folder)]) == 1  # the empty folder failed
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [real[0].name, real[1].name, "empty"]
+    assert lines[2] == "empty\tERROR: 'empty' is a folder without images (PNG, JPEG, TIFF)."
