@@ -338,3 +338,20 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
     assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
     assert any("out-of-fold" in g for g in groups)
     assert len([frame for frame in app.dataframe if "metric" in frame.value.columns]) == 2
+
+
+@pytest.mark.parametrize("model, declared", [("default", True), ("small-cnn", False)])
+def test_the_tta_switch_says_when_a_models_views_always_hold_the_symmetries(tmp_path, monkeypatch, model, declared):
+    """The bundled field model always predicts over its crops in the 8 symmetries: its switch is shown on
+    and locked (an off switch that changed nothing misled); a whole-field model's is the user's."""
+    from tests.app_helpers import REPO
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / model, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/diagnose.py").run()
+    assert not app.exception, app.exception
+    [switch] = [t for t in app.toggle if "Test-time augmentation" in t.label]
+    assert (switch.key, switch.value, switch.proto.disabled) == (("tta_declared", True, True) if declared
+                                                                 else ("tta", False, False))
