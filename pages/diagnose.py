@@ -125,6 +125,9 @@ def show(result, index: int) -> None:
         calibrated = " (calibrated probabilities)" if model["calibrated"] else ""
         st.markdown(f"{demo}**{stage1}** · {subtype} · magnification {result.magnification} "
                     f"({result.magnification_source}){calibrated}")
+        hint = slides.scale_hint(result.name, result.image.original_size, stated)
+        if hint:
+            st.info(hint, icon=":material/straighten:")
         if not model["subtype_reliable"]:
             st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
                        f"({p.p_subtype:.2f}), is shown below for context only.")

@@ -355,3 +355,27 @@ def test_the_tta_switch_says_when_a_models_views_always_hold_the_symmetries(tmp_
     [switch] = [t for t in app.toggle if "Test-time augmentation" in t.label]
     assert (switch.key, switch.value, switch.proto.disabled) == (("tta_declared", True, True) if declared
                                                                  else ("tta", False, False))
+
+
+def test_a_large_upload_of_unknown_scale_is_diagnosed_whole_and_says_how_to_tile_it(tmp_path, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.app_helpers import REPO
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
+    buffer = io.BytesIO()
+    region = np.concatenate([np.concatenate([field, field[:, ::-1]], axis=1),
+                             np.concatenate([field[::-1], field[::-1, ::-1]], axis=1)])  # 2 x 2 fields
+    Image.fromarray(region).save(buffer, "PNG")
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/diagnose.py").run()
+    app.file_uploader(key="uploads").set_value([("region.png", buffer.getvalue(), "image/png")]).run()
+    assert not app.exception, app.exception
+    infos = " ".join(i.value for i in app.info)
+    assert "region.png is 1400x920 px and states no magnification" in infos and "choose its magnification" in infos

@@ -143,6 +143,13 @@ def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     assert should_tile(field_model, "field.png", (700, 460), "200X") is None
     reason = should_tile(field_model, "field.png", (1400, 920), "200X")
     assert reason and "(350x230 um)" in reason and "12 tiles" in reason
+    # Of unknown scale it is diagnosed whole, as one field; larger than two fields each way, it says how to tile it.
+    from core.app.slides import scale_hint
+
+    assert "choose its magnification" in scale_hint("biopsy.png", (3000, 3000), None)
+    assert scale_hint("biopsy.png", (700, 460), None) is None  # field-sized
+    assert scale_hint("biopsy.png", (3000, 3000), "200X") is None  # stated: tiled or not by should_tile
+    assert scale_hint("SOB_M_DC-14-2523-200-010.png", (2800, 1840), None) is None  # the name states it
     rgb, _ = mosaic()
     result = analyse_upload(bundled, "biopsy.png", png_bytes(rgb), "200X")
     assert len(result.tiles) == 8 and result.call["tissue_tiles"] == 8

@@ -16,7 +16,7 @@ import numpy as np
 from core.data.breakhis import parse_name
 from core.data.fields import ViewSpec
 from core.data.labels import SUBTYPES, pretty
-from core.data.scale import image_scale, model_scale, tile_origins
+from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origins
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
 from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
 from core.slide.reader import SlideError, slide_files
@@ -84,6 +84,19 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
     return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
             f"({um[0]}x{um[1]} um): it is analysed as {tiles_needed(card, name, size, magnification)} tiles at "
             "the model's scale instead of being squashed into one input.")
+
+
+def scale_hint(name: str, size: tuple[int, int], magnification: str | None) -> str | None:
+    """A sentence for an upload of unknown scale that is larger than a microscope field in both
+    directions (twice a 700x460 BreakHis field): it is diagnosed whole, as one field, which is right
+    only if it is one; with its magnification stated it is tiled at the model's scale when larger."""
+    if image_scale(name, size[0], size[1], magnification) is not None:
+        return None
+    if size[0] < 2 * BREAKHIS_FIELD[0] or size[1] < 2 * BREAKHIS_FIELD[1]:
+        return None
+    return (f"{name} is {size[0]}x{size[1]} px and states no magnification, so it was diagnosed as one field. If it "
+            "shows a larger region than a microscope field, choose its magnification: it is then analysed as tiles "
+            "at the model's scale.")
 
 
 def heatmap_figure(result, opacity: float = 0.5):
