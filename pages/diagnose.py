@@ -56,12 +56,11 @@ with settings:
     if st.toggle("Use my own referral threshold for both stages", key="own_threshold"):
         threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
                               key="threshold")
-    if predictor.uses_tta():  # the card's views hold the 8 symmetries: always on, and shown so
-        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=True, disabled=True,
-                        key="tta_declared", help="Always on for this model: its declared views (model card) "
-                                                 "are its crops in the 8 symmetries.")
-    else:
-        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", key="tta")
+    declared = predictor.uses_tta()  # the card's views hold the 8 symmetries: always on, and shown so
+    tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=declared, disabled=declared,
+                    key="tta_declared" if declared else "tta",
+                    help="Always on for this model: its declared views (model card) are its crops in the 8 "
+                         "symmetries." if declared else None)
     magnification = st.selectbox("Magnification of images whose names do not state it",
                                  registry.magnification_options(), key="magnification")
 

@@ -41,14 +41,8 @@ def server_slides() -> dict[str, Path]:
     return found
 
 
-def _spans(card: dict, name: str, size: tuple[int, int], magnification: str | None,
-           window_px: list[int]) -> int | None:
-    """How many windows of window_px pixels at the model's mpp an image of `size` (w, h) spans; None
-    when its scale is unknown (no magnification in the name or chosen)."""
-    scale = image_scale(name, size[0], size[1], magnification)
-    if scale is None:
-        return None
-    mpp = model_scale(card)["mpp"]
+def _spans(size: tuple[int, int], scale, mpp: float, window_px: list[int]) -> int:
+    """How many windows of window_px pixels at mpp an image of `size` (w, h) at `scale` spans."""
     width = max(1, round(window_px[0] * mpp / scale.x))
     height = max(1, round(window_px[1] * mpp / scale.y))
     return len(tile_origins(size[0], width, width)) * len(tile_origins(size[1], height, height))
@@ -57,7 +51,8 @@ def _spans(card: dict, name: str, size: tuple[int, int], magnification: str | No
 def tiles_needed(card: dict, name: str, size: tuple[int, int], magnification: str | None) -> int | None:
     """How many model tiles an image of `size` (w, h) spans at the model's scale; None when its
     scale is unknown (no magnification in the name or chosen)."""
-    return _spans(card, name, size, magnification, model_scale(card)["tile_px"])
+    scale, model = image_scale(name, size[0], size[1], magnification), model_scale(card)
+    return None if scale is None else _spans(size, scale, model["mpp"], model["tile_px"])
 
 
 def trained_field_px(card: dict) -> list[int]:
@@ -74,16 +69,16 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
     models trained on all of them see whole fields of each), so it is never tiled; another image
     is tiled when it spans TILE_AN_UPLOAD_FROM of the model's training fields or more at the model's
     scale (fields, not a field model's 224-px views: a plain 200X field spans 4 of those)."""
-    if parse_name(name) is not None:
+    scale = image_scale(name, size[0], size[1], magnification)
+    if parse_name(name) is not None or scale is None:
         return None
-    field = trained_field_px(card)
-    fields = _spans(card, name, size, magnification, field)
-    if fields is None or fields < TILE_AN_UPLOAD_FROM:
+    model, field = model_scale(card), trained_field_px(card)
+    if _spans(size, scale, model["mpp"], field) < TILE_AN_UPLOAD_FROM:
         return None
-    um = [round(v * model_scale(card)["mpp"]) for v in field]
+    um = [round(v * model["mpp"]) for v in field]
     return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
-            f"({um[0]}x{um[1]} um): it is analysed as {tiles_needed(card, name, size, magnification)} tiles at "
-            "the model's scale instead of being squashed into one input.")
+            f"({um[0]}x{um[1]} um): it is analysed as {_spans(size, scale, model['mpp'], model['tile_px'])} tiles "
+            "at the model's scale instead of being squashed into one input.")
 
 
 def scale_hint(name: str, size: tuple[int, int], magnification: str | None) -> str | None:

@@ -23,17 +23,22 @@ from core.errors import UserInputError
 log = logging.getLogger(__name__)
 
 
+def _may_train(reviewed: pd.DataFrame, held_out_cases) -> np.ndarray:
+    """Which reviewed rows may train a model tested on held_out_cases: none of those patients (the
+    ones left out are logged), so that held-out patients stay unseen."""
+    keep = ~reviewed["case"].isin(set(held_out_cases)).to_numpy()
+    if not keep.all():
+        log.warning("%d reviewed image(s) left out: their patients are held out", (~keep).sum())
+    return keep
+
+
 def reviewed_for_training(folder, held_out_cases) -> pd.DataFrame:
     """The reviewed images of `folder` (BreakHis names, as core.store.reviews exports them, with the
-    reviewed class and subtype) that may train: one whose patient is held out is left out (logged),
-    so that held-out patients stay unseen."""
+    reviewed class and subtype) that may train a model tested on held_out_cases (_may_train)."""
     reviewed = index_folder(folder).images
     if reviewed.empty:
         raise UserInputError(f"No reviewed images in {folder} (export them with `python -m core reviews export`)")
-    kept = reviewed[~reviewed["case"].isin(set(held_out_cases))].reset_index(drop=True)
-    if len(kept) < len(reviewed):
-        log.warning("%d reviewed image(s) left out: their patients are held out", len(reviewed) - len(kept))
-    return kept
+    return reviewed[_may_train(reviewed, held_out_cases)].reset_index(drop=True)
 
 
 class ReviewedFields:
@@ -51,17 +56,20 @@ class ReviewedFields:
         """(rows, fields) of a model's training patients plus the reviewed images of other patients."""
         if self.rows is None:
             return rows, fields
-        keep = ~self.rows["case"].isin(set(held_out_cases)).to_numpy()
-        if not keep.all():
-            log.warning("%d reviewed image(s) left out of this model: their patients are held out", (~keep).sum())
+        keep = _may_train(self.rows, held_out_cases)
         combined = pd.concat([rows, self.rows[keep].assign(split="train", reviewed=True)], ignore_index=True)
         combined.attrs = dict(rows.attrs)  # a GAN fill's shortfall, for the card
         return combined, np.concatenate([fields, self.fields[keep]]) if keep.any() else fields
 
 
+def from_reviews(rows: pd.DataFrame) -> pd.Series:
+    """Which of a model's training rows came from the reviews (ReviewedFields marks them)."""
+    return rows["reviewed"].eq(True) if "reviewed" in rows else pd.Series(False, index=rows.index)
+
+
 def reviewed_count(rows: pd.DataFrame) -> int:
     """How many of a model's training rows came from the reviews."""
-    return int(rows["reviewed"].eq(True).sum()) if "reviewed" in rows else 0
+    return int(from_reviews(rows).sum())
 
 
 def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:

@@ -37,7 +37,7 @@ from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
-from core.training.additions import ReviewedFields, gan_fill, reviewed_count
+from core.training.additions import ReviewedFields, from_reviews, gan_fill, reviewed_count
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
@@ -212,7 +212,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     metrics = score(test_frame, val_frame, "test")
     write_json_atomic(out / "metrics.json", metrics)
     pd.concat([val_frame, test_frame], ignore_index=True).to_csv(out / "predictions.csv", index=False)
-    added = trained_on["synthetic"].astype(bool) | (trained_on["reviewed"].eq(True) if "reviewed" in trained_on else False)
+    added = trained_on["synthetic"].astype(bool) | from_reviews(trained_on)
     used = pd.concat([table.assign(split=split), trained_on[added].assign(split="train")])
     used[["path", "case", "subtype", "magnification", "synthetic", "split"]].to_csv(out / "split.csv", index=False)
     figures_on = split_figures_on(table.assign(split=split))
