@@ -36,10 +36,7 @@ def model_card(card: dict, info: dict) -> None:
 def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
     if metrics.get("intervals"):
         st.subheader("Headline figures with 95% intervals, next to the baselines")
-        st.caption(performance.protocol_line(metrics) + " Intervals: percentile bootstrap over whole patients "
-                   "(2,000 resamples); the baselines are fitted on the same training images and scored on the "
-                   "same test cases. A model that does not beat the colour/texture baseline has learnt little "
-                   "beyond colour and texture.")
+        st.caption(performance.intervals_caption(metrics))
         st.dataframe(performance.intervals_table(metrics), hide_index=True)
     cv = files.cross_validation
     if cv:

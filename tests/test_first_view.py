@@ -153,6 +153,30 @@ def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, samp
     assert "subtype not reliable for this model" in results[0].prediction.summary(subtype_reliable=False)
 
 
+def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test():
+    """The bundled model's metrics are pooled out-of-fold predictions stored with split 'test': every
+    caption, table and figure title of the Model performance page says out-of-fold, and a patient row
+    is a case and tumour type (49 rows of 46 cases), not an unexplained 'case row'."""
+    from core.app import performance
+    from core.evaluation.figures import confusion_figure
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
+    assert metrics["data"]["split"] == "test" and "out-of-fold" in metrics["data"]["protocol"]
+    line = performance.protocol_line(metrics)
+    assert line.startswith("Computed on out-of-fold predictions,") and "test split" not in line
+    assert "each fold's training patients" in performance.intervals_caption(metrics)
+    assert set(performance.metrics_table(metrics)["split"]) == {"out-of-fold"}
+    title = confusion_figure(metrics["stage1"], "Stage 1").layout.title.text
+    assert "out-of-fold" in title and "test split" not in title
+    computed = performance.intervals_table(metrics).groupby("level")["computed on"].first()
+    assert computed["patient"].startswith(f"{metrics['intervals']['patient']['rows']} rows (case x tumour type)")
+    held_out = {"data": {"split": "test", "protocol": "patient-wise", "images": 9, "cases": 2}}
+    assert performance.protocol_line(held_out).startswith("Computed on the test split,")
+    assert "same test cases" in performance.intervals_caption(held_out)
+
+
 # --- heat maps ----------------------------------------------------------------------------------
 
 def test_a_padding_frame_is_left_out_of_the_heat_map_and_said():

@@ -12,6 +12,7 @@ import pandas as pd
 from core.data.fields import magnification_value
 from core.data.labels import sentence
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
+from core.evaluation.metrics import measured_on, split_name
 
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 1: benign vs malignant", ("stage1",)),
@@ -42,7 +43,7 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
         rows.append({
             "what": label, "accuracy": block["accuracy"], "balanced accuracy": block.get("balanced_accuracy"),
             "macro F1": block.get("macro_f1"), "macro ROC AUC": auc,
-            "split": data.get("split"), "protocol": data.get("protocol"), "level": data.get("level"),
+            "split": split_name(data), "protocol": data.get("protocol"), "level": data.get("level"),
             "images": data.get("images"), "cases": data.get("cases"),
         })
     return pd.DataFrame(rows).round(4)
@@ -54,9 +55,19 @@ def protocol_line(metrics: dict) -> str:
     if not data:
         return "Split protocol and data size unknown: treat these numbers with care."
     leaky = "image-level" in str(data.get("protocol", ""))
-    return (f"Computed on the {data.get('split', '?')} split, {data.get('protocol', '?')} protocol, "
+    return (f"Computed on {measured_on(data)}, {data.get('protocol', '?')} protocol, "
             f"{data.get('images', '?')} images from {data.get('cases', '?')} cases."
             + (" Image-level splits put the same patient in training and test: optimistic." if leaky else ""))
+
+
+def intervals_caption(metrics: dict) -> str:
+    """How the headline intervals and the baselines beside them were computed."""
+    fitted = ("fitted on each fold's training patients and scored on its held-out ones, like the model"
+              if split_name(metrics.get("data")) == "out-of-fold"
+              else "fitted on the same training images and scored on the same test cases")
+    return (protocol_line(metrics) + " Intervals: percentile bootstrap over whole patients (2,000 resamples); "
+            f"the baselines are {fitted}. A model that does not beat the colour/texture baseline has learnt "
+            "little beyond colour and texture.")
 
 
 def protocol_kind(protocol: str) -> str:
@@ -75,8 +86,9 @@ def intervals_table(metrics: dict) -> pd.DataFrame:
             for column, source in columns.items():
                 row[column] = format_interval(((source.get("intervals") or {}).get(level) or {}).get(key))
             block = (metrics.get("intervals") or {}).get(level) or {}
-            row["computed on"] = f"{block.get('rows', '?')} {'images' if level == 'image' else 'case rows'}, " \
-                                 f"{block.get('cases', '?')} cases"
+            # a patient row is a case and tumour type (PATIENT_NOTE): a few cases have two
+            row["computed on"] = (f"{block.get('rows', '?')} images, {block.get('cases', '?')} cases" if level == "image"
+                                  else f"{block.get('rows', '?')} rows (case x tumour type), {block.get('cases', '?')} cases")
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -102,7 +114,7 @@ def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: 
     if metrics and metric_block(metrics, ("stage1",)):
         data = metrics.get("data") or {}
         ours = {"source": "this app (active model)", "model": model_name, "protocol": data.get("protocol"),
-                "note": f"{data.get('split')} split, {data.get('images')} images, {data.get('cases')} cases"}
+                "note": f"{measured_on(data)}, {data.get('images')} images, {data.get('cases')} cases"}
         stage1, subtype8 = metrics["stage1"], metric_block(metrics, ("subtype8",)) or {}
         image, patients = ((metrics.get("intervals") or {}).get(level) or {} for level in ("image", "patient"))
 
@@ -254,7 +266,7 @@ def uncertainty_caption(uncertainty: dict) -> str:
     return (f"Refer when the p(malignant) spread across {uncertainty['source']} exceeds "
             f"{uncertainty['p_malignant_spread']:.3f} ({uncertainty['rule']}; "
             f"{'needs test-time augmentation' if uncertainty.get('needs_tta') else 'always on'}). On the "
-            f"{on_split['data']['split']} split: {on_split['flagged']} of {on_split['data']['images']} "
+            f"{split_name(on_split['data'])} images: {on_split['flagged']} of {on_split['data']['images']} "
             f"images flagged; stage-1 error rate {rate(on_split['stage1_error_rate_flagged'])} "
             f"flagged vs {rate(on_split['stage1_error_rate_not_flagged'])} not flagged.")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
 from core.data.labels import MAGNIFICATIONS, pretty
+from core.evaluation.metrics import split_name
 from core.jsonfile import read_json
 from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, GENERATOR, MODEL_FILE, card_kind, find_model_folders
 from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
@@ -100,8 +101,8 @@ def stamp(folder: str) -> float:
 def tested(metrics: dict) -> str:
     """How the card's figures saw their images: 'test' (a held-out split) or 'out-of-fold' (a
     cross-validation: every patient tested once, by a model that never saw it)."""
-    protocol = str(metrics.get("protocol") or (metrics.get("data") or {}).get("protocol") or "")
-    return "out-of-fold" if "out-of-fold" in protocol else "test"
+    data = {**(metrics.get("data") or {}), **({"protocol": metrics["protocol"]} if metrics.get("protocol") else {})}
+    return "out-of-fold" if split_name(data) == "out-of-fold" else "test"
 
 
 def measured_accuracy(card: dict) -> str | None:

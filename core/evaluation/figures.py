@@ -10,13 +10,15 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from core.data.labels import pretty
+from core.evaluation.metrics import split_name
 
 LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=10, r=10, t=60, b=10))
 
 
 def scope_text(data: dict | None) -> str:
     data = data or {}
-    return (f"{data.get('split', '?')} split, {data.get('protocol', 'unknown protocol')}, "
+    where = "out-of-fold" if split_name(data) == "out-of-fold" else f"{split_name(data)} split"
+    return (f"{where}, {data.get('protocol', 'unknown protocol')}, "
             f"{data.get('images', '?')} images, {data.get('cases', '?')} cases")
 
 

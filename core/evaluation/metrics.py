@@ -18,6 +18,20 @@ PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case 
                 "the few cases with two), then the usual decision rule")
 
 
+def split_name(data: dict | None) -> str:
+    """Which images a block's figures were measured on: its split ('test', 'val'), or 'out-of-fold'
+    for a cross-validation's pooled predictions (every patient tested once, by a model that never saw
+    it), which are stored with split 'test' but are no single held-out split."""
+    data = data or {}
+    return "out-of-fold" if "out-of-fold" in str(data.get("protocol") or "") else str(data.get("split") or "?")
+
+
+def measured_on(data: dict | None) -> str:
+    """split_name in words: 'the test split', 'out-of-fold predictions'."""
+    name = split_name(data)
+    return "out-of-fold predictions" if name == "out-of-fold" else f"the {name} split"
+
+
 def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
     """What a metric block was computed on."""
     protocols = sorted(set(table["protocol"].astype(str))) if len(table) else []
