@@ -35,9 +35,7 @@ if len(groups) > 1:
                "their numbers are not comparable: each group below is shown on its own.", icon=":material/warning:")
 
 for index, ((protocol, _), members) in enumerate(groups.items()):
-    several = len(members) > 1
-    st.subheader(f"Group {index + 1}: {len(members)} model{'s' if several else ''} on {'the same ' if several else ''}"
-                 f"{protocol} test images")
+    st.subheader(comparison.group_title(index, protocol, members))
     st.dataframe(comparison.metrics_side_by_side(members), hide_index=True)
     differences = comparison.config_differences(members)
     if len(members) > 1:

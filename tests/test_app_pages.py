@@ -336,8 +336,12 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
     assert "not comparable" in " ".join(w.value for w in app.warning)
     groups = [s.value for s in app.subheader if s.value.startswith("Group ")]
     assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
-    assert any("out-of-fold" in g for g in groups)
-    assert len([frame for frame in app.dataframe if "metric" in frame.value.columns]) == 2
+    assert any(g.endswith("out-of-fold images") for g in groups) and any(g.endswith(" test images") for g in groups)
+    tables = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    assert len(tables) == 2
+    # the Model performance page's metric names, not the raw keys
+    assert {"stage-1 ROC AUC", "subtype macro-F1 (8 classes)"} <= set(tables[0]["metric"]) and \
+        "stage1 auc" not in set(tables[0]["metric"])
 
 
 @pytest.mark.parametrize("model, declared", [("default", True), ("small-cnn", False)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.app.run_files import read_run_files
-from core.evaluation.intervals import HEADLINE, format_interval
+from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.model.folders import read_card
 
 
@@ -52,12 +52,21 @@ def comparable_groups(runs: list[Run]) -> dict[tuple | None, list[Run]]:
     return groups
 
 
+def group_title(index: int, protocol: str, members: list[Run]) -> str:
+    """'Group 1: 2 models on the same patient-wise test images'; a cross-validation's pooled figures
+    are out-of-fold images (every patient tested once), not a test split."""
+    several = len(members) > 1
+    images = "images" if "out-of-fold" in str(protocol) else "test images"
+    return f"Group {index + 1}: {len(members)} model{'s' if several else ''} on {'the same ' if several else ''}" \
+           f"{protocol} {images}"
+
+
 def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
     """One row per headline metric and level, one column per run (value with its 95% interval)."""
     rows = []
     for level in ("image", "patient"):
         for key in HEADLINE:
-            row = {"level": level, "metric": key.replace("_", " ")}
+            row = {"level": level, "metric": HEADLINE_NAMES[key]}  # the Model performance page's names
             for run in runs:
                 block = ((run.metrics.get("intervals") or {}).get(level) or {}).get(key)
                 row[run.name] = format_interval(block) if block else (
