@@ -62,7 +62,16 @@ def test_audit_rows_cannot_be_changed_by_the_orm_or_by_sql(store):
     with store.session() as session, pytest.raises(AppendOnlyError):
         session.execute(delete(AuditEvent))
     # Below the ORM: the database trigger refuses a hand-written statement.
-    for statement in ("UPDATE audit SET \"user\" = 'mallory'", "DELETE FROM audit"):
+    # ... also a row written over by id: SQLite's REPLACE deletes without firing DELETE triggers, and
+    # an upsert updates (both dialects).
+    columns = "(id, at, kind, \"user\", details)"
+    values = f"({audit_id}, '2026-01-01 00:00:00', 'diagnosis', 'mallory', '{{\"call\": \"malignant\"}}')"
+    replace = (f"INSERT OR REPLACE INTO audit {columns} VALUES {values}" if store.engine.dialect.name == "sqlite"
+               else None)
+    upsert = f"INSERT INTO audit {columns} VALUES {values} ON CONFLICT (id) DO UPDATE SET \"user\" = 'mallory'"
+    for statement in ("UPDATE audit SET \"user\" = 'mallory'", "DELETE FROM audit", replace, upsert):
+        if statement is None:
+            continue
         with store.engine.connect() as connection, pytest.raises(DBAPIError, match="append-only"):
             connection.execute(text(statement))
     assert store.event(audit_id)["details"] == {"call": "benign"} and store.event(audit_id)["user"] == "ann"
