@@ -52,6 +52,13 @@ def test_the_ensemble_and_each_member_are_evaluated_on_the_same_cases(ensemble):
     assert metrics["uncertainty"]["source"] == "ensemble members" and not metrics["uncertainty"]["needs_tta"]
     card = json.loads((ensemble / "model" / "card.json").read_text())
     assert card["kind"] == "ensemble" and card["thresholds"]["uncertainty"]["p_malignant_spread"] >= 0
+    # Members trained on a few patients are LIMITED DATA models, and so is their mean, wherever it predicts.
+    from core.app.registry import model_badge
+
+    members = [json.loads((ensemble.parent / f"member{seed}" / "model" / "card.json").read_text()) for seed in (0, 1, 2)]
+    assert all(m["evidence"]["limited"] for m in members)
+    assert card["evidence"]["limited"] and model_badge({**card, "demo": False}).startswith("LIMITED DATA · ")
+    assert all(m["evidence"]["statement"] in card["evidence"]["statement"] for m in members)
 
 
 def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagreement(ensemble, samples_dir):

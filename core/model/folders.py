@@ -252,6 +252,19 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | 
     return sorted(found)
 
 
+def ensemble_evidence(cards: list[dict]) -> dict:
+    """What an ensemble rests on: each member's evidence, and LIMITED DATA when any member is (its
+    calls average that member's); the badge and banners read `limited` and `statement` as for one model."""
+    evidences = [card.get("evidence") or {} for card in cards]
+    limited = any(e.get("limited") for e in evidences)
+    parts = [f"{card.get('name', 'member')}: {e.get('statement') or 'no evidence recorded'}"
+             for card, e in zip(cards, evidences)]
+    return {"limited": limited, "members": evidences,
+            "statement": f"an ensemble of {len(cards)} models (" + "; ".join(parts) + ")"
+                         + ("; limited data, not a diagnosis" if limited and not all(
+                             "limited data" in str(e.get("statement")) for e in evidences) else "")}
+
+
 def save_ensemble(members: list, folder, name: str | None = None, **fields) -> Path:
     """Write an ensemble card for these classifier folders (verified, one hierarchy); returns the folder."""
     folder = Path(folder)
@@ -268,7 +281,7 @@ def save_ensemble(members: list, folder, name: str | None = None, **fields) -> P
             "members": [{"path": os.path.relpath(Path(member).resolve(), folder.resolve()), "name": c.get("name"),
                          "backbone": c["backbone"], "input_size": c["input_size"], "sha256": c["sha256"]}
                         for member, c in zip(members, cards)],
-            "demo": any(c.get("demo") for c in cards), "labels": labels_block(),
+            "demo": any(c.get("demo") for c in cards), "evidence": ensemble_evidence(cards), "labels": labels_block(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "method": "mean of the members' calibrated probabilities; uncertainty = members' disagreement",
             **fields}
