@@ -24,6 +24,17 @@ def option(default: Any = _REQUIRED, help: str = "", choices: tuple | None = Non
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count of things to make), refused in words otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def flag(name: str, default=None) -> str:
     """--kebab-case; a switch that is on by default is turned off with --no-kebab-case."""
     return ("--no-" if default is True else "--") + name.replace("_", "-")

@@ -443,3 +443,28 @@ def test_augmentation_is_differentiable_and_views_keep_the_pixels():
         out = diff_augment(images, keras.random.SeedGenerator(5))
         total = tf.reduce_sum(out)
     assert out.shape == images.shape and float(tf.reduce_sum(tf.abs(tape.gradient(total, images)))) > 0
+
+
+def test_many_samples_are_drawn_in_chunks_with_the_same_noise(tiny_generator, tmp_path):
+    """`gan sample --n 100000` needed 80 GiB of noise at once (MemoryError): the noise is drawn per
+    chunk of the same stream, so image i is the same whatever n or the chunk is, and a count < 1 is refused."""
+    import argparse
+
+    from PIL import Image
+
+    from core.gan import sampling
+    from core.options import positive_int
+
+    chunks = list(sampling.noise_chunks(3, 5, (30, 20), 4, chunk=2))
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate(chunks), sampling.noise_map(3, 5, 30, 20, 4))
+    np.testing.assert_array_equal(np.concatenate(list(sampling.noise_chunks(3, 5, None, 4, 2))),
+                                  sampling.noise_for(3, 5, 4))
+    paths = write_samples(tiny_generator, "adenosis", 3, tmp_path / "chunked", seed=1, chunk=2)
+    whole = sampling.Generator.load(tiny_generator).fields("adenosis", 3, seed=1)
+    assert [p.name[-9:] for p in paths] == ["00000.png", "00001.png", "00002.png"]
+    for path, image in zip(paths, whole):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+    for value in ("0", "-4", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(value)

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from core.data.labels import SUBTYPES
-from core.options import add_dataclass_options
+from core.options import add_dataclass_options, positive_int
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
@@ -84,7 +84,7 @@ def add_gan_commands(gan) -> None:
     sample.set_defaults(handler=_gan_sample)
     sample.add_argument("--model", required=True)
     sample.add_argument("--subtype", required=True, choices=SUBTYPES)
-    sample.add_argument("--n", type=int, default=100)
+    sample.add_argument("--n", type=positive_int, default=100, help="images to write (at least 1)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True)
     quality = gan_commands.add_parser("evaluate", help="two-sample test, nuclei and distances of a generator (+ KID)")

@@ -45,13 +45,24 @@ def field_px(mpp: float, magnification: str = FIELD_MAGNIFICATION) -> tuple[int,
 
 def noise_map(seed: int, n: int, width: int, height: int, channels: int) -> np.ndarray:
     """Noise for n canvases of at least width x height pixels; canvas i is the same whatever n is."""
-    cells = (math.ceil(height / UPSCALE), math.ceil(width / UPSCALE))
-    return np.random.default_rng(seed).standard_normal((n, *cells, channels)).astype(np.float32)
+    return np.concatenate(list(noise_chunks(seed, n, (width, height), channels, max(n, 1))))
 
 
 def noise_for(seed: int, n: int, latent_dim: int) -> np.ndarray:
     """Vector noise of the generators bundled before the texture GAN; image i is the same whatever n is."""
-    return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
+    return np.concatenate(list(noise_chunks(seed, n, None, latent_dim, max(n, 1))))
+
+
+def noise_chunks(seed: int, n: int, size: tuple[int, int] | None, channels: int, chunk: int = 64):
+    """The noise of n images in chunks of at most `chunk` (noise_map's for a (width, height) canvas,
+    noise_for's when size is None): the same numbers, in the same order, without holding them all
+    (100,000 field-size canvases are 80 GiB of noise)."""
+    shape = (channels,) if size is None else (math.ceil(size[1] / UPSCALE), math.ceil(size[0] / UPSCALE), channels)
+    rng = np.random.default_rng(seed)  # one stream: consecutive draws continue it exactly
+    if n == 0:
+        yield np.zeros((0, *shape), np.float32)
+    for start in range(0, n, chunk):
+        yield rng.standard_normal((min(chunk, n - start), *shape)).astype(np.float32)
 
 
 def generate(network: keras.Model, subtype: str, n: int, seed: int = 0, size: tuple[int, int] | int = 64,
@@ -97,10 +108,9 @@ class Generator:
         self._check(subtype)
         return generate(self.network, subtype, n, seed, field_px(self.mpp) if self.spatial else self.patch_px, noise)
 
-    def field_noise(self, n: int, seed: int = 0) -> np.ndarray:
-        """The noise of `fields(subtype, n, seed)`, to draw them in chunks."""
-        channels = self.network.inputs[0].shape[-1]
-        return noise_map(seed, n, *field_px(self.mpp), channels) if self.spatial else noise_for(seed, n, channels)
+    def field_noise(self, n: int, seed: int = 0, chunk: int = 64):
+        """The noise of `fields(subtype, n, seed)` in chunks of at most `chunk` images, to draw them so."""
+        return noise_chunks(seed, n, field_px(self.mpp) if self.spatial else None, self.network.inputs[0].shape[-1], chunk)
 
     def canvas(self, subtype: str, n: int, width: int, height: int, seed: int = 0) -> np.ndarray:
         self._check(subtype)
@@ -149,8 +159,9 @@ def save_sample_grid(network, subtypes, noise: np.ndarray, path: Path) -> None:
                           for s in subtypes])).save(path)
 
 
-def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0) -> list[Path]:
-    """n field-size PNGs named SYN_<code>-<generator>-<seed>-<i>.png (never a BreakHis name)."""
+def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0, chunk: int = 64) -> list[Path]:
+    """n field-size PNGs named SYN_<code>-<generator>-<seed>-<i>.png (never a BreakHis name), drawn
+    and written `chunk` at a time."""
     generator = Generator.load(model_dir)
     generator._check(subtype)
     if n < 0:
@@ -158,11 +169,10 @@ def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0) -> li
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_provenance(out_dir, provenance_of(generator.card))
-    paths, noise = [], generator.field_noise(n, seed)
-    for start in range(0, n, 64):  # fields are large: draw and write them in chunks
-        chunk = noise[start:start + 64]
-        for i, image in enumerate(generator.fields(subtype, len(chunk), noise=chunk)):
-            paths.append(out_dir / synthetic_name(subtype, generator.name, seed, start + i))
+    paths = []
+    for noise in generator.field_noise(n, seed, chunk):  # fields are large: draw and write them in chunks
+        for image in generator.fields(subtype, len(noise), noise=noise):
+            paths.append(out_dir / synthetic_name(subtype, generator.name, seed, len(paths)))
             Image.fromarray(image).save(paths[-1])
     return paths
 
