@@ -111,6 +111,31 @@ def test_accounts_sign_in_lock_and_changes(store):
     assert b"correct horse" not in dump and b"argon2" not in dump
 
 
+def test_wrong_passwords_that_arrive_together_still_lock_the_account(store):
+    # Each Streamlit session runs in its own thread: the guesses of several tabs or a script arrive
+    # together. A count kept in Python (read, add 1, write) let them overwrite each other on SQLite.
+    accounts.add_account(store, "ann", "correct horse", "pathologist")
+    guesses = 2 * accounts.MAX_FAILURES
+    together = threading.Barrier(guesses)
+
+    def guess(n):
+        together.wait()
+        with pytest.raises(accounts.SignInError):
+            accounts.sign_in(store, "ann", f"wrong guess {n}")
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(guesses)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reasons = [f["details"]["reason"] for f in store.events(kinds="sign_in_failed")]
+    assert sorted(reasons) == sorted(["wrong password"] * (accounts.MAX_FAILURES - 1) + ["wrong password; locked"]
+                                     + ["locked"] * (guesses - accounts.MAX_FAILURES))
+    assert accounts.list_accounts(store)[0]["locked_until"] is not None
+    with pytest.raises(accounts.SignInError, match="locked until"):
+        accounts.sign_in(store, "ann", "correct horse")
+
+
 def test_roles_permissions():
     assert accounts.can("admin", "retrain") and accounts.can("admin", "diagnose")
     assert accounts.can("pathologist", "review")

@@ -14,7 +14,7 @@ import functools
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core.errors import UserInputError
 from core.store import sessions
@@ -110,29 +110,63 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
         if user is None or user.password_hash is None:
             _verify(_dummy_hash(), password)
             outcome, message = "unknown account" if user is None else "sso-only account", None
-        elif user.locked_until is not None and user.locked_until > now:
-            outcome = "locked"
-            message = (f"Too many failed sign-ins: this account is locked until "
-                       f"{user.locked_until:%H:%M:%S} UTC. Try again later.")
+        elif _locked(user.locked_until, now):
+            outcome, message = "locked", _locked_message(user.locked_until)
         elif not _verify(user.password_hash, password):
-            user.failed_sign_ins += 1
-            outcome, message = "wrong password", None
-            if user.failed_sign_ins >= MAX_FAILURES:
-                user.locked_until, user.failed_sign_ins = now + datetime.timedelta(seconds=LOCK_SECONDS), 0
-                outcome = "wrong password; locked"
-                message = f"Too many failed sign-ins: the account is locked for {LOCK_SECONDS} seconds."
+            outcome, message = _count_failure(session, user.id, now)
         elif not user.active:
             outcome, message = "disabled", "This account is disabled. Ask an administrator."
         else:
-            if _hasher.check_needs_rehash(user.password_hash):
-                user.password_hash = _hasher.hash(password)
-            user.failed_sign_ins, user.locked_until, user.last_sign_in = 0, None, now
-            outcome, role = "ok", user.role
+            rehash = {"password_hash": _hasher.hash(password)} if _hasher.check_needs_rehash(user.password_hash) else {}
+            if _update_unless_locked(session, user.id, now, User.id, failed_sign_ins=0, locked_until=None,
+                                     last_sign_in=now, **rehash) is None:  # locked by guesses beside this one
+                outcome, message = "locked", _locked_message(_lock_end(session, user.id))
+            else:
+                outcome, role = "ok", user.role
     if outcome != "ok":
         store.record("sign_in_failed", name[:120], details={"reason": outcome})
         raise SignInError(message or "Wrong name or password.")
     store.record("sign_in", name, details={"method": "password"})
     return {"name": name, "role": role}
+
+
+# The failure count and the lock are read and written by UPDATE statements, never as
+# `user.failed_sign_ins += 1` in Python: guesses that arrive together (several tabs or a script,
+# each Streamlit session in its own thread) would each add 1 to the same old count, and SQLite
+# ignores SELECT ... FOR UPDATE, so the lock would never engage. The first UPDATE of a transaction
+# holds the row (PostgreSQL) or the database's write lock (SQLite) until it commits.
+
+def _count_failure(session, user_id: int, now: datetime.datetime) -> tuple[str, str | None]:
+    """One more wrong password, counted in the database; the MAX_FAILURES-th locks the account."""
+    failures = _update_unless_locked(session, user_id, now, User.failed_sign_ins,
+                                     failed_sign_ins=User.failed_sign_ins + 1)
+    if failures is None:  # locked by the guesses that arrived together with this one
+        return "locked", _locked_message(_lock_end(session, user_id))
+    if failures < MAX_FAILURES:
+        return "wrong password", None
+    session.execute(update(User).where(User.id == user_id)
+                    .values(locked_until=now + datetime.timedelta(seconds=LOCK_SECONDS), failed_sign_ins=0)
+                    .execution_options(synchronize_session=False))
+    return "wrong password; locked", f"Too many failed sign-ins: the account is locked for {LOCK_SECONDS} seconds."
+
+
+def _update_unless_locked(session, user_id: int, now: datetime.datetime, returning, **values):
+    """Set `values` on the account unless it is locked at `now`: the `returning` column, or None."""
+    not_locked = User.locked_until.is_(None) | (User.locked_until <= now)
+    return session.scalar(update(User).where(User.id == user_id, not_locked).values(**values)
+                          .returning(returning).execution_options(synchronize_session=False))
+
+
+def _lock_end(session, user_id: int) -> datetime.datetime:
+    return session.scalar(select(User.locked_until).where(User.id == user_id))
+
+
+def _locked(locked_until: datetime.datetime | None, now: datetime.datetime) -> bool:
+    return locked_until is not None and locked_until > now
+
+
+def _locked_message(locked_until: datetime.datetime) -> str:
+    return f"Too many failed sign-ins: this account is locked until {locked_until:%H:%M:%S} UTC. Try again later."
 
 
 def sso_account(store: Store, name: str) -> dict | None:
