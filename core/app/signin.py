@@ -185,14 +185,23 @@ def require(action: str) -> dict:
 
 
 def sign_in_page() -> None:
-    """The only page a signed-out visitor sees: the form, single sign-on, or the first start."""
+    """The only page a signed-out visitor sees: the form, single sign-on, or the first start.
+
+    A busy or unreachable database (StoreError) is a message on the page, and the form stays as
+    it was, so the visitor can simply press the button again."""
     from core.store.accounts import SignInError, has_accounts
     from core.store.accounts import sign_in as check
+    from core.store.db import StoreError
 
     st.title("Sign in")
     if sso_configured():
         st.button("Sign in with your organisation", on_click=st.login, key="sso_sign_in")
-    if not has_accounts(store()) and not sso_configured():
+    try:
+        first_start = not has_accounts(store()) and not sso_configured()
+    except StoreError as problem:
+        st.error(str(problem), icon=":material/database:")
+        return
+    if first_start:
         st.info("First start: no account exists yet. On this machine, create the first administrator with\n\n"
                 "    python -m core users add NAME --role admin\n\n(the password is prompted), then reload. "
                 "For a single-user workstation, start the app with BREAKHIS_SINGLE_USER=1 instead.")
@@ -206,6 +215,8 @@ def sign_in_page() -> None:
             user = check(store(), name.strip(), password)
         except SignInError as problem:
             st.error(str(problem), icon=":material/block:")
+        except StoreError as problem:
+            st.error(str(problem), icon=":material/database:")
         else:
             _signed_in(user)
             st.rerun()

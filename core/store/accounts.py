@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from core.errors import UserInputError
 from core.store import sessions
 from core.store.audit import Store
+from core.store.db import store_errors
 from core.store.models import User, utc_now
 from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
 
@@ -44,13 +45,13 @@ def _check_new(name: str, password: str | None, role: str) -> None:
 
 
 def has_accounts(store: Store) -> bool:
-    with store.session() as session:
+    with store_errors("The accounts could not be read"), store.session() as session:
         return bool(session.scalar(select(func.count()).select_from(User)))
 
 
 def list_accounts(store: Store) -> list[dict]:
     """Accounts without their hashes (for the accounts page and `users list`)."""
-    with store.session() as session:
+    with store_errors("The accounts could not be read"), store.session() as session:
         return [{"name": u.name, "role": u.role, "active": u.active, "sso_only": u.password_hash is None,
                  "created_at": u.created_at, "last_sign_in": u.last_sign_in, "locked_until": u.locked_until}
                 for u in session.scalars(select(User).order_by(User.name))]
@@ -59,7 +60,7 @@ def list_accounts(store: Store) -> list[dict]:
 def add_account(store: Store, name: str, password: str | None, role: str, by: str = SYSTEM) -> None:
     """Create an account (password None: single sign-on only). Audited as an account change by `by`."""
     _check_new(name, password, role)
-    with store.session() as session, session.begin():
+    with store_errors("The account could not be created"), store.session() as session, session.begin():
         if session.scalar(select(User).where(User.name == name)):
             raise UserInputError(f"an account named {name!r} already exists")
         session.add(User(name=name, role=role, active=True, failed_sign_ins=0,
@@ -74,7 +75,7 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
     Disabling the account or setting a new password revokes all its sign-in sessions (a browser's
     cookie is refused from then on); a role change needs none: every page run reads the role anew."""
     changes, revoked = {}, 0
-    with store.session() as session, session.begin():
+    with store_errors("The account could not be changed"), store.session() as session, session.begin():
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
             raise UserInputError(f"no account named {name!r}")
@@ -105,7 +106,7 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
     password during the lock is refused too, so guessing gains nothing).
     """
     now = now or utc_now()
-    with store.session() as session, session.begin():
+    with store_errors("The sign-in could not be checked"), store.session() as session, session.begin():
         user = session.scalar(select(User).where(User.name == name).with_for_update())
         if user is None or user.password_hash is None:
             _verify(_dummy_hash(), password)
@@ -171,7 +172,7 @@ def _locked_message(locked_until: datetime.datetime) -> str:
 
 def sso_account(store: Store, name: str) -> dict | None:
     """The active account an identity provider's user maps to (by e-mail or name), or None."""
-    with store.session() as session:
+    with store_errors("The account could not be read"), store.session() as session:
         user = session.scalar(select(User).where(User.name == name))
         return {"name": user.name, "role": user.role} if user is not None and user.active else None
 

@@ -18,11 +18,10 @@ import tomllib
 
 import pandas as pd
 from sqlalchemy import Engine, event, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.paths import REPO
-from core.store.db import StoreError, make_engine, upgrade
+from core.store.db import make_engine, store_errors, upgrade
 from core.store.models import AuditEvent, utc_now
 
 log = logging.getLogger(__name__)
@@ -98,13 +97,10 @@ class Store:
                 raise ValueError(f"unknown audit kind {row['kind']!r}; one of {', '.join(KINDS)}")
         events = [AuditEvent(**{**row, "details": row.get("details") or {}, "at": row.get("at") or utc_now(),
                                 "app_version": app_version()}) for row in rows]
-        try:
-            with self.sessions.begin() as session:
-                session.add_all(events)
-                session.flush()
-                return [e.id for e in events]
-        except DBAPIError as problem:
-            raise StoreError(f"the audit record could not be written: {problem.orig}") from None
+        with store_errors("The audit record could not be written"), self.sessions.begin() as session:
+            session.add_all(events)
+            session.flush()
+            return [e.id for e in events]
 
     # ------------------------------------------------------------ reading
 

@@ -10,6 +10,7 @@ what is wrong and what to do, before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from core.errors import UserInputError
 from core.paths import data_dir
@@ -33,6 +34,23 @@ log = logging.getLogger(__name__)
 class StoreError(UserInputError):
     """The database the deployment points at cannot be used as it is (damaged, read-only, from a
     newer version, unreachable). The message says why; nothing was changed."""
+
+
+@contextlib.contextmanager
+def store_errors(what: str):
+    """Turn the driver's error while reading or writing into a StoreError a page can show.
+
+    A busy database (another process held SQLite's write lock for longer than BUSY_TIMEOUT_MS) or an
+    unreachable server would otherwise reach the page as a traceback. `what` starts the message;
+    the driver's own words go to the log only, as they may name the server.
+    """
+    try:
+        yield
+    except OperationalError as problem:
+        log.warning("%s: %s", what, problem.orig)
+        raise StoreError(f"{what}: the database is busy or unavailable; try again in a moment.") from None
+    except DBAPIError as problem:
+        raise StoreError(f"{what}: the database refused it ({problem.orig}).") from None
 
 
 def database_url() -> str:

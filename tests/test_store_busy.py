@@ -1,0 +1,72 @@
+"""A busy database (another process, a backup or an sqlite3 shell, holds SQLite's write lock): the
+accounts and the audit trail raise a StoreError that says so, the sign-in page shows it instead of a
+traceback, and once the lock is released everything works and nothing was half-written."""
+
+import contextlib
+import sqlite3
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.paths import data_dir
+from core.store import accounts, db
+from core.store.audit import Store
+from core.store.db import StoreError
+from core.testing.apptest import sign_in
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+PASSWORD = "a long enough password"
+BUSY = "the database is busy or unavailable; try again"
+
+
+@contextlib.contextmanager
+def write_locked(path):
+    """Another process's open write transaction on the SQLite file at `path`."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.fixture
+def short_wait(monkeypatch):
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)  # the test waits 0.2 s per refusal, not 10 s
+
+
+def test_accounts_and_the_audit_trail_say_the_database_is_busy(tmp_path, short_wait):
+    path = tmp_path / "breakhis.db"
+    store = Store.open(f"sqlite:///{path}")
+    accounts.add_account(store, "ann", PASSWORD, "pathologist")
+    with write_locked(path):
+        for attempt in (lambda: accounts.sign_in(store, "ann", PASSWORD),
+                        lambda: accounts.sign_in(store, "ann", "a wrong password"),
+                        lambda: accounts.add_account(store, "bob", PASSWORD, "admin"),
+                        lambda: accounts.change_account(store, "ann", accounts.SYSTEM, role="admin"),
+                        lambda: store.record("sign_in", "ann")):
+            with pytest.raises(StoreError, match=BUSY):
+                attempt()
+    assert accounts.sign_in(store, "ann", PASSWORD) == {"name": "ann", "role": "pathologist"}
+    assert [a["name"] for a in accounts.list_accounts(store)] == ["ann"]
+    store.close()
+
+
+def test_the_sign_in_page_says_the_database_is_busy(tmp_path, monkeypatch, short_wait):
+    default = make_model_folder(tmp_path / "models" / "default", demo=True)
+    for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
+    run_app_like_the_server(monkeypatch)
+    accounts.add_account(Store.open(), "ann", PASSWORD, "pathologist")
+
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    with write_locked(data_dir() / db.SQLITE_FILE):
+        app = sign_in(app, "ann", PASSWORD)
+    assert not app.exception
+    assert [t.value for t in app.title] == ["Sign in"] and BUSY in app.error[0].value
+    assert app.text_input(key="sign_in_name").value == "ann"  # the form keeps what was typed
+    app = app.button[0].click().run()  # the visitor presses the button again
+    assert [t.value for t in app.title] == ["Diagnose"]
