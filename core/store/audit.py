@@ -144,4 +144,20 @@ class Store:
         return frame
 
     def csv(self, **filters) -> bytes:
-        return self.frame(**filters).to_csv(index=False).encode("utf-8")
+        """The filtered trail as CSV, with text a spreadsheet would run as a formula made inert.
+
+        RFC 4180's CRLF line ends: the writer then quotes every cell holding a CR or LF, so a CR
+        typed into a name cannot start a new row (whose first cell would be a formula again)."""
+        return self.frame(**filters).map(_inert).to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+
+
+# CSV (formula) injection: anyone who reaches the sign-in page chooses the user cell of a failed
+# sign-in, and anyone who uploads chooses a file name; a spreadsheet opening the export runs a cell
+# that starts with one of these as a formula (which can, e.g., send other cells to a web address).
+# OWASP's advice: start such a cell with a single quote, which spreadsheets show as plain text. Only
+# the export changes: the rows and the page's table keep the text as it was recorded.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(cell):
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
