@@ -77,6 +77,18 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
         reviews.review(store, "bob", agree)
 
 
+def test_a_case_history_keeps_the_newest_results(store, monkeypatch):
+    monkeypatch.setattr(reviews, "QUEUE_SCAN", 3)  # stands for 2,000 older results
+    old_case = {"call": "benign", "subtype": "adenosis", "case": "22-1111"}
+    new_case = {"call": "malignant", "subtype": "ductal_carcinoma", "case": "14-22549"}
+    store.record_many([dict(kind="diagnosis", user="ann", subject=f"old{n}.png", details=old_case) for n in range(3)])
+    first = store.record("diagnosis", "ann", "SOB_M_DC-14-22549-200-001.png", details=new_case)
+    store.record("diagnosis", "ann", "old3.png", details=old_case)
+    second = store.record("diagnosis", "ann", "SOB_M_DC-14-22549-200-002.png", details=new_case)
+    review = reviews.review(store, "bob", first, comment="checked")
+    assert [r["id"] for r in reviews.history(store, case="14-22549")] == [first, second, review]  # oldest first
+
+
 def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store, predictor, diagnosed, tmp_path,
                                                                            monkeypatch):
     monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)

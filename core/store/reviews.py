@@ -77,12 +77,15 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> lis
 
 
 def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
-    """Every call and review of one case (BreakHis case id) or one image, oldest first."""
+    """Every call and review of one case (BreakHis case id) or one image, oldest first.
+
+    A case is looked up among the newest QUEUE_SCAN results (the ones the queue shows), so a new
+    case's rows are never crowded out by old ones."""
     if image_sha256:
         return store.events(kinds=[*REVIEWABLE, "review"], image_sha256=image_sha256, newest_first=False)
     if not case:
         raise UserInputError("name a case or an image")
-    calls = [r for r in store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN, newest_first=False)
+    calls = [r for r in store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN)
              if r["details"].get("case") == case]
     reviews = store.events(kinds="review", newest_first=False, refers_to_any=[r["id"] for r in calls])
     return sorted(calls + reviews, key=lambda r: r["id"])
