@@ -1,6 +1,7 @@
 """Audit rows of real diagnoses, reviews and corrections, the queue, a case's history, the kept-image
 store and the training export, on SQLite and PostgreSQL."""
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from core.app import records, service
 from core.data.breakhis import index_folder
 from core.store import reviews
 from core.store.images import ImageStore, keeping_images
-from tests.app_helpers import make_model_folder
+from tests.app_helpers import make_model_folder, png_bytes, tissue_like
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     reviews.review(store, "bob", second, label=flipped)  # the class corrected alone: subtype open, not exported
     reviews.review(store, "bob", third)  # agreed, but its image was not kept
     summary = reviews.export_training_folder(store, tmp_path / "export", kept)
-    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1}
+    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1, "superseded": 0,
+                                                              "repeated": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "lobular_carcinoma"
     assert indexed.iloc[0]["case"] == "14-9146"
@@ -121,6 +123,25 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     damaged = kept.path(hashlib.sha256(items[0][1]).hexdigest())
     damaged.write_bytes(b"changed")
     assert kept.get(hashlib.sha256(items[0][1]).hexdigest()) is None
+
+
+def test_the_same_image_reviewed_twice_is_exported_once_with_its_newest_review(store, tmp_path):
+    kept = ImageStore(tmp_path / "images")
+    sha = kept.put(png_bytes(tissue_like()))
+    call = {"call": "benign", "subtype": "adenosis", "magnification": "200X"}
+    first, second, third = [store.record("diagnosis", "ann", "scan_0001.png", image_sha256=sha, details=call)
+                            for _ in range(3)]  # one image uploaded three times
+    older = reviews.review(store, "bob", second, subtype="ductal_carcinoma")
+    reviews.review(store, "bob", third, subtype="fibroadenoma")
+    newest = reviews.review(store, "cy", first, subtype="fibroadenoma")  # the newest review, of the first upload
+    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 0, "no subtype": 0, "superseded": 1,
+                                                              "repeated": 1}
+    indexed = index_folder(tmp_path / "export").images
+    assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "fibroadenoma"
+    with (tmp_path / "export" / reviews.PROVENANCE).open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["review_id"] == str(newest) and row["superseded_reviews"] == str(older)
 
 
 def test_reviewed_images_join_the_training_split_only(synthetic_breakhis, tmp_path):

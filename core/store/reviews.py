@@ -94,9 +94,12 @@ def history(store: Store, case: str | None = None, image_sha256: str | None = No
 def export_training_folder(store: Store, out: str | Path, images: ImageStore | None = None) -> dict:
     """Write every reviewed, kept image with its reviewed labels as a BreakHis-named PNG/JPEG copy.
 
-    Only reviews that settle a subtype are exported (a class-only correction leaves the subtype
-    unknown). Returns counts; the provenance file lists file, review id, result id, reviewer, time,
-    the model's call and the reviewed labels, and the image's SHA-256.
+    One file per image (SHA-256), labelled by its newest review: the same image uploaded twice is
+    two results, and two copies with different labels would teach the model both. Only reviews that
+    settle a subtype are exported (a class-only correction leaves the subtype unknown). Returns
+    counts, among them the older reviews of an exported image that chose other labels ("superseded")
+    or the same ones ("repeated"); the provenance file lists file, review id, result id, reviewer,
+    time, the model's call and the reviewed labels, the image's SHA-256 and the superseded reviews.
     """
     images = images or ImageStore()
     out = Path(out)
@@ -104,8 +107,9 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         raise UserInputError(f"{out} is not empty; choose a new folder for the export")
     out.mkdir(parents=True, exist_ok=True)
     results = {r["id"]: r for r in store.events(kinds=list(REVIEWABLE))}
-    reviews = latest_reviews(store, list(results))
-    written, skipped = [], {"not kept": 0, "no subtype": 0}
+    reviews, superseded, repeated = _newest_per_image(results, latest_reviews(store, list(results)))
+    written = []
+    skipped = {"not kept": 0, "no subtype": 0, "superseded": sum(map(len, superseded.values())), "repeated": repeated}
     for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
         result, subtype = results[result_id], rev["details"]["subtype"]
         if subtype is None:
@@ -125,12 +129,28 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         written.append({"file": name, "review_id": rev["id"], "result_id": result_id, "reviewer": rev["user"],
                         "reviewed_at": rev["at"].isoformat(), "model_call": "/".join(map(str, rev["details"]["model_call"])),
                         "label": rev["details"]["label"], "subtype": subtype, "agree": rev["details"]["agree"],
-                        "image_sha256": result["image_sha256"], "original_name": result["subject"]})
+                        "image_sha256": result["image_sha256"], "original_name": result["subject"],
+                        "superseded_reviews": " ".join(map(str, superseded[rev["id"]]))})
     with (out / PROVENANCE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(written[0]) if written else ["file"])
         writer.writeheader()
         writer.writerows(written)
     return {"written": len(written), "skipped": skipped, "folder": str(out)}
+
+
+def _newest_per_image(results: dict[int, dict], reviews: dict[int, dict]):
+    """{result id: review} with only the newest review of each image, {its id: the ids of the older
+    reviews of that image with other labels}, and how many older ones chose the same labels."""
+    by_image: dict[str, list[tuple[int, dict]]] = {}
+    for result_id, rev in sorted(reviews.items(), key=lambda item: item[1]["id"]):
+        by_image.setdefault(results[result_id]["image_sha256"] or f"result {result_id}", []).append((result_id, rev))
+    newest, superseded, repeated = {}, {}, 0
+    for *older, (result_id, rev) in by_image.values():
+        labels = (rev["details"]["label"], rev["details"]["subtype"])
+        newest[result_id] = rev
+        superseded[rev["id"]] = [o["id"] for _, o in older if (o["details"]["label"], o["details"]["subtype"]) != labels]
+        repeated += len(older) - len(superseded[rev["id"]])
+    return newest, superseded, repeated
 
 
 def _case_id(result: dict) -> str:
