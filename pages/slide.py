@@ -49,7 +49,9 @@ else:
 
 settings = TileSettings(overlap=overlap, min_tissue=min_tissue, top_k=int(top_k))
 stated = None if magnification == registry.NOT_STATED else magnification
-identity = item if isinstance(item, str) else f"upload:{name}:{len(item)}"
+# An upload is known by its content (the audit's SHA-256): another file of the same name and length is new.
+digest = hashlib.sha256(item).hexdigest() if isinstance(item, bytes) else None
+identity = item if digest is None else f"upload:{digest}"
 key = (session.model_identity(predictor), identity, settings, stated)
 
 if st.button("Analyse slide", type="primary", key="slide_start"):
@@ -92,7 +94,7 @@ _, reader, result = kept
 call = result.call
 # One audit row per run shown (an upload's bytes are hashed; a server slide is named by its path).
 audit_id = session.audit_slide(
-    predictor, name, hashlib.sha256(item).hexdigest() if isinstance(item, bytes) else None, dict(call),
+    predictor, name, digest, dict(call),
     {"overlap": overlap, "min_tissue": min_tissue, "top_k": int(top_k), "magnification": stated})
 st.caption(f"Audit #{audit_id}")
 with st.container(border=True):

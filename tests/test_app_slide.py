@@ -64,3 +64,32 @@ def test_a_broken_slide_gets_a_message(slide_dirs):
     assert not app.exception
     assert "corrupt" in texts(app.error) or "not a slide" in texts(app.error)
     assert "slide_cancel" not in [b.key for b in app.button] and not app.get("progress")  # nothing left running
+
+
+def test_a_new_upload_of_the_same_name_and_length_is_analysed_anew(slide_dirs):
+    """The page keys a result by the upload's content: two uncompressed TIFFs of one size have the
+    same name and byte length, and the second must not be shown the first one's result."""
+    import io
+
+    import tifffile
+
+    field = np.asarray(Image.open(next((SHARED / "real").rglob("SOB_M_MC-14-18842D-200-016.png"))).convert("RGB"))
+    tissue = np.tile(field, (1, 2, 1))  # two 200X fields of tissue
+    glass = np.full_like(tissue, 242)
+    glass[:, :700] = field  # one field of tissue, one of glass
+    uploads = []
+    for rgb in (tissue, glass):
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, rgb, photometric="rgb")
+        uploads.append(buffer.getvalue())
+    assert len(uploads[0]) == len(uploads[1]) and uploads[0] != uploads[1]
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    app.selectbox(key="slide_magnification").set_value("200X").run()
+    shown = []
+    for data in uploads:
+        app.file_uploader(key="slide_upload").set_value([("scan.tif", data, "image/tiff")]).run()
+        app.button(key="slide_start").click().run()
+        assert not app.exception, app.exception
+        shown.append(texts(app.markdown))
+    assert "of 2 tissue tiles" in shown[0] and "of 1 tissue tiles" in shown[1]
