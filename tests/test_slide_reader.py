@@ -91,3 +91,17 @@ def test_bad_inputs_get_clear_messages(tmp_path, small_slide):
         assert slide.scale.source == "chosen by user (mpp)"
     with pytest.raises(SlideError, match="folder"):
         open_slide(tmp_path)
+
+
+def test_an_uncompressed_pyramid_opens_from_memory_as_from_its_path(tmp_path):
+    """tifffile + zarr 3 refused uncompressed tiles from a writable in-memory file ("Store is not
+    read-only"): a valid upload was called truncated or corrupt."""
+    rgb = np.zeros((600, 900, 3), np.uint8)
+    rgb[..., 0] = np.arange(900) % 251
+    rgb[..., 1] = (np.arange(600) % 241)[:, None]
+    rgb[..., 2] = 180
+    path = write_pyramid(tmp_path / "raw.tif", rgb, mpp=0.5, levels=2, compression="none")
+    with open_slide(path.read_bytes(), name="raw.tif") as slide:
+        assert slide.backend == "tiffslide" and slide.level_dimensions == [(900, 600), (450, 300)]
+        assert (slide.read_region((100, 50), 0, (300, 200)) == rgb[50:250, 100:400]).all()
+        assert slide.read_region((0, 0), 1, (450, 300)).shape == (300, 450, 3)

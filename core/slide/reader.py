@@ -230,6 +230,14 @@ def _unsupported(name: str, head: bytes) -> SlideError:
                       "OpenSlide reads (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...), TIFF, PNG and JPEG.")
 
 
+def _memory_file(data: bytes) -> io.BufferedReader:
+    """Upload bytes as a READ-ONLY file: tifffile makes the zarr store of uncompressed chunks
+    writable when its file is (a BytesIO is), and tiffslide opens the store with mode 'r', which
+    zarr 3 refuses ("Store is not read-only but mode is 'r'"): every valid uncompressed TIFF upload
+    failed. A BufferedReader over the bytes reports writable() False and stays in memory."""
+    return io.BufferedReader(io.BytesIO(data))
+
+
 def _open_tiffslide(source, name: str, mpp, magnification, notes) -> TiffSlideReader:
     import tiffslide
 
@@ -282,8 +290,8 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
         name = name or "upload"
         if not data:
             raise SlideError(f"'{name}' is empty (0 bytes).")
-        if data[:4] in _TIFF_MAGIC:
-            return _check(_open_tiffslide(io.BytesIO(data), name, mpp, magnification, ["read from memory"]))
+        if data[:4] in _TIFF_MAGIC:  # in memory, never written to disk; read-only (see _memory_file)
+            return _check(_open_tiffslide(_memory_file(data), name, mpp, magnification, ["read from memory"]))
         return _check(_open_image(data, name, mpp, magnification))
     path = Path(source)
     name = name or path.name
