@@ -64,3 +64,24 @@ def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypat
         for file in ("tiles.csv", "malignant.geojson", "heatmap.png"):
             assert (dask / name / file).read_bytes() == (serial / name / file).read_bytes(), (name, file)
     shutil.rmtree(tmp_path)
+
+
+def test_a_slide_failing_unexpectedly_is_its_rows_error_and_the_batch_goes_on(slide_folder, tmp_path, monkeypatch):
+    """Any failure of one slide (not only a SlideError) is recorded in its row; the later slides are
+    analysed and slides.csv is written."""
+    import core.slide.batch as batch
+
+    opened = batch.open_slide
+
+    def failing(path, **options):
+        if str(path).endswith(".png"):
+            raise ValueError("could not broadcast input array from shape (460,700,2) into shape (460,700,3)")
+        return opened(path, **options)
+
+    monkeypatch.setattr(batch, "open_slide", failing)
+    assert cli(["slides", str(slide_folder), "--out", str(tmp_path), "--serial", "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 1
+    table = pd.read_csv(tmp_path / "slides.csv").set_index("slide")
+    assert "ValueError: could not broadcast" in table.loc["SOB_M_MC-14-19979-200-099.png", "error"]
+    assert pd.isna(table.loc["mosaic.tif", "error"]) and table.loc["mosaic.tif", "tissue_tiles"] == 8
+    assert (tmp_path / "mosaic" / "summary.json").is_file()

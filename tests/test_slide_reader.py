@@ -105,3 +105,36 @@ def test_an_uncompressed_pyramid_opens_from_memory_as_from_its_path(tmp_path):
         assert slide.backend == "tiffslide" and slide.level_dimensions == [(900, 600), (450, 300)]
         assert (slide.read_region((100, 50), 0, (300, 200)) == rgb[50:250, 100:400]).all()
         assert slide.read_region((0, 0), 1, (450, 300)).shape == (300, 450, 3)
+
+
+@pytest.fixture(scope="module")
+def field_rgb():
+    """A real 200X BreakHis field, twice across (1400x460)."""
+    from core.testing.slides import SHARED
+
+    field = np.asarray(Image.open(next((SHARED / "real").rglob("SOB_M_MC-14-18842D-200-016.png"))).convert("RGB"))
+    return np.concatenate([field, field[:, ::-1]], axis=1)
+
+
+def test_a_grey_and_alpha_tiff_reads_as_the_safe_loader_reads_it(tmp_path, field_rgb):
+    """tiffslide gives a grey+alpha TIFF two samples a pixel; they crashed read_region (could not
+    broadcast (h, w, 2) into (h, w, 3)) on the Slide page, `slide` and `slides`."""
+    from core.data.images import load_image
+
+    la = Image.fromarray(field_rgb).convert("LA")
+    alpha = np.full(field_rgb.shape[:2], 255, np.uint8)
+    alpha[:, :200] = 0  # a transparent strip: white, as the loader composites it
+    la.putalpha(Image.fromarray(alpha))
+    la.save(tmp_path / "grey_alpha.tif")
+    data = (tmp_path / "grey_alpha.tif").read_bytes()
+    expected = load_image(data, "grey_alpha.tif", check_histology=False).rgb
+    for source in (tmp_path / "grey_alpha.tif", data):
+        with open_slide(source, name="grey_alpha.tif", magnification="200X") as slide:
+            assert slide.backend == "tiffslide"
+            region = slide.read_region((0, 0), 0, (1400, 460))
+        assert region.shape == (460, 1400, 3) and (region[:, :200] == 255).all()
+        assert np.abs(region.astype(int) - expected).max() <= 1
+    Image.fromarray(field_rgb).convert("L").save(tmp_path / "grey.tif")  # one sample a pixel: (h, w, 1)
+    with open_slide(tmp_path / "grey.tif", name="grey.tif", magnification="200X") as slide:
+        grey = np.asarray(Image.fromarray(field_rgb).convert("L"))
+        assert (slide.read_region((0, 0), 0, (1400, 460)) == grey[..., None]).all()

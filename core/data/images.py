@@ -233,6 +233,13 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
         raise ImageError(f"Images in mode {mode} are not supported ({error}).") from None
 
 
+def to_rgb(image: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """A decoded image of any mode -> uint8 RGB (H x W x 3) and the notes saying what was done: the one
+    mode conversion of uploads and of slide regions (core.slide.reader)."""
+    rgb, notes = _to_rgb(image)
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)), notes
+
+
 def _limit_size(image: Image.Image, notes: list[str], max_side: int | None = WORKING_MAX_SIDE) -> Image.Image:
     if max_side is None or max(image.size) <= max_side:
         return image

@@ -60,6 +60,9 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
             result = SlidePredictor(_predictor(job.model), job.tiles, job.tissue).predict(reader, progress, cancelled)
     except SlideError as error:
         return {**row, "error": str(error)}
+    except Exception as error:  # noqa: BLE001 - one slide's failure is its row's error; the batch goes on
+        log.exception("slide %s failed", job.path)
+        return {**row, "error": f"'{row['slide']}' could not be analysed ({type(error).__name__}: {error})."}
     write_outputs(result, job.out_dir)
     call = result.call
     region = call["region"] or {}

@@ -87,7 +87,11 @@ class SlideReader:
                 raise SlideError(f"'{self.name}' could not be read at ({x}, {y}), level {level}: it looks "
                                  f"truncated or corrupt ({type(error).__name__}: {error}).") from None
             ox, oy = left - math.floor(x / d), top - math.floor(y / d)
-            canvas[oy:oy + inner.shape[0], ox:ox + inner.shape[1]] = inner[:h - oy, :w - ox]
+            try:
+                canvas[oy:oy + inner.shape[0], ox:ox + inner.shape[1]] = inner[:h - oy, :w - ox]
+            except ValueError as error:  # pixels that are not RGB: a message, never a crash
+                raise SlideError(f"'{self.name}' could not be read as RGB at ({x}, {y}), level {level} "
+                                 f"({error}).") from None
         return canvas
 
     def overview(self, downsample: float) -> np.ndarray:
@@ -125,17 +129,19 @@ class SlideReader:
         self.close()
 
 
-def _rgb(image) -> np.ndarray:
-    """PIL RGBA/RGB (OpenSlide: transparent where there is no tissue scanned) -> RGB on white."""
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.shape[2] == 4:
-        alpha = array[..., 3:4].astype(np.float32) / 255.0
-        if alpha.min() < 1.0:
-            return np.round(array[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-        array = array[..., :3]
-    return np.ascontiguousarray(array, np.uint8)
+def _rgb(region) -> np.ndarray:
+    """A region as read (OpenSlide: a PIL RGBA image, transparent where nothing was scanned; tiffslide:
+    a uint8 array of 1-4 samples: grey, grey+alpha, RGB, RGBA) -> uint8 RGB with transparent parts
+    on white, by the safe loader's own mode conversion (core.data.images.to_rgb), so a slide's
+    region and the same image on Diagnose get the same pixels."""
+    from core.data.images import to_rgb
+
+    if not isinstance(region, Image.Image):
+        array = np.asarray(region)
+        if array.ndim == 3 and array.shape[2] == 1:  # tiffslide's grey: one sample a pixel
+            array = array[..., 0]
+        region = Image.fromarray(np.ascontiguousarray(array))
+    return to_rgb(region)[0]
 
 
 class OpenSlideReader(SlideReader):
