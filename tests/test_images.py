@@ -154,6 +154,32 @@ def test_16bit_tiff_big_endian():
     assert loaded.rgb[0, -1, 0] == 255 and loaded.rgb[0, 0, 0] == 0
 
 
+@pytest.mark.parametrize("bits", [12, 16])
+def test_16bit_rgb_tiff_is_scaled_by_the_bits_it_uses_with_a_note(tissue, bits):
+    """Pillow reads an RGB TIFF of 16 bits a sample as 'RGB' by its high bytes: 12-bit camera values
+    loaded nearly black (max 15) and were refused as greyscale; a full-range one lost its depth silently."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, tissue.astype(np.uint16) * (2 ** (bits - 8)), photometric="rgb")
+    loaded = load_image(buffer.getvalue(), name="camera.tif")
+    assert np.abs(loaded.rgb.astype(int) - tissue).max() <= 1
+    assert f"16-bit RGB ({bits}-bit values) scaled to 8-bit RGB" in loaded.notes
+    assert loaded.not_histology is None
+
+
+def test_16bit_rgb_tiff_keeps_its_orientation(tissue):
+    import tifffile
+
+    buffer = io.BytesIO()
+    stored = np.ascontiguousarray(np.rot90(tissue, 1))  # stored turned; orientation 6 turns it back
+    tifffile.imwrite(buffer, stored.astype(np.uint16) * 16, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    loaded = load_image(buffer.getvalue(), name="camera.tif")
+    assert loaded.rgb.shape == tissue.shape and np.abs(loaded.rgb.astype(int) - tissue).max() <= 1
+    assert loaded.notes == ["16-bit RGB (12-bit values) scaled to 8-bit RGB",
+                            "rotated/flipped upright using EXIF orientation 6"]
+
+
 def test_cmyk_jpeg():
     magenta = Image.new("CMYK", (64, 64), (0, 255, 0, 0))
     loaded = load_image(_encode(magenta, "JPEG", quality=100), name="print.jpg")

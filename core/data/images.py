@@ -129,6 +129,9 @@ def _decode(image: Image.Image, data: bytes, name: str,
     fast = _decode_plain_png(image, data)
     if fast is not None:
         return fast, notes
+    wide = _decode_16bit_rgb_tiff(image, data, name)
+    if wide is not None:
+        return wide[0], notes + [wide[1]]
     if max_side is not None and image.format == "JPEG" and max(image.size) > 2 * max_side:
         ratio = max_side / max(image.size)
         image.draft(image.mode, (int(image.width * ratio) + 1, int(image.height * ratio) + 1))
@@ -164,6 +167,41 @@ def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
     return Image.fromarray(pixels)
 
 
+def _decode_16bit_rgb_tiff(image: Image.Image, data: bytes, name: str) -> tuple[Image.Image, str] | None:
+    """An RGB(A) TIFF of 16 bits a sample, which Pillow reports as "RGB" and decodes to its high
+    bytes (12-bit camera values come out nearly black), read by tifffile and scaled by the bits its
+    values use, as 16-bit greyscale is (_scale_to_uint8), with a note. The TIFF's orientation is
+    kept for _apply_orientation. None for any other image, or if tifffile reads it otherwise."""
+    if image.format != "TIFF" or image.mode not in ("RGB", "RGBA"):
+        return None
+    bits = image.tag_v2.get(258)  # BitsPerSample
+    if set(bits if isinstance(bits, tuple) else (bits,)) != {16}:
+        return None
+    import tifffile
+
+    try:
+        array = tifffile.imread(io.BytesIO(data), key=0)
+    except Exception as error:  # noqa: BLE001 - Pillow read the header; a damaged strip is a bad file
+        raise ImageError(f"'{name}' is truncated or corrupt and cannot be decoded ({error}). "
+                         "Re-export or re-download the file.") from None
+    channels, stored = len(image.mode), (image.tag_v2.get(257), image.tag_v2.get(256))  # as stored: Pillow's
+    if array.ndim == 3 and array.shape[0] == channels and array.shape[1:] == stored:  # size is upright
+        array = np.moveaxis(array, 0, -1)  # planar configuration: one plane per sample
+    if array.dtype != np.uint16 or array.shape != (*stored, channels):
+        return None
+    scaled, note = _scale_to_uint8(array[..., :3], "I;16", "RGB")
+    planes = [np.clip(np.rint(scaled), 0, 255).astype(np.uint8)]
+    if channels == 4:  # alpha at its full 16-bit range
+        planes.append(np.rint(array[..., 3:] * (255.0 / 65535)).astype(np.uint8))
+    decoded = Image.fromarray(np.concatenate(planes, axis=-1), image.mode)
+    orientation = image.tag_v2.get(_ORIENTATION_TAG)  # Pillow turns a TIFF upright as it loads; this one
+    if orientation not in (None, 1):                  # is turned by _apply_orientation
+        exif = Image.Exif()
+        exif[_ORIENTATION_TAG] = orientation
+        decoded.info["exif"] = exif.tobytes()
+    return decoded, note
+
+
 def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
     """Rotate/flip as the camera intended (EXIF orientation), so heatmaps match what users see."""
     try:
@@ -178,7 +216,7 @@ def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
         return image, [f"EXIF orientation {orientation} could not be applied; left as stored"]
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
+def _scale_to_uint8(values: np.ndarray, mode: str, colour: str = "grayscale") -> tuple[np.ndarray, str]:
     """High bit-depth pixels -> 0..255 by scaling (never clipping), with a note saying how."""
     values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(values.min()), float(values.max())
@@ -192,7 +230,7 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
     # Unsigned integers: scale by the bit depth actually used (12-bit cameras store in 16 bits).
     bits = max(8, int(high).bit_length())
     depth = "16-bit" if mode.startswith("I;16") else "32-bit"
-    return values * (255.0 / (2**bits - 1)), f"{depth} grayscale ({bits}-bit values) scaled to 8-bit RGB"
+    return values * (255.0 / (2**bits - 1)), f"{depth} {colour} ({bits}-bit values) scaled to 8-bit RGB"
 
 
 def _composite_on_white(image: Image.Image) -> tuple[Image.Image, str]:
@@ -257,7 +295,7 @@ def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SI
         notes = _format_note(image, name)
         decoded, decode_notes = _decode(image, data, name, max_side)
         notes += decode_notes
-        if decoded.size != original_size:
+        if image.format == "JPEG" and decoded.size != original_size:
             notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")
         oriented, orientation_notes = _apply_orientation(decoded)
         rgb_image, mode_notes = _to_rgb(oriented)
