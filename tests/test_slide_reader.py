@@ -138,3 +138,51 @@ def test_a_grey_and_alpha_tiff_reads_as_the_safe_loader_reads_it(tmp_path, field
     with open_slide(tmp_path / "grey.tif", name="grey.tif", magnification="200X") as slide:
         grey = np.asarray(Image.fromarray(field_rgb).convert("L"))
         assert (slide.read_region((0, 0), 0, (1400, 460)) == grey[..., None]).all()
+
+
+def _tiff_modes(rgb: np.ndarray) -> dict[str, np.ndarray | Image.Image]:
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    return {"16-bit RGB": rgb.astype(np.uint16) * 16, "16-bit greyscale": grey.astype(np.uint16) * 16,
+            "32-bit float greyscale": grey.astype(np.float32) / 255, "8-bit palette": Image.fromarray(rgb).quantize(64),
+            "8-bit CMYK": Image.fromarray(rgb).convert("CMYK")}
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_tiffs_that_are_not_8_bit_grey_or_rgb_read_as_the_safe_loader_reads_them(tmp_path, field_rgb, tiled):
+    """tiffslide's arrays were cast to uint8 unscaled (16-bit wrapped, float black), palette indices
+    read as grey and CMYK's K as alpha (white); OpenSlide reads a tiled 16-bit or CMYK TIFF by its
+    high bytes. Every such TIFF now gets the safe loader's conversion, as on Diagnose, and says so."""
+    import tifffile
+
+    from core.data.images import load_image
+
+    for mode, pixels in _tiff_modes(field_rgb).items():
+        path = tmp_path / f"{mode.replace(' ', '_')}.tif"
+        if isinstance(pixels, Image.Image):  # palette and CMYK: Pillow writes their colour map / inks
+            if tiled:
+                continue
+            pixels.save(path)
+        else:
+            tifffile.imwrite(path, pixels, photometric="rgb" if pixels.ndim == 3 else "minisblack",
+                             tile=(256, 256) if tiled else None, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        expected = load_image(path, check_histology=False).rgb
+        assert expected.std() > 20  # a real picture, not black or white
+        for source in (path, path.read_bytes()):
+            with open_slide(source, name=path.name, magnification="200X") as slide:
+                region = slide.read_region((0, 0), 0, (1400, 460))
+                assert f"{mode} TIFF, converted whole to 8-bit RGB" in slide.notes[0], mode
+                if not isinstance(pixels, Image.Image):
+                    assert slide.scale.source == "slide metadata" and slide.scale.x == pytest.approx(0.5)
+            assert (region == expected).all(), mode
+
+
+def test_a_tiff_too_large_to_convert_is_refused_by_its_mode(tmp_path, field_rgb, monkeypatch):
+    import tifffile
+
+    import core.data.images
+
+    monkeypatch.setattr(core.data.images, "MAX_PIXELS", 1000 * 460)
+    tifffile.imwrite(tmp_path / "deep.tif", field_rgb.astype(np.uint16) * 256, photometric="rgb")
+    for source in (tmp_path / "deep.tif", (tmp_path / "deep.tif").read_bytes()):
+        with pytest.raises(SlideError, match="is a 16-bit RGB TIFF of 1400x460 px: slides are read as 8-bit"):
+            open_slide(source, name="deep.tif", magnification="200X")

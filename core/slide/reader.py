@@ -5,7 +5,9 @@
 Whole-slide formats (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...) go through OpenSlide (the
 `openslide-bin` wheel ships the native library); TIFFs OpenSlide cannot open (striped, or BigTIFF
 variants it refuses) and TIFF uploads held in memory go through tiffslide; plain PNG/JPEG images
-are decoded by the project's safe loader (core.data.images: bombs, modes, EXIF) at full resolution.
+are decoded by the project's safe loader (core.data.images: bombs, modes, EXIF) at full resolution,
+and so is a TIFF that is not 8-bit grey or RGB (16-bit, float, palette, CMYK, ...: the loader's one
+conversion of modes and bit depths), or it is refused by its mode when too large for that.
 Every backend reads the same way: an RGB region padded with white outside the slide, as glass is.
 
 The microns per pixel come from the slide's metadata; else from its objective power (0.25 um/px
@@ -244,16 +246,65 @@ def _memory_file(data: bytes) -> io.BufferedReader:
     return io.BufferedReader(io.BytesIO(data))
 
 
-def _open_tiffslide(source, name: str, mpp, magnification, notes) -> TiffSlideReader:
+_READ_DIRECTLY = {"MINISBLACK": (1, 2), "RGB": (3, 4)}  # 8-bit grey or RGB, alpha or not: regions as stored
+_DECODED_TO_RGB = {6, 7, 33003, 33005, 34712}  # JPEG and JPEG 2000 tiles of YCbCr decode to RGB
+
+
+def _tiff_mode(page) -> str | None:
+    """None when a TIFF's level-0 page (tifffile) reads as 8-bit grey or RGB (alpha or not); else what
+    it is, in words ("16-bit RGB", "8-bit palette", "32-bit float greyscale", ...): its regions read
+    as stored (tiffslide), or as OpenSlide's 8-bit RGBA, would be wrapped, black or wrong colours."""
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    direct = page.dtype == np.uint8 and (page.samplesperpixel in _READ_DIRECTLY.get(photometric, ()) or (
+        photometric == "YCBCR" and page.compression in _DECODED_TO_RGB))
+    if direct:
+        return None
+    kind = {"MINISBLACK": "greyscale", "MINISWHITE": "inverted greyscale (min-is-white)", "RGB": "RGB",
+            "PALETTE": "palette", "SEPARATED": "CMYK", "YCBCR": "YCbCr"}.get(photometric, photometric)
+    if page.dtype.kind == "f":
+        kind = f"float {kind}"
+    bits = f"{page.bitspersample}-bit"
+    return ("an " if bits.startswith(("8", "11", "18")) else "a ") + f"{bits} {kind}" + (
+        f", {page.samplesperpixel} samples a pixel," if page.samplesperpixel > 4 else "")
+
+
+def _first_page(path: Path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        return tiff.series[0].keyframe
+
+
+def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader:
+    """A TIFF (a path, or upload bytes read from memory) through tiffslide; one that is not 8-bit grey
+    or RGB is decoded whole by the safe loader instead (its one conversion of modes and bit depths,
+    as on Diagnose), or refused by name when too large for that."""
     import tiffslide
 
+    from core.data.images import MAX_PIXELS
+
     try:  # tifffile reads pages lazily: a damaged file can fail at open or at its first page
-        handle = tiffslide.TiffSlide(source)
+        handle = tiffslide.TiffSlide(_memory_file(source) if isinstance(source, bytes) else source)
         width, height = handle.dimensions
         found = _metadata_scale(handle.properties, "tiffslide")
+        mode = _tiff_mode(handle.ts_tifffile.series[int(handle.properties.get("tiffslide.series-index") or 0)]
+                          .keyframe)
     except Exception as error:  # noqa: BLE001 - tiffslide/tifffile raise many types for bad files
         raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt "
                          f"({type(error).__name__}: {error}).") from None
+    if mode is not None:
+        handle.close()
+        if width * height > MAX_PIXELS:
+            raise SlideError(f"'{name}' is {mode} TIFF of {width}x{height} px: slides are read as 8-bit RGB or "
+                             f"greyscale, and it is too large ({MAX_PIXELS / 1e6:.0f} megapixels at most) to be "
+                             "converted whole. Save it as an 8-bit RGB (pyramidal) TIFF.")
+        try:
+            reader = _open_image(source, name, mpp, magnification, found)
+        except SlideError as error:
+            raise SlideError(f"'{name}' is {mode} TIFF that could not be converted to 8-bit RGB ({error}). "
+                             "Save it as an 8-bit RGB TIFF.") from None
+        reader.notes.insert(0, f"{mode} TIFF, converted whole to 8-bit RGB by the image loader")
+        return reader
     try:
         scale = _resolve_scale(found, name, width, height, mpp, magnification)
     except SlideError:
@@ -262,7 +313,7 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> TiffSlideRe
     return TiffSlideReader(name, handle, scale, notes)
 
 
-def _open_image(source, name: str, mpp, magnification) -> ImageReader:
+def _open_image(source, name: str, mpp, magnification, found: Scale | None = None) -> ImageReader:
     from core.data.images import ImageError, load_image
 
     try:
@@ -271,7 +322,7 @@ def _open_image(source, name: str, mpp, magnification) -> ImageReader:
         hint = " Save it as a tiled pyramidal TIFF to analyse it." if "megapixels" in str(error) else ""
         raise SlideError(f"{error}{hint}") from None
     height, width = loaded.rgb.shape[:2]
-    scale = _resolve_scale(None, name, width, height, mpp, magnification)
+    scale = _resolve_scale(found, name, width, height, mpp, magnification)
     return ImageReader(name, loaded.rgb, scale, loaded.notes)
 
 
@@ -296,8 +347,8 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
         name = name or "upload"
         if not data:
             raise SlideError(f"'{name}' is empty (0 bytes).")
-        if data[:4] in _TIFF_MAGIC:  # in memory, never written to disk; read-only (see _memory_file)
-            return _check(_open_tiffslide(_memory_file(data), name, mpp, magnification, ["read from memory"]))
+        if data[:4] in _TIFF_MAGIC:  # in memory, never written to disk
+            return _check(_open_tiffslide(data, name, mpp, magnification, ["read from memory"]))
         return _check(_open_image(data, name, mpp, magnification))
     path = Path(source)
     name = name or path.name
@@ -317,6 +368,8 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
         vendor = openslide.OpenSlide.detect_format(str(path))
     except Exception as error:  # noqa: BLE001 - detection itself can fail on a damaged header
         logging.getLogger(__name__).info("OpenSlide could not inspect %s: %s", name, error)
+    if vendor == "generic-tiff" and _tiff_mode(_first_page(path)) is not None:  # converted or refused there
+        return _check(_open_tiffslide(str(path), name, mpp, magnification, []))
     if vendor:
         try:
             slide = openslide.OpenSlide(str(path))
