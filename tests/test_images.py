@@ -251,6 +251,19 @@ def test_exif_orientation_is_applied():
     assert any("EXIF orientation 6" in note for note in loaded.notes)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_png_exif_orientation_is_applied_in_every_mode(tissue, mode):
+    """An 8-bit RGB PNG (the fast TensorFlow decode) was left as stored while RGBA and grey PNGs and
+    JPEGs were turned upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter; displayed upright
+    stored = Image.fromarray(tissue).transpose(Image.Transpose.ROTATE_90).convert(mode)
+    loaded = load_image(_encode(stored, "PNG", exif=exif), name=f"phone_{mode}.png")
+    assert loaded.rgb.shape == tissue.shape and "rotated/flipped upright using EXIF orientation 6" in loaded.notes
+    upright = np.asarray(Image.fromarray(tissue).convert(mode).convert("RGB"))
+    assert (loaded.rgb == upright).all()
+
+
 def test_multi_frame_tiff_uses_first_frame():
     frames = [Image.new("RGB", (48, 48), colour) for colour in ((200, 50, 120), (0, 255, 0))]
     data = _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])

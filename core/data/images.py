@@ -33,6 +33,7 @@ _EXTENSION_FORMATS = {
     ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
 }
 _ORIENTATION_TAG = 0x0112
+_PNG_EXIF = (b"eXIf", b"Raw profile type exif")  # a PNG's EXIF chunk, or ImageMagick's text copy of it
 
 
 @dataclasses.dataclass
@@ -152,8 +153,8 @@ def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
     and Pillow decodes it with its own checks and messages. `data` is the file's bytes, which the
     caller has (Pillow's private `image.fp` is not read)."""
     if image.format != "PNG" or image.mode != "RGB" or "transparency" in image.info or len(data) < 33 \
-            or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != 2:
-        return None
+            or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != 2 or any(marker in data for marker in _PNG_EXIF):
+        return None  # (EXIF: Pillow keeps it, so the image is turned upright as every other one is)
     try:  # the app has TensorFlow loaded already; training under JAX may run where it is not installed
         import tensorflow as tf
     except ImportError:
