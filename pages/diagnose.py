@@ -80,7 +80,7 @@ for refused in (r for r in results if r.not_histology):
 # Uploads much larger than the field the model was trained on are analysed as tiles at its scale
 # (core.slide), not squashed into one input; they leave the per-image table, cases and report.
 stated = None if magnification == registry.NOT_STATED else magnification
-reasons = [slides.should_tile(predictor.card, r.name, r.image.original_size, stated) if r.ok else None
+reasons = [slides.should_tile(predictor.card, r.name, r.image.upright_size, stated) if r.ok else None
            for r in results]
 tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
 results = [r for r, reason in zip(results, reasons) if not reason]
@@ -124,7 +124,7 @@ def show(result, index: int) -> None:
         calibrated = " (calibrated probabilities)" if model["calibrated"] else ""
         st.markdown(f"{demo}**{stage1}** · {subtype} · magnification {result.magnification} "
                     f"({result.magnification_source}){calibrated}")
-        hint = slides.scale_hint(result.name, result.image.original_size, stated)
+        hint = slides.scale_hint(result.name, result.image.upright_size, stated)
         if hint:
             st.info(hint, icon=":material/straighten:")
         if not model["subtype_reliable"]:

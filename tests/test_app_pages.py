@@ -383,3 +383,31 @@ def test_a_large_upload_of_unknown_scale_is_diagnosed_whole_and_says_how_to_tile
     assert not app.exception, app.exception
     infos = " ".join(i.value for i in app.info)
     assert "region.png is 1400x920 px and states no magnification" in infos and "choose its magnification" in infos
+
+
+def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
+    """Diagnose decided tiling from the size as stored: a camera JPEG stored turned a quarter (EXIF
+    orientation 6) of a region 1300x700 px at 200X was diagnosed whole, its upright copy tiled."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.app_helpers import REPO
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
+    upright = Image.fromarray(np.tile(field, (2, 2, 1))[:700, :1300])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/diagnose.py").run()
+    app.selectbox(key="magnification").set_value("200X").run()
+    app.file_uploader(key="uploads").set_value([("camera.jpg", buffer.getvalue(), "image/jpeg")]).run()
+    assert not app.exception, app.exception
+    infos = " ".join(i.value for i in app.info)
+    assert "camera.jpg (1300x700 px) is much larger than the field the model was trained on" in infos

@@ -249,6 +249,7 @@ def test_exif_orientation_is_applied():
     assert loaded.rgb.shape == (80, 40, 3)
     assert loaded.rgb[:10, -10:, 0].mean() > 200  # Top-left marker is now top-right.
     assert any("EXIF orientation 6" in note for note in loaded.notes)
+    assert (loaded.original_size, loaded.upright_size) == ((80, 40), (40, 80))  # as stored; as shown
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
@@ -285,6 +286,11 @@ def test_huge_jpeg_is_decoded_at_reduced_scale():
     loaded = load_image(_encode(big, "JPEG"), name="huge.jpg")
     assert max(loaded.rgb.shape[:2]) == WORKING_MAX_SIDE
     assert any("reduced scale" in note for note in loaded.notes)
+    assert loaded.upright_size == loaded.original_size == (9000, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    turned = load_image(_encode(big, "JPEG", exif=exif), name="huge.jpg")
+    assert turned.rgb.shape[:2] == (WORKING_MAX_SIDE, 91) and turned.upright_size == (200, 9000)
 
 
 # --- out-of-distribution check --------------------------------------------------------------

@@ -43,6 +43,13 @@ class LoadedImage:
     original_mode: str
     original_size: tuple[int, int]  # (width, height) as stored in the file
     notes: list[str] = dataclasses.field(default_factory=list)
+    # (width, height) at full resolution as shown: after the EXIF orientation, before any downscaling
+    # (what sizes the tissue; `rgb` may be a working-size copy). Not given: original_size.
+    upright_size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.upright_size is None:
+            self.upright_size = self.original_size
     warnings: list[str] = dataclasses.field(default_factory=list)
     # Set when the image is clearly not H&E tissue (core.data.histology): it gets no call at all.
     not_histology: str | None = None
@@ -289,7 +296,8 @@ def _limit_size(image: Image.Image, notes: list[str], max_side: int | None = WOR
     return image
 
 
-def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SIDE) -> tuple[np.ndarray, str, tuple[int, int], list[str]]:
+def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SIDE
+                   ) -> tuple[np.ndarray, str, tuple[int, int], tuple[int, int], list[str]]:
     """Header guards, first frame, EXIF orientation, mode and size: the whole conversion chain."""
     with _open(data, name) as image:
         original_mode, original_size = image.mode, image.size
@@ -299,11 +307,14 @@ def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SI
         if image.format == "JPEG" and decoded.size != original_size:
             notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")
         oriented, orientation_notes = _apply_orientation(decoded)
+        upright_size = oriented.size  # the full size upright; a JPEG decoded reduced: its original size, turned
+        if image.format == "JPEG" and decoded.size != original_size:
+            upright_size = original_size if oriented.size == decoded.size else original_size[::-1]
         rgb_image, mode_notes = _to_rgb(oriented)
         notes += orientation_notes + mode_notes
         rgb_image = _limit_size(rgb_image, notes, max_side)
         rgb = np.ascontiguousarray(np.asarray(rgb_image, dtype=np.uint8))
-    return rgb, original_mode, original_size, notes
+    return rgb, original_mode, original_size, upright_size, notes
 
 
 def load_image(source, name: str | None = None, check_histology: bool = True,
@@ -319,14 +330,14 @@ def load_image(source, name: str | None = None, check_histology: bool = True,
         name = Path(source).name if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
     data = _read_bytes(source, name)
     try:
-        rgb, original_mode, original_size, notes = _decode_to_rgb(data, name, max_side)
+        rgb, original_mode, original_size, upright_size, notes = _decode_to_rgb(data, name, max_side)
     except ImageError:
         raise
     except MemoryError:
         raise ImageError(f"'{name}' is too large to decode in the available memory.") from None
     except Exception as error:  # Any decoder failure is a bad file, never a crash.
         raise ImageError(f"'{name}' could not be decoded ({type(error).__name__}: {error}).") from None
-    loaded = LoadedImage(rgb, name, original_mode, original_size, notes)
+    loaded = LoadedImage(rgb, name, original_mode, original_size, notes, upright_size=upright_size)
     if not check_histology:
         return loaded
     verdict = histology_check(rgb)
