@@ -8,6 +8,7 @@ from core.data.scale import (
     image_scale,
     magnification_mpp,
     model_scale,
+    name_magnification,
     scaled_size,
     tile_grid,
     tile_origins,
@@ -46,6 +47,23 @@ def test_image_scale_from_name_or_choice():
     assert image_scale("photo.png", 700, 460) is None
     chosen = image_scale("photo.png", 700, 460, "400X")
     assert chosen.x == 0.25 and "chosen by user" in chosen.source
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("SOB_B_A-14-22549AB-40-001.png", "40X"), ("biopsy_40x.png", "40X"), ("scan-400X.tif", "400X"),
+    ("slide7_100x.tif", "100X"), ("case 200x field.jpg", "200X"),
+    ("crop_400x300.png", None), ("tile_200x200.png", None), ("field_100x100.jpg", None), ("img-40x40.tif", None),
+    ("x1400 field.png", None), ("img40xb.png", None), ("scan.png", None),
+])
+def test_one_rule_reads_a_magnification_from_a_name(name, expected):
+    """A BreakHis name or a standalone token, never a pixel size; the app's, the CLI's and the scale's
+    rule (Diagnose said "40X (file name)" while its scale said the same name stated none)."""
+    from core.app.registry import magnification_from_name
+
+    assert name_magnification(name) == magnification_from_name(name) == expected
+    scale = image_scale(name, 2100, 1840, "200X")
+    assert scale.source == (f"file name ({expected}), original pixel size" if expected
+                            else "chosen by user (200X), original pixel size")
 
 
 def test_to_scale_restores_the_aspect_of_a_squashed_copy():

@@ -74,6 +74,9 @@ def test_plain_image_takes_its_scale_from_the_name(tmp_path):
         assert slide.scale.x == pytest.approx(0.25)
     with open_slide(path.read_bytes(), name="upload.png", magnification="100X") as slide:
         assert slide.scale.x == pytest.approx(1.0) and "chosen by user" in slide.scale.source
+    # `predict` reads a standalone token in any name: so does the slide reader (one rule)
+    with open_slide(path.read_bytes(), name="biopsy_40x.png", magnification="100X") as slide:
+        assert slide.scale.x == pytest.approx(2.5) and slide.scale.source.startswith("file name (40X)")
 
 
 def test_bad_inputs_get_clear_messages(tmp_path, small_slide):

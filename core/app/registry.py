@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
 from core.data.labels import MAGNIFICATIONS, pretty
+from core.data.scale import name_magnification
 from core.evaluation.metrics import split_name
 from core.jsonfile import read_json
 from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, GENERATOR, MODEL_FILE, card_kind, find_model_folders
@@ -22,7 +23,6 @@ from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REP
 
 NOT_STATED = "not stated"
 SUBTYPE_NOT_RELIABLE = "not reliable for this model"
-_MAGNIFICATION_IN_NAME = re.compile(r"(?<![0-9])(40|100|200|400)\s*[xX](?![a-zA-Z])")
 
 
 def model_roots() -> list[Path]:
@@ -216,9 +216,6 @@ def magnification_options() -> list[str]:
 
 
 def magnification_from_name(name: str) -> str | None:
-    """40X ... 400X from a BreakHis name, or from a '200x'-style token in any other name."""
-    parsed = parse_name(name)
-    if parsed is not None:
-        return parsed.magnification
-    match = _MAGNIFICATION_IN_NAME.search(Path(name).stem)
-    return f"{match.group(1)}X" if match else None
+    """40X ... 400X from a BreakHis name or a standalone token ('slide7_100x.tif'): the one rule of
+    core.data.scale.name_magnification, which the tiling and scale of the same image use."""
+    return name_magnification(name)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -39,6 +41,9 @@ from PIL import Image
 from core.data.breakhis import parse_name
 
 BREAKHIS_FIELD = (700, 460)  # (width, height) of an original BreakHis field
+# A magnification token standing alone in a name ("biopsy_40x", "scan-400X"), not part of a word or of
+# a number: "crop_400x300" and "tile_200x200" are pixel sizes, "x1400" and "img40xb" no magnification.
+_MAGNIFICATION_TOKEN = re.compile(r"(?<![0-9A-Za-z])(40|100|200|400)[xX](?![0-9A-Za-z])")
 REFERENCE_MAGNIFICATION, REFERENCE_MPP = 400, 0.25  # a 40x objective ~ 0.25 um/px (see above)
 
 
@@ -86,12 +91,22 @@ def field_mpp(magnification: str | int, width: int, height: int, source: str = "
     return Scale(base, base, f"{source}, original pixel size")
 
 
-def image_scale(name: str, width: int, height: int, magnification: str | None = None) -> Scale | None:
-    """The scale of an image from the magnification in its BreakHis name, else from the one given
-    (the user's choice); None when neither states one."""
+def name_magnification(name: str) -> str | None:
+    """40X ... 400X stated by a file name: a BreakHis name's, else a standalone token ('biopsy_40x.png');
+    None when the name states none. The one rule for every caller (Diagnose, predict, slides, scale)."""
     parsed = parse_name(name)
     if parsed is not None:
-        return field_mpp(parsed.magnification, width, height, f"file name ({parsed.magnification})")
+        return parsed.magnification
+    match = _MAGNIFICATION_TOKEN.search(Path(name).stem)
+    return f"{match.group(1)}X" if match else None
+
+
+def image_scale(name: str, width: int, height: int, magnification: str | None = None) -> Scale | None:
+    """The scale of an image from the magnification its name states (name_magnification), else from
+    the one given (the user's choice); None when neither states one."""
+    named = name_magnification(name)
+    if named is not None:
+        return field_mpp(named, width, height, f"file name ({named})")
     if magnification and str(magnification).upper().endswith("X"):
         return field_mpp(magnification, width, height, f"chosen by user ({magnification})")
     return None

@@ -11,7 +11,7 @@ conversion of modes and bit depths), or it is refused by its mode when too large
 Every backend reads the same way: an RGB region padded with white outside the slide, as glass is.
 
 The microns per pixel come from the slide's metadata; else from its objective power (0.25 um/px
-at 40x, the figure of core.data.scale); else from the BreakHis name's magnification or the user's
+at 40x, the figure of core.data.scale); else from the magnification its name states or the user's
 choice (core.data.scale.image_scale). Each bad input raises a SlideError (a UserInputError) whose
 text is shown as is.
 """
@@ -217,7 +217,7 @@ def _resolve_scale(found: Scale | None, name: str, width: int, height: int, mpp:
     scale = found or image_scale(name, width, height, magnification)
     if scale is None:
         raise SlideError(f"'{name}' states no resolution: its metadata has no microns per pixel and its "
-                         "name no BreakHis magnification. Choose the magnification it was captured at "
+                         "name no magnification (a BreakHis name, or a token such as _200X). Choose the magnification it was captured at "
                          "(e.g. 200X) or give its microns per pixel.")
     return scale
 
