@@ -74,14 +74,14 @@ with st.spinner("Classifying..."):
                                             magnification=magnification)
 for failed in (r for r in results if r.error):
     st.error(failed.error, icon=":material/block:")
-for refused in (r for r in results if r.not_histology):
-    st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
-               "it does not count in its case.", icon=":material/block:")
 # Uploads much larger than the field the model was trained on are analysed as tiles at its scale
 # (core.slide), not squashed into one input; they leave the per-image table, cases and report.
 stated = None if magnification == registry.NOT_STATED else magnification
-reasons = [slides.should_tile(predictor.card, r.name, r.image.upright_size, stated) if r.ok else None
-           for r in results]
+reasons = [slides.tile_reason(predictor.card, r, stated) for r in results]
+for refused, reason in zip(results, reasons):
+    if refused.not_histology and not reason:
+        st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
+                   "it does not count in its case.", icon=":material/block:")
 tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
 results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]

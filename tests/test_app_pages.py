@@ -411,3 +411,40 @@ def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
     assert not app.exception, app.exception
     infos = " ".join(i.value for i in app.info)
     assert "camera.jpg (1300x700 px) is much larger than the field the model was trained on" in infos
+
+
+def test_a_large_scan_mostly_of_glass_is_tiled_not_refused(tmp_path, monkeypatch):
+    """One field of tissue on a 4000x4000 scan at 200X (2 % tissue): the whole-image H&E check refused
+    it as blank background although it is tiled, and the tiles have their own tissue check (the Slide
+    page analysed it). A small image mostly of glass is still refused."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core.app import slides
+    from core.app.service import read_item
+    from tests.app_helpers import REPO
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
+    scan = np.full((4000, 4000, 3), 242, np.uint8)
+    scan[1000:1460, 1000:1700] = field
+    buffer = io.BytesIO()
+    Image.fromarray(scan).save(buffer, "PNG")
+    assert read_item("biopsy_scan.png", buffer.getvalue()).not_histology.startswith(slides.MOSTLY_GLASS)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/diagnose.py").run()
+    app.selectbox(key="magnification").set_value("200X").run()
+    app.file_uploader(key="uploads").set_value([("biopsy_scan.png", buffer.getvalue(), "image/png")]).run()
+    assert not app.exception, app.exception
+    assert "is much larger than the field the model was trained on" in " ".join(i.value for i in app.info)
+    assert "Call over the tiles" in " ".join(str(m.value) for m in app.markdown)
+    assert not [w for w in app.warning if "biopsy_scan.png" in str(w.value)]
+    small, glass = io.BytesIO(), np.full((600, 600, 3), 242, np.uint8)
+    glass[:60, :100] = field[:60, :100]
+    Image.fromarray(glass).save(small, "PNG")  # less than a field at 200X: diagnosed whole, so refused
+    app.file_uploader(key="uploads").set_value([("glass.png", small.getvalue(), "image/png")]).run()
+    assert not app.exception and "blank background" in " ".join(str(w.value) for w in app.warning)

@@ -81,6 +81,20 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
             "at the model's scale instead of being squashed into one input.")
 
 
+# core.data.histology's reason for an image that is mostly glass: no reason to refuse a tiled upload
+MOSTLY_GLASS = "almost entirely blank background"
+
+
+def tile_reason(card: dict, result, magnification: str | None) -> str | None:
+    """should_tile for a Diagnose result (core.app.service.ImageResult), at its upright full size: one
+    with a call, or one the whole-image H&E check refused only for being mostly glass (a small biopsy
+    on a large scan), since each tile has its own tissue check; None for any other result."""
+    glass = (result.not_histology or "").startswith(MOSTLY_GLASS)
+    if result.image is None or not (result.ok or glass):
+        return None
+    return should_tile(card, result.name, result.image.upright_size, magnification)
+
+
 def scale_hint(name: str, size: tuple[int, int], magnification: str | None) -> str | None:
     """A sentence for an upload of unknown scale that is larger than a microscope field in both
     directions (twice a 700x460 BreakHis field): it is diagnosed whole, as one field, which is right
