@@ -15,6 +15,7 @@ import numpy as np
 
 from core.data.breakhis import parse_name
 from core.data.fields import ViewSpec
+from core.data.histology import MOSTLY_GLASS  # mostly glass: no reason to refuse a tiled upload
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origins
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
@@ -79,10 +80,6 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
     return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
             f"({um[0]}x{um[1]} um): it is analysed as {_spans(size, scale, model['mpp'], model['tile_px'])} tiles "
             "at the model's scale instead of being squashed into one input.")
-
-
-# core.data.histology's reason for an image that is mostly glass: no reason to refuse a tiled upload
-MOSTLY_GLASS = "almost entirely blank background"
 
 
 def tile_reason(card: dict, result, magnification: str | None) -> str | None:

@@ -36,6 +36,7 @@ _MAX_OFF_STAIN = 0.15     # off-stain share minus pink/purple share above which 
 #                           not H&E (real images: at most 0.04; photos: 0.25 and up)
 
 TYPICAL, ATYPICAL, NOT_HISTOLOGY = "typical", "atypical", "not histology"
+MOSTLY_GLASS = "almost entirely blank background"  # the reason's start when too little is tissue
 NOT_ANALYSED = "not analysed: not H&E tissue"  # what the app, CLI, CSV and PDF show instead of a call
 
 
@@ -130,7 +131,7 @@ def histology_check(rgb: np.ndarray) -> HistologyVerdict:
         return HistologyVerdict(status, score, reason)
 
     if tissue_share < _MIN_TISSUE:
-        return verdict(NOT_HISTOLOGY, f"almost entirely blank background ({tissue_share:.0%} tissue)")
+        return verdict(NOT_HISTOLOGY, f"{MOSTLY_GLASS} ({tissue_share:.0%} tissue)")
     if structure < _NOISE_STRUCTURE:
         what = "flat image without structure" if gray.std() < 2.0 else "no spatial structure, looks like noise"
         return verdict(NOT_HISTOLOGY, f"{what} (neighbour correlation {structure:.2f})")
