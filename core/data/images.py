@@ -46,13 +46,13 @@ class LoadedImage:
     # (width, height) at full resolution as shown: after the EXIF orientation, before any downscaling
     # (what sizes the tissue; `rgb` may be a working-size copy). Not given: original_size.
     upright_size: tuple[int, int] | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    # Set when the image is clearly not H&E tissue (core.data.histology): it gets no call at all.
+    not_histology: str | None = None
 
     def __post_init__(self):
         if self.upright_size is None:
             self.upright_size = self.original_size
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    # Set when the image is clearly not H&E tissue (core.data.histology): it gets no call at all.
-    not_histology: str | None = None
 
 
 def _read_bytes(source, name: str) -> bytes:
