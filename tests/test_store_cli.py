@@ -54,3 +54,11 @@ def test_db_upgrade_refuses_a_newer_database(cli_store, capsys):
     store.close()
     assert main(["db", "upgrade"]) == 2
     assert "newer version of the app" in capsys.readouterr().err
+
+
+def test_reviews_export_says_what_it_left_out(cli_store, tmp_path, monkeypatch, capsys):
+    """The export's summary on the command line, the images superseded by a newer review included."""
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path / "data"))
+    assert main(["reviews", "export", str(tmp_path / "export")]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("wrote 0 reviewed images") and "0 older reviews of an exported image" in said

@@ -77,9 +77,11 @@ def _reviews_export(args) -> int:
     from core.store.reviews import export_training_folder
 
     summary = export_training_folder(_open(), args.out)
+    skipped = summary["skipped"]
     print(f"wrote {summary['written']} reviewed images to {summary['folder']} (skipped: "
-          f"{summary['skipped']['not kept']} not kept, {summary['skipped']['no subtype']} without a subtype); "
-          f"train with --reviewed-dir {summary['folder']}")
+          f"{skipped['not kept']} not kept, {skipped['no subtype']} without a subtype, {skipped['superseded']} older "
+          f"reviews of an exported image with other labels, {skipped['repeated']} with the same labels; each image "
+          f"once, as its newest review says); train with --reviewed-dir {summary['folder']}")
     return 0
 
 
