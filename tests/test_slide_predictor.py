@@ -153,3 +153,14 @@ def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     rgb, _ = mosaic()
     result = analyse_upload(bundled, "biopsy.png", png_bytes(rgb), "200X")
     assert len(result.tiles) == 8 and result.call["tissue_tiles"] == 8
+
+
+def test_the_thumbnail_and_the_heat_map_share_the_level0_frame(result):
+    """On the Slide page the thumbnail, the heat map and the tile markers are drawn in level-0 pixels:
+    plotly puts an image's and a heat map's FIRST PIXEL CENTRE at x0, so both start at d / 2 and the
+    thumbnail's edge is at 0 (x0 = 0 drew it half a thumbnail pixel up and left of its heat map)."""
+    from core.app.slides import heatmap_figure
+
+    image, heat = heatmap_figure(result).data[:2]
+    d = result.map_downsample
+    assert (image.x0, image.y0, image.dx) == (heat.x0, heat.y0, heat.dx) == (d / 2, d / 2, d)

@@ -111,7 +111,9 @@ def heatmap_figure(result, opacity: float = 0.5):
 
     d = result.map_downsample
     h, w = result.thumbnail.shape[:2]
-    figure = go.Figure(go.Image(z=result.thumbnail, x0=0, dx=d, y0=0, dy=d, hoverinfo="skip", name="slide"))
+    # Both traces place their first pixel's CENTRE at x0, y0: pixel k of the thumbnail covers level-0
+    # [k d, (k + 1) d), as the heat-map cell k does, so the image's edge is at 0 (x0 = 0 shifted it by d / 2).
+    figure = go.Figure(go.Image(z=result.thumbnail, x0=d / 2, dx=d, y0=d / 2, dy=d, hoverinfo="skip", name="slide"))
     figure.add_trace(go.Heatmap(z=np.where(np.isfinite(result.p_malignant), result.p_malignant, None),
                                 x0=d / 2, dx=d, y0=d / 2, dy=d, zmin=0, zmax=1, colorscale="Turbo",
                                 opacity=opacity, colorbar={"title": "p(malignant)"}, hoverinfo="skip",
