@@ -121,3 +121,45 @@ def test_an_open_session_is_signed_out_when_revoked_or_idle(environment, monkeyp
     assert [t.value for t in app.title] == ["Sign in"]
     assert store.events(kinds="sign_out", user="dora", limit=1)[0]["details"] == {"reason": "session expired"}
     store.close()
+
+
+SSO_SECRETS = {"cookie_secret": "x" * 40, "redirect_uri": "http://localhost:8501/oauth2callback", "client_id": "c",
+               "client_secret": "s", "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+
+
+def sso_app(email: str) -> AppTest:
+    """A browser session whose single sign-on identity (st.user) is logged in (AppTest.user stands in for it)."""
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT)
+    app.secrets["auth"] = dict(SSO_SECRETS)
+    app.user = {"email": email, "is_logged_in": True}
+    return app.run()
+
+
+def test_sign_out_and_time_out_end_a_single_sign_on_login(environment, monkeypatch):
+    """Without st.logout() the identity stays logged in and current_user() signs it straight back in."""
+    import datetime
+
+    from core.app import signin
+    from core.store.models import WebSession
+
+    monkeypatch.setattr(signin, "CHECK_SECONDS", 0)
+    store = Store.open()
+    accounts.add_account(store, "eve@hospital.org", None, "pathologist")
+    app = sso_app("eve@hospital.org")
+    assert "Signed in as **eve@hospital.org** (pathologist)" in everything_shown(app)
+    app.button(key="sign_out").click().run()
+    assert [t.value for t in app.title] == ["Sign in"] and not app.exception
+    assert app.user["is_logged_in"] is False  # st.logout() ended the identity provider's login
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"]
+    assert [e["kind"] for e in store.events(user="eve@hospital.org", newest_first=False)] == ["sign_in", "sign_out"]
+
+    app = sso_app("eve@hospital.org")  # signed in again; then nobody uses the session for too long
+    with store.session() as session, session.begin():
+        row = session.get(WebSession, app.session_state[signin.SESSION_KEY])
+        row.last_seen -= datetime.timedelta(minutes=signin.session_minutes() + 1)
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"] and app.user["is_logged_in"] is False
+    assert store.events(kinds="sign_out", user="eve@hospital.org", limit=1)[0]["details"] == {"reason": "session expired"}
+    assert [e["kind"] for e in store.events(user="eve@hospital.org")].count("sign_in") == 2
+    store.close()

@@ -145,7 +145,8 @@ def current_user() -> dict | None:
 
 
 def sign_out(reason: str = "signed out") -> None:
-    """Forget everything of this session, revoke its row and remove the browser's cookie."""
+    """Forget everything of this session, revoke its row and remove the browser's cookie; a single
+    sign-on identity is logged out too (st.logout), or current_user() would sign it straight back in."""
     from core.store.sessions import digest, revoke
 
     user, row = st.session_state.get(USER_KEY), st.session_state.get(SESSION_KEY)
@@ -157,6 +158,8 @@ def sign_out(reason: str = "signed out") -> None:
     st.session_state.update({COOKIE_TODO: "", **({SPENT_COOKIE: digest(token)} if token else {})})
     if user:
         store().record("sign_out", user["name"], details={"reason": reason})
+    if sso_configured() and st.user.is_logged_in:
+        st.logout()  # ends the identity provider's login; the browser then opens a new session
 
 
 def sync_cookie() -> None:
