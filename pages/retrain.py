@@ -123,9 +123,17 @@ def curves(history: list[dict]) -> None:
             column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")
 
 
+def still_permitted(fresh: bool = False) -> None:
+    """Inside the live view: a session signed out, revoked or no longer an admin's leaves the page
+    (the fragment's reruns skip app.py's and this page's checks); fresh=True before acting."""
+    if session.permitted("retrain", fresh=fresh) is None:
+        st.rerun(scope="app")
+
+
 @st.fragment(run_every=2)
 def follow(job: jobs.Job) -> None:
     """Live view of the running job, polled every 2 s without rerunning the whole page."""
+    still_permitted()
     state = jobs.progress(job)
     status, explanation = jobs.job_status(job, state)
     if status != jobs.RUNNING:
@@ -142,9 +150,11 @@ def follow(job: jobs.Job) -> None:
     if job.cancel_requested:
         st.info("Cancel requested; waiting for the training process to stop.")
         if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
+            still_permitted(fresh=True)
             jobs.cancel_job(job, force=True)
             session.audit("retrain_cancelled", job.run_dir, force=True)
     elif st.button("Cancel training", key="cancel_job"):
+        still_permitted(fresh=True)
         jobs.cancel_job(job)
         session.audit("retrain_cancelled", job.run_dir, force=False)
         st.rerun(scope="fragment")

@@ -1,6 +1,7 @@
 """Retrain page through AppTest: a real `python -m core train` job on the synthetic data set is
 launched, followed, cancelled, failed and completed; only a completed job can become the active model."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from core.app import jobs
 from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
 
 START = "FormSubmitter:retrain-Start training"
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
+PASSWORD = "a long enough password"
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +150,39 @@ def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(ap
     assert app.session_state["active_model"] == model_dir
     assert "This model is the active model." in texts(app.success)
     assert "completes" in texts(app.sidebar.markdown)
+
+
+def stop_and_forget(job: jobs.Job, runs: Path) -> None:
+    jobs.cancel_job(job, runs, force=True)
+    deadline = time.time() + 30
+    while jobs.is_alive(job) and time.time() < deadline:
+        time.sleep(0.2)
+    jobs.clear_job(runs)
+
+
+def test_a_disabled_admin_cannot_cancel_training_from_an_open_retrain_tab(environment, monkeypatch):
+    """The live view's button re-reads the session before acting: app.py's check of the same run may
+    be up to CHECK_SECONDS old, and the fragment's own reruns skip it altogether."""
+    from core.app import signin
+    from core.store import accounts
+    from core.store.audit import Store
+    from core.testing.apptest import sign_in
+
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    monkeypatch.setattr(signin, "CHECK_SECONDS", 3600)  # only a check made at the click sees the revocation
+    store = Store.open()
+    accounts.add_account(store, "chief", PASSWORD, "admin")
+    job = jobs.start_job(SLEEPER, environment["runs"] / "long", {"epochs": 1}, root=environment["runs"])
+    try:
+        app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "chief", PASSWORD)
+        app.switch_page("pages/retrain.py").run()
+        assert app.button(key="cancel_job").label == "Cancel training"
+        accounts.change_account(store, "chief", "system", active=False)  # revokes every session of the account
+        app.button(key="cancel_job").click().run()
+        assert jobs.is_alive(job) and jobs.read_job(environment["runs"]).cancel_requested is None
+        assert not [e for e in store.events(kinds="retrain_cancelled") if e["subject"].endswith("long")]
+        assert not app.exception and [t.value for t in app.title] == ["Sign in"]
+        assert store.events(kinds="sign_out", user="chief", limit=1)[0]["details"] == {"reason": "session revoked"}
+    finally:
+        stop_and_forget(job, environment["runs"])
+        store.close()

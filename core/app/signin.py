@@ -114,10 +114,12 @@ def _resume_from_cookie() -> dict | None:
     return checked.user
 
 
-def current_user() -> dict | None:
+def current_user(fresh: bool = False) -> dict | None:
     """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
 
-    A session idle for longer than session_minutes(), or revoked, is signed out (audited)."""
+    A session idle for longer than session_minutes(), or revoked, is signed out (audited). The row
+    is re-read at most every CHECK_SECONDS; fresh=True re-reads it now (before an action that
+    must not outlive a revocation, e.g. a fragment's button)."""
     if single_user_mode():
         return {"name": "local", "role": "admin"}
     user = st.session_state.get(USER_KEY)
@@ -132,7 +134,7 @@ def current_user() -> dict | None:
             _signed_in(user)
     if user is None:
         return None
-    if time.monotonic() - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
+    if fresh or time.monotonic() - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
         from core.store.sessions import check
 
         checked = check(store(), st.session_state.get(SESSION_KEY) or "", session_minutes())
