@@ -122,6 +122,29 @@ def test_sidebar_shows_the_demo_model_and_switches_models(app, environment):
     assert "evaluated-run" in texts(app.markdown)
 
 
+def test_choosing_a_model_folder_with_a_damaged_card_is_refused_in_the_sidebar(app, environment):
+    """The choice's callback reads the card for the audit row: a damaged one is a message, not an exception."""
+    from core.store.audit import Store
+
+    broken = environment["runs"] / "crashed-run" / "model"
+    broken.mkdir(parents=True)
+    (broken / "card.json").write_text('{"name": "half-written')  # cut short by a crash
+    try:
+        app.run()
+        assert any("crashed-run/model (unusable" in option for option in app.selectbox(key="model_picker").options)
+        app.selectbox(key="model_picker").set_value(str(broken.resolve())).run()
+        assert not app.exception
+        assert "This model folder cannot be used" in texts(app.sidebar.error)
+        assert "not valid JSON" in texts(app.sidebar.error) and "active model was not changed" in texts(app.sidebar.error)
+        assert app.session_state["active_model"] == str(environment["default"])
+        assert app.selectbox(key="model_picker").value == str(environment["default"])
+        assert not [e for e in Store.open().events(kinds="model_activated") if "crashed-run" in (e["subject"] or "")]
+    finally:
+        (broken / "card.json").unlink()
+        broken.rmdir()
+        broken.parent.rmdir()
+
+
 def test_a_stain_normalised_model_says_so_and_shows_what_it_saw(app, environment):
     app.selectbox(key="model_picker").set_value(str(environment["stained"])).run()
     samples = app.multiselect(key="samples")

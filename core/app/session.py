@@ -156,11 +156,18 @@ def active_model() -> str | None:
 
 def set_active_model(folder: str, audited: bool = True) -> None:
     """Make `folder` this session's active model (a button callback, before widgets render).
-    A choice the user made is an audit row (not the default picked for a new session)."""
+    A choice the user made is an audit row (not the default picked for a new session); a folder
+    whose card cannot be read is refused in the sidebar (a callback must not raise) and the active
+    model stays."""
+    if audited:
+        try:
+            card = model_card(folder)
+        except ModelFolderError as problem:
+            st.sidebar.error(f"This model folder cannot be used: {problem}. The active model was not changed.")
+            return
     st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
     if audited:
         user = current_user() or {"name": "unknown"}
-        card = model_card(folder)
         store().record("model_activated", user["name"], registry.short_location(folder),
                        model=card.get("name"), model_sha256=card.get("sha256"), details={"scope": "session"})
 
