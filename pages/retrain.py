@@ -171,8 +171,8 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         metrics, problem = run_files.read_json_file(Path(job.run_dir) / "metrics.json")
         try:
             card = read_card(model_dir)
-        except ModelFolderError as problem:
-            st.error(f"The run finished but its model cannot be used: {problem}")
+        except ModelFolderError as unusable:  # not `problem`: Python unbinds an except name after its block
+            st.error(f"The run finished but its model cannot be used: {unusable}")
             card = None
         if card is not None and card.get("demo"):
             st.warning("This run is marked DEMO (too little training data, or --demo): its numbers are "

@@ -1,6 +1,7 @@
 """Retrain page through AppTest: a real `python -m core train` job on the synthetic data set is
 launched, followed, cancelled, failed and completed; only a completed job can become the active model."""
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -186,3 +187,29 @@ def test_a_disabled_admin_cannot_cancel_training_from_an_open_retrain_tab(enviro
     finally:
         stop_and_forget(job, environment["runs"])
         store.close()
+
+
+def finished_job(runs: Path, name: str, end: dict) -> Path:
+    """What a finished (or failed) job leaves: its run folder's progress stream and the job file."""
+    run = runs / name
+    run.mkdir(parents=True)
+    events = [{"event": "start", "time": time.time()}, {"event": "end", "time": time.time(), **end}]
+    (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (runs / jobs.JOB_FILE_NAME).write_text(json.dumps({
+        "pid": 999999, "run_dir": str(run), "started": time.time(), "command": ["python", "-m", "core", "train"],
+        "log": str(run / "train.log"), "settings": {"epochs": 1}}))
+    return run
+
+
+def test_a_completed_run_with_a_damaged_card_and_no_evaluation_can_be_cleared(app, environment):
+    """finished() must not raise (UnboundLocalError) and block the page until runs/.job.json is deleted by hand."""
+    run = finished_job(environment["runs"], "damaged-card", {"status": "completed"})
+    (run / "model").mkdir()
+    (run / "model" / "card.json").write_text("{not json")
+    app.run()
+    assert not app.exception
+    assert "The run finished but its model cannot be used" in texts(app.error)
+    assert "No evaluation was written" in texts(app.info)
+    assert not any(button.key == "adopt_model" for button in app.button)
+    app.button(key="clear_job").click().run()
+    assert jobs.read_job(environment["runs"]) is None and any(button.key == START for button in app.button)
