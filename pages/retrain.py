@@ -195,10 +195,23 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         st.error(f"Training {status}: {explanation} The active model was not changed.")
     with st.expander("Log", expanded=status != jobs.COMPLETED):
         st.code(jobs.log_tail(job, 80) or "(empty log)", language=None)
-    st.button("Start a new training job", key="clear_job", on_click=jobs.clear_job)
+    st.button("Start a new training job", key="clear_job", on_click=start_new_job, args=(job,))
+
+
+NOTICE = "_retrain_notice"  # a message from a button's callback, shown by the next run
+
+
+def start_new_job(shown: jobs.Job) -> None:
+    """Forget the job this tab showed; another tab may have started a new one since (a message, not an error)."""
+    try:
+        jobs.clear_job(shown=shown)
+    except JobError as problem:
+        st.session_state[NOTICE] = str(problem)
 
 
 st.title("Retrain")
+if NOTICE in st.session_state:
+    st.info(st.session_state.pop(NOTICE), icon=":material/info:")
 show_devices()
 job = jobs.read_job()
 if job is None:

@@ -109,3 +109,18 @@ def test_a_corrupt_job_file_means_no_job_and_a_busy_run_folder_is_refused(tmp_pa
     (tmp_path / "taken" / "model.keras").write_text("x")
     with pytest.raises(JobError, match="already exists"):
         jobs.start_job(SLEEPER, tmp_path / "taken", {}, root=tmp_path)
+
+
+def test_clearing_the_job_a_page_showed_never_forgets_a_job_another_tab_started(tmp_path):
+    """Tab A shows a finished job; tab B clears it and starts (here: already finished) another one.
+    A's "Start a new training job" must not forget B's job unseen."""
+    shown = jobs.start_job([sys.executable, "-c", "pass"], tmp_path / "old", {}, root=tmp_path)
+    assert wait_until(lambda: not jobs.is_alive(shown))
+    jobs.clear_job(tmp_path, shown=shown)  # tab B
+    newer = jobs.start_job([sys.executable, "-c", "pass"], tmp_path / "new", {}, root=tmp_path)
+    assert wait_until(lambda: not jobs.is_alive(newer))
+    with pytest.raises(JobError, match=r"Another training job \(new\) was started after this page showed old"):
+        jobs.clear_job(tmp_path, shown=shown)  # tab A
+    assert jobs.read_job(tmp_path).run_dir == str(tmp_path / "new")
+    jobs.clear_job(tmp_path, shown=jobs.read_job(tmp_path))
+    assert jobs.read_job(tmp_path) is None

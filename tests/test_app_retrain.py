@@ -213,3 +213,23 @@ def test_a_completed_run_with_a_damaged_card_and_no_evaluation_can_be_cleared(ap
     assert not any(button.key == "adopt_model" for button in app.button)
     app.button(key="clear_job").click().run()
     assert jobs.read_job(environment["runs"]) is None and any(button.key == START for button in app.button)
+
+
+def test_start_a_new_job_in_a_tab_whose_job_another_tab_replaced_shows_that_job(app, environment):
+    """Tab A still shows a failed job; tab B has cleared it and started another: A's button says so
+    (no JobError from the callback) and A then follows the running job."""
+    finished_job(environment["runs"], "old", {"status": "failed", "message": "boom"})
+    app.run()
+    assert "Training failed" in texts(app.error)
+    jobs.clear_job(environment["runs"])  # tab B
+    job = jobs.start_job(SLEEPER, environment["runs"] / "new", {"epochs": 1}, root=environment["runs"])
+    try:
+        app.button(key="clear_job").click().run()
+        assert not app.exception
+        assert "Another training job (new) was started after this page showed old" in texts(app.info)
+        assert app.button(key="cancel_job").label == "Cancel training"
+        assert jobs.read_job(environment["runs"]).run_dir == str(environment["runs"] / "new")
+        app.run()
+        assert "Another training job" not in texts(app.info)  # said once
+    finally:
+        stop_and_forget(job, environment["runs"])

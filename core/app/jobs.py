@@ -150,13 +150,23 @@ def cancel_job(job: Job, root: Path | None = None, force: bool = False) -> None:
         pass
 
 
-def clear_job(root: Path | None = None) -> None:
-    """Forget a finished job (its run folder stays). Refuses while it runs."""
+def clear_job(root: Path | None = None, shown: Job | None = None) -> None:
+    """Forget a finished job (its run folder stays). Refuses while it runs, and, given the job a
+    page `shown`, when another job has replaced it since (a second tab started one): that job is
+    not the user's to forget unseen."""
     root = Path(root or runs_dir())
-    job = read_job(root)
-    if job is not None and is_alive(job):
-        raise JobError("The job is still running; cancel it first.")
-    _job_file(root).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".job.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a Start in another tab cannot write its job between the check and the unlink
+        job = read_job(root)
+        if job is None:
+            return
+        if shown is not None and (job.run_dir, job.started) != (shown.run_dir, shown.started):
+            raise JobError(f"Another training job ({Path(job.run_dir).name}) was started after this page showed "
+                           f"{Path(shown.run_dir).name}; it is shown now.")
+        if is_alive(job):
+            raise JobError("The job is still running; cancel it first.")
+        _job_file(root).unlink(missing_ok=True)
 
 
 def progress(job: Job) -> dict:
