@@ -114,6 +114,12 @@ def test_a_folder_without_breakhis_images_gets_a_hint_before_any_job_starts(app,
     assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "never-starts").exists()
 
 
+def test_a_run_name_that_would_hide_the_model_is_refused_at_the_form(app, environment, synthetic_breakhis):
+    launch(app, synthetic_breakhis, ".best", epochs=1)
+    assert "the run name '.best' starts with a dot" in texts(app.error)
+    assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / ".best").exists()
+
+
 def test_the_page_shows_each_backend_and_refuses_jax_with_tfdata(app, environment, synthetic_breakhis):
     shown = texts(app.info) + texts(app.success)
     assert "tensorflow" in shown and "jax" in shown  # both are installed here: each says what it sees

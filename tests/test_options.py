@@ -86,3 +86,14 @@ def test_the_retrain_form_builds_the_run_the_cli_would_parse(tmp_path):
         retrain.training_config({"data": str(tmp_path / "nowhere")}, tmp_path)
     with pytest.raises(TypeError, match="not TrainConfig fields"):
         retrain.training_config({"data": str(tmp_path), "colour": "red"}, tmp_path)
+
+
+@pytest.mark.parametrize("name", [".best", " .best", "..", "."])
+def test_a_run_name_that_starts_with_a_dot_is_refused_in_words(name, tmp_path):
+    """The model list skips hidden folders: such a run's model could never become the active model
+    ('..' and '.' would not even be a folder in the runs folder)."""
+    from core.app import retrain
+
+    with pytest.raises(UserInputError, match="starts with a dot, so its model would be hidden from the model list"):
+        retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name=name)
+    assert Path(retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name="best.1").out).name == "best.1"

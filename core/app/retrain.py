@@ -73,7 +73,8 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
                     now: datetime.datetime | None = None, defaults: TrainConfig = DEFAULTS,
                     backend: str | None = None) -> TrainConfig:
     """The form's values (TrainConfig field -> value) on top of `defaults` as a checked run in
-    RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode.
+    RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode, and a
+    name that starts with a dot is refused (".best" would be hidden, ".." would leave RUNS_ROOT).
     With `backend` (the Keras backend the job will train with), a pipeline it cannot run is refused."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
@@ -83,6 +84,10 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
                                               and not isinstance(v, bool) else v for k, v in values.items()})
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^\w.-]", "_", name.strip()) or f"{stamp}-{config.backbone}-{config.mode}"
+    if name.startswith("."):  # the model list skips hidden folders (core.model.folders.find_model_folders)
+        raise UserInputError(f"Cannot launch this run: the run name {name!r} starts with a dot, so its model would "
+                             "be hidden from the model list and could never be made the active model. Choose a name "
+                             "that does not start with a dot.")
     config = dataclasses.replace(config, data=str(config.data).strip(), out=str(Path(runs_root) / name),
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
     problem = backend and backend_problem(backend, config.pipeline)
