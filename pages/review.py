@@ -15,6 +15,26 @@ store = session.store()
 st.title("Review queue")
 st.caption("Referred and unreviewed results first, then unreviewed ones, newest first. A review is a new "
            "audit row; earlier reviews stay in the history.")
+
+
+def called(row: dict) -> str:
+    """What the model called: a field's class, subtype and confidence; a slide's call (no subtype, no one
+    confidence: the Slide page and its PDF have the regions and tiles)."""
+    label, subtype = reviews.model_call(row)
+    if row["kind"] == "slide":
+        return f"slide call: {pretty(label) if label else 'none (this model makes no slide call)'}"
+    confidence = row["details"].get("confidence", 0)
+    return f"{pretty(label or 'no call')}, {pretty(subtype or 'no subtype')} · confidence {confidence:.2f}"
+
+
+def reviewed(done: dict) -> str:
+    """A review's verdict; an older review of a slide may have no class (it was recorded as None)."""
+    d = done["details"]
+    return (f"Reviewed by {done['user']}: {'agreed' if d['agree'] else 'corrected to'} "
+            f"{pretty(d['label']) if d['label'] else 'no class recorded'}, {pretty(d['subtype'] or 'subtype open')}"
+            f" — {d['comment']}")
+
+
 include = st.toggle("Include reviewed results", key="include_reviewed")
 queued = reviews.queue(store, include_reviewed=include)
 if not queued:
@@ -23,15 +43,14 @@ for row in queued[:50]:
     d = row["details"]
     done = row["review"]
     with st.container(border=True):
-        st.markdown(f"**#{row['id']} · {row['subject']}** · {pretty(d.get('call', ''))}, {pretty(d.get('subtype', ''))} "
-                    f"· confidence {d.get('confidence', 0):.2f} · by {row['user']} at {row['at']:%Y-%m-%d %H:%M} UTC "
-                    f"· model {row['model']}")
+        st.markdown(f"**#{row['id']} · {row['subject']}** · {called(row)} · by {row['user']} at "
+                    f"{row['at']:%Y-%m-%d %H:%M} UTC · model {row['model']}")
+        if row["kind"] == "slide" and d.get("statement"):
+            st.caption(d["statement"])
         if d.get("refer"):
             st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
         if done:
-            st.caption(f"Reviewed by {done['user']}: {'agreed' if done['details']['agree'] else 'corrected to'} "
-                       f"{pretty(done['details']['label'])}, {pretty(done['details']['subtype'] or 'subtype open')}"
-                       f" — {done['details']['comment']}")
+            st.caption(reviewed(done))
         kept = ImageStore().get(row["image_sha256"]) if keeping_images() and row["image_sha256"] else None
         if kept:
             st.image(kept, width=320)

@@ -471,3 +471,28 @@ def test_a_large_scan_mostly_of_glass_is_tiled_not_refused(tmp_path, monkeypatch
     Image.fromarray(glass).save(small, "PNG")  # less than a field at 200X: diagnosed whole, so refused
     app.file_uploader(key="uploads").set_value([("glass.png", small.getvalue(), "image/png")]).run()
     assert not app.exception and "blank background" in " ".join(str(w.value) for w in app.warning)
+
+
+def test_the_review_queue_shows_a_slide_call_and_its_reviews(app):
+    """A slide row keeps its call under "label" (no subtype, no confidence); a review of it recorded
+    before the fix has label None and must still render."""
+    from core.store import reviews
+    from core.store.audit import Store
+
+    store = Store.open()
+    slide = store.record("slide", "ann", "slide-07.svs", image_sha256="cd" * 32, model="m",
+                         details={"label": "malignant", "statement": "Malignant: driven by region 1.", "members": [],
+                                  "demo": False, "settings": {}})
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    [header] = [m.value for m in app.markdown if "slide-07.svs" in str(m.value)]
+    assert "slide call: Malignant" in header and "confidence" not in header
+    assert "Malignant: driven by region 1." in texts(app.caption)
+    store.record("review", "bob", "slide-07.svs", image_sha256="cd" * 32, model="m", refers_to=slide,
+                 details={"agree": True, "label": None, "subtype": None, "model_call": [None, None], "comment": "old"})
+    app.toggle(key="include_reviewed").set_value(True).run()
+    assert not app.exception and "agreed no class recorded, Subtype open — old" in texts(app.caption)
+    reviews.review(store, "bob", slide, comment="agree")
+    app.run()
+    assert not app.exception and "Reviewed by bob: agreed Malignant, Subtype open — agree" in texts(app.caption)
+    store.close()

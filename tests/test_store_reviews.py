@@ -172,3 +172,29 @@ def test_an_empty_reviewed_folder_is_refused_in_words(tmp_path):
     (tmp_path / "reviewed").mkdir()
     with pytest.raises(UserInputError, match="No reviewed images in"):
         reviewed_for_training(tmp_path / "reviewed", ())
+
+
+def slide_row(store, label: str) -> int:
+    """The row core.app.records.record_slide writes: the slide call keeps its class under "label", no subtype."""
+    return store.record("slide", "ann", "slide-07.svs", image_sha256="ab" * 32, model="m",
+                        details={"label": label, "rule": "region rule", "statement": f"{label}: ...",
+                                 "malignant_tiles": 5, "tissue_tiles": 40, "members": [], "demo": False, "settings": {}})
+
+
+def test_a_review_of_a_slide_reads_the_slides_own_call(store):
+    slide = slide_row(store, "malignant")
+    agree = store.event(reviews.review(store, "bob", slide, comment="as the model said"))["details"]
+    assert (agree["agree"], agree["label"], agree["subtype"], agree["model_call"]) == (True, "malignant", None,
+                                                                                         ["malignant", None])
+    same = store.event(reviews.review(store, "bob", slide, label="malignant"))["details"]
+    assert same["agree"] is True and same["label"] == "malignant"
+    named = store.event(reviews.review(store, "bob", slide, subtype="ductal_carcinoma"))["details"]
+    assert named["agree"] is True and named["subtype"] == "ductal_carcinoma"  # a slide call has no subtype to contradict
+    other = store.event(reviews.review(store, "bob", slide, label="benign"))["details"]
+    assert other["agree"] is False and other["label"] == "benign" and other["subtype"] is None
+
+    uncalled = slide_row(store, "not called")  # a model whose rule is "none" makes no slide call
+    with pytest.raises(ValueError, match="made no call for this result"):
+        reviews.review(store, "bob", uncalled)
+    corrected = store.event(reviews.review(store, "bob", uncalled, label="benign"))["details"]
+    assert corrected["agree"] is False and corrected["model_call"] == [None, None]

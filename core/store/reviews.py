@@ -25,12 +25,22 @@ QUEUE_SCAN = 2000  # the newest results the queue looks through
 PROVENANCE = "provenance.csv"
 
 
+def model_call(result: dict) -> tuple[str | None, str | None]:
+    """(class, subtype) the model called in a diagnosis or slide row. A slide row keeps its call under
+    "label" (core.slide.call) and has no subtype; a slide the model did not call has no class."""
+    details = result["details"]
+    if result["kind"] == "slide":
+        return (details.get("label") if details.get("label") in CLASSES else None), None
+    return details.get("call"), details.get("subtype")
+
+
 def review(store: Store, user: str, audit_id: int, label: str | None = None, subtype: str | None = None,
            comment: str = "") -> int:
     """Record a review of result `audit_id`: no label/subtype means "agree"; else the correction.
 
     A corrected subtype implies its class; a corrected class alone keeps the subtype open (None).
-    Returns the review's own audit id.
+    A subtype named for a slide (whose call has none) agrees when its class does. Returns the
+    review's own audit id.
     """
     target = store.event(audit_id)
     if target is None or target["kind"] not in REVIEWABLE:
@@ -43,12 +53,15 @@ def review(store: Store, user: str, audit_id: int, label: str | None = None, sub
         label = CLASS_OF_SUBTYPE[subtype]
     if label is not None and label not in CLASSES:
         raise UserInputError(f"unknown class {label!r}")
-    call = target["details"]
-    agree = label is None or (label == call.get("call") and subtype in (None, call.get("subtype")))
-    final_label = call.get("call") if label is None else label
-    final_subtype = (call.get("subtype") if label in (None, call.get("call")) else None) if subtype is None else subtype
+    called, called_subtype = model_call(target)
+    if label is None and called is None:
+        raise UserInputError("The model made no call for this result, so there is nothing to agree with: "
+                             "choose the class (and subtype) it should be.")
+    agree = label is None or (label == called and (subtype is None or called_subtype in (None, subtype)))
+    final_label = called if label is None else label
+    final_subtype = (called_subtype if label in (None, called) else None) if subtype is None else subtype
     details = {"agree": agree, "label": final_label, "subtype": final_subtype,
-               "model_call": [call.get("call"), call.get("subtype")], "comment": (comment or "")[:MAX_COMMENT]}
+               "model_call": [called, called_subtype], "comment": (comment or "")[:MAX_COMMENT]}
     return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
                         model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
                         details=details)
