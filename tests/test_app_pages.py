@@ -496,3 +496,26 @@ def test_the_review_queue_shows_a_slide_call_and_its_reviews(app):
     app.run()
     assert not app.exception and "Reviewed by bob: agreed Malignant, Subtype open — agree" in texts(app.caption)
     store.close()
+
+
+def test_a_correction_without_a_corrected_class_or_subtype_is_refused_in_words(app):
+    """'correct' with Class and Subtype both '(unchanged)' was saved as an agreement with the model's labels."""
+    from core.store.audit import Store
+
+    store = Store.open()
+    row = store.record("diagnosis", "ann", "SOB_M_DC-14-22549-200-001.png",
+                       details={"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.9, "refer": False,
+                                "case": "14-22549"})
+    app.switch_page("pages/review.py").run()
+    app.radio(key=f"verdict_queue_{row}").set_value("correct")
+    app.text_input(key=f"comment_queue_{row}").input("this is NOT ductal carcinoma")
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    assert not app.exception
+    assert "choose the corrected class or subtype" in texts(app.error) and "Review saved" not in texts(app.success)
+    assert not store.events(kinds="review", refers_to_any=[row])
+    app.selectbox(key=f"subtype_queue_{row}").set_value("lobular_carcinoma")
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    [saved] = store.events(kinds="review", refers_to_any=[row])
+    assert saved["details"]["agree"] is False and saved["details"]["subtype"] == "lobular_carcinoma"
+    assert saved["details"]["comment"] == "this is NOT ductal carcinoma"  # what the user typed was kept
+    store.close()

@@ -303,6 +303,9 @@ def review_form(audit_id: int | None, key: str) -> None:
         comment = st.text_input("Comment", key=f"comment_{key}")
         if st.form_submit_button("Save review"):
             user = require("review")
+            if verdict == "correct" and label is None and subtype is None:  # would be saved as an agreement
+                st.error("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
+                return
             try:
                 if verdict == "agree":
                     saved = reviews.review(store(), user["name"], audit_id, comment=comment)
