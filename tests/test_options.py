@@ -97,3 +97,18 @@ def test_a_run_name_that_starts_with_a_dot_is_refused_in_words(name, tmp_path):
     with pytest.raises(UserInputError, match="starts with a dot, so its model would be hidden from the model list"):
         retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name=name)
     assert Path(retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name="best.1").out).name == "best.1"
+
+
+def test_a_missing_reviewed_images_folder_is_refused_before_anything_is_written(tmp_path):
+    """It failed in the job as "Dataset folder not found" (read as the main data folder) and left
+    progress.jsonl behind, which blocked the run name."""
+    from core.app import retrain
+    from core.training.config import TrainConfig, checked
+
+    missing = str(tmp_path / "nonexistent")
+    with pytest.raises(UserInputError, match=r"reviewed-images folder \(--reviewed-dir\) not found: .*nonexistent"):
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=missing))
+    with pytest.raises(UserInputError, match="reviewed-images folder"):  # the Retrain form's check
+        retrain.training_config({"data": str(tmp_path), "reviewed_dir": missing}, tmp_path / "runs", name="r")
+    assert not (tmp_path / "run").exists()
+    checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=str(tmp_path)))

@@ -141,6 +141,9 @@ def validate(config: TrainConfig) -> None:
         problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
+    if config.reviewed_dir and not Path(config.reviewed_dir).is_dir():  # else the job fails later, as "Dataset"
+        problems.append(f"reviewed-images folder (--reviewed-dir) not found: {config.reviewed_dir} (export one with "
+                        "`python -m core reviews export OUT`)")
     kfold = kfold_problem(config.folds, config.fold, config.split)
     if kfold:
         problems.append(kfold)
