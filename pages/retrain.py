@@ -192,7 +192,7 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
                 st.button("Make this the active model", type="primary", key="adopt_model",
                           on_click=session.set_active_model, args=(str(model_dir),))
     else:
-        st.error(f"Training {status}: {explanation} The active model was not changed.")
+        st.error(f"{explanation} The active model was not changed.")  # the explanation names the status
     with st.expander("Log", expanded=status != jobs.COMPLETED):
         st.code(jobs.log_tail(job, 80) or "(empty log)", language=None)
     st.button("Start a new training job", key="clear_job", on_click=start_new_job, args=(job,))

@@ -1,5 +1,6 @@
 """Background training jobs: one at a time, state on disk, stale pids detected, cancel by group."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -99,7 +100,12 @@ def test_status_comes_from_the_runs_progress_stream(tmp_path):
     writer.emit("error", message="ValueError: boom")
     writer.emit("end", status="failed", message="ValueError: boom")
     status, message = jobs.job_status(job, jobs.progress(job))
-    assert status == jobs.FAILED and "boom" in message
+    assert status == jobs.FAILED and message == "Training failed. ValueError: boom."
+    cancelled = dataclasses.replace(job, run_dir=str(tmp_path / "cancelled"))
+    ProgressWriter(tmp_path / "cancelled" / "progress.jsonl", echo_stdout=False).emit(
+        "end", status="cancelled", message="Training was cancelled (SIGTERM); no model was saved.")
+    assert jobs.job_status(cancelled, jobs.progress(cancelled)) == (
+        jobs.CANCELLED, "Training was cancelled (SIGTERM); no model was saved.")  # said once
 
 
 def test_a_corrupt_job_file_means_no_job_and_a_busy_run_folder_is_refused(tmp_path):

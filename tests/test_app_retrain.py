@@ -91,8 +91,8 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     app.button(key="cancel_job").click().run()
     poll(app, lambda: not jobs.is_alive(job), timeout=180)
     # the process may be gone a moment before the page's next run reads its last event: rerun until it does
-    poll(app, lambda: "Training cancelled" in texts(app.error), timeout=60)
-    assert "Training cancelled" in texts(app.error)
+    poll(app, lambda: "cancelled" in texts(app.error), timeout=60)
+    assert texts(app.error).count("cancelled") == 1, texts(app.error)  # said once
     assert "The active model was not changed" in texts(app.error)
     assert not any(button.key == "adopt_model" for button in app.button)
     assert app.session_state["active_model"] == environment["default"]
@@ -239,3 +239,10 @@ def test_start_a_new_job_in_a_tab_whose_job_another_tab_replaced_shows_that_job(
         assert "Another training job" not in texts(app.info)  # said once
     finally:
         stop_and_forget(job, environment["runs"])
+
+
+def test_a_failed_job_says_it_failed_once(app, environment):
+    finished_job(environment["runs"], "broke", {"status": "failed", "message": "ValueError: boom"})
+    app.run()
+    assert not app.exception
+    assert texts(app.error) == "Training failed. ValueError: boom. The active model was not changed."

@@ -184,10 +184,14 @@ def job_status(job: Job, state: dict) -> tuple[str, str]:
         return RUNNING, "Training is running."
     if state.get("status") in FINAL_STATUSES:
         status = state["status"]
-        detail = state.get("error") or state.get("message") or ""
-        return status, f"Training {status}." + (f" {detail}" if detail and status != COMPLETED else "")
+        detail = str(state.get("error") or state.get("message") or "").strip()
+        if not detail or status == COMPLETED:
+            return status, f"Training {status}."
+        detail += "" if detail.endswith((".", "!", "?")) else "."
+        # said once: a cancelled run's own message already reads "Training was cancelled (SIGTERM); ..."
+        return status, detail if detail.startswith("Training ") else f"Training {status}. {detail}"
     if job.cancel_requested:
-        return CANCELLED, "Training was cancelled before it reported an end."
+        return CANCELLED, "Training cancelled before it reported an end."
     return STALE, (f"The training process (pid {job.pid}) is gone but never reported an end: it was "
                    "killed or crashed. See the log.")
 
