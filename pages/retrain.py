@@ -123,17 +123,18 @@ def curves(history: list[dict]) -> None:
             column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")
 
 
-def still_permitted(fresh: bool = False) -> None:
-    """Inside the live view: a session signed out, revoked or no longer an admin's leaves the page
-    (the fragment's reruns skip app.py's and this page's checks); fresh=True before acting."""
-    if session.permitted("retrain", fresh=fresh) is None:
+def still_permitted(fresh: bool = False, polled: bool = False) -> None:
+    """Inside the live view: a session signed out, revoked, idle or no longer an admin's leaves the
+    page (the fragment's reruns skip app.py's and this page's checks); fresh=True before acting,
+    polled=True on a timed rerun (not the user's activity)."""
+    if session.permitted("retrain", fresh=fresh, polled=polled) is None:
         st.rerun(scope="app")
 
 
 @st.fragment(run_every=2)
 def follow(job: jobs.Job) -> None:
     """Live view of the running job, polled every 2 s without rerunning the whole page."""
-    still_permitted()
+    still_permitted(polled=True)
     state = jobs.progress(job)
     status, explanation = jobs.job_status(job, state)
     if status != jobs.RUNNING:

@@ -163,3 +163,38 @@ def test_sign_out_and_time_out_end_a_single_sign_on_login(environment, monkeypat
     assert store.events(kinds="sign_out", user="eve@hospital.org", limit=1)[0]["details"] == {"reason": "session expired"}
     assert [e["kind"] for e in store.events(user="eve@hospital.org")].count("sign_in") == 2
     store.close()
+
+
+def _live_view():
+    """A stand-in page run: the user as a live view's timed rerun (polled) or a person's run sees it."""
+    import streamlit as st
+
+    from core.app import signin
+
+    user = signin.current_user(polled=st.session_state.get("polled", False))
+    st.markdown(f"user: {user['name'] if user else None}")
+
+
+def test_a_live_views_timed_reruns_do_not_keep_an_idle_session_signed_in(environment, monkeypatch):
+    """Retrain's live view re-checks the session every 2 s; each check marks the row used, so without
+    `polled` an open Retrain tab would never idle out."""
+    import time
+
+    from core.app import signin
+    from core.paths import data_dir
+    from core.store import sessions
+
+    monkeypatch.setattr(signin, "CHECK_SECONDS", 0)
+    store = Store.open()
+    accounts.add_account(store, "otto", PASSWORD, "admin")
+    row, _ = sessions.start(store, "otto", sessions.signing_key(data_dir()))
+    app = AppTest.from_function(_live_view, default_timeout=APP_TIMEOUT)
+    app.session_state[signin.USER_KEY] = {"name": "otto", "role": "admin"}
+    app.session_state[signin.SESSION_KEY] = row
+    app.session_state["polled"] = True
+    assert "user: otto" in app.run().markdown[0].value  # the timer's reruns see the user while the tab is in use
+    app.session_state[signin.ACTIVE_KEY] = time.monotonic() - signin.session_minutes() * 60 - 1  # nobody since
+    assert "user: None" in app.run().markdown[0].value
+    assert store.events(kinds="sign_out", user="otto", limit=1)[0]["details"] == {"reason": "session expired"}
+    assert sessions.check(store, row, signin.session_minutes()).reason == "revoked"
+    store.close()

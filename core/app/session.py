@@ -317,15 +317,16 @@ def review_form(audit_id: int | None, key: str) -> None:
                 st.success(f"Review saved (audit #{saved}).")
 
 
-def permitted(action: str, fresh: bool = False) -> dict | None:
+def permitted(action: str, fresh: bool = False, polled: bool = False) -> dict | None:
     """The signed-in user if their role may still do `action`, else None, without a message.
 
     For a fragment (st.fragment): its reruns skip app.py's current_user() and the page's require(),
     so it checks here and, on None, reruns the whole app (which then shows the sign-in page, or
-    leaves out the page the role lost). fresh=True re-reads the session row now (before acting)."""
+    leaves out the page the role lost). fresh=True re-reads the session row now (before acting);
+    polled=True for a timed rerun, which does not keep the session from idling out."""
     from core.store.roles import can
 
-    user = current_user(fresh=fresh)
+    user = current_user(fresh=fresh, polled=polled)
     return user if user is not None and can(user["role"], action) else None
 
 

@@ -26,6 +26,7 @@ USER_KEY = "_signed_in"
 SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
 COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to write ("" removes), a refused one
 CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes effect within this)
+ACTIVE_KEY = "_last_active"  # monotonic time of this tab's last run a person caused (not a live view's timer)
 
 
 @st.cache_resource(show_spinner=False)
@@ -114,12 +115,14 @@ def _resume_from_cookie() -> dict | None:
     return checked.user
 
 
-def current_user(fresh: bool = False) -> dict | None:
+def current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
 
     A session idle for longer than session_minutes(), or revoked, is signed out (audited). The row
     is re-read at most every CHECK_SECONDS; fresh=True re-reads it now (before an action that
-    must not outlive a revocation, e.g. a fragment's button)."""
+    must not outlive a revocation, e.g. a fragment's button). polled=True: a live view's timed rerun,
+    which is no one's activity: reading the row marks it used, so this tab's idle time is counted
+    from its last other run instead."""
     if single_user_mode():
         return {"name": "local", "role": "admin"}
     user = st.session_state.get(USER_KEY)
@@ -134,6 +137,12 @@ def current_user(fresh: bool = False) -> dict | None:
             _signed_in(user)
     if user is None:
         return None
+    now = time.monotonic()
+    if polled and now - st.session_state.get(ACTIVE_KEY, now) > session_minutes() * 60:
+        sign_out(reason="session expired")
+        return None
+    if not polled:
+        st.session_state[ACTIVE_KEY] = now
     if fresh or time.monotonic() - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
         from core.store.sessions import check
 
