@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,19 @@ def test_a_missing_reviewed_images_folder_is_refused_before_anything_is_written(
         retrain.training_config({"data": str(tmp_path), "reviewed_dir": missing}, tmp_path / "runs", name="r")
     assert not (tmp_path / "run").exists()
     checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("setting, value, said", [
+    ("dropout", 1.5, "--dropout must be in [0, 1), not 1.5"),  # Keras raised mid-run, after split.csv
+    ("crop_min", 1.5, "--crop-min must be in (0, 1], not 1.5"),
+    ("crop_min", 0.0, "--crop-min must be in (0, 1], not 0"),
+    ("label_smoothing", 2.0, "--label-smoothing must be in [0, 1), not 2"),
+    ("weight_decay", -0.1, "--weight-decay must be >= 0, not -0.1"),
+    ("learning_rate", -1.0, "--learning-rate must be > 0, not -1"),  # it trained, losses in the millions
+    ("patience", -1, "--patience must be >= 0, not -1")])
+def test_out_of_range_settings_are_refused_before_anything_is_written(tmp_path, setting, value, said):
+    from core.training.config import TrainConfig, checked
+
+    with pytest.raises(UserInputError, match=re.escape(said)):
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), **{setting: value}))
+    assert not (tmp_path / "run").exists()

@@ -139,6 +139,16 @@ def validate(config: TrainConfig) -> None:
         problems.append("--steps-per-epoch takes a count >= 1, with --pipeline fields")
     if not (0.1 <= config.zoom <= 1.0 and config.augment_strength >= 0):
         problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
+    # Out of range, Keras fails mid-run (dropout 1.5) or trains on nonsense (crops larger than the field).
+    for flag, fine, allowed, value in (
+            ("--dropout", 0 <= config.dropout < 1, "in [0, 1)", config.dropout),
+            ("--crop-min", 0 < config.crop_min <= 1, "in (0, 1]", config.crop_min),
+            ("--label-smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)", config.label_smoothing),
+            ("--weight-decay", config.weight_decay >= 0, ">= 0", config.weight_decay),
+            ("--learning-rate", config.learning_rate is None or config.learning_rate > 0, "> 0", config.learning_rate),
+            ("--patience", config.patience >= 0, ">= 0", config.patience)):
+        if not fine:
+            problems.append(f"{flag} must be {allowed}, not {value:g}")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
     if config.reviewed_dir and not Path(config.reviewed_dir).is_dir():  # else the job fails later, as "Dataset"
