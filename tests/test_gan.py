@@ -102,6 +102,9 @@ def test_config_rejects_bad_values():
         GanConfig(holdout=0.6)
     with pytest.raises(UserInputError, match="loss"):
         GanConfig(loss="wasserstein")
+    for bad in (dict(lr_g=-1.0), dict(lr_d=0.0)):  # a negative rate trained without a word
+        with pytest.raises(UserInputError, match="lr_g and lr_d must be > 0"):
+            GanConfig(**bad)
     for bad in (dict(r1=-1.0), dict(reconstruction=-0.5)):
         with pytest.raises(UserInputError, match="must be >= 0"):
             GanConfig(**bad)
