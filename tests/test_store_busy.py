@@ -70,3 +70,34 @@ def test_the_sign_in_page_says_the_database_is_busy(tmp_path, monkeypatch, short
     assert app.text_input(key="sign_in_name").value == "ann"  # the form keeps what was typed
     app = app.button[0].click().run()  # the visitor presses the button again
     assert [t.value for t in app.title] == ["Diagnose"]
+
+
+def test_a_signed_in_page_says_the_database_is_busy_and_keeps_the_session(tmp_path, monkeypatch, short_wait):
+    """The session row is re-read on later runs (and written at sign-in): a locked database stopped
+    every page with a traceback. Now the page says so, the session is neither honoured nor ended, and
+    once the lock is released the same user carries on."""
+    from core.app import signin
+    from core.store import sessions
+
+    default = make_model_folder(tmp_path / "models" / "default", demo=True)
+    for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
+    run_app_like_the_server(monkeypatch)
+    store = Store.open()
+    accounts.add_account(store, "ann", PASSWORD, "pathologist")
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "ann", PASSWORD)
+    assert [t.value for t in app.title] == ["Diagnose"]
+    with write_locked(data_dir() / db.SQLITE_FILE):
+        with pytest.raises(StoreError, match=BUSY):
+            sessions.start(store, "ann", b"k" * 32)
+        app.session_state[signin.CHECKED_KEY] = float("-inf")  # this run re-reads the session row ...
+        monkeypatch.setattr(sessions, "TOUCH_SECONDS", 0)  # ... and notes its use: a write (WAL lets reads through)
+        app = app.run()
+    assert not app.exception, app.exception
+    [said] = [e.value for e in app.error if BUSY in e.value]
+    assert "Nothing was lost" in said and not app.title  # the page stopped before drawing anything
+    app = app.run()
+    assert not app.exception and [t.value for t in app.title] == ["Diagnose"]
+    assert sessions.live_sessions(store, "ann") == 1 and not store.events(kinds="sign_out")

@@ -116,6 +116,19 @@ def _resume_from_cookie() -> dict | None:
 
 
 def current_user(fresh: bool = False, polled: bool = False) -> dict | None:
+    """_current_user; a busy or unreachable database stops the page with a message (never a
+    traceback) and keeps the session as it was, so the next run checks again: a session that
+    cannot be checked is not honoured, and not ended either."""
+    from core.store.db import StoreError
+
+    try:
+        return _current_user(fresh, polled)
+    except StoreError as problem:
+        st.error(f"{problem} Nothing was lost: reload the page or try again.", icon=":material/database:")
+        st.stop()
+
+
+def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
 
     A session idle for longer than session_minutes(), or revoked, is signed out (audited). The row
@@ -227,10 +240,10 @@ def sign_in_page() -> None:
     if submitted:
         try:
             user = check(store(), name.strip(), password)
+            _signed_in(user)  # writes the session row: the database may be busy here too
         except SignInError as problem:
             st.error(str(problem), icon=":material/block:")
         except StoreError as problem:
             st.error(str(problem), icon=":material/database:")
         else:
-            _signed_in(user)
             st.rerun()
