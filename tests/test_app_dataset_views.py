@@ -1,11 +1,13 @@
 """Class-balance views of the bundled BreakHis manifest, before and after each balancing strategy."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from core.app import dataset_views
-from core.data.breakhis import index_folder, load_manifest, synthetic_name
+from core.data.breakhis import index_folder, load_manifest, summarize, synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.splits import PATIENT, make_split
 
@@ -36,6 +38,17 @@ def test_figures_count_every_image(manifest):
     assert sum(sum(trace.y) for trace in subtypes.data) == len(manifest)
     cases = dataset_views.case_figure(manifest).data[0]
     assert sum(cases.y) == len(manifest) and len(cases.y) == manifest.groupby(["case", "subtype"]).ngroups
+
+
+def test_a_scanned_folder_shows_in_the_heat_map_every_image_it_counts(samples_dir, tmp_path):
+    """A BreakHis-like name at 50X was counted by the Images metric (summarize) but had no column in the
+    heat map (40X-400X): the page said 2 images and showed 1. Both come from the same index now."""
+    good = sorted(samples_dir.rglob("*-40-*.png"))[0]
+    shutil.copy(good, tmp_path / good.name)
+    shutil.copy(good, tmp_path / good.name.replace("-40-", "-50-"))
+    images = index_folder(tmp_path).images
+    heat = np.asarray(dataset_views.magnification_figure(images).data[0].z)
+    assert heat.sum() == summarize(images)["images"] == 1
 
 
 def test_each_strategy_changes_the_balance_as_it_should(train):

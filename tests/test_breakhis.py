@@ -39,6 +39,9 @@ def test_parse_name(filename, expected):
     "SOB_M_X-14-2523-400-010.png",   # Unknown subtype code.
     "SOB_B_A-14-22549AB-40-001.txt",
     "SOB_B_A-14-22549AB-001.png",    # No magnification.
+    "SOB_B_A-14-22549AB-50-002.png",  # Not a BreakHis magnification (40, 100, 200, 400 only).
+    "SOB_B_A-14-22549AB-0-002.png",
+    "SOB_B_A-14-22549AB-4000-002.png",
     "holiday.png",
     synthetic_name("adenosis", "dcgan", 0, 1),
 ])
@@ -122,6 +125,19 @@ def test_bad_files_are_skipped_with_reasons(samples_dir, tmp_path):
     assert reasons[good[0].name].startswith("duplicate of")
     assert ".DS_Store" not in reasons and len(reasons) == 6
     assert "6 files skipped" in result.summary()
+
+
+def test_a_name_of_another_magnification_is_skipped_with_its_reason(samples_dir, tmp_path):
+    """A 50X name was indexed as an image that the magnification charts (40X-400X) never showed, so the
+    Dataset page's Images metric and its heat map disagreed; it is now skipped, saying why."""
+    good = sorted(samples_dir.rglob("*-40-*.png"))[0]
+    shutil.copy(good, tmp_path / good.name)
+    shutil.copy(good, tmp_path / good.name.replace("-40-", "-50-"))
+    result = index_folder(tmp_path)
+    assert result.images["magnification"].tolist() == ["40X"]
+    assert [(Path(p).name, reason) for p, reason in result.skipped] == [
+        (good.name.replace("-40-", "-50-"),
+         "magnification 50X is not a BreakHis magnification (40X, 100X, 200X, 400X)")]
 
 
 def test_missing_folder_raises(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, SUBTYPE_CODES, SUBTYPES
+from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPE_CODES, SUBTYPES
 from core.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -27,6 +27,9 @@ _NAME = re.compile(
     r"-(?P<mag>\d+)-(?P<seq>\d+)\.(?P<ext>png|jpe?g|tiff?)$",
     re.IGNORECASE,
 )
+# BreakHis photographed every field at these four objectives only; a name stating another number (50)
+# is not a BreakHis name, else it would be counted as an image that no magnification chart shows.
+_MAGNIFICATION_NUMBERS = {int(m.removesuffix("X")) for m in MAGNIFICATIONS}
 # GAN output: SYN_<code>-<generator>-<seed>-<n>.png. The SYN prefix can never match _NAME, so a
 # synthetic image is never mistaken for (or collides with) a real BreakHis image.
 _SYNTHETIC = re.compile(r"^SYN_(?P<code>[A-Z]+)-(?P<generator>[\w.]+)-\d+-\d+\.png$", re.IGNORECASE)
@@ -55,8 +58,19 @@ def parse_name(filename: str) -> ImageName | None:
     label = CLASS_CODES[match["cls"].upper()]
     if subtype is None or CLASS_OF_SUBTYPE[subtype] != label:
         return None
+    magnification = int(match["mag"])
+    if magnification not in _MAGNIFICATION_NUMBERS:
+        return None
     case = match["case"]
-    return ImageName(label, subtype, f"{int(match['mag'])}X", case + match["letters"].upper(), case)
+    return ImageName(label, subtype, f"{magnification}X", case + match["letters"].upper(), case)
+
+
+def name_problem(filename: str) -> str:
+    """Why parse_name refuses a file name, in words for the skipped list."""
+    match = _NAME.match(os.path.basename(filename))
+    if match and int(match["mag"]) not in _MAGNIFICATION_NUMBERS:
+        return f"magnification {int(match['mag'])}X is not a BreakHis magnification ({', '.join(MAGNIFICATIONS)})"
+    return "name is not a BreakHis image name"
 
 
 def safe_generator_name(generator) -> str:
@@ -148,7 +162,7 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
                 continue
             name = parse_name(filename)
             if name is None:
-                skipped.append((str(path), "name is not a BreakHis image name"))
+                skipped.append((str(path), name_problem(filename)))
                 continue
             if filename in seen:  # Same image twice (e.g. a copy in a class folder).
                 skipped.append((str(path), f"duplicate of {seen[filename]}"))
