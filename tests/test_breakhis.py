@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from core.cli import main as cli
 from core.data import download as dataset
@@ -125,6 +126,26 @@ def test_bad_files_are_skipped_with_reasons(samples_dir, tmp_path):
     assert reasons[good[0].name].startswith("duplicate of")
     assert ".DS_Store" not in reasons and len(reasons) == 6
     assert "6 files skipped" in result.summary()
+
+
+def test_one_field_in_several_formats_is_indexed_once(samples_dir, tmp_path):
+    """The same field as .png, .jpg and .PNG (same BreakHis name) was indexed three times: the counts
+    said 3 images of one field and a pack of them wrote one file three times. One image per field now;
+    the other copies are skipped as duplicates, like a copy of the same file name."""
+    good = sorted(samples_dir.rglob("*-40-*.png"))[0]
+    other = sorted(samples_dir.rglob("*-100-*.png"))[0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(good, tmp_path / "a" / good.name)
+    Image.open(good).convert("RGB").save(tmp_path / "a" / f"{good.stem}.jpg")
+    shutil.copy(good, tmp_path / "b" / f"{good.stem}.PNG")
+    shutil.copy(other, tmp_path / "b" / f"{other.stem.lower()}.tif")  # another field: kept
+    result = index_folder(tmp_path)
+    assert sorted(Path(p).name for p in result.images["path"]) == [f"{good.stem}.jpg", f"{other.stem.lower()}.tif"]
+    assert summarize(result.images)["images"] == 2
+    first = str(tmp_path / "a" / f"{good.stem}.jpg")
+    assert sorted((Path(p).name, reason) for p, reason in result.skipped) == sorted([
+        (good.name, f"duplicate of {first}"), (f"{good.stem}.PNG", f"duplicate of {first}")])
 
 
 def test_a_name_of_another_magnification_is_skipped_with_its_reason(samples_dir, tmp_path):

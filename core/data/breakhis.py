@@ -73,6 +73,17 @@ def name_problem(filename: str) -> str:
     return "name is not a BreakHis image name"
 
 
+def field_key(filename: str) -> str | None:
+    """One key per BreakHis field, or None for another name: the name without its format, case or
+    leading zeros, so that one field stored as .png, .jpg and .PNG is indexed once (index_folder)."""
+    name = parse_name(filename)
+    if name is None:
+        return None
+    match = _NAME.match(os.path.basename(filename))
+    code = CODE_OF_SUBTYPE[name.subtype]
+    return f"SOB_{name.label[0].upper()}_{code}-{name.slide}-{name.magnification[:-1]}-{int(match['seq']):03d}"
+
+
 def safe_generator_name(generator) -> str:
     """A generator's name as it appears in its images' file names."""
     return re.sub(r"[^\w.]", "_", str(generator))
@@ -145,7 +156,8 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     """Index every BreakHis image under `root`, any layout, recursively.
 
     Hidden files are ignored; other files that are not recognisable BreakHis images are
-    reported in `skipped` with the reason, never raised.
+    reported in `skipped` with the reason, never raised. A field is indexed once (field_key): the
+    first readable copy in walk order; its other copies (another folder or format) are skipped.
     """
     root = Path(root)
     if not root.is_dir():
@@ -164,14 +176,15 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
             if name is None:
                 skipped.append((str(path), name_problem(filename)))
                 continue
-            if filename in seen:  # Same image twice (e.g. a copy in a class folder).
-                skipped.append((str(path), f"duplicate of {seen[filename]}"))
+            key = field_key(filename)
+            if key in seen:  # The same field twice: a copy in a class folder, or in another format.
+                skipped.append((str(path), f"duplicate of {seen[key]}"))
                 continue
             reason = _readable(path) if check_readable else None
             if reason:
                 skipped.append((str(path), reason))
                 continue
-            seen[filename] = str(path)
+            seen[key] = str(path)
             rows.append(_row(str(path), name))
     return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped)
 
