@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.data.breakhis import field_key
 from core.data.scale import BREAKHIS_FIELD, magnification_mpp
 from core.errors import DatasetError
 
@@ -218,16 +219,33 @@ def load_fields(paths, workers: int = 4, own_images: bool = False) -> np.ndarray
 def pack_fields(table: pd.DataFrame, out: str | Path, quality: int = 92) -> Path:
     """Write an indexed table's images as JPEG fields at FIELD_PX plus fields.csv: the training set
     in a form that travels (757 fields ~ 20 MB) to a machine without the data set or TensorFlow."""
+    names = _pack_names(table["path"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fields = load_fields(table["path"])
     rows = []
-    for field, row in zip(fields, table.itertuples(index=False)):
-        name = f"{Path(row.path).stem}.jpg"  # its BreakHis name: index_folder (the GAN, evaluate) reads a pack too
+    for field, row, name in zip(fields, table.itertuples(index=False), names):
         Image.fromarray(field).save(out / name, quality=quality, subsampling=0)
         rows.append({"file": name, **{c: getattr(row, c) for c in PACK_COLUMNS[1:]}})
     pd.DataFrame(rows, columns=list(PACK_COLUMNS)).to_csv(out / PACK_INDEX, index=False)
     return out
+
+
+def _pack_names(paths) -> list[str]:
+    """Each image's pack file: its BreakHis name as .jpg (index_folder, the GAN and evaluate read a pack
+    too). Refused before anything is written when two rows would share a file (the same field twice,
+    e.g. as .png and .jpg: breakhis.field_key, or names differing in case only): the later one would
+    overwrite the first and fields.csv would list it twice, more fields than files."""
+    names, first = [], {}
+    for path in paths:
+        name = f"{Path(path).stem}.jpg"
+        key = field_key(name) or name.lower()
+        if key in first:
+            raise DatasetError(f"{path} and {first[key]} would be one file of the pack ({name}): the same "
+                               "field twice; pack one copy of each field (index_folder keeps one)")
+        first[key] = path
+        names.append(name)
+    return names
 
 
 def is_pack(folder: str | Path) -> bool:
