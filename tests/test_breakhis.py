@@ -141,11 +141,12 @@ def test_one_field_in_several_formats_is_indexed_once(samples_dir, tmp_path):
     shutil.copy(good, tmp_path / "b" / f"{good.stem}.PNG")
     shutil.copy(other, tmp_path / "b" / f"{other.stem.lower()}.tif")  # another field: kept
     result = index_folder(tmp_path)
-    assert sorted(Path(p).name for p in result.images["path"]) == [f"{good.stem}.jpg", f"{other.stem.lower()}.tif"]
+    # the lossless original is kept, not the JPEG copy that sorts before it
+    assert sorted(Path(p).name for p in result.images["path"]) == [good.name, f"{other.stem.lower()}.tif"]
     assert summarize(result.images)["images"] == 2
-    first = str(tmp_path / "a" / f"{good.stem}.jpg")
+    first = str(tmp_path / "a" / good.name)
     assert sorted((Path(p).name, reason) for p, reason in result.skipped) == sorted([
-        (good.name, f"duplicate of {first}"), (f"{good.stem}.PNG", f"duplicate of {first}")])
+        (f"{good.stem}.jpg", f"duplicate of {first}"), (f"{good.stem}.PNG", f"duplicate of {first}")])
 
 
 def test_a_name_of_another_magnification_is_skipped_with_its_reason(samples_dir, tmp_path):

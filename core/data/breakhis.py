@@ -157,7 +157,8 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
 
     Hidden files are ignored; other files that are not recognisable BreakHis images are
     reported in `skipped` with the reason, never raised. A field is indexed once (field_key): the
-    first readable copy in walk order; its other copies (another folder or format) are skipped.
+    first readable copy in walk order, a lossless one before a JPEG of the same name in a folder;
+    its other copies (another folder or format) are skipped.
     """
     root = Path(root)
     if not root.is_dir():
@@ -165,7 +166,7 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     rows, skipped, seen = [], [], {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
+        for filename in sorted(filenames, key=_walk_order):
             if filename.startswith("."):
                 continue
             path = Path(dirpath) / filename
@@ -187,6 +188,15 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
             seen[key] = str(path)
             rows.append(_row(str(path), name))
     return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped)
+
+
+_LOSSY = (".jpg", ".jpeg", ".webp")
+
+
+def _walk_order(filename: str) -> tuple:
+    """Names in order, but of one name's copies the lossless one (PNG, TIFF) first: it is the original."""
+    stem, suffix = os.path.splitext(filename)
+    return stem, suffix.lower() in _LOSSY, filename
 
 
 def _row(path: str, name: ImageName, synthetic: bool = False) -> dict:
