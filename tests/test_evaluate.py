@@ -266,3 +266,26 @@ def test_the_eight_view_uncertainty_uses_at_most_a_few_hundred_images_per_split(
     assert len(set(drawn.index) - set(range(VIEWS_MOST))) > 0  # not simply the first ones
     small = rows.head(10)
     assert for_views(small).equals(small)
+
+
+def _copy_run(run_dir, to):
+    """A run folder of its own (split.csv, model/), so a test may rewrite its card and metrics."""
+    import shutil
+
+    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns("metrics*.json", "report*.html"))
+    return to
+
+
+def test_an_evaluation_keeps_the_thresholds_other_steps_chose(metrics, run_dir, tmp_path):
+    """evaluate (and calibrate, which re-evaluates) replace only the thresholds they choose: the slide
+    rule of `slide-threshold` and a fields run's referral stay in the card."""
+    from core.evaluation.evaluate import write_outputs
+    from core.model.folders import update_card
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    others = {"slide_rule": {"rule": "region", "threshold": 0.8}, "referral": {"stage1": {"threshold": 0.9}}}
+    update_card(run / "model", thresholds={**others, "case_malignant": 0.123})
+    write_outputs(run, metrics)
+    _, card = load_model_folder(run / "model")
+    assert {k: card["thresholds"][k] for k in others} == others
+    assert card["thresholds"]["case_malignant"] == metrics["case_threshold"]["threshold"] != 0.123

@@ -38,7 +38,7 @@ from core.evaluation.metrics import (
 from core.evaluation.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import brier, reliability
-from core.model.folders import update_card
+from core.model.folders import read_card, update_card
 from core.paths import portable
 
 if TYPE_CHECKING:  # the Predictor needs TensorFlow; scoring does not (core.training.field_fit under JAX)
@@ -297,12 +297,24 @@ def write_report(results: dict, path: Path) -> None:
                     + "".join(parts) + "</body></html>", encoding="utf-8")
 
 
-def write_outputs(run_dir: Path, results: dict) -> None:
-    """metrics.json, the card's metrics and its validated case threshold, report.html."""
-    write_json_atomic(run_dir / "metrics.json", results)
+# The card's thresholds that an evaluation chooses (on validation) and so may replace. Every other key
+# belongs to another step and is kept: slide_rule (`slide-threshold`), referral (a fields run).
+EVALUATED_THRESHOLDS = ("case_malignant", "case_malignant_selection", "uncertainty")
+
+
+def evaluated_thresholds(results: dict) -> dict:
+    """The EVALUATED_THRESHOLDS of `results`; a key missing here (no uncertainty rule) is removed from the card."""
     thresholds = {"case_malignant": results["case_threshold"]["threshold"],
                   "case_malignant_selection": {k: v for k, v in results["case_threshold"].items() if k != "threshold"}}
     if results.get("uncertainty"):
         thresholds["uncertainty"] = {k: v for k, v in results["uncertainty"].items() if k != "on_split"}
-    update_card(run_dir / "model", metrics=without_curves(results), thresholds=thresholds)
+    return thresholds
+
+
+def write_outputs(run_dir: Path, results: dict) -> None:
+    """metrics.json, the card's metrics and its validated thresholds (the others kept), report.html."""
+    write_json_atomic(run_dir / "metrics.json", results)
+    kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
+            if k not in EVALUATED_THRESHOLDS}
+    update_card(run_dir / "model", metrics=without_curves(results), thresholds={**kept, **evaluated_thresholds(results)})
     write_report(results, run_dir / "report.html")
