@@ -289,3 +289,28 @@ def test_an_evaluation_keeps_the_thresholds_other_steps_chose(metrics, run_dir, 
     _, card = load_model_folder(run / "model")
     assert {k: card["thresholds"][k] for k in others} == others
     assert card["thresholds"]["case_malignant"] == metrics["case_threshold"]["threshold"] != 0.123
+
+
+def test_only_the_test_split_updates_the_card_and_metrics_json(metrics, run_dir, tmp_path, capsys, caplog):
+    """`evaluate --split val|train` is a look at other images: it is written beside the held-out figures
+    (metrics_val.json, report_val.html) and says its split; the card, its thresholds and metrics.json
+    keep the test split's, which the app shows as the model's."""
+    from core.app.registry import measured_accuracy, tested
+    from core.evaluation.evaluate import write_outputs
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    write_outputs(run, metrics)
+    card_before, held_out = (run / "model" / "card.json").read_text(), (run / "metrics.json").read_text()
+    for split in ("val", "train"):
+        assert cli(["evaluate", str(run), "--split", split]) == 0
+        assert f"the {split} split was evaluated" in caplog.text
+        assert (run / "model" / "card.json").read_text() == card_before
+        assert (run / "metrics.json").read_text() == held_out
+        other = json.loads((run / f"metrics_{split}.json").read_text())
+        assert other["split"] == other["data"]["split"] == split and (run / f"report_{split}.html").is_file()
+        assert tested(other) == split and f"{split} patients" in measured_accuracy({"metrics": other})
+    val = json.loads((run / "metrics_val.json").read_text())
+    # Scored with the card's case threshold (chosen on these very cases), and said so, not "no validation cases".
+    assert val["case_threshold"]["threshold"] == metrics["case_threshold"]["threshold"]
+    assert "the val split is evaluated" in val["case_threshold"]["reason"]
+    assert tested(metrics) == "test" and "8 test patients" in measured_accuracy({"metrics": metrics})

@@ -99,10 +99,11 @@ def stamp(folder: str) -> float:
 
 
 def tested(metrics: dict) -> str:
-    """How the card's figures saw their images: 'test' (a held-out split) or 'out-of-fold' (a
-    cross-validation: every patient tested once, by a model that never saw it)."""
-    data = {**(metrics.get("data") or {}), **({"protocol": metrics["protocol"]} if metrics.get("protocol") else {})}
-    return "out-of-fold" if split_name(data) == "out-of-fold" else "test"
+    """Which images the card's figures were computed on: 'test' (the held-out split), 'out-of-fold' (a
+    cross-validation: every patient tested once, by a model that never saw it), or the split they name
+    ('val', 'train': a card an older `evaluate --split` overwrote), never called test figures."""
+    data = {**(metrics.get("data") or {}), **{k: metrics[k] for k in ("split", "protocol") if metrics.get(k)}}
+    return split_name({"split": "test", **data})
 
 
 def measured_accuracy(card: dict) -> str | None:
@@ -114,7 +115,8 @@ def measured_accuracy(card: dict) -> str | None:
         return None
     interval = f"95% CI {block['low']:.2f}-{block['high']:.2f}, " if block.get("low") is not None else ""
     cases = patient.get("cases", "?")
-    who = f"{cases} test patients" if tested(metrics) == "test" else f"{cases} patients, each tested out of fold"
+    split = tested(metrics)
+    who = f"{cases} patients, each tested out of fold" if split == "out-of-fold" else f"{cases} {split} patients"
     return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{who})"
 
 

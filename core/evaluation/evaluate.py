@@ -3,7 +3,8 @@
 Every metric block says which split, which split protocol (patient-wise or leaky image-level)
 and how many images and cases it was computed on, because a BreakHis number without its protocol
 is not comparable to anything. Results go to RUN/metrics.json, into the model card (so the app
-shows them next to the model) and to RUN/report.html (plotly, self-contained, works offline).
+shows them next to the model) and to RUN/report.html (plotly, self-contained, works offline);
+only the held-out test split's: another split's go to RUN/metrics_<split>.json and report_<split>.html.
 
     python -m core evaluate RUN [--data DIR] [--split test] [--threshold 0.5] [--target-recall 0.95]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,14 +152,15 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int = 32
 
 
 def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, threshold: float = 0.5,
-          target_recall: float = 0.95) -> dict:
+          target_recall: float = 0.95, cases_rule: dict | None = None) -> dict:
     """Every metric block for one set of predictions on `split` (a model's or a baseline's), with
-    bootstrap intervals over cases; thresholds are chosen on `val_table`, never on `split`."""
+    bootstrap intervals over cases; thresholds are chosen on `val_table`, never on `split`.
+    cases_rule: the case threshold to apply (default: chosen on `val_table`)."""
     data = scope(evaluated, split)
     stage1, subtype8 = stage1_block(evaluated, data), subtype8_block(evaluated, data)
     stage1_p = evaluated[columns_of("p", CLASSES)].to_numpy()
     stage1_truth = evaluated["label"].map(CLASSES.index).to_numpy()
-    cases_rule = case_threshold(val_table)
+    cases_rule = cases_rule or case_threshold(val_table)
     patient = patient_blocks(evaluated, split, cases_rule["threshold"])
     thresholds = threshold_blocks(evaluated, val_table, split, threshold, target_recall)
     results = {
@@ -218,7 +221,8 @@ def compact(full: dict) -> dict:
 def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: float | None = None,
                  target_recall: float = 0.95, batch_size: int = 32, write: bool = True,
                  baselines: bool = True) -> dict:
-    """Evaluate RUN/model on RUN/split.csv's `split`; writes metrics.json, card metrics, report.html.
+    """Evaluate RUN/model on RUN/split.csv's `split`; writes metrics.json, card metrics, report.html
+    for the test split, metrics_<split>.json and report_<split>.html for another (see write_outputs).
 
     recall_threshold: p(malignant) decision threshold reported as the operating point
     (default 0.5); recall-favouring image and case thresholds reaching `target_recall` are chosen
@@ -246,7 +250,9 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         "run": portable(run_dir), "model": predictor.name, "hierarchy": predictor.hierarchy,
         "demo_model": predictor.is_demo, "calibration": predictor.card.get("calibration"),
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **score(evaluated, val_table, split, threshold, target_recall),
+        **score(evaluated, val_table, split, threshold, target_recall, None if val_table is not None else {
+            "threshold": predictor.case_threshold, "selected_on": None,
+            "reason": f"the model card's case threshold: the {split} split is evaluated, so none is chosen"}),
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
     }
@@ -311,10 +317,29 @@ def evaluated_thresholds(results: dict) -> dict:
     return thresholds
 
 
+HELD_OUT = "test"  # the one split whose evaluation is the model's: its card, metrics.json, report.html
+
+
+def outputs_of(run_dir: Path, split: str) -> tuple[Path, Path]:
+    """(metrics, report) files of an evaluation on `split`: metrics.json and report.html for the test split,
+    metrics_<split>.json and report_<split>.html for another, so that a look at validation or training
+    images never stands in for the held-out figures the app shows as the model's."""
+    suffix = "" if split == HELD_OUT else f"_{split}"
+    return run_dir / f"metrics{suffix}.json", run_dir / f"report{suffix}.html"
+
+
 def write_outputs(run_dir: Path, results: dict) -> None:
-    """metrics.json, the card's metrics and its validated thresholds (the others kept), report.html."""
-    write_json_atomic(run_dir / "metrics.json", results)
+    """The evaluation's metrics and report (outputs_of); for the test split also the card's metrics and
+    its validated thresholds (the others kept). Another split leaves the card untouched."""
+    metrics_file, report_file = outputs_of(run_dir, results["split"])
+    write_json_atomic(metrics_file, results)
+    if results["split"] != HELD_OUT:
+        write_report(results, report_file)
+        logging.getLogger(__name__).warning(
+            "the %s split was evaluated: its figures are in %s and %s; the model card and metrics.json keep the "
+            "held-out test figures", results["split"], metrics_file, report_file)
+        return
     kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
             if k not in EVALUATED_THRESHOLDS}
     update_card(run_dir / "model", metrics=without_curves(results), thresholds={**kept, **evaluated_thresholds(results)})
-    write_report(results, run_dir / "report.html")
+    write_report(results, report_file)
