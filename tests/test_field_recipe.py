@@ -13,7 +13,8 @@ from PIL import Image
 
 from core.data.fields import FIELD_PX, ViewSpec, pack_fields, read_pack, restore_field, view_boxes
 from core.data.keras_augment import FieldAugmentation, crop_and_resize
-from core.data.labels import SUBTYPES
+from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES
+from core.data.splits import IMAGE
 from core.errors import UserInputError
 from core.evaluation.referral import choose_threshold, referral_figures, referral_thresholds
 from core.testing.jax_process import run_under_jax
@@ -408,3 +409,27 @@ def test_reviewed_images_train_every_model_that_is_not_tested_on_their_patient(s
     assert len(plain) == len(images) and set(split.loc[split["path"].str.startswith(str(reviewed)), "split"]) == {"train"}
     trains_known = plain.loc[plain["case"] == known["case"], "split"].eq("train").all()
     assert read_json(one / "model" / "card.json")["training"]["reviewed_images"] == (2 if trains_known else 1)
+
+
+def test_a_single_split_fields_run_is_evaluated_calibrated_and_ensembled_like_a_tfdata_run(synthetic_breakhis,
+                                                                                           tmp_path):
+    """Its split.csv has the columns the tf.data pipeline writes (label, protocol, ...), which evaluate,
+    calibrate and ensemble read: without them each stopped at "split.csv lacks the column(s) label"."""
+    from core.cli import main
+    from core.evaluation.evaluate import REQUIRED_COLUMNS
+    from core.jsonfile import read_json
+
+    run = tmp_path / "one"
+    assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(run),
+                 "--split", "image-level", "--backbone", "small_cnn", "--weights", "none", "--input-size", "32",
+                 "--epochs", "1", "--batch-size", "16", "--warmup-steps", "2"]) == 0
+    split = pd.read_csv(run / "split.csv")
+    assert set(REQUIRED_COLUMNS) | {"protocol"} <= set(split.columns)
+    assert (split["label"] == split["subtype"].map(CLASS_OF_SUBTYPE)).all()
+    assert set(split["protocol"]) == {IMAGE} == {read_json(run / "metrics.json")["protocol"]}  # not "patient-wise"
+    referral = read_json(run / "model" / "card.json")["thresholds"]["referral"]
+    assert main(["calibrate", str(run)]) == 0  # re-evaluates: metrics.json and the card
+    assert read_json(run / "metrics.json")["data"]["protocol"] == IMAGE
+    assert read_json(run / "model" / "card.json")["thresholds"]["referral"] == referral
+    assert main(["ensemble", "--members", str(run / "model"), str(run / "model"), "--out", str(tmp_path / "ens")]) == 0
+    assert read_json(tmp_path / "ens" / "metrics.json")["data"]["split"] == "test"

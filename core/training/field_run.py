@@ -24,12 +24,12 @@ import pandas as pd
 
 from core.data.breakhis import index_folder
 from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
-from core.data.labels import CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
-from core.evaluation.evaluate import compact, predictions_frame, score
+from core.evaluation.evaluate import REQUIRED_COLUMNS, compact, predictions_frame, score
 from core.evaluation.intervals import fold_figures, fold_summary
 from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
@@ -184,7 +184,8 @@ def train_fields(config) -> dict:
 
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     table, fields = load_field_data(config)
-    split = make_split(table, config.split, seed=config.seed)["split"].to_numpy()
+    assigned = make_split(table, config.split, seed=config.seed)
+    split, protocol = assigned["split"].to_numpy(), assigned["protocol"].iloc[0]
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     trained_on, train_fields = table.iloc[train], fields[train]
     if config.balance == "synthetic":
@@ -204,8 +205,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
                          for i in (val, test))
     temperatures = calibrate(raw_val, table.iloc[val])
-    val_frame = frame(_rows(table.iloc[val], "val", PATIENT), raw_val, temperatures)
-    test_frame = frame(_rows(table.iloc[test], "test", PATIENT), raw_test, temperatures)
+    val_frame = frame(_rows(table.iloc[val], "val", protocol), raw_val, temperatures)
+    test_frame = frame(_rows(table.iloc[test], "test", protocol), raw_test, temperatures)
     referral = referral_thresholds(val_frame, f"validation split ({len(val)} images, "
                                               f"{table['case'].iloc[val].nunique()} patients)")
     referral["figures_on_test"] = referral_figures(test_frame, referral)
@@ -213,8 +214,10 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     write_json_atomic(out / "metrics.json", metrics)
     pd.concat([val_frame, test_frame], ignore_index=True).to_csv(out / "predictions.csv", index=False)
     added = trained_on["synthetic"].astype(bool) | from_reviews(trained_on)
-    used = pd.concat([table.assign(split=split), trained_on[added].assign(split="train")])
-    used[["path", "case", "subtype", "magnification", "synthetic", "split"]].to_csv(out / "split.csv", index=False)
+    used = pd.concat([assigned, trained_on[added].assign(split="train", protocol=protocol)], ignore_index=True)
+    # The columns the tf.data pipeline's split.csv has and evaluate, calibrate and ensemble read.
+    used.assign(label=used["subtype"].map(CLASS_OF_SUBTYPE))[[*REQUIRED_COLUMNS, "synthetic", "protocol"]].to_csv(
+        out / "split.csv", index=False)
     figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on)
