@@ -131,3 +131,37 @@ def test_test_time_views_give_a_single_model_its_uncertainty(ensemble, samples_d
     with_views = member.predict([rgb], tta=True)[0]
     assert with_views.uncertainty["views"] == 8 and with_views.uncertainty["source"] == "test-time views"
     assert 0.0 <= with_views.uncertainty["p_malignant_spread"] <= 0.5 and with_views.uncertainty["mutual_information"] >= 0
+
+
+def test_an_ensemble_whose_evaluation_fails_leaves_nothing_behind(synthetic_breakhis, tmp_path):
+    """ensemble_run is all or nothing: a failed evaluation (here a split.csv without its label column, as
+    single-split fields runs wrote) used to leave OUT/model, and the retry said "already holds a model"."""
+    import pandas as pd
+    import pytest
+
+    from core.data.breakhis import index_folder
+    from core.data.splits import PATIENT, make_split
+    from core.errors import UserInputError
+    from core.model.classifier import build_classifier
+    from core.model.folders import save_model_folder
+    from core.training.ensemble_run import ensemble_run
+
+    split = make_split(index_folder(synthetic_breakhis).images, PATIENT, seed=0)
+    members = []
+    for seed in (0, 1):  # untrained: evaluation only needs two models of one split
+        run = tmp_path / f"member{seed}"
+        run.mkdir()
+        split.drop(columns="label").to_csv(run / "split.csv", index=False)
+        model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=32)
+        members.append(save_model_folder(model, run / "model", {"backbone": "small_cnn", "hierarchy": "hierarchical"}))
+    kept = tmp_path / "kept"  # an existing OUT keeps what it held
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for out in (tmp_path / "ens", kept):
+        with pytest.raises(UserInputError, match="lacks the column"):
+            ensemble_run(members, out)
+        assert not out.exists() if out.name == "ens" else sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    for member in members:  # the members' runs mended: the retry runs
+        split.to_csv(member.parent / "split.csv", index=False)
+    ensemble_run(members, tmp_path / "ens")
+    assert (tmp_path / "ens" / "metrics.json").is_file() and pd.read_csv(tmp_path / "ens" / "split.csv")["label"].any()

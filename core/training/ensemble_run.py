@@ -37,9 +37,33 @@ def shared_split(members: list[Path]) -> pd.DataFrame | None:
 
 
 def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, **card_fields) -> Path:
-    """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation."""
+    """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation.
+
+    All or nothing: when any step fails (the evaluation, most often), what this call added to OUT is
+    removed again, so a half-made OUT/model does not refuse the retry as "already holds a model"."""
     members, out = [Path(m) for m in members], Path(out)
     refuse_existing_run(out, ("model",), holds="a model")
+    before = set(out.iterdir()) if out.is_dir() else None
+    try:
+        return _ensemble_run(members, out, name, evaluate, card_fields)
+    except BaseException:
+        _remove_added(out, before)
+        raise
+
+
+def _remove_added(out: Path, before: set | None) -> None:
+    """Remove OUT if this call created it, else only the entries it added."""
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in set(out.iterdir()) - before if out.is_dir() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _ensemble_run(members: list[Path], out: Path, name: str | None, evaluate: bool, card_fields: dict) -> Path:
     common = shared_split(members)
     if common is not None:
         source = _run_of(members[0])
