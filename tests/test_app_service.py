@@ -119,11 +119,11 @@ def test_a_case_call_is_the_mean_of_its_images_not_their_vote():
     assert (first["images"], first["call"], first["subtype"]) == (3, "malignant", "Ductal carcinoma")
     assert (first["p_malignant"], first["p_subtype"], first["confidence"]) == (0.6, 0.7, 0.42)
     assert first["refer for review"] == "YES" and first["reasons"] == ("case stage 1 uncertain: p(malignant) 0.60 "
-                                                                       "below 0.65; images disagree (1/3 say malignant)")
+                                                                       "< 0.65; images disagree (1/3 say malignant)")
     second = cases.loc["14-2"]
     assert (second["call"], second["p_malignant"], second["confidence"]) == ("benign", 0.2, 0.32)
     # per stage: p(benign) 0.8 passes 0.65; p(adenosis | benign) 0.4 does not
-    assert second["reasons"] == "case subtype uncertain: p(Adenosis) 0.40 below 0.65; an image is flagged"
+    assert second["reasons"] == "case subtype uncertain: p(Adenosis) 0.40 < 0.65; an image is flagged"
     assert report.case_calls(results, 0.65, malignant_threshold=0.65).loc[0, "call"] == "benign"  # the validated one
 
 
@@ -291,3 +291,18 @@ def test_the_split_table_shows_what_each_split_holds(synthetic_breakhis):
     assert table.loc["test", "cases"] == split.loc[split["split"] == "test", "case"].nunique()
     assert (table["synthetic images"] == 0).all()
     assert (table["missing subtypes"] == "none").all()  # 3 cases per subtype: one in every split
+
+
+def test_a_case_reason_keeps_its_probability_and_threshold_apart():
+    """The case's refer reasons print like the images' (core.model.decisions.below): with 2 fixed
+    decimals, p 0.9752 under a threshold of 0.9768 read "0.98 below 0.98"."""
+    from core.model.decisions import Prediction
+
+    stage1 = {"benign": 0.0248, "malignant": 0.9752}
+    stage2 = dict(zip(SUBTYPES_BY_CLASS["malignant"], [0.9761, 0.0139, 0.005, 0.005]))
+    other = dict.fromkeys(SUBTYPES_BY_CLASS["benign"], 0.25)
+    prediction = Prediction(stage1, "malignant", stage2, other, "ductal_carcinoma", 0.9752 * 0.9761, False, [])
+    calls = report.case_calls([service.ImageResult("a.png", "a", prediction=prediction, case="14-1")], 0.9768)
+    reasons = calls["reasons"].item()
+    assert "p(malignant) 0.975 < 0.977" in reasons and "p(Ductal carcinoma) 0.976 < 0.977" in reasons
+    assert "0.98" not in reasons

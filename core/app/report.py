@@ -21,6 +21,7 @@ from PIL import Image
 from core.app.registry import stage_calls, subtype_shown
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
+from core.model.decisions import below
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
 
@@ -119,10 +120,11 @@ def case_calls(results: list, refer_threshold: float | None = None,
         confidence = decision.confidence
         reasons = []
         first, second = (refer_threshold, refer_threshold) if refer_threshold is not None else _thresholds(members)
+        # below(), as the images' reasons: 2 fixed decimals printed "0.98 below 0.98" for 0.975 and 0.976.
         if p_class[label] < first:
-            reasons.append(f"case stage 1 uncertain: p({label}) {p_class[label]:.2f} below {first:.2f}")
+            reasons.append(f"case stage 1 uncertain: p({label}) {below(p_class[label], first)}")
         if p_subtype[subtype] < second:
-            reasons.append(f"case subtype uncertain: p({pretty(subtype)}) {p_subtype[subtype]:.2f} below {second:.2f}")
+            reasons.append(f"case subtype uncertain: p({pretty(subtype)}) {below(p_subtype[subtype], second)}")
         if agreeing < len(members):
             reasons.append(f"images disagree ({agreeing}/{len(members)} say {label})")
         if any(m.refer for m in members):
