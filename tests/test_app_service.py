@@ -306,3 +306,20 @@ def test_a_case_reason_keeps_its_probability_and_threshold_apart():
     reasons = calls["reasons"].item()
     assert "p(malignant) 0.975 < 0.977" in reasons and "p(Ductal carcinoma) 0.976 < 0.977" in reasons
     assert "0.98" not in reasons
+
+
+@pytest.mark.parametrize("kind, banner", [("limited", "LIMITED DATA MODEL"), ("demo", "DEMO MODEL")])
+def test_every_image_page_of_the_pdf_carries_the_model_banner(predictor, sample_items, kind, banner):
+    """A limited or demo model is labelled wherever it predicts: on each image page as on each CSV row,
+    not only on the summary page (an image page is often printed or passed on alone)."""
+    from pypdf import PdfReader
+
+    results = service.diagnose_items(predictor, sample_items[:2])
+    overlays = {r.digest: (r.display, r.display) for r in results}
+    model = {**registry.describe_model(predictor.card), "demo": kind == "demo", "limited": kind == "limited"}
+    pdf = report.build_report(results, overlays, report.case_calls(results), model)
+    pages = [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
+    assert len(pages) == 3 and all(banner in page for page in pages), [banner in page for page in pages]
+    plain = report.build_report(results, overlays, report.case_calls(results), {**model, "demo": False, "limited": False})
+    assert not any("DATA MODEL" in page or "DEMO" in page for page in
+                   (p.extract_text() for p in PdfReader(io.BytesIO(plain)).pages))

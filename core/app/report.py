@@ -254,14 +254,28 @@ class _Report(FPDF):
         self.ln(2)
 
 
+def model_warning(model: dict) -> str | None:
+    """The DEMO / LIMITED DATA banner of a model (core.app.registry.describe_model), or None."""
+    if model["demo"]:
+        return "DEMO MODEL - not validated; the results are not a diagnosis"
+    if model.get("limited"):
+        return "LIMITED DATA MODEL - not a diagnosis"
+    return None
+
+
+def _warn(pdf: _Report) -> None:
+    """The model's banner. On the summary and on every image page: such a model is labelled wherever it
+    predicts (as each CSV row is), and an image page is often printed or passed on alone."""
+    warning = model_warning(pdf.model)
+    if warning:
+        pdf.banner(warning, ALERT)
+
+
 def _identity(pdf: _Report) -> None:
     model = pdf.model
     pdf.heading("Breast histopathology - decision-support report")
     pdf.line_text(f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", 8, MUTED)
-    if model["demo"]:
-        pdf.banner("DEMO MODEL - not validated; the results are not a diagnosis", ALERT)
-    elif model.get("limited"):
-        pdf.banner("LIMITED DATA MODEL - not a diagnosis", ALERT)
+    _warn(pdf)
     pdf.table(["model", "value"], [
         ["name", model["name"]], ["backbone", f"{model['backbone']} ({model['hierarchy']})"],
         ["model card created", model.get("created") or "unknown"], ["SHA-256 of the model file", model.get("sha256") or "n/a"],
@@ -318,6 +332,7 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused:
 def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], audit_id: int | None = None) -> None:
     p = result.prediction
     pdf.add_page()
+    _warn(pdf)
     pdf.heading(result.name, 12, INK)
     if audit_id is not None:
         pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this result)", 8, MUTED)
