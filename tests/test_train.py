@@ -378,3 +378,27 @@ def test_train_trains_one_run_and_the_cli_sends_every_fold_to_cross_validation(s
     monkeypatch.setattr(core.training.crossval, "cross_validate", lambda config: called.append(config))
     assert cli(["train", "--data", str(synthetic_breakhis), "--out", str(tmp_path / "cv"), "--folds", "3"]) == 0
     assert [(c.folds, c.fold) for c in called] == [(3, None)]
+
+
+def test_oversampled_copies_are_not_counted_as_evidence(tmp_path, monkeypatch):
+    """--balance oversample repeats training rows: the card counted every copy as a real image (39 images
+    of 40X read as "learnt from 208 real images" and escaped the DEMO label)."""
+    import core.training.runcard as runcard
+    from core.testing.synthetic import write_synthetic_breakhis
+    from core.training.config import TrainConfig, checked
+    from core.training.fit import prepare_data
+
+    data = write_synthetic_breakhis(tmp_path / "imbalanced", images_per_case=2)
+    for path in data.rglob("*/adenosis/*/*/*-002.png"):  # one subtype a minority: oversampling copies it
+        path.unlink()
+    config = checked(TrainConfig(data=str(data), out=str(tmp_path / "run"), balance="oversample", **TINY))
+    prepared = prepare_data(config)
+    rows, images = len(prepared["train"]), prepared["train"]["path"].nunique()
+    assert rows > images  # the copies are there, for the epochs
+    monkeypatch.setattr(runcard, "DEMO_BELOW_TRAIN_IMAGES", rows)  # between the distinct images and the rows
+    card = runcard.model_card(config, prepared, "random initialisation", {}, {}, {})
+    assert card["evidence"]["images"] == images and f"learnt from {images} real images" in card["evidence"]["statement"]
+    assert sum(card["evidence"]["by_magnification"].values()) == images
+    assert card["training"]["counts"]["train"] == images and card["training"]["train_rows_per_epoch"] == rows
+    assert sum(card["training"]["by_subtype"].values()) == images
+    assert card["demo"] is True

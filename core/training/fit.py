@@ -47,7 +47,7 @@ from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
-from core.training.runcard import head_options, model_card
+from core.training.runcard import head_options, model_card, split_counts
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
 log = logging.getLogger(__name__)
@@ -296,18 +296,19 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     kind = type(strategy).__name__
     distribution = {"strategy": "none" if kind.startswith("_Default") else kind,
                     "replicas": int(strategy.num_replicas_in_sync), "mixed_precision": mixed, "gpu": on_gpu}
-    counts = {name: int(len(data[name])) for name in ("train", "val", "test")}
+    counts = split_counts(data)  # distinct images; an epoch's steps come from the rows (oversampled copies too)
+    steps = math.ceil(len(data["train"]) / config.batch_size)
     settings = {**dataclasses.asdict(config), "weights_init": weights_used, "distribution": distribution,
                 "counts": counts, "skipped_files": len(data["skipped"])}
     write_json_atomic(run_dir / "config.json", settings)
-    writer.emit("start", epochs=config.epochs, steps=math.ceil(counts["train"] / config.batch_size), counts=counts,
+    writer.emit("start", epochs=config.epochs, steps=steps, counts=counts,
                 message=f"{config.mode} {config.backbone}: {counts['train']} training images, "
                         f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}",
                 config=settings)
 
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if multiworker:
-        follow_batch_statistics(model, math.ceil(counts["train"] / config.batch_size))
+        follow_batch_statistics(model, steps)
         history = fit_multiworker(model, data, config, run_dir, writer, strategy, _dataset).history
     else:
         history = (fit_fast if config.mode == "fast" else fit_finetune)(model, data, config, run_dir, writer,

@@ -38,9 +38,20 @@ def counts_by_subtype(table: pd.DataFrame) -> dict:
     return {k: int(v) for k, v in subtype_counts(table).items() if v}
 
 
+def distinct(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per image file: --balance oversample repeats training rows, and a copy is no more evidence."""
+    return table.drop_duplicates("path") if "path" in table else table
+
+
+def split_counts(data: dict) -> dict:
+    """{train, val, test: distinct images} of a run's prepared data (config.json, the card, the stream)."""
+    return {name: int(len(distinct(data[name]))) for name in ("train", "val", "test")}
+
+
 def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:
-    """What a model rests on, in the card and wherever it predicts: the real images and patients its
-    weights learnt from (not its validation or test patients) and what its figures were measured on."""
+    """What a model rests on, in the card and wherever it predicts: the distinct real images and patients
+    its weights learnt from (not its validation or test patients) and what its figures were measured on."""
+    trained_on = distinct(trained_on)
     real = trained_on[~trained_on["synthetic"].astype(bool)] if "synthetic" in trained_on else trained_on
     patients = int(real["case"].nunique())
     start = "from scratch" if weights_used.startswith("random") else "from " + weights_used
@@ -76,24 +87,26 @@ def training_scale(config, train: pd.DataFrame) -> dict:
 
 
 def model_card(config, data, weights_used, history_summary, distribution, validation) -> dict:
-    train = data["train"]
+    rows = data["train"]  # oversampled copies included: what an epoch iterates over
+    train = distinct(rows)
+    learnt = evidence(train, weights_used, split_figures_on(data["split"]))
     augmentation = ("none: fast mode trains the heads on features computed once, without augmentation"
                     if config.mode == "fast" else _describe_augmentation(config))
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
         "input_size": config.input_size, "weights_init": weights_used,
-        "demo": bool(config.demo or len(train) < DEMO_BELOW_TRAIN_IMAGES),
-        "evidence": evidence(train, weights_used, split_figures_on(data["split"])),
+        "demo": bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES),
+        "evidence": learnt,
         "scale": training_scale(config, train),
         "stain_normalization": data["normalizer"].to_dict(),
         "training": {
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
-            "counts": {name: int(len(data[name])) for name in ("train", "val", "test")},
+            "counts": split_counts(data), "train_rows_per_epoch": int(len(rows)),
             "split": describe_split(data["split"]),
             "by_subtype": counts_by_subtype(train),
             "synthetic_by_subtype": counts_by_subtype(train[train["synthetic"].astype(bool)]),
-            "synthetic_shortfall": dict(train.attrs.get("shortfall", {})),
+            "synthetic_shortfall": dict(rows.attrs.get("shortfall", {})),
             "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
             "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
             "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
