@@ -8,7 +8,9 @@ one machine's absolute paths.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 from core.errors import UserInputError
@@ -34,13 +36,42 @@ def data_dir() -> Path:
     return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
 
 
+PROGRESS_STREAM = "progress.jsonl"  # core.training.progress writes it; read here without importing training
+
+
+def _failed_before_start(stream: Path) -> bool:
+    try:
+        events = [json.loads(line) for line in stream.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False
+    return (bool(events) and all(isinstance(e, dict) for e in events) and events[-1].get("event") == "end"
+            and events[-1].get("status") == "failed" and not any(e.get("event") == "start" for e in events))
+
+
+def refused_before_start(folder: str | os.PathLike) -> bool:
+    """True when `folder` holds nothing but progress streams (its own, or its folds' in sub-folders)
+    that failed before training started (no "start" event: an empty data folder, a missing
+    --synthetic-dir): the record of a refusal, not a run, so the same --out may be used again."""
+    try:
+        entries = list(Path(folder).iterdir())
+        return bool(entries) and all(_failed_before_start(entry) if entry.name == PROGRESS_STREAM and entry.is_file()
+                                     else entry.is_dir() and refused_before_start(entry) for entry in entries)
+    except OSError:
+        return False
+
+
 def refuse_existing_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: str = "a training run",
                         hint: str = "choose a new --out folder", error: type[UserInputError] = UserInputError) -> Path:
     """`folder` as a Path, for a new run; `error` when it already holds one: any of `markers` (names
     inside it) exists, or, without markers, it is a folder that is not empty. Every command that
     creates a run folder (training, cross-validation, comparison, ensemble, the default model, a
-    job) checks here, so none overwrites another's results."""
+    job) checks here, so none overwrites another's results. A folder holding only the stream of a
+    run refused before it started (`refused_before_start`) is not a run: that stream is removed, so
+    the retry's stream starts clean."""
     folder = Path(folder)
+    if folder.is_dir() and refused_before_start(folder):
+        for entry in folder.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     taken = any((folder / name).exists() for name in markers) if markers else \
         folder.is_dir() and any(folder.iterdir())
     if taken:

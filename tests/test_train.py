@@ -402,3 +402,32 @@ def test_oversampled_copies_are_not_counted_as_evidence(tmp_path, monkeypatch):
     assert card["training"]["counts"]["train"] == images and card["training"]["train_rows_per_epoch"] == rows
     assert sum(card["training"]["by_subtype"].values()) == images
     assert card["demo"] is True
+
+
+@pytest.mark.parametrize("options", [[], ["--pipeline", "fields"], ["--folds", "2"]])
+def test_a_run_refused_before_it_started_does_not_block_its_out_folder(tmp_path, capsys, options):
+    """An empty data folder fails inside the run (its stream ends "failed"); the retry with the same
+    --out was refused as "already holds a training run", in both pipelines and in a cross-validation."""
+    from core.cli import main as cli
+    from core.errors import UserInputError
+    from core.paths import refuse_existing_run
+
+    empty, out = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    errors = []
+    for _ in range(2):
+        assert cli(["train", "--data", str(empty), "--out", str(out), "--backbone", "small_cnn", *options]) == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1] and "No " in errors[1] and "already holds" not in errors[1], errors
+    streams = list(out.rglob("progress.jsonl"))
+    assert len(streams) == 1 and [e["event"] for e in read_progress(streams[0])] == ["error", "end"]  # only the retry's
+    # A run that started, or a folder with anything else in it, is still protected.
+    streams[0].parent.joinpath("notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="already holds"):
+        refuse_existing_run(streams[0].parent, ("progress.jsonl",))
+    started = tmp_path / "started"
+    writer = ProgressWriter(started / "progress.jsonl", echo_stdout=False)
+    writer.emit("start", epochs=1)
+    writer.emit("end", status="failed", message="MemoryError")
+    with pytest.raises(UserInputError, match="already holds"):
+        refuse_existing_run(started, ("progress.jsonl", "model"))
