@@ -129,3 +129,16 @@ def test_out_of_range_settings_are_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(UserInputError, match=re.escape(said)):
         checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), **{setting: value}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_gan_images_folder_is_refused_before_anything_is_written(tmp_path):
+    """--balance synthetic with a --synthetic-dir that does not exist failed inside the run, after its
+    progress stream was written."""
+    from core.training.config import TrainConfig, checked
+
+    for pipeline in ("tfdata", "fields"):
+        with pytest.raises(UserInputError, match=r"GAN images folder \(--synthetic-dir\) not found: .*nowhere"):
+            checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), pipeline=pipeline, balance="synthetic",
+                                synthetic_dir=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "run").exists()
+    checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), balance="synthetic", synthetic_dir=str(tmp_path)))

@@ -172,5 +172,8 @@ def validate(config: TrainConfig) -> None:
             problems.append("the fields pipeline does not take " + "; ".join(ignored))
     if config.balance == "synthetic" and not config.synthetic_dir:
         problems.append("--balance synthetic needs --synthetic-dir")
+    elif config.balance == "synthetic" and not Path(config.synthetic_dir).is_dir():  # else it fails inside the run
+        problems.append(f"GAN images folder (--synthetic-dir) not found: {config.synthetic_dir} (make one with "
+                        "`python -m core gan sample`)")
     if problems:
         raise UserInputError("Invalid training settings: " + "; ".join(problems))
