@@ -431,3 +431,18 @@ def test_a_run_refused_before_it_started_does_not_block_its_out_folder(tmp_path,
     writer.emit("end", status="failed", message="MemoryError")
     with pytest.raises(UserInputError, match="already holds"):
         refuse_existing_run(started, ("progress.jsonl", "model"))
+
+
+@pytest.mark.parametrize("command, said", [
+    (["train", "--folds", "2"], "a cross-validation exists to measure every fold"),
+    (["compare", "--backbones", "small_cnn"], "compare exists to measure its candidates"),
+    (["tune", "--max-trials", "1"], "tune scores every trial on the validation split")])
+def test_no_evaluate_is_refused_where_the_command_exists_to_measure(synthetic_breakhis, tmp_path, capsys, command, said):
+    """They crashed after training the first model (FileNotFoundError: fold-0/metrics.json), and the
+    retry was refused because fold-0 held a run."""
+    from core.cli import main as cli
+
+    out = tmp_path / "run"
+    assert cli([*command, "--data", str(synthetic_breakhis), "--out", str(out), "--backbone", "small_cnn",
+                "--weights", "none", "--input-size", "32", "--epochs", "1", "--no-evaluate"]) == 2
+    assert said in capsys.readouterr().err and not out.exists()

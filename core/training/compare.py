@@ -52,6 +52,9 @@ def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     """Train every (backbone, input size) on config's split; returns and writes the comparison."""
     from core.training.fit import train
 
+    if not config.evaluate:
+        raise UserInputError("compare exists to measure its candidates on the same split: drop --no-evaluate "
+                             "(train one candidate with `python -m core train --no-evaluate`)")
     out = Path(config.out)
     refuse_existing_run(out, ("comparison.csv",), holds="a comparison")
     rows, metrics = [], None

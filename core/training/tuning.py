@@ -18,6 +18,7 @@ from pathlib import Path
 import keras_tuner as kt
 import pandas as pd
 
+from core.errors import UserInputError
 from core.jsonfile import read_json
 
 OBJECTIVE = "val_stage1_balanced_accuracy"  # stage 1 is the decision; balanced, as malignant dominates
@@ -60,6 +61,8 @@ class RunTuner(kt.Tuner):
 
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+    if not config.evaluate:  # a trial's score is its evaluation on validation (metrics.json)
+        raise UserInputError("tune scores every trial on the validation split: drop --no-evaluate")
     out = Path(config.out)
     space = space or SPACE
     objective = kt.Objective(OBJECTIVE, direction="max")
