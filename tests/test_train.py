@@ -446,3 +446,17 @@ def test_no_evaluate_is_refused_where_the_command_exists_to_measure(synthetic_br
     assert cli([*command, "--data", str(synthetic_breakhis), "--out", str(out), "--backbone", "small_cnn",
                 "--weights", "none", "--input-size", "32", "--epochs", "1", "--no-evaluate"]) == 2
     assert said in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["compare", "--backbones", "small_cnn"], ["tune", "--max-trials", "1"]])
+def test_compare_and_tune_refuse_the_fields_pipeline_they_would_not_train(synthetic_breakhis, tmp_path, capsys,
+                                                                           command):
+    """Both always call core.training.fit.train: --pipeline fields silently trained tf.data models."""
+    from core.cli import main as cli
+
+    out = tmp_path / "run"
+    assert cli([*command, "--data", str(synthetic_breakhis), "--out", str(out), "--backbone", "small_cnn",
+                "--weights", "none", "--input-size", "32", "--epochs", "1", "--pipeline", "fields"]) == 2
+    error = capsys.readouterr().err
+    assert "tf.data runs only, not --pipeline fields" in error and "train --pipeline fields --folds 5" in error
+    assert not out.exists()

@@ -61,6 +61,9 @@ class RunTuner(kt.Tuner):
 
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+    if config.pipeline != "tfdata":  # every trial is a core.training.fit run
+        raise UserInputError(f"tune trains tf.data runs only, not --pipeline {config.pipeline}; measure each fields "
+                             "setting with `python -m core train --pipeline fields --folds 5 ...`")
     if not config.evaluate:  # a trial's score is its evaluation on validation (metrics.json)
         raise UserInputError("tune scores every trial on the validation split: drop --no-evaluate")
     out = Path(config.out)
