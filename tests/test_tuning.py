@@ -2,7 +2,9 @@
 deliberately bad learning rate in the space the best trial beats it."""
 
 import pandas as pd
+import pytest
 
+from core.errors import UserInputError
 from core.training.config import TrainConfig
 from core.training.tuning import OBJECTIVE, tune
 
@@ -27,3 +29,15 @@ def test_the_best_trial_beats_a_bad_learning_rate_and_the_search_resumes(synthet
     again = tune(config, max_trials=2, search="grid", space=space)  # resumed: nothing is trained twice
     assert again["trial"] == best["trial"]
     assert {run.name: (run / "progress.jsonl").stat().st_mtime for run in runs} == mtimes
+
+
+@pytest.mark.parametrize("trials", ["0", "-3", "two"])
+def test_max_trials_below_one_is_a_usage_error(tmp_path, capsys, trials):
+    """KerasTuner reads max_trials=0 as no limit: --max-trials 0 searched without end."""
+    from core.cli import main as cli
+
+    assert cli(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "search"), "--max-trials", trials]) == 2
+    assert "--max-trials" in capsys.readouterr().err and not (tmp_path / "search").exists()
+    with pytest.raises(UserInputError, match="at least 1"):  # the Python API too
+        tune(TrainConfig(data=str(tmp_path), out=str(tmp_path / "search")), max_trials=0)
+    assert not (tmp_path / "search").exists()

@@ -61,6 +61,8 @@ class RunTuner(kt.Tuner):
 
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+    if max_trials < 1:  # KerasTuner reads 0 as "no limit"
+        raise UserInputError(f"--max-trials must be at least 1, not {max_trials}")
     if config.pipeline != "tfdata":  # every trial is a core.training.fit run
         raise UserInputError(f"tune trains tf.data runs only, not --pipeline {config.pipeline}; measure each fields "
                              "setting with `python -m core train --pipeline fields --folds 5 ...`")
