@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     packed.add_argument("--data", required=True, help="BreakHis folder (any layout)")
     packed.add_argument("--out", required=True, help="folder to write the pack into")
     packed.add_argument("--magnification", default="all", choices=MAGNIFICATION_CHOICES)
-    packed.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
+    packed.add_argument("--quality", type=_jpeg_quality, default=92, help="JPEG quality, 1-95 (default 92)")
 
     compared = command("compare", _compare, "train several backbones / input sizes on the same split, one table")
     compared.add_argument("--backbones", nargs="+", help="registry names, e.g. small_cnn densenet121")
@@ -389,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataclass_options(parser, module: str, name: str, **which) -> None:
     """The options of a settings dataclass (core.options), imported only when the parser is built."""
     add_dataclass_options(parser, module, name, **which)
+
+
+def _jpeg_quality(text: str) -> int:
+    """1-95: Pillow's range for JPEG quality; above 95 some compression is switched off for no gain."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 95:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 95, not {value}")
+    return value
 
 
 def _unit_interval(text: str) -> float:

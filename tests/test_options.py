@@ -142,3 +142,13 @@ def test_a_missing_gan_images_folder_is_refused_before_anything_is_written(tmp_p
                                 synthetic_dir=str(tmp_path / "nowhere")))
     assert not (tmp_path / "run").exists()
     checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), balance="synthetic", synthetic_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("quality", ["-5", "0", "96", "150", "high"])
+def test_pack_fields_refuses_a_jpeg_quality_outside_1_to_95_as_a_usage_error(tmp_path, capsys, quality):
+    """-5, 0 and 150 were accepted (type=int) and handed to Pillow."""
+    from core.cli import build_parser, main
+
+    assert main(["pack-fields", "--data", str(tmp_path), "--out", str(tmp_path / "pack"), "--quality", quality]) == 2
+    assert "--quality" in capsys.readouterr().err and not (tmp_path / "pack").exists()
+    assert build_parser().parse_args(["pack-fields", "--data", "d", "--out", "o", "--quality", "95"]).quality == 95
