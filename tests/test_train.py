@@ -460,3 +460,20 @@ def test_compare_and_tune_refuse_the_fields_pipeline_they_would_not_train(synthe
     error = capsys.readouterr().err
     assert "tf.data runs only, not --pipeline fields" in error and "train --pipeline fields --folds 5" in error
     assert not out.exists()
+
+
+@pytest.mark.parametrize("candidates, said", [
+    (["small_cnn@abc"], "--candidates small_cnn@abc: the size after @ must be a whole number"),
+    (["small_cnn@32", "alexnet@32"], "candidate alexnet-32: Invalid training settings: unknown backbone 'alexnet'"),
+    (["small_cnn@32", "small_cnn@16"], "candidate small_cnn-16: Invalid training settings: epochs and batch size"),
+    (["small_cnn@32", "small_cnn@32"], "a candidate is named twice: small_cnn@32")])
+def test_compare_refuses_bad_candidates_in_words_before_the_first_one_trains(synthetic_breakhis, tmp_path, capsys,
+                                                                            candidates, said):
+    """small_cnn@abc ended in a ValueError traceback (exit 1); a bad later candidate failed after the
+    earlier ones had trained."""
+    from core.cli import main as cli
+
+    out = tmp_path / "compare"
+    assert cli(["compare", "--data", str(synthetic_breakhis), "--out", str(out), "--weights", "none", "--epochs", "1",
+                "--candidates", *candidates]) == 2
+    assert said in capsys.readouterr().err and not out.exists()

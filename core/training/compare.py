@@ -42,7 +42,11 @@ def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named
     pairs = [(b, s) for b in backbones or [] for s in input_sizes or [default_size]]
     for name in named or []:
         backbone, _, size = name.partition("@")
-        pairs.append((backbone, int(size) if size else default_size))
+        try:
+            pairs.append((backbone, int(size) if size else default_size))
+        except ValueError:
+            raise UserInputError(f"--candidates {name}: the size after @ must be a whole number of pixels, "
+                                 "e.g. densenet121@128") from None
     if not pairs:
         raise UserInputError("Name the candidates: --backbones (and --input-sizes) or --candidates BACKBONE@SIZE ...")
     return pairs
@@ -50,6 +54,7 @@ def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named
 
 def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     """Train every (backbone, input size) on config's split; returns and writes the comparison."""
+    from core.training.config import checked
     from core.training.fit import train
 
     if config.pipeline != "tfdata":  # every candidate is a core.training.fit run
@@ -60,12 +65,21 @@ def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
         raise UserInputError("compare exists to measure its candidates on the same split: drop --no-evaluate "
                              "(train one candidate with `python -m core train --no-evaluate`)")
     out = Path(config.out)
+    runs = {f"{backbone}-{size}": dataclasses.replace(config, backbone=backbone, input_size=size,
+                                                      out=str(out / f"{backbone}-{size}")) for backbone, size in pairs}
+    if len(runs) < len(pairs):
+        raise UserInputError("a candidate is named twice: " + ", ".join(sorted({f"{b}@{s}" for b, s in pairs
+                                                                                 if pairs.count((b, s)) > 1})))
+    for name, run in runs.items():  # every candidate's settings before the first one trains
+        try:
+            checked(run)
+        except UserInputError as error:
+            raise UserInputError(f"candidate {name}: {error}") from None
     refuse_existing_run(out, ("comparison.csv",), holds="a comparison")
     rows, metrics = [], None
-    for backbone, size in pairs:
-        name = f"{backbone}-{size}"
+    for name, run in runs.items():
         started = time.perf_counter()
-        result = train(dataclasses.replace(config, backbone=backbone, input_size=size, out=str(out / name)))
+        result = train(run)
         metrics = read_json(out / name / "metrics.json")
         rows.append(_row(name, metrics, time.perf_counter() - started, result["epochs_run"]))
     for name, baseline in (metrics.get("baselines") or {}).items():  # the same test cases for every run
