@@ -95,3 +95,21 @@ def test_unavailable_imagenet_weights_warn_and_fall_back(monkeypatch, caplog):
 def test_missing_local_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="Weights file not found"):
         build_classifier("densenet121", weights=str(tmp_path / "nope.h5"))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "resnet18_half"])
+def test_a_weights_file_for_a_backbone_without_pretrained_weights_is_refused_not_ignored(name, tmp_path):
+    """build_trunk skipped the file for these backbones and trained from random weights without a word."""
+    from core.model.backbones import build_trunk
+    from core.training.config import TrainConfig, checked
+
+    weights = tmp_path / "trained.weights.h5"
+    weights.write_bytes(b"weights")
+    with pytest.raises(UserInputError, match="no pretrained weights here; train it from scratch"):
+        build_trunk(name, keras.Input((64, 64, 3)), str(weights))
+    with pytest.raises(UserInputError, match=f"--weights {weights}: {name} has no pretrained weights here"):
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), backbone=name, weights=str(weights)))
+    assert not (tmp_path / "run").exists()
+    for default in ("imagenet", "none"):  # the default --weights still trains these from scratch
+        assert build_trunk(name, keras.Input((64, 64, 3)), default)[1] == "random initialisation"
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), backbone=name, weights=default))

@@ -73,7 +73,7 @@ def _application(constructor):
 def _small_cnn(input_tensor, weights):
     """The four-layer CNN baseline that published BreakHis projects compare against."""
     if weights not in (None, "none"):
-        raise UserInputError("small_cnn has no pretrained weights")
+        raise UserInputError("small_cnn has no pretrained weights here; train it from scratch (--weights none)")
     x = input_tensor
     for i, filters in enumerate((32, 64, 128, 128), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"cnn_block{i}_conv")(x)
@@ -149,11 +149,13 @@ def build_trunk(name: str, input_tensor, weights: str | None = "imagenet"):
     """Build backbone `name` on `input_tensor`; returns (tap tensors, description of the weights).
 
     weights: "imagenet" (default; when it cannot be downloaded, warn and fall back to random
-    init), None / "none" for random init, or a path to a local weights file.
+    init; a backbone without ImageNet weights starts from random init), None / "none" for random
+    init, or a path to a local weights file, which a backbone without pretrained weights refuses
+    (its builder says so) rather than ignoring it.
     """
     backbone = get_backbone(name)
     normalized = PixelNormalization(backbone.normalization, name="pixel_normalization")(input_tensor)
-    if not backbone.pretrained or weights in (None, "none"):
+    if weights in (None, "none") or (weights == "imagenet" and not backbone.pretrained):
         trunk, described = backbone.build(normalized, None), "random initialisation"
     elif weights == "imagenet":
         try:

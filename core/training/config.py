@@ -124,6 +124,9 @@ def validate(config: TrainConfig) -> None:
     problems = []
     if config.backbone not in BACKBONES:
         problems.append(f"unknown backbone {config.backbone!r} (choose from {sorted(BACKBONES)})")
+    elif config.weights not in (None, "none", "None", "imagenet") and not BACKBONES[config.backbone].pretrained:
+        problems.append(f"--weights {config.weights}: {config.backbone} has no pretrained weights here, so a weights "
+                        "file cannot be loaded into it; train it from scratch (--weights none)")
     for name, value, allowed in (("hierarchy", config.hierarchy, HIERARCHIES), ("mode", config.mode, MODES),
                                  ("split", config.split, PROTOCOL_NAMES), ("balance", config.balance, STRATEGIES),
                                  ("strategy", config.strategy, STRATEGY_NAMES),
