@@ -16,9 +16,11 @@ _REQUIRED = dataclasses.MISSING
 
 
 def option(default: Any = _REQUIRED, help: str = "", choices: tuple | None = None,
-           nargs: str | None = None, cli: bool = True, metavar: str | None = None):
-    """A dataclass field with what the command line needs to know about it."""
-    metadata = {"help": help, "choices": choices, "nargs": nargs, "cli": cli, "metavar": metavar}
+           nargs: str | None = None, cli: bool = True, metavar: str | None = None, off_help: str | None = None):
+    """A dataclass field with what the command line needs to know about it. `off_help`: what the
+    --no-kebab-case switch of an option that is on by default does (else "turn off: " + help)."""
+    metadata = {"help": help, "choices": choices, "nargs": nargs, "cli": cli, "metavar": metavar,
+                "off_help": off_help}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -33,6 +35,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def switch_help(field: dataclasses.Field) -> str:
+    """The help of the --no-... switch of an option that is on by default: what turning it off does,
+    not the "on" help (which read as if --no-evaluate evaluated)."""
+    return field.metadata.get("off_help") or f"turn off (on by default): {field.metadata.get('help', '')}"
 
 
 def flag(name: str, default=None) -> str:
@@ -98,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), only=None, unse
                 kwargs["choices"] = meta["choices"]
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]
-        help_text = meta.get("help", "")
+        help_text = switch_help(field) if default is True else meta.get("help", "")
         if not required and not isinstance(default, bool) and default not in (None, (), []):
             shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
             help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"

@@ -152,3 +152,26 @@ def test_pack_fields_refuses_a_jpeg_quality_outside_1_to_95_as_a_usage_error(tmp
     assert main(["pack-fields", "--data", str(tmp_path), "--out", str(tmp_path / "pack"), "--quality", quality]) == 2
     assert "--quality" in capsys.readouterr().err and not (tmp_path / "pack").exists()
     assert build_parser().parse_args(["pack-fields", "--data", "d", "--out", "o", "--quality", "95"]).quality == 95
+
+
+def test_every_off_switch_says_what_turning_it_off_does():
+    """--no-evaluate's help read "calibrate ... and evaluate ... after training": the "on" help."""
+    import dataclasses
+
+    from core.cli import build_parser
+    from core.gan.model import GanConfig
+    from core.training.config import TrainConfig
+
+    parser = build_parser()
+    for path, cls in ((("train",), TrainConfig), (("compare",), TrainConfig), (("tune",), TrainConfig),
+                      (("gan", "train"), GanConfig)):
+        actions = _actions(parser, *path)
+        switches = [f for f in dataclasses.fields(cls) if f.default is True and f.metadata.get("cli")]
+        assert switches, path
+        for field in switches:
+            action = actions[field.name]
+            assert action.option_strings == [f"--no-{field.name.replace('_', '-')}"] and action.default is True
+            assert action.help != field.metadata["help"]
+            assert action.help == field.metadata["off_help"] if field.metadata["off_help"] else \
+                action.help.startswith("turn off (on by default): "), (path, field.name, action.help)
+    assert _actions(parser, "train")["evaluate"].help.startswith("save the model uncalibrated and unmeasured")

@@ -65,7 +65,9 @@ class TrainConfig:
                                          "makes them one compiled program, which XLA's cache then compiles once "
                                          "(scripts/gpu_machine.sh), and trains each model for the same steps")
     final_model: bool = option(True, "fields pipeline with --folds: then train one model on every patient, with "
-                               "the figures and thresholds of the pooled out-of-fold predictions")
+                               "the figures and thresholds of the pooled out-of-fold predictions",
+                               off_help="fields pipeline with --folds: stop after the folds and their pooled figures, "
+                               "without the model trained on every patient")
     members: int = option(1, "fields pipeline: train this many models with different seeds and predict with their "
                           "mean (a seed ensemble); with --folds, every fold's too, each seed's own figures beside it")
     stain_norm: str = option("none", "stain normalisation, fitted to the training split (the card keeps it; "
@@ -87,14 +89,21 @@ class TrainConfig:
     learning_rate: float | None = option(None, "default: 1e-4 when fine-tuning pretrained weights, else 1e-3")
     patience: int = option(5, "early-stopping patience (epochs); half of it for halving the learning rate")
     early_stopping: bool = option(True, "stop when the validation loss stalls and keep the best epoch (off: "
-                                  "a fixed number of epochs, for validation sets too small to choose an epoch)")
+                                  "a fixed number of epochs, for validation sets too small to choose an epoch)",
+                                  off_help="train every epoch and keep the last one (the learning rate halves when the "
+                                  "training loss stalls), for validation sets too small to choose an epoch")
     strategy: str = option("auto", "tf.distribute strategy (TF_CONFIG set: multi-worker)", choices=STRATEGY_NAMES)
     devices: str | None = option(None, "comma-separated devices for MirroredStrategy, e.g. /gpu:0,/gpu:1")
     cache: str = option("memory", "decoded-image cache: memory, none, or a file path prefix")
     feature_cache: bool = option(True, "fast mode: keep the frozen backbone's features on disk (BREAKHIS_FEATURE_CACHE, "
-                                 "default ~/.cache/breakhis/features) and reuse them in later runs")
-    evaluate: bool = option(True, "calibrate on the validation split and evaluate on the test split after training")
-    baselines: bool = option(True, "also score the majority and colour/texture baselines in the evaluation")
+                                 "default ~/.cache/breakhis/features) and reuse them in later runs",
+                                 off_help="fast mode: compute the frozen backbone's features afresh, neither reading "
+                                 "nor writing the on-disk feature cache")
+    evaluate: bool = option(True, "calibrate on the validation split and evaluate on the test split after training",
+                            off_help="save the model uncalibrated and unmeasured (one run only: a cross-validation, "
+                            "compare and tune exist to measure)")
+    baselines: bool = option(True, "also score the majority and colour/texture baselines in the evaluation",
+                             off_help="score the model only, without the majority and colour/texture baselines")
     echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)
 
     def split_spec(self) -> SplitSpec:
