@@ -175,3 +175,29 @@ def test_every_off_switch_says_what_turning_it_off_does():
             assert action.help == field.metadata["off_help"] if field.metadata["off_help"] else \
                 action.help.startswith("turn off (on by default): "), (path, field.name, action.help)
     assert _actions(parser, "train")["evaluate"].help.startswith("save the model uncalibrated and unmeasured")
+
+
+def test_the_tfdata_pipeline_refuses_the_fields_pipelines_own_options_it_would_ignore(tmp_path, capsys):
+    """`train --band-limit --refit-subtypes --physical-crops --crop-min 0.3` (tf.data) ran to exit 0,
+    config.json recorded them and the model had none of them."""
+    from core.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--out", str(out), "--band-limit", "--refit-subtypes",
+                 "--physical-crops", "--crop-min", "0.3", "--no-final-model"]) == 2
+    assert ("the tf.data pipeline does not take --crop-min, --physical-crops, --band-limit, --refit-subtypes, "
+            "--no-final-model") in capsys.readouterr().err and not out.exists()
+    from core.training.config import FIELDS_ONLY, TrainConfig, checked, without_fields_options
+    from core.training.recipes import FIELD, launch_defaults
+
+    for name, value in (("label_smoothing", 0.2), ("weight_decay", 0.0), ("warmup_steps", 5)):
+        with pytest.raises(UserInputError, match="the tf.data pipeline does not take --"):
+            checked(TrainConfig(data=str(tmp_path), out=str(out), **{name: value}))
+    checked(TrainConfig(data=str(tmp_path), out=str(out), crop_min=TrainConfig.crop_min))  # defaults pass
+    checked(TrainConfig(data=str(tmp_path), out=str(out), **FIELD))  # and the fields pipeline takes them
+    # A form that starts from the field recipe and is switched to tf.data drops them first.
+    switched = without_fields_options(TrainConfig(**{**vars(launch_defaults(False)), "data": str(tmp_path),
+                                                     "out": str(out), "pipeline": "tfdata"}))
+    checked(switched)
+    assert switched.dropout == FIELD["dropout"] and all(getattr(switched, n) == getattr(TrainConfig, n)
+                                                        for n in FIELDS_ONLY if n != "final_model")

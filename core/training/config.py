@@ -17,7 +17,7 @@ from core.data.splits import PATIENT, PROTOCOL_NAMES, SPLIT_CHOICES
 from core.data.stain import STAIN_METHODS
 from core.errors import UserInputError
 from core.model.backbones import BACKBONES, DEFAULT_BACKBONE
-from core.options import option
+from core.options import default_of, flag, option
 
 MODES = ("finetune", "fast")
 # fields: whole fields in memory at ~1 um/px, random crops and augmentation as Keras layers, any Keras
@@ -25,6 +25,9 @@ MODES = ("finetune", "fast")
 PIPELINES = ("tfdata", "fields")
 NAMED_WEIGHTS = ("imagenet", "none")  # --weights also takes a local weights file; a form offers these two
 STRATEGY_NAMES = ("auto", "mirrored", "default")
+# Options only the fields pipeline reads (--steps-per-epoch and --members have rules of their own in validate).
+FIELDS_ONLY = ("crop_min", "physical_crops", "band_limit", "refit_subtypes", "label_smoothing", "weight_decay",
+               "warmup_steps", "final_model")
 
 
 @dataclasses.dataclass
@@ -119,6 +122,18 @@ class TrainConfig:
         return None if self.weights in (None, "none", "None") else self.weights
 
 
+def fields_only_changed(config: TrainConfig) -> list[str]:
+    """The fields pipeline's own options (FIELDS_ONLY) that `config` sets away from their defaults, as flags."""
+    return [flag(name, default_of(TrainConfig, name)) for name in FIELDS_ONLY
+            if getattr(config, name) != default_of(TrainConfig, name)]
+
+
+def without_fields_options(config: TrainConfig) -> TrainConfig:
+    """`config` with the fields pipeline's own options back at their defaults: for a form whose defaults
+    are the field recipe (core.training.recipes.launch_defaults) when the user picks tf.data instead."""
+    return dataclasses.replace(config, **{name: default_of(TrainConfig, name) for name in FIELDS_ONLY})
+
+
 def checked(config: TrainConfig | dict) -> TrainConfig:
     """A copy of the settings with the run-time defaults filled in, validated (UserInputError)."""
     config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
@@ -152,7 +167,7 @@ def validate(config: TrainConfig) -> None:
     if not (0.1 <= config.zoom <= 1.0 and config.augment_strength >= 0):
         problems.append("zoom must be in [0.1, 1] and augment strength >= 0")
     # Out of range, Keras fails mid-run (dropout 1.5) or trains on nonsense (crops larger than the field).
-    for flag, fine, allowed, value in (
+    for switch, fine, allowed, value in (
             ("--dropout", 0 <= config.dropout < 1, "in [0, 1)", config.dropout),
             ("--crop-min", 0 < config.crop_min <= 1, "in (0, 1]", config.crop_min),
             ("--label-smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)", config.label_smoothing),
@@ -160,7 +175,7 @@ def validate(config: TrainConfig) -> None:
             ("--learning-rate", config.learning_rate is None or config.learning_rate > 0, "> 0", config.learning_rate),
             ("--patience", config.patience >= 0, ">= 0", config.patience)):
         if not fine:
-            problems.append(f"{flag} must be {allowed}, not {value:g}")
+            problems.append(f"{switch} must be {allowed}, not {value:g}")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
     if config.reviewed_dir and not Path(config.reviewed_dir).is_dir():  # else the job fails later, as "Dataset"
@@ -169,6 +184,9 @@ def validate(config: TrainConfig) -> None:
     kfold = kfold_problem(config.folds, config.fold, config.split)
     if kfold:
         problems.append(kfold)
+    if config.pipeline == "tfdata" and fields_only_changed(config):  # the reverse of the fields pipeline's list
+        problems.append("the tf.data pipeline does not take " + ", ".join(fields_only_changed(config))
+                        + " (options of --pipeline fields; it would record them and ignore them)")
     if config.pipeline == "tfdata" and config.all_folds and not config.evaluate:
         problems.append("a cross-validation exists to measure every fold (cv.json pools their evaluations): drop "
                         "--no-evaluate, or train one fold without evaluating it (--fold I)")
