@@ -15,7 +15,7 @@ from pathlib import Path
 from core.backends import backend_problem, detect, installed_backends
 from core.errors import UserInputError
 from core.options import choices_of
-from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
+from core.training.config import NAMED_WEIGHTS, TrainConfig, validate, without_fields_options
 
 DEFAULTS = TrainConfig(data="", out="")
 SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
@@ -90,6 +90,8 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
                              "that does not start with a dot.")
     config = dataclasses.replace(config, data=str(config.data).strip(), out=str(Path(runs_root) / name),
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
+    if config.pipeline != "fields":  # the CPU defaults are the field recipe: its own options do not carry over
+        config = without_fields_options(config)
     problem = backend and backend_problem(backend, config.pipeline)
     if problem:
         raise UserInputError(f"Cannot launch this run: {problem}.")
