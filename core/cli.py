@@ -165,7 +165,7 @@ def _ensemble(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.evaluation.evaluate import evaluate_run
+    from core.evaluation.evaluate import evaluate_run, outputs_of
 
     results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall)
     data = results["data"]
@@ -183,7 +183,7 @@ def _evaluate(args) -> int:
     if skipped["missing"] or skipped["unreadable"]:
         print(f"  WARNING: {skipped['missing']} images missing, {skipped['unreadable']} unreadable "
               f"(e.g. {', '.join(skipped['examples'][:3])})")
-    print(f"wrote {Path(args.run) / 'metrics.json'}, {Path(args.run) / 'report.html'}")
+    print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), data["split"]))))
     return OK
 
 

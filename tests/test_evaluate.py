@@ -304,6 +304,7 @@ def test_only_the_test_split_updates_the_card_and_metrics_json(metrics, run_dir,
     for split in ("val", "train"):
         assert cli(["evaluate", str(run), "--split", split]) == 0
         assert f"the {split} split was evaluated" in caplog.text
+        assert f"metrics_{split}.json" in capsys.readouterr().out.splitlines()[-1]  # the files it wrote
         assert (run / "model" / "card.json").read_text() == card_before
         assert (run / "metrics.json").read_text() == held_out
         other = json.loads((run / f"metrics_{split}.json").read_text())
