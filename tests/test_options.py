@@ -201,3 +201,16 @@ def test_the_tfdata_pipeline_refuses_the_fields_pipelines_own_options_it_would_i
     checked(switched)
     assert switched.dropout == FIELD["dropout"] and all(getattr(switched, n) == getattr(TrainConfig, n)
                                                         for n in FIELDS_ONLY if n != "final_model")
+
+
+def test_the_fields_pipeline_refuses_no_evaluate_and_a_missing_weights_file_is_refused_early(tmp_path):
+    """The fields pipeline always measured itself and its baselines, whatever --no-evaluate and
+    --no-baselines said; a weights file that does not exist failed inside the run, after split.csv."""
+    from core.training.config import TrainConfig, checked
+
+    for switch in ("evaluate", "baselines"):
+        with pytest.raises(UserInputError, match=f"does not take --no-{switch}"):
+            checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), pipeline="fields", **{switch: False}))
+    with pytest.raises(UserInputError, match=r"--weights: neither imagenet nor none nor a file: .*missing\.h5"):
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), weights=str(tmp_path / "missing.h5")))
+    assert not (tmp_path / "run").exists()

@@ -178,6 +178,8 @@ def validate(config: TrainConfig) -> None:
             problems.append(f"{switch} must be {allowed}, not {value:g}")
     if not Path(config.data).is_dir():
         problems.append(f"data folder not found: {config.data}")
+    if config.weights and config.weights not in NAMED_WEIGHTS and not Path(config.weights).is_file():  # else inside the run
+        problems.append(f"--weights: neither {' nor '.join(NAMED_WEIGHTS)} nor a file: {config.weights}")
     if config.reviewed_dir and not Path(config.reviewed_dir).is_dir():  # else the job fails later, as "Dataset"
         problems.append(f"reviewed-images folder (--reviewed-dir) not found: {config.reviewed_dir} (export one with "
                         "`python -m core reviews export OUT`)")
@@ -200,7 +202,10 @@ def validate(config: TrainConfig) -> None:
             (config.stain_norm != "none", "--stain-norm (it jitters the stains instead; every field normalised "
                                           "measured worse: models/default/candidates.md)"),
             (config.zoom != 1.0, "--zoom (its crops are set by --crop-min)"),
-            (config.fold is not None, "--fold (with --folds it runs every fold)")) if unused]
+            (config.fold is not None, "--fold (with --folds it runs every fold)"),
+            (not config.evaluate, "--no-evaluate (its figures and referral thresholds come from its own predictions "
+                                  "on held-out patients)"),
+            (not config.baselines, "--no-baselines (its figures stand next to the baselines')")) if unused]
         if ignored:
             problems.append("the fields pipeline does not take " + "; ".join(ignored))
     if config.balance == "synthetic" and not config.synthetic_dir:
