@@ -53,14 +53,21 @@ def test_accounts_and_the_audit_trail_say_the_database_is_busy(tmp_path, short_w
     store.close()
 
 
-def test_the_sign_in_page_says_the_database_is_busy(tmp_path, monkeypatch, short_wait):
+@pytest.fixture
+def signing_app(tmp_path, monkeypatch, short_wait) -> Store:
+    """The app with sign-in on (a demo model, its own database) and the store with the account 'ann'."""
     default = make_model_folder(tmp_path / "models" / "default", demo=True)
     for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("BREAKHIS_SINGLE_USER")
     monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
     run_app_like_the_server(monkeypatch)
-    accounts.add_account(Store.open(), "ann", PASSWORD, "pathologist")
+    store = Store.open()
+    accounts.add_account(store, "ann", PASSWORD, "pathologist")
+    return store
+
+
+def test_the_sign_in_page_says_the_database_is_busy(signing_app):
 
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     with write_locked(data_dir() / db.SQLITE_FILE):
@@ -72,21 +79,14 @@ def test_the_sign_in_page_says_the_database_is_busy(tmp_path, monkeypatch, short
     assert [t.value for t in app.title] == ["Diagnose"]
 
 
-def test_a_signed_in_page_says_the_database_is_busy_and_keeps_the_session(tmp_path, monkeypatch, short_wait):
+def test_a_signed_in_page_says_the_database_is_busy_and_keeps_the_session(signing_app, monkeypatch):
     """The session row is re-read on later runs (and written at sign-in): a locked database stopped
     every page with a traceback. Now the page says so, the session is neither honoured nor ended, and
     once the lock is released the same user carries on."""
     from core.app import signin
     from core.store import sessions
 
-    default = make_model_folder(tmp_path / "models" / "default", demo=True)
-    for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
-    monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
-    run_app_like_the_server(monkeypatch)
-    store = Store.open()
-    accounts.add_account(store, "ann", PASSWORD, "pathologist")
+    store = signing_app
     app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "ann", PASSWORD)
     assert [t.value for t in app.title] == ["Diagnose"]
     with write_locked(data_dir() / db.SQLITE_FILE):
