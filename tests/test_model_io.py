@@ -206,3 +206,24 @@ def test_write_json_atomic_leaves_a_complete_readable_file(tmp_path):
     write_json_atomic(target, {"accuracy": np.float32(0.5), "n": 3})
     assert json.loads(target.read_text()) == {"accuracy": 0.5, "n": 3}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
+
+
+def _zip(path, entries: dict) -> str:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_refused_import_leaves_nothing_behind(folder, tmp_path):
+    """A tampered model with its card unchanged is refused, and the folder the app would list (runs/)
+    stays empty, so a retry with the right zip is not refused as 'already exists'."""
+    model, card = (folder / MODEL_FILE).read_bytes(), (folder / CARD_FILE).read_bytes()
+    tampered = bytearray(model)
+    tampered[len(tampered) // 2] ^= 0xFF
+    dest = tmp_path / "runs"
+    with pytest.raises(ModelFolderError, match="tampered"):
+        import_zip(_zip(tmp_path / "bad.zip", {"tiny/model.keras": bytes(tampered), "tiny/card.json": card}), dest)
+    assert find_model_folders(dest) == [] and not any(dest.rglob(MODEL_FILE))
+    imported = import_zip(_zip(tmp_path / "good.zip", {"tiny/model.keras": model, "tiny/card.json": card}), dest)
+    assert imported == dest / "tiny" and find_model_folders(dest) == [imported]

@@ -204,7 +204,12 @@ def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
 
 
 def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Path:
-    """Unpack an exported model zip under dest_root and verify it; returns the model folder."""
+    """Unpack an exported model zip under dest_root and verify it; returns the model folder.
+
+    Only the two files' names are taken from the archive (never its paths). They are unpacked and
+    verified in a hidden staging folder (which the model lists skip) and moved into place only
+    then, so a refused zip leaves no model folder behind for the app to offer.
+    """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -216,13 +221,17 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
             target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
             if target.exists() and any(target.iterdir()):
                 raise ModelFolderError(f"{target} already exists; import into another folder")
-            target.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                with archive.open(name) as source, open(target / Path(name).name, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
+            dest_root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=dest_root, prefix=".importing-") as staging:
+                staged = Path(staging) / target.name
+                staged.mkdir()
+                for name in names:
+                    with archive.open(name) as source, open(staged / Path(name).name, "wb") as sink:
+                        shutil.copyfileobj(source, sink)
+                verify_checksum(staged, read_card(staged))
+                os.replace(staged, target)
     except zipfile.BadZipFile:
         raise ModelFolderError(f"{zip_path.name} is not a zip file") from None
-    verify_checksum(target, read_card(target))
     return target
 
 
