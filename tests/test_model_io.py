@@ -227,3 +227,16 @@ def test_a_refused_import_leaves_nothing_behind(folder, tmp_path):
     assert find_model_folders(dest) == [] and not any(dest.rglob(MODEL_FILE))
     imported = import_zip(_zip(tmp_path / "good.zip", {"tiny/model.keras": model, "tiny/card.json": card}), dest)
     assert imported == dest / "tiny" and find_model_folders(dest) == [imported]
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(folder, tmp_path, monkeypatch):
+    """The declared sizes are checked first (zipfile never reads past them), so a few kB that would
+    unpack to far more than any model folder never reach the disk."""
+    import core.model.folders as folders
+
+    monkeypatch.setattr(folders, "MAX_UNPACKED_BYTES", 1 << 20)
+    bomb = _zip(tmp_path / "bomb.zip", {"tiny/model.keras": bytes(4 << 20), "tiny/card.json": b"{}"})
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(ModelFolderError, match="would unpack to"):
+        import_zip(bomb, tmp_path / "runs")
+    assert not any(p.is_file() for p in (tmp_path / "runs").rglob("*"))

@@ -37,6 +37,9 @@ CLASSIFIER, GENERATOR, ENSEMBLE = "classifier", "gan_generator", "ensemble"
 REQUIRED_CARD_KEYS = {CLASSIFIER: ("backbone", "hierarchy", "input_size", "sha256"),
                       GENERATOR: ("image_size", "latent_dim", "subtypes", "sha256"),
                       ENSEMBLE: ("members", "hierarchy")}
+# The most an imported model folder may unpack to: many times the largest backbone's file (a
+# DenseNet121 is ~30 MB), far less than a zip bomb's gigabytes.
+MAX_UNPACKED_BYTES = 2 << 30
 KIND_NAMES = {CLASSIFIER: "classifier", GENERATOR: "GAN generator", ENSEMBLE: "ensemble of classifiers"}
 
 
@@ -206,17 +209,23 @@ def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
 def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Path:
     """Unpack an exported model zip under dest_root and verify it; returns the model folder.
 
-    Only the two files' names are taken from the archive (never its paths). They are unpacked and
+    Only the two files' names are taken from the archive (never its paths), and their declared sizes
+    must stay under MAX_UNPACKED_BYTES (zipfile reads no further than them). They are unpacked and
     verified in a hidden staging folder (which the model lists skip) and moved into place only
     then, so a refused zip leaves no model folder behind for the app to offer.
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            names = [n for n in archive.namelist() if Path(n).name in (MODEL_FILE, CARD_FILE)]
+            members = [m for m in archive.infolist() if Path(m.filename).name in (MODEL_FILE, CARD_FILE)]
+            names = [m.filename for m in members]
             folders = {Path(n).parent for n in names}
             if len(names) != 2 or len(folders) != 1:
                 raise ModelFolderError(f"{zip_path.name} is not an exported model folder")
+            unpacked = sum(m.file_size for m in members)
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise ModelFolderError(f"{zip_path.name} would unpack to {unpacked:,} bytes, more than a model "
+                                       f"folder holds ({MAX_UNPACKED_BYTES:,}); it is refused")
             folder_name = next(iter(folders)).name
             target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
             if target.exists() and any(target.iterdir()):
