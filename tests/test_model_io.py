@@ -240,3 +240,20 @@ def test_a_zip_bomb_is_refused_before_anything_is_unpacked(folder, tmp_path, mon
     with pytest.raises(ModelFolderError, match="would unpack to"):
         import_zip(bomb, tmp_path / "runs")
     assert not any(p.is_file() for p in (tmp_path / "runs").rglob("*"))
+
+
+def test_import_paths_that_cannot_be_used_are_user_errors(folder, tmp_path, capsys):
+    """A missing zip, a folder given as the zip, a destination (or the folder it would create) that
+    is a file: each a message and exit 2, not a traceback."""
+    from core.cli import main as cli
+
+    archive = export_zip(folder, tmp_path / "tiny.zip")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "tiny").write_text("x")
+    for zip_path, dest, message in ((tmp_path / "missing.zip", tmp_path / "d", "not found"),
+                                    (tmp_path, tmp_path / "d", "is a folder"),
+                                    (archive, tmp_path / "a_file", "not a folder"),
+                                    (archive, tmp_path / "taken", "already exists")):
+        assert cli(["import-model", str(zip_path), "--dest", str(dest)]) == 2, (zip_path, dest)
+        assert message in capsys.readouterr().err, (zip_path, dest)

@@ -215,6 +215,12 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
     then, so a refused zip leaves no model folder behind for the app to offer.
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
+    if not zip_path.exists():
+        raise ModelFolderError(f"{zip_path} not found")
+    if zip_path.is_dir():
+        raise ModelFolderError(f"{zip_path} is a folder; import-model takes the zip export-model wrote")
+    if dest_root.exists() and not dest_root.is_dir():
+        raise ModelFolderError(f"--dest {dest_root} is a file, not a folder")
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = [m for m in archive.infolist() if Path(m.filename).name in (MODEL_FILE, CARD_FILE)]
@@ -228,7 +234,7 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
                                        f"folder holds ({MAX_UNPACKED_BYTES:,}); it is refused")
             folder_name = next(iter(folders)).name
             target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
-            if target.exists() and any(target.iterdir()):
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
                 raise ModelFolderError(f"{target} already exists; import into another folder")
             dest_root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=dest_root, prefix=".importing-") as staging:
