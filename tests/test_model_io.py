@@ -222,7 +222,7 @@ def test_a_refused_import_leaves_nothing_behind(folder, tmp_path):
     tampered = bytearray(model)
     tampered[len(tampered) // 2] ^= 0xFF
     dest = tmp_path / "runs"
-    with pytest.raises(ModelFolderError, match="tampered"):
+    with pytest.raises(ModelFolderError, match="^bad.zip: model.keras: model file does not match its card"):
         import_zip(_zip(tmp_path / "bad.zip", {"tiny/model.keras": bytes(tampered), "tiny/card.json": card}), dest)
     assert find_model_folders(dest) == [] and not any(dest.rglob(MODEL_FILE))
     imported = import_zip(_zip(tmp_path / "good.zip", {"tiny/model.keras": model, "tiny/card.json": card}), dest)
@@ -257,3 +257,18 @@ def test_import_paths_that_cannot_be_used_are_user_errors(folder, tmp_path, caps
                                     (archive, tmp_path / "taken", "already exists")):
         assert cli(["import-model", str(zip_path), "--dest", str(dest)]) == 2, (zip_path, dest)
         assert message in capsys.readouterr().err, (zip_path, dest)
+
+
+def test_an_ensemble_neither_exports_nor_imports_as_one_zip(folder, tmp_path):
+    """An ensemble's card names member folders outside it: export says so, and a zip holding an
+    ensemble card (with any model.keras beside it) is refused with a message, not a KeyError."""
+    from core.model.folders import save_ensemble
+
+    ensemble = save_ensemble([folder, folder], tmp_path / "ens")
+    with pytest.raises(ModelFolderError, match="export each member"):
+        export_zip(ensemble, tmp_path / "ens.zip")
+    crafted = _zip(tmp_path / "crafted.zip", {"ens/model.keras": (folder / MODEL_FILE).read_bytes(),
+                                              "ens/card.json": (ensemble / CARD_FILE).read_bytes()})
+    with pytest.raises(ModelFolderError, match="ensemble"):
+        import_zip(crafted, tmp_path / "runs")
+    assert find_model_folders(tmp_path / "runs") == []

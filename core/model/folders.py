@@ -195,10 +195,19 @@ def update_card(folder: str | os.PathLike, **fields) -> dict:
     return card
 
 
+def _self_contained(folder: Path) -> dict:
+    """The card of a folder that travels as one zip: an ensemble's members are folders elsewhere."""
+    card = read_card(folder)
+    if card_kind(card) == ENSEMBLE:
+        raise ModelFolderError(f"{folder} holds an ensemble of classifiers, whose members are folders of their own: "
+                               "export each member, import them, and make the ensemble there (python -m core ensemble)")
+    return card
+
+
 def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
     """Zip a verified model folder (model.keras + card.json) to move it to another machine."""
     folder, dest_zip = Path(folder), Path(dest_zip)
-    verify_checksum(folder, read_card(folder))
+    verify_checksum(folder, _self_contained(folder))
     dest_zip.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in (MODEL_FILE, CARD_FILE):
@@ -243,7 +252,11 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
                 for name in names:
                     with archive.open(name) as source, open(staged / Path(name).name, "wb") as sink:
                         shutil.copyfileobj(source, sink)
-                verify_checksum(staged, read_card(staged))
+                try:
+                    verify_checksum(staged, _self_contained(staged))
+                except ModelFolderError as error:  # named as in the zip, not by the staging folder
+                    raise ModelFolderError(f"{zip_path.name}: " + str(error).replace(f"{staged}/", "")
+                                           .replace(str(staged), target.name)) from None
                 os.replace(staged, target)
     except zipfile.BadZipFile:
         raise ModelFolderError(f"{zip_path.name} is not a zip file") from None
