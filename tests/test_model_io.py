@@ -272,3 +272,17 @@ def test_an_ensemble_neither_exports_nor_imports_as_one_zip(folder, tmp_path):
     with pytest.raises(ModelFolderError, match="ensemble"):
         import_zip(crafted, tmp_path / "runs")
     assert find_model_folders(tmp_path / "runs") == []
+
+
+def test_export_never_overwrites_and_a_folder_is_no_zip(folder, tmp_path, capsys):
+    """An existing file (another model's model.keras, say) is kept, not silently replaced; a folder
+    as the zip is a message, not an IsADirectoryError."""
+    from core.cli import main as cli
+
+    other = tmp_path / "other.keras"
+    other.write_bytes(b"keep me")
+    assert cli(["export-model", str(folder), str(other)]) == 2
+    assert "already exists" in capsys.readouterr().err and other.read_bytes() == b"keep me"
+    assert cli(["export-model", str(folder), str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.keras", "tiny"]  # no partial zip left

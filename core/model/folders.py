@@ -205,13 +205,24 @@ def _self_contained(folder: Path) -> dict:
 
 
 def export_zip(folder: str | os.PathLike, dest_zip: str | os.PathLike) -> Path:
-    """Zip a verified model folder (model.keras + card.json) to move it to another machine."""
+    """Zip a verified model folder (model.keras + card.json) to move it to another machine.
+
+    An existing file is never replaced (it may be another model's), and the zip is written under a
+    temporary name first, so a failed export leaves no zip that looks whole."""
     folder, dest_zip = Path(folder), Path(dest_zip)
     verify_checksum(folder, _self_contained(folder))
+    if dest_zip.exists():
+        raise ModelFolderError(f"{dest_zip} already exists; choose a new zip file name")
     dest_zip.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(dest_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name in (MODEL_FILE, CARD_FILE):
-            archive.write(folder / name, arcname=f"{folder.name}/{name}")
+    partial = dest_zip.with_name(f".{dest_zip.name}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in (MODEL_FILE, CARD_FILE):
+                archive.write(folder / name, arcname=f"{folder.name}/{name}")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(dest_zip)
     return dest_zip
 
 
