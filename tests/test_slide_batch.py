@@ -85,3 +85,10 @@ def test_a_slide_failing_unexpectedly_is_its_rows_error_and_the_batch_goes_on(sl
     assert "ValueError: could not broadcast" in table.loc["SOB_M_MC-14-19979-200-099.png", "error"]
     assert pd.isna(table.loc["mosaic.tif", "error"]) and table.loc["mosaic.tif", "tissue_tiles"] == 8
     assert (tmp_path / "mosaic" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_a_cluster_without_workers_is_refused_not_waited_for(workers, tmp_path, capsys):
+    """A LocalCluster of 0 workers takes the tasks and never runs them: the batch hung for ever."""
+    assert cli(["slides", str(tmp_path), "--out", str(tmp_path / "out"), "--workers", workers]) == 2
+    assert "--workers: must be at least 1" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UserInputError
-from core.options import add_dataclass_options
+from core.options import add_dataclass_options, positive_int
 
 OK, FAILED, USER_ERROR = 0, 1, 2  # core.cli's exit codes
 
@@ -89,7 +89,8 @@ def add_slide_commands(command, default_model: str) -> None:
         add_dataclass_options(sub, "core.slide.tissue", "TissueSettings")
         if name == "slides":
             sub.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
-            sub.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster")
+            sub.add_argument("--workers", type=positive_int, default=2,  # 0 workers: the tasks wait for ever
+                             help="worker processes of the local cluster (at least 1)")
             sub.add_argument("--serial", action="store_true", help="no cluster: one slide after the other")
     threshold = command("slide-threshold", _slide_threshold,
                         "choose the slide rule on mosaics of the model's validation patients; writes it into the card")
