@@ -92,3 +92,17 @@ def test_a_cluster_without_workers_is_refused_not_waited_for(workers, tmp_path, 
     """A LocalCluster of 0 workers takes the tasks and never runs them: the batch hung for ever."""
     assert cli(["slides", str(tmp_path), "--out", str(tmp_path / "out"), "--workers", workers]) == 2
     assert "--workers: must be at least 1" in capsys.readouterr().err
+
+
+def test_every_slide_gets_its_own_output_folder(tmp_path):
+    """x.png and x.jpg, a/y.png and a__y.png mapped to one folder each pair, the second slide's files
+    replacing the first's; a name without a twin keeps its plain folder."""
+    from core.slide.batch import slide_jobs
+
+    (tmp_path / "a").mkdir()
+    for name in ("x.png", "x.jpg", "a/y.png", "a__y.png", "mosaic.tif"):
+        (tmp_path / name).write_bytes(b"")
+    jobs = slide_jobs(tmp_path, tmp_path / "out", "model")
+    outs = {job.path: job.out_dir for job in jobs}
+    assert len(set(outs.values())) == 5
+    assert outs[str(tmp_path / "mosaic.tif")] == str(tmp_path / "out" / "mosaic")

@@ -15,6 +15,7 @@ the same file for file. Each slide's folder is complete only once its summary.js
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -78,8 +79,25 @@ def slide_jobs(folder, out_dir, model: str, **options) -> list[SlideJob]:
     if not files:
         raise SlideError(f"'{folder}' has no slides or images (looked for {', '.join(('.svs', '.ndpi', '.tif', '.png', '...'))}).")
     out = Path(out_dir)
+    return [SlideJob(str(f), str(out / name), model, **options) for f, name in zip(files, _out_names(folder, files))]
+
+
+def _out_names(folder, files: list[Path]) -> list[str]:
+    """One output folder per slide: its path in the folder without the extension, '/' as '__'. Where
+    two would share one (x.svs and x.tif, a/b.svs and a__b.svs) each keeps its extension, then a
+    number, so no slide's files replace another's."""
     stems = [f.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for f in files]
-    return [SlideJob(str(f), str(out / stem), model, **options) for f, stem in zip(files, stems)]
+    shared = collections.Counter(stems)
+    names, taken = [], set()
+    for file, stem in zip(files, stems):
+        name = base = stem if shared[stem] == 1 else stem + file.suffix
+        number = 1
+        while name in taken:
+            number += 1
+            name = f"{base}-{number}"
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def run_serial(jobs: list[SlideJob]) -> list[dict]:
