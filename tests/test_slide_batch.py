@@ -106,3 +106,18 @@ def test_every_slide_gets_its_own_output_folder(tmp_path):
     outs = {job.path: job.out_dir for job in jobs}
     assert len(set(outs.values())) == 5
     assert outs[str(tmp_path / "mosaic.tif")] == str(tmp_path / "out" / "mosaic")
+
+
+def test_an_output_folder_inside_the_slide_folder_is_not_read_as_slides(tmp_path):
+    """`slides DIR --out DIR/out` (or --out DIR) run twice analysed the first run's heatmap.png files
+    as slides; slides in subfolders stay slides."""
+    from core.slide.batch import slide_jobs
+
+    for name in ("mosaic.tif", "a/b.png", "out/mosaic/heatmap.png", "mosaic/heatmap.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    slides = {str(tmp_path / "a/b.png"), str(tmp_path / "mosaic.tif")}
+    assert {job.path for job in slide_jobs(tmp_path, tmp_path / "out", "model")} == slides | {
+        str(tmp_path / "mosaic/heatmap.png")}  # not in an output folder of this --out
+    (tmp_path / "out/mosaic/heatmap.png").unlink()
+    assert {job.path for job in slide_jobs(tmp_path, tmp_path, "model")} == slides

@@ -30,6 +30,7 @@ from core.slide.tissue import TissueSettings
 
 log = logging.getLogger(__name__)
 BATCH_TABLE = "slides.csv"
+HEATMAP = "heatmap.png"  # what core.slide.export writes into each slide's folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +76,12 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
 
 
 def slide_jobs(folder, out_dir, model: str, **options) -> list[SlideJob]:
-    files = slide_files(folder)
+    out = Path(out_dir)
+    # OUT inside (or the same as) the slide folder: an earlier run's OUT/<slide>/heatmap.png is no slide.
+    earlier = {f.resolve() for f in out.glob(f"*/{HEATMAP}")}
+    files = [f for f in slide_files(folder) if f.resolve() not in earlier]
     if not files:
         raise SlideError(f"'{folder}' has no slides or images (looked for {', '.join(('.svs', '.ndpi', '.tif', '.png', '...'))}).")
-    out = Path(out_dir)
     return [SlideJob(str(f), str(out / name), model, **options) for f, name in zip(files, _out_names(folder, files))]
 
 
