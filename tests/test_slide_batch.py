@@ -121,3 +121,11 @@ def test_an_output_folder_inside_the_slide_folder_is_not_read_as_slides(tmp_path
         str(tmp_path / "mosaic/heatmap.png")}  # not in an output folder of this --out
     (tmp_path / "out/mosaic/heatmap.png").unlink()
     assert {job.path for job in slide_jobs(tmp_path, tmp_path, "model")} == slides
+
+
+@pytest.mark.parametrize("option", ["--repeats", "--benign-mosaics"])
+def test_slide_threshold_needs_mosaics_of_both_kinds(option, capsys):
+    """--repeats 0 made no focus mosaics, yet a rule with no sensitivity at all was chosen and written
+    into the card; --benign-mosaics 0 the same without benign-only slides."""
+    assert cli(["slide-threshold", str(WHOLE_FIELD_MODEL), "--data", "nowhere", option, "0", "--dry-run"]) == 2
+    assert f"{option}: must be at least 1" in capsys.readouterr().err

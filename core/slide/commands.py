@@ -96,7 +96,8 @@ def add_slide_commands(command, default_model: str) -> None:
                         "choose the slide rule on mosaics of the model's validation patients; writes it into the card")
     threshold.add_argument("model", help="model folder")
     threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
-    threshold.add_argument("--repeats", type=int, default=2, help="mosaics per focus size and malignant patient")
-    threshold.add_argument("--benign-mosaics", type=int, default=12, help="benign-only mosaics")
+    threshold.add_argument("--repeats", type=positive_int, default=2,
+                           help="mosaics per focus size and malignant patient (at least 1)")
+    threshold.add_argument("--benign-mosaics", type=positive_int, default=12, help="benign-only mosaics (at least 1)")
     threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout")
     threshold.add_argument("--dry-run", action="store_true", help="print the chosen rule; leave the card as it is")
