@@ -52,3 +52,20 @@ def test_make_default_trains_the_named_recipe_and_nothing_else(recipe, tmp_path,
     with pytest.raises(UserInputError, match="Unknown recipe"):
         recipes.make_default(samples_dir, "huge", tmp_path / "model")
     assert not (tmp_path / "model").exists()  # nothing installed
+
+
+@pytest.mark.parametrize("recipe", sorted(recipes.RECIPES))
+@pytest.mark.parametrize("folds", [1, -3])
+def test_a_cross_validation_that_cannot_run_is_refused_before_training(recipe, folds, tmp_path, samples_dir,
+                                                                       monkeypatch):
+    """--cross-validate 1 with the limited or full recipe was refused only after the whole model had
+    trained (minutes to hours)."""
+    def never(config):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(recipes, "train", never)
+    monkeypatch.setattr(recipes, "cross_validate_fields", never)
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(UserInputError, match="at least 2 folds"):
+        recipes.make_default(samples_dir, recipe, tmp_path / "model", cross_validate=folds)
+    assert not (tmp_path / "model").exists()

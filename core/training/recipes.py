@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from core.data.breakhis import index_folder
+from core.data.selection import kfold_problem
 from core.errors import UserInputError
 from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
@@ -75,6 +76,10 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     recipe = recipe or choose_recipe(data)
     if recipe not in RECIPES:
         raise UserInputError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    # Checked now: the full and limited recipes cross-validate only after their model has trained.
+    if cross_validate and kfold_problem(cross_validate, None, "patient-wise"):
+        raise UserInputError(f"--cross-validate {cross_validate}: a cross-validation needs at least 2 folds "
+                             "(0: none, or the field recipe's own 5)")
     run_dir = runs_dir() / f"default-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     if recipe == "field":
         result = cross_validate_fields(TrainConfig(data=str(data), out=str(run_dir),
