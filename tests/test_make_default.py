@@ -69,3 +69,27 @@ def test_a_cross_validation_that_cannot_run_is_refused_before_training(recipe, f
     with pytest.raises(UserInputError, match="at least 2 folds"):
         recipes.make_default(samples_dir, recipe, tmp_path / "model", cross_validate=folds)
     assert not (tmp_path / "model").exists()
+
+
+def test_force_replaces_a_model_folder_never_a_folder_of_other_things(tmp_path, samples_dir, monkeypatch):
+    """`--out models --force` (a typo for models/default) would rmtree models/ and every model in it
+    once training ended; --force replaces a model folder only."""
+    class Stop(Exception):
+        pass
+
+    def stop(config):
+        raise Stop
+
+    monkeypatch.setattr(recipes, "cross_validate_fields", stop)
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
+    (tmp_path / "models" / "small-cnn").mkdir(parents=True)
+    (tmp_path / "models" / "small-cnn" / "card.json").write_text("{}")
+    for install in (lambda: recipes.make_default(samples_dir, "field", tmp_path / "models", force=True),
+                    lambda: recipes.install_run(tmp_path / "runs" / "x", tmp_path / "models", force=True)):
+        with pytest.raises(UserInputError, match="not a model folder"):
+            install()
+    assert (tmp_path / "models" / "small-cnn" / "card.json").is_file()
+    (tmp_path / "models" / "default").mkdir()
+    (tmp_path / "models" / "default" / "card.json").write_text("{}")
+    with pytest.raises(Stop):  # a model folder may be replaced
+        recipes.make_default(samples_dir, "field", tmp_path / "models" / "default", force=True)

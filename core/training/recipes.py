@@ -24,7 +24,7 @@ from core.data.selection import kfold_problem
 from core.errors import UserInputError
 from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
-from core.model.folders import load_model_folder, read_card, update_card
+from core.model.folders import CARD_FILE, load_model_folder, read_card, update_card
 from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
@@ -65,14 +65,23 @@ def choose_recipe(data) -> str:
     return "full" if len(index_folder(data, check_readable=False).images) >= FULL_SET_MIN_IMAGES else "field"
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """Without --force an existing model is kept; with it only a model folder is replaced, because
+    installing deletes `out` whole (--out models for models/default would delete every model)."""
+    if not force:
+        refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
+    elif out.exists() and not (out / CARD_FILE).is_file() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserInputError(f"{out} is not a model folder (it has no {CARD_FILE}); --force replaces a model "
+                             "folder only, choose the model's own folder as --out")
+
+
 def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR, force: bool = False,
                  cross_validate: int = 0, before_install=None) -> Path:
     """Train with the recipe (and optionally cross-validate it), then install the model folder.
     before_install(model_dir, data): for the field recipe, run on the final model while its fold
     models are still beside it (the CLI chooses its slide rule there, core.slide.choose)."""
     out = Path(out)
-    if not force:
-        refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
+    _check_out(out, force)
     recipe = recipe or choose_recipe(data)
     if recipe not in RECIPES:
         raise UserInputError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
@@ -114,8 +123,7 @@ def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, com
     metrics.json and out-of-fold predictions. The card's recipe holds the run's own settings and
     `command` (what was run there), not make-default's."""
     run_dir, out = Path(run_dir), Path(out)
-    if not force:
-        refuse_existing_run(out, holds="a model", hint="pass --force to replace it")
+    _check_out(out, force)
     if not (run_dir / "cv.json").is_file() or not (run_dir / "model" / "card.json").is_file():
         raise UserInputError(f"{run_dir} is not a cross-validation run with a final model (it needs cv.json and "
                              "model/: `python -m core train --pipeline fields --folds K` without --no-final-model)")
