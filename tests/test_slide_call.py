@@ -305,3 +305,18 @@ def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
     assert result.call["tissue_tiles"] == len(result.tiles) > 8  # 224-um tiles: more than one per field
     assert result.call["statement"].startswith("No slide call") and "Read the map" in result.call["statement"]
     assert "Not called - no slide call for this model" in pdf_text(default, result)
+
+
+def test_an_ensembles_slide_rule_is_refused_not_chosen_on_unknown_patients(tmp_path):
+    """An ensemble's card has no training block: the rule's "validation" patients were rebuilt as a
+    default patient-wise split, i.e. patients its members may have learnt from (the bundled field model
+    learnt from all of them), and written into its card as chosen on validation."""
+    from core.errors import UserInputError
+    from core.model.folders import read_card, save_ensemble
+    from core.slide.choose import validate_slide_rule
+
+    ensemble = save_ensemble([WHOLE_FIELD_MODEL, WHOLE_FIELD_MODEL.parent / "default"], tmp_path / "ens")
+    before = read_card(ensemble)
+    with pytest.raises(UserInputError, match="does not say which data and patients it learnt from"):
+        validate_slide_rule(ensemble, SHARED / "real", repeats=1, benign_mosaics=2, grid=(3, 3))
+    assert read_card(ensemble) == before

@@ -175,8 +175,13 @@ def run_mosaics(predictor, mosaics, settings=None) -> list[MosaicRun]:
 def validation_fields(predictor, data_dir) -> pd.DataFrame:
     """The model's validation images (path, label, case, ...), rebuilt from its card on `data_dir`."""
     from core.data.selection import SplitSpec, select_images
+    from core.errors import UserInputError
 
     training = predictor.card.get("training") or {}
+    if not training.get("data_fingerprint"):  # an ensemble, or a card from elsewhere: its val patients are unknown
+        raise UserInputError(f"{predictor.name}'s card does not say which data and patients it learnt from "
+                             "(an ensemble's members may have learnt from any patient), so no validation patients "
+                             "can be rebuilt for its slide rule; choose the rule for a single trained model")
     spec = SplitSpec(protocol=training.get("split_protocol", "patient-wise"), seed=int(training.get("seed", 0)),
                      magnification=training.get("magnification", "all"))
     selection = select_images(data_dir, spec, report_skipped=False)
