@@ -212,7 +212,8 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
 
     training = card.get("training") or {}
     settings = training.get("settings") or {}
-    folds = sorted(Path(model_dir).resolve().parent.glob("fold-*/model"), key=lambda p: int(p.parent.name[5:]))
+    folds = sorted((p for p in Path(model_dir).resolve().parent.glob("fold-*/model") if p.parent.name[5:].isdigit()),
+                   key=lambda p: int(p.parent.name[5:]))  # fold-k only: a stray fold-old/ is not a fold
     if not cross_validation_folds(card):
         return None
     if len(folds) != settings["folds"]:  # its "validation" patients are patients it learnt from
