@@ -320,3 +320,15 @@ def test_an_ensembles_slide_rule_is_refused_not_chosen_on_unknown_patients(tmp_p
     with pytest.raises(UserInputError, match="does not say which data and patients it learnt from"):
         validate_slide_rule(ensemble, SHARED / "real", repeats=1, benign_mosaics=2, grid=(3, 3))
     assert read_card(ensemble) == before
+
+
+def test_a_stray_fold_folder_is_not_read_as_a_fold(tmp_path):
+    """fold_parts sorted RUN/fold-*/model by int(): a stray RUN/fold-old/model raised a ValueError traceback."""
+    from core.errors import UserInputError
+    from core.slide.choose import fold_parts
+
+    for name in ("model", "fold-0/model", "fold-old/model"):
+        (tmp_path / name).mkdir(parents=True)
+    card = {"training": {"pipeline": "fields", "settings": {"folds": 2}}}
+    with pytest.raises(UserInputError, match="learnt from every patient of a 2-fold cross-validation"):
+        fold_parts(tmp_path / "model", card, tmp_path)
