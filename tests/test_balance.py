@@ -162,3 +162,33 @@ def test_strategy_errors_are_clear(train):
         apply_strategy(train, "synthetic")
     with pytest.raises(ValueError, match="empty"):
         class_weights(train.iloc[:0])
+
+
+def _provenance_folder(folder: Path, name: str, protocol: str) -> None:
+    """A folder of one SYN_ image of generator `name` and its provenance.json (split `protocol`)."""
+    import json
+
+    from core.data.selection import SplitSpec
+
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / synthetic_name("adenosis", name, 0, 0))
+    record = {"generator": name, "sha256": protocol, "fingerprint": "F", "data_source": "real",
+              "split": {**SplitSpec().to_dict(), "protocol": protocol}}
+    (folder / "provenance.json").write_text(json.dumps({"generators": {name: record}}))
+
+
+def test_each_generator_is_judged_by_its_own_folders_provenance(tmp_path):
+    """Two generators may share a name in sibling folders: the leaky one's images must not pass on
+    the other one's provenance."""
+    from core.data.selection import SplitSpec
+    from core.data.synthetic import check_synthetic_folder
+
+    _provenance_folder(tmp_path / "a", "gan", "none")  # trained on every image, val/test included
+    _provenance_folder(tmp_path / "b", "gan", "patient-wise")
+    problems = check_synthetic_folder(tmp_path, "F", SplitSpec())
+    assert len(problems) == 1 and "(in a)" in problems[0] and "trained on all images" in problems[0]
+    assert check_synthetic_folder(tmp_path / "b", "F", SplitSpec()) == []
+    (tmp_path / "c").mkdir()  # a provenance.json in a folder above covers the images below it
+    _provenance_folder(tmp_path / "c" / "d", "gan", "patient-wise")
+    (tmp_path / "c" / "d" / "provenance.json").rename(tmp_path / "c" / "provenance.json")
+    assert check_synthetic_folder(tmp_path / "c", "F", SplitSpec()) == []

@@ -93,21 +93,37 @@ def leak_check(record: dict, fingerprint: str, spec: SplitSpec) -> str | None:
 
 
 def check_synthetic_folder(folder, fingerprint: str, spec: SplitSpec) -> list[str]:
-    """Leak problems of the generators behind a folder's SYN_ images (empty: safe to train with)."""
+    """Leak problems of the generators behind a folder's SYN_ images (empty: safe to train with).
+
+    Each image is judged by the provenance.json of its own folder (or the nearest folder above it,
+    up to `folder`) that names its generator: two generators may share a name in sibling folders,
+    and one's record must not vouch for the other's images."""
     folder = Path(folder)
     if not folder.is_dir():
         return []  # balance.synthetic_fill reports a missing folder itself
-    records = {}
-    for path in sorted(folder.rglob(PROVENANCE_FILE)):
-        records.update(read_provenance(path.parent))
+    owners = {}  # (generator name, folder of its provenance.json or None) -> a folder of its images
+    for path in sorted(folder.rglob("SYN_*")):
+        if name := synthetic_generator(path.name):
+            owners.setdefault((name, _provenance_home(path.parent, folder, name)), path.parent)
     problems = []
-    for name in sorted({g for p in folder.rglob("SYN_*") if (g := synthetic_generator(p.name))}):
-        if name not in records:
-            problems.append(f"images of generator {name!r} have no {PROVENANCE_FILE}, so nothing shows "
+    for (name, home), images in owners.items():
+        where = "" if images == folder else f" (in {images.relative_to(folder)})"
+        if home is None:
+            problems.append(f"images of generator {name!r}{where} have no {PROVENANCE_FILE}, so nothing shows "
                             "which images it learned from")
-        elif reason := leak_check(records[name], fingerprint, spec):
-            problems.append(f"generator {name!r}: {reason}")
+        elif reason := leak_check(read_provenance(home)[name], fingerprint, spec):
+            problems.append(f"generator {name!r}{where}: {reason}")
     return problems
+
+
+def _provenance_home(start: Path, root: Path, name: str) -> Path | None:
+    """The nearest folder from start up to root whose provenance.json records generator `name`."""
+    for candidate in (start, *start.parents):
+        if (candidate / PROVENANCE_FILE).is_file() and name in read_provenance(candidate):
+            return candidate
+        if candidate == root:
+            return None
+    return None
 
 
 def refuse_leaky_folder(folder, fingerprint: str, spec: SplitSpec) -> None:
