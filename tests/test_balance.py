@@ -192,3 +192,15 @@ def test_each_generator_is_judged_by_its_own_folders_provenance(tmp_path):
     _provenance_folder(tmp_path / "c" / "d", "gan", "patient-wise")
     (tmp_path / "c" / "d" / "provenance.json").rename(tmp_path / "c" / "provenance.json")
     assert check_synthetic_folder(tmp_path / "c", "F", SplitSpec()) == []
+
+
+def test_a_tampered_provenance_record_is_refused_in_words(tmp_path):
+    import json
+
+    from core.data.selection import SplitSpec
+    from core.data.synthetic import check_synthetic_folder
+
+    _provenance_folder(tmp_path / "a", "gan", "patient-wise")
+    (tmp_path / "a" / "provenance.json").write_text(json.dumps({"generators": {"gan": "trust me"}}))
+    with pytest.raises(UserInputError, match="not a provenance file"):
+        check_synthetic_folder(tmp_path, "F", SplitSpec())

@@ -66,8 +66,8 @@ def read_provenance(folder) -> dict[str, dict]:
         generators = read_json(path)["generators"]
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise UserInputError(f"Cannot read the synthetic images' provenance {path}: {error}") from None
-    if not isinstance(generators, dict):
-        raise UserInputError(f"{path} is not a provenance file (no generators table)")
+    if not isinstance(generators, dict) or not all(isinstance(r, dict) for r in generators.values()):
+        raise UserInputError(f"{path} is not a provenance file (no generators table of records)")
     return generators
 
 
