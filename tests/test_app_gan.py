@@ -148,3 +148,21 @@ def test_the_router_reaches_the_gallery(monkeypatch, generator_root, tmp_path):
     assert not app.exception, app.exception
     assert app.title[0].value == "GAN gallery"
     assert len(app.image) >= 3
+
+
+@pytest.mark.parametrize("damage", [
+    lambda card: card.pop("name"), lambda card: card.pop("config"), lambda card: card.update(training=None),
+    lambda card: card.update(subtypes=["adenosis", "not_a_subtype"]),
+    lambda card: card["training"].update(images_by_subtype=None)], ids=["name", "config", "training", "subtypes",
+                                                                        "images_by_subtype"])
+def test_a_generator_card_with_damaged_fields_is_refused_with_a_message(monkeypatch, generator_root, tmp_path, damage):
+    """The model file still matches its checksum, but the card was edited by hand: a message, not a KeyError."""
+    import json
+
+    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-edited")
+    card = json.loads((tmp_path / "gan-edited" / "card.json").read_text())
+    damage(card)
+    (tmp_path / "gan-edited" / "card.json").write_text(json.dumps(card))
+    app = page(monkeypatch, tmp_path)
+    assert not app.exception, app.exception
+    assert "This generator folder cannot be used" in app.error[0].value and "card" in app.error[0].value

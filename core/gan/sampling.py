@@ -26,8 +26,8 @@ from core.data.breakhis import synthetic_name
 from core.data.labels import SUBTYPES
 from core.data.scale import BREAKHIS_FIELD, Scale, magnification_mpp, scaled_size
 from core.data.synthetic import provenance_of, record_provenance
-from core.errors import UserInputError
-from core.gan.model import UPSCALE
+from core.errors import ModelFolderError, UserInputError
+from core.gan.model import UPSCALE, GanConfig
 from core.model.folders import GENERATOR, load_model_folder
 
 FIELD_MAGNIFICATION = "200X"  # field-size canvases are 200X fields, the real set's commonest
@@ -85,6 +85,29 @@ def generate(network: keras.Model, subtype: str, n: int, seed: int = 0, size: tu
     return images[:, :height, :width] if spatial else images
 
 
+def check_card(folder, network: keras.Model, card: dict) -> None:
+    """ModelFolderError for a generator card edited or damaged by hand (its model file may still match
+    its checksum): the gallery, `gan sample` and the checks read these fields, and must not meet a
+    KeyError deep inside."""
+    problems = []
+    if not isinstance(card.get("name"), str) or not card["name"]:
+        problems.append("no name")
+    subtypes = card.get("subtypes")
+    if not isinstance(subtypes, list) or not subtypes or not set(subtypes) <= set(SUBTYPES):
+        problems.append(f"subtypes {subtypes!r} are not a list of known subtypes")
+    training = card.get("training", {})
+    if not isinstance(training, dict) or not isinstance(training.get("images_by_subtype", {}), dict):
+        problems.append("its training block is not a table")
+    try:
+        GanConfig.from_dict(card["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        problems.append(f"its config cannot be read ({type(error).__name__}: {error})")
+    if len(network.inputs) != 2:
+        problems.append("its network does not take noise and a subtype")
+    if problems:
+        raise ModelFolderError(f"The generator card in {folder} is not usable: {'; '.join(problems)}")
+
+
 class Generator:
     """A generator folder: its network, card, scale, and patches or fields of a subtype."""
 
@@ -97,7 +120,9 @@ class Generator:
 
     @classmethod
     def load(cls, folder) -> "Generator":
-        return cls(*load_model_folder(folder, kind=GENERATOR))
+        network, card = load_model_folder(folder, kind=GENERATOR)
+        check_card(folder, network, card)
+        return cls(network, card)
 
     def _check(self, subtype: str) -> None:
         if subtype not in self.subtypes:
