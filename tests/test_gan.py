@@ -471,3 +471,17 @@ def test_many_samples_are_drawn_in_chunks_with_the_same_noise(tiny_generator, tm
     for value in ("0", "-4", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_int(value)
+
+
+def test_negative_seeds_are_refused_in_words(tiny_generator, synthetic_breakhis, tmp_path, capsys):
+    """numpy takes no negative seed, and SYN_<code>-<generator>-<seed>-<n> names could not carry one."""
+    for field in ("seed", "split_seed"):
+        with pytest.raises(UserInputError, match=field):
+            GanConfig(**{field: -1})
+    for command in (["sample", "--model", str(tiny_generator), "--subtype", "adenosis", "--out", str(tmp_path / "s")],
+                    ["evaluate", "--model", str(tiny_generator), "--data", str(synthetic_breakhis)]):
+        assert cli(["gan", *command, "--seed", "-1"]) == 2
+        assert "must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(UserInputError, match="seed"):
+        write_samples(tiny_generator, "adenosis", 1, tmp_path / "lib", seed=-1)

@@ -6,6 +6,7 @@ the classifier's commands; `add_gan_commands` adds them to the `gan` sub-parser.
 
 from __future__ import annotations
 
+import argparse
 import signal
 from pathlib import Path
 
@@ -16,6 +17,17 @@ CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIG
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
 ABLATION_OPTIONS = ("pipeline", "backbone", "hierarchy", "mode", "epochs", "batch_size", "input_size", "weights",
                     "dropout", "learning_rate", "split", "magnification", "seed")
+
+
+def seed(text: str) -> int:
+    """An argparse type: a whole number >= 0, since numpy takes no negative seed (and a SYN_ name none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
 
 
 def _gan_train(args) -> int:
@@ -85,7 +97,7 @@ def add_gan_commands(gan) -> None:
     sample.add_argument("--model", required=True)
     sample.add_argument("--subtype", required=True, choices=SUBTYPES)
     sample.add_argument("--n", type=positive_int, default=100, help="images to write (at least 1)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=seed, default=0)
     sample.add_argument("--out", required=True)
     quality = gan_commands.add_parser("evaluate", help="two-sample test, nuclei and distances of a generator (+ KID)")
     quality.set_defaults(handler=_gan_evaluate)
@@ -94,14 +106,14 @@ def add_gan_commands(gan) -> None:
     quality.add_argument("--features", help='also KID and memorisation in this feature space: "imagenet" (the '
                          'default classifier when offline), a classifier model folder, or "backbone:NAME"')
     quality.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
-    quality.add_argument("--seed", type=int, default=1)
+    quality.add_argument("--seed", type=seed, default=1)
     versus = gan_commands.add_parser("compare", help="two generators' checks on the same real patches")
     versus.set_defaults(handler=_gan_compare)
     versus.add_argument("--model", required=True, help="the new generator folder")
     versus.add_argument("--against", required=True, help="the generator folder to compare with (e.g. the old one)")
     versus.add_argument("--data", required=True, help="the BreakHis folder the new generator was trained on")
     versus.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype")
-    versus.add_argument("--seed", type=int, default=1)
+    versus.add_argument("--seed", type=seed, default=1)
     versus.add_argument("--out", type=Path, help="also write the JSON here")
     versus.add_argument("--sheet", type=Path, help="also write a PNG of real | new | old patches per subtype")
     ablation = gan_commands.add_parser("ablation", help="classifier with vs without GAN fill, same split")

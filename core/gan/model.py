@@ -96,6 +96,8 @@ class GanConfig:
             raise UserInputError("mpp must be positive, steps >= 0, batch_size >= 2 and checkpoint_every >= 1")
         if not (self.lr_g > 0 and self.lr_d > 0):  # a negative rate trains away from the objective, in silence
             raise UserInputError(f"lr_g and lr_d must be > 0, got {self.lr_g} and {self.lr_d}")
+        if self.seed < 0 or self.split_seed < 0:  # numpy takes no negative seed
+            raise UserInputError(f"seed and split_seed must be >= 0, got {self.seed} and {self.split_seed}")
         if self.reconstruction < 0 or self.r1 < 0:
             raise UserInputError(f"reconstruction and r1 must be >= 0, got {self.reconstruction} and {self.r1}")
         if self.loss not in LOSSES:

@@ -189,8 +189,8 @@ def write_samples(model_dir, subtype: str, n: int, out_dir, seed: int = 0, chunk
     and written `chunk` at a time."""
     generator = Generator.load(model_dir)
     generator._check(subtype)
-    if n < 0:
-        raise UserInputError("n must be >= 0")
+    if n < 0 or seed < 0:  # a negative seed: numpy refuses it, and SYN_ names could not carry it
+        raise UserInputError(f"n and seed must be >= 0, got {n} and {seed}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_provenance(out_dir, provenance_of(generator.card))
