@@ -485,3 +485,10 @@ def test_negative_seeds_are_refused_in_words(tiny_generator, synthetic_breakhis,
     assert not (tmp_path / "s").exists()
     with pytest.raises(UserInputError, match="seed"):
         write_samples(tiny_generator, "adenosis", 1, tmp_path / "lib", seed=-1)
+
+
+@pytest.mark.parametrize("field", ["sample_every", "log_every", "latent_dim", "width", "d_width"])
+def test_sizes_and_intervals_below_one_are_refused_before_any_work(field):
+    """--sample-every 0 divided by zero after the whole run; --latent-dim 0 / --d-width 0 failed in Keras."""
+    with pytest.raises(UserInputError, match=field):
+        GanConfig(**{**TINY, field: 0})

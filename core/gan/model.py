@@ -96,6 +96,10 @@ class GanConfig:
             raise UserInputError("mpp must be positive, steps >= 0, batch_size >= 2 and checkpoint_every >= 1")
         if not (self.lr_g > 0 and self.lr_d > 0):  # a negative rate trains away from the objective, in silence
             raise UserInputError(f"lr_g and lr_d must be > 0, got {self.lr_g} and {self.lr_d}")
+        small = {k: getattr(self, k) for k in ("latent_dim", "width", "d_width", "sample_every", "log_every")
+                 if getattr(self, k) < 1}
+        if small:  # a zero interval divides by zero at the end of the run; a zero width fails inside Keras
+            raise UserInputError(f"{', '.join(small)} must be >= 1, got {', '.join(map(str, small.values()))}")
         if self.seed < 0 or self.split_seed < 0:  # numpy takes no negative seed
             raise UserInputError(f"seed and split_seed must be >= 0, got {self.seed} and {self.split_seed}")
         if self.reconstruction < 0 or self.r1 < 0:
