@@ -296,3 +296,12 @@ def test_evaluate_with_features_adds_kid_memorisation_and_closest_pairs(split_ge
     pairs = result["generators"]["generator"]["pairs"]["ductal_carcinoma"]
     assert len(pairs) == 2 and all((split_generator / gan_quality.QUALITY_DIR / p["synthetic"]).is_file() for p in pairs)
     assert "| ductal_carcinoma |" in gan_quality.format_kid(result["generators"]["generator"])
+
+
+def test_evaluate_and_compare_refuse_too_few_patches_before_any_work(split_generator, imbalanced, capsys):
+    for command in ("evaluate", "compare"):
+        against = ["--against", str(split_generator)] if command == "compare" else []
+        assert cli(["gan", command, "--model", str(split_generator), *against, "--data", str(imbalanced),
+                    "--n", "7"]) == 2
+        assert "at least 8 patches" in capsys.readouterr().err
+

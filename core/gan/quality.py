@@ -26,10 +26,12 @@ from PIL import Image
 from core.data.labels import INPUT_SIZE, SUBTYPES
 from core.data.preprocess import to_model_input
 from core.data.stain import StainNormalizer
+from core.errors import UserInputError
 from core.gan.checks import RealPatches, judge
 from core.gan.model import GanConfig, build_generator
 from core.gan.sampling import Generator, grid
 from core.gan.train import training_fields
+from core.gan.two_sample import MIN_PATCHES
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor
 from core.model.folders import load_model_folder, update_card
@@ -176,7 +178,10 @@ def untrained_generator(config: GanConfig) -> Generator:
 
 
 def real_patches_for(card: dict, data_dir, n: int, seed: int) -> RealPatches:
-    """Held-out and training-field patches of the generator's own data (and stain normalisation)."""
+    """Held-out and training-field patches of the generator's own data (and stain normalisation); too
+    few patches for the two-sample test are refused before the fields are loaded."""
+    if n < MIN_PATCHES:
+        raise UserInputError(f"The checks need at least {MIN_PATCHES} patches per set and subtype (--n), not {n}")
     config = judged_config(card)
     normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))
     train, held, _ = training_fields(data_dir, config, normalizer)
