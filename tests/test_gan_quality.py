@@ -305,3 +305,16 @@ def test_evaluate_and_compare_refuse_too_few_patches_before_any_work(split_gener
                     "--n", "7"]) == 2
         assert "at least 8 patches" in capsys.readouterr().err
 
+
+
+def test_a_generator_that_kept_no_field_out_is_told_why_it_cannot_be_judged(split_generator, imbalanced, tmp_path):
+    """--holdout 0 leaves no real set: say that, not "No field of the subtypes [] is large enough"."""
+    import shutil
+
+    copy = tmp_path / "no-holdout"
+    shutil.copytree(split_generator, copy)
+    card = json.loads((copy / "card.json").read_text())
+    card["config"]["holdout"] = 0.0
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="held-out.*--holdout 0"):
+        gan_quality.evaluate_generator(copy, imbalanced, n=8, write=False)

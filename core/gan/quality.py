@@ -185,6 +185,11 @@ def real_patches_for(card: dict, data_dir, n: int, seed: int) -> RealPatches:
     config = judged_config(card)
     normalizer = StainNormalizer.from_dict(card.get("stain_normalization"))
     train, held, _ = training_fields(data_dir, config, normalizer)
+    if not any(held.count(s) and train.count(s) for s in config.subtypes):
+        why = ("it was trained with --holdout 0, keeping no field out" if not config.holdout
+               else "no subtype has two usable fields")
+        raise UserInputError(f"No subtype has both a held-out and a training field at {config.mpp} um/px, so there "
+                             f"is no real set to judge this generator on: {why}")
     return RealPatches(train, held, config.image_size, config.mpp, n, seed)
 
 
