@@ -492,3 +492,11 @@ def test_sizes_and_intervals_below_one_are_refused_before_any_work(field):
     """--sample-every 0 divided by zero after the whole run; --latent-dim 0 / --d-width 0 failed in Keras."""
     with pytest.raises(UserInputError, match=field):
         GanConfig(**{**TINY, field: 0})
+
+
+@pytest.mark.parametrize("content", ["{broken", "[1, 2]", '{"image_size": "big"}'])
+def test_resume_with_a_damaged_config_is_refused_in_words(synthetic_breakhis, tmp_path, content):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(content)
+    with pytest.raises(UserInputError, match="config.json"):
+        train_gan(GanConfig(steps=1, **TINY), synthetic_breakhis, tmp_path / "run", resume=True)

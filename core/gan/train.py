@@ -159,7 +159,11 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     if resume:
         if not config_path.exists():
             raise UserInputError(f"Nothing to resume in {out_dir} (no config.json)")
-        config = dataclasses.replace(GanConfig.from_dict(read_json(config_path)), steps=config.steps)
+        try:
+            saved = GanConfig.from_dict(read_json(config_path))
+        except (OSError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as error:  # damaged or edited
+            raise UserInputError(f"Cannot resume: {config_path} is not a GAN run's config ({error})") from None
+        config = dataclasses.replace(saved, steps=config.steps)
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
     write_json_atomic(config_path, dataclasses.asdict(config))
     progress = ProgressWriter(out_dir / "progress.jsonl")
