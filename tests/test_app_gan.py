@@ -166,3 +166,17 @@ def test_a_generator_card_with_damaged_fields_is_refused_with_a_message(monkeypa
     app = page(monkeypatch, tmp_path)
     assert not app.exception, app.exception
     assert "This generator folder cannot be used" in app.error[0].value and "card" in app.error[0].value
+
+
+def test_an_ablation_run_despite_a_leak_says_so():
+    """`gan ablation --allow-gan-leak` scores on patients the generator may have seen: the words must say it."""
+    from core.gan.gallery import ablation_sentence
+
+    before = {"headline": {"subtype_macro_f1": {"value": 0.08, "low": 0.02, "high": 0.17}}}
+    after = {"headline": {"subtype_macro_f1": {"value": 0.40, "low": 0.30, "high": 0.50}}}
+    result = {"filled_subtypes": ["adenosis"], "runs": {"none": before, "synthetic": after},
+              "gan_leak": "the generator was trained on all images, including the classifier's val/test images"}
+    helped, text = ablation_sentence(result)
+    assert "trained on all images" in text and "flatters" in text
+    assert not helped  # not shown as a success when the scored patients may have been seen
+    assert "flatters" not in ablation_sentence({**result, "gan_leak": None})[1]

@@ -150,4 +150,8 @@ def ablation_sentence(result: dict) -> tuple[bool, str]:
             f"generator's images topping up {', '.join(pretty(s) for s in result['filled_subtypes'])}, scored on "
             f"{where}: subtype macro-F1 {before['text']} without, {after['text']} with"
             + (f"; F1 of the filled subtypes: {'; '.join(parts)}" if parts else "") + ". " + verdict)
+    if result.get("gan_leak"):  # run with --allow-gan-leak: the scored patients may be ones the generator saw
+        text += (f" Caution: it was run despite a leak ({result['gan_leak']}), which flatters GAN fill; "
+                 "no benefit is claimed.")
+        helped = False
     return helped, text
