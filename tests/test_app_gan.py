@@ -180,3 +180,16 @@ def test_an_ablation_run_despite_a_leak_says_so():
     assert "trained on all images" in text and "flatters" in text
     assert not helped  # not shown as a success when the scored patients may have been seen
     assert "flatters" not in ablation_sentence({**result, "gan_leak": None})[1]
+
+
+def test_the_checks_table_converts_to_arrow_without_fixes(generator_root):
+    """Streamlit sends tables as Arrow: a column of floats and "per subtype" strings failed, logged a
+    traceback on every rerun and was converted behind the page's back."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from core.gan import gallery
+
+    table = pd.DataFrame(gallery.check_rows(gallery.load_quality(generator_root / "gan-tiny")))
+    pa.Table.from_pandas(table, preserve_index=False)
+    assert (table.set_index("set").loc["benign (class)", "lbp / floor"]) == "per subtype"

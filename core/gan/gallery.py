@@ -94,7 +94,8 @@ def check_rows(quality: dict) -> list[dict]:
                                             for s in SUBTYPES_BY_CLASS.get(name, ()) if s in report["subtypes"])})
     for subtype, r in report["subtypes"].items():
         t, n = r["two_sample"], r["nuclei"]
-        distances = {f"{k.replace('_', ' ')} / floor": round(d["synthetic"] / max(d["real_vs_real"], 1e-12), 2)
+        # Text, as the class rows' "per subtype": a column of floats and strings is not one Arrow type.
+        distances = {f"{k.replace('_', ' ')} / floor": f"{d['synthetic'] / max(d['real_vs_real'], 1e-12):.2f}"
                      for k, d in r["distances"].items()}
         rows.append({"set": pretty(subtype), "two-sample accuracy": round(t["accuracy"], 3),
                      "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}",
