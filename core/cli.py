@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from core.gan.commands import add_gan_commands
 
-    add_gan_commands(command("gan", None, "the conditional GAN: train, sample, evaluate, ablation"))
+    add_gan_commands(command("gan", None, "the conditional GAN: train, sample, evaluate, compare, ablation"))
 
     export = command("export-model", _export_model, "zip a verified model folder")
     export.add_argument("model", help="model folder")

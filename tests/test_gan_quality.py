@@ -318,3 +318,13 @@ def test_a_generator_that_kept_no_field_out_is_told_why_it_cannot_be_judged(spli
     (copy / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="held-out.*--holdout 0"):
         gan_quality.evaluate_generator(copy, imbalanced, n=8, write=False)
+
+
+def test_a_generator_judged_on_no_subtype_meets_no_goal():
+    """all([]) is True: a generator sharing no subtype with the real set was reported 'All goals met: True'."""
+    from types import SimpleNamespace
+
+    from core.gan.checks import judge_one
+
+    real = SimpleNamespace(subtypes=["adenosis"], seed=0)
+    assert judge_one({}, {}, real)["meets_all_goals"] is False

@@ -77,10 +77,10 @@ def judge_one(fakes: dict[str, np.ndarray], untrained: dict[str, np.ndarray], re
         fake = np.concatenate([fakes[s] for s in members])
         report["classes"][name] = {"subtypes": members, "two_sample": _two_sample_summary(
             two_sample_test(held, fake, sources, real.seed), GOALS["two_sample_class"])}
-    report["meets_all_goals"] = all(
-        [r["two_sample"]["meets_goal"] for r in report["classes"].values()]
-        + [r["two_sample"]["meets_goal"] and r["nuclei"]["within_tolerance"]
-           and all(d["meets_goal"] for d in r["distances"].values()) for r in report["subtypes"].values()])
+    judged = ([r["two_sample"]["meets_goal"] for r in report["classes"].values()]
+              + [r["two_sample"]["meets_goal"] and r["nuclei"]["within_tolerance"]
+                 and all(d["meets_goal"] for d in r["distances"].values()) for r in report["subtypes"].values()])
+    report["meets_all_goals"] = bool(judged) and all(judged)  # nothing judged meets nothing (all([]) is True)
     return report
 
 
