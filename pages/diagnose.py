@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import records, registry, report, session, slides
+from core.app import records, registry, report, service, session, slides
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.errors import UserInputError
@@ -64,7 +64,9 @@ with settings:
     magnification = st.selectbox("Magnification of images whose names do not state it",
                                  registry.magnification_options(), key="magnification")
 
-items = uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen]
+items, repeats = service.distinct_items(uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen])
+if repeats:
+    st.info(f"Given more than once, analysed once: {', '.join(dict.fromkeys(repeats))}.", icon=":material/content_copy:")
 if not items:
     st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis.")
     st.stop()

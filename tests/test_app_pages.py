@@ -219,6 +219,22 @@ def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app
     assert "Upload one or more images" in texts(app.info)
 
 
+def test_an_image_given_twice_is_one_image_of_its_case_with_its_own_audit_id(app, samples_dir):
+    """Uploaded twice and picked as a sample too: one result, one audit row, counted once in its case."""
+    one, other = (next(samples_dir.rglob(name)) for name in ("SOB_B_F-14-25197-40-023.png",
+                                                             "SOB_B_F-14-25197-100-001.png"))
+    app.file_uploader(key="uploads").set_value([(p.name, p.read_bytes(), "image/png") for p in (one, other, one)]).run()
+    samples = app.multiselect(key="samples")
+    samples.set_value([option for option in samples.options if one.name in option]).run()
+    assert not app.exception
+    [table] = tables(app, "file")
+    assert list(table["file"]) == [one.name, other.name]
+    assert table["audit id"].nunique() == 2
+    [cases] = tables(app, "images")
+    assert list(cases["images"]) == [2]
+    assert f"Given more than once, analysed once: {one.name}." in texts(app.info)
+
+
 def test_uploads_survive_a_visit_to_another_page_until_forgotten(app, samples_dir):
     real = next(samples_dir.rglob("SOB_B_F-14-9133-40-001.png"))
     app.file_uploader(key="uploads").set_value([(real.name, real.read_bytes(), "image/png")]).run()

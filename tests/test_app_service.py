@@ -323,3 +323,12 @@ def test_every_image_page_of_the_pdf_carries_the_model_banner(predictor, sample_
     plain = report.build_report(results, overlays, report.case_calls(results), {**model, "demo": False, "limited": False})
     assert not any("DATA MODEL" in page or "DEMO" in page for page in
                    (p.extract_text() for p in PdfReader(io.BytesIO(plain)).pages))
+
+
+def test_the_same_image_given_twice_is_analysed_once(sample_items):
+    """Uploaded twice (or uploaded and picked as a sample), it would weigh double in its case and the
+    two results would share one audit id."""
+    first, second = sample_items[:2]
+    items, repeats = service.distinct_items([first, second, first, ("renamed.png", first[1])])
+    assert items == [first, second]
+    assert repeats == [first[0], "renamed.png"]

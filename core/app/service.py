@@ -128,6 +128,21 @@ def read_item(name: str, data: bytes) -> ImageResult:
     return result
 
 
+def distinct_items(items: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """(the items with each image's bytes once, the names of the repeats left out). The same image
+    given twice (uploaded twice, or uploaded and picked as a sample) would weigh double in its
+    case's mean and its two results would share one audit id (records.audit_key)."""
+    kept, seen, repeats = [], set(), []
+    for name, data in items:
+        digest = hashlib.sha256(data).digest()
+        if digest in seen:
+            repeats.append(name)
+        else:
+            seen.add(digest)
+            kept.append((name, data))
+    return kept, repeats
+
+
 def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
                    refer_threshold: float | None = None, magnification: str = NOT_STATED) -> list[ImageResult]:
     """Read and classify every item in one batch; bad items get a message, not an exception.
