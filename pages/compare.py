@@ -26,7 +26,7 @@ for folder in chosen:
         continue
     for problem in runs[-1].problems:
         st.warning(problem)
-groups = comparison.comparable_groups(runs)
+groups = comparison.comparable_groups(comparison.distinct_names(runs))
 unevaluated = groups.pop(None, [])
 if unevaluated:
     st.warning("Not evaluated, so not compared: " + ", ".join(run.name for run in unevaluated))

@@ -383,6 +383,28 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
         "stage1 auc" not in set(tables[0]["metric"])
 
 
+def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monkeypatch):
+    """A copied model folder has its original's card name: one column and one button each, no
+    StreamlitDuplicateElementKey."""
+    import shutil
+
+    from tests.app_helpers import REPO
+
+    for name in ("default", "copy"):
+        shutil.copytree(REPO / "models" / "default", tmp_path / "models" / name)
+    for key, value in app_environment(tmp_path / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/compare.py").run()
+    app.multiselect(key="compare_models").set_value([str(tmp_path / "models" / n) for n in ("default", "copy")]).run()
+    assert not app.exception, app.exception
+    [table] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    name = json.loads((REPO / "models" / "default" / "card.json").read_text())["name"]
+    assert [c for c in table.columns if c.startswith(name)] == [f"{name} (models/{n})" for n in ("default", "copy")]
+    assert len([b for b in app.button if b.label.startswith(f"Make {name}")]) == 2
+
+
 @pytest.mark.parametrize("model, declared", [("default", True), ("small-cnn", False)])
 def test_the_tta_switch_says_when_a_models_views_always_hold_the_symmetries(tmp_path, monkeypatch, model, declared):
     """The bundled field model always predicts over its crops in the 8 symmetries: its switch is shown on

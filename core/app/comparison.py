@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.app.registry import short_location
 from core.app.run_files import read_run_files
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.model.folders import read_card
@@ -42,6 +43,14 @@ def load_run(folder: str) -> Run:
     files = read_run_files(folder, card)
     return Run(str(Path(folder)), card.get("name", Path(folder).name), card, files.metrics or None, files.history,
                files.config, files.problems)
+
+
+def distinct_names(runs: list[Run]) -> list[Run]:
+    """The runs, those sharing a card name (a copied model folder) named with their folder too: the
+    tables have a column and the page a button per name, so one would hide or break the other."""
+    names = [run.name for run in runs]
+    return [dataclasses.replace(run, name=f"{run.name} ({short_location(run.folder)})") if names.count(run.name) > 1
+            else run for run in runs]
 
 
 def comparable_groups(runs: list[Run]) -> dict[tuple | None, list[Run]]:
