@@ -49,13 +49,13 @@ with settings:
     method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
                           key="method")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
-    stage1_t, subtype_t, source = predictor.stage_thresholds()
-    st.caption(f"Referral: stage 1 below p(class) {stage1_t:.2f}, subtype below p(subtype | class) "
-               f"{subtype_t:.2f} ({source}).")
     threshold = None
     if st.toggle("Use my own referral threshold for both stages", key="own_threshold"):
         threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
                               key="threshold")
+    stage1_t, subtype_t, source = predictor.stage_thresholds(threshold)  # the ones in use, the user's included
+    st.caption(f"Referral: stage 1 below p(class) {stage1_t:.2f}, subtype below p(subtype | class) "
+               f"{subtype_t:.2f} ({source}).")
     declared = predictor.uses_tta()  # the card's views hold the 8 symmetries: always on, and shown so
     tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=declared, disabled=declared,
                     key="tta_declared" if declared else "tta",

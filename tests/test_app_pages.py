@@ -195,6 +195,15 @@ def test_diagnosing_a_bundled_sample(app):
     assert app.download_button(key="download_report").label == "Report (PDF)"
 
 
+def test_the_referral_caption_states_the_thresholds_in_use(app):
+    """With the user's own threshold on, the caption named the model's thresholds, not the one applied."""
+    assert "Referral: stage 1 below p(class) 0.70, subtype below p(subtype | class) 0.70 (default" in texts(app.caption)
+    app.toggle(key="own_threshold").set_value(True).run()
+    app.slider(key="threshold").set_value(0.9).run()
+    assert "Referral: stage 1 below p(class) 0.90, subtype below p(subtype | class) 0.90 (set by the user)." in \
+        texts(app.caption)
+
+
 def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app, samples_dir):
     real = next(samples_dir.rglob("SOB_B_F-14-9133-40-001.png"))
     files = [(name, data, "application/octet-stream") for name, (data, _) in bad_inputs().items()]
