@@ -97,9 +97,7 @@ if len(results) > 1:
     st.dataframe(report.shown_table(table), hide_index=True,
                  column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
     st.subheader("Case-level call")
-    st.caption(f"Mean p(malignant) over the case's images, called malignant from {predictor.case_threshold:.2f} "
-               "(the threshold this model's evaluation chose on validation patients), then the most probable "
-               "subtype of that class. Cases come from BreakHis-style file names.")
+    st.caption(report.case_rule(predictor.card, predictor.case_threshold))
     st.dataframe(cases, hide_index=True,
                  column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
 

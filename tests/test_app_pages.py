@@ -204,6 +204,15 @@ def test_the_referral_caption_states_the_thresholds_in_use(app):
         texts(app.caption)
 
 
+def test_the_case_call_of_a_model_without_a_validated_case_threshold_does_not_claim_one(app):
+    """The demo model (like an ensemble built from members) has no thresholds.case_malignant: 0.5 is a default."""
+    samples = app.multiselect(key="samples")
+    samples.set_value([option for option in samples.options if "SOB_M_PC-14-9146" in option]).run()
+    assert not app.exception
+    assert "called malignant from 0.50 (the default: no evaluation chose one for this model)" in texts(app.caption)
+    assert "chose on validation patients" not in texts(app.caption)
+
+
 def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app, samples_dir):
     real = next(samples_dir.rglob("SOB_B_F-14-9133-40-001.png"))
     files = [(name, data, "application/octet-stream") for name, (data, _) in bad_inputs().items()]

@@ -332,3 +332,9 @@ def test_the_same_image_given_twice_is_analysed_once(sample_items):
     items, repeats = service.distinct_items([first, second, first, ("renamed.png", first[1])])
     assert items == [first, second]
     assert repeats == [first[0], "renamed.png"]
+
+
+def test_the_case_rule_says_whether_its_threshold_was_validated():
+    validated = report.case_rule({"thresholds": {"case_malignant": 0.35}}, 0.35)
+    assert "from 0.35 (the threshold this model's evaluation chose on validation patients)" in validated
+    assert "from 0.50 (the default: no evaluation chose one for this model)" in report.case_rule({"kind": "ensemble"}, 0.5)

@@ -140,6 +140,16 @@ def case_calls(results: list, refer_threshold: float | None = None,
     return pd.DataFrame(rows)
 
 
+def case_rule(card: dict, threshold: float) -> str:
+    """How a case is called, for the caption over the case table: the threshold is the validated one only
+    when the model's evaluation chose it (thresholds.case_malignant); an unevaluated model (an ensemble
+    built from members, a demo) calls from the default 0.5."""
+    chosen = ("the threshold this model's evaluation chose on validation patients"
+              if "case_malignant" in (card.get("thresholds") or {}) else "the default: no evaluation chose one for this model")
+    return (f"Mean p(malignant) over the case's images, called malignant from {threshold:.2f} ({chosen}), then the "
+            "most probable subtype of that class. Cases come from BreakHis-style file names.")
+
+
 def _thresholds(members) -> tuple[float, float]:
     """The (stage 1, subtype) referral thresholds the case's images were judged by (their model's)."""
     referral = members[0].prediction.referral or {}
