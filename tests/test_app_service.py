@@ -338,3 +338,17 @@ def test_the_case_rule_says_whether_its_threshold_was_validated():
     validated = report.case_rule({"thresholds": {"case_malignant": 0.35}}, 0.35)
     assert "from 0.35 (the threshold this model's evaluation chose on validation patients)" in validated
     assert "from 0.50 (the default: no evaluation chose one for this model)" in report.case_rule({"kind": "ensemble"}, 0.5)
+
+
+def test_the_shown_case_table_is_arrow_compatible_with_an_unreadable_image(predictor, sample_items):
+    """Empty number cells of an image without a call next to numbers made st.dataframe's Arrow
+    conversion fail (a logged traceback on every run, the numbers shown and sorted as text)."""
+    import pyarrow as pa
+
+    results = service.diagnose_items(predictor, sample_items[:1] + [("notes.txt", b"not an image")])
+    table = report.results_table(results, "badge", audit_ids={(results[0].name, results[0].sha256): 7})
+    shown = report.shown_table(table)
+    pa.Table.from_pandas(shown)
+    assert list(shown["confidence"]) == [str(table["confidence"].iloc[0]), ""] and list(shown["audit id"]) == ["7", ""]
+    assert not shown.isna().any().any()  # Streamlit would print "None"
+    assert report.results_csv(table).decode().splitlines()[2].count(",,") >= 1  # the CSV keeps its empty cells

@@ -92,9 +92,18 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+NUMBER_COLUMNS = ["p_benign", "p_malignant", "p_subtype", "confidence", "audit id"]
+
+
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The case table as the page shows it: the call and its refer reasons first."""
-    return table[SHOWN_FIRST + [c for c in table.columns if c not in SHOWN_FIRST]]
+    """The case table as the page shows it: the call and its refer reasons first. A number column
+    with an empty cell (an image without a call) is shown as text: mixed with numbers, Arrow refused
+    the table and every run logged a traceback. Empty, not NaN: Streamlit would print "None"."""
+    shown = table[SHOWN_FIRST + [c for c in table.columns if c not in SHOWN_FIRST]].copy()
+    for column in NUMBER_COLUMNS:
+        if (shown[column].astype(str) == "").any():
+            shown[column] = shown[column].astype(str)
+    return shown
 
 
 def case_calls(results: list, refer_threshold: float | None = None,
