@@ -123,7 +123,7 @@ if info["demo"]:
              "for it; compare against the published results below only after training a real model.",
              icon=":material/warning:")
 elif not performance.metric_block(metrics, ("stage1",)):
-    st.warning("This model has no evaluation yet. Run `python -m core evaluate RUN` on its run folder.")
+    st.warning(performance.no_evaluation_text(card, folder))
 else:
     evaluation(metrics, files, card)
 if files.history is not None:

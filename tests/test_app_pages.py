@@ -423,6 +423,22 @@ def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monk
     assert len([b for b in app.button if b.label.startswith(f"Make {name}")]) == 2
 
 
+def test_the_performance_page_of_an_ensemble_without_a_common_test_set_says_why_it_has_no_figures(tmp_path, monkeypatch):
+    """It told the user to run `python -m core evaluate RUN`, which refuses a folder without split.csv."""
+    from core.training.ensemble_run import ensemble_run
+
+    members = [make_model_folder(tmp_path / "members" / name, demo=False, name=name) for name in ("a", "b")]
+    ensemble = ensemble_run(members, tmp_path / "models" / "a-plus-b")
+    for key, value in app_environment(tmp_path / "models", ensemble, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception, app.exception
+    assert "This ensemble has no evaluation of its own: members held out different cases" in texts(app.warning)
+    assert "python -m core evaluate" not in texts(app.warning)
+
+
 @pytest.mark.parametrize("model, declared", [("default", True), ("small-cnn", False)])
 def test_the_tta_switch_says_when_a_models_views_always_hold_the_symmetries(tmp_path, monkeypatch, model, declared):
     """The bundled field model always predicts over its crops in the 8 symmetries: its switch is shown on

@@ -352,3 +352,14 @@ def test_the_shown_case_table_is_arrow_compatible_with_an_unreadable_image(predi
     assert list(shown["confidence"]) == [str(table["confidence"].iloc[0]), ""] and list(shown["audit id"]) == ["7", ""]
     assert not shown.isna().any().any()  # Streamlit would print "None"
     assert report.results_csv(table).decode().splitlines()[2].count(",,") >= 1  # the CSV keeps its empty cells
+
+
+def test_a_model_without_figures_is_told_how_to_evaluate_it_only_where_evaluate_can(tmp_path):
+    run = tmp_path / "runs" / "r"
+    (run / "model").mkdir(parents=True)
+    assert "Run `python -m core evaluate RUN`" in performance.no_evaluation_text({}, str(tmp_path / "loose"))
+    (run / "split.csv").write_text("path,split\n")
+    assert f"python -m core evaluate {run}`" in performance.no_evaluation_text({}, str(run / "model"))
+    ensemble = {"kind": "ensemble", "evaluation": "members held out different cases (e.g. k-fold): no common test set"}
+    text = performance.no_evaluation_text(ensemble, str(tmp_path / "models" / "ens"))
+    assert "no evaluation of its own: members held out different cases" in text and "core evaluate" not in text

@@ -7,6 +7,8 @@ carries its split, protocol, level and counts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from core.data.fields import magnification_value
@@ -197,6 +199,17 @@ def rate(value) -> str:
 CONFUSION_PANELS = (("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
                     ("Patient level: stage 1", ("patient", "stage1")))
 ROC_PANELS = (("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",)))
+
+
+def no_evaluation_text(card: dict, folder: str) -> str:
+    """What to do about a model without figures. `evaluate` needs a run folder with a split.csv: an
+    ensemble of members that held out different patients (k-fold) has none, so it says why instead."""
+    run = Path(folder).parent
+    if (run / "split.csv").is_file():
+        return f"This model has no evaluation yet. Run `python -m core evaluate {run}`."
+    if card.get("kind") == "ensemble":
+        return f"This ensemble has no evaluation of its own: {card.get('evaluation') or 'its members share no test set'}."
+    return "This model has no evaluation yet. Run `python -m core evaluate RUN` on the run folder it was trained in."
 
 
 def card_summary(card: dict, info: dict) -> dict[str, str]:
