@@ -237,7 +237,7 @@ if analysed:
                              icon=":material/block:")
                 else:
                     session.keep_report(controls, report.build_report(results, overlays, cases, model, details,
-                                                                      audit_ids))
+                                                                      audit_ids, METHOD_NAMES.get(method, method)))
         pdf, stale = session.prepared_report(controls)
         if pdf is not None:
             st.download_button("Report (PDF)", pdf, "breakhis_report.pdf", "application/pdf", key="download_report")

@@ -363,3 +363,19 @@ def test_a_model_without_figures_is_told_how_to_evaluate_it_only_where_evaluate_
     ensemble = {"kind": "ensemble", "evaluation": "members held out different cases (e.g. k-fold): no common test set"}
     text = performance.no_evaluation_text(ensemble, str(tmp_path / "models" / "ens"))
     assert "no evaluation of its own: members held out different cases" in text and "core evaluate" not in text
+
+
+def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predictor, sample_items):
+    """A Score-CAM report captioned its overlays "heat map" only: a reader could not tell the method."""
+    from pypdf import PdfReader
+
+    from core.model.heatmap import overlay
+
+    results = service.diagnose_items(predictor, sample_items[:1])
+    maps = session.explanations(predictor, results[0], "scorecam")
+    overlays = {results[0].digest: tuple(overlay(results[0].display, m.heatmap, 0.5) for m in maps)}
+    pdf = report.build_report(results, overlays, report.case_calls(results), registry.describe_model(predictor.card),
+                              method="Score-CAM")
+    text = PdfReader(io.BytesIO(pdf)).pages[1].extract_text()
+    p = results[0].prediction
+    assert f"Stage 1 Score-CAM: {pretty(p.label)}" in text and f"Stage 2 Score-CAM: {pretty(p.subtype)}" in text

@@ -348,7 +348,8 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused:
     _sign_off(pdf)
 
 
-def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], audit_id: int | None = None) -> None:
+def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], audit_id: int | None = None,
+                method: str = "Grad-CAM") -> None:
     p = result.prediction
     pdf.add_page()
     _warn(pdf)
@@ -360,8 +361,8 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
     reliable = pdf.model.get("subtype_reliable", True)
     call = " - ".join(stage_calls(p, reliable))
     pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
-    pdf.pictures([("Image", result.image.rgb), (f"Stage 1 heat map: {pretty(p.label)}", overlays[0]),
-                  (f"Stage 2 heat map: {pretty(p.subtype)}", overlays[1])])
+    pdf.pictures([("Image", result.image.rgb), (f"Stage 1 {method}: {pretty(p.label)}", overlays[0]),
+                  (f"Stage 2 {method}: {pretty(p.subtype)}", overlays[1])])
     pdf.colour_scale()
     pdf.heading("Stage 1: benign or malignant", 10)
     pdf.table(["class", "probability"], [[pretty(c), f"{v:.3f}"] for c, v in p.stage1.items()], widths=[60, 40])
@@ -381,9 +382,11 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
 
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
-                 model: dict, details: ReportDetails | None = None, audit_ids: dict | None = None) -> bytes:
+                 model: dict, details: ReportDetails | None = None, audit_ids: dict | None = None,
+                 method: str = "Grad-CAM") -> bytes:
     """The PDF: a summary page (with the patient/specimen ids, reviewer and a sign-off block), then
-    one page per analysed image, each with its audit id when given.
+    one page per analysed image, each with its audit id when given and its overlays captioned with
+    the heat-map method that drew them (the page's choice: Grad-CAM++ and Score-CAM maps differ).
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
     model: core.app.registry.describe_model(card).
@@ -393,7 +396,8 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
                   [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails())
     for result in results:
         if result.ok:
-            _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)))
+            _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)),
+                        method)
     return bytes(pdf.output())
 
 
