@@ -119,7 +119,7 @@ def test_a_case_call_is_the_mean_of_its_images_not_their_vote():
     assert (first["images"], first["call"], first["subtype"]) == (3, "malignant", "Ductal carcinoma")
     assert (first["p_malignant"], first["p_subtype"], first["confidence"]) == (0.6, 0.7, 0.42)
     assert first["refer for review"] == "YES" and first["reasons"] == ("case stage 1 uncertain: p(malignant) 0.60 "
-                                                                       "< 0.65; images disagree (1/3 say malignant)")
+                                                                       "< 0.65; images disagree (1/3 say malignant); 1 image(s) unreadable, not counted")
     second = cases.loc["14-2"]
     assert (second["call"], second["p_malignant"], second["confidence"]) == ("benign", 0.2, 0.32)
     # per stage: p(benign) 0.8 passes 0.65; p(adenosis | benign) 0.4 does not
@@ -379,3 +379,15 @@ def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predicto
     text = PdfReader(io.BytesIO(pdf)).pages[1].extract_text()
     p = results[0].prediction
     assert f"Stage 1 Score-CAM: {pretty(p.label)}" in text and f"Stage 2 Score-CAM: {pretty(p.subtype)}" in text
+
+
+def test_a_case_call_says_when_an_image_of_the_case_could_not_be_read(predictor, sample_items):
+    """A not-H&E image of a case was named in its call, an unreadable one silently left out."""
+    name, data = sample_items[0]
+    broken = name.replace(".png", "9.png")  # same patient, another image number
+    results = service.diagnose_items(predictor, [(name, data), (broken, data[:400])])
+    assert results[1].error and results[1].case == results[0].case
+    table = report.results_table(results, "badge")
+    assert list(table["case"]) == [results[0].case] * 2
+    [row] = report.case_calls(results).to_dict("records")
+    assert row["images"] == 1 and "1 image(s) unreadable, not counted" in row["reasons"]

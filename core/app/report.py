@@ -115,12 +115,15 @@ def case_calls(results: list, refer_threshold: float | None = None,
     """
     groups: dict[str, list] = {}
     left_out: dict[str, int] = {}  # images of a case that got no call because they are not H&E tissue
+    unreadable: dict[str, int] = {}  # images of a case that could not be read at all
     for r in results:
         case = r.case or "uploaded images (no case id in names)"
         if r.ok:
             groups.setdefault(case, []).append(r)
         elif r.not_histology:
             left_out[case] = left_out.get(case, 0) + 1
+        elif r.error:
+            unreadable[case] = unreadable.get(case, 0) + 1
     rows = []
     for case, members in groups.items():
         decision = case_decision([m.prediction for m in members], malignant_threshold)
@@ -140,6 +143,8 @@ def case_calls(results: list, refer_threshold: float | None = None,
             reasons.append("an image is flagged")
         if left_out.get(case):
             reasons.append(f"{left_out[case]} image(s) not analysed (not H&E tissue), not counted")
+        if unreadable.get(case):
+            reasons.append(f"{unreadable[case]} image(s) unreadable, not counted")
         rows.append({
             "case": case, "images": len(members), "call": label,
             "p_malignant": round(p_class["malignant"], 4), "subtype": subtype_shown(subtype, subtype_reliable),

@@ -108,6 +108,8 @@ def read_item(name: str, data: bytes) -> ImageResult:
     """Load one (name, bytes) item into an ImageResult, never raising for bad input."""
     sha256 = hashlib.sha256(data).hexdigest()
     result = ImageResult(name=name, digest=sha256[:16], sha256=sha256)
+    parsed = parse_name(name)  # before reading: an unreadable image still belongs to its case
+    result.case = parsed.case if parsed else None
     try:
         result.image = load_image(data, name=name)
     except ImageError as problem:
@@ -120,8 +122,6 @@ def read_item(name: str, data: bytes) -> ImageResult:
     note = extension_note(name)
     result.notes = ([note] if note else []) + list(result.image.notes)
     result.warnings = list(result.image.warnings)
-    parsed = parse_name(name)
-    result.case = parsed.case if parsed else None
     found = magnification_from_name(name)
     if found:
         result.magnification, result.magnification_source = found, "file name"
