@@ -391,3 +391,17 @@ def test_a_case_call_says_when_an_image_of_the_case_could_not_be_read(predictor,
     assert list(table["case"]) == [results[0].case] * 2
     [row] = report.case_calls(results).to_dict("records")
     assert row["images"] == 1 and "1 image(s) unreadable, not counted" in row["reasons"]
+
+
+def test_an_ensemble_of_calibrated_members_is_recorded_and_reported_as_calibrated(tmp_path):
+    """Its card has no temperatures, but it averages its members' calibrated outputs: the audit row,
+    the page and the PDF said "raw softmax outputs (not calibrated)"."""
+    from core.app import records
+    from core.model.loading import load_predictor
+    from core.training.ensemble_run import ensemble_run
+    from tests.app_helpers import REPO
+
+    ensemble = load_predictor(ensemble_run([REPO / "models" / "default", REPO / "models" / "small-cnn"], tmp_path / "ens"))
+    assert records.calibrated(ensemble) and records.model_identity(ensemble)["calibrated"]
+    raw = load_predictor(REPO / "models" / "small-cnn", calibrated=False)
+    assert not records.calibrated(raw) and records.calibrated(load_predictor(REPO / "models" / "small-cnn"))

@@ -16,12 +16,21 @@ from core.app.registry import describe_model
 from core.store.audit import Store
 
 
+def calibrated(predictor) -> bool:
+    """Whether the probabilities shown are calibrated: an ensemble's card has no temperatures of its
+    own, but it averages its members' calibrated outputs (core.model.ensemble), so it is when all are."""
+    members = [m for m in getattr(predictor, "members", []) if m is not predictor]
+    if members:
+        return all(calibrated(m) for m in members)
+    return bool(getattr(predictor, "temperatures", None)) and describe_model(predictor.card)["calibrated"]
+
+
 def model_identity(predictor) -> dict:
     """Name, weights SHA-256 and (for an ensemble) each member's, of the model that made a call."""
     members = [m for m in getattr(predictor, "members", []) if m is not predictor]
     return {"model": predictor.name, "model_sha256": str(predictor.card.get("sha256", "")) or None,
             "members": [{"name": m.name, "sha256": m.card.get("sha256")} for m in members],
-            "demo": bool(predictor.card.get("demo")), "calibrated": describe_model(predictor.card)["calibrated"]}
+            "demo": bool(predictor.card.get("demo")), "calibrated": calibrated(predictor)}
 
 
 def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
