@@ -405,3 +405,19 @@ def test_an_ensemble_of_calibrated_members_is_recorded_and_reported_as_calibrate
     assert records.calibrated(ensemble) and records.model_identity(ensemble)["calibrated"]
     raw = load_predictor(REPO / "models" / "small-cnn", calibrated=False)
     assert not records.calibrated(raw) and records.calibrated(load_predictor(REPO / "models" / "small-cnn"))
+
+
+def test_a_probability_just_above_a_validated_threshold_is_not_printed_equal_to_it():
+    """The bundled model's stage-1 threshold is 0.9762: the caption said "below 0.98" and an image at
+    0.977 read "not referred (p 0.98 >= threshold 0.98)"."""
+    from core.model.decisions import Prediction
+
+    referral = {"stage1": {"refer": False, "reasons": [], "threshold": 0.97622},
+                "subtype": {"refer": False, "reasons": [], "threshold": 0.2938}}
+    p = Prediction({"benign": 0.023, "malignant": 0.977}, "malignant", {"ductal_carcinoma": 0.45, "lobular_carcinoma": 0.2,
+                   "mucinous_carcinoma": 0.2, "papillary_carcinoma": 0.15}, {}, "ductal_carcinoma", 0.44, False, [],
+                   referral=referral)
+    lines = [line for line, _ in report.referral_lines(p)]
+    assert lines == ["Stage 1: not referred (p 0.977 >= threshold 0.976)",
+                     "Subtype: not referred (p 0.45 >= threshold 0.29)"]
+    assert [report.threshold_text(t) for t in (0.97622, 0.2938, 0.7, 0.65)] == ["0.9762", "0.2938", "0.70", "0.65"]

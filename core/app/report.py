@@ -39,6 +39,23 @@ TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign",
 SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer stage 1", "refer subtype", "reasons"]
 
 
+def at_least(value: float, threshold: float) -> str:
+    """"0.977 >= 0.976": a probability that passed its threshold, with the fewest decimals (2 to 4) that
+    keep them apart, as decisions.below does for one under it; 2 fixed decimals printed "0.98 >= 0.98"
+    for 0.977 and a threshold of 0.9762, which the caption stated as "below 0.98"."""
+    digits = 2
+    while digits < 4 and f"{value:.{digits}f}" == f"{threshold:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f} >= threshold {threshold:.{digits}f}"
+
+
+def threshold_text(threshold: float) -> str:
+    """A referral threshold as the caption states it: to 4 decimals, so a validated 0.9762 is not
+    read as 0.98 (an image at 0.977 is not referred), trailing zeros dropped down to 2 (0.70)."""
+    text = f"{threshold:.4f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.split(".")[1]))
+
+
 def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, bool]]:
     """[(sentence, referred)] for stage 1 and the subtype: the flag, its reasons and its threshold
     (the page, the PDF); the image's warnings also send it to review."""
@@ -51,7 +68,7 @@ def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, 
         if block["refer"]:
             lines.append((f"{name}: refer for review ({'; '.join(block['reasons'])})", True))
         else:
-            lines.append((f"{name}: not referred (p {value:.2f} >= threshold {block['threshold']:.2f})", False))
+            lines.append((f"{name}: not referred (p {at_least(value, block['threshold'])})", False))
     if warnings:
         lines.append(("Refer for review: see the image warning below", True))
     return lines
