@@ -196,8 +196,10 @@ def show_tiled(result, reason: str, data: bytes) -> None:
             return
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         call = tiles.call
+        # Settings that made the call only (as on the Slide page): the opacity is how it is drawn, and in
+        # the key of the one row per run, every move of its slider appended another row.
         audit_id = session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **call},
-                                       {"magnification": stated, "opacity": opacity})
+                                       {"magnification": stated})
         st.caption(f"Audit #{audit_id}")
         headline, explained = slides.call_text(call)
         st.markdown(demo + headline.replace("Slide call", "Call over the tiles"))

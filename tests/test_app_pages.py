@@ -506,6 +506,12 @@ def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
     assert not app.exception, app.exception
     infos = " ".join(i.value for i in app.info)
     assert "camera.jpg (1300x700 px) is much larger than the field the model was trained on" in infos
+    from core.store.audit import Store
+
+    [row] = Store.open().events(kinds="slide")
+    app.slider(key="opacity").set_value(0.8).run()  # drawn differently, the same run: no second audit row
+    assert [e["id"] for e in Store.open().events(kinds="slide")] == [row["id"]]
+    assert f"Audit #{row['id']}" in " ".join(c.value for c in app.caption)
 
 
 def test_a_large_scan_mostly_of_glass_is_tiled_not_refused(tmp_path, monkeypatch):
