@@ -8,6 +8,7 @@ not "None"; the PDF has patient, specimen, reviewer and sign-off fields and unbr
 """
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -151,6 +152,22 @@ def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, samp
     cases = report.case_calls(results, subtype_reliable=False)
     assert cases["subtype"].iloc[0].startswith("not reliable for this model")
     assert "subtype not reliable for this model" in results[0].prediction.summary(subtype_reliable=False)
+
+
+def test_an_ensemble_of_members_with_unreliable_subtypes_does_not_show_its_subtype_as_a_finding(tmp_path):
+    """An ensemble of members evaluated on different patients has no evaluation of its own: its subtype
+    was shown as a finding ('Adenosis (p 0.30 within benign)') although both members' subtype heads
+    score below the colour/texture baseline. It keeps their figures and is demoted like them."""
+    from core.model.folders import save_ensemble
+    from core.paths import DEFAULT_MODEL_DIR
+    from tests.conftest import WHOLE_FIELD_MODEL
+
+    card = json.loads((save_ensemble([DEFAULT_MODEL_DIR, WHOLE_FIELD_MODEL], tmp_path / "ens") / "card.json").read_text())
+    assert all(m["subtype_figures"]["model"] < m["subtype_figures"]["colour_texture_baseline"] for m in card["members"])
+    reliable, note = registry.subtype_reliability(card)
+    assert not reliable and "every member's subtype macro-F1 is below its colour/texture baseline" in note
+    mixed = {**card, "members": [card["members"][0], {**card["members"][1], "subtype_figures": {}}]}
+    assert registry.subtype_reliability(mixed)[0]  # a member not compared: not demoted on its behalf
 
 
 def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test():

@@ -128,6 +128,13 @@ def subtype_reliability(card: dict) -> tuple[bool, str]:
     model_f1 = metrics.get("subtype_macro_f1")
     baseline_f1 = ((metrics.get("baselines") or {}).get("colour_texture") or {}).get("subtype_macro_f1")
     if model_f1 is None or baseline_f1 is None:
+        members = [(m.get("name"), m.get("subtype_figures") or {}) for m in card.get("members") or []]
+        below = [f"{name} {f['model']:.2f} < {f['colour_texture_baseline']:.2f}" for name, f in members
+                 if f.get("model") is not None and f.get("colour_texture_baseline") is not None
+                 and f["model"] < f["colour_texture_baseline"]]
+        if members and len(below) == len(members):  # an ensemble not evaluated itself, no member better
+            return False, (f"subtype: {SUBTYPE_NOT_RELIABLE} (every member's subtype macro-F1 is below its "
+                           f"colour/texture baseline: {'; '.join(below)}; the ensemble has no evaluation of its own)")
         return True, "subtype accuracy not compared with a baseline for this model"
     data = metrics.get("data") or {}
     size = f"{data.get('images', '?')} {tested(metrics)} images of {data.get('cases', '?')} patients"

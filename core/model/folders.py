@@ -300,6 +300,15 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | 
     return sorted(found)
 
 
+def subtype_figures(card: dict) -> dict:
+    """A classifier's measured subtype macro-F1 next to its colour/texture baseline's (None where not
+    measured): an ensemble keeps its members', so that its subtype is not shown as a finding when every
+    member's is no better than colour and texture (core.app.registry.subtype_reliability)."""
+    metrics = card.get("metrics") or {}
+    baseline = ((metrics.get("baselines") or {}).get("colour_texture") or {}).get("subtype_macro_f1")
+    return {"model": metrics.get("subtype_macro_f1"), "colour_texture_baseline": baseline}
+
+
 def ensemble_evidence(cards: list[dict]) -> dict:
     """What an ensemble rests on: each member's evidence, and LIMITED DATA when any member is (its
     calls average that member's); the badge and banners read `limited` and `statement` as for one model."""
@@ -327,7 +336,8 @@ def save_ensemble(members: list, folder, name: str | None = None, **fields) -> P
     card = {"kind": ENSEMBLE, "name": name or folder.name, "hierarchy": hierarchies.pop(),
             "backbone": f"ensemble of {len(cards)} ({', '.join(backbones)})",
             "members": [{"path": os.path.relpath(Path(member).resolve(), folder.resolve()), "name": c.get("name"),
-                         "backbone": c["backbone"], "input_size": c["input_size"], "sha256": c["sha256"]}
+                         "backbone": c["backbone"], "input_size": c["input_size"], "sha256": c["sha256"],
+                         "subtype_figures": subtype_figures(c)}
                         for member, c in zip(members, cards)],
             "demo": any(c.get("demo") for c in cards), "evidence": ensemble_evidence(cards), "labels": labels_block(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
