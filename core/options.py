@@ -26,15 +26,20 @@ def option(default: Any = _REQUIRED, help: str = "", choices: tuple | None = Non
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (a count of things to make), refused in words otherwise."""
+def whole_number(text: str, least: int = 0) -> int:
+    """An argparse type's check: a whole number >= least, refused in words otherwise."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count of things to make)."""
+    return whole_number(text, 1)
 
 
 def switch_help(field: dataclasses.Field) -> str:

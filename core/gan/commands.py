@@ -6,12 +6,11 @@ the classifier's commands; `add_gan_commands` adds them to the `gan` sub-parser.
 
 from __future__ import annotations
 
-import argparse
 import signal
 from pathlib import Path
 
 from core.data.labels import SUBTYPES
-from core.options import add_dataclass_options, positive_int
+from core.options import add_dataclass_options, positive_int, whole_number
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
@@ -21,13 +20,7 @@ ABLATION_OPTIONS = ("pipeline", "backbone", "hierarchy", "mode", "epochs", "batc
 
 def seed(text: str) -> int:
     """An argparse type: a whole number >= 0, since numpy takes no negative seed (and a SYN_ name none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
+    return whole_number(text, 0)
 
 
 def _gan_train(args) -> int:
