@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from core.errors import Cancelled, DatasetError, ImageError, UserInputError
-from core.options import add_dataclass_options, positive_int
+from core.options import add_dataclass_options, positive_int, whole_number
 from core.paths import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("core.cli")
@@ -393,13 +393,7 @@ def _add_dataclass_options(parser, module: str, name: str, **which) -> None:
 
 def _jpeg_quality(text: str) -> int:
     """1-95: Pillow's range for JPEG quality; above 95 some compression is switched off for no gain."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 95:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 95, not {value}")
-    return value
+    return whole_number(text, 1, 95)
 
 
 def _unit_interval(text: str) -> float:

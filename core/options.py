@@ -26,12 +26,14 @@ def option(default: Any = _REQUIRED, help: str = "", choices: tuple | None = Non
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def whole_number(text: str, least: int = 0) -> int:
-    """An argparse type's check: a whole number >= least, refused in words otherwise."""
+def whole_number(text: str, least: int = 0, most: int | None = None) -> int:
+    """An argparse type's check: a whole number from least (to most), refused in words otherwise."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if most is not None and not least <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be between {least} and {most}, not {value}")
     if value < least:
         raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
