@@ -9,6 +9,7 @@ shown as "running" forever. Progress itself comes from the run's progress.jsonl 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -106,15 +107,22 @@ def _write_job(job: Job, root: Path) -> None:
     write_json_atomic(_job_file(root), job.to_json())  # a reader never sees half a file
 
 
+@contextlib.contextmanager
+def _job_lock(root: Path):
+    """The runs folder's job lock (flock): starting a job and forgetting one never interleave."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".job.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
               root: Path | None = None, environment: dict | None = None) -> Job:
     """Launch the training process in its own session; refuse while another job runs. `environment`
     is added to the process's (core.backends.job_environment: the Keras backend it trains with)."""
     root = Path(root or runs_dir())
-    root.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir)
-    with open(root / ".job.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # Two tabs pressing Start at once: one wins.
+    with _job_lock(root):  # Two tabs pressing Start at once: one wins.
         current = read_job(root)
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
@@ -155,9 +163,7 @@ def clear_job(root: Path | None = None, shown: Job | None = None) -> None:
     page `shown`, when another job has replaced it since (a second tab started one): that job is
     not the user's to forget unseen."""
     root = Path(root or runs_dir())
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".job.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a Start in another tab cannot write its job between the check and the unlink
+    with _job_lock(root):  # a Start in another tab cannot write its job between the check and the unlink
         job = read_job(root)
         if job is None:
             return
