@@ -16,10 +16,15 @@ from core.app.registry import describe_model
 from core.store.audit import Store
 
 
+def _members(predictor) -> list:
+    """An ensemble's member predictors; [] for a single model (whose `members` is itself)."""
+    return [m for m in getattr(predictor, "members", []) if m is not predictor]
+
+
 def calibrated(predictor) -> bool:
     """Whether the probabilities shown are calibrated: an ensemble's card has no temperatures of its
     own, but it averages its members' calibrated outputs (core.model.ensemble), so it is when all are."""
-    members = [m for m in getattr(predictor, "members", []) if m is not predictor]
+    members = _members(predictor)
     if members:
         return all(calibrated(m) for m in members)
     return bool(getattr(predictor, "temperatures", None)) and describe_model(predictor.card)["calibrated"]
@@ -27,7 +32,7 @@ def calibrated(predictor) -> bool:
 
 def model_identity(predictor) -> dict:
     """Name, weights SHA-256 and (for an ensemble) each member's, of the model that made a call."""
-    members = [m for m in getattr(predictor, "members", []) if m is not predictor]
+    members = _members(predictor)
     return {"model": predictor.name, "model_sha256": str(predictor.card.get("sha256", "")) or None,
             "members": [{"name": m.name, "sha256": m.card.get("sha256")} for m in members],
             "demo": bool(predictor.card.get("demo")), "calibrated": calibrated(predictor)}
