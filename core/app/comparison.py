@@ -16,6 +16,7 @@ import pandas as pd
 from core.app.registry import short_location
 from core.app.run_files import read_run_files
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
+from core.evaluation.metrics import split_name
 from core.model.folders import read_card
 
 
@@ -65,7 +66,7 @@ def group_title(index: int, protocol: str, members: list[Run]) -> str:
     """'Group 1: 2 models on the same patient-wise test images'; a cross-validation's pooled figures
     are out-of-fold images (every patient tested once), not a test split."""
     several = len(members) > 1
-    images = "images" if "out-of-fold" in str(protocol) else "test images"
+    images = "images" if split_name({"protocol": protocol}) == "out-of-fold" else "test images"
     return f"Group {index + 1}: {len(members)} model{'s' if several else ''} on {'the same ' if several else ''}" \
            f"{protocol} {images}"
 

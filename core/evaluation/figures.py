@@ -17,7 +17,8 @@ LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=10, r=10, t=60,
 
 def scope_text(data: dict | None) -> str:
     data = data or {}
-    where = "out-of-fold" if split_name(data) == "out-of-fold" else f"{split_name(data)} split"
+    name = split_name(data)
+    where = name if name == "out-of-fold" else f"{name} split"
     return (f"{where}, {data.get('protocol', 'unknown protocol')}, "
             f"{data.get('images', '?')} images, {data.get('cases', '?')} cases")
 
