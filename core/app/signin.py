@@ -156,7 +156,7 @@ def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
         return None
     if not polled:
         st.session_state[ACTIVE_KEY] = now
-    if fresh or time.monotonic() - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
+    if fresh or now - st.session_state.get(CHECKED_KEY, float("-inf")) >= CHECK_SECONDS:
         from core.store.sessions import check
 
         checked = check(store(), st.session_state.get(SESSION_KEY) or "", session_minutes())
