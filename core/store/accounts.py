@@ -19,7 +19,6 @@ from sqlalchemy import func, select, update
 from core.errors import UserInputError
 from core.store import sessions
 from core.store.audit import Store
-from core.store.db import store_errors
 from core.store.models import User, utc_now
 from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
 
@@ -45,13 +44,13 @@ def _check_new(name: str, password: str | None, role: str) -> None:
 
 
 def has_accounts(store: Store) -> bool:
-    with store_errors("The accounts could not be read"), store.session() as session:
+    with store.reading("The accounts could not be read") as session:
         return bool(session.scalar(select(func.count()).select_from(User)))
 
 
 def list_accounts(store: Store) -> list[dict]:
     """Accounts without their hashes (for the accounts page and `users list`)."""
-    with store_errors("The accounts could not be read"), store.session() as session:
+    with store.reading("The accounts could not be read") as session:
         return [{"name": u.name, "role": u.role, "active": u.active, "sso_only": u.password_hash is None,
                  "created_at": u.created_at, "last_sign_in": u.last_sign_in, "locked_until": u.locked_until}
                 for u in session.scalars(select(User).order_by(User.name))]
@@ -60,7 +59,7 @@ def list_accounts(store: Store) -> list[dict]:
 def add_account(store: Store, name: str, password: str | None, role: str, by: str = SYSTEM) -> None:
     """Create an account (password None: single sign-on only). Audited as an account change by `by`."""
     _check_new(name, password, role)
-    with store_errors("The account could not be created"), store.session() as session, session.begin():
+    with store.transaction("The account could not be created") as session:
         if session.scalar(select(User).where(User.name == name)):
             raise UserInputError(f"an account named {name!r} already exists")
         session.add(User(name=name, role=role, active=True, failed_sign_ins=0,
@@ -75,7 +74,7 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
     Disabling the account or setting a new password revokes all its sign-in sessions (a browser's
     cookie is refused from then on); a role change needs none: every page run reads the role anew."""
     changes, revoked = {}, 0
-    with store_errors("The account could not be changed"), store.session() as session, session.begin():
+    with store.transaction("The account could not be changed") as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
             raise UserInputError(f"no account named {name!r}")
@@ -106,7 +105,7 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
     password during the lock is refused too, so guessing gains nothing).
     """
     now = now or utc_now()
-    with store_errors("The sign-in could not be checked"), store.session() as session, session.begin():
+    with store.transaction("The sign-in could not be checked") as session:
         user = session.scalar(select(User).where(User.name == name).with_for_update())
         if user is None or user.password_hash is None:
             _verify(_dummy_hash(), password)
@@ -172,7 +171,7 @@ def _locked_message(locked_until: datetime.datetime) -> str:
 
 def sso_account(store: Store, name: str) -> dict | None:
     """The active account an identity provider's user maps to (by e-mail or name), or None."""
-    with store_errors("The account could not be read"), store.session() as session:
+    with store.reading("The account could not be read") as session:
         user = session.scalar(select(User).where(User.name == name))
         return {"name": user.name, "role": user.role} if user is not None and user.active else None
 

@@ -9,6 +9,7 @@ database trigger, so even a hand-written UPDATE fails. A correction is a new row
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import importlib.metadata
@@ -81,6 +82,19 @@ class Store:
     def session(self) -> Session:
         return self.sessions()
 
+    @contextlib.contextmanager
+    def reading(self, what: str):
+        """A session for reads; a busy or unreachable database is a StoreError starting with `what`."""
+        with store_errors(what), self.session() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def transaction(self, what: str):
+        """A session in one transaction, committed at the end (rolled back on an error); a busy or
+        unreachable database is a StoreError starting with `what` (core.store.db.store_errors)."""
+        with store_errors(what), self.sessions.begin() as session:
+            yield session
+
     # ------------------------------------------------------------ writing
 
     def record(self, kind: str, user: str, subject: str | None = None, *, image_sha256: str | None = None,
@@ -97,7 +111,7 @@ class Store:
                 raise ValueError(f"unknown audit kind {row['kind']!r}; one of {', '.join(KINDS)}")
         events = [AuditEvent(**{**row, "details": row.get("details") or {}, "at": row.get("at") or utc_now(),
                                 "app_version": app_version()}) for row in rows]
-        with store_errors("The audit record could not be written"), self.sessions.begin() as session:
+        with self.transaction("The audit record could not be written") as session:
             session.add_all(events)
             session.flush()
             return [e.id for e in events]

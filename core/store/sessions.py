@@ -42,7 +42,6 @@ from sqlalchemy import select, update
 
 from core.paths import data_dir
 from core.store.audit import Store
-from core.store.db import store_errors
 from core.store.models import User, WebSession, utc_now
 
 MAX_HOURS = 12  # a token and its cookie last one working day at most, however active the user is
@@ -128,7 +127,7 @@ def start(store: Store, name: str, key: bytes, now: datetime.datetime | None = N
     now = now or utc_now()
     session_id = secrets.token_urlsafe(32)
     expires = now + datetime.timedelta(hours=MAX_HOURS)
-    with store_errors("The session could not be started"), store.session() as session, session.begin():
+    with store.transaction("The session could not be started") as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
             raise ValueError(f"no account named {name!r}")
@@ -143,7 +142,7 @@ def check(store: Store, session_key: str, idle_minutes: float, now: datetime.dat
     Refused (and revoked from then on, so that a later check says "revoked"): idle for longer than
     `idle_minutes`, past its expiry, or its account disabled."""
     now = now or utc_now()
-    with store_errors("The session could not be checked"), store.session() as session, session.begin():
+    with store.transaction("The session could not be checked") as session:
         row = session.get(WebSession, session_key, with_for_update=True)
         if row is None:
             return Check(None, "unknown")
@@ -181,7 +180,7 @@ def resume(store: Store, token: str, key: bytes, idle_minutes: float, now: datet
 
 def revoke(store: Store, session_key: str, reason: str, now: datetime.datetime | None = None) -> bool:
     """Revoke one session (sign-out); whether it was still live."""
-    with store_errors("The session could not be ended"), store.session() as session, session.begin():
+    with store.transaction("The session could not be ended") as session:
         done = session.execute(update(WebSession).where(WebSession.id == session_key, WebSession.revoked_at.is_(None))
                                .values(revoked_at=now or utc_now(), revoked_reason=reason[:40]))
         return bool(done.rowcount)
@@ -196,6 +195,6 @@ def revoke_all(session, user_id: int, reason: str, now: datetime.datetime | None
 
 def live_sessions(store: Store, name: str) -> int:
     """How many unrevoked sessions an account has (for `users list` and the tests)."""
-    with store_errors("The sessions could not be read"), store.session() as session:
+    with store.reading("The sessions could not be read") as session:
         return len(session.scalars(select(WebSession.id).join(User, User.id == WebSession.user_id)
                                    .where(User.name == name, WebSession.revoked_at.is_(None))).all())
