@@ -217,8 +217,8 @@ def _resolve_scale(found: Scale | None, name: str, width: int, height: int, mpp:
     scale = found or image_scale(name, width, height, magnification)
     if scale is None:
         raise SlideError(f"'{name}' states no resolution: its metadata has no microns per pixel and its "
-                         "name no magnification (a BreakHis name, or a token such as _200X). Choose the magnification it was captured at "
-                         "(e.g. 200X) or give its microns per pixel.")
+                         "name no magnification (a BreakHis name, or a token such as _200X). Choose the "
+                         "magnification it was captured at (e.g. 200X) or give its microns per pixel.")
     return scale
 
 
