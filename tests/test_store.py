@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import delete, text, update
 from sqlalchemy.exc import DBAPIError
@@ -42,7 +43,7 @@ def test_record_and_read_back_with_filters(store):
     assert [r["id"] for r in store.events(refers_to=first)] == [second]
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     assert store.events(since=later) == []
-    csv = store.csv(kinds="diagnosis").decode()
+    csv = store.csv(kinds="diagnosis").decode("utf-8-sig")
     assert csv.splitlines()[0].startswith("id,at,kind,user") and '"{""call"": ""malignant""' in csv
     with pytest.raises(ValueError, match="unknown audit kind"):
         store.record("made_up", "ann")
@@ -57,7 +58,7 @@ def test_csv_export_makes_formulas_inert_and_keeps_the_rows(store):
         store.record("diagnosis", "ann", typed + ".png", details={"call": "benign"})
     store.record("diagnosis", "ann", "a-b=c.png", details={"call": "benign"})
     store.record("sign_in_failed", "x\r=1+1", details={"reason": "unknown account"})  # a CR must start no new row
-    exported = list(csv.DictReader(io.StringIO(store.csv(newest_first=False).decode(), newline="")))
+    exported = list(csv.DictReader(io.StringIO(store.csv(newest_first=False).decode("utf-8-sig"), newline="")))
     users = [r["user"] for r in exported if r["kind"] == "sign_in_failed"]
     subjects = [r["subject"] for r in exported if r["kind"] == "diagnosis"]
     assert users == ["'" + typed for typed in formulas] + ["x\r=1+1"]
@@ -66,6 +67,24 @@ def test_csv_export_makes_formulas_inert_and_keeps_the_rows(store):
     # The trail itself and the page's table keep the text as it was recorded.
     assert [r["user"] for r in store.events(kinds="sign_in_failed", newest_first=False)] == formulas + ["x\r=1+1"]
     assert list(store.frame(kinds="sign_in_failed", newest_first=False)["user"]) == formulas + ["x\r=1+1"]
+
+
+def test_csv_export_starts_with_a_byte_order_mark_and_reads_back_the_same_rows(store):
+    """Excel reads a CSV without a BOM in the machine's legacy code page: non-ASCII names were garbled."""
+    names = ["Zoë Müller", "李医生", "=Ørsted"]
+    for name in names:
+        store.record("sign_in_failed", name, details={"reason": "unknown account"})
+        store.record("diagnosis", "ann", name + " – biopsie.png", details={"call": "benign"})
+    exported = store.csv(newest_first=False)
+    assert exported.startswith(b"\xef\xbb\xbf") and not exported.startswith(b"\xef\xbb\xbf" * 2)
+    rows = list(csv.DictReader(io.StringIO(exported.decode("utf-8-sig"), newline="")))
+    assert list(rows[0])[0] == "id"  # the BOM is no part of the first column's name
+    assert [r["user"] for r in rows if r["kind"] == "sign_in_failed"] == names[:2] + ["'=Ørsted"]
+    assert [r["subject"] for r in rows if r["kind"] == "diagnosis"] == [
+        "Zoë Müller – biopsie.png", "李医生 – biopsie.png", "'=Ørsted – biopsie.png"]
+    frame = pd.read_csv(io.BytesIO(exported), encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == list(store.frame().columns) and frame.to_dict("records") == rows
+    assert [int(r["id"]) for r in rows] == [e["id"] for e in store.events(newest_first=False)]
 
 
 def test_audit_rows_cannot_be_changed_by_the_orm_or_by_sql(store):

@@ -161,8 +161,10 @@ class Store:
         """The filtered trail as CSV, with text a spreadsheet would run as a formula made inert.
 
         RFC 4180's CRLF line ends: the writer then quotes every cell holding a CR or LF, so a CR
-        typed into a name cannot start a new row (whose first cell would be a formula again)."""
-        return self.frame(**filters).map(_inert).to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+        typed into a name cannot start a new row (whose first cell would be a formula again).
+        UTF-8 with a byte-order mark: without one, Excel reads the file in the machine's legacy code
+        page and garbles non-ASCII user and file names (read it back with encoding="utf-8-sig")."""
+        return self.frame(**filters).map(_inert).to_csv(index=False, lineterminator="\r\n").encode("utf-8-sig")
 
 
 # CSV (formula) injection: anyone who reaches the sign-in page chooses the user cell of a failed
