@@ -13,8 +13,8 @@ session.require("review")
 store = session.store()
 
 st.title("Review queue")
-st.caption("Referred and unreviewed results first, then unreviewed ones, newest first. A review is a new "
-           "audit row; earlier reviews stay in the history.")
+st.caption("Referred and unreviewed results first, then unreviewed ones, newest first; reviewed results (if "
+           "included) below them, newest review first. A review is a new audit row; earlier reviews stay in the history.")
 
 
 def called(row: dict) -> str:
@@ -35,11 +35,11 @@ def reviewed(done: dict) -> str:
             f" — {d['comment']}")
 
 
-include = st.toggle("Include reviewed results", key="include_reviewed")
-queued = reviews.queue(store, include_reviewed=include)
-if not queued:
-    st.success("Nothing waits for review.")
-for row in queued[:50]:
+SHOWN = 50  # cards per section: each is a form
+
+
+def card(row: dict) -> None:
+    """One result: the model's call, its referral, its newest review, the kept image and the review form."""
     d = row["details"]
     done = row["review"]
     with st.container(border=True):
@@ -57,6 +57,29 @@ for row in queued[:50]:
         elif not keeping_images():
             st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")
         session.review_form(row["id"], f"queue_{row['id']}")
+
+
+def shown(rows: list, total: int, what: str) -> None:
+    """Say how many of a section are not shown, never cut one silently."""
+    if total > len(rows):
+        st.caption(f"Showing {len(rows)} of {total:,} {what}; {total - len(rows):,} more are not shown.")
+
+
+include = st.toggle("Include reviewed results", key="include_reviewed")
+queued = reviews.queue(store, include_reviewed=include, limit=SHOWN)
+if not queued.waiting_total:
+    st.success("Nothing waits for review.")
+shown(queued.waiting, queued.waiting_total, "results waiting for review (referred first, then newest)")
+for row in queued.waiting:
+    card(row)
+if include:
+    st.subheader(f"Reviewed ({queued.reviewed_total:,})")
+    st.caption("Newest review first.")
+    shown(queued.reviewed, queued.reviewed_total, "reviewed results")
+    for row in queued.reviewed:
+        card(row)
+if queued.older_not_scanned:
+    st.caption(f"The queue looks through the newest {reviews.QUEUE_SCAN:,} results; older ones are not listed.")
 
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")

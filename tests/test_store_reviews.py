@@ -29,6 +29,24 @@ def diagnosed(predictor, samples_dir):
     return items, service.diagnose_items(predictor, items, refer_threshold=0.99)
 
 
+def test_included_reviewed_results_are_listed_even_behind_more_than_the_limit_of_unreviewed(store):
+    """The limit was applied after sorting the reviewed behind the unreviewed: with 200 results waiting,
+    'include reviewed' showed no reviewed result at all."""
+    details = {"call": "benign", "subtype": "fibroadenoma", "confidence": 0.9, "refer": False}
+    older = store.record_many([dict(kind="diagnosis", user="ann", subject=f"old-{i}.png", details=details)
+                               for i in range(3)])
+    waiting = store.record_many([dict(kind="diagnosis", user="ann", subject=f"new-{i}.png", details=details)
+                                 for i in range(205)])
+    first, second = reviews.review(store, "bob", older[2]), reviews.review(store, "bob", older[0])
+    queued = reviews.queue(store, include_reviewed=True, limit=200)
+    assert [r["id"] for r in queued.reviewed] == [older[0], older[2]]  # newest review first
+    assert [r["review"]["id"] for r in queued.reviewed] == [second, first]
+    assert [r["id"] for r in queued.waiting] == sorted(waiting + older[1:2], reverse=True)[:200]
+    assert (queued.waiting_total, queued.reviewed_total, queued.older_not_scanned) == (206, 2, False)
+    alone = reviews.queue(store, limit=200)
+    assert alone.reviewed == [] and alone.reviewed_total == 2 and len(alone.waiting) == 200
+
+
 def test_a_diagnosis_is_recorded_with_everything_the_issue_names(store, predictor, diagnosed):
     items, results = diagnosed
     settings = records.diagnosis_settings(predictor, tta=False, method="gradcam", refer_threshold=0.99,
@@ -55,7 +73,7 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
     unflagged = service.diagnose_items(predictor, items[:1], refer_threshold=0.0)
     assert not unflagged[0].refer
     calm = records.record_diagnosis(store, "ann", unflagged, predictor, {**settings, "refer_threshold": 0.0})
-    queued = reviews.queue(store)
+    queued = reviews.queue(store).waiting
     assert [r["id"] for r in queued] == sorted(ids, reverse=True) + list(calm.values())  # the referred first
     first = store.event(ids[0])
     model_call = first["details"]["call"]
@@ -67,8 +85,8 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
     latest = reviews.latest_reviews(store, [ids[0]])[ids[0]]
     assert latest["id"] == correction and latest["details"]["label"] == other and latest["details"]["agree"] is False
     assert store.event(agree)["details"]["comment"] == "looks right"  # the earlier review is untouched
-    assert ids[0] not in [r["id"] for r in reviews.queue(store)]
-    assert ids[0] in [r["id"] for r in reviews.queue(store, include_reviewed=True)]
+    assert ids[0] not in [r["id"] for r in reviews.queue(store).waiting] and not reviews.queue(store).reviewed
+    assert ids[0] in [r["id"] for r in reviews.queue(store, include_reviewed=True).reviewed]
     case_rows = reviews.history(store, case="14-9146")
     assert [r["kind"] for r in case_rows].count("review") == 2 and len(case_rows) == 2 + 2 + 1  # 2 calls, 1 repeat
     assert list(calm.values())[0] in [r["id"] for r in case_rows]

@@ -11,6 +11,7 @@ which Retrain can add to the training split.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 from core.data.breakhis import IMAGE_EXTENSIONS
@@ -75,18 +76,32 @@ def latest_reviews(store: Store, audit_ids) -> dict[int, dict]:
     return newest
 
 
-def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> list[dict]:
-    """Results to review: referred and unreviewed first, then unreviewed, newest first within each."""
-    results = store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN)
+@dataclasses.dataclass
+class Queue:
+    """The review queue, one list per category, each cut to the page's limit on its own: a limit never
+    hides a whole category. The totals count every result of a category among the newest QUEUE_SCAN
+    results, so the page can say how many it does not show; `older_not_scanned` says results older
+    than those exist."""
+
+    waiting: list[dict]  # unreviewed: referred first, then the others, newest first within each
+    reviewed: list[dict]  # newest review first; empty unless asked for
+    waiting_total: int
+    reviewed_total: int
+    older_not_scanned: bool
+
+
+def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> Queue:
+    """Results to review (referred first, then newest) and, with `include_reviewed`, the reviewed ones
+    (newest review first); at most `limit` of each, every row with its newest "review" (or None)."""
+    scanned = store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN + 1)
+    results = scanned[:QUEUE_SCAN]
     reviews = latest_reviews(store, [r["id"] for r in results])
-    rows = []
-    for result in results:
-        reviewed = reviews.get(result["id"])
-        if reviewed and not include_reviewed:
-            continue
-        rows.append({**result, "review": reviewed})
-    rows.sort(key=lambda r: (r["review"] is not None, not r["details"].get("refer"), -r["id"]))
-    return rows[:limit]
+    rows = [{**result, "review": reviews.get(result["id"])} for result in results]
+    waiting = sorted((r for r in rows if r["review"] is None), key=lambda r: (not r["details"].get("refer"), -r["id"]))
+    reviewed = sorted((r for r in rows if r["review"] is not None), key=lambda r: -r["review"]["id"])
+    return Queue(waiting=waiting[:limit], reviewed=reviewed[:limit] if include_reviewed else [],
+                 waiting_total=len(waiting), reviewed_total=len(reviewed),
+                 older_not_scanned=len(scanned) > QUEUE_SCAN)
 
 
 def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
