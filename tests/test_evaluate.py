@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.app.performance import per_magnification_table
 from core.cli import main as cli
 from core.data.breakhis import index_folder
 from core.data.images import load_image
-from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, subtype_index
 from core.data.preprocess import batch_for_model
 from core.data.splits import PATIENT, make_split
-from core.evaluation.evaluate import evaluate_run
-from core.evaluation.metrics import patient_table
+from core.evaluation.evaluate import evaluate_run, predictions_frame
+from core.evaluation.metrics import classification_block, magnification_blocks, patient_table
 from core.evaluation.thresholds import recall_favouring_threshold
 from core.model.classifier import build_classifier
 from core.model.folders import load_model_folder, save_model_folder
@@ -315,3 +316,48 @@ def test_only_the_test_split_updates_the_card_and_metrics_json(metrics, run_dir,
     assert val["case_threshold"]["threshold"] == metrics["case_threshold"]["threshold"]
     assert "the val split is evaluated" in val["case_threshold"]["reason"]
     assert tested(metrics) == "test" and "8 test patients" in measured_accuracy({"metrics": metrics})
+
+
+def _table(rows) -> pd.DataFrame:
+    """A predictions table: (magnification, true subtype, called subtype) per image, one case per image."""
+    frame = pd.DataFrame([{"magnification": m, "subtype": s, "label": CLASS_OF_SUBTYPE[s], "case": f"c{i}",
+                           "protocol": PATIENT} for i, (m, s, _) in enumerate(rows)])
+    called = [CLASS_OF_SUBTYPE[c] for _, _, c in rows]
+    p_class = np.array([[0.9, 0.1] if c == "benign" else [0.1, 0.9] for c in called])
+    within = np.array([[0.9 if s == c else 0.1 / 7 for s in SUBTYPES] for _, _, c in rows])
+    return predictions_frame(frame, p_class, within)
+
+
+def test_a_recall_without_images_of_its_class_is_undefined_not_zero():
+    """A magnification without malignant images read 'malignant recall 0.0', as if every one was missed."""
+    table = _table([("40X", "adenosis", "adenosis"), ("40X", "fibroadenoma", "adenosis"),
+                    ("100X", "adenosis", "adenosis"), ("100X", "ductal_carcinoma", "ductal_carcinoma"),
+                    ("100X", "lobular_carcinoma", "adenosis")])
+    blocks = magnification_blocks(table, "test")
+    assert blocks["40X"]["stage1"]["malignant_recall"] is None
+    assert blocks["100X"]["stage1"]["malignant_recall"] == pytest.approx(0.5)
+    assert blocks["40X"]["stage1"]["macro_recall"] == 1.0  # over the classes present only
+    shown = per_magnification_table({"per_magnification": blocks}).set_index("magnification")["malignant recall"]
+    assert pd.isna(shown["40X"]) and shown["100X"] == 0.5  # the Model performance page: an empty cell, not 0.0
+    stage1 = classification_block(table["label"], table["pred_label"], table[["p_benign", "p_malignant"]].to_numpy(),
+                                  CLASSES, {})
+    assert stage1["per_class"]["benign"]["recall"] == 1.0  # specificity, defined
+    only_malignant = table[table["label"] == "malignant"]
+    malignant_only = classification_block(only_malignant["label"], only_malignant["pred_label"],
+                                          only_malignant[["p_benign", "p_malignant"]].to_numpy(), CLASSES, {})
+    benign = malignant_only["per_class"]["benign"]
+    assert benign["recall"] is None and benign["f1-score"] is None and benign["support"] == 0
+    assert benign["precision"] == 0.0  # called benign once, wrongly: a measured precision
+
+
+def test_per_subtype_figures_of_absent_or_never_called_subtypes_are_undefined():
+    table = _table([("40X", "adenosis", "adenosis"), ("40X", "adenosis", "fibroadenoma"),
+                    ("40X", "tubular_adenoma", "adenosis")])
+    block = classification_block(table["subtype"], table["pred_subtype"],
+                                 table[[f"p_{s}" for s in SUBTYPES]].to_numpy(), SUBTYPES, {})
+    per_class = block["per_class"]
+    assert per_class["adenosis"] == {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 2}
+    assert per_class["fibroadenoma"] == {"precision": 0.0, "recall": None, "f1-score": None, "support": 0}
+    assert per_class["tubular_adenoma"] == {"precision": None, "recall": 0.0, "f1-score": 0.0, "support": 1}
+    assert per_class["phyllodes_tumor"] == {"precision": None, "recall": None, "f1-score": None, "support": 0}
+    assert block["macro_f1"] == pytest.approx((0.5 + 0.0) / 2)  # the absent subtypes are not averaged in

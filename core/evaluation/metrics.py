@@ -51,13 +51,30 @@ def _rounded(values) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
+def _share(numerator, denominator) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def per_class_report(matrix: np.ndarray, labels: tuple) -> dict:
+    """Precision, recall, F1 and support of each label from a confusion matrix (rows true), None where
+    undefined rather than scikit-learn's 0.0, which reads as a measured failure: the recall and F1 of a
+    label without true images (a magnification without malignant images, a subtype absent from a split),
+    the precision of a label never called. A present label never called keeps its F1 of 0."""
+    hits, support, called = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    return {label: {"precision": _share(hits[i], called[i]), "recall": _share(hits[i], support[i]),
+                    "f1-score": _share(2 * hits[i], support[i] + called[i]) if support[i] else None,
+                    "support": float(support[i])}
+            for i, label in enumerate(labels)}
+
+
 def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data: dict) -> dict:
-    """Accuracy, balanced accuracy, macro P/R/F1, per-class report, confusion matrix, OvR ROC."""
+    """Accuracy, balanced accuracy, macro P/R/F1 (over the labels present), per-class report (None where
+    undefined), confusion matrix, OvR ROC."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     present = [label for label in labels if label in set(y_true)]
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=present, average="macro", zero_division=0)
-    report = skm.classification_report(y_true, y_pred, labels=list(labels), output_dict=True, zero_division=0)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=list(labels))
     aucs, curves = {}, {}
     for i, label in enumerate(labels):
         positive = y_true == label
@@ -74,10 +91,8 @@ def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data
         "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "macro_precision": float(precision), "macro_recall": float(recall), "macro_f1": float(f1),
         "classes_evaluated": present,
-        "per_class": {label: {k: float(report[label][k]) for k in ("precision", "recall", "f1-score", "support")}
-                      for label in labels},
-        "confusion_matrix": {"labels": list(labels),
-                             "matrix": skm.confusion_matrix(y_true, y_pred, labels=list(labels)).tolist(),
+        "per_class": per_class_report(matrix, labels),
+        "confusion_matrix": {"labels": list(labels), "matrix": matrix.tolist(),
                              "rows": "true", "columns": "predicted"},
         "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
         "roc_curves": curves,
@@ -152,6 +167,7 @@ def magnification_blocks(table: pd.DataFrame, split: str) -> dict:
         if len(rows):
             data = scope(rows, split)
             stage1 = stage1_block(rows, data)
+            # None (not 0.0) at a magnification without malignant images: an empty cell in the page's table.
             blocks[magnification] = {"stage1": {**_headline(stage1),
                                                 "malignant_recall": stage1["per_class"]["malignant"]["recall"]},
                                      "subtype8": _headline(subtype8_block(rows, data))}
