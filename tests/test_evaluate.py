@@ -361,3 +361,18 @@ def test_per_subtype_figures_of_absent_or_never_called_subtypes_are_undefined():
     assert per_class["tubular_adenoma"] == {"precision": None, "recall": 0.0, "f1-score": 0.0, "support": 1}
     assert per_class["phyllodes_tumor"] == {"precision": None, "recall": None, "f1-score": None, "support": 0}
     assert block["macro_f1"] == pytest.approx((0.5 + 0.0) / 2)  # the absent subtypes are not averaged in
+
+
+def test_the_comparison_table_shows_an_undefined_recall_as_n_a():
+    """Model performance's published-results table called round(None) on a benign-only evaluation's malignant recall."""
+    from core.app.performance import comparison_table
+
+    table = _table([("40X", "adenosis", "adenosis"), ("40X", "fibroadenoma", "adenosis")])
+    stage1 = classification_block(table["label"], table["pred_label"], table[["p_benign", "p_malignant"]].to_numpy(),
+                                  CLASSES, {})
+    metrics = {"stage1": stage1, "data": {"protocol": "patient-wise", "images": 2, "cases": 1}}
+    reference = pd.DataFrame([{"source": "paper", "model": "x", "protocol": "patient-wise", "task": "binary",
+                               "metric": "accuracy", "value": 0.9, "note": ""}])
+    rows = comparison_table(reference, metrics, "mine").set_index("metric")
+    ours = rows[rows["source"] == "this app (active model)"]
+    assert ours.loc["malignant recall", "value"] == "n/a" and ours.loc["accuracy", "value"] == "1.0"

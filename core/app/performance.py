@@ -121,6 +121,8 @@ def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: 
         image, patients = ((metrics.get("intervals") or {}).get(level) or {} for level in ("image", "patient"))
 
         def value(number, interval=None):  # with its 95% interval over cases when the metrics have one
+            if number is None:  # undefined: no image of that class in the data measured on
+                return "n/a"
             return format_interval(interval, 4) if interval else round(number, 4)
 
         rows += [{**ours, "task": "binary", "metric": "accuracy",
@@ -128,7 +130,7 @@ def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: 
                  {**ours, "task": "binary", "metric": "malignant recall",
                   "value": value(stage1["per_class"]["malignant"]["recall"], image.get("malignant_recall"))}]
         if subtype8:
-            rows += [{**ours, "task": "8-class", "metric": "accuracy", "value": round(subtype8["accuracy"], 4)},
+            rows += [{**ours, "task": "8-class", "metric": "accuracy", "value": value(subtype8["accuracy"])},
                      {**ours, "task": "8-class", "metric": "macro F1",
                       "value": value(subtype8["macro_f1"], image.get("subtype_macro_f1"))}]
         patient = metric_block(metrics, ("patient", "stage1"))
