@@ -251,15 +251,16 @@ def _predict(args) -> int:
 
 def _make_default(args) -> int:
     from core.slide.commands import choose_slide_rule
-    from core.training.recipes import install_run, make_default
+    from core.training.recipes import install_run, make_default, refuse_unused_options
 
     if (args.data is None) == (args.from_run is None):
         raise UserInputError("make-default needs --data (train it here) or --from-run RUN (install a run trained "
                              "elsewhere), one of the two")
+    refuse_unused_options(args.from_run, args.recipe, args.cross_validate, args.command)
     if args.from_run is not None:
         installed = install_run(args.from_run, args.out, args.force, args.command)
     else:
-        installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate,
+        installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate or 0,
                                  before_install=choose_slide_rule)
     print(f"Installed {installed}")
     return OK
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--recipe", choices=("full", "field", "limited"),
                          help="full: ImageNet + the whole BreakHis; limited: from scratch on a small set "
                               "(default: chosen by the number of images)")
-    default.add_argument("--cross-validate", type=int, default=0, metavar="K",
+    default.add_argument("--cross-validate", type=int, metavar="K",  # None: not typed (refused with --from-run)
                          help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     default.add_argument("--force", action="store_true", help="replace an existing model folder")

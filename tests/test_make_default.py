@@ -93,3 +93,32 @@ def test_force_replaces_a_model_folder_never_a_folder_of_other_things(tmp_path, 
     (tmp_path / "models" / "default" / "card.json").write_text("{}")
     with pytest.raises(Stop):  # a model folder may be replaced
         recipes.make_default(samples_dir, "field", tmp_path / "models" / "default", force=True)
+
+
+@pytest.mark.parametrize("typed, named", [
+    (["--recipe", "field"], "--recipe"),
+    (["--cross-validate", "3"], "--cross-validate"),
+    (["--cross-validate", "0"], "--cross-validate"),  # typed, even at its default value
+    (["--recipe", "limited", "--cross-validate", "5"], "--recipe and --cross-validate")])
+def test_from_run_refuses_the_training_options_it_would_ignore(typed, named, tmp_path, monkeypatch, capsys):
+    """--from-run installs a run already trained: --recipe and --cross-validate were silently ignored."""
+    installed = []
+    monkeypatch.setattr(recipes, "install_run", lambda *args: installed.append(args) or tmp_path / "model")
+    assert cli(["make-default", "--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "model"), *typed]) == 2
+    error = capsys.readouterr().err
+    assert f"{named} describe training" in error and "--from-run installs a run already trained" in error
+    assert not installed
+    assert cli(["make-default", "--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    assert len(installed) == 1  # without them (their defaults do not count) it installs
+
+
+def test_data_refuses_the_command_of_a_run_trained_elsewhere(tmp_path, samples_dir, monkeypatch, capsys):
+    """--command is --from-run's (what trained that run); with --data it was silently ignored."""
+    def never(config):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(recipes, "train", never)
+    monkeypatch.setattr(recipes, "cross_validate_fields", never)
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
+    assert cli(["make-default", "--data", str(samples_dir), "--out", str(tmp_path / "model"), "--command", "x"]) == 2
+    assert "--command" in capsys.readouterr().err and not (tmp_path / "model").exists()

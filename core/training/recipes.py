@@ -117,6 +117,20 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
     return out
 
 
+def refuse_unused_options(from_run, recipe: str | None, cross_validate: int | None, command: str | None) -> None:
+    """make-default either trains here (--data) or installs a run trained elsewhere (--from-run); an
+    option of the other way would be ignored without a word. None: not given (a default does not count)."""
+    if from_run is not None:
+        given = " and ".join(flag for flag, value in (("--recipe", recipe), ("--cross-validate", cross_validate))
+                             if value is not None)
+        if given:
+            raise UserInputError(f"{given} describe training, and --from-run installs a run already trained (its card "
+                                 f"keeps that run's own settings and folds): drop {given}, or train here with --data")
+    elif command is not None:
+        raise UserInputError("--command records how a run given with --from-run was trained; make-default --data "
+                             "writes its own command into the card: drop --command")
+
+
 def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, command: str | None = None) -> Path:
     """A fields cross-validation trained elsewhere (a GPU machine's `scripts/gpu_machine.sh run`,
     brought back) -> `out`, as make-default installs its own run: the final model with its cv.json,
