@@ -41,3 +41,24 @@ def test_max_trials_below_one_is_a_usage_error(tmp_path, capsys, trials):
     with pytest.raises(UserInputError, match="at least 1"):  # the Python API too
         tune(TrainConfig(data=str(tmp_path), out=str(tmp_path / "search")), max_trials=0)
     assert not (tmp_path / "search").exists()
+
+
+def test_invalid_settings_are_refused_once_before_the_search(tmp_path, capsys):
+    """KerasTuner caught each trial's refusal, retried, printed it with a traceback every time, then
+    failed (exit 1) on 'consecutive failures' after writing OUT/tuner."""
+    from core.cli import main as cli
+
+    out = tmp_path / "search"
+    assert cli(["tune", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--max-trials", "2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("data folder not found") == 1 and "Traceback" not in error and not out.exists()
+
+
+def test_a_trial_refused_stops_the_search_with_its_own_words(synthetic_breakhis, tmp_path):
+    """A refusal is the same for every trial: it ends the search, as a UserInputError, not after retries."""
+    config = TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "search"), backbone="small_cnn",
+                         weights="none", input_size=32, epochs=1, baselines=False, echo_stdout=False)
+    space = {"dropout": lambda hp: hp.Choice("dropout", [1.5])}
+    with pytest.raises(UserInputError, match="--dropout must be in"):
+        tune(config, max_trials=3, space=space)
+    assert not (tmp_path / "search" / "trials").exists()

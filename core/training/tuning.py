@@ -40,6 +40,11 @@ def validation_score(run_dir: Path) -> float:
     return 0.0 if value is None else float(value)
 
 
+class TrialRefused(UserInputError, kt.errors.FatalError):
+    """A trial's settings refused (core.training.config): the same for every trial, so it ends the search.
+    KerasTuner retries any other error, printing it each time, and then fails on the repeated failures."""
+
+
 class RunTuner(kt.Tuner):
     """A Tuner whose trials are core.training.fit runs instead of model.fit calls."""
 
@@ -55,12 +60,17 @@ class RunTuner(kt.Tuner):
         if run_dir.exists() and not (run_dir / "metrics.json").is_file():
             shutil.rmtree(run_dir)  # a trial interrupted half way is trained again
         if not (run_dir / "metrics.json").is_file():
-            train(dataclasses.replace(self.config, out=str(run_dir), **settings))
+            try:
+                train(dataclasses.replace(self.config, out=str(run_dir), **settings))
+            except UserInputError as error:
+                raise TrialRefused(str(error)) from None
         return {OBJECTIVE: validation_score(run_dir)}
 
 
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+    from core.training.config import checked
+
     if max_trials < 1:  # KerasTuner reads 0 as "no limit"
         raise UserInputError(f"--max-trials must be at least 1, not {max_trials}")
     if config.pipeline != "tfdata":  # every trial is a core.training.fit run
@@ -68,6 +78,7 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
                              "setting with `python -m core train --pipeline fields --folds 5 ...`")
     if not config.evaluate:  # a trial's score is its evaluation on validation (metrics.json)
         raise UserInputError("tune scores every trial on the validation split: drop --no-evaluate")
+    checked(config)  # before OUT/tuner is written, and refused once (not by every trial)
     out = Path(config.out)
     space = space or SPACE
     objective = kt.Objective(OBJECTIVE, direction="max")
