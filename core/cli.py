@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from core.errors import Cancelled, DatasetError, ImageError, UserInputError
-from core.options import add_dataclass_options, positive_int, whole_number
+from core.options import add_dataclass_options, whole_number
 from core.paths import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("core.cli")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--data", help="dataset folder: find the images again by file name")
 
     tune = command("tune", _tune, "hyper-parameter search (KerasTuner); every trial a run, scored on validation")
-    tune.add_argument("--max-trials", type=positive_int, default=10,  # KerasTuner reads 0 as "no limit"
+    tune.add_argument("--max-trials", type=int, default=10,  # below 1: refused by tune() (KerasTuner: no limit)
                       help="trials to run, at least 1 (default 10)")
     tune.add_argument("--search", choices=("random", "grid"), default="random")
     _add_dataclass_options(tune, "core.training.config", "TrainConfig")

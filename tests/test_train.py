@@ -435,8 +435,9 @@ def test_a_run_refused_before_it_started_does_not_block_its_out_folder(tmp_path,
 
 @pytest.mark.parametrize("command, said", [
     (["train", "--folds", "2"], "a cross-validation exists to measure every fold"),
-    (["compare", "--backbones", "small_cnn"], "compare exists to measure its candidates"),
-    (["tune", "--max-trials", "1"], "tune scores every trial on the validation split")])
+    (["compare", "--backbones", "small_cnn"], "compare exists to measure every candidate (its metrics.json): drop "
+                                              "--no-evaluate"),
+    (["tune", "--max-trials", "1"], "tune exists to measure every trial (its metrics.json): drop --no-evaluate")])
 def test_no_evaluate_is_refused_where_the_command_exists_to_measure(synthetic_breakhis, tmp_path, capsys, command, said):
     """They crashed after training the first model (FileNotFoundError: fold-0/metrics.json), and the
     retry was refused because fold-0 held a run."""
@@ -445,7 +446,8 @@ def test_no_evaluate_is_refused_where_the_command_exists_to_measure(synthetic_br
     out = tmp_path / "run"
     assert cli([*command, "--data", str(synthetic_breakhis), "--out", str(out), "--backbone", "small_cnn",
                 "--weights", "none", "--input-size", "32", "--epochs", "1", "--no-evaluate"]) == 2
-    assert said in capsys.readouterr().err and not out.exists()
+    error = capsys.readouterr().err
+    assert error.count(said) == 1 and not out.exists()
 
 
 @pytest.mark.parametrize("command", [["compare", "--backbones", "small_cnn"], ["tune", "--max-trials", "1"]])
@@ -458,7 +460,8 @@ def test_compare_and_tune_refuse_the_fields_pipeline_they_would_not_train(synthe
     assert cli([*command, "--data", str(synthetic_breakhis), "--out", str(out), "--backbone", "small_cnn",
                 "--weights", "none", "--input-size", "32", "--epochs", "1", "--pipeline", "fields"]) == 2
     error = capsys.readouterr().err
-    assert "tf.data runs only, not --pipeline fields" in error and "train --pipeline fields --folds 5" in error
+    assert f"{command[0]} trains tf.data runs only, not --pipeline fields; measure each fields setting with `python " \
+           "-m core train --pipeline fields --folds 5 ...` and compare their cv.json" in error  # one sentence for both
     assert not out.exists()
 
 

@@ -37,7 +37,10 @@ def test_max_trials_below_one_is_a_usage_error(tmp_path, capsys, trials):
     from core.cli import main as cli
 
     assert cli(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "search"), "--max-trials", trials]) == 2
-    assert "--max-trials" in capsys.readouterr().err and not (tmp_path / "search").exists()
+    error = capsys.readouterr().err
+    assert "--max-trials" in error and not (tmp_path / "search").exists()
+    if trials != "two":  # a number below 1: tune()'s one check, the words the Python API gets
+        assert error == f"error: --max-trials must be at least 1, not {trials}\n"
     with pytest.raises(UserInputError, match="at least 1"):  # the Python API too
         tune(TrainConfig(data=str(tmp_path), out=str(tmp_path / "search")), max_trials=0)
     assert not (tmp_path / "search").exists()

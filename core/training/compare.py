@@ -54,16 +54,10 @@ def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named
 
 def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     """Train every (backbone, input size) on config's split; returns and writes the comparison."""
-    from core.training.config import checked
+    from core.training.config import checked, refuse_unmeasured
     from core.training.fit import train
 
-    if config.pipeline != "tfdata":  # every candidate is a core.training.fit run
-        raise UserInputError(f"compare trains tf.data runs only, not --pipeline {config.pipeline}; measure each fields "
-                             "candidate with `python -m core train --pipeline fields --folds 5 --backbone B "
-                             "--input-size S` and compare their cv.json")
-    if not config.evaluate:
-        raise UserInputError("compare exists to measure its candidates on the same split: drop --no-evaluate "
-                             "(train one candidate with `python -m core train --no-evaluate`)")
+    refuse_unmeasured(config, "compare", "candidate")
     out = Path(config.out)
     runs = {f"{backbone}-{size}": dataclasses.replace(config, backbone=backbone, input_size=size,
                                                       out=str(out / f"{backbone}-{size}")) for backbone, size in pairs}

@@ -143,6 +143,18 @@ def checked(config: TrainConfig | dict) -> TrainConfig:
     return config
 
 
+def refuse_unmeasured(config: TrainConfig, command: str, each: str) -> None:
+    """compare and tune train core.training.fit (tf.data) runs and choose by each one's evaluation
+    (metrics.json): the fields pipeline and --no-evaluate are refused in words, before anything is written."""
+    if config.pipeline != "tfdata":
+        raise UserInputError(f"{command} trains tf.data runs only, not --pipeline {config.pipeline}; measure each "
+                             "fields setting with `python -m core train --pipeline fields --folds 5 ...` and compare "
+                             "their cv.json")
+    if not config.evaluate:
+        raise UserInputError(f"{command} exists to measure every {each} (its metrics.json): drop --no-evaluate (train "
+                             "one run unmeasured with `python -m core train --no-evaluate`)")
+
+
 def validate(config: TrainConfig) -> None:
     """All setting problems at once, in words, before anything is written."""
     problems = []

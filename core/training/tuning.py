@@ -69,15 +69,11 @@ class RunTuner(kt.Tuner):
 
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder."""
-    from core.training.config import checked
+    from core.training.config import checked, refuse_unmeasured
 
-    if max_trials < 1:  # KerasTuner reads 0 as "no limit"
+    if max_trials < 1:  # KerasTuner reads 0 as "no limit"; the one check, for the CLI too
         raise UserInputError(f"--max-trials must be at least 1, not {max_trials}")
-    if config.pipeline != "tfdata":  # every trial is a core.training.fit run
-        raise UserInputError(f"tune trains tf.data runs only, not --pipeline {config.pipeline}; measure each fields "
-                             "setting with `python -m core train --pipeline fields --folds 5 ...`")
-    if not config.evaluate:  # a trial's score is its evaluation on validation (metrics.json)
-        raise UserInputError("tune scores every trial on the validation split: drop --no-evaluate")
+    refuse_unmeasured(config, "tune", "trial")  # a trial's score is its evaluation on validation
     checked(config)  # before OUT/tuner is written, and refused once (not by every trial)
     out = Path(config.out)
     space = space or SPACE
