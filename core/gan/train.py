@@ -30,7 +30,7 @@ from core.gan.sampling import field_px, noise_map, save_sample_grid
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
 from core.paths import portable
-from core.training.progress import ProgressWriter, keras_callback
+from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
 CHECKPOINT = "checkpoint.weights.h5"
 
@@ -53,12 +53,14 @@ class PatchBatches(keras.utils.PyDataset):
 
 
 class RunCallbacks(keras.callbacks.Callback):
-    """Checkpoints every checkpoint_every steps and at the end, sample grids, the step limit and
-    stop requests (checked after each step; the generator is saved as it stands)."""
+    """Checkpoints every checkpoint_every steps and at the end, sample grids, the step limit, stop
+    requests (checked after each step; the generator is saved as it stands) and the progress "step"
+    events: every log_every steps of the run and at its last step, completed or stopped."""
 
-    def __init__(self, config: GanConfig, out_dir: Path, stop):
+    def __init__(self, config: GanConfig, out_dir: Path, stop, progress: ProgressWriter):
         super().__init__()
         self.config, self.out_dir, self.stop, self.cancelled = config, out_dir, stop, False
+        self.progress = progress
         self.fixed_noise = noise_map(config.seed + 12345, 8, config.image_size, config.image_size,
                                      noise_channels(config))
 
@@ -83,6 +85,9 @@ class RunCallbacks(keras.callbacks.Callback):
             self.model.stop_training = True
         elif self.stop():
             self.cancelled = self.model.stop_training = True
+        if step % self.config.log_every == 0 or self.model.stop_training:  # reading the logs syncs JAX state
+            self.progress.emit("step", step=batch + 1, steps=self.config.checkpoint_every, metrics=metric_floats(logs),
+                               message=f"GAN {self.config.name}")
 
     def on_train_end(self, logs=None):
         self._sync()
@@ -191,14 +196,15 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                       f"GAN {config.name}: {len(train.paths)} fields at {config.mpp} um/px ({len(held.paths)} held out, "
                       f"{len(train.skipped)} not usable), {config.image_size}-px patches, {gan.precision}, "
                       f"from step {step}"))
-    started, callbacks = time.time(), RunCallbacks(config, out_dir, stop)
+    started, callbacks = time.time(), RunCallbacks(config, out_dir, stop, progress)
     history = None
     if step < config.steps:
         epochs = math.ceil(config.steps / config.checkpoint_every)
         history = gan.fit(PatchBatches(PatchSampler(train, config.image_size, config.subtypes), config, step),
                           initial_epoch=step // config.checkpoint_every, epochs=epochs, shuffle=False, verbose=0,
+                          # The epoch events; the step events come from RunCallbacks, on the run's log_every.
                           callbacks=[callbacks, keras_callback(progress, epochs, config.checkpoint_every,
-                                                               f"GAN {config.name}", min_interval=0.0)])
+                                                               f"GAN {config.name}", min_interval=math.inf)])
     step = gan.steps_done
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history and history.history else {}
     card = {"name": config.name, "image_size": config.image_size, "latent_dim": config.latent_dim,
