@@ -1,11 +1,17 @@
-"""`python -m core gan train`'s options do what they say: --log-every sets the progress cadence."""
+"""`python -m core gan train`'s options do what they say: --log-every sets the progress cadence, and
+--resume refuses the options that would change the run instead of dropping them in silence."""
 
+import dataclasses
 import itertools
 import json
 
+import pytest
+
+from core.cli import USER_ERROR
 from core.cli import main as cli
 from core.gan.model import GanConfig
 from core.gan.train import train_gan
+from core.jsonfile import read_json, write_json_atomic
 from core.options import to_argv
 
 # As tests/test_gan.py: 16-px patches of the synthetic set at 4 um/px, a few steps.
@@ -29,3 +35,51 @@ def test_log_every_sets_how_often_progress_is_written_and_printed(synthetic_brea
     calls = itertools.count()
     train_gan(config, synthetic_breakhis, tmp_path / "stopped", stop=lambda: next(calls) >= 3)  # stops after 4
     assert _steps_logged((tmp_path / "stopped" / "progress.jsonl").read_text().splitlines()) == [3, 4]
+
+
+
+@pytest.fixture
+def resume(tmp_path, monkeypatch):
+    """`gan train --resume OPTIONS` on a run folder whose config is not the defaults, with the training
+    itself stubbed (the options are settled before it): -> (exit code, the config it would train with)."""
+    import core.gan.train as gan_train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = GanConfig(name="saved", subtypes=("adenosis",), steps=100, lr_g=1e-3, **TINY)
+    write_json_atomic(out / "config.json", dataclasses.asdict(saved))
+    trained = []
+    monkeypatch.setattr(gan_train, "_run", lambda config, *_: trained.append(config))
+
+    def run(*options):
+        trained.clear()
+        code = cli(["gan", "train", "--data", str(tmp_path / "unread"), "--out", str(out), "--resume", *options])
+        return code, (trained[0] if trained else None)
+
+    run.saved, run.config = saved, out / "config.json"
+    return run
+
+
+def test_resume_refuses_given_options_that_differ_from_the_run(resume, capsys):
+    """--resume --latent-dim 16 --lr-g 2e-4 trained on with the run's 8 and 1e-3, without a word."""
+    code, trained = resume("--steps", "200", "--latent-dim", "16", "--lr-g", "2e-4", "--subtypes", "adenosis",
+                           "fibroadenoma", "--no-fine-noise")
+    err = capsys.readouterr().err
+    assert code == USER_ERROR and trained is None
+    for option, saved, given in (("--latent-dim", "8", "16"), ("--lr-g", "0.001", "0.0002"),
+                                 ("--subtypes", "adenosis", "adenosis fibroadenoma"),
+                                 ("--no-fine-noise (fine_noise)", "True", "False")):
+        assert f"{option}: saved {saved}, given {given}" in err, err
+    assert "new --out" in err and "--steps:" not in err
+    assert GanConfig.from_dict(read_json(resume.config)) == resume.saved  # nothing written
+
+
+def test_resume_applies_steps_and_cadences_and_ignores_options_not_given(resume):
+    """Only what the command line gave counts: defaults (latent_dim 32, lr_g 2e-4, steps 6000...) are
+    not the user's choice, and a given option equal to the run's is no conflict."""
+    code, trained = resume()
+    assert code == 0 and trained == resume.saved  # the run's own steps too, not the default 6000
+    code, trained = resume("--steps", "300", "--log-every", "7", "--sample-every", "50", "--latent-dim", "8",
+                           "--subtypes", "adenosis", "--lr-g", "0.001")
+    assert code == 0 and trained == dataclasses.replace(resume.saved, steps=300, log_every=7, sample_every=50)
+    assert GanConfig.from_dict(read_json(resume.config)) == trained

@@ -6,6 +6,7 @@ the classifier's commands; `add_gan_commands` adds them to the `gan` sub-parser.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -23,16 +24,28 @@ def seed(text: str) -> int:
     return whole_number(text, 0)
 
 
+def _given_options(args) -> dict:
+    """The GanConfig options on the command line: the others are None (add_gan_commands) or, for a
+    switch, its default (a switch can only be given to change it)."""
+    from core.gan.model import GanConfig
+    from core.options import default_of
+
+    names = {f.name for f in dataclasses.fields(GanConfig)}
+    return {k: v for k, v in vars(args).items()
+            if k in names and v is not None and not (isinstance(v, bool) and v == default_of(GanConfig, k))}
+
+
 def _gan_train(args) -> int:
-    """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator."""
+    """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator.
+    Only the options given count: a resumed run refuses those that would change it (core.gan.train)."""
     from core.gan.model import GanConfig
     from core.gan.train import train_gan
-    from core.options import from_args
 
-    config = from_args(GanConfig, args, name=args.name if args.name != "gan" else Path(args.out).name)
+    given = _given_options(args)
+    config = GanConfig(**{"name": Path(args.out).name, **given})
     cancelled = []
     signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
-    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled))
+    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled), given=tuple(given))
     return CANCELLED if cancelled else 0
 
 
@@ -83,8 +96,14 @@ def add_gan_commands(gan) -> None:
     gan_train.set_defaults(handler=_gan_train)
     gan_train.add_argument("--data", required=True, help="BreakHis folder (any layout)")
     gan_train.add_argument("--out", required=True, help="run folder, e.g. runs/gan-NAME")
-    gan_train.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+    gan_train.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings, "
+                           "to --steps if given (--sample-every and --log-every may change too; other options "
+                           "that differ from the run's are refused)")
     add_dataclass_options(gan_train, "core.gan.model", "GanConfig")
+    # An option not given is None (its help still shows its default), so --resume tells a choice from a default.
+    from core.gan.model import GanConfig
+
+    gan_train.set_defaults(**{f.name: None for f in dataclasses.fields(GanConfig) if not isinstance(f.default, bool)})
     sample = gan_commands.add_parser("sample", help="write synthetic images from a generator folder")
     sample.set_defaults(handler=_gan_sample)
     sample.add_argument("--model", required=True)

@@ -35,6 +35,8 @@ LOSSES = ("hinge", "non_saturating")
 # majority of the data); coarser would shrink nuclei (8-12 um) below 5-8 px. See core.gan.patches.
 GAN_MPP = 1.5625
 _SN = layers.SpectralNormalization
+# The options `gan train --resume` applies; any other one defines the run and stays as it began.
+RESUMABLE = ("steps", "sample_every", "log_every")
 
 
 @dataclasses.dataclass

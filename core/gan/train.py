@@ -24,11 +24,12 @@ from core.data.selection import select_images
 from core.data.stain_reference import fit_normalizer
 from core.errors import UserInputError
 from core.gan.adversarial import TextureGAN
-from core.gan.model import UPSCALE, GanConfig, build_discriminator, build_generator, noise_channels
+from core.gan.model import RESUMABLE, UPSCALE, GanConfig, build_discriminator, build_generator, noise_channels
 from core.gan.patches import PatchSampler, holdout_split, load_fields
 from core.gan.sampling import field_px, noise_map, save_sample_grid
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
+from core.options import flag
 from core.paths import portable
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
@@ -152,11 +153,38 @@ def training_fields(data_dir, config: GanConfig, normalizer=None):
     return train, held, fingerprint
 
 
-def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=lambda: False) -> Path:
-    """Train (or resume up to config.steps) a GAN; returns the generator folder out_dir/model.
+def resumed_config(saved: GanConfig, config: GanConfig, given, out_dir) -> GanConfig:
+    """The saved run's config with the given RESUMABLE options of `config` applied. Any other given
+    option that differs from the run's is refused, all of them named: it was silently dropped."""
+    differ = [name for name in given if name not in RESUMABLE and getattr(config, name) != getattr(saved, name)]
+    if differ:
+        raise UserInputError(
+            f"Cannot resume {out_dir} with other settings than it began with: "
+            + "; ".join(f"{_option_name(name)}: saved {_shown(getattr(saved, name))}, "
+                        f"given {_shown(getattr(config, name))}" for name in differ)
+            + ". Leave them out to continue the run, or choose a new --out to train with them (a resumed run "
+            f"may change only {', '.join(_option_name(name) for name in RESUMABLE)})")
+    return dataclasses.replace(saved, **{name: getattr(config, name) for name in given if name in RESUMABLE})
 
-    Progress goes to out_dir/progress.jsonl in the classifier's format (start, then Keras epochs of
-    checkpoint_every steps, end). A failure writes "error" and a failed "end", then raises.
+
+def _option_name(name: str) -> str:
+    default = getattr(GanConfig, name, None)
+    return f"{flag(name, default)} ({name})" if isinstance(default, bool) else flag(name)
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=lambda: False,
+              given=("steps",)) -> Path:
+    """Train (or resume) a GAN; returns the generator folder out_dir/model.
+
+    `given`: the fields of `config` its caller chose (the CLI: the options on its command line). A
+    resumed run keeps its saved config but for the given RESUMABLE ones, and refuses other given ones
+    that differ (resumed_config). Progress goes to out_dir/progress.jsonl in the classifier's format
+    (start, then Keras epochs of checkpoint_every steps, end). A failure writes "error" and a failed
+    "end", then raises.
     """
     out_dir, config_path = Path(out_dir), Path(out_dir) / "config.json"
     if config_path.exists() and not resume:
@@ -168,7 +196,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
             saved = GanConfig.from_dict(read_json(config_path))
         except (OSError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as error:  # damaged or edited
             raise UserInputError(f"Cannot resume: {config_path} is not a GAN run's config ({error})") from None
-        config = dataclasses.replace(saved, steps=config.steps)
+        config = resumed_config(saved, config, given, out_dir)
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
     write_json_atomic(config_path, dataclasses.asdict(config))
     progress = ProgressWriter(out_dir / "progress.jsonl")
