@@ -114,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), only=None, unse
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]
         help_text = switch_help(field) if default is True else meta.get("help", "")
-        if not required and not isinstance(default, bool) and default not in (None, (), []):
+        if (not required and not isinstance(default, bool) and default not in (None, (), [])
+                and "(default:" not in help_text):  # a help that words its own default keeps it
             shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
             help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"
         parser.add_argument(flag(field.name, default), dest=field.name, required=required, default=default,

@@ -214,3 +214,13 @@ def test_the_fields_pipeline_refuses_no_evaluate_and_a_missing_weights_file_is_r
     with pytest.raises(UserInputError, match=r"--weights: neither imagenet nor none nor a file: .*missing\.h5"):
         checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), weights=str(tmp_path / "missing.h5")))
     assert not (tmp_path / "run").exists()
+
+
+def test_every_help_names_its_default_once():
+    """gan train --name's help read "(default: the --out folder name) (default: gan)"."""
+    from core.cli import build_parser
+
+    parser = build_parser()
+    for path in (("train",), ("compare",), ("tune",), ("gan", "train"), ("gan", "sample")):
+        for action in _actions(parser, *path).values():
+            assert (action.help or "").count("(default:") <= 1, (path, action.dest, action.help)
