@@ -65,3 +65,44 @@ def test_a_trial_refused_stops_the_search_with_its_own_words(synthetic_breakhis,
     with pytest.raises(UserInputError, match="--dropout must be in"):
         tune(config, max_trials=3, space=space)
     assert not (tmp_path / "search" / "trials").exists()
+
+
+def _trials_recorded_by(monkeypatch, score=0.5):
+    """Trials that record the config each was given and score `score` at once (nothing is trained)."""
+    import json
+    from pathlib import Path
+
+    seen = []
+
+    def train(config):
+        seen.append(config)
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "metrics.json").write_text(json.dumps({"validation": {"stage1_balanced_accuracy": score}}))
+
+    monkeypatch.setattr("core.training.fit.train", train)
+    return seen
+
+
+def test_options_typed_are_held_in_every_trial(synthetic_breakhis, tmp_path, monkeypatch, capsys):
+    """tune replaced a typed --dropout, --learning-rate or --balance with values drawn from its space."""
+    from core.cli import main as cli
+
+    seen, out = _trials_recorded_by(monkeypatch), tmp_path / "search"
+    typed = ["--learning-rate", "0.02", "--dropout", "0.1", "--balance", "oversample"]
+    assert cli(["tune", "--data", str(synthetic_breakhis), "--out", str(out), "--max-trials", "3", *typed]) == 0
+    assert len(seen) == 3 and {(c.learning_rate, c.dropout, c.balance) for c in seen} == {(0.02, 0.1, "oversample")}
+    table = pd.read_csv(out / "search.csv")  # the summary shows the held values, and the other settings searched
+    assert set(table.learning_rate) == {0.02} and set(table.dropout) == {0.1} and set(table.balance) == {"oversample"}
+    assert "'dropout': 0.1" in capsys.readouterr().out
+    config = TrainConfig(data=str(synthetic_breakhis), out=str(out), dropout=0.2)
+    with pytest.raises(UserInputError, match="dropout: held at 0.1 there, held at 0.2 here"):  # resumed otherwise
+        tune(config, max_trials=4)
+    assert len(seen) == 3
+
+
+def test_a_setting_named_held_keeps_even_its_default(synthetic_breakhis, tmp_path, monkeypatch):
+    """A caller that knows what was typed names it (`held`), so a typed default is held too."""
+    seen = _trials_recorded_by(monkeypatch)
+    best = tune(TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "search")), max_trials=2, held=("dropout",))
+    assert [c.dropout for c in seen] == [0.5, 0.5] and best["held"] == {"dropout": 0.5}
+

@@ -3,10 +3,11 @@
     python -m core tune --data DIR --out runs/search --max-trials 12 [--search random|grid] [train options]
 
 KerasTuner's oracle proposes learning rate, dropout, L2, head width, balancing and augmentation
-strength; each trial trains a run folder OUT/trials/<id> with its own progress stream
-(core.training.fit), is scored on the patient-wise VALIDATION split (never on test), and the
-oracle keeps its state in OUT/tuner, so a search that stopped resumes where it left off. The best
-trial is copied to OUT/best, a normal run folder; OUT/search.csv lists every trial.
+strength, but for the ones the caller chose, each held at its value in every trial. Each trial
+trains a run folder OUT/trials/<id> with its own progress stream (core.training.fit), is scored
+on the patient-wise VALIDATION split (never on test), and the oracle keeps its state in OUT/tuner,
+so a search that stopped resumes where it left off (with the same held settings). The best trial
+is copied to OUT/best, a normal run folder; OUT/search.csv lists every trial.
 """
 
 from __future__ import annotations
@@ -32,6 +33,42 @@ SPACE = {
     "balance": lambda hp: hp.Choice("balance", ["class_weights", "oversample", "none"]),
     "augment_strength": lambda hp: hp.Choice("augment_strength", [0.5, 1.0, 2.0]),
 }
+
+
+def chosen_settings(config, space: dict) -> tuple[str, ...]:
+    """The searched settings whose value in `config` is not TrainConfig's default: the caller chose
+    them, so the search holds them. A default typed on purpose cannot be told apart here: name it in `held`."""
+    from core.options import default_of
+
+    return tuple(name for name in space if getattr(config, name) != default_of(type(config), name))
+
+
+def held_space(space: dict, held: dict) -> dict:
+    """`space` with each setting of `held` fixed at its value (hp.Fixed: KerasTuner records it in
+    every trial, so search.csv and the best settings show it)."""
+    return {name: (lambda hp, name=name: hp.Fixed(name, held[name])) if name in held else draw
+            for name, draw in space.items()}
+
+
+def _shown(config: dict | None) -> str:
+    return "searched" if config is None or "value" not in config else f"held at {config['value']}"
+
+
+def _refuse_another_space(tuner, space: dict, where: Path) -> None:
+    """A resumed search keeps the space its first trial declared (a setting held there stays held, a
+    searched one stays searched), so a search asked with other held settings is refused, not mixed."""
+    declared = kt.HyperParameters()
+    for draw in space.values():
+        draw(declared)
+    wanted = {hp.name: hp.get_config() for hp in declared.space}
+    saved = {hp.name: hp.get_config() for hp in tuner.oracle.get_space().space}
+    if not saved:
+        return
+    differ = [f"{name}: {_shown(saved.get(name))} there, {_shown(wanted.get(name))} here"
+              for name in sorted(saved.keys() | wanted.keys()) if saved.get(name) != wanted.get(name)]
+    if differ:
+        raise UserInputError(f"{where} is a search over other settings ({'; '.join(differ)}): resume it with its "
+                             "own options, or search into a new --out")
 
 
 def validation_score(run_dir: Path) -> float:
@@ -67,8 +104,11 @@ class RunTuner(kt.Tuner):
         return {OBJECTIVE: validation_score(run_dir)}
 
 
-def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0) -> dict:
-    """Run (or resume) the search; returns the best trial's settings, score and run folder."""
+def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0,
+         held=None) -> dict:
+    """Run (or resume) the search; returns the best trial's settings, score and run folder, and the
+    settings held. `held`: the names of the settings the caller chose (the options typed), each kept
+    at its value in `config`; None: those whose value is not the default (chosen_settings)."""
     from core.training.config import checked, refuse_unmeasured
 
     if max_trials < 1:  # KerasTuner reads 0 as "no limit"; the one check, for the CLI too
@@ -77,10 +117,14 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
     checked(config)  # before OUT/tuner is written, and refused once (not by every trial)
     out = Path(config.out)
     space = space or SPACE
+    chosen = chosen_settings(config, space) if held is None else held
+    held = {name: getattr(config, name) for name in space if name in chosen}
+    space = held_space(space, held)
     objective = kt.Objective(OBJECTIVE, direction="max")
     oracle = (kt.oracles.GridSearchOracle(objective=objective, max_trials=max_trials, seed=seed) if search == "grid"
               else kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed))
     tuner = RunTuner(config, space, oracle=oracle, directory=str(out), project_name="tuner", overwrite=False)
+    _refuse_another_space(tuner, space, out / "tuner")
     tuner.search()
     rows = []
     for trial in tuner.oracle.trials.values():
@@ -93,4 +137,4 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
     shutil.rmtree(best_dir, ignore_errors=True)
     shutil.copytree(out / "trials" / best.trial_id, best_dir)
     return {"trial": best.trial_id, "settings": best.hyperparameters.values, OBJECTIVE: best.score,
-            "run": str(best_dir), "trials": table}
+            "run": str(best_dir), "trials": table, "held": held}
