@@ -106,3 +106,21 @@ def test_a_setting_named_held_keeps_even_its_default(synthetic_breakhis, tmp_pat
     best = tune(TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "search")), max_trials=2, held=("dropout",))
     assert [c.dropout for c in seen] == [0.5, 0.5] and best["held"] == {"dropout": 0.5}
 
+
+@pytest.mark.parametrize("trials", ["2", "4"])  # 4: KerasTuner itself stops after 3 failures in a row
+def test_a_search_where_no_trial_finished_says_so(synthetic_breakhis, tmp_path, monkeypatch, capsys, trials):
+    """No trial finished: a FileNotFoundError copying the best trial (or KerasTuner's 'consecutive failures'),
+    exit 1 with a traceback, ended the search."""
+    from core.cli import main as cli
+
+    def train(config):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr("core.training.fit.train", train)
+    out = tmp_path / "search"
+    assert cli(["tune", "--data", str(synthetic_breakhis), "--out", str(out), "--max-trials", trials]) == 2
+    error = capsys.readouterr().err  # KerasTuner prints each failed trial's traceback as it happens; the end is words
+    assert "tune failed" not in error and "consecutive failures" not in error and not (out / "best").exists()
+    last = error.strip().splitlines()[-1]
+    assert last.startswith("error: no trial finished") and "RuntimeError: out of memory (simulated)" in last
+    assert str(out / "search.csv") in last and set(pd.read_csv(out / "search.csv").status) == {"FAILED"}

@@ -104,6 +104,19 @@ class RunTuner(kt.Tuner):
         return {OBJECTIVE: validation_score(run_dir)}
 
 
+def _finished(tuner) -> list:
+    return [trial for trial in tuner.oracle.trials.values() if trial.status == kt.engine.trial.TrialStatus.COMPLETED]
+
+
+def _none_finished(tuner, out: Path) -> str:
+    """Why there is no best trial to copy to OUT/best: the last error, and where each trial's is kept."""
+    last = next((trial.message for trial in reversed(list(tuner.oracle.trials.values())) if trial.message), "")
+    reason = next((line for line in reversed(last.strip().splitlines()) if line.strip()), "unknown")
+    return (f"no trial finished, so there is no best run: the last failed with {reason.strip()} (each trial's status "
+            f"is in {out / 'search.csv'}, its error in {out / 'tuner'}/trial_<id>/trial.json, its run in "
+            f"{out / 'trials'}/<id>); mend the cause, then search into a new --out")
+
+
 def tune(config, max_trials: int = 10, search: str = "random", space: dict | None = None, seed: int = 0,
          held=None) -> dict:
     """Run (or resume) the search; returns the best trial's settings, score and run folder, and the
@@ -125,13 +138,19 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
               else kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed))
     tuner = RunTuner(config, space, oracle=oracle, directory=str(out), project_name="tuner", overwrite=False)
     _refuse_another_space(tuner, space, out / "tuner")
-    tuner.search()
+    try:
+        tuner.search()
+    except RuntimeError as error:  # KerasTuner stops after 3 failed trials in a row
+        if "consecutive failures" not in str(error) or _finished(tuner):
+            raise
     rows = []
     for trial in tuner.oracle.trials.values():
         score = trial.metrics.get_best_value(OBJECTIVE) if trial.metrics.exists(OBJECTIVE) else None
         rows.append({"trial": trial.trial_id, "status": trial.status, OBJECTIVE: score, **trial.hyperparameters.values})
     table = pd.DataFrame(rows).sort_values(OBJECTIVE, ascending=False, na_position="last")
     table.to_csv(out / "search.csv", index=False)
+    if not _finished(tuner):
+        raise UserInputError(_none_finished(tuner, out))
     best = tuner.oracle.get_best_trials(1)[0]
     best_dir = out / "best"
     shutil.rmtree(best_dir, ignore_errors=True)
