@@ -129,3 +129,52 @@ def test_slide_threshold_needs_mosaics_of_both_kinds(option, capsys):
     into the card; --benign-mosaics 0 the same without benign-only slides."""
     assert cli(["slide-threshold", str(WHOLE_FIELD_MODEL), "--data", "nowhere", option, "0", "--dry-run"]) == 2
     assert f"{option}: must be at least 1" in capsys.readouterr().err
+
+
+def _unusable_model(kind: str, tmp_path):
+    """A model folder a pathologist might name by mistake, and a word of the message it must give."""
+    if kind == "missing":
+        return tmp_path / "nowhere", "not found"
+    if kind == "gan":
+        return REPO / "models" / "gan-default", "cannot classify images"
+    folder = tmp_path / kind
+    if kind == "empty":
+        folder.mkdir()
+        return folder, "not a model folder"
+    shutil.copytree(WHOLE_FIELD_MODEL, folder)
+    if kind == "card":
+        (folder / "card.json").write_text('{"kind": "classifier", ')
+        return folder, "not valid JSON"
+    if kind == "weights":
+        data = (folder / "model.keras").read_bytes()
+        (folder / "model.keras").write_bytes(data[: len(data) // 2])
+        return folder, "corrupt"
+    card = json.loads((folder / "card.json").read_text())  # kind == "scale": a card that states an impossible scale
+    (folder / "card.json").write_text(json.dumps({**card, "scale": {"mpp": -1, "tile_px": [700, 460]}}))
+    return folder, "scale is invalid"
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "card", "weights", "gan", "scale"])
+@pytest.mark.parametrize("run", [["--serial"], ["--workers", "2"]])
+def test_an_unusable_model_is_refused_once_before_any_slide(kind, run, slide_folder, tmp_path, monkeypatch, capsys):
+    """A bad --model logged a traceback per slide, wrote OUT/slides.csv of model errors and exited 1;
+    it is one message up front (exit 2), no slide read, no cluster started, nothing written."""
+    import core.slide.batch as batch
+
+    model, words = _unusable_model(kind, tmp_path)
+    for name in ("open_slide", "run_dask"):
+        monkeypatch.setattr(batch, name, lambda *a, **k: pytest.fail("a slide was processed with an unusable model"))
+    out = tmp_path / "out"
+    assert cli(["slides", str(slide_folder), "--out", str(out), "--model", str(model), *run]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("error:") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "weights", "scale"])
+def test_one_slide_with_an_unusable_model_is_a_message_not_a_traceback(kind, slide_folder, tmp_path, capsys):
+    model, words = _unusable_model(kind, tmp_path)
+    out = tmp_path / "out"
+    assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(out), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not out.exists()

@@ -10,7 +10,8 @@ worker's reads local and its model batches full). `--scheduler` uses an existing
 loads the model once (`_predictor`, cached per process), whichever slides it gets. The
 per-slide work is `analyse_slide`, the same function the serial run calls, so the results are
 the same file for file. Each slide's folder is complete only once its summary.json exists;
-`slides.csv` (one row per slide, errors included) is written last.
+`slides.csv` (one row per slide, errors included) is written last. The model is loaded once in
+this process before any slide (`slide_model`): an unusable --model is one message, not a row each.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data.scale import model_scale
+from core.errors import ModelFolderError, UserInputError
 from core.slide.export import SUMMARY, write_outputs
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide, slide_files
@@ -54,13 +57,24 @@ def _predictor(model: str):
     return load_predictor(model)
 
 
+def slide_model(model: str):
+    """The model, loaded and checked for slides before any slide is read: a missing, damaged or
+    wrong-kind folder raises one ModelFolderError (the CLI's exit 2), not a traceback per slide."""
+    predictor = _predictor(model)
+    try:
+        model_scale(predictor.card)  # what SlidePredictor tiles by
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFolderError(f"{model}: the card's scale cannot tile slides ({error})") from None
+    return predictor
+
+
 def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
     """One slide -> its output folder; returns the batch table's row (an unusable slide: its error)."""
     row = {"slide": Path(job.path).name, "out": job.out_dir}
     try:
         with open_slide(job.path, mpp=job.mpp, magnification=job.magnification) as reader:
-            result = SlidePredictor(_predictor(job.model), job.tiles, job.tissue).predict(reader, progress, cancelled)
-    except SlideError as error:
+            result = SlidePredictor(slide_model(job.model), job.tiles, job.tissue).predict(reader, progress, cancelled)
+    except UserInputError as error:  # the slide's or (a worker that cannot see it) the model folder's
         return {**row, "error": str(error)}
     except Exception as error:  # noqa: BLE001 - one slide's failure is its row's error; the batch goes on
         log.exception("slide %s failed", job.path)
@@ -128,6 +142,7 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
               serial: bool = False, **options) -> pd.DataFrame:
     """Every slide of `folder` -> OUT/<slide>/ and OUT/slides.csv (written last)."""
     jobs = slide_jobs(folder, out_dir, model, **options)
+    slide_model(model)  # here, once: the serial run reuses it; each worker loads its own
     rows = run_serial(jobs) if serial else run_dask(jobs, scheduler, workers)
     table = pd.DataFrame(rows)
     out = Path(out_dir)

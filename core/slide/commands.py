@@ -28,7 +28,9 @@ def _slide_options(args) -> dict:
 
 
 def _slide(args) -> int:
-    from core.slide.batch import SlideJob, analyse_slide
+    from core.slide.batch import SlideJob, analyse_slide, slide_model
+
+    slide_model(args.model)  # an unusable model: its message (exit 2) before the slide is read
 
     def progress(done, total):
         print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
