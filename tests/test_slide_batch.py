@@ -178,3 +178,30 @@ def test_one_slide_with_an_unusable_model_is_a_message_not_a_traceback(kind, sli
     assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(out), "--model", str(model)]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["slides", "slide"])
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_slide(command, where, slide_folder, tmp_path,
+                                                                           monkeypatch, capsys):
+    """--out naming a file (or a folder inside one) analysed the first slide, then crashed writing it
+    with a traceback (exit 1), the later slides never run; it is refused up front with its reason."""
+    import core.slide.batch as batch
+
+    monkeypatch.setattr(batch, "open_slide", lambda *a, **k: pytest.fail("a slide was read for an unusable --out"))
+    (tmp_path / "taken").write_text("a pathologist's notes\n")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "out"
+    target, run = (slide_folder, ["--serial"]) if command == "slides" else (slide_folder / "mosaic.tif", [])
+    assert cli([command, str(target), "--out", str(out), "--model", str(WHOLE_FIELD_MODEL), *run]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'taken'} is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "taken").read_text() == "a pathologist's notes\n"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into a read-only folder")
+def test_a_read_only_output_folder_is_refused_before_any_slide(slide_folder, tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert cli(["slides", str(slide_folder), "--out", str(tmp_path / "ro" / "out"), "--serial",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 2
+    assert "cannot be written to" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import pandas as pd
 
 from core.data.scale import model_scale
 from core.errors import ModelFolderError, UserInputError
-from core.slide.export import SUMMARY, write_outputs
+from core.slide.export import SUMMARY, check_out_folder, write_outputs
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide, slide_files
 from core.slide.tissue import TissueSettings
@@ -143,6 +143,7 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
     """Every slide of `folder` -> OUT/<slide>/ and OUT/slides.csv (written last)."""
     jobs = slide_jobs(folder, out_dir, model, **options)
     slide_model(model)  # here, once: the serial run reuses it; each worker loads its own
+    check_out_folder(out_dir)
     rows = run_serial(jobs) if serial else run_dask(jobs, scheduler, workers)
     table = pd.DataFrame(rows)
     out = Path(out_dir)

@@ -29,8 +29,10 @@ def _slide_options(args) -> dict:
 
 def _slide(args) -> int:
     from core.slide.batch import SlideJob, analyse_slide, slide_model
+    from core.slide.export import check_out_folder
 
-    slide_model(args.model)  # an unusable model: its message (exit 2) before the slide is read
+    slide_model(args.model)  # an unusable model or --out: its message (exit 2) before the slide is read
+    check_out_folder(args.out)
 
     def progress(done, total):
         print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)

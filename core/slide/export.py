@@ -13,7 +13,9 @@ b]}} (the format QuPath 0.4+ writes and reads back) and the region's tile count 
 p(malignant) as "measurements".
 
 `write_outputs` writes every file to a temporary name and renames it into place, summary.json
-last: a cancelled or failed run never leaves a folder that looks complete.
+last: a cancelled or failed run never leaves a folder that looks complete. `check_out_folder` is
+asked before any slide is read, so an --out that cannot be written is refused, not found out
+after the first slide's tiles.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from PIL import Image, ImageDraw
 from shapely import box, unary_union
 from shapely.geometry import mapping
 
+from core.errors import UserInputError
 from core.model.heatmap import colorize
 
 MALIGNANT_COLOR = [200, 0, 0]
@@ -127,6 +131,20 @@ def summary(result) -> dict:
             "tiles_total": len(plan.origins), "tiles_analysed": int(len(result.tiles)),
             "call": result.call, "statement": result.call.get("statement"), "model": result.model, "timings_s": result.timings, "notes": result.notes,
             "top_tiles": [int(result.tiles.at[t.index, "tile"]) for t in result.top]}
+
+
+def check_out_folder(out_dir) -> None:
+    """UserInputError unless `out_dir` is, or can be made as, a folder this process may write into.
+    Nothing is created: the nearest existing folder on its path is probed with a temporary file."""
+    out = Path(out_dir).absolute()
+    try:
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserInputError(f"--out {out_dir}: {existing} is a file, not a folder.")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserInputError(f"--out {out_dir}: {existing} cannot be written to ({error.strerror or error}).") from None
 
 
 def _write(path: Path, data: bytes) -> None:
