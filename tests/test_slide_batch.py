@@ -205,3 +205,16 @@ def test_a_read_only_output_folder_is_refused_before_any_slide(slide_folder, tmp
     assert cli(["slides", str(slide_folder), "--out", str(tmp_path / "ro" / "out"), "--serial",
                 "--model", str(WHOLE_FIELD_MODEL)]) == 2
     assert "cannot be written to" in capsys.readouterr().err
+
+
+def test_a_slide_whose_results_cannot_be_written_is_its_rows_error(slide_folder, tmp_path, capsys):
+    """OUT/mosaic already a file (or a full disk) crashed the whole batch with a traceback: the other
+    slides were never analysed and slides.csv never written."""
+    (tmp_path / "mosaic").write_text("not a folder\n")
+    assert cli(["slides", str(slide_folder), "--out", str(tmp_path), "--serial", "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "slides.csv").set_index("slide")
+    assert f"could not be written to {tmp_path / 'mosaic'}" in table.loc["mosaic.tif", "error"]
+    assert pd.isna(table.loc["SOB_M_MC-14-19979-200-099.png", "error"])
+    assert (tmp_path / "SOB_M_MC-14-19979-200-099" / "summary.json").is_file()

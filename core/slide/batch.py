@@ -79,7 +79,11 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
     except Exception as error:  # noqa: BLE001 - one slide's failure is its row's error; the batch goes on
         log.exception("slide %s failed", job.path)
         return {**row, "error": f"'{row['slide']}' could not be analysed ({type(error).__name__}: {error})."}
-    write_outputs(result, job.out_dir)
+    try:
+        write_outputs(result, job.out_dir)
+    except OSError as error:  # a file in the way, a full disk: this slide's row, not the batch's end
+        return {**row, "error": f"'{row['slide']}' was analysed but could not be written to {job.out_dir} "
+                                f"({error.strerror or error})."}
     call = result.call
     region = call["region"] or {}
     return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])), "region_score": region.get("score"),
