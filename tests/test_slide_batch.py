@@ -218,3 +218,24 @@ def test_a_slide_whose_results_cannot_be_written_is_its_rows_error(slide_folder,
     assert f"could not be written to {tmp_path / 'mosaic'}" in table.loc["mosaic.tif", "error"]
     assert pd.isna(table.loc["SOB_M_MC-14-19979-200-099.png", "error"])
     assert (tmp_path / "SOB_M_MC-14-19979-200-099" / "summary.json").is_file()
+
+
+def test_an_interrupted_batch_leaves_no_earlier_table_beside_its_slides(slide_folder, tmp_path, monkeypatch):
+    """Ctrl-C in a re-run into the same --out (exit 130) left the earlier run's slides.csv, which then
+    described slide folders the new run had already rewritten; the table is gone until written last."""
+    import core.slide.batch as batch
+
+    (tmp_path / "slides.csv").write_text("slide,out,label,model,error\nmosaic.tif,mosaic,benign,earlier,\n")
+    analyse = batch.analyse_slide
+    done = []
+
+    def interrupted_after_one(job, *args):
+        if done:
+            raise KeyboardInterrupt
+        done.append(analyse(job, *args))
+        return done[-1]
+
+    monkeypatch.setattr(batch, "analyse_slide", interrupted_after_one)
+    assert cli(["slides", str(slide_folder), "--out", str(tmp_path), "--serial", "--top-k", "1",
+                "--model", str(WHOLE_FIELD_MODEL)]) == 130
+    assert (tmp_path / done[0]["out"] / "summary.json").is_file() and not (tmp_path / "slides.csv").exists()

@@ -10,8 +10,9 @@ worker's reads local and its model batches full). `--scheduler` uses an existing
 loads the model once (`_predictor`, cached per process), whichever slides it gets. The
 per-slide work is `analyse_slide`, the same function the serial run calls, so the results are
 the same file for file. Each slide's folder is complete only once its summary.json exists;
-`slides.csv` (one row per slide, errors included) is written last. The model is loaded once in
-this process before any slide (`slide_model`): an unusable --model is one message, not a row each.
+`slides.csv` (one row per slide, errors included) is written last, an earlier run's removed
+first. The model is loaded once in this process before any slide (`slide_model`): an unusable
+--model is one message, not a row each.
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
     jobs = slide_jobs(folder, out_dir, model, **options)
     slide_model(model)  # here, once: the serial run reuses it; each worker loads its own
     check_out_folder(out_dir)
+    out = Path(out_dir)
+    # An earlier run's table would describe slide folders this run rewrites: gone until this one's is written
+    # (a batch stopped by Ctrl-C or a failure leaves none, as a slide's folder without summary.json is incomplete).
+    (out / BATCH_TABLE).unlink(missing_ok=True)
     rows = run_serial(jobs) if serial else run_dask(jobs, scheduler, workers)
     table = pd.DataFrame(rows)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / (BATCH_TABLE + ".partial")
     table.to_csv(partial, index=False)
