@@ -239,3 +239,13 @@ def test_an_interrupted_batch_leaves_no_earlier_table_beside_its_slides(slide_fo
     assert cli(["slides", str(slide_folder), "--out", str(tmp_path), "--serial", "--top-k", "1",
                 "--model", str(WHOLE_FIELD_MODEL)]) == 130
     assert (tmp_path / done[0]["out"] / "summary.json").is_file() and not (tmp_path / "slides.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["slide", "slides"])
+@pytest.mark.parametrize("option", [["--overlap", "2"], ["--overlap", "nan"], ["--batch-size", "0"],
+                                    ["--min-tissue", "-1"], ["--map-side", "8"]])
+def test_an_impossible_tile_option_is_a_user_error(command, option, tmp_path, capsys):
+    """--overlap 2 or --batch-size 0 ended in a ValueError traceback (exit 1) instead of its message."""
+    assert cli([command, str(tmp_path), "--out", str(tmp_path / "out"), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and option[0].lstrip("-").replace("-", "_") in err and "Traceback" not in err

@@ -28,7 +28,7 @@ import pandas as pd
 
 from core.data.labels import CLASSES, SUBTYPES
 from core.data.scale import model_scale, tile_origins
-from core.errors import Cancelled
+from core.errors import Cancelled, UserInputError
 from core.options import option
 from core.slide.call import Region, slide_call
 from core.slide.reader import SlideError, SlideReader
@@ -47,12 +47,16 @@ class TileSettings:
     readers: int = option(2, "threads decoding tiles ahead of the model")
 
     def __post_init__(self):
-        if not 0.0 <= self.overlap <= 0.9:
-            raise ValueError(f"overlap must be between 0 and 0.9, not {self.overlap}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must be between 0 and 1, not {self.min_tissue}")
-        if self.batch_size < 1 or self.top_k < 0 or self.map_side < 16 or self.readers < 1:
-            raise ValueError("batch_size >= 1, top_k >= 0, map_side >= 16 and readers >= 1 are needed")
+        """UserInputError (the CLI's exit 2, its message) naming each impossible setting."""
+        problems = [f"{name} must be {need}, not {value}" for name, value, ok, need in (
+            ("overlap", self.overlap, 0.0 <= self.overlap <= 0.9, "between 0 and 0.9"),
+            ("min_tissue", self.min_tissue, 0.0 <= self.min_tissue <= 1.0, "between 0 and 1"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "at least 1"),
+            ("top_k", self.top_k, self.top_k >= 0, "at least 0"),
+            ("map_side", self.map_side, self.map_side >= 16, "at least 16"),
+            ("readers", self.readers, self.readers >= 1, "at least 1")) if not ok]
+        if problems:
+            raise UserInputError("Invalid tile settings: " + "; ".join(problems) + ".")
 
 
 @dataclasses.dataclass(frozen=True)
