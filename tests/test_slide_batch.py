@@ -249,3 +249,14 @@ def test_an_impossible_tile_option_is_a_user_error(command, option, tmp_path, ca
     assert cli([command, str(tmp_path), "--out", str(tmp_path / "out"), *option]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and option[0].lstrip("-").replace("-", "_") in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", [["--mask-mpp", "-1"], ["--mask-mpp", "0"], ["--mask-mpp", "nan"],
+                                    ["--min-od", "0.5", "--max-od", "0.1"], ["--min-area-um2", "-5"]])
+def test_an_impossible_tissue_option_is_a_user_error(option, slide_folder, tmp_path, capsys):
+    """--mask-mpp -1 (or 0, nan) was taken silently as a tissue overview at level 0, the whole slide at full
+    resolution (gigabytes for a scanned slide); min_od above max_od found 'no tissue'. Both are refused."""
+    assert cli(["slide", str(slide_folder / "mosaic.tif"), "--out", str(tmp_path / "out"), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid tissue settings") and option[0][2:].replace("-", "_") in err
+    assert not (tmp_path / "out").exists()

@@ -15,11 +15,13 @@ fields (0.07-0.09; with the earlier 0.15 half of the test mosaic's benign fields
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
+from core.errors import UserInputError
 from core.options import option
 
 
@@ -31,6 +33,16 @@ class TissueSettings:
                            "fields have a median of ~0.07)")
     min_area_um2: float = option(2500.0, "tissue pieces smaller than this are dropped and holes smaller than "
                                  "this filled (um^2; 2500 = 50 x 50 um)")
+
+    def __post_init__(self):
+        """UserInputError naming each impossible setting: a mask_mpp of 0 or less would read the whole slide
+        at level 0 as its overview, a min_od above max_od would find no tissue anywhere."""
+        problems = [f"{need}, not {value}" for value, ok, need in (
+            (self.mask_mpp, 0 < self.mask_mpp < math.inf, "mask_mpp must be a positive number"),
+            ((self.min_od, self.max_od), 0 <= self.min_od <= self.max_od, "0 <= min_od <= max_od is needed"),
+            (self.min_area_um2, self.min_area_um2 >= 0, "min_area_um2 must be at least 0")) if not ok]
+        if problems:
+            raise UserInputError("Invalid tissue settings: " + "; ".join(problems) + ".")
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
