@@ -2,8 +2,11 @@
 127.0.0.1 giving the same files as the serial run. Tile counts are the whole-field model's
 (models/small-cnn: one 200X field per tile)."""
 
+import contextlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 
@@ -198,13 +201,42 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_slide(comman
     assert (tmp_path / "taken").read_text() == "a pathologist's notes\n"
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root writes into a read-only folder")
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` read-only for this process: mode 555, and for root (who ignores modes) the immutable flag."""
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and \
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    try:
+        try:
+            (folder / ".probe").touch()
+        except OSError:
+            yield folder
+        else:
+            (folder / ".probe").unlink()
+            pytest.skip("no way to make a folder read-only here")
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
 def test_a_read_only_output_folder_is_refused_before_any_slide(slide_folder, tmp_path, capsys):
-    (tmp_path / "ro").mkdir(mode=0o555)
-    assert cli(["slides", str(slide_folder), "--out", str(tmp_path / "ro" / "out"), "--serial",
-                "--model", str(WHOLE_FIELD_MODEL)]) == 2
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro"):
+        assert cli(["slides", str(slide_folder), "--out", str(tmp_path / "ro" / "out"), "--serial",
+                    "--model", str(WHOLE_FIELD_MODEL)]) == 2
     assert "cannot be written to" in capsys.readouterr().err
+
+
+def test_slide_threshold_into_a_read_only_model_folder_is_refused_before_the_mosaics(tmp_path, capsys):
+    """A model folder it may not write into was found out only when the chosen rule was written into
+    the card, after every mosaic had run: a PermissionError traceback (exit 1)."""
+    model = shutil.copytree(WHOLE_FIELD_MODEL, tmp_path / "model")
+    with read_only(model):
+        assert cli(["slide-threshold", str(model), "--data", str(tmp_path / "not-read")]) == 2
+    err = capsys.readouterr().err
+    assert f"{model} cannot be written to" in err and "--dry-run" in err and "Traceback" not in err
 
 
 def test_a_slide_whose_results_cannot_be_written_is_its_rows_error(slide_folder, tmp_path, capsys):

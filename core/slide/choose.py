@@ -240,9 +240,12 @@ def validate_slide_rule(model_dir, data_dir, work_dir=None, repeats: int = 2, be
     from core.errors import UserInputError
     from core.model.folders import update_card
     from core.model.loading import load_predictor
+    from core.slide.export import check_out_folder
     from core.slide.mosaic import fields_at_scale, mosaic_set
 
     predictor = load_predictor(model_dir)
+    if write:  # before the mosaics, not when their rule is written
+        check_out_folder(model_dir, "the model folder", " Use --dry-run to print the rule without writing it.")
     parts = fold_parts(model_dir, predictor.card, data_dir)
     split = "val" if parts is None else f"held-out patients of {len(parts)} folds, each by its fold's model (pooled)"
     if parts is None:

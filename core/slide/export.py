@@ -133,18 +133,19 @@ def summary(result) -> dict:
             "top_tiles": [int(result.tiles.at[t.index, "tile"]) for t in result.top]}
 
 
-def check_out_folder(out_dir) -> None:
+def check_out_folder(out_dir, what: str = "--out", hint: str = "") -> None:
     """UserInputError unless `out_dir` is, or can be made as, a folder this process may write into.
     Nothing is created: the nearest existing folder on its path is probed with a temporary file."""
-    out = Path(out_dir).absolute()
+    out = existing = Path(out_dir).absolute()
     try:
         existing = next(p for p in (out, *out.parents) if p.exists())
         if not existing.is_dir():
-            raise UserInputError(f"--out {out_dir}: {existing} is a file, not a folder.")
+            raise UserInputError(f"{what} {out_dir}: {existing} is a file, not a folder.{hint}")
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise UserInputError(f"--out {out_dir}: {existing} cannot be written to ({error.strerror or error}).") from None
+        where = "" if existing == out else f": {existing}"
+        raise UserInputError(f"{what} {out_dir}{where} cannot be written to ({error.strerror or error}).{hint}") from None
 
 
 def _write(path: Path, data: bytes) -> None:
