@@ -292,3 +292,17 @@ def test_an_impossible_tissue_option_is_a_user_error(option, slide_folder, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid tissue settings") and option[0][2:].replace("-", "_") in err
     assert not (tmp_path / "out").exists()
+
+
+def test_slides_in_hidden_folders_are_not_the_batchs(tmp_path):
+    """A share's .snapshot/ copies, a USB stick's .Trashes/ were analysed as slides of the folder
+    (only hidden file names were skipped); a folder given by a hidden path still has its slides."""
+    from core.slide.batch import slide_jobs
+
+    for name in ("a.tif", "b/c.png", ".snapshot/hourly.0/a.tif", ".Trashes/501/old.svs", "b/._c.png"):
+        (tmp_path / "share" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "share" / name).write_bytes(b"")
+    assert [job.path for job in slide_jobs(tmp_path / "share", tmp_path / "out", "model")] == [
+        str(tmp_path / "share" / "a.tif"), str(tmp_path / "share" / "b" / "c.png")]
+    (tmp_path / "share").rename(tmp_path / ".share")
+    assert len(slide_jobs(tmp_path / ".share", tmp_path / "out", "model")) == 2

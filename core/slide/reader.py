@@ -398,9 +398,10 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
 
 
 def slide_files(folder: str | os.PathLike) -> list[Path]:
-    """The slides and images directly in (or below) a folder, sorted; MRXS data folders skipped."""
+    """The slides and images directly in (or below) a folder, sorted; MRXS data folders skipped, and
+    hidden files and folders below it (a share's .snapshot copies, a stick's .Trashes, macOS ._ files)."""
     root = Path(folder)
     if not root.is_dir():
         raise SlideError(f"'{folder}' is not a folder.")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-                  and not p.name.startswith("."))
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
