@@ -137,7 +137,7 @@ def _decode(image: Image.Image, data: bytes, name: str,
     fast = _decode_plain_png(image, data)
     if fast is not None:
         return fast, notes
-    wide = _decode_16bit_rgb_tiff(image, data, name)
+    wide = _decode_16bit_rgb(image, data, name)
     if wide is not None:
         return wide[0], notes + [wide[1]]
     if max_side is not None and image.format == "JPEG" and max(image.size) > 2 * max_side:
@@ -146,10 +146,7 @@ def _decode(image: Image.Image, data: bytes, name: str,
     try:
         image.load()
     except Exception as error:  # Truncated or corrupt pixel data.
-        raise ImageError(
-            f"'{name}' is truncated or corrupt and cannot be decoded ({error}). "
-            "Re-export or re-download the file."
-        ) from None
+        raise _corrupt(name, error) from None
     return image, notes
 
 
@@ -175,13 +172,37 @@ def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
     return Image.fromarray(pixels)
 
 
-def _decode_16bit_rgb_tiff(image: Image.Image, data: bytes, name: str) -> tuple[Image.Image, str] | None:
-    """An RGB(A) TIFF of 16 bits a sample, which Pillow reports as "RGB" and decodes to its high
-    bytes (12-bit camera values come out nearly black), read by tifffile and scaled by the bits its
-    values use, as 16-bit greyscale is (_scale_to_uint8), with a note. The TIFF's orientation is
-    kept for _apply_orientation. None for any other image, or if tifffile reads it otherwise."""
-    if image.format != "TIFF" or image.mode not in ("RGB", "RGBA"):
+def _decode_16bit_rgb(image: Image.Image, data: bytes, name: str) -> tuple[Image.Image, str] | None:
+    """An RGB(A) TIFF or PNG of 16 bits a sample, which Pillow reports as "RGB" and decodes to its high
+    bytes (12-bit camera values come out nearly black and are refused as greyscale), read at its full
+    depth and scaled by the bits its values use, as 16-bit greyscale is (_scale_to_uint8), with a note.
+    The file's orientation is kept for _apply_orientation. None for any other image."""
+    read = {"TIFF": _tiff_16bit_samples, "PNG": _png_16bit_samples}.get(image.format)
+    samples = read(image, data, name) if read and image.mode in ("RGB", "RGBA") else None
+    if samples is None:
         return None
+    array, orientation = samples
+    scaled, note = _scale_to_uint8(array[..., :3], "I;16", "RGB")
+    planes = [np.clip(np.rint(scaled), 0, 255).astype(np.uint8)]
+    if array.shape[-1] == 4:  # alpha at its full 16-bit range
+        planes.append(np.rint(array[..., 3:] * (255.0 / 65535)).astype(np.uint8))
+    decoded = Image.fromarray(np.concatenate(planes, axis=-1), image.mode)
+    if orientation not in (None, 1):
+        exif = Image.Exif()
+        exif[_ORIENTATION_TAG] = orientation
+        decoded.info["exif"] = exif.tobytes()
+    return decoded, note
+
+
+def _corrupt(name: str, error: Exception) -> ImageError:
+    return ImageError(f"'{name}' is truncated or corrupt and cannot be decoded ({error}). "
+                      "Re-export or re-download the file.")
+
+
+def _tiff_16bit_samples(image: Image.Image, data: bytes, name: str) -> tuple[np.ndarray, int | None] | None:
+    """A 16-bit RGB(A) TIFF's samples (H x W x C uint16) read by tifffile, and its orientation tag (Pillow
+    turns a TIFF upright as it loads; this one is turned by _apply_orientation). None if not 16-bit, or
+    if tifffile reads it otherwise."""
     bits = image.tag_v2.get(258)  # BitsPerSample
     if set(bits if isinstance(bits, tuple) else (bits,)) != {16}:
         return None
@@ -190,24 +211,35 @@ def _decode_16bit_rgb_tiff(image: Image.Image, data: bytes, name: str) -> tuple[
     try:
         array = tifffile.imread(io.BytesIO(data), key=0)
     except Exception as error:  # noqa: BLE001 - Pillow read the header; a damaged strip is a bad file
-        raise ImageError(f"'{name}' is truncated or corrupt and cannot be decoded ({error}). "
-                         "Re-export or re-download the file.") from None
+        raise _corrupt(name, error) from None
     channels, stored = len(image.mode), (image.tag_v2.get(257), image.tag_v2.get(256))  # as stored: Pillow's
     if array.ndim == 3 and array.shape[0] == channels and array.shape[1:] == stored:  # size is upright
         array = np.moveaxis(array, 0, -1)  # planar configuration: one plane per sample
     if array.dtype != np.uint16 or array.shape != (*stored, channels):
         return None
-    scaled, note = _scale_to_uint8(array[..., :3], "I;16", "RGB")
-    planes = [np.clip(np.rint(scaled), 0, 255).astype(np.uint8)]
-    if channels == 4:  # alpha at its full 16-bit range
-        planes.append(np.rint(array[..., 3:] * (255.0 / 65535)).astype(np.uint8))
-    decoded = Image.fromarray(np.concatenate(planes, axis=-1), image.mode)
-    orientation = image.tag_v2.get(_ORIENTATION_TAG)  # Pillow turns a TIFF upright as it loads; this one
-    if orientation not in (None, 1):                  # is turned by _apply_orientation
-        exif = Image.Exif()
-        exif[_ORIENTATION_TAG] = orientation
-        decoded.info["exif"] = exif.tobytes()
-    return decoded, note
+    return array, image.tag_v2.get(_ORIENTATION_TAG)
+
+
+def _png_16bit_samples(image: Image.Image, data: bytes, name: str) -> tuple[np.ndarray, int | None] | None:
+    """A 16-bit RGB(A) PNG's samples (H x W x C uint16) and its EXIF orientation. Pillow has no 16-bit
+    RGB mode: it un-filters (and de-interlaces) the rows and keeps the first byte of each big-endian
+    sample ("RGB;16B"). Unpacking the same rows as little-endian ("RGB;16L") keeps the second byte, the
+    low one, so the file decoded both ways gives the true values, with Pillow's own checks. None if
+    the PNG is not 16-bit RGB(A)."""
+    if len(data) < 26 or data[12:16] != b"IHDR" or data[24] != 16 or data[25] not in (2, 6):
+        return None
+    high_bytes, low_bytes = f"{image.mode};16B", f"{image.mode};16L"
+    with Image.open(io.BytesIO(data)) as low:
+        if len(low.tile) != 1 or low.tile[0].args != high_bytes or low.mode != image.mode:
+            return None
+        low.tile = [low.tile[0]._replace(args=low_bytes)]
+        try:
+            low.load()
+            image.load()
+        except Exception as error:  # noqa: BLE001 - the header was read; damaged pixel data is a bad file
+            raise _corrupt(name, error) from None
+        array = (np.asarray(image, np.uint16) << 8) | np.asarray(low, np.uint16)
+    return array, image.getexif().get(_ORIENTATION_TAG)
 
 
 def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
