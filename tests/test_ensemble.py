@@ -165,3 +165,37 @@ def test_an_ensemble_whose_evaluation_fails_leaves_nothing_behind(synthetic_brea
         split.to_csv(member.parent / "split.csv", index=False)
     ensemble_run(members, tmp_path / "ens")
     assert (tmp_path / "ens" / "metrics.json").is_file() and pd.read_csv(tmp_path / "ens" / "split.csv")["label"].any()
+
+
+def _stub_member(dihedral: bool):
+    """A classifier with no Keras model whose outputs are fixed: enough for what an ensemble reports."""
+    from core.data.labels import SUBTYPES_BY_CLASS
+    from core.model.predict import Predictor
+
+    card = {"hierarchy": "hierarchical", "input_size": 64}
+    if dihedral:  # a field model whose card declares the 8 symmetries (as models/default's does)
+        card["views"] = {"kind": "field", "input_size": 64, "crop_px": 224, "crops": 3, "dihedral": True,
+                         "field_px": [350, 230]}
+    member = Predictor(None, card)
+    outputs = {"stage1": [0.3, 0.7], **{f"{c}_subtype": [1 / len(s)] * len(s) for c, s in SUBTYPES_BY_CLASS.items()}}
+    member.probabilities = lambda images, tta=False, tiles=False, magnifications=None: {
+        name: np.tile(np.float32(p), (len(images), 1)) for name, p in outputs.items()}
+    return member
+
+
+@pytest.mark.parametrize("dihedral, expected", [((True, False), True), ((False, False), False)])
+def test_an_ensemble_says_tta_when_a_member_averages_its_symmetries(dihedral, expected):
+    """An ensemble has no views of its own: its prediction and audit settings said "tta": false although
+    a member whose card declares the 8 symmetries (models/default) averaged them."""
+    from core.app.records import diagnosis_settings
+    from core.model.ensemble import EnsemblePredictor
+
+    predictor = EnsemblePredictor([_stub_member(d) for d in dihedral], {"hierarchy": "hierarchical"})
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    assert predictor.uses_tta() is expected and predictor.predict([rgb])[0].tta is expected
+    assert diagnosis_settings(predictor, False, "gradcam", None, "not stated")["tta"] is expected
+    assert predictor.uses_tta(True) and predictor.predict([rgb], tta=True)[0].tta
+    # Predictions interpreted from outputs elsewhere (the app's service, a slide) say the same.
+    assert predictor.interpret(predictor.probabilities([rgb]))[0].tta is expected
+    declared = predictor.members[0]  # a single model that declares its symmetries says so however interpreted
+    assert declared.interpret(declared.probabilities([rgb]))[0].tta is dihedral[0]

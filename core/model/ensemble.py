@@ -49,6 +49,11 @@ class EnsemblePredictor(Predictor):
     def members(self) -> list[Predictor]:
         return self._members
 
+    def uses_tta(self, tta: bool = False) -> bool:
+        """On request, or when any member averages its symmetries anyway (its card declares them): the
+        ensemble has no views of its own, and its outputs hold that member's symmetries."""
+        return any(member.uses_tta(tta) for member in self._members)
+
     def _input_size(self, card: dict) -> int:
         return max(member.input_size for member in self._members)  # each member resizes for itself
 

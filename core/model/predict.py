@@ -193,8 +193,7 @@ class Predictor:
         """One Prediction per uint8 RGB image (a field at any published size, or a slide's tile)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-        return self.interpret(self.probabilities(list(images), tta, tiles, magnifications), refer_threshold,
-                              self.uses_tta(tta))
+        return self.interpret(self.probabilities(list(images), tta, tiles, magnifications), refer_threshold, tta)
 
     def merge(self, member_outputs: list[dict]) -> dict[str, np.ndarray]:
         """The members' raw head outputs (in `members` order) -> this predictor's raw outputs. One
@@ -222,7 +221,9 @@ class Predictor:
 
     def interpret(self, outputs: dict[str, np.ndarray], refer_threshold: float | None = None,
                   tta: bool = False) -> list[Prediction]:
-        """Raw head outputs -> calibrated Predictions (shared with Grad-CAM's single-pass diagnosis)."""
+        """Raw head outputs -> calibrated Predictions (shared with Grad-CAM's single-pass diagnosis), each
+        saying whether test-time symmetries were averaged (uses_tta: requested or declared)."""
+        tta = self.uses_tta(tta)
         if refer_threshold is not None and not 0.0 <= refer_threshold <= 1.0:
             raise ValueError(f"refer_threshold must be between 0 and 1, not {refer_threshold}")
         if not outputs:
