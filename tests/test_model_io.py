@@ -79,6 +79,38 @@ def test_missing_folder_and_missing_files_have_clear_errors(tmp_path, folder):
         load_model_folder(folder)
 
 
+def test_common_model_path_mistakes_name_the_right_folder(tmp_path, monkeypatch):
+    """--model given a model's file, a run folder or an empty path: the messages said "Model folder not
+    found: .../model.keras" (the file exists), "has no card.json" (RUN/model is right there) and "."."""
+    from core.model.folders import GENERATOR
+    from core.model.loading import load_predictor
+
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / CARD_FILE).write_text("{}")
+    (model / MODEL_FILE).write_bytes(b"PK")
+    for given in (model / MODEL_FILE, model / CARD_FILE):
+        with pytest.raises(ModelFolderError, match=f"is a file of a model folder: pass its folder, {model}$"):
+            load_predictor(given)
+    monkeypatch.chdir(model)
+    with pytest.raises(ModelFolderError, match=f"pass its folder, {model}$"):
+        load_predictor(MODEL_FILE)
+    with pytest.raises(ModelFolderError, match=f"it is not a model folder; did you mean {model}\\?$"):
+        load_predictor(tmp_path / "run")
+    (tmp_path / "run" / "other").mkdir()
+    (tmp_path / "run" / "other" / CARD_FILE).write_text("{}")
+    with pytest.raises(ModelFolderError, match=f"did you mean one of {model}, {tmp_path / 'run' / 'other'}\\?$"):
+        load_predictor(tmp_path / "run")  # RUN/model named first
+    for empty in ("", " "):
+        with pytest.raises(ModelFolderError, match="^No model folder given \\(the path is empty\\)"):
+            load_predictor(empty)
+        with pytest.raises(ModelFolderError, match="^No model folder given"):
+            load_model_folder(empty, kind=GENERATOR)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelFolderError, match="notes.txt is a file, not a model folder"):
+        load_predictor(tmp_path / "notes.txt")
+
+
 def test_bad_cards_are_refused(folder):
     card = json.loads((folder / CARD_FILE).read_text())
     (folder / CARD_FILE).write_text("{not json")

@@ -103,14 +103,37 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict,
     return folder
 
 
-def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
-    """The card of a model folder (of `kind`, when given), checked for shape without loading the model."""
+def _check_is_model_folder(folder: str | os.PathLike) -> None:
+    """Refuse a path that is not a model folder, naming the likely right one for the common mistakes: an
+    empty path (which Path reads as the current folder), a model's file (pass its folder), a run folder
+    or a folder of models (did you mean the model folder inside?)."""
+    if not str(folder).strip():
+        raise ModelFolderError(f"No model folder given (the path is empty): name a folder holding {MODEL_FILE} "
+                               f"and {CARD_FILE}")
     folder = Path(folder)
+    if folder.is_file():
+        parent = folder.parent if folder.parent != Path(".") else folder.absolute().parent
+        if folder.name in (MODEL_FILE, CARD_FILE) or (parent / CARD_FILE).is_file():
+            raise ModelFolderError(f"{folder} is a file of a model folder: pass its folder, {parent}")
+        raise ModelFolderError(f"{folder} is a file, not a model folder ({MODEL_FILE} + {CARD_FILE})")
     if not folder.is_dir():
         raise ModelFolderError(f"Model folder not found: {folder}")
+    if (folder / CARD_FILE).is_file():
+        return
+    inside = sorted((path.parent for path in folder.glob(f"*/{CARD_FILE}")), key=lambda p: (p.name != "model", p))
+    hint = ""
+    if len(inside) == 1:
+        hint = f"; did you mean {inside[0]}?"
+    elif inside:
+        hint = f"; did you mean one of {', '.join(map(str, inside[:4]))}{', ...' if len(inside) > 4 else ''}?"
+    raise ModelFolderError(f"{folder} has no {CARD_FILE}: it is not a model folder{hint}")
+
+
+def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
+    """The card of a model folder (of `kind`, when given), checked for shape without loading the model."""
+    _check_is_model_folder(folder)
+    folder = Path(folder)
     card_path = folder / CARD_FILE
-    if not card_path.is_file():
-        raise ModelFolderError(f"{folder} has no {CARD_FILE}: it is not a model folder")
     try:
         card = read_json(card_path)
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -143,8 +166,8 @@ def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
 
 def load_model_folder(folder: str | os.PathLike, kind: str = CLASSIFIER) -> tuple[keras.Model, dict]:
     """(model, card) from a model folder of `kind`, after checking the card and the checksum."""
+    card = read_card(folder, kind)  # given as is: an empty path is refused, not read as the current folder
     folder = Path(folder)
-    card = read_card(folder, kind)
     verify_checksum(folder, card)
     try:
         model = keras.saving.load_model(folder / MODEL_FILE, compile=False, safe_mode=True)
