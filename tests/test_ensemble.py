@@ -199,3 +199,14 @@ def test_an_ensemble_says_tta_when_a_member_averages_its_symmetries(dihedral, ex
     assert predictor.interpret(predictor.probabilities([rgb]))[0].tta is expected
     declared = predictor.members[0]  # a single model that declares its symmetries says so however interpreted
     assert declared.interpret(declared.probabilities([rgb]))[0].tta is dihedral[0]
+
+
+@pytest.mark.parametrize("dihedral, fixed", [((True, True), True), ((True, False), False), ((False, False), False)])
+def test_the_tta_choice_is_locked_only_when_it_changes_nothing(dihedral, fixed):
+    """Diagnose locked its TTA toggle on for an ensemble of models/default and small-cnn, which then gave the plain
+    member symmetries the CLI does not: the choice is fixed only when every member declares them."""
+    from core.model.ensemble import EnsemblePredictor
+
+    predictor = EnsemblePredictor([_stub_member(d) for d in dihedral], {"hierarchy": "hierarchical"})
+    assert predictor.tta_fixed() is fixed
+    assert predictor.members[0].tta_fixed() is dihedral[0]

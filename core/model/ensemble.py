@@ -54,6 +54,10 @@ class EnsemblePredictor(Predictor):
         ensemble has no views of its own, and its outputs hold that member's symmetries."""
         return any(member.uses_tta(tta) for member in self._members)
 
+    def tta_fixed(self) -> bool:
+        """Only when every member averages its symmetries anyway; otherwise the choice reaches the others."""
+        return all(member.tta_fixed() for member in self._members)
+
     def _input_size(self, card: dict) -> int:
         return max(member.input_size for member in self._members)  # each member resizes for itself
 

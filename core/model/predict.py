@@ -128,7 +128,11 @@ class Predictor:
 
     def uses_tta(self, tta: bool = False) -> bool:
         """Test-time symmetries: on request, and always for a model whose card declares them."""
-        return bool(tta or (self.views is not None and self.views.dihedral))
+        return bool(tta or self.tta_fixed())
+
+    def tta_fixed(self) -> bool:
+        """The user's test-time-augmentation choice changes nothing: the card's views hold the symmetries."""
+        return self.views is not None and self.views.dihedral
 
     def crops_per_image(self, tiles: bool = False) -> int:
         """Model inputs per image before symmetries: a field model's crops; a tile (already at the
