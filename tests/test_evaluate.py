@@ -376,3 +376,20 @@ def test_the_comparison_table_shows_an_undefined_recall_as_n_a():
     rows = comparison_table(reference, metrics, "mine").set_index("metric")
     ours = rows[rows["source"] == "this app (active model)"]
     assert ours.loc["malignant recall", "value"] == "n/a" and ours.loc["accuracy", "value"] == "1.0"
+
+
+def test_pooled_out_of_fold_figures_state_the_thresholds_chosen_on_them():
+    """A cross-validated model's card said "no validation cases of both classes" under metrics.case_threshold
+    (and no recall-favouring threshold) while its thresholds block had chosen the case threshold on the same
+    pooled out-of-fold patients."""
+    from core.training.field_run import _selection_figures
+
+    rng = np.random.default_rng(0)
+    rows = [("200X", s, s if rng.random() < 0.7 else "adenosis") for s in SUBTYPES for _ in range(6)]
+    table = _table(rows).assign(split="test")
+    table["path"] = [f"img{i}.png" for i in range(len(table))]
+    referral, case_rule, metrics = _selection_figures(table, "pooled out-of-fold predictions")
+    assert case_rule["selected_on"] is not None and metrics["case_threshold"] == case_rule
+    favouring = metrics["malignant_threshold"]["recall_favouring"]
+    assert favouring["threshold"] is not None and favouring["selected_on"]["data"]["protocol"] == PATIENT
+    assert "validation" not in metrics  # the same predictions: no second, identical set of figures

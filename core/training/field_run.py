@@ -169,7 +169,12 @@ def baseline_oof(table: pd.DataFrame, folds: list[pd.DataFrame], protocol: str) 
 def _selection_figures(predictions: pd.DataFrame, name: str) -> tuple[dict, dict, dict]:
     referral = referral_thresholds(predictions, name)
     referral["figures"] = referral_figures(predictions, referral)
-    return referral, case_threshold(predictions), score(predictions, None, "test")
+    # Pooled out-of-fold predictions are the only held-out ones: the case and recall-favouring thresholds are
+    # chosen on them, as the referral's are (their blocks say so); no separate validation figures.
+    case_rule = case_threshold(predictions)
+    metrics = score(predictions, predictions, "test", cases_rule=case_rule)
+    metrics.pop("validation", None)
+    return referral, case_rule, metrics
 
 
 def train_fields(config) -> dict:
