@@ -23,6 +23,7 @@ REFERENCE_RESULTS = ASSETS / "reference_results.csv"
 MODELS_DIR = REPO / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "default"
 DEFAULT_GENERATOR_DIR = MODELS_DIR / "gan-default"
+SHARED_DATA_DIR = REPO.parent / "shared" / "breakhis"  # the reference data next to the checkout (README)
 
 
 def runs_dir() -> Path:
@@ -34,6 +35,22 @@ def data_dir() -> Path:
     """Where the app keeps its database and (only if enabled) kept images: BREAKHIS_DATA_DIR,
     default data/ (git-ignored). Created by the store on first start, not here."""
     return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
+
+
+def folders_setting(variable: str, default: tuple[Path, ...] = ()) -> list[Path]:
+    """The folders an os.pathsep-separated setting names (~ expanded), or `default` when it is unset.
+    Set but empty names no folder: a deployment switches a server-folder feature off that way. The
+    one reading of every such setting (BREAKHIS_SLIDE_DIRS, BREAKHIS_DATASET_DIRS)."""
+    configured = os.environ.get(variable)
+    if configured is None:
+        return list(default)
+    return [Path(p.strip()).expanduser() for p in configured.split(os.pathsep) if p.strip()]
+
+
+def dataset_dirs() -> list[Path]:
+    """Server folders the Dataset page may scan (and their sub-folders): BREAKHIS_DATASET_DIRS,
+    default the bundled samples and the shared reference data (../shared/breakhis)."""
+    return folders_setting("BREAKHIS_DATASET_DIRS", (SAMPLES_DIR, SHARED_DATA_DIR))
 
 
 PROGRESS_STREAM = "progress.jsonl"  # core.training.progress writes it; read here without importing training

@@ -45,10 +45,12 @@ else:
     folder = st.text_input("Dataset folder on the server", key="dataset_folder",
                            placeholder="/data/BreaKHis_v1").strip()
     if not folder:
-        st.info("Name a folder that holds BreakHis images (any layout; labels come from file names).")
+        st.info("Name a folder that holds BreakHis images (any layout; labels come from file names), inside the "
+                "data folders this app may scan.")
         st.stop()
-    if not Path(folder).is_dir():
-        st.error(f"Folder not found: {folder}")
+    problem = dataset_views.scan_problem(folder, admin=(session.current_user() or {}).get("role") == "admin")
+    if problem:
+        st.error(problem)
         st.stop()
     images, scan_summary = folder_images(folder)
     with st.expander("Scan report"):

@@ -1,11 +1,14 @@
-"""Class-balance views of the bundled BreakHis manifest, before and after each balancing strategy."""
+"""Class-balance views of the bundled BreakHis manifest, before and after each balancing strategy, and which
+server folders the Dataset page may scan."""
 
+import os
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from core import paths
 from core.app import dataset_views
 from core.data.breakhis import index_folder, load_manifest, summarize, synthetic_name
 from core.data.labels import SUBTYPES
@@ -82,3 +85,29 @@ def test_thumbnails_exist_for_every_subtype_of_the_bundled_samples(samples_dir):
     chosen = dataset_views.thumbnails(index_folder(samples_dir).images, per_subtype=2)
     assert set(chosen) == set(SUBTYPES)
     assert all(1 <= len(paths) <= 2 for paths in chosen.values())
+
+
+def test_only_the_open_folders_and_their_sub_folders_are_scanned(tmp_path, monkeypatch):
+    opened, other = tmp_path / "open", tmp_path / "other"
+    (opened / "sub").mkdir(parents=True)
+    other.mkdir()
+    (opened / "escape").symlink_to(other)  # a link inside an open folder that leads out of it
+    monkeypatch.setenv("BREAKHIS_DATASET_DIRS", f"{tmp_path / 'elsewhere'}{os.pathsep}{opened}")
+    assert dataset_views.scan_problem(str(opened)) is None
+    assert dataset_views.scan_problem(str(opened / "sub")) is None
+    assert dataset_views.scan_problem(str(opened / "nope")) == f"Folder not found: {opened / 'nope'}"
+    for refused in ("/", "/etc", str(other), str(opened / "escape"), str(opened / ".." / "other")):
+        problem = dataset_views.scan_problem(refused)
+        assert "may not scan that folder" in problem and "/" not in problem, refused  # no path, not even its own
+        assert "BREAKHIS_DATASET_DIRS" in dataset_views.scan_problem(refused, admin=True)
+    assert str(opened) in dataset_views.scan_problem("/etc", admin=True)  # the administrator sees what is open
+    assert dataset_views.scan_problem("/no/such", admin=False) == dataset_views.scan_problem("/etc", admin=False)
+
+
+def test_the_bundled_samples_and_the_shared_data_are_open_by_default_and_an_empty_setting_closes_all(monkeypatch):
+    monkeypatch.delenv("BREAKHIS_DATASET_DIRS", raising=False)
+    assert paths.dataset_dirs() == [paths.SAMPLES_DIR, paths.SHARED_DATA_DIR]
+    assert dataset_views.scan_problem(str(paths.SAMPLES_DIR / "BreaKHis_v1")) is None
+    monkeypatch.setenv("BREAKHIS_DATASET_DIRS", "")
+    assert paths.dataset_dirs() == []
+    assert "switched off" in dataset_views.scan_problem(str(paths.SAMPLES_DIR), admin=True)

@@ -2,10 +2,12 @@
 
 The tables come from core.data.breakhis (manifest or scanned folder) and the balanced versions from
 core.data.balance.balance_preview, so what the Dataset page shows is exactly what training would use.
+A folder is scanned only inside the folders the deployment allows (core.paths.dataset_dirs).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import plotly.express as px
 from core.data import balance
 from core.data.breakhis import subtype_counts
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, pretty
+from core.paths import dataset_dirs
 
 CLASS_COLOURS = {"benign": "#4c9a8a", "malignant": "#b5525c"}
 SUBTYPE_ORDER = [pretty(s) for s in SUBTYPES]
@@ -23,6 +26,25 @@ STRATEGY_TITLES = {
     "undersample": "Undersampling", "synthetic": "GAN fill",
 }
 _LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), height=360)
+
+
+def scan_problem(folder: str, admin: bool = False, allowed: list[Path] | None = None) -> str | None:
+    """Why the Dataset page will not scan `folder` (None when it may). Only the allowed folders
+    (BREAKHIS_DATASET_DIRS) and what lies below them are scanned: a scan lists file names, so any
+    other folder on the server is refused, before anything about it (even whether it exists) is said.
+    An administrator is told which folders are allowed and how to change that; others are not."""
+    allowed = dataset_dirs() if allowed is None else allowed
+    path = Path(folder).expanduser()
+    if not any(path.resolve().is_relative_to(root.resolve()) for root in allowed):
+        if not admin:
+            return ("This app may not scan that folder: only the data folders its administrator has opened for "
+                    "scanning (and their sub-folders). Ask an administrator to open this one.")
+        opened = ", ".join(str(root) for root in allowed) or "none (scanning is switched off)"
+        return (f"This app may not scan that folder. Folders open for scanning, with their sub-folders: {opened}. "
+                f"Set BREAKHIS_DATASET_DIRS (folders separated by '{os.pathsep}') on the server and restart the app.")
+    if not path.is_dir():
+        return f"Folder not found: {folder}"
+    return None
 
 
 def imbalance_ratio(images: pd.DataFrame, column: str = "subtype") -> float:

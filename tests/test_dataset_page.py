@@ -1,0 +1,63 @@
+"""The Dataset page through AppTest: which server folders it scans (BREAKHIS_DATASET_DIRS), and what it
+says about a scanned folder or a broken manifest. The views' functions are tested in test_app_dataset_views."""
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.store import accounts
+from core.store.audit import Store
+from core.testing.apptest import sign_in
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory, samples_dir):
+    """The app with one folder open for scanning: a flat copy of the bundled samples."""
+    root = tmp_path_factory.mktemp("dataset-page")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    opened = root / "open"
+    (opened / "flat").mkdir(parents=True)
+    for image in samples_dir.rglob("*.png"):
+        shutil.copy(image, opened / "flat" / image.name)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        patch.setenv("BREAKHIS_DATASET_DIRS", str(opened))
+        run_app_like_the_server(patch)
+        yield {"open": opened, "root": root}
+
+
+def shown(app: AppTest) -> str:
+    return "\n".join(str(e.value) for kind in ("error", "warning", "info", "caption", "text", "markdown")
+                     for e in getattr(app, kind))
+
+
+def scan(app: AppTest, folder) -> AppTest:
+    app.radio(key="dataset_source").set_value("Scan a dataset folder").run()
+    return app.text_input(key="dataset_folder").set_value(str(folder)).run()
+
+
+def test_a_pathologist_may_scan_only_the_open_folders_and_sees_no_server_path(environment, monkeypatch):
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    accounts.add_account(Store.open(), "pat", PASSWORD, "pathologist")
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "pat", PASSWORD)
+    app.switch_page("pages/dataset.py").run()
+    for outside in ("/", "/etc", str(environment["root"] / "models"), str(environment["open"] / ".." / "runs")):
+        scan(app, outside)
+        assert not app.exception and not app.metric, outside  # nothing scanned
+        assert "may not scan that folder" in shown(app) and "Ask an administrator" in shown(app)
+        assert "/etc" not in shown(app) and str(environment["root"]) not in shown(app)  # no server path
+    scan(app, environment["open"] / "flat")
+    assert not app.exception and app.metric[0].value == "22"
+
+
+def test_an_administrator_is_told_which_folders_are_open_and_how_to_open_another(environment):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()  # single-user mode: the local administrator
+    app.switch_page("pages/dataset.py").run()
+    scan(app, "/etc")
+    assert not app.metric and str(environment["open"]) in shown(app) and "BREAKHIS_DATASET_DIRS" in shown(app)
+    assert "adduser.conf" not in shown(app)
