@@ -65,10 +65,13 @@ metrics = st.columns(5)
 metrics[0].metric("Images", f"{counts['images']:,}")
 metrics[1].metric("Cases (patients)", counts["cases"])
 metrics[2].metric("Slides", counts["slides"])
-metrics[3].metric("Subtype imbalance", f"{dataset_views.imbalance_ratio(images, 'subtype'):.1f} : 1",
-                  help="Largest subtype over smallest subtype.")
-metrics[4].metric("Class imbalance", f"{dataset_views.imbalance_ratio(images, 'label'):.1f} : 1",
-                  help="Malignant over benign (or the reverse).")
+per_subtype, per_class = (dataset_views.group_counts(images, column) for column in ("subtype", "label"))
+metrics[3].metric("Subtype imbalance", dataset_views.imbalance_text(per_subtype, reason=False),
+                  help="Largest subtype over smallest subtype; n/a when a subtype has no image.")
+metrics[4].metric("Class imbalance", dataset_views.imbalance_text(per_class, reason=False),
+                  help="Malignant over benign (or the reverse); n/a when a class has no image.")
+if absence := dataset_views.absence_note(images):
+    st.warning(absence)
 
 views, balancing, thumbnails = st.tabs(["Class balance", "After balancing", "Thumbnails"])
 with views:

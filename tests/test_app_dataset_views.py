@@ -30,6 +30,31 @@ def test_imbalance_ratios_of_breakhis(manifest):
     # 3,451 ductal carcinoma vs 444 adenosis images; 5,429 malignant vs 2,480 benign.
     assert dataset_views.imbalance_ratio(manifest, "subtype") == pytest.approx(3451 / 444)
     assert dataset_views.imbalance_ratio(manifest, "label") == pytest.approx(5429 / 2480)
+    assert dataset_views.imbalance_text(dataset_views.group_counts(manifest, "label")) == "2.2 : 1"
+    assert dataset_views.absence_note(manifest) is None
+
+
+def test_a_missing_class_or_subtype_is_named_never_read_as_balance(manifest):
+    """Only benign images: the ratio over the groups present read 1.0 : 1 (classes) and 2.5 : 1 (4 of 8
+    subtypes), as if balanced; an absent group is now named, and no ratio is given."""
+    benign = manifest[manifest["label"] == "benign"]
+    assert dataset_views.imbalance_ratio(benign, "label") == float("inf")
+    assert dataset_views.imbalance_ratio(benign, "subtype") == float("inf")
+    assert dataset_views.imbalance_text(dataset_views.group_counts(benign, "label")) == "n/a: Malignant absent"
+    assert dataset_views.imbalance_text(dataset_views.group_counts(benign, "subtype")) == "n/a: 4 of 8 subtypes absent"
+    assert dataset_views.imbalance_text(dataset_views.group_counts(benign, "subtype"), reason=False) == "n/a"
+    note = dataset_views.absence_note(benign)
+    assert "no malignant image" in note and "4 of 8 subtypes" in note and "Ductal carcinoma" in note
+    assert "Adenosis" not in note
+    one = manifest.head(1)  # a one-image folder
+    assert dataset_views.imbalance_text(dataset_views.group_counts(one, "subtype")) == "n/a: 7 of 8 subtypes absent"
+
+
+def test_the_strategy_table_names_what_is_absent(manifest):
+    benign = make_split(manifest[manifest["label"] == "benign"], protocol=PATIENT, seed=0)
+    summary = dataset_views.strategy_summary(dataset_views.balanced_versions(benign[benign["split"] == "train"]))
+    assert set(summary["class imbalance (max/min)"]) == {"n/a: Malignant absent"}
+    assert set(summary["subtype imbalance (max/min)"]) == {"n/a: 4 of 8 subtypes absent"}
 
 
 def test_figures_count_every_image(manifest):
@@ -58,11 +83,11 @@ def test_each_strategy_changes_the_balance_as_it_should(train):
     versions = dataset_views.balanced_versions(train)
     assert list(versions) == ["none", "class_weights", "oversample", "undersample"]  # no GAN folder
     summary = dataset_views.strategy_summary(versions).set_index("strategy")
+    ratio = summary["subtype imbalance (max/min)"].str.removesuffix(" : 1")
     assert summary.loc["As is", "training images"] == len(train)
-    assert summary.loc["As is", "subtype imbalance (max/min)"] > 5
-    assert summary.loc["Class weights", "subtype imbalance (max/min)"] == pytest.approx(1.0)
+    assert float(ratio["As is"]) > 5
+    assert ratio["Class weights"] == ratio["Oversampling"] == "1.00"
     assert summary.loc["Class weights", "training images"] == len(train)
-    assert summary.loc["Oversampling", "subtype imbalance (max/min)"] == pytest.approx(1.0)
     assert summary.loc["Oversampling", "training images"] > len(train)
     assert summary.loc["Undersampling", "training images"] < len(train)
     figure = dataset_views.strategy_figure(versions)

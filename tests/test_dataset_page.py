@@ -21,8 +21,11 @@ def environment(tmp_path_factory, samples_dir):
     default = make_model_folder(root / "models" / "default", demo=True)
     opened = root / "open"
     (opened / "flat").mkdir(parents=True)
+    (opened / "benign").mkdir()
     for image in samples_dir.rglob("*.png"):
         shutil.copy(image, opened / "flat" / image.name)
+        if image.name.startswith("SOB_B_"):
+            shutil.copy(image, opened / "benign" / image.name)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in app_environment(root / "models", default, root / "runs").items():
             patch.setenv(key, value)
@@ -61,3 +64,14 @@ def test_an_administrator_is_told_which_folders_are_open_and_how_to_open_another
     scan(app, "/etc")
     assert not app.metric and str(environment["open"]) in shown(app) and "BREAKHIS_DATASET_DIRS" in shown(app)
     assert "adduser.conf" not in shown(app)
+
+
+def test_a_folder_without_malignant_images_shows_no_ratio_but_what_is_absent(environment):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    scan(app, environment["open"] / "benign")
+    assert not app.exception
+    assert [metric.value for metric in app.metric[3:5]] == ["n/a", "n/a"]  # was 2.5 : 1 and 1.0 : 1
+    assert "no malignant image" in shown(app) and "4 of 8 subtypes (Ductal carcinoma" in shown(app)
+    [strategies] = [frame.value for frame in app.dataframe if "strategy" in frame.value.columns]
+    assert set(strategies["class imbalance (max/min)"]) == {"n/a: Malignant absent"}

@@ -7,6 +7,7 @@ A folder is scanned only inside the folders the deployment allows (core.paths.da
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -25,6 +26,7 @@ STRATEGY_TITLES = {
     "none": "As is", "class_weights": "Class weights", "oversample": "Oversampling",
     "undersample": "Undersampling", "synthetic": "GAN fill",
 }
+GROUPS = {"label": CLASSES, "subtype": SUBTYPES}
 _LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), height=360)
 
 
@@ -47,14 +49,54 @@ def scan_problem(folder: str, admin: bool = False, allowed: list[Path] | None = 
     return None
 
 
+def group_counts(images: pd.DataFrame, column: str = "subtype") -> pd.Series:
+    """Images per class ("label") or per subtype, every one listed, 0 where it has no image."""
+    return images[column].value_counts().reindex(list(GROUPS[column]), fill_value=0)
+
+
 def imbalance_ratio(images: pd.DataFrame, column: str = "subtype") -> float:
-    """Largest over smallest group size (1.0 is balanced)."""
-    return _ratio(images[column].value_counts())
+    """Largest over smallest class or subtype, every one counted (1.0 is balanced): infinite when one
+    has no image, so a missing group never reads as balance; NaN when there is no image at all."""
+    return _ratio(group_counts(images, column))
 
 
 def _ratio(counts: pd.Series) -> float:
-    counts = counts[counts > 0]
-    return float(counts.max() / counts.min()) if len(counts) else float("nan")
+    if not len(counts) or counts.max() <= 0:
+        return float("nan")
+    return float(counts.max() / counts.min()) if counts.min() > 0 else float("inf")
+
+
+def absent(counts: pd.Series) -> list[str]:
+    """The classes or subtypes (shown names) with no image."""
+    return [pretty(group) for group, count in counts.items() if count <= 0]
+
+
+def imbalance_text(counts: pd.Series, digits: int = 1, reason: bool = True) -> str:
+    """'2.2 : 1', or where a group has no image 'n/a' with which (reason=False: 'n/a' alone, for a metric
+    whose reason absence_note gives): 'n/a: Malignant absent', 'n/a: 4 of 8 subtypes absent'."""
+    ratio = _ratio(counts)
+    if math.isfinite(ratio):
+        return f"{ratio:.{digits}f} : 1"
+    missing = absent(counts)
+    if not reason:
+        return "n/a"
+    if len(missing) == len(counts):
+        return "n/a: no images"
+    if len(missing) == 1:
+        return f"n/a: {missing[0]} absent"
+    return f"n/a: {len(missing)} of {len(counts)} {'subtypes' if len(counts) == len(SUBTYPES) else 'classes'} absent"
+
+
+def absence_note(images: pd.DataFrame) -> str | None:
+    """Which classes and subtypes have no image (None when all have some): why an imbalance reads n/a."""
+    parts = []
+    if missing := absent(group_counts(images, "label")):
+        parts.append(f"no {' or '.join(missing).lower()} image")
+    if missing := absent(group_counts(images, "subtype")):
+        parts.append(f"no image of {len(missing)} of {len(SUBTYPES)} subtypes ({', '.join(missing)})")
+    if not parts:
+        return None
+    return "No imbalance ratio where a group is absent: " + "; ".join(parts) + "."
 
 
 def class_figure(images: pd.DataFrame, title: str = "Benign vs malignant"):
@@ -128,7 +170,8 @@ def strategy_figure(previews: dict[str, pd.DataFrame]):
 
 
 def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per strategy: how many images, how imbalanced (as the loss sees it), how many synthetic."""
+    """One row per strategy: how many images, how imbalanced (as the loss sees it; n/a with the groups
+    that have no training image), how many synthetic."""
     rows = []
     for strategy, preview in previews.items():
         by_class = preview["effective"].groupby(preview.index.map(CLASS_OF_SUBTYPE)).sum()
@@ -136,8 +179,8 @@ def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "strategy": STRATEGY_TITLES.get(strategy, strategy),
             "training images": int(preview["after"].sum()),
             "synthetic images": int(preview["synthetic_added"].sum()),
-            "subtype imbalance (max/min)": round(_ratio(preview["effective"]), 2),
-            "class imbalance (max/min)": round(_ratio(by_class), 2),
+            "subtype imbalance (max/min)": imbalance_text(preview["effective"], digits=2),
+            "class imbalance (max/min)": imbalance_text(by_class.reindex(list(CLASSES), fill_value=0), digits=2),
             "how": "loss weights, data unchanged" if strategy == "class_weights" else "resampled table",
         })
     return pd.DataFrame(rows)
