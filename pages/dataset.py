@@ -8,6 +8,7 @@ from core.app import dataset_views, registry, session
 from core.data.breakhis import index_folder, load_manifest, summarize
 from core.data.labels import SUBTYPES, pretty
 from core.data.splits import PATIENT, make_split
+from core.errors import DatasetError
 from core.paths import MANIFEST, SAMPLES_DIR
 
 session.require_router()
@@ -17,8 +18,8 @@ FULL_SET, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
 
 
 @st.cache_data(show_spinner="Reading the manifest...")
-def manifest_images():
-    return load_manifest(MANIFEST)
+def manifest_images(manifest: str):
+    return load_manifest(manifest)
 
 
 @st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
@@ -37,7 +38,11 @@ def balanced(images, synthetic_dir: str | None):
 st.title("Dataset")
 source = st.radio("Source", [FULL_SET, FOLDER], horizontal=True, key="dataset_source")
 if source == FULL_SET:
-    images = manifest_images()
+    try:
+        images = manifest_images(str(MANIFEST))
+    except DatasetError as problem:  # A damaged manifest: said, and a folder can still be scanned.
+        st.error(f"The bundled manifest cannot be used: {problem}")
+        st.stop()
     st.caption(f"All {len(images):,} BreakHis v1 images, listed by the bundled manifest "
                "(assets/breakhis_manifest.csv).")
     thumbnail_source = folder_images(str(SAMPLES_DIR))[0]

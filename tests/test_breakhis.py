@@ -200,10 +200,29 @@ def test_manifest_root_and_disagreeing_rows(manifest_path, tmp_path):
     rooted = load_manifest(manifest_path, root="/data/breakhis")
     assert rooted["path"].iloc[0].startswith("/data/breakhis/benign/")
     bad = pd.read_csv(manifest_path).head(3)
-    bad.loc[0, "label"] = "malignant"
+    bad.loc[1, "label"] = "malignant"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="disagrees"):
+    with pytest.raises(DatasetError, match=r"line 3 disagrees with its file name .*SOB_B_A-14-22549AB-100-002\.png: "
+                                           r"label 'malignant' where the name says 'benign'\."):
         load_manifest(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("path,label\nx.png,benign\n", r"lacks the column\(s\) subtype, magnification; it needs path, label"),
+    ("path,label,subtype,magnification\nx.png,benign,adenosis,40X\n",
+     r"line 2: x\.png: name is not a BreakHis image name\."),
+    ("path,label,subtype,magnification\nSOB_B_A-14-22549AB-40-001.png,benign,adenosis,100X\n",
+     r"line 2 disagrees .*: magnification '100X' where the name says '40X'\."),
+    ("", "cannot be read as CSV"),
+])
+def test_a_manifest_that_cannot_be_used_says_where_and_why(tmp_path, text, reason):
+    """A bare ValueError crashed the Dataset page; a manifest without the columns was said to disagree
+    with the file name 'x.png'. Now a DatasetError names the line and the right reason."""
+    (tmp_path / "manifest.csv").write_text(text)
+    with pytest.raises(DatasetError, match=reason):
+        load_manifest(tmp_path / "manifest.csv")
+    with pytest.raises(DatasetError, match="Manifest not found"):
+        load_manifest(tmp_path / "missing.csv")
 
 
 def test_breakhis_cli_writes_csv(samples_dir, tmp_path, capsys):

@@ -6,6 +6,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import paths
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
@@ -75,3 +76,16 @@ def test_a_folder_without_malignant_images_shows_no_ratio_but_what_is_absent(env
     assert "no malignant image" in shown(app) and "4 of 8 subtypes (Ductal carcinoma" in shown(app)
     [strategies] = [frame.value for frame in app.dataframe if "strategy" in frame.value.columns]
     assert set(strategies["class imbalance (max/min)"]) == {"n/a: Malignant absent"}
+
+
+def test_a_manifest_that_disagrees_with_its_names_is_an_error_and_the_page_stays_usable(environment, monkeypatch,
+                                                                                       manifest_path):
+    bad = environment["root"] / "bad_manifest.csv"
+    bad.write_text(manifest_path.read_text().replace(",benign,adenosis,", ",malignant,adenosis,", 1))
+    monkeypatch.setattr(paths, "MANIFEST", bad)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception  # was: ValueError, the page replaced by "This app has encountered an error"
+    assert "line 2 disagrees with its file name" in shown(app) and "label 'malignant'" in shown(app)
+    scan(app, environment["open"] / "flat")
+    assert not app.exception and app.metric[0].value == "22"

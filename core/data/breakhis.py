@@ -207,20 +207,38 @@ def _row(path: str, name: ImageName, synthetic: bool = False) -> dict:
     }
 
 
+MANIFEST_COLUMNS = ("path", "label", "subtype", "magnification")
+
+
 def load_manifest(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> pd.DataFrame:
     """The full-dataset manifest as the same table `index_folder` returns.
 
     Labels are parsed from the file names (the manifest's own columns are cross-checked), so the
-    manifest and a scanned folder can never disagree. `root` makes paths absolute.
+    manifest and a scanned folder can never disagree. `root` makes paths absolute. A manifest that
+    cannot be read, lacks a column or has a row that disagrees with its file name raises DatasetError
+    naming the line and why, never a bare ValueError.
     """
-    manifest = pd.read_csv(csv_path)
+    try:
+        manifest = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DatasetError(f"Manifest not found: {csv_path}") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DatasetError(f"Manifest {csv_path} cannot be read as CSV: {error}") from None
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise DatasetError(f"Manifest {csv_path} lacks the column(s) {', '.join(missing)}; it needs "
+                           f"{', '.join(MANIFEST_COLUMNS)}.")
     rows = []
-    for record in manifest.itertuples(index=False):
+    for line, record in enumerate(manifest.itertuples(index=False), start=2):  # line 1 is the header
         name = parse_name(record.path)
-        if name is None or (name.label, name.subtype, name.magnification) != (
-            record.label, record.subtype, record.magnification
-        ):
-            raise ValueError(f"Manifest row disagrees with its file name: {record.path}")
+        if name is None:
+            raise DatasetError(f"Manifest {csv_path}, line {line}: {record.path}: {name_problem(record.path)}.")
+        stated = {"label": record.label, "subtype": record.subtype, "magnification": record.magnification}
+        wrong = [f"{column} {value!r} where the name says {getattr(name, column)!r}"
+                 for column, value in stated.items() if value != getattr(name, column)]
+        if wrong:
+            raise DatasetError(f"Manifest {csv_path}, line {line} disagrees with its file name {record.path}: "
+                               + "; ".join(wrong) + ".")
         path = str(Path(root) / record.path) if root else record.path
         rows.append(_row(path, name))
     return pd.DataFrame(rows, columns=COLUMNS)
