@@ -25,7 +25,7 @@ def manifest_images(manifest: str):
 @st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
 def folder_images(folder: str):
     result = index_folder(folder)
-    return result.images, result.summary()
+    return result.images, result.summary(), len(result.skipped)
 
 
 @st.cache_data(show_spinner="Applying the balancing strategies...", max_entries=8)
@@ -45,10 +45,10 @@ if source == FULL_SET:
         st.stop()
     st.caption(f"All {len(images):,} BreakHis v1 images, listed by the bundled manifest "
                "(assets/breakhis_manifest.csv).")
-    thumbnail_source = folder_images(str(SAMPLES_DIR))[0]
+    thumbnail_source, folder = folder_images(str(SAMPLES_DIR))[0], None
 else:
     folder = st.text_input("Dataset folder on the server", key="dataset_folder",
-                           placeholder="/data/BreaKHis_v1").strip()
+                           placeholder="a folder of BreakHis images").strip()
     if not folder:
         st.info("Name a folder that holds BreakHis images (any layout; labels come from file names), inside the "
                 "data folders this app may scan.")
@@ -57,12 +57,13 @@ else:
     if problem:
         st.error(problem)
         st.stop()
-    images, scan_summary = folder_images(folder)
+    images, scan_summary, skipped = folder_images(folder)
     with st.expander("Scan report"):
         st.text(scan_summary)
     if images.empty:
         st.warning("No BreakHis-named images found in that folder.")
         st.stop()
+    st.caption(dataset_views.folder_caption(images, folder, skipped))
     thumbnail_source = images
 
 counts = summarize(images)
@@ -78,13 +79,14 @@ metrics[4].metric("Class imbalance", dataset_views.imbalance_text(per_class, rea
 if absence := dataset_views.absence_note(images):
     st.warning(absence)
 
+source_line = dataset_views.source_line(images, folder)
 views, balancing, thumbnails = st.tabs(["Class balance", "After balancing", "Thumbnails"])
 with views:
     left, right = st.columns(2)
-    left.plotly_chart(dataset_views.class_figure(images), key="class_figure")
-    right.plotly_chart(dataset_views.subtype_figure(images), key="subtype_figure")
-    left.plotly_chart(dataset_views.magnification_figure(images), key="magnification_figure")
-    right.plotly_chart(dataset_views.case_figure(images), key="case_figure")
+    left.plotly_chart(dataset_views.class_figure(images, source=source_line), key="class_figure")
+    right.plotly_chart(dataset_views.subtype_figure(images, source=source_line), key="subtype_figure")
+    left.plotly_chart(dataset_views.magnification_figure(images, source=source_line), key="magnification_figure")
+    right.plotly_chart(dataset_views.case_figure(images, source=source_line), key="case_figure")
 
 with balancing:
     synthetic = registry.synthetic_folder()
@@ -93,11 +95,9 @@ with balancing:
     except ValueError as problem:  # Too few cases to split patient-wise.
         st.warning(f"Cannot show balancing for this data: {problem}")
     else:
-        st.caption(f"Balancing applies to the training split only: patient-wise split (seed 0), "
-                   f"{len(train):,} training images from {train['case'].nunique()} cases. Class "
-                   "weights leave the data unchanged and reweight the loss; the bars show the "
-                   "weighted (effective) counts.")
-        st.plotly_chart(dataset_views.strategy_figure(versions), key="strategy_figure")
+        st.caption(dataset_views.training_caption(train))
+        training = dataset_views.source_line(train, folder, what="training image")
+        st.plotly_chart(dataset_views.strategy_figure(versions, training), key="strategy_figure")
         st.dataframe(dataset_views.strategy_summary(versions), hide_index=True)
         if synthetic:
             st.caption(f"GAN fill uses the synthetic images in {synthetic}.")

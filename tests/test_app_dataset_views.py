@@ -136,3 +136,32 @@ def test_the_bundled_samples_and_the_shared_data_are_open_by_default_and_an_empt
     monkeypatch.setenv("BREAKHIS_DATASET_DIRS", "")
     assert paths.dataset_dirs() == []
     assert "switched off" in dataset_views.scan_problem(str(paths.SAMPLES_DIR), admin=True)
+
+
+def test_a_scanned_folder_is_stated_with_its_size_next_to_the_figures_and_in_their_titles(samples_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A chart exported alone said neither what nor how many it counts; a file path read "Folder not found";
+    a one-case training split read "1 training images from 1 cases"; "As is" said "resampled table"."""
+    for image in samples_dir.rglob("*.png"):
+        shutil.copy(image, tmp_path / image.name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = index_folder(tmp_path)
+    caption = dataset_views.folder_caption(result.images, "flat", len(result.skipped))
+    assert caption.startswith("Scanned folder flat: 22 BreakHis images of 16 cases and 17 slides, labelled ")
+    assert "1 other file skipped" in caption and "Partial or different from the full BreakHis: images 22" in caption
+    source = dataset_views.source_line(result.images, "flat")
+    assert source == "folder flat, 22 images" and dataset_views.source_line(result.images) == \
+        "BreakHis v1 (bundled manifest), 22 images"
+    for figure in (dataset_views.class_figure, dataset_views.subtype_figure, dataset_views.magnification_figure,
+                   dataset_views.case_figure):
+        assert figure(result.images, source=source).layout.title.text.endswith("<sup>folder flat, 22 images</sup>")
+    one = result.images.head(1)
+    assert "1 training image from 1 case." in dataset_views.training_caption(one)
+    versions = dataset_views.balanced_versions(one)
+    assert "<sup>folder flat, 1 training image</sup>" in dataset_views.strategy_figure(
+        versions, dataset_views.source_line(one, "flat", what="training image")).layout.title.text
+    how = dataset_views.strategy_summary(versions).set_index("strategy")["how"]
+    assert how["As is"] == "nothing changed" and how["Class weights"] == "loss weights, data unchanged"
+    monkeypatch.setenv("BREAKHIS_DATASET_DIRS", str(tmp_path))
+    picked = str(tmp_path / "notes.txt")
+    assert dataset_views.scan_problem(picked) == f"{picked} is a file, not a folder: name the folder that holds the images."

@@ -1,6 +1,7 @@
 """The Dataset page through AppTest: which server folders it scans (BREAKHIS_DATASET_DIRS), and what it
 says about a scanned folder or a broken manifest. The views' functions are tested in test_app_dataset_views."""
 
+import json
 import shutil
 
 import pytest
@@ -89,3 +90,23 @@ def test_a_manifest_that_disagrees_with_its_names_is_an_error_and_the_page_stays
     assert "line 2 disagrees with its file name" in shown(app) and "label 'malignant'" in shown(app)
     scan(app, environment["open"] / "flat")
     assert not app.exception and app.metric[0].value == "22"
+
+
+def chart_titles(app: AppTest) -> list[str]:
+    return [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in app.get("plotly_chart")]
+
+
+def test_a_scanned_folder_says_what_and_how_many_next_to_its_figures_and_a_file_is_not_a_folder(environment):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    assert all(title.endswith("<sup>BreakHis v1 (bundled manifest), 7,909 images</sup>")
+               for title in chart_titles(app)[:4])
+    flat = environment["open"] / "flat"
+    scan(app, flat)
+    assert f"Scanned folder {flat}: 22 BreakHis images of 16 cases" in shown(app)
+    assert "Partial or different from the full BreakHis" in shown(app)
+    titles = chart_titles(app)
+    assert len(titles) == 5 and all(f"<sup>folder {flat}, 22 images</sup>" in title for title in titles[:4])
+    assert f"<sup>folder {flat}, " in titles[4] and "training images</sup>" in titles[4]
+    scan(app, flat / "SOB_B_A-14-22549AB-40-001.png")
+    assert "is a file, not a folder" in shown(app) and "Folder not found" not in shown(app)

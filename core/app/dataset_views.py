@@ -16,7 +16,8 @@ import pandas as pd
 import plotly.express as px
 
 from core.data import balance
-from core.data.breakhis import subtype_counts
+from core.data.breakhis import subtype_counts, summarize
+from core.data.download import completeness
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, pretty
 from core.paths import dataset_dirs
 
@@ -26,8 +27,14 @@ STRATEGY_TITLES = {
     "none": "As is", "class_weights": "Class weights", "oversample": "Oversampling",
     "undersample": "Undersampling", "synthetic": "GAN fill",
 }
+STRATEGY_HOW = {
+    "none": "nothing changed", "class_weights": "loss weights, data unchanged",
+    "oversample": "smaller subtypes' images repeated", "undersample": "larger subtypes' images left out",
+    "synthetic": "GAN images added",
+}
+MANIFEST_SOURCE = "BreakHis v1 (bundled manifest)"
 GROUPS = {"label": CLASSES, "subtype": SUBTYPES}
-_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=50, b=10), height=360)
+_LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=70, b=10), height=360)
 
 
 def scan_problem(folder: str, admin: bool = False, allowed: list[Path] | None = None) -> str | None:
@@ -44,9 +51,43 @@ def scan_problem(folder: str, admin: bool = False, allowed: list[Path] | None = 
         opened = ", ".join(str(root) for root in allowed) or "none (scanning is switched off)"
         return (f"This app may not scan that folder. Folders open for scanning, with their sub-folders: {opened}. "
                 f"Set BREAKHIS_DATASET_DIRS (folders separated by '{os.pathsep}') on the server and restart the app.")
+    if path.is_file():
+        return f"{folder} is a file, not a folder: name the folder that holds the images."
     if not path.is_dir():
         return f"Folder not found: {folder}"
     return None
+
+
+def counted(number: int, noun: str) -> str:
+    """'1 case', '2 cases', '7,909 images'."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def source_line(images: pd.DataFrame, folder: str | None = None, what: str = "image") -> str:
+    """Where the images come from and how many, under every chart's title: a chart exported or
+    screenshotted alone still says what it counts. `folder` None: the bundled manifest."""
+    return f"{f'folder {folder}' if folder else MANIFEST_SOURCE}, {counted(len(images), what)}"
+
+
+def folder_caption(images: pd.DataFrame, folder: str, skipped: int) -> str:
+    """The sentence next to a scanned folder's figures: what was found there, and how it differs from
+    the full BreakHis (core.data.download.completeness, as `python -m core index` prints it)."""
+    counts = summarize(images)
+    other = f"; {counted(skipped, 'other file')} skipped (see the scan report)" if skipped else ""
+    return (f"Scanned folder {folder}: {counted(counts['images'], 'BreakHis image')} of "
+            f"{counted(counts['cases'], 'case')} and {counted(counts['slides'], 'slide')}, labelled by their file "
+            f"names{other}. {completeness(counts)}")
+
+
+def training_caption(train: pd.DataFrame) -> str:
+    """What the balancing views count: the training split of a patient-wise split."""
+    return (f"Balancing applies to the training split only: patient-wise split (seed 0), "
+            f"{counted(len(train), 'training image')} from {counted(train['case'].nunique(), 'case')}. Class "
+            "weights leave the data unchanged and reweight the loss; the bars show the weighted (effective) counts.")
+
+
+def _titled(title: str, source: str | None) -> str:
+    return f"{title}<br><sup>{source}</sup>" if source else title
 
 
 def group_counts(images: pd.DataFrame, column: str = "subtype") -> pd.Series:
@@ -99,41 +140,42 @@ def absence_note(images: pd.DataFrame) -> str | None:
     return "No imbalance ratio where a group is absent: " + "; ".join(parts) + "."
 
 
-def class_figure(images: pd.DataFrame, title: str = "Benign vs malignant"):
+def class_figure(images: pd.DataFrame, title: str = "Benign vs malignant", source: str | None = None):
     counts = images["label"].value_counts().reindex(CLASSES, fill_value=0)
     frame = pd.DataFrame({"Class": [pretty(c) for c in CLASSES], "Images": counts.values,
                           "class": list(CLASSES)})
     figure = px.bar(frame, x="Class", y="Images", color="class", color_discrete_map=CLASS_COLOURS,
-                    text="Images", title=title)
+                    text="Images", title=_titled(title, source))
     return figure.update_layout(showlegend=False, **_LAYOUT)
 
 
-def subtype_figure(images: pd.DataFrame, title: str = "Images per subtype"):
+def subtype_figure(images: pd.DataFrame, title: str = "Images per subtype", source: str | None = None):
     real = images[~images["synthetic"].astype(bool)] if "synthetic" in images else images
     table = pd.DataFrame({"subtype": list(SUBTYPES), "real": subtype_counts(real).to_numpy()})
     table["class"], table["Subtype"] = table["subtype"].map(CLASS_OF_SUBTYPE), table["subtype"].map(pretty)
     figure = px.bar(table, x="Subtype", y="real", color="class", color_discrete_map=CLASS_COLOURS,
-                    category_orders={"Subtype": SUBTYPE_ORDER}, text="real", title=title,
+                    category_orders={"Subtype": SUBTYPE_ORDER}, text="real", title=_titled(title, source),
                     labels={"real": "Images", "class": "Class"})
     return figure.update_layout(**_LAYOUT)
 
 
-def magnification_figure(images: pd.DataFrame, title: str = "Magnification x subtype"):
+def magnification_figure(images: pd.DataFrame, title: str = "Magnification x subtype", source: str | None = None):
     """Heat map of image counts: a gap at one magnification shows up at a glance."""
     table = pd.crosstab(images["subtype"], images["magnification"])
     table = table.reindex(index=list(SUBTYPES), columns=list(MAGNIFICATIONS), fill_value=0)
     table.index = [pretty(s) for s in table.index]
     figure = px.imshow(table, text_auto=True, color_continuous_scale="Teal", aspect="auto",
-                       labels=dict(x="Magnification", y="Subtype", color="Images"), title=title)
+                       labels=dict(x="Magnification", y="Subtype", color="Images"),
+                       title=_titled(title, source))
     return figure.update_layout(**_LAYOUT)
 
 
-def case_figure(images: pd.DataFrame, title: str = "Images per case (patient)"):
+def case_figure(images: pd.DataFrame, title: str = "Images per case (patient)", source: str | None = None):
     """One dot per case: a few heavy cases dominate BreakHis, which is why splits are patient-wise."""
     per_case = images.groupby(["case", "subtype"]).size().rename("Images").reset_index()
     per_case["Subtype"] = per_case["subtype"].map(pretty)
     figure = px.strip(per_case, x="Subtype", y="Images", hover_data=["case"],
-                      category_orders={"Subtype": SUBTYPE_ORDER}, title=title)
+                      category_orders={"Subtype": SUBTYPE_ORDER}, title=_titled(title, source))
     return figure.update_traces(marker_color="#2b6f8e").update_layout(**_LAYOUT)
 
 
@@ -148,7 +190,7 @@ def balanced_versions(train: pd.DataFrame, synthetic_dir: str | Path | None = No
             for strategy in balance.STRATEGIES if strategy != "synthetic" or folder}
 
 
-def strategy_figure(previews: dict[str, pd.DataFrame]):
+def strategy_figure(previews: dict[str, pd.DataFrame], source: str | None = None):
     """Subtype counts after each strategy, side by side (effective, weighted counts for class weights)."""
     frames = []
     for strategy, preview in previews.items():
@@ -164,7 +206,7 @@ def strategy_figure(previews: dict[str, pd.DataFrame]):
     figure = px.bar(long, x="Subtype", y="Images", color="class", pattern_shape="Source",
                     facet_col="Strategy", color_discrete_map=CLASS_COLOURS,
                     category_orders={"Subtype": SUBTYPE_ORDER, "Source": ["real", "synthetic"]},
-                    title="Training images per subtype after each balancing strategy")
+                    title=_titled("Training images per subtype after each balancing strategy", source))
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return figure.update_layout(**{**_LAYOUT, "height": 420})
 
@@ -181,7 +223,7 @@ def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "synthetic images": int(preview["synthetic_added"].sum()),
             "subtype imbalance (max/min)": imbalance_text(preview["effective"], digits=2),
             "class imbalance (max/min)": imbalance_text(by_class.reindex(list(CLASSES), fill_value=0), digits=2),
-            "how": "loss weights, data unchanged" if strategy == "class_weights" else "resampled table",
+            "how": STRATEGY_HOW.get(strategy, strategy),
         })
     return pd.DataFrame(rows)
 
