@@ -11,7 +11,7 @@ Patients: `--split test` (default) takes the model's own test split (rebuilt fro
 `--data`: no patient the model or its slide rule has seen); `--split unseen` takes every patient
 of `--data` absent from ../shared/breakhis/manifest-listed real set (for a full BreakHis copy).
 
-    python bench/slide_call.py --model models/default --data ../shared/breakhis/real
+    python bench/slide_call.py --model models/small-cnn --data ../shared/breakhis/real
     python bench/slide_call.py --smoke     # 1 benign and 1 focus mosaic of 2x3 fields, one malignant patient
 
 The bundled models/default learnt from every patient of ../shared (its figures are its
