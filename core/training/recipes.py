@@ -1,6 +1,6 @@
 """How the bundled default model is made: the recipes live here, in one place.
 
-    python -m core make-default --data DIR [--recipe full|limited] [--cross-validate 5] [--force]
+    python -m core make-default --data DIR [--recipe full|field|limited] [--cross-validate 5] [--force]
 
 "full" is for real users with the whole BreakHis set (7,909 images) and ImageNet weights: a
 fine-tuned multi-scale DenseNet121. "field" is the default for small data sets: the field recipe
