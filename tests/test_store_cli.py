@@ -45,6 +45,19 @@ def test_db_upgrade_then_users_add_and_sign_in(cli_store, monkeypatch, capsys):
     store.close()
 
 
+def test_db_status_creates_nothing(tmp_path, monkeypatch, capsys):
+    """A status pointed at a folder without a database (or a mistyped one) says so and writes nothing."""
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    folder = tmp_path / "no-such" / "data"
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(folder))
+    assert main(["db", "status"]) == 0
+    said = capsys.readouterr().out
+    assert f"sqlite:///{folder / 'breakhis.db'}: no database yet" in said and "db upgrade" in said
+    assert not (tmp_path / "no-such").exists()
+    assert main(["db", "upgrade"]) == 0 and main(["db", "status"]) == 0
+    assert f"schema {revisions()[1]} (this version's newest: {revisions()[1]})" in capsys.readouterr().out
+
+
 def test_db_upgrade_refuses_a_newer_database(cli_store, capsys):
     from sqlalchemy import text
 

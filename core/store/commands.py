@@ -27,11 +27,17 @@ def _db_upgrade(args) -> int:
 
 
 def _db_status(args) -> int:
-    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url
+    """Read-only: an SQLite file that is not there is reported, not created (nor its folder)."""
+    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
 
-    _, head = revisions()
-    current = current_revision(make_engine())
-    print(f"{safe_url(database_url())}: schema {current or 'empty'} (this version's newest: {head})")
+    url, (_, head) = database_url(), revisions()
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        print(f"{safe_url(url)}: no database yet (this version's newest schema: {head}); "
+              "`python -m core db upgrade` or the app's first start creates it")
+        return 0
+    current = current_revision(make_engine(url))
+    print(f"{safe_url(url)}: schema {current or 'empty'} (this version's newest: {head})")
     return 0
 
 

@@ -99,13 +99,20 @@ def _check_sqlite_file(path: Path) -> None:
                          "It was left untouched: restore it from a backup, or move it away to start a new one.")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names (None for another database or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database)
+    return None
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode."""
     url = url or database_url()
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _check_sqlite_file(Path(parsed.database))
+    if make_url(url).get_backend_name() == "sqlite":
+        if (path := sqlite_file(url)) is not None:
+            _check_sqlite_file(path)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
