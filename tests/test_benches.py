@@ -57,6 +57,20 @@ def test_the_glob_finds_every_bench_and_the_readme_documents_each():
     assert "PYTHONPATH" not in "\n".join(line for line in readme.splitlines() if "bench/" in line)
 
 
+def test_documented_slide_call_examples_name_a_model_with_test_patients():
+    """bench/slide_call.py's default --split test rebuilds the model's own test split: an example
+    naming a cross-validated final model (models/default learnt from every patient) fails as typed."""
+    from core.training.runcard import cross_validation_folds
+
+    texts = (REPO / "README.md").read_text() + (BENCH / "slide_call.py").read_text()
+    examples = re.findall(r"python bench/slide_call\.py --model [^\n]*", texts)
+    assert examples
+    for line in examples:
+        model = line.split()[3]
+        if "--split unseen" not in line:
+            assert not cross_validation_folds(json.loads((REPO / model / "card.json").read_text())), line
+
+
 def test_no_bench_imports_the_tests():
     for path in BENCH.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
