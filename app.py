@@ -5,7 +5,8 @@
 Pages live in pages/, one file each; their logic lives in core/app (session for Streamlit glue).
 Works offline with the bundled default model (models/default) and samples (assets/samples).
 Optional environment variables: BREAKHIS_DEFAULT_MODEL, BREAKHIS_MODEL_DIRS, BREAKHIS_RUNS_DIR,
-BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app/slides.py).
+BREAKHIS_SYNTHETIC_DIR (see core/app/registry.py), BREAKHIS_SLIDE_DIRS (core/app/slides.py),
+BREAKHIS_DATASET_DIRS (core/paths.py: the folders the Dataset page may scan).
 """
 
 import streamlit as st

@@ -267,7 +267,8 @@ def test_uploads_survive_a_visit_to_another_page_until_forgotten(app, samples_di
     assert real.name not in texts(app.markdown)
 
 
-def test_dataset_page_shows_balance_views(app, synthetic_breakhis):
+def test_dataset_page_shows_balance_views(app, synthetic_breakhis, monkeypatch):
+    monkeypatch.setenv("BREAKHIS_DATASET_DIRS", str(synthetic_breakhis))  # the folders this deployment opens
     app.switch_page("pages/dataset.py").run()
     assert not app.exception
     assert app.metric[0].value == "7,909"
@@ -278,7 +279,7 @@ def test_dataset_page_shows_balance_views(app, synthetic_breakhis):
     assert len(app.image) == 8  # thumbnails: one row per subtype from the bundled samples
 
     app.radio(key="dataset_source").set_value("Scan a dataset folder").run()
-    app.text_input(key="dataset_folder").set_value("/no/such/folder").run()
+    app.text_input(key="dataset_folder").set_value(str(synthetic_breakhis / "no-such")).run()
     assert "Folder not found" in texts(app.error)
     app.text_input(key="dataset_folder").set_value(str(synthetic_breakhis)).run()
     assert not app.exception
