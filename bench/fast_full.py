@@ -2,7 +2,7 @@
 heads trained, calibrated and evaluated, end to end. Goal: <= 20 minutes on 2 cores.
 
 The set has the manifest's exact layout, names and counts per subtype, magnification, slide and
-case (../shared/breakhis/manifest.csv), each image a 700x460 PNG with a learnable synthetic
+case (assets/breakhis_manifest.csv, core.paths.MANIFEST), each image a 700x460 PNG with a learnable synthetic
 signal per subtype (core/testing/synthetic.py; a smooth field plus fine noise, compressing like
 the real scans). Then, with `python -m core train`'s own function:
 1. a fast run (backbone densenet121, patient-wise split, evaluation on), timed; its features go

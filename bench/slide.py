@@ -5,7 +5,7 @@
    calibration, stitching; top-k Grad-CAM off, timed apart). The baseline, in the same run, is
    the model's bare batched forward (the compiled Predictor pass) on the same tiles, already
    resized to the model input. Goal: pipeline rate >= 0.8 x bare rate. Measured for the bundled
-   model (small_cnn, 128 px) and for DenseNet121 at 224 px (random weights: speed does not
+   model (models/default: whatever it is when the bench runs) and for DenseNet121 at 224 px (random weights: speed does not
    depend on them).
 2. Memory. A synthetic pyramidal slide of --side x --side px (default 20,480) is written tile by
    tile (never whole in memory) in a child process; then its analysis's peak resident memory

@@ -16,7 +16,7 @@ of `--data` absent from ../shared/breakhis/manifest-listed real set (for a full 
 
 The bundled models/default learnt from every patient of ../shared (its figures are its
 cross-validation's), so it has no test patients here: use --split unseen on a full BreakHis copy.
---smoke without --model runs the machinery on models/small-cnn, which has a test split.
+Without --model: models/small-cnn, which has a test split here.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def patients(args, predictor):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder (default: models/default)")
+    parser.add_argument("--model", default="models/small-cnn",
+                        help="model folder (default: models/small-cnn, which has test patients here; models/default "
+                             "learnt from every patient: use it with --split unseen)")
     parser.add_argument("--data", type=Path, default=SHARED_REAL)
     parser.add_argument("--split", choices=("test", "unseen"), default="test")
     parser.add_argument("--rows", type=int, default=4)
@@ -75,7 +77,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.cols, args.per_patient, args.benign = 2, 3, 1, 1
-    args.model = args.model or ("models/small-cnn" if args.smoke else "models/default")
 
     predictor = load_predictor(args.model)
     scale = model_scale(predictor.card)
