@@ -55,8 +55,7 @@ with settings:
         threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
                               key="threshold")
     stage1_t, subtype_t, source = predictor.stage_thresholds(threshold)  # the ones in use, the user's included
-    st.caption(f"Referral: stage 1 below p(class) {report.threshold_text(stage1_t)}, subtype below p(subtype | class) "
-               f"{report.threshold_text(subtype_t)} ({source}).")
+    st.caption(report.referral_rule(stage1_t, subtype_t, source))
     declared = predictor.tta_fixed()  # the card's views hold the 8 symmetries: always on, and shown so
     tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=declared, disabled=declared,
                     key="tta_declared" if declared else "tta",

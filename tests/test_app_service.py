@@ -304,7 +304,7 @@ def test_a_case_reason_keeps_its_probability_and_threshold_apart():
     prediction = Prediction(stage1, "malignant", stage2, other, "ductal_carcinoma", 0.9752 * 0.9761, False, [])
     calls = report.case_calls([service.ImageResult("a.png", "a", prediction=prediction, case="14-1")], 0.9768)
     reasons = calls["reasons"].item()
-    assert "p(malignant) 0.975 < 0.977" in reasons and "p(Ductal carcinoma) 0.976 < 0.977" in reasons
+    assert "p(malignant) 0.975 < 0.9768" in reasons and "p(Ductal carcinoma) 0.976 < 0.9768" in reasons
     assert "0.98" not in reasons
 
 
@@ -418,6 +418,6 @@ def test_a_probability_just_above_a_validated_threshold_is_not_printed_equal_to_
                    "mucinous_carcinoma": 0.2, "papillary_carcinoma": 0.15}, {}, "ductal_carcinoma", 0.44, False, [],
                    referral=referral)
     lines = [line for line, _ in report.referral_lines(p)]
-    assert lines == ["Stage 1: not referred (p 0.977 >= threshold 0.976)",
-                     "Subtype: not referred (p 0.45 >= threshold 0.29)"]
+    assert lines == ["Stage 1: not referred (p 0.977 >= threshold 0.9762)",  # the threshold as the caption states it
+                     "Subtype: not referred (p 0.45 >= threshold 0.2938)"]
     assert [report.threshold_text(t) for t in (0.97622, 0.2938, 0.7, 0.65)] == ["0.9762", "0.2938", "0.70", "0.65"]

@@ -21,7 +21,7 @@ from PIL import Image
 from core.app.registry import stage_calls, subtype_shown
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
-from core.model.decisions import below
+from core.model.decisions import at_least, below, referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
 
@@ -31,29 +31,15 @@ DISCLAIMER = ("Research use only. Not a medical device. Every result must be rev
               "pathologist; heat maps show where the model looked, not where disease is.")
 
 
+# Each stage's threshold (as threshold_text states it) and reasons, and where the thresholds come from:
+# "reasons" alone left out why the subtype was referred ("stage 1 referred") and which thresholds applied.
+STAGE_COLUMNS = ["stage 1 threshold", "stage 1 reasons", "subtype threshold", "subtype reasons", "thresholds source"]
 TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign", "p_malignant", "p_subtype",
-                 "confidence", "refer for review", "refer stage 1", "refer subtype", "reasons", "notes", "error",
-                 "model", "audit id"]
+                 "confidence", "refer for review", "refer stage 1", "refer subtype", "reasons", *STAGE_COLUMNS,
+                 "notes", "error", "model", "audit id"]
 # What the page shows first, so the refer reasons are never off-screen to the right; the CSV keeps
 # every column in TABLE_COLUMNS' order.
 SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer stage 1", "refer subtype", "reasons"]
-
-
-def at_least(value: float, threshold: float) -> str:
-    """"0.977 >= 0.976": a probability that passed its threshold, with the fewest decimals (2 to 4) that
-    keep them apart, as decisions.below does for one under it; 2 fixed decimals printed "0.98 >= 0.98"
-    for 0.977 and a threshold of 0.9762, which the caption stated as "below 0.98"."""
-    digits = 2
-    while digits < 4 and f"{value:.{digits}f}" == f"{threshold:.{digits}f}":
-        digits += 1
-    return f"{value:.{digits}f} >= threshold {threshold:.{digits}f}"
-
-
-def threshold_text(threshold: float) -> str:
-    """A referral threshold as the caption states it: to 4 decimals, so a validated 0.9762 is not
-    read as 0.98 (an image at 0.977 is not referred), trailing zeros dropped down to 2 (0.70)."""
-    text = f"{threshold:.4f}".rstrip("0")
-    return text + "0" * max(0, 2 - len(text.split(".")[1]))
 
 
 def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, bool]]:
@@ -98,6 +84,7 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
                 "refer subtype": "YES" if p.refer_subtype else "no",
                 "reasons": "; ".join(r.refer_reasons),
                 "notes": "; ".join(r.notes), "error": "",
+                **stage_cells(p),
             })
         elif r.error:
             row.update({"call": "not analysed: unreadable", "error": r.error})
@@ -107,6 +94,28 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
         row["audit id"] = (audit_ids or {}).get((r.name, r.sha256), "")
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def stage_cells(prediction) -> dict[str, str]:
+    """The STAGE_COLUMNS cells of one prediction (blank without per-stage referral)."""
+    referral = prediction.referral or {}
+    cells = {"thresholds source": referral.get("thresholds_source", "")}
+    for stage, name in (("stage1", "stage 1"), ("subtype", "subtype")):
+        block = referral.get(stage) or {}
+        cells[f"{name} threshold"] = threshold_text(block["threshold"]) if "threshold" in block else ""
+        cells[f"{name} reasons"] = "; ".join(block.get("reasons", []))
+    return cells
+
+
+def thresholds_in_use(results: list) -> tuple[float, float, str] | None:
+    """(stage 1, subtype, source): the referral thresholds the results were judged by (one run, one
+    predictor and setting), or None when no result has per-stage referral."""
+    for r in results:
+        referral = r.prediction.referral if r.ok else None
+        if referral:
+            return (float(referral["stage1"]["threshold"]), float(referral["subtype"]["threshold"]),
+                    referral.get("thresholds_source", "source not stated"))
+    return None
 
 
 NUMBER_COLUMNS = ["p_benign", "p_malignant", "p_subtype", "confidence", "audit id"]
@@ -353,10 +362,13 @@ def _sign_off(pdf: _Report) -> None:
 
 
 def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused: list[tuple[str, str]],
-                  details: ReportDetails) -> None:
+                  details: ReportDetails, thresholds: tuple[float, float, str] | None = None) -> None:
     pdf.add_page()
     _identity(pdf)
     _details(pdf, details)
+    if thresholds:
+        pdf.line_text(referral_rule(*thresholds), 9)
+        pdf.ln(2)
     pdf.heading("Case-level calls", 12)
     if len(cases):
         columns = ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer for review", "reasons"]
@@ -397,6 +409,9 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
         confidence += (f"; uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']}")
     pdf.line_text(confidence, 9)
+    if p.referral:  # their source is stated once, on the summary page
+        pdf.line_text(f"Referral thresholds: stage 1 p(class) {threshold_text(p.referral['stage1']['threshold'])}, "
+                      f"subtype p(subtype | class) {threshold_text(p.referral['subtype']['threshold'])}", 8, MUTED)
     for line, referred in referral_lines(p, result.warnings):
         pdf.line_text(line, 9, ALERT if referred else INK)
     for note in result.notes:
@@ -415,7 +430,8 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
     """
     pdf = _Report(model)
     _summary_page(pdf, cases, [r.error for r in results if r.error],
-                  [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails())
+                  [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails(),
+                  thresholds_in_use(results))
     for result in results:
         if result.ok:
             _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)),

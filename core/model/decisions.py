@@ -64,10 +64,19 @@ class Prediction:
 
     def summary(self, subtype_reliable: bool = True) -> str:
         """One line for the CLI; an unreliable subtype head (core.app.registry.subtype_reliability)
-        prints its subtype as such rather than as a finding."""
-        flag = ("REFER stage 1" if self.refer_stage1 else "stage 1 not referred") + " / " + \
-            ("REFER subtype" if self.refer_subtype else "subtype not referred")
-        if self.refer:
+        prints its subtype as such rather than as a finding. Each stage says why it is referred, or the
+        threshold it passed (as the page, CSV and PDF do)."""
+        flags = []
+        for stage, name, value in (("stage1", "stage 1", self.p_label), ("subtype", "subtype", self.p_subtype)):
+            block = (self.referral or {}).get(stage)
+            if block is None:  # a Prediction made without per-stage referral: its reasons, once
+                flags.append(f"REFER {name}" if self.refer else f"{name} not referred")
+            elif block["refer"]:
+                flags.append(f"REFER {name}: {'; '.join(block['reasons'])}")
+            else:
+                flags.append(f"{name} not referred ({at_least(value, block['threshold'])})")
+        flag = " / ".join(flags)
+        if self.refer and not self.referral:
             flag += ": " + "; ".join(self.refer_reasons)
         subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
         if not subtype_reliable:
@@ -124,10 +133,41 @@ def figure(value: float) -> str:
     return f"{value:.3g}"
 
 
+def threshold_text(threshold: float) -> str:
+    """A referral threshold as every output states it (page caption, reasons, CSV, PDF, CLI): to 4
+    decimals, so a validated 0.9762 is not read as 0.98 (an image at 0.977 is not referred), trailing
+    zeros dropped down to 2 (0.70)."""
+    text = f"{threshold:.4f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.split(".")[1]))
+
+
+def _compared(value: float, threshold: float, holds) -> tuple[str, str]:
+    """(value, threshold) as printed: the threshold as threshold_text states it, the value with the
+    fewest decimals (2 to 6) that keep it apart from the threshold and still read true (holds)."""
+    for digits in range(2, 7):
+        shown = threshold_text(threshold) if digits <= 4 else f"{threshold:.{digits}f}"
+        text = f"{value:.{digits}f}"
+        if text != f"{threshold:.{digits}f}" and holds(float(text), float(shown)):
+            return text, shown
+    shown = threshold_text(threshold)  # equal (a value at its threshold passes): both as the threshold
+    return f"{value:.{len(shown.split('.')[1])}f}", shown
+
+
 def below(value: float, threshold: float) -> str:
-    """"0.975 < 0.976": a probability and the threshold it fell under, with the fewest decimals (2 to
-    4) that keep them apart; 2 fixed decimals showed "0.98 < 0.98" for a threshold like 0.976."""
-    digits = 2
-    while digits < 4 and f"{value:.{digits}f}" >= f"{threshold:.{digits}f}":
-        digits += 1
-    return f"{value:.{digits}f} < {threshold:.{digits}f}"
+    """"0.975 < 0.9762": a probability and the threshold it fell under. The threshold is printed as
+    the caption states it (threshold_text); "0.67 < 0.98" contradicted a caption's 0.9762, and 2
+    fixed decimals showed "0.98 < 0.98" for 0.975."""
+    return " < ".join(_compared(value, threshold, lambda v, t: v < t))
+
+
+def at_least(value: float, threshold: float) -> str:
+    """"0.977 >= threshold 0.9762": a probability that passed its threshold, printed as `below` does;
+    2 fixed decimals printed "0.98 >= 0.98" for 0.977 and a threshold of 0.9762."""
+    return " >= threshold ".join(_compared(value, threshold, lambda v, t: v >= t))
+
+
+def referral_rule(stage1: float, subtype: float, source: str) -> str:
+    """Both referral thresholds and where they come from, stated once (the page caption, the PDF,
+    the CLI): core.model.predict.Predictor.stage_thresholds gives them."""
+    return (f"Referral: stage 1 below p(class) {threshold_text(stage1)}, subtype below p(subtype | class) "
+            f"{threshold_text(subtype)} ({source}).")
