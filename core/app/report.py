@@ -198,7 +198,9 @@ def _thresholds(members) -> tuple[float, float]:
 
 
 def results_csv(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=False).encode("utf-8")
+    """UTF-8 with a byte-order mark (as the audit log's export): without it Excel reads the file as
+    cp1252 and garbles every row's model badge ("LIMITED DATA Â·") and non-ASCII file names."""
+    return table.to_csv(index=False).encode("utf-8-sig")
 
 
 def _latin1(text) -> str:
