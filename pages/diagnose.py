@@ -20,7 +20,7 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 
 st.title("Diagnose")
 predictor = session.require_predictor()
-model = registry.describe_model(predictor.card)
+model = report.report_model(predictor.card)  # describe_model's, and what the PDF states besides
 model["calibrated"] = records.calibrated(predictor)  # an ensemble's are its members' (its card has no temperatures)
 normalizer = predictor.normalizer  # fitted at training (core.data.stain); "none" for most models
 if model["limited"] and not predictor.is_demo:

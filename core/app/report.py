@@ -18,9 +18,10 @@ import pandas as pd
 from fpdf import FPDF
 from PIL import Image
 
-from core.app.registry import stage_calls, subtype_shown
+from core.app.registry import describe_model, stage_calls, subtype_shown
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
+from core.evaluation.metrics import split_name
 from core.model.decisions import at_least, below, referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
@@ -323,6 +324,41 @@ def _warn(pdf: _Report) -> None:
         pdf.banner(warning, ALERT)
 
 
+def data_text(on) -> str | None:
+    """The data a calibration or threshold was fitted on, in words: a card states it as a sentence
+    (a cross-validated model's "pooled out-of-fold predictions of 5-fold CV ...") or as a scope
+    (core.evaluation.metrics.scope: split, protocol, images, cases)."""
+    if not on:
+        return None
+    if isinstance(on, str):
+        return on
+    name, cases, images = split_name(on), on.get("cases", "?"), on.get("images", "?")
+    protocol = on.get("protocol") or "unknown protocol"
+    if name == "out-of-fold":
+        return f"pooled out-of-fold predictions of {cases} patients ({images} images; {protocol})"
+    return f"{cases} {'validation' if name == 'val' else name} patients ({images} images; {protocol} split)"
+
+
+def calibrated_on(card: dict) -> str | None:
+    """How the card's probabilities were calibrated and on which data, from the card itself (a
+    cross-validated model is calibrated on pooled out-of-fold predictions, not a validation split)."""
+    if card.get("kind") == "ensemble":
+        return "the mean of its members' calibrated probabilities, each member's temperatures fitted on its own data"
+    on = data_text((card.get("calibration") or {}).get("fitted_on"))
+    return f"temperature scaling, fitted on {on}" if on else None
+
+
+def report_model(card: dict) -> dict:
+    """core.app.registry.describe_model plus what the PDF states besides: the calibration's data."""
+    return {**describe_model(card), "calibrated_on": calibrated_on(card)}
+
+
+def _probabilities(model: dict) -> str:
+    if not model.get("calibrated"):
+        return "raw softmax outputs (not calibrated)"
+    return f"calibrated ({model.get('calibrated_on') or 'temperature scaling; the model card does not say on which data'})"
+
+
 def _identity(pdf: _Report) -> None:
     model = pdf.model
     pdf.heading("Breast histopathology - decision-support report")
@@ -333,8 +369,7 @@ def _identity(pdf: _Report) -> None:
         ["model card created", model.get("created") or "unknown"], ["SHA-256 of the model file", model.get("sha256") or "n/a"],
         ["training data", model.get("evidence") or model["data"]], ["split protocol", model["protocol"]],
         ["measured accuracy", model.get("measured") or "not evaluated"],
-        ["probabilities", "calibrated (temperature scaling on the validation split)" if model.get("calibrated")
-         else "raw softmax outputs (not calibrated)"]], widths=[45, 135])
+        ["probabilities", _probabilities(model)]], widths=[45, 135])
 
 
 @dataclasses.dataclass
@@ -428,7 +463,7 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
     the heat-map method that drew them (the page's choice: Grad-CAM++ and Score-CAM maps differ).
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
-    model: core.app.registry.describe_model(card).
+    model: report_model(card) (core.app.registry.describe_model's dict and the calibration's data).
     """
     pdf = _Report(model)
     _summary_page(pdf, cases, [r.error for r in results if r.error],

@@ -1,0 +1,55 @@
+"""The PDF report states what the model card says: how its probabilities were calibrated and on which data.
+
+Built from hand-made predictions on a synthetic tissue image and the bundled cards: no model is loaded."""
+
+import io
+import json
+
+from pypdf import PdfReader
+
+from core.app import registry, report, service
+from core.data.labels import SUBTYPES_BY_CLASS
+from core.model.decisions import Prediction
+from tests.app_helpers import REPO, png_bytes, tissue_like
+
+
+def card(name: str) -> dict:
+    return json.loads((REPO / "models" / name / "card.json").read_text())
+
+
+def results(*names: str) -> list:
+    out = []
+    for name in names:
+        item = service.read_item(name, png_bytes(tissue_like()))
+        stage2 = dict(zip(SUBTYPES_BY_CLASS["malignant"], (0.7, 0.1, 0.1, 0.1)))
+        item.prediction = Prediction({"benign": 0.2, "malignant": 0.8}, "malignant", stage2,
+                                     dict.fromkeys(SUBTYPES_BY_CLASS["benign"], 0.25), "ductal_carcinoma", 0.56,
+                                     False, [])
+        out.append(item)
+    return out
+
+
+def pdf_text(items: list, model: dict) -> str:
+    pdf = report.build_report(items, {r.digest: (r.display, r.display) for r in items}, report.case_calls(items), model)
+    return "\n".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
+def test_the_pdf_names_the_data_the_probabilities_were_calibrated_on():
+    """The bundled model was calibrated on pooled out-of-fold predictions of its 5-fold CV; the PDF said
+    "temperature scaling on the validation split" for every model."""
+    text = pdf_text(results("a.png"), report.report_model(card("default")))
+    assert "calibrated (temperature scaling, fitted on pooled out-of-fold predictions of 5-fold CV (757 images, " \
+           "46 patients))" in text
+    assert "validation split" not in text
+    # a card that states a scope (core.training.calibrate_run): its split, protocol and size in words
+    small = report.report_model(card("small-cnn"))
+    assert small["calibrated_on"] == "temperature scaling, fitted on 8 validation patients (112 images; patient-wise split)"
+    # a dict without the calibration's data says so rather than guess a split
+    assert "the model card does not say on which data" in pdf_text(results("a.png"),
+                                                                    registry.describe_model(card("default")))
+
+
+def test_an_ensemble_says_its_members_calibrate_their_own_outputs():
+    ensemble = {"kind": "ensemble", "name": "ens", "members": []}
+    assert "each member's temperatures fitted on its own data" in report.calibrated_on(ensemble)
+    assert report.calibrated_on({"calibration": {}}) is None
