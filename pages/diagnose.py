@@ -98,8 +98,12 @@ if len(results) > 1:
                  column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
     st.subheader("Case-level call")
     st.caption(report.case_rule(predictor.card, predictor.case_threshold))
-    st.dataframe(cases, hide_index=True,
-                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
+    if len(cases):
+        st.dataframe(cases, hide_index=True,
+                     column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
+    uncased = report.uncased_note(results)
+    if uncased:
+        st.caption(uncased)
 
 
 def probabilities(values: dict[str, float], column: str) -> None:

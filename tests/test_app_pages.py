@@ -232,7 +232,8 @@ def test_uploads_with_every_bad_input_get_messages_and_the_app_keeps_serving(app
     assert (table["error"] != "").sum() == 5
     assert set(table.loc[table["call"] == "not analysed: not H&E tissue", "file"]) == {
         "deep16.png", "gray.png", "holiday_photo.png"}
-    assert tables(app, "images")[0]["images"].sum() == 5  # the readable H&E ones only
+    assert tables(app, "images")[0]["images"].sum() == 1  # the readable H&E ones with a case id only
+    assert "4 image(s) without a BreakHis case id in their names" in texts(app.caption)  # no case call for them
     app.file_uploader(key="uploads").set_value(None).run()  # and it still serves afterwards
     assert "Upload one or more images" in texts(app.info)
 

@@ -133,18 +133,25 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+CASE_COLUMNS = ["case", "images", "call", "p_malignant", "subtype", "p_subtype", "confidence", "refer for review",
+                "reasons"]
+
+
 def case_calls(results: list, refer_threshold: float | None = None,
                malignant_threshold: float = 0.5, subtype_reliable: bool = True) -> pd.DataFrame:
     """One call per case by core.model.predict.case_decision (the rule patient-level evaluation uses),
     malignant from `malignant_threshold` on (the model's validated case threshold, Predictor.case_threshold).
 
-    Images whose names carry no case id are pooled as one uploaded case.
+    Images whose names carry no case id get no case call (uncased_note says so): pooled as one case,
+    unrelated uploads were called as if they came from one patient.
     """
     groups: dict[str, list] = {}
     left_out: dict[str, int] = {}  # images of a case that got no call because they are not H&E tissue
     unreadable: dict[str, int] = {}  # images of a case that could not be read at all
     for r in results:
-        case = r.case or "uploaded images (no case id in names)"
+        case = r.case
+        if not case:
+            continue
         if r.ok:
             groups.setdefault(case, []).append(r)
         elif r.not_histology:
@@ -178,15 +185,29 @@ def case_calls(results: list, refer_threshold: float | None = None,
             "p_subtype": round(p_subtype[subtype], 4), "confidence": round(confidence, 4),
             "refer for review": "YES" if reasons else "no", "reasons": "; ".join(reasons),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+
+
+def uncased_note(results: list) -> str | None:
+    """Why analysed images without a BreakHis case id in their names have no case call (None if none)."""
+    names = [r.name for r in results if r.ok and not r.case]
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{len(names)} image(s) without a BreakHis case id in their names ({shown}) get no case call: "
+            "a case call pools the images of one patient, and these may come from different patients.")
 
 
 def case_rule(card: dict, threshold: float) -> str:
     """How a case is called, for the caption over the case table: the threshold is the validated one only
-    when the model's evaluation chose it (thresholds.case_malignant); an unevaluated model (an ensemble
-    built from members, a demo) calls from the default 0.5."""
-    chosen = ("the threshold this model's evaluation chose on validation patients"
-              if "case_malignant" in (card.get("thresholds") or {}) else "the default: no evaluation chose one for this model")
+    when the model's evaluation chose it (thresholds.case_malignant), named with the data it was chosen on
+    (a cross-validated model's pooled out-of-fold patients, not "validation patients"); an unevaluated
+    model (an ensemble built from members, a demo) calls from the default 0.5."""
+    thresholds = card.get("thresholds") or {}
+    on = data_text((thresholds.get("case_malignant_selection") or {}).get("selected_on"))
+    chosen = ("the default: no evaluation chose one for this model" if "case_malignant" not in thresholds else
+              f"the threshold this model's evaluation chose on {on}" if on else
+              "the threshold this model's evaluation chose; the model card does not say on which data")
     return (f"Mean p(malignant) over the case's images, called malignant from {threshold:.2f} ({chosen}), then the "
             "most probable subtype of that class. Cases come from BreakHis-style file names.")
 
@@ -335,8 +356,8 @@ def data_text(on) -> str | None:
     name, cases, images = split_name(on), on.get("cases", "?"), on.get("images", "?")
     protocol = on.get("protocol") or "unknown protocol"
     if name == "out-of-fold":
-        return f"pooled out-of-fold predictions of {cases} patients ({images} images; {protocol})"
-    return f"{cases} {'validation' if name == 'val' else name} patients ({images} images; {protocol} split)"
+        return f"pooled out-of-fold predictions of {cases} patients: {images} images, {protocol}"
+    return f"{cases} {'validation' if name == 'val' else name} patients: {images} images, {protocol} split"
 
 
 def calibrated_on(card: dict) -> str | None:
@@ -399,7 +420,8 @@ def _sign_off(pdf: _Report) -> None:
 
 
 def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused: list[tuple[str, str]],
-                  details: ReportDetails, thresholds: tuple[float, float, str] | None = None) -> None:
+                  details: ReportDetails, thresholds: tuple[float, float, str] | None = None,
+                  uncased: str | None = None) -> None:
     pdf.add_page()
     _identity(pdf)
     _details(pdf, details)
@@ -411,6 +433,8 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused:
         columns = ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer for review", "reasons"]
         pdf.table(columns, [[row.get(c, "") for c in columns] for _, row in cases.iterrows()],
                   widths=[24, 13, 17, 26, 18, 18, 16, 48])
+    if uncased:
+        pdf.line_text(uncased, 8, MUTED)
     for error in errors:
         pdf.line_text(f"Not analysed: {error}", 8, ALERT)
     for name, reason in refused:
@@ -468,7 +492,7 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
     pdf = _Report(model)
     _summary_page(pdf, cases, [r.error for r in results if r.error],
                   [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails(),
-                  thresholds_in_use(results))
+                  thresholds_in_use(results), uncased_note(results))
     for result in results:
         if result.ok:
             _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)),
