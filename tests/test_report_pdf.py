@@ -5,6 +5,7 @@ Built from hand-made predictions on a synthetic tissue image and the bundled car
 import io
 import json
 
+import pytest
 from pypdf import PdfReader
 
 from core.app import registry, report, service
@@ -29,9 +30,14 @@ def results(*names: str) -> list:
     return out
 
 
-def pdf_text(items: list, model: dict) -> str:
+def pdf_pages(items: list, model: dict) -> list[str]:
     pdf = report.build_report(items, {r.digest: (r.display, r.display) for r in items}, report.case_calls(items), model)
-    return "\n".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
+    return [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
+
+
+def pdf_text(items: list, model: dict) -> str:
+    """Each page on one line (long table cells wrap)."""
+    return "\n".join(" ".join(page.split()) for page in pdf_pages(items, model))
 
 
 def test_the_pdf_names_the_data_the_probabilities_were_calibrated_on():
@@ -53,3 +59,33 @@ def test_an_ensemble_says_its_members_calibrate_their_own_outputs():
     ensemble = {"kind": "ensemble", "name": "ens", "members": []}
     assert "each member's temperatures fitted on its own data" in report.calibrated_on(ensemble)
     assert report.calibrated_on({"calibration": {}}) is None
+
+
+def names_in(items: list) -> list[str]:
+    """The lines of the PDF naming the files (their image pages' headings)."""
+    pages = pdf_pages(items, report.report_model(card("default")))
+    return [line for page in pages[1:] for line in page.splitlines() if "mile_" in line]
+
+
+@pytest.mark.skipif(report.unicode_font() is None, reason="no DejaVu Sans installed or bundled")
+def test_non_latin_file_names_print_as_named_with_a_unicode_font():
+    """Latin-1 Helvetica printed every non-Latin-1 character as '?': "乳腺_émile_ß.png" and "乳房_émile_ß.png"
+    read "??_émile_ß.png" twice, and a Cyrillic name was all question marks."""
+    items = results("гистология_αβ_émile_ß.png")
+    assert names_in(items) == ["гистология_αβ_émile_ß.png"]
+
+
+@pytest.mark.parametrize("font", ["unicode", "latin-1"])
+def test_two_names_the_font_cannot_print_apart_keep_their_sha256_prefix(font, monkeypatch):
+    """DejaVu has no CJK glyphs, Helvetica no non-Latin-1 ones: a name printed with a '?' carries the
+    SHA-256 prefix of its bytes, so two such files are still told apart."""
+    if font == "latin-1":
+        monkeypatch.setattr(report, "FONT_FOLDERS", ())
+    elif report.unicode_font() is None:
+        pytest.skip("no DejaVu Sans installed or bundled")
+    first, second = results("乳腺_émile_ß.png", "乳房_émile_ß.png")
+    second.sha256 = "f" * 64  # same synthetic pixels: other bytes
+    headings = names_in([first, second])
+    assert headings == [f"??_émile_ß.png (SHA-256 {first.sha256[:12]})", f"??_émile_ß.png (SHA-256 {'f' * 12})"]
+    plain = results("SOB_B_F-14-25197-400-033.png")  # a name printed whole gets no prefix
+    assert "SHA-256 " + plain[0].sha256[:12] not in pdf_text(plain, report.report_model(card("default")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from core.evaluation.metrics import split_name
 from core.model.decisions import at_least, below, referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
+from core.paths import ASSETS
 
 INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
 WIDTH = 180  # mm of A4 between the margins
@@ -225,6 +227,22 @@ def results_csv(table: pd.DataFrame) -> bytes:
     return table.to_csv(index=False).encode("utf-8-sig")
 
 
+# DejaVu Sans (free to redistribute: Bitstream Vera licence, DejaVu changes public domain): a copy in
+# assets/fonts first, then the system's (Debian/Ubuntu fonts-dejavu-core). Without it, Latin-1 Helvetica.
+FONT_FOLDERS = (ASSETS / "fonts", Path("/usr/share/fonts/truetype/dejavu"))
+UNICODE_FONT = "dejavu"
+
+
+def unicode_font() -> tuple[str, str] | None:
+    """(regular, bold) TrueType files of DejaVu Sans, or None when none is installed or bundled."""
+    for folder in FONT_FOLDERS:
+        regular = folder / "DejaVuSans.ttf"
+        if regular.is_file():
+            bold = folder / "DejaVuSans-Bold.ttf"
+            return str(regular), str(bold if bold.is_file() else regular)
+    return None
+
+
 def _latin1(text) -> str:
     """fpdf2's built-in fonts are Latin-1; anything else (arrows, non-Latin file names) is replaced
     visibly rather than dropped, so the PDF never fails on an odd character."""
@@ -239,29 +257,47 @@ class _Report(FPDF):
         self.set_auto_page_break(True, margin=18)
         self.set_title("Breast histopathology decision-support report")
         self.set_creator("BreakHis decision-support app")
+        files = unicode_font()
+        self.family, self.glyphs = "helvetica", None
+        if files:  # non-Latin file names print as named, not as "??"
+            self.add_font(UNICODE_FONT, "", files[0])
+            self.add_font(UNICODE_FONT, "B", files[1])
+            self.family, self.glyphs = UNICODE_FONT, set(self.fonts[UNICODE_FONT].cmap)
+
+    def shown(self, text) -> str:
+        """The text as the font can print it: a character it has no glyph for becomes '?'."""
+        if self.glyphs is None:
+            return _latin1(text)
+        return "".join(c if c == "\n" or ord(c) in self.glyphs else "?" for c in str(text))
+
+    def name_text(self, name: str, sha256: str) -> str:
+        """A file name as printed, with its SHA-256 prefix when a character could not be: 乳腺_x.png and
+        乳房_x.png both print as ??_x.png."""
+        shown = self.shown(name)
+        return shown if shown == name else f"{shown} (SHA-256 {sha256[:12]})"
 
     def footer(self):
         self.set_y(-14)
-        self.set_font("helvetica", size=7)
+        self.set_font(self.family, size=7)
         self.set_text_color(*MUTED)
-        self.multi_cell(0, 3.2, _latin1(f"{DISCLAIMER}  Page {self.page_no()}."), align="C", new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, 3.2, self.shown(f"{DISCLAIMER}  Page {self.page_no()}."), align="C", new_x="LMARGIN", new_y="NEXT")
 
     def heading(self, text: str, size: int = 15, colour=ACCENT):
-        self.set_font("helvetica", "B", size)
+        self.set_font(self.family, "B", size)
         self.set_text_color(*colour)
-        self.multi_cell(0, size * 0.5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, size * 0.5, self.shown(text), new_x="LMARGIN", new_y="NEXT")
         self.ln(1)
 
     def line_text(self, text: str, size: float = 9, colour=INK, style: str = ""):
-        self.set_font("helvetica", style, size)
+        self.set_font(self.family, style, size)
         self.set_text_color(*colour)
-        self.multi_cell(0, size * 0.48, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, size * 0.48, self.shown(text), new_x="LMARGIN", new_y="NEXT")
 
     def banner(self, text: str, colour):
         self.set_fill_color(*colour)
         self.set_text_color(255, 255, 255)
-        self.set_font("helvetica", "B", 11)
-        self.multi_cell(0, 7, _latin1(text), fill=True, new_x="LMARGIN", new_y="NEXT")
+        self.set_font(self.family, "B", 11)
+        self.multi_cell(0, 7, self.shown(text), fill=True, new_x="LMARGIN", new_y="NEXT")
         self.ln(2)
 
     def fitted_widths(self, header: list[str], widths: list[float]) -> list[float]:
@@ -271,7 +307,7 @@ class _Report(FPDF):
         padding = 2 * self.c_margin + 1.5
         style = self.font_style
         self.set_font(style="B")  # headers are set in bold
-        needed = [max(self.get_string_width(word) for word in _latin1(h).split() or [""]) + padding for h in header]
+        needed = [max(self.get_string_width(word) for word in self.shown(h).split() or [""]) + padding for h in header]
         self.set_font(style=style)
         total = sum(widths)
         fixed = [max(w, n) for w, n in zip(widths, needed)]
@@ -283,7 +319,7 @@ class _Report(FPDF):
         return fixed
 
     def table(self, header: list[str], rows: list[list], widths: list[float] | None = None):
-        self.set_font("helvetica", size=8)
+        self.set_font(self.family, size=8)
         if widths:
             widths = self.fitted_widths(header, widths)
         self.set_text_color(*INK)
@@ -291,9 +327,9 @@ class _Report(FPDF):
         self.set_draw_color(*MUTED)
         with super().table(col_widths=widths, text_align="LEFT", line_height=4.2, cell_fill_color=(240, 245, 247),
                            cell_fill_mode="ROWS") as grid:
-            grid.row([_latin1(h) for h in header])
+            grid.row([self.shown(h) for h in header])
             for values in rows:
-                grid.row([_latin1(v) for v in values])
+                grid.row([self.shown(v) for v in values])
         self.ln(2)
 
     def pictures(self, panels: list[tuple[str, np.ndarray]]):
@@ -308,9 +344,9 @@ class _Report(FPDF):
             x = self.l_margin + i * (width + 4)
             self.image(jpeg, x=x, y=top, w=width)
             self.set_xy(x, top + height + 1)
-            self.set_font("helvetica", size=7)
+            self.set_font(self.family, size=7)
             self.set_text_color(*MUTED)
-            self.multi_cell(width, 3, _latin1(caption))
+            self.multi_cell(width, 3, self.shown(caption))
             tallest = max(tallest, height)
         self.set_xy(self.l_margin, top + tallest + 9)
 
@@ -322,9 +358,9 @@ class _Report(FPDF):
         top = self.get_y()
         self.image(png, x=self.l_margin, y=top, w=50, h=3)
         self.set_xy(self.l_margin + 53, top - 0.5)
-        self.set_font("helvetica", size=7)
+        self.set_font(self.family, size=7)
         self.set_text_color(*MUTED)
-        self.multi_cell(WIDTH - 53, 3, _latin1(COLOUR_SCALE), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(WIDTH - 53, 3, self.shown(COLOUR_SCALE), new_x="LMARGIN", new_y="NEXT")
         self.ln(2)
 
 
@@ -419,7 +455,7 @@ def _sign_off(pdf: _Report) -> None:
     pdf.line_text(f"Signed: {'_' * 34}   Date: {'_' * 16}", 9)
 
 
-def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused: list[tuple[str, str]],
+def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list, refused: list,
                   details: ReportDetails, thresholds: tuple[float, float, str] | None = None,
                   uncased: str | None = None) -> None:
     pdf.add_page()
@@ -435,10 +471,12 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list[str], refused:
                   widths=[24, 13, 17, 26, 18, 18, 16, 48])
     if uncased:
         pdf.line_text(uncased, 8, MUTED)
-    for error in errors:
-        pdf.line_text(f"Not analysed: {error}", 8, ALERT)
-    for name, reason in refused:
-        pdf.line_text(f"{name}: {NOT_ANALYSED} ({reason}); no call, not counted in its case.", 8, ALERT)
+    for r in errors:
+        note = "" if pdf.shown(r.error) == r.error else f" (file SHA-256 {r.sha256[:12]})"
+        pdf.line_text(f"Not analysed: {r.error}{note}", 8, ALERT)
+    for r in refused:
+        pdf.line_text(f"{pdf.name_text(r.name, r.sha256)}: {NOT_ANALYSED} ({r.not_histology}); no call, "
+                      "not counted in its case.", 8, ALERT)
     pdf.ln(2)
     _sign_off(pdf)
 
@@ -448,7 +486,7 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
     p = result.prediction
     pdf.add_page()
     _warn(pdf)
-    pdf.heading(result.name, 12, INK)
+    pdf.heading(pdf.name_text(result.name, result.sha256), 12, INK)
     if audit_id is not None:
         pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this result)", 8, MUTED)
     pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
@@ -490,8 +528,8 @@ def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray
     model: report_model(card) (core.app.registry.describe_model's dict and the calibration's data).
     """
     pdf = _Report(model)
-    _summary_page(pdf, cases, [r.error for r in results if r.error],
-                  [(r.name, r.not_histology) for r in results if r.not_histology], details or ReportDetails(),
+    _summary_page(pdf, cases, [r for r in results if r.error], [r for r in results if r.not_histology],
+                  details or ReportDetails(),
                   thresholds_in_use(results), uncased_note(results))
     for result in results:
         if result.ok:
