@@ -50,9 +50,10 @@ def test_the_pdf_names_the_data_the_probabilities_were_calibrated_on():
     # a card that states a scope (core.training.calibrate_run): its split, protocol and size in words
     small = report.report_model(card("small-cnn"))
     assert small["calibrated_on"] == "temperature scaling, fitted on 8 validation patients: 112 images, patient-wise split"
-    # a dict without the calibration's data says so rather than guess a split
-    assert "the model card does not say on which data" in pdf_text(results("a.png"),
-                                                                    registry.describe_model(card("default")))
+    # a card, or a dict, without the calibration's data says so rather than guess a split
+    undated = {**card("default"), "calibration": {"temperatures": {"stage1": 0.9}}}
+    assert "the model card does not say on which data" in pdf_text(results("a.png"), report.report_model(undated))
+    assert "the model card's calibration.fitted_on" in pdf_text(results("a.png"), registry.describe_model(card("default")))
 
 
 def test_an_ensemble_says_its_members_calibrate_their_own_outputs():

@@ -413,7 +413,9 @@ def report_model(card: dict) -> dict:
 def _probabilities(model: dict) -> str:
     if not model.get("calibrated"):
         return "raw softmax outputs (not calibrated)"
-    return f"calibrated ({model.get('calibrated_on') or 'temperature scaling; the model card does not say on which data'})"
+    if "calibrated_on" not in model:  # describe_model's dict alone: the card was not asked
+        return "calibrated (temperature scaling; the data: the model card's calibration.fitted_on)"
+    return f"calibrated ({model['calibrated_on'] or 'temperature scaling; the model card does not say on which data'})"
 
 
 def _identity(pdf: _Report) -> None:
