@@ -27,6 +27,7 @@ from core.model.decisions import at_least, below, referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision, figure
 from core.paths import ASSETS
+from core.spreadsheet import spreadsheet_csv
 
 INK, MUTED, ACCENT, ALERT = (31, 45, 54), (96, 112, 122), (43, 111, 142), (176, 48, 48)
 WIDTH = 180  # mm of A4 between the margins
@@ -222,9 +223,9 @@ def _thresholds(members) -> tuple[float, float]:
 
 
 def results_csv(table: pd.DataFrame) -> bytes:
-    """UTF-8 with a byte-order mark (as the audit log's export): without it Excel reads the file as
-    cp1252 and garbles every row's model badge ("LIMITED DATA Â·") and non-ASCII file names."""
-    return table.to_csv(index=False).encode("utf-8-sig")
+    """For a spreadsheet, as the audit log's export (core.spreadsheet): an uploaded file's name that
+    starts like a formula stays text; UTF-8 with a byte-order mark keeps "·" and non-ASCII names."""
+    return spreadsheet_csv(table)
 
 
 # DejaVu Sans (free to redistribute: Bitstream Vera licence, DejaVu changes public domain): a copy in

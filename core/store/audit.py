@@ -22,6 +22,7 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.paths import REPO
+from core.spreadsheet import spreadsheet_csv
 from core.store.db import make_engine, store_errors, upgrade
 from core.store.models import AuditEvent, utc_now
 
@@ -158,22 +159,7 @@ class Store:
         return frame
 
     def csv(self, **filters) -> bytes:
-        """The filtered trail as CSV, with text a spreadsheet would run as a formula made inert.
+        """The filtered trail as CSV for a spreadsheet: formulas made inert, UTF-8 with a byte-order mark
+        (core.spreadsheet says why)."""
+        return spreadsheet_csv(self.frame(**filters))
 
-        RFC 4180's CRLF line ends: the writer then quotes every cell holding a CR or LF, so a CR
-        typed into a name cannot start a new row (whose first cell would be a formula again).
-        UTF-8 with a byte-order mark: without one, Excel reads the file in the machine's legacy code
-        page and garbles non-ASCII user and file names (read it back with encoding="utf-8-sig")."""
-        return self.frame(**filters).map(_inert).to_csv(index=False, lineterminator="\r\n").encode("utf-8-sig")
-
-
-# CSV (formula) injection: anyone who reaches the sign-in page chooses the user cell of a failed
-# sign-in, and anyone who uploads chooses a file name; a spreadsheet opening the export runs a cell
-# that starts with one of these as a formula (which can, e.g., send other cells to a web address).
-# OWASP's advice: start such a cell with a single quote, which spreadsheets show as plain text. Only
-# the export changes: the rows and the page's table keep the text as it was recorded.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _inert(cell):
-    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
