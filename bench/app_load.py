@@ -25,7 +25,9 @@ for the same images, the ratio, CPU seconds, and the peak memory.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -245,6 +247,7 @@ def signed_in_environment(model: Path, sessions: int) -> dict:
     from core.store.audit import Store
 
     root = Path(tempfile.mkdtemp(prefix="app_load-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # its database and signing key go with the run
     environment = {"BREAKHIS_DEFAULT_MODEL": str(model), "BREAKHIS_MODEL_DIRS": str(model.parent),
                    "BREAKHIS_RUNS_DIR": str(root / "runs"), "BREAKHIS_DATA_DIR": str(root / "data")}
     os.environ.update(environment)
@@ -321,6 +324,7 @@ def browser_figures(args, environment: dict, measure, samples: list[Path]) -> di
 
     started: dict = {}
     folder = Path(tempfile.mkdtemp(prefix="app_load-server-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     with streamlit_server(folder, environment, started) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pid = started["process"].pid
