@@ -31,14 +31,12 @@ by SIGTERM.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
-from core.errors import Cancelled, DatasetError, ImageError, UserInputError
+from core.errors import Cancelled, DatasetError, UserInputError
 from core.options import add_dataclass_options, whole_number
 from core.paths import DEFAULT_MODEL_DIR
 
@@ -187,68 +185,6 @@ def _evaluate(args) -> int:
     return OK
 
 
-def _image_paths(paths: list[str]) -> list[str]:
-    """The images to predict: each file as given, each folder's images (its tree, sorted; hidden
-    files and other files left out). A folder without images stays, for its error line."""
-    from core.data.breakhis import IMAGE_EXTENSIONS
-
-    expanded = []
-    for path in paths:
-        if not os.path.isdir(path):
-            expanded.append(path)
-            continue
-        found = sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
-        expanded.extend(found or [path])
-    return expanded
-
-
-def _predict(args) -> int:
-    from core.app.registry import describe_model, magnification_from_name, model_badge, subtype_reliability
-    from core.data.histology import NOT_ANALYSED
-    from core.data.images import load_image
-    from core.model.loading import load_predictor
-
-    predictor = load_predictor(args.model)
-    reliable, subtype_note = subtype_reliability(predictor.card)
-    badge, info = model_badge(predictor.card), describe_model(predictor.card)
-    if info["demo"] or info["limited"]:  # labelled wherever it predicts: here once, and in every JSON record
-        logging.getLogger(__name__).warning("%s: %s", badge, info["evidence"] or "demo model, no valid accuracy")
-    if not reliable:
-        logging.getLogger(__name__).warning("%s", subtype_note)
-    failed = 0
-    for path in _image_paths(args.images):
-        name = os.path.basename(path)
-        try:
-            if os.path.isdir(path):
-                raise ImageError(f"'{name}' is a folder without images (PNG, JPEG, TIFF).")
-            loaded = load_image(path, name)
-        except (ImageError, OSError) as error:
-            failed += 1
-            print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
-                  flush=True)
-            continue
-        if loaded.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": loaded.not_histology,
-                              "model": predictor.name, "model_badge": badge}) if args.json
-                  else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
-            continue
-        found = magnification_from_name(name)  # the name's, as in the app; else --magnification
-        magnification, source = (found, "file name") if found else (args.magnification, "--magnification") \
-            if args.magnification else (None, "not stated")
-        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold,
-                                       magnifications=[magnification])[0]
-        if args.json:
-            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "model_badge": badge,
-                              "model_limited": info["limited"], "subtype_reliable": reliable,
-                              "magnification": magnification, "magnification_source": source,
-                              "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
-        else:
-            warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
-            print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
-    return FAILED if failed else OK
-
-
 def _make_default(args) -> int:
     from core.slide.commands import choose_slide_rule
     from core.training.recipes import install_run, make_default, refuse_unused_options
@@ -281,8 +217,6 @@ def _import_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.model.decisions import DEFAULT_REFER_THRESHOLD
-
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 failed, 2 usage or user error.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -301,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", _train, "train the classifier; writes a run folder")
     _add_dataclass_options(train, "core.training.config", "TrainConfig")
 
-    from core.data.labels import MAGNIFICATIONS
     from core.data.selection import MAGNIFICATION_CHOICES
 
     packed = command("pack-fields", _pack_fields, "write a BreakHis folder's real images as a field pack (JPEG "
@@ -340,17 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--target-recall", type=float, default=0.95,
                           help="malignant recall the recall-favouring threshold must reach on val")
 
-    predict = command("predict", _predict, "classify BreakHis-style histopathology images")
-    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF), or folders of them")
-    predict.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (model.keras + card.json)")
-    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
-    predict.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
-    predict.add_argument("--magnification", choices=MAGNIFICATIONS, default=None,
-                         help="of images whose names state none (a name's own wins); a field model with physical "
-                              "views looks at the same tissue at every magnification (unstated: as 200X)")
-    predict.add_argument("--threshold", type=_unit_interval, default=None,
-                         help="refer a stage when its probability is below this (default: the model's per-stage "
-                              f"thresholds chosen on validation; {DEFAULT_REFER_THRESHOLD} for a model without them)")
+    from core.app.cli_predict import add_predict_command
+
+    add_predict_command(command, str(DEFAULT_MODEL_DIR), _unit_interval)
 
     from core.slide.commands import add_slide_commands
 
