@@ -1,6 +1,8 @@
 """`python -m core predict`: classify image files with a model folder, one line (or JSON object) each.
 
-Kept beside the app's service (as core.slide.commands beside the slides) so that core/cli.py stays
+Each file is read and interpreted by the Diagnose page's own code (core.app.service: read_item,
+interpret), so its call, notes, warnings and magnification are the page's; one file at a time, so
+a folder of thousands of images never sits in memory. Kept beside the app's service (as core.slide.commands beside the slides) so that core/cli.py stays
 one page; `add_predict_command` adds it through the CLI's `command` factory.
 """
 
@@ -32,10 +34,20 @@ def _image_paths(paths: list[str]) -> list[str]:
     return expanded
 
 
+def _read(path: str, name: str) -> bytes:
+    """A file's bytes, with the loader's own messages for a missing, empty or too large file."""
+    from core.data.images import _read_bytes
+
+    if os.path.isdir(path):
+        raise ImageError(f"'{name}' is a folder without images (PNG, JPEG, TIFF).")
+    return _read_bytes(path, name)
+
+
 def predict(args) -> int:
-    from core.app.registry import describe_model, magnification_from_name, model_badge, subtype_reliability
+    """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
+    from core.app import service
+    from core.app.registry import NOT_STATED, describe_model, model_badge, subtype_reliability
     from core.data.histology import NOT_ANALYSED
-    from core.data.images import load_image
     from core.model.loading import load_predictor
 
     predictor = load_predictor(args.model)
@@ -45,35 +57,36 @@ def predict(args) -> int:
         logging.getLogger(__name__).warning("%s: %s", badge, info["evidence"] or "demo model, no valid accuracy")
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
+    tta = predictor.uses_tta(args.tta)  # a card's declared views are always on (as on the page)
     failed = 0
     for path in _image_paths(args.images):
         name = os.path.basename(path)
         try:
-            if os.path.isdir(path):
-                raise ImageError(f"'{name}' is a folder without images (PNG, JPEG, TIFF).")
-            loaded = load_image(path, name)
+            data = _read(path, name)
         except (ImageError, OSError) as error:
+            data, result = None, service.ImageResult(name=name, digest="", error=str(error))
+        if data is not None:
+            result = service.diagnose_items(predictor, [(name, data)], tta, args.threshold,
+                                            args.magnification or NOT_STATED, explain=False)[0]
+        if result.error:
             failed += 1
-            print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}",
+            print(json.dumps({"file": name, "error": result.error}) if args.json else f"{name}\tERROR: {result.error}",
                   flush=True)
             continue
-        if loaded.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": loaded.not_histology,
+        if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
+            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": result.not_histology,
                               "model": predictor.name, "model_badge": badge}) if args.json
-                  else f"{name}\t{NOT_ANALYSED} ({loaded.not_histology})", flush=True)
+                  else f"{name}\t{NOT_ANALYSED} ({result.not_histology})", flush=True)
             continue
-        found = magnification_from_name(name)  # the name's, as in the app; else --magnification
-        magnification, source = (found, "file name") if found else (args.magnification, "--magnification") \
-            if args.magnification else (None, "not stated")
-        prediction = predictor.predict([loaded.rgb], tta=args.tta, refer_threshold=args.threshold,
-                                       magnifications=[magnification])[0]
+        prediction = result.prediction
         if args.json:
             print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "model_badge": badge,
                               "model_limited": info["limited"], "subtype_reliable": reliable,
-                              "magnification": magnification, "magnification_source": source,
-                              "notes": loaded.notes, "warnings": loaded.warnings}), flush=True)
+                              "magnification": result.magnification,
+                              "magnification_source": result.magnification_source,
+                              "notes": result.notes, "warnings": result.warnings}), flush=True)
         else:
-            warnings = f" | warning: {'; '.join(loaded.warnings)}" if loaded.warnings else ""
+            warnings = f" | warning: {'; '.join(result.warnings)}" if result.warnings else ""
             print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
     return FAILED if failed else OK
 

@@ -144,12 +144,14 @@ def distinct_items(items: list[tuple[str, bytes]]) -> tuple[list[tuple[str, byte
 
 
 def diagnose_items(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
-                   refer_threshold: float | None = None, magnification: str = NOT_STATED) -> list[ImageResult]:
+                   refer_threshold: float | None = None, magnification: str = NOT_STATED,
+                   explain: bool = True) -> list[ImageResult]:
     """Read and classify every item in one batch; bad items get a message, not an exception.
 
-    `magnification` is the user's choice for images whose names carry none.
+    `magnification` is the user's choice for images whose names carry none; explain=False leaves
+    out the Grad-CAMs (the command line shows none).
     """
-    results, outputs = classify(predictor, items, tta, magnification=magnification)
+    results, outputs = classify(predictor, items, tta, magnification=magnification, explain=explain)
     return interpret(predictor, results, outputs, tta, refer_threshold, magnification)
 
 
@@ -168,14 +170,16 @@ def pass_magnification(predictor: Predictor, magnification: str = NOT_STATED) ->
 
 
 def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = False,
-             batches: "BatchQueue | None" = None, magnification: str = NOT_STATED) -> tuple[list, dict]:
+             batches: "BatchQueue | None" = None, magnification: str = NOT_STATED,
+             explain: bool = True) -> tuple[list, dict]:
     """The expensive part of `diagnose_items`: read every item, then one model pass for the readable
     ones (through the shared queue), which gives the head outputs and both stages' Grad-CAMs.
     Each image's magnification (its file name's, else `magnification`, the user's choice) sizes a
     field model's physical views.
 
     Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}). If Grad-CAM
-    cannot run on this model, the prediction still comes (from a plain forward) with the reason.
+    cannot run on this model, the prediction still comes (from a plain forward) with the reason;
+    explain=False runs only that plain forward.
     """
     results = [read_item(name, data) for name, data in items]
     readable = [r for r in results if r.analysable]
@@ -183,6 +187,8 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
         return results, {}
     images = [r.image.rgb for r in readable]
     magnifications = [stated_magnification(r, magnification)[0] for r in readable]
+    if not explain:
+        return results, predictor.probabilities(images, tta=tta, magnifications=magnifications)
     try:
         outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta, magnifications)
     except Exception as problem:  # noqa: BLE001 - heat maps are an aid; the prediction must still come
