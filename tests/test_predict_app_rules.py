@@ -44,3 +44,13 @@ def test_the_magnification_warning_of_the_app_is_in_the_cli(tiny_40x, field_400x
     assert record["magnification"] == "400X" and warning in record["warnings"]
     cli(["predict", str(field_400x), "--model", tiny_40x])
     assert warning in capsys.readouterr().out
+
+
+def test_an_image_warning_refers_the_image_in_the_cli_as_in_the_app(tiny_40x, field_400x, capsys):
+    """One rule for 'refer for review' (core.app.service.ImageResult.refer): either stage, or a warning."""
+    cli(["predict", str(field_400x), "--json", "--threshold", "0", "--model", tiny_40x])
+    record = _records(capsys)[0]
+    assert not record["refer_stage1"] and not record["refer_subtype"]  # no stage is referred at threshold 0
+    assert record["refer"] is True and record["refer_reasons"] == record["warnings"]
+    cli(["predict", str(field_400x), "--threshold", "0", "--model", tiny_40x])
+    assert "| REFER for review, warning: The model was trained on 40X" in capsys.readouterr().out

@@ -80,13 +80,15 @@ def predict(args) -> int:
             continue
         prediction = result.prediction
         if args.json:
-            print(json.dumps({"file": name, **prediction.to_dict(), "model": predictor.name, "model_badge": badge,
+            # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
+            print(json.dumps({"file": name, **prediction.to_dict(), "refer": result.refer,
+                              "refer_reasons": result.refer_reasons, "model": predictor.name, "model_badge": badge,
                               "model_limited": info["limited"], "subtype_reliable": reliable,
                               "magnification": result.magnification,
                               "magnification_source": result.magnification_source,
                               "notes": result.notes, "warnings": result.warnings}), flush=True)
         else:
-            warnings = f" | warning: {'; '.join(result.warnings)}" if result.warnings else ""
+            warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
             print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
     return FAILED if failed else OK
 
