@@ -54,3 +54,41 @@ def test_an_image_warning_refers_the_image_in_the_cli_as_in_the_app(tiny_40x, fi
     assert record["refer"] is True and record["refer_reasons"] == record["warnings"]
     cli(["predict", str(field_400x), "--threshold", "0", "--model", tiny_40x])
     assert "| REFER for review, warning: The model was trained on 40X" in capsys.readouterr().out
+
+
+def _enlarged(sample, path, size):
+    """A sample field resized up to `size`: H&E colours, larger than a field."""
+    from PIL import Image
+
+    Image.open(sample).convert("RGB").resize(size).save(path)
+    return str(path)
+
+
+def test_a_large_image_is_tiled_as_on_the_diagnose_page(tiny, field_400x, tmp_path, capsys):
+    """A 400X image of 2000x1400 px spans 4 of the model's fields: the page analyses it as tiles
+    (core.app.slides.tile_reason), so the CLI does too, with the page's sentence; no single-field call."""
+    from core.app import slides
+    from core.app.service import diagnose_items
+    from core.model.loading import load_predictor
+
+    big = _enlarged(field_400x, tmp_path / "biopsy_400x.png", (2000, 1400))
+    predictor = load_predictor(tiny)
+    page = diagnose_items(predictor, [("biopsy_400x.png", open(big, "rb").read())])[0]
+    reason = slides.tile_reason(predictor.card, page, None)
+    assert reason and "analysed as 4 tiles" in reason
+    cli(["predict", big, "--json", "--model", tiny])
+    record = _records(capsys)[0]
+    assert record["tiled"] is True and record["tile_reason"] == reason and "stage1" not in record
+    assert record["label"] in ("benign", "malignant") and record["slide"]["tiles_total"] == 4
+    cli(["predict", big, "--model", tiny])
+    line = capsys.readouterr().out.strip()
+    assert line.split("\t")[1].startswith("Call over the tiles: ") and reason in line
+
+
+def test_a_large_image_of_unknown_scale_gets_the_pages_scale_hint(tiny, field_400x, tmp_path, capsys):
+    big = _enlarged(field_400x, tmp_path / "scan.png", (1400, 920))
+    cli(["predict", big, "--json", "--model", tiny])
+    hint = _records(capsys)[0]["scale_hint"]
+    assert hint.startswith("scan.png is 1400x920 px and states no magnification, so it was diagnosed as one field")
+    cli(["predict", big, "--model", tiny])
+    assert hint in capsys.readouterr().out

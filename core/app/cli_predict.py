@@ -1,8 +1,9 @@
 """`python -m core predict`: classify image files with a model folder, one line (or JSON object) each.
 
 Each file is read and interpreted by the Diagnose page's own code (core.app.service: read_item,
-interpret), so its call, notes, warnings and magnification are the page's; one file at a time, so
-a folder of thousands of images never sits in memory. Kept beside the app's service (as core.slide.commands beside the slides) so that core/cli.py stays
+interpret), so its call, notes, warnings and magnification are the page's, and an image much larger
+than the model's field is analysed as tiles as the page does (core.app.slides.tile_reason); one
+file at a time, so a folder of thousands of images never sits in memory. Kept beside the app's service (as core.slide.commands beside the slides) so that core/cli.py stays
 one page; `add_predict_command` adds it through the CLI's `command` factory.
 """
 
@@ -13,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from core.errors import ImageError
+from core.errors import ImageError, UserInputError
 
 OK, FAILED = 0, 1  # core.cli's exit codes
 
@@ -43,9 +44,35 @@ def _read(path: str, name: str) -> bytes:
     return _read_bytes(path, name)
 
 
+def _print_tiled(args, predictor, result, reason: str, data: bytes) -> bool:
+    """An image much larger than the model's field, analysed as tiles at its scale as the Diagnose
+    page does (core.app.slides.analyse_upload, core.slide); its line says why. True if it got a call."""
+    from core.app import slides
+    from core.app.registry import describe_model, model_badge
+    from core.slide.export import summary
+
+    name = result.name
+    try:
+        tiles = slides.analyse_upload(predictor, name, data, args.magnification)
+    except UserInputError as error:
+        print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}", flush=True)
+        return False
+    headline, explained = slides.call_text(tiles.call)
+    headline = headline.replace("Slide call", "Call over the tiles").replace("**", "")
+    if args.json:
+        print(json.dumps({"file": name, "tiled": True, "tile_reason": reason, "label": tiles.call["label"],
+                          "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": predictor.name,
+                          "model_badge": model_badge(predictor.card),
+                          "model_limited": describe_model(predictor.card)["limited"], "notes": result.notes},
+                         default=float), flush=True)
+    else:
+        print(f"{name}\t{headline} {explained} | {reason}", flush=True)
+    return True
+
+
 def predict(args) -> int:
     """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
-    from core.app import service
+    from core.app import service, slides
     from core.app.registry import NOT_STATED, describe_model, model_badge, subtype_reliability
     from core.data.histology import NOT_ANALYSED
     from core.model.loading import load_predictor
@@ -68,6 +95,10 @@ def predict(args) -> int:
         if data is not None:
             result = service.diagnose_items(predictor, [(name, data)], tta, args.threshold,
                                             args.magnification or NOT_STATED, explain=False)[0]
+        reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
+        if reason:  # much larger than the model's field: tiles at its scale, as on the page
+            failed += not _print_tiled(args, predictor, result, reason, data)
+            continue
         if result.error:
             failed += 1
             print(json.dumps({"file": name, "error": result.error}) if args.json else f"{name}\tERROR: {result.error}",
@@ -79,6 +110,7 @@ def predict(args) -> int:
                   else f"{name}\t{NOT_ANALYSED} ({result.not_histology})", flush=True)
             continue
         prediction = result.prediction
+        hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
         if args.json:
             # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
             print(json.dumps({"file": name, **prediction.to_dict(), "refer": result.refer,
@@ -86,10 +118,10 @@ def predict(args) -> int:
                               "model_limited": info["limited"], "subtype_reliable": reliable,
                               "magnification": result.magnification,
                               "magnification_source": result.magnification_source,
-                              "notes": result.notes, "warnings": result.warnings}), flush=True)
+                              "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}), flush=True)
         else:
             warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
-            print(f"{name}\t{prediction.summary(reliable)}{warnings}", flush=True)
+            print(f"{name}\t{prediction.summary(reliable)}{warnings}" + (f" | {hint}" if hint else ""), flush=True)
     return FAILED if failed else OK
 
 
