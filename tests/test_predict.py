@@ -164,8 +164,8 @@ def test_cli_prints_one_line_per_image_and_reports_bad_files(folder, samples_dir
     code = cli(["predict", str(real[0]), str(broken), str(real[1]), "--model", str(folder)])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 1 and len(lines) == 3
-    assert lines[0].startswith(real[0].name) and lines[2].startswith(real[1].name)
-    assert lines[1].startswith("broken.png\tERROR")
+    assert lines[0].startswith(f"{real[0]}\t") and lines[2].startswith(f"{real[1]}\t")  # each path as given
+    assert lines[1].startswith(f"{broken}\tERROR")
     assert all(("benign (" in line or "malignant (" in line) for line in (lines[0], lines[2]))
 
     assert cli(["predict", str(real[0]), "--model", str(folder), "--json", "--tta", "--threshold", "0"]) == 0
@@ -243,5 +243,6 @@ def test_the_cli_predicts_every_image_of_a_folder(folder, samples_dir, tmp_path,
     (scans / "notes.txt").write_text("not an image")
     assert cli(["predict", str(scans), str(empty), "--model", str(folder)]) == 1  # the empty folder failed
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines] == [real[0].name, real[1].name, "empty"]
-    assert lines[2] == "empty\tERROR: 'empty' is a folder without images (PNG, JPEG, TIFF)."
+    assert [line.split("\t")[0] for line in lines] == [str(scans / real[0].name), str(scans / "day2" / real[1].name),
+                                                        str(empty)]
+    assert lines[2] == f"{empty}\tERROR: '{empty}' is a folder without images (PNG, JPEG, TIFF)."

@@ -3,6 +3,7 @@ warnings, the same 'refer for review', tiles for a large image, duplicates once,
 an exit code that says whether anything got a call. Tiny models and the bundled samples: seconds."""
 
 import json
+import shutil
 
 import pytest
 
@@ -92,3 +93,21 @@ def test_a_large_image_of_unknown_scale_gets_the_pages_scale_hint(tiny, field_40
     assert hint.startswith("scan.png is 1400x920 px and states no magnification, so it was diagnosed as one field")
     cli(["predict", big, "--model", tiny])
     assert hint in capsys.readouterr().out
+
+
+def test_each_line_names_the_path_as_given(tiny, samples_dir, tmp_path, capsys, monkeypatch):
+    """Two field1.png of two cases are told apart; a mistyped folder is shown, not only '*.png'."""
+    real = sorted(samples_dir.rglob("*.png"))[:2]
+    for case, source in zip(("caseA", "caseB"), real):
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        shutil.copy(source, tmp_path / "cases" / case / "field1.png")
+    monkeypatch.chdir(tmp_path)
+    cli(["predict", "cases", "nowhere/*.png", "--model", tiny])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["cases/caseA/field1.png", "cases/caseB/field1.png",
+                                                       "nowhere/*.png"]
+    assert lines[2] == "nowhere/*.png\tERROR: 'nowhere/*.png': file not found."
+    cli(["predict", "cases", "--json", "--model", tiny])
+    records = _records(capsys)
+    assert [(r["file"], r["path"]) for r in records] == [("field1.png", "cases/caseA/field1.png"),
+                                                         ("field1.png", "cases/caseB/field1.png")]

@@ -35,38 +35,40 @@ def _image_paths(paths: list[str]) -> list[str]:
     return expanded
 
 
-def _read(path: str, name: str) -> bytes:
+def _read(path: str) -> bytes:
     """A file's bytes, with the loader's own messages for a missing, empty or too large file."""
     from core.data.images import _read_bytes
 
     if os.path.isdir(path):
-        raise ImageError(f"'{name}' is a folder without images (PNG, JPEG, TIFF).")
-    return _read_bytes(path, name)
+        raise ImageError(f"'{path}' is a folder without images (PNG, JPEG, TIFF).")
+    return _read_bytes(path, path)
 
 
-def _print_tiled(args, predictor, result, reason: str, data: bytes) -> bool:
+def _emit(args, path: str, record: dict, text: str) -> None:
+    """One input's line: a JSON object (its file name, its path as given, `record`) or 'path<TAB>text'."""
+    print(json.dumps({"file": os.path.basename(os.path.normpath(path)), "path": path, **record}, default=float)
+          if args.json else f"{path}\t{text}", flush=True)
+
+
+def _tiled(args, predictor, path: str, result, reason: str, data: bytes) -> bool:
     """An image much larger than the model's field, analysed as tiles at its scale as the Diagnose
     page does (core.app.slides.analyse_upload, core.slide); its line says why. True if it got a call."""
     from core.app import slides
     from core.app.registry import describe_model, model_badge
     from core.slide.export import summary
 
-    name = result.name
     try:
-        tiles = slides.analyse_upload(predictor, name, data, args.magnification)
+        tiles = slides.analyse_upload(predictor, result.name, data, args.magnification)
     except UserInputError as error:
-        print(json.dumps({"file": name, "error": str(error)}) if args.json else f"{name}\tERROR: {error}", flush=True)
+        _emit(args, path, {"error": str(error)}, f"ERROR: {error}")
         return False
     headline, explained = slides.call_text(tiles.call)
     headline = headline.replace("Slide call", "Call over the tiles").replace("**", "")
-    if args.json:
-        print(json.dumps({"file": name, "tiled": True, "tile_reason": reason, "label": tiles.call["label"],
-                          "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": predictor.name,
-                          "model_badge": model_badge(predictor.card),
-                          "model_limited": describe_model(predictor.card)["limited"], "notes": result.notes},
-                         default=float), flush=True)
-    else:
-        print(f"{name}\t{headline} {explained} | {reason}", flush=True)
+    _emit(args, path, {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
+                       "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": predictor.name,
+                       "model_badge": model_badge(predictor.card),
+                       "model_limited": describe_model(predictor.card)["limited"], "notes": result.notes},
+          f"{headline} {explained} | {reason}")
     return True
 
 
@@ -87,9 +89,9 @@ def predict(args) -> int:
     tta = predictor.uses_tta(args.tta)  # a card's declared views are always on (as on the page)
     failed = 0
     for path in _image_paths(args.images):
-        name = os.path.basename(path)
+        name = os.path.basename(path)  # what the page's rules read (case, magnification), as an upload's name
         try:
-            data = _read(path, name)
+            data = _read(path)
         except (ImageError, OSError) as error:
             data, result = None, service.ImageResult(name=name, digest="", error=str(error))
         if data is not None:
@@ -97,31 +99,26 @@ def predict(args) -> int:
                                             args.magnification or NOT_STATED, explain=False)[0]
         reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
         if reason:  # much larger than the model's field: tiles at its scale, as on the page
-            failed += not _print_tiled(args, predictor, result, reason, data)
+            failed += not _tiled(args, predictor, path, result, reason, data)
             continue
         if result.error:
             failed += 1
-            print(json.dumps({"file": name, "error": result.error}) if args.json else f"{name}\tERROR: {result.error}",
-                  flush=True)
+            _emit(args, path, {"error": result.error}, f"ERROR: {result.error}")
             continue
         if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-            print(json.dumps({"file": name, "call": NOT_ANALYSED, "reason": result.not_histology,
-                              "model": predictor.name, "model_badge": badge}) if args.json
-                  else f"{name}\t{NOT_ANALYSED} ({result.not_histology})", flush=True)
+            _emit(args, path, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
+                               "model_badge": badge}, f"{NOT_ANALYSED} ({result.not_histology})")
             continue
         prediction = result.prediction
         hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
-        if args.json:
-            # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
-            print(json.dumps({"file": name, **prediction.to_dict(), "refer": result.refer,
-                              "refer_reasons": result.refer_reasons, "model": predictor.name, "model_badge": badge,
-                              "model_limited": info["limited"], "subtype_reliable": reliable,
-                              "magnification": result.magnification,
-                              "magnification_source": result.magnification_source,
-                              "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}), flush=True)
-        else:
-            warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
-            print(f"{name}\t{prediction.summary(reliable)}{warnings}" + (f" | {hint}" if hint else ""), flush=True)
+        warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
+        # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
+        _emit(args, path, {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
+                           "model": predictor.name, "model_badge": badge, "model_limited": info["limited"],
+                           "subtype_reliable": reliable, "magnification": result.magnification,
+                           "magnification_source": result.magnification_source, "notes": result.notes,
+                           "warnings": result.warnings, "scale_hint": hint},
+              f"{prediction.summary(reliable)}{warnings}" + (f" | {hint}" if hint else ""))
     return FAILED if failed else OK
 
 
