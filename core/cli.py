@@ -25,7 +25,7 @@
 Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
 not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:
 bad option, missing folder, unusable model; the message alone), 130 interrupted, 143 cancelled
-by SIGTERM.
+by SIGTERM. `predict` adds 3: no input got a call (core.app.cli_predict).
 """
 
 from __future__ import annotations

@@ -111,3 +111,20 @@ def test_each_line_names_the_path_as_given(tiny, samples_dir, tmp_path, capsys, 
     records = _records(capsys)
     assert [(r["file"], r["path"]) for r in records] == [("field1.png", "cases/caseA/field1.png"),
                                                          ("field1.png", "cases/caseB/field1.png")]
+
+
+def test_the_exit_code_says_whether_any_input_got_a_call(tiny, field_400x, tmp_path, capsys):
+    """0: calls (a not-H&E image is no failure); 1: some inputs unreadable; 3: no input got a call."""
+    from PIL import Image
+
+    grey, broken = tmp_path / "grey.png", tmp_path / "broken.png"
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(grey)
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert cli(["predict", str(grey), str(field_400x), "--model", tiny]) == 0
+    assert cli(["predict", str(broken), str(field_400x), "--model", tiny]) == 1
+    assert cli(["predict", str(grey), "--model", tiny]) == 3
+    assert cli(["predict", str(grey), str(broken), "--model", tiny]) == 3
+    capsys.readouterr()
+    assert cli(["predict", "--help"]) == 0
+    epilog = " ".join(capsys.readouterr().out.split())
+    assert "3 no input got a call" in epilog and "not H&E tissue is not a failure" in epilog

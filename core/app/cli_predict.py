@@ -17,6 +17,10 @@ from pathlib import Path
 from core.errors import ImageError, UserInputError
 
 OK, FAILED = 0, 1  # core.cli's exit codes
+NO_CALL = 3  # predict's own: not one input got a call (all unreadable, not H&E tissue, or failed tiles)
+EPILOG = (f"Exit codes: {OK} every input got a call or was not H&E tissue (an image that is not H&E tissue is not "
+          f"a failure: it gets its 'not analysed' line and no call); {FAILED} some inputs could not be read, the "
+          f"others got calls; {NO_CALL} no input got a call; 2 usage or user error (bad option, unusable model).")
 
 
 def _image_paths(paths: list[str]) -> list[str]:
@@ -87,7 +91,7 @@ def predict(args) -> int:
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     tta = predictor.uses_tta(args.tta)  # a card's declared views are always on (as on the page)
-    failed = 0
+    failed = called = 0
     for path in _image_paths(args.images):
         name = os.path.basename(path)  # what the page's rules read (case, magnification), as an upload's name
         try:
@@ -99,7 +103,8 @@ def predict(args) -> int:
                                             args.magnification or NOT_STATED, explain=False)[0]
         reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
         if reason:  # much larger than the model's field: tiles at its scale, as on the page
-            failed += not _tiled(args, predictor, path, result, reason, data)
+            tiled = _tiled(args, predictor, path, result, reason, data)
+            called, failed = called + tiled, failed + (not tiled)
             continue
         if result.error:
             failed += 1
@@ -109,7 +114,7 @@ def predict(args) -> int:
             _emit(args, path, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
                                "model_badge": badge}, f"{NOT_ANALYSED} ({result.not_histology})")
             continue
-        prediction = result.prediction
+        prediction, called = result.prediction, called + 1
         hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
         warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
         # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
@@ -119,7 +124,7 @@ def predict(args) -> int:
                            "magnification_source": result.magnification_source, "notes": result.notes,
                            "warnings": result.warnings, "scale_hint": hint},
               f"{prediction.summary(reliable)}{warnings}" + (f" | {hint}" if hint else ""))
-    return FAILED if failed else OK
+    return NO_CALL if not called else FAILED if failed else OK
 
 
 def add_predict_command(command, default_model: str, unit_interval) -> None:
@@ -128,6 +133,7 @@ def add_predict_command(command, default_model: str, unit_interval) -> None:
     from core.model.decisions import DEFAULT_REFER_THRESHOLD
 
     parser = command("predict", predict, "classify BreakHis-style histopathology images")
+    parser.epilog = EPILOG
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF), or folders of them")
     parser.add_argument("--model", default=default_model, help="model folder (model.keras + card.json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
