@@ -128,3 +128,19 @@ def test_the_exit_code_says_whether_any_input_got_a_call(tiny, field_400x, tmp_p
     assert cli(["predict", "--help"]) == 0
     epilog = " ".join(capsys.readouterr().out.split())
     assert "3 no input got a call" in epilog and "not H&E tissue is not a failure" in epilog
+
+
+def test_text_output_carries_the_limited_data_label_on_stdout(tiny, samples_dir, tmp_path, capsys):
+    """A saved `predict ... > results.txt` of a limited or demo model says so in its first line."""
+    from core.paths import DEFAULT_MODEL_DIR
+
+    real = str(sorted(samples_dir.rglob("*.png"))[0])
+    cli(["predict", real, "--model", str(DEFAULT_MODEL_DIR)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# LIMITED DATA · ") and "weights learnt from " in lines[0]
+    assert len(lines) == 2 and lines[1].startswith(f"{real}\t")
+    demo = _model(tmp_path / "demo", demo=True)
+    cli(["predict", real, "--model", demo])
+    assert capsys.readouterr().out.startswith("# DEMO · tiny (small_cnn)")
+    cli(["predict", real, "--model", tiny])
+    assert capsys.readouterr().out.startswith(f"{real}\t")  # a model without that evidence: no header

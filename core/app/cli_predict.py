@@ -86,8 +86,12 @@ def predict(args) -> int:
     predictor = load_predictor(args.model)
     reliable, subtype_note = subtype_reliability(predictor.card)
     badge, info = model_badge(predictor.card), describe_model(predictor.card)
-    if info["demo"] or info["limited"]:  # labelled wherever it predicts: here once, and in every JSON record
-        logging.getLogger(__name__).warning("%s: %s", badge, info["evidence"] or "demo model, no valid accuracy")
+    if info["demo"] or info["limited"]:  # labelled wherever it predicts: text's first line, every JSON record
+        label = f"{badge}: {info['evidence'] or 'demo model, no valid accuracy'}"
+        if args.json:
+            logging.getLogger(__name__).warning("%s", label)
+        else:
+            print(f"# {label}. Every call needs a pathologist's review.", flush=True)
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     tta = predictor.uses_tta(args.tta)  # a card's declared views are always on (as on the page)
