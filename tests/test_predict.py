@@ -228,8 +228,8 @@ def test_the_cli_labels_a_limited_model_wherever_it_predicts(folder, samples_dir
 
 
 def test_the_cli_predicts_every_image_of_a_folder(folder, samples_dir, tmp_path, capsys):
-    """`predict scans/`: each image of the folder's tree, sorted, hidden and other files left out; a
-    folder without images is an error line that says so, not 'file not found'."""
+    """`predict scans/`: each image of the folder's tree, sorted, hidden files left out and other files
+    named in one line; a folder without images is an error line that says so, not 'file not found'."""
     import shutil
 
     scans, empty = tmp_path / "scans", tmp_path / "empty"
@@ -243,6 +243,7 @@ def test_the_cli_predicts_every_image_of_a_folder(folder, samples_dir, tmp_path,
     (scans / "notes.txt").write_text("not an image")
     assert cli(["predict", str(scans), str(empty), "--model", str(folder)]) == 1  # the empty folder failed
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines] == [str(scans / real[0].name), str(scans / "day2" / real[1].name),
-                                                        str(empty)]
-    assert lines[2] == f"{empty}\tERROR: '{empty}' is a folder without images (PNG, JPEG, TIFF)."
+    assert [line.split("\t")[0] for line in lines] == [str(scans), str(scans / real[0].name),
+                                                        str(scans / "day2" / real[1].name), str(empty)]
+    assert lines[0].endswith(": notes.txt")
+    assert lines[3] == f"{empty}\tERROR: '{empty}' is a folder without images (PNG, JPEG, TIFF, BMP, GIF, WEBP)."

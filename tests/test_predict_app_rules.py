@@ -144,3 +144,27 @@ def test_text_output_carries_the_limited_data_label_on_stdout(tiny, samples_dir,
     assert capsys.readouterr().out.startswith("# DEMO · tiny (small_cnn)")
     cli(["predict", real, "--model", tiny])
     assert capsys.readouterr().out.startswith(f"{real}\t")  # a model without that evidence: no header
+
+
+def test_a_folder_takes_what_the_uploader_takes_follows_links_and_names_what_it_skips(tiny, field_400x, tmp_path,
+                                                                                       capsys):
+    from PIL import Image
+
+    scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere"
+    scans.mkdir()
+    elsewhere.mkdir()
+    field = Image.open(field_400x).convert("RGB")
+    for name in ("x.bmp", "x.gif", "x.webp", "UPPER.PNG"):
+        field.save(scans / name)
+    shutil.copy(field_400x, elsewhere / "linked.png")
+    (scans / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (scans / "loop").symlink_to(scans, target_is_directory=True)  # a link back up is walked once
+    (scans / "notes.txt").write_text("not an image")
+    (scans / "doc.pdf").write_bytes(b"%PDF-1.4")
+    cli(["predict", str(scans), "--model", tiny])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{scans}\tskipped 2 files that are not images (PNG, JPEG, TIFF, BMP, GIF, WEBP): doc.pdf, notes.txt"
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(scans / n) for n in (
+        "UPPER.PNG", "linked/linked.png", "x.bmp", "x.gif", "x.webp")]
+    cli(["predict", str(scans), "--json", "--model", tiny])
+    assert _records(capsys)[0]["skipped"] == ["doc.pdf", "notes.txt"]

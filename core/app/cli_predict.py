@@ -3,12 +3,14 @@
 Each file is read and interpreted by the Diagnose page's own code (core.app.service: read_item,
 interpret), so its call, notes, warnings and magnification are the page's, and an image much larger
 than the model's field is analysed as tiles as the page does (core.app.slides.tile_reason); one
-file at a time, so a folder of thousands of images never sits in memory. Kept beside the app's service (as core.slide.commands beside the slides) so that core/cli.py stays
-one page; `add_predict_command` adds it through the CLI's `command` factory.
+file at a time, so a folder of thousands of images never sits in memory. Kept beside the app's
+service (as core.slide.commands beside the slides) so that core/cli.py stays one page;
+`add_predict_command` adds it through the CLI's `command` factory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,29 +25,51 @@ EPILOG = (f"Exit codes: {OK} every input got a call or was not H&E tissue (an im
           f"others got calls; {NO_CALL} no input got a call; 2 usage or user error (bad option, unusable model).")
 
 
-def _image_paths(paths: list[str]) -> list[str]:
-    """The images to predict: each file as given, each folder's images (its tree, sorted; hidden
-    files and other files left out). A folder without images stays, for its error line."""
-    from core.data.breakhis import IMAGE_EXTENSIONS
+def folder_files(folder: str) -> tuple[list[str], list[str]]:
+    """(the images of a folder's tree, the other files), each sorted. Images are the names the app's
+    loader reads (core.data.images: PNG, JPEG, TIFF, BMP, GIF, WebP, any case); hidden files and
+    folders are left out; linked folders are followed, each real folder once (a link up is no loop)."""
+    from core.data.images import _EXTENSION_FORMATS
 
-    expanded = []
-    for path in paths:
-        if not os.path.isdir(path):
-            expanded.append(path)
+    images, others, walked = [], [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            folders[:] = []
             continue
-        found = sorted(str(f) for f in Path(path).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
-        expanded.extend(found or [path])
-    return expanded
+        walked.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = os.path.join(root, name)
+                is_image = os.path.isfile(path) and Path(name).suffix.lower() in _EXTENSION_FORMATS
+                (images if is_image else others).append(path)
+    return sorted(images), sorted(others)
+
+
+def _formats() -> str:
+    from core.data.images import _EXTENSION_FORMATS
+
+    return ", ".join(dict.fromkeys(_EXTENSION_FORMATS.values()))
 
 
 def _read(path: str) -> bytes:
     """A file's bytes, with the loader's own messages for a missing, empty or too large file."""
     from core.data.images import _read_bytes
 
-    if os.path.isdir(path):
-        raise ImageError(f"'{path}' is a folder without images (PNG, JPEG, TIFF).")
     return _read_bytes(path, path)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every line of one `predict` needs: its options, the model and how it is labelled."""
+
+    args: object  # the parsed command line
+    predictor: object  # core.model.predict.Predictor
+    tta: bool
+    reliable: bool  # the subtype head's (core.app.registry.subtype_reliability)
+    badge: str
+    limited: bool
 
 
 def _emit(args, path: str, record: dict, text: str) -> None:
@@ -54,33 +78,30 @@ def _emit(args, path: str, record: dict, text: str) -> None:
           if args.json else f"{path}\t{text}", flush=True)
 
 
-def _tiled(args, predictor, path: str, result, reason: str, data: bytes) -> bool:
+def _tiled(run: _Run, path: str, result, reason: str, data: bytes) -> bool:
     """An image much larger than the model's field, analysed as tiles at its scale as the Diagnose
     page does (core.app.slides.analyse_upload, core.slide); its line says why. True if it got a call."""
     from core.app import slides
-    from core.app.registry import describe_model, model_badge
     from core.slide.export import summary
 
     try:
-        tiles = slides.analyse_upload(predictor, result.name, data, args.magnification)
+        tiles = slides.analyse_upload(run.predictor, result.name, data, run.args.magnification)
     except UserInputError as error:
-        _emit(args, path, {"error": str(error)}, f"ERROR: {error}")
+        _emit(run.args, path, {"error": str(error)}, f"ERROR: {error}")
         return False
     headline, explained = slides.call_text(tiles.call)
     headline = headline.replace("Slide call", "Call over the tiles").replace("**", "")
-    _emit(args, path, {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
-                       "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": predictor.name,
-                       "model_badge": model_badge(predictor.card),
-                       "model_limited": describe_model(predictor.card)["limited"], "notes": result.notes},
+    _emit(run.args, path, {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
+                           "call_text": f"{headline} {explained}", "slide": summary(tiles),
+                           "model": run.predictor.name, "model_badge": run.badge, "model_limited": run.limited,
+                           "notes": result.notes},
           f"{headline} {explained} | {reason}")
     return True
 
 
 def predict(args) -> int:
     """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
-    from core.app import service, slides
-    from core.app.registry import NOT_STATED, describe_model, model_badge, subtype_reliability
-    from core.data.histology import NOT_ANALYSED
+    from core.app.registry import describe_model, model_badge, subtype_reliability
     from core.model.loading import load_predictor
 
     predictor = load_predictor(args.model)
@@ -94,41 +115,65 @@ def predict(args) -> int:
             print(f"# {label}. Every call needs a pathologist's review.", flush=True)
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
-    tta = predictor.uses_tta(args.tta)  # a card's declared views are always on (as on the page)
-    failed = called = 0
-    for path in _image_paths(args.images):
-        name = os.path.basename(path)  # what the page's rules read (case, magnification), as an upload's name
-        try:
-            data = _read(path)
-        except (ImageError, OSError) as error:
-            data, result = None, service.ImageResult(name=name, digest="", error=str(error))
-        if data is not None:
-            result = service.diagnose_items(predictor, [(name, data)], tta, args.threshold,
-                                            args.magnification or NOT_STATED, explain=False)[0]
-        reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
-        if reason:  # much larger than the model's field: tiles at its scale, as on the page
-            tiled = _tiled(args, predictor, path, result, reason, data)
-            called, failed = called + tiled, failed + (not tiled)
+    # a card's declared views are always on (as on the page)
+    run = _Run(args, predictor, predictor.uses_tta(args.tta), reliable, badge, info["limited"])
+    counts = {"called": 0, "failed": 0, None: 0}
+    for given in args.images:
+        if not os.path.isdir(given):
+            counts[_file(run, given)] += 1
             continue
-        if result.error:
-            failed += 1
-            _emit(args, path, {"error": result.error}, f"ERROR: {result.error}")
-            continue
-        if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-            _emit(args, path, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
-                               "model_badge": badge}, f"{NOT_ANALYSED} ({result.not_histology})")
-            continue
-        prediction, called = result.prediction, called + 1
-        hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
-        warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
-        # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
-        _emit(args, path, {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
-                           "model": predictor.name, "model_badge": badge, "model_limited": info["limited"],
-                           "subtype_reliable": reliable, "magnification": result.magnification,
-                           "magnification_source": result.magnification_source, "notes": result.notes,
-                           "warnings": result.warnings, "scale_hint": hint},
-              f"{prediction.summary(reliable)}{warnings}" + (f" | {hint}" if hint else ""))
-    return NO_CALL if not called else FAILED if failed else OK
+        images, others = folder_files(given)
+        if others:  # named, not silently dropped
+            shown = [os.path.relpath(p, given) for p in others]
+            _emit(args, given, {"skipped": shown},
+                  f"skipped {len(shown)} file{'s' * (len(shown) > 1)} that are not images ({_formats()}): "
+                  + ", ".join(shown[:5]) + (f", ... {len(shown) - 5} more" if len(shown) > 5 else ""))
+        if not images:
+            counts["failed"] += 1
+            error = f"'{given}' is a folder without images ({_formats()})."
+            _emit(args, given, {"error": error}, f"ERROR: {error}")
+        for path in images:
+            counts[_file(run, path)] += 1
+    return NO_CALL if not counts["called"] else FAILED if counts["failed"] else OK
+
+
+def _file(run: _Run, path: str) -> str | None:
+    """One file's line, as the page reads and interprets an upload; 'called', 'failed' or None (no call,
+    no failure: not H&E tissue)."""
+    from core.app import service, slides
+    from core.app.registry import NOT_STATED
+    from core.data.histology import NOT_ANALYSED
+
+    args, predictor = run.args, run.predictor
+    name = os.path.basename(path)  # what the page's rules read (case, magnification), as an upload's name
+    try:
+        data = _read(path)
+    except (ImageError, OSError) as error:
+        data, result = None, service.ImageResult(name=name, digest="", error=str(error))
+    if data is not None:
+        result = service.diagnose_items(predictor, [(name, data)], run.tta, args.threshold,
+                                        args.magnification or NOT_STATED, explain=False)[0]
+    reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
+    if reason:  # much larger than the model's field: tiles at its scale, as on the page
+        return "called" if _tiled(run, path, result, reason, data) else "failed"
+    if result.error:
+        _emit(args, path, {"error": result.error}, f"ERROR: {result.error}")
+        return "failed"
+    if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
+        _emit(args, path, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
+                           "model_badge": run.badge}, f"{NOT_ANALYSED} ({result.not_histology})")
+        return None
+    prediction = result.prediction
+    hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
+    warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
+    # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
+    _emit(args, path, {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
+                       "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
+                       "subtype_reliable": run.reliable, "magnification": result.magnification,
+                       "magnification_source": result.magnification_source, "notes": result.notes,
+                       "warnings": result.warnings, "scale_hint": hint},
+          f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else ""))
+    return "called"
 
 
 def add_predict_command(command, default_model: str, unit_interval) -> None:
@@ -138,7 +183,8 @@ def add_predict_command(command, default_model: str, unit_interval) -> None:
 
     parser = command("predict", predict, "classify BreakHis-style histopathology images")
     parser.epilog = EPILOG
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF), or folders of them")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, BMP, GIF, WebP), or folders of "
+                        "them (their trees; other files are named in one line, linked folders followed)")
     parser.add_argument("--model", default=default_model, help="model folder (model.keras + card.json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
