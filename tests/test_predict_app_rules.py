@@ -168,3 +168,18 @@ def test_a_folder_takes_what_the_uploader_takes_follows_links_and_names_what_it_
         "UPPER.PNG", "linked/linked.png", "x.bmp", "x.gif", "x.webp")]
     cli(["predict", str(scans), "--json", "--model", tiny])
     assert _records(capsys)[0]["skipped"] == ["doc.pdf", "notes.txt"]
+
+
+def test_the_same_image_given_twice_is_named_as_on_the_page(tiny, field_400x, tmp_path, capsys):
+    """The page analyses repeats once ('Given more than once'); the CLI names them the same way and still
+    analyses each (no case mean weighs it twice here, and a name may state another magnification)."""
+    copy = tmp_path / "copy.png"
+    shutil.copy(field_400x, copy)
+    assert cli(["predict", str(field_400x), str(copy), "--json", "--model", tiny]) == 0
+    first, again = _records(capsys)
+    assert "duplicate_of" not in first and again["duplicate_of"] == str(field_400x)
+    assert again["path"] == str(copy) and again["stage1"] == first["stage1"]
+    cli(["predict", str(field_400x), str(copy), "--model", tiny])
+    assert capsys.readouterr().out.splitlines()[1].endswith(f" | given more than once: the same file as {field_400x}")
+    cli(["predict", str(copy), str(copy), "--json", "--model", tiny])
+    assert _records(capsys)[1]["duplicate_of"] == str(copy)

@@ -11,6 +11,7 @@ service (as core.slide.commands beside the slides) so that core/cli.py stays one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ class _Run:
     reliable: bool  # the subtype head's (core.app.registry.subtype_reliability)
     badge: str
     limited: bool
+    seen: dict = dataclasses.field(default_factory=dict)  # {sha256 of the bytes: the first path given}
 
 
 def _emit(args, path: str, record: dict, text: str) -> None:
@@ -78,25 +80,23 @@ def _emit(args, path: str, record: dict, text: str) -> None:
           if args.json else f"{path}\t{text}", flush=True)
 
 
-def _tiled(run: _Run, path: str, result, reason: str, data: bytes) -> bool:
+def _tiled(run: _Run, result, reason: str, data: bytes) -> tuple[str, dict, str]:
     """An image much larger than the model's field, analysed as tiles at its scale as the Diagnose
-    page does (core.app.slides.analyse_upload, core.slide); its line says why. True if it got a call."""
+    page does (core.app.slides.analyse_upload, core.slide): ('called' or 'failed', record, text),
+    the line saying why."""
     from core.app import slides
     from core.slide.export import summary
 
     try:
         tiles = slides.analyse_upload(run.predictor, result.name, data, run.args.magnification)
     except UserInputError as error:
-        _emit(run.args, path, {"error": str(error)}, f"ERROR: {error}")
-        return False
+        return "failed", {"error": str(error)}, f"ERROR: {error}"
     headline, explained = slides.call_text(tiles.call)
     headline = headline.replace("Slide call", "Call over the tiles").replace("**", "")
-    _emit(run.args, path, {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
-                           "call_text": f"{headline} {explained}", "slide": summary(tiles),
-                           "model": run.predictor.name, "model_badge": run.badge, "model_limited": run.limited,
-                           "notes": result.notes},
-          f"{headline} {explained} | {reason}")
-    return True
+    return "called", {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
+                      "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": run.predictor.name,
+                      "model_badge": run.badge, "model_limited": run.limited, "notes": result.notes}, \
+        f"{headline} {explained} | {reason}"
 
 
 def predict(args) -> int:
@@ -140,40 +140,51 @@ def predict(args) -> int:
 def _file(run: _Run, path: str) -> str | None:
     """One file's line, as the page reads and interprets an upload; 'called', 'failed' or None (no call,
     no failure: not H&E tissue)."""
+    args = run.args
+    try:
+        data = _read(path)
+    except (ImageError, OSError) as error:
+        _emit(args, path, {"error": str(error)}, f"ERROR: {error}")
+        return "failed"
+    # The same bytes again: named as the page's service.distinct_items does, and still analysed (unlike on
+    # the page, no case mean weighs it twice here, and its name may state another magnification).
+    digest = hashlib.sha256(data).hexdigest()
+    first = run.seen.get(digest)  # the path that gave these bytes first, if another did
+    run.seen.setdefault(digest, path)
+    outcome, record, text = _outcome(run, os.path.basename(path), data)
+    if first is not None:
+        record, text = {**record, "duplicate_of": first}, f"{text} | given more than once: the same file as {first}"
+    _emit(args, path, record, text)
+    return outcome
+
+
+def _outcome(run: _Run, name: str, data: bytes) -> tuple[str | None, dict, str]:
+    """(outcome, JSON record, text) of one file's bytes under `name`, the base name the page's rules read
+    (case, magnification) as an upload's."""
     from core.app import service, slides
     from core.app.registry import NOT_STATED
     from core.data.histology import NOT_ANALYSED
 
     args, predictor = run.args, run.predictor
-    name = os.path.basename(path)  # what the page's rules read (case, magnification), as an upload's name
-    try:
-        data = _read(path)
-    except (ImageError, OSError) as error:
-        data, result = None, service.ImageResult(name=name, digest="", error=str(error))
-    if data is not None:
-        result = service.diagnose_items(predictor, [(name, data)], run.tta, args.threshold,
-                                        args.magnification or NOT_STATED, explain=False)[0]
+    result = service.diagnose_items(predictor, [(name, data)], run.tta, args.threshold,
+                                    args.magnification or NOT_STATED, explain=False)[0]
     reason = result.error is None and slides.tile_reason(predictor.card, result, args.magnification)
     if reason:  # much larger than the model's field: tiles at its scale, as on the page
-        return "called" if _tiled(run, path, result, reason, data) else "failed"
+        return _tiled(run, result, reason, data)
     if result.error:
-        _emit(args, path, {"error": result.error}, f"ERROR: {result.error}")
-        return "failed"
+        return "failed", {"error": result.error}, f"ERROR: {result.error}"
     if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-        _emit(args, path, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
-                           "model_badge": run.badge}, f"{NOT_ANALYSED} ({result.not_histology})")
-        return None
+        return None, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
+                      "model_badge": run.badge}, f"{NOT_ANALYSED} ({result.not_histology})"
     prediction = result.prediction
     hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
     warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
     # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
-    _emit(args, path, {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
-                       "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
-                       "subtype_reliable": run.reliable, "magnification": result.magnification,
-                       "magnification_source": result.magnification_source, "notes": result.notes,
-                       "warnings": result.warnings, "scale_hint": hint},
-          f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else ""))
-    return "called"
+    return "called", {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
+                      "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
+                      "subtype_reliable": run.reliable, "magnification": result.magnification,
+                      "magnification_source": result.magnification_source, "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}, \
+        f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else "")
 
 
 def add_predict_command(command, default_model: str, unit_interval) -> None:
