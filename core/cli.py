@@ -25,13 +25,15 @@
 Exit codes are the same for every command: 0 done, 1 failed (a bug, or some inputs that could
 not be processed; the traceback is logged), 2 a usage or user error (core.errors.UserInputError:
 bad option, missing folder, unusable model; the message alone), 130 interrupted, 143 cancelled
-by SIGTERM. `predict` adds 3: no input got a call (core.app.cli_predict).
+by SIGTERM, 141 its output pipe closed (`| head`: stops quietly, as on SIGPIPE). `predict` adds 3: no
+input got a call (core.app.cli_predict).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -43,6 +45,7 @@ from core.paths import DEFAULT_MODEL_DIR
 log = logging.getLogger("core.cli")
 
 OK, FAILED, USER_ERROR, INTERRUPTED, CANCELLED = 0, 1, 2, 130, 128 + signal.SIGTERM
+BROKEN_PIPE = 128 + 13  # SIGPIPE's number (signal.SIGPIPE does not exist on Windows)
 
 
 def _index(args) -> int:
@@ -329,6 +332,15 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's last flush at exit does not hit the closed pipe
+    again (the recipe in Python's signal documentation)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests): nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -344,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         return CANCELLED
     except KeyboardInterrupt:
         return INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head -1`): nothing is wrong, stop quietly
+        _quiet_stdout()
+        return BROKEN_PIPE
     except UserInputError as error:  # the user's input, not the program: the message is enough
         print(f"error: {error}", file=sys.stderr, flush=True)
         return USER_ERROR

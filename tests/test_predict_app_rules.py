@@ -183,3 +183,17 @@ def test_the_same_image_given_twice_is_named_as_on_the_page(tiny, field_400x, tm
     assert capsys.readouterr().out.splitlines()[1].endswith(f" | given more than once: the same file as {field_400x}")
     cli(["predict", str(copy), str(copy), "--json", "--model", tiny])
     assert _records(capsys)[1]["duplicate_of"] == str(copy)
+
+
+def test_a_closed_output_pipe_ends_quietly(tiny, field_400x, monkeypatch, caplog):
+    """`predict ... | head -1`: the reader went away; no 'predict failed' traceback, the SIGPIPE code."""
+    import io
+    import sys
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert cli(["predict", str(field_400x), "--model", tiny]) == 141
+    assert "failed" not in caplog.text and "Traceback" not in caplog.text
