@@ -47,6 +47,14 @@ def test_the_magnification_warning_of_the_app_is_in_the_cli(tiny_40x, field_400x
     assert warning in capsys.readouterr().out
 
 
+def test_the_magnification_source_names_the_cli_option(tiny, field_400x, tmp_path, capsys):
+    """The service's 'chosen by user' is the page's control; here it is --magnification."""
+    renamed = tmp_path / "field.png"
+    shutil.copy(field_400x, renamed)
+    cli(["predict", str(renamed), "--json", "--magnification", "400X", "--model", tiny])
+    assert [(r["magnification"], r["magnification_source"]) for r in _records(capsys)] == [("400X", "--magnification")]
+
+
 def test_an_image_warning_refers_the_image_in_the_cli_as_in_the_app(tiny_40x, field_400x, capsys):
     """One rule for 'refer for review' (core.app.service.ImageResult.refer): either stage, or a warning."""
     cli(["predict", str(field_400x), "--json", "--threshold", "0", "--model", tiny_40x])

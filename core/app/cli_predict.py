@@ -26,6 +26,9 @@ EPILOG = (f"Exit codes: {OK} every input got a call or was not H&E tissue (an im
           f"others got calls; {NO_CALL} no input got a call; 2 usage or user error (bad option, unusable model).")
 
 
+_SOURCES = {"chosen by user": "--magnification"}  # the page's words for the CLI's own control
+
+
 def folder_files(folder: str) -> tuple[list[str], list[str]]:
     """(the images of a folder's tree, the other files), each sorted. Images are the names the app's
     loader reads (core.data.images: PNG, JPEG, TIFF, BMP, GIF, WebP, any case); hidden files and
@@ -183,7 +186,9 @@ def _outcome(run: _Run, name: str, data: bytes) -> tuple[str | None, dict, str]:
     return "called", {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
                       "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
                       "subtype_reliable": run.reliable, "magnification": result.magnification,
-                      "magnification_source": result.magnification_source, "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}, \
+                      "magnification_source": _SOURCES.get(result.magnification_source,
+                                                           result.magnification_source),
+                      "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}, \
         f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else "")
 
 
