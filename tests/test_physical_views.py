@@ -111,10 +111,10 @@ def test_the_app_and_the_cli_pass_each_image_s_magnification(physical, field_40x
     renamed.write_bytes(data)
     capsys.readouterr()
     assert main(["predict", str(path), str(renamed), "--model", str(predictor.folder), "--json",
-                 "--magnification", "100X"]) == 0
+                 "--magnification", "400X"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["magnification"], r["magnification_source"]) for r in lines] == [("40X", "file name"),
-                                                                               ("100X", "--magnification")]
+                                                                               ("400X", "--magnification")]
 
 
 def test_a_model_without_physical_views_ignores_the_magnification(tmp_path, field_40x):

@@ -206,8 +206,8 @@ def test_a_referral_reason_shows_the_probability_below_its_threshold():
     from core.model.decisions import below
 
     assert below(0.60, 0.70) == "0.60 < 0.70"
-    assert below(0.9753, 0.9762) == "0.975 < 0.976"  # not "0.98 < 0.98"
-    assert below(0.97621, 0.97623) == "0.9762 < 0.9762"  # at most 4 decimals
+    assert below(0.9753, 0.9762) == "0.975 < 0.9762"  # the threshold as the page caption states it, not "0.98"
+    assert below(0.97621, 0.97623) == "0.97621 < 0.97623"  # never "a < a"
 
 
 def test_the_cli_labels_a_limited_model_wherever_it_predicts(folder, samples_dir, capsys, caplog):
