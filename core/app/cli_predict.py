@@ -33,7 +33,7 @@ def folder_files(folder: str) -> tuple[list[str], list[str]]:
     """(the images of a folder's tree, the other files), each sorted. Images are the names the app's
     loader reads (core.data.images: PNG, JPEG, TIFF, BMP, GIF, WebP, any case); hidden files and
     folders are left out; linked folders are followed, each real folder once (a link up is no loop)."""
-    from core.data.images import _EXTENSION_FORMATS
+    from core.data.images import EXTENSION_FORMATS
 
     images, others, walked = [], [], set()
     for root, folders, files in os.walk(folder, followlinks=True):
@@ -46,22 +46,22 @@ def folder_files(folder: str) -> tuple[list[str], list[str]]:
         for name in files:
             if not name.startswith("."):
                 path = os.path.join(root, name)
-                is_image = os.path.isfile(path) and Path(name).suffix.lower() in _EXTENSION_FORMATS
+                is_image = os.path.isfile(path) and Path(name).suffix.lower() in EXTENSION_FORMATS
                 (images if is_image else others).append(path)
     return sorted(images), sorted(others)
 
 
 def _formats() -> str:
-    from core.data.images import _EXTENSION_FORMATS
+    from core.data.images import EXTENSION_FORMATS
 
-    return ", ".join(dict.fromkeys(_EXTENSION_FORMATS.values()))
+    return ", ".join(dict.fromkeys(EXTENSION_FORMATS.values()))
 
 
 def _read(path: str) -> bytes:
     """A file's bytes, with the loader's own messages for a missing, empty or too large file."""
-    from core.data.images import _read_bytes
+    from core.data.images import read_bytes
 
-    return _read_bytes(path, path)
+    return read_bytes(path, path)
 
 
 @dataclasses.dataclass

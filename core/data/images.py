@@ -28,7 +28,7 @@ MIN_SIDE = 32
 # Larger images are downscaled for processing (the model sees 224 px anyway); noted when done.
 WORKING_MAX_SIDE = 4096
 
-_EXTENSION_FORMATS = {
+EXTENSION_FORMATS = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
     ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
 }
@@ -55,7 +55,7 @@ class LoadedImage:
             self.upright_size = self.original_size
 
 
-def _read_bytes(source, name: str) -> bytes:
+def read_bytes(source, name: str) -> bytes:
     """Bytes of an upload or a file, with clear errors for missing, empty and huge files."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -120,7 +120,7 @@ def _open(data: bytes, name: str) -> Image.Image:
 
 def _format_note(image: Image.Image, name: str) -> list[str]:
     """Content decides the decoder; a misleading extension is only noted."""
-    expected = _EXTENSION_FORMATS.get(Path(name).suffix.lower())
+    expected = EXTENSION_FORMATS.get(Path(name).suffix.lower())
     if expected and image.format and image.format != expected:
         return [f"file is named '{Path(name).suffix}' but contains {image.format}; decoded as {image.format}"]
     return []
@@ -360,7 +360,7 @@ def load_image(source, name: str | None = None, check_histology: bool = True,
     """
     if name is None:
         name = Path(source).name if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "upload")
-    data = _read_bytes(source, name)
+    data = read_bytes(source, name)
     try:
         rgb, original_mode, original_size, upright_size, notes = _decode_to_rgb(data, name, max_side)
     except ImageError:
