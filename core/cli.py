@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "machine) instead of training; --command says what was run there")
     default.add_argument("--command", help="with --from-run: the command that trained RUN, for the card")
     default.add_argument("--recipe", choices=("full", "field", "limited"),
-                         help="full: ImageNet + the whole BreakHis; limited: from scratch on a small set "
-                              "(default: chosen by the number of images)")
+                         help="full: ImageNet + the whole BreakHis; field: the field recipe from scratch (5-fold "
+                              "CV, then a final model on every patient; the bundled model's); limited: the previous "
+                              "small CNN on squashed fields (default: full from 5,000 images, else field)")
     default.add_argument("--cross-validate", type=int, metavar="K",  # None: not typed (refused with --from-run)
                          help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)

@@ -72,3 +72,8 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "empty.png": (b"", "error"),
         "holiday_photo.png": (png_bytes(photo), "not histology"),
     }
+
+
+def result_lines(out: str) -> list[str]:
+    """`predict`'s text output without its header lines (the model's label and the referral rule start '# ')."""
+    return [line for line in out.splitlines() if not line.startswith("# ")]

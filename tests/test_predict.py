@@ -17,6 +17,7 @@ from core.model.classifier import build_classifier
 from core.model.folders import save_model_folder
 from core.model.loading import load_predictor
 from core.model.predict import DEMO_REASON
+from tests.app_helpers import result_lines
 
 SIZE = 64
 REPO = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def test_cli_prints_one_line_per_image_and_reports_bad_files(folder, samples_dir
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code = cli(["predict", str(real[0]), str(broken), str(real[1]), "--model", str(folder)])
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = result_lines(capsys.readouterr().out)
     assert code == 1 and len(lines) == 3
     assert lines[0].startswith(f"{real[0]}\t") and lines[2].startswith(f"{real[1]}\t")  # each path as given
     assert lines[1].startswith(f"{broken}\tERROR")
@@ -242,7 +243,7 @@ def test_the_cli_predicts_every_image_of_a_folder(folder, samples_dir, tmp_path,
     shutil.copy(real[1], scans / ".cache" / "thumb.png")
     (scans / "notes.txt").write_text("not an image")
     assert cli(["predict", str(scans), str(empty), "--model", str(folder)]) == 1  # the empty folder failed
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = result_lines(capsys.readouterr().out)
     assert [line.split("\t")[0] for line in lines] == [str(scans), str(scans / real[0].name),
                                                         str(scans / "day2" / real[1].name), str(empty)]
     assert lines[0].endswith(": notes.txt")

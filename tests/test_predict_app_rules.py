@@ -10,6 +10,7 @@ import pytest
 from core.cli import main as cli
 from core.model.classifier import build_classifier
 from core.model.folders import save_model_folder
+from tests.app_helpers import result_lines
 
 
 def _model(folder, **card):
@@ -90,7 +91,7 @@ def test_a_large_image_is_tiled_as_on_the_diagnose_page(tiny, field_400x, tmp_pa
     assert record["tiled"] is True and record["tile_reason"] == reason and "stage1" not in record
     assert record["label"] in ("benign", "malignant") and record["slide"]["tiles_total"] == 4
     cli(["predict", big, "--model", tiny])
-    line = capsys.readouterr().out.strip()
+    line = "\n".join(result_lines(capsys.readouterr().out))
     assert line.split("\t")[1].startswith("Call over the tiles: ") and reason in line
 
 
@@ -111,7 +112,7 @@ def test_each_line_names_the_path_as_given(tiny, samples_dir, tmp_path, capsys, 
         shutil.copy(source, tmp_path / "cases" / case / "field1.png")
     monkeypatch.chdir(tmp_path)
     cli(["predict", "cases", "nowhere/*.png", "--model", tiny])
-    lines = capsys.readouterr().out.splitlines()
+    lines = result_lines(capsys.readouterr().out)
     assert [line.split("\t")[0] for line in lines] == ["cases/caseA/field1.png", "cases/caseB/field1.png",
                                                        "nowhere/*.png"]
     assert lines[2] == "nowhere/*.png\tERROR: 'nowhere/*.png': file not found."
@@ -140,18 +141,25 @@ def test_the_exit_code_says_whether_any_input_got_a_call(tiny, field_400x, tmp_p
 
 def test_text_output_carries_the_limited_data_label_on_stdout(tiny, samples_dir, tmp_path, capsys):
     """A saved `predict ... > results.txt` of a limited or demo model says so in its first line."""
+    from core.model.decisions import referral_rule
+    from core.model.loading import load_predictor
     from core.paths import DEFAULT_MODEL_DIR
 
     real = str(sorted(samples_dir.rglob("*.png"))[0])
     cli(["predict", real, "--model", str(DEFAULT_MODEL_DIR)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("# LIMITED DATA · ") and "weights learnt from " in lines[0]
-    assert len(lines) == 2 and lines[1].startswith(f"{real}\t")
+    # Both referral thresholds and their source once, exactly as the page caption and the PDF state them.
+    thresholds = load_predictor(DEFAULT_MODEL_DIR).stage_thresholds(None)
+    assert lines[1] == f"# {referral_rule(*thresholds)}" and "0.9762" in lines[1]
+    assert len(lines) == 3 and lines[2].startswith(f"{real}\t")
     demo = _model(tmp_path / "demo", demo=True)
     cli(["predict", real, "--model", demo])
     assert capsys.readouterr().out.startswith("# DEMO · tiny (small_cnn)")
-    cli(["predict", real, "--model", tiny])
-    assert capsys.readouterr().out.startswith(f"{real}\t")  # a model without that evidence: no header
+    cli(["predict", real, "--model", tiny, "--threshold", "0.6"])
+    lines = capsys.readouterr().out.splitlines()  # a model without that evidence: no label, the rule in use
+    assert lines[0] == "# Referral: stage 1 below p(class) 0.60, subtype below p(subtype | class) 0.60 " \
+                       "(set by the user)." and lines[1].startswith(f"{real}\t")
 
 
 def test_a_folder_takes_what_the_uploader_takes_follows_links_and_names_what_it_skips(tiny, field_400x, tmp_path,
@@ -170,7 +178,7 @@ def test_a_folder_takes_what_the_uploader_takes_follows_links_and_names_what_it_
     (scans / "notes.txt").write_text("not an image")
     (scans / "doc.pdf").write_bytes(b"%PDF-1.4")
     cli(["predict", str(scans), "--model", tiny])
-    lines = capsys.readouterr().out.splitlines()
+    lines = result_lines(capsys.readouterr().out)
     assert lines[0] == f"{scans}\tskipped 2 files that are not images (PNG, JPEG, TIFF, BMP, GIF, WEBP): doc.pdf, notes.txt"
     assert [line.split("\t")[0] for line in lines[1:]] == [str(scans / n) for n in (
         "UPPER.PNG", "linked/linked.png", "x.bmp", "x.gif", "x.webp")]
@@ -188,7 +196,7 @@ def test_the_same_image_given_twice_is_named_as_on_the_page(tiny, field_400x, tm
     assert "duplicate_of" not in first and again["duplicate_of"] == str(field_400x)
     assert again["path"] == str(copy) and again["stage1"] == first["stage1"]
     cli(["predict", str(field_400x), str(copy), "--model", tiny])
-    assert capsys.readouterr().out.splitlines()[1].endswith(f" | given more than once: the same file as {field_400x}")
+    assert result_lines(capsys.readouterr().out)[1].endswith(f" | given more than once: the same file as {field_400x}")
     cli(["predict", str(copy), str(copy), "--json", "--model", tiny])
     assert _records(capsys)[1]["duplicate_of"] == str(copy)
 

@@ -105,6 +105,7 @@ def _tiled(run: _Run, result, reason: str, data: bytes) -> tuple[str, dict, str]
 def predict(args) -> int:
     """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
     from core.app.registry import describe_model, model_badge, subtype_reliability
+    from core.model.decisions import referral_rule
     from core.model.loading import load_predictor
 
     predictor = load_predictor(args.model)
@@ -116,6 +117,11 @@ def predict(args) -> int:
             logging.getLogger(__name__).warning("%s", label)
         else:
             print(f"# {label}. Every call needs a pathologist's review.", flush=True)
+    rule = referral_rule(*predictor.stage_thresholds(args.threshold))  # once, as the page caption and the PDF
+    if args.json:
+        logging.getLogger(__name__).info("%s", rule)  # each record's "referral" holds the thresholds
+    else:
+        print(f"# {rule}", flush=True)
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     # a card's declared views are always on (as on the page)
@@ -203,7 +209,8 @@ def add_predict_command(command, default_model: str, unit_interval) -> None:
                         "them (their trees; other files are named in one line, linked folders followed)")
     parser.add_argument("--model", default=default_model, help="model folder (model.keras + card.json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (a model whose card declares its views, such as "
+                             "models/default's 3 crops x 8 symmetries, always does)")
     parser.add_argument("--magnification", choices=MAGNIFICATIONS, default=None,
                         help="of images whose names state none (a name's own wins); a field model with physical "
                              "views looks at the same tissue at every magnification (unstated: as 200X)")
