@@ -32,6 +32,7 @@ input got a call (core.app.cli_predict).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -39,7 +40,7 @@ import sys
 from pathlib import Path
 
 from core.errors import Cancelled, DatasetError, UserInputError
-from core.options import add_dataclass_options, whole_number
+from core.options import add_dataclass_options, not_given_is_none, whole_number
 from core.paths import DEFAULT_MODEL_DIR
 
 log = logging.getLogger("core.cli")
@@ -146,11 +147,12 @@ def _calibrate(args) -> int:
 
 
 def _tune(args) -> int:
-    from core.options import from_args
+    from core.options import given_options
     from core.training.config import TrainConfig
     from core.training.tuning import OBJECTIVE, tune
 
-    best = tune(from_args(TrainConfig, args, baselines=False), args.max_trials, args.search)
+    given = given_options(TrainConfig, args)  # the searched settings typed are held in every trial
+    best = tune(TrainConfig(**given, baselines=False), args.max_trials, args.search, held=tuple(given))
     print(best["trials"].to_string(index=False))
     print(f"best: trial {best['trial']} ({OBJECTIVE} {best[OBJECTIVE]:.3f}) -> {best['run']}: {best['settings']}")
     return OK
@@ -262,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trials to run, at least 1 (default 10)")
     tune.add_argument("--search", choices=("random", "grid"), default="random")
     _add_dataclass_options(tune, "core.training.config", "TrainConfig")
+    _not_given_is_none(tune, "core.training.config", "TrainConfig")  # --dropout 0.5 typed is held, though the default
 
     ensemble = command("ensemble", _ensemble, "several classifier folders as one model (mean of calibrated probabilities)")
     ensemble.add_argument("--members", nargs="+", required=True, help="classifier model folders")
@@ -319,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataclass_options(parser, module: str, name: str, **which) -> None:
     """The options of a settings dataclass (core.options), imported only when the parser is built."""
     add_dataclass_options(parser, module, name, **which)
+
+
+def _not_given_is_none(parser, module: str, name: str) -> None:
+    not_given_is_none(parser, getattr(importlib.import_module(module), name))
 
 
 def _jpeg_quality(text: str) -> int:

@@ -122,6 +122,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), only=None, unse
                             help=help_text.replace("%", "%%"), **kwargs)
 
 
+def not_given_is_none(parser: argparse.ArgumentParser, cls) -> None:
+    """Options of `cls` left off the command line parse as None (their help still shows the default), so a
+    command can tell the options typed from the defaults (given_options)."""
+    parser.set_defaults(**{f.name: None for f in dataclasses.fields(cls) if not isinstance(f.default, bool)})
+
+
+def given_options(cls, args: argparse.Namespace) -> dict:
+    """The options of `cls` on the command line (after not_given_is_none): the others are None or, for a
+    switch, its default (a switch can only be given to change it)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items()
+            if k in names and v is not None and not (isinstance(v, bool) and v == default_of(cls, k))}
+
+
 def from_args(cls, args: argparse.Namespace, **overrides):
     """The settings object from parsed arguments (fields the parser did not define keep defaults)."""
     names = {f.name for f in dataclasses.fields(cls)}

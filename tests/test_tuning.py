@@ -124,3 +124,14 @@ def test_a_search_where_no_trial_finished_says_so(synthetic_breakhis, tmp_path, 
     last = error.strip().splitlines()[-1]
     assert last.startswith("error: no trial finished") and "RuntimeError: out of memory (simulated)" in last
     assert str(out / "search.csv") in last and set(pd.read_csv(out / "search.csv").status) == {"FAILED"}
+
+
+def test_a_default_typed_on_the_command_line_is_held(synthetic_breakhis, tmp_path, monkeypatch):
+    """`tune --dropout 0.5` (the default, typed) was searched: the CLI could not tell it from not typed."""
+    from core.cli import main as cli
+
+    seen, out = _trials_recorded_by(monkeypatch), tmp_path / "search"
+    assert cli(["tune", "--data", str(synthetic_breakhis), "--out", str(out), "--max-trials", "3",
+                "--dropout", "0.5"]) == 0
+    assert [c.dropout for c in seen] == [0.5, 0.5, 0.5]
+    assert set(pd.read_csv(out / "search.csv").dropout) == {0.5}

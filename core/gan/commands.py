@@ -6,12 +6,11 @@ the classifier's commands; `add_gan_commands` adds them to the `gan` sub-parser.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from pathlib import Path
 
 from core.data.labels import SUBTYPES
-from core.options import add_dataclass_options, positive_int, whole_number
+from core.options import add_dataclass_options, given_options, not_given_is_none, positive_int, whole_number
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
@@ -24,24 +23,13 @@ def seed(text: str) -> int:
     return whole_number(text, 0)
 
 
-def _given_options(args) -> dict:
-    """The GanConfig options on the command line: the others are None (add_gan_commands) or, for a
-    switch, its default (a switch can only be given to change it)."""
-    from core.gan.model import GanConfig
-    from core.options import default_of
-
-    names = {f.name for f in dataclasses.fields(GanConfig)}
-    return {k: v for k, v in vars(args).items()
-            if k in names and v is not None and not (isinstance(v, bool) and v == default_of(GanConfig, k))}
-
-
 def _gan_train(args) -> int:
     """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator.
     Only the options given count: a resumed run refuses those that would change it (core.gan.train)."""
     from core.gan.model import GanConfig
     from core.gan.train import train_gan
 
-    given = _given_options(args)
+    given = given_options(GanConfig, args)
     config = GanConfig(**{"name": Path(args.out).name, **given})
     cancelled = []
     signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
@@ -103,7 +91,7 @@ def add_gan_commands(gan) -> None:
     # An option not given is None (its help still shows its default), so --resume tells a choice from a default.
     from core.gan.model import GanConfig
 
-    gan_train.set_defaults(**{f.name: None for f in dataclasses.fields(GanConfig) if not isinstance(f.default, bool)})
+    not_given_is_none(gan_train, GanConfig)
     sample = gan_commands.add_parser("sample", help="write synthetic images from a generator folder")
     sample.set_defaults(handler=_gan_sample)
     sample.add_argument("--model", required=True)
