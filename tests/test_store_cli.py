@@ -75,3 +75,15 @@ def test_reviews_export_says_what_it_left_out(cli_store, tmp_path, monkeypatch, 
     assert main(["reviews", "export", str(tmp_path / "export")]) == 0
     said = capsys.readouterr().out
     assert said.startswith("wrote 0 reviewed images") and "0 older reviews of an exported image" in said
+
+
+@pytest.mark.parametrize("where", ["127.0.0.1:1", "db.example:notaport", "[::1"])
+def test_an_unreachable_or_malformed_database_url_is_a_message_without_the_password(where, monkeypatch, capsys):
+    """An unreachable server, a port that is not a number, a URL that does not parse: each store
+    command says so in one line (exit 2), never a traceback, and never prints the URL's password."""
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", f"postgresql+psycopg://alice:S3cretPW@{where}/breakhis")
+    for command in (["db", "status"], ["db", "upgrade"], ["users", "list"]):
+        assert main(command) == 2, command
+        out, err = capsys.readouterr()
+        assert [line for line in err.splitlines() if line.startswith("error: ")] == [err.strip()], err
+        assert "Traceback" not in out + err and "S3cretPW" not in out + err

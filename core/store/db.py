@@ -19,8 +19,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 
 from core.errors import UserInputError
 from core.paths import data_dir
@@ -61,9 +61,19 @@ def database_url() -> str:
     return f"sqlite:///{data_dir() / SQLITE_FILE}"
 
 
+def parse_url(url: str | URL) -> URL:
+    """The parsed URL, or a StoreError that does not quote it (the text may hold a password)."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):  # e.g. a port that is not a number: int() raised ValueError
+        raise StoreError("the database URL (BREAKHIS_DATABASE_URL) cannot be read: expected e.g. "
+                         "postgresql+psycopg://user@host:5432/breakhis (it is not repeated here: it may hold "
+                         "a password)") from None
+
+
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    return make_url(url).render_as_string(hide_password=True)
+    return parse_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -99,9 +109,9 @@ def _check_sqlite_file(path: Path) -> None:
                          "It was left untouched: restore it from a backup, or move it away to start a new one.")
 
 
-def sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str | URL) -> Path | None:
     """The file an SQLite URL names (None for another database or an in-memory one)."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database)
     return None
@@ -109,14 +119,18 @@ def sqlite_file(url: str) -> Path | None:
 
 def make_engine(url: str | None = None) -> Engine:
     """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode."""
-    url = url or database_url()
-    if make_url(url).get_backend_name() == "sqlite":
-        if (path := sqlite_file(url)) is not None:
+    parsed = parse_url(url or database_url())
+    if parsed.get_backend_name() == "sqlite":
+        if (path := sqlite_file(parsed)) is not None:
             _check_sqlite_file(path)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except ArgumentError:  # NoSuchModuleError: a dialect or driver that is not installed
+        raise StoreError(f"the database URL names {parsed.drivername!r}, which this installation cannot use "
+                         "(e.g. postgresql+psycopg)") from None
 
 
 def _alembic_config(connection) -> Config:
@@ -132,16 +146,30 @@ def revisions() -> tuple[set[str], str]:
     return {r.revision for r in script.walk_revisions()}, script.get_current_head()
 
 
+@contextlib.contextmanager
+def _opening(engine: Engine):
+    """A server that cannot be reached or a file that is not a database: a StoreError naming the
+    database without its password (the driver's words on one line), never a traceback."""
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        yield url
+    except OperationalError as problem:
+        said = " ".join(str(problem.orig).split())
+        raise StoreError(f"the database {url} cannot be opened ({said}). Nothing was changed.") from None
+    except DatabaseError as problem:
+        raise StoreError(f"the database {url} is damaged or not a database ({problem.orig}). It was left "
+                         "untouched: restore it from a backup, or move it away to start a new one.") from None
+
+
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with _opening(engine), engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade(engine: Engine) -> str:
     """Migrate to the newest schema; refuse (StoreError, no change) a database from a newer version."""
     known, head = revisions()
-    url = engine.url.render_as_string(hide_password=True)
-    try:
+    with _opening(engine) as url:
         current = current_revision(engine)
         if current is not None and current not in known:
             raise StoreError(f"the database {url} was written by a newer version of the app (schema revision "
@@ -151,11 +179,4 @@ def upgrade(engine: Engine) -> str:
             with engine.begin() as connection:
                 command.upgrade(_alembic_config(connection), "head")
             log.info("store %s migrated from %s to %s", url, current, head)
-    except StoreError:
-        raise
-    except OperationalError as problem:
-        raise StoreError(f"the database {url} cannot be opened: {problem.orig}. Nothing was changed.") from None
-    except DatabaseError as problem:
-        raise StoreError(f"the database {url} is damaged or not a database ({problem.orig}). It was left "
-                         "untouched: restore it from a backup, or move it away to start a new one.") from None
     return head
