@@ -247,3 +247,29 @@ def test_sqlite_file_and_folder_created_on_first_start(tmp_path, monkeypatch):
     monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
     Store.open().close()
     assert (tmp_path / "fresh" / "data" / "breakhis.db").is_file()
+
+
+def test_the_data_folder_and_the_database_files_are_private(tmp_path):
+    """They hold the audit trail (patient file names) and the password hashes: the folder is made 0700
+    and breakhis.db, -wal and -shm are 0600, like session.key; a file left readable by others (an
+    earlier version, a restored copy) is tightened on the next start."""
+    import stat
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    previous = os.umask(0o022)  # the usual umask, which leaves new files readable by everyone
+    try:
+        folder = tmp_path / "fresh" / "data"
+        store = Store.open(f"sqlite:///{folder / 'breakhis.db'}")
+        store.record("sign_in", "ann")
+        files = [folder / name for name in ("breakhis.db", "breakhis.db-wal", "breakhis.db-shm")]
+        assert mode(folder) == 0o700 and [mode(f) for f in files] == [0o600] * 3
+        for file in files:
+            file.chmod(0o644)
+        second = Store.open(f"sqlite:///{folder / 'breakhis.db'}")
+        assert [mode(f) for f in files] == [0o600] * 3 and len(second.events()) == 1
+        second.close()
+        store.close()
+    finally:
+        os.umask(previous)

@@ -135,6 +135,7 @@ def test_the_signing_key_is_made_once_private_and_can_come_from_the_environment(
     first = sessions.signing_key(tmp_path / "data")
     path = tmp_path / "data" / sessions.KEY_FILE
     assert len(first) >= 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700  # the data folder it made is private too
     assert sessions.signing_key(tmp_path / "data") == first  # kept, not replaced on the next start
     path.chmod(0o644)
     assert sessions.signing_key(tmp_path / "data") == first and stat.S_IMODE(path.stat().st_mode) == 0o600

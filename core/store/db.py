@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from pathlib import Path
 
 from alembic import command
@@ -85,17 +86,42 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+def private_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) for the app's own user only (0700): the data folder holds
+    the audit trail, the password hashes and the session key. An existing folder is left as it is."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _private_files(path: Path) -> None:
+    """The database and its -wal/-shm files readable by the app's own user only (0600), like
+    session.key: a new file is created so (SQLite gives -wal and -shm the mode of the database
+    file), one left readable by others (an earlier version, a restored copy) is tightened."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if (mode := stat.S_IMODE(file.stat().st_mode)) & 0o077:
+                file.chmod(mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as problem:  # another user's file the app may write but not chmod
+            log.warning("could not make %s private: %s", file, problem.strerror)
+
+
 def _check_sqlite_file(path: Path) -> None:
-    """Refuse a file we could not use without damaging or overwriting it."""
+    """Refuse a file we could not use without damaging or overwriting it; make it private."""
     if not path.exists():
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(path.parent)
         except OSError as problem:
             raise StoreError(f"cannot create the data folder {path.parent}: {problem}. "
                              "Set BREAKHIS_DATA_DIR to a writable folder.") from None
         if not os.access(path.parent, os.W_OK):
             raise StoreError(f"the data folder {path.parent} is not writable. "
                              "Set BREAKHIS_DATA_DIR to a writable folder.")
+        _private_files(path)
         return
     if not path.is_file():
         raise StoreError(f"the database path {path} is not a file.")
@@ -107,6 +133,7 @@ def _check_sqlite_file(path: Path) -> None:
     if header and header != b"SQLite format 3\x00":
         raise StoreError(f"the database file {path} is not an SQLite database (damaged or another file). "
                          "It was left untouched: restore it from a backup, or move it away to start a new one.")
+    _private_files(path)
 
 
 def sqlite_file(url: str | URL) -> Path | None:

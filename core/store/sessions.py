@@ -42,6 +42,7 @@ from sqlalchemy import select, update
 
 from core.paths import data_dir
 from core.store.audit import Store
+from core.store.db import private_folder
 from core.store.models import User, WebSession, utc_now
 
 MAX_HOURS = 12  # a token and its cookie last one working day at most, however active the user is
@@ -76,7 +77,7 @@ def signing_key(folder: Path | None = None) -> bytes:
         return named.encode("utf-8")
     path = Path(folder or data_dir()) / KEY_FILE
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         try:
             handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
