@@ -6,7 +6,10 @@ signing key is made once with mode 0600, and no token or key reaches the audit t
 import base64
 import datetime
 import json
+import multiprocessing
 import stat
+import threading
+import time
 
 import jwt
 import pytest
@@ -146,6 +149,61 @@ def test_the_signing_key_is_made_once_private_and_can_come_from_the_environment(
     with pytest.raises(sessions.SessionKeyError, match="at least 32") as refused:
         sessions.signing_key(tmp_path / "data")
     assert "short" not in str(refused.value)  # the message never holds the key
+
+
+def _first_start(folder, together, out):
+    together.wait()
+    try:
+        out.put(sessions.signing_key(folder).decode())
+    except sessions.SessionKeyError as problem:
+        out.put(f"error: {problem}")
+
+
+def test_two_processes_making_the_key_together_get_the_same_whole_key(tmp_path, monkeypatch):
+    """Two servers (or a server and the CLI) starting at once on a new data folder: the loser read
+    the winner's file between its creation and its write, found it empty and said "damaged: remove
+    it", which would sign everyone out. The key file now appears whole (written aside, then linked)."""
+    monkeypatch.delenv(sessions.KEY_ENV, raising=False)
+    fork = multiprocessing.get_context("fork")
+    for trial in range(60):
+        together, out = fork.Barrier(2), fork.Queue()
+        workers = [fork.Process(target=_first_start, args=(tmp_path / str(trial), together, out)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        keys = {out.get(timeout=30) for _ in workers}
+        for worker in workers:
+            worker.join()
+        assert len(keys) == 1 and not keys.pop().startswith("error"), (trial, keys)
+        assert [p.name for p in (tmp_path / str(trial)).iterdir()] == [sessions.KEY_FILE]  # no temporary left
+
+
+def test_a_key_file_still_being_written_is_waited_for_and_a_short_one_refused(tmp_path, monkeypatch):
+    """A key file shorter than a key (another process, or an older version, is writing it) is read
+    again for a moment before it is called damaged."""
+    monkeypatch.delenv(sessions.KEY_ENV, raising=False)
+    path = tmp_path / sessions.KEY_FILE
+    path.touch(mode=0o600)
+    writer = threading.Timer(0.2, path.write_text, args=("k" * 64,))
+    writer.start()
+    assert sessions.signing_key(tmp_path) == b"k" * 64
+    writer.join()
+    path.write_text("short")
+    monkeypatch.setattr(sessions, "KEY_WAIT_SECONDS", 0.3)
+    started = time.monotonic()
+    with pytest.raises(sessions.SessionKeyError, match="damaged"):
+        sessions.signing_key(tmp_path)
+    assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_without_hard_links_the_key_file_is_made_in_place(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.delenv(sessions.KEY_ENV, raising=False)
+    monkeypatch.setattr(sessions.os, "link", no_links)
+    key = sessions.signing_key(tmp_path)
+    assert len(key) >= 64 and sessions.signing_key(tmp_path) == key
+    assert [p.name for p in tmp_path.iterdir()] == [sessions.KEY_FILE]
 
 
 def test_a_database_from_before_sessions_upgrades_and_keeps_its_accounts(store_url):

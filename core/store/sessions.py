@@ -29,12 +29,15 @@ in the repository, never logged, and neither is a token; replacing the key signs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
 import os
 import re
 import secrets
+import tempfile
+import time
 from pathlib import Path
 
 import jwt
@@ -48,6 +51,7 @@ from core.store.models import User, WebSession, utc_now
 MAX_HOURS = 12  # a token and its cookie last one working day at most, however active the user is
 TOUCH_SECONDS = 30  # `last_seen` is written at most this often (idle expiry is checked to that precision)
 KEY_FILE, KEY_ENV, MIN_KEY_CHARS = "session.key", "BREAKHIS_SESSION_KEY", 32
+KEY_WAIT_SECONDS = 2.0  # a key file shorter than a key is re-read this long before it is called damaged
 ALGORITHM = "HS256"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")  # a compact JWT, nothing else
 MAX_TOKEN_CHARS = 512
@@ -78,21 +82,49 @@ def signing_key(folder: Path | None = None) -> bytes:
     path = Path(folder or data_dir()) / KEY_FILE
     try:
         private_folder(path.parent)
-        try:
-            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(handle, "w") as file:
-                file.write(secrets.token_hex(32))
+        if not path.exists():
+            _create_key_file(path)
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)  # a copy restored with looser permissions is tightened
-        key = path.read_text().strip()
+        key = _read_key(path)
     except OSError as problem:
         raise SessionKeyError(f"the session key file {path} cannot be used: {problem.strerror}") from None
     if len(key) < MIN_KEY_CHARS:
         raise SessionKeyError(f"the session key file {path} is damaged (too short): remove it to make a new one")
     return key.encode("utf-8")
+
+
+def _create_key_file(path: Path) -> None:
+    """A new key, written and synced aside (mkstemp: mode 0600), then hard-linked into place: the
+    file appears whole or not at all, and of processes starting together the first link wins and
+    every one of them reads that key. Where hard links are not supported, it is created in place
+    (O_EXCL) and a reader beside it waits for the write (_read_key)."""
+    key = secrets.token_hex(32)
+    handle, temporary = tempfile.mkstemp(prefix=f".{KEY_FILE}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(key)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process was first: its key is the one
+        except OSError:  # no hard links on this file system
+            with contextlib.suppress(FileExistsError), \
+                    os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                file.write(key)
+    finally:
+        os.unlink(temporary)
+
+
+def _read_key(path: Path) -> str:
+    """The key file's text; one shorter than a key is read again for up to KEY_WAIT_SECONDS, as
+    another process (or an older version of this code) may be writing it."""
+    deadline = time.monotonic() + KEY_WAIT_SECONDS
+    while len(key := path.read_text().strip()) < MIN_KEY_CHARS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return key
 
 
 def digest(session_id: str) -> str:
