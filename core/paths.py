@@ -32,8 +32,9 @@ def runs_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Where the app keeps its database and (only if enabled) kept images: BREAKHIS_DATA_DIR,
-    default data/ (git-ignored). Created by the store on first start, not here."""
+    """Where the app keeps its database, the session signing key (session.key, unless
+    BREAKHIS_SESSION_KEY is set) and (only if enabled) kept images: BREAKHIS_DATA_DIR, default data/
+    inside the checkout (git-ignored). Created by the store on first start (0700), not here."""
     return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
 
 

@@ -13,8 +13,8 @@ active, its role). So:
 - idle expiry is the app's rule (BREAKHIS_SESSION_MINUTES) checked against the row's `last_seen`,
   and a token never lives longer than MAX_HOURS whatever the activity.
 
-The row's key is the SHA-256 of the session id, not the id: a copy of the database alone cannot be
-turned into a cookie (that also needs the signing key, kept elsewhere).
+The row's key is the SHA-256 of the session id, not the id: a copy of the database cannot be turned
+into a cookie for an existing session, even together with the signing key.
 
 Why PyJWT: a maintained, widely reviewed, pure-Python implementation of a standard token format
 (RFC 7519); decoding pins the algorithm (no "none", no algorithm confusion) and requires the
@@ -23,8 +23,11 @@ remember to check (`max_age` at load time), while a JWT carries its `exp` and is
 auditor or a reverse proxy already knows.
 
 The signing key: BREAKHIS_SESSION_KEY (at least 32 characters) if set, else the file
-BREAKHIS_DATA_DIR/session.key, 32 random bytes written on first start with mode 0600. It is never
-in the repository, never logged, and neither is a token; replacing the key signs everyone out.
+BREAKHIS_DATA_DIR/session.key, 32 random bytes written on first start with mode 0600. By default
+that file is data/session.key inside the checkout (git-ignored), next to the database: a copy or
+backup of the data folder carries both. In production, set BREAKHIS_SESSION_KEY from the
+deployment's secret store, so that the key lives apart from the database and its backups. The key
+is never committed, never logged, and neither is a token; replacing the key signs everyone out.
 """
 
 from __future__ import annotations
