@@ -3,8 +3,11 @@
 Why argon2-cffi: it is the maintained binding of the Password Hashing Competition winner, with
 parameters that it can raise later (`needs_rehash` upgrades old hashes at the next sign-in).
 Every sign-in (success or failure) and every account change is an audit row; no password or
-hash is ever logged, shown or put in an audit row. An unknown name costs the same hash as a known
-one, so timing does not tell which names exist.
+hash is ever logged, shown or put in an audit row. Every refusal (unknown name, wrong password,
+locked, disabled, single sign-on only) gives the same message (REFUSED) and costs one password
+hash, so neither the answer nor its time tells which names exist, and a disabled account's password
+is not confirmed (OWASP Authentication Cheat Sheet); the audit row keeps the real reason for the
+administrators.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from core.store.models import User, utc_now
 from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
 
 MAX_FAILURES, LOCK_SECONDS = 5, 60
+REFUSED = (f"Wrong name or password, or the account is locked or disabled. After {MAX_FAILURES} failed sign-ins "
+           f"an account is locked for {LOCK_SECONDS} seconds; an administrator can re-enable a disabled one.")
 MIN_PASSWORD_LENGTH = 8
 SYSTEM = "system"  # the user named in rows nobody signed in for (the CLI on the machine itself)
 
@@ -99,7 +104,7 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
 
 
 def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None) -> dict:
-    """Check a name and password. Returns {"name", "role"}; raises SignInError with a safe message.
+    """Check a name and password. Returns {"name", "role"}; raises SignInError(REFUSED) otherwise.
 
     After MAX_FAILURES wrong passwords in a row the account is locked for LOCK_SECONDS (a correct
     password during the lock is refused too, so guessing gains nothing).
@@ -109,23 +114,24 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
         user = session.scalar(select(User).where(User.name == name).with_for_update())
         if user is None or user.password_hash is None:
             _verify(_dummy_hash(), password)
-            outcome, message = "unknown account" if user is None else "sso-only account", None
+            outcome = "unknown account" if user is None else "sso-only account"
         elif _locked(user.locked_until, now):
-            outcome, message = "locked", _locked_message(user.locked_until)
+            _verify(_dummy_hash(), password)  # the same cost as any other answer
+            outcome = "locked"
         elif not _verify(user.password_hash, password):
-            outcome, message = _count_failure(session, user.id, now)
+            outcome = _count_failure(session, user.id, now)
         elif not user.active:
-            outcome, message = "disabled", "This account is disabled. Ask an administrator."
+            outcome = "disabled"
         else:
             rehash = {"password_hash": _hasher.hash(password)} if _hasher.check_needs_rehash(user.password_hash) else {}
             if _update_unless_locked(session, user.id, now, User.id, failed_sign_ins=0, locked_until=None,
                                      last_sign_in=now, **rehash) is None:  # locked by guesses beside this one
-                outcome, message = "locked", _locked_message(_lock_end(session, user.id))
+                outcome = "locked"
             else:
                 outcome, role = "ok", user.role
     if outcome != "ok":
         store.record("sign_in_failed", name[:120], details={"reason": outcome})
-        raise SignInError(message or "Wrong name or password.")
+        raise SignInError(REFUSED)
     store.record("sign_in", name, details={"method": "password"})
     return {"name": name, "role": role}
 
@@ -136,18 +142,18 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
 # ignores SELECT ... FOR UPDATE, so the lock would never engage. The first UPDATE of a transaction
 # holds the row (PostgreSQL) or the database's write lock (SQLite) until it commits.
 
-def _count_failure(session, user_id: int, now: datetime.datetime) -> tuple[str, str | None]:
+def _count_failure(session, user_id: int, now: datetime.datetime) -> str:
     """One more wrong password, counted in the database; the MAX_FAILURES-th locks the account."""
     failures = _update_unless_locked(session, user_id, now, User.failed_sign_ins,
                                      failed_sign_ins=User.failed_sign_ins + 1)
     if failures is None:  # locked by the guesses that arrived together with this one
-        return "locked", _locked_message(_lock_end(session, user_id))
+        return "locked"
     if failures < MAX_FAILURES:
-        return "wrong password", None
+        return "wrong password"
     session.execute(update(User).where(User.id == user_id)
                     .values(locked_until=now + datetime.timedelta(seconds=LOCK_SECONDS), failed_sign_ins=0)
                     .execution_options(synchronize_session=False))
-    return "wrong password; locked", f"Too many failed sign-ins: the account is locked for {LOCK_SECONDS} seconds."
+    return "wrong password; locked"
 
 
 def _update_unless_locked(session, user_id: int, now: datetime.datetime, returning, **values):
@@ -157,16 +163,8 @@ def _update_unless_locked(session, user_id: int, now: datetime.datetime, returni
                           .returning(returning).execution_options(synchronize_session=False))
 
 
-def _lock_end(session, user_id: int) -> datetime.datetime:
-    return session.scalar(select(User.locked_until).where(User.id == user_id))
-
-
 def _locked(locked_until: datetime.datetime | None, now: datetime.datetime) -> bool:
     return locked_until is not None and locked_until > now
-
-
-def _locked_message(locked_until: datetime.datetime) -> str:
-    return f"Too many failed sign-ins: this account is locked until {locked_until:%H:%M:%S} UTC. Try again later."
 
 
 def sso_account(store: Store, name: str) -> dict | None:
