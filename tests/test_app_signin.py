@@ -198,3 +198,14 @@ def test_a_live_views_timed_reruns_do_not_keep_an_idle_session_signed_in(environ
     assert store.events(kinds="sign_out", user="otto", limit=1)[0]["details"] == {"reason": "session expired"}
     assert sessions.check(store, row, signin.session_minutes()).reason == "revoked"
     store.close()
+
+
+def test_a_password_typed_as_the_name_is_not_kept_in_the_audit_trail(environment):
+    """The append-only trail (and its CSV export) keeps a masked tag for an unknown name, never the text."""
+    store = Store.open()
+    typed = "Tr0ub4dor&3 typed in the wrong box"
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), typed, "")
+    assert accounts.REFUSED in everything_shown(app) and not app.exception
+    assert store.events(kinds="sign_in_failed", limit=1)[0]["user"].startswith("unknown:")
+    assert typed.encode() not in store.csv()
+    store.close()

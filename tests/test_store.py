@@ -5,6 +5,7 @@ import csv
 import datetime
 import io
 import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -202,6 +203,24 @@ def test_every_refused_sign_in_says_the_same_thing_at_the_same_cost(store, monke
     assert "locked" in accounts.REFUSED and "disabled" in accounts.REFUSED and "administrator" in accounts.REFUSED
     reasons = [f["details"]["reason"] for f in store.events(kinds="sign_in_failed", newest_first=False)]
     assert reasons[-4:] == ["locked", "disabled", "wrong password", "sso-only account"]
+
+
+def test_an_unknown_name_is_recorded_masked_not_as_typed(store):
+    """The text typed as an unknown name may be a password put in the wrong box, and the trail is
+    append-only: it is recorded as "unknown:" and a short keyed hash (the same text gives the same
+    tag, so repeated tries can be followed; without the deployment's key the tag cannot be checked
+    against guesses). A known name is recorded as itself."""
+    accounts.add_account(store, "pat", "correct horse", "pathologist")
+    key = b"k" * 40
+    for name in ("my secret password", "my secret password", "pat", "another name"):
+        with pytest.raises(accounts.SignInError):
+            accounts.sign_in(store, name, "wrong password", key=key)
+    with pytest.raises(accounts.SignInError):
+        accounts.sign_in(store, "my secret password", "wrong password", key=b"j" * 40)
+    users = [f["user"] for f in store.events(kinds="sign_in_failed", newest_first=False)]
+    assert all(re.fullmatch(r"unknown:[0-9a-f]{10}", users[i]) for i in (0, 1, 3, 4)), users
+    assert users[0] == users[1] and users[2] == "pat" and len({users[0], users[3], users[4]}) == 3
+    assert b"my secret password" not in store.csv()
 
 
 def test_roles_permissions():

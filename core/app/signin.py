@@ -239,7 +239,7 @@ def sign_in_page() -> None:
         submitted = st.form_submit_button("Sign in")
     if submitted:
         try:
-            user = check(store(), name.strip(), password)
+            user = check(store(), name.strip(), password, key=session_key())
             _signed_in(user)  # writes the session row: the database may be busy here too
         except SignInError as problem:
             st.error(str(problem), icon=":material/block:")

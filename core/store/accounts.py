@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
+import hmac
+import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -103,11 +106,13 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
         store.record("session_revoked", by, name, details={"reason": why, "sessions": revoked})
 
 
-def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None) -> dict:
+def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None, *,
+            key: bytes | None = None) -> dict:
     """Check a name and password. Returns {"name", "role"}; raises SignInError(REFUSED) otherwise.
 
     After MAX_FAILURES wrong passwords in a row the account is locked for LOCK_SECONDS (a correct
-    password during the lock is refused too, so guessing gains nothing).
+    password during the lock is refused too, so guessing gains nothing). A refused unknown name is
+    recorded masked (masked_name, with `key`: the app passes its session signing key).
     """
     now = now or utc_now()
     with store.transaction("The sign-in could not be checked") as session:
@@ -130,10 +135,25 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
             else:
                 outcome, role = "ok", user.role
     if outcome != "ok":
-        store.record("sign_in_failed", name[:120], details={"reason": outcome})
+        store.record("sign_in_failed", masked_name(name, key) if outcome == "unknown account" else name,
+                     details={"reason": outcome})
         raise SignInError(REFUSED)
     store.record("sign_in", name, details={"method": "password"})
     return {"name": name, "role": role}
+
+
+def masked_name(name: str, key: bytes | None = None) -> str:
+    """How the audit trail names a sign-in attempt for an unknown name: "unknown:" and 10 hex digits
+    of its HMAC-SHA256, never the text, which may be a password typed into the Name box (OWASP
+    Logging Cheat Sheet). The same text gives the same tag, so repeated tries can be followed; the
+    key (without one, a key of this process) keeps the tag from being checked against guesses."""
+    tag = hmac.new(key or _process_key(), b"unknown account name\0" + name.encode("utf-8"), hashlib.sha256)
+    return f"unknown:{tag.hexdigest()[:10]}"
+
+
+@functools.cache
+def _process_key() -> bytes:
+    return secrets.token_bytes(32)
 
 
 # The failure count and the lock are read and written by UPDATE statements, never as
