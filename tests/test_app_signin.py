@@ -127,11 +127,12 @@ SSO_SECRETS = {"cookie_secret": "x" * 40, "redirect_uri": "http://localhost:8501
                "client_secret": "s", "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
 
 
-def sso_app(email: str) -> AppTest:
-    """A browser session whose single sign-on identity (st.user) is logged in (AppTest.user stands in for it)."""
+def sso_app(email: str, **claims) -> AppTest:
+    """A browser session whose single sign-on identity (st.user) is logged in (AppTest.user stands in
+    for it); its e-mail verified unless `claims` say otherwise."""
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT)
     app.secrets["auth"] = dict(SSO_SECRETS)
-    app.user = {"email": email, "is_logged_in": True}
+    app.user = {"email": email, "email_verified": True, "is_logged_in": True, **claims}
     return app.run()
 
 
@@ -208,4 +209,33 @@ def test_a_password_typed_as_the_name_is_not_kept_in_the_audit_trail(environment
     assert accounts.REFUSED in everything_shown(app) and not app.exception
     assert store.events(kinds="sign_in_failed", limit=1)[0]["user"].startswith("unknown:")
     assert typed.encode() not in store.csv()
+    store.close()
+
+
+def test_single_sign_on_needs_a_verified_email_and_an_account_made_for_it(environment):
+    """An identity provider that lets users set their own e-mail must not hand out accounts ("nOAuth"):
+    an unverified or unconfirmed e-mail is refused, and a verified one opens only an active account
+    made with --sso-only, never a password account (an admin's included). The sign-in page says why,
+    offers to leave the identity provider's login, and the refusal is audited once."""
+    store = Store.open()
+    accounts.add_account(store, "chief@hospital.org", PASSWORD, "admin")
+    accounts.add_account(store, "sso@hospital.org", None, "pathologist")
+    for email, claims, said in [
+            ("sso@hospital.org", {"email_verified": False}, "as verified"),
+            ("sso@hospital.org", {"email_verified": None}, "as verified"),
+            ("chief@hospital.org", {}, "No active single sign-on account"),
+            ("chief@hospital.org", {"email_verified": False}, "as verified"),
+            ("stranger@hospital.org", {}, "No active single sign-on account")]:
+        before = len(store.events(kinds="sign_in_failed"))
+        app = sso_app(email, **claims)
+        assert [t.value for t in app.title] == ["Sign in"] and not app.exception, (email, claims)
+        assert any(said in e.value and email in e.value for e in app.error), (email, claims, everything_shown(app))
+        assert "Signed in as" not in everything_shown(app)
+        app.run()  # a rerun neither signs in nor records the refusal again
+        rows = store.events(kinds="sign_in_failed")
+        assert len(rows) == before + 1 and rows[0]["user"] == email and rows[0]["details"]["method"] == "oidc"
+        app.button(key="sso_sign_out").click().run()
+        assert app.user["is_logged_in"] is False  # st.logout(): another identity may be tried
+    assert "Signed in as **sso@hospital.org** (pathologist)" in everything_shown(sso_app("sso@hospital.org"))
+    assert not [e for e in store.events(kinds="sign_in") if e["user"] == "chief@hospital.org"]
     store.close()

@@ -223,6 +223,16 @@ def test_an_unknown_name_is_recorded_masked_not_as_typed(store):
     assert b"my secret password" not in store.csv()
 
 
+def test_single_sign_on_reaches_only_active_accounts_made_for_it(store):
+    accounts.add_account(store, "chief@hospital.org", "correct horse", "admin")
+    accounts.add_account(store, "sso@hospital.org", None, "pathologist")
+    accounts.add_account(store, "gone@hospital.org", None, "pathologist")
+    accounts.change_account(store, "gone@hospital.org", accounts.SYSTEM, active=False)
+    assert accounts.sso_account(store, "sso@hospital.org") == {"name": "sso@hospital.org", "role": "pathologist"}
+    for name in ("chief@hospital.org", "gone@hospital.org", "nobody@hospital.org", ""):
+        assert accounts.sso_account(store, name) is None, name
+
+
 def test_roles_permissions():
     assert accounts.can("admin", "retrain") and accounts.can("admin", "diagnose")
     assert accounts.can("pathologist", "review")

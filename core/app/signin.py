@@ -26,6 +26,7 @@ USER_KEY = "_signed_in"
 SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
 COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to write ("" removes), a refused one
 CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes effect within this)
+SSO_REFUSED = "_sso_refused"  # {"email", "reason"}: this session's identity opens no account (sign_in_page says why)
 ACTIVE_KEY = "_last_active"  # monotonic time of this tab's last run a person caused (not a live view's timer)
 
 
@@ -142,12 +143,7 @@ def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     if user is None:
         user = _resume_from_cookie()
     if user is None and sso_configured() and st.user.is_logged_in:
-        from core.store.accounts import sso_account
-
-        user = sso_account(store(), str(st.user.get("email") or ""))
-        if user is not None:
-            store().record("sign_in", user["name"], details={"method": "oidc"})
-            _signed_in(user)
+        user = _sso_user()
     if user is None:
         return None
     now = time.monotonic()
@@ -166,6 +162,46 @@ def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
         user = checked.user  # the account's current role
         st.session_state.update({USER_KEY: user, CHECKED_KEY: time.monotonic()})
     return user
+
+
+def _sso_user() -> dict | None:
+    """The account of the identity provider's user, signed in; else None, with why in
+    st.session_state[SSO_REFUSED] for the sign-in page (audited once per identity and session).
+
+    Its e-mail must be verified (the OpenID Connect claim email_verified true: a missing claim is not
+    a verification) and name an active account made for single sign-on (accounts.sso_account). An
+    identity provider that lets users choose their e-mail would otherwise hand out any account."""
+    from core.store.accounts import sso_account
+
+    email = str(st.user.get("email") or "")
+    if st.session_state.get(SSO_REFUSED, {}).get("email") == email:
+        return None
+    verified = st.user.get("email_verified") in (True, "true")  # a few providers send the claim as a string
+    user = sso_account(store(), email) if verified and email else None
+    if user is None:
+        reason = "email not verified" if not verified or not email else "no sso account"
+        store().record("sign_in_failed", email[:120] or "unknown", details={"method": "oidc", "reason": reason})
+        st.session_state[SSO_REFUSED] = {"email": email, "reason": reason}
+        return None
+    store().record("sign_in", user["name"], details={"method": "oidc"})
+    _signed_in(user)
+    return user
+
+
+def _sso_refusal() -> None:
+    """Why the identity provider's user was not signed in, and a way out of that login (st.logout),
+    so that another identity or the password form can be used."""
+    refused = st.session_state[SSO_REFUSED]
+    email = refused["email"].replace("`", "") or "(none)"  # shown as code: the claim is not markdown
+    if refused["reason"] == "email not verified":
+        st.error(f"Your organisation's sign-in did not confirm the e-mail address `{email}` as verified (the "
+                 "email_verified claim), so it opens no account here. Ask the identity provider's administrator "
+                 "to verify it, or sign in with a name and password.", icon=":material/block:")
+    else:
+        st.error(f"No active single sign-on account here is named `{email}`. Ask an administrator to create one "
+                 "(`python -m core users add EMAIL --sso-only`); an account with a password signs in with the "
+                 "form below.", icon=":material/block:")
+    st.button("Sign out of your organisation's login", on_click=st.logout, key="sso_sign_out")
 
 
 def sign_out(reason: str = "signed out") -> None:
@@ -221,7 +257,9 @@ def sign_in_page() -> None:
     from core.store.db import StoreError
 
     st.title("Sign in")
-    if sso_configured():
+    if sso_configured() and st.user.is_logged_in and SSO_REFUSED in st.session_state:
+        _sso_refusal()
+    elif sso_configured():
         st.button("Sign in with your organisation", on_click=st.login, key="sso_sign_in")
     try:
         first_start = not has_accounts(store()) and not sso_configured()

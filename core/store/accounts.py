@@ -188,10 +188,14 @@ def _locked(locked_until: datetime.datetime | None, now: datetime.datetime) -> b
 
 
 def sso_account(store: Store, name: str) -> dict | None:
-    """The active account an identity provider's user maps to (by e-mail or name), or None."""
+    """The account an identity provider's user (its verified e-mail) opens: an active account made
+    for single sign-on (`users add EMAIL --sso-only`, no password), else None. A password account,
+    an admin's included, is never reached this way, whatever e-mail an identity claims."""
     with store.reading("The account could not be read") as session:
         user = session.scalar(select(User).where(User.name == name))
-        return {"name": user.name, "role": user.role} if user is not None and user.active else None
+        if user is None or user.password_hash is not None or not user.active:
+            return None
+        return {"name": user.name, "role": user.role}
 
 
 @functools.cache
