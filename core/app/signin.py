@@ -74,6 +74,16 @@ def single_user_mode() -> bool:
     return os.environ.get("BREAKHIS_SINGLE_USER", "").strip().lower() in ENABLED_VALUES
 
 
+def provider_verifies_email() -> bool:
+    """BREAKHIS_SSO_VERIFIED_EMAILS=1: the deployment's identity provider issues only addresses its
+    organisation controls and leaves the email_verified claim out (Microsoft Entra ID, for one); its
+    e-mails then count as verified. Off by default: a provider that lets users choose their e-mail
+    would hand out accounts."""
+    from core.store.images import ENABLED_VALUES
+
+    return os.environ.get("BREAKHIS_SSO_VERIFIED_EMAILS", "").strip().lower() in ENABLED_VALUES
+
+
 def session_minutes() -> float:
     """Idle minutes before a session must sign in again: BREAKHIS_SESSION_MINUTES (default 30)."""
     return float(os.environ.get("BREAKHIS_SESSION_MINUTES") or 30)
@@ -176,7 +186,7 @@ def _sso_user() -> dict | None:
     email = str(st.user.get("email") or "")
     if st.session_state.get(SSO_REFUSED, {}).get("email") == email:
         return None
-    verified = st.user.get("email_verified") in (True, "true")  # a few providers send the claim as a string
+    verified = st.user.get("email_verified") in (True, "true") or provider_verifies_email()  # some send a string
     user = sso_account(store(), email) if verified and email else None
     if user is None:
         reason = "email not verified" if not verified or not email else "no sso account"
