@@ -216,3 +216,13 @@ def test_a_review_of_a_slide_reads_the_slides_own_call(store):
         reviews.review(store, "bob", uncalled)
     corrected = store.event(reviews.review(store, "bob", uncalled, label="benign"))["details"]
     assert corrected["agree"] is False and corrected["model_call"] == [None, None]
+
+
+def test_kept_images_are_in_folders_only_the_app_may_read(tmp_path):
+    """The database and the session key were private (0700/0600) but kept patient images sat in 0755 folders."""
+    import stat
+
+    kept = ImageStore(tmp_path / "data" / "images")
+    sha256 = kept.put(b"patient pixels")
+    for folder in (kept.root, kept.path(sha256).parent):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0, folder

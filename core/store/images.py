@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from core.paths import data_dir
+from core.store.db import private_folder
 
 ENABLED_VALUES = ("1", "true", "yes", "on")
 
@@ -40,7 +41,8 @@ class ImageStore:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self.path(sha256)
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.root)  # patient images: the app's own user only, as the database
+            private_folder(target.parent)
             with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle:
                 handle.write(data)
                 handle.flush()
