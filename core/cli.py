@@ -223,7 +223,8 @@ def _import_model(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
-                                     epilog="Exit codes: 0 done, 1 failed, 2 usage or user error.")
+                                     epilog="Exit codes: 0 done, 1 failed, 2 usage or user error, 3 (predict) no input got a call, "
+                                            "130 interrupted, 141 output pipe closed, 143 cancelled (SIGTERM).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, handler, help_text):
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     index = command("index", _index, "index a BreakHis folder and print its counts and skipped files")
-    index.add_argument("folder")
+    index.add_argument("folder", help="a BreakHis folder (any layout)")
     index.add_argument("--csv", help="also write the index to this CSV file")
     download = command("download", _download, "fetch BreakHis with kagglehub (network + Kaggle account), then index it")
     download.add_argument("--dest", required=True, help="folder to keep the dataset in")
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "fields at 350x230 px + fields.csv) for `train --pipeline fields --data PACK`")
     packed.add_argument("--data", required=True, help="BreakHis folder (any layout)")
     packed.add_argument("--out", required=True, help="folder to write the pack into")
-    packed.add_argument("--magnification", default="all", choices=MAGNIFICATION_CHOICES)
+    packed.add_argument("--magnification", default="all", choices=MAGNIFICATION_CHOICES,
+                        help="only the fields of this magnification (default: all)")
     packed.add_argument("--quality", type=_jpeg_quality, default=92, help="JPEG quality, 1-95 (default 92)")
 
     compared = command("compare", _compare, "train several backbones / input sizes on the same split, one table")
@@ -262,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = command("tune", _tune, "hyper-parameter search (KerasTuner); every trial a run, scored on validation")
     tune.add_argument("--max-trials", type=int, default=10,  # below 1: refused by tune() (KerasTuner: no limit)
                       help="trials to run, at least 1 (default 10)")
-    tune.add_argument("--search", choices=("random", "grid"), default="random")
+    tune.add_argument("--search", choices=("random", "grid"), default="random",
+                      help="how trials are drawn from the space (default: random)")
     _add_dataclass_options(tune, "core.training.config", "TrainConfig")
     _not_given_is_none(tune, "core.training.config", "TrainConfig")  # --dropout 0.5 typed is held, though the default
 
@@ -274,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", _evaluate, "evaluate a training run on its held-out split")
     evaluate.add_argument("run", help="run folder (split.csv + model/)")
     evaluate.add_argument("--data", help="dataset folder: find the images again by file name")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"),
+                          help="the split to score (default: test; val and train write metrics_<split>.json)")
     evaluate.add_argument("--threshold", type=float, default=None, help="p(malignant) decision threshold (0.5)")
     evaluate.add_argument("--target-recall", type=float, default=0.95,
                           help="malignant recall the recall-favouring threshold must reach on val")
@@ -299,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "small CNN on squashed fields (default: full from 5,000 images, else field)")
     default.add_argument("--cross-validate", type=int, metavar="K",  # None: not typed (refused with --from-run)
                          help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
-    default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR,
+                         help=f"model folder to write (default: {DEFAULT_MODEL_DIR.relative_to(DEFAULT_MODEL_DIR.parents[1])})")
     default.add_argument("--force", action="store_true", help="replace an existing model folder")
 
     from core.gan.commands import add_gan_commands
@@ -310,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="model folder")
     export.add_argument("zip", help="zip file to write")
     imported = command("import-model", _import_model, "unpack and verify an exported model zip")
-    imported.add_argument("zip")
+    imported.add_argument("zip", help="a zip written by export-model")
     imported.add_argument("--dest", default="runs/imported", help="folder to unpack into (default runs/imported)")
 
     from core.store.commands import add_store_commands

@@ -224,3 +224,21 @@ def test_every_help_names_its_default_once():
     for path in (("train",), ("compare",), ("tune",), ("gan", "train"), ("gan", "sample")):
         for action in _actions(parser, *path).values():
             assert (action.help or "").count("(default:") <= 1, (path, action.dest, action.help)
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_is():
+    """gan sample --model/--seed/--out, tune --search, slide PATH, users add NAME --role ... had no help."""
+    import argparse
+
+    from core.cli import build_parser
+
+    def parsers(parser, path=()):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from parsers(sub, (*path, name))
+
+    missing = [(" ".join(path), action.dest) for path, parser in parsers(build_parser()) for action in parser._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert not missing

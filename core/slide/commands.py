@@ -80,13 +80,15 @@ def choose_slide_rule(model_dir, data) -> None:
 
 def add_slide_commands(command, default_model: str) -> None:
     """slide PATH, slides DIR and slide-threshold MODEL, each from `command(name, handler, help)`."""
-    for name, handler, text, target in (
-            ("slide", _slide, "analyse one whole-slide image or large image as tiles at the model's scale", "path"),
-            ("slides", _slides, "analyse every slide of a folder on a Dask cluster (a local one by default)", "folder")):
+    for name, handler, text, target, what in (
+            ("slide", _slide, "analyse one whole-slide image or large image as tiles at the model's scale", "path",
+             "the slide (SVS, NDPI, MRXS, pyramidal TIFF, ...) or large image"),
+            ("slides", _slides, "analyse every slide of a folder on a Dask cluster (a local one by default)", "folder",
+             "the folder whose slides (and its sub-folders') to analyse")):
         sub = command(name, handler, text)
-        sub.add_argument(target)
+        sub.add_argument(target, help=what)
         sub.add_argument("--out", required=True, help="output folder")
-        sub.add_argument("--model", default=default_model, help="model folder")
+        sub.add_argument("--model", default=default_model, help="model folder (default: the bundled model)")
         sub.add_argument("--mpp", type=float, help="microns per pixel, for a file that does not state it")
         sub.add_argument("--magnification", help="e.g. 200X, for a plain image whose name does not state it")
         add_dataclass_options(sub, "core.slide.predictor", "TileSettings")
@@ -101,7 +103,7 @@ def add_slide_commands(command, default_model: str) -> None:
     threshold.add_argument("model", help="model folder")
     threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
     threshold.add_argument("--repeats", type=positive_int, default=2,
-                           help="mosaics per focus size and malignant patient (at least 1)")
-    threshold.add_argument("--benign-mosaics", type=positive_int, default=12, help="benign-only mosaics (at least 1)")
-    threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout")
+                           help="mosaics per focus size and malignant patient (at least 1; default: 2)")
+    threshold.add_argument("--benign-mosaics", type=positive_int, default=12, help="benign-only mosaics (at least 1; default: 12)")
+    threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout (default: 0)")
     threshold.add_argument("--dry-run", action="store_true", help="print the chosen rule; leave the card as it is")
