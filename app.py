@@ -15,8 +15,9 @@ from core.app import registry, session
 from core.data.labels import sentence
 from core.store.roles import can
 
-st.set_page_config(page_title="BreakHis decision support", page_icon=":material/biotech:",
-                   layout="wide")
+# An emoji icon: Streamlit draws it in the page (a data: URL). A ":material/...:" one makes every
+# browser fetch the tab's icon from fonts.gstatic.com, a third-party request an offline app must not make.
+st.set_page_config(page_title="BreakHis decision support", page_icon="🔬", layout="wide")
 session.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
 
 # Signed out, the only page is the sign-in page (core.app.session.sign_in_page); signed in, the
