@@ -40,7 +40,7 @@ with inputs:
     if earlier:
         note, forget = st.columns([4, 1], vertical_alignment="center")
         note.caption(f"Still here from before you visited another page (in memory only): "
-                     f"{', '.join(name for name, _ in earlier)}")
+                     f"{', '.join(session.plain(name) for name, _ in earlier)}")
         if forget.button("Forget them", key="forget_uploads"):
             session.forget_earlier_uploads()
             st.rerun()
@@ -66,7 +66,8 @@ with settings:
 
 items, repeats = service.distinct_items(uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen])
 if repeats:
-    st.info(f"Given more than once, analysed once: {', '.join(dict.fromkeys(repeats))}.", icon=":material/content_copy:")
+    st.info(f"Given more than once, analysed once: {', '.join(map(session.plain, dict.fromkeys(repeats)))}.",
+            icon=":material/content_copy:")
 if not items:
     st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis.")
     st.stop()
@@ -75,14 +76,14 @@ with st.spinner("Classifying..."):
     results = session.diagnose_in_session(predictor, items, tta=tta, refer_threshold=threshold,
                                             magnification=magnification)
 for failed in (r for r in results if r.error):
-    st.error(failed.error, icon=":material/block:")
+    st.error(session.plain(failed.error), icon=":material/block:")  # it quotes the file name
 # Uploads much larger than the field the model was trained on are analysed as tiles at its scale
 # (core.slide), not squashed into one input; they leave the per-image table, cases and report.
 stated = None if magnification == registry.NOT_STATED else magnification
 reasons = [slides.tile_reason(predictor.card, r, stated) for r in results]
 for refused, reason in zip(results, reasons):
     if refused.not_histology and not reason:
-        st.warning(f"{refused.name}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
+        st.warning(f"{session.plain(refused.name)}: {NOT_ANALYSED} ({refused.not_histology}). No call and no heat map; "
                    "it does not count in its case.", icon=":material/block:")
 tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
 results = [r for r, reason in zip(results, reasons) if not reason]
@@ -103,7 +104,7 @@ if len(results) > 1:
                      column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
     uncased = report.uncased_note(results)
     if uncased:
-        st.caption(uncased)
+        st.caption(session.plain(uncased))  # it names the files
 
 
 def probabilities(values: dict[str, float], column: str) -> None:
@@ -122,7 +123,7 @@ def heat_maps(result) -> tuple | None:
 def show(result, index: int) -> None:
     p = result.prediction
     with st.container(border=True):
-        st.markdown(f"#### {result.name}")
+        st.markdown(f"#### {session.plain(result.name)}")
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         stage1, subtype = registry.stage_calls(p, model["subtype_reliable"])
         calibrated = " (calibrated probabilities)" if model["calibrated"] else ""
@@ -130,7 +131,7 @@ def show(result, index: int) -> None:
                     f"({result.magnification_source}){calibrated}")
         hint = slides.scale_hint(result.name, result.image.upright_size, stated)
         if hint:
-            st.info(hint, icon=":material/straighten:")
+            st.info(session.plain(hint), icon=":material/straighten:")  # it names the file
         if not model["subtype_reliable"]:
             st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
                        f"({p.p_subtype:.2f}), is shown below for context only.")
@@ -184,8 +185,9 @@ def show(result, index: int) -> None:
 
 def show_tiled(result, reason: str, data: bytes) -> None:
     with st.container(border=True):
-        st.markdown(f"#### {result.name}")
-        st.info(reason + " The Slide page shows the same analysis with every tile.", icon=":material/grid_view:")
+        st.markdown(f"#### {session.plain(result.name)}")
+        st.info(session.plain(reason) + " The Slide page shows the same analysis with every tile.",
+                icon=":material/grid_view:")
         key = ("_tiled", session.model_identity(predictor), result.digest, stated)
         if key not in st.session_state:  # this session only: the upload stays in its memory
             with st.spinner("Analysing the tiles..."):
@@ -195,7 +197,7 @@ def show_tiled(result, reason: str, data: bytes) -> None:
                     st.session_state[key] = str(problem)
         tiles = st.session_state[key]
         if isinstance(tiles, str):
-            st.error(tiles, icon=":material/block:")
+            st.error(session.plain(tiles), icon=":material/block:")
             return
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         call = tiles.call
@@ -239,7 +241,8 @@ if analysed:
                 missing = [r.name for r in analysed if r.digest not in overlays]
                 if missing:
                     session.drop_report()
-                    st.error("The report was not prepared: heat maps failed for " + ", ".join(missing) + ".",
+                    st.error("The report was not prepared: heat maps failed for "
+                             + ", ".join(map(session.plain, missing)) + ".",
                              icon=":material/block:")
                 else:
                     session.keep_report(controls, report.build_report(results, overlays, cases, model, details,

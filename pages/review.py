@@ -30,21 +30,22 @@ def called(row: dict) -> str:
 def reviewed(done: dict) -> str:
     """A review's verdict; an older review of a slide may have no class (it was recorded as None)."""
     d = done["details"]
-    return (f"Reviewed by {done['user']}: {'agreed' if d['agree'] else 'corrected to'} "
+    return (f"Reviewed by {session.plain(done['user'])}: {'agreed' if d['agree'] else 'corrected to'} "
             f"{pretty(d['label']) if d['label'] else 'no class recorded'}, {pretty(d['subtype'] or 'subtype open')}"
-            f" — {d['comment']}")
+            f" — {session.plain(d['comment'])}")
 
 
 SHOWN = 50  # cards per section: each is a form
 
 
 def card(row: dict) -> None:
-    """One result: the model's call, its referral, its newest review, the kept image and the review form."""
+    """One result: the model's call, its referral, its newest review, the kept image and the review form.
+    The file name, the user and the model are shown as text (session.plain): another user chose them."""
     d = row["details"]
     done = row["review"]
     with st.container(border=True):
-        st.markdown(f"**#{row['id']} · {row['subject']}** · {called(row)} · by {row['user']} at "
-                    f"{row['at']:%Y-%m-%d %H:%M} UTC · model {row['model']}")
+        st.markdown(f"**#{row['id']} · {session.plain(row['subject'])}** · {called(row)} · by "
+                    f"{session.plain(row['user'])} at {row['at']:%Y-%m-%d %H:%M} UTC · model {session.plain(row['model'])}")
         if row["kind"] == "slide" and d.get("statement"):
             st.caption(d["statement"])
         if d.get("refer"):

@@ -76,7 +76,7 @@ if kept is None and state.get("_slide_request") == key:
         state.pop("_slide_request", None)
         bar.empty()  # no progress bar or Cancel button left under the message
         cancel_slot.empty()
-        st.error(str(problem), icon=":material/block:")
+        st.error(session.plain(problem), icon=":material/block:")  # it quotes the file name
         st.stop()
     bar.empty()
     cancel_slot.empty()
@@ -99,7 +99,7 @@ audit_id = session.audit_slide(
 st.caption(f"Audit #{audit_id}")
 with st.container(border=True):
     badge = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
-    st.markdown(f"#### {result.name}")
+    st.markdown(f"#### {session.plain(result.name)}")
     headline, explained = slides.call_text(call)
     st.markdown(badge + headline)
     if call["region"] is None:

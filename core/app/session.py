@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,21 @@ from core.model.cam import explain
 from core.model.folders import read_card
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
+
+# ---------------------------------------------------------------- text from users
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def plain(text) -> str:
+    """`text` the app did not write (a file name, a comment, an account name, a message quoting a file
+    name) escaped for the Markdown of st.markdown, st.caption, st.error...: shown as typed. Streamlit
+    (1.67) has no helper, and its Markdown makes `![x](http://host/p.png)` an image every viewer's browser
+    fetches, `[sign in](http://host)` or a bare address a link, `:red[...]` colour, `$...$` a formula.
+    CommonMark lets a backslash escape any ASCII punctuation, which disarms them all; a line break
+    becomes a space (no new block)."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
+
 
 # ---------------------------------------------------------------- models
 
