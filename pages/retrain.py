@@ -92,6 +92,7 @@ def launch_form() -> None:
     if problem:
         st.error(problem)
         return
+    still_permitted(fresh=True)  # re-read the session before starting a process
     try:
         config = retrain.training_config(values, runs_dir(), synthetic, name, defaults=defaults, backend=backend)
         jobs.start_job(jobs.build_command(config), config.out, {**retrain.shown_settings(config), "backend": backend},
@@ -203,7 +204,10 @@ NOTICE = "_retrain_notice"  # a message from a button's callback, shown by the n
 
 
 def start_new_job(shown: jobs.Job) -> None:
-    """Forget the job this tab showed; another tab may have started a new one since (a message, not an error)."""
+    """Forget the job this tab showed; another tab may have started a new one since (a message, not an error).
+    A callback runs before app.py's session check: a session no longer an admin's changes nothing."""
+    if session.permitted("retrain", fresh=True) is None:
+        return  # the next run (app.py) shows the sign-in page, or leaves out the page the role lost
     try:
         jobs.clear_job(shown=shown)
     except JobError as problem:

@@ -207,6 +207,32 @@ def finished_job(runs: Path, name: str, end: dict) -> Path:
     return run
 
 
+def test_a_disabled_admins_open_retrain_tab_cannot_clear_the_finished_job(environment, monkeypatch):
+    """Streamlit runs a button's callback before app.py checks the session: "Start a new training job"
+    forgot the job for an account disabled a moment before. The callback now re-reads the session first."""
+    from core.app import signin
+    from core.store import accounts
+    from core.store.audit import Store
+    from core.testing.apptest import sign_in
+
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    monkeypatch.setattr(signin, "CHECK_SECONDS", 3600)  # only a check made at the click sees the revocation
+    store = Store.open()
+    accounts.add_account(store, "head", PASSWORD, "admin")
+    finished_job(environment["runs"], "shown-when-disabled", {"status": "failed", "message": "boom"})
+    try:
+        app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "head", PASSWORD)
+        app.switch_page("pages/retrain.py").run()
+        accounts.change_account(store, "head", "system", active=False)
+        app.button(key="clear_job").click().run()
+        assert not app.exception and [t.value for t in app.title] == ["Sign in"]
+        assert jobs.read_job(environment["runs"]).run_dir.endswith("shown-when-disabled")  # not forgotten
+        assert not store.events(user="unknown")
+    finally:
+        jobs.clear_job(environment["runs"])
+        store.close()
+
+
 def test_a_completed_run_with_a_damaged_card_and_no_evaluation_can_be_cleared(app, environment):
     """finished() must not raise (UnboundLocalError) and block the page until runs/.job.json is deleted by hand."""
     run = finished_job(environment["runs"], "damaged-card", {"status": "completed"})

@@ -172,10 +172,15 @@ def active_model() -> str | None:
 
 def set_active_model(folder: str, audited: bool = True) -> None:
     """Make `folder` this session's active model (a button callback, before widgets render).
-    A choice the user made is an audit row (not the default picked for a new session); a folder
-    whose card cannot be read is refused in the sidebar (a callback must not raise) and the active
-    model stays."""
+
+    A choice the user made is an audit row (not the default picked for a new session). Streamlit runs a
+    callback before app.py checks the session, so a choice first re-reads it: a signed-out, revoked or
+    idle session changes nothing and writes no row. A folder whose card cannot be read is refused in the
+    sidebar (a callback must not raise) and the active model stays."""
     if audited:
+        user = current_user(fresh=True)
+        if user is None:
+            return
         try:
             card = model_card(folder)
         except ModelFolderError as problem:
@@ -183,7 +188,6 @@ def set_active_model(folder: str, audited: bool = True) -> None:
             return
     st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
     if audited:
-        user = current_user() or {"name": "unknown"}
         store().record("model_activated", user["name"], registry.short_location(folder),
                        model=card.get("name"), model_sha256=card.get("sha256"), details={"scope": "session"})
 
@@ -281,7 +285,7 @@ def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, 
     done = st.session_state.get("_audited")
     if done and done[0] == key:
         return done[1]
-    user = current_user() or {"name": "unknown"}
+    user = _acting_user()
     ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
     if keeping_images():
         kept, analysed = ImageStore(), {r.sha256 for r in results if r.ok}
@@ -298,7 +302,7 @@ def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, set
 
     key = ("_audited_slide", model_identity(predictor), name, sha256, tuple(sorted(settings.items())))
     if key not in st.session_state:
-        user = current_user() or {"name": "unknown"}
+        user = _acting_user()
         st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary, settings)
     return st.session_state[key]
 
@@ -318,7 +322,9 @@ def review_form(audit_id: int | None, key: str) -> None:
         subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
         comment = st.text_input("Comment", key=f"comment_{key}")
         if st.form_submit_button("Save review"):
-            user = require("review")
+            user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
+            if user is None:
+                st.rerun()
             if verdict == "correct" and label is None and subtype is None:  # would be saved as an agreement
                 st.error("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
                 return
@@ -351,5 +357,13 @@ def audit(kind: str, subject: str | None = None, once: bool = False, **details) 
     of this kind and subject already exists (a finished run seen again by a later page run)."""
     if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
         return None
-    user = current_user() or {"name": "unknown"}
-    return store().record(kind, user["name"], subject, details=details)
+    return store().record(kind, _acting_user()["name"], subject, details=details)
+
+
+def _acting_user() -> dict:
+    """The user an audit row names; a session that ended during this run records nothing (no "unknown"
+    row for a real user's action): the app reruns and shows the sign-in page."""
+    user = current_user()
+    if user is None:
+        st.rerun()
+    return user
