@@ -59,9 +59,10 @@ with st.sidebar:
         st.caption(f"Signed in as **{user['name']}** ({user['role']})")
         st.button("Sign out", key="sign_out", on_click=session.sign_out)
     st.subheader("Active model")
-    models = registry.available_models()
+    models = session.models_for(user["role"])  # a pathologist: the deployment's models, not Retrain's runs
     if not models:
-        st.error("No model found in models/ or runs/. Train one on the Retrain page.")
+        st.error("No model found in models/ or runs/. Train one on the Retrain page." if can(user["role"], "retrain")
+                 else "No model found in models/. Ask an administrator.")
         st.session_state.pop(session.ACTIVE_MODEL_KEY, None)
     else:
         if session.active_model() not in models:
@@ -70,7 +71,8 @@ with st.sidebar:
         # under st.navigation, and the Retrain page can change the active model too.
         st.session_state["model_picker"] = session.active_model()
         folder = st.selectbox("Model", models, format_func=model_label, key="model_picker",
-                              help="Models found in models/ and runs/.",
+                              help="Models found in models/ and runs/." if can(user["role"], "activate_model")
+                              else "The deployment's models (models/); Retrain's runs are for administrators.",
                               on_change=lambda: session.set_active_model(st.session_state["model_picker"]))
         try:
             info = registry.describe_model(session.model_card(folder))

@@ -34,6 +34,8 @@ from core.model.cam import explain
 from core.model.folders import read_card
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
+from core.paths import runs_dir
+from core.store.roles import can
 
 # ---------------------------------------------------------------- text from users
 
@@ -170,16 +172,32 @@ def active_model() -> str | None:
     return st.session_state.get(ACTIVE_MODEL_KEY)
 
 
-def set_active_model(folder: str, audited: bool = True) -> None:
-    """Make `folder` this session's active model (a button callback, before widgets render).
+def models_for(role: str | None) -> list[str]:
+    """The model folders `role` may make its session's active model (core.store.roles): activate_model,
+    all that registry.available_models() finds; choose_model, the deployment's only: the default and
+    those outside the runs folder (a run there is an experiment nobody has validated yet)."""
+    models = registry.available_models()
+    if can(role, "activate_model"):
+        return models
+    if not can(role, "choose_model"):
+        return []
+    runs, default = runs_dir().resolve(), str(registry.default_model().resolve())
+    return [folder for folder in models if folder == default or not Path(folder).is_relative_to(runs)]
 
-    A choice the user made is an audit row (not the default picked for a new session). Streamlit runs a
-    callback before app.py checks the session, so a choice first re-reads it: a signed-out, revoked or
-    idle session changes nothing and writes no row. A folder whose card cannot be read is refused in the
-    sidebar (a callback must not raise) and the active model stays."""
+
+def set_active_model(folder: str, audited: bool = True) -> None:
+    """Make `folder` this session's active model (a callback: it runs before app.py's session check).
+    A user's choice re-reads the session first (one that ended changes nothing and writes no row) and is
+    an audit row; a folder the role may not choose (models_for), or whose card cannot be read, is refused
+    in the sidebar (a callback must not raise). The default picked for a new session is not audited."""
     if audited:
-        user = current_user(fresh=True)
+        user = permitted("choose_model", fresh=True)
         if user is None:
+            return
+        if str(Path(folder).resolve()) not in models_for(user["role"]):
+            st.sidebar.error("This model cannot be chosen: a pathologist chooses among the deployment's models "
+                             "(models/); Retrain's runs, not yet validated, are for an administrator. The active "
+                             "model was not changed.")
             return
         try:
             card = model_card(folder)
@@ -346,8 +364,6 @@ def permitted(action: str, fresh: bool = False, polled: bool = False) -> dict | 
     so it checks here and, on None, reruns the whole app (which then shows the sign-in page, or
     leaves out the page the role lost). fresh=True re-reads the session row now (before acting);
     polled=True for a timed rerun, which does not keep the session from idling out."""
-    from core.store.roles import can
-
     user = current_user(fresh=fresh, polled=polled)
     return user if user is not None and can(user["role"], action) else None
 
