@@ -91,5 +91,7 @@ with st.sidebar:
                         f"Trained on: {info['data']}  \n"
                         f"Split: {info['protocol']}, {info['images']} images")
     st.caption("Research use only. Not a medical device.")
+    if not session.single_user_mode():
+        session.watch_session()  # an unattended tab clears itself after the idle limit
 
 navigation.run()

@@ -368,6 +368,24 @@ def permitted(action: str, fresh: bool = False, polled: bool = False) -> dict | 
     return user if user is not None and can(user["role"], action) else None
 
 
+IDLE_POLL_SECONDS = 60  # an unattended tab clears itself at most this long after its idle limit
+
+
+def watch_session() -> None:
+    """Clear an unattended tab (app.py, signed in): a timed fragment re-checks the session every minute
+    (a short BREAKHIS_SESSION_MINUTES more often) and, once it has ended (idle, revoked), reruns the whole
+    app: the sign-in page, and Streamlit drops the page's images and their /media URLs. The check is
+    polled, as Retrain's live view's: the timer is nobody's activity and never keeps a tab signed in."""
+    every = min(IDLE_POLL_SECONDS, max(1.0, session_minutes() * 60 / 4))
+    st.fragment(leave_when_signed_out, run_every=every)()
+
+
+def leave_when_signed_out() -> None:
+    """The timer's run: rerun the whole app once this session has ended (idle, revoked, signed out)."""
+    if current_user(polled=True) is None:
+        st.rerun(scope="app")
+
+
 def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
     """Record one event by the signed-in user (e.g. retraining launched). once=True: not when a row
     of this kind and subject already exists (a finished run seen again by a later page run)."""

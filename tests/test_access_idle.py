@@ -1,0 +1,128 @@
+"""An unattended tab clears itself once its session idles out (QA priv #3): the idle limit was checked only
+when a person next caused a run, so the diagnosis and its heat maps stayed on screen (and their /media
+URLs kept working) indefinitely. app.py now re-checks the session on a timer (a fragment's run_every)
+and reruns the whole app once it has ended; the timer is nobody's activity, so it never keeps a tab
+signed in. AppTest runs no timers: the last test runs the real one in a browser."""
+
+import os
+import time
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.store import accounts
+from core.store.audit import Store
+from core.testing.apptest import sign_in
+from core.testing.server import CHROMIUM
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idle")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        patch.delenv("BREAKHIS_SINGLE_USER")
+        run_app_like_the_server(patch)
+        store = Store.open()
+        accounts.add_account(store, "pat", PASSWORD, "pathologist")
+        yield store
+        store.close()
+
+
+@pytest.fixture
+def timers(monkeypatch):
+    """The timed fragments each run registers: [(function name, run_every)]."""
+    registered, real = [], st.fragment
+
+    def spy(func=None, *, run_every=None):
+        if func is not None:
+            registered.append((func.__name__, run_every))
+        return real(func, run_every=run_every)
+
+    monkeypatch.setattr(st, "fragment", spy)
+    return registered
+
+
+def test_a_signed_in_tab_checks_its_session_on_a_timer(env, timers, monkeypatch):
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not timers  # the sign-in page has nothing to clear
+    sign_in(app, "pat", PASSWORD)
+    assert [t.value for t in app.title] == ["Diagnose"]
+    [(_, every)] = timers
+    assert 1 <= every <= 60  # the screen clears at most a minute after the idle limit
+    timers.clear()
+    monkeypatch.setenv("BREAKHIS_SESSION_MINUTES", "0.25")
+    app.run()
+    assert timers[0][1] <= 15 / 4  # a short limit is checked more often
+
+
+def _timed_run():
+    """A person's run goes through app.py's gate; the timer's run runs only the fragment's function."""
+    import streamlit as st
+
+    from core.app import session
+
+    if st.session_state.pop("timer", False):
+        session.leave_when_signed_out()
+        st.title("Still signed in")
+        st.stop()
+    if session.current_user() is None:
+        st.title("Sign in")
+        st.stop()
+    st.title("Diagnose")
+
+
+def test_the_timer_signs_an_idle_tab_out_and_the_app_shows_the_sign_in_page(env):
+    from core.app import signin
+    from core.paths import data_dir
+    from core.store import sessions
+
+    row, _ = sessions.start(env, "pat", sessions.signing_key(data_dir()))
+    app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
+    app.session_state[signin.USER_KEY] = {"name": "pat", "role": "pathologist"}
+    app.session_state[signin.SESSION_KEY] = row
+    assert [t.value for t in app.run().title] == ["Diagnose"]
+    idle_since = time.monotonic() - signin.session_minutes() * 60 + 30  # 30 s before the limit
+    app.session_state[signin.ACTIVE_KEY] = idle_since
+    app.session_state["timer"] = True
+    app.run()
+    assert [t.value for t in app.title] == ["Still signed in"]
+    assert app.session_state[signin.ACTIVE_KEY] == idle_since  # the timer is nobody's activity
+    app.session_state[signin.ACTIVE_KEY] = idle_since - 31  # the limit passed; nobody touched the tab
+    app.session_state["timer"] = True
+    app.run()
+    assert not app.exception and [t.value for t in app.title] == ["Sign in"]
+    assert env.events(kinds="sign_out", user="pat", limit=1)[0]["details"] == {"reason": "session expired"}
+    assert sessions.check(env, row, signin.session_minutes()).reason == "revoked"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
+def test_an_unattended_tab_in_a_browser_shows_the_sign_in_page_after_the_idle_limit(tmp_path):
+    """The real timer: `streamlit run app.py` and headless Chromium; nobody touches the tab."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.testing.server import CHROMIUM_ARGS, sign_in_page, streamlit_server
+
+    default = make_model_folder(tmp_path / "models" / "default", demo=True)
+    environment = {**app_environment(tmp_path / "models", default, tmp_path / "runs"), "BREAKHIS_SINGLE_USER": "",
+                   "BREAKHIS_SESSION_KEY": "", "BREAKHIS_DATABASE_URL": "", "BREAKHIS_SESSION_MINUTES": "0.1"}
+    store = Store.open(f"sqlite:///{tmp_path / 'data' / 'breakhis.db'}")
+    accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    with streamlit_server(tmp_path, environment) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url, wait_until="domcontentloaded")
+        sign_in_page(page, "pat", PASSWORD)
+        started = time.monotonic()
+        page.get_by_role("heading", name="Sign in").wait_for(timeout=60_000)  # limit 6 s, checked every 1.5 s
+        expect(page.get_by_text("Signed in as")).to_have_count(0, timeout=30_000)
+        assert time.monotonic() - started >= 6 * 0.9  # not before the limit
+        browser.close()
+    assert store.events(kinds="sign_out", user="pat", limit=1)[0]["details"] == {"reason": "session expired"}
+    store.close()
