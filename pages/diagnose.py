@@ -3,11 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import records, registry, report, service, session, slides
+from core.app import pdf_report, records, registry, report, service, session, slides
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.errors import UserInputError
 from core.model.cam import METHODS
+from core.model.decisions import referral_rule
 from core.model.heatmap import COLOUR_SCALE, colour_bar, overlay
 from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
 from core.slide.export import heatmap_rgb
@@ -20,7 +21,7 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 
 st.title("Diagnose")
 predictor = session.require_predictor()
-model = report.report_model(predictor.card)  # describe_model's, and what the PDF states besides
+model = registry.describe_model(predictor.card)
 model["calibrated"] = records.calibrated(predictor)  # an ensemble's are its members' (its card has no temperatures)
 normalizer = predictor.normalizer  # fitted at training (core.data.stain); "none" for most models
 if model["limited"] and not predictor.is_demo:
@@ -55,7 +56,7 @@ with settings:
         threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
                               key="threshold")
     stage1_t, subtype_t, source = predictor.stage_thresholds(threshold)  # the ones in use, the user's included
-    st.caption(report.referral_rule(stage1_t, subtype_t, source))
+    st.caption(referral_rule(stage1_t, subtype_t, source))
     declared = predictor.tta_fixed()  # the card's views hold the 8 symmetries: always on, and shown so
     tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=declared, disabled=declared,
                     key="tta_declared" if declared else "tta",
@@ -226,7 +227,7 @@ if analysed:
                          "text/csv", key="download_csv")
     with right:
         ids = st.columns(3)
-        details = report.ReportDetails(
+        details = pdf_report.ReportDetails(
             patient_id=ids[0].text_input("Patient id", key="report_patient").strip(),
             specimen_id=ids[1].text_input("Specimen id", key="report_specimen").strip(),
             reviewer=ids[2].text_input("Reviewing pathologist", key="report_reviewer").strip())
@@ -245,7 +246,7 @@ if analysed:
                              + ", ".join(map(session.plain, missing)) + ".",
                              icon=":material/block:")
                 else:
-                    session.keep_report(controls, report.build_report(results, overlays, cases, model, details,
+                    session.keep_report(controls, pdf_report.build_report(results, overlays, cases, model, details,
                                                                       audit_ids, METHOD_NAMES.get(method, method)))
         pdf, stale = session.prepared_report(controls)
         if pdf is not None:

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.app import performance, registry, report, service, session
+from core.app import pdf_report, performance, registry, report, service, session
 from core.data.labels import CLASSES, SUBTYPES_BY_CLASS, pretty
+from core.model.decisions import threshold_text
 from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_like
 
 
@@ -152,7 +153,7 @@ def test_the_pdf_report_is_a_searchable_document_with_the_calls_and_the_model_id
             overlays[result.digest] = tuple(overlay(result.image.rgb, m.heatmap, 0.5) for m in maps)
     model = registry.describe_model(predictor.card)
     cases = report.case_calls(results)
-    pdf = report.build_report(results, overlays, cases, model)
+    pdf = pdf_report.build_report(results, overlays, cases, model)
     reader = PdfReader(io.BytesIO(pdf))
     assert len(reader.pages) == 3  # a summary, then one page per analysed image
     text = "\n".join(page.extract_text() for page in reader.pages)
@@ -318,10 +319,10 @@ def test_every_image_page_of_the_pdf_carries_the_model_banner(predictor, sample_
     results = service.diagnose_items(predictor, sample_items[:2])
     overlays = {r.digest: (r.display, r.display) for r in results}
     model = {**registry.describe_model(predictor.card), "demo": kind == "demo", "limited": kind == "limited"}
-    pdf = report.build_report(results, overlays, report.case_calls(results), model)
+    pdf = pdf_report.build_report(results, overlays, report.case_calls(results), model)
     pages = [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
     assert len(pages) == 3 and all(banner in page for page in pages), [banner in page for page in pages]
-    plain = report.build_report(results, overlays, report.case_calls(results), {**model, "demo": False, "limited": False})
+    plain = pdf_report.build_report(results, overlays, report.case_calls(results), {**model, "demo": False, "limited": False})
     assert not any("DATA MODEL" in page or "DEMO" in page for page in
                    (p.extract_text() for p in PdfReader(io.BytesIO(plain)).pages))
 
@@ -375,7 +376,7 @@ def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predicto
     results = service.diagnose_items(predictor, sample_items[:1])
     maps = session.explanations(predictor, results[0], "scorecam")
     overlays = {results[0].digest: tuple(overlay(results[0].display, m.heatmap, 0.5) for m in maps)}
-    pdf = report.build_report(results, overlays, report.case_calls(results), registry.describe_model(predictor.card),
+    pdf = pdf_report.build_report(results, overlays, report.case_calls(results), registry.describe_model(predictor.card),
                               method="Score-CAM")
     text = PdfReader(io.BytesIO(pdf)).pages[1].extract_text()
     p = results[0].prediction
@@ -421,4 +422,4 @@ def test_a_probability_just_above_a_validated_threshold_is_not_printed_equal_to_
     lines = [line for line, _ in report.referral_lines(p)]
     assert lines == ["Stage 1: not referred (p 0.977 >= threshold 0.9762)",  # the threshold as the caption states it
                      "Subtype: not referred (p 0.45 >= threshold 0.2938)"]
-    assert [report.threshold_text(t) for t in (0.97622, 0.2938, 0.7, 0.65)] == ["0.9762", "0.2938", "0.70", "0.65"]
+    assert [threshold_text(t) for t in (0.97622, 0.2938, 0.7, 0.65)] == ["0.9762", "0.2938", "0.70", "0.65"]

@@ -20,7 +20,7 @@ from PIL import Image
 from skimage import data as skimage_data
 from streamlit.testing.v1 import AppTest
 
-from core.app import registry, report, service
+from core.app import pdf_report, registry, report, service
 from core.data.histology import NOT_ANALYSED, histology_check
 from tests.app_helpers import (
     APP,
@@ -227,8 +227,8 @@ def test_the_pdf_has_identification_and_sign_off_fields_and_whole_headers(predic
     results = service.diagnose_items(predictor, [sample, ("astronaut.png", astronaut())])
     overlays = {results[0].digest: (results[0].display, results[0].display)}
     cases = report.case_calls(results)
-    details = report.ReportDetails(patient_id="P-0042", specimen_id="S-17-0311", reviewer="Dr. Ana Lima")
-    pdf = report.build_report(results, overlays, cases, registry.describe_model(predictor.card), details)
+    details = pdf_report.ReportDetails(patient_id="P-0042", specimen_id="S-17-0311", reviewer="Dr. Ana Lima")
+    pdf = pdf_report.build_report(results, overlays, cases, registry.describe_model(predictor.card), details)
     first = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
     assert "P-0042" in first and "S-17-0311" in first and "Dr. Ana Lima" in first
     assert "sign-off" in first and "Signed:" in first and "Date:" in first
@@ -236,7 +236,7 @@ def test_the_pdf_has_identification_and_sign_off_fields_and_whole_headers(predic
     assert header.split() == ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer", "for",
                               "review", "reasons"]  # no word broken across lines ("p_malignan t")
     assert f"astronaut.png: {NOT_ANALYSED}" in first
-    blank = report.build_report(results, overlays, cases, registry.describe_model(predictor.card))
+    blank = pdf_report.build_report(results, overlays, cases, registry.describe_model(predictor.card))
     assert "patient id ____" in PdfReader(io.BytesIO(blank)).pages[0].extract_text()
 
 

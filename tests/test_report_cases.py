@@ -6,7 +6,7 @@ import json
 
 from pypdf import PdfReader
 
-from core.app import report, service
+from core.app import pdf_report, report, service
 from core.data.labels import SUBTYPES_BY_CLASS
 from core.model.decisions import Prediction
 from tests.app_helpers import REPO, png_bytes, tissue_like
@@ -36,7 +36,7 @@ def test_images_without_a_case_id_get_no_case_call():
     assert report.uncased_note(results[2:]) is None
     alone = report.case_calls(results[:2])  # no case at all: an empty table with its columns
     assert alone.empty and list(alone.columns) == report.CASE_COLUMNS
-    pdf = report.build_report(results[:2], {r.digest: (r.display, r.display) for r in results[:2]}, alone, MODEL)
+    pdf = pdf_report.build_report(results[:2], {r.digest: (r.display, r.display) for r in results[:2]}, alone, MODEL)
     summary = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
     assert "get no case call" in summary and "uploaded images" not in summary
 

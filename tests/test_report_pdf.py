@@ -8,7 +8,7 @@ import json
 import pytest
 from pypdf import PdfReader
 
-from core.app import registry, report, service
+from core.app import pdf_report, registry, report, service
 from core.data.labels import SUBTYPES_BY_CLASS
 from core.model.decisions import Prediction
 from tests.app_helpers import REPO, png_bytes, tissue_like
@@ -31,7 +31,7 @@ def results(*names: str) -> list:
 
 
 def pdf_pages(items: list, model: dict) -> list[str]:
-    pdf = report.build_report(items, {r.digest: (r.display, r.display) for r in items}, report.case_calls(items), model)
+    pdf = pdf_report.build_report(items, {r.digest: (r.display, r.display) for r in items}, report.case_calls(items), model)
     return [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
 
 
@@ -43,32 +43,31 @@ def pdf_text(items: list, model: dict) -> str:
 def test_the_pdf_names_the_data_the_probabilities_were_calibrated_on():
     """The bundled model was calibrated on pooled out-of-fold predictions of its 5-fold CV; the PDF said
     "temperature scaling on the validation split" for every model."""
-    text = pdf_text(results("a.png"), report.report_model(card("default")))
+    text = pdf_text(results("a.png"), registry.describe_model(card("default")))
     assert "calibrated (temperature scaling, fitted on pooled out-of-fold predictions of 5-fold CV (757 images, " \
            "46 patients))" in text
     assert "validation split" not in text
     # a card that states a scope (core.training.calibrate_run): its split, protocol and size in words
-    small = report.report_model(card("small-cnn"))
+    small = registry.describe_model(card("small-cnn"))
     assert small["calibrated_on"] == "temperature scaling, fitted on 8 validation patients: 112 images, patient-wise split"
-    # a card, or a dict, without the calibration's data says so rather than guess a split
+    # a card without the calibration's data says so rather than guess a split
     undated = {**card("default"), "calibration": {"temperatures": {"stage1": 0.9}}}
-    assert "the model card does not say on which data" in pdf_text(results("a.png"), report.report_model(undated))
-    assert "the model card's calibration.fitted_on" in pdf_text(results("a.png"), registry.describe_model(card("default")))
+    assert "the model card does not say on which data" in pdf_text(results("a.png"), registry.describe_model(undated))
 
 
 def test_an_ensemble_says_its_members_calibrate_their_own_outputs():
     ensemble = {"kind": "ensemble", "name": "ens", "members": []}
-    assert "each member's temperatures fitted on its own data" in report.calibrated_on(ensemble)
-    assert report.calibrated_on({"calibration": {}}) is None
+    assert "each member's temperatures fitted on its own data" in registry.calibrated_on(ensemble)
+    assert registry.calibrated_on({"calibration": {}}) is None
 
 
 def names_in(items: list) -> list[str]:
     """The lines of the PDF naming the files (their image pages' headings)."""
-    pages = pdf_pages(items, report.report_model(card("default")))
+    pages = pdf_pages(items, registry.describe_model(card("default")))
     return [line for page in pages[1:] for line in page.splitlines() if "mile_" in line]
 
 
-@pytest.mark.skipif(report.unicode_font() is None, reason="no DejaVu Sans installed or bundled")
+@pytest.mark.skipif(pdf_report.unicode_font() is None, reason="no DejaVu Sans installed or bundled")
 def test_non_latin_file_names_print_as_named_with_a_unicode_font():
     """Latin-1 Helvetica printed every non-Latin-1 character as '?': "乳腺_émile_ß.png" and "乳房_émile_ß.png"
     read "??_émile_ß.png" twice, and a Cyrillic name was all question marks."""
@@ -81,12 +80,12 @@ def test_two_names_the_font_cannot_print_apart_keep_their_sha256_prefix(font, mo
     """DejaVu has no CJK glyphs, Helvetica no non-Latin-1 ones: a name printed with a '?' carries the
     SHA-256 prefix of its bytes, so two such files are still told apart."""
     if font == "latin-1":
-        monkeypatch.setattr(report, "FONT_FOLDERS", ())
-    elif report.unicode_font() is None:
+        monkeypatch.setattr(pdf_report, "FONT_FOLDERS", ())
+    elif pdf_report.unicode_font() is None:
         pytest.skip("no DejaVu Sans installed or bundled")
     first, second = results("乳腺_émile_ß.png", "乳房_émile_ß.png")
     second.sha256 = "f" * 64  # same synthetic pixels: other bytes
     headings = names_in([first, second])
     assert headings == [f"??_émile_ß.png (SHA-256 {first.sha256[:12]})", f"??_émile_ß.png (SHA-256 {'f' * 12})"]
     plain = results("SOB_B_F-14-25197-400-033.png")  # a name printed whole gets no prefix
-    assert "SHA-256 " + plain[0].sha256[:12] not in pdf_text(plain, report.report_model(card("default")))
+    assert "SHA-256 " + plain[0].sha256[:12] not in pdf_text(plain, registry.describe_model(card("default")))

@@ -8,9 +8,9 @@ import io
 import pandas as pd
 from pypdf import PdfReader
 
-from core.app import report, service
+from core.app import pdf_report, report, service
 from core.data.labels import SUBTYPES_BY_CLASS
-from core.model.decisions import Prediction, at_least, below, threshold_text
+from core.model.decisions import Prediction, at_least, below, referral_rule, threshold_text
 from tests.app_helpers import png_bytes, tissue_like
 
 # The bundled model's validated thresholds (models/default/card.json) and where they were chosen.
@@ -45,7 +45,7 @@ def test_a_reason_prints_its_threshold_as_the_caption_states_it():
     assert at_least(0.977, STAGE1) == "0.977 >= threshold 0.9762"
     assert at_least(0.45, SUBTYPE) == "0.45 >= threshold 0.2938"
     assert below(0.60, 0.70) == "0.60 < 0.70" and at_least(0.7, 0.7) == "0.70 >= threshold 0.70"
-    assert threshold_text(STAGE1) in report.referral_rule(STAGE1, SUBTYPE, SOURCE)
+    assert threshold_text(STAGE1) in referral_rule(STAGE1, SUBTYPE, SOURCE)
 
 
 def test_the_csv_has_each_stages_threshold_reasons_and_their_source():
@@ -60,7 +60,7 @@ def test_the_csv_has_each_stages_threshold_reasons_and_their_source():
 
 def test_the_pdf_prints_both_thresholds_exactly_and_their_source_once():
     results = [result(), result("SOB_B_F-14-25197-400-034.png", referred_prediction(0.7))]
-    pdf = report.build_report(results, {r.digest: (r.display, r.display) for r in results},
+    pdf = pdf_report.build_report(results, {r.digest: (r.display, r.display) for r in results},
                               report.case_calls(results), MODEL)
     pages = [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
     text = " ".join(" ".join(page.split()) for page in pages)

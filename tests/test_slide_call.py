@@ -179,8 +179,8 @@ def bundled():
 def pdf_text(bundled, result) -> str:
     from pypdf import PdfReader
 
+    from core.app.pdf_report import build_slide_report
     from core.app.registry import describe_model
-    from core.app.report import build_slide_report
 
     pdf = build_slide_report(result, describe_model(bundled.card), audit_id=7)
     return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)

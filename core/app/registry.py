@@ -164,6 +164,30 @@ def uncertainty_rule(card: dict) -> str:
     return (((card.get("thresholds") or {}).get("uncertainty") or {}).get("rule")) or "chosen on validation"
 
 
+def data_text(on) -> str | None:
+    """The data a calibration or threshold was fitted on, in words: a card states it as a sentence
+    (a cross-validated model's "pooled out-of-fold predictions of 5-fold CV ...") or as a scope
+    (core.evaluation.metrics.scope: split, protocol, images, cases)."""
+    if not on:
+        return None
+    if isinstance(on, str):
+        return on
+    name, cases, images = split_name(on), on.get("cases", "?"), on.get("images", "?")
+    protocol = on.get("protocol") or "unknown protocol"
+    if name == "out-of-fold":
+        return f"pooled out-of-fold predictions of {cases} patients: {images} images, {protocol}"
+    return f"{cases} {'validation' if name == 'val' else name} patients: {images} images, {protocol} split"
+
+
+def calibrated_on(card: dict) -> str | None:
+    """How the card's probabilities were calibrated and on which data, from the card itself (a
+    cross-validated model is calibrated on pooled out-of-fold predictions, not a validation split)."""
+    if card.get("kind") == "ensemble":
+        return "the mean of its members' calibrated probabilities, each member's temperatures fitted on its own data"
+    on = data_text((card.get("calibration") or {}).get("fitted_on"))
+    return f"temperature scaling, fitted on {on}" if on else None
+
+
 def describe_model(card: dict) -> dict:
     """The sidebar's and the report's few lines about a model."""
     training = card.get("training") or {}
@@ -187,6 +211,7 @@ def describe_model(card: dict) -> dict:
         "created": card.get("created", ""),
         "limited": bool(evidence.get("limited")),
         "calibrated": bool((card.get("calibration") or {}).get("temperatures")),
+        "calibrated_on": calibrated_on(card),
         "evidence": evidence.get("statement"),
         "measured": measured_accuracy(card),
         "subtype_reliable": subtype_reliable,

@@ -173,7 +173,7 @@ def downloads(result, opacity: float = 0.5, model: dict | None = None,
     model's description (core.app.registry.describe_model), the PDF report."""
     import json
 
-    from core.app.report import build_slide_report
+    from core.app.pdf_report import build_slide_report
 
     stem = Path(result.name).stem
     pdf = [] if model is None else [("Slide report (PDF)", build_slide_report(result, model, audit_id, opacity),
