@@ -244,10 +244,10 @@ def test_single_sign_on_needs_a_verified_email_and_an_account_made_for_it(enviro
 def test_a_provider_that_leaves_the_claim_out_is_trusted_only_when_the_deployment_says_so(environment, monkeypatch):
     """Microsoft Entra ID sends no email_verified: without a setting its users could never sign in."""
     store = Store.open()
-    accounts.add_account(store, "sso@hospital.org", None, "pathologist")
+    accounts.add_account(store, "entra@hospital.org", None, "pathologist")
     store.close()
-    assert "Signed in as" not in everything_shown(sso_app("sso@hospital.org", email_verified=None))
+    assert "Signed in as" not in everything_shown(sso_app("entra@hospital.org", email_verified=None))
     monkeypatch.setenv("BREAKHIS_SSO_VERIFIED_EMAILS", "1")
-    assert "Signed in as **sso@hospital.org** (pathologist)" in everything_shown(
-        sso_app("sso@hospital.org", email_verified=None))
-    assert "Signed in as" not in everything_shown(sso_app("chief@hospital.org", email_verified=None))  # no account
+    assert "Signed in as **entra@hospital.org** (pathologist)" in everything_shown(
+        sso_app("entra@hospital.org", email_verified=None))
+    assert "Signed in as" not in everything_shown(sso_app("nobody@hospital.org", email_verified=None))  # no account
