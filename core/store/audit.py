@@ -122,7 +122,8 @@ class Store:
     def events(self, kinds=None, user: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, image_sha256: str | None = None,
                refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None, newest_first: bool = True) -> list[dict]:
-        """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive."""
+        """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive. A busy, unreachable or
+        damaged database is a StoreError the page can show (the Audit log, the Review queue)."""
         query = select(AuditEvent)
         if kinds:
             query = query.where(AuditEvent.kind.in_([kinds] if isinstance(kinds, str) else list(kinds)))
@@ -143,7 +144,7 @@ class Store:
         query = query.order_by(AuditEvent.id.desc() if newest_first else AuditEvent.id)
         if limit:
             query = query.limit(limit)
-        with self.session() as session:
+        with self.reading("The audit trail could not be read") as session:
             return [{c: getattr(e, c) for c in COLUMNS} for e in session.scalars(query)]
 
     def event(self, audit_id: int) -> dict | None:
