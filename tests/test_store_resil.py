@@ -3,12 +3,15 @@ an in-memory URL, a damaged or misplaced key file, an unreadable kept image, a f
 Each is a StoreError (or SessionKeyError) saying what is wrong and what to do, never a driver's traceback,
 and a file that is not the app's is left as it was."""
 
+import contextlib
 import os
 import sqlite3
+import stat
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from core.store import reviews
+from core.store import db, reviews
 from core.store.audit import Store
 from core.store.db import StoreError, make_engine
 
@@ -34,3 +37,45 @@ def test_reading_a_damaged_audit_trail_is_a_store_error(tmp_path):
         with pytest.raises(StoreError, match="The audit trail could not be read: the database refused it"):
             read()
     store.close()
+
+
+def tables(path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_migration_that_fails_part_way_leaves_no_table_behind(tmp_path, monkeypatch):
+    """SQLite's driver committed each CREATE TABLE on its own, so a first migration that failed part-way
+    left tables that made every later start fail. Now the migration is one transaction."""
+    path = tmp_path / "breakhis.db"
+    real_upgrade = db.command.upgrade
+
+    def fails_after_the_first_revision(config, _target):
+        real_upgrade(config, "0001")
+        raise OperationalError("CREATE TABLE sessions", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(db.command, "upgrade", fails_after_the_first_revision)
+    with pytest.raises(StoreError, match=r"cannot be opened \(disk I/O error\)\. Nothing was changed"):
+        Store.open(f"sqlite:///{path}")
+    assert tables(path) == set()
+    monkeypatch.setattr(db.command, "upgrade", real_upgrade)
+    store = Store.open(f"sqlite:///{path}")  # the next start migrates as on a new database
+    assert store.record("sign_in", "ann") == 1 and db.current_revision(store.engine) == db.revisions()[1]
+    store.close()
+
+
+@pytest.mark.parametrize("schema", ["CREATE TABLE notes (x TEXT)",
+                                    "PRAGMA journal_mode=WAL; CREATE TABLE users (x TEXT)",
+                                    "CREATE TABLE alembic_version (version_num TEXT); CREATE TABLE users (x TEXT)"])
+def test_another_applications_database_is_refused_untouched(tmp_path, schema):
+    """A database with tables and no schema revision of this app (another tool's file, or the half
+    schema an earlier version left) is refused: no table added, no mode, header or -wal file changed."""
+    path = tmp_path / "breakhis.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(schema)
+    path.chmod(0o644)
+    before, names = path.read_bytes(), sorted(os.listdir(tmp_path))
+    with pytest.raises(StoreError, match=r"holds tables \((notes|users)\) but no schema revision of this app.*untouched"):
+        Store.open(f"sqlite:///{path}")
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == names
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

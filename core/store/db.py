@@ -4,8 +4,10 @@ SQLite (one file under BREAKHIS_DATA_DIR, created on first start) unless BREAKHI
 names another database, e.g. postgresql+psycopg://user@host/breakhis. Opening always migrates to
 the newest schema this code knows (Alembic), so the app and `python -m core db upgrade` agree.
 What is never done: altering a database stamped by a newer version of the app, or touching a file
-that is not a readable, writable SQLite database. Those are refused with a StoreError that says
-what is wrong and what to do, before anything is written.
+that is not a readable, writable SQLite database, or a database that holds another application's
+tables. Those are refused with a StoreError that says what is wrong and what to do, before anything
+is written. A migration is all or nothing, on SQLite too (`_migrating`): one that fails part-way
+leaves the database as it found it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 
 from core.errors import UserInputError
@@ -133,7 +136,34 @@ def _check_sqlite_file(path: Path) -> None:
     if header and header != b"SQLite format 3\x00":
         raise StoreError(f"the database file {path} is not an SQLite database (damaged or another file). "
                          "It was left untouched: restore it from a backup, or move it away to start a new one.")
+    if foreign := _unstamped_tables(path):
+        raise _not_ours(str(path), foreign)
     _private_files(path)
+
+
+def _unstamped_tables(path: Path) -> list[str]:
+    """The tables of an existing SQLite file that has no schema revision of this app: another
+    application's, or (before migrations were all or nothing) a first migration that failed part-way.
+
+    Read without writing to the file (the app's own connections would switch it to WAL mode): with no
+    -wal file everything is in the file itself, so it is opened immutable (no -wal or -shm made), else
+    read-only. A damaged file reads as [] here; the migration then refuses it (_opening)."""
+    mode = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)) as connection:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "alembic_version" in tables and connection.execute("SELECT 1 FROM alembic_version").fetchone():
+                return []
+    except sqlite3.DatabaseError:
+        return []
+    return sorted(tables - {"alembic_version"})
+
+
+def _not_ours(where: str, tables: list[str]) -> StoreError:
+    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+    return StoreError(f"the database {where} holds tables ({shown}) but no schema revision of this app: it is "
+                      "another application's database. It was left untouched: point BREAKHIS_DATA_DIR or "
+                      "BREAKHIS_DATABASE_URL at another database, or move the file away to start a new one.")
 
 
 def sqlite_file(url: str | URL) -> Path | None:
@@ -193,8 +223,33 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+@contextlib.contextmanager
+def _migrating(engine: Engine):
+    """A connection in one transaction that holds the DDL too, committed at the end or rolled back.
+
+    PostgreSQL does this by itself. Python's sqlite3 driver does not: it begins a transaction only
+    before INSERT/UPDATE/DELETE, so a CREATE TABLE commits on its own and a migration that failed
+    part-way left half a schema. Here the driver's own transaction handling is off for this one
+    connection and the migration runs inside an explicit BEGIN IMMEDIATE (which also makes a second
+    process starting at the same moment wait, then find the schema already made)."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        level, driver.isolation_level = driver.isolation_level, None
+        try:
+            with connection.begin():  # its commit and rollback reach the driver's, which end our BEGIN
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                yield connection
+        finally:
+            driver.isolation_level = level
+
+
 def upgrade(engine: Engine) -> str:
-    """Migrate to the newest schema; refuse (StoreError, no change) a database from a newer version."""
+    """Migrate to the newest schema, all or nothing; refuse (StoreError, no change) a database from a
+    newer version or one that holds another application's tables."""
     known, head = revisions()
     with _opening(engine) as url:
         current = current_revision(engine)
@@ -203,7 +258,10 @@ def upgrade(engine: Engine) -> str:
                              f"{current}; this version knows up to {head}). It was not changed: upgrade the app, "
                              "or point BREAKHIS_DATA_DIR / BREAKHIS_DATABASE_URL at another database.")
         if current != head:
-            with engine.begin() as connection:
+            with _migrating(engine) as connection:
+                if current is None and (foreign := sorted(set(inspect(connection).get_table_names())
+                                                          - {"alembic_version"})):
+                    raise _not_ours(url, foreign)
                 command.upgrade(_alembic_config(connection), "head")
             log.info("store %s migrated from %s to %s", url, current, head)
     return head
