@@ -11,7 +11,7 @@ import stat
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from core.store import db, reviews
+from core.store import db, reviews, sessions
 from core.store.audit import Store
 from core.store.db import StoreError, make_engine
 
@@ -79,3 +79,17 @@ def test_another_applications_database_is_refused_untouched(tmp_path, schema):
         Store.open(f"sqlite:///{path}")
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == names
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_binary_key_file_is_called_damaged_and_a_key_folder_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv(sessions.KEY_ENV, raising=False)
+    (tmp_path / "binary").mkdir()
+    (tmp_path / "binary" / sessions.KEY_FILE).write_bytes(b"\xff\xfe" + bytes(range(256)))
+    with pytest.raises(sessions.SessionKeyError, match=r"session.key is damaged \(not text\): remove it"):
+        sessions.signing_key(tmp_path / "binary")
+    folder = tmp_path / "folder" / sessions.KEY_FILE
+    folder.mkdir(parents=True, mode=0o755)
+    folder.chmod(0o755)
+    with pytest.raises(sessions.SessionKeyError, match="session.key is not a file: move it away"):
+        sessions.signing_key(tmp_path / "folder")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

@@ -87,11 +87,16 @@ def signing_key(folder: Path | None = None) -> bytes:
         private_folder(path.parent)
         if not path.exists():
             _create_key_file(path)
+        if not path.is_file():  # checked before the chmod: a folder or device there is not ours to change
+            raise SessionKeyError(f"the session key file {path} is not a file: move it away to make a new key")
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)  # a copy restored with looser permissions is tightened
         key = _read_key(path)
     except OSError as problem:
         raise SessionKeyError(f"the session key file {path} cannot be used: {problem.strerror}") from None
+    except UnicodeDecodeError:  # binary bytes (a damaged or overwritten file): never a key this code wrote
+        raise SessionKeyError(f"the session key file {path} is damaged (not text): remove it to make a new one "
+                              "(everyone is signed out)") from None
     if len(key) < MIN_KEY_CHARS:
         raise SessionKeyError(f"the session key file {path} is damaged (too short): remove it to make a new one")
     return key.encode("utf-8")
