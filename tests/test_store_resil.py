@@ -93,3 +93,12 @@ def test_a_binary_key_file_is_called_damaged_and_a_key_folder_is_left_alone(tmp_
     with pytest.raises(sessions.SessionKeyError, match="session.key is not a file: move it away"):
         sessions.signing_key(tmp_path / "folder")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:",
+                                 "sqlite:///file::memory:?uri=true", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_database_is_refused_in_words(url, monkeypatch):
+    """Its audit trail would be per thread and lost at a restart (the Audit log crashed: no such table)."""
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", url)
+    with pytest.raises(StoreError, match="in-memory SQLite database, which keeps no audit trail.*name a file"):
+        Store.open()

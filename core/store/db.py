@@ -174,12 +174,20 @@ def sqlite_file(url: str | URL) -> Path | None:
     return None
 
 
+def _in_memory(parsed: URL) -> bool:
+    """sqlite:///file::memory:?uri=true or ...?mode=memory: a URI filename that is no file either."""
+    return parsed.database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode."""
     parsed = parse_url(url or database_url())
     if parsed.get_backend_name() == "sqlite":
-        if (path := sqlite_file(parsed)) is not None:
-            _check_sqlite_file(path)
+        if (path := sqlite_file(parsed)) is None or _in_memory(parsed):
+            raise StoreError("the database URL (BREAKHIS_DATABASE_URL) names an in-memory SQLite database, which "
+                             "keeps no audit trail (each server thread would get an empty one, and a restart loses "
+                             "it): name a file, e.g. sqlite:////srv/breakhis/breakhis.db, or a database server")
+        _check_sqlite_file(path)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
