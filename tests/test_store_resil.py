@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -14,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from core.store import db, reviews, sessions
 from core.store.audit import Store
 from core.store.db import StoreError, make_engine
+from core.store.images import ImageStore
 
 
 def damaged_store(path) -> Store:
@@ -102,3 +104,19 @@ def test_an_in_memory_database_is_refused_in_words(url, monkeypatch):
     monkeypatch.setenv("BREAKHIS_DATABASE_URL", url)
     with pytest.raises(StoreError, match="in-memory SQLite database, which keeps no audit trail.*name a file"):
         Store.open()
+
+
+def test_an_unreadable_kept_image_is_none_not_an_os_error(tmp_path, monkeypatch, caplog):
+    images = ImageStore(tmp_path / "images")
+    digest = images.put(b"some image bytes")
+    assert images.get(digest) == b"some image bytes"
+    real_read = Path.read_bytes
+
+    def unreadable(path):  # chmod 000 does not stop root (CI runs as root)
+        if path == images.path(digest):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    assert images.get(digest) is None
+    assert f"{images.path(digest)} cannot be read: Permission denied" in caplog.text

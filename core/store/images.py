@@ -10,12 +10,15 @@ however often they are uploaded, and a file's name is its checksum, so a damaged
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from core.paths import data_dir
 from core.store.db import private_folder
+
+log = logging.getLogger(__name__)
 
 ENABLED_VALUES = ("1", "true", "yes", "on")
 
@@ -51,9 +54,14 @@ class ImageStore:
         return sha256
 
     def get(self, sha256: str) -> bytes | None:
-        """The bytes, or None if not kept (or if the file no longer matches its checksum)."""
+        """The bytes, or None if not kept, unreadable (its permissions, a disk error: logged with the file's
+        name) or no longer matching its checksum: the review queue shows the other cards either way."""
         target = self.path(sha256)
-        if not target.is_file():
+        try:
+            if not target.is_file():
+                return None
+            data = target.read_bytes()
+        except OSError as problem:
+            log.warning("the kept image %s cannot be read: %s", target, problem.strerror or problem)
             return None
-        data = target.read_bytes()
         return data if hashlib.sha256(data).hexdigest() == sha256 else None
