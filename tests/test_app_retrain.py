@@ -272,3 +272,13 @@ def test_a_failed_job_says_it_failed_once(app, environment):
     app.run()
     assert not app.exception
     assert texts(app.error) == "Training failed. ValueError: boom. The active model was not changed."
+
+
+def test_a_runs_folder_that_is_a_file_is_a_message_not_a_traceback(app, environment, synthetic_breakhis, monkeypatch):
+    blocker = environment["root"] / "runs-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(blocker))
+    launch(app, synthetic_breakhis, "nowhere", epochs=1)
+    assert f"The runs folder {blocker} cannot be written" in texts(app.error)
+    assert any(button.key == START for button in app.button)  # the form stays, with what was typed
+    assert app.text_input(key="train_name").value == "nowhere"

@@ -107,13 +107,32 @@ def _write_job(job: Job, root: Path) -> None:
     write_json_atomic(_job_file(root), job.to_json())  # a reader never sees half a file
 
 
+def _unwritable(root: Path, error: OSError, outcome: str = "no training was started") -> JobError:
+    """The page's message for a runs folder it cannot use (missing parent, a file, read-only, disk full)."""
+    why = "it is a file" if root.is_file() else f"{type(error).__name__}: {error.strerror or error}"
+    return JobError(f"The runs folder {root} cannot be written ({why}). "
+                    f"Set BREAKHIS_RUNS_DIR to a folder the app can write, or fix this one; {outcome}.")
+
+
 @contextlib.contextmanager
-def _job_lock(root: Path):
+def _job_lock(root: Path, outcome: str = "no training was started"):
     """The runs folder's job lock (flock): starting a job and forgetting one never interleave."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".job.lock", "w") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".job.lock", "w")
+    except OSError as error:
+        raise _unwritable(root, error, outcome) from error
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Kill a just-started training and reap it: one nobody can see or cancel must not run on."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    _CHILDREN.pop(process.pid, None)
 
 
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
@@ -130,18 +149,29 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         refuse_existing_run(run_dir, holds="files: it already exists", hint="choose another run name",
                             error=JobError)
         log_path = root / ".job_logs" / f"{run_dir.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         environment = dict(environment or {})
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env)
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, env=env)
+        except OSError as error:
+            raise _unwritable(root, error) from error
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
                   log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),
                   environment=environment)
-        _write_job(job, root)
+        try:
+            _write_job(job, root)  # without it no page could follow, cancel or refuse a second start
+        except BaseException as error:
+            _stop(process)
+            if isinstance(error, OSError):
+                raise JobError(f"The job file {_job_file(root)} cannot be written ({type(error).__name__}: "
+                               f"{error.strerror or error}), so the training was stopped at once. Free disk space "
+                               "or fix the runs folder (BREAKHIS_RUNS_DIR), then start again.") from error
+            raise
     return job
 
 
@@ -151,7 +181,8 @@ def cancel_job(job: Job, root: Path | None = None, force: bool = False) -> None:
     if not is_alive(job):
         return
     job.cancel_requested = job.cancel_requested or time.time()
-    _write_job(job, root)
+    with contextlib.suppress(OSError):  # the mark only words the status; the run's own stream says "cancelled"
+        _write_job(job, root)
     try:
         os.killpg(job.pid, signal.SIGKILL if force else signal.SIGTERM)
     except ProcessLookupError:
@@ -163,7 +194,8 @@ def clear_job(root: Path | None = None, shown: Job | None = None) -> None:
     page `shown`, when another job has replaced it since (a second tab started one): that job is
     not the user's to forget unseen."""
     root = Path(root or runs_dir())
-    with _job_lock(root):  # a Start in another tab cannot write its job between the check and the unlink
+    kept = "the finished job is still shown"
+    with _job_lock(root, kept):  # a Start in another tab cannot write its job between the check and the unlink
         job = read_job(root)
         if job is None:
             return
@@ -172,7 +204,10 @@ def clear_job(root: Path | None = None, shown: Job | None = None) -> None:
                            f"{Path(shown.run_dir).name}; it is shown now.")
         if is_alive(job):
             raise JobError("The job is still running; cancel it first.")
-        _job_file(root).unlink(missing_ok=True)
+        try:
+            _job_file(root).unlink(missing_ok=True)
+        except OSError as error:
+            raise _unwritable(root, error, kept) from error
 
 
 def progress(job: Job) -> dict:

@@ -1,0 +1,56 @@
+"""Training jobs when the runs folder or the job file is unusable: a JobError to show, never a traceback
+or a training process that no page can see, follow or cancel."""
+
+import subprocess
+import sys
+
+import pytest
+
+from core.app import jobs
+from core.errors import JobError
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """Every process start_job launches, so a test can check none is left running (and stop any that is)."""
+    processes = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            processes.append(self)
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", Recorded)
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("where", ["a file", "inside a file"])
+def test_a_runs_folder_that_cannot_be_made_is_a_job_error_and_nothing_starts(tmp_path, started, where):
+    blocker = tmp_path / "runs"
+    blocker.write_text("x")
+    root = blocker if where == "a file" else blocker / "runs"
+    with pytest.raises(JobError, match=r"The runs folder .* cannot be written .*BREAKHIS_RUNS_DIR.*no training"):
+        jobs.start_job(SLEEPER, root / "run1", {}, root=root)
+    assert started == []
+    assert jobs.read_job(root) is None
+
+
+def test_a_job_file_that_cannot_be_written_stops_the_training_it_started(tmp_path, started):
+    (tmp_path / jobs.JOB_FILE_NAME).mkdir()  # as a full disk or an unwritable file would: the write fails
+    with pytest.raises(JobError, match=r"cannot be written .*so the training was stopped"):
+        jobs.start_job(SLEEPER, tmp_path / "run1", {}, root=tmp_path)
+    assert len(started) == 1 and started[0].poll() is not None  # killed and reaped, not running untracked
+    assert started[0].pid not in jobs._CHILDREN
+
+
+def test_forgetting_a_job_in_a_runs_folder_that_became_a_file_is_a_job_error(tmp_path):
+    root = tmp_path / "runs"
+    root.write_text("x")
+    with pytest.raises(JobError, match="the finished job is still shown"):
+        jobs.clear_job(root)
