@@ -218,7 +218,12 @@ st.title("Retrain")
 if NOTICE in st.session_state:
     st.info(st.session_state.pop(NOTICE), icon=":material/info:")
 show_devices()
-job = jobs.read_job()
+job, damaged = jobs.load_job()
+if damaged:  # a hand edit or a half-restored backup: say so, and keep the page usable
+    st.warning(f"The last training job cannot be shown: {damaged}. Its run folder, if any, is "
+               "kept. If a training started from this page may still be running, stop that process first (this page "
+               "can no longer follow or cancel it); then start a new job below, which replaces the file, or delete "
+               "the file.", icon=":material/warning:")
 if job is None:
     launch_form()
 else:

@@ -282,3 +282,20 @@ def test_a_runs_folder_that_is_a_file_is_a_message_not_a_traceback(app, environm
     assert f"The runs folder {blocker} cannot be written" in texts(app.error)
     assert any(button.key == START for button in app.button)  # the form stays, with what was typed
     assert app.text_input(key="train_name").value == "nowhere"
+
+
+@pytest.mark.parametrize("damage", [{"settings": ["a"]}, {"command": "python"}, {"pid": 0}])
+def test_a_job_file_with_fields_of_the_wrong_type_is_called_damaged_and_a_job_can_still_start(app, environment,
+                                                                                           damage):
+    run = finished_job(environment["runs"], f"hand-edited-{next(iter(damage))}", {"status": "failed", "message": "boom"})
+    job_file = environment["runs"] / jobs.JOB_FILE_NAME
+    job_file.write_text(json.dumps({**json.loads(job_file.read_text()), **damage}))
+    try:
+        app.run()
+        assert not app.exception
+        warning = texts(app.warning)
+        assert f"{job_file} is damaged ({next(iter(damage))}" in warning and "replaces the file" in warning
+        assert any(button.key == START for button in app.button)  # the page keeps serving: a new job can start
+        assert jobs.read_job(environment["runs"]) is None and run.is_dir()
+    finally:
+        job_file.unlink()

@@ -1,6 +1,7 @@
 """Training jobs when the runs folder or the job file is unusable: a JobError to show, never a traceback
 or a training process that no page can see, follow or cancel."""
 
+import json
 import subprocess
 import sys
 
@@ -54,3 +55,28 @@ def test_forgetting_a_job_in_a_runs_folder_that_became_a_file_is_a_job_error(tmp
     root.write_text("x")
     with pytest.raises(JobError, match="the finished job is still shown"):
         jobs.clear_job(root)
+
+
+GOOD = {"pid": 999999, "run_dir": "/runs/r", "started": 1, "command": ["python"], "log": "/runs/r.log",
+        "settings": {"epochs": 1}}
+
+
+@pytest.mark.parametrize("damage, why", [
+    ({"settings": ["a"]}, "settings is list, not dict"),
+    ({"command": [1]}, "command is list, not list[str]"),
+    ({"started": "x", "cancel_requested": "y"}, "started is str, not float; cancel_requested is str, not float | None"),
+    ({"pid": None}, "pid is null, not int"),
+    ({"pid": 0}, "pid 0 is not a process id"),  # os.killpg(0) would stop the server's own process group
+    ({"unknown": 1}, "got an unexpected keyword argument 'unknown'"),
+])
+def test_a_job_file_with_fields_of_the_wrong_type_is_damaged_not_a_job(tmp_path, damage, why):
+    (tmp_path / jobs.JOB_FILE_NAME).write_text(json.dumps({**GOOD, **damage}))
+    assert jobs.load_job(tmp_path) == (None, f"{tmp_path / jobs.JOB_FILE_NAME} is damaged ({why})")
+    assert jobs.read_job(tmp_path) is None
+
+
+def test_a_sound_job_file_is_read_and_a_missing_one_is_no_job(tmp_path):
+    assert jobs.load_job(tmp_path) == (None, None)
+    (tmp_path / jobs.JOB_FILE_NAME).write_text(json.dumps({**GOOD, "proc_start": None, "cancel_requested": 2.5}))
+    job, problem = jobs.load_job(tmp_path)
+    assert problem is None and job.settings == {"epochs": 1} and job.started == 1 and job.cancel_requested == 2.5

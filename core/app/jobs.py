@@ -17,10 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
+from core.app.run_files import read_json_file
 from core.errors import JobError
-from core.jsonfile import read_json, write_json_atomic
+from core.jsonfile import write_json_atomic
 from core.options import to_argv
 from core.paths import REPO, refuse_existing_run, runs_dir
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
@@ -94,13 +97,43 @@ def is_alive(job: Job) -> bool:
     return True
 
 
-def read_job(root: Path | None = None) -> Job | None:
-    """The current (or last) job, or None. A corrupt job file is treated as no job."""
+def _fits(value, hint) -> bool:
+    """isinstance for a Job annotation: `str | None`, `list[str]`, and a float that JSON wrote as an integer."""
+    if typing.get_origin(hint) is types.UnionType:
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    kind = typing.get_origin(hint) or hint
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        return False  # no field is a flag: JSON true is no pid, time or name
+    return kind is not list or all(_fits(item, typing.get_args(hint)[0]) for item in value)
+
+
+def _named(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint)
+
+
+def load_job(root: Path | None = None) -> tuple[Job | None, str | None]:
+    """(the current or last job, None); (None, None) without a job file; (None, why) for a job file that
+    is damaged: not JSON, or fields missing or of the wrong type (a hand edit, a half-restored backup).
+    A pid that is not a process id is refused too: os.killpg(0) would signal the server's own group."""
     path = _job_file(Path(root or runs_dir()))
+    data, problem = read_json_file(path)
+    if data is None:
+        return None, problem
     try:
-        return Job(**read_json(path))
-    except (OSError, ValueError, TypeError):
-        return None
+        job = Job(**data)
+    except TypeError as error:
+        return None, f"{path} is damaged ({str(error).removeprefix('Job.__init__() ')})"
+    wrong = [f"{name} is {'null' if value is None else type(value).__name__}, not {_named(hint)}"
+             for name, hint in typing.get_type_hints(Job).items()
+             if not _fits(value := getattr(job, name), hint)]
+    if not wrong and job.pid <= 0:
+        wrong = [f"pid {job.pid} is not a process id"]
+    return (None, f"{path} is damaged ({'; '.join(wrong)})") if wrong else (job, None)
+
+
+def read_job(root: Path | None = None) -> Job | None:
+    """The current (or last) job, or None. A damaged job file is treated as no job (load_job says why)."""
+    return load_job(root)[0]
 
 
 def _write_job(job: Job, root: Path) -> None:
