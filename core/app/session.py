@@ -35,6 +35,7 @@ from core.model.folders import read_card
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
 from core.paths import runs_dir
+from core.store.db import StoreError
 from core.store.roles import can
 
 # ---------------------------------------------------------------- text from users
@@ -295,23 +296,41 @@ def forget_earlier_uploads() -> None:
 
 def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, bytes]], settings: dict) -> dict:
     """Record what the page shows (once per distinct model, images and settings) and keep the
-    images when the deployment enables it; {records.audit_key(result): audit id}."""
+    images when the deployment enables it; {records.audit_key(result): audit id}.
+
+    Keeping the images is separate: the rows are marked written first (never written twice), and images that cannot be
+    kept are a warning on a diagnosis that is shown, tried again on the next run."""
     from core.app import records
-    from core.store.images import ImageStore, keeping_images
 
     key = (model_identity(predictor), tuple(records.audit_key(r) for r in results), tuple(sorted(settings.items())))
     done = st.session_state.get("_audited")
-    if done and done[0] == key:
-        return done[1]
-    user = _acting_user()
-    ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
-    if keeping_images():
-        kept, analysed = ImageStore(), {r.sha256 for r in results if r.ok}
+    if not done or done[0] != key:
+        user = _acting_user()
+        ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
+        done = st.session_state["_audited"] = (key, ids, False)
+    if not done[2] and _keep_images(results, items):
+        st.session_state["_audited"] = (key, done[1], True)
+    return done[1]
+
+
+def _keep_images(results: list, items: list[tuple[str, bytes]]) -> bool:
+    """Keep the analysed images when the deployment enables it (BREAKHIS_KEEP_IMAGES); whether nothing is
+    left to keep. A folder that cannot be written is a warning: the diagnosis stands without them."""
+    from core.store.images import ImageStore, keeping_images
+
+    if not keeping_images():
+        return True
+    kept, analysed = ImageStore(), {r.sha256 for r in results if r.ok}
+    try:
         for _, data in items:
             if hashlib.sha256(data).hexdigest() in analysed:
                 kept.put(data)
-    st.session_state["_audited"] = (key, ids)
-    return ids
+    except (OSError, StoreError) as problem:
+        st.warning(f"The images could not be kept for the Review queue ({plain(problem)}). The diagnosis is "
+                   "recorded and shown; its audit rows have each image's SHA-256. Tell an administrator: the data "
+                   "folder's images/ must be a writable folder (BREAKHIS_KEEP_IMAGES).", icon=":material/hide_image:")
+        return False
+    return True
 
 
 def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, settings: dict) -> int:

@@ -1,0 +1,89 @@
+"""The pages when the environment goes wrong after start-up (QA resilience report): a database that is
+busy or refuses a read, an images folder that cannot be written or an image that cannot be read, a
+session cookie the server refuses, a model briefly unusable. Each is a message on the page that keeps
+serving, nothing the user chose is lost, and no audit row is written twice."""
+
+import contextlib
+import sqlite3
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.paths import data_dir
+from core.store import db
+from core.store.audit import Store
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+
+BUSY = "the database is busy or unavailable; try again"
+SAMPLE = "SOB_M_DC-14-2523"
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    """A DEMO default model and a second one, single-user, its own database; SQLite waits 0.2 s for a lock
+    (set before the app opens its store, whose connections keep the wait they were made with)."""
+    root = tmp_path_factory.mktemp("resilience")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    other = make_model_folder(root / "models" / "other", demo=True, name="other-demo")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        patch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
+        patch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+        run_app_like_the_server(patch)
+        yield {"root": root, "default": default.resolve(), "other": other.resolve()}
+
+
+@pytest.fixture
+def app(environment) -> AppTest:
+    return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+
+
+@contextlib.contextmanager
+def write_locked():
+    """Another process's open write transaction on the app's SQLite file (a backup, an sqlite3 shell)."""
+    holder = sqlite3.connect(data_dir() / db.SQLITE_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def shown(app: AppTest, kind: str) -> str:
+    return "\n".join(str(e.value) for e in getattr(app, kind))
+
+
+def choose_sample(app: AppTest) -> AppTest:
+    samples = app.multiselect(key="samples")
+    return samples.set_value([next(o for o in samples.options if SAMPLE in o)]).run()
+
+
+def diagnosis_rows() -> int:
+    store = Store.open()
+    try:
+        return len(store.events(kinds="diagnosis"))
+    finally:
+        store.close()
+
+
+def test_images_that_cannot_be_kept_leave_the_diagnosis_shown_and_recorded_once(app, environment, monkeypatch):
+    monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    data_dir().mkdir(parents=True, exist_ok=True)
+    images = data_dir() / "images"
+    images.write_text("a file where the images folder should be")
+    try:
+        before = diagnosis_rows()
+        app = choose_sample(app)
+        for _ in range(2):  # any widget touch reruns the page
+            assert not app.exception
+            assert "could not be kept for the Review queue" in shown(app, "warning")
+            assert [c for image in app.image for c in image.captions][0] == "Image"  # the diagnosis is shown
+            app.slider(key="opacity").set_value(0.6).run()
+        assert diagnosis_rows() == before + 1
+    finally:
+        images.unlink()
+    app.run()  # the folder can be made now: the images are kept, the diagnosis is not recorded again
+    assert not app.exception and "could not be kept" not in shown(app, "warning")
+    assert list(images.rglob("*")) and diagnosis_rows() == before + 1
