@@ -6,6 +6,7 @@ import streamlit as st
 from core.app import session
 from core.data.labels import pretty
 from core.store import reviews
+from core.store.db import StoreError
 from core.store.images import ImageStore, keeping_images
 
 session.require_router()
@@ -67,7 +68,11 @@ def shown(rows: list, total: int, what: str) -> None:
 
 
 include = st.toggle("Include reviewed results", key="include_reviewed")
-queued = reviews.queue(store, include_reviewed=include, limit=SHOWN)
+try:
+    queued = reviews.queue(store, include_reviewed=include, limit=SHOWN)
+except StoreError as problem:  # a busy or damaged database: the page stays, its controls kept
+    st.error(session.nothing_lost(problem), icon=":material/database:")
+    st.stop()
 if not queued.waiting_total:
     st.success("Nothing waits for review.")
 shown(queued.waiting, queued.waiting_total, "results waiting for review (referred first, then newest)")
@@ -85,7 +90,11 @@ if queued.older_not_scanned:
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")
 if case:
-    rows = reviews.history(store, case=case.strip())
+    try:
+        rows = reviews.history(store, case=case.strip())
+    except StoreError as problem:
+        st.error(session.nothing_lost(problem), icon=":material/database:")
+        st.stop()
     st.dataframe(pd.DataFrame([{"id": r["id"], "at": r["at"], "kind": r["kind"], "user": r["user"], "file": r["subject"],
                                 "call": r["details"].get("call") or r["details"].get("label"),
                                 "subtype": r["details"].get("subtype"), "reviews": r["refers_to"],

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core.paths import data_dir
 from core.store import db
 from core.store.audit import Store
+from core.store.db import StoreError
 from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
 
 BUSY = "the database is busy or unavailable; try again"
@@ -87,3 +88,39 @@ def test_images_that_cannot_be_kept_leave_the_diagnosis_shown_and_recorded_once(
     app.run()  # the folder can be made now: the images are kept, the diagnosis is not recorded again
     assert not app.exception and "could not be kept" not in shown(app, "warning")
     assert list(images.rglob("*")) and diagnosis_rows() == before + 1
+
+
+def test_a_busy_database_holds_the_diagnosis_back_with_a_message_and_keeps_the_choice(app):
+    before = diagnosis_rows()
+    with write_locked():
+        app = choose_sample(app)
+    assert not app.exception
+    assert BUSY in shown(app, "error") and "Nothing was lost" in shown(app, "error")
+    assert not app.image and SAMPLE in str(app.multiselect(key="samples").value)  # nothing shown unrecorded
+    app.run()  # the lock is gone: trying again records and shows it
+    assert not app.exception and app.image and diagnosis_rows() == before + 1
+
+
+def test_a_busy_database_refuses_the_sidebar_model_switch_in_words(app, environment):
+    with write_locked():
+        app.selectbox(key="model_picker").set_value(str(environment["other"])).run()
+    assert not app.exception
+    assert BUSY in shown(app.sidebar, "error") and "The active model was not changed" in shown(app.sidebar, "error")
+    assert app.session_state["active_model"] == str(environment["default"])
+    app.selectbox(key="model_picker").set_value(str(environment["other"])).run()
+    assert not app.exception and app.session_state["active_model"] == str(environment["other"])
+
+
+def test_the_audit_log_and_the_review_queue_say_the_trail_cannot_be_read(app, monkeypatch):
+    def refused(*args, **kwargs):
+        raise StoreError("The audit trail could not be read: the database refused it (database disk image is "
+                         "malformed).")
+
+    monkeypatch.setattr(Store, "events", refused)
+    for page in ("pages/audit.py", "pages/review.py"):
+        app.switch_page(page).run()
+        assert not app.exception, page
+        assert "could not be read" in shown(app, "error") and "Nothing was lost" in shown(app, "error")
+    monkeypatch.undo()
+    app.switch_page("pages/audit.py").run()
+    assert not app.exception and not app.error

@@ -20,6 +20,7 @@ from core.app import registry, service
 from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py call session.*
     USER_KEY,
     current_user,
+    nothing_lost,
     require,
     session_minutes,
     sign_in_page,
@@ -205,10 +206,15 @@ def set_active_model(folder: str, audited: bool = True) -> None:
         except ModelFolderError as problem:
             st.sidebar.error(f"This model folder cannot be used: {problem}. The active model was not changed.")
             return
+    if audited:  # recorded first: a choice the audit trail does not have is not made
+        try:
+            store().record("model_activated", user["name"], registry.short_location(folder),
+                           model=card.get("name"), model_sha256=card.get("sha256"), details={"scope": "session"})
+        except StoreError as problem:
+            st.sidebar.error(f"{problem} The active model was not changed: choose it again in a moment.",
+                             icon=":material/database:")
+            return
     st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
-    if audited:
-        store().record("model_activated", user["name"], registry.short_location(folder),
-                       model=card.get("name"), model_sha256=card.get("sha256"), details={"scope": "session"})
 
 
 def require_predictor() -> Predictor:
@@ -298,7 +304,9 @@ def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, 
     """Record what the page shows (once per distinct model, images and settings) and keep the
     images when the deployment enables it; {records.audit_key(result): audit id}.
 
-    Keeping the images is separate: the rows are marked written first (never written twice), and images that cannot be
+    A diagnosis the audit trail cannot take (a busy or damaged database) is not shown: a message, and
+    the page stops with its images and settings kept, so trying again records it. Keeping the images
+    is separate: the rows are marked written first (never written twice), and images that cannot be
     kept are a warning on a diagnosis that is shown, tried again on the next run."""
     from core.app import records
 
@@ -306,7 +314,12 @@ def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, 
     done = st.session_state.get("_audited")
     if not done or done[0] != key:
         user = _acting_user()
-        ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
+        try:
+            ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
+        except StoreError as problem:
+            st.error(nothing_lost(f"{problem} The diagnosis is shown once it is recorded."),
+                     icon=":material/database:")
+            st.stop()
         done = st.session_state["_audited"] = (key, ids, False)
     if not done[2] and _keep_images(results, items):
         st.session_state["_audited"] = (key, done[1], True)
@@ -340,7 +353,12 @@ def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, set
     key = ("_audited_slide", model_identity(predictor), name, sha256, tuple(sorted(settings.items())))
     if key not in st.session_state:
         user = _acting_user()
-        st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary, settings)
+        try:
+            st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary,
+                                                         settings)
+        except StoreError as problem:  # as a diagnosis: not shown before it is recorded
+            st.error(nothing_lost(f"{problem} The result is shown once it is recorded."), icon=":material/database:")
+            st.stop()
     return st.session_state[key]
 
 
@@ -370,6 +388,8 @@ def review_form(audit_id: int | None, key: str) -> None:
                     saved = reviews.review(store(), user["name"], audit_id, comment=comment)
                 else:
                     saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
+            except StoreError as problem:  # the form keeps what was typed
+                st.error(nothing_lost(f"{problem} The review was not saved."), icon=":material/database:")
             except ValueError as problem:
                 st.error(str(problem))
             else:
@@ -407,10 +427,16 @@ def leave_when_signed_out() -> None:
 
 def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
     """Record one event by the signed-in user (e.g. retraining launched). once=True: not when a row
-    of this kind and subject already exists (a finished run seen again by a later page run)."""
-    if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
+    of this kind and subject already exists (a finished run seen again by a later page run). A busy or
+    damaged database is a message and None: what the user did (e.g. a launched training) has happened,
+    and the page goes on; a once=True row is tried again on the next run."""
+    try:
+        if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
+            return None
+        return store().record(kind, _acting_user()["name"], subject, details=details)
+    except StoreError as problem:
+        st.error(f"{problem} ({kind.replace('_', ' ')}: {plain(subject)})", icon=":material/database:")
         return None
-    return store().record(kind, _acting_user()["name"], subject, details=details)
 
 
 def _acting_user() -> dict:

@@ -135,8 +135,14 @@ def current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     try:
         return _current_user(fresh, polled)
     except StoreError as problem:
-        st.error(f"{problem} Nothing was lost: reload the page or try again.", icon=":material/database:")
+        st.error(nothing_lost(problem), icon=":material/database:")
         st.stop()
+
+
+def nothing_lost(problem) -> str:
+    """A busy, unreachable or damaged database's message (a StoreError's) for a page that keeps serving:
+    what the page had stays in this session, so trying again is all the user has to do."""
+    return f"{problem} Nothing was lost: reload the page or try again."
 
 
 def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
