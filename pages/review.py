@@ -39,6 +39,17 @@ def reviewed(done: dict) -> str:
 SHOWN = 50  # cards per section: each is a form
 
 
+def kept_image(sha256: str | None) -> bytes | str | None:
+    """The kept image's bytes, None if there is none, or why it cannot be shown: one unreadable file
+    (its permissions, a damaged disk) is a note on its card, not the end of the queue."""
+    if not keeping_images() or not sha256:
+        return None
+    try:
+        return ImageStore().get(sha256)
+    except (OSError, StoreError) as problem:
+        return f"The kept image is unavailable: it cannot be read ({session.plain(problem)}). The record is intact."
+
+
 def card(row: dict) -> None:
     """One result: the model's call, its referral, its newest review, the kept image and the review form.
     The file name, the user and the model are shown as text (session.plain): another user chose them."""
@@ -53,8 +64,10 @@ def card(row: dict) -> None:
             st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
         if done:
             st.caption(reviewed(done))
-        kept = ImageStore().get(row["image_sha256"]) if keeping_images() and row["image_sha256"] else None
-        if kept:
+        kept = kept_image(row["image_sha256"])
+        if isinstance(kept, str):
+            st.warning(kept, icon=":material/hide_image:")
+        elif kept:
             st.image(kept, width=320)
         elif not keeping_images():
             st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")

@@ -13,7 +13,15 @@ from core.paths import data_dir
 from core.store import db
 from core.store.audit import Store
 from core.store.db import StoreError
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    app_environment,
+    make_model_folder,
+    png_bytes,
+    run_app_like_the_server,
+    tissue_like,
+)
 
 BUSY = "the database is busy or unavailable; try again"
 SAMPLE = "SOB_M_DC-14-2523"
@@ -124,3 +132,30 @@ def test_the_audit_log_and_the_review_queue_say_the_trail_cannot_be_read(app, mo
     monkeypatch.undo()
     app.switch_page("pages/audit.py").run()
     assert not app.exception and not app.error
+
+
+def test_one_unreadable_kept_image_is_a_note_on_its_card_not_the_end_of_the_queue(app, monkeypatch):
+    from core.store.images import ImageStore
+
+    monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    images = ImageStore()
+    readable, unreadable = images.put(png_bytes(tissue_like())), images.put(png_bytes(tissue_like((80, 80))))
+    store = Store.open()
+    for sha in (readable, unreadable):
+        store.record("diagnosis", "local", f"SOB_B_F-14-9133-40-{sha[:3]}.png", image_sha256=sha, model="m",
+                     details={"call": "benign", "subtype": "fibroadenoma", "confidence": 0.9, "refer": False})
+    store.close()
+    original = ImageStore.get
+
+    def get(self, sha256):
+        if sha256 == unreadable:
+            raise PermissionError(13, "Permission denied", str(self.path(sha256)))
+        return original(self, sha256)
+
+    monkeypatch.setattr(ImageStore, "get", get)
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    assert shown(app, "warning").count("The kept image is unavailable") == 1
+    assert "Permission denied" in shown(app, "warning") and app.image  # the other cards show theirs
+    listed = shown(app, "markdown").replace("\\", "")
+    assert all(f"40-{sha[:3]}.png" in listed for sha in (readable, unreadable))  # both cards, the queue goes on
