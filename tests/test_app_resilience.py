@@ -4,6 +4,7 @@ session cookie the server refuses, a model briefly unusable. Each is a message o
 serving, nothing the user chose is lost, and no audit row is written twice."""
 
 import contextlib
+import datetime
 import sqlite3
 
 import pytest
@@ -159,3 +160,34 @@ def test_one_unreadable_kept_image_is_a_note_on_its_card_not_the_end_of_the_queu
     assert "Permission denied" in shown(app, "warning") and app.image  # the other cards show theirs
     listed = shown(app, "markdown").replace("\\", "")
     assert all(f"40-{sha[:3]}.png" in listed for sha in (readable, unreadable))  # both cards, the queue goes on
+
+
+# ---------------------------------------------------------------- a refused session cookie (sign-in on)
+
+@pytest.fixture
+def signing(environment, monkeypatch):
+    """Sign-in on, with the account 'ann'; the browser's cookie is what the test sets in `cookie`."""
+    from core.app import signin
+    from core.store import accounts
+
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    store = Store.open()
+    if not accounts.list_accounts(store):
+        accounts.add_account(store, "ann", "a long enough password", "pathologist")
+    store.close()
+    cookie = {}
+    monkeypatch.setattr(signin, "_browser_token", lambda: cookie.get("token"))
+    return cookie
+
+
+@pytest.mark.parametrize("replaced, words", [("key", "key was probably replaced"),
+                                             ("database", "database was probably replaced")])
+def test_a_refused_session_cookie_is_explained_on_the_sign_in_page(signing, replaced, words):
+    from core.store import sessions
+
+    key = sessions.signing_key(data_dir()) if replaced == "database" else b"another server's key, 32 bytes long"
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    signing["token"] = sessions.make_token(key, "a session this database never had", expires)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not app.exception and [t.value for t in app.title] == ["Sign in"]
+    assert "Your previous session could not be resumed" in shown(app, "info") and words in shown(app, "info")

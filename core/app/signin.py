@@ -28,6 +28,7 @@ COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to wr
 CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes effect within this)
 SSO_REFUSED = "_sso_refused"  # {"email", "reason"}: this session's identity opens no account (sign_in_page says why)
 ACTIVE_KEY = "_last_active"  # monotonic time of this tab's last run a person caused (not a live view's timer)
+COOKIE_REFUSED = "_cookie_refused"  # why the session cookie this tab was opened with was refused (sign_in_page)
 
 
 @st.cache_resource(show_spinner=False)
@@ -102,6 +103,7 @@ def _signed_in(user: dict) -> None:
     from core.store.sessions import start
 
     row, token = start(store(), user["name"], session_key())
+    st.session_state.pop(COOKIE_REFUSED, None)
     st.session_state.update({USER_KEY: user, SESSION_KEY: row, CHECKED_KEY: time.monotonic(), COOKIE_TODO: token})
 
 
@@ -119,8 +121,8 @@ def _resume_from_cookie() -> dict | None:
     if token is None or st.session_state.get(SPENT_COOKIE) == digest(token):
         return None
     checked = resume(store(), token, session_key(), session_minutes())
-    if checked.user is None:
-        st.session_state.update({SPENT_COOKIE: digest(token), COOKIE_TODO: ""})  # and the browser forgets it
+    if checked.user is None:  # the browser forgets it; the sign-in page says why
+        st.session_state.update({SPENT_COOKIE: digest(token), COOKIE_TODO: "", COOKIE_REFUSED: checked.reason})
         return None
     st.session_state.update({USER_KEY: checked.user, SESSION_KEY: checked.session, CHECKED_KEY: time.monotonic()})
     return checked.user
@@ -273,6 +275,8 @@ def sign_in_page() -> None:
     from core.store.db import StoreError
 
     st.title("Sign in")
+    if COOKIE_REFUSED in st.session_state:
+        st.info(not_resumed(st.session_state[COOKIE_REFUSED]), icon=":material/logout:")
     if sso_configured() and st.user.is_logged_in and SSO_REFUSED in st.session_state:
         _sso_refusal()
     elif sso_configured():
@@ -301,3 +305,22 @@ def sign_in_page() -> None:
             st.error(str(problem), icon=":material/database:")
         else:
             st.rerun()
+
+
+NOT_RESUMED = {  # why a session cookie was refused (core.store.sessions.Check.reason), in plain words
+    "tampered": "its sign-in cookie does not match this server's session key. The key was probably replaced "
+                "(a key rotation or a restored server); a cookie that was altered reads the same",
+    "unknown": "this server's database has no record of it. The database was probably replaced or restored "
+               "from an earlier copy",
+    "revoked": "it was ended: signed out in another tab, a new password, or an administrator",
+    "idle": "it was idle for longer than the deployment's limit (BREAKHIS_SESSION_MINUTES)",
+    "expired": "it reached its maximum length, one working day",
+    "disabled": "your account is disabled; ask an administrator",
+}
+
+
+def not_resumed(reason: str) -> str:
+    """The sign-in page's note when the browser's session cookie was refused: the user is not surprised
+    by the form, and knows whether anything but signing in again is needed."""
+    why = NOT_RESUMED.get(reason, f"it was refused ({reason})")
+    return f"Your previous session could not be resumed: {why}. Please sign in again."
