@@ -46,7 +46,9 @@ with inputs:
             session.forget_earlier_uploads()
             st.rerun()
     samples = registry.sample_items()
+    session.restore_choices("samples", list(samples))  # after another page, or a run the model stopped
     chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples")
+    session.keep_choices("samples")
 with settings:
     method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
                           key="method")

@@ -162,6 +162,27 @@ def test_one_unreadable_kept_image_is_a_note_on_its_card_not_the_end_of_the_queu
     assert all(f"40-{sha[:3]}.png" in listed for sha in (readable, unreadable))  # both cards, the queue goes on
 
 
+def test_chosen_samples_survive_a_page_visit_and_a_briefly_unusable_model(app, monkeypatch):
+    from core.app import session
+    from core.errors import ModelFolderError
+
+    app = choose_sample(app)
+    chosen = app.multiselect(key="samples").value
+    app.switch_page("pages/dataset.py").run()
+    app.switch_page("pages/diagnose.py").run()
+    assert not app.exception and app.multiselect(key="samples").value == chosen
+
+    def unusable(folder):
+        raise ModelFolderError("model.keras does not match its card")
+
+    monkeypatch.setattr(session, "get_predictor", unusable)
+    app.run()
+    assert "The active model cannot be used" in shown(app, "error")
+    monkeypatch.undo()
+    app.run()
+    assert not app.exception and app.multiselect(key="samples").value == chosen and app.image
+
+
 # ---------------------------------------------------------------- a refused session cookie (sign-in on)
 
 @pytest.fixture

@@ -295,6 +295,25 @@ def forget_earlier_uploads() -> None:
     st.session_state[_EARLIER_UPLOADS] = []
 
 
+_CHOICES = "_kept_choices"
+
+
+def restore_choices(key: str, options: list) -> None:
+    """Give a multiselect back the choices it had when the page last showed it (call before the widget).
+
+    Streamlit drops a widget's value on a run that does not draw it: a visit to another page, or a
+    run stopped early (the active model briefly unusable). As for the uploads, the choices are kept
+    in a plain session key (keep_choices), and those still offered come back."""
+    kept = st.session_state.get(_CHOICES, {})
+    if key not in st.session_state and key in kept:
+        st.session_state[key] = [choice for choice in kept[key] if choice in options]
+
+
+def keep_choices(key: str) -> None:
+    """Remember a multiselect's choices for restore_choices (call after the widget)."""
+    st.session_state.setdefault(_CHOICES, {})[key] = list(st.session_state.get(key) or [])
+
+
 # ---------------------------------------------------------------- sign-in, roles and the audit trail
 # Sign-in's glue is core.app.signin (the pages call it through these names); the logic lives in
 # core.store (accounts, sessions, audit, reviews) and core.app.records; this is the audit glue.
