@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from core.app import registry, service
+from core.app.audit_glue import (  # noqa: F401 - re-exported: the pages and app.py call session.*
+    IDLE_POLL_SECONDS,
+    audit,
+    audit_diagnosis,
+    audit_slide,
+    leave_when_signed_out,
+    model_identity,
+    permitted,
+    plain,
+    review_form,
+    watch_session,
+)
 from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py call session.*
     USER_KEY,
     current_user,
@@ -38,21 +49,6 @@ from core.model.predict import Predictor
 from core.paths import runs_dir
 from core.store.db import StoreError
 from core.store.roles import can
-
-# ---------------------------------------------------------------- text from users
-
-_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
-
-
-def plain(text) -> str:
-    """`text` the app did not write (a file name, a comment, an account name, a message quoting a file
-    name) escaped for the Markdown of st.markdown, st.caption, st.error...: shown as typed. Streamlit
-    (1.67) has no helper, and its Markdown makes `![x](http://host/p.png)` an image every viewer's browser
-    fetches, `[sign in](http://host)` or a bare address a link, `:red[...]` colour, `$...$` a formula.
-    CommonMark lets a backslash escape any ASCII punctuation, which disarms them all; a line break
-    becomes a space (no new block)."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
-
 
 # ---------------------------------------------------------------- models
 
@@ -113,12 +109,6 @@ def explanations(predictor: Predictor, result: service.ImageResult, method: str)
                        magnification=result.magnification).explanations
         cache[key] = (maps["stage1"], maps["stage2"])
     return cache[key]
-
-
-def model_identity(predictor: Predictor) -> tuple[str, str]:
-    """(model folder, card sha256): stable across reloads, unlike id(), which Python reuses."""
-    folder = str(predictor.folder.resolve()) if predictor.folder else f"in-memory model {id(predictor)}"
-    return folder, str(predictor.card.get("sha256", ""))
 
 
 # ---------------------------------------------------------------- session glue
@@ -312,156 +302,3 @@ def restore_choices(key: str, options: list) -> None:
 def keep_choices(key: str) -> None:
     """Remember a multiselect's choices for restore_choices (call after the widget)."""
     st.session_state.setdefault(_CHOICES, {})[key] = list(st.session_state.get(key) or [])
-
-
-# ---------------------------------------------------------------- sign-in, roles and the audit trail
-# Sign-in's glue is core.app.signin (the pages call it through these names); the logic lives in
-# core.store (accounts, sessions, audit, reviews) and core.app.records; this is the audit glue.
-
-
-def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, bytes]], settings: dict) -> dict:
-    """Record what the page shows (once per distinct model, images and settings) and keep the
-    images when the deployment enables it; {records.audit_key(result): audit id}.
-
-    A diagnosis the audit trail cannot take (a busy or damaged database) is not shown: a message, and
-    the page stops with its images and settings kept, so trying again records it. Keeping the images
-    is separate: the rows are marked written first (never written twice), and images that cannot be
-    kept are a warning on a diagnosis that is shown, tried again on the next run."""
-    from core.app import records
-
-    key = (model_identity(predictor), tuple(records.audit_key(r) for r in results), tuple(sorted(settings.items())))
-    done = st.session_state.get("_audited")
-    if not done or done[0] != key:
-        user = _acting_user()
-        try:
-            ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
-        except StoreError as problem:
-            st.error(nothing_lost(f"{problem} The diagnosis is shown once it is recorded."),
-                     icon=":material/database:")
-            st.stop()
-        done = st.session_state["_audited"] = (key, ids, False)
-    if not done[2] and _keep_images(results, items):
-        st.session_state["_audited"] = (key, done[1], True)
-    return done[1]
-
-
-def _keep_images(results: list, items: list[tuple[str, bytes]]) -> bool:
-    """Keep the analysed images when the deployment enables it (BREAKHIS_KEEP_IMAGES); whether nothing is
-    left to keep. A folder that cannot be written is a warning: the diagnosis stands without them."""
-    from core.store.images import ImageStore, keeping_images
-
-    if not keeping_images():
-        return True
-    kept, analysed = ImageStore(), {r.sha256 for r in results if r.ok}
-    try:
-        for _, data in items:
-            if hashlib.sha256(data).hexdigest() in analysed:
-                kept.put(data)
-    except (OSError, StoreError) as problem:
-        st.warning(f"The images could not be kept for the Review queue ({plain(problem)}). The diagnosis is "
-                   "recorded and shown; its audit rows have each image's SHA-256. Tell an administrator: the data "
-                   "folder's images/ must be a writable folder (BREAKHIS_KEEP_IMAGES).", icon=":material/hide_image:")
-        return False
-    return True
-
-
-def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, settings: dict) -> int:
-    """Record a slide (or tiled upload) run once per model, file and settings; its audit id."""
-    from core.app import records
-
-    key = ("_audited_slide", model_identity(predictor), name, sha256, tuple(sorted(settings.items())))
-    if key not in st.session_state:
-        user = _acting_user()
-        try:
-            st.session_state[key] = records.record_slide(store(), user["name"], name, sha256, predictor, summary,
-                                                         settings)
-        except StoreError as problem:  # as a diagnosis: not shown before it is recorded
-            st.error(nothing_lost(f"{problem} The result is shown once it is recorded."), icon=":material/database:")
-            st.stop()
-    return st.session_state[key]
-
-
-def review_form(audit_id: int | None, key: str) -> None:
-    """Agree or correct one result (a new audit row referring to it), with a comment: the form of
-    each Diagnose result and of each Review queue entry."""
-    from core.data.labels import CLASSES, SUBTYPES, pretty
-    from core.store import reviews
-
-    if audit_id is None:
-        return
-    unchanged = lambda c: pretty(c) if c else "(unchanged)"  # noqa: E731
-    with st.expander(f"Review (audit #{audit_id})"), st.form(f"review_{key}"):
-        verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
-        label = st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
-        subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
-        comment = st.text_input("Comment", key=f"comment_{key}")
-        if st.form_submit_button("Save review"):
-            user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
-            if user is None:
-                st.rerun()
-            if verdict == "correct" and label is None and subtype is None:  # would be saved as an agreement
-                st.error("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
-                return
-            try:
-                if verdict == "agree":
-                    saved = reviews.review(store(), user["name"], audit_id, comment=comment)
-                else:
-                    saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
-            except StoreError as problem:  # the form keeps what was typed
-                st.error(nothing_lost(f"{problem} The review was not saved."), icon=":material/database:")
-            except ValueError as problem:
-                st.error(str(problem))
-            else:
-                st.success(f"Review saved (audit #{saved}).")
-
-
-def permitted(action: str, fresh: bool = False, polled: bool = False) -> dict | None:
-    """The signed-in user if their role may still do `action`, else None, without a message.
-
-    For a fragment (st.fragment): its reruns skip app.py's current_user() and the page's require(),
-    so it checks here and, on None, reruns the whole app (which then shows the sign-in page, or
-    leaves out the page the role lost). fresh=True re-reads the session row now (before acting);
-    polled=True for a timed rerun, which does not keep the session from idling out."""
-    user = current_user(fresh=fresh, polled=polled)
-    return user if user is not None and can(user["role"], action) else None
-
-
-IDLE_POLL_SECONDS = 60  # an unattended tab clears itself at most this long after its idle limit
-
-
-def watch_session() -> None:
-    """Clear an unattended tab (app.py, signed in): a timed fragment re-checks the session every minute
-    (a short BREAKHIS_SESSION_MINUTES more often) and, once it has ended (idle, revoked), reruns the whole
-    app: the sign-in page, and Streamlit drops the page's images and their /media URLs. The check is
-    polled, as Retrain's live view's: the timer is nobody's activity and never keeps a tab signed in."""
-    every = min(IDLE_POLL_SECONDS, max(1.0, session_minutes() * 60 / 4))
-    st.fragment(leave_when_signed_out, run_every=every)()
-
-
-def leave_when_signed_out() -> None:
-    """The timer's run: rerun the whole app once this session has ended (idle, revoked, signed out)."""
-    if current_user(polled=True) is None:
-        st.rerun(scope="app")
-
-
-def audit(kind: str, subject: str | None = None, once: bool = False, **details) -> int | None:
-    """Record one event by the signed-in user (e.g. retraining launched). once=True: not when a row
-    of this kind and subject already exists (a finished run seen again by a later page run). A busy or
-    damaged database is a message and None: what the user did (e.g. a launched training) has happened,
-    and the page goes on; a once=True row is tried again on the next run."""
-    try:
-        if once and any(e["subject"] == subject for e in store().events(kinds=kind, limit=200)):
-            return None
-        return store().record(kind, _acting_user()["name"], subject, details=details)
-    except StoreError as problem:
-        st.error(f"{problem} ({kind.replace('_', ' ')}: {plain(subject)})", icon=":material/database:")
-        return None
-
-
-def _acting_user() -> dict:
-    """The user an audit row names; a session that ended during this run records nothing (no "unknown"
-    row for a real user's action): the app reruns and shows the sign-in page."""
-    user = current_user()
-    if user is None:
-        st.rerun()
-    return user
