@@ -318,3 +318,25 @@ def test_export_never_overwrites_and_a_folder_is_no_zip(folder, tmp_path, capsys
     assert cli(["export-model", str(folder), str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.keras", "tiny"]  # no partial zip left
+
+
+def test_an_unreadable_model_file_is_a_model_folder_error(folder, monkeypatch):
+    """A model.keras the server may not read (chmod 000, a bad mount) is refused with the reason, not an
+    OSError traceback on Diagnose and Slide (QA resil #5)."""
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("core.model.folders.file_sha256", denied)
+    with pytest.raises(ModelFolderError, match=r"cannot read .*model.keras \(Permission denied\)"):
+        load_model_folder(folder)
+
+
+def test_an_unreadable_card_is_not_called_invalid_json(folder, monkeypatch):
+    """A card.json that cannot be read says so, not "not valid JSON" (QA resil #16)."""
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("core.model.folders.read_json", denied)
+    with pytest.raises(ModelFolderError, match=r"cannot read .*card.json \(Permission denied\)") as raised:
+        read_card(folder)
+    assert "not valid JSON" not in str(raised.value)

@@ -136,7 +136,9 @@ def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
     card_path = folder / CARD_FILE
     try:
         card = read_json(card_path)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except OSError as error:  # the file is there but the server may not read it (permissions, a bad mount)
+        raise ModelFolderError(f"cannot read the model card {card_path} ({_reason(error)})") from None
+    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError
         raise ModelFolderError(f"The model card {card_path} is not valid JSON ({error})") from None
     if not isinstance(card, dict):
         raise ModelFolderError(f"The model card {card_path} is not a JSON object")
@@ -155,11 +157,20 @@ def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
     return card
 
 
+def _reason(error: OSError) -> str:
+    """'Permission denied' rather than '[Errno 13] Permission denied: /the/path/again'."""
+    return error.strerror or str(error)
+
+
 def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
     model_path = Path(folder) / MODEL_FILE
     if not model_path.is_file():
         raise ModelFolderError(f"{Path(folder)} has a card but no {MODEL_FILE}")
-    if file_sha256(model_path) != card["sha256"]:
+    try:
+        checksum = file_sha256(model_path)
+    except OSError as error:  # e.g. chmod 000: said like a damaged file, not an OSError traceback
+        raise ModelFolderError(f"cannot read {model_path} ({_reason(error)})") from None
+    if checksum != card["sha256"]:
         raise ModelFolderError(
             f"{model_path}: model file does not match its card - it may be corrupt or tampered")
 
