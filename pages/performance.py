@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.app import performance, registry, run_files, session
 from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
+from core.model.folders import CLASSIFIER, ENSEMBLE, KIND_NAMES, card_kind
 from core.paths import REFERENCE_RESULTS
 
 session.require_router()
@@ -23,8 +24,8 @@ def model_card(card: dict, info: dict) -> None:
         left.caption(summary["evidence"])
     left.markdown(summary["model"])
     right.markdown(summary["training"])  # the evidence statement is in summary["evidence"], once
-    split = (card.get("training") or {}).get("split") or {}
-    if split.get("images"):
+    split = (card.get("training") or {}).get("split")  # a GAN or an older card may hold a name here
+    if isinstance(split, dict) and split.get("images"):
         with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
             st.dataframe(performance.split_summary(split), hide_index=True)
             if split.get("shared_cases"):
@@ -103,12 +104,16 @@ def training_curves(history: pd.DataFrame, card: dict, protocol: str) -> None:
 st.title("Model performance")
 folder = session.active_model()
 if not folder:
-    st.error("No model is available. Put a model folder in models/ or train one on the Retrain page.")
+    st.error(f"{registry.no_model_text()}. Put a model folder there or train one on the Retrain page.")
     st.stop()
 try:
     card = session.model_card(folder)
 except Exception as problem:
     st.error(f"The active model cannot be read: {problem}")
+    st.stop()
+if card_kind(card) not in (CLASSIFIER, ENSEMBLE):
+    st.error(f"The active model folder holds a {KIND_NAMES.get(card_kind(card), card_kind(card))}, not a classifier: "
+             "it has no classification performance. Choose another model in the sidebar.")
     st.stop()
 info = registry.describe_model(card)
 files = run_files.read_run_files(folder, card)

@@ -16,9 +16,19 @@ from pathlib import Path
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
 from core.data.labels import MAGNIFICATIONS, pretty
 from core.data.scale import name_magnification
+from core.errors import ModelFolderError
 from core.evaluation.metrics import split_name
 from core.jsonfile import read_json
-from core.model.folders import CARD_FILE, CLASSIFIER, ENSEMBLE, GENERATOR, MODEL_FILE, card_kind, find_model_folders
+from core.model.folders import (
+    CARD_FILE,
+    CLASSIFIER,
+    ENSEMBLE,
+    GENERATOR,
+    MODEL_FILE,
+    card_kind,
+    find_model_folders,
+    read_card,
+)
 from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
 
 NOT_STATED = "not stated"
@@ -69,13 +79,72 @@ def is_fields_fold_model(folder: str | os.PathLike) -> bool:
         return False
 
 
+def _stated_kind(folder: Path) -> str | None:
+    """The kind a folder's card states; None when the card cannot be read."""
+    try:
+        return card_kind(read_json(folder / CARD_FILE))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def available_models() -> list[str]:
     """Classifier folders the user can switch between, the default first, without a fields
     cross-validation's fold models. A folder whose card cannot be read stays listed, so the sidebar
-    can say why it cannot be used."""
-    default = [str(default_model().resolve())] if (default_model() / CARD_FILE).is_file() else []
+    can say why it cannot be used; a default holding a GAN generator is never offered as a
+    classifier (model_setup_problems says so)."""
+    folder = default_model()
+    usable = (folder / CARD_FILE).is_file() and _stated_kind(folder) != GENERATOR
+    default = [str(folder.resolve())] if usable else []
     found = [f for f in _folders((CLASSIFIER, ENSEMBLE)) if not is_fields_fold_model(f)]
     return list(dict.fromkeys(default + found))
+
+
+def _default_model_problem() -> str | None:
+    """Why the default model folder is not offered, in words; None when it is (a damaged card is
+    explained when that model is chosen)."""
+    folder = default_model()
+    setting = (f"BREAKHIS_DEFAULT_MODEL ({folder})" if os.environ.get("BREAKHIS_DEFAULT_MODEL")
+               else f"The default model folder ({short_location(str(folder))})")
+    if (folder / CARD_FILE).is_file():
+        if _stated_kind(folder) == GENERATOR:
+            return f"{setting} points to a GAN generator, which cannot classify images"
+        return None
+    try:
+        read_card(folder)
+    except ModelFolderError as error:  # not found, a file, no card.json: its words name the fix
+        return f"{setting} cannot be used: {error}"
+    return None
+
+
+def _root_problem(root: Path) -> str | None:
+    if not root.exists():
+        return f"BREAKHIS_MODEL_DIRS names a folder that was not found: {root}"
+    if not root.is_dir():
+        return f"BREAKHIS_MODEL_DIRS names a file, not a folder: {root}"
+    try:
+        with os.scandir(root):
+            return None
+    except OSError as error:  # find_model_folders would skip it without a word
+        return f"BREAKHIS_MODEL_DIRS names a folder that cannot be read: {root} ({error.strerror or error})"
+
+
+def model_setup_problems() -> list[str]:
+    """What is wrong with the configured model folders, one sentence each, for the sidebar: the app
+    then uses another model (or none), and an operator who chose a specific model must be told
+    rather than find out from a report. The model folders are checked only when configured, and the
+    runs folder only once it exists (it is made by the first training)."""
+    problems = [_default_model_problem()]
+    if os.environ.get("BREAKHIS_MODEL_DIRS"):
+        runs = runs_dir().resolve()
+        problems += [_root_problem(root) for root in model_roots() if root.exists() or root.resolve() != runs]
+    return [problem for problem in problems if problem]
+
+
+def no_model_text() -> str:
+    """'No model found in <the folders searched>', naming the configured folders, not models/ or runs/."""
+    return "No model found in " + ", ".join(
+        str(root.resolve().relative_to(REPO)) if root.resolve().is_relative_to(REPO) else str(root)
+        for root in model_roots())
 
 
 def generator_folders() -> list[str]:

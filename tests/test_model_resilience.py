@@ -1,0 +1,62 @@
+"""The app's model setup when the environment is wrong (QA resil #4, #14): a GAN generator named as the
+default model, a default or a model folder that is missing, and the Model performance page on such cards."""
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.app import registry
+from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, run_app_like_the_server
+
+
+def card(folder, **fields):
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text(json.dumps({"name": folder.name, **fields}))
+    return folder
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    classifier = card(models / "cnn", backbone="small_cnn", hierarchy="hierarchical", input_size=64, sha256="0")
+    generator = card(models / "gan", kind="gan_generator", image_size=64, latent_dim=8, subtypes=[], sha256="0")
+    for key, value in app_environment(models, generator, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    return {"models": models, "classifier": classifier, "generator": generator, "tmp": tmp_path}
+
+
+def test_a_generator_as_the_default_model_is_never_offered_as_a_classifier(roots):
+    assert registry.available_models() == [str(roots["classifier"].resolve())]
+    [problem] = registry.model_setup_problems()
+    assert "BREAKHIS_DEFAULT_MODEL" in problem and "points to a GAN generator" in problem
+
+
+@pytest.mark.parametrize("default, said", [("missing", "Model folder not found"),
+                                           ("cnn/card.json", "is a file of a model folder: pass its folder")])
+def test_a_default_model_that_cannot_be_used_is_said_not_silently_replaced(roots, monkeypatch, default, said):
+    monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(roots["models"] / default))
+    assert registry.available_models() == [str(roots["classifier"].resolve())]
+    [problem] = registry.model_setup_problems()
+    assert problem.startswith("BREAKHIS_DEFAULT_MODEL") and said in problem
+
+
+def test_model_folders_that_are_missing_or_a_file_are_said(roots, monkeypatch):
+    (roots["tmp"] / "afile").write_text("x")
+    monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(roots["classifier"]))
+    monkeypatch.setenv("BREAKHIS_MODEL_DIRS", f"{roots['models']}:{roots['tmp'] / 'gone'}:{roots['tmp'] / 'afile'}")
+    assert registry.model_setup_problems() == [
+        f"BREAKHIS_MODEL_DIRS names a folder that was not found: {roots['tmp'] / 'gone'}",
+        f"BREAKHIS_MODEL_DIRS names a file, not a folder: {roots['tmp'] / 'afile'}"]
+    assert str(roots["tmp"] / "gone") in registry.no_model_text()
+
+
+def test_model_performance_does_not_crash_on_a_generator_default(tmp_path, monkeypatch):
+    """The bundled GAN as BREAKHIS_DEFAULT_MODEL: the page showed a traceback (training.split is a string)."""
+    for key, value in app_environment(REPO / "models", REPO / "models" / "gan-default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception, app.exception
+    assert app.session_state["active_model"] != str((REPO / "models" / "gan-default").resolve())
