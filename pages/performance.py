@@ -138,5 +138,9 @@ st.subheader("Published BreakHis results")
 st.caption("Image-level splits let images of one patient fall in both training and test, which inflates "
            "accuracy; patient-wise results are the honest comparison. Numbers across protocols are not "
            "comparable.")
-reference = pd.read_csv(REFERENCE_RESULTS)
-st.dataframe(performance.comparison_table(reference, None if info["demo"] else metrics, info["name"]), hide_index=True)
+reference, problem = performance.reference_results(REFERENCE_RESULTS)
+if problem:
+    st.warning(problem)
+else:
+    st.dataframe(performance.comparison_table(reference, None if info["demo"] else metrics, info["name"]),
+                 hide_index=True)

@@ -60,3 +60,28 @@ def test_model_performance_does_not_crash_on_a_generator_default(tmp_path, monke
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception
     assert app.session_state["active_model"] != str((REPO / "models" / "gan-default").resolve())
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe\x00garbage\x80" * 40, b"a,b\n1,2\n"])
+def test_a_missing_or_damaged_reference_table_is_a_message(tmp_path, content):
+    from core.app.performance import reference_results
+
+    path = tmp_path / "reference_results.csv"
+    if content is not None:
+        path.write_bytes(content)
+    table, problem = reference_results(path)
+    assert table is None and problem.startswith("The published results table cannot be shown") and str(path) in problem
+    assert reference_results(REPO / "assets" / "reference_results.csv")[1] is None
+
+
+def test_model_performance_without_the_reference_table_shows_the_rest(tmp_path, monkeypatch):
+    """assets/reference_results.csv missing: the page was a traceback below the model's figures."""
+    for key, value in app_environment(REPO / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("core.paths.REFERENCE_RESULTS", tmp_path / "gone.csv")
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception, app.exception
+    assert any("The published results table cannot be shown" in w.value for w in app.warning)
+    assert any(h.value == "Metrics per stage and end to end" for h in app.subheader)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.app.run_files import read_csv_file
 from core.data.fields import magnification_value
 from core.data.labels import sentence
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
@@ -106,6 +107,20 @@ def cross_validation_table(cv: dict) -> pd.DataFrame:
                 row[column] = f"{figure['mean']:.3f} +- {figure['std']:.3f}" if figure else "n/a"
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+REFERENCE_COLUMNS = ("source", "model", "task", "protocol", "metric", "value", "note")
+
+
+def reference_results(path) -> tuple[pd.DataFrame | None, str | None]:
+    """The published BreakHis results (assets/reference_results.csv), or (None, why) when the file is
+    missing, damaged or lacks a column: that table is left out, the rest of the page still shown."""
+    table, problem = read_csv_file(path)
+    if table is None:
+        problem = problem or f"{path} is missing"
+    elif missing := [column for column in REFERENCE_COLUMNS if column not in table.columns]:
+        table, problem = None, f"{path} lacks the column(s) {', '.join(missing)}"
+    return table, problem and f"The published results table cannot be shown: {problem}."
 
 
 def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: str) -> pd.DataFrame:
