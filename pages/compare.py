@@ -36,7 +36,11 @@ if len(groups) > 1:
 
 for index, ((protocol, _), members) in enumerate(groups.items()):
     st.subheader(comparison.group_title(index, protocol, members))
-    st.dataframe(comparison.metrics_side_by_side(members), hide_index=True)
+    try:
+        st.dataframe(comparison.metrics_side_by_side(members), hide_index=True)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a block edited by hand
+        st.warning(f"The metrics of {', '.join(run.name for run in members)} hold a block of an unexpected shape "
+                   f"({type(problem).__name__}: {problem}): their table is left out.")
     differences = comparison.config_differences(members)
     if len(members) > 1:
         st.markdown("**Where their settings differ**")

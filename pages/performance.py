@@ -130,7 +130,12 @@ if info["demo"]:
 elif not performance.metric_block(metrics, ("stage1",)):
     st.warning(performance.no_evaluation_text(card, folder))
 else:
-    evaluation(metrics, files, card)
+    try:
+        evaluation(metrics, files, card)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a block edited by hand
+        st.warning(f"{files.metrics_source} holds a block of an unexpected shape ({type(problem).__name__}: "
+                   f"{problem}): the rest of this model's figures are left out.")
+        metrics = {}
 if files.history is not None:
     training_curves(files.history, card, info["protocol"])
 

@@ -85,3 +85,30 @@ def test_model_performance_without_the_reference_table_shows_the_rest(tmp_path, 
     assert not app.exception, app.exception
     assert any("The published results table cannot be shown" in w.value for w in app.warning)
     assert any(h.value == "Metrics per stage and end to end" for h in app.subheader)
+
+
+def test_run_files_of_another_shape_are_named_and_the_pages_keep_serving(tmp_path, monkeypatch):
+    """QA resil #9: valid JSON of another shape in metrics.json / cv.json crashed Model performance and Compare."""
+    import shutil
+
+    bad = tmp_path / "models" / "bad"
+    shutil.copytree(REPO / "models" / "small-cnn", bad)
+    metrics = json.loads((bad / "metrics.json").read_text())
+    broken = ("calibration", "data", "per_magnification", "uncertainty", "baselines", "intervals", "test_set")
+    (bad / "metrics.json").write_text(json.dumps({**metrics, **dict.fromkeys(broken, "x")}))
+    (bad / "cv.json").write_text(json.dumps({"protocol": 1, "folds": "x"}))
+    shutil.copytree(REPO / "models" / "small-cnn", tmp_path / "models" / "good")
+    for key, value in app_environment(tmp_path / "models", bad, tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception, app.exception
+    warnings = "\n".join(w.value for w in app.warning)
+    assert f"{bad / 'metrics.json'} has blocks of an unexpected shape" in warnings
+    assert f"{bad / 'cv.json'} could not be used" in warnings
+    assert any(h.value == "Metrics per stage and end to end" for h in app.subheader)
+    app.switch_page("pages/compare.py").run()
+    app.multiselect(key="compare_models").set_value(registry.available_models()).run()
+    assert not app.exception, app.exception
+    assert any("metrics.json has blocks of an unexpected shape" in w.value for w in app.warning)

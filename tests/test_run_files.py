@@ -45,3 +45,33 @@ def test_a_damaged_metrics_file_falls_back_to_the_cards_metrics(tmp_path):
     assert "metrics.json could not be read" in problem and "stored in the model card instead" in problem
     (tmp_path / "run" / "metrics.json").write_text('{"stage1": {"accuracy": 0.7}}')
     assert read_run_files(model, card).metrics == {"stage1": {"accuracy": 0.7}}
+
+
+def test_valid_json_of_another_shape_is_named_and_left_out(tmp_path):
+    """A hand-edited metrics.json / cv.json (a block set to text, a key missing) crashed Model performance
+    and Compare (QA resil #9): the block, or the cv summary, is now left out with a sentence naming the file."""
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(
+        {"stage1": {"accuracy": 0.9}, "intervals": "x", "test_set": "x", "stage1_accuracy": "high"}))
+    (tmp_path / "run" / "cv.json").write_text(json.dumps({"folds": "x", "protocol": 1}))
+    files = read_run_files(model, {})
+    assert files.metrics == {"stage1": {"accuracy": 0.9}}
+    [metrics_problem, cv_problem] = files.problems
+    assert "metrics.json has blocks of an unexpected shape" in metrics_problem
+    assert "'intervals' is text, not an object" in metrics_problem and "'stage1_accuracy' is text" in metrics_problem
+    assert files.cross_validation is None and "cv.json could not be used" in cv_problem
+    assert "no 'mean_std'" in cv_problem and "'protocol' is a number, not text" in cv_problem
+
+
+def test_compare_tolerates_metrics_without_protocol_or_test_set(tmp_path):
+    from core.app.comparison import Run, comparable_groups, metrics_side_by_side
+
+    sound = {"protocol": "patient-wise", "data": {"images": 9, "cases": 3}, "test_set": {"fingerprint": "f"},
+             "stage1_accuracy": 0.8}
+    runs = [Run("a", "a", {}, sound, None, None), Run("b", "b", {}, {**sound, "protocol": None}, None, None),
+            Run("c", "c", {}, {"test_set": {"no": "fingerprint"}}, None, None)]
+    groups = comparable_groups(runs)
+    assert [run.name for run in groups[None]] == ["c"]
+    table = metrics_side_by_side([runs[1], runs[0]])
+    assert "unknown protocol" in table.iloc[-1]["b"] and table.iloc[0]["a"] == "0.800"

@@ -33,9 +33,10 @@ class Run:
     @property
     def test_set(self) -> tuple[str, str] | None:
         """(protocol, fingerprint of the test images): equal for runs that may share a table."""
-        if not self.metrics or not self.metrics.get("test_set"):
+        fingerprint = ((self.metrics or {}).get("test_set") or {}).get("fingerprint")
+        if not isinstance(fingerprint, str):  # no evaluation, or a test_set block edited away
             return None
-        return str(self.metrics.get("protocol")), self.metrics["test_set"]["fingerprint"]
+        return str(self.metrics.get("protocol") or "unknown protocol"), fingerprint
 
 
 def load_run(folder: str) -> Run:
@@ -71,6 +72,16 @@ def group_title(index: int, protocol: str, members: list[Run]) -> str:
            f"{protocol} {images}"
 
 
+def _figure(metrics: dict, level: str, key: str) -> str:
+    """A headline figure with its interval; 'n/a' when absent or of a shape the evaluation never writes."""
+    block = ((metrics.get("intervals") or {}).get(level) or {})
+    block = block.get(key) if isinstance(block, dict) else None
+    if isinstance(block, dict) and block and isinstance(block.get("value"), (int, float, type(None))):
+        return format_interval(block)
+    value = metrics.get(key)
+    return f"{value:.3f}" if level == "image" and isinstance(value, (int, float)) else "n/a"
+
+
 def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
     """One row per headline metric and level, one column per run (value with its 95% interval)."""
     rows = []
@@ -78,14 +89,13 @@ def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
         for key in HEADLINE:
             row = {"level": level, "metric": HEADLINE_NAMES[key]}  # the Model performance page's names
             for run in runs:
-                block = ((run.metrics.get("intervals") or {}).get(level) or {}).get(key)
-                row[run.name] = format_interval(block) if block else (
-                    f"{run.metrics[key]:.3f}" if level == "image" and run.metrics.get(key) is not None else "n/a")
+                row[run.name] = _figure(run.metrics, level, key)
             rows.append(row)
     first = runs[0].metrics
+    data = first.get("data") or {}
     rows.append({"level": "", "metric": "computed on",
-                 **{run.name: f"{first['data']['images']} images, {first['data']['cases']} cases, {first['protocol']}"
-                    for run in runs}})
+                 **{run.name: f"{data.get('images', '?')} images, {data.get('cases', '?')} cases, "
+                              f"{first.get('protocol') or 'unknown protocol'}" for run in runs}})
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,8 @@ A run folder is runs/NAME/{split.csv, config.json, metrics.json, cv.json, histor
 a bundled model keeps the same files inside its model folder. Any of them can be missing, cut
 short by a crash or edited by hand, and the pages that show them (Model performance, Compare,
 Retrain, GAN gallery) must keep serving: each reader returns what it could read and, for a
-damaged file, one sentence saying which file and why.
+damaged file, one sentence saying which file and why. Valid JSON of another shape (a block of
+another type, a required key missing) counts as damaged: that block, or the file, is left out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.evaluation.intervals import HEADLINE
 from core.jsonfile import read_json
+
+NUMBER = (int, float, type(None))
+# The top-level blocks of metrics.json (and a card's metrics) the pages read, with the type each must have.
+METRICS_SHAPE = {**{key: dict for key in ("data", "test_set", "stage1", "stage2", "subtype8", "patient", "intervals",
+                                           "per_magnification", "calibration", "uncertainty", "baselines")},
+                 **{key: NUMBER for key in HEADLINE}, "members": list, "protocol": (str, type(None))}
+# cv.json (core.training.crossval): what the Model performance page needs of it.
+CV_SHAPE = {"protocol": str, "mean_std": dict}
 
 
 def run_file(model_folder, name: str) -> Path | None:
@@ -48,6 +58,41 @@ def read_csv_file(path: str | os.PathLike | None) -> tuple[pd.DataFrame | None, 
         return None, f"{path} could not be read ({type(error).__name__}: {error})"
 
 
+def _kind_name(kind) -> str:
+    """A JSON type in words, for a type found or a type (or tuple of types) wanted."""
+    names = {dict: "an object", list: "a list", NUMBER: "a number", int: "a number", float: "a number",
+             bool: "true or false", type(None): "null", str: "text"}
+    return names.get(kind, "text")
+
+
+def wrong_blocks(value: dict, shape: dict) -> list[str]:
+    """The keys of `value` whose type is not the one `shape` gives, each as "'key' is text, not an object"."""
+    return [f"{key!r} is {_kind_name(type(value[key]))}, not {_kind_name(kind)}" for key, kind in shape.items()
+            if key in value and not isinstance(value[key], kind) and not (kind is dict and value[key] is None)]
+
+
+def checked_metrics(metrics: dict, source) -> tuple[dict, str | None]:
+    """metrics without the blocks of another type than the pages read, and a sentence naming them."""
+    wrong = wrong_blocks(metrics, METRICS_SHAPE)
+    if not wrong:
+        return metrics, None
+    kept = {key: value for key, value in metrics.items() if key not in METRICS_SHAPE
+            or isinstance(value, METRICS_SHAPE[key])}
+    return kept, f"{source} has blocks of an unexpected shape ({'; '.join(wrong)}): they are left out"
+
+
+def checked_cross_validation(cv: dict | None, source) -> tuple[dict | None, str | None]:
+    """cv.json, or None with a sentence when it lacks what the page shows (protocol, mean_std of objects)."""
+    if cv is None:
+        return None, None
+    wrong = [f"it has no {key!r}" for key in CV_SHAPE if key not in cv] + wrong_blocks(cv, CV_SHAPE)
+    if not wrong and not all(isinstance(summary, dict) for summary in cv["mean_std"].values()):
+        wrong = ["'mean_std' holds something other than objects"]
+    if wrong:
+        return None, f"{source} could not be used ({'; '.join(wrong)}): the cross-validation summary is left out"
+    return cv, None
+
+
 @dataclasses.dataclass
 class RunFiles:
     """What a model's run left beside it; `problems` names every file that was there but damaged."""
@@ -57,6 +102,7 @@ class RunFiles:
     config: dict | None
     cross_validation: dict | None
     problems: list[str]
+    metrics_source: str = "the model card"  # where `metrics` came from, to name in a message
 
 
 def read_run_files(model_folder, card: dict) -> RunFiles:
@@ -68,11 +114,16 @@ def read_run_files(model_folder, card: dict) -> RunFiles:
             problems.append(problem)
         return value
 
-    metrics = kept(read_json_file(run_file(model_folder, "metrics.json")))
+    metrics_path, cv_path = run_file(model_folder, "metrics.json"), run_file(model_folder, "cv.json")
+    metrics = kept(read_json_file(metrics_path))
     if metrics is None and problems:
         problems[-1] += "; showing the metrics stored in the model card instead"
-    return RunFiles(metrics=metrics if metrics is not None else (card.get("metrics") or {}),
+    source = str(metrics_path) if metrics is not None else f"the model card of {model_folder}"
+    if metrics is None:
+        metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    metrics = kept(checked_metrics(metrics, source))
+    return RunFiles(metrics=metrics,
                     history=kept(read_csv_file(run_file(model_folder, "history.csv"))),
                     config=kept(read_json_file(run_file(model_folder, "config.json"))),
-                    cross_validation=kept(read_json_file(run_file(model_folder, "cv.json"))),
-                    problems=problems)
+                    cross_validation=kept(checked_cross_validation(kept(read_json_file(cv_path)), cv_path)),
+                    problems=problems, metrics_source=source)
