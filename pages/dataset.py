@@ -45,7 +45,13 @@ if source == FULL_SET:
         st.stop()
     st.caption(f"All {len(images):,} BreakHis v1 images, listed by the bundled manifest "
                "(assets/breakhis_manifest.csv).")
-    thumbnail_source, folder = folder_images(str(SAMPLES_DIR))[0], None
+    folder, samples_problem = None, None
+    try:
+        thumbnail_source = folder_images(str(SAMPLES_DIR))[0]
+    except DatasetError as problem:  # assets/samples missing: the manifest's figures need no image file
+        thumbnail_source = None
+        samples_problem = (f"The bundled samples cannot be read ({problem}), so no thumbnails are shown; the "
+                           "figures above come from the manifest and are complete.")
 else:
     folder = st.text_input("Dataset folder on the server", key="dataset_folder",
                            placeholder="a folder of BreakHis images").strip()
@@ -105,8 +111,10 @@ with balancing:
 with thumbnails:
     if source == FULL_SET:
         st.caption("The full archive is not bundled; thumbnails come from the bundled real samples.")
-    chosen = dataset_views.thumbnails(thumbnail_source, per_subtype=4)
-    for subtype in SUBTYPES:
+    chosen = {} if thumbnail_source is None else dataset_views.thumbnails(thumbnail_source, per_subtype=4)
+    if thumbnail_source is None:
+        st.warning(samples_problem)
+    for subtype in SUBTYPES if chosen else ():
         st.markdown(f"**{pretty(subtype)}**")
         if chosen[subtype]:
             st.image(chosen[subtype], width=160, caption=[Path(p).name for p in chosen[subtype]])

@@ -110,3 +110,13 @@ def test_a_scanned_folder_says_what_and_how_many_next_to_its_figures_and_a_file_
     assert f"<sup>folder {flat}, " in titles[4] and "training images</sup>" in titles[4]
     scan(app, flat / "SOB_B_A-14-22549AB-40-001.png")
     assert "is a file, not a folder" in shown(app) and "Folder not found" not in shown(app)
+
+
+def test_missing_bundled_samples_are_said_and_the_manifest_figures_still_shown(environment, monkeypatch):
+    """assets/samples gone (QA resil #8): the Full BreakHis manifest view was a DatasetError traceback."""
+    monkeypatch.setattr(paths, "SAMPLES_DIR", environment["root"] / "no-samples")
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception, app.exception
+    assert "The bundled samples cannot be read" in shown(app) and "no-samples" in shown(app)
+    assert app.metric[0].value == "7,909" and app.get("plotly_chart")
