@@ -27,6 +27,10 @@ elif model["limited"]:
 source, options = st.columns([3, 2], gap="large")
 with source:
     found = slides.server_slides()
+    if problems := slides.slide_folder_problems():  # the server's paths are for administrators
+        st.warning("  \n".join(problems) if (session.current_user() or {}).get("role") == "admin" else
+                   f"{len(problems)} slide folder(s) configured on this server cannot be read, so their slides "
+                   "are not listed. Ask an administrator.")
     chosen = st.selectbox("Slide on the server (folders in BREAKHIS_SLIDE_DIRS)", ["(none)", *found], key="slide_pick",
                           help="Whole slides are too large for a browser upload; put them in a configured folder.")
     upload = st.file_uploader("...or upload an image or small slide (PNG, JPEG, TIFF)", key="slide_upload",

@@ -112,3 +112,23 @@ def test_run_files_of_another_shape_are_named_and_the_pages_keep_serving(tmp_pat
     app.multiselect(key="compare_models").set_value(registry.available_models()).run()
     assert not app.exception, app.exception
     assert any("metrics.json has blocks of an unexpected shape" in w.value for w in app.warning)
+
+
+def test_slide_folders_that_cannot_be_listed_are_said_on_the_slide_page(tmp_path, monkeypatch):
+    """QA resil #14: a missing BREAKHIS_SLIDE_DIRS folder or a file there only reached the server log."""
+    from core.app import slides
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ok").mkdir()
+    monkeypatch.setenv("BREAKHIS_SLIDE_DIRS", f"{tmp_path / 'gone'}:{tmp_path / 'afile'}:{tmp_path / 'ok'}")
+    assert slides.slide_folder_problems() == [
+        f"BREAKHIS_SLIDE_DIRS names a folder that was not found: {tmp_path / 'gone'}",
+        f"BREAKHIS_SLIDE_DIRS names a file, not a folder: {tmp_path / 'afile'}"]
+    assert slides.server_slides() == {}
+    for key, value in app_environment(REPO / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    assert not app.exception, app.exception
+    assert any("names a folder that was not found" in w.value for w in app.warning)

@@ -30,10 +30,32 @@ def slide_dirs() -> list[Path]:
     return [Path(p).expanduser() for p in configured.split(os.pathsep) if p.strip()]
 
 
+def slide_folder_problem(folder: Path) -> str | None:
+    """Why a configured slide folder cannot be listed, or None: a missing, file or unreadable folder
+    would otherwise just leave the slide list empty."""
+    if not folder.exists():
+        return f"BREAKHIS_SLIDE_DIRS names a folder that was not found: {folder}"
+    if not folder.is_dir():
+        return f"BREAKHIS_SLIDE_DIRS names a file, not a folder: {folder}"
+    try:
+        with os.scandir(folder):  # rglob skips an unreadable folder without a word
+            return None
+    except OSError as error:
+        return f"BREAKHIS_SLIDE_DIRS names a folder that cannot be read: {folder} ({error.strerror or error})"
+
+
+def slide_folder_problems() -> list[str]:
+    """A sentence per configured slide folder that cannot be listed, for the Slide page."""
+    return [problem for problem in map(slide_folder_problem, slide_dirs()) if problem]
+
+
 def server_slides() -> dict[str, Path]:
-    """{"folder/name": path} of every slide in the configured folders (unreadable folders skipped)."""
+    """{"folder/name": path} of every slide in the configured folders (those that cannot be listed
+    skipped: slide_folder_problems says why)."""
     found = {}
     for folder in slide_dirs():
+        if slide_folder_problem(folder):
+            continue
         try:
             for path in slide_files(folder):
                 found[f"{folder.name}/{path.relative_to(folder).as_posix()}"] = path
