@@ -1,5 +1,6 @@
 """Dataset: class balance of BreakHis (or a scanned folder), before and after each balancing strategy."""
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -25,7 +26,16 @@ def manifest_images(manifest: str):
 @st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
 def folder_images(folder: str):
     result = index_folder(folder)
-    return result.images, result.summary(), len(result.skipped)
+    return result.images, result.summary(), len(result.skipped), unreadable_folders(folder)
+
+
+def unreadable_folders(folder: str) -> list[str]:
+    """The folders under `folder` the scan could not enter (it skips them without a word), relative to it."""
+    errors = []
+    for _ in os.walk(folder, onerror=errors.append):
+        pass
+    names = [os.path.relpath(error.filename, folder) if error.filename else str(error) for error in errors]
+    return ["the folder itself" if name == "." else name for name in names]
 
 
 @st.cache_data(show_spinner="Applying the balancing strategies...", max_entries=8)
@@ -63,11 +73,15 @@ else:
     if problem:
         st.error(problem)
         st.stop()
-    images, scan_summary, skipped = folder_images(folder)
+    images, scan_summary, skipped, unreadable = folder_images(folder)
     with st.expander("Scan report"):
         st.text(scan_summary)
+    if unreadable:  # not "no images": the server may not read them
+        st.warning(f"{len(unreadable)} folder(s) could not be read, so their images are not counted: "
+                   + ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else ""))
     if images.empty:
-        st.warning("No BreakHis-named images found in that folder.")
+        st.warning("No BreakHis-named images found in the folders that could be read." if unreadable
+                   else "No BreakHis-named images found in that folder.")
         st.stop()
     st.caption(dataset_views.folder_caption(images, folder, skipped))
     thumbnail_source = images

@@ -120,3 +120,27 @@ def test_missing_bundled_samples_are_said_and_the_manifest_figures_still_shown(e
     assert not app.exception, app.exception
     assert "The bundled samples cannot be read" in shown(app) and "no-samples" in shown(app)
     assert app.metric[0].value == "7,909" and app.get("plotly_chart")
+
+
+def test_a_folder_the_server_cannot_read_is_not_called_empty(environment, monkeypatch):
+    """QA resil #16: an unreadable folder read "No BreakHis-named images found in that folder"."""
+    import os
+
+    walled = environment["open"] / "walled"
+    walled.mkdir(exist_ok=True)
+    real = os.walk
+
+    def walk(top, *args, onerror=None, **kwargs):  # as for chmod 000 (the tests run as root)
+        if os.fspath(top) == str(walled):  # os.walk without onerror skips it silently, as index_folder's does
+            if onerror:
+                onerror(PermissionError(13, "Permission denied", str(top)))
+            return
+        yield from real(top, *args, onerror=onerror, **kwargs)
+
+    monkeypatch.setattr(os, "walk", walk)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    scan(app, walled)
+    assert not app.exception, app.exception
+    assert "1 folder(s) could not be read, so their images are not counted: the folder itself" in shown(app)
+    assert "No BreakHis-named images found in the folders that could be read" in shown(app)
