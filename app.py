@@ -59,10 +59,17 @@ with st.sidebar:
         st.caption(f"Signed in as **{user['name']}** ({user['role']})")
         st.button("Sign out", key="sign_out", on_click=session.sign_out)
     st.subheader("Active model")
+    problems = registry.model_setup_problems()  # a configured folder the app cannot use: said, not replaced silently
+    if problems and can(user["role"], "activate_model"):  # they name server paths: administrators only
+        for problem in problems:
+            st.warning(problem, icon=":material/settings_alert:")
+    elif problems:
+        st.warning("The deployment's model settings name a folder that cannot be used; the app uses another model "
+                   "meanwhile. Ask an administrator.", icon=":material/settings_alert:")
     models = session.models_for(user["role"])  # a pathologist: the deployment's models, not Retrain's runs
     if not models:
-        st.error("No model found in models/ or runs/. Train one on the Retrain page." if can(user["role"], "retrain")
-                 else "No model found in models/. Ask an administrator.")
+        st.error(f"{registry.no_model_text()}. Train one on the Retrain page." if can(user["role"], "retrain")
+                 else f"{registry.no_model_text()}. Ask an administrator.")
         st.session_state.pop(session.ACTIVE_MODEL_KEY, None)
     else:
         if session.active_model() not in models:

@@ -132,3 +132,14 @@ def test_slide_folders_that_cannot_be_listed_are_said_on_the_slide_page(tmp_path
     app.switch_page("pages/slide.py").run()
     assert not app.exception, app.exception
     assert any("names a folder that was not found" in w.value for w in app.warning)
+
+
+def test_the_sidebar_says_the_default_model_setting_cannot_be_used(tmp_path, monkeypatch):
+    """A generator (or a missing folder) as BREAKHIS_DEFAULT_MODEL: the app silently used another model."""
+    for key, value in app_environment(REPO / "models", REPO / "models" / "gan-default", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not app.exception, app.exception
+    said = " ".join(w.value for w in app.sidebar.warning)
+    assert "gan-default" in said  # single-user mode is the admin: the folder is named
