@@ -72,7 +72,8 @@ if repeats:
     st.info(f"Given more than once, analysed once: {', '.join(map(session.plain, dict.fromkeys(repeats)))}.",
             icon=":material/content_copy:")
 if not items:
-    st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis.")
+    st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis." if samples else
+            "Upload one or more images to get a diagnosis (the bundled samples, assets/samples, are missing here).")
     st.stop()
 
 with st.spinner("Classifying..."):
