@@ -6,6 +6,7 @@ The app finds its models through BREAKHIS_DEFAULT_MODEL / BREAKHIS_MODEL_DIRS / 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -77,3 +78,31 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
 def result_lines(out: str) -> list[str]:
     """`predict`'s text output without its header lines (the model's label and the referral rule start '# ')."""
     return [line for line in out.splitlines() if not line.startswith("# ")]
+
+
+PASSWORD = "a long enough password"
+
+
+@contextlib.contextmanager
+def signed_in_app(root: Path, accounts: dict[str, str] | None = None):
+    """The app pointed at a DEMO default model under root/models, its own database, sign-in on (not the
+    single-user mode), run like the server; the accounts {name: role} made with PASSWORD. Yields the Store
+    and the default model folder; the environment is restored afterwards."""
+    import pytest
+
+    from core.store import accounts as account_store
+    from core.store.audit import Store
+
+    default = make_model_folder(root / "models" / "default", demo=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in app_environment(root / "models", default, root / "runs").items():
+            patch.setenv(key, value)
+        patch.delenv("BREAKHIS_SINGLE_USER")
+        run_app_like_the_server(patch)
+        store = Store.open()
+        for name, role in (accounts or {}).items():
+            account_store.add_account(store, name, PASSWORD, role)
+        try:
+            yield store, default
+        finally:
+            store.close()

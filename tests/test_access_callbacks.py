@@ -6,26 +6,16 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.store import accounts
-from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
-
-PASSWORD = "a long enough password"
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, make_model_folder, signed_in_app
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("callbacks")
-    default = make_model_folder(root / "models" / "default", demo=True)
     other = make_model_folder(root / "models" / "validated", demo=False, name="validated")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        patch.delenv("BREAKHIS_SINGLE_USER")
-        run_app_like_the_server(patch)
-        store = Store.open()
+    with signed_in_app(root) as (store, _):
         yield {"store": store, "other": str(other.resolve())}
-        store.close()
 
 
 def test_a_disabled_accounts_model_choice_changes_nothing_and_is_not_audited(env, monkeypatch):

@@ -15,24 +15,13 @@ from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
 from core.testing.server import CHROMIUM
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
-
-PASSWORD = "a long enough password"
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, app_environment, make_model_folder, signed_in_app
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("idle")
-    default = make_model_folder(root / "models" / "default", demo=True)
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        patch.delenv("BREAKHIS_SINGLE_USER")
-        run_app_like_the_server(patch)
-        store = Store.open()
-        accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    with signed_in_app(tmp_path_factory.mktemp("idle"), {"pat": "pathologist"}) as (store, _):
         yield store
-        store.close()
 
 
 @pytest.fixture

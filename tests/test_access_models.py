@@ -6,31 +6,18 @@ choose, and the choice itself (a callback any client can send) is checked again.
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import accounts
-from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
-
-PASSWORD = "a long enough password"
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, make_model_folder, signed_in_app
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    default = make_model_folder(root / "models" / "default", demo=True)
     validated = make_model_folder(root / "models" / "validated", demo=False, name="validated")
     run = make_model_folder(root / "runs" / "boss-experiment" / "model", demo=False, name="boss-experiment")
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        patch.delenv("BREAKHIS_SINGLE_USER")
-        run_app_like_the_server(patch)
-        store = Store.open()
-        accounts.add_account(store, "pat", PASSWORD, "pathologist")
-        accounts.add_account(store, "boss", PASSWORD, "admin")
+    with signed_in_app(root, {"pat": "pathologist", "boss": "admin"}) as (store, default):
         yield {"store": store, "default": str(default.resolve()), "validated": str(validated.resolve()),
                "run": str(run.resolve())}
-        store.close()
 
 
 def test_a_pathologist_is_offered_and_may_choose_only_the_deployments_models(env):

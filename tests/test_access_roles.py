@@ -9,12 +9,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import accounts, roles
-from core.store.audit import Store
+from core.store import roles
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, REPO, signed_in_app
 
-PASSWORD = "a long enough password"
 CHECKS = {"require": 0, "permitted": 0, "can": 1}  # the functions that check a role, and where the action goes
 
 
@@ -44,16 +42,8 @@ def test_every_permission_a_role_grants_is_checked_by_the_app():
 
 @pytest.fixture
 def env(tmp_path):
-    default = make_model_folder(tmp_path / "models" / "default", demo=True)
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
-            patch.setenv(key, value)
-        patch.delenv("BREAKHIS_SINGLE_USER")
-        run_app_like_the_server(patch)
-        store = Store.open()
-        accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    with signed_in_app(tmp_path, {"pat": "pathologist"}) as (store, _):
         yield store
-        store.close()
 
 
 def test_a_pathologist_sees_and_reviews_everyones_results_in_the_shared_worklist(env):
