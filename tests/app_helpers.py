@@ -106,3 +106,28 @@ def signed_in_app(root: Path, accounts: dict[str, str] | None = None):
             yield store, default
         finally:
             store.close()
+
+
+def app_on_bundled_models(monkeypatch, runs: Path, default: str):
+    """AppTest of app.py, run like the server, on the repository's models/ with models/<default> as the
+    default model (a name, e.g. "small-cnn" or "gan-default") and `runs` as its runs folder; run once."""
+    from streamlit.testing.v1 import AppTest
+
+    for key, value in app_environment(REPO / "models", REPO / "models" / default, runs).items():
+        monkeypatch.setenv(key, value)
+    run_app_like_the_server(monkeypatch)
+    return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+
+
+@contextlib.contextmanager
+def write_locked(path):
+    """Another process's open write transaction on the SQLite file at `path` (a backup, an sqlite3 shell)."""
+    import sqlite3
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

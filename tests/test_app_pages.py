@@ -387,12 +387,9 @@ def test_the_model_list_leaves_out_a_fields_cross_validations_fold_models(tmp_pa
 def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_path, monkeypatch):
     """The two bundled classifiers were measured on different images (a 5-fold CV's out-of-fold images,
     one patient-wise test split): two groups of one model each, with the warning, and no exception."""
-    from tests.app_helpers import REPO
+    from tests.app_helpers import app_on_bundled_models
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "default")
     app.switch_page("pages/compare.py").run()
     assert not app.exception, app.exception
     assert "not comparable" in " ".join(w.value for w in app.warning)

@@ -3,9 +3,7 @@ busy or refuses a read, an images folder that cannot be written or an image that
 session cookie the server refuses, a model briefly unusable. Each is a message on the page that keeps
 serving, nothing the user chose is lost, and no audit row is written twice."""
 
-import contextlib
 import datetime
-import sqlite3
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -22,6 +20,7 @@ from tests.app_helpers import (
     png_bytes,
     run_app_like_the_server,
     tissue_like,
+    write_locked,
 )
 
 BUSY = "the database is busy or unavailable; try again"
@@ -47,18 +46,6 @@ def environment(tmp_path_factory):
 @pytest.fixture
 def app(environment) -> AppTest:
     return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-
-
-@contextlib.contextmanager
-def write_locked():
-    """Another process's open write transaction on the app's SQLite file (a backup, an sqlite3 shell)."""
-    holder = sqlite3.connect(data_dir() / db.SQLITE_FILE, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
 
 def shown(app: AppTest, kind: str) -> str:
@@ -101,7 +88,7 @@ def test_images_that_cannot_be_kept_leave_the_diagnosis_shown_and_recorded_once(
 
 def test_a_busy_database_holds_the_diagnosis_back_with_a_message_and_keeps_the_choice(app):
     before = diagnosis_rows()
-    with write_locked():
+    with write_locked(data_dir() / db.SQLITE_FILE):
         app = choose_sample(app)
     assert not app.exception
     assert BUSY in shown(app, "error") and "Nothing was lost" in shown(app, "error")
@@ -111,7 +98,7 @@ def test_a_busy_database_holds_the_diagnosis_back_with_a_message_and_keeps_the_c
 
 
 def test_a_busy_database_refuses_the_sidebar_model_switch_in_words(app, environment):
-    with write_locked():
+    with write_locked(data_dir() / db.SQLITE_FILE):
         app.selectbox(key="model_picker").set_value(str(environment["other"])).run()
     assert not app.exception
     assert BUSY in shown(app.sidebar, "error") and "The active model was not changed" in shown(app.sidebar, "error")

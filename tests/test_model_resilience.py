@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import registry
-from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, app_on_bundled_models, run_app_like_the_server
 
 
 def card(folder, **fields):
@@ -53,10 +53,7 @@ def test_model_folders_that_are_missing_or_a_file_are_said(roots, monkeypatch):
 
 def test_model_performance_does_not_crash_on_a_generator_default(tmp_path, monkeypatch):
     """The bundled GAN as BREAKHIS_DEFAULT_MODEL: the page showed a traceback (training.split is a string)."""
-    for key, value in app_environment(REPO / "models", REPO / "models" / "gan-default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "gan-default")
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception
     assert app.session_state["active_model"] != str((REPO / "models" / "gan-default").resolve())
@@ -125,10 +122,7 @@ def test_slide_folders_that_cannot_be_listed_are_said_on_the_slide_page(tmp_path
         f"BREAKHIS_SLIDE_DIRS names a folder that was not found: {tmp_path / 'gone'}",
         f"BREAKHIS_SLIDE_DIRS names a file, not a folder: {tmp_path / 'afile'}"]
     assert slides.server_slides() == {}
-    for key, value in app_environment(REPO / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "small-cnn")
     app.switch_page("pages/slide.py").run()
     assert not app.exception, app.exception
     assert any("names a folder that was not found" in w.value for w in app.warning)
@@ -136,10 +130,7 @@ def test_slide_folders_that_cannot_be_listed_are_said_on_the_slide_page(tmp_path
 
 def test_the_sidebar_says_the_default_model_setting_cannot_be_used(tmp_path, monkeypatch):
     """A generator (or a missing folder) as BREAKHIS_DEFAULT_MODEL: the app silently used another model."""
-    for key, value in app_environment(REPO / "models", REPO / "models" / "gan-default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "gan-default")
     assert not app.exception, app.exception
     said = " ".join(w.value for w in app.sidebar.warning)
     assert "gan-default" in said  # single-user mode is the admin: the folder is named

@@ -2,8 +2,6 @@
 accounts and the audit trail raise a StoreError that says so, the sign-in page shows it instead of a
 traceback, and once the lock is released everything works and nothing was half-written."""
 
-import contextlib
-import sqlite3
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -13,22 +11,17 @@ from core.store import accounts, db
 from core.store.audit import Store
 from core.store.db import StoreError
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    app_environment,
+    make_model_folder,
+    run_app_like_the_server,
+    write_locked,
+)
 
 PASSWORD = "a long enough password"
 BUSY = "the database is busy or unavailable; try again"
-
-
-@contextlib.contextmanager
-def write_locked(path):
-    """Another process's open write transaction on the SQLite file at `path`."""
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
 
 @pytest.fixture
