@@ -108,15 +108,20 @@ def signed_in_app(root: Path, accounts: dict[str, str] | None = None):
             store.close()
 
 
-def app_on_bundled_models(monkeypatch, runs: Path, default: str):
-    """AppTest of app.py, run like the server, on the repository's models/ with models/<default> as the
-    default model (a name, e.g. "small-cnn" or "gan-default") and `runs` as its runs folder; run once."""
+def app_with_models(monkeypatch, models: Path, default: Path, runs: Path):
+    """AppTest of app.py, run like the server, with the models under `models`, `default` as the default
+    model and `runs` as the runs folder (single-user); run once."""
     from streamlit.testing.v1 import AppTest
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / default, runs).items():
+    for key, value in app_environment(models, default, runs).items():
         monkeypatch.setenv(key, value)
     run_app_like_the_server(monkeypatch)
     return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+
+
+def app_on_bundled_models(monkeypatch, runs: Path, default: str):
+    """app_with_models on the repository's models/, models/<default> the default ("small-cnn", "gan-default")."""
+    return app_with_models(monkeypatch, REPO / "models", REPO / "models" / default, runs)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, bad_inputs, make_model_folder, run_app_like_the_server
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    app_environment,
+    app_with_models,
+    bad_inputs,
+    make_model_folder,
+    run_app_like_the_server,
+)
 
 PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
          "pages/performance.py": "Model performance", "pages/retrain.py": "Retrain"}
@@ -431,10 +439,7 @@ def test_the_performance_page_of_an_ensemble_without_a_common_test_set_says_why_
 
     members = [make_model_folder(tmp_path / "members" / name, demo=False, name=name) for name in ("a", "b")]
     ensemble = ensemble_run(members, tmp_path / "models" / "a-plus-b")
-    for key, value in app_environment(tmp_path / "models", ensemble, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_with_models(monkeypatch, tmp_path / "models", ensemble, tmp_path / "runs")
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception
     assert "This ensemble has no evaluation of its own: members held out different cases" in texts(app.warning)

@@ -7,7 +7,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import registry
-from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_environment, app_on_bundled_models, run_app_like_the_server
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    REPO,
+    app_environment,
+    app_on_bundled_models,
+    app_with_models,
+    run_app_like_the_server,
+)
 
 
 def card(folder, **fields):
@@ -95,10 +103,7 @@ def test_run_files_of_another_shape_are_named_and_the_pages_keep_serving(tmp_pat
     (bad / "metrics.json").write_text(json.dumps({**metrics, **dict.fromkeys(broken, "x")}))
     (bad / "cv.json").write_text(json.dumps({"protocol": 1, "folds": "x"}))
     shutil.copytree(REPO / "models" / "small-cnn", tmp_path / "models" / "good")
-    for key, value in app_environment(tmp_path / "models", bad, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app = app_with_models(monkeypatch, tmp_path / "models", bad, tmp_path / "runs")
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception
     warnings = "\n".join(w.value for w in app.warning)
