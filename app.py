@@ -56,7 +56,7 @@ with st.sidebar:
         st.warning("Single-user local mode (BREAKHIS_SINGLE_USER): no sign-in; everything is recorded as "
                    "'local'.", icon=":material/person:")
     else:
-        st.caption(f"Signed in as **{user['name']}** ({user['role']})")
+        st.caption(f"Signed in as **{session.plain(user['name'])}** ({user['role']})")
         st.button("Sign out", key="sign_out", on_click=session.sign_out)
     st.subheader("Active model")
     problems = registry.model_setup_problems()  # a configured folder the app cannot use: said, not replaced silently

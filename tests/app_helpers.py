@@ -136,3 +136,11 @@ def write_locked(path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def texts(elements) -> str:
+    """The elements' text as a reader sees it: the pages escape text from users (core.app.audit_glue.plain),
+    and a backslash before punctuation does not show."""
+    import re
+
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))

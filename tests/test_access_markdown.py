@@ -100,3 +100,16 @@ def _green_photo():
     photo = np.zeros((120, 160, 3), np.uint8)
     photo[..., 1] = np.linspace(40, 220, 160, dtype=np.uint8)[None, :]
     return photo
+
+
+def test_the_sidebar_shows_the_account_name_as_text(tmp_path):
+    """The sidebar's "Signed in as **name**" was the one place an account name was Markdown: an e-mail address
+    became a link, and a name holding an image link made every viewer's browser fetch it."""
+    from core.testing.apptest import sign_in
+    from tests.app_helpers import PASSWORD, signed_in_app
+
+    name = "eve![x](http://evil.example/p.png)@hospital.org"
+    with signed_in_app(tmp_path, {name: "pathologist"}):
+        app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), name, PASSWORD)
+        [caption] = [c.value for c in app.sidebar.caption if c.value.startswith("Signed in as")]
+    assert "![x](http" not in caption and "eve\\!\\[x\\]" in caption

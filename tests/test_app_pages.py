@@ -5,7 +5,6 @@ BREAKHIS_* environment variables the app documents.
 """
 
 import json
-import re
 
 import pandas as pd
 import pytest
@@ -19,6 +18,7 @@ from tests.app_helpers import (
     bad_inputs,
     make_model_folder,
     run_app_like_the_server,
+    texts,
 )
 
 PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
@@ -67,12 +67,6 @@ def stain_normalizer(data):
 @pytest.fixture
 def app(environment) -> AppTest:
     return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-
-
-def texts(elements) -> str:
-    """The elements' text as a reader sees it: the pages escape text from users (core.app.session.plain),
-    and a backslash before punctuation does not show."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))
 
 
 def tables(app, column: str) -> list[pd.DataFrame]:

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server, texts
 
 PASSWORD = "a long enough password"
 
@@ -30,9 +30,8 @@ def environment(tmp_path_factory):
 
 
 def everything_shown(app: AppTest) -> str:
-    parts = [str(e.value) for kind in ("markdown", "caption", "error", "warning", "info", "success", "title")
-             for e in getattr(app, kind)]
-    return "\n".join(parts)
+    return texts([e for kind in ("markdown", "caption", "error", "warning", "info", "success", "title")
+                  for e in getattr(app, kind)])
 
 
 def test_first_start_then_sign_in_roles_and_audit(environment):

@@ -30,6 +30,7 @@ from tests.app_helpers import (
     make_model_folder,
     png_bytes,
     run_app_like_the_server,
+    texts,
 )
 
 REAL = REPO.parent / "shared" / "breakhis" / "real"
@@ -250,12 +251,6 @@ def app_env(model_dir, tmp_path_factory):
             patch.setenv(key, value)
         run_app_like_the_server(patch)
         yield
-
-
-def texts(elements) -> str:
-    """The elements' text as a reader sees it: the pages escape text from users (core.app.session.plain),
-    and a backslash before punctuation does not show."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))
 
 
 def test_the_diagnose_page_first_view(app_env, sample):

@@ -1,12 +1,11 @@
 """The Review queue page with more results waiting than it shows: each section says what it does not
 show, and the reviewed results stay reachable (they were cut off behind the unreviewed ones)."""
 
-import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server, texts
 
 
 @pytest.fixture
@@ -17,12 +16,6 @@ def app(tmp_path):
             patch.setenv(key, value)
         run_app_like_the_server(patch)
         yield AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-
-
-def texts(elements) -> str:
-    """The elements' text as a reader sees it: the pages escape text from users (core.app.session.plain),
-    and a backslash before punctuation does not show."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))
 
 
 def test_included_reviewed_results_show_behind_a_full_page_of_waiting_ones(app):
