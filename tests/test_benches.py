@@ -146,7 +146,7 @@ def test_concurrent_apptests_keep_their_forms_only_with_the_patch(patched, monke
 
     if patched:
         run_apptests_concurrently(monkeypatch)
-    slow, fast = AppTest.from_function(_two_forms, default_timeout=60), AppTest.from_function(_two_forms)
+    slow, fast = AppTest.from_function(_two_forms, default_timeout=60), AppTest.from_function(_two_forms, default_timeout=60)
     slow.session_state["slow"] = True
     SLOW_RUN_WAITING.clear(), FAST_RUN_ENDED.clear()
     thread = threading.Thread(target=slow.run)
