@@ -48,6 +48,20 @@ def folders_setting(variable: str, default: tuple[Path, ...] = ()) -> list[Path]
     return [Path(p.strip()).expanduser() for p in configured.split(os.pathsep) if p.strip()]
 
 
+def folder_setting_problem(variable: str, folder: Path) -> str | None:
+    """Why a folder that `variable` names cannot be listed, in words, or None: a missing, file or
+    unreadable folder would otherwise just find nothing (os.scandir / rglob skip it without a word)."""
+    if not folder.exists():
+        return f"{variable} names a folder that was not found: {folder}"
+    if not folder.is_dir():
+        return f"{variable} names a file, not a folder: {folder}"
+    try:
+        with os.scandir(folder):
+            return None
+    except OSError as error:
+        return f"{variable} names a folder that cannot be read: {folder} ({error.strerror or error})"
+
+
 def dataset_dirs() -> list[Path]:
     """Server folders the Dataset page may scan (and their sub-folders): BREAKHIS_DATASET_DIRS,
     default the bundled samples and the shared reference data (../shared/breakhis)."""

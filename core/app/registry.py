@@ -29,7 +29,15 @@ from core.model.folders import (
     find_model_folders,
     read_card,
 )
-from core.paths import DEFAULT_GENERATOR_DIR, DEFAULT_MODEL_DIR, MODELS_DIR, REPO, SAMPLES_DIR, runs_dir
+from core.paths import (
+    DEFAULT_GENERATOR_DIR,
+    DEFAULT_MODEL_DIR,
+    MODELS_DIR,
+    REPO,
+    SAMPLES_DIR,
+    folder_setting_problem,
+    runs_dir,
+)
 
 NOT_STATED = "not stated"
 SUBTYPE_NOT_RELIABLE = "not reliable for this model"
@@ -116,18 +124,6 @@ def _default_model_problem() -> str | None:
     return None
 
 
-def _root_problem(root: Path) -> str | None:
-    if not root.exists():
-        return f"BREAKHIS_MODEL_DIRS names a folder that was not found: {root}"
-    if not root.is_dir():
-        return f"BREAKHIS_MODEL_DIRS names a file, not a folder: {root}"
-    try:
-        with os.scandir(root):
-            return None
-    except OSError as error:  # find_model_folders would skip it without a word
-        return f"BREAKHIS_MODEL_DIRS names a folder that cannot be read: {root} ({error.strerror or error})"
-
-
 def model_setup_problems() -> list[str]:
     """What is wrong with the configured model folders, one sentence each, for the sidebar: the app
     then uses another model (or none), and an operator who chose a specific model must be told
@@ -136,7 +132,8 @@ def model_setup_problems() -> list[str]:
     problems = [_default_model_problem()]
     if os.environ.get("BREAKHIS_MODEL_DIRS"):
         runs = runs_dir().resolve()
-        problems += [_root_problem(root) for root in model_roots() if root.exists() or root.resolve() != runs]
+        problems += [folder_setting_problem("BREAKHIS_MODEL_DIRS", root)  # find_model_folders skips them silently
+                     for root in model_roots() if root.exists() or root.resolve() != runs]
     return [problem for problem in problems if problem]
 
 

@@ -8,7 +8,6 @@ memory (core.slide.reader.open_slide on bytes) and never written to disk.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from core.data.fields import ViewSpec
 from core.data.histology import MOSTLY_GLASS  # mostly glass: no reason to refuse a tiled upload
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origins
+from core.paths import folder_setting_problem, folders_setting
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
 from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
 from core.slide.reader import SlideError, slide_files
@@ -26,22 +26,12 @@ TILE_AN_UPLOAD_FROM = 4  # tiles at the model's scale: an upload this large is a
 
 
 def slide_dirs() -> list[Path]:
-    configured = os.environ.get("BREAKHIS_SLIDE_DIRS", "")
-    return [Path(p).expanduser() for p in configured.split(os.pathsep) if p.strip()]
+    return folders_setting("BREAKHIS_SLIDE_DIRS")
 
 
 def slide_folder_problem(folder: Path) -> str | None:
-    """Why a configured slide folder cannot be listed, or None: a missing, file or unreadable folder
-    would otherwise just leave the slide list empty."""
-    if not folder.exists():
-        return f"BREAKHIS_SLIDE_DIRS names a folder that was not found: {folder}"
-    if not folder.is_dir():
-        return f"BREAKHIS_SLIDE_DIRS names a file, not a folder: {folder}"
-    try:
-        with os.scandir(folder):  # rglob skips an unreadable folder without a word
-            return None
-    except OSError as error:
-        return f"BREAKHIS_SLIDE_DIRS names a folder that cannot be read: {folder} ({error.strerror or error})"
+    """Why a configured slide folder cannot be listed, or None (it would leave the slide list empty)."""
+    return folder_setting_problem("BREAKHIS_SLIDE_DIRS", folder)
 
 
 def slide_folder_problems() -> list[str]:
