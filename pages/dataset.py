@@ -1,6 +1,5 @@
 """Dataset: class balance of BreakHis (or a scanned folder), before and after each balancing strategy."""
 
-import os
 from pathlib import Path
 
 import streamlit as st
@@ -26,16 +25,8 @@ def manifest_images(manifest: str):
 @st.cache_data(show_spinner="Scanning the folder...", max_entries=4)
 def folder_images(folder: str):
     result = index_folder(folder)
-    return result.images, result.summary(), len(result.skipped), unreadable_folders(folder)
-
-
-def unreadable_folders(folder: str) -> list[str]:
-    """The folders under `folder` the scan could not enter (it skips them without a word), relative to it."""
-    errors = []
-    for _ in os.walk(folder, onerror=errors.append):
-        pass
-    names = [os.path.relpath(error.filename, folder) if error.filename else str(error) for error in errors]
-    return ["the folder itself" if name == "." else name for name in names]
+    unreadable = ["the folder itself" if name == "." else name for name in result.unreadable]
+    return result.images, result.summary(), len(result.skipped), unreadable
 
 
 @st.cache_data(show_spinner="Applying the balancing strategies...", max_entries=8)

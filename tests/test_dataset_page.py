@@ -131,7 +131,7 @@ def test_a_folder_the_server_cannot_read_is_not_called_empty(environment, monkey
     real = os.walk
 
     def walk(top, *args, onerror=None, **kwargs):  # as for chmod 000 (the tests run as root)
-        if os.fspath(top) == str(walled):  # os.walk without onerror skips it silently, as index_folder's does
+        if os.fspath(top) == str(walled):  # index_folder's walk records it as unreadable
             if onerror:
                 onerror(PermissionError(13, "Permission denied", str(top)))
             return

@@ -141,7 +141,7 @@ def absence_note(images: pd.DataFrame) -> str | None:
 
 
 def class_figure(images: pd.DataFrame, title: str = "Benign vs malignant", source: str | None = None):
-    counts = images["label"].value_counts().reindex(CLASSES, fill_value=0)
+    counts = group_counts(images, "label")
     frame = pd.DataFrame({"Class": [pretty(c) for c in CLASSES], "Images": counts.values,
                           "class": list(CLASSES)})
     figure = px.bar(frame, x="Class", y="Images", color="class", color_discrete_map=CLASS_COLOURS,

@@ -108,10 +108,12 @@ def synthetic_generator(filename: str) -> str | None:
 
 @dataclasses.dataclass
 class IndexResult:
-    """Indexed images plus what was skipped and why, so nothing is dropped silently."""
+    """Indexed images plus what was skipped and why, so nothing is dropped silently; `unreadable`: the
+    folders the walk could not enter (os.walk skips them without a word), relative to the root."""
 
     images: pd.DataFrame
     skipped: list[tuple[str, str]]
+    unreadable: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self, examples: int = 5) -> str:
         lines = [f"{len(self.images)} images indexed, {len(self.skipped)} files skipped"]
@@ -163,8 +165,8 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"Dataset folder not found: {root}")
-    rows, skipped, seen = [], [], {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    rows, skipped, seen, errors = [], [], {}, []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames, key=_walk_order):
             if filename.startswith("."):
@@ -187,7 +189,8 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
                 continue
             seen[key] = str(path)
             rows.append(_row(str(path), name))
-    return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped)
+    unreadable = [os.path.relpath(error.filename, root) if error.filename else str(error) for error in errors]
+    return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped, unreadable)
 
 
 _LOSSY = (".jpg", ".jpeg", ".webp")
