@@ -5,8 +5,8 @@
    calibration, stitching; top-k Grad-CAM off, timed apart). The baseline, in the same run, is
    the model's bare batched forward (the compiled Predictor pass) on the same tiles, already
    resized to the model input. Goal: pipeline rate >= 0.8 x bare rate. Measured for the bundled
-   model (models/default: whatever it is when the bench runs) and for DenseNet121 at 224 px (random weights: speed does not
-   depend on them).
+   model (models/default: whatever it is when the bench runs) and for DenseNet121 at 224 px (random
+   weights: speed does not depend on them).
 2. Memory. A synthetic pyramidal slide of --side x --side px (default 20,480) is written tile by
    tile (never whole in memory) in a child process; then its analysis's peak resident memory
    (sampled every 5 ms) above the resident memory of the loaded, warmed-up model. Goal <= 1.5 GB.

@@ -223,7 +223,8 @@ def _import_model(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
-                                     epilog="Exit codes: 0 done, 1 failed, 2 usage or user error, 3 (predict) no input got a call, "
+                                     epilog="Exit codes: 0 done, 1 failed, 2 usage or user error, 3 (predict) no input "
+                                            "got a call, "
                                             "130 interrupted, 141 output pipe closed, 143 cancelled (SIGTERM).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -304,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     default.add_argument("--cross-validate", type=int, metavar="K",  # None: not typed (refused with --from-run)
                          help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR,
-                         help=f"model folder to write (default: {DEFAULT_MODEL_DIR.relative_to(DEFAULT_MODEL_DIR.parents[1])})")
+                         help="model folder to write (default: models/default)")
     default.add_argument("--force", action="store_true", help="replace an existing model folder")
 
     from core.gan.commands import add_gan_commands

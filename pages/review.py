@@ -15,7 +15,8 @@ store = session.store()
 
 st.title("Review queue")
 st.caption("Referred and unreviewed results first, then unreviewed ones, newest first; reviewed results (if "
-           "included) below them, newest review first. A review is a new audit row; earlier reviews stay in the history.")
+           "included) below them, newest review first. A review is a new audit row; earlier reviews stay in the "
+           "history.")
 
 
 def called(row: dict) -> str:
@@ -57,7 +58,8 @@ def card(row: dict) -> None:
     done = row["review"]
     with st.container(border=True):
         st.markdown(f"**#{row['id']} · {session.plain(row['subject'])}** · {called(row)} · by "
-                    f"{session.plain(row['user'])} at {row['at']:%Y-%m-%d %H:%M} UTC · model {session.plain(row['model'])}")
+                    f"{session.plain(row['user'])} at {row['at']:%Y-%m-%d %H:%M} UTC · "
+                    f"model {session.plain(row['model'])}")
         if row["kind"] == "slide" and d.get("statement"):
             st.caption(d["statement"])
         if d.get("refer"):

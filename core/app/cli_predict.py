@@ -209,7 +209,8 @@ def add_predict_command(command, default_model: str, unit_interval) -> None:
                         "them (their trees; other files are named in one line, linked folders followed)")
     parser.add_argument("--model", default=default_model, help="model folder (model.keras + card.json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (a model whose card declares its views, such as "
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips/rotations (a model whose card declares its views, such as "
                              "models/default's 3 crops x 8 symmetries, always does)")
     parser.add_argument("--magnification", choices=MAGNIFICATIONS, default=None,
                         help="of images whose names state none (a name's own wins); a field model with physical "

@@ -87,7 +87,8 @@ class _Report(FPDF):
         self.set_y(-14)
         self.set_font(self.family, size=7)
         self.set_text_color(*MUTED)
-        self.multi_cell(0, 3.2, self.shown(f"{DISCLAIMER}  Page {self.page_no()}."), align="C", new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(0, 3.2, self.shown(f"{DISCLAIMER}  Page {self.page_no()}."), align="C", new_x="LMARGIN",
+                        new_y="NEXT")
 
     def heading(self, text: str, size: int = 15, colour=ACCENT):
         self.set_font(self.family, "B", size)
@@ -191,7 +192,8 @@ def _warn(pdf: _Report) -> None:
 def _probabilities(model: dict) -> str:
     if not model.get("calibrated"):
         return "raw softmax outputs (not calibrated)"
-    return f"calibrated ({model.get('calibrated_on') or 'temperature scaling; the model card does not say on which data'})"
+    on = model.get("calibrated_on") or "temperature scaling; the model card does not say on which data"
+    return f"calibrated ({on})"
 
 
 def _identity(pdf: _Report) -> None:
@@ -201,7 +203,8 @@ def _identity(pdf: _Report) -> None:
     _warn(pdf)
     pdf.table(["model", "value"], [
         ["name", model["name"]], ["backbone", f"{model['backbone']} ({model['hierarchy']})"],
-        ["model card created", model.get("created") or "unknown"], ["SHA-256 of the model file", model.get("sha256") or "n/a"],
+        ["model card created", model.get("created") or "unknown"],
+        ["SHA-256 of the model file", model.get("sha256") or "n/a"],
         ["training data", model.get("evidence") or model["data"]], ["split protocol", model["protocol"]],
         ["measured accuracy", model.get("measured") or "not evaluated"],
         ["probabilities", _probabilities(model)]], widths=[45, 135])

@@ -225,7 +225,8 @@ def no_evaluation_text(card: dict, folder: str) -> str:
     if (run / "split.csv").is_file():
         return f"This model has no evaluation yet. Run `python -m core evaluate {run}`."
     if card.get("kind") == "ensemble":
-        return f"This ensemble has no evaluation of its own: {card.get('evaluation') or 'its members share no test set'}."
+        why = card.get("evaluation") or "its members share no test set"
+        return f"This ensemble has no evaluation of its own: {why}."
     return "This model has no evaluation yet. Run `python -m core evaluate RUN` on the run folder it was trained in."
 
 

@@ -105,14 +105,16 @@ def add_gan_commands(gan) -> None:
     quality.add_argument("--data", required=True, help="the BreakHis folder it was trained on")
     quality.add_argument("--features", help='also KID and memorisation in this feature space: "imagenet" (the '
                          'default classifier when offline), a classifier model folder, or "backbone:NAME"')
-    quality.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype (default: 128)")
+    quality.add_argument("--n", type=int, default=128,
+                        help="patches per set (real and synthetic) per subtype (default: 128)")
     quality.add_argument("--seed", type=seed, default=1, help="seed of the patches and the noise (default: 1)")
     versus = gan_commands.add_parser("compare", help="two generators' checks on the same real patches")
     versus.set_defaults(handler=_gan_compare)
     versus.add_argument("--model", required=True, help="the new generator folder")
     versus.add_argument("--against", required=True, help="the generator folder to compare with (e.g. the old one)")
     versus.add_argument("--data", required=True, help="the BreakHis folder the new generator was trained on")
-    versus.add_argument("--n", type=int, default=128, help="patches per set (real and synthetic) per subtype (default: 128)")
+    versus.add_argument("--n", type=int, default=128,
+                        help="patches per set (real and synthetic) per subtype (default: 128)")
     versus.add_argument("--seed", type=seed, default=1, help="seed of the patches and the noise (default: 1)")
     versus.add_argument("--out", type=Path, help="also write the JSON here")
     versus.add_argument("--sheet", type=Path, help="also write a PNG of real | new | old patches per subtype")

@@ -104,6 +104,7 @@ def add_slide_commands(command, default_model: str) -> None:
     threshold.add_argument("--data", required=True, help="the data folder the model was trained on")
     threshold.add_argument("--repeats", type=positive_int, default=2,
                            help="mosaics per focus size and malignant patient (at least 1; default: 2)")
-    threshold.add_argument("--benign-mosaics", type=positive_int, default=12, help="benign-only mosaics (at least 1; default: 12)")
+    threshold.add_argument("--benign-mosaics", type=positive_int, default=12,
+                           help="benign-only mosaics (at least 1; default: 12)")
     threshold.add_argument("--seed", type=int, default=0, help="seed of the mosaics' layout (default: 0)")
     threshold.add_argument("--dry-run", action="store_true", help="print the chosen rule; leave the card as it is")

@@ -145,7 +145,8 @@ def check_out_folder(out_dir, what: str = "--out", hint: str = "") -> None:
             pass
     except OSError as error:
         where = "" if existing == out else f": {existing}"
-        raise UserInputError(f"{what} {out_dir}{where} cannot be written to ({error.strerror or error}).{hint}") from None
+        raise UserInputError(f"{what} {out_dir}{where} cannot be written to "
+                             f"({error.strerror or error}).{hint}") from None
 
 
 def _write(path: Path, data: bytes) -> None:

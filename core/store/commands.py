@@ -106,7 +106,8 @@ def add_store_commands(commands) -> None:
     add = user_commands.add_parser("add", help="create an account; the password is prompted twice")
     add.set_defaults(handler=_users_add)
     add.add_argument("name", help="the sign-in name (an e-mail address for --sso-only)")
-    add.add_argument("--role", choices=ROLES, default="pathologist", help="what the account may do (default: pathologist)")
+    add.add_argument("--role", choices=ROLES, default="pathologist",
+                     help="what the account may do (default: pathologist)")
     add.add_argument("--sso-only", action="store_true", help="no password: signs in by single sign-on only")
     user_commands.add_parser("list", help="accounts, roles and last sign-in").set_defaults(handler=_users_list)
     change = user_commands.add_parser("set", help="change an account's role, state or password")
