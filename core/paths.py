@@ -38,6 +38,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("BREAKHIS_DATA_DIR") or REPO / "data")
 
 
+ENABLED_VALUES = ("1", "true", "yes", "on")
+
+
+def switch_setting(variable: str) -> bool:
+    """Whether an on/off setting is on (1, true, yes, on, any case); unset or anything else is off. The
+    one reading of every such setting (BREAKHIS_KEEP_IMAGES, BREAKHIS_SINGLE_USER, ...)."""
+    return os.environ.get(variable, "").strip().lower() in ENABLED_VALUES
+
+
 def folders_setting(variable: str, default: tuple[Path, ...] = ()) -> list[Path]:
     """The folders an os.pathsep-separated setting names (~ expanded), or `default` when it is unset.
     Set but empty names no folder: a deployment switches a server-folder feature off that way. The

@@ -21,6 +21,7 @@ import time
 import streamlit as st
 
 from core.app import cookies
+from core.paths import switch_setting
 
 USER_KEY = "_signed_in"
 SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
@@ -70,9 +71,7 @@ def session_key() -> bytes:
 
 def single_user_mode() -> bool:
     """BREAKHIS_SINGLE_USER=1: one local user, no sign-in (a workstation), shown as a banner."""
-    from core.store.images import ENABLED_VALUES
-
-    return os.environ.get("BREAKHIS_SINGLE_USER", "").strip().lower() in ENABLED_VALUES
+    return switch_setting("BREAKHIS_SINGLE_USER")
 
 
 def provider_verifies_email() -> bool:
@@ -80,9 +79,7 @@ def provider_verifies_email() -> bool:
     organisation controls and leaves the email_verified claim out (Microsoft Entra ID, for one); its
     e-mails then count as verified. Off by default: a provider that lets users choose their e-mail
     would hand out accounts."""
-    from core.store.images import ENABLED_VALUES
-
-    return os.environ.get("BREAKHIS_SSO_VERIFIED_EMAILS", "").strip().lower() in ENABLED_VALUES
+    return switch_setting("BREAKHIS_SSO_VERIFIED_EMAILS")
 
 
 def session_minutes() -> float:

@@ -15,17 +15,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.paths import data_dir
+from core.paths import data_dir, switch_setting
 from core.store.db import private_folder
 
 log = logging.getLogger(__name__)
 
-ENABLED_VALUES = ("1", "true", "yes", "on")
-
-
 def keeping_images() -> bool:
     """Whether the deployment enabled keeping images (BREAKHIS_KEEP_IMAGES)."""
-    return os.environ.get("BREAKHIS_KEEP_IMAGES", "").strip().lower() in ENABLED_VALUES
+    return switch_setting("BREAKHIS_KEEP_IMAGES")
 
 
 class ImageStore:
