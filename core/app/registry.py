@@ -28,6 +28,7 @@ from core.model.folders import (
     card_kind,
     find_model_folders,
     read_card,
+    subtype_figures,
 )
 from core.paths import (
     DEFAULT_GENERATOR_DIR,
@@ -191,8 +192,8 @@ def subtype_reliability(card: dict) -> tuple[bool, str]:
     baseline's (core.evaluation.baselines, same test split) is no better than a few colour and texture
     statistics, so its subtype is shown as 'not reliable for this model' instead of as a finding."""
     metrics = card.get("metrics") or {}
-    model_f1 = metrics.get("subtype_macro_f1")
-    baseline_f1 = ((metrics.get("baselines") or {}).get("colour_texture") or {}).get("subtype_macro_f1")
+    figures = subtype_figures(card)  # the figures an ensemble keeps of each member
+    model_f1, baseline_f1 = figures["model"], figures["colour_texture_baseline"]
     if model_f1 is None or baseline_f1 is None:
         members = [(m.get("name"), m.get("subtype_figures") or {}) for m in card.get("members") or []]
         below = [f"{name} {f['model']:.2f} < {f['colour_texture_baseline']:.2f}" for name, f in members
