@@ -3,6 +3,7 @@ predicting, case calls, heat maps and the downloadable report."""
 
 import io
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -234,6 +235,38 @@ def test_the_shared_queue_batches_concurrent_sessions_and_isolates_a_failing_req
     answer = batches.run(predictor, images)  # the worker survived the failure
     assert batches.batches_run == 3  # after the shared batch failed: each good request alone, then this one
     np.testing.assert_allclose(answer[0]["stage1"], np.stack(alone), atol=1e-5)
+
+
+def test_a_lone_request_runs_at_once_and_requests_waiting_behind_a_batch_share_the_next(predictor, sample_items,
+                                                                                         monkeypatch):
+    """No fixed wait for company (it added ~8 ms to every lone diagnosis): the first request is taken
+    alone; the two that arrive while its pass runs (held here by the model's lock) form ONE next batch."""
+    import threading
+
+    from core.data.images import load_image
+
+    images = [load_image(data, name=name).rgb for name, data in sample_items]
+    calls = count_gradcam_passes(predictor, monkeypatch)
+    batches = service.BatchQueue()
+    answers = [None] * 3
+
+    def session_thread(i, request):
+        answers[i] = batches.run(predictor, request)
+
+    with predictor.lock:  # the worker takes the first request, then waits here for the model
+        first = threading.Thread(target=session_thread, args=(0, images[:1]))
+        first.start()
+        deadline = time.monotonic() + 30
+        while not (batches._requests.unfinished_tasks == 1 and batches._requests.empty()) \
+                and time.monotonic() < deadline:  # put by the first session, then taken by the worker
+            time.sleep(0.01)
+        later = [threading.Thread(target=session_thread, args=(i, [images[i]])) for i in (1, 2)]
+        [t.start() for t in later]
+        while batches._requests.qsize() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    [t.join(60) for t in [first, *later]]
+    assert calls == [1, 2] and batches.batches_run == 2
+    assert all(len(answer[1]) == 1 for answer in answers)
 
 
 def test_moving_the_threshold_or_magnification_does_not_rerun_the_model(predictor, sample_items, monkeypatch):

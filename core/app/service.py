@@ -207,12 +207,15 @@ class BatchQueue:
     """One worker thread that runs the model for every session: requests for the same model that
     wait at the same moment run as ONE batch (one forward and gradient for all their images).
 
-    Batching takes no extra wait beyond `window_s` (a few ms) for a lone request: while one batch
-    runs, the next requests queue up and form the next batch. If a shared batch fails, each of its
-    requests runs alone, so one session's bad input never breaks or delays another's results.
+    A lone request runs at once: while one batch runs, the next requests queue up and form the next
+    batch, so sessions share passes exactly when they would otherwise wait for each other. A fixed
+    wait for company (`window_s` > 0) was measured as ~8 ms added to every lone diagnosis (the
+    default waited 5 ms, a quarter of the bundled model's forward; bench/diagnose.py times this
+    path). If a shared batch fails, each of its requests runs alone, so one session's bad input
+    never breaks or delays another's results.
     """
 
-    def __init__(self, window_s: float = 0.005, max_images: int = 64):
+    def __init__(self, window_s: float = 0.0, max_images: int = 64):
         self.window_s, self.max_images = window_s, max_images
         self._requests: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -239,8 +242,10 @@ class BatchQueue:
             waiting = [self._requests.get()]
             deadline = time.monotonic() + self.window_s
             while sum(len(r[1]) for r in waiting) < self.max_images:
+                remaining = deadline - time.monotonic()
                 try:
-                    waiting.append(self._requests.get(timeout=max(0.0, deadline - time.monotonic())))
+                    waiting.append(self._requests.get(timeout=remaining) if remaining > 0
+                                   else self._requests.get_nowait())
                 except queue.Empty:
                     break
             groups: dict = {}
