@@ -221,7 +221,13 @@ def _import_model(args) -> int:
     return OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+ALL = None  # build_parser(ALL): every command with all its options (the tests, the Retrain page's jobs)
+
+
+def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
+    """The parser of every command. command_run: the command about to run ("" for none, e.g.
+    `--help`): the options of the others that need Keras to list (the training settings' choices)
+    are left out, so that `--help`, `db`, `users` or `predict` do not wait ~4 s for its import."""
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 failed, 2 usage or user error, 3 (predict) no input "
                                             "got a call, "
@@ -233,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def training_options(sub, name: str) -> None:  # TrainConfig's options: core.training.config imports Keras
+        if command_run is ALL or command_run == name:
+            _add_dataclass_options(sub, "core.training.config", "TrainConfig")
+
     index = command("index", _index, "index a BreakHis folder and print its counts and skipped files")
     index.add_argument("folder", help="a BreakHis folder (any layout)")
     index.add_argument("--csv", help="also write the index to this CSV file")
@@ -240,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dest", required=True, help="folder to keep the dataset in")
 
     train = command("train", _train, "train the classifier; writes a run folder")
-    _add_dataclass_options(train, "core.training.config", "TrainConfig")
+    training_options(train, "train")
 
     from core.data.selection import MAGNIFICATION_CHOICES
 
@@ -256,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     compared.add_argument("--backbones", nargs="+", help="registry names, e.g. small_cnn densenet121")
     compared.add_argument("--input-sizes", nargs="+", type=int, help="input sizes to try (default: --input-size)")
     compared.add_argument("--candidates", nargs="+", metavar="BACKBONE@SIZE", help="single pairs, e.g. densenet121@128")
-    _add_dataclass_options(compared, "core.training.config", "TrainConfig")
+    training_options(compared, "compare")
 
     calibrate = command("calibrate", _calibrate, "refit the temperature of each head on a run's validation split")
     calibrate.add_argument("run", help="run folder (split.csv + model/)")
@@ -267,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trials to run, at least 1 (default 10)")
     tune.add_argument("--search", choices=("random", "grid"), default="random",
                       help="how trials are drawn from the space (default: random)")
-    _add_dataclass_options(tune, "core.training.config", "TrainConfig")
-    _not_given_is_none(tune, "core.training.config", "TrainConfig")  # --dropout 0.5 typed is held, though the default
+    training_options(tune, "tune")
+    if command_run is ALL or command_run == "tune":  # --dropout 0.5 typed is held, though the default
+        _not_given_is_none(tune, "core.training.config", "TrainConfig")
 
     ensemble = command("ensemble", _ensemble, "several classifier folders as one model (mean of calibrated probabilities)")
     ensemble.add_argument("--members", nargs="+", required=True, help="classifier model folders")
@@ -310,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from core.gan.commands import add_gan_commands
 
-    add_gan_commands(command("gan", None, "the conditional GAN: train, sample, evaluate, compare, ablation"))
+    gan = command("gan", None, "the conditional GAN: train, sample, evaluate, compare, ablation")
+    if command_run is ALL or command_run == "gan":  # its settings' options import Keras too
+        add_gan_commands(gan)
 
     export = command("export-model", _export_model, "zip a verified model folder")
     export.add_argument("model", help="model folder")
@@ -355,9 +368,15 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _command_word(argv: list[str]) -> str:
+    """The command about to run: the first word that is not an option ("" when there is none)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_word(argv)).parse_args(argv)
     except SystemExit as stop:  # argparse printed the usage error (code 2) or the help (code 0)
         return int(stop.code or 0)
     # Warnings of every module (logging) and the traceback of a failure go to stderr for this command.

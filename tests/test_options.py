@@ -242,3 +242,26 @@ def test_every_option_and_argument_of_every_command_says_what_it_is():
     missing = [(" ".join(path), action.dest) for path, parser in parsers(build_parser()) for action in parser._actions
                if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
     assert not missing
+
+
+def test_help_and_the_light_commands_do_not_import_keras_but_a_training_command_has_all_its_options():
+    """`python -m core --help` (and `users`, `db`, `index`, `predict` before their work) waited ~4.5 s
+    for Keras: the training settings' choices imported it to build every command's options."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from core.cli import main; code = main(sys.argv[1:]); "
+             "print('KERAS', 'keras' in sys.modules, code)")
+    for argv in (["--help"], ["users", "--help"], ["db", "--help"], ["gan", "--help"]):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        last = done.stdout.strip().splitlines()[-1]
+        expected = "KERAS True 0" if argv[0] == "gan" else "KERAS False 0"
+        assert last == expected, (argv, done.stdout[-500:], done.stderr[-500:])
+    from core.cli import _command_word, build_parser
+
+    assert _command_word(["--help"]) == "" and _command_word(["train", "--epochs", "3"]) == "train"
+    light = build_parser("predict")
+    full = build_parser()
+    assert light.parse_args(["predict", "x.png"]).command == "predict"
+    assert full.parse_args(["train", "--data", "d", "--out", "o", "--epochs", "3"]).epochs == 3
+    assert build_parser("train").parse_args(["train", "--data", "d", "--out", "o", "--epochs", "3"]).epochs == 3
