@@ -188,7 +188,7 @@ def signing(environment, monkeypatch):
     return cookie
 
 
-@pytest.mark.parametrize("replaced, words", [("key", "key was probably replaced"),
+@pytest.mark.parametrize("replaced, words", [("key", "signed with another session key: this server's key was replaced"),
                                              ("database", "database was probably replaced")])
 def test_a_refused_session_cookie_is_explained_on_the_sign_in_page(signing, replaced, words):
     from core.store import sessions

@@ -305,8 +305,10 @@ def sign_in_page() -> None:
 
 
 NOT_RESUMED = {  # why a session cookie was refused (core.store.sessions.Check.reason), in plain words
-    "tampered": "its sign-in cookie does not match this server's session key. The key was probably replaced "
-                "(a key rotation or a restored server); a cookie that was altered reads the same",
+    "other key": "its sign-in cookie was signed with another session key: this server's key was replaced (a key "
+                 "rotation or a restored server)",
+    "tampered": "its sign-in cookie does not pass this server's signature check: it was altered, or signed "
+                "with a key since replaced by a version of the app that did not name its key",
     "unknown": "this server's database has no record of it. The database was probably replaced or restored "
                "from an earlier copy",
     "revoked": "it was ended: signed out in another tab, a new password, or an administrator",

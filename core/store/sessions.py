@@ -67,7 +67,7 @@ class SessionKeyError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Check:
     """The outcome of checking a token or a session: `user` {"name", "role"} when it holds, else
-    None and `reason` says why (tampered, expired, unknown, revoked, idle, disabled)."""
+    None and `reason` says why (tampered, other key, expired, unknown, revoked, idle, disabled)."""
 
     user: dict | None
     reason: str
@@ -139,14 +139,23 @@ def digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+def key_id(key: bytes) -> str:
+    """A short fingerprint of a signing key for the token's `kid` header (RFC 7515): a cookie signed
+    by a replaced key is told from an altered one. A SHA-256 prefix of a 256-bit random key tells
+    nothing about the key."""
+    return hashlib.sha256(b"breakhis session key id:" + key).hexdigest()[:16]
+
+
 def make_token(key: bytes, session_id: str, expires: datetime.datetime) -> str:
-    return jwt.encode({"jti": session_id, "exp": int(expires.timestamp())}, key, algorithm=ALGORITHM)
+    return jwt.encode({"jti": session_id, "exp": int(expires.timestamp())}, key, algorithm=ALGORITHM,
+                      headers={"kid": key_id(key)})
 
 
 def read_token(token: str, key: bytes, now: datetime.datetime | None = None) -> tuple[str | None, str]:
     """(session id, "ok") for a well-signed, unexpired token; (session id, "expired") for a
-    well-signed, expired one (its row is revoked and its account named in the audit row); else
-    (None, "tampered")."""
+    well-signed, expired one (its row is revoked and its account named in the audit row); (None,
+    "other key") for one whose header names another signing key (the key was replaced, or the
+    header was forged: refused either way); else (None, "tampered")."""
     now = now or utc_now()
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _TOKEN.match(token):
         return None, "tampered"
@@ -154,12 +163,20 @@ def read_token(token: str, key: bytes, now: datetime.datetime | None = None) -> 
         claims = jwt.decode(token, key, algorithms=[ALGORITHM],
                             options={"require": ["exp", "jti"], "verify_exp": False})
     except jwt.InvalidTokenError:
-        return None, "tampered"
+        return None, "other key" if _names_another_key(token, key) else "tampered"
     if not isinstance(claims["jti"], str) or not isinstance(claims["exp"], int | float):
         return None, "tampered"
     if claims["exp"] <= now.timestamp():
         return claims["jti"], "expired"
     return claims["jti"], "ok"
+
+
+def _names_another_key(token: str, key: bytes) -> bool:
+    try:
+        named = jwt.get_unverified_header(token).get("kid")
+    except jwt.InvalidTokenError:
+        return False
+    return isinstance(named, str) and named != key_id(key)
 
 
 def start(store: Store, name: str, key: bytes, now: datetime.datetime | None = None) -> tuple[str, str]:
