@@ -68,6 +68,41 @@ def test_every_bad_input_gets_a_clear_outcome_and_the_rest_still_runs(predictor,
     assert by_name[sample_items[0][0]].ok
 
 
+def test_refused_images_are_dropped_from_the_pass_that_ran_beside_their_check(predictor, sample_items, monkeypatch):
+    """The pass starts before the H&E checks (they run beside it): a refused image's rows are dropped,
+    the others' outputs and maps are theirs, and it was still one pass."""
+    bad = bad_inputs()
+    refused = [(name, bad[name][0]) for name in ("gray.png", "holiday_photo.png")]
+    items = [refused[0], sample_items[0], refused[1], sample_items[1]]
+    calls = count_gradcam_passes(predictor, monkeypatch)
+    results, outputs = service.classify(predictor, items)
+    assert calls == [4]  # all four decoded images went into the one pass
+    assert [r.analysable for r in results] == [False, True, False, True]
+    assert all(len(value) == 2 for value in outputs.values())
+    alone, _ = service.classify(predictor, [sample_items[0], sample_items[1]])
+    for kept, reference in zip([results[1], results[3]], alone):
+        np.testing.assert_allclose(kept.gradcam.stage1[0], reference.gradcam.stage1[0], atol=1e-4)
+    final = service.interpret(predictor, results, outputs)
+    assert [r.ok for r in final] == [False, True, False, True] and final[0].not_histology
+
+
+def test_a_pass_that_fails_on_a_refused_image_is_rerun_on_the_readable_ones(predictor, sample_items, monkeypatch):
+    bad = bad_inputs()
+    photo = bad["holiday_photo.png"][0]
+    original = service.gradcam_diagnosis
+
+    def breaks_on_the_photo(model, images, *args, **kwargs):
+        if any(image.shape[:2] == (120, 160) for image in images):
+            raise ValueError("this pass cannot take the photo")
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(service, "gradcam_diagnosis", breaks_on_the_photo)
+    results = service.diagnose_items(predictor, [("holiday_photo.png", photo), sample_items[0]])
+    assert results[0].not_histology and not results[0].ok
+    assert results[1].ok and results[1].gradcam is not None and results[1].gradcam_error is None
+    assert results[1].gradcam_maps() is not None
+
+
 def test_magnification_comes_from_the_name_else_from_the_user(predictor):
     assert registry.magnification_from_name("SOB_B_F-14-9133-400-001.png") == "400X"
     assert registry.magnification_from_name("slide7_100x.tif") == "100X"

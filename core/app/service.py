@@ -4,7 +4,8 @@ Importable and tested without Streamlit: the Diagnose page, the benchmarks and t
 the same way. Each item is read once by the safe loader (core.data.images), which turns bad files
 into messages, and shrunk once to the size the page shows. The model work of a request (the
 prediction AND both stages' Grad-CAMs, core.model.cam.gradcam_diagnosis) is one batched pass,
-shared with the requests of other sessions that arrive at the same moment (`BatchQueue`). The
+shared with the requests of other sessions that arrive while a pass runs (`BatchQueue`), and it
+runs while the H&E check and the copy shown are made (they need only the decoded pixels). The
 outputs are interpreted separately, so moving a threshold never re-runs the model. Uploaded bytes
 stay in memory.
 """
@@ -26,7 +27,7 @@ from PIL import Image
 from core.app.registry import NOT_STATED, describe_model, magnification_from_name
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name
 from core.data.fields import per_image
-from core.data.images import ImageError, LoadedImage, load_image
+from core.data.images import ImageError, LoadedImage, check_loaded, load_image
 from core.model.cam import Explanation, RawCams, gradcam_diagnosis
 from core.model.predict import Prediction, Predictor
 
@@ -104,27 +105,42 @@ def extension_note(name: str) -> str | None:
     return f"the name ends in '{extension or 'no extension'}', not .png/.jpg/.tif; read by its content"
 
 
-def read_item(name: str, data: bytes) -> ImageResult:
-    """Load one (name, bytes) item into an ImageResult, never raising for bad input."""
+def read_item(name: str, data: bytes, check: bool = True) -> ImageResult:
+    """Load one (name, bytes) item into an ImageResult, never raising for bad input.
+    check=False decodes only: `check_item` then makes the H&E check and the copy shown."""
     sha256 = hashlib.sha256(data).hexdigest()
     result = ImageResult(name=name, digest=sha256[:16], sha256=sha256)
     parsed = parse_name(name)  # before reading: an unreadable image still belongs to its case
     result.case = parsed.case if parsed else None
     try:
-        result.image = load_image(data, name=name)
+        result.image = load_image(data, name=name, check_histology=False)
     except ImageError as problem:
         result.error = str(problem)
         return result
     except Exception as problem:  # A decoder bug must not take the app down.
-        result.error = f"'{name}' could not be read as an image ({type(problem).__name__})."
-        return result
-    result.display = display_size(result.image.rgb)
+        return _unreadable(result, problem)
     note = extension_note(name)
     result.notes = ([note] if note else []) + list(result.image.notes)
-    result.warnings = list(result.image.warnings)
     found = magnification_from_name(name)
     if found:
         result.magnification, result.magnification_source = found, "file name"
+    return check_item(result) if check else result
+
+
+def check_item(result: ImageResult) -> ImageResult:
+    """A decoded item's H&E check (core.data.images.check_loaded) and the copy the page shows."""
+    try:
+        check_loaded(result.image)
+        result.display = display_size(result.image.rgb)
+    except Exception as problem:  # noqa: BLE001 - a checker bug must not take the app down either
+        return _unreadable(result, problem)
+    result.warnings = list(result.image.warnings)
+    return result
+
+
+def _unreadable(result: ImageResult, problem: Exception) -> ImageResult:
+    result.image, result.display = None, None
+    result.error = f"'{result.name}' could not be read as an image ({type(problem).__name__})."
     return result
 
 
@@ -177,12 +193,24 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     Each image's magnification (its file name's, else `magnification`, the user's choice) sizes a
     field model's physical views.
 
+    The pass starts as soon as the images are decoded and the H&E checks run beside it (~4 ms an
+    image, a sixth of the bundled model's forward; bench/diagnose.py); an image the check refuses
+    gets no call (its rows of the pass are dropped), which costs a wasted pass only for such images.
+
     Returns (ImageResults without predictions, head outputs {name: (n_readable, k)}). If Grad-CAM
     cannot run on this model, the prediction still comes (from a plain forward) with the reason;
     explain=False runs only that plain forward.
     """
-    results = [read_item(name, data) for name, data in items]
-    readable = [r for r in results if r.analysable]
+    results = [read_item(name, data, check=False) for name, data in items]
+    decoded = [r for r in results if r.image is not None]
+    queue_ = batches or SHARED_QUEUE
+    pending = (queue_.submit(predictor, [r.image.rgb for r in decoded], tta,
+                             [stated_magnification(r, magnification)[0] for r in decoded])
+               if explain and decoded else None)
+    for result in decoded:
+        check_item(result)
+    keep = [i for i, r in enumerate(decoded) if r.analysable]
+    readable = [decoded[i] for i in keep]
     if not readable:
         return results, {}
     images = [r.image.rgb for r in readable]
@@ -190,7 +218,14 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     if not explain:
         return results, predictor.probabilities(images, tta=tta, magnifications=magnifications)
     try:
-        outputs, cams = (batches or SHARED_QUEUE).run(predictor, images, tta, magnifications)
+        try:
+            outputs, cams = pending.result()
+            if len(keep) < len(decoded):
+                outputs, cams = {name: value[keep] for name, value in outputs.items()}, [cams[i] for i in keep]
+        except Exception:  # noqa: BLE001 - maybe one of the refused images; the readable ones alone
+            if len(keep) == len(decoded):
+                raise
+            outputs, cams = queue_.run(predictor, images, tta, magnifications)
     except Exception as problem:  # noqa: BLE001 - heat maps are an aid; the prediction must still come
         logging.getLogger(__name__).warning("Grad-CAM failed for %s: %s: %s", predictor.name,
                                             type(problem).__name__, problem)
@@ -225,11 +260,16 @@ class BatchQueue:
     def run(self, predictor: Predictor, images: list[np.ndarray], tta: bool = False,
             magnifications=None) -> tuple[dict, list]:
         """gradcam_diagnosis(predictor, images, tta, magnifications=...), batched with other waiting requests."""
+        return self.submit(predictor, images, tta, magnifications).result()
+
+    def submit(self, predictor: Predictor, images: list[np.ndarray], tta: bool = False,
+               magnifications=None) -> Future:
+        """`run` without waiting: a Future of its (outputs, cams)."""
         future: Future = Future()
         self._ensure_worker()
         magnifications = per_image(magnifications, len(images))
         self._requests.put((predictor, list(images), bool(tta), magnifications, future))
-        return future.result()
+        return future
 
     def _ensure_worker(self) -> None:
         with self._start_lock:

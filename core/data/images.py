@@ -370,9 +370,14 @@ def load_image(source, name: str | None = None, check_histology: bool = True,
     except Exception as error:  # Any decoder failure is a bad file, never a crash.
         raise ImageError(f"'{name}' could not be decoded ({type(error).__name__}: {error}).") from None
     loaded = LoadedImage(rgb, name, original_mode, original_size, notes, upright_size=upright_size)
-    if not check_histology:
-        return loaded
-    verdict = histology_check(rgb)
+    return check_loaded(loaded) if check_histology else loaded
+
+
+def check_loaded(loaded: LoadedImage) -> LoadedImage:
+    """The H&E check of a loaded image (core.data.histology): not histology -> `not_histology` (no
+    call), atypical -> a `warnings` entry. Apart from load_image so that the app can run it while
+    the model's pass runs (core.app.service.classify)."""
+    verdict = histology_check(loaded.rgb)
     if not verdict.analysable:
         loaded.not_histology = f"{verdict.reason}; score {verdict.score:.2f}"
     elif not verdict.typical:
