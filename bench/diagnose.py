@@ -1,9 +1,10 @@
 """How long does one diagnosis take, compared with one bare DenseNet121 forward pass?
 
 A diagnosis is what the Diagnose page and `predict` do per image, through the same function
-(core.app.service.diagnose_items, then the result's two heat maps): read the upload (hash, decode,
-H&E check, the copy shown) -> the model pass through the shared batch queue (stage 1 + stage 2,
-calibrated, both Grad-CAMs) -> referral -> both heat maps at the size shown. The goal is
+(core.app.service.diagnose_items, then the result's two heat maps): read the upload (hash, decode)
+-> the model pass through the shared batch queue (stage 1 + stage 2, calibrated, both Grad-CAMs),
+while the H&E check and the copy shown are made beside it -> referral -> both heat maps at the
+size shown. The goal is
 <= 1.5x one bare DenseNet121 forward (keras.applications.DenseNet121(weights=None), 224 px,
 batch 1), both timed in this process, interleaved, after warm-up; medians of several repeats.
 Each step is also timed alone, with its share of the diagnosis, and the diagnosis from decoded
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
 
     steps = {  # each step of a diagnosis alone, on the same image
         "decode": lambda: load_image(image, check_histology=False),
-        "histology_check": lambda: histology_check(rgb),
+        "histology_check": lambda: histology_check(rgb),  # beside the pass in the app (service.classify)
+        "copy_shown": lambda: service.display_size(rgb),  # beside the pass too
         "resize_to_model_input": lambda: predictor.model_input([rgb]),
         # the pass explain runs: over every view (the symmetries, compiled with it, included)
         "forward_gradcam_pass": lambda: explainer.gradcam_pass(crops, member.uses_tta()),
@@ -157,12 +159,13 @@ def main(argv=None) -> int:
         "from_pixels_ratio_to_same_views_forward": round(pixels_ratio, 3),
         "steps_s": {k: round(v, 4) for k, v in step_s.items()},
         "steps_share_of_diagnosis": {k: round(v / diagnosis_s, 3) for k, v in step_s.items()},
+        "steps_beside_the_pass": ["histology_check", "copy_shown"],  # run while the pass runs: shares overlap
         "calibrated": bool(predictor.temperatures), "repeats": args.repeats, "warmup": args.warmup,
         "image": image.name, "image_size": list(rgb.shape[:2]), "model": predictor.name,
         "diagnosis": "core.app.service.diagnose_items (what the Diagnose page and predict run: read the upload - "
-                     "hash, decode, H&E check, the copy shown - then one compiled pass through the shared batch "
-                     "queue: stage 1 + stage 2 probabilities and both Grad-CAMs, calibrated; referral) -> "
-                     "ImageResult.gradcam_maps (both heat maps at the size shown)",
+                     "hash, decode - then one compiled pass through the shared batch queue: stage 1 + stage 2 "
+                     "probabilities and both Grad-CAMs, calibrated, with the H&E check and the copy shown made "
+                     "beside it; referral) -> ImageResult.gradcam_maps (both heat maps at the size shown)",
         "device": f"GPU: {tf.config.list_physical_devices('GPU')[0].name}" if tf.config.list_physical_devices("GPU")
                   else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "machine": machine(),
