@@ -96,6 +96,29 @@ def test_bad_inputs_get_clear_messages(tmp_path, small_slide):
         open_slide(tmp_path)
 
 
+@pytest.mark.parametrize("cut", [300, "past the data"])
+def test_a_tiff_whose_data_is_missing_or_past_its_end_is_refused(tmp_path, small_slide, cut):
+    """tiffslide pads what it cannot read with zeros: a TIFF cut inside its header (no strip or
+    tile offsets) was read as a whole black slide and called benign."""
+    data = small_slide[0].read_bytes()
+    data = data[:cut] if isinstance(cut, int) else data[:len(data) - 100]
+    (tmp_path / "cut_200X.tif").write_bytes(data)
+    for source in (tmp_path / "cut_200X.tif", data):
+        with pytest.raises(SlideError, match="truncated or corrupt"):
+            open_slide(source, name="cut_200X.tif", backend="tiffslide")
+
+
+def test_black_pixels_are_not_tissue():
+    """OD of a zero pixel is the clip maximum: black (missing data, padding) read as the densest stain."""
+    black = np.zeros((64, 64, 3), np.uint8)
+    assert not TissueMasker().fit_transform(black, mpp=8.0).any()
+    block = np.full((64, 96, 3), 255, np.uint8)
+    block[:, :32] = 0  # a black margin
+    block[16:48, 48:80] = (190, 90, 170)  # and tissue
+    mask = TissueMasker().fit_transform(block, mpp=8.0)
+    assert mask[16:48, 48:80].all() and not mask[:, :32].any()
+
+
 def test_an_uncompressed_pyramid_opens_from_memory_as_from_its_path(tmp_path):
     """tifffile + zarr 3 refused uncompressed tiles from a writable in-memory file ("Store is not
     read-only"): a valid upload was called truncated or corrupt."""

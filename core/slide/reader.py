@@ -268,6 +268,22 @@ def _tiff_mode(page) -> str | None:
         f", {page.samplesperpixel} samples a pixel," if page.samplesperpixel > 4 else "")
 
 
+def _data_problem(tiff, series_index: int) -> str | None:
+    """Why a TIFF's pixel data cannot be all there, or None: a level page with no strip/tile offsets
+    (a file cut inside its header), or offsets + byte counts past the end of the file (cut short).
+    tiffslide pads what it cannot read with zeros, so such a file read as a whole black slide."""
+    size = tiff.filehandle.size
+    for level, series in enumerate(tiff.series[series_index].levels):
+        page = series.keyframe
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if not len(offsets) or len(offsets) != len(counts):
+            return f"level {level} has no strip or tile offsets (its image data is missing)"
+        end = max((o + c for o, c in zip(offsets, counts) if c), default=0)
+        if end > size:
+            return f"level {level}'s image data runs to byte {end:,} of a {size:,}-byte file"
+    return None
+
+
 def _first_page(path: Path):
     import tifffile
 
@@ -287,11 +303,15 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader
         handle = tiffslide.TiffSlide(_memory_file(source) if isinstance(source, bytes) else source)
         width, height = handle.dimensions
         found = _metadata_scale(handle.properties, "tiffslide")
-        mode = _tiff_mode(handle.ts_tifffile.series[int(handle.properties.get("tiffslide.series-index") or 0)]
-                          .keyframe)
+        series = int(handle.properties.get("tiffslide.series-index") or 0)
+        mode = _tiff_mode(handle.ts_tifffile.series[series].keyframe)
+        problem = _data_problem(handle.ts_tifffile, series)
     except Exception as error:  # noqa: BLE001 - tiffslide/tifffile raise many types for bad files
         raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt "
                          f"({type(error).__name__}: {error}).") from None
+    if problem is not None:
+        handle.close()
+        raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt ({problem}).")
     if mode is not None:
         handle.close()
         if width * height > MAX_PIXELS:

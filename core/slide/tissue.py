@@ -10,6 +10,11 @@ The threshold is Otsu's, clipped to [min_od, max_od]: the floor keeps an empty s
 tissue whole (there Otsu would split dark nuclei from pale stroma and drop the stroma) and keeps
 pale tissue in: 0.08 is well above glass (~0.01) and about the median OD of the palest BreakHis
 fields (0.07-0.09; with the earlier 0.15 half of the test mosaic's benign fields were lost).
+
+Black is not stain: a pixel whose brightest channel is below BLACK (missing scan data, a reader's
+zero padding, ink) would otherwise have the highest OD of all and read as the densest tissue, so
+an all-black slide was "all tissue". Its OD counts as 0. No real BreakHis pixel is that dark (the
+darkest nuclei keep a channel above 60; at most 0.002 % of any field's pixels fall below 20).
 """
 
 from __future__ import annotations
@@ -45,10 +50,15 @@ class TissueSettings:
             raise UserInputError("Invalid tissue settings: " + "; ".join(problems) + ".")
 
 
+BLACK = 25  # a pixel whose brightest channel is below this is black, not stain (its OD counts as 0)
+
+
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) float32: the strongest absorption over the three channels."""
-    intensity = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
-    return (-np.log10(intensity)).max(axis=-1)
+    """(H, W, 3) uint8 -> (H, W) float32: the strongest absorption over the three channels; 0 for
+    black pixels (brightest channel below BLACK), which are no stain."""
+    rgb = np.asarray(rgb, np.float32)
+    od = (-np.log10(np.maximum(rgb, 1.0) / 255.0)).max(axis=-1)
+    return np.where(rgb.max(axis=-1) < BLACK, np.float32(0.0), od)
 
 
 class TissueMasker:
