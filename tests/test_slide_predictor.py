@@ -122,6 +122,24 @@ def test_a_slide_without_tissue_says_so(bundled, tmp_path):
         SlidePredictor(bundled).predict(slide)
 
 
+def test_a_slide_that_is_not_he_tissue_gets_diagnoses_message_not_a_call(bundled, result):
+    """The tissue mask knows only optical density: a green photo and a greyscale scan named _200X were
+    all "tissue" and called benign. Their tiles get Diagnose's H&E check, and its words; real tissue passes."""
+    from core.data.histology import NOT_ANALYSED
+    from core.testing.slides import mosaic
+    from tests.app_helpers import png_bytes
+
+    rgb, _ = mosaic()
+    grey = np.repeat(rgb.mean(axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+    photo = np.zeros((1380, 2100, 3), np.uint8)
+    photo[..., 1] = np.linspace(40, 220, 2100).astype(np.uint8)[None]
+    photo[..., 2] = 60
+    for name, image in (("grey_200X.png", grey), ("holiday_200X.png", photo)):
+        with open_slide(png_bytes(image), name=name) as slide, pytest.raises(UserInputError, match=NOT_ANALYSED):
+            SlidePredictor(bundled).predict(slide)
+    assert not any("H&E check" in note for note in result.notes)
+
+
 def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     from core.app.slides import analyse_upload, should_tile
     from core.testing.slides import mosaic

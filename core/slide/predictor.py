@@ -13,6 +13,12 @@ ONCE, straight to the model's input square (core.data.preprocess, antialiased, a
 (1 - overlap). Tiles whose footprint is less than `min_tissue` tissue (core.slide.tissue, on a
 low-resolution overview) are skipped. Maps are stitched at a thumbnail's resolution, overlapping
 tiles averaged.
+
+The tissue mask knows only optical density, so a photo, a greyscale scan or an immunostain is
+"tissue" too. Before the model runs, a sample of the tissue tiles (HE_SAMPLE, spread over those
+with the most tissue) gets Diagnose's H&E check (core.data.images.check_loaded, one source of
+truth): when most of them are not H&E tissue the slide gets Diagnose's "not analysed" message
+and no call; atypical ones are a note.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from core.data.histology import NOT_ANALYSED
 from core.data.labels import CLASSES, SUBTYPES
 from core.data.scale import model_scale, tile_origins
 from core.errors import Cancelled, UserInputError
@@ -33,6 +40,8 @@ from core.options import option
 from core.slide.call import Region, slide_call
 from core.slide.reader import SlideError, SlideReader
 from core.slide.tissue import TissueMasker, TissueSettings
+
+HE_SAMPLE = 16  # tissue tiles given the H&E check before the model runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +161,29 @@ class SlidePredictor:
     def read_tile(self, reader: SlideReader, plan: TilePlan, i: int) -> np.ndarray:
         return reader.read_region(plan.origins[i], plan.level, plan.read_size)
 
+    def histology(self, reader: SlideReader, plan: TilePlan, chosen: np.ndarray, shares: np.ndarray) -> list[str]:
+        """Diagnose's H&E check on up to HE_SAMPLE tissue tiles, as the model would see them (spread
+        evenly over the tiles with at least the median tissue share). SlideError with Diagnose's words
+        when more than half are not H&E tissue; a note when any is atypical or refused."""
+        from core.data.images import LoadedImage, check_loaded
+
+        fullest = chosen[shares[chosen] >= np.median(shares[chosen])]
+        sample = fullest[np.unique(np.linspace(0, len(fullest) - 1, min(HE_SAMPLE, len(fullest))).round().astype(int))]
+        checked = []
+        for i in sample:
+            rgb = self.read_tile(reader, plan, int(i))
+            checked.append(check_loaded(LoadedImage(rgb, reader.name, "RGB", (rgb.shape[1], rgb.shape[0]))))
+        refused = [c.not_histology for c in checked if c.not_histology]
+        warned = [c.warnings[0] for c in checked if c.warnings]
+        if 2 * len(refused) > len(checked):
+            raise SlideError(f"'{reader.name}': {NOT_ANALYSED} ({refused[0]}; {len(refused)} of {len(checked)} tissue "
+                             "tiles checked). No slide call and no heat map.")
+        notes = [f"H&E check: {len(refused)} of {len(checked)} tissue tiles checked are not H&E tissue ({refused[0]})"
+                 ] if refused else []
+        if warned:
+            notes.append(f"H&E check: {len(warned)} of {len(checked)} tissue tiles checked are atypical. {warned[0]}")
+        return notes
+
     # -- the run --------------------------------------------------------------------------------
     def predict(self, reader: SlideReader, progress: Callable[[int, int], None] | None = None,
                 cancelled: Callable[[], bool] | None = None) -> SlideResult:
@@ -169,6 +201,7 @@ class SlidePredictor:
         if len(chosen) == 0:
             raise SlideError(f"No tissue found in '{reader.name}': every tile is background (glass) by the "
                              f"tissue mask (optical density at most {mask.mean():.0%} tissue). Nothing to analyse.")
+        checked = self.histology(reader, plan, chosen, shares)
         outputs, t0 = [], time.perf_counter()
         batches = [chosen[start:start + s.batch_size] for start in range(0, len(chosen), s.batch_size)]
         # Tiles are decoded in threads (OpenSlide and NumPy release the GIL) while the model runs
@@ -207,7 +240,7 @@ class SlidePredictor:
         evidence = card.get("evidence") or {}
         model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
                  "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", "")}
-        notes = list(reader.notes) + [
+        notes = list(reader.notes) + checked + [
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
             f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "
             f"the model's scale: {self.scale['source']}), read at level {plan.level}"]
