@@ -1,6 +1,7 @@
 """Slide: a whole-slide image or large field as tiles at the model's scale; heat map, tiles, call."""
 
 import hashlib
+import logging
 
 import streamlit as st
 
@@ -72,15 +73,24 @@ if kept is None and state.get("_slide_request") == key:
     cancel_slot.button("Cancel", key="slide_cancel", on_click=cancel,
               help="Stops after the current batch of tiles; nothing of this run is kept.")
     bar = st.progress(0.0, text="Reading the slide and its tissue mask...")
+    reader = None
     try:
         reader = open_slide(item, name=name, magnification=stated)
         result = SlidePredictor(predictor, settings).predict(
             reader, progress=lambda done, total: bar.progress(done / total, text=f"{done} of {total} tissue tiles"))
-    except SlideError as problem:
+    except Exception as problem:  # any failure: a message, and the request cleared so a rerun does not repeat it
         state.pop("_slide_request", None)
         bar.empty()  # no progress bar or Cancel button left under the message
         cancel_slot.empty()
-        st.error(session.plain(problem), icon=":material/block:")  # it quotes the file name
+        if reader is not None:
+            reader.close()
+        if isinstance(problem, SlideError):
+            st.error(session.plain(problem), icon=":material/block:")  # it quotes the file name
+        else:
+            logging.getLogger(__name__).exception("slide analysis of %s failed", name)
+            st.error(f"The analysis of {session.plain(name)} failed ({type(problem).__name__}: "
+                     f"{session.plain(str(problem)[:300])}). Nothing of it was kept; the failure is logged on the "
+                     "server. Try another slide or other settings.", icon=":material/error:")
         st.stop()
     bar.empty()
     cancel_slot.empty()

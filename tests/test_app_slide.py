@@ -21,6 +21,10 @@ def slide_dirs(tmp_path_factory):
     field = np.asarray(Image.open(next((SHARED / "real").rglob("SOB_M_MC-14-18842D-200-016.png"))).convert("RGB"))
     Image.fromarray(np.concatenate([field, field[::-1]], axis=0)).save(folder / "SOB_M_MC-14-18842D-200-901.png")
     (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
+    import tifffile  # its resolution tag says 0.001 um/px: one model tile would be 225 GiB
+
+    tifffile.imwrite(folder / "tiny_mpp.tif", np.concatenate([field, field[::-1]], axis=0), photometric="rgb",
+                     tile=(256, 256), resolution=(1e7, 1e7), resolutionunit="CENTIMETER")
     with pytest.MonkeyPatch.context() as patch:
         env = app_environment(WHOLE_FIELD_MODEL.parent, WHOLE_FIELD_MODEL, tmp_path_factory.mktemp("runs"))
         for key, value in {**env, "BREAKHIS_SLIDE_DIRS": str(folder)}.items():
@@ -93,3 +97,32 @@ def test_a_new_upload_of_the_same_name_and_length_is_analysed_anew(slide_dirs):
         assert not app.exception, app.exception
         shown.append(texts(app.markdown))
     assert "of 2 tissue tiles" in shown[0] and "of 1 tissue tiles" in shown[1]
+
+
+def test_any_analysis_failure_is_a_message_and_a_rerun_does_not_repeat_it(slide_dirs, monkeypatch):
+    """A MemoryError (a resolution of 0.001 um/px asked for a 225-GiB tile) was not a SlideError: the page
+    crashed, its request stayed set, and every rerun ran the analysis and crashed again."""
+    from core.slide.predictor import SlidePredictor
+
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    pick = app.selectbox(key="slide_pick")
+    pick.set_value(next(o for o in pick.options if o.endswith("tiny_mpp.tif"))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception, app.exception
+    shown = texts(app.error).replace("\\", "")  # the message is escaped for Markdown
+    assert "0.001 um/px" in shown and "Check that resolution" in shown
+
+    def out_of_memory(*_, **__):
+        raise MemoryError("Unable to allocate 225. GiB")
+
+    monkeypatch.setattr(SlidePredictor, "predict", out_of_memory)
+    pick.set_value(next(o for o in pick.options if o.endswith("901.png"))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception, app.exception
+    assert "failed (MemoryError: Unable to allocate" in texts(app.error).replace("\\", "")
+    assert "slide_cancel" not in [b.key for b in app.button] and not app.get("progress")
+    assert "_slide_request" not in app.session_state
+    monkeypatch.undo()
+    app.run()  # a rerun shows the page, it does not run (and fail) again
+    assert not app.exception and not app.error and "Slide call" not in texts(app.markdown)

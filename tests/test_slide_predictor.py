@@ -140,6 +140,26 @@ def test_a_slide_that_is_not_he_tissue_gets_diagnoses_message_not_a_call(bundled
     assert not any("H&E check" in note for note in result.notes)
 
 
+@pytest.mark.parametrize("mpp", [0.02, 0.001])
+def test_a_tile_larger_than_the_slide_is_refused_before_reading(bundled, mpp, monkeypatch):
+    """At 0.02 um/px one tile of a 4900x2540 image was 17,500x11,500 px (5.9 GB of RAM); at 0.001 it asked
+    for 225 GiB (a MemoryError traceback). Refused before any read, with the resolution and what to do."""
+    from core.slide.reader import SlideReader
+
+    rgb = np.full((2540, 4900, 3), 255, np.uint8)
+    rgb[300:2200, 300:4600] = (190, 90, 170)
+    with _image(rgb, mpp) as slide:
+        monkeypatch.setattr(SlideReader, "read_region", lambda *a, **k: pytest.fail("read before the check"))
+        with pytest.raises(UserInputError, match=f"at {mpp:g} um/px .chosen by user.*Check that resolution"):
+            SlidePredictor(bundled).predict(slide)
+
+
+def _image(rgb, mpp):
+    from tests.app_helpers import png_bytes
+
+    return open_slide(png_bytes(rgb), name="scan.png", mpp=mpp)
+
+
 def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     from core.app.slides import analyse_upload, should_tile
     from core.testing.slides import mosaic

@@ -42,6 +42,9 @@ from core.slide.reader import SlideError, SlideReader
 from core.slide.tissue import TissueMasker, TissueSettings
 
 HE_SAMPLE = 16  # tissue tiles given the H&E check before the model runs
+# A tile read larger than this (pixels at its read level) means a wrong resolution, not a slide: a 200X
+# field at 0.1 um/px is 8 megapixels, and every tile is held several times (batch, readers, resize).
+MAX_TILE_PIXELS = 25_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +149,23 @@ class SlidePredictor:
                    for x in tile_origins(width, size[0], stride[0])]
         return TilePlan(origins, size, level, read_size, self.scale)
 
+    def check_plan(self, reader: SlideReader, plan: TilePlan) -> None:
+        """SlideError, before anything is read, when a tile is absurd for the slide: the slide would fill
+        less than a quarter of its one tile (the rest white padding), or one tile would be larger than
+        MAX_TILE_PIXELS (a resolution of 0.001 um/px asked for a 225-GiB tile)."""
+        (width, height), (tile_w, tile_h), (read_w, read_h) = reader.dimensions, plan.size, plan.read_size
+        filled = min(width, tile_w) * min(height, tile_h) / (tile_w * tile_h)
+        if filled >= 0.25 and read_w * read_h <= MAX_TILE_PIXELS:
+            return
+        scale = reader.scale
+        why = (f"larger than the whole slide ({width}x{height} px)" if filled < 0.25 else
+               f"{read_w * read_h / 1e6:,.0f} megapixels to read, more than {MAX_TILE_PIXELS / 1e6:.0f}")
+        small = "; a slide this small is diagnosed as one image (Diagnose, `predict`)" if filled < 0.25 else ""
+        um = [round(v * self.scale["mpp"]) for v in self.scale["tile_px"]]
+        raise SlideError(f"'{reader.name}' is read at {scale.x:g} um/px ({scale.source}): there the model's tile "
+                         f"({um[0]}x{um[1]} um) is {tile_w:,}x{tile_h:,} px, {why}. Check that resolution: give the "
+                         f"slide's true microns per pixel or the magnification it was captured at{small}.")
+
     def tissue(self, reader: SlideReader) -> tuple[np.ndarray, float]:
         """(tissue mask, its downsample from level 0) on an overview at about mask_mpp."""
         downsample = max(1.0, self.tissue_settings.mask_mpp / reader.scale.mean)
@@ -191,6 +211,7 @@ class SlidePredictor:
         cancelled() turns true the run stops with core.errors.Cancelled (nothing is returned)."""
         s, timings, started = self.settings, {}, time.perf_counter()
         plan = self.plan(reader)
+        self.check_plan(reader, plan)
         if len(plan.origins) > s.max_tiles:
             raise SlideError(f"'{reader.name}' needs {len(plan.origins):,} tiles at the model's scale, more than "
                              f"the limit of {s.max_tiles:,}; raise max_tiles or analyse a region.")
