@@ -138,19 +138,49 @@ if picked:
     state["slide_tile"] = int(picked[0][0] if isinstance(picked[0], list) else picked[0])
 row = st.selectbox("Tile (the driving region's first, then the most suspicious; or click one on the map)", rows, key="slide_tile",
                    format_func=lambda r: slides.tile_label(result, r))
+
+
+def explain(tile: int) -> tuple:
+    """(image, diagnosis, problem) of a tile: at full resolution; where level 0 cannot be read (a damaged
+    pyramid) at the level it was analysed at, with the problem; (None, None, problem) when neither reads.
+    After a failed read the slide is opened anew: an OpenSlide handle keeps its first error for good."""
+    global reader
+    explainer, problem = SlidePredictor(predictor, settings), None
+    for level0 in (True, False):
+        try:
+            return (*explainer.explain_tile(reader, result.plan, tile, level0=level0), problem)
+        except Exception as error:  # noqa: BLE001 - a tile that cannot be explained is a message, not a crash
+            if not isinstance(error, SlideError):
+                logging.getLogger(__name__).exception("explaining tile %s of %s failed", tile, result.name)
+            problem = problem or session.plain(error if isinstance(error, SlideError) else
+                                               f"The tile could not be explained ({type(error).__name__}: {error}).")
+            try:
+                reopened = open_slide(item, name=name, magnification=stated)
+            except Exception:  # noqa: BLE001 - the message above stands
+                break
+            reader.close()
+            reader = reopened
+            state["_slide_result"] = (key, reader, result)
+    return None, None, problem
+
+
 cams_key = ("_slide_tile_cams", key, row)
 if state.get("_slide_tile_view", (None,))[0] != cams_key:
     with st.spinner("Explaining the tile..."):
-        state["_slide_tile_view"] = (cams_key, *SlidePredictor(predictor, settings).explain_tile(
-            reader, result.plan, int(result.tiles.at[row, "tile"])))
-_, image, diagnosis = state["_slide_tile_view"]
-columns = st.columns(3)
-columns[0].image(image, caption=f"Tile at full resolution ({image.shape[1]}x{image.shape[0]} px)",
-                 width="stretch", output_format="JPEG")
-for column, (stage, explanation) in zip(columns[1:], diagnosis.explanations.items()):
-    column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
-                 caption=f"{'Stage 1' if stage == 'stage1' else 'Stage 2'} Grad-CAM: {pretty(explanation.target)}")
-st.caption(diagnosis.prediction.summary())
+        state["_slide_tile_view"] = (cams_key, *explain(int(result.tiles.at[row, "tile"])))
+_, image, diagnosis, problem = state["_slide_tile_view"]
+if problem:
+    st.warning(problem + (" The tile is shown as the model saw it." if image is not None else ""),
+               icon=":material/warning:")
+if image is not None:
+    columns = st.columns(3)
+    seen = "as the model saw it" if problem else "at full resolution"
+    columns[0].image(image, caption=f"Tile {seen} ({image.shape[1]}x{image.shape[0]} px)",
+                     width="stretch", output_format="JPEG")
+    for column, (stage, explanation) in zip(columns[1:], diagnosis.explanations.items()):
+        column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
+                     caption=f"{'Stage 1' if stage == 'stage1' else 'Stage 2'} Grad-CAM: {pretty(explanation.target)}")
+    st.caption(diagnosis.prediction.summary())
 
 st.subheader("Downloads")
 st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "

@@ -23,6 +23,7 @@ def slide_dirs(tmp_path_factory):
     (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 40)
     import tifffile  # its resolution tag says 0.001 um/px: one model tile would be 225 GiB
 
+    _level0_zeroed(folder / "damaged_level0.tif", np.tile(field, (4, 4, 1)))  # thumbnail from level 1
     tifffile.imwrite(folder / "tiny_mpp.tif", np.concatenate([field, field[::-1]], axis=0), photometric="rgb",
                      tile=(256, 256), resolution=(1e7, 1e7), resolutionunit="CENTIMETER")
     with pytest.MonkeyPatch.context() as patch:
@@ -31,6 +32,21 @@ def slide_dirs(tmp_path_factory):
             patch.setenv(key, value)
         run_app_like_the_server(patch)
         yield folder
+
+
+def _level0_zeroed(path, rgb):
+    """A 200X pyramid whose level-0 tile data is zeroed (bit rot): it is analysed at level 1."""
+    import tifffile
+
+    from core.testing.slides import write_pyramid
+
+    write_pyramid(path, rgb, mpp=0.5, levels=2)
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        start, end = min(page.dataoffsets), max(o + c for o, c in zip(page.dataoffsets, page.databytecounts))
+    data = bytearray(path.read_bytes())
+    data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
 
 
 def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
@@ -126,3 +142,21 @@ def test_any_analysis_failure_is_a_message_and_a_rerun_does_not_repeat_it(slide_
     monkeypatch.undo()
     app.run()  # a rerun shows the page, it does not run (and fail) again
     assert not app.exception and not app.error and "Slide call" not in texts(app.markdown)
+
+
+def test_a_tile_whose_level_0_is_damaged_is_shown_as_analysed_with_a_message(slide_dirs):
+    """Opening a tile read it at level 0 outside any try: a damaged level 0 (the analysis used level 1)
+    crashed the page."""
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    pick = app.selectbox(key="slide_pick")
+    pick.set_value(next(o for o in pick.options if o.endswith("damaged_level0.tif"))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception, app.exception
+    assert "Slide call" in texts(app.markdown)
+    shown = texts(app.warning).replace("\\", "")
+    assert "could not be read at" in shown and "level 0" in shown and "as the model saw it" in shown
+    assert len(app.image) == 3  # the tile as analysed and its two Grad-CAMs
+    tiles = app.selectbox(key="slide_tile")
+    tiles.set_value(tiles.options[-1]).run()
+    assert not app.exception and len(app.image) == 3
