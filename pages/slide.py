@@ -8,6 +8,7 @@ import streamlit as st
 from core.app import registry, session, slides
 from core.data.labels import pretty
 from core.model.heatmap import overlay
+from core.slide.call import NOT_CALLED, call_note
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide
 
@@ -116,9 +117,8 @@ with st.container(border=True):
     st.markdown(f"#### {session.plain(result.name)}")
     headline, explained = slides.call_text(call)
     st.markdown(badge + headline)
-    if call["region"] is None:
-        st.info("No region qualified for a malignant call; the most suspicious tiles are still listed first.",
-                icon=":material/check_circle:")
+    if note := call_note(call):  # a model that makes no call is not reassured as benign
+        st.info(note, icon=":material/info:" if call["label"] == NOT_CALLED else ":material/check_circle:")
     st.caption(explained + " " + " · ".join(result.notes))
 
 opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")

@@ -290,6 +290,22 @@ def test_a_model_that_scores_benign_tissue_near_certain_makes_no_slide_call():
     assert "Not called" in headline and "no slide call" in headline
 
 
+def test_a_call_without_a_malignant_region_gets_its_own_note():
+    """The Slide page showed "No region qualified for a malignant call" with a check mark for a model
+    that makes no call (rule "none"), beside a suspicious region it names in its caption."""
+    from core.slide.call import call_note
+
+    p = np.array([[0.2, 0.98, 0.97], [0.2, 0.2, 0.6]])
+    not_called, _ = slide_call(grid_tiles(p), {"thresholds": {"slide_rule": {**SlideRule(kind="none").to_dict()}}})
+    note = call_note(not_called)
+    assert "No region qualified" not in note and note.startswith("This model makes no slide call")
+    assert "the most suspicious is region 1: 3 tile(s)" in note
+    benign, _ = slide_call(grid_tiles(p), card(kind="region", min_size=4, min_mean_p=0.8))
+    assert benign["label"] == "benign" and call_note(benign).startswith("No region qualified")
+    malignant, _ = slide_call(grid_tiles(p), card(kind="region", min_size=2, min_mean_p=0.8))
+    assert malignant["label"] == "malignant" and call_note(malignant) is None
+
+
 def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
     """models/default's slide rule is "none" (benign tissue of its folds' held-out patients reached
     p(malignant) 0.94+): a mosaic with a focus gets its map and tiles, "not called", and the PDF says so."""

@@ -243,12 +243,31 @@ def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[d
     return call, regions
 
 
+def _region_text(region: dict) -> str:
+    """A region of a call (Region.to_dict, with or without its tiles) in a few words."""
+    n = region.get("n_tiles", len(region.get("tiles") or []))
+    return (f"region {region['id']}: {n} tile(s), score {region['score']:.2f}, "
+            f"mean p(malignant) {region['mean_p_malignant']:.2f}")
+
+
+def call_note(call: dict) -> str | None:
+    """The sentence under a call that found no malignant region (None when one drove it): a model that
+    makes no call says so and names its most suspicious region; a benign call says none qualified."""
+    if call.get("region"):
+        return None
+    closest = call.get("closest_region")
+    if call["label"] == NOT_CALLED:
+        return ("This model makes no slide call (why below); read the map: "
+                + (f"the most suspicious is {_region_text(closest)}, listed first." if closest else
+                   "no tile reached its tile threshold."))
+    return "No region qualified for a malignant call; the most suspicious tiles are still listed first."
+
+
 def call_text(call: dict) -> tuple[str, str]:
     """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
     region = call.get("region")
     if region:
-        where = (f"driven by region {region['id']}: {len(region['tiles'])} tile(s), score {region['score']:.2f}, "
-                 f"mean p(malignant) {region['mean_p_malignant']:.2f} (outlined on the map; first in the downloads)")
+        where = f"driven by {_region_text(region)} (outlined on the map; first in the downloads)"
     elif call["label"] == NOT_CALLED:
         where = "this model makes no slide call (why below); read the map"
     else:
