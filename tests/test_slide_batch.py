@@ -306,3 +306,20 @@ def test_slides_in_hidden_folders_are_not_the_batchs(tmp_path):
         str(tmp_path / "share" / "a.tif"), str(tmp_path / "share" / "b" / "c.png")]
     (tmp_path / "share").rename(tmp_path / ".share")
     assert len(slide_jobs(tmp_path / ".share", tmp_path / "out", "model")) == 2
+
+
+def test_a_linked_folder_of_slides_is_followed_once(tmp_path):
+    """A folder whose only entry links to a share of slides was listed as empty (Path.rglob does not
+    follow folder links); a link back up is no loop."""
+    from core.slide.reader import slide_files
+
+    share, root = tmp_path / "share", tmp_path / "slides"
+    (share / "case1").mkdir(parents=True)
+    root.mkdir()
+    (share / "case1" / "a.svs").write_bytes(b"x")
+    (share / "b.tif").write_bytes(b"x")
+    (root / "scanner").symlink_to(share, target_is_directory=True)
+    (share / "up").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "again").symlink_to(share, target_is_directory=True)  # the same folder twice
+    found = [p.relative_to(root).as_posix() for p in slide_files(root)]
+    assert len(found) == 2 and {f.split("/")[-1] for f in found} == {"a.svs", "b.tif"}

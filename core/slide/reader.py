@@ -419,9 +419,20 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
 
 def slide_files(folder: str | os.PathLike) -> list[Path]:
     """The slides and images directly in (or below) a folder, sorted; MRXS data folders skipped, and
-    hidden files and folders below it (a share's .snapshot copies, a stick's .Trashes, macOS ._ files)."""
+    hidden files and folders below it (a share's .snapshot copies, a stick's .Trashes, macOS ._ files).
+    Linked folders (a scanner share linked in) are followed, each real folder once, as `predict` does
+    (core.app.cli_predict.folder_files): Path.rglob skipped them silently."""
     root = Path(folder)
     if not root.is_dir():
         raise SlideError(f"'{folder}' is not a folder.")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    found, walked = [], set()
+    for here, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in walked:  # a link back up, or a second link to the same folder
+            folders[:] = []
+            continue
+        walked.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [Path(here, name) for name in files if not name.startswith(".")
+                  and Path(name).suffix.lower() in SLIDE_EXTENSIONS and os.path.isfile(os.path.join(here, name))]
+    return sorted(found)
