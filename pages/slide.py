@@ -184,7 +184,8 @@ if image is not None:
 
 st.subheader("Downloads")
 st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "
-           "imports into QuPath (File > Import objects) as 'Malignant' annotations, the driving region first.")
+           "imports into QuPath (File > Import objects) as 'Malignant' annotations (for a model that makes no slide "
+           "call: 'Suspicious (model, not called)'), the driving region first, each naming the model and the call.")
 files = slides.downloads(result, opacity, model, audit_id)
 for column, (label, data, filename, mime) in zip(st.columns(len(files)), files):
     column.download_button(label, data, filename, mime, key=f"slide_download_{filename}")

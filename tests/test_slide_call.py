@@ -321,6 +321,13 @@ def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
     assert result.call["tissue_tiles"] == len(result.tiles) > 8  # 224-um tiles: more than one per field
     assert result.call["statement"].startswith("No slide call") and "Read the map" in result.call["statement"]
     assert "Not called - no slide call for this model" in pdf_text(default, result)
+    # In QuPath, away from the app, its regions are not "Malignant" annotations and name the model.
+    from core.slide.export import geojson
+
+    features = geojson(result)["features"]
+    assert features and all(f["properties"]["classification"]["name"] == "Suspicious (model, not called)"
+                            and f["properties"]["slide_call"] == "not called" and f["properties"]["model_limited"]
+                            and f["properties"]["model"] == default.name for f in features)
 
 
 def test_an_ensembles_slide_rule_is_refused_not_chosen_on_unknown_patients(tmp_path):

@@ -94,6 +94,8 @@ def test_geojson_polygons_lie_in_the_malignant_region(result, mosaic):
     assert collection["type"] == "FeatureCollection" and collection["features"]
     for feature in collection["features"]:
         assert feature["properties"]["classification"]["name"] == "Malignant"
+        assert feature["properties"]["slide_call"] == result.call["label"]
+        assert feature["properties"]["model"] == result.model["name"] and "model_limited" in feature["properties"]
         for x, y in feature["geometry"]["coordinates"][0]:
             assert x0 <= x <= x1 and y0 <= y <= y1
     assert sum(p.area for p in malignant_regions(result)) == pytest.approx(

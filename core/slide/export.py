@@ -35,6 +35,7 @@ from core.errors import UserInputError
 from core.model.heatmap import colorize
 
 MALIGNANT_COLOR = [200, 0, 0]
+NOT_CALLED_CLASS, NOT_CALLED_COLOR = "Suspicious (model, not called)", [230, 140, 0]  # rule "none": no call
 SUMMARY = "summary.json"
 DRIVING_NAME = "Driving region (slide call)"
 CSV_COLUMNS = ["tile", "region", "drives_call", "row", "col", "x", "y", "width", "height", "tissue", "p_benign", "p_malignant", "label", "subtype",
@@ -104,8 +105,15 @@ def malignant_regions(result) -> list:
 
 
 def geojson(result) -> dict:
-    """The regions as a GeoJSON FeatureCollection QuPath imports as annotations; the driving one first."""
+    """The regions as a GeoJSON FeatureCollection QuPath imports as annotations; the driving one first.
+    Each names the model, whether its data are LIMITED and the slide call, since the file is opened away
+    from the app; a model that makes no call (rule "none") gets NOT_CALLED_CLASS, not "Malignant"."""
+    from core.slide.call import NOT_CALLED
+
     driving = driving_region(result)
+    model, call = getattr(result, "model", None) or {}, result.call["label"]
+    classification = ({"name": NOT_CALLED_CLASS, "color": NOT_CALLED_COLOR} if call == NOT_CALLED else
+                      {"name": "Malignant", "color": MALIGNANT_COLOR})
     features = []
     for region in getattr(result, "regions", None) or []:
         drives = region is driving
@@ -113,7 +121,9 @@ def geojson(result) -> dict:
             "type": "Feature", "geometry": mapping(region_outline(result, region)),
             "properties": {"objectType": "annotation",
                            "name": DRIVING_NAME if drives else f"Suspicious region {region.id} (model)",
-                           "classification": {"name": "Malignant", "color": MALIGNANT_COLOR},
+                           "classification": classification, "model": model.get("name"),
+                           "model_limited": bool(model.get("limited")), "model_demo": bool(model.get("demo")),
+                           "slide_call": call,
                            "isLocked": False, "drives_call": drives, "region": region.id,
                            "tiles": [int(t) for t in region.tiles],
                            "measurements": {"tiles": len(region.tiles), "mean p(malignant)": region.mean_p,
