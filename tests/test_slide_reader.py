@@ -212,3 +212,15 @@ def test_a_tiff_too_large_to_convert_is_refused_by_its_mode(tmp_path, field_rgb,
     for source in (tmp_path / "deep.tif", (tmp_path / "deep.tif").read_bytes()):
         with pytest.raises(SlideError, match="is a 16-bit RGB TIFF of 1400x460 px: slides are read as 8-bit"):
             open_slide(source, name="deep.tif", magnification="200X")
+
+
+def test_a_float_tiff_is_refused_by_its_mode_not_called_not_an_image(tmp_path, field_rgb):
+    """A float RGB TIFF got "could not be converted to 8-bit RGB ('x.tif' is not a supported image format,
+    not an image ...)": a message that contradicted itself."""
+    import tifffile
+
+    path = tmp_path / "float_200X.tif"
+    tifffile.imwrite(path, field_rgb.astype(np.float32) / 255, photometric="rgb", tile=(256, 256))
+    with pytest.raises(SlideError, match="32-bit float RGB TIFF that could not be converted to 8-bit RGB .the loader converts float grey") as error:
+        open_slide(path)
+    assert "not an image" not in str(error.value)

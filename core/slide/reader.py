@@ -6,8 +6,9 @@ Whole-slide formats (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...) go through O
 `openslide-bin` wheel ships the native library); TIFFs OpenSlide cannot open (striped, or BigTIFF
 variants it refuses) and TIFF uploads held in memory go through tiffslide; plain PNG/JPEG images
 are decoded by the project's safe loader (core.data.images: bombs, modes, EXIF) at full resolution,
-and so is a TIFF that is not 8-bit grey or RGB (16-bit, float, palette, CMYK, ...: the loader's one
-conversion of modes and bit depths), or it is refused by its mode when too large for that.
+and so is a TIFF that is not 8-bit grey or RGB (16-bit, palette, CMYK, ...: the loader's one
+conversion of modes and bit depths; float greyscale, not float RGB), or it is refused by its mode
+when too large for that.
 Every backend reads the same way: an RGB region padded with white outside the slide, as glass is.
 
 The microns per pixel come from the slide's metadata; else from its objective power (0.25 um/px
@@ -320,8 +321,9 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader
                              "converted whole. Save it as an 8-bit RGB (pyramidal) TIFF.")
         try:
             reader = _open_image(source, name, mpp, magnification, found)
-        except SlideError as error:
-            raise SlideError(f"'{name}' is {mode} TIFF that could not be converted to 8-bit RGB ({error}). "
+        except SlideError as error:  # the loader (Pillow) decodes float greyscale, not float RGB: no "not an image"
+            why = "the loader converts float greyscale only" if "float" in mode else str(error)
+            raise SlideError(f"'{name}' is {mode} TIFF that could not be converted to 8-bit RGB ({why}). "
                              "Save it as an 8-bit RGB TIFF.") from None
         reader.notes.insert(0, f"{mode} TIFF, converted whole to 8-bit RGB by the image loader")
         return reader
