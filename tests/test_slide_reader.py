@@ -224,3 +224,24 @@ def test_a_float_tiff_is_refused_by_its_mode_not_called_not_an_image(tmp_path, f
     with pytest.raises(SlideError, match="32-bit float RGB TIFF that could not be converted to 8-bit RGB .the loader converts float grey") as error:
         open_slide(path)
     assert "not an image" not in str(error.value)
+
+
+@pytest.mark.parametrize("unit, stated", [("µm", 0.5), ("nm", 500.0), (None, 0.5)])
+def test_an_ome_tiff_is_read_with_its_pyramid_and_its_stated_resolution(tmp_path, small_slide, unit, stated):
+    """OpenSlide opened an OME-TIFF as a one-level generic TIFF without a resolution ('states no
+    resolution', every read from level 0): its OME-XML PhysicalSize and its SubIFD pyramid are used."""
+    import tifffile
+
+    _, rgb = small_slide
+    path = tmp_path / "block.ome.tif"
+    metadata = {"PhysicalSizeX": stated, "PhysicalSizeY": stated}
+    if unit:
+        metadata |= {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit}
+    with tifffile.TiffWriter(path, ome=True) as tiff:
+        tiff.write(rgb, subifds=2, tile=(256, 256), photometric="rgb", metadata=metadata)
+        for factor in (2, 4):
+            tiff.write(rgb[::factor, ::factor], subfiletype=1, tile=(256, 256), photometric="rgb")
+    with open_slide(path) as slide:
+        assert slide.scale.x == pytest.approx(0.5) and "OME" in slide.scale.source
+        assert slide.level_dimensions == [(1536, 1024), (768, 512), (384, 256)]
+        assert np.array_equal(slide.read_region((400, 300), 1, (16, 16)), rgb[300:332:2, 400:432:2])

@@ -4,14 +4,15 @@
 
 Whole-slide formats (SVS, NDPI, MRXS, SCN, generic tiled TIFF, ...) go through OpenSlide (the
 `openslide-bin` wheel ships the native library); TIFFs OpenSlide cannot open (striped, or BigTIFF
-variants it refuses) and TIFF uploads held in memory go through tiffslide; plain PNG/JPEG images
+variants it refuses), OME-TIFFs and TIFF uploads held in memory go through tiffslide (what tifffile
+says of a TIFF first, its mode, data and OME resolution: core.slide.tiff); plain PNG/JPEG images
 are decoded by the project's safe loader (core.data.images: bombs, modes, EXIF) at full resolution,
 and so is a TIFF that is not 8-bit grey or RGB (16-bit, palette, CMYK, ...: the loader's one
 conversion of modes and bit depths; float greyscale, not float RGB), or it is refused by its mode
 when too large for that.
 Every backend reads the same way: an RGB region padded with white outside the slide, as glass is.
 
-The microns per pixel come from the slide's metadata; else from its objective power (0.25 um/px
+The microns per pixel come from the slide's metadata (an OME-TIFF's OME-XML included); else from its objective power (0.25 um/px
 at 40x, the figure of core.data.scale); else from the magnification its name states or the user's
 choice (core.data.scale.image_scale). Each bad input raises a SlideError (a UserInputError) whose
 text is shown as is.
@@ -30,6 +31,7 @@ from PIL import Image
 
 from core.data.scale import REFERENCE_MAGNIFICATION, REFERENCE_MPP, Scale, image_scale
 from core.errors import UserInputError
+from core.slide.tiff import data_problem, first_page, is_ome, ome_scale, tiff_mode
 
 SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
                     ".dcm", ".png", ".jpg", ".jpeg")
@@ -247,51 +249,6 @@ def _memory_file(data: bytes) -> io.BufferedReader:
     return io.BufferedReader(io.BytesIO(data))
 
 
-_READ_DIRECTLY = {"MINISBLACK": (1, 2), "RGB": (3, 4)}  # 8-bit grey or RGB, alpha or not: regions as stored
-_DECODED_TO_RGB = {6, 7, 33003, 33005, 34712}  # JPEG and JPEG 2000 tiles of YCbCr decode to RGB
-
-
-def _tiff_mode(page) -> str | None:
-    """None when a TIFF's level-0 page (tifffile) reads as 8-bit grey or RGB (alpha or not); else what
-    it is, in words ("16-bit RGB", "8-bit palette", "32-bit float greyscale", ...): its regions read
-    as stored (tiffslide), or as OpenSlide's 8-bit RGBA, would be wrapped, black or wrong colours."""
-    photometric = getattr(page.photometric, "name", str(page.photometric))
-    direct = page.dtype == np.uint8 and (page.samplesperpixel in _READ_DIRECTLY.get(photometric, ()) or (
-        photometric == "YCBCR" and page.compression in _DECODED_TO_RGB))
-    if direct:
-        return None
-    kind = {"MINISBLACK": "greyscale", "MINISWHITE": "inverted greyscale (min-is-white)", "RGB": "RGB",
-            "PALETTE": "palette", "SEPARATED": "CMYK", "YCBCR": "YCbCr"}.get(photometric, photometric)
-    if page.dtype.kind == "f":
-        kind = f"float {kind}"
-    bits = f"{page.bitspersample}-bit"
-    return ("an " if bits.startswith(("8", "11", "18")) else "a ") + f"{bits} {kind}" + (
-        f", {page.samplesperpixel} samples a pixel," if page.samplesperpixel > 4 else "")
-
-
-def _data_problem(tiff, series_index: int) -> str | None:
-    """Why a TIFF's pixel data cannot be all there, or None: a level page with no strip/tile offsets
-    (a file cut inside its header), or offsets + byte counts past the end of the file (cut short).
-    tiffslide pads what it cannot read with zeros, so such a file read as a whole black slide."""
-    size = tiff.filehandle.size
-    for level, series in enumerate(tiff.series[series_index].levels):
-        page = series.keyframe
-        offsets, counts = page.dataoffsets, page.databytecounts
-        if not len(offsets) or len(offsets) != len(counts):
-            return f"level {level} has no strip or tile offsets (its image data is missing)"
-        end = max((o + c for o, c in zip(offsets, counts) if c), default=0)
-        if end > size:
-            return f"level {level}'s image data runs to byte {end:,} of a {size:,}-byte file"
-    return None
-
-
-def _first_page(path: Path):
-    import tifffile
-
-    with tifffile.TiffFile(path) as tiff:
-        return tiff.series[0].keyframe
-
-
 def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader:
     """A TIFF (a path, or upload bytes read from memory) through tiffslide; one that is not 8-bit grey
     or RGB is decoded whole by the safe loader instead (its one conversion of modes and bit depths,
@@ -305,8 +262,9 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader
         width, height = handle.dimensions
         found = _metadata_scale(handle.properties, "tiffslide")
         series = int(handle.properties.get("tiffslide.series-index") or 0)
-        mode = _tiff_mode(handle.ts_tifffile.series[series].keyframe)
-        problem = _data_problem(handle.ts_tifffile, series)
+        found = found or ome_scale(handle.ts_tifffile)
+        mode = tiff_mode(handle.ts_tifffile.series[series].keyframe)
+        problem = data_problem(handle.ts_tifffile, series)
     except Exception as error:  # noqa: BLE001 - tiffslide/tifffile raise many types for bad files
         raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt "
                          f"({type(error).__name__}: {error}).") from None
@@ -390,8 +348,10 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
         vendor = openslide.OpenSlide.detect_format(str(path))
     except Exception as error:  # noqa: BLE001 - detection itself can fail on a damaged header
         logging.getLogger(__name__).info("OpenSlide could not inspect %s: %s", name, error)
-    if vendor == "generic-tiff" and _tiff_mode(_first_page(path)) is not None:  # converted or refused there
+    if vendor == "generic-tiff" and tiff_mode(first_page(path)) is not None:  # converted or refused there
         return _check(_open_tiffslide(str(path), name, mpp, magnification, []))
+    if head[:4] in _TIFF_MAGIC and is_ome(path):  # OpenSlide sees neither its SubIFD pyramid nor its resolution
+        return _check(_open_tiffslide(str(path), name, mpp, magnification, ["OME-TIFF, read with tiffslide"]))
     if vendor:
         try:
             slide = openslide.OpenSlide(str(path))
