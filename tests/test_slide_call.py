@@ -328,6 +328,12 @@ def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
     assert features and all(f["properties"]["classification"]["name"] == "Suspicious (model, not called)"
                             and f["properties"]["slide_call"] == "not called" and f["properties"]["model_limited"]
                             and f["properties"]["model"] == default.name for f in features)
+    # ...nor are its tiles plain calls of an unnamed model: every row names it, LIMITED, subtype not reliable.
+    from core.slide.export import tiles_csv
+
+    rows = pd.read_csv(io.StringIO(tiles_csv(result)))
+    assert len(rows) == len(result.tiles) and set(rows["model"]) == {default.name}
+    assert rows["model_limited"].all() and not rows["model_demo"].any() and not rows["subtype_reliable"].any()
 
 
 def test_an_ensembles_slide_rule_is_refused_not_chosen_on_unknown_patients(tmp_path):

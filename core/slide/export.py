@@ -40,6 +40,9 @@ SUMMARY = "summary.json"
 DRIVING_NAME = "Driving region (slide call)"
 CSV_COLUMNS = ["tile", "region", "drives_call", "row", "col", "x", "y", "width", "height", "tissue", "p_benign", "p_malignant", "label", "subtype",
                "p_subtype", "confidence", "entropy_bits", "p_malignant_spread", "refer", "refer_reasons"]
+# What every row of the tiles CSV says of the model (SlideResult.model): column -> key.
+MODEL_COLUMNS = {"model": "name", "model_limited": "limited", "model_demo": "demo",
+                 "subtype_reliable": "subtype_reliable"}
 
 
 def heatmap_rgb(result, alpha: float = 0.5) -> np.ndarray:
@@ -88,9 +91,14 @@ def ordered_tiles(result):
 
 
 def tiles_csv(result) -> str:
-    """One row per analysed tile, the driving region's first; x, y, width, height in level-0 pixels."""
+    """One row per analysed tile, the driving region's first; x, y, width, height in level-0 pixels.
+    Every row names the model, whether its data are LIMITED (or a demo) and whether its subtype is
+    reliable (the app's rule), as the Diagnose CSV does: the file is read away from the app."""
     tiles = ordered_tiles(result)
-    return tiles[[c for c in CSV_COLUMNS if c in tiles]].to_csv(index=False, float_format="%.5f")
+    table = tiles[[c for c in CSV_COLUMNS if c in tiles]]
+    model = getattr(result, "model", None) or {}
+    table = table.assign(**{column: model.get(key) for column, key in MODEL_COLUMNS.items()})
+    return table.to_csv(index=False, float_format="%.5f")
 
 
 def region_outline(result, region):

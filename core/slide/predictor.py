@@ -259,8 +259,11 @@ class SlidePredictor:
             if region.kind == "region":
                 tiles.loc[region.rows, "region"] = region.id
         evidence = card.get("evidence") or {}
+        from core.app.registry import subtype_reliability  # the app's one rule of when a subtype is shown
+
         model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
-                 "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", "")}
+                 "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", ""),
+                 "subtype_reliable": subtype_reliability(card)[0]}
         notes = list(reader.notes) + checked + [
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
             f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "
