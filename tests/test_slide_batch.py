@@ -252,9 +252,10 @@ def test_a_slide_whose_results_cannot_be_written_is_its_rows_error(slide_folder,
     assert (tmp_path / "SOB_M_MC-14-19979-200-099" / "summary.json").is_file()
 
 
-def test_an_interrupted_batch_leaves_no_earlier_table_beside_its_slides(slide_folder, tmp_path, monkeypatch):
+def test_an_interrupted_batch_writes_the_rows_it_finished_not_an_earlier_table(slide_folder, tmp_path, monkeypatch):
     """Ctrl-C in a re-run into the same --out (exit 130) left the earlier run's slides.csv, which then
-    described slide folders the new run had already rewritten; the table is gone until written last."""
+    described slide folders the new run had already rewritten; then it left no table at all, though the
+    slides it finished had their folders. Now: this run's finished rows, the rest named as not analysed."""
     import core.slide.batch as batch
 
     (tmp_path / "slides.csv").write_text("slide,out,label,model,error\nmosaic.tif,mosaic,benign,earlier,\n")
@@ -270,7 +271,11 @@ def test_an_interrupted_batch_leaves_no_earlier_table_beside_its_slides(slide_fo
     monkeypatch.setattr(batch, "analyse_slide", interrupted_after_one)
     assert cli(["slides", str(slide_folder), "--out", str(tmp_path), "--serial", "--top-k", "1",
                 "--model", str(WHOLE_FIELD_MODEL)]) == 130
-    assert (tmp_path / done[0]["out"] / "summary.json").is_file() and not (tmp_path / "slides.csv").exists()
+    assert (tmp_path / done[0]["out"] / "summary.json").is_file()
+    table = pd.read_csv(tmp_path / "slides.csv")
+    assert "earlier" not in set(table.get("model", pd.Series(dtype=str)).dropna())
+    assert len(table) == 3 and table.loc[0, "slide"] == done[0]["slide"] and pd.isna(table.loc[0, "error"])
+    assert (table.loc[1:, "error"] == batch.STOPPED).all()
 
 
 @pytest.mark.parametrize("command", ["slide", "slides"])

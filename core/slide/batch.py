@@ -11,7 +11,8 @@ loads the model once (`_predictor`, cached per process), whichever slides it get
 per-slide work is `analyse_slide`, the same function the serial run calls, so the results are
 the same file for file. Each slide's folder is complete only once its summary.json exists;
 `slides.csv` (one row per slide, errors included) is written last, an earlier run's removed
-first. The model is loaded once in this process before any slide (`slide_model`): an unusable
+first; a batch stopped part-way (Ctrl-C, a cancel) writes the rows of the slides it finished and
+names the others as not analysed. The model is loaded once in this process before any slide (`slide_model`): an unusable
 --model is one message, not a row each.
 """
 
@@ -122,14 +123,20 @@ def _out_names(folder, files: list[Path]) -> list[str]:
     return names
 
 
-def run_serial(jobs: list[SlideJob]) -> list[dict]:
-    return [analyse_slide(job) for job in jobs]
+def run_serial(jobs: list[SlideJob], rows: dict | None = None) -> list[dict]:
+    """The jobs one after the other; each finished row is also put in `rows` {job index: row}."""
+    rows = {} if rows is None else rows
+    for index, job in enumerate(jobs):
+        rows[index] = analyse_slide(job)
+    return [rows[i] for i in range(len(jobs))]
 
 
-def run_dask(jobs: list[SlideJob], scheduler: str | None = None, workers: int = 2) -> list[dict]:
-    """The jobs on a Dask cluster; results in the jobs' order."""
-    from dask.distributed import Client, LocalCluster
+def run_dask(jobs: list[SlideJob], scheduler: str | None = None, workers: int = 2,
+             rows: dict | None = None) -> list[dict]:
+    """The jobs on a Dask cluster; results in the jobs' order (each also in `rows` as it finishes)."""
+    from dask.distributed import Client, LocalCluster, as_completed
 
+    rows = {} if rows is None else rows
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -137,7 +144,10 @@ def run_dask(jobs: list[SlideJob], scheduler: str | None = None, workers: int = 
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
             futures = client.map(analyse_slide, jobs, pure=False)
-            return client.gather(futures)
+            index = {future.key: i for i, future in enumerate(futures)}
+            for future, row in as_completed(futures, with_results=True):
+                rows[index[future.key]] = row
+            return [rows[i] for i in range(len(jobs))]
     finally:
         if cluster is not None:
             cluster.close()
@@ -153,13 +163,26 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
     # An earlier run's table would describe slide folders this run rewrites: gone until this one's is written
     # (a batch stopped by Ctrl-C or a failure leaves none, as a slide's folder without summary.json is incomplete).
     (out / BATCH_TABLE).unlink(missing_ok=True)
-    rows = run_serial(jobs) if serial else run_dask(jobs, scheduler, workers)
-    table = pd.DataFrame(rows)
+    rows: dict = {}
+    try:
+        table = pd.DataFrame(run_serial(jobs, rows) if serial else run_dask(jobs, scheduler, workers, rows))
+    except BaseException:  # Ctrl-C, a cancel, a lost cluster: the slides already done keep their rows
+        if rows:
+            _write_table(out, pd.DataFrame([rows.get(i) or {"slide": Path(job.path).name, "out": job.out_dir,
+                                                            "error": STOPPED} for i, job in enumerate(jobs)]))
+        raise
+    _write_table(out, table)
+    return table
+
+
+STOPPED = "not analysed: the batch was stopped before this slide finished"
+
+
+def _write_table(out: Path, table: pd.DataFrame) -> None:
     out.mkdir(parents=True, exist_ok=True)
     partial = out / (BATCH_TABLE + ".partial")
     table.to_csv(partial, index=False)
     partial.replace(out / BATCH_TABLE)
-    return table
 
 
 def is_complete(slide_out: str | Path) -> bool:
