@@ -39,7 +39,7 @@ def test_log_every_sets_how_often_progress_is_written_and_printed(synthetic_brea
 
 
 @pytest.fixture
-def resume(tmp_path, monkeypatch):
+def resume(synthetic_breakhis, tmp_path, monkeypatch):
     """`gan train --resume OPTIONS` on a run folder whose config is not the defaults, with the training
     itself stubbed (the options are settled before it): -> (exit code, the config it would train with)."""
     import core.gan.train as gan_train
@@ -53,7 +53,7 @@ def resume(tmp_path, monkeypatch):
 
     def run(*options):
         trained.clear()
-        code = cli(["gan", "train", "--data", str(tmp_path / "unread"), "--out", str(out), "--resume", *options])
+        code = cli(["gan", "train", "--data", str(synthetic_breakhis), "--out", str(out), "--resume", *options])
         return code, (trained[0] if trained else None)
 
     run.saved, run.config = saved, out / "config.json"
@@ -83,3 +83,27 @@ def test_resume_applies_steps_and_cadences_and_ignores_options_not_given(resume)
                            "--subtypes", "adenosis", "--lr-g", "0.001")
     assert code == 0 and trained == dataclasses.replace(resume.saved, steps=300, log_every=7, sample_every=50)
     assert GanConfig.from_dict(read_json(resume.config)) == trained
+
+
+def test_resume_on_another_data_set_is_refused_naming_both(synthetic_breakhis, tmp_path, capsys):
+    """--resume --data OTHER trained on the other set in silence; its card then claimed a split whose
+    val/test patients the first steps had learned from. The run keeps its data in config.json."""
+    import shutil
+
+    config = GanConfig(name="data", subtypes=("adenosis",), steps=2, **TINY)
+    out = tmp_path / "run"
+    train_gan(config, synthetic_breakhis, out)
+    saved = read_json(out / "config.json")
+    assert saved["data"]["source"] == str(synthetic_breakhis) and len(saved["data"]["fingerprint"]) == 16
+    other = shutil.copytree(synthetic_breakhis, tmp_path / "other")
+    next(other.rglob("*.png")).unlink()  # one image fewer: another data set, another split
+    for config_json in (saved, {k: v for k, v in saved.items() if k != "data"}):  # a run saved before: its card
+        write_json_atomic(out / "config.json", config_json)
+        code = cli(["gan", "train", "--data", str(other), "--out", str(out), "--resume", "--steps", "4"])
+        err = capsys.readouterr().err
+        assert code == USER_ERROR, err
+        shown = synthetic_breakhis if "data" in config_json else synthetic_breakhis.name  # the card's portable name
+        assert f"--data: saved {shown} (fingerprint {saved['data']['fingerprint']}), given {other} (fingerprint " \
+            in err, err
+    assert read_json(out / "model" / "card.json")["training"]["steps"] == 2  # nothing trained
+    assert cli(["gan", "train", "--data", str(synthetic_breakhis), "--out", str(out), "--resume", "--steps", "3"]) == 0

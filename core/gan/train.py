@@ -153,17 +153,32 @@ def training_fields(data_dir, config: GanConfig, normalizer=None):
     return train, held, fingerprint
 
 
-def resumed_config(saved: GanConfig, config: GanConfig, given, out_dir) -> GanConfig:
+def data_record(data_dir, config: GanConfig) -> dict:
+    """What a run learns from: the folder as given and its fingerprint (core.data.selection), which
+    with the config's split fixes the images. Kept in config.json, so --resume can refuse other data."""
+    selection = select_images(data_dir, config.split_spec(), report_skipped=False)
+    return {"source": str(data_dir), "fingerprint": selection.fingerprint}
+
+
+def _data_shown(record: dict) -> str:
+    return f"{record.get('source')} (fingerprint {record.get('fingerprint')})"
+
+
+def resumed_config(saved: GanConfig, config: GanConfig, given, out_dir, data=None) -> GanConfig:
     """The saved run's config with the given RESUMABLE options of `config` applied. Any other given
-    option that differs from the run's is refused, all of them named: it was silently dropped."""
-    differ = [name for name in given if name not in RESUMABLE and getattr(config, name) != getattr(saved, name)]
+    option that differs from the run's is refused, all of them named: it was silently dropped. `data`:
+    (the run's data_record, the given one); another data set is refused too (a resumed run trained on
+    it, then its card claimed a split whose val/test patients it had learned from)."""
+    differ = [(_option_name(name), _shown(getattr(saved, name)), _shown(getattr(config, name)))
+              for name in given if name not in RESUMABLE and getattr(config, name) != getattr(saved, name)]
+    if data and data[0] and data[0].get("fingerprint") != data[1]["fingerprint"]:
+        differ.append(("--data", _data_shown(data[0]), _data_shown(data[1])))
     if differ:
         raise UserInputError(
             f"Cannot resume {out_dir} with other settings than it began with: "
-            + "; ".join(f"{_option_name(name)}: saved {_shown(getattr(saved, name))}, "
-                        f"given {_shown(getattr(config, name))}" for name in differ)
-            + ". Leave them out to continue the run, or choose a new --out to train with them (a resumed run "
-            f"may change only {', '.join(_option_name(name) for name in RESUMABLE)})")
+            + "; ".join(f"{name}: saved {saved_value}, given {given_value}" for name, saved_value, given_value in differ)
+            + ". Leave them out (give --data the run's own data set) to continue the run, or choose a new --out "
+            f"to train with them (a resumed run may change only {', '.join(_option_name(name) for name in RESUMABLE)})")
     return dataclasses.replace(saved, **{name: getattr(config, name) for name in given if name in RESUMABLE})
 
 
@@ -193,12 +208,16 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
         if not config_path.exists():
             raise UserInputError(f"Nothing to resume in {out_dir} (no config.json)")
         try:
-            saved = GanConfig.from_dict(read_json(config_path))
+            values = read_json(config_path)
+            saved = GanConfig.from_dict(values)
         except (OSError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as error:  # damaged or edited
             raise UserInputError(f"Cannot resume: {config_path} is not a GAN run's config ({error})") from None
-        config = resumed_config(saved, config, given, out_dir)
+        data = data_record(data_dir, saved)
+        config = resumed_config(saved, config, given, out_dir, (_saved_data(values, out_dir), data))
+    else:
+        data = data_record(data_dir, config)
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
-    write_json_atomic(config_path, dataclasses.asdict(config))
+    write_json_atomic(config_path, {**dataclasses.asdict(config), "data": data})
     progress = ProgressWriter(out_dir / "progress.jsonl")
     try:
         return _run(config, data_dir, out_dir, progress, stop)
@@ -206,6 +225,17 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
         progress.emit("error", message=f"{type(error).__name__}: {error}")
         progress.emit("end", status="failed", message=str(error))
         raise
+
+
+def _saved_data(values: dict, out_dir: Path) -> dict | None:
+    """The run's data_record; a run saved before config.json kept it has it only in its card."""
+    if isinstance(values.get("data"), dict):
+        return values["data"]
+    try:
+        training = read_json(out_dir / "model" / "card.json")["training"]
+        return {"source": training["data_source"], "fingerprint": training["data_fingerprint"]}
+    except (OSError, ValueError, TypeError, KeyError):  # no generator written yet: nothing to compare
+        return None
 
 
 def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop) -> Path:
