@@ -107,3 +107,20 @@ def test_resume_on_another_data_set_is_refused_naming_both(synthetic_breakhis, t
             in err, err
     assert read_json(out / "model" / "card.json")["training"]["steps"] == 2  # nothing trained
     assert cli(["gan", "train", "--data", str(synthetic_breakhis), "--out", str(out), "--resume", "--steps", "3"]) == 0
+
+
+def test_a_write_only_resume_keeps_the_runs_total(synthetic_breakhis, tmp_path):
+    """--resume --steps N (N at or below the steps done: only writes the generator) lowered the run's total
+    in config.json to N, so a later plain --resume stopped at once instead of going on to the run's total."""
+    out = tmp_path / "run"
+    calls = itertools.count()
+    config = GanConfig(name="total", subtypes=("adenosis",), steps=5, **TINY)
+    train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 1)  # checked after each step: 2
+    for steps in (1, 0, 2):
+        model_dir = train_gan(GanConfig(steps=steps), synthetic_breakhis, out, resume=True)
+        card = read_json(model_dir / "card.json")
+        assert read_json(out / "config.json")["steps"] == 5 and card["config"]["steps"] == 5
+        assert card["training"]["steps"] == 2
+    card = read_json(train_gan(GanConfig(), synthetic_breakhis, out, resume=True, given=()) / "card.json")
+    assert card["training"]["steps"] == 5 and card["config"]["steps"] == 5
+    assert read_json(out / "config.json")["steps"] == 5

@@ -214,13 +214,17 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
             raise UserInputError(f"Cannot resume: {config_path} is not a GAN run's config ({error})") from None
         data = data_record(data_dir, saved)
         config = resumed_config(saved, config, given, out_dir, (_saved_data(values, out_dir), data))
+        total = saved.steps
     else:
-        data = data_record(data_dir, config)
+        data, total = data_record(data_dir, config), config.steps
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
-    write_json_atomic(config_path, {**dataclasses.asdict(config), "data": data})
+    # A lower total is recorded only once this session trains to it (_run): --steps at or below the
+    # steps done only writes the generator, and a later plain --resume still goes on to the run's total.
+    write_json_atomic(config_path, {**dataclasses.asdict(dataclasses.replace(config, steps=max(config.steps, total))),
+                                    "data": data})
     progress = ProgressWriter(out_dir / "progress.jsonl")
     try:
-        return _run(config, data_dir, out_dir, progress, stop)
+        return _run(config, data_dir, out_dir, progress, stop, total)
     except Exception as error:
         progress.emit("error", message=f"{type(error).__name__}: {error}")
         progress.emit("end", status="failed", message=str(error))
@@ -238,7 +242,9 @@ def _saved_data(values: dict, out_dir: Path) -> dict | None:
         return None
 
 
-def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop) -> Path:
+def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop, total: int) -> Path:
+    """One session of the run; `total`: the run's own steps to reach, which config.steps (this
+    session's) replaces only if the session trains (config.steps above the steps done)."""
     normalizer = fit_normalizer(config.stain_norm, training_images(data_dir, config)[0], config.seed)
     train, held, fingerprint = training_fields(data_dir, config, normalizer)
     # The same config gives the same networks whatever ran before in the process.
@@ -248,6 +254,10 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
         gan.load_weights(out_dir / CHECKPOINT)
         gan.resume_randomness(gan.steps_done)
     step = start_step = gan.steps_done
+    trains = step < config.steps
+    if trains and config.steps < total:
+        config_path = out_dir / "config.json"
+        write_json_atomic(config_path, {**read_json(config_path), "steps": config.steps})
     by_subtype = {s: train.count(s) for s in config.subtypes}
     progress.emit("start", step=step, steps=config.steps, epochs=math.ceil(config.steps / config.checkpoint_every),
                   images_by_subtype=by_subtype, message=(
@@ -256,7 +266,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                       f"from step {step}"))
     started, callbacks = time.time(), RunCallbacks(config, out_dir, stop, progress)
     history = None
-    if step < config.steps:
+    if trains:
         epochs = math.ceil(config.steps / config.checkpoint_every)
         history = gan.fit(PatchBatches(PatchSampler(train, config.image_size, config.subtypes), config, step),
                           initial_epoch=step // config.checkpoint_every, epochs=epochs, shuffle=False, verbose=0,
@@ -265,9 +275,10 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                                                                f"GAN {config.name}", min_interval=math.inf)])
     step = gan.steps_done
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history and history.history else {}
+    run_config = config if trains else dataclasses.replace(config, steps=max(total, step))  # the run's own total
     card = {"name": config.name, "image_size": config.image_size, "latent_dim": config.latent_dim,
             "mpp": config.mpp, "upscale": UPSCALE, "field_px": list(field_px(config.mpp)),
-            "subtypes": list(config.subtypes), "precision": gan.precision, "config": dataclasses.asdict(config),
+            "subtypes": list(config.subtypes), "precision": gan.precision, "config": dataclasses.asdict(run_config),
             "stain_normalization": normalizer.to_dict(),
             "training": {"data_source": portable(data_dir), "data_fingerprint": fingerprint,
                          "split": config.split_spec().label, "split_spec": config.split_spec().to_dict(),
