@@ -78,7 +78,8 @@ card = generator.card
 training = card.get("training", {})
 by_subtype = training.get("images_by_subtype", {})
 st.markdown(f"**{card['name']}**: {training.get('steps', '?')} training steps on {sum(by_subtype.values())} real "
-            f"images from `{training.get('data_source', '?')}` (split: {training.get('split', '?')}).")
+            f"images from `{training.get('data_source', '?')}` (split: {training.get('split', '?')})"
+            f"{gallery.training_time(training)}.")
 if card.get("limitations"):  # what whoever bundled it measured and says of it
     st.warning(card["limitations"])
 

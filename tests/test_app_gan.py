@@ -193,3 +193,18 @@ def test_the_checks_table_converts_to_arrow_without_fixes(generator_root):
     table = pd.DataFrame(gallery.check_rows(gallery.load_quality(generator_root / "gan-tiny")))
     pa.Table.from_pandas(table, preserve_index=False)
     assert (table.set_index("set").loc["benign (class)", "lbp / floor"]) == "per subtype"
+
+
+def test_the_gallery_says_how_long_and_where_its_generator_trained(monkeypatch, generator_root, tmp_path):
+    """The card keeps every session (core.gan.sessions); the gallery showed steps and images only."""
+    from core.model.folders import GENERATOR, load_model_folder, save_model_folder
+
+    generator, card = load_model_folder(generator_root / "gan-tiny", kind=GENERATOR)
+    machine = {"backend": "jax", "gpus": ["gpu:0 H100"], "cpus": 16}
+    card["training"].update(seconds=95.5, sessions=[{"seconds": 40.0, "machine": {**machine, "backend": "tensorflow"}},
+                                                    {"seconds": 55.5, "machine": machine}])
+    root = tmp_path / "models"
+    save_model_folder(generator, root / "gan-tiny", {k: v for k, v in card.items() if k != "sha256"}, kind=GENERATOR)
+    app = page(monkeypatch, root)
+    assert not app.exception, app.exception
+    assert "in 95.5 s over 2 sessions (the last on jax, 1 GPU / 16 CPUs)" in app.markdown[0].value

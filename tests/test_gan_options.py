@@ -124,3 +124,23 @@ def test_a_write_only_resume_keeps_the_runs_total(synthetic_breakhis, tmp_path):
     card = read_json(train_gan(GanConfig(), synthetic_breakhis, out, resume=True, given=()) / "card.json")
     assert card["training"]["steps"] == 5 and card["config"]["steps"] == 5
     assert read_json(out / "config.json")["steps"] == 5
+
+
+def test_the_card_keeps_every_sessions_time_command_and_machine(synthetic_breakhis, tmp_path):
+    """After --resume the card kept only the last session's seconds, and no card said how (command) or
+    where (machine, backend) its generator was trained."""
+    from core.backends import current_backend
+
+    out = tmp_path / "run"
+    config = GanConfig(name="sessions", subtypes=("adenosis",), steps=2, **TINY)
+    first = ["gan", "train", "--data", str(synthetic_breakhis), "--out", str(out), *to_argv(config)]
+    assert cli(first) == 0
+    assert cli(["gan", "train", "--data", str(synthetic_breakhis), "--out", str(out), "--resume", "--steps", "3"]) == 0
+    training = read_json(out / "model" / "card.json")["training"]
+    sessions = training["sessions"]
+    assert [(s["from_step"], s["to_step"]) for s in sessions] == [(0, 2), (2, 3)]
+    assert sessions[0]["command"] == "python -m core " + " ".join(first)
+    assert sessions[1]["command"].endswith(f"--out {out} --resume --steps 3")
+    assert all(s["machine"]["backend"] == current_backend() and s["machine"]["cpus"] >= 1 for s in sessions)
+    assert training["seconds"] == round(sum(s["seconds"] for s in sessions), 1) > training["seconds_this_session"]
+    assert read_json(out / "sessions.json") == sessions  # the run's own record, kept at each checkpoint

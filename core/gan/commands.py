@@ -6,11 +6,20 @@ the classifier's commands; `add_gan_commands` adds them to the `gan` sub-parser.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 
 from core.data.labels import SUBTYPES
-from core.options import add_dataclass_options, given_options, not_given_is_none, positive_int, whole_number
+from core.options import (
+    add_dataclass_options,
+    default_of,
+    flag,
+    given_options,
+    not_given_is_none,
+    positive_int,
+    whole_number,
+)
 
 CANCELLED = 128 + signal.SIGTERM  # the CLI's exit code for a run stopped by SIGTERM (core.cli)
 # The classifier settings `gan ablation` passes on to both of its runs (TrainConfig's own options).
@@ -23,6 +32,21 @@ def seed(text: str) -> int:
     return whole_number(text, 0)
 
 
+def typed_command(args, given: dict) -> str:
+    """The `gan train` command as typed (the options given, not the defaults): a card's record of it."""
+    from core.gan.model import GanConfig
+
+    argv = ["python", "-m", "core", "gan", "train", "--data", str(args.data), "--out", str(args.out)]
+    argv += ["--resume"] if args.resume else []
+    for name, value in given.items():
+        default = default_of(GanConfig, name)
+        if isinstance(default, bool):
+            argv.append(flag(name, default))  # a switch is only given to change it
+        else:
+            argv += [flag(name), *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return shlex.join(argv)
+
+
 def _gan_train(args) -> int:
     """SIGTERM (e.g. a cancelled job) stops cleanly after the current step and saves the generator.
     Only the options given count: a resumed run refuses those that would change it (core.gan.train)."""
@@ -33,7 +57,8 @@ def _gan_train(args) -> int:
     config = GanConfig(**{"name": Path(args.out).name, **given})
     cancelled = []
     signal.signal(signal.SIGTERM, lambda *_: cancelled.append(True))
-    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled), given=tuple(given))
+    train_gan(config, args.data, args.out, resume=args.resume, stop=lambda: bool(cancelled), given=tuple(given),
+              command=typed_command(args, given))
     return CANCELLED if cancelled else 0
 
 

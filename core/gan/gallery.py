@@ -81,6 +81,19 @@ def verdict(quality: dict) -> tuple[bool, str]:
     return bool(report["meets_all_goals"]), text
 
 
+def training_time(training: dict) -> str:
+    """", in N s over K sessions (the last on BACKEND, G GPUs / C CPUs)" from a card's training block
+    (core.gan.sessions); "" for a card from before runs kept their sessions."""
+    sessions = training.get("sessions")
+    if not isinstance(sessions, list) or not sessions or not isinstance(training.get("seconds"), (int, float)):
+        return ""
+    where = sessions[-1].get("machine") if isinstance(sessions[-1], dict) else None
+    gpus = len(where.get("gpus") or []) if isinstance(where, dict) else 0
+    last = (f" (the last on {where.get('backend')}, {gpus} GPU{'s' * (gpus != 1)} / {where.get('cpus')} CPUs)"
+            if isinstance(where, dict) else "")
+    return f", in {training['seconds']:,.1f} s over {len(sessions)} session{'s' * (len(sessions) > 1)}{last}"
+
+
 def check_rows(quality: dict) -> list[dict]:
     """One table row per class and subtype: two-sample accuracy with interval, nuclei and distances
     (measured per subtype: the class rows say so)."""

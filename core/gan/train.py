@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import keras
@@ -27,6 +26,7 @@ from core.gan.adversarial import TextureGAN
 from core.gan.model import RESUMABLE, UPSCALE, GanConfig, build_discriminator, build_generator, noise_channels
 from core.gan.patches import PatchSampler, holdout_split, load_fields
 from core.gan.sampling import field_px, noise_map, save_sample_grid
+from core.gan.sessions import SessionLog
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
 from core.options import flag
@@ -58,10 +58,10 @@ class RunCallbacks(keras.callbacks.Callback):
     requests (checked after each step; the generator is saved as it stands) and the progress "step"
     events: every log_every steps of the run and at its last step, completed or stopped."""
 
-    def __init__(self, config: GanConfig, out_dir: Path, stop, progress: ProgressWriter):
+    def __init__(self, config: GanConfig, out_dir: Path, stop, progress: ProgressWriter, sessions: SessionLog):
         super().__init__()
         self.config, self.out_dir, self.stop, self.cancelled = config, out_dir, stop, False
-        self.progress = progress
+        self.progress, self.sessions = progress, sessions
         self.fixed_noise = noise_map(config.seed + 12345, 8, config.image_size, config.image_size,
                                      noise_channels(config))
 
@@ -78,6 +78,7 @@ class RunCallbacks(keras.callbacks.Callback):
         if step % self.config.checkpoint_every == 0:
             self._sync()
             self.model.save_weights(self.out_dir / CHECKPOINT)
+            self.sessions.save(step)  # the steps a kill from now on keeps, and their time
         if step % self.config.sample_every == 0 or step == self.config.steps:
             self._sync()
             save_sample_grid(self.model.ema_generator, self.config.subtypes, self.fixed_noise,
@@ -192,12 +193,13 @@ def _shown(value) -> str:
 
 
 def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=lambda: False,
-              given=("steps",)) -> Path:
+              given=("steps",), command: str | None = None) -> Path:
     """Train (or resume) a GAN; returns the generator folder out_dir/model.
 
     `given`: the fields of `config` its caller chose (the CLI: the options on its command line). A
     resumed run keeps its saved config but for the given RESUMABLE ones, and refuses other given ones
-    that differ (resumed_config). Progress goes to out_dir/progress.jsonl in the classifier's format
+    that differ (resumed_config). `command`: what was typed, kept with this session's seconds and
+    machine in out_dir/sessions.json and the card (core.gan.sessions). Progress goes to out_dir/progress.jsonl in the classifier's format
     (start, then Keras epochs of checkpoint_every steps, end). A failure writes "error" and a failed
     "end", then raises.
     """
@@ -224,7 +226,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
                                     "data": data})
     progress = ProgressWriter(out_dir / "progress.jsonl")
     try:
-        return _run(config, data_dir, out_dir, progress, stop, total)
+        return _run(config, data_dir, out_dir, progress, stop, total, command)
     except Exception as error:
         progress.emit("error", message=f"{type(error).__name__}: {error}")
         progress.emit("end", status="failed", message=str(error))
@@ -242,7 +244,8 @@ def _saved_data(values: dict, out_dir: Path) -> dict | None:
         return None
 
 
-def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop, total: int) -> Path:
+def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, stop, total: int,
+         command: str | None = None) -> Path:
     """One session of the run; `total`: the run's own steps to reach, which config.steps (this
     session's) replaces only if the session trains (config.steps above the steps done)."""
     normalizer = fit_normalizer(config.stain_norm, training_images(data_dir, config)[0], config.seed)
@@ -264,7 +267,8 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                       f"GAN {config.name}: {len(train.paths)} fields at {config.mpp} um/px ({len(held.paths)} held out, "
                       f"{len(train.skipped)} not usable), {config.image_size}-px patches, {gan.precision}, "
                       f"from step {step}"))
-    started, callbacks = time.time(), RunCallbacks(config, out_dir, stop, progress)
+    sessions = SessionLog(out_dir, step, command)
+    callbacks = RunCallbacks(config, out_dir, stop, progress, sessions)
     history = None
     if trains:
         epochs = math.ceil(config.steps / config.checkpoint_every)
@@ -274,6 +278,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                           callbacks=[callbacks, keras_callback(progress, epochs, config.checkpoint_every,
                                                                f"GAN {config.name}", min_interval=math.inf)])
     step = gan.steps_done
+    sessions.save(step)
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history and history.history else {}
     run_config = config if trains else dataclasses.replace(config, steps=max(total, step))  # the run's own total
     card = {"name": config.name, "image_size": config.image_size, "latent_dim": config.latent_dim,
@@ -284,8 +289,7 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
                          "split": config.split_spec().label, "split_spec": config.split_spec().to_dict(),
                          "images_by_subtype": by_subtype, "held_out_images": sorted(Path(p).name for p in held.paths),
                          "not_used": {Path(p).name: why for p, why in train.skipped.items()},
-                         "steps": step, "resumed_from_step": start_step,
-                         "seconds_this_session": round(time.time() - started, 1)}}
+                         "steps": step, "resumed_from_step": start_step, **sessions.card_block()}}
     model_dir = save_model_folder(gan.ema_generator, out_dir / "model", card, kind=GENERATOR)  # float32 weights
     status = "cancelled" if callbacks.cancelled else "completed"
     progress.emit("end", status=status, step=step, steps=config.steps, metrics=metrics, model_dir=str(model_dir))
