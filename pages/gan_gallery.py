@@ -94,7 +94,8 @@ else:
                                          "is told apart from real. ") + text)
     st.dataframe(pd.DataFrame(gallery.check_rows(quality)), hide_index=True)
     st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
-               "on the other half. Distances are divided by the real-vs-real floor (goal <= 2).")
+               "on the other half (patches scored: real and synthetic, in that half). Distances are divided by the "
+               "real-vs-real floor (goal <= 2).")
 
 ablation = measured(gallery.load_ablation, folder, "This generator's GAN-fill ablation", "gan ablation")
 if ablation is None:

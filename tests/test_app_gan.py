@@ -1,5 +1,6 @@
 """The GAN gallery page through AppTest, with a tiny generator (32 px) found via BREAKHIS_MODEL_DIRS."""
 
+import json
 import shutil
 
 import pytest
@@ -57,6 +58,9 @@ def test_gallery_says_what_was_measured_then_shows_real_and_synthetic_at_one_sca
     assert list(checks["set"])[:2] == ["benign (class)", "malignant (class)"]
     assert {"Adenosis", "Ductal carcinoma"} <= set(checks["set"])
     assert not checks["goal met"].any()
+    quality = json.loads((generator_root / "gan-tiny" / "quality" / "quality.json").read_text())
+    scored = quality["generators"]["generator"]["subtypes"]["adenosis"]["two_sample"]["n_scored"]
+    assert checks.set_index("set").loc["Adenosis", "patches scored"].startswith(f"n={scored}")  # beside its accuracy
     assert not checks.isna().any().any()  # nuclei and distances are per subtype: the class rows say so
     classes = checks.set_index("set").loc[["benign (class)", "malignant (class)"]]
     assert (classes["nuclei / patch (real)"] == "per subtype").all()

@@ -117,6 +117,33 @@ def test_two_sample_test_tells_different_sets_apart_and_not_equal_ones():
         two_sample_test(real[:4], other[:4])
 
 
+def test_the_halves_hold_about_half_the_patches_each_and_keep_images_whole():
+    """Alternate source images went to the two halves whatever their patch counts: at --n 8 a subtype
+    was fitted on 14 patches and scored on 2. Now images are dealt so each half holds about half."""
+    from core.gan.two_sample import _halves
+
+    groups = ["a"] * 5 + ["b"] * 4 + ["c"] * 3 + ["d"] * 2 + ["e"] + ["f"]  # 16 patches of 6 images
+    for seed in range(20):
+        fit, score, split = _halves(len(groups), groups, np.random.default_rng(seed))
+        assert split == "by source image" and sorted([*fit, *score]) == list(range(16))
+        assert {groups[i] for i in fit}.isdisjoint(groups[i] for i in score)
+        assert len(fit) == len(score) == 8, (seed, len(fit), len(score))
+
+
+def test_a_scoring_half_under_the_minimum_is_flagged_and_every_table_shows_the_count():
+    """An image holding most of the patches cannot be split: the result says how many were scored and
+    that they are too few, and the CLI table shows the count beside each accuracy."""
+    from core.gan.checks import accuracy_text
+
+    rng = np.random.default_rng(0)
+    real, other = _stripes(8, 6, rng), _stripes(8, 3, rng)
+    result = two_sample_test(real, other, ["big"] * 7 + ["small"], seed=0)
+    assert result["n_scored"] == 2 and result["too_few_scored"] is True
+    assert accuracy_text(result).endswith("n=2, too few (< 8)")
+    even = two_sample_test(real, other, ["one"] * 4 + ["two"] * 4, seed=0)
+    assert even["n_scored"] == 8 and even["too_few_scored"] is False and accuracy_text(even).endswith("] n=8")
+
+
 def test_nuclei_are_counted_by_size_in_microns():
     """Dark hematoxylin-blue disks of nucleus size on pink are counted one each; disks far smaller
     than a nucleus and a blank patch give none; the radius comes back in microns."""
@@ -176,6 +203,8 @@ def test_evaluate_writes_every_check_on_held_out_fields_and_keeps_the_folder_val
     assert saved["patches_per_set"] == 8 and (split_generator / gan_quality.QUALITY_DIR / "patches.jpg").is_file()
     table = format_judgement(result)
     assert f"{report['classes']['malignant']['two_sample']['accuracy']:.3f}" in table and "All goals met" in table
+    scored = report["subtypes"]["ductal_carcinoma"]["two_sample"]["n_scored"]
+    assert f"n={scored}" in table.split("| ductal_carcinoma |")[1].splitlines()[0]  # the count beside each accuracy
 
 
 def test_ablation_refuses_a_generator_that_saw_test_images(split_generator, imbalanced, tmp_path):

@@ -24,7 +24,7 @@ from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES
 from core.gan import nuclei
 from core.gan.distances import classifier_free, upsampling_peaks
 from core.gan.patches import Fields, PatchSampler
-from core.gan.two_sample import two_sample_test
+from core.gan.two_sample import MIN_PATCHES, two_sample_test
 
 GOALS = {"two_sample_class": 0.75, "two_sample_subtype": 0.85, "nuclei_tolerance": 0.30, "distance_vs_floor": 2.0}
 
@@ -110,6 +110,15 @@ def judge(generators: dict, untrained, real: RealPatches) -> dict:
     return result
 
 
+def scored_text(t: dict) -> str:
+    """"n=16", or "n=4, too few" for a scoring half under MIN_PATCHES (core.gan.two_sample)."""
+    return f"n={t.get('n_scored', '?')}" + (f", too few (< {MIN_PATCHES})" if t.get("too_few_scored") else "")
+
+
+def accuracy_text(t: dict) -> str:
+    return f"{t['accuracy']:.3f} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] {scored_text(t)}"
+
+
 def format_judgement(result: dict) -> str:
     """A Markdown table per check, one column per generator."""
     names = list(result["generators"])
@@ -119,15 +128,15 @@ def format_judgement(result: dict) -> str:
     scale = result["scale"]
     lines = [f"Real set: {result['real_set']}; {scale['patch_px']}-px patches at {scale['mpp']} um/px, "
              f"{result['patches_per_set']} per set and subtype, seed {result['seed']}.", "",
-             "Two-sample test accuracy (0.5 = indistinguishable), 95 % interval; goal <= "
+             "Two-sample test accuracy (0.5 = indistinguishable), 95 % interval, n patches scored (real and "
+             "synthetic; the other half trained the critic); goal <= "
              f"{GOALS['two_sample_class']} per class, <= {GOALS['two_sample_subtype']} per subtype", "", head, rule]
 
     def cell(t):
-        return f"{t['accuracy']:.3f} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}] {'ok' if t['meets_goal'] else 'FAIL'}"
+        return f"{accuracy_text(t)} {'ok' if t['meets_goal'] else 'FAIL'}"
 
     for name, rr in result["real_vs_real"].items():
-        lines.append(f"| {name}: real vs real | " + " | ".join(
-            f"{rr['accuracy']:.3f} [{rr['ci95'][0]:.2f}, {rr['ci95'][1]:.2f}]" for _ in names) + " |")
+        lines.append(f"| {name}: real vs real | " + " | ".join(accuracy_text(rr) for _ in names) + " |")
     for name in reports[0]["classes"]:
         lines.append(f"| {name} | " + " | ".join(cell(r["classes"][name]["two_sample"]) if name in r["classes"]
                                                  else "n/a" for r in reports) + " |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.labels import SUBTYPES_BY_CLASS, pretty
-from core.gan.checks import GOALS
+from core.gan.checks import GOALS, scored_text
 from core.jsonfile import read_json
 from core.paths import SAMPLES_DIR
 
@@ -102,7 +102,8 @@ def check_rows(quality: dict) -> list[dict]:
     for name, r in report["classes"].items():
         t = r["two_sample"]
         rows.append({"set": f"{name} (class)", "two-sample accuracy": round(t["accuracy"], 3),
-                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "goal met": t["meets_goal"],
+                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "patches scored": scored_text(t),
+                     "goal met": t["meets_goal"],
                      "held-out images": sum(report["subtypes"][s]["held_out_images"]
                                             for s in SUBTYPES_BY_CLASS.get(name, ()) if s in report["subtypes"])})
     for subtype, r in report["subtypes"].items():
@@ -111,7 +112,7 @@ def check_rows(quality: dict) -> list[dict]:
         distances = {f"{k.replace('_', ' ')} / floor": f"{d['synthetic'] / max(d['real_vs_real'], 1e-12):.2f}"
                      for k, d in r["distances"].items()}
         rows.append({"set": pretty(subtype), "two-sample accuracy": round(t["accuracy"], 3),
-                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}",
+                     "95% interval": f"{t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}", "patches scored": scored_text(t),
                      "goal met": bool(t["meets_goal"] and n["within_tolerance"]
                                       and all(d["meets_goal"] for d in r["distances"].values())),
                      "nuclei / patch (real)": f"{n['synthetic_per_patch']:.1f} ({n['real_per_patch']:.1f})",
