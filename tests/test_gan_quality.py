@@ -160,6 +160,11 @@ def test_nuclei_are_counted_by_size_in_microns():
     assert result["real_per_patch"] == 4 and result["synthetic_per_patch"] == 0 and not result["within_tolerance"]
     assert 2.5 <= result["real_radius_um"] <= 6.0
     assert nuclei.compare(np.stack([patch] * 3), np.stack([patch] * 3), mpp)["within_tolerance"]
+    # None found: null, not NaN (which JSON has not: quality.json failed every strict reader), and said so.
+    assert result["synthetic_radius_um"] is None and nuclei.radius_text(None) == "none found"
+    none_real = nuclei.compare(np.stack([tiny] * 3), np.stack([patch] * 3), mpp)
+    assert none_real["ratio"] is None and none_real["real_radius_um"] is None and not none_real["within_tolerance"]
+    json.dumps([result, none_real], allow_nan=False)
 
 
 def _old_real_neighbour_distance(real, sources):
@@ -203,6 +208,10 @@ def test_evaluate_writes_every_check_on_held_out_fields_and_keeps_the_folder_val
     assert saved["patches_per_set"] == 8 and (split_generator / gan_quality.QUALITY_DIR / "patches.jpg").is_file()
     table = format_judgement(result)
     assert f"{report['classes']['malignant']['two_sample']['accuracy']:.3f}" in table and "All goals met" in table
+    json.loads((split_generator / gan_quality.QUALITY_DIR / "quality.json").read_text(),
+               parse_constant=lambda token: pytest.fail(f"{token} in quality.json"))  # strict JSON
+    report["subtypes"]["ductal_carcinoma"]["nuclei"]["synthetic_radius_um"] = None  # a generator drawing no nuclei
+    assert "; r none found (" in format_judgement(result)
     scored = report["subtypes"]["ductal_carcinoma"]["two_sample"]["n_scored"]
     assert f"n={scored}" in table.split("| ductal_carcinoma |")[1].splitlines()[0]  # the count beside each accuracy
 

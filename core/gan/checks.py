@@ -150,8 +150,8 @@ def format_judgement(result: dict) -> str:
         def nuc(r):
             c = r["subtypes"][s]["nuclei"]
             return (f"{c['synthetic_per_patch']:.1f} ({c['real_per_patch']:.1f}) "
-                    f"{'ok' if c['within_tolerance'] else 'FAIL'}; r {c['synthetic_radius_um']:.1f} "
-                    f"({c['real_radius_um']:.1f})")
+                    f"{'ok' if c['within_tolerance'] else 'FAIL'}; r {nuclei.radius_text(c['synthetic_radius_um'])} "
+                    f"({nuclei.radius_text(c['real_radius_um'])})")
         lines.append(f"| {s} | " + " | ".join(nuc(r) if s in r["subtypes"] else "n/a" for r in reports) + " |")
     lines += ["", f"Distance / real-vs-real floor; goal <= {GOALS['distance_vs_floor']}", "", head, rule]
     for s in subtypes:

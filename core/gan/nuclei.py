@@ -50,21 +50,28 @@ def count(images: np.ndarray, mpp: float) -> np.ndarray:
 def compare(real: np.ndarray, synthetic: np.ndarray, mpp: float, tolerance: float = 0.3) -> dict:
     """Mean nuclei per patch, real vs synthetic, and whether synthetic is within +-tolerance of real
     (the issue's goal is 30 %); also per square millimetre, so different patch sizes compare, and
-    the mean radius of the detected nuclei in microns (their size)."""
+    the mean radius of the detected nuclei in microns (their size). What cannot be measured (the
+    radius where no nucleus was found, the ratio where real has none) is None, JSON's null: a NaN
+    made quality.json unreadable outside Python."""
     out = {"tolerance": tolerance}
     area = real.shape[1] * real.shape[2] * mpp * mpp / 1e6  # patch area in mm^2
     for name, images in (("real", real), ("synthetic", synthetic)):
         found = [detect(image, mpp) for image in images]
         counts = np.array([len(f) for f in found])
         radii = np.concatenate([f[:, 2] for f in found]) * mpp if found else np.zeros(0)
-        mean = float(counts.mean()) if len(counts) else float("nan")
-        out.update({f"{name}_per_patch": mean, f"{name}_std": float(counts.std()) if len(counts) else float("nan"),
-                    f"{name}_per_mm2": mean / area, f"n_{name}": int(len(images)),
-                    f"{name}_radius_um": float(radii.mean()) if len(radii) else float("nan")})
-    real_mean = out["real_per_patch"]
-    out["ratio"] = out["synthetic_per_patch"] / real_mean if real_mean > 0 else float("nan")
-    out["within_tolerance"] = bool(abs(out["ratio"] - 1.0) <= tolerance)
+        mean = float(counts.mean()) if len(counts) else None
+        out.update({f"{name}_per_patch": mean, f"{name}_std": float(counts.std()) if len(counts) else None,
+                    f"{name}_per_mm2": None if mean is None else mean / area, f"n_{name}": int(len(images)),
+                    f"{name}_radius_um": float(radii.mean()) if len(radii) else None})
+    real_mean, synthetic_mean = out["real_per_patch"], out["synthetic_per_patch"]
+    out["ratio"] = synthetic_mean / real_mean if real_mean and synthetic_mean is not None else None
+    out["within_tolerance"] = out["ratio"] is not None and bool(abs(out["ratio"] - 1.0) <= tolerance)
     return out
+
+
+def radius_text(radius_um) -> str:
+    """A mean radius as the tables show it: "4.2" um, or "none found"."""
+    return "none found" if radius_um is None else f"{radius_um:.1f}"
 
 
 def overlay(rgb: np.ndarray, mpp: float, colour=(0, 255, 0)) -> np.ndarray:

@@ -144,9 +144,10 @@ def memorisation(fake_feats, real_feats, real_sources) -> dict:
     """Nearest real training patch per synthetic image, and the distances relative to real-real."""
     index, distance = nearest_real(fake_feats, real_feats)
     scale = real_neighbour_distance(real_feats, real_sources)
+    scale = scale if np.isfinite(scale) else None  # no other image to compare: null in the JSON, not NaN
     return {"nearest": index, "distance": distance, "real_to_real_median": scale,
             "min_distance": float(distance.min()), "median_distance": float(np.median(distance)),
-            "min_ratio": float(distance.min() / scale) if scale and np.isfinite(scale) else None}
+            "min_ratio": float(distance.min() / scale) if scale else None}
 
 
 def _save_pairs(out: Path, subtype: str, fakes, reals, order, distances) -> list[dict]:
