@@ -85,7 +85,8 @@ def launch_form() -> None:
                 help="A folder exported from the reviews (core.store.reviews.export_training_folder); validation "
                      "and test patients never learn from them (in a cross-validation: each fold's held-out "
                      "patients).").strip() or None
-        submitted = st.form_submit_button("Start training", type="primary")
+        submitted = st.form_submit_button("Start training", type="primary", on_click=mark_submitted)
+    st.session_state.pop(SUBMITTED, None)  # seen here: the form's own run starts it, or says why not
     if not submitted:
         return
     problem = folder_problem(values["data"])
@@ -201,6 +202,25 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
 
 
 NOTICE = "_retrain_notice"  # a message from a button's callback, shown by the next run
+SUBMITTED = "_retrain_submitted"  # this session pressed "Start training" (set by the button's callback)
+
+
+def mark_submitted() -> None:
+    """Runs even when the next run shows no form: another session's job started meanwhile."""
+    st.session_state[SUBMITTED] = st.session_state.get("train_name") or "yours"
+
+
+def not_started(job: jobs.Job, status: str) -> None:
+    """This session's "Start training" met another session's job (one job at a time): say so, once."""
+    if SUBMITTED not in st.session_state:
+        return
+    name = st.session_state.pop(SUBMITTED)
+    mine = "Your training job" + ("" if name == "yours" else f" ({name})")
+    other = (f"another training job ({Path(job.run_dir).name}) is running; start yours again when it has ended"
+             if status == jobs.RUNNING else
+             f"another training job ({Path(job.run_dir).name}) has ended and is shown below; start yours again "
+             "with \"Start a new training job\"")
+    st.info(f"{mine} was not started: {other}.", icon=":material/info:")
 
 
 def start_new_job(shown: jobs.Job) -> None:
@@ -228,6 +248,7 @@ if job is None:
     launch_form()
 else:
     status, explanation = jobs.job_status(job, jobs.progress(job))
+    not_started(job, status)
     st.caption(f"Job {Path(job.run_dir).name}: " + ", ".join(f"{k} {v}" for k, v in job.settings.items()))
     if status == jobs.RUNNING:
         follow(job)

@@ -299,3 +299,20 @@ def test_a_job_file_with_fields_of_the_wrong_type_is_called_damaged_and_a_job_ca
         assert jobs.read_job(environment["runs"]) is None and run.is_dir()
     finally:
         job_file.unlink()
+
+
+def test_a_second_session_starting_while_a_job_runs_is_told_its_job_was_not_started(app, environment,
+                                                                                        synthetic_breakhis):
+    """Session B's form was open when session A started a job; B's "Start training" was dropped without
+    a word (one job at a time is by design): B's page showed A's live view only."""
+    job = jobs.start_job(SLEEPER, environment["runs"] / "job-a", {"epochs": 1}, root=environment["runs"])  # session A
+    try:
+        launch(app, synthetic_breakhis, "job-b", epochs=1)
+        assert "Your training job (job-b) was not started: another training job (job-a) is running" in texts(app.info)
+        assert app.button(key="cancel_job").label == "Cancel training"  # A's job, followed
+        assert jobs.read_job(environment["runs"]).run_dir == str(environment["runs"] / "job-a")
+        assert not (environment["runs"] / "job-b").exists()
+        app.run()
+        assert "was not started" not in texts(app.info)  # said once
+    finally:
+        stop_and_forget(job, environment["runs"])
