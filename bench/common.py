@@ -29,11 +29,15 @@ def add_smoke(parser) -> None:
 
 def machine() -> dict:
     """Where the numbers come from: Python, platform, CPU count, the versions of what is loaded, the
-    Keras backend and the checkout whose `core` was measured."""
+    Keras backend and its devices (core.backends.machine, what a GAN session records too, when the
+    bench loaded Keras) and the checkout whose `core` was measured."""
     versions = {name: sys.modules[name].__version__ for name in ("tensorflow", "keras", "jax", "numpy")
                 if name in sys.modules}
     if "keras" in sys.modules:
-        versions["keras_backend"] = sys.modules["keras"].backend.backend()
+        from core.backends import machine as backend_machine
+
+        seen = backend_machine()
+        versions |= {"keras_backend": seen["backend"], "gpus": seen["gpus"]}
     code = sys.modules["core"].__file__ if "core" in sys.modules else None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             **versions, "core": str(Path(code).parent) if code else None}

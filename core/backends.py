@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -54,6 +55,14 @@ def probe(backend: str) -> dict:
                          for d in devices if d.platform != "cpu"],
                 "devices": [f"{d.platform}:{d.id}" for d in devices]}
     raise ValueError(f"unknown Keras backend {backend!r} (one of {KERAS_BACKENDS})")
+
+
+def machine() -> dict:
+    """Where this process runs: the Keras backend and the devices it sees (probe), the CPU count and
+    the platform (a GAN session's record, and every bench's JSON)."""
+    seen = probe(current_backend())
+    return {"backend": seen["backend"], "backend_version": seen["version"], "gpus": seen["gpus"],
+            "cpus": os.cpu_count(), "platform": platform.platform()}
 
 
 def detect(backends=None, timeout: float = 180.0) -> dict[str, dict]:

@@ -9,25 +9,15 @@ after it are trained again, and counted then).
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from core.backends import current_backend, probe
+from core.backends import machine
 from core.jsonfile import read_json, write_json_atomic
 
 SESSIONS = "sessions.json"
 NOT_RECORDED = "not recorded (not started from the command line)"
-
-
-def machine() -> dict:
-    """Where a session ran: the Keras backend and the devices it sees (core.backends.probe), the
-    CPU count and the platform."""
-    seen = probe(current_backend())
-    return {"backend": seen["backend"], "backend_version": seen["version"], "gpus": seen["gpus"],
-            "cpus": os.cpu_count(), "platform": platform.platform()}
 
 
 def _earlier(out_dir: Path) -> list[dict]:
