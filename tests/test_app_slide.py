@@ -115,17 +115,24 @@ def test_a_new_upload_of_the_same_name_and_length_is_analysed_anew(slide_dirs):
     assert "of 2 tissue tiles" in shown[0] and "of 1 tissue tiles" in shown[1]
 
 
+def started_on(ending: str):
+    """The Slide page (its slide_dirs fixture set up) with the listed slide whose name ends so, started: (app, its
+    picker)."""
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/slide.py").run()
+    pick = app.selectbox(key="slide_pick")
+    pick.set_value(next(o for o in pick.options if o.endswith(ending))).run()
+    app.button(key="slide_start").click().run()
+    assert not app.exception, app.exception
+    return app, pick
+
+
 def test_any_analysis_failure_is_a_message_and_a_rerun_does_not_repeat_it(slide_dirs, monkeypatch):
     """A MemoryError (a resolution of 0.001 um/px asked for a 225-GiB tile) was not a SlideError: the page
     crashed, its request stayed set, and every rerun ran the analysis and crashed again."""
     from core.slide.predictor import SlidePredictor
 
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-    app.switch_page("pages/slide.py").run()
-    pick = app.selectbox(key="slide_pick")
-    pick.set_value(next(o for o in pick.options if o.endswith("tiny_mpp.tif"))).run()
-    app.button(key="slide_start").click().run()
-    assert not app.exception, app.exception
+    app, pick = started_on("tiny_mpp.tif")
     shown = texts(app.error).replace("\\", "")  # the message is escaped for Markdown
     assert "0.001 um/px" in shown and "Check that resolution" in shown
 
@@ -147,12 +154,7 @@ def test_any_analysis_failure_is_a_message_and_a_rerun_does_not_repeat_it(slide_
 def test_a_tile_whose_level_0_is_damaged_is_shown_as_analysed_with_a_message(slide_dirs):
     """Opening a tile read it at level 0 outside any try: a damaged level 0 (the analysis used level 1)
     crashed the page."""
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-    app.switch_page("pages/slide.py").run()
-    pick = app.selectbox(key="slide_pick")
-    pick.set_value(next(o for o in pick.options if o.endswith("damaged_level0.tif"))).run()
-    app.button(key="slide_start").click().run()
-    assert not app.exception, app.exception
+    app, _ = started_on("damaged_level0.tif")
     assert "Slide call" in texts(app.markdown)
     shown = texts(app.warning).replace("\\", "")
     assert "could not be read at" in shown and "level 0" in shown and "as the model saw it" in shown
