@@ -85,14 +85,15 @@ def test_every_block_carries_protocol_and_size(metrics):
 
 def test_numbers_are_consistent(metrics):
     """Every block's figures follow from its own confusion matrix, which counts exactly its images
-    (image level) or its cases (patient level)."""
+    (image level), its patients or its case x tumour-type rows (patient level)."""
     checked = 0
     for path, block in _blocks(metrics):
         if "confusion_matrix" not in block:
             continue
         matrix = np.asarray(block["confusion_matrix"]["matrix"])
         level = block["data"]["level"]
-        assert matrix.sum() == block["data"]["cases" if level == "patient" else "images"], path
+        assert matrix.sum() == block["data"]["images" if level == "image" else "rows"], path
+        assert level != "patient" or matrix.sum() == block["data"]["cases"], path
         rows = matrix.sum(axis=1)
         assert block["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum()), path
         recalls = np.diag(matrix)[rows > 0] / rows[rows > 0]  # classes present in the truth
@@ -393,3 +394,41 @@ def test_pooled_out_of_fold_figures_state_the_thresholds_chosen_on_them():
     favouring = metrics["malignant_threshold"]["recall_favouring"]
     assert favouring["threshold"] is not None and favouring["selected_on"]["data"]["protocol"] == PATIENT
     assert "validation" not in metrics  # the same predictions: no second, identical set of figures
+
+
+def test_a_patient_with_two_tumour_types_is_one_stage1_patient_as_the_app_calls_it():
+    """Stage 1 is called per case (core.app.report.case_calls); a case with two true tumour types of one class
+    (one called right, one wrong) is ONE stage-1 patient, not a right and a wrong one. The subtype is scored
+    per case and tumour type, and those rows say so; the intervals and the case threshold count patients."""
+    from core.app.registry import measured_accuracy
+    from core.evaluation.evaluate import score
+    from core.evaluation.thresholds import case_threshold
+
+    def row(case, subtype, p_malignant):
+        label = CLASS_OF_SUBTYPE[subtype]
+        within = {s: 1.0 if s == subtype else 0.0 for s in SUBTYPES}
+        p_class = np.array([[1 - p_malignant, p_malignant]])
+        return predictions_frame(pd.DataFrame([{"path": f"{case}-{subtype}-{p_malignant}.png", "case": case,
+                                                "subtype": subtype, "label": label, "protocol": PATIENT,
+                                                "magnification": "200X"}]),
+                                 p_class, np.array([[within[s] for s in SUBTYPES]]))
+
+    frames = [row("mixed", "adenosis", 0.1), row("mixed", "fibroadenoma", 0.8), row("mixed", "fibroadenoma", 0.7),
+              row("b", "tubular_adenoma", 0.2), row("m", "ductal_carcinoma", 0.9), row("m2", "lobular_carcinoma", 0.6)]
+    table = pd.concat(frames, ignore_index=True)
+    patients = patient_table(table)
+    assert len(patients) == 4 and pd.isna(patients.loc[patients["case"] == "mixed", "subtype"].item())
+    results = score(table, None, "test")  # case threshold 0.5
+    stage1, subtype8 = results["patient"]["stage1"], results["patient"]["subtype8"]
+    assert stage1["data"]["rows"] == stage1["data"]["cases"] == 4 and stage1["data"]["level"] == "patient"
+    assert stage1["accuracy"] == 0.75  # "mixed" (mean p(malignant) 0.53) is one wrong patient
+    assert subtype8["data"]["rows"] == 5 and subtype8["data"]["level"] == "case x tumour type"
+    patient = results["intervals"]["patient"]
+    assert patient["rows"] == patient["cases"] == 4 and patient["subtype_rows"] == 5
+    assert patient["stage1_accuracy"]["value"] == 0.75 == results["patient_stage1_accuracy"]
+    assert case_threshold(table)["selected_on"]["rows"] == 4
+    card = {"metrics": {**results, "intervals": {"patient": patient}}}
+    assert measured_accuracy(card).endswith("0.75 (95% CI " + measured_accuracy(card).split("95% CI ")[1])
+    assert "4 test patients" in measured_accuracy(card) and "rows" not in measured_accuracy(card)
+    older = {"metrics": {**results, "intervals": {"patient": {**patient, "rows": 5}}}}
+    assert "5 case x tumour-type rows of 4 test patients" in measured_accuracy(older)

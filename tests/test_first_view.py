@@ -173,9 +173,9 @@ def test_an_ensemble_of_members_with_unreliable_subtypes_does_not_show_its_subty
 
 def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test():
     """The bundled model's metrics are pooled out-of-fold predictions stored with split 'test': every
-    caption, table and figure title of the Model performance page says out-of-fold, and a patient row
-    is a case and tumour type (49 rows of 46 cases), not an unexplained 'case row'."""
-    from core.app import performance
+    caption, table and figure title of the Model performance page says out-of-fold; a stage-1 patient row is a
+    patient (46 of 46, as the app calls a case), the patient subtype row a case and tumour type (49 of 46 cases)."""
+    from core.app import performance, registry
     from core.evaluation.figures import confusion_figure
     from core.jsonfile import read_json
     from core.paths import DEFAULT_MODEL_DIR
@@ -188,8 +188,12 @@ def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test
     assert set(performance.metrics_table(metrics)["split"]) == {"out-of-fold"}
     title = confusion_figure(metrics["stage1"], "Stage 1").layout.title.text
     assert "out-of-fold" in title and "test split" not in title
-    computed = performance.intervals_table(metrics).groupby("level")["computed on"].first()
-    assert computed["patient"].startswith(f"{metrics['intervals']['patient']['rows']} rows (case x tumour type)")
+    table = performance.intervals_table(metrics).set_index(["level", "metric"])["computed on"]
+    assert table["patient", "stage-1 accuracy"] == "46 patients (one row each)"
+    assert table["patient", "subtype macro-F1 (8 classes)"] == "49 rows (case x tumour type), 46 cases"
+    assert metrics["intervals"]["patient"]["stage1_accuracy"]["value"] == 39 / 46
+    assert "(95% CI 0.74-0.93, 46 patients, each tested out of fold)" in registry.measured_accuracy(
+        read_json(DEFAULT_MODEL_DIR / "card.json"))
     held_out = {"data": {"split": "test", "protocol": "patient-wise", "images": 9, "cases": 2}}
     assert performance.protocol_line(held_out).startswith("Computed on the test split,")
     assert "same test cases" in performance.intervals_caption(held_out)

@@ -23,7 +23,7 @@ _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 2: malignant subtypes (true class given)", ("stage2", "malignant")),
     ("End to end: 8 subtypes", ("subtype8",)),
     ("Patient level: benign vs malignant", ("patient", "stage1")),
-    ("Patient level: 8 subtypes", ("patient", "subtype8")),
+    ("Patient level (case x tumour type): 8 subtypes", ("patient", "subtype8")),
 )
 
 
@@ -89,11 +89,22 @@ def intervals_table(metrics: dict) -> pd.DataFrame:
             for column, source in columns.items():
                 row[column] = format_interval(((source.get("intervals") or {}).get(level) or {}).get(key))
             block = (metrics.get("intervals") or {}).get(level) or {}
-            # a patient row is a case and tumour type (PATIENT_NOTE): a few cases have two
-            row["computed on"] = (f"{block.get('rows', '?')} images, {block.get('cases', '?')} cases" if level == "image"
-                                  else f"{block.get('rows', '?')} rows (case x tumour type), {block.get('cases', '?')} cases")
+            row["computed on"] = computed_on(block, level, key)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def computed_on(block: dict, level: str, key: str) -> str:
+    """What one headline interval was computed on: images, patients (one row each), or for the patient-level
+    subtype (and an older evaluation's every patient-level figure) rows of one case and true tumour type."""
+    rows, cases = block.get("rows", "?"), block.get("cases", "?")
+    if level == "image":
+        return f"{rows} images, {cases} cases"
+    if key == "subtype_macro_f1" and block.get("subtype_rows") is not None:
+        rows = block["subtype_rows"]
+    elif rows == cases:
+        return f"{cases} patients (one row each)"
+    return f"{rows} rows (case x tumour type), {cases} cases"
 
 
 def cross_validation_table(cv: dict) -> pd.DataFrame:

@@ -181,9 +181,11 @@ def measured_accuracy(card: dict) -> str | None:
     if not block or block.get("value") is None:
         return None
     interval = f"95% CI {block['low']:.2f}-{block['high']:.2f}, " if block.get("low") is not None else ""
-    cases = patient.get("cases", "?")
+    cases, rows = patient.get("cases", "?"), patient.get("rows", patient.get("cases", "?"))
     split = tested(metrics)
     who = f"{cases} patients, each tested out of fold" if split == "out-of-fold" else f"{cases} {split} patients"
+    if rows != cases:  # an older evaluation scored a case with two tumour types twice: say which unit it counted
+        who = f"{rows} case x tumour-type rows of {who}"
     return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{who})"
 
 

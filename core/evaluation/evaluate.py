@@ -25,9 +25,11 @@ from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CL
 from core.data.selection import fingerprint, resolve_paths
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
-from core.evaluation.intervals import headline_intervals, point_metrics
+from core.evaluation.intervals import headline_intervals, patient_intervals, point_metrics
 from core.evaluation.metrics import (
     PATIENT_NOTE,
+    PATIENT_UNIT,
+    SUBTYPE_UNIT,
     columns_of,
     magnification_blocks,
     patient_blocks,
@@ -180,7 +182,8 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
         "patient": patient, "per_magnification": magnification_blocks(evaluated, split),
         "malignant_threshold": thresholds, "case_threshold": cases_rule,
         "intervals": {"image": headline_intervals(evaluated, "image"),
-                      "patient": headline_intervals(patient_table(evaluated, cases_rule["threshold"]), "patient")},
+                      "patient": patient_intervals(*(patient_table(evaluated, cases_rule["threshold"], unit)
+                                                     for unit in (PATIENT_UNIT, SUBTYPE_UNIT)))},
     }
     if val_table is not None and len(val_table):
         results["validation"] = {"data": scope(val_table, "val"), **point_metrics(val_table)}

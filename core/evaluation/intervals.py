@@ -87,10 +87,10 @@ def _arrays(table: pd.DataFrame) -> dict:
     return {c: table[c].to_numpy() for c in COLUMNS}
 
 
-def point_metrics(table: pd.DataFrame) -> dict:
-    """The headline metrics of a table of predictions (None where undefined)."""
+def point_metrics(table: pd.DataFrame, names=HEADLINE) -> dict:
+    """The headline metrics (or those `names`) of a table of predictions (None where undefined)."""
     arrays, ones = _arrays(table), np.ones((1, len(table)))
-    values = {name: float(metric(ones, arrays)[0]) for name, metric in HEADLINE_METRICS.items()}
+    values = {name: float(HEADLINE_METRICS[name](ones, arrays)[0]) for name in names}
     return {name: (None if np.isnan(v) else v) for name, v in values.items()}
 
 
@@ -112,17 +112,30 @@ def _interval(values: np.ndarray, point: float | None, resamples: int) -> dict:
             "resamples": int(len(values)), "undefined": int(resamples - len(values))}
 
 
-def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
-    """Every headline metric with its percentile interval over resamples of whole cases."""
+def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                       names=HEADLINE) -> dict:
+    """Every headline metric (or those `names`) with its percentile interval over resamples of whole cases."""
     weights = _case_weights(table, n_resamples, seed)
-    arrays, point = _arrays(table), point_metrics(table)
+    arrays, point = _arrays(table), point_metrics(table, names)
     out = {"level": level_name, "cases": int(table["case"].nunique()), "rows": int(len(table)), "confidence": LEVEL,
            "resamples_requested": n_resamples,
            "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
-    for name, metric in HEADLINE_METRICS.items():
-        values = metric(weights, arrays) if len(weights) else np.array([])
+    for name in names:
+        values = HEADLINE_METRICS[name](weights, arrays) if len(weights) else np.array([])
         out[name] = _interval(values, point[name], len(weights))
     return out
+
+
+def patient_intervals(patients: pd.DataFrame, typed: pd.DataFrame, n_resamples: int = N_RESAMPLES,
+                      seed: int = 0) -> dict:
+    """The patient-level headline intervals: the stage-1 figures over one row per patient (`rows` = `cases`),
+    the subtype macro-F1 over one row per case and true tumour type (`subtype_rows`); both resample the
+    same whole cases (core.evaluation.metrics.patient_table's PATIENT_UNIT and SUBTYPE_UNIT tables)."""
+    stage1 = tuple(name for name in HEADLINE if name != "subtype_macro_f1")
+    out = headline_intervals(patients, "patient", n_resamples, seed, stage1)
+    subtype = headline_intervals(typed, "patient", n_resamples, seed, ("subtype_macro_f1",))
+    return {**out, "subtype_macro_f1": subtype["subtype_macro_f1"], "subtype_rows": subtype["rows"],
+            "unit": "stage 1 per patient (case); subtype macro-F1 per case x tumour type"}
 
 
 def subtype_f1_intervals(table: pd.DataFrame, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:

@@ -14,8 +14,16 @@ from sklearn import metrics as skm
 from core.data.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.decisions import case_decision
 
-PATIENT_NOTE = ("patient level: image probabilities averaged per case (per case and tumour type for "
-                "the few cases with two), then the usual decision rule")
+# The units of the patient level. Stage 1 is called per patient, as the app calls a case
+# (core.app.report.case_calls groups by case id): a case whose images are all of one class is one row, whatever
+# its tumour types. The subtype is scored per case and TRUE tumour type, since a case with two tumour types has
+# two right answers; those rows are formed with the ground truth, which the app does not have, and say so.
+PATIENT_UNIT = ("case", "label")
+SUBTYPE_UNIT = ("case", "subtype")
+UNIT_NAMES = {PATIENT_UNIT: "patient", SUBTYPE_UNIT: "case x tumour type"}
+PATIENT_NOTE = ("patient level: image probabilities averaged per case, then the usual decision rule; stage 1 "
+                "one row per patient (case), as the app calls it; the subtype one row per case and true tumour "
+                "type (a few cases have two)")
 
 
 def split_name(data: dict | None) -> str:
@@ -35,9 +43,10 @@ def measured_on(data: dict | None) -> str:
 def scope(table: pd.DataFrame, split: str, level: str = "image") -> dict:
     """What a metric block was computed on."""
     protocols = sorted(set(table["protocol"].astype(str))) if len(table) else []
-    return {"split": split, "protocol": ", ".join(protocols) or "unknown protocol", "level": level,
+    data = {"split": split, "protocol": ", ".join(protocols) or "unknown protocol", "level": level,
             "images": int(table["n_images"].sum()) if "n_images" in table else int(len(table)),
             "cases": int(table["case"].nunique()) if len(table) else 0}
+    return data if level == "image" else {**data, "rows": int(len(table))}
 
 
 def balanced_accuracy(y_true, y_pred) -> float:
@@ -126,14 +135,18 @@ def stage2_blocks(table: pd.DataFrame, split: str) -> dict:
     return blocks
 
 
-def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5) -> pd.DataFrame:
-    """One row per case (and tumour type): mean probabilities, then stage 1 -> stage 2 decisions."""
+def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5, unit: tuple = PATIENT_UNIT) -> pd.DataFrame:
+    """One row per `unit` (PATIENT_UNIT: per patient, for stage 1; SUBTYPE_UNIT: per case and tumour type, for
+    the subtype): mean probabilities, then stage 1 -> stage 2 decisions. A patient row of a case with two
+    tumour types has no one true subtype: its `subtype` is missing (score the subtype on SUBTYPE_UNIT rows)."""
     table = table.assign(correct_stage1=(table["label"] == table["pred_label"]).astype(float),
                          correct_subtype8=(table["subtype"] == table["pred_subtype"]).astype(float))
-    grouped = table.groupby(["case", "subtype"], sort=True)
+    grouped = table.groupby(list(unit), sort=True)
     averaged = columns_of("p", CLASSES) + columns_of("p", SUBTYPES) + ["correct_stage1", "correct_subtype8"]
     cases = grouped[averaged].mean().reset_index()
     cases["label"] = grouped["label"].first().to_numpy()
+    if "subtype" not in unit:
+        cases["subtype"] = [s.iloc[0] if s.nunique() == 1 else None for _, s in grouped["subtype"]]
     cases["protocol"] = grouped["protocol"].first().to_numpy()
     cases["n_images"] = grouped.size().to_numpy()
     # The app's case rule (core.model.predict.case_decision), on p(class) and p(subtype | class).
@@ -145,14 +158,15 @@ def patient_table(table: pd.DataFrame, malignant_threshold: float = 0.5) -> pd.D
 
 
 def patient_blocks(table: pd.DataFrame, split: str, malignant_threshold: float = 0.5) -> dict:
-    cases = patient_table(table, malignant_threshold)
-    data = scope(cases, split, level="patient")
+    """Stage 1 per patient, the subtype per case and tumour type (PATIENT_NOTE), each block naming its unit."""
+    cases, typed = (patient_table(table, malignant_threshold, unit) for unit in (PATIENT_UNIT, SUBTYPE_UNIT))
+    data, typed_data = (scope(t, split, level=UNIT_NAMES[u]) for t, u in ((cases, PATIENT_UNIT), (typed, SUBTYPE_UNIT)))
     return {"note": PATIENT_NOTE, "malignant_threshold": malignant_threshold,
-            "stage1": stage1_block(cases, data), "subtype8": subtype8_block(cases, data),
+            "stage1": stage1_block(cases, data), "subtype8": subtype8_block(typed, typed_data),
             # BreakHis' own patient score: the share of a patient's images classified correctly, averaged.
-            "patient_recognition_rate": {"data": data,
+            "patient_recognition_rate": {"data": data, "subtype_data": typed_data,
                                          "stage1": float(cases["correct_stage1"].mean()),
-                                         "subtype8": float(cases["correct_subtype8"].mean())}}
+                                         "subtype8": float(typed["correct_subtype8"].mean())}}
 
 
 def _headline(block: dict) -> dict:
