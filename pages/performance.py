@@ -46,11 +46,14 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
                    "Mean +- sample standard deviation over the folds.")
         st.dataframe(performance.cross_validation_table(cv), hide_index=True)
     calibration = metrics.get("calibration") or card.get("calibration")
-    if calibration and calibration.get("measured"):
+    if calibration and calibration.get("temperatures"):
         st.subheader("Calibration")
-        st.caption(performance.calibration_caption(calibration))
-        st.dataframe(performance.calibration_table(calibration), hide_index=True)
-        st.plotly_chart(reliability_figure(calibration), key="reliability")
+        st.caption(performance.calibration_caption(calibration))  # says so when its effect was not measured
+        if calibration.get("measured"):
+            st.dataframe(performance.calibration_table(calibration), hide_index=True)
+            st.plotly_chart(reliability_figure(calibration), key="reliability")
+    else:
+        st.caption("This model's probabilities are not calibrated (no temperature scaling in its card).")
     referral = (card.get("thresholds") or {}).get("referral")
     if referral and referral.get("stage1"):
         st.subheader("Per-stage referral")

@@ -274,3 +274,29 @@ def test_the_diagnose_page_first_view(app_env, sample):
     assert list(table.columns[:len(report.SHOWN_FIRST)]) == report.SHOWN_FIRST  # refer reasons not off-screen
     assert not table.isna().any().any() and "None" not in table.astype(str).to_numpy()
     assert "Heat-map colour scale" in texts(app.caption)
+
+
+def test_the_performance_page_shows_the_calibrations_measured_in_sample_effect_or_says_it_was_not_measured(
+        monkeypatch, tmp_path):
+    """The bundled model's temperatures were fitted on its pooled out-of-fold predictions: the page shows ECE and
+    Brier before and after per head (measured on those same predictions, and says so), names the temperature at
+    the search cap, and a model whose calibration was not measured gets a sentence, not a missing section."""
+    from core.app import performance
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+    from tests.app_helpers import app_on_bundled_models, texts
+
+    calibration = read_json(DEFAULT_MODEL_DIR / "card.json")["calibration"]
+    table = performance.calibration_table(calibration).set_index("head")
+    assert set(table["split"]) == {"out-of-fold"} and table.loc["stage1", "images"] == 757
+    assert (table.loc["stage1", "ECE before"], table.loc["stage1", "ECE after"]) == (0.0669, 0.0464)
+    assert (table.loc["stage1", "Brier before"], table.loc["stage1", "Brier after"]) == (0.2521, 0.2484)
+    assert table.loc["benign_subtype", "temperature"] == 20.0 and table.loc["benign_subtype", "images"] == 206
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "default")
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception and "Calibration" in texts(app.subheader)
+    caption = texts(app.caption)
+    assert "in-sample: measured on the same pooled out-of-fold" in caption.lower() and "benign_subtype at the edge of the search range 0.05-20" in caption
+    assert any("Reliability (out-of-fold" in chart.proto.spec for chart in app.get("plotly_chart"))
+    unmeasured = {k: v for k, v in calibration.items() if k not in ("measured", "measured_note")}
+    assert "was not measured for this model" in performance.calibration_caption(unmeasured)

@@ -16,6 +16,7 @@ from core.data.fields import magnification_value
 from core.data.labels import sentence
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import measured_on, split_name
+from core.model.calibration import TEMPERATURE_RANGE
 
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 1: benign vs malignant", ("stage1",)),
@@ -200,7 +201,7 @@ def calibration_table(calibration: dict) -> pd.DataFrame:
     rows = []
     for split, measured in (calibration.get("measured") or {}).items():
         for head, m in measured["heads"].items():
-            rows.append({"split": split, "head": head, "temperature": round(calibration["temperatures"].get(head, 1.0), 3),
+            rows.append({"split": split_name(measured["data"]), "head": head, "temperature": round(calibration["temperatures"].get(head, 1.0), 3),
                          "ECE before": round(m["ece_before"], 4), "ECE after": round(m["ece_after"], 4),
                          "Brier before": round(m["brier_before"], 4), "Brier after": round(m["brier_after"], 4),
                          "images": m["images"], "protocol": measured["data"]["protocol"]})
@@ -296,10 +297,20 @@ def backend_text(card: dict) -> str:
 
 
 def calibration_caption(calibration: dict) -> str:
-    return (f"{calibration['method']}; temperatures "
+    """The method and temperatures (naming any at the edge of the search range, where the fit was stopped, not
+    settled), what the before/after figures were measured on, or that they were not measured."""
+    edges = [head for head, t in calibration["temperatures"].items()
+             if not TEMPERATURE_RANGE[0] * 1.001 < t < TEMPERATURE_RANGE[1] * 0.999]
+    text = (f"{calibration['method']}; temperatures "
             + ", ".join(f"{head} {t:.2f}" for head, t in calibration["temperatures"].items())
-            + f". ECE over {calibration.get('ece_bins', 15)} confidence bins; each stage-2 head is judged on "
-            "the images of its own class.")
+            + (f" ({', '.join(edges)} at the edge of the search range {TEMPERATURE_RANGE[0]}-{TEMPERATURE_RANGE[1]:g})"
+               if edges else "") + ".")
+    if not calibration.get("measured"):
+        return text + (" Its effect (ECE and Brier score before and after) was not measured for this model: "
+                       "no reliability diagram can be shown.")
+    return (text + f" ECE over {calibration.get('ece_bins', 15)} confidence bins; each stage-2 head is judged on "
+            "the images of its own class." + (f" {sentence(calibration['measured_note'])}"
+                                              if calibration.get("measured_note") else ""))
 
 
 def uncertainty_caption(uncertainty: dict) -> str:

@@ -58,6 +58,6 @@ def reliability_figure(calibration: dict, split: str = "test") -> go.Figure:
             points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
             figure.add_scatter(x=[c for c, _ in points], y=[a for _, a in points], mode="lines+markers",
                                line=dict(dash=dash), name=f"{head} {when} (ECE {m[f'ece_{when}']:.3f})")
-    return figure.update_layout(title=f"Reliability on the {split} split ({scope_text(measured.get('data'))})",
+    return figure.update_layout(title=f"Reliability ({scope_text(measured.get('data'))})",
                                 xaxis_title="confidence (top-label probability)", yaxis_title="accuracy",
                                 xaxis_range=[0, 1], yaxis_range=[0, 1], **LAYOUT)

@@ -9,10 +9,14 @@ tumour type for stage 1 (QA figs D1: 49 case x tumour-type rows were reported as
   uncalibrated predictions are recovered by undoing the temperatures (apply_temperature with 1 / T) and scored as
   field_run scored them; the old per-fold figures must come back first (image level, and patient level per case x
   tumour type), else nothing per fold is replaced.
+- calibration (--calibration: QA figs D2): ECE (15 bins) and Brier before and after each head's temperature, by
+  core.training.calibrate_run's own measure, on the uncalibrated predictions recovered by undoing the temperatures;
+  in-sample, since the temperatures were fitted on these same pooled predictions (the card says so).
 - baselines: their predictions are not stored; each is refitted on the same folds (field_run.baseline_oof, a few
   minutes) and replaced only where its image-level figures come back unchanged, else labelled.
 
     PYTHONPATH=. python experiments/i25/rederive_oof_figures.py [--data ../shared/breakhis/real] [--write]
+    PYTHONPATH=. python experiments/i25/rederive_oof_figures.py --calibration [--write]
 """
 import argparse
 import math
@@ -21,7 +25,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from core.data.labels import STAGE1_OUTPUT, STAGE2_OUTPUTS
+from core.data.labels import CLASSES, HIERARCHICAL, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.splits import patient_kfold
 from core.evaluation.evaluate import score
 from core.evaluation.intervals import fold_figures, fold_summary, headline_intervals
@@ -60,8 +64,6 @@ def rebuilt_folds(pooled: pd.DataFrame, data: str, card: dict) -> list[np.ndarra
 
 def uncalibrated(rows: pd.DataFrame, temperatures: dict) -> pd.DataFrame:
     """The fold models' own predictions, as field_run scored each fold: the temperatures undone."""
-    from core.data.labels import CLASSES, SUBTYPES_BY_CLASS
-
     raw = {STAGE1_OUTPUT: apply_temperature(rows[[f"p_{c}" for c in CLASSES]].to_numpy(), 1 / temperatures[STAGE1_OUTPUT])}
     for c in CLASSES:
         raw[STAGE2_OUTPUTS[c]] = apply_temperature(rows[[f"w_{s}" for s in SUBTYPES_BY_CLASS[c]]].to_numpy(),
@@ -76,11 +78,44 @@ def old_patient_figures(rows: pd.DataFrame) -> dict:
     return {f"patient_{k}": v["value"] for k, v in block.items() if isinstance(v, dict)}
 
 
+def measured_calibration(pooled: pd.DataFrame, calibration: dict) -> dict:
+    """The card's calibration block with `measured` (the shape core.training.calibrate_run writes) on the pooled
+    out-of-fold predictions, the raw head outputs recovered by undoing the temperatures."""
+    from core.evaluation.metrics import scope
+    from core.model.calibration import ECE_BINS
+    from core.training.calibrate_run import _measure, head_targets
+
+    raw = uncalibrated(pooled, calibration["temperatures"])
+    outputs = {STAGE1_OUTPUT: raw[[f"p_{c}" for c in CLASSES]].to_numpy()}
+    for c, head in STAGE2_OUTPUTS.items():
+        outputs[head] = raw[[f"w_{s}" for s in SUBTYPES_BY_CLASS[c]]].to_numpy()
+    heads = _measure(outputs, head_targets(pooled, HIERARCHICAL), calibration["temperatures"])
+    return {**calibration, "ece_bins": ECE_BINS,
+            "measured": {"test": {"data": scope(pooled, "test"), "heads": heads, "in_sample": True}},
+            "measured_note": "in-sample: measured on the same pooled out-of-fold predictions the temperatures were "
+                             "fitted on, so the ECE after is optimistic (a temperature moves no argmax: accuracy, "
+                             "F1 and AUC are unaffected)"}
+
+
+def calibration_main(write: bool):
+    card = read_json(f"{FOLDER}/card.json")
+    block = measured_calibration(pd.read_csv(f"{FOLDER}/oof_predictions.csv"), card["calibration"])
+    for head, m in block["measured"]["test"]["heads"].items():
+        print(head, f"T {block['temperatures'][head]:.4f}", m["images"], {k: round(m[k], 4) for k in (
+            "ece_before", "ece_after", "brier_before", "brier_after", "accuracy")})
+    if write:
+        update_card(FOLDER, calibration=block)
+        print("written")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/breakhis/real")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--calibration", action="store_true")
     args = parser.parse_args()
+    if args.calibration:
+        return calibration_main(args.write)
     card, metrics_file, cv = (read_json(f"{FOLDER}/{name}") for name in ("card.json", "metrics.json", "cv.json"))
     pooled = pd.read_csv(f"{FOLDER}/oof_predictions.csv")
 
