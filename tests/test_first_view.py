@@ -300,3 +300,17 @@ def test_the_performance_page_shows_the_calibrations_measured_in_sample_effect_o
     assert any("Reliability (out-of-fold" in chart.proto.spec for chart in app.get("plotly_chart"))
     unmeasured = {k: v for k, v in calibration.items() if k not in ("measured", "measured_note")}
     assert "was not measured for this model" in performance.calibration_caption(unmeasured)
+
+
+def test_readme_does_not_say_the_subtype_refit_cured_a_head_whose_temperature_is_still_at_the_cap():
+    """README's 'Subtype refit' said the refitted heads are not confidently wrong (the old ones' temperature was
+    20); the bundled benign head's fitted temperature is still the search cap, and README must say so."""
+    from core.jsonfile import read_json
+    from core.model.calibration import TEMPERATURE_RANGE
+    from core.paths import DEFAULT_MODEL_DIR, REPO
+
+    benign = read_json(DEFAULT_MODEL_DIR / "card.json")["calibration"]["temperatures"]["benign_subtype"]
+    assert benign >= 0.999 * TEMPERATURE_RANGE[1]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "a convex, regularised, class-balanced fit on the same features is not." not in readme
+    assert f"its temperature is still at the search cap of {TEMPERATURE_RANGE[1]:g}" in readme
