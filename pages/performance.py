@@ -42,8 +42,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
     cv = files.cross_validation
     if cv:
         st.subheader(f"Cross-validation: {cv['protocol']}")
-        st.caption("Every patient is a test patient in exactly one fold, so the figure does not hang on one split. "
-                   "Mean +- sample standard deviation over the folds.")
+        st.caption(performance.cross_validation_caption(cv))
         st.dataframe(performance.cross_validation_table(cv), hide_index=True)
     calibration = metrics.get("calibration") or card.get("calibration")
     if calibration and calibration.get("temperatures"):

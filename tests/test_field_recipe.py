@@ -304,6 +304,10 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     assert card["training"]["synthetic_by_subtype"] == {} and card["evidence"]["patients"] == table["case"].nunique()
     assert set(card["training"]["subtype_refit"]["heads"]) == {"benign_subtype", "malignant_subtype"}
     assert read_json(out / "cv.json")["pooled"]["data"]["cases"] == table["case"].nunique()
+    # Each pooled prediction names its fold, so the per-fold figures can be recomputed from the stored predictions.
+    oof, per_fold = pd.read_csv(out / "oof_predictions.csv"), read_json(out / "cv.json")["per_fold"]["model"]
+    assert oof["fold"].value_counts().sort_index().tolist() == [f["test_images"] for f in per_fold]
+    assert oof.groupby("fold")["case"].nunique().tolist() == [f["test_cases"] for f in per_fold]
     # Brought back, it installs as make-default installs its own run, with the command that made it.
     installed, ran = tmp_path / "default", "scripts/gpu_machine.sh run pack --folds 2 --refit-subtypes"
     assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 0

@@ -314,3 +314,20 @@ def test_readme_does_not_say_the_subtype_refit_cured_a_head_whose_temperature_is
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "a convex, regularised, class-balanced fit on the same features is not." not in readme
     assert f"its temperature is still at the search cap of {TEMPERATURE_RANGE[1]:g}" in readme
+
+
+def test_the_cross_validation_table_states_its_data_size_and_the_stored_predictions_name_their_fold():
+    """The CV table's caption names the images and patients, per fold; the bundled model's out-of-fold predictions
+    carry the fold that predicted them, agreeing with cv.json's per-fold sizes (so per-fold figures can be checked)."""
+    from core.app import performance
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    cv = read_json(DEFAULT_MODEL_DIR / "cv.json")
+    caption = performance.cross_validation_caption(cv)
+    assert "5 folds, 757 images of 46 patients" in caption and "134 images / 10 patients" in caption
+    assert "not recorded" in performance.cross_validation_caption({"mean_std": cv["mean_std"]})
+    oof = pd.read_csv(DEFAULT_MODEL_DIR / "oof_predictions.csv")
+    per_fold = cv["per_fold"]["model"]
+    assert oof["fold"].value_counts().sort_index().tolist() == [f["test_images"] for f in per_fold]
+    assert oof.groupby("fold")["case"].nunique().tolist() == [f["test_cases"] for f in per_fold]

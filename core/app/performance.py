@@ -108,6 +108,18 @@ def computed_on(block: dict, level: str, key: str) -> str:
     return f"{rows} rows (case x tumour type), {cases} cases"
 
 
+def cross_validation_caption(cv: dict) -> str:
+    """What the cross-validation table was computed on: the images and patients, per fold where cv.json has them."""
+    folds = (cv.get("per_fold") or {}).get("model") or []
+    sizes = [(f.get("test_images"), f.get("test_cases")) for f in folds]
+    text = ("Every patient is a test patient in exactly one fold, so the figure does not hang on one split. "
+            "Mean +- sample standard deviation over the folds")
+    if not sizes or any(None in size for size in sizes):
+        return text + "; the data size per fold is not recorded."
+    return (text + f" ({len(sizes)} folds, {sum(i for i, _ in sizes)} images of {sum(c for _, c in sizes)} patients; "
+            "held out per fold: " + ", ".join(f"{i} images / {c} patients" for i, c in sizes) + ").")
+
+
 def cross_validation_table(cv: dict) -> pd.DataFrame:
     """core.training.crossval's summary as rows: metric, then mean +- std for the model and each baseline."""
     rows = []

@@ -296,7 +296,8 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         per_fold.append({"fold": k, **fold_figures(score(fold_frame, None, "test")),
                          "train_seconds": sum(seconds[-config.members:])})
     order = np.concatenate([held for held, _ in raws[0]])
-    rows = _rows(table.iloc[order], "test", protocol)
+    rows = _rows(table.iloc[order], "test", protocol).assign(  # each prediction's fold, to recompute per fold
+        fold=np.repeat(range(config.folds), [len(held) for held, _ in raws[0]]))
     member_raw = [_pooled(r) for r in raws]
     temperatures = [calibrate(raw, rows) for raw in member_raw]
     # A seed ensemble predicts like core.model.ensemble: the mean of its members' calibrated outputs.

@@ -12,11 +12,14 @@ tumour type for stage 1 (QA figs D1: 49 case x tumour-type rows were reported as
 - calibration (--calibration: QA figs D2): ECE (15 bins) and Brier before and after each head's temperature, by
   core.training.calibrate_run's own measure, on the uncalibrated predictions recovered by undoing the temperatures;
   in-sample, since the temperatures were fitted on these same pooled predictions (the card says so).
+- fold (--fold: QA figs D5): the fold of every stored prediction, from the rebuilt folds (their order and every
+  per-fold figure of cv.json checked above), appended to oof_predictions.csv as text (the other values untouched).
 - baselines: their predictions are not stored; each is refitted on the same folds (field_run.baseline_oof, a few
   minutes) and replaced only where its image-level figures come back unchanged, else labelled.
 
     PYTHONPATH=. python experiments/i25/rederive_oof_figures.py [--data ../shared/breakhis/real] [--write]
     PYTHONPATH=. python experiments/i25/rederive_oof_figures.py --calibration [--write]
+    PYTHONPATH=. python experiments/i25/rederive_oof_figures.py --fold [--data ...] [--write]
 """
 import argparse
 import math
@@ -108,12 +111,36 @@ def calibration_main(write: bool):
         print("written")
 
 
+def fold_main(data: str, write: bool):
+    """Append the fold column, only where the rebuilt folds reproduce cv.json's per-fold sizes and figures."""
+    card, cv = read_json(f"{FOLDER}/card.json"), read_json(f"{FOLDER}/cv.json")
+    pooled = pd.read_csv(f"{FOLDER}/oof_predictions.csv")
+    rebuilt = rebuilt_folds(pooled, data, card)
+    assert rebuilt is not None and "fold" not in pooled, "folds not rebuilt exactly, or a fold column already there"
+    _, _, positions = rebuilt
+    for old, rows in zip(cv["per_fold"]["model"], positions):
+        figures = fold_figures(score(uncalibrated(pooled.iloc[rows], card["calibration"]["temperatures"]), None, "test"))
+        assert close({k: old[k] for k in figures}, figures), f"fold {old['fold']} figures differ"
+    fold = np.concatenate([np.full(len(rows), k) for k, rows in enumerate(positions)])
+    print("fold sizes", np.bincount(fold).tolist(), "cv.json", [f["test_images"] for f in cv["per_fold"]["model"]])
+    if write:
+        path = f"{FOLDER}/oof_predictions.csv"
+        lines = open(path, encoding="utf-8").read().splitlines()
+        assert len(lines) == len(fold) + 1
+        with open(path, "w", encoding="utf-8") as out:
+            out.write("\n".join([lines[0] + ",fold"] + [f"{line},{k}" for line, k in zip(lines[1:], fold)]) + "\n")
+        print("written")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/breakhis/real")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--calibration", action="store_true")
+    parser.add_argument("--fold", action="store_true")
     args = parser.parse_args()
+    if args.fold:
+        return fold_main(args.data, args.write)
     if args.calibration:
         return calibration_main(args.write)
     card, metrics_file, cv = (read_json(f"{FOLDER}/{name}") for name in ("card.json", "metrics.json", "cv.json"))
