@@ -59,14 +59,12 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
         st.caption(performance.referral_caption(referral))
         curves = performance.risk_coverage_frame(referral)
         if len(curves):
-            figure = px.line(curves, x="share not referred", y="accuracy", color="stage", hover_data=["threshold"],
+            figure = px.line(curves, x=performance.RISK_X, y="accuracy", color="stage", hover_data=["threshold"],
                              title="Risk-coverage: accuracy of the images not referred")
-            for stage, name, colour in (("stage1", "stage 1", "#b03030"), ("subtype", "subtype", "#2b6f8e")):
-                chosen = referral[stage]
-                if chosen.get("accuracy") is not None:
-                    figure.add_scatter(x=[chosen["coverage"]], y=[chosen["accuracy"]], mode="markers",
-                                       marker=dict(size=12, color=colour, symbol="x"),
-                                       name=f"chosen {name} threshold {chosen['threshold']:.2f}")
+            colours = {"stage1": "#b03030", "subtype": "#2b6f8e"}
+            for point in performance.chosen_points(referral):
+                figure.add_scatter(x=[point["x"]], y=[point["y"]], mode="markers", name=point["name"],
+                                   marker=dict(size=12, color=colours[point["stage"]], symbol="x"))
             figure.update_layout(**LAYOUT)
             st.plotly_chart(figure, key="risk_coverage")
     if metrics.get("uncertainty"):

@@ -372,13 +372,43 @@ def referral_caption(referral: dict) -> str:
     return text
 
 
+RISK_X = "share of all images not referred"
+
+
+def _of_all(referral: dict, stage: str) -> tuple[float | None, str]:
+    """(factor turning a stage's coverage into a share of ALL images, its legend words). The subtype's curve is
+    chosen among the images stage 1 does not refer: its coverage is scaled by their share of all images; a card
+    without both counts keeps its own basis (None), and the legend says which."""
+    if stage == "stage1":
+        return 1.0, "stage 1"
+    kept, every = referral["subtype"].get("images"), referral["stage1"].get("images")
+    if kept is not None and every:
+        return kept / every, "subtype (stage 1 and subtype not referred)"
+    return None, "subtype (share of the stage-1 unreferred images, not of all)"
+
+
 def risk_coverage_frame(referral: dict) -> pd.DataFrame:
-    """Both stages' risk-coverage curves (share not referred vs accuracy of those) for one plot."""
+    """Both stages' risk-coverage curves (share of all images not referred vs accuracy of those) for one plot."""
     frames = []
-    for stage, name in (("stage1", "stage 1"), ("subtype", "subtype (of stage-1 unreferred)")):
+    for stage in ("stage1", "subtype"):
         curve = referral[stage].get("curve") or {}
         if curve.get("coverage"):
-            frames.append(pd.DataFrame({"share not referred": curve["coverage"], "accuracy": curve["accuracy"],
+            factor, name = _of_all(referral, stage)
+            frames.append(pd.DataFrame({RISK_X: [c * (factor or 1.0) for c in curve["coverage"]],
+                                        "accuracy": curve["accuracy"],
                                         "threshold": curve["threshold"], "stage": name}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+
+def chosen_points(referral: dict) -> list[dict]:
+    """Each stage's chosen threshold as a marker on risk_coverage_frame's axis, named with its share of all images."""
+    points = []
+    for stage in ("stage1", "subtype"):
+        chosen = referral[stage]
+        if chosen.get("accuracy") is not None:
+            factor, name = _of_all(referral, stage)
+            x = chosen["coverage"] * (factor or 1.0)
+            share = f"{x:.1%} of all images" if factor is not None else f"{x:.1%} of the stage-1 unreferred"
+            points.append({"stage": stage, "x": x, "y": chosen["accuracy"],
+                           "name": f"chosen {name.split(' (')[0]} threshold {chosen['threshold']:.2f} ({share} kept)"})
+    return points
