@@ -308,6 +308,11 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     oof, per_fold = pd.read_csv(out / "oof_predictions.csv"), read_json(out / "cv.json")["per_fold"]["model"]
     assert oof["fold"].value_counts().sort_index().tolist() == [f["test_images"] for f in per_fold]
     assert oof.groupby("fold")["case"].nunique().tolist() == [f["test_cases"] for f in per_fold]
+    # The calibration's effect, measured on the predictions it was fitted on, and said to be in-sample.
+    measured = card["calibration"]["measured"]["test"]
+    assert measured["in_sample"] and measured["data"]["images"] == len(oof) and "in-sample" in card["calibration"][
+        "measured_note"]
+    assert set(measured["heads"]) == {"stage1", "benign_subtype", "malignant_subtype"}
     # Brought back, it installs as make-default installs its own run, with the command that made it.
     installed, ran = tmp_path / "default", "scripts/gpu_machine.sh run pack --folds 2 --refit-subtypes"
     assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 0
@@ -432,6 +437,9 @@ def test_a_single_split_fields_run_is_evaluated_calibrated_and_ensembled_like_a_
     assert (split["label"] == split["subtype"].map(CLASS_OF_SUBTYPE)).all()
     assert set(split["protocol"]) == {IMAGE} == {read_json(run / "metrics.json")["protocol"]}  # not "patient-wise"
     referral = read_json(run / "model" / "card.json")["thresholds"]["referral"]
+    measured = read_json(run / "model" / "card.json")["calibration"]["measured"]  # fitted on val, tested on test
+    assert measured["val"]["in_sample"] and not measured["test"]["in_sample"]
+    assert measured["test"]["data"]["images"] == int((split["split"] == "test").sum())
     assert main(["calibrate", str(run)]) == 0  # re-evaluates: metrics.json and the card
     assert read_json(run / "metrics.json")["data"]["protocol"] == IMAGE
     assert read_json(run / "model" / "card.json")["thresholds"]["referral"] == referral

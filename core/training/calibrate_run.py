@@ -52,6 +52,21 @@ def _measure(outputs: dict, targets: dict, temperatures: dict) -> dict:
     return measured
 
 
+IN_SAMPLE = ("in-sample: measured on the same predictions the temperatures were fitted on, so the ECE after is "
+             "optimistic (a temperature moves no argmax: accuracy, F1 and AUC are unaffected)")
+
+
+def measured_block(parts: dict, temperatures: dict, hierarchy: str = HIERARCHICAL, fitted_on: str = "val") -> dict:
+    """The calibration block's `measured` figures (ECE, Brier, reliability before and after, per head) of
+    each split's rows and raw head outputs {split: (rows, outputs)}; the split the temperatures were fitted
+    on is marked in-sample (the field recipe's pooled out-of-fold predictions are both)."""
+    measured = {split: {"data": scope(rows, split), "heads": _measure(outputs, head_targets(rows, hierarchy),
+                                                                      temperatures), "in_sample": split == fitted_on}
+                for split, (rows, outputs) in parts.items()}
+    return {"ece_bins": ECE_BINS, "measured": measured,
+            **({"measured_note": IN_SAMPLE} if fitted_on in parts else {})}
+
+
 def calibrate_run(run_dir, data_dir=None, batch_size: int = 32) -> dict:
     """Fit, measure and store the temperatures of RUN/model; returns the card's calibration block."""
     run_dir = Path(run_dir)

@@ -38,6 +38,7 @@ from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.additions import ReviewedFields, from_reviews, gan_fill, reviewed_count
+from core.training.calibrate_run import measured_block
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
@@ -114,7 +115,8 @@ def _rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
     return table.assign(split=split, protocol=protocol)
 
 
-def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on) -> dict:
+def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on,
+          measured=None) -> dict:
     spec = view_spec(config)
     synthetic = trained_on["synthetic"].astype(bool).to_numpy()
     return {
@@ -141,7 +143,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                                      .format(config.crop_min, " at 200X, of the same tissue at every magnification"
                                              if config.physical_crops else "")},
         "calibration": {"method": "temperature scaling per head (Guo et al. 2017)", "temperatures": temperatures,
-                        "fitted_on": figures_on},
+                        "fitted_on": figures_on, **(measured or {})},
         "thresholds": {"case_malignant": case_rule["threshold"], "case_malignant_selection": case_rule,
                        "referral": referral},
         "metrics": metrics,
@@ -225,7 +227,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
         out / "split.csv", index=False)
     figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
-                 metrics, figures_on)
+                 metrics, figures_on, measured_block({"val": (val_frame, raw_val), "test": (test_frame, raw_test)},
+                                                     temperatures))
     model_dir = save_model_folder(classifier, out / "model", card)
     writer.emit("end", status="completed", model_dir=str(model_dir), epoch=history["epochs"], epochs=config.epochs,
                 message=f"trained in {history['seconds']:.0f} s")
@@ -325,7 +328,8 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         final_rows, final_fields = reviewed.added_to(table, fields)
         members = _fit_members(final_fields, final_rows, config, writer, "final model")
         folders = [save_model_folder(classifier, _member_folder(out, m) / "model", _card(
-            config, table, final_rows, history, temperatures[m], referral, case_rule, metrics, name))
+            config, table, final_rows, history, temperatures[m], referral, case_rule, metrics, name,
+            measured_block({"test": (rows, member_raw[m])}, temperatures[m], fitted_on="test")))
             for m, (classifier, history) in enumerate(members)]
         if config.members > 1:
             folders = [save_ensemble(folders, out / "ensemble", name=f"{out.name} ({config.members} seeds)",
