@@ -71,7 +71,7 @@ class _Run:
     args: object  # the parsed command line
     predictor: object  # core.model.predict.Predictor
     tta: bool
-    reliable: bool  # the subtype head's (core.app.registry.subtype_reliability)
+    reliable: bool  # the subtype head's (core.evaluation.subtype_trust.subtype_reliability)
     badge: str
     limited: bool
     seen: dict = dataclasses.field(default_factory=dict)  # {sha256 of the bytes: the first path given}
@@ -104,7 +104,8 @@ def _tiled(run: _Run, result, reason: str, data: bytes) -> tuple[str, dict, str]
 
 def predict(args) -> int:
     """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
-    from core.app.registry import describe_model, model_badge, subtype_reliability
+    from core.app.registry import describe_model, model_badge
+    from core.evaluation.subtype_trust import subtype_reliability
     from core.model.decisions import referral_rule
     from core.model.loading import load_predictor
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.app.registry import data_text, subtype_shown
+from core.app.registry import data_text
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
+from core.evaluation.subtype_trust import subtype_shown
 from core.model.decisions import at_least, below, threshold_text
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision
 from core.spreadsheet import spreadsheet_csv
@@ -46,7 +47,7 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
     """The case table: one row per image (errors included, so nothing disappears silently).
 
     results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card);
-    subtype_reliable: core.app.registry.subtype_reliability(card)[0]; audit_ids:
+    subtype_reliable: core.evaluation.subtype_trust.subtype_reliability(card)[0]; audit_ids:
     core.app.records.record_diagnosis's {(name, sha256): audit id}, the row each result was recorded as.
     """
     rows = []

@@ -199,8 +199,9 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     `given`: the fields of `config` its caller chose (the CLI: the options on its command line). A
     resumed run keeps its saved config but for the given RESUMABLE ones, and refuses other given ones
     that differ (resumed_config). `command`: what was typed, kept with this session's seconds and
-    machine in out_dir/sessions.json and the card (core.gan.sessions). Progress goes to out_dir/progress.jsonl in the classifier's format
-    (start, then Keras epochs of checkpoint_every steps, end). A failure writes "error" and a failed
+    machine in out_dir/sessions.json and the card (core.gan.sessions). Progress goes to
+    out_dir/progress.jsonl in the classifier's format (start, then Keras epochs of checkpoint_every
+    steps, end). A failure writes "error" and a failed
     "end", then raises.
     """
     out_dir, config_path = Path(out_dir), Path(out_dir) / "config.json"
@@ -218,6 +219,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
         config = resumed_config(saved, config, given, out_dir, (_saved_data(values, out_dir), data))
         total = saved.steps
     else:
+        gan_precision(config.precision)  # before the data are read (the resumed run's own is checked below)
         data, total = data_record(data_dir, config), config.steps
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
     # A lower total is recorded only once this session trains to it (_run): --steps at or below the

@@ -63,7 +63,7 @@ class Prediction:
                 "refer_stage1": self.refer_stage1, "refer_subtype": self.refer_subtype}
 
     def summary(self, subtype_reliable: bool = True) -> str:
-        """One line for the CLI; an unreliable subtype head (core.app.registry.subtype_reliability)
+        """One line for the CLI; an unreliable subtype head (core.evaluation.subtype_trust.subtype_reliability)
         prints its subtype as such rather than as a finding. Each stage says why it is referred, or the
         threshold it passed (as the page, CSV and PDF do)."""
         flags = []

@@ -337,7 +337,7 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | 
 def subtype_figures(card: dict) -> dict:
     """A classifier's measured subtype macro-F1 next to its colour/texture baseline's (None where not
     measured): an ensemble keeps its members', so that its subtype is not shown as a finding when every
-    member's is no better than colour and texture (core.app.registry.subtype_reliability)."""
+    member's is no better than colour and texture (core.evaluation.subtype_trust.subtype_reliability)."""
     metrics = card.get("metrics") or {}
     baseline = ((metrics.get("baselines") or {}).get("colour_texture") or {}).get("subtype_macro_f1")
     return {"model": metrics.get("subtype_macro_f1"), "colour_texture_baseline": baseline}

@@ -36,6 +36,7 @@ from core.data.histology import NOT_ANALYSED
 from core.data.labels import CLASSES, SUBTYPES
 from core.data.scale import model_scale, tile_origins
 from core.errors import Cancelled, UserInputError
+from core.evaluation.subtype_trust import subtype_reliability
 from core.options import option
 from core.slide.call import Region, slide_call
 from core.slide.reader import SlideError, SlideReader
@@ -259,11 +260,9 @@ class SlidePredictor:
             if region.kind == "region":
                 tiles.loc[region.rows, "region"] = region.id
         evidence = card.get("evidence") or {}
-        from core.app.registry import subtype_reliability  # the app's one rule of when a subtype is shown
-
         model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
                  "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", ""),
-                 "subtype_reliable": subtype_reliability(card)[0]}
+                 "subtype_reliable": subtype_reliability(card)[0]}  # the app's one rule
         notes = list(reader.notes) + checked + [
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
             f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "

@@ -12,9 +12,9 @@ conversion of modes and bit depths; float greyscale, not float RGB), or it is re
 when too large for that.
 Every backend reads the same way: an RGB region padded with white outside the slide, as glass is.
 
-The microns per pixel come from the slide's metadata (an OME-TIFF's OME-XML included); else from its objective power (0.25 um/px
-at 40x, the figure of core.data.scale); else from the magnification its name states or the user's
-choice (core.data.scale.image_scale). Each bad input raises a SlideError (a UserInputError) whose
+The microns per pixel come from the slide's metadata (an OME-TIFF's OME-XML included); else from
+its objective power (0.25 um/px at 40x, the figure of core.data.scale); else from the magnification
+its name states or the user's choice (core.data.scale.image_scale). Each bad input raises a SlideError (a UserInputError) whose
 text is shown as is.
 """
 

@@ -29,6 +29,7 @@ from core.data.selection import fingerprint, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
+from core.evaluation.calibration_effect import measured_block
 from core.evaluation.evaluate import REQUIRED_COLUMNS, compact, predictions_frame, score
 from core.evaluation.intervals import fold_figures, fold_summary
 from core.evaluation.referral import referral_figures, referral_thresholds
@@ -38,7 +39,6 @@ from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.additions import ReviewedFields, from_reviews, gan_fill, reviewed_count
-from core.training.calibrate_run import measured_block
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads

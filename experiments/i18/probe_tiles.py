@@ -28,7 +28,7 @@ from core.data.pipeline import targets_and_weights  # noqa: E402
 from core.model.calibration import apply_temperature, fit_temperature  # noqa: E402
 from core.model.classifier import build_classifier  # noqa: E402
 from tiling import aggregate, cut_tiles, pad_to  # noqa: E402
-from core.training.calibrate_run import head_targets  # noqa: E402
+from core.evaluation.calibration_effect import head_targets  # noqa: E402
 from core.training.fit import compile_model, follow_batch_statistics  # noqa: E402
 
 

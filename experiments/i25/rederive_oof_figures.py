@@ -86,13 +86,13 @@ def measured_calibration(pooled: pd.DataFrame, calibration: dict) -> dict:
     out-of-fold predictions, the raw head outputs recovered by undoing the temperatures."""
     from core.evaluation.metrics import scope
     from core.model.calibration import ECE_BINS
-    from core.training.calibrate_run import _measure, head_targets
+    from core.evaluation.calibration_effect import head_targets, measure_heads
 
     raw = uncalibrated(pooled, calibration["temperatures"])
     outputs = {STAGE1_OUTPUT: raw[[f"p_{c}" for c in CLASSES]].to_numpy()}
     for c, head in STAGE2_OUTPUTS.items():
         outputs[head] = raw[[f"w_{s}" for s in SUBTYPES_BY_CLASS[c]]].to_numpy()
-    heads = _measure(outputs, head_targets(pooled, HIERARCHICAL), calibration["temperatures"])
+    heads = measure_heads(outputs, head_targets(pooled, HIERARCHICAL), calibration["temperatures"])
     return {**calibration, "ece_bins": ECE_BINS,
             "measured": {"test": {"data": scope(pooled, "test"), "heads": heads, "in_sample": True}},
             "measured_note": "in-sample: measured on the same pooled out-of-fold predictions the temperatures were "
