@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from core.data.labels import pretty
 from core.evaluation.metrics import split_name
-from core.model.folders import subtype_figures
 
 SUBTYPE_NOT_RELIABLE = "not reliable for this model"
 
@@ -23,6 +22,8 @@ def subtype_reliability(card: dict) -> tuple[bool, str]:
     """(shown as the headline?, why): a subtype head whose measured macro-F1 is below the colour/texture
     baseline's (core.evaluation.baselines, same test split) is no better than a few colour and texture
     statistics, so its subtype is shown as 'not reliable for this model' instead of as a finding."""
+    from core.model.folders import subtype_figures  # imports Keras: not when the CLI's parser imports this module
+
     metrics = card.get("metrics") or {}
     figures = subtype_figures(card)  # the figures an ensemble keeps of each member
     model_f1, baseline_f1 = figures["model"], figures["colour_texture_baseline"]
