@@ -144,3 +144,21 @@ def test_the_card_keeps_every_sessions_time_command_and_machine(synthetic_breakh
     assert all(s["machine"]["backend"] == current_backend() and s["machine"]["cpus"] >= 1 for s in sessions)
     assert training["seconds"] == round(sum(s["seconds"] for s in sessions), 1) > training["seconds_this_session"]
     assert read_json(out / "sessions.json") == sessions  # the run's own record, kept at each checkpoint
+
+
+def test_a_run_resumed_between_checkpoints_keeps_its_epochs_on_the_checkpoint_grid(synthetic_breakhis, tmp_path):
+    """Stopped at step 4 with checkpoints every 3, a resumed run's epochs were steps 5-7 and 8-9 under the
+    numbers of epochs 2 and 3 (steps 4-6 and 7-9), its step events counted from the resume, and checkpoints fell
+    inside epochs. Now its first epoch runs to the next checkpoint: epoch k is always steps 3k-2 .. 3k."""
+    import itertools
+
+    config = GanConfig(name="grid", subtypes=("adenosis",), steps=9, log_every=1,
+                       **{**TINY, "checkpoint_every": 3})
+    out, calls = tmp_path / "run", itertools.count()
+    train_gan(config, synthetic_breakhis, out, stop=lambda: next(calls) >= 3)  # checked after each step: stops at 4
+    train_gan(GanConfig(steps=9), synthetic_breakhis, out, resume=True)
+    events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    resumed = events[max(i for i, e in enumerate(events) if e["event"] == "start"):]
+    assert [(e["epoch"], e["steps"]) for e in resumed if e["event"] == "epoch_begin"] == [(2, 2), (3, 3)]
+    assert [e["step"] for e in resumed if e["event"] == "step"] == [2, 3, 1, 2, 3]  # run steps 5 .. 9
+    assert resumed[-1]["event"] == "end" and resumed[-1]["step"] == 9

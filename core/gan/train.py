@@ -38,14 +38,16 @@ CHECKPOINT = "checkpoint.weights.h5"
 
 class PatchBatches(keras.utils.PyDataset):
     """Batch i of the run is drawn from rng(seed, i) whatever came before, so a resumed run sees
-    the same batches it would have seen uninterrupted. Draws are consumed in order."""
+    the same batches it would have seen uninterrupted. Draws are consumed in order. An epoch is
+    checkpoint_every steps, or `length` (a resumed run's first epoch, up to the next checkpoint)."""
 
-    def __init__(self, sampler: PatchSampler, config: GanConfig, first_step: int):
+    def __init__(self, sampler: PatchSampler, config: GanConfig, first_step: int, length: int | None = None):
         super().__init__()
         self.sampler, self.config, self.drawn = sampler, config, first_step
+        self.length = length or config.checkpoint_every
 
     def __len__(self):
-        return self.config.checkpoint_every
+        return self.length
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.config.seed, self.drawn])
@@ -88,7 +90,8 @@ class RunCallbacks(keras.callbacks.Callback):
         elif self.stop():
             self.cancelled = self.model.stop_training = True
         if step % self.config.log_every == 0 or self.model.stop_training:  # reading the logs syncs JAX state
-            self.progress.emit("step", step=batch + 1, steps=self.config.checkpoint_every, metrics=metric_floats(logs),
+            every = self.config.checkpoint_every  # the step's place in its epoch, the run's steps in checkpoint_every
+            self.progress.emit("step", step=(step - 1) % every + 1, steps=every, metrics=metric_floats(logs),
                                message=f"GAN {self.config.name}")
 
     def on_train_end(self, logs=None):
@@ -273,12 +276,19 @@ def _run(config: GanConfig, data_dir, out_dir: Path, progress: ProgressWriter, s
     callbacks = RunCallbacks(config, out_dir, stop, progress, sessions)
     history = None
     if trains:
-        epochs = math.ceil(config.steps / config.checkpoint_every)
-        history = gan.fit(PatchBatches(PatchSampler(train, config.image_size, config.subtypes), config, step),
-                          initial_epoch=step // config.checkpoint_every, epochs=epochs, shuffle=False, verbose=0,
-                          # The epoch events; the step events come from RunCallbacks, on the run's log_every.
-                          callbacks=[callbacks, keras_callback(progress, epochs, config.checkpoint_every,
-                                                               f"GAN {config.name}", min_interval=math.inf)])
+        every, sampler = config.checkpoint_every, PatchSampler(train, config.image_size, config.subtypes)
+        epochs = math.ceil(config.steps / every)
+        # A run stopped between checkpoints (a cancel, or --steps off the grid) resumes with a short first epoch up
+        # to the next checkpoint, so that epoch k is always the run's steps (k-1)*every+1 .. k*every.
+        parts = [(step // every, step // every + 1, every - step % every)] if step % every else []
+        parts.append((math.ceil(step / every), epochs, every))
+        for first, last, length in parts:
+            if first < last and not callbacks.cancelled and gan.steps_done < config.steps:
+                history = gan.fit(PatchBatches(sampler, config, gan.steps_done, length), initial_epoch=first,
+                                  epochs=last, shuffle=False, verbose=0,
+                                  # The epoch events; the step events come from RunCallbacks, on the run's log_every.
+                                  callbacks=[callbacks, keras_callback(progress, epochs, length, f"GAN {config.name}",
+                                                                       min_interval=math.inf)])
     step = gan.steps_done
     sessions.save(step)
     metrics = {k: float(v[-1]) for k, v in history.history.items()} if history and history.history else {}
