@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.testing.apptest import app_environment, make_model_folder, run_app_like_the_server  # noqa: F401
+from core.testing.apptest import app_environment, app_like_the_server, make_model_folder, run_app_like_the_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -95,10 +95,8 @@ def signed_in_app(root: Path, accounts: dict[str, str] | None = None):
 
     default = make_model_folder(root / "models" / "default", demo=True)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         patch.delenv("BREAKHIS_SINGLE_USER")
-        run_app_like_the_server(patch)
         store = Store.open()
         for name, role in (accounts or {}).items():
             account_store.add_account(store, name, PASSWORD, role)
@@ -113,9 +111,7 @@ def app_with_models(monkeypatch, models: Path, default: Path, runs: Path):
     model and `runs` as the runs folder (single-user); run once."""
     from streamlit.testing.v1 import AppTest
 
-    for key, value in app_environment(models, default, runs).items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, models, default, runs)
     return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
 
 

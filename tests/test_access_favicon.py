@@ -5,16 +5,14 @@ that promises to work offline); an emoji becomes a data: URL in the page itself.
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
 
 
 def test_the_page_icon_needs_no_request_outside_the_server(tmp_path, monkeypatch):
     from streamlit.string_util import is_emoji
 
     default = make_model_folder(tmp_path / "models" / "default", demo=True)
-    for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, tmp_path / "models", default, tmp_path / "runs")
     icons = []
     real = st.set_page_config
 

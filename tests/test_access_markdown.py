@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app.session import plain
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, png_bytes, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, png_bytes
 
 PIXEL = "![seen](http://evil.example/pixel.png)"
 PHISH = "[Session expired: sign in again](http://evil.example/login)"
@@ -39,9 +39,7 @@ def environment(tmp_path_factory):
     root = tmp_path_factory.mktemp("markdown")
     default = make_model_folder(root / "models" / "default", demo=True)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         yield root
 
 

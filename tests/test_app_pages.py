@@ -13,11 +13,10 @@ from streamlit.testing.v1 import AppTest
 from tests.app_helpers import (
     APP,
     APP_TIMEOUT,
-    app_environment,
+    app_like_the_server,
     app_with_models,
     bad_inputs,
     make_model_folder,
-    run_app_like_the_server,
     texts,
 )
 
@@ -49,9 +48,7 @@ def environment(tmp_path_factory, synthetic_breakhis):
     generator.mkdir()
     (generator / "card.json").write_text(json.dumps({"kind": "gan_generator", "name": "gan"}))
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         yield {"default": default.resolve(), "evaluated": (run / "model").resolve(), "runs": root / "runs",
                "stained": stained.resolve()}
 
@@ -414,9 +411,7 @@ def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monk
 
     for name in ("default", "copy"):
         shutil.copytree(REPO / "models" / "default", tmp_path / "models" / name)
-    for key, value in app_environment(tmp_path / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, tmp_path / "models", REPO / "models" / "small-cnn", tmp_path / "runs")
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     app.switch_page("pages/compare.py").run()
     app.multiselect(key="compare_models").set_value([str(tmp_path / "models" / n) for n in ("default", "copy")]).run()
@@ -446,9 +441,7 @@ def test_the_tta_switch_says_when_a_models_views_always_hold_the_symmetries(tmp_
     and locked (an off switch that changed nothing misled); a whole-field model's is the user's."""
     from tests.app_helpers import REPO
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / model, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, REPO / "models", REPO / "models" / model, tmp_path / "runs")
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     app.switch_page("pages/diagnose.py").run()
     assert not app.exception, app.exception
@@ -465,9 +458,7 @@ def test_a_large_upload_of_unknown_scale_is_diagnosed_whole_and_says_how_to_tile
 
     from tests.app_helpers import REPO
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, REPO / "models", REPO / "models" / "default", tmp_path / "runs")
     field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
     buffer = io.BytesIO()
     region = np.concatenate([np.concatenate([field, field[:, ::-1]], axis=1),
@@ -491,9 +482,7 @@ def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
 
     from tests.app_helpers import REPO
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, REPO / "models", REPO / "models" / "default", tmp_path / "runs")
     field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
     upright = Image.fromarray(np.tile(field, (2, 2, 1))[:700, :1300])
     exif = Image.Exif()
@@ -528,9 +517,7 @@ def test_a_large_scan_mostly_of_glass_is_tiled_not_refused(tmp_path, monkeypatch
     from core.app.service import read_item
     from tests.app_helpers import REPO
 
-    for key, value in app_environment(REPO / "models", REPO / "models" / "default", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
-    run_app_like_the_server(monkeypatch)
+    app_like_the_server(monkeypatch, REPO / "models", REPO / "models" / "default", tmp_path / "runs")
     field = np.asarray(Image.open(sorted((REPO / "assets" / "samples").rglob("*-200-*.png"))[0]).convert("RGB"))
     scan = np.full((4000, 4000, 3), 242, np.uint8)
     scan[1000:1460, 1000:1700] = field

@@ -15,10 +15,9 @@ from core.store.db import StoreError
 from tests.app_helpers import (
     APP,
     APP_TIMEOUT,
-    app_environment,
+    app_like_the_server,
     make_model_folder,
     png_bytes,
-    run_app_like_the_server,
     tissue_like,
     write_locked,
 )
@@ -35,11 +34,9 @@ def environment(tmp_path_factory):
     default = make_model_folder(root / "models" / "default", demo=True)
     other = make_model_folder(root / "models" / "other", demo=True, name="other-demo")
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         patch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
         patch.setattr(db, "BUSY_TIMEOUT_MS", 200)
-        run_app_like_the_server(patch)
         yield {"root": root, "default": default.resolve(), "other": other.resolve()}
 
 

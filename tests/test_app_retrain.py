@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
 
 START = "FormSubmitter:retrain-Start training"
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
@@ -22,9 +22,7 @@ def environment(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
     default = make_model_folder(root / "models" / "default", demo=True)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         yield {"default": str(default.resolve()), "runs": root / "runs", "root": root}
 
 

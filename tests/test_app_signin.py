@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server, texts
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
 
 PASSWORD = "a long enough password"
 
@@ -21,11 +21,9 @@ def environment(tmp_path_factory):
     root = tmp_path_factory.mktemp("signin")
     default = make_model_folder(root / "models" / "default", demo=True)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         patch.delenv("BREAKHIS_SINGLE_USER")
         patch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
-        run_app_like_the_server(patch)
         yield root
 
 

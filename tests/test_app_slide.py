@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server
 from tests.conftest import SHARED, WHOLE_FIELD_MODEL
 
 
@@ -27,10 +27,8 @@ def slide_dirs(tmp_path_factory):
     tifffile.imwrite(folder / "tiny_mpp.tif", np.concatenate([field, field[::-1]], axis=0), photometric="rgb",
                      tile=(256, 256), resolution=(1e7, 1e7), resolutionunit="CENTIMETER")
     with pytest.MonkeyPatch.context() as patch:
-        env = app_environment(WHOLE_FIELD_MODEL.parent, WHOLE_FIELD_MODEL, tmp_path_factory.mktemp("runs"))
-        for key, value in {**env, "BREAKHIS_SLIDE_DIRS": str(folder)}.items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, WHOLE_FIELD_MODEL.parent, WHOLE_FIELD_MODEL, tmp_path_factory.mktemp("runs"))
+        patch.setenv("BREAKHIS_SLIDE_DIRS", str(folder))
         yield folder
 
 

@@ -11,7 +11,7 @@ from core import paths
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
 
 PASSWORD = "a long enough password"
 
@@ -29,10 +29,8 @@ def environment(tmp_path_factory, samples_dir):
         if image.name.startswith("SOB_B_"):
             shutil.copy(image, opened / "benign" / image.name)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(root / "models", default, root / "runs").items():
-            patch.setenv(key, value)
+        app_like_the_server(patch, root / "models", default, root / "runs")
         patch.setenv("BREAKHIS_DATASET_DIRS", str(opened))
-        run_app_like_the_server(patch)
         yield {"open": opened, "root": root}
 
 

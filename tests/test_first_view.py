@@ -22,16 +22,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.app import pdf_report, registry, report, service
 from core.data.histology import NOT_ANALYSED, histology_check
-from tests.app_helpers import (
-    APP,
-    APP_TIMEOUT,
-    REPO,
-    app_environment,
-    make_model_folder,
-    png_bytes,
-    run_app_like_the_server,
-    texts,
-)
+from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_like_the_server, make_model_folder, png_bytes, texts
 
 REAL = REPO.parent / "shared" / "breakhis" / "real"
 # The bundled model's measured figures (models/default/card.json): subtype macro-F1 below the
@@ -251,9 +242,7 @@ def test_the_pdf_has_identification_and_sign_off_fields_and_whole_headers(predic
 def app_env(model_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(model_dir.parent, model_dir, runs).items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, model_dir.parent, model_dir, runs)
         yield
 
 

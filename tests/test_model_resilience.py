@@ -12,9 +12,9 @@ from tests.app_helpers import (
     APP_TIMEOUT,
     REPO,
     app_environment,
+    app_like_the_server,
     app_on_bundled_models,
     app_with_models,
-    run_app_like_the_server,
 )
 
 
@@ -81,10 +81,8 @@ def test_a_missing_or_damaged_reference_table_is_a_message(tmp_path, content):
 
 def test_model_performance_without_the_reference_table_shows_the_rest(tmp_path, monkeypatch):
     """assets/reference_results.csv missing: the page was a traceback below the model's figures."""
-    for key, value in app_environment(REPO / "models", REPO / "models" / "small-cnn", tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
+    app_like_the_server(monkeypatch, REPO / "models", REPO / "models" / "small-cnn", tmp_path / "runs")
     monkeypatch.setattr("core.paths.REFERENCE_RESULTS", tmp_path / "gone.csv")
-    run_app_like_the_server(monkeypatch)
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception

@@ -5,16 +5,14 @@ show, and the reviewed results stay reachable (they were cut off behind the unre
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_environment, make_model_folder, run_app_like_the_server, texts
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
 
 
 @pytest.fixture
 def app(tmp_path):
     default = make_model_folder(tmp_path / "models" / "default", demo=True)
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
-            patch.setenv(key, value)
-        run_app_like_the_server(patch)
+        app_like_the_server(patch, tmp_path / "models", default, tmp_path / "runs")
         yield AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
 
 

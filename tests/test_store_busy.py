@@ -11,14 +11,7 @@ from core.store import accounts, db
 from core.store.audit import Store
 from core.store.db import StoreError
 from core.testing.apptest import sign_in
-from tests.app_helpers import (
-    APP,
-    APP_TIMEOUT,
-    app_environment,
-    make_model_folder,
-    run_app_like_the_server,
-    write_locked,
-)
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, write_locked
 
 PASSWORD = "a long enough password"
 BUSY = "the database is busy or unavailable; try again"
@@ -50,11 +43,9 @@ def test_accounts_and_the_audit_trail_say_the_database_is_busy(tmp_path, short_w
 def signing_app(tmp_path, monkeypatch, short_wait) -> Store:
     """The app with sign-in on (a demo model, its own database) and the store with the account 'ann'."""
     default = make_model_folder(tmp_path / "models" / "default", demo=True)
-    for key, value in app_environment(tmp_path / "models", default, tmp_path / "runs").items():
-        monkeypatch.setenv(key, value)
+    app_like_the_server(monkeypatch, tmp_path / "models", default, tmp_path / "runs")
     monkeypatch.delenv("BREAKHIS_SINGLE_USER")
     monkeypatch.delenv("BREAKHIS_KEEP_IMAGES", raising=False)
-    run_app_like_the_server(monkeypatch)
     store = Store.open()
     accounts.add_account(store, "ann", PASSWORD, "pathologist")
     return store

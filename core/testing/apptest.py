@@ -58,6 +58,14 @@ def run_app_like_the_server(patch) -> None:
     patch.setattr(app_test, "PagesManager", ServerLikePagesManager)
 
 
+def app_like_the_server(patch, models_root: Path, default: Path, runs: Path) -> None:
+    """The app pointed at these models (app_environment, set on `patch`) and AppTest run as the server
+    runs it (run_app_like_the_server): what every AppTest of the whole app starts with."""
+    for key, value in app_environment(models_root, default, runs).items():
+        patch.setenv(key, value)
+    run_app_like_the_server(patch)
+
+
 def sign_in(app, name: str, password: str):
     """Fill the sign-in form of an AppTest session that shows it, submit it; the app after the rerun."""
     app.text_input(key="sign_in_name").input(name)
