@@ -239,8 +239,11 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def needed(name: str) -> bool:  # options whose choices import Keras: only for the command about to run
+        return command_run is ALL or command_run == name
+
     def training_options(sub, name: str) -> None:  # TrainConfig's options: core.training.config imports Keras
-        if command_run is ALL or command_run == name:
+        if needed(name):
             _add_dataclass_options(sub, "core.training.config", "TrainConfig")
 
     index = command("index", _index, "index a BreakHis folder and print its counts and skipped files")
@@ -278,7 +281,7 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
     tune.add_argument("--search", choices=("random", "grid"), default="random",
                       help="how trials are drawn from the space (default: random)")
     training_options(tune, "tune")
-    if command_run is ALL or command_run == "tune":  # --dropout 0.5 typed is held, though the default
+    if needed("tune"):  # --dropout 0.5 typed is held, though the default
         _not_given_is_none(tune, "core.training.config", "TrainConfig")
 
     ensemble = command("ensemble", _ensemble, "several classifier folders as one model (mean of calibrated probabilities)")
@@ -322,7 +325,7 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
     from core.gan.commands import add_gan_commands
 
     gan = command("gan", None, "the conditional GAN: train, sample, evaluate, compare, ablation")
-    if command_run is ALL or command_run == "gan":  # its settings' options import Keras too
+    if needed("gan"):  # its settings' options import Keras too
         add_gan_commands(gan)
 
     export = command("export-model", _export_model, "zip a verified model folder")

@@ -47,6 +47,23 @@ def switch_setting(variable: str) -> bool:
     return os.environ.get(variable, "").strip().lower() in ENABLED_VALUES
 
 
+def visible_files(folder: str | os.PathLike) -> list[str]:
+    """Every file name under a folder's tree as a path, hidden files and folders left out (a share's
+    .snapshot copies, a stick's .Trashes, macOS ._ files); linked folders (a scanner share linked in)
+    are followed, each real folder once, so a link back up is no loop. What `predict` reads of a
+    folder and what `slides` lists; each keeps the names it reads."""
+    found, walked = [], set()
+    for here, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in walked:  # a link back up, or a second link to the same folder
+            folders[:] = []
+            continue
+        walked.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [os.path.join(here, name) for name in files if not name.startswith(".")]
+    return found
+
+
 def folders_setting(variable: str, default: tuple[Path, ...] = ()) -> list[Path]:
     """The folders an os.pathsep-separated setting names (~ expanded), or `default` when it is unset.
     Set but empty names no folder: a deployment switches a server-folder feature off that way. The

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from core.errors import ImageError, UserInputError
+from core.paths import visible_files
 
 OK, FAILED = 0, 1  # core.cli's exit codes
 NO_CALL = 3  # predict's own: not one input got a call (all unreadable, not H&E tissue, or failed tiles)
@@ -35,19 +36,10 @@ def folder_files(folder: str) -> tuple[list[str], list[str]]:
     folders are left out; linked folders are followed, each real folder once (a link up is no loop)."""
     from core.data.images import EXTENSION_FORMATS
 
-    images, others, walked = [], [], set()
-    for root, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in walked:
-            folders[:] = []
-            continue
-        walked.add(real)
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        for name in files:
-            if not name.startswith("."):
-                path = os.path.join(root, name)
-                is_image = os.path.isfile(path) and Path(name).suffix.lower() in EXTENSION_FORMATS
-                (images if is_image else others).append(path)
+    images, others = [], []
+    for path in visible_files(folder):
+        is_image = os.path.isfile(path) and Path(path).suffix.lower() in EXTENSION_FORMATS
+        (images if is_image else others).append(path)
     return sorted(images), sorted(others)
 
 

@@ -213,7 +213,8 @@ def calibration_table(calibration: dict) -> pd.DataFrame:
     rows = []
     for split, measured in (calibration.get("measured") or {}).items():
         for head, m in measured["heads"].items():
-            rows.append({"split": split_name(measured["data"]), "head": head, "temperature": round(calibration["temperatures"].get(head, 1.0), 3),
+            rows.append({"split": split_name(measured["data"]), "head": head,
+                         "temperature": round(calibration["temperatures"].get(head, 1.0), 3),
                          "ECE before": round(m["ece_before"], 4), "ECE after": round(m["ece_after"], 4),
                          "Brier before": round(m["brier_before"], 4), "Brier after": round(m["brier_after"], 4),
                          "images": m["images"], "protocol": measured["data"]["protocol"]})

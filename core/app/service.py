@@ -204,17 +204,16 @@ def classify(predictor: Predictor, items: list[tuple[str, bytes]], tta: bool = F
     results = [read_item(name, data, check=False) for name, data in items]
     decoded = [r for r in results if r.image is not None]
     queue_ = batches or SHARED_QUEUE
-    pending = (queue_.submit(predictor, [r.image.rgb for r in decoded], tta,
-                             [stated_magnification(r, magnification)[0] for r in decoded])
-               if explain and decoded else None)
+    images = [r.image.rgb for r in decoded]
+    magnifications = [stated_magnification(r, magnification)[0] for r in decoded]  # from the name, not the check
+    pending = queue_.submit(predictor, images, tta, magnifications) if explain and decoded else None
     for result in decoded:
         check_item(result)
     keep = [i for i, r in enumerate(decoded) if r.analysable]
     readable = [decoded[i] for i in keep]
     if not readable:
         return results, {}
-    images = [r.image.rgb for r in readable]
-    magnifications = [stated_magnification(r, magnification)[0] for r in readable]
+    images, magnifications = [images[i] for i in keep], [magnifications[i] for i in keep]
     if not explain:
         return results, predictor.probabilities(images, tta=tta, magnifications=magnifications)
     try:

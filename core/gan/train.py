@@ -39,12 +39,11 @@ CHECKPOINT = "checkpoint.weights.h5"
 class PatchBatches(keras.utils.PyDataset):
     """Batch i of the run is drawn from rng(seed, i) whatever came before, so a resumed run sees
     the same batches it would have seen uninterrupted. Draws are consumed in order. An epoch is
-    checkpoint_every steps, or `length` (a resumed run's first epoch, up to the next checkpoint)."""
+    `length` steps: checkpoint_every, or a resumed run's first epoch up to the next checkpoint."""
 
-    def __init__(self, sampler: PatchSampler, config: GanConfig, first_step: int, length: int | None = None):
+    def __init__(self, sampler: PatchSampler, config: GanConfig, first_step: int, length: int):
         super().__init__()
-        self.sampler, self.config, self.drawn = sampler, config, first_step
-        self.length = length or config.checkpoint_every
+        self.sampler, self.config, self.drawn, self.length = sampler, config, first_step, length
 
     def __len__(self):
         return self.length
@@ -204,8 +203,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     that differ (resumed_config). `command`: what was typed, kept with this session's seconds and
     machine in out_dir/sessions.json and the card (core.gan.sessions). Progress goes to
     out_dir/progress.jsonl in the classifier's format (start, then Keras epochs of checkpoint_every
-    steps, end). A failure writes "error" and a failed
-    "end", then raises.
+    steps, end). A failure writes "error" and a failed "end", then raises.
     """
     out_dir, config_path = Path(out_dir), Path(out_dir) / "config.json"
     if config_path.exists() and not resume:
@@ -222,9 +220,9 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
         config = resumed_config(saved, config, given, out_dir, (_saved_data(values, out_dir), data))
         total = saved.steps
     else:
-        gan_precision(config.precision)  # before the data are read (the resumed run's own is checked below)
-        data, total = data_record(data_dir, config), config.steps
+        data, total = None, config.steps
     gan_precision(config.precision)  # a precision this backend cannot train in fails before any work
+    data = data or data_record(data_dir, config)  # a new run's data are read after that check
     # A lower total is recorded only once this session trains to it (_run): --steps at or below the
     # steps done only writes the generator, and a later plain --resume still goes on to the run's total.
     write_json_atomic(config_path, {**dataclasses.asdict(dataclasses.replace(config, steps=max(config.steps, total))),

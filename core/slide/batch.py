@@ -12,8 +12,8 @@ per-slide work is `analyse_slide`, the same function the serial run calls, so th
 the same file for file. Each slide's folder is complete only once its summary.json exists;
 `slides.csv` (one row per slide, errors included) is written last, an earlier run's removed
 first; a batch stopped part-way (Ctrl-C, a cancel) writes the rows of the slides it finished and
-names the others as not analysed. The model is loaded once in this process before any slide (`slide_model`): an unusable
---model is one message, not a row each.
+names the others as not analysed. The model is loaded once in this process before any slide
+(`slide_model`): an unusable --model is one message, not a row each.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
     check_out_folder(out_dir)
     out = Path(out_dir)
     # An earlier run's table would describe slide folders this run rewrites: gone until this one's is written
-    # (a batch stopped by Ctrl-C or a failure leaves none, as a slide's folder without summary.json is incomplete).
+    # (a batch stopped part-way writes the rows it finished, the other slides named as not analysed).
     (out / BATCH_TABLE).unlink(missing_ok=True)
     rows: dict = {}
     try:

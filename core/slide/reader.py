@@ -14,8 +14,8 @@ Every backend reads the same way: an RGB region padded with white outside the sl
 
 The microns per pixel come from the slide's metadata (an OME-TIFF's OME-XML included); else from
 its objective power (0.25 um/px at 40x, the figure of core.data.scale); else from the magnification
-its name states or the user's choice (core.data.scale.image_scale). Each bad input raises a SlideError (a UserInputError) whose
-text is shown as is.
+its name states or the user's choice (core.data.scale.image_scale). Each bad input raises a
+SlideError (a UserInputError) whose text is shown as is.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from PIL import Image
 
 from core.data.scale import REFERENCE_MAGNIFICATION, REFERENCE_MPP, Scale, image_scale
 from core.errors import UserInputError
+from core.paths import visible_files
 from core.slide.tiff import data_problem, first_page, is_ome, ome_scale, tiff_mode
 
 SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff",
@@ -383,18 +384,9 @@ def slide_files(folder: str | os.PathLike) -> list[Path]:
     """The slides and images directly in (or below) a folder, sorted; MRXS data folders skipped, and
     hidden files and folders below it (a share's .snapshot copies, a stick's .Trashes, macOS ._ files).
     Linked folders (a scanner share linked in) are followed, each real folder once, as `predict` does
-    (core.app.cli_predict.folder_files): Path.rglob skipped them silently."""
+    (core.paths.visible_files): Path.rglob skipped them silently."""
     root = Path(folder)
     if not root.is_dir():
         raise SlideError(f"'{folder}' is not a folder.")
-    found, walked = [], set()
-    for here, folders, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(here)
-        if real in walked:  # a link back up, or a second link to the same folder
-            folders[:] = []
-            continue
-        walked.add(real)
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        found += [Path(here, name) for name in files if not name.startswith(".")
-                  and Path(name).suffix.lower() in SLIDE_EXTENSIONS and os.path.isfile(os.path.join(here, name))]
-    return sorted(found)
+    return sorted(Path(p) for p in visible_files(root) if Path(p).suffix.lower() in SLIDE_EXTENSIONS
+                  and os.path.isfile(p))
