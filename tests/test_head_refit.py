@@ -109,11 +109,11 @@ def test_refitted_heads_learn_the_subtypes_of_new_fields(fields):
 
 
 def test_refit_cv_scores_the_same_fold_models_before_and_after(synthetic_breakhis, tmp_path):
-    """core.training.field_run.refit_cv on a CV trained without the refit: the held-out subtypes of
+    """core.training.rescore.refit_cv on a CV trained without the refit: the held-out subtypes of
     fold models whose heads barely trained are named far better once the heads are refitted on each
     fold's training patients; stage 1 is untouched."""
     from core.cli import main
-    from core.training.field_run import refit_cv
+    from core.training.rescore import refit_cv
 
     out = tmp_path / "cv"
     assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out), "--folds", "2",

@@ -36,10 +36,10 @@ from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
 from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
-from core.model.folders import load_model_folder, read_card, save_ensemble, save_model_folder
+from core.model.folders import read_card, save_ensemble, save_model_folder
 from core.paths import portable, refuse_existing_run
 from core.training.additions import ReviewedFields, from_reviews, gan_fill, reviewed_count
-from core.training.config import TrainConfig, checked
+from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
@@ -111,7 +111,8 @@ def frame(rows: pd.DataFrame, raw: dict, temperatures: dict) -> pd.DataFrame:
     return predictions_frame(rows, p[STAGE1_OUTPUT], within)
 
 
-def _rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
+def scored_rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
+    """Rows as core.evaluation.evaluate scores them: each with its split and the protocol it states."""
     return table.assign(split=split, protocol=protocol)
 
 
@@ -159,7 +160,7 @@ def baseline_oof(table: pd.DataFrame, folds: list[pd.DataFrame], protocol: str) 
         for assigned in folds:
             held = assigned["split"].to_numpy() == "test"
             baseline = kind().fit(table[~held])
-            rows = _rows(table[held], "test", protocol)
+            rows = scored_rows(table[held], "test", protocol)
             p_class, within, kept = baseline.predict(rows)
             if len(kept):
                 frames.append(predictions_frame(rows.iloc[kept], p_class, within))
@@ -212,8 +213,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
                          for i in (val, test))
     temperatures = calibrate(raw_val, table.iloc[val])
-    val_frame = frame(_rows(table.iloc[val], "val", protocol), raw_val, temperatures)
-    test_frame = frame(_rows(table.iloc[test], "test", protocol), raw_test, temperatures)
+    val_frame = frame(scored_rows(table.iloc[val], "val", protocol), raw_val, temperatures)
+    test_frame = frame(scored_rows(table.iloc[test], "test", protocol), raw_test, temperatures)
     referral = referral_thresholds(val_frame, f"validation split ({len(val)} images, "
                                               f"{table['case'].iloc[val].nunique()} patients)")
     referral["figures_on_test"] = referral_figures(test_frame, referral)
@@ -294,12 +295,12 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
                 dataclasses.replace(config, out=str(out / f"fold-{k}")), table, fold_rows, history,
                 ones, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
         raw = {name: np.mean([r[name] for r in fold_raw], axis=0) for name in fold_raw[0]}
-        fold_frame = frame(_rows(table.iloc[held], "test", protocol), raw, ones)
+        fold_frame = frame(scored_rows(table.iloc[held], "test", protocol), raw, ones)
         fold_frame.assign(fold=k).to_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv", index=False)
         per_fold.append({"fold": k, **fold_figures(score(fold_frame, None, "test")),
                          "train_seconds": sum(seconds[-config.members:])})
     order = np.concatenate([held for held, _ in raws[0]])
-    rows = _rows(table.iloc[order], "test", protocol).assign(  # each prediction's fold, to recompute per fold
+    rows = scored_rows(table.iloc[order], "test", protocol).assign(  # each prediction's fold, to recompute per fold
         fold=np.repeat(range(config.folds), [len(held) for held, _ in raws[0]]))
     member_raw = [_pooled(r) for r in raws]
     temperatures = [calibrate(raw, rows) for raw in member_raw]
@@ -341,64 +342,4 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         result["final_seconds"] = round(time.perf_counter() - started, 1)
     writer.emit("end", status="completed", model_dir=result.get("model_dir"), epochs=config.epochs,
                 message=f"{config.folds}-fold CV in {sum(seconds):.0f} s of training")
-    return result
-
-
-def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> dict:
-    """A fields cross-validation's fold models (RUN/fold-k/model, as _cross_validate_fields saves them), each on its
-    held-out fields of the full-size source, unshifted and as squashed copies: shift_report per shift,
-    with the stage-1 accuracy of each version, pooled over all folds' images."""
-    from core.data.images import load_image
-    from core.evaluation.robustness import SOURCE_SHIFTS, shift_report
-    from core.model.loading import load_predictor
-
-    run_dir = Path(run_dir)
-    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
-    table = field_table(data, settings.get("magnification", "all"))
-    per_fold, truth = [], []
-    for k, assigned in enumerate(patient_kfold(table, settings["folds"], settings["seed"])):
-        held = table[(assigned["split"].to_numpy() == "test")]
-        images = [load_image(Path(p).read_bytes(), name=str(p)).rgb for p in held["path"]]
-        keep = [i for i, rgb in enumerate(images) if rgb.shape[1::-1] == full_size]
-        if not keep:
-            continue
-        predictor = load_predictor(run_dir / f"fold-{k}" / "model")
-        images = [images[i] for i in keep]
-        labels = held["label"].iloc[keep].tolist()
-        per_fold.append((len(images), shift_report(predictor, images, SOURCE_SHIFTS, labels)))
-        truth += labels
-    total = sum(n for n, _ in per_fold)
-    pooled = {section: {key: float(sum(n * r[section][key] for n, r in per_fold) / total)
-                        for key in per_fold[0][1][section]} for section in per_fold[0][1]}
-    return {"images": total, "malignant": int(sum(y == "malignant" for y in truth)), "folds": len(per_fold),
-            "full_size": list(full_size), **pooled}
-
-
-def refit_cv(run_dir, data) -> dict:
-    """What --refit-subtypes adds to a fields cross-validation trained without it, on the SAME fold
-    models (RUN/fold-k/model): each fold's subtype heads refitted on its training patients' fields
-    (core.training.head_refit), its held-out fields scored before and after, pooled over all folds
-    (uncalibrated: a temperature does not move a head's argmax)."""
-    run_dir = Path(run_dir)
-    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(data=str(data), out=str(run_dir), **{k: v for k, v in settings.items() if k in known})
-    table, fields = load_field_data(config)
-    spec, magnifications = view_spec(config), table["magnification"]
-    ones, raws, order = {name: 1.0 for name in HEADS}, {"before": [], "after": []}, []
-    for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
-        held = np.flatnonzero(assigned["split"].to_numpy() == "test")
-        seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
-        classifier, _ = load_model_folder(run_dir / f"fold-{k}" / "model")
-        raws["before"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
-        refit_subtype_heads(classifier, fields[seen], table["subtype"].iloc[seen], spec, magnifications.iloc[seen])
-        raws["after"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
-        order.append(held)
-    rows = _rows(table.iloc[np.concatenate(order)], "test", f"{PATIENT} {config.folds}-fold cross-validation, pooled")
-    result = {"images": len(rows), "patients": int(rows["case"].nunique())}
-    for when, parts in raws.items():
-        figures = score(frame(rows, {name: np.concatenate([p[name] for p in parts]) for name in HEADS}, ones),
-                        None, "test")
-        result[when] = {key: figures[key] for key in ("stage1_balanced_accuracy", "subtype_accuracy", "subtype_macro_f1")}
-        result[when]["subtype_macro_f1_95ci"] = [figures["intervals"]["image"]["subtype_macro_f1"][b] for b in ("low", "high")]
     return result
