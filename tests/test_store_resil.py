@@ -106,6 +106,19 @@ def test_an_in_memory_database_is_refused_in_words(url, monkeypatch):
         Store.open()
 
 
+@pytest.mark.parametrize("variable, value", [("BREAKHIS_DATABASE_URL", "sqlite:///breakhis.db"),
+                                             ("BREAKHIS_DATA_DIR", "relative-data")])
+def test_a_relative_database_path_is_refused_in_words(variable, value, tmp_path, monkeypatch):
+    """A relative SQLite path is another file from every folder: `python -m core users add` run elsewhere
+    wrote its user to a database the server never read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(StoreError, match="relative path .*absolute path"):
+        Store.open()
+    assert list(tmp_path.iterdir()) == []  # no database file was made in the current folder
+
+
 def test_an_unreadable_kept_image_is_none_not_an_os_error(tmp_path, monkeypatch, caplog):
     images = ImageStore(tmp_path / "images")
     digest = images.put(b"some image bytes")

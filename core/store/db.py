@@ -187,6 +187,11 @@ def make_engine(url: str | None = None) -> Engine:
             raise StoreError("the database URL (BREAKHIS_DATABASE_URL) names an in-memory SQLite database, which "
                              "keeps no audit trail (each server thread would get an empty one, and a restart loses "
                              "it): name a file, e.g. sqlite:////srv/breakhis/breakhis.db, or a database server")
+        if not path.is_absolute():
+            raise StoreError(f"the database is a relative path ({path}), i.e. a different file in every folder the "
+                             "server or a command is started from (a sign-in or audit row written from one would "
+                             "be missing from the other): set BREAKHIS_DATA_DIR or BREAKHIS_DATABASE_URL to an "
+                             "absolute path, e.g. sqlite:////srv/breakhis/breakhis.db")
         _check_sqlite_file(path)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
