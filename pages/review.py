@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.app import session
+from core.app import records, session
 from core.data.labels import pretty
 from core.store import reviews
 from core.store.db import StoreError
@@ -56,10 +56,17 @@ def card(row: dict) -> None:
     The file name, the user and the model are shown as text (session.plain): another user chose them."""
     d = row["details"]
     done = row["review"]
+    weights = f" · weights {session.plain(row['model_sha256'][:12])}" if row.get("model_sha256") else ""
+    badge = records.recorded_badge(d)  # the row's own model, not the session's
     with st.container(border=True):
         st.markdown(f"**#{row['id']} · {session.plain(row['subject'])}** · {called(row)} · by "
                     f"{session.plain(row['user'])} at {row['at']:%Y-%m-%d %H:%M} UTC · "
-                    f"model {session.plain(row['model'])}")
+                    f"model {session.plain(row['model'])}{weights}")
+        if badge == records.NOT_RECORDED:
+            st.caption("Model status (DEMO / LIMITED DATA) not recorded for this older result.")
+        elif badge:
+            st.warning(f"This result's model: {session.plain(badge)}" + (f" — {session.plain(d['evidence'])}"
+                       if d.get("evidence") else ""), icon=":material/science:")
         if row["kind"] == "slide" and d.get("statement"):
             st.caption(d["statement"])
         if d.get("refer"):

@@ -2,7 +2,8 @@
 
 One row per analysed image: who, when (the store stamps UTC), the file name and the SHA-256 of
 its bytes, the model's name and weights SHA-256 (card["sha256"], checked when the folder loads;
-each ensemble member's too), the app version (the store), the calls with their calibrated
+each ensemble member's too) and whether it was DEMO / LIMITED DATA (its badge and evidence statement
+as the sidebar showed them, so a review card labels the row's own model), the app version (the store), the calls with their calibrated
 probabilities, the refer reasons, and the settings that produced them (TTA, heat-map method,
 stain normalisation, thresholds). The returned ids go on the page, the CSV and the PDF, so a
 printed result can be traced back to its row. No image bytes are ever put in a row.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 
-from core.app.registry import describe_model
+from core.app.registry import describe_model, model_badge
 from core.store.audit import Store
+
+NOT_RECORDED = "model status not recorded"  # a row from before `limited` was recorded, of a model not DEMO
 
 
 def _members(predictor) -> list:
@@ -31,11 +34,30 @@ def calibrated(predictor) -> bool:
 
 
 def model_identity(predictor) -> dict:
-    """Name, weights SHA-256 and (for an ensemble) each member's, of the model that made a call."""
+    """Name, weights SHA-256 and (for an ensemble) each member's, of the model that made a call, and what
+    its card says of its evidence (registry.describe_model: DEMO, LIMITED DATA, the statement, the badge)."""
     members = _members(predictor)
+    info = describe_model(predictor.card)
     return {"model": predictor.name, "model_sha256": str(predictor.card.get("sha256", "")) or None,
             "members": [{"name": m.name, "sha256": m.card.get("sha256")} for m in members],
-            "demo": bool(predictor.card.get("demo")), "calibrated": calibrated(predictor)}
+            "demo": info["demo"], "limited": info["limited"], "evidence": info["evidence"],
+            "badge": model_badge(predictor.card), "calibrated": calibrated(predictor)}
+
+
+def _evidence(identity: dict) -> dict:
+    """The identity's fields a row's details keep: they label the row's own model on its review card."""
+    return {key: identity[key] for key in ("members", "demo", "limited", "evidence", "badge")}
+
+
+def recorded_badge(details: dict) -> str | None:
+    """The badge of the model that made a recorded call, as recorded with it ('DEMO · ...', 'LIMITED DATA
+    · ...'); None when it was neither. A row from before `limited` was recorded has its demo flag only:
+    'DEMO' when it was one, else 'model status not recorded' (not a guess from today's model)."""
+    if "limited" not in details:
+        return "DEMO" if details.get("demo") else NOT_RECORDED
+    if details.get("demo") or details["limited"]:
+        return details.get("badge") or ("DEMO" if details.get("demo") else "LIMITED DATA")
+    return None
 
 
 def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
@@ -61,8 +83,7 @@ def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -
                "refer_stage1": bool(p.refer_stage1), "refer_subtype": bool(p.refer_subtype),
                "uncertainty": p.uncertainty, "magnification": result.magnification,
                "magnification_source": result.magnification_source, "case": result.case,
-               "demo": identity["demo"], "calibrated": identity["calibrated"], "members": identity["members"],
-               "settings": settings}
+               **_evidence(identity), "calibrated": identity["calibrated"], "settings": settings}
     return {"kind": kind, "subject": result.name, "image_sha256": result.sha256, "model": identity["model"],
             "model_sha256": identity["model_sha256"], "details": details}
 
@@ -89,5 +110,4 @@ def record_slide(store: Store, user: str, name: str, sha256: str, predictor, sum
     plain = json.loads(json.dumps(summary, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     return store.record("slide", user, name, image_sha256=sha256, model=identity["model"],
                         model_sha256=identity["model_sha256"],
-                        details={**plain, "members": identity["members"], "demo": identity["demo"],
-                                 "settings": settings})
+                        details={**plain, **_evidence(identity), "settings": settings})

@@ -1,0 +1,94 @@
+"""A Review queue card labels the row's own model (DEMO / LIMITED DATA, as recorded with the call, not the
+session's current model) and says whether its kept image is there, missing or damaged."""
+
+from types import SimpleNamespace
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.app import records, service
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
+
+LIMITED_CARD = {"name": "field-x", "backbone": "resnet18", "sha256": "ab" * 32,
+                "evidence": {"limited": True, "statement": "757 images of 46 patients; limited data, not a diagnosis"}}
+
+
+def fake_predictor(card: dict) -> SimpleNamespace:
+    """What records.model_identity reads of a predictor: its name and card (no ensemble, not calibrated)."""
+    return SimpleNamespace(name=card["name"], card=card, temperatures=None)
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from core.model.loading import load_predictor
+
+    return load_predictor(make_model_folder(tmp_path_factory.mktemp("models") / "tiny", demo=False))
+
+
+def test_every_recorded_prediction_keeps_whether_its_model_was_limited_or_demo(store, predictor, samples_dir):
+    """The rows kept `demo` only: a LIMITED DATA model's call could not be told from a validated one's."""
+    sample = next(samples_dir.rglob("*.png"))
+    results = service.diagnose_items(predictor, [(sample.name, sample.read_bytes())])
+    settings = records.diagnosis_settings(predictor, False, "gradcam", None, "not stated")
+    [plain_id] = records.record_diagnosis(store, "ann", results, predictor, settings).values()
+    plain = store.event(plain_id)["details"]
+    assert plain["limited"] is False and plain["demo"] is False and records.recorded_badge(plain) is None
+
+    predictor.card["evidence"] = LIMITED_CARD["evidence"]  # the same model, as a limited-data card states it
+    try:
+        [limited_id] = records.record_diagnosis(store, "ann", results, predictor, settings).values()
+    finally:
+        del predictor.card["evidence"]
+    limited = store.event(limited_id)["details"]
+    assert limited["limited"] is True and limited["evidence"] == LIMITED_CARD["evidence"]["statement"]
+    assert records.recorded_badge(limited).startswith("LIMITED DATA · tiny-demo (small_cnn)")
+
+    slide = store.event(records.record_slide(store, "ann", "slide.svs", "cd" * 32, fake_predictor(LIMITED_CARD),
+                                             {"label": "benign"}, {}))
+    assert slide["model_sha256"] == "ab" * 32 and slide["details"]["limited"] is True
+    assert records.recorded_badge(slide["details"]) == "LIMITED DATA · field-x (resnet18)"
+    demo = records.model_identity(fake_predictor({**LIMITED_CARD, "demo": True}))
+    assert records.recorded_badge(demo) == "DEMO · field-x (resnet18)"  # DEMO first, as the sidebar badge
+
+
+def test_older_rows_are_not_guessed():
+    assert records.recorded_badge({"demo": True}) == "DEMO"  # recorded before `limited`, but demo was kept
+    assert records.recorded_badge({"demo": False}) == "model status not recorded"
+
+
+@pytest.fixture
+def app(tmp_path):
+    default = make_model_folder(tmp_path / "models" / "default", demo=True)  # the session's model is DEMO
+    with pytest.MonkeyPatch.context() as patch:
+        app_like_the_server(patch, tmp_path / "models", default, tmp_path / "runs")
+        yield AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+
+
+def diagnosis(subject: str, identity: dict | None, **extra) -> dict:
+    """A queue row as records.image_row writes it, for the model `identity` (None: an older row)."""
+    details = {"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False, "demo": False}
+    if identity:
+        details.update({k: identity[k] for k in ("demo", "limited", "evidence", "badge")})
+    return dict(kind="diagnosis", user="ann", subject=subject, details=details,
+                model=identity["model"] if identity else "old-model",
+                model_sha256=identity["model_sha256"] if identity else None, **extra)
+
+
+def test_a_card_labels_its_own_rows_model_not_the_sessions(app):
+    from core.store.audit import Store
+
+    limited = records.model_identity(fake_predictor(LIMITED_CARD))
+    validated = records.model_identity(fake_predictor({**LIMITED_CARD, "name": "full-y", "sha256": "cd" * 32,
+                                                       "evidence": {"limited": False}}))
+    store = Store.open()
+    store.record_many([diagnosis("limited.png", limited), diagnosis("validated.png", validated),
+                       diagnosis("older.png", None)])
+    store.close()
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    warnings = texts(app.main.warning)
+    assert warnings.count("This result's model:") == 1  # the limited row's; the session's DEMO model made none
+    assert "LIMITED DATA · field-x (resnet18)" in warnings and "limited data, not a diagnosis" in warnings
+    assert "DEMO" not in warnings
+    assert "weights abababababab" in texts(app.markdown) and "weights cdcdcdcdcdcd" in texts(app.markdown)
+    assert texts(app.caption).count("Model status (DEMO / LIMITED DATA) not recorded") == 1  # the older row
