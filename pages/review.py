@@ -7,7 +7,7 @@ from core.app import records, session
 from core.data.labels import pretty
 from core.store import reviews
 from core.store.db import StoreError
-from core.store.images import ImageStore, keeping_images
+from core.store.images import DAMAGED, MISSING, UNREADABLE, ImageStore, keeping_images
 
 session.require_router()
 session.require("review")
@@ -41,14 +41,22 @@ SHOWN = 50  # cards per section: each is a form
 
 
 def kept_image(sha256: str | None) -> bytes | str | None:
-    """The kept image's bytes, None if there is none, or why it cannot be shown: one unreadable file
-    (its permissions, a damaged disk) is a note on its card, not the end of the queue."""
+    """The kept image's bytes, None if it was not kept, or a warning why it cannot be shown: missing or
+    damaged (a patient image lost or rotted must be seen) or unreadable. One such file is a note on its
+    card, not the end of the queue."""
     if not keeping_images() or not sha256:
         return None
-    try:
-        return ImageStore().get(sha256)
-    except (OSError, StoreError) as problem:
-        return f"The kept image is unavailable: it cannot be read ({session.plain(problem)}). The record is intact."
+    kept = ImageStore().read(sha256)  # never an OSError: an unreadable file is UNREADABLE
+    if kept.status == MISSING:
+        return ("The kept image is missing: it was stored, but its file is gone from the image store. The record "
+                "is intact; tell an administrator.")
+    if kept.status == DAMAGED:
+        return ("The kept image is damaged: its bytes no longer match the SHA-256 recorded (bit rot or an edit), so "
+                "it is not shown. The record is intact; tell an administrator.")
+    if kept.status == UNREADABLE:
+        return (f"The kept image is unavailable: it cannot be read ({session.plain(kept.problem)}). The record is "
+                "intact.")
+    return kept.data  # None: not kept
 
 
 def card(row: dict) -> None:
@@ -80,6 +88,9 @@ def card(row: dict) -> None:
             st.image(kept, width=320)
         elif not keeping_images():
             st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")
+        else:
+            st.caption("This image was not kept (a slide, or analysed before BREAKHIS_KEEP_IMAGES was on): the "
+                       "record has the hash only.")
         session.review_form(row["id"], f"queue_{row['id']}")
 
 

@@ -4,6 +4,7 @@ session cookie the server refuses, a model briefly unusable. Each is a message o
 serving, nothing the user chose is lost, and no audit row is written twice."""
 
 import datetime
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -130,14 +131,14 @@ def test_one_unreadable_kept_image_is_a_note_on_its_card_not_the_end_of_the_queu
         store.record("diagnosis", "local", f"SOB_B_F-14-9133-40-{sha[:3]}.png", image_sha256=sha, model="m",
                      details={"call": "benign", "subtype": "fibroadenoma", "confidence": 0.9, "refer": False})
     store.close()
-    original = ImageStore.get
+    original = Path.read_bytes
 
-    def get(self, sha256):
-        if sha256 == unreadable:
-            raise PermissionError(13, "Permission denied", str(self.path(sha256)))
-        return original(self, sha256)
+    def read_bytes(path):  # chmod 000 does not stop root (CI runs as root)
+        if path == images.path(unreadable):
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path)
 
-    monkeypatch.setattr(ImageStore, "get", get)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
     app.switch_page("pages/review.py").run()
     assert not app.exception
     assert shown(app, "warning").count("The kept image is unavailable") == 1

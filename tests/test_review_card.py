@@ -92,3 +92,28 @@ def test_a_card_labels_its_own_rows_model_not_the_sessions(app):
     assert "DEMO" not in warnings
     assert "weights abababababab" in texts(app.markdown) and "weights cdcdcdcdcdcd" in texts(app.markdown)
     assert texts(app.caption).count("Model status (DEMO / LIMITED DATA) not recorded") == 1  # the older row
+
+
+def test_a_card_says_whether_its_kept_image_is_missing_damaged_or_was_never_kept(app, monkeypatch):
+    """With BREAKHIS_KEEP_IMAGES=1, a damaged and a deleted kept image left their cards without a word."""
+    from core.store.audit import Store
+    from core.store.images import ImageStore
+    from tests.app_helpers import png_bytes, tissue_like
+
+    monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    images = ImageStore()
+    intact, damaged, missing = (images.put(png_bytes(tissue_like(size))) for size in ((96, 128), (80, 80), (64, 96)))
+    images.path(damaged).write_bytes(b"bit rot")
+    images.path(missing).unlink()
+    never = "ef" * 32
+    store = Store.open()
+    store.record_many([diagnosis(f"{name}.png", None, image_sha256=sha) for name, sha in
+                       (("intact", intact), ("damaged", damaged), ("missing", missing), ("never", never))])
+    store.close()
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    warnings = texts(app.main.warning)
+    assert len(app.image) == 1  # the intact one only
+    assert warnings.count("The kept image is damaged: its bytes no longer match the SHA-256 recorded") == 1
+    assert warnings.count("The kept image is missing: it was stored, but its file is gone") == 1
+    assert texts(app.caption).count("This image was not kept") == 1
