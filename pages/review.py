@@ -40,16 +40,17 @@ def reviewed(done: dict) -> str:
 SHOWN = 50  # cards per section: each is a form
 
 
-def kept_image(sha256: str | None) -> bytes | str | None:
-    """The kept image's bytes, None if it was not kept, or a warning why it cannot be shown: missing or
-    damaged (a patient image lost or rotted must be seen) or unreadable. One such file is a note on its
-    card, not the end of the queue."""
-    if not keeping_images() or not sha256:
+def kept_image(row: dict) -> bytes | str | None:
+    """The kept image's bytes, None if it was not kept, or a warning why it cannot be shown: missing (its
+    row says it was kept) or damaged (a patient image lost or rotted must be seen) or unreadable. One such
+    file is a note on its card, not the end of the queue."""
+    if not keeping_images() or not row["image_sha256"]:
         return None
-    kept = ImageStore().read(sha256)  # never an OSError: an unreadable file is UNREADABLE
+    kept = ImageStore().read(row["image_sha256"], expected=row["details"].get("image_kept") is True)
     if kept.status == MISSING:
-        return ("The kept image is missing: it was stored, but its file is gone from the image store. The record "
-                "is intact; tell an administrator.")
+        return ("The kept image is missing: this result was analysed while images were kept, but its file is not in "
+                "the image store (deleted, or it could not be written then). The record is intact; tell an "
+                "administrator.")
     if kept.status == DAMAGED:
         return ("The kept image is damaged: its bytes no longer match the SHA-256 recorded (bit rot or an edit), so "
                 "it is not shown. The record is intact; tell an administrator.")
@@ -81,7 +82,7 @@ def card(row: dict) -> None:
             st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
         if done:
             st.caption(reviewed(done))
-        kept = kept_image(row["image_sha256"])
+        kept = kept_image(row)
         if isinstance(kept, str):
             st.warning(kept, icon=":material/hide_image:")
         elif kept:
@@ -89,7 +90,7 @@ def card(row: dict) -> None:
         elif not keeping_images():
             st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")
         else:
-            st.caption("This image was not kept (a slide, or analysed before BREAKHIS_KEEP_IMAGES was on): the "
+            st.caption("This image was not kept (a slide, or analysed while BREAKHIS_KEEP_IMAGES was off): the "
                        "record has the hash only.")
         session.review_form(row["id"], f"queue_{row['id']}")
 

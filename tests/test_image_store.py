@@ -1,12 +1,12 @@
-"""The kept-image store tells an image never kept from one whose file is missing, damaged or unreadable:
-get() returned None for all of them, so bit rot or a deleted patient image looked like one never kept."""
+"""The kept-image store tells an image never kept from one whose file is missing (its audit row says it was
+kept), damaged or unreadable: get() returned None for all of them, so bit rot or a deleted patient image
+looked like one never kept."""
 
 import hashlib
 import logging
-import stat
 from pathlib import Path
 
-from core.store.images import DAMAGED, KEPT, LEDGER, MISSING, NOT_KEPT, UNREADABLE, ImageStore
+from core.store.images import DAMAGED, KEPT, MISSING, NOT_KEPT, UNREADABLE, ImageStore
 
 
 def test_not_kept_missing_damaged_and_unreadable_are_told_apart(tmp_path, monkeypatch, caplog):
@@ -25,19 +25,8 @@ def test_not_kept_missing_damaged_and_unreadable_are_told_apart(tmp_path, monkey
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     caplog.set_level(logging.WARNING, "core.store.images")
     assert images.read(intact).status == KEPT and images.read(intact).data == b"image 0"
-    assert [images.read(sha).status for sha in (damaged, missing, never)] == [DAMAGED, MISSING, NOT_KEPT]
+    assert [images.read(sha, expected=True).status for sha in (damaged, missing)] == [DAMAGED, MISSING]
+    assert [images.read(sha).status for sha in (missing, never)] == [NOT_KEPT, NOT_KEPT]  # no row says it was kept
     assert (images.read(unreadable).status, images.read(unreadable).problem) == (UNREADABLE, "Permission denied")
     assert [images.get(sha) for sha in (damaged, missing, never, unreadable)] == [None] * 4  # get() as before
     assert f"{images.path(damaged)} is damaged" in caplog.text and f"{images.path(missing)} is missing" in caplog.text
-    assert stat.S_IMODE((tmp_path / "images" / LEDGER).stat().st_mode) == 0o600  # it names patient images
-
-
-def test_images_kept_before_the_ledger_are_listed_when_it_is_first_written(tmp_path):
-    images = ImageStore(tmp_path / "images")
-    older = [images.put(f"older {i}".encode()) for i in range(2)]
-    (tmp_path / "images" / LEDGER).unlink()  # as an earlier version left the store
-    newer = images.put(b"newer")
-    for sha in older + [newer]:
-        images.path(sha).unlink()
-    assert [images.read(sha).status for sha in older + [newer]] == [MISSING] * 3
-    assert images.put(b"newer") == newer and images.read(newer).status == KEPT  # stored again: intact again

@@ -107,13 +107,16 @@ def test_a_card_says_whether_its_kept_image_is_missing_damaged_or_was_never_kept
     images.path(missing).unlink()
     never = "ef" * 32
     store = Store.open()
-    store.record_many([diagnosis(f"{name}.png", None, image_sha256=sha) for name, sha in
-                       (("intact", intact), ("damaged", damaged), ("missing", missing), ("never", never))])
+    rows = [diagnosis(f"{name}.png", None, image_sha256=sha) for name, sha in
+            (("intact", intact), ("damaged", damaged), ("missing", missing), ("never", never))]
+    for row in rows[:-1]:
+        row["details"]["image_kept"] = True  # as records.image_row writes it while images are kept
+    store.record_many(rows)
     store.close()
     app.switch_page("pages/review.py").run()
     assert not app.exception
     warnings = texts(app.main.warning)
     assert len(app.image) == 1  # the intact one only
     assert warnings.count("The kept image is damaged: its bytes no longer match the SHA-256 recorded") == 1
-    assert warnings.count("The kept image is missing: it was stored, but its file is gone") == 1
-    assert texts(app.caption).count("This image was not kept") == 1
+    assert warnings.count("The kept image is missing: this result was analysed while images were kept") == 1
+    assert texts(app.caption).count("This image was not kept") == 1  # "never": its row does not say it was kept

@@ -119,7 +119,7 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     for name, data in items[:2]:
         assert kept.put(data) == hashlib.sha256(data).hexdigest()
         assert kept.put(data) == hashlib.sha256(data).hexdigest()  # stored once
-    assert len(list((tmp_path / "images").rglob("*"))) == 5  # 2 folders, 2 files, the ledger
+    assert len(list((tmp_path / "images").rglob("*"))) == 4  # 2 folders, 2 files
     ids = records.record_diagnosis(store, "ann", results, predictor,
                                    records.diagnosis_settings(predictor, False, "gradcam", 0.9, "not stated"))
     by_name = {name: audit_id for (name, _), audit_id in ids.items()}

@@ -15,6 +15,7 @@ import json
 
 from core.app.registry import describe_model, model_badge
 from core.store.audit import Store
+from core.store.images import keeping_images
 
 NOT_RECORDED = "model status not recorded"  # a row from before `limited` was recorded, of a model not DEMO
 
@@ -83,7 +84,8 @@ def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -
                "refer_stage1": bool(p.refer_stage1), "refer_subtype": bool(p.refer_subtype),
                "uncertainty": p.uncertainty, "magnification": result.magnification,
                "magnification_source": result.magnification_source, "case": result.case,
-               **_evidence(identity), "calibrated": identity["calibrated"], "settings": settings}
+               **_evidence(identity), "calibrated": identity["calibrated"], "settings": settings,
+               "image_kept": keeping_images()}  # the Review card tells a missing kept image from one never kept
     return {"kind": kind, "subject": result.name, "image_sha256": result.sha256, "model": identity["model"],
             "model_sha256": identity["model_sha256"], "details": details}
 

@@ -5,9 +5,10 @@ only, and review happens while the image is on screen. With BREAKHIS_KEEP_IMAGES
 image is written once, named by its SHA-256 (data/images/ab/abcdef...), so the review queue can
 show it later and reviewed images can be exported for training. The same bytes are stored once
 however often they are uploaded, and a file's name is its checksum, so a damaged copy is detected.
-A ledger (images/kept.txt, one SHA-256 a line, appended as each image is stored) tells an image that
-was never kept from one whose file has gone: read() says which, so bit rot or a deleted patient image
-shows on its Review card instead of looking like an image that was never kept.
+Whether an image should be here is the audit row's to say (records.image_row writes `image_kept`: the
+deployment kept images when it was analysed), not a second list beside the database: read() is told,
+and says MISSING for an image that should be here and is not, so a deleted patient image or bit rot
+shows on its Review card instead of looking like one that was never kept.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from core.store.db import private_folder
 
 log = logging.getLogger(__name__)
 
-LEDGER = "kept.txt"
 KEPT, NOT_KEPT, MISSING, DAMAGED, UNREADABLE = "kept", "not kept", "missing", "damaged", "unreadable"
-_ledgers: dict[Path, tuple[tuple[int, int], frozenset]] = {}  # a ledger's (mtime, size) and digests, read once
 
 
 @dataclass(frozen=True)
@@ -67,18 +66,18 @@ class ImageStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(handle.name, target)
-            self._note(sha256)
         return sha256
 
-    def read(self, sha256: str) -> Kept:
-        """The image, or why not: NOT_KEPT (never stored here), MISSING (stored, its file gone), DAMAGED
-        (its bytes no longer match their SHA-256) or UNREADABLE; each but NOT_KEPT is logged with the file."""
+    def read(self, sha256: str, expected: bool = False) -> Kept:
+        """The image, or why not: NOT_KEPT (no file, none expected), MISSING (no file, but its audit row
+        says it was kept: `expected`), DAMAGED (its bytes no longer match their SHA-256) or UNREADABLE;
+        each but NOT_KEPT is logged with the file."""
         target = self.path(sha256)
         try:
             if not target.is_file():
-                if not self._ever_kept(sha256):
+                if not expected:
                     return Kept(NOT_KEPT)
-                log.warning("the kept image %s is missing: it was stored, its file is gone", target)
+                log.warning("the kept image %s is missing: its audit row says it was kept", target)
                 return Kept(MISSING)
             data = target.read_bytes()
         except OSError as problem:
@@ -93,28 +92,3 @@ class ImageStore:
         """The bytes, or None if not kept, missing, unreadable or damaged (read() says which): the
         training export skips them all alike."""
         return self.read(sha256).data
-
-    def _note(self, sha256: str) -> None:
-        """Add a stored image to the ledger. The first one written also lists the images an earlier
-        version kept without a ledger (O_EXCL: one process makes it; the others append)."""
-        ledger = self.root / LEDGER
-        try:
-            handle, first = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600), True
-        except FileExistsError:
-            handle, first = os.open(ledger, os.O_WRONLY | os.O_APPEND), False
-        with os.fdopen(handle, "ab", buffering=0) as file:  # one write: appends from others fall between lines
-            names = sorted(f.name for f in self.root.glob("??/*") if len(f.name) == 64) if first else [sha256]
-            file.write("".join(f"{name}\n" for name in names).encode())
-            os.fsync(file.fileno())
-
-    def _ever_kept(self, sha256: str) -> bool:
-        """Whether the ledger lists this image (no ledger: nothing was stored since it was introduced)."""
-        ledger = self.root / LEDGER
-        try:
-            stat = ledger.stat()
-        except FileNotFoundError:
-            return False
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if _ledgers.get(ledger, (None,))[0] != stamp:
-            _ledgers[ledger] = (stamp, frozenset(ledger.read_text().split()))
-        return sha256 in _ledgers[ledger][1]
