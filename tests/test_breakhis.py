@@ -162,6 +162,45 @@ def test_a_name_of_another_magnification_is_skipped_with_its_reason(samples_dir,
          "magnification 50X is not a BreakHis magnification (40X, 100X, 200X, 400X)")]
 
 
+def test_an_image_filed_under_two_patients_is_indexed_once_and_reported(samples_dir, tmp_path):
+    """The same bytes stored as another patient's image were indexed twice (dedup was by name only), so a
+    patient-wise split could put the picture in train and test, and the scan report said nothing. Only
+    the name that sorts first is indexed now (whatever the walk order, so every layout agrees), and the
+    scan report names both files and both patients."""
+    good = sorted(samples_dir.rglob("*-40-*.png"))[0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    copy = tmp_path / "a" / "SOB_M_DC-15-99001-40-001.png"  # another patient, even another class; walked first
+    shutil.copy(good, copy)
+    shutil.copy(good, tmp_path / "b" / good.name)
+    same_size = bytearray(good.read_bytes())
+    same_size[-40] ^= 0xFF  # same size, other bytes: another image, kept
+    (tmp_path / "a" / "SOB_M_DC-15-99001-40-002.png").write_bytes(bytes(same_size))
+    result = index_folder(tmp_path, check_readable=False)
+    kept = tmp_path / "b" / good.name
+    assert sorted(Path(p).name for p in result.images["path"]) == [good.name, "SOB_M_DC-15-99001-40-002.png"]
+    assert result.copies == result.cross_patient_copies == [(str(copy), str(kept))]
+    assert result.skipped == [(str(copy), "same bytes as an indexed image of another name")]
+    summary = result.summary()
+    assert "1 file is byte-identical to an image of another patient" in summary
+    assert f"{copy} (case 15-99001) = {kept} (case {parse_name(good.name).case})" in summary
+
+
+def test_only_files_of_a_shared_size_are_read_for_the_content_check(samples_dir, tmp_path, monkeypatch):
+    """Hashing every image would read a 7,909-image folder whole at each scan: only size collisions are."""
+    from core.data import breakhis
+
+    files = sorted(samples_dir.rglob("*.png"))[:4]
+    for path in files:
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copy(files[0], tmp_path / "SOB_B_A-15-99001-40-001.png")
+    read = []
+    monkeypatch.setattr(breakhis, "_sha256", lambda path, *_: read.append(path) or "same")
+    groups = breakhis.identical_files(sorted(map(str, tmp_path.iterdir())))
+    assert sorted(map(Path, read)) == sorted([tmp_path / files[0].name, tmp_path / "SOB_B_A-15-99001-40-001.png"])
+    assert len(groups) == 1 and len(groups[0]) == 2
+
+
 def test_missing_folder_raises(tmp_path):
     with pytest.raises(DatasetError, match="not found"):
         index_folder(tmp_path / "nope")

@@ -63,3 +63,16 @@ def test_paths_relative_to_the_data_folder_round_trip(synthetic_breakhis, tmp_pa
     restored = resolve_paths(relative, moved)
     assert restored["path"].iloc[0] == str(moved / relative["path"].iloc[0])
     assert restored["path"].iloc[-1] == outside["path"].item()
+
+
+def test_the_training_log_names_images_filed_under_two_patients(synthetic_breakhis, tmp_path, caplog):
+    """A copy of a patient's image under another patient was used twice without a word in the log."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_breakhis, data)
+    original = sorted(data.rglob("*-14-1013-*.png"))[0]
+    shutil.copy(original, data / original.name.replace("14-1013", "14-99001"))
+    with caplog.at_level("WARNING", logger="core.data.selection"):
+        selection = select_images(data, SplitSpec())
+    assert len(selection.split) == 96 and "14-99001" not in set(selection.split["case"])
+    assert "1 file is byte-identical to an image of another patient" in caplog.text
+    assert "(case 14-99001) = " in caplog.text

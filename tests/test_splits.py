@@ -1,5 +1,9 @@
 """Patient-wise splits on the full BreakHis manifest: no leakage, stratified, deterministic."""
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -15,6 +19,7 @@ from core.data.splits import (
     make_split,
     patient_kfold,
     shared_cases,
+    shared_content,
 )
 
 
@@ -144,3 +149,43 @@ def test_zero_validation_fraction(manifest):
     assert set(split["split"]) == {"train", "test"}
     folds = patient_kfold(manifest, k=3, val_fraction=0.0)
     assert all(set(fold["split"]) == {"train", "test"} for fold in folds)
+
+
+@pytest.fixture
+def copied_patient(synthetic_breakhis, tmp_path) -> Path:
+    """The synthetic set plus every image of case 14-1013 again under a new patient, 14-99001."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_breakhis, root)
+    for path in sorted(root.rglob("*-14-1013-*.png")):
+        shutil.copy(path, root / path.name.replace("14-1013", "14-99001"))
+    return root
+
+
+def _in_two_splits(split: pd.DataFrame) -> int:
+    digest = split["path"].map(lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    return int((split.groupby(digest)["split"].nunique() > 1).sum())
+
+
+def test_identical_images_of_two_patients_never_sit_in_two_splits(copied_patient):
+    """A patient's images copied under another accession number were two cases to the splitter, so the
+    same pictures landed in train and test (seeds 0, 3, 4 and most k-folds on BreakHis) while
+    assert_no_case_leakage passed. Indexing leaves the copies out, so no split or fold can hold both."""
+    images = index_folder(copied_patient).images
+    assert "14-99001" not in set(images["case"]) and (images["case"] == "14-1013").sum() == 4
+    for seed in range(6):
+        assert _in_two_splits(make_split(images, seed=seed)) == 0, seed
+    for fold in patient_kfold(images, k=4, seed=0):
+        assert _in_two_splits(fold) == 0
+
+
+def test_leakage_check_catches_identical_files_under_other_names(copied_patient):
+    """A table built without index_folder (a manifest, added images) can still hold both copies: the
+    leakage check compares file contents too, not only case names."""
+    original = sorted(copied_patient.rglob("*-14-1013-*.png"))[0]
+    copy = copied_patient / original.name.replace("14-1013", "14-99001")
+    table = pd.DataFrame({"path": [str(original), str(copy)], "case": ["14-1013", "14-99001"],
+                          "subtype": ["phyllodes_tumor"] * 2, "split": ["train", "test"]})
+    assert shared_content(table) == [{str(original): "train", str(copy): "test"}]
+    with pytest.raises(ValueError, match="1 image\\(s\\) sit in more than one split as byte-identical"):
+        assert_no_case_leakage(table)
+    assert_no_case_leakage(table.assign(split="test"))  # both on one side: no leak

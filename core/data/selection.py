@@ -121,7 +121,8 @@ def assign_splits(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
 
 def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Selection:
-    """Index `data_dir` (any layout) and split it by `spec`; skipped files are reported on stderr."""
+    """Index `data_dir` (any layout) and split it by `spec`; the scan report (skipped files, byte-identical
+    copies left out) goes to the log, i.e. the training log."""
     index: IndexResult = index_folder(data_dir)
     if index.skipped and report_skipped:
         log.warning(index.summary())

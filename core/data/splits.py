@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from core.data.breakhis import identical_files
 from core.data.labels import SUBTYPES
 from core.errors import UserInputError
 
@@ -197,13 +198,30 @@ def shared_cases(split_df: pd.DataFrame) -> dict[str, list[str]]:
     return {case: sorted(splits) for case, splits in per_case.items() if len(splits) > 1}
 
 
+def shared_content(split_df: pd.DataFrame) -> list[dict[str, str]]:
+    """Groups of byte-identical files (path -> split) found in more than one split: the same picture under
+    two names, e.g. filed under two patients, leaks although no case does. index_folder leaves such copies
+    out; this catches tables built otherwise (a manifest, reviewed additions). Reads only files whose size
+    collides (identical_files); files that are not found are not compared."""
+    splits_of = split_df["split"].astype(str).groupby(split_df["path"]).agg(lambda s: "/".join(sorted(set(s))))
+    groups = [{path: splits_of[path] for path in group} for group in identical_files(splits_of.index)]
+    return [group for group in groups if len(set(group.values())) > 1]
+
+
 def assert_no_case_leakage(split_df: pd.DataFrame) -> None:
-    """Raise ValueError naming every case that sits in two splits (or synthetic data outside train)."""
+    """Raise ValueError naming every case that sits in two splits, every byte-identical image in two
+    splits under different names (shared_content), or synthetic data outside train."""
     leaks = shared_cases(split_df)
     if leaks:
         listed = ", ".join(f"{case} ({'/'.join(splits)})" for case, splits in list(leaks.items())[:10])
         more = f" and {len(leaks) - 10} more" if len(leaks) > 10 else ""
         raise ValueError(f"{len(leaks)} case(s) appear in more than one split: {listed}{more}.")
+    copies = shared_content(split_df)
+    if copies:
+        listed = "; ".join(" = ".join(f"{path} ({split})" for path, split in group.items()) for group in copies[:5])
+        more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+        raise ValueError(f"{len(copies)} image(s) sit in more than one split as byte-identical files under "
+                         f"different names: {listed}{more}.")
     if "synthetic" in split_df:
         outside = split_df[split_df["synthetic"].astype(bool) & (split_df["split"] != "train")]
         if len(outside):
