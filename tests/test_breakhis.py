@@ -64,7 +64,7 @@ def samples(samples_dir):
 
 def test_index_real_samples(samples):
     images = samples.images
-    assert samples.skipped == []
+    assert samples.skipped == [] and samples.misfiled == []
     assert list(images.columns) == COLUMNS and len(images) == 22
     assert set(images["subtype"]) == set(SUBTYPES)
     assert set(images["magnification"]) == set(MAGNIFICATIONS)
@@ -95,7 +95,7 @@ def test_layouts_index_identically(samples, samples_dir, tmp_path):
     reference = _labels(samples.images)
     for name, folder in _copy_layouts(samples_dir, tmp_path).items():
         result = index_folder(folder)
-        assert result.skipped == [], name
+        assert result.skipped == [] and result.misfiled == [], name
         pd.testing.assert_frame_equal(_labels(result.images), reference, obj=name)
 
 
@@ -199,6 +199,32 @@ def test_only_files_of_a_shared_size_are_read_for_the_content_check(samples_dir,
     groups = breakhis.identical_files(sorted(map(str, tmp_path.iterdir())))
     assert sorted(map(Path, read)) == sorted([tmp_path / files[0].name, tmp_path / "SOB_B_A-15-99001-40-001.png"])
     assert len(groups) == 1 and len(groups[0]) == 2
+
+
+def test_a_file_in_a_folder_of_another_label_is_listed_as_a_likely_mistake(samples_dir, tmp_path):
+    """SOB_M_DC-... inside benign/ was counted as malignant without a word. Labels still come from the
+    name, but the scan report lists every file whose class, subtype, magnification or slide folder
+    names another label than its file name."""
+    files = {parse_name(p.name).subtype: p for p in sorted(samples_dir.rglob("*.png")) if "-100-" not in p.name}
+    ductal, adenosis, fibroadenoma = files["ductal_carcinoma"], files["adenosis"], files["fibroadenoma"]
+    (tmp_path / "benign" / "fibroadenoma").mkdir(parents=True)
+    (tmp_path / "Benign" / "Fibroadenoma" / "100X").mkdir(parents=True)
+    shutil.copy(ductal, tmp_path / "benign" / ductal.name)  # a malignant name in benign/
+    shutil.copy(adenosis, tmp_path / "benign" / "fibroadenoma" / adenosis.name)  # another benign subtype
+    shutil.copy(fibroadenoma, tmp_path / "Benign" / "Fibroadenoma" / "100X" / fibroadenoma.name)
+    result = index_folder(tmp_path)
+    assert len(result.images) == 3 and result.skipped == []
+    assert result.images.set_index(result.images["path"].map(lambda p: Path(p).name)).at[
+        ductal.name, "label"] == "malignant"  # still labelled by its name
+    magnification = parse_name(fibroadenoma.name).magnification  # not 100X; Benign/Fibroadenoma are right
+    assert sorted(result.misfiled) == sorted([
+        (str(tmp_path / "benign" / ductal.name), "folder benign but the name says malignant"),
+        (str(tmp_path / "benign" / "fibroadenoma" / adenosis.name), "folder fibroadenoma but the name says adenosis"),
+        (str(tmp_path / "Benign" / "Fibroadenoma" / "100X" / fibroadenoma.name),
+         f"folder 100X but the name says {magnification}")])
+    summary = result.summary()
+    assert "3 files are in a folder that names another label than the file name" in summary
+    assert f"{tmp_path / 'benign' / ductal.name}: folder benign but the name says malignant" in summary
 
 
 def test_missing_folder_raises(tmp_path):

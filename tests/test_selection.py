@@ -76,3 +76,15 @@ def test_the_training_log_names_images_filed_under_two_patients(synthetic_breakh
     assert len(selection.split) == 96 and "14-99001" not in set(selection.split["case"])
     assert "1 file is byte-identical to an image of another patient" in caplog.text
     assert "(case 14-99001) = " in caplog.text
+
+
+def test_the_training_log_names_a_file_in_a_folder_of_another_label(synthetic_breakhis, tmp_path, caplog):
+    """Nothing was skipped, so nothing was logged, although a malignant name sat in benign/."""
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_breakhis, data)
+    malignant = sorted(data.rglob("SOB_M_DC-*.png"))[0]
+    benign = next(data.rglob("benign"))
+    malignant.rename(benign / malignant.name)
+    with caplog.at_level("WARNING", logger="core.data.selection"):
+        select_images(data, SplitSpec())
+    assert f"{benign / malignant.name}: folder benign but the name says malignant" in caplog.text

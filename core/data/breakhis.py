@@ -18,7 +18,15 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from core.data.labels import CLASS_CODES, CLASS_OF_SUBTYPE, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPE_CODES, SUBTYPES
+from core.data.labels import (
+    CLASS_CODES,
+    CLASS_OF_SUBTYPE,
+    CLASSES,
+    CODE_OF_SUBTYPE,
+    MAGNIFICATIONS,
+    SUBTYPE_CODES,
+    SUBTYPES,
+)
 from core.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -112,12 +120,14 @@ def synthetic_generator(filename: str) -> str | None:
 class IndexResult:
     """Indexed images plus what was skipped and why, so nothing is dropped silently; `unreadable`: the
     folders the walk could not enter (os.walk skips them without a word), relative to the root;
-    `copies`: (left-out file, indexed file) pairs of byte-identical images."""
+    `copies`: (left-out file, indexed file) pairs of byte-identical images; `misfiled`: (file, how its
+    folders contradict its name) for indexed images whose folder names another label."""
 
     images: pd.DataFrame
     skipped: list[tuple[str, str]]
     unreadable: list[str] = dataclasses.field(default_factory=list)
     copies: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    misfiled: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def cross_patient_copies(self) -> list[tuple[str, str]]:
@@ -138,6 +148,10 @@ class IndexResult:
                          "sorts first), so it can never sit in two splits:")
             lines += _listed([f"{copy} (case {parse_name(copy).case}) = {kept} (case {parse_name(kept).case})"
                               for copy, kept in crossed], listed)
+        if self.misfiled:
+            lines.append(f"{_files(self.misfiled)} in a folder that names another label than the file name, a "
+                         "likely labelling mistake (labels come from file names, as always):")
+            lines += _listed([f"{path}: {how}" for path, how in self.misfiled], listed)
         return "\n".join(lines)
 
 
@@ -188,12 +202,13 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
     its other copies (another folder or format) are skipped. Of byte-identical files under different
     names only the one whose name sorts first is indexed, the others are skipped (`copies`): filed
     under two patients, the same picture would otherwise count twice and could sit in train and test
-    of a patient-wise split.
+    of a patient-wise split. Images whose folders name another label than their file names are listed
+    in `misfiled`.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"Dataset folder not found: {root}")
-    rows, skipped, seen, errors = [], [], {}, []
+    rows, skipped, seen, errors, misfiled = [], [], {}, [], []
     for dirpath, dirnames, filenames in os.walk(root, onerror=errors.append):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames, key=_walk_order):
@@ -217,14 +232,17 @@ def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexR
                 continue
             seen[key] = str(path)
             rows.append(_row(str(path), name))
+            if how := folder_disagreement(path.relative_to(root), name):
+                misfiled.append((str(path), how))
     copies = {}
     for group in identical_files(row["path"] for row in rows):
         kept = min(group, key=lambda path: (field_key(path), path))  # by name, so every layout keeps the same one
         copies.update({copy: kept for copy in group if copy != kept})
     skipped += [(copy, "same bytes as an indexed image of another name") for copy in copies]
     rows = [row for row in rows if row["path"] not in copies]
+    misfiled = [(path, how) for path, how in misfiled if path not in copies]
     unreadable = [os.path.relpath(error.filename, root) if error.filename else str(error) for error in errors]
-    return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped, unreadable, list(copies.items()))
+    return IndexResult(pd.DataFrame(rows, columns=COLUMNS), skipped, unreadable, list(copies.items()), misfiled)
 
 
 def identical_files(paths) -> list[list[str]]:
@@ -266,6 +284,28 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """Keyed by size and time too, so a changed file is read again; a split check after a scan reads nothing."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+_FOLDER_LABELS = {**{c: "label" for c in CLASSES}, **{s: "subtype" for s in SUBTYPES},
+                  **{m.lower(): "magnification" for m in MAGNIFICATIONS}}
+_SLIDE_FOLDER = re.compile(r"^SOB_[BM]_[A-Z]+_\d+-\d+[A-Z]*$", re.IGNORECASE)
+
+
+def folder_disagreement(relative: Path, name: ImageName) -> str | None:
+    """How the folders of a file (relative to the scanned root) contradict its name, or None: a folder
+    named like a class, subtype, magnification or slide (as in the archive) that is not this file's."""
+    said = []
+    for folder in relative.parent.parts:
+        column = "slide_folder" if _SLIDE_FOLDER.match(folder) else _FOLDER_LABELS.get(_folder_key(folder))
+        stated = getattr(name, column) if column else None
+        if stated and _folder_key(folder) != _folder_key(stated):
+            said.append(f"folder {folder} but the name says {stated}")
+    return "; ".join(said) or None
+
+
+def _folder_key(text: str) -> str:
+    """"Ductal Carcinoma", "ductal-carcinoma" and "ductal_carcinoma" name one subtype."""
+    return re.sub(r"[\s-]+", "_", text.strip().lower()) if not _SLIDE_FOLDER.match(text) else text.upper()
 
 
 _LOSSY = (".jpg", ".jpeg", ".webp")

@@ -122,9 +122,9 @@ def assign_splits(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
 
 def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Selection:
     """Index `data_dir` (any layout) and split it by `spec`; the scan report (skipped files, byte-identical
-    copies left out) goes to the log, i.e. the training log."""
+    copies left out, files whose folder contradicts their name) goes to the log, i.e. the training log."""
     index: IndexResult = index_folder(data_dir)
-    if index.skipped and report_skipped:
+    if (index.skipped or index.misfiled) and report_skipped:
         log.warning(index.summary())
     if len(index.images) == 0:
         raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
