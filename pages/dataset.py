@@ -112,6 +112,9 @@ with balancing:
         st.dataframe(dataset_views.strategy_summary(versions), hide_index=True)
         if synthetic:
             st.caption(f"GAN fill uses the synthetic images in {synthetic}.")
+            if missing := dataset_views.shortfall_text(versions["synthetic"]):
+                st.warning(f"GAN fill falls short: {missing}, because the folder has too few GAN images of "
+                           "those subtypes; they stay that much smaller than the largest.")
 
 with thumbnails:
     if source == FULL_SET:

@@ -104,6 +104,15 @@ def test_gan_fill_appears_only_with_a_synthetic_folder(train, tmp_path):
     summary = dataset_views.strategy_summary(versions).set_index("strategy")
     assert summary.loc["GAN fill", "synthetic images"] == 5
     assert summary.loc["GAN fill", "training images"] == len(train) + 5
+    # 5 GAN images cannot fill 7 subtypes up to the largest: what is still missing is said, never hidden
+    counts = train["subtype"].value_counts()
+    missing = int((counts.max() - counts).sum()) - 5
+    assert summary.loc["GAN fill", "images still missing"] == missing > 0
+    assert summary.loc["As is", "images still missing"] == 0
+    assert f"{missing:,} images still missing (Adenosis {counts.max() - counts['adenosis'] - 5}, " in \
+        summary.loc["GAN fill", "how"]
+    bars = [t for t in dataset_views.strategy_figure(versions).data if t.name.endswith("missing")]
+    assert sum(sum(t.y) for t in bars) == missing and {t.xaxis for t in bars} == {"x5"}  # GAN fill's panel only
 
 
 def test_thumbnails_exist_for_every_subtype_of_the_bundled_samples(samples_dir):

@@ -34,6 +34,7 @@ STRATEGY_HOW = {
 }
 MANIFEST_SOURCE = "BreakHis v1 (bundled manifest)"
 GROUPS = {"label": CLASSES, "subtype": SUBTYPES}
+SOURCES = ("real", "synthetic", "missing")  # the strategy figure's bar patterns
 _LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=70, b=10), height=360)
 
 
@@ -190,30 +191,49 @@ def balanced_versions(train: pd.DataFrame, synthetic_dir: str | Path | None = No
             for strategy in balance.STRATEGIES if strategy != "synthetic" or folder}
 
 
+def shortfall(preview: pd.DataFrame) -> pd.Series:
+    """GAN images each subtype still lacked to reach the GAN fill's target (balance_preview's
+    attrs["shortfall"]; 0 for every other strategy): a fill short of images is not a balanced set."""
+    missing = preview.attrs.get("shortfall") or {}
+    return pd.Series([int(missing.get(s, 0)) for s in preview.index], index=preview.index, dtype=int)
+
+
+def shortfall_text(preview: pd.DataFrame) -> str:
+    """'612 images still missing (Adenosis 212, ...)', or '' when the strategy reached its target."""
+    missing = shortfall(preview)
+    if not missing.sum():
+        return ""
+    return (f"{counted(int(missing.sum()), 'image')} still missing ("
+            + ", ".join(f"{pretty(s)} {n}" for s, n in missing.items() if n) + ")")
+
+
 def strategy_figure(previews: dict[str, pd.DataFrame], source: str | None = None):
-    """Subtype counts after each strategy, side by side (effective, weighted counts for class weights)."""
+    """Subtype counts after each strategy, side by side (effective, weighted counts for class weights);
+    the images a GAN fill still lacked stand as faint "missing" bars on top of its own."""
     frames = []
     for strategy, preview in previews.items():
         frame = pd.DataFrame({"subtype": preview.index,
                               "real": (preview["after"] - preview["synthetic_added"]) * preview["weight"],
-                              "synthetic": preview["synthetic_added"] * preview["weight"]})
+                              "synthetic": preview["synthetic_added"] * preview["weight"],
+                              "missing": shortfall(preview)})
         frame["class"], frame["Subtype"] = frame["subtype"].map(CLASS_OF_SUBTYPE), frame["subtype"].map(pretty)
         frame["Strategy"] = STRATEGY_TITLES.get(strategy, strategy)
         frames.append(frame)
-    long = pd.concat(frames).melt(id_vars=["Strategy", "Subtype", "class"], value_vars=["real", "synthetic"],
+    long = pd.concat(frames).melt(id_vars=["Strategy", "Subtype", "class"], value_vars=list(SOURCES),
                                   var_name="Source", value_name="Images")
     long = long[long["Images"] > 0]
     figure = px.bar(long, x="Subtype", y="Images", color="class", pattern_shape="Source",
                     facet_col="Strategy", color_discrete_map=CLASS_COLOURS,
-                    category_orders={"Subtype": SUBTYPE_ORDER, "Source": ["real", "synthetic"]},
+                    category_orders={"Subtype": SUBTYPE_ORDER, "Source": list(SOURCES)},
                     title=_titled("Training images per subtype after each balancing strategy", source))
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    figure.for_each_trace(lambda t: t.update(opacity=0.3) if t.name.endswith("missing") else None)
     return figure.update_layout(**{**_LAYOUT, "height": 420})
 
 
 def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per strategy: how many images, how imbalanced (as the loss sees it; n/a with the groups
-    that have no training image), how many synthetic."""
+    that have no training image), how many synthetic, and how many a GAN fill still lacked."""
     rows = []
     for strategy, preview in previews.items():
         by_class = preview["effective"].groupby(preview.index.map(CLASS_OF_SUBTYPE)).sum()
@@ -221,9 +241,10 @@ def strategy_summary(previews: dict[str, pd.DataFrame]) -> pd.DataFrame:
             "strategy": STRATEGY_TITLES.get(strategy, strategy),
             "training images": int(preview["after"].sum()),
             "synthetic images": int(preview["synthetic_added"].sum()),
+            "images still missing": int(shortfall(preview).sum()),
             "subtype imbalance (max/min)": imbalance_text(preview["effective"], digits=2),
             "class imbalance (max/min)": imbalance_text(by_class.reindex(list(CLASSES), fill_value=0), digits=2),
-            "how": STRATEGY_HOW.get(strategy, strategy),
+            "how": "; ".join(filter(None, (STRATEGY_HOW.get(strategy, strategy), shortfall_text(preview)))),
         })
     return pd.DataFrame(rows)
 
