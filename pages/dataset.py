@@ -108,8 +108,15 @@ with balancing:
     else:
         st.caption(dataset_views.training_caption(train))
         training = dataset_views.source_line(train, folder, what="training image")
+        st.markdown("**tf.data pipeline** (`--pipeline tfdata`)")
         st.plotly_chart(dataset_views.strategy_figure(versions, training), key="strategy_figure")
         st.dataframe(dataset_views.strategy_summary(versions), hide_index=True)
+        st.markdown("**Fields pipeline** (`--pipeline fields`)")
+        st.caption(dataset_views.fields_caption())
+        fields = dataset_views.fields_versions(versions)
+        st.plotly_chart(dataset_views.strategy_figure(fields, training, "What the fields pipeline's subtype loss "
+                                                      "sees per epoch (draws x loss weight)"), key="fields_figure")
+        st.dataframe(dataset_views.strategy_summary(fields), hide_index=True)
         if synthetic:
             st.caption(f"GAN fill uses the synthetic images in {synthetic}.")
             if missing := dataset_views.shortfall_text(versions["synthetic"]):

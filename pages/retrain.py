@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import jobs, performance, registry, retrain, run_files, session
+from core.app import dataset_views, jobs, performance, registry, retrain, run_files, session
 from core.backends import job_environment
 from core.data.breakhis import folder_problem
 from core.errors import JobError, ModelFolderError, UserInputError
@@ -46,23 +46,27 @@ def launch_form() -> None:
     defaults = launch_defaults(any_gpu())
     backends = retrain.backend_choices(backends_seen())
 
-    def pick(widget, label, name, **kwargs):
-        return widget(label, retrain.choices(name, synthetic), index=retrain.default_index(name, synthetic, defaults),
-                      key=f"train_{name}", **kwargs)
+    def pick(widget, label, name, pipeline=None, **kwargs):
+        return widget(label, retrain.choices(name, synthetic, pipeline),
+                      index=retrain.default_index(name, synthetic, defaults, pipeline), key=f"train_{name}", **kwargs)
 
     def number(column, label, name, low, high):
         return column.number_input(label, low, high, getattr(defaults, name), key=f"train_{name}")
 
+    # Outside the form, so that choosing it reruns the page: the balancing offered depends on it.
+    pipeline = pick(st.radio, "Pipeline", "pipeline", format_func=retrain.PIPELINE_LABELS.get)
     with st.form("retrain"):
-        values = {"data": st.text_input("Data folder (BreakHis images, any layout)", key="train_data",
+        values = {"pipeline": pipeline,
+                  "data": st.text_input("Data folder (BreakHis images, any layout)", key="train_data",
                                         placeholder="e.g. ../shared/breakhis/real or data/BreaKHis_v1")}
         left, right = st.columns(2)
         values["backbone"] = pick(left.selectbox, "Backbone", "backbone")
         values["mode"] = pick(right.radio, "Mode", "mode", format_func=retrain.MODE_LABELS.get)
         values["epochs"] = number(left, "Epochs", "epochs", 1, 500)
-        values["balance"] = pick(right.selectbox, "Balancing", "balance")
+        values["balance"] = pick(right.selectbox, "Balancing", "balance", pipeline,
+                                 help=dataset_views.fields_caption() if pipeline == "fields" else
+                                 "Applied to the training split only (the Dataset page shows each strategy).")
         values["split"] = pick(left.radio, "Split protocol", "split", format_func=retrain.SPLIT_LABELS.get)
-        values["pipeline"] = pick(right.radio, "Pipeline", "pipeline", format_func=retrain.PIPELINE_LABELS.get)
         backend = left.selectbox("Keras backend", backends, key="train_backend",
                                  help="The fields pipeline trains under TensorFlow or JAX; tf.data under TensorFlow "
                                       "only. The model trained either way loads in the app.")

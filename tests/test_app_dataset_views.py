@@ -95,6 +95,29 @@ def test_each_strategy_changes_the_balance_as_it_should(train):
         "As is", "Class weights", "Oversampling", "Undersampling"}
 
 
+def test_the_fields_pipeline_is_shown_as_it_trains_its_none_balanced_by_sampling_and_loss_weights(train, tmp_path):
+    """With --pipeline fields (the CPU default and the bundled recipe) --balance none means 1/sqrt subtype
+    sampling and weighted losses; the views showed only the tf.data meaning ('As is', 7 : 1)."""
+    from core.training.field_fit import sampling
+
+    versions = dataset_views.balanced_versions(train)
+    fields = dataset_views.fields_versions(versions)
+    assert list(fields) == ["fields_none"]  # no GAN folder; class weights, over- and undersampling are refused there
+    summary = dataset_views.strategy_summary(fields).set_index("strategy")
+    assert summary.loc["Fields: none", "training images"] == len(train)
+    assert summary.loc["Fields: none", "subtype imbalance (max/min)"] == "1.00 : 1"
+    assert "1/sqrt(their subtype's count)" in summary.loc["Fields: none", "how"]
+    draw, _, weights = sampling(train["subtype"].to_numpy())  # what field_fit trains with
+    adenosis = (train["subtype"] == "adenosis").to_numpy()
+    assert fields["fields_none"].loc["adenosis", "effective"] == pytest.approx(
+        draw[adenosis].sum() * len(train) * weights[SUBTYPES.index("adenosis")])
+    tile = np.full((64, 64, 3), (200, 120, 180), np.uint8)
+    Image.fromarray(tile).save(tmp_path / synthetic_name("adenosis", "test-gan", 0, 0))
+    with_gan = dataset_views.fields_versions(dataset_views.balanced_versions(train, synthetic_dir=tmp_path))
+    assert list(with_gan) == ["fields_none", "fields_synthetic"]
+    assert "takes none or synthetic only" in dataset_views.fields_caption()
+
+
 def test_gan_fill_appears_only_with_a_synthetic_folder(train, tmp_path):
     tile = np.full((64, 64, 3), (200, 120, 180), np.uint8)
     for n in range(5):

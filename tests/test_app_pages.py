@@ -276,9 +276,10 @@ def test_dataset_page_shows_balance_views(app, synthetic_breakhis, monkeypatch):
     assert not app.exception
     assert app.metric[0].value == "7,909"
     assert app.metric[3].value == f"{3451 / 444:.1f} : 1"
-    assert len(app.get("plotly_chart")) == 5  # four views + the strategy comparison
-    [strategies] = tables(app, "strategy")
+    assert len(app.get("plotly_chart")) == 6  # four views + the strategy comparison of each pipeline
+    strategies, fields = tables(app, "strategy")
     assert list(strategies["strategy"]) == ["As is", "Class weights", "Oversampling", "Undersampling"]
+    assert list(fields["strategy"]) == ["Fields: none"]
     assert len(app.image) == 8  # thumbnails: one row per subtype from the bundled samples
 
     app.radio(key="dataset_source").set_value("Scan a dataset folder").run()

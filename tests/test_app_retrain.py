@@ -100,6 +100,15 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     assert any(button.key == START for button in app.button)
 
 
+def test_the_balancing_offered_follows_the_pipeline(app):
+    """The fields pipeline balances subtypes itself: the form offered strategies it then refused at submit."""
+    app.radio(key="train_pipeline").set_value("fields").run()
+    balance = app.selectbox(key="train_balance")
+    assert balance.options == ["none"] and "1/sqrt(their subtype's count)" in balance.help  # no GAN folder here
+    app.radio(key="train_pipeline").set_value("tfdata").run()
+    assert app.selectbox(key="train_balance").options == ["none", "class_weights", "oversample", "undersample"]
+
+
 def test_a_folder_without_breakhis_images_gets_a_hint_before_any_job_starts(app, environment):
     app.button(key=START).click().run()  # nothing typed
     assert "Enter the folder that holds the BreakHis images" in texts(app.error)

@@ -73,8 +73,9 @@ def test_a_folder_without_malignant_images_shows_no_ratio_but_what_is_absent(env
     assert not app.exception
     assert [metric.value for metric in app.metric[3:5]] == ["n/a", "n/a"]  # was 2.5 : 1 and 1.0 : 1
     assert "no malignant image" in shown(app) and "4 of 8 subtypes (Ductal carcinoma" in shown(app)
-    [strategies] = [frame.value for frame in app.dataframe if "strategy" in frame.value.columns]
-    assert set(strategies["class imbalance (max/min)"]) == {"n/a: Malignant absent"}
+    tfdata, fields = [frame.value for frame in app.dataframe if "strategy" in frame.value.columns]
+    assert set(tfdata["class imbalance (max/min)"]) == set(fields["class imbalance (max/min)"]) == {
+        "n/a: Malignant absent"}
 
 
 def test_a_manifest_that_disagrees_with_its_names_is_an_error_and_the_page_stays_usable(environment, monkeypatch,
@@ -104,8 +105,10 @@ def test_a_scanned_folder_says_what_and_how_many_next_to_its_figures_and_a_file_
     assert f"Scanned folder {flat}: 22 BreakHis images of 16 cases" in shown(app)
     assert "Partial or different from the full BreakHis" in shown(app)
     titles = chart_titles(app)
-    assert len(titles) == 5 and all(f"<sup>folder {flat}, 22 images</sup>" in title for title in titles[:4])
-    assert f"<sup>folder {flat}, " in titles[4] and "training images</sup>" in titles[4]
+    assert len(titles) == 6 and all(f"<sup>folder {flat}, 22 images</sup>" in title for title in titles[:4])
+    assert all(f"<sup>folder {flat}, " in title and "training images</sup>" in title for title in titles[4:])
+    assert titles[5].startswith("What the fields pipeline's subtype loss sees")  # its "none" is not "as is"
+    assert "takes none or synthetic only" in shown(app) and "1/sqrt(their subtype's count)" in shown(app)
     scan(app, flat / "SOB_B_A-14-22549AB-40-001.png")
     assert "is a file, not a folder" in shown(app) and "Folder not found" not in shown(app)
 

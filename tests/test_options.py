@@ -89,6 +89,20 @@ def test_the_retrain_form_builds_the_run_the_cli_would_parse(tmp_path):
         retrain.training_config({"data": str(tmp_path), "colour": "red"}, tmp_path)
 
 
+def test_the_retrain_form_offers_only_the_balancing_its_pipeline_takes(tmp_path):
+    """The CPU form (fields pipeline) offered class_weights, oversample and undersample, each then refused at
+    submit ("the fields pipeline balances subtypes itself"); validate is what decides."""
+    from core.app import retrain
+    from core.training.config import TrainConfig, checked
+
+    assert retrain.choices("balance", "gan/", pipeline="fields") == ["none", "synthetic"]
+    assert retrain.choices("balance", None, pipeline="fields") == ["none"]
+    assert retrain.choices("balance", "gan/", pipeline="tfdata") == list(choices_of(TrainConfig, "balance"))
+    for strategy in set(choices_of(TrainConfig, "balance")) - set(retrain.accepted_balances("fields")):
+        with pytest.raises(UserInputError, match="the fields pipeline balances subtypes itself"):
+            checked(TrainConfig(data=str(tmp_path), out="", pipeline="fields", balance=strategy))
+
+
 @pytest.mark.parametrize("name", [".best", " .best", "..", "."])
 def test_a_run_name_that_starts_with_a_dot_is_refused_in_words(name, tmp_path):
     """The model list skips hidden folders: such a run's model could never become the active model

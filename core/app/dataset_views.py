@@ -1,7 +1,9 @@
 """Class-balance views of an image table (plotly figures), before and after balancing.
 
 The tables come from core.data.breakhis (manifest or scanned folder) and the balanced versions from
-core.data.balance.balance_preview, so what the Dataset page shows is exactly what training would use.
+core.data.balance.balance_preview (what the tf.data pipeline trains on); the fields pipeline, which
+takes "none" or GAN fill only and always samples and weights the losses itself, is shown through
+core.training.field_fit.sampling, what it trains with. So the Dataset page shows what training would use.
 A folder is scanned only inside the folders the deployment allows (core.paths.dataset_dirs).
 """
 
@@ -12,26 +14,34 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 
+from core.app.retrain import accepted_balances
 from core.data import balance
 from core.data.breakhis import subtype_counts, summarize
 from core.data.download import completeness
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, pretty
 from core.paths import dataset_dirs
+from core.training.field_fit import sampling
 
 CLASS_COLOURS = {"benign": "#4c9a8a", "malignant": "#b5525c"}
 SUBTYPE_ORDER = [pretty(s) for s in SUBTYPES]
 STRATEGY_TITLES = {
     "none": "As is", "class_weights": "Class weights", "oversample": "Oversampling",
     "undersample": "Undersampling", "synthetic": "GAN fill",
+    "fields_none": "Fields: none", "fields_synthetic": "Fields: GAN fill",
 }
 STRATEGY_HOW = {
     "none": "nothing changed", "class_weights": "loss weights, data unchanged",
     "oversample": "smaller subtypes' images repeated", "undersample": "larger subtypes' images left out",
     "synthetic": "GAN images added",
+    "fields_none": "fields pipeline: images drawn with probability 1/sqrt(their subtype's count), "
+                   "class- and subtype-weighted losses (bars: expected draws x loss weight)",
+    "fields_synthetic": "GAN images added, then drawn and weighted as in 'Fields: none'",
 }
+FIELDS = "fields_"  # prefix of the fields pipeline's versions (fields_versions)
 MANIFEST_SOURCE = "BreakHis v1 (bundled manifest)"
 GROUPS = {"label": CLASSES, "subtype": SUBTYPES}
 SOURCES = ("real", "synthetic", "missing")  # the strategy figure's bar patterns
@@ -85,6 +95,15 @@ def training_caption(train: pd.DataFrame) -> str:
     return (f"Balancing applies to the training split only: patient-wise split (seed 0), "
             f"{counted(len(train), 'training image')} from {counted(train['case'].nunique(), 'case')}. Class "
             "weights leave the data unchanged and reweight the loss; the bars show the weighted (effective) counts.")
+
+
+def fields_caption() -> str:
+    """What the fields pipeline (the CPU default and the bundled model's recipe) does with --balance."""
+    taken = " or ".join(accepted_balances("fields"))
+    return ("The fields pipeline (--pipeline fields: the Retrain form's default on a CPU, and the bundled "
+            f"model's recipe) takes {taken} only: it always draws images with probability 1/sqrt(their subtype's "
+            "count) and weights both losses so that every class and subtype counts equally, so 'none' there is "
+            "balanced too. The bars show what its subtype loss sees per epoch.")
 
 
 def _titled(title: str, source: str | None) -> str:
@@ -207,7 +226,33 @@ def shortfall_text(preview: pd.DataFrame) -> str:
             + ", ".join(f"{pretty(s)} {n}" for s, n in missing.items() if n) + ")")
 
 
-def strategy_figure(previews: dict[str, pd.DataFrame], source: str | None = None):
+def fields_versions(previews: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """"fields_<strategy>" -> what the fields pipeline makes of balance_preview's version, for each
+    strategy it takes (core.app.retrain.accepted_balances): "none" there is not "as is"."""
+    return {FIELDS + strategy: fields_preview(previews[strategy])
+            for strategy in accepted_balances("fields") if strategy in previews}
+
+
+def fields_preview(preview: pd.DataFrame) -> pd.DataFrame:
+    """A balance_preview as the fields pipeline's losses see it (core.training.field_fit.sampling):
+    every epoch draws as many images as there are, a subtype's share growing as the square root of
+    its count, and the loss weights make each subtype count equally. "weight" becomes an image's
+    expected draws times its subtype loss weight, so "effective" is what the subtype loss sees."""
+    subtypes = np.repeat(preview.index.to_numpy(), preview["after"].to_numpy())
+    fields = preview.copy()
+    fields.attrs = dict(preview.attrs)
+    if not len(subtypes):
+        return fields.assign(weight=0.0, effective=0.0)
+    draw, _, subtype_weights = sampling(subtypes)
+    drawn = pd.Series(draw * len(subtypes)).groupby(subtypes).sum().reindex(preview.index, fill_value=0.0)
+    per_image = drawn / preview["after"].where(preview["after"] > 0)
+    fields["weight"] = (per_image * pd.Series(subtype_weights, index=list(SUBTYPES))).fillna(0.0)
+    fields["effective"] = fields["after"] * fields["weight"]
+    return fields
+
+
+def strategy_figure(previews: dict[str, pd.DataFrame], source: str | None = None,
+                    title: str = "Training images per subtype after each balancing strategy"):
     """Subtype counts after each strategy, side by side (effective, weighted counts for class weights);
     the images a GAN fill still lacked stand as faint "missing" bars on top of its own."""
     frames = []
@@ -225,7 +270,7 @@ def strategy_figure(previews: dict[str, pd.DataFrame], source: str | None = None
     figure = px.bar(long, x="Subtype", y="Images", color="class", pattern_shape="Source",
                     facet_col="Strategy", color_discrete_map=CLASS_COLOURS,
                     category_orders={"Subtype": SUBTYPE_ORDER, "Source": list(SOURCES)},
-                    title=_titled("Training images per subtype after each balancing strategy", source))
+                    title=_titled(title, source))
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     figure.for_each_trace(lambda t: t.update(opacity=0.3) if t.name.endswith("missing") else None)
     return figure.update_layout(**{**_LAYOUT, "height": 420})

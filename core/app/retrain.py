@@ -55,18 +55,39 @@ def backend_choices(seen: dict[str, dict] | None = None) -> list[str]:
     return [backend for backend, info in seen.items() if not info.get("error")]
 
 
-def choices(name: str, synthetic_dir: str | None = None) -> list:
+def accepted_balances(pipeline: str) -> list[str]:
+    """The --balance strategies `pipeline` takes, as core.training.config.validate, the one rule, decides
+    (the fields pipeline balances subtypes itself: none or synthetic only): each asked of a run that
+    differs from TrainConfig's defaults in nothing else, with folders that exist."""
+    here = str(Path.cwd())
+
+    def takes(strategy: str) -> bool:
+        try:
+            validate(TrainConfig(data=here, out="", pipeline=pipeline, balance=strategy, synthetic_dir=here))
+        except UserInputError:
+            return False
+        return True
+
+    return [strategy for strategy in choices_of(TrainConfig, "balance") if takes(strategy)]
+
+
+def choices(name: str, synthetic_dir: str | None = None, pipeline: str | None = None) -> list:
     """The form's options for a TrainConfig field: its choices (balancing by GAN images only when
-    there are GAN images); the named weights for --weights, which also takes a file on the CLI."""
+    there are GAN images, and with a `pipeline` only what it takes); the named weights for --weights,
+    which also takes a file on the CLI."""
     if name == "weights":
         return list(NAMED_WEIGHTS)
     options = list(choices_of(TrainConfig, name))
-    return [o for o in options if o != "synthetic" or synthetic_dir] if name == "balance" else options
+    if name != "balance":
+        return options
+    taken = accepted_balances(pipeline) if pipeline else options
+    return [o for o in options if o in taken and (o != "synthetic" or synthetic_dir)]
 
 
-def default_index(name: str, synthetic_dir: str | None = None, defaults: TrainConfig = DEFAULTS) -> int:
+def default_index(name: str, synthetic_dir: str | None = None, defaults: TrainConfig = DEFAULTS,
+                  pipeline: str | None = None) -> int:
     """Where `defaults` (TrainConfig's, or core.training.recipes.launch_defaults') sits in the choices."""
-    return choices(name, synthetic_dir).index(getattr(defaults, name))
+    return choices(name, synthetic_dir, pipeline).index(getattr(defaults, name))
 
 
 def training_config(values: dict, runs_root, synthetic_dir: str | None = None, name: str = "",
