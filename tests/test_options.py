@@ -201,7 +201,8 @@ def test_the_tfdata_pipeline_refuses_the_fields_pipelines_own_options_it_would_i
                  "--physical-crops", "--crop-min", "0.3", "--no-final-model"]) == 2
     assert ("the tf.data pipeline does not take --crop-min, --physical-crops, --band-limit, --refit-subtypes, "
             "--no-final-model") in capsys.readouterr().err and not out.exists()
-    from core.training.config import FIELDS_ONLY, TrainConfig, checked, without_fields_options
+    from core.app import retrain
+    from core.training.config import FIELDS_ONLY, TrainConfig, checked
     from core.training.recipes import FIELD, launch_defaults
 
     for name, value in (("label_smoothing", 0.2), ("weight_decay", 0.0), ("warmup_steps", 5)):
@@ -209,12 +210,17 @@ def test_the_tfdata_pipeline_refuses_the_fields_pipelines_own_options_it_would_i
             checked(TrainConfig(data=str(tmp_path), out=str(out), **{name: value}))
     checked(TrainConfig(data=str(tmp_path), out=str(out), crop_min=TrainConfig.crop_min))  # defaults pass
     checked(TrainConfig(data=str(tmp_path), out=str(out), **FIELD))  # and the fields pipeline takes them
-    # A form that starts from the field recipe and is switched to tf.data drops them first.
-    switched = without_fields_options(TrainConfig(**{**vars(launch_defaults(False)), "data": str(tmp_path),
-                                                     "out": str(out), "pipeline": "tfdata"}))
+    # A form that starts from the field recipe and is switched to tf.data does not inherit the recipe's hidden
+    # settings (it inherited dropout 0.3 and learning rate 2e-3, shown nowhere): tf.data's own, as on the CLI.
+    shown = {"data": str(tmp_path), "pipeline": "tfdata", "backbone": "small_cnn", "epochs": 2}
+    switched = retrain.training_config(shown, tmp_path / "runs", name="t", defaults=launch_defaults(False))
     checked(switched)
-    assert switched.dropout == FIELD["dropout"] and all(getattr(switched, n) == getattr(TrainConfig, n)
-                                                        for n in FIELDS_ONLY if n != "final_model")
+    assert all(getattr(switched, n) == getattr(TrainConfig, n) for n in (*FIELDS_ONLY, "dropout", "learning_rate"))
+    assert (switched.dropout, switched.learning_rate) == (0.5, None) != (FIELD["dropout"], FIELD["learning_rate"])
+    assert (switched.backbone, switched.epochs) == ("small_cnn", 2)  # what the form shows is what it runs
+    fields = retrain.training_config({**shown, "pipeline": "fields"}, tmp_path / "runs", name="f",
+                                     defaults=launch_defaults(False))
+    assert (fields.dropout, fields.learning_rate, fields.band_limit) == (0.3, 2e-3, True)  # the recipe's own
 
 
 def test_the_fields_pipeline_refuses_no_evaluate_and_a_missing_weights_file_is_refused_early(tmp_path):

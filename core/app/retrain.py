@@ -15,7 +15,7 @@ from pathlib import Path
 from core.backends import backend_problem, detect, installed_backends
 from core.errors import UserInputError
 from core.options import choices_of
-from core.training.config import NAMED_WEIGHTS, TrainConfig, validate, without_fields_options
+from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
 
 DEFAULTS = TrainConfig(data="", out="")
 SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
@@ -96,13 +96,19 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
     """The form's values (TrainConfig field -> value) on top of `defaults` as a checked run in
     RUNS_ROOT/NAME (a UserInputError lists every problem); an empty name becomes time-backbone-mode, and a
     name that starts with a dot is refused (".best" would be hidden, ".." would leave RUNS_ROOT).
-    With `backend` (the Keras backend the job will train with), a pipeline it cannot run is refused."""
+    What the form does not set comes from `defaults` only for a run of their pipeline: `defaults` are
+    a recipe of one pipeline (launch_defaults: the field recipe on a CPU), and its hidden settings (the
+    field recipe's dropout 0.3, learning rate 2e-3, band-limited views...) are not the other pipeline's,
+    which gets TrainConfig's own (the CLI's). With `backend` (the Keras backend the job will train
+    with), a pipeline it cannot run is refused."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TypeError(f"not TrainConfig fields: {unknown}")
-    config = dataclasses.replace(defaults, **{k: int(v) if isinstance(getattr(defaults, k), int)
-                                              and not isinstance(v, bool) else v for k, v in values.items()})
+    pipeline = values.get("pipeline", defaults.pipeline)
+    base = defaults if pipeline == defaults.pipeline else DEFAULTS
+    config = dataclasses.replace(base, **{k: int(v) if isinstance(getattr(defaults, k), int)
+                                          and not isinstance(v, bool) else v for k, v in values.items()})
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^\w.-]", "_", name.strip()) or f"{stamp}-{config.backbone}-{config.mode}"
     if name.startswith("."):  # the model list skips hidden folders (core.model.folders.find_model_folders)
@@ -111,8 +117,6 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
                              "that does not start with a dot.")
     config = dataclasses.replace(config, data=str(config.data).strip(), out=str(Path(runs_root) / name),
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
-    if config.pipeline != "fields":  # the CPU defaults are the field recipe: its own options do not carry over
-        config = without_fields_options(config)
     problem = backend and backend_problem(backend, config.pipeline)
     if problem:
         raise UserInputError(f"Cannot launch this run: {problem}.")

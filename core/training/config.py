@@ -128,12 +128,6 @@ def fields_only_changed(config: TrainConfig) -> list[str]:
             if getattr(config, name) != default_of(TrainConfig, name)]
 
 
-def without_fields_options(config: TrainConfig) -> TrainConfig:
-    """`config` with the fields pipeline's own options back at their defaults: for a form whose defaults
-    are the field recipe (core.training.recipes.launch_defaults) when the user picks tf.data instead."""
-    return dataclasses.replace(config, **{name: default_of(TrainConfig, name) for name in FIELDS_ONLY})
-
-
 def checked(config: TrainConfig | dict) -> TrainConfig:
     """A copy of the settings with the run-time defaults filled in, validated (UserInputError)."""
     config = TrainConfig(**config) if isinstance(config, dict) else dataclasses.replace(config)
