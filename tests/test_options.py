@@ -89,6 +89,22 @@ def test_the_retrain_form_builds_the_run_the_cli_would_parse(tmp_path):
         retrain.training_config({"data": str(tmp_path), "colour": "red"}, tmp_path)
 
 
+def test_a_home_folder_typed_into_the_retrain_form_is_the_folder_its_run_uses(tmp_path, monkeypatch):
+    """The form's folder check expanded '~' (folder_problem) and the run's validation did not: '~/data'
+    passed the check, then failed as 'data folder not found: ~/data'."""
+    from core.app import retrain
+    from core.data.breakhis import folder_problem
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "reviewed").mkdir()
+    assert "Data folder not found" not in (folder_problem("~/data") or "")
+    config = retrain.training_config({"data": " ~/data ", "reviewed_dir": "~/reviewed"}, tmp_path / "runs", name="r")
+    assert (config.data, config.reviewed_dir) == (str(tmp_path / "data"), str(tmp_path / "reviewed"))
+    with pytest.raises(UserInputError, match=f"data folder not found: {tmp_path / 'nowhere'}"):
+        retrain.training_config({"data": "~/nowhere"}, tmp_path / "runs", name="r")
+
+
 def test_the_retrain_form_offers_only_the_balancing_its_pipeline_takes(tmp_path):
     """The CPU form (fields pipeline) offered class_weights, oversample and undersample, each then refused at
     submit ("the fields pipeline balances subtypes itself"); validate is what decides."""

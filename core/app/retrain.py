@@ -115,13 +115,21 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
         raise UserInputError(f"Cannot launch this run: the run name {name!r} starts with a dot, so its model would "
                              "be hidden from the model list and could never be made the active model. Choose a name "
                              "that does not start with a dot.")
-    config = dataclasses.replace(config, data=str(config.data).strip(), out=str(Path(runs_root) / name),
+    config = dataclasses.replace(config, data=server_path(config.data), out=str(Path(runs_root) / name),
+                                 reviewed_dir=server_path(config.reviewed_dir) or None,
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
     problem = backend and backend_problem(backend, config.pipeline)
     if problem:
         raise UserInputError(f"Cannot launch this run: {problem}.")
     validate(config)
     return config
+
+
+def server_path(text: str | None) -> str:
+    """A folder typed into the form as the run will use it: stripped, and `~` expanded here, once, as
+    core.data.breakhis.folder_problem reads it (the job's `python -m core train` gets no shell to do it)."""
+    text = str(text or "").strip()
+    return str(Path(text).expanduser()) if text else ""
 
 
 def shown_settings(config: TrainConfig) -> dict:
