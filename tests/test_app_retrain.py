@@ -109,6 +109,37 @@ def test_the_balancing_offered_follows_the_pipeline(app):
     assert app.selectbox(key="train_balance").options == ["none", "class_weights", "oversample", "undersample"]
 
 
+def gan_folder(folder: Path, data: Path, seed: int) -> Path:
+    """One GAN image and the provenance of a generator that learned from `data`'s patient-wise split `seed`."""
+    from PIL import Image
+
+    from core.data.breakhis import index_folder, synthetic_name
+    from core.data.selection import SplitSpec, fingerprint
+    from core.data.synthetic import record_provenance
+
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / synthetic_name("adenosis", "gan", 0, 0))
+    record_provenance(folder, {"generator": "gan", "sha256": "s", "data_source": str(data),
+                               "fingerprint": fingerprint(index_folder(data).images),
+                               "split": SplitSpec(seed=seed).to_dict()})
+    return folder
+
+
+def test_gan_images_the_job_would_refuse_are_refused_at_the_form(app, environment, synthetic_breakhis, monkeypatch):
+    """Seed 1 with a seed-0 generator: the job was started, imported TensorFlow and failed with
+    "... or pass --allow-gan-leak", an option the form does not have."""
+    monkeypatch.setenv("BREAKHIS_SYNTHETIC_DIR", str(gan_folder(environment["root"] / "gan", synthetic_breakhis, 0)))
+    app.run()
+    app.selectbox(key="train_balance").set_value("synthetic")
+    app.number_input(key="train_seed").set_value(1)
+    launch(app, synthetic_breakhis, "leaky-gan", epochs=1)
+    error = texts(app.error)
+    assert "Cannot launch this run with balancing 'synthetic'" in error and "(seed 0, magnification all)" in error
+    assert "Set Seed, Magnification and Split protocol to the split their generator learned from" in error
+    assert "--allow-gan-leak" not in error and "--split-seed 1 " in error
+    assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "leaky-gan").exists()
+
+
 def test_a_folder_without_breakhis_images_gets_a_hint_before_any_job_starts(app, environment):
     app.button(key=START).click().run()  # nothing typed
     assert "Enter the folder that holds the BreakHis images" in texts(app.error)

@@ -105,6 +105,22 @@ def test_a_home_folder_typed_into_the_retrain_form_is_the_folder_its_run_uses(tm
         retrain.training_config({"data": "~/nowhere"}, tmp_path / "runs", name="r")
 
 
+def test_gan_images_are_checked_for_leaks_when_the_form_builds_the_run(tmp_path, synthetic_breakhis):
+    """As the job checks them (core.data.synthetic.check_synthetic_folder on the run's data fingerprint), for
+    both pipelines: the job was started and failed with advice the form's user could not follow."""
+    from core.app import retrain
+    from tests.test_app_retrain import gan_folder
+
+    gan = str(gan_folder(tmp_path / "gan", synthetic_breakhis, seed=0))
+    for pipeline in ("tfdata", "fields"):
+        values = {"data": str(synthetic_breakhis), "pipeline": pipeline, "balance": "synthetic"}
+        assert retrain.training_config(values, tmp_path / "runs", gan, name="ok").synthetic_dir == gan
+        with pytest.raises(UserInputError, match=r"learned from split patient-wise \(seed 0.*uses patient-wise \(seed 1"):
+            retrain.training_config({**values, "seed": 1}, tmp_path / "runs", gan, name="leaky")
+    assert retrain.synthetic_problem(retrain.training_config({**values, "balance": "none", "seed": 1},
+                                                             tmp_path / "runs", gan, name="none")) is None
+
+
 def test_the_retrain_form_offers_only_the_balancing_its_pipeline_takes(tmp_path):
     """The CPU form (fields pipeline) offered class_weights, oversample and undersample, each then refused at
     submit ("the fields pipeline balances subtypes itself"); validate is what decides."""

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 
 from core.backends import backend_problem, detect, installed_backends
+from core.data.selection import fingerprint, select_images
+from core.data.synthetic import check_synthetic_folder
 from core.errors import UserInputError
 from core.options import choices_of
 from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
@@ -122,7 +124,36 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
     if problem:
         raise UserInputError(f"Cannot launch this run: {problem}.")
     validate(config)
+    problem = synthetic_problem(config)
+    if problem:
+        raise UserInputError(problem)
     return config
+
+
+def synthetic_problem(config: TrainConfig) -> str | None:
+    """Why the job would refuse its GAN images (core.data.synthetic.check_synthetic_folder, the check the
+    run makes, on the data fingerprint the run compares), in words the form's user can act on; None
+    when it would not, or with no GAN fill. A job that would fail so is never started."""
+    if config.balance != "synthetic" or not config.synthetic_dir or config.allow_gan_leak:
+        return None
+    if config.pipeline == "fields":  # core.training.additions.gan_fill: the real images at the run's magnification
+        from core.training.field_run import field_table  # the fields pipeline, loaded for it only
+        data = fingerprint(field_table(config.data, config.magnification))
+    else:  # core.training.fit.prepare_data: every image of the folder
+        data = select_images(config.data, config.split_spec(), report_skipped=False).fingerprint
+    try:
+        problems = check_synthetic_folder(config.synthetic_dir, data, config.split_spec())
+    except UserInputError as unreadable:  # a damaged provenance.json
+        problems = [str(unreadable)]
+    if not problems:
+        return None
+    return (f"Cannot launch this run with balancing 'synthetic': the GAN images in {config.synthetic_dir} may have "
+            f"been made from this run's validation or test patients ({'; '.join(problems)}). Set Seed, Magnification "
+            "and Split protocol to the split their generator learned from, or choose another balancing; or make GAN "
+            f"images for this split: `python -m core gan train --data {config.data} --split {config.split} "
+            f"--split-seed {config.seed} --magnification {config.magnification} --out GAN_RUN`, then "
+            f"`python -m core gan sample --model GAN_RUN/model --subtype SUBTYPE --n N --out FOLDER` per subtype, into "
+            "a fresh folder that then replaces this one (BREAKHIS_SYNTHETIC_DIR).")
 
 
 def server_path(text: str | None) -> str:
