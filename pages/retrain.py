@@ -109,14 +109,10 @@ def launch_form() -> None:
     st.rerun()
 
 
-def split_sizes(job: jobs.Job) -> str:
-    """What the live numbers are computed on (from the run's config.json once training starts)."""
+def split_sizes(job: jobs.Job, card: dict | None = None) -> str:
+    """What the numbers are computed on (the run's config.json once training starts, its card once done)."""
     config, _ = run_files.read_json_file(Path(job.run_dir) / "config.json")  # not there yet, or damaged
-    if config is None:
-        return "Training metrics on the training split; 'val_' metrics on the validation split."
-    counts = config.get("counts", {})
-    return (f"Training metrics on the training split ({counts.get('train', '?')} images), 'val_' metrics on the "
-            f"validation split ({counts.get('val', '?')} images); {config.get('split', '?')} protocol.")
+    return retrain.split_sizes(config, card)
 
 
 def curves(history: list[dict]) -> None:
@@ -173,17 +169,21 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
     session.audit("retrain_finished", job.run_dir, once=True, status=status, explanation=explanation)
     if status == jobs.COMPLETED:
         st.success(f"Training completed: {job.run_dir}.")  # the explanation only repeats it
-        st.caption(split_sizes(job))
-        curves(state["history"])
-        metrics, problem = run_files.read_json_file(Path(job.run_dir) / "metrics.json")
         try:
             card = read_card(model_dir)
         except ModelFolderError as unusable:  # not `problem`: Python unbinds an except name after its block
             st.error(f"The run finished but its model cannot be used: {unusable}")
             card = None
-        if card is not None and card.get("demo"):
+        st.caption(split_sizes(job, card))
+        curves(state["history"])
+        metrics, problem = run_files.read_json_file(Path(job.run_dir) / "metrics.json")
+        info = registry.describe_model(card) if card is not None else {}
+        if info.get("demo"):
             st.warning("This run is marked DEMO (too little training data, or --demo): its numbers are "
                        "not a valid accuracy.", icon=":material/warning:")
+        elif info.get("limited"):  # as Diagnose and Slide say it of the active model
+            st.warning(f"LIMITED DATA model: {info['evidence']}. Measured: {info['measured'] or 'not evaluated'}. "
+                       "Every call needs a pathologist's review.", icon=":material/warning:")
         if metrics is not None:
             st.markdown("**Evaluation on the held-out test split**")
             st.dataframe(performance.metrics_table(metrics), hide_index=True)

@@ -285,6 +285,42 @@ def test_a_completed_run_with_a_damaged_card_and_no_evaluation_can_be_cleared(ap
     assert jobs.read_job(environment["runs"]) is None and any(button.key == START for button in app.button)
 
 
+def test_a_finished_limited_gan_fill_run_says_so_before_it_can_become_the_active_model(app, environment):
+    """The finished view offered "Make this the active model" with no LIMITED DATA statement, and counted
+    its 90 GAN images as training-split images ("547 images")."""
+    from core.model.folders import update_card
+
+    run = finished_job(environment["runs"], "limited-gan", {"status": "completed"})
+    make_model_folder(run / "model", demo=False, name="limited-gan")
+    statement = "weights learnt from 457 real images of 29 patients (from scratch); figures measured on the test " \
+                "split (188 images, 9 patients); limited data, not a diagnosis"
+    update_card(run / "model", evidence={"images": 457, "patients": 29, "limited": True, "statement": statement},
+                training={"split_protocol": "patient-wise", "counts": {"train": 547, "val": 112, "test": 188},
+                          "synthetic_by_subtype": {"adenosis": 30, "phyllodes_tumor": 30, "lobular_carcinoma": 30}})
+    app.run()
+    assert not app.exception
+    assert f"LIMITED DATA model: {statement}. Measured: not evaluated." in texts(app.warning)
+    assert ("Training metrics on the training split (457 real + 90 synthetic (GAN) images), 'val_' metrics on the "
+            "validation split (112 images); patient-wise protocol.") in texts(app.caption)
+    assert any(button.key == "adopt_model" for button in app.button)  # still offered, with the statement above it
+    app.button(key="clear_job").click().run()
+
+
+def test_split_sizes_count_gan_images_apart_from_real_ones():
+    from core.app import retrain
+
+    card = {"evidence": {"images": 457}, "training": {"counts": {"train": 457, "val": 112, "synthetic": 90},
+                                                       "synthetic_by_subtype": {"adenosis": 30}}}
+    assert "(457 real + 90 synthetic (GAN) images)" in retrain.split_sizes(None, card)  # a 'synthetic' count first
+    assert "(457 real images)" in retrain.split_sizes(None, {"evidence": {"images": 457}})  # no GAN image
+    live = {"counts": {"train": 547, "val": 112}, "balance": "synthetic", "split": "patient-wise"}
+    assert retrain.split_sizes(live) == ("Training metrics on the training split (547 images, with GAN fill), 'val_' "
+                                         "metrics on the validation split (112 images); patient-wise protocol.")
+    assert "(457 real + 90 synthetic (GAN) images)" in retrain.split_sizes(
+        {"counts": {"train": 457, "synthetic": 90, "val": 112}})
+    assert retrain.split_sizes(None) == "Training metrics on the training split; 'val_' metrics on the validation split."
+
+
 def test_start_a_new_job_in_a_tab_whose_job_another_tab_replaced_shows_that_job(app, environment):
     """Tab A still shows a failed job; tab B has cleared it and started another: A's button says so
     (no JobError from the callback) and A then follows the running job."""

@@ -156,6 +156,38 @@ def synthetic_problem(config: TrainConfig) -> str | None:
             "a fresh folder that then replaces this one (BREAKHIS_SYNTHETIC_DIR).")
 
 
+def trained_on(card: dict) -> str | None:
+    """'457 real + 90 synthetic (GAN) images': what a model's weights learnt from, GAN images apart (None
+    when the card does not say). The real ones are its evidence's (distinct real images, either pipeline);
+    the GAN ones its 'synthetic' count where it keeps one, else the sum of synthetic_by_subtype."""
+    training, real = card.get("training") or {}, (card.get("evidence") or {}).get("images")
+    if real is None:
+        return None
+    synthetic = (training.get("counts") or {}).get("synthetic")
+    if synthetic is None:
+        synthetic = sum(int(n) for n in (training.get("synthetic_by_subtype") or {}).values())
+    return f"{real} real + {synthetic} synthetic (GAN) images" if synthetic else f"{real} real images"
+
+
+def split_sizes(config: dict | None, card: dict | None = None) -> str:
+    """What a job's training and 'val_' metrics are computed on: from the run's config.json while it
+    trains, and from its model card once there is one (GAN images never counted as real ones)."""
+    training = (card or {}).get("training") or {}
+    counts = training.get("counts") or (config or {}).get("counts") or {}
+    train = trained_on(card or {})
+    if train is None and "train" in counts:
+        if "synthetic" in counts:
+            train = f"{counts['train']} real + {counts['synthetic']} synthetic (GAN) images"
+        else:
+            train = f"{counts['train']} images" + (", with GAN fill" if (config or {}).get("balance") == "synthetic"
+                                                  else "")
+    if train is None:
+        return "Training metrics on the training split; 'val_' metrics on the validation split."
+    protocol = training.get("split_protocol") or (config or {}).get("split") or "?"
+    return (f"Training metrics on the training split ({train}), 'val_' metrics on the validation split "
+            f"({counts.get('val', '?')} images); {protocol} protocol.")
+
+
 def server_path(text: str | None) -> str:
     """A folder typed into the form as the run will use it: stripped, and `~` expanded here, once, as
     core.data.breakhis.folder_problem reads it (the job's `python -m core train` gets no shell to do it)."""
