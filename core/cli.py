@@ -175,8 +175,9 @@ def _evaluate(args) -> int:
     print(f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, {data['cases']} cases")
     for name, block in (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]),
                         ("patients stage 1", results["patient"]["stage1"])):
-        print(f"  {name:17s} accuracy {block['accuracy']:.3f}  balanced {block['balanced_accuracy']:.3f}  "
-              f"macro F1 {block['macro_f1']:.3f}")
+        balanced, f1 = ("n/a" if v is None else f"{v:.3f}" for v in (block["balanced_accuracy"], block["macro_f1"]))
+        print(f"  {name:17s} accuracy {block['accuracy']:.3f}  balanced {balanced}  macro F1 {f1}"
+              + (f"  ({block['not_applicable']})" if block.get("not_applicable") else ""))
     favouring = results["malignant_threshold"]["recall_favouring"]
     if favouring["threshold"] is not None:
         print(f"  recall-favouring threshold {favouring['threshold']:.3f} (target {favouring['target_recall']} on val): "

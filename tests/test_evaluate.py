@@ -337,7 +337,8 @@ def test_a_recall_without_images_of_its_class_is_undefined_not_zero():
     blocks = magnification_blocks(table, "test")
     assert blocks["40X"]["stage1"]["malignant_recall"] is None
     assert blocks["100X"]["stage1"]["malignant_recall"] == pytest.approx(0.5)
-    assert blocks["40X"]["stage1"]["macro_recall"] == 1.0  # over the classes present only
+    assert blocks["40X"]["stage1"]["macro_recall"] is None  # no malignant images: a macro figure is n/a
+    assert "no malignant images" in blocks["40X"]["stage1"]["not_applicable"]
     shown = per_magnification_table({"per_magnification": blocks}).set_index("magnification")["malignant recall"]
     assert pd.isna(shown["40X"]) and shown["100X"] == 0.5  # the Model performance page: an empty cell, not 0.0
     stage1 = classification_block(table["label"], table["pred_label"], table[["p_benign", "p_malignant"]].to_numpy(),
@@ -351,9 +352,44 @@ def test_a_recall_without_images_of_its_class_is_undefined_not_zero():
     assert benign["precision"] == 0.0  # called benign once, wrongly: a measured precision
 
 
+def test_a_split_without_a_class_has_no_balanced_accuracy_or_macro_f1_and_says_why():
+    """A test split of benign images only, all called benign, read "balanced accuracy 1.0, macro F1 1.0"
+    (an average over the one class present) on the Retrain and Model performance pages."""
+    from core.app.performance import intervals_table, metrics_table
+    from core.evaluation.evaluate import score
+
+    rows = [("40X", s, s) for s in ("adenosis", "adenosis", "fibroadenoma", "fibroadenoma")]
+    table = _table(rows).assign(path=[f"img{i}.png" for i in range(len(rows))], split="test")
+    table["case"] = ["c0", "c0", "c1", "c1"]
+    results = score(table, table.assign(split="val"), "test")
+    assert results["stage1"]["accuracy"] == 1.0  # a share of images right: still defined
+    for block in (results["stage1"], results["subtype8"], results["patient"]["stage1"]):
+        assert block["balanced_accuracy"] is None and block["macro_f1"] is None and block["macro_recall"] is None
+        assert block["not_applicable"].startswith("n/a: no malignant images in this split")
+    assert results["stage1_balanced_accuracy"] is None and results["subtype_macro_f1"] is None
+    assert results["stage2"]["benign"]["macro_f1"] == 1.0  # two benign subtypes: a defined macro figure
+    for level in ("image", "patient"):
+        assert results["intervals"][level]["stage1_balanced_accuracy"]["value"] is None
+        assert "no malignant" in results["intervals"][level]["subtype_macro_f1"]["not_applicable"]
+    assert results["validation"]["stage1_balanced_accuracy"] is None
+    assert "no malignant" in results["validation"]["not_applicable"]["subtype_macro_f1"]
+    shown = metrics_table(results).set_index("what")
+    assert shown["balanced accuracy"].isna().sum() == 4 and shown["macro F1"].isna().sum() == 4
+    assert shown.loc["Stage 2: benign subtypes (true class given)", "macro F1"] == 1.0
+    assert "no malignant images" in shown.loc["Stage 1: benign vs malignant", "note"]
+    headline = intervals_table(results).set_index(["level", "metric"])["model"]
+    assert headline[("image", "stage-1 balanced accuracy")] == "n/a"
+    assert headline[("patient", "subtype macro-F1 (8 classes)")] == "n/a"
+    one_subtype = _table([("40X", "adenosis", "adenosis")] * 2)
+    block = classification_block(one_subtype["subtype"], one_subtype["pred_subtype"],
+                                 one_subtype[[f"p_{s}" for s in SUBTYPES_BY_CLASS["benign"]]].to_numpy(),
+                                 SUBTYPES_BY_CLASS["benign"], {})
+    assert block["macro_f1"] is None and block["not_applicable"].startswith("n/a: only adenosis images")
+
+
 def test_per_subtype_figures_of_absent_or_never_called_subtypes_are_undefined():
     table = _table([("40X", "adenosis", "adenosis"), ("40X", "adenosis", "fibroadenoma"),
-                    ("40X", "tubular_adenoma", "adenosis")])
+                    ("40X", "tubular_adenoma", "adenosis"), ("40X", "ductal_carcinoma", "ductal_carcinoma")])
     block = classification_block(table["subtype"], table["pred_subtype"],
                                  table[[f"p_{s}" for s in SUBTYPES]].to_numpy(), SUBTYPES, {})
     per_class = block["per_class"]
@@ -361,7 +397,10 @@ def test_per_subtype_figures_of_absent_or_never_called_subtypes_are_undefined():
     assert per_class["fibroadenoma"] == {"precision": 0.0, "recall": None, "f1-score": None, "support": 0}
     assert per_class["tubular_adenoma"] == {"precision": None, "recall": 0.0, "f1-score": 0.0, "support": 1}
     assert per_class["phyllodes_tumor"] == {"precision": None, "recall": None, "f1-score": None, "support": 0}
-    assert block["macro_f1"] == pytest.approx((0.5 + 0.0) / 2)  # the absent subtypes are not averaged in
+    assert block["macro_f1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)  # the absent subtypes are not averaged in
+    from core.evaluation.metrics import block_note
+
+    assert block_note(block).startswith("macro figures over the 3 of 8 present; none of fibroadenoma, phyllodes_tumor")
 
 
 def test_the_comparison_table_shows_an_undefined_recall_as_n_a():

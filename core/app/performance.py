@@ -15,7 +15,7 @@ from core.app.run_files import read_csv_file
 from core.data.fields import magnification_value
 from core.data.labels import sentence
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
-from core.evaluation.metrics import measured_on, split_name
+from core.evaluation.metrics import block_note, measured_on, split_name
 from core.model.calibration import TEMPERATURE_RANGE
 
 _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
@@ -36,7 +36,8 @@ def metric_block(metrics: dict, path: tuple[str, ...]) -> dict | None:
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
-    """One row per stage (and end to end), each with its split, protocol and data size."""
+    """One row per stage (and end to end), each with its split, protocol and data size; n/a (None) where
+    the split lacks a class, with the reason in "note"."""
     rows = []
     for label, path in _BLOCKS:
         block = metric_block(metrics, path)
@@ -48,7 +49,7 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
             "what": label, "accuracy": block["accuracy"], "balanced accuracy": block.get("balanced_accuracy"),
             "macro F1": block.get("macro_f1"), "macro ROC AUC": auc,
             "split": split_name(data), "protocol": data.get("protocol"), "level": data.get("level"),
-            "images": data.get("images"), "cases": data.get("cases"),
+            "images": data.get("images"), "cases": data.get("cases"), "note": block_note(block),
         })
     return pd.DataFrame(rows).round(4)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from core.data.labels import CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, MAGNIFICATIONS, SUBTYPES, SUBTYPES_BY_CLASS
 from core.model.decisions import case_decision
 
 # The units of the patient level. Stage 1 is called per patient, as the app calls a case
@@ -76,13 +76,41 @@ def per_class_report(matrix: np.ndarray, labels: tuple) -> dict:
             for i, label in enumerate(labels)}
 
 
+def not_applicable(labels, present) -> str | None:
+    """Why a block's balanced accuracy and macro figures are n/a on its split, or None where they are defined.
+
+    They average over the labels present, so a split without malignant images scored "balanced accuracy 1.0,
+    macro F1 1.0" for a model that called everything benign. They need both classes where the labels span
+    both (stage 1, the 8 subtypes) and at least two labels (a stage-2 head's subtypes)."""
+    present = [label for label in labels if label in set(present)]
+    classes = [c for c in CLASSES if c in {CLASS_OF_SUBTYPE.get(label, label) for label in labels}]
+    absent = [c for c in classes if c not in {CLASS_OF_SUBTYPE.get(label, label) for label in present}]
+    if absent and present:
+        return (f"n/a: no {' or '.join(absent)} images in this split (only {', '.join(present)}); a balanced or "
+                "macro figure needs both classes")
+    if len(present) < 2:
+        return (f"n/a: only {present[0] if present else 'no'} images in this split; a balanced or macro figure "
+                "needs at least two")
+    return None
+
+
+def headline_not_applicable(table: pd.DataFrame) -> dict:
+    """{headline figure (core.evaluation.intervals.HEADLINE): why it is n/a} of a predictions table, by
+    not_applicable: the stage-1 balanced accuracy and the subtype macro-F1. Empty where both are defined."""
+    reasons = {"stage1_balanced_accuracy": not_applicable(CLASSES, table["label"]),
+               "subtype_macro_f1": not_applicable(SUBTYPES, table["subtype"])}
+    return {name: reason for name, reason in reasons.items() if reason}
+
+
 def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data: dict) -> dict:
-    """Accuracy, balanced accuracy, macro P/R/F1 (over the labels present), per-class report (None where
+    """Accuracy, balanced accuracy, macro P/R/F1 (over the labels present; None, with the reason in
+    "not_applicable", where the split lacks a class: see not_applicable), per-class report (None where
     undefined), confusion matrix, OvR ROC."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     present = [label for label in labels if label in set(y_true)]
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=present, average="macro", zero_division=0)
+    reason = not_applicable(labels, present)
     matrix = skm.confusion_matrix(y_true, y_pred, labels=list(labels))
     aucs, curves = {}, {}
     for i, label in enumerate(labels):
@@ -97,15 +125,27 @@ def classification_block(y_true, y_pred, scores: np.ndarray, labels: tuple, data
     return {
         "data": data,
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
-        "macro_precision": float(precision), "macro_recall": float(recall), "macro_f1": float(f1),
-        "classes_evaluated": present,
+        **{name: None if reason else value for name, value in (
+            ("balanced_accuracy", balanced_accuracy(y_true, y_pred)), ("macro_precision", float(precision)),
+            ("macro_recall", float(recall)), ("macro_f1", float(f1)))},
+        "not_applicable": reason, "classes_evaluated": present,
         "per_class": per_class_report(matrix, labels),
         "confusion_matrix": {"labels": list(labels), "matrix": matrix.tolist(),
                              "rows": "true", "columns": "predicted"},
         "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
         "roc_curves": curves,
     }
+
+
+def block_note(block: dict) -> str:
+    """Why a row's balanced accuracy and macro F1 are n/a (the split lacks a class), or which labels they
+    average over when some are absent from the split; "" when every label is there."""
+    if block.get("not_applicable"):
+        return block["not_applicable"]
+    labels, present = (block.get("confusion_matrix") or {}).get("labels") or [], block.get("classes_evaluated")
+    absent = [label for label in labels if present is not None and label not in present]
+    return (f"macro figures over the {len(present)} of {len(labels)} present; none of "
+            + ", ".join(absent) + " in this split") if absent else ""
 
 
 def columns_of(prefix: str, names) -> list[str]:
@@ -170,7 +210,7 @@ def patient_blocks(table: pd.DataFrame, split: str, malignant_threshold: float =
 
 
 def _headline(block: dict) -> dict:
-    keys = ("data", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+    keys = ("data", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "not_applicable")
     return {**{k: block[k] for k in keys}, "roc_auc_macro": block["roc_auc"]["macro"]}
 
 

@@ -15,6 +15,7 @@ its figures were measured on. TensorFlow-free like core.training.field_fit: runs
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -43,8 +44,9 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import counts_by_subtype, evidence, split_figures_on
+from core.training.runcard import counts_by_subtype, evidence, held_out_gaps, split_figures_on
 
+log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
 
 
@@ -202,12 +204,15 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     synthetic = len(trained_on) - len(train)
     trained_on, train_fields = ReviewedFields(config).added_to(trained_on, train_fields, table["case"].iloc[
         np.concatenate([val, test])])
-    reviewed = reviewed_count(trained_on)
+    reviewed, gaps = reviewed_count(trained_on), held_out_gaps(assigned)
+    for gap in gaps:
+        log.warning(gap)
     writer.emit("start", epochs=config.epochs, counts={"train": len(train), "val": len(val), "test": len(test),
-                                                        "synthetic": synthetic, "reviewed": reviewed},
+                                                        "synthetic": synthetic, "reviewed": reviewed}, warnings=gaps,
                 message=f"fields {config.backbone} on {keras.backend.backend()}: {len(train)} training fields"
                         + (f" and {synthetic} GAN fields" if synthetic else "")
-                        + (f" and {reviewed} reviewed images" if reviewed else ""))
+                        + (f" and {reviewed} reviewed images" if reviewed else "")
+                        + "".join(f"; WARNING: {gap}" for gap in gaps))
     classifier, history = fit_classifier(train_fields, trained_on, config, writer)
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])

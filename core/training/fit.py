@@ -47,7 +47,7 @@ from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
-from core.training.runcard import head_options, model_card, split_counts
+from core.training.runcard import head_options, held_out_gaps, model_card, split_counts
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
 log = logging.getLogger(__name__)
@@ -301,9 +301,13 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     settings = {**dataclasses.asdict(config), "weights_init": weights_used, "distribution": distribution,
                 "counts": counts, "skipped_files": len(data["skipped"])}
     write_json_atomic(run_dir / "config.json", settings)
-    writer.emit("start", epochs=config.epochs, steps=steps, counts=counts,
+    gaps = held_out_gaps(data["split"])
+    for gap in gaps:
+        log.warning(gap)
+    writer.emit("start", epochs=config.epochs, steps=steps, counts=counts, warnings=gaps,
                 message=f"{config.mode} {config.backbone}: {counts['train']} training images, "
-                        f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}",
+                        f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}"
+                        + "".join(f"; WARNING: {gap}" for gap in gaps),
                 config=settings)
 
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

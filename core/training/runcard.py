@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.data.breakhis import subtype_counts
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
 from core.data.scale import whole_field_scale
 from core.data.splits import describe_split
 from core.paths import portable
@@ -46,6 +47,23 @@ def distinct(table: pd.DataFrame) -> pd.DataFrame:
 def split_counts(data: dict) -> dict:
     """{train, val, test: distinct images} of a run's prepared data (config.json, the card, the stream)."""
     return {name: int(len(distinct(data[name]))) for name in ("train", "val", "test")}
+
+
+def held_out_gaps(split: pd.DataFrame) -> list[str]:
+    """Warnings for a run's start: a validation or test split without a class or a subtype of the data
+    (core.data.splits.describe_split), where balanced accuracy and macro figures are n/a or average over
+    fewer labels (core.evaluation.metrics.not_applicable). A class of few patients may not reach every split."""
+    described, warnings = describe_split(split), []
+    for part, name in (("val", "validation"), ("test", "test")):
+        counts = described["subtypes"][part]
+        classes = [c for c in CLASSES if not any(n for s, n in counts.items() if CLASS_OF_SUBTYPE[s] == c)]
+        subtypes = [s for s in described["missing_subtypes"][part] if CLASS_OF_SUBTYPE[s] not in classes]
+        if classes or subtypes:
+            lacks = [f"no {' or '.join(classes)} images"] * bool(classes) + [f"no {', '.join(subtypes)}"] * bool(subtypes)
+            warnings.append(f"the {name} split ({described['images'][part]} images, {described['cases'][part]} "
+                            f"patients) has {' and '.join(lacks)}: its balanced accuracy and macro-F1 are "
+                            + ("n/a" if classes else "averaged over the subtypes it has"))
+    return warnings
 
 
 def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:

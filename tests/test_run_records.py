@@ -1,0 +1,65 @@
+"""What a run records about itself, in both pipelines: warnings at its start, its card's counts, command and
+time, and its report. One tiny GAN-fill run of each pipeline, through the CLI, on a folder whose only
+malignant patient lands in training, so that validation and test hold benign images only."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.training.progress import read_progress
+
+OPTIONS = ["--backbone", "small_cnn", "--weights", "none", "--input-size", "32", "--epochs", "1", "--batch-size", "16",
+           "--balance", "synthetic", "--allow-gan-leak"]
+PIPELINES = {"tfdata": ["--no-baselines"], "fields": ["--pipeline", "fields", "--warmup-steps", "2"]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{pipeline: (run folder, argv)} of one tiny run each on the same folder and GAN images."""
+    from core.cli import main
+    from core.data.breakhis import synthetic_name
+    from core.testing.synthetic import synthetic_image, write_synthetic_breakhis
+
+    root = tmp_path_factory.mktemp("records")
+    data = write_synthetic_breakhis(root / "data")
+    malignant = sorted(p for p in data.rglob("SOB_M_*") if p.is_dir() and p.parent.parent.name == "SOB")
+    for folder in malignant[1:]:  # one malignant patient: the split puts it in training
+        shutil.rmtree(folder)
+    for path in data.rglob("*/adenosis/*/*/*-00[34].png"):  # adenosis a minority: GAN fill tops it up
+        path.unlink()
+    gan, rng = root / "gan", np.random.default_rng(0)
+    gan.mkdir()
+    for n in range(5):
+        Image.fromarray(synthetic_image("adenosis", rng)).save(gan / synthetic_name("adenosis", "test-gan", 0, n))
+    made = {}
+    for pipeline, extra in PIPELINES.items():
+        argv = ["train", "--data", str(data), "--out", str(root / pipeline), *OPTIONS, "--synthetic-dir", str(gan),
+                *extra]
+        assert main(argv) == 0
+        made[pipeline] = (root / pipeline, argv)
+    return made
+
+
+def _card(run) -> dict:
+    return json.loads((run / "model" / "card.json").read_text())
+
+
+def test_a_run_whose_validation_and_test_lack_a_class_warns_at_its_start_and_shows_n_a(runs):
+    """Its test split held benign images only, and the metrics table read "balanced accuracy 1.0, macro F1 1.0"
+    with no warning anywhere."""
+    from core.app.performance import metrics_table
+
+    for pipeline, (run, _) in runs.items():
+        start = read_progress(run / "progress.jsonl")[0]
+        assert start["event"] == "start"
+        assert [w.split(" (")[0] for w in start["warnings"]] == ["the validation split", "the test split"], pipeline
+        assert all("no malignant images" in w for w in start["warnings"])
+        assert "WARNING: the test split" in start["message"]  # what the Retrain page's log shows
+    table = metrics_table(json.loads((runs["tfdata"][0] / "metrics.json").read_text())).set_index("what")
+    stage1 = table.loc["Stage 1: benign vs malignant"]
+    assert stage1["balanced accuracy"] is None or np.isnan(stage1["balanced accuracy"])
+    assert np.isnan(table.loc["Patient level: benign vs malignant", "macro F1"])
+    assert "no malignant images in this split" in stage1["note"]
