@@ -63,3 +63,13 @@ def test_a_run_whose_validation_and_test_lack_a_class_warns_at_its_start_and_sho
     assert stage1["balanced accuracy"] is None or np.isnan(stage1["balanced accuracy"])
     assert np.isnan(table.loc["Patient level: benign vs malignant", "macro F1"])
     assert "no malignant images in this split" in stage1["note"]
+
+
+def test_the_report_says_what_the_model_was_trained_on(runs):
+    """report.html, the file most likely to be shared, gave only its title and test scope."""
+    run = runs["tfdata"][0]
+    report, card = (run / "report.html").read_text(), _card(run)
+    assert card["evidence"]["limited"] and "LIMITED DATA" in report
+    assert card["evidence"]["statement"] in report
+    synthetic = sum(card["training"]["synthetic_by_subtype"].values())
+    assert synthetic > 0 and f"{synthetic} synthetic (GAN) training images" in report

@@ -303,8 +303,23 @@ def without_curves(value):
     return value
 
 
-def write_report(results: dict, path: Path) -> None:
-    """One self-contained HTML page: plotly embedded once, every figure titled with its data scope."""
+def trained_on_lines(card: dict) -> list[str]:
+    """What the model rests on, for its report (the file most likely to be shared): the LIMITED DATA label,
+    the card's evidence statement and its synthetic (GAN) training images, as the app shows them."""
+    evidence, training = card.get("evidence") or {}, card.get("training") or {}
+    lines = ["LIMITED DATA: few patients, not a diagnosis."] if evidence.get("limited") else []
+    lines.append("Trained on: " + (evidence.get("statement") or "not recorded in the model card") + ".")
+    synthetic = training.get("synthetic_by_subtype")
+    if isinstance(synthetic, dict):
+        lines.append(f"{sum(synthetic.values())} synthetic (GAN) training images"
+                     + (" (" + ", ".join(f"{s} {n}" for s, n in synthetic.items()) + "), not counted above; "
+                        "every figure here is measured on real images" if synthetic else "") + ".")
+    return lines
+
+
+def write_report(results: dict, path: Path, card: dict | None = None) -> None:
+    """One self-contained HTML page: plotly embedded once, every figure titled with its data scope, under
+    what the model was trained on (trained_on_lines of its `card`)."""
     from core.evaluation.figures import confusion_figure, roc_figure, scope_text  # plotly: only for the report
 
     figures = [confusion_figure(results["stage1"], "Stage 1 (benign / malignant)"),
@@ -317,8 +332,10 @@ def write_report(results: dict, path: Path) -> None:
     parts = [figure.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, figure in enumerate(figures)]
     title = html.escape(f"Evaluation of {results['model']}")
     demo = "<p><b>DEMO model: not validated.</b></p>" if results["demo_model"] else ""
+    trained = "".join(f"<p><b>{html.escape(line)}</b></p>" if line.startswith("LIMITED") else
+                      f"<p>{html.escape(line)}</p>" for line in trained_on_lines(card or {}))
     path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
-                    f"<h1>{title}</h1>{demo}<p>{html.escape(scope_text(results['data']))}. {PATIENT_NOTE}.</p>"
+                    f"<h1>{title}</h1>{demo}{trained}<p>{html.escape(scope_text(results['data']))}. {PATIENT_NOTE}.</p>"
                     + "".join(parts) + "</body></html>", encoding="utf-8")
 
 
@@ -353,7 +370,7 @@ def write_outputs(run_dir: Path, results: dict) -> None:
     metrics_file, report_file = outputs_of(run_dir, results["split"])
     write_json_atomic(metrics_file, results)
     if results["split"] != HELD_OUT:
-        write_report(results, report_file)
+        write_report(results, report_file, read_card(run_dir / "model"))
         logging.getLogger(__name__).warning(
             "the %s split was evaluated: its figures are in %s and %s; the model card and metrics.json keep the "
             "held-out test figures", results["split"], metrics_file, report_file)
@@ -361,4 +378,4 @@ def write_outputs(run_dir: Path, results: dict) -> None:
     kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
             if k not in EVALUATED_THRESHOLDS}
     update_card(run_dir / "model", metrics=without_curves(results), thresholds={**kept, **evaluated_thresholds(results)})
-    write_report(results, report_file)
+    write_report(results, report_file, read_card(run_dir / "model"))
