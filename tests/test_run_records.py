@@ -73,3 +73,15 @@ def test_the_report_says_what_the_model_was_trained_on(runs):
     assert card["evidence"]["statement"] in report
     synthetic = sum(card["training"]["synthetic_by_subtype"].values())
     assert synthetic > 0 and f"{synthetic} synthetic (GAN) training images" in report
+
+
+def test_both_pipelines_count_real_training_images_and_gan_images_apart(runs):
+    """The tf.data card counted GAN images in training.by_subtype and counts.train; the fields card did not."""
+    cards = {pipeline: _card(run)["training"] for pipeline, (run, _) in runs.items()}
+    for pipeline, training in cards.items():
+        evidence = _card(runs[pipeline][0])["evidence"]
+        assert sum(training["by_subtype"].values()) == training["counts"]["train"] == evidence["images"], pipeline
+        assert sum(training["synthetic_by_subtype"].values()) == training["counts"]["synthetic"] > 0, pipeline
+    assert cards["tfdata"]["by_subtype"] == cards["fields"]["by_subtype"]
+    assert cards["tfdata"]["synthetic_by_subtype"] == cards["fields"]["synthetic_by_subtype"]
+    assert cards["tfdata"]["counts"] == cards["fields"]["counts"]

@@ -44,7 +44,7 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import counts_by_subtype, evidence, held_out_gaps, split_figures_on
+from core.training.runcard import evidence, held_out_gaps, is_synthetic, split_figures_on, training_counts
 
 log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
@@ -119,9 +119,12 @@ def scored_rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
 
 
 def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on,
-          measured=None) -> dict:
+          measured=None, held_out: dict | None = None) -> dict:
+    """held_out: {val, test: images} of one split; a cross-validation's models have {test} (their fold's)
+    or none (the final model, whose figures are out-of-fold)."""
     spec = view_spec(config)
-    synthetic = trained_on["synthetic"].astype(bool).to_numpy()
+    synthetic = is_synthetic(trained_on)
+    counts = {"train": int((~synthetic).sum()), "synthetic": int(synthetic.sum()), **(held_out or {})}
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
         "input_size": config.input_size, "weights_init": history["weights_init"], "demo": False,
@@ -132,10 +135,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
         "evidence": evidence(trained_on, history["weights_init"], figures_on),
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
                      "data_fingerprint": fingerprint(table),
-                     "by_subtype": counts_by_subtype(trained_on[~synthetic]),
-                     "synthetic_by_subtype": counts_by_subtype(trained_on[synthetic]),
-                     "synthetic_shortfall": dict(trained_on.attrs.get("shortfall", {})),
-                     "reviewed_images": reviewed_count(trained_on),
+                     **training_counts(trained_on, counts), "reviewed_images": reviewed_count(trained_on),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
                      "batch_size": config.batch_size, "subtype_refit": history.get("subtype_refit"),
@@ -234,7 +234,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on, measured_block({"val": (val_frame, raw_val), "test": (test_frame, raw_test)},
-                                                     temperatures))
+                                                     temperatures), {"val": len(val), "test": len(test)})
     model_dir = save_model_folder(classifier, out / "model", card)
     writer.emit("end", status="completed", model_dir=str(model_dir), epoch=history["epochs"], epochs=config.epochs,
                 message=f"trained in {history['seconds']:.0f} s")
@@ -298,7 +298,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
             fold_raw.append(raw)
             save_model_folder(classifier, _member_folder(out / f"fold-{k}", m) / "model", _card(
                 dataclasses.replace(config, out=str(out / f"fold-{k}")), table, fold_rows, history,
-                ones, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients"))
+                ones, {}, {"threshold": 0.5}, {}, f"fold {k}'s held-out patients", held_out={"test": len(held)}))
         raw = {name: np.mean([r[name] for r in fold_raw], axis=0) for name in fold_raw[0]}
         fold_frame = frame(scored_rows(table.iloc[held], "test", protocol), raw, ones)
         fold_frame.assign(fold=k).to_csv(out / f"fold-{k}" / "predictions_uncalibrated.csv", index=False)

@@ -305,7 +305,8 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     for gap in gaps:
         log.warning(gap)
     writer.emit("start", epochs=config.epochs, steps=steps, counts=counts, warnings=gaps,
-                message=f"{config.mode} {config.backbone}: {counts['train']} training images, "
+                message=f"{config.mode} {config.backbone}: {counts['train']} training images"
+                        + (f" and {counts['synthetic']} synthetic (GAN) images" if counts["synthetic"] else "") + ", "
                         f"{len(data['skipped'])} files skipped, {distribution['strategy']} x{distribution['replicas']}"
                         + "".join(f"; WARNING: {gap}" for gap in gaps),
                 config=settings)

@@ -44,9 +44,27 @@ def distinct(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates("path") if "path" in table else table
 
 
+def is_synthetic(table: pd.DataFrame) -> pd.Series:
+    return table["synthetic"].astype(bool) if "synthetic" in table else pd.Series(False, index=table.index)
+
+
 def split_counts(data: dict) -> dict:
-    """{train, val, test: distinct images} of a run's prepared data (config.json, the card, the stream)."""
-    return {name: int(len(distinct(data[name]))) for name in ("train", "val", "test")}
+    """{train: distinct real images, synthetic: GAN images, val, test} of a run's prepared data (config.json,
+    the card, the stream)."""
+    train = distinct(data["train"])
+    return {"train": int((~is_synthetic(train)).sum()), "synthetic": int(is_synthetic(train).sum()),
+            **{name: int(len(distinct(data[name]))) for name in ("val", "test")}}
+
+
+def training_counts(trained_on: pd.DataFrame, counts: dict) -> dict:
+    """The card's training counts, one definition for both pipelines: `counts` (split_counts: real training
+    images, GAN images apart), real images only in by_subtype, GAN images in synthetic_by_subtype, and the
+    shortfall GAN fill left (trained_on.attrs)."""
+    shortfall = dict(trained_on.attrs.get("shortfall", {}))
+    trained_on = distinct(trained_on)
+    synthetic = is_synthetic(trained_on)
+    return {"counts": counts, "by_subtype": counts_by_subtype(trained_on[~synthetic]),
+            "synthetic_by_subtype": counts_by_subtype(trained_on[synthetic]), "synthetic_shortfall": shortfall}
 
 
 def held_out_gaps(split: pd.DataFrame) -> list[str]:
@@ -70,7 +88,7 @@ def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> di
     """What a model rests on, in the card and wherever it predicts: the distinct real images and patients
     its weights learnt from (not its validation or test patients) and what its figures were measured on."""
     trained_on = distinct(trained_on)
-    real = trained_on[~trained_on["synthetic"].astype(bool)] if "synthetic" in trained_on else trained_on
+    real = trained_on[~is_synthetic(trained_on)]
     patients = int(real["case"].nunique())
     start = "from scratch" if weights_used.startswith("random") else "from " + weights_used
     return {"images": int(len(real)), "patients": patients, "weights_init": weights_used,
@@ -100,7 +118,7 @@ def training_scale(config, train: pd.DataFrame) -> dict:
     """card["scale"]: every model trained here sees whole fields (core.data.scale.model_scale)."""
     if str(config.magnification).lower() != "all":
         return whole_field_scale(config.magnification, "trained on whole fields")
-    real = train[~train["synthetic"].astype(bool)] if "synthetic" in train else train
+    real = train[~is_synthetic(train)]
     return whole_field_scale(real["magnification"].value_counts().to_dict() or "200X", "trained on whole fields")
 
 
@@ -120,11 +138,8 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
         "training": {
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
-            "counts": split_counts(data), "train_rows_per_epoch": int(len(rows)),
+            **training_counts(rows, split_counts(data)), "train_rows_per_epoch": int(len(rows)),
             "split": describe_split(data["split"]),
-            "by_subtype": counts_by_subtype(train),
-            "synthetic_by_subtype": counts_by_subtype(train[train["synthetic"].astype(bool)]),
-            "synthetic_shortfall": dict(rows.attrs.get("shortfall", {})),
             "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
             "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
             "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
