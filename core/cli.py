@@ -35,6 +35,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def _train(args) -> int:
     from core.options import from_args
     from core.training.config import TrainConfig
 
-    config = from_args(TrainConfig, args)
+    config = from_args(TrainConfig, args, command_line=shlex.join(["python", "-m", "core", *args.argv]))  # for the card
     from core.backends import backend_problem, current_backend
 
     problem = backend_problem(current_backend(), config.pipeline)
@@ -383,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(_command_word(argv)).parse_args(argv)
     except SystemExit as stop:  # argparse printed the usage error (code 2) or the help (code 0)
         return int(stop.code or 0)
+    args.argv = argv  # as typed: what a model card records of the command that trained it
     # Warnings of every module (logging) and the traceback of a failure go to stderr for this command.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

@@ -85,3 +85,16 @@ def test_both_pipelines_count_real_training_images_and_gan_images_apart(runs):
     assert cards["tfdata"]["by_subtype"] == cards["fields"]["by_subtype"]
     assert cards["tfdata"]["synthetic_by_subtype"] == cards["fields"]["synthetic_by_subtype"]
     assert cards["tfdata"]["counts"] == cards["fields"]["counts"]
+
+
+def test_both_pipelines_record_the_command_time_and_settings(runs):
+    """Neither card had the command; the tf.data card had no training time and no settings either."""
+    import shlex
+
+    for pipeline, (run, argv) in runs.items():
+        training = _card(run)["training"]
+        assert training["command"] == shlex.join(["python", "-m", "core", *argv]), pipeline
+        assert training["seconds"] > 0 and training["machine"]["backend"], pipeline
+        settings = training["settings"]
+        assert settings["pipeline"] == pipeline and settings["balance"] == "synthetic" and settings["epochs"] == 1
+        assert "data" not in settings and "command_line" not in settings

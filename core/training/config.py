@@ -108,6 +108,9 @@ class TrainConfig:
     baselines: bool = option(True, "also score the majority and colour/texture baselines in the evaluation",
                              off_help="score the model only, without the majority and colour/texture baselines")
     echo_stdout: bool = option(True, cli=False)  # progress events also on stdout (the CLI and jobs)
+    # The command as typed, for the card (core.training.runcard.run_record), set by core.cli from its argv
+    # (not "command": the parser's name for the sub-command).
+    command_line: str | None = option(None, cli=False)
 
     def split_spec(self) -> SplitSpec:
         return SplitSpec(self.split, self.seed, self.magnification, self.folds, self.fold or 0)

@@ -44,7 +44,7 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import evidence, held_out_gaps, is_synthetic, split_figures_on, training_counts
+from core.training.runcard import evidence, held_out_gaps, is_synthetic, run_record, split_figures_on, training_counts
 
 log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
@@ -139,8 +139,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
                      "batch_size": config.batch_size, "subtype_refit": history.get("subtype_refit"),
-                     "learning_rate": config.learning_rate, "seed": config.seed,
-                     "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out")},
+                     "learning_rate": config.learning_rate, "seed": config.seed, **run_record(config),
                      "augmentation": "field crops of {:.0%}-100% of the short side{}, 8 symmetries, H&E jitter in "
                                      "optical density, brightness/contrast, blur/noise (core.data.keras_augment)"
                                      .format(config.crop_min, " at 200X, of the same tissue at every magnification"

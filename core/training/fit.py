@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -312,6 +313,7 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
                 config=settings)
 
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    started = time.perf_counter()
     if multiworker:
         follow_batch_statistics(model, steps)
         history = fit_multiworker(model, data, config, run_dir, writer, strategy, _dataset).history
@@ -322,7 +324,8 @@ def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     monitor = "val_loss" if "val_loss" in history else "loss"
     epochs_run = len(history.get(monitor, []))
     kept = (int(np.argmin(history[monitor])) + 1 if config.early_stopping else epochs_run) if epochs_run else None
-    summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping and not multiworker}
+    summary = {"epochs": epochs_run, "best_epoch": kept, "early_stopping": config.early_stopping and not multiworker,
+               "seconds": round(time.perf_counter() - started, 1)}  # wall-clock fit, as a fields card's
     if not multiworker:  # both run the model outside strategy.run, which a multi-worker model cannot
         distribution["batchnorm_recalibration_batches"] = recalibrate_batchnorm(model, data["train"], config, data)
     if config.mode == "fast":  # only now: the frozen backbone's statistics must stay what the heads saw

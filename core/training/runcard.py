@@ -7,10 +7,12 @@ machines.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
+from core.backends import machine
 from core.data.breakhis import subtype_counts
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
 from core.data.scale import whole_field_scale
@@ -20,6 +22,7 @@ from core.paths import portable
 DEMO_BELOW_TRAIN_IMAGES = 200
 # The full BreakHis has 70 patients; a model that saw far fewer is labelled "limited data" wherever it predicts.
 LIMITED_BELOW_PATIENTS = 60
+NOT_RECORDED = "not recorded (not started from the command line)"
 
 
 def _describe_augmentation(config) -> str:
@@ -65,6 +68,14 @@ def training_counts(trained_on: pd.DataFrame, counts: dict) -> dict:
     synthetic = is_synthetic(trained_on)
     return {"counts": counts, "by_subtype": counts_by_subtype(trained_on[~synthetic]),
             "synthetic_by_subtype": counts_by_subtype(trained_on[synthetic]), "synthetic_shortfall": shortfall}
+
+
+def run_record(config) -> dict:
+    """How a run was made, the same in both pipelines' cards: the command as typed (core.cli puts it in
+    config.command_line; a Retrain job's is the `python -m core train ...` it launched), the machine
+    (core.backends.machine, as a GAN session records it) and every setting but the paths."""
+    return {"command": config.command_line or NOT_RECORDED, "machine": machine(),
+            "settings": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data", "out", "command_line")}}
 
 
 def held_out_gaps(split: pd.DataFrame) -> list[str]:
@@ -139,12 +150,12 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
             "data_source": portable(config.data), "data_fingerprint": data["fingerprint"],
             "split_protocol": str(data["split"]["protocol"].iloc[0]),
             **training_counts(rows, split_counts(data)), "train_rows_per_epoch": int(len(rows)),
-            "split": describe_split(data["split"]),
+            "split": describe_split(data["split"]), "pipeline": "tfdata",
             "mode": config.mode, **history_summary, "epochs_requested": config.epochs,
             "balance": config.balance, "magnification": config.magnification, "augmentation": augmentation,
             "learning_rate": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed,
             "head": head_options(config), "feature_cache": data.get("feature_cache"),
-            "distribution": distribution, "validation": validation,
+            "distribution": distribution, "validation": validation, **run_record(config),
         },
     }
 
