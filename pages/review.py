@@ -118,8 +118,6 @@ if include:
     shown(queued.reviewed, queued.reviewed_total, "reviewed results")
     for row in queued.reviewed:
         card(row)
-if queued.older_not_scanned:
-    st.caption(f"The queue looks through the newest {reviews.QUEUE_SCAN:,} results; older ones are not listed.")
 
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")

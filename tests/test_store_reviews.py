@@ -42,7 +42,7 @@ def test_included_reviewed_results_are_listed_even_behind_more_than_the_limit_of
     assert [r["id"] for r in queued.reviewed] == [older[0], older[2]]  # newest review first
     assert [r["review"]["id"] for r in queued.reviewed] == [second, first]
     assert [r["id"] for r in queued.waiting] == sorted(waiting + older[1:2], reverse=True)[:200]
-    assert (queued.waiting_total, queued.reviewed_total, queued.older_not_scanned) == (206, 2, False)
+    assert (queued.waiting_total, queued.reviewed_total) == (206, 2)
     alone = reviews.queue(store, limit=200)
     assert alone.reviewed == [] and alone.reviewed_total == 2 and len(alone.waiting) == 200
 
@@ -96,16 +96,23 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
         reviews.review(store, "bob", agree)
 
 
-def test_a_case_history_keeps_the_newest_results(store, monkeypatch):
-    monkeypatch.setattr(reviews, "QUEUE_SCAN", 3)  # stands for 2,000 older results
-    old_case = {"call": "benign", "subtype": "adenosis", "case": "22-1111"}
-    new_case = {"call": "malignant", "subtype": "ductal_carcinoma", "case": "14-22549"}
-    store.record_many([dict(kind="diagnosis", user="ann", subject=f"old{n}.png", details=old_case) for n in range(3)])
-    first = store.record("diagnosis", "ann", "SOB_M_DC-14-22549-200-001.png", details=new_case)
-    store.record("diagnosis", "ann", "old3.png", details=old_case)
-    second = store.record("diagnosis", "ann", "SOB_M_DC-14-22549-200-002.png", details=new_case)
-    review = reviews.review(store, "bob", first, comment="checked")
-    assert [r["id"] for r in reviews.history(store, case="14-22549")] == [first, second, review]  # oldest first
+def test_a_referred_result_stays_waiting_and_in_its_case_history_behind_any_number_of_newer_ones(store):
+    """The queue and the case history looked through the newest 2,000 results only: an older referred,
+    unreviewed result left the worklist (and its case history was empty), and the total was short by one."""
+    referred = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png",
+                            details={"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.51,
+                                     "refer": True, "refer_reasons": ["stage 1 uncertain"], "case": "14-2523"})
+    calm = {"call": "benign", "subtype": "adenosis", "confidence": 0.99, "refer": False, "case": "22-1111"}
+    newer = store.record_many([dict(kind="diagnosis", user="ann", subject=f"n{i}.png", details=calm)
+                               for i in range(2001)])
+    queued = reviews.queue(store, limit=3)
+    assert queued.waiting[0]["id"] == referred and queued.waiting_total == 2002  # the referred one first
+    review = reviews.review(store, "bob", referred, comment="checked")
+    reviews.review(store, "bob", newer[0])
+    assert [r["id"] for r in reviews.history(store, case="14-2523")] == [referred, review]
+    after = reviews.queue(store, include_reviewed=True, limit=3)
+    assert (after.waiting_total, after.reviewed_total) == (2000, 2)
+    assert [r["id"] for r in after.reviewed] == [newer[0], referred]  # newest review first
 
 
 def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store, predictor, diagnosed, tmp_path,

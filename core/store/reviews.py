@@ -14,15 +14,18 @@ import csv
 import dataclasses
 from pathlib import Path
 
+from sqlalchemy import case, exists, func, select
+from sqlalchemy.orm import aliased
+
 from core.data.breakhis import IMAGE_EXTENSIONS
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES
 from core.errors import UserInputError
 from core.store.audit import Store
 from core.store.images import ImageStore
+from core.store.models import AuditEvent
 
 REVIEWABLE = ("diagnosis", "slide")
 MAX_COMMENT = 2000
-QUEUE_SCAN = 2000  # the newest results the queue looks through
 PROVENANCE = "provenance.csv"
 
 
@@ -68,54 +71,75 @@ def review(store: Store, user: str, audit_id: int, label: str | None = None, sub
                         details=details)
 
 
+def reviews_of(store: Store, audit_ids) -> dict[int, list[dict]]:
+    """{result id: its review rows, oldest first} for the results that have one."""
+    found: dict[int, list[dict]] = {}
+    for row in store.events(kinds="review", refers_to_any=list(audit_ids), newest_first=False):
+        found.setdefault(row["refers_to"], []).append(row)
+    return found
+
+
 def latest_reviews(store: Store, audit_ids) -> dict[int, dict]:
     """{result id: its newest review row} for the results that have one."""
-    newest: dict[int, dict] = {}
-    for row in store.events(kinds="review", refers_to_any=list(audit_ids), newest_first=False):
-        newest[row["refers_to"]] = row
-    return newest
+    return {result: rows[-1] for result, rows in reviews_of(store, audit_ids).items()}
 
 
 @dataclasses.dataclass
 class Queue:
     """The review queue, one list per category, each cut to the page's limit on its own: a limit never
-    hides a whole category. The totals count every result of a category among the newest QUEUE_SCAN
-    results, so the page can say how many it does not show; `older_not_scanned` says results older
-    than those exist."""
+    hides a whole category. The totals count every result of a category in the whole trail, so the page
+    can say how many it does not show."""
 
     waiting: list[dict]  # unreviewed: referred first, then the others, newest first within each
     reviewed: list[dict]  # newest review first; empty unless asked for
     waiting_total: int
     reviewed_total: int
-    older_not_scanned: bool
+
+
+_REVIEW = aliased(AuditEvent)  # a review row, as seen from the result it refers to
+_REVIEWED = exists().where(_REVIEW.kind == "review", _REVIEW.refers_to == AuditEvent.id)
+_REFERRED = AuditEvent.details["refer"].as_boolean()
+_RESULT = AuditEvent.kind.in_(REVIEWABLE)
 
 
 def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> Queue:
     """Results to review (referred first, then newest) and, with `include_reviewed`, the reviewed ones
-    (newest review first); at most `limit` of each, every row with its newest "review" (or None)."""
-    scanned = store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN + 1)
-    results = scanned[:QUEUE_SCAN]
-    reviews = latest_reviews(store, [r["id"] for r in results])
-    rows = [{**result, "review": reviews.get(result["id"])} for result in results]
-    waiting = sorted((r for r in rows if r["review"] is None), key=lambda r: (not r["details"].get("refer"), -r["id"]))
-    reviewed = sorted((r for r in rows if r["review"] is not None), key=lambda r: -r["review"]["id"])
-    return Queue(waiting=waiting[:limit], reviewed=reviewed[:limit] if include_reviewed else [],
-                 waiting_total=len(waiting), reviewed_total=len(reviewed),
-                 older_not_scanned=len(scanned) > QUEUE_SCAN)
+    (newest review first); at most `limit` of each, every row with its newest "review" (or None).
+
+    The database picks the rows (a result with no review row is waiting, however old), so a referred
+    result never drops out behind newer ones."""
+    newest_review = (select(_REVIEW.refers_to.label("result"), func.max(_REVIEW.id).label("last"))
+                     .where(_REVIEW.kind == "review").group_by(_REVIEW.refers_to).subquery())
+    with store.reading("The audit trail could not be read") as session:
+        count = lambda *where: session.scalar(select(func.count()).select_from(AuditEvent).where(*where))  # noqa: E731
+        waiting_total, reviewed_total = count(_RESULT, ~_REVIEWED), count(_RESULT, _REVIEWED)
+        waiting = session.scalars(select(AuditEvent.id).where(_RESULT, ~_REVIEWED)
+                                  .order_by(case((_REFERRED, 0), else_=1), AuditEvent.id.desc()).limit(limit)).all()
+        reviewed = session.scalars(select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
+                                   .where(_RESULT).order_by(newest_review.c.last.desc()).limit(limit)).all()
+    if not include_reviewed:
+        reviewed = []
+    return Queue(waiting=_rows(store, waiting), reviewed=_rows(store, reviewed), waiting_total=waiting_total,
+                 reviewed_total=reviewed_total)
+
+
+def _rows(store: Store, ids: list[int]) -> list[dict]:
+    """The result rows `ids`, in that order, each with its newest "review" (or None)."""
+    by_id = {row["id"]: row for row in store.events(ids=ids)}
+    newest = latest_reviews(store, ids)
+    return [{**by_id[i], "review": newest.get(i)} for i in ids]
 
 
 def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
-    """Every call and review of one case (BreakHis case id) or one image, oldest first.
-
-    A case is looked up among the newest QUEUE_SCAN results (the ones the queue shows), so a new
-    case's rows are never crowded out by old ones."""
+    """Every call and review of one case (BreakHis case id) or one image, oldest first, from the whole trail."""
     if image_sha256:
         return store.events(kinds=[*REVIEWABLE, "review"], image_sha256=image_sha256, newest_first=False)
     if not case:
         raise UserInputError("name a case or an image")
-    calls = [r for r in store.events(kinds=list(REVIEWABLE), limit=QUEUE_SCAN)
-             if r["details"].get("case") == case]
-    reviews = store.events(kinds="review", newest_first=False, refers_to_any=[r["id"] for r in calls])
+    with store.reading("The audit trail could not be read") as session:
+        ids = session.scalars(select(AuditEvent.id).where(_RESULT, AuditEvent.details["case"].as_string() == case)).all()
+    calls = store.events(ids=ids)
+    reviews = store.events(kinds="review", newest_first=False, refers_to_any=ids)
     return sorted(calls + reviews, key=lambda r: r["id"])
 
 
