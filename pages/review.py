@@ -14,9 +14,9 @@ session.require("review")
 store = session.store()
 
 st.title("Review queue")
-st.caption("Referred and unreviewed results first, then unreviewed ones, newest first; reviewed results (if "
-           "included) below them, newest review first. A review is a new audit row; earlier reviews stay in the "
-           "history.")
+st.caption("Referred results first, then the other unreviewed ones, oldest first within each (the longest waiting "
+           "at the top); reviewed results (if included) below them, newest review first. A review is a new audit "
+           "row; earlier reviews stay in the history.")
 
 
 def called(row: dict) -> str:
@@ -95,28 +95,40 @@ def card(row: dict) -> None:
         session.review_form(row["id"], f"queue_{row['id']}")
 
 
-def shown(rows: list, total: int, what: str) -> None:
-    """Say how many of a section are not shown, never cut one silently."""
-    if total > len(rows):
-        st.caption(f"Showing {len(rows)} of {total:,} {what}; {total - len(rows):,} more are not shown.")
+def pager(section: reviews.Section, key: str, what: str) -> None:
+    """Say which rows of a section are shown, and page through it: never cut one silently."""
+    if section.total > len(section.rows) and section.rows:
+        st.caption(f"Showing {section.first:,}–{section.first + len(section.rows) - 1:,} of {section.total:,} {what}.")
+    if section.pages > 1:
+        st.session_state[key] = section.page  # a page past the last (the list shrank) shows the last
+        st.number_input(f"Page (of {section.pages:,})", min_value=1, max_value=section.pages, step=1, key=key)
 
 
-include = st.toggle("Include reviewed results", key="include_reviewed")
+left, middle, right = st.columns(3)
+referred_only = left.toggle("Referred only", key="referred_only")
+include = middle.toggle("Include reviewed results", key="include_reviewed")
+search = right.text_input("Case id or file name", key="queue_search",
+                          help="Results whose file name contains this, or whose BreakHis case id is this.")
 try:
-    queued = reviews.queue(store, include_reviewed=include, limit=SHOWN)
+    queued = reviews.queue(store, include_reviewed=include, limit=SHOWN, page=st.session_state.get("waiting_page", 1),
+                           reviewed_page=st.session_state.get("reviewed_page", 1), referred_only=referred_only,
+                           search=search)
 except StoreError as problem:  # a busy or damaged database: the page stays, its controls kept
     st.error(session.nothing_lost(problem), icon=":material/database:")
     st.stop()
-if not queued.waiting_total:
-    st.success("Nothing waits for review.")
-shown(queued.waiting, queued.waiting_total, "results waiting for review (referred first, then newest)")
-for row in queued.waiting:
+waiting = queued.waiting
+if not waiting.total:
+    st.success("Nothing waits for review" + (" under these filters." if referred_only or search.strip() else "."))
+elif queued.referred:
+    st.caption(f"{queued.referred:,} of the results waiting are referred.")
+pager(waiting, "waiting_page", "results waiting for review (referred first, then oldest)")
+for row in waiting.rows:
     card(row)
 if include:
-    st.subheader(f"Reviewed ({queued.reviewed_total:,})")
+    st.subheader(f"Reviewed ({queued.reviewed.total:,})")
     st.caption("Newest review first.")
-    shown(queued.reviewed, queued.reviewed_total, "reviewed results")
-    for row in queued.reviewed:
+    pager(queued.reviewed, "reviewed_page", "reviewed results")
+    for row in queued.reviewed.rows:
         card(row)
 
 st.subheader("Case history")

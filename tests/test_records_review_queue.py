@@ -1,5 +1,5 @@
-"""The Review queue page with more results waiting than it shows: each section says what it does not
-show, and the reviewed results stay reachable (they were cut off behind the unreviewed ones)."""
+"""The Review queue page with more results waiting than it shows: each section says what it shows and
+pages through the rest, and the reviewed results stay reachable (they were cut off behind the unreviewed ones)."""
 
 
 import pytest
@@ -27,11 +27,44 @@ def test_included_reviewed_results_show_behind_a_full_page_of_waiting_ones(app):
     reviews.review(store, "bob", old, comment="fine")
     app.switch_page("pages/review.py").run()
     assert not app.exception
-    assert "Showing 50 of 60 results waiting for review (referred first, then newest); 10 more are not shown." in (
-        texts(app.caption))
+    assert "Showing 1–50 of 60 results waiting for review (referred first, then oldest)." in texts(app.caption)
     assert "old-reviewed.png" not in texts(app.markdown)
     app.toggle(key="include_reviewed").set_value(True).run()
     assert not app.exception
     assert "old-reviewed.png" in texts(app.markdown) and "Reviewed by bob: agreed Benign" in texts(app.caption)
     assert "Reviewed (1)" in texts(app.subheader)
     store.close()
+
+
+def test_the_worklist_pages_oldest_first_and_filters_referred_results_and_a_case(app):
+    """The page served the newest 50 with no next page: the longest-waiting results were never shown."""
+    from core.store.audit import Store
+
+    store = Store.open()
+    calm = {"call": "benign", "subtype": "fibroadenoma", "confidence": 0.9, "refer": False}
+    ids = store.record_many([dict(kind="diagnosis", user="ann", subject=f"calm-{i:02d}.png", details=calm)
+                             for i in range(55)])
+    store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-001.png",
+                 details={**calm, "refer": True, "refer_reasons": ["stage 1 uncertain"], "case": "14-2523"})
+    store.close()
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    shown = cards(app)
+    assert "SOB" in shown[0] and "calm-00.png" in shown[1] and len(shown) == 50  # referred, then the oldest
+    assert "1 of the results waiting are referred." in texts(app.caption)
+    app.number_input(key="waiting_page").set_value(2).run()
+    assert not app.exception and "Showing 51–56 of 56" in texts(app.caption)
+    shown = cards(app)
+    assert len(shown) == 6 and f"#{ids[-1]} " in shown[-1]  # the newest last
+    app.toggle(key="referred_only").set_value(True).run()
+    shown = cards(app)
+    assert not app.exception and len(shown) == 1 and "SOB" in shown[0]
+    app.toggle(key="referred_only").set_value(False).run()
+    app.text_input(key="queue_search").input("calm-07").run()
+    shown = cards(app)
+    assert not app.exception and len(shown) == 1 and f"#{ids[7]} " in shown[0]
+
+
+def cards(app) -> list[str]:
+    """Each card's header line, as a reader sees it."""
+    return [texts([m]) for m in app.markdown if m.value.startswith("**#")]

@@ -39,12 +39,35 @@ def test_included_reviewed_results_are_listed_even_behind_more_than_the_limit_of
                                  for i in range(205)])
     first, second = reviews.review(store, "bob", older[2]), reviews.review(store, "bob", older[0])
     queued = reviews.queue(store, include_reviewed=True, limit=200)
-    assert [r["id"] for r in queued.reviewed] == [older[0], older[2]]  # newest review first
-    assert [r["review"]["id"] for r in queued.reviewed] == [second, first]
-    assert [r["id"] for r in queued.waiting] == sorted(waiting + older[1:2], reverse=True)[:200]
-    assert (queued.waiting_total, queued.reviewed_total) == (206, 2)
+    assert [r["id"] for r in queued.reviewed.rows] == [older[0], older[2]]  # newest review first
+    assert [r["review"]["id"] for r in queued.reviewed.rows] == [second, first]
+    assert [r["id"] for r in queued.waiting.rows] == sorted(waiting + older[1:2])[:200]  # oldest first
+    assert (queued.waiting.total, queued.reviewed.total, queued.waiting.pages) == (206, 2, 2)
     alone = reviews.queue(store, limit=200)
-    assert alone.reviewed == [] and alone.reviewed_total == 2 and len(alone.waiting) == 200
+    assert alone.reviewed.rows == [] and alone.reviewed.total == 2 and len(alone.waiting.rows) == 200
+
+
+def test_the_worklist_serves_the_longest_waiting_first_within_each_priority_in_pages_and_filters(store):
+    """The queue served the newest first (key: not referred, -id) with no paging: with more referred results
+    waiting than one page, the longest-waiting ones were never shown; nothing filtered referred ones or a case."""
+    calm = {"call": "benign", "subtype": "adenosis", "confidence": 0.99, "refer": False, "case": "22-1111"}
+    flagged = {**calm, "refer": True, "refer_reasons": ["stage 1 uncertain"], "case": "14-2523"}
+    rows = [dict(kind="diagnosis", user="ann", subject=f"SOB_B_A-{'14-2523' if n % 2 else '22-1111'}-40-{n:03d}.png",
+                 details=flagged if n % 2 else calm) for n in range(10)]
+    ids = store.record_many(rows)
+    referred, routine = ids[1::2], ids[0::2]
+    first = reviews.queue(store, limit=4)
+    assert [r["id"] for r in first.waiting.rows] == referred[:4] and first.referred == 5
+    assert (first.waiting.total, first.waiting.page, first.waiting.pages, first.waiting.first) == (10, 1, 3, 1)
+    second = reviews.queue(store, limit=4, page=2)
+    assert [r["id"] for r in second.waiting.rows] == [referred[4], *routine[:3]] and second.waiting.first == 5
+    assert [r["id"] for r in reviews.queue(store, limit=4, page=99).waiting.rows] == routine[3:]  # the last page
+    only = reviews.queue(store, limit=4, page=2, referred_only=True)
+    assert [r["id"] for r in only.waiting.rows] == referred[4:] and only.waiting.total == 5
+    by_case = reviews.queue(store, limit=20, search="22-1111")
+    assert [r["id"] for r in by_case.waiting.rows] == routine and by_case.referred == 0
+    assert [r["id"] for r in reviews.queue(store, search="-40-003.PNG").waiting.rows] == [ids[3]]  # a file name part
+    assert reviews.queue(store, search="%").waiting.total == 0  # typed text, not a pattern
 
 
 def test_a_diagnosis_is_recorded_with_everything_the_issue_names(store, predictor, diagnosed):
@@ -73,8 +96,8 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
     unflagged = service.diagnose_items(predictor, items[:1], refer_threshold=0.0)
     assert not unflagged[0].refer
     calm = records.record_diagnosis(store, "ann", unflagged, predictor, {**settings, "refer_threshold": 0.0})
-    queued = reviews.queue(store).waiting
-    assert [r["id"] for r in queued] == sorted(ids, reverse=True) + list(calm.values())  # the referred first
+    queued = reviews.queue(store).waiting.rows
+    assert [r["id"] for r in queued] == sorted(ids) + list(calm.values())  # the referred first, oldest first
     first = store.event(ids[0])
     model_call = first["details"]["call"]
     other = "benign" if model_call == "malignant" else "malignant"
@@ -85,8 +108,8 @@ def test_review_queue_history_and_corrections_are_new_rows(store, predictor, dia
     latest = reviews.latest_reviews(store, [ids[0]])[ids[0]]
     assert latest["id"] == correction and latest["details"]["label"] == other and latest["details"]["agree"] is False
     assert store.event(agree)["details"]["comment"] == "looks right"  # the earlier review is untouched
-    assert ids[0] not in [r["id"] for r in reviews.queue(store).waiting] and not reviews.queue(store).reviewed
-    assert ids[0] in [r["id"] for r in reviews.queue(store, include_reviewed=True).reviewed]
+    assert ids[0] not in [r["id"] for r in reviews.queue(store).waiting.rows] and not reviews.queue(store).reviewed.rows
+    assert ids[0] in [r["id"] for r in reviews.queue(store, include_reviewed=True).reviewed.rows]
     case_rows = reviews.history(store, case="14-9146")
     assert [r["kind"] for r in case_rows].count("review") == 2 and len(case_rows) == 2 + 2 + 1  # 2 calls, 1 repeat
     assert list(calm.values())[0] in [r["id"] for r in case_rows]
@@ -106,13 +129,13 @@ def test_a_referred_result_stays_waiting_and_in_its_case_history_behind_any_numb
     newer = store.record_many([dict(kind="diagnosis", user="ann", subject=f"n{i}.png", details=calm)
                                for i in range(2001)])
     queued = reviews.queue(store, limit=3)
-    assert queued.waiting[0]["id"] == referred and queued.waiting_total == 2002  # the referred one first
+    assert queued.waiting.rows[0]["id"] == referred and queued.waiting.total == 2002  # the referred one first
     review = reviews.review(store, "bob", referred, comment="checked")
     reviews.review(store, "bob", newer[0])
     assert [r["id"] for r in reviews.history(store, case="14-2523")] == [referred, review]
     after = reviews.queue(store, include_reviewed=True, limit=3)
-    assert (after.waiting_total, after.reviewed_total) == (2000, 2)
-    assert [r["id"] for r in after.reviewed] == [newer[0], referred]  # newest review first
+    assert (after.waiting.total, after.reviewed.total) == (2000, 2)
+    assert [r["id"] for r in after.reviewed.rows] == [newer[0], referred]  # newest review first
 
 
 def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store, predictor, diagnosed, tmp_path,

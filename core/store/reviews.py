@@ -14,7 +14,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from sqlalchemy import case, exists, func, select
+from sqlalchemy import case, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
 from core.data.breakhis import IMAGE_EXTENSIONS
@@ -85,15 +85,24 @@ def latest_reviews(store: Store, audit_ids) -> dict[int, dict]:
 
 
 @dataclasses.dataclass
-class Queue:
-    """The review queue, one list per category, each cut to the page's limit on its own: a limit never
-    hides a whole category. The totals count every result of a category in the whole trail, so the page
-    can say how many it does not show."""
+class Section:
+    """One page of a section of the queue: its rows, how many match in all, and the page shown (from 1)."""
 
-    waiting: list[dict]  # unreviewed: referred first, then the others, newest first within each
-    reviewed: list[dict]  # newest review first; empty unless asked for
-    waiting_total: int
-    reviewed_total: int
+    rows: list[dict]
+    total: int
+    page: int
+    pages: int
+    first: int  # the place in the section of the first row shown (from 1)
+
+
+@dataclasses.dataclass
+class Queue:
+    """The review queue: a page of each section (waiting, reviewed), each paged on its own, so a full
+    section never hides the other; `referred` counts the referred results waiting (under the filter)."""
+
+    waiting: Section  # unreviewed: referred first, then the others, oldest first within each (first in, first out)
+    reviewed: Section  # newest review first; no rows unless asked for
+    referred: int
 
 
 _REVIEW = aliased(AuditEvent)  # a review row, as seen from the result it refers to
@@ -102,25 +111,40 @@ _REFERRED = AuditEvent.details["refer"].as_boolean()
 _RESULT = AuditEvent.kind.in_(REVIEWABLE)
 
 
-def queue(store: Store, include_reviewed: bool = False, limit: int = 200) -> Queue:
-    """Results to review (referred first, then newest) and, with `include_reviewed`, the reviewed ones
-    (newest review first); at most `limit` of each, every row with its newest "review" (or None).
+def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: int = 1, reviewed_page: int = 1,
+          referred_only: bool = False, search: str = "") -> Queue:
+    """A page of the results to review (referred first, then oldest first) and, with `include_reviewed`,
+    of the reviewed ones (newest review first), every row with its newest "review" (or None).
 
     The database picks the rows (a result with no review row is waiting, however old), so a referred
-    result never drops out behind newer ones."""
+    result never drops out behind newer ones, and the longest waiting comes first. `search` keeps the
+    results whose file name contains it or whose BreakHis case id is it; a page past the last shows the last."""
+    where = [_RESULT]
+    if search.strip():
+        where.append(or_(AuditEvent.subject.icontains(search.strip(), autoescape=True),
+                         AuditEvent.details["case"].as_string() == search.strip()))
     newest_review = (select(_REVIEW.refers_to.label("result"), func.max(_REVIEW.id).label("last"))
                      .where(_REVIEW.kind == "review").group_by(_REVIEW.refers_to).subquery())
     with store.reading("The audit trail could not be read") as session:
-        count = lambda *where: session.scalar(select(func.count()).select_from(AuditEvent).where(*where))  # noqa: E731
-        waiting_total, reviewed_total = count(_RESULT, ~_REVIEWED), count(_RESULT, _REVIEWED)
-        waiting = session.scalars(select(AuditEvent.id).where(_RESULT, ~_REVIEWED)
-                                  .order_by(case((_REFERRED, 0), else_=1), AuditEvent.id.desc()).limit(limit)).all()
-        reviewed = session.scalars(select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
-                                   .where(_RESULT).order_by(newest_review.c.last.desc()).limit(limit)).all()
-    if not include_reviewed:
-        reviewed = []
-    return Queue(waiting=_rows(store, waiting), reviewed=_rows(store, reviewed), waiting_total=waiting_total,
-                 reviewed_total=reviewed_total)
+        count = lambda *more: session.scalar(select(func.count()).select_from(AuditEvent).where(*where, *more))  # noqa: E731
+        waits = [~_REVIEWED, _REFERRED] if referred_only else [~_REVIEWED]
+        referred = count(~_REVIEWED, _REFERRED)
+        waiting = _section(session, select(AuditEvent.id).where(*where, *waits)
+                           .order_by(case((_REFERRED, 0), else_=1), AuditEvent.id), count(*waits), page, limit)
+        reviewed = _section(session, select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
+                            .where(*where).order_by(newest_review.c.last.desc()),
+                            count(_REVIEWED), reviewed_page, limit if include_reviewed else 0)
+    waiting.rows, reviewed.rows = _rows(store, waiting.rows), _rows(store, reviewed.rows)
+    return Queue(waiting=waiting, reviewed=reviewed, referred=referred)
+
+
+def _section(session, ids, total: int, page: int, limit: int) -> Section:
+    """The ids on page `page` (from 1, kept within the pages there are) of `limit` rows of the query `ids`."""
+    pages = max(1, -(-total // max(limit, 1)))
+    page = min(max(1, int(page)), pages)
+    offset = (page - 1) * limit
+    rows = session.scalars(ids.offset(offset).limit(limit)).all() if limit else []
+    return Section(rows=list(rows), total=total, page=page, pages=pages, first=offset + 1)
 
 
 def _rows(store: Store, ids: list[int]) -> list[dict]:
