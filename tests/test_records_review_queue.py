@@ -65,6 +65,23 @@ def test_the_worklist_pages_oldest_first_and_filters_referred_results_and_a_case
     assert not app.exception and len(shown) == 1 and f"#{ids[7]} " in shown[0]
 
 
+def test_agreeing_while_a_corrected_class_is_chosen_is_refused_on_the_page(app):
+    """'agree' left on while Class = Malignant was chosen saved an agreement with the model's benign call."""
+    from core.store.audit import Store
+
+    store = Store.open()
+    row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.24, "refer": False})
+    app.switch_page("pages/review.py").run()
+    app.selectbox(key=f"label_queue_{row}").set_value("malignant")
+    app.text_input(key=f"comment_queue_{row}").input("this is malignant")
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    assert not app.exception and "Review saved" not in texts(app.success)
+    assert "'agree' was chosen, but Malignant is not the model's call (Benign, Adenosis)" in texts(app.error)
+    assert not store.events(kinds="review")
+    store.close()
+
+
 def cards(app) -> list[str]:
     """Each card's header line, as a reader sees it."""
     return [texts([m]) for m in app.markdown if m.value.startswith("**#")]

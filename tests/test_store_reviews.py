@@ -256,3 +256,19 @@ def test_kept_images_are_in_folders_only_the_app_may_read(tmp_path):
     sha256 = kept.put(b"patient pixels")
     for folder in (kept.root, kept.path(sha256).parent):
         assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0, folder
+
+
+def test_a_form_that_agrees_while_naming_another_class_or_subtype_is_refused(store):
+    """'agree' with Class = Malignant chosen on a benign call was saved as an agreement with benign."""
+    row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.6, "refer": False})
+    for label, subtype in (("malignant", None), (None, "fibroadenoma"), (None, "ductal_carcinoma")):
+        with pytest.raises(ValueError, match="'agree' was chosen, but .* is not the model's call \\(Benign, Adenosis\\)"):
+            reviews.submit(store, "bob", row, "agree", label, subtype, comment="this is malignant")
+    with pytest.raises(ValueError, match="choose the corrected class or subtype"):
+        reviews.submit(store, "bob", row, "correct", comment="?")
+    assert not store.events(kinds="review")  # nothing saved
+    same = reviews.submit(store, "bob", row, "agree", "benign", "adenosis")  # the model's own call, chosen again
+    corrected = reviews.submit(store, "bob", row, "correct", "malignant", comment="this is malignant")
+    assert store.event(same)["details"]["agree"] is True
+    assert store.event(corrected)["details"]["agree"] is False and store.event(corrected)["details"]["label"] == "malignant"

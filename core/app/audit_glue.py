@@ -123,14 +123,8 @@ def review_form(audit_id: int | None, key: str) -> None:
             user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
             if user is None:
                 st.rerun()
-            if verdict == "correct" and label is None and subtype is None:  # would be saved as an agreement
-                st.error("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
-                return
             try:
-                if verdict == "agree":
-                    saved = reviews.review(store(), user["name"], audit_id, comment=comment)
-                else:
-                    saved = reviews.review(store(), user["name"], audit_id, label, subtype, comment)
+                saved = reviews.submit(store(), user["name"], audit_id, verdict, label, subtype, comment)
             except StoreError as problem:  # the form keeps what was typed
                 st.error(nothing_lost(f"{problem} The review was not saved."), icon=":material/database:")
             except ValueError as problem:

@@ -18,7 +18,7 @@ from sqlalchemy import case, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
 from core.data.breakhis import IMAGE_EXTENSIONS
-from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES, pretty
 from core.errors import UserInputError
 from core.store.audit import Store
 from core.store.images import ImageStore
@@ -46,9 +46,46 @@ def review(store: Store, user: str, audit_id: int, label: str | None = None, sub
     A subtype named for a slide (whose call has none) agrees when its class does. Returns the
     review's own audit id.
     """
+    target = _result(store, audit_id)
+    agree, final_label, final_subtype = _verdict(target, label, subtype)
+    details = {"agree": agree, "label": final_label, "subtype": final_subtype,
+               "model_call": list(model_call(target)), "comment": (comment or "")[:MAX_COMMENT]}
+    return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
+                        model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
+                        details=details)
+
+
+def submit(store: Store, user: str, audit_id: int, verdict: str, label: str | None = None,
+           subtype: str | None = None, comment: str = "") -> int:
+    """A review form's Save: `verdict` "agree" or "correct" with the class and subtype chosen (None:
+    unchanged). Refuses, in words, a form that says two things: "correct" with nothing chosen, or
+    "agree" with a class or subtype other than the model's call (either would be saved as the other)."""
+    if verdict == "correct" and label is None and subtype is None:
+        raise UserInputError("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
+    if verdict == "agree" and (label is not None or subtype is not None):
+        target = _result(store, audit_id)
+        if not _verdict(target, label, subtype)[0]:
+            called, called_subtype = model_call(target)
+            chosen = ", ".join(pretty(c) for c in (label, subtype) if c)
+            call = ", ".join(pretty(c) for c in (called, called_subtype) if c) or "no call"
+            raise UserInputError(f"Nothing was saved: 'agree' was chosen, but {chosen} is not the model's call "
+                                 f"({call}). Choose 'correct' to save the correction, or set Class and Subtype "
+                                 "back to (unchanged) to agree.")
+    return review(store, user, audit_id, label, subtype, comment)
+
+
+def _result(store: Store, audit_id: int) -> dict:
+    """The diagnosis or slide row `audit_id` (a UserInputError if it is none)."""
     target = store.event(audit_id)
     if target is None or target["kind"] not in REVIEWABLE:
         raise UserInputError(f"audit row {audit_id} is not a diagnosis or slide result")
+    return target
+
+
+def _verdict(target: dict, label: str | None, subtype: str | None) -> tuple[bool, str | None, str | None]:
+    """(whether it agrees with the model's call, the reviewed class, the reviewed subtype) of a review
+    naming `label` / `subtype` (None: unchanged) of the result row `target`; a UserInputError if they
+    cannot be (an unknown or mismatched subtype, agreeing with no call)."""
     if subtype is not None:
         if subtype not in SUBTYPES:
             raise UserInputError(f"unknown subtype {subtype!r}")
@@ -64,11 +101,7 @@ def review(store: Store, user: str, audit_id: int, label: str | None = None, sub
     agree = label is None or (label == called and (subtype is None or called_subtype in (None, subtype)))
     final_label = called if label is None else label
     final_subtype = (called_subtype if label in (None, called) else None) if subtype is None else subtype
-    details = {"agree": agree, "label": final_label, "subtype": final_subtype,
-               "model_call": [called, called_subtype], "comment": (comment or "")[:MAX_COMMENT]}
-    return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
-                        model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
-                        details=details)
+    return agree, final_label, final_subtype
 
 
 def reviews_of(store: Store, audit_ids) -> dict[int, list[dict]]:
