@@ -34,6 +34,7 @@ def reviewed(done: dict) -> str:
     d = done["details"]
     return (f"Reviewed by {session.plain(done['user'])}: {'agreed' if d['agree'] else 'corrected to'} "
             f"{pretty(d['label']) if d['label'] else 'no class recorded'}, {pretty(d['subtype'] or 'subtype open')}"
+            f"{' (on the original; the image was not shown)' if d.get('image_shown') is False else ''}"
             f" — {session.plain(d['comment'])}")
 
 
@@ -88,11 +89,12 @@ def card(row: dict) -> None:
         elif kept:
             st.image(kept, width=320)
         elif not keeping_images():
-            st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only.")
+            st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only. "
+                       "Review the original image or glass slide before saving a review here.")
         else:
             st.caption("This image was not kept (a slide, or analysed while BREAKHIS_KEEP_IMAGES was off): the "
-                       "record has the hash only.")
-        session.review_form(row["id"], f"queue_{row['id']}")
+                       "record has the hash only. Review the original image or glass slide before saving a review here.")
+        session.review_form(row["id"], f"queue_{row['id']}", image_shown=isinstance(kept, bytes))
 
 
 def pager(section: reviews.Section, key: str, what: str) -> None:

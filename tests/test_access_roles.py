@@ -56,6 +56,7 @@ def test_a_pathologist_sees_and_reviews_everyones_results_in_the_shared_worklist
     app.text_input(key="history_case").input("14-2523").run()
     [history] = [frame.value for frame in app.dataframe if "file" in frame.value.columns]
     assert list(history["user"]) == ["boss"]
+    app.checkbox(key=f"original_queue_{row}").check()  # images are not kept: the review is of the original
     app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()  # "agree"
     [review] = env.events(kinds="review", refers_to_any=[row])
     assert review["user"] == "pat"

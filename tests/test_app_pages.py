@@ -581,6 +581,7 @@ def test_a_correction_without_a_corrected_class_or_subtype_is_refused_in_words(a
     assert "choose the corrected class or subtype" in texts(app.error) and "Review saved" not in texts(app.success)
     assert not store.events(kinds="review", refers_to_any=[row])
     app.selectbox(key=f"subtype_queue_{row}").set_value("lobular_carcinoma")
+    app.checkbox(key=f"original_queue_{row}").check()  # images are not kept: the review is of the original
     app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
     [saved] = store.events(kinds="review", refers_to_any=[row])
     assert saved["details"]["agree"] is False and saved["details"]["subtype"] == "lobular_carcinoma"

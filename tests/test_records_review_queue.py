@@ -82,6 +82,29 @@ def test_agreeing_while_a_corrected_class_is_chosen_is_refused_on_the_page(app):
     store.close()
 
 
+def test_a_queue_review_without_the_image_needs_the_original_reviewed(app):
+    """Images not kept (the default): 'agree' was saved from the queue with the image never shown."""
+    from core.store import reviews
+    from core.store.audit import Store
+
+    store = Store.open()
+    row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False})
+    app.switch_page("pages/review.py").run()
+    assert "Review the original image or glass slide before saving a review here." in texts(app.caption)
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    assert not app.exception and "the image is not shown here" in texts(app.error)
+    assert not store.events(kinds="review")
+    app.checkbox(key=f"original_queue_{row}").check()
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    [saved] = store.events(kinds="review")
+    assert not app.exception and saved["details"]["image_shown"] is False and saved["details"]["agree"] is True
+    app.toggle(key="include_reviewed").set_value(True).run()
+    assert "(on the original; the image was not shown)" in texts(app.caption)
+    assert reviews.ORIGINAL_REVIEWED in [c.label for c in app.checkbox]
+    store.close()
+
+
 def cards(app) -> list[str]:
     """Each card's header line, as a reader sees it."""
     return [texts([m]) for m in app.markdown if m.value.startswith("**#")]

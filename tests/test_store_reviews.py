@@ -272,3 +272,18 @@ def test_a_form_that_agrees_while_naming_another_class_or_subtype_is_refused(sto
     corrected = reviews.submit(store, "bob", row, "correct", "malignant", comment="this is malignant")
     assert store.event(same)["details"]["agree"] is True
     assert store.event(corrected)["details"]["agree"] is False and store.event(corrected)["details"]["label"] == "malignant"
+
+
+def test_a_review_without_the_image_on_screen_needs_the_original_reviewed_and_says_so(store):
+    """With images not kept, 'agree' from the queue was saved without anyone seeing the image, and the row
+    did not show it."""
+    row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.6, "refer": False})
+    for verdict, subtype in (("agree", None), ("correct", "fibroadenoma")):
+        with pytest.raises(ValueError, match=f"the image is not shown here. Tick '{reviews.ORIGINAL_REVIEWED}'"):
+            reviews.submit(store, "bob", row, verdict, subtype=subtype, image_shown=False)
+    assert not store.events(kinds="review")
+    on_glass = reviews.submit(store, "bob", row, "agree", image_shown=False, original_reviewed=True)
+    on_screen = reviews.submit(store, "cy", row, "correct", subtype="fibroadenoma")  # Diagnose: the image is shown
+    assert store.event(on_glass)["details"]["image_shown"] is False
+    assert store.event(on_screen)["details"]["image_shown"] is True

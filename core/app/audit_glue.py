@@ -105,9 +105,11 @@ def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, set
     return st.session_state[key]
 
 
-def review_form(audit_id: int | None, key: str) -> None:
+def review_form(audit_id: int | None, key: str, image_shown: bool = True) -> None:
     """Agree or correct one result (a new audit row referring to it), with a comment: the form of
-    each Diagnose result and of each Review queue entry."""
+    each Diagnose result and of each Review queue entry. Without the image on screen (`image_shown`
+    False: a queue card when images are not kept) the reviewer must tick that they reviewed the
+    original image or glass (core.store.reviews.submit)."""
     from core.data.labels import CLASSES, SUBTYPES, pretty
     from core.store import reviews
 
@@ -119,12 +121,15 @@ def review_form(audit_id: int | None, key: str) -> None:
         label = st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
         subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
         comment = st.text_input("Comment", key=f"comment_{key}")
+        original = image_shown or st.checkbox(reviews.ORIGINAL_REVIEWED, key=f"original_{key}",
+                                              help="The image is not shown here: the review is of the original.")
         if st.form_submit_button("Save review"):
             user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
             if user is None:
                 st.rerun()
             try:
-                saved = reviews.submit(store(), user["name"], audit_id, verdict, label, subtype, comment)
+                saved = reviews.submit(store(), user["name"], audit_id, verdict, label, subtype, comment,
+                                       image_shown=image_shown, original_reviewed=original)
             except StoreError as problem:  # the form keeps what was typed
                 st.error(nothing_lost(f"{problem} The review was not saved."), icon=":material/database:")
             except ValueError as problem:

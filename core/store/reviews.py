@@ -26,6 +26,7 @@ from core.store.models import AuditEvent
 
 REVIEWABLE = ("diagnosis", "slide")
 MAX_COMMENT = 2000
+ORIGINAL_REVIEWED = "I reviewed the original image or glass slide"  # the form's box when no image is shown
 PROVENANCE = "provenance.csv"
 
 
@@ -39,27 +40,33 @@ def model_call(result: dict) -> tuple[str | None, str | None]:
 
 
 def review(store: Store, user: str, audit_id: int, label: str | None = None, subtype: str | None = None,
-           comment: str = "") -> int:
+           comment: str = "", image_shown: bool | None = None) -> int:
     """Record a review of result `audit_id`: no label/subtype means "agree"; else the correction.
 
     A corrected subtype implies its class; a corrected class alone keeps the subtype open (None).
-    A subtype named for a slide (whose call has none) agrees when its class does. Returns the
+    A subtype named for a slide (whose call has none) agrees when its class does. `image_shown`:
+    whether the reviewer saw the image in the app (None: not said, e.g. a script). Returns the
     review's own audit id.
     """
     target = _result(store, audit_id)
     agree, final_label, final_subtype = _verdict(target, label, subtype)
     details = {"agree": agree, "label": final_label, "subtype": final_subtype,
-               "model_call": list(model_call(target)), "comment": (comment or "")[:MAX_COMMENT]}
+               "model_call": list(model_call(target)), "comment": (comment or "")[:MAX_COMMENT],
+               "image_shown": image_shown}
     return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
                         model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
                         details=details)
 
 
 def submit(store: Store, user: str, audit_id: int, verdict: str, label: str | None = None,
-           subtype: str | None = None, comment: str = "") -> int:
+           subtype: str | None = None, comment: str = "", *, image_shown: bool = True,
+           original_reviewed: bool = False) -> int:
     """A review form's Save: `verdict` "agree" or "correct" with the class and subtype chosen (None:
     unchanged). Refuses, in words, a form that says two things: "correct" with nothing chosen, or
-    "agree" with a class or subtype other than the model's call (either would be saved as the other)."""
+    "agree" with a class or subtype other than the model's call (either would be saved as the other).
+    A review made without the image on screen (`image_shown` False: images are not kept) is saved only
+    when the reviewer says they reviewed the original image or glass (`original_reviewed`); the row
+    records whether the image was shown."""
     if verdict == "correct" and label is None and subtype is None:
         raise UserInputError("Nothing was saved: choose the corrected class or subtype, or choose 'agree'.")
     if verdict == "agree" and (label is not None or subtype is not None):
@@ -71,7 +78,10 @@ def submit(store: Store, user: str, audit_id: int, verdict: str, label: str | No
             raise UserInputError(f"Nothing was saved: 'agree' was chosen, but {chosen} is not the model's call "
                                  f"({call}). Choose 'correct' to save the correction, or set Class and Subtype "
                                  "back to (unchanged) to agree.")
-    return review(store, user, audit_id, label, subtype, comment)
+    if not image_shown and not original_reviewed:
+        raise UserInputError(f"Nothing was saved: the image is not shown here. Tick '{ORIGINAL_REVIEWED}' once you "
+                             "have, or review the result where its image is shown.")
+    return review(store, user, audit_id, label, subtype, comment, image_shown=image_shown)
 
 
 def _result(store: Store, audit_id: int) -> dict:
