@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.app import records, session
+from core.app.audit_glue import show_review_notes
 from core.data.labels import pretty
 from core.store import reviews
 from core.store.db import StoreError
@@ -30,10 +31,9 @@ def called(row: dict) -> str:
 
 
 def reviewed(done: dict) -> str:
-    """A review's verdict; an older review of a slide may have no class (it was recorded as None)."""
+    """A review's verdict, and whether it was made without the image on screen."""
     d = done["details"]
-    return (f"Reviewed by {session.plain(done['user'])}: {'agreed' if d['agree'] else 'corrected to'} "
-            f"{pretty(d['label']) if d['label'] else 'no class recorded'}, {pretty(d['subtype'] or 'subtype open')}"
+    return (f"Reviewed by {session.plain(done['user'])}: {reviews.verdict_text(done)}"
             f"{' (on the original; the image was not shown)' if d.get('image_shown') is False else ''}"
             f" — {session.plain(d['comment'])}")
 
@@ -94,7 +94,8 @@ def card(row: dict) -> None:
         else:
             st.caption("This image was not kept (a slide, or analysed while BREAKHIS_KEEP_IMAGES was off): the "
                        "record has the hash only. Review the original image or glass slide before saving a review here.")
-        session.review_form(row["id"], f"queue_{row['id']}", image_shown=isinstance(kept, bytes))
+        session.review_form(row["id"], f"queue_{row['id']}", image_shown=isinstance(kept, bytes),
+                            seen=done["id"] if done else None)
 
 
 def pager(section: reviews.Section, key: str, what: str) -> None:
@@ -106,6 +107,7 @@ def pager(section: reviews.Section, key: str, what: str) -> None:
         st.number_input(f"Page (of {section.pages:,})", min_value=1, max_value=section.pages, step=1, key=key)
 
 
+notes = st.container()  # what became of a review saved on a card that has left the list since
 left, middle, right = st.columns(3)
 referred_only = left.toggle("Referred only", key="referred_only")
 include = middle.toggle("Include reviewed results", key="include_reviewed")
@@ -132,6 +134,7 @@ if include:
     pager(queued.reviewed, "reviewed_page", "reviewed results")
     for row in queued.reviewed.rows:
         card(row)
+show_review_notes(notes, "queue_")
 
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")

@@ -105,6 +105,55 @@ def test_a_queue_review_without_the_image_needs_the_original_reviewed(app):
     store.close()
 
 
+def test_a_review_is_saved_when_its_card_left_the_list_before_save(app):
+    """A correction on the last card was thrown away, with no message, when a newer referred result pushed
+    the card off the page before Save: a form that is not drawn again loses its submit."""
+    from core.store.audit import Store
+
+    store = Store.open()
+    calm = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.9, "refer": False}
+    ids = store.record_many([dict(kind="diagnosis", user="ann", subject=f"f{i}.png", details=calm) for i in range(50)])
+    last = ids[-1]  # the 50th card
+    app.switch_page("pages/review.py").run()
+    app.radio(key=f"verdict_queue_{last}").set_value("correct")
+    app.selectbox(key=f"subtype_queue_{last}").set_value("fibroadenoma")
+    app.text_input(key=f"comment_queue_{last}").input("clearly a fibroadenoma")
+    app.checkbox(key=f"original_queue_{last}").check()
+    store.record("diagnosis", "ann", "new.png", details={**calm, "refer": True, "refer_reasons": ["stage 1 uncertain"]})
+    app.button(key=f"FormSubmitter:review_queue_{last}-Save review").click().run()
+    assert not app.exception and f"#{last} " not in "\n".join(cards(app))  # the card is on page 2 now
+    [saved] = store.events(kinds="review")
+    assert saved["refers_to"] == last and saved["details"]["subtype"] == "fibroadenoma"
+    assert f"Review saved (audit #{saved['id']}) for result #{last}." in texts(app.success)
+    app.run()
+    assert "Review saved" not in texts(app.success)  # said once
+    store.close()
+
+
+def test_a_second_reviewer_is_told_and_their_review_is_kept_as_a_second_opinion(app):
+    """Bob agreed while Carol's form was open; Carol's correction vanished with her card, unsaved and unsaid."""
+    from core.store import reviews
+    from core.store.audit import Store
+
+    store = Store.open()
+    row = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png",
+                       details={"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.6, "refer": True,
+                                "refer_reasons": ["stage 1 uncertain"]})
+    app.switch_page("pages/review.py").run()
+    app.radio(key=f"verdict_queue_{row}").set_value("correct")
+    app.selectbox(key=f"label_queue_{row}").set_value("benign")
+    app.checkbox(key=f"original_queue_{row}").check()
+    first = reviews.review(store, "bob", row, comment="agree")  # saved in another tab meanwhile
+    app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()
+    assert not app.exception
+    first_review, second = store.events(kinds="review", newest_first=False)
+    assert first_review["id"] == first and second["details"]["label"] == "benign" and second["details"]["agree"] is False
+    assert (f"Result #{row} was reviewed meanwhile by bob at {first_review['at']:%Y-%m-%d %H:%M} UTC (agreed "
+            f"Malignant, Ductal carcinoma). Your review was saved as a second opinion (audit #{second['id']})") in (
+        texts(app.warning))
+    store.close()
+
+
 def cards(app) -> list[str]:
     """Each card's header line, as a reader sees it."""
     return [texts([m]) for m in app.markdown if m.value.startswith("**#")]

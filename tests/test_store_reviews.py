@@ -287,3 +287,16 @@ def test_a_review_without_the_image_on_screen_needs_the_original_reviewed_and_sa
     on_screen = reviews.submit(store, "cy", row, "correct", subtype="fibroadenoma")  # Diagnose: the image is shown
     assert store.event(on_glass)["details"]["image_shown"] is False
     assert store.event(on_screen)["details"]["image_shown"] is True
+
+
+def test_the_reviews_another_user_saved_since_a_form_was_shown_are_named(store):
+    row = store.record("diagnosis", "ann", "a.png", details={"call": "benign", "subtype": "adenosis"})
+    before = reviews.review(store, "bob", row)
+    shown = reviews.review(store, "cy", row)  # the newest review on show when Dee opened the form
+    own = reviews.review(store, "dee", row)  # Dee's own earlier review is no news to her
+    meanwhile = reviews.review(store, "bob", row, subtype="fibroadenoma")
+    saved = reviews.review(store, "dee", row, label="malignant")
+    assert [r["id"] for r in reviews.reviewed_meanwhile(store, row, "dee", shown, saved)] == [meanwhile]
+    assert [r["id"] for r in reviews.reviewed_meanwhile(store, row, "dee", None, saved)] == [before, shown, meanwhile]
+    assert reviews.reviewed_meanwhile(store, row, "dee", meanwhile, saved) == [] and own
+    assert reviews.verdict_text(store.event(meanwhile)) == "corrected to Benign, Fibroadenoma"

@@ -105,11 +105,16 @@ def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, set
     return st.session_state[key]
 
 
-def review_form(audit_id: int | None, key: str, image_shown: bool = True) -> None:
+def review_form(audit_id: int | None, key: str, image_shown: bool = True, seen: int | None = None) -> None:
     """Agree or correct one result (a new audit row referring to it), with a comment: the form of
     each Diagnose result and of each Review queue entry. Without the image on screen (`image_shown`
     False: a queue card when images are not kept) the reviewer must tick that they reviewed the
-    original image or glass (core.store.reviews.submit)."""
+    original image or glass (core.store.reviews.submit). `seen`: the result's newest review on show
+    (None: none), so a review another user saved since is named when this one is saved.
+
+    Save runs as the button's callback, before the page: a card that has left the list by then (a
+    newer referred result came first, another reviewer saved first) is saved or refused all the same,
+    and what happened is said here or, for a card no longer shown, by show_review_notes."""
     from core.data.labels import CLASSES, SUBTYPES, pretty
     from core.store import reviews
 
@@ -117,25 +122,57 @@ def review_form(audit_id: int | None, key: str, image_shown: bool = True) -> Non
         return
     unchanged = lambda c: pretty(c) if c else "(unchanged)"  # noqa: E731
     with st.expander(f"Review (audit #{audit_id})"), st.form(f"review_{key}"):
-        verdict = st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
-        label = st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
-        subtype = st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
-        comment = st.text_input("Comment", key=f"comment_{key}")
-        original = image_shown or st.checkbox(reviews.ORIGINAL_REVIEWED, key=f"original_{key}",
-                                              help="The image is not shown here: the review is of the original.")
-        if st.form_submit_button("Save review"):
-            user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
-            if user is None:
-                st.rerun()
-            try:
-                saved = reviews.submit(store(), user["name"], audit_id, verdict, label, subtype, comment,
-                                       image_shown=image_shown, original_reviewed=original)
-            except StoreError as problem:  # the form keeps what was typed
-                st.error(nothing_lost(f"{problem} The review was not saved."), icon=":material/database:")
-            except ValueError as problem:
-                st.error(str(problem))
-            else:
-                st.success(f"Review saved (audit #{saved}).")
+        st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
+        st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
+        st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
+        st.text_input("Comment", key=f"comment_{key}")
+        if not image_shown:
+            st.checkbox(reviews.ORIGINAL_REVIEWED, key=f"original_{key}",
+                        help="The image is not shown here: the review is of the original.")
+        st.form_submit_button("Save review", on_click=_save_review, args=(audit_id, key, image_shown, seen))
+        note = st.session_state.get(_REVIEW_NOTES, {}).pop(key, None)
+        if note:
+            getattr(st, note[0])(note[1])
+
+
+_REVIEW_NOTES = "_review_notes"  # {form key: (level, message)} of saves not yet shown
+
+
+def _save_review(audit_id: int, key: str, image_shown: bool, seen: int | None) -> None:
+    """The Save button's callback: save (or refuse) what the form held, and leave a note of it. An
+    ended session saves nothing: the run that follows shows the sign-in page."""
+    from core.store import reviews
+
+    user = permitted("review", fresh=True)  # re-read now: nothing is saved for an ended session
+    if user is None:
+        return
+    state = st.session_state
+    try:
+        saved = reviews.submit(store(), user["name"], audit_id, state[f"verdict_{key}"], state[f"label_{key}"],
+                               state[f"subtype_{key}"], state[f"comment_{key}"], image_shown=image_shown,
+                               original_reviewed=state.get(f"original_{key}", False))
+        others = reviews.reviewed_meanwhile(store(), audit_id, user["name"], seen, saved)
+    except StoreError as problem:  # the form keeps what was typed
+        note = ("error", nothing_lost(f"{problem} The review of result #{audit_id} was not saved."))
+    except ValueError as problem:
+        note = ("error", f"Result #{audit_id}: {problem}")
+    else:
+        note = ("success", f"Review saved (audit #{saved}) for result #{audit_id}.")
+        if others:
+            said = "; ".join(f"by {plain(r['user'])} at {r['at']:%Y-%m-%d %H:%M} UTC ({reviews.verdict_text(r)})"
+                             for r in others)
+            note = ("warning", f"Result #{audit_id} was reviewed meanwhile {said}. Your review was saved as a second "
+                               f"opinion (audit #{saved}); both stay in its history.")
+    state.setdefault(_REVIEW_NOTES, {})[key] = note
+
+
+def show_review_notes(where, prefix: str) -> None:
+    """Show (once) what happened to the saves of the forms whose key starts with `prefix`, in `where`
+    (a container): the Review queue calls it for the cards that have left its list."""
+    notes = st.session_state.get(_REVIEW_NOTES, {})
+    for key in [k for k in notes if k.startswith(prefix)]:
+        level, message = notes.pop(key)
+        getattr(where, level)(message)  # st.success, st.warning or st.error
 
 
 def permitted(action: str, fresh: bool = False, polled: bool = False) -> dict | None:

@@ -84,6 +84,22 @@ def submit(store: Store, user: str, audit_id: int, verdict: str, label: str | No
     return review(store, user, audit_id, label, subtype, comment, image_shown=image_shown)
 
 
+def reviewed_meanwhile(store: Store, audit_id: int, user: str, seen: int | None, saved: int) -> list[dict]:
+    """The reviews of result `audit_id` by others than `user` recorded after review `seen` (the newest one
+    the reviewer's form showed; None: none) and before their own review `saved`, oldest first: the
+    reviewer is told, and their review stands as a second opinion."""
+    return [r for r in reviews_of(store, [audit_id]).get(audit_id, [])
+            if (seen or 0) < r["id"] < saved and r["user"] != user]
+
+
+def verdict_text(review_row: dict) -> str:
+    """'agreed Benign, Adenosis' or 'corrected to Malignant, Subtype open'; an older review of a slide may
+    have no class (it was recorded as None)."""
+    d = review_row["details"]
+    return (f"{'agreed' if d['agree'] else 'corrected to'} {pretty(d['label']) if d['label'] else 'no class recorded'}"
+            f", {pretty(d['subtype'] or 'subtype open')}")
+
+
 def _result(store: Store, audit_id: int) -> dict:
     """The diagnosis or slide row `audit_id` (a UserInputError if it is none)."""
     target = store.event(audit_id)
