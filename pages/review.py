@@ -30,10 +30,12 @@ def called(row: dict) -> str:
     return f"{pretty(label or 'no call')}, {pretty(subtype or 'no subtype')} · confidence {confidence:.2f}"
 
 
-def reviewed(done: dict) -> str:
-    """A review's verdict, and whether it was made without the image on screen."""
+def reviewed(row: dict, done: dict) -> str:
+    """A review's verdict, whether it was the result's own user's (a self-review), and whether it was
+    made without the image on screen."""
     d = done["details"]
-    return (f"Reviewed by {session.plain(done['user'])}: {reviews.verdict_text(done)}"
+    return (f"Reviewed by {session.plain(done['user'])}{' (self-review)' if reviews.self_review(row, done) else ''}: "
+            f"{reviews.verdict_text(done)}"
             f"{' (on the original; the image was not shown)' if d.get('image_shown') is False else ''}"
             f" — {session.plain(d['comment'])}")
 
@@ -81,8 +83,11 @@ def card(row: dict) -> None:
             st.caption(d["statement"])
         if d.get("refer"):
             st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
-        if done:
-            st.caption(reviewed(done))
+        if row["discordant"]:
+            st.warning("Discordant reviews: the reviewers disagree. " + "; ".join(
+                reviewed(row, r) for r in reviews.reviewer_verdicts(row["reviews"])), icon=":material/rule:")
+        elif done:
+            st.caption(reviewed(row, done))
         kept = kept_image(row)
         if isinstance(kept, str):
             st.warning(kept, icon=":material/hide_image:")
@@ -111,15 +116,20 @@ notes = st.container()  # what became of a review saved on a card that has left 
 left, middle, right = st.columns(3)
 referred_only = left.toggle("Referred only", key="referred_only")
 include = middle.toggle("Include reviewed results", key="include_reviewed")
+discordant_only = include and middle.toggle("Discordant reviews only", key="discordant_only")
 search = right.text_input("Case id or file name", key="queue_search",
                           help="Results whose file name contains this, or whose BreakHis case id is this.")
 try:
     queued = reviews.queue(store, include_reviewed=include, limit=SHOWN, page=st.session_state.get("waiting_page", 1),
                            reviewed_page=st.session_state.get("reviewed_page", 1), referred_only=referred_only,
-                           search=search)
+                           search=search, discordant_only=discordant_only)
 except StoreError as problem:  # a busy or damaged database: the page stays, its controls kept
     st.error(session.nothing_lost(problem), icon=":material/database:")
     st.stop()
+if queued.discordant:
+    st.warning(f"{queued.discordant:,} reviewed result{'s have' if queued.discordant > 1 else ' has'} discordant "
+               "reviews (reviewers disagree): include reviewed results and choose 'Discordant reviews only'.",
+               icon=":material/rule:")
 waiting = queued.waiting
 if not waiting.total:
     st.success("Nothing waits for review" + (" under these filters." if referred_only or search.strip() else "."))

@@ -151,6 +151,33 @@ def test_a_second_reviewer_is_told_and_their_review_is_kept_as_a_second_opinion(
     assert (f"Result #{row} was reviewed meanwhile by bob at {first_review['at']:%Y-%m-%d %H:%M} UTC (agreed "
             f"Malignant, Ductal carcinoma). Your review was saved as a second opinion (audit #{second['id']})") in (
         texts(app.warning))
+    assert "The reviews disagree: the queue marks the result discordant." in texts(app.warning)
+    store.close()
+
+
+def test_discordant_reviews_are_flagged_on_the_card_and_in_the_queue_and_a_self_review_is_marked(app):
+    """Carol's correction silently replaced Bob's agreement on the card; Ann agreeing with her own call
+    read as any other review."""
+    from core.store import reviews
+    from core.store.audit import Store
+
+    store = Store.open()
+    call = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.7, "refer": False}
+    split = store.record("diagnosis", "ann", "split.png", details=call)
+    mine = store.record("diagnosis", "ann", "mine.png", details=call)
+    reviews.review(store, "bob", split, comment="agree")
+    reviews.review(store, "carol", split, label="benign", comment="benign")
+    reviews.review(store, "ann", mine, comment="mine")
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    assert "1 reviewed result has discordant reviews (reviewers disagree)" in texts(app.warning)
+    app.toggle(key="include_reviewed").set_value(True).run()
+    assert not app.exception
+    assert ("Discordant reviews: the reviewers disagree. Reviewed by bob: agreed Malignant, Ductal carcinoma — agree; "
+            "Reviewed by carol: corrected to Benign, Subtype open — benign") in texts(app.warning)
+    assert "Reviewed by ann (self-review): agreed Malignant, Ductal carcinoma — mine" in texts(app.caption)
+    app.toggle(key="discordant_only").set_value(True).run()
+    assert not app.exception and [f"#{split} " in c for c in cards(app)] == [True]
     store.close()
 
 

@@ -300,3 +300,34 @@ def test_the_reviews_another_user_saved_since_a_form_was_shown_are_named(store):
     assert [r["id"] for r in reviews.reviewed_meanwhile(store, row, "dee", None, saved)] == [before, shown, meanwhile]
     assert reviews.reviewed_meanwhile(store, row, "dee", meanwhile, saved) == [] and own
     assert reviews.verdict_text(store.event(meanwhile)) == "corrected to Benign, Fibroadenoma"
+
+
+def test_reviewers_who_disagree_are_flagged_discordant_and_a_self_review_is_marked(store):
+    """Bob agreed (malignant), Carol said benign: the newest review silently won, and nothing said they
+    disagreed; the diagnosing user agreeing with their own call was not marked either."""
+    call = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.7, "refer": False}
+    split, settled, changed, open_class, mine = store.record_many(
+        [dict(kind="diagnosis", user="ann", subject=f"r{n}.png", details=call) for n in range(5)])
+    reviews.review(store, "bob", split)
+    reviews.review(store, "carol", split, label="benign")  # another class: discordant
+    reviews.review(store, "bob", settled)
+    reviews.review(store, "carol", settled, subtype="ductal_carcinoma")  # the same labels
+    reviews.review(store, "bob", changed, label="benign")
+    reviews.review(store, "bob", changed)  # Bob changed his mind, then Carol agreed with his newest review
+    reviews.review(store, "carol", changed)
+    reviews.review(store, "bob", open_class, label="benign")  # another class alone: subtype open
+    reviews.review(store, "carol", open_class, subtype="fibroadenoma")  # no conflict with an open subtype
+    own = reviews.review(store, "ann", mine)
+    assert reviews.discordant_ids(store) == [split]
+    queued = reviews.queue(store, include_reviewed=True)
+    assert queued.discordant == 1
+    assert {r["id"]: r["discordant"] for r in queued.reviewed.rows} == {
+        split: True, settled: False, changed: False, open_class: False, mine: False}
+    [row] = [r for r in queued.reviewed.rows if r["id"] == split]
+    assert [r["user"] for r in row["reviews"]] == ["bob", "carol"]
+    only = reviews.queue(store, include_reviewed=True, discordant_only=True).reviewed
+    assert [r["id"] for r in only.rows] == [split] and only.total == 1
+    assert store.event(own)["details"]["self_review"] is True and reviews.self_review(store.event(mine), store.event(own))
+    assert not any(reviews.self_review(r, r["review"]) for r in queued.reviewed.rows if r["id"] != mine)
+    reviews.review(store, "dee", open_class, subtype="adenosis")  # now two subtypes of benign
+    assert reviews.discordant_ids(store) == [split, open_class]

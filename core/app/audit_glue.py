@@ -161,8 +161,10 @@ def _save_review(audit_id: int, key: str, image_shown: bool, seen: int | None) -
         if others:
             said = "; ".join(f"by {plain(r['user'])} at {r['at']:%Y-%m-%d %H:%M} UTC ({reviews.verdict_text(r)})"
                              for r in others)
+            disagree = reviews.discordant(reviews.reviews_of(store(), [audit_id]).get(audit_id, []))
             note = ("warning", f"Result #{audit_id} was reviewed meanwhile {said}. Your review was saved as a second "
-                               f"opinion (audit #{saved}); both stay in its history.")
+                               f"opinion (audit #{saved}); both stay in its history."
+                               + (" The reviews disagree: the queue marks the result discordant." if disagree else ""))
     state.setdefault(_REVIEW_NOTES, {})[key] = note
 
 

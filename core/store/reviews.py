@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from pathlib import Path
 
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import case, distinct, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
 from core.data.breakhis import IMAGE_EXTENSIONS
@@ -45,14 +46,14 @@ def review(store: Store, user: str, audit_id: int, label: str | None = None, sub
 
     A corrected subtype implies its class; a corrected class alone keeps the subtype open (None).
     A subtype named for a slide (whose call has none) agrees when its class does. `image_shown`:
-    whether the reviewer saw the image in the app (None: not said, e.g. a script). Returns the
-    review's own audit id.
+    whether the reviewer saw the image in the app (None: not said, e.g. a script); the row also says
+    whether it is a self-review (by the user who made the result). Returns the review's own audit id.
     """
     target = _result(store, audit_id)
     agree, final_label, final_subtype = _verdict(target, label, subtype)
     details = {"agree": agree, "label": final_label, "subtype": final_subtype,
                "model_call": list(model_call(target)), "comment": (comment or "")[:MAX_COMMENT],
-               "image_shown": image_shown}
+               "image_shown": image_shown, "self_review": user == target["user"]}
     return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
                         model=target["model"], model_sha256=target["model_sha256"], refers_to=audit_id,
                         details=details)
@@ -162,6 +163,7 @@ class Queue:
     waiting: Section  # unreviewed: referred first, then the others, oldest first within each (first in, first out)
     reviewed: Section  # newest review first; no rows unless asked for
     referred: int
+    discordant: int  # results whose reviewers disagree (discordant()), in the whole trail
 
 
 _REVIEW = aliased(AuditEvent)  # a review row, as seen from the result it refers to
@@ -171,13 +173,16 @@ _RESULT = AuditEvent.kind.in_(REVIEWABLE)
 
 
 def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: int = 1, reviewed_page: int = 1,
-          referred_only: bool = False, search: str = "") -> Queue:
+          referred_only: bool = False, search: str = "", discordant_only: bool = False) -> Queue:
     """A page of the results to review (referred first, then oldest first) and, with `include_reviewed`,
     of the reviewed ones (newest review first), every row with its newest "review" (or None).
 
     The database picks the rows (a result with no review row is waiting, however old), so a referred
     result never drops out behind newer ones, and the longest waiting comes first. `search` keeps the
-    results whose file name contains it or whose BreakHis case id is it; a page past the last shows the last."""
+    results whose file name contains it or whose BreakHis case id is it; `discordant_only` keeps the reviewed
+    results whose reviewers disagree; a page past the last shows the last. Each row has all its "reviews"
+    (oldest first) and whether they are "discordant"."""
+    disagreed = discordant_ids(store)
     where = [_RESULT]
     if search.strip():
         where.append(or_(AuditEvent.subject.icontains(search.strip(), autoescape=True),
@@ -190,11 +195,12 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
         referred = count(~_REVIEWED, _REFERRED)
         waiting = _section(session, select(AuditEvent.id).where(*where, *waits)
                            .order_by(case((_REFERRED, 0), else_=1), AuditEvent.id), count(*waits), page, limit)
+        done = [_REVIEWED, AuditEvent.id.in_(disagreed)] if discordant_only else [_REVIEWED]
         reviewed = _section(session, select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
-                            .where(*where).order_by(newest_review.c.last.desc()),
-                            count(_REVIEWED), reviewed_page, limit if include_reviewed else 0)
+                            .where(*where, *done).order_by(newest_review.c.last.desc()),
+                            count(*done), reviewed_page, limit if include_reviewed else 0)
     waiting.rows, reviewed.rows = _rows(store, waiting.rows), _rows(store, reviewed.rows)
-    return Queue(waiting=waiting, reviewed=reviewed, referred=referred)
+    return Queue(waiting=waiting, reviewed=reviewed, referred=referred, discordant=len(disagreed))
 
 
 def _section(session, ids, total: int, page: int, limit: int) -> Section:
@@ -207,10 +213,43 @@ def _section(session, ids, total: int, page: int, limit: int) -> Section:
 
 
 def _rows(store: Store, ids: list[int]) -> list[dict]:
-    """The result rows `ids`, in that order, each with its newest "review" (or None)."""
+    """The result rows `ids`, in that order, each with its newest "review" (or None), all its "reviews"
+    and whether they are "discordant"."""
     by_id = {row["id"]: row for row in store.events(ids=ids)}
-    newest = latest_reviews(store, ids)
-    return [{**by_id[i], "review": newest.get(i)} for i in ids]
+    found = reviews_of(store, ids)
+    return [{**by_id[i], "review": (found.get(i) or [None])[-1], "reviews": found.get(i, []),
+             "discordant": discordant(found.get(i, []))} for i in ids]
+
+
+def reviewer_verdicts(review_rows: list[dict]) -> list[dict]:
+    """Each reviewer's newest review of one result (oldest first): a reviewer who changed their mind
+    disagrees with nobody."""
+    newest = {row["user"]: row for row in sorted(review_rows, key=lambda r: r["id"])}
+    return sorted(newest.values(), key=lambda r: r["id"])
+
+
+def discordant(review_rows: list[dict]) -> bool:
+    """Whether two reviewers of one result disagree: their newest reviews name different classes, or
+    different subtypes (a class-only review, subtype open, disagrees with no subtype of its class)."""
+    differ = lambda a, b: a is not None and b is not None and a != b  # noqa: E731
+    verdicts = [row["details"] for row in reviewer_verdicts(review_rows)]
+    return any(differ(a.get("label"), b.get("label")) or differ(a.get("subtype"), b.get("subtype"))
+               for a, b in itertools.combinations(verdicts, 2))
+
+
+def discordant_ids(store: Store) -> list[int]:
+    """The results (ids, oldest first) whose reviewers disagree (discordant()); only results reviewed by
+    two users or more are read."""
+    with store.reading("The audit trail could not be read") as session:
+        shared = session.scalars(select(AuditEvent.refers_to).where(AuditEvent.kind == "review")
+                                 .group_by(AuditEvent.refers_to)
+                                 .having(func.count(distinct(AuditEvent.user)) > 1)).all()
+    return sorted(result for result, rows in reviews_of(store, shared).items() if discordant(rows))
+
+
+def self_review(result: dict, review_row: dict) -> bool:
+    """Whether `review_row` is by the user who made the result (the diagnosing user reviewing their own call)."""
+    return review_row["details"].get("self_review", review_row["user"] == result["user"])
 
 
 def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
