@@ -49,12 +49,13 @@ def sources(app) -> str:
 
 
 def test_the_review_queue_shows_another_users_file_name_comment_and_name_as_text(environment):
-    from core.store import reviews
+    from core.store import accounts, reviews
     from core.store.audit import Store
 
     store = Store.open()
     row = store.record("diagnosis", f"mallory {PHISH}", f"SOB_M_DC-14-2523-40-010 {PIXEL}.png", model=f"m {PIXEL}",
                        details={"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.9, "refer": False})
+    accounts.add_account(store, "mallory", None, "pathologist")  # the store takes reviews by accounts only
     reviews.review(store, "mallory", row, comment=f"ok {PIXEL} {PHISH} http://evil.example/c")
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     app.switch_page("pages/review.py").run()

@@ -543,10 +543,11 @@ def test_a_large_scan_mostly_of_glass_is_tiled_not_refused(tmp_path, monkeypatch
 def test_the_review_queue_shows_a_slide_call_and_its_reviews(app):
     """A slide row keeps its call under "label" (no subtype, no confidence); a review of it recorded
     before the fix has label None and must still render."""
-    from core.store import reviews
+    from core.store import accounts, reviews
     from core.store.audit import Store
 
     store = Store.open()
+    accounts.add_account(store, "bob", None, "pathologist")  # the store takes reviews by accounts only
     slide = store.record("slide", "ann", "slide-07.svs", image_sha256="cd" * 32, model="m",
                          details={"label": "malignant", "statement": "Malignant: driven by region 1.", "members": [],
                                   "demo": False, "settings": {}})

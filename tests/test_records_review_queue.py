@@ -17,10 +17,11 @@ def app(tmp_path):
 
 
 def test_included_reviewed_results_show_behind_a_full_page_of_waiting_ones(app):
-    from core.store import reviews
+    from core.store import accounts, reviews
     from core.store.audit import Store
 
     store = Store.open()
+    accounts.add_account(store, "bob", None, "pathologist")  # the store takes reviews by accounts only
     details = {"call": "benign", "subtype": "fibroadenoma", "confidence": 0.9, "refer": False}
     [old] = store.record_many([dict(kind="diagnosis", user="ann", subject="old-reviewed.png", details=details)])
     store.record_many([dict(kind="diagnosis", user="ann", subject=f"new-{i}.png", details=details) for i in range(60)])

@@ -31,6 +31,7 @@ def test_open_migrates_to_head_and_sqlite_uses_wal(store, store_url):
 
 
 def test_record_and_read_back_with_filters(store):
+    accounts.add_account(store, "bob", "correct horse", "pathologist")  # a review names an account
     first = store.record("diagnosis", "ann", "a.png", image_sha256="a" * 64, model="m", model_sha256="b" * 64,
                          details={"call": "malignant", "p": {"malignant": 0.9}})
     second = store.record("review", "bob", "a.png", refers_to=first, details={"stage1": "agree"})

@@ -4,7 +4,10 @@
 and returns its id, the number a printed report carries; `events()` / `frame()` / `csv()` read
 the trail back with the admin page's filters. There is no method that changes or removes a row,
 and the session refuses it too (`_refuse_audit_changes`); on top of that the migration installs a
-database trigger, so even a hand-written UPDATE fails. A correction is a new row.
+database trigger, so even a hand-written UPDATE fails. A correction is a new row. Each row is also
+linked to the one before it by a hash chain (core.store.chain), written here, so a change made
+around the triggers is detected: `check()` (at every open, and `python -m core db verify`).
+A review must name an account (or the single-user workstation's user).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import pandas as pd
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.paths import REPO
+from core.errors import UserInputError
+from core.paths import REPO, switch_setting
 from core.spreadsheet import spreadsheet_csv
-from core.store.db import make_engine, store_errors, upgrade
-from core.store.models import AuditEvent, utc_now
+from core.store import chain
+from core.store.db import make_engine, safe_url, store_errors, upgrade
+from core.store.models import AuditEvent, User, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,8 @@ KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out"
          "session_revoked", "model_activated", "retrain_launched", "retrain_finished", "retrain_cancelled", "account")
 COLUMNS = ["id", "at", "kind", "user", "subject", "image_sha256", "model", "model_sha256", "app_version",
            "refers_to", "details"]
+OPEN_CHECK_ROWS = 10_000  # the newest rows Store.open re-hashes (about a second); `db verify` checks all
+SINGLE_USER = "local"  # the user of a single-user workstation (BREAKHIS_SINGLE_USER), core.app.signin's
 
 
 @functools.cache
@@ -67,15 +74,30 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.integrity: chain.Verdict | None = None  # the last check(): open() makes one
         event.listen(self.sessions, "before_flush", _refuse_audit_changes)
         event.listen(self.sessions, "do_orm_execute", _refuse_bulk_audit_changes)
 
     @classmethod
     def open(cls, url: str | None = None) -> "Store":
-        """Open and migrate the deployment's database (StoreError, nothing changed, if unusable)."""
+        """Open and migrate the deployment's database (StoreError, nothing changed, if unusable), then
+        check the trail's triggers and newest rows (`check`: what is wrong is logged, kept in `integrity`)."""
         engine = make_engine(url)
         upgrade(engine)
-        return cls(engine)
+        store = cls(engine)
+        store.check(newest=OPEN_CHECK_ROWS)
+        return store
+
+    def check(self, expect: tuple[int, str] | None = None, newest: int | None = None) -> chain.Verdict:
+        """Verify the hash chain (all rows, or the `newest`) and the append-only triggers
+        (core.store.chain.verify), log what is wrong as a warning and keep the verdict in `integrity`
+        (the Audit log page shows it)."""
+        with store_errors("The audit trail could not be checked"), self.engine.connect() as connection:
+            verdict = chain.verify(connection, expect, newest)
+        for problem in verdict.problems():
+            log.warning("%s: %s", safe_url(self.engine.url), problem)
+        self.integrity = verdict
+        return verdict
 
     def close(self) -> None:
         self.engine.dispose()
@@ -106,22 +128,37 @@ class Store:
                                       model_sha256=model_sha256, refers_to=refers_to, details=details, at=at)])[0]
 
     def record_many(self, rows: list[dict]) -> list[int]:
-        """Append several rows in one transaction (a diagnosis of many images): all or none."""
+        """Append several rows in one transaction (a diagnosis of many images): all or none.
+
+        Under the database's write lock (chain.lock_tail), each row gets the next id and its link in
+        the hash chain, so concurrent writers, in one process or several, still make one valid chain."""
         for row in rows:
             if row["kind"] not in KINDS:
                 raise ValueError(f"unknown audit kind {row['kind']!r}; one of {', '.join(KINDS)}")
-        events = [AuditEvent(**{**row, "details": row.get("details") or {}, "at": row.get("at") or utc_now(),
-                                "app_version": app_version()}) for row in rows]
+            if unknown := set(row) - set(chain.HASHED) | ({"id", "app_version"} & set(row)):
+                raise TypeError(f"not a column a caller fills: {', '.join(sorted(unknown))}")
+        # The details as they will read back (JSON: tuples become lists, keys text), so the hash is the same.
+        stamped = [{**{c: row.get(c) for c in chain.HASHED}, "at": row.get("at") or utc_now(),
+                    "details": json.loads(json.dumps(row.get("details") or {})), "app_version": app_version()}
+                   for row in rows]
         with self.transaction("The audit record could not be written") as session:
+            last_id, previous = chain.lock_tail(session.connection())
+            _refuse_unknown_reviewers(session, stamped)
+            events = []
+            for number, row in enumerate(stamped, start=last_id + 1):
+                previous = chain.link(previous, {**row, "id": number})
+                events.append(AuditEvent(**{**row, "id": number}, chain_sha256=previous))
             session.add_all(events)
             session.flush()
+            chain.follow_ids(session.connection(), last_id + len(events))
             return [e.id for e in events]
 
     # ------------------------------------------------------------ reading
 
     def events(self, kinds=None, user: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, image_sha256: str | None = None,
-               refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None, newest_first: bool = True) -> list[dict]:
+               refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None,
+               newest_first: bool = True) -> list[dict]:
         """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive. A busy, unreachable or
         damaged database is a StoreError the page can show (the Audit log, the Review queue)."""
         query = select(AuditEvent)
@@ -164,3 +201,14 @@ class Store:
         (core.spreadsheet says why)."""
         return spreadsheet_csv(self.frame(**filters))
 
+
+
+def _refuse_unknown_reviewers(session: Session, rows: list[dict]) -> None:
+    """A review must name an account (a hand-made or mistyped name would read as a pathologist's
+    opinion); the single-user workstation's user is one while that mode is on."""
+    named = {row["user"] for row in rows if row["kind"] == "review"}
+    if switch_setting("BREAKHIS_SINGLE_USER"):
+        named.discard(SINGLE_USER)
+    if named and (unknown := named - set(session.scalars(select(User.name).where(User.name.in_(named))))):
+        raise UserInputError(f"a review must name an account; {', '.join(sorted(unknown))} is not one. "
+                             "Nothing was recorded.")

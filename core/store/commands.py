@@ -1,4 +1,4 @@
-"""The store's commands for `python -m core`: `db upgrade|status`, `users add|list|set`, `reviews export`.
+"""The store's commands for `python -m core`: `db upgrade|status|verify`, `users add|list|set`, `reviews export`.
 
 Run on the machine itself, so their audit rows name the user "system". Passwords are prompted
 (getpass: not echoed, not in the shell history or the process list), never taken as arguments.
@@ -16,13 +16,17 @@ def _open():
 
 
 def _db_upgrade(args) -> int:
-    from core.store.db import current_revision, database_url, make_engine, safe_url, upgrade
+    """Migrate, then recreate the append-only triggers someone dropped, disabled or altered."""
+    from core.store.db import current_revision, database_url, make_engine, restore_triggers, safe_url, upgrade
 
     engine = make_engine()
     before = current_revision(engine)
     head = upgrade(engine)
     print(f"{safe_url(database_url())}: schema {before or 'empty'} -> {head}" if before != head
           else f"{safe_url(database_url())}: schema {head}, up to date")
+    if restored := restore_triggers(engine):
+        print(f"recreated the audit trail's append-only triggers: {', '.join(restored)} (they were missing, "
+              "disabled or altered: `python -m core db verify` checks the rows too)")
     return 0
 
 
@@ -36,9 +40,55 @@ def _db_status(args) -> int:
         print(f"{safe_url(url)}: no database yet (this version's newest schema: {head}); "
               "`python -m core db upgrade` or the app's first start creates it")
         return 0
-    current = current_revision(make_engine(url))
+    engine = make_engine(url)
+    current = current_revision(engine)
     print(f"{safe_url(url)}: schema {current or 'empty'} (this version's newest: {head})")
+    if current == head:
+        verdict = _verdict(engine)
+        print(f"audit trail ({verdict.rows} rows): " + ("; ".join(verdict.problems()) or "hash chain intact, "
+                                                         "append-only triggers in place"))
     return 0
+
+
+def _verdict(engine, expect=None):
+    from core.store.chain import verify
+    from core.store.db import store_errors
+
+    with store_errors("The audit trail could not be checked"), engine.connect() as connection:
+        return verify(connection, expect)
+
+
+def _db_verify(args) -> int:
+    """Read-only: recompute the hash chain, check the triggers; 1 if anything is wrong."""
+    from core.errors import UserInputError
+    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
+
+    url, (_, head) = database_url(), revisions()
+    if (path := sqlite_file(url)) is not None and not path.exists():
+        raise UserInputError(f"{safe_url(url)}: no database yet, nothing to verify")
+    engine = make_engine(url)
+    if (current := current_revision(engine)) != head:
+        raise UserInputError(f"{safe_url(url)}: schema {current or 'empty'}, not this version's {head}: "
+                             "run `python -m core db upgrade` first (it chains the rows already there)")
+    verdict = _verdict(engine, _noted_head(args.expect) if args.expect else None)
+    for problem in verdict.problems():
+        print(f"BROKEN: {problem}")
+    print(f"{safe_url(url)}: {verdict.rows} audit rows; " + ("hash chain intact, append-only triggers in place"
+                                                            if verdict.ok else "NOT intact (see above)"))
+    if verdict.head_sha256:
+        print(f"head: {verdict.head_id}:{verdict.head_sha256}\n(note it down away from this database: "
+              f"`db verify --expect {verdict.head_id}:{verdict.head_sha256}` later also detects newer rows "
+              "removed or the chain rewritten, which the chain alone cannot)")
+    return 0 if verdict.ok else 1
+
+
+def _noted_head(text: str) -> tuple[int, str]:
+    from core.errors import UserInputError
+
+    number, _, digest = text.partition(":")
+    if not number.isdigit() or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise UserInputError(f"--expect wants ID:SHA256 as `db verify` printed it (head: ...), not {text!r}")
+    return int(number), digest
 
 
 def _new_password(name: str) -> str:
@@ -99,7 +149,13 @@ def add_store_commands(commands) -> None:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_commands.add_parser("upgrade", help="create or migrate the database to this version's schema") \
         .set_defaults(handler=_db_upgrade)
-    db_commands.add_parser("status", help="which database, which schema revision").set_defaults(handler=_db_status)
+    db_commands.add_parser("status", help="which database, which schema revision, is the audit trail intact") \
+        .set_defaults(handler=_db_status)
+    verify = db_commands.add_parser("verify", help="check the audit trail's hash chain and append-only triggers "
+                                                   "(exit 1 if broken); prints the head hash to note down")
+    verify.set_defaults(handler=_db_verify)
+    verify.add_argument("--expect", metavar="ID:SHA256", help="a head printed by an earlier verify: that row must "
+                                                              "still be there with that hash")
 
     users = commands.add_parser("users", help="local accounts: add, list, change (passwords are prompted)")
     user_commands = users.add_subparsers(dest="users_command", required=True, metavar="USERS_COMMAND")

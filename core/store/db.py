@@ -28,6 +28,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, Operational
 
 from core.errors import UserInputError
 from core.paths import data_dir
+from core.store import chain
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_FILE = "breakhis.db"
@@ -258,6 +259,13 @@ def _migrating(engine: Engine):
                 yield connection
         finally:
             driver.isolation_level = level
+
+
+def restore_triggers(engine: Engine) -> list[str]:
+    """Recreate the audit trail's append-only triggers that were dropped, disabled or altered
+    (core.store.chain), all in one transaction; their names ([] when all were in place)."""
+    with _opening(engine), _migrating(engine) as connection:
+        return chain.restore_triggers(connection)
 
 
 def upgrade(engine: Engine) -> str:

@@ -59,7 +59,8 @@ class User(Base):
 
 
 class AuditEvent(Base):
-    """One thing that happened. Never updated or deleted (the store refuses, and so does a trigger)."""
+    """One thing that happened. Never updated or deleted (the store refuses, and so does a trigger); each
+    row is linked to the one before it by a hash chain, so a change made around both is detected."""
 
     __tablename__ = "audit"
 
@@ -74,6 +75,9 @@ class AuditEvent(Base):
     app_version: Mapped[str | None] = mapped_column(String(40), nullable=True)
     refers_to: Mapped[int | None] = mapped_column(ForeignKey("audit.id"), nullable=True, index=True)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    # SHA-256 of the previous row's chain_sha256 and this row's content (core.store.chain); None only for
+    # a row written around the store.
+    chain_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class WebSession(Base):
