@@ -339,3 +339,47 @@ def test_reviewers_who_disagree_are_flagged_discordant_and_a_self_review_is_mark
     assert not any(reviews.self_review(r, r["review"]) for r in queued.reviewed.rows if r["id"] != mine)
     reviews.review(store, "dee", open_class, subtype="adenosis")  # now two subtypes of benign
     assert reviews.discordant_ids(store) == [split, open_class]
+
+
+def reviewed_upload(store, kept, name: str, magnification: str, source: str) -> int:
+    """A kept image diagnosed as benign adenosis (its magnification as recorded), reviewed to fibroadenoma."""
+    sha = kept.put(png_bytes(tissue_like()) + name.encode())
+    call = {"call": "benign", "subtype": "adenosis", "magnification": magnification, "magnification_source": source}
+    result = store.record("diagnosis", "ann", name, image_sha256=sha, details=call)
+    return reviews.review(store, "bob", result, subtype="fibroadenoma")
+
+
+def test_the_export_is_private_and_audited(store, tmp_path, monkeypatch):
+    """QA review #8: the folder was 0755 and the patient images 0644, and no audit row said who exported what."""
+    import os
+    import stat
+
+    from core.store.db import StoreError
+
+    kept = ImageStore(tmp_path / "images")
+    review = reviewed_upload(store, kept, "SOB_B_A-14-22549AB-40-001.png", "40X", "file name")
+    previous = os.umask(0o022)
+    try:
+        summary = reviews.export_training_folder(store, tmp_path / "out" / "export", kept, user="chief")
+    finally:
+        os.umask(previous)
+    folder = tmp_path / "out" / "export"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()) == [0o600, 0o600]
+    [row] = store.events(kinds="reviews_exported")
+    assert row["id"] == summary["audit_id"] and row["user"] == "chief" and row["subject"] == str(folder.resolve())
+    assert row["details"]["count"] == 1 and row["details"]["review_ids"] == [review]
+    assert row["details"]["folder"] == str(folder.resolve())
+    (tmp_path / "mine").mkdir(mode=0o755)  # an empty folder the user made is tightened too
+    reviews.export_training_folder(store, tmp_path / "mine", kept)
+    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
+    assert store.events(kinds="reviews_exported", limit=1)[0]["user"] == "system"
+
+    def refused(*args, **kwargs):
+        raise StoreError("The audit record could not be written: the database is busy or unavailable.")
+
+    monkeypatch.setattr(store, "record", refused)  # no audit row: no unaudited copy of patient images left
+    with pytest.raises(StoreError):
+        reviews.export_training_folder(store, tmp_path / "unaudited", kept)
+    assert not (tmp_path / "unaudited").exists()
+

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # What the trail records (the admin page filters on these).
 KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out", "session_resumed",
-         "session_revoked", "model_activated", "retrain_launched", "retrain_finished", "retrain_cancelled", "account")
+         "session_revoked", "model_activated", "retrain_launched", "retrain_finished", "retrain_cancelled", "account",
+         "reviews_exported")
 COLUMNS = ["id", "at", "kind", "user", "subject", "image_sha256", "model", "model_sha256", "app_version",
            "refers_to", "details"]
 OPEN_CHECK_ROWS = 10_000  # the newest rows Store.open re-hashes (about a second); `db verify` checks all

@@ -134,7 +134,8 @@ def _reviews_export(args) -> int:
 
     summary = export_training_folder(_open(), args.out)
     skipped = summary["skipped"]
-    print(f"wrote {summary['written']} reviewed images to {summary['folder']} (skipped: "
+    print(f"wrote {summary['written']} reviewed images to {summary['folder']} (private to this user; audit row "
+          f"#{summary['audit_id']}) (skipped: "
           f"{skipped['not kept']} not kept, {skipped['no subtype']} without a subtype, {skipped['superseded']} older "
           f"reviews of an exported image with other labels, {skipped['repeated']} with the same labels; each image "
           f"once, as its newest review says); train with --reviewed-dir {summary['folder']}")

@@ -265,21 +265,26 @@ def history(store: Store, case: str | None = None, image_sha256: str | None = No
     return sorted(calls + reviews, key=lambda r: r["id"])
 
 
-def export_training_folder(store: Store, out: str | Path, images: ImageStore | None = None) -> dict:
+def export_training_folder(store: Store, out: str | Path, images: ImageStore | None = None,
+                           user: str | None = None) -> dict:
     """Write every reviewed, kept image with its reviewed labels as a BreakHis-named PNG/JPEG copy.
 
     One file per image (SHA-256), labelled by its newest review: the same image uploaded twice is
     two results, and two copies with different labels would teach the model both. Only reviews that
-    settle a subtype are exported (a class-only correction leaves the subtype unknown). Returns
-    counts, among them the older reviews of an exported image that chose other labels ("superseded")
-    or the same ones ("repeated"); the provenance file lists file, review id, result id, reviewer,
+    settle a subtype are exported (a class-only correction leaves the subtype unknown). Patient
+    images: the folder is private (0700), the files 0600, and the export is an audit row
+    ("reviews_exported": who, folder, count, review ids), `user` (default: "system", the CLI on the
+    machine) named. Returns counts, among them the older
+    reviews of an exported image that chose other labels ("superseded") or the same ones
+    ("repeated"), and the row's id; the provenance file lists file, review id, result id, reviewer,
     time, the model's call and the reviewed labels, the image's SHA-256 and the superseded reviews.
     """
     images = images or ImageStore()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserInputError(f"{out} is not empty; choose a new folder for the export")
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    _private_export_folder(out)
     results = {r["id"]: r for r in store.events(kinds=list(REVIEWABLE))}
     reviews, superseded, repeated = _newest_per_image(results, latest_reviews(store, list(results)))
     written = []
@@ -299,17 +304,19 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         suffix = Path(result["subject"] or "").suffix.lower()
         name = (f"SOB_{rev['details']['label'][0].upper()}_{CODE_OF_SUBTYPE[subtype]}-{case}-"
                 f"{magnification[:-1]}-{number:03d}{suffix if suffix in IMAGE_EXTENSIONS else '.png'}")
-        (out / name).write_bytes(data)
+        with _private_file(out / name, "wb") as handle:
+            handle.write(data)
         written.append({"file": name, "review_id": rev["id"], "result_id": result_id, "reviewer": rev["user"],
                         "reviewed_at": rev["at"].isoformat(), "model_call": "/".join(map(str, rev["details"]["model_call"])),
                         "label": rev["details"]["label"], "subtype": subtype, "agree": rev["details"]["agree"],
                         "image_sha256": result["image_sha256"], "original_name": result["subject"],
                         "superseded_reviews": " ".join(map(str, superseded[rev["id"]]))})
-    with (out / PROVENANCE).open("w", newline="") as handle:
+    with _private_file(out / PROVENANCE, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(written[0]) if written else ["file"])
         writer.writeheader()
         writer.writerows(written)
-    return {"written": len(written), "skipped": skipped, "folder": str(out)}
+    audit_id = _record_export(store, user, out, written, skipped, created)
+    return {"written": len(written), "skipped": skipped, "folder": str(out), "audit_id": audit_id}
 
 
 def _newest_per_image(results: dict[int, dict], reviews: dict[int, dict]):
@@ -331,3 +338,39 @@ def _case_id(result: dict) -> str:
     """The BreakHis case id when the name carried one, else one per image ('0-<result id>', a year
     no BreakHis case has): an image of unknown patient never joins another patient in a split."""
     return result["details"].get("case") or f"0-{result['id']}"
+
+
+def _private_export_folder(out: Path) -> None:
+    """The export folder for the app's own user only (0700), as the kept images: it holds patient
+    images. An empty folder the user made is tightened too."""
+    from core.store.db import private_folder
+
+    private_folder(out)
+    out.chmod(0o700)
+
+
+def _private_file(path: Path, mode: str):
+    """A new file readable by the app's own user only (0600), whatever the umask, open for writing."""
+    import os
+
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), mode,
+                     **({} if "b" in mode else {"newline": ""}))
+
+
+def _record_export(store: Store, user: str | None, out: Path, written: list[dict], skipped: dict,
+                   created: bool) -> int:
+    """The export's audit row; if it cannot be written, the files are removed (no unaudited copy of
+    patient images is left) and the StoreError raised."""
+    from core.store.accounts import SYSTEM
+    from core.store.db import StoreError
+
+    details = {"folder": str(out.resolve()), "count": len(written), "review_ids": [w["review_id"] for w in written],
+               "result_ids": [w["result_id"] for w in written], "skipped": skipped}
+    try:
+        return store.record("reviews_exported", user or SYSTEM, str(out.resolve()), details=details)
+    except StoreError:
+        for file in [*(w["file"] for w in written), PROVENANCE]:
+            (out / file).unlink(missing_ok=True)
+        if created:
+            out.rmdir()
+        raise
