@@ -168,7 +168,7 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     reviews.review(store, "bob", third)  # agreed, but its image was not kept
     summary = reviews.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1, "superseded": 0,
-                                                              "repeated": 0}
+                                                              "repeated": 0, "no magnification": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "lobular_carcinoma"
     assert indexed.iloc[0]["case"] == "14-9146"
@@ -192,7 +192,7 @@ def test_the_same_image_reviewed_twice_is_exported_once_with_its_newest_review(s
     newest = reviews.review(store, "cy", first, subtype="fibroadenoma")  # the newest review, of the first upload
     summary = reviews.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 0, "no subtype": 0, "superseded": 1,
-                                                              "repeated": 1}
+                                                              "repeated": 1, "no magnification": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "fibroadenoma"
     with (tmp_path / "export" / reviews.PROVENANCE).open(newline="") as handle:
@@ -383,3 +383,33 @@ def test_the_export_is_private_and_audited(store, tmp_path, monkeypatch):
         reviews.export_training_folder(store, tmp_path / "unaudited", kept)
     assert not (tmp_path / "unaudited").exists()
 
+
+def test_the_export_never_makes_up_a_magnification(store, tmp_path, monkeypatch, capsys):
+    """QA review #9: an image whose magnification was never stated was exported as 200X, and nothing said so."""
+    from core.cli import main
+
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path))  # where the command's store keeps images
+    kept = ImageStore()
+    stated = reviewed_upload(store, kept, "SOB_B_A-14-22549AB-40-001.png", "40X", "file name")
+    chosen = reviewed_upload(store, kept, "scan_0002.png", "400X", "chosen by user")
+    unstated = reviewed_upload(store, kept, "IMG_0001.png", "not stated", "not stated")
+    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    assert summary["written"] == 2 and summary["skipped"]["no magnification"] == 1
+    with (tmp_path / "export" / reviews.PROVENANCE).open(newline="") as handle:
+        rows = {int(r["review_id"]): r for r in csv.DictReader(handle)}
+    assert sorted(rows) == [stated, chosen]
+    assert (rows[stated]["magnification"], rows[stated]["magnification_source"]) == ("40X", "file name")
+    assert (rows[chosen]["magnification"], rows[chosen]["magnification_source"]) == ("400X", "chosen by user")
+    assert "-40-" in rows[stated]["file"] and "-400-" in rows[chosen]["file"]
+    assert not any("-200-" in p.name for p in (tmp_path / "export").iterdir())
+
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", str(store.engine.url.render_as_string(hide_password=False)))
+    assert main(["reviews", "export", str(tmp_path / "cli")]) == 0
+    said = capsys.readouterr().out
+    assert "1 whose magnification was never stated (--assume-magnification includes them)" in said
+    assert main(["reviews", "export", str(tmp_path / "assumed"), "--assume-magnification", "200X"]) == 0
+    with (tmp_path / "assumed" / reviews.PROVENANCE).open(newline="") as handle:
+        rows = {int(r["review_id"]): r for r in csv.DictReader(handle)}
+    assert (rows[unstated]["magnification"], rows[unstated]["magnification_source"]) == (
+        "200X", "assumed at export (--assume-magnification)")
+    assert store.events(kinds="reviews_exported", limit=1)[0]["details"]["assumed_magnification"] == "200X"

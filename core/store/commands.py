@@ -132,18 +132,21 @@ def _users_set(args) -> int:
 def _reviews_export(args) -> int:
     from core.store.reviews import export_training_folder
 
-    summary = export_training_folder(_open(), args.out)
+    summary = export_training_folder(_open(), args.out, assume_magnification=args.assume_magnification)
     skipped = summary["skipped"]
     print(f"wrote {summary['written']} reviewed images to {summary['folder']} (private to this user; audit row "
-          f"#{summary['audit_id']}) (skipped: "
-          f"{skipped['not kept']} not kept, {skipped['no subtype']} without a subtype, {skipped['superseded']} older "
-          f"reviews of an exported image with other labels, {skipped['repeated']} with the same labels; each image "
-          f"once, as its newest review says); train with --reviewed-dir {summary['folder']}")
+          f"#{summary['audit_id']}) (skipped: {skipped['not kept']} not kept, {skipped['no subtype']} without a "
+          f"subtype, {skipped['no magnification']} whose magnification was never stated"
+          + ("" if args.assume_magnification else " (--assume-magnification includes them)")
+          + f", {skipped['superseded']} older reviews of an exported image with other labels, {skipped['repeated']} "
+          f"with the same labels; each image once, as its newest review says); train with --reviewed-dir "
+          f"{summary['folder']}")
     return 0
 
 
 def add_store_commands(commands) -> None:
     """Add `db` and `users` to the CLI's sub-parsers."""
+    from core.data.labels import MAGNIFICATIONS
     from core.store.roles import ROLES
 
     db = commands.add_parser("db", help="the database: upgrade its schema, show its state")
@@ -181,3 +184,6 @@ def add_store_commands(commands) -> None:
     export = review_commands.add_parser("export", help="reviewed images (BREAKHIS_KEEP_IMAGES) as a training folder")
     export.set_defaults(handler=_reviews_export)
     export.add_argument("out", help="a new, empty folder")
+    export.add_argument("--assume-magnification", choices=MAGNIFICATIONS,
+                        help="export images whose magnification was never stated as this one (provenance.csv says "
+                             "so); default: skip them")
