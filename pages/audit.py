@@ -37,17 +37,30 @@ def integrity() -> None:
 
 
 integrity()
+today = datetime.datetime.now(datetime.UTC).date()
 left, middle, right = st.columns(3)
 kinds = left.multiselect("Kinds", KINDS, key="audit_kinds")
 user = middle.text_input("User", key="audit_user").strip() or None
-days = right.number_input("Last days", 1, 3650, 7, key="audit_days")
-since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=int(days))
-filters = {"kinds": kinds or None, "user": user, "since": since}
+audit_id = right.number_input("Audit id", min_value=1, value=None, step=1, key="audit_id",
+                              help="That row and the rows that refer to it (its reviews), whatever its date")
+left, middle, right = st.columns(3)
+first = left.date_input("From (UTC)", today - datetime.timedelta(days=7), key="audit_from")
+last = middle.date_input("To (UTC, inclusive)", today, key="audit_to")
+subject = right.text_input("Subject contains", key="audit_subject",
+                           help="File, model or account name; any case").strip() or None
+filters = {"kinds": kinds or None, "user": user, "subject_contains": subject}
+if audit_id is not None:
+    filters["audit_id"] = int(audit_id)
+else:
+    midnight = datetime.time(tzinfo=datetime.UTC)
+    filters["since"] = datetime.datetime.combine(first, midnight)
+    filters["until"] = datetime.datetime.combine(last + datetime.timedelta(days=1), midnight)
 try:
-    frame, csv = store.frame(**filters, limit=1000), store.csv(**filters)
+    frame = store.frame(**filters, limit=1000)
 except StoreError as problem:  # a busy or damaged database: a message, the filters kept
     st.error(session.nothing_lost(problem), icon=":material/database:")
     st.stop()
 st.caption(f"{len(frame)} rows shown (newest first, at most 1,000); the CSV has every matching row.")
 st.dataframe(frame, hide_index=True)
-st.download_button("Export CSV", csv, "breakhis_audit.csv", "text/csv", key="audit_csv")
+# Built only when the button is pressed (a large trail takes seconds), not on every change of a filter.
+st.download_button("Export CSV", lambda: store.csv(**filters), "breakhis_audit.csv", "text/csv", key="audit_csv")

@@ -1,9 +1,13 @@
-"""The Audit log page (administrators): the trail's integrity shown (QA review #7)."""
+"""The Audit log page (administrators): the trail's integrity shown, filters that reach any row (audit id,
+dates, subject), and a CSV built only when asked for (QA review #7, #12)."""
+
+import datetime
 
 import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
+from core.store import accounts
 from core.store.audit import Store
 from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
 
@@ -23,6 +27,40 @@ def audit_page() -> AppTest:
     app.switch_page("pages/audit.py").run()
     assert not app.exception
     return app
+
+
+def shown_ids(app: AppTest) -> list[int]:
+    [table] = app.dataframe
+    return sorted(int(i) for i in table.value["id"])
+
+
+def test_the_audit_log_filters_reach_any_row_and_builds_its_csv_only_when_asked(environment, monkeypatch):
+    built = []
+    original = Store.csv
+    monkeypatch.setattr(Store, "csv", lambda self, **filters: built.append(filters) or original(self, **filters))
+    store = Store.open()
+    accounts.add_account(store, "bob", None, "pathologist")
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=90)
+    old = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png", details={"call": "malignant"}, at=long_ago)
+    review = store.record("review", "bob", "SOB_M_DC-14-2523-40-010.png", refers_to=old, details={"agree": True},
+                          at=long_ago + datetime.timedelta(hours=1))
+    recent = store.record("diagnosis", "ann", "scan_0001.png", details={"call": "benign"})
+    app = audit_page()
+    assert old not in shown_ids(app) and recent in shown_ids(app)  # the last 7 days by default
+    app.number_input(key="audit_id").set_value(old).run()  # a printed report's id: its row and its review
+    assert shown_ids(app) == [old, review]
+    app.number_input(key="audit_id").set_value(None).run()
+    day = long_ago.date()
+    app.date_input(key="audit_from").set_value(day).run()
+    app.date_input(key="audit_to").set_value(day).run()
+    assert shown_ids(app) == [old, review]
+    app.date_input(key="audit_to").set_value(datetime.datetime.now(datetime.UTC).date()).run()
+    app.text_input(key="audit_subject").input("dc-14-2523").run()  # any case
+    assert shown_ids(app) == [old, review]
+    app.text_input(key="audit_subject").input("SCAN_").run()
+    assert shown_ids(app) == [recent]
+    assert not app.exception and built == []  # several runs, no CSV built: only the button's click builds it
+    store.close()
 
 
 def test_a_broken_trail_is_shown_to_administrators(environment):

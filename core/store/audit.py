@@ -21,7 +21,7 @@ import logging
 import tomllib
 
 import pandas as pd
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import UserInputError
@@ -159,10 +159,16 @@ class Store:
     def events(self, kinds=None, user: str | None = None, since: datetime.datetime | None = None,
                until: datetime.datetime | None = None, image_sha256: str | None = None,
                refers_to: int | None = None, refers_to_any=None, ids=None, limit: int | None = None,
-               newest_first: bool = True) -> list[dict]:
-        """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive. A busy, unreachable or
+               newest_first: bool = True, audit_id: int | None = None, subject_contains: str | None = None,
+               ) -> list[dict]:
+        """Audit rows as dicts, filtered; `since` inclusive, `until` exclusive; `audit_id`: that row and
+        the rows that refer to it (its reviews); `subject_contains`: any case. A busy, unreachable or
         damaged database is a StoreError the page can show (the Audit log, the Review queue)."""
         query = select(AuditEvent)
+        if audit_id is not None:
+            query = query.where(or_(AuditEvent.id == audit_id, AuditEvent.refers_to == audit_id))
+        if subject_contains:
+            query = query.where(AuditEvent.subject.icontains(subject_contains, autoescape=True))
         if kinds:
             query = query.where(AuditEvent.kind.in_([kinds] if isinstance(kinds, str) else list(kinds)))
         if user:
