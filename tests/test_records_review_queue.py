@@ -133,10 +133,11 @@ def test_a_review_is_saved_when_its_card_left_the_list_before_save(app):
 
 def test_a_second_reviewer_is_told_and_their_review_is_kept_as_a_second_opinion(app):
     """Bob agreed while Carol's form was open; Carol's correction vanished with her card, unsaved and unsaid."""
-    from core.store import reviews
+    from core.store import accounts, reviews
     from core.store.audit import Store
 
     store = Store.open()
+    accounts.add_account(store, "bob", None, "pathologist")  # the store takes reviews by accounts only
     row = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png",
                        details={"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.6, "refer": True,
                                 "refer_reasons": ["stage 1 uncertain"]})
@@ -159,10 +160,12 @@ def test_a_second_reviewer_is_told_and_their_review_is_kept_as_a_second_opinion(
 def test_discordant_reviews_are_flagged_on_the_card_and_in_the_queue_and_a_self_review_is_marked(app):
     """Carol's correction silently replaced Bob's agreement on the card; Ann agreeing with her own call
     read as any other review."""
-    from core.store import reviews
+    from core.store import accounts, reviews
     from core.store.audit import Store
 
     store = Store.open()
+    for name in ("bob", "carol", "ann"):  # the store takes reviews by accounts only
+        accounts.add_account(store, name, None, "pathologist")
     call = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.7, "refer": False}
     split = store.record("diagnosis", "ann", "split.png", details=call)
     mine = store.record("diagnosis", "ann", "mine.png", details=call)

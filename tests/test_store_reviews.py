@@ -18,7 +18,7 @@ from tests.app_helpers import make_model_folder, png_bytes, tissue_like
 def reviewers(request):
     """The reviewers these tests name, as accounts: the store refuses a review by any other name."""
     if "store" in request.fixturenames:
-        for name in ("bob", "cy"):
+        for name in ("bob", "cy", "dee", "carol", "ann"):
             accounts.add_account(request.getfixturevalue("store"), name, None, "pathologist")
 
 
