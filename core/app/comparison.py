@@ -43,8 +43,18 @@ def load_run(folder: str) -> Run:
     """A model folder and its run's files; a damaged file is left out and named in `problems`."""
     card = read_card(folder)
     files = read_run_files(folder, card)
-    return Run(str(Path(folder)), card.get("name", Path(folder).name), card, files.metrics or None, files.history,
+    return Run(str(Path(folder)), card_name(card, folder), card, files.metrics or None, files.history,
                files.config, files.problems)
+
+
+def card_name(card: dict, folder: str) -> str:
+    """The card's name; for a name that is not text (null, a list: edited by hand) or blank, the folder's
+    name, as training names a card (RUN for RUN/model): a column and a button are labelled with it."""
+    name = card.get("name")
+    if isinstance(name, str) and name.strip():
+        return name
+    folder = Path(folder)
+    return folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
 
 
 def distinct_names(runs: list[Run]) -> list[Run]:
