@@ -44,7 +44,18 @@ def load_run(folder: str) -> Run:
     card = read_card(folder)
     files = read_run_files(folder, card)
     return Run(str(Path(folder)), card_name(card, folder), card, files.metrics or None, files.history,
-               files.config, files.problems)
+               files.config or card_settings(card), files.problems)
+
+
+def card_settings(card: dict) -> dict | None:
+    """The settings a fields run trained with, kept in its card (it writes no config.json): the same
+    TrainConfig fields as a tf.data run's config.json, less its data and output paths; one left to the
+    pipeline (null, e.g. the learning rate) is the value the card records it used."""
+    training = card.get("training") or {}
+    settings = training.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    return {key: training.get(key) if value is None else value for key, value in settings.items()}
 
 
 def card_name(card: dict, folder: str) -> str:
@@ -110,8 +121,9 @@ def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
 
 
 def config_differences(runs: list[Run]) -> pd.DataFrame:
-    """The settings (config.json) in which the runs differ; paths and bookkeeping left out."""
-    ignored = {"out", "data", "echo_stdout", "counts", "skipped_files", "distribution"}
+    """The settings (config.json, or a fields run's card) in which the runs differ; paths and bookkeeping
+    left out (weights_init is what `weights` gave, recorded by tf.data runs only)."""
+    ignored = {"out", "data", "echo_stdout", "counts", "skipped_files", "distribution", "weights_init"}
     configs = {run.name: run.config or {} for run in runs}
     keys = sorted({k for c in configs.values() for k in c} - ignored)
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs.values()}) > 1]
