@@ -26,7 +26,14 @@ for folder in chosen:
         continue
     for problem in runs[-1].problems:
         st.warning(problem)
-groups = comparison.comparable_groups(comparison.distinct_names(runs))
+runs = comparison.distinct_names(runs)
+demo = [run.name for run in runs if run.demo]
+if demo:
+    st.warning(f"DEMO model{'s' if len(demo) > 1 else ''} {', '.join(demo)}: a DEMO model exists to show how the "
+               "app works and has NO valid accuracy (not trained and evaluated on enough real data), so, as on the "
+               f"Model performance page, {'their' if len(demo) > 1 else 'its'} figures are not shown.",
+               icon=":material/warning:")
+groups = comparison.comparable_groups(runs)
 unevaluated = groups.pop(None, [])
 if unevaluated:
     st.warning("Not evaluated, so not compared: " + ", ".join(run.name for run in unevaluated))
@@ -55,6 +62,7 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
         st.plotly_chart(figure.update_layout(template="plotly_white", height=520), key=f"compare_curves_{index}")
     columns = st.columns(len(members))
     for column, run in zip(columns, members):
+        column.caption(run.badge)
         if session.active_model() == str(run.folder):
             column.success(f"{run.name} is active")
         else:

@@ -48,3 +48,36 @@ def test_the_settings_of_a_fields_run_are_read_from_its_card(tmp_path):
     assert differences.loc["learning_rate"].tolist()[1:] == [0.002, 0.002]  # chosen by the pipeline, as recorded
     assert "epochs" not in differences.index and "out" not in differences.index
     assert set(comparison.config_differences(runs[1:]).set_index("setting").index) == {"input_size", "demo"}
+
+
+def test_every_column_carries_the_models_badge_and_a_demo_models_figures_are_not_shown(tmp_path):
+    """QA compare #6: DEMO models' figures were shown next to real ones, and no model was marked."""
+    demo = card_folder(tmp_path / "demo", name="demo", demo=True)
+    limited = card_folder(tmp_path / "limited", name="limited", evidence={"limited": True})
+    plain = card_folder(tmp_path / "plain", name="plain")
+    runs = [comparison.load_run(str(folder)) for folder in (demo, limited, plain)]
+    assert [run.demo for run in runs] == [True, False, False]
+    table = comparison.metrics_side_by_side(runs).set_index("metric")
+    assert table.loc["model"].tolist()[1:] == ["DEMO · demo (small_cnn)", "LIMITED DATA · limited (small_cnn)",
+                                               "plain (small_cnn)"]  # registry.model_badge, as on every prediction
+    assert table.loc["stage-1 accuracy"].iloc[0].tolist()[1:] == [comparison.NOT_SHOWN_DEMO, "0.500", "0.500"]
+
+
+def test_the_compare_page_names_demo_models_and_shows_none_of_their_figures(tmp_path, monkeypatch):
+    """QA compare #6 on the page: the warning says why, each button is under its model's badge."""
+    from tests.app_helpers import app_with_models, make_model_folder, texts
+
+    models = tmp_path / "models"
+    folders = [make_model_folder(models / name, demo=name == "demo", name=name, metrics=EVALUATED)
+               for name in ("demo", "real")]
+    app = app_with_models(monkeypatch, models, folders[1], tmp_path / "runs")
+    app.switch_page("pages/compare.py").run()
+    app.multiselect(key="compare_models").set_value([str(f) for f in folders]).run()
+    assert not app.exception, app.exception
+    assert "DEMO model demo: a DEMO model exists to show how the app works and has NO valid accuracy" in \
+        texts(app.warning)
+    [table] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    assert table["demo"].iloc[0] == "DEMO · demo (small_cnn)"
+    assert set(table["demo"].iloc[1:-1]) == {comparison.NOT_SHOWN_DEMO} and "0.500" in set(table["real"])
+    assert [c.value for c in app.caption if c.value.startswith(("DEMO", "real"))] == ["DEMO · demo (small_cnn)",
+                                                                                      "real (small_cnn)"]

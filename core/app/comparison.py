@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.app.registry import short_location
+from core.app.registry import model_badge, short_location
 from core.app.run_files import read_run_files
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import split_name
@@ -37,6 +37,19 @@ class Run:
         if not isinstance(fingerprint, str):  # no evaluation, or a test_set block edited away
             return None
         return str(self.metrics.get("protocol") or "unknown protocol"), fingerprint
+
+    @property
+    def demo(self) -> bool:
+        """A DEMO model has no valid accuracy: the Model performance page shows none of its figures."""
+        return bool(self.card.get("demo"))  # the card's flag, as describe_model reads it
+
+    @property
+    def badge(self) -> str:
+        """'DEMO · name (backbone)', 'LIMITED DATA · ...': the label every prediction of the model carries."""
+        try:
+            return model_badge({**self.card, "name": self.name})
+        except (KeyError, TypeError, ValueError, AttributeError):  # an evidence block edited by hand
+            return ("DEMO · " if self.demo else "") + f"{self.name} (its card's evidence cannot be read)"
 
 
 def load_run(folder: str) -> Run:
@@ -103,14 +116,18 @@ def _figure(metrics: dict, level: str, key: str) -> str:
     return f"{value:.3f}" if level == "image" and isinstance(value, (int, float)) else "n/a"
 
 
+NOT_SHOWN_DEMO = "not shown: DEMO model"
+
+
 def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
-    """One row per headline metric and level, one column per run (value with its 95% interval)."""
-    rows = []
+    """One row per headline metric and level, one column per run (value with its 95% interval), under
+    each model's badge; a DEMO model's figures are not shown."""
+    rows = [{"level": "", "metric": "model", **{run.name: run.badge for run in runs}}]
     for level in ("image", "patient"):
         for key in HEADLINE:
             row = {"level": level, "metric": HEADLINE_NAMES[key]}  # the Model performance page's names
             for run in runs:
-                row[run.name] = _figure(run.metrics, level, key)
+                row[run.name] = NOT_SHOWN_DEMO if run.demo else _figure(run.metrics, level, key)
             rows.append(row)
     first = runs[0].metrics
     data = first.get("data") or {}
