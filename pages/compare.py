@@ -33,6 +33,12 @@ if demo:
                "app works and has NO valid accuracy (not trained and evaluated on enough real data), so, as on the "
                f"Model performance page, {'their' if len(demo) > 1 else 'its'} figures are not shown.",
                icon=":material/warning:")
+unusable = {run.name: comparison.weights_problem(run) for run in runs}
+for name, problem in unusable.items():
+    if problem:
+        st.error(f"{name} cannot be made active: {problem}. Diagnose's loader refuses such a model, so it is not "
+                 "offered here; its figures below are those of the model its card describes.",
+                 icon=":material/gpp_bad:")
 groups = comparison.comparable_groups(runs)
 unevaluated = groups.pop(None, [])
 if unevaluated:
@@ -65,6 +71,8 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
         column.caption(run.badge)
         if session.active_model() == str(run.folder):
             column.success(f"{run.name} is active")
+        elif unusable[run.name]:
+            column.caption(f"{run.name} cannot be made active (its model file fails the check above)")
         else:
             column.button(f"Make {run.name} active", key=f"activate_{index}_{run.name}",
                           on_click=session.set_active_model, args=(run.folder,))

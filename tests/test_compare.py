@@ -81,3 +81,33 @@ def test_the_compare_page_names_demo_models_and_shows_none_of_their_figures(tmp_
     assert set(table["demo"].iloc[1:-1]) == {comparison.NOT_SHOWN_DEMO} and "0.500" in set(table["real"])
     assert [c.value for c in app.caption if c.value.startswith(("DEMO", "real"))] == ["DEMO · demo (small_cnn)",
                                                                                       "real (small_cnn)"]
+
+
+def test_a_model_whose_weights_are_missing_or_fail_their_checksum_is_not_offered(tmp_path, monkeypatch):
+    """QA compare #11: a tampered model (or one without model.keras) was made active with a green 'is active';
+    only Diagnose then refused it. The check is the loader's own (core.model.folders.verify_checksum)."""
+    from core.model.folders import save_ensemble
+    from tests.app_helpers import app_with_models, make_model_folder, texts
+
+    models = tmp_path / "models"
+    good, tampered, missing = (make_model_folder(models / name, demo=False, name=name, metrics=EVALUATED)
+                               for name in ("good", "tampered", "missing"))
+    ensemble = save_ensemble([good, tampered], models / "pair")
+    with open(tampered / "model.keras", "ab") as file:
+        file.write(b"x")
+    (missing / "model.keras").unlink()
+    problems = {path.name: comparison.weights_problem(comparison.load_run(str(path)))
+                for path in (good, tampered, missing, ensemble)}
+    assert problems["good"] is None
+    assert problems["tampered"].endswith("model file does not match its card - it may be corrupt or tampered")
+    assert problems["missing"] == f"{missing} has a card but no model.keras"
+    assert problems["pair"].endswith("tampered/model.keras: model file does not match its card - it may be corrupt "
+                                     "or tampered")  # a member fails as the loader would find it
+    app = app_with_models(monkeypatch, models, good, tmp_path / "runs")
+    app.switch_page("pages/compare.py").run()
+    app.multiselect(key="compare_models").set_value([str(f) for f in (good, tampered, missing)]).run()
+    assert not app.exception, app.exception
+    assert "tampered cannot be made active: " in texts(app.error) and "missing cannot be made active: " in \
+        texts(app.error)
+    assert [b.label for b in app.button if b.label.startswith("Make ")] == []  # good is already active
+    assert [s.value for s in app.success] == ["good is active"]
