@@ -43,9 +43,12 @@ groups = comparison.comparable_groups(runs)
 unevaluated = groups.pop(None, [])
 if unevaluated:
     st.warning("Not evaluated, so not compared: " + ", ".join(run.name for run in unevaluated))
+same_folds = comparison.cross_validation_groups(runs)
 if len(groups) > 1:
     st.warning("These models were evaluated on different test images (another split, seed or data set), so "
-               "their numbers are not comparable: each group below is shown on its own.", icon=":material/warning:")
+               "their numbers are not comparable: each group below is shown on its own."
+               + (" Those cross-validated on the same folds are compared on them, in the last groups."
+                  if same_folds else ""), icon=":material/warning:")
 
 for index, ((protocol, _), members) in enumerate(groups.items()):
     st.subheader(comparison.group_title(index, protocol, members))
@@ -76,3 +79,12 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
         else:
             column.button(f"Make {run.name} active", key=f"activate_{index}_{run.name}",
                           on_click=session.set_active_model, args=(run.folder,))
+
+for index, members in enumerate(same_folds):
+    st.subheader(comparison.cross_validation_title(index, members))
+    st.caption(comparison.cross_validation_data(members))
+    try:
+        st.dataframe(comparison.cross_validation_side_by_side(members), hide_index=True)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a cv.json edited by hand
+        st.warning(f"The cross-validations of {', '.join(run.name for run in members)} hold a block of an unexpected "
+                   f"shape ({type(problem).__name__}: {problem}): their table is left out.")

@@ -397,7 +397,8 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
     assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
     assert any(g.endswith("out-of-fold images") for g in groups) and any(g.endswith(" test images") for g in groups)
     tables = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
-    assert len(tables) == 2
+    assert len(tables) == 3  # and their cross-validations on the same folds (tests/test_compare.py)
+    assert tables[2].columns[2].endswith(": mean +- std over folds")
     # the Model performance page's metric names, not the raw keys
     assert {"stage-1 ROC AUC", "subtype macro-F1 (8 classes)"} <= set(tables[0]["metric"]) and \
         "stage1 auc" not in set(tables[0]["metric"])
@@ -417,10 +418,12 @@ def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monk
     app.switch_page("pages/compare.py").run()
     app.multiselect(key="compare_models").set_value([str(tmp_path / "models" / n) for n in ("default", "copy")]).run()
     assert not app.exception, app.exception
-    [table] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    [table, folds] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]  # test set, CV
     name = json.loads((REPO / "models" / "default" / "card.json").read_text())["name"]
     assert [c for c in table.columns if c.startswith(name)] == [f"{name} (models/{n})" for n in ("default", "copy")]
     assert len([b for b in app.button if b.label.startswith(f"Make {name}")]) == 2
+    assert [c for c in folds.columns if c.endswith("over folds")] == [f"{name} (models/{n}): mean +- std over folds"
+                                                                      for n in ("default", "copy")]
 
 
 def test_the_performance_page_of_an_ensemble_without_a_common_test_set_says_why_it_has_no_figures(tmp_path, monkeypatch):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from core.app import comparison
+from tests.app_helpers import REPO
 
 EVALUATED = {"protocol": "patient-wise", "test_set": {"fingerprint": "f"}, "stage1_accuracy": 0.5}
 
@@ -38,8 +40,8 @@ def test_the_settings_of_a_fields_run_are_read_from_its_card(tmp_path):
     (tmp_path / "tf" / "config.json").write_text(json.dumps({"pipeline": "tfdata", "input_size": 32, "epochs": 2,
                                                              "out": str(tmp_path / "tf"), "weights_init": "random"}))
     fields = [card_folder(tmp_path / name / "model", name=name, training={
-        "pipeline": "fields", "learning_rate": 0.002, "settings": {"pipeline": "fields", "input_size": size, "epochs": 2,
-                                                                   "demo": size == 48, "learning_rate": None}})
+        "pipeline": "fields", "learning_rate": 0.002,
+        "settings": {"pipeline": "fields", "input_size": size, "epochs": 2, "demo": size == 48, "learning_rate": None}})
               for name, size in (("f", 32), ("f48", 48))]
     runs = [comparison.load_run(str(folder)) for folder in (tfdata, *fields)]
     differences = comparison.config_differences(runs).set_index("setting")
@@ -111,3 +113,59 @@ def test_a_model_whose_weights_are_missing_or_fail_their_checksum_is_not_offered
         texts(app.error)
     assert [b.label for b in app.button if b.label.startswith("Make ")] == []  # good is already active
     assert [s.value for s in app.success] == ["good is active"]
+
+
+def bundled_run_files(folder: Path, model: str, edit=None) -> Path:
+    """A bundled model's card and cv.json (no weights: the tables never load a model), `edit`ed."""
+    folder.mkdir(parents=True)
+    for name in ("card.json", "cv.json"):
+        value = json.loads((REPO / "models" / model / name).read_text())
+        (folder / name).write_text(json.dumps(edit(name, value) if edit else value))
+    return folder
+
+
+def test_models_cross_validated_on_the_same_folds_are_compared_on_them(tmp_path):
+    """QA compare #10: the bundled models carry the same 5 patient-wise folds (README compares them so), but the
+    page only said "not comparable". Folds drawn with another seed, or holding out other sizes, are kept apart."""
+    def reseeded(name, value):
+        if name == "card.json":
+            value["recipe"]["settings"]["seed"] = 1
+        return value
+
+    def resized(name, value):
+        if name == "cv.json":
+            value["per_fold"]["model"][0]["test_images"] += 1
+        return value
+
+    folders = [bundled_run_files(tmp_path / "default", "default"), bundled_run_files(tmp_path / "small", "small-cnn"),
+               bundled_run_files(tmp_path / "seed1", "small-cnn", reseeded),
+               bundled_run_files(tmp_path / "sizes", "small-cnn", resized),
+               card_folder(tmp_path / "no-cv", name="no-cv")]
+    runs = comparison.distinct_names([comparison.load_run(str(folder)) for folder in folders])
+    [group] = comparison.cross_validation_groups(runs)
+    assert [run.folder for run in group] == [str(folders[0]), str(folders[1])]
+    assert comparison.cross_validation_title(0, group).endswith("2 models on the same 5 patient-wise folds")
+    data = comparison.cross_validation_data(group)
+    assert "5 folds, 757 images of 46 patients" in data and "134 images / 10 patients" in data and "seed (0)" in data
+    table = comparison.cross_validation_side_by_side(group).set_index(["level", "metric"])
+    default, small = (run.name for run in group)
+    assert table.loc[("image", "stage-1 balanced accuracy"), f"{default}: mean +- std over folds"] == "0.849 +- 0.135"
+    assert table.loc[("image", "stage-1 balanced accuracy"), f"{small}: mean +- std over folds"] == "0.851 +- 0.117"
+    assert table.loc[("patient", "stage-1 accuracy"), f"{default}: pooled out-of-fold"] == "0.848 (95% CI 0.739-0.935)"
+    assert table.loc[("patient", "stage-1 accuracy"), f"{small}: pooled out-of-fold"] == "n/a: not in cv.json"
+    assert table.loc[("", "model"), f"{small}: mean +- std over folds"].startswith("LIMITED DATA · ")
+    demo = dataclasses.replace(group[1], card={**group[1].card, "demo": True})
+    shown = comparison.cross_validation_side_by_side([group[0], demo]).set_index(["level", "metric"])
+    assert set(shown[f"{small}: mean +- std over folds"].iloc[1:]) == {comparison.NOT_SHOWN_DEMO}
+
+
+def test_the_compare_page_compares_the_bundled_models_on_their_common_folds(tmp_path, monkeypatch):
+    from tests.app_helpers import app_on_bundled_models, texts
+
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "default")
+    app.switch_page("pages/compare.py").run()
+    assert not app.exception, app.exception
+    assert "Those cross-validated on the same folds are compared on them" in texts(app.warning)
+    assert [s.value for s in app.subheader if s.value.startswith("Cross-validation ")] == [
+        "Cross-validation 1: 2 models on the same 5 patient-wise folds"]
+    assert any(frame.value.columns[-1].endswith(": pooled out-of-fold") for frame in app.dataframe)

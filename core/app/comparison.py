@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.app.performance import cross_validation_caption, cross_validation_table, protocol_kind
 from core.app.registry import model_badge, short_location
 from core.app.run_files import read_run_files
 from core.errors import ModelFolderError
@@ -30,6 +31,7 @@ class Run:
     history: pd.DataFrame | None
     config: dict | None
     problems: list[str] = dataclasses.field(default_factory=list)
+    cross_validation: dict | None = None  # cv.json, checked (core.app.run_files)
 
     @property
     def test_set(self) -> tuple[str, str] | None:
@@ -58,7 +60,7 @@ def load_run(folder: str) -> Run:
     card = read_card(folder)
     files = read_run_files(folder, card)
     return Run(str(Path(folder)), card_name(card, folder), card, files.metrics or None, files.history,
-               files.config or card_settings(card), files.problems)
+               files.config or card_settings(card), files.problems, files.cross_validation)
 
 
 def card_settings(card: dict) -> dict | None:
@@ -157,6 +159,91 @@ def metrics_side_by_side(runs: list[Run]) -> pd.DataFrame:
     rows.append({"level": "", "metric": "computed on",
                  **{run.name: f"{data.get('images', '?')} images, {data.get('cases', '?')} cases, "
                               f"{first.get('protocol') or 'unknown protocol'}" for run in runs}})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- cross-validations on the same folds
+
+def _fold_settings(run: Run, folds: int) -> dict | None:
+    """The settings the run's cross-validation drew its folds with (seed, magnification), from the card
+    that records them: make-default's recipe (it cross-validated with these), a fields CV's final model
+    (its own settings), a tf.data CV's fold model (an ensemble of the folds: its first member)."""
+    card = run.card
+    if card_kind(card) == ENSEMBLE:
+        card = read_card(Path(run.folder) / card["members"][0]["path"])
+    training, recipe = card.get("training") or {}, card.get("recipe") or {}
+    for settings, applies in ((recipe.get("settings"), recipe.get("cross_validation_folds") == folds),
+                              (training.get("settings"), (training.get("settings") or {}).get("folds") == folds),
+                              (training, f"{folds}-fold CV" in str(training.get("split_protocol")))):
+        if applies and isinstance(settings, dict) and settings.get("seed") is not None:
+            return {"data": training.get("data_fingerprint"), "seed": settings["seed"],
+                    "magnification": settings.get("magnification") or "all"}  # TrainConfig's default
+    return None
+
+
+def fold_key(run: Run) -> tuple | None:
+    """What identifies the folds of the run's cross-validation; equal for runs tested on the same folds.
+
+    cv.json lists each fold's sizes but not its patients. core.data.splits.patient_kfold draws every
+    fold's patients from the images (the data fingerprint, their file names), k and the seed alone, so
+    these, with the per-fold sizes as a check, stand for the per-fold case lists. None when any is not
+    recorded (or the card cannot be read): such a cross-validation is compared with none."""
+    cv = run.cross_validation
+    if not cv or protocol_kind(cv["protocol"]) != "patient-wise" or not isinstance(cv.get("folds"), int):
+        return None
+    try:
+        folds = sorted((cv.get("per_fold") or {}).get("model") or [], key=lambda fold: fold["fold"])
+        sizes = tuple((int(fold["test_images"]), int(fold["test_cases"])) for fold in folds)
+        drawn = _fold_settings(run, cv["folds"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError):
+        return None
+    if len(sizes) != cv["folds"] or not drawn or not drawn["data"]:
+        return None
+    return "patient-wise", cv["folds"], drawn["data"], drawn["seed"], drawn["magnification"], sizes
+
+
+def cross_validation_groups(runs: list[Run]) -> list[list[Run]]:
+    """The runs whose cross-validations used the same folds, two or more to a group."""
+    groups: dict = {}
+    for run in runs:
+        key = fold_key(run)
+        if key is not None:
+            groups.setdefault(key, []).append(run)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def cross_validation_title(index: int, members: list[Run]) -> str:
+    """'Cross-validation 1: 2 models on the same 5 patient-wise folds'."""
+    folds = fold_key(members[0])[1]
+    return f"Cross-validation {index + 1}: {len(members)} models on the same {folds} patient-wise folds"
+
+
+def cross_validation_data(members: list[Run]) -> str:
+    """What the group was tested on (every patient once; the images and patients per fold), and why the
+    folds are the same."""
+    _, folds, data, seed, magnification, _ = fold_key(members[0])
+    return (cross_validation_caption(members[0].cross_validation) + f" The same folds: drawn from the same images "
+            f"(data fingerprint {data}, magnification {magnification}) with the same k ({folds}) and seed ({seed}), "
+            "which fix every fold's patients, and holding out the same numbers of images and patients.")
+
+
+def cross_validation_side_by_side(members: list[Run]) -> pd.DataFrame:
+    """One row per headline metric and level: per model, its mean +- std over the folds (cv.json) and,
+    where cv.json pools the folds' predictions, the pooled figure with its 95% interval; under each
+    model's badge, a DEMO model's figures not shown."""
+    spread = {run.name: run.cross_validation["mean_std"].get("model") or {} for run in members}
+    table = cross_validation_table({"mean_std": spread})  # the Model performance page's table, a column a model
+    keys = table["metric"].map({name: key for key, name in HEADLINE_NAMES.items()})
+    pooled = {run.name: run.cross_validation.get("pooled") for run in members}
+    rows = {"level": ["", *table["level"]], "metric": ["model", *table["metric"]]}
+    for run in members:
+        figures = {"mean +- std over folds": list(table[run.name])}
+        if any(isinstance(block, dict) for block in pooled.values()):
+            block = pooled[run.name]
+            figures["pooled out-of-fold"] = [_figure(block, level, key) if isinstance(block, dict)
+                                             else "n/a: not in cv.json" for level, key in zip(table["level"], keys)]
+        for badge, (what, column) in zip((run.badge, ""), figures.items()):  # the badge once a model
+            rows[f"{run.name}: {what}"] = [badge, *([NOT_SHOWN_DEMO] * len(column) if run.demo else column)]
     return pd.DataFrame(rows)
 
 
