@@ -186,6 +186,24 @@ def test_the_model_badge_marks_demo_models(folder):
     assert describe_model(cv)["protocol"].startswith("patient-wise 5-fold") and describe_model(cv)["images"] == 757
 
 
+def test_the_split_line_counts_the_held_out_images_for_both_pipelines():
+    """QA compare #19: 'Split: patient-wise, N images' counted train+val+test for a tf.data run (110) and the
+    test split for a fields run (43), which records no split counts."""
+    from core.app.registry import describe_model
+
+    test = {"split": "test", "protocol": "patient-wise", "images": 43, "cases": 7}
+    tfdata = {"training": {"split_protocol": "patient-wise", "counts": {"train": 38, "val": 29, "test": 43}},
+              "metrics": {**test, "data": test}}
+    fields = {"training": {"pipeline": "fields"}, "metrics": {**test, "data": test}}
+    assert describe_model(tfdata)["images"] == describe_model(fields)["images"] == 43
+    assert describe_model(tfdata)["split"] == describe_model(fields)["split"] == "patient-wise, 43 test images"
+    unevaluated = {"training": tfdata["training"]}
+    assert describe_model(unevaluated)["images"] == 43  # its test split, before it is evaluated
+    cv = "patient-wise 5-fold cross-validation, pooled out-of-fold"
+    pooled = describe_model({"training": {"pipeline": "fields"}, "metrics": {"protocol": cv, "images": 757}})
+    assert pooled["split"] == f"{cv}, 757 images, each tested out of fold"
+
+
 def test_one_folder_format_for_every_kind(tmp_path, folder):
     from core.gan.model import GanConfig, build_generator
     from core.model.folders import CLASSIFIER, GENERATOR

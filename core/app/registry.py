@@ -226,6 +226,11 @@ def describe_model(card: dict) -> dict:
     evidence = card.get("evidence") or {}
     metrics = card.get("metrics") or {}
     subtype_reliable, subtype_note = subtype_reliability(card)
+    protocol = training.get("split_protocol") or metrics.get("protocol") or "unknown protocol"
+    # The held-out images the figures were measured on, the same count for both pipelines (a fields run
+    # records no split counts); a cross-validation's: every image, each tested out of fold.
+    images = metrics.get("images") or (metrics.get("data") or {}).get("images") or counts.get("test")
+    images = int(images) if isinstance(images, (int, float)) else 0
     return {
         "name": card.get("name", "unnamed model"),
         "backbone": card.get("backbone", "?"),
@@ -235,8 +240,9 @@ def describe_model(card: dict) -> dict:
                  f"'{training.get('data_source', '?')}')" if evidence.get("images") else
                  training.get("data_source", "unknown data")),
         # A fields run's card states its protocol and images with its metrics (a cross-validation has no split)
-        "protocol": training.get("split_protocol") or metrics.get("protocol") or "unknown protocol",
-        "images": sum(int(v) for v in counts.values() if isinstance(v, (int, float))) or int(metrics.get("images") or 0),
+        "protocol": protocol,
+        "images": images,
+        "split": _split_text(protocol, images, tested(metrics) if metrics else "test"),
         "magnification": training.get("magnification", "all"),
         "sha256": card.get("sha256", ""),
         "created": card.get("created", ""),
@@ -248,6 +254,14 @@ def describe_model(card: dict) -> dict:
         "subtype_reliable": subtype_reliable,
         "subtype_note": subtype_note,
     }
+
+
+def _split_text(protocol: str, images: int, tested_on: str) -> str:
+    """'patient-wise, 43 test images', '... pooled out-of-fold, 757 images, each tested out of fold'."""
+    if not images:
+        return protocol
+    return f"{protocol}, {images} " + ("images, each tested out of fold" if tested_on == "out-of-fold"
+                                       else f"{tested_on} images")
 
 
 def model_badge(card: dict) -> str:
