@@ -96,7 +96,7 @@ with st.sidebar:
             st.markdown(f"**{info['name']}**  \n"
                         f"Backbone: {info['backbone']} ({info['hierarchy']})  \n"
                         f"Trained on: {info['data']}  \n"
-                        f"Split: {info['protocol']}, {info['images']} images")
+                        f"Split: {info['split']}")
     st.caption("Research use only. Not a medical device.")
     if not session.single_user_mode():
         session.watch_session()  # an unattended tab clears itself after the idle limit

@@ -5,6 +5,7 @@ BREAKHIS_* environment variables the app documents.
 """
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -120,6 +121,8 @@ def test_sidebar_shows_the_demo_model_and_switches_models(app, environment):
     app.selectbox(key="model_picker").set_value(str(environment["evaluated"])).run()
     assert "DEMO" not in texts(app.sidebar.markdown)
     assert "evaluated-run" in texts(app.sidebar.markdown)
+    split = [m.value for m in app.sidebar.markdown if "Split:" in m.value]
+    assert split and re.search(r"Split: patient-wise, \d+ test images", split[0]), split  # says what it counts
     app.switch_page("pages/performance.py").run()  # the choice survives a page switch
     assert "evaluated-run" in texts(app.markdown)
 
