@@ -21,6 +21,7 @@ asks to bound is the write the audit adds, measured here where it happens, on th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from common import CHECKOUT, add_smoke, emit  # noqa: E402 - bench/common.py (the script's own folder)
 
+from core.errors import UserInputError  # noqa: E402
+from core.store import accounts  # noqa: E402
 from core.store.audit import Store  # noqa: E402
 
 DETAILS = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.81,
@@ -75,6 +78,9 @@ def load(store: Store, sessions: int, seconds: float, think_s: float) -> dict:
             n += 1
             time.sleep(think_s)  # the model pass and the user's reading between two diagnoses
 
+    for session in range(sessions):  # the store takes reviews by accounts only (made once per database)
+        with contextlib.suppress(UserInputError):
+            accounts.add_account(store, f"user{session}", None, "pathologist")
     threads = [threading.Thread(target=session_loop, args=(s,)) for s in range(sessions)]
     for thread in threads:
         thread.start()

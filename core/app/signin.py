@@ -22,6 +22,7 @@ import streamlit as st
 
 from core.app import cookies
 from core.paths import switch_setting
+from core.store.audit import SINGLE_USER
 
 USER_KEY = "_signed_in"
 SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
@@ -153,7 +154,7 @@ def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     which is no one's activity: reading the row marks it used, so this tab's idle time is counted
     from its last other run instead."""
     if single_user_mode():
-        return {"name": "local", "role": "admin"}
+        return {"name": SINGLE_USER, "role": "admin"}
     user = st.session_state.get(USER_KEY)
     if user is None:
         user = _resume_from_cookie()
