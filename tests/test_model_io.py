@@ -279,6 +279,21 @@ def test_a_refused_import_leaves_nothing_behind(folder, tmp_path):
     assert imported == dest / "tiny" and find_model_folders(dest) == [imported]
 
 
+def test_a_zip_of_a_hidden_folder_is_imported_under_a_visible_name(folder, tmp_path, capsys):
+    """A zip whose folder is '.name' was unpacked into a hidden folder the model lists skip: imported,
+    checksum verified, and never offered. It is imported as 'name', and the command says so."""
+    from core.cli import main as cli
+
+    model, card = (folder / MODEL_FILE).read_bytes(), (folder / CARD_FILE).read_bytes()
+    hidden = _zip(tmp_path / "hidden.zip", {".tiny/model.keras": model, ".tiny/card.json": card})
+    dest = tmp_path / "runs"
+    assert cli(["import-model", str(hidden), "--dest", str(dest)]) == 0
+    out, err = capsys.readouterr()
+    assert f"imported {dest / 'tiny'} (checksum verified)" in out
+    assert "hidden folder '.tiny'" in err and "imported as 'tiny'" in err
+    assert find_model_folders(dest) == [dest / "tiny"] and not (dest / ".tiny").exists()
+
+
 def test_a_zip_bomb_is_refused_before_anything_is_unpacked(folder, tmp_path, monkeypatch):
     """The declared sizes are checked first (zipfile never reads past them), so a few kB that would
     unpack to far more than any model folder never reach the disk."""

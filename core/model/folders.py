@@ -10,6 +10,7 @@ the file) and never compiles: prediction and sampling need no optimizer.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import shutil
@@ -287,7 +288,13 @@ def import_zip(zip_path: str | os.PathLike, dest_root: str | os.PathLike) -> Pat
                 raise ModelFolderError(f"{zip_path.name} would unpack to {unpacked:,} bytes, more than a model "
                                        f"folder holds ({MAX_UNPACKED_BYTES:,}); it is refused")
             folder_name = next(iter(folders)).name
-            target = dest_root / (folder_name if folder_name not in ("", ".", "..") else zip_path.stem)
+            named = folder_name if folder_name not in ("", ".", "..") else zip_path.stem
+            # A hidden folder ('.name') is one the model lists skip: the model would be imported and never offered.
+            visible = named.lstrip(".") or "imported-model"
+            if visible != named:
+                logging.getLogger(__name__).warning("%s holds the hidden folder %r, which the app never lists: "
+                                                    "imported as %r", zip_path.name, named, visible)
+            target = dest_root / visible
             if target.exists() and (not target.is_dir() or any(target.iterdir())):
                 raise ModelFolderError(f"{target} already exists; import into another folder")
             dest_root.mkdir(parents=True, exist_ok=True)
