@@ -85,6 +85,19 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
     return table[exists].reset_index(drop=True), table.loc[~exists, "path"].tolist()
 
 
+def none_found(run_dir: Path, data_dir, split: str) -> str:
+    """Why no image of `split` was found: with --data, none of its BreakHis file names is in that folder."""
+    listed = int((pd.read_csv(run_dir / "split.csv")["split"] == split).sum())
+    if not listed:
+        return f"{run_dir / 'split.csv'} lists no {split!r} images"
+    if data_dir is None:
+        return (f"No readable {split!r} images in {run_dir / 'split.csv'} ({listed} listed images not found; "
+                "pass --data DIR to find them by name)")
+    return (f"None of the {listed} {split!r} images listed in {run_dir / 'split.csv'} is under {data_dir}: images "
+            "are matched by their BreakHis file name (e.g. SOB_B_A-14-22549AB-40-001.png), and none of these names "
+            "occurs there")
+
+
 def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarray) -> pd.DataFrame:
     """`rows` plus pred_label, pred_subtype, p_<class>, p_<subtype> (joint) and w_<subtype>
     (p(subtype | its class)) columns, from p(class) (N, 2) and p(subtype | class) (N, 8, SUBTYPES
@@ -253,8 +266,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         raise UserInputError("thresholds and target recall must be in [0, 1]")
     table, missing = read_split(run_dir, data_dir)
     if split not in set(table["split"]):
-        raise UserInputError(f"No readable {split!r} images in {run_dir / 'split.csv'} "
-                         f"({len(missing)} listed images not found; pass --data DIR to find them by name)")
+        raise UserInputError(none_found(run_dir, data_dir, split))
     from core.model.loading import load_predictor
 
     predictor = load_predictor(run_dir / "model")
