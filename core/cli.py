@@ -171,7 +171,8 @@ def _ensemble(args) -> int:
 def _evaluate(args) -> int:
     from core.evaluation.evaluate import evaluate_run, outputs_of
 
-    results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall)
+    results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall,
+                           allow_missing=args.allow_missing)
     data = results["data"]
     print(f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, {data['cases']} cases")
     for name, block in (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]),
@@ -188,7 +189,9 @@ def _evaluate(args) -> int:
     if skipped["missing"] or skipped["unreadable"]:
         print(f"  WARNING: {skipped['missing']} images missing, {skipped['unreadable']} unreadable "
               f"(e.g. {', '.join(skipped['examples'][:3])})")
-    print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), data["split"]))))
+    if results.get("subset"):
+        print(f"  SUBSET: {results['subset']['statement']}")
+    print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), data["split"], bool(results.get("subset"))))))
     return OK
 
 
@@ -299,6 +302,9 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, default=None, help="p(malignant) decision threshold (0.5)")
     evaluate.add_argument("--target-recall", type=float, default=0.95,
                           help="malignant recall the recall-favouring threshold must reach on val")
+    evaluate.add_argument("--allow-missing", action="store_true",
+                          help="score the images found when some are missing or unreadable, into "
+                               "metrics_<split>_subset.json (never over the run's metrics.json, card or report)")
 
     from core.app.cli_predict import add_predict_command
 

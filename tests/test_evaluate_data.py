@@ -1,12 +1,14 @@
 """`evaluate --data` on a folder that lacks some of a run's images: the held-out figures (metrics.json, the
 card, report.html) are never replaced by a subset's, and a folder without BreakHis names is said to be one."""
 
+import json
 import shutil
 
 import pandas as pd
+import pytest
 
 from core.cli import main as cli
-from tests.test_evaluate import _copy_run, run_dir  # noqa: F401  (the tiny trained run, a fixture)
+from tests.test_evaluate import _copy_run, metrics, run_dir  # noqa: F401  (the tiny trained run and its figures)
 
 
 def _moved(run_dir, to):  # noqa: F811
@@ -32,3 +34,54 @@ def test_a_folder_without_the_listed_names_says_images_are_matched_by_file_name(
     listed = int((pd.read_csv(run / "split.csv")["split"] == "test").sum())
     assert f"None of the {listed} 'test' images" in err and "matched by their BreakHis file name" in err
     assert str(data) in err and "pass --data" not in err
+
+
+def _held_out_files(run):
+    return {name: (run / name).read_bytes() for name in ("metrics.json", "report.html", "model/card.json")}
+
+
+def test_missing_or_unreadable_test_images_never_replace_the_held_out_figures(metrics, run_dir, tmp_path, capsys):  # noqa: F811
+    """A data folder that moved and was partly copied replaced metrics.json, the card's figures and report.html
+    with a subset's (exit 0), while the card's evidence still named every test image. It is refused (exit 2)
+    and they stay as they were; --allow-missing writes the subset's figures beside them, said to be a subset."""
+    from core.evaluation.evaluate import write_outputs
+
+    run, data = _moved(run_dir, tmp_path)
+    write_outputs(run, metrics)
+    held_out = _held_out_files(run)
+    test = pd.read_csv(run / "split.csv").query("split == 'test'")
+    gone = [data / p.rsplit("/", 1)[-1] for p in test["path"][:5]]
+    for path in gone:
+        path.unlink()
+    assert cli(["evaluate", str(run), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "5 missing (test 5)" in err and "--allow-missing" in err and "left as they are" in err
+    assert _held_out_files(run) == held_out and not list(run.glob("*subset*"))
+
+    assert cli(["evaluate", str(run), "--data", str(data), "--allow-missing"]) == 0
+    out = capsys.readouterr().out
+    assert "metrics_test_subset.json" in out and "SUBSET: 27 of the 32 listed test images" in out
+    assert _held_out_files(run) == held_out
+    subset = json.loads((run / "metrics_test_subset.json").read_text())
+    assert subset["subset"]["missing"] == 5 and "not the run's figures" in subset["subset"]["statement"]
+    assert subset["data"]["images"] == 27 and (run / "report_test_subset.html").is_file()
+
+    for original in pd.read_csv(run_dir / "split.csv").query("split == 'test'")["path"][:5]:
+        shutil.copy(original, data)  # all back, listed where they are (--data would skip a broken file), one broken
+    split = pd.read_csv(run / "split.csv")
+    split.assign(path=[str(data / p.rsplit("/", 1)[-1]) for p in split["path"]]).to_csv(run / "split.csv", index=False)
+    gone[0].write_bytes(b"not an image")
+    assert cli(["evaluate", str(run)]) == 2
+    assert "1 unreadable" in capsys.readouterr().err and _held_out_files(run) == held_out
+
+
+def test_a_missing_validation_image_is_refused_too(run_dir, tmp_path):  # noqa: F811
+    """The thresholds the card keeps are chosen on the validation images: a subset of them is not the run's."""
+    from core.errors import UserInputError
+    from core.evaluation.evaluate import evaluate_run
+
+    run, data = _moved(run_dir, tmp_path)
+    val = pd.read_csv(run / "split.csv").query("split == 'val'")
+    (data / val["path"].iloc[0].rsplit("/", 1)[-1]).unlink()
+    with pytest.raises(UserInputError, match=r"1 missing \(val 1\)"):
+        evaluate_run(run, data_dir=data, write=False)

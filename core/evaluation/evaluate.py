@@ -25,6 +25,7 @@ from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CL
 from core.data.selection import fingerprint, resolve_paths
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
+from core.evaluation.held_out import HELD_OUT, none_found, outputs_of, partial_refusal, read_rows
 from core.evaluation.intervals import headline_intervals, patient_intervals, point_metrics
 from core.evaluation.metrics import (
     PATIENT_NOTE,
@@ -55,7 +56,14 @@ REQUIRED_COLUMNS = ("path", "label", "subtype", "magnification", "case", "split"
 # ---------------------------------------------------------------- data
 
 def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """RUN/split.csv with usable paths; returns (table, missing paths).
+    """RUN/split.csv's images that are found, with usable paths; returns (table, missing paths) (see listed_split)."""
+    table = listed_split(run_dir, data_dir)
+    found = table.pop("found")
+    return table[found].reset_index(drop=True), table.loc[~found, "path"].tolist()
+
+
+def listed_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every row of RUN/split.csv with usable paths and a "found" column (the file is there).
 
     split.csv holds paths relative to the data folder the run was trained on (RUN/config.json).
     With `data_dir`, images are found again by file name (BreakHis names are unique), so a run
@@ -81,21 +89,7 @@ def read_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> tupl
         table["path"] = [by_name.get(os.path.basename(p), p) for p in table["path"]]
     elif (run_dir / "config.json").is_file():
         table = resolve_paths(table, read_json(run_dir / "config.json").get("data", "."))
-    exists = table["path"].map(os.path.isfile)
-    return table[exists].reset_index(drop=True), table.loc[~exists, "path"].tolist()
-
-
-def none_found(run_dir: Path, data_dir, split: str) -> str:
-    """Why no image of `split` was found: with --data, none of its BreakHis file names is in that folder."""
-    listed = int((pd.read_csv(run_dir / "split.csv")["split"] == split).sum())
-    if not listed:
-        return f"{run_dir / 'split.csv'} lists no {split!r} images"
-    if data_dir is None:
-        return (f"No readable {split!r} images in {run_dir / 'split.csv'} ({listed} listed images not found; "
-                "pass --data DIR to find them by name)")
-    return (f"None of the {listed} {split!r} images listed in {run_dir / 'split.csv'} is under {data_dir}: images "
-            "are matched by their BreakHis file name (e.g. SOB_B_A-14-22549AB-40-001.png), and none of these names "
-            "occurs there")
+    return table.assign(found=table["path"].map(os.path.isfile))
 
 
 def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarray) -> pd.DataFrame:
@@ -252,21 +246,28 @@ def compact(full: dict) -> dict:
 
 def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: float | None = None,
                  target_recall: float = 0.95, batch_size: int = 32, write: bool = True,
-                 baselines: bool = True) -> dict:
+                 baselines: bool = True, allow_missing: bool = False) -> dict:
     """Evaluate RUN/model on RUN/split.csv's `split`; writes metrics.json, card metrics, report.html
     for the test split, metrics_<split>.json and report_<split>.html for another (see write_outputs).
 
     recall_threshold: p(malignant) decision threshold reported as the operating point
     (default 0.5); recall-favouring image and case thresholds reaching `target_recall` are chosen
     on "val". baselines: also score the majority and colour/texture baselines on the same cases.
+    An image it reads (read_rows) that is missing or unreadable refuses it (partial_refusal); allow_missing
+    scores the rest as a "subset", written beside the run's figures (outputs_of), never over them.
     """
     run_dir = Path(run_dir)
     threshold = 0.5 if recall_threshold is None else float(recall_threshold)
     if not 0.0 <= threshold <= 1.0 or not 0.0 < target_recall <= 1.0:
         raise UserInputError("thresholds and target recall must be in [0, 1]")
-    table, missing = read_split(run_dir, data_dir)
+    listed = listed_split(run_dir, data_dir)
+    found = listed.pop("found")
+    table, absent = listed[found].reset_index(drop=True), listed[~found & read_rows(listed, split, baselines)]
+    missing = listed.loc[~found, "path"].tolist()
     if split not in set(table["split"]):
         raise UserInputError(none_found(run_dir, data_dir, split))
+    if len(absent) and not allow_missing:
+        raise UserInputError(partial_refusal(run_dir, split, absent, []))
     from core.model.loading import load_predictor
 
     predictor = load_predictor(run_dir / "model")
@@ -277,6 +278,8 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
     if split != "val" and (table["split"] == "val").any():
         val_table, unreadable_val = predict_table(predictor, table[table["split"] == "val"], batch_size)
         unreadable += unreadable_val
+    if unreadable and not allow_missing:
+        raise UserInputError(partial_refusal(run_dir, split, absent, unreadable))
     results = {
         "run": portable(run_dir), "model": predictor.name, "hierarchy": predictor.hierarchy,
         "demo_model": predictor.is_demo, "calibration": predictor.card.get("calibration"),
@@ -287,6 +290,10 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", recall_threshold: 
         "not_evaluated": {"missing": len(missing), "unreadable": len(unreadable),
                           "examples": (missing + unreadable)[:5]},
     }
+    if len(absent) or unreadable:
+        results["subset"] = {"missing": len(absent), "unreadable": len(unreadable), "statement": (
+            f"{results['images']} of the {int((listed['split'] == split).sum())} listed {split} images (evaluate "
+            "--allow-missing): a subset, not the run's figures")}
     views = len(predictor.members) > 1  # an ensemble's members are views without TTA
     val_rows, rows = table[table["split"] == "val"], table[table["split"] == split]
     with_views = val_table if views else (predict_table(predictor, for_views(val_rows), batch_size, tta=True)[0]
@@ -365,27 +372,17 @@ def evaluated_thresholds(results: dict) -> dict:
     return thresholds
 
 
-HELD_OUT = "test"  # the one split whose evaluation is the model's: its card, metrics.json, report.html
-
-
-def outputs_of(run_dir: Path, split: str) -> tuple[Path, Path]:
-    """(metrics, report) files of an evaluation on `split`: metrics.json and report.html for the test split,
-    metrics_<split>.json and report_<split>.html for another, so that a look at validation or training
-    images never stands in for the held-out figures the app shows as the model's."""
-    suffix = "" if split == HELD_OUT else f"_{split}"
-    return run_dir / f"metrics{suffix}.json", run_dir / f"report{suffix}.html"
-
-
 def write_outputs(run_dir: Path, results: dict) -> None:
     """The evaluation's metrics and report (outputs_of); for the test split also the card's metrics and
-    its validated thresholds (the others kept). Another split leaves the card untouched."""
-    metrics_file, report_file = outputs_of(run_dir, results["split"])
+    its validated thresholds (the others kept). Another split, or a subset, leaves the card untouched."""
+    metrics_file, report_file = outputs_of(run_dir, results["split"], bool(results.get("subset")))
     write_json_atomic(metrics_file, results)
-    if results["split"] != HELD_OUT:
+    if results["split"] != HELD_OUT or results.get("subset"):
         write_report(results, report_file, read_card(run_dir / "model"))
         logging.getLogger(__name__).warning(
-            "the %s split was evaluated: its figures are in %s and %s; the model card and metrics.json keep the "
-            "held-out test figures", results["split"], metrics_file, report_file)
+            "the %s split was evaluated%s: its figures are in %s and %s; the model card and metrics.json keep the "
+            "held-out test figures", results["split"], " on a subset of its images" if results.get("subset") else "",
+            metrics_file, report_file)
         return
     kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
             if k not in EVALUATED_THRESHOLDS}
