@@ -169,29 +169,15 @@ def _ensemble(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.evaluation.evaluate import evaluate_run, outputs_of
+    from core.evaluation.evaluate import evaluate_run, outputs_of, write_outputs
+    from core.evaluation.summary import summary_lines
 
-    results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall,
+    results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall, write=False,
                            allow_missing=args.allow_missing)
-    data = results["data"]
-    print(f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, {data['cases']} cases")
-    for name, block in (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]),
-                        ("patients stage 1", results["patient"]["stage1"])):
-        balanced, f1 = ("n/a" if v is None else f"{v:.3f}" for v in (block["balanced_accuracy"], block["macro_f1"]))
-        print(f"  {name:17s} accuracy {block['accuracy']:.3f}  balanced {balanced}  macro F1 {f1}"
-              + (f"  ({block['not_applicable']})" if block.get("not_applicable") else ""))
-    favouring = results["malignant_threshold"]["recall_favouring"]
-    if favouring["threshold"] is not None:
-        print(f"  recall-favouring threshold {favouring['threshold']:.3f} (target {favouring['target_recall']} on val): "
-              f"malignant recall {favouring['on_split']['malignant_recall']:.3f}, "
-              f"benign recall {favouring['on_split']['benign_recall']}")
-    skipped = results["not_evaluated"]
-    if skipped["missing"] or skipped["unreadable"]:
-        print(f"  WARNING: {skipped['missing']} images missing, {skipped['unreadable']} unreadable "
-              f"(e.g. {', '.join(skipped['examples'][:3])})")
-    if results.get("subset"):
-        print(f"  SUBSET: {results['subset']['statement']}")
-    print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), data["split"], bool(results.get("subset"))))))
+    lines = summary_lines(results)  # every figure formatted before a file is written: no half-written evaluation
+    write_outputs(Path(args.run), results)
+    print("\n".join(lines))
+    print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), results["split"], bool(results.get("subset"))))))
     return OK
 
 

@@ -85,3 +85,31 @@ def test_a_missing_validation_image_is_refused_too(run_dir, tmp_path):  # noqa: 
     (data / val["path"].iloc[0].rsplit("/", 1)[-1]).unlink()
     with pytest.raises(UserInputError, match=r"1 missing \(val 1\)"):
         evaluate_run(run, data_dir=data, write=False)
+
+
+def test_a_subset_without_malignant_images_prints_n_a_and_a_failed_write_changes_nothing(metrics, run_dir, tmp_path,  # noqa: F811
+                                                                                          capsys, monkeypatch):
+    """The recall at the recall-favouring threshold is undefined on test images without a malignant one: the
+    command crashed (TypeError formatting None) after it had rewritten metrics.json, the card and report.html.
+    It prints n/a; and a write that fails part way (here the report) leaves the previous files as they were."""
+    import core.evaluation.evaluate as evaluate
+
+    run, data = _moved(run_dir, tmp_path)
+    evaluate.write_outputs(run, metrics)
+    held_out = _held_out_files(run)
+    test = pd.read_csv(run / "split.csv").query("split == 'test' and label == 'malignant'")
+    for path in test["path"]:
+        (data / path.rsplit("/", 1)[-1]).unlink()
+    assert cli(["evaluate", str(run), "--data", str(data), "--allow-missing"]) == 0
+    out = capsys.readouterr().out
+    assert "malignant recall n/a" in out and "None" not in out
+
+    def broken(results, path):
+        path.write_text("half a report")
+        raise RuntimeError("plotly failed")
+
+    monkeypatch.setattr(evaluate, "write_report", broken)
+    for original in pd.read_csv(run_dir / "split.csv").query("split == 'test' and label == 'malignant'")["path"]:
+        shutil.copy(original, data)  # all images there again: this evaluation would replace the held-out figures
+    assert cli(["evaluate", str(run), "--data", str(data)]) == 1
+    assert _held_out_files(run) == held_out and not list(run.glob(".*"))

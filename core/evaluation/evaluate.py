@@ -374,17 +374,24 @@ def evaluated_thresholds(results: dict) -> dict:
 
 def write_outputs(run_dir: Path, results: dict) -> None:
     """The evaluation's metrics and report (outputs_of); for the test split also the card's metrics and
-    its validated thresholds (the others kept). Another split, or a subset, leaves the card untouched."""
+    its validated thresholds (the others kept). Another split, or a subset, leaves the card untouched.
+    The report is drawn first (beside its place) and the card updated before metrics.json: a failure
+    on the way leaves the previous evaluation's files as they were, not half of each."""
     metrics_file, report_file = outputs_of(run_dir, results["split"], bool(results.get("subset")))
-    write_json_atomic(metrics_file, results)
+    drawn = report_file.with_name(f".{report_file.name}.drawing")
+    try:
+        write_report(results, drawn, read_card(run_dir / "model"))
+        if results["split"] == HELD_OUT and not results.get("subset"):
+            kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
+                    if k not in EVALUATED_THRESHOLDS}
+            update_card(run_dir / "model", metrics=without_curves(results),
+                        thresholds={**kept, **evaluated_thresholds(results)})
+        write_json_atomic(metrics_file, results)
+        os.replace(drawn, report_file)
+    finally:
+        drawn.unlink(missing_ok=True)
     if results["split"] != HELD_OUT or results.get("subset"):
-        write_report(results, report_file, read_card(run_dir / "model"))
         logging.getLogger(__name__).warning(
             "the %s split was evaluated%s: its figures are in %s and %s; the model card and metrics.json keep the "
             "held-out test figures", results["split"], " on a subset of its images" if results.get("subset") else "",
             metrics_file, report_file)
-        return
-    kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
-            if k not in EVALUATED_THRESHOLDS}
-    update_card(run_dir / "model", metrics=without_curves(results), thresholds={**kept, **evaluated_thresholds(results)})
-    write_report(results, report_file, read_card(run_dir / "model"))
