@@ -285,7 +285,9 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset folder: find the images again by file name")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"),
                           help="the split to score (default: test; val and train write metrics_<split>.json)")
-    evaluate.add_argument("--threshold", type=float, default=None, help="p(malignant) decision threshold (0.5)")
+    evaluate.add_argument("--threshold", type=float, default=None,
+                          help="p(malignant) decision threshold (0.5): the recall at it is printed and stored as "
+                               "malignant_recall_at_threshold, with it")
     evaluate.add_argument("--target-recall", type=float, default=0.95,
                           help="malignant recall the recall-favouring threshold must reach on val")
     evaluate.add_argument("--allow-missing", action="store_true",

@@ -182,7 +182,11 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
         # A proper score: an ensemble that averages its members' probabilities is never worse on it than
         # their mean (convexity), which is what tests/test_ensemble.py checks exactly.
         "stage1_brier": brier(stage1_p, stage1_truth),
-        "malignant_recall": thresholds["decision"]["malignant_recall"],
+        # One meaning per name: malignant_recall is the most probable class's (as in "intervals" and "stage1");
+        # the recall where p(malignant) >= the decision threshold is stored under its own name, with it.
+        "malignant_recall": stage1["per_class"]["malignant"]["recall"],
+        "malignant_recall_at_threshold": {"threshold": float(threshold),
+                                          "value": thresholds["decision"]["malignant_recall"]},
         "patient_stage1_accuracy": patient["stage1"]["accuracy"], "data": data,
         # Which images exactly: runs are only compared on the same held-out images (core.app.comparison).
         "test_set": {"fingerprint": fingerprint(evaluated), "cases": sorted(map(str, evaluated["case"].unique()))},
@@ -238,8 +242,8 @@ def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_re
 def compact(full: dict) -> dict:
     """The headline part of `score`'s results (for baselines and ensemble members)."""
     return {k: full[k] for k in ("data", "stage1_accuracy", "stage1_balanced_accuracy", "stage1_auc", "malignant_recall",
-                                 "subtype_macro_f1", "stage1_ece", "stage1_brier", "patient_stage1_accuracy", "intervals",
-                                 "case_threshold")}
+                                 "malignant_recall_at_threshold", "subtype_macro_f1", "stage1_ece", "stage1_brier",
+                                 "patient_stage1_accuracy", "intervals", "case_threshold")}
 
 
 # ---------------------------------------------------------------- run

@@ -23,6 +23,9 @@ def summary_lines(results: dict) -> list[str]:
                         ("patients stage 1", results["patient"]["stage1"])):
         lines.append(f"  {name:17s} accuracy {number(block['accuracy'])}  balanced {number(block['balanced_accuracy'])}"
                      f"  macro F1 {number(block['macro_f1'])}")
+    decision = results["malignant_threshold"]["decision"]
+    lines.append(f"  decision threshold {number(decision['threshold'])} (malignant when p(malignant) >= it): malignant "
+                 f"recall {number(decision['malignant_recall'])}, benign recall {number(decision['benign_recall'])}")
     favouring = results["malignant_threshold"]["recall_favouring"]
     if favouring["threshold"] is not None:
         on_split = favouring["on_split"]

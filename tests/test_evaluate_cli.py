@@ -1,0 +1,24 @@
+"""What `python -m core evaluate` prints and stores beside its figures: the decision threshold with the
+recall at it (one meaning per name), the intervals, the DEMO / LIMITED DATA label, every float formatted."""
+
+import json
+
+from core.cli import main as cli
+from tests.test_evaluate import _copy_run, run_dir  # noqa: F401  (the tiny trained run, a fixture)
+
+
+def test_the_recall_at_the_decision_threshold_has_its_own_name_and_its_threshold(run_dir, tmp_path, capsys):  # noqa: F811
+    """--threshold 0.2 stored the recall at 0.2 as "malignant_recall", while the intervals and stage-1 block
+    (what Compare and Performance show) held the most probable class's under the same name; the threshold was
+    printed nowhere."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    assert cli(["evaluate", str(run), "--threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    argmax = metrics["stage1"]["per_class"]["malignant"]["recall"]
+    assert metrics["malignant_recall"] == argmax == metrics["intervals"]["image"]["malignant_recall"]["value"]
+    assert metrics["malignant_recall_at_threshold"] == {"threshold": 0.0, "value": 1.0}  # all called malignant
+    assert metrics["malignant_threshold"]["decision"]["threshold"] == 0.0
+    assert "decision threshold 0.000" in out and "malignant recall 1.000, benign recall 0.000" in out
+    for baseline in metrics["baselines"].values():
+        assert baseline["malignant_recall_at_threshold"]["threshold"] == 0.0
