@@ -169,12 +169,21 @@ def _ensemble(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from core.evaluation.evaluate import evaluate_run, outputs_of, write_outputs
+    from core.app.registry import describe_model, model_badge
+    from core.evaluation.evaluate import HELD_OUT, evaluate_run, outputs_of, write_outputs
     from core.evaluation.summary import summary_lines
+    from core.model.folders import read_card
 
     results = evaluate_run(args.run, args.data, args.split, args.threshold, args.target_recall, write=False,
                            allow_missing=args.allow_missing)
-    lines = summary_lines(results)  # every figure formatted before a file is written: no half-written evaluation
+    card = read_card(Path(args.run) / "model")
+    if results["split"] == HELD_OUT and not results.get("subset"):
+        card = {**card, "metrics": results}  # the card as this evaluation leaves it
+    info = describe_model(card)  # the app's one rule for DEMO and LIMITED DATA, and their label
+    label = f"{model_badge(card)}: {info['evidence'] or 'a demo model'}" if info["demo"] or info["limited"] else None
+    if info["demo"]:
+        label += " (a DEMO model has no valid accuracy: these figures only show the code ran)"
+    lines = summary_lines(results, label)  # every figure formatted before a file is written: no half-written evaluation
     write_outputs(Path(args.run), results)
     print("\n".join(lines))
     print("wrote " + ", ".join(map(str, outputs_of(Path(args.run), results["split"], bool(results.get("subset"))))))

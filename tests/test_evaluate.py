@@ -175,7 +175,7 @@ def test_moved_dataset_is_found_by_file_name(metrics, run_dir, synthetic_breakhi
 def test_cli_prints_a_summary(run_dir, synthetic_breakhis, capsys, tmp_path):
     assert cli(["evaluate", str(run_dir), "--data", str(synthetic_breakhis), "--split", "val", "--threshold", "0.3"]) == 0
     out = capsys.readouterr().out
-    assert "val split, patient-wise, 32 images, 8 cases" in out and "stage 1" in out
+    assert "val split, patient-wise, 32 images, 8 cases" in out and "stage-1 accuracy" in out
     assert cli(["evaluate", str(run_dir / "missing")]) == 2
     assert "split.csv not found" in capsys.readouterr().err
     cv = tmp_path / "a-cross-validation"  # no split of its own: said so, not "is it a run folder?"

@@ -6,7 +6,7 @@ data measured on, say) reads "n/a" instead of failing; the command formats them 
 
 from __future__ import annotations
 
-from core.evaluation.intervals import format_interval
+from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 
 
 def number(value, digits: int = 3) -> str:
@@ -14,15 +14,27 @@ def number(value, digits: int = 3) -> str:
     return format_interval({"value": value}, digits)
 
 
-def summary_lines(results: dict) -> list[str]:
-    """The evaluation in a few lines (the report and metrics.json hold the rest)."""
-    data = results["data"]
-    lines = [f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, "
-             f"{data['cases']} cases"]
-    for name, block in (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]),
-                        ("patients stage 1", results["patient"]["stage1"])):
-        lines.append(f"  {name:17s} accuracy {number(block['accuracy'])}  balanced {number(block['balanced_accuracy'])}"
-                     f"  macro F1 {number(block['macro_f1'])}")
+def headline_figure(results: dict, level: str, key: str) -> str:
+    """A headline figure with its 95% interval over cases where the evaluation has one, else its value."""
+    block = ((results.get("intervals") or {}).get(level) or {}).get(key)
+    if isinstance(block, dict):
+        return format_interval(block)
+    return number(results.get(key)) if level == "image" else "n/a"
+
+
+def summary_lines(results: dict, label: str | None = None) -> list[str]:
+    """The evaluation in a few lines (the report and metrics.json hold the rest). label: the model's
+    DEMO / LIMITED DATA label (core.app.registry.model_badge) as the first line, where it has one."""
+    data, patients = results["data"], results["patient"]["stage1"]
+    lines = [label] if label else []
+    lines += [f"{results['model']}: {data['split']} split, {data['protocol']}, {data['images']} images, "
+              f"{data['cases']} cases",
+              f"  {'figure (95% CI over cases)':30s} {'image level (' + str(data['images']) + ' images)':31s} "
+              f"patient level ({patients['data']['cases']} patients)"]
+    lines += [f"  {HEADLINE_NAMES[key]:30s} {headline_figure(results, 'image', key):31s} {headline_figure(results, 'patient', key)}"
+              for key in HEADLINE]
+    lines.append(f"  without an interval: 8-subtype accuracy {number(results['subtype8']['accuracy'])}, stage-1 macro "
+                 f"F1 {number(results['stage1']['macro_f1'])}, patient stage-1 macro F1 {number(patients['macro_f1'])}")
     decision = results["malignant_threshold"]["decision"]
     lines.append(f"  decision threshold {number(decision['threshold'])} (malignant when p(malignant) >= it): malignant "
                  f"recall {number(decision['malignant_recall'])}, benign recall {number(decision['benign_recall'])}")
