@@ -35,6 +35,9 @@ def summary_lines(results: dict, label: str | None = None) -> list[str]:
               for key in HEADLINE]
     lines.append(f"  without an interval: 8-subtype accuracy {number(results['subtype8']['accuracy'])}, stage-1 macro "
                  f"F1 {number(results['stage1']['macro_f1'])}, patient stage-1 macro F1 {number(patients['macro_f1'])}")
+    lines += [f"  n/a for {name}: {block['not_applicable']}" for name, block in
+              (("stage 1", results["stage1"]), ("8 subtypes", results["subtype8"]), ("patients", patients))
+              if block.get("not_applicable")]  # why a balanced or macro figure is undefined (a class absent)
     decision = results["malignant_threshold"]["decision"]
     lines.append(f"  decision threshold {number(decision['threshold'])} (malignant when p(malignant) >= it): malignant "
                  f"recall {number(decision['malignant_recall'])}, benign recall {number(decision['benign_recall'])}")
