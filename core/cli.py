@@ -135,14 +135,22 @@ def _compare(args) -> int:
 
 def _calibrate(args) -> int:
     from core.evaluation.evaluate import evaluate_run
+    from core.jsonfile import write_json_atomic
+    from core.model.folders import CARD_FILE, read_card
     from core.training.calibrate_run import calibrate_run
 
-    block = calibrate_run(args.run, args.data)
+    card = read_card(Path(args.run) / "model")  # put back if the re-evaluation fails: no card whose
+    block = calibrate_run(args.run, args.data)  # temperatures are new but whose figures are not
     for split, measured in block["measured"].items():
         for head, m in measured["heads"].items():
             print(f"{split:4s} {head:18s} T={block['temperatures'].get(head, 1.0):.3f}  ECE {m['ece_before']:.3f} -> "
                   f"{m['ece_after']:.3f}  Brier {m['brier_before']:.3f} -> {m['brier_after']:.3f}  ({m['images']} images)")
-    evaluate_run(args.run, args.data)  # metrics, thresholds and report with the new calibration
+    try:
+        evaluate_run(args.run, args.data)  # metrics, thresholds and report with the new calibration
+    except BaseException:
+        write_json_atomic(Path(args.run) / "model" / CARD_FILE, card)
+        print("the re-evaluation failed: the card's calibration was put back as it was", file=sys.stderr)
+        raise
     print(f"updated {Path(args.run) / 'model' / 'card.json'} and re-evaluated {args.run}")
     return OK
 

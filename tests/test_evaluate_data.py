@@ -114,3 +114,19 @@ def test_a_subset_without_malignant_images_prints_n_a_and_a_failed_write_changes
         shutil.copy(original, data)  # all images there again: this evaluation would replace the held-out figures
     assert cli(["evaluate", str(run), "--data", str(data)]) == 1
     assert _held_out_files(run) == held_out and not list(run.glob(".*"))
+
+
+def test_a_recalibration_whose_re_evaluation_is_refused_leaves_the_card_as_it_was(metrics, run_dir, tmp_path,  # noqa: F811
+                                                                                     capsys):
+    """`calibrate --data` wrote new temperatures into the card, then its re-evaluation refused the folder that
+    lacked test images: a card calibrated anew whose figures were measured with the old calibration."""
+    from core.evaluation.evaluate import write_outputs
+
+    run, data = _moved(run_dir, tmp_path)
+    write_outputs(run, metrics)
+    held_out = _held_out_files(run)
+    test = pd.read_csv(run / "split.csv").query("split == 'test'")
+    (data / test["path"].iloc[0].rsplit("/", 1)[-1]).unlink()
+    assert cli(["calibrate", str(run), "--data", str(data)]) == 2
+    assert "the card's calibration was put back" in capsys.readouterr().err
+    assert _held_out_files(run) == held_out
