@@ -170,7 +170,7 @@ def _tune(args) -> int:
 def _ensemble(args) -> int:
     from core.training.ensemble_run import ensemble_run
 
-    folder = ensemble_run(args.members, args.out, args.name)
+    folder = ensemble_run(args.members, args.out, args.name, data=args.data, allow_missing=args.allow_missing)
     print(f"wrote the ensemble {folder}" + (f" and its evaluation {Path(args.out) / 'metrics.json'}"
                                            if (Path(args.out) / "metrics.json").is_file() else ""))
     return OK
@@ -296,6 +296,9 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
     ensemble.add_argument("--members", nargs="+", required=True, help="classifier model folders")
     ensemble.add_argument("--out", required=True, help="run folder to create (OUT/model is the ensemble)")
     ensemble.add_argument("--name", help="ensemble name (default: the --out folder name)")
+    ensemble.add_argument("--data", help="dataset folder: find the members' test images again by file name")
+    ensemble.add_argument("--allow-missing", action="store_true",
+                          help="as evaluate's: the images found scored into metrics_test_subset.json")
 
     evaluate = command("evaluate", _evaluate, "evaluate a training run on its held-out split")
     evaluate.add_argument("run", help="run folder (split.csv + model/)")

@@ -2,6 +2,7 @@
 and the ensemble evaluated on the same cases, disagreement as a refer reason, mean heat maps."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +166,13 @@ def test_an_ensemble_whose_evaluation_fails_leaves_nothing_behind(synthetic_brea
         split.to_csv(member.parent / "split.csv", index=False)
     ensemble_run(members, tmp_path / "ens")
     assert (tmp_path / "ens" / "metrics.json").is_file() and pd.read_csv(tmp_path / "ens" / "split.csv")["label"].any()
+    moved = split.assign(path=["/nowhere/" + Path(p).name for p in split["path"]])  # the data folder moved
+    for member in members:
+        moved.to_csv(member.parent / "split.csv", index=False)
+    with pytest.raises(UserInputError, match="--data DIR"):  # refused, as evaluate is; the CLI now takes --data
+        ensemble_run(members, tmp_path / "moved")
+    ensemble_run(members, tmp_path / "moved", data=synthetic_breakhis)  # found again by file name
+    assert json.loads((tmp_path / "moved" / "metrics.json").read_text())["data"]["images"] == (split["split"] == "test").sum()
 
 
 def _stub_member(dihedral: bool):

@@ -36,8 +36,10 @@ def shared_split(members: list[Path]) -> pd.DataFrame | None:
     return splits[0] if all(s.equals(splits[0]) for s in splits[1:]) else None
 
 
-def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, **card_fields) -> Path:
-    """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation.
+def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, data=None,
+                 allow_missing: bool = False, **card_fields) -> Path:
+    """OUT/model (the ensemble card) and, for members of one split, OUT/split.csv and its evaluation
+    (core.evaluation.evaluate.evaluate_run: `data` and `allow_missing` as `evaluate --data`'s).
 
     All or nothing: when any step fails (the evaluation, most often), what this call added to OUT is
     removed again, so a half-made OUT/model does not refuse the retry as "already holds a model"."""
@@ -45,7 +47,7 @@ def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = T
     refuse_existing_run(out, ("model",), holds="a model")
     before = set(out.iterdir()) if out.is_dir() else None
     try:
-        return _ensemble_run(members, out, name, evaluate, card_fields)
+        return _ensemble_run(members, out, name, evaluate, card_fields, data, allow_missing)
     except BaseException:
         _remove_added(out, before)
         raise
@@ -63,7 +65,8 @@ def _remove_added(out: Path, before: set | None) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _ensemble_run(members: list[Path], out: Path, name: str | None, evaluate: bool, card_fields: dict) -> Path:
+def _ensemble_run(members: list[Path], out: Path, name: str | None, evaluate: bool, card_fields: dict, data=None,
+                  allow_missing: bool = False) -> Path:
     common = shared_split(members)
     if common is not None:
         source = _run_of(members[0])
@@ -79,5 +82,5 @@ def _ensemble_run(members: list[Path], out: Path, name: str | None, evaluate: bo
     if common is not None and evaluate and (common["split"] == "test").any():
         from core.evaluation.evaluate import evaluate_run
 
-        evaluate_run(out)
+        evaluate_run(out, data, allow_missing=allow_missing)
     return folder
