@@ -26,7 +26,7 @@ def manifest_images(manifest: str):
 def folder_images(folder: str):
     result = index_folder(folder)
     unreadable = ["the folder itself" if name == "." else name for name in result.unreadable]
-    return result.images, result.summary(), len(result.skipped), unreadable
+    return result.images, result.summary(), len(result.skipped), unreadable, dataset_views.scan_warnings(result)
 
 
 @st.cache_data(show_spinner="Applying the balancing strategies...", max_entries=8)
@@ -64,9 +64,11 @@ else:
     if problem:
         st.error(problem)
         st.stop()
-    images, scan_summary, skipped, unreadable = folder_images(folder)
+    images, scan_summary, skipped, unreadable, mistakes = folder_images(folder)
     with st.expander("Scan report"):
         st.text(scan_summary)
+    for mistake in mistakes:
+        st.warning(mistake, icon=":material/label_off:")
     if unreadable:  # not "no images": the server may not read them
         st.warning(f"{len(unreadable)} folder(s) could not be read, so their images are not counted: "
                    + ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else ""))

@@ -109,8 +109,25 @@ def test_a_scanned_folder_says_what_and_how_many_next_to_its_figures_and_a_file_
     assert all(f"<sup>folder {flat}, " in title and "training images</sup>" in title for title in titles[4:])
     assert titles[5].startswith("What the fields pipeline's subtype loss sees")  # its "none" is not "as is"
     assert "takes none or synthetic only" in shown(app) and "1/sqrt(their subtype's count)" in shown(app)
+    assert "byte-identical" not in shown(app) and "names another class" not in shown(app)
     scan(app, flat / "SOB_B_A-14-22549AB-40-001.png")
     assert "is a file, not a folder" in shown(app) and "Folder not found" not in shown(app)
+
+
+def test_images_filed_under_two_patients_or_in_another_labels_folder_are_said_beside_the_figures(environment):
+    """The scan report listed them, in an expander that stays closed: nothing on the page said so."""
+    mixed = environment["open"] / "mixed"
+    (mixed / "benign").mkdir(parents=True)
+    ductal, benign = (sorted((environment["open"] / "flat").glob(f"SOB_{c}-*-40-*.png"))[0] for c in ("M_DC", "B_A"))
+    shutil.copy(ductal, mixed / "benign" / ductal.name)  # a malignant name in benign/
+    shutil.copy(benign, mixed / benign.name)
+    shutil.copy(benign, mixed / "SOB_B_A-15-99001-40-001.png")  # the same bytes as another patient's
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    scan(app, mixed)
+    warnings = [w.value for w in app.warning]
+    assert "1 image byte-identical to an image of another patient: counted once" in " ".join(warnings)
+    assert "1 file in a folder that names another class, subtype, magnification or slide" in " ".join(warnings)
 
 
 def test_missing_bundled_samples_are_said_and_the_manifest_figures_still_shown(environment, monkeypatch):

@@ -90,6 +90,19 @@ def folder_caption(images: pd.DataFrame, folder: str, skipped: int) -> str:
             f"names{other}. {completeness(counts)}")
 
 
+def scan_warnings(result) -> list[str]:
+    """What in a scan (core.data.breakhis.IndexResult) is likely a labelling mistake, said beside the figures:
+    the scan report that lists the files sits in a closed expander."""
+    warnings = []
+    if crossed := len(result.cross_patient_copies):
+        warnings.append(f"{counted(crossed, 'image')} byte-identical to an image of another patient: counted once "
+                        "(one of the two patient names must be wrong; see the scan report for both files).")
+    if misfiled := len(result.misfiled):
+        warnings.append(f"{counted(misfiled, 'file')} in a folder that names another class, subtype, magnification "
+                        "or slide than the file name (labels come from file names; see the scan report).")
+    return warnings
+
+
 def training_caption(train: pd.DataFrame) -> str:
     """What the balancing views count: the training split of a patient-wise split."""
     return (f"Balancing applies to the training split only: patient-wise split (seed 0), "
