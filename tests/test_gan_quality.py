@@ -366,3 +366,16 @@ def test_a_generator_judged_on_no_subtype_meets_no_goal():
 
     real = SimpleNamespace(subtypes=["adenosis"], seed=0)
     assert judge_one({}, {}, real)["meets_all_goals"] is False
+
+
+def test_the_ablation_table_says_n_a_for_a_figure_its_test_split_leaves_undefined():
+    """A test split without one class has no macro-F1 (None, core.evaluation.metrics): the table crashed on it."""
+    from core.gan.ablation import format_ablation
+
+    def run(macro_f1):
+        return {"macro_f1": macro_f1, "subtype_accuracy": 0.5, "stage1_accuracy": 0.75,
+                "recall": {s: None for s in SUBTYPES}, "support": {s: 0 for s in SUBTYPES}, "synthetic_by_subtype": {}}
+
+    table = format_ablation({"runs": {"none": run(None), "synthetic": run(0.25)}, "same_split": True, "gan": "g",
+                             "filled_subtypes": ["adenosis"], "gan_leak": None})
+    assert "| subtype macro-F1 | n/a | 0.250 |" in table and "| stage-1 accuracy | 0.750 | 0.750 |" in table

@@ -21,7 +21,7 @@ from core.data.labels import SUBTYPES
 from core.data.selection import select_images
 from core.data.synthetic import leak_check, provenance_of
 from core.errors import UserInputError
-from core.evaluation.intervals import HEADLINE_NAMES, headline_intervals, subtype_f1_intervals
+from core.evaluation.intervals import HEADLINE_NAMES, format_interval, headline_intervals, subtype_f1_intervals
 from core.gan.gallery import ABLATION_FILE
 from core.gan.sampling import fill_folder_from_generator
 from core.jsonfile import read_json, write_json_atomic
@@ -102,13 +102,16 @@ def format_ablation(result: dict) -> str:
     lines = [f"Ablation on the same split (identical: {result['same_split']}); GAN {result['gan']}",
              f"filled subtypes: {', '.join(result['filled_subtypes'])}"
              + (f"; WARNING: {result['gan_leak']}" if result["gan_leak"] else ""),
-             "", "| | no GAN fill | GAN fill |", "|---|---|---|",
-             f"| subtype macro-F1 | {none['macro_f1']:.3f} | {synthetic['macro_f1']:.3f} |",
-             f"| subtype accuracy | {none['subtype_accuracy']:.3f} | {synthetic['subtype_accuracy']:.3f} |",
-             f"| stage-1 accuracy | {none['stage1_accuracy']:.3f} | {synthetic['stage1_accuracy']:.3f} |"]
+             "", "| | no GAN fill | GAN fill |", "|---|---|---|"]
+
+    def fmt(value) -> str:  # a figure the test split leaves undefined (a class absent) is n/a, not a crash
+        return format_interval({"value": value})
+
+    lines += [f"| {name} | {fmt(none[key])} | {fmt(synthetic[key])} |" for name, key in
+              (("subtype macro-F1", "macro_f1"), ("subtype accuracy", "subtype_accuracy"),
+               ("stage-1 accuracy", "stage1_accuracy"))]
     for s in SUBTYPES:
         a, b = none["recall"][s], synthetic["recall"][s]
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         added = synthetic["synthetic_by_subtype"].get(s, 0)
         lines.append(f"| recall {s} (test n={none['support'][s]}, +{added} synthetic) | {fmt(a)} | {fmt(b)} |")
     return "\n".join(lines)
