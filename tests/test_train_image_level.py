@@ -26,6 +26,7 @@ def test_an_image_level_tf_data_run_is_trained_and_labelled_leaky(synthetic_brea
     assert metrics["protocol"] == metrics["data"]["protocol"] == IMAGE and "leaky" in IMAGE
     card = json.loads((run / "model" / "card.json").read_text())
     assert card["metrics"]["stage1"]["data"]["protocol"] == IMAGE
+    assert "image-level (leaky) split" in card["evidence"]["statement"]  # the statement shown wherever it predicts
 
 
 @pytest.mark.parametrize("protocol", ["patient-wise", "image-level"])

@@ -16,7 +16,7 @@ from core.backends import machine
 from core.data.breakhis import subtype_counts
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
 from core.data.scale import whole_field_scale
-from core.data.splits import describe_split
+from core.data.splits import IMAGE, describe_split
 from core.paths import portable
 
 DEMO_BELOW_TRAIN_IMAGES = 200
@@ -122,7 +122,10 @@ def cross_validation_folds(card: dict) -> int:
 def split_figures_on(split: pd.DataFrame, part: str = "test") -> str:
     """'the test split (N images, M patients)' of a run's split table."""
     rows = split[split["split"] == part]
-    return f"the {part} split ({len(rows)} images, {rows['case'].nunique()} patients)"
+    leaky = "protocol" in rows and (rows["protocol"] == IMAGE).any()  # the statement travels without the metrics
+    return (f"the {part} split ({len(rows)} images, {rows['case'].nunique()} patients)"
+            + (" of an image-level (leaky) split: its patients are in training too, so they are optimistic"
+               if leaky else ""))
 
 
 def training_scale(config, train: pd.DataFrame) -> dict:
