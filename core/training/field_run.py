@@ -119,9 +119,11 @@ def scored_rows(table: pd.DataFrame, split: str, protocol: str) -> pd.DataFrame:
 
 
 def _card(config, table, trained_on, history, temperatures, referral, case_rule, metrics, figures_on,
-          measured=None, held_out: dict | None = None) -> dict:
+          measured=None, held_out: dict | None = None, fitted_on: str | None = None) -> dict:
     """held_out: {val, test: images} of one split; a cross-validation's models have {test} (their fold's)
-    or none (the final model, whose figures are out-of-fold)."""
+    or none (the final model, whose figures are out-of-fold). fitted_on: what the temperatures were fitted
+    on, the validation split of one split (default figures_on: a cross-validation's pooled out-of-fold
+    predictions are both)."""
     spec = view_spec(config)
     synthetic = is_synthetic(trained_on)
     counts = {"train": int((~synthetic).sum()), "synthetic": int(synthetic.sum()), **(held_out or {})}
@@ -145,7 +147,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
                                      .format(config.crop_min, " at 200X, of the same tissue at every magnification"
                                              if config.physical_crops else "")},
         "calibration": {"method": "temperature scaling per head (Guo et al. 2017)", "temperatures": temperatures,
-                        "fitted_on": figures_on, **(measured or {})},
+                        "fitted_on": fitted_on or figures_on, **(measured or {})},
         "thresholds": {"case_malignant": case_rule["threshold"], "case_malignant_selection": case_rule,
                        "referral": referral},
         "metrics": metrics,
@@ -216,11 +218,11 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     spec = view_spec(config)
     raw_val, raw_test = (predict_views(classifier, fields[i], spec, magnifications=table["magnification"].iloc[i])
                          for i in (val, test))
-    temperatures = calibrate(raw_val, table.iloc[val])
+    temperatures = calibrate(raw_val, table.iloc[val])  # on the validation patients, never the test split
     val_frame = frame(scored_rows(table.iloc[val], "val", protocol), raw_val, temperatures)
     test_frame = frame(scored_rows(table.iloc[test], "test", protocol), raw_test, temperatures)
-    referral = referral_thresholds(val_frame, f"validation split ({len(val)} images, "
-                                              f"{table['case'].iloc[val].nunique()} patients)")
+    validation = f"the validation split ({len(val)} images, {table['case'].iloc[val].nunique()} patients)"
+    referral = referral_thresholds(val_frame, validation)
     referral["figures_on_test"] = referral_figures(test_frame, referral)
     metrics = score(test_frame, val_frame, "test")
     write_json_atomic(out / "metrics.json", metrics)
@@ -233,7 +235,8 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     figures_on = split_figures_on(table.assign(split=split))
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on, measured_block({"val": (val_frame, raw_val), "test": (test_frame, raw_test)},
-                                                     temperatures), {"val": len(val), "test": len(test)})
+                                                     temperatures), {"val": len(val), "test": len(test)},
+                 fitted_on=validation)
     model_dir = save_model_folder(classifier, out / "model", card)
     writer.emit("end", status="completed", model_dir=str(model_dir), epoch=history["epochs"], epochs=config.epochs,
                 message=f"trained in {history['seconds']:.0f} s")

@@ -1,0 +1,29 @@
+"""A single-split run of the field recipe (`python -m core train --pipeline fields`, no --folds): what its card
+and metrics say about where its temperatures were fitted, DEMO, baselines and the data it learnt from."""
+
+import logging
+
+import pytest
+
+from core.jsonfile import read_json
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_breakhis, tmp_path_factory):
+    """One tiny patient-wise run (96 synthetic images: fewer training images than the DEMO threshold)."""
+    from core.cli import main
+
+    out = tmp_path_factory.mktemp("fields") / "one"
+    assert main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out),
+                 "--backbone", "small_cnn", "--weights", "none", "--input-size", "32", "--epochs", "1",
+                 "--batch-size", "16", "--warmup-steps", "2"]) == 0
+    return out
+
+
+def test_the_temperatures_are_said_to_be_fitted_on_the_validation_patients_not_the_test_split(run):
+    """They are fitted on the validation split; the card said 'fitted_on: the test split (N images, M patients)'."""
+    card = read_json(run / "model" / "card.json")
+    val = card["training"]["counts"]["val"]
+    fitted_on = card["calibration"]["fitted_on"]
+    assert fitted_on.startswith(f"the validation split ({val} images, ") and "test" not in fitted_on
+    assert card["calibration"]["measured"]["val"]["in_sample"] and not card["calibration"]["measured"]["test"]["in_sample"]
