@@ -27,3 +27,14 @@ def test_the_temperatures_are_said_to_be_fitted_on_the_validation_patients_not_t
     fitted_on = card["calibration"]["fitted_on"]
     assert fitted_on.startswith(f"the validation split ({val} images, ") and "test" not in fitted_on
     assert card["calibration"]["measured"]["val"]["in_sample"] and not card["calibration"]["measured"]["test"]["in_sample"]
+
+
+def test_a_fields_run_on_fewer_images_than_the_demo_threshold_is_a_demo_model_as_a_tfdata_run_is(run):
+    """One DEMO rule for both pipelines (core.training.runcard: --demo, or fewer than DEMO_BELOW_TRAIN_IMAGES
+    training images); the fields card said demo false whatever it learnt from, --demo included."""
+    from core.app.registry import describe_model
+    from core.training.runcard import DEMO_BELOW_TRAIN_IMAGES
+
+    card = read_json(run / "model" / "card.json")
+    assert card["evidence"]["images"] < DEMO_BELOW_TRAIN_IMAGES and card["demo"] is True
+    assert describe_model(card)["demo"]

@@ -44,7 +44,15 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import evidence, held_out_gaps, is_synthetic, run_record, split_figures_on, training_counts
+from core.training.runcard import (
+    DEMO_BELOW_TRAIN_IMAGES,
+    evidence,
+    held_out_gaps,
+    is_synthetic,
+    run_record,
+    split_figures_on,
+    training_counts,
+)
 
 log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
@@ -127,14 +135,16 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
     spec = view_spec(config)
     synthetic = is_synthetic(trained_on)
     counts = {"train": int((~synthetic).sum()), "synthetic": int(synthetic.sum()), **(held_out or {})}
+    learnt = evidence(trained_on, history["weights_init"], figures_on)
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
-        "input_size": config.input_size, "weights_init": history["weights_init"], "demo": False,
+        "input_size": config.input_size, "weights_init": history["weights_init"],
+        "demo": bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES),  # the tf.data card's rule (runcard)
         "views": spec.to_dict(),
         "scale": {"mpp": 1.0, "tile_px": [CROP_PX, CROP_PX],
                   "source": "field recipe: fields restored to 350x230 px (~1 um/px at 200X), 224-px views"},
         "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
-        "evidence": evidence(trained_on, history["weights_init"], figures_on),
+        "evidence": learnt,
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
                      "data_fingerprint": fingerprint(table),
                      **training_counts(trained_on, counts), "reviewed_images": reviewed_count(trained_on),
