@@ -38,3 +38,18 @@ def test_a_fields_run_on_fewer_images_than_the_demo_threshold_is_a_demo_model_as
     card = read_json(run / "model" / "card.json")
     assert card["evidence"]["images"] < DEMO_BELOW_TRAIN_IMAGES and card["demo"] is True
     assert describe_model(card)["demo"]
+
+
+def test_the_fields_pipeline_logs_the_folders_scan_report_as_the_tfdata_pipeline_does(samples_dir, tmp_path, caplog):
+    """field_table indexed the folder without a word: a skipped file or a picture filed under two patients went
+    unreported in a fields run's log, while core.data.selection.select_images logs it for a tf.data run."""
+    import shutil
+
+    from core.training.field_run import field_table
+
+    first = sorted(samples_dir.rglob("SOB_*.png"))[0]
+    shutil.copy(first, tmp_path / first.name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="core.data.selection"):
+        assert len(field_table(tmp_path)) == 1
+    assert "1 files skipped" in caplog.text and "notes.txt" in caplog.text

@@ -120,12 +120,19 @@ def assign_splits(images: pd.DataFrame, spec: SplitSpec) -> pd.DataFrame:
     return split
 
 
-def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Selection:
-    """Index `data_dir` (any layout) and split it by `spec`; the scan report (skipped files, byte-identical
-    copies left out, files whose folder contradicts their name) goes to the log, i.e. the training log."""
+def scan(data_dir, report_skipped: bool = True) -> IndexResult:
+    """Index `data_dir` (any layout); the scan report (skipped files, byte-identical copies left out, those of
+    another patient named, files whose folder contradicts their name) goes to the log, i.e. the training log.
+    Both pipelines' runs index their data through here."""
     index: IndexResult = index_folder(data_dir)
     if (index.skipped or index.misfiled) and report_skipped:
         log.warning(index.summary())
+    return index
+
+
+def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Selection:
+    """Index `data_dir` (scan: its report logged) and split it by `spec`."""
+    index = scan(data_dir, report_skipped)
     if len(index.images) == 0:
         raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
     return Selection(assign_splits(index.images, spec), index.skipped, fingerprint(index.images))

@@ -23,10 +23,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from core.data.breakhis import index_folder
 from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
-from core.data.selection import fingerprint, select_magnification
+from core.data.selection import fingerprint, scan, select_magnification
 from core.data.splits import PATIENT, make_split, patient_kfold
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
@@ -67,8 +66,9 @@ def _magnification_rows(table: pd.DataFrame, magnification: str, data) -> np.nda
 
 def field_table(data, magnification: str = "all") -> pd.DataFrame:
     """The images a fields run on a BreakHis folder learns from, in its order: real images only, of
-    the run's magnification. The slide rule rebuilds a run's folds from it."""
-    table = index_folder(data).images
+    the run's magnification. The slide rule rebuilds a run's folds from it. The folder's scan report
+    (skipped files, copies under another patient, misfiled files) is logged (core.data.selection.scan)."""
+    table = scan(data).images
     table = table[~table["synthetic"].astype(bool)].reset_index(drop=True)
     return table.loc[_magnification_rows(table, magnification, data)].reset_index(drop=True)
 
