@@ -53,3 +53,46 @@ def test_the_fields_pipeline_logs_the_folders_scan_report_as_the_tfdata_pipeline
     with caplog.at_level(logging.WARNING, logger="core.data.selection"):
         assert len(field_table(tmp_path)) == 1
     assert "1 files skipped" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_a_generator_trained_on_this_split_is_accepted_by_a_fields_run_at_one_magnification(synthetic_breakhis,
+                                                                                             tmp_path):
+    """A GAN's training records the fingerprint of every image of the folder (core.data.selection.select_images,
+    all magnifications); the fields run compared it with the fingerprint of its 40X images only, so GAN fill at
+    one magnification was refused as a leak, by the run and by the Retrain form alike."""
+    import numpy as np
+    from PIL import Image
+
+    from core.app.retrain import synthetic_problem
+    from core.data.breakhis import synthetic_name
+    from core.data.selection import SplitSpec, select_images
+    from core.data.synthetic import record_provenance
+    from core.testing.synthetic import synthetic_image
+    from core.training.additions import gan_fill
+    from core.training.config import TrainConfig
+    from core.training.field_run import data_fingerprint, load_field_data
+
+    spec = SplitSpec(magnification="40X")
+    recorded = select_images(synthetic_breakhis, spec, report_skipped=False).fingerprint  # what `gan train` keeps
+    gan = tmp_path / "gan"
+    gan.mkdir()
+    Image.fromarray(synthetic_image("adenosis", np.random.default_rng(0))).save(gan / synthetic_name("adenosis", "g", 0, 0))
+    record_provenance(gan, {"generator": "g", "sha256": "s", "data_source": str(synthetic_breakhis),
+                            "fingerprint": recorded, "split": spec.to_dict()})
+    config = TrainConfig(data=str(synthetic_breakhis), out=str(tmp_path / "run"), pipeline="fields",
+                         magnification="40X", balance="synthetic", synthetic_dir=str(gan))
+    table, _ = load_field_data(config)
+    assert set(table["magnification"]) == {"40X"} and table.attrs["data_fingerprint"] == recorded
+    assert data_fingerprint(synthetic_breakhis) == recorded
+    subtype = table["subtype"].to_numpy()  # adenosis a minority of the training rows: GAN fill tops it up
+    train = np.concatenate([np.flatnonzero(subtype == "fibroadenoma"), np.flatnonzero(subtype == "adenosis")[:1]])
+    filled, added = gan_fill(config, table, train, table.attrs["data_fingerprint"])  # not refused
+    assert filled["synthetic"].astype(bool).sum() == len(added) >= 1
+    assert synthetic_problem(config) is None
+
+
+def test_the_card_keeps_the_fingerprint_a_generator_of_the_same_data_records(run, synthetic_breakhis):
+    from core.data.selection import SplitSpec, select_images
+
+    card = read_json(run / "model" / "card.json")
+    assert card["training"]["data_fingerprint"] == select_images(synthetic_breakhis, SplitSpec()).fingerprint

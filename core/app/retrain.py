@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from core.backends import backend_problem, detect, installed_backends
-from core.data.selection import fingerprint, select_images
+from core.data.selection import select_images
 from core.data.synthetic import check_synthetic_folder
 from core.errors import UserInputError
 from core.options import choices_of
@@ -136,9 +136,9 @@ def synthetic_problem(config: TrainConfig) -> str | None:
     when it would not, or with no GAN fill. A job that would fail so is never started."""
     if config.balance != "synthetic" or not config.synthetic_dir or config.allow_gan_leak:
         return None
-    if config.pipeline == "fields":  # core.training.additions.gan_fill: the real images at the run's magnification
-        from core.training.field_run import field_table  # the fields pipeline, loaded for it only
-        data = fingerprint(field_table(config.data, config.magnification))
+    if config.pipeline == "fields":  # core.training.additions.gan_fill: every real image, all magnifications
+        from core.training.field_run import data_fingerprint  # the fields pipeline, loaded for it only
+        data = data_fingerprint(config.data)
     else:  # core.training.fit.prepare_data: every image of the folder
         data = select_images(config.data, config.split_spec(), report_skipped=False).fingerprint
     try:

@@ -16,7 +16,6 @@ import pandas as pd
 from core.data.balance import synthetic_fill
 from core.data.breakhis import index_folder
 from core.data.fields import band_limit_all, load_fields
-from core.data.selection import fingerprint
 from core.data.synthetic import refuse_leaky_folder
 from core.errors import UserInputError
 
@@ -72,12 +71,14 @@ def reviewed_count(rows: pd.DataFrame) -> int:
     return int(from_reviews(rows).sum())
 
 
-def gan_fill(config, table: pd.DataFrame, train: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+def gan_fill(config, table: pd.DataFrame, train: np.ndarray, data_fingerprint: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The training rows plus GAN images topping up minority subtypes (core.data.balance.synthetic_fill),
     and the fields of the added images, restored like real ones; refused when a generator behind them
-    may have seen this run's validation or test patients (core.data.synthetic)."""
+    may have seen this run's validation or test patients (core.data.synthetic). data_fingerprint: the
+    run's data (core.training.field_run.data_fingerprint: every real image, not only the run's
+    magnification), as the generator's training recorded it."""
     if not config.allow_gan_leak:
-        refuse_leaky_folder(config.synthetic_dir, fingerprint(table), config.split_spec())
+        refuse_leaky_folder(config.synthetic_dir, data_fingerprint, config.split_spec())
     filled = synthetic_fill(table.iloc[train].assign(split="train"), config.synthetic_dir,
                             subtypes=config.synthetic_subtypes, seed=config.seed)
     added = load_fields(filled.loc[filled["synthetic"].astype(bool), "path"], own_images=True)

@@ -64,25 +64,40 @@ def _magnification_rows(table: pd.DataFrame, magnification: str, data) -> np.nda
     return keep
 
 
+def real_images(data, report_skipped: bool = True) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """(every real image a fields run on `data` draws from, whatever its magnification; their fields where
+    they come decoded): a field pack's table and fields, or a BreakHis folder's real images (scanned,
+    its report logged: core.data.selection.scan) and None."""
+    if is_pack(data):
+        return read_pack(data)
+    images = scan(data, report_skipped).images
+    return images[~images["synthetic"].astype(bool)].reset_index(drop=True), None
+
+
+def data_fingerprint(data) -> str:
+    """The identity of a fields run's data, as a GAN's training records it (core.data.selection.select_images:
+    every real image of the folder, all magnifications) and the run's card keeps it: the fingerprint of
+    real_images, before the run's magnification filter."""
+    return fingerprint(real_images(data, report_skipped=False)[0])
+
+
 def field_table(data, magnification: str = "all") -> pd.DataFrame:
     """The images a fields run on a BreakHis folder learns from, in its order: real images only, of
     the run's magnification. The slide rule rebuilds a run's folds from it. The folder's scan report
     (skipped files, copies under another patient, misfiled files) is logged (core.data.selection.scan)."""
-    table = scan(data).images
-    table = table[~table["synthetic"].astype(bool)].reset_index(drop=True)
+    table = real_images(data)[0]
     return table.loc[_magnification_rows(table, magnification, data)].reset_index(drop=True)
 
 
 def load_field_data(config) -> tuple[pd.DataFrame, np.ndarray]:
     """(table, fields) of a BreakHis folder (field_table, decoded) or a field pack
-    (core.data.fields.pack_fields), of the run's magnification, at the detail the views declare."""
-    if is_pack(config.data):
-        table, fields = read_pack(config.data)
-        keep = _magnification_rows(table, config.magnification, config.data)
-        table, fields = table.loc[keep].reset_index(drop=True), fields[keep]
-    else:
-        table = field_table(config.data, config.magnification)
-        fields = load_fields(table["path"])
+    (core.data.fields.pack_fields), of the run's magnification, at the detail the views declare; the
+    table's attrs["data_fingerprint"] is data_fingerprint's, of every real image before that filter."""
+    images, fields = real_images(config.data)
+    keep = _magnification_rows(images, config.magnification, config.data)
+    table = images.loc[keep].reset_index(drop=True)
+    fields = load_fields(table["path"]) if fields is None else fields[keep]
+    table.attrs["data_fingerprint"] = fingerprint(images)
     return table, band_limit_all(fields) if config.band_limit else fields
 
 
@@ -146,7 +161,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
         "stain_normalization": {"method": "none", "reference": {}, "fitted_on": "", "implementation": None},
         "evidence": learnt,
         "training": {"pipeline": "fields", "backend": keras.backend.backend(), "data_source": portable(config.data),
-                     "data_fingerprint": fingerprint(table),
+                     "data_fingerprint": table.attrs["data_fingerprint"],
                      **training_counts(trained_on, counts), "reviewed_images": reviewed_count(trained_on),
                      "epochs": history["epochs"], "steps": history["steps"], "seconds": history["seconds"],
                      "images_per_s": history["images_per_s"], "precision": history.get("precision", "float32"),
@@ -210,7 +225,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     trained_on, train_fields = table.iloc[train], fields[train]
     if config.balance == "synthetic":
-        trained_on, added = gan_fill(config, table, train)
+        trained_on, added = gan_fill(config, table, train, table.attrs["data_fingerprint"])
         train_fields = np.concatenate([train_fields, added])
     synthetic = len(trained_on) - len(train)
     trained_on, train_fields = ReviewedFields(config).added_to(trained_on, train_fields, table["case"].iloc[
