@@ -36,7 +36,7 @@ def model_card(card: dict, info: dict) -> None:
 
 def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
     if metrics.get("intervals"):
-        st.subheader("Headline figures with 95% intervals, next to the baselines")
+        st.subheader(performance.intervals_title(metrics))
         st.caption(performance.intervals_caption(metrics))
         st.dataframe(performance.intervals_table(metrics), hide_index=True)
     cv = files.cross_validation

@@ -96,3 +96,19 @@ def test_the_card_keeps_the_fingerprint_a_generator_of_the_same_data_records(run
 
     card = read_json(run / "model" / "card.json")
     assert card["training"]["data_fingerprint"] == select_images(synthetic_breakhis, SplitSpec()).fingerprint
+
+
+def test_a_single_split_fields_run_scores_the_baselines_so_its_subtype_is_checked(run):
+    """Only the cross-validation scored the baselines: a single split's metrics had none, so the subtype check
+    never ran and a head at macro-F1 0.03 was shown as a finding."""
+    from core.evaluation.subtype_trust import subtype_reliability
+
+    metrics, card = read_json(run / "metrics.json"), read_json(run / "model" / "card.json")
+    baselines = metrics["baselines"]
+    assert set(baselines) == {"majority", "colour_texture"} and card["metrics"]["baselines"] == baselines
+    for baseline in baselines.values():  # the model's test images and patients
+        assert baseline["data"]["images"] == metrics["data"]["images"]
+        assert baseline["data"]["cases"] == metrics["data"]["cases"]
+    reliable, note = subtype_reliability(card)
+    assert "colour/texture baseline" in note and "not compared" not in note
+    assert reliable == (metrics["subtype_macro_f1"] >= baselines["colour_texture"]["subtype_macro_f1"])

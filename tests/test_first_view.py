@@ -157,9 +157,19 @@ def test_an_ensemble_of_members_with_unreliable_subtypes_does_not_show_its_subty
     card = json.loads((save_ensemble([DEFAULT_MODEL_DIR, WHOLE_FIELD_MODEL], tmp_path / "ens") / "card.json").read_text())
     assert all(m["subtype_figures"]["model"] < m["subtype_figures"]["colour_texture_baseline"] for m in card["members"])
     reliable, note = registry.subtype_reliability(card)
-    assert not reliable and "every member's subtype macro-F1 is below its colour/texture baseline" in note
+    assert not reliable and "a member's subtype macro-F1 is below its colour/texture baseline" in note
     mixed = {**card, "members": [card["members"][0], {**card["members"][1], "subtype_figures": {}}]}
-    assert registry.subtype_reliability(mixed)[0]  # a member not compared: not demoted on its behalf
+    assert not registry.subtype_reliability(mixed)[0]  # a member not compared: nothing shows the ensemble's is better
+    better = [{**m, "subtype_figures": {"model": 0.4, "colour_texture_baseline": 0.2}} for m in card["members"]]
+    assert registry.subtype_reliability({**card, "members": better})[0]
+
+
+def test_a_subtype_never_compared_with_the_baseline_is_not_shown_as_a_finding():
+    """A card without the colour/texture baseline's figures (a single-split fields run had none) was shown as
+    reliable ('subtype accuracy not compared with a baseline'): its subtype printed as the finding at macro-F1 0.03."""
+    reliable, note = registry.subtype_reliability({"metrics": {"subtype_macro_f1": 0.031, "data": {"images": 43}}})
+    assert not reliable and note.startswith("subtype: not reliable for this model") and "not compared" in note
+    assert not registry.subtype_reliability({})[0]
 
 
 def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test():
@@ -187,7 +197,7 @@ def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test
         read_json(DEFAULT_MODEL_DIR / "card.json"))
     held_out = {"data": {"split": "test", "protocol": "patient-wise", "images": 9, "cases": 2}}
     assert performance.protocol_line(held_out).startswith("Computed on the test split,")
-    assert "same test cases" in performance.intervals_caption(held_out)
+    assert "same test cases" in performance.intervals_caption({**held_out, "baselines": metrics["baselines"]})
 
 
 # --- heat maps ----------------------------------------------------------------------------------

@@ -65,14 +65,22 @@ def protocol_line(metrics: dict) -> str:
             + (" Image-level splits put the same patient in training and test: optimistic." if leaky else ""))
 
 
+def intervals_title(metrics: dict) -> str:
+    """The headline table's title: 'next to the baselines' only where they were scored."""
+    return "Headline figures with 95% intervals" + (", next to the baselines" if metrics.get("baselines") else "")
+
+
 def intervals_caption(metrics: dict) -> str:
-    """How the headline intervals and the baselines beside them were computed."""
+    """How the headline intervals and the baselines beside them (where scored) were computed."""
+    text = protocol_line(metrics) + " Intervals: percentile bootstrap over whole patients (2,000 resamples)"
+    if not metrics.get("baselines"):
+        return (text + "; no baseline was scored for this model, so nothing shows it learnt more than colour and "
+                "texture (its subtype is not shown as a finding).")
     fitted = ("fitted on each fold's training patients and scored on its held-out ones, like the model"
               if split_name(metrics.get("data")) == "out-of-fold"
               else "fitted on the same training images and scored on the same test cases")
-    return (protocol_line(metrics) + " Intervals: percentile bootstrap over whole patients (2,000 resamples); "
-            f"the baselines are {fitted}. A model that does not beat the colour/texture baseline has learnt "
-            "little beyond colour and texture.")
+    return (text + f"; the baselines are {fitted}. A model that does not beat the colour/texture baseline has "
+            "learnt little beyond colour and texture.")
 
 
 def protocol_kind(protocol: str) -> str:

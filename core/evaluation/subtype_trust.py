@@ -1,6 +1,6 @@
 """Whether a model's subtype is shown as a finding: the one rule the app, the CLI, the reports and the
-slide exports apply (a subtype head whose macro-F1 is below the colour/texture baseline's is shown as
-'not reliable for this model'), and which images a card's figures were computed on."""
+slide exports apply (a subtype head whose macro-F1 is below the colour/texture baseline's, or was never
+compared with it, is shown as 'not reliable for this model'), and which images a card's figures were computed on."""
 
 from __future__ import annotations
 
@@ -18,10 +18,16 @@ def tested(metrics: dict) -> str:
     return split_name({"split": "test", **data})
 
 
+NOT_COMPARED = (f"subtype: {SUBTYPE_NOT_RELIABLE} (its subtype accuracy was not compared with the colour/texture "
+                "baseline's on the same held-out patients, so nothing shows it learnt more than colour and texture)")
+
+
 def subtype_reliability(card: dict) -> tuple[bool, str]:
-    """(shown as the headline?, why): a subtype head whose measured macro-F1 is below the colour/texture
-    baseline's (core.evaluation.baselines, same test split) is no better than a few colour and texture
-    statistics, so its subtype is shown as 'not reliable for this model' instead of as a finding."""
+    """(shown as the headline?, why): a subtype is shown as a finding only when the head's measured macro-F1
+    is at least the colour/texture baseline's (core.evaluation.baselines, same held-out patients). Below it,
+    or never compared with it, the head is not shown to do better than a few colour and texture statistics,
+    so its subtype is shown as 'not reliable for this model'. An ensemble without an evaluation of its own
+    is judged by its members' figures: shown only when every member was compared and none is below."""
     from core.model.folders import subtype_figures  # imports Keras: not when the CLI's parser imports this module
 
     metrics = card.get("metrics") or {}
@@ -29,13 +35,16 @@ def subtype_reliability(card: dict) -> tuple[bool, str]:
     model_f1, baseline_f1 = figures["model"], figures["colour_texture_baseline"]
     if model_f1 is None or baseline_f1 is None:
         members = [(m.get("name"), m.get("subtype_figures") or {}) for m in card.get("members") or []]
-        below = [f"{name} {f['model']:.2f} < {f['colour_texture_baseline']:.2f}" for name, f in members
-                 if f.get("model") is not None and f.get("colour_texture_baseline") is not None
-                 and f["model"] < f["colour_texture_baseline"]]
-        if members and len(below) == len(members):  # an ensemble not evaluated itself, no member better
-            return False, (f"subtype: {SUBTYPE_NOT_RELIABLE} (every member's subtype macro-F1 is below its "
-                           f"colour/texture baseline: {'; '.join(below)}; the ensemble has no evaluation of its own)")
-        return True, "subtype accuracy not compared with a baseline for this model"
+        compared = [(name, f) for name, f in members
+                    if f.get("model") is not None and f.get("colour_texture_baseline") is not None]
+        if not members or len(compared) < len(members):
+            return False, NOT_COMPARED
+        shown = "; ".join(f"{name} {f['model']:.2f} vs {f['colour_texture_baseline']:.2f}" for name, f in compared)
+        if any(f["model"] < f["colour_texture_baseline"] for _, f in compared):
+            return False, (f"subtype: {SUBTYPE_NOT_RELIABLE} (a member's subtype macro-F1 is below its colour/texture "
+                           f"baseline: {shown}; the ensemble has no evaluation of its own)")
+        return True, (f"every member's subtype macro-F1 is at least its colour/texture baseline's ({shown}); the "
+                      "ensemble has no evaluation of its own")
     data = metrics.get("data") or {}
     size = f"{data.get('images', '?')} {tested(metrics)} images of {data.get('cases', '?')} patients"
     if model_f1 < baseline_f1:

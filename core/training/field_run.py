@@ -30,7 +30,7 @@ from core.data.splits import PATIENT, make_split, patient_kfold
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.calibration_effect import measured_block
-from core.evaluation.evaluate import REQUIRED_COLUMNS, compact, predictions_frame, score
+from core.evaluation.evaluate import REQUIRED_COLUMNS, baseline_scores, compact, predictions_frame, score
 from core.evaluation.intervals import fold_figures, fold_summary
 from core.evaluation.referral import referral_figures, referral_thresholds
 from core.evaluation.thresholds import case_threshold
@@ -250,6 +250,9 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     referral = referral_thresholds(val_frame, validation)
     referral["figures_on_test"] = referral_figures(test_frame, referral)
     metrics = score(test_frame, val_frame, "test")
+    # The baselines fitted on the same training images and scored on the same test patients, as `evaluate`
+    # scores a tf.data run's (at score's default threshold and target recall): the subtype check needs them.
+    metrics["baselines"] = baseline_scores(assigned, "test", 0.5, 0.95)
     write_json_atomic(out / "metrics.json", metrics)
     pd.concat([val_frame, test_frame], ignore_index=True).to_csv(out / "predictions.csv", index=False)
     added = trained_on["synthetic"].astype(bool) | from_reviews(trained_on)
