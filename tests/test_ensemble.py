@@ -218,3 +218,24 @@ def test_the_tta_choice_is_locked_only_when_it_changes_nothing(dihedral, fixed):
     predictor = EnsemblePredictor([_stub_member(d) for d in dihedral], {"hierarchy": "hierarchical"})
     assert predictor.tta_fixed() is fixed
     assert predictor.members[0].tta_fixed() is dihedral[0]
+
+
+def test_members_of_one_split_share_it_whether_their_split_csv_paths_are_relative_or_absolute(tmp_path):
+    """A tf.data run writes paths relative to its data folder, a fields run absolute ones: an ensemble of the two
+    on the very same split was called 'members held out different cases (e.g. k-fold)' and left unevaluated."""
+    import pandas as pd
+
+    from core.training.ensemble_run import shared_split
+
+    names = [f"SOB_B_A-14-22549AB-40-00{i}.png" for i in range(4)]
+    splits = ["train", "train", "val", "test"]
+    runs = {}
+    for run, paths in (("tfdata", names), ("fields", [f"/data/tiny/{n}" for n in names]),
+                       ("other", names[::-1])):
+        (tmp_path / run / "model").mkdir(parents=True)
+        pd.DataFrame({"path": paths, "split": splits}).to_csv(tmp_path / run / "split.csv", index=False)
+        runs[run] = tmp_path / run / "model"
+    common = shared_split([runs["tfdata"], runs["fields"]])
+    assert common is not None and list(common["path"]) == names  # the first member's rows
+    assert shared_split([runs["fields"], runs["tfdata"]]) is not None
+    assert shared_split([runs["tfdata"], runs["other"]]) is None  # the same images in other splits

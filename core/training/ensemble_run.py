@@ -11,6 +11,7 @@ held-out cases: its card points to the cross-validation, which is the estimate o
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -26,14 +27,19 @@ def _run_of(member: Path) -> Path:
 
 
 def shared_split(members: list[Path]) -> pd.DataFrame | None:
-    """The members' common split.csv, or None when they were not all trained on the same split."""
-    splits = []
+    """The first member's split.csv when every member's puts the same images in the same splits, else None.
+    Images are matched by file name, as core.data.selection.fingerprint identifies them: a tf.data run
+    records paths relative to its data folder, a fields run absolute ones."""
+    splits, first = [], None
     for member in members:
         csv = _run_of(member) / "split.csv"
         if not csv.is_file():
             return None
-        splits.append(pd.read_csv(csv).sort_values("path").reset_index(drop=True)[["path", "split"]])
-    return splits[0] if all(s.equals(splits[0]) for s in splits[1:]) else None
+        table = pd.read_csv(csv)
+        first = table if first is None else first
+        named = table.assign(path=table["path"].map(os.path.basename))[["path", "split"]]
+        splits.append(named.sort_values(["path", "split"]).reset_index(drop=True))
+    return first if all(s.equals(splits[0]) for s in splits[1:]) else None
 
 
 def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = True, data=None,
