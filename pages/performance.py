@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import performance, registry, run_files, session
+from core.app import performance, referral_view, registry, run_files, session
 from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
 from core.model.folders import CLASSIFIER, ENSEMBLE, KIND_NAMES, card_kind
 from core.paths import REFERENCE_RESULTS
@@ -34,7 +34,7 @@ def model_card(card: dict, info: dict) -> None:
         st.json(card, expanded=False)
 
 
-def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
+def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str) -> None:
     if metrics.get("intervals"):
         st.subheader(performance.intervals_title(metrics))
         st.caption(performance.intervals_caption(metrics))
@@ -56,13 +56,13 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict) -> None:
     referral = (card.get("thresholds") or {}).get("referral")
     if referral and referral.get("stage1"):
         st.subheader("Per-stage referral")
-        st.caption(performance.referral_caption(referral))
-        curves = performance.risk_coverage_frame(referral)
+        st.caption(referral_view.referral_caption(referral, referral_view.stored_predictions(folder)))
+        curves = referral_view.risk_coverage_frame(referral)
         if len(curves):
-            figure = px.line(curves, x=performance.RISK_X, y="accuracy", color="stage", hover_data=["threshold"],
+            figure = px.line(curves, x=referral_view.RISK_X, y="accuracy", color="stage", hover_data=["threshold"],
                              title="Risk-coverage: accuracy of the images not referred")
             colours = {"stage1": "#b03030", "subtype": "#2b6f8e"}
-            for point in performance.chosen_points(referral):
+            for point in referral_view.chosen_points(referral):
                 figure.add_scatter(x=[point["x"]], y=[point["y"]], mode="markers", name=point["name"],
                                    marker=dict(size=12, color=colours[point["stage"]], symbol="x"))
             figure.update_layout(**LAYOUT)
@@ -131,7 +131,7 @@ elif not performance.metric_block(metrics, ("stage1",)):
     st.warning(performance.no_evaluation_text(card, folder))
 else:
     try:
-        evaluation(metrics, files, card)
+        evaluation(metrics, files, card, folder)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a block edited by hand
         st.warning(f"{files.metrics_source} holds a block of an unexpected shape ({type(problem).__name__}: "
                    f"{problem}): the rest of this model's figures are left out.")

@@ -112,3 +112,12 @@ def test_a_single_split_fields_run_scores_the_baselines_so_its_subtype_is_checke
     reliable, note = subtype_reliability(card)
     assert "colour/texture baseline" in note and "not compared" not in note
     assert reliable == (metrics["subtype_macro_f1"] >= baselines["colour_texture"]["subtype_macro_f1"])
+
+
+def test_the_referral_caption_of_a_split_gives_its_validation_figures_as_in_sample_and_its_test_figures(run):
+    from core.app import referral_view
+
+    referral = read_json(run / "model" / "card.json")["thresholds"]["referral"]
+    caption = referral_view.referral_caption(referral, referral_view.stored_predictions(run / "model"))
+    assert "Chosen on the validation split (" in caption and "in-sample, so optimistic" in caption
+    assert "On the held-out test images:" in caption and "bootstrap over patients" in caption

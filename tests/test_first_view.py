@@ -336,19 +336,19 @@ def test_the_risk_coverage_plot_puts_the_subtype_on_the_share_of_all_images():
     """The subtype's threshold is chosen among the 62 images stage 1 does not refer: on the plot's one axis (share
     of all 757 images not referred) its chosen point is 62/757, not 1.0, and the legend says so; a card without
     the counts keeps the curve's own basis and says which."""
-    from core.app import performance
+    from core.app import referral_view
     from core.jsonfile import read_json
     from core.paths import DEFAULT_MODEL_DIR
 
     referral = read_json(DEFAULT_MODEL_DIR / "card.json")["thresholds"]["referral"]
-    points = {p["stage"]: p for p in performance.chosen_points(referral)}
+    points = {p["stage"]: p for p in referral_view.chosen_points(referral)}
     assert points["subtype"]["x"] == pytest.approx(62 / 757) == pytest.approx(points["stage1"]["x"])
     assert points["subtype"]["y"] == pytest.approx(50 / 62)
     assert points["subtype"]["name"] == "chosen subtype threshold 0.29 (8.2% of all images kept)"
-    curves = performance.risk_coverage_frame(referral)
+    curves = referral_view.risk_coverage_frame(referral)
     subtype = curves[curves["stage"].str.startswith("subtype")]
-    assert subtype[performance.RISK_X].max() == pytest.approx(62 / 757)
+    assert subtype[referral_view.RISK_X].max() == pytest.approx(62 / 757)
     assert set(curves["stage"]) == {"stage 1", "subtype (stage 1 and subtype not referred)"}
     older = {**referral, "subtype": {k: v for k, v in referral["subtype"].items() if k != "images"}}
-    assert any("not of all" in stage for stage in performance.risk_coverage_frame(older)["stage"])
-    assert "of the stage-1 unreferred" in {p["stage"]: p for p in performance.chosen_points(older)}["subtype"]["name"]
+    assert any("not of all" in stage for stage in referral_view.risk_coverage_frame(older)["stage"])
+    assert "of the stage-1 unreferred" in {p["stage"]: p for p in referral_view.chosen_points(older)}["subtype"]["name"]

@@ -16,3 +16,20 @@ def test_the_baselines_are_named_only_where_they_were_scored():
     caption = performance.intervals_caption(HELD_OUT)
     assert "no baseline was scored" in caption and "the baselines are" not in caption
     assert "same test cases" in performance.intervals_caption({**HELD_OUT, "baselines": baselines})
+
+
+def test_the_referral_figures_are_said_to_be_in_sample_with_intervals_and_patients():
+    """The bundled model's 98.4% was 61 of 62 images chosen on the same pooled predictions, shown as '98.4% right'
+    with no interval, no patients and no word that it is optimistic."""
+    from core.app import referral_view
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    referral = read_json(DEFAULT_MODEL_DIR / "card.json")["thresholds"]["referral"]
+    kept = referral_view.stored_predictions(DEFAULT_MODEL_DIR)
+    caption = referral_view.referral_caption(referral, kept)
+    assert "in-sample, so optimistic" in caption and "bootstrap over patients" in caption
+    assert "695 of 757 images (92%) referred, the other 62 images, of 12 patients, 98.4% (95% CI " in caption
+    counted = referral_view.referral_caption(referral)  # no predictions kept: the card's counts, a Wilson interval
+    assert "the other 62 images 98.4% (95% CI 91.4%-99.7%) right" in counted and "Wilson" in counted
+    assert "in-sample, so optimistic" in counted

@@ -160,6 +160,38 @@ def subtype_f1_intervals(table: pd.DataFrame, n_resamples: int = N_RESAMPLES, se
     return out
 
 
+def share_interval(table: pd.DataFrame, hits, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """The share of `table`'s images that are hits (one boolean per image: right calls, errors, ...) with its
+    percentile interval over resamples of whole cases, and the images and cases it is of."""
+    hits = np.asarray(hits, float)
+    weights = _case_weights(table, n_resamples, seed)
+    values = _ratio(weights @ hits, weights.sum(1)) if len(weights) else np.array([])
+    return {**_interval(values, float(hits.mean()) if len(hits) else None, len(weights)),
+            "images": int(len(table)), "cases": int(table["case"].nunique()),
+            "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
+
+
+def binomial_interval(successes: int, n: int) -> dict:
+    """A share of n images with its Wilson score interval (scipy), for where only the counts are kept: the
+    images are taken as independent (no patients to resample), so it is narrower than a patient bootstrap."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return {"value": None, "low": None, "high": None, "images": 0, "method": "no images"}
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=LEVEL, method="wilson")
+    return {"value": successes / n, "low": float(ci.low), "high": float(ci.high), "images": int(n),
+            "method": "Wilson score interval over images (patients not recorded)"}
+
+
+def format_share(block: dict | None) -> str:
+    """'98.4% (95% CI 91.4%-99.7%)' of share_interval or binomial_interval, or 'n/a'."""
+    if not block or block.get("value") is None:
+        return "n/a"
+    if block.get("low") is None:
+        return f"{block['value']:.1%}"
+    return f"{block['value']:.1%} (95% CI {block['low']:.1%}-{block['high']:.1%})"
+
+
 def fold_figures(metrics: dict) -> dict:
     """One fold's image- and patient-level headline numbers (a model's or a baseline's)."""
     figures = {"test_images": metrics["data"]["images"], "test_cases": metrics["data"]["cases"]}

@@ -1,0 +1,131 @@
+"""What the Model performance page says about the flags that refer an image to a pathologist: the per-stage
+referral (its rule, where it was chosen, what it does there and on held-out images, with intervals and the
+images and patients they are of) and the uncertainty flag (its rule as the card applies it, and whether it
+separates errors on the held-out split).
+
+A figure measured on the predictions its threshold was chosen on is in-sample, so optimistic: said so, next to
+the held-out figure where the run kept one.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from core.app.run_files import read_csv_file, run_file
+from core.evaluation.intervals import COLUMNS, binomial_interval, format_share, share_interval
+from core.evaluation.referral import stage_confidences
+
+
+def stored_predictions(model_folder) -> pd.DataFrame | None:
+    """The calibrated predictions a run kept beside its model (a cross-validation's oof_predictions.csv: every
+    image out of fold; a fields split's predictions.csv: its validation and test rows), or None."""
+    for name in ("oof_predictions.csv", "predictions.csv"):
+        table, _ = read_csv_file(run_file(model_folder, name))  # a damaged file: the counts in the card instead
+        if table is not None and {*COLUMNS, "case", "split"} <= set(table.columns):
+            return table
+    return None
+
+
+def _selection_rows(predictions: pd.DataFrame | None, referral: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(the rows the thresholds were chosen on, the held-out rows they were then tested on) of the stored
+    predictions: a split's validation and test rows, a cross-validation's pooled out-of-fold rows (none held
+    out beyond them); None where the file does not match the referral block (another number of images)."""
+    if predictions is None:
+        return None, None
+    val = predictions[predictions["split"] == "val"]
+    chosen_on, held_out = (val, predictions[predictions["split"] == "test"]) if len(val) else (predictions, None)
+    if len(chosen_on) != referral["stage1"].get("images"):
+        return None, None
+    return chosen_on.reset_index(drop=True), None if held_out is None else held_out.reset_index(drop=True)
+
+
+def _unreferred(rows: pd.DataFrame, referral: dict) -> tuple[str, str]:
+    """Each stage's accuracy of the images it does not refer, with a patient-bootstrap interval and counts."""
+    conf1, right1, conf2, right2 = stage_confidences(rows)
+    keep1 = conf1 >= referral["stage1"]["threshold"]
+    keep2 = keep1 & (conf2 >= referral["subtype"]["threshold"])
+    return tuple(_share_text(share_interval(rows[keep], right[keep]), int((~keep).sum()), len(rows))
+                 for keep, right in ((keep1, right1), (keep2, right2)))
+
+
+def _counted(figures: dict, stage: str) -> str:
+    """The same from the card's shares alone: a Wilson interval over the unreferred images (no patients kept)."""
+    images = figures.get("images")
+    share, accuracy = figures.get(f"{stage}_referred_share"), figures.get(f"{stage}_accuracy_unreferred")
+    if images is None or share is None:
+        return "n/a"
+    kept = int(round((1 - share) * images))
+    return _share_text(binomial_interval(int(round((accuracy or 0) * kept)), kept), images - kept, images)
+
+
+def _share_text(block: dict, referred: int, images: int) -> str:
+    of = f", of {block['cases']} patients," if block.get("cases") is not None else ""
+    return (f"{referred} of {images} images ({referred / images:.0%}) referred, the other {block['images']} "
+            f"images{of} {format_share(block)} right" if images else "no images")
+
+
+def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) -> str:
+    """The per-stage referral rule, where it was chosen, and what it does there (in-sample: optimistic) and,
+    where the run kept them, on held-out images; `predictions`: stored_predictions, for the patients and a
+    patient-bootstrap interval (else a Wilson interval over the images the card counts)."""
+    stage1, subtype = referral["stage1"], referral["subtype"]
+    figures = referral.get("figures") or {}
+    text = (f"Stage 1 is referred when calibrated p(class) < {stage1['threshold']:.3f}; the subtype when "
+            f"p(subtype | class) < {subtype['threshold']:.3f} (or stage 1 is referred). Chosen on "
+            f"{referral['selected_on']}: {referral['rule']}.")
+    chosen_on, held_out = _selection_rows(predictions, referral)
+    if chosen_on is not None:
+        (first, second), method = _unreferred(chosen_on, referral), "bootstrap over patients"
+    elif figures.get("stage1_referred_share") is not None:
+        first, second = _counted(figures, "stage1"), _counted(figures, "subtype")
+        method = "Wilson score over images (the predictions, and so the patients, are not kept beside this model)"
+    else:
+        return text
+    text += (" Measured on the same predictions the thresholds were chosen on (in-sample, so optimistic): "
+             f"stage 1: {first}; subtype: {second}.")
+    if held_out is not None and len(held_out):
+        first, second = _unreferred(held_out, referral)
+        text += f" On the held-out test images: stage 1: {first}; subtype: {second}."
+    return text + f" 95% intervals: {method}."
+
+
+RISK_X = "share of all images not referred"
+
+
+def _of_all(referral: dict, stage: str) -> tuple[float | None, str]:
+    """(factor turning a stage's coverage into a share of ALL images, its legend words). The subtype's curve is
+    chosen among the images stage 1 does not refer: its coverage is scaled by their share of all images; a card
+    without both counts keeps its own basis (None), and the legend says which."""
+    if stage == "stage1":
+        return 1.0, "stage 1"
+    kept, every = referral["subtype"].get("images"), referral["stage1"].get("images")
+    if kept is not None and every:
+        return kept / every, "subtype (stage 1 and subtype not referred)"
+    return None, "subtype (share of the stage-1 unreferred images, not of all)"
+
+
+def risk_coverage_frame(referral: dict) -> pd.DataFrame:
+    """Both stages' risk-coverage curves (share of all images not referred vs accuracy of those) for one plot."""
+    frames = []
+    for stage in ("stage1", "subtype"):
+        curve = referral[stage].get("curve") or {}
+        if curve.get("coverage"):
+            factor, name = _of_all(referral, stage)
+            frames.append(pd.DataFrame({RISK_X: [c * (factor or 1.0) for c in curve["coverage"]],
+                                        "accuracy": curve["accuracy"],
+                                        "threshold": curve["threshold"], "stage": name}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def chosen_points(referral: dict) -> list[dict]:
+    """Each stage's chosen threshold as a marker on risk_coverage_frame's axis, named with its share of all images."""
+    points = []
+    for stage in ("stage1", "subtype"):
+        chosen = referral[stage]
+        if chosen.get("accuracy") is not None:
+            factor, name = _of_all(referral, stage)
+            x = chosen["coverage"] * (factor or 1.0)
+            share = f"{x:.1%} of all images" if factor is not None else f"{x:.1%} of the stage-1 unreferred"
+            points.append({"stage": stage, "x": x, "y": chosen["accuracy"],
+                           "name": f"chosen {name.split(' (')[0]} threshold {chosen['threshold']:.2f} ({share} kept)"})
+    return points
