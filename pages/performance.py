@@ -35,6 +35,7 @@ def model_card(card: dict, info: dict) -> None:
 
 
 def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str) -> None:
+    predictions = referral_view.stored_predictions(folder)  # the run's kept predictions, for patient intervals
     if metrics.get("intervals"):
         st.subheader(performance.intervals_title(metrics))
         st.caption(performance.intervals_caption(metrics))
@@ -56,7 +57,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
     referral = (card.get("thresholds") or {}).get("referral")
     if referral and referral.get("stage1"):
         st.subheader("Per-stage referral")
-        st.caption(referral_view.referral_caption(referral, referral_view.stored_predictions(folder)))
+        st.caption(referral_view.referral_caption(referral, predictions))
         curves = referral_view.risk_coverage_frame(referral)
         if len(curves):
             figure = px.line(curves, x=referral_view.RISK_X, y="accuracy", color="stage", hover_data=["threshold"],
@@ -75,7 +76,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
         st.dataframe(performance.members_table(metrics), hide_index=True)
     st.subheader("Metrics per stage and end to end")
     st.caption(performance.protocol_line(metrics))
-    st.dataframe(performance.metrics_table(metrics), hide_index=True)
+    st.dataframe(performance.metrics_table(metrics, predictions), hide_index=True)
 
     st.subheader("Confusion matrices")
     for column, (title, path, block) in zip(st.columns(2) * 2, performance.panels(
@@ -89,7 +90,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
         st.caption("ROC curve points are kept in the run's metrics.json, which is not next to this model.")
     if metrics.get("per_magnification"):
         st.subheader("Per magnification")
-        st.dataframe(performance.per_magnification_table(metrics), hide_index=True)
+        st.dataframe(performance.per_magnification_table(metrics, predictions), hide_index=True)
 
 
 def training_curves(history: pd.DataFrame, card: dict, protocol: str) -> None:

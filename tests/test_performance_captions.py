@@ -33,3 +33,28 @@ def test_the_referral_figures_are_said_to_be_in_sample_with_intervals_and_patien
     counted = referral_view.referral_caption(referral)  # no predictions kept: the card's counts, a Wilson interval
     assert "the other 62 images 98.4% (95% CI 91.4%-99.7%) right" in counted and "Wilson" in counted
     assert "in-sample, so optimistic" in counted
+
+
+def test_per_stage_and_per_magnification_figures_carry_intervals_and_patients():
+    """The per-magnification table had no cases and no interval ('100X stage 1 accuracy 0.0000 ... images 1'),
+    the per-stage table point values only. With the run's kept predictions every image-level accuracy is
+    bootstrapped over patients; without them a Wilson interval says it takes the rows as independent."""
+    from core.app import referral_view
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR, REPO
+
+    metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
+    kept = referral_view.stored_predictions(DEFAULT_MODEL_DIR)
+    stages = performance.metrics_table(metrics, kept).set_index("what")
+    benign = stages.loc["Stage 2: benign subtypes (true class given)"]
+    assert benign["accuracy, 95% CI"].startswith(f"{benign['accuracy']:.3f} (95% CI ") and benign["cases"] == 14
+    assert (stages["interval"].iloc[:5] == "bootstrap over patients").all()
+    assert stages.loc["Stage 1: benign vs malignant", "accuracy, 95% CI"] == "0.848 (95% CI 0.745-0.930)"
+    by = performance.per_magnification_table(metrics, kept).set_index("magnification")
+    assert by.loc["100X", "images"] == 31 and by.loc["100X", "cases"] == 14
+    assert by.loc["100X", "stage 1 accuracy, 95% CI"].startswith("0.710 (95% CI ")
+    assert set(by["interval"]) == {"bootstrap over patients"}
+    small = REPO / "models" / "small-cnn"
+    alone = performance.per_magnification_table(read_json(small / "metrics.json")).set_index("magnification")
+    assert alone.loc["100X", "cases"] == 1 and alone.loc["100X", "stage 1 accuracy, 95% CI"] == "0.000 (95% CI 0.000-0.793)"
+    assert alone.loc["100X", "interval"].startswith("Wilson")

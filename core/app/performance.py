@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.app.held_out import accuracy_interval, held_out_rows, magnification_intervals
 from core.app.run_files import read_csv_file
 from core.data.fields import magnification_value
 from core.data.labels import sentence
@@ -35,18 +36,21 @@ def metric_block(metrics: dict, path: tuple[str, ...]) -> dict | None:
     return block if isinstance(block, dict) and "accuracy" in block else None
 
 
-def metrics_table(metrics: dict) -> pd.DataFrame:
-    """One row per stage (and end to end), each with its split, protocol and data size; n/a (None) where
-    the split lacks a class, with the reason in "note"."""
-    rows = []
+def metrics_table(metrics: dict, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per stage (and end to end), each with its split, protocol, data size and accuracy with its 95%
+    interval (core.app.held_out; `predictions`: the run's kept predictions, for a patient bootstrap); n/a
+    (None) where the split lacks a class, with the reason in "note"."""
+    rows, held_out = [], held_out_rows(predictions, metrics)
     for label, path in _BLOCKS:
         block = metric_block(metrics, path)
         if block is None:
             continue
         data = block.get("data") or {}
         auc = (block.get("roc_auc") or {}).get("macro")
+        interval, method = accuracy_interval(metrics, path, block, held_out)
         rows.append({
-            "what": label, "accuracy": block["accuracy"], "balanced accuracy": block.get("balanced_accuracy"),
+            "what": label, "accuracy": block["accuracy"], "accuracy, 95% CI": interval, "interval": method,
+            "balanced accuracy": block.get("balanced_accuracy"),
             "macro F1": block.get("macro_f1"), "macro ROC AUC": auc,
             "split": split_name(data), "protocol": data.get("protocol"), "level": data.get("level"),
             "images": data.get("images"), "cases": data.get("cases"), "note": block_note(block),
@@ -346,12 +350,16 @@ def uncertainty_caption(uncertainty: dict) -> str:
             f"flagged vs {rate(on_split['stage1_error_rate_not_flagged'])} not flagged.")
 
 
-def per_magnification_table(metrics: dict) -> pd.DataFrame:
-    """Stage-1 and 8-subtype figures per magnification, each with its image count and protocol."""
+def per_magnification_table(metrics: dict, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Stage-1 and 8-subtype figures per magnification, with 95% intervals (core.app.held_out), images,
+    patients (cases) and protocol."""
+    held_out = held_out_rows(predictions, metrics)
     return pd.DataFrame([{"magnification": m, "stage 1 accuracy": b["stage1"]["accuracy"],
                           "malignant recall": b["stage1"].get("malignant_recall"),
                           "8-subtype accuracy": b["subtype8"]["accuracy"],
-                          "images": b["stage1"]["data"]["images"], "protocol": b["stage1"]["data"]["protocol"]}
+                          **magnification_intervals(held_out, m, b),
+                          "images": b["stage1"]["data"]["images"], "cases": b["stage1"]["data"].get("cases"),
+                          "protocol": b["stage1"]["data"]["protocol"]}
                          for m, b in (metrics.get("per_magnification") or {}).items()]).round(4)
 
 

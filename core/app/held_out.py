@@ -1,0 +1,68 @@
+"""95% intervals for the Model performance page's per-stage and per-magnification accuracies.
+
+The headline intervals (core.evaluation.evaluate) cover stage 1 and the patients; the other blocks keep point
+values only. Where the run kept its held-out predictions (core.app.referral_view.stored_predictions) each
+accuracy gets the same bootstrap over whole patients; where it did not, a Wilson interval over the block's
+images, which takes them as independent and so is narrower than it should be (the table says which).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.data.labels import SUBTYPES_BY_CLASS
+from core.evaluation.intervals import binomial_interval, format_interval, share_interval
+
+BOOTSTRAP, WILSON = "bootstrap over patients", "Wilson over its rows (as independent: patients not kept)"
+
+
+def held_out_rows(predictions: pd.DataFrame | None, metrics: dict) -> pd.DataFrame | None:
+    """The stored predictions the metrics were computed on (their split, as many images), else None."""
+    data = metrics.get("data") or {}
+    if predictions is None or "split" not in predictions:
+        return None
+    rows = predictions[predictions["split"] == data.get("split", "test")]
+    return rows.reset_index(drop=True) if len(rows) and len(rows) == data.get("images") else None
+
+
+def right_calls(rows: pd.DataFrame, path: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """(rows, right call per row) of an image-level block: stage 1, the 8 subtypes, or stage 2 within a
+    true class (its subtype among that class's, as the block scores it); None for another block."""
+    if path == ("stage1",):
+        return rows, (rows["label"] == rows["pred_label"]).to_numpy()
+    if path == ("subtype8",):
+        return rows, (rows["subtype"] == rows["pred_subtype"]).to_numpy()
+    if len(path) == 2 and path[0] == "stage2":
+        own = rows[rows["label"] == path[1]]
+        names = list(SUBTYPES_BY_CLASS[path[1]])
+        called = np.asarray(names)[own[[f"w_{s}" for s in names]].to_numpy().argmax(axis=1)] if len(own) else []
+        return own, (own["subtype"].to_numpy() == called)
+    return None
+
+
+def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: pd.DataFrame | None) -> tuple[str, str]:
+    """(the block's accuracy with its 95% interval, how it was computed)."""
+    level = {("stage1",): "image", ("patient", "stage1"): "patient"}.get(path)
+    headline = ((metrics.get("intervals") or {}).get(level) or {}).get("stage1_accuracy") if level else None
+    if headline and headline.get("low") is not None:
+        return format_interval(headline), BOOTSTRAP
+    called = right_calls(rows, path) if rows is not None else None
+    if called is not None and len(called[0]):
+        return format_interval(share_interval(*called)), BOOTSTRAP
+    data = block.get("data") or {}
+    n = data.get("rows", data.get("images"))
+    if block.get("accuracy") is None or not n:
+        return "n/a", ""
+    return format_interval(binomial_interval(int(round(block["accuracy"] * n)), int(n))), WILSON
+
+
+def magnification_intervals(rows: pd.DataFrame | None, magnification: str, block: dict) -> dict:
+    """Stage-1 and 8-subtype accuracy at one magnification, with their intervals and how they were computed."""
+    mine = rows[rows["magnification"] == magnification] if rows is not None else None
+    if mine is not None and len(mine) != block["stage1"]["data"]["images"]:
+        mine = None
+    out = {}
+    for name, path in (("stage 1 accuracy, 95% CI", ("stage1",)), ("8-subtype accuracy, 95% CI", ("subtype8",))):
+        out[name], out["interval"] = accuracy_interval({}, path, block[path[0]], mine)
+    return out
