@@ -70,7 +70,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
             st.plotly_chart(figure, key="risk_coverage")
     if metrics.get("uncertainty"):
         st.subheader("Uncertainty flag")
-        st.caption(performance.uncertainty_caption(metrics["uncertainty"]))
+        st.caption(referral_view.uncertainty_caption(metrics["uncertainty"], (card.get("thresholds") or {}).get("uncertainty")))
     if metrics.get("members"):
         st.subheader("The ensemble and its members, on the same test cases")
         st.dataframe(performance.members_table(metrics), hide_index=True)

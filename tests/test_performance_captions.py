@@ -58,3 +58,21 @@ def test_per_stage_and_per_magnification_figures_carry_intervals_and_patients():
     alone = performance.per_magnification_table(read_json(small / "metrics.json")).set_index("magnification")
     assert alone.loc["100X", "cases"] == 1 and alone.loc["100X", "stage 1 accuracy, 95% CI"] == "0.000 (95% CI 0.000-0.793)"
     assert alone.loc["100X", "interval"].startswith("Wilson")
+
+
+def test_the_uncertainty_caption_states_the_cards_rule_and_when_the_flag_does_not_separate_errors():
+    """The bundled small CNN flags 144 of 188 test images, wrong 18% of the time against 36% for the rest: shown
+    without comment. The rule text is the card's (the one predictions apply), with the evaluation's figures."""
+    from core.app import referral_view
+    from core.jsonfile import read_json
+    from core.paths import REPO
+
+    small = REPO / "models" / "small-cnn"
+    uncertainty = read_json(small / "metrics.json")["uncertainty"]
+    in_card = read_json(small / "card.json")["thresholds"]["uncertainty"]
+    caption = referral_view.uncertainty_caption({**uncertainty, "rule": "another rule"}, in_card)
+    assert in_card["rule"] in caption and "another rule" not in caption
+    assert "144 flagged" in caption and "18.1% (95% CI " in caption and "188 images of 9 patients" in caption
+    assert "The flag does not separate errors on the test images" in caption
+    separating = {**uncertainty, "on_split": {**uncertainty["on_split"], "stage1_error_rate_flagged": 0.5}}
+    assert "does not separate" not in referral_view.uncertainty_caption(separating, in_card)

@@ -246,10 +246,6 @@ def members_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rate(value) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
 # --- the Model performance page's sections, as data (the page lays them out) --------------------
 CONFUSION_PANELS = (("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
                     ("Patient level: stage 1", ("patient", "stage1")))
@@ -337,17 +333,6 @@ def calibration_caption(calibration: dict) -> str:
     return (text + f" ECE over {calibration.get('ece_bins', 15)} confidence bins; each stage-2 head is judged on "
             "the images of its own class." + (f" {sentence(calibration['measured_note'])}"
                                               if calibration.get("measured_note") else ""))
-
-
-def uncertainty_caption(uncertainty: dict) -> str:
-    """The uncertainty flag's rule and how its flagged images fared on the split it was measured on."""
-    on_split = uncertainty["on_split"]
-    return (f"Refer when the p(malignant) spread across {uncertainty['source']} exceeds "
-            f"{uncertainty['p_malignant_spread']:.3f} ({uncertainty['rule']}; "
-            f"{'needs test-time augmentation' if uncertainty.get('needs_tta') else 'always on'}). On the "
-            f"{split_name(on_split['data'])} images: {on_split['flagged']} of {on_split['data']['images']} "
-            f"images flagged; stage-1 error rate {rate(on_split['stage1_error_rate_flagged'])} "
-            f"flagged vs {rate(on_split['stage1_error_rate_not_flagged'])} not flagged.")
 
 
 def per_magnification_table(metrics: dict, predictions: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from core.app.run_files import read_csv_file, run_file
 from core.evaluation.intervals import COLUMNS, binomial_interval, format_share, share_interval
+from core.evaluation.metrics import split_name
 from core.evaluation.referral import stage_confidences
 
 
@@ -87,6 +88,28 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
         first, second = _unreferred(held_out, referral)
         text += f" On the held-out test images: stage 1: {first}; subtype: {second}."
     return text + f" 95% intervals: {method}."
+
+
+def uncertainty_caption(uncertainty: dict, in_card: dict | None = None) -> str:
+    """The uncertainty flag's rule as the model applies it (the card's thresholds.uncertainty, `in_card`, else
+    the evaluation's), how its flagged images fared on the split it was measured on, with Wilson intervals,
+    and, when the flagged images are wrong no more often than the rest there, that it does not separate errors."""
+    rule, on_split = in_card or uncertainty, uncertainty["on_split"]
+    images, flagged = on_split["data"]["images"], on_split["flagged"]
+    rates = [on_split["stage1_error_rate_flagged"], on_split["stage1_error_rate_not_flagged"]]
+    shown = [format_share(binomial_interval(int(round(r * n)), n)) if r is not None else "n/a"
+             for r, n in zip(rates, (flagged, images - flagged))]
+    where = split_name(on_split["data"])
+    text = (f"Refer when the p(malignant) spread across {rule['source']} exceeds {rule['p_malignant_spread']:.3f} "
+            f"({rule['rule']}; {'needs test-time augmentation' if rule.get('needs_tta') else 'always on'}). On the "
+            f"{where} images ({images} images of {on_split['data'].get('cases', '?')} patients): {flagged} flagged; "
+            f"stage-1 error rate {shown[0]} flagged vs {shown[1]} not flagged (Wilson intervals over images).")
+    if abs(on_split.get("threshold", rule["p_malignant_spread"]) - rule["p_malignant_spread"]) > 1e-9:
+        text += f" These figures were measured at the evaluation's threshold {on_split['threshold']:.3f}."
+    if None not in rates and rates[0] <= rates[1]:
+        text += (f" The flag does not separate errors on the {where} images: flagged images are wrong no more often "
+                 "than the rest, so a flag there says little about whether a call is right.")
+    return text
 
 
 RISK_X = "share of all images not referred"
