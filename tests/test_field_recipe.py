@@ -445,3 +445,24 @@ def test_a_single_split_fields_run_is_evaluated_calibrated_and_ensembled_like_a_
     assert read_json(run / "model" / "card.json")["thresholds"]["referral"] == referral
     assert main(["ensemble", "--members", str(run / "model"), str(run / "model"), "--out", str(tmp_path / "ens")]) == 0
     assert read_json(tmp_path / "ens" / "metrics.json")["data"]["split"] == "test"
+
+
+def test_the_slide_rule_of_a_one_magnification_cv_knows_its_data_by_the_fingerprint_it_records(synthetic_breakhis,
+                                                                                               tmp_path):
+    """A fields CV's card records the fingerprint of every image of the folder (what a GAN records, so GAN fill
+    is not refused), but fold_parts compared it with the fingerprint of the 40X images alone: refused as 'not the
+    data this model was trained on'. A card of before (the 40X images' fingerprint) is still known."""
+    from core.data.selection import fingerprint
+    from core.model.classifier import build_classifier
+    from core.model.folders import save_model_folder
+    from core.slide.choose import fold_parts
+    from core.training.field_run import data_fingerprint, field_table
+
+    for k in (0, 1):
+        model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=32)
+        save_model_folder(model, tmp_path / f"fold-{k}" / "model", {"backbone": "small_cnn", "hierarchy": "hierarchical"})
+    training = {"pipeline": "fields", "settings": {"folds": 2, "seed": 0, "magnification": "40X"}}
+    for recorded in (data_fingerprint(synthetic_breakhis), fingerprint(field_table(synthetic_breakhis, "40X"))):
+        card = {"training": {**training, "data_fingerprint": recorded}}
+        parts = fold_parts(tmp_path / "model", card, synthetic_breakhis)
+        assert len(parts) == 2 and all(set(fields["magnification"]) == {"40X"} for _, fields in parts)

@@ -207,7 +207,7 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
     from core.data.splits import patient_kfold
     from core.errors import UserInputError
     from core.model.loading import load_predictor
-    from core.training.field_run import field_table
+    from core.training.field_run import data_fingerprint, field_table
     from core.training.runcard import cross_validation_folds
 
     training = card.get("training") or {}
@@ -221,7 +221,9 @@ def fold_parts(model_dir, card: dict, data_dir) -> list[tuple] | None:
                              "its slide rule is chosen with the fold models beside it (RUN/fold-k/model); run "
                              "slide-threshold on RUN/model before installing it elsewhere")
     table = field_table(data_dir, settings.get("magnification", "all"))
-    _check_same_data(training, fingerprint(table), data_dir)
+    found = fingerprint(table)  # what cards recorded before fields runs named every magnification's images
+    _check_same_data(training, found if training.get("data_fingerprint") == found else data_fingerprint(data_dir),
+                     data_dir)
     temperatures = (card.get("calibration") or {}).get("temperatures") or {}
     parts = []
     for path, assigned in zip(folds, patient_kfold(table, settings["folds"], int(settings.get("seed", 0)))):
