@@ -436,6 +436,7 @@ def test_a_single_split_fields_run_is_evaluated_calibrated_and_ensembled_like_a_
     assert set(REQUIRED_COLUMNS) | {"protocol"} <= set(split.columns)
     assert (split["label"] == split["subtype"].map(CLASS_OF_SUBTYPE)).all()
     assert set(split["protocol"]) == {IMAGE} == {read_json(run / "metrics.json")["protocol"]}  # not "patient-wise"
+    assert "image-level (leaky) split" in read_json(run / "model" / "card.json")["evidence"]["statement"]
     referral = read_json(run / "model" / "card.json")["thresholds"]["referral"]
     measured = read_json(run / "model" / "card.json")["calibration"]["measured"]  # fitted on val, tested on test
     assert measured["val"]["in_sample"] and not measured["test"]["in_sample"]

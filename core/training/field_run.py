@@ -44,9 +44,9 @@ from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
 from core.training.runcard import (
-    DEMO_BELOW_TRAIN_IMAGES,
     evidence,
     held_out_gaps,
+    is_demo,
     is_synthetic,
     run_record,
     split_figures_on,
@@ -154,7 +154,7 @@ def _card(config, table, trained_on, history, temperatures, referral, case_rule,
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": "hierarchical",
         "input_size": config.input_size, "weights_init": history["weights_init"],
-        "demo": bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES),  # the tf.data card's rule (runcard)
+        "demo": is_demo(config, learnt),
         "views": spec.to_dict(),
         "scale": {"mpp": 1.0, "tile_px": [CROP_PX, CROP_PX],
                   "source": "field recipe: fields restored to 350x230 px (~1 um/px at 200X), 224-px views"},
@@ -260,7 +260,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     # The columns the tf.data pipeline's split.csv has and evaluate, calibrate and ensemble read.
     used.assign(label=used["subtype"].map(CLASS_OF_SUBTYPE))[[*REQUIRED_COLUMNS, "synthetic", "protocol"]].to_csv(
         out / "split.csv", index=False)
-    figures_on = split_figures_on(table.assign(split=split))
+    figures_on = split_figures_on(table.assign(split=split, protocol=protocol))  # an image-level split says so
     card = _card(config, table, trained_on, history, temperatures, referral, case_threshold(val_frame),
                  metrics, figures_on, measured_block({"val": (val_frame, raw_val), "test": (test_frame, raw_test)},
                                                      temperatures), {"val": len(val), "test": len(test)},

@@ -95,6 +95,12 @@ def held_out_gaps(split: pd.DataFrame) -> list[str]:
     return warnings
 
 
+def is_demo(config, learnt: dict) -> bool:
+    """A DEMO model (no valid accuracy, figures never shown): --demo, or weights that learnt from fewer
+    than DEMO_BELOW_TRAIN_IMAGES real images (`learnt`: evidence()). The one rule of both pipelines' cards."""
+    return bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES)
+
+
 def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:
     """What a model rests on, in the card and wherever it predicts: the distinct real images and patients
     its weights learnt from (not its validation or test patients) and what its figures were measured on."""
@@ -145,7 +151,7 @@ def model_card(config, data, weights_used, history_summary, distribution, valida
     return {
         "name": Path(config.out).name, "backbone": config.backbone, "hierarchy": config.hierarchy,
         "input_size": config.input_size, "weights_init": weights_used,
-        "demo": bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES),
+        "demo": is_demo(config, learnt),
         "evidence": learnt,
         "scale": training_scale(config, train),
         "stain_normalization": data["normalizer"].to_dict(),
