@@ -124,10 +124,8 @@ with st.container(border=True):
 opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")
 event = st.plotly_chart(slides.heatmap_figure(result, opacity), on_select="rerun", selection_mode="points",
                         key="slide_map", width="stretch")
-legend = slides.subtype_legend(result)
-if legend:
-    st.caption("Subtype map (share of analysed tissue): "
-               + ", ".join(f"{k} {v:.0%}" for k, v in sorted(legend.items(), key=lambda kv: -kv[1])))
+if subtype_caption := slides.subtype_caption(result):
+    st.caption(subtype_caption)
 
 driving = slides.driving_region(result)
 first = (driving.rows if driving is not None else []) + [t.index for t in result.top]
@@ -179,8 +177,9 @@ if image is not None:
                      width="stretch", output_format="JPEG")
     for column, (stage, explanation) in zip(columns[1:], diagnosis.explanations.items()):
         column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
-                     caption=f"{'Stage 1' if stage == 'stage1' else 'Stage 2'} Grad-CAM: {pretty(explanation.target)}")
-    st.caption(diagnosis.prediction.summary())
+                     caption=(f"Stage 1 Grad-CAM: {pretty(explanation.target)}" if stage == "stage1" else
+                              f"Stage 2 Grad-CAM: {slides.subtype_text(result, explanation.target)}"))
+    st.caption(diagnosis.prediction.summary(slides.subtype_reliable(result)))
 
 st.subheader("Downloads")
 st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "

@@ -11,6 +11,7 @@ import pytest
 
 from core.app import pdf_report, performance, registry, report, service, session
 from core.data.labels import CLASSES, SUBTYPES_BY_CLASS, pretty
+from core.evaluation.subtype_trust import subtype_shown
 from core.model.decisions import threshold_text
 from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_like
 
@@ -447,8 +448,10 @@ def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predicto
     pdf = pdf_report.build_report(results, overlays, report.case_calls(results), registry.describe_model(predictor.card),
                               method="Score-CAM")
     text = PdfReader(io.BytesIO(pdf)).pages[1].extract_text()
-    p = results[0].prediction
-    assert f"Stage 1 Score-CAM: {pretty(p.label)}" in text and f"Stage 2 Score-CAM: {pretty(p.subtype)}" in text
+    p, model = results[0].prediction, registry.describe_model(predictor.card)
+    text = " ".join(text.split())  # a long caption wraps
+    assert f"Stage 1 Score-CAM: {pretty(p.label)}" in text
+    assert f"Stage 2 Score-CAM: {subtype_shown(p.subtype, model['subtype_reliable'])}" in text
 
 
 def test_a_case_call_says_when_an_image_of_the_case_could_not_be_read(predictor, sample_items):

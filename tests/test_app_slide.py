@@ -67,6 +67,9 @@ def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
         assert "No region qualified" in texts(app.info)
     assert len(app.image) == 3  # the tile and its two Grad-CAMs
     tiles = app.selectbox(key="slide_tile")
+    # small-cnn's subtype is not reliable (core.evaluation.subtype_trust): said in the map's caption and tiles
+    assert "Subtype: not reliable for this model. Most probable subtype per tile" in texts(app.caption)
+    assert all("subtype not reliable for this model (most probable: " in option for option in tiles.options)
     tiles.set_value(tiles.options[-1]).run()
     assert not app.exception and len(app.image) == 3
     app.slider(key="slide_opacity").set_value(0.8).run()

@@ -23,6 +23,7 @@ from core.app.registry import stage_calls
 from core.app.report import referral_lines, thresholds_in_use, uncased_note
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
+from core.evaluation.subtype_trust import subtype_shown
 from core.model.decisions import referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar
 from core.model.predict import figure
@@ -276,7 +277,7 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
     call = " - ".join(stage_calls(p, reliable))
     pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
     pdf.pictures([("Image", result.image.rgb), (f"Stage 1 {method}: {pretty(p.label)}", overlays[0]),
-                  (f"Stage 2 {method}: {pretty(p.subtype)}", overlays[1])])
+                  (f"Stage 2 {method}: {subtype_shown(p.subtype, reliable)}", overlays[1])])
     pdf.colour_scale()
     pdf.heading("Stage 1: benign or malignant", 10)
     pdf.table(["class", "probability"], [[pretty(c), f"{v:.3f}"] for c, v in p.stage1.items()], widths=[60, 40])
@@ -350,8 +351,9 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
         pdf.heading(("Tiles of the driving region" if driving is not None
                      else "Tiles of the most suspicious region (it did not qualify)"), 10)
         part = result.tiles.loc[shown.rows].sort_values("p_malignant", ascending=False).head(40)
+        reliable = (result.model or {}).get("subtype_reliable", True)  # the app's rule, as the tiles CSV has it
         pdf.table(["tile", "x (level 0)", "y (level 0)", "p(malignant)", "subtype"],
-                  [[int(t.tile), int(t.x), int(t.y), f"{t.p_malignant:.3f}", pretty(t.subtype)]
+                  [[int(t.tile), int(t.x), int(t.y), f"{t.p_malignant:.3f}", subtype_shown(t.subtype, reliable)]
                    for t in part.itertuples()], widths=[20, 30, 30, 30, 70])
     for note in result.notes:
         pdf.line_text(f"Note: {note}", 8, MUTED)

@@ -17,6 +17,7 @@ from core.data.fields import ViewSpec
 from core.data.histology import MOSTLY_GLASS  # mostly glass: no reason to refuse a tiled upload
 from core.data.labels import SUBTYPES, pretty
 from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origins
+from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_shown
 from core.paths import folder_setting_problem, folders_setting
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
 from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
@@ -135,7 +136,8 @@ def heatmap_figure(result, opacity: float = 0.5):
         x=tiles["x"] + tiles["width"] / 2, y=tiles["y"] + tiles["height"] / 2, mode="markers",
         marker={"size": 7, "color": "rgba(255,255,255,0.35)", "line": {"width": 1, "color": "black"}},
         customdata=tiles.index.to_numpy(), name="tiles",
-        text=[f"tile {t.tile}: p(malignant) {t.p_malignant:.2f}, {pretty(t.subtype)}" for t in tiles.itertuples()],
+        text=[f"tile {t.tile}: p(malignant) {t.p_malignant:.2f}, subtype {subtype_text(result, t.subtype)}"
+              for t in tiles.itertuples()],
         hovertemplate="%{text}<extra></extra>"))
     for x, y in region_outline_xy(result):
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": "white", "width": 3}, hoverinfo="skip",
@@ -162,12 +164,23 @@ def region_outline_xy(result) -> list[tuple[list[float], list[float]]]:
     return rings
 
 
+def subtype_reliable(result) -> bool:
+    """Whether the slide's model shows its subtype as a finding: the app's one rule
+    (core.evaluation.subtype_trust), as the predictor recorded it and the tiles CSV carries it."""
+    return bool((getattr(result, "model", None) or {}).get("subtype_reliable", True))
+
+
+def subtype_text(result, subtype: str) -> str:
+    """A tile's subtype as the page prints it: demoted, still visible, when not reliable for the model."""
+    return subtype_shown(subtype, subtype_reliable(result))
+
+
 def tile_label(result, row: int) -> str:
     t = result.tiles.loc[row]
     driving = driving_region(result)
     in_region = " · driving region" if driving is not None and row in driving.rows else ""
     return (f"tile {int(t.tile)} at ({int(t.x)}, {int(t.y)}): p(malignant) {t.p_malignant:.2f}, "
-            f"{pretty(t.subtype)}" + in_region + (" · refer" if t.refer else ""))
+            f"subtype {subtype_text(result, t.subtype)}" + in_region + (" · refer" if t.refer else ""))
 
 
 def subtype_legend(result) -> dict[str, float]:
@@ -177,6 +190,19 @@ def subtype_legend(result) -> dict[str, float]:
         return {}
     counts = np.bincount(values, minlength=len(SUBTYPES)) / values.size
     return {pretty(s): float(c) for s, c in zip(SUBTYPES, counts) if c > 0}
+
+
+def subtype_caption(result) -> str | None:
+    """The subtype map's caption: each subtype's share of the analysed tissue, most first; for a model
+    whose subtype is not reliable, said first and the shares given as context only. None without tiles."""
+    legend = subtype_legend(result)
+    if not legend:
+        return None
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(legend.items(), key=lambda kv: -kv[1]))
+    if subtype_reliable(result):
+        return f"Subtype map (share of analysed tissue): {shares}"
+    return (f"Subtype: {SUBTYPE_NOT_RELIABLE}. Most probable subtype per tile (share of analysed tissue), "
+            f"for context only: {shares}")
 
 
 def downloads(result, opacity: float = 0.5, model: dict | None = None,

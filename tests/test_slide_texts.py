@@ -1,0 +1,78 @@
+"""What the Slide page, its PDF and its downloads say about a slide result: the subtype marked not
+reliable by the app's one rule, the legend of the p(malignant) map, the file names. Built on a
+synthetic tiles grid (core.slide.call on hand-made p(malignant)): no model is loaded."""
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+from pypdf import PdfReader
+
+from core.app import pdf_report, registry, slides
+from core.data.labels import SUBTYPES
+from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE
+from core.slide.call import SlideRule, slide_call
+from core.slide.predictor import SlideResult
+from tests.app_helpers import REPO
+
+W, H, D = 700, 460, 35.0  # tile size (level-0 px), map downsample
+
+
+def card(name: str = "default") -> dict:
+    return json.loads((REPO / "models" / name / "card.json").read_text())
+
+
+def slide_result(reliable: bool, kind: str = "region", name: str = "scan.tif") -> SlideResult:
+    """A 2 x 3 grid of tiles, the top middle pair suspicious, every tile called mucinous carcinoma."""
+    p = np.array([[0.2, 0.98, 0.97], [0.2, 0.2, 0.6]])
+    rows, cols = np.indices(p.shape)
+    tiles = pd.DataFrame({"tile": np.arange(p.size), "row": rows.ravel(), "col": cols.ravel(),
+                          "x": cols.ravel() * W, "y": rows.ravel() * H, "width": W, "height": H,
+                          "p_malignant": p.ravel(), "subtype": "mucinous_carcinoma", "refer": False})
+    rule = {"thresholds": {"slide_rule": SlideRule(kind=kind, min_size=2, min_mean_p=0.8).to_dict()}}
+    call, regions = slide_call(tiles, rule)
+    shape = (round(2 * H / D), round(3 * W / D))
+    p_map = np.kron(p, np.ones((shape[0] // 2, shape[1] // 3))).astype(np.float32)
+    subtype = np.full(p_map.shape, SUBTYPES.index("mucinous_carcinoma"), np.int8)
+    model = {"name": "m", "limited": True, "demo": False, "subtype_reliable": reliable}
+    return SlideResult(name, (3 * W, 2 * H), None, None, tiles, np.full((*p_map.shape, 3), 230, np.uint8), D,
+                       np.ones(p_map.shape, bool), p_map, subtype, np.zeros_like(p_map), [], call, model, {}, [],
+                       regions)
+
+
+def slide_pdf_text(result) -> str:
+    pdf = pdf_report.build_slide_report(result, registry.describe_model(card()), audit_id=3)
+    return " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
+def test_an_unreliable_subtype_is_marked_so_on_the_slide_page_and_its_pdf():
+    """The Slide page read "Subtype map (share of analysed tissue): Mucinous carcinoma 100%" and the tile
+    "p(malignant) 0.98, Mucinous carcinoma" for a model whose subtype the app calls not reliable (the tiles
+    CSV said subtype_reliable=False); the PDF's tile table listed it as a plain call."""
+    unreliable, reliable = slide_result(False), slide_result(True)
+    caption = slides.subtype_caption(unreliable)
+    assert caption.startswith(f"Subtype: {SUBTYPE_NOT_RELIABLE}.") and "Mucinous carcinoma 100%" in caption
+    assert slides.subtype_caption(reliable) == "Subtype map (share of analysed tissue): Mucinous carcinoma 100%"
+    label = slides.tile_label(unreliable, 1)
+    assert label.endswith(f"subtype {SUBTYPE_NOT_RELIABLE} (most probable: Mucinous carcinoma) · driving region")
+    assert slides.tile_label(reliable, 1).endswith("p(malignant) 0.98, subtype Mucinous carcinoma · driving region")
+    assert slides.subtype_text(unreliable, "mucinous_carcinoma") == \
+        f"{SUBTYPE_NOT_RELIABLE} (most probable: Mucinous carcinoma)"
+    hover = json.dumps(slides.heatmap_figure(unreliable).to_plotly_json()["data"][2]["text"])
+    assert SUBTYPE_NOT_RELIABLE in hover
+    text = slide_pdf_text(unreliable)
+    assert "Tiles of the driving region" in text
+    assert f"{SUBTYPE_NOT_RELIABLE} (most probable: Mucinous carcinoma)" in text
+    assert SUBTYPE_NOT_RELIABLE not in slide_pdf_text(reliable).split("Tiles of the driving region")[1]
+
+
+def test_the_per_image_pdf_marks_its_stage_2_caption_not_reliable():
+    """The image page's overlay caption read "Stage 2 Grad-CAM: Ductal carcinoma" under a banner saying
+    the subtype is not reliable for this model."""
+    from tests.test_report_pdf import pdf_text, results
+
+    text = pdf_text(results("a.png"), registry.describe_model(card()))
+    assert f"Stage 2 Grad-CAM: {SUBTYPE_NOT_RELIABLE} (most probable: Ductal carcinoma)" in text
+    assert "Stage 2 Grad-CAM: Ductal carcinoma" not in text
+
