@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.app import registry, session, slides
 from core.data.labels import pretty
-from core.model.heatmap import overlay
+from core.model.heatmap import COLOUR_SCALE, P_MALIGNANT_SCALE, overlay
 from core.slide.call import NOT_CALLED, call_note
 from core.slide.predictor import SlidePredictor, TileSettings
 from core.slide.reader import SlideError, open_slide
@@ -124,6 +124,7 @@ with st.container(border=True):
 opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")
 event = st.plotly_chart(slides.heatmap_figure(result, opacity), on_select="rerun", selection_mode="points",
                         key="slide_map", width="stretch")
+st.caption(P_MALIGNANT_SCALE)
 if subtype_caption := slides.subtype_caption(result):
     st.caption(subtype_caption)
 
@@ -179,6 +180,7 @@ if image is not None:
         column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
                      caption=(f"Stage 1 Grad-CAM: {pretty(explanation.target)}" if stage == "stage1" else
                               f"Stage 2 Grad-CAM: {slides.subtype_text(result, explanation.target)}"))
+    st.caption(COLOUR_SCALE)  # the tile's Grad-CAMs: each scaled to its own range, unlike the map above
     st.caption(diagnosis.prediction.summary(slides.subtype_reliable(result)))
 
 st.subheader("Downloads")

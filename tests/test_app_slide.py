@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from core.model.heatmap import COLOUR_SCALE, P_MALIGNANT_SCALE
 from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server
 from tests.conftest import SHARED, WHOLE_FIELD_MODEL
 
@@ -70,6 +71,7 @@ def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
     # small-cnn's subtype is not reliable (core.evaluation.subtype_trust): said in the map's caption and tiles
     assert "Subtype: not reliable for this model. Most probable subtype per tile" in texts(app.caption)
     assert all("subtype not reliable for this model (most probable: " in option for option in tiles.options)
+    assert P_MALIGNANT_SCALE in texts(app.caption) and COLOUR_SCALE in texts(app.caption)  # the map's, the tile's
     tiles.set_value(tiles.options[-1]).run()
     assert not app.exception and len(app.image) == 3
     app.slider(key="slide_opacity").set_value(0.8).run()

@@ -76,3 +76,16 @@ def test_the_per_image_pdf_marks_its_stage_2_caption_not_reliable():
     assert f"Stage 2 Grad-CAM: {SUBTYPE_NOT_RELIABLE} (most probable: Ductal carcinoma)" in text
     assert "Stage 2 Grad-CAM: Ductal carcinoma" not in text
 
+
+
+def test_the_slide_pdf_legend_is_the_absolute_p_malignant_scale_of_its_map():
+    """Under the slide's p(malignant) map (Turbo, 0 to 1) the PDF printed the Grad-CAM legend: "each map is
+    scaled to its own range ... they are not probabilities". An image page keeps the Grad-CAM legend."""
+    from core.model.heatmap import COLOUR_SCALE, P_MALIGNANT_SCALE
+    from tests.test_report_pdf import pdf_text, results
+
+    text = slide_pdf_text(slide_result(False))
+    assert " ".join(P_MALIGNANT_SCALE.split()) in text
+    assert "own range" not in text and "not probabilities" not in text
+    image_pages = pdf_text(results("a.png"), registry.describe_model(card()))
+    assert " ".join(COLOUR_SCALE.split()) in image_pages and P_MALIGNANT_SCALE not in image_pages

@@ -25,7 +25,7 @@ from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.evaluation.subtype_trust import subtype_shown
 from core.model.decisions import referral_rule, threshold_text
-from core.model.heatmap import COLOUR_SCALE, colour_bar
+from core.model.heatmap import COLOUR_SCALE, P_MALIGNANT_SCALE, colour_bar
 from core.model.predict import figure
 from core.paths import ASSETS
 
@@ -160,8 +160,9 @@ class _Report(FPDF):
         self.set_xy(self.l_margin, top + tallest + 9)
 
 
-    def colour_scale(self):
-        """The heat maps' colour bar and what its colours mean (core.model.heatmap.COLOUR_SCALE)."""
+    def colour_scale(self, legend: str = COLOUR_SCALE):
+        """The colour bar and what its colours mean for the map above it: core.model.heatmap's COLOUR_SCALE
+        for Grad-CAM maps (each scaled to its own range), P_MALIGNANT_SCALE for a slide's p(malignant) map."""
         png = io.BytesIO()
         Image.fromarray(colour_bar(256, 8)).save(png, format="PNG")
         top = self.get_y()
@@ -169,7 +170,7 @@ class _Report(FPDF):
         self.set_xy(self.l_margin + 53, top - 0.5)
         self.set_font(self.family, size=7)
         self.set_text_color(*MUTED)
-        self.multi_cell(WIDTH - 53, 3, self.shown(COLOUR_SCALE), new_x="LMARGIN", new_y="NEXT")
+        self.multi_cell(WIDTH - 53, 3, self.shown(legend), new_x="LMARGIN", new_y="NEXT")
         self.ln(2)
 
 
@@ -345,7 +346,7 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
     caption = ("p(malignant) per tile; the driving region outlined (white)" if driving is not None
                else "p(malignant) per tile; no region qualified, none outlined")
     pdf.pictures([(caption, heatmap_rgb(result, opacity))])
-    pdf.colour_scale()
+    pdf.colour_scale(P_MALIGNANT_SCALE)  # an absolute 0-1 map, not a Grad-CAM
     shown = driving if driving is not None else (result.regions[0] if result.regions else None)
     if shown is not None:
         pdf.heading(("Tiles of the driving region" if driving is not None

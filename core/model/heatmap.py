@@ -75,9 +75,13 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return TURBO[indices]
 
 
+# The legends of the two kinds of map drawn in one colour scale (Turbo, `colour_bar`): every page and PDF
+# prints one of these under its map, never its own wording.
 COLOUR_SCALE = ("Heat-map colour scale: dark blue = the lowest, dark red = the highest value of each map "
                 "(each map is scaled to its own range; the colours rank regions within one map, they are "
                 "not probabilities)")
+P_MALIGNANT_SCALE = ("Colour scale: p(malignant) of each analysed tile, from dark blue = 0 to dark red = 1 (an "
+                     "absolute probability, the same scale on every slide; uncoloured areas were not analysed)")
 
 
 def colour_bar(width: int = 512, height: int = 14) -> np.ndarray:
