@@ -89,3 +89,17 @@ def test_two_names_the_font_cannot_print_apart_keep_their_sha256_prefix(font, mo
     assert headings == [f"??_émile_ß.png (SHA-256 {first.sha256[:12]})", f"??_émile_ß.png (SHA-256 {'f' * 12})"]
     plain = results("SOB_B_F-14-25197-400-033.png")  # a name printed whole gets no prefix
     assert "SHA-256 " + plain[0].sha256[:12] not in pdf_text(plain, registry.describe_model(card("default")))
+
+
+def test_the_case_table_sizes_its_columns_for_their_cells_not_only_their_headers():
+    """The columns were sized for the header words only: the 17-mm "call" column printed "malignan t",
+    broken mid-word. Every word of every cell now prints whole."""
+    items = results("SOB_M_DC-14-2523-40-010.png", "SOB_M_DC-14-2523-40-011.png")
+    model = registry.describe_model(card("default"))
+    cases = report.case_calls(items, subtype_reliable=model["subtype_reliable"])
+    first = pdf_report.build_report(items, {r.digest: (r.display, r.display) for r in items}, cases, model)
+    words = PdfReader(io.BytesIO(first)).pages[0].extract_text().split()
+    columns = ["case", "images", "call", "subtype", "p_malignant", "confidence", "refer for review", "reasons"]
+    cells = [str(row[c]) for _, row in cases.iterrows() for c in columns]
+    assert "malignant" in cells and "not reliable for this model (most probable: Ductal carcinoma)" in cells
+    assert [word for cell in cells for word in cell.split() if word not in words] == []

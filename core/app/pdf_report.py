@@ -109,14 +109,21 @@ class _Report(FPDF):
         self.multi_cell(0, 7, self.shown(text), fill=True, new_x="LMARGIN", new_y="NEXT")
         self.ln(2)
 
-    def fitted_widths(self, header: list[str], widths: list[float]) -> list[float]:
-        """Column widths (mm, same total) in which every header word fits whole: fpdf2 wraps at
-        spaces but breaks a word wider than its column mid-word ("confiden/ce"). Columns too narrow
-        for their longest word are widened; the others give up width in proportion to theirs."""
+    def fitted_widths(self, header: list[str], widths: list[float], rows: list[list] = ()) -> list[float]:
+        """Column widths (mm, same total) in which every word of the header (bold) and of the cells fits
+        whole: fpdf2 wraps at spaces but breaks a word wider than its column mid-word ("malignan/t",
+        "confiden/ce"). Columns too narrow for their longest word are widened; the others give up width
+        in proportion to what they can spare."""
         padding = 2 * self.c_margin + 1.5
         style = self.font_style
-        self.set_font(style="B")  # headers are set in bold
-        needed = [max(self.get_string_width(word) for word in self.shown(h).split() or [""]) + padding for h in header]
+
+        def widest(texts, bold: bool) -> float:
+            self.set_font(style="B" if bold else "")
+            return max((self.get_string_width(word) for text in texts for word in self.shown(text).split()),
+                       default=0.0)
+
+        needed = [max(widest([h], True), widest([row[i] for row in rows], False)) + padding
+                  for i, h in enumerate(header)]
         self.set_font(style=style)
         total = sum(widths)
         fixed = [max(w, n) for w, n in zip(widths, needed)]
@@ -130,7 +137,7 @@ class _Report(FPDF):
     def table(self, header: list[str], rows: list[list], widths: list[float] | None = None):
         self.set_font(self.family, size=8)
         if widths:
-            widths = self.fitted_widths(header, widths)
+            widths = self.fitted_widths(header, widths, rows)
         self.set_text_color(*INK)
         self.set_fill_color(255, 255, 255)  # banners leave their colour behind
         self.set_draw_color(*MUTED)
