@@ -39,7 +39,8 @@ def test_one_slide_writes_every_output(slide_folder, tmp_path, capsys):
     assert row["label"] in ("benign", "malignant") and row["tissue_tiles"] == 8
     card = json.loads((WHOLE_FIELD_MODEL / "card.json").read_text())  # labelled where it predicts
     assert (row["model"], row["model_limited"]) == (card["name"], card["evidence"]["limited"]) and row["model_limited"]
-    assert {p.name for p in tmp_path.iterdir()} == {"heatmap.png", "tiles.csv", "malignant.geojson", "summary.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"heatmap.png", "tiles.csv", "suspicious_regions.geojson",
+                                                    "summary.json"}
     assert Image.open(tmp_path / "heatmap.png").size[0] == 1024
 
 
@@ -64,7 +65,7 @@ def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypat
     assert table["error"].fillna("").str.contains("text file").tolist() == [False, False, True]
     assert table.loc[0, "tissue_tiles"] == 2
     for name in ("SOB_M_MC-14-19979-200-099", "mosaic"):
-        for file in ("tiles.csv", "malignant.geojson", "heatmap.png"):
+        for file in ("tiles.csv", "suspicious_regions.geojson", "heatmap.png"):
             assert (dask / name / file).read_bytes() == (serial / name / file).read_bytes(), (name, file)
     shutil.rmtree(tmp_path)
 

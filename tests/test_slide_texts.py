@@ -89,3 +89,34 @@ def test_the_slide_pdf_legend_is_the_absolute_p_malignant_scale_of_its_map():
     assert "own range" not in text and "not probabilities" not in text
     image_pages = pdf_text(results("a.png"), registry.describe_model(card()))
     assert " ".join(COLOUR_SCALE.split()) in image_pages and P_MALIGNANT_SCALE not in image_pages
+
+
+def test_the_pdf_says_its_generated_time_is_utc(monkeypatch):
+    """The PDF printed "Generated 2026-12-06 12:20", the server's local time with no zone, while the app
+    says "Times are UTC". On a server 14 hours ahead of UTC it now prints the UTC time, and says so."""
+    import datetime
+    import time
+
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14
+    time.tzset()
+    try:
+        before = datetime.datetime.now(datetime.UTC)
+        text = slide_pdf_text(slide_result(True))
+        after = datetime.datetime.now(datetime.UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert any(f"Generated {t:%Y-%m-%d %H:%M} UTC" in text for t in (before, after)), text[:200]
+
+
+def test_the_geojson_download_is_named_for_the_regions_it_holds():
+    """A model that makes no slide call offered "scan_malignant.geojson" of regions classified "Suspicious
+    (model, not called)". Every call's file is now named for what it holds: its suspicious regions."""
+    for kind, call in (("none", "not called"), ("region", "malignant")):
+        result = slide_result(False, kind=kind)
+        assert result.call["label"] == call
+        names = [name for _, _, name, _ in slides.downloads(result)]
+        assert "scan_suspicious_regions.geojson" in names and not any("malignant" in n for n in names)
+    from core.slide.export import GEOJSON  # the CLI's file (core.slide.export.write_outputs)
+
+    assert GEOJSON == "suspicious_regions.geojson"

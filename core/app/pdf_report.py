@@ -208,7 +208,7 @@ def _probabilities(model: dict) -> str:
 def _identity(pdf: _Report) -> None:
     model = pdf.model
     pdf.heading("Breast histopathology - decision-support report")
-    pdf.line_text(f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", 8, MUTED)
+    pdf.line_text(f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", 8, MUTED)  # as the app
     _warn(pdf)
     pdf.table(["model", "value"], [
         ["name", model["name"]], ["backbone", f"{model['backbone']} ({model['hierarchy']})"],

@@ -20,7 +20,7 @@ from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origi
 from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_shown
 from core.paths import folder_setting_problem, folders_setting
 from core.slide.call import call_text  # noqa: F401 (the pages' name for it)
-from core.slide.export import driving_region, geojson, heatmap_png, region_outline, tiles_csv
+from core.slide.export import GEOJSON, driving_region, geojson, heatmap_png, region_outline, tiles_csv
 from core.slide.reader import SlideError, slide_files
 
 TILE_AN_UPLOAD_FROM = 4  # tiles at the model's scale: an upload this large is analysed as tiles
@@ -219,7 +219,7 @@ def downloads(result, opacity: float = 0.5, model: dict | None = None,
     return pdf + [("Heat map (PNG)", heatmap_png(result, opacity), f"{stem}_heatmap.png", "image/png"),
             ("Tiles (CSV)", tiles_csv(result).encode(), f"{stem}_tiles.csv", "text/csv"),
             ("Regions, the driving one first (GeoJSON, QuPath)", json.dumps(geojson(result)).encode(),
-             f"{stem}_malignant.geojson", "application/geo+json")]
+             f"{stem}_{GEOJSON}", "application/geo+json")]
 
 
 def analyse_upload(predictor, name: str, data: bytes, magnification: str | None, settings=None):

@@ -37,6 +37,9 @@ from core.model.heatmap import colorize
 MALIGNANT_COLOR = [200, 0, 0]
 NOT_CALLED_CLASS, NOT_CALLED_COLOR = "Suspicious (model, not called)", [230, 140, 0]  # rule "none": no call
 SUMMARY = "summary.json"
+# Every region the model found suspicious, the one that drove a malignant call (if any) first: named for that,
+# whatever the call (a model that makes no slide call, or a benign call, has no malignant region in it).
+GEOJSON = "suspicious_regions.geojson"
 DRIVING_NAME = "Driving region (slide call)"
 CSV_COLUMNS = ["tile", "region", "drives_call", "row", "col", "x", "y", "width", "height", "tissue", "p_benign", "p_malignant", "label", "subtype",
                "p_subtype", "confidence", "entropy_bits", "p_malignant_spread", "refer", "refer_reasons"]
@@ -174,11 +177,11 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def write_outputs(result, out_dir, alpha: float = 0.5) -> dict[str, Path]:
-    """heatmap.png, tiles.csv, malignant.geojson, then summary.json; returns the paths."""
+    """heatmap.png, tiles.csv, suspicious_regions.geojson (GEOJSON), then summary.json; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).unlink(missing_ok=True)  # a re-run is incomplete until its summary is written
-    paths = {"heatmap": out / "heatmap.png", "tiles": out / "tiles.csv", "geojson": out / "malignant.geojson",
+    paths = {"heatmap": out / "heatmap.png", "tiles": out / "tiles.csv", "geojson": out / GEOJSON,
              "summary": out / SUMMARY}
     _write(paths["heatmap"], heatmap_png(result, alpha))
     _write(paths["tiles"], tiles_csv(result).encode())
