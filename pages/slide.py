@@ -73,9 +73,14 @@ if kept is None and state.get("_slide_request") == key:
     cancel_slot = st.empty()  # shown only while the tiles run
     cancel_slot.button("Cancel", key="slide_cancel", on_click=cancel,
               help="Stops after the current batch of tiles; nothing of this run is kept.")
-    bar = st.progress(0.0, text="Reading the slide and its tissue mask...")
+    reading = "Reading the slide and its tissue mask..."
+    bar = st.progress(0.0, text=reading if digest else "Hashing the slide file for the audit trail...")
     reader = None
     try:
+        file_id = (digest, None)
+        if digest is None:  # a server slide: hashed before it is read, so its audit row names what was analysed
+            file_id = slides.file_identity(item)
+            bar.progress(0.0, text=reading)
         reader = open_slide(item, name=name, magnification=stated)
         result = SlidePredictor(predictor, settings).predict(
             reader, progress=lambda done, total: bar.progress(done / total, text=f"{done} of {total} tissue tiles"))
@@ -100,6 +105,7 @@ if kept is None and state.get("_slide_request") == key:
     if old is not None:
         old[1].close()
     kept = state["_slide_result"] = (key, reader, result)
+    state["_slide_file"] = (key, file_id)
 if kept is None:
     if state.get("_slide_cancelled_key") == key:
         st.info("Cancelled: nothing of that run was kept.")
@@ -107,10 +113,13 @@ if kept is None:
 
 _, reader, result = kept
 call = result.call
-# One audit row per run shown (an upload's bytes are hashed; a server slide is named by its path).
-audit_id = session.audit_slide(
-    predictor, name, digest, dict(call),
-    {"overlap": overlap, "min_tissue": min_tissue, "top_k": int(top_k), "magnification": stated})
+# One audit row per run shown, with the SHA-256 of the file's contents: an upload's bytes, a server slide's file
+# as hashed before it was read (slides.file_identity: a very large one is identified otherwise, said in the row).
+audited = {"overlap": overlap, "min_tissue": min_tissue, "top_k": int(top_k), "magnification": stated}
+sha256, how = state["_slide_file"][1]
+if how:
+    audited["file"] = how
+audit_id = session.audit_slide(predictor, name, sha256, dict(call), audited)
 st.caption(f"Audit #{audit_id}")
 with st.container(border=True):
     badge = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")

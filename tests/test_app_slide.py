@@ -2,6 +2,8 @@
 (models/small-cnn, whose tiles are one 200X field each), its call,
 heat map, a picked tile with both Grad-CAMs, downloads; a bad slide gets a message."""
 
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,6 +69,13 @@ def test_a_slide_is_analysed_and_a_tile_opened(slide_dirs):
         assert "no region qualified" in shown and '"driving region"' not in spec
         assert "No region qualified" in texts(app.info)
     assert len(app.image) == 3  # the tile and its two Grad-CAMs
+    # Its audit row names the file's contents, as an upload's does (it had no SHA-256).
+    from core.store.audit import Store
+
+    row = [e for e in Store.open().events(kinds="slide") if e["subject"].endswith("901.png")][-1]
+    data = (slide_dirs / "SOB_M_MC-14-18842D-200-901.png").read_bytes()
+    assert row["image_sha256"] == hashlib.sha256(data).hexdigest()
+    assert row["details"]["settings"]["file"] == "SHA-256 of the whole file"
     tiles = app.selectbox(key="slide_tile")
     # small-cnn's subtype is not reliable (core.evaluation.subtype_trust): said in the map's caption and tiles
     assert "Subtype: not reliable for this model. Most probable subtype per tile" in texts(app.caption)

@@ -120,3 +120,22 @@ def test_the_geojson_download_is_named_for_the_regions_it_holds():
     from core.slide.export import GEOJSON  # the CLI's file (core.slide.export.write_outputs)
 
     assert GEOJSON == "suspicious_regions.geojson"
+
+
+def test_a_server_slide_is_identified_by_its_contents(tmp_path, monkeypatch):
+    """A server slide's audit row had no SHA-256 (an uploaded one's had). Small enough, the whole file is
+    hashed (in chunks, hashlib.file_digest); over FULL_HASH_LIMIT its size, modification time and the SHA-256
+    of its first and last MiB identify it, and the statement says so."""
+    import hashlib
+
+    path = tmp_path / "scan.svs"
+    data = bytes(range(256)) * 20_000  # 5 MB
+    path.write_bytes(data)
+    assert slides.file_identity(path) == (hashlib.sha256(data).hexdigest(), "SHA-256 of the whole file")
+    monkeypatch.setattr(slides, "FULL_HASH_LIMIT", 4 * 1024**2)
+    big = tmp_path / "big.svs"
+    big.write_bytes(data[::-1])
+    digest, how = slides.file_identity(big)
+    edges = hashlib.sha256(data[::-1][:1024**2] + data[::-1][-1024**2:]).hexdigest()
+    assert digest is None and how.startswith("not hashed whole (over 0.00390625 GiB)")
+    assert f"{len(data)} bytes" in how and how.endswith(f"first and last MiB, {edges}")
