@@ -92,8 +92,10 @@ def test_geojson_polygons_lie_in_the_malignant_region(result, mosaic):
     x0, y0, x1, y1 = mosaic[1]["malignant"]
     collection = json.loads(json.dumps(geojson(result)))
     assert collection["type"] == "FeatureCollection" and collection["features"]
-    for feature in collection["features"]:
-        assert feature["properties"]["classification"]["name"] == "Malignant"
+    assert result.call["label"] == "malignant"
+    for feature in collection["features"]:  # only the region that drove the call is a "Malignant" annotation
+        expected = "Malignant" if feature["properties"]["drives_call"] else "Suspicious (model)"
+        assert feature["properties"]["classification"]["name"] == expected
         assert feature["properties"]["slide_call"] == result.call["label"]
         assert feature["properties"]["model"] == result.model["name"] and "model_limited" in feature["properties"]
         for x, y in feature["geometry"]["coordinates"][0]:
@@ -204,3 +206,13 @@ def test_the_thumbnail_and_the_heat_map_share_the_level0_frame(result):
     image, heat = heatmap_figure(result).data[:2]
     d = result.map_downsample
     assert (image.x0, image.y0, image.dx) == (heat.x0, heat.y0, heat.dx) == (d / 2, d / 2, d)
+
+
+def test_a_benign_slide_calls_none_of_its_regions_malignant_in_qupath(result):
+    """A benign call's suspicious regions were exported as "Malignant" annotations: that is what QuPath shows."""
+    import copy
+
+    benign = copy.copy(result)
+    benign.call = {**result.call, "label": "benign"}
+    names = {f["properties"]["classification"]["name"] for f in geojson(benign)["features"]}
+    assert names == {"Suspicious (model)"}

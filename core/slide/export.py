@@ -36,6 +36,7 @@ from core.model.heatmap import colorize
 
 MALIGNANT_COLOR = [200, 0, 0]
 NOT_CALLED_CLASS, NOT_CALLED_COLOR = "Suspicious (model, not called)", [230, 140, 0]  # rule "none": no call
+SUSPICIOUS_CLASS = "Suspicious (model)"  # a region that did not make the slide's malignant call
 SUMMARY = "summary.json"
 # Every region the model found suspicious, the one that drove a malignant call (if any) first: named for that,
 # whatever the call (a model that makes no slide call, or a benign call, has no malignant region in it).
@@ -118,16 +119,19 @@ def malignant_regions(result) -> list:
 def geojson(result) -> dict:
     """The regions as a GeoJSON FeatureCollection QuPath imports as annotations; the driving one first.
     Each names the model, whether its data are LIMITED and the slide call, since the file is opened away
-    from the app; a model that makes no call (rule "none") gets NOT_CALLED_CLASS, not "Malignant"."""
+    from the app. Only the region that drove a malignant call is classed "Malignant"; the others (and every
+    region of a benign call) are SUSPICIOUS_CLASS, and a model that makes no call (rule "none") gets
+    NOT_CALLED_CLASS: QuPath shows the class, and a benign slide's regions must not read as malignant."""
     from core.slide.call import NOT_CALLED
 
     driving = driving_region(result)
     model, call = getattr(result, "model", None) or {}, result.call["label"]
-    classification = ({"name": NOT_CALLED_CLASS, "color": NOT_CALLED_COLOR} if call == NOT_CALLED else
-                      {"name": "Malignant", "color": MALIGNANT_COLOR})
     features = []
     for region in getattr(result, "regions", None) or []:
         drives = region is driving
+        classification = ({"name": NOT_CALLED_CLASS, "color": NOT_CALLED_COLOR} if call == NOT_CALLED else
+                          {"name": "Malignant", "color": MALIGNANT_COLOR} if drives and call == "malignant" else
+                          {"name": SUSPICIOUS_CLASS, "color": NOT_CALLED_COLOR})
         features.append({
             "type": "Feature", "geometry": mapping(region_outline(result, region)),
             "properties": {"objectType": "annotation",
