@@ -53,7 +53,7 @@ def launch_form() -> None:
     def number(column, label, name, low, high):
         return column.number_input(label, low, high, getattr(defaults, name), key=f"train_{name}")
 
-    # Outside the form, so that choosing it reruns the page: the balancing offered depends on it.
+    # Outside the form, so that choosing it reruns the page: the modes and balancing offered depend on it.
     pipeline = pick(st.radio, "Pipeline", "pipeline", format_func=retrain.PIPELINE_LABELS.get)
     with st.form("retrain"):
         values = {"pipeline": pipeline,
@@ -61,7 +61,7 @@ def launch_form() -> None:
                                         placeholder="e.g. ../shared/breakhis/real or data/BreaKHis_v1")}
         left, right = st.columns(2)
         values["backbone"] = pick(left.selectbox, "Backbone", "backbone")
-        values["mode"] = pick(right.radio, "Mode", "mode", format_func=retrain.MODE_LABELS.get)
+        values["mode"] = pick(right.radio, "Mode", "mode", pipeline, format_func=retrain.MODE_LABELS.get)
         values["epochs"] = number(left, "Epochs", "epochs", 1, 500)
         values["balance"] = pick(right.selectbox, "Balancing", "balance", pipeline,
                                  help=dataset_views.fields_caption() if pipeline == "fields" else

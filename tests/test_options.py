@@ -135,6 +135,20 @@ def test_the_retrain_form_offers_only_the_balancing_its_pipeline_takes(tmp_path)
             checked(TrainConfig(data=str(tmp_path), out="", pipeline="fields", balance=strategy))
 
 
+def test_the_retrain_form_offers_only_the_modes_its_pipeline_takes(tmp_path):
+    """The fields form offered "Fast (frozen backbone, heads only)", then refused it at submit ("the fields
+    pipeline does not take --mode fast"); validate decides, as for the balancing."""
+    from core.app import retrain
+    from core.training.config import TrainConfig, checked
+
+    assert retrain.choices("mode", pipeline="fields") == ["finetune"]
+    assert retrain.choices("mode", pipeline="tfdata") == list(choices_of(TrainConfig, "mode"))
+    assert retrain.default_index("mode", pipeline="fields") == 0
+    for mode in set(choices_of(TrainConfig, "mode")) - set(retrain.accepted("mode", "fields")):
+        with pytest.raises(UserInputError, match="does not take --mode"):
+            checked(TrainConfig(data=str(tmp_path), out="", pipeline="fields", mode=mode))
+
+
 @pytest.mark.parametrize("name", [".best", " .best", "..", "."])
 def test_a_run_name_that_starts_with_a_dot_is_refused_in_words(name, tmp_path):
     """The model list skips hidden folders: such a run's model could never become the active model

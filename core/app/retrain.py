@@ -57,33 +57,42 @@ def backend_choices(seen: dict[str, dict] | None = None) -> list[str]:
     return [backend for backend, info in seen.items() if not info.get("error")]
 
 
-def accepted_balances(pipeline: str) -> list[str]:
-    """The --balance strategies `pipeline` takes, as core.training.config.validate, the one rule, decides
-    (the fields pipeline balances subtypes itself: none or synthetic only): each asked of a run that
-    differs from TrainConfig's defaults in nothing else, with folders that exist."""
+# The form's choices a pipeline may refuse (core.training.config.validate): offered per pipeline.
+PIPELINE_DEPENDENT = ("mode", "balance")
+
+
+def accepted(name: str, pipeline: str) -> list:
+    """The choices of TrainConfig field `name` that `pipeline` takes, as core.training.config.validate, the one
+    rule, decides (the fields pipeline trains the whole network and balances subtypes itself): each asked of a
+    run that differs from TrainConfig's defaults in nothing else, with folders that exist."""
     here = str(Path.cwd())
 
-    def takes(strategy: str) -> bool:
+    def takes(value) -> bool:
         try:
-            validate(TrainConfig(data=here, out="", pipeline=pipeline, balance=strategy, synthetic_dir=here))
+            validate(TrainConfig(data=here, out="", pipeline=pipeline, synthetic_dir=here, **{name: value}))
         except UserInputError:
             return False
         return True
 
-    return [strategy for strategy in choices_of(TrainConfig, "balance") if takes(strategy)]
+    return [value for value in choices_of(TrainConfig, name) if takes(value)]
+
+
+def accepted_balances(pipeline: str) -> list[str]:
+    """The --balance strategies `pipeline` takes (none or synthetic for the fields pipeline)."""
+    return accepted("balance", pipeline)
 
 
 def choices(name: str, synthetic_dir: str | None = None, pipeline: str | None = None) -> list:
     """The form's options for a TrainConfig field: its choices (balancing by GAN images only when
-    there are GAN images, and with a `pipeline` only what it takes); the named weights for --weights,
-    which also takes a file on the CLI."""
+    there are GAN images, and with a `pipeline` only the modes and balancing it takes); the named weights
+    for --weights, which also takes a file on the CLI."""
     if name == "weights":
         return list(NAMED_WEIGHTS)
     options = list(choices_of(TrainConfig, name))
-    if name != "balance":
+    if name not in PIPELINE_DEPENDENT:
         return options
-    taken = accepted_balances(pipeline) if pipeline else options
-    return [o for o in options if o in taken and (o != "synthetic" or synthetic_dir)]
+    taken = accepted(name, pipeline) if pipeline else options
+    return [o for o in options if o in taken and (name != "balance" or o != "synthetic" or synthetic_dir)]
 
 
 def default_index(name: str, synthetic_dir: str | None = None, defaults: TrainConfig = DEFAULTS,
