@@ -19,6 +19,13 @@ session.require("diagnose")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
 
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def training_samples(samples: dict, folder: str, stamp: float) -> tuple[list[str], str | None]:
+    """registry.training_samples, read once per model folder as it stands (its run's list of training images)."""
+    return registry.training_samples(samples, folder)
+
+
 st.title("Diagnose")
 predictor = session.require_predictor()
 model = registry.describe_model(predictor.card)
@@ -47,8 +54,12 @@ with inputs:
             st.rerun()
     samples = registry.sample_items()
     session.restore_choices("samples", list(samples))  # after another page, or a run the model stopped
-    chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples")
+    learnt, learnt_note = training_samples(samples, session.active_model(), registry.stamp(session.active_model()))
+    chosen = st.multiselect("...or bundled BreakHis samples", list(samples), key="samples", help=learnt_note,
+                            format_func=lambda name: f"{name} · training image" if name in learnt else name)
     session.keep_choices("samples")
+    if learnt_note:
+        st.caption(learnt_note)
 with settings:
     method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
                           key="method")

@@ -282,6 +282,42 @@ def sample_items() -> dict[str, Path]:
             for p in paths}
 
 
+def learnt_from(model_folder) -> tuple[set[str], str] | None:
+    """(the file names of the images a model's weights learnt from, the kept file that lists them), or None
+    when its run kept no such list. Read from the run's own files (core.app.run_files.run_file): its split.csv's
+    training rows; or, for a fields cross-validation whose final model learnt from every patient (the card's
+    settings: folds and final_model), its pooled out-of-fold predictions, one row per image it learnt from."""
+    from core.app.run_files import read_csv_file, run_file
+
+    split, _ = read_csv_file(run_file(model_folder, "split.csv"))
+    if split is not None and {"path", "split"} <= set(split.columns):
+        return {Path(str(p)).name for p in split.loc[split["split"] == "train", "path"]}, "split.csv"
+    try:
+        settings = (read_card(model_folder).get("training") or {}).get("settings") or {}
+    except ModelFolderError:
+        return None
+    pooled, _ = read_csv_file(run_file(model_folder, "oof_predictions.csv"))
+    if settings.get("folds") and settings.get("final_model") and pooled is not None and "path" in pooled:
+        return {Path(str(p)).name for p in pooled["path"]}, "oof_predictions.csv"
+    return None
+
+
+def training_samples(samples: dict[str, Path], model_folder) -> tuple[list[str], str | None]:
+    """(the bundled samples, by display name, that the model learnt from; the sentence to show where they are
+    offered, None when its run kept no list of its training images or none of them is a sample). A training
+    image shows how images flow through the app, not how well the model does on new patients."""
+    learnt = learnt_from(model_folder)
+    if learnt is None:
+        return [], None
+    names, source = learnt
+    seen = [name for name, path in samples.items() if path.name in names]
+    if not seen:
+        return [], None
+    share = f"All {len(samples)}" if len(seen) == len(samples) else f"{len(seen)} of the {len(samples)}"
+    return seen, (f"{share} bundled samples are training images of this model (its {source} lists the images "
+                  "it learnt from): they show how the app works, not its accuracy.")
+
+
 def synthetic_folder() -> str | None:
     """The GAN images folder, only when it exists and holds GAN images."""
     folder = Path(os.environ.get("BREAKHIS_SYNTHETIC_DIR") or REPO / "data" / "synthetic")

@@ -12,9 +12,10 @@ from core.slide.mosaic import write_pyramid  # noqa: F401 (the tests import it f
 
 SHARED = REPO.parent / "shared" / "breakhis"  # ../shared/breakhis (README: reference data)
 
-# Real 200X BreakHis fields (700x460 originals) from different patients. They are ones the bundled
-# model calls correctly as whole fields, so the mosaic test checks tiling, stitching and export
-# (that a tile reproduces its field's call in place), not the model's accuracy.
+# Real 200X BreakHis fields (700x460 originals) from different patients, benign and malignant by their
+# labels, not by a model's calls: the bundled model calls some of them wrongly (SOB_B_F-14-25197-200-032
+# malignant, p 0.83), and all are its training images. The mosaic tests check tiling, stitching and export
+# (that a tile reproduces its own field's call in place, whatever it is), not the model's accuracy.
 BENIGN_FIELDS = ("SOB_B_A-14-29960CD-200-007.png", "SOB_B_TA-14-16184-200-025.png",
                  "SOB_B_F-14-25197-200-032.png", "SOB_B_PT-14-29315EF-200-013.png")
 MALIGNANT_FIELDS = ("SOB_M_LC-14-13412-200-003.png", "SOB_M_MC-14-18842D-200-016.png",

@@ -1,0 +1,53 @@
+"""The Diagnose page through AppTest (a tiny untrained model at input 64): what it says of the bundled samples,
+the captions of its heat maps, and the settings it keeps across a visit to another page."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    """models/default (DEMO), whose kept split.csv lists two of the bundled samples as training images and a
+    third as a test image."""
+    from core.app import registry
+
+    root = tmp_path_factory.mktemp("diagnose")
+    default = make_model_folder(root / "models" / "default", demo=True)
+    samples = list(registry.sample_items().values())
+    pd.DataFrame({"path": [f"x/{p.name}" for p in samples[:3]] + ["x/other.png"],
+                  "split": ["train", "train", "test", "train"]}).to_csv(default / "split.csv", index=False)
+    with pytest.MonkeyPatch.context() as patch:
+        app_like_the_server(patch, root / "models", default, root / "runs")
+        yield {"default": default.resolve(), "samples": samples}
+
+
+@pytest.fixture
+def app(environment) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    return app.switch_page("pages/diagnose.py").run()
+
+
+def test_the_bundled_samples_are_offered_as_training_images_where_the_model_learnt_from_them(app, environment):
+    """They were offered as plain 'bundled BreakHis samples': a demo on its training images reads as accuracy."""
+    samples = app.multiselect(key="samples")
+    marked = [option for option in samples.options if option.endswith(" · training image")]
+    assert [m.split(" · ")[1] for m in marked] == [p.name for p in environment["samples"][:2]]
+    assert f"2 of the {len(samples.options)} bundled samples are training images of this model" in texts(app.caption)
+    assert "not its accuracy" in texts(app.caption)
+
+
+def test_every_bundled_sample_is_a_training_image_of_the_bundled_model():
+    """Read from the data: the bundled cross-validation's final model learnt from every image its pooled
+    out-of-fold predictions list, the 22 samples among them."""
+    from core.app import registry
+    from core.paths import DEFAULT_MODEL_DIR
+
+    samples = registry.sample_items()
+    learnt, note = registry.training_samples(samples, DEFAULT_MODEL_DIR)
+    assert learnt == list(samples) and note.startswith(f"All {len(samples)} bundled samples are training images")
+    assert registry.learnt_from(Path("/nonexistent")) is None
