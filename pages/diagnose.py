@@ -176,10 +176,9 @@ def show(result, index: int) -> None:
         maps = heat_maps(result)
         if maps:
             name = METHOD_NAMES.get(method, method)
-            for column, stage, explanation in zip(columns[1:], ("Stage 1", "Stage 2"), maps):
-                note = f" ({explanation.note})" if explanation.note else ""
-                column.image(overlay(result.display, explanation.heatmap, opacity), width="stretch",
-                             caption=f"{stage} {name}: {pretty(explanation.target)}{note}", output_format="JPEG")
+            for column, stage, explanation in zip(columns[1:], (1, 2), maps):
+                column.image(overlay(result.display, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
+                             caption=report.heatmap_caption(stage, name, explanation, model["subtype_reliable"]))
             scale_bar, scale_text = st.columns([1, 2], vertical_alignment="center")
             scale_bar.image(colour_bar(), caption="low -> high", width="stretch")
             scale_text.caption(COLOUR_SCALE)

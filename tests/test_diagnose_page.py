@@ -51,3 +51,15 @@ def test_every_bundled_sample_is_a_training_image_of_the_bundled_model():
     learnt, note = registry.training_samples(samples, DEFAULT_MODEL_DIR)
     assert learnt == list(samples) and note.startswith(f"All {len(samples)} bundled samples are training images")
     assert registry.learnt_from(Path("/nonexistent")) is None
+
+
+def test_the_stage_2_heat_map_caption_says_when_the_subtype_is_not_reliable(app):
+    """It read 'Stage 2 Grad-CAM: Ductal carcinoma' beside a call that says the subtype is not reliable."""
+    samples = app.multiselect(key="samples")
+    samples.set_value([samples.options[0].removesuffix(" · training image")]).run()
+    assert not app.exception
+    captions = [caption for image in app.image for caption in image.captions]
+    stage2 = [c for c in captions if c.startswith("Stage 2 Grad-CAM")]
+    assert stage2 and all(c.startswith("Stage 2 Grad-CAM: subtype not reliable for this model (most probable: ")
+                          for c in stage2), captions
+    assert any(c.startswith("Stage 1 Grad-CAM: ") and "not reliable" not in c for c in captions), captions

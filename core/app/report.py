@@ -43,6 +43,14 @@ def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, 
     return lines
 
 
+def heatmap_caption(stage: int, method: str, explanation, subtype_reliable: bool) -> str:
+    """'Stage 1 Grad-CAM: Malignant'; a stage-2 map of a subtype core.evaluation.subtype_trust calls not
+    reliable says so, as the call itself does, rather than name the subtype as a plain finding."""
+    target = pretty(explanation.target) if stage == 1 else subtype_shown(explanation.target, subtype_reliable)
+    note = f" ({explanation.note})" if explanation.note else ""
+    return f"Stage {stage} {method}: {'' if stage == 1 or subtype_reliable else 'subtype '}{target}{note}"
+
+
 def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None) -> pd.DataFrame:
     """The case table: one row per image (errors included, so nothing disappears silently).
 
