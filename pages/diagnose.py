@@ -18,6 +18,23 @@ session.require("diagnose")
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
+# The settings' widgets and their first values. Streamlit drops the state of a widget its page did not draw (a
+# visit to another page): each is kept in a plain session key too, as session.keep_choices keeps the samples.
+DEFAULTS = {"method": METHODS[0], "opacity": 0.45, "own_threshold": False, "threshold": DEFAULT_REFER_THRESHOLD,
+            "tta": False, "magnification": registry.NOT_STATED, "report_patient": "", "report_specimen": "",
+            "report_reviewer": ""}
+KEPT, SHOWN_RULE = "_diagnose_settings", "_diagnose_referral_rule"
+
+
+def remembered(widget, key: str, *args, **kwargs):
+    """`widget(*args, key=key)` given back the value the user left it at on an earlier visit (else DEFAULTS'),
+    its value then kept for the next visit."""
+    kept = st.session_state.setdefault(KEPT, {})
+    if key not in st.session_state:
+        st.session_state[key] = kept.get(key, DEFAULTS[key])
+    value = widget(*args, key=key, **kwargs)
+    kept[key] = st.session_state[key]
+    return value
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -61,22 +78,28 @@ with inputs:
     if learnt_note:
         st.caption(learnt_note)
 with settings:
-    method = st.selectbox("Heat-map method", METHODS, format_func=lambda m: METHOD_NAMES.get(m, m),
-                          key="method")
-    opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
+    method = remembered(st.selectbox, "method", "Heat-map method", METHODS,
+                        format_func=lambda m: METHOD_NAMES.get(m, m))
+    opacity = remembered(st.slider, "opacity", "Heat-map opacity", 0.0, 1.0, step=0.05)
     threshold = None
-    if st.toggle("Use my own referral threshold for both stages", key="own_threshold"):
-        threshold = st.slider("Refer a stage below this probability", 0.5, 0.99, DEFAULT_REFER_THRESHOLD, 0.01,
-                              key="threshold")
+    if remembered(st.toggle, "own_threshold", "Use my own referral threshold for both stages"):
+        threshold = remembered(st.slider, "threshold", "Refer a stage below this probability", 0.5, 0.99, step=0.01)
     stage1_t, subtype_t, source = predictor.stage_thresholds(threshold)  # the ones in use, the user's included
-    st.caption(referral_rule(stage1_t, subtype_t, source))
+    rule = referral_rule(stage1_t, subtype_t, source)
+    st.caption(rule)
     declared = predictor.tta_fixed()  # the card's views hold the 8 symmetries: always on, and shown so
-    tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=declared, disabled=declared,
-                    key="tta_declared" if declared else "tta",
-                    help="Always on for this model: its declared views (model card) are its crops in the 8 "
-                         "symmetries." if declared else None)
-    magnification = st.selectbox("Magnification of images whose names do not state it",
-                                 registry.magnification_options(), key="magnification")
+    if declared:
+        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=True, disabled=True,
+                        key="tta_declared", help="Always on for this model: its declared views (model card) are its "
+                                                 "crops in the 8 symmetries.")
+    else:
+        tta = remembered(st.toggle, "tta", "Test-time augmentation (average of 8 flips/rotations)")
+    magnification = remembered(st.selectbox, "magnification", "Magnification of images whose names do not state it",
+                               registry.magnification_options())
+shown_rule = st.session_state.get(SHOWN_RULE)
+if shown_rule is not None and shown_rule != rule:  # another model, or the user's own threshold switched on or off
+    st.info(f"The referral rule in force has changed. Now: {rule} Before: {shown_rule}", icon=":material/rule:")
+st.session_state[SHOWN_RULE] = rule
 
 items, repeats = service.distinct_items(uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen])
 if repeats:
@@ -241,9 +264,9 @@ if analysed:
     with right:
         ids = st.columns(3)
         details = pdf_report.ReportDetails(
-            patient_id=ids[0].text_input("Patient id", key="report_patient").strip(),
-            specimen_id=ids[1].text_input("Specimen id", key="report_specimen").strip(),
-            reviewer=ids[2].text_input("Reviewing pathologist", key="report_reviewer").strip())
+            patient_id=remembered(ids[0].text_input, "report_patient", "Patient id").strip(),
+            specimen_id=remembered(ids[1].text_input, "report_specimen", "Specimen id").strip(),
+            reviewer=remembered(ids[2].text_input, "report_reviewer", "Reviewing pathologist").strip())
         controls = (method, opacity, details)  # what the report is drawn with
         if st.button("Prepare report", key="prepare_report"):
             with st.spinner("Drawing the report..."):

@@ -63,3 +63,32 @@ def test_the_stage_2_heat_map_caption_says_when_the_subtype_is_not_reliable(app)
     assert stage2 and all(c.startswith("Stage 2 Grad-CAM: subtype not reliable for this model (most probable: ")
                           for c in stage2), captions
     assert any(c.startswith("Stage 1 Grad-CAM: ") and "not reliable" not in c for c in captions), captions
+
+
+def test_a_visit_to_another_page_keeps_the_referral_threshold_and_report_fields(app):
+    """After Dataset and back, the own-threshold toggle was off, Patient id empty, and the results were shown
+    with the model's thresholds without a word."""
+    samples = app.multiselect(key="samples")
+    samples.set_value([samples.options[0].removesuffix(" · training image")]).run()
+    app.toggle(key="own_threshold").set_value(True).run()
+    assert "The referral rule in force has changed" in texts(app.info)  # the user's own rule is now in force
+    app.slider(key="threshold").set_value(0.7).run()
+    app.text_input(key="report_patient").set_value("PT-42").run()
+    app.text_input(key="report_reviewer").set_value("Dr Smith").run()
+    app.slider(key="opacity").set_value(0.8).run()
+    app.selectbox(key="method").set_value("gradcam++").run()
+    app.selectbox(key="magnification").set_value("400X").run()
+    rule = next(c.value for c in app.caption if c.value.startswith("Referral:"))
+    assert "0.70" in rule and not app.exception
+    app.switch_page("pages/dataset.py").run()
+    app.switch_page("pages/diagnose.py").run()
+    assert not app.exception
+    assert app.toggle(key="own_threshold").value is True and app.slider(key="threshold").value == 0.7
+    assert app.text_input(key="report_patient").value == "PT-42"
+    assert app.text_input(key="report_reviewer").value == "Dr Smith"
+    assert app.slider(key="opacity").value == 0.8 and app.selectbox(key="method").value == "gradcam++"
+    assert app.selectbox(key="magnification").value == "400X"
+    assert next(c.value for c in app.caption if c.value.startswith("Referral:")) == rule
+    assert "The referral rule in force has changed" not in texts(app.info)  # the same rule: nothing to say
+    app.toggle(key="own_threshold").set_value(False).run()
+    assert "The referral rule in force has changed. Now: Referral:" in texts(app.info)
