@@ -18,23 +18,23 @@ st.caption("Append-only: no row is ever changed or deleted; a correction is a ne
 
 def integrity() -> None:
     """The last check of the hash chain and the triggers (the server's start checks the newest rows),
-    and a button to check the whole trail now (about 0.1 ms a row)."""
-    verdict = store.integrity
+    said as of when it ran and of the rows the trail held then, and a button to check the whole trail now
+    (about 0.1 ms a row)."""
+    verdict, origin = store.integrity, "when the server opened the trail"
     if st.button("Check the trail's integrity now", key="audit_check", icon=":material/verified:"):
         try:
-            verdict = store.check()
+            verdict, origin = store.check(), "by the check you asked for"
         except StoreError as problem:
             st.error(session.nothing_lost(problem), icon=":material/database:")
     if verdict is None:
         return
-    when = verdict.checked_at.strftime("%Y-%m-%d %H:%M UTC")
+    when = f"{verdict.checked_at:%Y-%m-%d %H:%M} UTC, {origin}, of {verdict.scope()} the trail held then"
     for problem in verdict.problems():
         st.error(f"{problem[0].upper()}{problem[1:]} (checked {when}; `python -m core db verify`).",
                  icon=":material/gpp_bad:")
     if verdict.ok:
-        st.caption(f"Hash chain intact and append-only triggers in place ({verdict.scope()}, checked {when}); "
-                   f"head {verdict.head_id}:{verdict.head_sha256}.")
-
+        st.caption(f"Last integrity check {when}: hash chain intact and append-only triggers in place; head "
+                   f"{verdict.head_id}:{verdict.head_sha256}. Rows written since are checked by the next check.")
 
 integrity()
 today = datetime.datetime.now(datetime.UTC).date()

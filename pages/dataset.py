@@ -8,7 +8,8 @@ from core.app import dataset_views, registry, session
 from core.data.breakhis import index_folder, load_manifest, summarize
 from core.data.labels import SUBTYPES, pretty
 from core.data.splits import PATIENT, make_split
-from core.errors import DatasetError
+from core.errors import DatasetError, ModelFolderError
+from core.model.folders import CLASSIFIER, ENSEMBLE, card_kind
 from core.paths import MANIFEST, SAMPLES_DIR
 
 session.require_router()
@@ -79,6 +80,25 @@ else:
     st.caption(dataset_views.folder_caption(images, folder, skipped))
     thumbnail_source = images
 
+
+
+def active_model_data() -> str | None:
+    """Which data the active model learnt from, in its card's words (its evidence), so that the figures of the
+    full set or a folder are not read as its training data; None without a readable classifier card."""
+    folder = session.active_model()
+    try:
+        card = session.model_card(folder) if folder else None
+    except ModelFolderError:
+        return None
+    if not card or card_kind(card) not in (CLASSIFIER, ENSEMBLE):
+        return None
+    info = registry.describe_model(card)
+    return (f"The active model ({info['name']}): {info['evidence'] or 'learnt from ' + info['data']}. The figures "
+            "below are of the images chosen above, not only of those it learnt from.")
+
+
+if trained := active_model_data():
+    st.info(trained, icon=":material/model_training:")
 counts = summarize(images)
 metrics = st.columns(5)
 metrics[0].metric("Images", f"{counts['images']:,}")
@@ -108,7 +128,8 @@ with balancing:
     except ValueError as problem:  # Too few cases to split patient-wise.
         st.warning(f"Cannot show balancing for this data: {problem}")
     else:
-        st.caption(dataset_views.training_caption(train))
+        st.caption(dataset_views.training_caption(train) + " What a new training run on these images would see, "
+                   "not what the active model learnt from (above).")
         training = dataset_views.source_line(train, folder, what="training image")
         st.markdown("**tf.data pipeline** (`--pipeline tfdata`)")
         st.plotly_chart(dataset_views.strategy_figure(versions, training), key="strategy_figure")

@@ -8,7 +8,7 @@ from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.errors import UserInputError
 from core.model.cam import METHODS
-from core.model.decisions import referral_rule
+from core.model.decisions import referral_rule, threshold_text
 from core.model.heatmap import COLOUR_SCALE, colour_bar, overlay
 from core.model.predict import DEFAULT_REFER_THRESHOLD, figure
 from core.slide.export import heatmap_rgb
@@ -88,12 +88,11 @@ with settings:
     rule = referral_rule(stage1_t, subtype_t, source)
     st.caption(rule)
     declared = predictor.tta_fixed()  # the card's views hold the 8 symmetries: always on, and shown so
+    tta_text, tta_help = report.tta_label(predictor)
     if declared:
-        tta = st.toggle("Test-time augmentation (average of 8 flips/rotations)", value=True, disabled=True,
-                        key="tta_declared", help="Always on for this model: its declared views (model card) are its "
-                                                 "crops in the 8 symmetries.")
+        tta = st.toggle(tta_text, value=True, disabled=True, key="tta_declared", help=tta_help)
     else:
-        tta = remembered(st.toggle, "tta", "Test-time augmentation (average of 8 flips/rotations)")
+        tta = remembered(st.toggle, "tta", tta_text, help=tta_help)
     magnification = remembered(st.selectbox, "magnification", "Magnification of images whose names do not state it",
                                registry.magnification_options())
 shown_rule = st.session_state.get(SHOWN_RULE)
@@ -178,7 +177,8 @@ def show(result, index: int) -> None:
             st.caption(f"Uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
                        f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
                        f"{figure(p.uncertainty['mutual_information'])} nats)"
-                       + (f"; referred above {figure(limit)}, {registry.uncertainty_rule(predictor.card)}." if limit is not None else "."))
+                       + (f"; referred above {threshold_text(limit)}, {registry.uncertainty_rule(predictor.card)}."
+                          if limit is not None else "."))
         elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
         for line, refer in report.referral_lines(p, result.warnings):  # per stage, with reasons and thresholds

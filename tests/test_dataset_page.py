@@ -162,3 +162,17 @@ def test_a_folder_the_server_cannot_read_is_not_called_empty(environment, monkey
     assert not app.exception, app.exception
     assert "1 folder(s) could not be read, so their images are not counted: the folder itself" in shown(app)
     assert "No BreakHis-named images found in the folders that could be read" in shown(app)
+
+
+def test_the_full_set_figures_stand_next_to_the_data_the_active_model_learnt_from(tmp_path, monkeypatch):
+    """The page opened on 'All 7,909 images / 70 patients' and showed 4,687 training images after balancing, and
+    nowhere that the active (bundled) model learnt from 757 images of 46 patients."""
+    from tests.app_helpers import app_on_bundled_models, texts
+
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "default")
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception
+    said = texts(app.info)
+    assert "The active model (" in said and "weights learnt from 757 real images of 46 patients" in said
+    assert "not only of those it learnt from" in said and "All 7,909 BreakHis v1 images" in texts(app.caption)
+    assert "not what the active model learnt from" in texts(app.caption)

@@ -92,3 +92,35 @@ def test_a_visit_to_another_page_keeps_the_referral_threshold_and_report_fields(
     assert "The referral rule in force has changed" not in texts(app.info)  # the same rule: nothing to say
     app.toggle(key="own_threshold").set_value(False).run()
     assert "The referral rule in force has changed. Now: Referral:" in texts(app.info)
+
+
+def test_a_threshold_reads_the_same_on_diagnose_and_model_performance():
+    """The bundled stage-1 threshold read 0.9762 on Diagnose, 0.976 in Performance's text and 0.98 in its legend."""
+    from core.app import referral_view
+    from core.jsonfile import read_json
+    from core.model.decisions import referral_rule, threshold_text
+    from core.paths import DEFAULT_MODEL_DIR
+
+    card = read_json(DEFAULT_MODEL_DIR / "card.json")
+    referral = card["thresholds"]["referral"]
+    stage1, subtype = (threshold_text(referral[stage]["threshold"]) for stage in ("stage1", "subtype"))
+    assert stage1 == "0.9762" and subtype == "0.2938"
+    texts_of_the_pages = [referral_rule(referral["stage1"]["threshold"], referral["subtype"]["threshold"], "card"),
+                          referral_view.referral_caption(referral, referral_view.stored_predictions(DEFAULT_MODEL_DIR)),
+                          " ".join(point["name"] for point in referral_view.chosen_points(referral))]
+    for text in texts_of_the_pages:
+        assert f" {stage1}" in text and f" {subtype}" in text, text
+
+
+def test_the_test_time_augmentation_toggle_counts_the_views_the_uncertainty_is_measured_across(samples_dir):
+    """It said 'average of 8 flips/rotations' beside 'spread ... across 24 test-time views' for the bundled model."""
+    from core.app import report, service
+    from core.model.loading import load_predictor
+    from core.paths import DEFAULT_MODEL_DIR
+
+    predictor = load_predictor(DEFAULT_MODEL_DIR)
+    label, help_text = report.tta_label(predictor)
+    sample = sorted(samples_dir.rglob("*.png"))[0]
+    views = service.diagnose_items(predictor, [(sample.name, sample.read_bytes())], tta=True)[0]
+    views = views.prediction.uncertainty["views"]
+    assert views == 24 and label == f"Test-time augmentation ({views} views)" and f"{views} views averaged" in help_text

@@ -344,7 +344,7 @@ def test_the_risk_coverage_plot_puts_the_subtype_on_the_share_of_all_images():
     points = {p["stage"]: p for p in referral_view.chosen_points(referral)}
     assert points["subtype"]["x"] == pytest.approx(62 / 757) == pytest.approx(points["stage1"]["x"])
     assert points["subtype"]["y"] == pytest.approx(50 / 62)
-    assert points["subtype"]["name"] == "chosen subtype threshold 0.29 (8.2% of all images kept)"
+    assert points["subtype"]["name"] == "chosen subtype threshold 0.2938 (8.2% of all images kept)"
     curves = referral_view.risk_coverage_frame(referral)
     subtype = curves[curves["stage"].str.startswith("subtype")]
     assert subtype[referral_view.RISK_X].max() == pytest.approx(62 / 757)

@@ -15,6 +15,7 @@ from core.app.run_files import read_csv_file, run_file
 from core.evaluation.intervals import COLUMNS, binomial_interval, format_share, share_interval
 from core.evaluation.metrics import split_name
 from core.evaluation.referral import stage_confidences
+from core.model.decisions import threshold_text
 
 
 def stored_predictions(model_folder) -> pd.DataFrame | None:
@@ -71,8 +72,8 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
     patient-bootstrap interval (else a Wilson interval over the images the card counts)."""
     stage1, subtype = referral["stage1"], referral["subtype"]
     figures = referral.get("figures") or {}
-    text = (f"Stage 1 is referred when calibrated p(class) < {stage1['threshold']:.3f}; the subtype when "
-            f"p(subtype | class) < {subtype['threshold']:.3f} (or stage 1 is referred). Chosen on "
+    text = (f"Stage 1 is referred when calibrated p(class) < {threshold_text(stage1['threshold'])}; the subtype when "
+            f"p(subtype | class) < {threshold_text(subtype['threshold'])} (or stage 1 is referred). Chosen on "
             f"{referral['selected_on']}: {referral['rule']}.")
     chosen_on, held_out = _selection_rows(predictions, referral)
     if chosen_on is not None:
@@ -100,12 +101,12 @@ def uncertainty_caption(uncertainty: dict, in_card: dict | None = None) -> str:
     shown = [format_share(binomial_interval(int(round(r * n)), n)) if r is not None else "n/a"
              for r, n in zip(rates, (flagged, images - flagged))]
     where = split_name(on_split["data"])
-    text = (f"Refer when the p(malignant) spread across {rule['source']} exceeds {rule['p_malignant_spread']:.3f} "
+    text = (f"Refer when the p(malignant) spread across {rule['source']} exceeds {threshold_text(rule['p_malignant_spread'])} "
             f"({rule['rule']}; {'needs test-time augmentation' if rule.get('needs_tta') else 'always on'}). On the "
             f"{where} images ({images} images of {on_split['data'].get('cases', '?')} patients): {flagged} flagged; "
             f"stage-1 error rate {shown[0]} flagged vs {shown[1]} not flagged (Wilson intervals over images).")
     if abs(on_split.get("threshold", rule["p_malignant_spread"]) - rule["p_malignant_spread"]) > 1e-9:
-        text += f" These figures were measured at the evaluation's threshold {on_split['threshold']:.3f}."
+        text += f" These figures were measured at the evaluation's threshold {threshold_text(on_split['threshold'])}."
     if None not in rates and rates[0] <= rates[1]:
         text += (f" The flag does not separate errors on the {where} images: flagged images are wrong no more often "
                  "than the rest, so a flag there says little about whether a call is right.")
@@ -150,5 +151,5 @@ def chosen_points(referral: dict) -> list[dict]:
             x = chosen["coverage"] * (factor or 1.0)
             share = f"{x:.1%} of all images" if factor is not None else f"{x:.1%} of the stage-1 unreferred"
             points.append({"stage": stage, "x": x, "y": chosen["accuracy"],
-                           "name": f"chosen {name.split(' (')[0]} threshold {chosen['threshold']:.2f} ({share} kept)"})
+                           "name": f"chosen {name.split(' (')[0]} threshold {threshold_text(chosen['threshold'])} ({share} kept)"})
     return points

@@ -51,6 +51,18 @@ def heatmap_caption(stage: int, method: str, explanation, subtype_reliable: bool
     return f"Stage {stage} {method}: {'' if stage == 1 or subtype_reliable else 'subtype '}{target}{note}"
 
 
+def tta_label(predictor) -> tuple[str, str]:
+    """(the test-time augmentation toggle's label, its help), with the number of views the model averages: a
+    field model's card declares its crops in the 8 symmetries (the views its uncertainty is measured across);
+    a whole-field model's are the 8 symmetries of the image."""
+    views = predictor.members[0].views
+    if predictor.tta_fixed() and views is not None:
+        return (f"Test-time augmentation ({views.views_per_image} views)",
+                f"Always on for this model: its declared views (model card) are its {views.crops} crops in the 8 "
+                f"symmetries (flips and rotations), {views.views_per_image} views averaged.")
+    return "Test-time augmentation (8 views)", "The average of the image in its 8 symmetries (flips and rotations)."
+
+
 def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None) -> pd.DataFrame:
     """The case table: one row per image (errors included, so nothing disappears silently).
 
@@ -198,7 +210,7 @@ def case_rule(card: dict, threshold: float) -> str:
     chosen = ("the default: no evaluation chose one for this model" if "case_malignant" not in thresholds else
               f"the threshold this model's evaluation chose on {on}" if on else
               "the threshold this model's evaluation chose; the model card does not say on which data")
-    return (f"Mean p(malignant) over the case's images, called malignant from {threshold:.2f} ({chosen}), then the "
+    return (f"Mean p(malignant) over the case's images, called malignant from {threshold_text(threshold)} ({chosen}), then the "
             "most probable subtype of that class. Cases come from BreakHis-style file names.")
 
 
