@@ -1,6 +1,5 @@
 """Compare models: trained runs side by side, only on the same split protocol and test cases."""
 
-import plotly.express as px
 import streamlit as st
 
 from core.app import comparison, registry, session
@@ -66,9 +65,7 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
             st.caption("Same settings.")
     long = comparison.curves(members)
     if len(long):
-        figure = px.line(long, x="epoch", y="value", color="model", line_dash="metric", facet_col="metric",
-                         facet_col_wrap=2, title="Training curves (training split; val_ on the validation split)")
-        st.plotly_chart(figure.update_layout(template="plotly_white", height=520), key=f"compare_curves_{index}")
+        st.plotly_chart(comparison.curves_figure(long), key=f"compare_curves_{index}")
     columns = st.columns(len(members))
     for column, run in zip(columns, members):
         column.caption(run.badge)

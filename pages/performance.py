@@ -13,6 +13,15 @@ session.require_router()
 session.require("performance")
 
 LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=10, r=10, t=50, b=10))
+TITLED = dict(margin=dict(l=10, r=10, t=110, b=10), height=460)  # a title and its wrapped subtitle (the data)
+
+
+def table(frame: pd.DataFrame) -> None:
+    """A table whose text columns are wide enough for their longest entry, the first one pinned while scrolling."""
+    first = frame.columns[0]
+    st.dataframe(frame, hide_index=True, column_config={
+        column: st.column_config.TextColumn(width=width, pinned=column == first)
+        for column, width in performance.text_widths(frame).items()})
 
 
 def model_card(card: dict, info: dict) -> None:
@@ -27,7 +36,7 @@ def model_card(card: dict, info: dict) -> None:
     split = (card.get("training") or {}).get("split")  # a GAN or an older card may hold a name here
     if isinstance(split, dict) and split.get("images"):
         with st.expander(f"The split: {split.get('protocol', info['protocol'])}"):
-            st.dataframe(performance.split_summary(split), hide_index=True)
+            table(performance.split_summary(split))
             if split.get("shared_cases"):
                 st.error(f"{split['shared_cases']} case(s) are in more than one split: the figures are optimistic.")
     with st.expander("Full card (JSON)"):
@@ -39,18 +48,18 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
     if metrics.get("intervals"):
         st.subheader(performance.intervals_title(metrics))
         st.caption(performance.intervals_caption(metrics))
-        st.dataframe(performance.intervals_table(metrics), hide_index=True)
+        table(performance.intervals_table(metrics))
     cv = files.cross_validation
     if cv:
         st.subheader(f"Cross-validation: {cv['protocol']}")
         st.caption(performance.cross_validation_caption(cv))
-        st.dataframe(performance.cross_validation_table(cv), hide_index=True)
+        table(performance.cross_validation_table(cv))
     calibration = metrics.get("calibration") or card.get("calibration")
     if calibration and calibration.get("temperatures"):
         st.subheader("Calibration")
         st.caption(performance.calibration_caption(calibration))  # says so when its effect was not measured
         if calibration.get("measured"):
-            st.dataframe(performance.calibration_table(calibration), hide_index=True)
+            table(performance.calibration_table(calibration))
             st.plotly_chart(reliability_figure(calibration), key="reliability")
     else:
         st.caption("This model's probabilities are not calibrated (no temperature scaling in its card).")
@@ -73,24 +82,26 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
         st.caption(referral_view.uncertainty_caption(metrics["uncertainty"], (card.get("thresholds") or {}).get("uncertainty")))
     if metrics.get("members"):
         st.subheader("The ensemble and its members, on the same test cases")
-        st.dataframe(performance.members_table(metrics), hide_index=True)
+        table(performance.members_table(metrics))
     st.subheader("Metrics per stage and end to end")
     st.caption(performance.protocol_line(metrics))
-    st.dataframe(performance.metrics_table(metrics, predictions), hide_index=True)
+    table(performance.metrics_table(metrics, predictions))
 
     st.subheader("Confusion matrices")
     for column, (title, path, block) in zip(st.columns(2) * 2, performance.panels(
             metrics, performance.CONFUSION_PANELS, "confusion_matrix")):
-        column.plotly_chart(confusion_figure(block, title), key=f"confusion_{'_'.join(path)}")
+        figure = confusion_figure(block, title).update_layout(title=performance.chart_title(title, block), **TITLED)
+        column.plotly_chart(figure, key=f"confusion_{'_'.join(path)}")
     st.subheader("ROC curves")
     curves = performance.panels(metrics, performance.ROC_PANELS, "roc_curves")
     for column, (title, path, block) in zip(st.columns(2), curves):
-        column.plotly_chart(roc_figure(block, title), key=f"roc_{'_'.join(path)}")
+        figure = roc_figure(block, title).update_layout(title=performance.chart_title(title, block), **TITLED)
+        column.plotly_chart(figure, key=f"roc_{'_'.join(path)}")
     if not curves:
         st.caption("ROC curve points are kept in the run's metrics.json, which is not next to this model.")
     if metrics.get("per_magnification"):
         st.subheader("Per magnification")
-        st.dataframe(performance.per_magnification_table(metrics, predictions), hide_index=True)
+        table(performance.per_magnification_table(metrics, predictions))
 
 
 def training_curves(history: pd.DataFrame, card: dict, protocol: str) -> None:
@@ -148,5 +159,4 @@ reference, problem = performance.reference_results(REFERENCE_RESULTS)
 if problem:
     st.warning(problem)
 else:
-    st.dataframe(performance.comparison_table(reference, None if info["demo"] else metrics, info["name"]),
-                 hide_index=True)
+    table(performance.comparison_table(reference, None if info["demo"] else metrics, info["name"]))

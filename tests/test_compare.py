@@ -169,3 +169,22 @@ def test_the_compare_page_compares_the_bundled_models_on_their_common_folds(tmp_
     assert [s.value for s in app.subheader if s.value.startswith("Cross-validation ")] == [
         "Cross-validation 1: 2 models on the same 5 patient-wise folds"]
     assert any(frame.value.columns[-1].endswith(": pooled out-of-fold") for frame in app.dataframe)
+
+
+def test_the_training_curves_have_a_y_axis_per_panel_and_a_colour_per_series():
+    """The facets shared one y axis (accuracies of 0-1 flat under losses of 0-5) and a model's series were one
+    colour, told apart by dash only."""
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "loss": [5.0, 3.0, 2.0], "val_loss": [5.2, 3.5, 2.6],
+                            "stage1_accuracy": [0.5, 0.6, 0.7], "val_stage1_accuracy": [0.5, 0.55, 0.6]})
+    runs = [comparison.Run(f"/m/{name}", name, {}, {}, history, None) for name in ("a", "b")]
+    long = comparison.curves(runs)
+    figure = comparison.curves_figure(long)
+    assert {trace.name for trace in figure.data} == {"a · training", "a · validation", "b · training",
+                                                     "b · validation"}
+    assert len(figure.data) == 8  # 4 series x 2 panels
+    assert len({trace.line.color for trace in figure.data}) == 4  # one colour per series, the same in both panels
+    axes = [figure.layout[name] for name in figure.layout if name.startswith("yaxis")]
+    assert len(axes) == 2 and all(axis.matches is None for axis in axes)
+    assert {note.text for note in figure.layout.annotations} == {"Loss", "Stage-1 accuracy"}

@@ -76,3 +76,35 @@ def test_the_uncertainty_caption_states_the_cards_rule_and_when_the_flag_does_no
     assert "The flag does not separate errors on the test images" in caption
     separating = {**uncertainty, "on_split": {**uncertainty["on_split"], "stage1_error_rate_flagged": 0.5}}
     assert "does not separate" not in referral_view.uncertainty_caption(separating, in_card)
+
+
+def test_a_chart_title_is_short_and_its_data_size_is_a_wrapped_subtitle():
+    """The confusion-matrix and ROC titles were cut off exactly where the data size is ('Stage 1 (out-of-fold,
+    patient-wise 5-fold cross-validation, pooled o...')."""
+    from core.app import performance
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
+    title = performance.chart_title("Stage 1", metrics["stage1"])
+    lines = title["subtitle"]["text"].split("<br>")
+    assert title["text"] == "Stage 1" and "757 images, 46 cases" in " ".join(lines)
+    assert len(lines) > 1 and all(len(line) <= performance.SUBTITLE_CHARACTERS for line in lines)
+
+
+def test_a_wide_table_gives_each_text_column_room_for_its_longest_entry():
+    """The headline's 'computed on', the calibration 'protocol' and the published results' 'value' with its 95%
+    interval were cut: the widget sizes a column from its first rows."""
+    from core.app import performance
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR, REFERENCE_RESULTS
+
+    metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
+    reference, _ = performance.reference_results(REFERENCE_RESULTS)
+    for frame in (performance.intervals_table(metrics), performance.comparison_table(reference, metrics, "m")):
+        widths = performance.text_widths(frame)
+        for column, width in widths.items():
+            longest = max(len(str(column)), *(len(str(v)) for v in frame[column]))
+            assert width >= min(performance.WIDEST_COLUMN, performance.PIXELS_PER_CHARACTER * longest), column
+    assert {"computed on", "model"} <= set(performance.text_widths(performance.intervals_table(metrics)))
+    assert "value" in performance.text_widths(performance.comparison_table(reference, metrics, "m"))

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
+import plotly.express as px
 
 from core.app.performance import cross_validation_caption, cross_validation_table, protocol_kind
 from core.app.registry import model_badge, short_location
@@ -257,8 +258,12 @@ def config_differences(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame([{"setting": k, **{name: c.get(k) for name, c in configs.items()}} for k in differing])
 
 
+CURVE_PANELS = {"loss": "Loss", "stage1_accuracy": "Stage-1 accuracy"}  # history column -> its panel
+
+
 def curves(runs: list[Run]) -> pd.DataFrame:
-    """Long table (model, epoch, metric, value) of the runs' losses, to overlay."""
+    """Long table (model, epoch, metric, value, panel, split, series) of the runs' losses and stage-1 accuracies,
+    to overlay: one panel per quantity, one series per model and split (training, or validation for 'val_')."""
     frames = []
     for run in runs:
         if run.history is None:
@@ -267,4 +272,23 @@ def curves(runs: list[Run]) -> pd.DataFrame:
         wanted = [c for c in ("loss", "val_loss", "stage1_accuracy", "val_stage1_accuracy") if c in history]
         long = history.melt(id_vars="epoch", value_vars=wanted, var_name="metric", value_name="value")
         frames.append(long.assign(model=run.name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "epoch", "metric", "value"])
+    if not frames:
+        return pd.DataFrame(columns=["model", "epoch", "metric", "value", "panel", "split", "series"])
+    long = pd.concat(frames, ignore_index=True)
+    validation = long["metric"].str.startswith("val_")
+    long["panel"] = long["metric"].str.removeprefix("val_").map(CURVE_PANELS)
+    long["split"] = validation.map({True: "validation", False: "training"})
+    long["series"] = long["model"] + " · " + long["split"]
+    return long
+
+
+def curves_figure(long: pd.DataFrame):
+    """The training curves side by side, each panel on its own y axis (a loss of 0-5 flattened accuracies of
+    0-1 on a shared one) and each series (model x split) in its own colour, the validation ones dashed."""
+    figure = px.line(long, x="epoch", y="value", color="series", facet_col="panel",
+                     color_discrete_sequence=px.colors.qualitative.Dark24,
+                     title="Training curves (training split; validation on the validation split)")
+    figure.update_yaxes(matches=None, showticklabels=True, title_text=None)
+    figure.for_each_trace(lambda trace: trace.update(line_dash="dash" if trace.name.endswith(" · validation") else None))
+    figure.for_each_annotation(lambda note: note.update(text=note.text.split("=")[-1]))
+    return figure.update_layout(template="plotly_white", height=460, legend_title_text="model · split")

@@ -7,6 +7,7 @@ carries its split, protocol, level and counts.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from core.app.held_out import accuracy_interval, held_out_rows, magnification_in
 from core.app.run_files import read_csv_file
 from core.data.fields import magnification_value
 from core.data.labels import sentence
+from core.evaluation.figures import scope_text
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import block_note, measured_on, split_name
 from core.model.calibration import TEMPERATURE_RANGE
@@ -247,6 +249,8 @@ def members_table(metrics: dict) -> pd.DataFrame:
 
 
 # --- the Model performance page's sections, as data (the page lays them out) --------------------
+SUBTITLE_CHARACTERS = 60  # a subtitle line that fits a half-width chart
+PIXELS_PER_CHARACTER, WIDEST_COLUMN = 8, 560  # a table cell's text, at the app's font size
 CONFUSION_PANELS = (("Stage 1", ("stage1",)), ("End to end: 8 subtypes", ("subtype8",)),
                     ("Patient level: stage 1", ("patient", "stage1")))
 ROC_PANELS = (("Stage 1", ("stage1",)), ("8 subtypes, one vs rest", ("subtype8",)))
@@ -353,6 +357,25 @@ def panels(metrics: dict, which: tuple, needs: str) -> list[tuple[str, tuple, di
     ROC curve points)."""
     found = [(title, path, metric_block(metrics, path) or {}) for title, path in which]
     return [(title, path, block) for title, path, block in found if block.get(needs)]
+
+
+def chart_title(title: str, block: dict) -> dict:
+    """A chart's plotly title for a half-width column: the short title, and the data it was computed on (split,
+    protocol, images, cases) as a subtitle wrapped onto lines instead of one title cut off where the size is."""
+    lines = textwrap.wrap(scope_text(block.get("data")), SUBTITLE_CHARACTERS)
+    return {"text": title, "subtitle": {"text": "<br>".join(lines)}}
+
+
+def text_widths(frame: pd.DataFrame) -> dict[str, int]:
+    """Each text column's width in pixels, enough for its header and longest entry (up to WIDEST_COLUMN): the
+    table widget sizes a column from its first rows and cut a longer entry further down ('value' with its 95%
+    interval) or at the right edge ('computed on', 'protocol')."""
+    widths = {}
+    for column in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            longest = max([len(str(column)), *(len(str(value)) for value in frame[column])])
+            widths[column] = min(WIDEST_COLUMN, PIXELS_PER_CHARACTER * longest + 24)
+    return widths
 
 
 def history_caption(card: dict, protocol: str) -> str:
