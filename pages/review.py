@@ -100,7 +100,7 @@ def card(row: dict) -> None:
             st.caption("This image was not kept (a slide, or analysed while BREAKHIS_KEEP_IMAGES was off): the "
                        "record has the hash only. Review the original image or glass slide before saving a review here.")
         session.review_form(row["id"], f"queue_{row['id']}", image_shown=isinstance(kept, bytes),
-                            seen=done["id"] if done else None)
+                            seen=done["id"] if done else None, row=row)
 
 
 def pager(section: reviews.Section, key: str, what: str) -> None:

@@ -565,10 +565,10 @@ def test_the_review_queue_shows_a_slide_call_and_its_reviews(app):
     store.record("review", "bob", "slide-07.svs", image_sha256="cd" * 32, model="m", refers_to=slide,
                  details={"agree": True, "label": None, "subtype": None, "model_call": [None, None], "comment": "old"})
     app.toggle(key="include_reviewed").set_value(True).run()
-    assert not app.exception and "agreed no class recorded, Subtype open — old" in texts(app.caption)
+    assert not app.exception and "agreed no class recorded, subtype not assessed — old" in texts(app.caption)
     reviews.review(store, "bob", slide, comment="agree")
     app.run()
-    assert not app.exception and "Reviewed by bob: agreed Malignant, Subtype open — agree" in texts(app.caption)
+    assert not app.exception and "Reviewed by bob: agreed Malignant, subtype not assessed — agree" in texts(app.caption)
     store.close()
 
 

@@ -151,7 +151,7 @@ def test_a_second_reviewer_is_told_and_their_review_is_kept_as_a_second_opinion(
     first_review, second = store.events(kinds="review", newest_first=False)
     assert first_review["id"] == first and second["details"]["label"] == "benign" and second["details"]["agree"] is False
     assert (f"Result #{row} was reviewed meanwhile by bob at {first_review['at']:%Y-%m-%d %H:%M} UTC (agreed "
-            f"Malignant, Ductal carcinoma). Your review was saved as a second opinion (audit #{second['id']})") in (
+            f"Malignant, subtype not assessed). Your review was saved as a second opinion (audit #{second['id']})") in (
         texts(app.warning))
     assert "The reviews disagree: the queue marks the result discordant." in texts(app.warning)
     store.close()
@@ -166,7 +166,8 @@ def test_discordant_reviews_are_flagged_on_the_card_and_in_the_queue_and_a_self_
     store = Store.open()
     for name in ("bob", "carol", "ann"):  # the store takes reviews by accounts only
         accounts.add_account(store, name, None, "pathologist")
-    call = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.7, "refer": False}
+    call = {"call": "malignant", "subtype": "ductal_carcinoma", "confidence": 0.7, "refer": False,
+            "subtype_reliable": True}  # a model whose subtype is reliable: "agree" confirms it
     split = store.record("diagnosis", "ann", "split.png", details=call)
     mine = store.record("diagnosis", "ann", "mine.png", details=call)
     reviews.review(store, "bob", split, comment="agree")
@@ -178,7 +179,7 @@ def test_discordant_reviews_are_flagged_on_the_card_and_in_the_queue_and_a_self_
     app.toggle(key="include_reviewed").set_value(True).run()
     assert not app.exception
     assert ("Discordant reviews: the reviewers disagree. Reviewed by bob: agreed Malignant, Ductal carcinoma — agree; "
-            "Reviewed by carol: corrected to Benign, Subtype open — benign") in texts(app.warning)
+            "Reviewed by carol: corrected to Benign, subtype not assessed — benign") in texts(app.warning)
     assert "Reviewed by ann (self-review): agreed Malignant, Ductal carcinoma — mine" in texts(app.caption)
     app.toggle(key="discordant_only").set_value(True).run()
     assert not app.exception and [f"#{split} " in c for c in cards(app)] == [True]

@@ -69,6 +69,7 @@ def diagnosis(subject: str, identity: dict | None, **extra) -> dict:
     details = {"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False, "demo": False}
     if identity:
         details.update({k: identity[k] for k in ("demo", "limited", "evidence", "badge")})
+    details.update(extra.pop("details", {}))
     return dict(kind="diagnosis", user="ann", subject=subject, details=details,
                 model=identity["model"] if identity else "old-model",
                 model_sha256=identity["model_sha256"] if identity else None, **extra)
@@ -120,3 +121,29 @@ def test_a_card_says_whether_its_kept_image_is_missing_damaged_or_was_never_kept
     assert warnings.count("The kept image is damaged: its bytes no longer match the SHA-256 recorded") == 1
     assert warnings.count("The kept image is missing: this result was analysed while images were kept") == 1
     assert texts(app.caption).count("This image was not kept") == 1  # "never": its row does not say it was kept
+
+
+def test_the_review_form_says_agree_confirms_the_class_only_where_the_subtype_is_not_reliable(app):
+    """QA demo #1: the form's one-click "agree" saved the model's unreliable subtype as the reviewer's verdict,
+    and nothing on the form said what "agree" would record."""
+    from core.store.audit import Store
+
+    identity = records.model_identity(fake_predictor(LIMITED_CARD))
+    store = Store.open()
+    shaky, sure = store.record_many([
+        diagnosis("shaky.png", identity, details={"subtype_reliable": False}),
+        diagnosis("sure.png", identity, details={"subtype_reliable": True})])
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    captions = texts(app.caption)
+    assert ("'agree' confirms the class only (Benign): the model's subtype (Adenosis) is not reliable for this model, "
+            "so the subtype is recorded as not assessed unless you choose one under Subtype ('correct' for another "
+            "than Adenosis).") in captions
+    assert "'agree' confirms the model's call: Benign, Adenosis." in captions
+    assert app.selectbox(key=f"subtype_queue_{shaky}").format_func(None) == "(not assessed)"
+    app.checkbox(key=f"original_queue_{shaky}").check()  # images are not kept: the review is of the original
+    app.button(key=f"FormSubmitter:review_queue_{shaky}-Save review").click().run()
+    assert not app.exception
+    [saved] = store.events(kinds="review", refers_to_any=[shaky])
+    assert (saved["details"]["agree"], saved["details"]["label"], saved["details"]["subtype"]) == (True, "benign", None)
+    store.close()

@@ -9,6 +9,7 @@ import pytest
 
 from core.app import records, service
 from core.data.breakhis import index_folder
+from core.data.labels import SUBTYPES_BY_CLASS
 from core.store import accounts, reviews
 from core.store.images import ImageStore, keeping_images
 from tests.app_helpers import make_model_folder, png_bytes, tissue_like
@@ -165,7 +166,7 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     reviews.review(store, "bob", first, subtype="lobular_carcinoma")
     flipped = "benign" if store.event(second)["details"]["call"] == "malignant" else "malignant"
     reviews.review(store, "bob", second, label=flipped)  # the class corrected alone: subtype open, not exported
-    reviews.review(store, "bob", third)  # agreed, but its image was not kept
+    reviews.review(store, "bob", third, subtype="adenosis")  # a subtype settled, but its image was not kept
     summary = reviews.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1, "superseded": 0,
                                                               "repeated": 0, "no magnification": 0}
@@ -413,3 +414,40 @@ def test_the_export_never_makes_up_a_magnification(store, tmp_path, monkeypatch,
     assert (rows[unstated]["magnification"], rows[unstated]["magnification_source"]) == (
         "200X", "assumed at export (--assume-magnification)")
     assert store.events(kinds="reviews_exported", limit=1)[0]["details"]["assumed_magnification"] == "200X"
+
+
+def test_agreeing_with_a_subtype_the_app_calls_not_reliable_confirms_the_class_only(store, predictor, diagnosed,
+                                                                                     tmp_path):
+    """QA demo #1: a one-click "agree" with a result shown as "subtype: not reliable for this model" was saved as
+    the reviewer's Ductal carcinoma, and the training export wrote it as a SOB_M_DC-... label."""
+    items, results = diagnosed
+    kept = ImageStore(tmp_path / "images")
+    ids = records.record_diagnosis(store, "ann", results, predictor,
+                                   records.diagnosis_settings(predictor, False, "gradcam", None, "not stated"))
+    unreliable = [ids[records.audit_key(r)] for r in results if r.ok]
+    for _, data in items[:3]:
+        kept.put(data)
+    row = store.event(unreliable[0])
+    assert row["details"]["subtype_reliable"] is False  # the tiny model's subtype head was never compared: not reliable
+    agreed = store.event(reviews.submit(store, "bob", unreliable[0], "agree"))["details"]
+    assert (agreed["agree"], agreed["label"], agreed["subtype"], agreed["subtype_assessed"]) == (
+        True, row["details"]["call"], None, False)
+    assert reviews.verdict_text({"details": agreed}).endswith(", subtype not assessed")
+    other = next(s for s in SUBTYPES_BY_CLASS[row["details"]["call"]] if s != row["details"]["subtype"])
+    chosen = store.event(reviews.submit(store, "cy", unreliable[1], "correct", subtype=other))["details"]
+    assert chosen["agree"] is False and chosen["subtype"] == other and chosen["subtype_assessed"] is True
+
+    reliable = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png", image_sha256=kept.put(
+        png_bytes(tissue_like())), model="other", details={**row["details"], "subtype_reliable": True})
+    confirmed = store.event(reviews.review(store, "bob", reliable))["details"]
+    assert confirmed["subtype"] == row["details"]["subtype"] and confirmed["subtype_assessed"] is True
+    older = store.record("review", "dee", "x.png", refers_to=unreliable[2], details={  # before subtype_assessed
+        "agree": True, "label": store.event(unreliable[2])["details"]["call"], "comment": "",
+        "subtype": store.event(unreliable[2])["details"]["subtype"], "model_call": reviews.model_call(
+            store.event(unreliable[2]))})
+    assert reviews.assessed_subtype(store.event(older), store.event(unreliable[2])) is None
+
+    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    exported = {(r["result_id"], r["subtype"]) for r in csv.DictReader((tmp_path / "export" / reviews.PROVENANCE).open())}
+    assert exported == {(str(unreliable[1]), other), (str(reliable), row["details"]["subtype"])}
+    assert summary["written"] == 2 and summary["skipped"]["no subtype"] == 2  # the one-click agreements, old and new

@@ -105,12 +105,14 @@ def audit_slide(predictor: Predictor, name: str, sha256: str, summary: dict, set
     return st.session_state[key]
 
 
-def review_form(audit_id: int | None, key: str, image_shown: bool = True, seen: int | None = None) -> None:
+def review_form(audit_id: int | None, key: str, image_shown: bool = True, seen: int | None = None,
+                row: dict | None = None) -> None:
     """Agree or correct one result (a new audit row referring to it), with a comment: the form of
     each Diagnose result and of each Review queue entry. Without the image on screen (`image_shown`
     False: a queue card when images are not kept) the reviewer must tick that they reviewed the
     original image or glass (core.store.reviews.submit). `seen`: the result's newest review on show
-    (None: none), so a review another user saved since is named when this one is saved.
+    (None: none), so a review another user saved since is named when this one is saved. `row`: the
+    result's audit row (read here when not given): the form says what "agree" confirms of it.
 
     Save runs as the button's callback, before the page: a card that has left the list by then (a
     newer referred result came first, another reviewer saved first) is saved or refused all the same,
@@ -120,11 +122,16 @@ def review_form(audit_id: int | None, key: str, image_shown: bool = True, seen: 
 
     if audit_id is None:
         return
+    row = row or _result_row(audit_id)
+    settled = row is None or reviews.subtype_reliable(row)  # else "agree" leaves the subtype not assessed
     unchanged = lambda c: pretty(c) if c else "(unchanged)"  # noqa: E731
     with st.expander(f"Review (audit #{audit_id})"), st.form(f"review_{key}"):
         st.radio("Verdict", ["agree", "correct"], horizontal=True, key=f"verdict_{key}")
+        if row is not None:
+            st.caption(agree_meaning(row))
         st.selectbox("Class", [None, *CLASSES], format_func=unchanged, key=f"label_{key}")
-        st.selectbox("Subtype", [None, *SUBTYPES], format_func=unchanged, key=f"subtype_{key}")
+        st.selectbox("Subtype", [None, *SUBTYPES], key=f"subtype_{key}",
+                     format_func=unchanged if settled else lambda c: pretty(c) if c else "(not assessed)")
         st.text_input("Comment", key=f"comment_{key}")
         if not image_shown:
             st.checkbox(reviews.ORIGINAL_REVIEWED, key=f"original_{key}",
@@ -133,6 +140,38 @@ def review_form(audit_id: int | None, key: str, image_shown: bool = True, seen: 
         note = st.session_state.get(_REVIEW_NOTES, {}).pop(key, None)
         if note:
             getattr(st, note[0])(note[1])
+
+
+def agree_meaning(row: dict) -> str:
+    """What "agree" records for the result row `row` (core.store.reviews._verdict): its call, and its
+    subtype only where the app shows that as a finding (reviews.subtype_reliable)."""
+    from core.data.labels import pretty
+    from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE
+    from core.store import reviews
+
+    called, subtype = reviews.model_call(row)
+    if called is None:
+        return "The model made no call here: choose 'correct' and the class (and subtype) it should be."
+    if reviews.subtype_reliable(row):
+        return f"'agree' confirms the model's call: {pretty(called)}, {pretty(subtype)}."
+    why = ("a slide call has no subtype" if row["kind"] == "slide" else
+           f"the model's subtype ({pretty(subtype)}) is {SUBTYPE_NOT_RELIABLE}" if row["details"].get("subtype_reliable")
+           is False else "this older result does not record whether its subtype is reliable")
+    other = f" ('correct' for another than {pretty(subtype)})" if subtype else ""
+    return (f"'agree' confirms the class only ({pretty(called)}): {why}, so the subtype is recorded as not assessed "
+            f"unless you choose one under Subtype{other}.")
+
+
+def _result_row(audit_id: int) -> dict | None:
+    """The result row a form reviews, read once per session (audit rows never change); None if the
+    database cannot say now (the form is shown without the note)."""
+    rows = st.session_state.setdefault("_result_rows", {})
+    if audit_id not in rows:
+        try:
+            rows[audit_id] = store().event(audit_id)
+        except StoreError:
+            return None
+    return rows[audit_id]
 
 
 _REVIEW_NOTES = "_review_notes"  # {form key: (level, message)} of saves not yet shown

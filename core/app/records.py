@@ -4,7 +4,7 @@ One row per analysed image: who, when (the store stamps UTC), the file name and 
 its bytes, the model's name and weights SHA-256 (card["sha256"], checked when the folder loads;
 each ensemble member's too) and whether it was DEMO / LIMITED DATA (its badge and evidence statement
 as the sidebar showed them, so a review card labels the row's own model), the app version (the store), the calls with their calibrated
-probabilities, the refer reasons, and the settings that produced them (TTA, heat-map method,
+probabilities, whether the subtype is reliable (an "agree" confirms it only then), the refer reasons, and the settings that produced them (TTA, heat-map method,
 stain normalisation, thresholds). The returned ids go on the page, the CSV and the PDF, so a
 printed result can be traced back to its row. No image bytes are ever put in a row.
 """
@@ -42,7 +42,8 @@ def model_identity(predictor) -> dict:
     return {"model": predictor.name, "model_sha256": str(predictor.card.get("sha256", "")) or None,
             "members": [{"name": m.name, "sha256": m.card.get("sha256")} for m in members],
             "demo": info["demo"], "limited": info["limited"], "evidence": info["evidence"],
-            "badge": model_badge(predictor.card), "calibrated": calibrated(predictor)}
+            "badge": model_badge(predictor.card), "calibrated": calibrated(predictor),
+            "subtype_reliable": info["subtype_reliable"]}
 
 
 def _evidence(identity: dict) -> dict:
@@ -85,6 +86,8 @@ def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -
                "uncertainty": p.uncertainty, "magnification": result.magnification,
                "magnification_source": result.magnification_source, "case": result.case,
                **_evidence(identity), "calibrated": identity["calibrated"], "settings": settings,
+               # the app's one rule (core.evaluation.subtype_trust): an "agree" confirms a subtype only when True
+               "subtype_reliable": identity["subtype_reliable"],
                "image_kept": keeping_images()}  # the Review card tells a missing kept image from one never kept
     return {"kind": kind, "subject": result.name, "image_sha256": result.sha256, "model": identity["model"],
             "model_sha256": identity["model_sha256"], "details": details}

@@ -40,18 +40,27 @@ def model_call(result: dict) -> tuple[str | None, str | None]:
     return details.get("call"), details.get("subtype")
 
 
+def subtype_reliable(result: dict) -> bool:
+    """Whether the model's subtype in a result row is a finding an "agree" confirms: only when the row
+    records that it was (records.image_row, core.evaluation.subtype_trust). A row of a model whose subtype
+    is not reliable, a slide (no subtype) and an older row that does not say: the class only."""
+    return result["details"].get("subtype_reliable") is True
+
+
 def review(store: Store, user: str, audit_id: int, label: str | None = None, subtype: str | None = None,
            comment: str = "", image_shown: bool | None = None) -> int:
     """Record a review of result `audit_id`: no label/subtype means "agree"; else the correction.
 
-    A corrected subtype implies its class; a corrected class alone keeps the subtype open (None).
+    "Agree" confirms the model's subtype only where it is reliable (subtype_reliable); else the subtype
+    is not assessed (None) unless one is chosen. A corrected subtype implies its class; a corrected class
+    alone leaves the subtype not assessed (None). `subtype_assessed` on the row says so.
     A subtype named for a slide (whose call has none) agrees when its class does. `image_shown`:
     whether the reviewer saw the image in the app (None: not said, e.g. a script); the row also says
     whether it is a self-review (by the user who made the result). Returns the review's own audit id.
     """
     target = _result(store, audit_id)
     agree, final_label, final_subtype = _verdict(target, label, subtype)
-    details = {"agree": agree, "label": final_label, "subtype": final_subtype,
+    details = {"agree": agree, "label": final_label, "subtype": final_subtype, "subtype_assessed": final_subtype is not None,
                "model_call": list(model_call(target)), "comment": (comment or "")[:MAX_COMMENT],
                "image_shown": image_shown, "self_review": user == target["user"]}
     return store.record("review", user, target["subject"], image_sha256=target["image_sha256"],
@@ -94,11 +103,11 @@ def reviewed_meanwhile(store: Store, audit_id: int, user: str, seen: int | None,
 
 
 def verdict_text(review_row: dict) -> str:
-    """'agreed Benign, Adenosis' or 'corrected to Malignant, Subtype open'; an older review of a slide may
-    have no class (it was recorded as None)."""
+    """'agreed Benign, Adenosis' or 'corrected to Malignant, subtype not assessed'; an older review of a
+    slide may have no class (it was recorded as None)."""
     d = review_row["details"]
     return (f"{'agreed' if d['agree'] else 'corrected to'} {pretty(d['label']) if d['label'] else 'no class recorded'}"
-            f", {pretty(d['subtype'] or 'subtype open')}")
+            f", {pretty(d['subtype']) if d['subtype'] else 'subtype not assessed'}")
 
 
 def _result(store: Store, audit_id: int) -> dict:
@@ -112,7 +121,8 @@ def _result(store: Store, audit_id: int) -> dict:
 def _verdict(target: dict, label: str | None, subtype: str | None) -> tuple[bool, str | None, str | None]:
     """(whether it agrees with the model's call, the reviewed class, the reviewed subtype) of a review
     naming `label` / `subtype` (None: unchanged) of the result row `target`; a UserInputError if they
-    cannot be (an unknown or mismatched subtype, agreeing with no call)."""
+    cannot be (an unknown or mismatched subtype, agreeing with no call). With no subtype chosen, the
+    model's subtype is the reviewed one only where it is reliable (subtype_reliable)."""
     if subtype is not None:
         if subtype not in SUBTYPES:
             raise UserInputError(f"unknown subtype {subtype!r}")
@@ -127,8 +137,20 @@ def _verdict(target: dict, label: str | None, subtype: str | None) -> tuple[bool
                              "choose the class (and subtype) it should be.")
     agree = label is None or (label == called and (subtype is None or called_subtype in (None, subtype)))
     final_label = called if label is None else label
-    final_subtype = (called_subtype if label in (None, called) else None) if subtype is None else subtype
+    kept = called_subtype if subtype_reliable(target) else None  # not a finding: not confirmed by "agree"
+    final_subtype = (kept if label in (None, called) else None) if subtype is None else subtype
     return agree, final_label, final_subtype
+
+
+def assessed_subtype(review_row: dict, result: dict) -> str | None:
+    """The subtype a review settled, or None (not assessed): the training export's label. An older review
+    (no `subtype_assessed`) that agreed with the model's own subtype, on a row that does not record it as
+    reliable, took that subtype unseen (the one-click "agree"): not assessed."""
+    d = review_row["details"]
+    if "subtype_assessed" in d:
+        return d["subtype"] if d["subtype_assessed"] else None
+    unseen = d["agree"] and d["subtype"] == (d.get("model_call") or [None, None])[1] and not subtype_reliable(result)
+    return None if unseen else d["subtype"]
 
 
 def reviews_of(store: Store, audit_ids) -> dict[int, list[dict]]:
@@ -271,7 +293,8 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
 
     One file per image (SHA-256), labelled by its newest review: the same image uploaded twice is
     two results, and two copies with different labels would teach the model both. Only reviews that
-    settle a subtype are exported (a class-only correction leaves the subtype unknown), and only
+    settle a subtype are exported (assessed_subtype: a class-only correction, or an "agree" with a subtype
+    the app called not reliable, leaves it not assessed; counted as "no subtype"), and only
     images whose magnification was stated (file name or the user's choice): a guessed one would put
     fields in the wrong magnification's training set, so they are skipped unless `assume_magnification`
     names one, which provenance.csv then says. Patient images: the folder is private (0700), the
@@ -296,8 +319,9 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
     skipped = {"not kept": 0, "no subtype": 0, "no magnification": 0, "superseded": sum(map(len, superseded.values())),
                "repeated": repeated}
     for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
-        result, subtype = results[result_id], rev["details"]["subtype"]
-        if subtype is None:
+        result = results[result_id]
+        subtype = assessed_subtype(rev, result)
+        if subtype is None:  # a class-only review, or a subtype not assessed: never a label
             skipped["no subtype"] += 1
             continue
         magnification, source = _export_magnification(result, assume_magnification)
