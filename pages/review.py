@@ -74,6 +74,10 @@ def card(row: dict) -> None:
         st.markdown(f"**#{row['id']} · {session.plain(row['subject'])}** · {called(row)} · by "
                     f"{session.plain(row['user'])} at {row['at']:%Y-%m-%d %H:%M} UTC · "
                     f"model {session.plain(row['model'])}{weights}")
+        if row.get("repeats"):
+            st.caption(f"The same image by the same model is also recorded as "
+                       f"{', '.join(f'#{i}' for i in row['repeats'])} (analysed again, or with other settings): "
+                       "the queue shows it once, and a review of any of them settles them all.")
         if badge == records.NOT_RECORDED:
             st.caption("Model status (DEMO / LIMITED DATA) not recorded for this older result.")
         elif badge:

@@ -44,29 +44,42 @@ def model_identity(predictor: Predictor) -> tuple[str, str]:
 
 
 def audit_diagnosis(predictor: Predictor, results: list, items: list[tuple[str, bytes]], settings: dict) -> dict:
-    """Record what the page shows (once per distinct model, images and settings) and keep the
-    images when the deployment enables it; {records.audit_key(result): audit id}.
+    """Record what the page shows and keep the images when the deployment enables it;
+    {records.audit_key(result): audit id}.
 
-    A diagnosis the audit trail cannot take (a busy or damaged database) is not shown: a message, and
-    the page stops with its images and settings kept, so trying again records it. Keeping the images
-    is separate: the rows are marked written first (never written twice), and images that cannot be
-    kept are a warning on a diagnosis that is shown, tried again on the next run."""
+    A result's audit identity is its image, the model and the settings that change what its row records
+    (records.diagnosis_settings): each is recorded once in a session, so a display change (the heat-map
+    method), a page visit, or settings changed and changed back add no row, and a new image in the upload
+    adds its own row only. A diagnosis the audit trail cannot take (a busy or damaged database) is not
+    shown: a message, and the page stops with its images and settings kept, so trying again records it.
+    Keeping the images is separate: the rows are marked written first (never written twice), and images
+    that cannot be kept are a warning on a diagnosis that is shown, tried again on the next run."""
     from core.app import records
 
-    key = (model_identity(predictor), tuple(records.audit_key(r) for r in results), tuple(sorted(settings.items())))
-    done = st.session_state.get("_audited")
-    if not done or done[0] != key:
+    recorded = st.session_state.setdefault("_audited", {})  # {(model, audit key, settings): audit id}
+    identity = lambda r: (model_identity(predictor), records.audit_key(r), _frozen(settings))  # noqa: E731
+    new = [r for r in results if r.ok and identity(r) not in recorded]
+    if new:
         user = _acting_user()
         try:
-            ids = records.record_diagnosis(store(), user["name"], results, predictor, settings)
+            ids = records.record_diagnosis(store(), user["name"], new, predictor, settings)
         except StoreError as problem:
             st.error(nothing_lost(f"{problem} The diagnosis is shown once it is recorded."),
                      icon=":material/database:")
             st.stop()
-        done = st.session_state["_audited"] = (key, ids, False)
-    if not done[2] and _keep_images(results, items):
-        st.session_state["_audited"] = (key, done[1], True)
-    return done[1]
+        recorded.update({identity(r): ids[records.audit_key(r)] for r in new})
+    kept = st.session_state.setdefault("_kept_images", set())  # SHA-256 of the images kept in this session
+    waiting = [r for r in results if r.ok and r.sha256 not in kept]
+    if waiting and _keep_images(waiting, items):
+        kept.update(r.sha256 for r in waiting)
+    return {records.audit_key(r): recorded[identity(r)] for r in results if r.ok}
+
+
+def _frozen(value):
+    """A settings dict (nested dicts included) as a hashable, order-free key."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return tuple(map(_frozen, value)) if isinstance(value, list) else value
 
 
 def _keep_images(results: list, items: list[tuple[str, bytes]]) -> bool:

@@ -3,10 +3,11 @@
 One row per analysed image: who, when (the store stamps UTC), the file name and the SHA-256 of
 its bytes, the model's name and weights SHA-256 (card["sha256"], checked when the folder loads;
 each ensemble member's too) and whether it was DEMO / LIMITED DATA (its badge and evidence statement
-as the sidebar showed them, so a review card labels the row's own model), the app version (the store), the calls with their calibrated
-probabilities, whether the subtype is reliable (an "agree" confirms it only then), the refer reasons, and the settings that produced them (TTA, heat-map method,
-stain normalisation, thresholds). The returned ids go on the page, the CSV and the PDF, so a
-printed result can be traced back to its row. No image bytes are ever put in a row.
+as the sidebar showed them, so a review card labels the row's own model), the app version (the store),
+the calls with their calibrated probabilities, whether the subtype is reliable (an "agree" confirms it
+only then), the refer reasons, and the settings that produced them (TTA, stain normalisation, thresholds:
+diagnosis_settings; not the heat-map method, a display choice). The returned ids go on the page, the CSV
+and the PDF, so a printed result can be traced back to its row. No image bytes are ever put in a row.
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def recorded_badge(details: dict) -> str | None:
 
 
 def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
-    """The settings a diagnosis ran with, as recorded (the referral thresholds actually used per stage)."""
+    """The settings that change what a diagnosis row records, as recorded: with the image and the model, a
+    result's audit identity (audit_glue.audit_diagnosis records each once). The call: TTA, stain
+    normalisation, the magnification assumed for unnamed images. The referral: the thresholds used per
+    stage, the user's own included; it changes no call, but the row records what was shown as referred,
+    which orders the Review queue, so a changed one is a new row (the queue folds repeats of one image and
+    model). The heat-map `method` is a display choice, like opacity: not recorded, no new row."""
     stage1, subtype, source = predictor.stage_thresholds(refer_threshold)
-    return {"tta": bool(predictor.uses_tta(tta)), "cam_method": method, "stain_normalisation": predictor.normalizer.method,
+    return {"tta": bool(predictor.uses_tta(tta)), "stain_normalisation": predictor.normalizer.method,
             "refer_threshold": None if refer_threshold is None else round(float(refer_threshold), 4),
             "refer_thresholds": {"stage1": round(stage1, 4), "subtype": round(subtype, 4), "source": source},
             "magnification_default": magnification,

@@ -21,6 +21,7 @@ from sqlalchemy.orm import aliased
 from core.data.breakhis import IMAGE_EXTENSIONS
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES, pretty
 from core.errors import UserInputError
+from core.store import repeats
 from core.store.audit import Store
 from core.store.images import ImageStore
 from core.store.models import AuditEvent
@@ -200,10 +201,11 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
     of the reviewed ones (newest review first), every row with its newest "review" (or None).
 
     The database picks the rows (a result with no review row is waiting, however old), so a referred
-    result never drops out behind newer ones, and the longest waiting comes first. `search` keeps the
-    results whose file name contains it or whose BreakHis case id is it; `discordant_only` keeps the reviewed
-    results whose reviewers disagree; a page past the last shows the last. Each row has all its "reviews"
-    (oldest first) and whether they are "discordant"."""
+    result never drops out behind newer ones, and the longest waiting comes first. Repeats of one result
+    (core.store.repeats: the same image and model) wait as one, the newest shown, until one is reviewed.
+    `search` keeps the results whose file name contains it or whose BreakHis case id is it; `discordant_only`
+    keeps the reviewed results whose reviewers disagree; a page past the last shows the last. Each row has
+    all its "reviews" (oldest first), whether they are "discordant" and its "repeats"."""
     disagreed = discordant_ids(store)
     where = [_RESULT]
     if search.strip():
@@ -213,10 +215,11 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
                      .where(_REVIEW.kind == "review").group_by(_REVIEW.refers_to).subquery())
     with store.reading("The audit trail could not be read") as session:
         count = lambda *more: session.scalar(select(func.count()).select_from(AuditEvent).where(*where, *more))  # noqa: E731
-        waits = [~_REVIEWED, _REFERRED] if referred_only else [~_REVIEWED]
-        referred = count(~_REVIEWED, _REFERRED)
-        waiting = _section(session, select(AuditEvent.id).where(*where, *waits)
-                           .order_by(case((_REFERRED, 0), else_=1), AuditEvent.id), count(*waits), page, limit)
+        unreviewed = [~repeats.REPEAT_REVIEWED, ~repeats.NEWER_REPEAT]  # the newest of a result none reviewed
+        waits = [*unreviewed, _REFERRED] if referred_only else unreviewed
+        referred = count(*unreviewed, _REFERRED)
+        waiting = _section(session, select(AuditEvent.id).where(*where, *waits).order_by(
+            case((_REFERRED, 0), else_=1), repeats.FIRST_SEEN, AuditEvent.id), count(*waits), page, limit)
         done = [_REVIEWED, AuditEvent.id.in_(disagreed)] if discordant_only else [_REVIEWED]
         reviewed = _section(session, select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
                             .where(*where, *done).order_by(newest_review.c.last.desc()),
@@ -235,12 +238,13 @@ def _section(session, ids, total: int, page: int, limit: int) -> Section:
 
 
 def _rows(store: Store, ids: list[int]) -> list[dict]:
-    """The result rows `ids`, in that order, each with its newest "review" (or None), all its "reviews"
-    and whether they are "discordant"."""
+    """The result rows `ids`, in that order, each with its newest "review" (or None), all its "reviews",
+    whether they are "discordant" and the ids of its "repeats" (core.store.repeats)."""
     by_id = {row["id"]: row for row in store.events(ids=ids)}
     found = reviews_of(store, ids)
+    same = repeats.repeats_of(store, list(by_id.values()), REVIEWABLE)
     return [{**by_id[i], "review": (found.get(i) or [None])[-1], "reviews": found.get(i, []),
-             "discordant": discordant(found.get(i, []))} for i in ids]
+             "discordant": discordant(found.get(i, [])), "repeats": same[i]} for i in ids]
 
 
 def reviewer_verdicts(review_rows: list[dict]) -> list[dict]:
