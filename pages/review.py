@@ -17,17 +17,18 @@ store = session.store()
 st.title("Review queue")
 st.caption("Referred results first, then the other unreviewed ones, oldest first within each (the longest waiting "
            "at the top); reviewed results (if included) below them, newest review first. A review is a new audit "
-           "row; earlier reviews stay in the history.")
+           "row; earlier reviews stay in the history. Each card gives stage 1's p(malignant) and the subtype's "
+           "probability within the class the model chose.")
 
 
 def called(row: dict) -> str:
-    """What the model called: a field's class, subtype and confidence; a slide's call (no subtype, no one
-    confidence: the Slide page and its PDF have the regions and tiles)."""
-    label, subtype = reviews.model_call(row)
+    """What the model called: a field's class with p(malignant) and its subtype with p(subtype | class),
+    "not reliable for this model" where the row says so (records.recorded_call); a slide's call (no
+    subtype, no one probability: the Slide page and its PDF have the regions and tiles)."""
     if row["kind"] == "slide":
+        label, _ = reviews.model_call(row)
         return f"slide call: {pretty(label) if label else 'none (this model makes no slide call)'}"
-    confidence = row["details"].get("confidence", 0)
-    return f"{pretty(label or 'no call')}, {pretty(subtype or 'no subtype')} · confidence {confidence:.2f}"
+    return records.recorded_call(row["details"])
 
 
 def reviewed(row: dict, done: dict) -> str:
@@ -85,8 +86,15 @@ def card(row: dict) -> None:
                        if d.get("evidence") else ""), icon=":material/science:")
         if row["kind"] == "slide" and d.get("statement"):
             st.caption(d["statement"])
-        if d.get("refer"):
-            st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
+        if row["kind"] == "slide":
+            if d.get("refer"):
+                st.error("Referred: " + "; ".join(d.get("refer_reasons", [])), icon=":material/flag:")
+        else:
+            for line, refer in records.recorded_referral(d):  # each stage's flag, reasons or threshold passed
+                if refer:
+                    st.error(line, icon=":material/flag:")
+                else:
+                    st.caption(line)
         if row["discordant"]:
             st.warning("Discordant reviews: the reviewers disagree. " + "; ".join(
                 reviewed(row, r) for r in reviews.reviewer_verdicts(row["reviews"])), icon=":material/rule:")

@@ -147,3 +147,37 @@ def test_the_review_form_says_agree_confirms_the_class_only_where_the_subtype_is
     [saved] = store.events(kinds="review", refers_to_any=[shaky])
     assert (saved["details"]["agree"], saved["details"]["label"], saved["details"]["subtype"]) == (True, "benign", None)
     store.close()
+
+
+def test_a_card_gives_p_malignant_the_subtype_as_reliable_as_recorded_and_both_stages_referral(app, predictor,
+                                                                                             samples_dir):
+    """QA demo #2 and #7: the card read "Malignant, Ductal carcinoma · confidence 0.35" (the joint p(class) x
+    p(subtype | class) of a subtype the app calls not reliable, next to a 0.97 malignant call), with no
+    p(malignant) and only the stage-1 referral reason."""
+    from core.store.audit import Store
+
+    images = [p for p in sorted(samples_dir.rglob("*.png")) if "SOB_M_DC" in p.name][:2]
+    store = Store.open()
+    ids = {}
+    for threshold, sample in zip((0.99, 0.5), images):  # both stages referred; stage 1 passed (p(class) >= 0.5)
+        results = service.diagnose_items(predictor, [(sample.name, sample.read_bytes())], refer_threshold=threshold)
+        settings = records.diagnosis_settings(predictor, False, "gradcam", threshold, "not stated")
+        [ids[threshold]] = records.record_diagnosis(store, "ann", results, predictor, settings).values()
+    reliable = store.record("diagnosis", "ann", "sure.png", model="m", details={
+        "call": "benign", "subtype": "adenosis", "stage1": {"benign": 0.9, "malignant": 0.1},
+        "stage2": {"adenosis": 0.8}, "refer": False, "subtype_reliable": True})
+    store.close()
+    p = results[0].prediction
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    headers = {h.split(" · ")[0]: h for h in (texts([m]) for m in app.markdown if m.value.startswith("**#"))}
+    header = headers[f"**#{ids[0.5]}"]
+    assert (f"{p.label.capitalize()} (p(malignant) {p.stage1['malignant']:.2f}) · subtype not reliable for this "
+            f"model (most probable: {p.subtype.replace('_', ' ').capitalize()}, p {p.p_subtype:.2f} within {p.label})"
+            ) in header
+    assert "confidence" not in " ".join(headers.values())
+    assert "Benign (p(malignant) 0.10) · Adenosis (p 0.80 within benign)" in headers[f"**#{reliable}"]
+    errors, captions = texts(app.error), texts(app.caption)
+    assert "Stage 1: refer for review (stage 1 uncertain" in errors and "Subtype: refer for review (" in errors
+    assert "stage 1 referred" in errors  # the subtype's own reason when stage 1 is referred
+    assert f"Stage 1: not referred (p {p.p_label:.2f} >= threshold 0.5" in captions.replace("0.50", "0.5")

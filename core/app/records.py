@@ -5,9 +5,11 @@ its bytes, the model's name and weights SHA-256 (card["sha256"], checked when th
 each ensemble member's too) and whether it was DEMO / LIMITED DATA (its badge and evidence statement
 as the sidebar showed them, so a review card labels the row's own model), the app version (the store),
 the calls with their calibrated probabilities, whether the subtype is reliable (an "agree" confirms it
-only then), the refer reasons, and the settings that produced them (TTA, stain normalisation, thresholds:
-diagnosis_settings; not the heat-map method, a display choice). The returned ids go on the page, the CSV
-and the PDF, so a printed result can be traced back to its row. No image bytes are ever put in a row.
+only then), the refer reasons and each stage's referral, and the settings that produced them (TTA,
+stain normalisation, thresholds: diagnosis_settings; not the heat-map method, a display choice). The
+returned ids go on the page, the CSV and the PDF, so a printed result can be traced back to its row. No
+image bytes are ever put in a row. recorded_badge, recorded_call and recorded_referral read a row back
+for its Review card.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 
 from core.app.registry import describe_model, model_badge
+from core.data.labels import pretty
+from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE
 from core.store.audit import Store
 from core.store.images import keeping_images
 
@@ -63,6 +67,48 @@ def recorded_badge(details: dict) -> str | None:
     return None
 
 
+def recorded_call(details: dict) -> str:
+    """A diagnosis row's call as a Review card states it: stage 1 with p(malignant), the subtype with its
+    probability within the class, marked not reliable where the row says so (core.evaluation.subtype_trust).
+    Not the joint "confidence" p(class) x p(subtype | class): next to a confident class call, a low product
+    reads as doubt about the class."""
+    call, subtype, stage2 = details.get("call"), details.get("subtype"), details.get("stage2") or {}
+    malignant = (details.get("stage1") or {}).get("malignant")
+    stage1 = pretty(call or "no call") + (f" (p(malignant) {malignant:.2f})" if malignant is not None else "")
+    if not subtype:
+        return f"{stage1} · no subtype"
+    notes = [f"p {stage2[subtype]:.2f} within {call}"] if subtype in stage2 else []
+    reliable = details.get("subtype_reliable")
+    if reliable is False:
+        return f"{stage1} · subtype {SUBTYPE_NOT_RELIABLE} (most probable: {', '.join([pretty(subtype), *notes])})"
+    if reliable is None:  # a row from before it was recorded
+        notes.append("subtype reliability not recorded")
+    return f"{stage1} · {pretty(subtype)}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def recorded_referral(details: dict) -> list[tuple[str, bool]]:
+    """[(sentence, referred)] of a diagnosis row: each stage's flag with its reasons or the threshold it
+    passed (report.referral_lines, as on Diagnose), then the image's own warnings. A row recorded before
+    the per-stage referral has its two flags and all reasons; an older one its reasons."""
+    from types import SimpleNamespace
+
+    from core.app.report import referral_lines
+
+    reasons = list(details.get("refer_reasons") or [])
+    referral = details.get("referral")
+    if referral:
+        stage1, stage2 = details.get("stage1") or {}, details.get("stage2") or {}
+        p = SimpleNamespace(referral=referral, refer=details.get("refer"), p_label=stage1.get(details.get("call"), 0.0),
+                            p_subtype=stage2.get(details.get("subtype"), 0.0))
+        staged = referral["stage1"]["reasons"] + referral["subtype"]["reasons"]
+        return referral_lines(p) + [(f"Referred: {r}", True) for r in reasons if r not in staged]
+    if "refer_stage1" in details:
+        flags = [(name, details[key]) for name, key in (("Stage 1", "refer_stage1"), ("Subtype", "refer_subtype"))]
+        lines = [(f"{name}: {'refer for review' if refer else 'not referred'}", bool(refer)) for name, refer in flags]
+        return lines + ([("Reasons: " + "; ".join(reasons), True)] if reasons else [])
+    return [("Referred: " + "; ".join(reasons), True)] if details.get("refer") else []
+
+
 def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
     """The settings that change what a diagnosis row records, as recorded: with the image and the model, a
     result's audit identity (audit_glue.audit_diagnosis records each once). The call: TTA, stain
@@ -88,6 +134,7 @@ def image_row(result, identity: dict, settings: dict, kind: str = "diagnosis") -
     details = {"call": p.label, "subtype": p.subtype, "stage1": _rounded(p.stage1), "stage2": _rounded(p.stage2),
                "other_stage2": _rounded(p.other_stage2), "confidence": round(float(p.confidence), 6),
                "refer": bool(result.refer), "refer_reasons": list(result.refer_reasons),
+               "referral": p.referral,  # per stage: the flag, its reasons and its threshold
                "refer_stage1": bool(p.refer_stage1), "refer_subtype": bool(p.refer_subtype),
                "uncertainty": p.uncertainty, "magnification": result.magnification,
                "magnification_source": result.magnification_source, "case": result.case,
