@@ -64,7 +64,8 @@ def _timed_run():
     if session.current_user() is None:
         st.title("Sign in")
         st.stop()
-    st.title("Diagnose")
+    st.title(f"Diagnose, as {session.current_user()['role']}")
+    st.session_state["_pages_drawn_for_role"] = session.current_user()["role"]  # as watch_session records it
 
 
 def test_the_timer_signs_an_idle_tab_out_and_the_app_shows_the_sign_in_page(env):
@@ -76,7 +77,7 @@ def test_the_timer_signs_an_idle_tab_out_and_the_app_shows_the_sign_in_page(env)
     app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
     app.session_state[signin.USER_KEY] = {"name": "pat", "role": "pathologist"}
     app.session_state[signin.SESSION_KEY] = row
-    assert [t.value for t in app.run().title] == ["Diagnose"]
+    assert [t.value for t in app.run().title] == ["Diagnose, as pathologist"]
     idle_since = time.monotonic() - signin.session_minutes() * 60 + 30  # 30 s before the limit
     app.session_state[signin.ACTIVE_KEY] = idle_since
     app.session_state["timer"] = True
@@ -115,3 +116,25 @@ def test_an_unattended_tab_in_a_browser_shows_the_sign_in_page_after_the_idle_li
         browser.close()
     assert store.events(kinds="sign_out", user="pat", limit=1)[0]["details"] == {"reason": "session expired"}
     store.close()
+
+
+def test_the_timer_redraws_the_pages_of_a_tab_whose_role_changed(env):
+    """An administrator demoted while the Audit log was open kept it (and the admin pages in the sidebar)
+    until the next click: the timer reran the app only for a session that had ended (qa-multi #2)."""
+    from core.app import signin
+    from core.paths import data_dir
+    from core.store import sessions
+
+    accounts.add_account(env, "ada", PASSWORD, "admin")
+    row, _ = sessions.start(env, "ada", sessions.signing_key(data_dir()))
+    app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
+    app.session_state[signin.USER_KEY] = {"name": "ada", "role": "admin"}
+    app.session_state[signin.SESSION_KEY] = row
+    assert [t.value for t in app.run().title] == ["Diagnose, as admin"]
+    app.session_state["timer"] = True
+    assert [t.value for t in app.run().title] == ["Still signed in"]  # nothing changed: the page stays
+    accounts.change_account(env, "ada", "admin-bob", role="pathologist")
+    app.session_state[signin.CHECKED_KEY] = 0  # the row is re-read now, not at the next check interval
+    app.session_state["timer"] = True
+    app.run()
+    assert not app.exception and [t.value for t in app.title] == ["Diagnose, as pathologist"]

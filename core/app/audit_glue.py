@@ -249,12 +249,19 @@ def watch_session() -> None:
     app: the sign-in page, and Streamlit drops the page's images and their /media URLs. The check is
     polled, as Retrain's live view's: the timer is nobody's activity and never keeps a tab signed in."""
     every = min(IDLE_POLL_SECONDS, max(1.0, session_minutes() * 60 / 4))
+    st.session_state[_DRAWN_FOR] = (current_user() or {}).get("role")  # the role this run drew its pages for
     st.fragment(leave_when_signed_out, run_every=every)()
 
 
+_DRAWN_FOR = "_pages_drawn_for_role"
+
+
 def leave_when_signed_out() -> None:
-    """The timer's run: rerun the whole app once this session has ended (idle, revoked, signed out)."""
-    if current_user(polled=True) is None:
+    """The timer's run: rerun the whole app once this session has ended (idle, revoked, signed out), or
+    once its role is no longer the one the pages were drawn for: an administrator demoted while the
+    Audit log is open loses it within the minute, not at the next click."""
+    user = current_user(polled=True)
+    if user is None or user["role"] != st.session_state.get(_DRAWN_FOR, user["role"]):
         st.rerun(scope="app")
 
 
