@@ -10,7 +10,7 @@ import pytest
 from core.app import records, service
 from core.data.breakhis import index_folder
 from core.data.labels import SUBTYPES_BY_CLASS
-from core.store import accounts, reviews
+from core.store import accounts, review_export, reviews
 from core.store.images import ImageStore, keeping_images
 from tests.app_helpers import make_model_folder, png_bytes, tissue_like
 
@@ -168,16 +168,16 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     flipped = "benign" if store.event(second)["details"]["call"] == "malignant" else "malignant"
     reviews.review(store, "bob", second, label=flipped)  # the class corrected alone: subtype open, not exported
     reviews.review(store, "bob", third, subtype="adenosis")  # a subtype settled, but its image was not kept
-    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    summary = review_export.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1, "superseded": 0,
                                                               "repeated": 0, "no magnification": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "lobular_carcinoma"
     assert indexed.iloc[0]["case"] == "14-9146"
-    provenance = (tmp_path / "export" / reviews.PROVENANCE).read_text()
+    provenance = (tmp_path / "export" / review_export.PROVENANCE).read_text()
     assert "bob" in provenance and hashlib.sha256(items[0][1]).hexdigest() in provenance
     with pytest.raises(ValueError, match="not empty"):
-        reviews.export_training_folder(store, tmp_path / "export", kept)
+        review_export.export_training_folder(store, tmp_path / "export", kept)
     damaged = kept.path(hashlib.sha256(items[0][1]).hexdigest())
     damaged.write_bytes(b"changed")
     assert kept.get(hashlib.sha256(items[0][1]).hexdigest()) is None
@@ -192,12 +192,12 @@ def test_the_same_image_reviewed_twice_is_exported_once_with_its_newest_review(s
     older = reviews.review(store, "bob", second, subtype="ductal_carcinoma")
     reviews.review(store, "bob", third, subtype="fibroadenoma")
     newest = reviews.review(store, "cy", first, subtype="fibroadenoma")  # the newest review, of the first upload
-    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    summary = review_export.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 0, "no subtype": 0, "superseded": 1,
                                                               "repeated": 1, "no magnification": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "fibroadenoma"
-    with (tmp_path / "export" / reviews.PROVENANCE).open(newline="") as handle:
+    with (tmp_path / "export" / review_export.PROVENANCE).open(newline="") as handle:
         [row] = list(csv.DictReader(handle))
     assert row["review_id"] == str(newest) and row["superseded_reviews"] == str(older)
 
@@ -362,7 +362,7 @@ def test_the_export_is_private_and_audited(store, tmp_path, monkeypatch):
     review = reviewed_upload(store, kept, "SOB_B_A-14-22549AB-40-001.png", "40X", "file name")
     previous = os.umask(0o022)
     try:
-        summary = reviews.export_training_folder(store, tmp_path / "out" / "export", kept, user="chief")
+        summary = review_export.export_training_folder(store, tmp_path / "out" / "export", kept, user="chief")
     finally:
         os.umask(previous)
     folder = tmp_path / "out" / "export"
@@ -373,7 +373,7 @@ def test_the_export_is_private_and_audited(store, tmp_path, monkeypatch):
     assert row["details"]["count"] == 1 and row["details"]["review_ids"] == [review]
     assert row["details"]["folder"] == str(folder.resolve())
     (tmp_path / "mine").mkdir(mode=0o755)  # an empty folder the user made is tightened too
-    reviews.export_training_folder(store, tmp_path / "mine", kept)
+    review_export.export_training_folder(store, tmp_path / "mine", kept)
     assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
     assert store.events(kinds="reviews_exported", limit=1)[0]["user"] == "system"
 
@@ -382,7 +382,7 @@ def test_the_export_is_private_and_audited(store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "record", refused)  # no audit row: no unaudited copy of patient images left
     with pytest.raises(StoreError):
-        reviews.export_training_folder(store, tmp_path / "unaudited", kept)
+        review_export.export_training_folder(store, tmp_path / "unaudited", kept)
     assert not (tmp_path / "unaudited").exists()
 
 
@@ -395,9 +395,9 @@ def test_the_export_never_makes_up_a_magnification(store, tmp_path, monkeypatch,
     stated = reviewed_upload(store, kept, "SOB_B_A-14-22549AB-40-001.png", "40X", "file name")
     chosen = reviewed_upload(store, kept, "scan_0002.png", "400X", "chosen by user")
     unstated = reviewed_upload(store, kept, "IMG_0001.png", "not stated", "not stated")
-    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
+    summary = review_export.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 2 and summary["skipped"]["no magnification"] == 1
-    with (tmp_path / "export" / reviews.PROVENANCE).open(newline="") as handle:
+    with (tmp_path / "export" / review_export.PROVENANCE).open(newline="") as handle:
         rows = {int(r["review_id"]): r for r in csv.DictReader(handle)}
     assert sorted(rows) == [stated, chosen]
     assert (rows[stated]["magnification"], rows[stated]["magnification_source"]) == ("40X", "file name")
@@ -410,7 +410,7 @@ def test_the_export_never_makes_up_a_magnification(store, tmp_path, monkeypatch,
     said = capsys.readouterr().out
     assert "1 whose magnification was never stated (--assume-magnification includes them)" in said
     assert main(["reviews", "export", str(tmp_path / "assumed"), "--assume-magnification", "200X"]) == 0
-    with (tmp_path / "assumed" / reviews.PROVENANCE).open(newline="") as handle:
+    with (tmp_path / "assumed" / review_export.PROVENANCE).open(newline="") as handle:
         rows = {int(r["review_id"]): r for r in csv.DictReader(handle)}
     assert (rows[unstated]["magnification"], rows[unstated]["magnification_source"]) == (
         "200X", "assumed at export (--assume-magnification)")
@@ -448,7 +448,7 @@ def test_agreeing_with_a_subtype_the_app_calls_not_reliable_confirms_the_class_o
             store.event(unreliable[2]))})
     assert reviews.assessed_subtype(store.event(older), store.event(unreliable[2])) is None
 
-    summary = reviews.export_training_folder(store, tmp_path / "export", kept)
-    exported = {(r["result_id"], r["subtype"]) for r in csv.DictReader((tmp_path / "export" / reviews.PROVENANCE).open())}
+    summary = review_export.export_training_folder(store, tmp_path / "export", kept)
+    exported = {(r["result_id"], r["subtype"]) for r in csv.DictReader((tmp_path / "export" / review_export.PROVENANCE).open())}
     assert exported == {(str(unreliable[1]), other), (str(reliable), row["details"]["subtype"])}
     assert summary["written"] == 2 and summary["skipped"]["no subtype"] == 2  # the one-click agreements, old and new

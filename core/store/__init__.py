@@ -9,7 +9,8 @@
     accounts  argon2 passwords, the lock after repeated failures
     roles     the roles and what each may do
     sessions  sign-ins a reload resumes: signed, expiring tokens (PyJWT) bound to revocable rows
-    reviews   agree/correct a result, the review queue, a case's history, the training export
+    reviews   agree/correct a result, the review queue, a case's history (repeats: one image's rows folded)
+    review_export  reviewed, kept images as a training folder (private, audited)
     images    the content-addressed image store (only when BREAKHIS_KEEP_IMAGES is set)
     commands  `python -m core db ...`, `users ...`, `reviews export`
 

@@ -130,7 +130,7 @@ def _users_set(args) -> int:
 
 
 def _reviews_export(args) -> int:
-    from core.store.reviews import export_training_folder
+    from core.store.review_export import export_training_folder
 
     summary = export_training_folder(_open(), args.out, assume_magnification=args.assume_magnification)
     skipped = summary["skipped"]

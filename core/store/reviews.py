@@ -1,35 +1,28 @@
-"""Pathologists' reviews: agree or correct a result, the review queue, a case's history, the export.
+"""Pathologists' reviews: agree or correct a result, the review queue, a case's history.
 
 A review is an audit row (kind "review") that refers to the diagnosis or slide row it reviews:
 "agree", or a corrected class and/or subtype, with a comment. A later review of the same result is
 another row; the newest one is the result's current review, and all of them stay in its history.
-Reviewed images that were kept (core.store.images) export as a folder the BreakHis indexer reads
-(SOB_<class>_<subtype>-<case>-<magnification>-<n>.png) with a provenance file naming each review,
-which Retrain can add to the training split.
+Reviewed images that were kept export for training through core.store.review_export.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
-from pathlib import Path
 
 from sqlalchemy import case, distinct, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
-from core.data.breakhis import IMAGE_EXTENSIONS
-from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, CODE_OF_SUBTYPE, MAGNIFICATIONS, SUBTYPES, pretty
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, pretty
 from core.errors import UserInputError
 from core.store import repeats
 from core.store.audit import Store
-from core.store.images import ImageStore
 from core.store.models import AuditEvent
 
 REVIEWABLE = ("diagnosis", "slide")
 MAX_COMMENT = 2000
 ORIGINAL_REVIEWED = "I reviewed the original image or glass slide"  # the form's box when no image is shown
-PROVENANCE = "provenance.csv"
 
 
 def model_call(result: dict) -> tuple[str | None, str | None]:
@@ -289,135 +282,3 @@ def history(store: Store, case: str | None = None, image_sha256: str | None = No
     calls = store.events(ids=ids)
     reviews = store.events(kinds="review", newest_first=False, refers_to_any=ids)
     return sorted(calls + reviews, key=lambda r: r["id"])
-
-
-def export_training_folder(store: Store, out: str | Path, images: ImageStore | None = None, user: str | None = None,
-                           assume_magnification: str | None = None) -> dict:
-    """Write every reviewed, kept image with its reviewed labels as a BreakHis-named PNG/JPEG copy.
-
-    One file per image (SHA-256), labelled by its newest review: the same image uploaded twice is
-    two results, and two copies with different labels would teach the model both. Only reviews that
-    settle a subtype are exported (assessed_subtype: a class-only correction, or an "agree" with a subtype
-    the app called not reliable, leaves it not assessed; counted as "no subtype"), and only
-    images whose magnification was stated (file name or the user's choice): a guessed one would put
-    fields in the wrong magnification's training set, so they are skipped unless `assume_magnification`
-    names one, which provenance.csv then says. Patient images: the folder is private (0700), the
-    files 0600, and the export is an audit row ("reviews_exported": who, folder, count, review ids),
-    `user` (default: "system", the CLI on the machine) named. Returns counts, among them the older
-    reviews of an exported image that chose other labels ("superseded") or the same ones
-    ("repeated"), and the row's id; the provenance file lists file, review id, result id, reviewer,
-    time, the model's call and the reviewed labels, the magnification and where it came from, the
-    image's SHA-256 and the superseded reviews.
-    """
-    images = images or ImageStore()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserInputError(f"{out} is not empty; choose a new folder for the export")
-    if assume_magnification is not None and assume_magnification not in MAGNIFICATIONS:
-        raise UserInputError(f"unknown magnification {assume_magnification!r}; one of {', '.join(MAGNIFICATIONS)}")
-    created = not out.exists()
-    _private_export_folder(out)
-    results = {r["id"]: r for r in store.events(kinds=list(REVIEWABLE))}
-    reviews, superseded, repeated = _newest_per_image(results, latest_reviews(store, list(results)))
-    written = []
-    skipped = {"not kept": 0, "no subtype": 0, "no magnification": 0, "superseded": sum(map(len, superseded.values())),
-               "repeated": repeated}
-    for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
-        result = results[result_id]
-        subtype = assessed_subtype(rev, result)
-        if subtype is None:  # a class-only review, or a subtype not assessed: never a label
-            skipped["no subtype"] += 1
-            continue
-        magnification, source = _export_magnification(result, assume_magnification)
-        if magnification is None:
-            skipped["no magnification"] += 1
-            continue
-        data = images.get(result["image_sha256"] or "0" * 64)
-        if data is None:
-            skipped["not kept"] += 1
-            continue
-        case = _case_id(result)
-        suffix = Path(result["subject"] or "").suffix.lower()
-        name = (f"SOB_{rev['details']['label'][0].upper()}_{CODE_OF_SUBTYPE[subtype]}-{case}-"
-                f"{magnification[:-1]}-{number:03d}{suffix if suffix in IMAGE_EXTENSIONS else '.png'}")
-        with _private_file(out / name, "wb") as handle:
-            handle.write(data)
-        written.append({"file": name, "review_id": rev["id"], "result_id": result_id, "reviewer": rev["user"],
-                        "reviewed_at": rev["at"].isoformat(), "model_call": "/".join(map(str, rev["details"]["model_call"])),
-                        "label": rev["details"]["label"], "subtype": subtype, "agree": rev["details"]["agree"],
-                        "magnification": magnification, "magnification_source": source,
-                        "image_sha256": result["image_sha256"], "original_name": result["subject"],
-                        "superseded_reviews": " ".join(map(str, superseded[rev["id"]]))})
-    with _private_file(out / PROVENANCE, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(written[0]) if written else ["file"])
-        writer.writeheader()
-        writer.writerows(written)
-    audit_id = _record_export(store, user, out, written, skipped, assume_magnification, created)
-    return {"written": len(written), "skipped": skipped, "folder": str(out), "audit_id": audit_id}
-
-
-def _newest_per_image(results: dict[int, dict], reviews: dict[int, dict]):
-    """{result id: review} with only the newest review of each image, {its id: the ids of the older
-    reviews of that image with other labels}, and how many older ones chose the same labels."""
-    by_image: dict[str, list[tuple[int, dict]]] = {}
-    for result_id, rev in sorted(reviews.items(), key=lambda item: item[1]["id"]):
-        by_image.setdefault(results[result_id]["image_sha256"] or f"result {result_id}", []).append((result_id, rev))
-    newest, superseded, repeated = {}, {}, 0
-    for *older, (result_id, rev) in by_image.values():
-        labels = (rev["details"]["label"], rev["details"]["subtype"])
-        newest[result_id] = rev
-        superseded[rev["id"]] = [o["id"] for _, o in older if (o["details"]["label"], o["details"]["subtype"]) != labels]
-        repeated += len(older) - len(superseded[rev["id"]])
-    return newest, superseded, repeated
-
-
-def _case_id(result: dict) -> str:
-    """The BreakHis case id when the name carried one, else one per image ('0-<result id>', a year
-    no BreakHis case has): an image of unknown patient never joins another patient in a split."""
-    return result["details"].get("case") or f"0-{result['id']}"
-
-
-def _export_magnification(result: dict, assumed: str | None) -> tuple[str | None, str]:
-    """(magnification, where it came from) for an exported image: as recorded when it was stated
-    (its file name, the user's choice), else `assumed` (the export's option), else (None, "not stated")."""
-    details = result["details"]
-    if details.get("magnification") in MAGNIFICATIONS:
-        return details["magnification"], details.get("magnification_source") or "recorded"
-    return (assumed, "assumed at export (--assume-magnification)") if assumed else (None, "not stated")
-
-
-def _private_export_folder(out: Path) -> None:
-    """The export folder for the app's own user only (0700), as the kept images: it holds patient
-    images. An empty folder the user made is tightened too."""
-    from core.store.db import private_folder
-
-    private_folder(out)
-    out.chmod(0o700)
-
-
-def _private_file(path: Path, mode: str):
-    """A new file readable by the app's own user only (0600), whatever the umask, open for writing."""
-    import os
-
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), mode,
-                     **({} if "b" in mode else {"newline": ""}))
-
-
-def _record_export(store: Store, user: str | None, out: Path, written: list[dict], skipped: dict,
-                   assumed: str | None, created: bool) -> int:
-    """The export's audit row; if it cannot be written, the files are removed (no unaudited copy of
-    patient images is left) and the StoreError raised."""
-    from core.store.accounts import SYSTEM
-    from core.store.db import StoreError
-
-    details = {"folder": str(out.resolve()), "count": len(written), "review_ids": [w["review_id"] for w in written],
-               "result_ids": [w["result_id"] for w in written], "skipped": skipped,
-               "assumed_magnification": assumed}
-    try:
-        return store.record("reviews_exported", user or SYSTEM, str(out.resolve()), details=details)
-    except StoreError:
-        for file in [*(w["file"] for w in written), PROVENANCE]:
-            (out / file).unlink(missing_ok=True)
-        if created:
-            out.rmdir()
-        raise
