@@ -126,19 +126,21 @@ tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, ite
 results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]
 audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
-    predictor, tta, method, threshold, magnification))  # one audit row per shown result
+    predictor, tta, threshold, magnification))  # one audit row per shown result
 table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids)
 cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
 
 if len(results) > 1:
     st.subheader("Case table")
     st.dataframe(report.shown_table(table), hide_index=True,
-                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
+                 column_config={"reasons": st.column_config.TextColumn("reasons", width="large"),
+                                "confidence": st.column_config.Column("confidence", help=report.CONFIDENCE_HELP)})
     st.subheader("Case-level call")
     st.caption(report.case_rule(predictor.card, predictor.case_threshold))
     if len(cases):
         st.dataframe(cases, hide_index=True,
-                     column_config={"reasons": st.column_config.TextColumn("reasons", width="large")})
+                     column_config={"reasons": st.column_config.TextColumn("reasons", width="large"),
+                                    "confidence": st.column_config.Column("confidence", help=report.CONFIDENCE_HELP)})
     uncased = report.uncased_note(results)
     if uncased:
         st.caption(session.plain(uncased))  # it names the files

@@ -201,7 +201,7 @@ def test_an_ensemble_says_tta_when_a_member_averages_its_symmetries(dihedral, ex
     predictor = EnsemblePredictor([_stub_member(d) for d in dihedral], {"hierarchy": "hierarchical"})
     rgb = np.zeros((64, 64, 3), np.uint8)
     assert predictor.uses_tta() is expected and predictor.predict([rgb])[0].tta is expected
-    assert diagnosis_settings(predictor, False, "gradcam", None, "not stated")["tta"] is expected
+    assert diagnosis_settings(predictor, False, None, "not stated")["tta"] is expected
     assert predictor.uses_tta(True) and predictor.predict([rgb], tta=True)[0].tta
     # Predictions interpreted from outputs elsewhere (the app's service, a slide) say the same.
     assert predictor.interpret(predictor.probabilities([rgb]))[0].tta is expected

@@ -29,7 +29,7 @@ def test_every_recorded_prediction_keeps_whether_its_model_was_limited_or_demo(s
     """The rows kept `demo` only: a LIMITED DATA model's call could not be told from a validated one's."""
     sample = next(samples_dir.rglob("*.png"))
     results = service.diagnose_items(predictor, [(sample.name, sample.read_bytes())])
-    settings = records.diagnosis_settings(predictor, False, "gradcam", None, "not stated")
+    settings = records.diagnosis_settings(predictor, False, None, "not stated")
     [plain_id] = records.record_diagnosis(store, "ann", results, predictor, settings).values()
     plain = store.event(plain_id)["details"]
     assert plain["limited"] is False and plain["demo"] is False and records.recorded_badge(plain) is None
@@ -161,7 +161,7 @@ def test_a_card_gives_p_malignant_the_subtype_as_reliable_as_recorded_and_both_s
     ids = {}
     for threshold, sample in zip((0.99, 0.5), images):  # both stages referred; stage 1 passed (p(class) >= 0.5)
         results = service.diagnose_items(predictor, [(sample.name, sample.read_bytes())], refer_threshold=threshold)
-        settings = records.diagnosis_settings(predictor, False, "gradcam", threshold, "not stated")
+        settings = records.diagnosis_settings(predictor, False, threshold, "not stated")
         [ids[threshold]] = records.record_diagnosis(store, "ann", results, predictor, settings).values()
     reliable = store.record("diagnosis", "ann", "sure.png", model="m", details={
         "call": "benign", "subtype": "adenosis", "stage1": {"benign": 0.9, "malignant": 0.1},

@@ -81,7 +81,7 @@ def test_the_worklist_serves_the_longest_waiting_first_within_each_priority_in_p
 
 def test_a_diagnosis_is_recorded_with_everything_the_issue_names(store, predictor, diagnosed):
     items, results = diagnosed
-    settings = records.diagnosis_settings(predictor, tta=False, method="gradcam", refer_threshold=0.99,
+    settings = records.diagnosis_settings(predictor, tta=False, refer_threshold=0.99,
                                           magnification="not stated")
     ids = records.record_diagnosis(store, "ann", results, predictor, settings)
     assert len(ids) == 3  # the unreadable file is no diagnosis
@@ -100,7 +100,7 @@ def test_a_diagnosis_is_recorded_with_everything_the_issue_names(store, predicto
 
 def test_review_queue_history_and_corrections_are_new_rows(store, predictor, diagnosed):
     items, results = diagnosed
-    settings = records.diagnosis_settings(predictor, False, "gradcam", 0.99, "not stated")
+    settings = records.diagnosis_settings(predictor, False, 0.99, "not stated")
     ids = list(records.record_diagnosis(store, "ann", results, predictor, settings).values())
     unflagged = service.diagnose_items(predictor, items[:1], refer_threshold=0.0)
     assert not unflagged[0].refer
@@ -161,7 +161,7 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
         assert kept.put(data) == hashlib.sha256(data).hexdigest()  # stored once
     assert len(list((tmp_path / "images").rglob("*"))) == 4  # 2 folders, 2 files
     ids = records.record_diagnosis(store, "ann", results, predictor,
-                                   records.diagnosis_settings(predictor, False, "gradcam", 0.9, "not stated"))
+                                   records.diagnosis_settings(predictor, False, 0.9, "not stated"))
     by_name = {name: audit_id for (name, _), audit_id in ids.items()}
     first, second, third = (by_name[n] for n, _ in items[:3])
     reviews.review(store, "bob", first, subtype="lobular_carcinoma")
@@ -424,7 +424,7 @@ def test_agreeing_with_a_subtype_the_app_calls_not_reliable_confirms_the_class_o
     items, results = diagnosed
     kept = ImageStore(tmp_path / "images")
     ids = records.record_diagnosis(store, "ann", results, predictor,
-                                   records.diagnosis_settings(predictor, False, "gradcam", None, "not stated"))
+                                   records.diagnosis_settings(predictor, False, None, "not stated"))
     unreliable = [ids[records.audit_key(r)] for r in results if r.ok]
     for _, data in items[:3]:
         kept.put(data)

@@ -109,13 +109,13 @@ def recorded_referral(details: dict) -> list[tuple[str, bool]]:
     return [("Referred: " + "; ".join(reasons), True)] if details.get("refer") else []
 
 
-def diagnosis_settings(predictor, tta: bool, method: str, refer_threshold: float | None, magnification: str) -> dict:
+def diagnosis_settings(predictor, tta: bool, refer_threshold: float | None, magnification: str) -> dict:
     """The settings that change what a diagnosis row records, as recorded: with the image and the model, a
     result's audit identity (audit_glue.audit_diagnosis records each once). The call: TTA, stain
     normalisation, the magnification assumed for unnamed images. The referral: the thresholds used per
     stage, the user's own included; it changes no call, but the row records what was shown as referred,
     which orders the Review queue, so a changed one is a new row (the queue folds repeats of one image and
-    model). The heat-map `method` is a display choice, like opacity: not recorded, no new row."""
+    model). The heat-map method is a display choice, like opacity: not a parameter, not recorded."""
     stage1, subtype, source = predictor.stage_thresholds(refer_threshold)
     return {"tta": bool(predictor.uses_tta(tta)), "stain_normalisation": predictor.normalizer.method,
             "refer_threshold": None if refer_threshold is None else round(float(refer_threshold), 4),

@@ -22,7 +22,11 @@ TABLE_COLUMNS = ["file", "case", "magnification", "call", "subtype", "p_benign",
                  "notes", "error", "model", "audit id"]
 # What the page shows first, so the refer reasons are never off-screen to the right; the CSV keeps
 # every column in TABLE_COLUMNS' order.
-SHOWN_FIRST = ["file", "call", "subtype", "confidence", "refer stage 1", "refer subtype", "reasons"]
+# The call beside its own probability (a 0.97 malignant call read as "confidence 0.35", the joint
+# p(class) x p(subtype | class) of an unreliable subtype, misled); the joint figure stays, explained.
+SHOWN_FIRST = ["file", "call", "p_malignant", "subtype", "p_subtype", "refer stage 1", "refer subtype", "reasons"]
+CONFIDENCE_HELP = ("p(call) x p(subtype | call): how probable the call AND its subtype are together; the call's own "
+                   "probability is p_malignant (or 1 - p_malignant for benign)")
 
 
 def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, bool]]:

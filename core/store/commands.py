@@ -136,7 +136,7 @@ def _reviews_export(args) -> int:
     skipped = summary["skipped"]
     print(f"wrote {summary['written']} reviewed images to {summary['folder']} (private to this user; audit row "
           f"#{summary['audit_id']}) (skipped: {skipped['not kept']} not kept, {skipped['no subtype']} without a "
-          f"subtype, {skipped['no magnification']} whose magnification was never stated"
+          f"subtype a reviewer assessed, {skipped['no magnification']} whose magnification was never stated"
           + ("" if args.assume_magnification else " (--assume-magnification includes them)")
           + f", {skipped['superseded']} older reviews of an exported image with other labels, {skipped['repeated']} "
           f"with the same labels; each image once, as its newest review says); train with --reviewed-dir "
