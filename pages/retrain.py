@@ -53,7 +53,8 @@ def launch_form() -> None:
     def number(column, label, name, low, high):
         return column.number_input(label, low, high, getattr(defaults, name), key=f"train_{name}")
 
-    # Outside the form, so that choosing it reruns the page: the modes and balancing offered depend on it.
+    # Outside the form, so that choosing it reruns the page: the modes, balancing and stain normalisation offered
+    # depend on it (core.app.retrain.PIPELINE_DEPENDENT).
     pipeline = pick(st.radio, "Pipeline", "pipeline", format_func=retrain.PIPELINE_LABELS.get)
     with st.form("retrain"):
         values = {"pipeline": pipeline,
@@ -79,10 +80,11 @@ def launch_form() -> None:
                                           "starts from random weights and says so.")
             values["magnification"] = pick(b.selectbox, "Magnification", "magnification")
             values["seed"] = number(a, "Seed", "seed", 0, 2**31 - 1)
-            values["stain_norm"] = pick(b.selectbox, "Stain normalisation", "stain_norm",
-                                        help="tf.data pipeline: fitted to the training split; the model card keeps it "
-                                             "and every prediction applies it (for images from other labs' scanners "
-                                             "and stains). The fields pipeline jitters the stains instead.")
+            values["stain_norm"] = pick(b.selectbox, "Stain normalisation", "stain_norm", pipeline,
+                                        help="The fields pipeline jitters the stains instead, so it offers none."
+                                        if pipeline == "fields" else
+                                        "Fitted to the training split; the model card keeps it and every prediction "
+                                        "applies it (for images from other labs' scanners and stains).")
             name = a.text_input("Run name (optional)", key="train_name")
             values["reviewed_dir"] = st.text_input(
                 "Reviewed images to add to the training split only (optional)", key="train_reviewed",

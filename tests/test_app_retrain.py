@@ -100,16 +100,20 @@ def test_launch_follow_and_cancel(app, environment, synthetic_breakhis):
     assert any(button.key == START for button in app.button)
 
 
-def test_the_modes_and_balancing_offered_follow_the_pipeline(app):
-    """The fields pipeline trains the whole network and balances subtypes itself: the form offered a fast mode
-    and strategies it then refused at submit ("does not take --mode fast")."""
+def test_the_modes_balancing_and_stain_normalisation_offered_follow_the_pipeline(app):
+    """The fields pipeline trains the whole network, balances subtypes itself and jitters the stains: the form
+    offered a fast mode, strategies and stain normalisations it then refused at submit ("does not take --mode
+    fast", "does not take --stain-norm")."""
     app.radio(key="train_pipeline").set_value("fields").run()
+    stain = app.selectbox(key="train_stain_norm")
+    assert stain.options == ["none"] and "jitters the stains instead" in stain.help
     balance = app.selectbox(key="train_balance")
     assert balance.options == ["none"] and "1/sqrt(their subtype's count)" in balance.help  # no GAN folder here
     assert app.radio(key="train_mode").options == ["Fine-tune (whole network)"]
     app.radio(key="train_pipeline").set_value("tfdata").run()
     assert app.selectbox(key="train_balance").options == ["none", "class_weights", "oversample", "undersample"]
     assert len(app.radio(key="train_mode").options) == 2
+    assert app.selectbox(key="train_stain_norm").options == ["none", "macenko", "reinhard"]
 
 
 def gan_folder(folder: Path, data: Path, seed: int) -> Path:

@@ -58,12 +58,13 @@ def backend_choices(seen: dict[str, dict] | None = None) -> list[str]:
 
 
 # The form's choices a pipeline may refuse (core.training.config.validate): offered per pipeline.
-PIPELINE_DEPENDENT = ("mode", "balance")
+PIPELINE_DEPENDENT = ("mode", "balance", "stain_norm")
 
 
 def accepted(name: str, pipeline: str) -> list:
     """The choices of TrainConfig field `name` that `pipeline` takes, as core.training.config.validate, the one
-    rule, decides (the fields pipeline trains the whole network and balances subtypes itself): each asked of a
+    rule, decides (the fields pipeline trains the whole network, balances subtypes itself and jitters the stains
+    instead of normalising them): each asked of a
     run that differs from TrainConfig's defaults in nothing else, with folders that exist."""
     here = str(Path.cwd())
 
@@ -84,8 +85,8 @@ def accepted_balances(pipeline: str) -> list[str]:
 
 def choices(name: str, synthetic_dir: str | None = None, pipeline: str | None = None) -> list:
     """The form's options for a TrainConfig field: its choices (balancing by GAN images only when
-    there are GAN images, and with a `pipeline` only the modes and balancing it takes); the named weights
-    for --weights, which also takes a file on the CLI."""
+    there are GAN images, and with a `pipeline` only the modes, balancing and stain normalisation it takes);
+    the named weights for --weights, which also takes a file on the CLI."""
     if name == "weights":
         return list(NAMED_WEIGHTS)
     options = list(choices_of(TrainConfig, name))
