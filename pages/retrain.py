@@ -1,5 +1,6 @@
 """Retrain: launch `python -m core train` in the background, follow it live, cancel it, adopt the model."""
 
+import functools
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from core.data.breakhis import folder_problem
 from core.errors import JobError, ModelFolderError, UserInputError
 from core.model.folders import read_card
 from core.paths import runs_dir
+from core.store.db import StoreError
 from core.training.recipes import launch_defaults
 
 session.require_router()
@@ -99,15 +101,18 @@ def launch_form() -> None:
     if problem:
         st.error(problem)
         return
-    still_permitted(fresh=True)  # re-read the session before starting a process
+    user = still_permitted(fresh=True)  # re-read the session before starting a process
     try:
         config = retrain.training_config(values, runs_dir(), synthetic, name, defaults=defaults, backend=backend)
-        jobs.start_job(jobs.build_command(config), config.out, {**retrain.shown_settings(config), "backend": backend},
-                       environment=job_environment(backend))
+        job = jobs.start_job(jobs.build_command(config), config.out,
+                             {**retrain.shown_settings(config), "backend": backend},
+                             environment=job_environment(backend), launched_by=user["name"])
     except (UserInputError, JobError) as problem:
         st.error(str(problem))
         return
     session.audit("retrain_launched", config.out, settings={**retrain.shown_settings(config), "backend": backend})
+    # Its end is recorded when the process exits, as the launcher's, whether or not a page is open then.
+    jobs.watch(job, functools.partial(jobs.record_end, session.store(), root=runs_dir()))
     st.rerun()
 
 
@@ -127,12 +132,14 @@ def curves(history: list[dict]) -> None:
             column.plotly_chart(figure.update_layout(template="plotly_white", height=320), key=f"curve_{title}")
 
 
-def still_permitted(fresh: bool = False, polled: bool = False) -> None:
-    """Inside the live view: a session signed out, revoked, idle or no longer an admin's leaves the
-    page (the fragment's reruns skip app.py's and this page's checks); fresh=True before acting,
+def still_permitted(fresh: bool = False, polled: bool = False) -> dict:
+    """The user, inside the live view: a session signed out, revoked, idle or no longer an admin's leaves
+    the page (the fragment's reruns skip app.py's and this page's checks); fresh=True before acting,
     polled=True on a timed rerun (not the user's activity)."""
-    if session.permitted("retrain", fresh=fresh, polled=polled) is None:
+    user = session.permitted("retrain", fresh=fresh, polled=polled)
+    if user is None:
         st.rerun(scope="app")
+    return user
 
 
 @st.fragment(run_every=2)
@@ -168,7 +175,10 @@ def follow(job: jobs.Job) -> None:
 def finished(job: jobs.Job, status: str, explanation: str) -> None:
     state = jobs.progress(job)
     model_dir = Path(job.run_dir) / "model"
-    session.audit("retrain_finished", job.run_dir, once=True, status=status, explanation=explanation)
+    try:  # as its launcher's, once (the server that launched it records it when the process exits)
+        jobs.record_end(session.store(), job)
+    except (StoreError, JobError) as problem:  # a busy database, an unwritable runs folder: tried again next run
+        st.error(f"{problem} (retrain finished: {session.plain(job.run_dir)})", icon=":material/database:")
     if status == jobs.COMPLETED:
         st.success(f"Training completed: {job.run_dir}.")  # the explanation only repeats it
         try:

@@ -130,3 +130,47 @@ def test_clearing_the_job_a_page_showed_never_forgets_a_job_another_tab_started(
     assert jobs.read_job(tmp_path).run_dir == str(tmp_path / "new")
     jobs.clear_job(tmp_path, shown=jobs.read_job(tmp_path))
     assert jobs.read_job(tmp_path) is None
+
+
+def test_a_jobs_end_is_recorded_once_as_its_launchers_when_it_exits_with_no_page_open(tmp_path):
+    """qa-multi #1: retrain_finished named whoever opened Retrain first after the run (at that moment), and
+    nothing was recorded while nobody did; the job file did not even say who launched it."""
+    import datetime
+    import functools
+    import threading
+
+    from core.store.audit import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    run = tmp_path / "run"
+    ends = (f"from core.training.progress import ProgressWriter; "
+            f"ProgressWriter({str(run / 'progress.jsonl')!r}).emit('end', status='completed')")
+    try:
+        job = jobs.start_job([sys.executable, "-c", ends], run, {}, root=tmp_path, launched_by="alice")
+        assert jobs.read_job(tmp_path).launched_by == "alice"
+        jobs.watch(job, functools.partial(jobs.record_end, store, root=tmp_path))  # then no page is opened
+        assert wait_until(lambda: store.events(kinds="retrain_finished"))
+        row = store.events(kinds="retrain_finished")[0]
+        assert (row["user"], row["subject"], row["details"]["status"]) == ("alice", str(run), "completed")
+        end = next(e["time"] for e in jobs.read_progress(run / "progress.jsonl") if e["event"] == "end")
+        assert row["details"]["ended"] == datetime.datetime.fromtimestamp(end, datetime.UTC).isoformat("T", "seconds")
+
+        # The server restarted (no watch): several admins' Retrain pages find the job ended at the same moment.
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "progress.jsonl").write_text(json.dumps({"event": "end", "time": 1.0,
+                                                                       "status": "failed"}) + "\n")
+        other = dataclasses.replace(job, run_dir=str(tmp_path / "other"), pid=999_999, launched_by=None)
+        found = []
+        pages = [threading.Thread(target=lambda: found.append(jobs.record_end(store, other, tmp_path)))
+                 for _ in range(4)]
+        for page in pages:
+            page.start()
+        for page in pages:
+            page.join()
+        assert len([i for i in found if i is not None]) == 1 and jobs.record_end(store, job, tmp_path) is None
+        rows = store.events(kinds="retrain_finished")
+        assert len(rows) == 2 and rows[0]["user"] == "system"  # a job file from before launchers were kept
+        assert rows[0]["details"] == {"status": "failed", "explanation": "Training failed.",
+                                      "ended": "1970-01-01T00:00:01+00:00"}
+    finally:
+        store.close()

@@ -240,15 +240,16 @@ def test_a_disabled_admin_cannot_cancel_training_from_an_open_retrain_tab(enviro
         store.close()
 
 
-def finished_job(runs: Path, name: str, end: dict) -> Path:
-    """What a finished (or failed) job leaves: its run folder's progress stream and the job file."""
+def finished_job(runs: Path, name: str, end: dict, **job) -> Path:
+    """What a finished (or failed) job leaves: its run folder's progress stream and the job file (`job`:
+    fields of it, e.g. launched_by)."""
     run = runs / name
     run.mkdir(parents=True)
     events = [{"event": "start", "time": time.time()}, {"event": "end", "time": time.time(), **end}]
     (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     (runs / jobs.JOB_FILE_NAME).write_text(json.dumps({
         "pid": 999999, "run_dir": str(run), "started": time.time(), "command": ["python", "-m", "core", "train"],
-        "log": str(run / "train.log"), "settings": {"epochs": 1}}))
+        "log": str(run / "train.log"), "settings": {"epochs": 1}, **job}))
     return run
 
 
@@ -273,6 +274,30 @@ def test_a_disabled_admins_open_retrain_tab_cannot_clear_the_finished_job(enviro
         assert not app.exception and [t.value for t in app.title] == ["Sign in"]
         assert jobs.read_job(environment["runs"]).run_dir.endswith("shown-when-disabled")  # not forgotten
         assert not store.events(user="unknown")
+    finally:
+        jobs.clear_job(environment["runs"])
+        store.close()
+
+
+def test_the_end_of_a_job_is_recorded_once_as_its_launchers_whoever_opens_retrain(environment, monkeypatch):
+    """qa-multi #1: dave opening Retrain after admin's job had ended (its server restarted, so nothing
+    recorded it at the exit) wrote retrain_finished as dave's, at the time he looked."""
+    from core.store import accounts
+    from core.store.audit import Store
+    from core.testing.apptest import sign_in
+
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    store = Store.open()
+    accounts.add_account(store, "dave", PASSWORD, "admin")
+    run = finished_job(environment["runs"], "launched-by-another", {"status": "completed", "time": 1.5e9},
+                       launched_by="boss")
+    try:
+        for _ in range(2):  # two of dave's tabs (or dave, then another admin)
+            app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "dave", PASSWORD)
+            app.switch_page("pages/retrain.py").run()
+            assert not app.exception
+        rows = [e for e in store.events(kinds="retrain_finished") if e["subject"] == str(run)]
+        assert [(e["user"], e["details"]["ended"]) for e in rows] == [("boss", "2017-07-14T02:40:00+00:00")]
     finally:
         jobs.clear_job(environment["runs"])
         store.close()

@@ -5,17 +5,24 @@ the Streamlit script), so a page reload, a second browser tab or a restarted ser
 same job through `runs/.job.json`. The job file records the pid and the process start time, so
 a pid that died (or was reused by an unrelated process) is detected as stale instead of being
 shown as "running" forever. Progress itself comes from the run's progress.jsonl (core.training.progress).
+
+The job file also names the account that launched the job: its end is recorded in the audit trail as that
+account's (`record_end`), once, by the server that launched it the moment the process exits (`watch`), and
+otherwise by the first Retrain page that finds it ended (a server restarted meanwhile).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 import typing
@@ -26,7 +33,10 @@ from core.errors import JobError
 from core.jsonfile import write_json_atomic
 from core.options import to_argv
 from core.paths import REPO, refuse_existing_run, runs_dir
+from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
+
+log = logging.getLogger(__name__)
 
 JOB_FILE_NAME = ".job.json"
 LOG_NAME = "train.log"
@@ -48,6 +58,7 @@ class Job:
     proc_start: str | None = None  # /proc start time, guards against pid reuse
     cancel_requested: float | None = None
     environment: dict = dataclasses.field(default_factory=dict)  # what the job's environment adds (KERAS_BACKEND)
+    launched_by: str | None = None  # the account that started it (None: a job file written before it was kept)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,9 +180,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
-              root: Path | None = None, environment: dict | None = None) -> Job:
+              root: Path | None = None, environment: dict | None = None, launched_by: str | None = None) -> Job:
     """Launch the training process in its own session; refuse while another job runs. `environment`
-    is added to the process's (core.backends.job_environment: the Keras backend it trains with)."""
+    is added to the process's (core.backends.job_environment: the Keras backend it trains with);
+    `launched_by`: the account starting it (the job's caption and its end's audit row name it)."""
     root = Path(root or runs_dir())
     run_dir = Path(run_dir)
     with _job_lock(root):  # Two tabs pressing Start at once: one wins.
@@ -195,7 +207,7 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
                   log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),
-                  environment=environment)
+                  environment=environment, launched_by=launched_by)
         try:
             _write_job(job, root)  # without it no page could follow, cancel or refuse a second start
         except BaseException as error:
@@ -281,3 +293,49 @@ def log_tail(job: Job, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def ended_at(job: Job) -> float | None:
+    """When the run ended, from its own records: its "end" event, else (killed, crashed) its log's last write."""
+    ends = [e["time"] for e in read_progress(Path(job.run_dir) / "progress.jsonl")
+            if e.get("event") == "end" and isinstance(e.get("time"), (int, float))]
+    if ends:
+        return ends[-1]
+    with contextlib.suppress(OSError):
+        return os.path.getmtime(job.log)
+    return None
+
+
+def record_end(store, job: Job, root: Path | None = None) -> int | None:
+    """Record an ended job's "retrain_finished" audit row in `store` (core.store.audit.Store) as the account
+    that launched it (SYSTEM for a job file that does not say), with its status and end time; its id, or
+    None while it runs or once recorded. Under the job lock, so the server's watch and any number of Retrain
+    pages write one row between them. A busy database raises StoreError: the next caller tries again."""
+    with _job_lock(Path(root or runs_dir()), "the job's end was not recorded"):
+        status, explanation = job_status(job, progress(job))
+        if status == RUNNING or any(e["subject"] == job.run_dir for e in store.events(
+                kinds="retrain_finished", subject_contains=job.run_dir)):
+            return None
+        ended = ended_at(job)
+        when = None if ended is None else datetime.datetime.fromtimestamp(ended, datetime.UTC).isoformat(
+            timespec="seconds")
+        return store.record("retrain_finished", job.launched_by or SYSTEM, job.run_dir,
+                            details={"status": status, "explanation": explanation, "ended": when})
+
+
+def watch(job: Job, on_end) -> None:
+    """Call on_end(job) in a background thread as soon as the job this server started exits, whether or
+    not any page is open (a job of another server, or already reaped, is not watched). A failure is logged:
+    the Retrain page records the end when it next finds it unrecorded."""
+    child = _CHILDREN.get(job.pid)
+    if child is None:
+        return
+
+    def wait_then_report() -> None:
+        child.wait()
+        try:
+            on_end(job)
+        except Exception:  # noqa: BLE001 - a daemon thread has nobody to raise to
+            log.warning("The end of training job %s could not be recorded now", job.run_dir, exc_info=True)
+
+    threading.Thread(target=wait_then_report, name=f"job-{job.pid}", daemon=True).start()
