@@ -265,7 +265,7 @@ if job is None:
 else:
     status, explanation = jobs.job_status(job, jobs.progress(job))
     not_started(job, status)
-    st.caption(f"Job {Path(job.run_dir).name}: " + ", ".join(f"{k} {v}" for k, v in job.settings.items()))
+    st.caption(session.plain(retrain.job_caption(job)))
     if status == jobs.RUNNING:
         follow(job)
     else:

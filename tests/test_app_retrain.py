@@ -303,6 +303,18 @@ def test_the_end_of_a_job_is_recorded_once_as_its_launchers_whoever_opens_retrai
         store.close()
 
 
+def test_a_running_jobs_caption_says_who_started_it_and_when(app, environment):
+    """qa-multi #5: a second admin saw the running job and its Cancel button, but not whose training it was."""
+    from core.app.session import plain
+
+    job = jobs.start_job(SLEEPER, environment["runs"] / "whose", {"epochs": 1}, root=environment["runs"],
+                         launched_by="boss [chief]")
+    app.run()
+    assert app.button(key="cancel_job").label == "Cancel training"
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime(job.started))
+    assert plain(f"Job whose, started by boss [chief] at {started} UTC: epochs 1") in texts(app.caption)
+
+
 def test_a_completed_run_with_a_damaged_card_and_no_evaluation_can_be_cleared(app, environment):
     """finished() must not raise (UnboundLocalError) and block the page until runs/.job.json is deleted by hand."""
     run = finished_job(environment["runs"], "damaged-card", {"status": "completed"})

@@ -205,6 +205,16 @@ def server_path(text: str | None) -> str:
     return str(Path(text).expanduser()) if text else ""
 
 
+def job_caption(job) -> str:
+    """A job's (core.app.jobs.Job) line above its view: its run, who started it and when (UTC), its settings;
+    a second admin sees whose training Cancel would stop. Plain text: the page escapes it (an account name, a
+    folder are not Markdown)."""
+    when = datetime.datetime.fromtimestamp(job.started, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    who = f" by {job.launched_by}" if job.launched_by else ""
+    return (f"Job {Path(job.run_dir).name}, started{who} at {when} UTC: "
+            + ", ".join(f"{k} {v}" for k, v in job.settings.items()))
+
+
 def shown_settings(config: TrainConfig) -> dict:
     """The settings a job's caption lists, taken from the run itself."""
     return {name: getattr(config, name) for name in SHOWN}
