@@ -117,9 +117,10 @@ def launch_form() -> None:
 
 
 def split_sizes(job: jobs.Job, card: dict | None = None) -> str:
-    """What the numbers are computed on (the run's config.json once training starts, its card once done)."""
-    config, _ = run_files.read_json_file(Path(job.run_dir) / "config.json")  # not there yet, or damaged
-    return retrain.split_sizes(config, card)
+    """What the numbers are computed on, and under which protocol: the job's settings, the sizes its start
+    event states, the run's config.json (a tf.data run's, once training starts), its card once done."""
+    config, _ = run_files.read_json_file(Path(job.run_dir) / "config.json")  # none (fields), not yet, or damaged
+    return retrain.split_sizes({**job.settings, "counts": jobs.start_counts(job), **(config or {})}, card)
 
 
 def curves(history: list[dict]) -> None:

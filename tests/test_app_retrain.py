@@ -362,7 +362,36 @@ def test_split_sizes_count_gan_images_apart_from_real_ones():
                                          "metrics on the validation split (112 images); patient-wise protocol.")
     assert "(457 real + 90 synthetic (GAN) images)" in retrain.split_sizes(
         {"counts": {"train": 457, "synthetic": 90, "val": 112}})
-    assert retrain.split_sizes(None) == "Training metrics on the training split; 'val_' metrics on the validation split."
+    assert retrain.split_sizes(None) == ("Training metrics on the training split, 'val_' metrics on the validation "
+                                         "split.")
+
+
+def test_a_fields_runs_caption_states_its_protocol_while_it_runs_and_once_done(app, environment):
+    """qa-multi #4: a finished fields run read "... the validation split (1 images); ? protocol." (its card
+    says the protocol as training.settings.split and metrics.protocol; a fields run writes no config.json),
+    and while it ran the caption had neither its sizes nor its protocol."""
+    from core.app import retrain
+
+    card = {"evidence": {"images": 10}, "metrics": {"protocol": "patient-wise"},
+            "training": {"counts": {"train": 10, "synthetic": 0, "val": 1, "test": 11},
+                         "settings": {"split": "patient-wise"}}}
+    done = "Training metrics on the training split (10 real images), 'val_' metrics on the validation split " \
+           "(1 image); patient-wise protocol."
+    assert retrain.split_sizes(None, card) == done
+    card["metrics"] = {}
+    assert retrain.split_sizes(None, card) == done  # the fields run's settings say it too
+    assert retrain.split_sizes({"split": "image-level"}) == ("Training metrics on the training split, 'val_' metrics "
+                                                             "on the validation split; image-level protocol.")
+
+    run = environment["runs"] / "fields-live"
+    job = jobs.start_job(SLEEPER, run, {"pipeline": "fields", "split": "patient-wise"}, root=environment["runs"])
+    run.mkdir()  # as the run would: its start event states its sizes
+    (run / "progress.jsonl").write_text(json.dumps(
+        {"event": "start", "time": job.started, "epochs": 1, "counts": {"train": 10, "val": 1, "test": 11,
+                                                                        "synthetic": 0, "reviewed": 0}}) + "\n")
+    app.run()
+    assert ("Training metrics on the training split (10 real images), 'val_' metrics on the validation split "
+            "(1 image); patient-wise protocol.") in texts(app.caption)
 
 
 def test_start_a_new_job_in_a_tab_whose_job_another_tab_replaced_shows_that_job(app, environment):

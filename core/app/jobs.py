@@ -260,6 +260,14 @@ def progress(job: Job) -> dict:
     return latest_state(read_progress(Path(job.run_dir) / "progress.jsonl"))
 
 
+def start_counts(job: Job) -> dict:
+    """The split sizes the run's "start" event states ({} before it): either pipeline sends them, and a
+    fields run writes no config.json that would say them while it trains."""
+    starts = [e["counts"] for e in read_progress(Path(job.run_dir) / "progress.jsonl")
+              if e.get("event") == "start" and isinstance(e.get("counts"), dict)]
+    return starts[-1] if starts else {}
+
+
 def job_status(job: Job, state: dict) -> tuple[str, str]:
     """(status, explanation) from the process state and the run's progress summary.
 

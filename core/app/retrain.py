@@ -166,6 +166,11 @@ def synthetic_problem(config: TrainConfig) -> str | None:
             "a fresh folder that then replaces this one (BREAKHIS_SYNTHETIC_DIR).")
 
 
+def images(count, kind: str = "") -> str:
+    """'1 image', '457 real images': a count of images in words."""
+    return f"{count} {kind}image{'' if count == 1 else 's'}"
+
+
 def trained_on(card: dict) -> str | None:
     """'457 real + 90 synthetic (GAN) images': what a model's weights learnt from, GAN images apart (None
     when the card does not say). The real ones are its evidence's (distinct real images, either pipeline);
@@ -176,26 +181,38 @@ def trained_on(card: dict) -> str | None:
     synthetic = (training.get("counts") or {}).get("synthetic")
     if synthetic is None:
         synthetic = sum(int(n) for n in (training.get("synthetic_by_subtype") or {}).values())
-    return f"{real} real + {synthetic} synthetic (GAN) images" if synthetic else f"{real} real images"
+    return f"{real} real + {images(synthetic, 'synthetic (GAN) ')}" if synthetic else images(real, "real ")
 
 
-def split_sizes(config: dict | None, card: dict | None = None) -> str:
-    """What a job's training and 'val_' metrics are computed on: from the run's config.json while it
-    trains, and from its model card once there is one (GAN images never counted as real ones)."""
-    training = (card or {}).get("training") or {}
-    counts = training.get("counts") or (config or {}).get("counts") or {}
-    train = trained_on(card or {})
+def split_protocol(card: dict | None, run: dict | None = None) -> str | None:
+    """The split protocol a run's figures were computed under (each must state it): its card's (a tf.data
+    card's training.split_protocol, else its metrics' protocol, else a fields card's training.settings.split),
+    or while it trains, the run's settings' `split` (its config.json, the job's settings); None if none says."""
+    card = card or {}
+    training = card.get("training") or {}
+    return (training.get("split_protocol") or (card.get("metrics") or {}).get("protocol")
+            or (training.get("settings") or {}).get("split") or (run or {}).get("split") or None)
+
+
+def split_sizes(run: dict | None, card: dict | None = None) -> str:
+    """What a job's training and 'val_' metrics are computed on, and under which protocol: from the run's
+    settings and counts while it trains (its config.json, its start event, the job's settings), and from its
+    model card once there is one (GAN images never counted as real ones)."""
+    run, card = run or {}, card or {}
+    counts = (card.get("training") or {}).get("counts") or run.get("counts") or {}
+    train = trained_on(card)
     if train is None and "train" in counts:
-        if "synthetic" in counts:
-            train = f"{counts['train']} real + {counts['synthetic']} synthetic (GAN) images"
+        if counts.get("synthetic"):  # the run counted its GAN images apart: counts['train'] are real
+            train = f"{counts['train']} real + {images(counts['synthetic'], 'synthetic (GAN) ')}"
+        elif "synthetic" in counts:
+            train = images(counts["train"], "real ")
         else:
-            train = f"{counts['train']} images" + (", with GAN fill" if (config or {}).get("balance") == "synthetic"
-                                                  else "")
-    if train is None:
-        return "Training metrics on the training split; 'val_' metrics on the validation split."
-    protocol = training.get("split_protocol") or (config or {}).get("split") or "?"
-    return (f"Training metrics on the training split ({train}), 'val_' metrics on the validation split "
-            f"({counts.get('val', '?')} images); {protocol} protocol.")
+            train = images(counts["train"]) + (", with GAN fill" if run.get("balance") == "synthetic" else "")
+    train = f" ({train})" if train else ""
+    val = f" ({images(counts['val'])})" if "val" in counts else ""
+    protocol = split_protocol(card, run)
+    return (f"Training metrics on the training split{train}, 'val_' metrics on the validation split{val}"
+            + (f"; {protocol} protocol." if protocol else "."))
 
 
 def server_path(text: str | None) -> str:
