@@ -139,8 +139,9 @@ def _calibrate(args) -> int:
     from core.model.folders import CARD_FILE, read_card
     from core.training.calibrate_run import calibrate_run
 
-    card = read_card(Path(args.run) / "model")  # put back if the re-evaluation fails: no card whose
-    block = calibrate_run(args.run, args.data)  # temperatures are new but whose figures are not
+    card_file = Path(args.run) / "model" / CARD_FILE  # put back if the re-evaluation fails: no card whose
+    card = read_card(card_file.parent) if card_file.is_file() else None  # temperatures are new, figures not
+    block = calibrate_run(args.run, args.data)  # (no card: calibrate_run says what the folder is instead)
     for split, measured in block["measured"].items():
         for head, m in measured["heads"].items():
             print(f"{split:4s} {head:18s} T={block['temperatures'].get(head, 1.0):.3f}  ECE {m['ece_before']:.3f} -> "
@@ -148,7 +149,7 @@ def _calibrate(args) -> int:
     try:
         evaluate_run(args.run, args.data)  # metrics, thresholds and report with the new calibration
     except BaseException:
-        write_json_atomic(Path(args.run) / "model" / CARD_FILE, card)
+        write_json_atomic(card_file, card)
         print("the re-evaluation failed: the card's calibration was put back as it was", file=sys.stderr)
         raise
     print(f"updated {Path(args.run) / 'model' / 'card.json'} and re-evaluated {args.run}")
