@@ -100,5 +100,6 @@ with st.sidebar:
     st.caption("Research use only. Not a medical device.")
     if not session.single_user_mode():
         session.watch_session()  # an unattended tab clears itself after the idle limit
+session.record_ended_job()  # a job that ended while its server was down is in the audit trail, once
 
 navigation.run()

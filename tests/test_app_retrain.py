@@ -303,6 +303,30 @@ def test_the_end_of_a_job_is_recorded_once_as_its_launchers_whoever_opens_retrai
         store.close()
 
 
+def test_a_job_that_ended_while_its_server_was_down_is_recorded_without_anyone_opening_retrain(environment,
+                                                                                                monkeypatch):
+    """The server's watch records a job's end as it exits; after a restart nothing did until an administrator
+    opened Retrain. Now any signed-in user's first run records it, as the launcher's, once."""
+    from core.store import accounts
+    from core.store.audit import Store
+    from core.testing.apptest import sign_in
+
+    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
+    store = Store.open()
+    accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    run = finished_job(environment["runs"], "ended-unwatched", {"status": "completed", "time": 1.5e9},
+                       launched_by="boss")
+    try:
+        for _ in range(2):
+            app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "pat", PASSWORD)
+            assert not app.exception and [t.value for t in app.title] == ["Diagnose"]  # Retrain is not theirs
+        rows = [e for e in store.events(kinds="retrain_finished") if e["subject"] == str(run)]
+        assert [(e["user"], e["details"]["status"]) for e in rows] == [("boss", "completed")]
+    finally:
+        jobs.clear_job(environment["runs"])
+        store.close()
+
+
 def test_a_running_jobs_caption_says_who_started_it_and_when(app, environment):
     """qa-multi #5: a second admin saw the running job and its Cancel button, but not whose training it was."""
     from core.app.session import plain

@@ -8,6 +8,7 @@ in core.store (accounts, sessions, audit, reviews) and core.app.records.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 
 import streamlit as st
@@ -16,6 +17,8 @@ from core.app.signin import current_user, nothing_lost, session_minutes, store
 from core.model.predict import Predictor
 from core.store.db import StoreError
 from core.store.roles import can
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- text from users
 
@@ -254,6 +257,25 @@ def watch_session() -> None:
 
 
 _DRAWN_FOR = "_pages_drawn_for_role"
+_JOB_END_CHECKED = "_job_end_checked"
+
+
+def record_ended_job() -> None:
+    """Once per browser session (app.py, signed in): a training job that ended while no server watched it
+    (the server restarted during it) gets its "retrain_finished" row, as its launcher's (core.app.jobs.record_end,
+    which the server's own watch and the Retrain page call too: one row between them), whether or not an
+    administrator opens Retrain. A failure is logged: this is no one's request, and Retrain tries again."""
+    if st.session_state.get(_JOB_END_CHECKED):
+        return
+    st.session_state[_JOB_END_CHECKED] = True
+    from core.app import jobs
+
+    try:
+        job = jobs.read_job()
+        if job is not None:
+            jobs.record_end(store(), job)
+    except Exception as problem:  # noqa: BLE001 - a busy database, an unwritable runs folder: logged, retried later
+        log.warning("the end of the last training job could not be recorded now: %s", problem)
 
 
 def leave_when_signed_out() -> None:

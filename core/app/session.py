@@ -25,6 +25,7 @@ from core.app.audit_glue import (  # noqa: F401 - re-exported: the pages and app
     model_identity,
     permitted,
     plain,
+    record_ended_job,
     review_form,
     watch_session,
 )
