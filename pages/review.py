@@ -106,11 +106,11 @@ def card(row: dict) -> None:
         elif kept:
             st.image(kept, width=320)
         elif not keeping_images():
-            st.caption("Images are not kept on this deployment (BREAKHIS_KEEP_IMAGES): the record has the hash only. "
+            st.caption("Images are not kept on this server (an administrator's choice): the record has the hash only. "
                        "Review the original image or glass slide before saving a review here.")
         else:
-            st.caption("This image was not kept (a slide, or analysed while BREAKHIS_KEEP_IMAGES was off): the "
-                       "record has the hash only. Review the original image or glass slide before saving a review here.")
+            st.caption("This image was not kept (a slide, or analysed while images were not kept): the record has "
+                       "the hash only. Review the original image or glass slide before saving a review here.")
         session.review_form(row["id"], f"queue_{row['id']}", image_shown=isinstance(kept, bytes),
                             seen=done["id"] if done else None, row=row)
 

@@ -33,8 +33,9 @@ with source:
         st.warning("  \n".join(problems) if (session.current_user() or {}).get("role") == "admin" else
                    f"{len(problems)} slide folder(s) configured on this server cannot be read, so their slides "
                    "are not listed. Ask an administrator.")
-    chosen = st.selectbox("Slide on the server (folders in BREAKHIS_SLIDE_DIRS)", ["(none)", *found], key="slide_pick",
-                          help="Whole slides are too large for a browser upload; put them in a configured folder.")
+    chosen = st.selectbox("Slide on the server", ["(none)", *found], key="slide_pick",
+                          help="Whole slides are too large for a browser upload: they are listed from the slide "
+                               "folders an administrator configured (BREAKHIS_SLIDE_DIRS).")
     upload = st.file_uploader("...or upload an image or small slide (PNG, JPEG, TIFF)", key="slide_upload",
                               type=["png", "jpg", "jpeg", "tif", "tiff", "svs"],
                               help="Kept in memory only; never saved on the server.")
