@@ -185,11 +185,7 @@ def binomial_interval(successes: int, n: int) -> dict:
 
 def format_share(block: dict | None) -> str:
     """'98.4% (95% CI 91.4%-99.7%)' of share_interval or binomial_interval, or 'n/a'."""
-    if not block or block.get("value") is None:
-        return "n/a"
-    if block.get("low") is None:
-        return f"{block['value']:.1%}"
-    return f"{block['value']:.1%} (95% CI {block['low']:.1%}-{block['high']:.1%})"
+    return _formatted(block, ".1%")
 
 
 def fold_figures(metrics: dict) -> dict:
@@ -214,8 +210,13 @@ def fold_summary(per_fold: list[dict]) -> dict:
 
 def format_interval(block: dict | None, digits: int = 3) -> str:
     """'0.812 (95% CI 0.640-0.930)', or 'n/a' when undefined."""
+    return _formatted(block, f".{digits}f")
+
+
+def _formatted(block: dict | None, spec: str) -> str:
+    """A value with its 95% interval, each as format `spec` writes it; the value alone without one; 'n/a'."""
     if not block or block.get("value") is None:
         return "n/a"
     if block.get("low") is None:
-        return f"{block['value']:.{digits}f}"
-    return f"{block['value']:.{digits}f} (95% CI {block['low']:.{digits}f}-{block['high']:.{digits}f})"
+        return format(block["value"], spec)
+    return f"{format(block['value'], spec)} (95% CI {format(block['low'], spec)}-{format(block['high'], spec)})"
