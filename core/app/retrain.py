@@ -181,6 +181,11 @@ def trained_on(card: dict) -> str | None:
     synthetic = (training.get("counts") or {}).get("synthetic")
     if synthetic is None:
         synthetic = sum(int(n) for n in (training.get("synthetic_by_subtype") or {}).values())
+    return real_and_synthetic(real, synthetic)
+
+
+def real_and_synthetic(real, synthetic) -> str:
+    """'457 real + 90 synthetic (GAN) images', or '457 real images' without GAN images."""
     return f"{real} real + {images(synthetic, 'synthetic (GAN) ')}" if synthetic else images(real, "real ")
 
 
@@ -202,10 +207,8 @@ def split_sizes(run: dict | None, card: dict | None = None) -> str:
     counts = (card.get("training") or {}).get("counts") or run.get("counts") or {}
     train = trained_on(card)
     if train is None and "train" in counts:
-        if counts.get("synthetic"):  # the run counted its GAN images apart: counts['train'] are real
-            train = f"{counts['train']} real + {images(counts['synthetic'], 'synthetic (GAN) ')}"
-        elif "synthetic" in counts:
-            train = images(counts["train"], "real ")
+        if "synthetic" in counts:  # the run counted its GAN images apart: counts['train'] are real
+            train = real_and_synthetic(counts["train"], counts["synthetic"])
         else:
             train = images(counts["train"]) + (", with GAN fill" if run.get("balance") == "synthetic" else "")
     train = f" ({train})" if train else ""
