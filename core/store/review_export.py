@@ -10,12 +10,15 @@ skipped and counted (core.store.reviews decides what a review confirmed).
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from core.data.breakhis import IMAGE_EXTENSIONS
 from core.data.labels import CODE_OF_SUBTYPE, MAGNIFICATIONS
 from core.errors import UserInputError
+from core.store.accounts import SYSTEM
 from core.store.audit import Store
+from core.store.db import StoreError, private_folder
 from core.store.images import ImageStore
 from core.store.reviews import REVIEWABLE, assessed_subtype, latest_reviews
 
@@ -120,16 +123,12 @@ def _export_magnification(result: dict, assumed: str | None) -> tuple[str | None
 def _private_export_folder(out: Path) -> None:
     """The export folder for the app's own user only (0700), as the kept images: it holds patient
     images. An empty folder the user made is tightened too."""
-    from core.store.db import private_folder
-
     private_folder(out)
     out.chmod(0o700)
 
 
 def _private_file(path: Path, mode: str):
     """A new file readable by the app's own user only (0600), whatever the umask, open for writing."""
-    import os
-
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), mode,
                      **({} if "b" in mode else {"newline": ""}))
 
@@ -138,9 +137,6 @@ def _record_export(store: Store, user: str | None, out: Path, written: list[dict
                    assumed: str | None, created: bool) -> int:
     """The export's audit row; if it cannot be written, the files are removed (no unaudited copy of
     patient images is left) and the StoreError raised."""
-    from core.store.accounts import SYSTEM
-    from core.store.db import StoreError
-
     details = {"folder": str(out.resolve()), "count": len(written), "review_ids": [w["review_id"] for w in written],
                "result_ids": [w["result_id"] for w in written], "skipped": skipped,
                "assumed_magnification": assumed}
