@@ -20,7 +20,7 @@ from core.app.run_files import read_run_files
 from core.errors import ModelFolderError
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import split_name
-from core.model.folders import CLASSIFIER, ENSEMBLE, card_kind, read_card, verify_checksum
+from core.model.folders import ENSEMBLE, card_kind, read_card, verify_files
 
 
 @dataclasses.dataclass
@@ -91,15 +91,7 @@ def weights_problem(run: Run) -> str | None:
     for an ensemble a member's, or a member other than the one it was built from; None when they match.
     Hashing is quick (0.02 s for the bundled default's 12.5 MB); nothing is loaded."""
     try:
-        if card_kind(run.card) != ENSEMBLE:
-            verify_checksum(run.folder, run.card)
-            return None
-        for member in run.card["members"]:
-            folder = Path(run.folder) / member["path"]
-            card = read_card(folder, CLASSIFIER)
-            verify_checksum(folder, card)
-            if card["sha256"] != member.get("sha256"):
-                return f"member {member['path']} is not the model this ensemble was built from (its checksum differs)"
+        verify_files(run.folder, run.card)
     except ModelFolderError as problem:
         return str(problem)
     except (KeyError, TypeError, AttributeError):  # a card edited by hand: the loader would fail on it too

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ModelFolderError
-from core.model.folders import ENSEMBLE, read_card
+from core.model.folders import ENSEMBLE, check_member, read_card
 from core.model.predict import Predictor
 from core.model.views import mean_over_members
 
@@ -39,9 +38,7 @@ class EnsemblePredictor(Predictor):
         members = []
         for member in card["members"]:
             predictor = Predictor.from_folder(folder / member["path"])
-            if predictor.card.get("sha256") != member.get("sha256"):
-                raise ModelFolderError(f"{folder}: member {member['path']} is not the model this ensemble was built "
-                                       "from (its checksum differs)")
+            check_member(folder, member, predictor.card)
             members.append(predictor)
         return cls(members, card, folder, **options)
 

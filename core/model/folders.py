@@ -176,6 +176,28 @@ def verify_checksum(folder: str | os.PathLike, card: dict) -> None:
             f"{model_path}: model file does not match its card - it may be corrupt or tampered")
 
 
+def check_member(ensemble_folder: str | os.PathLike, member: dict, member_card: dict) -> None:
+    """Refuse an ensemble member (its card's entry `member`) whose model is not the one the ensemble was
+    built from: a folder swapped or retrained under the same path."""
+    if member_card.get("sha256") != member.get("sha256"):
+        raise ModelFolderError(f"{Path(ensemble_folder)}: member {member['path']} is not the model this ensemble "
+                               "was built from (its checksum differs)")
+
+
+def verify_files(folder: str | os.PathLike, card: dict) -> None:
+    """The model files a card vouches for, checked without loading them (ModelFolderError, in the loader's
+    words): a classifier's model.keras against its checksum; an ensemble's every member's, each the member
+    it was built from (check_member)."""
+    if card_kind(card) != ENSEMBLE:
+        verify_checksum(folder, card)
+        return
+    for member in card["members"]:
+        member_folder = Path(folder) / member["path"]
+        member_card = read_card(member_folder, CLASSIFIER)
+        verify_checksum(member_folder, member_card)
+        check_member(folder, member, member_card)
+
+
 def load_model_folder(folder: str | os.PathLike, kind: str = CLASSIFIER) -> tuple[keras.Model, dict]:
     """(model, card) from a model folder of `kind`, after checking the card and the checksum."""
     card = read_card(folder, kind)  # given as is: an empty path is refused, not read as the current folder
