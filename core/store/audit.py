@@ -93,8 +93,7 @@ class Store:
         """Verify the hash chain (all rows, or the `newest`) and the append-only triggers
         (core.store.chain.verify), log what is wrong as a warning and keep the verdict in `integrity`
         (the Audit log page shows it)."""
-        with store_errors("The audit trail could not be checked"), self.engine.connect() as connection:
-            verdict = chain.verify(connection, expect, newest)
+        verdict = verify_trail(self.engine, expect, newest)
         for problem in verdict.problems():
             log.warning("%s: %s", safe_url(self.engine.url), problem)
         self.integrity = verdict
@@ -208,6 +207,13 @@ class Store:
         (core.spreadsheet says why)."""
         return spreadsheet_csv(self.frame(**filters))
 
+
+
+def verify_trail(engine: Engine, expect: tuple[int, str] | None = None, newest: int | None = None) -> chain.Verdict:
+    """core.store.chain.verify on the database behind `engine` (read-only; a StoreError the page or the CLI can
+    show): Store.check and `python -m core db status|verify`, which must not migrate, both read it here."""
+    with store_errors("The audit trail could not be checked"), engine.connect() as connection:
+        return chain.verify(connection, expect, newest)
 
 
 def _refuse_unknown_reviewers(session: Session, rows: list[dict]) -> None:

@@ -32,6 +32,7 @@ def _db_upgrade(args) -> int:
 
 def _db_status(args) -> int:
     """Read-only: an SQLite file that is not there is reported, not created (nor its folder)."""
+    from core.store.audit import verify_trail
     from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
 
     url, (_, head) = database_url(), revisions()
@@ -44,23 +45,16 @@ def _db_status(args) -> int:
     current = current_revision(engine)
     print(f"{safe_url(url)}: schema {current or 'empty'} (this version's newest: {head})")
     if current == head:
-        verdict = _verdict(engine)
+        verdict = verify_trail(engine)
         print(f"audit trail ({verdict.rows} rows): " + ("; ".join(verdict.problems()) or "hash chain intact, "
                                                          "append-only triggers in place"))
     return 0
 
 
-def _verdict(engine, expect=None):
-    from core.store.chain import verify
-    from core.store.db import store_errors
-
-    with store_errors("The audit trail could not be checked"), engine.connect() as connection:
-        return verify(connection, expect)
-
-
 def _db_verify(args) -> int:
     """Read-only: recompute the hash chain, check the triggers; 1 if anything is wrong."""
     from core.errors import UserInputError
+    from core.store.audit import verify_trail
     from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
 
     url, (_, head) = database_url(), revisions()
@@ -70,7 +64,7 @@ def _db_verify(args) -> int:
     if (current := current_revision(engine)) != head:
         raise UserInputError(f"{safe_url(url)}: schema {current or 'empty'}, not this version's {head}: "
                              "run `python -m core db upgrade` first (it chains the rows already there)")
-    verdict = _verdict(engine, _noted_head(args.expect) if args.expect else None)
+    verdict = verify_trail(engine, _noted_head(args.expect) if args.expect else None)
     for problem in verdict.problems():
         print(f"BROKEN: {problem}")
     print(f"{safe_url(url)}: {verdict.rows} audit rows; " + ("hash chain intact, append-only triggers in place"
