@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from core.app import records, session
-from core.app.audit_glue import show_review_notes
 from core.data.labels import pretty
 from core.store import reviews
 from core.store.db import StoreError
@@ -156,7 +155,7 @@ if include:
     pager(queued.reviewed, "reviewed_page", "reviewed results")
     for row in queued.reviewed.rows:
         card(row)
-show_review_notes(notes, "queue_")
+session.show_review_notes(notes, "queue_")
 
 st.subheader("Case history")
 case = st.text_input("BreakHis case id (e.g. 14-22549)", key="history_case")

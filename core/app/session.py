@@ -27,6 +27,7 @@ from core.app.audit_glue import (  # noqa: F401 - re-exported: the pages and app
     plain,
     record_ended_job,
     review_form,
+    show_review_notes,
     watch_session,
 )
 from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py call session.*
