@@ -228,10 +228,15 @@ def assert_no_case_leakage(split_df: pd.DataFrame) -> None:
             raise ValueError(f"{len(outside)} synthetic image(s) are outside the training split.")
 
 
+def is_synthetic(table: pd.DataFrame) -> pd.Series:
+    """Which rows are GAN images (a table without the column has none): the one reading of that column."""
+    return table["synthetic"].astype(bool) if "synthetic" in table else pd.Series(False, index=table.index)
+
+
 def describe_split(split_df: pd.DataFrame) -> dict:
     """Counts for reports and the dataset page: images, cases and subtypes per split."""
     protocols = sorted(split_df["protocol"].unique()) if "protocol" in split_df else ["unknown"]
-    synthetic = split_df["synthetic"].astype(bool) if "synthetic" in split_df else pd.Series(False, index=split_df.index)
+    synthetic = is_synthetic(split_df)
     leaks = shared_cases(split_df)
     description = {
         "protocol": protocols[0] if len(protocols) == 1 else "mixed: " + ", ".join(protocols),

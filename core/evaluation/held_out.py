@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data.splits import is_synthetic
+
 HELD_OUT = "test"  # the one split whose evaluation is the model's: its card, metrics.json, report.html
 
 
@@ -27,8 +29,7 @@ def outputs_of(run_dir: Path, split: str, subset: bool = False) -> tuple[Path, P
 def read_rows(table: pd.DataFrame, split: str, baselines: bool) -> pd.Series:
     """The rows an evaluation of `split` reads: its images, the validation images its thresholds are chosen
     on and, with baselines, the real training images they are fitted on."""
-    synthetic = table["synthetic"].astype(bool) if "synthetic" in table else False
-    train = (table["split"] == "train") & ~synthetic if baselines else False
+    train = (table["split"] == "train") & ~is_synthetic(table) if baselines else False
     return (table["split"] == split) | (table["split"] == "val") | train
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
 from core.data.selection import fingerprint, scan, select_magnification
-from core.data.splits import PATIENT, make_split, patient_kfold
+from core.data.splits import PATIENT, is_synthetic, make_split, patient_kfold
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.calibration_effect import measured_block
@@ -43,15 +43,7 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import (
-    evidence,
-    held_out_gaps,
-    is_demo,
-    is_synthetic,
-    run_record,
-    split_figures_on,
-    training_counts,
-)
+from core.training.runcard import evidence, held_out_gaps, is_demo, run_record, split_figures_on, training_counts
 
 log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)

@@ -35,7 +35,7 @@ from core.data.balance import apply_strategy
 from core.data.labels import output_sizes
 from core.data.pipeline import make_dataset, targets_and_weights
 from core.data.selection import relative_to_data, select_images
-from core.data.splits import IMAGE, assert_no_case_leakage
+from core.data.splits import IMAGE, assert_no_case_leakage, is_synthetic
 from core.data.stain_reference import fit_normalizer
 from core.data.synthetic import refuse_leaky_folder
 from core.errors import BreakhisError, UserInputError
@@ -73,8 +73,7 @@ def prepare_data(config: TrainConfig) -> dict:
     # A patient in two splits is a leak a patient-wise split refuses; an image-level split (labelled leaky on
     # every figure, for comparison only) shares patients by design. GAN images stay in training under both:
     # the synthetic rows alone, which share no real case, hold only that second check.
-    synthetic_rows = split["synthetic"].astype(bool) if "synthetic" in split else pd.Series(False, index=split.index)
-    assert_no_case_leakage(split if spec.protocol != IMAGE else split[synthetic_rows])
+    assert_no_case_leakage(split if spec.protocol != IMAGE else split[is_synthetic(split)])
     return {"split": split, "train": train, "val": split[split["split"] == "val"],
             "test": split[split["split"] == "test"], "subtype_weights": subtype_weights,
             "skipped": selection.skipped, "fingerprint": selection.fingerprint,

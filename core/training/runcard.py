@@ -16,7 +16,7 @@ from core.backends import machine
 from core.data.breakhis import subtype_counts
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
 from core.data.scale import whole_field_scale
-from core.data.splits import IMAGE, describe_split
+from core.data.splits import IMAGE, describe_split, is_synthetic
 from core.paths import portable
 
 DEMO_BELOW_TRAIN_IMAGES = 200
@@ -45,10 +45,6 @@ def counts_by_subtype(table: pd.DataFrame) -> dict:
 def distinct(table: pd.DataFrame) -> pd.DataFrame:
     """One row per image file: --balance oversample repeats training rows, and a copy is no more evidence."""
     return table.drop_duplicates("path") if "path" in table else table
-
-
-def is_synthetic(table: pd.DataFrame) -> pd.Series:
-    return table["synthetic"].astype(bool) if "synthetic" in table else pd.Series(False, index=table.index)
 
 
 def split_counts(data: dict) -> dict:
