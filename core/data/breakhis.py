@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ from core.data.labels import (
     SUBTYPE_CODES,
     SUBTYPES,
 )
+from core.digests import file_sha256
 from core.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -282,8 +282,7 @@ def _digest(path: str) -> str | None:
 @functools.lru_cache(maxsize=8192)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """Keyed by size and time too, so a changed file is read again; a split check after a scan reads nothing."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 _FOLDER_LABELS = {**{c: "label" for c in CLASSES}, **{s: "subtype" for s in SUBTYPES},
