@@ -177,6 +177,13 @@ def test_heat_maps_explain_the_shown_prediction_at_display_size(predictor, sampl
     assert 0.0 <= stage1.heatmap.min() and stage1.heatmap.max() <= 1.0
 
 
+def test_a_breakhis_field_is_shown_as_scanned_and_a_larger_image_is_shrunk_to_the_display_side():
+    field = np.random.default_rng(0).integers(0, 256, (460, 700, 3), dtype=np.uint8)
+    assert np.array_equal(service.display_size(field), field)  # 700 x 460: not resampled for display
+    large = np.zeros((1200, 1800, 3), np.uint8)
+    assert service.display_size(large).shape == (512, service.DISPLAY_MAX_SIDE, 3)
+
+
 def test_the_pdf_report_is_a_searchable_document_with_the_calls_and_the_model_identity(predictor, sample_items):
     from pypdf import PdfReader
 

@@ -32,8 +32,10 @@ from core.model.cam import Explanation, RawCams, gradcam_diagnosis
 from core.model.predict import Prediction, Predictor
 
 # The longest side of the images the page shows (about the width of one of its three columns on
-# a 4K screen): heat maps, overlays and page images are made at this size, not at full size.
-DISPLAY_MAX_SIDE = 640
+# a 4K screen): heat maps, overlays and page images are made at this size, not at full size. A
+# BreakHis field (700x460) fits, so it is shown as scanned: shrinking it by a tenth blurred it and
+# cost a sixth of a diagnosis for a copy (bench/diagnose.py); larger images are shrunk to this.
+DISPLAY_MAX_SIDE = 768
 
 
 @dataclasses.dataclass

@@ -136,7 +136,7 @@ def _decode(image: Image.Image, data: bytes, name: str,
         notes.append(f"multi-frame {image.format} ({frames} frames): the first frame is used")
     fast = _decode_plain_png(image, data)
     if fast is not None:
-        return fast, notes
+        return Image.fromarray(fast), notes
     wide = _decode_16bit_rgb(image, data, name)
     if wide is not None:
         return wide[0], notes + [wide[1]]
@@ -150,7 +150,7 @@ def _decode(image: Image.Image, data: bytes, name: str,
     return image, notes
 
 
-def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
+def _decode_plain_png(image: Image.Image, data: bytes) -> np.ndarray | None:
     """An 8-bit RGB PNG without transparency (every BreakHis scan) decoded by TensorFlow's libpng:
     lossless, so bit-identical to Pillow's decoder (tests check), and about a third faster, which
     matters in a diagnosis of ~50 ms (bench/diagnose.py). Anything else, or any problem: None,
@@ -169,7 +169,7 @@ def _decode_plain_png(image: Image.Image, data: bytes) -> Image.Image | None:
         return None
     if pixels.shape[:2] != (image.height, image.width):
         return None
-    return Image.fromarray(pixels)
+    return pixels
 
 
 def _decode_16bit_rgb(image: Image.Image, data: bytes, name: str) -> tuple[Image.Image, str] | None:
@@ -334,6 +334,11 @@ def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SI
     with _open(data, name) as image:
         original_mode, original_size = image.mode, image.size
         notes = _format_note(image, name)
+        if getattr(image, "n_frames", 1) == 1 and (max_side is None or max(image.size) <= max_side):
+            pixels = _decode_plain_png(image, data)
+            if pixels is not None:  # RGB, upright (no EXIF) and within the working size: nothing to convert,
+                # so no round trip through a Pillow image (two copies of the field, a tenth of the decode)
+                return pixels, original_mode, original_size, original_size, notes
         decoded, decode_notes = _decode(image, data, name, max_side)
         notes += decode_notes
         if image.format == "JPEG" and decoded.size != original_size:

@@ -41,7 +41,7 @@ from core.data.labels import (
     output_sizes,
 )
 from core.model.classifier import cam_layer, head_logits
-from core.model.heatmap import to_heatmap
+from core.model.heatmap import resize_maps, to_heatmap
 from core.model.predict import Prediction, Predictor
 from core.model.views import dihedral_views, mean_over_crops, mean_over_views
 
@@ -249,19 +249,18 @@ def stitch_crop_maps(maps: np.ndarray, views, magnifications=None) -> np.ndarray
     scale = 4.0 * h / views.boxes(field_h, field_w)[0, 2]
     height, width = max(1, round(field_h * scale)), max(1, round(field_w * scale))
     per_field = maps.reshape(-1, crops, targets, h, w)
-    canvas = np.zeros((len(per_field), height, width, targets), np.float32)
+    canvas = np.zeros((len(per_field), targets, height, width), np.float32)
     sides = np.array([views.crop_px_at(m) for m in per_image(magnifications, len(per_field))])
     for side_px in np.unique(sides):  # fields whose crops have the same boxes are resized in one call
         fields = np.flatnonzero(sides == side_px)
-        weight = np.zeros((height, width, 1), np.float32)
+        weight = np.zeros((height, width), np.float32)
         for c, (y0, x0, side, _) in enumerate(view_boxes(field_h, field_w, side_px, crops)):
             top, left = round(y0 * scale), round(x0 * scale)
             size = (max(1, min(round(side * scale), height - top)), max(1, min(round(side * scale), width - left)))
-            resized = tf.image.resize(np.transpose(per_field[fields, c], (0, 2, 3, 1)), size, method="bilinear")
-            canvas[fields, top:top + size[0], left:left + size[1]] += resized.numpy()
+            canvas[fields, :, top:top + size[0], left:left + size[1]] += resize_maps(per_field[fields, c], size)
             weight[top:top + size[0], left:left + size[1]] += 1.0
         canvas[fields] /= np.maximum(weight, 1.0)
-    return np.transpose(canvas, (0, 3, 1, 2))
+    return canvas
 
 
 def cam_of(cams: np.ndarray, label: str, subtype: str | None = None) -> np.ndarray:

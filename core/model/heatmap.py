@@ -34,13 +34,41 @@ def _without_border_frame(cam: np.ndarray) -> tuple[np.ndarray, str]:
                      "network's response to the padding at the edges, not tissue")
 
 
+def _bilinear_weights(out: int, size: int) -> np.ndarray:
+    """(out, size) weights of Pillow's bilinear filter along one axis: a triangle of half-width
+    max(1, size / out) around each output pixel's centre (half-pixel centres), normalised over
+    the pixels inside the image (which clamps at the edges). Enlarging, this is plain bilinear
+    interpolation, as tf.image.resize; shrinking, it averages as Pillow does (no aliasing)."""
+    scale = size / out
+    support = max(1.0, scale)
+    centres = (np.arange(out) + 0.5) * scale
+    weights = np.clip(1.0 - np.abs(np.arange(size)[None, :] + 0.5 - centres[:, None]) / support, 0.0, None)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Small maps (..., h, w) -> (..., H, W) float32 with Pillow's bilinear filter, all at once.
+
+    Written here rather than called from Pillow or TensorFlow: for a few cells resized to a few
+    dozen (a field's crop maps stitched into one, core.model.cam) this is two tiny products, which
+    take every map of a batch in one call in microseconds, where an eager tf.image.resize per crop
+    cost a millisecond. einsum, not matmul: matmul hands the product to OpenBLAS, whose threads
+    then spin beside TensorFlow's and slowed the next model pass by a third (bench/diagnose.py).
+    Equal to Pillow's and to tf.image.resize's bilinear enlargement within 1e-5
+    (tests/test_heatmap_resize.py). Maps at the size shown are Pillow's (to_heatmap)."""
+    maps = np.asarray(maps, np.float32)
+    rows, columns = _bilinear_weights(int(size[0]), maps.shape[-2]), _bilinear_weights(int(size[1]), maps.shape[-1])
+    return np.einsum("...hw,Ww->...hW", np.einsum("Hh,...hw->...Hw", rows, maps), columns)
+
+
 def to_heatmap(cam, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Low-resolution CAM (h, w) -> (float32 (H, W) in [0, 1], note) at size = (H, W).
 
     A padding frame along the border is left out and noted (`_without_border_frame`). Scaled to
     [0, 1] before the bilinear resize (which keeps values in that range), so the arithmetic is on
-    h x w values, not H x W. The resize is Pillow's bilinear filter on a float image: the same
-    values as tf.image.resize (half-pixel centres; within 1e-6) in half the time."""
+    h x w values, not H x W. The resize is Pillow's bilinear filter on a float image (resize_maps'
+    filter, in C for the full-size map): the same values as tf.image.resize (half-pixel centres;
+    within 1e-6) in half the time."""
     cam = np.asarray(cam, np.float32)
     cam, border = _without_border_frame(cam) if np.isfinite(cam).all() else (cam, "")
     low, high = float(cam.min()), float(cam.max())
