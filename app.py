@@ -11,22 +11,27 @@ BREAKHIS_DATASET_DIRS (core/paths.py: the folders the Dataset page may scan).
 
 import streamlit as st
 
-from core.app import registry, session
+from core.app import signin
 from core.data.labels import sentence
 from core.store.roles import can
 
 # An emoji icon: Streamlit draws it in the page (a data: URL). A ":material/...:" one makes every
 # browser fetch the tab's icon from fonts.gstatic.com, a third-party request an offline app must not make.
 st.set_page_config(page_title="BreakHis decision support", page_icon="🔬", layout="wide")
-session.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
 
-# Signed out, the only page is the sign-in page (core.app.session.sign_in_page); signed in, the
+# Signed out, the only page is the sign-in page (core.app.signin.sign_in_page); signed in, the
 # pages the user's role may open (core.store.roles). Each restricted page checks the role again.
-user = session.current_user()  # after a reload: resumed from the session cookie, if it still holds
-session.sync_cookie()  # writes the cookie after a sign-in, removes it after a sign-out
+user = signin.current_user()  # after a reload: resumed from the session cookie, if it still holds
+signin.sync_cookie()  # writes the cookie after a sign-in, removes it after a sign-out
 if user is None:
-    st.navigation([st.Page(session.sign_in_page, title="Sign in", icon=":material/login:")]).run()
+    st.navigation([st.Page(signin.sign_in_page, title="Sign in", icon=":material/login:")]).run()
     st.stop()
+
+# Only now: core.app.session and registry load TensorFlow and Keras (about 5 s on a fresh server), which the
+# sign-in form does not need; a fresh server showed it after 5.7 s instead of 0.9 s.
+from core.app import registry, session  # noqa: E402
+
+session.keep_keras_state()  # cached models are shared; Streamlit must not clear Keras per rerun
 
 navigation = st.navigation([page for page, action in [
     (st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True), "diagnose"),

@@ -4,6 +4,10 @@ audit log, even by the page's path; a diagnosis is recorded and carries its audi
 or hash is ever shown, and no image is written unless the deployment enabled it; an open session
 is signed out when its account is disabled or it idles (the browser's reload: test_browser_signin)."""
 
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -11,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
+from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_like_the_server, make_model_folder, texts
 
 PASSWORD = "a long enough password"
 
@@ -248,3 +252,22 @@ def test_a_provider_that_leaves_the_claim_out_is_trusted_only_when_the_deploymen
     assert "Signed in as **entra@hospital.org** (pathologist)" in everything_shown(
         sso_app("entra@hospital.org", email_verified=None))
     assert "Signed in as" not in everything_shown(sso_app("nobody@hospital.org", email_verified=None))  # no account
+
+
+def test_a_fresh_server_shows_the_sign_in_form_without_loading_tensorflow(tmp_path):
+    """The first page of a fresh server is the sign-in form; TensorFlow and Keras (about 5 s to import on a shared
+    CPU, 5.7 s to the form with them) are loaded once a user is signed in, not before (app.py)."""
+    env = {**os.environ, "BREAKHIS_DATA_DIR": str(tmp_path / "data"), "BREAKHIS_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(REPO)}
+    env.pop("BREAKHIS_SINGLE_USER", None)
+    code = ("import json, sys; from core.store.accounts import add_account; from core.store.audit import Store; "
+            f"add_account(Store.open(), 'pat', {PASSWORD!r}, 'pathologist'); "
+            "from streamlit.testing.v1 import AppTest; "
+            f"app = AppTest.from_file({APP!r}, default_timeout={APP_TIMEOUT}).run(); "
+            "print(json.dumps({'titles': [t.value for t in app.title], 'fields': [t.key for t in app.text_input], "
+            "'loaded': sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    shown = json.loads(out.strip().splitlines()[-1])
+    assert shown["titles"] == ["Sign in"] and shown["fields"] == ["sign_in_name", "sign_in_password"]
+    assert shown["loaded"] == []
