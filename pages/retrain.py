@@ -2,6 +2,7 @@
 
 import functools
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -21,9 +22,37 @@ session.require_router()
 session.require("retrain")
 
 
-@st.cache_resource(show_spinner="Asking each Keras backend what it sees...")
-def backends_seen() -> dict[str, dict]:
-    return retrain.backends_seen()
+CHECKING = "Checking which training engines this machine has, and whether they see a GPU..."
+
+
+@st.cache_resource(show_spinner=False)
+def probe() -> Future:
+    """What each Keras backend sees (retrain.backends_seen: child processes, about 6 s on a fresh server), asked
+    once per server in a thread of its own, so that the page is drawn and usable meanwhile."""
+    workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-probe")
+    asked = workers.submit(retrain.backends_seen)
+    workers.shutdown(wait=False)  # the thread ends with the probe
+    return asked
+
+
+def backends_seen() -> dict[str, dict] | None:
+    """The probe's answer, None while it runs; a probe that failed is asked again on the next visit."""
+    asked = probe()
+    if not asked.done():
+        return None
+    if asked.exception() is not None:
+        probe.clear()
+    return asked.result()  # a failure is the page's exception, as before
+
+
+@st.fragment(run_every=1)
+def wait_for_the_probe() -> None:
+    """Until the probe answers: say so, then draw the whole page (the form's defaults depend on the answer)."""
+    still_permitted(polled=True)
+    if probe().done():
+        st.rerun(scope="app")
+    st.info(CHECKING + " The training form appears here in a few seconds (asked once after the server starts).",
+            icon=":material/hourglass_top:")
 
 
 def any_gpu() -> bool:
@@ -254,14 +283,16 @@ def start_new_job(shown: jobs.Job) -> None:
 st.title("Retrain")
 if NOTICE in st.session_state:
     st.info(st.session_state.pop(NOTICE), icon=":material/info:")
-show_devices()
 job, damaged = jobs.load_job()
 if damaged:  # a hand edit or a half-restored backup: say so, and keep the page usable
     st.warning(f"The last training job cannot be shown: {damaged}. Its run folder, if any, is "
                "kept. If a training started from this page may still be running, stop that process first (this page "
                "can no longer follow or cancel it); then start a new job below, which replaces the file, or delete "
                "the file.", icon=":material/warning:")
-if job is None:
+if job is None and backends_seen() is None:  # the form's defaults and backends wait for the probe; the page does not
+    wait_for_the_probe()
+elif job is None:
+    show_devices()
     launch_form()
 else:
     status, explanation = jobs.job_status(job, jobs.progress(job))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -132,6 +133,20 @@ def write_locked(path):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+PROBING = "Checking which training engines"  # Retrain's message while the backends are probed (pages/retrain.py)
+
+
+def open_retrain(app, timeout: float = 240.0):
+    """Switch the AppTest to Retrain and rerun it, as the page's waiting fragment does every second, until the
+    backends' probe has answered (once per server: a fresh one shows that it is checking before the form)."""
+    app.switch_page("pages/retrain.py").run()
+    deadline = time.time() + timeout
+    while PROBING in texts(app.info) and time.time() < deadline:
+        time.sleep(0.5)
+        app.run()
+    return app
 
 
 def texts(elements) -> str:

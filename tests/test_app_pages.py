@@ -18,6 +18,7 @@ from tests.app_helpers import (
     app_with_models,
     bad_inputs,
     make_model_folder,
+    open_retrain,
     texts,
 )
 
@@ -346,7 +347,7 @@ def test_damaged_run_files_get_a_warning_each_and_the_card_metrics(app, environm
 def test_retrain_page_says_where_training_runs(app):
     import tensorflow as tf
 
-    app.switch_page("pages/retrain.py").run()
+    open_retrain(app)
     assert not app.exception
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:  # what the page says must be what TensorFlow sees on this machine

@@ -3,6 +3,7 @@ launched, followed, cancelled, failed and completed; only a completed job can be
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
+from tests.app_helpers import APP, APP_TIMEOUT, PROBING, app_like_the_server, make_model_folder, open_retrain
 
 START = "FormSubmitter:retrain-Start training"
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
@@ -28,8 +29,7 @@ def environment(tmp_path_factory):
 
 @pytest.fixture
 def app(environment):
-    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-    app.switch_page("pages/retrain.py").run()
+    app = open_retrain(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run())
     yield app
     job = jobs.read_job(environment["runs"])
     if job is not None:  # never leave a training process behind, nor a job for the next test
@@ -174,6 +174,32 @@ def test_the_page_shows_each_backend_and_refuses_jax_with_tfdata(app, environmen
     launch(app, synthetic_breakhis, "jax-tfdata", epochs=1)
     assert "TensorFlow only" in texts(app.error)
     assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "jax-tfdata").exists()
+
+
+def test_the_page_is_drawn_while_the_backends_are_probed(environment, monkeypatch):
+    """The backends' probe (child processes, about 6 s on a fresh server) held the whole page behind a spinner
+    ("Asking each Keras backend what it sees..."): it now runs in a thread of its own while the page says so in
+    plain words, and the form follows its answer."""
+    import streamlit as st
+
+    from core.app import retrain
+
+    answered = threading.Event()
+    seen = {"tensorflow": {"backend": "tensorflow", "version": "9.9", "gpus": [], "devices": ["CPU:0"]}}
+    monkeypatch.setattr(retrain, "backends_seen", lambda: answered.wait(120) and seen)
+    st.cache_resource.clear()  # a fresh server: nothing probed yet
+    try:
+        app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+        app.switch_page("pages/retrain.py").run(timeout=30)  # before: blocked until the probe answered
+        assert not app.exception and app.title[0].value == "Retrain"
+        assert PROBING in texts(app.info) and not any(button.key == START for button in app.button)
+        answered.set()
+        open_retrain(app)
+        assert "tensorflow 9.9 sees no GPU" in texts(app.info) and PROBING not in texts(app.info)
+        assert app.selectbox(key="train_backend").options == ["tensorflow"]
+    finally:
+        answered.set()
+        st.cache_resource.clear()  # the next tests probe the real backends
 
 
 def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
