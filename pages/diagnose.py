@@ -159,6 +159,23 @@ def heat_maps(result) -> tuple | None:
         return None
 
 
+def uncertainty_text(uncertainty: dict, limit: float | None) -> tuple[str, str]:
+    """(caption, tooltip) of how much the views (or members) disagree: plain words first; the measures, spread
+    and mutual information, in the tooltip for whoever needs them."""
+    spread, views, source = uncertainty["p_malignant_spread"], uncertainty["views"], uncertainty["source"]
+    measures = (f"Spread: the standard deviation of p(malignant) across the {views} {source}, "
+                f"{figure(spread)}. Mutual information between the prediction and the view (BALD): "
+                f"{figure(uncertainty['mutual_information'])} nats, the part of the prediction's entropy that comes "
+                "from the views disagreeing.")
+    if limit is None:
+        return (f"Model uncertainty: its {views} {source} differ by {figure(spread)} in p(malignant) "
+                "(no referral limit is set for it).", measures)
+    high = spread > limit
+    return (f"Model uncertainty is **{'high' if high else 'low'}**: its {views} {source} "
+            f"{'disagree' if high else 'agree'} (spread {figure(spread)}; an image is referred above "
+            f"{threshold_text(limit)}, {registry.uncertainty_rule(predictor.card)}).", measures)
+
+
 def show(result, index: int) -> None:
     p = result.prediction
     with st.container(border=True):
@@ -175,12 +192,8 @@ def show(result, index: int) -> None:
             st.caption(f"{model['subtype_note']}. Its most probable subtype, {pretty(p.subtype)} "
                        f"({p.p_subtype:.2f}), is shown below for context only.")
         if p.uncertainty:
-            limit = predictor.uncertainty_threshold
-            st.caption(f"Uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "
-                       f"{p.uncertainty['views']} {p.uncertainty['source']} (mutual information "
-                       f"{figure(p.uncertainty['mutual_information'])} nats)"
-                       + (f"; referred above {threshold_text(limit)}, {registry.uncertainty_rule(predictor.card)}."
-                          if limit is not None else "."))
+            text, measures = uncertainty_text(p.uncertainty, predictor.uncertainty_threshold)
+            st.caption(text, help=measures)
         elif len(predictor.members) == 1:
             st.caption("Uncertainty: switch on test-time augmentation to see how much the 8 views disagree.")
         for line, refer in report.referral_lines(p, result.warnings):  # per stage, with reasons and thresholds
