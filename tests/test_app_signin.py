@@ -271,3 +271,31 @@ def test_a_fresh_server_shows_the_sign_in_form_without_loading_tensorflow(tmp_pa
     shown = json.loads(out.strip().splitlines()[-1])
     assert shown["titles"] == ["Sign in"] and shown["fields"] == ["sign_in_name", "sign_in_password"]
     assert shown["loaded"] == []
+
+
+def test_images_that_cannot_be_kept_name_the_setting_to_administrators_only(environment, monkeypatch):
+    """A pathologist read "...must be a writable folder (BREAKHIS_KEEP_IMAGES)": the server's setting and folder
+    are now named to administrators only; everyone is told the diagnosis stands."""
+    from core.paths import data_dir
+
+    monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    store = Store.open()
+    for name, role in (("keeper-pat", "pathologist"), ("keeper-boss", "admin")):
+        accounts.add_account(store, name, PASSWORD, role)
+    data_dir().mkdir(parents=True, exist_ok=True)
+    images = data_dir() / "images"
+    images.write_text("a file where the images folder should be")
+    try:
+        warned = {}
+        for name in ("keeper-pat", "keeper-boss"):
+            app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), name, PASSWORD)
+            samples = app.multiselect(key="samples")
+            samples.set_value([samples.options[0]]).run()
+            assert not app.exception
+            [warned[name]] = [w.value for w in app.warning if "could not be kept" in w.value]
+        assert "BREAKHIS_KEEP_IMAGES" not in warned["keeper-pat"] and "Tell an administrator" in warned["keeper-pat"]
+        assert "BREAKHIS_KEEP_IMAGES is on" in warned["keeper-boss"]
+        assert all("The diagnosis is recorded and shown" in text for text in warned.values())
+    finally:
+        images.unlink()
+        store.close()

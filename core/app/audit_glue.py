@@ -98,9 +98,12 @@ def _keep_images(results: list, items: list[tuple[str, bytes]]) -> bool:
             if hashlib.sha256(data).hexdigest() in analysed:
                 kept.put(data)
     except (OSError, StoreError) as problem:
+        # The setting and the folder are the server's: named to administrators only (as app.py's model settings).
+        fix = ("The data folder's images/ must be a writable folder (BREAKHIS_KEEP_IMAGES is on)."
+               if can((current_user() or {}).get("role"), "activate_model") else
+               "Tell an administrator: the server's folder for kept images cannot be written.")
         st.warning(f"The images could not be kept for the Review queue ({plain(problem)}). The diagnosis is "
-                   "recorded and shown; its audit rows have each image's SHA-256. Tell an administrator: the data "
-                   "folder's images/ must be a writable folder (BREAKHIS_KEEP_IMAGES).", icon=":material/hide_image:")
+                   f"recorded and shown; its audit rows have each image's SHA-256. {fix}", icon=":material/hide_image:")
         return False
     return True
 
