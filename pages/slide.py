@@ -16,6 +16,20 @@ session.require_router()
 session.require("slides")
 state = st.session_state
 
+# What a slide's "levels" are, for the technical details: the page's own text says "full resolution" instead.
+LEVELS = ("Level 0 is the slide's full resolution (the pixels tile coordinates count); levels 1, 2, ... are the "
+          "smaller copies a slide file stores, each read faster than the one before.")
+
+
+def how_read(result) -> str:
+    """How many tiles were analysed and at what resolution, in words (the reader's notes say it technically)."""
+    level = result.plan.level
+    ordinal = {1: "2nd", 2: "3rd"}.get(level, f"{level + 1}th")
+    where = ("at full resolution" if level == 0 else
+             f"at the {ordinal} resolution level (a smaller copy stored in the file, still as fine as the model needs)")
+    return f"{len(result.tiles)} of {len(result.plan.origins)} tiles hold tissue and were analysed, each read {where}."
+
+
 st.title("Slide")
 predictor = session.require_predictor()
 model = registry.describe_model(predictor.card)
@@ -129,7 +143,10 @@ with st.container(border=True):
     st.markdown(badge + headline)
     if note := call_note(call):  # a model that makes no call is not reassured as benign
         st.info(note, icon=":material/info:" if call["label"] == NOT_CALLED else ":material/check_circle:")
-    st.caption(explained + " " + " · ".join(result.notes))
+    st.caption(explained)
+    st.caption(how_read(result))
+    with st.expander("How the file was read (technical details)"):
+        st.caption(" · ".join(result.notes) + ". " + LEVELS)
 
 opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key="slide_opacity")
 event = st.plotly_chart(slides.heatmap_figure(result, opacity), on_select="rerun", selection_mode="points",
@@ -194,9 +211,10 @@ if image is not None:
     st.caption(diagnosis.prediction.summary(slides.subtype_reliable(result)))
 
 st.subheader("Downloads")
-st.caption("Built in memory; nothing is stored on the server. Tile coordinates are level-0 pixels; the GeoJSON "
-           "imports into QuPath (File > Import objects) as 'Malignant' annotations (for a model that makes no slide "
-           "call: 'Suspicious (model, not called)'), the driving region first, each naming the model and the call.")
+st.caption("Built in memory; nothing is stored on the server. Tile coordinates are pixels of the full-resolution "
+           "image; the GeoJSON imports into QuPath (File > Import objects) as 'Malignant' annotations (for a model "
+           "that makes no slide call: 'Suspicious (model, not called)'), the driving region first, each naming the "
+           "model and the call.", help="Coordinates are level-0 pixels, as OpenSlide and QuPath count them. " + LEVELS)
 files = slides.downloads(result, opacity, model, audit_id)
 for column, (label, data, filename, mime) in zip(st.columns(len(files)), files):
     column.download_button(label, data, filename, mime, key=f"slide_download_{filename}")

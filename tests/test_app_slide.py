@@ -174,3 +174,19 @@ def test_a_tile_whose_level_0_is_damaged_is_shown_as_analysed_with_a_message(sli
     tiles = app.selectbox(key="slide_tile")
     tiles.set_value(tiles.options[-1]).run()
     assert not app.exception and len(app.image) == 3
+
+
+def test_how_the_slide_was_read_is_said_in_plain_words_and_detailed_in_an_expander(slide_dirs):
+    """Its caption read "OpenSlide (generic-tiff) · ... 700x460 level-0 px ..., read at level 1" and the downloads'
+    "Tile coordinates are level-0 pixels": plain words on the page now, the reader's notes in an expander."""
+    app, _ = started_on("damaged_level0.tif")  # a pyramid analysed at its level 1
+    [details] = [e for e in app.expander if e.label == "How the file was read (technical details)"]
+    technical = texts(details.caption)
+    assert "read at level 1" in technical and "Level 0 is the slide's full resolution" in technical
+    shown = [c.value for c in app.caption if c.value not in technical]
+    assert any(c.endswith("tiles hold tissue and were analysed, each read at the 2nd resolution level (a smaller "
+                          "copy stored in the file, still as fine as the model needs).") for c in shown), shown
+    assert not [c for c in shown if "read at level" in c or "level-0 px" in c or "tiffslide" in c or "OpenSlide" in c]
+    [downloads] = [c for c in app.caption if c.value.startswith("Built in memory")]
+    assert "Tile coordinates are pixels of the full-resolution image" in downloads.value
+    assert "level-0" not in downloads.value and "level-0 pixels" in downloads.help
