@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.app import dataset_views, registry, session
+from core.app import dataset_views, registry, retrain, session
 from core.data.breakhis import index_folder, load_manifest, summarize
 from core.data.labels import SUBTYPES, pretty
 from core.data.splits import PATIENT, make_split
@@ -16,6 +16,11 @@ session.require_router()
 session.require("dataset")
 
 FULL_SET, FOLDER = "Full BreakHis manifest (bundled)", "Scan a dataset folder"
+
+
+def pipeline_help(pipeline: str) -> str:
+    """The Retrain form's choice is the heading; the command line's name for it is for whoever trains there."""
+    return f"The Pipeline choice of the Retrain page's form; on the command line: `--pipeline {pipeline}`."
 
 
 @st.cache_data(show_spinner="Reading the manifest...")
@@ -131,10 +136,10 @@ with balancing:
         st.caption(dataset_views.training_caption(train) + " What a new training run on these images would see, "
                    "not what the active model learnt from (above).")
         training = dataset_views.source_line(train, folder, what="training image")
-        st.markdown("**tf.data pipeline** (`--pipeline tfdata`)")
+        st.markdown(f"**Pipeline {retrain.PIPELINE_LABELS['tfdata']}**", help=pipeline_help("tfdata"))
         st.plotly_chart(dataset_views.strategy_figure(versions, training), key="strategy_figure")
         st.dataframe(dataset_views.strategy_summary(versions), hide_index=True)
-        st.markdown("**Fields pipeline** (`--pipeline fields`)")
+        st.markdown(f"**Pipeline {retrain.PIPELINE_LABELS['fields']}**", help=pipeline_help("fields"))
         st.caption(dataset_views.fields_caption())
         fields = dataset_views.fields_versions(versions)
         st.plotly_chart(dataset_views.strategy_figure(fields, training, "What the fields pipeline's subtype loss "

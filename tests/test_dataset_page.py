@@ -176,3 +176,18 @@ def test_the_full_set_figures_stand_next_to_the_data_the_active_model_learnt_fro
     assert "The active model (" in said and "weights learnt from 757 real images of 46 patients" in said
     assert "not only of those it learnt from" in said and "All 7,909 BreakHis v1 images" in texts(app.caption)
     assert "not what the active model learnt from" in texts(app.caption)
+
+
+def test_the_balancing_tab_names_the_retrain_forms_pipeline_choices_not_command_line_flags(environment):
+    """Its headings read "tf.data pipeline (`--pipeline tfdata`)": a flag a pathologist never types. They now name
+    the Pipeline choice of the Retrain form; the flag is in the tooltip."""
+    from core.app.retrain import PIPELINE_LABELS
+
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception
+    headings = {e.value: e.help for e in app.markdown if e.value.startswith("**Pipeline ")}
+    assert list(headings) == [f"**Pipeline {PIPELINE_LABELS[p]}**" for p in ("tfdata", "fields")]
+    assert [("--pipeline tfdata" in h, "--pipeline fields" in h) for h in headings.values()] == [(True, False),
+                                                                                                   (False, True)]
+    assert not [e.value for e in app.markdown if "--pipeline" in e.value]
