@@ -11,7 +11,7 @@ BREAKHIS_DATASET_DIRS (core/paths.py: the folders the Dataset page may scan).
 
 import streamlit as st
 
-from core.app import signin
+from core.app import glossary, signin
 from core.data.labels import sentence
 from core.store.roles import can
 
@@ -97,11 +97,12 @@ with st.sidebar:
                            "not a diagnosis and it has no valid accuracy.")
             elif info["limited"]:
                 st.badge("LIMITED DATA", icon=":material/warning:", color="orange")
-                st.caption(f"{sentence(info['evidence'])}. Measured: {info['measured'] or 'not evaluated'}.")
+                limited = f"{sentence(info['evidence'])}. Measured: {info['measured'] or 'not evaluated'}."
+                st.caption(limited, help=glossary.explain(limited))  # pooled out-of-fold, case x tumour-type rows
             st.markdown(f"**{info['name']}**  \n"
                         f"Backbone: {info['backbone']} ({info['hierarchy']})  \n"
                         f"Trained on: {info['data']}  \n"
-                        f"Split: {info['split']}")
+                        f"Split: {info['split']}", help=glossary.explain(info["split"]))
     st.caption("Research use only. Not a medical device.")
     if not session.single_user_mode():
         session.watch_session()  # an unattended tab clears itself after the idle limit

@@ -2,10 +2,21 @@
 
 import streamlit as st
 
-from core.app import comparison, registry, session
+from core.app import comparison, glossary, registry, session
 
 session.require_router()
 session.require("compare")
+
+
+
+def table(frame) -> None:
+    """A side-by-side table whose technical columns and entries (pooled out-of-fold, macro F1) are defined in the
+    tooltips of their headers."""
+    st.dataframe(frame, hide_index=True, column_config={
+        column: st.column_config.Column(glossary.column_label(column), help=glossary.column_help(column) if
+                                        column in glossary.COLUMNS else glossary.explain(column))
+        for column in frame.columns if column in glossary.COLUMNS or glossary.explain(column)})
+
 
 st.title("Compare models")
 folders = registry.available_models()
@@ -50,9 +61,10 @@ if len(groups) > 1:
                   if same_folds else ""), icon=":material/warning:")
 
 for index, ((protocol, _), members) in enumerate(groups.items()):
-    st.subheader(comparison.group_title(index, protocol, members))
+    title = comparison.group_title(index, protocol, members)
+    st.subheader(title, help=glossary.explain(title))
     try:
-        st.dataframe(comparison.metrics_side_by_side(members), hide_index=True)
+        table(comparison.metrics_side_by_side(members))
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a block edited by hand
         st.warning(f"The metrics of {', '.join(run.name for run in members)} hold a block of an unexpected shape "
                    f"({type(problem).__name__}: {problem}): their table is left out.")
@@ -68,7 +80,7 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
         st.plotly_chart(comparison.curves_figure(long), key=f"compare_curves_{index}")
     columns = st.columns(len(members))
     for column, run in zip(columns, members):
-        column.caption(run.badge)
+        column.caption(run.badge, help=glossary.explain(run.badge))
         if session.active_model() == str(run.folder):
             column.success(f"{run.name} is active")
         elif unusable[run.name]:
@@ -79,9 +91,10 @@ for index, ((protocol, _), members) in enumerate(groups.items()):
 
 for index, members in enumerate(same_folds):
     st.subheader(comparison.cross_validation_title(index, members))
-    st.caption(comparison.cross_validation_data(members))
+    caption = comparison.cross_validation_data(members)
+    st.caption(caption, help=glossary.explain(caption))
     try:
-        st.dataframe(comparison.cross_validation_side_by_side(members), hide_index=True)
+        table(comparison.cross_validation_side_by_side(members))
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as problem:  # a cv.json edited by hand
         st.warning(f"The cross-validations of {', '.join(run.name for run in members)} hold a block of an unexpected "
                    f"shape ({type(problem).__name__}: {problem}): their table is left out.")

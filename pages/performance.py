@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import performance, referral_view, registry, run_files, session
+from core.app import glossary, performance, referral_view, registry, run_files, session
 from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
 from core.model.folders import CLASSIFIER, ENSEMBLE, KIND_NAMES, card_kind
 from core.paths import REFERENCE_RESULTS
@@ -17,11 +17,20 @@ TITLED = dict(margin=dict(l=10, r=10, t=110, b=10), height=460)  # a title and i
 
 
 def table(frame: pd.DataFrame) -> None:
-    """A table whose text columns are wide enough for their longest entry, the first one pinned while scrolling."""
-    first = frame.columns[0]
-    st.dataframe(frame, hide_index=True, column_config={
-        column: st.column_config.TextColumn(width=width, pinned=column == first)
-        for column, width in performance.text_widths(frame).items()})
+    """A table whose text columns are wide enough for their longest entry, the first one pinned while scrolling;
+    a technical column (macro F1, ECE, Brier...) headed in plain words, its term defined in the tooltip."""
+    first, widths = frame.columns[0], performance.text_widths(frame)
+    config = {column: st.column_config.Column(glossary.column_label(column), help=glossary.column_help(column))
+              for column in frame.columns if column in glossary.COLUMNS}
+    config.update({column: st.column_config.TextColumn(glossary.column_label(column), width=width,
+                                                       help=glossary.column_help(column), pinned=column == first)
+                   for column, width in widths.items()})
+    st.dataframe(frame, hide_index=True, column_config=config)
+
+
+def caption(text: str) -> None:
+    """A caption whose technical terms (pooled out-of-fold, ECE, p(subtype | class)...) are defined in its tooltip."""
+    st.caption(text, help=glossary.explain(text))
 
 
 def model_card(card: dict, info: dict) -> None:
@@ -30,7 +39,7 @@ def model_card(card: dict, info: dict) -> None:
     left, right = st.columns(2)
     left.markdown(summary["title"])
     if summary["evidence"]:
-        left.caption(summary["evidence"])
+        left.caption(summary["evidence"], help=glossary.explain(summary["evidence"]))
     left.markdown(summary["model"])
     right.markdown(summary["training"])  # the evidence statement is in summary["evidence"], once
     split = (card.get("training") or {}).get("split")  # a GAN or an older card may hold a name here
@@ -47,17 +56,17 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
     predictions = referral_view.stored_predictions(folder)  # the run's kept predictions, for patient intervals
     if metrics.get("intervals"):
         st.subheader(performance.intervals_title(metrics))
-        st.caption(performance.intervals_caption(metrics))
+        caption(performance.intervals_caption(metrics))
         table(performance.intervals_table(metrics))
     cv = files.cross_validation
     if cv:
-        st.subheader(f"Cross-validation: {cv['protocol']}")
-        st.caption(performance.cross_validation_caption(cv))
+        st.subheader(f"Cross-validation: {cv['protocol']}", help=glossary.explain(cv["protocol"]))
+        caption(performance.cross_validation_caption(cv))
         table(performance.cross_validation_table(cv))
     calibration = metrics.get("calibration") or card.get("calibration")
     if calibration and calibration.get("temperatures"):
         st.subheader("Calibration")
-        st.caption(performance.calibration_caption(calibration))  # says so when its effect was not measured
+        caption(performance.calibration_caption(calibration))  # says so when its effect was not measured
         if calibration.get("measured"):
             table(performance.calibration_table(calibration))
             st.plotly_chart(reliability_figure(calibration), key="reliability")
@@ -66,7 +75,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
     referral = (card.get("thresholds") or {}).get("referral")
     if referral and referral.get("stage1"):
         st.subheader("Per-stage referral")
-        st.caption(referral_view.referral_caption(referral, predictions))
+        caption(referral_view.referral_caption(referral, predictions))
         curves = referral_view.risk_coverage_frame(referral)
         if len(curves):
             figure = px.line(curves, x=referral_view.RISK_X, y="accuracy", color="stage", hover_data=["threshold"],
@@ -79,12 +88,13 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
             st.plotly_chart(figure, key="risk_coverage")
     if metrics.get("uncertainty"):
         st.subheader("Uncertainty flag")
-        st.caption(referral_view.uncertainty_caption(metrics["uncertainty"], (card.get("thresholds") or {}).get("uncertainty")))
+        caption(referral_view.uncertainty_caption(metrics["uncertainty"],
+                                                  (card.get("thresholds") or {}).get("uncertainty")))
     if metrics.get("members"):
         st.subheader("The ensemble and its members, on the same test cases")
         table(performance.members_table(metrics))
     st.subheader("Metrics per stage and end to end")
-    st.caption(performance.protocol_line(metrics))
+    caption(performance.protocol_line(metrics))
     table(performance.metrics_table(metrics, predictions))
 
     st.subheader("Confusion matrices")
@@ -106,7 +116,7 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
 
 def training_curves(history: pd.DataFrame, card: dict, protocol: str) -> None:
     st.subheader("Training curves")
-    st.caption(performance.history_caption(card, protocol))
+    caption(performance.history_caption(card, protocol))
     for column, (title, part) in zip(st.columns(2), performance.training_curves(history).items()):
         if len(part):
             figure = px.line(part, x="epoch", y="value", color="metric", title=title)

@@ -595,3 +595,38 @@ def test_a_correction_without_a_corrected_class_or_subtype_is_refused_in_words(a
     assert saved["details"]["agree"] is False and saved["details"]["subtype"] == "lobular_carcinoma"
     assert saved["details"]["comment"] == "this is NOT ductal carcinoma"  # what the user typed was kept
     store.close()
+
+
+def test_performance_and_compare_head_technical_columns_in_plain_words_and_define_terms_in_tooltips(tmp_path,
+                                                                                                     monkeypatch):
+    """QA: "macro F1", "ECE before", "Brier after", "pooled out-of-fold", "p(subtype | class)" and "case x tumour-type
+    rows" were shown without a word of what they are. Columns are headed in plain words (the term in brackets, defined
+    in the tooltip); captions that use a term define it in their tooltip; each keeps its protocol and data size."""
+    from tests.app_helpers import app_on_bundled_models
+
+    app = app_on_bundled_models(monkeypatch, tmp_path / "runs", "default")
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception
+    headers = {}
+    for frame in app.dataframe:
+        headers.update(json.loads(frame.proto.columns or "{}"))
+    assert headers["ECE before"]["label"] == "calibration error before (ECE)" and "calibration" in headers["ECE before"]["help"]
+    assert headers["Brier after"]["label"] == "probability error after (Brier)"
+    assert headers["macro F1"]["label"] == "F1, classes weighted equally (macro F1)"
+    assert "every one counting equally" in headers["macro F1"]["help"]
+    helped = {c.value: c.help for c in app.caption}
+    referral = next(text for text in helped if "p(subtype | class)" in text)
+    assert "its probability for the subtype, given that class" in helped[referral]
+    calibration = next(text for text in helped if text.startswith("temperature scaling"))
+    assert "expected calibration error" in helped[calibration] and "temperature" in helped[calibration]
+    protocol = next(text for text in helped if text.startswith("Computed on out-of-fold predictions"))
+    assert "757 images from 46 cases" in protocol and "every patient is held out once" in helped[protocol]
+
+    app.switch_page("pages/compare.py").run()
+    assert not app.exception
+    badges = {c.value: c.help for c in app.caption if "case x tumour-type rows" in c.value}
+    assert badges and all("counts each patient once per tumour type" in text for text in badges.values())
+    folds = next(json.loads(f.proto.columns) for f in app.dataframe if any(c.endswith("pooled out-of-fold")
+                                                                            for c in f.value.columns))
+    assert all("every patient is held out once" in config["help"] for name, config in folds.items()
+               if name.endswith("pooled out-of-fold"))
