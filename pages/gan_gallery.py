@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.app import registry, session
+from core.app import glossary, registry, session
 from core.data.breakhis import synthetic_name
 from core.data.labels import pretty
 from core.errors import ModelFolderError
@@ -80,8 +80,6 @@ by_subtype = training.get("images_by_subtype", {})
 st.markdown(f"**{card['name']}**: {training.get('steps', '?')} training steps on {sum(by_subtype.values())} real "
             f"images from `{training.get('data_source', '?')}` (split: {training.get('split', '?')})"
             f"{gallery.training_time(training)}.")
-if card.get("limitations"):  # what whoever bundled it measured and says of it
-    st.warning(card["limitations"])
 
 st.header("What the measurements say")
 quality = measured(gallery.load_quality, folder, "The quality report of this generator", "gan evaluate")
@@ -92,7 +90,10 @@ else:
     met, text = gallery.verdict(quality)
     (st.success if met else st.warning)(("Meets the goals. " if met else "Does NOT meet the goals: synthetic tissue "
                                          "is told apart from real. ") + text)
-    st.dataframe(pd.DataFrame(gallery.check_rows(quality)), hide_index=True)
+    checks = pd.DataFrame(gallery.check_rows(quality))
+    st.dataframe(checks, hide_index=True, column_config={  # plain headers; each measure defined in its tooltip
+        column: st.column_config.Column(glossary.column_label(column), help=glossary.column_help(column))
+        for column in checks.columns if column in glossary.COLUMNS})
     st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
                "on the other half (patches scored: real and synthetic, in that half). Distances are divided by the "
                "real-vs-real floor (goal <= 2).")
@@ -104,6 +105,12 @@ if ablation is None:
 else:
     helped, text = gallery.ablation_sentence(ablation)
     (st.success if helped else st.warning)(text)
+    if terms := glossary.explain(text):
+        st.caption(terms)
+
+if card.get("limitations"):  # what whoever bundled it measured and says of it, in their (technical) words
+    with st.expander("Limits stated by whoever trained this generator (technical)", icon=":material/warning:"):
+        st.warning(card["limitations"])
 
 controls = st.columns([3, 1, 1])
 subtypes = controls[0].multiselect("Subtypes", card["subtypes"], default=card["subtypes"][:4], key="gan_subtypes",

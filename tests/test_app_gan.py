@@ -123,6 +123,31 @@ def test_the_gallery_states_what_gan_fill_did_to_the_classifier(monkeypatch, gen
     assert not app.exception and any("ablation cannot be read" in e.value for e in app.error)
 
 
+def test_the_gallerys_technical_terms_are_headed_in_plain_words_and_defined_in_tooltips(monkeypatch, generator_root,
+                                                                                        tmp_path):
+    """QA read "R1 penalty (gamma 100)", "scripts/gpu_machine.sh gan" in a warning above everything and "hed sliced
+    wasserstein / floor" as a column: the maker's notes now sit in an expander under the plain verdict, the
+    checks' columns have plain headers with the measure in the tooltip, and macro-F1 is defined under the ablation."""
+    shutil.copytree(generator_root / "gan-tiny", tmp_path / "gan-tiny")
+    card = json.loads((tmp_path / "gan-tiny" / "card.json").read_text())
+    card["limitations"] = "Trained with the R1 penalty (gamma 100); the GPU run is prepared (scripts/gpu_machine.sh gan)."
+    (tmp_path / "gan-tiny" / "card.json").write_text(json.dumps(card))
+    arm = {"evaluated_on": "validation and test patients (300 images, 17 patients)",
+           "headline": {"subtype_macro_f1": {"value": 0.08, "low": 0.02, "high": 0.17}}, "subtype_f1": {}}
+    (tmp_path / "gan-tiny" / "quality" / "ablation.json").write_text(json.dumps(
+        {"filled_subtypes": ["adenosis"], "options": {"pipeline": "fields"}, "runs": {"none": arm, "synthetic": arm}}))
+    app = page(monkeypatch, tmp_path)
+    assert not app.exception, app.exception
+    [notes] = [e for e in app.expander if e.label == "Limits stated by whoever trained this generator (technical)"]
+    assert "R1 penalty" in notes.warning[0].value
+    assert app.warning[0].value.startswith("Does NOT meet the goals")  # the plain verdict comes first
+    columns = json.loads(app.dataframe[0].proto.columns)
+    distance = columns["hed sliced wasserstein / floor"]
+    assert distance["label"] == "stain colour difference (x floor)" and "Sliced Wasserstein" in distance["help"]
+    assert columns["two-sample accuracy"]["label"] == "told apart from real (two-sample accuracy)"
+    assert any(c.value.startswith("macro F1: the F1 score") for c in app.caption)
+
+
 def test_without_a_generator_the_page_explains_how_to_train_one(monkeypatch, tmp_path):
     app = page(monkeypatch, tmp_path)
     assert not app.exception
