@@ -71,3 +71,33 @@ def test_fold_summary_is_mean_and_sample_std():
     summary = fold_summary([{"acc": 0.5, "n": 3, "flag": True}, {"acc": 0.7, "n": 5, "flag": False}])
     assert summary["acc"]["mean"] == pytest.approx(0.6) and summary["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert "flag" not in summary and summary["n"]["folds"] == 2
+
+
+def test_a_one_class_split_has_no_balanced_or_macro_figure_from_any_caller(monkeypatch, tmp_path):
+    """Only evaluate.score blanked the figures a one-class split leaves undefined: the GAN-fill ablation
+    (headline_intervals on its arms' predictions) published "balanced accuracy 1.0" for a benign-only split."""
+    from core.evaluation.intervals import patient_intervals, point_metrics
+    from core.gan import ablation
+    from core.gan.gallery import ablation_sentence
+
+    table = _table(n_cases=3, skill=1.0)  # benign subtypes only, every call right
+    assert set(table["label"]) == {"benign"}
+    run = tmp_path / "none"
+    run.mkdir()
+    table.to_csv(run / "predictions.csv", index=False)
+    monkeypatch.setattr(ablation, "read_card", lambda folder: {"training": {"seconds": 1.0}})
+    arm = ablation._fields_summary(run)
+    for block in (arm["headline"], headline_intervals(table, "image", n_resamples=50),
+                  patient_intervals(table, table, n_resamples=50)):
+        for name in ("stage1_balanced_accuracy", "subtype_macro_f1"):
+            assert block[name]["value"] is None and block[name]["low"] is None and block[name]["high"] is None, name
+            assert block[name]["not_applicable"].startswith("n/a: no malignant images in this split"), name
+        assert block["stage1_accuracy"]["value"] == 1.0  # a share of images right: still defined
+    point = point_metrics(table)
+    assert point["stage1_balanced_accuracy"] is None and point["subtype_macro_f1"] is None
+    assert set(point["not_applicable"]) == {"stage1_balanced_accuracy", "subtype_macro_f1"}
+    result = {"filled_subtypes": ["adenosis"], "gan": "g", "gan_leak": None, "same_split": True,
+              "runs": {"none": arm, "synthetic": arm}}
+    helped, text = ablation_sentence(result)  # the gallery's words: n/a, no crash, no claim
+    assert not helped and "macro-F1 n/a without, n/a with" in text and "no malignant images" in text
+    assert "| subtype macro-F1 (8 classes) | n/a | n/a |" in ablation.format_fields_ablation(result)

@@ -32,7 +32,6 @@ from core.evaluation.metrics import (
     PATIENT_UNIT,
     SUBTYPE_UNIT,
     columns_of,
-    headline_not_applicable,
     magnification_blocks,
     patient_blocks,
     patient_table,
@@ -193,28 +192,14 @@ def score(evaluated: pd.DataFrame, val_table: pd.DataFrame | None, split: str, t
         "stage1": stage1, "stage2": stage2_blocks(evaluated, split), "subtype8": subtype8,
         "patient": patient, "per_magnification": magnification_blocks(evaluated, split),
         "malignant_threshold": thresholds, "case_threshold": cases_rule,
-        "intervals": {"image": blanked(headline_intervals(evaluated, "image"), evaluated),
-                      # a patient table has the classes and subtypes of its images: the same figures are n/a
-                      "patient": blanked(patient_intervals(*(patient_table(evaluated, cases_rule["threshold"], unit)
-                                                             for unit in (PATIENT_UNIT, SUBTYPE_UNIT))), evaluated)},
+        # n/a figures (a class absent from the split) come back n/a, with the reason, from the interval functions
+        "intervals": {"image": headline_intervals(evaluated, "image"),
+                      "patient": patient_intervals(*(patient_table(evaluated, cases_rule["threshold"], unit)
+                                                     for unit in (PATIENT_UNIT, SUBTYPE_UNIT)))},
     }
     if val_table is not None and len(val_table):
-        results["validation"] = {"data": scope(val_table, "val"), **blanked(point_metrics(val_table), val_table)}
+        results["validation"] = {"data": scope(val_table, "val"), **point_metrics(val_table)}
     return results
-
-
-def blanked(figures: dict, table: pd.DataFrame) -> dict:
-    """Headline figures (intervals, or point values) with those n/a on `table`'s split
-    (core.evaluation.metrics.headline_not_applicable) set to None, the reason in the interval or, for point
-    values, under "not_applicable"."""
-    out = dict(figures)
-    for name, reason in headline_not_applicable(table).items():
-        if isinstance(out.get(name), dict):
-            out[name] = {**out[name], "value": None, "low": None, "high": None, "not_applicable": reason}
-        elif name in out:
-            out[name] = None
-            out.setdefault("not_applicable", {})[name] = reason
-    return out
 
 
 def baseline_scores(table: pd.DataFrame, split: str, threshold: float, target_recall: float) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.labels import SUBTYPES
+from core.evaluation.metrics import headline_not_applicable
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
@@ -87,11 +88,21 @@ def _arrays(table: pd.DataFrame) -> dict:
     return {c: table[c].to_numpy() for c in COLUMNS}
 
 
+def not_applicable_figures(table: pd.DataFrame, names=HEADLINE) -> dict:
+    """{figure among `names`: why it is n/a on `table`'s split} (core.evaluation.metrics.headline_not_applicable):
+    the one rule every headline figure here follows, so no caller publishes a one-class split's balanced
+    accuracy or macro-F1 (an average over the one class present, 1.0 for a model calling everything benign)."""
+    return {name: reason for name, reason in headline_not_applicable(table).items() if name in names}
+
+
 def point_metrics(table: pd.DataFrame, names=HEADLINE) -> dict:
-    """The headline metrics (or those `names`) of a table of predictions (None where undefined)."""
+    """The headline metrics (or those `names`) of a table of predictions: None where undefined, and where n/a
+    on the split (not_applicable_figures), with the reasons under "not_applicable"."""
     arrays, ones = _arrays(table), np.ones((1, len(table)))
-    values = {name: float(HEADLINE_METRICS[name](ones, arrays)[0]) for name in names}
-    return {name: (None if np.isnan(v) else v) for name, v in values.items()}
+    reasons = not_applicable_figures(table, names)
+    values = {name: float(HEADLINE_METRICS[name](ones, arrays)[0]) for name in names if name not in reasons}
+    out = {name: None if name in reasons or np.isnan(values[name]) else values[name] for name in names}
+    return {**out, "not_applicable": reasons} if reasons else out
 
 
 def _case_weights(table: pd.DataFrame, n_resamples: int, seed: int) -> np.ndarray:
@@ -114,13 +125,19 @@ def _interval(values: np.ndarray, point: float | None, resamples: int) -> dict:
 
 def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0,
                        names=HEADLINE) -> dict:
-    """Every headline metric (or those `names`) with its percentile interval over resamples of whole cases."""
+    """Every headline metric (or those `names`) with its percentile interval over resamples of whole cases;
+    a figure n/a on the split (not_applicable_figures) has no value nor interval, its reason under
+    "not_applicable"."""
     weights = _case_weights(table, n_resamples, seed)
     arrays, point = _arrays(table), point_metrics(table, names)
+    reasons = point.get("not_applicable", {})
     out = {"level": level_name, "cases": int(table["case"].nunique()), "rows": int(len(table)), "confidence": LEVEL,
            "resamples_requested": n_resamples,
            "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
     for name in names:
+        if name in reasons:
+            out[name] = {**_interval(np.array([]), None, len(weights)), "not_applicable": reasons[name]}
+            continue
         values = HEADLINE_METRICS[name](weights, arrays) if len(weights) else np.array([])
         out[name] = _interval(values, point[name], len(weights))
     return out

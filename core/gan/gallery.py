@@ -129,14 +129,20 @@ def load_ablation(folder) -> dict | None:
 
 
 def _macro_f1(run: dict) -> dict:
-    """An arm's subtype macro-F1 as {"value", "low", "high", "text"} (low/high None without an interval)."""
+    """An arm's subtype macro-F1 as {"value", "low", "high", "text"} (low/high None without an interval; value
+    None, "n/a", where the scored patients lack a class: core.evaluation.intervals.not_applicable_figures)."""
     block = run.get("headline", {}).get("subtype_macro_f1") or {"value": run["macro_f1"], "low": None, "high": None}
+    if block.get("value") is None:
+        return {**block, "text": "n/a"}
     text = f"{block['value']:.2f}" + (f" [{block['low']:.2f}, {block['high']:.2f}]" if block.get("low") is not None else "")
     return {**block, "text": text}
 
 
 def _difference(before: dict, after: dict) -> tuple[bool, str]:
     """(helped, the words): a difference is claimed only where the two intervals are apart."""
+    if before.get("value") is None or after.get("value") is None:
+        reason = before.get("not_applicable") or after.get("not_applicable")
+        return False, "No difference can be measured: the macro-F1 is n/a" + (f" ({reason})." if reason else ".")
     if before.get("low") is None or after.get("low") is None:
         return after["value"] > before["value"], ("Higher with it" if after["value"] > before["value"]
                                                   else "Not higher with it") + " (no interval was measured)."
