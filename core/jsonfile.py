@@ -9,28 +9,40 @@ the app's job page reads job state through this module without loading Keras.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 
 def _plain(value):
-    """numpy scalars and arrays, paths -> JSON values (json.dump's `default`)."""
+    """`value` as standard JSON values, at any depth: numpy scalars and arrays as numbers and lists, paths as
+    text, NaN and infinities as None (null). json.dump writes NaN and Infinity, which are not JSON: browsers'
+    JSON.parse, jq and PostgreSQL refuse a card holding an undefined metric written so."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
     if hasattr(value, "tolist"):  # numpy scalar or array
-        return value.tolist()
+        return _plain(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if value is None or isinstance(value, (str, int)):
+        return value
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    """Write `data` as indented JSON to `path` via a same-folder temporary file and a rename."""
+    """Write `data` as indented standard JSON (NaN and infinities as null) to `path` via a same-folder
+    temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False, encoding="utf-8") as handle:
         try:
-            json.dump(data, handle, indent=2, default=_plain)
+            json.dump(_plain(data), handle, indent=2, allow_nan=False)
         except BaseException:
             handle.close()
             os.unlink(handle.name)

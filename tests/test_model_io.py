@@ -258,6 +258,25 @@ def test_write_json_atomic_leaves_a_complete_readable_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
 
 
+
+def test_write_json_atomic_writes_standard_json_without_nan_or_infinity(folder, tmp_path):
+    """json.dump wrote NaN and Infinity, which are not JSON: browsers' JSON.parse, jq and PostgreSQL refused
+    the card of a model with an undefined metric. They are written as null, at any depth, numpy's too."""
+    from core.jsonfile import read_json, write_json_atomic
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    data = {"ece": float("nan"), "nested": {"list": [1.0, float("inf"), (float("-inf"), "x")]},
+            "np": np.float32("nan"), "array": np.array([0.5, np.nan, np.inf]), "path": tmp_path, "n": np.int64(3)}
+    target = write_json_atomic(tmp_path / "metrics.json", data)
+    assert strict(target.read_text()) == {"ece": None, "nested": {"list": [1.0, None, [None, "x"]]}, "np": None,
+                                          "array": [0.5, None, None], "path": str(tmp_path), "n": 3}
+    update_card(folder, metrics={"stage1_ece": float("nan"), "stage1_accuracy": 0.75})  # no crash
+    assert strict((folder / CARD_FILE).read_text())["metrics"] == {"stage1_ece": None, "stage1_accuracy": 0.75}
+    assert read_json(folder / CARD_FILE)["metrics"]["stage1_ece"] is None
+    load_model_folder(folder)  # the card stays valid
+
 def _zip(path, entries: dict) -> str:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
