@@ -431,7 +431,7 @@ def test_a_fields_runs_caption_states_its_protocol_while_it_runs_and_once_done(a
     card["metrics"] = {}
     assert retrain.split_sizes(None, card) == done  # the fields run's settings say it too
     assert retrain.split_sizes({"split": "image-level"}) == ("Training metrics on the training split, 'val_' metrics "
-                                                             "on the validation split; image-level protocol.")
+                                                             "on the validation split; image-level (leaky) protocol.")
 
     run = environment["runs"] / "fields-live"
     job = jobs.start_job(SLEEPER, run, {"pipeline": "fields", "split": "patient-wise"}, root=environment["runs"])

@@ -204,6 +204,31 @@ def test_the_split_line_counts_the_held_out_images_for_both_pipelines():
     assert pooled["split"] == f"{cv}, 757 images, each tested out of fold"
 
 
+def test_the_sidebar_and_the_retrain_caption_state_one_split_protocol():
+    """describe_model (sidebar, report) and the Retrain job's caption (core.app.retrain.split_sizes) each worked
+    a card's protocol out: a single-split fields card not yet evaluated, whose settings alone state its split,
+    read "unknown protocol" in the sidebar and "image-level" in the caption. One function now: the same words."""
+    from core.app import retrain
+    from core.app.registry import describe_model
+    from core.jsonfile import read_json
+    from core.paths import REPO
+
+    bundled = read_json(REPO / "models" / "default" / "card.json")
+    counts = {"train": 38, "synthetic": 0, "val": 29, "test": 43}
+    single = {"training": {"pipeline": "fields", "counts": counts, "settings": {"split": "image-level", "folds": 0}}}
+    tfdata = {"training": {"split_protocol": "patient-wise", "counts": counts}}
+    expected = {"bundled": "patient-wise 5-fold cross-validation, pooled out-of-fold", "single": "image-level (leaky)",
+                "evaluated": "patient-wise", "tfdata": "patient-wise"}
+    cards = {"bundled": bundled, "single": single, "evaluated": {**single, "metrics": {"protocol": "patient-wise"}},
+             "tfdata": tfdata}
+    for name, card in cards.items():
+        assert describe_model(card)["protocol"] == retrain.split_protocol(card) == expected[name], name
+        assert retrain.split_sizes(None, card).endswith(f"; {expected[name]} protocol."), name
+    assert describe_model({})["protocol"] == "unknown protocol" and retrain.split_protocol({}) is None
+    assert retrain.split_sizes(None, {}).endswith("validation split.")  # no protocol clause where none is stated
+    assert retrain.split_sizes({"split": "image-level"}).endswith("; image-level (leaky) protocol.")  # while it trains
+
+
 def test_one_folder_format_for_every_kind(tmp_path, folder):
     from core.gan.model import GanConfig, build_generator
     from core.model.folders import CLASSIFIER, GENERATOR

@@ -16,7 +16,8 @@ from pathlib import Path
 from core.data.breakhis import IMAGE_EXTENSIONS, parse_name, parse_synthetic_name
 from core.data.labels import MAGNIFICATIONS, pretty
 from core.data.scale import name_magnification
-from core.errors import ModelFolderError
+from core.data.splits import normalise_protocol
+from core.errors import ModelFolderError, UserInputError
 from core.evaluation.metrics import split_name
 from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_reliability, tested
 from core.jsonfile import read_json
@@ -219,6 +220,24 @@ def calibrated_on(card: dict) -> str | None:
     return f"temperature scaling, fitted on {on}" if on else None
 
 
+def split_protocol(card: dict | None, run: dict | None = None) -> str | None:
+    """The split protocol a model's figures were computed under (each must state it), read one way for the
+    sidebar, the report and the Retrain job's caption: its card's (a tf.data card's training.split_protocol,
+    else its metrics' protocol, else a fields card's training.settings.split), or while it trains, the run's
+    settings' `split` (its config.json, the job's settings); a setting in the protocol's own words
+    (core.data.splits.normalise_protocol: "image-level" is "image-level (leaky)"). None if none says."""
+    card = card or {}
+    training = card.get("training") or {}
+    stated = training.get("split_protocol") or (card.get("metrics") or {}).get("protocol")
+    setting = (training.get("settings") or {}).get("split") or (run or {}).get("split")
+    if stated or not setting:
+        return stated or None
+    try:
+        return normalise_protocol(setting)
+    except UserInputError:  # a spelling of an older version: shown as written
+        return str(setting)
+
+
 def describe_model(card: dict) -> dict:
     """The sidebar's and the report's few lines about a model."""
     training = card.get("training") or {}
@@ -226,7 +245,7 @@ def describe_model(card: dict) -> dict:
     evidence = card.get("evidence") or {}
     metrics = card.get("metrics") or {}
     subtype_reliable, subtype_note = subtype_reliability(card)
-    protocol = training.get("split_protocol") or metrics.get("protocol") or "unknown protocol"
+    protocol = split_protocol(card) or "unknown protocol"
     # The held-out images the figures were measured on, the same count for both pipelines (a fields run
     # records no split counts); a cross-validation's: every image, each tested out of fold.
     images = metrics.get("images") or (metrics.get("data") or {}).get("images") or counts.get("test")

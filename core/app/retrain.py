@@ -12,6 +12,7 @@ import datetime
 import re
 from pathlib import Path
 
+from core.app.registry import split_protocol
 from core.backends import backend_problem, detect, installed_backends
 from core.data.selection import select_images
 from core.data.synthetic import check_synthetic_folder
@@ -187,16 +188,6 @@ def trained_on(card: dict) -> str | None:
 def real_and_synthetic(real, synthetic) -> str:
     """'457 real + 90 synthetic (GAN) images', or '457 real images' without GAN images."""
     return f"{real} real + {images(synthetic, 'synthetic (GAN) ')}" if synthetic else images(real, "real ")
-
-
-def split_protocol(card: dict | None, run: dict | None = None) -> str | None:
-    """The split protocol a run's figures were computed under (each must state it): its card's (a tf.data
-    card's training.split_protocol, else its metrics' protocol, else a fields card's training.settings.split),
-    or while it trains, the run's settings' `split` (its config.json, the job's settings); None if none says."""
-    card = card or {}
-    training = card.get("training") or {}
-    return (training.get("split_protocol") or (card.get("metrics") or {}).get("protocol")
-            or (training.get("settings") or {}).get("split") or (run or {}).get("split") or None)
 
 
 def split_sizes(run: dict | None, card: dict | None = None) -> str:
