@@ -15,22 +15,26 @@ import tempfile
 from pathlib import Path
 
 
-def _plain(value):
+def plain(value, unknown=None):
     """`value` as standard JSON values, at any depth: numpy scalars and arrays as numbers and lists, paths as
     text, NaN and infinities as None (null). json.dump writes NaN and Infinity, which are not JSON: browsers'
-    JSON.parse, jq and PostgreSQL refuse a card holding an undefined metric written so."""
+    JSON.parse, jq and PostgreSQL refuse a card holding an undefined metric written so. Any other type is
+    refused (TypeError), or given to `unknown` (the progress stream writes it as text: a log line must never
+    stop a training)."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {str(key): plain(item, unknown) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item, unknown) for item in value]
     if hasattr(value, "tolist"):  # numpy scalar or array
-        return _plain(value.tolist())
+        return plain(value.tolist(), unknown)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if value is None or isinstance(value, (str, int)):
         return value
+    if unknown is not None:
+        return unknown(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
@@ -42,7 +46,7 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False, encoding="utf-8") as handle:
         try:
-            json.dump(_plain(data), handle, indent=2, allow_nan=False)
+            json.dump(plain(data), handle, indent=2, allow_nan=False)
         except BaseException:
             handle.close()
             os.unlink(handle.name)

@@ -417,3 +417,26 @@ def test_an_unreadable_card_is_not_called_invalid_json(folder, monkeypatch):
     with pytest.raises(ModelFolderError, match=r"cannot read .*card.json \(Permission denied\)") as raised:
         read_card(folder)
     assert "not valid JSON" not in str(raised.value)
+
+
+def test_the_progress_stream_and_the_cards_write_json_through_one_conversion(tmp_path):
+    """core.training.progress writes its lines with core.jsonfile.plain: standard JSON (NaN -> null, arrays as
+    lists), and, unlike a card, never refuses a value (a log line must not stop a training): text instead."""
+    import json as json_module
+
+    import numpy as np
+
+    from core.jsonfile import write_json_atomic
+    from core.training.progress import ProgressWriter
+
+    class Odd:
+        def __str__(self):
+            return "odd value"
+
+    writer = ProgressWriter(tmp_path / "progress.jsonl", echo_stdout=False)
+    writer.emit("epoch_end", loss=np.float32("nan"), sizes=np.array([1, 2]), note=Odd(), path=tmp_path)
+    line = (tmp_path / "progress.jsonl").read_text().strip()
+    record = json_module.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert (record["loss"], record["sizes"], record["note"], record["path"]) == (None, [1, 2], "odd value", str(tmp_path))
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "card.json", {"note": Odd()})

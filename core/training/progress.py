@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -22,29 +21,10 @@ import time
 from pathlib import Path
 
 from core.errors import Cancelled
+from core.jsonfile import plain
 
 EVENTS = ("start", "epoch_begin", "step", "epoch_end", "end", "error")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
-
-
-def _plain(value):
-    """JSON-safe copy: numpy scalars -> Python numbers, NaN/inf -> None (JSON has neither)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar or 0-d array
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
 
 
 class ProgressWriter:
@@ -60,7 +40,7 @@ class ProgressWriter:
         """Write one event now (flushed, so a reader polling the file sees it at once)."""
         if event not in EVENTS:
             raise ValueError(f"Unknown progress event {event!r}; expected one of {EVENTS}")
-        record = {"event": event, "time": round(time.time(), 3), **_plain(fields)}
+        record = {"event": event, "time": round(time.time(), 3), **plain(fields, unknown=str)}
         line = json.dumps(record, allow_nan=False) + "\n"
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as stream:
