@@ -139,3 +139,16 @@ def test_a_server_slide_is_identified_by_its_contents(tmp_path, monkeypatch):
     edges = hashlib.sha256(data[::-1][:1024**2] + data[::-1][-1024**2:]).hexdigest()
     assert digest is None and how.startswith("not hashed whole (over 0.00390625 GiB)")
     assert f"{len(data)} bytes" in how and how.endswith(f"first and last MiB, {edges}")
+
+
+def test_the_slide_call_sentence_speaks_plain_words_not_module_paths_or_pyramid_levels():
+    """A demo for pathologists read "level-0 box (700, 0)-(2100, 920)" in the call and "(core.slide.choose)"
+    in the rule of a model that makes no call: the box is the full-resolution one, and no module path shows."""
+    from core.slide.call import call_text
+
+    for kind in ("region", "none"):
+        call = slide_result(True, kind=kind).call
+        shown = " ".join(call_text(call))
+        assert "full-resolution box (700, 0)-(2100, 920)" in shown
+        assert "level-0" not in shown and "core." not in shown
+    assert "no rule kept this model's benign validation tissue benign" in call["rule"]

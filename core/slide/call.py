@@ -57,7 +57,7 @@ class SlideRule:
 
     def describe(self) -> str:
         if self.kind == "none":
-            return ("no slide call: no rule kept this model's benign validation tissue benign (core.slide.choose), "
+            return ("no slide call: no rule kept this model's benign validation tissue benign, "
                     "so suspicious tiles are shown for review but do not make a call")
         if self.kind == "top_k":
             return (f"malignant when the mean calibrated p(malignant) of the {self.min_size:g} most suspicious "
@@ -115,7 +115,7 @@ class Region:
         x0, y0, x1, y1 = self.box
         what = "the most suspicious tiles" if self.kind == "top_k" else "connected tiles"
         return (f"region {self.id}: {len(self.tiles)} {what} (tiles {_tile_list(self.tiles)}), rule score "
-                f"{self.score:.2f}, mean p(malignant) {self.mean_p:.2f}, max {self.max_p:.2f}, level-0 box "
+                f"{self.score:.2f}, mean p(malignant) {self.mean_p:.2f}, max {self.max_p:.2f}, full-resolution box "
                 f"({x0}, {y0})-({x1}, {y1})")
 
 
