@@ -118,6 +118,17 @@ def test_the_fields_pipeline_is_shown_as_it_trains_its_none_balanced_by_sampling
     assert "takes none or synthetic only" in dataset_views.fields_caption()
 
 
+def test_the_fields_caption_names_the_retrain_forms_pipeline_choice_not_a_command_line_flag():
+    """It began "(--pipeline fields: ...)" on the Dataset page and in the Retrain form's Balancing tooltip,
+    a flag no one types there; it names the form's Pipeline choice (the flag is in the Dataset heading's tooltip)."""
+    from core.app.retrain import PIPELINE_LABELS
+
+    caption = dataset_views.fields_caption()
+    assert "--pipeline" not in caption and "--balance" not in caption
+    assert caption.startswith("The Fields pipeline (the Retrain form's Pipeline choice \"Fields\"")
+    assert PIPELINE_LABELS["fields"].startswith("Fields:")  # the choice the caption names, as the form shows it
+
+
 def test_gan_fill_appears_only_with_a_synthetic_folder(train, tmp_path):
     tile = np.full((64, 64, 3), (200, 120, 180), np.uint8)
     for n in range(5):

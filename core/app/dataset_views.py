@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 
-from core.app.retrain import accepted_balances
+from core.app.retrain import PIPELINE_LABELS, accepted_balances
 from core.data import balance
 from core.data.breakhis import subtype_counts, summarize
 from core.data.download import completeness
@@ -111,12 +111,14 @@ def training_caption(train: pd.DataFrame) -> str:
 
 
 def fields_caption() -> str:
-    """What the fields pipeline (the CPU default and the bundled model's recipe) does with --balance."""
+    """What the fields pipeline (the CPU default and the bundled model's recipe) does with its Balancing choice,
+    named as the Retrain form names it (the command line's flag is the Dataset page heading's tooltip)."""
     taken = " or ".join(accepted_balances("fields"))
-    return ("The fields pipeline (--pipeline fields: the Retrain form's default on a CPU, and the bundled "
-            f"model's recipe) takes {taken} only: it always draws images with probability 1/sqrt(their subtype's "
-            "count) and weights both losses so that every class and subtype counts equally, so 'none' there is "
-            "balanced too. The bars show what its subtype loss sees per epoch.")
+    choice = PIPELINE_LABELS["fields"].split(":")[0]
+    return (f"The {choice} pipeline (the Retrain form's Pipeline choice \"{choice}\", its default on a CPU, and the "
+            f"bundled model's recipe) takes {taken} only as its Balancing: it always draws images with probability "
+            "1/sqrt(their subtype's count) and weights both losses so that every class and subtype counts equally, "
+            "so 'none' there is balanced too. The bars show what its subtype loss sees per epoch.")
 
 
 def _titled(title: str, source: str | None) -> str:
