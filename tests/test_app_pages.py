@@ -619,7 +619,7 @@ def test_performance_and_compare_head_technical_columns_in_plain_words_and_defin
     assert "its probability for the subtype, given that class" in helped[referral]
     calibration = next(text for text in helped if text.startswith("temperature scaling"))
     assert "expected calibration error" in helped[calibration] and "temperature" in helped[calibration]
-    protocol = next(text for text in helped if text.startswith("Computed on out-of-fold predictions"))
+    protocol = next(text for text in helped if text.startswith("Measured on patients each model never saw"))
     assert "757 images from 46 cases" in protocol and "every patient is held out once" in helped[protocol]
 
     app.switch_page("pages/compare.py").run()

@@ -184,19 +184,20 @@ def test_the_performance_page_calls_cross_validated_figures_out_of_fold_not_test
     metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
     assert metrics["data"]["split"] == "test" and "out-of-fold" in metrics["data"]["protocol"]
     line = performance.protocol_line(metrics)
-    assert line.startswith("Computed on out-of-fold predictions,") and "test split" not in line
+    assert line.startswith("Measured on patients each model never saw during training (") and "test split" not in line
+    assert "pooled out-of-fold" in line and "757 images from 46 cases" in line
     assert "each fold's training patients" in performance.intervals_caption(metrics)
     assert set(performance.metrics_table(metrics)["split"]) == {"out-of-fold"}
     title = confusion_figure(metrics["stage1"], "Stage 1").layout.title.text
     assert "out-of-fold" in title and "test split" not in title
     table = performance.intervals_table(metrics).set_index(["level", "metric"])["computed on"]
     assert table["patient", "stage-1 accuracy"] == "46 patients (one row each)"
-    assert table["patient", "subtype macro-F1 (8 classes)"] == "49 rows (case x tumour type), 46 cases"
+    assert table["patient", "subtype macro-F1 (8 classes)"] == "46 patients (49 patient-and-tumour-type groups)"
     assert metrics["intervals"]["patient"]["stage1_accuracy"]["value"] == 39 / 46
     assert "(95% CI 0.74-0.93, 46 patients, each tested out of fold)" in registry.measured_accuracy(
         read_json(DEFAULT_MODEL_DIR / "card.json"))
     held_out = {"data": {"split": "test", "protocol": "patient-wise", "images": 9, "cases": 2}}
-    assert performance.protocol_line(held_out).startswith("Computed on the test split,")
+    assert performance.protocol_line(held_out).startswith("Measured on the test split, patient-wise protocol,")
     assert "same test cases" in performance.intervals_caption({**held_out, "baselines": metrics["baselines"]})
 
 

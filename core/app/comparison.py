@@ -117,11 +117,12 @@ def comparable_groups(runs: list[Run]) -> dict[tuple | None, list[Run]]:
 
 def group_title(index: int, protocol: str, members: list[Run]) -> str:
     """'Group 1: 2 models on the same patient-wise test images'; a cross-validation's pooled figures
-    are out-of-fold images (every patient tested once), not a test split."""
+    are out-of-fold images (every patient tested once), not a test split: said in plain words, its protocol after."""
     several = len(members) > 1
-    images = "images" if split_name({"protocol": protocol}) == "out-of-fold" else "test images"
-    return f"Group {index + 1}: {len(members)} model{'s' if several else ''} on {'the same ' if several else ''}" \
-           f"{protocol} {images}"
+    models = f"Group {index + 1}: {len(members)} model{'s' if several else ''} on {'the same ' if several else ''}"
+    if split_name({"protocol": protocol}) == "out-of-fold":
+        return models + f"images, each scored by a model that never saw its patient during training ({protocol})"
+    return models + f"{protocol} test images"
 
 
 def _figure(metrics: dict, level: str, key: str) -> str:

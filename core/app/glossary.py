@@ -21,13 +21,13 @@ OUT_OF_FOLD = ("pooled out-of-fold: in a k-fold cross-validation every patient i
                "patient counts as a test patient exactly once.")
 P_SUBTYPE = ("p(class): the model's calibrated probability for its benign/malignant call; p(subtype | class): its "
              "probability for the subtype, given that class.")
-CASE_ROWS = ("case x tumour-type rows: a patient-level figure counts each patient once per tumour type their images "
-             "carry (a patient with two tumour types is two rows).")
+CASE_ROWS = ("patient-and-tumour-type groups (case x tumour-type rows): a patient-level figure counts each patient "
+             "once per tumour type their images carry (a patient with two tumour types counts in each, as two rows).")
 TEMPERATURE = ("temperature scaling: each stage's probabilities are softened or sharpened by one number (the "
                "temperature) fitted on held-out predictions; it changes no call, only how sure each call says it is.")
 
 # A phrase the pages' captions may carry -> its definition (explain: the tooltip of a caption that carries it).
-TERMS = {"out-of-fold": OUT_OF_FOLD, "case x tumour": CASE_ROWS, "macro-F1": MACRO_F1, "macro F1": MACRO_F1,
+TERMS = {"out-of-fold": OUT_OF_FOLD, "case x tumour": CASE_ROWS, "tumour-type groups": CASE_ROWS, "macro-F1": MACRO_F1, "macro F1": MACRO_F1,
          "ROC AUC": ROC_AUC, "ECE": ECE, "Brier": BRIER, "p(subtype | class)": P_SUBTYPE, "temperature": TEMPERATURE}
 
 # A table column the pages show -> (plain label with the technical term in brackets, tooltip).
@@ -45,6 +45,7 @@ COLUMNS = {
     "metric": ("metric", " ".join((MACRO_F1, ROC_AUC, BALANCED_ACCURACY))),
     "split": ("split", "out-of-fold: " + OUT_OF_FOLD),
     "protocol": ("protocol", OUT_OF_FOLD),
+    "computed on": ("computed on", "The images or patients each interval was computed on. " + CASE_ROWS),
     # the GAN gallery's checks (core.gan.gallery.check_rows; distances over the real-vs-real floor, goal <= 2)
     "two-sample accuracy": ("told apart from real (two-sample accuracy)",
                             "A small CNN trained on half the patches tells synthetic from real on the other half: "

@@ -27,7 +27,7 @@ _BLOCKS = (  # (row label, path into metrics.json / the card's metrics)
     ("Stage 2: malignant subtypes (true class given)", ("stage2", "malignant")),
     ("End to end: 8 subtypes", ("subtype8",)),
     ("Patient level: benign vs malignant", ("patient", "stage1")),
-    ("Patient level (case x tumour type): 8 subtypes", ("patient", "subtype8")),
+    ("Patient level: 8 subtypes (a patient with two tumour types counts in each)", ("patient", "subtype8")),
 )
 
 
@@ -61,13 +61,17 @@ def metrics_table(metrics: dict, predictions: pd.DataFrame | None = None) -> pd.
 
 
 def protocol_line(metrics: dict) -> str:
-    """The sentence that must accompany every number: which split, which protocol, how much data."""
+    """The sentence that must accompany every number: which split, which protocol, how much data; a
+    cross-validation's pooled predictions said in plain words first, the protocol's own name after them."""
     data = metrics.get("data") or {}
     if not data:
         return "Split protocol and data size unknown: treat these numbers with care."
     leaky = "image-level" in str(data.get("protocol", ""))
-    return (f"Computed on {measured_on(data)}, {data.get('protocol', '?')} protocol, "
-            f"{data.get('images', '?')} images from {data.get('cases', '?')} cases."
+    if split_name(data) == "out-of-fold":
+        on = f"patients each model never saw during training ({data.get('protocol', '?')})"
+    else:
+        on = f"{measured_on(data)}, {data.get('protocol', '?')} protocol"
+    return (f"Measured on {on}, {data.get('images', '?')} images from {data.get('cases', '?')} cases."
             + (" Image-level splits put the same patient in training and test: optimistic." if leaky else ""))
 
 
@@ -112,7 +116,8 @@ def intervals_table(metrics: dict) -> pd.DataFrame:
 
 def computed_on(block: dict, level: str, key: str) -> str:
     """What one headline interval was computed on: images, patients (one row each), or for the patient-level
-    subtype (and an older evaluation's every patient-level figure) rows of one case and true tumour type."""
+    subtype (and an older evaluation's every patient-level figure) groups of one patient and true tumour type
+    (case x tumour-type rows: the column's tooltip, glossary.COLUMNS["computed on"])."""
     rows, cases = block.get("rows", "?"), block.get("cases", "?")
     if level == "image":
         return f"{rows} images, {cases} cases"
@@ -120,7 +125,7 @@ def computed_on(block: dict, level: str, key: str) -> str:
         rows = block["subtype_rows"]
     elif rows == cases:
         return f"{cases} patients (one row each)"
-    return f"{rows} rows (case x tumour type), {cases} cases"
+    return f"{cases} patients ({rows} patient-and-tumour-type groups)"
 
 
 def cross_validation_caption(cv: dict) -> str:

@@ -72,9 +72,11 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
     patient-bootstrap interval (else a Wilson interval over the images the card counts)."""
     stage1, subtype = referral["stage1"], referral["subtype"]
     figures = referral.get("figures") or {}
-    text = (f"Stage 1 is referred when calibrated p(class) < {threshold_text(stage1['threshold'])}; the subtype when "
-            f"p(subtype | class) < {threshold_text(subtype['threshold'])} (or stage 1 is referred). Chosen on "
-            f"{referral['selected_on']}: {referral['rule']}.")
+    one, two = threshold_text(stage1["threshold"]), threshold_text(subtype["threshold"])
+    text = (f"Stage 1 is referred when the probability of its benign/malignant call is below {one} (calibrated "
+            f"p(class) < {one}); the subtype when its probability within the chosen class is below {two} "
+            f"(p(subtype | class) < {two}), or when stage 1 is referred. Chosen on {referral['selected_on']}: "
+            f"{referral['rule']}.")
     chosen_on, held_out = _selection_rows(predictions, referral)
     if chosen_on is not None:
         (first, second), method = _unreferred(chosen_on, referral), "bootstrap over patients"
