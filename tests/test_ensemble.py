@@ -76,7 +76,8 @@ def test_an_ensemble_predicts_the_mean_of_calibrated_members_with_their_disagree
     spread = np.std([m.stage1["malignant"] for m in members])
     assert prediction.uncertainty["p_malignant_spread"] == pytest.approx(spread, abs=1e-5)
     predictor.uncertainty_threshold = -1.0  # any spread is more than allowed: a refer reason
-    assert any("ensemble members disagree" in r for r in predictor.predict([rgb])[0].refer_reasons), spread
+    assert any("the ensemble's 3 models disagree about malignancy" in r
+               for r in predictor.predict([rgb])[0].refer_reasons), spread
     predictor.uncertainty_threshold = 1.0  # no spread can exceed it: no such reason
     assert not any("disagree" in r for r in predictor.predict([rgb])[0].refer_reasons)
 

@@ -125,6 +125,27 @@ def test_an_uncertainty_refer_reason_tells_its_two_figures_apart(predictor, samp
     assert shown > limit and shown == pytest.approx(spread, rel=0.01)
 
 
+def test_an_uncertainty_refer_reason_says_what_disagrees_in_plain_words_first(predictor, sample):
+    """It read "test-time views disagree (p(malignant) spread 0.0123 > 0.0110)": the views are counted and said
+    to be the model's views of this image, disagreeing about malignancy; the figures follow, unchanged."""
+    rgb = np.asarray(Image.open(io.BytesIO(sample[1])).convert("RGB"))
+    outputs = predictor.probabilities([rgb], tta=True)
+    uncertainty = predictor.interpret(outputs, 0.5, tta=True)[0].uncertainty
+    kept = predictor.uncertainty_threshold
+    try:
+        predictor.uncertainty_threshold = uncertainty["p_malignant_spread"] * 0.9
+        reasons = predictor.interpret(outputs, 0.5, tta=True)[0].refer_reasons
+    finally:
+        predictor.uncertainty_threshold = kept
+    [reason] = [r for r in reasons if "spread" in r]
+    assert reason.startswith(f"the model's {uncertainty['views']} views of this image disagree about malignancy (")
+    assert uncertainty["views"] > 1 and "test-time views" not in reason
+    assert re.search(r"\(p\(malignant\) spread [0-9.e-]+ > [0-9.e-]+\)$", reason)
+    from core.model.predict import disagreeing
+
+    assert disagreeing({"source": "ensemble members", "views": 3}) == "the ensemble's 3 models"
+
+
 # --- subtype demotion ---------------------------------------------------------------------------
 
 def test_a_subtype_head_below_the_baseline_is_demoted_everywhere(predictor, sample):

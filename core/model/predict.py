@@ -49,6 +49,15 @@ from core.model.folders import load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
 
+# What disagrees, in plain words, for a refer reason: {uncertainty source: its words with the count}.
+DISAGREEING = {"test-time views": "the model's {n} views of this image", "ensemble members": "the ensemble's {n} models"}
+
+
+def disagreeing(uncertainty: dict) -> str:
+    """'the model's 24 views of this image' for core.model.views.uncertainty_of's source and count."""
+    words = DISAGREEING.get(uncertainty.get("source"), "{n} " + str(uncertainty.get("source")))
+    return words.format(n=uncertainty.get("views", "the"))
+
 
 class Predictor:
     """A loaded classifier, ready to predict. Create once (core.model.loading.load_predictor) and
@@ -277,7 +286,7 @@ class Predictor:
         uncertainty = uncertainty_of(views, self.uncertainty_source) if views is not None else None
         if uncertainty and self.uncertainty_threshold is not None \
                 and uncertainty["p_malignant_spread"] > self.uncertainty_threshold:
-            first.append(f"{uncertainty['source']} disagree (p(malignant) spread "
+            first.append(f"{disagreeing(uncertainty)} disagree about malignancy (p(malignant) spread "
                          f"{figure(uncertainty['p_malignant_spread'])} > {figure(self.uncertainty_threshold)})")
         if stage2[subtype] < t2:
             second.append(f"subtype uncertain ({below(stage2[subtype], t2)})")
