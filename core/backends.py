@@ -23,6 +23,7 @@ from core.paths import REPO
 
 KERAS_BACKENDS = ("tensorflow", "jax")
 TENSORFLOW_ONLY_PIPELINES = ("tfdata",)
+PIPELINE_NAMES = {"tfdata": "tf.data", "fields": "Fields"}  # as the Retrain form's Pipeline choice names them
 ENVIRONMENT = "KERAS_BACKEND"
 
 
@@ -95,8 +96,9 @@ def backend_problem(backend: str, pipeline: str, installed=None) -> str | None:
     if backend not in installed:
         return f"the Keras backend {backend} is not installed here"
     if pipeline in TENSORFLOW_ONLY_PIPELINES and backend != "tensorflow":
-        return (f"the {pipeline} pipeline runs on TensorFlow only (tf.data); train with the fields pipeline "
-                f"under {backend}, or choose the tensorflow backend")
+        return (f"the {PIPELINE_NAMES.get(pipeline, pipeline)} pipeline (--pipeline {pipeline}) runs on TensorFlow "
+                f"only: choose the Fields pipeline (--pipeline fields) to train under {backend}, or the tensorflow "
+                "backend")
     return None
 
 

@@ -119,7 +119,7 @@ def launch_form() -> None:
             name = a.text_input("Run name (optional)", key="train_name")
             values["reviewed_dir"] = st.text_input(
                 "Reviewed images to add to the training split only (optional)", key="train_reviewed",
-                help="A folder exported from the reviews (core.store.review_export.export_training_folder); validation "
+                help="A folder exported from the reviews (`python -m core reviews export OUT`); validation "
                      "and test patients never learn from them (in a cross-validation: each fold's held-out "
                      "patients).").strip() or None
         submitted = st.form_submit_button("Start training", type="primary", on_click=mark_submitted)

@@ -173,7 +173,15 @@ def test_the_page_shows_each_backend_and_refuses_jax_with_tfdata(app, environmen
     app.radio(key="train_pipeline").set_value("tfdata")
     launch(app, synthetic_breakhis, "jax-tfdata", epochs=1)
     assert "TensorFlow only" in texts(app.error)
+    assert "the tf.data pipeline" in texts(app.error) and "tfdata pipeline" not in texts(app.error)
     assert jobs.read_job(environment["runs"]) is None and not (environment["runs"] / "jax-tfdata").exists()
+
+
+def test_the_reviewed_images_field_names_the_export_command_not_a_module_path(app):
+    """Its tooltip read "(core.store.review_export.export_training_folder)"."""
+    field = app.text_input(key="train_reviewed")
+    assert "core reviews export" in field.help and "core.store" not in field.help
+    assert field.label.startswith("Reviewed images to add to the training split")  # the refusal's words
 
 
 def test_the_page_is_drawn_while_the_backends_are_probed(environment, monkeypatch):

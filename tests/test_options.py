@@ -167,9 +167,10 @@ def test_a_missing_reviewed_images_folder_is_refused_before_anything_is_written(
     from core.training.config import TrainConfig, checked
 
     missing = str(tmp_path / "nonexistent")
-    with pytest.raises(UserInputError, match=r"reviewed-images folder \(--reviewed-dir\) not found: .*nonexistent"):
+    with pytest.raises(UserInputError, match=r"reviewed images to add to the training split \(--reviewed-dir\) not "
+                                             r"found: .*nonexistent"):
         checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=missing))
-    with pytest.raises(UserInputError, match="reviewed-images folder"):  # the Retrain form's check
+    with pytest.raises(UserInputError, match="reviewed images to add"):  # the Retrain form's check
         retrain.training_config({"data": str(tmp_path), "reviewed_dir": missing}, tmp_path / "runs", name="r")
     assert not (tmp_path / "run").exists()
     checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=str(tmp_path)))

@@ -40,3 +40,29 @@ def test_a_cross_validation_group_is_titled_in_plain_words_its_protocol_after():
     assert title == ("Group 1: 2 models on the same images, each scored by a model that never saw its patient during "
                      f"training ({protocol})")
     assert comparison.group_title(1, "patient-wise", [object()]) == "Group 2: 1 model on patient-wise test images"
+
+
+def test_a_missing_reviewed_images_folder_is_named_as_the_retrain_form_names_it(tmp_path):
+    """The Retrain form refused with "reviewed-images folder (--reviewed-dir) not found": its field reads "Reviewed
+    images to add to the training split"; the flag stays in brackets for the command line."""
+    import pytest
+
+    from core.errors import UserInputError
+    from core.training.config import TrainConfig, checked
+
+    with pytest.raises(UserInputError) as refused:
+        checked(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), reviewed_dir=str(tmp_path / "none")))
+    assert "folder of reviewed images to add to the training split (--reviewed-dir) not found" in str(refused.value)
+    assert "reviewed-images folder" not in str(refused.value)
+
+
+def test_a_backend_refusal_names_the_pipelines_as_the_retrain_form_does():
+    """It read "the tfdata pipeline runs on TensorFlow only (tf.data); train with the fields pipeline under jax"."""
+    from core.app.retrain import PIPELINE_LABELS
+    from core.backends import PIPELINE_NAMES, backend_problem
+
+    refusal = backend_problem("jax", "tfdata", ["tensorflow", "jax"])
+    assert refusal.startswith("the tf.data pipeline (--pipeline tfdata) runs on TensorFlow only: choose the Fields "
+                              "pipeline (--pipeline fields) to train under jax")
+    assert "tfdata pipeline" not in refusal
+    assert all(PIPELINE_LABELS[p].startswith(f"{name}:") for p, name in PIPELINE_NAMES.items())  # the form's words

@@ -190,8 +190,8 @@ def validate(config: TrainConfig) -> None:
     if config.weights and config.weights not in NAMED_WEIGHTS and not Path(config.weights).is_file():  # else inside the run
         problems.append(f"--weights: neither {' nor '.join(NAMED_WEIGHTS)} nor a file: {config.weights}")
     if config.reviewed_dir and not Path(config.reviewed_dir).is_dir():  # else the job fails later, as "Dataset"
-        problems.append(f"reviewed-images folder (--reviewed-dir) not found: {config.reviewed_dir} (export one with "
-                        "`python -m core reviews export OUT`)")
+        problems.append("folder of reviewed images to add to the training split (--reviewed-dir) not found: "
+                        f"{config.reviewed_dir} (export one from the reviews with `python -m core reviews export OUT`)")
     kfold = kfold_problem(config.folds, config.fold, config.split)
     if kfold:
         problems.append(kfold)
