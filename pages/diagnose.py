@@ -17,6 +17,9 @@ session.require_router()
 session.require("diagnose")
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+# Methods that draw each image's maps anew (Grad-CAM comes with the diagnosis pass) -> their time per image, as
+# measured on a 2-core CPU server with the bundled model: Score-CAM 0.7-2.2 s, Grad-CAM++ 0.2-0.8 s, the first more.
+SLOW_METHODS = {"scorecam": "a few seconds per image", "gradcam++": "up to about a second per image"}
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")
 # The settings' widgets and their first values. Streamlit drops the state of a widget its page did not draw (a
 # visit to another page): each is kept in a plain session key too, as session.keep_choices keeps the samples.
@@ -80,6 +83,7 @@ with inputs:
 with settings:
     method = remembered(st.selectbox, "method", "Heat-map method", METHODS,
                         format_func=lambda m: METHOD_NAMES.get(m, m))
+    slow_note = st.empty()  # how long the chosen method takes, said once the images are known
     opacity = remembered(st.slider, "opacity", "Heat-map opacity", 0.0, 1.0, step=0.05)
     threshold = None
     if remembered(st.toggle, "own_threshold", "Use my own referral threshold for both stages"):
@@ -125,6 +129,9 @@ for refused, reason in zip(results, reasons):
 tiled = [(r, reason, data) for r, reason, (_, data) in zip(results, reasons, items) if reason]
 results = [r for r, reason in zip(results, reasons) if not reason]
 analysed = [r for r in results if r.ok]
+if method in SLOW_METHODS and analysed:
+    slow_note.caption(f"{METHOD_NAMES[method]} draws each image's heat maps anew: {SLOW_METHODS[method]} on this "
+                      f"server, for {len(analysed)} image(s) here. Grad-CAM comes with the diagnosis, at no wait.")
 audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
     predictor, tta, threshold, magnification))  # one audit row per shown result
 table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids)
@@ -153,7 +160,11 @@ def probabilities(values: dict[str, float], column: str) -> None:
 
 def heat_maps(result) -> tuple | None:
     try:
-        return session.explanations(predictor, result, method)
+        if method not in SLOW_METHODS:
+            return session.explanations(predictor, result, method)
+        with st.spinner(f"Drawing the {METHOD_NAMES[method]} heat maps of {session.plain(result.name)} "
+                        f"({SLOW_METHODS[method]} on this server)...", show_time=True):
+            return session.explanations(predictor, result, method)
     except Exception as problem:  # Heat maps are an aid; a failure must not hide the result.
         st.warning(f"Heat maps unavailable for this image ({type(problem).__name__}: {problem}).")
         return None

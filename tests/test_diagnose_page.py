@@ -147,3 +147,34 @@ def test_the_uncertainty_is_said_in_plain_words_and_its_measures_are_in_the_tool
     assert "chosen for this test" in caption.value
     assert "nats" not in caption.value and "mutual information" not in caption.value.lower()
     assert "standard deviation of p(malignant)" in caption.help and "nats" in caption.help
+
+
+def test_a_slow_heat_map_method_says_how_slow_beforehand_and_while_it_draws(app, monkeypatch):
+    """QA: Score-CAM for 3 images took ~10 s on 2 cores and the whole page greyed out without a word. A method that
+    draws each image's maps anew says so under its choice, and a spinner names it while it draws; Grad-CAM, whose
+    maps come with the diagnosis, neither."""
+    import contextlib
+
+    import streamlit
+
+    said, real = [], streamlit.spinner
+
+    @contextlib.contextmanager
+    def spinner(text="", **kwargs):
+        said.append(text)
+        with real(text, **kwargs):
+            yield
+
+    monkeypatch.setattr(streamlit, "spinner", spinner)
+    samples = app.multiselect(key="samples")
+    samples.set_value([option.removesuffix(" · training image") for option in samples.options[:2]]).run()
+    assert not app.exception and not [text for text in said if "heat maps" in text]
+    assert "per image on this server" not in texts(app.caption)
+    app.selectbox(key="method").set_value("scorecam").run()
+    assert not app.exception
+    assert ("Score-CAM draws each image's heat maps anew: a few seconds per image on this server, for 2 image(s) "
+            "here.") in texts(app.caption)
+    drawn = [text for text in said if text.startswith("Drawing the Score-CAM heat maps of ")]
+    assert len(drawn) == 2 and all("a few seconds per image on this server" in text for text in drawn), said
+    app.selectbox(key="method").set_value("gradcam++").run()
+    assert "Grad-CAM++ draws each image's heat maps anew: up to about a second per image" in texts(app.caption)
