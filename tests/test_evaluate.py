@@ -470,4 +470,4 @@ def test_a_patient_with_two_tumour_types_is_one_stage1_patient_as_the_app_calls_
     assert measured_accuracy(card).endswith("0.75 (95% CI " + measured_accuracy(card).split("95% CI ")[1])
     assert "4 test patients" in measured_accuracy(card) and "rows" not in measured_accuracy(card)
     older = {"metrics": {**results, "intervals": {"patient": {**patient, "rows": 5}}}}
-    assert "5 case x tumour-type rows of 4 test patients" in measured_accuracy(older)
+    assert "4 test patients, counted as 5 patient-and-tumour-type groups" in measured_accuracy(older)

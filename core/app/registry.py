@@ -177,7 +177,7 @@ def measured_accuracy(card: dict) -> str | None:
     split = tested(metrics)
     who = f"{cases} patients, each tested out of fold" if split == "out-of-fold" else f"{cases} {split} patients"
     if rows != cases:  # an older evaluation scored a case with two tumour types twice: say which unit it counted
-        who = f"{rows} case x tumour-type rows of {who}"
+        who = f"{who}, counted as {rows} patient-and-tumour-type groups"
     return f"patient-level stage-1 accuracy {block['value']:.2f} ({interval}{who})"
 
 
