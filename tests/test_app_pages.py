@@ -624,7 +624,7 @@ def test_performance_and_compare_head_technical_columns_in_plain_words_and_defin
 
     app.switch_page("pages/compare.py").run()
     assert not app.exception
-    badges = {c.value: c.help for c in app.caption if "case x tumour-type rows" in c.value}
+    badges = {c.value: c.help for c in app.caption if "patient-and-tumour-type groups" in c.value}
     assert badges and all("counts each patient once per tumour type" in text for text in badges.values())
     folds = next(json.loads(f.proto.columns) for f in app.dataframe if any(c.endswith("pooled out-of-fold")
                                                                             for c in f.value.columns))
