@@ -399,7 +399,7 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
     assert "not comparable" in " ".join(w.value for w in app.warning)
     groups = [s.value for s in app.subheader if s.value.startswith("Group ")]
     assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
-    assert any(g.endswith("out-of-fold images") for g in groups) and any(g.endswith(" test images") for g in groups)
+    assert any("never saw its patient during training" in g for g in groups) and any(g.endswith(" test images") for g in groups)
     tables = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
     assert len(tables) == 3  # and their cross-validations on the same folds (tests/test_compare.py)
     assert tables[2].columns[2].endswith(": mean +- std over folds")
