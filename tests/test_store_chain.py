@@ -214,3 +214,69 @@ def test_the_check_at_start_reads_only_the_newest_rows_and_says_so(store):
     quick = store.check(newest=3)
     assert quick.broken == [ids[4]] and quick.scope() == "the newest 3 of 6 rows (`python -m core db verify`: all)"
     assert store.check().broken == [ids[1], ids[4]] and store.integrity.scope() == "all 6 rows"
+
+
+def forge(store, audit_id, kind="sign_in", user="mallory", refers_to=None):
+    """A row written around the app (hand-written SQL, which the triggers allow): no chain hash."""
+    with store.engine.begin() as connection:
+        connection.execute(text("INSERT INTO audit (id, at, kind, \"user\", refers_to, details) VALUES "
+                                "(:id, :at, :kind, :user, :ref, '{}')"),
+                           {"id": audit_id, "at": "2020-01-01 09:00:00", "kind": kind, "user": user, "ref": refers_to})
+
+
+def test_a_later_open_in_the_process_reads_only_the_rows_written_since(store, store_url, caplog):
+    """Store.open re-hashed the newest 10,000 rows at every open (0.4-1 s each on a 10k trail); a later open of
+    the same database in one process now carries on from the last check, and still finds a row written around
+    the app between two opens, and says it again at each later open."""
+    ids = store.record_many([dict(kind="sign_in", user="ann") for _ in range(40)])
+    first = Store.open(store_url)  # the fixture's open saw an empty trail: all 40 are new to this process
+    assert first.integrity.ok and first.integrity.rows == 40
+    again = Store.open(store_url)
+    assert again.integrity.ok and (again.integrity.rows, again.integrity.rows_before) == (0, 40)
+    assert again.integrity.head_id == ids[-1] and again.integrity.scope().startswith("the newest 0 of 40 rows")
+    forge(store, ids[-1] + 1)
+    store.record("sign_out", "ann")
+    with caplog.at_level(logging.WARNING, logger="core.store.audit"):
+        third = Store.open(store_url)
+    assert third.integrity.rows == 2 and third.integrity.missing == [ids[-1] + 1] and not third.integrity.ok
+    assert f"no chain hash, the first id {ids[-1] + 1}" in caplog.text
+    fourth = Store.open(store_url)
+    assert fourth.integrity.rows == 0 and fourth.integrity.missing == [ids[-1] + 1]  # carried, not forgotten
+    for opened in (first, again, third, fourth):
+        opened.close()
+
+
+def test_an_old_row_changed_between_opens_is_found_by_the_full_checks(store, store_url, monkeypatch, capsys):
+    """What a later open no longer re-reads (rows its process checked before) `db verify` and the Audit log
+    page's check still read; once one has found the edit, every later open says it too."""
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", store_url)
+    ids = [store.record("diagnosis", "ann", f"{n}.png", details={"call": "benign"}) for n in range(5)]
+    Store.open(store_url).close()  # this process has checked all five
+    drop_triggers(store)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE audit SET \"user\" = 'mallory' WHERE id = :id"), {"id": ids[1]})
+    db.restore_triggers(store.engine)  # the triggers put back: only the chain shows the edit
+    quick = Store.open(store_url)
+    assert quick.integrity.rows == 0 and quick.integrity.ok  # the trade: old rows are the full checks' job
+    assert main(["db", "verify"]) == 1 and f"broken at id {ids[1]}" in capsys.readouterr().out
+    assert quick.check().broken == [ids[1]]  # the Audit log page's button: all rows
+    later = Store.open(store_url)
+    assert later.integrity.broken == [ids[1]] and later.integrity.rows == 0
+    quick.close()
+    later.close()
+
+
+def test_the_newest_rows_removed_between_opens_are_found(store, store_url):
+    """A later open checks that the row its process last checked is still there with its hash: a trail cut back
+    meanwhile (which the chain alone cannot show) is reported, and the newest rows are checked instead."""
+    for n in range(4):
+        store.record("sign_in", "ann")
+    Store.open(store_url).close()
+    drop_triggers(store)
+    with store.engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit WHERE id >= 3"))
+    db.restore_triggers(store.engine)
+    cut = Store.open(store_url)
+    assert cut.integrity.unlike_noted == 4 and cut.integrity.rows == 2 and cut.integrity.broken == []
+    assert "audit row 4 is gone" in " ".join(cut.integrity.problems())
+    cut.close()

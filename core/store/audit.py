@@ -6,7 +6,8 @@ the trail back with the admin page's filters. There is no method that changes or
 and the session refuses it too (`_refuse_audit_changes`); on top of that the migration installs a
 database trigger, so even a hand-written UPDATE fails. A correction is a new row. Each row is also
 linked to the one before it by a hash chain (core.store.chain), written here, so a change made
-around the triggers is detected: `check()` (at every open, and `python -m core db verify`).
+around the triggers is detected: `check()` (at every open, and `python -m core db verify`). The first
+open of a database in a process re-hashes its newest rows; a later one only the rows written since.
 A review must name an account (or the single-user workstation's user).
 """
 
@@ -39,7 +40,11 @@ KINDS = ("diagnosis", "slide", "review", "sign_in", "sign_in_failed", "sign_out"
          "reviews_exported")
 COLUMNS = ["id", "at", "kind", "user", "subject", "image_sha256", "model", "model_sha256", "app_version",
            "refers_to", "details"]
-OPEN_CHECK_ROWS = 10_000  # the newest rows Store.open re-hashes (about a second); `db verify` checks all
+OPEN_CHECK_ROWS = 10_000  # the newest rows the first Store.open re-hashes (about a second); `db verify` checks all
+# Per database URL: this process's newest verdict on its chain, which a later check carries on from
+# (chain.verify's `since`), so a later Store.open reads only the rows written since. In memory only: a
+# record elsewhere would be one more thing whoever writes the database could rewrite.
+_LAST_CHECKED: dict[str, chain.Verdict] = {}
 SINGLE_USER = "local"  # the user of a single-user workstation (BREAKHIS_SINGLE_USER), core.app.signin's
 
 
@@ -82,18 +87,23 @@ class Store:
     @classmethod
     def open(cls, url: str | None = None) -> "Store":
         """Open and migrate the deployment's database (StoreError, nothing changed, if unusable), then
-        check the trail's triggers and newest rows (`check`: what is wrong is logged, kept in `integrity`)."""
+        check the trail's triggers and newest rows (`check`: what is wrong is logged, kept in `integrity`).
+        A later open of the same database in this process carries on from the last check: it reads only
+        the rows written since (and that the head it ended on is still there), and repeats what it found."""
         engine = make_engine(url)
         upgrade(engine)
         store = cls(engine)
-        store.check(newest=OPEN_CHECK_ROWS)
+        store.check(newest=OPEN_CHECK_ROWS, carry_on=True)
         return store
 
-    def check(self, expect: tuple[int, str] | None = None, newest: int | None = None) -> chain.Verdict:
-        """Verify the hash chain (all rows, or the `newest`) and the append-only triggers
-        (core.store.chain.verify), log what is wrong as a warning and keep the verdict in `integrity`
-        (the Audit log page shows it)."""
-        verdict = verify_trail(self.engine, expect, newest)
+    def check(self, expect: tuple[int, str] | None = None, newest: int | None = None,
+              carry_on: bool = False) -> chain.Verdict:
+        """Verify the hash chain (all rows, or the `newest`; `carry_on`: from this process's last check of
+        this database, when there is one) and the append-only triggers (core.store.chain.verify), log what
+        is wrong as a warning and keep the verdict in `integrity` (the Audit log page shows it)."""
+        key = self.engine.url.render_as_string(hide_password=False)
+        verdict = verify_trail(self.engine, expect, newest, _LAST_CHECKED.get(key) if carry_on else None)
+        _LAST_CHECKED[key] = verdict  # a race between two threads leaves an older head: more rows read next
         for problem in verdict.problems():
             log.warning("%s: %s", safe_url(self.engine.url), problem)
         self.integrity = verdict
@@ -209,11 +219,12 @@ class Store:
 
 
 
-def verify_trail(engine: Engine, expect: tuple[int, str] | None = None, newest: int | None = None) -> chain.Verdict:
+def verify_trail(engine: Engine, expect: tuple[int, str] | None = None, newest: int | None = None,
+                 since: chain.Verdict | None = None) -> chain.Verdict:
     """core.store.chain.verify on the database behind `engine` (read-only; a StoreError the page or the CLI can
     show): Store.check and `python -m core db status|verify`, which must not migrate, both read it here."""
     with store_errors("The audit trail could not be checked"), engine.connect() as connection:
-        return chain.verify(connection, expect, newest)
+        return chain.verify(connection, expect, newest, since)
 
 
 def _refuse_unknown_reviewers(session: Session, rows: list[dict]) -> None:

@@ -129,21 +129,24 @@ class Verdict:
         return said
 
 
-def verify(connection: Connection, expect: tuple[int, str] | None = None, newest: int | None = None) -> Verdict:
+def verify(connection: Connection, expect: tuple[int, str] | None = None, newest: int | None = None,
+           since: Verdict | None = None) -> Verdict:
     """Recompute the chain (read in batches) and check the triggers; `expect` (id, hash) is a head
     noted down earlier, which must still be there with that hash. `newest`: only the newest rows
     (each linked to the stored hash of the row before them), for a check at every start that stays
-    quick on a large trail (about 0.1 ms a row); `rows_before` then says how many were not read."""
+    quick on a large trail (about 0.1 ms a row); `rows_before` then says how many were not read.
+    `since`: an earlier verdict on this database to carry on from (Store.open's later opens): only the
+    rows after its head are read, linked to the head's hash, and its findings are kept; a head that is
+    gone or holds another hash is reported (`unlike_noted`) and the `newest` rows are checked instead
+    (with `expect`, whose row may lie before that head, `since` is not used)."""
+    since = None if expect else since
     verdict, previous, previous_id = Verdict(missing_triggers=missing_triggers(connection)), None, None
     noted = expect is None
     columns = [getattr(AuditEvent, c) for c in (*HASHED, "chain_sha256")]  # typed: read back as written
     after = 0
-    if newest is not None:
-        start = connection.execute(select(AuditEvent.id, AuditEvent.chain_sha256).order_by(AuditEvent.id.desc())
-                                   .offset(newest).limit(1)).first()
-        if start is not None:
-            (after, previous), previous_id = start, start[0]
-            verdict.rows_before = connection.scalar(select(func.count()).where(AuditEvent.id <= after))
+    if start := _start(connection, verdict, newest, since):
+        (after, previous), previous_id = start, start[0]
+        verdict.rows_before = connection.scalar(select(func.count()).where(AuditEvent.id <= after))
     while rows := connection.execute(select(*columns).where(AuditEvent.id > after)
                                      .order_by(AuditEvent.id).limit(BATCH)).mappings().all():
         for row in rows:
@@ -160,8 +163,24 @@ def verify(connection: Connection, expect: tuple[int, str] | None = None, newest
         verdict.rows += len(rows)
         after = rows[-1]["id"]
     verdict.head_id, verdict.head_sha256 = previous_id, previous
-    verdict.unlike_noted = None if noted else expect[0]
+    if not noted:
+        verdict.unlike_noted = expect[0]
     return verdict
+
+
+def _start(connection: Connection, verdict: Verdict, newest: int | None, since: Verdict | None):
+    """(id, stored hash) of the row a partial check links on from (None: read from the first row); a
+    verdict carried on from gives its findings to `verdict`."""
+    if since is not None and since.head_id is not None:
+        held = connection.scalar(select(AuditEvent.chain_sha256).where(AuditEvent.id == since.head_id))
+        if held == since.head_sha256:
+            verdict.broken, verdict.missing, verdict.gaps = [*since.broken], [*since.missing], [*since.gaps]
+            return since.head_id, since.head_sha256
+        verdict.unlike_noted = since.head_id  # cut back or rewritten since it was read
+    if newest is None:
+        return None
+    return connection.execute(select(AuditEvent.id, AuditEvent.chain_sha256).order_by(AuditEvent.id.desc())
+                              .offset(newest).limit(1)).first()
 
 
 def missing_triggers(connection: Connection) -> list[str]:
