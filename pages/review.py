@@ -141,6 +141,7 @@ if queued.discordant:
     st.warning(f"{queued.discordant:,} reviewed result{'s have' if queued.discordant > 1 else ' has'} discordant "
                "reviews (reviewers disagree): include reviewed results and choose 'Discordant reviews only'.",
                icon=":material/rule:")
+if queued.left_out: st.error(reviews.left_out_notice(queued.left_out), icon=":material/gpp_bad:")
 waiting = queued.waiting
 if not waiting.total:
     st.success("Nothing waits for review" + (" under these filters." if referred_only or search.strip() else "."))

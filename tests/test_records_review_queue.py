@@ -189,3 +189,26 @@ def test_discordant_reviews_are_flagged_on_the_card_and_in_the_queue_and_a_self_
 def cards(app) -> list[str]:
     """Each card's header line, as a reader sees it."""
     return [texts([m]) for m in app.markdown if m.value.startswith("**#")]
+
+
+def test_a_review_inserted_by_hand_is_left_out_and_the_page_says_how_many(app):
+    """A review row inserted with raw SQL (no chain hash) showed as a pathologist's review and took its result
+    off the worklist, until someone ran `db verify`."""
+    from sqlalchemy import text
+
+    from core.store.audit import Store
+
+    store = Store.open()
+    row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False})
+    with store.engine.begin() as connection:
+        connection.execute(text("INSERT INTO audit (id, at, kind, \"user\", refers_to, details) VALUES (:id, "
+                                "'2020-01-01 09:00:00', 'review', 'dr_chief', :row, '{\"agree\": true, \"label\": "
+                                "\"benign\", \"subtype\": \"adenosis\"}')"), {"id": row + 1, "row": row})
+    app.switch_page("pages/review.py").run()
+    assert not app.exception and f"#{row} " in "\n".join(cards(app))  # still waiting
+    assert ("1 audit row of results or reviews fails the audit trail's hash chain" in texts(app.error)
+            and "`python -m core db verify`" in texts(app.error))
+    app.toggle(key="include_reviewed").set_value(True).run()
+    assert "dr_chief" not in texts(app.caption) and "Reviewed (0)" in texts(app.subheader)
+    store.close()

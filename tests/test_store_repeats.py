@@ -3,6 +3,7 @@ a card's list of repeats: on SQLite and PostgreSQL they agree, row by row."""
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from core.store import repeats, reviews
 from core.store.models import AuditEvent
@@ -29,7 +30,8 @@ def test_the_queue_folds_exactly_the_rows_a_card_lists_as_repeats(store):
     assert {name[i]: [name[o] for o in others] for i, others in listed.items() if others} == {
         "a1": ["a2"], "a2": ["a1"], "y1": ["y2"], "y2": ["y1"]}
     with store.reading("test") as session:
-        folded = session.execute(select(AuditEvent.id, repeats.NEWER_REPEAT, repeats.FIRST_SEEN)
+        fold = repeats.folding()
+        folded = session.execute(select(AuditEvent.id, fold.newer_repeat, fold.first_seen)
                                  .where(AuditEvent.id.in_(list(name)))).all()
     for i, newer, first in folded:  # the queue's SQL, row by row, against the card's list
         assert (bool(newer), first) == (any(o > i for o in listed[i]), min([i, *listed[i]])), name[i]
@@ -41,9 +43,9 @@ def test_sqlite_looks_repeats_up_by_the_image_index(store):
     """By the kind's index SQLite read every diagnosis for each row of the queue (12 s for 10,000 rows)."""
     if store.engine.dialect.name != "sqlite":
         pytest.skip("SQLite's query planner")
-    ordered = select(AuditEvent.id).where(AuditEvent.kind.in_(reviews.REVIEWABLE)).order_by(repeats.FIRST_SEEN)
-    listed = (select(AuditEvent.id, repeats._OTHER.id).join(repeats._OTHER, repeats.same_result(repeats._OTHER, AuditEvent))
-              .where(AuditEvent.id.in_([1, 2])))
+    other = aliased(AuditEvent)
+    ordered = select(AuditEvent.id).where(AuditEvent.kind.in_(reviews.REVIEWABLE)).order_by(repeats.folding().first_seen)
+    listed = select(AuditEvent.id, other.id).join(other, repeats.same_result(other, AuditEvent)).where(AuditEvent.id < 3)
     with store.engine.connect() as connection:
         for query in (ordered, listed):
             sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))

@@ -101,12 +101,22 @@ class Store:
         """Verify the hash chain (all rows, or the `newest`; `carry_on`: from this process's last check of
         this database, when there is one) and the append-only triggers (core.store.chain.verify), log what
         is wrong as a warning and keep the verdict in `integrity` (the Audit log page shows it)."""
-        key = self.engine.url.render_as_string(hide_password=False)
-        verdict = verify_trail(self.engine, expect, newest, _LAST_CHECKED.get(key) if carry_on else None)
-        _LAST_CHECKED[key] = verdict  # a race between two threads leaves an older head: more rows read next
+        verdict = self._verify(expect, newest, carry_on)
         for problem in verdict.problems():
             log.warning("%s: %s", safe_url(self.engine.url), problem)
         self.integrity = verdict
+        return verdict
+
+    def carried_on(self) -> chain.Verdict:
+        """This process's last check of this database carried on over the rows written since (only those are
+        read): what a reader that must not take a broken row as genuine (the review queue) goes by. Left out of
+        `integrity` and the log: the Audit log page says when its check ran, and the reader says what it found."""
+        return self._verify(None, OPEN_CHECK_ROWS, True)
+
+    def _verify(self, expect, newest, carry_on) -> chain.Verdict:
+        key = self.engine.url.render_as_string(hide_password=False)
+        verdict = verify_trail(self.engine, expect, newest, _LAST_CHECKED.get(key) if carry_on else None)
+        _LAST_CHECKED[key] = verdict  # a race between two threads leaves an older head: more rows read next
         return verdict
 
     def close(self) -> None:

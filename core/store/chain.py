@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, and_, func, select, text
 
 from core.store.models import AuditEvent
 
@@ -181,6 +181,12 @@ def _start(connection: Connection, verdict: Verdict, newest: int | None, since: 
         return None
     return connection.execute(select(AuditEvent.id, AuditEvent.chain_sha256).order_by(AuditEvent.id.desc())
                               .offset(newest).limit(1)).first()
+
+
+def vouched(row, broken: list[int]):
+    """SQL: the chain vouches for `row` (AuditEvent or an alias of it): it has a chain hash, and not one a
+    check (`verify`) found broken. A row written around the app has none; a changed one no longer links."""
+    return and_(row.chain_sha256.is_not(None), row.id.not_in(broken))
 
 
 def missing_triggers(connection: Connection) -> list[str]:

@@ -5,13 +5,15 @@ is a new audit row, each kept. For review they are one result: the Review queue 
 them once, it waits since the first, and a review of any of them settles them all (a reviewer's
 verdict is about the tissue, whatever the settings). A row with no image hash is a result of its own.
 
-`same_result` is the one definition: the queue's folding (NEWER_REPEAT, REPEAT_REVIEWED, FIRST_SEEN)
-and a card's list of repeats (repeats_of) are both SQL built from it, so they cannot disagree.
+`same_result` is the one definition: the queue's folding (`folding`) and a card's list of repeats
+(repeats_of) are both SQL built from it, so they cannot disagree.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, or_, select
+import dataclasses
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true
 from sqlalchemy.orm import aliased
 
 from core.store.models import AuditEvent
@@ -33,22 +35,38 @@ def same_result(other, row):
     return and_(row.image_sha256 != "", *(mine == theirs for mine, theirs in zip(result_key(row), result_key(other))))
 
 
-_OTHER = aliased(AuditEvent)  # another row, as seen from a result row
-_REVIEW = aliased(AuditEvent)
-_SAME_RESULT = or_(_OTHER.id == AuditEvent.id, same_result(_OTHER, AuditEvent))  # its result's rows
-NEWER_REPEAT = exists().where(_SAME_RESULT, _OTHER.id > AuditEvent.id)  # the row is not the newest of its result
-REPEAT_REVIEWED = exists(select(_OTHER.id).join(_REVIEW, _REVIEW.refers_to == _OTHER.id)
-                         .where(_REVIEW.kind == "review", _SAME_RESULT))  # any row of its result was reviewed
-FIRST_SEEN = select(func.min(_OTHER.id)).where(_SAME_RESULT).scalar_subquery()  # when its result began to wait
+def _every(row):
+    return true()
 
 
-def repeats_of(store, rows: list[dict], kinds) -> dict[int, list[int]]:
-    """{row id: the ids of the other rows of its result, oldest first ([] for a row not of `kinds`), in one query."""
+@dataclasses.dataclass(frozen=True)
+class Folding:
+    """The queue's SQL on a result row (AuditEvent), over the rows some predicate admits."""
+
+    newer_repeat: ColumnElement  # the row is not the newest of its result
+    reviewed: ColumnElement  # a row of its result was reviewed
+    first_seen: ColumnElement  # when its result began to wait: its oldest row's id
+
+
+def folding(admits=_every) -> Folding:
+    """The Folding over the rows `admits` (a predicate on an AuditEvent alias; default: every row)."""
+    other, review = aliased(AuditEvent), aliased(AuditEvent)  # another row, and a review, as seen from a result row
+    same = and_(or_(other.id == AuditEvent.id, same_result(other, AuditEvent)), admits(other))  # its result's rows
+    return Folding(newer_repeat=exists().where(same, other.id > AuditEvent.id),
+                   reviewed=exists(select(other.id).join(review, review.refers_to == other.id)
+                                   .where(review.kind == "review", admits(review), same)),
+                   first_seen=select(func.min(other.id)).where(same).scalar_subquery())
+
+
+def repeats_of(store, rows: list[dict], kinds, admits=_every) -> dict[int, list[int]]:
+    """{row id: the ids of the other rows of its result that `admits`, oldest first ([] for a row not of `kinds`),
+    in one query."""
     found: dict[int, list[int]] = {row["id"]: [] for row in rows}
+    other = aliased(AuditEvent)
     with store.reading("The audit trail could not be read") as session:
-        pairs = session.execute(select(AuditEvent.id, _OTHER.id).join(_OTHER, same_result(_OTHER, AuditEvent))
+        pairs = session.execute(select(AuditEvent.id, other.id).join(other, same_result(other, AuditEvent))
                                 .where(AuditEvent.id.in_(list(found)), AuditEvent.kind.in_(kinds),
-                                       _OTHER.id != AuditEvent.id).order_by(_OTHER.id)).all()
-    for row_id, other in pairs:
-        found[row_id].append(other)
+                                       other.id != AuditEvent.id, admits(other)).order_by(other.id)).all()
+    for row_id, other_id in pairs:
+        found[row_id].append(other_id)
     return found

@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, pretty
 from core.errors import UserInputError
-from core.store import repeats
+from core.store import chain, repeats
 from core.store.audit import Store
 from core.store.models import AuditEvent
 
@@ -147,11 +147,13 @@ def assessed_subtype(review_row: dict, result: dict) -> str | None:
     return None if unseen else d["subtype"]
 
 
-def reviews_of(store: Store, audit_ids) -> dict[int, list[dict]]:
-    """{result id: its review rows, oldest first} for the results that have one."""
+def reviews_of(store: Store, audit_ids, left_out=frozenset()) -> dict[int, list[dict]]:
+    """{result id: its review rows, oldest first} for the results that have one; reviews whose ids are in
+    `left_out` are not counted (the queue's: rows that fail the audit chain)."""
     found: dict[int, list[dict]] = {}
     for row in store.events(kinds="review", refers_to_any=list(audit_ids), newest_first=False):
-        found.setdefault(row["refers_to"], []).append(row)
+        if row["id"] not in left_out:
+            found.setdefault(row["refers_to"], []).append(row)
     return found
 
 
@@ -180,10 +182,20 @@ class Queue:
     reviewed: Section  # newest review first; no rows unless asked for
     referred: int
     discordant: int  # results whose reviewers disagree (discordant()), in the whole trail
+    left_out: int = 0  # result and review rows that fail the audit chain, in the whole trail (left_out_notice)
+
+
+def left_out_notice(count: int) -> str:
+    """What the queue says of the rows it left out: how many, why, and what to run."""
+    many = count != 1
+    return (f"{count:,} audit row{'s' if many else ''} of results or reviews {'fail' if many else 'fails'} the "
+            f"audit trail's hash chain (written around the app, or changed since) and {'are' if many else 'is'} left "
+            "out of this queue: none is shown, waits for review or settles a result. An administrator should run "
+            "`python -m core db verify`.")
 
 
 _REVIEW = aliased(AuditEvent)  # a review row, as seen from the result it refers to
-_REVIEWED = exists().where(_REVIEW.kind == "review", _REVIEW.refers_to == AuditEvent.id)
+_QUEUED = (*REVIEWABLE, "review")  # the kinds of row the queue shows or goes by
 _REFERRED = AuditEvent.details["refer"].as_boolean()
 _RESULT = AuditEvent.kind.in_(REVIEWABLE)
 
@@ -198,27 +210,44 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
     (core.store.repeats: the same image and model) wait as one, the newest shown, until one is reviewed.
     `search` keeps the results whose file name contains it or whose BreakHis case id is it; `discordant_only`
     keeps the reviewed results whose reviewers disagree; a page past the last shows the last. Each row has
-    all its "reviews" (oldest first), whether they are "discordant" and its "repeats"."""
-    disagreed = discordant_ids(store)
-    where = [_RESULT]
+    all its "reviews" (oldest first), whether they are "discordant" and its "repeats".
+
+    Only rows the audit chain vouches for count (chain.vouched, by this process's check carried on to
+    now): a result or review written around the app, or changed, is left out everywhere here (a forged
+    review would settle a result, a forged repeat take its place), and `left_out` counts them."""
+    broken = store.carried_on().broken
+    admits = lambda row: chain.vouched(row, broken)  # noqa: E731
+    fold = repeats.folding(admits)
+    where = [_RESULT, admits(AuditEvent)]
     if search.strip():
         where.append(or_(AuditEvent.subject.icontains(search.strip(), autoescape=True),
                          AuditEvent.details["case"].as_string() == search.strip()))
     newest_review = (select(_REVIEW.refers_to.label("result"), func.max(_REVIEW.id).label("last"))
-                     .where(_REVIEW.kind == "review").group_by(_REVIEW.refers_to).subquery())
+                     .where(_REVIEW.kind == "review", admits(_REVIEW)).group_by(_REVIEW.refers_to).subquery())
+    left_out = _left_out(store, admits)
+    disagreed = discordant_ids(store, left_out)
     with store.reading("The audit trail could not be read") as session:
         count = lambda *more: session.scalar(select(func.count()).select_from(AuditEvent).where(*where, *more))  # noqa: E731
-        unreviewed = [~repeats.REPEAT_REVIEWED, ~repeats.NEWER_REPEAT]  # the newest of a result none reviewed
+        unreviewed = [~fold.reviewed, ~fold.newer_repeat]  # the newest of a result none reviewed
         waits = [*unreviewed, _REFERRED] if referred_only else unreviewed
         referred = count(*unreviewed, _REFERRED)
         waiting = _section(session, select(AuditEvent.id).where(*where, *waits).order_by(
-            case((_REFERRED, 0), else_=1), repeats.FIRST_SEEN, AuditEvent.id), count(*waits), page, limit)
-        done = [_REVIEWED, AuditEvent.id.in_(disagreed)] if discordant_only else [_REVIEWED]
+            case((_REFERRED, 0), else_=1), fold.first_seen, AuditEvent.id), count(*waits), page, limit)
+        was_reviewed = exists().where(_REVIEW.kind == "review", _REVIEW.refers_to == AuditEvent.id, admits(_REVIEW))
+        done = [was_reviewed, AuditEvent.id.in_(disagreed)] if discordant_only else [was_reviewed]
         reviewed = _section(session, select(AuditEvent.id).join(newest_review, newest_review.c.result == AuditEvent.id)
                             .where(*where, *done).order_by(newest_review.c.last.desc()),
                             count(*done), reviewed_page, limit if include_reviewed else 0)
-    waiting.rows, reviewed.rows = _rows(store, waiting.rows), _rows(store, reviewed.rows)
-    return Queue(waiting=waiting, reviewed=reviewed, referred=referred, discordant=len(disagreed))
+    waiting.rows = _rows(store, waiting.rows, admits, left_out)
+    reviewed.rows = _rows(store, reviewed.rows, admits, left_out)
+    return Queue(waiting=waiting, reviewed=reviewed, referred=referred, discordant=len(disagreed),
+                 left_out=len(left_out))
+
+
+def _left_out(store: Store, admits) -> frozenset[int]:
+    """The ids of the result and review rows, in the whole trail, that `admits` does not."""
+    with store.reading("The audit trail could not be read") as session:
+        return frozenset(session.scalars(select(AuditEvent.id).where(AuditEvent.kind.in_(_QUEUED), ~admits(AuditEvent))))
 
 
 def _section(session, ids, total: int, page: int, limit: int) -> Section:
@@ -230,12 +259,13 @@ def _section(session, ids, total: int, page: int, limit: int) -> Section:
     return Section(rows=list(rows), total=total, page=page, pages=pages, first=offset + 1)
 
 
-def _rows(store: Store, ids: list[int]) -> list[dict]:
+def _rows(store: Store, ids: list[int], admits, left_out: frozenset) -> list[dict]:
     """The result rows `ids`, in that order, each with its newest "review" (or None), all its "reviews",
-    whether they are "discordant" and the ids of its "repeats" (core.store.repeats)."""
+    whether they are "discordant" and the ids of its "repeats" (core.store.repeats), none of them a row
+    the queue leaves out (`admits`, as SQL; `left_out`, their ids)."""
     by_id = {row["id"]: row for row in store.events(ids=ids)}
-    found = reviews_of(store, ids)
-    same = repeats.repeats_of(store, list(by_id.values()), REVIEWABLE)
+    found = reviews_of(store, ids, left_out)
+    same = repeats.repeats_of(store, list(by_id.values()), REVIEWABLE, admits)
     return [{**by_id[i], "review": (found.get(i) or [None])[-1], "reviews": found.get(i, []),
              "discordant": discordant(found.get(i, [])), "repeats": same[i]} for i in ids]
 
@@ -256,14 +286,14 @@ def discordant(review_rows: list[dict]) -> bool:
                for a, b in itertools.combinations(verdicts, 2))
 
 
-def discordant_ids(store: Store) -> list[int]:
-    """The results (ids, oldest first) whose reviewers disagree (discordant()); only results reviewed by
-    two users or more are read."""
+def discordant_ids(store: Store, left_out=frozenset()) -> list[int]:
+    """The results (ids, oldest first) whose reviewers disagree (discordant()), reviews in `left_out` not
+    counted; only results reviewed by two users or more are read."""
     with store.reading("The audit trail could not be read") as session:
         shared = session.scalars(select(AuditEvent.refers_to).where(AuditEvent.kind == "review")
                                  .group_by(AuditEvent.refers_to)
                                  .having(func.count(distinct(AuditEvent.user)) > 1)).all()
-    return sorted(result for result, rows in reviews_of(store, shared).items() if discordant(rows))
+    return sorted(result for result, rows in reviews_of(store, shared, left_out).items() if discordant(rows))
 
 
 def self_review(result: dict, review_row: dict) -> bool:
