@@ -194,12 +194,35 @@ def test_the_same_image_reviewed_twice_is_exported_once_with_its_newest_review(s
     newest = reviews.review(store, "cy", first, subtype="fibroadenoma")  # the newest review, of the first upload
     summary = review_export.export_training_folder(store, tmp_path / "export", kept)
     assert summary["written"] == 1 and summary["skipped"] == {"not kept": 0, "no subtype": 0, "superseded": 1,
-                                                              "repeated": 1, "no magnification": 0}
+                                                              "repeated": 1, "no magnification": 0,
+                                                              "fail the audit chain": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "fibroadenoma"
     with (tmp_path / "export" / review_export.PROVENANCE).open(newline="") as handle:
         [row] = list(csv.DictReader(handle))
     assert row["review_id"] == str(newest) and row["superseded_reviews"] == str(older)
+
+
+def test_a_review_written_around_the_app_never_becomes_a_training_label(store, tmp_path):
+    """A review row inserted by raw SQL (no chain hash) is not exported, nor is a result so inserted; both counted."""
+    from tests.test_store_queue_chain import forge
+
+    kept = ImageStore(tmp_path / "images")
+    sha, other = kept.put(png_bytes(tissue_like())), kept.put(png_bytes(tissue_like((96, 130))))
+    call = {"call": "benign", "subtype": "adenosis", "magnification": "200X"}
+    result = store.record("diagnosis", "ann", "scan_0001.png", image_sha256=sha, details=call)
+    forge(store, "review", {"agree": False, "label": "malignant", "subtype": "lobular_carcinoma", "model_call":
+                            ["benign", "adenosis"]}, user="bob", refers_to=result, subject="scan_0001.png",
+          image_sha256=sha)
+    forge(store, "diagnosis", call, user="ann", subject="scan_0002.png", image_sha256=other)
+    summary = review_export.export_training_folder(store, tmp_path / "export", kept)
+    assert summary["written"] == 0 and summary["skipped"]["fail the audit chain"] == 2
+    genuine = reviews.review(store, "bob", result, subtype="fibroadenoma")
+    summary = review_export.export_training_folder(store, tmp_path / "export2", kept)
+    assert summary["written"] == 1 and summary["skipped"]["fail the audit chain"] == 2
+    with (tmp_path / "export2" / review_export.PROVENANCE).open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["review_id"] == str(genuine) and row["subtype"] == "fibroadenoma"
 
 
 def test_reviewed_images_join_the_training_split_only(synthetic_breakhis, tmp_path):

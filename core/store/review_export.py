@@ -20,7 +20,7 @@ from core.store.accounts import SYSTEM
 from core.store.audit import Store
 from core.store.db import StoreError, private_folder
 from core.store.images import ImageStore
-from core.store.reviews import REVIEWABLE, assessed_subtype, latest_reviews
+from core.store.reviews import REVIEWABLE, assessed_subtype, reviews_of
 
 PROVENANCE = "provenance.csv"
 
@@ -37,7 +37,9 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
     fields in the wrong magnification's training set, so they are skipped unless `assume_magnification`
     names one, which provenance.csv then says. Patient images: the folder is private (0700), the
     files 0600, and the export is an audit row ("reviews_exported": who, folder, count, review ids),
-    `user` (default: "system", the CLI on the machine) named. Returns counts, among them the older
+    `user` (default: "system", the CLI on the machine) named. Only result and review rows the audit
+    trail's hash chain vouches for, checked in full first, are read: a row written around the app, or
+    changed, never becomes a training label ("fail the audit chain" counts them). Returns counts, among them the older
     reviews of an exported image that chose other labels ("superseded") or the same ones
     ("repeated"), and the row's id; the provenance file lists file, review id, result id, reviewer,
     time, the model's call and the reviewed labels, the magnification and where it came from, the
@@ -51,11 +53,17 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         raise UserInputError(f"unknown magnification {assume_magnification!r}; one of {', '.join(MAGNIFICATIONS)}")
     created = not out.exists()
     _private_export_folder(out)
-    results = {r["id"]: r for r in store.events(kinds=list(REVIEWABLE))}
-    reviews, superseded, repeated = _newest_per_image(results, latest_reviews(store, list(results)))
+    # Labels teach the next model: only rows the audit chain vouches for, checked in full here (not the
+    # app's carried-on check), so a result or review written around the app, or changed, never becomes one.
+    verdict = store.check()
+    untrusted = frozenset(verdict.broken) | frozenset(verdict.missing)
+    every = store.events(kinds=list(REVIEWABLE))
+    results = {r["id"]: r for r in every if r["id"] not in untrusted}
+    newest = {result: rows[-1] for result, rows in reviews_of(store, list(results), untrusted).items()}
+    reviews, superseded, repeated = _newest_per_image(results, newest)
     written = []
     skipped = {"not kept": 0, "no subtype": 0, "no magnification": 0, "superseded": sum(map(len, superseded.values())),
-               "repeated": repeated}
+               "repeated": repeated, "fail the audit chain": len(untrusted & _review_and_result_ids(store, every))}
     for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
         result = results[result_id]
         subtype = assessed_subtype(rev, result)
@@ -88,6 +96,12 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         writer.writerows(written)
     audit_id = _record_export(store, user, out, written, skipped, assume_magnification, created)
     return {"written": len(written), "skipped": skipped, "folder": str(out), "audit_id": audit_id}
+
+
+def _review_and_result_ids(store: Store, results: list[dict]) -> frozenset[int]:
+    """The ids of every result row and of every review row of them (what the chain check is counted over)."""
+    reviews = reviews_of(store, [r["id"] for r in results])
+    return frozenset(r["id"] for r in results) | frozenset(row["id"] for rows in reviews.values() for row in rows)
 
 
 def _newest_per_image(results: dict[int, dict], reviews: dict[int, dict]):
