@@ -201,18 +201,20 @@ def _evaluate(args) -> int:
 
 def _make_default(args) -> int:
     from core.slide.commands import choose_slide_rule
-    from core.training.recipes import install_run, make_default, refuse_unused_options
+    from core.training.recipes import install_lines, install_run, make_default, record_install, refuse_unused_options
 
     if (args.data is None) == (args.from_run is None):
         raise UserInputError("make-default needs --data (train it here) or --from-run RUN (install a run trained "
                              "elsewhere), one of the two")
     refuse_unused_options(args.from_run, args.recipe, args.cross_validate, args.command)
     if args.from_run is not None:
-        installed = install_run(args.from_run, args.out, args.force, args.command)
+        installed = install_run(args.from_run, args.out, args.force, args.command, args.allow_demo)
     else:
         installed = make_default(args.data, args.recipe, args.out, args.force, args.cross_validate or 0,
-                                 before_install=choose_slide_rule)
-    print(f"Installed {installed}")
+                                 before_install=choose_slide_rule, allow_demo=args.allow_demo)
+    print("\n".join(install_lines(installed)), flush=True)  # where the replaced model went, before anything fails
+    audited, line = record_install(installed)
+    print(line, file=sys.stdout if audited else sys.stderr)
     return OK
 
 
@@ -337,7 +339,10 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
                          help="also run patient-wise K-fold cross-validation of the recipe and keep its summary")
     default.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR,
                          help="model folder to write (default: models/default)")
-    default.add_argument("--force", action="store_true", help="replace an existing model folder")
+    default.add_argument("--force", action="store_true", help="replace an existing model folder (moved aside to "
+                         ".NAME.previous-<UTC time> beside it, not deleted)")
+    default.add_argument("--allow-demo", action="store_true", help="install a DEMO model (too few training images, "
+                         "or --demo) all the same, e.g. for a demonstration; refused without it")
 
     from core.gan.commands import add_gan_commands
 

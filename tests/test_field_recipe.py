@@ -283,7 +283,7 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     load_predictor(out / "model")  # the card's checksum still holds
 
 
-def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synthetic_breakhis, tmp_path):
+def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synthetic_breakhis, tmp_path, monkeypatch):
     """What scripts/gpu_machine.sh runs there: `python -m core train --pipeline fields --data PACK
     --folds 2 --refit-subtypes`, on a pack rather than a BreakHis folder. Each model's card counts the
     pack's real images (a pack has no synthetic rows) and records the refit; it once failed after
@@ -315,7 +315,11 @@ def test_a_field_pack_cross_validates_through_the_cli_as_on_the_gpu_machine(synt
     assert set(measured["heads"]) == {"stage1", "benign_subtype", "malignant_subtype"}
     # Brought back, it installs as make-default installs its own run, with the command that made it.
     installed, ran = tmp_path / "default", "scripts/gpu_machine.sh run pack --folds 2 --refit-subtypes"
-    assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 0
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path / "data"))  # its audit row in a database of its own
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran]) == 2  # DEMO
+    assert main(["make-default", "--from-run", str(out), "--out", str(installed), "--command", ran,
+                 "--allow-demo"]) == 0  # 96 synthetic images: a DEMO model, installed because asked
     recipe = load_predictor(installed).card["recipe"]
     assert recipe["command"] == ran and recipe["cross_validation_folds"] == 2 and recipe["settings"]["refit_subtypes"]
     assert read_json(installed / "cv.json") == read_json(out / "cv.json")

@@ -103,7 +103,9 @@ def test_force_replaces_a_model_folder_never_a_folder_of_other_things(tmp_path, 
 def test_from_run_refuses_the_training_options_it_would_ignore(typed, named, tmp_path, monkeypatch, capsys):
     """--from-run installs a run already trained: --recipe and --cross-validate were silently ignored."""
     installed = []
-    monkeypatch.setattr(recipes, "install_run", lambda *args: installed.append(args) or tmp_path / "model")
+    monkeypatch.setattr(recipes, "install_run", lambda *args: installed.append(args) or recipes.Installed(
+        tmp_path / "model", {}, tmp_path / "run"))
+    monkeypatch.setattr(recipes, "record_install", lambda installed: (True, "audited"))
     assert cli(["make-default", "--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "model"), *typed]) == 2
     error = capsys.readouterr().err
     assert f"{named} describe training" in error and "--from-run installs a run already trained" in error
@@ -122,3 +124,91 @@ def test_data_refuses_the_command_of_a_run_trained_elsewhere(tmp_path, samples_d
     monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(tmp_path / "runs"))
     assert cli(["make-default", "--data", str(samples_dir), "--out", str(tmp_path / "model"), "--command", "x"]) == 2
     assert "--command" in capsys.readouterr().err and not (tmp_path / "model").exists()
+
+
+# ---------------------------------------------------------------- installing over the deployment's default
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    """An old default, a candidate and a DEMO candidate (untrained small CNNs: only their cards differ)."""
+    from core.model.folders import update_card
+    from core.testing.apptest import make_model_folder
+
+    root = tmp_path_factory.mktemp("model_folders")
+    folders = {"old": make_model_folder(root / "old", demo=False, name="old-default"),
+               "new": make_model_folder(root / "new", demo=False, name="new-candidate", hierarchy="flat"),  # other weights
+               "demo": make_model_folder(root / "demo", demo=True, name="demo-candidate")}
+    update_card(folders["demo"], evidence={"images": 32, "patients": 4})
+    return folders
+
+
+def cv_run(folder, model):
+    """What `train --pipeline fields --folds 2` leaves for make-default --from-run: model/ and cv.json."""
+    import json
+    import shutil
+
+    shutil.copytree(model, folder / "model")
+    (folder / "cv.json").write_text(json.dumps({"folds": 2}))
+    return folder
+
+
+@pytest.fixture
+def deployment(tmp_path, monkeypatch, model_folders):
+    """A temporary models/default (never the repository's), the default new sessions start with, and its
+    own database folder."""
+    import shutil
+
+    default = tmp_path / "models" / "default"
+    shutil.copytree(model_folders["old"], default)
+    monkeypatch.setenv("BREAKHIS_DEFAULT_MODEL", str(default))
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    return default
+
+
+def test_force_keeps_the_replaced_default_and_audits_the_install(deployment, tmp_path, model_folders, capsys):
+    """make-default --force deleted the previous default (shutil.rmtree) and wrote no audit row: the one
+    change of the model every pathologist's session starts with left no trace and no way back."""
+    from core.app.registry import available_models
+    from core.model.folders import read_card
+    from core.store.audit import Store
+
+    old = read_card(deployment)
+    run = cv_run(tmp_path / "cv", model_folders["new"])
+    assert cli(["make-default", "--from-run", str(run), "--out", str(deployment), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert read_card(deployment)["name"] == "new-candidate"
+    [backup] = [f for f in deployment.parent.iterdir() if f.name.startswith(".default.previous-")]
+    assert read_card(backup) == old and (backup / "model.keras").is_file()  # the whole folder, as it was
+    assert f"was moved to {backup}, not deleted" in out and f"mv {backup} {deployment}" in out
+    assert str(backup.resolve()) not in available_models()  # never offered as a model of its own
+    [row] = Store.open().events(kinds="model_activated")
+    assert row["user"] == "system" and row["model"] == "new-candidate"
+    assert row["model_sha256"] == read_card(deployment)["sha256"] != old["sha256"]
+    details = row["details"]
+    assert details["scope"] == "deployment" and details["previous_sha256"] == old["sha256"]
+    assert details["from_run"] == str(run) and details["backup"] == str(backup) and details["os_user"]
+    assert f"Audit row #{row['id']} (model_activated, scope deployment)" in out
+
+
+def test_an_unreachable_database_is_said_not_skipped(deployment, tmp_path, model_folders, monkeypatch, capsys):
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", "postgresql+psycopg://alice:S3cretPW@127.0.0.1:1/breakhis")
+    run = cv_run(tmp_path / "cv", model_folders["new"])
+    assert cli(["make-default", "--from-run", str(run), "--out", str(deployment), "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "NOT AUDITED" in captured.err and "S3cretPW" not in captured.out + captured.err
+    assert "Installed" in captured.out  # the install itself, and where the old model went, are still said
+
+
+def test_a_demo_model_is_refused_as_the_default_unless_allowed(deployment, tmp_path, model_folders, capsys):
+    """A 32-image DEMO run was installed as the deployment's default without a word."""
+    from core.model.folders import read_card
+
+    run = cv_run(tmp_path / "cv", model_folders["demo"])
+    assert cli(["make-default", "--from-run", str(run), "--out", str(deployment), "--force"]) == 2
+    error = capsys.readouterr().err
+    assert "DEMO model (its weights learnt from 32 real images, fewer than 200)" in error and "--allow-demo" in error
+    assert read_card(deployment)["name"] == "old-default" and len(list(deployment.parent.iterdir())) == 1
+    assert cli(["make-default", "--from-run", str(run), "--out", str(deployment), "--force", "--allow-demo"]) == 0
+    assert "warning: this is a DEMO model" in capsys.readouterr().out
+    assert read_card(deployment)["name"] == "demo-candidate"

@@ -1,6 +1,7 @@
 """How the bundled default model is made: the recipes live here, in one place.
 
     python -m core make-default --data DIR [--recipe full|field|limited] [--cross-validate 5] [--force]
+    python -m core make-default --from-run RUN [--force] [--allow-demo]
 
 "full" is for real users with the whole BreakHis set (7,909 images) and ImageNet weights: a
 fine-tuned multi-scale DenseNet121. "field" is the default for small data sets: the field recipe
@@ -11,17 +12,23 @@ model trained on every patient: what models/default holds. "limited" is the earl
 squashed whole fields (models/small-cnn). Without --recipe the data decides: a folder far smaller
 than the full set gets "field". Each installs the model folder with its history, metrics and
 cross-validation summary (models/default/candidates.md has every candidate measured).
+
+The default model is the one every pathologist's session starts with, so installing one never
+deletes the model it replaces (moved aside to a dated hidden folder beside it), is an audit row
+(record_install), and refuses a DEMO model unless asked (--allow-demo).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import shutil
 import time
 from pathlib import Path
 
 from core.data.breakhis import index_folder
 from core.data.selection import kfold_problem
-from core.errors import UserInputError
+from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
 from core.model.folders import CARD_FILE, load_model_folder, read_card, update_card
@@ -30,6 +37,7 @@ from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
 from core.training.field_run import cross_validate_fields
 from core.training.fit import train
+from core.training.runcard import DEMO_BELOW_TRAIN_IMAGES
 
 # A recipe names every setting that decides the model, so a later change of a TrainConfig default
 # does not silently change how the bundled model is made.
@@ -75,8 +83,19 @@ def _check_out(out: Path, force: bool) -> None:
                              "folder only, choose the model's own folder as --out")
 
 
+@dataclasses.dataclass(frozen=True)
+class Installed:
+    """What an install did, for its output and its audit row: the model folder written, its card, the
+    run it came from, and where the model it replaced was moved (None: there was none)."""
+    folder: Path
+    card: dict
+    source: Path
+    backup: Path | None = None
+    previous: dict | None = None  # the replaced model's card ({} when it could not be read)
+
+
 def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR, force: bool = False,
-                 cross_validate: int = 0, before_install=None) -> Path:
+                 cross_validate: int = 0, before_install=None, allow_demo: bool = False) -> Installed:
     """Train with the recipe (and optionally cross-validate it), then install the model folder.
     before_install(model_dir, data): for the field recipe, run on the final model while its fold
     models are still beside it (the CLI chooses its slide rule there, core.slide.choose)."""
@@ -95,26 +114,18 @@ def make_default(data, recipe: str | None = None, out: Path = DEFAULT_MODEL_DIR,
                                                     folds=cross_validate or FIELD_FOLDS, **FIELD))
         if before_install is not None:
             before_install(result["model_dir"], data)
-        return install_field_run(result, run_dir, out)
+        return install_field_run(result, run_dir, out, allow_demo=allow_demo)
     result = train(TrainConfig(data=str(data), out=str(run_dir), **RECIPES[recipe]))
-    load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
+    _installable(result["model_dir"], allow_demo, f"the trained run is kept in {run_dir}")  # before its CV
     extras = [run_dir / "history.csv", run_dir / "metrics.json"]
     if cross_validate:
         cv_dir = run_dir.with_name(run_dir.name + f"-cv{cross_validate}")
         cross_validation(TrainConfig(data=str(data), out=str(cv_dir), folds=cross_validate, **RECIPES[recipe]))
         extras += [cv_dir / "cv.json", cv_dir / "cv.md"]
-    staging = out.with_name(out.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(result["model_dir"], staging)
-    for extra in extras:
-        if extra.exists():
-            shutil.copy2(extra, staging / extra.name)
-    update_card(staging, recipe={"name": recipe, "settings": RECIPES[recipe], "cross_validation_folds": cross_validate,
-                                 "command": f"python -m core make-default --data DATA --recipe {recipe}"
-                                            + (f" --cross-validate {cross_validate}" if cross_validate else "")})
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return out
+    return _install(result["model_dir"], extras, out, run_dir, {
+        "name": recipe, "settings": RECIPES[recipe], "cross_validation_folds": cross_validate,
+        "command": f"python -m core make-default --data DATA --recipe {recipe}"
+                   + (f" --cross-validate {cross_validate}" if cross_validate else "")})
 
 
 def refuse_unused_options(from_run, recipe: str | None, cross_validate: int | None, command: str | None) -> None:
@@ -131,7 +142,8 @@ def refuse_unused_options(from_run, recipe: str | None, cross_validate: int | No
                              "writes its own command into the card: drop --command")
 
 
-def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, command: str | None = None) -> Path:
+def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, command: str | None = None,
+                allow_demo: bool = False) -> Installed:
     """A fields cross-validation trained elsewhere (a GPU machine's `scripts/gpu_machine.sh run`,
     brought back) -> `out`, as make-default installs its own run: the final model with its cv.json,
     metrics.json and out-of-fold predictions. The card's recipe holds the run's own settings and
@@ -145,26 +157,136 @@ def install_run(run_dir, out: Path = DEFAULT_MODEL_DIR, force: bool = False, com
     folds = read_json(run_dir / "cv.json")["folds"]
     recipe = {"name": "run", "settings": card.get("training", {}).get("settings", {}), "cross_validation_folds": folds,
               "command": command or "not recorded (give it with --command)", "installed_from": run_dir.name}
-    return install_field_run({"model_dir": str(run_dir / "model"), "cv": {"folds": folds}}, run_dir, out, recipe)
+    return install_field_run({"model_dir": str(run_dir / "model"), "cv": {"folds": folds}}, run_dir, out, recipe,
+                             allow_demo)
 
 
-def install_field_run(result: dict, run_dir: Path, out: Path, recipe: dict | None = None) -> Path:
+def install_field_run(result: dict, run_dir: Path, out: Path, recipe: dict | None = None,
+                      allow_demo: bool = False) -> Installed:
     """A field-recipe cross-validation's final model -> `out`, with its cv.json, metrics.json and
     out-of-fold predictions, and the command that made it in the card (`recipe`; default: the
     make-default command of the FIELD recipe)."""
     run_dir, out = Path(run_dir), Path(out)
-    load_model_folder(result["model_dir"])  # checksum and safe loading, before replacing anything
+    _installable(result["model_dir"], allow_demo, f"{run_dir} is kept: `python -m core make-default --from-run "
+                                                  f"{run_dir} --force --allow-demo` would install it")
+    folds = result["cv"]["folds"]
+    return _install(result["model_dir"], [run_dir / e for e in ("cv.json", "metrics.json", "oof_predictions.csv")],
+                    out, run_dir, recipe or {
+                        "name": "field", "settings": FIELD, "cross_validation_folds": folds,
+                        "command": "python -m core make-default --data DATA --recipe field"
+                                   + (f" --cross-validate {folds}" if folds != FIELD_FOLDS else "")})
+
+
+def demo_reason(card: dict) -> str:
+    """Why a card says DEMO (core.training.runcard.is_demo's rule), in words."""
+    learnt = (card.get("evidence") or {}).get("images")
+    if ((card.get("training") or {}).get("settings") or {}).get("demo"):
+        return "trained with --demo"
+    if isinstance(learnt, int) and learnt < DEMO_BELOW_TRAIN_IMAGES:
+        return f"its weights learnt from {learnt} real images, fewer than {DEMO_BELOW_TRAIN_IMAGES}"
+    return "its card says so"
+
+
+def _installable(model_dir, allow_demo: bool, kept: str) -> dict:
+    """The card of a model that may be installed: checksum and safe loading checked before anything is
+    replaced; a DEMO model refused unless allowed, because the default is what every session starts with."""
+    _, card = load_model_folder(model_dir)
+    if card.get("demo") and not allow_demo:
+        raise UserInputError(f"{model_dir} holds a DEMO model ({demo_reason(card)}): it has no valid accuracy, and "
+                             "the default model is the one every pathologist's session starts with. Nothing was "
+                             f"installed ({kept}); --allow-demo installs it anyway (a demonstration or test setup)")
+    return card
+
+
+def _install(model_dir, extras: list[Path], out: Path, run_dir: Path, recipe: dict) -> Installed:
+    """Copy the model and its extras to a staging folder beside `out`, write the recipe into its card, then
+    swap it in; the model already at `out` is moved aside (_move_aside), never deleted."""
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(result["model_dir"], staging)
-    for extra in ("cv.json", "metrics.json", "oof_predictions.csv"):
-        if (run_dir / extra).exists():
-            shutil.copy2(run_dir / extra, staging / extra)
-    folds = result["cv"]["folds"]
-    update_card(staging, recipe=recipe or {
-        "name": "field", "settings": FIELD, "cross_validation_folds": folds,
-        "command": "python -m core make-default --data DATA --recipe field"
-                   + (f" --cross-validate {folds}" if folds != FIELD_FOLDS else "")})
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_dir, staging)
+    for extra in extras:
+        if extra.exists():
+            shutil.copy2(extra, staging / extra.name)
+    card = update_card(staging, recipe=recipe)
+    previous = _card_or_empty(out) if (out / CARD_FILE).is_file() else None
+    backup = _move_aside(out)
     staging.rename(out)
-    return out
+    return Installed(out, card, Path(run_dir), backup, previous)
+
+
+def _card_or_empty(folder: Path) -> dict:
+    try:
+        return read_card(folder)
+    except (ModelFolderError, UserInputError):
+        return {}
+
+
+def _move_aside(out: Path) -> Path | None:
+    """The model folder at `out` -> `.NAME.previous-<UTC time>` beside it, so the deployment's previous
+    default is one `mv` away. Hidden (a dot folder) so that the model list never offers a replaced default
+    (core.model.folders.find_model_folders skips dot folders). An empty folder is just removed."""
+    if not out.exists():
+        return None
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    backup, number = out.with_name(f".{out.name}.previous-{stamp}"), 1
+    while backup.exists():  # two installs within a second
+        number += 1
+        backup = out.with_name(f".{out.name}.previous-{stamp}-{number}")
+    out.rename(backup)
+    return backup
+
+
+def install_lines(installed: Installed) -> list[str]:
+    """What make-default prints after an install: what is where now, and how to go back."""
+    from core.app.registry import default_model
+
+    card, folder = installed.card, installed.folder
+    lines = [f"Installed {folder}: {card.get('name', '?')} (weights SHA-256 {card.get('sha256', '?')}) "
+             f"from {installed.source}"]
+    if card.get("demo"):
+        lines.append(f"warning: this is a DEMO model ({demo_reason(card)}), installed because of --allow-demo: its "
+                     "figures are not a valid accuracy")
+    if installed.backup is not None:
+        lines.append(f"The model it replaced ({(installed.previous or {}).get('name', 'unnamed')}) was moved to "
+                     f"{installed.backup}, not deleted. To restore it: rm -r {folder} && mv {installed.backup} "
+                     f"{folder}")
+    if folder.resolve() != default_model().resolve():
+        lines.append(f"Note: new sessions start with {default_model()} (BREAKHIS_DEFAULT_MODEL or models/default), "
+                     "not with this folder")
+    return lines
+
+
+def record_install(installed: Installed) -> tuple[bool, str]:
+    """One `model_activated` audit row for an install (scope "deployment" when it is the folder new sessions
+    start with): who (the CLI's user "system" and the OS user), which run, the old and new weights SHA-256.
+    (written?, a line saying so): an install the trail could not record is said, never silent."""
+    from core.app.registry import default_model, short_location
+    from core.store.accounts import SYSTEM
+    from core.store.audit import Store
+    from core.store.db import StoreError, database_url, safe_url
+
+    try:
+        os_user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        os_user = "unknown"
+    previous = installed.previous or {}
+    scope = "deployment" if installed.folder.resolve() == default_model().resolve() else "model folder"
+    details = {"scope": scope, "via": "make-default", "os_user": os_user, "from_run": str(installed.source),
+               "demo": bool(installed.card.get("demo")), "previous_model": previous.get("name"),
+               "previous_sha256": previous.get("sha256"),
+               "backup": str(installed.backup) if installed.backup is not None else None}
+    try:
+        store = Store.open()
+        try:
+            row = store.record("model_activated", SYSTEM, short_location(str(installed.folder)),
+                               model=installed.card.get("name"), model_sha256=installed.card.get("sha256"),
+                               details=details)
+        finally:
+            store.close()
+    except StoreError as problem:
+        return False, (f"warning: NOT AUDITED: {problem}. This install is not in the audit trail: keep this output "
+                       "as its record")
+    return True, f"Audit row #{row} (model_activated, scope {scope}) in {safe_url(database_url())}"
