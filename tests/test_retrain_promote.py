@@ -1,0 +1,33 @@
+"""Retrain's "active model" is the admin's own session's: the button and its message say so, and name the way
+to the server's default (make-default, README "Promoting a trained model")."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.app import jobs
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, open_retrain, texts
+from tests.test_app_retrain import finished_job
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    default = make_model_folder(tmp_path / "models" / "default", demo=True)
+    app_like_the_server(monkeypatch, tmp_path / "models", default, tmp_path / "runs")
+    run = finished_job(tmp_path / "runs", "candidate", {"status": "completed"})
+    make_model_folder(run / "model", demo=False, name="candidate")
+    yield open_retrain(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run())
+    jobs.clear_job(tmp_path / "runs")
+
+
+def test_making_a_run_the_active_model_says_it_is_for_this_session_only(app):
+    """"Make this the active model" changed only the admin's session and said "This model is the active model."
+    as if the pathologists now used it; nothing said how a run reaches them."""
+    [button] = [b for b in app.button if b.key == "adopt_model"]
+    assert "my session" in button.label
+    assert button.help.startswith("For your session only: other users, and every session that starts later, keep "
+                                  "the server's default model.")
+    assert "`python -m core make-default --from-run runs/NAME-cv --force`" in button.help
+    assert "--pipeline fields --folds 5" in button.help  # make-default installs a cross-validation's final model
+    button.click().run()
+    assert not app.exception
+    assert "Your session's only: other users and new sessions keep the server's default model" in texts(app.success)
