@@ -101,3 +101,30 @@ def test_a_one_class_split_has_no_balanced_or_macro_figure_from_any_caller(monke
     helped, text = ablation_sentence(result)  # the gallery's words: n/a, no crash, no claim
     assert not helped and "macro-F1 n/a without, n/a with" in text and "no malignant images" in text
     assert "| subtype macro-F1 (8 classes) | n/a | n/a |" in ablation.format_fields_ablation(result)
+
+
+def test_a_perfect_or_null_share_of_few_patients_gets_a_wilson_interval_not_a_zero_width_one():
+    """QA retrain #5: 4 of 4 test patients right read "95% CI 1.00-1.00" (every bootstrap resample is 1.0). A
+    share (accuracy, malignant recall, a share of images) whose bootstrap has no spread takes the Wilson score
+    interval over the patients resampled, and says so; a figure with spread keeps its bootstrap."""
+    from core.evaluation.intervals import share_interval
+
+    four = headline_intervals(_table(n_cases=4, per_case=1, skill=1.0), "patient")["stage1_accuracy"]
+    assert four["value"] == 1.0 and four["high"] == 1.0
+    assert four["low"] == pytest.approx(0.5101, abs=1e-4)  # Wilson, 4 of 4
+    assert four["method"].startswith("Wilson score interval over 4 patients")
+    assert format_interval(four, 2) == "1.00 (95% CI 0.51-1.00)"
+    from core.app.registry import measured_accuracy  # the sidebar badge and every prediction carry it
+
+    patient = headline_intervals(_table(n_cases=4, per_case=1, skill=1.0), "patient")
+    assert measured_accuracy({"metrics": {"split": "test", "intervals": {"patient": patient}}}) == (
+        "patient-level stage-1 accuracy 1.00 (95% CI 0.51-1.00, 4 test patients)")
+    perfect = headline_intervals(_table(n_cases=8, skill=1.0), "image")  # 40 images of 8 patients, all right
+    assert perfect["stage1_accuracy"]["low"] == pytest.approx(0.6756, abs=1e-4)  # over the 8 patients, not 40 images
+    assert perfect["malignant_recall"]["low"] == pytest.approx(0.5101, abs=1e-4)  # its 4 malignant patients
+    assert perfect["stage1_auc"]["method"].startswith("percentile bootstrap")  # not a share: bootstrap kept
+    wrong = share_interval(_table(n_cases=4), np.zeros(20, bool))
+    assert (wrong["value"], wrong["low"]) == (0.0, 0.0) and wrong["high"] == pytest.approx(0.4899, abs=1e-4)
+    assert wrong["method"].startswith("Wilson score interval over 4 patients")
+    spread = headline_intervals(_table(n_cases=12), "image")["stage1_accuracy"]
+    assert spread["low"] < spread["value"] < spread["high"] and spread["method"].startswith("percentile bootstrap")

@@ -108,3 +108,21 @@ def test_a_wide_table_gives_each_text_column_room_for_its_longest_entry():
             assert width >= min(performance.WIDEST_COLUMN, performance.PIXELS_PER_CHARACTER * longest), column
     assert {"computed on", "model"} <= set(performance.text_widths(performance.intervals_table(metrics)))
     assert "value" in performance.text_widths(performance.comparison_table(reference, metrics, "m"))
+
+
+def test_an_accuracy_whose_bootstrap_had_no_spread_says_it_is_a_wilson_interval_over_its_patients():
+    """QA retrain #5: the Retrain table read "Stage 1 ... 1.000 (95% CI 1.000-1.000)" for 8 of 8 patients right,
+    labelled "bootstrap over patients". The interval is now Wilson's over those patients, and the table says so."""
+    import pandas as pd
+
+    from core.evaluation.intervals import headline_intervals
+
+    patients = pd.DataFrame({"case": [f"c{i}" for i in range(8)], "label": ["benign", "malignant"] * 4,
+                             "p_malignant": [0.1, 0.9] * 4, "subtype": ["adenosis", "ductal_carcinoma"] * 4})
+    patients = patients.assign(pred_label=patients["label"], pred_subtype=patients["subtype"])
+    data = {**HELD_OUT["data"], "level": "patient"}
+    metrics = {**HELD_OUT, "intervals": {"image": {}, "patient": headline_intervals(patients, "patient")},
+               "patient": {"stage1": {"accuracy": 1.0, "data": data}}}
+    row = performance.metrics_table(metrics).set_index("what").loc["Patient level: benign vs malignant"]
+    assert row["accuracy, 95% CI"] == "1.000 (95% CI 0.676-1.000)"
+    assert row["interval"].startswith("Wilson score interval over 8 patients")

@@ -46,15 +46,23 @@ def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: p
     level = {("stage1",): "image", ("patient", "stage1"): "patient"}.get(path)
     headline = ((metrics.get("intervals") or {}).get(level) or {}).get("stage1_accuracy") if level else None
     if headline and headline.get("low") is not None:
-        return format_interval(headline), BOOTSTRAP
+        return format_interval(headline), _method(headline)
     called = right_calls(rows, path) if rows is not None else None
     if called is not None and len(called[0]):
-        return format_interval(share_interval(*called)), BOOTSTRAP
+        shared = share_interval(*called)
+        return format_interval(shared), _method(shared)
     data = block.get("data") or {}
     n = data.get("rows", data.get("images"))
     if block.get("accuracy") is None or not n:
         return "n/a", ""
     return format_interval(binomial_interval(int(round(block["accuracy"] * n)), int(n))), WILSON
+
+
+def _method(block: dict) -> str:
+    """BOOTSTRAP, or the Wilson interval over the patients that core.evaluation.intervals gave instead where the
+    bootstrap had no spread (its block's "method")."""
+    method = str(block.get("method") or "")
+    return method if method.startswith("Wilson") else BOOTSTRAP
 
 
 def magnification_intervals(rows: pd.DataFrame | None, magnification: str, block: dict) -> dict:

@@ -7,6 +7,10 @@ resamples at once as weighted sums (an evaluation has tens of these intervals; p
 loops over scikit-learn took minutes). Written here rather than with scipy.stats.bootstrap
 because that resamples rows, not clusters, and cannot skip resamples where a metric is
 undefined (an AUC of a resample without benign cases); here those are skipped and counted.
+
+A share (accuracy, malignant recall, a share of images right) whose bootstrap has no spread (4 of 4 patients
+right: every resample is 1.0) would read "95% CI 1.00-1.00"; _interval then gives the Wilson score interval
+over the patients resampled instead, and each figure says which method gave its interval.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from core.evaluation.metrics import headline_not_applicable
 
 N_RESAMPLES = 2000
 LEVEL = 0.95
+BOOTSTRAP = "percentile bootstrap over cases (whole patients resampled with replacement)"
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -75,6 +80,9 @@ def _macro_f1(w, t):
 # name -> metric(weights (R, N), columns of the table as arrays) -> (R,)
 HEADLINE_METRICS = {"stage1_accuracy": _accuracy, "stage1_balanced_accuracy": _balanced_accuracy,
                     "malignant_recall": _malignant_recall, "stage1_auc": _auc, "subtype_macro_f1": _macro_f1}
+# The headline figures that are a share of right calls, and which rows they are a share of: where their bootstrap
+# has no spread, the Wilson interval over those rows' patients stands in (_interval).
+SHARES = {"stage1_accuracy": lambda t: np.ones(len(t["label"]), bool), "malignant_recall": lambda t: t["label"] == "malignant"}
 # The headline figures, in the order every table of them uses (evaluation, cross-validation,
 # comparisons, the app), and the words the app shows for them.
 HEADLINE = tuple(HEADLINE_METRICS)
@@ -115,12 +123,31 @@ def _case_weights(table: pd.DataFrame, n_resamples: int, seed: int) -> np.ndarra
     return case_counts[:, codes]
 
 
-def _interval(values: np.ndarray, point: float | None, resamples: int) -> dict:
+def wilson_bounds(successes: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of successes of n. scipy's (a dependency already; statsmodels, whose
+    proportion_confint gives the same, is not installed here)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=LEVEL, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _interval(values: np.ndarray, point: float | None, resamples: int, units: int | None = None) -> dict:
+    """The percentile interval of a figure's resampled `values`. `units`: for a share, the patients resampled
+    that it is a share over; where its bootstrap is degenerate (every resample the same, or the point at 0 or 1)
+    the percentile interval has no width, so the Wilson score interval over those patients is given instead.
+    The one place that decides; "method" says which gave the interval."""
     values = values[np.isfinite(values)]
     tail = (1.0 - LEVEL) / 2.0 * 100.0
     low, high = np.percentile(values, [tail, 100.0 - tail]) if len(values) else (None, None)
+    method = BOOTSTRAP
+    degenerate = low is not None and (point in (0.0, 1.0) or float(values.max() - values.min()) < 1e-12)
+    if units and degenerate and point is not None:
+        low, high = wilson_bounds(round(point * units), units)
+        method = (f"Wilson score interval over {units} patients (the bootstrap had no spread: every resample "
+                  "gave the same value)")
     return {"value": point, "low": None if low is None else float(low), "high": None if high is None else float(high),
-            "resamples": int(len(values)), "undefined": int(resamples - len(values))}
+            "resamples": int(len(values)), "undefined": int(resamples - len(values)), "method": method}
 
 
 def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = N_RESAMPLES, seed: int = 0,
@@ -132,14 +159,14 @@ def headline_intervals(table: pd.DataFrame, level_name: str, n_resamples: int = 
     arrays, point = _arrays(table), point_metrics(table, names)
     reasons = point.get("not_applicable", {})
     out = {"level": level_name, "cases": int(table["case"].nunique()), "rows": int(len(table)), "confidence": LEVEL,
-           "resamples_requested": n_resamples,
-           "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
+           "resamples_requested": n_resamples, "method": BOOTSTRAP}
     for name in names:
         if name in reasons:
             out[name] = {**_interval(np.array([]), None, len(weights)), "not_applicable": reasons[name]}
             continue
         values = HEADLINE_METRICS[name](weights, arrays) if len(weights) else np.array([])
-        out[name] = _interval(values, point[name], len(weights))
+        of = SHARES[name](arrays) if name in SHARES else None
+        out[name] = _interval(values, point[name], len(weights), None if of is None else table.loc[of, "case"].nunique())
     return out
 
 
@@ -183,20 +210,18 @@ def share_interval(table: pd.DataFrame, hits, n_resamples: int = N_RESAMPLES, se
     hits = np.asarray(hits, float)
     weights = _case_weights(table, n_resamples, seed)
     values = _ratio(weights @ hits, weights.sum(1)) if len(weights) else np.array([])
-    return {**_interval(values, float(hits.mean()) if len(hits) else None, len(weights)),
-            "images": int(len(table)), "cases": int(table["case"].nunique()),
-            "method": "percentile bootstrap over cases (whole patients resampled with replacement)"}
+    cases = int(table["case"].nunique())
+    return {**_interval(values, float(hits.mean()) if len(hits) else None, len(weights), cases),
+            "images": int(len(table)), "cases": cases}
 
 
 def binomial_interval(successes: int, n: int) -> dict:
-    """A share of n images with its Wilson score interval (scipy), for where only the counts are kept: the
-    images are taken as independent (no patients to resample), so it is narrower than a patient bootstrap."""
-    from scipy.stats import binomtest
-
+    """A share of n images with its Wilson score interval, for where only the counts are kept: the images
+    are taken as independent (no patients to resample), so it is narrower than a patient bootstrap."""
     if n <= 0:
         return {"value": None, "low": None, "high": None, "images": 0, "method": "no images"}
-    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=LEVEL, method="wilson")
-    return {"value": successes / n, "low": float(ci.low), "high": float(ci.high), "images": int(n),
+    low, high = wilson_bounds(successes, n)
+    return {"value": successes / n, "low": low, "high": high, "images": int(n),
             "method": "Wilson score interval over images (patients not recorded)"}
 
 
