@@ -223,6 +223,24 @@ def test_a_failed_job_says_why_and_never_replaces_the_model(app, environment):
     app.button(key="clear_job").click().run()
 
 
+def test_a_data_folder_of_one_class_is_refused_naming_the_class_and_never_offered(app, environment,
+                                                                                 synthetic_breakhis):
+    """QA retrain #4: 480 benign images trained to completion and offered "Make this the active model" with
+    "stage-1 accuracy 1.00". The job now fails at its start, and the page says which class is missing."""
+    import shutil
+
+    benign = environment["root"] / "benign-only"
+    shutil.copytree(synthetic_breakhis, benign)
+    shutil.rmtree(next(benign.rglob("breast/malignant")))
+    launch(app, benign, "one-class", epochs=1)
+    poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])), timeout=240)
+    errors = texts(app.error)
+    assert "Training failed" in errors and "The training split has no malignant images" in errors
+    assert not any(button.key == "adopt_model" for button in app.button)
+    assert not (environment["runs"] / "one-class" / "model").exists()
+    app.button(key="clear_job").click().run()
+
+
 def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(app, environment,
                                                                              synthetic_breakhis):
     launch(app, synthetic_breakhis, "completes", epochs=1)

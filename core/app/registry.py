@@ -40,6 +40,7 @@ from core.paths import (
     folder_setting_problem,
     runs_dir,
 )
+from core.training.runcard import card_is_demo
 
 NOT_STATED = "not stated"
 
@@ -254,7 +255,7 @@ def describe_model(card: dict) -> dict:
         "name": card.get("name", "unnamed model"),
         "backbone": card.get("backbone", "?"),
         "hierarchy": card.get("hierarchy", "?"),
-        "demo": bool(card.get("demo")),
+        "demo": card_is_demo(card),  # a card written before the class rule included
         "data": (f"{evidence['images']} real images of {evidence['patients']} patients (folder "
                  f"'{training.get('data_source', '?')}')" if evidence.get("images") else
                  training.get("data_source", "unknown data")),

@@ -43,7 +43,15 @@ from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
 from core.training.head_refit import refit_subtype_heads
 from core.training.progress import ProgressWriter, final_events
-from core.training.runcard import evidence, held_out_gaps, is_demo, run_record, split_figures_on, training_counts
+from core.training.runcard import (
+    evidence,
+    held_out_gaps,
+    is_demo,
+    refuse_untaught_classes,
+    run_record,
+    split_figures_on,
+    training_counts,
+)
 
 log = logging.getLogger(__name__)
 CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230 field (x 8 symmetries)
@@ -222,6 +230,7 @@ def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     synthetic = len(trained_on) - len(train)
     trained_on, train_fields = ReviewedFields(config).added_to(trained_on, train_fields, table["case"].iloc[
         np.concatenate([val, test])])
+    refuse_untaught_classes(trained_on)
     reviewed, gaps = reviewed_count(trained_on), held_out_gaps(assigned)
     for gap in gaps:
         log.warning(gap)
@@ -312,6 +321,7 @@ def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_mode
         seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
         fold_config = dataclasses.replace(config, seed=config.seed + k)
         fold_rows, fold_fields = reviewed.added_to(table.iloc[seen], fields[seen], table["case"].iloc[held])
+        refuse_untaught_classes(fold_rows)
         fold_raw = []
         for m, (classifier, history) in enumerate(_fit_members(fold_fields, fold_rows, fold_config, writer, f"fold {k}")):
             seconds.append(history["seconds"])

@@ -48,7 +48,7 @@ from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
-from core.training.runcard import head_options, held_out_gaps, model_card, split_counts
+from core.training.runcard import head_options, held_out_gaps, model_card, refuse_untaught_classes, split_counts
 
 CANCELLED_EXIT = 128 + signal.SIGTERM
 log = logging.getLogger(__name__)
@@ -283,6 +283,7 @@ def _evaluate(run_dir: Path, baselines: bool) -> dict:
 def _run(config: TrainConfig, run_dir: Path, writer: ProgressWriter) -> dict:
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config)
+    refuse_untaught_classes(data["train"])
     relative_to_data(data["split"], config.data).to_csv(run_dir / "split.csv", index=False)
     strategy = choose_strategy(config.strategy, config.devices)
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
