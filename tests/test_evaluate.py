@@ -159,6 +159,22 @@ def test_outputs_written_and_card_updated_with_valid_checksum(metrics, run_dir):
     assert "DEMO model" in report and PATIENT in report
 
 
+def test_a_first_evaluation_reports_its_figures_as_measured_not_as_not_evaluated(metrics, run_dir, tmp_path):
+    """The report is drawn before the card gets its metrics; the card's evidence reads "not evaluated" until then
+    (core.evaluation.evidence, QA retrain #8), so the report words the card as this evaluation leaves it."""
+    import shutil
+
+    from core.model.folders import update_card
+
+    run = tmp_path / "first"
+    shutil.copytree(run_dir, run)
+    statement = "weights learnt from 48 real images of 12 patients (from scratch); figures measured on the test split"
+    update_card(run / "model", metrics=None, evidence={"images": 48, "patients": 12, "statement": statement})
+    evaluate_run(run, baselines=False)
+    assert f"Trained on: {statement}." in (run / "report.html").read_text()
+    assert "not evaluated" not in (run / "report.html").read_text()
+
+
 def test_moved_dataset_is_found_by_file_name(metrics, run_dir, synthetic_breakhis, tmp_path):
     moved = tmp_path / "moved_run"
     moved.mkdir()

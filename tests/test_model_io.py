@@ -197,8 +197,8 @@ def test_the_split_line_counts_the_held_out_images_for_both_pipelines():
     fields = {"training": {"pipeline": "fields"}, "metrics": {**test, "data": test}}
     assert describe_model(tfdata)["images"] == describe_model(fields)["images"] == 43
     assert describe_model(tfdata)["split"] == describe_model(fields)["split"] == "patient-wise, 43 test images"
-    unevaluated = {"training": tfdata["training"]}
-    assert describe_model(unevaluated)["images"] == 43  # its test split, before it is evaluated
+    unevaluated = {"training": tfdata["training"]}  # QA retrain #8: it read "patient-wise, 43 test images"
+    assert describe_model(unevaluated)["images"] == 0 and describe_model(unevaluated)["split"] == "patient-wise, not evaluated"
     cv = "patient-wise 5-fold cross-validation, pooled out-of-fold"
     pooled = describe_model({"training": {"pipeline": "fields"}, "metrics": {"protocol": cv, "images": 757}})
     assert pooled["split"] == f"{cv}, 757 images, each tested out of fold"
@@ -440,3 +440,25 @@ def test_the_progress_stream_and_the_cards_write_json_through_one_conversion(tmp
     assert (record["loss"], record["sizes"], record["note"], record["path"]) == (None, [1, 2], "odd value", str(tmp_path))
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "card.json", {"note": Odd()})
+
+
+def test_a_model_never_evaluated_says_not_evaluated_wherever_its_evidence_is_worded():
+    """QA retrain #8: a --no-evaluate run (or one cancelled or failed after saving) read "figures measured on the
+    test split (160 images, 8 patients)": its card is written before the evaluation that would measure them."""
+    from core.app.registry import describe_model
+    from core.evaluation.evaluate import trained_on_lines
+
+    statement = ("weights learnt from 640 real images of 32 patients (from scratch); figures measured on the test "
+                 "split (160 images, 8 patients); limited data, not a diagnosis")
+    card = {"evidence": {"images": 640, "patients": 32, "limited": True, "statement": statement},
+            "training": {"split_protocol": "patient-wise", "counts": {"train": 640, "val": 160, "test": 160}}}
+    words = "weights learnt from 640 real images of 32 patients (from scratch); not evaluated; limited data, not a diagnosis"
+    info = describe_model(card)
+    assert info["evidence"] == words and info["split"] == "patient-wise, not evaluated" and info["measured"] is None
+    assert f"Trained on: {words}." in trained_on_lines(card)
+    test = {"split": "test", "protocol": "patient-wise", "images": 160, "cases": 8}
+    measured = describe_model({**card, "metrics": {**test, "data": test}})
+    assert measured["evidence"] == statement and measured["split"] == "patient-wise, 160 test images"
+    ensemble = {"kind": "ensemble", "evidence": {"members": [{}, {}],
+                                                 "statement": "an ensemble of 2 models (a: ...; figures measured on x)"}}
+    assert describe_model(ensemble)["evidence"].endswith("figures measured on x)")  # its members' own figures

@@ -18,6 +18,7 @@ from core.data.labels import MAGNIFICATIONS, pretty
 from core.data.scale import name_magnification
 from core.data.splits import normalise_protocol
 from core.errors import ModelFolderError, UserInputError
+from core.evaluation.evidence import NOT_EVALUATED, evidence_statement, is_evaluated
 from core.evaluation.metrics import split_name
 from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_reliability, tested
 from core.jsonfile import read_json
@@ -248,9 +249,10 @@ def describe_model(card: dict) -> dict:
     subtype_reliable, subtype_note = subtype_reliability(card)
     protocol = split_protocol(card) or "unknown protocol"
     # The held-out images the figures were measured on, the same count for both pipelines (a fields run
-    # records no split counts); a cross-validation's: every image, each tested out of fold.
+    # records no split counts); a cross-validation's: every image, each tested out of fold. None before an
+    # evaluation (its test split is not what any figure was measured on).
     images = metrics.get("images") or (metrics.get("data") or {}).get("images") or counts.get("test")
-    images = int(images) if isinstance(images, (int, float)) else 0
+    images = int(images) if isinstance(images, (int, float)) and is_evaluated(card) else 0
     return {
         "name": card.get("name", "unnamed model"),
         "backbone": card.get("backbone", "?"),
@@ -262,14 +264,14 @@ def describe_model(card: dict) -> dict:
         # A fields run's card states its protocol and images with its metrics (a cross-validation has no split)
         "protocol": protocol,
         "images": images,
-        "split": _split_text(protocol, images, tested(metrics) if metrics else "test"),
+        "split": _split_text(protocol, images, tested(metrics)) if is_evaluated(card) else f"{protocol}, {NOT_EVALUATED}",
         "magnification": training.get("magnification", "all"),
         "sha256": card.get("sha256", ""),
         "created": card.get("created", ""),
         "limited": bool(evidence.get("limited")),
         "calibrated": bool((card.get("calibration") or {}).get("temperatures")),
         "calibrated_on": calibrated_on(card),
-        "evidence": evidence.get("statement"),
+        "evidence": evidence_statement(card),  # "not evaluated" until it is
         "measured": measured_accuracy(card),
         "subtype_reliable": subtype_reliable,
         "subtype_note": subtype_note,

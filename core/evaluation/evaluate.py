@@ -25,6 +25,7 @@ from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES, SUBTYPES_BY_CL
 from core.data.selection import fingerprint, resolve_paths
 from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
+from core.evaluation.evidence import evidence_statement
 from core.evaluation.held_out import HELD_OUT, none_found, outputs_of, partial_refusal, read_rows
 from core.evaluation.intervals import headline_intervals, patient_intervals, point_metrics
 from core.evaluation.metrics import (
@@ -316,7 +317,7 @@ def trained_on_lines(card: dict) -> list[str]:
     the card's evidence statement and its synthetic (GAN) training images, as the app shows them."""
     evidence, training = card.get("evidence") or {}, card.get("training") or {}
     lines = ["LIMITED DATA: few patients, not a diagnosis."] if evidence.get("limited") else []
-    lines.append("Trained on: " + (evidence.get("statement") or "not recorded in the model card") + ".")
+    lines.append("Trained on: " + (evidence_statement(card) or "not recorded in the model card") + ".")
     synthetic = training.get("synthetic_by_subtype")
     if isinstance(synthetic, dict):
         lines.append(f"{sum(synthetic.values())} synthetic (GAN) training images"
@@ -368,11 +369,12 @@ def write_outputs(run_dir: Path, results: dict) -> None:
     on the way leaves the previous evaluation's files as they were, not half of each."""
     metrics_file, report_file = outputs_of(run_dir, results["split"], bool(results.get("subset")))
     drawn = report_file.with_name(f".{report_file.name}.drawing")
-    try:
-        write_report(results, drawn, read_card(run_dir / "model"))
-        if results["split"] == HELD_OUT and not results.get("subset"):
-            kept = {k: v for k, v in (read_card(run_dir / "model").get("thresholds") or {}).items()
-                    if k not in EVALUATED_THRESHOLDS}
+    card = read_card(run_dir / "model")
+    updates_card = results["split"] == HELD_OUT and not results.get("subset")
+    try:  # the report words the card as this evaluation leaves it (evaluated, where it writes the card's figures)
+        write_report(results, drawn, {**card, "metrics": without_curves(results)} if updates_card else card)
+        if updates_card:
+            kept = {k: v for k, v in (card.get("thresholds") or {}).items() if k not in EVALUATED_THRESHOLDS}
             update_card(run_dir / "model", metrics=without_curves(results),
                         thresholds={**kept, **evaluated_thresholds(results)})
         write_json_atomic(metrics_file, results)

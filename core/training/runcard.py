@@ -18,6 +18,7 @@ from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
 from core.data.scale import whole_field_scale
 from core.data.splits import IMAGE, describe_split, is_synthetic
 from core.errors import UserInputError
+from core.evaluation.evidence import figures_clause
 from core.paths import portable
 
 DEMO_BELOW_TRAIN_IMAGES = 200
@@ -139,7 +140,8 @@ def card_is_demo(card: dict) -> bool:
 
 def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:
     """What a model rests on, in the card and wherever it predicts: the distinct real images and patients
-    its weights learnt from (not its validation or test patients) and what its figures were measured on."""
+    its weights learnt from (not its validation or test patients) and what its figures were measured on
+    (worded "not evaluated" until an evaluation has written them: core.evaluation.evidence)."""
     trained_on = distinct(trained_on)
     real = trained_on[~is_synthetic(trained_on)]
     patients = int(real["case"].nunique())
@@ -149,7 +151,7 @@ def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> di
             "by_class": classes_of(counts_by_subtype(real)),
             "limited": patients < LIMITED_BELOW_PATIENTS, "figures_measured_on": figures_on,
             "statement": (f"weights learnt from {len(real)} real images of {patients} patients ({start}); "
-                          f"figures measured on {figures_on}"
+                          f"{figures_clause(figures_on)}"
                           + ("; limited data, not a diagnosis" if patients < LIMITED_BELOW_PATIENTS else ""))}
 
 
