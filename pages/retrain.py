@@ -231,13 +231,15 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         curves(state["history"])
         metrics, problem = run_files.read_json_file(Path(job.run_dir) / "metrics.json")
         info = registry.describe_model(card) if card is not None else {}
-        if info.get("demo"):
-            st.warning("This run is marked DEMO (too little training data, or --demo): its numbers are "
-                       "not a valid accuracy.", icon=":material/warning:")
+        if info.get("demo"):  # the runcard's one DEMO rule; the Model performance and Compare pages hide them too
+            st.warning("This run is marked DEMO (too little real training data, a class it never saw, or --demo): "
+                       "it has no valid accuracy, so its evaluation figures are not shown.", icon=":material/warning:")
         elif info.get("limited"):  # as Diagnose and Slide say it of the active model
             st.warning(f"LIMITED DATA model: {info['evidence']}. Measured: {info['measured'] or 'not evaluated'}. "
                        "Every call needs a pathologist's review.", icon=":material/warning:")
-        if metrics is not None:
+        if info.get("demo"):
+            pass  # its figures withheld, as said above
+        elif metrics is not None:
             st.markdown("**Evaluation on the held-out test split**")
             st.dataframe(performance.metrics_table(metrics), hide_index=True)
             st.caption(performance.protocol_line(metrics))

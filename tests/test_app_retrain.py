@@ -246,9 +246,8 @@ def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(ap
     launch(app, synthetic_breakhis, "completes", epochs=1)
     poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])))
     assert texts(app.success).count("Training completed") == 1, jobs.log_tail(jobs.read_job(environment["runs"]))
-    metrics = [frame.value for frame in app.dataframe if "what" in frame.value.columns]
-    assert metrics and metrics[0]["what"].iloc[0] == "Stage 1: benign vs malignant"
-    assert set(metrics[0]["protocol"]) == {"patient-wise"}
+    assert (environment["runs"] / "completes" / "metrics.json").is_file()  # evaluated; 96 images: DEMO, withheld
+    assert "its evaluation figures are not shown" in texts(app.warning)  # (the table: the test below)
     app.button(key="adopt_model").click().run()
     model_dir = str((environment["runs"] / "completes" / "model").resolve())
     assert app.session_state["active_model"] == model_dir
@@ -424,6 +423,30 @@ def test_a_finished_limited_gan_fill_run_says_so_before_it_can_become_the_active
     assert ("Training metrics on the training split (457 real + 90 synthetic (GAN) images), 'val_' metrics on the "
             "validation split (112 images); patient-wise protocol.") in texts(app.caption)
     assert any(button.key == "adopt_model" for button in app.button)  # still offered, with the statement above it
+    app.button(key="clear_job").click().run()
+
+
+@pytest.mark.parametrize("demo", [True, False], ids=["demo", "not-demo"])
+def test_a_finished_demo_run_withholds_its_figures_and_says_why(app, environment, demo):
+    """QA retrain #9: a DEMO run's finished view listed its accuracies with intervals ("1.000 (95% CI
+    1.000-1.000)") while the Model performance and Compare pages hide a DEMO model's figures."""
+    run = finished_job(environment["runs"], f"demo-{demo}", {"status": "completed"})
+    data = {"split": "test", "protocol": "patient-wise", "images": 18, "cases": 4}
+    metrics = {**data, "data": data, "stage1": {"accuracy": 1.0, "data": data}, "intervals": {"image": {}, "patient": {}}}
+    make_model_folder(run / "model", demo=demo, name=f"demo-{demo}", metrics=metrics)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    app.run()
+    assert not app.exception
+    shown = [frame.value for frame in app.dataframe if "what" in frame.value.columns]
+    warned = texts(app.warning)
+    if demo:
+        assert not shown and "Evaluation on the held-out test split" not in texts(app.markdown)
+        assert "This run is marked DEMO" in warned and "its evaluation figures are not shown" in warned
+        assert "No evaluation was written" not in texts(app.info)
+    else:
+        assert shown and shown[0]["what"].iloc[0] == "Stage 1: benign vs malignant"
+        assert set(shown[0]["protocol"]) == {"patient-wise"} and "DEMO" not in warned
+    assert any(button.key == "adopt_model" for button in app.button)
     app.button(key="clear_job").click().run()
 
 
