@@ -51,6 +51,16 @@ def test_a_card_whose_weights_never_saw_a_class_is_demo_wherever_it_is_described
     assert describe_model(older)["demo"] and model_badge(older) == "DEMO · bigbenign (small_cnn)"
     both = {**older, "training": {"by_subtype": {"adenosis": 300, "ductal_carcinoma": 300}}}
     assert not describe_model(both)["demo"] and model_badge(both).startswith("LIMITED DATA · bigbenign")
+    # ... and the predictor's banner, Compare and make-default read the same rule (they read the card's flag alone)
+    from core.app.comparison import Run
+    from core.model.folders import card_is_demo
+    from core.model.predict import Predictor
+    from core.training.recipes import demo_reason
+
+    assert card_is_demo(older) and not card_is_demo(both)
+    assert Predictor(None, {**older, "hierarchy": "hierarchical", "input_size": 32}).is_demo
+    assert Run.__dict__["demo"].fget(SimpleNamespace(card=older))
+    assert demo_reason(older) == "its weights never saw a real malignant image"
     config = SimpleNamespace(demo=False)
     assert is_demo(config, {"images": 320, "by_class": {"benign": 320, "malignant": 0}})
     assert not is_demo(config, {"images": 320, "by_class": {"benign": 160, "malignant": 160}})

@@ -20,7 +20,7 @@ from core.app.run_files import read_run_files
 from core.errors import ModelFolderError
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import split_name
-from core.model.folders import ENSEMBLE, card_kind, read_card, verify_files
+from core.model.folders import ENSEMBLE, card_is_demo, card_kind, read_card, verify_files
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class Run:
     @property
     def demo(self) -> bool:
         """A DEMO model has no valid accuracy: the Model performance page shows none of its figures."""
-        return bool(self.card.get("demo"))  # the card's flag, as describe_model reads it
+        return card_is_demo(self.card)  # the one rule, as describe_model reads it
 
     @property
     def badge(self) -> str:

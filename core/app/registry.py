@@ -28,6 +28,7 @@ from core.model.folders import (
     ENSEMBLE,
     GENERATOR,
     MODEL_FILE,
+    card_is_demo,
     card_kind,
     find_model_folders,
     read_card,
@@ -41,7 +42,6 @@ from core.paths import (
     folder_setting_problem,
     runs_dir,
 )
-from core.training.runcard import card_is_demo
 
 NOT_STATED = "not stated"
 

@@ -69,3 +69,14 @@ def sentence(text: str) -> str:
     """The text with its first letter in upper case and the rest as written (str.capitalize would
     also lower the rest: '5-fold CV' -> '5-fold cv')."""
     return text[:1].upper() + text[1:]
+
+
+def classes_of(by_subtype: dict) -> dict:
+    """{class: images} of {subtype: images}."""
+    return {c: sum(int(n) for s, n in by_subtype.items() if CLASS_OF_SUBTYPE.get(s) == c) for c in CLASSES}
+
+
+def untaught_classes(by_class: dict | None) -> list[str]:
+    """The classes (benign, malignant) of which the weights learnt from no real image ({class: images});
+    none where the counts are not recorded."""
+    return [] if by_class is None else [c for c in CLASSES if not by_class.get(c)]

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from core.data.fields import ViewSpec
-from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, output_sizes
+from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, classes_of, output_sizes, untaught_classes
 from core.data.labels import PREPROCESSING as DESCRIPTION
 from core.digests import file_sha256
 from core.errors import ModelFolderError, UserInputError
@@ -128,6 +128,24 @@ def _check_is_model_folder(folder: str | os.PathLike) -> None:
     elif inside:
         hint = f"; did you mean one of {', '.join(map(str, inside[:4]))}{', ...' if len(inside) > 4 else ''}?"
     raise ModelFolderError(f"{folder} has no {CARD_FILE}: it is not a model folder{hint}")
+
+
+def card_is_demo(card: dict) -> bool:
+    """Is this card's model a DEMO one (no valid accuracy, figures never shown)? Its flag (set by the one
+    rule, core.training.runcard.is_demo), or, for a card written before the class rule (its evidence has no
+    by_class), the class rule read from its training.by_subtype: weights that never saw a class. Every
+    reader of a card (the sidebar, the predictor's banner, Compare, make-default) asks this."""
+    return bool(card.get("demo")) or bool(card_untaught_classes(card))
+
+
+def card_untaught_classes(card: dict) -> list[str]:
+    """The classes of which the card's weights learnt from no real image: its evidence's by_class, or, on a
+    card written before it, its training.by_subtype; none where neither is recorded."""
+    by_class = (card.get("evidence") or {}).get("by_class")
+    by_subtype = (card.get("training") or {}).get("by_subtype")
+    if by_class is None and isinstance(by_subtype, dict) and by_subtype:
+        by_class = classes_of(by_subtype)
+    return untaught_classes(by_class)
 
 
 def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
@@ -402,7 +420,7 @@ def save_ensemble(members: list, folder, name: str | None = None, **fields) -> P
                          "backbone": c["backbone"], "input_size": c["input_size"], "sha256": c["sha256"],
                          "subtype_figures": subtype_figures(c)}
                         for member, c in zip(members, cards)],
-            "demo": any(c.get("demo") for c in cards), "evidence": ensemble_evidence(cards), "labels": labels_block(),
+            "demo": any(card_is_demo(c) for c in cards), "evidence": ensemble_evidence(cards), "labels": labels_block(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "method": "mean of the members' calibrated probabilities; uncertainty = members' disagreement",
             **fields}

@@ -45,7 +45,7 @@ from core.model.decisions import (  # noqa: F401 - re-exported: the Predictor's 
     case_decision,
     figure,
 )
-from core.model.folders import load_model_folder
+from core.model.folders import card_is_demo, load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
 from core.paths import DEFAULT_MODEL_DIR
 
@@ -72,7 +72,7 @@ class Predictor:
         self.hierarchy = card["hierarchy"]
         self.backbone = card.get("backbone", "?")
         self.input_size = self._input_size(card)
-        self.is_demo = bool(card.get("demo", False)) or any(m.is_demo for m in self.members if m is not self)
+        self.is_demo = card_is_demo(card) or any(m.is_demo for m in self.members if m is not self)
         thresholds = card.get("thresholds") or {}
         # Case-level p(malignant) threshold chosen on validation cases at evaluation (core.evaluation.evaluate).
         self.case_threshold = float(thresholds.get("case_malignant", 0.5))

@@ -36,6 +36,7 @@ from core.data.histology import NOT_ANALYSED
 from core.data.labels import CLASSES, SUBTYPES
 from core.data.scale import model_scale, tile_origins
 from core.errors import Cancelled, UserInputError
+from core.evaluation.evidence import evidence_statement
 from core.evaluation.subtype_trust import subtype_reliability
 from core.options import option
 from core.slide.call import Region, slide_call
@@ -260,8 +261,8 @@ class SlidePredictor:
             if region.kind == "region":
                 tiles.loc[region.rows, "region"] = region.id
         evidence = card.get("evidence") or {}
-        model = {"name": self.predictor.name, "demo": bool(card.get("demo")),
-                 "limited": bool(evidence.get("limited")), "statement": evidence.get("statement", ""),
+        model = {"name": self.predictor.name, "demo": self.predictor.is_demo,  # the one DEMO rule (card_is_demo)
+                 "limited": bool(evidence.get("limited")), "statement": evidence_statement(card) or "",
                  "subtype_reliable": subtype_reliability(card)[0]}  # the app's one rule
         notes = list(reader.notes) + checked + [
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "

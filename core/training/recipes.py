@@ -31,7 +31,7 @@ from core.data.selection import kfold_problem
 from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
-from core.model.folders import CARD_FILE, load_model_folder, read_card, update_card
+from core.model.folders import CARD_FILE, card_is_demo, card_untaught_classes, load_model_folder, read_card, update_card
 from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
 from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
@@ -184,6 +184,9 @@ def demo_reason(card: dict) -> str:
         return "trained with --demo"
     if isinstance(learnt, int) and learnt < DEMO_BELOW_TRAIN_IMAGES:
         return f"its weights learnt from {learnt} real images, fewer than {DEMO_BELOW_TRAIN_IMAGES}"
+    untaught = card_untaught_classes(card)
+    if untaught:
+        return f"its weights never saw a real {' or '.join(untaught)} image"
     return "its card says so"
 
 
@@ -191,7 +194,7 @@ def _installable(model_dir, allow_demo: bool, kept: str) -> dict:
     """The card of a model that may be installed: checksum and safe loading checked before anything is
     replaced; a DEMO model refused unless allowed, because the default is what every session starts with."""
     _, card = load_model_folder(model_dir)
-    if card.get("demo") and not allow_demo:
+    if card_is_demo(card) and not allow_demo:
         raise UserInputError(f"{model_dir} holds a DEMO model ({demo_reason(card)}): it has no valid accuracy, and "
                              "the default model is the one every pathologist's session starts with. Nothing was "
                              f"installed ({kept}); --allow-demo installs it anyway (a demonstration or test setup)")
@@ -246,7 +249,7 @@ def install_lines(installed: Installed) -> list[str]:
     card, folder = installed.card, installed.folder
     lines = [f"Installed {folder}: {card.get('name', '?')} (weights SHA-256 {card.get('sha256', '?')}) "
              f"from {installed.source}"]
-    if card.get("demo"):
+    if card_is_demo(card):
         lines.append(f"warning: this is a DEMO model ({demo_reason(card)}), installed because of --allow-demo: its "
                      "figures are not a valid accuracy")
     if installed.backup is not None:
@@ -275,7 +278,7 @@ def record_install(installed: Installed) -> tuple[bool, str]:
     previous = installed.previous or {}
     scope = "deployment" if installed.folder.resolve() == default_model().resolve() else "model folder"
     details = {"scope": scope, "via": "make-default", "os_user": os_user, "from_run": str(installed.source),
-               "demo": bool(installed.card.get("demo")), "previous_model": previous.get("name"),
+               "demo": card_is_demo(installed.card), "previous_model": previous.get("name"),
                "previous_sha256": previous.get("sha256"),
                "backup": str(installed.backup) if installed.backup is not None else None}
     try:

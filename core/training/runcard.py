@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.backends import machine
 from core.data.breakhis import subtype_counts
-from core.data.labels import CLASS_OF_SUBTYPE, CLASSES
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, classes_of, untaught_classes
 from core.data.scale import whole_field_scale
 from core.data.splits import IMAGE, describe_split, is_synthetic
 from core.errors import UserInputError
@@ -93,17 +93,6 @@ def held_out_gaps(split: pd.DataFrame) -> list[str]:
     return warnings
 
 
-def classes_of(by_subtype: dict) -> dict:
-    """{class: images} of {subtype: images}."""
-    return {c: sum(int(n) for s, n in by_subtype.items() if CLASS_OF_SUBTYPE.get(s) == c) for c in CLASSES}
-
-
-def untaught_classes(by_class: dict | None) -> list[str]:
-    """The classes (benign, malignant) of which the weights learnt from no real image ({class: images});
-    none where the counts are not recorded."""
-    return [] if by_class is None else [c for c in CLASSES if not by_class.get(c)]
-
-
 def refuse_untaught_classes(trained_on: pd.DataFrame) -> None:
     """Refuse a run at its start (both pipelines) whose training split has no real image of a class: a
     classifier that never saw it calls everything the other class, and a test split of that class alone
@@ -126,16 +115,6 @@ def is_demo(config, learnt: dict) -> bool:
     DEMO_BELOW_TRAIN_IMAGES real images, or from no real image of a class (`learnt`: evidence(); a run
     refuses that at its start, refuse_untaught_classes). The one rule of both pipelines' cards."""
     return bool(config.demo or learnt["images"] < DEMO_BELOW_TRAIN_IMAGES or untaught_classes(learnt.get("by_class")))
-
-
-def card_is_demo(card: dict) -> bool:
-    """is_demo of a written card: its flag, or, for a card written before the class rule (its evidence has no
-    by_class), the class rule read from its training.by_subtype (the app describes every model by this)."""
-    by_class = (card.get("evidence") or {}).get("by_class")
-    by_subtype = (card.get("training") or {}).get("by_subtype")
-    if by_class is None and isinstance(by_subtype, dict) and by_subtype:
-        by_class = classes_of(by_subtype)
-    return bool(card.get("demo")) or bool(untaught_classes(by_class))
 
 
 def evidence(trained_on: pd.DataFrame, weights_used: str, figures_on: str) -> dict:
