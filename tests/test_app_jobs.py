@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -174,3 +175,17 @@ def test_a_jobs_end_is_recorded_once_as_its_launchers_when_it_exits_with_no_page
                                       "ended": "1970-01-01T00:00:01+00:00"}
     finally:
         store.close()
+
+
+def test_a_job_runs_at_a_lower_cpu_priority_than_the_app(tmp_path):
+    """qa-retrain #11: a job ran at the app's priority (NI 0) and took every core from the pathologists' diagnoses."""
+    app = os.getpriority(os.PRIO_PROCESS, 0)
+    if app >= 19:
+        pytest.skip("the tests already run at the lowest priority")
+    job = jobs.start_job(SLEEPER, tmp_path / "run", {}, root=tmp_path)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, job.pid) == min(19, app + jobs.JOB_NICENESS) > app
+        assert os.getpriority(os.PRIO_PROCESS, 0) == app  # the app's own priority is unchanged
+    finally:
+        jobs.cancel_job(job, root=tmp_path, force=True)
+        assert wait_until(lambda: not jobs.is_alive(job))

@@ -19,6 +19,7 @@ import datetime
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 JOB_FILE_NAME = ".job.json"
 LOG_NAME = "train.log"
 RUNNING, COMPLETED, FAILED, CANCELLED, STALE = "running", "completed", "failed", "cancelled", "stale"
+
+# Added to the app's niceness in the job's process: a training on the server's few cores yields them to the
+# pathologists' diagnoses (the app's own threads) instead of competing at the same priority.
+JOB_NICENESS = 10
 
 # Popen objects of the jobs this server started, shared by all sessions: polling them reaps the
 # child, so a finished job never lingers as a zombie that os.kill(pid, 0) would call alive.
@@ -171,6 +176,17 @@ def _job_lock(root: Path, outcome: str = "no training was started"):
         yield
 
 
+def _niced(command: list[str]) -> list[str]:
+    """`command` run by nice(1) at JOB_NICENESS: the new process has the lower priority before it runs anything
+    (every thread it starts inherits it), and no Python runs between fork and exec (a preexec_fn), which a
+    threaded server must avoid. Without nice(1) the job runs at the app's priority, and the log says so."""
+    nice = shutil.which("nice")
+    if nice is None:
+        log.warning("nice(1) was not found: training jobs run at the app's CPU priority")
+        return command
+    return [nice, "-n", str(JOB_NICENESS), *command]
+
+
 def _stop(process: subprocess.Popen) -> None:
     """Kill a just-started training and reap it: one nobody can see or cancel must not run on."""
     with contextlib.suppress(ProcessLookupError):
@@ -181,7 +197,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
               root: Path | None = None, environment: dict | None = None, launched_by: str | None = None) -> Job:
-    """Launch the training process in its own session; refuse while another job runs. `environment`
+    """Launch the training process in its own session, at a lower CPU priority than the app (JOB_NICENESS);
+    refuse while another job runs. `environment`
     is added to the process's (core.backends.job_environment: the Keras backend it trains with);
     `launched_by`: the account starting it (the job's caption and its end's audit row name it)."""
     root = Path(root or runs_dir())
@@ -200,7 +217,7 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(
-                    command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    _niced(command), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True, env=env)
         except OSError as error:
             raise _unwritable(root, error) from error
