@@ -139,7 +139,8 @@ def launch_form() -> None:
     except (UserInputError, JobError) as problem:
         st.error(str(problem))
         return
-    session.audit("retrain_launched", config.out, settings={**retrain.shown_settings(config), "backend": backend})
+    session.audit("retrain_launched", config.out, settings={**retrain.shown_settings(config), "backend": backend},
+                  job_id=job.job_id)  # retrain_finished repeats it: one end row per launch
     # Its end is recorded when the process exits, as the launcher's, whether or not a page is open then.
     jobs.watch(job, functools.partial(jobs.record_end, session.store(), root=runs_dir()))
     st.rerun()
@@ -194,11 +195,11 @@ def follow(job: jobs.Job) -> None:
         if time.time() - job.cancel_requested > 30 and st.button("Force stop (SIGKILL)", key="force_stop"):
             still_permitted(fresh=True)
             jobs.cancel_job(job, force=True)
-            session.audit("retrain_cancelled", job.run_dir, force=True)
+            session.audit("retrain_cancelled", job.run_dir, force=True, job_id=job.job_id)
     elif st.button("Cancel training", key="cancel_job"):
         still_permitted(fresh=True)
         jobs.cancel_job(job)
-        session.audit("retrain_cancelled", job.run_dir, force=False)
+        session.audit("retrain_cancelled", job.run_dir, force=False, job_id=job.job_id)
         st.rerun(scope="fragment")
 
 

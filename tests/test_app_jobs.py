@@ -172,7 +172,7 @@ def test_a_jobs_end_is_recorded_once_as_its_launchers_when_it_exits_with_no_page
         rows = store.events(kinds="retrain_finished")
         assert len(rows) == 2 and rows[0]["user"] == "system"  # a job file from before launchers were kept
         assert rows[0]["details"] == {"status": "failed", "explanation": "Training failed.",
-                                      "ended": "1970-01-01T00:00:01+00:00"}
+                                      "ended": "1970-01-01T00:00:01+00:00", "job_id": job.job_id}
     finally:
         store.close()
 
@@ -189,3 +189,34 @@ def test_a_job_runs_at_a_lower_cpu_priority_than_the_app(tmp_path):
     finally:
         jobs.cancel_job(job, root=tmp_path, force=True)
         assert wait_until(lambda: not jobs.is_alive(job))
+
+
+def test_a_run_name_reused_after_a_refusal_gets_its_own_end_row_and_log(tmp_path):
+    """qa-retrain #2: a run refused before it started ("retry"), then launched again under the same name: the
+    second job's end was never recorded (record_end looked for any row of that run folder) and both jobs wrote
+    runs/.job_logs/retry.log, so the refusal's log was lost."""
+    from core.store.audit import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    run = tmp_path / "retry"
+
+    def ends(status: str, said: str) -> list[str]:
+        return [sys.executable, "-c", f"print({said!r}); from core.training.progress import ProgressWriter; "
+                                      f"ProgressWriter({str(run / 'progress.jsonl')!r}).emit('end', status={status!r})"]
+
+    try:
+        refused = jobs.start_job(ends("failed", "first launch"), run, {}, root=tmp_path, launched_by="alice")
+        assert wait_until(lambda: not jobs.is_alive(refused))
+        assert jobs.record_end(store, refused, tmp_path) is not None
+        jobs.clear_job(tmp_path)
+        retried = jobs.start_job(ends("completed", "second launch"), run, {}, root=tmp_path, launched_by="alice")
+        assert wait_until(lambda: not jobs.is_alive(retried))
+        assert jobs.record_end(store, retried, tmp_path) is not None  # its own end, not the refusal's row
+        assert jobs.record_end(store, retried, tmp_path) is None  # and once
+        rows = store.events(kinds="retrain_finished", newest_first=False)
+        assert [(r["details"]["job_id"], r["details"]["status"]) for r in rows] == [
+            (refused.job_id, "failed"), (retried.job_id, "completed")]
+        assert refused.job_id != retried.job_id and refused.log != retried.log
+        assert "first launch" in jobs.log_tail(refused) and "second launch" in jobs.log_tail(retried)
+    finally:
+        store.close()

@@ -8,7 +8,9 @@ shown as "running" forever. Progress itself comes from the run's progress.jsonl 
 
 The job file also names the account that launched the job: its end is recorded in the audit trail as that
 account's (`record_end`), once, by the server that launched it the moment the process exits (`watch`), and
-otherwise by the first Retrain page that finds it ended (a server restarted meanwhile).
+otherwise by the first Retrain page that finds it ended (a server restarted meanwhile). Each launch has its
+own id (`job_id`, in its audit rows) and its own log, so a run name used again (after a run refused before it
+started) is a second launch with its own end row, not a repeat of the first.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import datetime
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -64,6 +67,7 @@ class Job:
     cancel_requested: float | None = None
     environment: dict = dataclasses.field(default_factory=dict)  # what the job's environment adds (KERAS_BACKEND)
     launched_by: str | None = None  # the account that started it (None: a job file written before it was kept)
+    job_id: str | None = None  # this launch's id, in its audit rows (None: a job file written before ids were kept)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,6 +76,11 @@ class Job:
 def build_command(config) -> list[str]:
     """`python -m core train ...` for a core.training.config.TrainConfig (the only way the app trains)."""
     return [sys.executable, "-m", "core", "train", *to_argv(config)]
+
+
+def new_job_id() -> str:
+    """A launch's id: its UTC start second (readable in a log's name) and a random part (two in one second)."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
 
 
 def _job_file(root: Path) -> Path:
@@ -210,12 +219,13 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
                            "Wait for it or cancel it first.")
         refuse_existing_run(run_dir, holds="files: it already exists", hint="choose another run name",
                             error=JobError)
-        log_path = root / ".job_logs" / f"{run_dir.name}.log"
+        job_id = new_job_id()
+        log_path = root / ".job_logs" / f"{run_dir.name}-{job_id}.log"  # one per launch: a reused name keeps its logs
         environment = dict(environment or {})
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "wb") as log:
+            with open(log_path, "xb") as log:
                 process = subprocess.Popen(
                     _niced(command), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True, env=env)
@@ -224,7 +234,7 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
                   log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),
-                  environment=environment, launched_by=launched_by)
+                  environment=environment, launched_by=launched_by, job_id=job_id)
         try:
             _write_job(job, root)  # without it no page could follow, cancel or refuse a second start
         except BaseException as error:
@@ -331,21 +341,29 @@ def ended_at(job: Job) -> float | None:
     return None
 
 
+def _is_end_of(row: dict, job: Job) -> bool:
+    """Whether a retrain_finished row records this launch: its job id; a job file without one (written before
+    ids were kept), any row of its run folder."""
+    return row["subject"] == job.run_dir and (job.job_id is None or (row["details"] or {}).get("job_id") == job.job_id)
+
+
 def record_end(store, job: Job, root: Path | None = None) -> int | None:
     """Record an ended job's "retrain_finished" audit row in `store` (core.store.audit.Store) as the account
-    that launched it (SYSTEM for a job file that does not say), with its status and end time; its id, or
-    None while it runs or once recorded. Under the job lock, so the server's watch and any number of Retrain
-    pages write one row between them. A busy database raises StoreError: the next caller tries again."""
+    that launched it (SYSTEM for a job file that does not say), with its status, end time and job id; its id,
+    or None while it runs or once recorded for this launch. Under the job lock, so the server's watch and any
+    number of Retrain pages write one row between them. A busy database raises StoreError: the next caller
+    tries again."""
     with _job_lock(Path(root or runs_dir()), "the job's end was not recorded"):
         status, explanation = job_status(job, progress(job))
-        if status == RUNNING or any(e["subject"] == job.run_dir for e in store.events(
+        if status == RUNNING or any(_is_end_of(e, job) for e in store.events(
                 kinds="retrain_finished", subject_contains=job.run_dir)):
             return None
         ended = ended_at(job)
         when = None if ended is None else datetime.datetime.fromtimestamp(ended, datetime.UTC).isoformat(
             timespec="seconds")
         return store.record("retrain_finished", job.launched_by or SYSTEM, job.run_dir,
-                            details={"status": status, "explanation": explanation, "ended": when})
+                            details={"status": status, "explanation": explanation, "ended": when,
+                                     "job_id": job.job_id})
 
 
 def watch(job: Job, on_end) -> None:
