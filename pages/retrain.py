@@ -131,16 +131,27 @@ def launch_form() -> None:
         st.error(problem)
         return
     user = still_permitted(fresh=True)  # re-read the session before starting a process
+    launched = {}  # the launch's audit row, once written
+
+    def record_launch(job_id: str) -> None:  # retrain_finished repeats the job id: one end row per launch
+        launched[job_id] = session.store().record("retrain_launched", user["name"], config.out,
+                                                  details={"settings": settings, "job_id": job_id})
+
     try:
         config = retrain.training_config(values, runs_dir(), synthetic, name, defaults=defaults, backend=backend)
-        job = jobs.start_job(jobs.build_command(config), config.out,
-                             {**retrain.shown_settings(config), "backend": backend},
-                             environment=job_environment(backend), launched_by=user["name"])
+        settings = {**retrain.shown_settings(config), "backend": backend}
+        job = jobs.start_job(jobs.build_command(config), config.out, settings, environment=job_environment(backend),
+                             launched_by=user["name"], record_launch=record_launch)
+    except StoreError as problem:  # as a model choice: a training the audit trail does not have is not started
+        st.error(f"{problem} The training was not started: its launch could not be recorded in the audit trail. "
+                 "Press Start training again in a moment.", icon=":material/database:")
+        return
     except (UserInputError, JobError) as problem:
+        for job_id in launched:  # recorded, then the process could not start: its end says so
+            session.audit("retrain_finished", config.out, status="not started", explanation=str(problem),
+                          job_id=job_id)
         st.error(str(problem))
         return
-    session.audit("retrain_launched", config.out, settings={**retrain.shown_settings(config), "backend": backend},
-                  job_id=job.job_id)  # retrain_finished repeats it: one end row per launch
     # Its end is recorded when the process exits, as the launcher's, whether or not a page is open then.
     jobs.watch(job, functools.partial(jobs.record_end, session.store(), root=runs_dir()))
     st.rerun()

@@ -563,3 +563,56 @@ def test_a_second_session_starting_while_a_job_runs_is_told_its_job_was_not_star
         assert "was not started" not in texts(app.info)  # said once
     finally:
         stop_and_forget(job, environment["runs"])
+
+
+def test_a_training_the_audit_trail_cannot_record_is_not_started(app, environment, synthetic_breakhis, monkeypatch):
+    """qa-retrain #3: Start pressed while another process held the database's write lock started the job with no
+    retrain_launched row, and the page's st.rerun() wiped the error. As a model choice: recorded first, or not done."""
+    from core.paths import data_dir
+    from core.store import db
+    from core.store.audit import Store
+    from tests.app_helpers import write_locked
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(jobs, "build_command", lambda config: SLEEPER)  # the launch is under test, not a training
+    Store.open().close()  # the database exists, as on any server that has signed someone in
+    with write_locked(data_dir() / db.SQLITE_FILE):
+        launch(app, synthetic_breakhis, "busy-db", epochs=1)
+    assert jobs.read_job(environment["runs"]) is None  # nothing runs
+    said = texts(app.error)
+    assert "busy" in said and "The training was not started" in said, said
+    assert any(button.key == START for button in app.button)  # the form, to start it again
+
+    app.button(key=START).click().run()  # the database is free again
+    job = jobs.read_job(environment["runs"])
+    assert job is not None and jobs.is_alive(job) and job.run_dir.endswith("busy-db")
+    store = Store.open()
+    try:
+        launched = [e for e in store.events(kinds="retrain_launched") if e["subject"] == job.run_dir]
+        assert [e["details"]["job_id"] for e in launched] == [job.job_id]
+    finally:
+        store.close()
+
+
+def test_a_launch_recorded_but_not_started_gets_its_end_row(app, environment, synthetic_breakhis, monkeypatch):
+    """The launch row is written first; a process that then cannot start (here: the job file cannot be written)
+    is recorded as not started, so every retrain_launched row has its retrain_finished."""
+    from core.store.audit import Store
+
+    monkeypatch.setattr(jobs, "build_command", lambda config: SLEEPER)
+    blocker = environment["runs"] / jobs.JOB_FILE_NAME
+    blocker.mkdir(parents=True)  # as a full disk would: the job file's write fails
+    try:
+        launch(app, synthetic_breakhis, "unwritable-job-file", epochs=1)
+    finally:
+        blocker.rmdir()
+    assert "so the training was stopped at once" in texts(app.error)
+    store = Store.open()
+    try:
+        rows = [e for e in store.events(kinds=("retrain_launched", "retrain_finished"), newest_first=False)
+                if e["subject"].endswith("unwritable-job-file")]
+        assert [(e["kind"], e["details"].get("status")) for e in rows] == [("retrain_launched", None),
+                                                                          ("retrain_finished", "not started")]
+        assert rows[0]["details"]["job_id"] == rows[1]["details"]["job_id"]
+    finally:
+        store.close()

@@ -80,3 +80,18 @@ def test_a_sound_job_file_is_read_and_a_missing_one_is_no_job(tmp_path):
     (tmp_path / jobs.JOB_FILE_NAME).write_text(json.dumps({**GOOD, "proc_start": None, "cancel_requested": 2.5}))
     job, problem = jobs.load_job(tmp_path)
     assert problem is None and job.settings == {"epochs": 1} and job.started == 1 and job.cancel_requested == 2.5
+
+
+def test_a_launch_the_audit_trail_cannot_record_starts_nothing(tmp_path, started):
+    """qa-retrain #3: the launch's audit row is written first; when it cannot be, no training runs."""
+    from core.store.db import StoreError
+
+    def busy(job_id):
+        raise StoreError("the database is busy or unavailable; try again")
+
+    with pytest.raises(StoreError, match="busy"):
+        jobs.start_job(SLEEPER, tmp_path / "run1", {}, root=tmp_path, record_launch=busy)
+    assert started == [] and jobs.read_job(tmp_path) is None
+    recorded = []
+    job = jobs.start_job(SLEEPER, tmp_path / "run1", {}, root=tmp_path, record_launch=recorded.append)
+    assert recorded == [job.job_id] and len(started) == 1  # recorded, then started, under one id

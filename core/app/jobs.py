@@ -205,11 +205,14 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
-              root: Path | None = None, environment: dict | None = None, launched_by: str | None = None) -> Job:
+              root: Path | None = None, environment: dict | None = None, launched_by: str | None = None,
+              record_launch=None) -> Job:
     """Launch the training process in its own session, at a lower CPU priority than the app (JOB_NICENESS);
     refuse while another job runs. `environment`
     is added to the process's (core.backends.job_environment: the Keras backend it trains with);
-    `launched_by`: the account starting it (the job's caption and its end's audit row name it)."""
+    `launched_by`: the account starting it (the job's caption and its end's audit row name it).
+    `record_launch(job_id)`, called once every check has passed and before the process starts: the launch's
+    audit row. What it raises (a busy database) propagates and nothing is started."""
     root = Path(root or runs_dir())
     run_dir = Path(run_dir)
     with _job_lock(root):  # Two tabs pressing Start at once: one wins.
@@ -221,6 +224,8 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
                             error=JobError)
         job_id = new_job_id()
         log_path = root / ".job_logs" / f"{run_dir.name}-{job_id}.log"  # one per launch: a reused name keeps its logs
+        if record_launch is not None:
+            record_launch(job_id)  # first: a training the audit trail does not have is not started
         environment = dict(environment or {})
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
         try:
