@@ -8,6 +8,7 @@ one machine's absolute paths.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -97,6 +98,10 @@ def dataset_dirs() -> list[Path]:
 PROGRESS_STREAM = "progress.jsonl"  # core.training.progress writes it; read here without importing training
 
 
+RUN_CLAIM = ".run.lock"  # in a run folder: flock-ed by the one process writing it (claim_run)
+CLAIM_FD = "BREAKHIS_RUN_CLAIM_FD"  # a claim the app took for a Retrain job, handed to its process (core.app.jobs)
+
+
 def _failed_before_start(stream: Path) -> bool:
     try:
         events = [json.loads(line) for line in stream.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -111,7 +116,7 @@ def refused_before_start(folder: str | os.PathLike) -> bool:
     that failed before training started (no "start" event: an empty data folder, a missing
     --synthetic-dir): the record of a refusal, not a run, so the same --out may be used again."""
     try:
-        entries = list(Path(folder).iterdir())
+        entries = [entry for entry in Path(folder).iterdir() if entry.name != RUN_CLAIM]
         return bool(entries) and all(_failed_before_start(entry) if entry.name == PROGRESS_STREAM and entry.is_file()
                                      else entry.is_dir() and refused_before_start(entry) for entry in entries)
     except OSError:
@@ -129,12 +134,54 @@ def refuse_existing_run(folder: str | os.PathLike, markers: tuple[str, ...] = ()
     folder = Path(folder)
     if folder.is_dir() and refused_before_start(folder):
         for entry in folder.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if entry.name != RUN_CLAIM:  # the claim is the caller's (claim_run), not the refused run's
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     taken = any((folder / name).exists() for name in markers) if markers else \
-        folder.is_dir() and any(folder.iterdir())
+        folder.is_dir() and any(entry.name != RUN_CLAIM for entry in folder.iterdir())
     if taken:
         raise error(f"{folder} already holds {holds}; {hint}")
     return folder
+
+
+def claim_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: str = "a training run",
+              hint: str = "choose a new --out folder", error: type[UserInputError] = UserInputError):
+    """Take `folder` for a new run; the open claim file, to keep open while writing there. The folder is made
+    and its RUN_CLAIM locked (flock: held until closed or the process ends, so a crash frees it), then checked
+    by refuse_existing_run under that lock. Every writer of a run folder claims it (train, the fields runs, a
+    Retrain job before its process starts), so two runs given one name a second apart do not both pass the
+    check and write one folder: the second is refused. A Retrain job's process adopts the claim the app took
+    for it (CLAIM_FD) instead of being refused by it."""
+    folder = Path(folder)
+    claim = _inherited_claim(folder)
+    if claim is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        claim = open(folder / RUN_CLAIM, "a")
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            claim.close()
+            raise error(f"{folder} is being written by another training process (one started from the command "
+                        f"line, or a Retrain job); {hint}") from None
+    try:
+        refuse_existing_run(folder, markers, holds, hint, error)
+    except BaseException:
+        claim.close()
+        raise
+    return claim
+
+
+def _inherited_claim(folder: Path):
+    """The claim of `folder` this process was handed (CLAIM_FD names an open file that is its RUN_CLAIM), adopted
+    once; else None."""
+    handed = os.environ.get(CLAIM_FD, "")
+    try:
+        held, here = os.fstat(int(handed)), os.stat(folder / RUN_CLAIM)
+    except (OSError, ValueError):
+        return None
+    if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
+        return None
+    del os.environ[CLAIM_FD]  # a second run in this process (a fold) claims its own folder
+    return os.fdopen(int(handed), "a")
 
 
 def portable(path: str | os.PathLike) -> str:

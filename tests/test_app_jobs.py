@@ -220,3 +220,36 @@ def test_a_run_name_reused_after_a_refusal_gets_its_own_end_row_and_log(tmp_path
         assert "first launch" in jobs.log_tail(refused) and "second launch" in jobs.log_tail(retried)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "fields"])
+def test_a_run_folder_is_written_by_one_process_the_app_job_or_the_command_line(tmp_path, capsys, pipeline):
+    """qa-retrain #6: an app job and a CLI run given one name within seconds both passed the "already holds a
+    run" check before either had written anything, and trained into the same folder. The folder is claimed
+    first (an flock its writer holds until it exits), and a second writer is refused."""
+    from core.cli import main as cli
+    from core.paths import claim_run
+
+    run, empty = tmp_path / "race", tmp_path / "empty"
+    empty.mkdir()  # were the CLI not refused it would fail on this data, not train
+    adopts = [sys.executable, "-c", f"from core.paths import claim_run; held = claim_run({str(run)!r}, ('progress.jsonl',)); "
+                                    "print('adopted', flush=True); import time; time.sleep(120)"]
+    job = jobs.start_job(adopts, run, {}, root=tmp_path)
+    try:
+        assert wait_until(lambda: "adopted" in jobs.log_tail(job))  # the job's process took over the app's claim
+        assert cli(["train", "--pipeline", pipeline, "--data", str(empty), "--out", str(run)]) == 2
+        assert f"{run} is being written by another training process" in capsys.readouterr().err
+        assert not (run / "progress.jsonl").exists()  # the refused run wrote nothing there
+    finally:
+        jobs.cancel_job(job, root=tmp_path, force=True)
+        assert wait_until(lambda: not jobs.is_alive(job))
+    jobs.clear_job(tmp_path)
+    claim_run(run).close()  # the job's exit released the claim
+
+    held = claim_run(tmp_path / "cli-run")  # what a command-line run holds while it trains
+    try:
+        with pytest.raises(JobError, match="cli-run is being written by another training process"):
+            jobs.start_job(SLEEPER, tmp_path / "cli-run", {}, root=tmp_path)
+        assert jobs.read_job(tmp_path) is None
+    finally:
+        held.close()

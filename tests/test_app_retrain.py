@@ -485,7 +485,7 @@ def test_a_fields_runs_caption_states_its_protocol_while_it_runs_and_once_done(a
 
     run = environment["runs"] / "fields-live"
     job = jobs.start_job(SLEEPER, run, {"pipeline": "fields", "split": "patient-wise"}, root=environment["runs"])
-    run.mkdir()  # as the run would: its start event states its sizes
+    # start_job made the run folder (its claim); the run writes its start event, which states its sizes
     (run / "progress.jsonl").write_text(json.dumps(
         {"event": "start", "time": job.started, "epochs": 1, "counts": {"train": 10, "val": 1, "test": 11,
                                                                         "synthetic": 0, "reviewed": 0}}) + "\n")

@@ -36,7 +36,7 @@ from core.app.run_files import read_json_file
 from core.errors import JobError
 from core.jsonfile import write_json_atomic
 from core.options import to_argv
-from core.paths import REPO, refuse_existing_run, runs_dir
+from core.paths import CLAIM_FD, REPO, claim_run, runs_dir
 from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
@@ -204,6 +204,16 @@ def _stop(process: subprocess.Popen) -> None:
     _CHILDREN.pop(process.pid, None)
 
 
+def _spawn(command: list[str], log_path: Path, env: dict, claim) -> subprocess.Popen:
+    """The job's process: its own session (cancel signals its group), a lower priority, the run folder's
+    claim (core.paths.claim_run) passed on, so the folder stays claimed while it runs and not a moment longer."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "xb") as log:
+        return subprocess.Popen(_niced(command), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**env, CLAIM_FD: str(claim.fileno())}, pass_fds=(claim.fileno(),))
+
+
 def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
               root: Path | None = None, environment: dict | None = None, launched_by: str | None = None,
               record_launch=None) -> Job:
@@ -220,22 +230,22 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
                            "Wait for it or cancel it first.")
-        refuse_existing_run(run_dir, holds="files: it already exists", hint="choose another run name",
-                            error=JobError)
-        job_id = new_job_id()
-        log_path = root / ".job_logs" / f"{run_dir.name}-{job_id}.log"  # one per launch: a reused name keeps its logs
-        if record_launch is not None:
-            record_launch(job_id)  # first: a training the audit trail does not have is not started
-        environment = dict(environment or {})
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
-        try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "xb") as log:
-                process = subprocess.Popen(
-                    _niced(command), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, env=env)
+        try:  # the run folder is this job's from now: a command-line run given its name is refused
+            claim = claim_run(run_dir, holds="files: it already exists", hint="choose another run name",
+                              error=JobError)
         except OSError as error:
             raise _unwritable(root, error) from error
+        with claim:  # handed to the job's process, which holds it until it exits
+            job_id = new_job_id()
+            log_path = root / ".job_logs" / f"{run_dir.name}-{job_id}.log"  # one per launch, never overwritten
+            if record_launch is not None:
+                record_launch(job_id)  # first: a training the audit trail does not have is not started
+            environment = dict(environment or {})
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **environment}
+            try:
+                process = _spawn(command, log_path, env, claim)
+            except OSError as error:
+                raise _unwritable(root, error) from error
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
                   log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),

@@ -37,7 +37,7 @@ from core.evaluation.thresholds import case_threshold
 from core.jsonfile import write_json_atomic
 from core.model.calibration import apply_temperature, fit_temperature
 from core.model.folders import read_card, save_ensemble, save_model_folder
-from core.paths import portable, refuse_existing_run
+from core.paths import claim_run, portable
 from core.training.additions import ReviewedFields, from_reviews, gan_fill, reviewed_count
 from core.training.config import checked
 from core.training.field_fit import HEADS, fit_fields, predict_views
@@ -212,10 +212,10 @@ def train_fields(config) -> dict:
     """One split: fit on train, calibrate and choose thresholds on val, score test (see module)."""
     config = checked(config)
     out = Path(config.out)
-    refuse_existing_run(out, ("progress.jsonl", "model"))
-    writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
-    with final_events(writer):
-        return _train_fields(config, out, writer)
+    with claim_run(out, ("progress.jsonl", "model")):  # this process's until the run ends
+        writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+        with final_events(writer):
+            return _train_fields(config, out, writer)
 
 
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
@@ -277,10 +277,10 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
     model on every patient carrying them (see module)."""
     config = checked(config)
     out = Path(config.out)
-    refuse_existing_run(out, ("cv.json", "model"), holds="a cross-validation")
-    writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
-    with final_events(writer):
-        return _cross_validate_fields(config, out, writer, final_model)
+    with claim_run(out, ("cv.json", "model"), holds="a cross-validation"):  # this process's until the run ends
+        writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
+        with final_events(writer):
+            return _cross_validate_fields(config, out, writer, final_model)
 
 
 def member_seed(seed: int, member: int) -> int:

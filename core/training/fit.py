@@ -42,7 +42,7 @@ from core.errors import BreakhisError, UserInputError
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
-from core.paths import portable, refuse_existing_run
+from core.paths import claim_run, portable
 from core.training.additions import reviewed_for_training
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
@@ -359,8 +359,7 @@ def train(config: TrainConfig | dict) -> dict:
                              "run core.training.crossval.cross_validate (python -m core train does)")
     chief, worker = is_chief()
     run_dir = Path(config.out) if chief else Path(tempfile.mkdtemp(prefix=f"breakhis-worker{worker}-"))
-    refuse_existing_run(run_dir, ("progress.jsonl", "model"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = claim_run(run_dir, ("progress.jsonl", "model"))  # this process's until the run ends
     config.data = str(Path(config.data).resolve())  # split.csv paths stay valid from any directory
     if not chief:  # evaluation and calibration are the chief's; this worker only trains in step
         config.evaluate, config.out = False, str(run_dir)
@@ -376,6 +375,7 @@ def train(config: TrainConfig | dict) -> dict:
             return result
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        claim.close()
         if not chief:  # a non-chief worker leaves nothing behind: the chief's run folder is the run
             shutil.rmtree(run_dir, ignore_errors=True)
 
