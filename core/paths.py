@@ -96,6 +96,8 @@ def dataset_dirs() -> list[Path]:
 
 
 PROGRESS_STREAM = "progress.jsonl"  # core.training.progress writes it; read here without importing training
+MODEL_CARD = "card.json"  # core.model.folders.CARD_FILE (a folder holding one is a model), named without Keras
+UNFINISHED = ".unfinished-"  # the prefix of a model a run saved but did not complete, moved aside (hidden)
 
 
 RUN_CLAIM = ".run.lock"  # in a run folder: flock-ed by the one process writing it (claim_run)
@@ -182,6 +184,25 @@ def _inherited_claim(folder: Path):
         return None
     del os.environ[CLAIM_FD]  # a second run in this process (a fold) claims its own folder
     return os.fdopen(int(handed), "a")
+
+
+def set_aside_models(run_dir: str | os.PathLike) -> list[Path]:
+    """Move every model folder a run wrote under `run_dir` (a folder holding a card; hidden ones and those inside
+    another left alone) to a hidden sibling, .unfinished-NAME (-2, -3, ... when taken); their new places. For a
+    run that did not complete: what it saved is not calibrated or evaluated, and no model list shows a hidden
+    folder (core.model.folders.find_model_folders). An OSError stops it."""
+    run_dir = Path(run_dir)
+    models = sorted({card.parent for card in run_dir.rglob(MODEL_CARD) if card.parent != run_dir
+                     and not any(part.startswith(".") for part in card.parent.relative_to(run_dir).parts)})
+    moved = []
+    for model in [m for m in models if not any(m != o and m.is_relative_to(o) for o in models)]:
+        aside, taken = model.with_name(UNFINISHED + model.name), 1
+        while aside.exists():
+            taken += 1
+            aside = model.with_name(f"{UNFINISHED}{model.name}-{taken}")
+        model.rename(aside)
+        moved.append(aside)
+    return moved
 
 
 def portable(path: str | os.PathLike) -> str:

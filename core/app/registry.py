@@ -37,11 +37,13 @@ from core.paths import (
     DEFAULT_GENERATOR_DIR,
     DEFAULT_MODEL_DIR,
     MODELS_DIR,
+    PROGRESS_STREAM,
     REPO,
     SAMPLES_DIR,
     folder_setting_problem,
     runs_dir,
 )
+from core.training.progress import final_status
 
 NOT_STATED = "not stated"
 
@@ -98,15 +100,33 @@ def _stated_kind(folder: Path) -> str | None:
         return None
 
 
+def _unfinished(folder: str) -> bool:
+    """A model whose run has not ended (still calibrating or evaluating, or killed) or was cancelled: saved, but
+    not made complete. Its run is the nearest folder above it, within the model roots, with a progress stream
+    (RUN/model, RUN/member-k/model, RUN/fold-k/member-k/model); a folder without one (a model copied in) is none."""
+    roots = [root.resolve() for root in model_roots()]
+    for run in [p for p in Path(folder).parents[:3] if any(p.is_relative_to(root) for root in roots)]:
+        stream = run / PROGRESS_STREAM
+        if stream.is_file():
+            try:
+                ended = final_status(stream)
+            except OSError:
+                return False
+            # A failed run's model was moved aside: one put back in model/ is there to be finished by hand.
+            return ended not in ("completed", "failed")
+    return False
+
+
 def available_models() -> list[str]:
     """Classifier folders the user can switch between, the default first, without a fields
-    cross-validation's fold models. A folder whose card cannot be read stays listed, so the sidebar
+    cross-validation's fold models, nor the model of a run that is running, was killed or was cancelled
+    (_unfinished: uncalibrated or unevaluated). A folder whose card cannot be read stays listed, so the sidebar
     can say why it cannot be used; a default holding a GAN generator is never offered as a
     classifier (model_setup_problems says so)."""
     folder = default_model()
     usable = (folder / CARD_FILE).is_file() and _stated_kind(folder) != GENERATOR
     default = [str(folder.resolve())] if usable else []
-    found = [f for f in _folders((CLASSIFIER, ENSEMBLE)) if not is_fields_fold_model(f)]
+    found = [f for f in _folders((CLASSIFIER, ENSEMBLE)) if not is_fields_fold_model(f) and not _unfinished(f)]
     return list(dict.fromkeys(default + found))
 
 

@@ -214,7 +214,7 @@ def train_fields(config) -> dict:
     out = Path(config.out)
     with claim_run(out, ("progress.jsonl", "model")):  # this process's until the run ends
         writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
-        with final_events(writer):
+        with final_events(writer, out):  # a model saved by a run that then stopped is moved aside
             return _train_fields(config, out, writer)
 
 
@@ -279,7 +279,7 @@ def cross_validate_fields(config, final_model: bool = True) -> dict:
     out = Path(config.out)
     with claim_run(out, ("cv.json", "model"), holds="a cross-validation"):  # this process's until the run ends
         writer = ProgressWriter(out / "progress.jsonl", echo_stdout=config.echo_stdout)
-        with final_events(writer):
+        with final_events(writer, out):  # a model saved by a run that then stopped is moved aside
             return _cross_validate_fields(config, out, writer, final_model)
 
 

@@ -6,7 +6,8 @@ index the folder (skipped files reported) -> magnification filter -> split (pati
 default; core.data.selection) -> balance the training part -> build + compile inside a tf.distribute scope -> fit with
 early stopping (best weights restored), LR reduction on plateau, best checkpoint, history.csv and
 the progress stream -> BatchNorm recalibration -> runs/NAME/model (model + card) -> evaluation
-on the test split. SIGTERM ends the run with a "cancelled" event and exit status 143.
+on the test split. SIGTERM ends the run with a "cancelled" event and exit status 143; a model saved before
+a cancel or a failure (during calibration or evaluation) is moved aside to RUN/.unfinished-model.
 
 finetune: the whole network learns, with augmentation (mixed float16 on GPU).
 fast: the backbone is frozen; pooled multi-scale features of every train/val image are computed
@@ -42,7 +43,7 @@ from core.errors import BreakhisError, UserInputError
 from core.jsonfile import write_json_atomic
 from core.model.classifier import build_classifier, feature_extractor, head_model, set_backbone_trainable
 from core.model.folders import save_model_folder
-from core.paths import claim_run, portable
+from core.paths import UNFINISHED, claim_run, portable
 from core.training.additions import reviewed_for_training
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
@@ -263,15 +264,19 @@ def validate_final(model, val: pd.DataFrame, config, data: dict, strategy) -> di
 
 def _after_training(run_dir: Path, what: str, command: str, **options):
     """Calibration, then evaluation, of the saved model. A failure fails the run: a model whose
-    calibration or evaluation broke must not look like a finished, measured one."""
+    calibration or evaluation broke must not look like a finished, measured one (train's final_events moves
+    it aside, and says where)."""
     from core.evaluation.evaluate import evaluate_run
     from core.training.calibrate_run import calibrate_run
 
     try:
         return (calibrate_run if what == "calibration" else evaluate_run)(run_dir, **options)
     except Exception as error:
-        raise BreakhisError(f"the model in {run_dir / 'model'} was saved, but its {what} failed "
-                           f"({type(error).__name__}: {error}); re-run python -m core {command} {run_dir}") from error
+        steps = f"python -m core {command} {run_dir}" + (f", then python -m core evaluate {run_dir}"
+                                                          if command == "calibrate" else "")
+        raise BreakhisError(f"the model was saved, but its {what} failed ({type(error).__name__}: {error}); to "
+                            f"finish it, move {run_dir / (UNFINISHED + 'model')} back to {run_dir / 'model'} and run "
+                            f"{steps}") from error
 
 
 def _evaluate(run_dir: Path, baselines: bool) -> dict:
@@ -366,7 +371,7 @@ def train(config: TrainConfig | dict) -> dict:
     writer = ProgressWriter(run_dir / "progress.jsonl", echo_stdout=config.echo_stdout)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        with final_events(writer):
+        with final_events(writer, run_dir):  # a model saved by a run that then stopped is moved aside
             result = _run(config, run_dir, writer)
             writer.emit("end", status="completed", model_dir=result["model_dir"] if chief else None,
                         metrics=result["metrics"], epoch=result["epochs_run"], epochs=config.epochs,

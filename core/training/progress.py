@@ -22,6 +22,7 @@ from pathlib import Path
 
 from core.errors import Cancelled
 from core.jsonfile import plain
+from core.paths import set_aside_models
 
 EVENTS = ("start", "epoch_begin", "step", "epoch_end", "end", "error")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
@@ -61,6 +62,21 @@ def read_progress(path: str | os.PathLike) -> list[dict]:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return []
+    return _events(text)
+
+
+def final_status(path: str | os.PathLike) -> str | None:
+    """The status a progress stream ended with ("completed", "failed", "cancelled"); None while it has no end
+    (still running, or its process was killed). Reads the file's tail only: cheap enough for every model list.
+    A missing or unreadable file raises OSError."""
+    with open(path, "rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        stream.seek(max(0, stream.tell() - 64_000))
+        events = _events(stream.read().decode("utf-8", errors="replace"))
+    return events[-1].get("status") if events and events[-1].get("event") == "end" else None
+
+
+def _events(text: str) -> list[dict]:
     events = []
     for line in text.splitlines():
         line = line.strip()
@@ -191,11 +207,31 @@ def raise_if_cancelled() -> None:
         raise Cancelled("SIGTERM")
 
 
+def _set_aside(run_dir) -> str | None:
+    """Move aside the models a run that did not complete had saved (core.paths.set_aside_models); what its end
+    says of them, None when it saved none."""
+    if run_dir is None:
+        return None
+    try:
+        moved = set_aside_models(run_dir)
+    except OSError as error:
+        return (f"the models it had saved in {run_dir} could not all be moved aside ({type(error).__name__}: "
+                f"{error}): they are not calibrated or evaluated, do not use them.")
+    if len(moved) == 1:
+        return f"the model it had saved was moved aside to {moved[0]}, where the app does not offer it."
+    if moved:
+        return (f"the {len(moved)} models it had saved were moved aside ({', '.join(map(str, moved))}), where the "
+                "app does not offer them.")
+    return None
+
+
 @contextlib.contextmanager
-def final_events(writer: ProgressWriter):
+def final_events(writer: ProgressWriter, run_dir: str | os.PathLike | None = None):
     """A run's last event whatever happens (every training command: core.training.fit.train, the
     fields runs): SIGTERM (the Retrain page's cancel) raises Cancelled and ends the stream
-    "cancelled", an error "failed"; so the page never waits on a dead run."""
+    "cancelled", an error "failed"; so the page never waits on a dead run. Given the `run_dir`, a model the
+    run had saved before it stopped (a cancel during calibration or evaluation) is moved aside first, and the
+    end says where: only a completed run has a model/."""
     previous = None
     _CANCEL_REQUESTED.clear()
     if threading.current_thread() is threading.main_thread():
@@ -206,11 +242,20 @@ def final_events(writer: ProgressWriter):
         if previous is not None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the event short
         reason = "SIGTERM" if isinstance(stop, Cancelled) else "interrupted"
-        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}); no model was saved.")
+        aside = _set_aside(run_dir)
+        writer.emit("end", status="cancelled", message=f"Training was cancelled ({reason}) before the run was "
+                                                       f"complete; {aside}" if aside else
+                    f"Training was cancelled ({reason}); no model was saved.")
         raise
     except BaseException as error:
-        writer.emit("error", message=f"{type(error).__name__}: {error}")
-        writer.emit("end", status="failed", message=f"{type(error).__name__}: {error}")
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nor a cancel pressed as it failed
+        failure = f"{type(error).__name__}: {error}"
+        writer.emit("error", message=failure)
+        aside = _set_aside(run_dir)
+        if aside:
+            failure += f"{' ' if failure.endswith('.') else '. '}{aside[0].upper()}{aside[1:]}"
+        writer.emit("end", status="failed", message=failure)
         raise
     finally:
         _CANCEL_REQUESTED.clear()
