@@ -253,3 +253,21 @@ def test_a_run_folder_is_written_by_one_process_the_app_job_or_the_command_line(
         assert jobs.read_job(tmp_path) is None
     finally:
         held.close()
+
+
+def test_a_cross_validation_claims_its_whole_folder(tmp_path, capsys):
+    """A tf.data cross-validation (--folds k) claimed only its fold folders: a second writer of the top folder
+    (cv.json, the ensemble) was not refused until a fold collided."""
+    from core.cli import main as cli
+    from core.paths import claim_run
+
+    empty = tmp_path / "empty"
+    empty.mkdir()  # were the CLI not refused it would fail on this data, not train
+    held = claim_run(tmp_path / "cv")  # another process's cross-validation of the same name
+    try:
+        assert cli(["train", "--pipeline", "tfdata", "--folds", "2", "--data", str(empty), "--out",
+                    str(tmp_path / "cv")]) == 2
+        assert f"{tmp_path / 'cv'} is being written by another training process" in capsys.readouterr().err
+        assert not (tmp_path / "cv" / "fold-0").exists()
+    finally:
+        held.close()

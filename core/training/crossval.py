@@ -18,7 +18,7 @@ from core.errors import UserInputError
 from core.evaluation.intervals import HEADLINE, fold_figures, fold_summary
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import save_ensemble
-from core.paths import refuse_existing_run
+from core.paths import claim_run
 from core.training.config import TrainConfig, checked
 from core.training.fit import train
 
@@ -30,7 +30,11 @@ def cross_validate(config: TrainConfig | dict) -> dict:
     if not config.all_folds:
         raise UserInputError("A cross-validation needs --folds k (at least 2) and no --fold")
     out = Path(config.out)
-    refuse_existing_run(out, ("cv.json",), holds="a cross-validation")
+    with claim_run(out, ("cv.json",), holds="a cross-validation"):  # this process's until the folds are done
+        return _cross_validate(config, out)
+
+
+def _cross_validate(config: TrainConfig, out: Path) -> dict:
     runs = []
     for fold in range(config.folds):
         result = train(dataclasses.replace(config, fold=fold, out=str(out / f"fold-{fold}")))
