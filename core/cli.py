@@ -200,8 +200,9 @@ def _evaluate(args) -> int:
 
 
 def _make_default(args) -> int:
+    from core.app.install_report import install_lines, record_install
     from core.slide.commands import choose_slide_rule
-    from core.training.recipes import install_lines, install_run, make_default, record_install, refuse_unused_options
+    from core.training.recipes import install_run, make_default, refuse_unused_options
 
     if (args.data is None) == (args.from_run is None):
         raise UserInputError("make-default needs --data (train it here) or --from-run RUN (install a run trained "

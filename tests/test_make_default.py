@@ -105,7 +105,9 @@ def test_from_run_refuses_the_training_options_it_would_ignore(typed, named, tmp
     installed = []
     monkeypatch.setattr(recipes, "install_run", lambda *args: installed.append(args) or recipes.Installed(
         tmp_path / "model", {}, tmp_path / "run"))
-    monkeypatch.setattr(recipes, "record_install", lambda installed: (True, "audited"))
+    from core.app import install_report
+
+    monkeypatch.setattr(install_report, "record_install", lambda installed: (True, "audited"))
     assert cli(["make-default", "--from-run", str(tmp_path / "run"), "--out", str(tmp_path / "model"), *typed]) == 2
     error = capsys.readouterr().err
     assert f"{named} describe training" in error and "--from-run installs a run already trained" in error
