@@ -271,3 +271,27 @@ def test_a_cross_validation_claims_its_whole_folder(tmp_path, capsys):
         assert not (tmp_path / "cv" / "fold-0").exists()
     finally:
         held.close()
+
+
+def test_an_ensemble_and_a_comparison_claim_their_folder(tmp_path, capsys):
+    """ensemble and compare checked their --out folder without claiming it: two of them given one name a second
+    apart both passed the check and wrote one folder."""
+    from core.cli import main as cli
+    from core.errors import UserInputError
+    from core.paths import claim_run
+    from core.training.ensemble_run import ensemble_run
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("ens", "cmp"):
+        held = claim_run(tmp_path / name)  # another process writing it
+        try:
+            if name == "ens":
+                with pytest.raises(UserInputError, match="ens is being written by another training process"):
+                    ensemble_run([tmp_path / "a" / "model", tmp_path / "b" / "model"], tmp_path / name)
+            else:
+                assert cli(["compare", "--candidates", "small_cnn@32", "--data", str(empty), "--out",
+                            str(tmp_path / name)]) == 2
+                assert "cmp is being written by another training process" in capsys.readouterr().err
+        finally:
+            held.close()

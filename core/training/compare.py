@@ -21,7 +21,7 @@ import pandas as pd
 from core.errors import UserInputError
 from core.evaluation.intervals import HEADLINE, format_interval
 from core.jsonfile import read_json
-from core.paths import refuse_existing_run
+from core.paths import claim_run
 
 
 def _row(name: str, metrics: dict, seconds: float | None, epochs: int | None) -> dict:
@@ -55,7 +55,6 @@ def candidates(backbones: list[str] | None, input_sizes: list[int] | None, named
 def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
     """Train every (backbone, input size) on config's split; returns and writes the comparison."""
     from core.training.config import checked, refuse_unmeasured
-    from core.training.fit import train
 
     refuse_unmeasured(config, "compare", "candidate")
     out = Path(config.out)
@@ -69,7 +68,13 @@ def compare(config, pairs: list[tuple[str, int]]) -> pd.DataFrame:
             checked(run)
         except UserInputError as error:
             raise UserInputError(f"candidate {name}: {error}") from None
-    refuse_existing_run(out, ("comparison.csv",), holds="a comparison")
+    with claim_run(out, ("comparison.csv",), holds="a comparison"):  # this process's until the table is written
+        return _compare(out, runs)
+
+
+def _compare(out: Path, runs: dict) -> pd.DataFrame:
+    from core.training.fit import train
+
     rows, metrics = [], None
     for name, run in runs.items():
         started = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.model.folders import save_ensemble
-from core.paths import refuse_existing_run
+from core.paths import claim_run
 
 
 def _run_of(member: Path) -> Path:
@@ -50,13 +50,13 @@ def ensemble_run(members: list, out, name: str | None = None, evaluate: bool = T
     All or nothing: when any step fails (the evaluation, most often), what this call added to OUT is
     removed again, so a half-made OUT/model does not refuse the retry as "already holds a model"."""
     members, out = [Path(m) for m in members], Path(out)
-    refuse_existing_run(out, ("model",), holds="a model")
     before = set(out.iterdir()) if out.is_dir() else None
-    try:
-        return _ensemble_run(members, out, name, evaluate, card_fields, data, allow_missing)
-    except BaseException:
-        _remove_added(out, before)
-        raise
+    with claim_run(out, ("model",), holds="a model"):  # this process's until the ensemble is written
+        try:
+            return _ensemble_run(members, out, name, evaluate, card_fields, data, allow_missing)
+        except BaseException:
+            _remove_added(out, before)
+            raise
 
 
 def _remove_added(out: Path, before: set | None) -> None:
