@@ -126,3 +126,20 @@ def test_an_accuracy_whose_bootstrap_had_no_spread_says_it_is_a_wilson_interval_
     row = performance.metrics_table(metrics).set_index("what").loc["Patient level: benign vs malignant"]
     assert row["accuracy, 95% CI"] == "1.000 (95% CI 0.676-1.000)"
     assert row["interval"].startswith("Wilson score interval over 8 patients")
+
+
+def test_the_referral_caption_names_the_interval_that_was_given():
+    """Its intervals were always said to be a bootstrap over patients, also where every resample agreed and the
+    interval functions gave a Wilson interval over the patients instead."""
+    from core.app import referral_view
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    referral = read_json(DEFAULT_MODEL_DIR / "card.json")["thresholds"]["referral"]
+    kept = referral_view.stored_predictions(DEFAULT_MODEL_DIR)
+    conf1, *_ = referral_view.stage_confidences(kept)
+    perfect = kept.copy()  # every unreferred stage-1 call made right: its bootstrap over patients has no spread
+    unreferred = conf1 >= referral["stage1"]["threshold"]
+    perfect.loc[unreferred, "pred_label"] = perfect.loc[unreferred, "label"]
+    caption = referral_view.referral_caption(referral, perfect)
+    assert "95% intervals: " in caption and "Wilson score interval over" in caption.split("95% intervals: ")[1]

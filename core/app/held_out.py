@@ -46,11 +46,11 @@ def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: p
     level = {("stage1",): "image", ("patient", "stage1"): "patient"}.get(path)
     headline = ((metrics.get("intervals") or {}).get(level) or {}).get("stage1_accuracy") if level else None
     if headline and headline.get("low") is not None:
-        return format_interval(headline), _method(headline)
+        return format_interval(headline), interval_method(headline)
     called = right_calls(rows, path) if rows is not None else None
     if called is not None and len(called[0]):
         shared = share_interval(*called)
-        return format_interval(shared), _method(shared)
+        return format_interval(shared), interval_method(shared)
     data = block.get("data") or {}
     n = data.get("rows", data.get("images"))
     if block.get("accuracy") is None or not n:
@@ -58,7 +58,7 @@ def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: p
     return format_interval(binomial_interval(int(round(block["accuracy"] * n)), int(n))), WILSON
 
 
-def _method(block: dict) -> str:
+def interval_method(block: dict) -> str:
     """BOOTSTRAP, or the Wilson interval over the patients that core.evaluation.intervals gave instead where the
     bootstrap had no spread (its block's "method")."""
     method = str(block.get("method") or "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.app.held_out import interval_method
 from core.app.run_files import read_csv_file, run_file
 from core.evaluation.intervals import COLUMNS, binomial_interval, format_share, share_interval
 from core.evaluation.metrics import split_name
@@ -41,13 +42,15 @@ def _selection_rows(predictions: pd.DataFrame | None, referral: dict) -> tuple[p
     return chosen_on.reset_index(drop=True), None if held_out is None else held_out.reset_index(drop=True)
 
 
-def _unreferred(rows: pd.DataFrame, referral: dict) -> tuple[str, str]:
-    """Each stage's accuracy of the images it does not refer, with a patient-bootstrap interval and counts."""
+def _unreferred(rows: pd.DataFrame, referral: dict) -> tuple[tuple[str, str], set[str]]:
+    """Each stage's accuracy of the images it does not refer, with its interval (a patient bootstrap, or a
+    Wilson interval where the bootstrap had no spread: core.evaluation.intervals) and counts; the methods used."""
     conf1, right1, conf2, right2 = stage_confidences(rows)
     keep1 = conf1 >= referral["stage1"]["threshold"]
     keep2 = keep1 & (conf2 >= referral["subtype"]["threshold"])
-    return tuple(_share_text(share_interval(rows[keep], right[keep]), int((~keep).sum()), len(rows))
-                 for keep, right in ((keep1, right1), (keep2, right2)))
+    blocks = [(share_interval(rows[keep], right[keep]), keep) for keep, right in ((keep1, right1), (keep2, right2))]
+    texts = tuple(_share_text(block, int((~keep).sum()), len(rows)) for block, keep in blocks)
+    return texts, {interval_method(block) for block, _ in blocks}
 
 
 def _counted(figures: dict, stage: str) -> str:
@@ -78,8 +81,9 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
             f"(p(subtype | class) < {two}), or when stage 1 is referred. Chosen on {referral['selected_on']}: "
             f"{referral['rule']}.")
     chosen_on, held_out = _selection_rows(predictions, referral)
+    methods = set()
     if chosen_on is not None:
-        (first, second), method = _unreferred(chosen_on, referral), "bootstrap over patients"
+        (first, second), methods = _unreferred(chosen_on, referral)
     elif figures.get("stage1_referred_share") is not None:
         first, second = _counted(figures, "stage1"), _counted(figures, "subtype")
         method = "Wilson score over images (the predictions, and so the patients, are not kept beside this model)"
@@ -88,8 +92,11 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
     text += (" Measured on the same predictions the thresholds were chosen on (in-sample, so optimistic): "
              f"stage 1: {first}; subtype: {second}.")
     if held_out is not None and len(held_out):
-        first, second = _unreferred(held_out, referral)
+        (first, second), more = _unreferred(held_out, referral)
+        methods |= more
         text += f" On the held-out test images: stage 1: {first}; subtype: {second}."
+    if chosen_on is not None:  # what gave the intervals, as the interval functions say (not assumed)
+        method = "; ".join(sorted(methods)) or "bootstrap over patients"
     return text + f" 95% intervals: {method}."
 
 
