@@ -172,6 +172,23 @@ def claim_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: s
     return claim
 
 
+def claimed_folders(root: str | os.PathLike, depth: int = 2) -> list[Path]:
+    """The run folders under `root` (up to `depth` levels: a cross-validation's folds) that a process is writing
+    now: their RUN_CLAIM is locked by someone. A probe takes the lock for an instant and frees it, so a run
+    folder nobody writes stays free. What lets the app see a training started from the command line."""
+    found = []
+    for lock in sorted(p for level in range(1, depth + 1) for p in Path(root).glob("/".join(["*"] * level) + "/"
+                                                                                + RUN_CLAIM)):
+        try:
+            with open(lock, "a") as probe:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found.append(lock.parent)
+        except OSError:
+            continue
+    return [folder for folder in found if not any(folder != other and other in folder.parents for other in found)]
+
+
 def _inherited_claim(folder: Path):
     """The claim of `folder` this process was handed (CLAIM_FD names an open file that is its RUN_CLAIM), adopted
     once; else None."""

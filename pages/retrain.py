@@ -14,7 +14,7 @@ from core.backends import job_environment
 from core.data.breakhis import folder_problem
 from core.errors import JobError, ModelFolderError, UserInputError
 from core.model.folders import read_card
-from core.paths import runs_dir
+from core.paths import claimed_folders, runs_dir
 from core.store.db import StoreError
 from core.training.recipes import launch_defaults
 
@@ -317,6 +317,9 @@ if damaged:  # a hand edit or a half-restored backup: say so, and keep the page 
 if job is None and backends_seen() is None:  # the form's defaults and backends wait for the probe; the page does not
     wait_for_the_probe()
 elif job is None:
+    for folder in claimed_folders(runs_dir()):  # said before the form, not only when Start is refused
+        st.info(f"A training started outside this page (from the command line) is writing {folder}: this page "
+                "cannot follow or cancel it, and starts no other until it ends.", icon=":material/info:")
     show_devices()
     launch_form()
 else:

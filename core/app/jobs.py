@@ -36,7 +36,7 @@ from core.app.run_files import read_json_file
 from core.errors import JobError
 from core.jsonfile import write_json_atomic
 from core.options import to_argv
-from core.paths import CLAIM_FD, REPO, claim_run, runs_dir
+from core.paths import CLAIM_FD, REPO, claim_run, claimed_folders, runs_dir
 from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
@@ -230,6 +230,10 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
                            "Wait for it or cancel it first.")
+        elsewhere = claimed_folders(root)  # a training started from the command line: one at a time here too
+        if elsewhere:
+            raise JobError(f"A training started outside this page is writing {elsewhere[0]}; the server runs one "
+                           "training at a time. Wait for it to end (it is stopped where it was started).")
         try:  # the run folder is this job's from now: a command-line run given its name is refused
             claim = claim_run(run_dir, holds="files: it already exists", hint="choose another run name",
                               error=JobError)
