@@ -218,20 +218,17 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
               root: Path | None = None, environment: dict | None = None, launched_by: str | None = None,
               record_launch=None) -> Job:
     """Launch the training process in its own session, at a lower CPU priority than the app (JOB_NICENESS);
-    refuse while another job runs. `environment`
-    is added to the process's (core.backends.job_environment: the Keras backend it trains with);
-    `launched_by`: the account starting it (the job's caption and its end's audit row name it).
-    `record_launch(job_id)`, called once every check has passed and before the process starts: the launch's
-    audit row. What it raises (a busy database) propagates and nothing is started."""
-    root = Path(root or runs_dir())
-    run_dir = Path(run_dir)
+    refuse while another job, or a command-line run in `root`, runs. `environment` is added to the process's
+    (core.backends.job_environment: its Keras backend); `launched_by`: the account starting it (the job's caption
+    and its end's audit row name it). `record_launch(job_id)`, called once every check has passed and before the
+    process starts: the launch's audit row; what it raises (a busy database) propagates, nothing is started."""
+    root, run_dir = Path(root or runs_dir()), Path(run_dir)
     with _job_lock(root):  # Two tabs pressing Start at once: one wins.
         current = read_job(root)
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
                            "Wait for it or cancel it first.")
-        elsewhere = claimed_folders(root)  # a training started from the command line: one at a time here too
-        if elsewhere:
+        if elsewhere := claimed_folders(root):  # a training started from the command line: one at a time too
             raise JobError(f"A training started outside this page is writing {elsewhere[0]}; the server runs one "
                            "training at a time. Wait for it to end (it is stopped where it was started).")
         try:  # the run folder is this job's from now: a command-line run given its name is refused
