@@ -213,13 +213,20 @@ def set_aside_models(run_dir: str | os.PathLike) -> list[Path]:
                      and not any(part.startswith(".") for part in card.parent.relative_to(run_dir).parts)})
     moved = []
     for model in [m for m in models if not any(m != o and m.is_relative_to(o) for o in models)]:
-        aside, taken = model.with_name(UNFINISHED + model.name), 1
-        while aside.exists():
-            taken += 1
-            aside = model.with_name(f"{UNFINISHED}{model.name}-{taken}")
+        aside = unused_name(model.with_name(UNFINISHED + model.name))
         model.rename(aside)
         moved.append(aside)
     return moved
+
+
+def unused_name(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... that does not exist: a folder moved aside (a run's unfinished
+    model, make-default's backup of the default it replaced) never lands on an earlier one."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 def portable(path: str | os.PathLike) -> str:

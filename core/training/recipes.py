@@ -31,7 +31,7 @@ from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import read_json
 from core.model.backbones import DEFAULT_BACKBONE
 from core.model.folders import CARD_FILE, card_is_demo, card_untaught_classes, load_model_folder, read_card, update_card
-from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir
+from core.paths import DEFAULT_MODEL_DIR, refuse_existing_run, runs_dir, unused_name
 from core.training.config import TrainConfig
 from core.training.crossval import cross_validate as cross_validation
 from core.training.field_run import cross_validate_fields
@@ -233,9 +233,6 @@ def _move_aside(out: Path) -> Path | None:
         out.rmdir()
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    backup, number = out.with_name(f".{out.name}.previous-{stamp}"), 1
-    while backup.exists():  # two installs within a second
-        number += 1
-        backup = out.with_name(f".{out.name}.previous-{stamp}-{number}")
+    backup = unused_name(out.with_name(f".{out.name}.previous-{stamp}"))  # two installs within a second: -2
     out.rename(backup)
     return backup
