@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.data.labels import sentence
 from core.errors import Cancelled
 from core.jsonfile import plain
 from core.paths import set_aside_models
@@ -254,7 +255,7 @@ def final_events(writer: ProgressWriter, run_dir: str | os.PathLike | None = Non
         writer.emit("error", message=failure)
         aside = _set_aside(run_dir)
         if aside:
-            failure += f"{' ' if failure.endswith('.') else '. '}{aside[0].upper()}{aside[1:]}"
+            failure += f"{' ' if failure.endswith('.') else '. '}{sentence(aside)}"
         writer.emit("end", status="failed", message=failure)
         raise
     finally:
