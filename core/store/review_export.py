@@ -58,12 +58,16 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
     verdict = store.check()
     untrusted = frozenset(verdict.broken) | frozenset(verdict.missing)
     every = store.events(kinds=list(REVIEWABLE))
+    every_review = reviews_of(store, [r["id"] for r in every])  # read once: the labels and the count below
+    read = {r["id"] for r in every} | {row["id"] for rows in every_review.values() for row in rows}
     results = {r["id"]: r for r in every if r["id"] not in untrusted}
-    newest = {result: rows[-1] for result, rows in reviews_of(store, list(results), untrusted).items()}
+    vouched = {result: [row for row in rows if row["id"] not in untrusted] for result, rows in every_review.items()
+               if result in results}
+    newest = {result: rows[-1] for result, rows in vouched.items() if rows}
     reviews, superseded, repeated = _newest_per_image(results, newest)
     written = []
     skipped = {"not kept": 0, "no subtype": 0, "no magnification": 0, "superseded": sum(map(len, superseded.values())),
-               "repeated": repeated, "fail the audit chain": len(untrusted & _review_and_result_ids(store, every))}
+               "repeated": repeated, "fail the audit chain": len(untrusted & read)}
     for number, (result_id, rev) in enumerate(sorted(reviews.items()), start=1):
         result = results[result_id]
         subtype = assessed_subtype(rev, result)
@@ -96,12 +100,6 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
         writer.writerows(written)
     audit_id = _record_export(store, user, out, written, skipped, assume_magnification, created)
     return {"written": len(written), "skipped": skipped, "folder": str(out), "audit_id": audit_id}
-
-
-def _review_and_result_ids(store: Store, results: list[dict]) -> frozenset[int]:
-    """The ids of every result row and of every review row of them (what the chain check is counted over)."""
-    reviews = reviews_of(store, [r["id"] for r in results])
-    return frozenset(r["id"] for r in results) | frozenset(row["id"] for rows in reviews.values() for row in rows)
 
 
 def _newest_per_image(results: dict[int, dict], reviews: dict[int, dict]):
