@@ -81,12 +81,11 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
             f"(p(subtype | class) < {two}), or when stage 1 is referred. Chosen on {referral['selected_on']}: "
             f"{referral['rule']}.")
     chosen_on, held_out = _selection_rows(predictions, referral)
-    methods = set()
-    if chosen_on is not None:
+    if chosen_on is not None:  # what gave each interval, as the interval functions say (not assumed)
         (first, second), methods = _unreferred(chosen_on, referral)
     elif figures.get("stage1_referred_share") is not None:
         first, second = _counted(figures, "stage1"), _counted(figures, "subtype")
-        method = "Wilson score over images (the predictions, and so the patients, are not kept beside this model)"
+        methods = {"Wilson score over images (the predictions, and so the patients, are not kept beside this model)"}
     else:
         return text
     text += (" Measured on the same predictions the thresholds were chosen on (in-sample, so optimistic): "
@@ -95,9 +94,7 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
         (first, second), more = _unreferred(held_out, referral)
         methods |= more
         text += f" On the held-out test images: stage 1: {first}; subtype: {second}."
-    if chosen_on is not None:  # what gave the intervals, as the interval functions say (not assumed)
-        method = "; ".join(sorted(methods)) or "bootstrap over patients"
-    return text + f" 95% intervals: {method}."
+    return text + f" 95% intervals: {'; '.join(sorted(methods))}."
 
 
 def uncertainty_caption(uncertainty: dict, in_card: dict | None = None) -> str:
