@@ -100,8 +100,7 @@ else:
 
 ablation = measured(gallery.load_ablation, folder, "This generator's GAN-fill ablation", "gan ablation")
 if ablation is None:
-    st.info("Whether this generator's images help a classifier has not been measured: run `python -m core gan "
-            f"ablation --gan {folder} --data DIR --out runs/ablation-NAME --pipeline fields`.")
+    st.info(gallery.no_ablation_text(card, folder))
 else:
     helped, text = gallery.ablation_sentence(ablation)
     (st.success if helped else st.warning)(text)

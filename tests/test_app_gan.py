@@ -211,6 +211,17 @@ def test_an_ablation_run_despite_a_leak_says_so():
     assert "flatters" not in ablation_sentence({**result, "gan_leak": None})[1]
 
 
+def test_a_generator_of_every_patient_says_why_it_has_no_ablation():
+    """Trained with --split none, no patient is unseen by it: the gallery must not send the user to an ablation
+    that core.gan.ablation refuses (leak), but say why and what would measure it."""
+    from core.gan.gallery import no_ablation_text
+
+    every = no_ablation_text({"training": {"split": "none"}}, "models/gan-default")
+    assert "learnt from every patient" in every and "--split patient-wise" in every and "--gan models" not in every
+    split = no_ablation_text({"training": {"split": "patient-wise"}}, "runs/gan-x")
+    assert "has not been measured" in split and "--gan runs/gan-x" in split
+
+
 def test_the_checks_table_converts_to_arrow_without_fixes(generator_root):
     """Streamlit sends tables as Arrow: a column of floats and "per subtype" strings failed, logged a
     traceback on every rerun and was converted behind the page's back."""

@@ -128,6 +128,18 @@ def load_ablation(folder) -> dict | None:
                         "not the result of `gan ablation` (no 'none' and 'synthetic' runs)")
 
 
+def no_ablation_text(card: dict, folder) -> str:
+    """Why there is no GAN-fill ablation, and what would give one. A generator trained on every patient
+    (--split none) cannot have one: the ablation scores patients neither arm's generator saw."""
+    if card.get("training", {}).get("split") == "none":
+        return ("Whether this generator's images help a classifier cannot be measured with it: it learnt from every "
+                "patient, so no patient is left that it has not seen to score a classifier on. Measure it with a "
+                "generator trained on one split's training patients (`python -m core gan train --split patient-wise "
+                "...`, then `python -m core gan ablation`).")
+    return ("Whether this generator's images help a classifier has not been measured: run `python -m core gan "
+            f"ablation --gan {folder} --data DIR --out runs/ablation-NAME --pipeline fields`.")
+
+
 def _macro_f1(run: dict) -> dict:
     """An arm's subtype macro-F1 as {"value", "low", "high", "text"} (low/high None without an interval; value
     None, "n/a", where the scored patients lack a class: core.evaluation.intervals.not_applicable_figures)."""
