@@ -147,12 +147,25 @@ def refuse_existing_run(folder: str | os.PathLike, markers: tuple[str, ...] = ()
 
 def claim_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: str = "a training run",
               hint: str = "choose a new --out folder", error: type[UserInputError] = UserInputError):
-    """Take `folder` for a new run; the open claim file, to keep open while writing there. The folder is made
-    and its RUN_CLAIM locked (flock: held until closed or the process ends, so a crash frees it), then checked
-    by refuse_existing_run under that lock. Every writer of a run folder claims it (train, the fields runs, a
-    Retrain job before its process starts), so two runs given one name a second apart do not both pass the
-    check and write one folder: the second is refused. A Retrain job's process adopts the claim the app took
-    for it (CLAIM_FD) instead of being refused by it."""
+    """Take `folder` for a new run; the open claim file, to keep open while writing there. The folder is held
+    (hold_run) and then checked by refuse_existing_run under that lock. Every writer of a run folder claims it
+    (train, the fields runs, a Retrain job before its process starts), so two runs given one name a second apart
+    do not both pass the check and write one folder: the second is refused."""
+    claim = hold_run(folder, hint, error)
+    try:
+        refuse_existing_run(folder, markers, holds, hint, error)
+    except BaseException:
+        claim.close()
+        raise
+    return claim
+
+
+def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
+             error: type[UserInputError] = UserInputError):
+    """Lock `folder`'s RUN_CLAIM for this process (flock: held until closed or the process ends, so a crash frees
+    it), making the folder; the open file. Without claim_run's check for an earlier run: for the commands that
+    resume into their folder (`tune`, `gan train --resume`), which check what is there themselves. A Retrain job's
+    process adopts the claim the app took for it (CLAIM_FD) instead of being refused by it."""
     folder = Path(folder)
     claim = _inherited_claim(folder)
     if claim is None:
@@ -164,11 +177,6 @@ def claim_run(folder: str | os.PathLike, markers: tuple[str, ...] = (), holds: s
             claim.close()
             raise error(f"{folder} is being written by another training process (one started from the command "
                         f"line, or a Retrain job); {hint}") from None
-    try:
-        refuse_existing_run(folder, markers, holds, hint, error)
-    except BaseException:
-        claim.close()
-        raise
     return claim
 
 

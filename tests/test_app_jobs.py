@@ -296,3 +296,22 @@ def test_an_ensemble_and_a_comparison_claim_their_folder(tmp_path, capsys):
                 assert "cmp is being written by another training process" in capsys.readouterr().err
         finally:
             held.close()
+
+
+def test_a_search_and_a_gan_run_hold_their_folder(tmp_path, capsys):
+    """`tune` and `gan train` resume into their --out by design, so they did not claim it: two of them on one
+    folder both wrote it, and a running one did not count toward the server's one training at a time."""
+    from core.cli import main as cli
+    from core.paths import claim_run, claimed_folders
+
+    empty = tmp_path / "empty"
+    empty.mkdir()  # were the CLI not refused it would fail on this data, not train
+    for name, command in (("search", ["tune", "--max-trials", "1"]), ("gan", ["gan", "train", "--steps", "2"])):
+        held = claim_run(tmp_path / name)  # another process writing it
+        try:
+            assert claimed_folders(tmp_path) == [tmp_path / name]
+            assert cli([*command, "--data", str(empty), "--out", str(tmp_path / name)]) == 2
+            assert f"{tmp_path / name} is being written by another training process" in capsys.readouterr().err
+            assert [p.name for p in (tmp_path / name).iterdir()] == [".run.lock"]  # nothing written beside it
+        finally:
+            held.close()

@@ -30,7 +30,7 @@ from core.gan.sessions import SessionLog
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
 from core.options import flag
-from core.paths import portable
+from core.paths import hold_run, portable
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
 CHECKPOINT = "checkpoint.weights.h5"
@@ -205,7 +205,12 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     out_dir/progress.jsonl in the classifier's format (start, then Keras epochs of checkpoint_every
     steps, end). A failure writes "error" and a failed "end", then raises.
     """
-    out_dir, config_path = Path(out_dir), Path(out_dir) / "config.json"
+    with hold_run(out_dir, hint="wait for it to end, or choose another --out"):  # one writer; the Retrain page sees it
+        return _train_gan(config, data_dir, Path(out_dir), resume, stop, given, command)
+
+
+def _train_gan(config: GanConfig, data_dir, out_dir: Path, resume, stop, given, command) -> Path:
+    config_path = out_dir / "config.json"
     if config_path.exists() and not resume:
         raise UserInputError(f"{out_dir} already holds a GAN run; pass --resume or choose another --out")
     if resume:

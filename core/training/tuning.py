@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.errors import UserInputError
 from core.jsonfile import read_json
+from core.paths import hold_run
 
 OBJECTIVE = "val_stage1_balanced_accuracy"  # stage 1 is the decision; balanced, as malignant dominates
 
@@ -129,7 +130,12 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
     refuse_unmeasured(config, "tune", "trial")  # a trial's score is its evaluation on validation
     checked(config)  # before OUT/tuner is written, and refused once (not by every trial)
     out = Path(config.out)
-    space = space or SPACE
+    with hold_run(out, hint="wait for it to end, or choose another --out"):  # resumes into out: held, not claimed
+        return _search(config, max_trials, search, space or SPACE, seed, held, out)
+
+
+def _search(config, max_trials: int, search: str, space: dict, seed: int, held, out: Path) -> dict:
+    """tune's search, with `out` held by this process."""
     chosen = chosen_settings(config, space) if held is None else held
     held = {name: getattr(config, name) for name in space if name in chosen}
     space = held_space(space, held)
