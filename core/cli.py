@@ -220,14 +220,14 @@ def _make_default(args) -> int:
 
 
 def _export_model(args) -> int:
-    from core.model.folders import export_zip
+    from core.model.archive import export_zip
 
     print(f"wrote {export_zip(args.model, args.zip)}")
     return OK
 
 
 def _import_model(args) -> int:
-    from core.model.folders import import_zip
+    from core.model.archive import import_zip
 
     print(f"imported {import_zip(args.zip, args.dest)} (checksum verified)")
     return OK

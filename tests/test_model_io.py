@@ -11,13 +11,12 @@ import pytest
 from core.data.labels import SUBTYPES
 from core.digests import file_sha256
 from core.errors import ModelFolderError
+from core.model.archive import export_zip, import_zip
 from core.model.classifier import build_classifier
 from core.model.folders import (
     CARD_FILE,
     MODEL_FILE,
-    export_zip,
     find_model_folders,
-    import_zip,
     load_model_folder,
     read_card,
     save_model_folder,
@@ -341,9 +340,9 @@ def test_a_zip_of_a_hidden_folder_is_imported_under_a_visible_name(folder, tmp_p
 def test_a_zip_bomb_is_refused_before_anything_is_unpacked(folder, tmp_path, monkeypatch):
     """The declared sizes are checked first (zipfile never reads past them), so a few kB that would
     unpack to far more than any model folder never reach the disk."""
-    import core.model.folders as folders
+    import core.model.archive as archive
 
-    monkeypatch.setattr(folders, "MAX_UNPACKED_BYTES", 1 << 20)
+    monkeypatch.setattr(archive, "MAX_UNPACKED_BYTES", 1 << 20)
     bomb = _zip(tmp_path / "bomb.zip", {"tiny/model.keras": bytes(4 << 20), "tiny/card.json": b"{}"})
     assert bomb.stat().st_size < 64 << 10
     with pytest.raises(ModelFolderError, match="would unpack to"):
