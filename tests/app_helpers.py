@@ -155,3 +155,31 @@ def texts(elements) -> str:
     import re
 
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))
+
+
+def stop_and_forget(job, runs: Path) -> None:
+    """Kill a test's job process (core.app.jobs.Job) and forget it, so no training outlives its test."""
+    from core.app import jobs
+
+    jobs.cancel_job(job, runs, force=True)
+    deadline = time.time() + 30
+    while jobs.is_alive(job) and time.time() < deadline:
+        time.sleep(0.2)
+    jobs.clear_job(runs)
+
+
+def finished_job(runs: Path, name: str, end: dict, **job) -> Path:
+    """What a finished (or failed) job leaves: its run folder's progress stream and the job file (`job`:
+    fields of it, e.g. launched_by)."""
+    import json
+
+    from core.app import jobs
+
+    run = runs / name
+    run.mkdir(parents=True)
+    events = [{"event": "start", "time": time.time()}, {"event": "end", "time": time.time(), **end}]
+    (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (runs / jobs.JOB_FILE_NAME).write_text(json.dumps({
+        "pid": 999999, "run_dir": str(run), "started": time.time(), "command": ["python", "-m", "core", "train"],
+        "log": str(run / "train.log"), "settings": {"epochs": 1}, **job}))
+    return run

@@ -11,11 +11,19 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
-from tests.app_helpers import APP, APP_TIMEOUT, PROBING, app_like_the_server, make_model_folder, open_retrain
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    PROBING,
+    app_like_the_server,
+    finished_job,
+    make_model_folder,
+    open_retrain,
+    stop_and_forget,
+)
 
 START = "FormSubmitter:retrain-Start training"
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
-PASSWORD = "a long enough password"
 
 
 @pytest.fixture(scope="module")
@@ -253,129 +261,6 @@ def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(ap
     assert app.session_state["active_model"] == model_dir
     assert "This model is the active model." in texts(app.success)
     assert "completes" in texts(app.sidebar.markdown)
-
-
-def stop_and_forget(job: jobs.Job, runs: Path) -> None:
-    jobs.cancel_job(job, runs, force=True)
-    deadline = time.time() + 30
-    while jobs.is_alive(job) and time.time() < deadline:
-        time.sleep(0.2)
-    jobs.clear_job(runs)
-
-
-def test_a_disabled_admin_cannot_cancel_training_from_an_open_retrain_tab(environment, monkeypatch):
-    """The live view's button re-reads the session before acting: app.py's check of the same run may
-    be up to CHECK_SECONDS old, and the fragment's own reruns skip it altogether."""
-    from core.app import signin
-    from core.store import accounts
-    from core.store.audit import Store
-    from core.testing.apptest import sign_in
-
-    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
-    monkeypatch.setattr(signin, "CHECK_SECONDS", 3600)  # only a check made at the click sees the revocation
-    store = Store.open()
-    accounts.add_account(store, "chief", PASSWORD, "admin")
-    job = jobs.start_job(SLEEPER, environment["runs"] / "long", {"epochs": 1}, root=environment["runs"])
-    try:
-        app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "chief", PASSWORD)
-        app.switch_page("pages/retrain.py").run()
-        assert app.button(key="cancel_job").label == "Cancel training"
-        accounts.change_account(store, "chief", "system", active=False)  # revokes every session of the account
-        app.button(key="cancel_job").click().run()
-        assert jobs.is_alive(job) and jobs.read_job(environment["runs"]).cancel_requested is None
-        assert not [e for e in store.events(kinds="retrain_cancelled") if e["subject"].endswith("long")]
-        assert not app.exception and [t.value for t in app.title] == ["Sign in"]
-        assert store.events(kinds="sign_out", user="chief", limit=1)[0]["details"] == {"reason": "session revoked"}
-    finally:
-        stop_and_forget(job, environment["runs"])
-        store.close()
-
-
-def finished_job(runs: Path, name: str, end: dict, **job) -> Path:
-    """What a finished (or failed) job leaves: its run folder's progress stream and the job file (`job`:
-    fields of it, e.g. launched_by)."""
-    run = runs / name
-    run.mkdir(parents=True)
-    events = [{"event": "start", "time": time.time()}, {"event": "end", "time": time.time(), **end}]
-    (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (runs / jobs.JOB_FILE_NAME).write_text(json.dumps({
-        "pid": 999999, "run_dir": str(run), "started": time.time(), "command": ["python", "-m", "core", "train"],
-        "log": str(run / "train.log"), "settings": {"epochs": 1}, **job}))
-    return run
-
-
-def test_a_disabled_admins_open_retrain_tab_cannot_clear_the_finished_job(environment, monkeypatch):
-    """Streamlit runs a button's callback before app.py checks the session: "Start a new training job"
-    forgot the job for an account disabled a moment before. The callback now re-reads the session first."""
-    from core.app import signin
-    from core.store import accounts
-    from core.store.audit import Store
-    from core.testing.apptest import sign_in
-
-    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
-    monkeypatch.setattr(signin, "CHECK_SECONDS", 3600)  # only a check made at the click sees the revocation
-    store = Store.open()
-    accounts.add_account(store, "head", PASSWORD, "admin")
-    finished_job(environment["runs"], "shown-when-disabled", {"status": "failed", "message": "boom"})
-    try:
-        app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "head", PASSWORD)
-        app.switch_page("pages/retrain.py").run()
-        accounts.change_account(store, "head", "system", active=False)
-        app.button(key="clear_job").click().run()
-        assert not app.exception and [t.value for t in app.title] == ["Sign in"]
-        assert jobs.read_job(environment["runs"]).run_dir.endswith("shown-when-disabled")  # not forgotten
-        assert not store.events(user="unknown")
-    finally:
-        jobs.clear_job(environment["runs"])
-        store.close()
-
-
-def test_the_end_of_a_job_is_recorded_once_as_its_launchers_whoever_opens_retrain(environment, monkeypatch):
-    """qa-multi #1: dave opening Retrain after admin's job had ended (its server restarted, so nothing
-    recorded it at the exit) wrote retrain_finished as dave's, at the time he looked."""
-    from core.store import accounts
-    from core.store.audit import Store
-    from core.testing.apptest import sign_in
-
-    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
-    store = Store.open()
-    accounts.add_account(store, "dave", PASSWORD, "admin")
-    run = finished_job(environment["runs"], "launched-by-another", {"status": "completed", "time": 1.5e9},
-                       launched_by="boss")
-    try:
-        for _ in range(2):  # two of dave's tabs (or dave, then another admin)
-            app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "dave", PASSWORD)
-            app.switch_page("pages/retrain.py").run()
-            assert not app.exception
-        rows = [e for e in store.events(kinds="retrain_finished") if e["subject"] == str(run)]
-        assert [(e["user"], e["details"]["ended"]) for e in rows] == [("boss", "2017-07-14T02:40:00+00:00")]
-    finally:
-        jobs.clear_job(environment["runs"])
-        store.close()
-
-
-def test_a_job_that_ended_while_its_server_was_down_is_recorded_without_anyone_opening_retrain(environment,
-                                                                                                monkeypatch):
-    """The server's watch records a job's end as it exits; after a restart nothing did until an administrator
-    opened Retrain. Now any signed-in user's first run records it, as the launcher's, once."""
-    from core.store import accounts
-    from core.store.audit import Store
-    from core.testing.apptest import sign_in
-
-    monkeypatch.delenv("BREAKHIS_SINGLE_USER")
-    store = Store.open()
-    accounts.add_account(store, "pat", PASSWORD, "pathologist")
-    run = finished_job(environment["runs"], "ended-unwatched", {"status": "completed", "time": 1.5e9},
-                       launched_by="boss")
-    try:
-        for _ in range(2):
-            app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "pat", PASSWORD)
-            assert not app.exception and [t.value for t in app.title] == ["Diagnose"]  # Retrain is not theirs
-        rows = [e for e in store.events(kinds="retrain_finished") if e["subject"] == str(run)]
-        assert [(e["user"], e["details"]["status"]) for e in rows] == [("boss", "completed")]
-    finally:
-        jobs.clear_job(environment["runs"])
-        store.close()
 
 
 def test_a_running_jobs_caption_says_who_started_it_and_when(app, environment):
