@@ -9,6 +9,7 @@ one machine's absolute paths.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -101,6 +102,7 @@ UNFINISHED = ".unfinished-"  # the prefix of a model a run saved but did not com
 
 
 RUN_CLAIM = ".run.lock"  # in a run folder: flock-ed by the one process writing it (claim_run)
+CLAIMED_ELSEWHERE = ".claimed-elsewhere"  # in the runs folder: where runs held outside it are (claimed_folders)
 CLAIM_FD = "BREAKHIS_RUN_CLAIM_FD"  # a claim the app took for a Retrain job, handed to its process (core.app.jobs)
 
 
@@ -177,24 +179,54 @@ def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
             claim.close()
             raise error(f"{folder} is being written by another training process (one started from the command "
                         f"line, or a Retrain job); {hint}") from None
+        _point_to(folder)
     return claim
 
 
+def _point_to(folder: Path) -> None:
+    """A run held outside the runs folder leaves its path in runs/CLAIMED_ELSEWHERE, so that the app, which scans
+    only its runs folder, still counts it as a training (claimed_folders). No lock: the path's own RUN_CLAIM says
+    whether it still runs. Best effort: a runs folder this process cannot write only loses that count."""
+    runs, here = runs_dir().resolve(), folder.resolve()
+    if here == runs or runs in here.parents:
+        return
+    key = hashlib.sha256(str(here).encode()).hexdigest()[:16]
+    try:
+        (runs / CLAIMED_ELSEWHERE).mkdir(parents=True, exist_ok=True)
+        (runs / CLAIMED_ELSEWHERE / key).write_text(str(here), encoding="utf-8")
+    except OSError:
+        pass
+
+
 def claimed_folders(root: str | os.PathLike, depth: int = 2) -> list[Path]:
-    """The run folders under `root` (up to `depth` levels: a cross-validation's folds) that a process is writing
-    now: their RUN_CLAIM is locked by someone. A probe takes the lock for an instant and frees it, so a run
-    folder nobody writes stays free. What lets the app see a training started from the command line."""
-    found = []
-    for lock in sorted(p for level in range(1, depth + 1) for p in Path(root).glob("/".join(["*"] * level) + "/"
-                                                                                + RUN_CLAIM)):
+    """The run folders under `root` (up to `depth` levels: a cross-validation's folds), and those held outside it
+    that left their path in root/CLAIMED_ELSEWHERE, that a process is writing now: their RUN_CLAIM is locked by
+    someone. What lets the app see a training started from the command line, wherever its --out."""
+    found = [lock.parent for lock in sorted(p for level in range(1, depth + 1)
+                                            for p in Path(root).glob("/".join(["*"] * level) + "/" + RUN_CLAIM))
+             if _is_held(lock)]
+    for pointer in sorted((Path(root) / CLAIMED_ELSEWHERE).glob("*")):  # runs held outside root (_point_to)
         try:
-            with open(lock, "a") as probe:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            found.append(lock.parent)
-        except OSError:
+            elsewhere = Path(pointer.read_text(encoding="utf-8").strip())
+            if _is_held(elsewhere / RUN_CLAIM):
+                found.append(elsewhere)
+            else:  # that run ended (or its folder is gone): forget it
+                pointer.unlink()
+        except (OSError, ValueError):
             continue
     return [folder for folder in found if not any(folder != other and other in folder.parents for other in found)]
+
+
+def _is_held(lock: Path) -> bool:
+    """Whether a process holds this RUN_CLAIM now: a probe takes it for an instant and frees it."""
+    try:
+        with open(lock, "a") as probe:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _inherited_claim(folder: Path):

@@ -20,6 +20,13 @@ def feature_cache_in_a_temporary_folder(tmp_path_factory):
     os.environ["BREAKHIS_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runs_folder_outside_the_checkout(tmp_path_factory):
+    """Nothing a test runs lands in the checkout's runs/ (a run claimed outside the runs folder leaves its path
+    there: core.paths.claimed_folders); tests that need a runs folder set their own."""
+    os.environ["BREAKHIS_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+
+
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The 22 real BreakHis images (shared/ in CI, or the bundled copies in assets/)."""

@@ -33,3 +33,23 @@ def test_a_command_line_run_is_seen_and_blocks_a_second_training(tmp_path, monke
     finally:
         held.close()
     assert claimed_folders(runs) == []  # it ended: nothing claimed, the page starts trainings again
+
+
+def test_a_command_line_run_outside_the_runs_folder_is_seen_too(tmp_path, monkeypatch):
+    """The page scans its runs folder, so a training given --out elsewhere (/data/experiments/x) ran beside a
+    Retrain job unseen. Its claim leaves its path in the runs folder; once it ends, the pointer is forgotten."""
+    from core.paths import CLAIMED_ELSEWHERE
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(runs))
+    held = claim_run(tmp_path / "elsewhere" / "experiment")
+    try:
+        assert claimed_folders(runs) == [(tmp_path / "elsewhere" / "experiment").resolve()]
+        with pytest.raises(JobError, match="started outside this page is writing .*elsewhere/experiment"):
+            jobs.start_job(SLEEPER, runs / "mine", {}, root=runs)
+        assert not (runs / "mine").exists()
+    finally:
+        held.close()
+    assert claimed_folders(runs) == [] and not list((runs / CLAIMED_ELSEWHERE).iterdir())
+    claim_run(runs / "inside").close()  # a run in the runs folder is found by the scan: no pointer
+    assert not list((runs / CLAIMED_ELSEWHERE).iterdir())
