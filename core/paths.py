@@ -8,6 +8,7 @@ one machine's absolute paths.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -181,6 +182,23 @@ def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
                         f"line, or a Retrain job); {hint}") from None
         _point_to(folder)
     return claim
+
+
+@contextlib.contextmanager
+def holding(folder: str | os.PathLike, hint: str = "choose a new --out folder"):
+    """hold_run for the length of a block. A folder the block was refused in before writing anything (it holds
+    only the claim) is removed if hold_run made it, so a refused command leaves nothing behind."""
+    folder = Path(folder)
+    made = not folder.exists()
+    claim = hold_run(folder, hint)
+    try:
+        yield claim
+    except BaseException:
+        if made and all(entry.name == RUN_CLAIM for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        claim.close()
 
 
 def _point_to(folder: Path) -> None:

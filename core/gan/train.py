@@ -30,7 +30,7 @@ from core.gan.sessions import SessionLog
 from core.jsonfile import read_json, write_json_atomic
 from core.model.folders import GENERATOR, save_model_folder
 from core.options import flag
-from core.paths import hold_run, portable
+from core.paths import holding, portable
 from core.training.progress import ProgressWriter, keras_callback, metric_floats
 
 CHECKPOINT = "checkpoint.weights.h5"
@@ -205,7 +205,7 @@ def train_gan(config: GanConfig, data_dir, out_dir, resume: bool = False, stop=l
     out_dir/progress.jsonl in the classifier's format (start, then Keras epochs of checkpoint_every
     steps, end). A failure writes "error" and a failed "end", then raises.
     """
-    with hold_run(out_dir, hint="wait for it to end, or choose another --out"):  # one writer; the Retrain page sees it
+    with holding(out_dir, hint="wait for it to end, or choose another --out"):  # one writer; the Retrain page sees it
         return _train_gan(config, data_dir, Path(out_dir), resume, stop, given, command)
 
 

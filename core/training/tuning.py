@@ -21,7 +21,7 @@ import pandas as pd
 
 from core.errors import UserInputError
 from core.jsonfile import read_json
-from core.paths import hold_run
+from core.paths import holding
 
 OBJECTIVE = "val_stage1_balanced_accuracy"  # stage 1 is the decision; balanced, as malignant dominates
 
@@ -130,7 +130,7 @@ def tune(config, max_trials: int = 10, search: str = "random", space: dict | Non
     refuse_unmeasured(config, "tune", "trial")  # a trial's score is its evaluation on validation
     checked(config)  # before OUT/tuner is written, and refused once (not by every trial)
     out = Path(config.out)
-    with hold_run(out, hint="wait for it to end, or choose another --out"):  # resumes into out: held, not claimed
+    with holding(out, hint="wait for it to end, or choose another --out"):  # resumes into out: held, not claimed
         return _search(config, max_trials, search, space or SPACE, seed, held, out)
 
 
