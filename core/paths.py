@@ -167,7 +167,7 @@ def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
              error: type[UserInputError] = UserInputError):
     """Lock `folder`'s RUN_CLAIM for this process (flock: held until closed or the process ends, so a crash frees
     it), making the folder; the open file. Without claim_run's check for an earlier run: for the commands that
-    resume into their folder (`tune`, `gan train --resume`), which check what is there themselves. A Retrain job's
+    may resume into their folder (`tune`, `gan train`), which check what is there themselves. A Retrain job's
     process adopts the claim the app took for it (CLAIM_FD) instead of being refused by it."""
     folder = Path(folder)
     claim = _inherited_claim(folder)

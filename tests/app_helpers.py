@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -82,6 +83,7 @@ def result_lines(out: str) -> list[str]:
 
 
 PASSWORD = "a long enough password"
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 launched, followed, cancelled, failed and completed; only a completed job can become the active model."""
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.app_helpers import (
     APP,
     APP_TIMEOUT,
     PROBING,
+    SLEEPER,
     app_like_the_server,
     finished_job,
     make_model_folder,
@@ -23,7 +23,6 @@ from tests.app_helpers import (
 )
 
 START = "FormSubmitter:retrain-Start training"
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
 
 
 @pytest.fixture(scope="module")

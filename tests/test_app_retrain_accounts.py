@@ -1,20 +1,25 @@
 """Retrain with sign-in on: an account disabled while its Retrain tab is open can neither cancel nor clear a job,
 and a job's end is recorded once, under its launcher's name, whoever's page happens to see it first."""
 
-import sys
-
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, finished_job, signed_in_app, stop_and_forget
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    PASSWORD,
+    SLEEPER,
+    finished_job,
+    open_retrain,
+    signed_in_app,
+    stop_and_forget,
+)
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]  # a stand-in for a long `python -m core train`
 
-
-def signed_in(name: str, page: str | None = "pages/retrain.py") -> AppTest:
+def signed_in(name: str, retrain: bool = True) -> AppTest:
     app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), name, PASSWORD)
-    return app.switch_page(page).run() if page else app
+    return open_retrain(app) if retrain else app
 
 
 def test_a_disabled_admin_cannot_cancel_training_from_an_open_retrain_tab(tmp_path, monkeypatch):
@@ -77,7 +82,7 @@ def test_a_job_that_ended_while_its_server_was_down_is_recorded_without_anyone_o
         run = finished_job(tmp_path / "runs", "ended-unwatched", {"status": "completed", "time": 1.5e9},
                            launched_by="boss")
         for _ in range(2):
-            app = signed_in("pat", page=None)
+            app = signed_in("pat", retrain=False)
             assert not app.exception and [t.value for t in app.title] == ["Diagnose"]  # Retrain is not theirs
         rows = [e for e in store.events(kinds="retrain_finished") if e["subject"] == str(run)]
         assert [(e["user"], e["details"]["status"]) for e in rows] == [("boss", "completed")]

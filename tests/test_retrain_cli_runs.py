@@ -1,17 +1,13 @@
 """A training started from the command line counts toward the server's one training at a time: the Retrain page
 says it is running (it cannot follow or cancel it) and starts no other until it ends (core.paths.claimed_folders)."""
 
-import sys
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
 from core.errors import JobError
 from core.paths import claim_run, claimed_folders
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, open_retrain
-
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
+from tests.app_helpers import APP, APP_TIMEOUT, SLEEPER, app_like_the_server, make_model_folder, open_retrain
 
 
 def test_a_command_line_run_is_seen_and_blocks_a_second_training(tmp_path, monkeypatch):
