@@ -15,9 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, REPO, app_like_the_server, make_model_folder, texts
-
-PASSWORD = "a long enough password"
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, REPO, app_like_the_server, make_model_folder, texts
 
 
 @pytest.fixture(scope="module")

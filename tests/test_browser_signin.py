@@ -19,9 +19,8 @@ from core.store import accounts, sessions
 from core.store.audit import Store
 from core.testing.apptest import app_environment
 from core.testing.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
-from tests.app_helpers import make_model_folder
+from tests.app_helpers import PASSWORD, make_model_folder
 
-PASSWORD = "a long enough password"
 WAIT_MS = 180_000
 STALE_MS = 30_000  # the previous run's elements are gone within this once the page has changed
 browser_only = pytest.mark.skipif(not os.path.exists(CHROMIUM),

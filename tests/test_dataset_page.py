@@ -11,9 +11,7 @@ from core import paths
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder
-
-PASSWORD = "a long enough password"
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, app_like_the_server, make_model_folder
 
 
 @pytest.fixture(scope="module")

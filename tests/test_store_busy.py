@@ -11,9 +11,8 @@ from core.store import accounts, db
 from core.store.audit import Store
 from core.store.db import StoreError
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, write_locked
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, app_like_the_server, make_model_folder, write_locked
 
-PASSWORD = "a long enough password"
 BUSY = "the database is busy or unavailable; try again"
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from core.store import accounts, sessions
 from core.store.models import WebSession
+from tests.app_helpers import PASSWORD
 
-PASSWORD = "a long enough password"
 KEY = b"k" * 40
 IDLE = 30  # minutes
 NOW = datetime.datetime(2026, 12, 4, 9, 0, tzinfo=datetime.UTC)
