@@ -265,6 +265,24 @@ def test_png_exif_orientation_is_applied_in_every_mode(tissue, mode):
     assert (loaded.rgb == upright).all()
 
 
+def test_a_png_the_fast_decoder_refuses_is_looked_at_once(tissue, monkeypatch):
+    """An 8-bit RGB PNG with EXIF goes to Pillow: the fast decoder's check (a scan of the whole file
+    for the EXIF chunk) ran twice for it, once in the conversion chain and again in _decode."""
+    from core.data import images
+
+    calls = []
+    fast = images._decode_plain_png
+    monkeypatch.setattr(images, "_decode_plain_png", lambda image, data: calls.append(1) or fast(image, data))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(tissue).transpose(Image.Transpose.ROTATE_90)
+    loaded = load_image(_encode(stored, "PNG", exif=exif), name="phone.png", check_histology=False)
+    assert (loaded.rgb == tissue).all() and len(calls) == 1
+    calls.clear()
+    load_image(_encode(Image.fromarray(tissue), "PNG"), name="plain.png", check_histology=False)
+    assert len(calls) == 1  # the plain one: decoded by it, once
+
+
 def test_multi_frame_tiff_uses_first_frame():
     frames = [Image.new("RGB", (48, 48), colour) for colour in ((200, 50, 120), (0, 255, 0))]
     data = _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])

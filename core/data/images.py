@@ -126,15 +126,16 @@ def _format_note(image: Image.Image, name: str) -> list[str]:
     return []
 
 
-def _decode(image: Image.Image, data: bytes, name: str,
-            max_side: int | None = WORKING_MAX_SIDE) -> tuple[Image.Image, list[str]]:
-    """First frame, fully decoded (JPEG at reduced scale when far above the working size)."""
+def _decode(image: Image.Image, data: bytes, name: str, max_side: int | None = WORKING_MAX_SIDE,
+            fast_tried: bool = False) -> tuple[Image.Image, list[str]]:
+    """First frame, fully decoded (JPEG at reduced scale when far above the working size).
+    fast_tried: the caller already found that _decode_plain_png does not take this file."""
     notes = []
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         image.seek(0)
         notes.append(f"multi-frame {image.format} ({frames} frames): the first frame is used")
-    fast = _decode_plain_png(image, data)
+    fast = None if fast_tried else _decode_plain_png(image, data)
     if fast is not None:
         return Image.fromarray(fast), notes
     wide = _decode_16bit_rgb(image, data, name)
@@ -334,12 +335,13 @@ def _decode_to_rgb(data: bytes, name: str, max_side: int | None = WORKING_MAX_SI
     with _open(data, name) as image:
         original_mode, original_size = image.mode, image.size
         notes = _format_note(image, name)
-        if getattr(image, "n_frames", 1) == 1 and (max_side is None or max(image.size) <= max_side):
+        fast_tried = getattr(image, "n_frames", 1) == 1 and (max_side is None or max(image.size) <= max_side)
+        if fast_tried:
             pixels = _decode_plain_png(image, data)
             if pixels is not None:  # RGB, upright (no EXIF) and within the working size: nothing to convert,
                 # so no round trip through a Pillow image (two copies of the field, a tenth of the decode)
                 return pixels, original_mode, original_size, original_size, notes
-        decoded, decode_notes = _decode(image, data, name, max_side)
+        decoded, decode_notes = _decode(image, data, name, max_side, fast_tried)
         notes += decode_notes
         if image.format == "JPEG" and decoded.size != original_size:
             notes.append(f"JPEG decoded at reduced scale ({decoded.width}x{decoded.height})")
