@@ -236,9 +236,10 @@ def claimed_folders(root: str | os.PathLike, depth: int = 2) -> list[Path]:
 
 
 def _is_held(lock: Path) -> bool:
-    """Whether a process holds this RUN_CLAIM now: a probe takes it for an instant and frees it."""
+    """Whether a process holds this RUN_CLAIM now: a probe takes it for an instant and frees it. Opened for
+    reading (flock needs no write access), so a probe never makes a lock file that is not there."""
     try:
-        with open(lock, "a") as probe:
+        with open(lock, "rb") as probe:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

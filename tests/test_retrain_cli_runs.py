@@ -49,3 +49,18 @@ def test_a_command_line_run_outside_the_runs_folder_is_seen_too(tmp_path, monkey
     assert claimed_folders(runs) == [] and not list((runs / CLAIMED_ELSEWHERE).iterdir())
     claim_run(runs / "inside").close()  # a run in the runs folder is found by the scan: no pointer
     assert not list((runs / CLAIMED_ELSEWHERE).iterdir())
+
+
+def test_probing_a_pointed_to_run_whose_lock_was_deleted_makes_no_lock(tmp_path, monkeypatch):
+    """The probe opened the pointed-to RUN_CLAIM for append, so a lock file deleted by hand came back."""
+    from core.paths import CLAIMED_ELSEWHERE, RUN_CLAIM
+
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere" / "experiment"
+    monkeypatch.setenv("BREAKHIS_RUNS_DIR", str(runs))
+    held = claim_run(elsewhere)
+    try:
+        (elsewhere / RUN_CLAIM).unlink()  # by hand, while it runs: nothing holds that path any more
+        assert claimed_folders(runs) == []
+        assert not (elsewhere / RUN_CLAIM).exists() and not list((runs / CLAIMED_ELSEWHERE).iterdir())
+    finally:
+        held.close()
