@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from core.data.splits import PATIENT, patient_kfold
 from core.evaluation.evaluate import score
@@ -53,16 +54,24 @@ def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> d
             "full_size": list(full_size), **pooled}
 
 
+def saved_cv(run_dir, data) -> tuple[TrainConfig, "pd.DataFrame", np.ndarray]:
+    """(the run's TrainConfig, its field table, its fields) of a saved fields cross-validation, from
+    its first fold model's card: what every re-scoring of RUN/fold-k/model starts from (the
+    experiments' probes too); the folds are patient_kfold(table, config.folds, config.seed)."""
+    settings = read_card(Path(run_dir) / "fold-0" / "model")["training"]["settings"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(data=str(data), out=str(run_dir), **{k: v for k, v in settings.items() if k in known})
+    table, fields = load_field_data(config)
+    return config, table, fields
+
+
 def refit_cv(run_dir, data) -> dict:
     """What --refit-subtypes adds to a fields cross-validation trained without it, on the SAME fold
     models (RUN/fold-k/model): each fold's subtype heads refitted on its training patients' fields
     (core.training.head_refit), its held-out fields scored before and after, pooled over all folds
     (uncalibrated: a temperature does not move a head's argmax)."""
     run_dir = Path(run_dir)
-    settings = read_card(run_dir / "fold-0" / "model")["training"]["settings"]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(data=str(data), out=str(run_dir), **{k: v for k, v in settings.items() if k in known})
-    table, fields = load_field_data(config)
+    config, table, fields = saved_cv(run_dir, data)
     spec, magnifications = view_spec(config), table["magnification"]
     ones, raws, order = {name: 1.0 for name in HEADS}, {"before": [], "after": []}, []
     for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):

@@ -8,7 +8,7 @@ and both with the colour/texture baseline's field features (LBP included) for re
 
     PYTHONPATH=. python experiments/i25/colour_stats_probe.py RUN ../shared/breakhis/real [VARIANT,VARIANT...]
 """
-import dataclasses, json, sys
+import json, sys
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -17,10 +17,10 @@ from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.splits import patient_kfold
 from core.data.stain import HED_FROM_RGB
 from core.evaluation.baselines import image_features
-from core.model.folders import load_model_folder, read_card
-from core.training.config import TrainConfig
+from core.model.folders import load_model_folder
 from core.training.field_fit import by_field, predict_views, view_batches
-from core.training.field_run import load_field_data, view_spec
+from core.training.field_run import view_spec
+from core.training.rescore import saved_cv
 from core.training.head_refit import view_features
 
 
@@ -45,10 +45,7 @@ def stats_of(fields, spec, mags):
 
 
 run, data = sys.argv[1], sys.argv[2]
-settings = read_card(f"{run}/fold-0/model")["training"]["settings"]
-known = {f.name for f in dataclasses.fields(TrainConfig)}
-config = TrainConfig(data=data, out=run, **{k: v for k, v in settings.items() if k in known})
-table, fields = load_field_data(config)
+config, table, fields = saved_cv(run, data)
 spec, mags = view_spec(config), table["magnification"]
 VARIANTS = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else (
     "cnn", "stats", "cnn+stats", "cnn+stats_x3", "cnn+stats+baseline", "stats+baseline")

@@ -5,24 +5,21 @@ weights alone, on a cross-validation's saved fold models; prints pooled out-of-f
 
     PYTHONPATH=. python experiments/i25/patient_weight_probe.py RUN ../shared/breakhis/real
 """
-import dataclasses, json, sys
+import json, sys
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
 from core.data.splits import patient_kfold
-from core.model.folders import load_model_folder, read_card
-from core.training.config import TrainConfig
+from core.model.folders import load_model_folder
 from core.training.field_fit import predict_views
-from core.training.field_run import load_field_data, view_spec
+from core.training.field_run import view_spec
+from core.training.rescore import saved_cv
 from core.training.head_refit import view_features
 
 run, data = sys.argv[1], sys.argv[2]
-settings = read_card(f"{run}/fold-0/model")["training"]["settings"]
-known = {f.name for f in dataclasses.fields(TrainConfig)}
-config = TrainConfig(data=data, out=run, **{k: v for k, v in settings.items() if k in known})
-table, fields = load_field_data(config)
+config, table, fields = saved_cv(run, data)
 spec, mags = view_spec(config), table["magnification"]
 truth, preds = [], {"class": [], "class_patient": [], "class_patient_sqrt": []}
 for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
