@@ -65,6 +65,15 @@ def saved_cv(run_dir, data) -> tuple[TrainConfig, "pd.DataFrame", np.ndarray]:
     return config, table, fields
 
 
+def saved_folds(run_dir, config: TrainConfig, table):
+    """Yields (held-out rows, training rows, fold model) of each fold of a saved cross-validation, in
+    fold order: positions into `table` (saved_cv's), RUN/fold-k/model loaded."""
+    for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
+        split = assigned["split"].to_numpy()
+        yield np.flatnonzero(split == "test"), np.flatnonzero(split != "test"), \
+            load_model_folder(Path(run_dir) / f"fold-{k}" / "model")[0]
+
+
 def refit_cv(run_dir, data) -> dict:
     """What --refit-subtypes adds to a fields cross-validation trained without it, on the SAME fold
     models (RUN/fold-k/model): each fold's subtype heads refitted on its training patients' fields
@@ -74,10 +83,7 @@ def refit_cv(run_dir, data) -> dict:
     config, table, fields = saved_cv(run_dir, data)
     spec, magnifications = view_spec(config), table["magnification"]
     ones, raws, order = {name: 1.0 for name in HEADS}, {"before": [], "after": []}, []
-    for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
-        held = np.flatnonzero(assigned["split"].to_numpy() == "test")
-        seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
-        classifier, _ = load_model_folder(run_dir / f"fold-{k}" / "model")
+    for held, seen, classifier in saved_folds(run_dir, config, table):
         raws["before"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
         refit_subtype_heads(classifier, fields[seen], table["subtype"].iloc[seen], spec, magnifications.iloc[seen])
         raws["after"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))

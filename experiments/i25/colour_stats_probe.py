@@ -14,13 +14,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
-from core.data.splits import patient_kfold
 from core.data.stain import HED_FROM_RGB
 from core.evaluation.baselines import image_features
-from core.model.folders import load_model_folder
 from core.training.field_fit import by_field, predict_views, view_batches
 from core.training.field_run import view_spec
-from core.training.rescore import saved_cv
+from core.training.rescore import saved_cv, saved_folds
 from core.training.head_refit import view_features
 
 
@@ -52,10 +50,7 @@ VARIANTS = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else (
 field_feats = np.stack([image_features(f) for f in fields]) if any("baseline" in v for v in VARIANTS) else np.zeros((len(fields), 0))
 truth, cases, preds = [], [], {v: [] for v in VARIANTS}
 sub = table["subtype"].to_numpy()
-for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
-    held = np.flatnonzero(assigned["split"].to_numpy() == "test")
-    seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
-    model, _ = load_model_folder(f"{run}/fold-{k}/model")
+for k, (held, seen, model) in enumerate(saved_folds(run, config, table)):
     stage1 = predict_views(model, fields[held], spec, magnifications=mags.iloc[held])["stage1"]
     label = np.array(CLASSES)[stage1.argmax(1)]
     parts = {}

@@ -11,21 +11,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS
-from core.data.splits import patient_kfold
-from core.model.folders import load_model_folder
 from core.training.field_fit import predict_views
 from core.training.field_run import view_spec
-from core.training.rescore import saved_cv
+from core.training.rescore import saved_cv, saved_folds
 from core.training.head_refit import view_features
 
 run, data = sys.argv[1], sys.argv[2]
 config, table, fields = saved_cv(run, data)
 spec, mags = view_spec(config), table["magnification"]
 truth, preds = [], {"class": [], "class_patient": [], "class_patient_sqrt": []}
-for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
-    held = np.flatnonzero(assigned["split"].to_numpy() == "test")
-    seen = np.flatnonzero(assigned["split"].to_numpy() != "test")
-    model, _ = load_model_folder(f"{run}/fold-{k}/model")
+for k, (held, seen, model) in enumerate(saved_folds(run, config, table)):
     stage1 = predict_views(model, fields[held], spec, magnifications=mags.iloc[held])["stage1"]
     label = np.array(CLASSES)[stage1.argmax(1)]
     ftr = view_features(model, fields[seen], spec, mags.iloc[seen])
