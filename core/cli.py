@@ -211,7 +211,7 @@ def build_parser(command_run: str | None = ALL) -> argparse.ArgumentParser:
 
     add_slide_commands(command, str(DEFAULT_MODEL_DIR))
 
-    from core.model.commands import add_model_commands
+    from core.app.cli_models import add_model_commands
 
     add_model_commands(command, DEFAULT_MODEL_DIR)
 

@@ -6,8 +6,7 @@ one zip: export-model / import-model), predict (Predictor, the case-level rule),
 views and their uncertainty), calibration (temperature scaling, ECE, Brier), ensemble (a Predictor
 made of member classifiers), loading (load_predictor: the one factory, keyed by the card's kind),
 cam (Grad-CAM / Grad-CAM++ / Score-CAM per stage), heatmap (the maps resized onto the image,
-coloured and blended: NumPy and Pillow only), commands (the model-folder commands of
-`python -m core`: calibrate, evaluate, ensemble, make-default, export-model, import-model).
+coloured and blended: NumPy and Pillow only).
 
 Thin on purpose: import the module you need, e.g. `from core.model.loading import load_predictor`.
 Importing the package loads nothing else, so a light module (the progress stream, the jobs

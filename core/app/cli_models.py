@@ -1,9 +1,11 @@
 """The model-folder commands of `python -m core`: calibrate, evaluate, ensemble, make-default,
 export-model, import-model.
 
-Kept beside the model package (as core.slide.commands and core.gan.commands beside theirs) so that
-core/cli.py stays the parser's frame and the training commands; `add_model_commands` adds these
-through the CLI's `command` factory. Each handler imports what it needs when it runs, so building
+In core.app, as `predict` is (core.app.cli_predict): they reach into the training, evaluation, slide
+and app layers (make-default chooses a slide rule and writes an audit row), which only the app layer
+and the command line may import (tests/test_architecture.py). Kept out of core/cli.py so that it
+stays the parser's frame and the training commands; `add_model_commands` adds these through the
+CLI's `command` factory. Each handler imports what it needs when it runs, so building
 the parser (`--help`, `db`, `users`) imports no Keras.
 """
 
