@@ -54,7 +54,7 @@ def source_shift_cv(run_dir, data, full_size: tuple[int, int] = (700, 460)) -> d
             "full_size": list(full_size), **pooled}
 
 
-def saved_cv(run_dir, data) -> tuple[TrainConfig, "pd.DataFrame", np.ndarray]:
+def saved_cv(run_dir, data) -> tuple[TrainConfig, pd.DataFrame, np.ndarray]:
     """(the run's TrainConfig, its field table, its fields) of a saved fields cross-validation, from
     its first fold model's card: what every re-scoring of RUN/fold-k/model starts from (the
     experiments' probes too); the folds are patient_kfold(table, config.folds, config.seed)."""
@@ -65,7 +65,7 @@ def saved_cv(run_dir, data) -> tuple[TrainConfig, "pd.DataFrame", np.ndarray]:
     return config, table, fields
 
 
-def saved_folds(run_dir, config: TrainConfig, table):
+def saved_folds(run_dir, config: TrainConfig, table: pd.DataFrame):
     """Yields (held-out rows, training rows, fold model) of each fold of a saved cross-validation, in
     fold order: positions into `table` (saved_cv's), RUN/fold-k/model loaded."""
     for k, assigned in enumerate(patient_kfold(table, config.folds, config.seed)):
