@@ -108,4 +108,8 @@ with st.sidebar:
         session.watch_session()  # an unattended tab clears itself after the idle limit
 session.record_ended_job()  # a job that ended while its server was down is in the audit trail, once
 
-navigation.run()
+run_ended = session.person_run_end()
+try:
+    navigation.run()
+finally:  # also when the page stops or reruns (st.stop, st.rerun raise)
+    run_ended()

@@ -40,7 +40,9 @@ def test_the_audit_log_filters_reach_any_row_and_builds_its_csv_only_when_asked(
     monkeypatch.setattr(Store, "csv", lambda self, **filters: built.append(filters) or original(self, **filters))
     store = Store.open()
     accounts.add_account(store, "bob", None, "pathologist")
-    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=90)
+    # 10:00 UTC: the review an hour later falls on the same UTC day whatever time the suite runs (CI at 23:16
+    # once put it on the next day, outside the one-day filter below)
+    long_ago = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=90)).replace(hour=10, minute=0)
     old = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png", details={"call": "malignant"}, at=long_ago)
     review = store.record("review", "bob", "SOB_M_DC-14-2523-40-010.png", refers_to=old, details={"agree": True},
                           at=long_ago + datetime.timedelta(hours=1))

@@ -34,6 +34,7 @@ from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py 
     USER_KEY,
     current_user,
     nothing_lost,
+    person_run_end,
     require,
     session_minutes,
     sign_in_page,

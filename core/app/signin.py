@@ -30,6 +30,7 @@ COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to wr
 CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes effect within this)
 SSO_REFUSED = "_sso_refused"  # {"email", "reason"}: this session's identity opens no account (sign_in_page says why)
 ACTIVE_KEY = "_last_active"  # monotonic time of this tab's last run a person caused (not a live view's timer)
+RUN_END_KEY = "_last_run_end"  # [monotonic time] that run ended (app.py fills it: person_run_end)
 COOKIE_REFUSED = "_cookie_refused"  # why the session cookie this tab was opened with was refused (sign_in_page)
 
 
@@ -145,6 +146,17 @@ def nothing_lost(problem) -> str:
     return f"{problem} Nothing was lost: reload the page or try again."
 
 
+def person_run_end():
+    """For app.py: a function to call when this run a person caused has ended, page and all. The idle time
+    counts from then, not from the run's start: a run longer than the limit (a slide; the first page
+    after a sign-in loads TensorFlow, which on a busy CI server outlasted a 6 s limit) would otherwise
+    have its results cleared at the timer's next tick. Once a page has called st.stop or st.rerun,
+    Streamlit refuses every st.session_state access until the run ends, so the value is a box taken now
+    and filled later without Streamlit."""
+    box = st.session_state.setdefault(RUN_END_KEY, [float("-inf")])
+    return lambda: box.__setitem__(0, time.monotonic())
+
+
 def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     """The signed-in user {"name", "role"} (or the local user in single-user mode), else None.
 
@@ -163,7 +175,8 @@ def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:
     if user is None:
         return None
     now = time.monotonic()
-    if polled and now - st.session_state.get(ACTIVE_KEY, now) > session_minutes() * 60:
+    active = max(st.session_state.get(ACTIVE_KEY, now), st.session_state.get(RUN_END_KEY, [float("-inf")])[0])
+    if polled and now - active > session_minutes() * 60:
         sign_out(reason="session expired")
         return None
     if not polled:
