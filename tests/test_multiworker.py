@@ -31,7 +31,7 @@ def test_two_local_workers_train_one_model_and_only_the_chief_writes(synthetic_b
     run = tmp_path / "multiworker"
     command = [sys.executable, "-m", "core", "train", "--data", str(synthetic_breakhis), "--out", str(run),
                "--backbone", "small_cnn", "--weights", "none", "--input-size", "64", "--batch-size", "16",
-               "--epochs", "8", "--patience", "8", "--no-baselines"]
+               "--epochs", "12", "--patience", "12", "--no-baselines"]  # 8 once reached only 0.625 on a loaded machine
     workers = []
     for index in range(2):
         environment = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
