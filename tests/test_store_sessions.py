@@ -229,3 +229,13 @@ def test_a_database_from_before_sessions_upgrades_and_keeps_its_accounts(store_u
     row, token = sessions.start(store, "old", KEY, NOW)
     assert sessions.resume(store, token, KEY, IDLE, minutes(1)).user == {"name": "old", "role": "admin"}
     engine.dispose()
+
+
+def test_touch_marks_a_live_session_used_now_and_never_revives_a_revoked_one(people):
+    row, _ = sessions.start(people, "pat", KEY, NOW)
+    assert sessions.touch(people, row, NOW + datetime.timedelta(seconds=2))  # within TOUCH_SECONDS: written anyway
+    with people.session() as session:
+        assert session.get(WebSession, row).last_seen == NOW + datetime.timedelta(seconds=2)
+    sessions.revoke(people, row, "signed out", minutes(1))
+    assert not sessions.touch(people, row, minutes(2))
+    assert sessions.check(people, row, IDLE, minutes(3)).reason == "revoked"

@@ -15,6 +15,7 @@ the database at each check, never from the cookie.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -24,6 +25,8 @@ from core.app import cookies
 from core.paths import switch_setting
 from core.store.audit import SINGLE_USER
 
+log = logging.getLogger(__name__)
+
 USER_KEY = "_signed_in"
 SESSION_KEY, CHECKED_KEY = "_session_row", "_session_checked"  # the row's key (a digest), monotonic time
 COOKIE_TODO, SPENT_COOKIE = "_cookie_to_write", "_cookie_spent"  # a token to write ("" removes), a refused one
@@ -31,6 +34,7 @@ CHECK_SECONDS = 5  # how often a run re-reads the session row (revocation takes 
 SSO_REFUSED = "_sso_refused"  # {"email", "reason"}: this session's identity opens no account (sign_in_page says why)
 ACTIVE_KEY = "_last_active"  # monotonic time of this tab's last run a person caused (not a live view's timer)
 RUN_END_KEY = "_last_run_end"  # [monotonic time] that run ended (app.py fills it: person_run_end)
+LONG_RUN_SECONDS = 1.0  # a run at least this long marks the session row used at its end too (person_run_end)
 COOKIE_REFUSED = "_cookie_refused"  # why the session cookie this tab was opened with was refused (sign_in_page)
 
 
@@ -148,13 +152,29 @@ def nothing_lost(problem) -> str:
 
 def person_run_end():
     """For app.py: a function to call when this run a person caused has ended, page and all. The idle time
-    counts from then, not from the run's start: a run longer than the limit (a slide; the first page
-    after a sign-in loads TensorFlow, which on a busy CI server outlasted a 6 s limit) would otherwise
-    have its results cleared at the timer's next tick. Once a page has called st.stop or st.rerun,
-    Streamlit refuses every st.session_state access until the run ends, so the value is a box taken now
-    and filled later without Streamlit."""
+    counts from then, not from the run's start: a long run (a slide analysed for minutes) no longer eats
+    into the time its results stay on screen before the timer clears them. A run of LONG_RUN_SECONDS or
+    more also marks the session row used at its end (the row's own idle check saw only its start);
+    shorter ones cost nothing. Not covered: one run longer than the whole limit is signed out at its
+    next check within the run (a limit shorter than a page's run: minutes are the deployment's unit).
+    Once a page has called st.stop or st.rerun, Streamlit refuses every st.session_state access until
+    the run ends, so what the end needs is taken now: a box to fill, the session row and the store."""
     box = st.session_state.setdefault(RUN_END_KEY, [float("-inf")])
-    return lambda: box.__setitem__(0, time.monotonic())
+    row = st.session_state.get(SESSION_KEY) if st.session_state.get(USER_KEY) is not None else None
+    started, database = time.monotonic(), store() if row else None
+
+    def ended() -> None:
+        box[0] = time.monotonic()
+        if row and box[0] - started >= LONG_RUN_SECONDS:
+            from core.store.db import StoreError
+            from core.store.sessions import touch
+
+            try:
+                touch(database, row)
+            except StoreError as problem:  # the tab's own clock still counts from now; the row, from the start
+                log.warning("the end of a long run could not be recorded on its session: %s", problem)
+
+    return ended
 
 
 def _current_user(fresh: bool = False, polled: bool = False) -> dict | None:

@@ -238,9 +238,20 @@ def resume(store: Store, token: str, key: bytes, idle_minutes: float, now: datet
 
 def revoke(store: Store, session_key: str, reason: str, now: datetime.datetime | None = None) -> bool:
     """Revoke one session (sign-out); whether it was still live."""
-    with store.transaction("The session could not be ended") as session:
+    return _update_live(store, session_key, "The session could not be ended",
+                        revoked_at=now or utc_now(), revoked_reason=reason[:40])
+
+
+def touch(store: Store, session_key: str, now: datetime.datetime | None = None) -> bool:
+    """Mark a live session used now, whatever TOUCH_SECONDS: the end of a long run a person caused (a slide),
+    whose start was the last use `check` saw (core.app.signin.person_run_end); whether it was still live."""
+    return _update_live(store, session_key, "The session could not be marked used", last_seen=now or utc_now())
+
+
+def _update_live(store: Store, session_key: str, failure: str, **values) -> bool:
+    with store.transaction(failure) as session:
         done = session.execute(update(WebSession).where(WebSession.id == session_key, WebSession.revoked_at.is_(None))
-                               .values(revoked_at=now or utc_now(), revoked_reason=reason[:40]))
+                               .values(**values))
         return bool(done.rowcount)
 
 
