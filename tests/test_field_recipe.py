@@ -471,3 +471,24 @@ def test_the_slide_rule_of_a_one_magnification_cv_knows_its_data_by_the_fingerpr
         card = {"training": {**training, "data_fingerprint": recorded}}
         parts = fold_parts(tmp_path / "model", card, synthetic_breakhis)
         assert len(parts) == 2 and all(set(fields["magnification"]) == {"40X"} for _, fields in parts)
+
+
+def test_the_training_step_is_traced_once_with_the_recipes_schedule_values(monkeypatch):
+    """Keras' TensorFlow trainer created the optimizer's and losses' variables inside the first traced step,
+    so TensorFlow traced every model's step twice (~5 s each on 2 cores); build_training_state makes them
+    first. The warm-up cosine schedule (ops.where, cheaper to trace than Keras' ops.cond) keeps Keras' values."""
+    import keras
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from core.training.field_fit import WarmupCosineDecay, fit_fields
+
+    traced, real = [], TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traced.append(1) or real(self, data))
+    fields = np.random.default_rng(0).integers(0, 255, (32, 46, 70, 3), dtype=np.uint8)
+    config = TrainConfig(data="d", out="o", pipeline="fields", backbone="small_cnn", weights="none", input_size=32,
+                         epochs=2, batch_size=8, warmup_steps=2)
+    fit_fields(fields, [SUBTYPES[i % 8] for i in range(32)], config)
+    assert len(traced) == 1
+    ours = WarmupCosineDecay(0.0, 30, warmup_target=0.002, warmup_steps=10)
+    keras_own = keras.optimizers.schedules.CosineDecay(0.0, 30, warmup_target=0.002, warmup_steps=10)
+    assert [float(ours(step)) for step in range(45)] == [float(keras_own(step)) for step in range(45)]

@@ -160,11 +160,30 @@ def follow_batch_statistics(classifier: keras.Model, momentum: float = BN_MOMENT
     return len(layers)
 
 
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras' CosineDecay with its warm-up, the same values, with the branch chosen by ops.where instead of
+    ops.cond. Written here because the optimizer evaluates the schedule once per variable, twice (weight
+    decay, update), while the training step is traced, and each cond traces two sub-graphs: about 2.5 s of
+    every model's compile on 2 CPU cores for the small CNN (cProfile of a 2-fold CV of 6 models: 45 s of
+    its 87 s of fitting were the optimizer's tracing), more for the deeper backbones."""
+
+    def __call__(self, step):
+        with keras.name_scope(self.name):
+            start = ops.convert_to_tensor(self.initial_learning_rate)
+            dtype = start.dtype
+            decay_steps, warmup_steps = ops.cast(self.decay_steps, dtype), ops.cast(self.warmup_steps, dtype)
+            step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
+            target = ops.cast(self.warmup_target, dtype)
+            warming = self._warmup_function(step, ops.maximum(warmup_steps, 1.0), target, start)
+            decaying = self._decay_function(step - warmup_steps, decay_steps, target, dtype)
+            return ops.where(step < warmup_steps, warming, decaying)
+
+
 def schedule(learning_rate: float, total_steps: int, warmup_steps: int):
     """Linear warm-up to `learning_rate`, then cosine decay to zero over the remaining steps."""
     warmup = min(warmup_steps, max(total_steps // 4, 1))
-    return keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
-                                                  warmup_target=learning_rate, warmup_steps=warmup)
+    return WarmupCosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0, warmup_target=learning_rate,
+                             warmup_steps=warmup)
 
 
 def compile_training(model: keras.Model, config, total_steps: int) -> keras.Model:
@@ -198,7 +217,22 @@ def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None, 
     compile_training(model, config, steps * config.epochs)
     batches = FieldBatches(fields, subtypes, config.batch_size, steps, config.seed, draw, workers, scales,
                            weights={STAGE1_LOGITS: class_weights, SUBTYPE_LOGITS: subtype_weights})
+    build_training_state(model, batches[0])  # a pure function of (seed, epoch, step): nothing is drawn early
     return classifier, model, batches, weights_used
+
+
+def build_training_state(model: keras.Model, batch) -> None:
+    """Create the optimizer's and the compiled losses' variables before `fit`. Keras' TensorFlow trainer
+    without a distribution strategy creates them inside the first traced training step, which TensorFlow
+    then traces a second time (a tf.function may create variables only in its first trace): measured,
+    two traces of every model's step, about 5 s each for the small CNN on 2 CPU cores. Keras builds them
+    first itself under JAX and under a strategy, through Trainer._symbolic_build; it is private, so a
+    Keras without it keeps the double trace rather than failing. `batch`: one batch, or a tf.data
+    dataset's element_spec (only shapes and dtypes are read)."""
+    build = getattr(model, "_symbolic_build", None)
+    if build is not None and keras.backend.backend() == "tensorflow":
+        with model.distribute_strategy.scope():  # a model made under a strategy keeps its variables there
+            build(data_batch=batch)
 
 
 def precision_for_device() -> str:

@@ -47,6 +47,7 @@ from core.paths import UNFINISHED, claim_run, portable
 from core.training.additions import reviewed_for_training
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
+from core.training.field_fit import build_training_state
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
 from core.training.runcard import head_options, held_out_gaps, model_card, refuse_untaught_classes, split_counts
@@ -147,6 +148,7 @@ def fit_finetune(model, data, config, run_dir, writer, strategy):
     steps = math.ceil(len(data["train"]) / config.batch_size)
     follow_batch_statistics(model, steps)
     callbacks = _callbacks(run_dir, writer, config, steps, val_ds is not None, "training")
+    build_training_state(model, train_ds.element_spec)
     return model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
                      verbose=0, shuffle=False)
 
@@ -220,6 +222,7 @@ def fit_fast(model, data, config, run_dir, writer, strategy):
     val_ds = dataset(data["val"], features[1], False) if has_val else None
     steps = math.ceil(len(data["train"]) / config.batch_size)
     callbacks = _callbacks(run_dir, writer, config, steps, has_val, "training heads")
+    build_training_state(heads, train_ds.element_spec)
     history = heads.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
                         verbose=0, shuffle=False)
     return history
