@@ -95,16 +95,25 @@ def _timed_run():
     st.session_state["_pages_drawn_for_role"] = session.current_user()["role"]  # as watch_session records it
 
 
-def test_the_timer_signs_an_idle_tab_out_and_the_app_shows_the_sign_in_page(env):
+def _timed_app(store, name: str, role: str) -> tuple[AppTest, str]:
+    """_timed_run signed in as `name` (an account of `role`) on a new session row, after its first run."""
     from core.app import signin
     from core.paths import data_dir
     from core.store import sessions
 
-    row, _ = sessions.start(env, "pat", sessions.signing_key(data_dir()))
+    row, _ = sessions.start(store, name, sessions.signing_key(data_dir()))
     app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
-    app.session_state[signin.USER_KEY] = {"name": "pat", "role": "pathologist"}
+    app.session_state[signin.USER_KEY] = {"name": name, "role": role}
     app.session_state[signin.SESSION_KEY] = row
-    assert [t.value for t in app.run().title] == ["Diagnose, as pathologist"]
+    assert [t.value for t in app.run().title] == [f"Diagnose, as {role}"]
+    return app, row
+
+
+def test_the_timer_signs_an_idle_tab_out_and_the_app_shows_the_sign_in_page(env):
+    from core.app import signin
+    from core.store import sessions
+
+    app, row = _timed_app(env, "pat", "pathologist")
     idle_since = time.monotonic() - signin.session_minutes() * 60 + 30  # 30 s before the limit
     app.session_state[signin.ACTIVE_KEY] = idle_since
     app.session_state["timer"] = True
@@ -135,8 +144,8 @@ def test_an_unattended_tab_in_a_browser_shows_the_sign_in_page_after_the_idle_li
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(url, wait_until="domcontentloaded")
-        started = time.monotonic()  # the last activity is the sign-in itself: the first page after it loads
-        sign_in_page(page, "pat", PASSWORD)  # TensorFlow (seconds), which is nobody's activity
+        started = time.monotonic()  # the last activity is the end of the first page's run after the sign-in
+        sign_in_page(page, "pat", PASSWORD)  # (it loads TensorFlow: seconds); nothing after it is anyone's
         # Limit 30 s, checked every 7.5 s, counted from the end of that first page's run. Not shorter: one run
         # longer than the limit (that first page took 9 s on a loaded machine, CI's 6 s limit failed) is signed
         # out at its next check, a limitation only a limit shorter than any page's run can show.
@@ -152,15 +161,9 @@ def test_the_timer_redraws_the_pages_of_a_tab_whose_role_changed(env):
     """An administrator demoted while the Audit log was open kept it (and the admin pages in the sidebar)
     until the next click: the timer reran the app only for a session that had ended (qa-multi #2)."""
     from core.app import signin
-    from core.paths import data_dir
-    from core.store import sessions
 
     accounts.add_account(env, "ada", PASSWORD, "admin")
-    row, _ = sessions.start(env, "ada", sessions.signing_key(data_dir()))
-    app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
-    app.session_state[signin.USER_KEY] = {"name": "ada", "role": "admin"}
-    app.session_state[signin.SESSION_KEY] = row
-    assert [t.value for t in app.run().title] == ["Diagnose, as admin"]
+    app, _ = _timed_app(env, "ada", "admin")
     app.session_state["timer"] = True
     assert [t.value for t in app.run().title] == ["Still signed in"]  # nothing changed: the page stays
     accounts.change_account(env, "ada", "admin-bob", role="pathologist")
@@ -172,14 +175,8 @@ def test_the_timer_redraws_the_pages_of_a_tab_whose_role_changed(env):
 
 def test_the_timer_counts_idle_time_from_the_end_of_the_last_run_a_person_caused(env):
     from core.app import signin
-    from core.paths import data_dir
-    from core.store import sessions
 
-    row, _ = sessions.start(env, "pat", sessions.signing_key(data_dir()))
-    app = AppTest.from_function(_timed_run, default_timeout=APP_TIMEOUT)
-    app.session_state[signin.USER_KEY] = {"name": "pat", "role": "pathologist"}
-    app.session_state[signin.SESSION_KEY] = row
-    app.run()
+    app, _ = _timed_app(env, "pat", "pathologist")
     limit = signin.session_minutes() * 60
     app.session_state[signin.ACTIVE_KEY] = time.monotonic() - limit - 60  # a run that started past the limit
     app.session_state[signin.RUN_END_KEY] = [time.monotonic() - limit + 30]  # and ended 30 s before it
