@@ -111,6 +111,9 @@ def launch_form() -> None:
                                           "starts from random weights and says so.")
             values["magnification"] = pick(b.selectbox, "Magnification", "magnification")
             values["seed"] = number(a, "Seed", "seed", 0, 2**31 - 1)
+            if pipeline == "fields":  # the tf.data pipeline's cross-validation is the command line's (no final model)
+                values["folds"] = b.number_input("Patient-wise cross-validation folds", 0, 10, defaults.folds,
+                                                 key="train_folds", help=retrain.FOLDS_HELP)
             values["stain_norm"] = pick(b.selectbox, "Stain normalisation", "stain_norm", pipeline,
                                         help="The fields pipeline jitters the stains instead, so it offers none."
                                         if pipeline == "fields" else
@@ -165,8 +168,11 @@ def split_sizes(job: jobs.Job, card: dict | None = None) -> str:
 
 
 def curves(history: list[dict]) -> None:
+    caption, history = retrain.curve_rows(history)
     if not history:
         return
+    if caption:
+        st.caption(caption)
     left, right = st.columns(2)
     for column, (title, part) in zip((left, right), performance.training_curves(pd.DataFrame(history)).items()):
         if len(part):
@@ -192,9 +198,7 @@ def follow(job: jobs.Job) -> None:
     status, explanation = jobs.job_status(job, state)
     if status != jobs.RUNNING:
         st.rerun(scope="app")
-    epoch_text = f"epoch {state['epoch']} of {state['epochs']}" if state["epochs"] else "starting"
-    step_text = f", step {state['step']} of {state['steps']}" if state["steps"] else ""
-    st.progress(state["fraction"], text=f"Training: {epoch_text}{step_text}")
+    st.progress(state["fraction"], text=retrain.progress_text(state))
     if state["metrics"]:
         st.caption(" · ".join(f"{k} {v:.4f}" for k, v in state["metrics"].items() if isinstance(v, (int, float))))
     st.caption(split_sizes(job))
@@ -252,7 +256,7 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
         if info.get("demo"):
             pass  # its figures withheld, as said above
         elif metrics is not None:
-            st.markdown("**Evaluation on the held-out test split**")
+            st.markdown(f"**{retrain.evaluation_heading(metrics)}**")
             st.dataframe(performance.metrics_table(metrics), hide_index=True)
             st.caption(performance.protocol_line(metrics))
         elif problem:

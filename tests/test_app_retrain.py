@@ -350,6 +350,43 @@ def test_split_sizes_count_gan_images_apart_from_real_ones():
                                          "split.")
 
 
+def test_the_fields_pipeline_offers_a_cross_validation_and_launches_it(app, environment, synthetic_breakhis):
+    """The bundled model's procedure (k fold models whose pooled predictions give the figures and thresholds,
+    then one model on every patient) could be started from the command line only."""
+    app.radio(key="train_pipeline").set_value("tfdata").run()
+    assert "train_folds" not in [number.key for number in app.number_input]  # its CV has no final model
+    app.radio(key="train_pipeline").set_value("fields").run()
+    folds = app.number_input(key="train_folds")
+    assert folds.value == 0 and "every patient is tested once" in folds.help
+    app.text_input(key="train_data").set_value(str(synthetic_breakhis))
+    folds.set_value(1)
+    app.button(key=START).click().run()
+    assert "k-fold needs >= 2 folds" in texts(app.error) and jobs.read_job(environment["runs"]) is None
+    app.number_input(key="train_folds").set_value(2)
+    app.number_input(key="train_epochs").set_value(1)
+    app.text_input(key="train_name").set_value("two-folds")
+    app.button(key=START).click().run()
+    job = jobs.read_job(environment["runs"])
+    assert job is not None and job.command[job.command.index("--folds") + 1] == "2", job and job.command
+    assert job.settings["folds"] == 2 and "folds 2" in texts(app.caption)
+
+
+def test_a_cross_validations_progress_curves_and_evaluation_say_which_training_they_are():
+    from core.app import retrain
+
+    state = {"epochs": 30, "epoch": 3, "steps": 10, "step": 4, "total_epochs": 180, "phase": "fold 2"}
+    assert retrain.progress_text(state) == "Training: fold 2, epoch 3 of 30, step 4 of 10 (180 epochs in all)"
+    assert retrain.progress_text({**state, "total_epochs": 30}) == "Training: epoch 3 of 30, step 4 of 10"
+    assert retrain.progress_text({**state, "epochs": None}) == "Training: starting"
+    history = [{"epoch": 1, "loss": 2.0, "phase": "fold 1"}, {"epoch": 1, "loss": 1.0, "phase": "final model"}]
+    caption, rows = retrain.curve_rows(history)
+    assert rows == [{"epoch": 1, "loss": 1.0}] and caption.startswith("Learning curves of final model")
+    assert retrain.curve_rows(history[1:]) == (None, [{"epoch": 1, "loss": 1.0}])
+    pooled = {"data": {"split": "test", "protocol": "patient-wise 5-fold cross-validation, pooled out-of-fold"}}
+    assert "pooled out-of-fold" in retrain.evaluation_heading(pooled)
+    assert retrain.evaluation_heading({"data": {"split": "test"}}) == "Evaluation on the held-out test split"
+
+
 def test_a_fields_runs_caption_states_its_protocol_while_it_runs_and_once_done(app, environment):
     """qa-multi #4: a finished fields run read "... the validation split (1 images); ? protocol." (its card
     says the protocol as training.settings.split and metrics.protocol; a fields run writes no config.json),

@@ -125,6 +125,17 @@ def test_the_fields_pipeline_refuses_what_it_would_ignore(tmp_path, setting, nam
     checked(dataclasses.replace(config, **setting, pipeline="tfdata"))  # where they apply, they pass
 
 
+def test_gan_fill_in_a_fields_cross_validation_is_refused_before_any_work(tmp_path):
+    """It was refused inside the run, after the fields were loaded: a job started from Retrain then failed."""
+    gan = tmp_path / "gan"
+    gan.mkdir()
+    config = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), pipeline="fields", balance="synthetic",
+                         synthetic_dir=str(gan))
+    checked(config)  # one split: GAN fill is measured there
+    with pytest.raises(UserInputError, match="GAN fill in a cross-validation would need a generator per fold"):
+        checked(dataclasses.replace(config, folds=5))
+
+
 def test_view_batches_have_one_shape_and_the_padding_changes_no_prediction():
     import keras
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.training.progress import ProgressWriter, latest_state, read_progress
+from core.training.progress import ProgressWriter, latest_state, phase_history, read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(backbone="small_cnn", weights="none", input_size=64, batch_size=16, epochs=6, patience=6)
@@ -62,6 +62,25 @@ def test_progress_stream_round_trip_and_partial_last_line(tmp_path, capsys):
         writer.emit("finish")
     assert read_progress(tmp_path / "missing.jsonl") == []
     assert latest_state([])["status"] == "not started"
+
+
+def test_a_run_of_several_trainings_counts_its_progress_over_all_of_them():
+    """A cross-validation's folds and final model each count their epochs from 1 (the start event states
+    the run's total): the bar went to 100 % after the first fold, and the curves zigzagged across folds."""
+    events = [{"event": "start", "time": 0.0, "epochs": 6}]
+    for phase in ("fold 0", "fold 1"):
+        for epoch in (1, 2):
+            events += [{"event": "epoch_begin", "epoch": epoch, "epochs": 2, "steps": 4, "message": phase},
+                       {"event": "epoch_end", "epoch": epoch, "epochs": 2, "metrics": {"loss": 1.0 / epoch}}]
+    events += [{"event": "epoch_begin", "epoch": 1, "epochs": 2, "steps": 4, "message": "final model"},
+                {"event": "step", "step": 2, "steps": 4, "message": "final model"}]
+    state = latest_state(events)
+    assert state["fraction"] == pytest.approx(4.5 / 6) and state["phase"] == "final model" and state["epoch"] == 1
+    assert [row["phase"] for row in state["history"]] == ["fold 0"] * 2 + ["fold 1"] * 2
+    assert phase_history(state["history"]) == ("fold 1", [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}])
+    assert phase_history([]) == (None, [])
+    events += [{"event": "epoch_end", "epoch": 1, "epochs": 2, "metrics": {"loss": 0.3}}]
+    assert latest_state(events)["fraction"] == pytest.approx(5 / 6)
 
 
 def test_progress_final_states():

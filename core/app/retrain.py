@@ -17,8 +17,10 @@ from core.backends import backend_problem, detect, installed_backends
 from core.data.selection import select_images
 from core.data.synthetic import check_synthetic_folder
 from core.errors import UserInputError
+from core.evaluation.metrics import split_name
 from core.options import choices_of
 from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
+from core.training.progress import phase_history
 
 DEFAULTS = TrainConfig(data="", out="")
 SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
@@ -27,6 +29,10 @@ MODE_LABELS = {"finetune": "Fine-tune (whole network)", "fast": "Fast (frozen ba
 # What the job's caption shows of its run (the job file keeps them; the run's config.json has all).
 SHOWN = ("data", "backbone", "pipeline", "mode", "epochs", "balance", "split", "input_size", "batch_size",
          "stain_norm")
+FOLDS_HELP = ("0: one patient-wise train/validation/test split. k (2-10): k models, each tested on the patients the "
+              "others learn from, so that every patient is tested once; the figures, the calibration and the referral "
+              "thresholds come from those pooled predictions, and a final model then learns from every patient (as "
+              "the bundled model was made: `python -m core make-default`). k + 1 trainings: about k + 1 times as long.")
 PIPELINE_LABELS = {"tfdata": "tf.data: whole fields squashed to the input (TensorFlow only)",
                    "fields": "Fields: crops at ~1 um/px, augmentation on the accelerator (TensorFlow or JAX)"}
 
@@ -209,6 +215,36 @@ def split_sizes(run: dict | None, card: dict | None = None) -> str:
             + (f"; {protocol} protocol." if protocol else "."))
 
 
+def progress_text(state: dict) -> str:
+    """The live bar's words (core.training.progress.latest_state): the epoch and step of the training
+    running now, and in a run of several (a cross-validation's folds, then its final model) which one."""
+    if not state["epochs"]:
+        return "Training: starting"
+    step = f", step {state['step']} of {state['steps']}" if state["steps"] else ""
+    text = f"epoch {state['epoch']} of {state['epochs']}{step}"
+    total = state.get("total_epochs") or 0
+    if total > state["epochs"] and state.get("phase"):
+        text = f"{state['phase']}, {text} ({total} epochs in all)"
+    return f"Training: {text}"
+
+
+def curve_rows(history: list[dict]) -> tuple[str | None, list[dict]]:
+    """(a caption or None, the epochs to plot): the training running now, or the run's last (a
+    cross-validation's final model); each training of a run starts again at epoch 1."""
+    phase, rows = phase_history(history)
+    several = len({row.get("phase") for row in history}) > 1
+    return (f"Learning curves of {phase} (each training of this run starts again at epoch 1)." if several
+            else None), rows
+
+
+def evaluation_heading(metrics: dict) -> str:
+    """The finished run's evaluation heading: its held-out test split, or a cross-validation's pooled
+    out-of-fold predictions (what its figures, calibration and referral thresholds come from)."""
+    if split_name(metrics.get("data")) == "out-of-fold":
+        return "Evaluation on the pooled out-of-fold predictions (every patient tested once, by a fold model that never saw it)"
+    return "Evaluation on the held-out test split"
+
+
 def server_path(text: str | None) -> str:
     """A folder typed into the form as the run will use it: stripped, and `~` expanded here, once, as
     core.data.breakhis.folder_problem reads it (the job's `python -m core train` gets no shell to do it)."""
@@ -227,5 +263,5 @@ def job_caption(job) -> str:
 
 
 def shown_settings(config: TrainConfig) -> dict:
-    """The settings a job's caption lists, taken from the run itself."""
-    return {name: getattr(config, name) for name in SHOWN}
+    """The settings a job's caption lists, taken from the run itself (the folds of a cross-validation)."""
+    return {name: getattr(config, name) for name in SHOWN} | ({"folds": config.folds} if config.folds else {})

@@ -201,6 +201,9 @@ def validate(config: TrainConfig) -> None:
     if config.pipeline == "tfdata" and config.all_folds and not config.evaluate:
         problems.append("a cross-validation exists to measure every fold (cv.json pools their evaluations): drop "
                         "--no-evaluate, or train one fold without evaluating it (--fold I)")
+    if config.pipeline == "fields" and config.all_folds and config.balance == "synthetic":
+        problems.append("GAN fill in a cross-validation would need a generator per fold, trained without that fold's "
+                        "held-out patients; run it on one split (without --folds)")
     if config.pipeline == "fields" and config.balance not in ("none", "synthetic"):
         problems.append("the fields pipeline balances subtypes itself (1/sqrt sampling, class-weighted losses); "
                         "--balance takes none or synthetic there")

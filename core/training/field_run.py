@@ -303,10 +303,7 @@ def _pooled(raws: list[tuple[np.ndarray, dict]]) -> dict:
 
 
 def _cross_validate_fields(config, out: Path, writer: ProgressWriter, final_model: bool) -> dict:
-    if config.balance == "synthetic":
-        raise UserInputError("GAN fill in a cross-validation would need a generator per fold, trained without that "
-                             "fold's held-out patients; run it on one split (without --folds)")
-    table, fields = load_field_data(config)
+    table, fields = load_field_data(config)  # (GAN fill with --folds is refused by core.training.config.validate)
     reviewed = ReviewedFields(config)
     protocol = f"{PATIENT} {config.folds}-fold cross-validation, pooled out-of-fold"
     folds = patient_kfold(table, config.folds, config.seed)

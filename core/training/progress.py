@@ -96,12 +96,17 @@ def latest_state(events: list[dict]) -> dict:
     """Summary of a run from its events, for a progress bar, a status line and learning curves.
 
     status: "not started" (no events), "running", or the final status of the "end" event
-    ("completed", "failed", "cancelled"). history has one metrics dict per finished epoch.
+    ("completed", "failed", "cancelled"). history has one metrics dict per finished epoch, each with
+    the phase it belongs to. A run of several trainings (a cross-validation's folds, then its final
+    model) states every epoch of them at its start (total_epochs) and each training's own (epochs) at
+    its epochs, which restart at 1: the phase (the epochs' message, "fold 2", "final model") says
+    which, and the progress bar counts over the whole run.
     """
     state = {
         "status": "not started", "epoch": 0, "epochs": None, "step": 0, "steps": None,
         "metrics": {}, "history": [], "message": None, "error": None, "model_dir": None,
         "started": None, "updated": None, "elapsed": None, "fraction": 0.0,
+        "total_epochs": None, "phase": None, "phase_epochs_done": 0,
     }
     for event in events:
         kind = event.get("event")
@@ -110,8 +115,11 @@ def latest_state(events: list[dict]) -> dict:
             if event.get(key) is not None:
                 state[key] = event[key]
         if kind == "start":
-            state.update(status="running", started=event.get("time"))
+            state.update(status="running", started=event.get("time"), total_epochs=event.get("epochs"))
         elif kind == "epoch_begin":
+            phase = event.get("message") or state["phase"]
+            if phase != state["phase"]:
+                state.update(phase=phase, phase_epochs_done=0)
             state.update(epoch=event.get("epoch", state["epoch"]), step=0)
         elif kind == "step":
             state["step"] = event.get("step", state["step"])
@@ -119,7 +127,9 @@ def latest_state(events: list[dict]) -> dict:
         elif kind == "epoch_end":
             metrics = event.get("metrics") or {}
             state.update(epoch=event.get("epoch", state["epoch"]), metrics=metrics)
-            state["history"].append({"epoch": event.get("epoch"), **metrics})
+            state["phase_epochs_done"] += 1
+            phase = {"phase": state["phase"]} if state["phase"] else {}
+            state["history"].append({"epoch": event.get("epoch"), **metrics, **phase})
         elif kind == "error":
             state["error"] = event.get("message")
         elif kind == "end":
@@ -132,16 +142,26 @@ def latest_state(events: list[dict]) -> dict:
 
 
 def _fraction_done(state: dict) -> float:
-    """0..1 for a progress bar: finished epochs plus the part of the current one."""
+    """0..1 for a progress bar: finished epochs (of every phase) plus the part of the current one,
+    over the run's stated total (a single training's: its epochs)."""
     if state["status"] == "completed":
         return 1.0
-    epochs = state["epochs"] or 0
+    epochs = max(state["total_epochs"] or 0, state["epochs"] or 0)
     if epochs <= 0:
         return 0.0
     done = len(state["history"])
-    if state["steps"] and state["epoch"] > done:
+    if state["steps"] and state["epoch"] > state["phase_epochs_done"]:
         done += min(state["step"] / state["steps"], 1.0)
     return max(0.0, min(done / epochs, 1.0))
+
+
+def phase_history(history: list[dict]) -> tuple[str | None, list[dict]]:
+    """(the last phase, its epochs' metrics without the phase): the learning curves of the training
+    running now, or of the last one (a cross-validation's final model), whose epochs restart at 1."""
+    if not history:
+        return None, []
+    phase = history[-1].get("phase")
+    return phase, [{k: v for k, v in row.items() if k != "phase"} for row in history if row.get("phase") == phase]
 
 
 def metric_floats(logs) -> dict:
