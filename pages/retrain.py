@@ -218,13 +218,6 @@ def follow(job: jobs.Job) -> None:
         st.rerun(scope="fragment")
 
 
-# Retrain's "active model" is the admin's own session's (session.set_active_model): say so, and the way to the
-# server's default (README, "Promoting a trained model").
-SESSION_ONLY = ("For your session only: other users, and every session that starts later, keep the server's default "
-                "model. To make this run's settings that default: on the server, cross-validate them as a fields run "
-                "(`python -m core train --pipeline fields --folds 5 --data DATA --out runs/NAME-cv` plus this run's "
-                "options), then `python -m core make-default --from-run runs/NAME-cv --force` (audited; the replaced "
-                "default is kept). README: \"Promoting a trained model\".")
 ADOPTED = ("This model is the active model. Your session's only: other users and new sessions keep the server's "
            "default model (README: \"Promoting a trained model\" says how to change it).")
 
@@ -268,7 +261,8 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
                 st.success(ADOPTED)
             else:
                 st.button("Make this the active model for my session", type="primary", key="adopt_model",
-                          help=SESSION_ONLY, on_click=session.set_active_model, args=(str(model_dir),))
+                          help=retrain.session_only(job.run_dir, (Path(job.run_dir) / "cv.json").is_file()),
+                          on_click=session.set_active_model, args=(str(model_dir),))
     else:
         st.error(f"{explanation} The active model was not changed.")  # the explanation names the status
     with st.expander("Log", expanded=status != jobs.COMPLETED):

@@ -245,6 +245,21 @@ def evaluation_heading(metrics: dict) -> str:
     return "Evaluation on the held-out test split"
 
 
+def session_only(run_dir: str, cross_validated: bool) -> str:
+    """What "Make this the active model" changes, and the audited way to the server's default (README,
+    "Promoting a trained model"): make-default installs a fields cross-validation with its final model;
+    a single run is first cross-validated with its settings."""
+    if cross_validated:
+        way = (f"`python -m core make-default --from-run {run_dir} --force` on the server installs this "
+               "cross-validation's final model (audited; the replaced default is kept).")
+    else:
+        way = ("cross-validate this run's settings first (this form's cross-validation folds, or `python -m core train "
+               "--pipeline fields --folds 5 --data DATA --out runs/NAME-cv` plus its options), then `python -m core "
+               "make-default --from-run runs/NAME-cv --force` (audited; the replaced default is kept).")
+    return ("For your session only: other users, and every session that starts later, keep the server's default "
+            f"model. To make it the default: {way} README: \"Promoting a trained model\".")
+
+
 def server_path(text: str | None) -> str:
     """A folder typed into the form as the run will use it: stripped, and `~` expanded here, once, as
     core.data.breakhis.folder_problem reads it (the job's `python -m core train` gets no shell to do it)."""
