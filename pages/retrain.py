@@ -303,6 +303,19 @@ def start_new_job(shown: jobs.Job) -> None:
         st.session_state[NOTICE] = str(problem)
 
 
+@st.fragment(run_every=5)
+def outside_runs() -> None:
+    """Trainings started from the command line, each with how far its own progress stream says it is; polled
+    without rerunning the form."""
+    still_permitted(polled=True)
+    for folder in claimed_folders(runs_dir()):
+        st.info(f"A training started outside this page (from the command line) is writing {folder}: this page "
+                "cannot cancel it, and starts no other until it ends.", icon=":material/info:")
+        state = retrain.outside_run_progress(folder)
+        if state is not None:
+            st.progress(state["fraction"], text=retrain.progress_text(state))
+
+
 st.title("Retrain")
 if NOTICE in st.session_state:
     st.info(st.session_state.pop(NOTICE), icon=":material/info:")
@@ -315,9 +328,8 @@ if damaged:  # a hand edit or a half-restored backup: say so, and keep the page 
 if job is None and backends_seen() is None:  # the form's defaults and backends wait for the probe; the page does not
     wait_for_the_probe()
 elif job is None:
-    for folder in claimed_folders(runs_dir()):  # said before the form, not only when Start is refused
-        st.info(f"A training started outside this page (from the command line) is writing {folder}: this page "
-                "cannot follow or cancel it, and starts no other until it ends.", icon=":material/info:")
+    if claimed_folders(runs_dir()):  # said before the form, not only when Start is refused
+        outside_runs()
     show_devices()
     launch_form()
 else:

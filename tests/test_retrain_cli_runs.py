@@ -1,5 +1,7 @@
 """A training started from the command line counts toward the server's one training at a time: the Retrain page
-says it is running (it cannot follow or cancel it) and starts no other until it ends (core.paths.claimed_folders)."""
+says it is running, with its progress (it cannot cancel it) and starts no other until it ends (core.paths.claimed_folders)."""
+
+import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -26,6 +28,16 @@ def test_a_command_line_run_is_seen_and_blocks_a_second_training(tmp_path, monke
         assert not app.exception
         assert any("A training started outside this page (from the command line) is writing" in i.value
                    and "cli-run" in i.value for i in app.info)
+        assert not app.get("progress")  # no event yet: nothing to say of its progress
+        # its progress stream, as the run writes it: the page follows it (the page could only say it was running)
+        events = [{"event": "start", "time": 1.0, "epochs": 5},
+                  {"event": "epoch_begin", "time": 2.0, "epoch": 1, "epochs": 5, "steps": 4, "message": "training"},
+                  {"event": "epoch_end", "time": 3.0, "epoch": 1, "epochs": 5, "metrics": {"loss": 1.0}},
+                  {"event": "epoch_begin", "time": 4.0, "epoch": 2, "epochs": 5, "steps": 4, "message": "training"}]
+        (runs / "cli-run" / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        app.run()
+        [bar] = app.get("progress")
+        assert bar.proto.text == "Training: epoch 2 of 5, step 0 of 4" and bar.value == 20
     finally:
         held.close()
     assert claimed_folders(runs) == []  # it ended: nothing claimed, the page starts trainings again

@@ -20,7 +20,7 @@ from core.errors import UserInputError
 from core.evaluation.metrics import split_name
 from core.options import choices_of
 from core.training.config import NAMED_WEIGHTS, TrainConfig, validate
-from core.training.progress import phase_history
+from core.training.progress import latest_state, phase_history, read_progress
 
 DEFAULTS = TrainConfig(data="", out="")
 SPLIT_LABELS = {"patient-wise": "Patient-wise (no patient in two splits; honest)",
@@ -226,6 +226,14 @@ def progress_text(state: dict) -> str:
     if total > state["epochs"] and state.get("phase"):
         text = f"{state['phase']}, {text} ({total} epochs in all)"
     return f"Training: {text}"
+
+
+def outside_run_progress(folder) -> dict | None:
+    """How far a training started from the command line is (core.training.progress.latest_state of its run
+    folder's progress stream), None before its first event: the page follows it there, and cannot cancel it
+    (its process is not the page's job)."""
+    state = latest_state(read_progress(Path(folder) / "progress.jsonl"))
+    return None if state["status"] == "not started" else state
 
 
 def curve_rows(history: list[dict]) -> tuple[str | None, list[dict]]:
