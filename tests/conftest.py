@@ -24,12 +24,11 @@ def feature_cache_in_a_temporary_folder(tmp_path_factory):
 def one_jax_compilation_cache_for_the_run(tmp_path_factory):
     """The suite's JAX child processes (core.testing.jax_process, bench/gpu_train.py --smoke) compiled the same
     small XLA programs again, each: one GAN's 62 weight initialisers took 11-20 s of compiling alone (cProfile).
-    They share JAX's persistent cache for this run instead (both workers: the run's shared temporary folder; no
-    minimum compile time, so the small programs are kept too). Measured on 2 idle cores: the R1 test's script
-    46 s cold, 17.6 s with the cache warm; the GAN learning script 42 s cold, 33 s after the R1 one."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/popen-gwK -> pytest-N
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(shared / "jax-compilation-cache")
+    They share JAX's persistent cache for this run instead (no minimum compile time, so the small programs are
+    kept too). One cache per worker: JAX locks its cache files only with the optional filelock package, so two
+    workers could read an entry the other is writing. Measured on 2 idle cores: the R1 test's script 46 s cold,
+    17.6 s with the cache warm; the GAN learning script 42 s cold, 33 s after the R1 one."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-compilation-cache"))
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
