@@ -1,5 +1,6 @@
 """A training started from the command line counts toward the server's one training at a time: the Retrain page
-says it is running, with its progress (it cannot cancel it) and starts no other until it ends (core.paths.claimed_folders)."""
+says it is running, with its progress (it cannot cancel it), and starts no other until it ends
+(core.paths.claimed_folders)."""
 
 import json
 

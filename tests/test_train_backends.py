@@ -167,7 +167,8 @@ def test_the_jax_training_path_imports_no_tensorflow():
     code = ("import json, sys, core.training.field_run, core.training.field_fit, core.cli, core.backends; "
             "core.cli.build_parser(); "  # every command's options, as `python -m core train` parses them
             "print(json.dumps([m for m in ('tensorflow', 'plotly', 'streamlit') if m in sys.modules]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=jax_env(), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 

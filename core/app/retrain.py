@@ -249,7 +249,8 @@ def evaluation_heading(metrics: dict) -> str:
     """The finished run's evaluation heading: its held-out test split, or a cross-validation's pooled
     out-of-fold predictions (what its figures, calibration and referral thresholds come from)."""
     if split_name(metrics.get("data")) == "out-of-fold":
-        return "Evaluation on the pooled out-of-fold predictions (every patient tested once, by a fold model that never saw it)"
+        return ("Evaluation on the pooled out-of-fold predictions (every patient tested once, by a fold model that "
+                "never saw it)")
     return "Evaluation on the held-out test split"
 
 
