@@ -382,6 +382,13 @@ def test_a_cross_validations_progress_curves_and_evaluation_say_which_training_t
     caption, rows = retrain.curve_rows(history)
     assert rows == [{"epoch": 1, "loss": 1.0}] and caption.startswith("Learning curves of final model")
     assert retrain.curve_rows(history[1:]) == (None, [{"epoch": 1, "loss": 1.0}])
+    assert retrain.split_sizes({"split": "patient-wise", "folds": 5}) == (
+        "Training metrics: each fold model's on its own training patients, then the final model's on every patient; "
+        "the evaluation is the pooled out-of-fold predictions; patient-wise 5-fold cross-validation, pooled "
+        "out-of-fold protocol.")  # while it trains: "'val_' metrics on the validation split", which a CV has not
+    card = {"evidence": {"images": 757},
+            "metrics": {"protocol": "patient-wise 5-fold cross-validation, pooled out-of-fold"}}
+    assert "then the final model's on every patient (757 real images); " in retrain.split_sizes({}, card)
     pooled = {"data": {"split": "test", "protocol": "patient-wise 5-fold cross-validation, pooled out-of-fold"}}
     assert "pooled out-of-fold" in retrain.evaluation_heading(pooled)
     assert retrain.evaluation_heading({"data": {"split": "test"}}) == "Evaluation on the held-out test split"

@@ -211,6 +211,11 @@ def split_sizes(run: dict | None, card: dict | None = None) -> str:
     train = f" ({train})" if train else ""
     val = f" ({images(counts['val'])})" if "val" in counts else ""
     protocol = split_protocol(card, run)
+    if run.get("folds") or "cross-validation" in str(protocol):  # a cross-validation: its k + 1 trainings
+        if "cross-validation" not in str(protocol):  # while it trains, its settings say the protocol and the folds
+            protocol = f"{protocol or 'patient-wise'} {run['folds']}-fold cross-validation, pooled out-of-fold"
+        return (f"Training metrics: each fold model's on its own training patients, then the final model's on every "
+                f"patient{train}; the evaluation is the pooled out-of-fold predictions; {protocol} protocol.")
     return (f"Training metrics on the training split{train}, 'val_' metrics on the validation split{val}"
             + (f"; {protocol} protocol." if protocol else "."))
 
