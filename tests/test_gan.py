@@ -15,6 +15,7 @@ from core.gan.patches import PatchSampler
 from core.gan.sampling import fill_folder_from_generator, generate, noise_map, write_samples
 from core.gan.train import build_gan, train_gan, training_fields, training_images
 from core.model.folders import GENERATOR, ModelFolderError, load_model_folder
+from tests.gan_helpers import compile_gan_eagerly
 
 # Synthetic fields are 96x64 "fields" (core/testing/synthetic.py): at 4 um/px the 200X and 400X ones
 # are 88x58 and 44x29 px (40X and 100X would be enlarged and are left out, as the real 40X are).
@@ -32,7 +33,9 @@ def tiny_generator(synthetic_breakhis, tmp_path_factory):
     """A few steps of training: enough for a real generator folder."""
     out = tmp_path_factory.mktemp("gan") / "gan-tiny"
     config = GanConfig(name="gan-tiny", subtypes=PAIR, steps=4, **TINY)
-    return train_gan(config, synthetic_breakhis, out)
+    with pytest.MonkeyPatch.context() as patch:
+        compile_gan_eagerly(patch)  # a folder for the tests of sampling and folders, not of learning
+        return train_gan(config, synthetic_breakhis, out)
 
 
 def test_generator_is_fully_convolutional_and_conditional():
@@ -252,9 +255,10 @@ def test_the_r1_penalty_flattens_the_discriminator_at_real_patches(backend, caps
     assert all(0.0 < value < 2.0 for value in report["d_rebuild"])
 
 
-def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_path):
+def test_cancel_then_resume_continues_the_step_count(synthetic_breakhis, tmp_path, monkeypatch):
     import itertools
 
+    compile_gan_eagerly(monkeypatch)  # bookkeeping over 6 steps (tests/gan_helpers.py)
     out = tmp_path / "run"
     config = GanConfig(name="resume", subtypes=("adenosis",), steps=6, **TINY)
     calls = itertools.count()

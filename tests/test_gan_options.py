@@ -13,10 +13,16 @@ from core.gan.model import GanConfig
 from core.gan.train import train_gan
 from core.jsonfile import read_json, write_json_atomic
 from core.options import to_argv
+from tests.gan_helpers import compile_gan_eagerly
 
 # As tests/test_gan.py: 16-px patches of the synthetic set at 4 um/px, a few steps.
 TINY = dict(image_size=16, width=32, d_width=8, latent_dim=8, batch_size=16, mpp=4.0, holdout=0.0,
             sample_every=1000, checkpoint_every=1000)
+
+
+@pytest.fixture(autouse=True)
+def eager_steps(monkeypatch):
+    compile_gan_eagerly(monkeypatch)  # bookkeeping over 1-9 steps (tests/gan_helpers.py)
 
 
 def _steps_logged(lines):
