@@ -261,7 +261,7 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
                 st.success(ADOPTED)
             else:
                 st.button("Make this the active model for my session", type="primary", key="adopt_model",
-                          help=retrain.session_only(job.run_dir, (Path(job.run_dir) / "cv.json").is_file()),
+                          help=retrain.session_only(job.run_dir),
                           on_click=session.set_active_model, args=(str(model_dir),))
     else:
         st.error(f"{explanation} The active model was not changed.")  # the explanation names the status

@@ -259,11 +259,11 @@ def evaluation_heading(metrics: dict) -> str:
     return "Evaluation on the held-out test split"
 
 
-def session_only(run_dir: str, cross_validated: bool) -> str:
+def session_only(run_dir: str) -> str:
     """What "Make this the active model" changes, and the audited way to the server's default (README,
-    "Promoting a trained model"): make-default installs a fields cross-validation with its final model;
-    a single run is first cross-validated with its settings."""
-    if cross_validated:
+    "Promoting a trained model"): make-default installs a fields cross-validation with its final model (a
+    run with cv.json); a single run is first cross-validated with its settings."""
+    if (Path(run_dir) / "cv.json").is_file():
         way = (f"`python -m core make-default --from-run {run_dir} --force` on the server installs this "
                "cross-validation's final model (audited; the replaced default is kept).")
     else:
