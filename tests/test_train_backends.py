@@ -16,6 +16,8 @@ from core.cli import main
 from core.errors import UserInputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def jax_env() -> dict:
     """This process's environment (read when a child starts: the suite's shared JAX cache) under JAX, on the CPU."""
     return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
