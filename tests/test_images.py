@@ -75,6 +75,24 @@ def test_truncated_png_is_rejected(sample_paths):
         load_image(data[: len(data) // 2], name="cut.png")
 
 
+def test_plain_pngs_are_decoded_by_libpng_bit_for_bit_as_pillow_does(sample_paths, tissue):
+    """The fast decoder (libpng through imagecodecs) takes every plain 8-bit RGB PNG, including
+    one with its rows filtered differently, and gives Pillow's pixels exactly; a truncated one is
+    left to Pillow (None), which says so in words (test_truncated_png_is_rejected)."""
+    from core.data import images
+
+    files = [path.read_bytes() for path in sample_paths[:4]]
+    files.append(_encode(Image.fromarray(tissue), "PNG", compress_level=1))
+    files.append(_encode(Image.fromarray(tissue[:37, :53]), "PNG", optimize=True))
+    for data in files:
+        with Image.open(io.BytesIO(data)) as image:
+            fast = images._decode_plain_png(image, data)
+            assert fast is not None, "a plain RGB PNG went to the slow decoder"
+            assert fast.dtype == np.uint8 and (fast == np.asarray(image.convert("RGB"))).all()
+    with Image.open(io.BytesIO(files[0])) as image:
+        assert images._decode_plain_png(image, files[0][: len(files[0]) // 2]) is None
+
+
 def test_decompression_bomb_rejected_before_decoding():
     side = int(np.sqrt(MAX_PIXELS)) + 100  # Just above our limit, below Pillow's hard error.
     with pytest.warns(Image.DecompressionBombWarning):
@@ -254,7 +272,7 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
 def test_png_exif_orientation_is_applied_in_every_mode(tissue, mode):
-    """An 8-bit RGB PNG (the fast TensorFlow decode) was left as stored while RGBA and grey PNGs and
+    """An 8-bit RGB PNG (the fast libpng decode) was left as stored while RGBA and grey PNGs and
     JPEGs were turned upright."""
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned a quarter; displayed upright
