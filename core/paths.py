@@ -181,6 +181,7 @@ def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
             raise error(f"{folder} is being written by another training process (one started from the command "
                         f"line, or a Retrain job); {hint}") from None
         _point_to(folder)
+    _write_owner(claim)
     return claim
 
 
@@ -235,6 +236,40 @@ def claimed_folders(root: str | os.PathLike, depth: int = 2) -> list[Path]:
     return [folder for folder in found if not any(folder != other and other in folder.parents for other in found)]
 
 
+def process_start_time(pid: int) -> str | None:
+    """Kernel start time of a process (Linux /proc), or None where it cannot be read: with the pid, it names one
+    process even after its pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after the ")" ending the name
+
+
+def _write_owner(claim) -> None:
+    """This process (pid and start time) written into the claim it holds, so that the Retrain page can stop a
+    training started from the command line (claim_owner). Best effort: a claim without it cannot be stopped there."""
+    with contextlib.suppress(OSError, ValueError):
+        claim.seek(0)
+        claim.truncate()
+        claim.write(json.dumps({"pid": os.getpid(), "started": process_start_time(os.getpid())}))
+        claim.flush()
+
+
+def claim_owner(folder: str | os.PathLike) -> int | None:
+    """The pid of the process writing `folder` now: its RUN_CLAIM is held, and the process it names runs on this
+    machine and started when the claim says (not a reused pid). None otherwise, or where /proc is not readable."""
+    lock = Path(folder) / RUN_CLAIM
+    if not _is_held(lock):
+        return None
+    try:
+        record = json.loads(lock.read_text(encoding="utf-8"))
+        pid, started = int(record["pid"]), record["started"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid > 0 and started is not None and process_start_time(pid) == started else None
+
+
 def _is_held(lock: Path) -> bool:
     """Whether a process holds this RUN_CLAIM now: a probe takes it for an instant and frees it. Opened for
     reading (flock needs no write access), so a probe never makes a lock file that is not there."""
@@ -259,7 +294,9 @@ def _inherited_claim(folder: Path):
     if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
         return None
     del os.environ[CLAIM_FD]  # a second run in this process (a fold) claims its own folder
-    return os.fdopen(int(handed), "a")
+    claim = os.fdopen(int(handed), "a")
+    _write_owner(claim)  # the job's process, no longer the app that took the claim for it
+    return claim
 
 
 def set_aside_models(run_dir: str | os.PathLike) -> list[Path]:

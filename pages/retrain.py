@@ -310,10 +310,19 @@ def outside_runs() -> None:
     still_permitted(polled=True)
     for folder in claimed_folders(runs_dir()):
         st.info(f"A training started outside this page (from the command line) is writing {folder}: this page "
-                "cannot cancel it, and starts no other until it ends.", icon=":material/info:")
+                "starts no other until it ends.", icon=":material/info:")
         state = retrain.outside_run_progress(folder)
         if state is not None:
             st.progress(state["fraction"], text=retrain.progress_text(state))
+        if st.button("Stop this training", key=f"stop_outside_{folder}", help=retrain.STOP_OUTSIDE_HELP):
+            still_permitted(fresh=True)
+            try:
+                pid = jobs.stop_outside_run(folder)
+            except JobError as problem:
+                st.error(str(problem), icon=":material/error:")
+                continue
+            session.audit("retrain_cancelled", str(folder), force=False, outside=True, pid=pid)
+            st.info(f"Stop requested (SIGTERM to process {pid}); the training ends after its current step.")
 
 
 st.title("Retrain")

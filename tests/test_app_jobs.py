@@ -13,6 +13,7 @@ from core.app import jobs
 from core.cli import build_parser
 from core.errors import JobError
 from core.options import from_args
+from core.paths import process_start_time
 from core.training.config import TrainConfig
 from core.training.progress import ProgressWriter
 
@@ -82,7 +83,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(tmp_path):
         job = jobs.Job(pid=other.pid, run_dir=str(tmp_path), started=time.time(), command=[], log="",
                        settings={}, proc_start="1")  # the job's process started at another time
         assert not jobs.is_alive(job)
-        job.proc_start = jobs._proc_start_time(other.pid)
+        job.proc_start = process_start_time(other.pid)
         assert jobs.is_alive(job)
     finally:
         other.kill()

@@ -1,16 +1,32 @@
 """A training started from the command line counts toward the server's one training at a time: the Retrain page
-says it is running, with its progress (it cannot cancel it), and starts no other until it ends
-(core.paths.claimed_folders)."""
+says it is running, with its progress, starts no other until it ends (core.paths.claimed_folders), and can stop
+it (core.paths.claim_owner names its process)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
 from core.errors import JobError
-from core.paths import claim_run, claimed_folders
-from tests.app_helpers import APP, APP_TIMEOUT, SLEEPER, app_like_the_server, make_model_folder, open_retrain
+from core.paths import RUN_CLAIM, claim_owner, claim_run, claimed_folders
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    PASSWORD,
+    REPO,
+    SLEEPER,
+    app_like_the_server,
+    make_model_folder,
+    open_retrain,
+    signed_in_app,
+    texts,
+)
 
 
 def test_a_command_line_run_is_seen_and_blocks_a_second_training(tmp_path, monkeypatch):
@@ -77,3 +93,67 @@ def test_probing_a_pointed_to_run_whose_lock_was_deleted_makes_no_lock(tmp_path,
         assert not (elsewhere / RUN_CLAIM).exists() and not list((runs / CLAIMED_ELSEWHERE).iterdir())
     finally:
         held.close()
+
+
+CLI_RUN = """
+import sys, time
+from core.paths import claim_run
+held = claim_run(sys.argv[1])  # what `python -m core train --out FOLDER` holds while it trains
+print("claimed", flush=True)
+time.sleep(300)
+"""
+
+
+def test_an_admin_stops_a_command_line_run_from_the_page_and_the_stop_is_audited(tmp_path):
+    """The page could only say that a command-line training was running: the admin had to find a shell. The claim
+    names its process (pid and start time), the page's button sends that process SIGTERM, and the audit trail
+    says who stopped which run."""
+    from core.testing.apptest import sign_in
+
+    with signed_in_app(tmp_path, {"chief": "admin"}) as (store, _):
+        folder = tmp_path / "runs" / "cli-run"
+        process = subprocess.Popen([sys.executable, "-c", CLI_RUN, str(folder)], stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            assert process.stdout.readline().strip() == "claimed"
+            assert claim_owner(folder) == process.pid
+            app = open_retrain(sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "chief", PASSWORD))
+            assert "is writing" in texts(app.info) and "cli-run" in texts(app.info)
+            app.button(key=f"stop_outside_{folder}").click().run()
+            assert not app.exception and f"SIGTERM to process {process.pid}" in texts(app.info)
+            assert process.wait(timeout=30) == -signal.SIGTERM
+        finally:
+            process.kill()
+            process.wait()
+        [event] = store.events(kinds="retrain_cancelled")
+        assert event["user"] == "chief" and event["subject"] == str(folder)
+        assert event["details"] == {"force": False, "outside": True, "pid": process.pid}
+        assert claimed_folders(tmp_path / "runs") == []
+
+
+def test_a_claim_that_names_no_running_process_of_its_own_is_not_signalled(tmp_path):
+    """A pid is only signalled while the claim is held and the process it names started when the claim says: a
+    stale or edited record (a reused pid), an unreadable one, or this server's own claim stops nothing."""
+    held = claim_run(tmp_path / "run")
+    try:
+        assert claim_owner(tmp_path / "run") == os.getpid()
+        with pytest.raises(JobError, match="held by this server itself"):
+            jobs.stop_outside_run(tmp_path / "run")
+        sleeper = subprocess.Popen(SLEEPER)
+        try:
+            lock = tmp_path / "run" / RUN_CLAIM
+            record = json.loads(lock.read_text())
+            lock.write_text(json.dumps({"pid": sleeper.pid, "started": record["started"]}))  # not its start time
+            assert claim_owner(tmp_path / "run") is None
+            with pytest.raises(JobError, match="No process on this machine can be found writing"):
+                jobs.stop_outside_run(tmp_path / "run")
+            time.sleep(0.2)
+            assert sleeper.poll() is None  # not signalled
+            lock.write_text("not json")
+            assert claim_owner(tmp_path / "run") is None
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    finally:
+        held.close()
+    assert claim_owner(tmp_path / "run") is None  # ended: the record stays, the claim is free

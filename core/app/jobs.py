@@ -36,7 +36,7 @@ from core.app.run_files import read_json_file
 from core.errors import JobError
 from core.jsonfile import write_json_atomic
 from core.options import to_argv
-from core.paths import CLAIM_FD, REPO, claim_run, claimed_folders, runs_dir
+from core.paths import CLAIM_FD, REPO, claim_owner, claim_run, claimed_folders, process_start_time, runs_dir
 from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
@@ -87,16 +87,6 @@ def _job_file(root: Path) -> Path:
     return root / JOB_FILE_NAME
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Kernel start time of a process (Linux), or None where /proc is unavailable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime) counted after the ")" that closes the command name.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _proc_is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -118,7 +108,7 @@ def is_alive(job: Job) -> bool:
     if _proc_is_zombie(job.pid):
         return False
     if job.proc_start is not None:
-        return _proc_start_time(job.pid) == job.proc_start
+        return process_start_time(job.pid) == job.proc_start
     return True
 
 
@@ -249,7 +239,7 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
                 raise _unwritable(root, error) from error
         _CHILDREN[process.pid] = process
         job = Job(pid=process.pid, run_dir=str(run_dir), started=time.time(), command=command,
-                  log=str(log_path), settings=settings, proc_start=_proc_start_time(process.pid),
+                  log=str(log_path), settings=settings, proc_start=process_start_time(process.pid),
                   environment=environment, launched_by=launched_by, job_id=job_id)
         try:
             _write_job(job, root)  # without it no page could follow, cancel or refuse a second start
@@ -275,6 +265,28 @@ def cancel_job(job: Job, root: Path | None = None, force: bool = False) -> None:
         os.killpg(job.pid, signal.SIGKILL if force else signal.SIGTERM)
     except ProcessLookupError:
         pass
+
+
+def stop_outside_run(folder: str | os.PathLike) -> int:
+    """SIGTERM to the process writing `folder`, a training started outside the Retrain page (from the command
+    line); it ends as a cancelled job does, its progress stream saying "cancelled". That process only, not its
+    group (a shell's other jobs may share it). Refused when the folder's claim names no process running on this
+    machine (core.paths.claim_owner: it ended, was started before claims named their process, or runs elsewhere),
+    or names this server. The pid signalled."""
+    pid = claim_owner(folder)
+    if pid is None:
+        raise JobError(f"No process on this machine can be found writing {folder} (it has ended, or it runs on "
+                       "another machine or from an older version): nothing was stopped. Stop it where it runs.")
+    if pid == os.getpid():
+        raise JobError(f"{folder} is held by this server itself (a job it is starting), not by an outside training.")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise JobError(f"The training writing {folder} has just ended: nothing was stopped.") from None
+    except PermissionError:
+        raise JobError(f"The training writing {folder} (process {pid}) runs as another user, whom this server may "
+                       "not signal: stop it where it runs.") from None
+    return pid
 
 
 def clear_job(root: Path | None = None, shown: Job | None = None) -> None:

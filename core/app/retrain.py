@@ -233,10 +233,15 @@ def progress_text(state: dict) -> str:
     return f"Training: {text}"
 
 
+STOP_OUTSIDE_HELP = ("Sends the training's process SIGTERM, as Cancel does for a job started here: it stops after its "
+                     "current step and its progress stream ends \"cancelled\". Someone else may have started it: "
+                     "the audit trail records who stopped it.")
+
+
 def outside_run_progress(folder) -> dict | None:
     """How far a training started from the command line is (core.training.progress.latest_state of its run
-    folder's progress stream), None before its first event: the page follows it there, and cannot cancel it
-    (its process is not the page's job)."""
+    folder's progress stream), None before its first event: the page follows it there (and may stop it,
+    core.app.jobs.stop_outside_run)."""
     state = latest_state(read_progress(Path(folder) / "progress.jsonl"))
     return None if state["status"] == "not started" else state
 
