@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.backends import set_seed
+from core.backends import build_training_state, set_seed
 from core.data.fields import ViewSpec, per_image, physical_scale
 from core.data.keras_augment import FieldAugmentation, field_inputs
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES, SUBTYPES_BY_CLASS
@@ -220,20 +220,6 @@ def prepare_fit(fields: np.ndarray, subtypes, config, steps: int | None = None, 
                            weights={STAGE1_LOGITS: class_weights, SUBTYPE_LOGITS: subtype_weights})
     build_training_state(model, batches[0])  # a pure function of (seed, epoch, step): nothing is drawn early
     return classifier, model, batches, weights_used
-
-
-def build_training_state(model: keras.Model, batch) -> None:
-    """Create the optimizer's and the compiled losses' variables before `fit`. Keras' TensorFlow trainer
-    without a distribution strategy creates them inside the first traced training step, which TensorFlow
-    then traces a second time (a tf.function may create variables only in its first trace): measured,
-    two traces of every model's step, about 5 s each for the small CNN on 2 CPU cores. Keras builds them
-    first itself under JAX and under a strategy, through Trainer._symbolic_build; it is private, so a
-    Keras without it keeps the double trace rather than failing. `batch`: one batch, or a tf.data
-    dataset's element_spec (only shapes and dtypes are read)."""
-    build = getattr(model, "_symbolic_build", None)
-    if build is not None and keras.backend.backend() == "tensorflow":
-        with model.distribute_strategy.scope():  # a model made under a strategy keeps its variables there
-            build(data_batch=batch)
 
 
 def precision_for_device() -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from core.backends import build_training_state
 from core.data.balance import apply_strategy
 from core.data.labels import output_sizes
 from core.data.pipeline import make_dataset, targets_and_weights
@@ -47,7 +48,6 @@ from core.paths import UNFINISHED, claim_run, portable
 from core.training.additions import reviewed_for_training
 from core.training.config import TrainConfig, checked
 from core.training.feature_cache import FeatureCache, content_digest, extractor_key
-from core.training.field_fit import build_training_state
 from core.training.multiworker import fit_multiworker, is_chief, weights_fingerprint
 from core.training.progress import ProgressWriter, final_events, keras_callback, metric_floats
 from core.training.runcard import head_options, held_out_gaps, model_card, refuse_untaught_classes, split_counts
