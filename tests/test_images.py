@@ -93,6 +93,20 @@ def test_plain_pngs_are_decoded_by_libpng_bit_for_bit_as_pillow_does(sample_path
         assert images._decode_plain_png(image, files[0][: len(files[0]) // 2]) is None
 
 
+def test_without_imagecodecs_pillow_decodes_the_same_pixels(sample_paths, monkeypatch):
+    """A machine without imagecodecs (the GPU machine packs and reads fields without it) gets Pillow's decode."""
+    import sys
+
+    data = sample_paths[0].read_bytes()
+    fast = load_image(data, name="a.png", check_histology=False).rgb
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # importing it now raises ImportError
+    from core.data import images
+
+    with Image.open(io.BytesIO(data)) as image:
+        assert images._decode_plain_png(image, data) is None  # left to Pillow
+    assert (load_image(data, name="a.png", check_histology=False).rgb == fast).all()
+
+
 def test_decompression_bomb_rejected_before_decoding():
     side = int(np.sqrt(MAX_PIXELS)) + 100  # Just above our limit, below Pillow's hard error.
     with pytest.warns(Image.DecompressionBombWarning):
