@@ -1,6 +1,6 @@
 """Which Keras backends are installed, what each one sees (GPUs), which pipelines each runs, and the
-two places a training works around one backend: seeding without loading TensorFlow under another
-backend, and the training state built before `fit` so TensorFlow traces a step once.
+places a training works around one backend: seeding and saving without loading TensorFlow under
+another backend, and the training state built before `fit` so TensorFlow traces a step once.
 
 The fields pipeline (core.training.field_fit) runs under any Keras backend; the tfdata pipeline
 needs TensorFlow. Keras reads KERAS_BACKEND once, at its first import, so a run's backend is
@@ -12,6 +12,7 @@ memory for itself once started, and the app's server must not hold a GPU that tr
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -139,6 +140,30 @@ def build_training_state(model, batch) -> None:
     if build is not None and keras.backend.backend() == "tensorflow":
         with model.distribute_strategy.scope():  # a model made under a strategy keeps its variables there
             build(data_batch=batch)
+
+
+@contextlib.contextmanager
+def saving_without_tensorflow():
+    """Keras' serializer asks whether TensorFlow is installed (`tf.available`, to convert its shapes and dtypes)
+    for every object it saves, which imports TensorFlow wherever it is installed: seconds and hundreds of MB in
+    a run under another backend that never uses it (each fold's model of a JAX cross-validation). No object of a
+    process that has not imported TensorFlow can be a TensorFlow one, so there the save is told it is absent.
+    Private Keras names: another Keras layout saves as before."""
+    import keras
+
+    try:
+        from keras.src.utils.module_utils import tensorflow as lazy
+    except ImportError:
+        lazy = None
+    if lazy is None or keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        yield
+        return
+    before = lazy._available
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = before
 
 
 def job_environment(backend: str | None) -> dict[str, str]:

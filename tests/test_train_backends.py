@@ -175,6 +175,36 @@ def test_the_jax_training_path_imports_no_tensorflow():
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
+_SAVE_UNDER_JAX = """
+import json, sys
+import numpy as np
+from keras.src.utils.module_utils import tensorflow as lazy
+from core.model.classifier import build_classifier
+from core.model.folders import save_model_folder
+model, _ = build_classifier("small_cnn", "hierarchical", weights=None, input_size=32)
+save_model_folder(model, sys.argv[1], {"backbone": "small_cnn", "hierarchy": "hierarchical", "name": "jax-saved"})
+image = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+np.save(sys.argv[2], np.asarray(model.predict_on_batch(image)["stage1"]))
+print(json.dumps({"tensorflow_loaded": "tensorflow" in sys.modules, "asked_later": lazy._available}))
+"""
+
+
+def test_a_model_saved_under_jax_does_not_import_tensorflow_where_it_is_installed(tmp_path):
+    """Keras' serializer imported TensorFlow (installed here) on every save to ask whether an object was one of
+    its shapes: seconds and hundreds of MB in each fold of a JAX run. The file still loads under TensorFlow,
+    with the same outputs, and Keras' own question is left as it was after the save."""
+    done = subprocess.run([sys.executable, "-c", _SAVE_UNDER_JAX, str(tmp_path / "model"), str(tmp_path / "out.npy")],
+                          cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"tensorflow_loaded": False, "asked_later": None}
+    from core.model.folders import load_model_folder
+
+    model, card = load_model_folder(tmp_path / "model")
+    assert card["versions"]["keras_backend"] == "jax" and "tensorflow" not in card["versions"]
+    image = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(model.predict_on_batch(image)["stage1"], np.load(tmp_path / "out.npy"), atol=1e-5)
+
+
 def test_gpu_train_smoke_under_jax(tmp_path):
     out = tmp_path / "gpu_train.json"
     done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO, env=jax_env(),

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from core.backends import saving_without_tensorflow
 from core.data.fields import ViewSpec
 from core.data.labels import CLASSES, SUBTYPES, SUBTYPES_BY_CLASS, classes_of, output_sizes, untaught_classes
 from core.data.labels import PREPROCESSING as DESCRIPTION
@@ -88,7 +89,8 @@ def save_model_folder(model: keras.Model, folder: str | os.PathLike, card: dict,
         staged = Path(staging) / MODEL_FILE
         # An uncompiled view of the same layers: the file holds weights, not optimizer state
         # (Adam's two moment copies would triple a DenseNet121 file to ~100 MB).
-        keras.Model(model.inputs, model.output, name=model.name).save(staged)
+        with saving_without_tensorflow():  # under JAX, Keras' serializer would import TensorFlow to ask a question
+            keras.Model(model.inputs, model.output, name=model.name).save(staged)
         checksum = file_sha256(staged)
         os.replace(staged, folder / MODEL_FILE)
     full_card = {"kind": kind, "name": card.get("name", folder.name), **card,
