@@ -69,6 +69,26 @@ def test_every_bad_input_gets_a_clear_outcome_and_the_rest_still_runs(predictor,
     assert by_name[sample_items[0][0]].ok
 
 
+def test_several_uploads_are_decoded_in_threads_in_order_with_each_ones_own_outcome(sample_items, monkeypatch):
+    """read_items decodes READ_THREADS uploads at a time (libpng and Pillow release the GIL) and gives exactly what
+    reading them one after the other gives, in the same order, a bad file's error staying its own."""
+    import threading
+
+    bad = bad_inputs()
+    items = sample_items[:1] + [(n, d) for n, (d, _) in bad.items()] + sample_items[1:]
+    threads, read = set(), service.read_item
+    monkeypatch.setattr(service, "read_item", lambda *a, **k: threads.add(threading.current_thread().name) or read(*a, **k))
+    together = service.read_items(items)
+    assert len(threads) == service.READ_THREADS and all(t.startswith("read-upload") for t in threads)
+    one_by_one = [read(name, data, check=False) for name, data in items]
+    assert [r.name for r in together] == [name for name, _ in items]
+    for a, b in zip(together, one_by_one):
+        assert (a.sha256, a.error, a.notes, a.magnification) == (b.sha256, b.error, b.notes, b.magnification)
+        assert (a.image is None) == (b.image is None)
+        assert a.image is None or (a.image.rgb == b.image.rgb).all()
+    assert sum(r.error is not None for r in together) >= 4  # the bad files are refused each on its own
+
+
 def test_refused_images_are_dropped_from_the_pass_that_ran_beside_their_check(predictor, sample_items, monkeypatch):
     """The pass starts before the H&E checks (they run beside it): a refused image's rows are dropped,
     the others' outputs and maps are theirs, and it was still one pass."""
