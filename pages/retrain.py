@@ -314,15 +314,35 @@ def outside_runs() -> None:
         state = retrain.outside_run_progress(folder)
         if state is not None:
             st.progress(state["fraction"], text=retrain.progress_text(state))
-        if st.button("Stop this training", key=f"stop_outside_{folder}", help=retrain.STOP_OUTSIDE_HELP):
-            still_permitted(fresh=True)
-            try:
-                pid = jobs.stop_outside_run(folder)
-            except JobError as problem:
-                st.error(str(problem), icon=":material/error:")
-                continue
-            session.audit("retrain_cancelled", str(folder), force=False, outside=True, pid=pid)
-            st.info(f"Stop requested (SIGTERM to process {pid}); the training ends after its current step.")
+        stop_outside(folder)
+
+
+def stop_outside(folder) -> None:
+    """The stop button of a command-line training, asked twice: someone else's hours of training may end on it.
+    The buttons only change the page's state (callbacks, before the rerun); the stop itself is made here, after
+    the session is checked again."""
+    key = f"stop_outside_{folder}"
+    asked, confirmed = f"{key}_asked", f"{key}_confirmed"
+    if st.session_state.pop(confirmed, False):
+        still_permitted(fresh=True)
+        try:
+            pid = jobs.stop_outside_run(folder)
+        except JobError as problem:
+            st.error(str(problem), icon=":material/error:")
+            return
+        session.audit("retrain_cancelled", str(folder), force=False, outside=True, pid=pid)
+        st.info(f"Stop requested (SIGTERM to process {pid}); the training ends after its current step.")
+        return
+    if not st.session_state.get(asked):
+        st.button("Stop this training", key=key, help=retrain.STOP_OUTSIDE_HELP,
+                  on_click=lambda: st.session_state.update({asked: True}))
+        return
+    st.warning(f"Stop the training writing {folder}? It was started outside this page, maybe by someone else; it "
+               "ends after its current step.", icon=":material/warning:")
+    left, right = st.columns(2)
+    left.button("Yes, stop it", key=f"{key}_yes", type="primary",
+                on_click=lambda: st.session_state.update({asked: False, confirmed: True}))
+    right.button("Keep it running", key=f"{key}_keep", on_click=lambda: st.session_state.update({asked: False}))
 
 
 st.title("Retrain")

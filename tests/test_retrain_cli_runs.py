@@ -119,8 +119,14 @@ def test_an_admin_stops_a_command_line_run_from_the_page_and_the_stop_is_audited
             assert claim_owner(folder) == process.pid
             app = open_retrain(sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "chief", PASSWORD))
             assert "is writing" in texts(app.info) and "cli-run" in texts(app.info)
-            app.button(key=f"stop_outside_{folder}").click().run()
-            assert not app.exception and f"SIGTERM to process {process.pid}" in texts(app.info)
+            key = f"stop_outside_{folder}"
+            app.button(key=key).click().run()  # asked first: someone else's training may end on one click
+            assert "Stop the training writing" in texts(app.warning) and process.poll() is None
+            app.button(key=f"{key}_keep").click().run()
+            assert not app.warning and process.poll() is None and not store.events(kinds="retrain_cancelled")
+            app.button(key=key).click().run()
+            app.button(key=f"{key}_yes").click().run()
+            assert not app.exception and f"SIGTERM to process {process.pid}" in texts(app.info) and not app.warning
             assert process.wait(timeout=30) == -signal.SIGTERM
         finally:
             process.kill()
