@@ -181,7 +181,7 @@ def hold_run(folder: str | os.PathLike, hint: str = "choose a new --out folder",
             raise error(f"{folder} is being written by another training process (one started from the command "
                         f"line, or a Retrain job); {hint}") from None
         _point_to(folder)
-    _write_owner(claim)
+    _write_owner(claim)  # this process, also for a claim the app took for a job and handed to it
     return claim
 
 
@@ -294,9 +294,7 @@ def _inherited_claim(folder: Path):
     if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino):
         return None
     del os.environ[CLAIM_FD]  # a second run in this process (a fold) claims its own folder
-    claim = os.fdopen(int(handed), "a")
-    _write_owner(claim)  # the job's process, no longer the app that took the claim for it
-    return claim
+    return os.fdopen(int(handed), "a")
 
 
 def set_aside_models(run_dir: str | os.PathLike) -> list[Path]:
