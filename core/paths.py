@@ -236,14 +236,20 @@ def claimed_folders(root: str | os.PathLike, depth: int = 2) -> list[Path]:
     return [folder for folder in found if not any(folder != other and other in folder.parents for other in found)]
 
 
-def process_start_time(pid: int) -> str | None:
-    """Kernel start time of a process (Linux /proc), or None where it cannot be read: with the pid, it names one
-    process even after its pid is reused."""
+def process_stat(pid: int) -> list[str] | None:
+    """A process's /proc/PID/stat fields after its name (Linux: the state first, field 3), or None where they
+    cannot be read. Counted after the ")" that ends the name, which may itself hold spaces or brackets."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after the ")" ending the name
+
+
+def process_start_time(pid: int) -> str | None:
+    """Kernel start time of a process (field 22), or None where it cannot be read: with the pid, it names one
+    process even after its pid is reused."""
+    fields = process_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _write_owner(claim) -> None:

@@ -36,7 +36,16 @@ from core.app.run_files import read_json_file
 from core.errors import JobError
 from core.jsonfile import write_json_atomic
 from core.options import to_argv
-from core.paths import CLAIM_FD, REPO, claim_owner, claim_run, claimed_folders, process_start_time, runs_dir
+from core.paths import (
+    CLAIM_FD,
+    REPO,
+    claim_owner,
+    claim_run,
+    claimed_folders,
+    process_start_time,
+    process_stat,
+    runs_dir,
+)
 from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
@@ -88,10 +97,8 @@ def _job_file(root: Path) -> Path:
 
 
 def _proc_is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
+    fields = process_stat(pid)
+    return fields is not None and fields[0] == "Z"
 
 
 def is_alive(job: Job) -> bool:
