@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import dataset_views, jobs, performance, registry, retrain, run_files, session
+from core.app import dataset_views, job_end, jobs, performance, registry, retrain, run_files, session
 from core.backends import job_environment
 from core.data.breakhis import folder_problem
 from core.errors import JobError, ModelFolderError, UserInputError
@@ -156,7 +156,7 @@ def launch_form() -> None:
         st.error(str(problem))
         return
     # Its end is recorded when the process exits, as the launcher's, whether or not a page is open then.
-    jobs.watch(job, functools.partial(jobs.record_end, session.store(), root=runs_dir()))
+    job_end.watch(job, functools.partial(job_end.record_end, session.store(), root=runs_dir()))
     st.rerun()
 
 
@@ -226,7 +226,7 @@ def finished(job: jobs.Job, status: str, explanation: str) -> None:
     state = jobs.progress(job)
     model_dir = Path(job.run_dir) / "model"
     try:  # as its launcher's, once (the server that launched it records it when the process exits)
-        jobs.record_end(session.store(), job)
+        job_end.record_end(session.store(), job)
     except (StoreError, JobError) as problem:  # a busy database, an unwritable runs folder: tried again next run
         st.error(f"{problem} (retrain finished: {session.plain(job.run_dir)})", icon=":material/database:")
     if status == jobs.COMPLETED:

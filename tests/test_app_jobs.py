@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from core.app import jobs
+from core.app import job_end, jobs
 from core.cli import build_parser
 from core.errors import JobError
 from core.options import from_args
@@ -150,7 +150,7 @@ def test_a_jobs_end_is_recorded_once_as_its_launchers_when_it_exits_with_no_page
     try:
         job = jobs.start_job([sys.executable, "-c", ends], run, {}, root=tmp_path, launched_by="alice")
         assert jobs.read_job(tmp_path).launched_by == "alice"
-        jobs.watch(job, functools.partial(jobs.record_end, store, root=tmp_path))  # then no page is opened
+        job_end.watch(job, functools.partial(job_end.record_end, store, root=tmp_path))  # then no page is opened
         assert wait_until(lambda: store.events(kinds="retrain_finished"))
         row = store.events(kinds="retrain_finished")[0]
         assert (row["user"], row["subject"], row["details"]["status"]) == ("alice", str(run), "completed")
@@ -163,13 +163,13 @@ def test_a_jobs_end_is_recorded_once_as_its_launchers_when_it_exits_with_no_page
                                                                        "status": "failed"}) + "\n")
         other = dataclasses.replace(job, run_dir=str(tmp_path / "other"), pid=999_999, launched_by=None)
         found = []
-        pages = [threading.Thread(target=lambda: found.append(jobs.record_end(store, other, tmp_path)))
+        pages = [threading.Thread(target=lambda: found.append(job_end.record_end(store, other, tmp_path)))
                  for _ in range(4)]
         for page in pages:
             page.start()
         for page in pages:
             page.join()
-        assert len([i for i in found if i is not None]) == 1 and jobs.record_end(store, job, tmp_path) is None
+        assert len([i for i in found if i is not None]) == 1 and job_end.record_end(store, job, tmp_path) is None
         rows = store.events(kinds="retrain_finished")
         assert len(rows) == 2 and rows[0]["user"] == "system"  # a job file from before launchers were kept
         assert rows[0]["details"] == {"status": "failed", "explanation": "Training failed.",
@@ -209,12 +209,12 @@ def test_a_run_name_reused_after_a_refusal_gets_its_own_end_row_and_log(tmp_path
     try:
         refused = jobs.start_job(ends("failed", "first launch"), run, {}, root=tmp_path, launched_by="alice")
         assert wait_until(lambda: not jobs.is_alive(refused))
-        assert jobs.record_end(store, refused, tmp_path) is not None
+        assert job_end.record_end(store, refused, tmp_path) is not None
         jobs.clear_job(tmp_path)
         retried = jobs.start_job(ends("completed", "second launch"), run, {}, root=tmp_path, launched_by="alice")
         assert wait_until(lambda: not jobs.is_alive(retried))
-        assert jobs.record_end(store, retried, tmp_path) is not None  # its own end, not the refusal's row
-        assert jobs.record_end(store, retried, tmp_path) is None  # and once
+        assert job_end.record_end(store, retried, tmp_path) is not None  # its own end, not the refusal's row
+        assert job_end.record_end(store, retried, tmp_path) is None  # and once
         rows = store.events(kinds="retrain_finished", newest_first=False)
         assert [(r["details"]["job_id"], r["details"]["status"]) for r in rows] == [
             (refused.job_id, "failed"), (retried.job_id, "completed")]

@@ -265,18 +265,18 @@ _JOB_END_CHECKED = "_job_end_checked"
 
 def record_ended_job() -> None:
     """Once per browser session (app.py, signed in): a training job that ended while no server watched it
-    (the server restarted during it) gets its "retrain_finished" row, as its launcher's (core.app.jobs.record_end,
+    (the server restarted during it) gets its "retrain_finished" row, as its launcher's (core.app.job_end.record_end,
     which the server's own watch and the Retrain page call too: one row between them), whether or not an
     administrator opens Retrain. A failure is logged: this is no one's request, and Retrain tries again."""
     if st.session_state.get(_JOB_END_CHECKED):
         return
     st.session_state[_JOB_END_CHECKED] = True
-    from core.app import jobs
+    from core.app import job_end, jobs
 
     try:
         job = jobs.read_job()
         if job is not None:
-            jobs.record_end(store(), job)
+            job_end.record_end(store(), job)
     except Exception as problem:  # noqa: BLE001 - a busy database, an unwritable runs folder: logged, retried later
         log.warning("the end of the last training job could not be recorded now: %s", problem)
 

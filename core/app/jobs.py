@@ -6,18 +6,15 @@ same job through `runs/.job.json`. The job file records the pid and the process 
 a pid that died (or was reused by an unrelated process) is detected as stale instead of being
 shown as "running" forever. Progress itself comes from the run's progress.jsonl (core.training.progress).
 
-The job file also names the account that launched the job: its end is recorded in the audit trail as that
-account's (`record_end`), once, by the server that launched it the moment the process exits (`watch`), and
-otherwise by the first Retrain page that finds it ended (a server restarted meanwhile). Each launch has its
-own id (`job_id`, in its audit rows) and its own log, so a run name used again (after a run refused before it
-started) is a second launch with its own end row, not a repeat of the first.
+The job file also names the account that launched the job, whose audit row records its end
+(core.app.job_end). Each launch has its own id (`job_id`, in its audit rows) and its own log, so a run
+name used again (after a run refused before it started) is a second launch, not a repeat of the first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import fcntl
 import logging
 import os
@@ -26,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 import typing
@@ -46,7 +42,6 @@ from core.paths import (
     process_stat,
     runs_dir,
 )
-from core.store.accounts import SYSTEM
 from core.training.progress import FINAL_STATUSES, latest_state, read_progress
 
 log = logging.getLogger(__name__)
@@ -99,6 +94,11 @@ def _job_file(root: Path) -> Path:
 def _proc_is_zombie(pid: int) -> bool:
     fields = process_stat(pid)
     return fields is not None and fields[0] == "Z"
+
+
+def child_process(pid: int) -> subprocess.Popen | None:
+    """The process of a job this server started (None for another server's, or one already forgotten)."""
+    return _CHILDREN.get(pid)
 
 
 def is_alive(job: Job) -> bool:
@@ -170,8 +170,8 @@ def _unwritable(root: Path, error: OSError, outcome: str = "no training was star
 
 
 @contextlib.contextmanager
-def _job_lock(root: Path, outcome: str = "no training was started"):
-    """The runs folder's job lock (flock): starting a job and forgetting one never interleave."""
+def job_lock(root: Path, outcome: str = "no training was started"):
+    """The runs folder's job lock (flock): starting a job, forgetting one and recording its end never interleave."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = open(root / ".job.lock", "w")
@@ -220,7 +220,7 @@ def start_job(command: list[str], run_dir: str | os.PathLike, settings: dict,
     and its end's audit row name it). `record_launch(job_id)`, called once every check has passed and before the
     process starts: the launch's audit row; what it raises (a busy database) propagates, nothing is started."""
     root, run_dir = Path(root or runs_dir()), Path(run_dir)
-    with _job_lock(root):  # Two tabs pressing Start at once: one wins.
+    with job_lock(root):  # Two tabs pressing Start at once: one wins.
         current = read_job(root)
         if current is not None and is_alive(current):
             raise JobError(f"A training job is already running (pid {current.pid}, {current.run_dir}). "
@@ -302,7 +302,7 @@ def clear_job(root: Path | None = None, shown: Job | None = None) -> None:
     not the user's to forget unseen."""
     root = Path(root or runs_dir())
     kept = "the finished job is still shown"
-    with _job_lock(root, kept):  # a Start in another tab cannot write its job between the check and the unlink
+    with job_lock(root, kept):  # a Start in another tab cannot write its job between the check and the unlink
         job = read_job(root)
         if job is None:
             return
@@ -363,57 +363,3 @@ def log_tail(job: Job, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
-
-def ended_at(job: Job) -> float | None:
-    """When the run ended, from its own records: its "end" event, else (killed, crashed) its log's last write."""
-    ends = [e["time"] for e in read_progress(Path(job.run_dir) / "progress.jsonl")
-            if e.get("event") == "end" and isinstance(e.get("time"), (int, float))]
-    if ends:
-        return ends[-1]
-    with contextlib.suppress(OSError):
-        return os.path.getmtime(job.log)
-    return None
-
-
-def _is_end_of(row: dict, job: Job) -> bool:
-    """Whether a retrain_finished row records this launch: its job id; a job file without one (written before
-    ids were kept), any row of its run folder."""
-    return row["subject"] == job.run_dir and (job.job_id is None or (row["details"] or {}).get("job_id") == job.job_id)
-
-
-def record_end(store, job: Job, root: Path | None = None) -> int | None:
-    """Record an ended job's "retrain_finished" audit row in `store` (core.store.audit.Store) as the account
-    that launched it (SYSTEM for a job file that does not say), with its status, end time and job id; its id,
-    or None while it runs or once recorded for this launch. Under the job lock, so the server's watch and any
-    number of Retrain pages write one row between them. A busy database raises StoreError: the next caller
-    tries again."""
-    with _job_lock(Path(root or runs_dir()), "the job's end was not recorded"):
-        status, explanation = job_status(job, progress(job))
-        if status == RUNNING or any(_is_end_of(e, job) for e in store.events(
-                kinds="retrain_finished", subject_contains=job.run_dir)):
-            return None
-        ended = ended_at(job)
-        when = None if ended is None else datetime.datetime.fromtimestamp(ended, datetime.UTC).isoformat(
-            timespec="seconds")
-        return store.record("retrain_finished", job.launched_by or SYSTEM, job.run_dir,
-                            details={"status": status, "explanation": explanation, "ended": when,
-                                     "job_id": job.job_id})
-
-
-def watch(job: Job, on_end) -> None:
-    """Call on_end(job) in a background thread as soon as the job this server started exits, whether or
-    not any page is open (a job of another server, or already reaped, is not watched). A failure is logged:
-    the Retrain page records the end when it next finds it unrecorded."""
-    child = _CHILDREN.get(job.pid)
-    if child is None:
-        return
-
-    def wait_then_report() -> None:
-        child.wait()
-        try:
-            on_end(job)
-        except Exception:  # noqa: BLE001 - a daemon thread has nobody to raise to
-            log.warning("The end of training job %s could not be recorded now", job.run_dir, exc_info=True)
-
-    threading.Thread(target=wait_then_report, name=f"job-{job.pid}", daemon=True).start()
