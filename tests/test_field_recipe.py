@@ -264,6 +264,7 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     from core.cli import main
     from core.jsonfile import read_json
     from core.model.loading import load_predictor
+    from core.slide.choose import validate_slide_rule
 
     out = tmp_path / "cv"
     code = main(["train", "--pipeline", "fields", "--data", str(synthetic_breakhis), "--out", str(out),
@@ -284,12 +285,12 @@ def test_the_recipe_learns_unseen_patients_and_writes_a_servable_model(synthetic
     assert set(prediction.referral) == {"stage1", "subtype", "thresholds_source"}
     assert prediction.to_dict()["refer_stage1"] == prediction.refer_stage1
     # The final model learnt from every patient: its slide rule is chosen on each fold's held-out
-    # patients, seen by that fold's model, on mosaics of whole fields at its 1 um/px.
-    assert main(["slide-threshold", str(out / "model"), "--data", str(synthetic_breakhis), "--repeats", "1",
-                 "--benign-mosaics", "2"]) == 0
+    # patients, seen by that fold's model, on mosaics of whole fields at its 1 um/px (2x3 fields, not the
+    # command's 4x4: 38 mosaics; tests/test_slide_call.py runs the `slide-threshold` command itself).
+    validate_slide_rule(out / "model", synthetic_breakhis, repeats=1, benign_mosaics=2, grid=(2, 3))
     validation = read_json(out / "model" / "card.json")["thresholds"]["slide_rule"]["validation"]
     on = validation["selected_on"]
-    assert on["split"].startswith("held-out patients of 2 folds") and on["patients"] == 24
+    assert on["split"].startswith("held-out patients of 2 folds") and on["patients"] == 24 and on["grid"] == [2, 3]
     assert on["mosaics"] == 2 + 3 * on["malignant_patients"] and validation["specificity"] == 1.0
     load_predictor(out / "model")  # the card's checksum still holds
 

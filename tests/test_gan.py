@@ -201,7 +201,7 @@ rng = np.random.default_rng(0)  # broad bands of random angle and colour: a rebu
 angles, colours = rng.uniform(0, np.pi, 64), rng.uniform(0, 1, (64, 1, 1, 3))
 waves = 0.5 + 0.5 * np.sin((np.cos(angles)[:, None, None] * x + np.sin(angles)[:, None, None] * y) * 0.15)
 real = (255 * waves[..., None] * colours).astype(np.uint8)
-history = model.fit(real, np.zeros((64, 1), np.int32), batch_size=16, epochs=60, verbose=0).history
+history = model.fit(real, np.zeros((64, 1), np.int32), batch_size=16, epochs=30, verbose=0).history
 print(json.dumps({"backend": keras.backend.backend(), "rebuild": [float(v) for v in history["d_rebuild"]],
                   "rebuilt": list(model.discriminator([real[:2] / 127.5 - 1.0, np.zeros((2, 1), np.int32)])[1].shape)}))
 """
