@@ -14,13 +14,9 @@ from core import backends
 from core.app import jobs, performance, retrain
 from core.cli import main
 from core.errors import UserInputError
+from core.testing.jax_process import jax_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def jax_env() -> dict:
-    """This process's environment (read when a child starts: the suite's shared JAX cache) under JAX, on the CPU."""
-    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
 
 
 def test_installed_backends_are_the_importable_ones(monkeypatch):
@@ -169,7 +165,7 @@ def test_the_jax_training_path_imports_no_tensorflow():
     code = ("import json, sys, core.training.field_run, core.training.field_fit, core.cli, core.backends; "
             "core.cli.build_parser(); "  # every command's options, as `python -m core train` parses them
             "print(json.dumps([m for m in ('tensorflow', 'plotly', 'streamlit') if m in sys.modules]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=jax_env(), capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=jax_environment(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
@@ -194,7 +190,7 @@ def test_a_model_saved_under_jax_does_not_import_tensorflow_where_it_is_installe
     its shapes: seconds and hundreds of MB in each fold of a JAX run. The file still loads under TensorFlow,
     with the same outputs, and Keras' own question is left as it was after the save."""
     done = subprocess.run([sys.executable, "-c", _SAVE_UNDER_JAX, str(tmp_path / "model"), str(tmp_path / "out.npy")],
-                          cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=jax_environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"tensorflow_loaded": False, "asked_later": None}
     from core.model.folders import load_model_folder
@@ -207,7 +203,7 @@ def test_a_model_saved_under_jax_does_not_import_tensorflow_where_it_is_installe
 
 def test_gpu_train_smoke_under_jax(tmp_path):
     out = tmp_path / "gpu_train.json"
-    done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO, env=jax_env(),
+    done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO, env=jax_environment(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
@@ -222,7 +218,7 @@ def test_gan_train_under_jax_refuses_float16_before_any_work(tmp_path):
     """The GAN trains under JAX (tests/test_gan.py), but its stateless step keeps no loss scale:
     mixed_float16 stops with a usage error naming mixed_bfloat16, before reading data or writing."""
     done = subprocess.run([sys.executable, "-m", "core", "gan", "train", "--data", str(tmp_path), "--out",
-                           str(tmp_path / "gan"), "--precision", "mixed_float16"], cwd=REPO, env=jax_env(),
+                           str(tmp_path / "gan"), "--precision", "mixed_float16"], cwd=REPO, env=jax_environment(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "mixed_bfloat16" in done.stderr
     assert not (tmp_path / "gan").exists()

@@ -25,11 +25,16 @@ sys.meta_path.insert(0, NoTensorFlow())
 """
 
 
+def jax_environment() -> dict:
+    """This process's environment (read when a child starts: the suite's shared JAX compilation cache) with
+    Keras on JAX, on the CPU, and the repository importable."""
+    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+
+
 def run_under_jax(script: str, *args, timeout: float = 600) -> dict:
     """Run `script` (Python source) with KERAS_BACKEND=jax and TensorFlow unimportable; returns the
     JSON object its last line of output printed. A failure raises with the end of its stderr."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + script, *map(str, args)], env=env,
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW + script, *map(str, args)], env=jax_environment(),
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if done.returncode != 0:
         raise AssertionError(f"the JAX process failed ({done.returncode}):\n{done.stderr[-3000:]}")
