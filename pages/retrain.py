@@ -306,7 +306,7 @@ def start_new_job(shown: jobs.Job) -> None:
 @st.fragment(run_every=5)
 def outside_runs() -> None:
     """Trainings started from the command line, each with how far its own progress stream says it is; polled
-    without rerunning the form."""
+    without rerunning the form, so one started after the page was opened appears within seconds."""
     still_permitted(polled=True)
     for folder in claimed_folders(runs_dir()):
         st.info(f"A training started outside this page (from the command line) is writing {folder}: this page "
@@ -357,8 +357,7 @@ if damaged:  # a hand edit or a half-restored backup: say so, and keep the page 
 if job is None and backends_seen() is None:  # the form's defaults and backends wait for the probe; the page does not
     wait_for_the_probe()
 elif job is None:
-    if claimed_folders(runs_dir()):  # said before the form, not only when Start is refused
-        outside_runs()
+    outside_runs()  # said before the form, not only when Start is refused; empty while none runs
     show_devices()
     launch_form()
 else:
