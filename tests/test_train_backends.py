@@ -203,8 +203,8 @@ def test_a_model_saved_under_jax_does_not_import_tensorflow_where_it_is_installe
 
 def test_gpu_train_smoke_under_jax(tmp_path):
     out = tmp_path / "gpu_train.json"
-    done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO, env=jax_environment(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--out", str(out)], cwd=REPO,
+                          env=jax_environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["smoke"] is True and not out.exists()  # a smoke run's figures measure nothing: no file

@@ -20,7 +20,6 @@ import numpy as np
 import core.training.field_fit as field_fit
 import core.training.field_run as field_run
 from core.cli import main
-from core.data.labels import SUBTYPES
 from core.training.field_fit import SUBTYPE_LOGITS
 
 original_fit, original_getitem = field_run.fit_classifier, field_fit.FieldBatches.__getitem__
@@ -60,6 +59,5 @@ def getitem(self, step):
     return inputs, targets, weights
 
 
-assert len(SUBTYPES) == 8
 field_run.fit_classifier, field_fit.FieldBatches.__getitem__ = fit_classifier, getitem
 sys.exit(main(sys.argv[sys.argv.index("--") + 1:]))
