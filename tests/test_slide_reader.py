@@ -214,6 +214,23 @@ def test_a_tiff_too_large_to_convert_is_refused_by_its_mode(tmp_path, field_rgb,
             open_slide(source, name="deep.tif", magnification="200X")
 
 
+def test_a_16_bit_tiff_without_a_resolution_is_asked_for_one_not_told_its_conversion_failed(tmp_path, field_rgb):
+    """A 16-bit RGB TIFF that states no resolution got "is a 16-bit RGB TIFF that could not be converted to
+    8-bit RGB ('u16.tif' states no resolution ...). Save it as an 8-bit RGB TIFF.": the conversion works; the
+    scale was what was missing. It is asked for by itself, and with it given the TIFF is read."""
+    import tifffile
+
+    path = tmp_path / "u16.tif"
+    tifffile.imwrite(path, field_rgb.astype(np.uint16) * 257, photometric="rgb")
+    for source in (path, path.read_bytes()):
+        with pytest.raises(SlideError, match="states no resolution") as error:
+            open_slide(source, name=path.name)
+        assert "could not be converted" not in str(error.value) and "8-bit" not in str(error.value)
+        with open_slide(source, name=path.name, magnification="200X") as slide:
+            assert "16-bit RGB TIFF, converted whole to 8-bit RGB" in slide.notes[0]
+            assert (slide.read_region((0, 0), 0, (1400, 460)) == field_rgb).all()
+
+
 def test_a_float_tiff_is_refused_by_its_mode_not_called_not_an_image(tmp_path, field_rgb):
     """A float RGB TIFF got "could not be converted to 8-bit RGB ('x.tif' is not a supported image format,
     not an image ...)": a message that contradicted itself."""

@@ -272,12 +272,18 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader
     if problem is not None:
         handle.close()
         raise SlideError(f"'{name}' could not be read as a slide: it looks truncated or corrupt ({problem}).")
+    if mode is not None and width * height > MAX_PIXELS:
+        handle.close()
+        raise SlideError(f"'{name}' is {mode} TIFF of {width}x{height} px: slides are read as 8-bit RGB or "
+                         f"greyscale, and it is too large ({MAX_PIXELS / 1e6:.0f} megapixels at most) to be "
+                         "converted whole. Save it as an 8-bit RGB (pyramidal) TIFF.")
+    try:  # before any conversion: a missing resolution is said as such, not as a failed conversion
+        scale = _resolve_scale(found, name, width, height, mpp, magnification)
+    except SlideError:
+        handle.close()
+        raise
     if mode is not None:
         handle.close()
-        if width * height > MAX_PIXELS:
-            raise SlideError(f"'{name}' is {mode} TIFF of {width}x{height} px: slides are read as 8-bit RGB or "
-                             f"greyscale, and it is too large ({MAX_PIXELS / 1e6:.0f} megapixels at most) to be "
-                             "converted whole. Save it as an 8-bit RGB (pyramidal) TIFF.")
         try:
             reader = _open_image(source, name, mpp, magnification, found)
         except SlideError as error:  # the loader (Pillow) decodes float greyscale, not float RGB: no "not an image"
@@ -286,11 +292,6 @@ def _open_tiffslide(source, name: str, mpp, magnification, notes) -> SlideReader
                              "Save it as an 8-bit RGB TIFF.") from None
         reader.notes.insert(0, f"{mode} TIFF, converted whole to 8-bit RGB by the image loader")
         return reader
-    try:
-        scale = _resolve_scale(found, name, width, height, mpp, magnification)
-    except SlideError:
-        handle.close()
-        raise
     return TiffSlideReader(name, handle, scale, notes)
 
 
