@@ -102,7 +102,8 @@ def adversarial_model(classifier, field_shape, config, patients: int) -> keras.M
 
 
 def prepare_fit(fields, subtypes, config, steps=None, workers=1, magnifications=None):
-    """field_fit.prepare_fit's steps (no physical crops) with the adversary and its targets."""
+    """field_fit.prepare_fit's steps (no physical crops) with the adversary and its targets. Its first lines are
+    copied from there, not shared: a scratch probe should not add a hook to the training code it measures."""
     cases = seen.get("cases")
     assert cases is not None and len(cases) == len(fields), "the probe needs each field's patient"
     assert not config.physical_crops, "the probe covers the installed recipe (no physical crops)"
