@@ -105,7 +105,7 @@ def _pack_fields(args) -> int:
     """Index a BreakHis folder, keep its real images (of --magnification), write them as a field pack."""
     from core.data.breakhis import index_folder
     from core.data.fields import PACK_INDEX, is_pack, pack_fields
-    from core.data.selection import select_magnification
+    from core.data.selection import no_real_images, select_magnification
 
     if is_pack(args.out):
         raise UserInputError(f"{args.out} already holds a field pack ({PACK_INDEX}); choose another --out")
@@ -113,7 +113,7 @@ def _pack_fields(args) -> int:
     table = table[~table["synthetic"].astype(bool)]
     table = table.loc[select_magnification(table, args.magnification).index].reset_index(drop=True)
     if table.empty:
-        raise UserInputError(f"No real images of magnification {args.magnification} in {args.data}")
+        raise no_real_images(args.magnification, args.data)
     folder = pack_fields(table, args.out, args.quality)
     size = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
     print(f"wrote {len(table)} fields of {table['case'].nunique()} patients to {folder} ({size:.1f} MiB); "

@@ -44,3 +44,25 @@ def test_a_table_with_one_field_twice_is_refused_before_anything_is_written(one_
     with pytest.raises(DatasetError, match="would be one file of the pack"):
         pack_fields(twice, tmp_path / "pack")
     assert not (tmp_path / "pack").exists()
+
+
+def test_a_folder_without_breakhis_images_is_refused_in_words_by_pack_fields_and_train(one_field_three_formats,
+                                                                                      tmp_path, capsys):
+    """`pack-fields` and `train --pipeline fields` said "No real images of magnification all in DIR": the
+    option's value read as a word. Both now say what was looked for (and at which magnification, when one
+    was chosen) and how to see what was skipped, with the usage-error exit status."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not an image")
+    Image.new("RGB", (64, 48), "white").save(other / "photo.png")
+    commands = (["pack-fields", "--data", str(other), "--out", str(tmp_path / "pack")],
+                ["train", "--pipeline", "fields", "--data", str(other), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    for command in commands:
+        assert main(command) == 2
+        said = capsys.readouterr().err
+        assert f"No real BreakHis images in {other}" in said and "python -m core index" in said, said
+        assert "magnification all" not in said
+    assert main(["pack-fields", "--data", str(one_field_three_formats), "--out", str(tmp_path / "pack"),
+                 "--magnification", "400X"]) == 2
+    assert f"No real BreakHis images at 400X in {one_field_three_formats}" in capsys.readouterr().err
+    assert not (tmp_path / "pack").exists()

@@ -97,6 +97,14 @@ def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFr
     return images[images["magnification"] == wanted]
 
 
+def no_real_images(magnification, data) -> UserInputError:
+    """The one message for a folder with no real image to learn from at the chosen magnification."""
+    everywhere = magnification is None or str(magnification).strip().lower() == "all"
+    where = "" if everywhere else f" at {str(magnification).strip().upper().removesuffix('X')}X"
+    return UserInputError(f"No real BreakHis images{where} in {data} (files named like SOB_B_A-14-22549AB-200-001.png, "
+                          "in any folder layout; `python -m core index DATA` lists what it skipped and why)")
+
+
 def fingerprint(images: pd.DataFrame) -> str:
     """Identity of a data set that survives moving it: a hash of its sorted file names."""
     names = sorted(os.path.basename(path) for path in images["path"])

@@ -25,9 +25,8 @@ import pandas as pd
 
 from core.data.fields import ViewSpec, band_limit_all, is_pack, load_fields, read_pack
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, STAGE1_OUTPUT, STAGE2_OUTPUTS, SUBTYPES_BY_CLASS
-from core.data.selection import fingerprint, scan, select_magnification
+from core.data.selection import fingerprint, no_real_images, scan, select_magnification
 from core.data.splits import PATIENT, is_synthetic, make_split, patient_kfold
-from core.errors import UserInputError
 from core.evaluation.baselines import BASELINES
 from core.evaluation.calibration_effect import measured_block
 from core.evaluation.evaluate import REQUIRED_COLUMNS, baseline_scores, compact, predictions_frame, score
@@ -60,7 +59,7 @@ CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230
 def _magnification_rows(table: pd.DataFrame, magnification: str, data) -> np.ndarray:
     keep = select_magnification(table, magnification).index.to_numpy()
     if not len(keep):
-        raise UserInputError(f"No real images of magnification {magnification} in {data}")
+        raise no_real_images(magnification, data)
     return keep
 
 
