@@ -332,3 +332,18 @@ def test_help_and_the_light_commands_do_not_import_keras_but_a_training_command_
     assert light.parse_args(["predict", "x.png"]).command == "predict"
     assert full.parse_args(["train", "--data", "d", "--out", "o", "--epochs", "3"]).epochs == 3
     assert build_parser("train").parse_args(["train", "--data", "d", "--out", "o", "--epochs", "3"]).epochs == 3
+
+
+@pytest.mark.parametrize("command", ["slide", "slides"])
+def test_a_slide_magnification_is_read_as_the_scale_reads_it_or_refused_in_words(tmp_path, capsys, command):
+    """`slide --magnification abcX` ran and failed mid-analysis with "ValueError: invalid literal for int() with
+    base 10: 'ABC'"; `--magnification 20` was ignored and the slide then said it "states no resolution"."""
+    from core.cli import build_parser, main
+
+    for given, read in (("200X", "200X"), ("200x", "200X"), ("20", "20X"), (" 40 X ", "40X")):
+        assert build_parser().parse_args([command, "s", "--out", "o", f"--magnification={given}"]).magnification == read
+    for bad in ("abcX", "0X", "-40X", "1.5X", "X", ""):
+        assert main([command, str(tmp_path), "--out", str(tmp_path / "out"), f"--magnification={bad}"]) == 2
+        said = capsys.readouterr().err
+        assert "argument --magnification: a magnification is a whole number of times such as 200X" in said, said
+        assert "ValueError" not in said and not (tmp_path / "out").exists()

@@ -114,3 +114,13 @@ def test_training_writes_the_whole_field_scale_into_the_card():
     assert scale["mpp"] == 1.0 and scale["tile_px"] == [700, 460]  # synthetic images do not count
     Config.magnification = "40X"
     assert training_scale(Config, train)["mpp"] == 2.5
+
+
+def test_a_stated_magnification_is_read_one_way_everywhere():
+    from core.data.scale import parse_magnification
+
+    assert [parse_magnification(m) for m in ("40X", "100x", "200", 400, " 20 X ")] == [40, 100, 200, 400, 20]
+    for bad in ("abcX", "0X", "-40X", "1.5X", "", "X", None):
+        with pytest.raises(ValueError, match="a magnification is a whole number of times such as 200X"):
+            parse_magnification(bad)
+    assert magnification_mpp("200") == magnification_mpp("200X") == 0.5

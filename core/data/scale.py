@@ -47,12 +47,18 @@ _MAGNIFICATION_TOKEN = re.compile(r"(?<![0-9A-Za-z])(40|100|200|400)[xX](?![0-9A
 REFERENCE_MAGNIFICATION, REFERENCE_MPP = 400, 0.25  # a 40x objective ~ 0.25 um/px (see above)
 
 
+def parse_magnification(magnification: str | int) -> int:
+    """'200X', '200x', '200' or 200 -> 200: the one reading of a stated magnification; anything else (a
+    word, a fraction, zero or less) refused in words (ValueError)."""
+    text = str(magnification).strip().upper().removesuffix("X").strip()
+    if not text.isdigit() or int(text) <= 0:  # isdigit: no sign, no decimal point, not empty
+        raise ValueError(f"a magnification is a whole number of times such as 200X, not {str(magnification)!r}")
+    return int(text)
+
+
 def magnification_mpp(magnification: str | int) -> float:
     """'200X' (or 200) -> the estimated microns per pixel of an original BreakHis field."""
-    value = int(str(magnification).upper().removesuffix("X"))
-    if value <= 0:
-        raise ValueError(f"magnification must be positive, not {magnification!r}")
-    return REFERENCE_MPP * REFERENCE_MAGNIFICATION / value
+    return REFERENCE_MPP * REFERENCE_MAGNIFICATION / parse_magnification(magnification)
 
 
 @dataclasses.dataclass(frozen=True)

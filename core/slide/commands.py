@@ -78,6 +78,19 @@ def choose_slide_rule(model_dir, data) -> None:
         print(f"slide rule not chosen: {problem}", file=sys.stderr)
 
 
+def stated_magnification(text: str) -> str:
+    """An argparse type: '200X', '200x' or '200' -> '200X' (core.data.scale's reading), else a usage error in
+    words. Free text, unlike the app's choices: a slide's objective need not be one of BreakHis' four."""
+    import argparse
+
+    from core.data.scale import parse_magnification
+
+    try:
+        return f"{parse_magnification(text)}X"
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_slide_commands(command, default_model: str) -> None:
     """slide PATH, slides DIR and slide-threshold MODEL, each from `command(name, handler, help)`."""
     for name, handler, text, target, what in (
@@ -90,7 +103,8 @@ def add_slide_commands(command, default_model: str) -> None:
         sub.add_argument("--out", required=True, help="output folder")
         sub.add_argument("--model", default=default_model, help="model folder (default: the bundled model)")
         sub.add_argument("--mpp", type=float, help="microns per pixel, for a file that does not state it")
-        sub.add_argument("--magnification", help="e.g. 200X, for a plain image whose name does not state it")
+        sub.add_argument("--magnification", type=stated_magnification,
+                         help="e.g. 200X, for a plain image whose name does not state it")
         add_dataclass_options(sub, "core.slide.predictor", "TileSettings")
         add_dataclass_options(sub, "core.slide.tissue", "TissueSettings")
         if name == "slides":
