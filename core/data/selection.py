@@ -19,6 +19,7 @@ import pandas as pd
 
 from core.data.breakhis import IndexResult, index_folder
 from core.data.labels import MAGNIFICATIONS
+from core.data.scale import parse_magnification
 from core.data.splits import (
     PATIENT,
     PROTOCOL_NAMES,
@@ -100,7 +101,7 @@ def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFr
 def no_real_images(magnification, data) -> UserInputError:
     """The one message for a folder with no real image to learn from at the chosen magnification."""
     everywhere = magnification is None or str(magnification).strip().lower() == "all"
-    where = "" if everywhere else f" at {str(magnification).strip().upper().removesuffix('X')}X"
+    where = "" if everywhere else f" at {parse_magnification(magnification)}X"
     return UserInputError(f"No real BreakHis images{where} in {data} (files named like SOB_B_A-14-22549AB-200-001.png, "
                           "in any folder layout; `python -m core index DATA` lists what it skipped and why)")
 
