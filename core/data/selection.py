@@ -87,9 +87,14 @@ class Selection:
         return self.split[self.split["split"] == name]
 
 
+def every_magnification(magnification) -> bool:
+    """Whether a --magnification choice means no choice: "all" (any case) or None."""
+    return magnification is None or str(magnification).strip().lower() == "all"
+
+
 def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFrame:
     """Rows at one magnification ("40X", "40x", "40" or 40), or all rows for "all"/None."""
-    if magnification is None or str(magnification).strip().lower() == "all":
+    if every_magnification(magnification):
         return images
     text = str(magnification).strip().upper()
     wanted = text if text.endswith("X") else f"{text}X"
@@ -100,8 +105,7 @@ def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFr
 
 def no_real_images(magnification, data) -> UserInputError:
     """The one message for a folder with no real image to learn from at the chosen magnification."""
-    everywhere = magnification is None or str(magnification).strip().lower() == "all"
-    where = "" if everywhere else f" at {parse_magnification(magnification)}X"
+    where = "" if every_magnification(magnification) else f" at {parse_magnification(magnification)}X"
     return UserInputError(f"No real BreakHis images{where} in {data} (files named like SOB_B_A-14-22549AB-200-001.png, "
                           "in any folder layout; `python -m core index DATA` lists what it skipped and why)")
 
