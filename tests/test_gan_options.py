@@ -13,11 +13,12 @@ from core.gan.model import GanConfig
 from core.gan.train import train_gan
 from core.jsonfile import read_json, write_json_atomic
 from core.options import to_argv
+from tests.gan_helpers import TINY as GAN_TINY
 from tests.gan_helpers import compile_gan_eagerly
 
-# As tests/test_gan.py: 16-px patches of the synthetic set at 4 um/px, a few steps.
-TINY = dict(image_size=16, width=32, d_width=8, latent_dim=8, batch_size=16, mpp=4.0, holdout=0.0,
-            sample_every=1000, checkpoint_every=1000)
+# The GAN tests' 16-px patches of the synthetic set at 4 um/px, a few steps; log_every left at its default,
+# which the tests here set themselves.
+TINY = {key: value for key, value in GAN_TINY.items() if key != "log_every"}
 
 
 @pytest.fixture(autouse=True)

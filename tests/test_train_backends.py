@@ -215,7 +215,7 @@ def test_gpu_train_smoke_under_jax(tmp_path):
 
 
 def test_gan_train_under_jax_refuses_float16_before_any_work(tmp_path):
-    """The GAN trains under JAX (tests/test_gan.py), but its stateless step keeps no loss scale:
+    """The GAN trains under JAX (tests/test_gan_learning.py), but its stateless step keeps no loss scale:
     mixed_float16 stops with a usage error naming mixed_bfloat16, before reading data or writing."""
     done = subprocess.run([sys.executable, "-m", "core", "gan", "train", "--data", str(tmp_path), "--out",
                            str(tmp_path / "gan"), "--precision", "mixed_float16"], cwd=REPO, env=jax_environment(),
