@@ -108,7 +108,7 @@ def test_a_cancelled_fields_run_says_so_in_its_last_event(samples_dir, tmp_path,
     """SIGTERM (the Retrain page's cancel, the GPU script's time limit) mid-training: exit 143 and a
     final "cancelled" event, so the page never waits on a dead run; no model folder. Under JAX the
     signal often lands inside a bare `except:` of Keras' log conversion, which swallowed it (a GPU
-    script run trained on until killed); tests/test_train.py checks that case deterministically."""
+    script run trained on until killed); tests/test_train_control.py checks that case deterministically."""
     import os
     import signal
     import time

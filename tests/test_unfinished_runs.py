@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import Cancelled
 from core.training.progress import ProgressWriter, final_events, read_progress
-from tests.test_train import TINY
+from tests.train_helpers import TINY
 
 
 def saved_model(folder):
