@@ -5,8 +5,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.app import jobs
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, open_retrain, texts
-from tests.test_app_retrain import finished_job
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    app_like_the_server,
+    finished_job,
+    make_model_folder,
+    open_retrain,
+    texts,
+)
 
 
 @pytest.fixture
