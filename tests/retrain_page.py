@@ -1,6 +1,8 @@
 """What the Retrain page tests share: a models folder with a demo default, the page opened on it (no job left
-behind after a test), and launching and polling a small job from the form. Each test module wraps the two
-generators in its own fixtures (module-scoped environment, per-test app), so that each gets its own folders."""
+behind after a test), and launching and polling a small job from the form. The two Retrain test modules each wrap
+the two generators in four lines of fixtures (module-scoped environment, per-test app): pytest finds fixtures only
+in the module or a conftest, fixtures imported into a module trip ruff's F811 at every test that names them, and
+tests/conftest.py would offer `app` and `environment` to every file, where other modules define their own."""
 
 import time
 from pathlib import Path
