@@ -74,6 +74,13 @@ def saved_folds(run_dir, config: TrainConfig, table: pd.DataFrame):
             load_model_folder(Path(run_dir) / f"fold-{k}" / "model")[0]
 
 
+def pooled_figures(rows: pd.DataFrame, parts: list[dict]) -> dict:
+    """core.evaluation.evaluate.score of the folds' head outputs ({head: (n_k, k)} per fold, in the order of
+    `rows`) pooled, uncalibrated: a temperature moves neither a head's argmax nor the stage-1 AUC."""
+    raw = {name: np.concatenate([part[name] for part in parts]) for name in HEADS}
+    return score(frame(rows, raw, {name: 1.0 for name in HEADS}), None, "test")
+
+
 def refit_cv(run_dir, data) -> dict:
     """What --refit-subtypes adds to a fields cross-validation trained without it, on the SAME fold
     models (RUN/fold-k/model): each fold's subtype heads refitted on its training patients' fields
@@ -82,7 +89,7 @@ def refit_cv(run_dir, data) -> dict:
     run_dir = Path(run_dir)
     config, table, fields = saved_cv(run_dir, data)
     spec, magnifications = view_spec(config), table["magnification"]
-    ones, raws, order = {name: 1.0 for name in HEADS}, {"before": [], "after": []}, []
+    raws, order = {"before": [], "after": []}, []
     for held, seen, classifier in saved_folds(run_dir, config, table):
         raws["before"].append(predict_views(classifier, fields[held], spec, magnifications=magnifications.iloc[held]))
         refit_subtype_heads(classifier, fields[seen], table["subtype"].iloc[seen], spec, magnifications.iloc[seen])
@@ -91,8 +98,7 @@ def refit_cv(run_dir, data) -> dict:
     rows = scored_rows(table.iloc[np.concatenate(order)], "test", f"{PATIENT} {config.folds}-fold cross-validation, pooled")
     result = {"images": len(rows), "patients": int(rows["case"].nunique())}
     for when, parts in raws.items():
-        figures = score(frame(rows, {name: np.concatenate([p[name] for p in parts]) for name in HEADS}, ones),
-                        None, "test")
+        figures = pooled_figures(rows, parts)
         result[when] = {key: figures[key] for key in ("stage1_balanced_accuracy", "subtype_accuracy", "subtype_macro_f1")}
         result[when]["subtype_macro_f1_95ci"] = [figures["intervals"]["image"]["subtype_macro_f1"][b] for b in ("low", "high")]
     return result

@@ -22,18 +22,17 @@ import keras
 import numpy as np
 
 from core.data.keras_augment import FieldAugmentation
-from core.evaluation.evaluate import score
-from core.training.field_fit import HEADS, predict_views, view_batches
-from core.training.field_run import frame, scored_rows, view_spec
+from core.training.field_fit import predict_views, view_batches
+from core.training.field_run import scored_rows, view_spec
 from core.training.head_refit import refit_subtype_heads
-from core.training.rescore import saved_cv, saved_folds
+from core.training.rescore import pooled_figures, saved_cv, saved_folds
 
 FIELDS_PER_BATCH = 16  # 16 fields x 24 views = 384 views per batch-norm batch
 AUGMENTED_PASSES = 6  # (b): each training field seen under this many fresh augmentations
 
 
 def batch_norms(model):
-    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]  # all top-level here
 
 
 def reestimate(model, batches) -> int:
@@ -73,8 +72,7 @@ def augmented_batches(fields, config, size, seed):
 
 
 def pooled(rows, parts) -> dict:
-    figures = score(frame(rows, {name: np.concatenate([p[name] for p in parts]) for name in HEADS},
-                          {name: 1.0 for name in HEADS}), None, "test")
+    figures = pooled_figures(rows, parts)
     ci = figures["intervals"]["image"]
     out = {}
     for key in ("stage1_balanced_accuracy", "stage1_auc", "subtype_macro_f1", "patient_stage1_accuracy"):
