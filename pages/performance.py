@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.app import glossary, performance, referral_view, registry, run_files, session
+from core.app import glossary, held_out, performance, referral_view, registry, run_files, session
 from core.evaluation.figures import confusion_figure, reliability_figure, roc_figure
 from core.model.folders import CLASSIFIER, ENSEMBLE, KIND_NAMES, card_kind
 from core.paths import REFERENCE_RESULTS
@@ -112,6 +112,12 @@ def evaluation(metrics: dict, files: run_files.RunFiles, card: dict, folder: str
     if metrics.get("per_magnification"):
         st.subheader("Per magnification")
         table(performance.per_magnification_table(metrics, predictions))
+    patient_rule = (metrics.get("patient") or {}).get("malignant_threshold", 0.5)
+    by_subtype = held_out.stage1_by_subtype(held_out.held_out_rows(predictions, metrics), patient_rule)
+    if by_subtype is not None:
+        st.subheader("Stage 1 by true subtype: which tumours it sends to the other class")
+        caption(held_out.stage1_by_subtype_caption(by_subtype, metrics))
+        table(by_subtype)
 
 
 def training_curves(history: pd.DataFrame, card: dict, protocol: str) -> None:

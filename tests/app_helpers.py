@@ -159,6 +159,11 @@ def texts(elements) -> str:
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", "\n".join(str(e.value) for e in elements))
 
 
+def tables(app, column: str) -> list:
+    """The displayed tables (DataFrames) that have `column` (display tables carry no key in AppTest)."""
+    return [frame.value for frame in app.dataframe if column in frame.value.columns]
+
+
 def stop_and_forget(job, runs: Path) -> None:
     """Kill a test's job process (core.app.jobs.Job) and forget it, so no training outlives its test."""
     from core.app import jobs

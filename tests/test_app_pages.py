@@ -11,7 +11,16 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, bad_inputs, make_model_folder, open_retrain, texts
+from tests.app_helpers import (
+    APP,
+    APP_TIMEOUT,
+    app_like_the_server,
+    bad_inputs,
+    make_model_folder,
+    open_retrain,
+    tables,
+    texts,
+)
 
 PAGES = {"pages/diagnose.py": "Diagnose", "pages/dataset.py": "Dataset",
          "pages/performance.py": "Model performance", "pages/retrain.py": "Retrain"}
@@ -57,11 +66,6 @@ def stain_normalizer(data):
 @pytest.fixture
 def app(environment) -> AppTest:
     return AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
-
-
-def tables(app, column: str) -> list[pd.DataFrame]:
-    """The displayed tables that have `column` (display tables carry no key in AppTest)."""
-    return [frame.value for frame in app.dataframe if column in frame.value.columns]
 
 
 def test_navigation_reaches_every_page(app, environment):

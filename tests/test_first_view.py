@@ -305,7 +305,7 @@ def test_the_performance_page_shows_the_calibrations_measured_in_sample_effect_o
     from core.app import performance
     from core.jsonfile import read_json
     from core.paths import DEFAULT_MODEL_DIR
-    from tests.app_helpers import app_on_bundled_models, texts
+    from tests.app_helpers import app_on_bundled_models, tables, texts
 
     calibration = read_json(DEFAULT_MODEL_DIR / "card.json")["calibration"]
     table = performance.calibration_table(calibration).set_index("head")
@@ -319,6 +319,8 @@ def test_the_performance_page_shows_the_calibrations_measured_in_sample_effect_o
     caption = texts(app.caption)
     assert "in-sample: measured on the same pooled out-of-fold" in caption.lower() and "benign_subtype at the edge of the search range 0.05-20" in caption
     assert any("Reliability (out-of-fold" in chart.proto.spec for chart in app.get("plotly_chart"))
+    [by_subtype] = tables(app, "true subtype")  # stage 1 per true subtype, from the kept out-of-fold predictions
+    assert len(by_subtype) == 8 and by_subtype["images"].sum() == 757 and "Most often missed: " in caption
     unmeasured = {k: v for k, v in calibration.items() if k not in ("measured", "measured_note")}
     assert "was not measured for this model" in performance.calibration_caption(unmeasured)
 

@@ -143,3 +143,37 @@ def test_the_referral_caption_names_the_interval_that_was_given():
     perfect.loc[unreferred, "pred_label"] = perfect.loc[unreferred, "label"]
     caption = referral_view.referral_caption(referral, perfect)
     assert "95% intervals: " in caption and "Wilson score interval over" in caption.split("95% intervals: ")[1]
+
+
+def _called(case: str, subtype: str, p_malignant: list[float]) -> list[dict]:
+    """Held-out rows of one patient's images of `subtype`, stage 1 called at 0.5 (the other columns uniform)."""
+    from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES
+
+    return [{"case": case, "subtype": subtype, "label": CLASS_OF_SUBTYPE[subtype], "protocol": "patient-wise",
+             "pred_label": "malignant" if p >= 0.5 else "benign", "pred_subtype": subtype, "split": "test",
+             "p_malignant": p, "p_benign": 1 - p, **{f"{k}_{s}": 1 / 8 for s in SUBTYPES for k in ("p", "w")}}
+            for p in p_malignant]
+
+
+def test_stage_one_by_true_subtype_names_the_cancers_called_benign():
+    """The headline figures average over subtypes, so a model that calls a mucinous carcinoma benign can still
+    look good; the page lists stage 1's calls per true subtype, images and patients, and names the cancers
+    it misses most."""
+    import pandas as pd
+
+    from core.app import held_out
+
+    rows = pd.DataFrame(_called("1-1", "ductal_carcinoma", [0.9, 0.8, 0.7]) + _called("1-2", "ductal_carcinoma", [0.6, 0.9])
+                        + _called("1-3", "mucinous_carcinoma", [0.2, 0.3, 0.1, 0.9]) + _called("1-4", "fibroadenoma", [0.4, 0.7]))
+    table = held_out.stage1_by_subtype(rows).set_index("true subtype")
+    assert list(table.index) == ["fibroadenoma", "ductal carcinoma", "mucinous carcinoma"]  # the labels' order
+    assert table.loc["mucinous carcinoma", "images called the other class"] == 3
+    assert table.loc["mucinous carcinoma", "patients called its class"] == "0 of 1"  # mean p(malignant) 0.375
+    assert table.loc["ductal carcinoma", "patients called its class"] == "2 of 2"
+    assert table.loc["ductal carcinoma", "images called its class, 95% CI"].startswith("100.0%")
+    assert table.loc["fibroadenoma", "images called the other class"] == 1 and set(table["protocol"]) == {"patient-wise"}
+    caption = held_out.stage1_by_subtype_caption(table.reset_index(), {"data": {"protocol": "patient-wise", "images": 11,
+                                                                               "cases": 4}})
+    assert "(patient-wise, 11 images of 4 patients)" in caption
+    assert caption.endswith("Most often missed: mucinous carcinoma (3 of 4 images).")  # not the benign fibroadenoma
+    assert held_out.stage1_by_subtype(None) is None

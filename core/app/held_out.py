@@ -1,4 +1,5 @@
-"""95% intervals for the Model performance page's per-stage and per-magnification accuracies.
+"""95% intervals for the Model performance page's per-stage and per-magnification accuracies, and its stage-1
+calls per true subtype (which tumours a model sends to the other class).
 
 The headline intervals (core.evaluation.evaluate) cover stage 1 and the patients; the other blocks keep point
 values only. Where the run kept its held-out predictions (core.app.referral_view.stored_predictions) each
@@ -11,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.data.labels import SUBTYPES_BY_CLASS
-from core.evaluation.intervals import binomial_interval, format_interval, share_interval
+from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES, SUBTYPES_BY_CLASS
+from core.evaluation.intervals import binomial_interval, format_interval, format_share, share_interval
+from core.evaluation.metrics import SUBTYPE_UNIT, patient_table
 
 BOOTSTRAP, WILSON = "bootstrap over patients", "Wilson over its rows (as independent: patients not kept)"
 
@@ -74,3 +76,46 @@ def magnification_intervals(rows: pd.DataFrame | None, magnification: str, block
     for name, path in (("stage 1 accuracy, 95% CI", ("stage1",)), ("8-subtype accuracy, 95% CI", ("subtype8",))):
         out[name], out["interval"] = accuracy_interval({}, path, block[path[0]], mine)
     return out
+
+
+def stage1_by_subtype(rows: pd.DataFrame | None, malignant_threshold: float = 0.5) -> pd.DataFrame | None:
+    """Stage 1's calls on the held-out images of each true subtype, and on its patients.
+
+    The headline figures average over subtypes, so a model that calls every mucinous carcinoma benign can
+    show a good balanced accuracy; a pathologist needs to know which tumours it misses. For a malignant
+    subtype the images not called malignant are missed cancers. Patients: the images of one case and
+    tumour type averaged, then the model's own case rule (core.evaluation.metrics.patient_table); the
+    interval is the usual bootstrap over patients (Wilson over them where it has no spread). None without
+    kept predictions."""
+    if rows is None or not len(rows):
+        return None
+    typed = patient_table(rows, malignant_threshold, SUBTYPE_UNIT)
+    out = []
+    for subtype in [s for s in SUBTYPES if s in set(rows["subtype"])]:
+        mine = rows[rows["subtype"] == subtype]
+        right = (mine["label"] == mine["pred_label"]).to_numpy()
+        cases = typed[typed["subtype"] == subtype]
+        out.append({"true subtype": subtype.replace("_", " "), "class": CLASS_OF_SUBTYPE[subtype],
+                    "images called its class, 95% CI": format_share(share_interval(mine, right)),
+                    "images called the other class": int((~right).sum()), "images": len(mine),
+                    "patients called its class": f"{int((cases['pred_label'] == cases['label']).sum())} of {len(cases)}",
+                    "protocol": str(mine["protocol"].iloc[0]) if "protocol" in mine else ""})
+    return pd.DataFrame(out)
+
+
+def stage1_by_subtype_caption(table: pd.DataFrame, metrics: dict) -> str:
+    """What the table is of, and the malignant subtypes whose images were missed most, in words."""
+    data = metrics.get("data") or {}
+    protocol = data.get("protocol", "the model's test split")
+    text = (f"Each row: the held-out images of one true subtype ({protocol}, "
+            f"{data.get('images', '?')} images of {data.get('cases', '?')} patients). For a malignant subtype, "
+            "images called the other class are cancers called benign; for a benign one, benign tissue called "
+            "malignant. Patients: a patient's images of that subtype averaged, then the model's rule. 95% CI: "
+            "bootstrap over patients; a subtype of a few patients has a wide one.")
+    missed = table[(table["class"] == "malignant") & (table["images called the other class"] > 0)]
+    if len(missed):
+        worst = missed.assign(share=missed["images called the other class"] / missed["images"]).nlargest(2, "share")
+        named = " and ".join(f"{r['true subtype']} ({r['images called the other class']} of {r['images']} images)"
+                             for _, r in worst.iterrows())
+        text += f" Most often missed: {named}."
+    return text
