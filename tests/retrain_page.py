@@ -39,6 +39,8 @@ def retrain_app(environment):
 
 
 def texts(elements) -> str:
+    """The elements' text as the page wrote it, its escapes kept: these tests compare it with
+    core.app.audit_glue.plain(...) of the expected words (tests.app_helpers.texts removes the escapes)."""
     return "\n".join(str(e.value) for e in elements)
 
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import roles
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, REPO, signed_in_app
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, REPO, signed_in_app, tables
 
 CHECKS = {"require": 0, "permitted": 0, "can": 1}  # the functions that check a role, and where the action goes
 
@@ -54,7 +54,7 @@ def test_a_pathologist_sees_and_reviews_everyones_results_in_the_shared_worklist
     app.switch_page("pages/review.py").run()
     assert not app.exception and any(f"#{row}" in m.value and "by boss" in m.value for m in app.markdown)
     app.text_input(key="history_case").input("14-2523").run()
-    [history] = [frame.value for frame in app.dataframe if "file" in frame.value.columns]
+    [history] = tables(app, "file")
     assert list(history["user"]) == ["boss"]
     app.checkbox(key=f"original_queue_{row}").check()  # images are not kept: the review is of the original
     app.button(key=f"FormSubmitter:review_queue_{row}-Save review").click().run()  # "agree"

@@ -7,7 +7,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, app_with_models, make_model_folder, texts
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, app_with_models, make_model_folder, tables, texts
 
 
 def test_the_model_list_leaves_out_a_fields_cross_validations_fold_models(tmp_path, monkeypatch):
@@ -47,12 +47,12 @@ def test_the_compare_page_never_sets_runs_of_other_test_images_side_by_side(tmp_
     groups = [s.value for s in app.subheader if s.value.startswith("Group ")]
     assert len(groups) == 2 and all(": 1 model on " in g for g in groups), groups
     assert any("never saw its patient during training" in g for g in groups) and any(g.endswith(" test images") for g in groups)
-    tables = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
-    assert len(tables) == 3  # and their cross-validations on the same folds (tests/test_compare.py)
-    assert tables[2].columns[2].endswith(": mean +- std over folds")
+    shown = tables(app, "metric")
+    assert len(shown) == 3  # and their cross-validations on the same folds (tests/test_compare.py)
+    assert shown[2].columns[2].endswith(": mean +- std over folds")
     # the Model performance page's metric names, not the raw keys
-    assert {"stage-1 ROC AUC", "subtype macro-F1 (8 classes)"} <= set(tables[0]["metric"]) and \
-        "stage1 auc" not in set(tables[0]["metric"])
+    assert {"stage-1 ROC AUC", "subtype macro-F1 (8 classes)"} <= set(shown[0]["metric"]) and \
+        "stage1 auc" not in set(shown[0]["metric"])
 
 
 def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_the_compare_page_tells_apart_two_models_of_the_same_name(tmp_path, monk
     app.switch_page("pages/compare.py").run()
     app.multiselect(key="compare_models").set_value([str(tmp_path / "models" / n) for n in ("default", "copy")]).run()
     assert not app.exception, app.exception
-    [table, folds] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]  # test set, CV
+    [table, folds] = tables(app, "metric")  # test set, CV
     name = json.loads((REPO / "models" / "default" / "card.json").read_text())["name"]
     assert [c for c in table.columns if c.startswith(name)] == [f"{name} (models/{n})" for n in ("default", "copy")]
     assert len([b for b in app.button if b.label.startswith(f"Make {name}")]) == 2

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from core.app import jobs
-from tests.app_helpers import SLEEPER, finished_job, make_model_folder, stop_and_forget
+from tests.app_helpers import SLEEPER, finished_job, make_model_folder, stop_and_forget, tables
 from tests.retrain_page import START, launch, retrain_app, retrain_environment, texts
 
 
@@ -82,7 +82,7 @@ def test_a_finished_demo_run_withholds_its_figures_and_says_why(app, environment
     (run / "metrics.json").write_text(json.dumps(metrics))
     app.run()
     assert not app.exception
-    shown = [frame.value for frame in app.dataframe if "what" in frame.value.columns]
+    shown = tables(app, "what")
     warned = texts(app.warning)
     if demo:
         assert not shown and "Evaluation on the held-out test split" not in texts(app.markdown)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.app import comparison
-from tests.app_helpers import REPO
+from tests.app_helpers import REPO, tables
 
 EVALUATED = {"protocol": "patient-wise", "test_set": {"fingerprint": "f"}, "stage1_accuracy": 0.5}
 
@@ -78,7 +78,7 @@ def test_the_compare_page_names_demo_models_and_shows_none_of_their_figures(tmp_
     assert not app.exception, app.exception
     assert "DEMO model demo: a DEMO model exists to show how the app works and has NO valid accuracy" in \
         texts(app.warning)
-    [table] = [frame.value for frame in app.dataframe if "metric" in frame.value.columns]
+    [table] = tables(app, "metric")
     assert table["demo"].iloc[0] == "DEMO · demo (small_cnn)"
     assert set(table["demo"].iloc[1:-1]) == {comparison.NOT_SHOWN_DEMO} and "0.500" in set(table["real"])
     assert [c.value for c in app.caption if c.value.startswith(("DEMO", "real"))] == ["DEMO · demo (small_cnn)",

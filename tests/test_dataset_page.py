@@ -11,7 +11,7 @@ from core import paths
 from core.store import accounts
 from core.store.audit import Store
 from core.testing.apptest import sign_in
-from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, app_like_the_server, make_model_folder
+from tests.app_helpers import APP, APP_TIMEOUT, PASSWORD, app_like_the_server, make_model_folder, tables
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_a_folder_without_malignant_images_shows_no_ratio_but_what_is_absent(env
     assert not app.exception
     assert [metric.value for metric in app.metric[3:5]] == ["n/a", "n/a"]  # was 2.5 : 1 and 1.0 : 1
     assert "no malignant image" in shown(app) and "4 of 8 subtypes (Ductal carcinoma" in shown(app)
-    tfdata, fields = [frame.value for frame in app.dataframe if "strategy" in frame.value.columns]
+    tfdata, fields = tables(app, "strategy")
     assert set(tfdata["class imbalance (max/min)"]) == set(fields["class imbalance (max/min)"]) == {
         "n/a: Malignant absent"}
 

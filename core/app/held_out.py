@@ -99,7 +99,7 @@ def stage1_by_subtype(rows: pd.DataFrame | None, malignant_threshold: float = 0.
                     "images called its class, 95% CI": format_share(share_interval(mine, right)),
                     "images called the other class": int((~right).sum()), "images": len(mine),
                     "patients called its class": f"{int((cases['pred_label'] == cases['label']).sum())} of {len(cases)}",
-                    "protocol": str(mine["protocol"].iloc[0]) if "protocol" in mine else ""})
+                    "protocol": str(mine["protocol"].iloc[0])})  # patient_table has read the column
     return pd.DataFrame(out)
 
 
