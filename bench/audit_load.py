@@ -21,8 +21,10 @@ asks to bound is the write the audit adds, measured here where it happens, on th
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +148,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.sessions, args.seconds, crash_after_s = 2, 1.0, 0.3
     folder = tempfile.mkdtemp(prefix="audit-load-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # its database goes with the run
     url = args.url or f"sqlite:///{folder}/breakhis.db"
     store = Store.open(url)
     baseline = load(store, 1, min(5.0, args.seconds), args.think_s)

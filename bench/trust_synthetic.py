@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def main(argv=None) -> int:
     add_smoke(parser)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="trust-"))
+    try:  # its data set and three trained models (~45 MB) go with the run
+        return measure(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(work: Path, args) -> int:
     per_case, per_subtype, mislabelled = 2, (3 if args.smoke else 25), 0.2
     settings = {**TINY, "epochs": 1, "patience": 1} if args.smoke else TINY
     recipes = ((0, 3e-3), (1, 1e-3), (2, 3e-4))[:2 if args.smoke else 3]
