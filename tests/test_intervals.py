@@ -67,6 +67,24 @@ def test_an_undefined_auc_is_skipped_and_counted():
     assert block["value"] is None and block["resamples"] == 0 and block["undefined"] == 2000
 
 
+def test_a_resample_without_one_class_gives_no_balanced_or_macro_figure():
+    """Three malignant patients called right and one benign patient called malignant: a resample without the
+    benign patient has no balanced accuracy (its malignant recall alone read 1.0 and made the interval 0.50-1.00
+    for a model that calls everything malignant); it is skipped and counted, as an undefined AUC is."""
+    rows = [{"case": case, "label": label, "pred_label": "malignant", "p_malignant": 0.9 if label == "malignant" else 0.8,
+             "subtype": "ductal_carcinoma" if label == "malignant" else "adenosis", "pred_subtype": "ductal_carcinoma"}
+            for case, label in [("m1", "malignant"), ("m2", "malignant"), ("m3", "malignant"), ("b1", "benign")]
+            for _ in range(10)]
+    out = headline_intervals(pd.DataFrame(rows), "image")
+    auc_undefined = out["stage1_auc"]["undefined"]
+    assert 0 < auc_undefined < 2000
+    for name in ("stage1_balanced_accuracy", "subtype_macro_f1"):
+        block = out[name]
+        assert block["undefined"] == auc_undefined, name  # the same resamples lack benign tissue
+        assert block["low"] <= block["value"] <= block["high"], name
+    assert out["stage1_balanced_accuracy"]["high"] == pytest.approx(0.5)  # never better than its calls are
+
+
 def test_fold_summary_is_mean_and_sample_std():
     summary = fold_summary([{"acc": 0.5, "n": 3, "flag": True}, {"acc": 0.7, "n": 5, "flag": False}])
     assert summary["acc"]["mean"] == pytest.approx(0.6) and summary["acc"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.data.labels import SUBTYPES
+from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, SUBTYPES
 from core.evaluation.metrics import headline_not_applicable
 
 N_RESAMPLES = 2000
@@ -36,9 +36,11 @@ def _accuracy(w, t):
 
 
 def _balanced_accuracy(w, t):  # every resample at once; metrics.balanced_accuracy is the one-table form
-    recalls = [_ratio(w @ ((t["label"] == c) & (t["pred_label"] == c)), w @ (t["label"] == c))
-               for c in np.unique(t["label"])]
-    return np.nanmean(np.stack(recalls), axis=0) if recalls else np.full(len(w), np.nan)
+    """Mean of the two classes' recalls; undefined (NaN: skipped and counted) in a resample that lacks a class,
+    as the point figure is on such a split (metrics.not_applicable), not the one recall it has."""
+    recalls = np.stack([_ratio(w @ ((t["label"] == c) & (t["pred_label"] == c)), w @ (t["label"] == c))
+                        for c in CLASSES])
+    return recalls.mean(axis=0)
 
 
 def _malignant_recall(w, t):
@@ -71,10 +73,12 @@ def _subtype_f1(w, truth, called):
 
 
 def _macro_f1(w, t):
-    """Macro F1 over the subtypes present (by true label) in each resample, as scikit-learn's."""
+    """Macro F1 over the subtypes present (by true label) in each resample, as scikit-learn's; undefined (NaN)
+    in a resample without a true subtype of either class, as the point figure is (metrics.not_applicable)."""
     scores, present = zip(*(_subtype_f1(w, t["subtype"] == s, t["pred_subtype"] == s) for s in SUBTYPES))
     scores, present = np.stack(scores), np.stack(present)
-    return _ratio((scores * present).sum(0), present.sum(0))
+    both = np.all([present[[CLASS_OF_SUBTYPE[s] == c for s in SUBTYPES]].any(0) for c in CLASSES], axis=0)
+    return np.where(both, _ratio((scores * present).sum(0), present.sum(0)), np.nan)
 
 
 # name -> metric(weights (R, N), columns of the table as arrays) -> (R,)
