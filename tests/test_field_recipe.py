@@ -12,6 +12,7 @@ from core.data.keras_augment import FieldAugmentation, crop_and_resize
 from core.data.labels import SUBTYPES
 from core.errors import UserInputError
 from core.evaluation.referral import choose_threshold, referral_figures, referral_thresholds
+from core.model.decisions import below, threshold_text
 from core.testing.jax_process import run_under_jax
 from core.training.config import TrainConfig, checked
 from core.training.field_fit import sampling
@@ -157,7 +158,22 @@ def test_referral_keeps_the_largest_share_at_the_target_accuracy():
     # keeping 16 images: 15/16 = 0.94 >= 0.9; 17 images: 15/17 = 0.88 < 0.9
     assert chosen["coverage"] == pytest.approx(16 / 20) and chosen["threshold"] == pytest.approx(confidence[15])
     nothing = choose_threshold(confidence, np.zeros(20, bool), target=0.9)
-    assert nothing["threshold"] == 1.0 and nothing["coverage"] == 0.0
+    assert nothing["threshold"] > 1.0 and nothing["coverage"] == 0.0
+
+
+def test_refer_everything_refers_saturated_probabilities_too():
+    """A threshold of 1.0 meant "refer everything", but an image is kept when p >= threshold and a float32
+    softmax saturates at exactly 1.0: such images were left unreferred and counted as the unreferred share."""
+    table = _predictions(40)
+    table["pred_label"] = "malignant"  # half wrong: no threshold reaches the target
+    table.loc[:3, ["p_malignant", "p_benign"]] = [1.0, 0.0]
+    table[["p_malignant", "p_benign"]] = table[["p_malignant", "p_benign"]].astype(np.float32)
+    chosen = referral_thresholds(table, "test data")
+    assert "every image is referred" in chosen["stage1"]["note"]
+    figures = referral_figures(table, chosen)
+    assert figures["stage1_referred_share"] == 1.0 and figures["stage1_accuracy_unreferred"] is None
+    assert threshold_text(chosen["stage1"]["threshold"]).startswith("1+")
+    assert below(1.0, chosen["stage1"]["threshold"]) == "1.00 < 1+ (every image referred)"
 
 
 def _predictions(n=60, seed=0):

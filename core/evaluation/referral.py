@@ -24,6 +24,10 @@ from core.data.labels import CLASSES, SUBTYPES
 STAGE1_TARGET = 0.97
 SUBTYPE_TARGET = 0.80
 MIN_KEPT = 10  # below this many unreferred images an accuracy says nothing: refer everything
+# "Refer everything": a threshold above every probability, since an image is kept when p >= threshold and a
+# float32 softmax saturates at exactly 1.0 (a threshold of 1.0 kept those images, unreferred and uncounted).
+# Clear of 1 even in float16 (numpy compares a Python float with a float32/16 array in the array's type).
+REFER_ALL = 1.001
 
 
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
@@ -38,7 +42,7 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict:
     """The lowest confidence threshold whose kept images reach `target` accuracy (ties: every image
-    at that confidence kept). Nothing reaches it: threshold 1.0 (refer everything), said so."""
+    at that confidence kept). Nothing reaches it: REFER_ALL (refer everything, p = 1.0 too), said so."""
     curve = coverage_curve(confidence, correct)
     # Only cut between distinct confidences: a threshold keeps all images at or above it.
     last_of_value = ~curve["threshold"].duplicated(keep="last").to_numpy()
@@ -48,7 +52,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float)
     block = {"target_accuracy": target, "images": int(len(curve)),
              "curve": points.iloc[::step].round(4).to_dict(orient="list")}
     if ok.empty:
-        return {**block, "threshold": 1.0, "coverage": 0.0, "accuracy": None,
+        return {**block, "threshold": REFER_ALL, "coverage": 0.0, "accuracy": None,
                 "note": f"no threshold keeps {MIN_KEPT}+ images at accuracy >= {target}: every image is referred"}
     best = ok.iloc[-1]
     return {**block, "threshold": float(best["threshold"]), "coverage": float(best["coverage"]),

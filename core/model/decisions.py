@@ -136,7 +136,9 @@ def figure(value: float) -> str:
 def threshold_text(threshold: float) -> str:
     """A referral threshold as every output states it (page caption, reasons, CSV, PDF, CLI): to 4
     decimals, so a validated 0.9762 is not read as 0.98 (an image at 0.977 is not referred), trailing
-    zeros dropped down to 2 (0.70)."""
+    zeros dropped down to 2 (0.70). Above 1 (core.evaluation.referral.REFER_ALL) no probability reaches it."""
+    if threshold > 1.0:
+        return "1+ (every image referred)"
     text = f"{threshold:.4f}".rstrip("0")
     return text + "0" * max(0, 2 - len(text.split(".")[1]))
 
@@ -144,6 +146,8 @@ def threshold_text(threshold: float) -> str:
 def _compared(value: float, threshold: float, holds) -> tuple[str, str]:
     """(value, threshold) as printed: the threshold as threshold_text states it, the value with the
     fewest decimals (2 to 6) that keep it apart from the threshold and still read true (holds)."""
+    if threshold > 1.0:  # refer everything: no probability reaches it (threshold_text says so)
+        return f"{value:.2f}", threshold_text(threshold)
     for digits in range(2, 7):
         shown = threshold_text(threshold) if digits <= 4 else f"{threshold:.{digits}f}"
         text = f"{value:.{digits}f}"
