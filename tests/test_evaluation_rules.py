@@ -73,6 +73,24 @@ def test_app_case_calls_and_patient_level_evaluation_use_one_rule():
         case_decision([])
 
 
+
+def test_an_image_at_exactly_one_half_is_called_malignant_as_an_image_and_as_a_case():
+    """One tie rule: an argmax called p(malignant) = 0.5 benign per image while the case rule and the threshold
+    figures (p >= threshold) called the same image malignant, so its recall read 0.5 beside 1.0."""
+    from core.evaluation.thresholds import at_threshold
+    from core.model.decisions import case_decision, image_calls
+
+    p_class = np.array([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1], [0.5000001, 0.4999999]])
+    assert image_calls(p_class).tolist() == ["malignant", "malignant", "benign", "benign"]
+    rows = pd.DataFrame({"case": ["14-1", "14-2", "14-3", "14-4"], "label": ["malignant"] * 2 + ["benign"] * 2,
+                         "subtype": ["ductal_carcinoma"] * 2 + ["adenosis"] * 2, "protocol": PATIENT,
+                         "magnification": "40X"})
+    table = predictions_frame(rows, p_class, np.full((4, 8), 0.25))
+    assert table["pred_label"].tolist() == ["malignant", "malignant", "benign", "benign"]
+    assert case_decision([(p_class[0], np.full(8, 0.25))]).label == table["pred_label"][0]
+    malignant = table[table["label"] == "malignant"]
+    assert (malignant["pred_label"] == "malignant").mean() == at_threshold(table, 0.5, {})["malignant_recall"] == 1.0
+
 def test_the_eight_view_uncertainty_uses_at_most_a_few_hundred_images_per_split():
     """TTA runs 8 forwards an image: a full split is capped, at random but reproducibly."""
     import pandas as pd

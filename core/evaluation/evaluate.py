@@ -44,6 +44,7 @@ from core.evaluation.metrics import (
 from core.evaluation.thresholds import case_threshold, flagged_block, threshold_blocks, uncertainty_threshold
 from core.jsonfile import read_json, write_json_atomic
 from core.model.calibration import brier, reliability
+from core.model.decisions import image_calls
 from core.model.folders import read_card, update_card
 from core.paths import portable
 
@@ -97,7 +98,7 @@ def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarra
     (p(subtype | its class)) columns, from p(class) (N, 2) and p(subtype | class) (N, 8, SUBTYPES
     order). The one place that turns probabilities into image-level calls, for models and baselines."""
     frame = rows.reset_index(drop=True).copy()
-    labels = np.asarray(CLASSES)[np.asarray(p_class).argmax(axis=1)]
+    labels = image_calls(p_class)
     own = {c: [SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]] for c in CLASSES}
     frame["pred_label"] = labels
     frame["pred_subtype"] = [SUBTYPES[own[c][int(np.argmax(within[i, own[c]]))]] for i, c in enumerate(labels)]

@@ -44,6 +44,7 @@ from core.model.decisions import (  # noqa: F401 - re-exported: the Predictor's 
     below,
     case_decision,
     figure,
+    image_calls,
 )
 from core.model.folders import card_is_demo, load_model_folder
 from core.model.views import VIEWS, dihedral_views, mean_over_crops, mean_over_views, uncertainty_of
@@ -273,7 +274,7 @@ class Predictor:
         beyond the validated spread); the subtype when p(subtype | class) is below its own, or when
         stage 1 is referred (the subtype depends on it). A demo model refers both."""
         stage1, within = self._class_probabilities(outputs, i)
-        label = max(CLASSES, key=stage1.get)
+        label = str(image_calls([stage1[c] for c in CLASSES])[0])
         other = CLASSES[1 - CLASSES.index(label)]
         stage2 = within[label]
         subtype = max(stage2, key=stage2.get)
