@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES, SUBTYPES_BY_CLASS
 from core.evaluation.intervals import binomial_interval, format_interval, format_share, share_interval
-from core.evaluation.metrics import SUBTYPE_UNIT, patient_table
+from core.evaluation.metrics import PATIENT_UNIT, SUBTYPE_UNIT, patient_table
 
 BOOTSTRAP, WILSON = "bootstrap over patients", "Wilson over its rows (as independent: patients not kept)"
 
@@ -28,9 +28,16 @@ def held_out_rows(predictions: pd.DataFrame | None, metrics: dict) -> pd.DataFra
     return rows.reset_index(drop=True) if len(rows) and len(rows) == data.get("images") else None
 
 
-def right_calls(rows: pd.DataFrame, path: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """(rows, right call per row) of an image-level block: stage 1, the 8 subtypes, or stage 2 within a
-    true class (its subtype among that class's, as the block scores it); None for another block."""
+def right_calls(rows: pd.DataFrame, path: tuple[str, ...],
+                malignant_threshold: float = 0.5) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """(rows, right call per row) of a block: stage 1, the 8 subtypes, or stage 2 within a true class (its
+    subtype among that class's, as the block scores it) of the images; stage 1 per patient and the 8 subtypes
+    per case and tumour type, by the case rule at the block's threshold (patient_table); None for another."""
+    if path[0] == "patient" and path[1:] in (("stage1",), ("subtype8",)):
+        stage1 = path[1] == "stage1"
+        cases = patient_table(rows, malignant_threshold, PATIENT_UNIT if stage1 else SUBTYPE_UNIT)
+        truth, called = ("label", "pred_label") if stage1 else ("subtype", "pred_subtype")
+        return cases, (cases[truth] == cases[called]).to_numpy()
     if path == ("stage1",):
         return rows, (rows["label"] == rows["pred_label"]).to_numpy()
     if path == ("subtype8",):
@@ -49,7 +56,8 @@ def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: p
     headline = ((metrics.get("intervals") or {}).get(level) or {}).get("stage1_accuracy") if level else None
     if headline and headline.get("low") is not None:
         return format_interval(headline), interval_method(headline)
-    called = right_calls(rows, path) if rows is not None else None
+    threshold = (metrics.get("patient") or {}).get("malignant_threshold", 0.5)
+    called = right_calls(rows, path, threshold) if rows is not None else None
     if called is not None and len(called[0]):
         shared = share_interval(*called)
         return format_interval(shared), interval_method(shared)
