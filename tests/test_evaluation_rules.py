@@ -24,6 +24,24 @@ def test_recall_favouring_threshold_is_the_largest_reaching_the_target():
     assert recall_favouring_threshold(np.array([]), 0.95) is None
 
 
+def test_a_case_threshold_is_chosen_only_where_it_beats_chance_on_validation():
+    """The midpoints between three validation cases that the model ranks backwards all score below 0.5; the
+    best of them (0.25 at 0.15) was chosen over the default, fitting noise. Now: the default, saying why."""
+    from core.evaluation.thresholds import case_threshold
+
+    def rows(case, label, p_malignant):
+        return {"case": case, "label": label, "subtype": "adenosis" if label == "benign" else "ductal_carcinoma",
+                "p_benign": 1 - p_malignant, "p_malignant": p_malignant, "protocol": PATIENT, "pred_label": "x",
+                "pred_subtype": "adenosis",
+                **{f"p_{s}": 0.1 for s in SUBTYPES}, **{f"w_{s}": 0.25 for s in SUBTYPES}}
+
+    backwards = pd.DataFrame([rows("b", "benign", 0.9), rows("m1", "malignant", 0.1), rows("m2", "malignant", 0.2)])
+    chosen = case_threshold(backwards)
+    assert chosen["threshold"] == 0.5 and "beats chance" in chosen["reason"]
+    right = pd.DataFrame([rows("b", "benign", 0.3), rows("m1", "malignant", 0.4), rows("m2", "malignant", 0.8)])
+    assert case_threshold(right)["threshold"] == pytest.approx(0.35)  # separates them: chosen
+
+
 def test_patient_level_averages_probabilities_per_case():
     def row(case, p_malignant, subtype="ductal_carcinoma"):
         joint = {f"p_{s}": (p_malignant if s == subtype else (1 - p_malignant) if s == "adenosis" else 0.0)

@@ -72,6 +72,10 @@ def case_threshold(val_table: pd.DataFrame | None) -> dict:
         return balanced_accuracy(malignant, cases["p_malignant"].to_numpy() >= threshold)
 
     best = max(candidates, key=lambda c: (round(balanced(c), 12), -abs(c - 0.5)))
+    if balanced(best) <= 0.5:  # every threshold is chance or worse: a chosen one would only fit the noise
+        return {"threshold": 0.5, "selected_on": scope(cases, "val", level="patient"),
+                "balanced_accuracy_on_validation": float(balanced(0.5)),
+                "reason": "no threshold beats chance on the validation cases: the default 0.5"}
     return {"threshold": float(best), "selected_on": scope(cases, "val", level="patient"),
             "balanced_accuracy_on_validation": float(balanced(best)),
             "rule": "best balanced accuracy over the validation cases, ties towards 0.5"}
