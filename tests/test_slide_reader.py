@@ -77,6 +77,21 @@ def test_plain_image_takes_its_scale_from_the_name(tmp_path):
     # `predict` reads a standalone token in any name: so does the slide reader (one rule)
     with open_slide(path.read_bytes(), name="biopsy_40x.png", magnification="100X") as slide:
         assert slide.scale.x == pytest.approx(2.5) and slide.scale.source.startswith("file name (40X)")
+        assert "magnification given (100X) is for files that state none" in slide.scale.source  # not silently
+
+
+def test_mpp_overrides_what_the_file_states_and_says_so(tmp_path):
+    """--mpp and --magnification were both documented as fallbacks; --mpp silently won over the metadata and
+    --magnification silently lost to it. Now --mpp overrides (to correct a wrong resolution) naming what the
+    file stated, and a magnification the file's own scale outranks is said to be unused."""
+    slide_path = write_pyramid(tmp_path / "scan.tif", np.full((460, 700, 3), 200, np.uint8), mpp=0.5, levels=1)
+    with open_slide(slide_path, mpp=0.25) as slide:
+        assert slide.scale.x == 0.25 and slide.scale.source.startswith("chosen by user (mpp)")
+        assert "states 0.5 um/px" in slide.scale.source
+    with open_slide(slide_path, magnification="40X") as slide:
+        assert slide.scale.x == pytest.approx(0.5) and "(40X) is for files that state none" in slide.scale.source
+    with open_slide(slide_path, magnification="200X") as slide:  # agrees with the metadata (0.5 um/px): no note
+        assert "magnification given" not in slide.scale.source
 
 
 def test_bad_inputs_get_clear_messages(tmp_path, small_slide):

@@ -102,9 +102,9 @@ def add_slide_commands(command, default_model: str) -> None:
         sub.add_argument(target, help=what)
         sub.add_argument("--out", required=True, help="output folder")
         sub.add_argument("--model", default=default_model, help="model folder (default: the bundled model)")
-        sub.add_argument("--mpp", type=float, help="microns per pixel, for a file that does not state it")
+        sub.add_argument("--mpp", type=float, help="microns per pixel; overrides what the file states (its metadata or name)")
         sub.add_argument("--magnification", type=stated_magnification,
-                         help="e.g. 200X, for a plain image whose name does not state it")
+                         help="e.g. 200X, for a file whose metadata and name state no scale (--mpp overrides them)")
         add_dataclass_options(sub, "core.slide.predictor", "TileSettings")
         add_dataclass_options(sub, "core.slide.tissue", "TissueSettings")
         if name == "slides":

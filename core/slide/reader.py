@@ -20,6 +20,7 @@ SlideError (a UserInputError) whose text is shown as is.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -213,12 +214,22 @@ def _metadata_scale(properties, prefix: str) -> Scale | None:
 
 def _resolve_scale(found: Scale | None, name: str, width: int, height: int, mpp: float | None,
                    magnification: str | None) -> Scale:
-    """The user's explicit mpp, else the metadata's, else the name's or the chosen magnification."""
+    """The user's explicit mpp (it overrides: the way to correct a file's wrong resolution), else the
+    metadata's, else the name's, else the chosen magnification (a fallback for files that state none). Where
+    the file states a scale that an option did not replace, or an option replaced it, the source says both."""
+    stated = found or image_scale(name, width, height)
     if mpp is not None:
         if not mpp > 0:
             raise SlideError(f"Microns per pixel must be positive, not {mpp}.")
-        return Scale(float(mpp), float(mpp), "chosen by user (mpp)")
-    scale = found or image_scale(name, width, height, magnification)
+        instead = f"; the {stated.source} states {stated.x:.4g} um/px" if stated is not None else ""
+        return Scale(float(mpp), float(mpp), f"chosen by user (mpp){instead}")
+    if stated is not None:
+        given = image_scale("", width, height, magnification) if magnification else None
+        if given is not None and not math.isclose(given.x, stated.x, rel_tol=0.1):
+            return dataclasses.replace(stated, source=f"{stated.source}; the magnification given ({magnification}) "
+                                       "is for files that state none: give microns per pixel to override it")
+        return stated
+    scale = image_scale(name, width, height, magnification)
     if scale is None:
         raise SlideError(f"'{name}' states no resolution: its metadata has no microns per pixel and its "
                          "name no magnification (a BreakHis name, or a token such as _200X). Choose the "
