@@ -144,10 +144,11 @@ def test_a_slide_that_is_not_he_tissue_gets_diagnoses_message_not_a_call(bundled
     assert not any("H&E check" in note for note in result.notes)
 
 
-@pytest.mark.parametrize("mpp", [0.02, 0.001])
-def test_a_tile_larger_than_the_slide_is_refused_before_reading(bundled, mpp, monkeypatch):
+@pytest.mark.parametrize("mpp", [0.02, 0.001, 8.0])
+def test_an_absurd_tile_for_the_resolution_is_refused_before_reading(bundled, mpp, monkeypatch):
     """At 0.02 um/px one tile of a 4900x2540 image was 17,500x11,500 px (5.9 GB of RAM); at 0.001 it asked
-    for 225 GiB (a MemoryError traceback). Refused before any read, with the resolution and what to do."""
+    for 225 GiB (a MemoryError traceback); at 8 it was 44x29 px, enlarged 4x to the model's input, and a slide
+    ran for minutes. Refused before any read, with the resolution and what to do."""
     from core.slide.reader import SlideReader
 
     rgb = np.full((2540, 4900, 3), 255, np.uint8)

@@ -153,15 +153,19 @@ class SlidePredictor:
 
     def check_plan(self, reader: SlideReader, plan: TilePlan) -> None:
         """SlideError, before anything is read, when a tile is absurd for the slide: the slide would fill
-        less than a quarter of its one tile (the rest white padding), or one tile would be larger than
-        MAX_TILE_PIXELS (a resolution of 0.001 um/px asked for a 225-GiB tile)."""
+        less than a quarter of its one tile (the rest white padding), one tile would be larger than
+        MAX_TILE_PIXELS (a resolution of 0.001 um/px asked for a 225-GiB tile), or a tile is so coarse that the
+        model would enlarge it more than twice (a wrong --mpp of 8 ran for minutes on 28-px tiles)."""
         (width, height), (tile_w, tile_h), (read_w, read_h) = reader.dimensions, plan.size, plan.read_size
         filled = min(width, tile_w) * min(height, tile_h) / (tile_w * tile_h)
-        if filled >= 0.25 and read_w * read_h <= MAX_TILE_PIXELS:
+        coarse = 2 * min(tile_w, tile_h) < self.predictor.input_size
+        if filled >= 0.25 and read_w * read_h <= MAX_TILE_PIXELS and not coarse:
             return
         scale = reader.scale
         why = (f"larger than the whole slide ({width}x{height} px)" if filled < 0.25 else
-               f"{read_w * read_h / 1e6:,.0f} megapixels to read, more than {MAX_TILE_PIXELS / 1e6:.0f}")
+               f"{read_w * read_h / 1e6:,.0f} megapixels to read, more than {MAX_TILE_PIXELS / 1e6:.0f}"
+               if read_w * read_h > MAX_TILE_PIXELS else
+               f"too coarse: the model would enlarge it more than twice to its {self.predictor.input_size}-px input")
         small = "; a slide this small is diagnosed as one image (Diagnose, `predict`)" if filled < 0.25 else ""
         um = [round(v * self.scale["mpp"]) for v in self.scale["tile_px"]]
         raise SlideError(f"'{reader.name}' is read at {scale.x:g} um/px ({scale.source}): there the model's tile "
@@ -216,7 +220,9 @@ class SlidePredictor:
         self.check_plan(reader, plan)
         if len(plan.origins) > s.max_tiles:
             raise SlideError(f"'{reader.name}' needs {len(plan.origins):,} tiles at the model's scale, more than "
-                             f"the limit of {s.max_tiles:,}; raise max_tiles or analyse a region.")
+                             f"the limit of {s.max_tiles:,}, when read at {reader.scale.x:g} um/px "
+                             f"({reader.scale.source}). Check that resolution; if it is right, raise max_tiles or "
+                             "analyse a region.")
         mask, mask_downsample = self.tissue(reader)
         timings["tissue_mask_s"] = time.perf_counter() - started
         shares = np.array([self._share(mask, mask_downsample, plan.level0_box(i)) for i in range(len(plan.origins))])
