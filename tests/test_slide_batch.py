@@ -281,9 +281,11 @@ def test_an_interrupted_batch_writes_the_rows_it_finished_not_an_earlier_table(s
 
 @pytest.mark.parametrize("command", ["slide", "slides"])
 @pytest.mark.parametrize("option", [["--overlap", "2"], ["--overlap", "nan"], ["--batch-size", "0"],
-                                    ["--min-tissue", "-1"], ["--map-side", "8"]])
+                                    ["--min-tissue", "-1"], ["--map-side", "8"], ["--map-side", "100000"],
+                                    ["--max-tiles", "0"]])
 def test_an_impossible_tile_option_is_a_user_error(command, option, tmp_path, capsys):
-    """--overlap 2 or --batch-size 0 ended in a ValueError traceback (exit 1) instead of its message."""
+    """--overlap 2 or --batch-size 0 ended in a ValueError traceback (exit 1) instead of its message; --max-tiles 0
+    refused every slide as 'more than the limit of 0', and a huge --map-side read level 0 whole as the overview."""
     assert cli([command, str(tmp_path), "--out", str(tmp_path / "out"), *option]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and option[0].lstrip("-").replace("-", "_") in err and "Traceback" not in err

@@ -115,6 +115,15 @@ def test_outputs_are_written_summary_last(result, tmp_path):
     assert heatmap_rgb(result).shape == result.thumbnail.shape
 
 
+def test_a_model_whose_card_declares_its_views_says_tta_is_always_on(bundled, mosaic, result, monkeypatch):
+    """--tta changed nothing for such a model (the bundled one) and nothing said so: its help promised 8x the time."""
+    assert not any("symmetries" in note for note in result.notes)  # this model's --tta is the user's choice
+    monkeypatch.setattr(bundled, "tta_fixed", lambda: True)
+    with open_slide(mosaic[0]) as slide:
+        notes = SlidePredictor(bundled, TileSettings(top_k=0, tta=True)).predict(slide).notes
+    assert any("always on; --tta changed nothing" in note for note in notes)
+
+
 def test_cancel_stops_with_nothing_returned(bundled, mosaic):
     with open_slide(mosaic[0]) as slide, pytest.raises(Cancelled):
         SlidePredictor(bundled, TileSettings(batch_size=2)).predict(slide, cancelled=lambda: True)

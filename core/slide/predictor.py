@@ -47,6 +47,8 @@ HE_SAMPLE = 16  # tissue tiles given the H&E check before the model runs
 # A tile read larger than this (pixels at its read level) means a wrong resolution, not a slide: a 200X
 # field at 0.1 um/px is 8 megapixels, and every tile is held several times (batch, readers, resize).
 MAX_TILE_PIXELS = 25_000_000
+# The maps are an overview: a larger side would read level 0 whole as the "thumbnail" on a real slide.
+MAX_MAP_SIDE = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,8 @@ class TileSettings:
     min_tissue: float = option(0.25, "share of a tile's area that must be tissue for it to be analysed")
     batch_size: int = option(32, "tiles per model pass")
     top_k: int = option(6, "most suspicious tiles kept with both stages' Grad-CAM")
-    tta: bool = option(False, "test-time augmentation per tile (8 views: 8x the time; gives the spread)")
+    tta: bool = option(False, "test-time augmentation per tile (8 views: 8x the time; gives the spread); always on "
+                       "for a model whose card declares its views (the bundled one)")
     map_side: int = option(1024, "long side of the thumbnail and the stitched maps, in pixels")
     max_tiles: int = option(100_000, "a slide needing more tiles than this is refused")
     readers: int = option(2, "threads decoding tiles ahead of the model")
@@ -67,7 +70,8 @@ class TileSettings:
             ("min_tissue", self.min_tissue, 0.0 <= self.min_tissue <= 1.0, "between 0 and 1"),
             ("batch_size", self.batch_size, self.batch_size >= 1, "at least 1"),
             ("top_k", self.top_k, self.top_k >= 0, "at least 0"),
-            ("map_side", self.map_side, self.map_side >= 16, "at least 16"),
+            ("map_side", self.map_side, 16 <= self.map_side <= MAX_MAP_SIDE, f"between 16 and {MAX_MAP_SIDE}"),
+            ("max_tiles", self.max_tiles, self.max_tiles >= 1, "at least 1"),
             ("readers", self.readers, self.readers >= 1, "at least 1")) if not ok]
         if problems:
             raise UserInputError("Invalid tile settings: " + "; ".join(problems) + ".")
@@ -274,6 +278,9 @@ class SlidePredictor:
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
             f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "
             f"the model's scale: {self.scale['source']}), read at level {plan.level}"]
+        if self.predictor.tta_fixed():
+            notes.append("each tile's p is the mean over the 8 symmetries the model's card declares "
+                         f"(test-time augmentation always on{'; --tta changed nothing' if s.tta else ''})")
         return SlideResult(reader.name, reader.dimensions, reader.scale, plan, tiles, maps["thumbnail"],
                            maps["downsample"], maps["tissue"], maps["p_malignant"], maps["subtype"],
                            maps["uncertainty"], top, call, model, timings, notes, regions)
