@@ -331,3 +331,17 @@ def test_a_linked_folder_of_slides_is_followed_once(tmp_path):
     (root / "again").symlink_to(share, target_is_directory=True)  # the same folder twice
     found = [p.relative_to(root).as_posix() for p in slide_files(root)]
     assert len(found) == 2 and {f.split("/")[-1] for f in found} == {"a.svs", "b.tif"}
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b""), lambda p: p.mkdir()])
+def test_a_missing_or_empty_slide_is_said_before_the_model_loads(make, tmp_path, monkeypatch, capsys):
+    """`slide` loaded the model (seconds) before it found the file missing, and printed a blank line before the
+    error (the progress line's end, with no progress shown)."""
+    import core.slide.batch
+
+    monkeypatch.setattr(core.slide.batch, "slide_model", lambda *a: pytest.fail("the model loaded first"))
+    path = tmp_path / "scan.svs"
+    make(path)
+    assert cli(["slide", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'scan.svs'") and ("not found" in err or "empty" in err or "folder" in err)

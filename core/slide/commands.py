@@ -30,15 +30,23 @@ def _slide_options(args) -> dict:
 def _slide(args) -> int:
     from core.slide.batch import SlideJob, analyse_slide, slide_model
     from core.slide.export import check_out_folder
+    from core.slide.reader import check_file
 
-    slide_model(args.model)  # an unusable model or --out: its message (exit 2) before the slide is read
+    options = _slide_options(args)
+    # A missing or empty file first (loading the model takes seconds), then an unusable model or --out: each
+    # its message (exit 2) before the slide is read.
+    check_file(Path(args.path))
+    slide_model(args.model)
     check_out_folder(args.out)
+    shown = []
 
     def progress(done, total):
+        shown.append(done)
         print(f"\r{done}/{total} tiles", end="", file=sys.stderr, flush=True)
 
-    row = analyse_slide(SlideJob(args.path, args.out, args.model, **_slide_options(args)), progress)
-    print(file=sys.stderr)
+    row = analyse_slide(SlideJob(args.path, args.out, args.model, **options), progress)
+    if shown:  # end the progress line; without one, no blank line before the error
+        print(file=sys.stderr)
     if row["error"]:
         print(f"error: {row['error']}", file=sys.stderr)
         return USER_ERROR

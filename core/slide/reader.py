@@ -331,6 +331,17 @@ def _check(reader: SlideReader) -> SlideReader:
     return reader
 
 
+def check_file(path: Path, name: str | None = None) -> None:
+    """SlideError unless `path` is a file with something in it: what can be said before anything is read (the
+    slide command says it before loading the model)."""
+    name = name or path.name
+    if not path.is_file():
+        raise SlideError(f"'{name}': file not found." if not path.is_dir() else
+                         f"'{name}' is a folder, not a slide (MRXS: name the .mrxs file next to its folder).")
+    if path.stat().st_size == 0:
+        raise SlideError(f"'{name}' is empty (0 bytes).")
+
+
 def open_slide(source, name: str | None = None, mpp: float | None = None,
                magnification: str | None = None, backend: str | None = None) -> SlideReader:
     """Open a slide or image file (a path), or an upload (bytes), for reading regions.
@@ -345,11 +356,7 @@ def open_slide(source, name: str | None = None, mpp: float | None = None,
         return _check(_open_image(data, name, mpp, magnification))
     path = Path(source)
     name = name or path.name
-    if not path.is_file():
-        raise SlideError(f"'{name}': file not found." if not path.is_dir() else
-                         f"'{name}' is a folder, not a slide (MRXS: name the .mrxs file next to its folder).")
-    if path.stat().st_size == 0:
-        raise SlideError(f"'{name}' is empty (0 bytes).")
+    check_file(path, name)
     with open(path, "rb") as handle:
         head = handle.read(1024)
     if backend == "tiffslide" and head[:4] in _TIFF_MAGIC:
