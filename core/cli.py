@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # as typed: what a model card records of the command that trained it
     # Warnings of every module (logging) and the traceback of a failure go to stderr for this command.
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)  # libraries that log INFO themselves (Dask's ~30 lines a batch) stay quiet
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:

@@ -49,7 +49,7 @@ def test_a_bad_slide_is_a_user_error(slide_folder, tmp_path, capsys):
     assert "text file" in capsys.readouterr().err and not (tmp_path / "summary.json").exists()
 
 
-def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypatch):
+def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout's core
     # Dask's worker processes are spawned, and spawn re-imports the parent's __main__ module: after an
     # AppTest in the same session that is app.py, which cannot run in a worker. The CLI's __main__ is
@@ -58,8 +58,10 @@ def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypat
     serial, dask = tmp_path / "serial", tmp_path / "dask"
     assert cli(["slides", str(slide_folder), "--out", str(serial), "--serial", "--top-k", "1",
                 "--model", str(WHOLE_FIELD_MODEL)]) == 1  # notes.tif
+    capsys.readouterr()
     assert cli(["slides", str(slide_folder), "--out", str(dask), "--workers", "2", "--top-k", "1",
                 "--model", str(WHOLE_FIELD_MODEL)]) == 1
+    assert "distributed" not in capsys.readouterr().err  # Dask's own INFO lines (~30 a batch) stay quiet
     table = pd.read_csv(dask / "slides.csv")
     assert list(table["slide"]) == ["SOB_M_MC-14-19979-200-099.png", "mosaic.tif", "notes.tif"]
     assert table["error"].fillna("").str.contains("text file").tolist() == [False, False, True]
