@@ -22,6 +22,16 @@ def test_temperature_scaling_keeps_the_argmax_and_recovers_a_known_temperature()
     np.testing.assert_allclose(apply_temperature(overconfident, 1.0), overconfident, atol=1e-6)
 
 
+def test_the_brier_score_is_summed_over_the_classes_as_the_glossary_says():
+    """The card's stage-1 Brier of 0.25 is 0.125 in the binary (p - y)^2 form: a reader used to that form would
+    take it for a coin's. The glossary states the scale, checked against the function here."""
+    from core.app.glossary import BRIER
+
+    coin = brier(np.full((10, 2), 0.5), np.arange(10) % 2)
+    assert coin == pytest.approx(0.5) and "a constant 50/50 guess scores 0.5" in BRIER
+    assert brier(np.array([[0.0, 1.0]]), np.array([0])) == pytest.approx(2.0) and "2 the worst" in BRIER
+
+
 def test_reliability_bins_count_every_prediction():
     probabilities = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
     table = reliability(probabilities, np.array([0, 1, 1, 0]), bins=15)

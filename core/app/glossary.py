@@ -14,8 +14,10 @@ ROC_AUC = ("ROC AUC: how well the probabilities rank the cases (the chance that 
 BALANCED_ACCURACY = "balanced accuracy: the mean of each class's share called right, so a rare class counts as much."
 ECE = ("ECE (expected calibration error): how far the stated probabilities are from how often the calls are right "
        "(0: calls made at 0.8 are right 80% of the time); lower is better.")
-BRIER = ("Brier score: the mean squared difference between the probabilities and what was true (0 is perfect); "
-         "lower is better. It counts both the calls and their calibration.")
+BRIER = ("Brier score: the mean squared difference between the probabilities and what was true, summed over the "
+         "classes (0 is perfect, 2 the worst; a constant 50/50 guess scores 0.5 on stage 1, i.e. twice the "
+         "single-probability Brier score some papers report); lower is better. It counts both the calls and their "
+         "calibration.")
 OUT_OF_FOLD = ("pooled out-of-fold: in a k-fold cross-validation every patient is held out once; each image is "
                "scored by the fold model that never saw its patient, and the folds' scores are put together, so every "
                "patient counts as a test patient exactly once.")

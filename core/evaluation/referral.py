@@ -79,8 +79,9 @@ def referral_thresholds(table: pd.DataFrame, selected_on: str) -> dict:
     subtype["of"] = "images whose stage 1 is not referred"
     return {"stage1": stage1, "subtype": subtype, "selected_on": selected_on,
             "rule": (f"stage 1 referred when calibrated p(class) < its threshold (largest unreferred share at "
-                     f"stage-1 accuracy >= {STAGE1_TARGET}); subtype referred when p(subtype | class) < its "
-                     f"threshold (accuracy >= {SUBTYPE_TARGET} among images not referred for stage 1)")}
+                     f"stage-1 accuracy >= {STAGE1_TARGET}, at least {MIN_KEPT} images unreferred); subtype referred "
+                     f"when p(subtype | class) < its threshold (accuracy >= {SUBTYPE_TARGET} among images not "
+                     "referred for stage 1)")}
 
 
 def referral_figures(table: pd.DataFrame, thresholds: dict) -> dict:

@@ -63,6 +63,8 @@ def reliability(probabilities, targets, bins: int = ECE_BINS) -> dict:
 
 
 def brier(probabilities, targets) -> float:
+    """The multi-class Brier score: squared errors summed over the classes, averaged over the images (0 to 2;
+    for two classes twice the binary (p - y)^2 form; core.app.glossary.BRIER says so where it is shown)."""
     probabilities, targets = np.asarray(probabilities), np.asarray(targets)
     onehot = np.eye(probabilities.shape[1])[targets]
     return float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)))
