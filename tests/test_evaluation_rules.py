@@ -276,3 +276,15 @@ def test_a_patient_with_two_tumour_types_is_one_stage1_patient_as_the_app_calls_
     assert "4 test patients" in measured_accuracy(card) and "rows" not in measured_accuracy(card)
     older = {"metrics": {**results, "intervals": {"patient": {**patient, "rows": 5}}}}
     assert "4 test patients, counted as 5 patient-and-tumour-type groups" in measured_accuracy(older)
+
+
+def test_probabilities_that_are_not_numbers_are_refused_before_any_figure():
+    """A diverged model's NaN: the AUC ranked it highest, and a referral threshold could become NaN ("coverage 1.0")."""
+    rows = pd.DataFrame({"case": ["14-1", "14-2"], "label": ["benign", "malignant"],
+                         "subtype": ["adenosis", "ductal_carcinoma"], "protocol": PATIENT})
+    with pytest.raises(ValueError, match="1 of 2 images have probabilities that are not numbers"):
+        predictions_frame(rows, np.array([[0.6, 0.4], [np.nan, np.nan]]), np.full((2, 8), 0.25))
+    within = np.full((2, 8), 0.25)
+    within[0, 3] = np.inf
+    with pytest.raises(ValueError, match="not numbers"):
+        predictions_frame(rows, np.array([[0.6, 0.4], [0.2, 0.8]]), within)

@@ -96,7 +96,13 @@ def listed_split(run_dir: Path, data_dir: str | os.PathLike | None = None) -> pd
 def predictions_frame(rows: pd.DataFrame, p_class: np.ndarray, within: np.ndarray) -> pd.DataFrame:
     """`rows` plus pred_label, pred_subtype, p_<class>, p_<subtype> (joint) and w_<subtype>
     (p(subtype | its class)) columns, from p(class) (N, 2) and p(subtype | class) (N, 8, SUBTYPES
-    order). The one place that turns probabilities into image-level calls, for models and baselines."""
+    order). The one place that turns probabilities into image-level calls, for models and baselines. A probability
+    that is not a number (a diverged training) is refused here: downstream an AUC ranked it highest and a referral
+    threshold could become NaN."""
+    bad = ~np.isfinite(np.asarray(p_class, float)).all(axis=1) | ~np.isfinite(np.asarray(within, float)).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(bad)} images have probabilities that are not numbers (NaN or "
+                         "infinite): the model's outputs are unusable (a diverged training?); nothing was scored.")
     frame = rows.reset_index(drop=True).copy()
     labels = image_calls(p_class)
     own = {c: [SUBTYPES.index(s) for s in SUBTYPES_BY_CLASS[c]] for c in CLASSES}
