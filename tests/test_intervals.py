@@ -79,10 +79,11 @@ def test_a_resample_without_one_class_gives_no_balanced_or_macro_figure():
     auc_undefined = out["stage1_auc"]["undefined"]
     assert 0 < auc_undefined < 2000
     for name in ("stage1_balanced_accuracy", "subtype_macro_f1"):
-        block = out[name]
-        assert block["undefined"] == auc_undefined, name  # the same resamples lack benign tissue
-        assert block["low"] <= block["value"] <= block["high"], name
-    assert out["stage1_balanced_accuracy"]["high"] == pytest.approx(0.5)  # never better than its calls are
+        assert out[name]["undefined"] == auc_undefined, name  # the same resamples lack benign tissue
+    macro = out["subtype_macro_f1"]
+    assert macro["low"] <= macro["value"] <= macro["high"]
+    balanced = out["stage1_balanced_accuracy"]  # 0.5 in every resample that has both classes: never better
+    assert balanced["value"] == 0.5 and balanced["low"] is None and balanced["method"].startswith("no interval")
 
 
 def test_fold_summary_is_mean_and_sample_std():
@@ -140,7 +141,9 @@ def test_a_perfect_or_null_share_of_few_patients_gets_a_wilson_interval_not_a_ze
     perfect = headline_intervals(_table(n_cases=8, skill=1.0), "image")  # 40 images of 8 patients, all right
     assert perfect["stage1_accuracy"]["low"] == pytest.approx(0.6756, abs=1e-4)  # over the 8 patients, not 40 images
     assert perfect["malignant_recall"]["low"] == pytest.approx(0.5101, abs=1e-4)  # its 4 malignant patients
-    assert perfect["stage1_auc"]["method"].startswith("percentile bootstrap")  # not a share: bootstrap kept
+    auc = perfect["stage1_auc"]  # not a share, and every resample 1.0: no interval rather than "1.000-1.000"
+    assert auc["low"] is None and auc["method"].startswith("no interval: all ") and "gave the same value" in auc["method"]
+    assert format_interval(auc) == "1.000"
     wrong = share_interval(_table(n_cases=4), np.zeros(20, bool))
     assert (wrong["value"], wrong["low"]) == (0.0, 0.0) and wrong["high"] == pytest.approx(0.4899, abs=1e-4)
     assert wrong["method"].startswith("Wilson score interval over 4 patients")

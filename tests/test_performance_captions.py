@@ -179,3 +179,21 @@ def test_stage_one_by_true_subtype_names_the_cancers_called_benign():
     assert "(patient-wise, 11 images of 4 patients)" in caption
     assert caption.endswith("Most often missed: mucinous carcinoma (3 of 4 images).")  # not the benign fibroadenoma
     assert held_out.stage1_by_subtype(None) is None
+
+
+def test_the_headline_table_says_where_a_figure_has_no_interval_or_a_wilson_one():
+    """The table's caption names the patient bootstrap for every figure; an AUC of 1.0 on four patients read
+    "1.000 (95% CI 1.000-1.000)" under it. Each row now says which interval the model's figure has."""
+    import pandas as pd
+
+    from core.evaluation.intervals import headline_intervals
+
+    patients = pd.DataFrame({"case": [f"c{i}" for i in range(4)], "label": ["benign", "malignant"] * 2,
+                             "p_malignant": [0.1, 0.9] * 2, "subtype": ["adenosis", "ductal_carcinoma"] * 2})
+    patients = patients.assign(pred_label=patients["label"], pred_subtype=patients["subtype"])
+    metrics = {**HELD_OUT, "intervals": {"image": {}, "patient": headline_intervals(patients, "patient")}}
+    table = performance.intervals_table(metrics).set_index(["level", "metric"])
+    auc = table.loc[("patient", "stage-1 ROC AUC")]
+    assert auc["model"] == "1.000" and auc["model's interval"].startswith("no interval: all ")
+    assert table.loc[("patient", "stage-1 accuracy"), "model's interval"].startswith("Wilson score interval over 4")
+    assert table.loc[("image", "stage-1 accuracy"), "model's interval"] == ""  # no figure: no method claimed

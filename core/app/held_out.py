@@ -69,10 +69,10 @@ def accuracy_interval(metrics: dict, path: tuple[str, ...], block: dict, rows: p
 
 
 def interval_method(block: dict) -> str:
-    """BOOTSTRAP, or the Wilson interval over the patients that core.evaluation.intervals gave instead where the
-    bootstrap had no spread (its block's "method")."""
+    """BOOTSTRAP, or what core.evaluation.intervals gave instead where the bootstrap had no spread (its block's
+    "method"): the Wilson interval over the patients for a share, no interval for another figure."""
     method = str(block.get("method") or "")
-    return method if method.startswith("Wilson") else BOOTSTRAP
+    return method if method.startswith(("Wilson", "no interval")) else BOOTSTRAP
 
 
 def magnification_intervals(rows: pd.DataFrame | None, magnification: str, block: dict) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.app.held_out import accuracy_interval, held_out_rows, magnification_intervals
+from core.app.held_out import accuracy_interval, held_out_rows, interval_method, magnification_intervals
 from core.app.run_files import read_csv_file
 from core.data.fields import magnification_value
 from core.data.labels import sentence
@@ -110,6 +110,8 @@ def intervals_table(metrics: dict) -> pd.DataFrame:
                 row[column] = format_interval(((source.get("intervals") or {}).get(level) or {}).get(key))
             block = (metrics.get("intervals") or {}).get(level) or {}
             row["computed on"] = computed_on(block, level, key)
+            figure = block.get(key) or {}
+            row["model's interval"] = interval_method(figure) if figure.get("value") is not None else ""
             rows.append(row)
     return pd.DataFrame(rows)
 

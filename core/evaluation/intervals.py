@@ -139,7 +139,8 @@ def wilson_bounds(successes: int, n: int) -> tuple[float, float]:
 def _interval(values: np.ndarray, point: float | None, resamples: int, units: int | None = None) -> dict:
     """The percentile interval of a figure's resampled `values`. `units`: for a share, the patients resampled
     that it is a share over; where its bootstrap is degenerate (every resample the same, or the point at 0 or 1)
-    the percentile interval has no width, so the Wilson score interval over those patients is given instead.
+    the percentile interval has no width, so the Wilson score interval over those patients is given instead; any
+    other figure without spread (an AUC of 1.0 on four patients) gets no interval, and its "method" says why.
     The one place that decides; "method" says which gave the interval."""
     values = values[np.isfinite(values)]
     tail = (1.0 - LEVEL) / 2.0 * 100.0
@@ -150,6 +151,10 @@ def _interval(values: np.ndarray, point: float | None, resamples: int, units: in
         low, high = wilson_bounds(round(point * units), units)
         method = (f"Wilson score interval over {units} patients (the bootstrap had no spread: every resample "
                   "gave the same value)")
+    elif low is not None and float(values.max() - values.min()) < 1e-12:  # not a share: no interval to give
+        low = high = None  # "1.000 (95% CI 1.000-1.000)" reads as certainty; the value alone, and why
+        method = (f"no interval: all {len(values)} resamples gave the same value (too few patients to say how "
+                  "sure it is)")
     return {"value": point, "low": None if low is None else float(low), "high": None if high is None else float(high),
             "resamples": int(len(values)), "undefined": int(resamples - len(values)), "method": method}
 
