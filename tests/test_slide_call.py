@@ -16,11 +16,13 @@ from core.slide.mosaic import build_mosaic
 from tests.conftest import SHARED, WHOLE_FIELD_MODEL
 
 
-def grid_tiles(p: np.ndarray, w: int = 700, h: int = 460) -> pd.DataFrame:
-    """A tiles table (every cell a tissue tile) from a rows x cols array of p(malignant)."""
+def grid_tiles(p: np.ndarray, w: int = 700, h: int = 460, overlap: float = 0.0) -> pd.DataFrame:
+    """A tiles table (every cell a tissue tile) from a rows x cols array of p(malignant); tiles `overlap` of
+    a tile apart as SlidePredictor.plan strides them."""
     rows, cols = np.indices(p.shape)
+    step_x, step_y = round(w * (1 - overlap)), round(h * (1 - overlap))
     return pd.DataFrame({"tile": np.arange(p.size), "row": rows.ravel(), "col": cols.ravel(),
-                         "x": cols.ravel() * w, "y": rows.ravel() * h, "width": w, "height": h,
+                         "x": cols.ravel() * step_x, "y": rows.ravel() * step_y, "width": w, "height": h,
                          "p_malignant": p.ravel().astype(float)})
 
 
@@ -61,8 +63,9 @@ def test_region_rule_needs_size_and_mean():
     assert not apply_rule(SlideRule("region", 5, 0.6), tiles)[0]  # 4 tiles < 5
     positive, regions = apply_rule(SlideRule("region", 1, 0.9), tiles)
     assert positive and regions[0].tiles == [0]
-    # Half-overlapping tiles count a quarter each: 4 tiles are 1 tile area.
-    assert not apply_rule(SlideRule("region", 2, 0.6), tiles, overlap=0.5)[0]
+    # Half-overlapping tiles count the area they cover: the 2 x 2 block is 1.5 x 1.5 = 2.25 tile areas.
+    half = grid_tiles(p, overlap=0.5)
+    assert apply_rule(SlideRule("region", 2, 0.6), half)[0] and not apply_rule(SlideRule("region", 3, 0.6), half)[0]
 
 
 def test_a_region_is_judged_by_its_core_not_diluted_by_its_border():

@@ -6,8 +6,10 @@ and the pathologist must be sent to that focus. So the call is not "most tiles a
 
 - a tile is suspicious when its calibrated p(malignant) >= `tile_threshold` (0.5, the image rule);
 - a region is a set of suspicious tiles connected on the tile grid (4-connectivity: tiles that
-  share an edge; scipy.ndimage.label on the grid's rows and columns); its size is counted in tile
-  areas (tiles x (1 - overlap)^2, so that overlapping tiles do not inflate it);
+  share an edge; scipy.ndimage.label on the grid's rows and columns); its size is the area the union
+  of its tiles' level-0 boxes covers, in tile areas (region_size), so that overlapping tiles do not
+  inflate it: neither --overlap nor the last column or row, which core.data.scale.tile_origins moves
+  back onto its neighbour when the slide is not a whole number of tiles (up to 99 % the same tissue);
 - rule "region": the slide is malignant when a region has size >= `min_size` AND the mean
   p(malignant) of its n = ceil(min_size) most suspicious tiles (its "core") is >= `min_mean_p`.
   The core, not the whole region's mean, so that a focus is not diluted by the tiles that straddle
@@ -63,7 +65,7 @@ class SlideRule:
             return (f"malignant when the mean calibrated p(malignant) of the {self.min_size:g} most suspicious "
                     f"tiles is >= {self.min_mean_p:.2f}")
         return (f"malignant when a region of connected tiles with p(malignant) >= {self.tile_threshold:g} "
-                f"covers >= {self.min_size:g} tile(s) and its {self.core} most suspicious tile(s) have a mean "
+                f"covers >= {self.min_size:g} tile area(s) and its {self.core} most suspicious tile(s) have a mean "
                 f"calibrated p(malignant) >= {self.min_mean_p:.2f}")
 
     @property
@@ -91,7 +93,7 @@ class Region:
     id: int  # 1.. in the order shown; the driving region (if any) is 1
     rows: list[int]  # index labels of the tiles table
     tiles: list[int]  # tile numbers (the plan's indices)
-    size: float  # tile areas
+    size: float  # tile areas its tiles' boxes cover (region_size)
     mean_p: float
     max_p: float
     box: tuple[int, int, int, int]  # level-0 bounding box x0, y0, x1, y1
@@ -134,18 +136,39 @@ def grid_positions(tiles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def _region(rows_index, tiles: pd.DataFrame, cell: float, kind: str = "region") -> Region:
+def tile_union(part: pd.DataFrame):
+    """Shapely (Multi)Polygon, level-0 px: the union of the tiles' boxes (x, y, width, height). One geometry
+    for a region's size and its exported outline (core.slide.export.region_outline)."""
+    import shapely
+
+    x, y = part["x"].to_numpy(float), part["y"].to_numpy(float)
+    return shapely.union_all(shapely.box(x, y, x + part["width"].to_numpy(float), y + part["height"].to_numpy(float)))
+
+
+def region_size(part: pd.DataFrame, tiles: pd.DataFrame) -> float:
+    """Tile areas the tiles of `part` cover: their union's area over one tile's (the largest width x height in
+    `tiles`; a slide's tiles share one size, and on a slide thinner than a tile all are clipped alike, so one
+    tile is still 1). A tile counted by its box rather than as 1 (or (1 - overlap)^2) so that a near-duplicate
+    edge tile, or --overlap, adds only the tissue it adds. The rule chooser (core.slide.choose) and the
+    applied rule both measure regions here, so the chosen min_size means the same when applied."""
+    if not len(part):
+        return 0.0
+    return float(tile_union(part).area / (tiles["width"].max() * tiles["height"].max()))
+
+
+def _region(rows_index, tiles: pd.DataFrame, kind: str = "region") -> Region:
     part = tiles.loc[rows_index]
     p = part["p_malignant"].to_numpy(float)
     box = (int(part["x"].min()), int(part["y"].min()), int((part["x"] + part["width"]).max()),
            int((part["y"] + part["height"]).max()))
-    return Region(0, [int(r) for r in rows_index], [int(t) for t in part["tile"]], len(part) * cell,
+    return Region(0, [int(r) for r in rows_index], [int(t) for t in part["tile"]], region_size(part, tiles),
                   float(p.mean()), float(p.max()), box, kind=kind, p_desc=sorted(p.tolist(), reverse=True),
                   score=float(p.mean()))
 
 
-def find_regions(tiles: pd.DataFrame, tile_threshold: float = TILE_THRESHOLD, overlap: float = 0.0) -> list[Region]:
-    """The connected regions of tiles with p(malignant) >= tile_threshold, highest mean first."""
+def find_regions(tiles: pd.DataFrame, tile_threshold: float = TILE_THRESHOLD) -> list[Region]:
+    """The connected regions of tiles with p(malignant) >= tile_threshold, highest mean first; each region's
+    size by region_size (overlapping tiles, of --overlap or an edge tile moved back, are not counted twice)."""
     if not len(tiles):
         return []
     p = tiles["p_malignant"].to_numpy(float)
@@ -155,8 +178,7 @@ def find_regions(tiles: pd.DataFrame, tile_threshold: float = TILE_THRESHOLD, ov
     grid[rows[suspicious], cols[suspicious]] = True
     labels, count = ndimage.label(grid, structure=FOUR_CONNECTED)
     tile_labels = np.where(suspicious, labels[rows, cols], 0)
-    cell = (1.0 - overlap) ** 2
-    regions = [_region(tiles.index[tile_labels == k], tiles, cell) for k in range(1, count + 1)]
+    regions = [_region(tiles.index[tile_labels == k], tiles) for k in range(1, count + 1)]
     return sorted(regions, key=lambda r: (-r.mean_p, -r.size, r.tiles[0]))
 
 
@@ -164,12 +186,12 @@ def top_k_region(tiles: pd.DataFrame, k: int) -> Region | None:
     if not len(tiles):
         return None
     order = tiles.sort_values(["p_malignant", "tile"], ascending=[False, True]).index[:max(1, int(k))]
-    return _region(order, tiles, 1.0, kind="top_k")
+    return _region(order, tiles, kind="top_k")
 
 
-def apply_rule(rule: SlideRule, tiles: pd.DataFrame, overlap: float = 0.0) -> tuple[bool, list[Region]]:
+def apply_rule(rule: SlideRule, tiles: pd.DataFrame) -> tuple[bool, list[Region]]:
     """(malignant, regions): the driving region first (id 1, qualified), then the other regions."""
-    regions = find_regions(tiles, rule.tile_threshold, overlap)
+    regions = find_regions(tiles, rule.tile_threshold)
     if rule.kind == "none":  # never positive; the regions in order of their most suspicious tiles, for review
         for region in regions:
             region.score = region.core_mean(1)
@@ -207,10 +229,10 @@ def slide_rule_of(card: dict) -> tuple[SlideRule, str, dict]:
                           f"slide-threshold MODEL --data DIR`{old}"), {}
 
 
-def slide_call(tiles: pd.DataFrame, card: dict, overlap: float = 0.0) -> tuple[dict, list[Region]]:
+def slide_call(tiles: pd.DataFrame, card: dict) -> tuple[dict, list[Region]]:
     """({"label", "rule", "region", "statement", ...}, regions with the driving one first)."""
     rule, where, validation = slide_rule_of(card)
-    positive, regions = apply_rule(rule, tiles, overlap)
+    positive, regions = apply_rule(rule, tiles)
     p = tiles["p_malignant"].to_numpy(float) if len(tiles) else np.zeros(0)
     called = p >= rule.tile_threshold
     driving = regions[0] if positive else None

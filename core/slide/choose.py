@@ -7,7 +7,9 @@ fingerprint must match), its fields at the model's scale are laid into mosaics
 (core.slide.mosaic: benign-only ones, and ones with a connected focus of 1, 2 and 4 malignant
 fields of one patient in benign tissue), and each mosaic runs through the real SlidePredictor.
 
-Candidates: the region rule with min_size 1, 2, 3, 4 tiles and the top-k rule with k 1, 2, 3, 4.
+Candidates: the region rule with min_size 1, 2, 3, 4 tile areas and the top-k rule with k 1, 2, 3, 4.
+Regions come from core.slide.call.find_regions, sized by call.region_size (the area their tiles cover)
+exactly as the applied rule sizes them, so a chosen min_size means the same on a slide.
 For each, B is the highest score (a region's core mean, core.slide.call) benign tissue reached (every region of a benign-only mosaic and
 every region of a focus mosaic with no tile holding any focus tissue; for top-k, the benign-only
 mosaics), at least the tile threshold 0.5. The threshold on the mean p(malignant) is B + MARGIN,

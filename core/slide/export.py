@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from shapely import box, unary_union
 from shapely.geometry import mapping
 
 from core.errors import UserInputError
@@ -106,9 +105,11 @@ def tiles_csv(result) -> str:
 
 
 def region_outline(result, region):
-    """Shapely (Multi)Polygon (level-0 px): the union of the region's tile boxes."""
-    part = result.tiles.loc[region.rows]
-    return unary_union([box(r.x, r.y, r.x + r.width, r.y + r.height) for r in part.itertuples(index=False)])
+    """Shapely (Multi)Polygon (level-0 px): the union of the region's tile boxes, the geometry its size is
+    measured on (core.slide.call.tile_union)."""
+    from core.slide.call import tile_union
+
+    return tile_union(result.tiles.loc[region.rows])
 
 
 def malignant_regions(result) -> list:

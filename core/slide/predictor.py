@@ -265,7 +265,7 @@ class SlidePredictor:
         timings["stitch_and_cams_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
         card = self.predictor.card
-        call, regions = slide_call(tiles, card, s.overlap)
+        call, regions = slide_call(tiles, card)
         tiles["region"] = 0
         for region in regions:
             if region.kind == "region":
