@@ -226,3 +226,27 @@ def test_a_benign_slide_calls_none_of_its_regions_malignant_in_qupath(result):
     benign.call = {**result.call, "label": "benign"}
     names = {f["properties"]["classification"]["name"] for f in geojson(benign)["features"]}
     assert names == {"Suspicious (model)"}
+
+
+def test_a_slide_thinner_than_a_tile_is_not_drawn_past_its_edge(bundled):
+    """QA defect 4: on a 300-px-high strip the 460-px tiles, and the GeoJSON outlines made of them, reached
+    y = 460. Boxes are clipped to the slide; the model still reads the whole tile, padded white."""
+    from core.slide.call import region_size
+    from core.testing.slides import mosaic
+
+    rgb, _ = mosaic()
+    strip = np.ascontiguousarray(rgb[FIELD[1] + 80:FIELD[1] + 380])  # 4900 x 300: one row of fields, cut
+    with _image(strip, 0.5) as slide:
+        result = SlidePredictor(bundled, TileSettings(top_k=1)).predict(slide)
+    tiles, plan = result.tiles, result.plan
+    assert len(tiles) == 4 and (tiles["y"] + tiles["height"]).max() == 300 and (tiles["x"] + tiles["width"]).max() <= 4900
+    assert plan.level0_box(0) == (0, 0, 700, 300) and plan.read_box(0) == (0, 0, 700, 460)  # what the model reads
+    assert tiles["tissue"].max() > 0.9 > 300 / 460  # the share of a tile's part on the slide, as --min-tissue says
+    assert result.top[0].image.shape[:2] == (460, 700)  # read whole (level 0: read_size is the tile)
+    collection = json.loads(json.dumps(geojson(result)))
+    assert collection["features"], "the malignant fields make a region"
+    for feature in collection["features"]:
+        for polygon in feature["geometry"]["coordinates"][:1]:
+            assert all(0 <= x <= 4900 and 0 <= y <= 300 for x, y in polygon)
+    for region in result.regions:  # a clipped tile still counts one tile area
+        assert region.size == pytest.approx(len(region.tiles)) == region_size(tiles.loc[region.rows], tiles)

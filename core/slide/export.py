@@ -94,7 +94,8 @@ def ordered_tiles(result):
 
 
 def tiles_csv(result) -> str:
-    """One row per analysed tile, the driving region's first; x, y, width, height in level-0 pixels.
+    """One row per analysed tile, the driving region's first; x, y, width, height in level-0 pixels (the tile's
+    box clipped to the slide, TilePlan.level0_box).
     Every row names the model, whether its data are LIMITED (or a demo) and whether its subtype is
     reliable (the app's rule), as the Diagnose CSV does: the file is read away from the app."""
     tiles = ordered_tiles(result)

@@ -54,7 +54,8 @@ MAX_MAP_SIDE = 8192
 @dataclasses.dataclass(frozen=True)
 class TileSettings:
     overlap: float = option(0.0, "share of a tile that neighbouring tiles overlap (0 = none, 0.5 = half)")
-    min_tissue: float = option(0.25, "share of a tile's area that must be tissue for it to be analysed")
+    min_tissue: float = option(0.25, "share of a tile's area on the slide that must be tissue for it to be analysed "
+                                     "(padding past the edge of a slide thinner than a tile is not counted)")
     batch_size: int = option(32, "tiles per model pass")
     top_k: int = option(6, "most suspicious tiles kept with both stages' Grad-CAM")
     tta: bool = option(False, "test-time augmentation per tile (8 views: 8x the time; gives the spread); always on "
@@ -86,10 +87,22 @@ class TilePlan:
     level: int
     read_size: tuple[int, int]  # (w, h) read at `level`, then resized to the model input
     model_scale: dict
+    extent: tuple[int, int] | None = None  # the slide's level-0 (w, h); level0_box is clipped to it
 
-    def level0_box(self, i: int) -> tuple[int, int, int, int]:
+    def read_box(self, i: int) -> tuple[int, int, int, int]:
+        """Level-0 box the model reads for tile i: always a whole tile, padded white (as glass) where it
+        reaches past a slide thinner than one tile."""
         (x, y), (w, h) = self.origins[i], self.size
         return x, y, x + w, y + h
+
+    def level0_box(self, i: int) -> tuple[int, int, int, int]:
+        """Tile i's box on the slide: read_box clipped to `extent`. The tiles table, the GeoJSON outlines and
+        the tissue share use it, so nothing is placed past the edge of the image QuPath opens; the model
+        still sees the padded read_box (only a slide thinner than a tile has any padding)."""
+        x0, y0, x1, y1 = self.read_box(i)
+        if self.extent is None:
+            return x0, y0, x1, y1
+        return x0, y0, min(x1, self.extent[0]), min(y1, self.extent[1])
 
     def grid_position(self, i: int) -> tuple[int, int]:
         """(row, col) of tile i on the tile grid (the origins are row by row)."""
@@ -153,7 +166,7 @@ class SlidePredictor:
         stride = [max(1, round(s * (1.0 - self.settings.overlap))) for s in size]
         origins = [(x, y) for y in tile_origins(height, size[1], stride[1])
                    for x in tile_origins(width, size[0], stride[0])]
-        return TilePlan(origins, size, level, read_size, self.scale)
+        return TilePlan(origins, size, level, read_size, self.scale, (width, height))
 
     def check_plan(self, reader: SlideReader, plan: TilePlan) -> None:
         """SlideError, before anything is read, when a tile is absurd for the slide: the slide would fill
@@ -184,6 +197,7 @@ class SlidePredictor:
 
     @staticmethod
     def _share(mask: np.ndarray, downsample: float, box) -> float:
+        """Tissue share of a level-0 box on the slide (TilePlan.level0_box): the mask covers only the slide."""
         x0, y0, x1, y1 = (v / downsample for v in box)
         window = mask[int(y0):max(int(y0) + 1, math.ceil(y1)), int(x0):max(int(x0) + 1, math.ceil(x1))]
         return float(window.mean()) if window.size else 0.0
