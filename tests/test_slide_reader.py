@@ -277,3 +277,44 @@ def test_an_ome_tiff_is_read_with_its_pyramid_and_its_stated_resolution(tmp_path
         assert slide.scale.x == pytest.approx(0.5) and "OME" in slide.scale.source
         assert slide.level_dimensions == [(1536, 1024), (768, 512), (384, 256)]
         assert np.array_equal(slide.read_region((400, 300), 1, (16, 16)), rgb[300:332:2, 400:432:2])
+
+
+def _fragment_on(glass, shape=(125, 188)) -> tuple[np.ndarray, np.ndarray]:
+    """A pink-purple textured fragment on flat glass of colour `glass` (an 8 um/px overview) and its truth."""
+    rng = np.random.default_rng(0)
+    rgb = np.empty((*shape, 3), np.uint8)
+    rgb[:] = glass
+    truth = np.zeros(shape, bool)
+    truth[80:110, 130:170] = True
+    rgb[truth] = np.clip(np.array([190, 120, 175]) + rng.integers(-25, 26, (int(truth.sum()), 3)), 0, 255)
+    return rgb, truth
+
+
+@pytest.mark.parametrize("glass", [(243, 243, 241), (205, 205, 208), (240, 236, 208)])
+def test_grey_or_yellowish_glass_is_not_tissue(glass):
+    """OD was measured against 255: glass of 205 or (240, 236, 208) exceeded max_od and was all tissue."""
+    rgb, truth = _fragment_on(glass)
+    masker = TissueMasker()
+    mask = masker.fit_transform(rgb, mpp=8.0)
+    assert np.allclose(masker.white_, glass, atol=1)
+    assert mask[truth].mean() > 0.95 and not mask[~truth].any()
+
+
+def test_a_field_that_is_all_tissue_stays_all_tissue():
+    """No glass to measure: its palest mode is not believed as glass (not flat), OD stays against 255."""
+    from core.testing.slides import BENIGN_FIELDS, _field
+
+    field = np.asarray(Image.fromarray(_field(BENIGN_FIELDS[1])).resize((44, 29), Image.Resampling.BOX))
+    masker = TissueMasker()
+    assert masker.fit_transform(field, mpp=8.0).mean() > 0.95
+    assert (masker.white_ == 255).all()
+
+
+def test_a_dark_or_tinted_glass_estimate_is_not_believed():
+    """A 'glass' mode with a channel below GLASS_FLOOR (a magenta cast, a black-ish scan) keeps 255."""
+    from core.slide.tissue import glass_level
+
+    for cast in [(255, 125, 255), (120, 120, 120)]:
+        rgb, _ = _fragment_on(cast)
+        assert (glass_level(rgb) == 255).all()
+    assert not TissueMasker().fit_transform(np.full((64, 64, 3), 205, np.uint8), mpp=8.0).any()  # grey glass only
