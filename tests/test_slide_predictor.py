@@ -250,3 +250,25 @@ def test_a_slide_thinner_than_a_tile_is_not_drawn_past_its_edge(bundled):
             assert all(0 <= x <= 4900 and 0 <= y <= 300 for x, y in polygon)
     for region in result.regions:  # a clipped tile still counts one tile area
         assert region.size == pytest.approx(len(region.tiles)) == region_size(tiles.loc[region.rows], tiles)
+
+
+def test_a_black_band_reaches_the_model_as_the_white_band_it_stands_for(bundled):
+    """Black scanner borders and zero padding were out of the mask but went to the model as they were:
+    malignant tiles beside a 120-px border fell from p 0.7 to 0.1. They are whitened, as glass is."""
+    from core.testing.slides import mosaic
+    from tests.app_helpers import png_bytes
+
+    rgb, regions = mosaic()
+    x0, y0, _, y1 = regions["malignant"]
+    tiles, seen = {}, {}
+    for colour in (0, 255):
+        banded = rgb.copy()
+        banded[y0:y1, x0:x0 + 200] = colour  # the left 200 px of the malignant block
+        with open_slide(png_bytes(banded), name="banded_200X.png") as slide:
+            predictor = SlidePredictor(bundled, TileSettings(top_k=0))
+            result = predictor.predict(slide)
+            tiles[colour] = result.tiles
+            seen[colour] = [predictor.read_tile(slide, result.plan, int(i)) for i in result.tiles["tile"]]
+    assert all(np.array_equal(a, b) for a, b in zip(seen[0], seen[255], strict=True))
+    # (the mask's share differs only where the overview averages the band's edge into the tissue)
+    pd.testing.assert_frame_equal(tiles[0].drop(columns="tissue"), tiles[255].drop(columns="tissue"))

@@ -11,7 +11,8 @@ from the coarsest pyramid level that is still at least as fine as the model INPU
 squashed to input_size: a 700x460 field into 128x128 is 2.7 x 1.8 um/px at 200X) and resized
 ONCE, straight to the model's input square (core.data.preprocess, antialiased, as in training). Stride = tile x
 (1 - overlap). Tiles whose footprint is less than `min_tissue` tissue (core.slide.tissue, on a
-low-resolution overview) are skipped. Maps are stitched at a thumbnail's resolution, overlapping
+low-resolution overview) are skipped; what the mask counts as no stain is white in the tiles the model
+sees (Glass.clean: black borders and padding, as the reader pads outside the slide). Maps are stitched at a thumbnail's resolution, overlapping
 tiles averaged.
 
 The tissue mask knows only optical density, so a photo, a greyscale scan or an immunostain is
@@ -41,7 +42,7 @@ from core.evaluation.subtype_trust import subtype_reliability
 from core.options import option
 from core.slide.call import Region, slide_call
 from core.slide.reader import SlideError, SlideReader
-from core.slide.tissue import TissueMasker, TissueSettings
+from core.slide.tissue import Glass, TissueMasker, TissueSettings
 
 HE_SAMPLE = 16  # tissue tiles given the H&E check before the model runs
 # A tile read larger than this (pixels at its read level) means a wrong resolution, not a slide: a 200X
@@ -88,6 +89,7 @@ class TilePlan:
     read_size: tuple[int, int]  # (w, h) read at `level`, then resized to the model input
     model_scale: dict
     extent: tuple[int, int] | None = None  # the slide's level-0 (w, h); level0_box is clipped to it
+    glass: Glass = Glass()  # the slide's glass, from its tissue mask: what read_tile whitens
 
     def read_box(self, i: int) -> tuple[int, int, int, int]:
         """Level-0 box the model reads for tile i: always a whole tile, padded white (as glass) where it
@@ -189,11 +191,12 @@ class SlidePredictor:
                          f"({um[0]}x{um[1]} um) is {tile_w:,}x{tile_h:,} px, {why}. Check that resolution: give the "
                          f"slide's true microns per pixel or the magnification it was captured at{small}.")
 
-    def tissue(self, reader: SlideReader) -> tuple[np.ndarray, float]:
-        """(tissue mask, its downsample from level 0) on an overview at about mask_mpp."""
+    def tissue(self, reader: SlideReader) -> tuple[np.ndarray, float, Glass]:
+        """(tissue mask, its downsample from level 0, the slide's Glass) on an overview at about mask_mpp."""
         downsample = max(1.0, self.tissue_settings.mask_mpp / reader.scale.mean)
         overview = reader.overview(downsample)
-        return TissueMasker(self.tissue_settings).fit_transform(overview, reader.scale.mean * downsample), downsample
+        masker = TissueMasker(self.tissue_settings)
+        return masker.fit_transform(overview, reader.scale.mean * downsample), downsample, masker.glass_
 
     @staticmethod
     def _share(mask: np.ndarray, downsample: float, box) -> float:
@@ -203,7 +206,8 @@ class SlidePredictor:
         return float(window.mean()) if window.size else 0.0
 
     def read_tile(self, reader: SlideReader, plan: TilePlan, i: int) -> np.ndarray:
-        return reader.read_region(plan.origins[i], plan.level, plan.read_size)
+        """Tile i as the model sees it: read, then cleaned of what is no stain (Glass.clean)."""
+        return plan.glass.clean(reader.read_region(plan.origins[i], plan.level, plan.read_size))
 
     def histology(self, reader: SlideReader, plan: TilePlan, chosen: np.ndarray, shares: np.ndarray) -> list[str]:
         """Diagnose's H&E check on up to HE_SAMPLE tissue tiles, as the model would see them (spread
@@ -241,7 +245,8 @@ class SlidePredictor:
                              f"the limit of {s.max_tiles:,}, when read at {reader.scale.x:g} um/px "
                              f"({reader.scale.source}). Check that resolution; if it is right, raise max_tiles or "
                              "analyse a region.")
-        mask, mask_downsample = self.tissue(reader)
+        mask, mask_downsample, glass = self.tissue(reader)
+        plan = dataclasses.replace(plan, glass=glass)
         timings["tissue_mask_s"] = time.perf_counter() - started
         shares = np.array([self._share(mask, mask_downsample, plan.level0_box(i)) for i in range(len(plan.origins))])
         chosen = np.flatnonzero(shares >= max(s.min_tissue, 1e-9))
