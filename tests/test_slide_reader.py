@@ -318,3 +318,30 @@ def test_a_dark_or_tinted_glass_estimate_is_not_believed():
         rgb, _ = _fragment_on(cast)
         assert (glass_level(rgb) == 255).all()
     assert not TissueMasker().fit_transform(np.full((64, 64, 3), 205, np.uint8), mpp=8.0).any()  # grey glass only
+
+
+def test_pen_ink_is_not_tissue_and_is_white_in_the_tiles():
+    """Green and blue pen (high OD) were tissue and reached the model: a circle round the malignant block took
+    its tiles from p 0.6-0.76 to 0.10-0.17. Ink is off the mask and white in the tile; stain is kept."""
+    rgb, truth = _fragment_on((243, 243, 241))
+    rgb[20:24, 10:150] = (20, 140, 60)  # a green line on the glass
+    rgb[90:94, 125:175] = (30, 60, 170)  # a blue one across the tissue
+    masker = TissueMasker()
+    mask = masker.fit_transform(rgb, mpp=8.0)
+    assert not mask[20:24].any() and not mask[90:94].any() and mask[truth].mean() > 0.85
+    cleaned = masker.glass_.clean(rgb)
+    assert (cleaned[20:24, 10:150] == 255).all() and (cleaned[90:94, 125:175] == 255).all()
+    untouched = truth.copy()
+    untouched[90:94] = False
+    assert np.array_equal(cleaned[untouched], rgb[untouched]) and masker.glass_.ink_share > 0
+
+
+def test_a_slide_mostly_of_ink_colours_is_left_to_the_he_check():
+    """A green photo is not H&E with pen marks: its colours stay 'tissue' and unwhitened, so the H&E
+    check refuses it in its own words instead of the mask calling it empty."""
+    photo = np.zeros((64, 96, 3), np.uint8)
+    photo[..., 1] = np.linspace(40, 220, 96).astype(np.uint8)[None]
+    photo[..., 2] = 60
+    masker = TissueMasker()
+    assert masker.fit_transform(photo, mpp=8.0).mean() > 0.9 and not masker.glass_.ink
+    assert np.array_equal(masker.glass_.clean(photo), photo)

@@ -166,19 +166,19 @@ def histology_check(rgb: np.ndarray) -> HistologyVerdict:
         f"H&E-like: {tissue_share:.0%} tissue, {pink_share:.0%} pink/purple, structure {structure:.2f}, {stains}"))
 
 
-def off_stain(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) RGB -> bool (...): pixels clearly coloured in a hue neither stain produces (green well above
-    red or blue: green, yellow, orange, cyan, and the green and blue of pathologists' pen ink). The rule
-    histology_check counts as "colours neither stain produces"; core.slide.tissue keeps such ink out of
-    the tissue mask and the model's tiles with it."""
+def off_stain(rgb: np.ndarray, min_chroma: float = _STRONG_CHROMA) -> np.ndarray:
+    """(..., 3) RGB -> bool (...): pixels clearly coloured (max-min channel at least `min_chroma`) in a hue
+    neither stain produces (green well above red or blue: green, yellow, orange, cyan, and the green and
+    blue of pathologists' pen ink). The rule histology_check counts as "colours neither stain produces";
+    core.slide.tissue keeps such ink, at a stronger colour, out of the tissue mask and the model's tiles."""
     pixels = np.asarray(rgb, dtype=np.float32)
     red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
-    return _off_stain(red, green, blue, chroma)
+    return _off_stain(red, green, blue, chroma, min_chroma)
 
 
-def _off_stain(red, green, blue, chroma) -> np.ndarray:
-    return (chroma >= _STRONG_CHROMA) & ((green > red + _OFF_STAIN_MARGIN) | (green > blue + _OFF_STAIN_MARGIN))
+def _off_stain(red, green, blue, chroma, min_chroma: float = _STRONG_CHROMA) -> np.ndarray:
+    return (chroma >= min_chroma) & ((green > red + _OFF_STAIN_MARGIN) | (green > blue + _OFF_STAIN_MARGIN))
 
 
 def _dominant_hue(colours: np.ndarray) -> str:

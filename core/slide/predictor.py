@@ -12,7 +12,7 @@ squashed to input_size: a 700x460 field into 128x128 is 2.7 x 1.8 um/px at 200X)
 ONCE, straight to the model's input square (core.data.preprocess, antialiased, as in training). Stride = tile x
 (1 - overlap). Tiles whose footprint is less than `min_tissue` tissue (core.slide.tissue, on a
 low-resolution overview) are skipped; what the mask counts as no stain is white in the tiles the model
-sees (Glass.clean: black borders and padding, as the reader pads outside the slide). Maps are stitched at a thumbnail's resolution, overlapping
+sees (Glass.clean: black borders and padding, as the reader pads outside the slide, and pen ink). Maps are stitched at a thumbnail's resolution, overlapping
 tiles averaged.
 
 The tissue mask knows only optical density, so a photo, a greyscale scan or an immunostain is
@@ -45,6 +45,7 @@ from core.slide.reader import SlideError, SlideReader
 from core.slide.tissue import Glass, TissueMasker, TissueSettings
 
 HE_SAMPLE = 16  # tissue tiles given the H&E check before the model runs
+INK_NOTE = 0.001  # ink on at least this share of the stained overview is said in a note
 # A tile read larger than this (pixels at its read level) means a wrong resolution, not a slide: a 200X
 # field at 0.1 um/px is 8 megapixels, and every tile is held several times (batch, readers, resize).
 MAX_TILE_PIXELS = 25_000_000
@@ -293,7 +294,10 @@ class SlidePredictor:
         model = {"name": self.predictor.name, "demo": self.predictor.is_demo,  # the one DEMO rule (card_is_demo)
                  "limited": bool(evidence.get("limited")), "statement": evidence_statement(card) or "",
                  "subtype_reliable": subtype_reliability(card)[0]}  # the app's one rule
-        notes = list(reader.notes) + checked + [
+        notes = list(reader.notes) + checked + ([
+            f"Ink: {plan.glass.ink_share:.1%} of the stained overview has colours no stain makes (pen marks?); "
+            "it is left out of the tissue mask and white in the tiles the model sees"]
+            if plan.glass.ink and plan.glass.ink_share >= INK_NOTE else []) + [
             f"{len(chosen)} of {len(plan.origins)} tiles have tissue; each tile is {plan.size[0]}x{plan.size[1]} "
             f"level-0 px ({self.scale['tile_px'][0]}x{self.scale['tile_px'][1]} px at {self.scale['mpp']:g} um/px, "
             f"the model's scale: {self.scale['source']}), read at level {plan.level}"]
