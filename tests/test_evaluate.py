@@ -117,7 +117,11 @@ def test_headline_metrics_carry_bootstrap_intervals_over_cases(metrics):
         assert block["cases"] == cases and "over cases" in block["method"]
         for name in ("stage1_accuracy", "stage1_balanced_accuracy", "malignant_recall", "stage1_auc", "subtype_macro_f1"):
             interval = block[name]
-            assert interval["low"] <= interval["value"] <= interval["high"], (level, name)
+            if interval["low"] is None:  # a perfect AUC on 8 cases: every resample the same, no interval given
+                assert interval["method"].startswith("no interval") and name not in ("stage1_accuracy",
+                                                                                    "malignant_recall"), name
+            else:
+                assert interval["low"] <= interval["value"] <= interval["high"], (level, name)
             assert interval["resamples"] > 1500  # a few resamples may lack a class
     assert metrics["intervals"]["image"]["stage1_accuracy"]["value"] == metrics["stage1"]["accuracy"]
     assert metrics["intervals"]["patient"]["stage1_accuracy"]["value"] == metrics["patient"]["stage1"]["accuracy"]
