@@ -143,7 +143,7 @@ def test_a_perfect_or_null_share_of_few_patients_gets_a_wilson_interval_not_a_ze
     assert perfect["malignant_recall"]["low"] == pytest.approx(0.5101, abs=1e-4)  # its 4 malignant patients
     auc = perfect["stage1_auc"]  # not a share, and every resample 1.0: no interval rather than "1.000-1.000"
     assert auc["low"] is None and auc["method"].startswith("no interval: all ") and "gave the same value" in auc["method"]
-    assert format_interval(auc) == "1.000"
+    assert format_interval(auc) == "1.000 (no spread over the patient resamples)"
     wrong = share_interval(_table(n_cases=4), np.zeros(20, bool))
     assert (wrong["value"], wrong["low"]) == (0.0, 0.0) and wrong["high"] == pytest.approx(0.4899, abs=1e-4)
     assert wrong["method"].startswith("Wilson score interval over 4 patients")

@@ -194,6 +194,7 @@ def test_the_headline_table_says_where_a_figure_has_no_interval_or_a_wilson_one(
     metrics = {**HELD_OUT, "intervals": {"image": {}, "patient": headline_intervals(patients, "patient")}}
     table = performance.intervals_table(metrics).set_index(["level", "metric"])
     auc = table.loc[("patient", "stage-1 ROC AUC")]
-    assert auc["model"] == "1.000" and auc["model's interval"].startswith("no interval: all ")
+    assert auc["model"] == "1.000 (no spread over the patient resamples)"
+    assert auc["model's interval"].startswith("no interval: all ")
     assert table.loc[("patient", "stage-1 accuracy"), "model's interval"].startswith("Wilson score interval over 4")
     assert table.loc[("image", "stage-1 accuracy"), "model's interval"] == ""  # no figure: no method claimed

@@ -269,5 +269,6 @@ def _formatted(block: dict | None, spec: str) -> str:
     if not block or block.get("value") is None:
         return "n/a"
     if block.get("low") is None:
-        return format(block["value"], spec)
+        no_spread = str(block.get("method") or "").startswith("no interval")  # said, so it is not read as exact
+        return format(block["value"], spec) + (" (no spread over the patient resamples)" if no_spread else "")
     return f"{format(block['value'], spec)} (95% CI {format(block['low'], spec)}-{format(block['high'], spec)})"
