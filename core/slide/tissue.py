@@ -135,9 +135,16 @@ class Glass:
         The mask counts them as no tissue; left as they were, a 120-px black border took malignant tiles
         beside it from p 0.7 to 0.1, a green pen circle round them from 0.6-0.76 to 0.10-0.17."""
         rgb = np.asarray(rgb, np.uint8)
-        drop = rgb.max(axis=-1) < BLACK
-        if self.ink:
-            drop |= off_stain(rgb, INK_CHROMA) & (optical_density(rgb, np.array(self.white)) > self.threshold)
+        red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # channel-wise: max(axis=-1) is 10x slower
+        brightest = np.maximum(np.maximum(red, green), blue)
+        drop = brightest < BLACK
+        if self.ink:  # only strongly coloured pixels can be ink: the float rule runs on those alone (a 448-px
+            # tile took 27 ms with it on every pixel, more than the bundled model's forward of the tile)
+            coloured = (brightest - np.minimum(np.minimum(red, green), blue)) >= INK_CHROMA
+            if coloured.any():
+                pixels = rgb[coloured]
+                drop[coloured] |= off_stain(pixels, INK_CHROMA) & (
+                    optical_density(pixels, np.array(self.white)) > self.threshold)
         if not drop.any():
             return rgb
         rgb = rgb.copy()
