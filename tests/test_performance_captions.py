@@ -147,6 +147,21 @@ def test_the_referral_caption_names_the_interval_that_was_given():
     assert "95% intervals: " in caption and "Wilson score interval over" in caption.split("95% intervals: ")[1]
 
 
+def test_a_rule_that_refers_every_image_names_no_interval_and_says_so_plainly():
+    """QA stats 7c: with every image referred the caption read "the other 0 images, of 0 patients, n/a right"
+    and still named "95% intervals: bootstrap over patients" for intervals that did not exist."""
+    from core.app import referral_view
+    from core.evaluation.referral import REFER_ALL
+    from core.jsonfile import read_json
+    from core.paths import DEFAULT_MODEL_DIR
+
+    referral = read_json(DEFAULT_MODEL_DIR / "card.json")["thresholds"]["referral"]
+    every = {**referral, **{stage: {**referral[stage], "threshold": REFER_ALL} for stage in ("stage1", "subtype")}}
+    caption = referral_view.referral_caption(every, referral_view.stored_predictions(DEFAULT_MODEL_DIR))
+    assert "stage 1: every one of the 757 images referred" in caption and "95% intervals" not in caption
+    assert "0 patients" not in caption and "n/a right" not in caption
+
+
 def _called(case: str, subtype: str, p_malignant: list[float]) -> list[dict]:
     """Held-out rows of one patient's images of `subtype`, stage 1 called at 0.5 (the other columns uniform)."""
     from core.data.labels import CLASS_OF_SUBTYPE, SUBTYPES

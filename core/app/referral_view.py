@@ -50,7 +50,8 @@ def _unreferred(rows: pd.DataFrame, referral: dict) -> tuple[tuple[str, str], se
     keep2 = keep1 & (conf2 >= referral["subtype"]["threshold"])
     blocks = [(share_interval(rows[keep], right[keep]), keep) for keep, right in ((keep1, right1), (keep2, right2))]
     texts = tuple(_share_text(block, int((~keep).sum()), len(rows)) for block, keep in blocks)
-    return texts, {interval_method(block) for block, _ in blocks}
+    return texts, {interval_method(block) for block, _ in blocks if block.get("low") is not None}  # none named
+    # for a stage that refers every image (no images left to give an interval over)
 
 
 def _counted(figures: dict, stage: str) -> str:
@@ -64,6 +65,8 @@ def _counted(figures: dict, stage: str) -> str:
 
 
 def _share_text(block: dict, referred: int, images: int) -> str:
+    if images and referred == images:  # not "the other 0 images, of 0 patients, n/a right"
+        return f"every one of the {images} images referred"
     of = f", of {block['cases']} patients," if block.get("cases") is not None else ""
     return (f"{referred} of {images} images ({referred / images:.0%}) referred, the other {block['images']} "
             f"images{of} {format_share(block)} right" if images else "no images")
@@ -94,7 +97,7 @@ def referral_caption(referral: dict, predictions: pd.DataFrame | None = None) ->
         (first, second), more = _unreferred(held_out, referral)
         methods |= more
         text += f" On the held-out test images: stage 1: {first}; subtype: {second}."
-    return text + f" 95% intervals: {'; '.join(sorted(methods))}."
+    return text + (f" 95% intervals: {'; '.join(sorted(methods))}." if methods else "")
 
 
 def uncertainty_caption(uncertainty: dict, in_card: dict | None = None) -> str:
