@@ -84,17 +84,18 @@ def glass_level(rgb: np.ndarray) -> np.ndarray:
     twice the pixels of the windows either side); its colour is the per-channel median there. A field
     that is all tissue has no such sharp peak, a dark or strongly tinted one is not believed (a channel
     below GLASS_FLOOR): both keep WHITE, the absolute OD of the old mask."""
-    pixels = np.asarray(rgb, np.float32).reshape(-1, 3)
-    pixels = pixels[pixels.max(axis=1) >= BLACK]
+    image = np.asarray(rgb, np.float32)
+    grey_image = image.mean(axis=-1)  # one grey for the histogram and the flatness test
+    kept = image.max(axis=-1) >= BLACK
+    pixels = image[kept]
     if len(pixels) == 0:
         return WHITE.copy()
-    grey = np.rint(pixels.mean(axis=1)).astype(int)
+    grey = np.rint(grey_image[kept]).astype(int)
     width = 2 * GLASS_HALF + 1
     window = np.convolve(np.bincount(grey, minlength=256).astype(float), np.ones(width), mode="same")
     flanks = np.maximum(np.concatenate([np.zeros(width), window[:-width]]),
                         np.concatenate([window[width:], np.zeros(width)]))
     peaks = np.flatnonzero((window >= GLASS_SHARE * len(pixels)) & (window >= 2 * flanks))
-    grey_image = np.asarray(rgb, np.float32).mean(axis=-1)
     for level in peaks[::-1]:  # the brightest flat one
         if _flat(grey_image, np.abs(grey_image - level) <= GLASS_HALF + 0.5):
             white = np.median(pixels[np.abs(grey - level) <= GLASS_HALF], axis=0).astype(np.float32)
@@ -124,7 +125,7 @@ def optical_density(rgb: np.ndarray, white: np.ndarray = WHITE) -> np.ndarray:
 class Glass:
     """What a slide's mask learned that its tiles need: the glass colour (`white`) and the OD threshold."""
 
-    white: tuple[float, float, float] = (255.0, 255.0, 255.0)
+    white: tuple[float, float, float] = tuple(WHITE.tolist())
     threshold: float = TissueSettings.min_od
     ink: bool = True  # pen ink is whitened (False where most of the slide has ink colours: no H&E)
     ink_share: float = 0.0  # share of the stained overview that is ink
@@ -162,28 +163,36 @@ class TissueMasker:
         self.ink_, self.ink_share_ = True, 0.0
 
     def fit(self, rgb: np.ndarray) -> "TissueMasker":
+        self._fit(rgb)
+        return self
+
+    def _fit(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fit on an overview; returns its optical density and off-stain pixels, which the mask is made of
+        (fit_transform reuses them: each is a pass of float work over the whole overview)."""
         self.white_ = glass_level(rgb)
-        od = optical_density(rgb, self.white_)
+        od, off = optical_density(rgb, self.white_), off_stain(rgb, INK_CHROMA)
         s = self.settings
         stained = od > s.min_od
-        ink = stained & off_stain(rgb, INK_CHROMA)
+        ink = stained & off
         self.ink_share_ = float(ink.sum() / max(int(stained.sum()), 1))
         self.ink_ = self.ink_share_ <= MAX_INK
-        if self.ink_:
-            od = np.where(ink, np.float32(0.0), od)  # no part of Otsu's split either
-        if float(od.max()) <= s.min_od or float(od.max() - od.min()) < 1e-6:
+        split = np.where(ink, np.float32(0.0), od) if self.ink_ else od  # ink is no part of Otsu's split either
+        if float(split.max()) <= s.min_od or float(split.max() - split.min()) < 1e-6:
             self.threshold_ = s.min_od  # all glass, or one flat colour: nothing for Otsu to split
         else:
-            self.threshold_ = float(np.clip(threshold_otsu(od), s.min_od, s.max_od))
-        return self
+            self.threshold_ = float(np.clip(threshold_otsu(split), s.min_od, s.max_od))
+        return od, off
 
     def transform(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         """Boolean (H, W) tissue mask of an overview at `mpp` microns per pixel."""
         if self.threshold_ is None:
             raise RuntimeError("TissueMasker.fit must run before transform")
-        mask = optical_density(rgb, self.white_) > self.threshold_
+        return self._mask(optical_density(rgb, self.white_), off_stain(rgb, INK_CHROMA), mpp)
+
+    def _mask(self, od: np.ndarray, off: np.ndarray, mpp: float) -> np.ndarray:
+        mask = od > self.threshold_
         if self.ink_:
-            mask &= ~off_stain(rgb, INK_CHROMA)
+            mask &= ~off
         smallest = int(self.settings.min_area_um2 / (mpp * mpp))
         if smallest >= 1 and mask.any():
             mask = remove_small_objects(mask, max_size=smallest)
@@ -197,4 +206,4 @@ class TissueMasker:
         return Glass(tuple(float(v) for v in self.white_), self.threshold_, self.ink_, self.ink_share_)
 
     def fit_transform(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
-        return self.fit(rgb).transform(rgb, mpp)
+        return self._mask(*self._fit(rgb), mpp)
