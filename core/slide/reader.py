@@ -223,18 +223,17 @@ def _resolve_scale(found: Scale | None, name: str, width: int, height: int, mpp:
             raise SlideError(f"Microns per pixel must be positive, not {mpp}.")
         instead = f"; the {stated.source} states {stated.x:.4g} um/px" if stated is not None else ""
         return Scale(float(mpp), float(mpp), f"chosen by user (mpp){instead}")
-    if stated is not None:
-        given = image_scale("", width, height, magnification) if magnification else None
-        if given is not None and not math.isclose(given.x, stated.x, rel_tol=0.1):
-            return dataclasses.replace(stated, source=f"{stated.source}; the magnification given ({magnification}) "
-                                       "is for files that state none: give microns per pixel to override it")
-        return stated
-    scale = image_scale(name, width, height, magnification)
-    if scale is None:
+    given = image_scale("", width, height, magnification) if magnification else None  # the magnification alone
+    if stated is None and given is None:
         raise SlideError(f"'{name}' states no resolution: its metadata has no microns per pixel and its "
                          "name no magnification (a BreakHis name, or a token such as _200X). Choose the "
                          "magnification it was captured at (e.g. 200X) or give its microns per pixel.")
-    return scale
+    if stated is None:
+        return given
+    if given is not None and not math.isclose(given.x, stated.x, rel_tol=0.1):
+        return dataclasses.replace(stated, source=f"{stated.source}; the magnification given ({magnification}) "
+                                   "is for files that state none: give microns per pixel to override it")
+    return stated
 
 
 def _kind_of(data_head: bytes) -> str:
