@@ -17,12 +17,15 @@ DEFAULT_REFER_THRESHOLD = 0.7
 DEMO_REASON = "demo model: not validated"
 
 
+IMAGE_THRESHOLD = 0.5  # an image (or a slide's tile, core.slide.call) is malignant when p(malignant) reaches it
+
+
 def image_calls(p_class) -> np.ndarray:
     """THE image-level stage-1 call of p(class) rows (N, 2, CLASSES order): malignant when p(malignant)
-    reaches 0.5, as case_decision and the threshold figures decide (an argmax called an exact 0.5 benign,
-    so one image read benign as an image and malignant as a case)."""
+    reaches IMAGE_THRESHOLD, as case_decision and the threshold figures decide (an argmax called an exact 0.5
+    benign, so one image read benign as an image and malignant as a case)."""
     p_malignant = np.asarray(p_class, float).reshape(-1, len(CLASSES))[:, CLASSES.index("malignant")]
-    return np.where(p_malignant >= 0.5, "malignant", "benign")
+    return np.where(p_malignant >= IMAGE_THRESHOLD, "malignant", "benign")
 
 
 @dataclasses.dataclass

@@ -37,8 +37,9 @@ import pandas as pd
 from scipy import ndimage
 
 from core.data.labels import pretty
+from core.model.decisions import IMAGE_THRESHOLD
 
-TILE_THRESHOLD = 0.5
+TILE_THRESHOLD = IMAGE_THRESHOLD  # a tile is called as an image is
 RULE_KINDS = ("region", "top_k", "none")
 NOT_CALLED = "not called"
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
