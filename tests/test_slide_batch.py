@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main as cli
+from core.slide.batch import SlideJob, analyse_slide
 from core.testing.slides import write_mosaic
 from tests.conftest import REPO, WHOLE_FIELD_MODEL
 
@@ -47,6 +48,8 @@ def test_one_slide_writes_every_output(slide_folder, tmp_path, capsys):
 def test_a_bad_slide_is_a_user_error(slide_folder, tmp_path, capsys):
     assert cli(["slide", str(slide_folder / "notes.tif"), "--out", str(tmp_path)]) == 2
     assert "text file" in capsys.readouterr().err and not (tmp_path / "summary.json").exists()
+    assert analyse_slide(SlideJob(str(slide_folder / "notes.tif"), str(tmp_path), str(WHOLE_FIELD_MODEL)))[
+        "error_kind"] == "input"
 
 
 def test_dask_cluster_gives_the_serial_results(slide_folder, tmp_path, monkeypatch, capsys):
@@ -89,8 +92,12 @@ def test_a_slide_failing_unexpectedly_is_its_rows_error_and_the_batch_goes_on(sl
                 "--model", str(WHOLE_FIELD_MODEL)]) == 1
     table = pd.read_csv(tmp_path / "slides.csv").set_index("slide")
     assert "ValueError: could not broadcast" in table.loc["SOB_M_MC-14-19979-200-099.png", "error"]
+    assert table.loc["SOB_M_MC-14-19979-200-099.png", "error_kind"] == "failure"
     assert pd.isna(table.loc["mosaic.tif", "error"]) and table.loc["mosaic.tif", "tissue_tiles"] == 8
     assert (tmp_path / "mosaic" / "summary.json").is_file()
+    # One slide: the tool's failure exits 1 as core.cli says (it exited 2, a user error, like a bad file).
+    assert cli(["slide", str(slide_folder / "SOB_M_MC-14-19979-200-099.png"), "--out", str(tmp_path / "one"),
+                "--model", str(WHOLE_FIELD_MODEL)]) == 1
 
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
@@ -251,6 +258,7 @@ def test_a_slide_whose_results_cannot_be_written_is_its_rows_error(slide_folder,
     assert "Traceback" not in capsys.readouterr().err
     table = pd.read_csv(tmp_path / "slides.csv").set_index("slide")
     assert f"could not be written to {tmp_path / 'mosaic'}" in table.loc["mosaic.tif", "error"]
+    assert table.loc["mosaic.tif", "error_kind"] == "failure"
     assert pd.isna(table.loc["SOB_M_MC-14-19979-200-099.png", "error"])
     assert (tmp_path / "SOB_M_MC-14-19979-200-099" / "summary.json").is_file()
 
@@ -278,7 +286,7 @@ def test_an_interrupted_batch_writes_the_rows_it_finished_not_an_earlier_table(s
     table = pd.read_csv(tmp_path / "slides.csv")
     assert "earlier" not in set(table.get("model", pd.Series(dtype=str)).dropna())
     assert len(table) == 3 and table.loc[0, "slide"] == done[0]["slide"] and pd.isna(table.loc[0, "error"])
-    assert (table.loc[1:, "error"] == batch.STOPPED).all()
+    assert (table.loc[1:, "error"] == batch.STOPPED).all() and (table.loc[1:, "error_kind"] == "stopped").all()
 
 
 @pytest.mark.parametrize("command", ["slide", "slides"])

@@ -10,7 +10,8 @@ worker's reads local and its model batches full). `--scheduler` uses an existing
 loads the model once (`_predictor`, cached per process), whichever slides it gets. The
 per-slide work is `analyse_slide`, the same function the serial run calls, so the results are
 the same file for file. Each slide's folder is complete only once its summary.json exists;
-`slides.csv` (one row per slide, errors included) is written last, an earlier run's removed
+`slides.csv` (one row per slide, errors included, each with its `error_kind`: input, failure or
+stopped) is written last, an earlier run's removed
 first; a batch stopped part-way (Ctrl-C, a cancel) writes the rows of the slides it finished and
 names the others as not analysed. The model is loaded once in this process before any slide
 (`slide_model`): an unusable --model is one message, not a row each.
@@ -77,22 +78,23 @@ def analyse_slide(job: SlideJob, progress=None, cancelled=None) -> dict:
         with open_slide(job.path, mpp=job.mpp, magnification=job.magnification) as reader:
             result = SlidePredictor(slide_model(job.model), job.tiles, job.tissue).predict(reader, progress, cancelled)
     except UserInputError as error:  # the slide's or (a worker that cannot see it) the model folder's
-        return {**row, "error": str(error)}
+        return {**row, "error": str(error), "error_kind": INPUT}
     except Exception as error:  # noqa: BLE001 - one slide's failure is its row's error; the batch goes on
         log.exception("slide %s failed", job.path)
-        return {**row, "error": f"'{row['slide']}' could not be analysed ({type(error).__name__}: {error})."}
+        return {**row, "error": f"'{row['slide']}' could not be analysed ({type(error).__name__}: {error}).",
+                "error_kind": FAILURE}
     try:
         write_outputs(result, job.out_dir)
     except OSError as error:  # a file in the way, a full disk: this slide's row, not the batch's end
         return {**row, "error": f"'{row['slide']}' was analysed but could not be written to {job.out_dir} "
-                                f"({error.strerror or error})."}
+                                f"({error.strerror or error}).", "error_kind": FAILURE}
     call = result.call
     region = call["region"] or {}
     return {**row, "label": call["label"], "region_tiles": len(region.get("tiles", [])), "region_score": region.get("score"),
             "region_mean_p": region.get("mean_p_malignant"), "region_box": region.get("box_level0"),
             "rule": call["rule"], "tissue_tiles": call["tissue_tiles"], "malignant_share": call["malignant_share"],
             "mean_p_malignant": call["mean_p_malignant"], "model": result.model["name"],
-            "model_limited": result.model["limited"], "model_demo": result.model["demo"], "error": ""}
+            "model_limited": result.model["limited"], "model_demo": result.model["demo"], "error": "", "error_kind": ""}
 
 
 def slide_jobs(folder, out_dir, model: str, **options) -> list[SlideJob]:
@@ -168,14 +170,18 @@ def run_batch(folder, out_dir, model: str, scheduler: str | None = None, workers
         table = pd.DataFrame(run_serial(jobs, rows) if serial else run_dask(jobs, scheduler, workers, rows))
     except BaseException:  # Ctrl-C, a cancel, a lost cluster: the slides already done keep their rows
         if rows:
-            _write_table(out, pd.DataFrame([rows.get(i) or {"slide": Path(job.path).name, "out": job.out_dir,
-                                                            "error": STOPPED} for i, job in enumerate(jobs)]))
+            not_done = {"error": STOPPED, "error_kind": STOPPED_KIND}
+            _write_table(out, pd.DataFrame([rows.get(i) or {"slide": Path(job.path).name, "out": job.out_dir, **not_done}
+                                            for i, job in enumerate(jobs)]))
         raise
     _write_table(out, table)
     return table
 
 
 STOPPED = "not analysed: the batch was stopped before this slide finished"
+# A row's error_kind: what its error was, so that `slide` exits as core.cli says (2 for the input, 1 for a
+# failure of the tool or the disk) and a batch table can be filtered for the slides worth retrying.
+INPUT, FAILURE, STOPPED_KIND = "input", "failure", "stopped"
 
 
 def _write_table(out: Path, table: pd.DataFrame) -> None:

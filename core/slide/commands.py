@@ -48,8 +48,10 @@ def _slide(args) -> int:
     if shown:  # end the progress line; without one, no blank line before the error
         print(file=sys.stderr)
     if row["error"]:
+        from core.slide.batch import INPUT
+
         print(f"error: {row['error']}", file=sys.stderr)
-        return USER_ERROR
+        return USER_ERROR if row["error_kind"] == INPUT else FAILED
     print(json.dumps(row))
     return OK
 
