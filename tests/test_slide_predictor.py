@@ -153,6 +153,25 @@ def test_a_slide_that_is_not_he_tissue_gets_diagnoses_message_not_a_call(bundled
     assert not any("H&E check" in note for note in result.notes)
 
 
+def test_a_slide_whose_colours_are_wrong_is_not_analysed(bundled, result):
+    """The mosaic's RGB read as YCbCr (a colour-space mix-up in a file's export): magenta glass, green nuclei.
+    Its glass was not believed, so every tile was "tissue", and the tiles passed the H&E check (magenta reads
+    as pink): benign fields were called p 0.82 malignant with no note. Refused, naming the background."""
+    from PIL import Image
+
+    from core.data.histology import NOT_ANALYSED
+    from core.testing.slides import mosaic
+    from tests.app_helpers import png_bytes
+
+    rgb, _ = mosaic()
+    mixed = np.asarray(Image.frombytes("YCbCr", (rgb.shape[1], rgb.shape[0]), rgb.tobytes()).convert("RGB"))
+    with open_slide(png_bytes(mixed), name="mixed_200X.png") as slide, \
+            pytest.raises(UserInputError, match=NOT_ANALYSED) as refused:
+        SlidePredictor(bundled).predict(slide)
+    assert "(255, 120, 255), a colour no glass has" in str(refused.value)
+    assert result.call["tissue_tiles"] > 0  # the same mosaic in its true colours is analysed
+
+
 @pytest.mark.parametrize("mpp", [0.02, 0.001, 8.0])
 def test_an_absurd_tile_for_the_resolution_is_refused_before_reading(bundled, mpp, monkeypatch):
     """At 0.02 um/px one tile of a 4900x2540 image was 17,500x11,500 px (5.9 GB of RAM); at 0.001 it asked

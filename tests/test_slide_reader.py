@@ -320,6 +320,18 @@ def test_a_dark_or_tinted_glass_estimate_is_not_believed():
     assert not TissueMasker().fit_transform(np.full((64, 64, 3), 205, np.uint8), mpp=8.0).any()  # grey glass only
 
 
+@pytest.mark.parametrize("glass, tint", [((243, 243, 241), False), ((205, 205, 208), False),
+                                         ((240, 236, 208), False), ((207, 255, 230), False),
+                                         ((255, 125, 255), True), ((255, 128, 128), True), ((120, 120, 120), False)])
+def test_only_a_bright_background_of_no_glass_colour_is_tinted(glass, tint):
+    """Glass up to the most coloured background of the 757 real fields (207, 255, 230) is glass; magenta or
+    pink from a colour-space mix-up is a tint (the predictor refuses the slide); a dark grey scan is neither."""
+    rgb, _ = _fragment_on(glass)
+    masker = TissueMasker()
+    masker.fit_transform(rgb, mpp=8.0)
+    assert (masker.glass_.tint is not None) is tint
+
+
 def test_pen_ink_is_not_tissue_and_is_white_in_the_tiles():
     """Green and blue pen (high OD) were tissue and reached the model: a circle round the malignant block took
     its tiles from p 0.6-0.76 to 0.10-0.17. Ink is off the mask and white in the tile; stain is kept."""

@@ -247,6 +247,11 @@ class SlidePredictor:
                              f"({reader.scale.source}). Check that resolution; if it is right, raise max_tiles or "
                              "analyse a region.")
         mask, mask_downsample, glass = self.tissue(reader)
+        if glass.tint is not None:
+            raise SlideError(f"'{reader.name}': {NOT_ANALYSED} (its background, the glass, is "
+                             f"{tuple(round(v) for v in glass.tint)}, a colour no glass has: the file's colours look "
+                             "wrong, e.g. a colour-space mix-up when it was exported, and the model would read them "
+                             "as stain). No slide call and no heat map.")
         plan = dataclasses.replace(plan, glass=glass)
         timings["tissue_mask_s"] = time.perf_counter() - started
         shares = np.array([self._share(mask, mask_downsample, plan.level0_box(i)) for i in range(len(plan.origins))])

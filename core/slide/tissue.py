@@ -73,23 +73,37 @@ GLASS_FLOOR = 150.0  # a "glass" with a channel below this is a dark scan or tis
 INK_CHROMA = 80
 MAX_INK = 0.5
 GLASS_FLAT = 1.0  # glass is flat: median grey step between neighbouring pixels of its mode at most this
+# A bright flat background whose max-min channel reaches GLASS_TINT is no glass colour (tinted): of the 757 real
+# BreakHis fields (bare and on 243 glass, overviews of 44 and 175 px) the most coloured background is 50, e.g. a
+# greenish (207, 255, 230); magenta from a YCbCr/RGB mix-up is 130.
+GLASS_TINT = 80
 
 
 def glass_level(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (3,) float32: the slide's own glass colour (its "white", Io in Macenko's stain
     work), so that OD is ~0 on glass whether a scanner's glass is 243, 205 or (240, 236, 208).
 
-    Glass is the brightest flat colour that covers a share of the overview: the brightest mean-grey
-    level whose +-GLASS_HALF window holds GLASS_SHARE of the (non-black) pixels and is a peak (at least
-    twice the pixels of the windows either side); its colour is the per-channel median there. A field
-    that is all tissue has no such sharp peak, a dark or strongly tinted one is not believed (a channel
-    below GLASS_FLOOR): both keep WHITE, the absolute OD of the old mask."""
+    Glass is the overview's background (flat_background) where that is believable as glass: a dark or
+    strongly tinted one (a channel below GLASS_FLOOR) is not, nor is none at all (a field that is all
+    tissue has no sharp flat peak): both keep WHITE, the absolute OD of the old mask."""
+    return _glass(flat_background(rgb))
+
+
+def _glass(background: np.ndarray | None) -> np.ndarray:
+    return background if background is not None and background.min() >= GLASS_FLOOR else WHITE.copy()
+
+
+def flat_background(rgb: np.ndarray) -> np.ndarray | None:
+    """(H, W, 3) uint8 -> (3,) float32 or None: the brightest flat colour that covers a share of the
+    overview, i.e. its background, whatever its colour: the brightest mean-grey level whose
+    +-GLASS_HALF window holds GLASS_SHARE of the (non-black) pixels and is a peak (at least twice the
+    pixels of the windows either side) and flat (_flat); its colour is the per-channel median there."""
     image = np.asarray(rgb, np.float32)
     grey_image = image.mean(axis=-1)  # one grey for the histogram and the flatness test
     kept = image.max(axis=-1) >= BLACK
     pixels = image[kept]
     if len(pixels) == 0:
-        return WHITE.copy()
+        return None
     grey = np.rint(grey_image[kept]).astype(int)
     width = 2 * GLASS_HALF + 1
     window = np.convolve(np.bincount(grey, minlength=256).astype(float), np.ones(width), mode="same")
@@ -98,9 +112,18 @@ def glass_level(rgb: np.ndarray) -> np.ndarray:
     peaks = np.flatnonzero((window >= GLASS_SHARE * len(pixels)) & (window >= 2 * flanks))
     for level in peaks[::-1]:  # the brightest flat one
         if _flat(grey_image, np.abs(grey_image - level) <= GLASS_HALF + 0.5):
-            white = np.median(pixels[np.abs(grey - level) <= GLASS_HALF], axis=0).astype(np.float32)
-            return white if white.min() >= GLASS_FLOOR else WHITE.copy()
-    return WHITE.copy()
+            return np.median(pixels[np.abs(grey - level) <= GLASS_HALF], axis=0).astype(np.float32)
+    return None
+
+
+def tinted(background: np.ndarray | None) -> bool:
+    """Is a slide's background bright but of a colour no glass has (GLASS_TINT)? Glass and mounting
+    medium are grey to faintly coloured (aged medium's (240, 236, 208) has a max-min channel of 32); a flat
+    background of a strong colour, e.g. (255, 125, 255) magenta from a YCbCr/RGB mix-up in a file's
+    export, means every colour of the slide is wrong, and the model would read the tinted glass and
+    tissue as stain (benign fields of such a slide were called p 0.82 malignant, with no note)."""
+    return background is not None and float(background.max()) >= GLASS_FLOOR and \
+        float(background.max() - background.min()) >= GLASS_TINT
 
 
 def _flat(grey: np.ndarray, mode: np.ndarray) -> bool:
@@ -129,6 +152,7 @@ class Glass:
     threshold: float = TissueSettings.min_od
     ink: bool = True  # pen ink is whitened (False where most of the slide has ink colours: no H&E)
     ink_share: float = 0.0  # share of the stained overview that is ink
+    tint: tuple[float, float, float] | None = None  # a background of no glass colour (tinted): the slide's colours are wrong
 
     def clean(self, rgb: np.ndarray) -> np.ndarray:
         """The tile the model sees: black pixels (brightest channel below BLACK: a scanner's border, zero
@@ -161,6 +185,7 @@ class TissueMasker:
         self.threshold_: float | None = None
         self.white_: np.ndarray = WHITE.copy()
         self.ink_, self.ink_share_ = True, 0.0
+        self.background_: np.ndarray | None = None
 
     def fit(self, rgb: np.ndarray) -> "TissueMasker":
         self._fit(rgb)
@@ -169,7 +194,8 @@ class TissueMasker:
     def _fit(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fit on an overview; returns its optical density and off-stain pixels, which the mask is made of
         (fit_transform reuses them: each is a pass of float work over the whole overview)."""
-        self.white_ = glass_level(rgb)
+        self.background_ = flat_background(rgb)
+        self.white_ = _glass(self.background_)
         od, off = optical_density(rgb, self.white_), off_stain(rgb, INK_CHROMA)
         s = self.settings
         stained = od > s.min_od
@@ -203,7 +229,8 @@ class TissueMasker:
     def glass_(self) -> Glass:
         if self.threshold_ is None:
             raise RuntimeError("TissueMasker.fit must run before glass_")
-        return Glass(tuple(float(v) for v in self.white_), self.threshold_, self.ink_, self.ink_share_)
+        tint = tuple(float(v) for v in self.background_) if tinted(self.background_) else None
+        return Glass(tuple(float(v) for v in self.white_), self.threshold_, self.ink_, self.ink_share_, tint)
 
     def fit_transform(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         return self._mask(*self._fit(rgb), mpp)
