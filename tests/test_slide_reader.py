@@ -348,6 +348,23 @@ def test_pen_ink_is_not_tissue_and_is_white_in_the_tiles():
     assert np.array_equal(cleaned[untouched], rgb[untouched]) and masker.glass_.ink_share > 0
 
 
+@pytest.mark.parametrize("pen", [(20, 20, 200), (40, 40, 42), (55, 50, 48)])
+def test_pure_blue_and_black_markers_are_ink_too(pen):
+    """Pure blue (red equal to green: the H&E hue rule reads it as purple) and a black marker brighter than the
+    black cut-off were 'tissue' and reached the model. Dark purple nuclei and the fragment stay."""
+    from core.slide.tissue import ink
+
+    rgb, truth = _fragment_on((243, 243, 241))
+    rgb[20:24, 10:150] = pen  # on the glass
+    rgb[90:94, 125:175] = pen  # across the tissue
+    masker = TissueMasker()
+    mask = masker.fit_transform(rgb, mpp=8.0)
+    assert not mask[20:24].any() and mask[truth].mean() > 0.85
+    cleaned = masker.glass_.clean(rgb)
+    assert (cleaned[20:24, 10:150] == 255).all() and (cleaned[90:94, 125:175] == 255).all()
+    assert not ink(np.array([[70, 40, 110], [45, 25, 80], [120, 60, 150], [30, 28, 70]], np.uint8)).any()
+
+
 def test_a_slide_mostly_of_ink_colours_is_left_to_the_he_check():
     """A green photo is not H&E with pen marks: its colours stay 'tissue' and unwhitened, so the H&E
     check refuses it in its own words instead of the mask calling it empty."""
