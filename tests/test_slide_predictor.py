@@ -214,6 +214,13 @@ def test_a_large_upload_is_tiled_and_a_field_is_not(bundled):
     assert should_tile(field_model, "field.png", (700, 460), "200X") is None
     reason = should_tile(field_model, "field.png", (1400, 920), "200X")
     assert reason and "(350x230 um)" in reason and "12 tiles" in reason
+    # A field at a magnification the model learnt whole fields of is one field whatever its name: a 40X or 100X
+    # field named field_40x.png (or with 40X chosen) was tiled as 25 (or 4) training fields and not called.
+    for stated in ("40X", "100X", "400X"):
+        assert should_tile(card, f"field_{stated.lower()}.png", (700, 460), None) is None, stated
+        assert should_tile(card, "field.png", (700, 460), stated) is None, stated
+    reason = should_tile(card, "mosaic.png", (2100, 1380), "40X")  # 3x3 fields at 40X: tiled
+    assert reason and "(1750x1150 um, a whole 40X field)" in reason
     # Of unknown scale it is diagnosed whole, as one field; larger than two fields each way, it says how to tile it.
     from core.app.slides import scale_hint
 

@@ -19,7 +19,14 @@ from core.data.breakhis import parse_name
 from core.data.fields import ViewSpec
 from core.data.histology import MOSTLY_GLASS  # mostly glass: no reason to refuse a tiled upload
 from core.data.labels import SUBTYPES, pretty
-from core.data.scale import BREAKHIS_FIELD, image_scale, model_scale, tile_origins
+from core.data.scale import (
+    BREAKHIS_FIELD,
+    image_scale,
+    magnification_mpp,
+    model_scale,
+    name_magnification,
+    tile_origins,
+)
 from core.digests import file_sha256
 from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_shown
 from core.paths import folder_setting_problem, folders_setting
@@ -114,17 +121,27 @@ def should_tile(card: dict, name: str, size: tuple[int, int], magnification: str
     A BreakHis-named image is a field, what the model was trained on (at whatever magnification:
     models trained on all of them see whole fields of each), so it is never tiled; another image
     is tiled when it spans TILE_AN_UPLOAD_FROM of the model's training fields or more at the model's
-    scale (fields, not a field model's 224-px views: a plain 200X field spans 4 of those)."""
+    scale (fields, not a field model's 224-px views: a plain 200X field spans 4 of those). A field is
+    the larger of the model's training field and a BreakHis field at the image's magnification where
+    the model learnt from whole fields of that magnification (its card's evidence): a 700x460 field
+    at 40X is one field, diagnosed whole whether its name is BreakHis' or 'field_40x.png' (it was
+    tiled as 25 training fields, 90-px tiles enlarged 2.5x, and not called)."""
     scale = image_scale(name, size[0], size[1], magnification)
     if parse_name(name) is not None or scale is None:
         return None
-    model, field = model_scale(card), trained_field_px(card)
-    if _spans(size, scale, model["mpp"], field) < TILE_AN_UPLOAD_FROM:
+    model = model_scale(card)
+    window_um, whole = [v * model["mpp"] for v in trained_field_px(card)], ""
+    stated = name_magnification(name) or magnification
+    if (card.get("evidence") or {}).get("by_magnification", {}).get(stated):  # learnt whole fields of it
+        own_um = [v * magnification_mpp(stated) for v in BREAKHIS_FIELD]
+        if own_um[0] * own_um[1] > window_um[0] * window_um[1]:
+            window_um, whole = own_um, f", a whole {stated} field"
+    if _spans(size, scale, 1.0, window_um) < TILE_AN_UPLOAD_FROM:
         return None
-    um = [round(v * model["mpp"]) for v in field]
+    um = [round(v) for v in window_um]
     return (f"{name} ({size[0]}x{size[1]} px) is much larger than the field the model was trained on "
-            f"({um[0]}x{um[1]} um): it is analysed as {_spans(size, scale, model['mpp'], model['tile_px'])} tiles "
-            "at the model's scale instead of being squashed into one input.")
+            f"({um[0]}x{um[1]} um{whole}): it is analysed as {_spans(size, scale, model['mpp'], model['tile_px'])} "
+            "tiles at the model's scale instead of being squashed into one input.")
 
 
 def tile_reason(card: dict, result, magnification: str | None) -> str | None:
