@@ -372,12 +372,16 @@ class SlidePredictor:
 
     def explain_tile(self, reader: SlideReader, plan: TilePlan, i: int, level0: bool = True):
         """(tile image, core.model.cam.Diagnosis) of tile i: the image at full (level-0) resolution
-        when `level0`, with both stages' Grad-CAM resized onto it."""
-        from core.model.cam import explain
+        when `level0`, with both stages' Grad-CAM resized onto it. The tile is scored as the tile pass
+        scores it (one view of the whole tile, `tiles=True`, the settings' TTA), so its view says the
+        p(malignant) and subtype of the map, the list and tiles.csv: scored as a field (3 crops x 8
+        symmetries of a restored field) it differed by up to 0.14, and its subtype could change."""
+        from core.model.cam import Diagnosis, gradcam_diagnosis
         from core.model.heatmap import to_heatmap
 
         seen = self.read_tile(reader, plan, i)
-        diagnosis = explain(self.predictor, seen)
+        outputs, cams = gradcam_diagnosis(self.predictor, [seen], tta=self.settings.tta, tiles=True)
+        diagnosis = Diagnosis(self.predictor.interpret(outputs, tta=self.settings.tta)[0], cams[0].explanations(seen.shape[:2], "gradcam"))
         if not level0 or plan.level == 0:
             return seen, diagnosis
         full = reader.read_region(plan.origins[i], 0, plan.size)
