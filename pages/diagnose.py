@@ -106,8 +106,10 @@ st.session_state[SHOWN_RULE] = rule
 
 items, repeats = service.distinct_items(uploaded + [(samples[s].name, samples[s].read_bytes()) for s in chosen])
 if repeats:
-    st.info(f"Given more than once, analysed once: {', '.join(map(session.plain, dict.fromkeys(repeats)))}.",
-            icon=":material/content_copy:")
+    st.info("Given more than once, analysed once: " + ", ".join(
+        session.plain(name) + ("" if name == first else f" (as {session.plain(first)})")
+        for name, first in dict.fromkeys(repeats)) + ".",
+        icon=":material/content_copy:")
 if not items:
     st.info("Upload one or more images, or pick a bundled sample, to get a diagnosis." if samples else
             "Upload one or more images to get a diagnosis (the bundled samples, assets/samples, are missing here).")
@@ -134,10 +136,35 @@ if method in SLOW_METHODS and analysed:
                       f"server, for {len(analysed)} image(s) here. Grad-CAM comes with the diagnosis, at no wait.")
 audit_ids = session.audit_diagnosis(predictor, results, items, records.diagnosis_settings(
     predictor, tta, threshold, magnification))  # one audit row per shown result
-table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids)
+
+
+def tiled_analysis(result, data: bytes) -> tuple:
+    """(core.slide result or its error, the audit id of its slide row): this session's analysis of an
+    upload analysed as tiles, made once (the upload stays in its memory)."""
+    key = ("_tiled", session.model_identity(predictor), result.digest, stated)
+    if key not in st.session_state:
+        with st.spinner(f"Analysing the tiles of {session.plain(result.name)}..."):
+            try:
+                st.session_state[key] = slides.analyse_upload(predictor, result.name, data, stated)
+            except UserInputError as problem:
+                st.session_state[key] = str(problem)
+    tiles = st.session_state[key]
+    if isinstance(tiles, str):
+        return tiles, None
+    # Settings that made the call only (as on the Slide page): the opacity is how it is drawn, and in
+    # the key of the one row per run, every move of its slider appended another row.
+    return tiles, session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **tiles.call},
+                                      {"magnification": stated})
+
+
+tiled = [(r, reason, *tiled_analysis(r, data)) for r, reason, data in tiled]
+elsewhere = report.elsewhere_rows([(r, tiles if isinstance(tiles, str) else tiles.call, audit_id)
+                                   for r, _, tiles, audit_id in tiled], repeats)
+table = report.results_table(results, registry.model_badge(predictor.card), model["subtype_reliable"], audit_ids,
+                             elsewhere)
 cases = report.case_calls(results, threshold, predictor.case_threshold, model["subtype_reliable"])
 
-if len(results) > 1:
+if len(table) > 1:  # the uploads analysed as tiles or given twice have their rows too
     st.subheader("Case table")
     st.dataframe(report.shown_table(table), hide_index=True,
                  column_config={"reasons": st.column_config.TextColumn("reasons", width="large"),
@@ -246,30 +273,17 @@ def show(result, index: int) -> None:
         session.review_form(audit_ids.get(records.audit_key(result)), f"dx_{index}")
 
 
-def show_tiled(result, reason: str, data: bytes) -> None:
+def show_tiled(result, reason: str, tiles, audit_id: int | None) -> None:
     with st.container(border=True):
         st.markdown(f"#### {session.plain(result.name)}")
         st.info(session.plain(reason) + " The Slide page shows the same analysis with every tile.",
                 icon=":material/grid_view:")
-        key = ("_tiled", session.model_identity(predictor), result.digest, stated)
-        if key not in st.session_state:  # this session only: the upload stays in its memory
-            with st.spinner("Analysing the tiles..."):
-                try:
-                    st.session_state[key] = slides.analyse_upload(predictor, result.name, data, stated)
-                except UserInputError as problem:
-                    st.session_state[key] = str(problem)
-        tiles = st.session_state[key]
         if isinstance(tiles, str):
             st.error(session.plain(tiles), icon=":material/block:")
             return
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
-        call = tiles.call
-        # Settings that made the call only (as on the Slide page): the opacity is how it is drawn, and in
-        # the key of the one row per run, every move of its slider appended another row.
-        audit_id = session.audit_slide(predictor, result.name, result.sha256, {"tiled_upload": True, **call},
-                                       {"magnification": stated})
         st.caption(f"Audit #{audit_id}")
-        headline, explained = slides.call_text(call)
+        headline, explained = slides.call_text(tiles.call)
         st.markdown(demo + headline.replace("Slide call", "Call over the tiles"))
         st.caption(explained)
         st.image(heatmap_rgb(tiles, opacity), caption="p(malignant) per tile over the image", width="stretch",
@@ -278,8 +292,8 @@ def show_tiled(result, reason: str, data: bytes) -> None:
 
 for index, result in enumerate(analysed):
     show(result, index)
-for result, reason, data in tiled:
-    show_tiled(result, reason, data)
+for result, reason, tiles, audit_id in tiled:
+    show_tiled(result, reason, tiles, audit_id)
 
 if analysed:
     st.subheader("Downloads")
@@ -309,7 +323,8 @@ if analysed:
                              icon=":material/block:")
                 else:
                     session.keep_report(controls, pdf_report.build_report(results, overlays, cases, model, details,
-                                                                      audit_ids, METHOD_NAMES.get(method, method)))
+                                                                      audit_ids, METHOD_NAMES.get(method, method),
+                                                                      elsewhere))
         pdf, stale = session.prepared_report(controls)
         if pdf is not None:
             st.download_button("Report (PDF)", pdf, "breakhis_report.pdf", "application/pdf", key="download_report")

@@ -147,13 +147,19 @@ def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
     app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
     app.switch_page("pages/diagnose.py").run()
     app.selectbox(key="magnification").set_value("200X").run()
-    app.file_uploader(key="uploads").set_value([("camera.jpg", buffer.getvalue(), "image/jpeg")]).run()
+    app.file_uploader(key="uploads").set_value([("camera.jpg", buffer.getvalue(), "image/jpeg"),
+                                                ("camera copy.jpg", buffer.getvalue(), "image/jpeg")]).run()
     assert not app.exception, app.exception
     infos = texts(app.info)
     assert "camera.jpg (1300x700 px) is much larger than the field the model was trained on" in infos
+    assert "Given more than once, analysed once: camera copy.jpg (as camera.jpg)." in infos
     from core.store.audit import Store
 
     [row] = Store.open().events(kinds="slide")
+    # The case table (and so the CSV and the PDF, made from it) lists both uploads: they had no row at all.
+    [table] = tables(app, "call")
+    assert list(table["call"]) == ["analysed as tiles", "given more than once"]
+    assert table["reasons"].str.contains("call over the tiles").iloc[0] and str(table["audit id"].iloc[0]) == str(row["id"])
     app.slider(key="opacity").set_value(0.8).run()  # drawn differently, the same run: no second audit row
     assert [e["id"] for e in Store.open().events(kinds="slide")] == [row["id"]]
     assert f"Audit #{row['id']}" in " ".join(c.value for c in app.caption)

@@ -382,7 +382,7 @@ def test_the_same_image_given_twice_is_analysed_once(sample_items):
     first, second = sample_items[:2]
     items, repeats = service.distinct_items([first, second, first, ("renamed.png", first[1])])
     assert items == [first, second]
-    assert repeats == [first[0], "renamed.png"]
+    assert repeats == [(first[0], first[0]), ("renamed.png", first[0])]
 
 
 def test_the_shown_case_table_is_arrow_compatible_with_an_unreadable_image(predictor, sample_items):

@@ -103,3 +103,24 @@ def test_the_case_table_sizes_its_columns_for_their_cells_not_only_their_headers
     cells = [str(row[c]) for _, row in cases.iterrows() for c in columns]
     assert "malignant" in cells and "not reliable for this model (most probable: Ductal carcinoma)" in cells
     assert [word for cell in cells for word in cell.split() if word not in words] == []
+
+
+def test_the_csv_and_the_pdf_list_uploads_analysed_as_tiles_and_repeats():
+    """The page showed an upload analysed as tiles (with its audit id) and named a repeated file, but the
+    CSV and the PDF a pathologist signs listed neither: they were silently missing from the report."""
+    shown, tiled = results("SOB_M_DC-14-2523-200-010.png", "big_scan.png")
+    call = {"label": "not called", "malignant_tiles": 6, "tissue_tiles": 20, "rule_params": {"tile_threshold": 0.5}}
+    elsewhere = report.elsewhere_rows([(tiled, call, 41), (results("broken.png")[0], "'broken.png' is truncated", None)],
+                                      [("copy.png", "SOB_M_DC-14-2523-200-010.png")])
+    table = report.results_table([shown], "badge", audit_ids={}, elsewhere=elsewhere).set_index("file")
+    assert list(table.index) == ["SOB_M_DC-14-2523-200-010.png", "big_scan.png", "broken.png", "copy.png"]
+    assert table.at["big_scan.png", "call"] == report.TILED and table.at["big_scan.png", "audit id"] == 41
+    assert "6 of 20 tissue tiles have p(malignant) >= 0.5" in table.at["big_scan.png", "reasons"]
+    assert "not analysed: 'broken.png' is truncated" in table.at["broken.png", "reasons"]
+    assert table.at["copy.png", "call"] == report.REPEATED and "SOB_M_DC-14-2523-200-010.png" in table.at["copy.png", "reasons"]
+    assert (table["model"] == "badge").all()
+    pdf = pdf_report.build_report([shown], {shown.digest: (shown.display, shown.display)}, report.case_calls([shown]),
+                                  registry.describe_model(card("default")), elsewhere=elsewhere)
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "big_scan.png: analysed as tiles (call over the tiles: Not called, 6 of 20" in text and "audit id 41" in text
+    assert "copy.png: given more than once (the same bytes as SOB_M_DC-14-2523-200-010.png" in text

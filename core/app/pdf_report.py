@@ -247,7 +247,7 @@ def _sign_off(pdf: _Report) -> None:
 
 def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list, refused: list,
                   details: ReportDetails, thresholds: tuple[float, float, str] | None = None,
-                  uncased: str | None = None) -> None:
+                  uncased: str | None = None, elsewhere: list[dict] = ()) -> None:
     pdf.add_page()
     _identity(pdf)
     _details(pdf, details)
@@ -267,6 +267,10 @@ def _summary_page(pdf: _Report, cases: pd.DataFrame, errors: list, refused: list
     for r in refused:
         pdf.line_text(f"{pdf.name_text(r.name, r.sha256)}: {NOT_ANALYSED} ({r.not_histology}); no call, "
                       "not counted in its case.", 8, ALERT)
+    for row in elsewhere:  # report.elsewhere_rows: analysed as tiles, or given twice
+        audit = f"; audit id {row['audit id']}" if row.get("audit id") else ""
+        pdf.line_text(f"{pdf.shown(row['file'])}: {row['call']} ({row['reasons']}){audit}; no page in this report.",
+                      8, MUTED)
     pdf.ln(2)
     _sign_off(pdf)
 
@@ -309,18 +313,19 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
 
 def build_report(results: list, overlays: dict[str, tuple[np.ndarray, np.ndarray]], cases: pd.DataFrame,
                  model: dict, details: ReportDetails | None = None, audit_ids: dict | None = None,
-                 method: str = "Grad-CAM") -> bytes:
+                 method: str = "Grad-CAM", elsewhere: list[dict] = ()) -> bytes:
     """The PDF: a summary page (with the patient/specimen ids, reviewer and a sign-off block), then
     one page per analysed image, each with its audit id when given and its overlays captioned with
     the heat-map method that drew them (the page's choice: Grad-CAM++ and Score-CAM maps differ).
 
     results: core.app.service.ImageResult list; overlays: digest -> (stage-1, stage-2) overlay RGB;
-    model: core.app.registry.describe_model's dict (the calibration's data included).
+    model: core.app.registry.describe_model's dict (the calibration's data included); elsewhere:
+    core.app.report.elsewhere_rows, the uploads with no page here (analysed as tiles, given twice).
     """
     pdf = _Report(model)
     _summary_page(pdf, cases, [r for r in results if r.error], [r for r in results if r.not_histology],
                   details or ReportDetails(),
-                  thresholds_in_use(results), uncased_note(results))
+                  thresholds_in_use(results), uncased_note(results), elsewhere)
     for result in results:
         if result.ok:
             _image_page(pdf, result, overlays[result.digest], (audit_ids or {}).get((result.name, result.sha256)),

@@ -10,7 +10,7 @@ from core.app.registry import data_text
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.evaluation.subtype_trust import subtype_shown
-from core.model.decisions import at_least, below, threshold_text
+from core.model.decisions import IMAGE_THRESHOLD, at_least, below, threshold_text
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision
 from core.spreadsheet import spreadsheet_csv
 
@@ -67,8 +67,29 @@ def tta_label(predictor) -> tuple[str, str]:
     return "Test-time augmentation (8 views)", "The average of the image in its 8 symmetries (flips and rotations)."
 
 
-def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None) -> pd.DataFrame:
-    """The case table: one row per image (errors included, so nothing disappears silently).
+TILED, REPEATED = "analysed as tiles", "given more than once"  # the call of an upload reported elsewhere
+
+
+def elsewhere_rows(tiled: list[tuple], repeats: list[tuple[str, str]]) -> list[dict]:
+    """The uploads of a run that have no per-image result, so that the CSV and the PDF a pathologist signs
+    list every upload as the page and `predict` do (they left them out): each upload analysed as tiles
+    (tiled: (ImageResult, its tiles' call dict (core.slide.call) or the error, the audit id of its slide
+    row)) and each repeat (repeats: core.app.service.distinct_items' (name, the name analysed))."""
+    rows = []
+    for r, call, audit_id in tiled:
+        what = f"not analysed: {call}" if isinstance(call, str) else (
+            f"call over the tiles: {pretty(call['label'])}, {call['malignant_tiles']} of {call['tissue_tiles']} tissue "
+            f"tiles have p(malignant) >= {(call.get('rule_params') or {}).get('tile_threshold', IMAGE_THRESHOLD):g}")
+        rows.append({"file": r.name, "case": r.case or "", "magnification": r.magnification, "call": TILED,
+                     "reasons": f"{what}; every tile is on the Slide page, not in this table", "audit id": audit_id or ""})
+    return rows + [{"file": name, "call": REPEATED, "reasons": f"the same bytes as {first}, analysed once as that file"}
+                   for name, first in dict.fromkeys(repeats)]
+
+
+def results_table(results: list, badge: str, subtype_reliable: bool = True, audit_ids: dict | None = None,
+                  elsewhere: list[dict] = ()) -> pd.DataFrame:
+    """The case table: one row per image (errors included, so nothing disappears silently), then the
+    elsewhere_rows of the uploads analysed as tiles or given twice.
 
     results: core.app.service.ImageResult list; badge: core.app.registry.model_badge(card);
     subtype_reliable: core.evaluation.subtype_trust.subtype_reliability(card)[0]; audit_ids:
@@ -100,6 +121,7 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
         row["model"] = badge
         row["audit id"] = (audit_ids or {}).get((r.name, r.sha256), "")
         rows.append(row)
+    rows += [{**dict.fromkeys(TABLE_COLUMNS, ""), **other, "model": badge} for other in elsewhere]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 

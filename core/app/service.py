@@ -156,17 +156,17 @@ def _unreadable(result: ImageResult, problem: Exception) -> ImageResult:
     return result
 
 
-def distinct_items(items: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """(the items with each image's bytes once, the names of the repeats left out). The same image
-    given twice (uploaded twice, or uploaded and picked as a sample) would weigh double in its
-    case's mean and its two results would share one audit id (records.audit_key)."""
-    kept, seen, repeats = [], set(), []
+def distinct_items(items: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """(the items with each image's bytes once, the repeats left out as (name, the name analysed)). The
+    same image given twice (uploaded twice, or uploaded and picked as a sample) would weigh double in
+    its case's mean and its two results would share one audit id (records.audit_key)."""
+    kept, first, repeats = [], {}, []
     for name, data in items:
         digest = hashlib.sha256(data).digest()
-        if digest in seen:
-            repeats.append(name)
+        if digest in first:
+            repeats.append((name, first[digest]))
         else:
-            seen.add(digest)
+            first[digest] = name
             kept.append((name, data))
     return kept, repeats
 
