@@ -47,8 +47,11 @@ def _check_new(name: str, password: str | None, role: str) -> None:
                              f"not '{SYSTEM}')")
     if role not in ROLES:
         raise UserInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise UserInputError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    # Only spaces (or tabs, zero-width characters) counted as 8 characters: no character one can see.
+    if password is not None and (len(password) < MIN_PASSWORD_LENGTH
+                                 or not any(c.isprintable() and not c.isspace() for c in password)):
+        raise UserInputError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters, "
+                             "not only spaces or invisible ones")
 
 
 def has_accounts(store: Store) -> bool:
