@@ -297,3 +297,14 @@ def test_images_that_cannot_be_kept_name_the_setting_to_administrators_only(envi
     finally:
         images.unlink()
         store.close()
+
+
+def test_a_name_typed_in_either_unicode_form_signs_in_to_one_account(environment):
+    """The form looked the name up exactly as typed: "José" typed decomposed (NFD, as some keyboards
+    and pasted text give it) missed the account created precomposed (NFC), or reached a twin account."""
+    store = Store.open()
+    accounts.add_account(store, "Jos\u00e9 Ortega", PASSWORD, "pathologist")
+    app = sign_in(AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run(), "Jose\u0301 Ortega", PASSWORD)
+    assert "Signed in as **Jos\u00e9 Ortega** (pathologist)" in everything_shown(app) and not app.exception
+    assert store.events(kinds="sign_in", limit=1)[0]["user"] == "Jos\u00e9 Ortega"
+    store.close()

@@ -8,6 +8,10 @@ locked, disabled, single sign-on only) gives the same message (REFUSED) and cost
 hash, so neither the answer nor its time tells which names exist, and a disabled account's password
 is not confirmed (OWASP Authentication Cheat Sheet); the audit row keeps the real reason for the
 administrators.
+
+Names follow core.store.names: stored in NFC and looked up in it (the form typed, then NFC, then
+NFD, so a name stored before in another form still signs in); a new name has no invisible or
+control character and may not read as an existing one (case, compatibility forms).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import functools
 import hashlib
 import hmac
 import secrets
+import unicodedata
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 
 from core.errors import UserInputError
-from core.store import sessions
+from core.store import names, sessions
 from core.store.audit import Store
 from core.store.models import User, utc_now
 from core.store.roles import ROLES, can  # noqa: F401 - re-exported: accounts.can(role, action)
@@ -41,10 +46,18 @@ class SignInError(UserInputError):
     """Wrong name or password, a locked or disabled account: the message is safe to show."""
 
 
-def _check_new(name: str, password: str | None, role: str) -> None:
-    if not name or len(name) > 120 or name != name.strip() or name == SYSTEM:
-        raise UserInputError(f"account name {name!r} is not allowed (1-120 characters, no outer spaces, "
-                             f"not '{SYSTEM}')")
+def _check_name(name: str) -> None:
+    """A new (NFC) name: 1-120 characters, no outer spaces, nothing invisible, not the system user."""
+    if odd := sorted({c for c in name if names.refused(c)}):
+        raise UserInputError(f"account name {names.shown(name)} is not allowed: it has invisible, control or "
+                             f"separator characters ({', '.join(map(names.described, odd))}); only a plain "
+                             "space may separate words")
+    if not name or len(name) > 120 or name != name.strip() or names.twin_key(name) == SYSTEM:
+        raise UserInputError(f"account name {names.shown(name, quoted=True)} is not allowed (1-120 characters, "
+                             f"no outer spaces, not '{SYSTEM}' in any case)")
+
+
+def _check_new(password: str | None, role: str) -> None:
     if role not in ROLES:
         raise UserInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     # Only spaces (or tabs, zero-width characters) counted as 8 characters: no character one can see.
@@ -67,37 +80,44 @@ def list_accounts(store: Store) -> list[dict]:
                 for u in session.scalars(select(User).order_by(User.name))]
 
 
-def add_account(store: Store, name: str, password: str | None, role: str, by: str = SYSTEM) -> None:
-    """Create an account (password None: single sign-on only). Audited as an account change by `by`."""
-    _check_new(name, password, role)
+def add_account(store: Store, name: str, password: str | None, role: str, by: str = SYSTEM) -> str:
+    """Create an account (password None: single sign-on only); its name as stored (NFC). Audited as an
+    account change by `by`. A name that reads as an existing one ("Admin" beside "admin") is refused."""
+    name = names.normal(name)
+    _check_name(name)
+    _check_new(password, role)
     with store.transaction("The account could not be created") as session:
-        if session.scalar(select(User).where(User.name == name)):
-            raise UserInputError(f"an account named {name!r} already exists")
+        if (twin := names.twin(name, session.scalars(select(User.name)))) is not None:
+            raise UserInputError(f"an account named {names.shown(twin, quoted=True)} already exists" + (
+                "" if twin == name else f"; {names.shown(name, quoted=True)} would read as the same name"))
         session.add(User(name=name, role=role, active=True, failed_sign_ins=0,
                          password_hash=_hasher.hash(password) if password is not None else None))
     store.record("account", by, name, details={"change": "created", "role": role})
+    return name
 
 
 def change_account(store: Store, name: str, by: str, *, role: str | None = None, active: bool | None = None,
-                   password: str | None = None) -> None:
-    """Change role, enable/disable, or set a new password (which also lifts a lock). Audited.
+                   password: str | None = None) -> str:
+    """Change role, enable/disable, or set a new password (which also lifts a lock); the account's
+    stored name. Audited.
 
     Disabling the account or setting a new password revokes all its sign-in sessions (a browser's
     cookie is refused from then on); a role change needs none: every page run reads the role anew."""
     changes, revoked = {}, 0
     with store.transaction("The account could not be changed") as session:
-        user = session.scalar(select(User).where(User.name == name))
+        user = _find(session, name)
         if user is None:
-            raise UserInputError(f"no account named {name!r}")
+            raise UserInputError(f"no account named {names.shown(name, quoted=True)}")
+        name = user.name
         if role is not None and role != user.role:
-            _check_new(name, None, role)
+            _check_new(None, role)
             changes["role"] = [user.role, role]
             user.role = role
         if active is not None and active != user.active:
             changes["active"] = [user.active, active]
             user.active = active
         if password is not None:
-            _check_new(name, password, user.role)
+            _check_new(password, user.role)
             user.password_hash, user.failed_sign_ins, user.locked_until = _hasher.hash(password), 0, None
             changes["password"] = "changed"  # never the password or its hash
         if "password" in changes or changes.get("active") == [True, False]:
@@ -107,6 +127,7 @@ def change_account(store: Store, name: str, by: str, *, role: str | None = None,
         store.record("account", by, name, details={"change": "updated", **changes})
     if revoked:
         store.record("session_revoked", by, name, details={"reason": why, "sessions": revoked})
+    return name
 
 
 def sign_in(store: Store, name: str, password: str, now: datetime.datetime | None = None, *,
@@ -119,7 +140,7 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
     """
     now = now or utc_now()
     with store.transaction("The sign-in could not be checked") as session:
-        user = session.scalar(select(User).where(User.name == name).with_for_update())
+        user = _find(session, name, lock=True)
         if user is None or user.password_hash is None:
             _verify(_dummy_hash(), password)
             outcome = "unknown account" if user is None else "sso-only account"
@@ -137,8 +158,10 @@ def sign_in(store: Store, name: str, password: str, now: datetime.datetime | Non
                 outcome = "locked"
             else:
                 outcome, role = "ok", user.role
+        if user is not None:
+            name = user.name  # as stored: the form typed may differ (NFD)
     if outcome != "ok":
-        store.record("sign_in_failed", masked_name(name, key) if outcome == "unknown account" else name,
+        store.record("sign_in_failed", masked_name(names.normal(name), key) if outcome == "unknown account" else name,
                      details={"reason": outcome})
         raise SignInError(REFUSED)
     store.record("sign_in", name, details={"method": "password"})
@@ -195,10 +218,19 @@ def sso_account(store: Store, name: str) -> dict | None:
     for single sign-on (`users add EMAIL --sso-only`, no password), else None. A password account,
     an admin's included, is never reached this way, whatever e-mail an identity claims."""
     with store.reading("The account could not be read") as session:
-        user = session.scalar(select(User).where(User.name == name))
+        user = _find(session, name)
         if user is None or user.password_hash is not None or not user.active:
             return None
         return {"name": user.name, "role": user.role}
+
+
+def _find(session, name: str, lock: bool = False) -> User | None:
+    """The account `name` names: exactly as typed, else its NFC form (how names are stored now), else
+    its NFD form (a name stored decomposed before names were normalised). Never by case."""
+    forms = list(dict.fromkeys([name, names.normal(name), unicodedata.normalize("NFD", name)]))
+    query = select(User).where(User.name.in_(forms))
+    found = {user.name: user for user in session.scalars(query.with_for_update() if lock else query)}
+    return next((found[form] for form in forms if form in found), None)
 
 
 @functools.cache

@@ -96,30 +96,35 @@ def _new_password(name: str) -> str:
 
 def _users_add(args) -> int:
     from core.store.accounts import add_account
+    from core.store.names import shown
 
-    password = None if args.sso_only else _new_password(args.name)
-    add_account(_open(), args.name, password, args.role)
-    print(f"created {args.role} account {args.name!r}" + (" (single sign-on only)" if args.sso_only else ""))
+    password = None if args.sso_only else _new_password(shown(args.name))
+    name = add_account(_open(), args.name, password, args.role)
+    print(f"created {args.role} account {shown(name, quoted=True)}" + (" (single sign-on only)" if args.sso_only else ""))
     return 0
 
 
 def _users_list(args) -> int:
+    """One line per account; a name with a tab, a line break, an escape code or an invisible character
+    (possible before names were checked) prints escaped, so it cannot forge another line."""
     from core.store.accounts import list_accounts
+    from core.store.names import shown
 
     for account in list_accounts(_open()):
         state = "active" if account["active"] else "disabled"
-        print(f"{account['name']}\t{account['role']}\t{state}\t"
+        print(f"{shown(account['name'])}\t{account['role']}\t{state}\t"
               f"last sign-in {account['last_sign_in'] or 'never'}")
     return 0
 
 
 def _users_set(args) -> int:
     from core.store.accounts import SYSTEM, change_account
+    from core.store.names import shown
 
     active = True if args.enable else False if args.disable else None
-    change_account(_open(), args.name, SYSTEM, role=args.role, active=active,
-                   password=_new_password(args.name) if args.password else None)
-    print(f"updated account {args.name!r}")
+    name = change_account(_open(), args.name, SYSTEM, role=args.role, active=active,
+                          password=_new_password(shown(args.name)) if args.password else None)
+    print(f"updated account {shown(name, quoted=True)}")
     return 0
 
 
