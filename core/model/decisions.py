@@ -90,9 +90,12 @@ class Prediction:
         if self.refer and not self.referral:
             flag += ": " + "; ".join(self.refer_reasons)
         subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
+        # The joint p(class) x p(subtype | class) named as what it is: "confidence 0.33" beside a 0.94 call read
+        # as doubt about the call (the page's table moved it aside for that); of an unreliable subtype, left out.
+        joint = f" | p(class and subtype) {self.confidence:.2f}"
         if not subtype_reliable:
-            subtype = f"subtype not reliable for this model (most probable: {subtype})"
-        return f"{self.label} ({self.p_label:.2f}) | {subtype} | confidence {self.confidence:.2f} | {flag}"
+            subtype, joint = f"subtype not reliable for this model (most probable: {subtype})", ""
+        return f"{self.label} ({self.p_label:.2f}) | {subtype}{joint} | {flag}"
 
 
 @dataclasses.dataclass
