@@ -323,7 +323,11 @@ def test_the_bundled_field_model_shows_a_slide_but_does_not_call_it(tmp_path):
     assert result.call["label"] == "not called" and result.call["region"] is None
     assert result.call["tissue_tiles"] == len(result.tiles) > 8  # 224-um tiles: more than one per field
     assert result.call["statement"].startswith("No slide call") and "Read the map" in result.call["statement"]
-    assert "Not called - no slide call for this model" in pdf_text(default, result)
+    text = pdf_text(default, result)
+    assert "Not called - no slide call for this model" in text and "no slide call for this model, none outlined" in text
+    # Never calling has no figures of its own: "sensitivity 0%, specificity 100%" read as a guarantee.
+    assert "sensitivity" in json.dumps(default.card["thresholds"]["slide_rule"]["validation"])
+    assert result.call["validation"] == {} and "specificity" not in call_text(result.call)[1] + text
     # In QuPath, away from the app, its regions are not "Malignant" annotations and name the model.
     from core.slide.export import geojson
 

@@ -356,6 +356,7 @@ def build_slide_report(result, model: dict, audit_id: int | None = None, opacity
     pdf.line_text(explained, 9)
     pdf.ln(1)
     caption = ("p(malignant) per tile; the driving region outlined (white)" if driving is not None
+               else "p(malignant) per tile; no slide call for this model, none outlined" if call["label"] == NOT_CALLED
                else "p(malignant) per tile; no region qualified, none outlined")
     pdf.pictures([(caption, heatmap_rgb(result, opacity))])
     pdf.colour_scale(P_MALIGNANT_SCALE)  # an absolute 0-1 map, not a Grad-CAM

@@ -253,7 +253,9 @@ def slide_call(tiles: pd.DataFrame, card: dict) -> tuple[dict, list[Region]]:
         if caught is not None and caught < WEAK_RULE:
             statement += (f" This model's rule caught {caught:.0%} of the 2-4-field foci of its validation mosaics: "
                           "a benign call does not rule out a malignant focus; read the map.")
-    figures = {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
+    # A rule that never calls has no figures of its own: "sensitivity 0 %, specificity 100 %" is what never
+    # calling gets by definition, and beside "benign tissue reached p 0.94" read as a guarantee.
+    figures = {} if rule.kind == "none" else {k: validation[k] for k in ("sensitivity", "specificity") if k in validation}
     label = "malignant" if positive else NOT_CALLED if rule.kind == "none" else "benign"
     call = {"label": label, "rule": rule.describe(), "rule_params": rule.to_dict(),
             "threshold_source": where, "validation": figures, "statement": statement,
