@@ -124,3 +124,27 @@ def test_the_csv_and_the_pdf_list_uploads_analysed_as_tiles_and_repeats():
     text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages)
     assert "big_scan.png: analysed as tiles (call over the tiles: Not called, 6 of 20" in text and "audit id 41" in text
     assert "copy.png: given more than once (the same bytes as SOB_M_DC-14-2523-200-010.png" in text
+
+
+def test_a_probability_is_printed_on_the_side_of_the_threshold_it_was_judged_against():
+    """p(malignant) 0.49996 (benign) and 0.50004 (malignant) both printed 0.50 on the page, in the CLI, the
+    CSV (0.5000) and the PDF (0.500); a p(benign) just under its referral threshold printed as the threshold."""
+    from core.app.registry import stage_calls
+
+    benign, malignant, referred = results("b.png", "m.png", "r.png")
+    for item, p_malignant in ((benign, 0.49996), (malignant, 0.50004), (referred, 1 - 0.97619)):
+        item.prediction.stage1 = {"benign": 1 - p_malignant, "malignant": p_malignant}
+        item.prediction.label = "malignant" if p_malignant >= 0.5 else "benign"
+        item.prediction.referral = {"stage1": {"refer": False, "reasons": [], "threshold": 0.97623},
+                                    "subtype": {"refer": False, "reasons": [], "threshold": 0.29},
+                                    "thresholds_source": "test"}
+    assert stage_calls(benign.prediction, True)[0] == "Benign (p 0.50004)"
+    assert stage_calls(malignant.prediction, True)[0] == "Malignant (p 0.50004)"
+    assert benign.prediction.summary().startswith("benign (0.50004)")
+    assert stage_calls(referred.prediction, True)[0] == "Benign (p 0.976)"  # not "0.98", above 0.97623
+    table = report.results_table([benign, malignant, referred], "badge").set_index("file")
+    assert table.at["b.png", "p_malignant"] == 0.49996 and table.at["m.png", "p_malignant"] == 0.50004
+    assert table.at["r.png", "p_benign"] == 0.97619  # not 0.9762, the threshold as the CSV prints it
+    text = pdf_text([benign, malignant], registry.describe_model(card("default")))
+    assert "Malignant 0.49996" in text and "Malignant 0.50004" in text
+    assert stage_calls(results("plain.png")[0].prediction, True)[0] == "Malignant (p 0.80)"  # far from both: 2 places

@@ -292,11 +292,12 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
                   (f"Stage 2 {method}: {subtype_shown(p.subtype, reliable)}", overlays[1])])
     pdf.colour_scale()
     pdf.heading("Stage 1: benign or malignant", 10)
-    pdf.table(["class", "probability"], [[pretty(c), f"{v:.3f}"] for c, v in p.stage1.items()], widths=[60, 40])
+    pdf.table(["class", "probability"], [[pretty(c), p.shown(v, 3)] for c, v in p.stage1.items()], widths=[60, 40])
     pdf.heading(f"Stage 2: {pretty(p.label).lower()} subtypes", 10)
     if not reliable:
         pdf.line_text(pdf.model["subtype_note"], 8, ALERT)
-    pdf.table(["subtype", "probability"], [[pretty(s), f"{v:.3f}"] for s, v in p.stage2.items()], widths=[60, 40])
+    pdf.table(["subtype", "probability"], [[pretty(s), p.shown(v, 3, "subtype")] for s, v in p.stage2.items()],
+              widths=[60, 40])
     confidence = f"Confidence p(class) x p(subtype | class) = {p.confidence:.3f}"
     if p.uncertainty:
         confidence += (f"; uncertainty: p(malignant) spread {figure(p.uncertainty['p_malignant_spread'])} across "

@@ -208,9 +208,9 @@ def stage_calls(prediction, reliable: bool) -> tuple[str, str]:
     benign)'); an unreliable subtype is demoted. Not the joint p(class) x p(subtype | class): next to a
     confident, correct stage-1 call, a low product reads as doubt about the class."""
     p = prediction
-    subtype = (f"{pretty(p.subtype)} (p {p.p_subtype:.2f} within {p.label})" if reliable
+    subtype = (f"{pretty(p.subtype)} (p {p.shown(p.p_subtype, 2, 'subtype')} within {p.label})" if reliable
                else f"subtype {SUBTYPE_NOT_RELIABLE}")
-    return f"{pretty(p.label)} (p {p.p_label:.2f})", subtype
+    return f"{pretty(p.label)} (p {p.shown(p.p_label, 2)})", subtype
 
 
 def uncertainty_rule(card: dict) -> str:

@@ -102,10 +102,10 @@ def results_table(results: list, badge: str, subtype_reliable: bool = True, audi
         if r.ok:
             p = r.prediction
             row.update({
-                "p_benign": round(float(p.stage1["benign"]), 4),
-                "p_malignant": round(float(p.stage1["malignant"]), 4),
+                "p_benign": float(p.shown(p.stage1["benign"], 4)),
+                "p_malignant": float(p.shown(p.stage1["malignant"], 4)),
                 "call": p.label, "subtype": subtype_shown(p.subtype, subtype_reliable),
-                "p_subtype": round(float(p.stage2[p.subtype]), 4),
+                "p_subtype": float(p.shown(p.stage2[p.subtype], 4, "subtype")),
                 "confidence": round(float(p.confidence), 4),
                 "refer for review": "YES" if r.refer else "no",
                 "refer stage 1": "YES" if p.refer_stage1 else "no",

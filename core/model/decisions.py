@@ -64,6 +64,13 @@ class Prediction:
     def p_subtype(self) -> float:
         return self.stage2[self.subtype]
 
+    def shown(self, value: float, digits: int, stage: str = "stage1") -> str:
+        """A probability of this stage as every output prints it (decided): on the side of the thresholds
+        it was judged against, the image rule's 0.5 (stage 1) and the stage's referral threshold."""
+        block = (self.referral or {}).get(stage) or {}
+        return decided(value, digits, ([IMAGE_THRESHOLD] if stage == "stage1" else []) +
+                       ([block["threshold"]] if "threshold" in block else []))
+
     def subtype_probabilities(self) -> dict[str, float]:
         """Joint p(subtype) = p(class) * p(subtype | class) over all 8 subtypes (sums to 1)."""
         within = {**self.stage2, **self.other_stage2}
@@ -89,13 +96,13 @@ class Prediction:
         flag = " / ".join(flags)
         if self.refer and not self.referral:
             flag += ": " + "; ".join(self.refer_reasons)
-        subtype = f"{pretty(self.subtype)} ({self.p_subtype:.2f})"
+        subtype = f"{pretty(self.subtype)} ({self.shown(self.p_subtype, 2, 'subtype')})"
         # The joint p(class) x p(subtype | class) named as what it is: "confidence 0.33" beside a 0.94 call read
         # as doubt about the call (the page's table moved it aside for that); of an unreliable subtype, left out.
         joint = f" | p(class and subtype) {self.confidence:.2f}"
         if not subtype_reliable:
             subtype, joint = f"subtype not reliable for this model (most probable: {subtype})", ""
-        return f"{self.label} ({self.p_label:.2f}) | {subtype}{joint} | {flag}"
+        return f"{self.label} ({self.shown(self.p_label, 2)}) | {subtype}{joint} | {flag}"
 
 
 @dataclasses.dataclass
@@ -169,6 +176,21 @@ def _compared(value: float, threshold: float, holds) -> tuple[str, str]:
             return text, shown
     shown = threshold_text(threshold)  # equal (a value at its threshold passes): both as the threshold
     return f"{value:.{len(shown.split('.')[1])}f}", shown
+
+
+def decided(value: float, digits: int, thresholds) -> str:
+    """`value` to `digits` decimals, or as many more (up to 6) as keep it on its side of every threshold it
+    was judged against: p(malignant) 0.49996 (benign) and 0.50004 (malignant) both printed 0.50, and a
+    p(benign) just under its referral threshold printed as the threshold, in the page, CSV and PDF."""
+    # Each threshold as judged and as printed (threshold_text: 0.97623 is printed 0.9762).
+    thresholds = [(t, float(threshold_text(t))) for t in thresholds if t <= 1.0]  # REFER_ALL: nothing reaches it
+    for places in range(digits, 7):
+        text = f"{value:.{places}f}"
+        shown = float(text)
+        if all((shown >= t) == (value >= t) == (shown >= printed) and (shown not in (t, printed) or value == t)
+               for t, printed in thresholds):
+            return text
+    return f"{value:.6f}"
 
 
 def below(value: float, threshold: float) -> str:
