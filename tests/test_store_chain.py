@@ -280,3 +280,10 @@ def test_the_newest_rows_removed_between_opens_are_found(store, store_url):
     assert cut.integrity.unlike_noted == 4 and cut.integrity.rows == 2 and cut.integrity.broken == []
     assert "audit row 4 is gone" in " ".join(cut.integrity.problems())
     cut.close()
+
+
+def test_one_missing_row_is_named_in_the_singular():
+    """QA review #11: one row deleted in the middle was reported as "(ids 12-12 are missing)"."""
+    one = chain.Verdict(broken=[13], gaps=[(11, 13)]).problems()[0]
+    assert one.endswith("(id 12 is missing)") and "12-12" not in one
+    assert chain.Verdict(broken=[15], gaps=[(11, 15)]).problems()[0].endswith("(ids 12-14 are missing)")

@@ -116,7 +116,7 @@ class Verdict:
             gap = next((g for g in self.gaps if g[1] == self.broken[0]), None)
             said.append(f"the audit trail's hash chain is broken at id {self.broken[0]} ({len(self.broken)} row(s) in "
                         "all): that row was changed, or a row before it was changed or removed"
-                        + (f" (ids {gap[0] + 1}-{gap[1] - 1} are missing)" if gap else ""))
+                        + (f" ({_missing_ids(*gap)})" if gap else ""))
         if self.missing:
             said.append(f"{len(self.missing)} audit row(s) have no chain hash, the first id {self.missing[0]}: written "
                         "around the app (hand-written SQL)")
@@ -127,6 +127,12 @@ class Verdict:
             said.append(f"the audit trail's append-only triggers are missing, disabled or altered: "
                         f"{', '.join(self.missing_triggers)} (`python -m core db upgrade` recreates them)")
         return said
+
+
+def _missing_ids(before: int, after: int) -> str:
+    """The ids a gap in the chain lacks, in words: "id 12 is missing" for one, "ids 12-14 are missing" for more."""
+    first, last = before + 1, after - 1
+    return f"id {first} is missing" if first == last else f"ids {first}-{last} are missing"
 
 
 def verify(connection: Connection, expect: tuple[int, str] | None = None, newest: int | None = None,
