@@ -168,3 +168,28 @@ def test_the_export_never_makes_up_a_magnification(store, tmp_path, monkeypatch,
     assert (rows[unstated]["magnification"], rows[unstated]["magnification_source"]) == (
         "200X", "assumed at export (--assume-magnification)")
     assert store.events(kinds="reviews_exported", limit=1)[0]["details"]["assumed_magnification"] == "200X"
+
+
+def test_an_export_to_a_file_is_refused_in_words_and_new_parent_folders_are_private(store, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """QA review #10: OUT naming an existing file ended in a NotADirectoryError traceback; and the folders made
+    above OUT got the umask's mode (0755), only OUT itself 0700."""
+    import os
+    import stat
+
+    from core.cli import main
+
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", str(store.engine.url.render_as_string(hide_password=False)))
+    (tmp_path / "a-file").write_text("mine")
+    assert main(["reviews", "export", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a-file'} is a file; choose a new folder for the export" in err and "Traceback" not in err
+    assert (tmp_path / "a-file").read_text() == "mine"
+    previous = os.umask(0o022)
+    try:
+        review_export.export_training_folder(store, tmp_path / "new" / "deeper" / "export", ImageStore())
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "new", tmp_path / "new" / "deeper", tmp_path / "new" / "deeper" / "export"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

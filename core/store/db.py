@@ -92,8 +92,11 @@ def _sqlite_pragmas(connection, _record) -> None:
 
 def private_folder(folder: Path) -> None:
     """Create `folder` (and its parents) for the app's own user only (0700): the data folder holds
-    the audit trail, the password hashes and the session key. An existing folder is left as it is."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    the audit trail, the password hashes and the session key. An existing folder is left as it is.
+    Each missing parent is made here too: `mkdir(parents=True)` gives parents the umask's mode (0755)."""
+    if not folder.parent.exists():
+        private_folder(folder.parent)
+    folder.mkdir(mode=0o700, exist_ok=True)
 
 
 def _private_files(path: Path) -> None:

@@ -47,6 +47,8 @@ def export_training_folder(store: Store, out: str | Path, images: ImageStore | N
     """
     images = images or ImageStore()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out} is a file; choose a new folder for the export")
     if out.exists() and any(out.iterdir()):
         raise UserInputError(f"{out} is not empty; choose a new folder for the export")
     if assume_magnification is not None and assume_magnification not in MAGNIFICATIONS:
