@@ -193,3 +193,22 @@ def test_an_export_to_a_file_is_refused_in_words_and_new_parent_folders_are_priv
         os.umask(previous)
     for folder in (tmp_path / "new", tmp_path / "new" / "deeper", tmp_path / "new" / "deeper" / "export"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_the_command_says_how_many_rows_failing_the_audit_chain_it_skipped(store, tmp_path, monkeypatch, capsys):
+    """QA review #9: rows skipped for failing the audit chain were counted in the audit row only; the command's
+    summary left them out (the README says "skipped and counted") and said nothing of `db verify`."""
+    from core.cli import main
+    from tests.test_store_queue_chain import forge
+
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", str(store.engine.url.render_as_string(hide_password=False)))
+    assert main(["reviews", "export", str(tmp_path / "clean")]) == 0
+    assert "fail the audit trail's hash chain" not in capsys.readouterr().out  # nothing to say
+    result = reviewed_upload(store, ImageStore(), "SOB_B_A-14-22549AB-40-001.png", "40X", "file name")
+    forge(store, "review", {"agree": True, "label": "benign", "subtype": "adenosis"}, user="bob",
+          refers_to=store.event(result)["refers_to"], subject="SOB_B_A-14-22549AB-40-001.png")
+    assert main(["reviews", "export", str(tmp_path / "export")]) == 0
+    said = capsys.readouterr().out
+    assert "skipped 1 audit row of results or reviews that fail the audit trail's hash chain" in said
+    assert "python -m core db verify" in said

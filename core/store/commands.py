@@ -140,6 +140,10 @@ def _reviews_export(args) -> int:
           + f", {skipped['superseded']} older reviews of an exported image with other labels, {skipped['repeated']} "
           f"with the same labels; each image once, as its newest review says); train with --reviewed-dir "
           f"{summary['folder']}")
+    if untrusted := skipped["fail the audit chain"]:
+        print(f"skipped {untrusted} audit row{'s' if untrusted != 1 else ''} of results or reviews that fail the audit "
+              "trail's hash chain (written around the app, or changed since): an administrator should run "
+              "`python -m core db verify`")
     return 0
 
 
