@@ -24,8 +24,8 @@ def test_the_same_image_reviewed_twice_is_exported_once_with_its_newest_review(s
     reviews.review(store, "bob", third, subtype="fibroadenoma")
     newest = reviews.review(store, "cy", first, subtype="fibroadenoma")  # the newest review, of the first upload
     summary = review_export.export_training_folder(store, tmp_path / "export", kept)
-    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 0, "no subtype": 0, "superseded": 1,
-                                                              "repeated": 1, "no magnification": 0,
+    assert summary["written"] == 1 and summary["skipped"] == {"discordant": 0, "not kept": 0, "no subtype": 0,
+                                                              "superseded": 1, "repeated": 1, "no magnification": 0,
                                                               "fail the audit chain": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "fibroadenoma"
@@ -212,3 +212,43 @@ def test_the_command_says_how_many_rows_failing_the_audit_chain_it_skipped(store
     said = capsys.readouterr().out
     assert "skipped 1 audit row of results or reviews that fail the audit trail's hash chain" in said
     assert "python -m core db verify" in said
+
+
+def test_a_discordant_result_is_skipped_until_settled_and_older_reviews_of_it_count_as_superseded(
+        store, tmp_path, monkeypatch, capsys):
+    """QA review #3: a result whose reviewers disagree (ductal carcinoma, then one of them fibroadenoma) was exported
+    with the newest single review's label, provenance did not say it was disputed, and the summary counted
+    "0 older reviews ... with other labels" (superseded looked only at repeats of the image, not at the
+    result's own older reviews)."""
+    from core.cli import main
+
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BREAKHIS_DATABASE_URL", str(store.engine.url.render_as_string(hide_password=False)))
+    kept = ImageStore()
+    call = {"call": "malignant", "subtype": "ductal_carcinoma", "magnification": "40X", "case": "14-2523"}
+    result = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png", image_sha256=kept.put(
+        png_bytes(tissue_like())), details=call)
+    first = reviews.review(store, "cy", result, subtype="ductal_carcinoma")
+    second = reviews.review(store, "bob", result, subtype="ductal_carcinoma")
+    disputed = reviews.review(store, "cy", result, subtype="fibroadenoma")  # now cy and bob disagree
+    assert reviews.discordant_ids(store) == [result]
+    assert main(["reviews", "export", str(tmp_path / "export")]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("wrote 0 reviewed images") and "skipped: 1 discordant, whose reviewers disagree" in said
+    assert not list((tmp_path / "export").glob("SOB_*"))
+    with (tmp_path / "export" / review_export.PROVENANCE).open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert (row["file"], row["result_id"]) == ("", str(result))
+    assert row["skipped"] == f"discordant: reviews {second} {disputed} disagree"
+    [audited] = store.events(kinds="reviews_exported")
+    assert audited["details"]["skipped"]["discordant"] == 1 and audited["details"]["discordant_result_ids"] == [result]
+
+    settled = reviews.review(store, "bob", result, subtype="fibroadenoma")  # bob changes his mind: settled
+    summary = review_export.export_training_folder(store, tmp_path / "settled", kept)
+    assert summary["written"] == 1 and summary["skipped"]["discordant"] == 0
+    assert (summary["skipped"]["superseded"], summary["skipped"]["repeated"]) == (2, 1)
+    assert index_folder(tmp_path / "settled").images.iloc[0]["subtype"] == "fibroadenoma"
+    with (tmp_path / "settled" / review_export.PROVENANCE).open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["review_id"] == str(settled) and row["superseded_reviews"] == f"{first} {second}"
+    assert row["skipped"] == ""

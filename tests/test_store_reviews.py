@@ -161,8 +161,8 @@ def test_images_are_kept_only_when_enabled_and_export_as_a_training_folder(store
     reviews.review(store, "bob", second, label=flipped)  # the class corrected alone: subtype open, not exported
     reviews.review(store, "bob", third, subtype="adenosis")  # a subtype settled, but its image was not kept
     summary = review_export.export_training_folder(store, tmp_path / "export", kept)
-    assert summary["written"] == 1 and summary["skipped"] == {"not kept": 1, "no subtype": 1, "superseded": 0,
-                                                              "repeated": 0, "no magnification": 0,
+    assert summary["written"] == 1 and summary["skipped"] == {"discordant": 0, "not kept": 1, "no subtype": 1,
+                                                              "superseded": 0, "repeated": 0, "no magnification": 0,
                                                               "fail the audit chain": 0}
     indexed = index_folder(tmp_path / "export").images
     assert len(indexed) == 1 and indexed.iloc[0]["subtype"] == "lobular_carcinoma"

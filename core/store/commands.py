@@ -134,8 +134,9 @@ def _reviews_export(args) -> int:
     summary = export_training_folder(_open(), args.out, assume_magnification=args.assume_magnification)
     skipped = summary["skipped"]
     print(f"wrote {summary['written']} reviewed images to {summary['folder']} (private to this user; audit row "
-          f"#{summary['audit_id']}) (skipped: {skipped['not kept']} not kept, {skipped['no subtype']} without a "
-          f"subtype a reviewer assessed, {skipped['no magnification']} whose magnification was never stated"
+          f"#{summary['audit_id']}) (skipped: {skipped['discordant']} discordant, whose reviewers disagree "
+          f"(not settled; provenance.csv lists them), {skipped['not kept']} not kept, {skipped['no subtype']} "
+          f"without a subtype a reviewer assessed, {skipped['no magnification']} whose magnification was never stated"
           + ("" if args.assume_magnification else " (--assume-magnification includes them)")
           + f", {skipped['superseded']} older reviews of an exported image with other labels, {skipped['repeated']} "
           f"with the same labels; each image once, as its newest review says); train with --reviewed-dir "
