@@ -5,7 +5,7 @@ pages through the rest, and the reviewed results stay reachable (they were cut o
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, texts
+from tests.app_helpers import APP, APP_TIMEOUT, app_like_the_server, make_model_folder, tables, texts
 
 
 @pytest.fixture
@@ -193,14 +193,16 @@ def cards(app) -> list[str]:
 
 def test_a_review_inserted_by_hand_is_left_out_and_the_page_says_how_many(app):
     """A review row inserted with raw SQL (no chain hash) showed as a pathologist's review and took its result
-    off the worklist, until someone ran `db verify`."""
+    off the worklist, until someone ran `db verify`; the queue left it out, but the Case history below still
+    listed it as genuine (QA review #1)."""
     from sqlalchemy import text
 
     from core.store.audit import Store
 
     store = Store.open()
     row = store.record("diagnosis", "ann", "SOB_B_A-14-22549AB-40-001.png",
-                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False})
+                       details={"call": "benign", "subtype": "adenosis", "confidence": 0.9, "refer": False,
+                                "case": "14-22549"})
     with store.engine.begin() as connection:
         connection.execute(text("INSERT INTO audit (id, at, kind, \"user\", refers_to, details) VALUES (:id, "
                                 "'2020-01-01 09:00:00', 'review', 'dr_chief', :row, '{\"agree\": true, \"label\": "
@@ -211,4 +213,8 @@ def test_a_review_inserted_by_hand_is_left_out_and_the_page_says_how_many(app):
             and "`python -m core db verify`" in texts(app.error))
     app.toggle(key="include_reviewed").set_value(True).run()
     assert "dr_chief" not in texts(app.caption) and "Reviewed (0)" in texts(app.subheader)
+    app.text_input(key="history_case").input("14-22549").run()
+    [history] = tables(app, "file")
+    assert list(history["id"]) == [row] and "dr_chief" not in set(history["user"])
+    assert "left out of this queue and of case histories" in texts(app.error)
     store.close()

@@ -58,3 +58,24 @@ def test_a_queue_with_nothing_forged_leaves_nothing_out(store):
     store.record("diagnosis", "ann", "a.png", image_sha256="a" * 64, details=CALL)
     queued = reviews.queue(store)
     assert queued.left_out == 0 and queued.waiting.total == 1
+
+
+def test_a_case_history_leaves_out_the_rows_the_queue_leaves_out(store):
+    """QA review #1: the Review page's Case history listed a forged review (no chain hash), an edited one (its hash
+    no longer links) and a forged result as genuine, while the queue above said it had left them out."""
+    accounts.add_account(store, "bob", None, "pathologist")
+    case = {**CALL, "case": "14-2523"}
+    result = store.record("diagnosis", "ann", "SOB_M_DC-14-2523-40-010.png", image_sha256="A" * 64, details=case)
+    genuine = reviews.review(store, "bob", result, subtype="ductal_carcinoma")
+    forged = forge(store, "review", {"agree": False, "label": "benign", "subtype": "fibroadenoma", "comment": "FORGED"},
+                   user="bob", refers_to=result, subject="SOB_M_DC-14-2523-40-010.png", image_sha256="A" * 64)
+    edited = forge(store, "review", {"agree": False, "label": "benign", "subtype": "fibroadenoma"},
+                   chain_sha256="f" * 64, user="bob", refers_to=result, subject="SOB_M_DC-14-2523-40-010.png",
+                   image_sha256="A" * 64)
+    made_up = forge(store, "diagnosis", case, user="ann", subject="SOB_B_F-14-2523-40-003.png", image_sha256="B" * 64)
+    assert {forged, edited, made_up} <= {r["id"] for r in store.events()}  # there, but not vouched for
+    assert [r["id"] for r in reviews.history(store, case="14-2523")] == [result, genuine]
+    assert [r["id"] for r in reviews.history(store, image_sha256="A" * 64)] == [result, genuine]
+    assert reviews.history(store, image_sha256="B" * 64) == []
+    assert reviews.queue(store).left_out == 3
+    assert "left out of this queue and of case histories" in reviews.left_out_notice(3)

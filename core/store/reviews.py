@@ -190,7 +190,8 @@ def left_out_notice(count: int) -> str:
     many = count != 1
     return (f"{count:,} audit row{'s' if many else ''} of results or reviews {'fail' if many else 'fails'} the "
             f"audit trail's hash chain (written around the app, or changed since) and {'are' if many else 'is'} left "
-            "out of this queue: none is shown, waits for review or settles a result. An administrator should run "
+            "out of this queue and of case histories: none is shown, waits for review or settles a result. An "
+            "administrator should run "
             "`python -m core db verify`.")
 
 
@@ -215,8 +216,7 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
     Only rows the audit chain vouches for count (chain.vouched, by this process's check carried on to
     now): a result or review written around the app, or changed, is left out everywhere here (a forged
     review would settle a result, a forged repeat take its place), and `left_out` counts them."""
-    broken = store.carried_on().broken
-    admits = lambda row: chain.vouched(row, broken)  # noqa: E731
+    admits = _vouching(store)
     fold = repeats.folding(admits)
     where = [_RESULT, admits(AuditEvent)]
     if search.strip():
@@ -242,6 +242,13 @@ def queue(store: Store, include_reviewed: bool = False, limit: int = 200, page: 
     reviewed.rows = _rows(store, reviewed.rows, admits, left_out)
     return Queue(waiting=waiting, reviewed=reviewed, referred=referred, discordant=len(disagreed),
                  left_out=len(left_out))
+
+
+def _vouching(store: Store):
+    """The SQL predicate (on AuditEvent or an alias) of the rows the chain vouches for (chain.vouched), by this
+    process's check carried on to now: what the queue and a case's history both go by."""
+    broken = store.carried_on().broken
+    return lambda row: chain.vouched(row, broken)
 
 
 def _left_out(store: Store, admits) -> frozenset[int]:
@@ -302,13 +309,16 @@ def self_review(result: dict, review_row: dict) -> bool:
 
 
 def history(store: Store, case: str | None = None, image_sha256: str | None = None) -> list[dict]:
-    """Every call and review of one case (BreakHis case id) or one image, oldest first, from the whole trail."""
-    if image_sha256:
-        return store.events(kinds=[*REVIEWABLE, "review"], image_sha256=image_sha256, newest_first=False)
-    if not case:
+    """Every call and review of one case (BreakHis case id) or one image, oldest first, from the whole trail.
+    Only rows the audit chain vouches for, as in the queue (_vouching): a forged or changed row, or a review of
+    one, is left out here too, where it would read as genuine (the page's left_out_notice counts them)."""
+    if not case and not image_sha256:
         raise UserInputError("name a case or an image")
-    with store.reading("The audit trail could not be read") as session:
-        ids = session.scalars(select(AuditEvent.id).where(_RESULT, AuditEvent.details["case"].as_string() == case)).all()
-    calls = store.events(ids=ids)
-    reviews = store.events(kinds="review", newest_first=False, refers_to_any=ids)
-    return sorted(calls + reviews, key=lambda r: r["id"])
+    left_out = _left_out(store, _vouching(store))
+    if image_sha256:
+        rows = store.events(kinds=_QUEUED, image_sha256=image_sha256, newest_first=False)
+    else:
+        with store.reading("The audit trail could not be read") as session:
+            ids = session.scalars(select(AuditEvent.id).where(_RESULT, AuditEvent.details["case"].as_string() == case)).all()
+        rows = sorted(store.events(ids=ids) + store.events(kinds="review", refers_to_any=ids), key=lambda r: r["id"])
+    return [row for row in rows if row["id"] not in left_out and row["refers_to"] not in left_out]
