@@ -288,6 +288,10 @@ def show_tiled(result, reason: str, tiles, audit_id: int | None) -> None:
         st.caption(explained)
         st.image(heatmap_rgb(tiles, opacity), caption="p(malignant) per tile over the image", width="stretch",
                  output_format="JPEG")
+        for warning in result.warnings:  # the whole image's, as a field's card shows them
+            st.warning(session.plain(warning), icon=":material/warning:")
+        if result.notes:
+            st.caption("Notes: " + session.plain("; ".join(result.notes)))
 
 
 for index, result in enumerate(analysed):

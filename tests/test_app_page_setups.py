@@ -160,6 +160,7 @@ def test_an_upload_is_tiled_by_its_upright_size(tmp_path, monkeypatch):
     [table] = tables(app, "call")
     assert list(table["call"]) == ["analysed as tiles", "given more than once"]
     assert table["reasons"].str.contains("call over the tiles").iloc[0] and str(table["audit id"].iloc[0]) == str(row["id"])
+    assert "Notes: rotated/flipped upright using EXIF orientation 6" in texts(app.caption)  # as a field's card says
     app.slider(key="opacity").set_value(0.8).run()  # drawn differently, the same run: no second audit row
     assert [e["id"] for e in Store.open().events(kinds="slide")] == [row["id"]]
     assert f"Audit #{row['id']}" in " ".join(c.value for c in app.caption)

@@ -95,6 +95,33 @@ def test_a_large_image_is_tiled_as_on_the_diagnose_page(tiny, field_400x, tmp_pa
     assert line.split("\t")[1].startswith("Call over the tiles: ") and reason in line
 
 
+def test_every_record_says_its_outcome_and_the_loaders_notes_reach_the_text_line(tiny, field_400x, tmp_path,
+                                                                                 capsys):
+    """Each kind of record had its own keys (a refused image 'call' and no model_limited, a tiled one no
+    magnification), and the loader's notes (16-bit scaled) were in the JSON, the page, CSV and PDF but not the
+    text line. One "outcome" key, model_limited and magnification on every analysed record; notes on the line."""
+    import numpy as np
+    from PIL import Image
+
+    grey, broken, deep = tmp_path / "grey.png", tmp_path / "broken.png", tmp_path / "deep_400x.png"
+    Image.new("RGB", (120, 90), (128, 128, 128)).save(grey)
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    field = np.asarray(Image.open(field_400x).convert("RGB")).astype(np.uint16) * 16  # 12-bit values
+    Image.fromarray(field[..., 0]).save(deep)  # 16-bit greyscale: converted, with a note
+    big = _enlarged(field_400x, tmp_path / "biopsy_400x.png", (2000, 1400))
+    cli(["predict", str(field_400x), str(grey), str(broken), big, "--json", "--model", tiny])
+    records = {r["file"]: r for r in _records(capsys)}
+    assert [records[name]["outcome"] for name in (field_400x.name, "grey.png", "broken.png", "biopsy_400x.png")] == \
+        ["called", "not analysed: not H&E tissue", "error", "analysed as tiles"]
+    for name in (field_400x.name, "grey.png", "biopsy_400x.png"):
+        assert records[name]["model_limited"] is not None and "magnification" in records[name], name
+    cli(["predict", str(deep), "--json", "--model", tiny])
+    [record] = _records(capsys)
+    assert record["notes"] and "16-bit" in record["notes"][0]
+    cli(["predict", str(deep), "--model", tiny])
+    assert f"| notes: {record['notes'][0]}" in capsys.readouterr().out
+
+
 def test_a_large_image_of_unknown_scale_gets_the_pages_scale_hint(tiny, field_400x, tmp_path, capsys):
     big = _enlarged(field_400x, tmp_path / "scan.png", (1400, 920))
     cli(["predict", big, "--json", "--model", tiny])

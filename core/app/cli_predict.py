@@ -69,6 +69,17 @@ class _Run:
     seen: dict = dataclasses.field(default_factory=dict)  # {sha256 of the bytes: the first path given}
 
 
+# Every JSON record's "outcome": what happened to the input, one key for every kind of record (a called
+# image's class is its "label", a tiled one's call over the tiles too, a refused one's "call").
+CALLED, TILED, ERROR = "called", "analysed as tiles", "error"  # and core.data.histology.NOT_ANALYSED
+
+
+def _notes(result) -> str:
+    """The loader's notes (16-bit scaled, alpha dropped, ...) on the text line too, as the JSON, the page,
+    the CSV and the PDF give them."""
+    return f" | notes: {'; '.join(result.notes)}" if result.notes else ""
+
+
 def _emit(args, path: str, record: dict, text: str) -> None:
     """One input's line: a JSON object (its file name, its path as given, `record`) or 'path<TAB>text'."""
     print(json.dumps({"file": os.path.basename(os.path.normpath(path)), "path": path, **record}, default=float)
@@ -85,13 +96,14 @@ def _tiled(run: _Run, result, reason: str, data: bytes) -> tuple[str, dict, str]
     try:
         tiles = slides.analyse_upload(run.predictor, result.name, data, run.args.magnification)
     except UserInputError as error:
-        return "failed", {"error": str(error)}, f"ERROR: {error}"
+        return "failed", {"outcome": ERROR, "error": str(error)}, f"ERROR: {error}"
     headline, explained = slides.call_text(tiles.call)
-    headline = headline.replace("Slide call", "Call over the tiles").replace("**", "")
-    return "called", {"tiled": True, "tile_reason": reason, "label": tiles.call["label"],
+    headline = headline.replace("Slide call", "Call over the tiles").replace("**", "").replace(" (why below)", "")
+    return "called", {"outcome": TILED, "tiled": True, "tile_reason": reason, "label": tiles.call["label"],
                       "call_text": f"{headline} {explained}", "slide": summary(tiles), "model": run.predictor.name,
-                      "model_badge": run.badge, "model_limited": run.limited, "notes": result.notes}, \
-        f"{headline} {explained} | {reason}"
+                      "model_badge": run.badge, "model_limited": run.limited, "magnification": result.magnification,
+                      "notes": result.notes, "warnings": result.warnings}, \
+        f"{headline} {explained} | {reason}{_notes(result)}"
 
 
 def predict(args) -> int:
@@ -127,13 +139,13 @@ def predict(args) -> int:
         images, others = folder_files(given)
         if others:  # named, not silently dropped
             shown = [os.path.relpath(p, given) for p in others]
-            _emit(args, given, {"skipped": shown},
+            _emit(args, given, {"outcome": "skipped", "skipped": shown},
                   f"skipped {len(shown)} file{'s' * (len(shown) > 1)} that are not images ({_formats()}): "
                   + ", ".join(shown[:5]) + (f", ... {len(shown) - 5} more" if len(shown) > 5 else ""))
         if not images:
             counts["failed"] += 1
             error = f"'{given}' is a folder without images ({_formats()})."
-            _emit(args, given, {"error": error}, f"ERROR: {error}")
+            _emit(args, given, {"outcome": ERROR, "error": error}, f"ERROR: {error}")
         for path in images:
             counts[_file(run, path)] += 1
     return NO_CALL if not counts["called"] else FAILED if counts["failed"] else OK
@@ -146,7 +158,7 @@ def _file(run: _Run, path: str) -> str | None:
     try:
         data = _read(path)
     except (ImageError, OSError) as error:
-        _emit(args, path, {"error": str(error)}, f"ERROR: {error}")
+        _emit(args, path, {"outcome": ERROR, "error": str(error)}, f"ERROR: {error}")
         return "failed"
     # The same bytes again: named as the page's service.distinct_items does, and still analysed (unlike on
     # the page, no case mean weighs it twice here, and its name may state another magnification).
@@ -174,21 +186,24 @@ def _outcome(run: _Run, name: str, data: bytes) -> tuple[str | None, dict, str]:
     if reason:  # much larger than the model's field: tiles at its scale, as on the page
         return _tiled(run, result, reason, data)
     if result.error:
-        return "failed", {"error": result.error}, f"ERROR: {result.error}"
+        return "failed", {"outcome": ERROR, "error": result.error}, f"ERROR: {result.error}"
     if result.not_histology:  # no call on what is not H&E tissue (core.data.histology)
-        return None, {"call": NOT_ANALYSED, "reason": result.not_histology, "model": predictor.name,
-                      "model_badge": run.badge}, f"{NOT_ANALYSED} ({result.not_histology})"
+        return None, {"outcome": NOT_ANALYSED, "call": NOT_ANALYSED, "reason": result.not_histology,
+                      "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
+                      "magnification": result.magnification, "notes": result.notes}, \
+            f"{NOT_ANALYSED} ({result.not_histology}){_notes(result)}"
     prediction = result.prediction
     hint = slides.scale_hint(result.name, result.image.upright_size, args.magnification)
     warnings = f" | REFER for review, warning: {'; '.join(result.warnings)}" if result.warnings else ""
     # refer / refer_reasons: the app's one rule (ImageResult.refer), either stage or an image warning
-    return "called", {**prediction.to_dict(), "refer": result.refer, "refer_reasons": result.refer_reasons,
+    return "called", {"outcome": CALLED, **prediction.to_dict(), "refer": result.refer,
+                      "refer_reasons": result.refer_reasons,
                       "model": predictor.name, "model_badge": run.badge, "model_limited": run.limited,
                       "subtype_reliable": run.reliable, "magnification": result.magnification,
                       "magnification_source": _SOURCES.get(result.magnification_source,
                                                            result.magnification_source),
                       "notes": result.notes, "warnings": result.warnings, "scale_hint": hint}, \
-        f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else "")
+        f"{prediction.summary(run.reliable)}{warnings}" + (f" | {hint}" if hint else "") + _notes(result)
 
 
 def add_predict_command(command, default_model: str, unit_interval) -> None:
