@@ -206,8 +206,8 @@ def uncertainty_text(uncertainty: dict, limit: float | None) -> tuple[str, str]:
                 f"{figure(uncertainty['mutual_information'])} nats, the part of the prediction's entropy that comes "
                 "from the views disagreeing.")
     if limit is None:
-        return (f"Model uncertainty: its {views} {source} differ by {figure(spread)} in p(malignant) "
-                "(no referral limit is set for it).", measures)
+        return (f"Model uncertainty: its {views} {source} spread (standard deviation) {figure(spread)} in "
+                "p(malignant) (no referral limit is set for it).", measures)
     high = spread > limit
     return (f"Model uncertainty is **{'high' if high else 'low'}**: its {views} {source} "
             f"{'disagree' if high else 'agree'} (spread {figure(spread)}; an image is referred above "
@@ -221,8 +221,7 @@ def show(result, index: int) -> None:
         demo = "DEMO model · " if predictor.is_demo else ("LIMITED DATA model · " if model["limited"] else "")
         stage1, subtype = registry.stage_calls(p, model["subtype_reliable"])
         calibrated = " (calibrated probabilities)" if model["calibrated"] else ""
-        st.markdown(f"{demo}**{stage1}** · {subtype} · magnification {result.magnification} "
-                    f"({result.magnification_source}){calibrated}")
+        st.markdown(f"{demo}**{stage1}** · {subtype} · {report.magnification_text(result)}{calibrated}")
         hint = slides.scale_hint(result.name, result.image.upright_size, stated)
         if hint:
             st.info(session.plain(hint), icon=":material/straighten:")  # it names the file

@@ -5,8 +5,7 @@ import logging
 
 import streamlit as st
 
-from core.app import registry, session, slides
-from core.data.labels import pretty
+from core.app import registry, report, session, slides
 from core.model.heatmap import COLOUR_SCALE, P_MALIGNANT_SCALE, overlay
 from core.slide.call import NOT_CALLED, call_note
 from core.slide.predictor import SlidePredictor, TileSettings
@@ -205,8 +204,8 @@ if image is not None:
                      width="stretch", output_format="JPEG")
     for column, (stage, explanation) in zip(columns[1:], diagnosis.explanations.items()):
         column.image(overlay(image, explanation.heatmap, opacity), width="stretch", output_format="JPEG",
-                     caption=(f"Stage 1 Grad-CAM: {pretty(explanation.target)}" if stage == "stage1" else
-                              f"Stage 2 Grad-CAM: {slides.subtype_text(result, explanation.target)}"))
+                     caption=report.map_caption(1 if stage == "stage1" else 2, "Grad-CAM", explanation.target,
+                                                slides.subtype_reliable(result)))
     st.caption(COLOUR_SCALE)  # the tile's Grad-CAMs: each scaled to its own range, unlike the map above
     st.caption(diagnosis.prediction.summary(slides.subtype_reliable(result)))
 

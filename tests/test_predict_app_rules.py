@@ -178,15 +178,18 @@ def test_text_output_carries_the_limited_data_label_on_stdout(tiny, samples_dir,
     assert lines[0].startswith("# LIMITED DATA · ") and "weights learnt from " in lines[0]
     # Both referral thresholds and their source once, exactly as the page caption and the PDF state them.
     thresholds = load_predictor(DEFAULT_MODEL_DIR).stage_thresholds(None)
-    assert lines[1] == f"# {referral_rule(*thresholds)}" and "0.9762" in lines[1]
-    assert len(lines) == 3 and lines[2].startswith(f"{real}\t")
+    # What its probabilities are, as the page and the PDF say (the CLI never said they were calibrated).
+    assert lines[1] == "# Probabilities: calibrated (temperature scaling, fitted on pooled out-of-fold predictions " \
+                       "of 5-fold CV (757 images, 46 patients))."
+    assert lines[2] == f"# {referral_rule(*thresholds)}" and "0.9762" in lines[2]
+    assert len(lines) == 4 and lines[3].startswith(f"{real}\t")
     demo = _model(tmp_path / "demo", demo=True)
     cli(["predict", real, "--model", demo])
     assert capsys.readouterr().out.startswith("# DEMO · tiny (small_cnn)")
     cli(["predict", real, "--model", tiny, "--threshold", "0.6"])
     lines = capsys.readouterr().out.splitlines()  # a model without that evidence: no label, the rule in use
-    assert lines[0] == "# Referral: stage 1 below p(class) 0.60, subtype below p(subtype | class) 0.60 " \
-                       "(set by the user)." and lines[1].startswith(f"{real}\t")
+    assert lines[0].startswith("# Probabilities: ") and lines[1] == "# Referral: stage 1 below p(class) 0.60, " \
+        "subtype below p(subtype | class) 0.60 (set by the user)." and lines[2].startswith(f"{real}\t")
 
 
 def test_a_folder_takes_what_the_uploader_takes_follows_links_and_names_what_it_skips(tiny, field_400x, tmp_path,

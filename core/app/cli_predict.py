@@ -108,7 +108,7 @@ def _tiled(run: _Run, result, reason: str, data: bytes) -> tuple[str, dict, str]
 
 def predict(args) -> int:
     """Each file as the Diagnose page reads and interprets an upload (core.app.service), one at a time."""
-    from core.app.registry import describe_model, model_badge
+    from core.app.registry import describe_model, model_badge, probabilities_text
     from core.evaluation.subtype_trust import subtype_reliability
     from core.model.decisions import referral_rule
     from core.model.loading import load_predictor
@@ -123,10 +123,11 @@ def predict(args) -> int:
         else:
             print(f"# {label}. Every call needs a pathologist's review.", flush=True)
     rule = referral_rule(*predictor.stage_thresholds(args.threshold))  # once, as the page caption and the PDF
+    probabilities = f"Probabilities: {probabilities_text(info)}."  # as the page and the PDF say it
     if args.json:
-        logging.getLogger(__name__).info("%s", rule)  # each record's "referral" holds the thresholds
+        logging.getLogger(__name__).info("%s %s", probabilities, rule)  # each record's "referral" holds the thresholds
     else:
-        print(f"# {rule}", flush=True)
+        print(f"# {probabilities}\n# {rule}", flush=True)
     if not reliable:
         logging.getLogger(__name__).warning("%s", subtype_note)
     # a card's declared views are always on (as on the page)

@@ -19,8 +19,8 @@ import pandas as pd
 from fpdf import FPDF
 from PIL import Image
 
-from core.app.registry import stage_calls
-from core.app.report import referral_lines, thresholds_in_use, uncased_note
+from core.app.registry import probabilities_text, stage_calls
+from core.app.report import magnification_text, map_caption, referral_lines, thresholds_in_use, uncased_note
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.evaluation.subtype_trust import subtype_shown
@@ -198,13 +198,6 @@ def _warn(pdf: _Report) -> None:
         pdf.banner(warning, ALERT)
 
 
-def _probabilities(model: dict) -> str:
-    if not model.get("calibrated"):
-        return "raw softmax outputs (not calibrated)"
-    on = model.get("calibrated_on") or "temperature scaling; the model card does not say on which data"
-    return f"calibrated ({on})"
-
-
 def _identity(pdf: _Report) -> None:
     model = pdf.model
     pdf.heading("Breast histopathology - decision-support report")
@@ -216,7 +209,7 @@ def _identity(pdf: _Report) -> None:
         ["SHA-256 of the model file", model.get("sha256") or "n/a"],
         ["training data", model.get("evidence") or model["data"]], ["split protocol", model["protocol"]],
         ["measured accuracy", model.get("measured") or "not evaluated"],
-        ["probabilities", _probabilities(model)]], widths=[45, 135])
+        ["probabilities", probabilities_text(model)]], widths=[45, 135])
 
 
 @dataclasses.dataclass
@@ -283,17 +276,17 @@ def _image_page(pdf: _Report, result, overlays: tuple[np.ndarray, np.ndarray], a
     pdf.heading(pdf.name_text(result.name, result.sha256), 12, INK)
     if audit_id is not None:
         pdf.line_text(f"Audit id {audit_id} (the audit trail's row of this result)", 8, MUTED)
-    pdf.line_text(f"Case {result.case or 'not stated'} | magnification {result.magnification} "
-                  f"({result.magnification_source}) | model {pdf.model['name']}", 8, MUTED)
+    pdf.line_text(f"Case {result.case or 'not stated'} | {magnification_text(result)} | model {pdf.model['name']}",
+                  8, MUTED)
     reliable = pdf.model.get("subtype_reliable", True)
     call = " - ".join(stage_calls(p, reliable))
     pdf.banner(("REFER FOR REVIEW: " if result.refer else "") + call, ALERT if result.refer else ACCENT)
-    pdf.pictures([("Image", result.image.rgb), (f"Stage 1 {method}: {pretty(p.label)}", overlays[0]),
-                  (f"Stage 2 {method}: {subtype_shown(p.subtype, reliable)}", overlays[1])])
+    pdf.pictures([("Image", result.image.rgb), (map_caption(1, method, p.label, reliable), overlays[0]),
+                  (map_caption(2, method, p.subtype, reliable), overlays[1])])
     pdf.colour_scale()
     pdf.heading("Stage 1: benign or malignant", 10)
     pdf.table(["class", "probability"], [[pretty(c), p.shown(v, 3)] for c, v in p.stage1.items()], widths=[60, 40])
-    pdf.heading(f"Stage 2: {pretty(p.label).lower()} subtypes", 10)
+    pdf.heading(f"Stage 2: {pretty(p.label).lower()} subtype", 10)
     if not reliable:
         pdf.line_text(pdf.model["subtype_note"], 8, ALERT)
     pdf.table(["subtype", "probability"], [[pretty(s), p.shown(v, 3, "subtype")] for s, v in p.stage2.items()],

@@ -233,6 +233,15 @@ def data_text(on) -> str | None:
     return f"{cases} {'validation' if name == 'val' else name} patients: {images} images, {protocol} split"
 
 
+def probabilities_text(model: dict) -> str:
+    """What the probabilities are, as the PDF and predict's header state it: describe_model's dict ->
+    'calibrated (temperature scaling, fitted on ...)' or 'raw softmax outputs (not calibrated)'."""
+    if not model.get("calibrated"):
+        return "raw softmax outputs (not calibrated)"
+    on = model.get("calibrated_on") or "temperature scaling; the model card does not say on which data"
+    return f"calibrated ({on})"
+
+
 def calibrated_on(card: dict) -> str | None:
     """How the card's probabilities were calibrated and on which data, from the card itself (a
     cross-validated model is calibrated on pooled out-of-fold predictions, not a validation split)."""

@@ -50,9 +50,20 @@ def referral_lines(prediction, warnings: list | None = None) -> list[tuple[str, 
 def heatmap_caption(stage: int, method: str, explanation, subtype_reliable: bool) -> str:
     """'Stage 1 Grad-CAM: Malignant'; a stage-2 map of a subtype core.evaluation.subtype_trust calls not
     reliable says so, as the call itself does, rather than name the subtype as a plain finding."""
-    target = pretty(explanation.target) if stage == 1 else subtype_shown(explanation.target, subtype_reliable)
-    note = f" ({explanation.note})" if explanation.note else ""
-    return f"Stage {stage} {method}: {'' if stage == 1 or subtype_reliable else 'subtype '}{target}{note}"
+    return map_caption(stage, method, explanation.target, subtype_reliable, explanation.note)
+
+
+def map_caption(stage: int, method: str, target: str, subtype_reliable: bool, note: str | None = None) -> str:
+    """heatmap_caption from the map's target: the one wording of the page, the PDF and the Slide page's tiles."""
+    shown = pretty(target) if stage == 1 else subtype_shown(target, subtype_reliable)
+    return f"Stage {stage} {method}: {'' if stage == 1 or subtype_reliable else 'subtype '}{shown}" + (
+        f" ({note})" if note else "")
+
+
+def magnification_text(result) -> str:
+    """'magnification 40X (file name)'; one that is not stated says so once ('not stated (not stated)')."""
+    source = result.magnification_source
+    return f"magnification {result.magnification}" + (f" ({source})" if source and source != result.magnification else "")
 
 
 def tta_label(predictor) -> tuple[str, str]:
