@@ -1,6 +1,14 @@
 """`python -m core db ...` and `users ...` on both databases: passwords prompted, never arguments."""
 
+import contextlib
 import getpass
+import hashlib
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +95,54 @@ def test_an_unreachable_or_malformed_database_url_is_a_message_without_the_passw
         out, err = capsys.readouterr()
         assert [line for line in err.splitlines() if line.startswith("error: ")] == [err.strip()], err
         assert "Traceback" not in out + err and "S3cretPW" not in out + err
+
+
+@contextlib.contextmanager
+def write_protected(path):
+    """`path` made read-only: mode 0444 and, as root (whom a mode does not stop), `chattr +i` where it can be set,
+    else the access check told what a user would see (as tests/test_store.py does)."""
+    path.chmod(0o444)
+    root = os.geteuid() == 0
+    immutable = root and shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)]).returncode == 0
+    with pytest.MonkeyPatch.context() as patch:
+        if root and not immutable:
+            real_access = os.access
+            patch.setattr(os, "access", lambda p, mode: real_access(p, mode) and not (mode & os.W_OK and
+                                                                                        Path(p) == path))
+        try:
+            yield
+        finally:
+            if immutable:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_the_read_only_commands_leave_the_file_as_it_was_and_read_a_write_protected_copy(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`db verify`, `db status` and `users list`, documented read-only, opened the database as the app does: a copy
+    in rollback-journal mode came out in WAL mode and 0600 (other bytes: evidence changed by checking it), and a
+    write-protected copy was refused as "read-only"."""
+    live = Store.open(f"sqlite:///{tmp_path / 'live' / 'breakhis.db'}")
+    accounts.add_account(live, "chief", "s3cret-pass", "admin")
+    copy = tmp_path / "copy" / "breakhis.db"
+    copy.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(copy)) as kept:
+        with contextlib.closing(sqlite3.connect(tmp_path / "live" / "breakhis.db")) as source:
+            source.backup(kept)
+        kept.execute("PRAGMA journal_mode=DELETE")
+    live.close()
+    copy.chmod(0o644)
+    before = hashlib.md5(copy.read_bytes()).hexdigest()
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(copy.parent))
+
+    def read_only_commands():
+        assert main(["db", "verify"]) == 0 and "hash chain intact" in capsys.readouterr().out
+        assert main(["db", "status"]) == 0 and f"schema {revisions()[1]}" in capsys.readouterr().out
+        assert main(["users", "list"]) == 0 and "chief\tadmin\tactive" in capsys.readouterr().out
+
+    read_only_commands()
+    assert hashlib.md5(copy.read_bytes()).hexdigest() == before and stat.S_IMODE(copy.stat().st_mode) == 0o644
+    assert sorted(os.listdir(copy.parent)) == ["breakhis.db"] and copy.read_bytes()[18:20] == b"\x01\x01"  # not WAL
+    with write_protected(copy):
+        read_only_commands()
+    assert hashlib.md5(copy.read_bytes()).hexdigest() == before

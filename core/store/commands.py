@@ -15,6 +15,24 @@ def _open():
     return Store.open()
 
 
+def _read_only():
+    """The store of a command that only reads (db verify, users list): the database opened read-only
+    (db.make_engine's read_only: the file left as it is, a write-protected copy readable), at this version's
+    schema; UserInputError if there is none yet or its schema is another."""
+    from core.errors import UserInputError
+    from core.store.audit import Store
+    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
+
+    url, (_, head) = database_url(), revisions()
+    if (path := sqlite_file(url)) is not None and not path.exists():
+        raise UserInputError(f"{safe_url(url)}: no database yet, nothing to read")
+    engine = make_engine(url, read_only=True)
+    if (current := current_revision(engine)) != head:
+        raise UserInputError(f"{safe_url(url)}: schema {current or 'empty'}, not this version's {head}: "
+                             "run `python -m core db upgrade` first (it chains the rows already there)")
+    return Store(engine)
+
+
 def _db_upgrade(args) -> int:
     """Migrate, then recreate the append-only triggers someone dropped, disabled or altered."""
     from core.store.db import current_revision, database_url, make_engine, restore_triggers, safe_url, upgrade
@@ -41,7 +59,7 @@ def _db_status(args) -> int:
         print(f"{safe_url(url)}: no database yet (this version's newest schema: {head}); "
               "`python -m core db upgrade` or the app's first start creates it")
         return 0
-    engine = make_engine(url)
+    engine = make_engine(url, read_only=True)
     current = current_revision(engine)
     print(f"{safe_url(url)}: schema {current or 'empty'} (this version's newest: {head})")
     if current == head:
@@ -53,18 +71,11 @@ def _db_status(args) -> int:
 
 def _db_verify(args) -> int:
     """Read-only: recompute the hash chain, check the triggers; 1 if anything is wrong."""
-    from core.errors import UserInputError
     from core.store.audit import verify_trail
-    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
+    from core.store.db import database_url, safe_url
 
-    url, (_, head) = database_url(), revisions()
-    if (path := sqlite_file(url)) is not None and not path.exists():
-        raise UserInputError(f"{safe_url(url)}: no database yet, nothing to verify")
-    engine = make_engine(url)
-    if (current := current_revision(engine)) != head:
-        raise UserInputError(f"{safe_url(url)}: schema {current or 'empty'}, not this version's {head}: "
-                             "run `python -m core db upgrade` first (it chains the rows already there)")
-    verdict = verify_trail(engine, _noted_head(args.expect) if args.expect else None)
+    url, expect = database_url(), _noted_head(args.expect) if args.expect else None
+    verdict = verify_trail(_read_only().engine, expect)
     for problem in verdict.problems():
         print(f"BROKEN: {problem}")
     print(f"{safe_url(url)}: {verdict.rows} audit rows; " + ("hash chain intact, append-only triggers in place"
@@ -110,7 +121,7 @@ def _users_list(args) -> int:
     from core.store.accounts import list_accounts
     from core.store.names import shown
 
-    for account in list_accounts(_open()):
+    for account in list_accounts(_read_only()):
         state = "active" if account["active"] else "disabled"
         print(f"{shown(account['name'])}\t{account['role']}\t{state}\t"
               f"last sign-in {account['last_sign_in'] or 'never'}")

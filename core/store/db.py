@@ -13,6 +13,7 @@ leaves the database as it found it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -81,11 +82,13 @@ def safe_url(url: str) -> str:
     return parse_url(url).render_as_string(hide_password=True)
 
 
-def _sqlite_pragmas(connection, _record) -> None:
+def _sqlite_pragmas(connection, _record, read_only: bool = False) -> None:
     # WAL: readers never block the writer and a killed server loses no committed row. FULL
     # synchronous: a commit the page confirmed is on disk even after a power cut, not only a crash.
+    # Read-only: neither (switching to WAL rewrites the file's header).
     cursor = connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={BUSY_TIMEOUT_MS}"):
+    for pragma in (() if read_only else ("journal_mode=WAL", "synchronous=FULL")) + (
+            "foreign_keys=ON", f"busy_timeout={BUSY_TIMEOUT_MS}"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
 
@@ -130,11 +133,17 @@ def _check_sqlite_file(path: Path) -> None:
                              "Set BREAKHIS_DATA_DIR to a writable folder.")
         _private_files(path)
         return
-    if not path.is_file():
-        raise StoreError(f"the database path {path} is not a file.")
     if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
         raise StoreError(f"the database file {path} (or its folder) is read-only. The app needs to write "
                          "its audit trail there: make it writable or set BREAKHIS_DATA_DIR; nothing was changed.")
+    _check_contents(path)
+    _private_files(path)
+
+
+def _check_contents(path: Path) -> None:
+    """Refuse an existing path that is not a file, not SQLite, or another application's database (read only)."""
+    if not path.is_file():
+        raise StoreError(f"the database path {path} is not a file.")
     with path.open("rb") as handle:
         header = handle.read(16)
     if header and header != b"SQLite format 3\x00":
@@ -142,19 +151,24 @@ def _check_sqlite_file(path: Path) -> None:
                          "It was left untouched: restore it from a backup, or move it away to start a new one.")
     if foreign := _unstamped_tables(path):
         raise _not_ours(str(path), foreign)
-    _private_files(path)
+
+
+def _read_only_option(path: Path) -> tuple[str, str]:
+    """The SQLite URI option that reads `path` without writing to it (the app's own connections would switch
+    it to WAL mode): with no -wal file everything is in the file itself, so it is opened immutable (no -wal or
+    -shm made), else read-only."""
+    return ("mode", "ro") if path.with_name(path.name + "-wal").exists() else ("immutable", "1")
 
 
 def _unstamped_tables(path: Path) -> list[str]:
     """The tables of an existing SQLite file that has no schema revision of this app: another
     application's, or (before migrations were all or nothing) a first migration that failed part-way.
 
-    Read without writing to the file (the app's own connections would switch it to WAL mode): with no
-    -wal file everything is in the file itself, so it is opened immutable (no -wal or -shm made), else
-    read-only. A damaged file reads as [] here; the migration then refuses it (_opening)."""
-    mode = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
+    Read without writing to the file (_read_only_option). A damaged file reads as [] here; the migration then
+    refuses it (_opening)."""
+    uri = f"{path.resolve().as_uri()}?{'='.join(_read_only_option(path))}"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)) as connection:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
             tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if "alembic_version" in tables and connection.execute("SELECT 1 FROM alembic_version").fetchone():
                 return []
@@ -170,6 +184,16 @@ def _not_ours(where: str, tables: list[str]) -> StoreError:
                       "BREAKHIS_DATABASE_URL at another database, or move the file away to start a new one.")
 
 
+def _check_readable(path: Path) -> None:
+    """Refuse, for reading only, a file that is not there or not readable, or not a database of this app."""
+    if not path.exists():
+        raise StoreError(f"there is no database at {path} (nothing to read; `python -m core db upgrade` or the "
+                         "app's first start creates one).")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise StoreError(f"the database file {path} cannot be read by this user; nothing was changed.")
+    _check_contents(path)
+
+
 def sqlite_file(url: str | URL) -> Path | None:
     """The file an SQLite URL names (None for another database or an in-memory one)."""
     parsed = parse_url(url)
@@ -183,8 +207,12 @@ def _in_memory(parsed: URL) -> bool:
     return parsed.database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode."""
+def make_engine(url: str | None = None, read_only: bool = False) -> Engine:
+    """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode.
+
+    `read_only` (`db status`, `db verify`, `users list`): an existing SQLite file opened so that nothing can
+    write to it (_read_only_option), with no journal mode set, no chmod and no need of write access: checking
+    a copy kept as evidence must not change it, and a write-protected copy must still be readable."""
     parsed = parse_url(url or database_url())
     if parsed.get_backend_name() == "sqlite":
         if (path := sqlite_file(parsed)) is None or _in_memory(parsed):
@@ -196,9 +224,14 @@ def make_engine(url: str | None = None) -> Engine:
                              "server or a command is started from (a sign-in or audit row written from one would "
                              "be missing from the other): set BREAKHIS_DATA_DIR or BREAKHIS_DATABASE_URL to an "
                              "absolute path, e.g. sqlite:////srv/breakhis/breakhis.db")
-        _check_sqlite_file(path)
+        if read_only:
+            _check_readable(path)
+            parsed = URL.create("sqlite+pysqlite", database=path.resolve().as_uri(),
+                                query=dict([_read_only_option(path), ("uri", "true")]))
+        else:
+            _check_sqlite_file(path)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, read_only=read_only))
         return engine
     try:
         return create_engine(parsed, pool_pre_ping=True)
