@@ -91,6 +91,20 @@ def test_a_damaged_database_gives_a_clear_message_and_is_not_overwritten(environ
     assert not app.file_uploader and damaged.read_bytes() == b"garbage, not SQLite" * 50
 
 
+def test_a_missing_database_of_an_earlier_deployment_is_no_first_start(environment, tmp_path, monkeypatch):
+    """The database gone from a data folder that kept its session key and images: the page said "First start"
+    and made a new empty database beside them."""
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "session.key").write_text("k" * 64)
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(folder))
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()
+    assert not app.exception and "First start" not in everything_shown(app)
+    assert any("database cannot be used" in e.value and f"{folder / 'breakhis.db'} is missing" in e.value
+               and "db upgrade" in e.value for e in app.error)
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "session.key"]
+
+
 def test_an_open_session_is_signed_out_when_revoked_or_idle(environment, monkeypatch):
     """No reload needed: the next page run re-reads the session row (core.app.signin.CHECK_SECONDS)."""
     import datetime

@@ -317,6 +317,31 @@ def test_sqlite_file_and_folder_created_on_first_start(tmp_path, monkeypatch):
     assert (tmp_path / "fresh" / "data" / "breakhis.db").is_file()
 
 
+@pytest.mark.parametrize("left", [["session.key"], ["images/"], ["session.key", "images/"]])
+def test_a_missing_database_beside_an_earlier_deployments_files_is_refused_not_made_anew(left, tmp_path, monkeypatch,
+                                                                                         capsys):
+    """A data folder that kept session.key or images/ but lost breakhis.db (a failed mount, a restore without it)
+    got a new empty database, and the app said "First start": every account and audit row gone, silently. Now
+    nothing is made until `db upgrade` is asked for."""
+    from core.cli import main
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in left:
+        (folder / name).mkdir() if name == "images/" else (folder / name).write_text("k" * 64)
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(folder))
+    monkeypatch.delenv("BREAKHIS_DATABASE_URL", raising=False)
+    with pytest.raises(StoreError, match=f"the database {folder / 'breakhis.db'} is missing, but its folder holds an "
+                                         f"earlier deployment's {' and '.join(left)}.*restore it from a backup.*"
+                                         "`python -m core db upgrade`"):
+        Store.open()
+    assert main(["db", "status"]) == 2 and "is missing" in capsys.readouterr().err
+    assert main(["users", "list"]) == 2 and "is missing" in capsys.readouterr().err
+    assert not (folder / "breakhis.db").exists()
+    assert main(["db", "upgrade"]) == 0 and (folder / "breakhis.db").is_file()  # deliberately
+    Store.open().close()
+
+
 def test_the_data_folder_and_the_database_files_are_private(tmp_path):
     """They hold the audit trail (patient file names) and the password hashes: the folder is made 0700
     and breakhis.db, -wal and -shm are 0600, like session.key; a file left readable by others (an

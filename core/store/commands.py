@@ -15,16 +15,27 @@ def _open():
     return Store.open()
 
 
+def _absent(url: str) -> bool:
+    """Whether the SQLite file `url` names is not there (a read-only command creates nothing); a StoreError if
+    an earlier deployment's files beside it show that it is missing, not yet made (db.refuse_missing)."""
+    from core.store.db import refuse_missing, sqlite_file
+
+    if (path := sqlite_file(url)) is not None and not path.exists():
+        refuse_missing(path)
+        return True
+    return False
+
+
 def _read_only():
     """The store of a command that only reads (db verify, users list): the database opened read-only
     (db.make_engine's read_only: the file left as it is, a write-protected copy readable), at this version's
     schema; UserInputError if there is none yet or its schema is another."""
     from core.errors import UserInputError
     from core.store.audit import Store
-    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
+    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url
 
     url, (_, head) = database_url(), revisions()
-    if (path := sqlite_file(url)) is not None and not path.exists():
+    if _absent(url):
         raise UserInputError(f"{safe_url(url)}: no database yet, nothing to read")
     engine = make_engine(url, read_only=True)
     if (current := current_revision(engine)) != head:
@@ -37,7 +48,7 @@ def _db_upgrade(args) -> int:
     """Migrate, then recreate the append-only triggers someone dropped, disabled or altered."""
     from core.store.db import current_revision, database_url, make_engine, restore_triggers, safe_url, upgrade
 
-    engine = make_engine()
+    engine = make_engine(new_database=True)  # the deliberate way to start a new one (db.refuse_missing)
     before = current_revision(engine)
     head = upgrade(engine)
     print(f"{safe_url(database_url())}: schema {before or 'empty'} -> {head}" if before != head
@@ -51,11 +62,10 @@ def _db_upgrade(args) -> int:
 def _db_status(args) -> int:
     """Read-only: an SQLite file that is not there is reported, not created (nor its folder)."""
     from core.store.audit import verify_trail
-    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url, sqlite_file
+    from core.store.db import current_revision, database_url, make_engine, revisions, safe_url
 
     url, (_, head) = database_url(), revisions()
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
+    if _absent(url):
         print(f"{safe_url(url)}: no database yet (this version's newest schema: {head}); "
               "`python -m core db upgrade` or the app's first start creates it")
         return 0

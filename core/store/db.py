@@ -33,6 +33,7 @@ from core.store import chain
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_FILE = "breakhis.db"
+DEPLOYED = {"session.key": Path.is_file, "images/": Path.is_dir}  # what a deployment leaves beside its database
 BUSY_TIMEOUT_MS = 10_000  # concurrent writers wait this long for SQLite's one write lock
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,12 @@ def _private_files(path: Path) -> None:
             log.warning("could not make %s private: %s", file, problem.strerror)
 
 
-def _check_sqlite_file(path: Path) -> None:
-    """Refuse a file we could not use without damaging or overwriting it; make it private."""
+def _check_sqlite_file(path: Path, new_database: bool = False) -> None:
+    """Refuse a file we could not use without damaging or overwriting it; make it private. A missing file is
+    created (a first start) unless its folder shows an earlier deployment (_missing) and not `new_database`."""
     if not path.exists():
+        if not new_database:
+            refuse_missing(path)
         try:
             private_folder(path.parent)
         except OSError as problem:
@@ -177,6 +181,17 @@ def _unstamped_tables(path: Path) -> list[str]:
     return sorted(tables - {"alembic_version"})
 
 
+def refuse_missing(path: Path) -> None:
+    """StoreError if the database file `path`, not there, sits in a folder with an earlier deployment's files:
+    that is no first start (a failed mount, a restore that left the database out, a deletion), and a new empty
+    database would hide every account and audit row of that deployment behind a "first start"."""
+    if left := [name for name, found in DEPLOYED.items() if found(path.parent / name)]:
+        raise StoreError(f"the database {path} is missing, but its folder holds an earlier deployment's "
+                         f"{' and '.join(left)}: it was deleted, moved or not restored. Nothing was created: restore "
+                         "it from a backup, or run `python -m core db upgrade` to start a new, empty one "
+                         "deliberately.")
+
+
 def _not_ours(where: str, tables: list[str]) -> StoreError:
     shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
     return StoreError(f"the database {where} holds tables ({shown}) but no schema revision of this app: it is "
@@ -207,8 +222,9 @@ def _in_memory(parsed: URL) -> bool:
     return parsed.database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
 
 
-def make_engine(url: str | None = None, read_only: bool = False) -> Engine:
-    """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode.
+def make_engine(url: str | None = None, read_only: bool = False, new_database: bool = False) -> Engine:
+    """An engine for `url` (default: database_url()); SQLite files are checked and get WAL mode. A missing
+    file is created, but beside an earlier deployment's files only with `new_database` (`db upgrade`).
 
     `read_only` (`db status`, `db verify`, `users list`): an existing SQLite file opened so that nothing can
     write to it (_read_only_option), with no journal mode set, no chmod and no need of write access: checking
@@ -229,7 +245,7 @@ def make_engine(url: str | None = None, read_only: bool = False) -> Engine:
             parsed = URL.create("sqlite+pysqlite", database=path.resolve().as_uri(),
                                 query=dict([_read_only_option(path), ("uri", "true")]))
         else:
-            _check_sqlite_file(path)
+            _check_sqlite_file(path, new_database)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, read_only=read_only))
         return engine
