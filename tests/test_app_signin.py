@@ -105,6 +105,40 @@ def test_a_missing_database_of_an_earlier_deployment_is_no_first_start(environme
     assert sorted(p.name for p in folder.iterdir()) == ["images", "session.key"]
 
 
+def test_a_database_file_moved_away_while_the_app_runs_stops_the_page_and_keeps_what_was_typed(environment, tmp_path,
+                                                                                              monkeypatch):
+    """The server's cached engine kept writing into the file it had opened: deleted (every later row lost at the
+    next start) or moved away, with no message. Each page run now checks that the path still names that file;
+    the page says the database cannot be used, writes nothing, and the form keeps what was typed."""
+    import sqlite3
+
+    folder = tmp_path / "data"
+    monkeypatch.setenv("BREAKHIS_DATA_DIR", str(folder))
+    store = Store.open()
+    accounts.add_account(store, "pat", PASSWORD, "pathologist")
+    store.close()
+    app = AppTest.from_file(APP, default_timeout=APP_TIMEOUT).run()  # the server opens the database
+    away = tmp_path / "away"
+    away.mkdir()
+    moved = [name for name in os.listdir(folder) if name.startswith("breakhis.db")]
+    for name in moved:
+        os.rename(folder / name, away / name)
+    app = sign_in(app, "pat", PASSWORD)
+    assert not app.exception and [t.value for t in app.title] == ["Sign in"]
+    assert any("database cannot be used" in e.value and "was deleted or moved away while the app was running"
+               in e.value for e in app.error)
+    assert app.session_state["sign_in_name"] == "pat" and app.session_state["sign_in_password"] == PASSWORD
+    with sqlite3.connect(away / "breakhis.db") as moved_file:
+        assert moved_file.execute("SELECT COUNT(*) FROM audit WHERE kind = 'sign_in'").fetchone() == (0,)
+    assert not any(name.startswith("breakhis.db") for name in os.listdir(folder))
+    for name in moved:  # put back: the same file, so the page carries on with what was typed
+        os.rename(away / name, folder / name)
+    app = app.run().button[0].click().run()
+    assert [t.value for t in app.title] == ["Diagnose"] and not any("database" in e.value for e in app.error)
+    with sqlite3.connect(folder / "breakhis.db") as put_back:
+        assert put_back.execute("SELECT COUNT(*) FROM audit WHERE kind = 'sign_in'").fetchone() == (1,)
+
+
 def test_an_open_session_is_signed_out_when_revoked_or_idle(environment, monkeypatch):
     """No reload needed: the next page run re-reads the session row (core.app.signin.CHECK_SECONDS)."""
     import datetime

@@ -5,6 +5,7 @@ and a file that is not the app's is left as it was."""
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from core.store import db, reviews, sessions
+from core.store import accounts, db, reviews, sessions
 from core.store.audit import Store
 from core.store.db import StoreError, make_engine
 from core.store.images import ImageStore
@@ -133,3 +134,28 @@ def test_an_unreadable_kept_image_is_none_not_an_os_error(tmp_path, monkeypatch,
     monkeypatch.setattr(Path, "read_bytes", unreadable)
     assert images.get(digest) is None
     assert f"{images.path(digest)} cannot be read: Permission denied" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved away", "replaced"])
+def test_a_database_file_gone_from_its_path_while_open_takes_no_more_writes(how, tmp_path):
+    """The open engine kept writing sign-ins, diagnoses and reviews into the file it had opened: one deleted
+    while the server ran (rows lost at the next start, nothing said) or moved away (rows no longer in the
+    database the path names). Each write now checks that the path still names that file (st_dev, st_ino)."""
+    path = tmp_path / "data" / "breakhis.db"
+    store = Store.open(f"sqlite:///{path}")
+    store.record("sign_in", "ann")
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in [n for n in os.listdir(path.parent) if n.startswith(path.name)]:
+        os.unlink(path.parent / name) if how == "deleted" else os.rename(path.parent / name, away / name)
+    if how == "replaced":
+        shutil.copy(away / path.name, path)  # e.g. a backup restored over it: another file (inode)
+    said = "deleted or moved away" if how != "replaced" else "replaced by another file"
+    for write in (lambda: store.record("diagnosis", "ann", "after.png"),
+                  lambda: accounts.add_account(store, "bob", "a long enough password", "pathologist")):
+        with pytest.raises(StoreError, match=f"the database file {path} was {said} while the app was running, so "
+                                             "nothing more is written"):
+            write()
+    assert [e["kind"] for e in store.events()] == ["sign_in"] and accounts.list_accounts(store) == []
+    assert path.exists() == (how == "replaced")  # nothing made at the path either
+    store.close()

@@ -46,11 +46,14 @@ def _open_store(url: str):
 
 
 def store():
-    """The deployment's store, or a clear message and a stopped page (damaged, read-only, newer)."""
-    from core.store.db import StoreError, database_url
+    """The deployment's store, or a clear message and a stopped page (damaged, read-only, newer, or its file
+    deleted, moved or replaced since it was opened: the page's inputs stay in the session)."""
+    from core.store.db import StoreError, database_url, still_at_its_path
 
     try:
-        return _open_store(database_url())
+        opened = _open_store(database_url())
+        still_at_its_path(opened.engine)  # one os.stat; the cached engine would write into the file it holds
+        return opened
     except StoreError as problem:
         st.error(f"The app's database cannot be used: {problem}", icon=":material/database:")
         st.stop()

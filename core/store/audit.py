@@ -29,7 +29,7 @@ from core.errors import UserInputError
 from core.paths import REPO, switch_setting
 from core.spreadsheet import spreadsheet_csv
 from core.store import chain
-from core.store.db import make_engine, safe_url, store_errors, upgrade
+from core.store.db import make_engine, safe_url, still_at_its_path, store_errors, upgrade
 from core.store.models import AuditEvent, User, utc_now
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ class Store:
     @contextlib.contextmanager
     def transaction(self, what: str):
         """A session in one transaction, committed at the end (rolled back on an error); a busy or
-        unreachable database is a StoreError starting with `what` (core.store.db.store_errors)."""
+        unreachable database is a StoreError starting with `what` (core.store.db.store_errors), and so is a
+        database file no longer at its path (core.store.db.still_at_its_path: nothing is written to it)."""
+        still_at_its_path(self.engine)
         with store_errors(what), self.sessions.begin() as session:
             yield session
 

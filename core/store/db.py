@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import stat
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -36,6 +37,7 @@ SQLITE_FILE = "breakhis.db"
 DEPLOYED = {"session.key": Path.is_file, "images/": Path.is_dir}  # what a deployment leaves beside its database
 BUSY_TIMEOUT_MS = 10_000  # concurrent writers wait this long for SQLite's one write lock
 log = logging.getLogger(__name__)
+_OPENED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine: (its SQLite file, (st_dev, st_ino))
 
 
 class StoreError(UserInputError):
@@ -248,12 +250,38 @@ def make_engine(url: str | None = None, read_only: bool = False, new_database: b
             _check_sqlite_file(path, new_database)
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         event.listen(engine, "connect", functools.partial(_sqlite_pragmas, read_only=read_only))
+        if not read_only:
+            _OPENED[engine] = path, _identity(path)
         return engine
     try:
         return create_engine(parsed, pool_pre_ping=True)
     except ArgumentError:  # NoSuchModuleError: a dialect or driver that is not installed
         raise StoreError(f"the database URL names {parsed.drivername!r}, which this installation cannot use "
                          "(e.g. postgresql+psycopg)") from None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def still_at_its_path(engine: Engine) -> None:
+    """StoreError if the SQLite file `engine` opened is no longer the file at its path (one os.stat).
+
+    SQLite writes into the file it holds open: one deleted while the app runs took every later sign-in,
+    diagnosis and review silently, all lost at the next start (which then made a new database); one moved
+    away took them away from the database the path names. Called before each write and each page run."""
+    if (opened := _OPENED.get(engine)) is None or (now := _identity(opened[0])) == opened[1]:
+        return
+    path, what = opened[0], "deleted or moved away" if now is None else "replaced by another file"
+    log.warning("the database file %s was %s while open; until this process (pid %d) stops, the file it opened "
+                "can be copied from /proc/%d/fd/", path, what, os.getpid(), os.getpid())
+    raise StoreError(f"the database file {path} was {what} while the app was running, so nothing more is "
+                     "written to the file it had opened. Put the database back at that path (the moved file or a "
+                     "backup) and restart the app.")
 
 
 def _alembic_config(connection) -> Config:
