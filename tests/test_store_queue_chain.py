@@ -79,3 +79,25 @@ def test_a_case_history_leaves_out_the_rows_the_queue_leaves_out(store):
     assert reviews.history(store, image_sha256="B" * 64) == []
     assert reviews.queue(store).left_out == 3
     assert "left out of this queue and of case histories" in reviews.left_out_notice(3)
+
+
+def test_a_review_edited_while_the_server_runs_is_left_out_once_a_trigger_is_gone(store):
+    """The queue carried on from the head its process had last checked: a review edited by hand after that (a
+    trigger dropped, then an UPDATE) stood as its reviewer's opinion, nothing left out, until a restart. With a
+    trigger missing, rows before that head may have been edited since: the queue's check reads them all again."""
+    for name in ("bob", "cy"):
+        accounts.add_account(store, name, None, "pathologist")
+    result = store.record("diagnosis", "ann", "A.png", image_sha256="A" * 64, details=CALL)
+    edited = reviews.review(store, "bob", result)
+    queued = reviews.queue(store, include_reviewed=True)  # this process has now checked every row
+    assert queued.left_out == 0 and [r["id"] for r in queued.reviewed.rows] == [result]
+    with store.engine.begin() as connection:
+        if store.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("DROP TRIGGER audit_no_update")
+        else:
+            connection.exec_driver_sql("ALTER TABLE audit DISABLE TRIGGER audit_no_change")
+        connection.execute(text('UPDATE audit SET "user" = \'cy\' WHERE id = :id'), {"id": edited})
+    queued = reviews.queue(store, include_reviewed=True)
+    assert queued.left_out == 1 and queued.reviewed.rows == [] and [r["id"] for r in queued.waiting.rows] == [result]
+    assert queued.waiting.rows[0]["review"] is None
+    assert reviews.queue(store).left_out == 1  # and at every later run while the trigger is missing
