@@ -45,7 +45,17 @@ OPEN_CHECK_ROWS = 10_000  # the newest rows the first Store.open re-hashes (abou
 # Per database URL: this process's newest verdict on its chain, which a later check carries on from
 # (chain.verify's `since`), so a later Store.open reads only the rows written since. In memory only: a
 # record elsewhere would be one more thing whoever writes the database could rewrite.
-_LAST_CHECKED: dict[str, chain.Verdict] = {}
+_LAST_CHECKED: dict[str, tuple[chain.Verdict, int | None]] = {}  # url: (the last check, _schema_version then)
+
+
+def _schema_version(engine) -> int | None:
+    """SQLite's schema cookie, which every CREATE or DROP (of a trigger too) changes; None elsewhere."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with store_errors("The audit trail's check"), engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA schema_version").scalar()
+
+
 SINGLE_USER = "local"  # the user of a single-user workstation (BREAKHIS_SINGLE_USER), core.app.signin's
 
 
@@ -117,14 +127,16 @@ class Store:
 
     def _verify(self, expect, newest, carry_on) -> chain.Verdict:
         """Carrying on trusts the rows before the last check's head only while the triggers guard them: with a
-        trigger missing now or at that check, any row may have been edited since, so all are re-hashed (about
-        0.3-0.5 s per 10,000 rows; only while the triggers are missing, which the Audit log page shows)."""
+        trigger missing now or at that check, or (SQLite) the schema changed since it (a trigger dropped, a row
+        edited and the trigger made again between two checks), any row may have been edited, so all are
+        re-hashed (about 0.3-0.5 s per 10,000 rows; only then)."""
         key = self.engine.url.render_as_string(hide_password=False)
-        since = _LAST_CHECKED.get(key) if carry_on else None
+        since, since_schema = _LAST_CHECKED.get(key, (None, None)) if carry_on else (None, None)
+        schema = _schema_version(self.engine)
         verdict = verify_trail(self.engine, expect, newest, since)
-        if since is not None and (verdict.missing_triggers or since.missing_triggers):
+        if since is not None and (verdict.missing_triggers or since.missing_triggers or schema != since_schema):
             verdict = verify_trail(self.engine, expect)
-        _LAST_CHECKED[key] = verdict  # a race between two threads leaves an older head: more rows read next
+        _LAST_CHECKED[key] = verdict, schema  # a race between two threads leaves an older head: more rows read next
         return verdict
 
     def close(self) -> None:
