@@ -11,7 +11,6 @@ import pytest
 
 from core.app import pdf_report, registry, report, service, session
 from core.data.labels import CLASSES, SUBTYPES_BY_CLASS, pretty
-from core.evaluation.subtype_trust import subtype_shown
 from tests.app_helpers import bad_inputs, make_model_folder, png_bytes, tissue_like
 
 
@@ -403,6 +402,7 @@ def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predicto
     """A Score-CAM report captioned its overlays "heat map" only: a reader could not tell the method."""
     from pypdf import PdfReader
 
+    from core.app.report import map_caption
     from core.model.heatmap import overlay
 
     results = service.diagnose_items(predictor, sample_items[:1])
@@ -414,7 +414,7 @@ def test_the_pdf_names_the_heat_map_method_its_overlays_were_drawn_with(predicto
     p, model = results[0].prediction, registry.describe_model(predictor.card)
     text = " ".join(text.split())  # a long caption wraps
     assert f"Stage 1 Score-CAM: {pretty(p.label)}" in text
-    assert f"Stage 2 Score-CAM: {subtype_shown(p.subtype, model['subtype_reliable'])}" in text
+    assert map_caption(2, "Score-CAM", p.subtype, model["subtype_reliable"]) in text  # the page's words
 
 
 def test_a_case_call_says_when_an_image_of_the_case_could_not_be_read(predictor, sample_items):

@@ -102,12 +102,12 @@ def test_a_card_says_whether_its_kept_image_is_missing_damaged_or_was_never_kept
     from tests.app_helpers import png_bytes, tissue_like
 
     monkeypatch.setenv("BREAKHIS_KEEP_IMAGES", "1")
+    store = Store.open()  # as the page does: the row is recorded first, then its image kept (audit_glue)
     images = ImageStore()
     intact, damaged, missing = (images.put(png_bytes(tissue_like(size))) for size in ((96, 128), (80, 80), (64, 96)))
     images.path(damaged).write_bytes(b"bit rot")
     images.path(missing).unlink()
     never = "ef" * 32
-    store = Store.open()
     rows = [diagnosis(f"{name}.png", None, image_sha256=sha) for name, sha in
             (("intact", intact), ("damaged", damaged), ("missing", missing), ("never", never))]
     for row in rows[:-1]:

@@ -73,7 +73,7 @@ def test_the_per_image_pdf_marks_its_stage_2_caption_not_reliable():
     from tests.test_report_pdf import pdf_text, results
 
     text = pdf_text(results("a.png"), registry.describe_model(card()))
-    assert f"Stage 2 Grad-CAM: {SUBTYPE_NOT_RELIABLE} (most probable: Ductal carcinoma)" in text
+    assert f"Stage 2 Grad-CAM: subtype {SUBTYPE_NOT_RELIABLE} (most probable: Ductal carcinoma)" in text  # as on the page
     assert "Stage 2 Grad-CAM: Ductal carcinoma" not in text
 
 
