@@ -22,6 +22,7 @@ from core.evaluation.evidence import NOT_EVALUATED, evidence_statement, is_evalu
 from core.evaluation.metrics import split_name
 from core.evaluation.subtype_trust import SUBTYPE_NOT_RELIABLE, subtype_reliability, tested
 from core.jsonfile import read_json
+from core.model.card_shape import usable_card
 from core.model.folders import (
     CARD_FILE,
     CLASSIFIER,
@@ -270,7 +271,9 @@ def split_protocol(card: dict | None, run: dict | None = None) -> str | None:
 
 
 def describe_model(card: dict) -> dict:
-    """The sidebar's and the report's few lines about a model."""
+    """The sidebar's and the report's few lines about a model; a block of a wrong type (a card edited by hand
+    after it was made active) is read as not recorded, so no page crashes on it (read_card refuses it)."""
+    card = usable_card(card)
     training = card.get("training") or {}
     counts = training.get("counts") or {}
     evidence = card.get("evidence") or {}

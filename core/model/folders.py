@@ -27,6 +27,7 @@ from core.digests import file_sha256
 from core.errors import ModelFolderError, UserInputError
 from core.jsonfile import read_json, write_json_atomic
 from core.model.backbones import get_backbone  # Importing core.model.backbones registers PixelNormalization.
+from core.model.card_shape import card_shape_problems, usable_card  # noqa: F401 - card_shape_problems: also read here by callers
 from core.model.classifier import cam_layer
 
 MODEL_FILE, CARD_FILE = "model.keras", "card.json"
@@ -137,6 +138,7 @@ def card_is_demo(card: dict) -> bool:
 def card_untaught_classes(card: dict) -> list[str]:
     """The classes of which the card's weights learnt from no real image: its evidence's by_class, or, on a
     card written before it, its training.by_subtype; none where neither is recorded."""
+    card = usable_card(card)  # a card edited by hand: its wrongly typed blocks count as not recorded
     by_class = (card.get("evidence") or {}).get("by_class")
     by_subtype = (card.get("training") or {}).get("by_subtype")
     if by_class is None and isinstance(by_subtype, dict) and by_subtype:
@@ -165,6 +167,10 @@ def read_card(folder: str | os.PathLike, kind: str | None = None) -> dict:
     missing = [key for key in REQUIRED_CARD_KEYS[found] if key not in card]
     if missing:
         raise ModelFolderError(f"The model card {card_path} lacks {', '.join(missing)}")
+    wrong = card_shape_problems(card)
+    if wrong:
+        raise ModelFolderError(f"The model card {card_path} has a field of the wrong type ({'; '.join(wrong)}): "
+                               "it was edited by hand or damaged")
     if card.get("labels", labels_block()) != labels_block():
         raise ModelFolderError(
             f"The model in {folder} was trained with a different label order than this app uses; "

@@ -1,0 +1,66 @@
+"""Model folders the app cannot use (QA pages #1, #2): a card that is valid JSON with one field of the wrong type,
+and a model.keras missing or not matching its card. Neither may be made the active model, and no page crashes
+on one that is already active (a saved setting, the default picked for a new session)."""
+
+import json
+import shutil
+
+import pytest
+
+from core.app import registry
+from core.errors import ModelFolderError
+from core.model.folders import card_untaught_classes, read_card
+from tests.app_helpers import REPO, app_with_models, texts
+
+PAGES = ("pages/performance.py", "pages/dataset.py", "pages/diagnose.py", "pages/compare.py")
+WRONG = {"training": "oops", "evidence": 5, "metrics": [1], "calibration": "x", "thresholds": "x"}
+
+
+def copy_with(folder, **fields):
+    """A copy of the bundled small-cnn whose card has `fields` replaced (still valid JSON)."""
+    shutil.copytree(REPO / "models" / "small-cnn", folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, **fields}))
+    return folder
+
+
+@pytest.mark.parametrize("field, value", [*WRONG.items(), ("thresholds", {"uncertainty": "x"}),
+                                          ("thresholds", {"case_malignant": "high"})])
+def test_a_card_with_a_field_of_the_wrong_type_is_refused_naming_the_field(tmp_path, field, value):
+    """read_card took any JSON object with the required keys: "training": "oops" passed, and the sidebar, Model
+    performance, Dataset and Diagnose then crashed on it ('str' object has no attribute 'get')."""
+    folder = copy_with(tmp_path / "m", **{field: value})
+    with pytest.raises(ModelFolderError, match=f"wrong type \\('{field}"):
+        read_card(folder)
+
+
+@pytest.mark.parametrize("field, value", [(k, v) for k, v in WRONG.items() if k != "thresholds"])
+def test_the_card_readers_do_not_crash_on_a_wrongly_typed_block(field, value):
+    """describe_model and card_untaught_classes called .get on whatever the block held: a card made active
+    before the check (a saved setting) crashed every page. The block now reads as not recorded."""
+    card = {**json.loads((REPO / "models" / "small-cnn" / "card.json").read_text()), field: value}
+    info = registry.describe_model(card)
+    assert info["name"] == card["name"] and isinstance(registry.model_badge(card), str)
+    assert card_untaught_classes(card) == card_untaught_classes({**card, field: None})
+
+
+def test_a_wrongly_typed_card_is_not_made_active_and_no_page_crashes_on_it(tmp_path, monkeypatch):
+    """Choosing such a model said 'cannot be used' but made it active anyway; Model performance, Dataset and
+    Diagnose then showed Streamlit's error page until another model was chosen."""
+    models = tmp_path / "models"
+    good = copy_with(models / "good")
+    bad = copy_with(models / "wrongtypes", training="oops", name="wrongtypes")
+    app = app_with_models(monkeypatch, models, good, tmp_path / "runs")
+    label = app.selectbox(key="model_picker").format_func(str(bad.resolve()))
+    assert "(unusable: " in label and "'training' is text, not an object" in label
+    app.selectbox(key="model_picker").set_value(str(bad.resolve())).run()
+    assert not app.exception, app.exception
+    assert app.session_state["active_model"] == str(good.resolve())
+    said = texts(app.sidebar.error)
+    assert "'training' is text, not an object" in said and "The active model was not changed" in said
+    app.session_state["active_model"] = str(bad.resolve())  # made active before the check
+    for page in PAGES:
+        app.switch_page(page).run()
+        assert not app.exception, (page, app.exception)
+    app.switch_page("pages/performance.py").run()
+    assert "'training' is text, not an object" in texts(app.error)
