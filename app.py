@@ -50,9 +50,10 @@ def model_label(folder: str) -> str:
     """Badge plus where the folder is: labels must be unique (the widget keeps the label, and a
     retrained copy of a model often has the same name)."""
     where = registry.short_location(folder)
-    try:
-        return f"{registry.model_badge(session.model_card(folder))} · {where}"
-    except Exception as problem:  # A broken folder stays listed, with why it cannot be used.
+    try:  # A broken folder (its card, its model.keras) stays listed, with why it cannot be used.
+        problem = session.model_problem(folder)
+        return f"{where} (unusable: {problem})" if problem else f"{registry.model_badge(session.model_card(folder))} · {where}"
+    except Exception as problem:
         return f"{where} (unusable: {problem})"
 
 
@@ -78,7 +79,7 @@ with st.sidebar:
         st.session_state.pop(session.ACTIVE_MODEL_KEY, None)
     else:
         if session.active_model() not in models:
-            session.set_active_model(models[0], audited=False)
+            session.set_active_model(session.first_usable(models), audited=False)
         # The choice lives in a plain session key: widget state does not survive page switches
         # under st.navigation, and the Retrain page can change the active model too.
         st.session_state["model_picker"] = session.active_model()
@@ -86,10 +87,14 @@ with st.sidebar:
                               help="Models found in models/ and runs/." if can(user["role"], "activate_model")
                               else "The deployment's models (models/); Retrain's runs are for administrators.",
                               on_change=lambda: session.set_active_model(st.session_state["model_picker"]))
+        unusable = session.model_problem(folder)  # e.g. the active model's model.keras went missing since
+        if unusable:
+            st.error(f"This model folder cannot be used: {unusable}. Choose another model.")
         try:
             info = registry.describe_model(session.model_card(folder))
         except Exception as problem:
-            st.error(f"This model folder cannot be used: {problem}")
+            if not unusable:
+                st.error(f"This model folder cannot be used: {problem}")
         else:
             if info["demo"]:
                 st.badge("DEMO", icon=":material/warning:", color="red")

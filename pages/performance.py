@@ -144,6 +144,9 @@ if card_kind(card) not in (CLASSIFIER, ENSEMBLE):
              "it has no classification performance. Choose another model in the sidebar.")
     st.stop()
 info = registry.describe_model(card)
+if unusable := session.model_problem(folder):  # the same words and check as Compare's
+    st.error(f"{info['name']} cannot be made active: {unusable}. Diagnose's loader refuses such a model; the figures "
+             "below are those of the model its card describes.", icon=":material/gpp_bad:")
 files = run_files.read_run_files(folder, card)
 for problem in files.problems:
     st.warning(problem)

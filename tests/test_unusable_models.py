@@ -64,3 +64,30 @@ def test_a_wrongly_typed_card_is_not_made_active_and_no_page_crashes_on_it(tmp_p
         assert not app.exception, (page, app.exception)
     app.switch_page("pages/performance.py").run()
     assert "'training' is text, not an object" in texts(app.error)
+
+
+def test_a_model_with_missing_or_corrupt_weights_is_marked_unusable_and_not_made_active(tmp_path, monkeypatch):
+    """Such a folder had the healthy copy's label and was made active without a word, Model performance showing
+    its figures, while Compare and the README said it is not offered as the active model. The sidebar now makes
+    Compare's check (core.model.folders.files_problem): labelled unusable, refused, never picked for a new session,
+    and Model performance says so when it is already active."""
+    models = tmp_path / "models"
+    missing, truncated, good = (copy_with(models / name) for name in ("a-missing", "b-truncated", "c-good"))
+    (missing / "model.keras").unlink()
+    (truncated / "model.keras").write_bytes((good / "model.keras").read_bytes()[:1000])
+    app = app_with_models(monkeypatch, models, missing, tmp_path / "runs")
+    assert not app.exception, app.exception
+    assert app.session_state["active_model"] == str(good.resolve())  # the default (missing) is skipped
+    picker = app.selectbox(key="model_picker")
+    assert picker.format_func(str(missing.resolve())).endswith(f"(unusable: {missing.resolve()} has a card but no "
+                                                               "model.keras)")
+    assert "model file does not match its card" in picker.format_func(str(truncated.resolve()))
+    assert "unusable" not in picker.format_func(str(good.resolve()))
+    for broken in (missing, truncated):
+        app.selectbox(key="model_picker").set_value(str(broken.resolve())).run()
+        assert not app.exception and app.session_state["active_model"] == str(good.resolve())
+        assert "The active model was not changed" in texts(app.sidebar.error)
+    app.session_state["active_model"] = str(truncated.resolve())  # e.g. truncated while it was active
+    app.switch_page("pages/performance.py").run()
+    assert not app.exception, app.exception
+    assert "cannot be made active: " in texts(app.error) and "does not match its card" in texts(app.error)

@@ -17,10 +17,9 @@ import plotly.express as px
 from core.app.performance import cross_validation_caption, cross_validation_table, protocol_kind
 from core.app.registry import model_badge, short_location
 from core.app.run_files import read_run_files
-from core.errors import ModelFolderError
 from core.evaluation.intervals import HEADLINE, HEADLINE_NAMES, format_interval
 from core.evaluation.metrics import split_name
-from core.model.folders import ENSEMBLE, card_is_demo, card_kind, read_card, verify_files
+from core.model.folders import ENSEMBLE, card_is_demo, card_kind, files_problem, read_card
 
 
 @dataclasses.dataclass
@@ -86,17 +85,9 @@ def card_name(card: dict, folder: str) -> str:
 
 
 def weights_problem(run: Run) -> str | None:
-    """Why the model cannot be loaded for prediction, in the loader's words: its model.keras missing or
-    not matching the card's checksum (verify_checksum, which Diagnose's loader runs before loading), or
-    for an ensemble a member's, or a member other than the one it was built from; None when they match.
-    Hashing is quick (0.02 s for the bundled default's 12.5 MB); nothing is loaded."""
-    try:
-        verify_files(run.folder, run.card)
-    except ModelFolderError as problem:
-        return str(problem)
-    except (KeyError, TypeError, AttributeError):  # a card edited by hand: the loader would fail on it too
-        return "its card does not list its model's checksum (or its members) in the form the loader reads"
-    return None
+    """Why the model cannot be loaded for prediction (core.model.folders.files_problem, the check the sidebar
+    makes before a model is made active); None when its files match its card."""
+    return files_problem(run.folder, run.card)
 
 
 def distinct_names(runs: list[Run]) -> list[Run]:

@@ -46,7 +46,7 @@ from core.app.signin import (  # noqa: F401 - re-exported: the pages and app.py 
 )
 from core.errors import ModelFolderError
 from core.model.cam import explain
-from core.model.folders import read_card
+from core.model.folders import files_problem, read_card
 from core.model.loading import load_predictor
 from core.model.predict import Predictor
 from core.paths import runs_dir
@@ -163,6 +163,20 @@ def model_card(folder: str) -> dict:
     return _card(folder, registry.stamp(folder))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _problem(folder: str, stamp: float) -> str | None:
+    try:
+        return files_problem(folder, read_card(folder))
+    except ModelFolderError as problem:
+        return str(problem)
+
+
+def model_problem(folder: str) -> str | None:
+    """Why a model folder cannot be made active (its card unreadable, its model.keras missing or not matching
+    the card: what Diagnose's loader refuses), None when it can; hashed once per version of the folder."""
+    return _problem(str(Path(folder).resolve()), registry.stamp(folder))
+
+
 def active_model() -> str | None:
     return st.session_state.get(ACTIVE_MODEL_KEY)
 
@@ -183,8 +197,9 @@ def models_for(role: str | None) -> list[str]:
 def set_active_model(folder: str, audited: bool = True) -> None:
     """Make `folder` this session's active model (a callback: it runs before app.py's session check).
     A user's choice re-reads the session first (one that ended changes nothing and writes no row) and is
-    an audit row; a folder the role may not choose (models_for), or whose card cannot be read, is refused
-    in the sidebar (a callback must not raise). The default picked for a new session is not audited."""
+    an audit row; a folder the role may not choose (models_for), or that Diagnose's loader would refuse
+    (model_problem), is refused in the sidebar (a callback must not raise). The default picked for a new
+    session is not audited."""
     if audited:
         user = permitted("choose_model", fresh=True)
         if user is None:
@@ -194,11 +209,11 @@ def set_active_model(folder: str, audited: bool = True) -> None:
                              "(models/); Retrain's runs, not yet validated, are for an administrator. The active "
                              "model was not changed.")
             return
-        try:
-            card = model_card(folder)
-        except ModelFolderError as problem:
+        problem = model_problem(folder)
+        if problem:
             st.sidebar.error(f"This model folder cannot be used: {problem}. The active model was not changed.")
             return
+        card = model_card(folder)
     if audited:  # recorded first: a choice the audit trail does not have is not made
         try:
             store().record("model_activated", user["name"], registry.short_location(folder),
@@ -208,6 +223,12 @@ def set_active_model(folder: str, audited: bool = True) -> None:
                              icon=":material/database:")
             return
     st.session_state[ACTIVE_MODEL_KEY] = str(Path(folder).resolve())
+
+
+def first_usable(models: list[str]) -> str:
+    """The model a new session starts with: the first one Diagnose's loader accepts, else the first (whose
+    pages then say why it cannot be used)."""
+    return next((folder for folder in models if not model_problem(folder)), models[0])
 
 
 def require_predictor() -> Predictor:

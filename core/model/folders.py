@@ -218,6 +218,20 @@ def verify_files(folder: str | os.PathLike, card: dict) -> None:
         check_member(folder, member, member_card)
 
 
+def files_problem(folder: str | os.PathLike, card: dict) -> str | None:
+    """Why the loader would refuse the model's files, in its words (verify_files: model.keras missing or not
+    matching the card's checksum; an ensemble's member likewise); None when they match. The one check that
+    the sidebar (what may be made active), Model performance and Compare make; hashing is quick (0.02 s for
+    the bundled default's 12.5 MB), nothing is loaded."""
+    try:
+        verify_files(folder, card)
+    except ModelFolderError as problem:
+        return str(problem)
+    except (KeyError, TypeError, AttributeError):  # a card edited by hand: the loader would fail on it too
+        return "its card does not list its model's checksum (or its members) in the form the loader reads"
+    return None
+
+
 def load_model_folder(folder: str | os.PathLike, kind: str = CLASSIFIER) -> tuple[keras.Model, dict]:
     """(model, card) from a model folder of `kind`, after checking the card and the checksum."""
     card = read_card(folder, kind)  # given as is: an empty path is refused, not read as the current folder
