@@ -75,3 +75,22 @@ def test_compare_tolerates_metrics_without_protocol_or_test_set(tmp_path):
     assert [run.name for run in groups[None]] == ["c"]
     table = metrics_side_by_side([runs[1], runs[0]])
     assert "unknown protocol" in table.iloc[-1]["b"] and table.iloc[1]["a"] == "0.800"  # under the badge row
+
+
+def test_a_partly_malformed_metrics_file_gives_way_to_the_cards_metrics(tmp_path):
+    """QA pages #7: metrics.json with a block of another shape ({"stage1": "x", ...}) was kept without that block,
+    so Model performance said "no evaluation yet" while the sidebar showed the card's measured accuracy. Like an
+    unreadable file, it now gives way to the card's metrics, and both show the same figure."""
+    from core.app.registry import measured_accuracy
+    from tests.app_helpers import REPO
+
+    card = json.loads((REPO / "models" / "small-cnn" / "card.json").read_text())
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "metrics.json").write_text(json.dumps({"stage1": "x", "intervals": {"image": 3}}))
+    files = read_run_files(model, card)
+    assert files.metrics == card["metrics"] and files.metrics_source == f"the model card of {model}"
+    [problem] = files.problems
+    assert "metrics.json has blocks of an unexpected shape ('stage1' is text, not an object)" in problem
+    assert problem.endswith("showing the metrics stored in the model card instead")
+    assert measured_accuracy({"metrics": files.metrics}) == measured_accuracy(card) is not None

@@ -106,6 +106,8 @@ class RunFiles:
 
 
 def read_run_files(model_folder, card: dict) -> RunFiles:
+    """The run's files; a metrics.json that cannot be read, or has blocks of another shape, gives way to the
+    metrics stored in the card (the figures the sidebar shows), so no two places disagree about one model."""
     problems = []
 
     def kept(result):
@@ -115,13 +117,21 @@ def read_run_files(model_folder, card: dict) -> RunFiles:
         return value
 
     metrics_path, cv_path = run_file(model_folder, "metrics.json"), run_file(model_folder, "cv.json")
+    stored = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     metrics = kept(read_json_file(metrics_path))
-    if metrics is None and problems:
+    if metrics is not None:  # partly damaged: the card's figures, which the sidebar shows, when it has them
+        metrics, problem = checked_metrics(metrics, metrics_path)
+        if problem and stored:
+            problems.append(problem.replace(": they are left out", "; showing the metrics stored in the model card "
+                                                                   "instead"))
+            metrics = None
+        elif problem:
+            problems.append(problem)
+    elif problems:
         problems[-1] += "; showing the metrics stored in the model card instead"
     source = str(metrics_path) if metrics is not None else f"the model card of {model_folder}"
     if metrics is None:
-        metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    metrics = kept(checked_metrics(metrics, source))
+        metrics = kept(checked_metrics(stored, source))
     return RunFiles(metrics=metrics,
                     history=kept(read_csv_file(run_file(model_folder, "history.csv"))),
                     config=kept(read_json_file(run_file(model_folder, "config.json"))),
