@@ -91,3 +91,25 @@ def test_a_model_with_missing_or_corrupt_weights_is_marked_unusable_and_not_made
     app.switch_page("pages/performance.py").run()
     assert not app.exception, app.exception
     assert "cannot be made active: " in texts(app.error) and "does not match its card" in texts(app.error)
+
+
+def test_a_folder_with_an_unreadable_card_is_offered_as_a_classifier_only(tmp_path, monkeypatch):
+    """QA pages #10: find_model_folders kept a folder whose card cannot be read for every kind asked, so the GAN
+    gallery offered broken classifier folders as generators. Such a card counts as a classifier (a card that
+    states no kind is one): listed once, in the sidebar, where it is labelled unusable."""
+    from core.model.folders import CLASSIFIER, GENERATOR, find_model_folders
+    from core.testing.apptest import app_environment
+
+    models = tmp_path / "models"
+    for name, text in {"gan": {"kind": "gan_generator"}, "cnn": {"kind": "classifier"}, "bad-card": "{broken",
+                       "card-list": []}.items():
+        (models / name).mkdir(parents=True)
+        (models / name / "card.json").write_text(text if isinstance(text, str) else json.dumps(text))
+    broken = [models / "bad-card", models / "card-list"]
+    assert find_model_folders(models, kind=GENERATOR) == [models / "gan"]
+    assert find_model_folders(models, kind=CLASSIFIER) == [*broken, models / "cnn"]
+    assert find_model_folders(models) == [*broken, models / "cnn", models / "gan"]
+    for key, value in app_environment(models, models / "cnn", tmp_path / "runs").items():
+        monkeypatch.setenv(key, value)
+    assert registry.generator_folders() == [str((models / "gan").resolve())]
+    assert set(registry.available_models()) == {str(f.resolve()) for f in (*broken, models / "cnn")}

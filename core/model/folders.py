@@ -290,8 +290,9 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | 
     """Every folder under the roots (or a root itself) that holds a card.json (of `kind`, or one of
     several kinds), sorted.
 
-    With a kind, a folder whose card cannot be read stays listed (its kind is unknown), so the app
-    can say why it cannot be used instead of hiding it.
+    With a kind, a folder whose card cannot be read counts as a classifier (card_kind: a card that states no
+    kind is one): listed among the classifiers, where the app says why it cannot be used, and never offered
+    as a GAN generator too.
     """
     found = set()
     for root in roots:
@@ -304,10 +305,11 @@ def find_model_folders(*roots: str | os.PathLike, kind: str | tuple[str, ...] | 
                 continue
             if kind is not None:
                 try:
-                    if card_kind(read_json(card_path)) not in ((kind,) if isinstance(kind, str) else kind):
-                        continue
+                    found_kind = card_kind(read_json(card_path))
                 except (OSError, ValueError, AttributeError):
-                    pass
+                    found_kind = CLASSIFIER
+                if found_kind not in ((kind,) if isinstance(kind, str) else kind):
+                    continue
             found.add(card_path.parent)
     return sorted(found)
 
