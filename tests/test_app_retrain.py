@@ -191,6 +191,29 @@ def test_a_data_folder_of_one_class_is_refused_naming_the_class_and_never_offere
     app.button(key="clear_job").click().run()
 
 
+def test_a_fields_job_whose_validation_split_would_be_empty_fails_at_its_start_saying_so(app, environment):
+    """QA #3: the form's defaults (fields pipeline) on 16 patients, 2 per subtype, trained all the way and then
+    failed with "ValueError: need at least one array to concatenate". The job now ends before any epoch, with the
+    empty split, its counts and what to do."""
+    from core.testing.synthetic import write_synthetic_breakhis
+
+    small = write_synthetic_breakhis(environment["root"] / "two-per-subtype", images_per_case=2, cases_per_subtype=2)
+    app.radio(key="train_pipeline").set_value("fields").run()
+    app.text_input(key="train_data").set_value(str(small))
+    app.number_input(key="train_epochs").set_value(1)
+    app.text_input(key="train_name").set_value("no-validation")
+    app.button(key=START).click().run()
+    poll(app, lambda: not jobs.is_alive(jobs.read_job(environment["runs"])), timeout=240)
+    errors = texts(app.error)
+    assert "Training failed" in errors and "validation split would be empty" in errors, errors
+    assert "Patient-wise cross-validation folds" in errors and "concatenate" not in errors
+    assert not jobs.start_counts(jobs.read_job(environment["runs"]))  # refused before its start: nothing trained
+    assert not (environment["runs"] / "no-validation" / "model").exists()
+    assert not any(button.key == "adopt_model" for button in app.button)
+    assert app.session_state["active_model"] == environment["default"]
+    app.button(key="clear_job").click().run()
+
+
 def test_a_completed_job_shows_its_evaluation_and_can_become_the_active_model(app, environment,
                                                                              synthetic_breakhis):
     launch(app, synthetic_breakhis, "completes", epochs=1)

@@ -46,6 +46,7 @@ from core.training.runcard import (
     evidence,
     held_out_gaps,
     is_demo,
+    refuse_empty_held_out,
     refuse_untaught_classes,
     run_record,
     split_figures_on,
@@ -220,6 +221,7 @@ def train_fields(config) -> dict:
 def _train_fields(config, out: Path, writer: ProgressWriter) -> dict:
     table, fields = load_field_data(config)
     assigned = make_split(table, config.split, seed=config.seed)
+    refuse_empty_held_out(assigned)  # before any training: calibration needs validation, the figures test
     split, protocol = assigned["split"].to_numpy(), assigned["protocol"].iloc[0]
     train, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     trained_on, train_fields = table.iloc[train], fields[train]

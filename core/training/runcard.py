@@ -16,7 +16,7 @@ from core.backends import machine
 from core.data.breakhis import subtype_counts
 from core.data.labels import CLASS_OF_SUBTYPE, CLASSES, classes_of, untaught_classes
 from core.data.scale import whole_field_scale
-from core.data.splits import IMAGE, describe_split, is_synthetic
+from core.data.splits import IMAGE, case_table, describe_split, is_synthetic
 from core.errors import UserInputError
 from core.evaluation.evidence import figures_clause
 from core.paths import portable
@@ -91,6 +91,30 @@ def held_out_gaps(split: pd.DataFrame) -> list[str]:
                             f"patients) has {' and '.join(lacks)}: its balanced accuracy and macro-F1 are "
                             + ("n/a" if classes else "averaged over the subtypes it has"))
     return warnings
+
+
+def refuse_empty_held_out(split: pd.DataFrame, needed=("val", "test")) -> None:
+    """Refuse a fields run on one split at its start when a split it needs is empty: it fits its temperatures and
+    referral thresholds on the validation patients and scores the test ones, and an empty one failed only after
+    the whole training, with NumPy's "need at least one array to concatenate" (QA #3)."""
+    described = describe_split(split)
+    empty = [part for part in needed if not described["images"][part]]
+    if not empty:
+        return
+    names = {"train": "training", "val": "validation", "test": "test"}
+    sizes = ", ".join(f"{names[part]} {described['cases'][part]} patients ({described['images'][part]} images)"
+                      for part in ("train", "val", "test"))
+    unit = "images" if described["protocol"] == IMAGE else "patients"  # what the split deals out per subtype
+    most = (split if unit == "images" else case_table(split))["subtype"].value_counts().max()
+    patients = split["case"].nunique()
+    raise UserInputError(
+        f"Cannot train on one split: its {' and '.join(names[part] for part in empty)} split would be empty "
+        f"({sizes}; {patients} patients in all, at most {most} {unit} of a subtype). One split fits its calibration "
+        "and referral thresholds on the validation patients and measures the model on the test patients, so it "
+        f"needs both; a subtype gets a test {unit[:-1]} only from 2 {unit} and a validation one only from 3. Use "
+        "patient-wise cross-validation instead, which tests every patient once and needs no validation split: `--folds K` "
+        f"(K from 2 to {patients}; on the Retrain page, Advanced, 'Patient-wise cross-validation folds'), or add "
+        "patients.")
 
 
 def refuse_untaught_classes(trained_on: pd.DataFrame) -> None:
