@@ -109,11 +109,11 @@ def _pack_fields(args) -> int:
 
     if is_pack(args.out):
         raise UserInputError(f"{args.out} already holds a field pack ({PACK_INDEX}); choose another --out")
-    table = index_folder(args.data).images
-    table = table[~table["synthetic"].astype(bool)]
+    index = index_folder(args.data)
+    table = index.images[~index.images["synthetic"].astype(bool)]
     table = table.loc[select_magnification(table, args.magnification).index].reset_index(drop=True)
     if table.empty:
-        raise no_real_images(args.magnification, args.data)
+        raise no_real_images(args.magnification, args.data, index.skipped)
     folder = pack_fields(table, args.out, args.quality)
     size = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
     print(f"wrote {len(table)} fields of {table['case'].nunique()} patients to {folder} ({size:.1f} MiB); "

@@ -190,7 +190,30 @@ def folder_problem(folder: str) -> str | None:
     if not len(found.images):
         return (f"{folder} holds no BreakHis images ({len(found.skipped)} other files): names must follow "
                 "BreakHis, e.g. SOB_B_A-14-22549AB-40-001.png.")
+    if not any(_readable(Path(image)) is None for image in found.images["path"]):  # stops at the first readable
+        unread = unreadable_images(index_folder(path).skipped)  # the run's own index says which
+        return (f"{folder} holds no readable BreakHis image: {unreadable_words(unread)}. Copy the images "
+                "themselves (PNG, JPEG or TIFF) into it, or choose another folder.")
     return None
+
+
+# index_folder's reasons for a file whose BreakHis name parsed but whose bytes are no image.
+_UNREADABLE = ("empty file", "unreadable image")
+
+
+def unreadable_images(skipped: list[tuple[str, str]]) -> list[str]:
+    """The skipped files (IndexResult.skipped) named as BreakHis images that could not be read as images."""
+    return [path for path, reason in skipped if reason.startswith(_UNREADABLE)]
+
+
+def unreadable_words(paths: list[str], examples: int = 2) -> str:
+    """'2 files named as BreakHis images could not be read as images (e.g. A.png, B.png)', or '' for none: the one
+    sentence the Retrain form and both pipelines' "no images" refusals add, so junk is not called misnamed."""
+    if not paths:
+        return ""
+    names = ", ".join(os.path.basename(path) for path in paths[:examples])
+    count = "1 file named as a BreakHis image" if len(paths) == 1 else f"{len(paths)} files named as BreakHis images"
+    return f"{count} could not be read as {'an image' if len(paths) == 1 else 'images'} (e.g. {names})"
 
 
 def index_folder(root: str | os.PathLike, check_readable: bool = True) -> IndexResult:

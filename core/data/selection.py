@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data.breakhis import IndexResult, index_folder
+from core.data.breakhis import IndexResult, index_folder, parse_name, unreadable_images, unreadable_words
 from core.data.labels import MAGNIFICATIONS
 from core.data.scale import parse_magnification
 from core.data.splits import (
@@ -103,11 +103,15 @@ def select_magnification(images: pd.DataFrame, magnification="all") -> pd.DataFr
     return images[images["magnification"] == wanted]
 
 
-def no_real_images(magnification, data) -> UserInputError:
-    """The one message for a folder with no real image to learn from at the chosen magnification."""
-    where = "" if every_magnification(magnification) else f" at {parse_magnification(magnification)}X"
+def no_real_images(magnification, data, skipped=()) -> UserInputError:
+    """The one message for a folder with no real image to learn from at the chosen magnification; `skipped`
+    (its IndexResult.skipped) adds the files named as BreakHis images of that magnification that are no images."""
+    wanted = None if every_magnification(magnification) else f"{parse_magnification(magnification)}X"
+    where = f" at {wanted}" if wanted else ""
+    unread = [path for path in unreadable_images(list(skipped)) if wanted in (None, parse_name(path).magnification)]
     return UserInputError(f"No real BreakHis images{where} in {data} (files named like SOB_B_A-14-22549AB-200-001.png, "
-                          "in any folder layout; `python -m core index DATA` lists what it skipped and why)")
+                          "in any folder layout; `python -m core index DATA` lists what it skipped and why)"
+                          + (f": {unreadable_words(unread)}" if unread else ""))
 
 
 def fingerprint(images: pd.DataFrame) -> str:
@@ -147,7 +151,9 @@ def select_images(data_dir, spec: SplitSpec, report_skipped: bool = True) -> Sel
     """Index `data_dir` (scan: its report logged) and split it by `spec`."""
     index = scan(data_dir, report_skipped)
     if len(index.images) == 0:
-        raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped")
+        unread = unreadable_words(unreadable_images(index.skipped))
+        raise UserInputError(f"No BreakHis images found in {data_dir}; {len(index.skipped)} files skipped"
+                             + (f": {unread}" if unread else ""))
     return Selection(assign_splits(index.images, spec), index.skipped, fingerprint(index.images))
 
 

@@ -59,8 +59,8 @@ CROP_PX, CROPS = 224, 3  # prediction views: 3 crops of 224 px along the 350x230
 
 def _magnification_rows(table: pd.DataFrame, magnification: str, data) -> np.ndarray:
     keep = select_magnification(table, magnification).index.to_numpy()
-    if not len(keep):
-        raise no_real_images(magnification, data)
+    if not len(keep):  # a folder's scan again, on this error only: it says which files are no images
+        raise no_real_images(magnification, data, () if is_pack(data) else scan(data, False).skipped)
     return keep
 
 
