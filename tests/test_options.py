@@ -149,6 +149,21 @@ def test_the_retrain_form_offers_only_the_modes_its_pipeline_takes(tmp_path):
             checked(TrainConfig(data=str(tmp_path), out="", pipeline="fields", mode=mode))
 
 
+def test_a_refused_run_name_is_quoted_as_typed_not_as_its_folder(tmp_path):
+    """QA #11: "../escape" was refused as "the run name '.._escape' starts with a dot", a name the user never
+    typed; the refusal now quotes what was typed and says which characters became '_'."""
+    from core.app import retrain
+
+    with pytest.raises(UserInputError) as refused:
+        retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name=" ../escape")
+    said = str(refused.value)
+    assert "the run name '../escape' starts with a dot (its folder would be '.._escape': characters other than " \
+           "letters, digits, '.', '-' and '_', such as '/', become '_')" in said, said
+    with pytest.raises(UserInputError) as refused:
+        retrain.training_config({"data": str(tmp_path)}, tmp_path / "runs", name=".best")
+    assert "the run name '.best' starts with a dot, so" in str(refused.value)  # nothing replaced: no aside
+
+
 @pytest.mark.parametrize("name", [".best", " .best", "..", "."])
 def test_a_run_name_that_starts_with_a_dot_is_refused_in_words(name, tmp_path):
     """The model list skips hidden folders: such a run's model could never become the active model

@@ -129,11 +129,14 @@ def training_config(values: dict, runs_root, synthetic_dir: str | None = None, n
     config = dataclasses.replace(base, **{k: int(v) if isinstance(getattr(defaults, k), int)
                                           and not isinstance(v, bool) else v for k, v in values.items()})
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^\w.-]", "_", name.strip()) or f"{stamp}-{config.backbone}-{config.mode}"
+    typed = name.strip()
+    name = re.sub(r"[^\w.-]", "_", typed) or f"{stamp}-{config.backbone}-{config.mode}"
     if name.startswith("."):  # the model list skips hidden folders (core.model.folders.find_model_folders)
-        raise UserInputError(f"Cannot launch this run: the run name {name!r} starts with a dot, so its model would "
-                             "be hidden from the model list and could never be made the active model. Choose a name "
-                             "that does not start with a dot.")
+        made = "" if name == typed else (f" (its folder would be {name!r}: characters other than letters, digits, "
+                                         "'.', '-' and '_', such as '/', become '_')")
+        raise UserInputError(f"Cannot launch this run: the run name {typed!r} starts with a dot{made}, so its model "
+                             "would be hidden from the model list and could never be made the active model. Choose a "
+                             "name that does not start with a dot.")
     config = dataclasses.replace(config, data=server_path(config.data), out=str(Path(runs_root) / name),
                                  reviewed_dir=server_path(config.reviewed_dir) or None,
                                  synthetic_dir=synthetic_dir if config.balance == "synthetic" else None)
