@@ -237,6 +237,26 @@ def test_fields_come_at_one_scale_and_coarser_ones_are_left_out(tmp_path):
     assert "coarser (2.50 um/px)" in fields.skipped[str(tmp_path / "SOB_B_A-14-22549AB-40-001.png")]
 
 
+def test_skipped_fields_are_logged_without_their_server_path(tmp_path, caplog):
+    """The gallery logged "(first: ('/srv/.../SOB_B_A-...-40-001.png', 'coarser ...'))" at warning level on every
+    run: a full server path in the log. The warning names the file only; the paths are at debug level."""
+    import logging
+
+    import pandas as pd
+    from PIL import Image
+
+    from core.gan.patches import load_fields
+
+    name = "SOB_B_A-14-22549AB-40-001.png"
+    Image.new("RGB", (700, 460), (200, 120, 180)).save(tmp_path / name)
+    images = pd.DataFrame({"path": [str(tmp_path / name)], "subtype": ["adenosis"], "magnification": ["40X"]})
+    with caplog.at_level(logging.WARNING, logger="core.gan.patches"):
+        load_fields(images, 1.5625, 64)
+    [record] = caplog.records
+    assert name in record.getMessage() and "coarser" in record.getMessage()
+    assert str(tmp_path) not in record.getMessage()
+
+
 def test_held_out_fields_and_balanced_patch_batches():
     from core.gan.patches import Fields, holdout_split
 

@@ -77,9 +77,11 @@ def load_fields(images, mpp: float, min_side: int, normalizer=None) -> Fields:
         kept.append(field)
         labels.append(SUBTYPES.index(row.subtype))
         paths.append(row.path)
-    if skipped:
-        log.warning("%d of %d images not used at %s um/px (first: %s)", len(skipped), len(images), mpp,
-                    next(iter(skipped.items())))
+    if skipped:  # the file name only: a server path in the log says where the data lives, to anyone reading it
+        first, why = next(iter(skipped.items()))
+        log.warning("%d of %d images not used at %s um/px (first: %s, %s)", len(skipped), len(images), mpp,
+                    Path(first).name, why)
+        log.debug("images not used at %s um/px: %s", mpp, skipped)
     return Fields(kept, np.array(labels, np.int32), paths, skipped)
 
 
