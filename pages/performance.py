@@ -178,4 +178,4 @@ reference, problem = performance.reference_results(REFERENCE_RESULTS)
 if problem:
     st.warning(problem)
 else:
-    table(performance.comparison_table(reference, None if info["demo"] else metrics, info["name"]))
+    table(performance.comparison_table(reference, None if info["demo"] else metrics, card))

@@ -218,7 +218,7 @@ def test_the_comparison_table_shows_an_undefined_recall_as_n_a():
     metrics = {"stage1": stage1, "data": {"protocol": "patient-wise", "images": 2, "cases": 1}}
     reference = pd.DataFrame([{"source": "paper", "model": "x", "protocol": "patient-wise", "task": "binary",
                                "metric": "accuracy", "value": 0.9, "note": ""}])
-    rows = comparison_table(reference, metrics, "mine").set_index("metric")
+    rows = comparison_table(reference, metrics, {"name": "mine"}).set_index("metric")
     ours = rows[rows["source"] == "this app (active model)"]
     assert ours.loc["malignant recall", "value"] == "n/a" and ours.loc["accuracy", "value"] == "1.0"
 

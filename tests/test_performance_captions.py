@@ -103,13 +103,13 @@ def test_a_wide_table_gives_each_text_column_room_for_its_longest_entry():
 
     metrics = read_json(DEFAULT_MODEL_DIR / "metrics.json")
     reference, _ = performance.reference_results(REFERENCE_RESULTS)
-    for frame in (performance.intervals_table(metrics), performance.comparison_table(reference, metrics, "m")):
+    for frame in (performance.intervals_table(metrics), performance.comparison_table(reference, metrics, {"name": "m"})):
         widths = performance.text_widths(frame)
         for column, width in widths.items():
             longest = max(len(str(column)), *(len(str(v)) for v in frame[column]))
             assert width >= min(performance.WIDEST_COLUMN, performance.PIXELS_PER_CHARACTER * longest), column
     assert {"computed on", "model"} <= set(performance.text_widths(performance.intervals_table(metrics)))
-    assert "value" in performance.text_widths(performance.comparison_table(reference, metrics, "m"))
+    assert "value" in performance.text_widths(performance.comparison_table(reference, metrics, {"name": "m"}))
 
 
 def test_an_accuracy_whose_bootstrap_had_no_spread_says_it_is_a_wilson_interval_over_its_patients():
@@ -213,3 +213,20 @@ def test_the_headline_table_says_where_a_figure_has_no_interval_or_a_wilson_one(
     assert auc["model's interval"].startswith("no interval: all ")
     assert table.loc[("patient", "stage-1 accuracy"), "model's interval"].startswith("Wilson score interval over 4")
     assert table.loc[("image", "stage-1 accuracy"), "model's interval"] == ""  # no figure: no method claimed
+
+
+def test_the_apps_rows_beside_the_published_results_carry_the_limited_data_badge():
+    """The app's own rows sat above the papers' 0.93 and "up to 97%" named by the bare model name: no LIMITED DATA
+    label, no patient count. They now carry the badge every prediction carries (registry.model_badge)."""
+    from core.app.registry import model_badge
+    from core.jsonfile import read_json
+    from core.model.folders import read_card
+    from core.paths import DEFAULT_MODEL_DIR, REFERENCE_RESULTS
+
+    card = read_card(DEFAULT_MODEL_DIR)
+    reference, _ = performance.reference_results(REFERENCE_RESULTS)
+    table = performance.comparison_table(reference, read_json(DEFAULT_MODEL_DIR / "metrics.json"), card)
+    ours = table[table["source"] == "this app (active model)"]
+    assert len(ours) >= 4 and set(ours["model"]) == {model_badge(card)}
+    assert ours["model"].iloc[0].startswith("LIMITED DATA · ") and "46 patients" in ours["model"].iloc[0]
+    assert not table[table["source"] != "this app (active model)"]["model"].str.contains("LIMITED DATA").any()

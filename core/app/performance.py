@@ -169,14 +169,18 @@ def reference_results(path) -> tuple[pd.DataFrame | None, str | None]:
     return table, problem and f"The published results table cannot be shown: {problem}."
 
 
-def comparison_table(reference: pd.DataFrame, metrics: dict | None, model_name: str) -> pd.DataFrame:
-    """Published results next to the active model's, each marked by its split protocol."""
+def comparison_table(reference: pd.DataFrame, metrics: dict | None, card: dict) -> pd.DataFrame:
+    """Published results next to the active model's, each marked by its split protocol. The app's rows name
+    the model by its badge (registry.model_badge: LIMITED DATA and its patients), so a model of few patients
+    does not read as a peer of the papers' figures beside it."""
+    from core.app.registry import model_badge
+
     table = reference.copy()
     table["protocol kind"] = table["protocol"].map(protocol_kind)
     rows = []
     if metrics and metric_block(metrics, ("stage1",)):
         data = metrics.get("data") or {}
-        ours = {"source": "this app (active model)", "model": model_name, "protocol": data.get("protocol"),
+        ours = {"source": "this app (active model)", "model": model_badge(card), "protocol": data.get("protocol"),
                 "note": f"{measured_on(data)}, {data.get('images')} images, {data.get('cases')} cases"}
         stage1, subtype8 = metrics["stage1"], metric_block(metrics, ("subtype8",)) or {}
         image, patients = ((metrics.get("intervals") or {}).get(level) or {} for level in ("image", "patient"))
