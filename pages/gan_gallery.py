@@ -1,12 +1,8 @@
 """GAN gallery: what the measured checks say, then real and synthetic tissue at the same scale."""
 
-import io
-import zipfile
-
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from core.app import glossary, registry, session
 from core.data.breakhis import synthetic_name
@@ -37,17 +33,6 @@ def field(folder: str, stamp: float, subtype: str, seed: int) -> np.ndarray:
 @st.cache_data(show_spinner="Cropping real patches...", max_entries=16)
 def real(folder: str, stamp: float, subtype: str, n: int) -> np.ndarray | None:
     return gallery.real_patches(load(folder, stamp), subtype, n)
-
-
-def sample_zip(batches: dict[str, np.ndarray], name: str, seed: int) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for subtype, images in batches.items():
-            for i, image in enumerate(images):
-                png = io.BytesIO()
-                Image.fromarray(image).save(png, format="PNG")
-                archive.writestr(synthetic_name(subtype, name, seed, i), png.getvalue())
-    return buffer.getvalue()
 
 
 def measured(load, folder: str, what: str, command: str) -> dict | None:
@@ -131,8 +116,9 @@ for subtype in subtypes:
     st.image(field(folder, stamp, subtype, seed), caption=f"One synthetic {pretty(subtype).lower()} image, {size}")
 
 if batches:
-    archive = sample_zip(batches, card["name"], seed)
+    archive = gallery.sample_zip(batches, card, seed)
     total = sum(len(b) for b in batches.values())
-    st.download_button(f"Download this batch ({total} PNGs, zip)", archive, file_name=f"{card['name']}-seed{seed}.zip",
-                       mime="application/zip", key="gan_download")
-    st.caption(f"File names mark them synthetic, e.g. {synthetic_name(next(iter(batches)), card['name'], seed, 0)}")
+    st.download_button(f"Download this batch ({total} synthetic PNGs, zip)", archive,
+                       file_name=f"SYNTHETIC-{card['name']}-seed{seed}.zip", mime="application/zip", key="gan_download")
+    st.caption(f"Each PNG says it is synthetic in its text (Description, Comment) and its file name, e.g. "
+               f"{synthetic_name(next(iter(batches)), card['name'], seed, 0)}; the zip's README.txt says so too.")

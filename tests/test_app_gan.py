@@ -71,7 +71,7 @@ def test_gallery_says_what_was_measured_then_shows_real_and_synthetic_at_one_sca
     assert captions.count("Real patches (bundled samples, same scale)") == 2  # assets/samples has both
     assert sum("Synthetic, seed 0" in c for c in captions) == 2
     assert sum("field-size (a 200X field)" in c for c in captions) == 2
-    assert app.download_button[0].label == "Download this batch (12 PNGs, zip)"
+    assert app.download_button[0].label == "Download this batch (12 synthetic PNGs, zip)"
 
 
 def test_seed_control_changes_the_synthetic_images(monkeypatch, generator_root):

@@ -313,6 +313,7 @@ def test_many_samples_are_drawn_in_chunks_with_the_same_noise(tiny_generator, tm
     assert [p.name[-9:] for p in paths] == ["00000.png", "00001.png", "00002.png"]
     for path, image in zip(paths, whole):
         np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+        assert "Not patient tissue" in Image.open(path).text["Description"]  # as the gallery's downloads say
     for value in ("0", "-4", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_int(value)

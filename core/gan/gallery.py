@@ -8,6 +8,8 @@ looking at the images.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,48 @@ def synthetic_patches(generator, subtype: str, n: int, seed: int = 0) -> np.ndar
 
     config = judged_config(generator.card)
     return generator.patches(subtype, n, config.image_size, config.mpp, seed)
+
+
+def sample_zip(batches: dict[str, np.ndarray], card: dict, seed: int) -> bytes:
+    """The page's download: SYN_ PNGs that each say in their text chunks that they are synthetic, and a
+    README.txt saying so with the generator's figures, since a renamed file or a lone PNG loses the prefix."""
+    from core.data.breakhis import synthetic_name
+    from core.gan.sampling import save_synthetic_png
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.txt", zip_readme(batches, card, seed) + "\n")
+        for subtype, images in batches.items():
+            for i, image in enumerate(images):
+                png = io.BytesIO()
+                save_synthetic_png(image, png, card["name"])
+                archive.writestr(synthetic_name(subtype, card["name"], seed, i), png.getvalue())
+    return buffer.getvalue()
+
+
+def zip_readme(batches: dict[str, np.ndarray], card: dict, seed: int) -> str:
+    """README.txt of a download: synthetic, by which generator, trained on what, and what its checks measured."""
+    from core.gan.sampling import synthetic_statement
+
+    training, quality = card.get("training") or {}, card.get("quality") or {}
+    accuracy = quality.get("two_sample_accuracy") or {}
+    classes = ", ".join(f"{name} {accuracy[name]:.2f}" for name in ("benign", "malignant") if name in accuracy)
+    measured = (f"Its measured checks (quality/quality.json): real and synthetic patches told apart with accuracy "
+                f"{classes} (0.5 = indistinguishable; goal <= {GOALS['two_sample_class']} per class); all goals met: "
+                f"{'yes' if quality.get('meets_all_goals') else 'no'}." if classes else
+                "Its quality has not been measured (`python -m core gan evaluate`).")
+    counts = ", ".join(f"{pretty(s)} {len(b)}" for s, b in batches.items())
+    size = next(iter(batches.values())).shape[1:3] if batches else (0, 0)
+    return "\n".join([
+        "SYNTHETIC IMAGES - NOT PATIENT TISSUE", "",
+        synthetic_statement(card["name"]),
+        f"Every PNG here was drawn by that generator (seed {seed}); each says so in its PNG text (Description, "
+        "Comment), and its SYN_ file name keeps it out of any real image set the app indexes.",
+        f"Files: {sum(len(b) for b in batches.values())} patches of {size[1]} x {size[0]} px ({counts}).",
+        f"The generator (its card): {training.get('steps', '?')} training steps on "
+        f"{sum((training.get('images_by_subtype') or {}).values())} real images from "
+        f"'{training.get('data_source', '?')}' (split: {training.get('split', '?')}).",
+        measured])
 
 
 def _read_report(folder, file: Path, valid, problem: str) -> dict | None:
