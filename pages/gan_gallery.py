@@ -79,9 +79,7 @@ else:
     st.dataframe(checks, hide_index=True, column_config={  # plain headers; each measure defined in its tooltip
         column: st.column_config.Column(glossary.column_label(column), help=glossary.column_help(column))
         for column in checks.columns if column in glossary.COLUMNS})
-    st.caption(f"Real set: {quality['real_set']}. Two-sample test: a small CNN trained on half the patches, accuracy "
-               "on the other half (patches scored: real and synthetic, in that half). Distances are divided by the "
-               "real-vs-real floor (goal <= 2).")
+    st.caption(gallery.checks_caption(quality))
 
 ablation = measured(gallery.load_ablation, folder, "This generator's GAN-fill ablation", "gan ablation")
 if ablation is None:

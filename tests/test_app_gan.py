@@ -57,15 +57,16 @@ def test_gallery_says_what_was_measured_then_shows_real_and_synthetic_at_one_sca
     checks = app.dataframe[0].value
     assert list(checks["set"])[:2] == ["benign (class)", "malignant (class)"]
     assert {"Adenosis", "Ductal carcinoma"} <= set(checks["set"])
-    assert not checks["goal met"].any()
+    assert not checks["all checks met"].any()
     quality = json.loads((generator_root / "gan-tiny" / "quality" / "quality.json").read_text())
     scored = quality["generators"]["generator"]["subtypes"]["adenosis"]["two_sample"]["n_scored"]
     assert checks.set_index("set").loc["Adenosis", "patches scored"].startswith(f"n={scored}")  # beside its accuracy
     assert not checks.isna().any().any()  # nuclei and distances are per subtype: the class rows say so
     classes = checks.set_index("set").loc[["benign (class)", "malignant (class)"]]
     assert (classes["nuclei / patch (real)"] == "per subtype").all()
-    subtypes = checks.set_index("set")["held-out images"]
-    assert classes["held-out images"].tolist() == [subtypes["Adenosis"], subtypes["Ductal carcinoma"]]
+    held = checks.set_index("set")["real images scored (held out)"].map(lambda text: int(text.split("(")[1][:-1]))
+    assert held[["benign (class)", "malignant (class)"]].tolist() == [held["Adenosis"], held["Ductal carcinoma"]]
+    assert any(c.value.startswith("Real set:") and "all checks met" in c.value for c in app.caption)
     assert [s.value.split("  ")[0] for s in app.subheader] == ["Adenosis", "Ductal carcinoma"]
     captions = [c for image in app.image for c in image.captions]
     assert captions.count("Real patches (bundled samples, same scale)") == 2  # assets/samples has both

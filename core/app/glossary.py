@@ -51,7 +51,19 @@ COLUMNS = {
     # the GAN gallery's checks (core.gan.gallery.check_rows; distances over the real-vs-real floor, goal <= 2)
     "two-sample accuracy": ("told apart from real (two-sample accuracy)",
                             "A small CNN trained on half the patches tells synthetic from real on the other half: "
-                            "0.5 means it cannot tell them apart (the goal is at most 0.75 per class)."),
+                            "0.5 means it cannot tell them apart (the goal is at most 0.75 per class, 0.85 per "
+                            "subtype)."),
+    "two-sample goal met": ("two-sample goal met",
+                            "The two-sample test alone, in every row: its accuracy is at most the row's goal."),
+    "all checks met": ("all checks met",
+                       "Every goal of the set: for a subtype its two-sample test, nuclei count and distances; for a "
+                       "class its two-sample test and every one of its subtypes' checks."),
+    "critic's split": ("how the test's halves were split",
+                       "By source image: the critic is scored on real images it never trained on. By patch (one real "
+                       "image left): it trains and is scored on patches of the same field, so the row says little."),
+    "real images scored (held out)": ("real images used (held out)",
+                                      "The real images the two-sample test's patches came from; in brackets, the "
+                                      "images held out from the generator's training for the checks."),
     "nuclei / patch (real)": ("nuclei per patch, synthetic (real)",
                               "Nuclei counted per synthetic patch, the real patches' count in brackets."),
     "hed sliced wasserstein / floor": ("stain colour difference (x floor)",

@@ -54,6 +54,12 @@ def _by_class(subtypes) -> dict[str, list[str]]:
     return classes
 
 
+def subtype_meets_all(report: dict) -> bool:
+    """A subtype's every goal: its two-sample test, its nuclei count and each distance."""
+    return bool(report["two_sample"]["meets_goal"] and report["nuclei"]["within_tolerance"]
+                and all(d["meets_goal"] for d in report["distances"].values()))
+
+
 def judge_one(fakes: dict[str, np.ndarray], untrained: dict[str, np.ndarray], real: RealPatches) -> dict:
     """Every check for one generator's patches per subtype (fakes[subtype]: uint8 [n, S, S, 3])."""
     subtypes = [s for s in real.subtypes if s in fakes]
@@ -78,8 +84,7 @@ def judge_one(fakes: dict[str, np.ndarray], untrained: dict[str, np.ndarray], re
         report["classes"][name] = {"subtypes": members, "two_sample": _two_sample_summary(
             two_sample_test(held, fake, sources, real.seed), GOALS["two_sample_class"])}
     judged = ([r["two_sample"]["meets_goal"] for r in report["classes"].values()]
-              + [r["two_sample"]["meets_goal"] and r["nuclei"]["within_tolerance"]
-                 and all(d["meets_goal"] for d in r["distances"].values()) for r in report["subtypes"].values()])
+              + [subtype_meets_all(r) for r in report["subtypes"].values()])
     report["meets_all_goals"] = bool(judged) and all(judged)  # nothing judged meets nothing (all([]) is True)
     return report
 
