@@ -257,11 +257,14 @@ def test_an_old_row_changed_between_opens_is_found_by_the_full_checks(store, sto
         connection.execute(text("UPDATE audit SET \"user\" = 'mallory' WHERE id = :id"), {"id": ids[1]})
     db.restore_triggers(store.engine)  # the triggers put back: only the chain shows the edit
     quick = Store.open(store_url)
-    assert quick.integrity.rows == 0 and quick.integrity.ok  # the trade: old rows are the full checks' job
+    if store.engine.dialect.name == "sqlite":  # the triggers dropped and made again changed the schema cookie
+        assert quick.integrity.rows == 5 and quick.integrity.broken == [ids[1]]  # so every row was re-hashed
+    else:
+        assert quick.integrity.rows == 0 and quick.integrity.ok  # the trade: old rows are the full checks' job
     assert main(["db", "verify"]) == 1 and f"broken at id {ids[1]}" in capsys.readouterr().out
     assert quick.check().broken == [ids[1]]  # the Audit log page's button: all rows
     later = Store.open(store_url)
-    assert later.integrity.broken == [ids[1]] and later.integrity.rows == 0
+    assert later.integrity.broken == [ids[1]] and later.integrity.rows == 0  # nothing changed since: carried on
     quick.close()
     later.close()
 

@@ -135,7 +135,9 @@ class Store:
         schema = _schema_version(self.engine)
         verdict = verify_trail(self.engine, expect, newest, since)
         if since is not None and (verdict.missing_triggers or since.missing_triggers or schema != since_schema):
-            verdict = verify_trail(self.engine, expect)
+            carried, verdict = verdict, verify_trail(self.engine, expect)
+            if verdict.unlike_noted is None:  # the head last checked gone (a cut back): the full check cannot see it
+                verdict.unlike_noted = carried.unlike_noted
         _LAST_CHECKED[key] = verdict, schema  # a race between two threads leaves an older head: more rows read next
         return verdict
 
