@@ -10,8 +10,9 @@ from core.app.registry import data_text
 from core.data.histology import NOT_ANALYSED
 from core.data.labels import pretty
 from core.evaluation.subtype_trust import subtype_shown
-from core.model.decisions import IMAGE_THRESHOLD, at_least, below, threshold_text
+from core.model.decisions import at_least, below, threshold_text
 from core.model.predict import DEFAULT_REFER_THRESHOLD, case_decision
+from core.slide.call import tile_threshold
 from core.spreadsheet import spreadsheet_csv
 
 # Each stage's threshold (as threshold_text states it) and reasons, and where the thresholds come from:
@@ -90,7 +91,7 @@ def elsewhere_rows(tiled: list[tuple], repeats: list[tuple[str, str]]) -> list[d
     for r, call, audit_id in tiled:
         what = f"not analysed: {call}" if isinstance(call, str) else (
             f"call over the tiles: {pretty(call['label'])}, {call['malignant_tiles']} of {call['tissue_tiles']} tissue "
-            f"tiles have p(malignant) >= {(call.get('rule_params') or {}).get('tile_threshold', IMAGE_THRESHOLD):g}")
+            f"tiles have p(malignant) >= {tile_threshold(call):g}")
         rows.append({"file": r.name, "case": r.case or "", "magnification": r.magnification, "call": TILED,
                      "reasons": f"{what}; every tile is on the Slide page, not in this table", "audit id": audit_id or ""})
     return rows + [{"file": name, "call": REPEATED, "reasons": f"the same bytes as {first}, analysed once as that file"}

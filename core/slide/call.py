@@ -288,6 +288,11 @@ def call_note(call: dict) -> str | None:
     return "No region qualified for a malignant call; the most suspicious tiles are still listed first."
 
 
+def tile_threshold(call: dict) -> float:
+    """The p(malignant) at which a call's tiles count as malignant (its rule's; TILE_THRESHOLD by default)."""
+    return (call.get("rule_params") or {}).get("tile_threshold", TILE_THRESHOLD)
+
+
 def call_text(call: dict) -> tuple[str, str]:
     """(headline in Markdown, the rule and the region in a sentence) of a slide call."""
     region = call.get("region")
@@ -299,7 +304,7 @@ def call_text(call: dict) -> tuple[str, str]:
         where = "no region qualified"
     headline = (f"Slide call: **{pretty(call['label'])}** · {where} · {call['malignant_tiles']} of "
                 f"{call['tissue_tiles']} tissue tiles have p(malignant) >= "
-                f"{(call.get('rule_params') or {}).get('tile_threshold', TILE_THRESHOLD):g}.")
+                f"{tile_threshold(call):g}.")
     validation = call.get("validation") or {}
     figures = ""
     if validation.get("sensitivity"):
